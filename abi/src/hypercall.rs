@@ -1,0 +1,84 @@
+//! Hypercalls through the host stub's port ([`crate::port::HYPERCALL`]).
+//!
+//! The guest fills a [`Request`] in its memory, then writes the request's guest-physical address
+//! (below 4 GiB, 8-byte aligned) to the port with a 32-bit `out`. The host stub reads the
+//! request, carries it out, writes `status` and `ret`, and only then lets the `out` complete, so
+//! the guest reads the answer right after its `out`. The same port-plus-parameter-block shape is
+//! used by Hermit's uhyve.
+
+use crate::Plain;
+
+/// A hypercall's parameter block. 56 bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Request {
+    /// Which hypercall ([`Nr`]). Written by the guest.
+    pub nr: u32,
+    /// Outcome ([`Status`]). Written by the host.
+    pub status: u32,
+    /// Arguments. Written by the guest; their meaning depends on `nr`.
+    pub args: [u64; 4],
+    /// Results. Written by the host; their meaning depends on `nr`.
+    pub ret: [u64; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<Request>() == 56);
+const _: () = assert!(core::mem::offset_of!(Request, nr) == 0);
+const _: () = assert!(core::mem::offset_of!(Request, status) == 4);
+const _: () = assert!(core::mem::offset_of!(Request, args) == 8);
+const _: () = assert!(core::mem::offset_of!(Request, ret) == 40);
+
+// SAFETY: only integers, and the asserts above show there is no padding.
+unsafe impl Plain for Request {}
+
+/// Hypercall numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Nr {
+    /// Round trip check: `ret[0] = !args[0]`, `ret[1] = ABI_VERSION`.
+    Ping = 1,
+}
+
+impl TryFrom<u32> for Nr {
+    type Error = u32;
+
+    fn try_from(value: u32) -> Result<Self, u32> {
+        match value {
+            1 => Ok(Nr::Ping),
+            other => Err(other),
+        }
+    }
+}
+
+/// Outcome of a hypercall, in [`Request::status`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Status {
+    /// Done; `ret` holds the results.
+    Ok = 0,
+    /// The host does not know this hypercall number.
+    UnknownNr = 1,
+    /// An argument was out of range; nothing was done.
+    InvalidArgument = 2,
+    /// The hypercall exists but the feature behind it is not enabled in this run.
+    Unavailable = 3,
+}
+
+impl TryFrom<u32> for Status {
+    type Error = u32;
+
+    fn try_from(value: u32) -> Result<Self, u32> {
+        match value {
+            0 => Ok(Status::Ok),
+            1 => Ok(Status::UnknownNr),
+            2 => Ok(Status::InvalidArgument),
+            3 => Ok(Status::Unavailable),
+            other => Err(other),
+        }
+    }
+}
+
+/// Required alignment of a [`Request`]'s guest-physical address.
+pub const REQUEST_ALIGN: u64 = 8;
+/// Exclusive upper bound of a [`Request`]'s guest-physical address (it travels in 32 bits).
+pub const REQUEST_ADDR_LIMIT: u64 = 1 << 32;

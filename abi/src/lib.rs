@@ -1,0 +1,42 @@
+//! The wire contract between the pvagent guest and its hosts (the host stub, and QEMU for the
+//! parts QEMU implements). Every constant and shared layout is written here once; both sides
+//! depend on this crate. `docs/abi.md` is the prose reference for what is defined here.
+//!
+//! Nothing in this crate touches hardware. Layouts are `#[repr(C)]` with their size and every
+//! field offset the other side relies on asserted at compile time.
+
+#![no_std]
+#![warn(missing_docs)]
+
+pub mod cpuid;
+pub mod exit;
+pub mod hypercall;
+pub mod msr;
+pub mod port;
+pub mod pvh;
+pub mod report;
+
+/// Version of this ABI. The host stub reports it in [`cpuid::LEAF_INFO`]; a guest refuses
+/// host-stub features when the major part differs.
+pub const ABI_VERSION: u32 = 1;
+
+/// Size of a guest page, the unit of every region in this ABI.
+pub const PAGE_SIZE: u64 = 0x1000;
+
+/// Marks a type whose every bit pattern is a valid value and that has no padding, so that it
+/// can be copied to and from shared memory as plain bytes.
+///
+/// # Safety
+///
+/// Implement it only for `#[repr(C)]` types made of integers (or arrays of them) whose size
+/// equals the sum of their fields' sizes, asserted next to the type.
+pub unsafe trait Plain: Copy + 'static {}
+
+// SAFETY: integers and arrays of integers have no padding and no invalid bit patterns.
+unsafe impl Plain for u8 {}
+// SAFETY: as above.
+unsafe impl Plain for u16 {}
+// SAFETY: as above.
+unsafe impl Plain for u32 {}
+// SAFETY: as above.
+unsafe impl Plain for u64 {}

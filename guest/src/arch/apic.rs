@@ -1,0 +1,172 @@
+//! The local APIC: x2APIC through MSRs when CPUID offers it, xAPIC through its MMIO page
+//! otherwise. EOI, the timer tick, and the IDs the scheduler needs.
+
+use core::sync::atomic::{AtomicU8, Ordering};
+
+use x86_64::instructions::port::Port;
+
+use super::cpu;
+
+/// Physical address of the xAPIC register page (the architectural default).
+pub const XAPIC_BASE: u64 = 0xFEE0_0000;
+
+/// Register offsets (xAPIC MMIO offsets; the x2APIC MSR is `0x800 + offset / 16`).
+mod reg {
+    pub const ID: u32 = 0x20;
+    pub const TPR: u32 = 0x80;
+    pub const EOI: u32 = 0xB0;
+    pub const SVR: u32 = 0xF0;
+    pub const ISR_BASE: u32 = 0x100;
+    pub const LVT_TIMER: u32 = 0x320;
+    pub const TIMER_INITIAL: u32 = 0x380;
+    pub const TIMER_CURRENT: u32 = 0x390;
+    pub const TIMER_DIVIDE: u32 = 0x3E0;
+}
+
+const APIC_BASE_ENABLE: u64 = 1 << 11;
+const APIC_BASE_X2APIC: u64 = 1 << 10;
+const SVR_ENABLE: u32 = 1 << 8;
+const LVT_MASKED: u32 = 1 << 16;
+const LVT_PERIODIC: u32 = 1 << 17;
+/// Divide configuration value for "divide by 1".
+const DIVIDE_BY_1: u32 = 0b1011;
+
+/// Spurious interrupt vector: no EOI, nothing to do.
+pub const SPURIOUS_VECTOR: u8 = 0xFF;
+
+const MODE_UNSET: u8 = 0;
+const MODE_XAPIC: u8 = 1;
+const MODE_X2APIC: u8 = 2;
+static MODE: AtomicU8 = AtomicU8::new(MODE_UNSET);
+
+/// Which interface the kernel uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    XApic,
+    X2Apic,
+}
+
+/// The interface in use (after [`init`]).
+pub fn mode() -> Mode {
+    match MODE.load(Ordering::Relaxed) {
+        MODE_X2APIC => Mode::X2Apic,
+        _ => Mode::XApic,
+    }
+}
+
+fn read(offset: u32) -> u32 {
+    match mode() {
+        // SAFETY: x2APIC is enabled (init) and the MSR is the architectural alias of `offset`.
+        Mode::X2Apic => unsafe { cpu::read_msr(0x800 + offset / 16) as u32 },
+        // SAFETY: the xAPIC page is mapped uncached (arch init) and `offset` is a register.
+        Mode::XApic => unsafe {
+            core::ptr::read_volatile((XAPIC_BASE + u64::from(offset)) as *const u32)
+        },
+    }
+}
+
+fn write(offset: u32, value: u32) {
+    match mode() {
+        // SAFETY: as in `read`; the callers write values valid for each register.
+        Mode::X2Apic => unsafe { cpu::write_msr(0x800 + offset / 16, u64::from(value)) },
+        // SAFETY: as in `read`.
+        Mode::XApic => unsafe {
+            core::ptr::write_volatile((XAPIC_BASE + u64::from(offset)) as *mut u32, value)
+        },
+    }
+}
+
+/// Enables this vCPU's local APIC (x2APIC when `use_x2apic`), with TPR 0 and the spurious
+/// vector set. Returns the APIC ID.
+pub fn init(use_x2apic: bool) -> u32 {
+    // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU; setting EN (and EXTD when CPUID offers
+    // x2APIC) keeps the base address.
+    unsafe {
+        let base = cpu::read_msr(cpu::IA32_APIC_BASE);
+        let mut new = base | APIC_BASE_ENABLE;
+        if use_x2apic {
+            new |= APIC_BASE_X2APIC;
+        }
+        cpu::write_msr(cpu::IA32_APIC_BASE, new);
+    }
+    MODE.store(
+        if use_x2apic { MODE_X2APIC } else { MODE_XAPIC },
+        Ordering::Relaxed,
+    );
+    write(reg::TPR, 0);
+    write(reg::SVR, SVR_ENABLE | u32::from(SPURIOUS_VECTOR));
+    write(reg::LVT_TIMER, LVT_MASKED);
+    id()
+}
+
+/// This vCPU's APIC ID.
+pub fn id() -> u32 {
+    let raw = read(reg::ID);
+    match mode() {
+        Mode::X2Apic => raw,
+        Mode::XApic => raw >> 24,
+    }
+}
+
+/// Signals the end of the interrupt being handled.
+pub fn eoi() {
+    write(reg::EOI, 0);
+}
+
+/// The task priority register.
+pub fn tpr() -> u32 {
+    read(reg::TPR)
+}
+
+/// Sets the task priority register (interrupts at or below this priority class wait).
+pub fn set_tpr(value: u32) {
+    write(reg::TPR, value & 0xFF);
+}
+
+/// Whether `vector` is in service (its handler started and has not sent EOI).
+pub fn in_service(vector: u8) -> bool {
+    let offset = reg::ISR_BASE + u32::from(vector / 32) * 0x10;
+    read(offset) & (1 << (vector % 32)) != 0
+}
+
+/// Starts the periodic timer: `vector` every `period` timer-input cycles.
+pub fn start_periodic_timer(vector: u8, period: u32) {
+    write(reg::TIMER_DIVIDE, DIVIDE_BY_1);
+    write(reg::LVT_TIMER, u32::from(vector) | LVT_PERIODIC);
+    write(reg::TIMER_INITIAL, period);
+}
+
+/// Measures how many TSC cycles pass while the (masked) timer counts down `cycles` input
+/// cycles; used to calibrate the TSC when no CPUID leaf gives its frequency.
+pub fn measure_tsc_against_timer(cycles: u32) -> u64 {
+    write(reg::TIMER_DIVIDE, DIVIDE_BY_1);
+    write(reg::LVT_TIMER, LVT_MASKED);
+    write(reg::TIMER_INITIAL, cycles);
+    let start = cpu::rdtsc();
+    while read(reg::TIMER_CURRENT) != 0 {
+        core::hint::spin_loop();
+    }
+    cpu::rdtsc() - start
+}
+
+/// Remaps the legacy 8259 PICs away from the exception vectors and masks every line: the
+/// kernel uses the local APIC only, but firmware (QEMU's, under PVH) may have left the PIC
+/// live with IRQ 0 on vector 8.
+pub fn disable_legacy_pic() {
+    // SAFETY: these are the 8259 command/data ports; the sequence is the standard ICW1-4
+    // initialisation followed by masking all lines.
+    unsafe {
+        let (mut cmd1, mut data1) = (Port::<u8>::new(0x20), Port::<u8>::new(0x21));
+        let (mut cmd2, mut data2) = (Port::<u8>::new(0xA0), Port::<u8>::new(0xA1));
+        cmd1.write(0x11); // ICW1: init, ICW4 follows
+        cmd2.write(0x11);
+        data1.write(0x20); // ICW2: vector base 0x20
+        data2.write(0x28);
+        data1.write(0x04); // ICW3: slave on IRQ 2
+        data2.write(0x02);
+        data1.write(0x01); // ICW4: 8086 mode
+        data2.write(0x01);
+        data1.write(0xFF); // mask everything
+        data2.write(0xFF);
+    }
+}

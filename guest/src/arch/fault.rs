@@ -1,0 +1,248 @@
+//! What happens to exceptions no protocol module claimed: recoverable probes (an exception
+//! table, like Linux's), faults of CPL 3 tasks (handed to the task layer), and everything else
+//! (a fatal, reported kernel bug).
+
+use core::fmt;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use super::trap::{self, TrapFrame};
+
+/// A fault taken by a probe or a task: what the CPU reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fault {
+    pub vector: u8,
+    pub error_code: u64,
+    /// CR2 for a page fault, 0 otherwise.
+    pub address: u64,
+    pub rip: u64,
+}
+
+/// #PF error code bits.
+pub mod pf {
+    pub const PRESENT: u64 = 1 << 0;
+    pub const WRITE: u64 = 1 << 1;
+    pub const USER: u64 = 1 << 2;
+    pub const INSTRUCTION_FETCH: u64 = 1 << 4;
+}
+
+/// Mnemonic of an exception vector.
+pub fn vector_name(vector: u8) -> &'static str {
+    const NAMES: [&str; 32] = [
+        "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "(9)", "#TS", "#NP", "#SS",
+        "#GP", "#PF", "(15)", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP", "(22)", "(23)", "(24)",
+        "(25)", "(26)", "(27)", "#HV", "#VC", "#SX", "(31)",
+    ];
+    NAMES
+        .get(usize::from(vector))
+        .copied()
+        .unwrap_or("interrupt")
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (vector {}) at rip {:#x}, error code {:#x}",
+            vector_name(self.vector),
+            self.vector,
+            self.rip,
+            self.error_code
+        )?;
+        if self.vector == 14 {
+            write!(f, ", address {:#x}", self.address)?;
+        }
+        Ok(())
+    }
+}
+
+impl Fault {
+    /// The fault described by a trap frame (CR2 read now, for #PF).
+    pub fn from_frame(frame: &TrapFrame) -> Self {
+        let vector = frame.vector as u8;
+        let address = if vector == 14 {
+            super::cpu::read_cr2()
+        } else {
+            0
+        };
+        Fault {
+            vector,
+            error_code: frame.error_code,
+            address,
+            rip: frame.rip,
+        }
+    }
+}
+
+/// Called for faults at CPL 3 that no vector handler claimed (the task layer ends the task).
+pub type UserFaultHook = fn(&mut TrapFrame, Fault);
+/// Called to end the run after a kernel bug; never returns.
+pub type FatalHook = fn(fmt::Arguments<'_>) -> !;
+
+static USER_FAULT_HOOK: AtomicUsize = AtomicUsize::new(0);
+static FATAL_HOOK: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets who handles faults of CPL 3 code.
+pub fn set_user_fault_hook(hook: UserFaultHook) {
+    USER_FAULT_HOOK.store(hook as usize, Ordering::Release);
+}
+
+/// Sets how the kernel reports a fatal error and ends the run.
+pub fn set_fatal_hook(hook: FatalHook) {
+    FATAL_HOOK.store(hook as usize, Ordering::Release);
+}
+
+/// Ends the run with a report: the registered fatal hook, or a plain exit.
+pub fn fatal(args: fmt::Arguments<'_>) -> ! {
+    let raw = FATAL_HOOK.load(Ordering::Acquire);
+    if raw != 0 {
+        // SAFETY: only `FatalHook` values are stored in FATAL_HOOK.
+        let hook = unsafe { core::mem::transmute::<usize, FatalHook>(raw) };
+        hook(args);
+    }
+    crate::console::print_panic(format_args!("fatal: {args}\n"));
+    super::exit::exit(pvagent_abi::exit::FAILURE)
+}
+
+/// Installs the fallback for every vector without a handler.
+pub fn init() {
+    trap::set_fallback(unhandled);
+}
+
+/// The default treatment of a trap: exception-table fixups for kernel probes, the user fault
+/// hook for CPL 3 faults, a fatal report for everything else. Vector handlers that decline a
+/// trap (e.g. a #UD that is not a system call) hand it here.
+pub fn unhandled(frame: &mut TrapFrame) {
+    let vector = frame.vector as u8;
+    if vector >= 32 {
+        fatal(format_args!(
+            "unexpected interrupt, vector {vector:#x}, at rip {:#x}",
+            frame.rip
+        ));
+    }
+    let fault = Fault::from_frame(frame);
+    if !frame.from_user() && fixup(frame, &fault) {
+        return;
+    }
+    if frame.from_user() {
+        let raw = USER_FAULT_HOOK.load(Ordering::Acquire);
+        if raw != 0 {
+            // SAFETY: only `UserFaultHook` values are stored in USER_FAULT_HOOK.
+            let hook = unsafe { core::mem::transmute::<usize, UserFaultHook>(raw) };
+            hook(frame, fault);
+            return;
+        }
+    }
+    fatal(format_args!(
+        "unexpected exception {fault} (cpl {}, rsp {:#x}, rflags {:#x}, rax {:#x}, rbx {:#x}, rcx {:#x}, rdx {:#x}, rsi {:#x}, rdi {:#x})",
+        frame.cpl(),
+        frame.rsp,
+        frame.rflags,
+        frame.rax,
+        frame.rbx,
+        frame.rcx,
+        frame.rdx,
+        frame.rsi,
+        frame.rdi
+    ));
+}
+
+/// One exception table entry: a probing instruction and where to continue if it faults.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct ExtableEntry {
+    insn: u64,
+    fixup: u64,
+}
+
+unsafe extern "C" {
+    static __extable_start: ExtableEntry;
+    static __extable_end: ExtableEntry;
+}
+
+fn extable() -> &'static [ExtableEntry] {
+    let start = core::ptr::addr_of!(__extable_start);
+    let end = core::ptr::addr_of!(__extable_end);
+    let len = (end as usize - start as usize) / core::mem::size_of::<ExtableEntry>();
+    // SAFETY: the linker script places every `.extable` entry between the two symbols, and
+    // the entries are emitted as aligned pairs of quads by the probes below.
+    unsafe { core::slice::from_raw_parts(start, len) }
+}
+
+/// RAX of a probe that did not fault (no vector is this large).
+const NO_FAULT: u64 = u64::MAX;
+
+/// A fault at a probing instruction resumes at its fixup with RAX = vector, RDX = error code,
+/// RCX = CR2, RSI = the faulting RIP (see `probe_read_u64`).
+fn fixup(frame: &mut TrapFrame, fault: &Fault) -> bool {
+    let Some(entry) = extable().iter().find(|e| e.insn == frame.rip) else {
+        return false;
+    };
+    frame.rsi = frame.rip;
+    frame.rip = entry.fixup;
+    frame.rax = u64::from(fault.vector);
+    frame.rdx = fault.error_code;
+    frame.rcx = fault.address;
+    true
+}
+
+/// Reads a u64 at `addr`, turning a fault into an error instead of a crash.
+pub fn probe_read_u64(addr: u64) -> Result<u64, Fault> {
+    let value: u64;
+    let (vector, error_code, address, rip): (u64, u64, u64, u64);
+    // SAFETY: a fault at label 2 is caught by the exception table and resumes at label 3 with
+    // the fault in RAX/RDX/RCX; no fault means a plain load. The asm touches no other state.
+    unsafe {
+        core::arch::asm!(
+            "2: mov {val}, qword ptr [{addr}]",
+            "3:",
+            ".pushsection .extable, \"a\"",
+            ".balign 8",
+            ".quad 2b, 3b",
+            ".popsection",
+            addr = in(reg) addr,
+            val = lateout(reg) value,
+            inout("rax") NO_FAULT => vector,
+            lateout("rdx") error_code,
+            lateout("rcx") address,
+            lateout("rsi") rip,
+            options(nostack, readonly),
+        );
+    }
+    check(vector, error_code, address, rip).map(|()| value)
+}
+
+/// Writes a u64 at `addr`, turning a fault into an error instead of a crash.
+pub fn probe_write_u64(addr: u64, value: u64) -> Result<(), Fault> {
+    let (vector, error_code, address, rip): (u64, u64, u64, u64);
+    // SAFETY: as in `probe_read_u64`; callers probe addresses they may legitimately write.
+    unsafe {
+        core::arch::asm!(
+            "2: mov qword ptr [{addr}], {val}",
+            "3:",
+            ".pushsection .extable, \"a\"",
+            ".balign 8",
+            ".quad 2b, 3b",
+            ".popsection",
+            addr = in(reg) addr,
+            val = in(reg) value,
+            inout("rax") NO_FAULT => vector,
+            lateout("rdx") error_code,
+            lateout("rcx") address,
+            lateout("rsi") rip,
+            options(nostack),
+        );
+    }
+    check(vector, error_code, address, rip)
+}
+
+fn check(vector: u64, error_code: u64, address: u64, rip: u64) -> Result<(), Fault> {
+    if vector == NO_FAULT {
+        return Ok(());
+    }
+    Err(Fault {
+        vector: vector as u8,
+        error_code,
+        address,
+        rip,
+    })
+}

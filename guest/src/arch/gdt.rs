@@ -1,0 +1,123 @@
+//! Segments and the TSS, one set per vCPU.
+//!
+//! Flat 64-bit segments for CPL 0 and CPL 3, and a TSS with
+//! - RSP0: the kernel stack of the running task, used on every entry from CPL 3 (updated at each
+//!   task switch by [`set_kernel_stack`]);
+//! - IST stacks for NMI, #DF and #MC only. Those three can arrive at any instruction, including
+//!   with a corrupt RSP. Every other vector (#AC, #VE, the page-not-present event) runs on the
+//!   ordinary kernel stack, because an IST stack is reset on each entry and a nested entry of
+//!   the same vector would overwrite the frame of the first.
+
+use core::cell::UnsafeCell;
+
+use x86_64::PrivilegeLevel;
+use x86_64::VirtAddr;
+use x86_64::instructions::segmentation::{CS, DS, ES, FS, GS, SS, Segment};
+use x86_64::instructions::tables::load_tss;
+use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable, SegmentSelector};
+use x86_64::structures::tss::TaskStateSegment;
+
+use super::percpu::MAX_CPUS;
+
+/// Kernel code segment selector.
+pub const KERNEL_CS: u16 = 0x08;
+/// Kernel data segment selector.
+pub const KERNEL_DS: u16 = 0x10;
+/// User data segment selector (RPL 3).
+pub const USER_DS: u16 = 0x18 | 3;
+/// User code segment selector (RPL 3).
+pub const USER_CS: u16 = 0x20 | 3;
+/// TSS selector.
+pub const TSS_SEL: u16 = 0x28;
+
+/// IST slot (1-based, as the IDT encodes it) of each vector that gets its own stack.
+pub const IST_NMI: u16 = 1;
+pub const IST_DOUBLE_FAULT: u16 = 2;
+pub const IST_MACHINE_CHECK: u16 = 3;
+const IST_COUNT: usize = 3;
+const IST_SIZE: usize = 16 * 1024;
+
+#[repr(C, align(4096))]
+struct IstStacks([[u8; IST_SIZE]; IST_COUNT]);
+
+struct CpuTables {
+    gdt: UnsafeCell<GlobalDescriptorTable<8>>,
+    tss: UnsafeCell<TaskStateSegment>,
+}
+
+struct AllTables([CpuTables; MAX_CPUS]);
+
+// SAFETY: vCPU `i` only touches `AllTables.0[i]`, during `init` (before loading it) and through
+// `set_kernel_stack` with interrupts disabled.
+unsafe impl Sync for AllTables {}
+
+static TABLES: AllTables = AllTables(
+    [const {
+        CpuTables {
+            gdt: UnsafeCell::new(GlobalDescriptorTable::empty()),
+            tss: UnsafeCell::new(TaskStateSegment::new()),
+        }
+    }; MAX_CPUS],
+);
+
+struct AllIst(UnsafeCell<[IstStacks; MAX_CPUS]>);
+// SAFETY: the stacks are only used by the CPU through the TSS; Rust code only takes addresses.
+unsafe impl Sync for AllIst {}
+
+#[unsafe(link_section = ".stacks.ist")]
+static IST: AllIst = AllIst(UnsafeCell::new(
+    [const { IstStacks([[0; IST_SIZE]; IST_COUNT]) }; MAX_CPUS],
+));
+
+/// Builds and loads this vCPU's GDT and TSS and reloads every segment register.
+///
+/// # Safety
+///
+/// Call once per vCPU, on that vCPU, with interrupts disabled.
+pub unsafe fn init(cpu: usize) {
+    let tables = &TABLES.0[cpu];
+    // SAFETY: the caller guarantees this vCPU is alone with its tables and nothing loaded them.
+    let tss = unsafe { &mut *tables.tss.get() };
+    let ist_base = IST.0.get() as u64 + (cpu * core::mem::size_of::<IstStacks>()) as u64;
+    for slot in 0..IST_COUNT {
+        let top = ist_base + ((slot + 1) * IST_SIZE) as u64;
+        tss.interrupt_stack_table[slot] = VirtAddr::new(top);
+    }
+    // SAFETY: as above.
+    let gdt = unsafe { &mut *tables.gdt.get() };
+    let selectors = [
+        gdt.append(Descriptor::kernel_code_segment()),
+        gdt.append(Descriptor::kernel_data_segment()),
+        gdt.append(Descriptor::user_data_segment()),
+        gdt.append(Descriptor::user_code_segment()),
+        // SAFETY: the TSS is static and stays at this address.
+        gdt.append(unsafe { Descriptor::tss_segment_unchecked(tables.tss.get()) }),
+    ];
+    assert_eq!(
+        selectors.map(|s| s.0),
+        [KERNEL_CS, KERNEL_DS, USER_DS, USER_CS, TSS_SEL]
+    );
+    // SAFETY: the GDT is static (it outlives every use) and has the descriptors the selectors
+    // below name.
+    unsafe {
+        gdt.load_unsafe();
+        CS::set_reg(SegmentSelector::new(KERNEL_CS >> 3, PrivilegeLevel::Ring0));
+        let data = SegmentSelector::new(KERNEL_DS >> 3, PrivilegeLevel::Ring0);
+        DS::set_reg(data);
+        ES::set_reg(data);
+        SS::set_reg(data);
+        let null = SegmentSelector(0);
+        FS::set_reg(null);
+        // Loading GS clears its base on some CPUs: percpu::init sets the base after this.
+        GS::set_reg(null);
+        load_tss(SegmentSelector::new(TSS_SEL >> 3, PrivilegeLevel::Ring0));
+    }
+}
+
+/// Sets the stack the CPU switches to on an entry from CPL 3 (TSS.RSP0).
+pub fn set_kernel_stack(cpu: usize, top: u64) {
+    let tss = TABLES.0[cpu].tss.get();
+    // SAFETY: only this vCPU writes its TSS, with interrupts disabled (scheduler context); the
+    // CPU reads RSP0 only on a privilege change, which cannot happen during this store.
+    unsafe { (*tss).privilege_stack_table[0] = VirtAddr::new(top) };
+}

@@ -1,0 +1,156 @@
+//! Per-vCPU state: where each vCPU finds its own data.
+//!
+//! Every vCPU's GS base points at its [`CpuArea`] while the kernel runs (the entry path swaps GS
+//! for CPL 3 contexts). Other modules keep their per-vCPU state in [`CpuLocal`] arrays indexed by
+//! [`index`], so adding vCPUs means starting more of them, not restructuring state.
+
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicU32, Ordering};
+
+/// How many vCPUs the kernel has room for. Only vCPU 0 is started today.
+pub const MAX_CPUS: usize = 4;
+
+/// The part of the per-vCPU state that the entry path and `index()` read through GS.
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub struct CpuArea {
+    /// This area's own address (GS:0), the usual way to turn GS into a pointer.
+    self_ptr: u64,
+    /// Dense vCPU index, 0 for the boot vCPU (GS:8).
+    index: u32,
+    /// Local APIC ID (GS:12).
+    apic_id: AtomicU32,
+    /// Nesting depth of trap handlers on this vCPU (GS:16); 0 in task context.
+    trap_depth: u32,
+}
+
+const AREA_INDEX: usize = 8;
+const AREA_TRAP_DEPTH: usize = 16;
+const _: () = assert!(core::mem::offset_of!(CpuArea, index) == AREA_INDEX);
+const _: () = assert!(core::mem::offset_of!(CpuArea, trap_depth) == AREA_TRAP_DEPTH);
+
+struct Areas(UnsafeCell<[CpuArea; MAX_CPUS]>);
+// SAFETY: each area is written once by its own vCPU during `init` (before it is shared), and
+// afterwards only through GS-relative single instructions by the vCPU that owns it.
+unsafe impl Sync for Areas {}
+
+static AREAS: Areas = Areas(UnsafeCell::new(
+    [const {
+        CpuArea {
+            self_ptr: 0,
+            index: 0,
+            apic_id: AtomicU32::new(0),
+            trap_depth: 0,
+        }
+    }; MAX_CPUS],
+));
+
+/// Points this vCPU's GS base at its area.
+///
+/// # Safety
+///
+/// Call once per vCPU, on that vCPU, before anything calls [`index`], and with `cpu` unique
+/// among started vCPUs.
+pub unsafe fn init(cpu: usize) {
+    assert!(cpu < MAX_CPUS, "vCPU index {cpu} beyond MAX_CPUS");
+    // SAFETY: the caller guarantees this vCPU is the only one touching area `cpu` now.
+    let area = unsafe { &mut (*AREAS.0.get())[cpu] };
+    area.self_ptr = area as *mut CpuArea as u64;
+    area.index = cpu as u32;
+    let base = area.self_ptr;
+    // SAFETY: the area is static, so GS stays valid; KERNEL_GS_BASE (what `swapgs` exchanges
+    // with) starts at 0, the value CPL 3 code sees.
+    unsafe {
+        super::cpu::write_msr(super::cpu::IA32_GS_BASE, base);
+    }
+    // SAFETY: as above; writing KERNEL_GS_BASE has no other effect.
+    unsafe {
+        super::cpu::write_msr(super::cpu::IA32_KERNEL_GS_BASE, 0);
+    }
+}
+
+/// Dense index of the running vCPU.
+pub fn index() -> usize {
+    let index: u32;
+    // SAFETY: GS points at this vCPU's CpuArea since `init` (and is swapped back to it on every
+    // entry from CPL 3); the load reads the `index` field.
+    unsafe {
+        core::arch::asm!("mov {0:e}, gs:[{off}]", out(reg) index, off = const AREA_INDEX,
+            options(nostack, readonly, preserves_flags));
+    }
+    index as usize
+}
+
+/// Records this vCPU's local APIC ID (read once the APIC is up).
+pub fn set_apic_id(apic_id: u32) {
+    // SAFETY: see `Areas`; this vCPU owns its area, and `apic_id` is atomic.
+    let area = unsafe { &(*AREAS.0.get())[index()] };
+    area.apic_id.store(apic_id, Ordering::Relaxed);
+}
+
+/// This vCPU's local APIC ID.
+pub fn apic_id() -> u32 {
+    // SAFETY: as in `set_apic_id`.
+    let area = unsafe { &(*AREAS.0.get())[index()] };
+    area.apic_id.load(Ordering::Relaxed)
+}
+
+/// How many trap handlers are active on this vCPU (0: task context).
+pub fn trap_depth() -> u32 {
+    let depth: u32;
+    // SAFETY: GS addresses this vCPU's area (see `index`).
+    unsafe {
+        core::arch::asm!("mov {0:e}, gs:[{off}]", out(reg) depth, off = const AREA_TRAP_DEPTH,
+            options(nostack, readonly, preserves_flags));
+    }
+    depth
+}
+
+pub(super) fn enter_trap() {
+    // SAFETY: a single read-modify-write of this vCPU's own counter; interrupts cannot split it.
+    unsafe {
+        core::arch::asm!("inc dword ptr gs:[{off}]", off = const AREA_TRAP_DEPTH,
+            options(nostack));
+    }
+}
+
+pub(super) fn leave_trap() {
+    // SAFETY: as in `enter_trap`.
+    unsafe {
+        core::arch::asm!("dec dword ptr gs:[{off}]", off = const AREA_TRAP_DEPTH,
+            options(nostack));
+    }
+}
+
+/// Takes the trap depth away from a context that is being switched out in the middle of a
+/// handler and gives it back when it resumes: the depth belongs to the context, not the vCPU.
+pub fn swap_trap_depth(new_depth: u32) -> u32 {
+    let old = trap_depth();
+    // SAFETY: writes this vCPU's own counter; callers run with interrupts disabled.
+    unsafe {
+        core::arch::asm!("mov gs:[{off}], {0:e}", in(reg) new_depth, off = const AREA_TRAP_DEPTH,
+            options(nostack, preserves_flags));
+    }
+    old
+}
+
+/// One `T` per vCPU; each vCPU reaches its own with [`CpuLocal::get`].
+#[derive(Debug)]
+pub struct CpuLocal<T>([T; MAX_CPUS]);
+
+impl<T> CpuLocal<T> {
+    /// Wraps one value per vCPU.
+    pub const fn new(values: [T; MAX_CPUS]) -> Self {
+        Self(values)
+    }
+
+    /// The running vCPU's value.
+    pub fn get(&self) -> &T {
+        &self.0[index()]
+    }
+
+    /// The value of vCPU `cpu` (for reports; mutation goes through the owner).
+    pub fn of(&self, cpu: usize) -> &T {
+        &self.0[cpu]
+    }
+}

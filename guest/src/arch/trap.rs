@@ -1,0 +1,226 @@
+//! Exception and interrupt entry: the frame every handler receives, the 256 entry stubs that
+//! build it, and the dispatcher that routes each vector to its registered handler.
+//!
+//! Stack layout after the common entry path has saved everything (lowest address first), which
+//! is exactly [`TrapFrame`]:
+//!
+//! ```text
+//!   rsp ->  r15 r14 r13 r12 r11 r10 r9 r8 rbp rdi rsi rdx rcx rbx rax   (pushed by trap_common)
+//!           vector                                                       (pushed by the stub)
+//!           error code  (pushed by the CPU, or a 0 pushed by the stub)
+//!           rip cs rflags rsp ss                                         (pushed by the CPU)
+//! ```
+//!
+//! The CPU aligns RSP to 16 bytes before pushing its part in 64-bit mode; with the error code
+//! slot always present the frame is 176 bytes, so the `call` into Rust happens on an aligned
+//! stack. Entries from CPL 3 execute `swapgs` on the way in and out, so GS always addresses the
+//! per-vCPU area while the kernel runs.
+
+use core::arch::global_asm;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+/// The register state of the interrupted context. Handlers may change it; the common exit
+/// path restores it with IRETQ.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrapFrame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    /// The vector this entry came through.
+    pub vector: u64,
+    /// The CPU's error code for vectors that have one, 0 otherwise.
+    pub error_code: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+const FRAME_VECTOR: usize = 15 * 8;
+const FRAME_CS: usize = 18 * 8;
+const _: () = assert!(core::mem::size_of::<TrapFrame>() == 22 * 8);
+const _: () = assert!(core::mem::size_of::<TrapFrame>() % 16 == 0);
+const _: () = assert!(core::mem::offset_of!(TrapFrame, vector) == FRAME_VECTOR);
+const _: () = assert!(core::mem::offset_of!(TrapFrame, cs) == FRAME_CS);
+const _: () = assert!(core::mem::offset_of!(TrapFrame, rip) == FRAME_CS - 8);
+
+/// RFLAGS.IF: interrupts enabled.
+pub const RFLAGS_IF: u64 = 1 << 9;
+/// RFLAGS.AC: alignment checking requested (effective at CPL 3 with CR0.AM).
+pub const RFLAGS_AC: u64 = 1 << 18;
+
+impl TrapFrame {
+    /// Privilege level of the interrupted context.
+    pub fn cpl(&self) -> u8 {
+        (self.cs & 3) as u8
+    }
+
+    /// Whether the interrupted context was a CPL 3 task.
+    pub fn from_user(&self) -> bool {
+        self.cpl() == 3
+    }
+
+    /// Whether the interrupted context had interrupts enabled.
+    pub fn interrupts_were_enabled(&self) -> bool {
+        self.rflags & RFLAGS_IF != 0
+    }
+}
+
+/// Distance between two entry stubs; stub `v` is at `trap_stubs + v * STUB_SIZE`.
+pub const STUB_SIZE: usize = 16;
+
+global_asm!(
+    r#"
+    .pushsection .text.trap_entry, "ax"
+    .balign 16
+    .global trap_stubs
+trap_stubs:
+    .set vec, 0
+    .rept 256
+    .balign {stub_size}
+    # Vectors for which the CPU pushes an error code: #DF #TS #NP #SS #GP #PF #AC #CP #VC #SX.
+    .if (vec == 8) || ((vec >= 10) && (vec <= 14)) || (vec == 17) || (vec == 21) || (vec == 29) || (vec == 30)
+    .else
+    pushq $0                        # no error code: keep the frame uniform
+    .endif
+    pushq $vec
+    jmp trap_common
+    .set vec, vec + 1
+    .endr
+    .balign {stub_size}
+    .global trap_stubs_end
+trap_stubs_end:                     # linker.ld asserts that every stub kept to its slot
+
+trap_common:
+    testb $3, {cs}-{vector}(%rsp)   # from CPL 3? then load the kernel's GS base
+    jz 1f
+    swapgs
+1:  push %rax
+    push %rbx
+    push %rcx
+    push %rdx
+    push %rsi
+    push %rdi
+    push %rbp
+    push %r8
+    push %r9
+    push %r10
+    push %r11
+    push %r12
+    push %r13
+    push %r14
+    push %r15
+    mov %rsp, %rdi                  # trap_dispatch(&mut TrapFrame)
+    cld
+    call trap_dispatch
+
+    .global trap_return
+trap_return:                        # also where a new CPL 3 task starts (see task::switch)
+    pop %r15
+    pop %r14
+    pop %r13
+    pop %r12
+    pop %r11
+    pop %r10
+    pop %r9
+    pop %r8
+    pop %rbp
+    pop %rdi
+    pop %rsi
+    pop %rdx
+    pop %rcx
+    pop %rbx
+    pop %rax
+    testb $3, {cs}-{vector}(%rsp)   # back to CPL 3? then restore the user's GS base
+    jz 2f
+    swapgs
+2:  add $16, %rsp                   # vector and error code
+    iretq
+    .popsection
+"#,
+    stub_size = const STUB_SIZE,
+    cs = const FRAME_CS,
+    vector = const FRAME_VECTOR,
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    /// First of the 256 entry stubs (a code label, never called from Rust).
+    static trap_stubs: [u8; 256 * STUB_SIZE];
+    /// The common exit path: pops a [`TrapFrame`] at RSP and returns with IRETQ.
+    pub static trap_return: u8;
+}
+
+/// Address of the entry stub for `vector`.
+pub fn stub_address(vector: u8) -> u64 {
+    // Only the address is taken; the stubs are code and are never read as data.
+    core::ptr::addr_of!(trap_stubs) as u64 + u64::from(vector) * STUB_SIZE as u64
+}
+
+/// Address of the common exit path.
+pub fn trap_return_address() -> u64 {
+    core::ptr::addr_of!(trap_return) as u64
+}
+
+/// A handler for one vector. It runs with interrupts disabled (every gate is an interrupt
+/// gate) on the interrupted context's kernel stack, except for the IST vectors.
+pub type Handler = fn(&mut TrapFrame);
+
+/// What happens to a vector nobody registered, and to faults no handler claimed.
+pub type FallbackHandler = fn(&mut TrapFrame);
+
+static HANDLERS: [AtomicUsize; 256] = [const { AtomicUsize::new(0) }; 256];
+static FALLBACK: AtomicUsize = AtomicUsize::new(0);
+
+/// Routes `vector` to `handler`. Protocol modules call this at init for their vectors.
+pub fn register(vector: u8, handler: Handler) {
+    HANDLERS[usize::from(vector)].store(handler as usize, Ordering::Release);
+}
+
+/// Sets the handler for vectors without a registered handler (the kernel's "unexpected
+/// exception" report).
+pub fn set_fallback(handler: FallbackHandler) {
+    FALLBACK.store(handler as usize, Ordering::Release);
+}
+
+fn load_handler(slot: &AtomicUsize) -> Option<Handler> {
+    let raw = slot.load(Ordering::Acquire);
+    if raw == 0 {
+        return None;
+    }
+    // SAFETY: the only non-zero values stored in these slots are `Handler` function pointers
+    // (see `register`, `set_fallback`), and fn pointers and usize have the same size.
+    Some(unsafe { core::mem::transmute::<usize, Handler>(raw) })
+}
+
+/// Called by `trap_common` with the frame it built.
+#[unsafe(no_mangle)]
+extern "sysv64" fn trap_dispatch(frame: &mut TrapFrame) {
+    let vector = frame.vector as u8;
+    super::percpu::enter_trap();
+    if let Some(handler) = load_handler(&HANDLERS[usize::from(vector)]) {
+        handler(frame);
+    } else if let Some(fallback) = load_handler(&FALLBACK) {
+        fallback(frame);
+    } else {
+        panic!(
+            "vector {vector} with no handler and no fallback, rip {:#x}",
+            frame.rip
+        );
+    }
+    super::percpu::leave_trap();
+}

@@ -1,0 +1,129 @@
+//! The PVH entry: the first instructions of the kernel on every host.
+//!
+//! Both QEMU (`-kernel`) and the host stub start here as the PVH ABI says (see
+//! `pvagent_abi::pvh`): 32-bit protected mode, paging off, flat segments, EBX = physical address
+//! of the start info. This code builds throw-away page tables that identity-map the first 1 GiB
+//! with 2 MiB pages, enters long mode and calls `kernel_main(start_info)` on the boot stack.
+//! `arch::paging` replaces these tables with the real ones right away.
+//!
+//! The stack layout `kernel_main` starts with:
+//!
+//! ```text
+//!   BOOT_STACK + BOOT_STACK_SIZE  <- rsp (16-byte aligned, then `call` pushes the return slot)
+//! ```
+
+use core::arch::global_asm;
+
+/// Size of the boot stack; the boot context later becomes vCPU 0's idle task on this stack.
+pub const BOOT_STACK_SIZE: usize = 64 * 1024;
+
+/// The boot stack. Lives in `.stacks` (not zeroed, not loaded) like every kernel stack.
+#[repr(C, align(4096))]
+pub(crate) struct BootStack([u8; BOOT_STACK_SIZE]);
+
+#[unsafe(link_section = ".stacks.boot")]
+#[unsafe(no_mangle)]
+pub(crate) static mut BOOT_STACK: BootStack = BootStack([0; BOOT_STACK_SIZE]);
+
+// Boot page tables: one PML4, one PDPT and one page directory of 2 MiB pages (the first GiB).
+#[repr(C, align(4096))]
+struct BootTable([u64; 512]);
+
+#[unsafe(no_mangle)]
+static mut BOOT_PML4: BootTable = BootTable([0; 512]);
+#[unsafe(no_mangle)]
+static mut BOOT_PDPT: BootTable = BootTable([0; 512]);
+#[unsafe(no_mangle)]
+static mut BOOT_PD: BootTable = BootTable([0; 512]);
+
+global_asm!(
+    r#"
+    .pushsection .boot.text, "ax"
+    .code32
+    .global pvh_start32
+pvh_start32:
+    cli
+    cld
+    mov %ebx, %esi                  # start info paddr: survives until kernel_main's argument
+
+    # Zero .bss: the boot tables live there, and PVH loaders need not clear it.
+    mov $__bss_start, %edi
+    mov $__bss_end, %ecx
+    sub %edi, %ecx
+    xor %eax, %eax
+    rep stosb
+
+    # PML4[0] -> PDPT, PDPT[0] -> PD: present | writable (0x3).
+    mov $BOOT_PDPT, %eax
+    or $0x3, %eax
+    mov %eax, BOOT_PML4
+    mov $BOOT_PD, %eax
+    or $0x3, %eax
+    mov %eax, BOOT_PDPT
+    # PD[i] = i * 2 MiB | present | writable | page size (0x83).
+    xor %ecx, %ecx
+1:  mov %ecx, %eax
+    shl $21, %eax
+    or $0x83, %eax
+    mov %eax, BOOT_PD(,%ecx,8)
+    inc %ecx
+    cmp $512, %ecx
+    jne 1b
+
+    mov %cr4, %eax
+    or $(1 << 5), %eax              # CR4.PAE
+    mov %eax, %cr4
+    mov $BOOT_PML4, %eax
+    mov %eax, %cr3
+    mov $0xC0000080, %ecx           # IA32_EFER
+    rdmsr
+    or $((1 << 8) | (1 << 11)), %eax  # EFER.LME | EFER.NXE
+    wrmsr
+    mov %cr0, %eax
+    or $0x80010001, %eax            # CR0.PG | CR0.WP | CR0.PE
+    mov %eax, %cr0                  # now in compatibility mode
+
+    lgdt boot_gdt_ptr
+    ljmp $0x08, $pvh_start64
+
+    .code64
+pvh_start64:
+    mov $0x10, %eax
+    mov %eax, %ds
+    mov %eax, %es
+    mov %eax, %ss
+    xor %eax, %eax
+    mov %eax, %fs
+    mov %eax, %gs
+    lea BOOT_STACK + {stack_size}(%rip), %rsp
+    xor %ebp, %ebp
+    mov %esi, %edi                  # kernel_main(start_info_paddr: u32)
+    call kernel_main
+2:  hlt                             # kernel_main never returns
+    jmp 2b
+
+    .balign 8
+boot_gdt:
+    .quad 0                         # null
+    .quad 0x00af9a000000ffff        # 0x08: 64-bit code, DPL 0
+    .quad 0x00cf92000000ffff        # 0x10: data, DPL 0
+boot_gdt_ptr:
+    .word boot_gdt_ptr - boot_gdt - 1
+    .long boot_gdt
+    .popsection
+
+    # The PVH note: QEMU and the host stub find the 32-bit entry here.
+    .pushsection .note.Xen, "a", @note
+    .balign 4
+    .long 4                         # name size ("Xen\0")
+    .long 4                         # descriptor size
+    .long {note_type}               # XEN_ELFNOTE_PHYS32_ENTRY
+    .asciz "Xen"
+    .long pvh_start32
+    .balign 4
+    .popsection
+"#,
+    stack_size = const BOOT_STACK_SIZE,
+    note_type = const pvagent_abi::pvh::XEN_ELFNOTE_PHYS32_ENTRY,
+    options(att_syntax)
+);

@@ -1,0 +1,40 @@
+//! The pvagent guest kernel.
+//!
+//! Layers, bottom to top: `boot` and `arch` (hardware, no protocol knowledge), `task` (the
+//! scheduler), `pv` (the paravirtual protocols), `selftest`. Modules whose logic is plain code
+//! (the scheduler's bookkeeping, the command line, the protocol state machines) build for the
+//! host too and are unit-tested there; everything that touches hardware is `cfg(kernel)`.
+
+#![cfg_attr(not(test), no_std)]
+
+pub mod boot;
+pub mod task;
+
+#[cfg(kernel)]
+pub mod arch;
+#[cfg(kernel)]
+pub mod console;
+#[cfg(kernel)]
+pub mod selftest;
+#[cfg(kernel)]
+pub mod sync;
+
+/// The kernel's version, printed at boot.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Command line keys the kernel understands (others are reported at boot).
+pub const KNOWN_CMDLINE_KEYS: &[&str] = &["tests", "expect-host"];
+
+#[cfg(kernel)]
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    match info.location() {
+        Some(at) => arch::fault::fatal(format_args!(
+            "panicked at {}:{}: {}",
+            at.file(),
+            at.line(),
+            info.message()
+        )),
+        None => arch::fault::fatal(format_args!("panicked: {}", info.message())),
+    }
+}

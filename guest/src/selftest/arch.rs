@@ -1,0 +1,180 @@
+//! Tests of the hardware layer: exceptions reach the right handler with the right state, the
+//! page tables protect what they should, the timer ticks, the host is identified.
+
+use super::{Failure, SelfTest, TestResult, require_host_stub};
+use crate::arch::fault::{self, pf};
+use crate::arch::{self, apic, cpu::Hypervisor, paging, percpu, time};
+use crate::boot::cmdline::Cmdline;
+use crate::{ensure, ensure_eq};
+
+pub const TESTS: &[SelfTest] = &[
+    SelfTest::new(
+        "arch::page_fault_reports_cr2_and_error_code",
+        page_fault_reports_cr2_and_error_code,
+    ),
+    SelfTest::new(
+        "arch::write_to_read_only_data_faults",
+        write_to_read_only_data_faults,
+    ),
+    SelfTest::new(
+        "arch::stack_guard_pages_are_unmapped",
+        stack_guard_pages_are_unmapped,
+    ),
+    SelfTest::new("arch::timer_ticks", timer_ticks),
+    SelfTest::new("arch::host_is_identified", host_is_identified),
+    SelfTest::new("arch::hypercall_round_trip", hypercall_round_trip),
+    SelfTest::new("arch::apic_mode_follows_cpuid", apic_mode_follows_cpuid),
+    SelfTest::new(
+        "arch::acpi_madt_lists_the_boot_cpu",
+        acpi_madt_lists_the_boot_cpu,
+    ),
+];
+
+fn page_fault_reports_cr2_and_error_code() -> TestResult {
+    // Page 0 is not mapped: a supervisor read of it is a not-present #PF.
+    let addr = 0x18;
+    let Err(f) = fault::probe_read_u64(addr) else {
+        return Err(super::fail(format_args!("reading {addr:#x} did not fault")));
+    };
+    ensure_eq!(f.vector, 14, "vector");
+    ensure_eq!(f.address, addr, "CR2");
+    ensure_eq!(
+        f.error_code,
+        0,
+        "error code (not present, read, supervisor)"
+    );
+    ensure!(f.rip != 0, "the fault reported no RIP");
+    Ok(())
+}
+
+static READ_ONLY: u64 = 0x5eed;
+
+fn write_to_read_only_data_faults() -> TestResult {
+    let addr = core::ptr::addr_of!(READ_ONLY) as u64;
+    let Err(f) = fault::probe_write_u64(addr, 1) else {
+        return Err(super::fail(format_args!(
+            "writing .rodata at {addr:#x} did not fault"
+        )));
+    };
+    ensure_eq!(f.vector, 14, "vector");
+    ensure_eq!(f.address, addr, "CR2");
+    ensure_eq!(
+        f.error_code,
+        pf::PRESENT | pf::WRITE,
+        "error code (present, write, supervisor)"
+    );
+    // SAFETY: a plain read of a static.
+    let still = unsafe { core::ptr::read_volatile(&READ_ONLY) };
+    ensure_eq!(still, 0x5eed, "the read-only value");
+    Ok(())
+}
+
+fn stack_guard_pages_are_unmapped() -> TestResult {
+    let cpu = percpu::index();
+    for slot in [1u16, 7, (crate::task::sched::MAX_TASKS - 1) as u16] {
+        let guard = crate::task::stack::kernel_stack_guard(cpu, slot);
+        match fault::probe_read_u64(guard + 8) {
+            Err(f) => {
+                ensure_eq!(f.vector, 14, "vector of a guard page read");
+                ensure_eq!(f.error_code & pf::PRESENT, 0, "guard page present bit");
+            }
+            Ok(_) => {
+                return Err(super::fail(format_args!(
+                    "guard page of slot {slot} at {guard:#x} is mapped"
+                )));
+            }
+        }
+        // The stack right above it is mapped.
+        ensure!(
+            fault::probe_read_u64(guard + 4096).is_ok(),
+            "stack of slot {slot} not mapped"
+        );
+    }
+    ensure!(paging::tables_used() > 1, "no page tables built");
+    Ok(())
+}
+
+fn timer_ticks() -> TestResult {
+    let start_ticks = arch::ticks();
+    let start = time::now_ns();
+    // 60 ms at HZ = 100 is about 6 ticks; ask for 3, allowing for a slow emulator.
+    while time::now_ns() - start < 60_000_000 {
+        core::hint::spin_loop();
+    }
+    let ticks = arch::ticks() - start_ticks;
+    ensure!(ticks >= 3, "{ticks} ticks in 60 ms (HZ {})", time::HZ);
+    ensure!(
+        ticks <= 60,
+        "{ticks} ticks in 60 ms: the timer runs far too fast (HZ {})",
+        time::HZ
+    );
+    Ok(())
+}
+
+fn host_is_identified() -> TestResult {
+    let boot = crate::boot::info::get();
+    let Some(expected) = Cmdline::new(boot.cmdline.as_str()).get("expect-host") else {
+        return Err(Failure::Skip("no expect-host= on the command line"));
+    };
+    let found = arch::platform().hypervisor;
+    let matches = match expected {
+        "stub" => {
+            matches!(found, Hypervisor::HostStub { abi_version, .. } if abi_version == pvagent_abi::ABI_VERSION)
+        }
+        "kvm" => matches!(found, Hypervisor::Kvm { .. }),
+        "tcg" => found == Hypervisor::QemuTcg,
+        other => return Err(super::fail(format_args!("unknown expect-host={other}"))),
+    };
+    ensure!(matches, "expected host {expected}, found {found:?}");
+    Ok(())
+}
+
+fn hypercall_round_trip() -> TestResult {
+    require_host_stub()?;
+    let arg = 0x0123_4567_89ab_cdef;
+    let ret = arch::hypercall::call(pvagent_abi::hypercall::Nr::Ping, [arg, 0, 0, 0])
+        .map_err(|e| super::fail(format_args!("ping failed: {e:?}")))?;
+    ensure_eq!(
+        ret,
+        [!arg, u64::from(pvagent_abi::ABI_VERSION)],
+        "ping answer"
+    );
+    Ok(())
+}
+
+fn apic_mode_follows_cpuid() -> TestResult {
+    let p = arch::platform();
+    let expected = if p.cpu.x2apic {
+        apic::Mode::X2Apic
+    } else {
+        apic::Mode::XApic
+    };
+    ensure_eq!(
+        apic::mode(),
+        expected,
+        "APIC mode for CPUID x2APIC={}",
+        p.cpu.x2apic
+    );
+    ensure_eq!(apic::id(), percpu::apic_id(), "APIC ID read now vs at boot");
+    Ok(())
+}
+
+fn acpi_madt_lists_the_boot_cpu() -> TestResult {
+    let p = arch::platform();
+    if crate::boot::info::get().rsdp.is_none() {
+        return Err(Failure::Skip("this host provides no ACPI tables"));
+    }
+    let Some(madt) = p.madt else {
+        return Err(super::fail(format_args!(
+            "the host gave an RSDP but the MADT could not be read"
+        )));
+    };
+    ensure!(madt.cpus >= 1, "the MADT lists no usable CPU");
+    let listed = &madt.apic_ids[..(madt.cpus as usize).min(madt.apic_ids.len())];
+    ensure!(
+        listed.contains(&p.boot_apic_id),
+        "boot APIC ID {} not among {listed:?}",
+        p.boot_apic_id
+    );
+    Ok(())
+}

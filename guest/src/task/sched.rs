@@ -1,0 +1,562 @@
+//! The scheduler's bookkeeping: task states, the run queue, blocking and waking. Plain code
+//! with no hardware access, so every transition is unit-tested on the host; `task::switch`
+//! does the stack switching this module decides on.
+//!
+//! One `SchedCore` per vCPU; a task stays on the vCPU that spawned it.
+
+use heapless::Deque;
+
+/// Task slots per vCPU (the idle task included).
+pub const MAX_TASKS: usize = 32;
+
+/// A task, by slot and by the slot's generation (so a stale id never names a reused slot).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TaskId {
+    pub slot: u16,
+    pub generation: u16,
+}
+
+/// What a task is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Runs in the kernel (CPL 0) the whole time.
+    Kernel,
+    /// Runs at CPL 3 and enters the kernel through traps.
+    User,
+    /// The vCPU's idle task: runs when nothing else can, never blocks.
+    Idle,
+}
+
+/// What a blocked task waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// An [`crate::task`] event, by key.
+    Event(u64),
+    /// Another task's exit.
+    Join(TaskId),
+    /// The tick count reaching this value.
+    Sleep { until_tick: u64 },
+    /// A page-not-present token's resolution.
+    Token(u32),
+}
+
+/// The fault that ended a task, as the CPU reported it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FaultInfo {
+    pub vector: u8,
+    pub error_code: u64,
+    pub address: u64,
+    pub rip: u64,
+}
+
+/// Why the kernel ended a task on behalf of a protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KillReason {
+    /// The page behind a page-not-present token failed.
+    PageFailed { token: u32, gpa: u64 },
+}
+
+/// How a task ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// Returned (kernel task) or called exit (user task) with this value.
+    Returned(u64),
+    /// Ended by an exception nobody handled.
+    Faulted(FaultInfo),
+    /// Ended by a protocol decision.
+    Killed(KillReason),
+}
+
+/// A task's life cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Free,
+    Ready,
+    Running,
+    Blocked(Wait),
+    Exited(ExitStatus),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    state: State,
+    generation: u16,
+    kind: Kind,
+    name: &'static str,
+    /// Value handed over by the waker (e.g. a token's result); read after waking.
+    wake_value: u64,
+}
+
+const FREE_SLOT: Slot = Slot {
+    state: State::Free,
+    generation: 0,
+    kind: Kind::Kernel,
+    name: "",
+    wake_value: 0,
+};
+
+/// Why a spawn failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpawnError {
+    NoFreeSlot,
+}
+
+/// Result of a wake-up attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WakeOutcome {
+    /// The task was blocked and is now ready.
+    Woken,
+    /// The task exists but was not blocked (a late or duplicate wake-up): nothing changed.
+    NotBlocked,
+    /// No such task (stale id or free slot).
+    NoSuchTask,
+}
+
+/// Why a task could not be reaped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReapError {
+    NoSuchTask,
+    StillRunning,
+}
+
+/// Counters for reports and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SchedStats {
+    pub switches: u64,
+    pub spawned: u64,
+    pub blocked: u64,
+    pub woken: u64,
+    pub spurious_wakes: u64,
+}
+
+/// One vCPU's scheduler state.
+#[derive(Debug)]
+pub struct SchedCore {
+    slots: [Slot; MAX_TASKS],
+    run_queue: Deque<u16, MAX_TASKS>,
+    current: u16,
+    idle: Option<u16>,
+    pub stats: SchedStats,
+}
+
+impl Default for SchedCore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SchedCore {
+    /// An empty scheduler; [`SchedCore::adopt_idle`] must come first.
+    pub const fn new() -> Self {
+        Self {
+            slots: [FREE_SLOT; MAX_TASKS],
+            run_queue: Deque::new(),
+            current: 0,
+            idle: None,
+            stats: SchedStats {
+                switches: 0,
+                spawned: 0,
+                blocked: 0,
+                woken: 0,
+                spurious_wakes: 0,
+            },
+        }
+    }
+
+    fn id_of(&self, slot: u16) -> TaskId {
+        TaskId {
+            slot,
+            generation: self.slots[usize::from(slot)].generation,
+        }
+    }
+
+    fn slot(&self, id: TaskId) -> Option<&Slot> {
+        self.slots
+            .get(usize::from(id.slot))
+            .filter(|s| s.generation == id.generation && s.state != State::Free)
+    }
+
+    fn slot_mut(&mut self, id: TaskId) -> Option<&mut Slot> {
+        self.slots
+            .get_mut(usize::from(id.slot))
+            .filter(|s| s.generation == id.generation && s.state != State::Free)
+    }
+
+    /// Makes the running context (the boot code, or a new vCPU's start code) this vCPU's idle
+    /// task, in slot 0.
+    pub fn adopt_idle(&mut self, name: &'static str) -> TaskId {
+        assert!(self.idle.is_none(), "idle task adopted twice");
+        self.slots[0] = Slot {
+            state: State::Running,
+            generation: 1,
+            kind: Kind::Idle,
+            name,
+            wake_value: 0,
+        };
+        self.idle = Some(0);
+        self.current = 0;
+        self.id_of(0)
+    }
+
+    /// Claims a slot for a new task and queues it. The caller prepares its stack before the
+    /// task can be picked (it is, at the earliest, at the next switch).
+    pub fn spawn(&mut self, name: &'static str, kind: Kind) -> Result<TaskId, SpawnError> {
+        assert!(kind != Kind::Idle, "only adopt_idle creates the idle task");
+        let slot = self
+            .slots
+            .iter()
+            .position(|s| s.state == State::Free)
+            .ok_or(SpawnError::NoFreeSlot)? as u16;
+        let s = &mut self.slots[usize::from(slot)];
+        s.generation = s.generation.wrapping_add(1).max(1);
+        s.state = State::Ready;
+        s.kind = kind;
+        s.name = name;
+        s.wake_value = 0;
+        // Cannot fail: there are as many queue entries as slots and a slot is queued at most
+        // once (only Ready tasks are queued).
+        let _ = self.run_queue.push_back(slot);
+        self.stats.spawned += 1;
+        Ok(self.id_of(slot))
+    }
+
+    /// The running task.
+    pub fn current(&self) -> TaskId {
+        self.id_of(self.current)
+    }
+
+    /// The running task's kind.
+    pub fn current_kind(&self) -> Kind {
+        self.slots[usize::from(self.current)].kind
+    }
+
+    /// A task's name.
+    pub fn name(&self, id: TaskId) -> Option<&'static str> {
+        self.slot(id).map(|s| s.name)
+    }
+
+    /// A task's state.
+    pub fn state(&self, id: TaskId) -> Option<State> {
+        self.slot(id).map(|s| s.state)
+    }
+
+    /// A task's kind.
+    pub fn kind(&self, id: TaskId) -> Option<Kind> {
+        self.slot(id).map(|s| s.kind)
+    }
+
+    /// Whether a task other than the current one (and other than idle) could run now.
+    pub fn has_other_runnable(&self) -> bool {
+        !self.run_queue.is_empty()
+    }
+
+    /// The running task gives up the vCPU but stays runnable.
+    pub fn yield_current(&mut self) {
+        let cur = self.current;
+        let slot = &mut self.slots[usize::from(cur)];
+        if slot.kind == Kind::Idle || slot.state != State::Running {
+            return;
+        }
+        slot.state = State::Ready;
+        let _ = self.run_queue.push_back(cur);
+    }
+
+    /// The running task waits for `wait`. The idle task cannot block.
+    pub fn block_current(&mut self, wait: Wait) {
+        let slot = &mut self.slots[usize::from(self.current)];
+        assert!(
+            slot.kind != Kind::Idle,
+            "the idle task tried to block on {wait:?}"
+        );
+        assert_eq!(
+            slot.state,
+            State::Running,
+            "blocking a task that is not running"
+        );
+        slot.state = State::Blocked(wait);
+        slot.wake_value = 0;
+        self.stats.blocked += 1;
+    }
+
+    /// Wakes `id` if it is blocked, handing it `value`.
+    pub fn wake(&mut self, id: TaskId, value: u64) -> WakeOutcome {
+        let Some(slot) = self.slot_mut(id) else {
+            return WakeOutcome::NoSuchTask;
+        };
+        if !matches!(slot.state, State::Blocked(_)) {
+            self.stats.spurious_wakes += 1;
+            return WakeOutcome::NotBlocked;
+        }
+        slot.state = State::Ready;
+        slot.wake_value = value;
+        let _ = self.run_queue.push_back(id.slot);
+        self.stats.woken += 1;
+        WakeOutcome::Woken
+    }
+
+    /// Wakes every task blocked on exactly `wait`; returns how many.
+    pub fn wake_all(&mut self, wait: Wait, value: u64) -> usize {
+        let mut woken = 0;
+        for slot in 0..MAX_TASKS as u16 {
+            if self.slots[usize::from(slot)].state == State::Blocked(wait) {
+                let id = self.id_of(slot);
+                if self.wake(id, value) == WakeOutcome::Woken {
+                    woken += 1;
+                }
+            }
+        }
+        woken
+    }
+
+    /// The value the last waker handed the running task.
+    pub fn current_wake_value(&self) -> u64 {
+        self.slots[usize::from(self.current)].wake_value
+    }
+
+    /// The running task ends; whoever joins it is woken.
+    pub fn exit_current(&mut self, status: ExitStatus) {
+        let cur = self.current;
+        let slot = &mut self.slots[usize::from(cur)];
+        assert!(slot.kind != Kind::Idle, "the idle task tried to exit");
+        slot.state = State::Exited(status);
+        let me = self.id_of(cur);
+        self.wake_all(Wait::Join(me), 0);
+    }
+
+    /// Ends a task that is not running (e.g. killed while blocked). Returns false when it is
+    /// running, exited or unknown.
+    pub fn kill(&mut self, id: TaskId, status: ExitStatus) -> bool {
+        if id.slot == self.current || self.kind(id) == Some(Kind::Idle) {
+            return false;
+        }
+        let Some(slot) = self.slot_mut(id) else {
+            return false;
+        };
+        match slot.state {
+            State::Ready | State::Blocked(_) => {}
+            _ => return false,
+        }
+        let was_ready = slot.state == State::Ready;
+        slot.state = State::Exited(status);
+        if was_ready {
+            self.remove_from_queue(id.slot);
+        }
+        self.wake_all(Wait::Join(id), 0);
+        true
+    }
+
+    fn remove_from_queue(&mut self, slot: u16) {
+        let len = self.run_queue.len();
+        for _ in 0..len {
+            if let Some(s) = self.run_queue.pop_front() {
+                if s != slot {
+                    let _ = self.run_queue.push_back(s);
+                }
+            }
+        }
+    }
+
+    /// Frees an exited task's slot and returns how it ended.
+    pub fn reap(&mut self, id: TaskId) -> Result<ExitStatus, ReapError> {
+        let slot = self.slot_mut(id).ok_or(ReapError::NoSuchTask)?;
+        match slot.state {
+            State::Exited(status) => {
+                slot.state = State::Free;
+                Ok(status)
+            }
+            _ => Err(ReapError::StillRunning),
+        }
+    }
+
+    /// Wakes the tasks whose sleep ended at tick `now`; returns how many.
+    pub fn tick(&mut self, now: u64) -> usize {
+        let mut woken = 0;
+        for slot in 0..MAX_TASKS as u16 {
+            if let State::Blocked(Wait::Sleep { until_tick }) = self.slots[usize::from(slot)].state
+            {
+                if until_tick <= now {
+                    let id = self.id_of(slot);
+                    self.wake(id, now);
+                    woken += 1;
+                }
+            }
+        }
+        woken
+    }
+
+    /// Decides the next task. Returns `(from, to)` slots when a switch is needed and marks `to`
+    /// running; `None` when the current task keeps the vCPU.
+    pub fn pick_next(&mut self) -> Option<(u16, u16)> {
+        let cur = self.current;
+        let cur_running = self.slots[usize::from(cur)].state == State::Running;
+        let next = match self.run_queue.pop_front() {
+            Some(next) => next,
+            None if cur_running => return None,
+            None => self.idle.expect("no idle task: adopt_idle was not called"),
+        };
+        if next == cur {
+            self.slots[usize::from(cur)].state = State::Running;
+            return None;
+        }
+        if cur_running {
+            // The idle task steps aside without being queued (it is the default choice); any
+            // other task still running is preempted and goes to the back of the queue.
+            self.slots[usize::from(cur)].state = State::Ready;
+            if self.slots[usize::from(cur)].kind != Kind::Idle {
+                let _ = self.run_queue.push_back(cur);
+            }
+        }
+        self.slots[usize::from(next)].state = State::Running;
+        self.current = next;
+        self.stats.switches += 1;
+        Some((cur, next))
+    }
+
+    /// Every task that is not free, for reports.
+    pub fn live_tasks(&self) -> impl Iterator<Item = (TaskId, &'static str, State)> + '_ {
+        (0..MAX_TASKS as u16).filter_map(move |slot| {
+            let s = &self.slots[usize::from(slot)];
+            (s.state != State::Free).then(|| (self.id_of(slot), s.name, s.state))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_idle() -> (SchedCore, TaskId) {
+        let mut s = SchedCore::new();
+        let idle = s.adopt_idle("idle");
+        (s, idle)
+    }
+
+    #[test]
+    fn spawned_task_runs_before_idle_and_idle_returns_when_it_blocks() {
+        let (mut s, idle) = with_idle();
+        let a = s.spawn("a", Kind::Kernel).unwrap();
+        assert_eq!(s.pick_next(), Some((idle.slot, a.slot)));
+        assert_eq!(s.current(), a);
+        s.block_current(Wait::Event(7));
+        assert_eq!(s.pick_next(), Some((a.slot, idle.slot)));
+        assert_eq!(s.state(a), Some(State::Blocked(Wait::Event(7))));
+        // Nothing runnable: idle keeps the vCPU.
+        assert_eq!(s.pick_next(), None);
+    }
+
+    #[test]
+    fn wake_hands_over_a_value_and_requeues_once() {
+        let (mut s, _) = with_idle();
+        let a = s.spawn("a", Kind::Kernel).unwrap();
+        s.pick_next();
+        s.block_current(Wait::Token(5));
+        s.pick_next();
+        assert_eq!(s.wake(a, 42), WakeOutcome::Woken);
+        // A second wake-up of a task that is already ready changes nothing.
+        assert_eq!(s.wake(a, 43), WakeOutcome::NotBlocked);
+        assert_eq!(s.pick_next().map(|(_, to)| to), Some(a.slot));
+        assert_eq!(s.current_wake_value(), 42);
+        assert_eq!(s.pick_next(), None, "the task was queued exactly once");
+        assert_eq!(s.stats.spurious_wakes, 1);
+    }
+
+    #[test]
+    fn round_robin_between_yielding_tasks() {
+        let (mut s, _) = with_idle();
+        let a = s.spawn("a", Kind::Kernel).unwrap();
+        let b = s.spawn("b", Kind::Kernel).unwrap();
+        s.pick_next();
+        assert_eq!(s.current(), a);
+        s.yield_current();
+        s.pick_next();
+        assert_eq!(s.current(), b);
+        s.yield_current();
+        s.pick_next();
+        assert_eq!(s.current(), a);
+    }
+
+    #[test]
+    fn exit_wakes_the_joiner_and_reap_frees_the_slot_for_a_new_generation() {
+        let (mut s, _) = with_idle();
+        let parent = s.spawn("parent", Kind::Kernel).unwrap();
+        let child = s.spawn("child", Kind::User).unwrap();
+        s.pick_next(); // parent
+        s.block_current(Wait::Join(child));
+        s.pick_next(); // child
+        s.exit_current(ExitStatus::Returned(3));
+        assert_eq!(s.pick_next().map(|(_, to)| to), Some(parent.slot));
+        assert_eq!(s.reap(child), Ok(ExitStatus::Returned(3)));
+        assert_eq!(s.reap(child), Err(ReapError::NoSuchTask));
+        let again = s.spawn("again", Kind::Kernel).unwrap();
+        assert_eq!(again.slot, child.slot);
+        assert_ne!(again.generation, child.generation);
+        // The stale id names nothing.
+        assert_eq!(s.wake(child, 0), WakeOutcome::NoSuchTask);
+        assert_eq!(s.state(child), None);
+    }
+
+    #[test]
+    fn a_running_task_that_did_not_yield_is_preempted_not_lost() {
+        let (mut s, _) = with_idle();
+        let a = s.spawn("a", Kind::Kernel).unwrap();
+        let b = s.spawn("b", Kind::Kernel).unwrap();
+        s.pick_next();
+        assert_eq!(s.current(), a);
+        s.pick_next();
+        assert_eq!(s.current(), b);
+        s.pick_next();
+        assert_eq!(s.current(), a, "a was requeued when b took over");
+    }
+
+    #[test]
+    fn reaping_a_live_task_is_refused() {
+        let (mut s, _) = with_idle();
+        let a = s.spawn("a", Kind::Kernel).unwrap();
+        assert_eq!(s.reap(a), Err(ReapError::StillRunning));
+    }
+
+    #[test]
+    fn sleepers_wake_when_their_tick_comes() {
+        let (mut s, _) = with_idle();
+        let a = s.spawn("a", Kind::Kernel).unwrap();
+        s.pick_next();
+        s.block_current(Wait::Sleep { until_tick: 10 });
+        s.pick_next();
+        assert_eq!(s.tick(9), 0);
+        assert_eq!(s.tick(10), 1);
+        assert_eq!(s.state(a), Some(State::Ready));
+    }
+
+    #[test]
+    fn killing_a_ready_task_removes_it_from_the_queue() {
+        let (mut s, _) = with_idle();
+        let a = s.spawn("a", Kind::User).unwrap();
+        let b = s.spawn("b", Kind::Kernel).unwrap();
+        let status = ExitStatus::Killed(KillReason::PageFailed {
+            token: 1,
+            gpa: 0x1000,
+        });
+        assert!(s.kill(a, status));
+        assert_eq!(s.pick_next().map(|(_, to)| to), Some(b.slot));
+        assert_eq!(s.reap(a), Ok(status));
+    }
+
+    #[test]
+    fn slots_run_out_cleanly() {
+        let (mut s, _) = with_idle();
+        for _ in 1..MAX_TASKS {
+            s.spawn("t", Kind::Kernel).unwrap();
+        }
+        assert_eq!(
+            s.spawn("one too many", Kind::Kernel),
+            Err(SpawnError::NoFreeSlot)
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "idle task tried to block")]
+    fn the_idle_task_cannot_block() {
+        let (mut s, _) = with_idle();
+        s.block_current(Wait::Event(1));
+    }
+}

@@ -1,0 +1,310 @@
+//! The per-vCPU scheduler around [`SchedCore`]: stacks, contexts, switching, and the calls the
+//! rest of the kernel uses (spawn, yield, block, wake, exit, join, sleep).
+//!
+//! Every switch happens with interrupts disabled. A task switched out inside a trap handler (a
+//! page-not-present event parks it there) resumes inside that handler; the trap depth of each
+//! context is saved and restored with it.
+
+use core::cell::UnsafeCell;
+
+use super::sched::{
+    ExitStatus, FaultInfo, Kind, MAX_TASKS, ReapError, SchedCore, SpawnError, State, TaskId, Wait,
+    WakeOutcome,
+};
+use super::{stack, switch};
+use crate::arch::fault::Fault;
+use crate::arch::percpu::{self, CpuLocal, MAX_CPUS};
+use crate::arch::trap::TrapFrame;
+use crate::arch::{cpu, gdt};
+use crate::sync::{IrqCell, IrqGuard};
+
+/// A kernel task's body: gets the spawn argument, returns its exit value.
+pub type KernelEntry = fn(u64) -> u64;
+/// A CPL 3 task's body: code in `.user_text`, argument in RDI; it ends with `user::exit`.
+pub type UserEntry = extern "sysv64" fn(u64) -> !;
+
+/// What a task's fault hook decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultAction {
+    /// The hook fixed things up (e.g. moved RIP); resume the task.
+    Resume,
+    /// End the task as if it had no hook.
+    Kill,
+}
+
+/// Per-task handler for its own CPL 3 faults (e.g. an alignment check it asked for).
+pub type FaultHook = fn(&mut TrapFrame, &Fault) -> FaultAction;
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Context {
+    rsp: u64,
+    trap_depth: u32,
+}
+
+struct Contexts([UnsafeCell<Context>; MAX_TASKS]);
+// SAFETY: a vCPU only touches its own Contexts (CpuLocal), with interrupts disabled, in
+// `schedule` and `spawn`; `switch_context` writes the `from` RSP while nothing else runs.
+unsafe impl Sync for Contexts {}
+
+#[derive(Debug)]
+struct CpuSched {
+    core: SchedCore,
+    fault_hooks: [Option<FaultHook>; MAX_TASKS],
+}
+
+static SCHED: CpuLocal<IrqCell<CpuSched>> = CpuLocal::new(
+    [const {
+        IrqCell::new(CpuSched {
+            core: SchedCore::new(),
+            fault_hooks: [None; MAX_TASKS],
+        })
+    }; MAX_CPUS],
+);
+static CONTEXTS: CpuLocal<Contexts> = CpuLocal::new(
+    [const {
+        Contexts(
+            [const {
+                UnsafeCell::new(Context {
+                    rsp: 0,
+                    trap_depth: 0,
+                })
+            }; MAX_TASKS],
+        )
+    }; MAX_CPUS],
+);
+
+fn with_sched<R>(f: impl FnOnce(&mut CpuSched) -> R) -> R {
+    SCHED.get().with(f)
+}
+
+/// Makes the running (boot) context this vCPU's idle task, protects the task stacks with guard
+/// pages, and starts the tick.
+pub fn init_cpu() {
+    with_sched(|s| s.core.adopt_idle("idle"));
+    stack::protect(percpu::index());
+    crate::arch::fault::set_user_fault_hook(on_user_fault);
+    super::user::init();
+    crate::arch::start_tick(on_tick);
+}
+
+fn on_tick(now: u64) {
+    with_sched(|s| s.core.tick(now));
+}
+
+/// Spawns a kernel task on this vCPU.
+pub fn spawn_kernel(
+    name: &'static str,
+    entry: KernelEntry,
+    arg: u64,
+) -> Result<TaskId, SpawnError> {
+    let cpu = percpu::index();
+    with_sched(|s| {
+        let id = s.core.spawn(name, Kind::Kernel)?;
+        s.fault_hooks[usize::from(id.slot)] = None;
+        let top = stack::kernel_stack_top(cpu, id.slot);
+        // SAFETY: the slot was free, so its stack is unused; stack tops are page aligned.
+        let rsp = unsafe { switch::prepare_kernel_stack(top, entry as usize as u64, arg) };
+        set_context(id.slot, Context { rsp, trap_depth: 0 });
+        Ok(id)
+    })
+}
+
+/// Spawns a CPL 3 task on this vCPU, starting at `entry` with `arg` in RDI.
+pub fn spawn_user(name: &'static str, entry: UserEntry, arg: u64) -> Result<TaskId, SpawnError> {
+    let cpu = percpu::index();
+    let entry = entry as usize as u64;
+    let layout = crate::arch::paging::image_layout();
+    assert!(
+        (layout.user_text.0..layout.user_text.1).contains(&entry),
+        "user task {name} starts at {entry:#x}, outside .user_text"
+    );
+    with_sched(|s| {
+        let id = s.core.spawn(name, Kind::User)?;
+        s.fault_hooks[usize::from(id.slot)] = None;
+        let top = stack::kernel_stack_top(cpu, id.slot);
+        let user_top = stack::user_stack_top(cpu, id.slot);
+        // SAFETY: the slot was free, so both stacks are unused; `entry` is in user text.
+        let rsp = unsafe { switch::prepare_user_stack(top, entry, user_top, arg) };
+        set_context(id.slot, Context { rsp, trap_depth: 0 });
+        Ok(id)
+    })
+}
+
+fn set_context(slot: u16, context: Context) {
+    // SAFETY: called with interrupts off (inside `with_sched`) for a slot that is not running,
+    // so no switch reads or writes this context now.
+    unsafe { *CONTEXTS.get().0[usize::from(slot)].get() = context };
+}
+
+/// Installs a fault hook for `id` (its CPL 3 faults go there first).
+pub fn set_fault_hook(id: TaskId, hook: Option<FaultHook>) {
+    with_sched(|s| {
+        if s.core.state(id).is_some() {
+            s.fault_hooks[usize::from(id.slot)] = hook;
+        }
+    });
+}
+
+/// Switches to the next task if the scheduler picks one. Interrupts must be disabled; the
+/// caller has already yielded, blocked or exited the current task (or is the idle task).
+pub fn schedule() {
+    assert!(
+        !cpu::interrupts_enabled(),
+        "schedule() with interrupts enabled"
+    );
+    let cpu = percpu::index();
+    let Some((from, to)) = with_sched(|s| s.core.pick_next()) else {
+        return;
+    };
+    gdt::set_kernel_stack(cpu, stack::kernel_stack_top(cpu, to));
+    let contexts = CONTEXTS.get();
+    let from_ctx = contexts.0[usize::from(from)].get();
+    let to_ctx = contexts.0[usize::from(to)].get();
+    // SAFETY: interrupts are off; `from` is the running context (its RSP is written by the
+    // switch) and `to` was prepared by spawn or saved by an earlier switch. Nothing else
+    // accesses either context meanwhile.
+    unsafe {
+        (*from_ctx).trap_depth = percpu::swap_trap_depth((*to_ctx).trap_depth);
+        switch::switch_context(core::ptr::addr_of_mut!((*from_ctx).rsp), (*to_ctx).rsp);
+    }
+}
+
+/// Lets other ready tasks run; the current task stays ready.
+pub fn yield_now() {
+    let _irq = IrqGuard::new();
+    with_sched(|s| s.core.yield_current());
+    schedule();
+}
+
+/// Blocks the current task on `wait` until someone wakes it; returns the waker's value.
+/// Interrupts must be disabled, so that the condition the caller checked cannot change before
+/// the task is marked blocked.
+pub fn block_current(wait: Wait) -> u64 {
+    assert!(
+        !cpu::interrupts_enabled(),
+        "block_current() with interrupts enabled"
+    );
+    with_sched(|s| s.core.block_current(wait));
+    schedule();
+    with_sched(|s| s.core.current_wake_value())
+}
+
+/// Wakes task `id` with `value`.
+pub fn wake(id: TaskId, value: u64) -> WakeOutcome {
+    with_sched(|s| s.core.wake(id, value))
+}
+
+/// Wakes every task blocked on `wait`.
+pub fn wake_all(wait: Wait, value: u64) -> usize {
+    with_sched(|s| s.core.wake_all(wait, value))
+}
+
+/// Ends the current task.
+pub fn exit_current(status: ExitStatus) -> ! {
+    let _irq = IrqGuard::new();
+    with_sched(|s| s.core.exit_current(status));
+    schedule();
+    unreachable!("an exited task was scheduled again");
+}
+
+/// Ends task `id`, which must not be running (it is woken from whatever it waited on).
+pub fn kill(id: TaskId, status: ExitStatus) -> bool {
+    with_sched(|s| s.core.kill(id, status))
+}
+
+/// Waits for `id` to end, frees it and returns how it ended.
+pub fn join(id: TaskId) -> Result<ExitStatus, ReapError> {
+    loop {
+        let _irq = IrqGuard::new();
+        match with_sched(|s| s.core.state(id)) {
+            None => return Err(ReapError::NoSuchTask),
+            Some(State::Exited(_)) => return with_sched(|s| s.core.reap(id)),
+            Some(_) => {
+                block_current(Wait::Join(id));
+            }
+        }
+    }
+}
+
+/// Sleeps for at least `ticks` timer ticks.
+pub fn sleep_ticks(ticks: u64) {
+    let _irq = IrqGuard::new();
+    let until_tick = crate::arch::ticks() + ticks.max(1);
+    block_current(Wait::Sleep { until_tick });
+}
+
+/// The running task.
+pub fn current() -> TaskId {
+    with_sched(|s| s.core.current())
+}
+
+/// A task's state (`None` once it was reaped).
+pub fn state(id: TaskId) -> Option<State> {
+    with_sched(|s| s.core.state(id))
+}
+
+/// The running task's kind.
+pub fn current_kind() -> Kind {
+    with_sched(|s| s.core.current_kind())
+}
+
+/// A task's name.
+pub fn name(id: TaskId) -> &'static str {
+    with_sched(|s| s.core.name(id)).unwrap_or("?")
+}
+
+/// Whether another task could run if the current one blocked.
+pub fn has_other_runnable() -> bool {
+    with_sched(|s| s.core.has_other_runnable())
+}
+
+/// How many tasks exist on this vCPU (idle included), for leak checks.
+pub fn live_count() -> usize {
+    with_sched(|s| s.core.live_tasks().count())
+}
+
+/// Scheduler counters of this vCPU.
+pub fn stats() -> super::sched::SchedStats {
+    with_sched(|s| s.core.stats)
+}
+
+/// The idle loop: run whatever is ready, otherwise halt until an interrupt makes something
+/// ready. The boot context ends here.
+pub fn idle_loop() -> ! {
+    loop {
+        cpu::disable_interrupts();
+        if has_other_runnable() {
+            schedule();
+        } else {
+            cpu::enable_interrupts_and_halt();
+        }
+    }
+}
+
+/// First Rust code of every kernel task (called by `kernel_task_trampoline`).
+#[unsafe(no_mangle)]
+extern "sysv64" fn task_start(entry: usize, arg: u64) -> ! {
+    // SAFETY: `entry` was stored by `spawn_kernel` from a `KernelEntry`.
+    let entry = unsafe { core::mem::transmute::<usize, KernelEntry>(entry) };
+    cpu::enable_interrupts();
+    let value = entry(arg);
+    exit_current(ExitStatus::Returned(value));
+}
+
+/// CPL 3 faults that no vector handler claimed: the task's hook decides, or the task ends.
+fn on_user_fault(frame: &mut TrapFrame, fault: Fault) {
+    let id = current();
+    let hook = with_sched(|s| s.fault_hooks[usize::from(id.slot)]);
+    if let Some(hook) = hook {
+        if hook(frame, &fault) == FaultAction::Resume {
+            return;
+        }
+    }
+    crate::kprintln!("task {} (user) ended by {fault}", name(id));
+    exit_current(ExitStatus::Faulted(FaultInfo {
+        vector: fault.vector,
+        error_code: fault.error_code,
+        address: fault.address,
+        rip: fault.rip,
+    }));
+}

@@ -1,0 +1,107 @@
+//! CPL 3 support: how user code calls the kernel, and the user-side call stubs.
+//!
+//! A user task calls the kernel with `ud2`, the number in RAX and arguments in RDI, RSI, RDX;
+//! the result comes back in RAX and execution continues after the `ud2`. Neither `syscall` nor
+//! `int n` can be used: on the PVM `/dev/kvm` these machines have, `syscall` enters the handler
+//! without leaving user mode (the next privileged instruction triple-faults), and `int n` ends
+//! the VM with an emulation failure. `ud2` is a plain fault that every host delivers. Only a
+//! `ud2` at CPL 3 inside `.user_text` is a call; any other #UD is an ordinary fault.
+
+use crate::arch::fault;
+use crate::arch::paging::image_layout;
+use crate::arch::trap::{self, TrapFrame};
+use crate::task::sched::ExitStatus;
+
+/// `ud2`.
+const UD2: [u8; 2] = [0x0F, 0x0B];
+/// #UD.
+const VECTOR_UD: u8 = 6;
+
+/// Kernel call numbers (RAX).
+pub mod nr {
+    /// End the task with the value in RDI.
+    pub const EXIT: u64 = 0;
+    /// Let other tasks run.
+    pub const YIELD: u64 = 1;
+}
+
+/// RAX after a call with an unknown number.
+pub const ENOSYS: u64 = u64::MAX;
+
+pub(super) fn init() {
+    trap::register(VECTOR_UD, on_invalid_opcode);
+}
+
+fn is_kernel_call(frame: &TrapFrame) -> bool {
+    if !frame.from_user() {
+        return false;
+    }
+    let text = image_layout().user_text;
+    if !(text.0..text.1.saturating_sub(1)).contains(&frame.rip) {
+        return false;
+    }
+    // SAFETY: RIP and RIP+1 are inside `.user_text`, which is mapped and readable by the
+    // kernel; user text is not writable, so the bytes are stable.
+    let bytes = unsafe { core::ptr::read_unaligned(frame.rip as *const [u8; 2]) };
+    bytes == UD2
+}
+
+fn on_invalid_opcode(frame: &mut TrapFrame) {
+    if !is_kernel_call(frame) {
+        fault::unhandled(frame);
+        return;
+    }
+    frame.rip += UD2.len() as u64;
+    match frame.rax {
+        nr::EXIT => super::exit_current(ExitStatus::Returned(frame.rdi)),
+        nr::YIELD => {
+            frame.rax = 0;
+            super::yield_now();
+        }
+        _ => frame.rax = ENOSYS,
+    }
+}
+
+/// User side: ends the calling task with `code`. Inlined into the user function that calls it,
+/// so the `ud2` lands in `.user_text`.
+#[inline(always)]
+pub fn exit(code: u64) -> ! {
+    // SAFETY: a kernel call; EXIT does not return.
+    unsafe {
+        core::arch::asm!("ud2", in("rax") nr::EXIT, in("rdi") code, options(noreturn, nostack))
+    }
+}
+
+/// User side: lets other tasks run.
+#[inline(always)]
+pub fn yield_now() {
+    // SAFETY: a kernel call; YIELD returns 0 in RAX and preserves everything else.
+    unsafe { core::arch::asm!("ud2", inout("rax") nr::YIELD => _, options(nostack)) }
+}
+
+// User-side helpers are inline asm rather than `core::ptr::read_volatile` and friends: in
+// debug builds those call precondition checks that live in kernel text, which CPL 3 cannot
+// execute.
+
+/// User side: reads a u64 (for touching test pages).
+#[inline(always)]
+pub fn read_u64(addr: u64) -> u64 {
+    let value: u64;
+    // SAFETY: user code only passes addresses of its own test buffers; a bad address faults the
+    // task, which is what such a test wants to see.
+    unsafe {
+        core::arch::asm!("mov {}, qword ptr [{}]", out(reg) value, in(reg) addr,
+            options(nostack, readonly, preserves_flags));
+    }
+    value
+}
+
+/// User side: writes a u64.
+#[inline(always)]
+pub fn write_u64(addr: u64, value: u64) {
+    // SAFETY: as in `read_u64`.
+    unsafe {
+        core::arch::asm!("mov qword ptr [{}], {}", in(reg) addr, in(reg) value,
+            options(nostack, preserves_flags));
+    }
+}

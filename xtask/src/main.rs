@@ -1,0 +1,118 @@
+//! `cargo xtask`: the project's commands. Thin: parses arguments and calls the library.
+//!
+//! ```text
+//! cargo xtask run   [--release] [--tests PATTERNS] [-- HOST-STUB ARGS...]
+//! cargo xtask qemu  [--accel tcg|kvm] [--release] [--tests PATTERNS] [-- GUEST CMDLINE...]
+//! cargo xtask test
+//! ```
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use xtask::qemu::{self, Accel};
+use xtask::{Profile, Result, err, guest};
+
+const USAGE: &str = "usage: cargo xtask <run|qemu|test> [options]
+  run   [--release] [--tests PATTERNS] [-- HOST-STUB ARGS]   boot the guest under the host stub
+  qemu  [--accel tcg|kvm] [--release] [--tests PATTERNS] [-- GUEST CMDLINE]
+                                                             boot the same guest under QEMU
+  test                                                       unit tests, then both hosts, then
+                                                             the end-to-end tests";
+
+/// Time a full self-test run may take before it is killed.
+const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+
+struct Options {
+    release: bool,
+    tests: Option<String>,
+    accel: Accel,
+    rest: Vec<String>,
+}
+
+fn parse(args: &[String]) -> Result<Options> {
+    let mut opts = Options {
+        release: false,
+        tests: None,
+        accel: Accel::Tcg,
+        rest: Vec::new(),
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--release" => opts.release = true,
+            "--tests" => {
+                opts.tests = Some(
+                    it.next()
+                        .ok_or_else(|| err!("--tests needs a value"))?
+                        .clone(),
+                )
+            }
+            "--accel" => {
+                opts.accel =
+                    Accel::parse(it.next().ok_or_else(|| err!("--accel needs tcg or kvm"))?)?
+            }
+            "--" => {
+                opts.rest = it.cloned().collect();
+                break;
+            }
+            other => return Err(err!("unknown option {other:?}\n{USAGE}")),
+        }
+    }
+    Ok(opts)
+}
+
+fn profile(opts: &Options) -> Profile {
+    if opts.release {
+        Profile::Release
+    } else {
+        Profile::Dev
+    }
+}
+
+fn guest_cmdline(expect_host: &str, tests: Option<&str>, extra: &[String]) -> String {
+    let mut words = vec![format!("expect-host={expect_host}")];
+    if let Some(tests) = tests {
+        words.push(format!("tests={tests}"));
+    }
+    words.extend(extra.iter().cloned());
+    words.join(" ")
+}
+
+fn cmd_qemu(opts: &Options) -> Result<ExitCode> {
+    let elf = guest::build_guest(profile(opts))?;
+    let cmdline = guest_cmdline(opts.accel.name(), opts.tests.as_deref(), &opts.rest);
+    let run = qemu::run(&elf, opts.accel, &cmdline, RUN_TIMEOUT, true)?;
+    match run.guest_code {
+        Some(code) if run.passed() => {
+            eprintln!(
+                "xtask: guest exited with code {code:#x} (success) after {:.1} s",
+                run.outcome.elapsed.as_secs_f64()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(code) => Err(err!("guest exited with code {code:#x} (failure)")),
+        None => Err(err!(
+            "QEMU ended without the guest's exit code ({})",
+            run.outcome.status
+        )),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let result = parse(rest).and_then(|opts| match command.as_str() {
+        "qemu" => cmd_qemu(&opts),
+        other => Err(err!("unknown command {other:?}\n{USAGE}")),
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

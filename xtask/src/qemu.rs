@@ -1,0 +1,137 @@
+//! Booting the guest ELF under QEMU (PVH entry through `-kernel`).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use pvagent_abi::exit;
+
+use crate::proc::{self, Outcome};
+use crate::setup::{QEMU, ensure_qemu};
+use crate::{Result, err};
+
+/// QEMU's accelerator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accel {
+    Tcg,
+    Kvm,
+}
+
+impl Accel {
+    /// As QEMU spells it, and as the guest's `expect-host=` calls it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Tcg => "tcg",
+            Accel::Kvm => "kvm",
+        }
+    }
+
+    /// Parses `tcg` or `kvm`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "tcg" => Ok(Accel::Tcg),
+            "kvm" => Ok(Accel::Kvm),
+            other => Err(err!("unknown accelerator {other:?}: use tcg or kvm")),
+        }
+    }
+}
+
+/// How the guest's run under QEMU ended.
+#[derive(Debug)]
+pub struct QemuRun {
+    /// The code the guest wrote to the debug-exit port, if it did.
+    pub guest_code: Option<u32>,
+    pub outcome: Outcome,
+}
+
+impl QemuRun {
+    /// Whether the guest reported success.
+    pub fn passed(&self) -> bool {
+        self.guest_code == Some(exit::SUCCESS)
+    }
+}
+
+/// Maps QEMU's exit status back to the guest's code (`(code << 1) | 1`).
+pub fn guest_code_from_status(status: i32) -> Option<u32> {
+    (status & 1 == 1)
+        .then_some((status >> 1) as u32)
+        .filter(|code| exit::qemu_status(*code) == status)
+}
+
+/// The command line for one run; `cmdline` goes to the guest.
+pub fn command(elf: &Path, accel: Accel, cmdline: &str) -> Command {
+    let mut cmd = Command::new(QEMU);
+    cmd.args([
+        "-machine",
+        "pc",
+        "-accel",
+        accel.name(),
+        "-cpu",
+        "max",
+        "-m",
+        "128M",
+        "-smp",
+        "1",
+    ])
+    .args([
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-monitor",
+        "none",
+        "-no-reboot",
+    ])
+    .args([
+        "-device",
+        &format!(
+            "isa-debug-exit,iobase={:#x},iosize=0x04",
+            pvagent_abi::port::DEBUG_EXIT
+        ),
+    ])
+    .arg("-kernel")
+    .arg(elf)
+    .args(["-append", cmdline]);
+    cmd
+}
+
+/// Boots `elf` and waits for it to end (or `timeout`).
+pub fn run(
+    elf: &Path,
+    accel: Accel,
+    cmdline: &str,
+    timeout: Duration,
+    echo: bool,
+) -> Result<QemuRun> {
+    ensure_qemu()?;
+    if accel == Accel::Kvm {
+        crate::setup::check_kvm()?;
+    }
+    let outcome = proc::run(command(elf, accel, cmdline), timeout, echo)?;
+    let guest_code = outcome.status.code().and_then(guest_code_from_status);
+    Ok(QemuRun {
+        guest_code,
+        outcome,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_statuses_map_back_to_guest_codes() {
+        assert_eq!(
+            guest_code_from_status(exit::qemu_status(exit::SUCCESS)),
+            Some(exit::SUCCESS)
+        );
+        assert_eq!(
+            guest_code_from_status(exit::qemu_status(exit::FAILURE)),
+            Some(exit::FAILURE)
+        );
+        // QEMU's own statuses (0 after a triple fault with -no-reboot, 1 on a QEMU error) never
+        // read as success.
+        assert_eq!(guest_code_from_status(0), None);
+        assert_ne!(guest_code_from_status(1), Some(exit::SUCCESS));
+    }
+}
