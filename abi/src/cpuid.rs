@@ -50,9 +50,7 @@ pub const fn signature_regs(sig: &[u8; 12]) -> [u32; 3] {
 /// Joins EBX, ECX, EDX of a signature leaf back into its 12 bytes.
 pub const fn signature_bytes(ebx: u32, ecx: u32, edx: u32) -> [u8; 12] {
     let (b, c, d) = (ebx.to_le_bytes(), ecx.to_le_bytes(), edx.to_le_bytes());
-    [
-        b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2], d[3],
-    ]
+    [b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2], d[3]]
 }
 
 #[cfg(test)]

@@ -63,29 +63,14 @@ pub enum Line<'a> {
 impl fmt::Display for Line<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Line::Result {
-                status,
-                name,
-                reason,
-            } if reason.is_empty() => {
+            Line::Result { status, name, reason: "" } => {
                 write!(f, "{PREFIX}{} {name}", status.word())
             }
-            Line::Result {
-                status,
-                name,
-                reason,
-            } => {
+            Line::Result { status, name, reason } => {
                 write!(f, "{PREFIX}{} {name}: {reason}", status.word())
             }
-            Line::Summary {
-                passed,
-                failed,
-                skipped,
-            } => {
-                write!(
-                    f,
-                    "{PREFIX}{passed} passed, {failed} failed, {skipped} skipped"
-                )
+            Line::Summary { passed, failed, skipped } => {
+                write!(f, "{PREFIX}{passed} passed, {failed} failed, {skipped} skipped")
             }
         }
     }
@@ -96,10 +81,7 @@ impl<'a> Line<'a> {
     pub fn parse(line: &'a str) -> Option<Line<'a>> {
         let rest = line.trim_end_matches(['\r', '\n']).strip_prefix(PREFIX)?;
         for status in [Status::Pass, Status::Fail, Status::Skip] {
-            if let Some(after) = rest
-                .strip_prefix(status.word())
-                .and_then(|r| r.strip_prefix(' '))
-            {
+            if let Some(after) = rest.strip_prefix(status.word()).and_then(|r| r.strip_prefix(' ')) {
                 let (name, reason) = match after.split_once(": ") {
                     Some((name, reason)) => (name, reason),
                     None => (after, ""),
@@ -107,28 +89,14 @@ impl<'a> Line<'a> {
                 if name.is_empty() || name.contains(' ') {
                     return None;
                 }
-                return Some(Line::Result {
-                    status,
-                    name,
-                    reason,
-                });
+                return Some(Line::Result { status, name, reason });
             }
         }
         let mut counts = rest.split(", ");
-        let mut count = |word: &str| -> Option<u32> {
-            counts
-                .next()?
-                .strip_suffix(word)?
-                .strip_suffix(' ')?
-                .parse()
-                .ok()
-        };
+        let mut count =
+            |word: &str| -> Option<u32> { counts.next()?.strip_suffix(word)?.strip_suffix(' ')?.parse().ok() };
         let (passed, failed, skipped) = (count("passed")?, count("failed")?, count("skipped")?);
-        Some(Line::Summary {
-            passed,
-            failed,
-            skipped,
-        })
+        Some(Line::Summary { passed, failed, skipped })
     }
 }
 
@@ -141,26 +109,10 @@ mod tests {
     #[test]
     fn every_line_kind_round_trips() {
         let lines = [
-            Line::Result {
-                status: Status::Pass,
-                name: "arch::timer_ticks",
-                reason: "",
-            },
-            Line::Result {
-                status: Status::Fail,
-                name: "pnp::x",
-                reason: "woke task 3: expected 4",
-            },
-            Line::Result {
-                status: Status::Skip,
-                name: "pnp::y",
-                reason: "needs the host stub",
-            },
-            Line::Summary {
-                passed: 12,
-                failed: 1,
-                skipped: 3,
-            },
+            Line::Result { status: Status::Pass, name: "arch::timer_ticks", reason: "" },
+            Line::Result { status: Status::Fail, name: "pnp::x", reason: "woke task 3: expected 4" },
+            Line::Result { status: Status::Skip, name: "pnp::y", reason: "needs the host stub" },
+            Line::Summary { passed: 12, failed: 1, skipped: 3 },
         ];
         for line in lines {
             let text = line.to_string();
@@ -178,19 +130,10 @@ mod tests {
 
     #[test]
     fn the_format_is_the_documented_one() {
-        let line = Line::Result {
-            status: Status::Fail,
-            name: "a::b",
-            reason: "why",
-        };
+        let line = Line::Result { status: Status::Fail, name: "a::b", reason: "why" };
         assert_eq!(line.to_string(), "selftest: FAIL a::b: why");
         assert_eq!(
-            Line::Summary {
-                passed: 1,
-                failed: 0,
-                skipped: 2
-            }
-            .to_string(),
+            Line::Summary { passed: 1, failed: 0, skipped: 2 }.to_string(),
             "selftest: 1 passed, 0 failed, 2 skipped"
         );
     }

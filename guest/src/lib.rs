@@ -29,12 +29,7 @@ pub const KNOWN_CMDLINE_KEYS: &[&str] = &["tests", "expect-host"];
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     match info.location() {
-        Some(at) => arch::fault::fatal(format_args!(
-            "panicked at {}:{}: {}",
-            at.file(),
-            at.line(),
-            info.message()
-        )),
+        Some(at) => arch::fault::fatal(format_args!("panicked at {}:{}: {}", at.file(), at.line(), info.message())),
         None => arch::fault::fatal(format_args!("panicked: {}", info.message())),
     }
 }

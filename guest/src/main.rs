@@ -45,23 +45,15 @@ mod kernel {
     }
 
     fn report_platform(p: &arch::Platform, boot: &BootInfo) {
-        let ram: u64 = boot
-            .memmap
-            .iter()
-            .filter(|r| r.kind == info::MemKind::Ram)
-            .map(|r| r.end - r.start)
-            .sum();
+        let ram: u64 = boot.memmap.iter().filter(|r| r.kind == info::MemKind::Ram).map(|r| r.end - r.start).sum();
         kprintln!("boot: host: {}", p.hypervisor.name());
-        if let Hypervisor::HostStub {
-            abi_version,
-            features,
-            kvm_base,
-        } = p.hypervisor
-        {
-            kprintln!(
-                "boot: host stub ABI {abi_version}, features {:#x}, KVM leaves at {kvm_base:#x?}",
-                features.0
-            );
+        if let Hypervisor::HostStub { abi_version, features, kvm_base } = p.hypervisor {
+            match kvm_base {
+                Some(base) => {
+                    kprintln!("boot: host stub ABI {abi_version}, features {:#x}, KVM leaves at {base:#x}", features.0)
+                }
+                None => kprintln!("boot: host stub ABI {abi_version}, features {:#x}, no KVM leaves", features.0),
+            }
         }
         kprintln!(
             "boot: cpu: {}, apic {:?} id {}, tsc {} kHz ({:?})",

@@ -57,27 +57,20 @@ pub struct IrqMutexGuard<'a, T> {
 impl<T> IrqMutex<T> {
     /// A new unlocked mutex.
     pub const fn new(value: T) -> Self {
-        Self {
-            inner: spin::Mutex::new(value),
-        }
+        Self { inner: spin::Mutex::new(value) }
     }
 
     /// Disables interrupts, then takes the lock.
     pub fn lock(&self) -> IrqMutexGuard<'_, T> {
         let irq = IrqGuard::new();
-        IrqMutexGuard {
-            guard: self.inner.lock(),
-            _irq: irq,
-        }
+        IrqMutexGuard { guard: self.inner.lock(), _irq: irq }
     }
 
     /// Takes the lock if it is free; used by the panic path, which must not wait for a lock
     /// the panicking context may hold.
     pub fn try_lock(&self) -> Option<IrqMutexGuard<'_, T>> {
         let irq = IrqGuard::new();
-        self.inner
-            .try_lock()
-            .map(|guard| IrqMutexGuard { guard, _irq: irq })
+        self.inner.try_lock().map(|guard| IrqMutexGuard { guard, _irq: irq })
     }
 }
 
@@ -110,10 +103,7 @@ unsafe impl<T: Send> Sync for IrqCell<T> {}
 impl<T> IrqCell<T> {
     /// Wraps a value.
     pub const fn new(value: T) -> Self {
-        Self {
-            value: UnsafeCell::new(value),
-            borrowed: UnsafeCell::new(false),
-        }
+        Self { value: UnsafeCell::new(value), borrowed: UnsafeCell::new(false) }
     }
 
     /// Runs `f` with exclusive access, interrupts disabled.
@@ -122,10 +112,7 @@ impl<T> IrqCell<T> {
         // SAFETY: interrupts are off and only the owning vCPU reaches this cell, so nothing
         // else runs between the check and the set.
         let borrowed = unsafe { &mut *self.borrowed.get() };
-        assert!(
-            !*borrowed,
-            "IrqCell borrowed twice: a handler re-entered its owner"
-        );
+        assert!(!*borrowed, "IrqCell borrowed twice: a handler re-entered its owner");
         *borrowed = true;
         // SAFETY: the flag above guarantees this is the only live reference.
         let result = f(unsafe { &mut *self.value.get() });

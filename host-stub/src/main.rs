@@ -1,1 +1,77 @@
-fn main() {}
+//! The host stub's command line: parse, build a `Config`, run, map the result to an exit status
+//! (0: the guest passed; 1: the guest reported failure; 2: a host-side error, printed as one
+//! line).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use pvagent_host::{Config, SerialSink, Vm};
+
+/// Boots the pvagent guest under KVM and reports its self-tests.
+#[derive(Debug, Parser)]
+#[command(name = "pvagent-host", version)]
+struct Args {
+    /// The guest ELF image.
+    guest: PathBuf,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = pvagent_host::config::DEFAULT_MEM_MIB)]
+    mem: u64,
+    /// The guest's command line (e.g. "tests=arch,task").
+    #[arg(long, default_value = "")]
+    cmdline: String,
+    /// Write the guest's console to this file instead of stdout.
+    #[arg(long)]
+    serial_log: Option<PathBuf>,
+    /// Do not echo the guest's console.
+    #[arg(long, conflicts_with = "serial_log")]
+    quiet: bool,
+    /// Stop the guest after this many seconds (0: never).
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut config = Config::new(args.guest);
+    config.mem_mib = args.mem;
+    config.cmdline = args.cmdline;
+    config.serial = match (args.serial_log, args.quiet) {
+        (Some(path), _) => SerialSink::File(path),
+        (None, true) => SerialSink::Quiet,
+        (None, false) => SerialSink::Stdout,
+    };
+    config.timeout = (args.timeout > 0).then(|| Duration::from_secs(args.timeout));
+
+    let vm = match Vm::new(config, Vec::new()) {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("pvagent-host: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = vm.run();
+    for line in &result.report.lines {
+        println!("host: {line}");
+    }
+    if let Some(error) = &result.host_error {
+        eprintln!("pvagent-host: error: {error}");
+        if let Some(tail) = &result.crash_tail {
+            eprintln!("pvagent-host: the guest's last console lines:");
+            for line in tail {
+                eprintln!("  | {line}");
+            }
+        }
+    }
+    match result.guest_exit_code {
+        Some(code) => println!(
+            "host: guest exited with code {code:#x} after {:.2} s ({} exits)",
+            result.run_time.as_secs_f64(),
+            result.report.get("vcpu0.exits")
+        ),
+        None if result.host_error.is_none() => eprintln!("pvagent-host: the guest never wrote its exit code"),
+        None => {}
+    }
+    ExitCode::from(result.exit_status() as u8)
+}

@@ -15,10 +15,7 @@ pub fn cargo() -> Command {
     let mut cmd = Command::new(cargo);
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy().into_owned();
-        let keep = matches!(
-            key.as_str(),
-            "CARGO_HOME" | "RUSTUP_HOME" | "RUSTUP_TOOLCHAIN"
-        );
+        let keep = matches!(key.as_str(), "CARGO_HOME" | "RUSTUP_HOME" | "RUSTUP_TOOLCHAIN");
         if !keep && (key.starts_with("CARGO") || key.starts_with("RUST")) {
             cmd.env_remove(&key);
         }
@@ -31,54 +28,23 @@ pub fn cargo() -> Command {
 pub fn build_guest(profile: Profile) -> Result<PathBuf> {
     ensure_guest_target()?;
     let mut cmd = cargo();
-    cmd.args([
-        "build",
-        "--quiet",
-        "--package",
-        "pvagent-guest",
-        "--bin",
-        "pvagent-guest",
-        "--target",
-        GUEST_TARGET,
-    ]);
+    cmd.args(["build", "--quiet", "--package", "pvagent-guest", "--bin", "pvagent-guest", "--target", GUEST_TARGET]);
     if profile == Profile::Release {
         cmd.arg("--release");
     }
     run_checked(cmd, "building the guest")?;
-    let elf = project_root()
-        .join("target")
-        .join(GUEST_TARGET)
-        .join(profile.dir())
-        .join("pvagent-guest");
-    if elf.is_file() {
-        Ok(elf)
-    } else {
-        Err(err!("the guest build produced no {}", elf.display()))
-    }
+    let elf = project_root().join("target").join(GUEST_TARGET).join(profile.dir()).join("pvagent-guest");
+    if elf.is_file() { Ok(elf) } else { Err(err!("the guest build produced no {}", elf.display())) }
 }
 
 /// Builds the host stub binary and returns its path.
 pub fn build_host_stub(profile: Profile) -> Result<PathBuf> {
     let mut cmd = cargo();
-    cmd.args([
-        "build",
-        "--quiet",
-        "--package",
-        "pvagent-host",
-        "--bin",
-        "pvagent-host",
-    ]);
+    cmd.args(["build", "--quiet", "--package", "pvagent-host", "--bin", "pvagent-host"]);
     if profile == Profile::Release {
         cmd.arg("--release");
     }
     run_checked(cmd, "building the host stub")?;
-    let bin = project_root()
-        .join("target")
-        .join(profile.dir())
-        .join("pvagent-host");
-    if bin.is_file() {
-        Ok(bin)
-    } else {
-        Err(err!("the host stub build produced no {}", bin.display()))
-    }
+    let bin = project_root().join("target").join(profile.dir()).join("pvagent-host");
+    if bin.is_file() { Ok(bin) } else { Err(err!("the host stub build produced no {}", bin.display())) }
 }

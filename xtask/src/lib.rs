@@ -5,6 +5,7 @@ pub mod guest;
 pub mod proc;
 pub mod qemu;
 pub mod setup;
+pub mod test;
 
 use std::path::{Path, PathBuf};
 

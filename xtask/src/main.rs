@@ -30,27 +30,13 @@ struct Options {
 }
 
 fn parse(args: &[String]) -> Result<Options> {
-    let mut opts = Options {
-        release: false,
-        tests: None,
-        accel: Accel::Tcg,
-        rest: Vec::new(),
-    };
+    let mut opts = Options { release: false, tests: None, accel: Accel::Tcg, rest: Vec::new() };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--release" => opts.release = true,
-            "--tests" => {
-                opts.tests = Some(
-                    it.next()
-                        .ok_or_else(|| err!("--tests needs a value"))?
-                        .clone(),
-                )
-            }
-            "--accel" => {
-                opts.accel =
-                    Accel::parse(it.next().ok_or_else(|| err!("--accel needs tcg or kvm"))?)?
-            }
+            "--tests" => opts.tests = Some(it.next().ok_or_else(|| err!("--tests needs a value"))?.clone()),
+            "--accel" => opts.accel = Accel::parse(it.next().ok_or_else(|| err!("--accel needs tcg or kvm"))?)?,
             "--" => {
                 opts.rest = it.cloned().collect();
                 break;
@@ -62,11 +48,7 @@ fn parse(args: &[String]) -> Result<Options> {
 }
 
 fn profile(opts: &Options) -> Profile {
-    if opts.release {
-        Profile::Release
-    } else {
-        Profile::Dev
-    }
+    if opts.release { Profile::Release } else { Profile::Dev }
 }
 
 fn guest_cmdline(expect_host: &str, tests: Option<&str>, extra: &[String]) -> String {
@@ -91,10 +73,22 @@ fn cmd_qemu(opts: &Options) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(code) => Err(err!("guest exited with code {code:#x} (failure)")),
-        None => Err(err!(
-            "QEMU ended without the guest's exit code ({})",
-            run.outcome.status
-        )),
+        None => Err(err!("QEMU ended without the guest's exit code ({})", run.outcome.status)),
+    }
+}
+
+fn cmd_run(opts: &Options) -> Result<ExitCode> {
+    xtask::setup::check_kvm()?;
+    let elf = guest::build_guest(profile(opts))?;
+    let host = guest::build_host_stub(profile(opts))?;
+    let cmdline = guest_cmdline("stub", opts.tests.as_deref(), &[]);
+    let mut cmd = std::process::Command::new(host);
+    cmd.arg(&elf).arg("--cmdline").arg(&cmdline).args(&opts.rest);
+    let status = cmd.status().map_err(|e| err!("cannot start the host stub: {e}"))?;
+    match status.code() {
+        Some(0) => Ok(ExitCode::SUCCESS),
+        Some(1) => Err(err!("the guest reported failure")),
+        _ => Err(err!("the host stub failed ({status})")),
     }
 }
 
@@ -105,7 +99,9 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let result = parse(rest).and_then(|opts| match command.as_str() {
+        "run" => cmd_run(&opts),
         "qemu" => cmd_qemu(&opts),
+        "test" => xtask::test::run_all(),
         other => Err(err!("unknown command {other:?}\n{USAGE}")),
     });
     match result {

@@ -48,13 +48,9 @@ fn forward(reader: impl Read + Send + 'static, tx: mpsc::Sender<String>) {
 /// Runs `cmd` to completion or until `timeout`, echoing its output when `echo` is set.
 pub fn run(mut cmd: Command, timeout: Duration, echo: bool) -> Result<Outcome> {
     let program = format!("{:?}", cmd.get_program());
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();
-    let child = cmd
-        .spawn()
-        .map_err(|e| err!("cannot start {program}: {e}"))?;
+    let child = cmd.spawn().map_err(|e| err!("cannot start {program}: {e}"))?;
     let mut child = KillOnDrop(child);
     let (tx, rx) = mpsc::channel();
     if let Some(out) = child.0.stdout.take() {
@@ -76,11 +72,7 @@ pub fn run(mut cmd: Command, timeout: Duration, echo: bool) -> Result<Outcome> {
             Err(mpsc::RecvTimeoutError::Disconnected) => {}
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
-        if let Some(status) = child
-            .0
-            .try_wait()
-            .map_err(|e| err!("waiting for {program}: {e}"))?
-        {
+        if let Some(status) = child.0.try_wait().map_err(|e| err!("waiting for {program}: {e}"))? {
             // Drain what the reader threads still hold.
             while let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
                 if echo {
@@ -88,24 +80,13 @@ pub fn run(mut cmd: Command, timeout: Duration, echo: bool) -> Result<Outcome> {
                 }
                 output.push(line);
             }
-            return Ok(Outcome {
-                status,
-                output,
-                elapsed: start.elapsed(),
-            });
+            return Ok(Outcome { status, output, elapsed: start.elapsed() });
         }
         if start.elapsed() > timeout {
             return Err(err!(
                 "{program} did not finish within {} s and was killed; its last output:\n{}",
                 timeout.as_secs(),
-                output
-                    .iter()
-                    .rev()
-                    .take(15)
-                    .rev()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join("\n")
+                output.iter().rev().take(15).rev().cloned().collect::<Vec<_>>().join("\n")
             ));
         }
     }
@@ -113,12 +94,6 @@ pub fn run(mut cmd: Command, timeout: Duration, echo: bool) -> Result<Outcome> {
 
 /// Runs a build or setup command, output inherited; fails with `what` if it fails.
 pub fn run_checked(mut cmd: Command, what: &str) -> Result<()> {
-    let status = cmd
-        .status()
-        .map_err(|e| err!("{what}: cannot start {:?}: {e}", cmd.get_program()))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(err!("{what} failed ({status})"))
-    }
+    let status = cmd.status().map_err(|e| err!("{what}: cannot start {:?}: {e}", cmd.get_program()))?;
+    if status.success() { Ok(()) } else { Err(err!("{what} failed ({status})")) }
 }

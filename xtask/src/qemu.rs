@@ -53,66 +53,30 @@ impl QemuRun {
 
 /// Maps QEMU's exit status back to the guest's code (`(code << 1) | 1`).
 pub fn guest_code_from_status(status: i32) -> Option<u32> {
-    (status & 1 == 1)
-        .then_some((status >> 1) as u32)
-        .filter(|code| exit::qemu_status(*code) == status)
+    (status & 1 == 1).then_some((status >> 1) as u32).filter(|code| exit::qemu_status(*code) == status)
 }
 
 /// The command line for one run; `cmdline` goes to the guest.
 pub fn command(elf: &Path, accel: Accel, cmdline: &str) -> Command {
     let mut cmd = Command::new(QEMU);
-    cmd.args([
-        "-machine",
-        "pc",
-        "-accel",
-        accel.name(),
-        "-cpu",
-        "max",
-        "-m",
-        "128M",
-        "-smp",
-        "1",
-    ])
-    .args([
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-monitor",
-        "none",
-        "-no-reboot",
-    ])
-    .args([
-        "-device",
-        &format!(
-            "isa-debug-exit,iobase={:#x},iosize=0x04",
-            pvagent_abi::port::DEBUG_EXIT
-        ),
-    ])
-    .arg("-kernel")
-    .arg(elf)
-    .args(["-append", cmdline]);
+    cmd.args(["-machine", "pc", "-accel", accel.name(), "-cpu", "max", "-m", "128M", "-smp", "1"])
+        .args(["-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"])
+        .args(["-device", &format!("isa-debug-exit,iobase={:#x},iosize=0x04", pvagent_abi::port::DEBUG_EXIT)])
+        .arg("-kernel")
+        .arg(elf)
+        .args(["-append", cmdline]);
     cmd
 }
 
 /// Boots `elf` and waits for it to end (or `timeout`).
-pub fn run(
-    elf: &Path,
-    accel: Accel,
-    cmdline: &str,
-    timeout: Duration,
-    echo: bool,
-) -> Result<QemuRun> {
+pub fn run(elf: &Path, accel: Accel, cmdline: &str, timeout: Duration, echo: bool) -> Result<QemuRun> {
     ensure_qemu()?;
     if accel == Accel::Kvm {
         crate::setup::check_kvm()?;
     }
     let outcome = proc::run(command(elf, accel, cmdline), timeout, echo)?;
     let guest_code = outcome.status.code().and_then(guest_code_from_status);
-    Ok(QemuRun {
-        guest_code,
-        outcome,
-    })
+    Ok(QemuRun { guest_code, outcome })
 }
 
 #[cfg(test)]
@@ -121,14 +85,8 @@ mod tests {
 
     #[test]
     fn qemu_statuses_map_back_to_guest_codes() {
-        assert_eq!(
-            guest_code_from_status(exit::qemu_status(exit::SUCCESS)),
-            Some(exit::SUCCESS)
-        );
-        assert_eq!(
-            guest_code_from_status(exit::qemu_status(exit::FAILURE)),
-            Some(exit::FAILURE)
-        );
+        assert_eq!(guest_code_from_status(exit::qemu_status(exit::SUCCESS)), Some(exit::SUCCESS));
+        assert_eq!(guest_code_from_status(exit::qemu_status(exit::FAILURE)), Some(exit::FAILURE));
         // QEMU's own statuses (0 after a triple fault with -no-reboot, 1 on a QEMU error) never
         // read as success.
         assert_eq!(guest_code_from_status(0), None);

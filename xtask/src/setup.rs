@@ -19,24 +19,17 @@ pub fn ensure_guest_target() -> Result<()> {
         .current_dir(crate::project_root())
         .output()
         .map_err(|e| err!("rustup is needed to add the {GUEST_TARGET} target: {e}"))?;
-    if String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.trim() == GUEST_TARGET)
-    {
+    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == GUEST_TARGET) {
         return Ok(());
     }
     eprintln!("xtask: adding the Rust target {GUEST_TARGET} (rustup target add)");
     let mut cmd = Command::new("rustup");
-    cmd.args(["target", "add", GUEST_TARGET])
-        .current_dir(crate::project_root());
+    cmd.args(["target", "add", GUEST_TARGET]).current_dir(crate::project_root());
     run_checked(cmd, "rustup target add")
 }
 
 fn qemu_present() -> bool {
-    Command::new(QEMU)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
+    Command::new(QEMU).arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
 /// Installs QEMU from the distribution (`apt-get install qemu-system-x86`) when it is missing.
@@ -44,27 +37,13 @@ pub fn ensure_qemu() -> Result<()> {
     if qemu_present() {
         return Ok(());
     }
-    let apt = Command::new("apt-get")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let apt = Command::new("apt-get").arg("--version").output().is_ok_and(|o| o.status.success());
     if !apt {
-        return Err(err!(
-            "{QEMU} is missing and there is no apt-get to install it; install QEMU for x86-64"
-        ));
+        return Err(err!("{QEMU} is missing and there is no apt-get to install it; install QEMU for x86-64"));
     }
     let sudo = if is_root() { None } else { Some("sudo") };
     eprintln!("xtask: installing QEMU (apt-get install qemu-system-x86)");
-    for args in [
-        &["update", "-q"][..],
-        &[
-            "install",
-            "-y",
-            "-q",
-            "--no-install-recommends",
-            "qemu-system-x86",
-        ][..],
-    ] {
+    for args in [&["update", "-q"][..], &["install", "-y", "-q", "--no-install-recommends", "qemu-system-x86"][..]] {
         let mut cmd = match sudo {
             Some(sudo) => {
                 let mut c = Command::new(sudo);
@@ -76,35 +55,20 @@ pub fn ensure_qemu() -> Result<()> {
         cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
         run_checked(cmd, "apt-get")?;
     }
-    if qemu_present() {
-        Ok(())
-    } else {
-        Err(err!(
-            "apt-get installed qemu-system-x86 but {QEMU} still does not run"
-        ))
-    }
+    if qemu_present() { Ok(()) } else { Err(err!("apt-get installed qemu-system-x86 but {QEMU} still does not run")) }
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 /// Checks that `/dev/kvm` can be opened for reading and writing.
 pub fn check_kvm() -> Result<()> {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
+    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
         Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(err!(
-            "/dev/kvm does not exist: this machine cannot run the host stub (no KVM)"
-        )),
-        Err(e) => Err(err!(
-            "cannot open /dev/kvm ({e}): run as a user with access to it (root or the kvm group)"
-        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(err!("/dev/kvm does not exist: this machine cannot run the host stub (no KVM)"))
+        }
+        Err(e) => Err(err!("cannot open /dev/kvm ({e}): run as a user with access to it (root or the kvm group)")),
     }
 }

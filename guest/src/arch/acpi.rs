@@ -10,21 +10,12 @@ use acpi::{AcpiHandler, AcpiTables, PhysicalMapping};
 struct IdentityMap;
 
 impl AcpiHandler for IdentityMap {
-    unsafe fn map_physical_region<T>(
-        &self,
-        physical_address: usize,
-        size: usize,
-    ) -> PhysicalMapping<Self, T> {
-        let ptr =
-            NonNull::new(physical_address as *mut T).expect("ACPI table at physical address 0");
+    unsafe fn map_physical_region<T>(&self, physical_address: usize, size: usize) -> PhysicalMapping<Self, T> {
+        let ptr = NonNull::new(physical_address as *mut T).expect("ACPI table at physical address 0");
         // Firmware often keeps its tables in "reserved" ranges, which are not mapped wholesale:
         // map exactly what the acpi crate reads, read-only.
         let start = physical_address as u64;
-        super::paging::ensure_mapped(
-            start,
-            start + size as u64,
-            super::paging::Access::KernelRodata,
-        );
+        super::paging::ensure_mapped(start, start + size as u64, super::paging::Access::KernelRodata);
         // SAFETY: the region is identity mapped now (just above), and the acpi crate only asks
         // for regions the firmware's tables point at.
         unsafe { PhysicalMapping::new(physical_address, ptr, size, size, *self) }

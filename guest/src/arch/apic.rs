@@ -59,9 +59,7 @@ fn read(offset: u32) -> u32 {
         // SAFETY: x2APIC is enabled (init) and the MSR is the architectural alias of `offset`.
         Mode::X2Apic => unsafe { cpu::read_msr(0x800 + offset / 16) as u32 },
         // SAFETY: the xAPIC page is mapped uncached (arch init) and `offset` is a register.
-        Mode::XApic => unsafe {
-            core::ptr::read_volatile((XAPIC_BASE + u64::from(offset)) as *const u32)
-        },
+        Mode::XApic => unsafe { core::ptr::read_volatile((XAPIC_BASE + u64::from(offset)) as *const u32) },
     }
 }
 
@@ -70,9 +68,7 @@ fn write(offset: u32, value: u32) {
         // SAFETY: as in `read`; the callers write values valid for each register.
         Mode::X2Apic => unsafe { cpu::write_msr(0x800 + offset / 16, u64::from(value)) },
         // SAFETY: as in `read`.
-        Mode::XApic => unsafe {
-            core::ptr::write_volatile((XAPIC_BASE + u64::from(offset)) as *mut u32, value)
-        },
+        Mode::XApic => unsafe { core::ptr::write_volatile((XAPIC_BASE + u64::from(offset)) as *mut u32, value) },
     }
 }
 
@@ -89,10 +85,7 @@ pub fn init(use_x2apic: bool) -> u32 {
         }
         cpu::write_msr(cpu::IA32_APIC_BASE, new);
     }
-    MODE.store(
-        if use_x2apic { MODE_X2APIC } else { MODE_XAPIC },
-        Ordering::Relaxed,
-    );
+    MODE.store(if use_x2apic { MODE_X2APIC } else { MODE_XAPIC }, Ordering::Relaxed);
     write(reg::TPR, 0);
     write(reg::SVR, SVR_ENABLE | u32::from(SPURIOUS_VECTOR));
     write(reg::LVT_TIMER, LVT_MASKED);

@@ -112,9 +112,7 @@ pub fn cpuid(leaf: u32, subleaf: u32) -> raw_cpuid::CpuIdResult {
 pub fn rdtsc() -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: RDTSC only reads the counter (CR4.TSD is clear).
-    unsafe {
-        asm!("rdtsc", out("eax") lo, out("edx") hi, options(nostack, nomem, preserves_flags))
-    };
+    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nostack, nomem, preserves_flags)) };
     (u64::from(hi) << 32) | u64::from(lo)
 }
 
@@ -122,11 +120,7 @@ pub fn rdtsc() -> u64 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hypervisor {
     /// pvagent's host stub (on KVM). `kvm_base` is where KVM's own leaves were found.
-    HostStub {
-        abi_version: u32,
-        features: abi_cpuid::Features,
-        kvm_base: Option<u32>,
-    },
+    HostStub { abi_version: u32, features: abi_cpuid::Features, kvm_base: Option<u32> },
     /// KVM without the host stub (e.g. QEMU `-accel kvm`).
     Kvm { base: u32 },
     /// QEMU's TCG emulator.
@@ -182,11 +176,7 @@ pub fn identify() -> CpuInfo {
     let leaf1 = cpuid(1, 0);
     let x2apic = leaf1.ecx & (1 << 21) != 0;
     let under_hypervisor = leaf1.ecx & (1 << 31) != 0;
-    let hypervisor = if under_hypervisor {
-        find_hypervisor()
-    } else {
-        Hypervisor::None
-    };
+    let hypervisor = if under_hypervisor { find_hypervisor() } else { Hypervisor::None };
 
     let mut tsc_khz = None;
     let mut apic_khz = None;
@@ -199,16 +189,10 @@ pub fn identify() -> CpuInfo {
         // CPUID.15H: TSC = crystal * EBX / EAX.
         let l15 = cpuid(0x15, 0);
         if l15.eax != 0 && l15.ebx != 0 && l15.ecx != 0 {
-            tsc_khz =
-                Some((u64::from(l15.ecx) * u64::from(l15.ebx) / u64::from(l15.eax) / 1000) as u32);
+            tsc_khz = Some((u64::from(l15.ecx) * u64::from(l15.ebx) / u64::from(l15.eax) / 1000) as u32);
         }
     }
-    if let Hypervisor::Kvm { base }
-    | Hypervisor::HostStub {
-        kvm_base: Some(base),
-        ..
-    } = hypervisor
-    {
+    if let Hypervisor::Kvm { base } | Hypervisor::HostStub { kvm_base: Some(base), .. } = hypervisor {
         // KVM's timing leaf (base + 0x10): EAX TSC kHz, EBX APIC bus kHz, when the VMM fills it.
         let max = cpuid(base, 0).eax;
         if max >= base + 0x10 {
@@ -217,13 +201,7 @@ pub fn identify() -> CpuInfo {
             apic_khz = apic_khz.or((timing.ebx != 0).then_some(timing.ebx));
         }
     }
-    CpuInfo {
-        vendor,
-        x2apic,
-        hypervisor,
-        tsc_khz,
-        apic_khz,
-    }
+    CpuInfo { vendor, x2apic, hypervisor, tsc_khz, apic_khz }
 }
 
 /// Scans the hypervisor leaf blocks for the signatures the kernel knows.
@@ -248,11 +226,7 @@ fn find_hypervisor() -> Hypervisor {
     }
     if host_stub.is_some() {
         let info = cpuid(abi_cpuid::LEAF_INFO, 0);
-        return Hypervisor::HostStub {
-            abi_version: info.eax,
-            features: abi_cpuid::Features(info.ebx),
-            kvm_base: kvm,
-        };
+        return Hypervisor::HostStub { abi_version: info.eax, features: abi_cpuid::Features(info.ebx), kvm_base: kvm };
     }
     match (kvm, first_other) {
         (Some(base), _) => Hypervisor::Kvm { base },

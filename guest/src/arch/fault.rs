@@ -28,14 +28,11 @@ pub mod pf {
 /// Mnemonic of an exception vector.
 pub fn vector_name(vector: u8) -> &'static str {
     const NAMES: [&str; 32] = [
-        "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "(9)", "#TS", "#NP", "#SS",
-        "#GP", "#PF", "(15)", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP", "(22)", "(23)", "(24)",
-        "(25)", "(26)", "(27)", "#HV", "#VC", "#SX", "(31)",
+        "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "(9)", "#TS", "#NP", "#SS", "#GP", "#PF",
+        "(15)", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP", "(22)", "(23)", "(24)", "(25)", "(26)", "(27)", "#HV", "#VC",
+        "#SX", "(31)",
     ];
-    NAMES
-        .get(usize::from(vector))
-        .copied()
-        .unwrap_or("interrupt")
+    NAMES.get(usize::from(vector)).copied().unwrap_or("interrupt")
 }
 
 impl fmt::Display for Fault {
@@ -59,17 +56,8 @@ impl Fault {
     /// The fault described by a trap frame (CR2 read now, for #PF).
     pub fn from_frame(frame: &TrapFrame) -> Self {
         let vector = frame.vector as u8;
-        let address = if vector == 14 {
-            super::cpu::read_cr2()
-        } else {
-            0
-        };
-        Fault {
-            vector,
-            error_code: frame.error_code,
-            address,
-            rip: frame.rip,
-        }
+        let address = if vector == 14 { super::cpu::read_cr2() } else { 0 };
+        Fault { vector, error_code: frame.error_code, address, rip: frame.rip }
     }
 }
 
@@ -114,10 +102,7 @@ pub fn init() {
 pub fn unhandled(frame: &mut TrapFrame) {
     let vector = frame.vector as u8;
     if vector >= 32 {
-        fatal(format_args!(
-            "unexpected interrupt, vector {vector:#x}, at rip {:#x}",
-            frame.rip
-        ));
+        fatal(format_args!("unexpected interrupt, vector {vector:#x}, at rip {:#x}", frame.rip));
     }
     let fault = Fault::from_frame(frame);
     if !frame.from_user() && fixup(frame, &fault) {
@@ -239,10 +224,5 @@ fn check(vector: u64, error_code: u64, address: u64, rip: u64) -> Result<(), Fau
     if vector == NO_FAULT {
         return Ok(());
     }
-    Err(Fault {
-        vector: vector as u8,
-        error_code,
-        address,
-        rip,
-    })
+    Err(Fault { vector: vector as u8, error_code, address, rip })
 }

@@ -65,9 +65,7 @@ struct AllIst(UnsafeCell<[IstStacks; MAX_CPUS]>);
 unsafe impl Sync for AllIst {}
 
 #[unsafe(link_section = ".stacks.ist")]
-static IST: AllIst = AllIst(UnsafeCell::new(
-    [const { IstStacks([[0; IST_SIZE]; IST_COUNT]) }; MAX_CPUS],
-));
+static IST: AllIst = AllIst(UnsafeCell::new([const { IstStacks([[0; IST_SIZE]; IST_COUNT]) }; MAX_CPUS]));
 
 /// Builds and loads this vCPU's GDT and TSS and reloads every segment register.
 ///
@@ -93,10 +91,7 @@ pub unsafe fn init(cpu: usize) {
         // SAFETY: the TSS is static and stays at this address.
         gdt.append(unsafe { Descriptor::tss_segment_unchecked(tables.tss.get()) }),
     ];
-    assert_eq!(
-        selectors.map(|s| s.0),
-        [KERNEL_CS, KERNEL_DS, USER_DS, USER_CS, TSS_SEL]
-    );
+    assert_eq!(selectors.map(|s| s.0), [KERNEL_CS, KERNEL_DS, USER_DS, USER_CS, TSS_SEL]);
     // SAFETY: the GDT is static (it outlives every use) and has the descriptors the selectors
     // below name.
     unsafe {

@@ -15,19 +15,10 @@ pub enum HypercallError {
 
 /// Calls hypercall `nr` with `args`; returns `ret`.
 pub fn call(nr: Nr, args: [u64; 4]) -> Result<[u64; 2], HypercallError> {
-    if !super::platform()
-        .hypervisor
-        .host_features()
-        .has(pvagent_abi::cpuid::Features::HYPERCALL)
-    {
+    if !super::platform().hypervisor.host_features().has(pvagent_abi::cpuid::Features::HYPERCALL) {
         return Err(HypercallError::NoHost);
     }
-    let mut request = Request {
-        nr: nr as u32,
-        status: u32::MAX,
-        args,
-        ret: [0; 2],
-    };
+    let mut request = Request { nr: nr as u32, status: u32::MAX, args, ret: [0; 2] };
     let addr = &mut request as *mut Request as u64;
     // The request is on this kernel stack, inside the identity-mapped image below 4 GiB.
     debug_assert!(addr < pvagent_abi::hypercall::REQUEST_ADDR_LIMIT);

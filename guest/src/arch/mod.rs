@@ -41,9 +41,7 @@ static PLATFORM: spin::Once<Platform> = spin::Once::new();
 
 /// The machine description (after [`init`]).
 pub fn platform() -> &'static Platform {
-    PLATFORM
-        .get()
-        .expect("arch::platform() before arch::init()")
+    PLATFORM.get().expect("arch::platform() before arch::init()")
 }
 
 /// Brings up the boot vCPU: tables, paging, APIC, time. Interrupts stay disabled.
@@ -71,17 +69,9 @@ pub unsafe fn init(boot: &BootInfo) -> &'static Platform {
             // driver asks for (below), never blindly.
             MemKind::Reserved | MemKind::Other(_) => continue,
         };
-        let _ = regions.push(Region {
-            start: entry.start,
-            end: entry.end,
-            access,
-        });
+        let _ = regions.push(Region { start: entry.start, end: entry.end, access });
     }
-    let _ = regions.push(Region {
-        start: apic::XAPIC_BASE,
-        end: apic::XAPIC_BASE + 0x1000,
-        access: Access::Mmio,
-    });
+    let _ = regions.push(Region { start: apic::XAPIC_BASE, end: apic::XAPIC_BASE + 0x1000, access: Access::Mmio });
     // SAFETY: boot vCPU, once, interrupts off, boot tables active (the caller's contract).
     unsafe { paging::init(&regions) };
 
@@ -95,10 +85,7 @@ pub unsafe fn init(boot: &BootInfo) -> &'static Platform {
 
     trap::register(apic::SPURIOUS_VECTOR, |_| {});
     trap::register(TIMER_VECTOR, timer_tick);
-    TIMER_PERIOD.store(
-        (u64::from(apic_khz) * 1000 / time::HZ) as usize,
-        Ordering::Relaxed,
-    );
+    TIMER_PERIOD.store((u64::from(apic_khz) * 1000 / time::HZ) as usize, Ordering::Relaxed);
 
     PLATFORM.call_once(|| Platform {
         cpu,
@@ -113,8 +100,7 @@ pub unsafe fn init(boot: &BootInfo) -> &'static Platform {
 
 static TIMER_PERIOD: AtomicUsize = AtomicUsize::new(0);
 static TICK_HOOK: AtomicUsize = AtomicUsize::new(0);
-static TICKS: percpu::CpuLocal<AtomicU64> =
-    percpu::CpuLocal::new([const { AtomicU64::new(0) }; percpu::MAX_CPUS]);
+static TICKS: percpu::CpuLocal<AtomicU64> = percpu::CpuLocal::new([const { AtomicU64::new(0) }; percpu::MAX_CPUS]);
 
 /// Called on every tick, after EOI, with the tick count (the scheduler wakes sleepers).
 pub type TickHook = fn(u64);

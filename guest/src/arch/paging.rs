@@ -57,10 +57,7 @@ struct PoolCell(UnsafeCell<Pool>);
 // (`init`, `map_range`, `unmap_page` document this), so accesses never overlap.
 unsafe impl Sync for PoolCell {}
 
-static POOL: PoolCell = PoolCell(UnsafeCell::new(Pool {
-    tables: [const { PageTable::new() }; POOL_SIZE],
-    used: 0,
-}));
+static POOL: PoolCell = PoolCell(UnsafeCell::new(Pool { tables: [const { PageTable::new() }; POOL_SIZE], used: 0 }));
 
 fn pool() -> &'static mut Pool {
     // SAFETY: see `PoolCell`; callers hold the single-writer discipline described there.
@@ -69,10 +66,7 @@ fn pool() -> &'static mut Pool {
 
 fn alloc_table() -> &'static mut PageTable {
     let pool = pool();
-    assert!(
-        pool.used < POOL_SIZE,
-        "page table pool exhausted ({POOL_SIZE} tables)"
-    );
+    assert!(pool.used < POOL_SIZE, "page table pool exhausted ({POOL_SIZE} tables)");
     let index = pool.used;
     pool.used += 1;
     let table = &mut pool.tables[index];
@@ -90,16 +84,10 @@ fn next_level(table: &mut PageTable, index: usize) -> &'static mut PageTable {
     if entry.is_unused() {
         let new = alloc_table();
         // Upper levels allow everything; the leaf entry decides.
-        entry.set_addr(
-            PhysAddr::new(new as *mut PageTable as u64),
-            F::PRESENT | F::WRITABLE | F::USER_ACCESSIBLE,
-        );
+        entry.set_addr(PhysAddr::new(new as *mut PageTable as u64), F::PRESENT | F::WRITABLE | F::USER_ACCESSIBLE);
         return new;
     }
-    assert!(
-        !entry.flags().contains(F::HUGE_PAGE),
-        "mapping inside a large page"
-    );
+    assert!(!entry.flags().contains(F::HUGE_PAGE), "mapping inside a large page");
     // SAFETY: the entry is present and not a large page, so it points at a table from the pool
     // (identity mapped), which lives for the kernel's lifetime.
     unsafe { &mut *(entry.addr().as_u64() as *mut PageTable) }
@@ -120,10 +108,7 @@ fn map_2m(addr: u64, flags: F) {
     let pdpt = next_level(root(), index(addr, 4));
     let pd = next_level(pdpt, index(addr, 3));
     let entry = &mut pd[index(addr, 2)];
-    assert!(
-        entry.is_unused(),
-        "2 MiB mapping over an existing one at {addr:#x}"
-    );
+    assert!(entry.is_unused(), "2 MiB mapping over an existing one at {addr:#x}");
     entry.set_addr(PhysAddr::new(addr), flags | F::HUGE_PAGE);
 }
 
@@ -137,8 +122,7 @@ pub fn map_range(start: u64, end: u64, access: Access) {
     let mut addr = start & !(PAGE - 1);
     let end = end.next_multiple_of(PAGE);
     while addr < end {
-        if addr % LARGE == 0 && addr + LARGE <= end && access != Access::Mmio && pd_slot_free(addr)
-        {
+        if addr.is_multiple_of(LARGE) && addr + LARGE <= end && access != Access::Mmio && pd_slot_free(addr) {
             map_2m(addr, flags);
             addr += LARGE;
         } else {

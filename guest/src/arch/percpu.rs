@@ -35,14 +35,7 @@ struct Areas(UnsafeCell<[CpuArea; MAX_CPUS]>);
 unsafe impl Sync for Areas {}
 
 static AREAS: Areas = Areas(UnsafeCell::new(
-    [const {
-        CpuArea {
-            self_ptr: 0,
-            index: 0,
-            apic_id: AtomicU32::new(0),
-            trap_depth: 0,
-        }
-    }; MAX_CPUS],
+    [const { CpuArea { self_ptr: 0, index: 0, apic_id: AtomicU32::new(0), trap_depth: 0 } }; MAX_CPUS],
 ));
 
 /// Points this vCPU's GS base at its area.

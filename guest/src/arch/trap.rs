@@ -53,7 +53,7 @@ pub struct TrapFrame {
 const FRAME_VECTOR: usize = 15 * 8;
 const FRAME_CS: usize = 18 * 8;
 const _: () = assert!(core::mem::size_of::<TrapFrame>() == 22 * 8);
-const _: () = assert!(core::mem::size_of::<TrapFrame>() % 16 == 0);
+const _: () = assert!(core::mem::size_of::<TrapFrame>().is_multiple_of(16));
 const _: () = assert!(core::mem::offset_of!(TrapFrame, vector) == FRAME_VECTOR);
 const _: () = assert!(core::mem::offset_of!(TrapFrame, cs) == FRAME_CS);
 const _: () = assert!(core::mem::offset_of!(TrapFrame, rip) == FRAME_CS - 8);
@@ -217,10 +217,7 @@ extern "sysv64" fn trap_dispatch(frame: &mut TrapFrame) {
     } else if let Some(fallback) = load_handler(&FALLBACK) {
         fallback(frame);
     } else {
-        panic!(
-            "vector {vector} with no handler and no fallback, rip {:#x}",
-            frame.rip
-        );
+        panic!("vector {vector} with no handler and no fallback, rip {:#x}", frame.rip);
     }
     super::percpu::leave_trap();
 }

@@ -15,20 +15,15 @@ impl<'a> Cmdline<'a> {
 
     /// Every word as `(key, value)`.
     pub fn words(&self) -> impl Iterator<Item = (&'a str, Option<&'a str>)> + 'a {
-        self.raw
-            .split_ascii_whitespace()
-            .map(|word| match word.split_once('=') {
-                Some((key, value)) => (key, Some(value)),
-                None => (word, None),
-            })
+        self.raw.split_ascii_whitespace().map(|word| match word.split_once('=') {
+            Some((key, value)) => (key, Some(value)),
+            None => (word, None),
+        })
     }
 
     /// The value of the last `key=value`, if any.
     pub fn get(&self, key: &str) -> Option<&'a str> {
-        self.words()
-            .filter(|(k, _)| *k == key)
-            .filter_map(|(_, v)| v)
-            .last()
+        self.words().filter(|(k, _)| *k == key).filter_map(|(_, v)| v).last()
     }
 
     /// Keys that are not in `known`, for warnings.
@@ -36,9 +31,7 @@ impl<'a> Cmdline<'a> {
     where
         'a: 'k,
     {
-        self.words()
-            .map(|(k, _)| k)
-            .filter(move |k| !known.contains(k))
+        self.words().map(|(k, _)| k).filter(move |k| !known.contains(k))
     }
 }
 
@@ -56,9 +49,7 @@ pub struct TestFilter<'a> {
 impl<'a> TestFilter<'a> {
     /// The filter a command line asks for.
     pub fn from_cmdline(cmdline: &Cmdline<'a>) -> Self {
-        Self {
-            patterns: cmdline.get("tests").filter(|p| !p.is_empty()),
-        }
+        Self { patterns: cmdline.get("tests").filter(|p| !p.is_empty()) }
     }
 
     /// Whether `name` runs.
@@ -76,8 +67,7 @@ impl<'a> TestFilter<'a> {
             if let Some(prefix) = p.strip_suffix('*') {
                 return name.starts_with(prefix);
             }
-            name.strip_prefix(p)
-                .is_some_and(|rest| rest.starts_with("::"))
+            name.strip_prefix(p).is_some_and(|rest| rest.starts_with("::"))
         })
     }
 
@@ -113,10 +103,7 @@ mod tests {
     fn module_patterns_respect_path_boundaries() {
         let f = TestFilter::from_cmdline(&Cmdline::new("tests=arch,task::join"));
         assert!(f.selects("arch::timer_ticks", true));
-        assert!(
-            !f.selects("archive::x", true),
-            "a module pattern is not a string prefix"
-        );
+        assert!(!f.selects("archive::x", true), "a module pattern is not a string prefix");
         assert!(f.selects("task::join", true));
         assert!(!f.selects("task::join_twice", true));
         assert!(!f.selects("pnp::ring", true));

@@ -52,20 +52,15 @@ impl core::fmt::Display for BootInfoError {
             BootInfoError::NotMapped(addr) => {
                 write!(f, "start info at {addr:#x} is outside the boot mapping")
             }
-            BootInfoError::BadMagic(magic) => write!(
-                f,
-                "start info magic {magic:#x}, expected {:#x}",
-                pvh::START_INFO_MAGIC
-            ),
+            BootInfoError::BadMagic(magic) => {
+                write!(f, "start info magic {magic:#x}, expected {:#x}", pvh::START_INFO_MAGIC)
+            }
         }
     }
 }
 
 fn in_boot_mapping(addr: u64, len: u64) -> bool {
-    addr != 0
-        && addr
-            .checked_add(len)
-            .is_some_and(|end| end <= BOOT_MAPPED_LIMIT)
+    addr != 0 && addr.checked_add(len).is_some_and(|end| end <= BOOT_MAPPED_LIMIT)
 }
 
 /// Reads a `T` from physical memory.
@@ -89,8 +84,7 @@ pub fn init(addr: u64) -> Result<&'static BootInfo, BootInfoError> {
 
 /// The boot information (after [`init`]).
 pub fn get() -> &'static BootInfo {
-    BOOT.get()
-        .expect("boot::info::get() before boot::info::init()")
+    BOOT.get().expect("boot::info::get() before boot::info::init()")
 }
 
 /// Copies the start info at `addr`, checking everything it points at.
@@ -114,9 +108,7 @@ pub fn parse(addr: u64) -> Result<BootInfo, BootInfoError> {
     if start.cmdline_paddr != 0 {
         for i in 0..CMDLINE_MAX as u64 {
             if !in_boot_mapping(start.cmdline_paddr + i, 1) {
-                let _ = info
-                    .warnings
-                    .push("command line runs outside the boot mapping; truncated");
+                let _ = info.warnings.push("command line runs outside the boot mapping; truncated");
                 break;
             }
             // SAFETY: checked against the boot mapping just above.
@@ -124,15 +116,9 @@ pub fn parse(addr: u64) -> Result<BootInfo, BootInfoError> {
             if byte == 0 {
                 break;
             }
-            let ch = if byte.is_ascii_graphic() || byte == b' ' {
-                byte as char
-            } else {
-                '?'
-            };
+            let ch = if byte.is_ascii_graphic() || byte == b' ' { byte as char } else { '?' };
             if info.cmdline.push(ch).is_err() {
-                let _ = info
-                    .warnings
-                    .push("command line longer than 512 bytes; truncated");
+                let _ = info.warnings.push("command line longer than 512 bytes; truncated");
                 break;
             }
         }
@@ -142,16 +128,12 @@ pub fn parse(addr: u64) -> Result<BootInfo, BootInfoError> {
         let entry_size = core::mem::size_of::<HvmMemmapEntry>() as u64;
         let count = u64::from(start.memmap_entries);
         if count > MEMMAP_MAX as u64 {
-            let _ = info
-                .warnings
-                .push("memory map has more than 32 entries; the rest is ignored");
+            let _ = info.warnings.push("memory map has more than 32 entries; the rest is ignored");
         }
         for i in 0..count.min(MEMMAP_MAX as u64) {
             let at = start.memmap_paddr + i * entry_size;
             if !in_boot_mapping(at, entry_size) {
-                let _ = info
-                    .warnings
-                    .push("memory map runs outside the boot mapping; truncated");
+                let _ = info.warnings.push("memory map runs outside the boot mapping; truncated");
                 break;
             }
             // SAFETY: checked against the boot mapping just above.
@@ -166,26 +148,14 @@ pub fn parse(addr: u64) -> Result<BootInfo, BootInfoError> {
                 pvh::MEMMAP_TYPE_ACPI => MemKind::Acpi,
                 other => MemKind::Other(other),
             };
-            let _ = info.memmap.push(MemRange {
-                start: e.addr,
-                end,
-                kind,
-            });
+            let _ = info.memmap.push(MemRange { start: e.addr, end, kind });
         }
     } else {
-        let _ = info
-            .warnings
-            .push("start info has no memory map (version 0)");
+        let _ = info.warnings.push("start info has no memory map (version 0)");
     }
     if !info.memmap.iter().any(|r| r.kind == MemKind::Ram) {
-        let _ = info
-            .warnings
-            .push("no RAM in the memory map; assuming 32 MiB");
-        let _ = info.memmap.push(MemRange {
-            start: 0,
-            end: 32 << 20,
-            kind: MemKind::Ram,
-        });
+        let _ = info.warnings.push("no RAM in the memory map; assuming 32 MiB");
+        let _ = info.memmap.push(MemRange { start: 0, end: 32 << 20, kind: MemKind::Ram });
     }
     Ok(info)
 }

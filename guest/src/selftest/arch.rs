@@ -8,26 +8,14 @@ use crate::boot::cmdline::Cmdline;
 use crate::{ensure, ensure_eq};
 
 pub const TESTS: &[SelfTest] = &[
-    SelfTest::new(
-        "arch::page_fault_reports_cr2_and_error_code",
-        page_fault_reports_cr2_and_error_code,
-    ),
-    SelfTest::new(
-        "arch::write_to_read_only_data_faults",
-        write_to_read_only_data_faults,
-    ),
-    SelfTest::new(
-        "arch::stack_guard_pages_are_unmapped",
-        stack_guard_pages_are_unmapped,
-    ),
+    SelfTest::new("arch::page_fault_reports_cr2_and_error_code", page_fault_reports_cr2_and_error_code),
+    SelfTest::new("arch::write_to_read_only_data_faults", write_to_read_only_data_faults),
+    SelfTest::new("arch::stack_guard_pages_are_unmapped", stack_guard_pages_are_unmapped),
     SelfTest::new("arch::timer_ticks", timer_ticks),
     SelfTest::new("arch::host_is_identified", host_is_identified),
     SelfTest::new("arch::hypercall_round_trip", hypercall_round_trip),
     SelfTest::new("arch::apic_mode_follows_cpuid", apic_mode_follows_cpuid),
-    SelfTest::new(
-        "arch::acpi_madt_lists_the_boot_cpu",
-        acpi_madt_lists_the_boot_cpu,
-    ),
+    SelfTest::new("arch::acpi_madt_lists_the_boot_cpu", acpi_madt_lists_the_boot_cpu),
 ];
 
 fn page_fault_reports_cr2_and_error_code() -> TestResult {
@@ -38,11 +26,7 @@ fn page_fault_reports_cr2_and_error_code() -> TestResult {
     };
     ensure_eq!(f.vector, 14, "vector");
     ensure_eq!(f.address, addr, "CR2");
-    ensure_eq!(
-        f.error_code,
-        0,
-        "error code (not present, read, supervisor)"
-    );
+    ensure_eq!(f.error_code, 0, "error code (not present, read, supervisor)");
     ensure!(f.rip != 0, "the fault reported no RIP");
     Ok(())
 }
@@ -52,17 +36,11 @@ static READ_ONLY: u64 = 0x5eed;
 fn write_to_read_only_data_faults() -> TestResult {
     let addr = core::ptr::addr_of!(READ_ONLY) as u64;
     let Err(f) = fault::probe_write_u64(addr, 1) else {
-        return Err(super::fail(format_args!(
-            "writing .rodata at {addr:#x} did not fault"
-        )));
+        return Err(super::fail(format_args!("writing .rodata at {addr:#x} did not fault")));
     };
     ensure_eq!(f.vector, 14, "vector");
     ensure_eq!(f.address, addr, "CR2");
-    ensure_eq!(
-        f.error_code,
-        pf::PRESENT | pf::WRITE,
-        "error code (present, write, supervisor)"
-    );
+    ensure_eq!(f.error_code, pf::PRESENT | pf::WRITE, "error code (present, write, supervisor)");
     // SAFETY: a plain read of a static.
     let still = unsafe { core::ptr::read_volatile(&READ_ONLY) };
     ensure_eq!(still, 0x5eed, "the read-only value");
@@ -79,16 +57,11 @@ fn stack_guard_pages_are_unmapped() -> TestResult {
                 ensure_eq!(f.error_code & pf::PRESENT, 0, "guard page present bit");
             }
             Ok(_) => {
-                return Err(super::fail(format_args!(
-                    "guard page of slot {slot} at {guard:#x} is mapped"
-                )));
+                return Err(super::fail(format_args!("guard page of slot {slot} at {guard:#x} is mapped")));
             }
         }
         // The stack right above it is mapped.
-        ensure!(
-            fault::probe_read_u64(guard + 4096).is_ok(),
-            "stack of slot {slot} not mapped"
-        );
+        ensure!(fault::probe_read_u64(guard + 4096).is_ok(), "stack of slot {slot} not mapped");
     }
     ensure!(paging::tables_used() > 1, "no page tables built");
     Ok(())
@@ -103,11 +76,7 @@ fn timer_ticks() -> TestResult {
     }
     let ticks = arch::ticks() - start_ticks;
     ensure!(ticks >= 3, "{ticks} ticks in 60 ms (HZ {})", time::HZ);
-    ensure!(
-        ticks <= 60,
-        "{ticks} ticks in 60 ms: the timer runs far too fast (HZ {})",
-        time::HZ
-    );
+    ensure!(ticks <= 60, "{ticks} ticks in 60 ms: the timer runs far too fast (HZ {})", time::HZ);
     Ok(())
 }
 
@@ -134,27 +103,14 @@ fn hypercall_round_trip() -> TestResult {
     let arg = 0x0123_4567_89ab_cdef;
     let ret = arch::hypercall::call(pvagent_abi::hypercall::Nr::Ping, [arg, 0, 0, 0])
         .map_err(|e| super::fail(format_args!("ping failed: {e:?}")))?;
-    ensure_eq!(
-        ret,
-        [!arg, u64::from(pvagent_abi::ABI_VERSION)],
-        "ping answer"
-    );
+    ensure_eq!(ret, [!arg, u64::from(pvagent_abi::ABI_VERSION)], "ping answer");
     Ok(())
 }
 
 fn apic_mode_follows_cpuid() -> TestResult {
     let p = arch::platform();
-    let expected = if p.cpu.x2apic {
-        apic::Mode::X2Apic
-    } else {
-        apic::Mode::XApic
-    };
-    ensure_eq!(
-        apic::mode(),
-        expected,
-        "APIC mode for CPUID x2APIC={}",
-        p.cpu.x2apic
-    );
+    let expected = if p.cpu.x2apic { apic::Mode::X2Apic } else { apic::Mode::XApic };
+    ensure_eq!(apic::mode(), expected, "APIC mode for CPUID x2APIC={}", p.cpu.x2apic);
     ensure_eq!(apic::id(), percpu::apic_id(), "APIC ID read now vs at boot");
     Ok(())
 }
@@ -165,16 +121,10 @@ fn acpi_madt_lists_the_boot_cpu() -> TestResult {
         return Err(Failure::Skip("this host provides no ACPI tables"));
     }
     let Some(madt) = p.madt else {
-        return Err(super::fail(format_args!(
-            "the host gave an RSDP but the MADT could not be read"
-        )));
+        return Err(super::fail(format_args!("the host gave an RSDP but the MADT could not be read")));
     };
     ensure!(madt.cpus >= 1, "the MADT lists no usable CPU");
     let listed = &madt.apic_ids[..(madt.cpus as usize).min(madt.apic_ids.len())];
-    ensure!(
-        listed.contains(&p.boot_apic_id),
-        "boot APIC ID {} not among {listed:?}",
-        p.boot_apic_id
-    );
+    ensure!(listed.contains(&p.boot_apic_id), "boot APIC ID {} not among {listed:?}", p.boot_apic_id);
     Ok(())
 }

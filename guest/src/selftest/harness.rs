@@ -13,10 +13,7 @@ pub const TESTS: &[SelfTest] = &[
 
 fn deliberate_failure() -> TestResult {
     let answer = 6 * 7;
-    ensure!(
-        answer == 43,
-        "deliberately failing: 6 * 7 is {answer}, not 43"
-    );
+    ensure!(answer == 43, "deliberately failing: 6 * 7 is {answer}, not 43");
     Ok(())
 }
 

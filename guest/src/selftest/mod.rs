@@ -6,6 +6,9 @@
 //! is reported as that test's failure and ends the run. A test must reap the tasks it spawns:
 //! the runner fails a test that leaves tasks behind.
 
+// A failure carries its reason inline (there is no heap), so test results are large by design.
+#![allow(clippy::result_large_err, clippy::large_enum_variant)]
+
 mod arch;
 mod harness;
 mod task;
@@ -44,20 +47,12 @@ pub struct SelfTest {
 impl SelfTest {
     /// A test that runs by default.
     pub const fn new(name: &'static str, run: fn() -> TestResult) -> Self {
-        Self {
-            name,
-            run,
-            on_by_default: true,
-        }
+        Self { name, run, on_by_default: true }
     }
 
     /// A test that runs only when named on the command line.
     pub const fn on_request(name: &'static str, run: fn() -> TestResult) -> Self {
-        Self {
-            name,
-            run,
-            on_by_default: false,
-        }
+        Self { name, run, on_by_default: false }
     }
 }
 
@@ -116,14 +111,7 @@ fn report(status: Status, name: &str, reason: &str) {
         Status::Fail => FAILED.fetch_add(1, Ordering::Relaxed),
         Status::Skip => SKIPPED.fetch_add(1, Ordering::Relaxed),
     };
-    kprintln!(
-        "{}",
-        Line::Result {
-            status,
-            name,
-            reason
-        }
-    );
+    kprintln!("{}", Line::Result { status, name, reason });
 }
 
 fn summary() -> Line<'static> {
@@ -143,20 +131,10 @@ fn on_fatal(args: core::fmt::Arguments<'_>) -> ! {
     }
     crate::console::print_panic(format_args!("fatal: {args}\n"));
     let current = CURRENT.load(Ordering::SeqCst);
-    let name = current
-        .checked_sub(1)
-        .and_then(|i| all_tests().nth(i))
-        .map_or("(between tests)", |t| t.name);
+    let name = current.checked_sub(1).and_then(|i| all_tests().nth(i)).map_or("(between tests)", |t| t.name);
     let mut reason = Reason::new();
     let _ = reason.write_fmt(args);
-    crate::console::print_panic(format_args!(
-        "{}\n",
-        Line::Result {
-            status: Status::Fail,
-            name,
-            reason: &reason
-        }
-    ));
+    crate::console::print_panic(format_args!("{}\n", Line::Result { status: Status::Fail, name, reason: &reason }));
     FAILED.fetch_add(1, Ordering::Relaxed);
     crate::console::print_panic(format_args!("{}\n", summary()));
     crate::arch::exit::exit(pvagent_abi::exit::FAILURE)
@@ -179,10 +157,7 @@ pub fn run(cmdline: Cmdline<'static>) -> ! {
         let leaked = crate::task::live_count().saturating_sub(tasks_before);
         match result {
             Ok(()) if leaked > 0 => {
-                let Failure::Fail(reason) = fail(format_args!("left {leaked} task(s) behind"))
-                else {
-                    unreachable!()
-                };
+                let Failure::Fail(reason) = fail(format_args!("left {leaked} task(s) behind")) else { unreachable!() };
                 report(Status::Fail, test.name, &reason);
             }
             Ok(()) => report(Status::Pass, test.name, ""),
@@ -191,18 +166,12 @@ pub fn run(cmdline: Cmdline<'static>) -> ! {
         }
     }
     if selected == 0 {
-        kprintln!(
-            "selftest: no test matches tests={}",
-            filter.patterns().unwrap_or("")
-        );
+        kprintln!("selftest: no test matches tests={}", filter.patterns().unwrap_or(""));
         FAILED.fetch_add(1, Ordering::Relaxed);
     }
     kprintln!("{}", summary());
-    let code = if FAILED.load(Ordering::Relaxed) == 0 {
-        pvagent_abi::exit::SUCCESS
-    } else {
-        pvagent_abi::exit::FAILURE
-    };
+    let code =
+        if FAILED.load(Ordering::Relaxed) == 0 { pvagent_abi::exit::SUCCESS } else { pvagent_abi::exit::FAILURE };
     crate::arch::exit::exit(code)
 }
 

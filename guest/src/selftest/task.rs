@@ -10,22 +10,10 @@ use crate::task::{self, user};
 use crate::{ensure, ensure_eq};
 
 pub const TESTS: &[SelfTest] = &[
-    SelfTest::new(
-        "task::kernel_task_returns_its_value",
-        kernel_task_returns_its_value,
-    ),
-    SelfTest::new(
-        "task::user_task_runs_at_cpl3_and_returns",
-        user_task_runs_at_cpl3_and_returns,
-    ),
-    SelfTest::new(
-        "task::user_fault_ends_only_that_task",
-        user_fault_ends_only_that_task,
-    ),
-    SelfTest::new(
-        "task::blocked_task_is_woken_by_event",
-        blocked_task_is_woken_by_event,
-    ),
+    SelfTest::new("task::kernel_task_returns_its_value", kernel_task_returns_its_value),
+    SelfTest::new("task::user_task_runs_at_cpl3_and_returns", user_task_runs_at_cpl3_and_returns),
+    SelfTest::new("task::user_fault_ends_only_that_task", user_fault_ends_only_that_task),
+    SelfTest::new("task::blocked_task_is_woken_by_event", blocked_task_is_woken_by_event),
     SelfTest::new("task::yielding_tasks_interleave", yielding_tasks_interleave),
     SelfTest::new("task::sleep_waits_for_ticks", sleep_waits_for_ticks),
 ];
@@ -70,23 +58,12 @@ fn user_task_runs_at_cpl3_and_returns() -> TestResult {
     let addr = KERNEL_ONLY.as_ptr() as u64;
     let id = spawned(task::spawn_user("user-read-kernel", user_read, addr))?;
     match join(id)? {
-        ExitStatus::Faulted(FaultInfo {
-            vector: 14,
-            error_code,
-            address,
-            ..
-        }) => {
+        ExitStatus::Faulted(FaultInfo { vector: 14, error_code, address, .. }) => {
             ensure_eq!(address, addr, "CR2");
-            ensure_eq!(
-                error_code,
-                pf::PRESENT | pf::USER,
-                "error code (present, read, user)"
-            );
+            ensure_eq!(error_code, pf::PRESENT | pf::USER, "error code (present, read, user)");
         }
         other => {
-            return Err(super::fail(format_args!(
-                "user read of kernel data ended with {other:?}"
-            )));
+            return Err(super::fail(format_args!("user read of kernel data ended with {other:?}")));
         }
     }
     Ok(())
@@ -103,21 +80,12 @@ fn user_fault_ends_only_that_task() -> TestResult {
     let bystander = spawned(task::spawn_kernel("bystander", bystander, 0))?;
     let faulter = spawned(task::spawn_user("user-null", user_read, 0x10))?;
     match join(faulter)? {
-        ExitStatus::Faulted(FaultInfo {
-            vector: 14,
-            address: 0x10,
-            error_code,
-            ..
-        }) => {
+        ExitStatus::Faulted(FaultInfo { vector: 14, address: 0x10, error_code, .. }) => {
             ensure_eq!(error_code, pf::USER, "error code (not present, read, user)");
         }
         other => return Err(super::fail(format_args!("null read ended with {other:?}"))),
     }
-    ensure_eq!(
-        join(bystander)?,
-        ExitStatus::Returned(0),
-        "bystander status"
-    );
+    ensure_eq!(join(bystander)?, ExitStatus::Returned(0), "bystander status");
     ensure_eq!(DONE.load(Ordering::SeqCst), 1, "bystander completions");
     Ok(())
 }
@@ -142,18 +110,10 @@ fn blocked_task_is_woken_by_event() -> TestResult {
         task::state(id)
     );
     task::yield_now();
-    ensure_eq!(
-        STEPS.load(Ordering::SeqCst),
-        1,
-        "waiter stays blocked until signaled"
-    );
+    ensure_eq!(STEPS.load(Ordering::SeqCst), 1, "waiter stays blocked until signaled");
     ensure_eq!(EVENT.signal(), 1, "waiters woken");
     ensure_eq!(join(id)?, ExitStatus::Returned(0), "waiter status");
-    ensure_eq!(
-        STEPS.load(Ordering::SeqCst),
-        2,
-        "waiter continued after the wake-up"
-    );
+    ensure_eq!(STEPS.load(Ordering::SeqCst), 2, "waiter continued after the wake-up");
     Ok(())
 }
 
@@ -173,11 +133,7 @@ fn yielding_tasks_interleave() -> TestResult {
     let b = spawned(task::spawn_kernel("worker-b", worker, 0xB))?;
     join(a)?;
     join(b)?;
-    ensure_eq!(
-        LOG.load(Ordering::SeqCst),
-        0xABABAB,
-        "order of the workers' steps"
-    );
+    ensure_eq!(LOG.load(Ordering::SeqCst), 0xABABAB, "order of the workers' steps");
     Ok(())
 }
 

@@ -15,9 +15,7 @@ pub struct Event {
 impl Event {
     /// A new, unsignaled event.
     pub const fn new() -> Self {
-        Self {
-            signaled: AtomicBool::new(false),
-        }
+        Self { signaled: AtomicBool::new(false) }
     }
 
     fn wait_key(&self) -> Wait {

@@ -87,13 +87,7 @@ struct Slot {
     wake_value: u64,
 }
 
-const FREE_SLOT: Slot = Slot {
-    state: State::Free,
-    generation: 0,
-    kind: Kind::Kernel,
-    name: "",
-    wake_value: 0,
-};
+const FREE_SLOT: Slot = Slot { state: State::Free, generation: 0, kind: Kind::Kernel, name: "", wake_value: 0 };
 
 /// Why a spawn failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,46 +147,27 @@ impl SchedCore {
             run_queue: Deque::new(),
             current: 0,
             idle: None,
-            stats: SchedStats {
-                switches: 0,
-                spawned: 0,
-                blocked: 0,
-                woken: 0,
-                spurious_wakes: 0,
-            },
+            stats: SchedStats { switches: 0, spawned: 0, blocked: 0, woken: 0, spurious_wakes: 0 },
         }
     }
 
     fn id_of(&self, slot: u16) -> TaskId {
-        TaskId {
-            slot,
-            generation: self.slots[usize::from(slot)].generation,
-        }
+        TaskId { slot, generation: self.slots[usize::from(slot)].generation }
     }
 
     fn slot(&self, id: TaskId) -> Option<&Slot> {
-        self.slots
-            .get(usize::from(id.slot))
-            .filter(|s| s.generation == id.generation && s.state != State::Free)
+        self.slots.get(usize::from(id.slot)).filter(|s| s.generation == id.generation && s.state != State::Free)
     }
 
     fn slot_mut(&mut self, id: TaskId) -> Option<&mut Slot> {
-        self.slots
-            .get_mut(usize::from(id.slot))
-            .filter(|s| s.generation == id.generation && s.state != State::Free)
+        self.slots.get_mut(usize::from(id.slot)).filter(|s| s.generation == id.generation && s.state != State::Free)
     }
 
     /// Makes the running context (the boot code, or a new vCPU's start code) this vCPU's idle
     /// task, in slot 0.
     pub fn adopt_idle(&mut self, name: &'static str) -> TaskId {
         assert!(self.idle.is_none(), "idle task adopted twice");
-        self.slots[0] = Slot {
-            state: State::Running,
-            generation: 1,
-            kind: Kind::Idle,
-            name,
-            wake_value: 0,
-        };
+        self.slots[0] = Slot { state: State::Running, generation: 1, kind: Kind::Idle, name, wake_value: 0 };
         self.idle = Some(0);
         self.current = 0;
         self.id_of(0)
@@ -202,11 +177,7 @@ impl SchedCore {
     /// task can be picked (it is, at the earliest, at the next switch).
     pub fn spawn(&mut self, name: &'static str, kind: Kind) -> Result<TaskId, SpawnError> {
         assert!(kind != Kind::Idle, "only adopt_idle creates the idle task");
-        let slot = self
-            .slots
-            .iter()
-            .position(|s| s.state == State::Free)
-            .ok_or(SpawnError::NoFreeSlot)? as u16;
+        let slot = self.slots.iter().position(|s| s.state == State::Free).ok_or(SpawnError::NoFreeSlot)? as u16;
         let s = &mut self.slots[usize::from(slot)];
         s.generation = s.generation.wrapping_add(1).max(1);
         s.state = State::Ready;
@@ -264,15 +235,8 @@ impl SchedCore {
     /// The running task waits for `wait`. The idle task cannot block.
     pub fn block_current(&mut self, wait: Wait) {
         let slot = &mut self.slots[usize::from(self.current)];
-        assert!(
-            slot.kind != Kind::Idle,
-            "the idle task tried to block on {wait:?}"
-        );
-        assert_eq!(
-            slot.state,
-            State::Running,
-            "blocking a task that is not running"
-        );
+        assert!(slot.kind != Kind::Idle, "the idle task tried to block on {wait:?}");
+        assert_eq!(slot.state, State::Running, "blocking a task that is not running");
         slot.state = State::Blocked(wait);
         slot.wake_value = 0;
         self.stats.blocked += 1;
@@ -348,10 +312,10 @@ impl SchedCore {
     fn remove_from_queue(&mut self, slot: u16) {
         let len = self.run_queue.len();
         for _ in 0..len {
-            if let Some(s) = self.run_queue.pop_front() {
-                if s != slot {
-                    let _ = self.run_queue.push_back(s);
-                }
+            if let Some(s) = self.run_queue.pop_front()
+                && s != slot
+            {
+                let _ = self.run_queue.push_back(s);
             }
         }
     }
@@ -373,12 +337,11 @@ impl SchedCore {
         let mut woken = 0;
         for slot in 0..MAX_TASKS as u16 {
             if let State::Blocked(Wait::Sleep { until_tick }) = self.slots[usize::from(slot)].state
+                && until_tick <= now
             {
-                if until_tick <= now {
-                    let id = self.id_of(slot);
-                    self.wake(id, now);
-                    woken += 1;
-                }
+                let id = self.id_of(slot);
+                self.wake(id, now);
+                woken += 1;
             }
         }
         woken
@@ -532,10 +495,7 @@ mod tests {
         let (mut s, _) = with_idle();
         let a = s.spawn("a", Kind::User).unwrap();
         let b = s.spawn("b", Kind::Kernel).unwrap();
-        let status = ExitStatus::Killed(KillReason::PageFailed {
-            token: 1,
-            gpa: 0x1000,
-        });
+        let status = ExitStatus::Killed(KillReason::PageFailed { token: 1, gpa: 0x1000 });
         assert!(s.kill(a, status));
         assert_eq!(s.pick_next().map(|(_, to)| to), Some(b.slot));
         assert_eq!(s.reap(a), Ok(status));
@@ -547,10 +507,7 @@ mod tests {
         for _ in 1..MAX_TASKS {
             s.spawn("t", Kind::Kernel).unwrap();
         }
-        assert_eq!(
-            s.spawn("one too many", Kind::Kernel),
-            Err(SpawnError::NoFreeSlot)
-        );
+        assert_eq!(s.spawn("one too many", Kind::Kernel), Err(SpawnError::NoFreeSlot));
     }
 
     #[test]

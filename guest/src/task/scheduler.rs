@@ -8,8 +8,7 @@
 use core::cell::UnsafeCell;
 
 use super::sched::{
-    ExitStatus, FaultInfo, Kind, MAX_TASKS, ReapError, SchedCore, SpawnError, State, TaskId, Wait,
-    WakeOutcome,
+    ExitStatus, FaultInfo, Kind, MAX_TASKS, ReapError, SchedCore, SpawnError, State, TaskId, Wait, WakeOutcome,
 };
 use super::{stack, switch};
 use crate::arch::fault::Fault;
@@ -53,24 +52,10 @@ struct CpuSched {
 }
 
 static SCHED: CpuLocal<IrqCell<CpuSched>> = CpuLocal::new(
-    [const {
-        IrqCell::new(CpuSched {
-            core: SchedCore::new(),
-            fault_hooks: [None; MAX_TASKS],
-        })
-    }; MAX_CPUS],
+    [const { IrqCell::new(CpuSched { core: SchedCore::new(), fault_hooks: [None; MAX_TASKS] }) }; MAX_CPUS],
 );
 static CONTEXTS: CpuLocal<Contexts> = CpuLocal::new(
-    [const {
-        Contexts(
-            [const {
-                UnsafeCell::new(Context {
-                    rsp: 0,
-                    trap_depth: 0,
-                })
-            }; MAX_TASKS],
-        )
-    }; MAX_CPUS],
+    [const { Contexts([const { UnsafeCell::new(Context { rsp: 0, trap_depth: 0 }) }; MAX_TASKS]) }; MAX_CPUS],
 );
 
 fn with_sched<R>(f: impl FnOnce(&mut CpuSched) -> R) -> R {
@@ -92,11 +77,7 @@ fn on_tick(now: u64) {
 }
 
 /// Spawns a kernel task on this vCPU.
-pub fn spawn_kernel(
-    name: &'static str,
-    entry: KernelEntry,
-    arg: u64,
-) -> Result<TaskId, SpawnError> {
+pub fn spawn_kernel(name: &'static str, entry: KernelEntry, arg: u64) -> Result<TaskId, SpawnError> {
     let cpu = percpu::index();
     with_sched(|s| {
         let id = s.core.spawn(name, Kind::Kernel)?;
@@ -148,10 +129,7 @@ pub fn set_fault_hook(id: TaskId, hook: Option<FaultHook>) {
 /// Switches to the next task if the scheduler picks one. Interrupts must be disabled; the
 /// caller has already yielded, blocked or exited the current task (or is the idle task).
 pub fn schedule() {
-    assert!(
-        !cpu::interrupts_enabled(),
-        "schedule() with interrupts enabled"
-    );
+    assert!(!cpu::interrupts_enabled(), "schedule() with interrupts enabled");
     let cpu = percpu::index();
     let Some((from, to)) = with_sched(|s| s.core.pick_next()) else {
         return;
@@ -180,10 +158,7 @@ pub fn yield_now() {
 /// Interrupts must be disabled, so that the condition the caller checked cannot change before
 /// the task is marked blocked.
 pub fn block_current(wait: Wait) -> u64 {
-    assert!(
-        !cpu::interrupts_enabled(),
-        "block_current() with interrupts enabled"
-    );
+    assert!(!cpu::interrupts_enabled(), "block_current() with interrupts enabled");
     with_sched(|s| s.core.block_current(wait));
     schedule();
     with_sched(|s| s.core.current_wake_value())
@@ -295,10 +270,10 @@ extern "sysv64" fn task_start(entry: usize, arg: u64) -> ! {
 fn on_user_fault(frame: &mut TrapFrame, fault: Fault) {
     let id = current();
     let hook = with_sched(|s| s.fault_hooks[usize::from(id.slot)]);
-    if let Some(hook) = hook {
-        if hook(frame, &fault) == FaultAction::Resume {
-            return;
-        }
+    if let Some(hook) = hook
+        && hook(frame, &fault) == FaultAction::Resume
+    {
+        return;
     }
     crate::kprintln!("task {} (user) ended by {fault}", name(id));
     exit_current(ExitStatus::Faulted(FaultInfo {

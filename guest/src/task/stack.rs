@@ -28,20 +28,12 @@ unsafe impl<T> Sync for Pool<T> {}
 
 #[unsafe(link_section = ".stacks.tasks")]
 static KERNEL_STACKS: Pool<[[KernelStack; MAX_TASKS]; MAX_CPUS]> = Pool(UnsafeCell::new(
-    [const {
-        [const {
-            KernelStack {
-                guard: [0; GUARD],
-                stack: [0; KERNEL_STACK_SIZE],
-            }
-        }; MAX_TASKS]
-    }; MAX_CPUS],
+    [const { [const { KernelStack { guard: [0; GUARD], stack: [0; KERNEL_STACK_SIZE] } }; MAX_TASKS] }; MAX_CPUS],
 ));
 
 #[unsafe(link_section = ".user_data.stacks")]
-static USER_STACKS: Pool<[[UserStack; MAX_TASKS]; MAX_CPUS]> = Pool(UnsafeCell::new(
-    [const { [const { UserStack([0; USER_STACK_SIZE]) }; MAX_TASKS] }; MAX_CPUS],
-));
+static USER_STACKS: Pool<[[UserStack; MAX_TASKS]; MAX_CPUS]> =
+    Pool(UnsafeCell::new([const { [const { UserStack([0; USER_STACK_SIZE]) }; MAX_TASKS] }; MAX_CPUS]));
 
 fn kernel_stack(cpu: usize, slot: u16) -> *mut KernelStack {
     let base = KERNEL_STACKS.0.get() as *mut KernelStack;

@@ -117,10 +117,7 @@ pub unsafe fn prepare_user_stack(top: u64, user_entry: u64, user_stack_top: u64,
         ..TrapFrame::default()
     };
     let rsp = trap_frame_at - core::mem::size_of::<SwitchFrame>() as u64;
-    let switch = SwitchFrame {
-        ret: trap_return_address(),
-        ..SwitchFrame::default()
-    };
+    let switch = SwitchFrame { ret: trap_return_address(), ..SwitchFrame::default() };
     // SAFETY: the caller gives us the top of a stack nobody uses yet.
     unsafe {
         core::ptr::write(trap_frame_at as *mut TrapFrame, trap);

@@ -67,9 +67,7 @@ fn on_invalid_opcode(frame: &mut TrapFrame) {
 #[inline(always)]
 pub fn exit(code: u64) -> ! {
     // SAFETY: a kernel call; EXIT does not return.
-    unsafe {
-        core::arch::asm!("ud2", in("rax") nr::EXIT, in("rdi") code, options(noreturn, nostack))
-    }
+    unsafe { core::arch::asm!("ud2", in("rax") nr::EXIT, in("rdi") code, options(noreturn, nostack)) }
 }
 
 /// User side: lets other tasks run.

@@ -1,0 +1,153 @@
+//! The trait every device and event producer implements, and the view of the vCPU it gets.
+//!
+//! The run loop turns each VM exit into one call per handler, in registration order, until a
+//! handler claims it; before each entry into the guest every handler may inject events. A new
+//! producer (#AC, #VE, page-not-present) is a new implementation of [`ExitHandler`] added to
+//! the VM's list, not a new arm in the run loop.
+
+use std::collections::BTreeMap;
+
+use kvm_ioctls::{VcpuFd, VmFd};
+use pvagent_abi::hypercall::Status;
+use vm_memory::GuestMemoryMmap;
+
+use crate::cpuid::CpuidTable;
+use crate::error::Result;
+
+/// Whether a handler took care of an exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handled {
+    /// Done; no other handler sees this exit.
+    Yes,
+    /// Not this handler's; try the next one.
+    No,
+}
+
+/// A handler's answer to an MSR access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MsrAnswer {
+    /// Not this handler's MSR.
+    NotMine,
+    /// RDMSR returns this value / WRMSR is accepted.
+    Value(u64),
+    /// The access raises #GP in the guest.
+    Fault,
+}
+
+/// Why the run loop stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// The guest wrote this code to the debug-exit port.
+    GuestExit(u32),
+}
+
+/// What a handler sees of the vCPU that exited.
+#[derive(Debug)]
+pub struct VcpuCtx<'a> {
+    /// Dense vCPU index.
+    pub index: usize,
+    pub vcpu: &'a VcpuFd,
+    pub vm: &'a VmFd,
+    pub mem: &'a GuestMemoryMmap,
+    /// Set by a handler to end the run after this exit.
+    pub stop: Option<Stop>,
+}
+
+/// End-of-run numbers and notes from every handler.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// `handler.counter` -> value.
+    pub counters: BTreeMap<String, u64>,
+    /// Human-readable lines, in order.
+    pub lines: Vec<String>,
+}
+
+impl Report {
+    /// Records a counter under `handler.name`.
+    pub fn counter(&mut self, handler: &str, name: &str, value: u64) {
+        self.counters.insert(format!("{handler}.{name}"), value);
+    }
+
+    /// Adds a line for the run's output.
+    pub fn line(&mut self, text: impl Into<String>) {
+        self.lines.push(text.into());
+    }
+
+    /// A counter's value (0 when absent).
+    pub fn get(&self, key: &str) -> u64 {
+        self.counters.get(key).copied().unwrap_or(0)
+    }
+}
+
+/// A device or event producer. Every method has a default that declines, so an
+/// implementation only writes what it handles.
+pub trait ExitHandler: Send {
+    /// Short name, used in reports and counter keys.
+    fn name(&self) -> &'static str;
+
+    /// Adds or changes CPUID entries (advertise a feature) before the vCPU starts.
+    fn cpuid(&self, _table: &mut CpuidTable) {}
+
+    /// Called before every entry into the guest: inject pending events here.
+    fn before_entry(&mut self, _ctx: &mut VcpuCtx<'_>) -> Result<()> {
+        Ok(())
+    }
+
+    /// `in` from `port`: fill `data`.
+    fn io_in(&mut self, _ctx: &mut VcpuCtx<'_>, _port: u16, _data: &mut [u8]) -> Result<Handled> {
+        Ok(Handled::No)
+    }
+
+    /// `out` to `port` of `data`.
+    fn io_out(&mut self, _ctx: &mut VcpuCtx<'_>, _port: u16, _data: &[u8]) -> Result<Handled> {
+        Ok(Handled::No)
+    }
+
+    /// A load from `addr` that KVM could not satisfy from memory: fill `data`.
+    fn mmio_read(&mut self, _ctx: &mut VcpuCtx<'_>, _addr: u64, _data: &mut [u8]) -> Result<Handled> {
+        Ok(Handled::No)
+    }
+
+    /// A store of `data` to `addr` that KVM could not satisfy from memory.
+    fn mmio_write(&mut self, _ctx: &mut VcpuCtx<'_>, _addr: u64, _data: &[u8]) -> Result<Handled> {
+        Ok(Handled::No)
+    }
+
+    /// KVM_EXIT_MEMORY_FAULT: an access to `[gpa, gpa + size)` KVM could not resolve (the
+    /// instruction has not run).
+    fn memory_fault(&mut self, _ctx: &mut VcpuCtx<'_>, _gpa: u64, _size: u64, _flags: u64) -> Result<Handled> {
+        Ok(Handled::No)
+    }
+
+    /// RDMSR of `index` that KVM passed to user space.
+    fn rdmsr(&mut self, _ctx: &mut VcpuCtx<'_>, _index: u32) -> Result<MsrAnswer> {
+        Ok(MsrAnswer::NotMine)
+    }
+
+    /// WRMSR of `value` to `index` that KVM passed to user space.
+    fn wrmsr(&mut self, _ctx: &mut VcpuCtx<'_>, _index: u32, _value: u64) -> Result<MsrAnswer> {
+        Ok(MsrAnswer::NotMine)
+    }
+
+    /// KVM_EXIT_DEBUG (a guest-debug breakpoint the host set).
+    fn debug(&mut self, _ctx: &mut VcpuCtx<'_>, _exit: &kvm_bindings::kvm_debug_exit_arch) -> Result<Handled> {
+        Ok(Handled::No)
+    }
+
+    /// An emulation failure KVM reported: a handler that caused it (e.g. a locked access to a
+    /// page the pager has not supplied) may repair the cause and return `Yes` to retry.
+    fn emulation_failure(&mut self, _ctx: &mut VcpuCtx<'_>, _insn: &[u8]) -> Result<Handled> {
+        Ok(Handled::No)
+    }
+
+    /// Hypercall `nr` (see `pvagent_abi::hypercall`): `None` if not this handler's.
+    fn hypercall(&mut self, _ctx: &mut VcpuCtx<'_>, _nr: u32, _args: [u64; 4]) -> Option<Result<[u64; 2], Status>> {
+        None
+    }
+
+    /// After the guest stopped: record counters and notes; an error fails the run (e.g. a
+    /// producer found a protocol violation or a leaked token).
+    fn finish(&mut self, _report: &mut Report) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,174 @@
+//! Loading the guest: checking the ELF, placing its segments with `linux-loader` (which also
+//! finds the PVH entry note), and writing the PVH boot information.
+
+use std::fs::File;
+use std::path::Path;
+
+use linux_loader::loader::KernelLoader;
+use linux_loader::loader::elf::{Elf, PvhBootCapability};
+use pvagent_abi::pvh::{self, HvmMemmapEntry, HvmStartInfo};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::acpi;
+use crate::error::{Error, Result};
+use crate::memory::{self, CMDLINE_GPA, IMAGE_MIN_GPA, LOW_RAM_END, MEMMAP_GPA, START_INFO_GPA};
+
+/// What loading produced.
+#[derive(Clone, Copy, Debug)]
+pub struct Loaded {
+    /// The 32-bit PVH entry point.
+    pub entry: u64,
+    /// Lowest and highest (exclusive) guest-physical address the image occupies.
+    pub image: (u64, u64),
+}
+
+/// The extent of an ELF64 x86-64 image's loadable segments, checked before anything is written.
+fn image_extent(path: &Path, bytes: &[u8]) -> Result<(u64, u64)> {
+    let bad = |reason: &str| Error::BadImage { path: path.to_path_buf(), reason: reason.into() };
+    let u16_at = |o: usize| bytes.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |o: usize| bytes.get(o..o + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let u64_at = |o: usize| bytes.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    if bytes.get(..4) != Some(b"\x7fELF") {
+        return Err(bad("no ELF magic"));
+    }
+    if bytes.get(4) != Some(&2) || bytes.get(5) != Some(&1) {
+        return Err(bad("not a 64-bit little-endian ELF"));
+    }
+    if u16_at(18) != Some(62) {
+        return Err(bad("not an x86-64 ELF (e_machine is not EM_X86_64)"));
+    }
+    let phoff = u64_at(32).ok_or_else(|| bad("truncated ELF header"))? as usize;
+    let phentsize = u16_at(54).ok_or_else(|| bad("truncated ELF header"))? as usize;
+    let phnum = u16_at(56).ok_or_else(|| bad("truncated ELF header"))? as usize;
+    if phentsize < 56 {
+        return Err(bad("program header entries are too small"));
+    }
+    let (mut low, mut high) = (u64::MAX, 0u64);
+    for i in 0..phnum {
+        let at = phoff.checked_add(i * phentsize).ok_or_else(|| bad("program header offset overflows"))?;
+        let p_type = u32_at(at).ok_or_else(|| bad("program headers run past the end of the file"))?;
+        if p_type != 1 {
+            continue; // not PT_LOAD
+        }
+        let p_paddr = u64_at(at + 24).ok_or_else(|| bad("truncated program header"))?;
+        let p_memsz = u64_at(at + 40).ok_or_else(|| bad("truncated program header"))?;
+        let end = p_paddr.checked_add(p_memsz).ok_or_else(|| bad("a segment's end overflows"))?;
+        low = low.min(p_paddr);
+        high = high.max(end);
+    }
+    if high == 0 {
+        return Err(bad("no loadable segment"));
+    }
+    if low < IMAGE_MIN_GPA {
+        return Err(bad("a segment loads below 1 MiB, where the boot information goes"));
+    }
+    Ok((low, high))
+}
+
+/// Loads `path` into `mem` and writes the boot information; returns the entry point.
+pub fn load(path: &Path, mem: &GuestMemoryMmap, mem_size: u64, cmdline: &str) -> Result<Loaded> {
+    let bytes = std::fs::read(path).map_err(|source| Error::ReadImage { path: path.to_path_buf(), source })?;
+    let image = image_extent(path, &bytes)?;
+    if image.1 > mem_size {
+        return Err(Error::ImageTooBig { path: path.to_path_buf(), end: image.1, mem: mem_size });
+    }
+    let mut file = File::open(path).map_err(|source| Error::ReadImage { path: path.to_path_buf(), source })?;
+    let result = Elf::load(mem, None, &mut file, Some(GuestAddress(IMAGE_MIN_GPA)))
+        .map_err(|e| Error::BadImage { path: path.to_path_buf(), reason: e.to_string() })?;
+    let entry = match result.pvh_boot_cap {
+        PvhBootCapability::PvhEntryPresent(addr) => addr.0,
+        _ => return Err(Error::NoPvhEntry { path: path.to_path_buf() }),
+    };
+    write_boot_info(mem, mem_size, cmdline)?;
+    Ok(Loaded { entry, image })
+}
+
+/// The memory map the guest is told about.
+pub fn memory_map(mem_size: u64) -> Vec<HvmMemmapEntry> {
+    vec![
+        HvmMemmapEntry { addr: 0, size: LOW_RAM_END, type_: pvh::MEMMAP_TYPE_RAM, reserved: 0 },
+        HvmMemmapEntry { addr: acpi::TABLES_GPA, size: acpi::TABLES_SIZE, type_: pvh::MEMMAP_TYPE_ACPI, reserved: 0 },
+        HvmMemmapEntry {
+            addr: IMAGE_MIN_GPA,
+            size: mem_size - IMAGE_MIN_GPA,
+            type_: pvh::MEMMAP_TYPE_RAM,
+            reserved: 0,
+        },
+    ]
+}
+
+fn write_boot_info(mem: &GuestMemoryMmap, mem_size: u64, cmdline: &str) -> Result<()> {
+    let fail = |what: &str| Error::WriteBootInfo(what.to_string());
+    let map = memory_map(mem_size);
+    for (i, entry) in map.iter().enumerate() {
+        let at = MEMMAP_GPA + (i * std::mem::size_of::<HvmMemmapEntry>()) as u64;
+        memory::write_plain(mem, at, *entry).ok_or_else(|| fail("memory map"))?;
+    }
+    let tables = acpi::build(&[0]);
+    mem.write_slice(&tables, GuestAddress(acpi::TABLES_GPA)).map_err(|_| fail("ACPI tables"))?;
+    let mut line = cmdline.as_bytes().to_vec();
+    line.push(0);
+    mem.write_slice(&line, GuestAddress(CMDLINE_GPA)).map_err(|_| fail("command line"))?;
+    let start = HvmStartInfo {
+        magic: pvh::START_INFO_MAGIC,
+        version: pvh::START_INFO_VERSION_MEMMAP,
+        cmdline_paddr: CMDLINE_GPA,
+        memmap_paddr: MEMMAP_GPA,
+        memmap_entries: map.len() as u32,
+        rsdp_paddr: acpi::TABLES_GPA,
+        ..HvmStartInfo::default()
+    };
+    memory::write_plain(mem, START_INFO_GPA, start).ok_or_else(|| fail("start info"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn elf_with_segment(paddr: u64, memsz: u64) -> Vec<u8> {
+        let mut b = vec![0u8; 64 + 56];
+        b[..4].copy_from_slice(b"\x7fELF");
+        b[4] = 2;
+        b[5] = 1;
+        b[18..20].copy_from_slice(&62u16.to_le_bytes());
+        b[32..40].copy_from_slice(&64u64.to_le_bytes());
+        b[54..56].copy_from_slice(&56u16.to_le_bytes());
+        b[56..58].copy_from_slice(&1u16.to_le_bytes());
+        b[64..68].copy_from_slice(&1u32.to_le_bytes());
+        b[64 + 24..64 + 32].copy_from_slice(&paddr.to_le_bytes());
+        b[64 + 40..64 + 48].copy_from_slice(&memsz.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn extent_covers_the_loadable_segments() {
+        let p = Path::new("x");
+        assert_eq!(image_extent(p, &elf_with_segment(0x10_0000, 0x2000)).unwrap(), (0x10_0000, 0x10_2000));
+    }
+
+    #[test]
+    fn broken_images_get_a_reason() {
+        let p = Path::new("x");
+        let reason = |bytes: &[u8]| match image_extent(p, bytes) {
+            Err(Error::BadImage { reason, .. }) => reason,
+            other => panic!("expected BadImage, got {other:?}"),
+        };
+        assert_eq!(reason(b"hello"), "no ELF magic");
+        let mut not_x86 = elf_with_segment(0x10_0000, 1);
+        not_x86[18] = 183; // aarch64
+        assert!(reason(&not_x86).contains("not an x86-64 ELF"));
+        assert!(reason(&elf_with_segment(0x1000, 1)).contains("below 1 MiB"));
+        let truncated = &elf_with_segment(0x10_0000, 1)[..66];
+        assert!(reason(truncated).contains("past the end"));
+        assert!(reason(&elf_with_segment(u64::MAX - 1, 5)).contains("overflows"));
+    }
+
+    #[test]
+    fn the_memory_map_skips_the_legacy_hole() {
+        let map = memory_map(64 << 20);
+        assert_eq!(map[0].addr + map[0].size, LOW_RAM_END);
+        assert_eq!(map[1].type_, pvh::MEMMAP_TYPE_ACPI);
+        assert_eq!(map[2].addr, IMAGE_MIN_GPA);
+        assert_eq!(map[2].addr + map[2].size, 64 << 20);
+    }
+}

@@ -1,0 +1,69 @@
+//! Guest memory: the RAM region, the fixed places of the boot information, and typed access to
+//! shared structures (`pvagent_abi::Plain` types) through `vm-memory`'s copying accessors.
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::VmFd;
+use pvagent_abi::Plain;
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::error::{Error, Result};
+
+/// Where the PVH start info goes (below the image at 1 MiB, above the real-mode IVT/BDA).
+pub const START_INFO_GPA: u64 = 0x6000;
+/// Where the PVH memory map goes, right after the start info.
+pub const MEMMAP_GPA: u64 = 0x6100;
+/// Where the command line goes.
+pub const CMDLINE_GPA: u64 = 0x7000;
+/// Longest command line, without its NUL.
+pub const CMDLINE_MAX: usize = 0x1000 - 1;
+/// Images must load at or above 1 MiB: everything below belongs to the boot information.
+pub const IMAGE_MIN_GPA: u64 = 0x10_0000;
+/// End of the legacy hole's start (the VGA/BIOS area is left out of the RAM map).
+pub const LOW_RAM_END: u64 = 0xA_0000;
+
+/// A `Plain` ABI type as `vm-memory` wants it.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(transparent)]
+struct Wire<T>(T);
+
+// SAFETY: `Plain` guarantees no padding and that every bit pattern is valid; `Wire` is
+// transparent over it.
+unsafe impl<T: Plain + Default + Send + Sync> ByteValued for Wire<T> {}
+
+/// Reads a shared structure from guest memory (a copy: the guest may change it meanwhile).
+pub fn read_plain<T: Plain + Default + Send + Sync>(mem: &GuestMemoryMmap, gpa: u64) -> Option<T> {
+    mem.read_obj::<Wire<T>>(GuestAddress(gpa)).ok().map(|w| w.0)
+}
+
+/// Writes a shared structure into guest memory.
+pub fn write_plain<T: Plain + Default + Send + Sync>(mem: &GuestMemoryMmap, gpa: u64, value: T) -> Option<()> {
+    mem.write_obj(Wire(value), GuestAddress(gpa)).ok()
+}
+
+/// Allocates `size` bytes of RAM at guest address 0.
+pub fn allocate_ram(size: u64) -> Result<GuestMemoryMmap> {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)])
+        .map_err(|e| Error::AllocateMemory { mib: size >> 20, reason: e.to_string() })
+}
+
+/// Registers every region of `mem` with KVM, from slot `first_slot` on.
+pub fn register(vm: &VmFd, mem: &GuestMemoryMmap, first_slot: u32) -> Result<u32> {
+    let mut slot = first_slot;
+    for region in mem.iter() {
+        let host = mem
+            .get_host_address(region.start_addr())
+            .map_err(|e| Error::AllocateMemory { mib: region.len() >> 20, reason: e.to_string() })?;
+        let desc = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the region's host mapping lives as long as `mem`, which the Vm keeps until
+        // after the VM fd is closed.
+        unsafe { vm.set_user_memory_region(desc) }.map_err(|e| Error::SetMemoryRegion(slot, e))?;
+        slot += 1;
+    }
+    Ok(slot)
+}

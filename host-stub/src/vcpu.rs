@@ -1,0 +1,257 @@
+//! The vCPU run loop: enter the guest, turn the exit into calls on the handlers, write their
+//! answers back, repeat until a handler stops the run or the guest does something fatal.
+
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use vm_memory::GuestMemoryMmap;
+
+use crate::error::{Error, Result};
+use crate::handler::{ExitHandler, Handled, MsrAnswer, Stop, VcpuCtx};
+use crate::kvm_run;
+use crate::memory;
+use crate::watchdog::Watchdog;
+
+/// An exit, copied out of `kvm_run` so the handlers can use the vCPU fd.
+#[derive(Debug)]
+enum Exit {
+    IoIn { port: u16, len: usize },
+    IoOut { port: u16, data: Vec<u8> },
+    MmioRead { addr: u64, len: usize },
+    MmioWrite { addr: u64, data: Vec<u8> },
+    Rdmsr { index: u32 },
+    Wrmsr { index: u32, value: u64 },
+    MemoryFault { gpa: u64, size: u64, flags: u64 },
+    Debug(kvm_bindings::kvm_debug_exit_arch),
+    Interrupted,
+    Shutdown,
+    InternalError,
+    FailEntry(u64),
+    Other(String),
+}
+
+fn copy_exit(exit: VcpuExit<'_>) -> Exit {
+    match exit {
+        VcpuExit::IoIn(port, data) => Exit::IoIn { port, len: data.len() },
+        VcpuExit::IoOut(port, data) => Exit::IoOut { port, data: data.to_vec() },
+        VcpuExit::MmioRead(addr, data) => Exit::MmioRead { addr, len: data.len() },
+        VcpuExit::MmioWrite(addr, data) => Exit::MmioWrite { addr, data: data.to_vec() },
+        VcpuExit::X86Rdmsr(msr) => Exit::Rdmsr { index: msr.index },
+        VcpuExit::X86Wrmsr(msr) => Exit::Wrmsr { index: msr.index, value: msr.data },
+        VcpuExit::MemoryFault { flags, gpa, size } => Exit::MemoryFault { gpa, size, flags },
+        VcpuExit::Debug(arch) => Exit::Debug(arch),
+        VcpuExit::Intr => Exit::Interrupted,
+        VcpuExit::Shutdown => Exit::Shutdown,
+        VcpuExit::InternalError => Exit::InternalError,
+        VcpuExit::FailEntry(reason, _cpu) => Exit::FailEntry(reason),
+        other => Exit::Other(format!("{other:?}")),
+    }
+}
+
+/// Counts of exits no handler claimed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Unclaimed {
+    pub io: u64,
+    pub mmio: u64,
+    pub msr: u64,
+}
+
+/// One vCPU and what its loop needs.
+#[derive(Debug)]
+pub struct Vcpu {
+    pub index: usize,
+    pub fd: VcpuFd,
+    pub exits: u64,
+    pub unclaimed: Unclaimed,
+}
+
+fn rip(fd: &VcpuFd) -> u64 {
+    fd.get_regs().map(|r| r.rip).unwrap_or(u64::MAX)
+}
+
+impl Vcpu {
+    /// Runs until a handler stops the run (`Ok`) or something fatal happens (`Err`).
+    pub fn run(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        handlers: &mut [&mut dyn ExitHandler],
+        watchdog: &Watchdog,
+    ) -> Result<Stop> {
+        loop {
+            {
+                let mut ctx = VcpuCtx { index: self.index, vcpu: &self.fd, vm, mem, stop: None };
+                for h in handlers.iter_mut() {
+                    h.before_entry(&mut ctx)?;
+                }
+                if let Some(stop) = ctx.stop {
+                    return Ok(stop);
+                }
+            }
+            let exit = match self.fd.run() {
+                Ok(exit) => copy_exit(exit),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
+                Err(e) => return Err(Error::Run(e)),
+            };
+            self.exits += 1;
+            if let Some(stop) = self.dispatch(exit, vm, mem, handlers, watchdog)? {
+                return Ok(stop);
+            }
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        exit: Exit,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        handlers: &mut [&mut dyn ExitHandler],
+        watchdog: &Watchdog,
+    ) -> Result<Option<Stop>> {
+        let mut ctx = VcpuCtx { index: self.index, vcpu: &self.fd, vm, mem, stop: None };
+        match exit {
+            Exit::IoOut { port, data } if port == pvagent_abi::port::HYPERCALL && data.len() == 4 => {
+                let gpa = u64::from(u32::from_le_bytes([data[0], data[1], data[2], data[3]]));
+                hypercall(&mut ctx, handlers, gpa)?;
+            }
+            Exit::IoOut { port, data } => {
+                if !claim(handlers, |h| h.io_out(&mut ctx, port, &data))? {
+                    self.unclaimed.io += 1;
+                }
+            }
+            Exit::IoIn { port, len } => {
+                let mut data = vec![0xFF; len];
+                if !claim(handlers, |h| h.io_in(&mut ctx, port, &mut data))? {
+                    self.unclaimed.io += 1;
+                }
+                let stop = ctx.stop;
+                kvm_run::complete_io_in(&mut self.fd, &data);
+                return Ok(stop);
+            }
+            Exit::MmioRead { addr, len } => {
+                let mut data = vec![0xFF; len];
+                if !claim(handlers, |h| h.mmio_read(&mut ctx, addr, &mut data))? {
+                    self.unclaimed.mmio += 1;
+                }
+                let stop = ctx.stop;
+                kvm_run::complete_mmio_read(&mut self.fd, &data);
+                return Ok(stop);
+            }
+            Exit::MmioWrite { addr, data } => {
+                if !claim(handlers, |h| h.mmio_write(&mut ctx, addr, &data))? {
+                    self.unclaimed.mmio += 1;
+                }
+            }
+            Exit::Rdmsr { index } => {
+                let answer = msr(handlers, |h| h.rdmsr(&mut ctx, index))?;
+                if answer == MsrAnswer::NotMine {
+                    self.unclaimed.msr += 1;
+                }
+                let stop = ctx.stop;
+                kvm_run::complete_msr(
+                    &mut self.fd,
+                    match answer {
+                        MsrAnswer::Value(v) => Some(v),
+                        MsrAnswer::NotMine | MsrAnswer::Fault => None,
+                    },
+                );
+                return Ok(stop);
+            }
+            Exit::Wrmsr { index, value } => {
+                let answer = msr(handlers, |h| h.wrmsr(&mut ctx, index, value))?;
+                if answer == MsrAnswer::NotMine {
+                    self.unclaimed.msr += 1;
+                }
+                let stop = ctx.stop;
+                kvm_run::complete_msr(
+                    &mut self.fd,
+                    match answer {
+                        MsrAnswer::Value(v) => Some(v),
+                        MsrAnswer::NotMine | MsrAnswer::Fault => None,
+                    },
+                );
+                return Ok(stop);
+            }
+            Exit::MemoryFault { gpa, size, flags } => {
+                if !claim(handlers, |h| h.memory_fault(&mut ctx, gpa, size, flags))? {
+                    return Err(Error::UnexpectedExit {
+                        exit: format!("KVM_EXIT_MEMORY_FAULT gpa {gpa:#x} size {size:#x} flags {flags:#x}"),
+                        rip: rip(&self.fd),
+                    });
+                }
+            }
+            Exit::Debug(arch) => {
+                if !claim(handlers, |h| h.debug(&mut ctx, &arch))? {
+                    return Err(Error::UnexpectedExit { exit: format!("KVM_EXIT_DEBUG {arch:?}"), rip: arch.pc });
+                }
+            }
+            Exit::Interrupted => watchdog.check()?,
+            Exit::Shutdown => return Err(Error::TripleFault { rip: rip(&self.fd) }),
+            Exit::InternalError => {
+                let (suberror, bytes) = kvm_run::internal_error(&mut self.fd);
+                let mut ctx = VcpuCtx { index: self.index, vcpu: &self.fd, vm, mem, stop: None };
+                if suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION
+                    && claim(handlers, |h| h.emulation_failure(&mut ctx, &bytes))?
+                {
+                    return Ok(ctx.stop);
+                }
+                let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                let bytes = if hex.is_empty() { "unknown".to_string() } else { hex.join(" ") };
+                return Err(Error::Emulation { suberror, rip: rip(&self.fd), bytes });
+            }
+            Exit::FailEntry(reason) => return Err(Error::FailEntry { reason, rip: rip(&self.fd) }),
+            Exit::Other(exit) => return Err(Error::UnexpectedExit { exit, rip: rip(&self.fd) }),
+        }
+        Ok(ctx.stop)
+    }
+}
+
+/// Offers an exit to each handler in turn; whether one claimed it.
+fn claim(
+    handlers: &mut [&mut dyn ExitHandler],
+    mut offer: impl FnMut(&mut dyn ExitHandler) -> Result<Handled>,
+) -> Result<bool> {
+    for h in handlers.iter_mut() {
+        if offer(&mut **h)? == Handled::Yes {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn msr(
+    handlers: &mut [&mut dyn ExitHandler],
+    mut offer: impl FnMut(&mut dyn ExitHandler) -> Result<MsrAnswer>,
+) -> Result<MsrAnswer> {
+    for h in handlers.iter_mut() {
+        let answer = offer(&mut **h)?;
+        if answer != MsrAnswer::NotMine {
+            return Ok(answer);
+        }
+    }
+    Ok(MsrAnswer::NotMine)
+}
+
+/// Carries out the hypercall whose parameter block is at `gpa`.
+fn hypercall(ctx: &mut VcpuCtx<'_>, handlers: &mut [&mut dyn ExitHandler], gpa: u64) -> Result<()> {
+    use pvagent_abi::hypercall::{REQUEST_ALIGN, Request, Status};
+    if !gpa.is_multiple_of(REQUEST_ALIGN) {
+        return Err(Error::BadHypercallBlock { gpa });
+    }
+    let Some(mut request) = memory::read_plain::<Request>(ctx.mem, gpa) else {
+        return Err(Error::BadHypercallBlock { gpa });
+    };
+    let mut answer = None;
+    for h in handlers.iter_mut() {
+        answer = h.hypercall(ctx, request.nr, request.args);
+        if answer.is_some() {
+            break;
+        }
+    }
+    match answer.unwrap_or(Err(Status::UnknownNr)) {
+        Ok(ret) => {
+            request.status = Status::Ok as u32;
+            request.ret = ret;
+        }
+        Err(status) => request.status = status as u32,
+    }
+    memory::write_plain(ctx.mem, gpa, request).ok_or(Error::BadHypercallBlock { gpa })
+}

@@ -1,0 +1,195 @@
+//! One virtual machine: KVM objects, guest memory, the loaded guest, the devices and the event
+//! producers. `Vm::new` sets everything up (every failure is a clear `Error`); `Vm::run` runs
+//! the guest to its end and reports.
+
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{
+    KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_FILTER, KVM_MSR_EXIT_REASON_UNKNOWN, kvm_enable_cap, kvm_segment,
+};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use pvagent_abi::cpuid::Features;
+use vm_memory::GuestMemoryMmap;
+
+use crate::config::Config;
+use crate::cpuid::CpuidTable;
+use crate::devices::{BasicHypercalls, debug_exit::DebugExit, serial::Serial};
+use crate::error::{Error, Result};
+use crate::handler::{ExitHandler, Report, Stop};
+use crate::loader::{self, Loaded};
+use crate::memory::{self, START_INFO_GPA};
+use crate::report::RunResult;
+use crate::vcpu::Vcpu;
+use crate::watchdog::{self, Watchdog};
+
+/// Where KVM may put its real-mode TSS (three pages below 4 GiB, outside guest RAM).
+const TSS_ADDRESS: usize = 0xFFFB_D000;
+/// PVH's initial segment selectors (any values work; these match the guest's boot GDT).
+const BOOT_CS: u16 = 0x08;
+const BOOT_DS: u16 = 0x10;
+
+/// A VM ready to run.
+pub struct Vm {
+    // Field order is drop order: the vCPU and VM fds close before guest memory is unmapped.
+    vcpu: Vcpu,
+    vm: VmFd,
+    _kvm: Kvm,
+    mem: GuestMemoryMmap,
+    serial: Serial,
+    debug_exit: DebugExit,
+    hypercalls: BasicHypercalls,
+    producers: Vec<Box<dyn ExitHandler>>,
+    loaded: Loaded,
+    config: Config,
+    setup_time: Duration,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm").field("config", &self.config).field("loaded", &self.loaded).finish_non_exhaustive()
+    }
+}
+
+fn require(kvm: &Kvm, cap: Cap, name: &'static str) -> Result<()> {
+    if kvm.check_extension(cap) { Ok(()) } else { Err(Error::MissingCapability(name)) }
+}
+
+impl Vm {
+    /// Creates the VM, loads the guest and prepares its vCPU; `producers` are the event
+    /// producers this run uses.
+    pub fn new(config: Config, producers: Vec<Box<dyn ExitHandler>>) -> Result<Self> {
+        let start = Instant::now();
+        config.validate()?;
+        let kvm = Kvm::new().map_err(Error::open_kvm)?;
+        require(&kvm, Cap::Irqchip, "KVM_CAP_IRQCHIP")?;
+        require(&kvm, Cap::X86UserSpaceMsr, "KVM_CAP_X86_USER_SPACE_MSR")?;
+        require(&kvm, Cap::SignalMsi, "KVM_CAP_SIGNAL_MSI")?;
+        require(&kvm, Cap::VcpuEvents, "KVM_CAP_VCPU_EVENTS")?;
+        watchdog::install_handler()?;
+
+        let mem_size = config.mem_bytes();
+        let mem = memory::allocate_ram(mem_size)?;
+        let loaded = loader::load(&config.guest, &mem, mem_size, &config.cmdline)?;
+        let serial = Serial::new(&config.serial)?;
+
+        let vm = kvm.create_vm().map_err(Error::CreateVm)?;
+        vm.set_tss_address(TSS_ADDRESS).map_err(Error::SetTssAddress)?;
+        vm.create_irq_chip().map_err(Error::CreateIrqChip)?;
+        memory::register(&vm, &mem, 0)?;
+        let user_msrs = kvm_enable_cap {
+            cap: KVM_CAP_X86_USER_SPACE_MSR,
+            args: [u64::from(KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_FILTER), 0, 0, 0],
+            ..Default::default()
+        };
+        vm.enable_cap(&user_msrs).map_err(|e| Error::EnableCap("KVM_CAP_X86_USER_SPACE_MSR", e))?;
+
+        let fd = vm.create_vcpu(0).map_err(Error::CreateVcpu)?;
+        let tsc_khz = fd.get_tsc_khz().unwrap_or(0);
+        let mut cpuid = CpuidTable::supported(&kvm)?;
+        cpuid.install_host_stub_leaves(Features(Features::HYPERCALL), tsc_khz);
+        for p in &producers {
+            p.cpuid(&mut cpuid);
+        }
+        fd.set_cpuid2(&cpuid.to_kvm()?).map_err(Error::SetCpuid)?;
+        set_pvh_entry_state(&fd, loaded.entry)?;
+
+        Ok(Self {
+            vcpu: Vcpu { index: 0, fd, exits: 0, unclaimed: Default::default() },
+            vm,
+            _kvm: kvm,
+            mem,
+            serial,
+            debug_exit: DebugExit,
+            hypercalls: BasicHypercalls::default(),
+            producers,
+            loaded,
+            config,
+            setup_time: start.elapsed(),
+        })
+    }
+
+    /// Runs the guest until it exits, fails, or times out.
+    pub fn run(mut self) -> RunResult {
+        let start = Instant::now();
+        let watchdog = Watchdog::arm(self.config.timeout);
+        let outcome = {
+            let mut handlers: Vec<&mut dyn ExitHandler> =
+                vec![&mut self.serial, &mut self.debug_exit, &mut self.hypercalls];
+            handlers.extend(self.producers.iter_mut().map(|p| p.as_mut() as &mut dyn ExitHandler));
+            self.vcpu.run(&self.vm, &self.mem, &mut handlers, &watchdog)
+        };
+        drop(watchdog);
+        let elapsed = start.elapsed();
+
+        let mut report = Report::default();
+        let mut error = outcome.as_ref().err().map(|e| e.to_string());
+        let mut finish = |h: &mut dyn ExitHandler, report: &mut Report| {
+            if let Err(e) = h.finish(report) {
+                report.line(format!("{}: {e}", h.name()));
+                error.get_or_insert_with(|| e.to_string());
+            }
+        };
+        finish(&mut self.serial, &mut report);
+        finish(&mut self.hypercalls, &mut report);
+        for p in &mut self.producers {
+            finish(p.as_mut(), &mut report);
+        }
+        report.counter("vcpu0", "exits", self.vcpu.exits);
+        report.counter("vcpu0", "unclaimed_io", self.vcpu.unclaimed.io);
+        report.counter("vcpu0", "unclaimed_mmio", self.vcpu.unclaimed.mmio);
+        report.counter("vcpu0", "unclaimed_msr", self.vcpu.unclaimed.msr);
+
+        let guest_exit_code = match outcome {
+            Ok(Stop::GuestExit(code)) => Some(code),
+            Err(_) => None,
+        };
+        let fatal = outcome.as_ref().err().is_some_and(Error::is_guest_fault);
+        let serial_tail = self.serial.tail(20);
+        RunResult::new(
+            guest_exit_code,
+            self.serial.take_lines(),
+            report,
+            error,
+            fatal.then_some(serial_tail),
+            self.setup_time,
+            elapsed,
+        )
+    }
+}
+
+/// The vCPU state the PVH ABI prescribes at the 32-bit entry.
+fn set_pvh_entry_state(fd: &kvm_ioctls::VcpuFd, entry: u64) -> Result<()> {
+    let mut sregs = fd.get_sregs().map_err(Error::GetSregs)?;
+    let code = kvm_segment {
+        base: 0,
+        limit: 0xFFFF_FFFF,
+        selector: BOOT_CS,
+        type_: 0xB, // execute/read, accessed
+        present: 1,
+        dpl: 0,
+        db: 1, // 32-bit
+        s: 1,
+        l: 0,
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    };
+    let data = kvm_segment { selector: BOOT_DS, type_: 0x3, ..code }; // read/write, accessed
+    sregs.cs = code;
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.cr0 = 0x11; // PE | ET
+    sregs.cr3 = 0;
+    sregs.cr4 = 0;
+    sregs.efer = 0;
+    fd.set_sregs(&sregs).map_err(Error::SetSregs)?;
+    let mut regs = fd.get_regs().map_err(Error::GetRegs)?;
+    regs.rip = entry;
+    regs.rflags = 0x2;
+    regs.rbx = START_INFO_GPA;
+    fd.set_regs(&regs).map_err(Error::SetRegs)
+}

@@ -1,0 +1,177 @@
+//! End-to-end tests of the foundation: the harness's verdict, both hosts reporting the same
+//! tests, and the host stub's handling of bad input and crashing guests.
+
+use std::process::Command;
+use std::time::Duration;
+
+use pvagent_abi::exit;
+use pvagent_abi::report::Status;
+use pvagent_host::{Error, Vm};
+use pvagent_tests::{config, guest_elf, require_kvm, run_qemu, run_stub, temp_file, tiny_elf};
+
+#[test]
+fn a_deliberately_failing_selftest_fails_the_whole_run() {
+    let r = run_stub("tests=harness::deliberate_failure");
+    assert_eq!(r.guest_exit_code, Some(exit::FAILURE), "{:#?}", r.serial);
+    assert_eq!(r.exit_status(), 1);
+    assert!(!r.passed());
+    let t = r.test("harness::deliberate_failure").expect("the test reported a line");
+    assert_eq!(t.status, Status::Fail);
+    assert!(t.reason.contains("6 * 7 is 42"), "{}", t.reason);
+    assert_eq!(r.summary, Some((0, 1, 0)));
+}
+
+#[test]
+fn a_panic_in_a_selftest_is_reported_and_fails_the_run() {
+    let r = run_stub("tests=harness::deliberate_panic");
+    assert_eq!(r.guest_exit_code, Some(exit::FAILURE));
+    let t = r.test("harness::deliberate_panic").expect("the panicking test reported a line");
+    assert_eq!(t.status, Status::Fail);
+    assert!(t.reason.contains("panicked at") && t.reason.contains("deliberate panic"), "{}", t.reason);
+    assert_eq!(r.summary, Some((0, 1, 0)));
+}
+
+#[test]
+fn an_unexpected_kernel_exception_is_reported_and_fails_the_run() {
+    let r = run_stub("tests=harness::deliberate_exception");
+    assert_eq!(r.guest_exit_code, Some(exit::FAILURE));
+    let t = r.test("harness::deliberate_exception").expect("the faulting test reported a line");
+    assert_eq!(t.status, Status::Fail);
+    assert!(t.reason.contains("unexpected exception #PF") && t.reason.contains("address 0x8"), "{}", t.reason);
+}
+
+#[test]
+fn a_filter_that_selects_nothing_fails_instead_of_passing_vacuously() {
+    let r = run_stub("tests=no_such_test");
+    assert_eq!(r.guest_exit_code, Some(exit::FAILURE));
+    assert!(r.serial.iter().any(|l| l.contains("no test matches tests=no_such_test")));
+}
+
+#[test]
+fn qemu_reports_the_same_tests_and_skips_only_with_a_reason() {
+    let stub = run_stub("expect-host=stub");
+    let qemu = run_qemu("expect-host=tcg");
+    assert!(stub.passed(), "host stub run failed: {:#?}", stub.serial);
+    assert!(qemu.passed(), "QEMU run failed: {}", qemu.outcome.text());
+    let names = |tests: &[(Status, String, String)]| tests.iter().map(|t| t.1.clone()).collect::<Vec<_>>();
+    let stub_tests: Vec<_> = stub.tests.iter().map(|t| (t.status, t.name.clone(), t.reason.clone())).collect();
+    let qemu_tests: Vec<_> = qemu
+        .outcome
+        .output
+        .iter()
+        .filter_map(|l| match pvagent_abi::report::Line::parse(l) {
+            Some(pvagent_abi::report::Line::Result { status, name, reason }) => {
+                Some((status, name.to_string(), reason.to_string()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(names(&stub_tests), names(&qemu_tests), "both hosts run the same tests in the same order");
+    assert!(stub_tests.iter().all(|t| t.0 == Status::Pass), "every test passes under the host stub: {stub_tests:#?}");
+    for (status, name, reason) in &qemu_tests {
+        assert_ne!(*status, Status::Fail, "{name} failed under QEMU: {reason}");
+        if *status == Status::Skip {
+            assert!(!reason.is_empty(), "{name} skipped without a reason");
+        }
+    }
+}
+
+#[test]
+fn qemu_exits_with_the_failure_code_for_a_failing_selftest() {
+    let run = run_qemu("tests=harness::deliberate_failure");
+    assert_eq!(run.guest_code, Some(exit::FAILURE), "{}", run.outcome.text());
+    assert_eq!(run.outcome.status.code(), Some(exit::qemu_status(exit::FAILURE)));
+}
+
+fn setup_error(image: &std::path::Path, mem_mib: u64) -> Error {
+    require_kvm();
+    let mut c = config(image, "");
+    c.mem_mib = mem_mib;
+    match Vm::new(c, Vec::new()) {
+        Ok(_) => panic!("the host stub accepted {}", image.display()),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn bad_images_and_sizes_are_refused_with_clear_errors() {
+    let missing = std::path::Path::new("/nonexistent/guest.elf");
+    assert!(matches!(setup_error(missing, 128), Error::ReadImage { .. }));
+    let garbage = temp_file("garbage.elf", b"this is not an ELF file at all, not even close");
+    let e = setup_error(&garbage, 128);
+    assert!(matches!(e, Error::BadImage { .. }), "{e}");
+    assert!(e.to_string().contains("no ELF magic"), "{e}");
+    let no_note = temp_file("no-note.elf", &tiny_elf(&[0xF4], false, 0));
+    assert!(matches!(setup_error(&no_note, 128), Error::NoPvhEntry { .. }));
+    let huge = temp_file("huge.elf", &tiny_elf(&[0xF4], true, 64 << 20));
+    assert!(matches!(setup_error(&huge, 32), Error::ImageTooBig { .. }));
+    assert!(matches!(setup_error(guest_elf(), 4), Error::MemorySize { .. }));
+    assert!(matches!(setup_error(guest_elf(), 1 << 20), Error::MemorySize { .. }));
+}
+
+/// 32-bit code: print "X\n" on COM1, then make the CPU triple-fault (an IDT with limit 0 and
+/// an invalid opcode: #UD -> #GP -> #DF -> shutdown).
+const PRINT_X_THEN_TRIPLE_FAULT: &[u8] = &[
+    0x66, 0xBA, 0xF8, 0x03, // mov dx, 0x3f8
+    0xB0, b'X', 0xEE, // mov al, 'X'; out dx, al
+    0xB0, b'\n', 0xEE, // mov al, '\n'; out dx, al
+    0x0F, 0x01, 0x1D, 0x20, 0x00, 0x10, 0x00, // lidt [0x100020]
+    0x0F, 0x0B, // ud2
+    0xEB, 0xFE, // jmp $
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // pad to 0x20
+    0, 0, 0, 0, 0, 0, // IDTR at 0x100020: limit 0, base 0
+];
+
+#[test]
+fn a_triple_faulting_guest_is_reported_with_rip_and_its_last_output() {
+    require_kvm();
+    let image = temp_file("triple.elf", &tiny_elf(PRINT_X_THEN_TRIPLE_FAULT, true, 0));
+    let r = Vm::new(config(&image, ""), Vec::new()).expect("setup").run();
+    let error = r.host_error.clone().expect("the run failed");
+    assert!(error.contains("triple-faulted"), "{error}");
+    assert_eq!(r.exit_status(), 2);
+    assert_eq!(r.crash_tail.as_deref(), Some(&["X".to_string()][..]));
+}
+
+#[test]
+fn a_guest_that_never_exits_is_stopped_by_the_timeout() {
+    require_kvm();
+    let image = temp_file("spin.elf", &tiny_elf(&[0xEB, 0xFE], true, 0)); // jmp $
+    let mut c = config(&image, "");
+    c.timeout = Some(Duration::from_secs(1));
+    let r = Vm::new(c, Vec::new()).expect("setup").run();
+    assert!(r.host_error.as_deref().is_some_and(|e| e.contains("did not finish within 1 s")), "{:?}", r.host_error);
+    assert!(r.run_time < Duration::from_secs(10));
+}
+
+#[test]
+fn the_binary_reports_bad_input_in_one_line_without_a_backtrace() {
+    let host = xtask::guest::build_host_stub(xtask::Profile::Dev).expect("build the host stub");
+    for args in [vec!["/nonexistent/guest.elf"], vec![guest_elf().to_str().expect("utf-8 path"), "--mem", "1"]] {
+        let out = Command::new(&host).args(&args).output().expect("run the host stub");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("pvagent-host: error: "), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn an_emulation_failure_is_reported_with_rip_and_instruction_bytes() {
+    require_kvm();
+    // Print "Y\n", then a software interrupt: on the PVM /dev/kvm of these machines KVM cannot
+    // emulate it and ends KVM_RUN with an internal error. (On VMX KVM it is delivered through
+    // the IDT instead, and with no IDT the guest triple-faults: either way the run fails with
+    // the guest's last output.)
+    let code = [0x66, 0xBA, 0xF8, 0x03, 0xB0, b'Y', 0xEE, 0xB0, b'\n', 0xEE, 0xCC, 0xEB, 0xFE];
+    let image = temp_file("int3.elf", &tiny_elf(&code, true, 0));
+    let r = Vm::new(config(&image, ""), Vec::new()).expect("setup").run();
+    let error = r.host_error.clone().expect("the run failed");
+    assert!(error.contains("could not emulate") || error.contains("triple-faulted"), "{error}");
+    if error.contains("could not emulate") {
+        assert!(error.contains("rip 0x10000a"), "{error}");
+        assert!(error.contains("instruction bytes cc eb fe"), "{error}");
+    }
+    assert_eq!(r.crash_tail.as_deref(), Some(&["Y".to_string()][..]));
+}
