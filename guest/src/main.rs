@@ -31,6 +31,7 @@ mod kernel {
 
         task::init_cpu();
         let cmdline = Cmdline::new(boot.cmdline.as_str());
+        pvagent_guest::pv::init(&cmdline);
         for key in cmdline.unknown_keys(pvagent_guest::KNOWN_CMDLINE_KEYS) {
             kprintln!("boot: warning: unknown command line key {key:?}");
         }
