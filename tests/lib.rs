@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use pvagent_host::producers::Producers;
 use pvagent_host::{Config, RunResult, SerialSink, Vm};
 use xtask::qemu::{self, Accel, QemuRun};
 
@@ -37,10 +38,16 @@ pub fn config(image: &Path, cmdline: &str) -> Config {
     config
 }
 
-/// Runs the guest under the host stub library.
+/// Runs the guest under the host stub library with every producer at its defaults.
 pub fn run_stub(cmdline: &str) -> RunResult {
+    run_stub_with(cmdline, &Producers::defaults())
+}
+
+/// Runs the guest under the host stub library with these producers.
+pub fn run_stub_with(cmdline: &str, producers: &Producers) -> RunResult {
     require_kvm();
-    match Vm::new(config(guest_elf(), cmdline), Vec::new()) {
+    let producers = producers.build().unwrap_or_else(|e| panic!("the producers could not be set up: {e}"));
+    match Vm::new(config(guest_elf(), cmdline), producers) {
         Ok(vm) => vm.run(),
         Err(e) => panic!("the host stub could not start the guest: {e}"),
     }

@@ -31,6 +31,8 @@ pub struct Features(pub u32);
 impl Features {
     /// The hypercall port ([`crate::port::HYPERCALL`]) is served.
     pub const HYPERCALL: u32 = 1 << 0;
+    /// The page-not-present protocol ([`crate::pnp`]) and its demand-paged region exist.
+    pub const PAGE_NOT_PRESENT: u32 = 1 << 1;
 
     /// Whether every bit of `bits` is set.
     pub const fn has(self, bits: u32) -> bool {

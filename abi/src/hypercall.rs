@@ -31,29 +31,32 @@ const _: () = assert!(core::mem::offset_of!(Request, ret) == 40);
 // SAFETY: only integers, and the asserts above show there is no padding.
 unsafe impl Plain for Request {}
 
+crate::wire_enum! {
 /// Hypercall numbers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u32)]
-pub enum Nr {
+pub enum Nr: u32 {
     /// Round trip check: `ret[0] = !args[0]`, `ret[1] = ABI_VERSION`.
     Ping = 1,
+    /// Page-not-present: switch the host's mode for accesses from now on. `args[0]`: a
+    /// [`crate::pnp::HostMode`].
+    PnpSetMode = 0x200,
+    /// Page-not-present: the fetch latency for pages fetched from now on, drawn uniformly from
+    /// `[args[0], args[1]]` nanoseconds.
+    PnpSetLatency = 0x201,
+    /// Page-not-present: `args[0]` a page's GPA, `args[1]` a [`crate::pnp::PageBehaviour`] for
+    /// its next fetch.
+    PnpSetPage = 0x202,
+    /// Page-not-present: make `args[1]` pages from GPA `args[0]` absent again (their contents
+    /// are kept by the host). Pages being fetched are refused (status 2).
+    PnpEvict = 0x203,
+    /// Page-not-present: `ret[0]` = the host counter `args[0]` (a
+    /// [`crate::pnp::HostCounter`]) for the calling vCPU's protocol state.
+    PnpStats = 0x204,
+}
 }
 
-impl TryFrom<u32> for Nr {
-    type Error = u32;
-
-    fn try_from(value: u32) -> Result<Self, u32> {
-        match value {
-            1 => Ok(Nr::Ping),
-            other => Err(other),
-        }
-    }
-}
-
+crate::wire_enum! {
 /// Outcome of a hypercall, in [`Request::status`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u32)]
-pub enum Status {
+pub enum Status: u32 {
     /// Done; `ret` holds the results.
     Ok = 0,
     /// The host does not know this hypercall number.
@@ -63,19 +66,6 @@ pub enum Status {
     /// The hypercall exists but the feature behind it is not enabled in this run.
     Unavailable = 3,
 }
-
-impl TryFrom<u32> for Status {
-    type Error = u32;
-
-    fn try_from(value: u32) -> Result<Self, u32> {
-        match value {
-            0 => Ok(Status::Ok),
-            1 => Ok(Status::UnknownNr),
-            2 => Ok(Status::InvalidArgument),
-            3 => Ok(Status::Unavailable),
-            other => Err(other),
-        }
-    }
 }
 
 /// Required alignment of a [`Request`]'s guest-physical address.

@@ -12,6 +12,7 @@ pub mod cpuid;
 pub mod exit;
 pub mod hypercall;
 pub mod msr;
+pub mod pnp;
 pub mod port;
 pub mod pvh;
 pub mod report;
@@ -22,6 +23,34 @@ pub const ABI_VERSION: u32 = 1;
 
 /// Size of a guest page, the unit of every region in this ABI.
 pub const PAGE_SIZE: u64 = 0x1000;
+
+/// Defines a fieldless `#[repr($int)]` enum of the wire format with a `TryFrom<$int>` that
+/// returns the unknown raw value as its error, so values coming off the wire are checked once.
+#[macro_export]
+macro_rules! wire_enum {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident: $int:ty {
+            $( $(#[$vmeta:meta])* $variant:ident = $value:expr, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[repr($int)]
+        $vis enum $name {
+            $( $(#[$vmeta])* $variant = $value, )+
+        }
+
+        impl TryFrom<$int> for $name {
+            type Error = $int;
+
+            fn try_from(value: $int) -> Result<Self, $int> {
+                $( if value == $value { return Ok($name::$variant); } )+
+                Err(value)
+            }
+        }
+    };
+}
 
 /// Marks a type whose every bit pattern is a valid value and that has no padding, so that it
 /// can be copied to and from shared memory as plain bytes.

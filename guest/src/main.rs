@@ -35,8 +35,9 @@ mod kernel {
         for key in cmdline.unknown_keys(pvagent_guest::KNOWN_CMDLINE_KEYS) {
             kprintln!("boot: warning: unknown command line key {key:?}");
         }
-        if let Err(err) = task::spawn_kernel("selftest", run_selftests, 0) {
-            arch::fault::fatal(format_args!("cannot start the self-test task: {err:?}"));
+        match task::spawn_kernel("selftest", run_selftests, 0) {
+            Ok(id) => task::set_critical(id),
+            Err(err) => arch::fault::fatal(format_args!("cannot start the self-test task: {err:?}")),
         }
         task::idle_loop()
     }

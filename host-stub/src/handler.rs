@@ -6,9 +6,11 @@
 //! the VM's list, not a new arm in the run loop.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use kvm_ioctls::{VcpuFd, VmFd};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use pvagent_abi::hypercall::Status;
+use pvagent_abi::pvh::HvmMemmapEntry;
 use vm_memory::GuestMemoryMmap;
 
 use crate::cpuid::CpuidTable;
@@ -39,6 +41,30 @@ pub enum MsrAnswer {
 pub enum Stop {
     /// The guest wrote this code to the debug-exit port.
     GuestExit(u32),
+}
+
+/// What a handler gets to set itself up with, once the VM exists and before the guest is
+/// loaded: it may add memslots and tell the guest about memory through the memory map.
+#[derive(Debug)]
+pub struct AttachCtx<'a> {
+    pub kvm: &'a Kvm,
+    pub vm: &'a Arc<VmFd>,
+    /// Guest RAM (memslot 0).
+    pub ram: &'a GuestMemoryMmap,
+    /// Bytes of guest RAM.
+    pub ram_size: u64,
+    /// Memory-map entries added for the guest.
+    pub memmap: Vec<HvmMemmapEntry>,
+    pub(crate) next_slot: u32,
+}
+
+impl AttachCtx<'_> {
+    /// Claims a memslot number.
+    pub fn take_slot(&mut self) -> u32 {
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        slot
+    }
 }
 
 /// What a handler sees of the vCPU that exited.
@@ -85,6 +111,11 @@ pub trait ExitHandler: Send {
     /// Short name, used in reports and counter keys.
     fn name(&self) -> &'static str;
 
+    /// Sets up memory and host resources once the VM exists (before the guest is loaded).
+    fn attach(&mut self, _ctx: &mut AttachCtx<'_>) -> Result<()> {
+        Ok(())
+    }
+
     /// Adds or changes CPUID entries (advertise a feature) before the vCPU starts.
     fn cpuid(&self, _table: &mut CpuidTable) {}
 
@@ -116,6 +147,14 @@ pub trait ExitHandler: Send {
     /// KVM_EXIT_MEMORY_FAULT: an access to `[gpa, gpa + size)` KVM could not resolve (the
     /// instruction has not run).
     fn memory_fault(&mut self, _ctx: &mut VcpuCtx<'_>, _gpa: u64, _size: u64, _flags: u64) -> Result<Handled> {
+        Ok(Handled::No)
+    }
+
+    /// KVM_RUN failed with EFAULT and no memory-fault information: KVM could not access guest
+    /// memory for the instruction at RIP, which has not run (PVM does this for a guest CPL 3
+    /// access to a page the host made inaccessible). The handler that owns the memory decodes
+    /// the instruction (`guest_insn`), makes it accessible or delivers an event, and says `Yes`.
+    fn efault(&mut self, _ctx: &mut VcpuCtx<'_>) -> Result<Handled> {
         Ok(Handled::No)
     }
 

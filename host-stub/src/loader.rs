@@ -65,13 +65,26 @@ fn image_extent(path: &Path, bytes: &[u8]) -> Result<(u64, u64)> {
     Ok((low, high))
 }
 
-/// Loads `path` into `mem` and writes the boot information; returns the entry point.
-pub fn load(path: &Path, mem: &GuestMemoryMmap, mem_size: u64, cmdline: &str) -> Result<Loaded> {
+/// Reads and checks the image at `path`; returns the range it occupies.
+pub fn check_image(path: &Path, mem_size: u64) -> Result<(u64, u64)> {
     let bytes = std::fs::read(path).map_err(|source| Error::ReadImage { path: path.to_path_buf(), source })?;
     let image = image_extent(path, &bytes)?;
     if image.1 > mem_size {
         return Err(Error::ImageTooBig { path: path.to_path_buf(), end: image.1, mem: mem_size });
     }
+    Ok(image)
+}
+
+/// Loads the checked image at `path` into `mem` and writes the boot information, with
+/// `extra_memmap` added to the memory map; returns the entry point.
+pub fn load(
+    path: &Path,
+    image: (u64, u64),
+    mem: &GuestMemoryMmap,
+    mem_size: u64,
+    cmdline: &str,
+    extra_memmap: &[HvmMemmapEntry],
+) -> Result<Loaded> {
     let mut file = File::open(path).map_err(|source| Error::ReadImage { path: path.to_path_buf(), source })?;
     let result = Elf::load(mem, None, &mut file, Some(GuestAddress(IMAGE_MIN_GPA)))
         .map_err(|e| Error::BadImage { path: path.to_path_buf(), reason: e.to_string() })?;
@@ -79,7 +92,7 @@ pub fn load(path: &Path, mem: &GuestMemoryMmap, mem_size: u64, cmdline: &str) ->
         PvhBootCapability::PvhEntryPresent(addr) => addr.0,
         _ => return Err(Error::NoPvhEntry { path: path.to_path_buf() }),
     };
-    write_boot_info(mem, mem_size, cmdline)?;
+    write_boot_info(mem, mem_size, cmdline, extra_memmap)?;
     Ok(Loaded { entry, image })
 }
 
@@ -97,9 +110,16 @@ pub fn memory_map(mem_size: u64) -> Vec<HvmMemmapEntry> {
     ]
 }
 
-fn write_boot_info(mem: &GuestMemoryMmap, mem_size: u64, cmdline: &str) -> Result<()> {
+/// Most memory-map entries the host stub writes (they must fit before the command line).
+pub const MEMMAP_MAX: usize = ((CMDLINE_GPA - MEMMAP_GPA) / std::mem::size_of::<HvmMemmapEntry>() as u64) as usize;
+
+fn write_boot_info(mem: &GuestMemoryMmap, mem_size: u64, cmdline: &str, extra: &[HvmMemmapEntry]) -> Result<()> {
     let fail = |what: &str| Error::WriteBootInfo(what.to_string());
-    let map = memory_map(mem_size);
+    let mut map = memory_map(mem_size);
+    map.extend_from_slice(extra);
+    if map.len() > MEMMAP_MAX {
+        return Err(fail("memory map (too many entries)"));
+    }
     for (i, entry) in map.iter().enumerate() {
         let at = MEMMAP_GPA + (i * std::mem::size_of::<HvmMemmapEntry>()) as u64;
         memory::write_plain(mem, at, *entry).ok_or_else(|| fail("memory map"))?;

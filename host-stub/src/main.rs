@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use pvagent_host::producers::Producers;
+use pvagent_host::producers::pager::{self, config::PagerConfig};
 use pvagent_host::{Config, SerialSink, Vm};
 
 /// Boots the pvagent guest under KVM and reports its self-tests.
@@ -30,11 +32,53 @@ struct Args {
     /// Stop the guest after this many seconds (0: never).
     #[arg(long, default_value_t = 300)]
     timeout: u64,
+    #[command(flatten)]
+    pager: PagerArgs,
+}
+
+/// The demand pager (page-not-present events).
+#[derive(Debug, clap::Args)]
+struct PagerArgs {
+    /// Size of the demand-paged region in MiB (0: no pager).
+    #[arg(long = "pnp-mib", default_value_t = pager::config::DEFAULT_REGION_MIB)]
+    mib: u64,
+    /// How absent pages are served: `ring` (page-not-present events) or `sync` (the vCPU waits).
+    #[arg(long = "pnp-mode", default_value = "ring", value_parser = pager::config::parse_mode)]
+    mode: pvagent_abi::pnp::HostMode,
+    /// Fetch latency: fixed (`200us`) or uniform in a range (`50us..5ms`).
+    #[arg(long = "pnp-latency", default_value = "50us..2ms", value_parser = pager::config::parse_latency)]
+    latency: pager::config::Latency,
+    /// Fetcher threads.
+    #[arg(long = "pnp-fetchers", default_value_t = 2)]
+    fetchers: usize,
+    /// Pages (indices in the region) whose first fetch fails, comma-separated.
+    #[arg(long = "pnp-fail", value_delimiter = ',')]
+    fail: Vec<u64>,
+    /// Backing image for the region (default: a known pattern the self-tests check).
+    #[arg(long = "pnp-image")]
+    image: Option<PathBuf>,
+}
+
+impl PagerArgs {
+    fn config(&self) -> Option<PagerConfig> {
+        if self.mib == 0 {
+            return None;
+        }
+        Some(PagerConfig {
+            region_mib: self.mib,
+            mode: self.mode,
+            latency: self.latency,
+            fetchers: self.fetchers,
+            fail_pages: self.fail.clone(),
+            image: self.image.clone(),
+            ..PagerConfig::default()
+        })
+    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let mut config = Config::new(args.guest);
+    let mut config = Config::new(args.guest.clone());
     config.mem_mib = args.mem;
     config.cmdline = args.cmdline;
     config.serial = match (args.serial_log, args.quiet) {
@@ -44,7 +88,15 @@ fn main() -> ExitCode {
     };
     config.timeout = (args.timeout > 0).then(|| Duration::from_secs(args.timeout));
 
-    let vm = match Vm::new(config, Vec::new()) {
+    let producers = Producers { pager: args.pager.config() };
+    let producers = match producers.build() {
+        Ok(producers) => producers,
+        Err(e) => {
+            eprintln!("pvagent-host: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let vm = match Vm::new(config, producers) {
         Ok(vm) => vm,
         Err(e) => {
             eprintln!("pvagent-host: error: {e}");

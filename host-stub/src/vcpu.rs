@@ -20,6 +20,7 @@ enum Exit {
     Rdmsr { index: u32 },
     Wrmsr { index: u32, value: u64 },
     MemoryFault { gpa: u64, size: u64, flags: u64 },
+    Efault,
     Debug(kvm_bindings::kvm_debug_exit_arch),
     Interrupted,
     Shutdown,
@@ -89,9 +90,18 @@ impl Vcpu {
             let exit = match self.fd.run() {
                 Ok(exit) => copy_exit(exit),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
+                // EFAULT without memory-fault information (that case is `MemoryFault`): KVM
+                // could not reach guest memory for the instruction at RIP, which has not run.
+                Err(e) if e.errno() == libc::EFAULT => Exit::Efault,
                 Err(e) => return Err(Error::Run(e)),
             };
             self.exits += 1;
+            if std::env::var_os("PVAGENT_DEBUG_EXITS").is_some() {
+                static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+                let t = START.get_or_init(std::time::Instant::now).elapsed();
+                let rip = rip(&self.fd);
+                eprintln!("{:10.3} ms exit {} rip {rip:#x}: {exit:?}", t.as_secs_f64() * 1e3, self.exits);
+            }
             if let Some(stop) = self.dispatch(exit, vm, mem, handlers, watchdog)? {
                 return Ok(stop);
             }
@@ -176,6 +186,11 @@ impl Vcpu {
                         exit: format!("KVM_EXIT_MEMORY_FAULT gpa {gpa:#x} size {size:#x} flags {flags:#x}"),
                         rip: rip(&self.fd),
                     });
+                }
+            }
+            Exit::Efault => {
+                if !claim(handlers, |h| h.efault(&mut ctx))? {
+                    return Err(Error::Run(kvm_ioctls::Error::new(libc::EFAULT)));
                 }
             }
             Exit::Debug(arch) => {

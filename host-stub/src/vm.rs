@@ -2,6 +2,7 @@
 //! producers. `Vm::new` sets everything up (every failure is a clear `Error`); `Vm::run` runs
 //! the guest to its end and reports.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{
@@ -15,7 +16,7 @@ use crate::config::Config;
 use crate::cpuid::CpuidTable;
 use crate::devices::{BasicHypercalls, debug_exit::DebugExit, serial::Serial};
 use crate::error::{Error, Result};
-use crate::handler::{ExitHandler, Report, Stop};
+use crate::handler::{AttachCtx, ExitHandler, Report, Stop};
 use crate::loader::{self, Loaded};
 use crate::memory::{self, START_INFO_GPA};
 use crate::report::RunResult;
@@ -32,7 +33,7 @@ const BOOT_DS: u16 = 0x10;
 pub struct Vm {
     // Field order is drop order: the vCPU and VM fds close before guest memory is unmapped.
     vcpu: Vcpu,
-    vm: VmFd,
+    vm: Arc<VmFd>,
     _kvm: Kvm,
     mem: GuestMemoryMmap,
     serial: Serial,
@@ -57,7 +58,7 @@ fn require(kvm: &Kvm, cap: Cap, name: &'static str) -> Result<()> {
 impl Vm {
     /// Creates the VM, loads the guest and prepares its vCPU; `producers` are the event
     /// producers this run uses.
-    pub fn new(config: Config, producers: Vec<Box<dyn ExitHandler>>) -> Result<Self> {
+    pub fn new(config: Config, mut producers: Vec<Box<dyn ExitHandler>>) -> Result<Self> {
         let start = Instant::now();
         config.validate()?;
         let kvm = Kvm::new().map_err(Error::open_kvm)?;
@@ -69,13 +70,20 @@ impl Vm {
 
         let mem_size = config.mem_bytes();
         let mem = memory::allocate_ram(mem_size)?;
-        let loaded = loader::load(&config.guest, &mem, mem_size, &config.cmdline)?;
+        // The image is checked before KVM is asked for anything, so bad input fails fast.
+        let image = loader::check_image(&config.guest, mem_size)?;
         let serial = Serial::new(&config.serial)?;
 
-        let vm = kvm.create_vm().map_err(Error::CreateVm)?;
+        let vm = Arc::new(kvm.create_vm().map_err(Error::CreateVm)?);
         vm.set_tss_address(TSS_ADDRESS).map_err(Error::SetTssAddress)?;
         vm.create_irq_chip().map_err(Error::CreateIrqChip)?;
-        memory::register(&vm, &mem, 0)?;
+        let next_slot = memory::register(&vm, &mem, 0)?;
+        let mut attach = AttachCtx { kvm: &kvm, vm: &vm, ram: &mem, ram_size: mem_size, memmap: Vec::new(), next_slot };
+        for p in &mut producers {
+            p.attach(&mut attach)?;
+        }
+        let extra_memmap = attach.memmap;
+        let loaded = loader::load(&config.guest, image, &mem, mem_size, &config.cmdline, &extra_memmap)?;
         let user_msrs = kvm_enable_cap {
             cap: KVM_CAP_X86_USER_SPACE_MSR,
             args: [u64::from(KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_FILTER), 0, 0, 0],
@@ -125,7 +133,7 @@ impl Vm {
         let mut error = outcome.as_ref().err().map(|e| e.to_string());
         let mut finish = |h: &mut dyn ExitHandler, report: &mut Report| {
             if let Err(e) = h.finish(report) {
-                report.line(format!("{}: {e}", h.name()));
+                report.line(e.to_string());
                 error.get_or_insert_with(|| e.to_string());
             }
         };
@@ -133,6 +141,13 @@ impl Vm {
         finish(&mut self.hypercalls, &mut report);
         for p in &mut self.producers {
             finish(p.as_mut(), &mut report);
+        }
+        if std::env::var_os("PVAGENT_DEBUG_EXITS").is_some()
+            && let Ok(stats) = crate::kvm_stats::read(&self.vcpu.fd)
+        {
+            for (name, value) in stats.iter().filter(|(_, v)| **v != 0) {
+                eprintln!("kvm stat {name} = {value}");
+            }
         }
         report.counter("vcpu0", "exits", self.vcpu.exits);
         report.counter("vcpu0", "unclaimed_io", self.vcpu.unclaimed.io);

@@ -4,6 +4,7 @@
 pub mod guest;
 pub mod proc;
 pub mod qemu;
+pub mod run;
 pub mod setup;
 pub mod test;
 

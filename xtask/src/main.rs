@@ -78,18 +78,8 @@ fn cmd_qemu(opts: &Options) -> Result<ExitCode> {
 }
 
 fn cmd_run(opts: &Options) -> Result<ExitCode> {
-    xtask::setup::check_kvm()?;
-    let elf = guest::build_guest(profile(opts))?;
-    let host = guest::build_host_stub(profile(opts))?;
-    let cmdline = guest_cmdline("stub", opts.tests.as_deref(), &[]);
-    let mut cmd = std::process::Command::new(host);
-    cmd.arg(&elf).arg("--cmdline").arg(&cmdline).args(&opts.rest);
-    let status = cmd.status().map_err(|e| err!("cannot start the host stub: {e}"))?;
-    match status.code() {
-        Some(0) => Ok(ExitCode::SUCCESS),
-        Some(1) => Err(err!("the guest reported failure")),
-        _ => Err(err!("the host stub failed ({status})")),
-    }
+    xtask::run::default_scenario(profile(opts), opts.tests.as_deref(), &opts.rest)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {

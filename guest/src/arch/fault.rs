@@ -220,6 +220,34 @@ pub fn probe_write_u64(addr: u64, value: u64) -> Result<(), Fault> {
     check(vector, error_code, address, rip)
 }
 
+/// Writes an MSR, turning a #GP (an MSR the host refuses, or a value it rejects) into an error.
+pub fn probe_write_msr(msr: u32, value: u64) -> Result<(), Fault> {
+    let (vector, error_code, address, rip): (u64, u64, u64, u64);
+    // SAFETY: as in `probe_read_u64`: a fault at label 2 resumes at label 3 with the fault in
+    // RAX/RDX/RCX/RSI. WRMSR itself reads ECX/EDX:EAX, so the "no fault" sentinel travels in
+    // RSI, which the fixup overwrites with the faulting RIP. Callers only write MSRs whose
+    // effects they own (the paravirtual protocol MSRs).
+    unsafe {
+        core::arch::asm!(
+            "2: wrmsr",
+            "3:",
+            ".pushsection .extable, \"a\"",
+            ".balign 8",
+            ".quad 2b, 3b",
+            ".popsection",
+            inout("rcx") u64::from(msr) => address,
+            inout("rax") value & 0xFFFF_FFFF => vector,
+            inout("rdx") value >> 32 => error_code,
+            inout("rsi") NO_FAULT => rip,
+            options(nostack),
+        );
+    }
+    if rip == NO_FAULT {
+        return Ok(());
+    }
+    Err(Fault { vector: vector as u8, error_code, address, rip })
+}
+
 fn check(vector: u64, error_code: u64, address: u64, rip: u64) -> Result<(), Fault> {
     if vector == NO_FAULT {
         return Ok(());

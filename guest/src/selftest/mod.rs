@@ -11,6 +11,7 @@
 
 mod arch;
 mod harness;
+mod pnp;
 mod task;
 
 use core::fmt::Write;
@@ -92,7 +93,7 @@ macro_rules! ensure_eq {
 }
 
 /// Every suite, in the order they run.
-const SUITES: &[&[SelfTest]] = &[harness::TESTS, arch::TESTS, task::TESTS];
+const SUITES: &[&[SelfTest]] = &[harness::TESTS, arch::TESTS, task::TESTS, pnp::TESTS];
 
 fn all_tests() -> impl Iterator<Item = &'static SelfTest> {
     SUITES.iter().flat_map(|suite| suite.iter())

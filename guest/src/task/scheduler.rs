@@ -174,8 +174,26 @@ pub fn wake_all(wait: Wait, value: u64) -> usize {
     with_sched(|s| s.core.wake_all(wait, value))
 }
 
+/// The task whose end, other than by returning, ends the run (the self-test runner): packed
+/// slot and generation, 0 for none.
+static CRITICAL: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+fn pack(id: TaskId) -> u32 {
+    (u32::from(id.generation) << 16) | u32::from(id.slot)
+}
+
+/// Marks `id` critical: if it is ended by a fault or a protocol decision, the run ends with a
+/// report instead of waiting forever for it.
+pub fn set_critical(id: TaskId) {
+    CRITICAL.store(pack(id), core::sync::atomic::Ordering::Relaxed);
+}
+
 /// Ends the current task.
 pub fn exit_current(status: ExitStatus) -> ! {
+    let me = current();
+    if !matches!(status, ExitStatus::Returned(_)) && CRITICAL.load(core::sync::atomic::Ordering::Relaxed) == pack(me) {
+        crate::arch::fault::fatal(format_args!("the critical task {} was ended: {status:?}", name(me)));
+    }
     let _irq = IrqGuard::new();
     with_sched(|s| s.core.exit_current(status));
     schedule();
@@ -241,6 +259,44 @@ pub fn live_count() -> usize {
 /// Scheduler counters of this vCPU.
 pub fn stats() -> super::sched::SchedStats {
     with_sched(|s| s.core.stats)
+}
+
+static NO_SLEEP: CpuLocal<core::sync::atomic::AtomicU32> =
+    CpuLocal::new([const { core::sync::atomic::AtomicU32::new(0) }; MAX_CPUS]);
+
+/// While alive, the current context must not be switched out by a page-not-present event (it
+/// holds something another task on this vCPU could need): such an event waits in the HLT loop
+/// instead. Nests.
+#[derive(Debug)]
+pub struct NoSleepGuard(());
+
+impl NoSleepGuard {
+    /// Forbids sleeping until the guard is dropped.
+    pub fn new() -> Self {
+        NO_SLEEP.get().fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        Self(())
+    }
+}
+
+impl Default for NoSleepGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for NoSleepGuard {
+    fn drop(&mut self) {
+        NO_SLEEP.get().fetch_sub(1, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Whether the current context may be switched out from a trap handler: it is a task other
+/// than idle, not inside a [`NoSleepGuard`], and the trap interrupted task context (not
+/// another handler).
+pub fn may_sleep_in_trap() -> bool {
+    NO_SLEEP.get().load(core::sync::atomic::Ordering::Relaxed) == 0
+        && percpu::trap_depth() == 1
+        && current_kind() != Kind::Idle
 }
 
 /// The idle loop: run whatever is ready, otherwise halt until an interrupt makes something

@@ -1,0 +1,232 @@
+//! The page-not-present protocol (seed 001): a per-vCPU event area the host fills when the
+//! guest touches a page the host does not have yet, and a per-vCPU resolution ring the host
+//! posts outcomes to. `docs/abi.md` states every rule; this file holds the numbers and
+//! layouts, and the token format both sides decode.
+//!
+//! Registration is per vCPU, through three MSRs, in this order: [`MSR_VECTORS`], [`MSR_RING`],
+//! [`MSR_DATA`]. The protocol is on for a vCPU while both `MSR_RING` and `MSR_DATA` have their
+//! enable bit set. A write the host cannot accept raises #GP and changes nothing.
+
+use crate::Plain;
+
+/// Event and resolution vectors: bits 7:0 the page-not-present event vector, bits 15:8 the
+/// resolution interrupt vector. Both must be 32..=255 and different; other bits are reserved
+/// (0). Only writable while the protocol is off for this vCPU.
+pub const MSR_VECTORS: u32 = crate::msr::PV_BASE;
+/// The resolution ring: bit 0 enable, bits 4:1 log2 of the ring size N (N = 1..=256), bits
+/// 11:5 reserved (0), bits 63:12 the ring's page frame (the ring starts at a page boundary and
+/// fits in that page). Changing or disabling the ring requires that no token is outstanding.
+pub const MSR_RING: u32 = crate::msr::PV_BASE + 1;
+/// The event area: bit 0 enable, bits 5:1 reserved (0), bits 63:6 its address (64-byte
+/// aligned). Disabling requires that no token is outstanding.
+pub const MSR_DATA: u32 = crate::msr::PV_BASE + 2;
+
+/// `MSR_RING` / `MSR_DATA` enable bit.
+pub const MSR_ENABLE: u64 = 1;
+/// `MSR_RING`: shift of the log2(N) field.
+pub const RING_ORDER_SHIFT: u32 = 1;
+/// `MSR_RING`: mask of the log2(N) field, after shifting.
+pub const RING_ORDER_MASK: u64 = 0xF;
+/// `MSR_RING`: reserved bits.
+pub const RING_RESERVED: u64 = 0xFE0;
+/// `MSR_DATA`: reserved bits.
+pub const DATA_RESERVED: u64 = 0x3E;
+/// Required alignment of the event area.
+pub const DATA_ALIGN: u64 = 64;
+/// Largest ring.
+pub const MAX_RING_ENTRIES: u32 = 256;
+
+/// The per-vCPU event area. 32 bytes, 64-byte aligned.
+///
+/// Only the host sets `inuse` from 0 to 1, after filling the other fields; only the guest sets
+/// it from 1 to 0, after copying them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct PageNotPresentData {
+    /// 1 while the area holds an event the guest has not taken yet.
+    pub inuse: u32,
+    /// The token the resolution will carry.
+    pub token: u32,
+    /// Guest-physical address of the access.
+    pub gpa: u64,
+    /// Guest-virtual address of the access, when `flags & FLAG_GVA_VALID`.
+    pub gva: u64,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// 0.
+    pub reserved: u32,
+}
+
+/// [`PageNotPresentData::flags`]: `gva` is known.
+pub const FLAG_GVA_VALID: u32 = 1 << 0;
+
+const _: () = assert!(core::mem::size_of::<PageNotPresentData>() == 32);
+const _: () = assert!(core::mem::offset_of!(PageNotPresentData, inuse) == 0);
+const _: () = assert!(core::mem::offset_of!(PageNotPresentData, token) == 4);
+const _: () = assert!(core::mem::offset_of!(PageNotPresentData, gpa) == 8);
+const _: () = assert!(core::mem::offset_of!(PageNotPresentData, gva) == 16);
+const _: () = assert!(core::mem::offset_of!(PageNotPresentData, flags) == 24);
+
+// SAFETY: only integers, and the asserts above show there is no padding.
+unsafe impl Plain for PageNotPresentData {}
+
+/// Offset of `inuse` (what both sides access atomically).
+pub const DATA_INUSE_OFFSET: u64 = 0;
+
+/// One ring entry. 8 bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Resolution {
+    /// [`RESULT_RETRY`] or [`RESULT_FAILED`].
+    pub result: u32,
+    /// The token of the event this resolves.
+    pub token: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<Resolution>() == 8);
+const _: () = assert!(core::mem::offset_of!(Resolution, token) == 4);
+
+// SAFETY: only integers, and the asserts above show there is no padding.
+unsafe impl Plain for Resolution {}
+
+/// The page is present now: retry the access.
+pub const RESULT_RETRY: u32 = 0;
+/// The page has failed and will not come.
+pub const RESULT_FAILED: u32 = 1;
+
+/// The ring is `events[N]` followed by `u32 head` and `u32 tail`. `head` is written only by
+/// the host (entries it produced), `tail` only by the guest (entries it consumed); both count
+/// up forever and wrap at 2^32; entry `i` lives at `events[i % N]`.
+pub const fn ring_head_offset(entries: u32) -> u64 {
+    entries as u64 * core::mem::size_of::<Resolution>() as u64
+}
+
+/// Offset of `tail`; see [`ring_head_offset`].
+pub const fn ring_tail_offset(entries: u32) -> u64 {
+    ring_head_offset(entries) + 4
+}
+
+/// Bytes a ring of `entries` occupies.
+pub const fn ring_size(entries: u32) -> u64 {
+    ring_head_offset(entries) + 8
+}
+
+const _: () = assert!(ring_size(MAX_RING_ENTRIES) <= crate::PAGE_SIZE);
+
+/// A token: bits 15:0 the slot (< N), bits 31:16 a sequence number that is never 0 (so token 0
+/// is never valid, and a slot's successive tokens differ).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Token(pub u32);
+
+impl Token {
+    /// The token for `slot` in its `sequence`-th use (`sequence` 1..=0xFFFF).
+    pub const fn new(slot: u16, sequence: u16) -> Self {
+        Token(((sequence as u32) << 16) | slot as u32)
+    }
+
+    /// The slot index.
+    pub const fn slot(self) -> u16 {
+        self.0 as u16
+    }
+
+    /// The sequence number.
+    pub const fn sequence(self) -> u16 {
+        (self.0 >> 16) as u16
+    }
+
+    /// Whether the token can be valid for a ring of `entries`.
+    pub const fn is_well_formed(self, entries: u32) -> bool {
+        self.sequence() != 0 && (self.slot() as u32) < entries
+    }
+}
+
+/// The next sequence number after `sequence` (skipping 0).
+pub const fn next_sequence(sequence: u16) -> u16 {
+    match sequence.wrapping_add(1) {
+        0 => 1,
+        s => s,
+    }
+}
+
+/// The host stub's demand-paged region and limits: EAX the region's base in 2 MiB units, EBX
+/// its size in 4 KiB pages, ECX the largest ring the host accepts, EDX [`HostMode`] at boot.
+pub const LEAF_PNP: u32 = 0x4000_0002;
+
+crate::wire_enum! {
+/// How the host treats accesses to absent pages.
+pub enum HostMode: u32 {
+    /// No events: the vCPU waits for every page (the synchronous path, always).
+    Sync = 0,
+    /// Page-not-present events and resolutions, as this protocol says.
+    Ring = 1,
+}
+}
+
+/// What a page of the demand region holds when the host stub's default backing image is used:
+/// the u64 at guest-physical address `gpa` (8-byte aligned) is `backing_pattern(gpa)`, so a
+/// guest can check that it got the right data without knowing anything else.
+pub const fn backing_pattern(gpa: u64) -> u64 {
+    (gpa ^ 0x5EED_0000_0000_0000).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+crate::wire_enum! {
+/// Per-page behaviours a test can ask for with [`crate::hypercall::Nr::PnpSetPage`].
+pub enum PageBehaviour: u64 {
+    /// Fetched after the configured latency.
+    Normal = 0,
+    /// The fetch fails: the resolution says [`RESULT_FAILED`].
+    Fail = 1,
+    /// Available at once: the host writes the resolution before it delivers the event.
+    Immediate = 2,
+}
+}
+
+crate::wire_enum! {
+/// Counters the host reports with [`crate::hypercall::Nr::PnpStats`] (index in `args[0]`).
+pub enum HostCounter: u64 {
+    /// Page-not-present events delivered.
+    EventsDelivered = 0,
+    /// Resolutions with [`RESULT_RETRY`] written.
+    ResolvedRetry = 1,
+    /// Resolutions with [`RESULT_FAILED`] written.
+    ResolvedFailed = 2,
+    /// Accesses that took the synchronous path (the vCPU waited).
+    SyncWaits = 3,
+    /// Tokens delivered and not yet consumed by the guest.
+    Outstanding = 4,
+    /// Pages fetched.
+    PagesFetched = 5,
+    /// Resolutions written before their event was delivered.
+    ResolvedBeforeEvent = 6,
+}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_encode_slot_and_sequence_and_zero_is_never_valid() {
+        let t = Token::new(5, 9);
+        assert_eq!((t.slot(), t.sequence()), (5, 9));
+        assert!(t.is_well_formed(8));
+        assert!(!t.is_well_formed(4), "slot beyond the ring");
+        assert!(!Token(0).is_well_formed(8));
+        assert!(!Token::new(0, 0).is_well_formed(8));
+        assert_eq!(next_sequence(0xFFFF), 1);
+        assert_eq!(next_sequence(1), 2);
+    }
+
+    #[test]
+    fn ring_layout_puts_head_and_tail_after_the_entries() {
+        assert_eq!(ring_head_offset(16), 128);
+        assert_eq!(ring_tail_offset(16), 132);
+        assert_eq!(ring_size(256), 2056);
+    }
+
+    #[test]
+    fn the_backing_pattern_differs_between_neighbouring_words() {
+        assert_ne!(backing_pattern(0x1000), backing_pattern(0x1008));
+        assert_ne!(backing_pattern(0x1000), backing_pattern(0x2000));
+    }
+}

@@ -1,0 +1,399 @@
+//! The kernel glue of the page-not-present protocol: shared pages, registration, the two
+//! handlers, and the hooks self-tests use to steer the host's pager.
+
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use pvagent_abi::cpuid::Features;
+use pvagent_abi::hypercall::Nr;
+use pvagent_abi::pnp::{self as abi, HostCounter, HostMode, PageBehaviour, PageNotPresentData, Resolution, Token};
+
+use super::ring::{Drain, RingConsumer, RingMemory};
+use super::tokens::{EventOutcome, ResolutionOutcome, TokenStats, TokenTable, Waiter};
+use super::{DEFAULT_RING_ENTRIES, EVENT_VECTOR, RESOLUTION_VECTOR};
+use crate::arch::fault::{self, Fault};
+use crate::arch::hypercall::{self, HypercallError};
+use crate::arch::paging::{self, Access};
+use crate::arch::percpu::{self, CpuLocal, MAX_CPUS};
+use crate::arch::trap::{self, TrapFrame};
+use crate::arch::{apic, cpu};
+use crate::boot::cmdline::Cmdline;
+use crate::kprintln;
+use crate::pv::halt;
+use crate::sync::IrqCell;
+use crate::task::{self, sched::ExitStatus, sched::KillReason, sched::Wait};
+
+/// The host's demand-paged region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Region {
+    pub base: u64,
+    pub pages: u64,
+}
+
+impl Region {
+    /// GPA of page `index`.
+    pub fn page(&self, index: u64) -> u64 {
+        self.base + index * pvagent_abi::PAGE_SIZE
+    }
+}
+
+/// The two pages a vCPU shares with the host: the ring (page-aligned) and the event area.
+#[repr(C, align(4096))]
+struct SharedPages {
+    ring: [u8; 4096],
+    data: [u8; 64],
+}
+
+struct Shared(UnsafeCell<[SharedPages; MAX_CPUS]>);
+// SAFETY: the memory is shared with the host and only ever accessed through raw pointers with
+// volatile or atomic operations (`SharedView`); no Rust reference to it is formed.
+unsafe impl Sync for Shared {}
+
+static SHARED: Shared = Shared(UnsafeCell::new([const { SharedPages { ring: [0; 4096], data: [0; 64] } }; MAX_CPUS]));
+
+/// Raw access to one vCPU's shared pages.
+#[derive(Clone, Copy, Debug)]
+struct SharedView {
+    ring: *mut u8,
+    data: *mut u8,
+    entries: u32,
+}
+
+impl SharedView {
+    fn of(cpu: usize, entries: u32) -> Self {
+        let pages = (SHARED.0.get() as *mut SharedPages).wrapping_add(cpu);
+        // Only addresses are computed; the pages are accessed through the methods below.
+        let ring = pages as *mut u8;
+        let data = ring.wrapping_add(core::mem::offset_of!(SharedPages, data));
+        Self { ring, data, entries }
+    }
+
+    fn u32_at(base: *mut u8, offset: u64) -> &'static AtomicU32 {
+        // SAFETY: `offset` is inside the static shared pages and 4-byte aligned (ABI layout);
+        // AtomicU32 is the sanctioned way to access memory another agent changes concurrently.
+        unsafe { AtomicU32::from_ptr(base.add(offset as usize) as *mut u32) }
+    }
+
+    fn clear(&self) {
+        // SAFETY: zeroing our own shared pages while the protocol is off for this vCPU: the
+        // host does not access them until registration.
+        unsafe {
+            core::ptr::write_bytes(self.ring, 0, 4096);
+            core::ptr::write_bytes(self.data, 0, 64);
+        }
+    }
+
+    fn inuse(&self) -> &'static AtomicU32 {
+        Self::u32_at(self.data, abi::DATA_INUSE_OFFSET)
+    }
+
+    fn read_data(&self) -> PageNotPresentData {
+        // SAFETY: the event area is 64-byte aligned static memory; a volatile copy, because the
+        // host writes it outside the compiler's view.
+        unsafe { core::ptr::read_volatile(self.data as *const PageNotPresentData) }
+    }
+}
+
+impl RingMemory for SharedView {
+    fn load_head(&self) -> u32 {
+        Self::u32_at(self.ring, abi::ring_head_offset(self.entries)).load(Ordering::Acquire)
+    }
+
+    fn read_entry(&self, index: u32) -> Resolution {
+        let at = self.ring.wrapping_add(index as usize * core::mem::size_of::<Resolution>());
+        // SAFETY: `index < entries`, so the entry lies inside the ring page; a volatile copy.
+        unsafe { core::ptr::read_volatile(at as *const Resolution) }
+    }
+
+    fn store_tail(&self, tail: u32) {
+        Self::u32_at(self.ring, abi::ring_tail_offset(self.entries)).store(tail, Ordering::Release);
+    }
+}
+
+/// What this vCPU saw of the protocol.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Events taken.
+    pub events: u64,
+    /// Events with `inuse` not set (nothing to take).
+    pub spurious: u64,
+    /// Tasks parked in the scheduler.
+    pub slept: u64,
+    /// Waits in the HLT loop.
+    pub halted: u64,
+    /// Resolution interrupts taken.
+    pub resolution_irqs: u64,
+    /// Drains that found a `head` that makes no sense.
+    pub ring_corrupt: u64,
+    /// Resolutions consumed.
+    pub consumed: u64,
+    /// Woken tasks that were no longer waiting.
+    pub stale_wakes: u64,
+    /// The token table's counters.
+    pub tokens: TokenStats,
+}
+
+#[derive(Debug)]
+struct PnpCpu {
+    entries: u32,
+    table: TokenTable,
+    ring: RingConsumer,
+    stats: Stats,
+}
+
+static STATE: CpuLocal<IrqCell<PnpCpu>> = CpuLocal::new(
+    [const { IrqCell::new(PnpCpu { entries: 0, table: TokenTable::new(), ring: RingConsumer::new(0), stats: Stats::new() }) };
+        MAX_CPUS],
+);
+
+impl Stats {
+    const fn new() -> Self {
+        Self {
+            events: 0,
+            spurious: 0,
+            slept: 0,
+            halted: 0,
+            resolution_irqs: 0,
+            ring_corrupt: 0,
+            consumed: 0,
+            stale_wakes: 0,
+            tokens: TokenStats::new(),
+        }
+    }
+}
+
+static REGION: spin::Once<Option<(Region, u32)>> = spin::Once::new();
+static MODE: AtomicU32 = AtomicU32::new(HostMode::Sync as u32);
+
+/// The demand-paged region and the largest ring the host takes, if the host stub offers the
+/// protocol.
+pub fn host_region() -> Option<(Region, u32)> {
+    *REGION.get().unwrap_or(&None)
+}
+
+/// The host's current mode (as set at boot, or by [`set_host_mode`]).
+pub fn host_mode() -> HostMode {
+    HostMode::try_from(MODE.load(Ordering::Relaxed)).unwrap_or(HostMode::Sync)
+}
+
+/// Reads what the host offers, maps the region, installs the handlers and registers the
+/// protocol on this vCPU. `pnp=off` leaves it unregistered; `pnp-ring=N` sets the ring size.
+pub fn init(cmdline: &Cmdline<'_>) {
+    let offered = crate::arch::platform().hypervisor.host_features().has(Features::PAGE_NOT_PRESENT);
+    let info = offered.then(|| {
+        let leaf = cpu::cpuid(abi::LEAF_PNP, 0);
+        MODE.store(leaf.edx, Ordering::Relaxed);
+        (Region { base: u64::from(leaf.eax) << 21, pages: u64::from(leaf.ebx) }, leaf.ecx)
+    });
+    REGION.call_once(|| info);
+    let Some((region, max_entries)) = info else { return };
+    if region.pages == 0 {
+        return;
+    }
+    paging::map_range(region.base, region.page(region.pages), Access::UserData);
+    trap::register(EVENT_VECTOR, on_event);
+    trap::register(RESOLUTION_VECTOR, on_resolution);
+    if cmdline.get("pnp") == Some("off") {
+        kprintln!("pnp: not registered (pnp=off)");
+        return;
+    }
+    let entries = cmdline.get("pnp-ring").and_then(|n| n.parse().ok()).unwrap_or(DEFAULT_RING_ENTRIES).min(max_entries);
+    match register(entries) {
+        Ok(()) => kprintln!(
+            "pnp: registered, ring of {entries}, region {:#x} ({} pages), host mode {:?}",
+            region.base,
+            region.pages,
+            host_mode()
+        ),
+        Err(e) => kprintln!("pnp: registration refused: {e:?}"),
+    }
+}
+
+/// Why registration failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegisterError {
+    /// The ring size is not a power of two in 1..=256.
+    BadSize(u32),
+    /// Tokens are outstanding: the ring cannot change now.
+    Busy,
+    /// The host refused an MSR write (#GP).
+    Refused { msr: u32, fault: Fault },
+}
+
+fn write_msr(msr: u32, value: u64) -> Result<(), RegisterError> {
+    fault::probe_write_msr(msr, value).map_err(|fault| RegisterError::Refused { msr, fault })
+}
+
+/// Registers (or re-registers) the protocol on this vCPU with a ring of `entries`.
+pub fn register(entries: u32) -> Result<(), RegisterError> {
+    if !entries.is_power_of_two() || entries > abi::MAX_RING_ENTRIES {
+        return Err(RegisterError::BadSize(entries));
+    }
+    let busy = STATE.get().with(|s| s.entries != 0 && (s.table.waiting() > 0 || s.table.early() > 0));
+    if busy {
+        return Err(RegisterError::Busy);
+    }
+    unregister()?;
+    let cpu = percpu::index();
+    let view = SharedView::of(cpu, entries);
+    view.clear();
+    STATE.get().with(|s| {
+        // Keep the counters of the ring being replaced.
+        s.stats.consumed += s.ring.consumed;
+        s.stats.ring_corrupt += s.ring.corrupt;
+        s.entries = entries;
+        s.table.reset(entries);
+        s.ring = RingConsumer::new(entries);
+    });
+    write_msr(abi::MSR_VECTORS, u64::from(EVENT_VECTOR) | (u64::from(RESOLUTION_VECTOR) << 8))?;
+    let order = u64::from(entries.trailing_zeros());
+    write_msr(abi::MSR_RING, view.ring as u64 | (order << abi::RING_ORDER_SHIFT) | abi::MSR_ENABLE)?;
+    write_msr(abi::MSR_DATA, view.data as u64 | abi::MSR_ENABLE)
+}
+
+/// Turns the protocol off on this vCPU (the host then takes the synchronous path).
+pub fn unregister() -> Result<(), RegisterError> {
+    let entries = STATE.get().with(|s| core::mem::replace(&mut s.entries, 0));
+    if entries == 0 {
+        return Ok(());
+    }
+    write_msr(abi::MSR_DATA, 0)?;
+    write_msr(abi::MSR_RING, 0)
+}
+
+/// The ring size registered on this vCPU (0: not registered).
+pub fn registered_entries() -> u32 {
+    STATE.get().with(|s| s.entries)
+}
+
+/// This vCPU's counters.
+pub fn stats() -> Stats {
+    STATE.get().with(|s| {
+        let mut stats = s.stats;
+        stats.tokens = s.table.stats;
+        stats.consumed += s.ring.consumed;
+        stats.ring_corrupt += s.ring.corrupt;
+        stats
+    })
+}
+
+/// Overwrites this vCPU's ring `tail` with `tail` (the harness's deliberate protocol breach:
+/// the host must notice and stop the guest).
+pub fn corrupt_ring_tail(tail: u32) {
+    let entries = registered_entries();
+    if entries > 0 {
+        SharedView::of(percpu::index(), entries).store_tail(tail);
+    }
+}
+
+/// Tokens with a waiter, and resolutions kept for events not yet seen.
+pub fn pending() -> (usize, usize) {
+    STATE.get().with(|s| (s.table.waiting(), s.table.early()))
+}
+
+fn on_event(frame: &mut TrapFrame) {
+    apic::eoi();
+    let cpu = percpu::index();
+    let entries = STATE.get().with(|s| s.entries);
+    let view = SharedView::of(cpu, entries);
+    if view.inuse().load(Ordering::Acquire) != 1 {
+        STATE.get().with(|s| s.stats.spurious += 1);
+        return;
+    }
+    let data = view.read_data();
+    view.inuse().store(0, Ordering::Release);
+    let token = Token(data.token);
+
+    let can_sleep = frame.interrupts_were_enabled() && task::may_sleep_in_trap() && task::has_other_runnable();
+    let waiter = if can_sleep { Waiter::Task(task::current()) } else { Waiter::Halt };
+    let outcome = STATE.get().with(|s| {
+        s.stats.events += 1;
+        s.table.on_event(token, data.gpa, waiter)
+    });
+    let result = match outcome {
+        EventOutcome::AlreadyResolved { result } => result,
+        EventOutcome::Rejected(why) => {
+            kprintln!("pnp: event with token {:#x} rejected: {why:?}", token.0);
+            return;
+        }
+        EventOutcome::Park if can_sleep => {
+            STATE.get().with(|s| s.stats.slept += 1);
+            task::block_current(Wait::Token(token.0)) as u32
+        }
+        EventOutcome::Park => {
+            STATE.get().with(|s| s.stats.halted += 1);
+            halt::wait_until(|| STATE.get().with(|s| s.table.take_halt_result(token))).0
+        }
+    };
+    if result == abi::RESULT_FAILED {
+        page_failed(frame, token, data.gpa);
+    }
+}
+
+/// The page behind `token` failed: the task that touched it ends, nobody else is affected.
+fn page_failed(frame: &TrapFrame, token: Token, gpa: u64) {
+    if !task::may_sleep_in_trap() {
+        fault::fatal(format_args!(
+            "page {gpa:#x} (token {:#x}) failed under a context that cannot be ended (rip {:#x})",
+            token.0, frame.rip
+        ));
+    }
+    kprintln!("task {} ended: its page {gpa:#x} failed (token {:#x})", task::name(task::current()), token.0);
+    task::exit_current(ExitStatus::Killed(KillReason::PageFailed { token: token.0, gpa }));
+}
+
+fn on_resolution(_frame: &mut TrapFrame) {
+    apic::eoi();
+    let cpu = percpu::index();
+    let mut wakes: heapless::Vec<(task::sched::TaskId, u32), { abi::MAX_RING_ENTRIES as usize }> = heapless::Vec::new();
+    let drained = STATE.get().with(|s| {
+        s.stats.resolution_irqs += 1;
+        let view = SharedView::of(cpu, s.entries);
+        let table = &mut s.table;
+        s.ring.drain(&view, |r| {
+            if let ResolutionOutcome::Wake { task, result, .. } = table.on_resolution(Token(r.token), r.result) {
+                // Cannot overflow: a drain yields at most `entries` <= capacity items.
+                let _ = wakes.push((task, result));
+            }
+        })
+    });
+    if let Drain::Corrupt { head, tail } = drained {
+        kprintln!("pnp: ring head {head} is impossible with tail {tail}: nothing consumed");
+    }
+    for (id, result) in wakes {
+        if task::wake(id, u64::from(result)) != task::sched::WakeOutcome::Woken {
+            STATE.get().with(|s| s.stats.stale_wakes += 1);
+        }
+    }
+}
+
+fn host_call(nr: Nr, args: [u64; 4]) -> Result<[u64; 2], HypercallError> {
+    hypercall::call(nr, args)
+}
+
+/// Switches the host's mode for accesses from now on.
+pub fn set_host_mode(mode: HostMode) -> Result<(), HypercallError> {
+    host_call(Nr::PnpSetMode, [mode as u64, 0, 0, 0])?;
+    MODE.store(mode as u32, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Sets the host's fetch latency range for pages fetched from now on.
+pub fn set_latency_ns(min: u64, max: u64) -> Result<(), HypercallError> {
+    host_call(Nr::PnpSetLatency, [min, max, 0, 0]).map(|_| ())
+}
+
+/// Sets how the host treats the next fetch of the page at `gpa`.
+pub fn set_page_behaviour(gpa: u64, behaviour: PageBehaviour) -> Result<(), HypercallError> {
+    host_call(Nr::PnpSetPage, [gpa, behaviour as u64, 0, 0]).map(|_| ())
+}
+
+/// Makes `pages` pages from `gpa` absent again.
+pub fn evict(gpa: u64, pages: u64) -> Result<(), HypercallError> {
+    host_call(Nr::PnpEvict, [gpa, pages, 0, 0]).map(|_| ())
+}
+
+/// One of the host's counters.
+pub fn host_counter(counter: HostCounter) -> Result<u64, HypercallError> {
+    host_call(Nr::PnpStats, [counter as u64, 0, 0, 0]).map(|r| r[0])
+}

@@ -1,0 +1,188 @@
+//! The guest instruction at a vCPU's RIP: its bytes (fetched through the guest's page tables),
+//! its decoding (`iced-x86`), and the linear address, size and access of each memory operand,
+//! computed from the vCPU's registers. Producers use it when KVM tells them *that* an
+//! instruction stopped but not *what* it touched.
+
+use iced_x86::{Decoder, DecoderOptions, Instruction, InstructionInfoFactory, OpAccess, Register};
+use kvm_bindings::{kvm_regs, kvm_sregs};
+use kvm_ioctls::VcpuFd;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// Longest x86 instruction.
+pub const MAX_INSN_LEN: usize = 15;
+
+/// One memory operand of a decoded instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryOperand {
+    /// Linear (guest-virtual) address of its first byte.
+    pub linear: u64,
+    /// Bytes accessed.
+    pub size: u64,
+    pub reads: bool,
+    pub writes: bool,
+}
+
+/// A decoded guest instruction.
+#[derive(Clone, Debug)]
+pub struct GuestInsn {
+    pub rip: u64,
+    pub instruction: Instruction,
+    pub bytes: Vec<u8>,
+    pub memory: Vec<MemoryOperand>,
+}
+
+/// Why the instruction could not be examined.
+#[derive(Debug, thiserror::Error)]
+pub enum InsnError {
+    #[error("reading the vCPU's registers: {0}")]
+    Registers(kvm_ioctls::Error),
+    #[error("RIP {0:#x} does not translate to guest memory")]
+    Unmapped(u64),
+    #[error("the bytes at RIP {0:#x} are not a valid instruction")]
+    Invalid(u64),
+}
+
+/// Guest-physical address of linear `addr` under the vCPU's current page tables.
+pub fn translate(vcpu: &VcpuFd, addr: u64) -> Option<u64> {
+    let t = vcpu.translate_gva(addr).ok()?;
+    (t.valid != 0).then_some(t.physical_address)
+}
+
+fn fetch(vcpu: &VcpuFd, mem: &GuestMemoryMmap, rip: u64) -> Result<Vec<u8>, InsnError> {
+    let mut bytes = Vec::with_capacity(MAX_INSN_LEN);
+    let mut at = rip;
+    while bytes.len() < MAX_INSN_LEN {
+        let in_page = (0x1000 - (at & 0xFFF)) as usize;
+        let want = in_page.min(MAX_INSN_LEN - bytes.len());
+        let Some(gpa) = translate(vcpu, at) else { break };
+        let mut chunk = vec![0u8; want];
+        if mem.read_slice(&mut chunk, GuestAddress(gpa)).is_err() {
+            break;
+        }
+        bytes.extend_from_slice(&chunk);
+        at += want as u64;
+    }
+    if bytes.is_empty() { Err(InsnError::Unmapped(rip)) } else { Ok(bytes) }
+}
+
+fn register_value(regs: &kvm_regs, sregs: &kvm_sregs, reg: Register) -> Option<u64> {
+    let full = reg.full_register();
+    let value = match full {
+        Register::RAX => regs.rax,
+        Register::RBX => regs.rbx,
+        Register::RCX => regs.rcx,
+        Register::RDX => regs.rdx,
+        Register::RSI => regs.rsi,
+        Register::RDI => regs.rdi,
+        Register::RBP => regs.rbp,
+        Register::RSP => regs.rsp,
+        Register::R8 => regs.r8,
+        Register::R9 => regs.r9,
+        Register::R10 => regs.r10,
+        Register::R11 => regs.r11,
+        Register::R12 => regs.r12,
+        Register::R13 => regs.r13,
+        Register::R14 => regs.r14,
+        Register::R15 => regs.r15,
+        Register::RIP => regs.rip,
+        // In 64-bit mode only FS and GS have bases; the others are 0.
+        Register::FS => sregs.fs.base,
+        Register::GS => sregs.gs.base,
+        Register::ES | Register::CS | Register::SS | Register::DS => 0,
+        _ => return None,
+    };
+    // Narrow registers (e.g. a 32-bit address) are masked to their width.
+    let bits = reg.size() * 8;
+    Some(if bits >= 64 || reg.is_segment_register() { value } else { value & ((1u64 << bits) - 1) })
+}
+
+/// Decodes `bytes` (fetched at `rip`) in 64-bit mode and computes its memory operands.
+pub fn decode(rip: u64, bytes: &[u8], regs: &kvm_regs, sregs: &kvm_sregs) -> Result<GuestInsn, InsnError> {
+    let mut decoder = Decoder::with_ip(64, bytes, rip, DecoderOptions::NONE);
+    let instruction = decoder.decode();
+    if instruction.is_invalid() {
+        return Err(InsnError::Invalid(rip));
+    }
+    // The RIP-relative base is the address of the next instruction.
+    let mut regs_after = *regs;
+    regs_after.rip = instruction.next_ip();
+    let mut factory = InstructionInfoFactory::new();
+    let info = factory.info(&instruction);
+    let memory = info
+        .used_memory()
+        .iter()
+        .filter_map(|m| {
+            let linear = m.virtual_address(0, |reg, _, _| register_value(&regs_after, sregs, reg))?;
+            let (reads, writes) = match m.access() {
+                OpAccess::Read | OpAccess::CondRead => (true, false),
+                OpAccess::Write | OpAccess::CondWrite => (false, true),
+                OpAccess::ReadWrite | OpAccess::ReadCondWrite => (true, true),
+                _ => return None, // NoMemAccess (LEA, prefetch) and the like
+            };
+            Some(MemoryOperand { linear, size: m.memory_size().size() as u64, reads, writes })
+        })
+        .collect();
+    Ok(GuestInsn { rip, instruction, bytes: bytes[..instruction.len()].to_vec(), memory })
+}
+
+/// Fetches and decodes the instruction at the vCPU's RIP.
+pub fn at_rip(vcpu: &VcpuFd, mem: &GuestMemoryMmap) -> Result<GuestInsn, InsnError> {
+    let regs = vcpu.get_regs().map_err(InsnError::Registers)?;
+    let sregs = vcpu.get_sregs().map_err(InsnError::Registers)?;
+    let bytes = fetch(vcpu, mem, regs.rip)?;
+    decode(regs.rip, &bytes, &regs, &sregs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn regs() -> kvm_regs {
+        kvm_regs { rax: 0x1000, rbx: 0x20, rdi: 0x5000, rsi: 0x6000, rip: 0x40_0000, ..Default::default() }
+    }
+
+    #[test]
+    fn a_load_through_a_base_register() {
+        // mov rax, [rdi]
+        let i = decode(0x40_0000, &[0x48, 0x8B, 0x07], &regs(), &kvm_sregs::default()).unwrap();
+        assert_eq!(i.memory, vec![MemoryOperand { linear: 0x5000, size: 8, reads: true, writes: false }]);
+        assert_eq!(i.bytes.len(), 3);
+    }
+
+    #[test]
+    fn base_index_scale_displacement_and_a_locked_read_modify_write() {
+        // lock add dword [rax + rbx*4 + 0x3e], 1
+        let i = decode(0x40_0000, &[0xF0, 0x83, 0x44, 0x98, 0x3E, 0x01], &regs(), &kvm_sregs::default()).unwrap();
+        assert!(i.instruction.has_lock_prefix());
+        assert_eq!(i.memory, vec![MemoryOperand { linear: 0x1000 + 0x80 + 0x3e, size: 4, reads: true, writes: true }]);
+    }
+
+    #[test]
+    fn rip_relative_and_gs_based_operands() {
+        // mov eax, [rip + 0x10]: relative to the next instruction (6 bytes long).
+        let i = decode(0x40_0000, &[0x8B, 0x05, 0x10, 0, 0, 0], &regs(), &kvm_sregs::default()).unwrap();
+        assert_eq!(i.memory[0].linear, 0x40_0006 + 0x10);
+        // mov rax, gs:[8]
+        let mut sregs = kvm_sregs::default();
+        sregs.gs.base = 0x7000;
+        let i = decode(0x40_0000, &[0x65, 0x48, 0x8B, 0x04, 0x25, 8, 0, 0, 0], &regs(), &sregs).unwrap();
+        assert_eq!(i.memory[0].linear, 0x7008);
+    }
+
+    #[test]
+    fn string_moves_touch_two_locations_and_lea_touches_none() {
+        // movsq: reads [rsi], writes [rdi]
+        let i = decode(0x40_0000, &[0x48, 0xA5], &regs(), &kvm_sregs::default()).unwrap();
+        assert_eq!(i.memory.len(), 2);
+        assert!(i.memory.iter().any(|m| m.linear == 0x6000 && m.reads));
+        assert!(i.memory.iter().any(|m| m.linear == 0x5000 && m.writes));
+        // lea rax, [rdi + 8]
+        let i = decode(0x40_0000, &[0x48, 0x8D, 0x47, 0x08], &regs(), &kvm_sregs::default()).unwrap();
+        assert!(i.memory.is_empty());
+    }
+
+    #[test]
+    fn garbage_is_not_an_instruction() {
+        assert!(matches!(decode(0, &[0x0F, 0xFF], &regs(), &kvm_sregs::default()), Err(InsnError::Invalid(0))));
+    }
+}

@@ -1,0 +1,31 @@
+//! Event producers: each implements `ExitHandler` and makes the guest see an event this
+//! machine's hardware would not produce by itself. [`Producers`] says which a run uses.
+
+pub mod pager;
+
+use crate::error::Result;
+use crate::handler::ExitHandler;
+
+/// The producers of one run and their settings.
+#[derive(Clone, Debug, Default)]
+pub struct Producers {
+    /// The demand pager (page-not-present events), if any.
+    pub pager: Option<pager::config::PagerConfig>,
+}
+
+impl Producers {
+    /// What `cargo xtask run` and the binary use unless told otherwise: every producer, with
+    /// its default settings.
+    pub fn defaults() -> Self {
+        Self { pager: Some(pager::config::PagerConfig::default()) }
+    }
+
+    /// Creates the producers.
+    pub fn build(&self) -> Result<Vec<Box<dyn ExitHandler>>> {
+        let mut out: Vec<Box<dyn ExitHandler>> = Vec::new();
+        if let Some(config) = &self.pager {
+            out.push(Box::new(pager::Pager::new(config.clone())?));
+        }
+        Ok(out)
+    }
+}

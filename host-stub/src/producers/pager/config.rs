@@ -1,0 +1,170 @@
+//! The pager's settings, and the parsing of the values users give on the command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pvagent_abi::pnp::HostMode;
+
+/// Where the demand-paged region starts by default: 4 GiB, above every RAM configuration and
+/// the 32-bit device hole.
+pub const DEFAULT_REGION_GPA: u64 = 1 << 32;
+/// Default region size.
+pub const DEFAULT_REGION_MIB: u64 = 16;
+/// Largest region.
+pub const MAX_REGION_MIB: u64 = 4096;
+/// Longest latency accepted.
+pub const MAX_LATENCY: Duration = Duration::from_secs(10);
+
+/// A fetch latency: fixed (`min == max`) or uniform in `[min, max]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Latency {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl Latency {
+    /// A fixed latency.
+    pub const fn fixed(d: Duration) -> Self {
+        Self { min: d, max: d }
+    }
+}
+
+impl std::fmt::Display for Latency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.min == self.max { write!(f, "{:?}", self.min) } else { write!(f, "{:?}..{:?}", self.min, self.max) }
+    }
+}
+
+/// The pager's configuration.
+#[derive(Clone, Debug)]
+pub struct PagerConfig {
+    /// Size of the demand-paged region in MiB.
+    pub region_mib: u64,
+    /// Its guest-physical address (2 MiB aligned).
+    pub region_gpa: u64,
+    pub mode: HostMode,
+    pub latency: Latency,
+    /// Fetcher threads.
+    pub fetchers: usize,
+    /// Pages (indices in the region) whose first fetch fails.
+    pub fail_pages: Vec<u64>,
+    /// The backing image (default: `pvagent_abi::pnp::backing_pattern`).
+    pub image: Option<PathBuf>,
+    /// Seed of the latency draws.
+    pub seed: u64,
+}
+
+impl Default for PagerConfig {
+    fn default() -> Self {
+        Self {
+            region_mib: DEFAULT_REGION_MIB,
+            region_gpa: DEFAULT_REGION_GPA,
+            mode: HostMode::Ring,
+            latency: Latency { min: Duration::from_micros(50), max: Duration::from_millis(2) },
+            fetchers: 2,
+            fail_pages: Vec::new(),
+            image: None,
+            seed: 0x5EED,
+        }
+    }
+}
+
+impl PagerConfig {
+    /// Checks the values; the message says which one is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.region_mib == 0 || self.region_mib > MAX_REGION_MIB {
+            return Err(format!("pager region of {} MiB is outside 1..={MAX_REGION_MIB} MiB", self.region_mib));
+        }
+        if !self.region_gpa.is_multiple_of(2 << 20) {
+            return Err(format!("pager region address {:#x} is not 2 MiB aligned", self.region_gpa));
+        }
+        if self.latency.min > self.latency.max || self.latency.max > MAX_LATENCY {
+            return Err(format!("pager latency {} is not a range within 0..=10s", self.latency));
+        }
+        let pages = self.pages();
+        if let Some(p) = self.fail_pages.iter().find(|p| **p >= pages) {
+            return Err(format!("failing page {p} is beyond the region's {pages} pages"));
+        }
+        Ok(())
+    }
+
+    /// Pages in the region.
+    pub fn pages(&self) -> u64 {
+        self.region_mib << 8
+    }
+}
+
+/// Parses `sync` or `ring`.
+pub fn parse_mode(s: &str) -> Result<HostMode, String> {
+    match s {
+        "sync" => Ok(HostMode::Sync),
+        "ring" => Ok(HostMode::Ring),
+        other => Err(format!("unknown pager mode {other:?}: use sync or ring")),
+    }
+}
+
+/// Parses a duration such as `0`, `750ns`, `50us`, `2ms` or `1s`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| format!("{s:?} needs a unit (ns, us, ms, s)"))?;
+    let (digits, unit) = s.split_at(split);
+    let value: u64 = digits.parse().map_err(|_| format!("{s:?} does not start with a number"))?;
+    let nanos_per = match unit {
+        "ns" => 1,
+        "us" => 1_000,
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        other => return Err(format!("unknown unit {other:?} in {s:?}: use ns, us, ms or s")),
+    };
+    value.checked_mul(nanos_per).map(Duration::from_nanos).ok_or_else(|| format!("{s:?} is too long"))
+}
+
+/// Parses a latency: `200us` (fixed) or `50us..5ms` (uniform).
+pub fn parse_latency(s: &str) -> Result<Latency, String> {
+    let latency = match s.split_once("..") {
+        Some((min, max)) => Latency { min: parse_duration(min)?, max: parse_duration(max)? },
+        None => Latency::fixed(parse_duration(s)?),
+    };
+    if latency.min > latency.max {
+        return Err(format!("latency range {s:?} has its minimum above its maximum"));
+    }
+    Ok(latency)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_latencies_parse_with_units() {
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("50us"), Ok(Duration::from_micros(50)));
+        assert_eq!(parse_duration("5ms"), Ok(Duration::from_millis(5)));
+        assert_eq!(parse_latency("200us"), Ok(Latency::fixed(Duration::from_micros(200))));
+        assert_eq!(
+            parse_latency("50us..5ms"),
+            Ok(Latency { min: Duration::from_micros(50), max: Duration::from_millis(5) })
+        );
+        assert!(parse_duration("5").unwrap_err().contains("unit"));
+        assert!(parse_duration("5 fortnights").is_err());
+        assert!(parse_latency("5ms..1ms").unwrap_err().contains("minimum above"));
+        assert!(parse_mode("async").is_err());
+    }
+
+    #[test]
+    fn validation_names_the_bad_value() {
+        let mut c = PagerConfig::default();
+        c.validate().unwrap();
+        c.fail_pages = vec![c.pages()];
+        assert!(c.validate().unwrap_err().contains("failing page"));
+        c.fail_pages.clear();
+        c.region_gpa += 4096;
+        assert!(c.validate().unwrap_err().contains("2 MiB aligned"));
+        c.region_gpa = DEFAULT_REGION_GPA;
+        c.latency = Latency::fixed(Duration::from_secs(11));
+        assert!(c.validate().is_err());
+    }
+}

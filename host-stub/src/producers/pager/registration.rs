@@ -1,0 +1,253 @@
+//! A vCPU's registration of the page-not-present protocol: the three MSRs the guest writes,
+//! checked against the ABI's rules, and when events can be delivered to the vCPU (interrupt
+//! semantics: RFLAGS.IF, no interrupt shadow, the local APIC's processor priority).
+
+use pvagent_abi::pnp::{
+    self as abi, DATA_ALIGN, DATA_RESERVED, MAX_RING_ENTRIES, MSR_ENABLE, RING_ORDER_MASK, RING_ORDER_SHIFT,
+    RING_RESERVED,
+};
+
+use super::state::TokenPool;
+
+/// The protocol as registered on one vCPU.
+#[derive(Clone, Debug, Default)]
+pub struct Registration {
+    /// Raw MSR values, as read back by RDMSR.
+    pub vectors_msr: u64,
+    pub ring_msr: u64,
+    pub data_msr: u64,
+    /// The token pool of the registered ring.
+    pub pool: Option<TokenPool>,
+}
+
+/// What an enabled registration says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Active {
+    pub event_vector: u8,
+    pub resolution_vector: u8,
+    pub ring_gpa: u64,
+    pub entries: u32,
+    pub data_gpa: u64,
+}
+
+/// Why an MSR write is refused (the guest gets #GP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    ReservedBits,
+    BadVector,
+    RingTooLarge,
+    OutsideRam,
+    /// Vectors change only while the protocol is off; rings only with no token outstanding.
+    Busy,
+}
+
+/// Decodes [`abi::MSR_VECTORS`].
+pub fn decode_vectors(value: u64) -> Result<(u8, u8), Refusal> {
+    if value >> 16 != 0 {
+        return Err(Refusal::ReservedBits);
+    }
+    let (event, resolution) = (value as u8, (value >> 8) as u8);
+    if event < 32 || resolution < 32 || event == resolution {
+        return Err(Refusal::BadVector);
+    }
+    Ok((event, resolution))
+}
+
+/// Decodes an enabled [`abi::MSR_RING`]: the ring's address and size.
+pub fn decode_ring(value: u64) -> Result<(u64, u32), Refusal> {
+    if value & RING_RESERVED != 0 {
+        return Err(Refusal::ReservedBits);
+    }
+    let order = (value >> RING_ORDER_SHIFT) & RING_ORDER_MASK;
+    let entries = 1u64 << order;
+    if entries > u64::from(MAX_RING_ENTRIES) {
+        return Err(Refusal::RingTooLarge);
+    }
+    Ok((value & !0xFFF, entries as u32))
+}
+
+/// Decodes an enabled [`abi::MSR_DATA`]: the event area's address.
+pub fn decode_data(value: u64) -> Result<u64, Refusal> {
+    if value & DATA_RESERVED != 0 {
+        return Err(Refusal::ReservedBits);
+    }
+    let gpa = value & !(DATA_ALIGN - 1);
+    Ok(gpa)
+}
+
+impl Registration {
+    /// The registration, when vectors, ring and event area are all in place.
+    pub fn active(&self) -> Option<Active> {
+        let (event_vector, resolution_vector) = decode_vectors(self.vectors_msr).ok()?;
+        if self.ring_msr & MSR_ENABLE == 0 || self.data_msr & MSR_ENABLE == 0 {
+            return None;
+        }
+        let (ring_gpa, entries) = decode_ring(self.ring_msr).ok()?;
+        let data_gpa = decode_data(self.data_msr).ok()?;
+        Some(Active { event_vector, resolution_vector, ring_gpa, entries, data_gpa })
+    }
+
+    fn outstanding(&self) -> usize {
+        self.pool.as_ref().map_or(0, TokenPool::outstanding)
+    }
+
+    /// Handles a WRMSR to one of the protocol's MSRs. `ram_end` bounds where the shared areas
+    /// may be (they must be ordinary guest RAM).
+    pub fn write(&mut self, msr: u32, value: u64, ram_end: u64) -> Result<(), Refusal> {
+        let protocol_on = self.ring_msr & MSR_ENABLE != 0 || self.data_msr & MSR_ENABLE != 0;
+        match msr {
+            abi::MSR_VECTORS => {
+                if protocol_on {
+                    return Err(Refusal::Busy);
+                }
+                decode_vectors(value)?;
+                self.vectors_msr = value;
+            }
+            abi::MSR_RING => {
+                if self.outstanding() > 0 {
+                    return Err(Refusal::Busy);
+                }
+                if value & MSR_ENABLE == 0 {
+                    if value != 0 {
+                        return Err(Refusal::ReservedBits);
+                    }
+                    self.ring_msr = 0;
+                    self.pool = None;
+                    return Ok(());
+                }
+                let (gpa, entries) = decode_ring(value)?;
+                if gpa.checked_add(abi::ring_size(entries)).is_none_or(|end| end > ram_end) {
+                    return Err(Refusal::OutsideRam);
+                }
+                self.ring_msr = value;
+                self.pool = Some(TokenPool::new(entries));
+            }
+            abi::MSR_DATA => {
+                if value & MSR_ENABLE == 0 {
+                    if self.outstanding() > 0 {
+                        return Err(Refusal::Busy);
+                    }
+                    if value != 0 {
+                        return Err(Refusal::ReservedBits);
+                    }
+                    self.data_msr = 0;
+                    return Ok(());
+                }
+                // Bits 5:1 are reserved, so a misaligned area is refused as reserved bits.
+                let gpa = decode_data(value)?;
+                if gpa.checked_add(DATA_ALIGN).is_none_or(|end| end > ram_end) {
+                    return Err(Refusal::OutsideRam);
+                }
+                self.data_msr = value;
+            }
+            _ => unreachable!("not a page-not-present MSR"),
+        }
+        Ok(())
+    }
+
+    /// RDMSR of one of the protocol's MSRs.
+    pub fn read(&self, msr: u32) -> u64 {
+        match msr {
+            abi::MSR_VECTORS => self.vectors_msr,
+            abi::MSR_RING => self.ring_msr,
+            abi::MSR_DATA => self.data_msr,
+            _ => 0,
+        }
+    }
+}
+
+/// Whether `msr` is one of the protocol's.
+pub fn is_protocol_msr(msr: u32) -> bool {
+    matches!(msr, abi::MSR_VECTORS | abi::MSR_RING | abi::MSR_DATA)
+}
+
+/// The local APIC's processor priority class (PPR bits 7:4) from TPR and the in-service
+/// register (eight 32-bit words, vectors 0..=255).
+pub fn processor_priority_class(tpr: u32, isr: [u32; 8]) -> u8 {
+    let isrv = (0..8).rev().find(|&i| isr[i] != 0).map_or(0, |i| i as u32 * 32 + (31 - isr[i].leading_zeros()));
+    let tpr_class = (tpr >> 4) & 0xF;
+    tpr_class.max(isrv >> 4) as u8
+}
+
+/// Whether an interrupt of `vector` would be taken now: IF set, no STI/MOV SS shadow, and its
+/// priority class above the processor priority class.
+pub fn interrupt_deliverable(rflags: u64, shadow: u8, ppr_class: u8, vector: u8) -> bool {
+    const RFLAGS_IF: u64 = 1 << 9;
+    rflags & RFLAGS_IF != 0 && shadow == 0 && (vector >> 4) > ppr_class
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RAM: u64 = 64 << 20;
+
+    fn registered() -> Registration {
+        let mut r = Registration::default();
+        r.write(abi::MSR_VECTORS, 0x5251, RAM).unwrap();
+        r.write(abi::MSR_RING, 0x20_0000 | (4 << 1) | 1, RAM).unwrap();
+        r.write(abi::MSR_DATA, 0x20_1000 | 1, RAM).unwrap();
+        r
+    }
+
+    #[test]
+    fn a_complete_registration_is_active() {
+        let r = registered();
+        assert_eq!(
+            r.active(),
+            Some(Active {
+                event_vector: 0x51,
+                resolution_vector: 0x52,
+                ring_gpa: 0x20_0000,
+                entries: 16,
+                data_gpa: 0x20_1000
+            })
+        );
+        assert_eq!(r.read(abi::MSR_RING), 0x20_0000 | (4 << 1) | 1);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let mut r = Registration::default();
+        assert_eq!(r.write(abi::MSR_VECTORS, 0x5210, RAM), Err(Refusal::BadVector));
+        assert_eq!(r.write(abi::MSR_VECTORS, 0x5151, RAM), Err(Refusal::BadVector));
+        assert_eq!(r.write(abi::MSR_VECTORS, 0x1_5251, RAM), Err(Refusal::ReservedBits));
+        assert_eq!(r.write(abi::MSR_RING, 0x20_0000 | (9 << 1) | 1, RAM), Err(Refusal::RingTooLarge));
+        assert_eq!(r.write(abi::MSR_RING, 0x20_0000 | 0x40 | 1, RAM), Err(Refusal::ReservedBits));
+        assert_eq!(r.write(abi::MSR_RING, RAM | 1, RAM), Err(Refusal::OutsideRam));
+        assert_eq!(r.write(abi::MSR_DATA, 0x20_1010 | 1, RAM), Err(Refusal::ReservedBits), "misaligned");
+        assert_eq!(r.write(abi::MSR_DATA, 0x20_1000 | 2 | 1, RAM), Err(Refusal::ReservedBits));
+        assert_eq!(r.active(), None);
+    }
+
+    #[test]
+    fn vectors_are_fixed_while_the_protocol_is_on_and_rings_while_tokens_are_out() {
+        let mut r = registered();
+        assert_eq!(r.write(abi::MSR_VECTORS, 0x6261, RAM), Err(Refusal::Busy));
+        r.pool.as_mut().unwrap().alloc().unwrap();
+        assert_eq!(r.write(abi::MSR_RING, 0, RAM), Err(Refusal::Busy));
+        assert_eq!(r.write(abi::MSR_DATA, 0, RAM), Err(Refusal::Busy));
+        assert!(r.active().is_some());
+    }
+
+    #[test]
+    fn processor_priority_follows_tpr_and_the_highest_in_service_vector() {
+        let mut isr = [0u32; 8];
+        assert_eq!(processor_priority_class(0, isr), 0);
+        assert_eq!(processor_priority_class(0x40, isr), 4);
+        isr[1] = 1 << 16; // vector 0x30 in service (the timer)
+        assert_eq!(processor_priority_class(0, isr), 3);
+        isr[7] = 1 << 31; // vector 0xFF
+        assert_eq!(processor_priority_class(0x20, isr), 0xF);
+    }
+
+    #[test]
+    fn delivery_needs_if_no_shadow_and_a_higher_priority_class() {
+        let if_set = 1 << 9;
+        assert!(interrupt_deliverable(if_set, 0, 0, 0x51));
+        assert!(!interrupt_deliverable(0, 0, 0, 0x51), "IF clear");
+        assert!(!interrupt_deliverable(if_set, 1, 0, 0x51), "STI shadow");
+        assert!(!interrupt_deliverable(if_set, 0, 5, 0x51), "same priority class in service");
+        assert!(interrupt_deliverable(if_set, 0, 4, 0x51));
+    }
+}

@@ -1,0 +1,519 @@
+//! The pager's protocol state, as plain code: each page's life (absent -> fetching -> present or
+//! failed), each vCPU's token pool and ring accounting, and the decision for every access the
+//! guest makes to a page the host does not have. The glue in `mod.rs` does the memory and KVM
+//! work these decisions call for. Unit-tested here.
+
+use std::collections::VecDeque;
+
+use pvagent_abi::pnp::{HostMode, PageBehaviour, RESULT_FAILED, RESULT_RETRY, Token, next_sequence};
+
+/// A page of the demand region, by index.
+pub type PageIndex = u64;
+
+/// Where a page is in its life.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PageState {
+    /// Not in guest memory; its contents are in the backing store.
+    Absent,
+    /// Being fetched; these tokens wait for it. `failing`: the fetch will fail.
+    Fetching { failing: bool, waiters: Vec<(usize, Token)> },
+    /// In guest memory.
+    Present,
+    /// The fetch failed; the page will not come (until evicted and fetched again).
+    Failed,
+}
+
+#[derive(Clone, Debug)]
+struct Page {
+    state: PageState,
+    next_fetch: PageBehaviour,
+}
+
+/// What the glue must do about an access to a page the guest does not have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// The page is present (it arrived meanwhile): nothing to do.
+    Continue,
+    /// Make the page present now (from the backing store) and continue, no event.
+    PresentNow,
+    /// Deliver a page-not-present event with `token`; start a fetch if `fetch` says so.
+    Deliver { token: Token, fetch: Option<Fetch> },
+    /// Post the resolution first (making the page present first if `make_present`), then
+    /// deliver the event: a resolution before its event.
+    DeliverResolved { token: Token, result: u32, make_present: bool },
+    /// The synchronous path: the vCPU waits until the page is no longer being fetched; start a
+    /// fetch if `fetch` says so.
+    Wait { fetch: Option<Fetch> },
+    /// The page failed and no event can be delivered: the guest must be stopped.
+    StopFailedPage,
+}
+
+/// A fetch to start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fetch {
+    /// Supply the page after the latency.
+    Normal,
+    /// Fail after the latency.
+    Failing,
+}
+
+/// A broken ring protocol: the host stops the guest with this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RingViolation {
+    /// The guest's `tail` is beyond what the host produced.
+    TailBeyondHead { tail: u32, head: u32 },
+    /// No room for a resolution (it cannot happen while the guest follows the protocol: the
+    /// host never hands out more tokens than the ring holds).
+    Full { head: u32, tail: u32 },
+    /// A resolution for a token that is not outstanding.
+    NotOutstanding(Token),
+}
+
+impl std::fmt::Display for RingViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RingViolation::TailBeyondHead { tail, head } => {
+                write!(f, "the guest's ring tail {tail} is beyond the host's head {head}")
+            }
+            RingViolation::Full { head, tail } => write!(f, "the resolution ring is full (head {head}, tail {tail})"),
+            RingViolation::NotOutstanding(t) => write!(f, "resolution for token {:#x}, which is not outstanding", t.0),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotUse {
+    Free,
+    /// Handed out with an event; no resolution yet.
+    Outstanding,
+    /// Its resolution is in the ring; free once the guest's tail passes it.
+    Posted,
+}
+
+/// One vCPU's tokens and its view of the ring.
+#[derive(Clone, Debug)]
+pub struct TokenPool {
+    entries: u32,
+    slots: Vec<SlotUse>,
+    sequence: Vec<u16>,
+    /// Entries produced (the ring's `head`).
+    head: u32,
+    /// Entries the guest is known to have consumed (the last `tail` seen).
+    consumed: u32,
+    /// Slots of posted resolutions, in ring order.
+    posted: VecDeque<u16>,
+}
+
+impl TokenPool {
+    /// A pool for a fresh ring of `entries`.
+    pub fn new(entries: u32) -> Self {
+        Self {
+            entries,
+            slots: vec![SlotUse::Free; entries as usize],
+            sequence: vec![0; entries as usize],
+            head: 0,
+            consumed: 0,
+            posted: VecDeque::new(),
+        }
+    }
+
+    /// The ring size.
+    pub fn entries(&self) -> u32 {
+        self.entries
+    }
+
+    /// The ring's `head` as the host produced it.
+    pub fn head(&self) -> u32 {
+        self.head
+    }
+
+    /// Accounts for the guest's `tail`: frees the slots of consumed resolutions.
+    pub fn observe_tail(&mut self, tail: u32) -> Result<(), RingViolation> {
+        let newly = tail.wrapping_sub(self.consumed);
+        if newly > self.head.wrapping_sub(self.consumed) {
+            return Err(RingViolation::TailBeyondHead { tail, head: self.head });
+        }
+        for _ in 0..newly {
+            if let Some(slot) = self.posted.pop_front() {
+                self.slots[usize::from(slot)] = SlotUse::Free;
+            }
+        }
+        self.consumed = tail;
+        Ok(())
+    }
+
+    /// Hands out a token, if a slot is free.
+    pub fn alloc(&mut self) -> Option<Token> {
+        let slot = self.slots.iter().position(|s| *s == SlotUse::Free)?;
+        self.slots[slot] = SlotUse::Outstanding;
+        self.sequence[slot] = next_sequence(self.sequence[slot]);
+        Some(Token::new(slot as u16, self.sequence[slot]))
+    }
+
+    /// Claims the ring entry for `token`'s resolution: returns the entry's index; `head` then
+    /// counts it (the caller writes the entry, then publishes `head`).
+    pub fn post(&mut self, token: Token) -> Result<u32, RingViolation> {
+        let slot = usize::from(token.slot());
+        let current = self.sequence.get(slot).copied();
+        if current != Some(token.sequence()) || self.slots[slot] != SlotUse::Outstanding {
+            return Err(RingViolation::NotOutstanding(token));
+        }
+        if self.head.wrapping_sub(self.consumed) >= self.entries {
+            return Err(RingViolation::Full { head: self.head, tail: self.consumed });
+        }
+        let index = self.head % self.entries;
+        self.head = self.head.wrapping_add(1);
+        self.slots[slot] = SlotUse::Posted;
+        self.posted.push_back(token.slot());
+        Ok(index)
+    }
+
+    /// Tokens handed out and not yet consumed by the guest.
+    pub fn outstanding(&self) -> usize {
+        self.slots.iter().filter(|s| **s != SlotUse::Free).count()
+    }
+
+    /// Tokens handed out whose resolution was not posted yet.
+    pub fn unresolved(&self) -> usize {
+        self.slots.iter().filter(|s| **s == SlotUse::Outstanding).count()
+    }
+}
+
+/// What the pager counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub events_delivered: u64,
+    pub resolved_retry: u64,
+    pub resolved_failed: u64,
+    pub resolved_before_event: u64,
+    pub sync_waits: u64,
+    pub pages_fetched: u64,
+    pub fetches_failed: u64,
+    pub pages_evicted: u64,
+    /// Retried accesses re-entered so that an event still pending in the vCPU is taken first.
+    pub retries_for_pending_event: u64,
+}
+
+/// Why an eviction was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EvictError {
+    /// The page is being fetched.
+    Fetching(PageIndex),
+    /// Beyond the region.
+    OutOfRange(PageIndex),
+}
+
+/// The pager's state for the whole region.
+#[derive(Clone, Debug)]
+pub struct PagerCore {
+    pub mode: HostMode,
+    pages: Vec<Page>,
+    pub counters: Counters,
+}
+
+impl PagerCore {
+    /// `pages` absent pages, served in `mode`.
+    pub fn new(pages: u64, mode: HostMode) -> Self {
+        Self {
+            mode,
+            pages: vec![Page { state: PageState::Absent, next_fetch: PageBehaviour::Normal }; pages as usize],
+            counters: Counters::default(),
+        }
+    }
+
+    /// Number of pages.
+    pub fn len(&self) -> u64 {
+        self.pages.len() as u64
+    }
+
+    /// Whether the region is empty.
+    pub fn is_empty(&self) -> bool {
+        self.pages.is_empty()
+    }
+
+    /// A page's state.
+    pub fn state(&self, page: PageIndex) -> Option<&PageState> {
+        self.pages.get(page as usize).map(|p| &p.state)
+    }
+
+    /// Sets how the next fetch of `page` behaves.
+    pub fn set_behaviour(&mut self, page: PageIndex, behaviour: PageBehaviour) -> bool {
+        match self.pages.get_mut(page as usize) {
+            Some(p) => {
+                p.next_fetch = behaviour;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Decides what happens to an access to `page` by `vcpu`. `pool` is the vCPU's token pool
+    /// when an event could be delivered right now (the protocol is registered, the vCPU could
+    /// take the interrupt, the event area is free); `None` otherwise. In sync mode no event is
+    /// ever delivered.
+    pub fn on_access(&mut self, vcpu: usize, page: PageIndex, pool: Option<&mut TokenPool>) -> Decision {
+        let ring_mode = self.mode == HostMode::Ring;
+        let token = || if ring_mode { pool.and_then(TokenPool::alloc) } else { None };
+        let Some(p) = self.pages.get_mut(page as usize) else {
+            return Decision::Continue;
+        };
+        let decision = match &mut p.state {
+            PageState::Present => Decision::Continue,
+            PageState::Failed => match token() {
+                Some(token) => Decision::DeliverResolved { token, result: RESULT_FAILED, make_present: false },
+                None => Decision::StopFailedPage,
+            },
+            PageState::Fetching { waiters, .. } => match token() {
+                Some(token) => {
+                    waiters.push((vcpu, token));
+                    Decision::Deliver { token, fetch: None }
+                }
+                None => Decision::Wait { fetch: None },
+            },
+            PageState::Absent => {
+                let behaviour = std::mem::replace(&mut p.next_fetch, PageBehaviour::Normal);
+                match behaviour {
+                    PageBehaviour::Immediate => {
+                        p.state = PageState::Present;
+                        match token() {
+                            Some(token) => {
+                                Decision::DeliverResolved { token, result: RESULT_RETRY, make_present: true }
+                            }
+                            None => Decision::PresentNow,
+                        }
+                    }
+                    PageBehaviour::Normal | PageBehaviour::Fail => {
+                        let failing = behaviour == PageBehaviour::Fail;
+                        let fetch = Some(if failing { Fetch::Failing } else { Fetch::Normal });
+                        match token() {
+                            Some(token) => {
+                                p.state = PageState::Fetching { failing, waiters: vec![(vcpu, token)] };
+                                Decision::Deliver { token, fetch }
+                            }
+                            None => {
+                                p.state = PageState::Fetching { failing, waiters: Vec::new() };
+                                Decision::Wait { fetch }
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        match decision {
+            Decision::Deliver { .. } => self.counters.events_delivered += 1,
+            Decision::DeliverResolved { result, .. } => {
+                self.counters.events_delivered += 1;
+                self.counters.resolved_before_event += 1;
+                self.count_result(result);
+            }
+            Decision::Wait { .. } => self.counters.sync_waits += 1,
+            Decision::Continue | Decision::PresentNow | Decision::StopFailedPage => {}
+        }
+        decision
+    }
+
+    fn count_result(&mut self, result: u32) {
+        if result == RESULT_FAILED {
+            self.counters.resolved_failed += 1;
+        } else {
+            self.counters.resolved_retry += 1;
+        }
+    }
+
+    /// A fetch of `page` finished: the page is present (or failed). Returns the result and the
+    /// tokens to resolve with it.
+    pub fn on_fetch_done(&mut self, page: PageIndex) -> (u32, Vec<(usize, Token)>) {
+        let Some(p) = self.pages.get_mut(page as usize) else {
+            return (RESULT_FAILED, Vec::new());
+        };
+        let PageState::Fetching { failing, waiters } = std::mem::replace(&mut p.state, PageState::Absent) else {
+            // Not being fetched (cannot happen: only the fetch started by a decision ends it).
+            return (RESULT_FAILED, Vec::new());
+        };
+        p.state = if failing { PageState::Failed } else { PageState::Present };
+        let result = if failing { RESULT_FAILED } else { RESULT_RETRY };
+        self.counters.pages_fetched += 1;
+        if failing {
+            self.counters.fetches_failed += 1;
+        }
+        for _ in &waiters {
+            self.count_result(result);
+        }
+        (result, waiters)
+    }
+
+    /// Makes `page` absent again. Returns whether it was present (its contents must then be
+    /// saved to the backing store before the memory is dropped).
+    pub fn evict(&mut self, page: PageIndex) -> Result<bool, EvictError> {
+        let p = self.pages.get_mut(page as usize).ok_or(EvictError::OutOfRange(page))?;
+        let was_present = match p.state {
+            PageState::Fetching { .. } => return Err(EvictError::Fetching(page)),
+            PageState::Present => true,
+            PageState::Absent | PageState::Failed => false,
+        };
+        p.state = PageState::Absent;
+        if was_present {
+            self.counters.pages_evicted += 1;
+        }
+        Ok(was_present)
+    }
+
+    /// Whether the next fetch of an absent `page` is set to fail.
+    pub fn next_fetch_fails(&self, page: PageIndex) -> bool {
+        self.pages.get(page as usize).is_some_and(|p| p.next_fetch == PageBehaviour::Fail)
+    }
+
+    /// Pages being fetched.
+    pub fn fetching(&self) -> usize {
+        self.pages.iter().filter(|p| matches!(p.state, PageState::Fetching { .. })).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(entries: u32) -> TokenPool {
+        TokenPool::new(entries)
+    }
+
+    #[test]
+    fn first_access_delivers_an_event_and_starts_the_fetch() {
+        let mut core = PagerCore::new(4, HostMode::Ring);
+        let mut pool = ring(4);
+        let d = core.on_access(0, 1, Some(&mut pool));
+        let Decision::Deliver { token, fetch: Some(Fetch::Normal) } = d else { panic!("{d:?}") };
+        assert_eq!(core.state(1), Some(&PageState::Fetching { failing: false, waiters: vec![(0, token)] }));
+        assert_eq!(core.on_fetch_done(1), (RESULT_RETRY, vec![(0, token)]));
+        assert_eq!(core.state(1), Some(&PageState::Present));
+        assert_eq!(core.on_access(0, 1, Some(&mut pool)), Decision::Continue);
+        assert_eq!((core.counters.events_delivered, core.counters.resolved_retry), (1, 1));
+    }
+
+    #[test]
+    fn a_second_access_to_a_page_being_fetched_gets_its_own_token() {
+        let mut core = PagerCore::new(4, HostMode::Ring);
+        let mut pool = ring(4);
+        let Decision::Deliver { token: a, .. } = core.on_access(0, 2, Some(&mut pool)) else { panic!() };
+        let Decision::Deliver { token: b, fetch: None } = core.on_access(0, 2, Some(&mut pool)) else {
+            panic!("no second fetch")
+        };
+        assert_ne!(a, b);
+        let (_, waiters) = core.on_fetch_done(2);
+        assert_eq!(waiters, vec![(0, a), (0, b)]);
+    }
+
+    #[test]
+    fn sync_mode_never_delivers_and_counts_waits() {
+        let mut core = PagerCore::new(4, HostMode::Sync);
+        let mut pool = ring(4);
+        assert_eq!(core.on_access(0, 0, Some(&mut pool)), Decision::Wait { fetch: Some(Fetch::Normal) });
+        assert_eq!(core.on_access(0, 0, Some(&mut pool)), Decision::Wait { fetch: None });
+        assert_eq!(pool.outstanding(), 0);
+        assert_eq!(core.counters.sync_waits, 2);
+        assert_eq!(core.on_fetch_done(0), (RESULT_RETRY, vec![]));
+    }
+
+    #[test]
+    fn no_free_token_means_the_synchronous_path() {
+        let mut core = PagerCore::new(8, HostMode::Ring);
+        let mut pool = ring(2);
+        assert!(matches!(core.on_access(0, 0, Some(&mut pool)), Decision::Deliver { .. }));
+        assert!(matches!(core.on_access(0, 1, Some(&mut pool)), Decision::Deliver { .. }));
+        assert_eq!(core.on_access(0, 2, Some(&mut pool)), Decision::Wait { fetch: Some(Fetch::Normal) });
+        assert_eq!(pool.outstanding(), 2);
+        // Not deliverable (interrupts off, area busy...) is the same path.
+        assert_eq!(core.on_access(0, 3, None), Decision::Wait { fetch: Some(Fetch::Normal) });
+    }
+
+    #[test]
+    fn an_immediate_page_is_resolved_before_its_event() {
+        let mut core = PagerCore::new(2, HostMode::Ring);
+        let mut pool = ring(2);
+        core.set_behaviour(0, PageBehaviour::Immediate);
+        let d = core.on_access(0, 0, Some(&mut pool));
+        assert!(matches!(d, Decision::DeliverResolved { result: RESULT_RETRY, make_present: true, .. }), "{d:?}");
+        assert_eq!(core.state(0), Some(&PageState::Present));
+        assert_eq!(core.counters.resolved_before_event, 1);
+        // Without a token it is simply present at once.
+        core.evict(0).unwrap();
+        core.set_behaviour(0, PageBehaviour::Immediate);
+        assert_eq!(core.on_access(0, 0, None), Decision::PresentNow);
+    }
+
+    #[test]
+    fn a_failing_fetch_resolves_failed_and_a_later_access_gets_a_resolved_event_or_stops() {
+        let mut core = PagerCore::new(2, HostMode::Ring);
+        let mut pool = ring(4);
+        core.set_behaviour(1, PageBehaviour::Fail);
+        let Decision::Deliver { token, fetch: Some(Fetch::Failing) } = core.on_access(0, 1, Some(&mut pool)) else {
+            panic!()
+        };
+        assert_eq!(core.on_fetch_done(1), (RESULT_FAILED, vec![(0, token)]));
+        assert_eq!(core.state(1), Some(&PageState::Failed));
+        let d = core.on_access(0, 1, Some(&mut pool));
+        assert!(matches!(d, Decision::DeliverResolved { result: RESULT_FAILED, make_present: false, .. }), "{d:?}");
+        assert_eq!(core.on_access(0, 1, None), Decision::StopFailedPage);
+        assert_eq!(core.counters.resolved_failed, 2);
+        // The behaviour applied to one fetch only: after eviction the page is served again.
+        core.evict(1).unwrap();
+        assert!(matches!(core.on_access(0, 1, Some(&mut pool)), Decision::Deliver { fetch: Some(Fetch::Normal), .. }));
+    }
+
+    #[test]
+    fn eviction_refuses_pages_in_flight_and_reports_present_ones() {
+        let mut core = PagerCore::new(3, HostMode::Ring);
+        let mut pool = ring(2);
+        core.on_access(0, 0, Some(&mut pool));
+        assert_eq!(core.evict(0), Err(EvictError::Fetching(0)));
+        core.on_fetch_done(0);
+        assert_eq!(core.evict(0), Ok(true));
+        assert_eq!(core.evict(0), Ok(false));
+        assert_eq!(core.evict(9), Err(EvictError::OutOfRange(9)));
+        assert_eq!(core.counters.pages_evicted, 1);
+    }
+
+    #[test]
+    fn tokens_are_reused_only_after_the_guest_consumed_their_resolution() {
+        let mut pool = ring(2);
+        let a = pool.alloc().unwrap();
+        let b = pool.alloc().unwrap();
+        assert_eq!(pool.alloc(), None);
+        assert_eq!(pool.post(a), Ok(0));
+        assert_eq!(pool.post(b), Ok(1));
+        assert_eq!(pool.alloc(), None, "posted but not consumed");
+        pool.observe_tail(1).unwrap();
+        let c = pool.alloc().unwrap();
+        assert_eq!(c.slot(), a.slot());
+        assert_ne!(c, a, "a reused slot gets a new sequence number");
+        assert_eq!(pool.post(a), Err(RingViolation::NotOutstanding(a)), "a stale token cannot be posted");
+        assert_eq!(pool.post(c), Ok(0), "the ring wrapped");
+        assert_eq!(pool.outstanding(), 2);
+        pool.observe_tail(3).unwrap();
+        assert_eq!(pool.outstanding(), 0);
+    }
+
+    #[test]
+    fn a_tail_beyond_head_is_a_violation() {
+        let mut pool = ring(4);
+        let a = pool.alloc().unwrap();
+        pool.post(a).unwrap();
+        assert_eq!(pool.observe_tail(2), Err(RingViolation::TailBeyondHead { tail: 2, head: 1 }));
+        assert_eq!(pool.observe_tail(u32::MAX), Err(RingViolation::TailBeyondHead { tail: u32::MAX, head: 1 }));
+        assert_eq!(pool.observe_tail(1), Ok(()));
+    }
+
+    #[test]
+    fn indices_wrap_at_2_pow_32() {
+        let mut pool = ring(2);
+        pool.head = u32::MAX;
+        pool.consumed = u32::MAX;
+        let a = pool.alloc().unwrap();
+        let b = pool.alloc().unwrap();
+        assert_eq!(pool.post(a), Ok(u32::MAX % 2));
+        assert_eq!(pool.post(b), Ok(0));
+        assert_eq!(pool.head(), 1);
+        pool.observe_tail(1).unwrap();
+        assert_eq!(pool.outstanding(), 0);
+    }
+}

@@ -1,0 +1,116 @@
+//! A minimal userfaultfd wrapper: create one with `UFFD_FEATURE_SIGBUS`, register a range for
+//! missing-page tracking, and fill pages atomically with `UFFDIO_COPY`.
+//!
+//! Written against the kernel's uAPI (`linux/userfaultfd.h`) rather than the `userfaultfd`
+//! crate, whose `-sys` part runs bindgen (libclang) at build time. With `UFFD_FEATURE_SIGBUS`
+//! an access to a missing page does not wait for a handler: a user access gets SIGBUS, and
+//! KVM's access on behalf of a vCPU fails, so KVM_RUN returns to the host (as
+//! KVM_EXIT_MEMORY_FAULT on VMX/SVM KVM, as KVM_EXIT_MMIO on PVM) instead of blocking.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
+
+use vmm_sys_util::ioctl_iowr_nr;
+
+const UFFDIO: u32 = 0xAA;
+/// The API version `UFFDIO_API` negotiates.
+const UFFD_API: u64 = 0xAA;
+/// `UFFD_FEATURE_SIGBUS`: missing-page faults raise SIGBUS / fail instead of waiting.
+const UFFD_FEATURE_SIGBUS: u64 = 1 << 7;
+/// `UFFDIO_REGISTER_MODE_MISSING`.
+const REGISTER_MODE_MISSING: u64 = 1;
+/// Bit of `UFFDIO_COPY` in the ioctls a registered range supports (`_UFFDIO_COPY`).
+const IOCTL_COPY_BIT: u64 = 1 << 0x03;
+
+#[repr(C)]
+#[derive(Debug, Default)]
+struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Default)]
+struct UffdioRange {
+    start: u64,
+    len: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Default)]
+struct UffdioRegister {
+    range: UffdioRange,
+    mode: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Default)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+
+const _: () = assert!(std::mem::size_of::<UffdioApi>() == 24);
+const _: () = assert!(std::mem::size_of::<UffdioRegister>() == 32);
+const _: () = assert!(std::mem::size_of::<UffdioCopy>() == 40);
+
+ioctl_iowr_nr!(UFFDIO_API, UFFDIO, 0x3F, UffdioApi);
+ioctl_iowr_nr!(UFFDIO_REGISTER, UFFDIO, 0x00, UffdioRegister);
+ioctl_iowr_nr!(UFFDIO_COPY, UFFDIO, 0x03, UffdioCopy);
+
+/// A userfaultfd in SIGBUS mode.
+#[derive(Debug)]
+pub struct Uffd {
+    file: File,
+}
+
+fn check(ret: i32) -> io::Result<()> {
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+impl Uffd {
+    /// Opens a userfaultfd and negotiates `UFFD_FEATURE_SIGBUS`.
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: the userfaultfd syscall takes only flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a freshly created descriptor that nothing else owns.
+        let file = unsafe { File::from_raw_fd(fd as i32) };
+        let mut api = UffdioApi { api: UFFD_API, features: UFFD_FEATURE_SIGBUS, ioctls: 0 };
+        // SAFETY: UFFDIO_API reads and writes exactly one UffdioApi, which lives on our stack.
+        check(unsafe { libc::ioctl(file.as_raw_fd(), UFFDIO_API(), &mut api) })?;
+        if api.features & UFFD_FEATURE_SIGBUS == 0 {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "the kernel lacks UFFD_FEATURE_SIGBUS"));
+        }
+        Ok(Self { file })
+    }
+
+    /// Tracks missing pages in `[start, start + len)` (page-aligned host addresses).
+    pub fn register(&self, start: u64, len: u64) -> io::Result<()> {
+        let mut reg = UffdioRegister { range: UffdioRange { start, len }, mode: REGISTER_MODE_MISSING, ioctls: 0 };
+        // SAFETY: UFFDIO_REGISTER reads and writes one UffdioRegister on our stack; the range
+        // is a mapping the caller owns.
+        check(unsafe { libc::ioctl(self.file.as_raw_fd(), UFFDIO_REGISTER(), &mut reg) })?;
+        if reg.ioctls & IOCTL_COPY_BIT == 0 {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "UFFDIO_COPY is not available on the range"));
+        }
+        Ok(())
+    }
+
+    /// Fills the missing page at host address `dst` with `page` (atomically: no access sees a
+    /// partial page). `EEXIST` means the page was already present.
+    pub fn copy(&self, dst: u64, page: &[u8; 4096]) -> io::Result<()> {
+        let mut copy = UffdioCopy { dst, src: page.as_ptr() as u64, len: 4096, mode: 0, copy: 0 };
+        // SAFETY: UFFDIO_COPY reads `len` bytes at `src` (our page buffer) into the registered
+        // range at `dst`, and writes the `copy` field of the struct on our stack.
+        check(unsafe { libc::ioctl(self.file.as_raw_fd(), UFFDIO_COPY(), &mut copy) })
+    }
+}

@@ -1,0 +1,95 @@
+//! End-to-end tests of the page-not-present protocol: the guest's self-tests in both of the
+//! host's modes, with the host's token accounting, and the ways a run must stop (a leaked
+//! token, a broken ring, a failed page nobody can be told about).
+
+use pvagent_abi::exit;
+use pvagent_abi::pnp::HostMode;
+use pvagent_abi::report::Status;
+use pvagent_host::RunResult;
+use pvagent_host::producers::Producers;
+use pvagent_host::producers::pager::config::PagerConfig;
+use pvagent_tests::run_stub_with;
+
+fn pager(mode: HostMode, fail_pages: &[u64]) -> Producers {
+    Producers { pager: Some(PagerConfig { mode, fail_pages: fail_pages.to_vec(), ..PagerConfig::default() }) }
+}
+
+fn pnp_tests(r: &RunResult) -> Vec<(Status, String, String)> {
+    r.tests
+        .iter()
+        .filter(|t| t.name.starts_with("pnp::"))
+        .map(|t| (t.status, t.name.clone(), t.reason.clone()))
+        .collect()
+}
+
+#[test]
+fn ring_mode_passes_every_test_and_accounts_for_every_token() {
+    let r = run_stub_with("tests=pnp", &pager(HostMode::Ring, &[]));
+    let tests = pnp_tests(&r);
+    assert!(r.passed(), "{:#?}\n{:?}", tests, r.host_error);
+    assert!(tests.len() >= 12, "{tests:#?}");
+    assert!(tests.iter().all(|t| t.0 == Status::Pass), "{tests:#?}");
+    let c = &r.report;
+    assert!(c.get("pager.events_delivered") > 0);
+    assert_eq!(c.get("pager.events_delivered"), c.get("pager.resolved_retry") + c.get("pager.resolved_failed"));
+    assert_eq!(c.get("pager.outstanding"), 0);
+    assert!(c.get("pager.resolved_failed") >= 1, "the failed-page test resolved a token as failed");
+    assert!(c.get("pager.resolved_before_event") >= 1, "the early-resolution test resolved before its event");
+    assert!(c.get("pager.decoded_efaults") >= 1, "CPL 3 accesses reached the host (on PVM as a bare EFAULT)");
+    assert!(r.report.lines.iter().any(|l| l.contains("0 outstanding")), "{:#?}", r.report.lines);
+}
+
+#[test]
+fn sync_mode_passes_with_the_vcpu_waiting_for_each_page() {
+    let r = run_stub_with("tests=pnp", &pager(HostMode::Sync, &[]));
+    let tests = pnp_tests(&r);
+    assert!(r.passed(), "{:#?}\n{:?}", tests, r.host_error);
+    for (status, name, reason) in &tests {
+        match status {
+            Status::Pass => {}
+            Status::Skip => assert_eq!(name, "pnp::failed_page_ends_only_its_task", "{reason}"),
+            Status::Fail => panic!("{name}: {reason}"),
+        }
+    }
+    assert!(r.report.get("pager.sync_waits") > 10);
+    assert_eq!(r.report.get("pager.outstanding"), 0);
+}
+
+#[test]
+fn a_leaked_token_fails_the_run() {
+    let r = run_stub_with("tests=pnp::deliberately_leak_a_token", &pager(HostMode::Ring, &[]));
+    let error = r.host_error.clone().unwrap_or_default();
+    assert!(error.contains("leaked tokens: 1 outstanding"), "{error:?}");
+    assert_eq!(r.exit_status(), 2);
+}
+
+#[test]
+fn a_ring_tail_beyond_the_head_stops_the_guest_with_a_report() {
+    let r = run_stub_with("tests=pnp::deliberately_corrupt_the_ring_tail", &pager(HostMode::Ring, &[]));
+    let error = r.host_error.clone().unwrap_or_default();
+    assert!(error.contains("ring tail 1000 is beyond the host's head"), "{error:?}");
+    assert_eq!(r.exit_status(), 2);
+    assert_eq!(r.guest_exit_code, None, "the guest was stopped before it could finish");
+}
+
+#[test]
+fn a_failed_page_no_event_can_report_stops_the_guest() {
+    // In sync mode no event can carry "failed": the host must stop the guest and say why.
+    let r = run_stub_with("tests=pnp::touch_the_first_page", &pager(HostMode::Sync, &[0]));
+    let error = r.host_error.clone().unwrap_or_default();
+    assert!(error.contains("failed while the vCPU waited for it synchronously"), "{error:?}");
+    assert_eq!(r.exit_status(), 2);
+}
+
+#[test]
+fn a_failed_page_in_ring_mode_ends_the_task_that_touched_it() {
+    // The self-test runner itself touches the failing page: it is the task that ends (and, as
+    // the runner, that fails the run), while the host carries on and accounts for the token.
+    let r = run_stub_with("tests=pnp::touch_the_first_page", &pager(HostMode::Ring, &[0]));
+    assert_eq!(r.host_error, None);
+    assert_eq!(r.guest_exit_code, Some(exit::FAILURE));
+    let t = r.test("pnp::touch_the_first_page").expect("a report line");
+    assert!(t.reason.contains("PageFailed"), "{}", t.reason);
+    assert_eq!(r.report.get("pager.resolved_failed"), 1);
+    assert_eq!(r.report.get("pager.outstanding"), 0);
+}
