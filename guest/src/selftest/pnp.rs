@@ -20,6 +20,7 @@ pub const TESTS: &[SelfTest] = &[
     SelfTest::new("pnp::bad_registrations_are_refused", bad_registrations_are_refused),
     SelfTest::new("pnp::absent_page_parks_task_while_another_runs", absent_page_parks_task_while_another_runs),
     SelfTest::new("pnp::user_task_resumes_with_the_right_data", user_task_resumes_with_the_right_data),
+    SelfTest::new("pnp::two_tasks_on_one_absent_page_each_get_a_token", two_tasks_on_one_absent_page_each_get_a_token),
     SelfTest::new("pnp::resolution_before_event_does_not_park", resolution_before_event_does_not_park),
     SelfTest::new("pnp::failed_page_ends_only_its_task", failed_page_ends_only_its_task),
     SelfTest::new("pnp::interrupts_off_access_takes_the_sync_path", interrupts_off_access_takes_the_sync_path),
@@ -188,6 +189,32 @@ fn user_task_resumes_with_the_right_data() -> TestResult {
     join(other)?;
     if ring_mode() {
         ensure_eq!(pnp::stats().slept - slept, 1, "the CPL 3 task was parked");
+    }
+    Ok(())
+}
+
+fn two_tasks_on_one_absent_page_each_get_a_token() -> TestResult {
+    let region = pager()?;
+    latency(20_000, 20_000)?;
+    let gpa = fresh_pages(&region, 1)?;
+    let before = pnp::stats();
+    let fetched = counter(HostCounter::PagesFetched)?;
+    // A CPL 3 task and a kernel task read the same page at different offsets.
+    let user = spawned(task::spawn_user("pnp-share-user", user_read_two_words, gpa + 0x200))?;
+    let kernel = spawned(task::spawn_kernel("pnp-share-kernel", kernel_xor_pages, gpa | 1))?;
+    ensure_eq!(
+        join(user)?,
+        ExitStatus::Returned(backing_pattern(gpa + 0x200) ^ backing_pattern(gpa + 0x208).rotate_left(1)),
+        "the CPL 3 task's data"
+    );
+    ensure_eq!(join(kernel)?, ExitStatus::Returned(expected_xor(gpa, 1)), "the kernel task's data");
+    ensure_eq!(counter(HostCounter::PagesFetched)? - fetched, 1, "fetches of the shared page");
+    if ring_mode() {
+        let after = pnp::stats();
+        ensure_eq!(after.events - before.events, 2, "events: one token per waiting task");
+        // The first parks; the second finds nothing else to run and waits in the HLT loop.
+        let waits = (after.slept - before.slept) + (after.halted - before.halted);
+        ensure_eq!(waits, 2, "waits on the shared page");
     }
     Ok(())
 }

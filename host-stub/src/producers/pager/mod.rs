@@ -172,8 +172,8 @@ impl Pager {
         }
     }
 
-    /// Handles one access to `gpa` in the region.
-    fn access(&mut self, ctx: &mut VcpuCtx<'_>, gpa: u64, access: Access<'_>) -> Result<Handled> {
+    /// Handles one access to `gpa` in the region (`gva` when the host knows it).
+    fn access(&mut self, ctx: &mut VcpuCtx<'_>, gpa: u64, gva: Option<u64>, access: Access<'_>) -> Result<Handled> {
         let vcpu = ctx.index;
         let (page, offset, active) = {
             let inner = self.shared.lock();
@@ -224,14 +224,14 @@ impl Pager {
                 if fetch.is_some() {
                     self.submit(inner, page);
                 }
-                deliver_event(inner, vcpu, token, gpa)?;
+                deliver_event(inner, vcpu, token, gpa, gva)?;
             }
             Decision::DeliverResolved { token, result, make_present } => {
                 if make_present {
                     fill(inner, page)?;
                 }
                 post_resolution(inner, vcpu, token, result).map_err(failure)?;
-                deliver_event(inner, vcpu, token, gpa)?;
+                deliver_event(inner, vcpu, token, gpa, gva)?;
             }
             Decision::Wait { fetch } => {
                 if fetch.is_some() {
@@ -365,11 +365,12 @@ fn signal(inner: &mut Inner, vcpu: usize, vector: u8) -> Result<()> {
 }
 
 /// Fills the event area (`inuse` last, with release) and raises the event interrupt.
-fn deliver_event(inner: &mut Inner, vcpu: usize, token: Token, gpa: u64) -> Result<()> {
+fn deliver_event(inner: &mut Inner, vcpu: usize, token: Token, gpa: u64, gva: Option<u64>) -> Result<()> {
     let a =
         inner.vcpus.get(vcpu).and_then(Registration::active).ok_or_else(|| failure("event without registration"))?;
     let ram = inner.ram.as_ref().ok_or_else(|| failure("not attached"))?;
-    let data = PageNotPresentData { inuse: 0, token: token.0, gpa, gva: 0, flags: 0, reserved: 0 };
+    let flags = if gva.is_some() { abi::FLAG_GVA_VALID } else { 0 };
+    let data = PageNotPresentData { inuse: 0, token: token.0, gpa, gva: gva.unwrap_or(0), flags, reserved: 0 };
     memory::write_plain(ram, a.data_gpa, data).ok_or_else(|| failure("writing the event area"))?;
     ram.store(1u32, GuestAddress(a.data_gpa + abi::DATA_INUSE_OFFSET), Ordering::Release)
         .map_err(|e| failure(format!("writing the event area: {e}")))?;
@@ -483,15 +484,15 @@ impl ExitHandler for Pager {
     }
 
     fn mmio_read(&mut self, ctx: &mut VcpuCtx<'_>, addr: u64, data: &mut [u8]) -> Result<Handled> {
-        self.access(ctx, addr, Access::Read(data))
+        self.access(ctx, addr, None, Access::Read(data))
     }
 
     fn mmio_write(&mut self, ctx: &mut VcpuCtx<'_>, addr: u64, data: &[u8]) -> Result<Handled> {
-        self.access(ctx, addr, Access::Write(data))
+        self.access(ctx, addr, None, Access::Write(data))
     }
 
     fn memory_fault(&mut self, ctx: &mut VcpuCtx<'_>, gpa: u64, _size: u64, _flags: u64) -> Result<Handled> {
-        self.access(ctx, gpa, Access::Retry)
+        self.access(ctx, gpa, None, Access::Retry)
     }
 
     fn efault(&mut self, ctx: &mut VcpuCtx<'_>) -> Result<Handled> {
@@ -510,7 +511,7 @@ impl ExitHandler for Pager {
                 };
                 if absent {
                     self.efaults += 1;
-                    return self.access(ctx, gpa, Access::Retry);
+                    return self.access(ctx, gpa, Some(linear), Access::Retry);
                 }
             }
         }
