@@ -31,6 +31,9 @@ pub struct Features(pub u32);
 impl Features {
     /// The hypercall port ([`crate::port::HYPERCALL`]) is served.
     pub const HYPERCALL: u32 = 1 << 0;
+    /// The split-lock trigger hypercalls ([`crate::hypercall::Nr::SplitLockArm`],
+    /// [`crate::hypercall::Nr::SplitLockVerdict`]) are served; see [`crate::sld`].
+    pub const SPLIT_LOCK_TRIGGER: u32 = 1 << 2;
 
     /// Whether every bit of `bits` is set.
     pub const fn has(self, bits: u32) -> bool {

@@ -37,6 +37,14 @@ unsafe impl Plain for Request {}
 pub enum Nr {
     /// Round trip check: `ret[0] = !args[0]`, `ret[1] = ABI_VERSION`.
     Ping = 1,
+    /// Split-lock trigger ([`crate::sld`]): stop this vCPU before the instruction at
+    /// guest-virtual address `args[0]` next runs and decide whether it gets #AC. One arm covers
+    /// one execution; a new arm replaces an earlier one that was not reached. `ret[0]` = this
+    /// arm's sequence number (from 1). `InvalidArgument` for a non-canonical address.
+    SplitLockArm = 0x100,
+    /// Split-lock trigger: `ret[0]` = sequence number of the last armed instruction the host
+    /// decided on (0: none yet), `ret[1]` = its [`crate::sld::Verdict`].
+    SplitLockVerdict = 0x101,
 }
 
 impl TryFrom<u32> for Nr {
@@ -45,6 +53,8 @@ impl TryFrom<u32> for Nr {
     fn try_from(value: u32) -> Result<Self, u32> {
         match value {
             1 => Ok(Nr::Ping),
+            0x100 => Ok(Nr::SplitLockArm),
+            0x101 => Ok(Nr::SplitLockVerdict),
             other => Err(other),
         }
     }
@@ -82,3 +92,17 @@ impl TryFrom<u32> for Status {
 pub const REQUEST_ALIGN: u64 = 8;
 /// Exclusive upper bound of a [`Request`]'s guest-physical address (it travels in 32 bits).
 pub const REQUEST_ADDR_LIMIT: u64 = 1 << 32;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_round_trip_and_unknown_ones_are_refused() {
+        for nr in [Nr::Ping, Nr::SplitLockArm, Nr::SplitLockVerdict] {
+            assert_eq!(Nr::try_from(nr as u32), Ok(nr));
+        }
+        assert_eq!(Nr::try_from(0x102), Err(0x102));
+        assert_eq!(Nr::try_from(0), Err(0));
+    }
+}
