@@ -39,8 +39,9 @@ pub enum Nr {
     Ping = 1,
     /// Split-lock trigger ([`crate::sld`]): stop this vCPU before the instruction at
     /// guest-virtual address `args[0]` next runs and decide whether it gets #AC. One arm covers
-    /// one execution; a new arm replaces an earlier one that was not reached. `ret[0]` = this
-    /// arm's sequence number (from 1). `InvalidArgument` for a non-canonical address.
+    /// one execution; a new arm replaces an earlier one that was not reached. `args[1]`: flags
+    /// ([`crate::sld::ARM_FORCE_INJECT`]). `ret[0]` = this arm's sequence number (from 1).
+    /// `InvalidArgument` for a non-canonical address or an unknown flag.
     SplitLockArm = 0x100,
     /// Split-lock trigger: `ret[0]` = sequence number of the last armed instruction the host
     /// decided on (0: none yet), `ret[1]` = its [`crate::sld::Verdict`].

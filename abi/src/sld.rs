@@ -37,6 +37,11 @@ pub const AC_VECTOR: u8 = 17;
 /// Size of the cache line a locked access must stay within to avoid a bus lock.
 pub const CACHE_LINE: u64 = 64;
 
+/// Flag in `args[1]` of [`crate::hypercall::Nr::SplitLockArm`]: inject #AC at the armed
+/// instruction whatever it is and whatever the detection state. This is a misbehaving host on
+/// purpose, so that a guest can test how it treats an #AC nothing real could have raised.
+pub const ARM_FORCE_INJECT: u64 = 1 << 0;
+
 /// Whether an access of `size` bytes at linear address `addr` touches two cache lines (a
 /// locked one is then a split lock). Lines never cross pages, so the linear address decides
 /// as well as the physical one. A zero-sized access crosses nothing.
@@ -73,12 +78,14 @@ pub enum Verdict {
     DisabledGlobally = 6,
     /// The host could not read or decode the instruction: it ran.
     Undecodable = 7,
+    /// Armed with [`ARM_FORCE_INJECT`]: #AC injected without looking at the instruction.
+    InjectedForced = 8,
 }
 
 impl Verdict {
     /// Whether the host injected #AC.
     pub const fn injected(self) -> bool {
-        matches!(self, Verdict::InjectedSplitLock | Verdict::InjectedAlignmentCheck)
+        matches!(self, Verdict::InjectedSplitLock | Verdict::InjectedAlignmentCheck | Verdict::InjectedForced)
     }
 }
 
@@ -95,6 +102,7 @@ impl TryFrom<u64> for Verdict {
             5 => Verdict::GuestDetectionOff,
             6 => Verdict::DisabledGlobally,
             7 => Verdict::Undecodable,
+            8 => Verdict::InjectedForced,
             other => return Err(other),
         })
     }
@@ -118,11 +126,11 @@ mod tests {
 
     #[test]
     fn verdicts_round_trip_and_only_injections_inject() {
-        for raw in 0..8u64 {
+        for raw in 0..9u64 {
             let v = Verdict::try_from(raw).unwrap();
             assert_eq!(v as u64, raw);
-            assert_eq!(v.injected(), raw == 1 || raw == 2);
+            assert_eq!(v.injected(), matches!(raw, 1 | 2 | 8));
         }
-        assert_eq!(Verdict::try_from(8), Err(8));
+        assert_eq!(Verdict::try_from(9), Err(9));
     }
 }

@@ -1,6 +1,10 @@
 //! The paravirtual protocols, one module each. Each registers its own vectors and hooks with
 //! `arch` and `task` in its `init`, which `main.rs` calls once the scheduler is up.
 
+pub mod ac;
+
 /// Brings up every protocol the host offers (each decides from CPUID and the command line).
 #[cfg(kernel)]
-pub fn init(_cmdline: &crate::boot::cmdline::Cmdline<'_>) {}
+pub fn init(cmdline: &crate::boot::cmdline::Cmdline<'_>) {
+    ac::init(cmdline);
+}
