@@ -31,9 +31,13 @@ pub struct Features(pub u32);
 impl Features {
     /// The hypercall port ([`crate::port::HYPERCALL`]) is served.
     pub const HYPERCALL: u32 = 1 << 0;
-    /// The split-lock trigger hypercalls ([`crate::hypercall::Nr::SplitLockArm`],
-    /// [`crate::hypercall::Nr::SplitLockVerdict`]) are served; see [`crate::sld`].
+    /// The split-lock trigger page ([`crate::sld::TRIGGER_GPA`]) and
+    /// [`crate::hypercall::Nr::SplitLockVerdict`] are served; see [`crate::sld`].
     pub const SPLIT_LOCK_TRIGGER: u32 = 1 << 2;
+    /// IA32_CORE_CAPABILITIES exists: the same statement as CPUID.(7,0):EDX[30], repeated here
+    /// because KVM on some hosts (measured: the PVM `/dev/kvm`) clears that bit from the
+    /// guest's CPUID whatever the VMM sets. See [`crate::sld`].
+    pub const CORE_CAPABILITIES: u32 = 1 << 4;
 
     /// Whether every bit of `bits` is set.
     pub const fn has(self, bits: u32) -> bool {

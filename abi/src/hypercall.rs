@@ -37,15 +37,10 @@ unsafe impl Plain for Request {}
 pub enum Nr {
     /// Round trip check: `ret[0] = !args[0]`, `ret[1] = ABI_VERSION`.
     Ping = 1,
-    /// Split-lock trigger ([`crate::sld`]): stop this vCPU before the instruction at
-    /// guest-virtual address `args[0]` next runs and decide whether it gets #AC. One arm covers
-    /// one execution; a new arm replaces an earlier one that was not reached. `args[1]`: flags
-    /// ([`crate::sld::ARM_FORCE_INJECT`]). `ret[0]` = this arm's sequence number (from 1).
-    /// `InvalidArgument` for a non-canonical address or an unknown flag.
-    SplitLockArm = 0x100,
-    /// Split-lock trigger: `ret[0]` = sequence number of the last armed instruction the host
-    /// decided on (0: none yet), `ret[1]` = its [`crate::sld::Verdict`].
-    SplitLockVerdict = 0x101,
+    /// Split-lock trigger ([`crate::sld`]): `ret[0]` = how many triggers the host decided on
+    /// so far (the last one's sequence number; 0: none yet), `ret[1]` = the last one's
+    /// [`crate::sld::Verdict`].
+    SplitLockVerdict = 0x100,
 }
 
 impl TryFrom<u32> for Nr {
@@ -54,8 +49,7 @@ impl TryFrom<u32> for Nr {
     fn try_from(value: u32) -> Result<Self, u32> {
         match value {
             1 => Ok(Nr::Ping),
-            0x100 => Ok(Nr::SplitLockArm),
-            0x101 => Ok(Nr::SplitLockVerdict),
+            0x100 => Ok(Nr::SplitLockVerdict),
             other => Err(other),
         }
     }
@@ -100,10 +94,10 @@ mod tests {
 
     #[test]
     fn numbers_round_trip_and_unknown_ones_are_refused() {
-        for nr in [Nr::Ping, Nr::SplitLockArm, Nr::SplitLockVerdict] {
+        for nr in [Nr::Ping, Nr::SplitLockVerdict] {
             assert_eq!(Nr::try_from(nr as u32), Ok(nr));
         }
-        assert_eq!(Nr::try_from(0x102), Err(0x102));
+        assert_eq!(Nr::try_from(0x101), Err(0x101));
         assert_eq!(Nr::try_from(0), Err(0));
     }
 }

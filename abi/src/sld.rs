@@ -8,11 +8,13 @@
 //! before it says so.
 //!
 //! The trigger: the machines this project runs on cannot detect split locks, so a guest test
-//! arms the host ([`crate::hypercall::Nr::SplitLockArm`]) with the address of its locked
-//! instruction. The host stops the vCPU before that instruction runs (a hardware breakpoint),
-//! decodes it, and injects #AC only when it really is a locked access that crosses a
-//! [`CACHE_LINE`] boundary and the guest's detection is on (or when the guest's own alignment
-//! checking asks for it). [`Verdict`] says what the host decided.
+//! stores a byte to the trigger page ([`TRIGGER_GPA`]) right before its locked instruction.
+//! The page is not memory: the store exits to the host, at any privilege level, with the vCPU
+//! stopped before the next instruction. The host decodes that instruction, computes its memory
+//! operand from the vCPU's registers, and injects #AC (RIP of that instruction, not executed)
+//! only when it really is a locked access that crosses a [`CACHE_LINE`] boundary and the
+//! guest's detection is on (or when the guest's own alignment checking asks for it).
+//! [`Verdict`] says what the host decided ([`crate::hypercall::Nr::SplitLockVerdict`]).
 
 /// CPUID leaf and subleaf whose EDX carries [`CPUID7_EDX_CORE_CAPABILITIES`].
 pub const CPUID_LEAF: u32 = 7;
@@ -37,8 +39,17 @@ pub const AC_VECTOR: u8 = 17;
 /// Size of the cache line a locked access must stay within to avoid a bus lock.
 pub const CACHE_LINE: u64 = 64;
 
-/// Flag in `args[1]` of [`crate::hypercall::Nr::SplitLockArm`]: inject #AC at the armed
-/// instruction whatever it is and whatever the detection state. This is a misbehaving host on
+/// Guest-physical address of the trigger page (4 KiB, above any RAM the host stub gives, below
+/// the IOAPIC). A store to it arms the host for the instruction right after the store; the
+/// stored byte (the first, for wider stores) holds flags ([`ARM_FORCE_INJECT`]). The store
+/// must be a plain MOV, which changes no register, so that the host sees the registers the
+/// armed instruction will use. Loads read 0 and arm nothing. A guest maps the page (uncached,
+/// user-accessible for CPL 3 tests) only when [`crate::cpuid::Features::SPLIT_LOCK_TRIGGER`] is
+/// set.
+pub const TRIGGER_GPA: u64 = 0xFEB0_0000;
+
+/// Trigger flag: inject #AC at the armed instruction whatever it is and whatever the
+/// detection state. This is a misbehaving host on
 /// purpose, so that a guest can test how it treats an #AC nothing real could have raised.
 pub const ARM_FORCE_INJECT: u64 = 1 << 0;
 
@@ -58,7 +69,7 @@ pub const fn crosses_cache_line(addr: u64, size: u64) -> bool {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Verdict {
-    /// No armed instruction was reached yet.
+    /// No trigger was decided on yet.
     Pending = 0,
     /// A split lock with the guest's detection on: #AC injected.
     InjectedSplitLock = 1,
@@ -78,7 +89,7 @@ pub enum Verdict {
     DisabledGlobally = 6,
     /// The host could not read or decode the instruction: it ran.
     Undecodable = 7,
-    /// Armed with [`ARM_FORCE_INJECT`]: #AC injected without looking at the instruction.
+    /// Triggered with [`ARM_FORCE_INJECT`]: #AC injected without looking at the instruction.
     InjectedForced = 8,
 }
 

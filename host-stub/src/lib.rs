@@ -14,6 +14,7 @@ pub mod handler;
 mod kvm_run;
 pub mod loader;
 pub mod memory;
+pub mod producers;
 pub mod report;
 pub mod vcpu;
 pub mod vm;

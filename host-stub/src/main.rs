@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
-use pvagent_host::{Config, SerialSink, Vm};
+use clap::{Parser, ValueEnum};
+use pvagent_host::producers::sld::{SldConfig, SplitLock, policy::Policy};
+use pvagent_host::{Config, ExitHandler, SerialSink, Vm};
 
 /// Boots the pvagent guest under KVM and reports its self-tests.
 #[derive(Debug, Parser)]
@@ -30,10 +31,50 @@ struct Args {
     /// Stop the guest after this many seconds (0: never).
     #[arg(long, default_value_t = 300)]
     timeout: u64,
+    /// Run without the split-lock producer: no trigger, no MSR_TEST_CTRL virtualization.
+    #[arg(long)]
+    no_sld: bool,
+    /// Do not advertise split-lock detection to the guest (the trigger still works).
+    #[arg(long, conflicts_with = "no_sld")]
+    no_sld_advertise: bool,
+    /// What the host does about a split lock from a guest whose detection is off.
+    #[arg(long, value_enum, default_value_t = PolicyArg::InjectIfEnabled, conflicts_with = "no_sld")]
+    sld_policy: PolicyArg,
+}
+
+/// `--sld-policy` values (seed 000's three answers).
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum PolicyArg {
+    /// Never send #AC to a guest that did not ask for it.
+    InjectIfEnabled,
+    /// Stop the run and report the vCPU and RIP (for debugging guests).
+    Exit,
+    /// Switch detection off for the VM and log it once (for production).
+    DisableGlobally,
+}
+
+impl From<PolicyArg> for Policy {
+    fn from(arg: PolicyArg) -> Self {
+        match arg {
+            PolicyArg::InjectIfEnabled => Policy::InjectIfEnabled,
+            PolicyArg::Exit => Policy::Exit,
+            PolicyArg::DisableGlobally => Policy::DisableGlobally,
+        }
+    }
+}
+
+fn producers(args: &Args) -> Vec<Box<dyn ExitHandler>> {
+    let mut producers: Vec<Box<dyn ExitHandler>> = Vec::new();
+    if !args.no_sld {
+        let config = SldConfig { advertise: !args.no_sld_advertise, policy: args.sld_policy.into() };
+        producers.push(Box::new(SplitLock::new(config)));
+    }
+    producers
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let producers = producers(&args);
     let mut config = Config::new(args.guest);
     config.mem_mib = args.mem;
     config.cmdline = args.cmdline;
@@ -44,7 +85,7 @@ fn main() -> ExitCode {
     };
     config.timeout = (args.timeout > 0).then(|| Duration::from_secs(args.timeout));
 
-    let vm = match Vm::new(config, Vec::new()) {
+    let vm = match Vm::new(config, producers) {
         Ok(vm) => vm,
         Err(e) => {
             eprintln!("pvagent-host: error: {e}");
