@@ -2,17 +2,20 @@
 //! the MSR and its detection bit exist, so the code above it cannot write the MSR on a CPU that
 //! lacks it.
 
+use pvagent_abi::cpuid::Features;
 use pvagent_abi::sld;
 
 use super::policy::Enumeration;
 use crate::arch::cpu;
 
-/// Follows the architectural enumeration: CPUID.(7,0):EDX[30], then IA32_CORE_CAPABILITIES.
+/// Follows the architectural enumeration: CPUID.(7,0):EDX[30] (or the host stub's
+/// repetition of it), then IA32_CORE_CAPABILITIES.
 pub fn enumerate() -> Enumeration {
     let edx = cpu::cpuid(sld::CPUID_LEAF, sld::CPUID_SUBLEAF).edx;
-    Enumeration::probe(edx, || {
-        // SAFETY: `probe` calls this only when CPUID.(7,0):EDX[30] says IA32_CORE_CAPABILITIES
-        // exists; reading it has no side effects.
+    let host_says = crate::arch::platform().hypervisor.host_features().has(Features::CORE_CAPABILITIES);
+    Enumeration::probe(edx, host_says, || {
+        // SAFETY: `probe` calls this only when CPUID.(7,0):EDX[30], or the host stub's leaf
+        // repeating it, says IA32_CORE_CAPABILITIES exists; reading it has no side effects.
         unsafe { cpu::read_msr(sld::MSR_CORE_CAPABILITIES) }
     })
 }

@@ -255,13 +255,20 @@ pub fn init(cmdline: &Cmdline<'_>) {
     // itself (new tasks start with it clear); the kernel is never checked.
     // SAFETY: only CR0.AM changes; paging, protection and write protection stay as they are.
     unsafe { cpu::write_cr0(cpu::read_cr0() | CR0_AM) };
+    if super::trigger::available() {
+        super::trigger::map();
+    }
     trap::register(sld::AC_VECTOR, on_alignment_check);
     if task::add_switch_hook(on_switch).is_err() {
         crate::arch::fault::fatal(format_args!("ac: no room for the task switch hook"));
     }
     apply_mode_here();
+    let cpuid_bit = cpu::cpuid(sld::CPUID_LEAF, sld::CPUID_SUBLEAF).edx & sld::CPUID7_EDX_CORE_CAPABILITIES != 0;
     let found = match enumeration {
-        Enumeration::Available => "available",
+        Enumeration::Available if cpuid_bit => "available",
+        Enumeration::Available => {
+            "available (IA32_CORE_CAPABILITIES from the host stub's leaf: CPUID.7.0:EDX[30] is hidden here)"
+        }
         Enumeration::NoCoreCapabilities => "unavailable (CPUID.7.0:EDX[30] clear)",
         Enumeration::NotInCoreCapabilities => "unavailable (IA32_CORE_CAPABILITIES bit 5 clear)",
     };

@@ -93,10 +93,16 @@ pub enum Enumeration {
 }
 
 impl Enumeration {
-    /// Follows the architectural chain. `read_core_capabilities` is called only when CPUID
+    /// Follows the architectural chain. `host_says_core_capabilities` is the host stub's
+    /// repetition of CPUID.(7,0):EDX[30] (`Features::CORE_CAPABILITIES`), for hypervisors that
+    /// filter the architectural bit. `read_core_capabilities` is called only when one of the two
     /// says the MSR exists (reading a missing MSR raises #GP).
-    pub fn probe(cpuid7_edx: u32, read_core_capabilities: impl FnOnce() -> u64) -> Self {
-        if cpuid7_edx & sld::CPUID7_EDX_CORE_CAPABILITIES == 0 {
+    pub fn probe(
+        cpuid7_edx: u32,
+        host_says_core_capabilities: bool,
+        read_core_capabilities: impl FnOnce() -> u64,
+    ) -> Self {
+        if cpuid7_edx & sld::CPUID7_EDX_CORE_CAPABILITIES == 0 && !host_says_core_capabilities {
             return Enumeration::NoCoreCapabilities;
         }
         if read_core_capabilities() & sld::CORE_CAPS_SPLIT_LOCK_DETECT == 0 {
@@ -284,15 +290,21 @@ mod tests {
     #[test]
     fn enumeration_never_reads_the_msr_without_the_cpuid_bit() {
         let mut read = false;
-        let e = Enumeration::probe(0, || {
+        let e = Enumeration::probe(0, false, || {
             read = true;
             u64::MAX
         });
         assert_eq!(e, Enumeration::NoCoreCapabilities);
         assert!(!read, "IA32_CORE_CAPABILITIES was read although CPUID says it does not exist");
         let bit30 = sld::CPUID7_EDX_CORE_CAPABILITIES;
-        assert_eq!(Enumeration::probe(bit30, || !sld::CORE_CAPS_SPLIT_LOCK_DETECT), Enumeration::NotInCoreCapabilities);
-        assert_eq!(Enumeration::probe(bit30, || sld::CORE_CAPS_SPLIT_LOCK_DETECT), Enumeration::Available);
+        assert_eq!(
+            Enumeration::probe(bit30, false, || !sld::CORE_CAPS_SPLIT_LOCK_DETECT),
+            Enumeration::NotInCoreCapabilities
+        );
+        assert_eq!(Enumeration::probe(bit30, false, || sld::CORE_CAPS_SPLIT_LOCK_DETECT), Enumeration::Available);
+        // The host stub's repetition of the CPUID bit, where KVM filters the bit itself.
+        assert_eq!(Enumeration::probe(0, true, || sld::CORE_CAPS_SPLIT_LOCK_DETECT), Enumeration::Available);
+        assert_eq!(Enumeration::probe(0, true, || 0), Enumeration::NotInCoreCapabilities);
         assert!(Enumeration::Available.available() && !Enumeration::NotInCoreCapabilities.available());
     }
 
