@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use pvagent_host::{Config, RunResult, SerialSink, Vm};
+use pvagent_host::{Config, ExitHandler, RunResult, SerialSink, Vm};
 use xtask::qemu::{self, Accel, QemuRun};
 
 /// The guest ELF, built once per test process.
@@ -37,10 +37,16 @@ pub fn config(image: &Path, cmdline: &str) -> Config {
     config
 }
 
-/// Runs the guest under the host stub library.
+/// Runs the guest under the host stub library, with the default producers (as
+/// `cargo xtask run` does).
 pub fn run_stub(cmdline: &str) -> RunResult {
+    run_stub_with(cmdline, pvagent_host::producers::defaults())
+}
+
+/// Runs the guest under the host stub library with these producers.
+pub fn run_stub_with(cmdline: &str, producers: Vec<Box<dyn ExitHandler>>) -> RunResult {
     require_kvm();
-    match Vm::new(config(guest_elf(), cmdline), Vec::new()) {
+    match Vm::new(config(guest_elf(), cmdline), producers) {
         Ok(vm) => vm.run(),
         Err(e) => panic!("the host stub could not start the guest: {e}"),
     }
