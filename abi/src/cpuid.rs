@@ -34,7 +34,7 @@ impl Features {
     /// The split-lock trigger page ([`crate::sld::TRIGGER_GPA`]) and
     /// [`crate::hypercall::Nr::SplitLockVerdict`] are served; see [`crate::sld`].
     pub const SPLIT_LOCK_TRIGGER: u32 = 1 << 2;
-    /// IA32_CORE_CAPABILITIES exists: the same statement as CPUID.(7,0):EDX[30], repeated here
+    /// IA32_CORE_CAPABILITIES exists: the same statement as CPUID.(7,0):EDX bit 30, repeated here
     /// because KVM on some hosts (measured: the PVM `/dev/kvm`) clears that bit from the
     /// guest's CPUID whatever the VMM sets. See [`crate::sld`].
     pub const CORE_CAPABILITIES: u32 = 1 << 4;

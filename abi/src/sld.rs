@@ -2,7 +2,7 @@
 //! and the host stub's split-lock trigger, the test interface that makes the host produce the
 //! #AC a split-lock-detecting CPU would raise.
 //!
-//! Enumeration is the architectural one: CPUID.(EAX=7,ECX=0):EDX[30] says that
+//! Enumeration is the architectural one: CPUID.(EAX=7,ECX=0):EDX bit 30 says that
 //! IA32_CORE_CAPABILITIES ([`MSR_CORE_CAPABILITIES`]) exists; its bit 5 says that bit 29 of
 //! [`MSR_TEST_CTRL`] turns split-lock detection on. A guest touches neither MSR unless the bit
 //! before it says so.

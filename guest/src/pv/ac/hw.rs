@@ -8,7 +8,7 @@ use pvagent_abi::sld;
 use super::policy::Enumeration;
 use crate::arch::cpu;
 
-/// Follows the architectural enumeration: CPUID.(7,0):EDX[30] (or the host stub's
+/// Follows the architectural enumeration: CPUID.(7,0):EDX bit 30 (or the host stub's
 /// repetition of it), then IA32_CORE_CAPABILITIES.
 pub fn enumerate() -> Enumeration {
     let edx = cpu::cpuid(sld::CPUID_LEAF, sld::CPUID_SUBLEAF).edx;

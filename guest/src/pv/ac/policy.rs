@@ -84,7 +84,7 @@ impl fmt::Display for ModeError {
 /// What CPUID and IA32_CORE_CAPABILITIES say about split-lock detection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Enumeration {
-    /// CPUID.(7,0):EDX[30] is clear: there is no IA32_CORE_CAPABILITIES to ask.
+    /// CPUID.(7,0):EDX bit 30 is clear: there is no IA32_CORE_CAPABILITIES to ask.
     NoCoreCapabilities,
     /// IA32_CORE_CAPABILITIES bit 5 is clear: MSR_TEST_CTRL has no detection bit.
     NotInCoreCapabilities,
@@ -94,7 +94,7 @@ pub enum Enumeration {
 
 impl Enumeration {
     /// Follows the architectural chain. `host_says_core_capabilities` is the host stub's
-    /// repetition of CPUID.(7,0):EDX[30] (`Features::CORE_CAPABILITIES`), for hypervisors that
+    /// repetition of CPUID.(7,0):EDX bit 30 (`Features::CORE_CAPABILITIES`), for hypervisors that
     /// filter the architectural bit. `read_core_capabilities` is called only when one of the two
     /// says the MSR exists (reading a missing MSR raises #GP).
     pub fn probe(

@@ -1,4 +1,4 @@
-//! The split-lock producer: virtualized split-lock detection for the guest (CPUID.7.0:EDX[30],
+//! The split-lock producer: virtualized split-lock detection for the guest (CPUID.7.0:EDX bit 30,
 //! IA32_CORE_CAPABILITIES, MSR_TEST_CTRL through user-space MSR exits) and the #AC a
 //! split-lock-detecting CPU would raise, produced where this hardware cannot.
 //!
@@ -44,7 +44,7 @@ const MAX_INSN_LEN: usize = 15;
 /// How the split-lock producer is set up for a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SldConfig {
-    /// Advertise split-lock detection (CPUID.7.0:EDX[30], IA32_CORE_CAPABILITIES bit 5) and
+    /// Advertise split-lock detection (CPUID.7.0:EDX bit 30, IA32_CORE_CAPABILITIES bit 5) and
     /// serve MSR_TEST_CTRL. Without it both MSRs raise #GP; the trigger still works.
     pub advertise: bool,
     /// What happens to a split lock from a guest whose detection is off.
