@@ -11,7 +11,10 @@ use pvagent_host::producers::pager::config::PagerConfig;
 use pvagent_tests::run_stub_with;
 
 fn pager(mode: HostMode, fail_pages: &[u64]) -> Producers {
-    Producers { pager: Some(PagerConfig { mode, fail_pages: fail_pages.to_vec(), ..PagerConfig::default() }) }
+    Producers {
+        sld: None,
+        pager: Some(PagerConfig { mode, fail_pages: fail_pages.to_vec(), ..PagerConfig::default() }),
+    }
 }
 
 fn pnp_tests(r: &RunResult) -> Vec<(Status, String, String)> {

@@ -36,6 +36,10 @@ crate::wire_enum! {
 pub enum Nr: u32 {
     /// Round trip check: `ret[0] = !args[0]`, `ret[1] = ABI_VERSION`.
     Ping = 1,
+    /// Split-lock trigger ([`crate::sld`]): `ret[0]` = how many triggers the host decided on
+    /// so far (the last one's sequence number; 0: none yet), `ret[1]` = the last one's
+    /// [`crate::sld::Verdict`].
+    SplitLockVerdict = 0x100,
     /// Page-not-present: switch the host's mode for accesses from now on. `args[0]`: a
     /// [`crate::pnp::HostMode`].
     PnpSetMode = 0x200,
@@ -72,3 +76,17 @@ pub enum Status: u32 {
 pub const REQUEST_ALIGN: u64 = 8;
 /// Exclusive upper bound of a [`Request`]'s guest-physical address (it travels in 32 bits).
 pub const REQUEST_ADDR_LIMIT: u64 = 1 << 32;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_round_trip_and_unknown_ones_are_refused() {
+        for nr in [Nr::Ping, Nr::SplitLockVerdict] {
+            assert_eq!(Nr::try_from(nr as u32), Ok(nr));
+        }
+        assert_eq!(Nr::try_from(0x101), Err(0x101));
+        assert_eq!(Nr::try_from(0), Err(0));
+    }
+}

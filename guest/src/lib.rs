@@ -24,7 +24,7 @@ pub mod sync;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Command line keys the kernel understands (others are reported at boot).
-pub const KNOWN_CMDLINE_KEYS: &[&str] = &["tests", "expect-host", "pnp", "pnp-ring"];
+pub const KNOWN_CMDLINE_KEYS: &[&str] = &["tests", "expect-host", "pnp", "pnp-ring", "sld"];
 
 #[cfg(kernel)]
 #[panic_handler]

@@ -48,6 +48,8 @@ pub enum Error {
     SignalMsi(kvm_ioctls::Error),
     #[error("KVM_SET_USER_MEMORY_REGION failed for slot {0}: {1}")]
     SetMemoryRegion(u32, kvm_ioctls::Error),
+    #[error("KVM_SET_GUEST_DEBUG failed: {0}")]
+    SetGuestDebug(kvm_ioctls::Error),
     #[error("KVM_RUN failed: {0}")]
     Run(kvm_ioctls::Error),
 
@@ -88,6 +90,12 @@ pub enum Error {
     Timeout { seconds: u64 },
     #[error("the guest's hypercall block at {gpa:#x} is not 8-byte aligned guest memory")]
     BadHypercallBlock { gpa: u64 },
+    #[error(
+        "the guest split-locked with its split-lock detection off, on vCPU {vcpu} at rip {rip:#x}: {insn} (policy exit)"
+    )]
+    SplitLockExit { vcpu: usize, rip: u64, insn: String },
+    #[error("too many MSR ranges to intercept ({ranges}; KVM takes at most {max})")]
+    TooManyMsrRanges { ranges: usize, max: usize },
     #[error("{producer}: {message}")]
     Producer { producer: &'static str, message: String },
 }
@@ -111,6 +119,7 @@ impl Error {
                 | Error::FailEntry { .. }
                 | Error::UnexpectedExit { .. }
                 | Error::Timeout { .. }
+                | Error::SplitLockExit { .. }
         )
     }
 }

@@ -3,7 +3,10 @@
 //! computed from the vCPU's registers. Producers use it when KVM tells them *that* an
 //! instruction stopped but not *what* it touched.
 
-use iced_x86::{Decoder, DecoderOptions, Instruction, InstructionInfoFactory, OpAccess, Register};
+use iced_x86::{
+    Decoder, DecoderOptions, Formatter, Instruction, InstructionInfoFactory, IntelFormatter, Mnemonic, OpAccess,
+    Register,
+};
 use kvm_bindings::{kvm_regs, kvm_sregs};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -31,6 +34,27 @@ pub struct GuestInsn {
     pub memory: Vec<MemoryOperand>,
 }
 
+impl GuestInsn {
+    /// The instruction's length in bytes.
+    #[allow(clippy::len_without_is_empty, reason = "an instruction is never empty")]
+    pub fn len(&self) -> usize {
+        self.instruction.len()
+    }
+
+    /// Whether it is a locked memory access: a LOCK prefix, or XCHG with a memory operand
+    /// (locked without a prefix).
+    pub fn is_locked_access(&self) -> bool {
+        !self.memory.is_empty() && (self.instruction.has_lock_prefix() || self.instruction.mnemonic() == Mnemonic::Xchg)
+    }
+
+    /// Intel syntax, e.g. `lock add dword ptr [rdi+3Eh],1`, for reports.
+    pub fn text(&self) -> String {
+        let mut text = String::new();
+        IntelFormatter::new().format(&self.instruction, &mut text);
+        text
+    }
+}
+
 /// Why the instruction could not be examined.
 #[derive(Debug, thiserror::Error)]
 pub enum InsnError {
@@ -48,7 +72,9 @@ pub fn translate(vcpu: &VcpuFd, addr: u64) -> Option<u64> {
     (t.valid != 0).then_some(t.physical_address)
 }
 
-fn fetch(vcpu: &VcpuFd, mem: &GuestMemoryMmap, rip: u64) -> Result<Vec<u8>, InsnError> {
+/// Reads up to [`MAX_INSN_LEN`] bytes of guest-virtual memory at `rip` through the vCPU's
+/// page tables, page by page.
+pub fn fetch(vcpu: &VcpuFd, mem: &GuestMemoryMmap, rip: u64) -> Result<Vec<u8>, InsnError> {
     let mut bytes = Vec::with_capacity(MAX_INSN_LEN);
     let mut at = rip;
     while bytes.len() < MAX_INSN_LEN {
@@ -125,12 +151,23 @@ pub fn decode(rip: u64, bytes: &[u8], regs: &kvm_regs, sregs: &kvm_sregs) -> Res
     Ok(GuestInsn { rip, instruction, bytes: bytes[..instruction.len()].to_vec(), memory })
 }
 
+/// Fetches and decodes the instruction at `rip`, with the registers it would run with.
+pub fn at(
+    vcpu: &VcpuFd,
+    mem: &GuestMemoryMmap,
+    rip: u64,
+    regs: &kvm_regs,
+    sregs: &kvm_sregs,
+) -> Result<GuestInsn, InsnError> {
+    let bytes = fetch(vcpu, mem, rip)?;
+    decode(rip, &bytes, regs, sregs)
+}
+
 /// Fetches and decodes the instruction at the vCPU's RIP.
 pub fn at_rip(vcpu: &VcpuFd, mem: &GuestMemoryMmap) -> Result<GuestInsn, InsnError> {
     let regs = vcpu.get_regs().map_err(InsnError::Registers)?;
     let sregs = vcpu.get_sregs().map_err(InsnError::Registers)?;
-    let bytes = fetch(vcpu, mem, regs.rip)?;
-    decode(regs.rip, &bytes, &regs, &sregs)
+    at(vcpu, mem, regs.rip, &regs, &sregs)
 }
 
 #[cfg(test)]
@@ -184,5 +221,44 @@ mod tests {
     #[test]
     fn garbage_is_not_an_instruction() {
         assert!(matches!(decode(0, &[0x0F, 0xFF], &regs(), &kvm_sregs::default()), Err(InsnError::Invalid(0))));
+        // LOCK on an instruction that cannot take it is #UD, not a locked access.
+        assert!(decode(0, &[0xF0, 0x90], &regs(), &kvm_sregs::default()).is_err());
+        assert!(decode(0, &[0x06], &regs(), &kvm_sregs::default()).is_err(), "push es does not exist in 64-bit mode");
+        assert!(decode(0, &[], &regs(), &kvm_sregs::default()).is_err());
+    }
+
+    fn locked(bytes: &[u8]) -> (bool, Option<(u64, u64)>) {
+        let regs = kvm_regs { rdi: 0x1_0000_1000, rsi: 0x2000, rcx: 3, ..Default::default() };
+        let mut sregs = kvm_sregs::default();
+        sregs.fs.base = 0x7000_0000;
+        let i = decode(0x1000, bytes, &regs, &sregs).expect("valid instruction");
+        (i.is_locked_access(), i.memory.first().map(|m| (m.linear, m.size)))
+    }
+
+    #[test]
+    fn locked_accesses_and_their_operands_are_found() {
+        // lock add dword ptr [rdi+3Eh],1: 4 bytes crossing a line.
+        assert_eq!(locked(&[0xF0, 0x83, 0x47, 0x3E, 0x01]), (true, Some((0x1_0000_103E, 4))));
+        // Without the prefix the same access is not locked.
+        assert!(!locked(&[0x83, 0x47, 0x3E, 0x01]).0);
+        // xchg [rsi+3Ch],rax: locked without a prefix, 8 bytes.
+        assert_eq!(locked(&[0x48, 0x87, 0x46, 0x3C]), (true, Some((0x203C, 8))));
+        // xchg between registers touches no memory and is not a locked access.
+        assert_eq!(locked(&[0x48, 0x87, 0xC8]), (false, None));
+        // lock cmpxchg16b [rdi+38h]: 16 bytes.
+        assert_eq!(locked(&[0xF0, 0x48, 0x0F, 0xC7, 0x4F, 0x38]).1, Some((0x1_0000_1038, 16)));
+        // FS-relative: the segment base counts.
+        assert_eq!(locked(&[0x64, 0xF0, 0xFF, 0x06]).1, Some((0x7000_2000, 4)));
+        // 0x67: 32-bit addressing truncates.
+        assert_eq!(locked(&[0x67, 0xF0, 0xFF, 0x07]).1, Some((0x1000, 4)));
+        // lock bts dword ptr [rsi+rcx*8],1
+        assert_eq!(locked(&[0xF0, 0x0F, 0xBA, 0x2C, 0xCE, 0x01]).1, Some((0x2018, 4)));
+    }
+
+    #[test]
+    fn reports_show_intel_syntax() {
+        let i = decode(0x1000, &[0xF0, 0x83, 0x47, 0x3E, 0x01], &regs(), &kvm_sregs::default()).unwrap();
+        assert!(i.text().starts_with("lock add dword ptr [rdi+3Eh]"), "{}", i.text());
+        assert_eq!(i.len(), 5);
     }
 }

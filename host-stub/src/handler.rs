@@ -111,13 +111,23 @@ pub trait ExitHandler: Send {
     /// Short name, used in reports and counter keys.
     fn name(&self) -> &'static str;
 
-    /// Sets up memory and host resources once the VM exists (before the guest is loaded).
+    /// Sets itself up once the VM exists, before the guest is loaded and before any vCPU
+    /// exists: check and enable the capabilities it needs (a missing one is an error naming
+    /// it), add memslots, tell the guest about memory through the memory map.
     fn attach(&mut self, _ctx: &mut AttachCtx<'_>) -> Result<()> {
         Ok(())
     }
 
     /// Adds or changes CPUID entries (advertise a feature) before the vCPU starts.
     fn cpuid(&self, _table: &mut CpuidTable) {}
+
+    /// MSRs this handler virtualizes that KVM may know itself (architectural ones): the VM
+    /// installs a KVM_X86_SET_MSR_FILTER that denies them inside KVM, so that every access
+    /// exits to [`ExitHandler::rdmsr`]/[`ExitHandler::wrmsr`] whatever KVM implements.
+    /// MSRs KVM does not know exit anyway and need not be listed.
+    fn intercepted_msrs(&self) -> Vec<u32> {
+        Vec::new()
+    }
 
     /// Called before every entry into the guest: inject pending events here.
     fn before_entry(&mut self, _ctx: &mut VcpuCtx<'_>) -> Result<()> {
@@ -170,6 +180,12 @@ pub trait ExitHandler: Send {
 
     /// KVM_EXIT_DEBUG (a guest-debug breakpoint the host set).
     fn debug(&mut self, _ctx: &mut VcpuCtx<'_>, _exit: &kvm_bindings::kvm_debug_exit_arch) -> Result<Handled> {
+        Ok(Handled::No)
+    }
+
+    /// KVM_EXIT_X86_BUS_LOCK: the guest's previous instruction took a bus lock (only when a
+    /// handler enabled KVM_CAP_X86_BUS_LOCK_EXIT).
+    fn bus_lock(&mut self, _ctx: &mut VcpuCtx<'_>) -> Result<Handled> {
         Ok(Handled::No)
     }
 

@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use pvagent_host::producers::Producers;
 use pvagent_host::producers::pager::{self, config::PagerConfig};
+use pvagent_host::producers::sld::{SldConfig, policy::Policy};
 use pvagent_host::{Config, SerialSink, Vm};
 
 /// Boots the pvagent guest under KVM and reports its self-tests.
@@ -32,6 +33,15 @@ struct Args {
     /// Stop the guest after this many seconds (0: never).
     #[arg(long, default_value_t = 300)]
     timeout: u64,
+    /// Run without the split-lock producer: no trigger, no MSR_TEST_CTRL virtualization.
+    #[arg(long)]
+    no_sld: bool,
+    /// Do not advertise split-lock detection to the guest (the trigger still works).
+    #[arg(long, conflicts_with = "no_sld")]
+    no_sld_advertise: bool,
+    /// What the host does about a split lock from a guest whose detection is off.
+    #[arg(long, value_enum, default_value_t = PolicyArg::InjectIfEnabled, conflicts_with = "no_sld")]
+    sld_policy: PolicyArg,
     #[command(flatten)]
     pager: PagerArgs,
 }
@@ -76,8 +86,35 @@ impl PagerArgs {
     }
 }
 
+/// `--sld-policy` values (seed 000's three answers).
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum PolicyArg {
+    /// Never send #AC to a guest that did not ask for it.
+    InjectIfEnabled,
+    /// Stop the run and report the vCPU and RIP (for debugging guests).
+    Exit,
+    /// Switch detection off for the VM and log it once (for production).
+    DisableGlobally,
+}
+
+impl From<PolicyArg> for Policy {
+    fn from(arg: PolicyArg) -> Self {
+        match arg {
+            PolicyArg::InjectIfEnabled => Policy::InjectIfEnabled,
+            PolicyArg::Exit => Policy::Exit,
+            PolicyArg::DisableGlobally => Policy::DisableGlobally,
+        }
+    }
+}
+
+fn producers(args: &Args) -> Producers {
+    let sld = (!args.no_sld).then(|| SldConfig { advertise: !args.no_sld_advertise, policy: args.sld_policy.into() });
+    Producers { sld, pager: args.pager.config() }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    let producers = producers(&args);
     let mut config = Config::new(args.guest.clone());
     config.mem_mib = args.mem;
     config.cmdline = args.cmdline;
@@ -88,7 +125,6 @@ fn main() -> ExitCode {
     };
     config.timeout = (args.timeout > 0).then(|| Duration::from_secs(args.timeout));
 
-    let producers = Producers { pager: args.pager.config() };
     let producers = match producers.build() {
         Ok(producers) => producers,
         Err(e) => {

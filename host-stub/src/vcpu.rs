@@ -22,6 +22,7 @@ enum Exit {
     MemoryFault { gpa: u64, size: u64, flags: u64 },
     Efault,
     Debug(kvm_bindings::kvm_debug_exit_arch),
+    BusLock,
     Interrupted,
     Shutdown,
     InternalError,
@@ -39,6 +40,7 @@ fn copy_exit(exit: VcpuExit<'_>) -> Exit {
         VcpuExit::X86Wrmsr(msr) => Exit::Wrmsr { index: msr.index, value: msr.data },
         VcpuExit::MemoryFault { flags, gpa, size } => Exit::MemoryFault { gpa, size, flags },
         VcpuExit::Debug(arch) => Exit::Debug(arch),
+        VcpuExit::Unsupported(kvm_bindings::KVM_EXIT_X86_BUS_LOCK) => Exit::BusLock,
         VcpuExit::Intr => Exit::Interrupted,
         VcpuExit::Shutdown => Exit::Shutdown,
         VcpuExit::InternalError => Exit::InternalError,
@@ -196,6 +198,11 @@ impl Vcpu {
             Exit::Debug(arch) => {
                 if !claim(handlers, |h| h.debug(&mut ctx, &arch))? {
                     return Err(Error::UnexpectedExit { exit: format!("KVM_EXIT_DEBUG {arch:?}"), rip: arch.pc });
+                }
+            }
+            Exit::BusLock => {
+                if !claim(handlers, |h| h.bus_lock(&mut ctx))? {
+                    return Err(Error::UnexpectedExit { exit: "KVM_EXIT_X86_BUS_LOCK".into(), rip: rip(&self.fd) });
                 }
             }
             Exit::Interrupted => watchdog.check()?,

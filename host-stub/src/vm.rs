@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use kvm_bindings::{
     KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_FILTER, KVM_MSR_EXIT_REASON_UNKNOWN, kvm_enable_cap, kvm_segment,
 };
-use kvm_ioctls::{Cap, Kvm, VmFd};
+use kvm_ioctls::{Cap, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VmFd};
 use pvagent_abi::cpuid::Features;
 use vm_memory::GuestMemoryMmap;
 
@@ -90,6 +90,11 @@ impl Vm {
             ..Default::default()
         };
         vm.enable_cap(&user_msrs).map_err(|e| Error::EnableCap("KVM_CAP_X86_USER_SPACE_MSR", e))?;
+        let intercepted: Vec<u32> = producers.iter().flat_map(|p| p.intercepted_msrs()).collect();
+        if !intercepted.is_empty() {
+            require(&kvm, Cap::X86MsrFilter, "KVM_CAP_X86_MSR_FILTER")?;
+            deny_in_kvm(&vm, &intercepted)?;
+        }
 
         let fd = vm.create_vcpu(0).map_err(Error::CreateVcpu)?;
         let tsc_khz = fd.get_tsc_khz().unwrap_or(0);
@@ -172,6 +177,44 @@ impl Vm {
     }
 }
 
+/// Installs an MSR filter that allows everything except `msrs`, which KVM then refuses to
+/// handle itself: each access exits to user space (KVM_MSR_EXIT_REASON_FILTER).
+fn deny_in_kvm(vm: &VmFd, msrs: &[u32]) -> Result<()> {
+    let ranges = msr_ranges(msrs);
+    let max = kvm_bindings::KVM_MSR_FILTER_MAX_RANGES as usize;
+    if ranges.len() > max {
+        return Err(Error::TooManyMsrRanges { ranges: ranges.len(), max });
+    }
+    // A clear bit denies the access; one zeroed bitmap covers the longest range.
+    let longest = ranges.iter().map(|r| r.1).max().unwrap_or(0);
+    let deny_all = vec![0u8; longest.div_ceil(8) as usize];
+    let ranges: Vec<MsrFilterRange<'_>> = ranges
+        .iter()
+        .map(|&(base, msr_count)| MsrFilterRange {
+            flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+            base,
+            msr_count,
+            bitmap: &deny_all,
+        })
+        .collect();
+    vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &ranges).map_err(Error::SetMsrFilter)
+}
+
+/// Groups MSR numbers into `(base, count)` runs of consecutive numbers.
+fn msr_ranges(msrs: &[u32]) -> Vec<(u32, u32)> {
+    let mut sorted = msrs.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut ranges: Vec<(u32, u32)> = Vec::new();
+    for msr in sorted {
+        match ranges.last_mut() {
+            Some((base, count)) if base.checked_add(*count) == Some(msr) => *count += 1,
+            _ => ranges.push((msr, 1)),
+        }
+    }
+    ranges
+}
+
 /// The vCPU state the PVH ABI prescribes at the 32-bit entry.
 fn set_pvh_entry_state(fd: &kvm_ioctls::VcpuFd, entry: u64) -> Result<()> {
     let mut sregs = fd.get_sregs().map_err(Error::GetSregs)?;
@@ -207,4 +250,17 @@ fn set_pvh_entry_state(fd: &kvm_ioctls::VcpuFd, entry: u64) -> Result<()> {
     regs.rflags = 0x2;
     regs.rbx = START_INFO_GPA;
     fd.set_regs(&regs).map_err(Error::SetRegs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intercepted_msrs_become_runs_of_consecutive_numbers() {
+        assert_eq!(msr_ranges(&[0xCF, 0x33]), vec![(0x33, 1), (0xCF, 1)]);
+        assert_eq!(msr_ranges(&[0x5056_4101, 0x5056_4100, 0x5056_4102, 0x33, 0x33]), vec![(0x33, 1), (0x5056_4100, 3)]);
+        assert_eq!(msr_ranges(&[u32::MAX, u32::MAX - 1]), vec![(u32::MAX - 1, 2)]);
+        assert!(msr_ranges(&[]).is_empty());
+    }
 }

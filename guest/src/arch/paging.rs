@@ -31,6 +31,8 @@ pub enum Access {
     UserData,
     /// Device registers: read, write, no execute, uncached.
     Mmio,
+    /// Device registers CPL 3 may touch too (a host's test page): as `Mmio`, plus user.
+    UserMmio,
 }
 
 impl Access {
@@ -43,6 +45,7 @@ impl Access {
             Access::UserText => base | F::USER_ACCESSIBLE,
             Access::UserData => base | F::WRITABLE | F::NO_EXECUTE | F::USER_ACCESSIBLE,
             Access::Mmio => base | F::WRITABLE | F::NO_EXECUTE | F::NO_CACHE | F::WRITE_THROUGH,
+            Access::UserMmio => Access::Mmio.flags() | F::USER_ACCESSIBLE,
         }
     }
 }
@@ -122,7 +125,11 @@ pub fn map_range(start: u64, end: u64, access: Access) {
     let mut addr = start & !(PAGE - 1);
     let end = end.next_multiple_of(PAGE);
     while addr < end {
-        if addr.is_multiple_of(LARGE) && addr + LARGE <= end && access != Access::Mmio && pd_slot_free(addr) {
+        if addr.is_multiple_of(LARGE)
+            && addr + LARGE <= end
+            && !matches!(access, Access::Mmio | Access::UserMmio)
+            && pd_slot_free(addr)
+        {
             map_2m(addr, flags);
             addr += LARGE;
         } else {

@@ -1,6 +1,7 @@
 //! The paravirtual protocols, one module each. Each registers its own vectors and hooks with
 //! `arch` and `task` in its `init`, which `main.rs` calls once the scheduler is up.
 
+pub mod ac;
 #[cfg(kernel)]
 pub mod halt;
 pub mod pnp;
@@ -8,5 +9,6 @@ pub mod pnp;
 /// Brings up every protocol the host offers (each decides from CPUID and the command line).
 #[cfg(kernel)]
 pub fn init(cmdline: &crate::boot::cmdline::Cmdline<'_>) {
+    ac::init(cmdline);
     pnp::init(cmdline);
 }

@@ -9,6 +9,7 @@
 // A failure carries its reason inline (there is no heap), so test results are large by design.
 #![allow(clippy::result_large_err, clippy::large_enum_variant)]
 
+mod ac;
 mod arch;
 mod harness;
 mod pnp;
@@ -93,7 +94,7 @@ macro_rules! ensure_eq {
 }
 
 /// Every suite, in the order they run.
-const SUITES: &[&[SelfTest]] = &[harness::TESTS, arch::TESTS, task::TESTS, pnp::TESTS];
+const SUITES: &[&[SelfTest]] = &[harness::TESTS, arch::TESTS, task::TESTS, ac::TESTS, pnp::TESTS];
 
 fn all_tests() -> impl Iterator<Item = &'static SelfTest> {
     SUITES.iter().flat_map(|suite| suite.iter())

@@ -54,6 +54,12 @@ pub struct FaultInfo {
 pub enum KillReason {
     /// The page behind a page-not-present token failed.
     PageFailed { token: u32, gpa: u64 },
+    /// A split lock at `rip` under `sld=fatal`.
+    SplitLock { rip: u64 },
+    /// An alignment check the task asked for (RFLAGS.AC) and did not handle. The CPU does not
+    /// report the address; `address` is the kernel's decoding of the instruction, when it
+    /// could decode it.
+    AlignmentCheck { rip: u64, address: Option<u64> },
 }
 
 /// How a task ended.

@@ -6,6 +6,7 @@
 //! context is saved and restored with it.
 
 use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use super::sched::{
     ExitStatus, FaultInfo, Kind, MAX_TASKS, ReapError, SchedCore, SpawnError, State, TaskId, Wait, WakeOutcome,
@@ -33,6 +34,40 @@ pub enum FaultAction {
 
 /// Per-task handler for its own CPL 3 faults (e.g. an alignment check it asked for).
 pub type FaultHook = fn(&mut TrapFrame, &Fault) -> FaultAction;
+
+/// Called on every task switch, with interrupts disabled, after the scheduler picked `to` and
+/// before the switch: per-vCPU state that belongs to the outgoing task is put right here (a
+/// protocol that relaxed a CPU setting for `from` restores it).
+pub type SwitchHook = fn(from: TaskId, to: TaskId);
+
+/// How many switch hooks can be registered.
+pub const MAX_SWITCH_HOOKS: usize = 4;
+static SWITCH_HOOKS: [AtomicUsize; MAX_SWITCH_HOOKS] = [const { AtomicUsize::new(0) }; MAX_SWITCH_HOOKS];
+
+/// The switch hook table is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SwitchHooksFull;
+
+/// Registers a hook called on every task switch of every vCPU.
+pub fn add_switch_hook(hook: SwitchHook) -> Result<(), SwitchHooksFull> {
+    for slot in &SWITCH_HOOKS {
+        if slot.compare_exchange(0, hook as usize, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            return Ok(());
+        }
+    }
+    Err(SwitchHooksFull)
+}
+
+fn run_switch_hooks(from: TaskId, to: TaskId) {
+    for slot in &SWITCH_HOOKS {
+        let raw = slot.load(Ordering::Acquire);
+        if raw != 0 {
+            // SAFETY: only `SwitchHook` values are stored in SWITCH_HOOKS.
+            let hook = unsafe { core::mem::transmute::<usize, SwitchHook>(raw) };
+            hook(from, to);
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, Default)]
 struct Context {
@@ -131,9 +166,13 @@ pub fn set_fault_hook(id: TaskId, hook: Option<FaultHook>) {
 pub fn schedule() {
     assert!(!cpu::interrupts_enabled(), "schedule() with interrupts enabled");
     let cpu = percpu::index();
-    let Some((from, to)) = with_sched(|s| s.core.pick_next()) else {
+    let Some((from, to, from_id, to_id)) = with_sched(|s| {
+        let from_id = s.core.current();
+        s.core.pick_next().map(|(from, to)| (from, to, from_id, s.core.current()))
+    }) else {
         return;
     };
+    run_switch_hooks(from_id, to_id);
     gdt::set_kernel_stack(cpu, stack::kernel_stack_top(cpu, to));
     let contexts = CONTEXTS.get();
     let from_ctx = contexts.0[usize::from(from)].get();
@@ -322,13 +361,18 @@ extern "sysv64" fn task_start(entry: usize, arg: u64) -> ! {
     exit_current(ExitStatus::Returned(value));
 }
 
+/// Offers a CPL 3 fault to the current task's own fault hook: `None` when it has none. A
+/// vector handler that ends the task in its own way otherwise (e.g. #AC) calls this first.
+pub fn run_fault_hook(frame: &mut TrapFrame, fault: &Fault) -> Option<FaultAction> {
+    let id = current();
+    let hook = with_sched(|s| s.fault_hooks[usize::from(id.slot)])?;
+    Some(hook(frame, fault))
+}
+
 /// CPL 3 faults that no vector handler claimed: the task's hook decides, or the task ends.
 fn on_user_fault(frame: &mut TrapFrame, fault: Fault) {
     let id = current();
-    let hook = with_sched(|s| s.fault_hooks[usize::from(id.slot)]);
-    if let Some(hook) = hook
-        && hook(frame, &fault) == FaultAction::Resume
-    {
+    if run_fault_hook(frame, &fault) == Some(FaultAction::Resume) {
         return;
     }
     crate::kprintln!("task {} (user) ended by {fault}", name(id));

@@ -1,0 +1,147 @@
+//! Split-lock detection: the architectural CPUID/MSR interface (which the host stub virtualizes)
+//! and the host stub's split-lock trigger, the test interface that makes the host produce the
+//! #AC a split-lock-detecting CPU would raise.
+//!
+//! Enumeration is the architectural one: CPUID.(EAX=7,ECX=0):EDX bit 30 says that
+//! IA32_CORE_CAPABILITIES ([`MSR_CORE_CAPABILITIES`]) exists; its bit 5 says that bit 29 of
+//! [`MSR_TEST_CTRL`] turns split-lock detection on. A guest touches neither MSR unless the bit
+//! before it says so.
+//!
+//! The trigger: the machines this project runs on cannot detect split locks, so a guest test
+//! stores a byte to the trigger page ([`TRIGGER_GPA`]) right before its locked instruction.
+//! The page is not memory: the store exits to the host, at any privilege level, with the vCPU
+//! stopped before the next instruction. The host decodes that instruction, computes its memory
+//! operand from the vCPU's registers, and injects #AC (RIP of that instruction, not executed)
+//! only when it really is a locked access that crosses a [`CACHE_LINE`] boundary and the
+//! guest's detection is on (or when the guest's own alignment checking asks for it).
+//! [`Verdict`] says what the host decided ([`crate::hypercall::Nr::SplitLockVerdict`]).
+
+/// CPUID leaf and subleaf whose EDX carries [`CPUID7_EDX_CORE_CAPABILITIES`].
+pub const CPUID_LEAF: u32 = 7;
+/// Subleaf of [`CPUID_LEAF`].
+pub const CPUID_SUBLEAF: u32 = 0;
+/// CPUID.(7,0):EDX bit 30: IA32_CORE_CAPABILITIES exists.
+pub const CPUID7_EDX_CORE_CAPABILITIES: u32 = 1 << 30;
+
+/// IA32_CORE_CAPABILITIES, read-only.
+pub const MSR_CORE_CAPABILITIES: u32 = 0xCF;
+/// IA32_CORE_CAPABILITIES bit 5: [`TEST_CTRL_SPLIT_LOCK_DETECT`] exists.
+pub const CORE_CAPS_SPLIT_LOCK_DETECT: u64 = 1 << 5;
+
+/// MSR_TEST_CTRL.
+pub const MSR_TEST_CTRL: u32 = 0x33;
+/// MSR_TEST_CTRL bit 29: raise #AC for a split-locked access (set = detection on).
+pub const TEST_CTRL_SPLIT_LOCK_DETECT: u64 = 1 << 29;
+
+/// The #AC vector. Its error code is always 0.
+pub const AC_VECTOR: u8 = 17;
+
+/// Size of the cache line a locked access must stay within to avoid a bus lock.
+pub const CACHE_LINE: u64 = 64;
+
+/// Guest-physical address of the trigger page (4 KiB, above any RAM the host stub gives, below
+/// the IOAPIC). A store to it arms the host for the instruction right after the store; the
+/// stored byte (the first, for wider stores) holds flags ([`ARM_FORCE_INJECT`]). The store
+/// must be a plain MOV, which changes no register, so that the host sees the registers the
+/// armed instruction will use. Loads read 0 and arm nothing. A guest maps the page (uncached,
+/// user-accessible for CPL 3 tests) only when [`crate::cpuid::Features::SPLIT_LOCK_TRIGGER`] is
+/// set.
+pub const TRIGGER_GPA: u64 = 0xFEB0_0000;
+
+/// Trigger flag: inject #AC at the armed instruction whatever it is and whatever the
+/// detection state. This is a misbehaving host on
+/// purpose, so that a guest can test how it treats an #AC nothing real could have raised.
+pub const ARM_FORCE_INJECT: u64 = 1 << 0;
+
+/// Whether an access of `size` bytes at linear address `addr` touches two cache lines (a
+/// locked one is then a split lock). Lines never cross pages, so the linear address decides
+/// as well as the physical one. A zero-sized access crosses nothing.
+pub const fn crosses_cache_line(addr: u64, size: u64) -> bool {
+    if size == 0 {
+        return false;
+    }
+    let last = addr.wrapping_add(size - 1);
+    addr / CACHE_LINE != last / CACHE_LINE
+}
+
+/// What the host decided for the last armed instruction; returned by
+/// [`crate::hypercall::Nr::SplitLockVerdict`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Verdict {
+    /// No trigger was decided on yet.
+    Pending = 0,
+    /// A split lock with the guest's detection on: #AC injected.
+    InjectedSplitLock = 1,
+    /// A split lock at CPL 3 with the guest's own alignment checking on (CR0.AM and
+    /// RFLAGS.AC): #AC injected whatever the detection state, because a split lock and a
+    /// misaligned access cannot be told apart there.
+    InjectedAlignmentCheck = 2,
+    /// The instruction makes no locked memory access: it ran.
+    NotLocked = 3,
+    /// A locked access within one cache line: it ran.
+    NotSplit = 4,
+    /// A split lock from a guest whose detection is off, under the host policy
+    /// `inject-if-enabled`: it ran, and the guest got no #AC it did not ask for.
+    GuestDetectionOff = 5,
+    /// A split lock after the host switched detection off for the whole VM (policy
+    /// `disable-globally`, now or earlier): it ran.
+    DisabledGlobally = 6,
+    /// The host could not read or decode the instruction: it ran.
+    Undecodable = 7,
+    /// Triggered with [`ARM_FORCE_INJECT`]: #AC injected without looking at the instruction.
+    InjectedForced = 8,
+}
+
+impl Verdict {
+    /// Whether the host injected #AC.
+    pub const fn injected(self) -> bool {
+        matches!(self, Verdict::InjectedSplitLock | Verdict::InjectedAlignmentCheck | Verdict::InjectedForced)
+    }
+}
+
+impl TryFrom<u64> for Verdict {
+    type Error = u64;
+
+    fn try_from(value: u64) -> Result<Self, u64> {
+        Ok(match value {
+            0 => Verdict::Pending,
+            1 => Verdict::InjectedSplitLock,
+            2 => Verdict::InjectedAlignmentCheck,
+            3 => Verdict::NotLocked,
+            4 => Verdict::NotSplit,
+            5 => Verdict::GuestDetectionOff,
+            6 => Verdict::DisabledGlobally,
+            7 => Verdict::Undecodable,
+            8 => Verdict::InjectedForced,
+            other => return Err(other),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_line_crossing_is_decided_by_the_first_and_last_byte() {
+        assert!(!crosses_cache_line(0x1000, 64), "a whole line");
+        assert!(!crosses_cache_line(0x103C, 4), "the last dword of a line");
+        assert!(crosses_cache_line(0x103E, 4), "a dword two bytes before the end");
+        assert!(crosses_cache_line(0x103F, 2));
+        assert!(!crosses_cache_line(0x103F, 1));
+        assert!(!crosses_cache_line(0x103F, 0));
+        assert!(crosses_cache_line(0x1038, 16), "cmpxchg16b half in each line");
+        assert!(!crosses_cache_line(u64::MAX, 1));
+    }
+
+    #[test]
+    fn verdicts_round_trip_and_only_injections_inject() {
+        for raw in 0..9u64 {
+            let v = Verdict::try_from(raw).unwrap();
+            assert_eq!(v as u64, raw);
+            assert_eq!(v.injected(), matches!(raw, 1 | 2 | 8));
+        }
+        assert_eq!(Verdict::try_from(9), Err(9));
+    }
+}

@@ -1,0 +1,386 @@
+//! The #AC handler, the boot-time setup and the task-switch hook: the glue between the
+//! hardware, the scheduler and [`super::policy`].
+//!
+//! Per-vCPU state records what the kernel last wrote to MSR_TEST_CTRL and whether detection
+//! was switched off for the running task (or kernel code) and must come back on at the next
+//! task switch, so that one task's split lock never switches detection off for the others.
+
+use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+
+use pvagent_abi::sld;
+
+use super::hw::{self, TestCtrl};
+use super::policy::{self, AcKind, AcState, Enumeration, KernelAction, Mode, RateLimit, SiteSet, UserAction};
+use crate::arch::cpu::{self, CR0_AM};
+use crate::arch::fault::Fault;
+use crate::arch::percpu::{CpuLocal, MAX_CPUS};
+use crate::arch::time::HZ;
+use crate::arch::trap::{self, RFLAGS_AC, TrapFrame};
+use crate::boot::cmdline::Cmdline;
+use crate::kprintln;
+use crate::sync::IrqCell;
+use crate::task::sched::{ExitStatus, KillReason, MAX_TASKS, TaskId};
+use crate::task::{self, FaultAction};
+
+/// At most this many split-lock and spurious-#AC messages per [`MESSAGE_INTERVAL`] per vCPU.
+const MESSAGE_BURST: u32 = 10;
+/// Five seconds, as Linux's printk rate limit.
+const MESSAGE_INTERVAL: u64 = 5 * HZ;
+
+static ENUMERATION: spin::Once<Enumeration> = spin::Once::new();
+
+const MODE_OFF: u8 = 0;
+const MODE_WARN: u8 = 1;
+const MODE_FATAL: u8 = 2;
+const MODE_RATELIMIT: u8 = 3;
+static MODE_KIND: AtomicU8 = AtomicU8::new(MODE_WARN);
+static MODE_RATE: AtomicU32 = AtomicU32::new(0);
+
+/// The split-lock mode in force.
+pub fn mode() -> Mode {
+    match MODE_KIND.load(Ordering::Acquire) {
+        MODE_OFF => Mode::Off,
+        MODE_FATAL => Mode::Fatal,
+        MODE_RATELIMIT => Mode::Ratelimit(MODE_RATE.load(Ordering::Acquire)),
+        _ => Mode::Warn,
+    }
+}
+
+fn store_mode(mode: Mode) {
+    let kind = match mode {
+        Mode::Off => MODE_OFF,
+        Mode::Warn => MODE_WARN,
+        Mode::Fatal => MODE_FATAL,
+        Mode::Ratelimit(n) => {
+            MODE_RATE.store(n, Ordering::Release);
+            MODE_RATELIMIT
+        }
+    };
+    MODE_KIND.store(kind, Ordering::Release);
+}
+
+/// What the enumeration found (before `init`: nothing yet, reported as absent).
+pub fn enumeration() -> Enumeration {
+    ENUMERATION.get().copied().unwrap_or(Enumeration::NoCoreCapabilities)
+}
+
+fn test_ctrl() -> Option<TestCtrl> {
+    TestCtrl::new(enumeration())
+}
+
+#[derive(Clone, Copy, Debug)]
+struct TaskAc {
+    /// The task this slot's state belongs to; a new task in the slot starts afresh.
+    id: Option<TaskId>,
+    budget: RateLimit,
+}
+
+#[derive(Debug)]
+struct CpuAc {
+    /// Whether MSR_TEST_CTRL's detection bit is set on this vCPU, as the kernel last wrote it.
+    detection_on: bool,
+    /// Detection was switched off for the running task (or kernel code) and is switched back
+    /// on at the next task switch.
+    sld_disabled_until_switch: bool,
+    tasks: [TaskAc; MAX_TASKS],
+    kernel_sites: SiteSet,
+    messages: RateLimit,
+}
+
+impl CpuAc {
+    fn budget(&mut self, id: TaskId) -> &mut RateLimit {
+        let t = &mut self.tasks[usize::from(id.slot)];
+        if t.id != Some(id) {
+            *t = TaskAc { id: Some(id), budget: RateLimit::new() };
+        }
+        &mut t.budget
+    }
+
+    /// Writes the detection bit if it changes (every write is an exit the host counts).
+    fn set_detection(&mut self, on: bool) {
+        let Some(msr) = test_ctrl() else {
+            return;
+        };
+        if self.detection_on != on {
+            msr.set_detection(on);
+            self.detection_on = on;
+            COUNTERS.test_ctrl_writes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn disable_until_switch(&mut self) {
+        self.set_detection(false);
+        self.sld_disabled_until_switch = true;
+    }
+
+    fn message_allowed(&mut self) -> bool {
+        self.messages.try_take(crate::arch::ticks(), MESSAGE_BURST, MESSAGE_INTERVAL)
+    }
+}
+
+static CPU: CpuLocal<IrqCell<CpuAc>> = CpuLocal::new(
+    [const {
+        IrqCell::new(CpuAc {
+            detection_on: false,
+            sld_disabled_until_switch: false,
+            tasks: [TaskAc { id: None, budget: RateLimit::new() }; MAX_TASKS],
+            kernel_sites: SiteSet::new(),
+            messages: RateLimit::new(),
+        })
+    }; MAX_CPUS],
+);
+
+fn with_cpu<R>(f: impl FnOnce(&mut CpuAc) -> R) -> R {
+    CPU.get().with(f)
+}
+
+/// Event counts since boot, for the self-tests and reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Alignment checks tasks asked for (delivered to the task).
+    pub alignment_checks: u64,
+    pub user_split_locks: u64,
+    pub kernel_split_locks: u64,
+    /// #AC with detection off and no alignment check asked for.
+    pub spurious: u64,
+    /// Tasks ended for a split lock (`fatal`).
+    pub tasks_killed: u64,
+    /// Times a task over its `ratelimit` budget was made to wait, and the ticks it waited.
+    pub waits: u64,
+    pub wait_ticks: u64,
+    /// Times detection came back on at a task switch.
+    pub reenabled_at_switch: u64,
+    /// Writes to MSR_TEST_CTRL.
+    pub test_ctrl_writes: u64,
+}
+
+struct Counters {
+    alignment_checks: AtomicU64,
+    user_split_locks: AtomicU64,
+    kernel_split_locks: AtomicU64,
+    spurious: AtomicU64,
+    tasks_killed: AtomicU64,
+    waits: AtomicU64,
+    wait_ticks: AtomicU64,
+    reenabled_at_switch: AtomicU64,
+    test_ctrl_writes: AtomicU64,
+}
+
+static COUNTERS: Counters = Counters {
+    alignment_checks: AtomicU64::new(0),
+    user_split_locks: AtomicU64::new(0),
+    kernel_split_locks: AtomicU64::new(0),
+    spurious: AtomicU64::new(0),
+    tasks_killed: AtomicU64::new(0),
+    waits: AtomicU64::new(0),
+    wait_ticks: AtomicU64::new(0),
+    reenabled_at_switch: AtomicU64::new(0),
+    test_ctrl_writes: AtomicU64::new(0),
+};
+
+/// The counters now.
+pub fn stats() -> Stats {
+    let c = &COUNTERS;
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    Stats {
+        alignment_checks: get(&c.alignment_checks),
+        user_split_locks: get(&c.user_split_locks),
+        kernel_split_locks: get(&c.kernel_split_locks),
+        spurious: get(&c.spurious),
+        tasks_killed: get(&c.tasks_killed),
+        waits: get(&c.waits),
+        wait_ticks: get(&c.wait_ticks),
+        reenabled_at_switch: get(&c.reenabled_at_switch),
+        test_ctrl_writes: get(&c.test_ctrl_writes),
+    }
+}
+
+/// This vCPU's split-lock state, for self-tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub enumeration: Enumeration,
+    pub mode: Mode,
+    /// Detection on this vCPU, as the kernel last wrote it.
+    pub detection_on: bool,
+    /// Detection was switched off until the next task switch.
+    pub sld_disabled_until_switch: bool,
+}
+
+/// This vCPU's state now.
+pub fn status() -> Status {
+    let (detection_on, sld_disabled_until_switch) = with_cpu(|c| (c.detection_on, c.sld_disabled_until_switch));
+    Status { enumeration: enumeration(), mode: mode(), detection_on, sld_disabled_until_switch }
+}
+
+/// Detection as MSR_TEST_CTRL itself reads back (under the host stub: the value the host
+/// keeps for this vCPU); `None` when the MSR was not enumerated.
+pub fn detection_in_msr() -> Option<bool> {
+    test_ctrl().map(TestCtrl::detection_on)
+}
+
+/// Runs `f` under another split-lock mode on this vCPU, then restores the previous one. The
+/// self-tests use it to cover every mode in one boot; the boot mode comes from `sld=`.
+pub fn with_mode<R>(mode: Mode, f: impl FnOnce() -> R) -> R {
+    let old = self::mode();
+    store_mode(mode);
+    apply_mode_here();
+    let result = f();
+    store_mode(old);
+    apply_mode_here();
+    result
+}
+
+/// Puts this vCPU's detection where the mode wants it.
+fn apply_mode_here() {
+    let on = mode().wants_detection();
+    with_cpu(|c| {
+        c.sld_disabled_until_switch = false;
+        c.set_detection(on);
+    });
+}
+
+/// Reads `sld=`, enumerates detection, turns on CR0.AM, registers the #AC handler and the
+/// switch hook, and sets this vCPU's detection as the mode says.
+pub fn init(cmdline: &Cmdline<'_>) {
+    let mode = match cmdline.get("sld") {
+        None => Mode::DEFAULT,
+        Some(text) => Mode::parse(text).unwrap_or_else(|e| {
+            kprintln!("ac: warning: sld={text:?} ignored ({e}); using sld={}", Mode::DEFAULT);
+            Mode::DEFAULT
+        }),
+    };
+    store_mode(mode);
+    let enumeration = *ENUMERATION.call_once(hw::enumerate);
+    // With CR0.AM set, alignment checks happen for exactly the CPL 3 code that sets RFLAGS.AC
+    // itself (new tasks start with it clear); the kernel is never checked.
+    // SAFETY: only CR0.AM changes; paging, protection and write protection stay as they are.
+    unsafe { cpu::write_cr0(cpu::read_cr0() | CR0_AM) };
+    if super::trigger::available() {
+        super::trigger::map();
+    }
+    trap::register(sld::AC_VECTOR, on_alignment_check);
+    if task::add_switch_hook(on_switch).is_err() {
+        crate::arch::fault::fatal(format_args!("ac: no room for the task switch hook"));
+    }
+    apply_mode_here();
+    let cpuid_bit = cpu::cpuid(sld::CPUID_LEAF, sld::CPUID_SUBLEAF).edx & sld::CPUID7_EDX_CORE_CAPABILITIES != 0;
+    let found = match enumeration {
+        Enumeration::Available if cpuid_bit => "available",
+        Enumeration::Available => {
+            "available (IA32_CORE_CAPABILITIES from the host stub's leaf: CPUID.7.0:EDX[30] is hidden here)"
+        }
+        Enumeration::NoCoreCapabilities => "unavailable (CPUID.7.0:EDX[30] clear)",
+        Enumeration::NotInCoreCapabilities => "unavailable (IA32_CORE_CAPABILITIES bit 5 clear)",
+    };
+    kprintln!("ac: split-lock detection {found}, sld={mode}; alignment checks for tasks that set RFLAGS.AC");
+}
+
+/// The switch hook: detection switched off for the outgoing task comes back on.
+fn on_switch(_from: TaskId, _to: TaskId) {
+    with_cpu(|c| {
+        if c.sld_disabled_until_switch {
+            c.sld_disabled_until_switch = false;
+            c.set_detection(mode().wants_detection());
+            COUNTERS.reenabled_at_switch.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+}
+
+/// Vector 17.
+fn on_alignment_check(frame: &mut TrapFrame) {
+    let state = AcState {
+        cpl: frame.cpl(),
+        rflags_ac: frame.rflags & RFLAGS_AC != 0,
+        cr0_am: cpu::read_cr0() & CR0_AM != 0,
+        detection_on: with_cpu(|c| c.detection_on),
+    };
+    match policy::classify(state) {
+        AcKind::UserAlignmentCheck => alignment_check(frame),
+        AcKind::UserSplitLock => user_split_lock(frame),
+        AcKind::KernelSplitLock => kernel_split_lock(frame),
+        AcKind::Spurious => spurious(frame),
+    }
+}
+
+fn alignment_check(frame: &mut TrapFrame) {
+    COUNTERS.alignment_checks.fetch_add(1, Ordering::Relaxed);
+    let fault = Fault::from_frame(frame);
+    if task::run_fault_hook(frame, &fault) == Some(FaultAction::Resume) {
+        return;
+    }
+    let id = task::current();
+    let rip = frame.rip;
+    let address = super::operand::address_at(frame);
+    match address {
+        Some(address) => {
+            kprintln!("ac: task {} (user) ended: alignment check at rip {rip:#x}, address {address:#x}", task::name(id))
+        }
+        None => kprintln!(
+            "ac: task {} (user) ended: alignment check at rip {rip:#x}, address not decodable",
+            task::name(id)
+        ),
+    }
+    task::exit_current(ExitStatus::Killed(KillReason::AlignmentCheck { rip, address }));
+}
+
+fn user_split_lock(frame: &mut TrapFrame) {
+    COUNTERS.user_split_locks.fetch_add(1, Ordering::Relaxed);
+    let id = task::current();
+    let mode = mode();
+    let now = crate::arch::ticks();
+    let (action, say) = with_cpu(|c| (policy::user_action(mode, c.budget(id), now, HZ), c.message_allowed()));
+    match action {
+        UserAction::Kill => {
+            COUNTERS.tasks_killed.fetch_add(1, Ordering::Relaxed);
+            kprintln!("ac: task {} (user) ended: split lock at rip {:#x} (sld={mode})", task::name(id), frame.rip);
+            task::exit_current(ExitStatus::Killed(KillReason::SplitLock { rip: frame.rip }));
+        }
+        UserAction::Continue { wait_ticks } => {
+            if say {
+                kprintln!(
+                    "ac: split lock by task {} at rip {:#x} (sld={mode}): detection off on this vCPU until the task is switched out",
+                    task::name(id),
+                    frame.rip
+                );
+            }
+            if wait_ticks > 0 {
+                COUNTERS.waits.fetch_add(1, Ordering::Relaxed);
+                COUNTERS.wait_ticks.fetch_add(wait_ticks, Ordering::Relaxed);
+                // The task waits here, inside its #AC; the switches meanwhile turn detection
+                // back on, so it is switched off only once the task runs again.
+                task::sleep_ticks(wait_ticks);
+            }
+            with_cpu(CpuAc::disable_until_switch);
+        }
+    }
+}
+
+fn kernel_split_lock(frame: &mut TrapFrame) {
+    COUNTERS.kernel_split_locks.fetch_add(1, Ordering::Relaxed);
+    match policy::kernel_action(mode()) {
+        KernelAction::Panic => panic!("split lock in the kernel at rip {:#x} (sld=fatal)", frame.rip),
+        KernelAction::Continue => {
+            let first = with_cpu(|c| {
+                c.disable_until_switch();
+                c.kernel_sites.first_time(frame.rip)
+            });
+            if first {
+                kprintln!(
+                    "ac: split lock in the kernel at rip {:#x}, a kernel bug (reported once per site): detection off on this vCPU until the next task switch",
+                    frame.rip
+                );
+            }
+        }
+    }
+}
+
+fn spurious(frame: &mut TrapFrame) {
+    COUNTERS.spurious.fetch_add(1, Ordering::Relaxed);
+    if with_cpu(CpuAc::message_allowed) {
+        kprintln!(
+            "ac: spurious #AC at rip {:#x} (cpl {}): split-lock detection is off and no alignment check was asked for; ignored",
+            frame.rip,
+            frame.cpl()
+        );
+    }
+}

@@ -1,0 +1,430 @@
+//! The split-lock producer: virtualized split-lock detection for the guest (CPUID.7.0:EDX bit 30,
+//! IA32_CORE_CAPABILITIES, MSR_TEST_CTRL through user-space MSR exits) and the #AC a
+//! split-lock-detecting CPU would raise, produced where this hardware cannot.
+//!
+//! The signal: a split-locked instruction is invisible to these machines (no detection in the
+//! CPU, no KVM_CAP_X86_BUS_LOCK_EXIT), so a guest test stores a byte to the trigger page
+//! (`pvagent_abi::sld::TRIGGER_GPA`) right before its locked instruction. No memory backs
+//! that page, so the store exits to the host as an MMIO write, from CPL 0 and CPL 3 alike, with
+//! the vCPU stopped before the next instruction. The host decodes that instruction with
+//! `iced-x86`, computes its memory operand from the vCPU's registers, and decides with
+//! [`policy::decide`]: inject #AC (vector 17, error code 0, RIP of that instruction, not yet
+//! executed) or let it run. Breakpoints would not need the store, but on the PVM `/dev/kvm` of
+//! these machines neither a hardware execute breakpoint nor an `int3` stops the vCPU while the
+//! guest runs at CPL 3 (measured: the first does not fire, the second reaches the guest as
+//! #BP), and user split locks matter most. Where KVM offers bus-lock exits they are enabled
+//! too and each real bus lock is counted and reported; they come after the instruction ran,
+//! so #AC still comes from the trigger.
+
+pub mod policy;
+
+use std::fmt::Write as _;
+
+use kvm_bindings::{KVM_BUS_LOCK_DETECTION_EXIT, KVM_CAP_X86_BUS_LOCK_EXIT, kvm_enable_cap};
+
+use pvagent_abi::cpuid::{self as abi_cpuid, Features};
+use pvagent_abi::hypercall::{Nr, Status};
+use pvagent_abi::sld::{self, Verdict};
+
+use crate::cpuid::CpuidTable;
+
+use crate::error::{Error, Result};
+use crate::handler::{AttachCtx, ExitHandler, Handled, MsrAnswer, Report, VcpuCtx};
+use policy::{Access, Decision, GuestState, Policy, VirtualMsrs};
+
+/// This producer's name in reports and counter keys.
+const NAME: &str = "sld";
+/// How many per-decision lines the report keeps.
+const DECISION_LINES_MAX: usize = 64;
+
+/// How the split-lock producer is set up for a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SldConfig {
+    /// Advertise split-lock detection (CPUID.7.0:EDX bit 30, IA32_CORE_CAPABILITIES bit 5) and
+    /// serve MSR_TEST_CTRL. Without it both MSRs raise #GP; the trigger still works.
+    pub advertise: bool,
+    /// What happens to a split lock from a guest whose detection is off.
+    pub policy: Policy,
+}
+
+impl Default for SldConfig {
+    fn default() -> Self {
+        Self { advertise: true, policy: Policy::default() }
+    }
+}
+
+#[derive(Debug, Default)]
+struct VcpuState {
+    msrs: VirtualMsrs,
+}
+
+/// Decisions by verdict, for counters.
+#[derive(Debug, Default)]
+struct Counts {
+    triggers: u64,
+    bad_flags: u64,
+    decided: u64,
+    by_verdict: [u64; 9],
+    bus_locks: u64,
+}
+
+/// The split-lock producer.
+#[derive(Debug)]
+pub struct SplitLock {
+    config: SldConfig,
+    vcpus: Vec<VcpuState>,
+    last: (u64, Verdict),
+    globally_disabled: bool,
+    bus_lock_exits: bool,
+    counts: Counts,
+    lines: Vec<String>,
+}
+
+impl SplitLock {
+    /// A producer with this configuration.
+    pub fn new(config: SldConfig) -> Self {
+        Self {
+            config,
+            vcpus: Vec::new(),
+            last: (0, Verdict::Pending),
+            globally_disabled: false,
+            bus_lock_exits: false,
+            counts: Counts::default(),
+            lines: Vec::new(),
+        }
+    }
+
+    fn vcpu(&mut self, index: usize) -> &mut VcpuState {
+        if self.vcpus.len() <= index {
+            self.vcpus.resize_with(index + 1, VcpuState::default);
+        }
+        &mut self.vcpus[index]
+    }
+
+    fn note(&mut self, line: String) {
+        if self.lines.len() < DECISION_LINES_MAX {
+            self.lines.push(line);
+        }
+    }
+
+    /// A store to the trigger page: decide on the instruction after it.
+    fn triggered(&mut self, ctx: &mut VcpuCtx<'_>, flags: u8) -> Result<()> {
+        self.counts.triggers += 1;
+        if u64::from(flags) & !sld::ARM_FORCE_INJECT != 0 {
+            self.counts.bad_flags += 1;
+            self.note(format!("trigger on vCPU {} with unknown flags {flags:#x}: ignored", ctx.index));
+            return Ok(());
+        }
+        self.decide(ctx, u64::from(flags) & sld::ARM_FORCE_INJECT != 0)
+    }
+
+    /// Decides on the armed instruction, and injects #AC or lets it run.
+    fn decide(&mut self, ctx: &mut VcpuCtx<'_>, forced: bool) -> Result<()> {
+        let regs = ctx.vcpu.get_regs().map_err(Error::GetRegs)?;
+        let sregs = ctx.vcpu.get_sregs().map_err(Error::GetSregs)?;
+        // KVM completes an MMIO store before it exits (RIP is past it) or when it is entered
+        // again (RIP is still at it): the armed instruction is the one after the store.
+        let mut rip = regs.rip;
+        if let Ok(store) = crate::guest_insn::at(ctx.vcpu, ctx.mem, rip, &regs, &sregs)
+            && store
+                .memory
+                .first()
+                .and_then(|m| crate::guest_insn::translate(ctx.vcpu, m.linear))
+                .is_some_and(is_trigger)
+        {
+            rip = rip.wrapping_add(store.len() as u64);
+        }
+        let decoded = crate::guest_insn::at(ctx.vcpu, ctx.mem, rip, &regs, &sregs);
+        let access = decoded
+            .as_ref()
+            .ok()
+            .map(|i| Access { locked: i.is_locked_access(), memory: i.memory.first().map(|m| (m.linear, m.size)) });
+        let guest = GuestState {
+            cpl: (sregs.cs.selector & 3) as u8,
+            cr0_am: sregs.cr0 & (1 << 18) != 0,
+            rflags_ac: regs.rflags & (1 << 18) != 0,
+            detection_on: self.vcpu(ctx.index).msrs.detection_on(),
+        };
+        let decision = if forced {
+            Decision::Inject(Verdict::InjectedForced)
+        } else {
+            policy::decide(access, guest, self.config.policy, self.globally_disabled)
+        };
+        let what = match (&decoded, access.and_then(|a| a.memory)) {
+            (Ok(i), Some((addr, size))) => format!("{} ({size} bytes at {addr:#x})", i.text()),
+            (Ok(i), None) => i.text(),
+            (Err(e), _) => format!("not decodable: {e}"),
+        };
+        let verdict = match decision {
+            Decision::Inject(verdict) => {
+                inject_ac(ctx)?;
+                verdict
+            }
+            Decision::Run(verdict) => verdict,
+            Decision::DisableGlobally => {
+                self.globally_disabled = true;
+                self.note(format!(
+                    "policy disable-globally: split-lock detection switched off for this VM after a split lock on vCPU {} at rip {rip:#x} ({what}) from a guest with detection off",
+                    ctx.index
+                ));
+                Verdict::DisabledGlobally
+            }
+            Decision::Exit => {
+                return Err(Error::SplitLockExit { vcpu: ctx.index, rip, insn: what });
+            }
+        };
+        self.counts.decided += 1;
+        self.counts.by_verdict[verdict as usize] += 1;
+        let seq = self.last.0 + 1;
+        self.last = (seq, verdict);
+        let action = if verdict.injected() { "#AC injected" } else { "ran" };
+        self.note(format!(
+            "trigger {seq} on vCPU {} at rip {rip:#x}, cpl {}: {what}: {action} ({})",
+            ctx.index,
+            guest.cpl,
+            verdict_name(verdict)
+        ));
+        Ok(())
+    }
+}
+
+/// Whether a guest-physical address is on the trigger page.
+fn is_trigger(gpa: u64) -> bool {
+    (sld::TRIGGER_GPA..sld::TRIGGER_GPA + pvagent_abi::PAGE_SIZE).contains(&gpa)
+}
+
+fn verdict_name(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Pending => "pending",
+        Verdict::InjectedSplitLock => "split lock, guest detection on",
+        Verdict::InjectedAlignmentCheck => "split lock at CPL 3 with the guest's alignment checking on",
+        Verdict::NotLocked => "not a locked access",
+        Verdict::NotSplit => "locked, within one cache line",
+        Verdict::GuestDetectionOff => "split lock, guest detection off: policy inject-if-enabled",
+        Verdict::DisabledGlobally => "split lock, detection disabled for the VM",
+        Verdict::Undecodable => "could not be decoded",
+        Verdict::InjectedForced => "forced by the guest test",
+    }
+}
+
+/// The counter key of each verdict.
+fn verdict_counter(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Pending => "pending",
+        Verdict::InjectedSplitLock => "injected_split_lock",
+        Verdict::InjectedAlignmentCheck => "injected_alignment_check",
+        Verdict::NotLocked => "not_locked",
+        Verdict::NotSplit => "not_split",
+        Verdict::GuestDetectionOff => "guest_detection_off",
+        Verdict::DisabledGlobally => "disabled_globally",
+        Verdict::Undecodable => "undecodable",
+        Verdict::InjectedForced => "injected_forced",
+    }
+}
+
+/// Injects #AC (error code 0) into the vCPU, to be delivered at the next entry.
+fn inject_ac(ctx: &VcpuCtx<'_>) -> Result<()> {
+    let mut events = ctx.vcpu.get_vcpu_events().map_err(Error::GetVcpuEvents)?;
+    events.exception.injected = 1;
+    events.exception.pending = 0;
+    events.exception.nr = sld::AC_VECTOR;
+    events.exception.has_error_code = 1;
+    events.exception.error_code = 0;
+    // Only the exception changes; leave NMI, SIPI, SMM and the interrupt shadow alone.
+    events.flags = 0;
+    ctx.vcpu.set_vcpu_events(&events).map_err(Error::SetVcpuEvents)
+}
+
+impl ExitHandler for SplitLock {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn attach(&mut self, ctx: &mut AttachCtx<'_>) -> Result<()> {
+        let vm = ctx.vm;
+        let bus_lock_modes = vm.check_extension_raw(u64::from(KVM_CAP_X86_BUS_LOCK_EXIT));
+        if bus_lock_modes > 0 && bus_lock_modes as u32 & KVM_BUS_LOCK_DETECTION_EXIT != 0 {
+            let cap = kvm_enable_cap {
+                cap: KVM_CAP_X86_BUS_LOCK_EXIT,
+                args: [u64::from(KVM_BUS_LOCK_DETECTION_EXIT), 0, 0, 0],
+                ..Default::default()
+            };
+            vm.enable_cap(&cap).map_err(|e| Error::EnableCap("KVM_CAP_X86_BUS_LOCK_EXIT", e))?;
+            self.bus_lock_exits = true;
+        }
+        Ok(())
+    }
+
+    fn cpuid(&self, table: &mut CpuidTable) {
+        let leaf7 = table.entry(sld::CPUID_LEAF, sld::CPUID_SUBLEAF);
+        if self.config.advertise {
+            leaf7.edx |= sld::CPUID7_EDX_CORE_CAPABILITIES;
+        } else {
+            leaf7.edx &= !sld::CPUID7_EDX_CORE_CAPABILITIES;
+        }
+        let features = &mut table.entry(abi_cpuid::LEAF_INFO, 0).ebx;
+        *features |= Features::SPLIT_LOCK_TRIGGER;
+        // The same statement in the host stub's own leaf, which KVM passes through unchanged
+        // where it filters the architectural bit.
+        if self.config.advertise {
+            *features |= Features::CORE_CAPABILITIES;
+        }
+    }
+
+    fn intercepted_msrs(&self) -> Vec<u32> {
+        vec![sld::MSR_TEST_CTRL, sld::MSR_CORE_CAPABILITIES]
+    }
+
+    fn rdmsr(&mut self, ctx: &mut VcpuCtx<'_>, index: u32) -> Result<MsrAnswer> {
+        let advertise = self.config.advertise;
+        Ok(self.vcpu(ctx.index).msrs.read(index, advertise))
+    }
+
+    fn wrmsr(&mut self, ctx: &mut VcpuCtx<'_>, index: u32, value: u64) -> Result<MsrAnswer> {
+        let advertise = self.config.advertise;
+        Ok(self.vcpu(ctx.index).msrs.write(index, value, advertise))
+    }
+
+    fn hypercall(
+        &mut self,
+        _ctx: &mut VcpuCtx<'_>,
+        nr: u32,
+        _args: [u64; 4],
+    ) -> Option<std::result::Result<[u64; 2], Status>> {
+        match Nr::try_from(nr) {
+            Ok(Nr::SplitLockVerdict) => Some(Ok([self.last.0, self.last.1 as u64])),
+            _ => None,
+        }
+    }
+
+    fn mmio_write(&mut self, ctx: &mut VcpuCtx<'_>, addr: u64, data: &[u8]) -> Result<Handled> {
+        if !is_trigger(addr) {
+            return Ok(Handled::No);
+        }
+        self.triggered(ctx, data.first().copied().unwrap_or(0))?;
+        Ok(Handled::Yes)
+    }
+
+    fn mmio_read(&mut self, _ctx: &mut VcpuCtx<'_>, addr: u64, data: &mut [u8]) -> Result<Handled> {
+        if !is_trigger(addr) {
+            return Ok(Handled::No);
+        }
+        data.fill(0);
+        Ok(Handled::Yes)
+    }
+
+    fn bus_lock(&mut self, ctx: &mut VcpuCtx<'_>) -> Result<Handled> {
+        self.counts.bus_locks += 1;
+        let rip = ctx.vcpu.get_regs().map_err(Error::GetRegs)?.rip;
+        self.note(format!("bus lock reported by KVM on vCPU {} (the instruction before rip {rip:#x})", ctx.index));
+        Ok(Handled::Yes)
+    }
+
+    fn finish(&mut self, report: &mut Report) -> Result<()> {
+        let signal = if self.bus_lock_exits {
+            "KVM bus-lock exits (real, after the instruction) are counted; #AC comes from the trigger (trigger page + decoder)"
+        } else {
+            "emulated: no split-lock detection on this CPU and no KVM_CAP_X86_BUS_LOCK_EXIT, so #AC comes from the trigger (trigger page + decoder)"
+        };
+        report.line(format!("{NAME}: signal: {signal}"));
+        report.line(format!(
+            "{NAME}: detection {} to the guest; policy for guests with detection off: {}{}",
+            if self.config.advertise { "advertised" } else { "not advertised" },
+            self.config.policy.name(),
+            if self.globally_disabled { " (detection now off for this VM)" } else { "" }
+        ));
+        let (mut writes, mut refused, mut caps_reads) = (0, 0, 0);
+        for (index, vcpu) in self.vcpus.iter().enumerate() {
+            let m = &vcpu.msrs;
+            writes += m.write_count;
+            refused += m.refused;
+            caps_reads += m.core_caps_reads;
+            let mut seq = String::new();
+            for value in &m.writes {
+                let _ = write!(seq, " {}", if value & sld::TEST_CTRL_SPLIT_LOCK_DETECT != 0 { "on" } else { "off" });
+            }
+            if m.write_count as usize > m.writes.len() {
+                seq.push_str(" ...");
+            }
+            report.line(format!(
+                "{NAME}: vCPU {index} MSR_TEST_CTRL: {} writes{}{seq}; now {:#x}; {} refused with #GP",
+                m.write_count,
+                if seq.is_empty() { "" } else { ":" },
+                m.test_ctrl,
+                m.refused
+            ));
+        }
+        for line in self.lines.drain(..) {
+            report.line(format!("{NAME}: {line}"));
+        }
+        report.counter(NAME, "test_ctrl_writes", writes);
+        report.counter(NAME, "msr_refused", refused);
+        report.counter(NAME, "core_caps_reads", caps_reads);
+        report.counter(NAME, "triggers", self.counts.triggers);
+        report.counter(NAME, "bad_flags", self.counts.bad_flags);
+        report.counter(NAME, "decided", self.counts.decided);
+        for (raw, count) in self.counts.by_verdict.iter().enumerate() {
+            if let Ok(verdict) = Verdict::try_from(raw as u64) {
+                report.counter(NAME, verdict_counter(verdict), *count);
+            }
+        }
+        report.counter(NAME, "globally_disabled", u64::from(self.globally_disabled));
+        report.counter(NAME, "bus_locks", self.counts.bus_locks);
+        report.line(format!(
+            "{NAME}: {} triggers, {} decided: {} #AC injected, {} ran",
+            self.counts.triggers,
+            self.counts.decided,
+            self.counts
+                .by_verdict
+                .iter()
+                .enumerate()
+                .filter(|(v, _)| matches!(*v, 1 | 2 | 8))
+                .map(|(_, c)| c)
+                .sum::<u64>(),
+            self.counts
+                .by_verdict
+                .iter()
+                .enumerate()
+                .filter(|(v, _)| !matches!(*v, 1 | 2 | 8))
+                .map(|(_, c)| c)
+                .sum::<u64>(),
+        ));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_trigger_page_triggers() {
+        assert!(is_trigger(sld::TRIGGER_GPA) && is_trigger(sld::TRIGGER_GPA + 0xFFF));
+        assert!(!is_trigger(sld::TRIGGER_GPA - 1) && !is_trigger(sld::TRIGGER_GPA + 0x1000));
+    }
+
+    #[test]
+    fn advertising_is_a_cpuid_bit_and_the_trigger_a_feature_bit() {
+        for advertise in [true, false] {
+            let mut table = CpuidTable::from_entries(vec![kvm_bindings::kvm_cpuid_entry2 {
+                function: 7,
+                edx: sld::CPUID7_EDX_CORE_CAPABILITIES,
+                ..Default::default()
+            }]);
+            SplitLock::new(SldConfig { advertise, policy: Policy::Exit }).cpuid(&mut table);
+            let edx = table.get(7, 0).unwrap().edx;
+            assert_eq!(edx & sld::CPUID7_EDX_CORE_CAPABILITIES != 0, advertise);
+            let features = Features(table.get(abi_cpuid::LEAF_INFO, 0).unwrap().ebx);
+            assert!(features.has(Features::SPLIT_LOCK_TRIGGER));
+            assert_eq!(features.has(Features::CORE_CAPABILITIES), advertise);
+        }
+    }
+
+    #[test]
+    fn every_verdict_has_its_own_counter() {
+        let mut names: Vec<_> = (0..9).map(|v| verdict_counter(Verdict::try_from(v).unwrap())).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), 9);
+    }
+}
