@@ -15,3 +15,42 @@ pub const DEBUG_EXIT: u16 = 0xF4;
 /// QEMU ignores writes here; a guest only uses it when [`crate::cpuid::Features::HYPERCALL`] is
 /// set.
 pub const HYPERCALL: u16 = 0x0510;
+
+/// The host stub's null port: an `out` here exits to the host, which does nothing and resumes
+/// the guest. The benchmarks' baseline (one port-I/O round trip); QEMU ignores it too.
+pub const BENCH_NULL: u16 = 0x051F;
+
+/// The host stub's injection port, for benchmarks: a 32-bit `out` of a [`BenchInject`] value
+/// makes the host inject that event on the way back into the guest. A port (not a hypercall)
+/// so that a CPL 3 task with I/O privilege can drive it from a native loop.
+pub const BENCH_INJECT: u16 = 0x051E;
+
+crate::wire_enum! {
+/// What [`BENCH_INJECT`] injects: bits 7:0 of the value written. Bits 15:8 are the vector
+/// (interrupt, exception); bits 31:16 a page index in the demand-paged region (event).
+pub enum BenchInject: u32 {
+    /// Nothing: the round trip alone.
+    None = 0,
+    /// An interrupt of the vector, through the local APIC (an MSI), as a device raises it.
+    Interrupt = 1,
+    /// The exception vector with error code 0 (KVM_SET_VCPU_EVENTS), as #AC is injected.
+    Exception = 2,
+    /// A page-not-present event for that page, which must be present, with its resolution
+    /// written first: the guest's no-wait path. Served by the pager; ignored when no event can
+    /// be delivered now.
+    PageNotPresent = 3,
+}
+}
+
+impl BenchInject {
+    /// The value to write for this kind with `vector` and `page`.
+    pub const fn encode(self, vector: u8, page: u16) -> u32 {
+        self as u32 | (vector as u32) << 8 | (page as u32) << 16
+    }
+
+    /// Splits a written value into kind, vector and page; `None` for an unknown kind.
+    pub fn decode(value: u32) -> Option<(Self, u8, u16)> {
+        let kind = Self::try_from(value & 0xFF).ok()?;
+        Some((kind, (value >> 8) as u8, (value >> 16) as u16))
+    }
+}

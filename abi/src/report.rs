@@ -100,6 +100,21 @@ impl<'a> Line<'a> {
     }
 }
 
+/// Prefix of a benchmark result line: `bench: <name> <key>=<value> ...`, values are unsigned
+/// integers (nanoseconds, counts) so that nothing is lost to formatting.
+pub const BENCH_PREFIX: &str = "bench: ";
+
+/// Reads a benchmark line back: its name and its `key=value` pairs.
+pub fn parse_bench(line: &str) -> Option<(&str, impl Iterator<Item = (&str, u64)>)> {
+    let rest = line.trim_end_matches(['\r', '\n']).strip_prefix(BENCH_PREFIX)?;
+    let mut words = rest.split_ascii_whitespace();
+    let name = words.next()?;
+    if name.contains('=') {
+        return None;
+    }
+    Some((name, words.filter_map(|w| w.split_once('=')).filter_map(|(k, v)| Some((k, v.parse().ok()?)))))
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -126,6 +141,18 @@ mod tests {
         assert_eq!(Line::parse("selftest: PASSED x"), None);
         assert_eq!(Line::parse("selftest: 1 passed, 2 failed"), None);
         assert_eq!(Line::parse("selftest: PASS two words"), None);
+    }
+
+    #[test]
+    fn bench_lines_parse_into_name_and_integer_pairs() {
+        let (name, pairs) = parse_bench("bench: io ns=1234 iterations=5000").unwrap();
+        assert_eq!(name, "io");
+        let pairs: std::vec::Vec<_> = pairs.collect();
+        assert_eq!(pairs, [("ns", 1234), ("iterations", 5000)]);
+        assert!(parse_bench("selftest: PASS x").is_none());
+        assert!(parse_bench("bench: k=v").is_none(), "a line needs a name");
+        let (_, pairs) = parse_bench("bench: x a=1 b=oops c=3").unwrap();
+        assert_eq!(pairs.count(), 2, "non-integer values are dropped");
     }
 
     #[test]

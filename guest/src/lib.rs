@@ -14,6 +14,8 @@ pub mod task;
 #[cfg(kernel)]
 pub mod arch;
 #[cfg(kernel)]
+pub mod bench;
+#[cfg(kernel)]
 pub mod console;
 #[cfg(kernel)]
 pub mod selftest;
@@ -24,7 +26,8 @@ pub mod sync;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Command line keys the kernel understands (others are reported at boot).
-pub const KNOWN_CMDLINE_KEYS: &[&str] = &["tests", "expect-host", "pnp", "pnp-ring", "sld"];
+pub const KNOWN_CMDLINE_KEYS: &[&str] =
+    &["tests", "expect-host", "pnp", "pnp-ring", "sld", "bench", "bench-quick", "bench-reps"];
 
 #[cfg(kernel)]
 #[panic_handler]

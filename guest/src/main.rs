@@ -35,11 +35,16 @@ mod kernel {
         for key in cmdline.unknown_keys(pvagent_guest::KNOWN_CMDLINE_KEYS) {
             kprintln!("boot: warning: unknown command line key {key:?}");
         }
-        match task::spawn_kernel("selftest", run_selftests, 0) {
+        let runner = if cmdline.get("bench").is_some() { run_benchmarks } else { run_selftests };
+        match task::spawn_kernel("selftest", runner, 0) {
             Ok(id) => task::set_critical(id),
             Err(err) => arch::fault::fatal(format_args!("cannot start the self-test task: {err:?}")),
         }
         task::idle_loop()
+    }
+
+    fn run_benchmarks(_: u64) -> u64 {
+        pvagent_guest::bench::run(Cmdline::new(info::get().cmdline.as_str()))
     }
 
     fn run_selftests(_: u64) -> u64 {

@@ -6,6 +6,7 @@
 //! a thin command line around that.
 
 pub mod acpi;
+pub mod bench;
 pub mod config;
 pub mod cpuid;
 pub mod devices;

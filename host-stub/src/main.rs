@@ -30,6 +30,13 @@ struct Args {
     /// Do not echo the guest's console.
     #[arg(long, conflicts_with = "serial_log")]
     quiet: bool,
+    /// Print every host counter (`host: counter KEY VALUE`) after the run.
+    #[arg(long)]
+    counters: bool,
+    /// Run the guest in a bare kvm-ioctls loop (no devices beyond a console and the exit port,
+    /// no producers): the benchmarks' baseline.
+    #[arg(long)]
+    bare: bool,
     /// Stop the guest after this many seconds (0: never).
     #[arg(long, default_value_t = 300)]
     timeout: u64,
@@ -125,6 +132,7 @@ fn main() -> ExitCode {
     };
     config.timeout = (args.timeout > 0).then(|| Duration::from_secs(args.timeout));
 
+    let producers = if args.bare { Producers::default() } else { producers };
     let producers = match producers.build() {
         Ok(producers) => producers,
         Err(e) => {
@@ -139,9 +147,30 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.bare {
+        return match vm.run_bare() {
+            Ok(run) => {
+                for line in &run.serial {
+                    println!("{line}");
+                }
+                println!("host: counter bare.exits {}", run.exits);
+                println!("host: counter host.run_us {}", run.run_time.as_micros());
+                ExitCode::from(run.guest_exit_code.map_or(2, pvagent_abi::exit::host_stub_status) as u8)
+            }
+            Err(e) => {
+                eprintln!("pvagent-host: error: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let result = vm.run();
     for line in &result.report.lines {
         println!("host: {line}");
+    }
+    if args.counters {
+        for (key, value) in &result.report.counters {
+            println!("host: counter {key} {value}");
+        }
     }
     if let Some(error) = &result.host_error {
         eprintln!("pvagent-host: error: {error}");

@@ -49,6 +49,13 @@ fn copy_exit(exit: VcpuExit<'_>) -> Exit {
     }
 }
 
+/// Whether `PVAGENT_DEBUG_EXITS` asks for every exit to be printed (read once: looking the
+/// environment up on every exit would cost more than the exit).
+pub fn debug_exits() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("PVAGENT_DEBUG_EXITS").is_some())
+}
+
 /// Counts of exits no handler claimed.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Unclaimed {
@@ -98,7 +105,7 @@ impl Vcpu {
                 Err(e) => return Err(Error::Run(e)),
             };
             self.exits += 1;
-            if std::env::var_os("PVAGENT_DEBUG_EXITS").is_some() {
+            if debug_exits() {
                 static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
                 let t = START.get_or_init(std::time::Instant::now).elapsed();
                 let rip = rip(&self.fd);

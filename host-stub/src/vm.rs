@@ -14,7 +14,7 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::config::Config;
 use crate::cpuid::CpuidTable;
-use crate::devices::{BasicHypercalls, debug_exit::DebugExit, serial::Serial};
+use crate::devices::{BasicHypercalls, bench::Bench, debug_exit::DebugExit, serial::Serial};
 use crate::error::{Error, Result};
 use crate::handler::{AttachCtx, ExitHandler, Report, Stop};
 use crate::loader::{self, Loaded};
@@ -39,6 +39,7 @@ pub struct Vm {
     serial: Serial,
     debug_exit: DebugExit,
     hypercalls: BasicHypercalls,
+    bench: Bench,
     producers: Vec<Box<dyn ExitHandler>>,
     loaded: Loaded,
     config: Config,
@@ -106,6 +107,7 @@ impl Vm {
         fd.set_cpuid2(&cpuid.to_kvm()?).map_err(Error::SetCpuid)?;
         set_pvh_entry_state(&fd, loaded.entry)?;
 
+        let bench = Bench::new(vm.clone());
         Ok(Self {
             vcpu: Vcpu { index: 0, fd, exits: 0, unclaimed: Default::default() },
             vm,
@@ -114,6 +116,7 @@ impl Vm {
             serial,
             debug_exit: DebugExit,
             hypercalls: BasicHypercalls::default(),
+            bench,
             producers,
             loaded,
             config,
@@ -127,7 +130,7 @@ impl Vm {
         let watchdog = Watchdog::arm(self.config.timeout);
         let outcome = {
             let mut handlers: Vec<&mut dyn ExitHandler> =
-                vec![&mut self.serial, &mut self.debug_exit, &mut self.hypercalls];
+                vec![&mut self.serial, &mut self.debug_exit, &mut self.hypercalls, &mut self.bench];
             handlers.extend(self.producers.iter_mut().map(|p| p.as_mut() as &mut dyn ExitHandler));
             self.vcpu.run(&self.vm, &self.mem, &mut handlers, &watchdog)
         };
@@ -144,10 +147,11 @@ impl Vm {
         };
         finish(&mut self.serial, &mut report);
         finish(&mut self.hypercalls, &mut report);
+        finish(&mut self.bench, &mut report);
         for p in &mut self.producers {
             finish(p.as_mut(), &mut report);
         }
-        if std::env::var_os("PVAGENT_DEBUG_EXITS").is_some()
+        if crate::vcpu::debug_exits()
             && let Ok(stats) = crate::kvm_stats::read(&self.vcpu.fd)
         {
             for (name, value) in stats.iter().filter(|(_, v)| **v != 0) {
@@ -155,6 +159,11 @@ impl Vm {
             }
         }
         report.counter("vcpu0", "exits", self.vcpu.exits);
+        report.counter("host", "setup_us", self.setup_time.as_micros() as u64);
+        report.counter("host", "run_us", elapsed.as_micros() as u64);
+        if let Some(kib) = peak_rss_kib() {
+            report.counter("host", "peak_rss_kib", kib);
+        }
         report.counter("vcpu0", "unclaimed_io", self.vcpu.unclaimed.io);
         report.counter("vcpu0", "unclaimed_mmio", self.vcpu.unclaimed.mmio);
         report.counter("vcpu0", "unclaimed_msr", self.vcpu.unclaimed.msr);
@@ -215,8 +224,71 @@ fn msr_ranges(msrs: &[u32]) -> Vec<(u32, u32)> {
     ranges
 }
 
+/// What [`Vm::run_bare`] saw.
+#[derive(Clone, Debug, Default)]
+pub struct BareRun {
+    pub guest_exit_code: Option<u32>,
+    pub serial: Vec<String>,
+    pub exits: u64,
+    pub run_time: Duration,
+}
+
+impl Vm {
+    /// Runs the guest in a bare `kvm-ioctls` loop instead of the host stub's run loop: no
+    /// handlers, no producers, exit data filled in place, MSR accesses refused, everything else
+    /// ignored. The baseline the benchmark compares the host stub's loop against.
+    pub fn run_bare(mut self) -> Result<BareRun> {
+        use kvm_ioctls::VcpuExit;
+        use pvagent_abi::port::{COM1, DEBUG_EXIT};
+        let mut out = BareRun::default();
+        let (mut line, mut dlab) = (Vec::new(), false);
+        let start = Instant::now();
+        loop {
+            out.exits += 1;
+            match self.vcpu.fd.run() {
+                Ok(VcpuExit::IoOut(port, data)) if port == COM1 && !dlab => {
+                    for &b in data {
+                        match b {
+                            b'\n' => out.serial.push(String::from_utf8_lossy(&std::mem::take(&mut line)).into_owned()),
+                            b'\r' => {}
+                            _ => line.push(b),
+                        }
+                    }
+                }
+                Ok(VcpuExit::IoOut(port, data)) if port == COM1 + 3 => {
+                    dlab = data.first().is_some_and(|b| b & 0x80 != 0)
+                }
+                Ok(VcpuExit::IoOut(port, data)) if port == DEBUG_EXIT => {
+                    let mut w = [0u8; 4];
+                    w[..data.len().min(4)].copy_from_slice(&data[..data.len().min(4)]);
+                    out.guest_exit_code = Some(u32::from_le_bytes(w));
+                    break;
+                }
+                Ok(VcpuExit::IoOut(..)) | Ok(VcpuExit::MmioWrite(..)) | Ok(VcpuExit::Intr) => {}
+                // The UART's line status says "ready"; every other read is 0 or all-ones.
+                Ok(VcpuExit::IoIn(port, data)) => data.fill(if port == COM1 + 5 { 0x60 } else { 0 }),
+                Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xFF),
+                Ok(VcpuExit::X86Rdmsr(msr)) => *msr.error = 1,
+                Ok(VcpuExit::X86Wrmsr(msr)) => *msr.error = 1,
+                Ok(other) => return Err(Error::UnexpectedExit { exit: format!("{other:?}"), rip: 0 }),
+                Err(e) if e.errno() == libc::EINTR => {}
+                Err(e) => return Err(Error::Run(e)),
+            }
+        }
+        out.run_time = start.elapsed();
+        Ok(out)
+    }
+}
+
+/// The process's peak resident set size (VmHWM), in KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// The vCPU state the PVH ABI prescribes at the 32-bit entry.
-fn set_pvh_entry_state(fd: &kvm_ioctls::VcpuFd, entry: u64) -> Result<()> {
+pub(crate) fn set_pvh_entry_state(fd: &kvm_ioctls::VcpuFd, entry: u64) -> Result<()> {
     let mut sregs = fd.get_sregs().map_err(Error::GetSregs)?;
     let code = kvm_segment {
         base: 0,

@@ -94,6 +94,15 @@ pub fn read_u64(addr: u64) -> u64 {
     value
 }
 
+/// User side: reads the time-stamp counter (CR4.TSD is clear, so CPL 3 may).
+#[inline(always)]
+pub fn rdtsc() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: RDTSC only reads the counter.
+    unsafe { core::arch::asm!("rdtsc", out("eax") lo, out("edx") hi, options(nostack, nomem, preserves_flags)) };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
 /// User side: writes a u64.
 #[inline(always)]
 pub fn write_u64(addr: u64, value: u64) {

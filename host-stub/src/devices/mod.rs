@@ -1,5 +1,6 @@
 //! The devices the guest needs: its console, the exit port, and the basic hypercalls.
 
+pub mod bench;
 pub mod debug_exit;
 pub mod serial;
 

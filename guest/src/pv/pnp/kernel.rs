@@ -129,6 +129,9 @@ pub struct Stats {
     pub consumed: u64,
     /// Woken tasks that were no longer waiting.
     pub stale_wakes: u64,
+    /// TSC cycles spent in the two handlers, excluding the time a task is parked or halted:
+    /// what the protocol costs the guest.
+    pub handler_cycles: u64,
     /// The token table's counters.
     pub tokens: TokenStats,
 }
@@ -157,6 +160,7 @@ impl Stats {
             ring_corrupt: 0,
             consumed: 0,
             stale_wakes: 0,
+            handler_cycles: 0,
             tokens: TokenStats::new(),
         }
     }
@@ -292,6 +296,7 @@ pub fn pending() -> (usize, usize) {
 }
 
 fn on_event(frame: &mut TrapFrame) {
+    let entered = cpu::rdtsc();
     apic::eoi();
     let cpu = percpu::index();
     let entries = STATE.get().with(|s| s.entries);
@@ -310,21 +315,28 @@ fn on_event(frame: &mut TrapFrame) {
         s.stats.events += 1;
         s.table.on_event(token, data.gpa, waiter)
     });
-    let result = match outcome {
-        EventOutcome::AlreadyResolved { result } => result,
+    let account = |since: u64| STATE.get().with(|s| s.stats.handler_cycles += cpu::rdtsc().wrapping_sub(since));
+    let (result, resumed) = match outcome {
+        EventOutcome::AlreadyResolved { result } => (result, entered),
         EventOutcome::Rejected(why) => {
             kprintln!("pnp: event with token {:#x} rejected: {why:?}", token.0);
+            account(entered);
             return;
         }
         EventOutcome::Park if can_sleep => {
             STATE.get().with(|s| s.stats.slept += 1);
-            task::block_current(Wait::Token(token.0)) as u32
+            account(entered);
+            let result = task::block_current(Wait::Token(token.0)) as u32;
+            (result, cpu::rdtsc())
         }
         EventOutcome::Park => {
             STATE.get().with(|s| s.stats.halted += 1);
-            halt::wait_until(|| STATE.get().with(|s| s.table.take_halt_result(token))).0
+            account(entered);
+            let result = halt::wait_until(|| STATE.get().with(|s| s.table.take_halt_result(token))).0;
+            (result, cpu::rdtsc())
         }
     };
+    account(resumed);
     if result == abi::RESULT_FAILED {
         page_failed(frame, token, data.gpa);
     }
@@ -343,6 +355,7 @@ fn page_failed(frame: &TrapFrame, token: Token, gpa: u64) {
 }
 
 fn on_resolution(_frame: &mut TrapFrame) {
+    let entered = cpu::rdtsc();
     apic::eoi();
     let cpu = percpu::index();
     let mut wakes: heapless::Vec<(task::sched::TaskId, u32), { abi::MAX_RING_ENTRIES as usize }> = heapless::Vec::new();
@@ -365,6 +378,7 @@ fn on_resolution(_frame: &mut TrapFrame) {
             STATE.get().with(|s| s.stats.stale_wakes += 1);
         }
     }
+    STATE.get().with(|s| s.stats.handler_cycles += cpu::rdtsc().wrapping_sub(entered));
 }
 
 fn host_call(nr: Nr, args: [u64; 4]) -> Result<[u64; 2], HypercallError> {

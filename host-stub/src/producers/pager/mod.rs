@@ -156,7 +156,11 @@ impl Pager {
         Ok(bytes)
     }
 
-    fn submit(&self, inner: &mut Inner, page: PageIndex) {
+    /// Starts fetching `page` after a latency drawn from the configured range. A zero latency
+    /// means the page is available now: returns true, and the caller completes the fetch itself
+    /// (once it has released the lock) instead of handing it to a fetcher thread.
+    #[must_use]
+    fn submit(&self, inner: &mut Inner, page: PageIndex) -> bool {
         let (min, max) = inner.latency_ns;
         let nanos = if max > min {
             // xorshift64: a reproducible spread of latencies for a given seed.
@@ -167,9 +171,13 @@ impl Pager {
         } else {
             min
         };
+        if nanos == 0 {
+            return true;
+        }
         if let Some(f) = &self.fetchers {
             f.submit(page, Duration::from_nanos(nanos));
         }
+        false
     }
 
     /// Handles one access to `gpa` in the region (`gva` when the host knows it).
@@ -217,12 +225,13 @@ impl Pager {
         }
         let pool = if area_free { inner.vcpus.get_mut(vcpu).and_then(|r| r.pool.as_mut()) } else { None };
         let decision = inner.core.on_access(vcpu, page, pool);
+        let mut complete_now = false;
         match decision {
             Decision::Continue => {}
             Decision::PresentNow => fill(inner, page)?,
             Decision::Deliver { token, fetch } => {
                 if fetch.is_some() {
-                    self.submit(inner, page);
+                    complete_now = self.submit(inner, page);
                 }
                 deliver_event(inner, vcpu, token, gpa, gva)?;
             }
@@ -234,10 +243,12 @@ impl Pager {
                 deliver_event(inner, vcpu, token, gpa, gva)?;
             }
             Decision::Wait { fetch } => {
-                if fetch.is_some() {
-                    self.submit(inner, page);
+                if fetch.is_some() && self.submit(inner, page) {
+                    drop(guard);
+                    complete_fetch(&self.shared, page);
+                } else {
+                    drop(guard);
                 }
-                drop(guard);
                 return self.wait_for(page, gpa);
             }
             Decision::StopFailedPage => {
@@ -245,6 +256,10 @@ impl Pager {
                     "the guest accessed page {gpa:#x}, which failed, when no page-not-present event could be delivered"
                 )));
             }
+        }
+        drop(guard);
+        if complete_now {
+            complete_fetch(&self.shared, page);
         }
         Ok(Handled::Yes)
     }
@@ -495,6 +510,26 @@ impl ExitHandler for Pager {
         self.access(ctx, gpa, None, Access::Retry)
     }
 
+    fn io_out(&mut self, ctx: &mut VcpuCtx<'_>, port: u16, data: &[u8]) -> Result<Handled> {
+        use pvagent_abi::port::{BENCH_INJECT, BenchInject};
+        if port != BENCH_INJECT || data.len() != 4 {
+            return Ok(Handled::No);
+        }
+        let Some((BenchInject::PageNotPresent, _, page)) =
+            BenchInject::decode(u32::from_le_bytes([data[0], data[1], data[2], data[3]]))
+        else {
+            return Ok(Handled::No);
+        };
+        let mut inner = self.shared.lock();
+        let gpa = self.config.region_gpa + u64::from(page) * PAGE as u64;
+        if inner.core.state(u64::from(page)) == Some(&PageState::Present) {
+            // Not deliverable now (window closed, area busy, no token) is not an error for a
+            // benchmark: it simply measures a round trip without an event.
+            let _ = deliver_resolved(&mut inner, ctx, gpa);
+        }
+        Ok(Handled::Yes)
+    }
+
     fn efault(&mut self, ctx: &mut VcpuCtx<'_>) -> Result<Handled> {
         // Find which absent page of the region the instruction at RIP touches.
         let Ok(insn) = crate::guest_insn::at_rip(ctx.vcpu, ctx.mem) else {
@@ -645,6 +680,31 @@ impl ExitHandler for Pager {
         }
         Ok(())
     }
+}
+
+/// An event for a present page whose resolution is written first (the guest's no-wait path,
+/// for benchmarks).
+fn deliver_resolved(inner: &mut Inner, ctx: &VcpuCtx<'_>, gpa: u64) -> Result<(), Status> {
+    let vcpu = ctx.index;
+    let a = inner.vcpus.get(vcpu).and_then(Registration::active).ok_or(Status::Unavailable)?;
+    if !event_window_open(ctx, a.event_vector).map_err(|_| Status::Unavailable)? {
+        return Err(Status::Unavailable);
+    }
+    let ram = inner.ram.as_ref().ok_or(Status::Unavailable)?;
+    let inuse: u32 = ram
+        .load(GuestAddress(a.data_gpa + abi::DATA_INUSE_OFFSET), Ordering::Acquire)
+        .map_err(|_| Status::Unavailable)?;
+    observe_tail(inner, vcpu, a).map_err(|_| Status::Unavailable)?;
+    let token = match inner.vcpus.get_mut(vcpu).and_then(|r| r.pool.as_mut()) {
+        Some(pool) if inuse == 0 => pool.alloc().ok_or(Status::Unavailable)?,
+        _ => return Err(Status::Unavailable),
+    };
+    let c = &mut inner.core.counters;
+    c.events_delivered += 1;
+    c.resolved_before_event += 1;
+    c.resolved_retry += 1;
+    post_resolution(inner, vcpu, token, abi::RESULT_RETRY).map_err(|_| Status::Unavailable)?;
+    deliver_event(inner, vcpu, token, gpa, None).map_err(|_| Status::Unavailable)
 }
 
 fn counter_value(inner: &Inner, counter: HostCounter) -> u64 {

@@ -1,0 +1,88 @@
+//! The benchmarks' device: a null port (one exit, nothing done: the baseline round trip) and
+//! an injection port that injects an interrupt or an exception on the way back into the guest,
+//! so that the cost of producing and handling an event can be measured against the baseline.
+//! (Page-not-present events on the same port are the pager's.)
+
+use std::sync::Arc;
+
+use kvm_bindings::kvm_msi;
+use kvm_ioctls::VmFd;
+use pvagent_abi::port::{BENCH_INJECT, BENCH_NULL, BenchInject};
+
+use crate::error::{Error, Result};
+use crate::handler::{ExitHandler, Handled, Report, VcpuCtx};
+
+/// The bench device.
+#[derive(Debug)]
+pub struct Bench {
+    vm: Arc<VmFd>,
+    null_exits: u64,
+    injected: u64,
+    refused: u64,
+}
+
+impl Bench {
+    /// A bench device for the VM behind `vm`.
+    pub fn new(vm: Arc<VmFd>) -> Self {
+        Self { vm, null_exits: 0, injected: 0, refused: 0 }
+    }
+}
+
+fn word(data: &[u8]) -> u32 {
+    let mut w = [0u8; 4];
+    let len = data.len().min(4);
+    w[..len].copy_from_slice(&data[..len]);
+    u32::from_le_bytes(w)
+}
+
+impl ExitHandler for Bench {
+    fn name(&self) -> &'static str {
+        "bench"
+    }
+
+    fn io_out(&mut self, ctx: &mut VcpuCtx<'_>, port: u16, data: &[u8]) -> Result<Handled> {
+        match port {
+            BENCH_NULL => {
+                self.null_exits += 1;
+                Ok(Handled::Yes)
+            }
+            BENCH_INJECT => {
+                match BenchInject::decode(word(data)) {
+                    Some((BenchInject::None, _, _)) => self.null_exits += 1,
+                    Some((BenchInject::Interrupt, vector, _)) if vector >= 32 => {
+                        let msi = kvm_msi {
+                            address_lo: 0xFEE0_0000 | ((ctx.index as u32) << 12),
+                            data: u32::from(vector),
+                            ..Default::default()
+                        };
+                        self.vm.signal_msi(msi).map_err(Error::SignalMsi)?;
+                        self.injected += 1;
+                    }
+                    Some((BenchInject::Exception, vector, _)) if vector < 32 => {
+                        let mut events = ctx.vcpu.get_vcpu_events().map_err(Error::GetVcpuEvents)?;
+                        events.exception.injected = 1;
+                        events.exception.pending = 0;
+                        events.exception.nr = vector;
+                        events.exception.has_error_code = 1;
+                        events.exception.error_code = 0;
+                        events.flags = 0;
+                        ctx.vcpu.set_vcpu_events(&events).map_err(Error::SetVcpuEvents)?;
+                        self.injected += 1;
+                    }
+                    // The pager's.
+                    Some((BenchInject::PageNotPresent, _, _)) => return Ok(Handled::No),
+                    _ => self.refused += 1,
+                }
+                Ok(Handled::Yes)
+            }
+            _ => Ok(Handled::No),
+        }
+    }
+
+    fn finish(&mut self, report: &mut Report) -> Result<()> {
+        report.counter(self.name(), "null_exits", self.null_exits);
+        report.counter(self.name(), "injected", self.injected);
+        report.counter(self.name(), "refused", self.refused);
+        Ok(())
+    }
+}
