@@ -9,11 +9,28 @@ use pvagent_abi::exit;
 use pvagent_abi::report::Status;
 use pvagent_host::RunResult;
 use pvagent_host::producers::Producers;
-use pvagent_host::producers::sld::{SldConfig, policy::Policy};
+use pvagent_host::producers::sld::SldConfig;
+use pvagent_host::producers::sld::policy::{Enumeration, Policy};
 use pvagent_tests::{guest_elf, run_stub, run_stub_with};
 
-fn split_lock(advertise: bool, policy: Policy) -> Producers {
-    Producers { sld: Some(SldConfig { advertise, policy }), pager: None }
+fn split_lock(enumeration: Enumeration, policy: Policy) -> Producers {
+    Producers { sld: Some(SldConfig { enumeration, policy }), pager: None }
+}
+
+/// Whether this machine's KVM offers bus-lock exits, asked directly rather than through the
+/// host stub whose report is under test.
+fn kvm_offers_bus_lock_exits() -> bool {
+    let kvm = kvm_ioctls::Kvm::new().expect("open /dev/kvm");
+    let vm = kvm.create_vm().expect("create a VM");
+    let modes = vm.check_extension_raw(u64::from(kvm_bindings::KVM_CAP_X86_BUS_LOCK_EXIT));
+    modes > 0 && modes as u32 & kvm_bindings::KVM_BUS_LOCK_DETECTION_EXIT != 0
+}
+
+/// Whether this machine's CPU detects split locks, as Linux says.
+fn host_cpu_has(flag: &str) -> bool {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").expect("read /proc/cpuinfo");
+    let flags = cpuinfo.lines().find(|l| l.starts_with("flags")).expect("a flags line");
+    flags.split_whitespace().any(|f| f == flag)
 }
 
 fn line<'a>(r: &'a RunResult, prefix: &str) -> &'a str {
@@ -41,13 +58,30 @@ fn every_ac_selftest_passes_and_the_host_reports_its_view() {
     let ac: Vec<_> = r.tests.iter().filter(|t| t.name.starts_with("ac::")).collect();
     assert!(ac.len() >= 11, "{ac:#?}");
     assert!(ac.iter().all(|t| t.status == Status::Pass), "{ac:#?}");
-    assert!(line(&r, "sld: signal: ").contains("emulated") || line(&r, "sld: signal: ").contains("bus-lock"));
+    let signal = line(&r, "sld: signal: ");
+    if kvm_offers_bus_lock_exits() {
+        assert!(signal.contains("KVM bus-lock exits"), "{signal}");
+        assert_eq!(r.report.get("sld.bus_lock_exits_enabled"), 1);
+    } else {
+        assert!(!signal.contains("KVM bus-lock exits"), "{signal}");
+        assert_eq!(r.report.get("sld.bus_lock_exits_enabled"), 0);
+        assert_eq!(r.report.get("sld.bus_locks"), 0, "bus locks reported without bus-lock exits");
+    }
+    for (flag, key) in
+        [("split_lock_detect", "sld.host_split_lock_detect"), ("bus_lock_detect", "sld.host_bus_lock_detect")]
+    {
+        assert_eq!(r.report.get(key), u64::from(host_cpu_has(flag)), "{key}");
+        let yes = if host_cpu_has(flag) { "yes" } else { "no" };
+        assert!(line(&r, "sld: host CPU: ").contains(&format!("{flag} {yes}")), "{:#?}", r.report.lines);
+    }
     assert!(line(&r, "sld: detection advertised").contains("inject-if-enabled"));
     assert!(line(&r, "sld: vCPU 0 MSR_TEST_CTRL: ").contains("on off on"));
     assert!(r.report.lines.iter().any(|l| l.contains("cpl 3") && l.contains("#AC injected")), "{:#?}", r.report.lines);
     assert!(r.report.get("sld.injected_split_lock") >= 5);
-    assert_eq!(r.report.get("sld.injected_alignment_check"), 1);
+    // One with the guest's detection on (sld=fatal) and one with it off.
+    assert_eq!(r.report.get("sld.injected_alignment_check"), 2);
     assert_eq!(r.report.get("sld.undecodable"), 0);
+    assert_eq!(r.report.get("sld.trigger_before_store"), 0, "KVM retired every trigger store before the exit");
     assert_eq!(r.report.get("sld.bad_flags"), 0);
     assert_eq!(r.report.get("sld.msr_refused"), 0, "the guest only writes valid MSR_TEST_CTRL values");
     assert_eq!(r.report.get("sld.triggers"), r.report.get("sld.decided"));
@@ -93,7 +127,8 @@ fn boot_modes_come_from_the_command_line() {
     );
     assert_passed(&r);
     assert_eq!(r.report.get("sld.test_ctrl_writes"), 0);
-    assert_eq!(r.report.get("sld.guest_detection_off"), 1);
+    assert_eq!(r.report.get("sld.guest_detection_off"), 2, "a kernel and a user split lock ran");
+    assert_eq!(r.report.get("sld.injected_split_lock"), 0);
     assert!(r.serial.iter().any(|l| l.contains("sld=off")));
     // The other modes are taken as given (the self-test compares the mode with `sld=`).
     for mode in ["fatal", "ratelimit:5", "warn"] {
@@ -110,7 +145,7 @@ fn boot_modes_come_from_the_command_line() {
 
 #[test]
 fn without_the_advertisement_the_guest_never_touches_the_msrs() {
-    let r = run_stub_with("tests=ac", &split_lock(false, Policy::InjectIfEnabled));
+    let r = run_stub_with("tests=ac", &split_lock(Enumeration::Absent, Policy::InjectIfEnabled));
     assert_passed(&r);
     assert!(r.serial.iter().any(|l| l.contains("split-lock detection unavailable")), "{:#?}", r.serial);
     assert_eq!(r.report.get("sld.test_ctrl_writes"), 0);
@@ -126,10 +161,43 @@ fn without_the_advertisement_the_guest_never_touches_the_msrs() {
 }
 
 #[test]
+fn core_capabilities_without_the_detection_bit_stop_the_guest_at_step_2() {
+    let r = run_stub_with(
+        "tests=ac::boot_state_follows_enumeration_and_command_line,ac::host_injects_only_real_split_locks",
+        &split_lock(Enumeration::CoreCapabilitiesOnly, Policy::InjectIfEnabled),
+    );
+    assert_passed(&r);
+    assert!(
+        r.serial.iter().any(|l| l.contains("split-lock detection unavailable (IA32_CORE_CAPABILITIES bit 5 clear)")),
+        "{:#?}",
+        r.serial
+    );
+    // The guest read IA32_CORE_CAPABILITIES (step 1 said it exists), found bit 5 clear and never
+    // touched MSR_TEST_CTRL: no write, no read, nothing refused.
+    assert_eq!(r.report.get("sld.core_caps_reads"), 1);
+    assert_eq!(r.report.get("sld.test_ctrl_writes"), 0);
+    assert_eq!(r.report.get("sld.test_ctrl_reads"), 0);
+    assert_eq!(r.report.get("sld.msr_refused"), 0);
+    let (status, reason) = status_of(&r, "ac::host_injects_only_real_split_locks");
+    assert_eq!((status, reason.as_str()), (Status::Skip, "split-lock detection is not enumerated on this host"));
+    assert!(line(&r, "sld: detection not advertised").contains("enumeration core-capabilities-only"));
+}
+
+#[test]
+fn a_kernel_split_lock_site_is_reported_once() {
+    let r = run_stub("tests=ac::kernel_split_lock_warn_continues_with_detection_off_until_switch");
+    assert_passed(&r);
+    // Two split locks at the same kernel instruction: two #AC, one report.
+    assert_eq!(r.report.get("sld.injected_split_lock"), 2);
+    let reports = r.serial.iter().filter(|l| l.contains("ac: split lock in the kernel at rip")).count();
+    assert_eq!(reports, 1, "{:#?}", r.serial);
+}
+
+#[test]
 fn policy_inject_if_enabled_spares_a_guest_that_did_not_ask() {
     let r = run_stub("tests=ac::host_spares_a_guest_with_detection_off");
     assert_passed(&r);
-    assert_eq!(r.report.get("sld.guest_detection_off"), 1);
+    assert_eq!(r.report.get("sld.guest_detection_off"), 2);
     assert_eq!(r.report.get("sld.globally_disabled"), 0);
     assert!(
         r.report.lines.iter().any(|l| l.contains("ran (split lock, guest detection off: policy inject-if-enabled)"))
@@ -138,7 +206,10 @@ fn policy_inject_if_enabled_spares_a_guest_that_did_not_ask() {
 
 #[test]
 fn policy_exit_stops_the_run_with_the_vcpu_and_rip() {
-    let r = run_stub_with("tests=ac::host_policy_exit_stops_the_run", &split_lock(true, Policy::Exit));
+    let r = run_stub_with(
+        "tests=ac::host_policy_exit_stops_the_run",
+        &split_lock(Enumeration::SplitLockDetect, Policy::Exit),
+    );
     let error = r.host_error.clone().expect("the host stopped the run");
     assert!(error.contains("split-locked with its split-lock detection off, on vCPU 0 at rip 0x"), "{error}");
     assert!(error.contains("lock add dword ptr [rdi],1") && error.contains("policy exit"), "{error}");
@@ -148,11 +219,15 @@ fn policy_exit_stops_the_run_with_the_vcpu_and_rip() {
 
 #[test]
 fn policy_disable_globally_switches_detection_off_for_the_vm_once() {
-    let r = run_stub_with("tests=ac::host_policy_disable_globally", &split_lock(true, Policy::DisableGlobally));
+    let r = run_stub_with(
+        "tests=ac::host_policy_disable_globally",
+        &split_lock(Enumeration::SplitLockDetect, Policy::DisableGlobally),
+    );
     assert_passed(&r);
     assert_eq!(r.report.get("sld.globally_disabled"), 1);
     assert_eq!(r.report.get("sld.disabled_globally"), 2);
     assert_eq!(r.report.get("sld.injected_split_lock"), 0);
+    assert_eq!(r.report.get("sld.injected_alignment_check"), 1, "a task's alignment check after the disable");
     let notes =
         r.report.lines.iter().filter(|l| l.contains("policy disable-globally: split-lock detection switched off"));
     assert_eq!(notes.count(), 1, "logged once: {:#?}", r.report.lines);

@@ -26,7 +26,8 @@ pub const ABI_VERSION: u32 = 1;
 pub const PAGE_SIZE: u64 = 0x1000;
 
 /// Defines a fieldless `#[repr($int)]` enum of the wire format with a `TryFrom<$int>` that
-/// returns the unknown raw value as its error, so values coming off the wire are checked once.
+/// returns the unknown raw value as its error, so values coming off the wire are checked once,
+/// and an `ALL` list of every variant in declaration order (for tables and exhaustive tests).
 #[macro_export]
 macro_rules! wire_enum {
     (
@@ -40,6 +41,11 @@ macro_rules! wire_enum {
         #[repr($int)]
         $vis enum $name {
             $( $(#[$vmeta])* $variant = $value, )+
+        }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$name] = &[$( $name::$variant ),+];
         }
 
         impl TryFrom<$int> for $name {

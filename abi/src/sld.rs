@@ -7,10 +7,10 @@
 //! [`MSR_TEST_CTRL`] turns split-lock detection on. A guest touches neither MSR unless the bit
 //! before it says so.
 //!
-//! The trigger: the machines this project runs on cannot detect split locks, so a guest test
-//! stores a byte to the trigger page ([`TRIGGER_GPA`]) right before its locked instruction.
-//! The page is not memory: the store exits to the host, at any privilege level, with the vCPU
-//! stopped before the next instruction. The host decodes that instruction, computes its memory
+//! The trigger, a test interface of the host stub: the machines this project runs on cannot
+//! detect split locks, so a guest test stores a byte to the trigger page ([`TRIGGER_GPA`])
+//! right before its locked instruction. The page is not memory: the store exits to the host,
+//! at any privilege level, once retired, so the vCPU is stopped before the next instruction. The host decodes that instruction, computes its memory
 //! operand from the vCPU's registers, and injects #AC (RIP of that instruction, not executed)
 //! only when it really is a locked access that crosses a [`CACHE_LINE`] boundary and the
 //! guest's detection is on (or when the guest's own alignment checking asks for it).
@@ -64,58 +64,39 @@ pub const fn crosses_cache_line(addr: u64, size: u64) -> bool {
     addr / CACHE_LINE != last / CACHE_LINE
 }
 
-/// What the host decided for the last armed instruction; returned by
-/// [`crate::hypercall::Nr::SplitLockVerdict`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u32)]
-pub enum Verdict {
-    /// No trigger was decided on yet.
-    Pending = 0,
-    /// A split lock with the guest's detection on: #AC injected.
-    InjectedSplitLock = 1,
-    /// A split lock at CPL 3 with the guest's own alignment checking on (CR0.AM and
-    /// RFLAGS.AC): #AC injected whatever the detection state, because a split lock and a
-    /// misaligned access cannot be told apart there.
-    InjectedAlignmentCheck = 2,
-    /// The instruction makes no locked memory access: it ran.
-    NotLocked = 3,
-    /// A locked access within one cache line: it ran.
-    NotSplit = 4,
-    /// A split lock from a guest whose detection is off, under the host policy
-    /// `inject-if-enabled`: it ran, and the guest got no #AC it did not ask for.
-    GuestDetectionOff = 5,
-    /// A split lock after the host switched detection off for the whole VM (policy
-    /// `disable-globally`, now or earlier): it ran.
-    DisabledGlobally = 6,
-    /// The host could not read or decode the instruction: it ran.
-    Undecodable = 7,
-    /// Triggered with [`ARM_FORCE_INJECT`]: #AC injected without looking at the instruction.
-    InjectedForced = 8,
+crate::wire_enum! {
+    /// What the host decided for the last armed instruction; returned by
+    /// [`crate::hypercall::Nr::SplitLockVerdict`].
+    pub enum Verdict: u64 {
+        /// No trigger was decided on yet.
+        Pending = 0,
+        /// A split lock with the guest's detection on: #AC injected.
+        InjectedSplitLock = 1,
+        /// A split lock at CPL 3 with the guest's own alignment checking on (CR0.AM and
+        /// RFLAGS.AC): #AC injected whatever the detection state, because a split lock and a
+        /// misaligned access cannot be told apart there.
+        InjectedAlignmentCheck = 2,
+        /// The instruction makes no locked memory access: it ran.
+        NotLocked = 3,
+        /// A locked access within one cache line: it ran.
+        NotSplit = 4,
+        /// A split lock from a guest whose detection is off, under the host policy
+        /// `inject-if-enabled`: it ran, and the guest got no #AC it did not ask for.
+        GuestDetectionOff = 5,
+        /// A split lock after the host switched detection off for the whole VM (policy
+        /// `disable-globally`, now or earlier): it ran.
+        DisabledGlobally = 6,
+        /// The host could not read or decode the instruction: it ran.
+        Undecodable = 7,
+        /// Triggered with [`ARM_FORCE_INJECT`]: #AC injected without looking at the instruction.
+        InjectedForced = 8,
+    }
 }
 
 impl Verdict {
     /// Whether the host injected #AC.
     pub const fn injected(self) -> bool {
         matches!(self, Verdict::InjectedSplitLock | Verdict::InjectedAlignmentCheck | Verdict::InjectedForced)
-    }
-}
-
-impl TryFrom<u64> for Verdict {
-    type Error = u64;
-
-    fn try_from(value: u64) -> Result<Self, u64> {
-        Ok(match value {
-            0 => Verdict::Pending,
-            1 => Verdict::InjectedSplitLock,
-            2 => Verdict::InjectedAlignmentCheck,
-            3 => Verdict::NotLocked,
-            4 => Verdict::NotSplit,
-            5 => Verdict::GuestDetectionOff,
-            6 => Verdict::DisabledGlobally,
-            7 => Verdict::Undecodable,
-            8 => Verdict::InjectedForced,
-            other => return Err(other),
-        })
     }
 }
 
@@ -137,11 +118,11 @@ mod tests {
 
     #[test]
     fn verdicts_round_trip_and_only_injections_inject() {
-        for raw in 0..9u64 {
-            let v = Verdict::try_from(raw).unwrap();
-            assert_eq!(v as u64, raw);
+        for (raw, &v) in Verdict::ALL.iter().enumerate() {
+            assert_eq!(Verdict::try_from(raw as u64), Ok(v), "verdicts are numbered densely from 0");
             assert_eq!(v.injected(), matches!(raw, 1 | 2 | 8));
         }
-        assert_eq!(Verdict::try_from(9), Err(9));
+        let past_the_end = Verdict::ALL.len() as u64;
+        assert_eq!(Verdict::try_from(past_the_end), Err(past_the_end));
     }
 }

@@ -106,6 +106,23 @@ impl<T> IrqCell<T> {
         Self { value: UnsafeCell::new(value), borrowed: UnsafeCell::new(false) }
     }
 
+    /// Runs `f` with exclusive access, interrupts disabled; `None` (and `f` not run) if the cell
+    /// is already borrowed: a trap handler that an exception (which interrupts regardless of
+    /// RFLAGS.IF) can reach while the cell is in use asks this way and treats `None` as "not now".
+    pub fn try_with<R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
+        let _irq = IrqGuard::new();
+        // SAFETY: as in `with`: interrupts are off and only the owning vCPU reaches this cell.
+        let borrowed = unsafe { &mut *self.borrowed.get() };
+        if *borrowed {
+            return None;
+        }
+        *borrowed = true;
+        // SAFETY: the flag above guarantees this is the only live reference.
+        let result = f(unsafe { &mut *self.value.get() });
+        *borrowed = false;
+        Some(result)
+    }
+
     /// Runs `f` with exclusive access, interrupts disabled.
     pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
         let _irq = IrqGuard::new();

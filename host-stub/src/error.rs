@@ -48,8 +48,6 @@ pub enum Error {
     SignalMsi(kvm_ioctls::Error),
     #[error("KVM_SET_USER_MEMORY_REGION failed for slot {0}: {1}")]
     SetMemoryRegion(u32, kvm_ioctls::Error),
-    #[error("KVM_SET_GUEST_DEBUG failed: {0}")]
-    SetGuestDebug(kvm_ioctls::Error),
     #[error("KVM_RUN failed: {0}")]
     Run(kvm_ioctls::Error),
 

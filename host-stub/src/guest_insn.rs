@@ -86,7 +86,10 @@ pub fn fetch(vcpu: &VcpuFd, mem: &GuestMemoryMmap, rip: u64) -> Result<Vec<u8>, 
             break;
         }
         bytes.extend_from_slice(&chunk);
-        at += want as u64;
+        // A RIP the guest chose can sit at the top of the address space: stop there rather
+        // than wrap (the CPU would fault too).
+        let Some(next) = at.checked_add(want as u64) else { break };
+        at = next;
     }
     if bytes.is_empty() { Err(InsnError::Unmapped(rip)) } else { Ok(bytes) }
 }

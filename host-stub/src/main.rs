@@ -9,7 +9,8 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use pvagent_host::producers::Producers;
 use pvagent_host::producers::pager::{self, config::PagerConfig};
-use pvagent_host::producers::sld::{SldConfig, policy::Policy};
+use pvagent_host::producers::sld::SldConfig;
+use pvagent_host::producers::sld::policy::{Enumeration, Policy};
 use pvagent_host::{Config, SerialSink, Vm};
 
 /// Boots the pvagent guest under KVM and reports its self-tests.
@@ -43,9 +44,11 @@ struct Args {
     /// Run without the split-lock producer: no trigger, no MSR_TEST_CTRL virtualization.
     #[arg(long)]
     no_sld: bool,
-    /// Do not advertise split-lock detection to the guest (the trigger still works).
-    #[arg(long, conflicts_with = "no_sld")]
-    no_sld_advertise: bool,
+    /// How far split-lock detection is enumerated to the guest (the trigger works whatever it
+    /// is): `absent` (no CPUID.7.0:EDX bit 30), `core-capabilities-only` (IA32_CORE_CAPABILITIES
+    /// without bit 5), `split-lock-detect` (the whole chain).
+    #[arg(long, value_enum, default_value_t = EnumerationArg::SplitLockDetect, conflicts_with = "no_sld")]
+    sld_enumeration: EnumerationArg,
     /// What the host does about a split lock from a guest whose detection is off.
     #[arg(long, value_enum, default_value_t = PolicyArg::InjectIfEnabled, conflicts_with = "no_sld")]
     sld_policy: PolicyArg,
@@ -104,6 +107,27 @@ enum PolicyArg {
     DisableGlobally,
 }
 
+/// `--sld-enumeration` values.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum EnumerationArg {
+    /// CPUID.7.0:EDX bit 30 clear: neither MSR exists.
+    Absent,
+    /// IA32_CORE_CAPABILITIES reads 0: no MSR_TEST_CTRL.
+    CoreCapabilitiesOnly,
+    /// The whole chain: the guest can turn detection on.
+    SplitLockDetect,
+}
+
+impl From<EnumerationArg> for Enumeration {
+    fn from(arg: EnumerationArg) -> Self {
+        match arg {
+            EnumerationArg::Absent => Enumeration::Absent,
+            EnumerationArg::CoreCapabilitiesOnly => Enumeration::CoreCapabilitiesOnly,
+            EnumerationArg::SplitLockDetect => Enumeration::SplitLockDetect,
+        }
+    }
+}
+
 impl From<PolicyArg> for Policy {
     fn from(arg: PolicyArg) -> Self {
         match arg {
@@ -115,7 +139,8 @@ impl From<PolicyArg> for Policy {
 }
 
 fn producers(args: &Args) -> Producers {
-    let sld = (!args.no_sld).then(|| SldConfig { advertise: !args.no_sld_advertise, policy: args.sld_policy.into() });
+    let sld =
+        (!args.no_sld).then(|| SldConfig { enumeration: args.sld_enumeration.into(), policy: args.sld_policy.into() });
     Producers { sld, pager: args.pager.config() }
 }
 

@@ -5,7 +5,7 @@
 //! was switched off for the running task (or kernel code) and must come back on at the next
 //! task switch, so that one task's split lock never switches detection off for the others.
 
-use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use pvagent_abi::sld;
 
@@ -17,10 +17,10 @@ use crate::arch::percpu::{CpuLocal, MAX_CPUS};
 use crate::arch::time::HZ;
 use crate::arch::trap::{self, RFLAGS_AC, TrapFrame};
 use crate::boot::cmdline::Cmdline;
-use crate::kprintln;
 use crate::sync::IrqCell;
 use crate::task::sched::{ExitStatus, KillReason, MAX_TASKS, TaskId};
 use crate::task::{self, FaultAction};
+use crate::{kprintln, kreport};
 
 /// At most this many split-lock and spurious-#AC messages per [`MESSAGE_INTERVAL`] per vCPU.
 const MESSAGE_BURST: u32 = 10;
@@ -33,30 +33,29 @@ const MODE_OFF: u8 = 0;
 const MODE_WARN: u8 = 1;
 const MODE_FATAL: u8 = 2;
 const MODE_RATELIMIT: u8 = 3;
-static MODE_KIND: AtomicU8 = AtomicU8::new(MODE_WARN);
-static MODE_RATE: AtomicU32 = AtomicU32::new(0);
+/// The mode as one word (kind in bits 7:0, the ratelimit budget in bits 63:8), so that kind and
+/// budget are never read torn.
+static MODE_WORD: AtomicU64 = AtomicU64::new(MODE_WARN as u64);
 
 /// The split-lock mode in force.
 pub fn mode() -> Mode {
-    match MODE_KIND.load(Ordering::Acquire) {
+    let word = MODE_WORD.load(Ordering::Acquire);
+    match word as u8 {
         MODE_OFF => Mode::Off,
         MODE_FATAL => Mode::Fatal,
-        MODE_RATELIMIT => Mode::Ratelimit(MODE_RATE.load(Ordering::Acquire)),
+        MODE_RATELIMIT => Mode::Ratelimit((word >> 8) as u32),
         _ => Mode::Warn,
     }
 }
 
 fn store_mode(mode: Mode) {
-    let kind = match mode {
-        Mode::Off => MODE_OFF,
-        Mode::Warn => MODE_WARN,
-        Mode::Fatal => MODE_FATAL,
-        Mode::Ratelimit(n) => {
-            MODE_RATE.store(n, Ordering::Release);
-            MODE_RATELIMIT
-        }
+    let word = match mode {
+        Mode::Off => u64::from(MODE_OFF),
+        Mode::Warn => u64::from(MODE_WARN),
+        Mode::Fatal => u64::from(MODE_FATAL),
+        Mode::Ratelimit(n) => u64::from(MODE_RATELIMIT) | (u64::from(n) << 8),
     };
-    MODE_KIND.store(kind, Ordering::Release);
+    MODE_WORD.store(word, Ordering::Release);
 }
 
 /// What the enumeration found (before `init`: nothing yet, reported as absent).
@@ -152,6 +151,9 @@ pub struct Stats {
     pub reenabled_at_switch: u64,
     /// Writes to MSR_TEST_CTRL.
     pub test_ctrl_writes: u64,
+    /// #AC taken while this vCPU was inside its split-lock bookkeeping (injected by the host:
+    /// nothing there splits a lock): ignored.
+    pub reentered: u64,
 }
 
 struct Counters {
@@ -164,6 +166,7 @@ struct Counters {
     wait_ticks: AtomicU64,
     reenabled_at_switch: AtomicU64,
     test_ctrl_writes: AtomicU64,
+    reentered: AtomicU64,
 }
 
 static COUNTERS: Counters = Counters {
@@ -176,6 +179,7 @@ static COUNTERS: Counters = Counters {
     wait_ticks: AtomicU64::new(0),
     reenabled_at_switch: AtomicU64::new(0),
     test_ctrl_writes: AtomicU64::new(0),
+    reentered: AtomicU64::new(0),
 };
 
 /// The counters now.
@@ -192,6 +196,7 @@ pub fn stats() -> Stats {
         wait_ticks: get(&c.wait_ticks),
         reenabled_at_switch: get(&c.reenabled_at_switch),
         test_ctrl_writes: get(&c.test_ctrl_writes),
+        reentered: get(&c.reentered),
     }
 }
 
@@ -218,7 +223,8 @@ pub fn detection_in_msr() -> Option<bool> {
     test_ctrl().map(TestCtrl::detection_on)
 }
 
-/// Runs `f` under another split-lock mode on this vCPU, then restores the previous one. The
+/// Runs `f` under another split-lock mode, then restores the previous one. For self-tests on a
+/// single vCPU: the mode is global but applied (MSR_TEST_CTRL) only on the calling vCPU. The
 /// self-tests use it to cover every mode in one boot; the boot mode comes from `sld=`.
 pub fn with_mode<R>(mode: Mode, f: impl FnOnce() -> R) -> R {
     let old = self::mode();
@@ -286,13 +292,20 @@ fn on_switch(_from: TaskId, _to: TaskId) {
     });
 }
 
-/// Vector 17.
+/// Vector 17. An exception interrupts whatever runs, interrupts off or not: a host may inject
+/// one while this vCPU is inside its own split-lock bookkeeping. Nothing real raises #AC there
+/// (no split lock in it), so such an #AC is counted and ignored; and reports from here never
+/// wait for the console.
 fn on_alignment_check(frame: &mut TrapFrame) {
+    let Some(detection_on) = CPU.get().try_with(|c| c.detection_on) else {
+        COUNTERS.reentered.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
     let state = AcState {
         cpl: frame.cpl(),
         rflags_ac: frame.rflags & RFLAGS_AC != 0,
         cr0_am: cpu::read_cr0() & CR0_AM != 0,
-        detection_on: with_cpu(|c| c.detection_on),
+        detection_on,
     };
     match policy::classify(state) {
         AcKind::UserAlignmentCheck => alignment_check(frame),
@@ -313,12 +326,11 @@ fn alignment_check(frame: &mut TrapFrame) {
     let address = super::operand::address_at(frame);
     match address {
         Some(address) => {
-            kprintln!("ac: task {} (user) ended: alignment check at rip {rip:#x}, address {address:#x}", task::name(id))
+            kreport!("ac: task {} (user) ended: alignment check at rip {rip:#x}, address {address:#x}", task::name(id))
         }
-        None => kprintln!(
-            "ac: task {} (user) ended: alignment check at rip {rip:#x}, address not decodable",
-            task::name(id)
-        ),
+        None => {
+            kreport!("ac: task {} (user) ended: alignment check at rip {rip:#x}, address not decodable", task::name(id))
+        }
     }
     task::exit_current(ExitStatus::Killed(KillReason::AlignmentCheck { rip, address }));
 }
@@ -332,12 +344,12 @@ fn user_split_lock(frame: &mut TrapFrame) {
     match action {
         UserAction::Kill => {
             COUNTERS.tasks_killed.fetch_add(1, Ordering::Relaxed);
-            kprintln!("ac: task {} (user) ended: split lock at rip {:#x} (sld={mode})", task::name(id), frame.rip);
+            kreport!("ac: task {} (user) ended: split lock at rip {:#x} (sld={mode})", task::name(id), frame.rip);
             task::exit_current(ExitStatus::Killed(KillReason::SplitLock { rip: frame.rip }));
         }
         UserAction::Continue { wait_ticks } => {
             if say {
-                kprintln!(
+                kreport!(
                     "ac: split lock by task {} at rip {:#x} (sld={mode}): detection off on this vCPU until the task is switched out",
                     task::name(id),
                     frame.rip
@@ -365,7 +377,7 @@ fn kernel_split_lock(frame: &mut TrapFrame) {
                 c.kernel_sites.first_time(frame.rip)
             });
             if first {
-                kprintln!(
+                kreport!(
                     "ac: split lock in the kernel at rip {:#x}, a kernel bug (reported once per site): detection off on this vCPU until the next task switch",
                     frame.rip
                 );
@@ -377,7 +389,7 @@ fn kernel_split_lock(frame: &mut TrapFrame) {
 fn spurious(frame: &mut TrapFrame) {
     COUNTERS.spurious.fetch_add(1, Ordering::Relaxed);
     if with_cpu(CpuAc::message_allowed) {
-        kprintln!(
+        kreport!(
             "ac: spurious #AC at rip {:#x} (cpl {}): split-lock detection is off and no alignment check was asked for; ignored",
             frame.rip,
             frame.cpl()

@@ -275,8 +275,11 @@ mod tests {
         assert_eq!(decode(&[0x64, 0x8B, 0x00]), None, "FS-relative operands are not decoded");
     }
 
-    /// Random byte strings: whenever our decoder claims an address, iced must decode a valid
-    /// instruction of the same length with that memory address.
+    /// Random byte strings: for every one that is a valid instruction (iced decodes it) and for
+    /// which our decoder claims an address, the length and the address agree with iced's. Bytes
+    /// that are not an instruction are out of scope: the decoder only ever sees an instruction
+    /// that just raised #AC, which the CPU decoded (it does not validate opcodes, e.g. it
+    /// "decodes" a MOV to CS, which is #UD).
     #[test]
     fn random_instructions_never_decode_differently_from_iced() {
         let mut seed = 0x9E37_79B9_7F4A_7C15u64;

@@ -5,8 +5,9 @@
 //! The signal: a split-locked instruction is invisible to these machines (no detection in the
 //! CPU, no KVM_CAP_X86_BUS_LOCK_EXIT), so a guest test stores a byte to the trigger page
 //! (`pvagent_abi::sld::TRIGGER_GPA`) right before its locked instruction. No memory backs
-//! that page, so the store exits to the host as an MMIO write, from CPL 0 and CPL 3 alike, with
-//! the vCPU stopped before the next instruction. The host decodes that instruction with
+//! that page, so the store exits to the host as an MMIO write, from CPL 0 and CPL 3 alike; KVM
+//! has retired the store by then (RIP is past it), so the vCPU stops right before the armed
+//! instruction. The host decodes that instruction with
 //! `iced-x86`, computes its memory operand from the vCPU's registers, and decides with
 //! [`policy::decide`]: inject #AC (vector 17, error code 0, RIP of that instruction, not yet
 //! executed) or let it run. Breakpoints would not need the store, but on the PVM `/dev/kvm` of
@@ -30,7 +31,7 @@ use crate::cpuid::CpuidTable;
 
 use crate::error::{Error, Result};
 use crate::handler::{AttachCtx, ExitHandler, Handled, MsrAnswer, Report, VcpuCtx};
-use policy::{Access, Decision, GuestState, Policy, VirtualMsrs};
+use policy::{Access, Decision, Enumeration, GuestState, Policy, VirtualMsrs};
 
 /// This producer's name in reports and counter keys.
 const NAME: &str = "sld";
@@ -38,19 +39,14 @@ const NAME: &str = "sld";
 const DECISION_LINES_MAX: usize = 64;
 
 /// How the split-lock producer is set up for a run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SldConfig {
-    /// Advertise split-lock detection (CPUID.7.0:EDX bit 30, IA32_CORE_CAPABILITIES bit 5) and
-    /// serve MSR_TEST_CTRL. Without it both MSRs raise #GP; the trigger still works.
-    pub advertise: bool,
+    /// How much of split-lock detection's enumeration the guest sees (CPUID.7.0:EDX bit 30,
+    /// IA32_CORE_CAPABILITIES bit 5, MSR_TEST_CTRL). The MSRs it does not reach raise #GP; the
+    /// trigger works whatever it is.
+    pub enumeration: Enumeration,
     /// What happens to a split lock from a guest whose detection is off.
     pub policy: Policy,
-}
-
-impl Default for SldConfig {
-    fn default() -> Self {
-        Self { advertise: true, policy: Policy::default() }
-    }
 }
 
 #[derive(Debug, Default)]
@@ -63,9 +59,23 @@ struct VcpuState {
 struct Counts {
     triggers: u64,
     bad_flags: u64,
+    /// Triggers that exited with RIP still at the store (the store not yet retired): not
+    /// decided, because an #AC injected now would be taken with the store half done.
+    before_store: u64,
     decided: u64,
-    by_verdict: [u64; 9],
+    /// Indexed by the verdict's wire value (dense from 0, asserted in the ABI crate).
+    by_verdict: [u64; Verdict::ALL.len()],
     bus_locks: u64,
+}
+
+impl Counts {
+    /// Decisions that injected #AC and those that let the instruction run.
+    fn injected_and_ran(&self) -> (u64, u64) {
+        Verdict::ALL.iter().fold((0, 0), |(injected, ran), &v| {
+            let n = self.by_verdict[v as usize];
+            if v.injected() { (injected + n, ran) } else { (injected, ran + n) }
+        })
+    }
 }
 
 /// The split-lock producer.
@@ -76,8 +86,15 @@ pub struct SplitLock {
     last: (u64, Verdict),
     globally_disabled: bool,
     bus_lock_exits: bool,
+    /// What the host CPU can detect itself, read at attach.
+    host_cpu: HostDetection,
     counts: Counts,
+    /// Per-decision lines, capped at [`DECISION_LINES_MAX`].
     lines: Vec<String>,
+    /// Per-decision lines past the cap.
+    lines_dropped: u64,
+    /// Policy actions that change the VM (switching detection off): never capped.
+    actions: Vec<String>,
 }
 
 impl SplitLock {
@@ -89,8 +106,11 @@ impl SplitLock {
             last: (0, Verdict::Pending),
             globally_disabled: false,
             bus_lock_exits: false,
+            host_cpu: HostDetection::default(),
             counts: Counts::default(),
             lines: Vec::new(),
+            lines_dropped: 0,
+            actions: Vec::new(),
         }
     }
 
@@ -104,6 +124,8 @@ impl SplitLock {
     fn note(&mut self, line: String) {
         if self.lines.len() < DECISION_LINES_MAX {
             self.lines.push(line);
+        } else {
+            self.lines_dropped += 1;
         }
     }
 
@@ -122,9 +144,11 @@ impl SplitLock {
     fn decide(&mut self, ctx: &mut VcpuCtx<'_>, forced: bool) -> Result<()> {
         let regs = ctx.vcpu.get_regs().map_err(Error::GetRegs)?;
         let sregs = ctx.vcpu.get_sregs().map_err(Error::GetSregs)?;
-        // KVM completes an MMIO store before it exits (RIP is past it) or when it is entered
-        // again (RIP is still at it): the armed instruction is the one after the store.
-        let mut rip = regs.rip;
+        let rip = regs.rip;
+        // KVM retires an emulated MMIO store before it exits to user space (VMX and PVM alike:
+        // RIP is past the store). A KVM that finished the store only on the next entry would
+        // stop here with RIP still at it; an #AC injected now would be taken at the store, and
+        // the store would run again after the handler. Decide nothing then, and say so.
         if let Ok(store) = crate::guest_insn::at(ctx.vcpu, ctx.mem, rip, &regs, &sregs)
             && store
                 .memory
@@ -132,7 +156,12 @@ impl SplitLock {
                 .and_then(|m| crate::guest_insn::translate(ctx.vcpu, m.linear))
                 .is_some_and(is_trigger)
         {
-            rip = rip.wrapping_add(store.len() as u64);
+            self.counts.before_store += 1;
+            self.note(format!(
+                "trigger on vCPU {} exited at rip {rip:#x} with the store not retired: no decision",
+                ctx.index
+            ));
+            return Ok(());
         }
         let decoded = crate::guest_insn::at(ctx.vcpu, ctx.mem, rip, &regs, &sregs);
         let access = decoded
@@ -140,7 +169,9 @@ impl SplitLock {
             .ok()
             .map(|i| Access { locked: i.is_locked_access(), memory: i.memory.first().map(|m| (m.linear, m.size)) });
         let guest = GuestState {
-            cpl: (sregs.cs.selector & 3) as u8,
+            // The CPL is CS.DPL in long mode (SS.DPL would do as well); the selector's RPL
+            // need not match it.
+            cpl: sregs.cs.dpl,
             cr0_am: sregs.cr0 & (1 << 18) != 0,
             rflags_ac: regs.rflags & (1 << 18) != 0,
             detection_on: self.vcpu(ctx.index).msrs.detection_on(),
@@ -163,10 +194,14 @@ impl SplitLock {
             Decision::Run(verdict) => verdict,
             Decision::DisableGlobally => {
                 self.globally_disabled = true;
-                self.note(format!(
+                let action = format!(
                     "policy disable-globally: split-lock detection switched off for this VM after a split lock on vCPU {} at rip {rip:#x} ({what}) from a guest with detection off",
                     ctx.index
-                ));
+                );
+                // A change to the whole VM is said at once (the run may not end cleanly) and
+                // kept apart from the capped decision lines.
+                eprintln!("host: {NAME}: {action}");
+                self.actions.push(action);
                 Verdict::DisabledGlobally
             }
             Decision::Exit => {
@@ -185,6 +220,37 @@ impl SplitLock {
             verdict_name(verdict)
         ));
         Ok(())
+    }
+}
+
+/// What the host CPU detects itself, as Linux reports it in `/proc/cpuinfo`.
+///
+/// With `split_lock_detect` a guest's real split lock raises #AC in hardware; KVM intercepts it
+/// and, unless the guest's own alignment checking asks for it, handles it as the host's
+/// `split_lock_detect=` mode says: a warning in the host's log (and the vCPU thread runs on
+/// without detection), or with `fatal` a KVM_EXIT_EXCEPTION for vector 17, which ends the run
+/// as an unexpected exit. Either way the guest's #AC still comes from the trigger. With
+/// `bus_lock_detect` KVM can report bus locks after the fact (KVM_CAP_X86_BUS_LOCK_EXIT).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostDetection {
+    pub split_lock_detect: bool,
+    pub bus_lock_detect: bool,
+}
+
+impl HostDetection {
+    /// The flags of the first processor in a `/proc/cpuinfo` text.
+    pub fn from_cpuinfo(text: &str) -> Self {
+        let flags = text
+            .lines()
+            .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim() == "flags").map(|(_, v)| v))
+            .unwrap_or("");
+        let has = |name| flags.split_whitespace().any(|f| f == name);
+        Self { split_lock_detect: has("split_lock_detect"), bus_lock_detect: has("bus_lock_detect") }
+    }
+
+    /// This machine's (nothing detected if `/proc/cpuinfo` cannot be read).
+    fn of_this_machine() -> Self {
+        std::fs::read_to_string("/proc/cpuinfo").map(|t| Self::from_cpuinfo(&t)).unwrap_or_default()
     }
 }
 
@@ -241,6 +307,7 @@ impl ExitHandler for SplitLock {
     }
 
     fn attach(&mut self, ctx: &mut AttachCtx<'_>) -> Result<()> {
+        self.host_cpu = HostDetection::of_this_machine();
         let vm = ctx.vm;
         let bus_lock_modes = vm.check_extension_raw(u64::from(KVM_CAP_X86_BUS_LOCK_EXIT));
         if bus_lock_modes > 0 && bus_lock_modes as u32 & KVM_BUS_LOCK_DETECTION_EXIT != 0 {
@@ -257,7 +324,7 @@ impl ExitHandler for SplitLock {
 
     fn cpuid(&self, table: &mut CpuidTable) {
         let leaf7 = table.entry(sld::CPUID_LEAF, sld::CPUID_SUBLEAF);
-        if self.config.advertise {
+        if self.config.enumeration.core_capabilities() {
             leaf7.edx |= sld::CPUID7_EDX_CORE_CAPABILITIES;
         } else {
             leaf7.edx &= !sld::CPUID7_EDX_CORE_CAPABILITIES;
@@ -266,7 +333,7 @@ impl ExitHandler for SplitLock {
         *features |= Features::SPLIT_LOCK_TRIGGER;
         // The same statement in the host stub's own leaf, which KVM passes through unchanged
         // where it filters the architectural bit.
-        if self.config.advertise {
+        if self.config.enumeration.core_capabilities() {
             *features |= Features::CORE_CAPABILITIES;
         }
     }
@@ -276,13 +343,13 @@ impl ExitHandler for SplitLock {
     }
 
     fn rdmsr(&mut self, ctx: &mut VcpuCtx<'_>, index: u32) -> Result<MsrAnswer> {
-        let advertise = self.config.advertise;
-        Ok(self.vcpu(ctx.index).msrs.read(index, advertise))
+        let enumeration = self.config.enumeration;
+        Ok(self.vcpu(ctx.index).msrs.read(index, enumeration))
     }
 
     fn wrmsr(&mut self, ctx: &mut VcpuCtx<'_>, index: u32, value: u64) -> Result<MsrAnswer> {
-        let advertise = self.config.advertise;
-        Ok(self.vcpu(ctx.index).msrs.write(index, value, advertise))
+        let enumeration = self.config.enumeration;
+        Ok(self.vcpu(ctx.index).msrs.write(index, value, enumeration))
     }
 
     fn hypercall(
@@ -321,24 +388,41 @@ impl ExitHandler for SplitLock {
     }
 
     fn finish(&mut self, report: &mut Report) -> Result<()> {
-        let signal = if self.bus_lock_exits {
-            "KVM bus-lock exits (real, after the instruction) are counted; #AC comes from the trigger (trigger page + decoder)"
-        } else {
-            "emulated: no split-lock detection on this CPU and no KVM_CAP_X86_BUS_LOCK_EXIT, so #AC comes from the trigger (trigger page + decoder)"
+        let signal = match (self.bus_lock_exits, self.host_cpu.split_lock_detect) {
+            (true, _) => {
+                "KVM bus-lock exits (real, after the instruction) are counted; #AC comes from the trigger (trigger page + decoder)"
+            }
+            (false, true) => {
+                "the host CPU detects split locks, but KVM keeps them (host log or KVM_EXIT_EXCEPTION); #AC comes from the trigger (trigger page + decoder)"
+            }
+            (false, false) => {
+                "emulated: no split-lock detection in the host CPU and no KVM_CAP_X86_BUS_LOCK_EXIT, so #AC comes from the trigger (trigger page + decoder)"
+            }
         };
         report.line(format!("{NAME}: signal: {signal}"));
+        let yes_no = |b: bool| if b { "yes" } else { "no" };
         report.line(format!(
-            "{NAME}: detection {} to the guest; policy for guests with detection off: {}{}",
-            if self.config.advertise { "advertised" } else { "not advertised" },
+            "{NAME}: host CPU: split_lock_detect {}, bus_lock_detect {}",
+            yes_no(self.host_cpu.split_lock_detect),
+            yes_no(self.host_cpu.bus_lock_detect)
+        ));
+        report.counter(NAME, "host_split_lock_detect", u64::from(self.host_cpu.split_lock_detect));
+        report.counter(NAME, "host_bus_lock_detect", u64::from(self.host_cpu.bus_lock_detect));
+        report.counter(NAME, "bus_lock_exits_enabled", u64::from(self.bus_lock_exits));
+        report.line(format!(
+            "{NAME}: detection {} to the guest (enumeration {}); policy for guests with detection off: {}{}",
+            if self.config.enumeration.split_lock_detect() { "advertised" } else { "not advertised" },
+            self.config.enumeration.name(),
             self.config.policy.name(),
             if self.globally_disabled { " (detection now off for this VM)" } else { "" }
         ));
-        let (mut writes, mut refused, mut caps_reads) = (0, 0, 0);
+        let (mut writes, mut refused, mut caps_reads, mut test_ctrl_reads) = (0, 0, 0, 0);
         for (index, vcpu) in self.vcpus.iter().enumerate() {
             let m = &vcpu.msrs;
             writes += m.write_count;
             refused += m.refused;
             caps_reads += m.core_caps_reads;
+            test_ctrl_reads += m.test_ctrl_reads;
             let mut seq = String::new();
             for value in &m.writes {
                 let _ = write!(seq, " {}", if value & sld::TEST_CTRL_SPLIT_LOCK_DETECT != 0 { "on" } else { "off" });
@@ -354,40 +438,29 @@ impl ExitHandler for SplitLock {
                 m.refused
             ));
         }
-        for line in self.lines.drain(..) {
+        for line in self.actions.drain(..).chain(self.lines.drain(..)) {
             report.line(format!("{NAME}: {line}"));
+        }
+        if self.lines_dropped > 0 {
+            report.line(format!("{NAME}: ({} more lines not shown; the counters cover them)", self.lines_dropped));
         }
         report.counter(NAME, "test_ctrl_writes", writes);
         report.counter(NAME, "msr_refused", refused);
         report.counter(NAME, "core_caps_reads", caps_reads);
+        report.counter(NAME, "test_ctrl_reads", test_ctrl_reads);
         report.counter(NAME, "triggers", self.counts.triggers);
         report.counter(NAME, "bad_flags", self.counts.bad_flags);
+        report.counter(NAME, "trigger_before_store", self.counts.before_store);
         report.counter(NAME, "decided", self.counts.decided);
-        for (raw, count) in self.counts.by_verdict.iter().enumerate() {
-            if let Ok(verdict) = Verdict::try_from(raw as u64) {
-                report.counter(NAME, verdict_counter(verdict), *count);
-            }
+        for &verdict in Verdict::ALL {
+            report.counter(NAME, verdict_counter(verdict), self.counts.by_verdict[verdict as usize]);
         }
         report.counter(NAME, "globally_disabled", u64::from(self.globally_disabled));
         report.counter(NAME, "bus_locks", self.counts.bus_locks);
+        let (injected, ran) = self.counts.injected_and_ran();
         report.line(format!(
-            "{NAME}: {} triggers, {} decided: {} #AC injected, {} ran",
-            self.counts.triggers,
-            self.counts.decided,
-            self.counts
-                .by_verdict
-                .iter()
-                .enumerate()
-                .filter(|(v, _)| matches!(*v, 1 | 2 | 8))
-                .map(|(_, c)| c)
-                .sum::<u64>(),
-            self.counts
-                .by_verdict
-                .iter()
-                .enumerate()
-                .filter(|(v, _)| !matches!(*v, 1 | 2 | 8))
-                .map(|(_, c)| c)
-                .sum::<u64>(),
+            "{NAME}: {} triggers, {} decided: {injected} #AC injected, {ran} ran",
+            self.counts.triggers, self.counts.decided,
         ));
         Ok(())
     }
@@ -405,26 +478,38 @@ mod tests {
 
     #[test]
     fn advertising_is_a_cpuid_bit_and_the_trigger_a_feature_bit() {
-        for advertise in [true, false] {
+        for enumeration in [Enumeration::Absent, Enumeration::CoreCapabilitiesOnly, Enumeration::SplitLockDetect] {
             let mut table = CpuidTable::from_entries(vec![kvm_bindings::kvm_cpuid_entry2 {
                 function: 7,
                 edx: sld::CPUID7_EDX_CORE_CAPABILITIES,
                 ..Default::default()
             }]);
-            SplitLock::new(SldConfig { advertise, policy: Policy::Exit }).cpuid(&mut table);
+            SplitLock::new(SldConfig { enumeration, policy: Policy::Exit }).cpuid(&mut table);
             let edx = table.get(7, 0).unwrap().edx;
-            assert_eq!(edx & sld::CPUID7_EDX_CORE_CAPABILITIES != 0, advertise);
+            let step1 = enumeration != Enumeration::Absent;
+            assert_eq!(edx & sld::CPUID7_EDX_CORE_CAPABILITIES != 0, step1);
             let features = Features(table.get(abi_cpuid::LEAF_INFO, 0).unwrap().ebx);
             assert!(features.has(Features::SPLIT_LOCK_TRIGGER));
-            assert_eq!(features.has(Features::CORE_CAPABILITIES), advertise);
+            assert_eq!(features.has(Features::CORE_CAPABILITIES), step1);
         }
     }
 
     #[test]
+    fn host_detection_reads_the_first_flags_line_only_whole_words() {
+        let text =
+            "processor\t: 0\nflags\t\t: fpu sse2 split_lock_detect\n\nprocessor\t: 1\nflags\t\t: fpu bus_lock_detect\n";
+        let d = HostDetection::from_cpuinfo(text);
+        assert_eq!(d, HostDetection { split_lock_detect: true, bus_lock_detect: false });
+        let d = HostDetection::from_cpuinfo("flags : fpu split_lock_detect_x xbus_lock_detect\n");
+        assert_eq!(d, HostDetection::default());
+        assert_eq!(HostDetection::from_cpuinfo(""), HostDetection::default());
+    }
+
+    #[test]
     fn every_verdict_has_its_own_counter() {
-        let mut names: Vec<_> = (0..9).map(|v| verdict_counter(Verdict::try_from(v).unwrap())).collect();
+        let mut names: Vec<_> = Verdict::ALL.iter().map(|&v| verdict_counter(v)).collect();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), 9);
+        assert_eq!(names.len(), Verdict::ALL.len());
     }
 }

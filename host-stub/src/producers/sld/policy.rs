@@ -32,6 +32,46 @@ impl Policy {
     }
 }
 
+/// How far the host enumerates split-lock detection to the guest: the architectural chain
+/// CPUID.(7,0):EDX bit 30 → IA32_CORE_CAPABILITIES bit 5 → MSR_TEST_CTRL bit 29, cut at any step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Enumeration {
+    /// CPUID.(7,0):EDX bit 30 clear: neither MSR exists (#GP), as on an older CPU.
+    Absent,
+    /// IA32_CORE_CAPABILITIES exists but its bit 5 is clear: MSR_TEST_CTRL does not exist
+    /// (#GP), as on a CPU with core capabilities and no split-lock detection.
+    CoreCapabilitiesOnly,
+    /// The whole chain: the guest can turn detection on.
+    #[default]
+    SplitLockDetect,
+}
+
+impl Enumeration {
+    /// Whether CPUID.(7,0):EDX bit 30 (and the host stub's `CORE_CAPABILITIES` feature) is set.
+    pub const fn core_capabilities(self) -> bool {
+        !matches!(self, Enumeration::Absent)
+    }
+
+    /// Whether MSR_TEST_CTRL and its detection bit exist.
+    pub const fn split_lock_detect(self) -> bool {
+        matches!(self, Enumeration::SplitLockDetect)
+    }
+
+    /// IA32_CORE_CAPABILITIES as the guest reads it.
+    pub const fn core_capabilities_value(self) -> u64 {
+        if self.split_lock_detect() { sld::CORE_CAPS_SPLIT_LOCK_DETECT } else { 0 }
+    }
+
+    /// The name on the command line and in reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Enumeration::Absent => "absent",
+            Enumeration::CoreCapabilitiesOnly => "core-capabilities-only",
+            Enumeration::SplitLockDetect => "split-lock-detect",
+        }
+    }
+}
+
 /// One vCPU's virtualized MSR_TEST_CTRL and IA32_CORE_CAPABILITIES.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VirtualMsrs {
@@ -39,10 +79,13 @@ pub struct VirtualMsrs {
     pub test_ctrl: u64,
     /// Every accepted write's value, in order (the first [`WRITE_LOG_MAX`]).
     pub writes: Vec<u64>,
+    /// Accepted MSR_TEST_CTRL writes, all of them.
     pub write_count: u64,
     /// Accesses refused with #GP.
     pub refused: u64,
+    /// Reads of IA32_CORE_CAPABILITIES that were answered.
     pub core_caps_reads: u64,
+    /// Reads of MSR_TEST_CTRL that were answered.
     pub test_ctrl_reads: u64,
 }
 
@@ -50,23 +93,23 @@ pub struct VirtualMsrs {
 pub const WRITE_LOG_MAX: usize = 64;
 
 impl VirtualMsrs {
-    /// The bits a guest may set: the detection bit, and only when detection is advertised.
-    pub const fn valid_bits(advertised: bool) -> u64 {
-        if advertised { sld::TEST_CTRL_SPLIT_LOCK_DETECT } else { 0 }
+    /// The bits a guest may set: the detection bit, and only when it is enumerated.
+    pub const fn valid_bits(enumeration: Enumeration) -> u64 {
+        if enumeration.split_lock_detect() { sld::TEST_CTRL_SPLIT_LOCK_DETECT } else { 0 }
     }
 
     /// RDMSR of one of the two MSRs; `NotMine` for any other.
-    pub fn read(&mut self, index: u32, advertised: bool) -> MsrAnswer {
+    pub fn read(&mut self, index: u32, enumeration: Enumeration) -> MsrAnswer {
         match index {
-            sld::MSR_CORE_CAPABILITIES if advertised => {
+            sld::MSR_CORE_CAPABILITIES if enumeration.core_capabilities() => {
                 self.core_caps_reads += 1;
-                MsrAnswer::Value(sld::CORE_CAPS_SPLIT_LOCK_DETECT)
+                MsrAnswer::Value(enumeration.core_capabilities_value())
             }
-            sld::MSR_TEST_CTRL if advertised => {
+            sld::MSR_TEST_CTRL if enumeration.split_lock_detect() => {
                 self.test_ctrl_reads += 1;
                 MsrAnswer::Value(self.test_ctrl)
             }
-            // Without the advertisement the MSRs do not exist, as on a CPU without them.
+            // An MSR the enumeration does not reach does not exist, as on a CPU without it.
             sld::MSR_CORE_CAPABILITIES | sld::MSR_TEST_CTRL => {
                 self.refused += 1;
                 MsrAnswer::Fault
@@ -76,9 +119,9 @@ impl VirtualMsrs {
     }
 
     /// WRMSR of one of the two MSRs; `NotMine` for any other.
-    pub fn write(&mut self, index: u32, value: u64, advertised: bool) -> MsrAnswer {
+    pub fn write(&mut self, index: u32, value: u64, enumeration: Enumeration) -> MsrAnswer {
         match index {
-            sld::MSR_TEST_CTRL if value & !Self::valid_bits(advertised) == 0 && advertised => {
+            sld::MSR_TEST_CTRL if enumeration.split_lock_detect() && value & !Self::valid_bits(enumeration) == 0 => {
                 self.test_ctrl = value;
                 self.write_count += 1;
                 if self.writes.len() < WRITE_LOG_MAX {
@@ -248,30 +291,48 @@ mod tests {
     fn test_ctrl_keeps_the_guests_value_and_refuses_other_bits() {
         let mut m = VirtualMsrs::default();
         let on = sld::TEST_CTRL_SPLIT_LOCK_DETECT;
-        assert_eq!(m.read(sld::MSR_CORE_CAPABILITIES, true), MsrAnswer::Value(sld::CORE_CAPS_SPLIT_LOCK_DETECT));
-        assert_eq!(m.write(sld::MSR_TEST_CTRL, on, true), MsrAnswer::Value(on));
+        assert_eq!(
+            m.read(sld::MSR_CORE_CAPABILITIES, Enumeration::SplitLockDetect),
+            MsrAnswer::Value(sld::CORE_CAPS_SPLIT_LOCK_DETECT)
+        );
+        assert_eq!(m.write(sld::MSR_TEST_CTRL, on, Enumeration::SplitLockDetect), MsrAnswer::Value(on));
         assert!(m.detection_on());
-        assert_eq!(m.read(sld::MSR_TEST_CTRL, true), MsrAnswer::Value(on));
+        assert_eq!(m.read(sld::MSR_TEST_CTRL, Enumeration::SplitLockDetect), MsrAnswer::Value(on));
         // Bit 31 (disable LOCK# assertion) and every other bit are not virtualized: #GP, and
         // the value stays.
-        assert_eq!(m.write(sld::MSR_TEST_CTRL, on | 1 << 31, true), MsrAnswer::Fault);
-        assert_eq!(m.write(sld::MSR_TEST_CTRL, 1, true), MsrAnswer::Fault);
-        assert_eq!(m.read(sld::MSR_TEST_CTRL, true), MsrAnswer::Value(on));
-        assert_eq!(m.write(sld::MSR_TEST_CTRL, 0, true), MsrAnswer::Value(0));
+        assert_eq!(m.write(sld::MSR_TEST_CTRL, on | 1 << 31, Enumeration::SplitLockDetect), MsrAnswer::Fault);
+        assert_eq!(m.write(sld::MSR_TEST_CTRL, 1, Enumeration::SplitLockDetect), MsrAnswer::Fault);
+        assert_eq!(m.read(sld::MSR_TEST_CTRL, Enumeration::SplitLockDetect), MsrAnswer::Value(on));
+        assert_eq!(m.write(sld::MSR_TEST_CTRL, 0, Enumeration::SplitLockDetect), MsrAnswer::Value(0));
         assert!(!m.detection_on());
-        assert_eq!(m.write(sld::MSR_CORE_CAPABILITIES, 0, true), MsrAnswer::Fault, "read-only");
+        assert_eq!(m.write(sld::MSR_CORE_CAPABILITIES, 0, Enumeration::SplitLockDetect), MsrAnswer::Fault, "read-only");
         assert_eq!((m.writes.clone(), m.write_count, m.refused), (vec![on, 0], 2, 3));
-        assert_eq!(m.read(0x10, true), MsrAnswer::NotMine);
-        assert_eq!(m.write(0x10, 0, true), MsrAnswer::NotMine);
+        assert_eq!(m.read(0x10, Enumeration::SplitLockDetect), MsrAnswer::NotMine);
+        assert_eq!(m.write(0x10, 0, Enumeration::SplitLockDetect), MsrAnswer::NotMine);
     }
 
     #[test]
     fn without_the_advertisement_both_msrs_do_not_exist() {
         let mut m = VirtualMsrs::default();
-        assert_eq!(m.read(sld::MSR_CORE_CAPABILITIES, false), MsrAnswer::Fault);
-        assert_eq!(m.read(sld::MSR_TEST_CTRL, false), MsrAnswer::Fault);
-        assert_eq!(m.write(sld::MSR_TEST_CTRL, sld::TEST_CTRL_SPLIT_LOCK_DETECT, false), MsrAnswer::Fault);
-        assert_eq!(m.write(sld::MSR_TEST_CTRL, 0, false), MsrAnswer::Fault);
+        assert_eq!(m.read(sld::MSR_CORE_CAPABILITIES, Enumeration::Absent), MsrAnswer::Fault);
+        assert_eq!(m.read(sld::MSR_TEST_CTRL, Enumeration::Absent), MsrAnswer::Fault);
+        assert_eq!(
+            m.write(sld::MSR_TEST_CTRL, sld::TEST_CTRL_SPLIT_LOCK_DETECT, Enumeration::Absent),
+            MsrAnswer::Fault
+        );
+        assert_eq!(m.write(sld::MSR_TEST_CTRL, 0, Enumeration::Absent), MsrAnswer::Fault);
         assert_eq!((m.write_count, m.refused, m.core_caps_reads), (0, 4, 0));
+    }
+
+    #[test]
+    fn core_capabilities_without_bit_5_hide_test_ctrl() {
+        let mut m = VirtualMsrs::default();
+        let e = Enumeration::CoreCapabilitiesOnly;
+        assert_eq!(m.read(sld::MSR_CORE_CAPABILITIES, e), MsrAnswer::Value(0));
+        assert_eq!(m.read(sld::MSR_TEST_CTRL, e), MsrAnswer::Fault);
+        assert_eq!(m.write(sld::MSR_TEST_CTRL, sld::TEST_CTRL_SPLIT_LOCK_DETECT, e), MsrAnswer::Fault);
+        assert_eq!(m.write(sld::MSR_TEST_CTRL, 0, e), MsrAnswer::Fault);
+        assert!(!m.detection_on());
+        assert_eq!((m.write_count, m.refused, m.core_caps_reads, m.test_ctrl_reads), (0, 3, 1, 0));
     }
 }
