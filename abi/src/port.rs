@@ -16,9 +16,24 @@ pub const DEBUG_EXIT: u16 = 0xF4;
 /// set.
 pub const HYPERCALL: u16 = 0x0510;
 
-/// The host stub's null port: an `out` here exits to the host, which does nothing and resumes
-/// the guest. The benchmarks' baseline (one port-I/O round trip); QEMU ignores it too.
+/// The host stub's null port: an `out` of 0 here exits to the host, which does nothing and
+/// resumes the guest: the benchmarks' baseline (one port-I/O round trip). An `out` of a
+/// [`BenchLoop`] value makes the host handle the following exits in that loop; an `in` says
+/// which loop is handling exits now. QEMU ignores writes and reads all-ones.
 pub const BENCH_NULL: u16 = 0x051F;
+
+crate::wire_enum! {
+/// Which host loop handles the guest's exits, for the baseline benchmark ([`BENCH_NULL`]): the
+/// host stub's own, or a bare `kvm-ioctls` loop in the same process that only knows the
+/// console, the exit port and this port. The guest switches between them to compare the two
+/// within milliseconds, so that the machine's drift does not decide the comparison.
+pub enum BenchLoop: u32 {
+    /// The host stub's run loop, with every device and producer.
+    Stub = 1,
+    /// The bare loop, until the guest writes [`BenchLoop::Stub`].
+    Bare = 2,
+}
+}
 
 /// The host stub's injection port, for benchmarks: a 32-bit `out` of a [`BenchInject`] value
 /// makes the host inject that event on the way back into the guest. A port (not a hypercall)

@@ -41,6 +41,9 @@ pub enum MsrAnswer {
 pub enum Stop {
     /// The guest wrote this code to the debug-exit port.
     GuestExit(u32),
+    /// The guest asked for its next exits to be handled by the bare loop (a benchmark's
+    /// baseline, [`pvagent_abi::port::BenchLoop`]); the run goes on in this loop afterwards.
+    BareLoop,
 }
 
 /// What a handler gets to set itself up with, once the VM exists and before the guest is

@@ -14,7 +14,8 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::config::Config;
 use crate::cpuid::CpuidTable;
-use crate::devices::{BasicHypercalls, bench::Bench, debug_exit::DebugExit, serial::Serial};
+use crate::devices::bench::{Bench, fill_le, word};
+use crate::devices::{BasicHypercalls, debug_exit::DebugExit, serial::Serial};
 use crate::error::{Error, Result};
 use crate::handler::{AttachCtx, ExitHandler, Report, Stop};
 use crate::loader::{self, Loaded};
@@ -128,11 +129,23 @@ impl Vm {
     pub fn run(mut self) -> RunResult {
         let start = Instant::now();
         let watchdog = Watchdog::arm(self.config.timeout);
-        let outcome = {
-            let mut handlers: Vec<&mut dyn ExitHandler> =
-                vec![&mut self.serial, &mut self.debug_exit, &mut self.hypercalls, &mut self.bench];
-            handlers.extend(self.producers.iter_mut().map(|p| p.as_mut() as &mut dyn ExitHandler));
-            self.vcpu.run(&self.vm, &self.mem, &mut handlers, &watchdog)
+        let mut bare = BareStats::default();
+        let outcome = loop {
+            let outcome = {
+                let mut handlers: Vec<&mut dyn ExitHandler> =
+                    vec![&mut self.serial, &mut self.debug_exit, &mut self.hypercalls, &mut self.bench];
+                handlers.extend(self.producers.iter_mut().map(|p| p.as_mut() as &mut dyn ExitHandler));
+                self.vcpu.run(&self.vm, &self.mem, &mut handlers, &watchdog)
+            };
+            // A benchmark's baseline: some exits in the bare loop, then back here.
+            if let Ok(Stop::BareLoop) = outcome {
+                match self.bare_loop(BareUntil::SwitchBack, &watchdog, &mut bare) {
+                    Ok(BareEnd::SwitchedBack) => continue,
+                    Ok(BareEnd::GuestExit(code)) => break Ok(Stop::GuestExit(code)),
+                    Err(e) => break Err(e),
+                }
+            }
+            break outcome;
         };
         drop(watchdog);
         let elapsed = start.elapsed();
@@ -159,6 +172,8 @@ impl Vm {
             }
         }
         report.counter("vcpu0", "exits", self.vcpu.exits);
+        report.counter("bare", "exits", bare.exits);
+        report.counter("bare", "run_us", bare.time.as_micros() as u64);
         report.counter("host", "setup_us", self.setup_time.as_micros() as u64);
         report.counter("host", "run_us", elapsed.as_micros() as u64);
         if let Some(kib) = peak_rss_kib() {
@@ -170,7 +185,7 @@ impl Vm {
 
         let guest_exit_code = match outcome {
             Ok(Stop::GuestExit(code)) => Some(code),
-            Err(_) => None,
+            Ok(Stop::BareLoop) | Err(_) => None,
         };
         let fatal = outcome.as_ref().err().is_some_and(Error::is_guest_fault);
         let serial_tail = self.serial.tail(20);
@@ -233,50 +248,85 @@ pub struct BareRun {
     pub run_time: Duration,
 }
 
+/// Where a bare loop stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BareUntil {
+    /// The guest's exit.
+    GuestExit,
+    /// The guest's request to go back to the host stub's loop, or its exit.
+    SwitchBack,
+}
+
+/// Why a bare loop stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BareEnd {
+    GuestExit(u32),
+    SwitchedBack,
+}
+
+/// Exits and time spent in bare loops.
+#[derive(Clone, Copy, Debug, Default)]
+struct BareStats {
+    exits: u64,
+    time: Duration,
+}
+
 impl Vm {
     /// Runs the guest in a bare `kvm-ioctls` loop instead of the host stub's run loop: no
     /// handlers, no producers, exit data filled in place, MSR accesses refused, everything else
     /// ignored. The baseline the benchmark compares the host stub's loop against.
     pub fn run_bare(mut self) -> Result<BareRun> {
+        let mut stats = BareStats::default();
+        let watchdog = Watchdog::arm(self.config.timeout);
+        let end = self.bare_loop(BareUntil::GuestExit, &watchdog, &mut stats)?;
+        Ok(BareRun {
+            guest_exit_code: match end {
+                BareEnd::GuestExit(code) => Some(code),
+                BareEnd::SwitchedBack => None,
+            },
+            serial: self.serial.take_lines(),
+            exits: stats.exits,
+            run_time: stats.time,
+        })
+    }
+
+    /// The bare loop: `KVM_RUN` and a match, nothing else. Console bytes go to the console
+    /// device (its sink), the UART's line status reads "ready", `in` from the benchmark port
+    /// says [`BenchLoop::Bare`], every other read is 0 or all-ones.
+    fn bare_loop(&mut self, until: BareUntil, watchdog: &Watchdog, stats: &mut BareStats) -> Result<BareEnd> {
         use kvm_ioctls::VcpuExit;
-        use pvagent_abi::port::{COM1, DEBUG_EXIT};
-        let mut out = BareRun::default();
-        let (mut line, mut dlab) = (Vec::new(), false);
+        use pvagent_abi::port::{BENCH_NULL, BenchLoop, COM1, DEBUG_EXIT};
         let start = Instant::now();
-        loop {
-            out.exits += 1;
+        let mut dlab = false;
+        let end = loop {
+            stats.exits += 1;
             match self.vcpu.fd.run() {
                 Ok(VcpuExit::IoOut(port, data)) if port == COM1 && !dlab => {
-                    for &b in data {
-                        match b {
-                            b'\n' => out.serial.push(String::from_utf8_lossy(&std::mem::take(&mut line)).into_owned()),
-                            b'\r' => {}
-                            _ => line.push(b),
-                        }
-                    }
+                    data.iter().for_each(|&b| self.serial.transmit(b))
                 }
                 Ok(VcpuExit::IoOut(port, data)) if port == COM1 + 3 => {
                     dlab = data.first().is_some_and(|b| b & 0x80 != 0)
                 }
-                Ok(VcpuExit::IoOut(port, data)) if port == DEBUG_EXIT => {
-                    let mut w = [0u8; 4];
-                    w[..data.len().min(4)].copy_from_slice(&data[..data.len().min(4)]);
-                    out.guest_exit_code = Some(u32::from_le_bytes(w));
-                    break;
+                Ok(VcpuExit::IoOut(port, data)) if port == DEBUG_EXIT => break BareEnd::GuestExit(word(data)),
+                Ok(VcpuExit::IoOut(port, data))
+                    if port == BENCH_NULL && until == BareUntil::SwitchBack && word(data) == BenchLoop::Stub as u32 =>
+                {
+                    break BareEnd::SwitchedBack;
                 }
-                Ok(VcpuExit::IoOut(..)) | Ok(VcpuExit::MmioWrite(..)) | Ok(VcpuExit::Intr) => {}
-                // The UART's line status says "ready"; every other read is 0 or all-ones.
+                Ok(VcpuExit::IoOut(..)) | Ok(VcpuExit::MmioWrite(..)) => {}
+                Ok(VcpuExit::IoIn(port, data)) if port == BENCH_NULL => fill_le(data, BenchLoop::Bare as u32),
                 Ok(VcpuExit::IoIn(port, data)) => data.fill(if port == COM1 + 5 { 0x60 } else { 0 }),
                 Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xFF),
                 Ok(VcpuExit::X86Rdmsr(msr)) => *msr.error = 1,
                 Ok(VcpuExit::X86Wrmsr(msr)) => *msr.error = 1,
+                Ok(VcpuExit::Intr) => watchdog.check()?,
                 Ok(other) => return Err(Error::UnexpectedExit { exit: format!("{other:?}"), rip: 0 }),
-                Err(e) if e.errno() == libc::EINTR => {}
+                Err(e) if e.errno() == libc::EINTR => watchdog.check()?,
                 Err(e) => return Err(Error::Run(e)),
             }
-        }
-        out.run_time = start.elapsed();
-        Ok(out)
+        };
+        stats.time += start.elapsed();
+        Ok(end)
     }
 }
 

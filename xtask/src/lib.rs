@@ -1,6 +1,7 @@
 //! The project's automation as a library, so that `cargo xtask` and the end-to-end tests build
 //! the guest and start hosts the same way.
 
+pub mod bench;
 pub mod guest;
 pub mod proc;
 pub mod qemu;

@@ -4,6 +4,7 @@
 //! cargo xtask run   [--release] [--tests PATTERNS] [-- HOST-STUB ARGS...]
 //! cargo xtask qemu  [--accel tcg|kvm] [--release] [--tests PATTERNS] [-- GUEST CMDLINE...]
 //! cargo xtask test
+//! cargo xtask bench [--quick] [--trace FILE] [--update-docs]
 //! ```
 
 use std::process::ExitCode;
@@ -12,29 +13,46 @@ use std::time::Duration;
 use xtask::qemu::{self, Accel};
 use xtask::{Profile, Result, err, guest};
 
-const USAGE: &str = "usage: cargo xtask <run|qemu|test> [options]
+const USAGE: &str = "usage: cargo xtask <run|qemu|test|bench> [options]
   run   [--release] [--tests PATTERNS] [-- HOST-STUB ARGS]   boot the guest under the host stub
   qemu  [--accel tcg|kvm] [--release] [--tests PATTERNS] [-- GUEST CMDLINE]
                                                              boot the same guest under QEMU
   test                                                       unit tests, then both hosts, then
-                                                             the end-to-end tests";
+                                                             the end-to-end tests
+  bench [--quick] [--trace FILE] [--update-docs]             measure every event's cost; results
+                                                             in target/bench (--update-docs: and
+                                                             in docs/performance.md)";
 
 /// Time a full self-test run may take before it is killed.
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 
 struct Options {
     release: bool,
+    quick: bool,
+    trace: Option<std::path::PathBuf>,
+    update_docs: bool,
     tests: Option<String>,
     accel: Accel,
     rest: Vec<String>,
 }
 
 fn parse(args: &[String]) -> Result<Options> {
-    let mut opts = Options { release: false, tests: None, accel: Accel::Tcg, rest: Vec::new() };
+    let mut opts = Options {
+        release: false,
+        quick: false,
+        trace: None,
+        update_docs: false,
+        tests: None,
+        accel: Accel::Tcg,
+        rest: Vec::new(),
+    };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--release" => opts.release = true,
+            "--quick" => opts.quick = true,
+            "--update-docs" => opts.update_docs = true,
+            "--trace" => opts.trace = Some(it.next().ok_or_else(|| err!("--trace needs a file name"))?.into()),
             "--tests" => opts.tests = Some(it.next().ok_or_else(|| err!("--tests needs a value"))?.clone()),
             "--accel" => opts.accel = Accel::parse(it.next().ok_or_else(|| err!("--accel needs tcg or kvm"))?)?,
             "--" => {
@@ -92,6 +110,11 @@ fn main() -> ExitCode {
         "run" => cmd_run(&opts),
         "qemu" => cmd_qemu(&opts),
         "test" => xtask::test::run_all(),
+        "bench" => {
+            let bench =
+                xtask::bench::Options { quick: opts.quick, trace: opts.trace.clone(), update_docs: opts.update_docs };
+            xtask::bench::run(&bench).map(|()| ExitCode::SUCCESS)
+        }
         other => Err(err!("unknown command {other:?}\n{USAGE}")),
     });
     match result {

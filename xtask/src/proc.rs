@@ -46,7 +46,17 @@ fn forward(reader: impl Read + Send + 'static, tx: mpsc::Sender<String>) {
 }
 
 /// Runs `cmd` to completion or until `timeout`, echoing its output when `echo` is set.
-pub fn run(mut cmd: Command, timeout: Duration, echo: bool) -> Result<Outcome> {
+pub fn run(cmd: Command, timeout: Duration, echo: bool) -> Result<Outcome> {
+    run_observed(cmd, timeout, &mut |line| {
+        if echo {
+            println!("{line}");
+        }
+    })
+}
+
+/// Runs `cmd` to completion or until `timeout`, handing each output line to `on_line` as it
+/// arrives (for progress displays).
+pub fn run_observed(mut cmd: Command, timeout: Duration, on_line: &mut dyn FnMut(&str)) -> Result<Outcome> {
     let program = format!("{:?}", cmd.get_program());
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();
@@ -63,9 +73,7 @@ pub fn run(mut cmd: Command, timeout: Duration, echo: bool) -> Result<Outcome> {
     loop {
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(line) => {
-                if echo {
-                    println!("{line}");
-                }
+                on_line(&line);
                 output.push(line);
                 continue;
             }
@@ -75,9 +83,7 @@ pub fn run(mut cmd: Command, timeout: Duration, echo: bool) -> Result<Outcome> {
         if let Some(status) = child.0.try_wait().map_err(|e| err!("waiting for {program}: {e}"))? {
             // Drain what the reader threads still hold.
             while let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-                if echo {
-                    println!("{line}");
-                }
+                on_line(&line);
                 output.push(line);
             }
             return Ok(Outcome { status, output, elapsed: start.elapsed() });

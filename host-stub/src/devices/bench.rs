@@ -1,5 +1,5 @@
-//! The benchmarks' device: a null port (one exit, nothing done: the baseline round trip) and
-//! an injection port that injects an interrupt or an exception on the way back into the guest,
+//! The benchmarks' device: a null port (one exit, nothing done: the baseline round trip; also
+//! the switch to the bare loop the baseline is compared with) and an injection port that injects an interrupt or an exception on the way back into the guest,
 //! so that the cost of producing and handling an event can be measured against the baseline.
 //! (Page-not-present events on the same port are the pager's.)
 
@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use kvm_bindings::kvm_msi;
 use kvm_ioctls::VmFd;
-use pvagent_abi::port::{BENCH_INJECT, BENCH_NULL, BenchInject};
+use pvagent_abi::port::{BENCH_INJECT, BENCH_NULL, BenchInject, BenchLoop};
 
 use crate::error::{Error, Result};
-use crate::handler::{ExitHandler, Handled, Report, VcpuCtx};
+use crate::handler::{ExitHandler, Handled, Report, Stop, VcpuCtx};
 
 /// The bench device.
 #[derive(Debug)]
@@ -19,16 +19,25 @@ pub struct Bench {
     null_exits: u64,
     injected: u64,
     refused: u64,
+    bare_loop_requests: u64,
 }
 
 impl Bench {
     /// A bench device for the VM behind `vm`.
     pub fn new(vm: Arc<VmFd>) -> Self {
-        Self { vm, null_exits: 0, injected: 0, refused: 0 }
+        Self { vm, null_exits: 0, injected: 0, refused: 0, bare_loop_requests: 0 }
     }
 }
 
-fn word(data: &[u8]) -> u32 {
+/// Fills an `in`'s data with the low bytes of `value`.
+pub(crate) fn fill_le(data: &mut [u8], value: u32) {
+    for (d, b) in data.iter_mut().zip(value.to_le_bytes().into_iter().chain(std::iter::repeat(0))) {
+        *d = b;
+    }
+}
+
+/// The first (up to) four bytes of an `out`, little-endian.
+pub(crate) fn word(data: &[u8]) -> u32 {
     let mut w = [0u8; 4];
     let len = data.len().min(4);
     w[..len].copy_from_slice(&data[..len]);
@@ -43,7 +52,16 @@ impl ExitHandler for Bench {
     fn io_out(&mut self, ctx: &mut VcpuCtx<'_>, port: u16, data: &[u8]) -> Result<Handled> {
         match port {
             BENCH_NULL => {
-                self.null_exits += 1;
+                match word(data) {
+                    0 => self.null_exits += 1,
+                    v if v == BenchLoop::Bare as u32 => {
+                        self.bare_loop_requests += 1;
+                        ctx.stop = Some(Stop::BareLoop);
+                    }
+                    // Already in this loop.
+                    v if v == BenchLoop::Stub as u32 => self.null_exits += 1,
+                    _ => self.refused += 1,
+                }
                 Ok(Handled::Yes)
             }
             BENCH_INJECT => {
@@ -79,8 +97,17 @@ impl ExitHandler for Bench {
         }
     }
 
+    fn io_in(&mut self, _ctx: &mut VcpuCtx<'_>, port: u16, data: &mut [u8]) -> Result<Handled> {
+        if port != BENCH_NULL {
+            return Ok(Handled::No);
+        }
+        fill_le(data, BenchLoop::Stub as u32);
+        Ok(Handled::Yes)
+    }
+
     fn finish(&mut self, report: &mut Report) -> Result<()> {
         report.counter(self.name(), "null_exits", self.null_exits);
+        report.counter(self.name(), "bare_loop_requests", self.bare_loop_requests);
         report.counter(self.name(), "injected", self.injected);
         report.counter(self.name(), "refused", self.refused);
         Ok(())

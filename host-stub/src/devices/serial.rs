@@ -57,6 +57,11 @@ impl Serial {
         Ok(Self { sink, line: Vec::new(), lines: VecDeque::new(), dropped_lines: 0, lcr: 0x03, scratch: 0 })
     }
 
+    /// A byte the guest transmitted (also used by the bare loop, which has no handlers).
+    pub(crate) fn transmit(&mut self, byte: u8) {
+        self.push_byte(byte);
+    }
+
     fn push_byte(&mut self, byte: u8) {
         match byte {
             b'\n' => self.end_line(),

@@ -1,0 +1,507 @@
+//! `cargo xtask bench`: every measurement of the benchmark issue in one command, on one
+//! machine, in one go. It boots the guest many times (the host stub, a bare `kvm-ioctls` loop,
+//! QEMU TCG), reads back what the guest and the host printed, and writes
+//! `target/bench/results.json`, `target/bench/report.md` and its charts. Costs are given as
+//! medians with their spread and as multiples of a baseline measured in the same run, because
+//! these machines are noisy. `--quick` runs fewer and smaller measurements with the dev build:
+//! CI runs it to check that everything runs and gives sane numbers, not to judge timings.
+
+pub mod analysis;
+pub mod model;
+pub mod report;
+pub mod samples;
+pub mod stats;
+pub mod svg;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::qemu::{self, Accel};
+use crate::{Profile, Result, err, guest, proc, project_root, setup};
+use analysis::Goal;
+use report::{Baseline, Boot, Machine, Memory, Results};
+use samples::RunOutput;
+use stats::Summary;
+
+/// What `cargo xtask bench` was asked for.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    pub quick: bool,
+    /// Write a Chrome trace of the guest benchmark run here.
+    pub trace: Option<PathBuf>,
+    /// Also copy the report and charts into `docs/` (full runs only).
+    pub update_docs: bool,
+}
+
+/// How much of everything to run.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    /// Processes measuring the host stub's loop against the bare loop.
+    baseline_runs: usize,
+    /// Pairs of timed loops in each of them.
+    baseline_reps: u64,
+    /// Repetitions inside each guest (`bench-reps=`).
+    reps: u64,
+    /// Processes of the guest benchmark, pooled.
+    bench_runs: usize,
+    boots: usize,
+    qemu_boots: usize,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self { baseline_runs: 1, baseline_reps: 6, reps: 3, bench_runs: 1, boots: 2, qemu_boots: 1 }
+        } else {
+            Self { baseline_runs: 6, baseline_reps: 10, reps: 5, bench_runs: 3, boots: 5, qemu_boots: 3 }
+        }
+    }
+
+    fn steps(&self) -> u64 {
+        (self.baseline_runs + self.bench_runs + self.boots + self.qemu_boots) as u64
+    }
+}
+
+/// The self-tests the boot measurement runs.
+const BOOT_TESTS: &str = "arch";
+/// Time one process may take.
+const PROCESS_TIMEOUT: Duration = Duration::from_secs(300);
+/// Where the results go.
+fn out_dir() -> PathBuf {
+    project_root().join("target").join("bench")
+}
+
+/// Progress: a bar on a terminal, one line per step otherwise (CI logs).
+struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    fn new(steps: u64) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(steps);
+            bar.set_style(
+                ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        Self { bar }
+    }
+
+    fn step(&self, what: &str) {
+        match &self.bar {
+            Some(bar) => bar.set_message(what.to_owned()),
+            None => eprintln!("xtask bench: {what}"),
+        }
+    }
+
+    fn detail(&self, what: &str) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(what.to_owned());
+        }
+    }
+
+    fn done_one(&self) {
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// One host stub process; fails unless it exits 0. Returns what it printed and how long it
+/// took from spawn to exit.
+fn host_stub(
+    host: &Path,
+    elf: &Path,
+    cmdline: &str,
+    args: &[&str],
+    progress: &Progress,
+) -> Result<(RunOutput, Duration)> {
+    let mut cmd = Command::new(host);
+    cmd.arg(elf).args(["--cmdline", cmdline, "--counters", "--timeout", "280"]).args(args);
+    let label = cmdline.to_owned();
+    let outcome = proc::run_observed(cmd, PROCESS_TIMEOUT, &mut |line| {
+        if let Some(rest) = line.strip_prefix(pvagent_abi::report::BENCH_PREFIX) {
+            progress.detail(&format!("{label}: {}", rest.split_whitespace().next().unwrap_or("")));
+        }
+    })?;
+    let out = RunOutput::parse(outcome.output.iter().map(String::as_str));
+    if !outcome.status.success() {
+        let tail: Vec<&str> = outcome.output.iter().rev().take(12).rev().map(String::as_str).collect();
+        return Err(err!(
+            "the host stub failed ({}) for `{cmdline}` {}:\n{}",
+            outcome.status,
+            args.join(" "),
+            tail.join("\n")
+        ));
+    }
+    if let Some(e) = out.errors.first() {
+        return Err(err!("the guest could not run a benchmark: {e}"));
+    }
+    Ok((out, outcome.elapsed))
+}
+
+fn summary(what: &str, values: &[f64]) -> Result<Summary> {
+    Summary::of(values).ok_or_else(|| err!("{what}: no usable measurement ({values:?})"))
+}
+
+fn shell(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .current_dir(project_root())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn machine(profile: Profile, quick: bool) -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_owned()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kvm = if Path::new("/sys/module/kvm_pvm").exists() {
+        "KVM with the PVM module (software virtualization: guest kernel code is emulated)".into()
+    } else if Path::new("/sys/module/kvm_intel").exists() {
+        "KVM on VMX (kvm_intel)".into()
+    } else if Path::new("/sys/module/kvm_amd").exists() {
+        "KVM on SVM (kvm_amd)".into()
+    } else {
+        "KVM (module unknown)".into()
+    };
+    Machine {
+        cpu,
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        kernel: shell("uname", &["-r"]),
+        kvm,
+        commit: shell("git", &["rev-parse", "--short", "HEAD"]),
+        date: shell("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        profile: profile.dir().replace("debug", "dev"),
+        quick,
+    }
+}
+
+/// Runs every measurement and writes the results.
+pub fn run(opts: &Options) -> Result<()> {
+    setup::check_kvm()?;
+    setup::ensure_qemu()?;
+    let plan = Plan::new(opts.quick);
+    // The full benchmark measures what users run; the quick one reuses CI's dev build.
+    let profile = if opts.quick { Profile::Dev } else { Profile::Release };
+    eprintln!("xtask bench: building the guest and the host stub ({})", profile.dir());
+    let elf = guest::build_guest(profile)?;
+    let host = guest::build_host_stub(profile)?;
+    let progress = Progress::new(plan.steps());
+    let results = measure(&plan, opts, profile, &elf, &host, &progress);
+    progress.finish();
+    let results = results?;
+    let problems = insane(&results);
+    write(&results)?;
+    if opts.update_docs {
+        if opts.quick {
+            return Err(err!("--update-docs needs the full benchmark, not --quick"));
+        }
+        update_docs(&results)?;
+    }
+    print_summary(&results);
+    if !problems.is_empty() {
+        return Err(err!("the benchmark produced figures that cannot be right:\n  {}", problems.join("\n  ")));
+    }
+    Ok(())
+}
+
+fn measure(
+    plan: &Plan,
+    opts: &Options,
+    profile: Profile,
+    elf: &Path,
+    host: &Path,
+    progress: &Progress,
+) -> Result<Results> {
+    let reps = plan.reps.to_string();
+    let quick_word = if opts.quick { " bench-quick" } else { "" };
+
+    // 1. The baseline: the host stub's loop against the bare loop. The guest switches the
+    // host between the two around each timed loop (alternating which goes first), so each
+    // pair is measured within milliseconds: this machine's speed drifts by a third between
+    // phases lasting seconds, which would decide a comparison of separate processes.
+    let io_cmdline = format!("bench=io bench-reps={}{quick_word}", plan.baseline_reps);
+    let mut baseline_runs = Vec::new();
+    for run in 0..plan.baseline_runs {
+        progress.step(&format!("baseline {}/{}: host stub loop against the bare loop", run + 1, plan.baseline_runs));
+        let (out, _) = host_stub(host, elf, &io_cmdline, &[], progress)?;
+        baseline_runs.push(out);
+        progress.done_one();
+    }
+    let baseline =
+        RunOutput { samples: baseline_runs.into_iter().flat_map(|r| r.samples).collect(), ..Default::default() };
+    let host_stub_ns = summary("the host stub's round trip", &per_op(&baseline, "io"))?;
+    let bare_ns = summary("the bare loop's round trip", &per_op(&baseline, "io_bare"))?;
+    let pair_ratios = summary("host stub / bare loop", &analysis::loop_ratios(&baseline))?;
+
+    // 2. The guest's benchmarks, in as many processes as the plan says, pooled.
+    let bench_cmdline = format!("bench=io,inject,pnp,workload,scaling sld=off bench-reps={reps}{quick_word}");
+    let mut bench = RunOutput::default();
+    let mut bench_rss = Vec::new();
+    for run in 0..plan.bench_runs {
+        progress.step(&format!("guest benchmarks {}/{}", run + 1, plan.bench_runs));
+        let trace_args: Vec<String> = match (&opts.trace, run) {
+            (Some(path), 0) => vec!["--trace".into(), path.display().to_string()],
+            _ => Vec::new(),
+        };
+        let args: Vec<&str> = trace_args.iter().map(String::as_str).collect();
+        let (out, _) = host_stub(host, elf, &bench_cmdline, &args, progress)?;
+        if !out.done {
+            return Err(err!("the guest benchmark run ended without `bench: done`"));
+        }
+        bench_rss.extend(out.counter("host.peak_rss_kib").map(|v| v as f64));
+        bench.samples.extend(out.samples);
+        progress.done_one();
+    }
+    let reference_ns =
+        analysis::io_round_trip(&bench).ok_or_else(|| err!("the guest benchmark run has no io samples"))?;
+    let kernel_instruction_ns = summary("a guest kernel instruction", &per_op(&bench, "kernel_insn"))?;
+    let injection = analysis::injection_costs(&bench, reference_ns.median);
+    let page_not_present = analysis::page_not_present_costs(&bench, reference_ns.median);
+    let workload = analysis::workload_results(&bench);
+    let speedups = analysis::speedups(&workload);
+    let scaling = analysis::scaling(&bench);
+
+    // 3. Boot, under the host stub and under QEMU TCG.
+    let (mut first_entry, mut done, mut process, mut boot_rss) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let boot_cmdline = format!("expect-host=stub tests={BOOT_TESTS}");
+    for boot in 0..plan.boots {
+        progress.step(&format!("boot under the host stub {}/{}", boot + 1, plan.boots));
+        let (out, elapsed) = host_stub(host, elf, &boot_cmdline, &["--quiet"], progress)?;
+        let to_entry = out.counter("host.main_to_entry_us").ok_or_else(|| err!("no host.main_to_entry_us counter"))?;
+        let run = out.counter("host.run_us").ok_or_else(|| err!("no host.run_us counter"))?;
+        first_entry.push(to_entry as f64 * 1e3);
+        done.push((to_entry + run) as f64 * 1e3);
+        process.push(elapsed.as_nanos() as f64);
+        boot_rss.extend(out.counter("host.peak_rss_kib").map(|v| v as f64));
+        progress.done_one();
+    }
+    let mut qemu_process = Vec::new();
+    for boot in 0..plan.qemu_boots {
+        progress.step(&format!("boot under QEMU TCG {}/{}", boot + 1, plan.qemu_boots));
+        let run = qemu::run(elf, Accel::Tcg, &format!("expect-host=tcg tests={BOOT_TESTS}"), PROCESS_TIMEOUT, false)?;
+        if !run.passed() {
+            return Err(err!("the boot under QEMU TCG failed (guest code {:?})", run.guest_code));
+        }
+        qemu_process.push(run.outcome.elapsed.as_nanos() as f64);
+        progress.done_one();
+    }
+    let boot = Boot {
+        tests: format!("tests={BOOT_TESTS}"),
+        host_stub_first_entry_ns: summary("boot to first entry", &first_entry)?,
+        host_stub_tests_done_ns: summary("boot to self-tests done", &done)?,
+        host_stub_process_ns: summary("host stub process", &process)?,
+        qemu_tcg_process_ns: summary("QEMU TCG process", &qemu_process)?,
+    };
+
+    // 4. Footprint.
+    let guest_elf_bytes = std::fs::metadata(elf).map_err(|e| err!("{}: {e}", elf.display()))?.len();
+    let (lo, hi) = pvagent_host::loader::check_image(elf, u64::MAX).map_err(|e| err!("{e}"))?;
+    let memory = Memory {
+        guest_elf_bytes,
+        guest_loaded_bytes: hi - lo,
+        host_boot_peak_rss_kib: summary("host RSS at boot", &boot_rss)?,
+        host_bench_peak_rss_kib: summary("host RSS in the benchmark", &bench_rss)?,
+    };
+
+    let ratio = pair_ratios.median;
+    let exception = injection.iter().find(|c| c.name == "exception").and_then(|c| c.baselines);
+    let goals = vec![
+        Goal {
+            what: "host stub run loop over a bare kvm-ioctls loop".into(),
+            goal: "<= 1.10".into(),
+            measured: Some(format!("{ratio:.3}")),
+            met: Some(ratio <= 1.10),
+        },
+        Goal {
+            what: "an injected exception (#AC), end to end, in baselines".into(),
+            goal: "<= 1.5".into(),
+            measured: exception.map(|b| format!("{b:.1}")),
+            met: exception.map(|b| b <= 1.5),
+        },
+        Goal {
+            what: "an injected #VE, end to end, in baselines".into(),
+            goal: "<= 1.5".into(),
+            measured: None,
+            met: None,
+        },
+        analysis::efficiency_goal(&workload),
+    ];
+
+    let mut goals = goals;
+    if opts.quick {
+        // A quick run uses the dev build and small workloads: it checks that everything runs.
+        for goal in &mut goals {
+            goal.met = None;
+            if let Some(m) = &mut goal.measured {
+                m.push_str(" (quick run with the dev build: not judged)");
+            }
+        }
+    }
+    Ok(Results {
+        machine: machine(profile, opts.quick),
+        baseline: Baseline { host_stub_ns, bare_ns, ratio, pair_ratios, reference_ns, kernel_instruction_ns },
+        injection,
+        page_not_present,
+        workload,
+        speedups,
+        scaling,
+        boot,
+        memory,
+        goals,
+    })
+}
+
+/// Per-operation times (ns) of the samples named `name`.
+fn per_op(out: &RunOutput, name: &str) -> Vec<f64> {
+    out.named(name).filter(|s| s.get("ops") > 0).map(|s| s.f("total_ns") / s.f("ops")).collect()
+}
+
+/// What cannot be right in the results: every figure must be a positive finite number, and
+/// every path that exists here must have been measured.
+fn insane(r: &Results) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut summaries: Vec<(String, &Summary)> = vec![
+        ("baseline, host stub".into(), &r.baseline.host_stub_ns),
+        ("baseline, bare loop".into(), &r.baseline.bare_ns),
+        ("baseline, reference".into(), &r.baseline.reference_ns),
+        ("baseline, ratio".into(), &r.baseline.pair_ratios),
+        ("a guest kernel instruction".into(), &r.baseline.kernel_instruction_ns),
+        ("boot, first entry".into(), &r.boot.host_stub_first_entry_ns),
+        ("boot, self-tests done".into(), &r.boot.host_stub_tests_done_ns),
+        ("boot, QEMU TCG".into(), &r.boot.qemu_tcg_process_ns),
+        ("host RSS".into(), &r.memory.host_boot_peak_rss_kib),
+    ];
+    for c in r.injection.iter().chain(&r.page_not_present) {
+        match (&c.per_event_ns, c.name.as_str()) {
+            (Some(s), _) => summaries.push((format!("cost of {}", c.name), s)),
+            (None, "ve" | "kvm-apf") => {}
+            (None, name) => problems.push(format!("cost of {name}: not measured ({:?})", c.unavailable)),
+        }
+    }
+    for w in &r.workload {
+        summaries.push((format!("workload {} {:?}", w.mode, w.workload), &w.wall_ns));
+        if !(w.efficiency > 0.0 && w.efficiency.is_finite() && (0.0..=1.0001).contains(&w.utilisation)) {
+            problems.push(format!(
+                "workload {} {:?}: efficiency {} utilisation {}",
+                w.mode, w.workload, w.efficiency, w.utilisation
+            ));
+        }
+    }
+    for p in &r.scaling {
+        summaries.push((format!("scaling at {}", p.outstanding), &p.handler_per_event_ns));
+    }
+    problems.extend(summaries.into_iter().filter(|(_, s)| !s.is_sane()).map(|(what, s)| format!("{what}: {s:?}")));
+    for (empty, what) in [
+        (r.workload.is_empty(), "no workload results"),
+        (r.speedups.is_empty(), "no speed-ups over sync"),
+        (r.scaling.is_empty(), "no scaling points"),
+        (r.memory.guest_loaded_bytes == 0, "a guest image of 0 bytes"),
+    ] {
+        if empty {
+            problems.push(what.into());
+        }
+    }
+    problems
+}
+
+fn write_file(path: &Path, contents: &str) -> Result<()> {
+    std::fs::write(path, contents).map_err(|e| err!("writing {}: {e}", path.display()))
+}
+
+fn write(results: &Results) -> Result<()> {
+    let dir = out_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| err!("creating {}: {e}", dir.display()))?;
+    let json = serde_json::to_string_pretty(results).map_err(|e| err!("encoding the results: {e}"))?;
+    write_file(&dir.join("results.json"), &json)?;
+    write_file(&dir.join("report.md"), &results.markdown("."))?;
+    for (name, svg) in results.charts() {
+        write_file(&dir.join(name), &svg)?;
+    }
+    Ok(())
+}
+
+/// Markers in `docs/performance.md` between which the generated report goes.
+const DOCS_BEGIN: &str = "<!-- bench:begin (generated by `cargo xtask bench --update-docs`) -->";
+const DOCS_END: &str = "<!-- bench:end -->";
+
+/// Puts the report between the markers of `docs/performance.md` and the charts in
+/// `docs/performance/`; the hand-written reading around them stays.
+fn update_docs(results: &Results) -> Result<()> {
+    let docs = project_root().join("docs");
+    let charts = docs.join("performance");
+    std::fs::create_dir_all(&charts).map_err(|e| err!("creating {}: {e}", charts.display()))?;
+    for (name, svg) in results.charts() {
+        write_file(&charts.join(name), &svg)?;
+    }
+    let path = docs.join("performance.md");
+    let text = std::fs::read_to_string(&path).map_err(|e| err!("reading {}: {e}", path.display()))?;
+    let (Some(begin), Some(end)) = (text.find(DOCS_BEGIN), text.find(DOCS_END)) else {
+        return Err(err!("{} lacks the markers {DOCS_BEGIN:?} and {DOCS_END:?}", path.display()));
+    };
+    if end < begin {
+        return Err(err!("{}: the end marker comes before the begin marker", path.display()));
+    }
+    let updated = format!("{}{DOCS_BEGIN}\n\n{}\n{}", &text[..begin], results.markdown("performance"), &text[end..]);
+    write_file(&path, &updated)
+}
+
+fn print_summary(r: &Results) {
+    println!("\nxtask bench: results in {}", out_dir().display());
+    println!(
+        "  baseline round trip: host stub {}, bare {}; host stub / bare per pair {:.3} ({:.3}–{:.3})",
+        stats::human_summary_ns(&r.baseline.host_stub_ns),
+        stats::human_summary_ns(&r.baseline.bare_ns),
+        r.baseline.ratio,
+        r.baseline.pair_ratios.min,
+        r.baseline.pair_ratios.max
+    );
+    println!(
+        "  one guest kernel instruction: {} (the empty loop around the exits)",
+        stats::human_summary_ns(&r.baseline.kernel_instruction_ns)
+    );
+    for c in r.injection.iter().chain(&r.page_not_present) {
+        match (c.per_event_ns, c.baselines) {
+            (Some(p), Some(b)) => {
+                println!("  {:<18} {:>10} per event = {b:>7.1} baselines", c.name, stats::human_ns(p.median))
+            }
+            _ => println!("  {:<18} n/a: {}", c.name, c.unavailable.as_deref().unwrap_or("")),
+        }
+    }
+    for s in r.speedups.iter().filter(|s| s.tasks == 8) {
+        println!("  8 tasks, page-in {:>8}: ring is {:.2}x sync", stats::human_ns(s.latency_ns as f64), s.speedup);
+    }
+    for g in &r.goals {
+        println!(
+            "  goal: {} {}: {} ({})",
+            g.what,
+            g.goal,
+            g.measured.as_deref().unwrap_or("not measurable here"),
+            match g.met {
+                Some(true) => "met",
+                Some(false) => "not met",
+                None => "n/a",
+            }
+        );
+    }
+}

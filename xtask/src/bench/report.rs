@@ -1,0 +1,369 @@
+//! The benchmark's results as data (`results.json`), as a Markdown report, and as charts.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::analysis::{Cost, Goal, ScalingPoint, Speedup, WorkloadResult};
+use super::stats::{Summary, human_ns, human_summary_ns};
+use super::svg::{Bar, BarChart, GoalLine, LineChart, Scale, Series};
+
+/// Where and from what the results came.
+#[derive(Clone, Debug, Serialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cpus: usize,
+    pub kernel: String,
+    /// Which KVM: the PVM module (software virtualization) or hardware virtualization.
+    pub kvm: String,
+    pub commit: String,
+    pub date: String,
+    /// `release` for the full benchmark, `dev` for `--quick`.
+    pub profile: String,
+    pub quick: bool,
+}
+
+/// The host stub's run loop against a bare `kvm-ioctls` loop.
+#[derive(Clone, Debug, Serialize)]
+pub struct Baseline {
+    /// One port-I/O round trip through the host stub, per exit.
+    pub host_stub_ns: Summary,
+    /// The same through the bare loop.
+    pub bare_ns: Summary,
+    /// host_stub / bare: the median of [`Baseline::pair_ratios`].
+    pub ratio: f64,
+    /// host_stub / bare of each pair of timed loops, run back to back in one process.
+    pub pair_ratios: Summary,
+    /// The round trip in the run the other costs come from, which they are multiples of.
+    pub reference_ns: Summary,
+    /// One guest kernel instruction (`dec`/`jnz` of an empty loop): emulated on PVM, so it
+    /// says how much of each cost is the guest's own code.
+    pub kernel_instruction_ns: Summary,
+}
+
+/// Boot times.
+#[derive(Clone, Debug, Serialize)]
+pub struct Boot {
+    /// The self-tests the boots ran.
+    pub tests: String,
+    /// Process start to the first KVM_RUN (as the host stub measures it).
+    pub host_stub_first_entry_ns: Summary,
+    /// Process start to the guest's exit, self-tests done.
+    pub host_stub_tests_done_ns: Summary,
+    /// Spawn to reaped, as the benchmark sees it (includes exec and teardown).
+    pub host_stub_process_ns: Summary,
+    /// The same ELF and tests under QEMU TCG, spawn to reaped.
+    pub qemu_tcg_process_ns: Summary,
+}
+
+/// Memory footprints.
+#[derive(Clone, Debug, Serialize)]
+pub struct Memory {
+    /// The guest ELF file (with symbols and debug information).
+    pub guest_elf_bytes: u64,
+    /// What the guest's loadable segments occupy in guest memory.
+    pub guest_loaded_bytes: u64,
+    /// The host stub's peak RSS over the boots.
+    pub host_boot_peak_rss_kib: Summary,
+    /// The host stub's peak RSS in the benchmark run (guest RAM it touched included).
+    pub host_bench_peak_rss_kib: Summary,
+}
+
+/// Everything `cargo xtask bench` measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct Results {
+    pub machine: Machine,
+    pub baseline: Baseline,
+    pub injection: Vec<Cost>,
+    pub page_not_present: Vec<Cost>,
+    pub workload: Vec<WorkloadResult>,
+    pub speedups: Vec<Speedup>,
+    pub scaling: Vec<ScalingPoint>,
+    pub boot: Boot,
+    pub memory: Memory,
+    pub goals: Vec<Goal>,
+}
+
+fn yes_no(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "met",
+        Some(false) => "not met",
+        None => "n/a",
+    }
+}
+
+fn cost_table(out: &mut String, costs: &[Cost], instruction_ns: f64) {
+    out.push_str(
+        "| event | per event | baselines | kernel-instruction equivalents | guest handler per event | what |\n| --- | --- | --- | --- | --- | --- |\n",
+    );
+    for c in costs {
+        let equivalents =
+            c.per_event_ns.map_or_else(|| "n/a".into(), |p| format!("{:.0}", p.median / instruction_ns.max(1e-9)));
+        let per = c.per_event_ns.as_ref().map_or_else(|| "n/a".into(), human_summary_ns);
+        let baselines = c.baselines.map_or_else(|| "n/a".into(), |b| format!("{b:.1}"));
+        let handler = c.guest_handler_ns.as_ref().map_or_else(|| "".into(), |h| human_ns(h.median));
+        let what = match &c.unavailable {
+            Some(why) => format!("{} (not measured: {why})", c.what),
+            None => c.what.clone(),
+        };
+        let _ = writeln!(out, "| {} | {per} | {baselines} | {equivalents} | {handler} | {what} |", c.name);
+    }
+}
+
+/// A cost's name as short as a bar's width needs.
+fn chart_label(name: &str) -> String {
+    match name {
+        "interrupt" => "irq".into(),
+        "exception" => "#AC".into(),
+        "page_not_present" => "pnp no-wait".into(),
+        "ring" => "pnp ring".into(),
+        "halt" => "pnp halt".into(),
+        "early" => "pnp early".into(),
+        "sync" => "pnp sync".into(),
+        other => other.into(),
+    }
+}
+
+fn latency_label(ns: u64) -> String {
+    if ns == 0 { "0".into() } else { human_ns(ns as f64) }
+}
+
+impl Results {
+    /// The Markdown report (charts referenced by file name, next to it).
+    pub fn markdown(&self, chart_dir: &str) -> String {
+        let m = &self.machine;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "Measured {} on {} ({} CPUs), Linux {}, {}; commit {}, {} build{}.\n",
+            m.date,
+            m.cpu,
+            m.cpus,
+            m.kernel,
+            m.kvm,
+            m.commit,
+            m.profile,
+            if m.quick { ", quick settings" } else { "" }
+        );
+        out.push_str("### Goals\n\n| goal | target | measured | status |\n| --- | --- | --- | --- |\n");
+        for g in &self.goals {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} |",
+                g.what,
+                g.goal,
+                g.measured.as_deref().unwrap_or("not measurable here"),
+                yes_no(g.met)
+            );
+        }
+        let b = &self.baseline;
+        let _ = write!(
+            out,
+            "\n### Baseline: one port-I/O exit\n\n| loop | round trip |\n| --- | --- |\n| host stub | {} |\n| bare kvm-ioctls loop (same process and VM) | {} |\n| host stub / bare, median of {} back-to-back pairs | {:.3} ({:.3}–{:.3}) |\n| reference for the multiples below (same run) | {} |\n",
+            human_summary_ns(&b.host_stub_ns),
+            human_summary_ns(&b.bare_ns),
+            b.pair_ratios.n,
+            b.ratio,
+            b.pair_ratios.min,
+            b.pair_ratios.max,
+            human_summary_ns(&b.reference_ns)
+        );
+        out.push_str("\n### Injected events, end to end\n\n");
+        let _ = writeln!(
+            out,
+            "One guest kernel instruction costs {} here (an empty `dec`/`jnz` loop); the equivalents column divides each cost by it.\n",
+            human_summary_ns(&b.kernel_instruction_ns)
+        );
+        cost_table(&mut out, &self.injection, b.kernel_instruction_ns.median);
+        out.push_str("\n### Page-not-present round trips\n\n");
+        cost_table(&mut out, &self.page_not_present, b.kernel_instruction_ns.median);
+        let _ = writeln!(out, "\n![per-event costs]({chart_dir}/costs.svg)\n");
+        out.push_str("### What async page-not-present buys\n\n");
+        out.push_str("| mode | tasks | page-in | completion | ideal | efficiency | guest utilisation | events | overhead per page |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+        for w in &self.workload {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.0} | {} |",
+                w.mode,
+                w.workload.tasks,
+                latency_label(w.workload.latency_ns),
+                human_summary_ns(&w.wall_ns),
+                human_ns(w.ideal_ns),
+                w.efficiency,
+                w.utilisation,
+                w.events,
+                human_ns(w.overhead_per_page_ns.max(0.0))
+            );
+        }
+        if let Some(w) = self.workload.first() {
+            let _ = writeln!(
+                out,
+                "\nEach task computes {} before each of its {} pages.\n",
+                human_ns(w.workload.compute_ns as f64),
+                w.workload.pages
+            );
+        }
+        out.push_str("| tasks | page-in | speed-up of ring over sync |\n| --- | --- | --- |\n");
+        for s in &self.speedups {
+            let _ = writeln!(out, "| {} | {} | {:.2} |", s.tasks, latency_label(s.latency_ns), s.speedup);
+        }
+        let _ = writeln!(
+            out,
+            "\n![completion time]({chart_dir}/workload.svg)\n\n![efficiency]({chart_dir}/efficiency.svg)\n\n![speed-up]({chart_dir}/speedup.svg)\n"
+        );
+        out.push_str(
+            "### Scaling with outstanding tokens\n\n| outstanding | guest handler per event |\n| --- | --- |\n",
+        );
+        for p in &self.scaling {
+            let _ = writeln!(out, "| {} | {} |", p.outstanding, human_summary_ns(&p.handler_per_event_ns));
+        }
+        let _ = writeln!(out, "\n![scaling]({chart_dir}/scaling.svg)\n");
+        out.push_str("Several vCPUs: not measured (the guest runs one vCPU so far).\n");
+        let boot = &self.boot;
+        let mem = &self.memory;
+        let _ = write!(
+            out,
+            "\n### Boot and footprint\n\nBoots run `{}`.\n\n| | time |\n| --- | --- |\n| host stub: process start to first guest instruction | {} |\n| host stub: process start to self-tests done | {} |\n| host stub: whole process | {} |\n| QEMU TCG: whole process | {} |\n\n| footprint | size |\n| --- | --- |\n| guest ELF file | {} KiB |\n| guest loaded image | {} KiB |\n| host stub peak RSS, boot | {:.0} KiB |\n| host stub peak RSS, benchmark run | {:.0} KiB |\n",
+            boot.tests,
+            human_summary_ns(&boot.host_stub_first_entry_ns),
+            human_summary_ns(&boot.host_stub_tests_done_ns),
+            human_summary_ns(&boot.host_stub_process_ns),
+            human_summary_ns(&boot.qemu_tcg_process_ns),
+            mem.guest_elf_bytes / 1024,
+            mem.guest_loaded_bytes / 1024,
+            mem.host_boot_peak_rss_kib.median,
+            mem.host_bench_peak_rss_kib.median,
+        );
+        out
+    }
+
+    /// The charts, as (file name, SVG).
+    pub fn charts(&self) -> Vec<(&'static str, String)> {
+        let mut charts = Vec::new();
+        let bars: Vec<Bar> = self
+            .injection
+            .iter()
+            .chain(&self.page_not_present)
+            .filter_map(|c| {
+                let b = c.baselines?;
+                let per = c.per_event_ns?;
+                let unit = per.median / b;
+                Some(Bar { label: chart_label(&c.name), value: b, whisker: Some((per.min / unit, per.max / unit)) })
+            })
+            .collect();
+        charts.push((
+            "costs.svg",
+            BarChart {
+                title: "Cost per event, in port-I/O round trips".into(),
+                y_label: "baselines (log)".into(),
+                bars,
+                scale: Scale::Log,
+                goal: Some(GoalLine { value: 1.5, label: "goal for exceptions".into() }),
+            }
+            .render(),
+        ));
+        let latencies: Vec<u64> = {
+            let mut l: Vec<u64> = self.workload.iter().map(|w| w.workload.latency_ns).collect();
+            l.sort_unstable();
+            l.dedup();
+            l
+        };
+        let mut tasks: Vec<u64> = self.workload.iter().map(|w| w.workload.tasks).collect();
+        tasks.sort_unstable();
+        tasks.dedup();
+        let categories: Vec<String> = latencies.iter().map(|l| latency_label(*l)).collect();
+        let find = |mode: &str, k: u64, l: u64| {
+            self.workload.iter().find(|w| w.mode == mode && w.workload.tasks == k && w.workload.latency_ns == l)
+        };
+        let most = tasks.iter().copied().filter(|k| *k <= 8).max().unwrap_or(1);
+        let mut series = Vec::new();
+        for mode in ["sync", "ring"] {
+            series.push(Series {
+                name: format!("{mode}, {most} tasks"),
+                values: latencies.iter().map(|l| find(mode, most, *l).map(|w| w.wall_ns.median / 1e6)).collect(),
+                dashed: false,
+            });
+        }
+        series.push(Series {
+            name: "ideal".into(),
+            values: latencies.iter().map(|l| find("ring", most, *l).map(|w| w.ideal_ns / 1e6)).collect(),
+            dashed: true,
+        });
+        charts.push((
+            "workload.svg",
+            LineChart {
+                title: format!("Completion time, {most} tasks"),
+                x_label: "page-in latency".into(),
+                y_label: "ms (log)".into(),
+                categories: categories.clone(),
+                series,
+                scale: Scale::Log,
+                goal: None,
+            }
+            .render(),
+        ));
+        let per_k = |value: &dyn Fn(&WorkloadResult) -> Option<f64>| -> Vec<Series> {
+            tasks
+                .iter()
+                .map(|k| Series {
+                    name: format!("{k} task{}", if *k == 1 { "" } else { "s" }),
+                    values: latencies.iter().map(|l| find("ring", *k, *l).and_then(value)).collect(),
+                    dashed: false,
+                })
+                .collect()
+        };
+        charts.push((
+            "efficiency.svg",
+            LineChart {
+                title: "Ring mode: achieved / ideal throughput".into(),
+                x_label: "page-in latency".into(),
+                y_label: "efficiency".into(),
+                categories: categories.clone(),
+                series: per_k(&|w| Some(w.efficiency)),
+                scale: Scale::Linear,
+                goal: Some(GoalLine { value: 0.9, label: "goal (8 tasks, >= 200 µs)".into() }),
+            }
+            .render(),
+        ));
+        let speedup =
+            |k: u64, l: u64| self.speedups.iter().find(|s| s.tasks == k && s.latency_ns == l).map(|s| s.speedup);
+        charts.push((
+            "speedup.svg",
+            LineChart {
+                title: "Speed-up of ring over sync".into(),
+                x_label: "page-in latency".into(),
+                y_label: "sync time / ring time".into(),
+                categories,
+                series: tasks
+                    .iter()
+                    .map(|k| Series {
+                        name: format!("{k} task{}", if *k == 1 { "" } else { "s" }),
+                        values: latencies.iter().map(|l| speedup(*k, *l)).collect(),
+                        dashed: false,
+                    })
+                    .collect(),
+                scale: Scale::Linear,
+                goal: Some(GoalLine { value: 1.0, label: "break-even".into() }),
+            }
+            .render(),
+        ));
+        charts.push((
+            "scaling.svg",
+            LineChart {
+                title: "Guest handling per event vs outstanding tokens".into(),
+                x_label: "outstanding tokens".into(),
+                y_label: "ms per event".into(),
+                categories: self.scaling.iter().map(|p| p.outstanding.to_string()).collect(),
+                series: vec![Series {
+                    name: "ring".into(),
+                    values: self.scaling.iter().map(|p| Some(p.handler_per_event_ns.median / 1e6)).collect(),
+                    dashed: false,
+                }],
+                scale: Scale::Linear,
+                goal: None,
+            }
+            .render(),
+        ));
+        charts
+    }
+}
