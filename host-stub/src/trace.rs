@@ -15,9 +15,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// How many events a trace keeps. Past it, new events are dropped and counted, except the ends
-/// of spans whose begin was kept (so every kept span is whole). About 100 bytes each in memory
-/// and 150 in the file: a full `cargo xtask run` boot records a few ten thousand.
-pub const MAX_EVENTS: usize = 1 << 20;
+/// of spans whose begin was kept (so every kept span is whole). An event takes about 250 bytes
+/// in memory with its arguments and 120 in the file; the first boot of `cargo xtask run`
+/// records about 11,000, so the cap (about 125 MB of memory at most) is for long benchmarks.
+pub const MAX_EVENTS: usize = 500_000;
 
 /// The Chrome trace "process" of the host stub's own tracks.
 const HOST_PID: u32 = 1;
