@@ -45,9 +45,15 @@ pub fn run_stub(cmdline: &str) -> RunResult {
 
 /// Runs the guest under the host stub library with these producers.
 pub fn run_stub_with(cmdline: &str, producers: &Producers) -> RunResult {
+    run_stub_configured(config(guest_elf(), cmdline), producers)
+}
+
+/// Runs under the host stub library with this configuration (e.g. [`config`] plus a trace
+/// file) and these producers.
+pub fn run_stub_configured(config: Config, producers: &Producers) -> RunResult {
     require_kvm();
     let producers = producers.build().unwrap_or_else(|e| panic!("the producers could not be set up: {e}"));
-    match Vm::new(config(guest_elf(), cmdline), producers) {
+    match Vm::new(config, producers) {
         Ok(vm) => vm.run(),
         Err(e) => panic!("the host stub could not start the guest: {e}"),
     }
@@ -64,11 +70,16 @@ pub fn run_qemu(cmdline: &str) -> QemuRun {
 /// A minimal ELF64 image with `code` at 1 MiB (see `pvagent_host::bench::tiny_pvh_image`).
 pub use pvagent_host::bench::tiny_pvh_image as tiny_elf;
 
-/// Writes `bytes` to a fresh file in the test's temporary directory.
-pub fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
+/// A path for file `name` in the test process's temporary directory (created).
+pub fn temp_path(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("pvagent-tests-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("create the temporary directory");
-    let path = dir.join(name);
+    dir.join(name)
+}
+
+/// Writes `bytes` to a fresh file in the test's temporary directory.
+pub fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
+    let path = temp_path(name);
     std::fs::write(&path, bytes).expect("write the temporary file");
     path
 }

@@ -40,6 +40,10 @@ impl Features {
     /// because KVM on some hosts (measured: the PVM `/dev/kvm`) clears that bit from the
     /// guest's CPUID whatever the VMM sets. See [`crate::sld`].
     pub const CORE_CAPABILITIES: u32 = 1 << 4;
+    /// The host records a timeline of this run and reads [`crate::trace`] records from
+    /// [`crate::port::TRACE`]. Set only while tracing: a guest writes to the port only then, so
+    /// an untraced run pays no exit for it.
+    pub const TRACE: u32 = 1 << 5;
 
     /// Whether every bit of `bits` is set.
     pub const fn has(self, bits: u32) -> bool {

@@ -17,6 +17,7 @@ pub mod port;
 pub mod pvh;
 pub mod report;
 pub mod sld;
+pub mod trace;
 
 /// Version of this ABI. The host stub reports it in [`cpuid::LEAF_INFO`]; a guest refuses
 /// host-stub features when the major part differs.

@@ -16,6 +16,11 @@ pub const DEBUG_EXIT: u16 = 0xF4;
 /// set.
 pub const HYPERCALL: u16 = 0x0510;
 
+/// The host stub's trace port: a 32-bit `out` of a [`crate::trace`] record reports a guest event
+/// (a task switch) for the run's timeline. Written only while
+/// [`crate::cpuid::Features::TRACE`] is set; QEMU ignores it.
+pub const TRACE: u16 = 0x051D;
+
 /// The host stub's null port: an `out` of 0 here exits to the host, which does nothing and
 /// resumes the guest: the benchmarks' baseline (one port-I/O round trip). An `out` of a
 /// [`BenchLoop`] value makes the host handle the following exits in that loop; an `in` says

@@ -36,6 +36,8 @@ pub struct Config {
     pub serial: SerialSink,
     /// Stop the guest after this long.
     pub timeout: Option<Duration>,
+    /// Record the run's timeline and write it here (Chrome trace-event JSON).
+    pub trace: Option<PathBuf>,
 }
 
 impl Config {
@@ -47,6 +49,7 @@ impl Config {
             cmdline: String::new(),
             serial: SerialSink::Stdout,
             timeout: Some(Duration::from_secs(300)),
+            trace: None,
         }
     }
 

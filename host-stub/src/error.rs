@@ -71,6 +71,10 @@ pub enum Error {
     WriteBootInfo(String),
     #[error("cannot open the serial log {path}: {source}")]
     SerialLog { path: PathBuf, source: std::io::Error },
+    #[error("cannot create the trace file {path}: {source}")]
+    CreateTraceFile { path: PathBuf, source: std::io::Error },
+    #[error("cannot write the trace file {path}: {source}")]
+    WriteTraceFile { path: PathBuf, source: std::io::Error },
     #[error("cannot install the vCPU kick signal handler: {0}")]
     SignalHandler(vmm_sys_util::errno::Error),
 

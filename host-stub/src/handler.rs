@@ -15,6 +15,7 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::cpuid::CpuidTable;
 use crate::error::Result;
+use crate::trace::Tracer;
 
 /// Whether a handler took care of an exit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +59,8 @@ pub struct AttachCtx<'a> {
     pub ram_size: u64,
     /// Memory-map entries added for the guest.
     pub memmap: Vec<HvmMemmapEntry>,
+    /// The run's timeline (off unless the run is traced): keep a clone to record into it.
+    pub trace: Tracer,
     pub(crate) next_slot: u32,
 }
 

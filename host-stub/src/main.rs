@@ -34,6 +34,10 @@ struct Args {
     /// Print every host counter (`host: counter KEY VALUE`) after the run.
     #[arg(long)]
     counters: bool,
+    /// Record the run's timeline (every exit, injection, page-not-present event and guest task
+    /// switch) and write it to FILE as Chrome trace-event JSON, for https://ui.perfetto.dev.
+    #[arg(long, value_name = "FILE", conflicts_with = "bare")]
+    trace: Option<PathBuf>,
     /// Run the guest in a bare kvm-ioctls loop (no devices beyond a console and the exit port,
     /// no producers): the benchmarks' baseline.
     #[arg(long)]
@@ -158,6 +162,7 @@ fn main() -> ExitCode {
         (None, false) => SerialSink::Stdout,
     };
     config.timeout = (args.timeout > 0).then(|| Duration::from_secs(args.timeout));
+    config.trace = args.trace;
 
     let producers = if args.bare { Producers::default() } else { producers };
     let producers = match producers.build() {

@@ -1,6 +1,8 @@
 //! The vCPU run loop: enter the guest, turn the exit into calls on the handlers, write their
 //! answers back, repeat until a handler stops the run or the guest does something fatal.
 
+use std::time::Instant;
+
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 
@@ -8,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::handler::{ExitHandler, Handled, MsrAnswer, Stop, VcpuCtx};
 use crate::kvm_run;
 use crate::memory;
+use crate::trace::{Arg, Args, Tracer, Track};
 use crate::watchdog::Watchdog;
 
 /// An exit, copied out of `kvm_run` so the handlers can use the vCPU fd.
@@ -49,6 +52,55 @@ fn copy_exit(exit: VcpuExit<'_>) -> Exit {
     }
 }
 
+/// The first (up to) 8 bytes of an access, little-endian: the value a port or MMIO write stored.
+fn value_of(data: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let len = data.len().min(8);
+    bytes[..len].copy_from_slice(&data[..len]);
+    u64::from_le_bytes(bytes)
+}
+
+/// An exit as the timeline shows it: its name and what identifies it (port, address, MSR).
+fn timeline_entry(exit: &Exit) -> (&'static str, Args) {
+    let size = |len: usize| ("size", Arg::Uint(len as u64));
+    match exit {
+        Exit::IoOut { port, data } if *port == pvagent_abi::port::HYPERCALL => {
+            ("hypercall", vec![("request_gpa", Arg::Hex(value_of(data)))])
+        }
+        Exit::IoOut { port, data } => {
+            ("io out", vec![("port", Arg::Hex((*port).into())), size(data.len()), ("value", Arg::Hex(value_of(data)))])
+        }
+        Exit::IoIn { port, len } => ("io in", vec![("port", Arg::Hex((*port).into())), size(*len)]),
+        Exit::MmioRead { addr, len } => ("mmio read", vec![("address", Arg::Hex(*addr)), size(*len)]),
+        Exit::MmioWrite { addr, data } => {
+            ("mmio write", vec![("address", Arg::Hex(*addr)), size(data.len()), ("value", Arg::Hex(value_of(data)))])
+        }
+        Exit::Rdmsr { index } => ("rdmsr", vec![("msr", Arg::Hex((*index).into()))]),
+        Exit::Wrmsr { index, value } => {
+            ("wrmsr", vec![("msr", Arg::Hex((*index).into())), ("value", Arg::Hex(*value))])
+        }
+        Exit::MemoryFault { gpa, size: len, flags } => {
+            ("memory fault", vec![("gpa", Arg::Hex(*gpa)), ("size", Arg::Uint(*len)), ("flags", Arg::Hex(*flags))])
+        }
+        Exit::Efault => ("efault", Vec::new()),
+        Exit::Debug(arch) => ("debug", vec![("pc", Arg::Hex(arch.pc))]),
+        Exit::BusLock => ("bus lock", Vec::new()),
+        Exit::Interrupted => ("interrupted", Vec::new()),
+        Exit::Shutdown => ("shutdown", Vec::new()),
+        Exit::InternalError => ("internal error", Vec::new()),
+        Exit::FailEntry(reason) => ("fail entry", vec![("reason", Arg::Hex(*reason))]),
+        Exit::Other(what) => ("other exit", vec![("exit", Arg::Text(what.clone().into()))]),
+    }
+}
+
+/// An exit being handled, for the timeline: when KVM_RUN returned, and what the exit was.
+#[derive(Debug)]
+struct ExitInProgress {
+    since: Instant,
+    name: &'static str,
+    args: Args,
+}
+
 /// Whether `PVAGENT_DEBUG_EXITS` asks for every exit to be printed (read once: looking the
 /// environment up on every exit would cost more than the exit).
 pub fn debug_exits() -> bool {
@@ -71,6 +123,8 @@ pub struct Vcpu {
     pub fd: VcpuFd,
     pub exits: u64,
     pub unclaimed: Unclaimed,
+    /// The run's timeline (off unless traced): each exit is a span on this vCPU's track.
+    pub trace: Tracer,
 }
 
 fn rip(fd: &VcpuFd) -> u64 {
@@ -86,6 +140,28 @@ impl Vcpu {
         handlers: &mut [&mut dyn ExitHandler],
         watchdog: &Watchdog,
     ) -> Result<Stop> {
+        let mut in_progress = None;
+        let outcome = self.run_loop(vm, mem, handlers, watchdog, &mut in_progress);
+        // The last exit (the guest's exit code, or whatever failed) lasts until the loop ended.
+        self.end_exit_span(in_progress.take());
+        outcome
+    }
+
+    /// Puts the exit that was being handled on the timeline: it lasted until now.
+    fn end_exit_span(&self, exit: Option<ExitInProgress>) {
+        if let Some(ExitInProgress { since, name, args }) = exit {
+            self.trace.complete(Track::Vcpu(self.index), name, since, Instant::now(), || args);
+        }
+    }
+
+    fn run_loop(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        handlers: &mut [&mut dyn ExitHandler],
+        watchdog: &Watchdog,
+        in_progress: &mut Option<ExitInProgress>,
+    ) -> Result<Stop> {
         loop {
             {
                 let mut ctx = VcpuCtx { index: self.index, vcpu: &self.fd, vm, mem, stop: None };
@@ -96,6 +172,9 @@ impl Vcpu {
                     return Ok(stop);
                 }
             }
+            // An exit lasts from KVM_RUN's return to the next KVM_RUN: handling it and the
+            // injections before the next entry are what the host spent on it.
+            self.end_exit_span(in_progress.take());
             let exit = match self.fd.run() {
                 Ok(exit) => copy_exit(exit),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
@@ -104,6 +183,11 @@ impl Vcpu {
                 Err(e) if e.errno() == libc::EFAULT => Exit::Efault,
                 Err(e) => return Err(Error::Run(e)),
             };
+            if self.trace.is_on() {
+                let since = Instant::now();
+                let (name, args) = timeline_entry(&exit);
+                *in_progress = Some(ExitInProgress { since, name, args });
+            }
             self.exits += 1;
             if debug_exits() {
                 static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();

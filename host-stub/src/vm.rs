@@ -15,12 +15,13 @@ use vm_memory::GuestMemoryMmap;
 use crate::config::Config;
 use crate::cpuid::CpuidTable;
 use crate::devices::bench::{Bench, fill_le, word};
-use crate::devices::{BasicHypercalls, debug_exit::DebugExit, serial::Serial};
+use crate::devices::{BasicHypercalls, debug_exit::DebugExit, serial::Serial, trace::TracePort};
 use crate::error::{Error, Result};
 use crate::handler::{AttachCtx, ExitHandler, Report, Stop};
 use crate::loader::{self, Loaded};
 use crate::memory::{self, START_INFO_GPA};
 use crate::report::RunResult;
+use crate::trace::{self, Tracer};
 use crate::vcpu::Vcpu;
 use crate::watchdog::{self, Watchdog};
 
@@ -41,7 +42,12 @@ pub struct Vm {
     debug_exit: DebugExit,
     hypercalls: BasicHypercalls,
     bench: Bench,
+    trace_port: TracePort,
     producers: Vec<Box<dyn ExitHandler>>,
+    /// The run's timeline, and the file it goes to (created up front, so a bad path fails
+    /// before the run rather than after it).
+    tracer: Tracer,
+    trace_file: Option<std::fs::File>,
     loaded: Loaded,
     config: Config,
     setup_time: Duration,
@@ -63,6 +69,14 @@ impl Vm {
     pub fn new(config: Config, mut producers: Vec<Box<dyn ExitHandler>>) -> Result<Self> {
         let start = Instant::now();
         config.validate()?;
+        let (tracer, trace_file) = match &config.trace {
+            Some(path) => {
+                let file = std::fs::File::create(path)
+                    .map_err(|source| Error::CreateTraceFile { path: path.clone(), source })?;
+                (Tracer::start(trace::MAX_EVENTS), Some(file))
+            }
+            None => (Tracer::off(), None),
+        };
         let kvm = Kvm::new().map_err(Error::open_kvm)?;
         require(&kvm, Cap::Irqchip, "KVM_CAP_IRQCHIP")?;
         require(&kvm, Cap::X86UserSpaceMsr, "KVM_CAP_X86_USER_SPACE_MSR")?;
@@ -80,7 +94,15 @@ impl Vm {
         vm.set_tss_address(TSS_ADDRESS).map_err(Error::SetTssAddress)?;
         vm.create_irq_chip().map_err(Error::CreateIrqChip)?;
         let next_slot = memory::register(&vm, &mem, 0)?;
-        let mut attach = AttachCtx { kvm: &kvm, vm: &vm, ram: &mem, ram_size: mem_size, memmap: Vec::new(), next_slot };
+        let mut attach = AttachCtx {
+            kvm: &kvm,
+            vm: &vm,
+            ram: &mem,
+            ram_size: mem_size,
+            memmap: Vec::new(),
+            trace: tracer.clone(),
+            next_slot,
+        };
         for p in &mut producers {
             p.attach(&mut attach)?;
         }
@@ -101,16 +123,19 @@ impl Vm {
         let fd = vm.create_vcpu(0).map_err(Error::CreateVcpu)?;
         let tsc_khz = fd.get_tsc_khz().unwrap_or(0);
         let mut cpuid = CpuidTable::supported(&kvm)?;
-        cpuid.install_host_stub_leaves(Features(Features::HYPERCALL), tsc_khz);
+        // The guest reports its side of the timeline only when asked: the bit costs an exit
+        // per task switch.
+        let trace_bit = if tracer.is_on() { Features::TRACE } else { 0 };
+        cpuid.install_host_stub_leaves(Features(Features::HYPERCALL | trace_bit), tsc_khz);
         for p in &producers {
             p.cpuid(&mut cpuid);
         }
         fd.set_cpuid2(&cpuid.to_kvm()?).map_err(Error::SetCpuid)?;
         set_pvh_entry_state(&fd, loaded.entry)?;
 
-        let bench = Bench::new(vm.clone());
+        let bench = Bench::new(vm.clone(), tracer.clone());
         Ok(Self {
-            vcpu: Vcpu { index: 0, fd, exits: 0, unclaimed: Default::default() },
+            vcpu: Vcpu { index: 0, fd, exits: 0, unclaimed: Default::default(), trace: tracer.clone() },
             vm,
             _kvm: kvm,
             mem,
@@ -118,7 +143,10 @@ impl Vm {
             debug_exit: DebugExit,
             hypercalls: BasicHypercalls::default(),
             bench,
+            trace_port: TracePort::new(tracer.clone()),
             producers,
+            tracer,
+            trace_file,
             loaded,
             config,
             setup_time: start.elapsed(),
@@ -132,14 +160,23 @@ impl Vm {
         let mut bare = BareStats::default();
         let outcome = loop {
             let outcome = {
-                let mut handlers: Vec<&mut dyn ExitHandler> =
-                    vec![&mut self.serial, &mut self.debug_exit, &mut self.hypercalls, &mut self.bench];
+                let mut handlers: Vec<&mut dyn ExitHandler> = vec![
+                    &mut self.serial,
+                    &mut self.debug_exit,
+                    &mut self.hypercalls,
+                    &mut self.bench,
+                    &mut self.trace_port,
+                ];
                 handlers.extend(self.producers.iter_mut().map(|p| p.as_mut() as &mut dyn ExitHandler));
                 self.vcpu.run(&self.vm, &self.mem, &mut handlers, &watchdog)
             };
             // A benchmark's baseline: some exits in the bare loop, then back here.
             if let Ok(Stop::BareLoop) = outcome {
-                match self.bare_loop(BareUntil::SwitchBack, &watchdog, &mut bare) {
+                let since = Instant::now();
+                let ended = self.bare_loop(BareUntil::SwitchBack, &watchdog, &mut bare);
+                let track = crate::trace::Track::Vcpu(self.vcpu.index);
+                self.tracer.complete(track, "bare loop (benchmark baseline)", since, Instant::now(), Vec::new);
+                match ended {
                     Ok(BareEnd::SwitchedBack) => continue,
                     Ok(BareEnd::GuestExit(code)) => break Ok(Stop::GuestExit(code)),
                     Err(e) => break Err(e),
@@ -148,7 +185,9 @@ impl Vm {
             break outcome;
         };
         drop(watchdog);
-        let elapsed = start.elapsed();
+        let end = Instant::now();
+        let elapsed = end - start;
+        self.trace_port.end_of_run(end);
 
         let mut report = Report::default();
         let mut error = outcome.as_ref().err().map(|e| e.to_string());
@@ -161,8 +200,33 @@ impl Vm {
         finish(&mut self.serial, &mut report);
         finish(&mut self.hypercalls, &mut report);
         finish(&mut self.bench, &mut report);
+        finish(&mut self.trace_port, &mut report);
         for p in &mut self.producers {
             finish(p.as_mut(), &mut report);
+        }
+        // Last: the producers' `finish` stopped their threads, so nothing records any more.
+        if let (Some(file), Some(path)) = (self.trace_file.take(), self.config.trace.as_ref()) {
+            match write_trace(&self.tracer, file, path, start, end) {
+                Ok(written) => {
+                    report.line(format!(
+                        "trace: {} events written to {} (open it at https://ui.perfetto.dev)",
+                        written.events,
+                        path.display()
+                    ));
+                    if written.dropped > 0 {
+                        report.line(format!(
+                            "trace: {} events dropped: a trace keeps at most {} (the file says so too)",
+                            written.dropped, written.cap
+                        ));
+                    }
+                    report.counter("trace", "events_written", written.events as u64);
+                    report.counter("trace", "events_dropped", written.dropped);
+                }
+                Err(e) => {
+                    report.line(e.to_string());
+                    error.get_or_insert_with(|| e.to_string());
+                }
+            }
         }
         if crate::vcpu::debug_exits()
             && let Ok(stats) = crate::kvm_stats::read(&self.vcpu.fd)
@@ -199,6 +263,21 @@ impl Vm {
             elapsed,
         )
     }
+}
+
+/// Writes the run's timeline to `file` (at `path`), timed from `run_start`; spans still open
+/// end at `end`.
+fn write_trace(
+    tracer: &Tracer,
+    file: std::fs::File,
+    path: &std::path::Path,
+    run_start: Instant,
+    end: Instant,
+) -> Result<trace::Written> {
+    let mut out = std::io::BufWriter::new(file);
+    tracer
+        .write_json(&mut out, run_start, end)
+        .map_err(|source| Error::WriteTraceFile { path: path.to_path_buf(), source })
 }
 
 /// Installs an MSR filter that allows everything except `msrs`, which KVM then refuses to

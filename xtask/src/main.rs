@@ -1,7 +1,7 @@
 //! `cargo xtask`: the project's commands. Thin: parses arguments and calls the library.
 //!
 //! ```text
-//! cargo xtask run   [--release] [--tests PATTERNS] [-- HOST-STUB ARGS...]
+//! cargo xtask run   [--release] [--tests PATTERNS] [--trace FILE] [-- HOST-STUB ARGS...]
 //! cargo xtask qemu  [--accel tcg|kvm] [--release] [--tests PATTERNS] [-- GUEST CMDLINE...]
 //! cargo xtask test
 //! cargo xtask bench [--quick] [--trace FILE] [--update-docs]
@@ -14,7 +14,10 @@ use xtask::qemu::{self, Accel};
 use xtask::{Profile, Result, err, guest};
 
 const USAGE: &str = "usage: cargo xtask <run|qemu|test|bench> [options]
-  run   [--release] [--tests PATTERNS] [-- HOST-STUB ARGS]   boot the guest under the host stub
+  run   [--release] [--tests PATTERNS] [--trace FILE] [-- HOST-STUB ARGS]
+                                                             boot the guest under the host stub;
+                                                             --trace writes the first boot's
+                                                             timeline (ui.perfetto.dev opens it)
   qemu  [--accel tcg|kvm] [--release] [--tests PATTERNS] [-- GUEST CMDLINE]
                                                              boot the same guest under QEMU
   test                                                       unit tests, then both hosts, then
@@ -29,9 +32,9 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 struct Options {
     release: bool,
     quick: bool,
-    trace: Option<std::path::PathBuf>,
     update_docs: bool,
     tests: Option<String>,
+    trace: Option<String>,
     accel: Accel,
     rest: Vec<String>,
 }
@@ -40,9 +43,9 @@ fn parse(args: &[String]) -> Result<Options> {
     let mut opts = Options {
         release: false,
         quick: false,
-        trace: None,
         update_docs: false,
         tests: None,
+        trace: None,
         accel: Accel::Tcg,
         rest: Vec::new(),
     };
@@ -52,8 +55,8 @@ fn parse(args: &[String]) -> Result<Options> {
             "--release" => opts.release = true,
             "--quick" => opts.quick = true,
             "--update-docs" => opts.update_docs = true,
-            "--trace" => opts.trace = Some(it.next().ok_or_else(|| err!("--trace needs a file name"))?.into()),
             "--tests" => opts.tests = Some(it.next().ok_or_else(|| err!("--tests needs a value"))?.clone()),
+            "--trace" => opts.trace = Some(it.next().ok_or_else(|| err!("--trace needs a file"))?.clone()),
             "--accel" => opts.accel = Accel::parse(it.next().ok_or_else(|| err!("--accel needs tcg or kvm"))?)?,
             "--" => {
                 opts.rest = it.cloned().collect();
@@ -79,6 +82,9 @@ fn guest_cmdline(expect_host: &str, tests: Option<&str>, extra: &[String]) -> St
 }
 
 fn cmd_qemu(opts: &Options) -> Result<ExitCode> {
+    if opts.trace.is_some() {
+        return Err(err!("--trace records the host stub's timeline: use it with `cargo xtask run`"));
+    }
     let elf = guest::build_guest(profile(opts))?;
     let cmdline = guest_cmdline(opts.accel.name(), opts.tests.as_deref(), &opts.rest);
     let run = qemu::run(&elf, opts.accel, &cmdline, RUN_TIMEOUT, true)?;
@@ -96,7 +102,7 @@ fn cmd_qemu(opts: &Options) -> Result<ExitCode> {
 }
 
 fn cmd_run(opts: &Options) -> Result<ExitCode> {
-    xtask::run::default_scenario(profile(opts), opts.tests.as_deref(), &opts.rest)?;
+    xtask::run::default_scenario(profile(opts), opts.tests.as_deref(), opts.trace.as_deref(), &opts.rest)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -112,7 +118,7 @@ fn main() -> ExitCode {
         "test" => xtask::test::run_all(),
         "bench" => {
             let bench =
-                xtask::bench::Options { quick: opts.quick, trace: opts.trace.clone(), update_docs: opts.update_docs };
+                xtask::bench::Options { quick: opts.quick, trace: opts.trace.clone().map(Into::into), update_docs: opts.update_docs };
             xtask::bench::run(&bench).map(|()| ExitCode::SUCCESS)
         }
         other => Err(err!("unknown command {other:?}\n{USAGE}")),

@@ -30,8 +30,9 @@ pub fn boot(
     }
 }
 
-/// Builds everything and runs the default scenario; `tests` narrows the first boot.
-pub fn default_scenario(profile: Profile, tests: Option<&str>, extra: &[String]) -> Result<()> {
+/// Builds everything and runs the default scenario; `tests` narrows the first boot, and `trace`
+/// records the first boot's timeline to that file (only the first: one file is one run).
+pub fn default_scenario(profile: Profile, tests: Option<&str>, trace: Option<&str>, extra: &[String]) -> Result<()> {
     setup::check_kvm()?;
     let elf = guest::build_guest(profile)?;
     let host = guest::build_host_stub(profile)?;
@@ -40,7 +41,11 @@ pub fn default_scenario(profile: Profile, tests: Option<&str>, extra: &[String])
         cmdline.push_str(&format!(" tests={tests}"));
     }
     println!("==== every self-test; pager in ring mode");
-    boot(&host, &elf, &cmdline, &["--pnp-mode", "ring"], extra)?;
+    let mut first = vec!["--pnp-mode", "ring"];
+    if let Some(file) = trace {
+        first.extend(["--trace", file]);
+    }
+    boot(&host, &elf, &cmdline, &first, extra)?;
     if tests.is_none() {
         println!("\n==== page-not-present self-tests; pager in sync mode");
         boot(&host, &elf, "expect-host=stub tests=pnp", &["--pnp-mode", "sync"], extra)?;

@@ -32,7 +32,7 @@ pub fn run_all() -> Result<ExitCode> {
     run_checked(unit, "host unit tests")?;
 
     step("guest self-tests under the host stub (cargo xtask run)");
-    crate::run::default_scenario(Profile::Dev, None, &[])?;
+    crate::run::default_scenario(Profile::Dev, None, None, &[])?;
     let elf = guest::build_guest(Profile::Dev)?;
 
     step("the same guest under QEMU TCG");

@@ -5,10 +5,13 @@ pub mod ac;
 #[cfg(kernel)]
 pub mod halt;
 pub mod pnp;
+#[cfg(kernel)]
+pub mod trace;
 
 /// Brings up every protocol the host offers (each decides from CPUID and the command line).
 #[cfg(kernel)]
 pub fn init(cmdline: &crate::boot::cmdline::Cmdline<'_>) {
     ac::init(cmdline);
     pnp::init(cmdline);
+    trace::init();
 }

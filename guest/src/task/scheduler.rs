@@ -275,6 +275,11 @@ pub fn state(id: TaskId) -> Option<State> {
     with_sched(|s| s.core.state(id))
 }
 
+/// A task's kind (`None` once it was reaped).
+pub fn kind(id: TaskId) -> Option<Kind> {
+    with_sched(|s| s.core.kind(id))
+}
+
 /// The running task's kind.
 pub fn current_kind() -> Kind {
     with_sched(|s| s.core.current_kind())

@@ -11,11 +11,13 @@ use pvagent_abi::port::{BENCH_INJECT, BENCH_NULL, BenchInject, BenchLoop};
 
 use crate::error::{Error, Result};
 use crate::handler::{ExitHandler, Handled, Report, Stop, VcpuCtx};
+use crate::trace::{Arg, Tracer, Track};
 
 /// The bench device.
 #[derive(Debug)]
 pub struct Bench {
     vm: Arc<VmFd>,
+    tracer: Tracer,
     null_exits: u64,
     injected: u64,
     refused: u64,
@@ -23,9 +25,9 @@ pub struct Bench {
 }
 
 impl Bench {
-    /// A bench device for the VM behind `vm`.
-    pub fn new(vm: Arc<VmFd>) -> Self {
-        Self { vm, null_exits: 0, injected: 0, refused: 0, bare_loop_requests: 0 }
+    /// A bench device for the VM behind `vm`; its injections go on `tracer`'s timeline.
+    pub fn new(vm: Arc<VmFd>, tracer: Tracer) -> Self {
+        Self { vm, tracer, null_exits: 0, injected: 0, refused: 0, bare_loop_requests: 0 }
     }
 }
 
@@ -75,6 +77,9 @@ impl ExitHandler for Bench {
                         };
                         self.vm.signal_msi(msi).map_err(Error::SignalMsi)?;
                         self.injected += 1;
+                        self.tracer.instant(Track::Vcpu(ctx.index), "inject interrupt", || {
+                            vec![("vector", Arg::Hex(vector.into())), ("by", Arg::Text("bench".into()))]
+                        });
                     }
                     Some((BenchInject::Exception, vector, _)) if vector < 32 => {
                         let mut events = ctx.vcpu.get_vcpu_events().map_err(Error::GetVcpuEvents)?;
@@ -86,6 +91,9 @@ impl ExitHandler for Bench {
                         events.flags = 0;
                         ctx.vcpu.set_vcpu_events(&events).map_err(Error::SetVcpuEvents)?;
                         self.injected += 1;
+                        self.tracer.instant(Track::Vcpu(ctx.index), "inject exception", || {
+                            vec![("vector", Arg::Uint(vector.into())), ("by", Arg::Text("bench".into()))]
+                        });
                     }
                     // The pager's.
                     Some((BenchInject::PageNotPresent, _, _)) => return Ok(Handled::No),

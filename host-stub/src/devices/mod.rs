@@ -1,8 +1,10 @@
-//! The devices the guest needs: its console, the exit port, and the basic hypercalls.
+//! The devices the guest needs: its console, the exit port, and the basic hypercalls; and the
+//! host stub's own ports for benchmarks and the run's timeline.
 
 pub mod bench;
 pub mod debug_exit;
 pub mod serial;
+pub mod trace;
 
 use pvagent_abi::hypercall::{Nr, Status};
 

@@ -28,7 +28,7 @@ pub mod uffd;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kvm_bindings::kvm_msi;
 use kvm_ioctls::VmFd;
@@ -47,6 +47,7 @@ use crate::cpuid::CpuidTable;
 use crate::error::{Error, Result};
 use crate::handler::{AttachCtx, ExitHandler, Handled, MsrAnswer, Report, VcpuCtx};
 use crate::memory;
+use crate::trace::{Arg, Tracer, Track};
 
 const NAME: &str = "pager";
 
@@ -81,6 +82,8 @@ struct Inner {
     /// The vCPU thread, to kick out of KVM_RUN when a violation must stop the guest.
     vcpu_thread: Option<libc::pthread_t>,
     msi_refused: u64,
+    /// The run's timeline: tokens, fetches and synchronous waits go on it.
+    trace: Tracer,
 }
 
 struct Shared {
@@ -131,6 +134,7 @@ impl Pager {
             violation: None,
             vcpu_thread: None,
             msi_refused: 0,
+            trace: Tracer::off(),
         };
         Ok(Self {
             config,
@@ -171,6 +175,8 @@ impl Pager {
         } else {
             min
         };
+        let gpa = self.config.region_gpa + page * PAGE as u64;
+        inner.trace.fetch_submitted(page, gpa, Duration::from_nanos(nanos));
         if nanos == 0 {
             return true;
         }
@@ -243,13 +249,19 @@ impl Pager {
                 deliver_event(inner, vcpu, token, gpa, gva)?;
             }
             Decision::Wait { fetch } => {
+                let trace = inner.trace.clone();
                 if fetch.is_some() && self.submit(inner, page) {
                     drop(guard);
                     complete_fetch(&self.shared, page);
                 } else {
                     drop(guard);
                 }
-                return self.wait_for(page, gpa);
+                let waited_since = Instant::now();
+                let outcome = self.wait_for(page, gpa);
+                trace.complete(Track::Vcpu(vcpu), "pnp synchronous wait", waited_since, Instant::now(), || {
+                    vec![("page", Arg::Uint(page)), ("gpa", Arg::Hex(gpa))]
+                });
+                return outcome;
             }
             Decision::StopFailedPage => {
                 return Err(failure(format!(
@@ -389,7 +401,9 @@ fn deliver_event(inner: &mut Inner, vcpu: usize, token: Token, gpa: u64, gva: Op
     memory::write_plain(ram, a.data_gpa, data).ok_or_else(|| failure("writing the event area"))?;
     ram.store(1u32, GuestAddress(a.data_gpa + abi::DATA_INUSE_OFFSET), Ordering::Release)
         .map_err(|e| failure(format!("writing the event area: {e}")))?;
-    signal(inner, vcpu, a.event_vector)
+    signal(inner, vcpu, a.event_vector)?;
+    inner.trace.page_not_present_event(vcpu, token.0, gpa, gva);
+    Ok(())
 }
 
 /// Writes `{result, token}` to the vCPU's ring, publishes `head` with release, and raises the
@@ -405,15 +419,19 @@ fn post_resolution(inner: &mut Inner, vcpu: usize, token: Token, result: u32) ->
     memory::write_plain(ram, entry_gpa, Resolution { result, token: token.0 }).ok_or("writing a ring entry")?;
     ram.store(head, GuestAddress(a.ring_gpa + abi::ring_head_offset(a.entries)), Ordering::Release)
         .map_err(|e| format!("writing the ring head: {e}"))?;
-    signal(inner, vcpu, a.resolution_vector).map_err(|e| e.to_string())
+    signal(inner, vcpu, a.resolution_vector).map_err(|e| e.to_string())?;
+    inner.trace.page_not_present_resolution(vcpu, token.0, result);
+    Ok(())
 }
 
 /// A fetch finished (on a fetcher thread): make the page present or failed, and resolve every
 /// token waiting for it.
 fn complete_fetch(shared: &Shared, page: PageIndex) {
     let mut guard = shared.lock();
+    let started = Instant::now();
     let inner = &mut *guard;
     let (result, waiters) = inner.core.on_fetch_done(page);
+    let tokens = waiters.len();
     let outcome = if result == abi::RESULT_RETRY {
         fill(inner, page).map_err(|e| e.to_string())
     } else {
@@ -435,6 +453,7 @@ fn complete_fetch(shared: &Shared, page: PageIndex) {
             unsafe { libc::pthread_kill(thread, crate::watchdog::kick_signal()) };
         }
     }
+    inner.trace.fetch_completed(page, result, tokens, started);
     drop(guard);
     shared.fetched.notify_all();
 }
@@ -465,6 +484,7 @@ impl ExitHandler for Pager {
             inner.ram = Some(ctx.ram.clone());
             inner.ram_size = ctx.ram_size;
             inner.vm = Some(ctx.vm.clone());
+            inner.trace = ctx.trace.clone();
         }
         let shared = self.shared.clone();
         let complete: fetch::Complete = Arc::new(move |page| complete_fetch(&shared, page));

@@ -31,6 +31,7 @@ use crate::cpuid::CpuidTable;
 
 use crate::error::{Error, Result};
 use crate::handler::{AttachCtx, ExitHandler, Handled, MsrAnswer, Report, VcpuCtx};
+use crate::trace::{Arg, Tracer, Track};
 use policy::{Access, Decision, Enumeration, GuestState, Policy, VirtualMsrs};
 
 /// This producer's name in reports and counter keys.
@@ -95,6 +96,8 @@ pub struct SplitLock {
     lines_dropped: u64,
     /// Policy actions that change the VM (switching detection off): never capped.
     actions: Vec<String>,
+    /// The run's timeline: each #AC injected is an instant on its vCPU's track.
+    trace: Tracer,
 }
 
 impl SplitLock {
@@ -111,6 +114,7 @@ impl SplitLock {
             lines: Vec::new(),
             lines_dropped: 0,
             actions: Vec::new(),
+            trace: Tracer::off(),
         }
     }
 
@@ -188,7 +192,7 @@ impl SplitLock {
         };
         let verdict = match decision {
             Decision::Inject(verdict) => {
-                inject_ac(ctx)?;
+                inject_ac(ctx, &self.trace, verdict)?;
                 verdict
             }
             Decision::Run(verdict) => verdict,
@@ -288,8 +292,9 @@ fn verdict_counter(verdict: Verdict) -> &'static str {
     }
 }
 
-/// Injects #AC (error code 0) into the vCPU, to be delivered at the next entry.
-fn inject_ac(ctx: &VcpuCtx<'_>) -> Result<()> {
+/// Injects #AC (error code 0) into the vCPU, to be delivered at the next entry; `why` goes on
+/// the timeline.
+fn inject_ac(ctx: &VcpuCtx<'_>, trace: &Tracer, why: Verdict) -> Result<()> {
     let mut events = ctx.vcpu.get_vcpu_events().map_err(Error::GetVcpuEvents)?;
     events.exception.injected = 1;
     events.exception.pending = 0;
@@ -298,7 +303,11 @@ fn inject_ac(ctx: &VcpuCtx<'_>) -> Result<()> {
     events.exception.error_code = 0;
     // Only the exception changes; leave NMI, SIPI, SMM and the interrupt shadow alone.
     events.flags = 0;
-    ctx.vcpu.set_vcpu_events(&events).map_err(Error::SetVcpuEvents)
+    ctx.vcpu.set_vcpu_events(&events).map_err(Error::SetVcpuEvents)?;
+    trace.instant(Track::Vcpu(ctx.index), "inject #AC", || {
+        vec![("vector", Arg::Uint(sld::AC_VECTOR.into())), ("verdict", Arg::Text(format!("{why:?}").into()))]
+    });
+    Ok(())
 }
 
 impl ExitHandler for SplitLock {
@@ -307,6 +316,7 @@ impl ExitHandler for SplitLock {
     }
 
     fn attach(&mut self, ctx: &mut AttachCtx<'_>) -> Result<()> {
+        self.trace = ctx.trace.clone();
         self.host_cpu = HostDetection::of_this_machine();
         let vm = ctx.vm;
         let bus_lock_modes = vm.check_extension_raw(u64::from(KVM_CAP_X86_BUS_LOCK_EXIT));
