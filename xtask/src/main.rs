@@ -117,8 +117,11 @@ fn main() -> ExitCode {
         "qemu" => cmd_qemu(&opts),
         "test" => xtask::test::run_all(),
         "bench" => {
-            let bench =
-                xtask::bench::Options { quick: opts.quick, trace: opts.trace.clone().map(Into::into), update_docs: opts.update_docs };
+            let bench = xtask::bench::Options {
+                quick: opts.quick,
+                trace: opts.trace.clone().map(Into::into),
+                update_docs: opts.update_docs,
+            };
             xtask::bench::run(&bench).map(|()| ExitCode::SUCCESS)
         }
         other => Err(err!("unknown command {other:?}\n{USAGE}")),

@@ -324,13 +324,17 @@ fn workload(s: Settings) -> Result<()> {
             for (mode_name, mode) in [("sync", HostMode::Sync), ("ring", HostMode::Ring)] {
                 set_mode(mode)?;
                 for rep in 0..reps {
-                    let (events, syncs) =
-                        (host_counter(HostCounter::EventsDelivered), host_counter(HostCounter::SyncWaits));
+                    let (events, syncs, stalled) = (
+                        host_counter(HostCounter::EventsDelivered),
+                        host_counter(HostCounter::SyncWaits),
+                        host_counter(HostCounter::SyncWaitMicros),
+                    );
                     let (wall, busy) = workload_run(&region, tasks, pages, compute_ns)?;
                     kprintln!(
-                        "bench: workload_{mode_name} rep={rep} tasks={tasks} pages={pages} compute_ns={compute_ns} latency_ns={latency} wall_ns={wall} busy_ns={busy} events={} sync_waits={}",
+                        "bench: workload_{mode_name} rep={rep} tasks={tasks} pages={pages} compute_ns={compute_ns} latency_ns={latency} wall_ns={wall} busy_ns={busy} events={} sync_waits={} stalled_ns={}",
                         host_counter(HostCounter::EventsDelivered) - events,
-                        host_counter(HostCounter::SyncWaits) - syncs
+                        host_counter(HostCounter::SyncWaits) - syncs,
+                        (host_counter(HostCounter::SyncWaitMicros) - stalled) * 1000
                     );
                 }
             }

@@ -6,6 +6,7 @@
 //! halt still ends the halt.
 
 use crate::arch::cpu;
+use crate::task;
 
 /// Waits with `sti; hlt` until `done` returns `Some`, checking it with interrupts disabled.
 /// Returns with interrupts disabled, as the caller (a trap handler) had them.
@@ -15,6 +16,7 @@ pub fn wait_until<T>(mut done: impl FnMut() -> Option<T>) -> T {
         if let Some(value) = done() {
             return value;
         }
-        cpu::enable_interrupts_and_halt();
+        // Counted as idle time: the vCPU waits for the host here, as the idle task would.
+        task::halt_counted();
     }
 }

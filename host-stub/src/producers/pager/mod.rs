@@ -258,7 +258,9 @@ impl Pager {
                 }
                 let waited_since = Instant::now();
                 let outcome = self.wait_for(page, gpa);
-                trace.complete(Track::Vcpu(vcpu), "pnp synchronous wait", waited_since, Instant::now(), || {
+                let waited_until = Instant::now();
+                self.shared.lock().core.counters.sync_wait_us += (waited_until - waited_since).as_micros() as u64;
+                trace.complete(Track::Vcpu(vcpu), "pnp synchronous wait", waited_since, waited_until, || {
                     vec![("page", Arg::Uint(page)), ("gpa", Arg::Hex(gpa))]
                 });
                 return outcome;
@@ -661,6 +663,7 @@ impl ExitHandler for Pager {
             ("resolved_failed", c.resolved_failed),
             ("resolved_before_event", c.resolved_before_event),
             ("sync_waits", c.sync_waits),
+            ("sync_wait_us", c.sync_wait_us),
             ("pages_fetched", c.pages_fetched),
             ("pages_evicted", c.pages_evicted),
             ("outstanding", outstanding as u64),
@@ -739,6 +742,7 @@ fn counter_value(inner: &Inner, counter: HostCounter) -> u64 {
         }
         HostCounter::PagesFetched => c.pages_fetched,
         HostCounter::ResolvedBeforeEvent => c.resolved_before_event,
+        HostCounter::SyncWaitMicros => c.sync_wait_us,
     }
 }
 
