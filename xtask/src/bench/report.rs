@@ -179,33 +179,36 @@ impl Results {
         cost_table(&mut out, &self.page_not_present, b.kernel_instruction_ns.median);
         let _ = writeln!(out, "\n![per-event costs]({chart_dir}/costs.svg)\n");
         out.push_str("### What async page-not-present buys\n\n");
-        out.push_str("| mode | tasks | page-in | completion | ideal | efficiency | guest utilisation | events | overhead per page |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
-        for w in &self.workload {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.0} | {} |",
-                w.mode,
-                w.workload.tasks,
-                latency_label(w.workload.latency_ns),
-                human_summary_ns(&w.wall_ns),
-                human_ns(w.ideal_ns),
-                w.efficiency,
-                w.utilisation,
-                w.events,
-                human_ns(w.overhead_per_page_ns.max(0.0))
-            );
-        }
         if let Some(w) = self.workload.first() {
             let _ = writeln!(
                 out,
-                "\nEach task computes {} before each of its {} pages.\n",
+                "Each task computes {} before each of its {} pages. Completion times are medians (minimum–maximum in `results.json`); efficiency is ideal / completion; utilisation is the share of wall time the vCPU ran guest code (not halted, not stalled in the host).\n",
                 human_ns(w.workload.compute_ns as f64),
                 w.workload.pages
             );
         }
-        out.push_str("| tasks | page-in | speed-up of ring over sync |\n| --- | --- | --- |\n");
-        for s in &self.speedups {
-            let _ = writeln!(out, "| {} | {} | {:.2} |", s.tasks, latency_label(s.latency_ns), s.speedup);
+        out.push_str("| tasks | page-in | ideal | sync | ring | ring speed-up | sync efficiency | ring efficiency | sync utilisation | ring utilisation | ring overhead per page |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+        for ring in self.workload.iter().filter(|w| w.mode == "ring") {
+            let sync = self.workload.iter().find(|w| w.mode == "sync" && w.workload == ring.workload);
+            let speedup = self
+                .speedups
+                .iter()
+                .find(|s| s.tasks == ring.workload.tasks && s.latency_ns == ring.workload.latency_ns);
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {:.2} | {} |",
+                ring.workload.tasks,
+                latency_label(ring.workload.latency_ns),
+                human_ns(ring.ideal_ns),
+                sync.map_or_else(|| "n/a".into(), |s| human_ns(s.wall_ns.median)),
+                human_ns(ring.wall_ns.median),
+                speedup.map_or_else(|| "n/a".into(), |s| format!("{:.2}", s.speedup)),
+                sync.map_or_else(|| "n/a".into(), |s| format!("{:.2}", s.efficiency)),
+                ring.efficiency,
+                sync.map_or_else(|| "n/a".into(), |s| format!("{:.2}", s.utilisation)),
+                ring.utilisation,
+                human_ns(ring.overhead_per_page_ns.max(0.0))
+            );
         }
         let _ = writeln!(
             out,
