@@ -1,7 +1,8 @@
 //! The trait every device and event producer implements, and the view of the vCPU it gets.
 //!
 //! The run loop turns each VM exit into one call per handler, in registration order, until a
-//! handler claims it; before each entry into the guest every handler may inject events. A new
+//! handler claims it; before each entry into the guest every handler that asks to may inject
+//! events. A new
 //! producer (#AC, #VE, page-not-present) is a new implementation of [`ExitHandler`] added to
 //! the VM's list, not a new arm in the run loop.
 
@@ -135,9 +136,17 @@ pub trait ExitHandler: Send {
         Vec::new()
     }
 
-    /// Called before every entry into the guest: inject pending events here.
+    /// Called before every entry into the guest, if [`ExitHandler::has_before_entry`] says so:
+    /// inject pending events here.
     fn before_entry(&mut self, _ctx: &mut VcpuCtx<'_>) -> Result<()> {
         Ok(())
+    }
+
+    /// Whether [`ExitHandler::before_entry`] does anything. Asked once per run: the run loop
+    /// calls only the handlers that say yes, because every call before every entry is paid on
+    /// every exit.
+    fn has_before_entry(&self) -> bool {
+        false
     }
 
     /// `in` from `port`: fill `data`.

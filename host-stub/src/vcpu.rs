@@ -162,11 +162,12 @@ impl Vcpu {
         watchdog: &Watchdog,
         in_progress: &mut Option<ExitInProgress>,
     ) -> Result<Stop> {
+        let with_entry_hook: Vec<usize> = (0..handlers.len()).filter(|&i| handlers[i].has_before_entry()).collect();
         loop {
             {
                 let mut ctx = VcpuCtx { index: self.index, vcpu: &self.fd, vm, mem, stop: None };
-                for h in handlers.iter_mut() {
-                    h.before_entry(&mut ctx)?;
+                for &i in &with_entry_hook {
+                    handlers[i].before_entry(&mut ctx)?;
                 }
                 if let Some(stop) = ctx.stop {
                     return Ok(stop);

@@ -26,7 +26,7 @@ pub mod state;
 pub mod uffd;
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -90,6 +90,9 @@ struct Shared {
     inner: Mutex<Inner>,
     /// Signalled whenever a fetch completes (the synchronous path waits on it).
     fetched: Condvar,
+    /// Set (under the lock) with `Inner::violation`, so that the vCPU need not take the lock
+    /// before every entry to learn that there is none.
+    violation_pending: AtomicBool,
 }
 
 impl Shared {
@@ -105,6 +108,8 @@ pub struct Pager {
     fetchers: Option<FetchPool>,
     /// Accesses that reached the host as a bare EFAULT (PVM, guest CPL 3) and were decoded.
     efaults: u64,
+    /// Whether the fetchers know the vCPU thread (to kick it) yet.
+    vcpu_thread_known: bool,
 }
 
 impl std::fmt::Debug for Pager {
@@ -138,9 +143,14 @@ impl Pager {
         };
         Ok(Self {
             config,
-            shared: Arc::new(Shared { inner: Mutex::new(inner), fetched: Condvar::new() }),
+            shared: Arc::new(Shared {
+                inner: Mutex::new(inner),
+                fetched: Condvar::new(),
+                violation_pending: AtomicBool::new(false),
+            }),
             fetchers: None,
             efaults: 0,
+            vcpu_thread_known: false,
         })
     }
 
@@ -448,6 +458,7 @@ fn complete_fetch(shared: &Shared, page: PageIndex) {
     }
     if let Some(problem) = problem {
         inner.violation.get_or_insert(problem);
+        shared.violation_pending.store(true, Ordering::Release);
         if let Some(thread) = inner.vcpu_thread {
             // SAFETY: the vCPU thread outlives the fetchers (they are joined when the pager,
             // owned by the VM that runs on that thread, is dropped); the kick signal has a
@@ -508,12 +519,22 @@ impl ExitHandler for Pager {
         leaf.edx = self.config.mode as u32;
     }
 
+    fn has_before_entry(&self) -> bool {
+        true
+    }
+
     fn before_entry(&mut self, _ctx: &mut VcpuCtx<'_>) -> Result<()> {
-        let mut inner = self.shared.lock();
-        if inner.vcpu_thread.is_none() {
+        // Every entry comes through here: the lock only when there is something to do.
+        if !self.vcpu_thread_known {
             // SAFETY: pthread_self has no preconditions.
-            inner.vcpu_thread = Some(unsafe { libc::pthread_self() });
+            self.shared.lock().vcpu_thread = Some(unsafe { libc::pthread_self() });
+            self.vcpu_thread_known = true;
         }
+        if !self.shared.violation_pending.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut inner = self.shared.lock();
+        self.shared.violation_pending.store(false, Ordering::Relaxed);
         match inner.violation.take() {
             Some(problem) => Err(failure(problem)),
             None => Ok(()),
