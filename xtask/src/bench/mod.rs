@@ -206,6 +206,10 @@ pub fn run(opts: &Options) -> Result<()> {
     eprintln!("xtask bench: building the guest and the host stub ({})", profile.dir());
     let elf = guest::build_guest(profile)?;
     let host = guest::build_host_stub(profile)?;
+    if let Some(parent) = opts.trace.as_deref().and_then(Path::parent).filter(|p| !p.as_os_str().is_empty()) {
+        // The trace may go where nothing exists yet (target/bench on a fresh clone).
+        std::fs::create_dir_all(parent).map_err(|e| err!("creating {}: {e}", parent.display()))?;
+    }
     let progress = Progress::new(plan.steps());
     let results = measure(&plan, opts, profile, &elf, &host, &progress);
     progress.finish();
@@ -367,12 +371,10 @@ fn measure(
 
     let mut goals = goals;
     if opts.quick {
-        // A quick run uses the dev build and small workloads: it checks that everything runs.
+        // A quick run uses the dev build and small workloads: it checks that everything runs,
+        // and judges no goal.
         for goal in &mut goals {
             goal.met = None;
-            if let Some(m) = &mut goal.measured {
-                m.push_str(" (quick run with the dev build: not judged)");
-            }
         }
     }
     Ok(Results {
@@ -525,11 +527,7 @@ fn print_summary(r: &Results) {
             g.what,
             g.goal,
             g.measured.as_deref().unwrap_or("not measurable here"),
-            match g.met {
-                Some(true) => "met",
-                Some(false) => "not met",
-                None => "n/a",
-            }
+            report::goal_status(g, r.machine.quick)
         );
     }
 }

@@ -84,11 +84,13 @@ pub struct Results {
     pub goals: Vec<Goal>,
 }
 
-fn yes_no(met: Option<bool>) -> &'static str {
-    match met {
-        Some(true) => "met",
-        Some(false) => "not met",
-        None => "n/a",
+/// Where a goal stands: met, not met, not judged (a quick run), or not measurable.
+pub fn goal_status(goal: &Goal, quick: bool) -> &'static str {
+    match (goal.met, goal.measured.is_some()) {
+        (Some(true), _) => "met",
+        (Some(false), _) => "not met",
+        (None, true) if quick => "not judged: quick run with the dev build",
+        (None, _) => "n/a",
     }
 }
 
@@ -153,7 +155,7 @@ impl Results {
                 g.what,
                 g.goal,
                 g.measured.as_deref().unwrap_or("not measurable here"),
-                yes_no(g.met)
+                goal_status(g, self.machine.quick)
             );
         }
         let b = &self.baseline;
