@@ -198,9 +198,9 @@ pub enum HostCounter: u64 {
     PagesFetched = 5,
     /// Resolutions written before their event was delivered.
     ResolvedBeforeEvent = 6,
-    /// Microseconds vCPUs spent blocked in the host on the synchronous path (time the guest
+    /// Nanoseconds vCPUs spent blocked in the host on the synchronous path (time the guest
     /// cannot see: to it, a stalled instruction looks like a busy one).
-    SyncWaitMicros = 7,
+    SyncWaitNanos = 7,
 }
 }
 

@@ -41,8 +41,8 @@ pub enum BenchLoop: u32 {
 }
 
 /// The host stub's injection port, for benchmarks: a 32-bit `out` of a [`BenchInject`] value
-/// makes the host inject that event on the way back into the guest. A port (not a hypercall)
-/// so that a CPL 3 task with I/O privilege can drive it from a native loop.
+/// makes the host inject that event on the way back into the guest. A port rather than a
+/// hypercall, so that the event rides on exactly the exit the baseline measures.
 pub const BENCH_INJECT: u16 = 0x051E;
 
 crate::wire_enum! {

@@ -48,6 +48,14 @@ pub enum Profile {
 }
 
 impl Profile {
+    /// The profile's name, as cargo calls it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Dev => "dev",
+            Profile::Release => "release",
+        }
+    }
+
     /// The target directory's subdirectory for this profile.
     pub fn dir(self) -> &'static str {
         match self {

@@ -9,6 +9,7 @@ pub mod exit;
 pub mod fault;
 pub mod gdt;
 pub mod hypercall;
+pub mod idle;
 pub mod idt;
 pub mod paging;
 pub mod percpu;

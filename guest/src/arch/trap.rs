@@ -211,6 +211,7 @@ fn load_handler(slot: &AtomicUsize) -> Option<Handler> {
 #[unsafe(no_mangle)]
 extern "sysv64" fn trap_dispatch(frame: &mut TrapFrame) {
     let vector = frame.vector as u8;
+    super::idle::end_halt();
     super::percpu::enter_trap();
     if let Some(handler) = load_handler(&HANDLERS[usize::from(vector)]) {
         handler(frame);

@@ -5,8 +5,7 @@
 //! atomic step with respect to interrupts, so a wake-up that arrives between the check and the
 //! halt still ends the halt.
 
-use crate::arch::cpu;
-use crate::task;
+use crate::arch::{cpu, idle};
 
 /// Waits with `sti; hlt` until `done` returns `Some`, checking it with interrupts disabled.
 /// Returns with interrupts disabled, as the caller (a trap handler) had them.
@@ -17,6 +16,6 @@ pub fn wait_until<T>(mut done: impl FnMut() -> Option<T>) -> T {
             return value;
         }
         // Counted as idle time: the vCPU waits for the host here, as the idle task would.
-        task::halt_counted();
+        idle::halt();
     }
 }

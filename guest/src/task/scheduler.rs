@@ -351,29 +351,9 @@ pub fn idle_loop() -> ! {
         if has_other_runnable() {
             schedule();
         } else {
-            halt_counted();
+            crate::arch::idle::halt();
         }
     }
-}
-
-/// `sti; hlt` with the time halted added to this vCPU's idle time: every halt that waits for
-/// work (the idle task's, and the HLT loop of a context that cannot sleep) goes through here,
-/// so that busy time is wall time minus idle time. Call with interrupts disabled; returns with
-/// them enabled.
-pub fn halt_counted() {
-    let start = cpu::rdtsc();
-    cpu::enable_interrupts_and_halt();
-    // Counted on the way out of the halt: the interrupt that ended it ran in between, which is
-    // a few microseconds of handler time out of a halt.
-    IDLE_TSC.get().fetch_add(cpu::rdtsc().wrapping_sub(start), core::sync::atomic::Ordering::Relaxed);
-}
-
-static IDLE_TSC: CpuLocal<core::sync::atomic::AtomicU64> =
-    CpuLocal::new([const { core::sync::atomic::AtomicU64::new(0) }; MAX_CPUS]);
-
-/// TSC cycles this vCPU spent halted waiting for work (for utilisation: busy = wall - idle).
-pub fn idle_cycles() -> u64 {
-    IDLE_TSC.get().load(core::sync::atomic::Ordering::Relaxed)
 }
 
 /// First Rust code of every kernel task (called by `kernel_task_trampoline`).

@@ -1,7 +1,8 @@
 //! The benchmarks' device: a null port (one exit, nothing done: the baseline round trip; also
-//! the switch to the bare loop the baseline is compared with) and an injection port that injects an interrupt or an exception on the way back into the guest,
-//! so that the cost of producing and handling an event can be measured against the baseline.
-//! (Page-not-present events on the same port are the pager's.)
+//! the switch to the bare loop the baseline is compared with) and an injection port that
+//! injects an interrupt or an exception on the way back into the guest, so that the cost of
+//! producing and handling an event can be measured against the baseline. (Page-not-present
+//! events on the same port are the pager's.)
 
 use std::sync::Arc;
 
@@ -28,6 +29,17 @@ impl Bench {
     /// A bench device for the VM behind `vm`; its injections go on `tracer`'s timeline.
     pub fn new(vm: Arc<VmFd>, tracer: Tracer) -> Self {
         Self { vm, tracer, null_exits: 0, injected: 0, refused: 0, bare_loop_requests: 0 }
+    }
+}
+
+/// Whether the bench port may inject exception `vector`, and if so whether it pushes an error
+/// code (SDM vol. 3, table 6-1). NMI, #DF and #MC are not faults a handler returns from, and
+/// reserved vectors are not exceptions at all: those are refused.
+fn injectable(vector: u8) -> Option<bool> {
+    match vector {
+        10..=14 | 17 | 21 | 29 | 30 => Some(true),
+        0 | 1 | 3..=7 | 16 | 19 | 20 | 28 => Some(false),
+        _ => None,
     }
 }
 
@@ -81,12 +93,12 @@ impl ExitHandler for Bench {
                             vec![("vector", Arg::Hex(vector.into())), ("by", Arg::Text("bench".into()))]
                         });
                     }
-                    Some((BenchInject::Exception, vector, _)) if vector < 32 => {
+                    Some((BenchInject::Exception, vector, _)) if let Some(has_error_code) = injectable(vector) => {
                         let mut events = ctx.vcpu.get_vcpu_events().map_err(Error::GetVcpuEvents)?;
                         events.exception.injected = 1;
                         events.exception.pending = 0;
                         events.exception.nr = vector;
-                        events.exception.has_error_code = 1;
+                        events.exception.has_error_code = u8::from(has_error_code);
                         events.exception.error_code = 0;
                         events.flags = 0;
                         ctx.vcpu.set_vcpu_events(&events).map_err(Error::SetVcpuEvents)?;
@@ -119,5 +131,20 @@ impl ExitHandler for Bench {
         report.counter(self.name(), "injected", self.injected);
         report.counter(self.name(), "refused", self.refused);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_returnable_exceptions_are_injected_each_with_its_error_code() {
+        assert_eq!(injectable(17), Some(true), "#AC pushes an error code");
+        assert_eq!(injectable(14), Some(true), "#PF too");
+        assert_eq!(injectable(6), Some(false), "#UD does not");
+        for refused in [2, 8, 9, 15, 18, 22, 31, 32, 255] {
+            assert_eq!(injectable(refused), None, "vector {refused}");
+        }
     }
 }

@@ -1,9 +1,9 @@
 //! From the runs' samples to the figures the report shows: per-event costs as multiples of the
-//! baseline, the workload's efficiency against its ideal, speed-ups over `sync`, and each goal
-//! of the benchmark issue with how far the measurement is from it. Plain arithmetic, tested on
-//! synthetic samples.
+//! baseline measured next to them, the workload's efficiency against its ideal, speed-ups over
+//! `sync`, and the checks that each path really took the path it names. Plain arithmetic,
+//! tested on synthetic samples.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
@@ -25,8 +25,8 @@ pub struct Cost {
     pub what: String,
     /// The per-event cost in ns; `None` with `unavailable` when it could not be measured.
     pub per_event_ns: Option<Summary>,
-    /// The median as a multiple of the baseline round trip.
-    pub baselines: Option<f64>,
+    /// Per-event cost over the baseline round trip measured right next to it, per repetition.
+    pub baselines: Option<Summary>,
     /// The guest's own handling time per event (page-not-present paths), in ns.
     pub guest_handler_ns: Option<Summary>,
     /// Why there is no figure.
@@ -44,17 +44,33 @@ impl Cost {
             unavailable: Some(why.into()),
         }
     }
+
+    fn measured(name: &str, what: &str, per_event: Option<Summary>, baselines: Option<Summary>) -> Self {
+        Self {
+            name: name.into(),
+            what: what.into(),
+            unavailable: per_event.is_none().then(|| "no repetition handled an event".into()),
+            per_event_ns: per_event,
+            baselines,
+            guest_handler_ns: None,
+        }
+    }
 }
 
-/// The median of `values` per sample, skipping samples where `f` has no value.
+/// `numerator / denominator` of a sample's fields, when the denominator is not 0.
+fn per(s: &Sample, numerator: &str, denominator: &str) -> Option<f64> {
+    (s.get(denominator) > 0).then(|| s.f(numerator) / s.f(denominator))
+}
+
+/// The summary of `f` over the samples where it has a value.
 fn summarize<'a>(samples: impl Iterator<Item = &'a Sample>, f: impl Fn(&Sample) -> Option<f64>) -> Option<Summary> {
     let values: Vec<f64> = samples.filter_map(f).collect();
     Summary::of(&values)
 }
 
-/// One port-I/O round trip, per exit, from the `io` samples of a run.
-pub fn io_round_trip(run: &RunOutput) -> Option<Summary> {
-    summarize(run.named("io"), |s| (s.get("ops") > 0).then(|| s.f("total_ns") / s.f("ops")))
+/// Per-operation times (ns) of the samples named `name`.
+pub fn per_op(run: &RunOutput, name: &str) -> Vec<f64> {
+    run.named(name).filter_map(|s| per(s, "total_ns", "ops")).collect()
 }
 
 /// Host stub loop over bare loop, per pair of timed loops: the `io` and `io_bare` samples with
@@ -62,8 +78,8 @@ pub fn io_round_trip(run: &RunOutput) -> Option<Summary> {
 pub fn loop_ratios(run: &RunOutput) -> Vec<f64> {
     let mut ratios = Vec::new();
     let mut pending: BTreeMap<u64, (Option<f64>, Option<f64>)> = BTreeMap::new();
-    for s in run.samples.iter().filter(|s| s.get("ops") > 0) {
-        let per_op = s.f("total_ns") / s.f("ops");
+    for s in &run.samples {
+        let Some(per_op) = per(s, "total_ns", "ops") else { continue };
         let slot = pending.entry(s.get("rep")).or_default();
         match s.name.as_str() {
             "io" => slot.0 = Some(per_op),
@@ -80,10 +96,18 @@ pub fn loop_ratios(run: &RunOutput) -> Vec<f64> {
     ratios
 }
 
-/// Injection costs from a guest-bench run: per handled event, an `out` whose event was not
-/// delivered counted at the plain round trip (`inject_none` of the same run).
-pub fn injection_costs(run: &RunOutput, baseline_ns: f64) -> Vec<Cost> {
-    let plain = summarize(run.named("inject_none"), |s| (s.get("ops") > 0).then(|| s.f("total_ns") / s.f("ops")));
+/// Per handled event, from an injection sample: the timed loop less what its `out`s would have
+/// cost without an event (the plain loop right before it, per `out`). An `out` whose event was
+/// not delivered costs a plain round trip; the rest is the events'.
+fn injected_per_event(s: &Sample) -> Option<f64> {
+    let (ops, handled) = (s.f("ops"), s.f("handled"));
+    let plain_per_op = per(s, "plain_ns", "ops")?;
+    (handled > 0.0).then(|| (s.f("total_ns") - (ops - handled) * plain_per_op).max(0.0) / handled)
+}
+
+/// Injection costs from a guest-bench run, each as a multiple of the plain round trip through
+/// the same port measured in the same repetition.
+pub fn injection_costs(run: &RunOutput) -> Vec<Cost> {
     let mut costs = Vec::new();
     for (name, sample, what) in [
         ("interrupt", "inject_interrupt", "an interrupt (MSI through the in-kernel local APIC), handled, EOI"),
@@ -98,49 +122,33 @@ pub fn injection_costs(run: &RunOutput, baseline_ns: f64) -> Vec<Cost> {
             costs.push(Cost::unavailable(name, what, "the host stub's demand pager was not running"));
             continue;
         }
-        let per_event = plain.and_then(|plain| {
-            summarize(run.named(sample), |s| {
-                let (ops, handled) = (s.f("ops"), s.f("handled"));
-                (handled > 0.0).then(|| (s.f("total_ns") - (ops - handled) * plain.median).max(0.0) / handled)
-            })
-        });
-        costs.push(Cost {
-            name: name.into(),
-            what: what.into(),
-            baselines: per_event.map(|p| p.median / baseline_ns),
-            per_event_ns: per_event,
-            guest_handler_ns: None,
-            unavailable: per_event.is_none().then(|| "no event was handled".into()),
-        });
+        let per_event = summarize(run.named(sample), injected_per_event);
+        let baselines = summarize(run.named(sample), |s| Some(injected_per_event(s)? / per(s, "plain_ns", "ops")?));
+        costs.push(Cost::measured(name, what, per_event, baselines));
     }
     costs.push(Cost::unavailable("ve", "a #VE with its information area", VE_NOT_IMPLEMENTED));
     costs
 }
 
-/// Page-not-present round trips (zero or near-zero page-in latency), per access.
-pub fn page_not_present_costs(run: &RunOutput, baseline_ns: f64) -> Vec<Cost> {
+/// The page-not-present round trips, by sample name, with what each means.
+const ROUND_TRIPS: [(&str, &str, &str); 4] = [
+    ("ring", "pnp_sleep", "event, park, switch to another task, resolution, wake, resume (ring mode, 1 µs page-in)"),
+    ("halt", "pnp_halt", "event, no other task: wait in the HLT loop, resolution, resume (1 µs page-in)"),
+    ("early", "pnp_early", "event whose resolution is already in the ring: consumed at once (0 page-in)"),
+    ("sync", "pnp_sync", "no event: the vCPU waits in the host until the page is in (0 page-in)"),
+];
+
+/// Page-not-present round trips (zero or near-zero page-in latency), per access, each as a
+/// multiple of the baseline measured right before it.
+pub fn page_not_present_costs(run: &RunOutput) -> Vec<Cost> {
     let mut costs = Vec::new();
-    for (name, sample, what) in [
-        (
-            "ring",
-            "pnp_sleep",
-            "event, park, switch to another task, resolution, wake, resume (ring mode, 1 µs page-in)",
-        ),
-        ("halt", "pnp_halt", "event, no other task: wait in the HLT loop, resolution, resume (1 µs page-in)"),
-        ("early", "pnp_early", "event whose resolution is already in the ring: consumed at once (0 page-in)"),
-        ("sync", "pnp_sync", "no event: the vCPU waits in the host until the page is in (0 page-in)"),
-    ] {
-        let per_event = summarize(run.named(sample), |s| (s.get("ops") > 0).then(|| s.f("total_ns") / s.f("ops")));
-        let handler =
-            summarize(run.named(sample), |s| (s.get("events") > 0).then(|| s.f("handler_ns") / s.f("events")));
-        costs.push(Cost {
-            name: name.into(),
-            what: what.into(),
-            baselines: per_event.map(|p| p.median / baseline_ns),
-            per_event_ns: per_event,
-            guest_handler_ns: handler,
-            unavailable: per_event.is_none().then(|| "not measured (no samples)".into()),
-        });
+    for (name, sample, what) in ROUND_TRIPS {
+        let per_access = summarize(run.named(sample), |s| per(s, "total_ns", "ops"));
+        let baselines = summarize(run.named(sample), |s| Some(per(s, "total_ns", "ops")? / s.f("baseline_ns")))
+            .filter(|_| run.named(sample).all(|s| s.get("baseline_ns") > 0));
+        let mut cost = Cost::measured(name, what, per_access, baselines);
+        cost.guest_handler_ns = summarize(run.named(sample), |s| per(s, "handler_ns", "events"));
+        costs.push(cost);
     }
     costs.push(Cost::unavailable("ve", "the same round trip with #VE as the event", VE_NOT_IMPLEMENTED));
     costs.push(Cost::unavailable(
@@ -156,9 +164,10 @@ pub fn page_not_present_costs(run: &RunOutput, baseline_ns: f64) -> Vec<Cost> {
 pub struct WorkloadResult {
     pub mode: String,
     pub workload: Workload,
+    /// From the first task's start to the last task's last access.
     pub wall_ns: Summary,
-    /// Busy time over wall time: time the guest did not spend halted, less the time its vCPU
-    /// was blocked in the host on the synchronous path (which the guest cannot see).
+    /// The share of the wall time the vCPU ran guest code: not halted, and not stalled in the
+    /// host on the synchronous path (which the guest cannot see).
     pub utilisation: f64,
     pub ideal_ns: f64,
     /// Ideal over achieved completion time.
@@ -178,25 +187,32 @@ pub struct Speedup {
     pub speedup: f64,
 }
 
-/// The workload runs grouped by mode and configuration.
-pub fn workload_results(run: &RunOutput) -> Vec<WorkloadResult> {
+fn workload_of(s: &Sample) -> Workload {
+    Workload {
+        tasks: s.get("tasks"),
+        pages: s.get("pages"),
+        compute_ns: s.get("compute_ns"),
+        latency_ns: s.get("latency_ns"),
+    }
+}
+
+fn workload_groups(run: &RunOutput) -> BTreeMap<(String, Workload), Vec<&Sample>> {
     let mut groups: BTreeMap<(String, Workload), Vec<&Sample>> = BTreeMap::new();
     for s in run.samples.iter().filter(|s| s.name.starts_with("workload_")) {
-        let w = Workload {
-            tasks: s.get("tasks"),
-            pages: s.get("pages"),
-            compute_ns: s.get("compute_ns"),
-            latency_ns: s.get("latency_ns"),
-        };
         let mode = s.name.trim_start_matches("workload_").to_owned();
-        groups.entry((mode, w)).or_default().push(s);
+        groups.entry((mode, workload_of(s))).or_default().push(s);
     }
     groups
+}
+
+/// The workload runs grouped by mode and configuration.
+pub fn workload_results(run: &RunOutput) -> Vec<WorkloadResult> {
+    workload_groups(run)
         .into_iter()
         .filter_map(|((mode, workload), samples)| {
             let wall = summarize(samples.iter().copied(), |s| Some(s.f("wall_ns")))?;
             let utilisation = summarize(samples.iter().copied(), |s| {
-                (s.get("wall_ns") > 0).then(|| (s.f("busy_ns") - s.f("stalled_ns")).max(0.0) / s.f("wall_ns"))
+                Some((s.f("busy_ns") - s.f("stalled_ns")) / s.f("wall_ns")).filter(|_| s.get("wall_ns") > 0)
             })?
             .median;
             let events = summarize(samples.iter().copied(), |s| Some(s.f("events")))?.median;
@@ -238,8 +254,9 @@ pub fn speedups(results: &[WorkloadResult]) -> Vec<Speedup> {
 /// The guest's cost per event as the number of outstanding tokens grows.
 #[derive(Clone, Debug, Serialize)]
 pub struct ScalingPoint {
+    /// Tasks parked at once; the k-th event of the burst finds k - 1 tokens outstanding.
     pub outstanding: u64,
-    /// Guest handler time per event, in ns.
+    /// Guest handler time per event (the mean over the burst), in ns.
     pub handler_per_event_ns: Summary,
 }
 
@@ -252,11 +269,77 @@ pub fn scaling(run: &RunOutput) -> Vec<ScalingPoint> {
     by_count
         .into_iter()
         .filter_map(|(outstanding, samples)| {
-            let per_event =
-                summarize(samples.into_iter(), |s| (s.get("events") > 0).then(|| s.f("handler_ns") / s.f("events")))?;
+            let per_event = summarize(samples.into_iter(), |s| per(s, "handler_ns", "events"))?;
             Some(ScalingPoint { outstanding, handler_per_event_ns: per_event })
         })
         .collect()
+}
+
+/// Whether every sample took the path its name promises, and nothing the plan ran is missing:
+/// the checks that make a broken producer show up as an error rather than as a fast figure.
+pub fn path_problems(run: &RunOutput) -> Vec<String> {
+    let mut problems = Vec::new();
+    for s in &run.samples {
+        let ops = s.get("ops");
+        let accesses = s.get("tasks") * s.get("pages");
+        let wanted: &[(&str, u64)] = match s.name.as_str() {
+            // Interrupts and #AC are delivered on every `out`.
+            "inject_interrupt" | "inject_exception_ac" => &[("handled", ops)],
+            "pnp_sleep" => &[("events", ops), ("slept", ops), ("halted", 0)],
+            "pnp_halt" => &[("events", ops), ("halted", ops), ("slept", 0)],
+            "pnp_early" => &[("events", ops), ("early", ops), ("sync_waits", 0)],
+            "pnp_sync" => &[("events", 0), ("sync_waits", ops)],
+            "workload_ring" => &[("events", accesses), ("sync_waits", 0), ("stalled_ns", 0)],
+            "workload_sync" => &[("events", 0), ("sync_waits", accesses)],
+            "scaling" => &[("events", s.get("outstanding"))],
+            _ => &[],
+        };
+        for &(field, want) in wanted {
+            if s.get(field) != want {
+                problems.push(format!(
+                    "{} rep {}: {field}={} where {want} was expected",
+                    s.name,
+                    s.get("rep"),
+                    s.get(field)
+                ));
+            }
+        }
+        // PVM delivers a page-not-present event only once the previous one was consumed, so at
+        // least one `out` in two brings one.
+        if s.name == "inject_page_not_present" && s.get("unavailable") == 0 && s.get("handled") * 2 < ops {
+            problems.push(format!("{} rep {}: handled={} of {ops}", s.name, s.get("rep"), s.get("handled")));
+        }
+        if s.name.starts_with("workload_") && s.get("stalled_ns") > s.get("busy_ns") {
+            problems.push(format!("{} rep {}: stalled longer than busy", s.name, s.get("rep")));
+        }
+    }
+    // The workload is a grid: every mode has every (tasks, latency) the other has, each with
+    // the same number of repetitions.
+    let groups = workload_groups(run);
+    let modes: BTreeSet<&str> = groups.keys().map(|(m, _)| m.as_str()).collect();
+    let configs: BTreeSet<Workload> = groups.keys().map(|(_, w)| *w).collect();
+    let tasks: BTreeSet<u64> = configs.iter().map(|w| w.tasks).collect();
+    let latencies: BTreeSet<u64> = configs.iter().map(|w| w.latency_ns).collect();
+    if configs.len() != tasks.len() * latencies.len() {
+        problems.push(format!(
+            "workload: {} configurations, not a full {}x{} grid",
+            configs.len(),
+            tasks.len(),
+            latencies.len()
+        ));
+    }
+    let reps: BTreeSet<usize> = groups.values().map(Vec::len).collect();
+    if groups.len() != modes.len() * configs.len() || reps.len() > 1 {
+        problems.push(format!("workload: configurations missing from a mode, or unequal repetitions ({reps:?})"));
+    }
+    let mut scaling_reps: BTreeMap<u64, usize> = BTreeMap::new();
+    for s in run.named("scaling") {
+        *scaling_reps.entry(s.get("outstanding")).or_default() += 1;
+    }
+    if scaling_reps.values().collect::<BTreeSet<_>>().len() > 1 {
+        problems.push(format!("scaling: unequal repetitions per point ({scaling_reps:?})"));
+    }
+    problems
 }
 
 /// One goal of the benchmark issue, and where the measurement stands.
@@ -266,6 +349,8 @@ pub struct Goal {
     pub goal: String,
     /// The measured figure, in words; `None` when it cannot be measured here.
     pub measured: Option<String>,
+    /// `Some(true)` met, `Some(false)` not met, `None` not judged (not measured, or the
+    /// measurement cannot tell).
     pub met: Option<bool>,
 }
 
@@ -299,25 +384,6 @@ mod tests {
     }
 
     #[test]
-    fn an_undelivered_injection_is_charged_a_plain_round_trip() {
-        let r = run(&[
-            "bench: inject_none rep=0 ops=10 handled=10 total_ns=100",
-            "bench: inject_page_not_present rep=0 ops=10 handled=5 total_ns=1050",
-            "bench: inject_interrupt rep=0 ops=10 handled=10 total_ns=500",
-        ]);
-        let costs = injection_costs(&r, 10.0);
-        let pnp = costs.iter().find(|c| c.name == "page_not_present").unwrap();
-        // (1050 - 5 x 10) / 5 = 200 ns per event: 20 baselines.
-        assert_eq!(pnp.per_event_ns.unwrap().median, 200.0);
-        assert_eq!(pnp.baselines, Some(20.0));
-        let irq = costs.iter().find(|c| c.name == "interrupt").unwrap();
-        assert_eq!(irq.baselines, Some(5.0));
-        let exception = costs.iter().find(|c| c.name == "exception").unwrap();
-        assert!(exception.per_event_ns.is_none() && exception.unavailable.is_some(), "no samples, no figure");
-        assert!(costs.iter().any(|c| c.name == "ve" && c.unavailable.as_deref() == Some(VE_NOT_IMPLEMENTED)));
-    }
-
-    #[test]
     fn loop_ratios_pair_samples_of_the_same_repetition() {
         let r = run(&[
             "bench: io rep=0 ops=10 total_ns=110",
@@ -335,6 +401,76 @@ mod tests {
     }
 
     #[test]
+    fn an_undelivered_injection_is_charged_the_plain_round_trip_of_its_repetition() {
+        let r = run(&[
+            "bench: inject_page_not_present rep=0 ops=10 handled=5 total_ns=1050 plain_ns=100",
+            "bench: inject_page_not_present rep=1 ops=10 handled=5 total_ns=2100 plain_ns=200",
+            "bench: inject_interrupt rep=0 ops=10 handled=10 total_ns=500 plain_ns=100",
+        ]);
+        let costs = injection_costs(&r);
+        let pnp = costs.iter().find(|c| c.name == "page_not_present").unwrap();
+        // Rep 0: (1050 - 5 x 10) / 5 = 200 ns, 20 round trips; rep 1: 400 ns, also 20: the
+        // machine was twice as slow, the multiple is the same.
+        assert_eq!(pnp.per_event_ns.unwrap().median, 300.0);
+        assert_eq!(pnp.baselines.unwrap().median, 20.0);
+        assert_eq!(pnp.baselines.unwrap().max, 20.0);
+        let irq = costs.iter().find(|c| c.name == "interrupt").unwrap();
+        assert_eq!(irq.baselines.unwrap().median, 5.0);
+        let exception = costs.iter().find(|c| c.name == "exception").unwrap();
+        assert!(exception.per_event_ns.is_none() && exception.unavailable.is_some(), "no samples, no figure");
+        assert!(costs.iter().any(|c| c.name == "ve" && c.unavailable.as_deref() == Some(VE_NOT_IMPLEMENTED)));
+    }
+
+    #[test]
+    fn round_trips_are_multiples_of_their_own_baseline() {
+        let r = run(&[
+            "bench: pnp_sync rep=0 ops=8 total_ns=800 baseline_ns=10 events=0 sync_waits=8",
+            "bench: pnp_sync rep=1 ops=8 total_ns=1600 baseline_ns=20 events=0 sync_waits=8",
+        ]);
+        let sync = page_not_present_costs(&r).into_iter().find(|c| c.name == "sync").unwrap();
+        assert_eq!(sync.baselines.unwrap().median, 10.0);
+        assert_eq!(sync.baselines.unwrap().min, 10.0);
+        assert!(path_problems(&r).is_empty(), "{:?}", path_problems(&r));
+    }
+
+    #[test]
+    fn a_path_that_was_not_taken_is_a_problem() {
+        let r = run(&[
+            // Ring mode that quietly waited synchronously; an #AC the guest never saw.
+            "bench: pnp_sleep rep=0 ops=8 total_ns=800 baseline_ns=10 events=0 slept=0 sync_waits=8",
+            "bench: inject_exception_ac rep=0 ops=50 handled=0 total_ns=500 plain_ns=500",
+            "bench: workload_ring rep=0 tasks=2 pages=4 compute_ns=1 latency_ns=0 wall_ns=9 busy_ns=9 events=8",
+        ]);
+        let problems = path_problems(&r);
+        assert!(problems.iter().any(|p| p.contains("pnp_sleep rep 0: events=0")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("inject_exception_ac rep 0: handled=0")), "{problems:?}");
+        assert!(!problems.iter().any(|p| p.contains("workload_ring")), "a complete ring run: {problems:?}");
+    }
+
+    #[test]
+    fn a_missing_workload_configuration_is_a_problem() {
+        let line = |mode: &str, tasks: u64, latency: u64| {
+            format!(
+                "bench: workload_{mode} rep=0 tasks={tasks} pages=1 compute_ns=1 latency_ns={latency} wall_ns=9 busy_ns=9 events={} sync_waits={}",
+                if mode == "ring" { tasks } else { 0 },
+                if mode == "sync" { tasks } else { 0 }
+            )
+        };
+        let mut lines = Vec::new();
+        for mode in ["sync", "ring"] {
+            for tasks in [1, 8] {
+                for latency in [0, 1000] {
+                    lines.push(line(mode, tasks, latency));
+                }
+            }
+        }
+        let full = RunOutput::parse(lines.iter().map(String::as_str));
+        assert!(path_problems(&full).is_empty(), "{:?}", path_problems(&full));
+        let missing = RunOutput::parse(lines.iter().skip(1).map(String::as_str));
+        assert!(!path_problems(&missing).is_empty());
+    }
+
+    #[test]
     fn workloads_are_grouped_and_compared_with_sync() {
         let r = run(&[
             "bench: workload_sync rep=0 tasks=8 pages=4 compute_ns=100000 latency_ns=1000000 wall_ns=35200000 busy_ns=35200000 events=0 stalled_ns=32000000",
@@ -347,7 +483,7 @@ mod tests {
         assert_eq!(ring.wall_ns.n, 2);
         assert_eq!(ring.wall_ns.median, 8_500_000.0);
         assert_eq!(ring.utilisation, 0.5);
-        // Ideal: max(8 x 4 x 0.1 ms, 4 x 1.1 ms) = 4.4 ms.
+        // Ideal: max(8 x 4 x 0.1 ms + 1 ms, 4 x 1.1 ms) = 4.4 ms.
         assert_eq!(ring.ideal_ns, 4_400_000.0);
         assert!((ring.efficiency - 4.4 / 8.5).abs() < 1e-12);
         let sync = results.iter().find(|w| w.mode == "sync").unwrap();
@@ -369,13 +505,14 @@ mod tests {
     #[test]
     fn scaling_is_per_event_by_outstanding_count() {
         let r = run(&[
-            "bench: scaling rep=0 outstanding=4 events=4 handler_ns=4000 wall_ns=1",
-            "bench: scaling rep=1 outstanding=4 events=4 handler_ns=6000 wall_ns=1",
-            "bench: scaling rep=0 outstanding=1 events=0 handler_ns=0 wall_ns=1",
+            "bench: scaling rep=0 outstanding=4 events=4 handler_ns=4000",
+            "bench: scaling rep=1 outstanding=4 events=4 handler_ns=6000",
+            "bench: scaling rep=0 outstanding=1 events=0 handler_ns=0",
         ]);
         let points = scaling(&r);
         assert_eq!(points.len(), 1, "a point without events has no per-event figure");
         assert_eq!(points[0].outstanding, 4);
         assert_eq!(points[0].handler_per_event_ns.median, 1250.0);
+        assert!(path_problems(&r).iter().any(|p| p.contains("scaling rep 0: events=0")));
     }
 }

@@ -34,8 +34,6 @@ pub struct Baseline {
     pub ratio: f64,
     /// host_stub / bare of each pair of timed loops, run back to back in one process.
     pub pair_ratios: Summary,
-    /// The round trip in the run the other costs come from, which they are multiples of.
-    pub reference_ns: Summary,
     /// One guest kernel instruction (`dec`/`jnz` of an empty loop): emulated on PVM, so it
     /// says how much of each cost is the guest's own code.
     pub kernel_instruction_ns: Summary,
@@ -46,9 +44,9 @@ pub struct Baseline {
 pub struct Boot {
     /// The self-tests the boots ran.
     pub tests: String,
-    /// Process start to the first KVM_RUN (as the host stub measures it).
+    /// `main` to the first KVM_RUN (as the host stub measures it).
     pub host_stub_first_entry_ns: Summary,
-    /// Process start to the guest's exit, self-tests done.
+    /// `main` to the guest's exit, self-tests done.
     pub host_stub_tests_done_ns: Summary,
     /// Spawn to reaped, as the benchmark sees it (includes exec and teardown).
     pub host_stub_process_ns: Summary,
@@ -102,7 +100,8 @@ fn cost_table(out: &mut String, costs: &[Cost], instruction_ns: f64) {
         let equivalents =
             c.per_event_ns.map_or_else(|| "n/a".into(), |p| format!("{:.0}", p.median / instruction_ns.max(1e-9)));
         let per = c.per_event_ns.as_ref().map_or_else(|| "n/a".into(), human_summary_ns);
-        let baselines = c.baselines.map_or_else(|| "n/a".into(), |b| format!("{b:.1}"));
+        let baselines =
+            c.baselines.map_or_else(|| "n/a".into(), |b| format!("{:.1} ({:.1}–{:.1})", b.median, b.min, b.max));
         let handler = c.guest_handler_ns.as_ref().map_or_else(|| "".into(), |h| human_ns(h.median));
         let what = match &c.unavailable {
             Some(why) => format!("{} (not measured: {why})", c.what),
@@ -161,19 +160,18 @@ impl Results {
         let b = &self.baseline;
         let _ = write!(
             out,
-            "\n### Baseline: one port-I/O exit\n\n| loop | round trip |\n| --- | --- |\n| host stub | {} |\n| bare kvm-ioctls loop (same process and VM) | {} |\n| host stub / bare, median of {} back-to-back pairs | {:.3} ({:.3}–{:.3}) |\n| reference for the multiples below (same run) | {} |\n",
+            "\n### Baseline: one port-I/O exit\n\n| loop | round trip |\n| --- | --- |\n| host stub | {} |\n| bare kvm-ioctls loop (same process and VM) | {} |\n| host stub / bare, median of {} back-to-back pairs | {:.3} ({:.3}–{:.3}) |\n\nThe multiples of the baseline below divide each cost by the round trip measured in the same repetition, right before it.\n",
             human_summary_ns(&b.host_stub_ns),
             human_summary_ns(&b.bare_ns),
             b.pair_ratios.n,
             b.ratio,
             b.pair_ratios.min,
             b.pair_ratios.max,
-            human_summary_ns(&b.reference_ns)
         );
         out.push_str("\n### Injected events, end to end\n\n");
         let _ = writeln!(
             out,
-            "One guest kernel instruction costs {} here (an empty `dec`/`jnz` loop); the equivalents column divides each cost by it.\n",
+            "One guest kernel instruction costs {} here (an empty `dec`/`jnz` loop). The equivalents column expresses each cost in that unit: a conversion of time, not a count of instructions (an exit, an EOI or a HLT costs far more than one).\n",
             human_summary_ns(&b.kernel_instruction_ns)
         );
         cost_table(&mut out, &self.injection, b.kernel_instruction_ns.median);
@@ -212,6 +210,11 @@ impl Results {
                 human_ns(ring.overhead_per_page_ns.max(0.0))
             );
         }
+        out.push_str(&format!(
+            "\nThe `ve` and `kvm-apf` modes are not measured: {} and {}.\n",
+            super::analysis::VE_NOT_IMPLEMENTED,
+            super::analysis::KVM_APF_NOT_IMPLEMENTED
+        ));
         let _ = writeln!(
             out,
             "\n![completion time]({chart_dir}/workload.svg)\n\n![efficiency]({chart_dir}/efficiency.svg)\n\n![speed-up]({chart_dir}/speedup.svg)\n"
@@ -228,7 +231,7 @@ impl Results {
         let mem = &self.memory;
         let _ = write!(
             out,
-            "\n### Boot and footprint\n\nBoots run `{}`.\n\n| | time |\n| --- | --- |\n| host stub: process start to first guest instruction | {} |\n| host stub: process start to self-tests done | {} |\n| host stub: whole process | {} |\n| QEMU TCG: whole process | {} |\n\n| footprint | size |\n| --- | --- |\n| guest ELF file | {} KiB |\n| guest loaded image | {} KiB |\n| host stub peak RSS, boot | {:.0} KiB |\n| host stub peak RSS, benchmark run | {:.0} KiB |\n",
+            "\n### Boot and footprint\n\nBoots run `{}`.\n\n| | time |\n| --- | --- |\n| host stub: `main` to the first `KVM_RUN` | {} |\n| host stub: `main` to the guest's exit, self-tests done | {} |\n| host stub: whole process (spawn to exit) | {} |\n| QEMU TCG: whole process (spawn to exit; QEMU does not report the first instruction) | {} |\n\n| footprint | size |\n| --- | --- |\n| guest ELF file | {} KiB |\n| guest loaded image | {} KiB |\n| host stub peak RSS, boot | {:.0} KiB |\n| host stub peak RSS, benchmark run | {:.0} KiB |\n",
             boot.tests,
             human_summary_ns(&boot.host_stub_first_entry_ns),
             human_summary_ns(&boot.host_stub_tests_done_ns),
@@ -251,9 +254,7 @@ impl Results {
             .chain(&self.page_not_present)
             .filter_map(|c| {
                 let b = c.baselines?;
-                let per = c.per_event_ns?;
-                let unit = per.median / b;
-                Some(Bar { label: chart_label(&c.name), value: b, whisker: Some((per.min / unit, per.max / unit)) })
+                Some(Bar { label: chart_label(&c.name), value: b.median, whisker: Some((b.min, b.max)) })
             })
             .collect();
         charts.push((

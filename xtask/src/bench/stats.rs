@@ -42,6 +42,22 @@ impl Summary {
     }
 }
 
+/// An approximate 95% confidence interval for the median of `values`, from order statistics
+/// (distribution-free: the count of values below the true median is binomial(n, 1/2)); `None`
+/// for fewer than 6 values, where such an interval spans everything.
+pub fn median_interval_95(values: &[f64]) -> Option<(f64, f64)> {
+    let n = values.len();
+    if n < 6 || values.iter().any(|v| !v.is_finite()) {
+        return None;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let half_width = 1.96 * (n as f64).sqrt() / 2.0;
+    let lower = ((n as f64 / 2.0 - half_width).floor() as usize).min(n - 1);
+    let upper = ((n as f64 / 2.0 + half_width).ceil() as usize).min(n - 1);
+    Some((sorted[lower], sorted[upper]))
+}
+
 /// A number with the unit that reads best: ns, µs, ms or s.
 pub fn human_ns(ns: f64) -> String {
     if ns >= 1e9 {
@@ -80,6 +96,16 @@ mod tests {
         assert_eq!(Summary::of(&[1.0, -1.0]), None);
         assert!(!Summary::of(&[0.0]).unwrap().is_sane(), "zero is no cost");
         assert!(Summary::of(&[0.5]).unwrap().is_sane());
+    }
+
+    #[test]
+    fn the_median_interval_narrows_with_more_values() {
+        assert_eq!(median_interval_95(&[1.0, 2.0, 3.0]), None);
+        let values: Vec<f64> = (1..=60).map(f64::from).collect();
+        // 60 values: ranks 30 -/+ 7.6, so the 22nd and 38th smallest (0-based 22 and 38).
+        assert_eq!(median_interval_95(&values), Some((23.0, 39.0)));
+        let (lo, hi) = median_interval_95(&(1..=600).map(f64::from).collect::<Vec<_>>()).unwrap();
+        assert!(lo > 270.0 && hi < 330.0, "{lo} {hi}");
     }
 
     #[test]

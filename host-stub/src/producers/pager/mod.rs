@@ -269,7 +269,7 @@ impl Pager {
                 let waited_since = Instant::now();
                 let outcome = self.wait_for(page, gpa);
                 let waited_until = Instant::now();
-                self.shared.lock().core.counters.sync_wait_us += (waited_until - waited_since).as_micros() as u64;
+                self.shared.lock().core.counters.sync_wait_ns += (waited_until - waited_since).as_nanos() as u64;
                 trace.complete(Track::Vcpu(vcpu), "pnp synchronous wait", waited_since, waited_until, || {
                     vec![("page", Arg::Uint(page)), ("gpa", Arg::Hex(gpa))]
                 });
@@ -684,7 +684,7 @@ impl ExitHandler for Pager {
             ("resolved_failed", c.resolved_failed),
             ("resolved_before_event", c.resolved_before_event),
             ("sync_waits", c.sync_waits),
-            ("sync_wait_us", c.sync_wait_us),
+            ("sync_wait_ns", c.sync_wait_ns),
             ("pages_fetched", c.pages_fetched),
             ("pages_evicted", c.pages_evicted),
             ("outstanding", outstanding as u64),
@@ -763,7 +763,7 @@ fn counter_value(inner: &Inner, counter: HostCounter) -> u64 {
         }
         HostCounter::PagesFetched => c.pages_fetched,
         HostCounter::ResolvedBeforeEvent => c.resolved_before_event,
-        HostCounter::SyncWaitMicros => c.sync_wait_us,
+        HostCounter::SyncWaitNanos => c.sync_wait_ns,
     }
 }
 

@@ -187,8 +187,8 @@ pub struct Counters {
     pub resolved_failed: u64,
     pub resolved_before_event: u64,
     pub sync_waits: u64,
-    /// Microseconds vCPUs spent blocked on the synchronous path.
-    pub sync_wait_us: u64,
+    /// Nanoseconds vCPUs spent blocked on the synchronous path.
+    pub sync_wait_ns: u64,
     pub pages_fetched: u64,
     pub fetches_failed: u64,
     pub pages_evicted: u64,
