@@ -284,10 +284,12 @@ impl BarChart {
                     x + 5.0
                 );
             }
+            // Above the bar and its whisker, whichever is higher.
+            let top = bar.whisker.map_or(y, |(_, hi)| y.min(axis.y(hi)));
             let _ = write!(
                 out,
                 r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle" font-size="11">{}</text>"#,
-                y - 6.0,
+                top - 6.0,
                 number(bar.value)
             );
             let _ = write!(
