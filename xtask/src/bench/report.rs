@@ -82,13 +82,15 @@ pub struct Results {
     pub goals: Vec<Goal>,
 }
 
-/// Where a goal stands: met, not met, not judged (a quick run), or not measurable.
+/// Where a goal stands: met, not met, not judged (a quick run, or a measurement whose interval
+/// straddles the goal), or not measurable.
 pub fn goal_status(goal: &Goal, quick: bool) -> &'static str {
     match (goal.met, goal.measured.is_some()) {
         (Some(true), _) => "met",
         (Some(false), _) => "not met",
         (None, true) if quick => "not judged: quick run with the dev build",
-        (None, _) => "n/a",
+        (None, true) => "not judged: the measurement cannot tell",
+        (None, false) => "n/a",
     }
 }
 
