@@ -5,7 +5,7 @@
 //!
 //! On the PVM `/dev/kvm` of these machines the guest kernel's instructions are emulated and CPL 3
 //! code runs natively, and port I/O is not possible at CPL 3 there. So exits are timed from a
-//! tight kernel loop, minus what the loop itself costs (measured once per run, see [`EmptyLoop`]):
+//! tight kernel loop, minus what the loop itself costs (measured once per run, see `EmptyLoop`):
 //! what is left is the exit round trip (and the injected event's handling). Costs that are
 //! compared with the round trip carry the round trip measured right next to them, because this
 //! machine's speed drifts. Workloads compute at CPL 3 and time themselves from inside their
