@@ -15,7 +15,7 @@ use pvagent_abi::pvh::HvmMemmapEntry;
 use vm_memory::GuestMemoryMmap;
 
 use crate::cpuid::CpuidTable;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::trace::Tracer;
 
 /// Whether a handler took care of an exit.
@@ -84,6 +84,42 @@ pub struct VcpuCtx<'a> {
     pub mem: &'a GuestMemoryMmap,
     /// Set by a handler to end the run after this exit.
     pub stop: Option<Stop>,
+}
+
+impl VcpuCtx<'_> {
+    /// Injects exception `vector` into the vCPU, delivered at the next entry, with `error_code`
+    /// when the vector pushes one. Only the exception changes: NMI, SIPI, SMM and the interrupt
+    /// shadow are left as they are.
+    pub fn inject_exception(&self, vector: u8, error_code: Option<u32>) -> Result<()> {
+        let mut events = self.vcpu.get_vcpu_events().map_err(Error::GetVcpuEvents)?;
+        events.exception.injected = 1;
+        events.exception.pending = 0;
+        events.exception.nr = vector;
+        events.exception.has_error_code = u8::from(error_code.is_some());
+        events.exception.error_code = error_code.unwrap_or(0);
+        events.flags = 0;
+        self.vcpu.set_vcpu_events(&events).map_err(Error::SetVcpuEvents)
+    }
+}
+
+/// The first (up to) eight bytes of a port or MMIO write, little-endian: the value it stored.
+pub fn out_value(data: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let len = data.len().min(8);
+    bytes[..len].copy_from_slice(&data[..len]);
+    u64::from_le_bytes(bytes)
+}
+
+/// The first (up to) four bytes of an `out`, little-endian: the value a 32-bit port write stored.
+pub fn out_word(data: &[u8]) -> u32 {
+    out_value(data) as u32
+}
+
+/// Fills an `in`'s data with the low bytes of `value`, little-endian.
+pub fn fill_in(data: &mut [u8], value: u32) {
+    for (d, b) in data.iter_mut().zip(value.to_le_bytes().into_iter().chain(std::iter::repeat(0))) {
+        *d = b;
+    }
 }
 
 /// End-of-run numbers and notes from every handler.

@@ -7,7 +7,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 
 use crate::error::{Error, Result};
-use crate::handler::{ExitHandler, Handled, MsrAnswer, Stop, VcpuCtx};
+use crate::handler::{ExitHandler, Handled, MsrAnswer, Stop, VcpuCtx, out_value, out_word};
 use crate::kvm_run;
 use crate::memory;
 use crate::trace::{Arg, Args, Tracer, Track};
@@ -52,28 +52,20 @@ fn copy_exit(exit: VcpuExit<'_>) -> Exit {
     }
 }
 
-/// The first (up to) 8 bytes of an access, little-endian: the value a port or MMIO write stored.
-fn value_of(data: &[u8]) -> u64 {
-    let mut bytes = [0u8; 8];
-    let len = data.len().min(8);
-    bytes[..len].copy_from_slice(&data[..len]);
-    u64::from_le_bytes(bytes)
-}
-
 /// An exit as the timeline shows it: its name and what identifies it (port, address, MSR).
 fn timeline_entry(exit: &Exit) -> (&'static str, Args) {
     let size = |len: usize| ("size", Arg::Uint(len as u64));
     match exit {
         Exit::IoOut { port, data } if *port == pvagent_abi::port::HYPERCALL => {
-            ("hypercall", vec![("request_gpa", Arg::Hex(value_of(data)))])
+            ("hypercall", vec![("request_gpa", Arg::Hex(out_value(data)))])
         }
         Exit::IoOut { port, data } => {
-            ("io out", vec![("port", Arg::Hex((*port).into())), size(data.len()), ("value", Arg::Hex(value_of(data)))])
+            ("io out", vec![("port", Arg::Hex((*port).into())), size(data.len()), ("value", Arg::Hex(out_value(data)))])
         }
         Exit::IoIn { port, len } => ("io in", vec![("port", Arg::Hex((*port).into())), size(*len)]),
         Exit::MmioRead { addr, len } => ("mmio read", vec![("address", Arg::Hex(*addr)), size(*len)]),
         Exit::MmioWrite { addr, data } => {
-            ("mmio write", vec![("address", Arg::Hex(*addr)), size(data.len()), ("value", Arg::Hex(value_of(data)))])
+            ("mmio write", vec![("address", Arg::Hex(*addr)), size(data.len()), ("value", Arg::Hex(out_value(data)))])
         }
         Exit::Rdmsr { index } => ("rdmsr", vec![("msr", Arg::Hex((*index).into()))]),
         Exit::Wrmsr { index, value } => {
@@ -202,6 +194,19 @@ impl Vcpu {
         }
     }
 
+    /// Answers an MSR exit: the value read or accepted, or #GP for a fault and for an MSR no
+    /// handler knows (counted).
+    fn complete_msr(&mut self, answer: MsrAnswer) {
+        if answer == MsrAnswer::NotMine {
+            self.unclaimed.msr += 1;
+        }
+        let value = match answer {
+            MsrAnswer::Value(v) => Some(v),
+            MsrAnswer::NotMine | MsrAnswer::Fault => None,
+        };
+        kvm_run::complete_msr(&mut self.fd, value);
+    }
+
     fn dispatch(
         &mut self,
         exit: Exit,
@@ -213,7 +218,7 @@ impl Vcpu {
         let mut ctx = VcpuCtx { index: self.index, vcpu: &self.fd, vm, mem, stop: None };
         match exit {
             Exit::IoOut { port, data } if port == pvagent_abi::port::HYPERCALL && data.len() == 4 => {
-                let gpa = u64::from(u32::from_le_bytes([data[0], data[1], data[2], data[3]]));
+                let gpa = u64::from(out_word(&data));
                 hypercall(&mut ctx, handlers, gpa)?;
             }
             Exit::IoOut { port, data } => {
@@ -246,32 +251,14 @@ impl Vcpu {
             }
             Exit::Rdmsr { index } => {
                 let answer = msr(handlers, |h| h.rdmsr(&mut ctx, index))?;
-                if answer == MsrAnswer::NotMine {
-                    self.unclaimed.msr += 1;
-                }
                 let stop = ctx.stop;
-                kvm_run::complete_msr(
-                    &mut self.fd,
-                    match answer {
-                        MsrAnswer::Value(v) => Some(v),
-                        MsrAnswer::NotMine | MsrAnswer::Fault => None,
-                    },
-                );
+                self.complete_msr(answer);
                 return Ok(stop);
             }
             Exit::Wrmsr { index, value } => {
                 let answer = msr(handlers, |h| h.wrmsr(&mut ctx, index, value))?;
-                if answer == MsrAnswer::NotMine {
-                    self.unclaimed.msr += 1;
-                }
                 let stop = ctx.stop;
-                kvm_run::complete_msr(
-                    &mut self.fd,
-                    match answer {
-                        MsrAnswer::Value(v) => Some(v),
-                        MsrAnswer::NotMine | MsrAnswer::Fault => None,
-                    },
-                );
+                self.complete_msr(answer);
                 return Ok(stop);
             }
             Exit::MemoryFault { gpa, size, flags } => {

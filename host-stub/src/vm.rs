@@ -14,10 +14,10 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::config::Config;
 use crate::cpuid::CpuidTable;
-use crate::devices::bench::{Bench, fill_le, word};
+use crate::devices::bench::Bench;
 use crate::devices::{BasicHypercalls, debug_exit::DebugExit, serial::Serial, trace::TracePort};
 use crate::error::{Error, Result};
-use crate::handler::{AttachCtx, ExitHandler, Report, Stop};
+use crate::handler::{AttachCtx, ExitHandler, Report, Stop, fill_in, out_word};
 use crate::loader::{self, Loaded};
 use crate::memory::{self, START_INFO_GPA};
 use crate::report::RunResult;
@@ -386,14 +386,16 @@ impl Vm {
                 Ok(VcpuExit::IoOut(port, data)) if port == COM1 + 3 => {
                     dlab = data.first().is_some_and(|b| b & 0x80 != 0)
                 }
-                Ok(VcpuExit::IoOut(port, data)) if port == DEBUG_EXIT => break BareEnd::GuestExit(word(data)),
+                Ok(VcpuExit::IoOut(port, data)) if port == DEBUG_EXIT => break BareEnd::GuestExit(out_word(data)),
                 Ok(VcpuExit::IoOut(port, data))
-                    if port == BENCH_NULL && until == BareUntil::SwitchBack && word(data) == BenchLoop::Stub as u32 =>
+                    if port == BENCH_NULL
+                        && until == BareUntil::SwitchBack
+                        && out_word(data) == BenchLoop::Stub as u32 =>
                 {
                     break BareEnd::SwitchedBack;
                 }
                 Ok(VcpuExit::IoOut(..)) | Ok(VcpuExit::MmioWrite(..)) => {}
-                Ok(VcpuExit::IoIn(port, data)) if port == BENCH_NULL => fill_le(data, BenchLoop::Bare as u32),
+                Ok(VcpuExit::IoIn(port, data)) if port == BENCH_NULL => fill_in(data, BenchLoop::Bare as u32),
                 Ok(VcpuExit::IoIn(port, data)) => data.fill(if port == COM1 + 5 { 0x60 } else { 0 }),
                 Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xFF),
                 Ok(VcpuExit::X86Rdmsr(msr)) => *msr.error = 1,

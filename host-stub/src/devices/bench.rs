@@ -11,7 +11,7 @@ use kvm_ioctls::VmFd;
 use pvagent_abi::port::{BENCH_INJECT, BENCH_NULL, BenchInject, BenchLoop};
 
 use crate::error::{Error, Result};
-use crate::handler::{ExitHandler, Handled, Report, Stop, VcpuCtx};
+use crate::handler::{ExitHandler, Handled, Report, Stop, VcpuCtx, fill_in, out_word};
 use crate::trace::{Arg, Tracer, Track};
 
 /// The bench device.
@@ -43,21 +43,6 @@ fn injectable(vector: u8) -> Option<bool> {
     }
 }
 
-/// Fills an `in`'s data with the low bytes of `value`.
-pub(crate) fn fill_le(data: &mut [u8], value: u32) {
-    for (d, b) in data.iter_mut().zip(value.to_le_bytes().into_iter().chain(std::iter::repeat(0))) {
-        *d = b;
-    }
-}
-
-/// The first (up to) four bytes of an `out`, little-endian.
-pub(crate) fn word(data: &[u8]) -> u32 {
-    let mut w = [0u8; 4];
-    let len = data.len().min(4);
-    w[..len].copy_from_slice(&data[..len]);
-    u32::from_le_bytes(w)
-}
-
 impl ExitHandler for Bench {
     fn name(&self) -> &'static str {
         "bench"
@@ -66,7 +51,7 @@ impl ExitHandler for Bench {
     fn io_out(&mut self, ctx: &mut VcpuCtx<'_>, port: u16, data: &[u8]) -> Result<Handled> {
         match port {
             BENCH_NULL => {
-                match word(data) {
+                match out_word(data) {
                     0 => self.null_exits += 1,
                     v if v == BenchLoop::Bare as u32 => {
                         self.bare_loop_requests += 1;
@@ -79,7 +64,7 @@ impl ExitHandler for Bench {
                 Ok(Handled::Yes)
             }
             BENCH_INJECT => {
-                match BenchInject::decode(word(data)) {
+                match BenchInject::decode(out_word(data)) {
                     Some((BenchInject::None, _, _)) => self.null_exits += 1,
                     Some((BenchInject::Interrupt, vector, _)) if vector >= 32 => {
                         let msi = kvm_msi {
@@ -94,14 +79,7 @@ impl ExitHandler for Bench {
                         });
                     }
                     Some((BenchInject::Exception, vector, _)) if let Some(has_error_code) = injectable(vector) => {
-                        let mut events = ctx.vcpu.get_vcpu_events().map_err(Error::GetVcpuEvents)?;
-                        events.exception.injected = 1;
-                        events.exception.pending = 0;
-                        events.exception.nr = vector;
-                        events.exception.has_error_code = u8::from(has_error_code);
-                        events.exception.error_code = 0;
-                        events.flags = 0;
-                        ctx.vcpu.set_vcpu_events(&events).map_err(Error::SetVcpuEvents)?;
+                        ctx.inject_exception(vector, has_error_code.then_some(0))?;
                         self.injected += 1;
                         self.tracer.instant(Track::Vcpu(ctx.index), "inject exception", || {
                             vec![("vector", Arg::Uint(vector.into())), ("by", Arg::Text("bench".into()))]
@@ -121,7 +99,7 @@ impl ExitHandler for Bench {
         if port != BENCH_NULL {
             return Ok(Handled::No);
         }
-        fill_le(data, BenchLoop::Stub as u32);
+        fill_in(data, BenchLoop::Stub as u32);
         Ok(Handled::Yes)
     }
 

@@ -3,7 +3,7 @@
 use pvagent_abi::port::DEBUG_EXIT;
 
 use crate::error::Result;
-use crate::handler::{ExitHandler, Handled, Stop, VcpuCtx};
+use crate::handler::{ExitHandler, Handled, Stop, VcpuCtx, out_word};
 
 /// The exit port.
 #[derive(Debug, Default)]
@@ -18,10 +18,7 @@ impl ExitHandler for DebugExit {
         if port != DEBUG_EXIT {
             return Ok(Handled::No);
         }
-        let mut word = [0u8; 4];
-        let len = data.len().min(4);
-        word[..len].copy_from_slice(&data[..len]);
-        ctx.stop = Some(Stop::GuestExit(u32::from_le_bytes(word)));
+        ctx.stop = Some(Stop::GuestExit(out_word(data)));
         Ok(Handled::Yes)
     }
 }

@@ -558,9 +558,7 @@ impl ExitHandler for Pager {
         if port != BENCH_INJECT || data.len() != 4 {
             return Ok(Handled::No);
         }
-        let Some((BenchInject::PageNotPresent, _, page)) =
-            BenchInject::decode(u32::from_le_bytes([data[0], data[1], data[2], data[3]]))
-        else {
+        let Some((BenchInject::PageNotPresent, _, page)) = BenchInject::decode(crate::handler::out_word(data)) else {
             return Ok(Handled::No);
         };
         let mut inner = self.shared.lock();

@@ -295,15 +295,7 @@ fn verdict_counter(verdict: Verdict) -> &'static str {
 /// Injects #AC (error code 0) into the vCPU, to be delivered at the next entry; `why` goes on
 /// the timeline.
 fn inject_ac(ctx: &VcpuCtx<'_>, trace: &Tracer, why: Verdict) -> Result<()> {
-    let mut events = ctx.vcpu.get_vcpu_events().map_err(Error::GetVcpuEvents)?;
-    events.exception.injected = 1;
-    events.exception.pending = 0;
-    events.exception.nr = sld::AC_VECTOR;
-    events.exception.has_error_code = 1;
-    events.exception.error_code = 0;
-    // Only the exception changes; leave NMI, SIPI, SMM and the interrupt shadow alone.
-    events.flags = 0;
-    ctx.vcpu.set_vcpu_events(&events).map_err(Error::SetVcpuEvents)?;
+    ctx.inject_exception(sld::AC_VECTOR, Some(0))?;
     trace.instant(Track::Vcpu(ctx.index), "inject #AC", || {
         vec![("vector", Arg::Uint(sld::AC_VECTOR.into())), ("verdict", Arg::Text(format!("{why:?}").into()))]
     });
