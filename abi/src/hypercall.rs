@@ -55,6 +55,14 @@ pub enum Nr: u32 {
     /// Page-not-present: `ret[0]` = the host counter `args[0]` (a
     /// [`crate::pnp::HostCounter`]) for the calling vCPU's protocol state.
     PnpStats = 0x204,
+    /// Page-not-present: release the held page at GPA `args[0]` ([`crate::pnp::PageBehaviour::Held`]):
+    /// its fetch starts now. `ret[0]` = 1 if a held fetch started, 0 if the page was not held
+    /// (a page not yet touched loses its hold: its next fetch is normal).
+    PnpRelease = 0x205,
+    /// Page-not-present: when resolutions are written relative to their events, from now on
+    /// (`args[0]`: a [`crate::pnp::ResolutionTiming`]). Resolutions held back for
+    /// `AfterEventTaken` are written when their event is taken, whatever is set later.
+    PnpSetTiming = 0x206,
 }
 }
 

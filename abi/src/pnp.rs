@@ -72,6 +72,11 @@ unsafe impl Plain for PageNotPresentData {}
 
 /// Offset of `inuse` (what both sides access atomically).
 pub const DATA_INUSE_OFFSET: u64 = 0;
+/// Offset of `token`.
+pub const DATA_TOKEN_OFFSET: u64 = 4;
+
+const _: () = assert!(core::mem::offset_of!(PageNotPresentData, inuse) as u64 == DATA_INUSE_OFFSET);
+const _: () = assert!(core::mem::offset_of!(PageNotPresentData, token) as u64 == DATA_TOKEN_OFFSET);
 
 /// One ring entry. 8 bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -178,6 +183,30 @@ pub enum PageBehaviour: u64 {
     Fail = 1,
     /// Available at once: the host writes the resolution before it delivers the event.
     Immediate = 2,
+    /// Held: the page's fetch starts only when the guest releases it with
+    /// [`crate::hypercall::Nr::PnpRelease`], so a test can keep a token outstanding for as long
+    /// as it needs, whatever the machine's speed. An access that must wait synchronously for a
+    /// held page releases it (it could wait for ever otherwise).
+    Held = 3,
+}
+}
+
+crate::wire_enum! {
+/// When the host writes a resolution, relative to the event it resolves (a test and benchmark
+/// control, [`crate::hypercall::Nr::PnpSetTiming`]; not part of the protocol a production host
+/// offers). Each value forces one of the guest's paths whatever the machine's speed or load.
+pub enum ResolutionTiming: u64 {
+    /// As the protocol allows: as soon as the page is ready, before or after the guest took the
+    /// event. Which comes first depends on the page-in latency and on the machine.
+    WhenReady = 0,
+    /// Only once the guest has taken the event (its event area no longer holds that token).
+    /// The guest keeps interrupts off from taking an event to parking its task or halting, so
+    /// every event then waits: a task parks, or the HLT loop halts.
+    AfterEventTaken = 1,
+    /// Every absent page is made present at once and its resolution written before its event
+    /// (as [`PageBehaviour::Immediate`] for every page): the guest finds every event already
+    /// resolved and nobody waits.
+    BeforeEvent = 2,
 }
 }
 

@@ -6,7 +6,9 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use pvagent_abi::cpuid::Features;
 use pvagent_abi::hypercall::Nr;
-use pvagent_abi::pnp::{self as abi, HostCounter, HostMode, PageBehaviour, PageNotPresentData, Resolution, Token};
+use pvagent_abi::pnp::{
+    self as abi, HostCounter, HostMode, PageBehaviour, PageNotPresentData, Resolution, ResolutionTiming, Token,
+};
 
 use super::ring::{Drain, RingConsumer, RingMemory};
 use super::tokens::{EventOutcome, ResolutionOutcome, TokenStats, TokenTable, Waiter};
@@ -306,6 +308,9 @@ fn on_event(frame: &mut TrapFrame) {
         return;
     }
     let data = view.read_data();
+    // Interrupts stay off (an interrupt gate) from here until the task is parked or the HLT loop
+    // halts: a resolution written after this store always finds its waiter registered. Hosts
+    // rely on it to force the waiting paths (`ResolutionTiming::AfterEventTaken`).
     view.inuse().store(0, Ordering::Release);
     let token = Token(data.token);
 
@@ -400,6 +405,18 @@ pub fn set_latency_ns(min: u64, max: u64) -> Result<(), HypercallError> {
 /// Sets how the host treats the next fetch of the page at `gpa`.
 pub fn set_page_behaviour(gpa: u64, behaviour: PageBehaviour) -> Result<(), HypercallError> {
     host_call(Nr::PnpSetPage, [gpa, behaviour as u64, 0, 0]).map(|_| ())
+}
+
+/// Sets when the host writes resolutions relative to their events, from now on (a test and
+/// benchmark control: it decides which path the next events take).
+pub fn set_timing(timing: ResolutionTiming) -> Result<(), HypercallError> {
+    host_call(Nr::PnpSetTiming, [timing as u64, 0, 0, 0]).map(|_| ())
+}
+
+/// Starts the fetch of the held page at `gpa` ([`PageBehaviour::Held`]). Returns whether it was
+/// held.
+pub fn release(gpa: u64) -> Result<bool, HypercallError> {
+    host_call(Nr::PnpRelease, [gpa, 0, 0, 0]).map(|r| r[0] == 1)
 }
 
 /// Makes `pages` pages from `gpa` absent again.

@@ -20,6 +20,7 @@
 
 pub mod config;
 pub mod fetch;
+pub mod poller;
 pub mod region;
 pub mod registration;
 pub mod state;
@@ -34,15 +35,18 @@ use kvm_bindings::kvm_msi;
 use kvm_ioctls::VmFd;
 use pvagent_abi::cpuid::{self as abi_cpuid, Features};
 use pvagent_abi::hypercall::{Nr, Status};
-use pvagent_abi::pnp::{self as abi, HostCounter, HostMode, PageBehaviour, PageNotPresentData, Resolution, Token};
+use pvagent_abi::pnp::{
+    self as abi, HostCounter, HostMode, PageBehaviour, PageNotPresentData, Resolution, ResolutionTiming, Token,
+};
 use pvagent_abi::pvh::{HvmMemmapEntry, MEMMAP_TYPE_RESERVED};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use self::config::PagerConfig;
 use self::fetch::FetchPool;
+use self::poller::Poller;
 use self::region::{DemandRegion, PAGE};
 use self::registration::{Registration, interrupt_deliverable, is_protocol_msr, processor_priority_class};
-use self::state::{Decision, PageIndex, PageState, PagerCore};
+use self::state::{Decision, PageIndex, PageState, PagerCore, Release};
 use crate::cpuid::CpuidTable;
 use crate::error::{Error, Result};
 use crate::handler::{AttachCtx, ExitHandler, Handled, MsrAnswer, Report, VcpuCtx};
@@ -50,6 +54,10 @@ use crate::memory;
 use crate::trace::{Arg, Tracer, Track};
 
 const NAME: &str = "pager";
+
+/// How often the poller looks for events the guest took while their resolutions are held back.
+/// It only sets how soon the host notices; the guest's path does not depend on it.
+const HELD_BACK_POLL_INTERVAL: Duration = Duration::from_micros(20);
 
 fn failure(message: impl Into<String>) -> Error {
     Error::Producer { producer: NAME, message: message.into() }
@@ -82,6 +90,11 @@ struct Inner {
     /// The vCPU thread, to kick out of KVM_RUN when a violation must stop the guest.
     vcpu_thread: Option<libc::pthread_t>,
     msi_refused: u64,
+    /// Resolutions whose page is ready but whose event the guest has not taken yet
+    /// ([`ResolutionTiming::AfterEventTaken`]): (vCPU, token, result).
+    held_back: Vec<(usize, Token, u32)>,
+    /// Arms the poller that writes them once their events are taken.
+    held_back_poller: Option<poller::Arm>,
     /// The run's timeline: tokens, fetches and synchronous waits go on it.
     trace: Tracer,
 }
@@ -93,6 +106,8 @@ struct Shared {
     /// Set (under the lock) with `Inner::violation`, so that the vCPU need not take the lock
     /// before every entry to learn that there is none.
     violation_pending: AtomicBool,
+    /// Set (under the lock) while `Inner::held_back` is not empty, for the same reason.
+    held_back_pending: AtomicBool,
 }
 
 impl Shared {
@@ -106,6 +121,8 @@ pub struct Pager {
     config: PagerConfig,
     shared: Arc<Shared>,
     fetchers: Option<FetchPool>,
+    /// Watches for the guest taking events whose resolutions are held back.
+    poller: Option<Poller>,
     /// Accesses that reached the host as a bare EFAULT (PVM, guest CPL 3) and were decoded.
     efaults: u64,
     /// Whether the fetchers know the vCPU thread (to kick it) yet.
@@ -139,6 +156,8 @@ impl Pager {
             violation: None,
             vcpu_thread: None,
             msi_refused: 0,
+            held_back: Vec::new(),
+            held_back_poller: None,
             trace: Tracer::off(),
         };
         Ok(Self {
@@ -147,8 +166,10 @@ impl Pager {
                 inner: Mutex::new(inner),
                 fetched: Condvar::new(),
                 violation_pending: AtomicBool::new(false),
+                held_back_pending: AtomicBool::new(false),
             }),
             fetchers: None,
+            poller: None,
             efaults: 0,
             vcpu_thread_known: false,
         })
@@ -286,6 +307,25 @@ impl Pager {
             complete_fetch(&self.shared, page);
         }
         Ok(Handled::Yes)
+    }
+
+    /// `PnpRelease`: starts the fetch of a held page.
+    fn release(&self, gpa: u64) -> Result<[u64; 2], Status> {
+        let mut guard = self.shared.lock();
+        let inner = &mut *guard;
+        let page = inner.region.as_ref().and_then(|r| r.page_of(gpa)).ok_or(Status::InvalidArgument)?;
+        match inner.core.release(page) {
+            Release::Start(_) => {
+                let complete_now = self.submit(inner, page);
+                drop(guard);
+                if complete_now {
+                    complete_fetch(&self.shared, page);
+                }
+                Ok([1, 0])
+            }
+            Release::NotHeld => Ok([0; 2]),
+            Release::OutOfRange => Err(Status::InvalidArgument),
+        }
     }
 
     /// The synchronous path: block the vCPU until the page's fetch is over.
@@ -452,23 +492,91 @@ fn complete_fetch(shared: &Shared, page: PageIndex) {
     };
     let mut problem = outcome.err();
     for (vcpu, token) in waiters {
-        if let Err(e) = post_resolution(inner, vcpu, token, result) {
+        if let Err(e) = resolve(shared, inner, vcpu, token, result) {
             problem.get_or_insert(e);
         }
     }
     if let Some(problem) = problem {
-        inner.violation.get_or_insert(problem);
-        shared.violation_pending.store(true, Ordering::Release);
-        if let Some(thread) = inner.vcpu_thread {
-            // SAFETY: the vCPU thread outlives the fetchers (they are joined when the pager,
-            // owned by the VM that runs on that thread, is dropped); the kick signal has a
-            // handler (watchdog::install_handler).
-            unsafe { libc::pthread_kill(thread, crate::watchdog::kick_signal()) };
-        }
+        report_violation(shared, inner, problem);
     }
     inner.trace.fetch_completed(page, result, tokens, started);
     drop(guard);
     shared.fetched.notify_all();
+}
+
+/// Hands a protocol violation found off the vCPU thread to the vCPU thread, which stops the
+/// guest with it.
+fn report_violation(shared: &Shared, inner: &mut Inner, problem: String) {
+    inner.violation.get_or_insert(problem);
+    shared.violation_pending.store(true, Ordering::Release);
+    if let Some(thread) = inner.vcpu_thread {
+        // SAFETY: the vCPU thread outlives the fetchers and the poller (they are joined when
+        // the pager, owned by the VM that runs on that thread, is dropped); the kick signal has
+        // a handler (watchdog::install_handler).
+        unsafe { libc::pthread_kill(thread, crate::watchdog::kick_signal()) };
+    }
+}
+
+/// Writes the resolution of `token` now, or holds it back until the guest has taken the
+/// token's event when the timing asks for that.
+fn resolve(shared: &Shared, inner: &mut Inner, vcpu: usize, token: Token, result: u32) -> Result<(), String> {
+    if inner.core.timing == ResolutionTiming::AfterEventTaken && !event_taken(inner, vcpu, token)? {
+        inner.core.counters.resolutions_held_back += 1;
+        inner.held_back.push((vcpu, token, result));
+        shared.held_back_pending.store(true, Ordering::Release);
+        if let Some(arm) = &inner.held_back_poller {
+            arm.arm();
+        }
+        return Ok(());
+    }
+    post_resolution(inner, vcpu, token, result)
+}
+
+/// Whether the guest has taken the event that carried `token`: its event area no longer holds
+/// it (the host fills the area only when it is free, so a different token there means this one
+/// was taken too).
+fn event_taken(inner: &Inner, vcpu: usize, token: Token) -> Result<bool, String> {
+    let Some(a) = inner.vcpus.get(vcpu).and_then(Registration::active) else {
+        // Unregistered: nothing will take it; writing the resolution reports that.
+        return Ok(true);
+    };
+    let ram = inner.ram.as_ref().ok_or("not attached")?;
+    let inuse: u32 = ram
+        .load(GuestAddress(a.data_gpa + abi::DATA_INUSE_OFFSET), Ordering::Acquire)
+        .map_err(|e| format!("reading the event area: {e}"))?;
+    if inuse == 0 {
+        return Ok(true);
+    }
+    let held: u32 = ram
+        .load(GuestAddress(a.data_gpa + abi::DATA_TOKEN_OFFSET), Ordering::Relaxed)
+        .map_err(|e| format!("reading the event area: {e}"))?;
+    Ok(held != token.0)
+}
+
+/// Writes every held-back resolution whose event the guest has taken since. Returns whether
+/// some are still held back.
+fn write_taken_resolutions(shared: &Shared, inner: &mut Inner) -> bool {
+    let mut problem = None;
+    let held = std::mem::take(&mut inner.held_back);
+    for (vcpu, token, result) in held {
+        match event_taken(inner, vcpu, token) {
+            Ok(false) => inner.held_back.push((vcpu, token, result)),
+            Ok(true) => {
+                if let Err(e) = post_resolution(inner, vcpu, token, result) {
+                    problem.get_or_insert(e);
+                }
+            }
+            Err(e) => {
+                problem.get_or_insert(e);
+            }
+        }
+    }
+    let pending = !inner.held_back.is_empty();
+    shared.held_back_pending.store(pending, Ordering::Release);
+    if let Some(problem) = problem {
+        report_violation(shared, inner, problem);
+    }
+    pending
 }
 
 impl ExitHandler for Pager {
@@ -505,6 +613,12 @@ impl ExitHandler for Pager {
             FetchPool::start(self.config.fetchers, complete)
                 .map_err(|e| failure(format!("cannot start the fetcher threads: {e}")))?,
         );
+        let shared = self.shared.clone();
+        let check: poller::Check = Box::new(move || write_taken_resolutions(&shared, &mut shared.lock()));
+        let poller = Poller::start("pnp-held-back", HELD_BACK_POLL_INTERVAL, check)
+            .map_err(|e| failure(format!("cannot start the held-back resolution poller: {e}")))?;
+        self.shared.lock().held_back_poller = Some(poller.arm_handle());
+        self.poller = Some(poller);
         Ok(())
     }
 
@@ -529,6 +643,12 @@ impl ExitHandler for Pager {
             // SAFETY: pthread_self has no preconditions.
             self.shared.lock().vcpu_thread = Some(unsafe { libc::pthread_self() });
             self.vcpu_thread_known = true;
+        }
+        if self.shared.held_back_pending.load(Ordering::Acquire) {
+            // The vCPU is about to run: an event it took since is worth acting on now, before
+            // it runs on (the poller would do it too, a little later).
+            let mut inner = self.shared.lock();
+            write_taken_resolutions(&self.shared, &mut inner);
         }
         if !self.shared.violation_pending.load(Ordering::Acquire) {
             return Ok(());
@@ -621,6 +741,9 @@ impl ExitHandler for Pager {
 
     fn hypercall(&mut self, ctx: &mut VcpuCtx<'_>, nr: u32, args: [u64; 4]) -> Option<Result<[u64; 2], Status>> {
         let nr = Nr::try_from(nr).ok()?;
+        if nr == Nr::PnpRelease {
+            return Some(self.release(args[0]));
+        }
         let mut inner = self.shared.lock();
         let inner = &mut *inner;
         let page_of = |inner: &Inner, gpa: u64| inner.region.as_ref().and_then(|r| r.page_of(gpa));
@@ -648,6 +771,13 @@ impl ExitHandler for Pager {
                 _ => Err(Status::InvalidArgument),
             },
             Nr::PnpEvict => evict(inner, args[0], args[1]),
+            Nr::PnpSetTiming => match ResolutionTiming::try_from(args[0]) {
+                Ok(timing) => {
+                    inner.core.timing = timing;
+                    Ok([0; 2])
+                }
+                Err(_) => Err(Status::InvalidArgument),
+            },
             Nr::PnpStats => {
                 if let Some(a) = inner.vcpus.get(ctx.index).and_then(Registration::active)
                     && observe_tail(inner, ctx.index, a).is_err()
@@ -664,8 +794,9 @@ impl ExitHandler for Pager {
     }
 
     fn finish(&mut self, report: &mut Report) -> Result<()> {
-        // Stop the fetchers first: nothing changes after this.
+        // Stop the fetchers and the poller first: nothing changes after this.
         self.fetchers = None;
+        self.poller = None;
         let mut inner = self.shared.lock();
         let inner = &mut *inner;
         for vcpu in 0..inner.vcpus.len() {
@@ -690,6 +821,8 @@ impl ExitHandler for Pager {
             ("msi_refused", inner.msi_refused),
             ("decoded_efaults", self.efaults),
             ("retries_for_pending_event", c.retries_for_pending_event),
+            ("resolutions_held_back", c.resolutions_held_back),
+            ("holds_released_by_sync_wait", c.holds_released_by_sync_wait),
         ] {
             report.counter(NAME, key, value);
         }

@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 
-use pvagent_abi::pnp::{HostMode, PageBehaviour, RESULT_FAILED, RESULT_RETRY, Token, next_sequence};
+use pvagent_abi::pnp::{HostMode, PageBehaviour, RESULT_FAILED, RESULT_RETRY, ResolutionTiming, Token, next_sequence};
 
 /// A page of the demand region, by index.
 pub type PageIndex = u64;
@@ -15,8 +15,10 @@ pub type PageIndex = u64;
 pub enum PageState {
     /// Not in guest memory; its contents are in the backing store.
     Absent,
-    /// Being fetched; these tokens wait for it. `failing`: the fetch will fail.
-    Fetching { failing: bool, waiters: Vec<(usize, Token)> },
+    /// Being fetched; these tokens wait for it. `failing`: the fetch will fail. `held`: the
+    /// fetch has not started and starts only when the guest releases the page
+    /// ([`PageBehaviour::Held`]).
+    Fetching { failing: bool, held: bool, waiters: Vec<(usize, Token)> },
     /// In guest memory.
     Present,
     /// The fetch failed; the page will not come (until evicted and fetched again).
@@ -48,6 +50,17 @@ pub enum Decision {
     StopFailedPage,
 }
 
+/// What releasing a page did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    /// The page was held: start this fetch now.
+    Start(Fetch),
+    /// The page was not held (a hold set for its next fetch, if any, is dropped).
+    NotHeld,
+    /// Beyond the region.
+    OutOfRange,
+}
+
 /// A fetch to start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fetch {
@@ -67,6 +80,12 @@ pub enum RingViolation {
     Full { head: u32, tail: u32 },
     /// A resolution for a token that is not outstanding.
     NotOutstanding(Token),
+}
+
+impl Fetch {
+    fn of(failing: bool) -> Self {
+        if failing { Fetch::Failing } else { Fetch::Normal }
+    }
 }
 
 impl std::fmt::Display for RingViolation {
@@ -194,6 +213,11 @@ pub struct Counters {
     pub pages_evicted: u64,
     /// Retried accesses re-entered so that an event still pending in the vCPU is taken first.
     pub retries_for_pending_event: u64,
+    /// Resolutions written later than their page was ready, because their event had not been
+    /// taken yet ([`ResolutionTiming::AfterEventTaken`]).
+    pub resolutions_held_back: u64,
+    /// Held pages whose fetch started because an access had to wait for them synchronously.
+    pub holds_released_by_sync_wait: u64,
 }
 
 /// Why an eviction was refused.
@@ -209,6 +233,8 @@ pub enum EvictError {
 #[derive(Clone, Debug)]
 pub struct PagerCore {
     pub mode: HostMode,
+    /// When resolutions are written relative to their events (a test and benchmark control).
+    pub timing: ResolutionTiming,
     pages: Vec<Page>,
     pub counters: Counters,
 }
@@ -218,6 +244,7 @@ impl PagerCore {
     pub fn new(pages: u64, mode: HostMode) -> Self {
         Self {
             mode,
+            timing: ResolutionTiming::WhenReady,
             pages: vec![Page { state: PageState::Absent, next_fetch: PageBehaviour::Normal }; pages as usize],
             counters: Counters::default(),
         }
@@ -265,15 +292,24 @@ impl PagerCore {
                 Some(token) => Decision::DeliverResolved { token, result: RESULT_FAILED, make_present: false },
                 None => Decision::StopFailedPage,
             },
-            PageState::Fetching { waiters, .. } => match token() {
+            PageState::Fetching { failing, held, waiters } => match token() {
                 Some(token) => {
                     waiters.push((vcpu, token));
                     Decision::Deliver { token, fetch: None }
                 }
+                None if *held => {
+                    // Waiting synchronously for a held page would wait for ever: release it.
+                    *held = false;
+                    self.counters.holds_released_by_sync_wait += 1;
+                    Decision::Wait { fetch: Some(Fetch::of(*failing)) }
+                }
                 None => Decision::Wait { fetch: None },
             },
             PageState::Absent => {
-                let behaviour = std::mem::replace(&mut p.next_fetch, PageBehaviour::Normal);
+                let mut behaviour = std::mem::replace(&mut p.next_fetch, PageBehaviour::Normal);
+                if self.timing == ResolutionTiming::BeforeEvent && behaviour == PageBehaviour::Normal {
+                    behaviour = PageBehaviour::Immediate;
+                }
                 match behaviour {
                     PageBehaviour::Immediate => {
                         p.state = PageState::Present;
@@ -284,17 +320,21 @@ impl PagerCore {
                             None => Decision::PresentNow,
                         }
                     }
-                    PageBehaviour::Normal | PageBehaviour::Fail => {
+                    PageBehaviour::Normal | PageBehaviour::Fail | PageBehaviour::Held => {
                         let failing = behaviour == PageBehaviour::Fail;
-                        let fetch = Some(if failing { Fetch::Failing } else { Fetch::Normal });
+                        let fetch = Fetch::of(failing);
                         match token() {
                             Some(token) => {
-                                p.state = PageState::Fetching { failing, waiters: vec![(vcpu, token)] };
-                                Decision::Deliver { token, fetch }
+                                let held = behaviour == PageBehaviour::Held;
+                                p.state = PageState::Fetching { failing, held, waiters: vec![(vcpu, token)] };
+                                Decision::Deliver { token, fetch: (!held).then_some(fetch) }
                             }
                             None => {
-                                p.state = PageState::Fetching { failing, waiters: Vec::new() };
-                                Decision::Wait { fetch }
+                                if behaviour == PageBehaviour::Held {
+                                    self.counters.holds_released_by_sync_wait += 1;
+                                }
+                                p.state = PageState::Fetching { failing, held: false, waiters: Vec::new() };
+                                Decision::Wait { fetch: Some(fetch) }
                             }
                         }
                     }
@@ -328,7 +368,7 @@ impl PagerCore {
         let Some(p) = self.pages.get_mut(page as usize) else {
             return (RESULT_FAILED, Vec::new());
         };
-        let PageState::Fetching { failing, waiters } = std::mem::replace(&mut p.state, PageState::Absent) else {
+        let PageState::Fetching { failing, waiters, .. } = std::mem::replace(&mut p.state, PageState::Absent) else {
             // Not being fetched (cannot happen: only the fetch started by a decision ends it).
             return (RESULT_FAILED, Vec::new());
         };
@@ -342,6 +382,25 @@ impl PagerCore {
             self.count_result(result);
         }
         (result, waiters)
+    }
+
+    /// Releases a held page: its fetch starts now (see [`PageBehaviour::Held`]).
+    pub fn release(&mut self, page: PageIndex) -> Release {
+        let Some(p) = self.pages.get_mut(page as usize) else {
+            return Release::OutOfRange;
+        };
+        match &mut p.state {
+            PageState::Fetching { failing, held: held @ true, .. } => {
+                *held = false;
+                Release::Start(Fetch::of(*failing))
+            }
+            _ => {
+                if p.next_fetch == PageBehaviour::Held {
+                    p.next_fetch = PageBehaviour::Normal;
+                }
+                Release::NotHeld
+            }
+        }
     }
 
     /// Makes `page` absent again. Returns whether it was present (its contents must then be
@@ -385,7 +444,10 @@ mod tests {
         let mut pool = ring(4);
         let d = core.on_access(0, 1, Some(&mut pool));
         let Decision::Deliver { token, fetch: Some(Fetch::Normal) } = d else { panic!("{d:?}") };
-        assert_eq!(core.state(1), Some(&PageState::Fetching { failing: false, waiters: vec![(0, token)] }));
+        assert_eq!(
+            core.state(1),
+            Some(&PageState::Fetching { failing: false, held: false, waiters: vec![(0, token)] })
+        );
         assert_eq!(core.on_fetch_done(1), (RESULT_RETRY, vec![(0, token)]));
         assert_eq!(core.state(1), Some(&PageState::Present));
         assert_eq!(core.on_access(0, 1, Some(&mut pool)), Decision::Continue);
@@ -460,6 +522,52 @@ mod tests {
         // The behaviour applied to one fetch only: after eviction the page is served again.
         core.evict(1).unwrap();
         assert!(matches!(core.on_access(0, 1, Some(&mut pool)), Decision::Deliver { fetch: Some(Fetch::Normal), .. }));
+    }
+
+    #[test]
+    fn a_held_page_is_fetched_only_once_released() {
+        let mut core = PagerCore::new(4, HostMode::Ring);
+        let mut pool = ring(4);
+        core.set_behaviour(1, PageBehaviour::Held);
+        let Decision::Deliver { token: a, fetch: None } = core.on_access(0, 1, Some(&mut pool)) else {
+            panic!("a held page starts no fetch")
+        };
+        // A second waiter joins the held page; still no fetch.
+        let Decision::Deliver { token: b, fetch: None } = core.on_access(0, 1, Some(&mut pool)) else { panic!() };
+        assert_eq!(core.evict(1), Err(EvictError::Fetching(1)), "a held page is in flight");
+        assert_eq!(core.release(1), Release::Start(Fetch::Normal));
+        assert_eq!(core.release(1), Release::NotHeld, "released once");
+        assert_eq!(core.on_fetch_done(1), (RESULT_RETRY, vec![(0, a), (0, b)]));
+        // Releasing a page never touched drops its hold; out of range is said.
+        core.set_behaviour(2, PageBehaviour::Held);
+        assert_eq!(core.release(2), Release::NotHeld);
+        assert!(matches!(core.on_access(0, 2, Some(&mut pool)), Decision::Deliver { fetch: Some(Fetch::Normal), .. }));
+        assert_eq!(core.release(9), Release::OutOfRange);
+    }
+
+    #[test]
+    fn a_synchronous_access_releases_a_held_page() {
+        let mut core = PagerCore::new(4, HostMode::Ring);
+        let mut pool = ring(4);
+        core.set_behaviour(0, PageBehaviour::Held);
+        assert!(matches!(core.on_access(0, 0, Some(&mut pool)), Decision::Deliver { fetch: None, .. }));
+        assert_eq!(core.on_access(0, 0, None), Decision::Wait { fetch: Some(Fetch::Normal) });
+        // Held and never delivered: the synchronous access starts it at once.
+        core.set_behaviour(1, PageBehaviour::Held);
+        assert_eq!(core.on_access(0, 1, None), Decision::Wait { fetch: Some(Fetch::Normal) });
+        assert_eq!(core.counters.holds_released_by_sync_wait, 2);
+    }
+
+    #[test]
+    fn before_event_timing_resolves_every_normal_page_first() {
+        let mut core = PagerCore::new(4, HostMode::Ring);
+        let mut pool = ring(4);
+        core.timing = ResolutionTiming::BeforeEvent;
+        let d = core.on_access(0, 0, Some(&mut pool));
+        assert!(matches!(d, Decision::DeliverResolved { result: RESULT_RETRY, make_present: true, .. }), "{d:?}");
+        // A page set to fail keeps its behaviour.
+        core.set_behaviour(1, PageBehaviour::Fail);
+        assert!(matches!(core.on_access(0, 1, Some(&mut pool)), Decision::Deliver { fetch: Some(Fetch::Failing), .. }));
     }
 
     #[test]
