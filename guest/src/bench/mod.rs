@@ -14,14 +14,14 @@
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use pvagent_abi::pnp::{HostCounter, HostMode};
+use pvagent_abi::pnp::{HostCounter, HostMode, PageBehaviour, ResolutionTiming};
 use pvagent_abi::port::{BENCH_INJECT, BENCH_NULL, BenchInject, BenchLoop};
 use x86_64::instructions::port::Port;
 
 use crate::arch::{apic, cpu, idle, time, trap};
 use crate::boot::cmdline::Cmdline;
 use crate::kprintln;
-use crate::pv::{ac, pnp};
+use crate::pv::{ac, halt, pnp};
 use crate::task::sched::{ExitStatus, TaskId};
 use crate::task::{self, user};
 
@@ -393,13 +393,36 @@ struct Window {
     busy_ns: u64,
 }
 
+/// Whether a workload run's pages arrive on their own or all at once when every task waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Arrival {
+    /// Each page after the pager's latency (and resolution timing).
+    OnItsOwn,
+    /// Every page is held until each task has parked on its first one; then all are released.
+    /// The runner yields instead of blocking meanwhile, so each task has another to switch to
+    /// and parks: by construction, the last event finds `tasks - 1` tokens outstanding.
+    WhenAllParked,
+}
+
 /// Runs `tasks` CPL 3 workload tasks over pages `[0, tasks * pages)` of the region (evicted
 /// first), each doing `spin_iterations` of compute before each page.
-fn workload_run(region: &pnp::Region, tasks: u64, pages: u64, spin_iterations: u64) -> Result<Window> {
+fn workload_run(
+    region: &pnp::Region,
+    tasks: u64,
+    pages: u64,
+    spin_iterations: u64,
+    arrival: Arrival,
+) -> Result<Window> {
     if tasks as usize > SLOTS {
         return Err(BenchError("more workload tasks than slots"));
     }
     pnp::evict(region.base, tasks * pages).map_err(|_| BenchError("evict failed"))?;
+    if arrival == Arrival::WhenAllParked {
+        for page in 0..tasks * pages {
+            pnp::set_page_behaviour(region.page(page), PageBehaviour::Held)
+                .map_err(|_| BenchError("cannot hold a page"))?;
+        }
+    }
     let mut ids: heapless::Vec<TaskId, SLOTS> = heapless::Vec::new();
     // SAFETY: no task of an earlier run is left (all were joined), so nothing reads the gate.
     unsafe { core::ptr::write_volatile(USER_GATE.0.get(), Gate { finished: 0, tasks }) };
@@ -411,6 +434,13 @@ fn workload_run(region: &pnp::Region, tasks: u64, pages: u64, spin_iterations: u
         let addr = slot_addr(t).ok_or(BenchError("no slot"))?;
         let id = task::spawn_user("bench-work", user_workload, addr).map_err(|_| BenchError("spawn failed"))?;
         ids.push(id).map_err(|_| BenchError("more workload tasks than slots"))?;
+    }
+    if arrival == Arrival::WhenAllParked {
+        let parked = yield_until_parked(tasks as usize);
+        for page in 0..tasks * pages {
+            pnp::release(region.page(page)).map_err(|_| BenchError("cannot release a page"))?;
+        }
+        parked?;
     }
     for id in ids {
         if !matches!(join(id)?, ExitStatus::Returned(_)) {
@@ -433,6 +463,37 @@ fn workload_run(region: &pnp::Region, tasks: u64, pages: u64, spin_iterations: u
     Ok(Window { wall_ns: cycles_to_ns(wall), busy_ns: cycles_to_ns(wall.saturating_sub(idle)) })
 }
 
+/// Yields until `tasks` tasks wait on tokens (see [`Arrival::WhenAllParked`]).
+fn yield_until_parked(tasks: usize) -> Result<()> {
+    for _ in 0..1000 {
+        if pnp::pending().0 >= tasks {
+            return Ok(());
+        }
+        task::yield_now();
+    }
+    Err(BenchError("the park path was not taken: the workload tasks did not all park on their held pages"))
+}
+
+/// Waits until this vCPU has taken `events` page-not-present events in total. On PVM an event
+/// pending behind a resolution is injected at the vCPU's next exit, which a task that found
+/// its page present may not make; a HLT is one. The deadline only turns a lost event into an
+/// error; an event is microseconds away.
+fn settle(events: u64) -> Result<()> {
+    let deadline = crate::arch::ticks() + 10 * time::HZ;
+    let taken = {
+        let _irq = crate::sync::IrqGuard::new();
+        halt::wait_until(|| {
+            let events_now = pnp::stats().events;
+            (events_now >= events || crate::arch::ticks() > deadline).then_some(events_now >= events)
+        })
+    };
+    if taken { Ok(()) } else { Err(BenchError("an event the host delivered was never taken")) }
+}
+
+fn set_timing(timing: ResolutionTiming) -> Result<()> {
+    pnp::set_timing(timing).map_err(|_| BenchError("cannot set the pager's resolution timing"))
+}
+
 fn set_mode(mode: HostMode) -> Result<()> {
     pnp::set_host_mode(mode).map_err(|_| BenchError("cannot set the pager's mode"))
 }
@@ -441,32 +502,38 @@ fn set_latency(ns: u64) -> Result<()> {
     pnp::set_latency_ns(ns, ns).map_err(|_| BenchError("cannot set the pager's latency"))
 }
 
-/// The page-not-present round trip with (almost) no page-in latency, per access, from the first
-/// task's first access to the last task's last, with the baseline measured right before:
-/// - `sleep`: event -> park -> switch -> resolution -> wake -> resume. Two CPL 3 tasks walk
-///   their pages, so the one that waits parks while the other runs (until it waits too).
-/// - `halt`: one task, which waits in the HLT loop.
-/// - `early`: zero latency, so the host resolves before it delivers the event and nobody waits.
+/// The page-not-present round trip with no page-in latency, per access, from the first task's
+/// first access to the last task's last, with the baseline measured right before. Each path is
+/// forced with the pager's resolution timing (set before the window), so every access takes it
+/// whatever the machine's speed:
+/// - `sleep`: event -> park -> switch -> resolution -> wake -> resume. Resolutions come only
+///   after their event was taken, and two CPL 3 tasks walk their pages in turn, so the one
+///   that waits always has the other to switch to (whose next access brings the first one's
+///   resolution at the latest).
+/// - `halt`: one task, resolutions after the event: it waits in the HLT loop every time.
+/// - `early`: every resolution is written before its event: nobody waits.
 /// - `sync`: no event; the vCPU waits.
-///
-/// `sleep` and `halt` use 1 us: with zero latency the resolution always comes first.
 fn pnp_roundtrip(s: Settings) -> Result<()> {
     let region = region()?;
     let pages = if s.quick { 8 } else { 32 };
     let boot_mode = pnp::host_mode();
-    for (name, mode, tasks, latency) in [
-        ("sleep", HostMode::Ring, 2, 1_000),
-        ("halt", HostMode::Ring, 1, 1_000),
-        ("early", HostMode::Ring, 1, 0),
-        ("sync", HostMode::Sync, 1, 0),
+    set_latency(0)?;
+    for (name, mode, tasks, timing) in [
+        ("sleep", HostMode::Ring, 2, ResolutionTiming::AfterEventTaken),
+        ("halt", HostMode::Ring, 1, ResolutionTiming::AfterEventTaken),
+        ("early", HostMode::Ring, 1, ResolutionTiming::BeforeEvent),
+        ("sync", HostMode::Sync, 1, ResolutionTiming::WhenReady),
     ] {
         set_mode(mode)?;
-        set_latency(latency)?;
+        set_timing(timing)?;
         for rep in 0..s.reps {
             let baseline = baseline_now(s);
             let before = pnp::stats();
             let syncs = host_counter(HostCounter::SyncWaits)?;
-            let window = workload_run(&region, tasks, pages, 0)?;
+            let window = workload_run(&region, tasks, pages, 0, Arrival::OnItsOwn)?;
+            // Outside the window: an event still pending behind its resolution is taken now.
+            let expected_events = if mode == HostMode::Ring { tasks * pages } else { 0 };
+            settle(before.events + expected_events)?;
             let after = pnp::stats();
             kprintln!(
                 "bench: pnp_{name} rep={rep} ops={} total_ns={} baseline_ns={baseline} events={} slept={} halted={} early={} sync_waits={} handler_ns={}",
@@ -481,6 +548,7 @@ fn pnp_roundtrip(s: Settings) -> Result<()> {
             );
         }
     }
+    set_timing(ResolutionTiming::WhenReady)?;
     set_mode(boot_mode)
 }
 
@@ -507,7 +575,7 @@ fn workload(s: Settings) -> Result<()> {
                     let events = host_counter(HostCounter::EventsDelivered)?;
                     let syncs = host_counter(HostCounter::SyncWaits)?;
                     let stalled = host_counter(HostCounter::SyncWaitNanos)?;
-                    let window = workload_run(&region, tasks, pages, iterations)?;
+                    let window = workload_run(&region, tasks, pages, iterations, Arrival::OnItsOwn)?;
                     kprintln!(
                         "bench: workload_{mode_name} rep={rep} tasks={tasks} pages={pages} compute_ns={compute_ns} latency_ns={latency} wall_ns={} busy_ns={} events={} sync_waits={} stalled_ns={}",
                         window.wall_ns,
@@ -523,19 +591,19 @@ fn workload(s: Settings) -> Result<()> {
     set_mode(boot_mode)
 }
 
-/// The guest's handling time per event when K tasks park on K tokens at once (a 50 ms page-in
-/// keeps them all outstanding). The figure is the mean over the K events: the k-th event of the
-/// burst finds k - 1 tokens already outstanding.
+/// The guest's handling time per event when K tasks park on K tokens at once (their pages are
+/// held until all K have parked). The figure is the mean over the K events: the k-th event of
+/// the burst finds k - 1 tokens already outstanding.
 fn scaling(s: Settings) -> Result<()> {
     let region = region()?;
     let counts: &[u64] = if s.quick { &[1, 8] } else { &[1, 2, 4, 8, 16, 24] };
     let boot_mode = pnp::host_mode();
     set_mode(HostMode::Ring)?;
-    set_latency(50_000_000)?;
+    set_latency(0)?;
     for &outstanding in counts {
         for rep in 0..s.reps.min(3) {
             let before = pnp::stats();
-            workload_run(&region, outstanding, 1, 0)?;
+            workload_run(&region, outstanding, 1, 0, Arrival::WhenAllParked)?;
             let after = pnp::stats();
             kprintln!(
                 "bench: scaling rep={rep} outstanding={outstanding} events={} handler_ns={}",

@@ -3,12 +3,19 @@
 //! in, what the protocol promises: in `ring` mode the task that touched an absent page waits
 //! while others run and resumes with the right data; in `sync` mode the vCPU waits instead.
 //! Data is checked against the backing pattern the host stub's default image holds.
+//!
+//! Every test that needs a particular path takes it by construction, never by hoping that a
+//! page-in delay is long or short enough on this machine: the pager's resolution timing
+//! (`AfterEventTaken`: every event waits; `BeforeEvent` or an `Immediate` page: none does),
+//! held pages that arrive only when the test releases them, and a runner that stays runnable
+//! while tasks park. A test whose path was not taken fails and names the path.
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use pvagent_abi::pnp::{HostCounter, HostMode, PageBehaviour, backing_pattern};
+use pvagent_abi::pnp::{HostCounter, HostMode, PageBehaviour, ResolutionTiming, backing_pattern};
 
 use super::{Failure, SelfTest, TestResult, fail};
+use crate::pv::halt;
 use crate::pv::pnp::{self, Region};
 use crate::sync::IrqGuard;
 use crate::task::sched::{ExitStatus, KillReason, TaskId};
@@ -82,16 +89,94 @@ fn spawned<T, E: core::fmt::Debug>(r: Result<T, E>) -> Result<T, Failure> {
     r.map_err(|e| fail(format_args!("spawn failed: {e:?}")))
 }
 
-/// Waits (briefly) until this vCPU has taken `events` page-not-present events in total.
-fn wait_for_events(events: u64) -> pnp::Stats {
-    let deadline = crate::arch::ticks() + crate::arch::time::HZ / 10;
-    loop {
-        let stats = pnp::stats();
-        if stats.events >= events || !ring_mode() || crate::arch::ticks() > deadline {
-            return stats;
+/// The pager's latency and resolution timing for one test; the timing goes back to
+/// `WhenReady` when this is dropped, so a failing test leaves the next one the default.
+struct Pacing;
+
+impl Drop for Pacing {
+    fn drop(&mut self) {
+        if let Err(e) = pnp::set_timing(ResolutionTiming::WhenReady) {
+            kprintln!("pnp: cannot restore the resolution timing: {e:?}");
         }
-        core::hint::spin_loop();
     }
+}
+
+/// Sets a fixed latency of `latency_us` and `timing` for the rest of the test.
+fn pacing(latency_us: u64, timing: ResolutionTiming) -> Result<Pacing, Failure> {
+    latency(latency_us, latency_us)?;
+    pnp::set_timing(timing).map_err(|e| fail(format_args!("set resolution timing {timing:?}: {e:?}")))?;
+    Ok(Pacing)
+}
+
+/// Pages whose fetch waits until the test releases them; released when dropped, so that a
+/// failing test leaves no task parked for ever.
+struct Held(heapless::Vec<u64, 8>);
+
+impl Held {
+    fn new() -> Self {
+        Held(heapless::Vec::new())
+    }
+
+    /// Holds the page at `gpa` (not touched yet).
+    fn hold(&mut self, gpa: u64) -> TestResult {
+        pnp::set_page_behaviour(gpa, PageBehaviour::Held).map_err(|e| fail(format_args!("hold {gpa:#x}: {e:?}")))?;
+        self.0.push(gpa).map_err(|_| fail(format_args!("more than 8 held pages")))
+    }
+
+    /// Releases every held page: their fetches start now.
+    fn release_all(&mut self) -> TestResult {
+        while let Some(gpa) = self.0.pop() {
+            pnp::release(gpa).map_err(|e| fail(format_args!("release {gpa:#x}: {e:?}")))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        for &gpa in &self.0 {
+            let _ = pnp::release(gpa);
+        }
+    }
+}
+
+/// Yields until `tasks` tasks of this vCPU wait on tokens. The caller stays runnable while it
+/// yields, so a task that takes an event for a page that is held (or whose resolution is held
+/// back) always has another task to switch to and parks: the path is taken by construction,
+/// and the bound on yields is reached only if it was not.
+fn yield_until_parked(tasks: usize) -> TestResult {
+    const YIELDS: u32 = 1000;
+    for _ in 0..YIELDS {
+        if pnp::pending().0 >= tasks {
+            return Ok(());
+        }
+        task::yield_now();
+    }
+    Err(fail(format_args!(
+        "the park path was not taken: {} of {tasks} tasks parked on a token after {YIELDS} yields",
+        pnp::pending().0
+    )))
+}
+
+/// Halts until this vCPU has taken `events` page-not-present events in total. An event comes
+/// with interrupt semantics: on PVM the second of two pending interrupts is injected at the
+/// vCPU's next exit rather than at the IRET of the first, and a HLT is such an exit. The
+/// deadline is only there so that a lost event fails the test with a message instead of
+/// hanging the run; an event is microseconds away.
+fn await_events(events: u64) -> Result<pnp::Stats, Failure> {
+    let deadline = crate::arch::ticks() + 10 * crate::arch::time::HZ;
+    {
+        let _irq = IrqGuard::new();
+        halt::wait_until(|| (pnp::stats().events >= events || crate::arch::ticks() > deadline).then_some(()));
+    }
+    let stats = pnp::stats();
+    if stats.events < events {
+        return Err(fail(format_args!(
+            "the event was never taken: {} of {events} events after ten seconds",
+            stats.events
+        )));
+    }
+    Ok(stats)
 }
 
 fn ring_mode() -> bool {
@@ -144,7 +229,8 @@ fn absent_page_parks_task_while_another_runs() -> TestResult {
         0
     }
     let region = pager()?;
-    latency(5_000, 5_000)?;
+    // The resolution comes only after task A took its event: A parks, B runs meanwhile.
+    let _pacing = pacing(100, ResolutionTiming::AfterEventTaken)?;
     let gpa = fresh_pages(&region, 1)?;
     B_STEPS.store(0, Ordering::SeqCst);
     A_DONE.store(false, Ordering::SeqCst);
@@ -155,9 +241,9 @@ fn absent_page_parks_task_while_another_runs() -> TestResult {
     join(b)?;
     let seen = B_STEPS_SEEN_BY_A.load(Ordering::SeqCst);
     if ring_mode() {
-        ensure!(seen > 0, "task B made no progress while task A waited for its page");
         ensure_eq!(pnp::stats().events - events, 1, "events taken");
-        ensure_eq!(pnp::stats().slept - slept, 1, "tasks parked");
+        ensure_eq!(pnp::stats().slept - slept, 1, "tasks parked (the park path)");
+        ensure!(seen > 0, "task B made no progress while task A was parked on its page");
     } else {
         ensure_eq!(seen, 0, "in sync mode the vCPU waits, so task B cannot have run");
         ensure_eq!(pnp::stats().events - events, 0, "events in sync mode");
@@ -179,7 +265,7 @@ fn user_task_resumes_with_the_right_data() -> TestResult {
         0
     }
     let region = pager()?;
-    latency(2_000, 2_000)?;
+    let _pacing = pacing(100, ResolutionTiming::AfterEventTaken)?;
     let gpa = fresh_pages(&region, 1)? + 0x100;
     let slept = pnp::stats().slept;
     let user = spawned(task::spawn_user("pnp-user", user_read_two_words, gpa))?;
@@ -188,20 +274,30 @@ fn user_task_resumes_with_the_right_data() -> TestResult {
     ensure_eq!(join(user)?, ExitStatus::Returned(expected), "the CPL 3 task's result");
     join(other)?;
     if ring_mode() {
-        ensure_eq!(pnp::stats().slept - slept, 1, "the CPL 3 task was parked");
+        ensure_eq!(pnp::stats().slept - slept, 1, "the CPL 3 task was parked (the park path)");
     }
     Ok(())
 }
 
 fn two_tasks_on_one_absent_page_each_get_a_token() -> TestResult {
     let region = pager()?;
-    latency(20_000, 20_000)?;
+    let _pacing = pacing(100, ResolutionTiming::WhenReady)?;
     let gpa = fresh_pages(&region, 1)?;
+    // The page is held: both tasks reach it while it is still being fetched, and park.
+    let mut held = Held::new();
+    held.hold(gpa)?;
     let before = pnp::stats();
     let fetched = counter(HostCounter::PagesFetched)?;
     // A CPL 3 task and a kernel task read the same page at different offsets.
     let user = spawned(task::spawn_user("pnp-share-user", user_read_two_words, gpa + 0x200))?;
     let kernel = spawned(task::spawn_kernel("pnp-share-kernel", kernel_xor_pages, gpa | 1))?;
+    if ring_mode() {
+        yield_until_parked(2)?;
+        let after = pnp::stats();
+        ensure_eq!(after.events - before.events, 2, "events: one token per waiting task");
+        ensure_eq!(after.slept - before.slept, 2, "tasks parked on the shared page");
+    }
+    held.release_all()?;
     ensure_eq!(
         join(user)?,
         ExitStatus::Returned(backing_pattern(gpa + 0x200) ^ backing_pattern(gpa + 0x208).rotate_left(1)),
@@ -209,13 +305,6 @@ fn two_tasks_on_one_absent_page_each_get_a_token() -> TestResult {
     );
     ensure_eq!(join(kernel)?, ExitStatus::Returned(expected_xor(gpa, 1)), "the kernel task's data");
     ensure_eq!(counter(HostCounter::PagesFetched)? - fetched, 1, "fetches of the shared page");
-    if ring_mode() {
-        let after = pnp::stats();
-        ensure_eq!(after.events - before.events, 2, "events: one token per waiting task");
-        // The first parks; the second finds nothing else to run and waits in the HLT loop.
-        let waits = (after.slept - before.slept) + (after.halted - before.halted);
-        ensure_eq!(waits, 2, "waits on the shared page");
-    }
     Ok(())
 }
 
@@ -226,10 +315,8 @@ fn resolution_before_event_does_not_park() -> TestResult {
     let before = pnp::stats();
     let host_before = counter(HostCounter::ResolvedBeforeEvent)?;
     ensure_eq!(read(gpa), backing_pattern(gpa), "data");
-    // The event comes with interrupt semantics: on PVM the second of two pending interrupts is
-    // injected at the vCPU's next exit rather than at the IRET of the first, so wait for it.
-    let after = wait_for_events(before.events + 1);
     if ring_mode() {
+        let after = await_events(before.events + 1)?;
         ensure_eq!(
             counter(HostCounter::ResolvedBeforeEvent)? - host_before,
             1,
@@ -242,7 +329,7 @@ fn resolution_before_event_does_not_park() -> TestResult {
         );
         ensure_eq!((after.slept - before.slept, after.halted - before.halted), (0, 0), "waits (slept, halted)");
     } else {
-        ensure_eq!(after.events - before.events, 0, "events in sync mode");
+        ensure_eq!(pnp::stats().events - before.events, 0, "events in sync mode");
     }
     Ok(())
 }
@@ -258,10 +345,12 @@ fn failed_page_ends_only_its_task() -> TestResult {
     if !ring_mode() {
         return Err(Failure::Skip("in sync mode a failed page stops the guest (an end-to-end test covers it)"));
     }
-    latency(1_000, 1_000)?;
+    // The failure is reported after the victim parked: the wake-up carries "failed".
+    let _pacing = pacing(100, ResolutionTiming::AfterEventTaken)?;
     let gpa = fresh_pages(&region, 1)?;
     pnp::set_page_behaviour(gpa, PageBehaviour::Fail).map_err(|e| fail(format_args!("{e:?}")))?;
     let failed = counter(HostCounter::ResolvedFailed)?;
+    let failed_seen = pnp::stats().tokens.failed;
     let victim = spawned(task::spawn_user("pnp-victim", user_read_two_words, gpa))?;
     let other = spawned(task::spawn_kernel("pnp-bystander", bystander, 0))?;
     match join(victim)? {
@@ -270,6 +359,7 @@ fn failed_page_ends_only_its_task() -> TestResult {
     }
     ensure_eq!(join(other)?, ExitStatus::Returned(7), "the bystander");
     ensure_eq!(counter(HostCounter::ResolvedFailed)? - failed, 1, "failed resolutions");
+    ensure_eq!(pnp::stats().tokens.failed - failed_seen, 1, "failed pages the guest saw");
     Ok(())
 }
 
@@ -290,13 +380,14 @@ fn interrupts_off_access_takes_the_sync_path() -> TestResult {
 
 fn single_task_waits_in_the_hlt_loop() -> TestResult {
     let region = pager()?;
-    latency(3_000, 3_000)?;
+    // The resolution comes only after the event was taken, and nothing else can run: the HLT loop.
+    let _pacing = pacing(100, ResolutionTiming::AfterEventTaken)?;
     let gpa = fresh_pages(&region, 1)?;
     ensure!(!task::has_other_runnable(), "another task is runnable");
     let (halted, sync) = (pnp::stats().halted, counter(HostCounter::SyncWaits)?);
     ensure_eq!(read(gpa), backing_pattern(gpa), "data");
     if ring_mode() {
-        ensure_eq!(pnp::stats().halted - halted, 1, "waits in the HLT loop");
+        ensure_eq!(pnp::stats().halted - halted, 1, "waits in the HLT loop (the HLT-loop path)");
     } else {
         ensure_eq!(counter(HostCounter::SyncWaits)? - sync, 1, "synchronous waits");
     }
@@ -308,7 +399,8 @@ fn no_sleep_section_waits_in_the_hlt_loop() -> TestResult {
         0
     }
     let region = pager()?;
-    latency(3_000, 3_000)?;
+    // Another task is ready, but the section may not sleep: the HLT loop, every time.
+    let _pacing = pacing(100, ResolutionTiming::AfterEventTaken)?;
     let gpa = fresh_pages(&region, 1)?;
     let other = spawned(task::spawn_kernel("pnp-bystander", bystander, 0))?;
     let before = pnp::stats();
@@ -320,7 +412,7 @@ fn no_sleep_section_waits_in_the_hlt_loop() -> TestResult {
     join(other)?;
     ensure_eq!(value, backing_pattern(gpa), "data");
     if ring_mode() {
-        ensure_eq!(after.halted - before.halted, 1, "waits in the HLT loop");
+        ensure_eq!(after.halted - before.halted, 1, "waits in the HLT loop (the HLT-loop path)");
         ensure_eq!(after.slept - before.slept, 0, "the task slept inside a no-sleep section");
     }
     Ok(())
@@ -343,24 +435,24 @@ fn n_tokens_outstanding_then_sync() -> TestResult {
         read(gpa)
     }
     let region = pager()?;
-    latency(100_000, 100_000)?;
+    let _pacing = pacing(100, ResolutionTiming::WhenReady)?;
     pnp::register(N).map_err(|e| fail(format_args!("register a ring of {N}: {e:?}")))?;
     let _restore = RestoreRing;
     let base = fresh_pages(&region, u64::from(N) + 1)?;
+    // The readers' pages are held: all N tokens stay outstanding until the test releases them.
+    let mut held = Held::new();
+    for i in 0..u64::from(N) {
+        held.hold(base + i * 4096)?;
+    }
     let sync = counter(HostCounter::SyncWaits)?;
     let mut tasks = heapless::Vec::<(TaskId, u64), 8>::new();
     for i in 0..u64::from(N) {
         let gpa = base + i * 4096;
         let _ = tasks.push((spawned(task::spawn_kernel("pnp-reader", reader, gpa))?, gpa));
     }
-    // Let all N readers reach their page; in ring mode each parks on its own token.
-    let deadline = crate::arch::ticks() + crate::arch::time::HZ;
-    while ring_mode() && pnp::pending().0 < N as usize && crate::arch::ticks() < deadline {
-        task::yield_now();
-    }
     let extra = base + u64::from(N) * 4096;
     if ring_mode() {
-        ensure_eq!(pnp::pending().0, N as usize, "tokens waiting in the guest");
+        yield_until_parked(N as usize)?;
         ensure_eq!(counter(HostCounter::Outstanding)?, u64::from(N), "tokens outstanding at the host");
         let events = pnp::stats().events;
         ensure_eq!(read(extra), backing_pattern(extra), "data of the access beyond N tokens");
@@ -369,6 +461,7 @@ fn n_tokens_outstanding_then_sync() -> TestResult {
     } else {
         ensure_eq!(read(extra), backing_pattern(extra), "data");
     }
+    held.release_all()?;
     for (id, gpa) in tasks {
         ensure_eq!(join(id)?, ExitStatus::Returned(backing_pattern(gpa)), "reader data");
     }
@@ -500,24 +593,18 @@ fn accounting_is_balanced() -> TestResult {
     Ok(())
 }
 
-/// Leaves a task parked on a token with a page that takes a second to come, and ends the run
-/// without waiting: the host must count the token as leaked and fail the run.
+/// Leaves a task parked on a token of a page the host holds until it is released, and ends the
+/// run without releasing it: the host must count the token as leaked and fail the run.
 fn deliberately_leak_a_token() -> TestResult {
     fn reader(gpa: u64) -> u64 {
         read(gpa)
     }
-    fn bystander(_: u64) -> u64 {
-        0
-    }
     let region = pager()?;
-    latency(1_000_000, 1_000_000)?;
     let gpa = fresh_pages(&region, 1)?;
+    // Held and never released: the token stays outstanding (deliberately no `Held` guard).
+    pnp::set_page_behaviour(gpa, PageBehaviour::Held).map_err(|e| fail(format_args!("hold: {e:?}")))?;
     spawned(task::spawn_kernel("pnp-leaker", reader, gpa))?;
-    spawned(task::spawn_kernel("pnp-bystander", bystander, 0))?;
-    let deadline = crate::arch::ticks() + crate::arch::time::HZ;
-    while pnp::pending().0 == 0 && crate::arch::ticks() < deadline {
-        task::yield_now();
-    }
+    yield_until_parked(1)?;
     ensure_eq!(pnp::pending().0, 1, "tokens waiting");
     Ok(())
 }
