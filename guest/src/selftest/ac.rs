@@ -449,12 +449,11 @@ fn user_split_lock_ratelimit_delays_a_task_over_budget() -> TestResult {
     const BUDGET: u64 = 2;
     ac::with_mode(Mode::Ratelimit(BUDGET as u32), || {
         let split = user_lines() + SPLIT_DWORD;
-        // Within budget: no wait.
+        // Within budget: no wait (counted by the handler, not timed: a busy host may take its
+        // time over the split locks, which must still not count as a wait).
         let before = ac::stats();
-        let start = arch::ticks();
         let id = spawn_user("ac-split-budget", ac_user_split_locks, BUDGET)?;
         join_yielding(id)?;
-        let within = arch::ticks() - start;
         ensure_eq!(ac::stats().waits, before.waits, "waits within the budget");
         // One over budget: the task waits for the next one-second window, which starts one
         // second after its first split lock (itself after `start`).
@@ -469,7 +468,6 @@ fn user_split_lock_ratelimit_delays_a_task_over_budget() -> TestResult {
         let after = ac::stats();
         ensure_eq!(after.waits - before.waits, 1, "waits");
         ensure!(over >= HZ, "{} split locks took {over} ticks, expected a wait to at least {HZ}", BUDGET + 1);
-        ensure!(within < HZ, "{BUDGET} split locks within the budget took {within} ticks");
         ensure_eq!(after.user_split_locks - before.user_split_locks, 2 * BUDGET + 1, "user split locks");
         Ok(())
     })

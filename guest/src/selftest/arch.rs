@@ -5,6 +5,8 @@ use super::{Failure, SelfTest, TestResult, require_host_stub};
 use crate::arch::fault::{self, pf};
 use crate::arch::{self, apic, cpu::Hypervisor, paging, percpu, time};
 use crate::boot::cmdline::Cmdline;
+use crate::pv::halt;
+use crate::sync::IrqGuard;
 use crate::{ensure, ensure_eq};
 
 pub const TESTS: &[SelfTest] = &[
@@ -68,15 +70,31 @@ fn stack_guard_pages_are_unmapped() -> TestResult {
 }
 
 fn timer_ticks() -> TestResult {
-    let start_ticks = arch::ticks();
+    // Counted ticks, waited for by halting (each tick wakes the vCPU), not a stretch of time: a
+    // busy host can delay or merge ticks but never bring them early, so the only bound that
+    // holds on any machine is a lower one on the time they take.
+    const TICKS: u64 = 5;
+    let period_ns = 1_000_000_000 / time::HZ;
+    let deadline_ns = time::now_ns() + 10_000_000_000;
+    let wait_for_tick = |tick: u64| -> TestResult {
+        {
+            let _irq = IrqGuard::new();
+            halt::wait_until(|| (arch::ticks() >= tick || time::now_ns() > deadline_ns).then_some(()));
+        }
+        ensure!(arch::ticks() >= tick, "tick {tick} never came: the timer is not ticking (at {})", arch::ticks());
+        Ok(())
+    };
+    // Start right after a tick, so that the TICKS that follow are whole periods.
+    let first = arch::ticks() + 1;
+    wait_for_tick(first)?;
     let start = time::now_ns();
-    // 60 ms at HZ = 100 is about 6 ticks; ask for 3, allowing for a slow emulator.
-    while time::now_ns() - start < 60_000_000 {
-        core::hint::spin_loop();
-    }
-    let ticks = arch::ticks() - start_ticks;
-    ensure!(ticks >= 3, "{ticks} ticks in 60 ms (HZ {})", time::HZ);
-    ensure!(ticks <= 60, "{ticks} ticks in 60 ms: the timer runs far too fast (HZ {})", time::HZ);
+    wait_for_tick(first + TICKS)?;
+    let elapsed = time::now_ns() - start;
+    ensure!(
+        elapsed >= (TICKS - 1) * period_ns,
+        "{TICKS} ticks in {elapsed} ns: the timer runs faster than HZ {}",
+        time::HZ
+    );
     Ok(())
 }
 
