@@ -22,7 +22,7 @@ use crate::arch::{apic, cpu};
 use crate::boot::cmdline::Cmdline;
 use crate::kprintln;
 use crate::pv::halt;
-use crate::sync::IrqCell;
+use crate::sync::{IrqCell, IrqGuard};
 use crate::task::{self, sched::ExitStatus, sched::KillReason, sched::Wait};
 
 /// The host's demand-paged region.
@@ -231,10 +231,16 @@ fn write_msr(msr: u32, value: u64) -> Result<(), RegisterError> {
 }
 
 /// Registers (or re-registers) the protocol on this vCPU with a ring of `entries`.
+///
+/// Runs with interrupts off: the resolution handler must never see a half-changed
+/// registration (a consumer of one ring reading the `head` of another, or of a cleared page).
+/// A resolution interrupt raised for the old ring and still pending is taken afterwards and
+/// finds nothing to consume.
 pub fn register(entries: u32) -> Result<(), RegisterError> {
     if !entries.is_power_of_two() || entries > abi::MAX_RING_ENTRIES {
         return Err(RegisterError::BadSize(entries));
     }
+    let _irq = IrqGuard::new();
     let busy = STATE.get().with(|s| s.entries != 0 && (s.table.waiting() > 0 || s.table.early() > 0));
     if busy {
         return Err(RegisterError::Busy);
@@ -243,28 +249,40 @@ pub fn register(entries: u32) -> Result<(), RegisterError> {
     let cpu = percpu::index();
     let view = SharedView::of(cpu, entries);
     view.clear();
+    let order = u64::from(entries.trailing_zeros());
+    let registered = write_msr(abi::MSR_VECTORS, u64::from(EVENT_VECTOR) | (u64::from(RESOLUTION_VECTOR) << 8))
+        .and_then(|()| write_msr(abi::MSR_RING, view.ring as u64 | (order << abi::RING_ORDER_SHIFT) | abi::MSR_ENABLE))
+        .and_then(|()| write_msr(abi::MSR_DATA, view.data as u64 | abi::MSR_ENABLE));
+    if let Err(e) = registered {
+        // Leave nothing half-registered at the host either (it may have taken the ring).
+        let _ = write_msr(abi::MSR_RING, 0);
+        return Err(e);
+    }
     STATE.get().with(|s| {
-        // Keep the counters of the ring being replaced.
-        s.stats.consumed += s.ring.consumed;
-        s.stats.ring_corrupt += s.ring.corrupt;
         s.entries = entries;
         s.table.reset(entries);
         s.ring = RingConsumer::new(entries);
     });
-    write_msr(abi::MSR_VECTORS, u64::from(EVENT_VECTOR) | (u64::from(RESOLUTION_VECTOR) << 8))?;
-    let order = u64::from(entries.trailing_zeros());
-    write_msr(abi::MSR_RING, view.ring as u64 | (order << abi::RING_ORDER_SHIFT) | abi::MSR_ENABLE)?;
-    write_msr(abi::MSR_DATA, view.data as u64 | abi::MSR_ENABLE)
+    Ok(())
 }
 
-/// Turns the protocol off on this vCPU (the host then takes the synchronous path).
+/// Turns the protocol off on this vCPU (the host then takes the synchronous path). With
+/// interrupts off, as [`register`]; the guest's state changes only once the host agreed.
 pub fn unregister() -> Result<(), RegisterError> {
-    let entries = STATE.get().with(|s| core::mem::replace(&mut s.entries, 0));
-    if entries == 0 {
+    let _irq = IrqGuard::new();
+    if STATE.get().with(|s| s.entries) == 0 {
         return Ok(());
     }
     write_msr(abi::MSR_DATA, 0)?;
-    write_msr(abi::MSR_RING, 0)
+    write_msr(abi::MSR_RING, 0)?;
+    STATE.get().with(|s| {
+        // Keep the counters of the ring being replaced.
+        s.stats.consumed += s.ring.consumed;
+        s.stats.ring_corrupt += s.ring.corrupt;
+        s.entries = 0;
+        s.ring = RingConsumer::new(0);
+    });
+    Ok(())
 }
 
 /// The ring size registered on this vCPU (0: not registered).
@@ -366,7 +384,8 @@ fn on_resolution(_frame: &mut TrapFrame) {
     let mut wakes: heapless::Vec<(task::sched::TaskId, u32), { abi::MAX_RING_ENTRIES as usize }> = heapless::Vec::new();
     let drained = STATE.get().with(|s| {
         s.stats.resolution_irqs += 1;
-        let view = SharedView::of(cpu, s.entries);
+        // The view's layout comes from the consumer itself, so the two cannot disagree.
+        let view = SharedView::of(cpu, s.ring.entries());
         let table = &mut s.table;
         s.ring.drain(&view, |r| {
             if let ResolutionOutcome::Wake { task, result, .. } = table.on_resolution(Token(r.token), r.result) {
