@@ -38,6 +38,9 @@ fn ring_mode_passes_every_test_and_accounts_for_every_token() {
     assert_eq!(c.get("pager.outstanding"), 0);
     assert!(c.get("pager.resolved_failed") >= 1, "the failed-page test resolved a token as failed");
     assert!(c.get("pager.resolved_before_event") >= 1, "the early-resolution test resolved before its event");
+    // The tests that force a waiting path fetch with no latency under AfterEventTaken: each of
+    // their fetches is done before its event can be taken, so the host must have held it back.
+    assert!(c.get("pager.fetches_held_back") >= 5, "fetches held back: {}", c.get("pager.fetches_held_back"));
     assert!(c.get("pager.decoded_efaults") >= 1, "CPL 3 accesses reached the host (on PVM as a bare EFAULT)");
     assert!(r.report.lines.iter().any(|l| l.contains("0 outstanding")), "{:#?}", r.report.lines);
 }

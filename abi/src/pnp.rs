@@ -199,13 +199,20 @@ pub enum ResolutionTiming: u64 {
     /// As the protocol allows: as soon as the page is ready, before or after the guest took the
     /// event. Which comes first depends on the page-in latency and on the machine.
     WhenReady = 0,
-    /// Only once the guest has taken the event (its event area no longer holds that token).
-    /// The guest keeps interrupts off from taking an event to parking its task or halting, so
-    /// every event then waits: a task parks, or the HLT loop halts.
+    /// A page's fetch completes (the page becomes present, its resolutions are written) only
+    /// once the guest has taken every event waiting for it (its event area no longer holds
+    /// their tokens); until then the page stays absent, so a retried access comes back to the
+    /// host. The guest keeps interrupts off from taking an event to parking its task or
+    /// halting, so every such event waits: a task parks, or the HLT loop halts. Limits, on
+    /// PVM only: a CPL 0 access completes before its event is taken, and PVM injects one
+    /// interrupt per entry, so with a resolution pending at the same time the event comes at the
+    /// vCPU's next exit and the task runs on until then (docs/abi.md). A synchronous access to
+    /// such a page completes it at once; pages resolved before their event (`Immediate`, a
+    /// failed page touched again) are not affected.
     AfterEventTaken = 1,
-    /// Every absent page is made present at once and its resolution written before its event
-    /// (as [`PageBehaviour::Immediate`] for every page): the guest finds every event already
-    /// resolved and nobody waits.
+    /// Every absent page whose next fetch is normal is made present at once and its resolution
+    /// written before its event (as [`PageBehaviour::Immediate`]): the guest finds every such
+    /// event already resolved and nobody waits. Failing and held pages keep their behaviour.
     BeforeEvent = 2,
 }
 }

@@ -432,10 +432,10 @@ pub fn set_timing(timing: ResolutionTiming) -> Result<(), HypercallError> {
     host_call(Nr::PnpSetTiming, [timing as u64, 0, 0, 0]).map(|_| ())
 }
 
-/// Starts the fetch of the held page at `gpa` ([`PageBehaviour::Held`]). Returns whether it was
-/// held.
-pub fn release(gpa: u64) -> Result<bool, HypercallError> {
-    host_call(Nr::PnpRelease, [gpa, 0, 0, 0]).map(|r| r[0] == 1)
+/// Starts the fetches of the held pages among `pages` pages from `gpa`
+/// ([`PageBehaviour::Held`]), all in one exit. Returns how many were held.
+pub fn release(gpa: u64, pages: u64) -> Result<u64, HypercallError> {
+    host_call(Nr::PnpRelease, [gpa, pages, 0, 0]).map(|r| r[0])
 }
 
 /// Makes `pages` pages from `gpa` absent again.

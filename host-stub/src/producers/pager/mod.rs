@@ -55,7 +55,7 @@ use crate::trace::{Arg, Tracer, Track};
 
 const NAME: &str = "pager";
 
-/// How often the poller looks for events the guest took while their resolutions are held back.
+/// How often the poller looks for events the guest took while fetches wait for them.
 /// It only sets how soon the host notices; the guest's path does not depend on it.
 const HELD_BACK_POLL_INTERVAL: Duration = Duration::from_micros(20);
 
@@ -90,9 +90,9 @@ struct Inner {
     /// The vCPU thread, to kick out of KVM_RUN when a violation must stop the guest.
     vcpu_thread: Option<libc::pthread_t>,
     msi_refused: u64,
-    /// Resolutions whose page is ready but whose event the guest has not taken yet
-    /// ([`ResolutionTiming::AfterEventTaken`]): (vCPU, token, result).
-    held_back: Vec<(usize, Token, u32)>,
+    /// Pages whose fetch is done but whose completion waits until the guest has taken the
+    /// events of every token waiting for them ([`ResolutionTiming::AfterEventTaken`]).
+    held_back: Vec<PageIndex>,
     /// Arms the poller that writes them once their events are taken.
     held_back_poller: Option<poller::Arm>,
     /// The run's timeline: tokens, fetches and synchronous waits go on it.
@@ -121,7 +121,7 @@ pub struct Pager {
     config: PagerConfig,
     shared: Arc<Shared>,
     fetchers: Option<FetchPool>,
-    /// Watches for the guest taking events whose resolutions are held back.
+    /// Watches for the guest taking the events that held-back fetches wait for.
     poller: Option<Poller>,
     /// Accesses that reached the host as a bare EFAULT (PVM, guest CPL 3) and were decoded.
     efaults: u64,
@@ -281,6 +281,7 @@ impl Pager {
             }
             Decision::Wait { fetch } => {
                 let trace = inner.trace.clone();
+                complete_held_back_now(&self.shared, inner, page);
                 if fetch.is_some() && self.submit(inner, page) {
                     drop(guard);
                     complete_fetch(&self.shared, page);
@@ -309,23 +310,34 @@ impl Pager {
         Ok(Handled::Yes)
     }
 
-    /// `PnpRelease`: starts the fetch of a held page.
-    fn release(&self, gpa: u64) -> Result<[u64; 2], Status> {
+    /// `PnpRelease`: starts the fetches of the held pages among `count` pages from `gpa`, all
+    /// in this one exit (with no latency they complete before the vCPU runs again). Returns how
+    /// many were held.
+    fn release(&self, gpa: u64, count: u64) -> Result<[u64; 2], Status> {
         let mut guard = self.shared.lock();
         let inner = &mut *guard;
-        let page = inner.region.as_ref().and_then(|r| r.page_of(gpa)).ok_or(Status::InvalidArgument)?;
-        match inner.core.release(page) {
-            Release::Start(_) => {
-                let complete_now = self.submit(inner, page);
-                drop(guard);
-                if complete_now {
-                    complete_fetch(&self.shared, page);
+        let region = inner.region.as_ref().ok_or(Status::Unavailable)?;
+        let first = region.page_of(gpa).ok_or(Status::InvalidArgument)?;
+        let end =
+            first.checked_add(count.max(1)).filter(|end| *end <= region.pages()).ok_or(Status::InvalidArgument)?;
+        let (mut released, mut now) = (0, Vec::new());
+        for page in first..end {
+            match inner.core.release(page) {
+                Release::Start(_) => {
+                    released += 1;
+                    if self.submit(inner, page) {
+                        now.push(page);
+                    }
                 }
-                Ok([1, 0])
+                Release::NotHeld => {}
+                Release::OutOfRange => return Err(Status::InvalidArgument),
             }
-            Release::NotHeld => Ok([0; 2]),
-            Release::OutOfRange => Err(Status::InvalidArgument),
         }
+        drop(guard);
+        for page in now {
+            complete_fetch(&self.shared, page);
+        }
+        Ok([released, 0])
     }
 
     /// The synchronous path: block the vCPU until the page's fetch is over.
@@ -477,11 +489,35 @@ fn post_resolution(inner: &mut Inner, vcpu: usize, token: Token, result: u32) ->
 }
 
 /// A fetch finished (on a fetcher thread): make the page present or failed, and resolve every
-/// token waiting for it.
+/// token waiting for it; under [`ResolutionTiming::AfterEventTaken`], only once the guest has
+/// taken every event waiting for the page (until then the page stays absent, so an early retry
+/// of the access comes back to the host).
 fn complete_fetch(shared: &Shared, page: PageIndex) {
     let mut guard = shared.lock();
-    let started = Instant::now();
     let inner = &mut *guard;
+    if inner.core.timing == ResolutionTiming::AfterEventTaken {
+        match events_taken(inner, page) {
+            Ok(true) => {}
+            Ok(false) => {
+                inner.core.counters.fetches_held_back += 1;
+                inner.held_back.push(page);
+                shared.held_back_pending.store(true, Ordering::Release);
+                if let Some(arm) = &inner.held_back_poller {
+                    arm.arm();
+                }
+                return;
+            }
+            Err(problem) => report_violation(shared, inner, problem),
+        }
+    }
+    finish_fetch(shared, inner, page);
+    drop(guard);
+    shared.fetched.notify_all();
+}
+
+/// Makes `page` present (or failed) and writes the resolution of every token waiting for it.
+fn finish_fetch(shared: &Shared, inner: &mut Inner, page: PageIndex) {
+    let started = Instant::now();
     let (result, waiters) = inner.core.on_fetch_done(page);
     let tokens = waiters.len();
     let outcome = if result == abi::RESULT_RETRY {
@@ -492,7 +528,7 @@ fn complete_fetch(shared: &Shared, page: PageIndex) {
     };
     let mut problem = outcome.err();
     for (vcpu, token) in waiters {
-        if let Err(e) = resolve(shared, inner, vcpu, token, result) {
+        if let Err(e) = post_resolution(inner, vcpu, token, result) {
             problem.get_or_insert(e);
         }
     }
@@ -500,8 +536,6 @@ fn complete_fetch(shared: &Shared, page: PageIndex) {
         report_violation(shared, inner, problem);
     }
     inner.trace.fetch_completed(page, result, tokens, started);
-    drop(guard);
-    shared.fetched.notify_all();
 }
 
 /// Hands a protocol violation found off the vCPU thread to the vCPU thread, which stops the
@@ -517,66 +551,61 @@ fn report_violation(shared: &Shared, inner: &mut Inner, problem: String) {
     }
 }
 
-/// Writes the resolution of `token` now, or holds it back until the guest has taken the
-/// token's event when the timing asks for that.
-fn resolve(shared: &Shared, inner: &mut Inner, vcpu: usize, token: Token, result: u32) -> Result<(), String> {
-    if inner.core.timing == ResolutionTiming::AfterEventTaken && !event_taken(inner, vcpu, token)? {
-        inner.core.counters.resolutions_held_back += 1;
-        inner.held_back.push((vcpu, token, result));
-        shared.held_back_pending.store(true, Ordering::Release);
-        if let Some(arm) = &inner.held_back_poller {
-            arm.arm();
+/// Whether the guest has taken every event that waits for `page` (see [`event_taken`]).
+fn events_taken(inner: &Inner, page: PageIndex) -> Result<bool, String> {
+    for &(vcpu, token) in inner.core.waiters(page) {
+        let Some(a) = inner.vcpus.get(vcpu).and_then(Registration::active) else {
+            // Unregistered: nothing will take it; writing the resolution reports that.
+            continue;
+        };
+        let ram = inner.ram.as_ref().ok_or("not attached")?;
+        let inuse: u32 = ram
+            .load(GuestAddress(a.data_gpa + abi::DATA_INUSE_OFFSET), Ordering::Acquire)
+            .map_err(|e| format!("reading the event area: {e}"))?;
+        let held: u32 = ram
+            .load(GuestAddress(a.data_gpa + abi::DATA_TOKEN_OFFSET), Ordering::Relaxed)
+            .map_err(|e| format!("reading the event area: {e}"))?;
+        if !state::event_taken(inuse, held, token) {
+            return Ok(false);
         }
-        return Ok(());
     }
-    post_resolution(inner, vcpu, token, result)
+    Ok(true)
 }
 
-/// Whether the guest has taken the event that carried `token`: its event area no longer holds
-/// it (the host fills the area only when it is free, so a different token there means this one
-/// was taken too).
-fn event_taken(inner: &Inner, vcpu: usize, token: Token) -> Result<bool, String> {
-    let Some(a) = inner.vcpus.get(vcpu).and_then(Registration::active) else {
-        // Unregistered: nothing will take it; writing the resolution reports that.
-        return Ok(true);
-    };
-    let ram = inner.ram.as_ref().ok_or("not attached")?;
-    let inuse: u32 = ram
-        .load(GuestAddress(a.data_gpa + abi::DATA_INUSE_OFFSET), Ordering::Acquire)
-        .map_err(|e| format!("reading the event area: {e}"))?;
-    if inuse == 0 {
-        return Ok(true);
-    }
-    let held: u32 = ram
-        .load(GuestAddress(a.data_gpa + abi::DATA_TOKEN_OFFSET), Ordering::Relaxed)
-        .map_err(|e| format!("reading the event area: {e}"))?;
-    Ok(held != token.0)
-}
-
-/// Writes every held-back resolution whose event the guest has taken since. Returns whether
+/// Completes every held-back fetch whose events the guest has taken since. Returns whether
 /// some are still held back.
-fn write_taken_resolutions(shared: &Shared, inner: &mut Inner) -> bool {
-    let mut problem = None;
+fn complete_taken_fetches(shared: &Shared, inner: &mut Inner) -> bool {
     let held = std::mem::take(&mut inner.held_back);
-    for (vcpu, token, result) in held {
-        match event_taken(inner, vcpu, token) {
-            Ok(false) => inner.held_back.push((vcpu, token, result)),
+    let mut completed = false;
+    for page in held {
+        match events_taken(inner, page) {
+            Ok(false) => inner.held_back.push(page),
             Ok(true) => {
-                if let Err(e) = post_resolution(inner, vcpu, token, result) {
-                    problem.get_or_insert(e);
-                }
+                finish_fetch(shared, inner, page);
+                completed = true;
             }
-            Err(e) => {
-                problem.get_or_insert(e);
+            Err(problem) => {
+                inner.held_back.push(page);
+                report_violation(shared, inner, problem);
             }
         }
     }
     let pending = !inner.held_back.is_empty();
     shared.held_back_pending.store(pending, Ordering::Release);
-    if let Some(problem) = problem {
-        report_violation(shared, inner, problem);
+    if completed {
+        shared.fetched.notify_all();
     }
     pending
+}
+
+/// Completes a held-back fetch of `page` now, if there is one: a vCPU must wait for the page
+/// synchronously, so it cannot take the events the fetch waits for.
+fn complete_held_back_now(shared: &Shared, inner: &mut Inner, page: PageIndex) {
+    if let Some(at) = inner.held_back.iter().position(|p| *p == page) {
+        inner.held_back.swap_remove(at);
+        inner.core.counters.holds_released_by_sync_wait += 1;
+        finish_fetch(shared, inner, page);
+    }
 }
 
 impl ExitHandler for Pager {
@@ -614,7 +643,7 @@ impl ExitHandler for Pager {
                 .map_err(|e| failure(format!("cannot start the fetcher threads: {e}")))?,
         );
         let shared = self.shared.clone();
-        let check: poller::Check = Box::new(move || write_taken_resolutions(&shared, &mut shared.lock()));
+        let check: poller::Check = Box::new(move || complete_taken_fetches(&shared, &mut shared.lock()));
         let poller = Poller::start("pnp-held-back", HELD_BACK_POLL_INTERVAL, check)
             .map_err(|e| failure(format!("cannot start the held-back resolution poller: {e}")))?;
         self.shared.lock().held_back_poller = Some(poller.arm_handle());
@@ -648,7 +677,7 @@ impl ExitHandler for Pager {
             // The vCPU is about to run: an event it took since is worth acting on now, before
             // it runs on (the poller would do it too, a little later).
             let mut inner = self.shared.lock();
-            write_taken_resolutions(&self.shared, &mut inner);
+            complete_taken_fetches(&self.shared, &mut inner);
         }
         if !self.shared.violation_pending.load(Ordering::Acquire) {
             return Ok(());
@@ -742,7 +771,7 @@ impl ExitHandler for Pager {
     fn hypercall(&mut self, ctx: &mut VcpuCtx<'_>, nr: u32, args: [u64; 4]) -> Option<Result<[u64; 2], Status>> {
         let nr = Nr::try_from(nr).ok()?;
         if nr == Nr::PnpRelease {
-            return Some(self.release(args[0]));
+            return Some(self.release(args[0], args[1]));
         }
         let mut inner = self.shared.lock();
         let inner = &mut *inner;
@@ -821,7 +850,7 @@ impl ExitHandler for Pager {
             ("msi_refused", inner.msi_refused),
             ("decoded_efaults", self.efaults),
             ("retries_for_pending_event", c.retries_for_pending_event),
-            ("resolutions_held_back", c.resolutions_held_back),
+            ("fetches_held_back", c.fetches_held_back),
             ("holds_released_by_sync_wait", c.holds_released_by_sync_wait),
         ] {
             report.counter(NAME, key, value);
