@@ -51,7 +51,7 @@ fn write_to_read_only_data_faults() -> TestResult {
 
 fn stack_guard_pages_are_unmapped() -> TestResult {
     let cpu = percpu::index();
-    for slot in [1u16, 7, (crate::task::sched::MAX_TASKS - 1) as u16] {
+    for slot in [1u16, 7, (crate::task::table::MAX_TASKS - 1) as u16] {
         let guard = crate::task::stack::kernel_stack_guard(cpu, slot);
         match fault::probe_read_u64(guard + 8) {
             Err(f) => {

@@ -18,7 +18,7 @@ use super::{Failure, SelfTest, TestResult, fail};
 use crate::pv::halt;
 use crate::pv::pnp::{self, Region};
 use crate::sync::IrqGuard;
-use crate::task::sched::{ExitStatus, KillReason, TaskId};
+use crate::task::table::{ExitStatus, TaskId};
 use crate::task::{self, NoSleepGuard, user};
 use crate::{ensure, ensure_eq, kprintln};
 
@@ -354,7 +354,9 @@ fn failed_page_ends_only_its_task() -> TestResult {
     let victim = spawned(task::spawn_user("pnp-victim", user_read_two_words, gpa))?;
     let other = spawned(task::spawn_kernel("pnp-bystander", bystander, 0))?;
     match join(victim)? {
-        ExitStatus::Killed(KillReason::PageFailed { gpa: at, .. }) => ensure_eq!(at, gpa, "failed page reported"),
+        ExitStatus::Killed(reason) if let Some(failed) = pnp::PageFailed::from_reason(&reason) => {
+            ensure_eq!(failed.gpa, gpa, "failed page reported")
+        }
         other => return Err(fail(format_args!("the task that touched a failed page ended with {other:?}"))),
     }
     ensure_eq!(join(other)?, ExitStatus::Returned(7), "the bystander");
