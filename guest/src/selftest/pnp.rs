@@ -207,7 +207,49 @@ fn bad_registrations_are_refused() -> TestResult {
     let region = pager()?;
     let gpa = fresh_pages(&region, 1)?;
     ensure_eq!(read(gpa), backing_pattern(gpa), "data after refused writes");
+
+    // Partial registrations. No token is outstanding, so the areas may be disabled; the
+    // protocol is registered again when `again` drops, whatever happens below.
+    let again = Reregister(pnp::registered_entries());
+    let vectors = u64::from(pnp::EVENT_VECTOR) | (u64::from(pnp::RESOLUTION_VECTOR) << 8);
+    ensure!(probe_write_msr(abi::MSR_DATA, 0).is_ok(), "disabling the event area was refused");
+    ensure!(gp(probe_write_msr(abi::MSR_VECTORS, vectors)), "vectors written while the ring is enabled");
+    pnp::unregister().map_err(|e| fail(format_args!("unregister: {e:?}")))?;
+    ensure!(probe_write_msr(abi::MSR_VECTORS, vectors).is_ok(), "vectors refused with both areas disabled");
+    // The guest zeroes `head` and `tail` before it enables a ring; the host checks.
+    let ring = SCRATCH_RING.0.get() as u64;
+    let tail = (ring + abi::ring_tail_offset(1)) as *mut u32;
+    // SAFETY: the scratch ring is this test's own static page, registered with no host only
+    // between the writes below.
+    unsafe { core::ptr::write_volatile(tail, 5) };
+    ensure!(gp(probe_write_msr(abi::MSR_RING, ring | abi::MSR_ENABLE)), "a ring whose tail is not 0");
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(tail, 0) };
+    ensure!(probe_write_msr(abi::MSR_RING, ring | abi::MSR_ENABLE).is_ok(), "a zeroed ring was refused");
+    ensure!(probe_write_msr(abi::MSR_RING, 0).is_ok(), "disabling the scratch ring was refused");
+    drop(again);
+    ensure!(pnp::registered_entries() > 0, "the protocol was not registered again");
+    let gpa = fresh_pages(&region, 1)?;
+    ensure_eq!(read(gpa), backing_pattern(gpa), "data after registering again");
     Ok(())
+}
+
+/// A page-aligned ring page of this test's own, never the one the protocol uses.
+#[repr(C, align(4096))]
+struct ScratchRing(core::cell::UnsafeCell<[u8; 4096]>);
+// SAFETY: only `bad_registrations_are_refused` touches it, through volatile raw-pointer writes.
+unsafe impl Sync for ScratchRing {}
+static SCRATCH_RING: ScratchRing = ScratchRing(core::cell::UnsafeCell::new([0; 4096]));
+
+/// Registers the protocol with a ring of this many entries when dropped.
+struct Reregister(u32);
+
+impl Drop for Reregister {
+    fn drop(&mut self) {
+        if let Err(e) = pnp::register(self.0) {
+            kprintln!("pnp: registering again failed: {e:?}");
+        }
+    }
 }
 
 static B_STEPS: AtomicU64 = AtomicU64::new(0);
