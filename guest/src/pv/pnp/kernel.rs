@@ -242,11 +242,10 @@ pub fn register(entries: u32) -> Result<(), RegisterError> {
     unregister()?;
     let cpu = percpu::index();
     let view = SharedView::of(cpu, entries);
-    view.clear();
     STATE.get().with(|s| {
-        // Keep the counters of the ring being replaced.
-        s.stats.consumed += s.ring.consumed;
-        s.stats.ring_corrupt += s.ring.corrupt;
+        // Zeroed together with the consumer's reset, with interrupts off: a resolution
+        // interrupt still on its way sees the old ring or the new one, never a mix.
+        view.clear();
         s.entries = entries;
         s.table.reset(entries);
         s.ring = RingConsumer::new(entries);
@@ -259,7 +258,15 @@ pub fn register(entries: u32) -> Result<(), RegisterError> {
 
 /// Turns the protocol off on this vCPU (the host then takes the synchronous path).
 pub fn unregister() -> Result<(), RegisterError> {
-    let entries = STATE.get().with(|s| core::mem::replace(&mut s.entries, 0));
+    let entries = STATE.get().with(|s| {
+        // Keep the counters of the ring going away, and leave no ring to drain: a resolution
+        // interrupt still on its way finds nothing (it would otherwise read the ring with the
+        // old consumer's `tail` and call it corrupt).
+        s.stats.consumed += s.ring.consumed;
+        s.stats.ring_corrupt += s.ring.corrupt;
+        s.ring = RingConsumer::new(0);
+        core::mem::replace(&mut s.entries, 0)
+    });
     if entries == 0 {
         return Ok(());
     }
