@@ -18,7 +18,9 @@ fn the_guest_tells_a_host_of_its_major_its_version() {
 #[test]
 fn a_guest_uses_nothing_of_a_host_of_another_major() {
     // Not `arch::timer_ticks`: without the host stub's leaf the guest calibrates its TSC against
-    // the APIC timer, which under this machine's emulated kernel is too coarse for that test.
+    // the APIC timer, and under load on a machine whose guest kernel is emulated that can be
+    // off by more than the test allows (seen once here: 5 ticks measured as 37 ms). That is the
+    // calibration's matter, not the version check's.
     let mut c = config(guest_elf(), "tests=arch::hypercall_round_trip,pnp,ac");
     let other = AbiVersion::new(ABI_VERSION.major + 1, 0);
     c.abi_version = other;
