@@ -7,8 +7,9 @@
 //! removes something: nothing of a peer with another major can be trusted.
 //!
 //! - The host says its version in EAX of [`crate::cpuid::LEAF_INFO`]. A guest that finds
-//!   another major uses none of that host's interfaces (no hypercall, port, MSR or page of
-//!   this ABI): to it, that host is an unknown hypervisor.
+//!   another major uses none of the host stub's own interfaces (its hypercall, ports, MSRs,
+//!   pages, feature bits and leaves): to it, that host is an unknown hypervisor. The devices
+//!   every host offers (COM1, the exit port) stay in use.
 //! - A guest that found the same major writes its own version to [`MSR_GUEST_VERSION`], once
 //!   at boot, before it uses any other interface of the host. A host told another major
 //!   stops the run with an error that names both versions: the guest broke the rule above,
