@@ -34,7 +34,8 @@ unsafe impl Plain for Request {}
 crate::wire_enum! {
 /// Hypercall numbers.
 pub enum Nr: u32 {
-    /// Round trip check: `ret[0] = !args[0]`, `ret[1] = ABI_VERSION`.
+    /// Round trip check: `ret[0] = !args[0]`, `ret[1]` = the host's ABI version (wire form,
+    /// as in [`crate::cpuid::LEAF_INFO`]).
     Ping = 1,
     /// Split-lock trigger ([`crate::sld`]): `ret[0]` = how many triggers the host decided on
     /// so far (the last one's sequence number; 0: none yet), `ret[1]` = the last one's

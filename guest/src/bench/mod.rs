@@ -22,7 +22,7 @@ use crate::arch::{apic, cpu, idle, time, trap};
 use crate::boot::cmdline::Cmdline;
 use crate::kprintln;
 use crate::pv::{ac, halt, pnp};
-use crate::task::sched::{ExitStatus, TaskId};
+use crate::task::table::{ExitStatus, TaskId};
 use crate::task::{self, user};
 
 /// The vector of the benchmark interrupt (its handler only counts and signals EOI).

@@ -18,6 +18,8 @@ pub const TESTS: &[SelfTest] = &[
     SelfTest::new("arch::hypercall_round_trip", hypercall_round_trip),
     SelfTest::new("arch::apic_mode_follows_cpuid", apic_mode_follows_cpuid),
     SelfTest::new("arch::acpi_madt_lists_the_boot_cpu", acpi_madt_lists_the_boot_cpu),
+    // A deliberate breach, run by the end-to-end tests to show the host stops the run.
+    SelfTest::on_request("arch::deliberately_announce_another_abi_major", deliberately_announce_another_abi_major),
 ];
 
 fn page_fault_reports_cr2_and_error_code() -> TestResult {
@@ -51,7 +53,7 @@ fn write_to_read_only_data_faults() -> TestResult {
 
 fn stack_guard_pages_are_unmapped() -> TestResult {
     let cpu = percpu::index();
-    for slot in [1u16, 7, (crate::task::sched::MAX_TASKS - 1) as u16] {
+    for slot in [1u16, 7, (crate::task::table::MAX_TASKS - 1) as u16] {
         let guard = crate::task::stack::kernel_stack_guard(cpu, slot);
         match fault::probe_read_u64(guard + 8) {
             Err(f) => {
@@ -122,7 +124,7 @@ fn hypercall_round_trip() -> TestResult {
     let arg = 0x0123_4567_89ab_cdef;
     let ret = arch::hypercall::call(pvagent_abi::hypercall::Nr::Ping, [arg, 0, 0, 0])
         .map_err(|e| super::fail(format_args!("ping failed: {e:?}")))?;
-    ensure_eq!(ret, [!arg, u64::from(pvagent_abi::ABI_VERSION)], "ping answer");
+    ensure_eq!(ret, [!arg, u64::from(pvagent_abi::ABI_VERSION.to_raw())], "ping answer");
     Ok(())
 }
 
@@ -146,4 +148,14 @@ fn acpi_madt_lists_the_boot_cpu() -> TestResult {
     let listed = &madt.apic_ids[..(madt.cpus as usize).min(madt.apic_ids.len())];
     ensure!(listed.contains(&p.boot_apic_id), "boot APIC ID {} not among {listed:?}", p.boot_apic_id);
     Ok(())
+}
+
+/// Announces a version of the next major, which a guest that read the host's version never
+/// does: the host must stop the run with an error naming both versions.
+fn deliberately_announce_another_abi_major() -> TestResult {
+    use pvagent_abi::{ABI_VERSION, AbiVersion, version::MSR_GUEST_VERSION};
+    require_host_stub()?;
+    let other = AbiVersion::new(ABI_VERSION.major.wrapping_add(1), 0);
+    let written = fault::probe_write_msr(MSR_GUEST_VERSION, u64::from(other.to_raw()));
+    Err(super::fail(format_args!("the host let the guest announce ABI {other} and run on ({written:?})")))
 }

@@ -18,7 +18,7 @@ use super::{Failure, SelfTest, TestResult, fail};
 use crate::pv::halt;
 use crate::pv::pnp::{self, Region};
 use crate::sync::IrqGuard;
-use crate::task::sched::{ExitStatus, KillReason, TaskId};
+use crate::task::table::{ExitStatus, TaskId};
 use crate::task::{self, NoSleepGuard, user};
 use crate::{ensure, ensure_eq, kprintln};
 
@@ -212,7 +212,70 @@ fn bad_registrations_are_refused() -> TestResult {
     let region = pager()?;
     let gpa = fresh_pages(&region, 1)?;
     ensure_eq!(read(gpa), backing_pattern(gpa), "data after refused writes");
+
+    // Partial registrations. No token is outstanding, so the areas may be disabled; the
+    // protocol is registered again when `again` drops, whatever happens below.
+    let again = Reregister(pnp::registered_entries());
+    let vectors = u64::from(pnp::EVENT_VECTOR) | (u64::from(pnp::RESOLUTION_VECTOR) << 8);
+    ensure!(probe_write_msr(abi::MSR_DATA, 0).is_ok(), "disabling the event area was refused");
+    ensure!(gp(probe_write_msr(abi::MSR_VECTORS, vectors)), "vectors written while the ring is enabled");
+    pnp::unregister().map_err(|e| fail(format_args!("unregister: {e:?}")))?;
+    // A resolution interrupt that comes after unregistering (on PVM a second one, coalesced
+    // behind a burst, is injected at the next exit: the WRMSR of unregistering) finds no ring.
+    let before = pnp::stats();
+    inject_interrupt(pnp::RESOLUTION_VECTOR);
+    {
+        let _irq = IrqGuard::new();
+        halt::wait_until(|| (pnp::stats().resolution_irqs > before.resolution_irqs).then_some(()));
+    }
+    ensure_eq!(pnp::stats().ring_corrupt, before.ring_corrupt, "rings called corrupt by a late resolution interrupt");
+    ensure!(probe_write_msr(abi::MSR_VECTORS, vectors).is_ok(), "vectors refused with both areas disabled");
+    // The guest zeroes `head` and `tail` before it enables a ring; the host checks.
+    let ring = SCRATCH_RING.0.get() as u64;
+    let tail = (ring + abi::ring_tail_offset(1)) as *mut u32;
+    // SAFETY: the scratch ring is this test's own static page, registered with no host only
+    // between the writes below.
+    unsafe { core::ptr::write_volatile(tail, 5) };
+    ensure!(gp(probe_write_msr(abi::MSR_RING, ring | abi::MSR_ENABLE)), "a ring whose tail is not 0");
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(tail, 0) };
+    ensure!(probe_write_msr(abi::MSR_RING, ring | abi::MSR_ENABLE).is_ok(), "a zeroed ring was refused");
+    ensure!(probe_write_msr(abi::MSR_RING, 0).is_ok(), "disabling the scratch ring was refused");
+    drop(again);
+    ensure!(pnp::registered_entries() > 0, "the protocol was not registered again");
+    let gpa = fresh_pages(&region, 1)?;
+    ensure_eq!(read(gpa), backing_pattern(gpa), "data after registering again");
     Ok(())
+}
+
+/// Has the host stub raise interrupt `vector` on this vCPU, as a device would (an MSI through
+/// the benchmark injection port, `pvagent_abi::port::BENCH_INJECT`).
+fn inject_interrupt(vector: u8) {
+    use pvagent_abi::port::{BENCH_INJECT, BenchInject};
+    let value = BenchInject::Interrupt.encode(vector, 0);
+    // SAFETY: a port write the host stub serves by signalling the interrupt; it touches no
+    // memory of this guest.
+    unsafe {
+        core::arch::asm!("out dx, eax", in("dx") BENCH_INJECT, in("eax") value, options(nostack, nomem, preserves_flags));
+    }
+}
+
+/// A page-aligned ring page of this test's own, never the one the protocol uses.
+#[repr(C, align(4096))]
+struct ScratchRing(core::cell::UnsafeCell<[u8; 4096]>);
+// SAFETY: only `bad_registrations_are_refused` touches it, through volatile raw-pointer writes.
+unsafe impl Sync for ScratchRing {}
+static SCRATCH_RING: ScratchRing = ScratchRing(core::cell::UnsafeCell::new([0; 4096]));
+
+/// Registers the protocol with a ring of this many entries when dropped.
+struct Reregister(u32);
+
+impl Drop for Reregister {
+    fn drop(&mut self) {
+        if let Err(e) = pnp::register(self.0) {
+            kprintln!("pnp: registering again failed: {e:?}");
+        }
+    }
 }
 
 static B_STEPS: AtomicU64 = AtomicU64::new(0);
@@ -364,7 +427,9 @@ fn failed_page_ends_only_its_task() -> TestResult {
     let victim = spawned(task::spawn_user("pnp-victim", user_read_two_words, gpa))?;
     let other = spawned(task::spawn_kernel("pnp-bystander", bystander, 0))?;
     match join(victim)? {
-        ExitStatus::Killed(KillReason::PageFailed { gpa: at, .. }) => ensure_eq!(at, gpa, "failed page reported"),
+        ExitStatus::Killed(reason) if let Some(failed) = pnp::PageFailed::from_reason(&reason) => {
+            ensure_eq!(failed.gpa, gpa, "failed page reported")
+        }
         other => return Err(fail(format_args!("the task that touched a failed page ended with {other:?}"))),
     }
     ensure_eq!(join(other)?, ExitStatus::Returned(7), "the bystander");

@@ -23,7 +23,7 @@ use crate::boot::cmdline::Cmdline;
 use crate::kprintln;
 use crate::pv::halt;
 use crate::sync::{IrqCell, IrqGuard};
-use crate::task::{self, sched::ExitStatus, sched::KillReason, sched::Wait};
+use crate::task::{self, table::ExitStatus, table::Wait};
 
 /// The host's demand-paged region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -349,7 +349,7 @@ fn on_event(frame: &mut TrapFrame) {
         EventOutcome::Park if can_sleep => {
             STATE.get().with(|s| s.stats.slept += 1);
             account(entered);
-            let result = task::block_current(Wait::Token(token.0)) as u32;
+            let result = task::block_current(Wait::Key { owner: super::WAIT_OWNER, key: u64::from(token.0) }) as u32;
             (result, cpu::rdtsc())
         }
         EventOutcome::Park => {
@@ -374,14 +374,14 @@ fn page_failed(frame: &TrapFrame, token: Token, gpa: u64) {
         ));
     }
     kprintln!("task {} ended: its page {gpa:#x} failed (token {:#x})", task::name(task::current()), token.0);
-    task::exit_current(ExitStatus::Killed(KillReason::PageFailed { token: token.0, gpa }));
+    task::exit_current(ExitStatus::Killed(super::PageFailed { token: token.0, gpa }.into()));
 }
 
 fn on_resolution(_frame: &mut TrapFrame) {
     let entered = cpu::rdtsc();
     apic::eoi();
     let cpu = percpu::index();
-    let mut wakes: heapless::Vec<(task::sched::TaskId, u32), { abi::MAX_RING_ENTRIES as usize }> = heapless::Vec::new();
+    let mut wakes: heapless::Vec<(task::table::TaskId, u32), { abi::MAX_RING_ENTRIES as usize }> = heapless::Vec::new();
     let drained = STATE.get().with(|s| {
         s.stats.resolution_irqs += 1;
         // The view's layout comes from the consumer itself, so the two cannot disagree.
@@ -398,7 +398,7 @@ fn on_resolution(_frame: &mut TrapFrame) {
         kprintln!("pnp: ring head {head} is impossible with tail {tail}: nothing consumed");
     }
     for (id, result) in wakes {
-        if task::wake(id, u64::from(result)) != task::sched::WakeOutcome::Woken {
+        if task::wake(id, u64::from(result)) != task::table::WakeOutcome::Woken {
             STATE.get().with(|s| s.stats.stale_wakes += 1);
         }
     }

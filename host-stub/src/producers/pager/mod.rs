@@ -762,7 +762,9 @@ impl ExitHandler for Pager {
             observe_tail(&mut inner, ctx.index, active)?;
         }
         let Some(reg) = inner.vcpus.get_mut(ctx.index) else { return Ok(MsrAnswer::Fault) };
-        Ok(match reg.write(index, value, ram_size) {
+        let mem = ctx.mem;
+        let read_u32 = |gpa: u64| mem.load::<u32>(GuestAddress(gpa), Ordering::Acquire).ok();
+        Ok(match reg.write(index, value, ram_size, read_u32) {
             Ok(()) => MsrAnswer::Value(value),
             Err(_) => MsrAnswer::Fault,
         })
