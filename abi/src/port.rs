@@ -1,8 +1,9 @@
 //! I/O ports the guest uses. Each one is served by both QEMU and the host stub unless its
 //! documentation says it is the host stub's own.
 
-/// COM1, a 16550 UART: the guest's console. The host stub implements the transmit path and the
-/// line status register; QEMU implements a full UART.
+/// COM1, a 16550 UART: the guest's console. The host stub serves its registers with no receive
+/// path and no interrupt (the guest polls the line status register); QEMU implements a full
+/// UART.
 pub const COM1: u16 = 0x3F8;
 
 /// QEMU's `isa-debug-exit` device (`-device isa-debug-exit,iobase=0xf4,iosize=0x04`), which the

@@ -71,6 +71,8 @@ pub enum Error {
     WriteBootInfo(String),
     #[error("cannot open the serial log {path}: {source}")]
     SerialLog { path: PathBuf, source: std::io::Error },
+    #[error("cannot write the guest's console output: {0}")]
+    ConsoleOutput(std::io::Error),
     #[error("cannot create the trace file {path}: {source}")]
     CreateTraceFile { path: PathBuf, source: std::io::Error },
     #[error("cannot write the trace file {path}: {source}")]

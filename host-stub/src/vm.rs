@@ -369,23 +369,16 @@ impl Vm {
         })
     }
 
-    /// The bare loop: `KVM_RUN` and a match, nothing else. Console bytes go to the console
-    /// device (its sink), the UART's line status reads "ready", `in` from the benchmark port
-    /// says [`BenchLoop::Bare`], every other read is 0 or all-ones.
+    /// The bare loop: `KVM_RUN` and a match, nothing else. The console still works (its
+    /// accesses go to the console UART), `in` from the benchmark port says
+    /// [`BenchLoop::Bare`], every other read is 0 or all-ones.
     fn bare_loop(&mut self, until: BareUntil, watchdog: &Watchdog, stats: &mut BareStats) -> Result<BareEnd> {
         use kvm_ioctls::VcpuExit;
-        use pvagent_abi::port::{BENCH_NULL, BenchLoop, COM1, DEBUG_EXIT};
+        use pvagent_abi::port::{BENCH_NULL, BenchLoop, DEBUG_EXIT};
         let start = Instant::now();
-        let mut dlab = false;
         let end = loop {
             stats.exits += 1;
             match self.vcpu.fd.run() {
-                Ok(VcpuExit::IoOut(port, data)) if port == COM1 && !dlab => {
-                    data.iter().for_each(|&b| self.serial.transmit(b))
-                }
-                Ok(VcpuExit::IoOut(port, data)) if port == COM1 + 3 => {
-                    dlab = data.first().is_some_and(|b| b & 0x80 != 0)
-                }
                 Ok(VcpuExit::IoOut(port, data)) if port == DEBUG_EXIT => break BareEnd::GuestExit(out_word(data)),
                 Ok(VcpuExit::IoOut(port, data))
                     if port == BENCH_NULL
@@ -394,9 +387,16 @@ impl Vm {
                 {
                     break BareEnd::SwitchedBack;
                 }
-                Ok(VcpuExit::IoOut(..)) | Ok(VcpuExit::MmioWrite(..)) => {}
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    self.serial.write_port(port, data)?;
+                }
+                Ok(VcpuExit::MmioWrite(..)) => {}
                 Ok(VcpuExit::IoIn(port, data)) if port == BENCH_NULL => fill_in(data, BenchLoop::Bare as u32),
-                Ok(VcpuExit::IoIn(port, data)) => data.fill(if port == COM1 + 5 { 0x60 } else { 0 }),
+                Ok(VcpuExit::IoIn(port, data)) => {
+                    if !self.serial.read_port(port, data) {
+                        data.fill(0);
+                    }
+                }
                 Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xFF),
                 Ok(VcpuExit::X86Rdmsr(msr)) => *msr.error = 1,
                 Ok(VcpuExit::X86Wrmsr(msr)) => *msr.error = 1,
