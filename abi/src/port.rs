@@ -25,7 +25,8 @@ pub const TRACE: u16 = 0x051D;
 /// The host stub's null port: an `out` of 0 here exits to the host, which does nothing and
 /// resumes the guest: the benchmarks' baseline (one port-I/O round trip). An `out` of a
 /// [`BenchLoop`] value makes the host handle the following exits in that loop; an `in` says
-/// which loop is handling exits now. QEMU ignores writes and reads all-ones.
+/// which loop is handling exits now. Served only by a host stub run with its benchmark device
+/// (`--bench`); elsewhere (QEMU too) writes are ignored and reads return all-ones.
 pub const BENCH_NULL: u16 = 0x051F;
 
 crate::wire_enum! {
@@ -43,7 +44,8 @@ pub enum BenchLoop: u32 {
 
 /// The host stub's injection port, for benchmarks: a 32-bit `out` of a [`BenchInject`] value
 /// makes the host inject that event on the way back into the guest. A port rather than a
-/// hypercall, so that the event rides on exactly the exit the baseline measures.
+/// hypercall, so that the event rides on exactly the exit the baseline measures. Served only
+/// with the benchmark device, like [`BENCH_NULL`].
 pub const BENCH_INJECT: u16 = 0x051E;
 
 crate::wire_enum! {

@@ -38,6 +38,9 @@ pub struct Config {
     pub timeout: Option<Duration>,
     /// Record the run's timeline and write it here (Chrome trace-event JSON).
     pub trace: Option<PathBuf>,
+    /// Serve the benchmark device (ports `0x51E`/`0x51F`) and its bare loop, for
+    /// `cargo xtask bench`'s guest (`crate::bench`). Off: those ports are unclaimed.
+    pub bench: bool,
 }
 
 impl Config {
@@ -50,6 +53,7 @@ impl Config {
             serial: SerialSink::Stdout,
             timeout: Some(Duration::from_secs(300)),
             trace: None,
+            bench: false,
         }
     }
 
