@@ -67,6 +67,8 @@ pub enum Error {
     NoPvhEntry { path: PathBuf },
     #[error("the guest command line is {len} bytes; at most {max} fit")]
     CmdlineTooLong { len: usize, max: usize },
+    #[error("the ACPI tables cannot list {cpus} processors (1..={max}, local APIC IDs below 0xff)")]
+    AcpiCpus { cpus: usize, max: usize },
     #[error("writing the boot information into guest memory failed: {0}")]
     WriteBootInfo(String),
     #[error("cannot open the serial log {path}: {source}")]
