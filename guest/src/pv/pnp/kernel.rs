@@ -244,9 +244,6 @@ pub fn register(entries: u32) -> Result<(), RegisterError> {
     let view = SharedView::of(cpu, entries);
     view.clear();
     STATE.get().with(|s| {
-        // Keep the counters of the ring being replaced.
-        s.stats.consumed += s.ring.consumed;
-        s.stats.ring_corrupt += s.ring.corrupt;
         s.entries = entries;
         s.table.reset(entries);
         s.ring = RingConsumer::new(entries);
@@ -259,7 +256,17 @@ pub fn register(entries: u32) -> Result<(), RegisterError> {
 
 /// Turns the protocol off on this vCPU (the host then takes the synchronous path).
 pub fn unregister() -> Result<(), RegisterError> {
-    let entries = STATE.get().with(|s| core::mem::replace(&mut s.entries, 0));
+    // The ring's consumer goes with the ring, in the step that turns the protocol off (its
+    // counters kept): a resolution interrupt still pending from the old ring (on PVM a pending
+    // interrupt is injected at the next exit, which can be the WRMSR below) then finds no ring
+    // to drain, instead of the old consumer's tail against a ring of 0 entries, which reads as
+    // a corrupt head.
+    let entries = STATE.get().with(|s| {
+        s.stats.consumed += s.ring.consumed;
+        s.stats.ring_corrupt += s.ring.corrupt;
+        s.ring = RingConsumer::new(0);
+        core::mem::replace(&mut s.entries, 0)
+    });
     if entries == 0 {
         return Ok(());
     }
