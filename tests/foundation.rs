@@ -5,6 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use pvagent_abi::exit;
+use pvagent_abi::port::BenchLoop;
 use pvagent_abi::report::Status;
 use pvagent_host::{Error, Vm};
 use pvagent_tests::{config, guest_elf, require_kvm, run_qemu, run_stub, temp_file, tiny_elf};
@@ -175,4 +176,36 @@ fn an_emulation_failure_is_reported_with_rip_and_instruction_bytes() {
         assert!(error.contains("instruction bytes cc eb fe"), "{error}");
     }
     assert_eq!(r.crash_tail.as_deref(), Some(&["Y".to_string()][..]));
+}
+
+/// 32-bit code: an `out` of 0 to the benchmark injection port (`BenchInject::None`) and to the
+/// null port, an `in` from the null port, and what it read written to the exit port.
+const TOUCH_THE_BENCH_PORTS: &[u8] = &[
+    0x31, 0xC0, // xor eax, eax
+    0x66, 0xBA, 0x1E, 0x05, // mov dx, 0x51e (port::BENCH_INJECT)
+    0xEF, // out dx, eax
+    0x66, 0xBA, 0x1F, 0x05, // mov dx, 0x51f (port::BENCH_NULL)
+    0xEF, // out dx, eax
+    0xED, // in eax, dx
+    0x66, 0xBA, 0xF4, 0x00, // mov dx, 0xf4 (port::DEBUG_EXIT)
+    0xEF, // out dx, eax
+    0xEB, 0xFE, // jmp $
+];
+
+#[test]
+fn the_benchmark_ports_are_served_only_when_asked_for() {
+    require_kvm();
+    let image = temp_file("bench-ports.elf", &tiny_elf(TOUCH_THE_BENCH_PORTS, true, 0));
+
+    let plain = Vm::new(config(&image, ""), Vec::new()).expect("setup").run();
+    assert_eq!(plain.guest_exit_code, Some(u32::MAX), "an unclaimed port reads all-ones");
+    assert_eq!(plain.report.get("vcpu0.unclaimed_io"), 3, "{:?}", plain.report.counters);
+    assert!(!plain.report.counters.keys().any(|k| k.starts_with("bench.") || k.starts_with("bare.")));
+
+    let mut with_bench = config(&image, "");
+    with_bench.bench = true;
+    let bench = Vm::new(with_bench, Vec::new()).expect("setup").run();
+    assert_eq!(bench.guest_exit_code, Some(BenchLoop::Stub as u32), "the null port names the loop serving it");
+    assert_eq!(bench.report.get("vcpu0.unclaimed_io"), 0, "{:?}", bench.report.counters);
+    assert_eq!(bench.report.get("bench.null_exits"), 2);
 }

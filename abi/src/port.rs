@@ -1,8 +1,9 @@
 //! I/O ports the guest uses. Each one is served by both QEMU and the host stub unless its
 //! documentation says it is the host stub's own.
 
-/// COM1, a 16550 UART: the guest's console. The host stub implements the transmit path and the
-/// line status register; QEMU implements a full UART.
+/// COM1, a 16550 UART: the guest's console. The host stub serves its registers with no receive
+/// path and no interrupt (the guest polls the line status register); QEMU implements a full
+/// UART.
 pub const COM1: u16 = 0x3F8;
 
 /// QEMU's `isa-debug-exit` device (`-device isa-debug-exit,iobase=0xf4,iosize=0x04`), which the
@@ -24,7 +25,8 @@ pub const TRACE: u16 = 0x051D;
 /// The host stub's null port: an `out` of 0 here exits to the host, which does nothing and
 /// resumes the guest: the benchmarks' baseline (one port-I/O round trip). An `out` of a
 /// [`BenchLoop`] value makes the host handle the following exits in that loop; an `in` says
-/// which loop is handling exits now. QEMU ignores writes and reads all-ones.
+/// which loop is handling exits now. Served only by a host stub run with its benchmark device
+/// (`--bench`); elsewhere (QEMU too) writes are ignored and reads return all-ones.
 pub const BENCH_NULL: u16 = 0x051F;
 
 crate::wire_enum! {
@@ -42,7 +44,8 @@ pub enum BenchLoop: u32 {
 
 /// The host stub's injection port, for benchmarks: a 32-bit `out` of a [`BenchInject`] value
 /// makes the host inject that event on the way back into the guest. A port rather than a
-/// hypercall, so that the event rides on exactly the exit the baseline measures.
+/// hypercall, so that the event rides on exactly the exit the baseline measures. Served only
+/// with the benchmark device, like [`BENCH_NULL`].
 pub const BENCH_INJECT: u16 = 0x051E;
 
 crate::wire_enum! {

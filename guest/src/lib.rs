@@ -1,7 +1,9 @@
 //! The pvagent guest kernel.
 //!
 //! Layers, bottom to top: `boot` and `arch` (hardware, no protocol knowledge), `task` (the
-//! scheduler), `pv` (the paravirtual protocols), `selftest`. Modules whose logic is plain code
+//! scheduler), `pv` (the paravirtual protocols), `selftest`; `start` is the boot sequence the
+//! kernel binaries share (the product kernel, `main.rs`, and the benchmark kernel, `bench/`,
+//! whose code lives only in that binary). Modules whose logic is plain code
 //! (the scheduler's bookkeeping, the command line, the protocol state machines) build for the
 //! host too and are unit-tested there; everything that touches hardware is `cfg(kernel)`.
 
@@ -14,20 +16,16 @@ pub mod task;
 #[cfg(kernel)]
 pub mod arch;
 #[cfg(kernel)]
-pub mod bench;
-#[cfg(kernel)]
 pub mod console;
 #[cfg(kernel)]
 pub mod selftest;
+#[cfg(kernel)]
+pub mod start;
 #[cfg(kernel)]
 pub mod sync;
 
 /// The kernel's version, printed at boot.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// Command line keys the kernel understands (others are reported at boot).
-pub const KNOWN_CMDLINE_KEYS: &[&str] =
-    &["tests", "expect-host", "pnp", "pnp-ring", "sld", "bench", "bench-quick", "bench-reps"];
 
 #[cfg(kernel)]
 #[panic_handler]

@@ -1,86 +1,97 @@
 //! Minimal ACPI tables for the guest: an RSDP, an XSDT and a MADT listing the vCPUs' local
 //! APICs and KVM's in-kernel I/O APIC, so that the guest enumerates processors the same way
-//! under the host stub as under QEMU.
+//! under the host stub as under QEMU. Built from rust-vmm's `acpi_tables` structures, which keep
+//! each table's length and checksum.
+
+use acpi_tables::Aml;
+use acpi_tables::madt::{EnabledStatus, IoApic, ProcessorLocalApic};
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::sdt::Sdt;
+use acpi_tables::xsdt::XSDT;
+use zerocopy::little_endian::U32;
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+use crate::error::{Error, Result};
 
 /// Where the tables go: the BIOS read-only area, reported to the guest as ACPI memory.
 pub const TABLES_GPA: u64 = 0xE_0000;
 /// Size reserved for the tables.
 pub const TABLES_SIZE: u64 = 0x1_0000;
-/// KVM's in-kernel I/O APIC.
+/// Most processors the MADT lists: their UIDs are 8 bits, and APIC ID `0xFF` is the broadcast
+/// address (IDs beyond it need x2APIC entries, which these tables do not have yet).
+pub const MAX_CPUS: usize = 0xFF;
+/// KVM's in-kernel I/O APIC: its address, and the ID its ID register holds after reset.
 const IOAPIC_ADDRESS: u32 = 0xFEC0_0000;
+const IOAPIC_ID: u8 = 0;
 /// The local APIC's MMIO address.
 const LAPIC_ADDRESS: u32 = 0xFEE0_0000;
-const OEM_ID: &[u8; 6] = b"PVAGNT";
-const OEM_TABLE_ID: &[u8; 8] = b"PVAGENT ";
+const OEM_ID: [u8; 6] = *b"PVAGNT";
+const OEM_TABLE_ID: [u8; 8] = *b"PVAGENT ";
+const OEM_REVISION: u32 = 1;
+/// The MADT's revision, as the host stub has always written it: the two kinds of entry it holds
+/// (processor local APIC, I/O APIC) are laid out the same in every revision.
+const MADT_REVISION: u8 = 4;
+/// MADT flag `PCAT_COMPAT`: the machine also has the PC-AT dual 8259 (KVM_CREATE_IRQCHIP creates
+/// them), which the guest masks before it uses the local APIC.
+const PCAT_COMPAT: u32 = 1;
+/// Tables start on 16-byte boundaries.
+const TABLE_ALIGN: u64 = 16;
 
-fn checksum(bytes: &[u8]) -> u8 {
-    bytes.iter().fold(0u8, |sum, b| sum.wrapping_add(*b)).wrapping_neg()
+/// The MADT's own fields after the common header (the ACPI specification's "Multiple APIC
+/// Description Table"): where the local APIC is, and flags. `acpi_tables`'s `MADT`
+/// type sets its flags to 0, which would deny the 8259s the VM has, so the MADT is built as a
+/// generic table with this and the crate's typed entries.
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, IntoBytes, FromBytes, Immutable)]
+struct MadtFields {
+    local_apic_address: U32,
+    flags: U32,
 }
 
-/// A system description table: the 36-byte header, then `body`; the checksum is filled in.
-fn sdt(signature: &[u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {
-    let length = (36 + body.len()) as u32;
-    let mut t = Vec::with_capacity(length as usize);
-    t.extend_from_slice(signature);
-    t.extend_from_slice(&length.to_le_bytes());
-    t.push(revision);
-    t.push(0); // checksum, below
-    t.extend_from_slice(OEM_ID);
-    t.extend_from_slice(OEM_TABLE_ID);
-    t.extend_from_slice(&1u32.to_le_bytes()); // OEM revision
-    t.extend_from_slice(b"PVAG"); // creator ID
-    t.extend_from_slice(&1u32.to_le_bytes()); // creator revision
-    t.extend_from_slice(body);
-    t[9] = checksum(&t);
-    t
-}
+/// The common header every system description table starts with.
+const HEADER_LEN: u32 = 36;
+const _: () = assert!(size_of::<MadtFields>() == 8);
+/// The most the tables take (RSDP, MADT with [`MAX_CPUS`] local APICs and the I/O APIC, XSDT
+/// with one entry, each 16-byte aligned) fits the space reserved for them.
+const _: () = assert!(48 + (44 + 8 * MAX_CPUS as u64 + 12 + 15) + 44 <= TABLES_SIZE);
 
-fn madt(apic_ids: &[u8]) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&LAPIC_ADDRESS.to_le_bytes());
-    body.extend_from_slice(&1u32.to_le_bytes()); // PCAT_COMPAT: there are legacy PICs
-    for (uid, &id) in apic_ids.iter().enumerate() {
-        // Processor Local APIC: type 0, length 8, processor UID, APIC ID, flags (enabled).
-        body.extend_from_slice(&[0, 8, uid as u8, id]);
-        body.extend_from_slice(&1u32.to_le_bytes());
-    }
-    // I/O APIC: type 1, length 12, ID, reserved, address, global interrupt base.
-    body.extend_from_slice(&[1, 12, apic_ids.len() as u8, 0]);
-    body.extend_from_slice(&IOAPIC_ADDRESS.to_le_bytes());
-    body.extend_from_slice(&0u32.to_le_bytes());
-    sdt(b"APIC", 4, &body)
-}
-
-/// The tables, laid out from [`TABLES_GPA`]: RSDP first (the guest gets its address in the PVH
-/// start info), then the XSDT, then the MADT.
-pub fn build(apic_ids: &[u8]) -> Vec<u8> {
-    let madt = madt(apic_ids);
-    let rsdp_len = 36u64;
-    let xsdt_at = TABLES_GPA + rsdp_len.next_multiple_of(16);
-    let madt_at = xsdt_at + 64;
-    let xsdt = sdt(b"XSDT", 1, &madt_at.to_le_bytes());
-    assert!(xsdt.len() <= 64, "the XSDT outgrew its slot");
-
-    let mut rsdp = Vec::with_capacity(36);
-    rsdp.extend_from_slice(b"RSD PTR ");
-    rsdp.push(0); // checksum of the first 20 bytes, below
-    rsdp.extend_from_slice(OEM_ID);
-    rsdp.push(2); // revision: ACPI 2.0+, XSDT valid
-    rsdp.extend_from_slice(&0u32.to_le_bytes()); // no RSDT
-    rsdp.extend_from_slice(&36u32.to_le_bytes());
-    rsdp.extend_from_slice(&xsdt_at.to_le_bytes());
-    rsdp.push(0); // extended checksum, below
-    rsdp.extend_from_slice(&[0; 3]);
-    rsdp[8] = checksum(&rsdp[..20]);
-    rsdp[32] = checksum(&rsdp);
-
-    let mut out = vec![0u8; (madt_at - TABLES_GPA) as usize];
-    out[..rsdp.len()].copy_from_slice(&rsdp);
-    let x = (xsdt_at - TABLES_GPA) as usize;
-    out[x..x + xsdt.len()].copy_from_slice(&xsdt);
-    out.extend_from_slice(&madt);
-    assert!(out.len() as u64 <= TABLES_SIZE);
+fn bytes(table: &dyn Aml) -> Vec<u8> {
+    let mut out = Vec::new();
+    table.to_aml_bytes(&mut out);
     out
+}
+
+/// The MADT for processors with these APIC IDs, in order (processor UID = index), all enabled.
+fn madt(apic_ids: &[u8]) -> Sdt {
+    let mut madt = Sdt::new(*b"APIC", HEADER_LEN + 8, MADT_REVISION, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    madt.write(HEADER_LEN as usize, MadtFields { local_apic_address: LAPIC_ADDRESS.into(), flags: PCAT_COMPAT.into() });
+    for (uid, &apic_id) in apic_ids.iter().enumerate() {
+        madt.append_slice(ProcessorLocalApic::new(uid as u8, apic_id, EnabledStatus::Enabled).as_bytes());
+    }
+    madt.append_slice(IoApic::new(IOAPIC_ID, IOAPIC_ADDRESS, 0).as_bytes());
+    madt
+}
+
+/// The tables for vCPUs with these local APIC IDs (in vCPU order), laid out from
+/// [`TABLES_GPA`]: the RSDP first (the guest gets its address in the PVH start info), then the
+/// MADT, then the XSDT that points at it.
+pub fn build(apic_ids: &[u8]) -> Result<Vec<u8>> {
+    if apic_ids.is_empty() || apic_ids.len() > MAX_CPUS || apic_ids.contains(&0xFF) {
+        return Err(Error::AcpiCpus { cpus: apic_ids.len(), max: MAX_CPUS });
+    }
+    let madt = bytes(&madt(apic_ids));
+    let madt_at = TABLES_GPA + (Rsdp::len() as u64).next_multiple_of(TABLE_ALIGN);
+    let xsdt_at = (madt_at + madt.len() as u64).next_multiple_of(TABLE_ALIGN);
+    let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    xsdt.add_entry(madt_at);
+    let xsdt = bytes(&xsdt);
+
+    let mut out = vec![0u8; (xsdt_at - TABLES_GPA) as usize];
+    out[..Rsdp::len()].copy_from_slice(Rsdp::new(OEM_ID, xsdt_at).as_bytes());
+    let m = (madt_at - TABLES_GPA) as usize;
+    out[m..m + madt.len()].copy_from_slice(&madt);
+    out.extend_from_slice(&xsdt);
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -91,34 +102,64 @@ mod tests {
         bytes.iter().fold(0u8, |s, b| s.wrapping_add(*b)) == 0
     }
 
-    #[test]
-    fn every_checksum_holds_and_pointers_lead_to_the_madt() {
-        let t = build(&[0]);
+    fn u32_at(t: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(t[at..at + 4].try_into().unwrap())
+    }
+
+    /// Follows RSDP -> XSDT -> MADT as a guest does, checking each signature and checksum;
+    /// the MADT's bytes.
+    fn find_madt(t: &[u8]) -> &[u8] {
         assert_eq!(&t[..8], b"RSD PTR ");
+        assert_eq!(t[15], 2, "ACPI 2.0+ RSDP: the XSDT is valid");
         assert!(sums_to_zero(&t[..20]), "RSDP checksum");
         assert!(sums_to_zero(&t[..36]), "RSDP extended checksum");
         let xsdt_at = u64::from_le_bytes(t[24..32].try_into().unwrap());
         let x = (xsdt_at - TABLES_GPA) as usize;
         assert_eq!(&t[x..x + 4], b"XSDT");
-        let xlen = u32::from_le_bytes(t[x + 4..x + 8].try_into().unwrap()) as usize;
+        let xlen = u32_at(t, x + 4) as usize;
+        assert_eq!(xlen, 36 + 8, "one entry");
         assert!(sums_to_zero(&t[x..x + xlen]), "XSDT checksum");
         let madt_at = u64::from_le_bytes(t[x + 36..x + 44].try_into().unwrap());
         let m = (madt_at - TABLES_GPA) as usize;
         assert_eq!(&t[m..m + 4], b"APIC");
-        let mlen = u32::from_le_bytes(t[m + 4..m + 8].try_into().unwrap()) as usize;
-        assert_eq!(m + mlen, t.len());
+        let mlen = u32_at(t, m + 4) as usize;
         assert!(sums_to_zero(&t[m..m + mlen]), "MADT checksum");
-        // First entry: the boot CPU's local APIC, enabled.
-        assert_eq!(&t[m + 44..m + 48], &[0, 8, 0, 0]);
-        assert_eq!(t[m + 48] & 1, 1);
+        &t[m..m + mlen]
     }
 
     #[test]
-    fn one_local_apic_entry_per_vcpu() {
-        let t = build(&[0, 1, 2]);
-        let m = t.len() - (36 + 8 + 3 * 8 + 12);
-        assert_eq!(&t[m..m + 4], b"APIC");
-        let ids: Vec<u8> = (0..3).map(|i| t[m + 44 + i * 8 + 3]).collect();
-        assert_eq!(ids, [0, 1, 2]);
+    fn every_checksum_holds_and_pointers_lead_to_the_madt() {
+        let t = build(&[0]).unwrap();
+        assert!(t.len() as u64 <= TABLES_SIZE);
+        let madt = find_madt(&t);
+        assert_eq!(u32_at(madt, 36), LAPIC_ADDRESS);
+        assert_eq!(u32_at(madt, 40), PCAT_COMPAT, "the VM has the 8259s");
+        // The boot CPU's local APIC (type 0, length 8, UID 0, APIC ID 0), enabled; then the I/O APIC.
+        assert_eq!(&madt[44..48], &[0, 8, 0, 0]);
+        assert_eq!(u32_at(madt, 48), 1);
+        assert_eq!(&madt[52..56], &[1, 12, IOAPIC_ID, 0]);
+        assert_eq!(u32_at(madt, 56), IOAPIC_ADDRESS);
+        assert_eq!(u32_at(madt, 60), 0, "global system interrupt base");
+        assert_eq!(madt.len(), 64);
+    }
+
+    #[test]
+    fn one_enabled_local_apic_entry_per_vcpu_in_order() {
+        let t = build(&[0, 1, 5]).unwrap();
+        let madt = find_madt(&t);
+        assert_eq!(madt.len(), 44 + 3 * 8 + 12);
+        for (i, apic_id) in [0u8, 1, 5].into_iter().enumerate() {
+            let e = &madt[44 + i * 8..52 + i * 8];
+            assert_eq!(&e[..4], &[0, 8, i as u8, apic_id], "entry {i}");
+            assert_eq!(u32_at(e, 4), 1, "enabled");
+        }
+    }
+
+    #[test]
+    fn impossible_processor_lists_are_refused() {
+        assert!(matches!(build(&[]), Err(Error::AcpiCpus { .. })));
+        assert!(matches!(build(&[0xFF]), Err(Error::AcpiCpus { .. })), "the broadcast ID");
+        assert!(matches!(build(&[0; MAX_CPUS + 1]), Err(Error::AcpiCpus { .. })));
+        assert!(build(&[0; MAX_CPUS]).is_ok());
     }
 }

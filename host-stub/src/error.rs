@@ -67,10 +67,14 @@ pub enum Error {
     NoPvhEntry { path: PathBuf },
     #[error("the guest command line is {len} bytes; at most {max} fit")]
     CmdlineTooLong { len: usize, max: usize },
+    #[error("the ACPI tables cannot list {cpus} processors (1..={max}, local APIC IDs below 0xff)")]
+    AcpiCpus { cpus: usize, max: usize },
     #[error("writing the boot information into guest memory failed: {0}")]
     WriteBootInfo(String),
     #[error("cannot open the serial log {path}: {source}")]
     SerialLog { path: PathBuf, source: std::io::Error },
+    #[error("cannot write the guest's console output: {0}")]
+    ConsoleOutput(std::io::Error),
     #[error("cannot create the trace file {path}: {source}")]
     CreateTraceFile { path: PathBuf, source: std::io::Error },
     #[error("cannot write the trace file {path}: {source}")]

@@ -19,6 +19,7 @@ pub mod loader;
 pub mod memory;
 pub mod producers;
 pub mod report;
+pub mod tiny_image;
 pub mod trace;
 pub mod vcpu;
 pub mod vm;

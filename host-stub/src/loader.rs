@@ -124,7 +124,8 @@ fn write_boot_info(mem: &GuestMemoryMmap, mem_size: u64, cmdline: &str, extra: &
         let at = MEMMAP_GPA + (i * std::mem::size_of::<HvmMemmapEntry>()) as u64;
         memory::write_plain(mem, at, *entry).ok_or_else(|| fail("memory map"))?;
     }
-    let tables = acpi::build(&[0]);
+    // One vCPU today: KVM gives vCPU n local APIC ID n.
+    let tables = acpi::build(&[0])?;
     mem.write_slice(&tables, GuestAddress(acpi::TABLES_GPA)).map_err(|_| fail("ACPI tables"))?;
     let mut line = cmdline.as_bytes().to_vec();
     line.push(0);

@@ -36,12 +36,12 @@ struct Args {
     counters: bool,
     /// Record the run's timeline (every exit, injection, page-not-present event and guest task
     /// switch) and write it to FILE as Chrome trace-event JSON, for https://ui.perfetto.dev.
-    #[arg(long, value_name = "FILE", conflicts_with = "bare")]
+    #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
-    /// Run the guest in a bare kvm-ioctls loop (no devices beyond a console and the exit port,
-    /// no producers): the benchmarks' baseline.
+    /// Serve the benchmark ports (0x51E, 0x51F) and the bare kvm-ioctls loop the benchmark
+    /// compares this host's run loop with, for the benchmark guest (`cargo xtask bench`).
     #[arg(long)]
-    bare: bool,
+    bench: bool,
     /// Stop the guest after this many seconds (0: never).
     #[arg(long, default_value_t = 300)]
     timeout: u64,
@@ -163,8 +163,8 @@ fn main() -> ExitCode {
     };
     config.timeout = (args.timeout > 0).then(|| Duration::from_secs(args.timeout));
     config.trace = args.trace;
+    config.bench = args.bench;
 
-    let producers = if args.bare { Producers::default() } else { producers };
     let producers = match producers.build() {
         Ok(producers) => producers,
         Err(e) => {
@@ -179,20 +179,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if args.bare {
-        return match vm.run_bare() {
-            // The console's sink already showed the guest's lines.
-            Ok(run) => {
-                println!("host: counter bare.exits {}", run.exits);
-                println!("host: counter host.run_us {}", run.run_time.as_micros());
-                ExitCode::from(run.guest_exit_code.map_or(2, pvagent_abi::exit::host_stub_status) as u8)
-            }
-            Err(e) => {
-                eprintln!("pvagent-host: error: {e}");
-                ExitCode::from(2)
-            }
-        };
-    }
     let to_first_entry = started.elapsed();
     let mut result = vm.run();
     result.report.counter("host", "main_to_entry_us", to_first_entry.as_micros() as u64);

@@ -12,12 +12,12 @@ use kvm_ioctls::{Cap, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRang
 use pvagent_abi::cpuid::Features;
 use vm_memory::GuestMemoryMmap;
 
+use crate::bench::{Bench, bare_loop};
 use crate::config::Config;
 use crate::cpuid::CpuidTable;
-use crate::devices::bench::Bench;
 use crate::devices::{Basics, debug_exit::DebugExit, serial::Serial, trace::TracePort};
 use crate::error::{Error, Result};
-use crate::handler::{AttachCtx, ExitHandler, Report, Stop, fill_in, out_word};
+use crate::handler::{AttachCtx, ExitHandler, Report, Stop};
 use crate::loader::{self, Loaded};
 use crate::memory::{self, START_INFO_GPA};
 use crate::report::RunResult;
@@ -41,7 +41,8 @@ pub struct Vm {
     serial: Serial,
     debug_exit: DebugExit,
     basics: Basics,
-    bench: Bench,
+    /// The benchmark device, only when the configuration asks for it.
+    bench: Option<Bench>,
     trace_port: TracePort,
     producers: Vec<Box<dyn ExitHandler>>,
     /// The run's timeline, and the file it goes to (created up front, so a bad path fails
@@ -133,7 +134,7 @@ impl Vm {
         fd.set_cpuid2(&cpuid.to_kvm()?).map_err(Error::SetCpuid)?;
         set_pvh_entry_state(&fd, loaded.entry)?;
 
-        let bench = Bench::new(vm.clone(), tracer.clone());
+        let bench = config.bench.then(|| Bench::new(vm.clone(), tracer.clone()));
         Ok(Self {
             vcpu: Vcpu { index: 0, fd, exits: 0, unclaimed: Default::default(), trace: tracer.clone() },
             vm,
@@ -157,28 +158,30 @@ impl Vm {
     pub fn run(mut self) -> RunResult {
         let start = Instant::now();
         let watchdog = Watchdog::arm(self.config.timeout);
-        let mut bare = BareStats::default();
+        let mut bare = bare_loop::BareStats::default();
         let outcome = loop {
             let outcome = {
-                let mut handlers: Vec<&mut dyn ExitHandler> = vec![
-                    &mut self.serial,
-                    &mut self.debug_exit,
-                    &mut self.basics,
-                    &mut self.bench,
-                    &mut self.trace_port,
-                ];
+                let mut handlers: Vec<&mut dyn ExitHandler> =
+                    vec![&mut self.serial, &mut self.debug_exit, &mut self.basics];
+                // Before the producers: it leaves the pager the page-not-present kind of its
+                // injection port.
+                if let Some(bench) = self.bench.as_mut() {
+                    handlers.push(bench);
+                }
+                handlers.push(&mut self.trace_port);
                 handlers.extend(self.producers.iter_mut().map(|p| p.as_mut() as &mut dyn ExitHandler));
                 self.vcpu.run(&self.vm, &self.mem, &mut handlers, &watchdog)
             };
-            // A benchmark's baseline: some exits in the bare loop, then back here.
+            // A benchmark's baseline: some exits in the bare loop, then back here. Only the
+            // bench device stops the loop for it.
             if let Ok(Stop::BareLoop) = outcome {
                 let since = Instant::now();
-                let ended = self.bare_loop(BareUntil::SwitchBack, &watchdog, &mut bare);
+                let ended = bare_loop::run(&mut self.vcpu.fd, &mut self.serial, &watchdog, &mut bare);
                 let track = crate::trace::Track::Vcpu(self.vcpu.index);
                 self.tracer.complete(track, "bare loop (benchmark baseline)", since, Instant::now(), Vec::new);
                 match ended {
-                    Ok(BareEnd::SwitchedBack) => continue,
-                    Ok(BareEnd::GuestExit(code)) => break Ok(Stop::GuestExit(code)),
+                    Ok(bare_loop::BareEnd::SwitchedBack) => continue,
+                    Ok(bare_loop::BareEnd::GuestExit(code)) => break Ok(Stop::GuestExit(code)),
                     Err(e) => break Err(e),
                 }
             }
@@ -199,7 +202,11 @@ impl Vm {
         };
         finish(&mut self.serial, &mut report);
         finish(&mut self.basics, &mut report);
-        finish(&mut self.bench, &mut report);
+        if let Some(bench) = self.bench.as_mut() {
+            finish(bench, &mut report);
+            report.counter("bare", "exits", bare.exits);
+            report.counter("bare", "run_us", bare.time.as_micros() as u64);
+        }
         finish(&mut self.trace_port, &mut report);
         for p in &mut self.producers {
             finish(p.as_mut(), &mut report);
@@ -236,8 +243,6 @@ impl Vm {
             }
         }
         report.counter("vcpu0", "exits", self.vcpu.exits);
-        report.counter("bare", "exits", bare.exits);
-        report.counter("bare", "run_us", bare.time.as_micros() as u64);
         report.counter("host", "setup_us", self.setup_time.as_micros() as u64);
         report.counter("host", "run_us", elapsed.as_micros() as u64);
         if let Some(kib) = peak_rss_kib() {
@@ -316,99 +321,6 @@ fn msr_ranges(msrs: &[u32]) -> Vec<(u32, u32)> {
         }
     }
     ranges
-}
-
-/// What [`Vm::run_bare`] saw.
-#[derive(Clone, Debug, Default)]
-pub struct BareRun {
-    pub guest_exit_code: Option<u32>,
-    pub serial: Vec<String>,
-    pub exits: u64,
-    pub run_time: Duration,
-}
-
-/// Where a bare loop stops.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum BareUntil {
-    /// The guest's exit.
-    GuestExit,
-    /// The guest's request to go back to the host stub's loop, or its exit.
-    SwitchBack,
-}
-
-/// Why a bare loop stopped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum BareEnd {
-    GuestExit(u32),
-    SwitchedBack,
-}
-
-/// Exits and time spent in bare loops.
-#[derive(Clone, Copy, Debug, Default)]
-struct BareStats {
-    exits: u64,
-    time: Duration,
-}
-
-impl Vm {
-    /// Runs the guest in a bare `kvm-ioctls` loop instead of the host stub's run loop: no
-    /// handlers, no producers, exit data filled in place, MSR accesses refused, everything else
-    /// ignored. The baseline the benchmark compares the host stub's loop against.
-    pub fn run_bare(mut self) -> Result<BareRun> {
-        let mut stats = BareStats::default();
-        let watchdog = Watchdog::arm(self.config.timeout);
-        let end = self.bare_loop(BareUntil::GuestExit, &watchdog, &mut stats)?;
-        Ok(BareRun {
-            guest_exit_code: match end {
-                BareEnd::GuestExit(code) => Some(code),
-                BareEnd::SwitchedBack => None,
-            },
-            serial: self.serial.take_lines(),
-            exits: stats.exits,
-            run_time: stats.time,
-        })
-    }
-
-    /// The bare loop: `KVM_RUN` and a match, nothing else. Console bytes go to the console
-    /// device (its sink), the UART's line status reads "ready", `in` from the benchmark port
-    /// says [`BenchLoop::Bare`], every other read is 0 or all-ones.
-    fn bare_loop(&mut self, until: BareUntil, watchdog: &Watchdog, stats: &mut BareStats) -> Result<BareEnd> {
-        use kvm_ioctls::VcpuExit;
-        use pvagent_abi::port::{BENCH_NULL, BenchLoop, COM1, DEBUG_EXIT};
-        let start = Instant::now();
-        let mut dlab = false;
-        let end = loop {
-            stats.exits += 1;
-            match self.vcpu.fd.run() {
-                Ok(VcpuExit::IoOut(port, data)) if port == COM1 && !dlab => {
-                    data.iter().for_each(|&b| self.serial.transmit(b))
-                }
-                Ok(VcpuExit::IoOut(port, data)) if port == COM1 + 3 => {
-                    dlab = data.first().is_some_and(|b| b & 0x80 != 0)
-                }
-                Ok(VcpuExit::IoOut(port, data)) if port == DEBUG_EXIT => break BareEnd::GuestExit(out_word(data)),
-                Ok(VcpuExit::IoOut(port, data))
-                    if port == BENCH_NULL
-                        && until == BareUntil::SwitchBack
-                        && out_word(data) == BenchLoop::Stub as u32 =>
-                {
-                    break BareEnd::SwitchedBack;
-                }
-                Ok(VcpuExit::IoOut(..)) | Ok(VcpuExit::MmioWrite(..)) => {}
-                Ok(VcpuExit::IoIn(port, data)) if port == BENCH_NULL => fill_in(data, BenchLoop::Bare as u32),
-                Ok(VcpuExit::IoIn(port, data)) => data.fill(if port == COM1 + 5 { 0x60 } else { 0 }),
-                Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xFF),
-                Ok(VcpuExit::X86Rdmsr(msr)) => *msr.error = 1,
-                Ok(VcpuExit::X86Wrmsr(msr)) => *msr.error = 1,
-                Ok(VcpuExit::Intr) => watchdog.check()?,
-                Ok(other) => return Err(Error::UnexpectedExit { exit: format!("{other:?}"), rip: 0 }),
-                Err(e) if e.errno() == libc::EINTR => watchdog.check()?,
-                Err(e) => return Err(Error::Run(e)),
-            }
-        };
-        stats.time += start.elapsed();
-        Ok(end)
-    }
 }
 
 /// The process's peak resident set size (VmHWM), in KiB.

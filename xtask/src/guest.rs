@@ -24,16 +24,27 @@ pub fn cargo() -> Command {
     cmd
 }
 
-/// Builds the guest ELF and returns its path.
+/// Builds the guest ELF (the product kernel: self-tests, no benchmark code) and returns its path.
 pub fn build_guest(profile: Profile) -> Result<PathBuf> {
+    build_kernel(profile, "pvagent-guest")
+}
+
+/// Builds the benchmark guest ELF (`pvagent-bench`: the same kernel with `cargo xtask bench`'s
+/// guest benchmarks instead of the self-tests) and returns its path.
+pub fn build_bench_guest(profile: Profile) -> Result<PathBuf> {
+    build_kernel(profile, "pvagent-bench")
+}
+
+/// Builds one of the guest package's kernel binaries for the bare-metal target.
+fn build_kernel(profile: Profile, bin: &str) -> Result<PathBuf> {
     ensure_guest_target()?;
     let mut cmd = cargo();
-    cmd.args(["build", "--quiet", "--package", "pvagent-guest", "--bin", "pvagent-guest", "--target", GUEST_TARGET]);
+    cmd.args(["build", "--quiet", "--package", "pvagent-guest", "--bin", bin, "--target", GUEST_TARGET]);
     if profile == Profile::Release {
         cmd.arg("--release");
     }
-    run_checked(cmd, "building the guest")?;
-    let elf = project_root().join("target").join(GUEST_TARGET).join(profile.dir()).join("pvagent-guest");
+    run_checked(cmd, &format!("building the guest ({bin})"))?;
+    let elf = project_root().join("target").join(GUEST_TARGET).join(profile.dir()).join(bin);
     if elf.is_file() { Ok(elf) } else { Err(err!("the guest build produced no {}", elf.display())) }
 }
 

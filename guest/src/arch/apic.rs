@@ -116,6 +116,14 @@ pub fn set_tpr(value: u32) {
     write(reg::TPR, value & 0xFF);
 }
 
+/// Sends this vCPU a fixed interrupt on `vector` (an IPI to itself, through the interrupt
+/// command register's "self" shorthand: the same register in both modes, no host involved).
+pub fn send_self_ipi(vector: u8) {
+    const ICR_LOW: u32 = 0x300;
+    const SHORTHAND_SELF: u32 = 0b01 << 18;
+    write(ICR_LOW, SHORTHAND_SELF | u32::from(vector));
+}
+
 /// Whether `vector` is in service (its handler started and has not sent EOI).
 pub fn in_service(vector: u8) -> bool {
     let offset = reg::ISR_BASE + u32::from(vector / 32) * 0x10;

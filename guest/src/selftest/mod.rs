@@ -23,6 +23,10 @@ use pvagent_abi::report::{Line, Status};
 use crate::boot::cmdline::{Cmdline, TestFilter};
 use crate::kprintln;
 
+/// Command line keys the self-tests read: `tests=` (which tests run) and `expect-host=` (what
+/// `arch::host_is_identified` expects).
+pub const CMDLINE_KEYS: &[&str] = &["tests", "expect-host"];
+
 /// Why a test did not pass.
 #[derive(Debug)]
 pub enum Failure {

@@ -223,11 +223,16 @@ fn bad_registrations_are_refused() -> TestResult {
     // A resolution interrupt that comes after unregistering (on PVM a second one, coalesced
     // behind a burst, is injected at the next exit: the WRMSR of unregistering) finds no ring.
     let before = pnp::stats();
-    inject_interrupt(pnp::RESOLUTION_VECTOR);
+    crate::arch::apic::send_self_ipi(pnp::RESOLUTION_VECTOR);
     {
+        // The deadline only turns a lost interrupt into a failure; a self-IPI is immediate.
+        let deadline = crate::arch::ticks() + 10 * crate::arch::time::HZ;
         let _irq = IrqGuard::new();
-        halt::wait_until(|| (pnp::stats().resolution_irqs > before.resolution_irqs).then_some(()));
+        halt::wait_until(|| {
+            (pnp::stats().resolution_irqs > before.resolution_irqs || crate::arch::ticks() > deadline).then_some(())
+        });
     }
+    ensure!(pnp::stats().resolution_irqs > before.resolution_irqs, "the resolution self-IPI never came");
     ensure_eq!(pnp::stats().ring_corrupt, before.ring_corrupt, "rings called corrupt by a late resolution interrupt");
     ensure!(probe_write_msr(abi::MSR_VECTORS, vectors).is_ok(), "vectors refused with both areas disabled");
     // The guest zeroes `head` and `tail` before it enables a ring; the host checks.
@@ -250,16 +255,6 @@ fn bad_registrations_are_refused() -> TestResult {
 
 /// Has the host stub raise interrupt `vector` on this vCPU, as a device would (an MSI through
 /// the benchmark injection port, `pvagent_abi::port::BENCH_INJECT`).
-fn inject_interrupt(vector: u8) {
-    use pvagent_abi::port::{BENCH_INJECT, BenchInject};
-    let value = BenchInject::Interrupt.encode(vector, 0);
-    // SAFETY: a port write the host stub serves by signalling the interrupt; it touches no
-    // memory of this guest.
-    unsafe {
-        core::arch::asm!("out dx, eax", in("dx") BENCH_INJECT, in("eax") value, options(nostack, nomem, preserves_flags));
-    }
-}
-
 /// A page-aligned ring page of this test's own, never the one the protocol uses.
 #[repr(C, align(4096))]
 struct ScratchRing(core::cell::UnsafeCell<[u8; 4096]>);

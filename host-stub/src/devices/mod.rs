@@ -1,8 +1,7 @@
 //! The devices the guest needs: its console, the exit port, and the basics (the version
-//! exchange and the basic hypercalls); and the host stub's own ports for benchmarks and the
-//! run's timeline.
+//! exchange and the basic hypercalls); and the host stub's own port for the run's timeline.
+//! (The benchmark device is in `bench/`, present only when asked for.)
 
-pub mod bench;
 pub mod debug_exit;
 pub mod serial;
 pub mod trace;

@@ -1,6 +1,8 @@
 //! `cargo xtask bench`: every measurement of the benchmark issue in one command, on one
-//! machine, in one go. It boots the guest many times (the host stub, a bare `kvm-ioctls` loop,
-//! QEMU TCG), reads back what the guest and the host printed, and writes
+//! machine, in one go. It boots the benchmark guest (`pvagent-bench`) under the host stub with
+//! its benchmark device (`--bench`: the injection and null ports, the bare `kvm-ioctls` loop),
+//! and the product guest under the host stub and QEMU TCG for boot times and footprint; it reads
+//! back what the guest and the host printed, and writes
 //! `target/bench/results.json`, `target/bench/report.md` and its charts. Costs are given as
 //! medians with their spread and as multiples of a baseline measured in the same run, because
 //! these machines are noisy. `--quick` runs fewer and smaller measurements with the dev build:
@@ -68,6 +70,8 @@ impl Plan {
 
 /// The self-tests the boot measurement runs.
 const BOOT_TESTS: &str = "arch";
+/// The host stub's option that serves the benchmark device, for the benchmark guest's runs.
+const BENCH_DEVICE: &str = "--bench";
 /// Time one process may take.
 const PROCESS_TIMEOUT: Duration = Duration::from_secs(300);
 /// Where the results go.
@@ -209,15 +213,16 @@ pub fn run(opts: &Options) -> Result<()> {
     let plan = Plan::new(opts.quick);
     // The full benchmark measures what users run; the quick one reuses CI's dev build.
     let profile = if opts.quick { Profile::Dev } else { Profile::Release };
-    eprintln!("xtask bench: building the guest and the host stub ({})", profile.dir());
+    eprintln!("xtask bench: building the guests and the host stub ({})", profile.dir());
     let elf = guest::build_guest(profile)?;
+    let bench_elf = guest::build_bench_guest(profile)?;
     let host = guest::build_host_stub(profile)?;
     if let Some(parent) = opts.trace.as_deref().and_then(Path::parent).filter(|p| !p.as_os_str().is_empty()) {
         // The trace may go where nothing exists yet (target/bench on a fresh clone).
         std::fs::create_dir_all(parent).map_err(|e| err!("creating {}: {e}", parent.display()))?;
     }
     let progress = Progress::new(plan.steps(opts.trace.is_some()));
-    let results = measure(&plan, opts, profile, &elf, &host, &progress);
+    let results = measure(&plan, opts, profile, Guests { product: &elf, bench: &bench_elf }, &host, &progress);
     progress.finish();
     let (results, mut problems) = results?;
     problems.extend(insane(&results));
@@ -247,14 +252,24 @@ pub fn run(opts: &Options) -> Result<()> {
     Ok(())
 }
 
+/// The two guest images a benchmark run boots.
+#[derive(Clone, Copy, Debug)]
+struct Guests<'a> {
+    /// The product kernel: boot times and footprint are what users get.
+    product: &'a Path,
+    /// The benchmark kernel, for everything the guest measures.
+    bench: &'a Path,
+}
+
 fn measure(
     plan: &Plan,
     opts: &Options,
     profile: Profile,
-    elf: &Path,
+    guests: Guests<'_>,
     host: &Path,
     progress: &Progress,
 ) -> Result<(Results, Vec<String>)> {
+    let elf = guests.product;
     let reps = plan.reps.to_string();
     let quick_word = if opts.quick { " bench-quick" } else { "" };
 
@@ -266,7 +281,7 @@ fn measure(
     let mut baseline_runs = Vec::new();
     for run in 0..plan.baseline_runs {
         progress.step(&format!("baseline {}/{}: host stub loop against the bare loop", run + 1, plan.baseline_runs));
-        let (out, _) = host_stub(host, elf, &io_cmdline, &[], progress)?;
+        let (out, _) = host_stub(host, guests.bench, &io_cmdline, &[BENCH_DEVICE], progress)?;
         baseline_runs.push(out);
         progress.done_one();
     }
@@ -284,7 +299,7 @@ fn measure(
     let mut bench_rss = Vec::new();
     for run in 0..plan.bench_runs {
         progress.step(&format!("guest benchmarks {}/{}", run + 1, plan.bench_runs));
-        let (out, _) = host_stub(host, elf, &bench_cmdline, &[], progress)?;
+        let (out, _) = host_stub(host, guests.bench, &bench_cmdline, &[BENCH_DEVICE], progress)?;
         if !out.done {
             return Err(err!("the guest benchmark run ended without `bench: done`"));
         }
@@ -297,7 +312,7 @@ fn measure(
     if let Some(path) = &opts.trace {
         progress.step("guest benchmarks, traced (for the timeline only)");
         let path = path.display().to_string();
-        let (out, _) = host_stub(host, elf, &bench_cmdline, &["--trace", &path], progress)?;
+        let (out, _) = host_stub(host, guests.bench, &bench_cmdline, &[BENCH_DEVICE, "--trace", &path], progress)?;
         if !out.done {
             return Err(err!("the traced guest benchmark run ended without `bench: done`"));
         }

@@ -57,9 +57,9 @@ pub struct Boot {
 /// Memory footprints.
 #[derive(Clone, Debug, Serialize)]
 pub struct Memory {
-    /// The guest ELF file (with symbols and debug information).
+    /// The product guest's ELF file (with symbols and debug information).
     pub guest_elf_bytes: u64,
-    /// What the guest's loadable segments occupy in guest memory.
+    /// What the product guest's loadable segments occupy in guest memory.
     pub guest_loaded_bytes: u64,
     /// The host stub's peak RSS over the boots.
     pub host_boot_peak_rss_kib: Summary,
@@ -233,7 +233,7 @@ impl Results {
         let mem = &self.memory;
         let _ = write!(
             out,
-            "\n### Boot and footprint\n\nBoots run `{}`.\n\n| | time |\n| --- | --- |\n| host stub: `main` to the first `KVM_RUN` | {} |\n| host stub: `main` to the guest's exit, self-tests done | {} |\n| host stub: whole process (spawn to exit) | {} |\n| QEMU TCG: whole process (spawn to exit; QEMU does not report the first instruction) | {} |\n\n| footprint | size |\n| --- | --- |\n| guest ELF file | {} KiB |\n| guest loaded image | {} KiB |\n| host stub peak RSS, boot | {:.0} KiB |\n| host stub peak RSS, benchmark run | {:.0} KiB |\n",
+            "\n### Boot and footprint\n\nBoots run the product guest (`pvagent-guest`, no benchmark code) with `{}`.\n\n| | time |\n| --- | --- |\n| host stub: `main` to the first `KVM_RUN` | {} |\n| host stub: `main` to the guest's exit, self-tests done | {} |\n| host stub: whole process (spawn to exit) | {} |\n| QEMU TCG: whole process (spawn to exit; QEMU does not report the first instruction) | {} |\n\n| footprint | size |\n| --- | --- |\n| product guest ELF file | {} KiB |\n| product guest loaded image | {} KiB |\n| host stub peak RSS, boot | {:.0} KiB |\n| host stub peak RSS, benchmark run | {:.0} KiB |\n",
             boot.tests,
             human_summary_ns(&boot.host_stub_first_entry_ns),
             human_summary_ns(&boot.host_stub_tests_done_ns),

@@ -1,8 +1,12 @@
 //! A minimal userfaultfd wrapper: create one with `UFFD_FEATURE_SIGBUS`, register a range for
 //! missing-page tracking, and fill pages atomically with `UFFDIO_COPY`.
 //!
-//! Written against the kernel's uAPI (`linux/userfaultfd.h`) rather than the `userfaultfd`
-//! crate, whose `-sys` part runs bindgen (libclang) at build time. With `UFFD_FEATURE_SIGBUS`
+//! Written against the kernel's uAPI (`linux/userfaultfd.h`) rather than with the `userfaultfd`
+//! crate: its `-sys` part runs bindgen at build time whatever its features, and bindgen needs
+//! libclang, which a fresh machine lacks (`userfaultfd` 0.9 fails to build there: "Unable to
+//! find libclang"); xtask, which could install it, itself depends on this crate. Three ioctls
+//! and four structures, sizes asserted below (docs/design.md, "Crates from elsewhere"). With
+//! `UFFD_FEATURE_SIGBUS`
 //! an access to a missing page does not wait for a handler: a user access gets SIGBUS, and
 //! KVM's access on behalf of a vCPU fails, so KVM_RUN returns to the host (as
 //! KVM_EXIT_MEMORY_FAULT on VMX/SVM KVM, as KVM_EXIT_MMIO on PVM) instead of blocking.

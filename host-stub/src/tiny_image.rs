@@ -1,5 +1,5 @@
-//! Hand-made guest images for tests and benchmarks that need a guest smaller than pvagent's
-//! kernel: a few bytes of 32-bit code behind a PVH note.
+//! Hand-made guest images for tests that need a guest smaller than pvagent's kernel: a few
+//! bytes of 32-bit code behind a PVH note.
 
 /// Load address of [`tiny_pvh_image`]'s code.
 pub const TINY_LOAD: u64 = 0x10_0000;

@@ -2,7 +2,7 @@
 //! the switch to the bare loop the baseline is compared with) and an injection port that
 //! injects an interrupt or an exception on the way back into the guest, so that the cost of
 //! producing and handling an event can be measured against the baseline. (Page-not-present
-//! events on the same port are the pager's.)
+//! events on the same port are the pager's: this device leaves them to the handlers after it.)
 
 use std::sync::Arc;
 

@@ -1,0 +1,92 @@
+//! What the benchmarks' loops cost by themselves, measured once per run so that it can be taken
+//! out of every figure: the empty kernel loop around the timed `out`s, and the CPL 3 compute loop
+//! the workloads spin in. Also the one time conversion they all use.
+
+use pvagent_guest::arch::{cpu, time};
+use pvagent_guest::kprintln;
+use pvagent_guest::task::{self, table::ExitStatus};
+
+use crate::user::{self, EMPTY_SLOT, Slot};
+use crate::{BenchError, Result};
+
+/// TSC cycles in ns, at the TSC frequency the kernel found.
+pub fn cycles_to_ns(cycles: u64) -> u64 {
+    (u128::from(cycles) * 1_000_000 / u128::from(time::tsc_khz().max(1))) as u64
+}
+
+/// What the timed loop costs without its `out`: a `dec`/`jnz` pair per iteration, which this
+/// machine's KVM emulates at CPL 0. Measured several times at the start of the run and the
+/// median kept, so that one noisy measurement does not land in every figure.
+#[derive(Clone, Copy, Debug)]
+pub struct EmptyLoop {
+    /// TSC cycles per 1024 iterations.
+    cycles_per_1024: u64,
+}
+
+impl EmptyLoop {
+    const ITERATIONS: u64 = 2000;
+    const SAMPLES: usize = 7;
+
+    /// Measures the empty loop and prints each measurement (two kernel instructions per
+    /// iteration: what one guest kernel instruction costs here).
+    pub fn measure() -> Self {
+        let mut samples = [0u64; Self::SAMPLES];
+        for (rep, sample) in samples.iter_mut().enumerate() {
+            *sample = timed_loop(None, Self::ITERATIONS);
+            kprintln!("bench: kernel_insn rep={rep} ops={} total_ns={}", 2 * Self::ITERATIONS, cycles_to_ns(*sample));
+        }
+        samples.sort_unstable();
+        Self { cycles_per_1024: samples[Self::SAMPLES / 2] * 1024 / Self::ITERATIONS }
+    }
+
+    fn cycles(&self, iterations: u64) -> u64 {
+        self.cycles_per_1024 * iterations / 1024
+    }
+}
+
+/// TSC cycles of `iterations` rounds of a tight kernel loop, with a 32-bit `out` of the value
+/// to the port in each round when there is one. Interrupts stay enabled: an injected interrupt
+/// is taken inside the loop, as it would be after any exit.
+fn timed_loop(out: Option<(u16, u32)>, iterations: u64) -> u64 {
+    let start = cpu::rdtsc();
+    match out {
+        // SAFETY: the host's bench ports have no effect on guest memory.
+        Some((port, value)) => unsafe {
+            core::arch::asm!("2: out dx, eax", "dec {n}", "jnz 2b", n = inout(reg) iterations => _,
+                in("dx") port, in("eax") value, options(nostack, nomem));
+        },
+        // SAFETY: a counting loop.
+        None => unsafe {
+            core::arch::asm!("2: dec {n}", "jnz 2b", n = inout(reg) iterations => _, options(nostack, nomem))
+        },
+    }
+    cpu::rdtsc().wrapping_sub(start)
+}
+
+/// TSC cycles of `iterations` `out`s of `value` to `port`, the loop's own cost taken out.
+pub fn port_loop(port: u16, value: u32, iterations: u64, empty: EmptyLoop) -> u64 {
+    timed_loop(Some((port, value)), iterations).saturating_sub(empty.cycles(iterations))
+}
+
+/// How long `spin` (`user.rs`) takes per 1024 iterations, in TSC cycles: the fastest of a few
+/// timed runs of a CPL 3 task (an interrupt can only make a run slower).
+pub fn spin_cycles_per_1024() -> Result<u64> {
+    const ITERATIONS: u64 = 1 << 20;
+    let mut best = u64::MAX;
+    for _ in 0..3 {
+        user::set_slot(0, Slot { spin_iterations: ITERATIONS, ..EMPTY_SLOT })?;
+        let addr = user::slot_addr(0).ok_or(BenchError("no slot"))?;
+        let id = task::spawn_user("bench-spin", user::user_spin_timed, addr).map_err(|_| BenchError("spawn failed"))?;
+        match crate::join(id)? {
+            ExitStatus::Returned(cycles) => best = best.min(cycles),
+            _ => return Err(BenchError("the calibration task ended abnormally")),
+        }
+    }
+    Ok((best * 1024 / ITERATIONS).max(1))
+}
+
+/// `spin` iterations for `ns` of compute.
+pub fn spin_iterations(ns: u64, cycles_per_1024: u64) -> u64 {
+    let cycles = u128::from(ns) * u128::from(time::tsc_khz()) / 1_000_000;
+    (cycles * 1024 / u128::from(cycles_per_1024)) as u64
+}

@@ -1,0 +1,61 @@
+//! The page-not-present round trip with no page-in latency, per access, on each path the
+//! protocol has, each path forced.
+
+use pvagent_abi::pnp::{HostCounter, HostMode, ResolutionTiming};
+use pvagent_guest::kprintln;
+use pvagent_guest::pv::pnp;
+
+use crate::calibrate::cycles_to_ns;
+use crate::io::baseline_now;
+use crate::pager::{host_counter, region, set_latency, set_mode, set_timing, settle};
+use crate::workload::{self, Arrival};
+use crate::{Result, Settings};
+
+/// Timed from the first task's first access to the last task's last, with the baseline
+/// measured right before. Each path is forced with the pager's resolution timing (set before
+/// the window), so every access takes it whatever the machine's speed:
+/// - `sleep`: event -> park -> switch -> resolution -> wake -> resume. Resolutions come only
+///   after their event was taken, and two CPL 3 tasks walk their pages in turn, so the one
+///   that waits always has the other to switch to (whose next access brings the first one's
+///   resolution at the latest).
+/// - `halt`: one task, resolutions after the event: it waits in the HLT loop every time.
+/// - `early`: every resolution is written before its event: nobody waits.
+/// - `sync`: no event; the vCPU waits.
+pub fn roundtrip(s: Settings) -> Result<()> {
+    let region = region()?;
+    let pages = if s.quick { 8 } else { 32 };
+    let boot_mode = pnp::host_mode();
+    set_latency(0)?;
+    for (name, mode, tasks, timing) in [
+        ("sleep", HostMode::Ring, 2, ResolutionTiming::AfterEventTaken),
+        ("halt", HostMode::Ring, 1, ResolutionTiming::AfterEventTaken),
+        ("early", HostMode::Ring, 1, ResolutionTiming::BeforeEvent),
+        ("sync", HostMode::Sync, 1, ResolutionTiming::WhenReady),
+    ] {
+        set_mode(mode)?;
+        set_timing(timing)?;
+        for rep in 0..s.reps {
+            let baseline = baseline_now(s);
+            let before = pnp::stats();
+            let syncs = host_counter(HostCounter::SyncWaits)?;
+            let delivered = host_counter(HostCounter::EventsDelivered)?;
+            let window = workload::run(&region, tasks, pages, 0, Arrival::OnItsOwn)?;
+            // Outside the window: an event still pending behind its resolution is taken now.
+            settle(before.events, delivered)?;
+            let after = pnp::stats();
+            kprintln!(
+                "bench: pnp_{name} rep={rep} ops={} total_ns={} baseline_ns={baseline} events={} slept={} halted={} early={} sync_waits={} handler_ns={}",
+                tasks * pages,
+                window.wall_ns,
+                after.events - before.events,
+                after.slept - before.slept,
+                after.halted - before.halted,
+                after.tokens.resolved_before_event - before.tokens.resolved_before_event,
+                host_counter(HostCounter::SyncWaits)? - syncs,
+                cycles_to_ns(after.handler_cycles - before.handler_cycles)
+            );
+        }
+    }
+    set_timing(ResolutionTiming::WhenReady)?;
+    set_mode(boot_mode)
+}

@@ -1,0 +1,95 @@
+//! The boot sequence every kernel binary shares (the product kernel in `main.rs`, the benchmark
+//! kernel in `bench/`): console, boot information, the hardware layer, the scheduler and the
+//! protocols, then the binary's first task and the idle loop.
+
+use crate::arch::{self, cpu::Hypervisor};
+use crate::boot::cmdline::Cmdline;
+use crate::boot::info::{self, BootInfo};
+use crate::{console, kprintln, task};
+
+/// Command line keys the boot sequence itself reads (the protocols' settings). A binary's own
+/// keys come with its [`FirstTask`]; any other key is reported at boot.
+pub const CMDLINE_KEYS: &[&str] = &["pnp", "pnp-ring", "sld"];
+
+/// What a kernel binary runs once the kernel is up.
+#[derive(Clone, Copy, Debug)]
+pub struct FirstTask {
+    /// The task's name.
+    pub name: &'static str,
+    /// Its body: a critical kernel task (if it dies, the run ends with a report). It ends the
+    /// run itself, through the debug-exit port.
+    pub run: fn(u64) -> u64,
+    /// The command line keys it reads, besides [`CMDLINE_KEYS`].
+    pub cmdline_keys: &'static [&'static str],
+}
+
+/// Boots the kernel and starts `first`; never returns (the boot context becomes the idle task).
+///
+/// # Safety
+///
+/// Call once, from a binary's `kernel_main` (which the PVH entry, `boot::entry`, calls in long
+/// mode on the boot stack), with interrupts disabled and the boot page tables active.
+pub unsafe fn boot(start_info_paddr: u32, first: FirstTask) -> ! {
+    console::init();
+    kprintln!("pvagent guest {} booting", crate::VERSION);
+    let boot = match info::init(u64::from(start_info_paddr)) {
+        Ok(boot) => boot,
+        Err(err) => arch::fault::fatal(format_args!("unusable boot information: {err}")),
+    };
+    for warning in &boot.warnings {
+        kprintln!("boot: warning: {warning}");
+    }
+    // SAFETY: first thing after the console, on the boot vCPU, interrupts still disabled and
+    // the boot tables active (this function's contract).
+    let platform = unsafe { arch::init(boot) };
+    report_platform(platform, boot);
+
+    task::init_cpu();
+    let cmdline = Cmdline::new(boot.cmdline.as_str());
+    crate::pv::init(&cmdline);
+    for key in cmdline.unknown_keys(CMDLINE_KEYS).filter(|key| !first.cmdline_keys.contains(key)) {
+        kprintln!("boot: warning: unknown command line key {key:?}");
+    }
+    match task::spawn_kernel(first.name, first.run, 0) {
+        Ok(id) => task::set_critical(id),
+        Err(err) => arch::fault::fatal(format_args!("cannot start the {} task: {err:?}", first.name)),
+    }
+    task::idle_loop()
+}
+
+fn report_platform(p: &arch::Platform, boot: &BootInfo) {
+    let ram: u64 = boot.memmap.iter().filter(|r| r.kind == info::MemKind::Ram).map(|r| r.end - r.start).sum();
+    kprintln!("boot: host: {}", p.hypervisor.name());
+    if let Hypervisor::HostStub { abi_version, features, kvm_base } = p.hypervisor {
+        match kvm_base {
+            Some(base) => {
+                kprintln!("boot: host stub ABI {abi_version}, features {:#x}, KVM leaves at {base:#x}", features.0)
+            }
+            None => kprintln!("boot: host stub ABI {abi_version}, features {:#x}, no KVM leaves", features.0),
+        }
+    }
+    if let Hypervisor::HostStubOtherMajor { abi_version, .. } = p.hypervisor {
+        kprintln!(
+            "boot: the host stub speaks ABI {abi_version}, this guest ABI {}: another major, so none of its paravirtual interfaces is used (an unknown host to this guest)",
+            pvagent_abi::ABI_VERSION
+        );
+    }
+    kprintln!(
+        "boot: cpu: {}, apic {:?} id {}, tsc {} kHz ({:?})",
+        core::str::from_utf8(&p.cpu.vendor).unwrap_or("?"),
+        p.apic_mode,
+        p.boot_apic_id,
+        p.tsc_khz,
+        p.tsc_source
+    );
+    kprintln!(
+        "boot: ram {} MiB in {} ranges, acpi {}",
+        ram >> 20,
+        boot.memmap.len(),
+        match p.madt {
+            Some(m) => m.cpus,
+            None => 0,
+        }
+    );
+    kprintln!("boot: command line: {:?}", boot.cmdline.as_str());
+}
