@@ -18,6 +18,7 @@
 //!
 //! The glue here does memory and KVM work; every decision is made by `state::PagerCore`.
 
+pub mod backing;
 pub mod config;
 pub mod fetch;
 pub mod poller;
@@ -41,6 +42,7 @@ use pvagent_abi::pnp::{
 use pvagent_abi::pvh::{HvmMemmapEntry, MEMMAP_TYPE_RESERVED};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use self::backing::BackingStore;
 use self::config::PagerConfig;
 use self::fetch::FetchPool;
 use self::poller::Poller;
@@ -77,6 +79,8 @@ enum Access<'a> {
 struct Inner {
     core: PagerCore,
     region: Option<DemandRegion>,
+    /// Where pages come from (made page by page, when first needed) and evicted pages go.
+    backing: BackingStore,
     /// Copies of pages being fetched (MMIO-completed stores go here).
     staging: HashMap<PageIndex, Box<[u8; PAGE]>>,
     vcpus: Vec<Registration>,
@@ -143,9 +147,15 @@ impl Pager {
         for &page in &config.fail_pages {
             core.set_behaviour(page, PageBehaviour::Fail);
         }
+        let backing = match &config.image {
+            Some(path) => BackingStore::image(config.region_gpa, path)
+                .map_err(|e| failure(format!("cannot read the backing image {}: {e}", path.display())))?,
+            None => BackingStore::pattern(config.region_gpa),
+        };
         let inner = Inner {
             core,
             region: None,
+            backing,
             staging: HashMap::new(),
             vcpus: vec![Registration::default()],
             ram: None,
@@ -173,22 +183,6 @@ impl Pager {
             efaults: 0,
             vcpu_thread_known: false,
         })
-    }
-
-    fn backing_store(&self) -> Result<Vec<u8>> {
-        let len = (self.config.pages() as usize) * PAGE;
-        if let Some(path) = &self.config.image {
-            let mut bytes = std::fs::read(path)
-                .map_err(|e| failure(format!("cannot read the backing image {}: {e}", path.display())))?;
-            bytes.resize(len, 0);
-            return Ok(bytes);
-        }
-        let mut bytes = vec![0u8; len];
-        for (i, word) in bytes.chunks_exact_mut(8).enumerate() {
-            let gpa = self.config.region_gpa + (i * 8) as u64;
-            word.copy_from_slice(&abi::backing_pattern(gpa).to_le_bytes());
-        }
-        Ok(bytes)
     }
 
     /// Starts fetching `page` after a latency drawn from the configured range. A zero latency
@@ -256,7 +250,7 @@ impl Pager {
             }
             _ => false,
         };
-        apply_to_page(inner, page, offset, access);
+        apply_to_page(inner, page, offset, access)?;
         if let (Some(a), true) = (active, area_free) {
             observe_tail(inner, vcpu, a)?;
         }
@@ -360,17 +354,17 @@ fn event_window_open(ctx: &VcpuCtx<'_>, vector: u8) -> Result<bool> {
 /// Completes an emulated access against the page's true contents: the present page, the
 /// staging copy of a page being fetched, or nothing for a page that fails (loads read all-ones,
 /// stores are dropped: the access's task is told its page failed and ends before it runs on).
-fn apply_to_page(inner: &mut Inner, page: PageIndex, offset: usize, access: Access<'_>) {
-    let Some(region) = inner.region.as_ref() else { return };
+fn apply_to_page(inner: &mut Inner, page: PageIndex, offset: usize, access: Access<'_>) -> Result<()> {
+    let Some(region) = inner.region.as_ref() else { return Ok(()) };
     let (data_read, data_write): (Option<&mut [u8]>, Option<&[u8]>) = match access {
-        Access::Retry => return,
+        Access::Retry => return Ok(()),
         Access::Read(d) => (Some(d), None),
         Access::Write(d) => (None, Some(d)),
     };
     let len = data_read.as_ref().map(|d| d.len()).or(data_write.map(|d| d.len())).unwrap_or(0);
     if offset + len > PAGE {
         // An access crossing into the next page: KVM splits those; keep to this page.
-        return;
+        return Ok(());
     }
     let source = match inner.core.state(page) {
         Some(PageState::Present) => PageSource::Present,
@@ -390,7 +384,10 @@ fn apply_to_page(inner: &mut Inner, page: PageIndex, offset: usize, access: Acce
             }
         }
         PageSource::Staging => {
-            let staged = inner.staging.entry(page).or_insert_with(|| region.backing_page(page));
+            let staged = match inner.staging.entry(page) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(backing_page(&inner.backing, page)?),
+            };
             if let Some(d) = data_read {
                 d.copy_from_slice(&staged[offset..offset + d.len()]);
             }
@@ -404,6 +401,11 @@ fn apply_to_page(inner: &mut Inner, page: PageIndex, offset: usize, access: Acce
             }
         }
     }
+    Ok(())
+}
+
+fn backing_page(backing: &BackingStore, page: PageIndex) -> Result<backing::PageBuf> {
+    backing.page(page).map_err(|e| failure(format!("reading page {page} of the backing image: {e}")))
 }
 
 enum PageSource {
@@ -415,7 +417,10 @@ enum PageSource {
 /// Makes `page` present from its staging copy (or the backing store).
 fn fill(inner: &mut Inner, page: PageIndex) -> Result<()> {
     let region = inner.region.as_ref().ok_or_else(|| failure("not attached"))?;
-    let contents = inner.staging.remove(&page).unwrap_or_else(|| region.backing_page(page));
+    let contents = match inner.staging.remove(&page) {
+        Some(staged) => staged,
+        None => backing_page(&inner.backing, page)?,
+    };
     region.fill(page, &contents).map_err(|e| failure(format!("making page {page} present failed: {e}")))
 }
 
@@ -585,8 +590,7 @@ impl ExitHandler for Pager {
     }
 
     fn attach(&mut self, ctx: &mut AttachCtx<'_>) -> Result<()> {
-        let backing = self.backing_store()?;
-        let region = DemandRegion::new(self.config.region_gpa, self.config.pages(), backing).map_err(|e| {
+        let region = DemandRegion::new(self.config.region_gpa, self.config.pages()).map_err(|e| {
             failure(format!(
                 "cannot set up the demand-paged region with userfaultfd: {e} (the host stub needs CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1)"
             ))
@@ -909,7 +913,9 @@ fn evict(inner: &mut Inner, gpa: u64, count: u64) -> Result<[u64; 2], Status> {
     for page in first..last {
         let was_present = inner.core.evict(page).map_err(|_| Status::InvalidArgument)?;
         inner.staging.remove(&page);
-        region.evict(page, was_present).map_err(|_| Status::Unavailable)?;
+        if let Some(contents) = region.evict(page, was_present).map_err(|_| Status::Unavailable)? {
+            inner.backing.save(page, contents);
+        }
     }
     Ok([count, 0])
 }

@@ -3,7 +3,7 @@
 //! guest makes to a page the host does not have. The glue in `mod.rs` does the memory and KVM
 //! work these decisions call for. Unit-tested here.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use pvagent_abi::pnp::{HostMode, PageBehaviour, RESULT_FAILED, RESULT_RETRY, ResolutionTiming, Token, next_sequence};
 
@@ -29,6 +29,27 @@ pub enum PageState {
 struct Page {
     state: PageState,
     next_fetch: PageBehaviour,
+}
+
+/// What every page is until the guest or a test touches it.
+static UNTOUCHED: Page = Page { state: PageState::Absent, next_fetch: PageBehaviour::Normal };
+
+/// The region's pages, stored only once touched: a region of gigabytes costs memory in
+/// proportion to the pages the guest uses, not to its size.
+#[derive(Clone, Debug)]
+struct Pages {
+    len: u64,
+    touched: HashMap<PageIndex, Page>,
+}
+
+impl Pages {
+    fn get(&self, page: PageIndex) -> Option<&Page> {
+        (page < self.len).then(|| self.touched.get(&page).unwrap_or(&UNTOUCHED))
+    }
+
+    fn get_mut(&mut self, page: PageIndex) -> Option<&mut Page> {
+        (page < self.len).then(|| self.touched.entry(page).or_insert_with(|| UNTOUCHED.clone()))
+    }
 }
 
 /// What the glue must do about an access to a page the guest does not have.
@@ -235,7 +256,7 @@ pub struct PagerCore {
     pub mode: HostMode,
     /// When resolutions are written relative to their events (a test and benchmark control).
     pub timing: ResolutionTiming,
-    pages: Vec<Page>,
+    pages: Pages,
     pub counters: Counters,
 }
 
@@ -245,29 +266,29 @@ impl PagerCore {
         Self {
             mode,
             timing: ResolutionTiming::WhenReady,
-            pages: vec![Page { state: PageState::Absent, next_fetch: PageBehaviour::Normal }; pages as usize],
+            pages: Pages { len: pages, touched: HashMap::new() },
             counters: Counters::default(),
         }
     }
 
     /// Number of pages.
     pub fn len(&self) -> u64 {
-        self.pages.len() as u64
+        self.pages.len
     }
 
     /// Whether the region is empty.
     pub fn is_empty(&self) -> bool {
-        self.pages.is_empty()
+        self.pages.len == 0
     }
 
     /// A page's state.
     pub fn state(&self, page: PageIndex) -> Option<&PageState> {
-        self.pages.get(page as usize).map(|p| &p.state)
+        self.pages.get(page).map(|p| &p.state)
     }
 
     /// Sets how the next fetch of `page` behaves.
     pub fn set_behaviour(&mut self, page: PageIndex, behaviour: PageBehaviour) -> bool {
-        match self.pages.get_mut(page as usize) {
+        match self.pages.get_mut(page) {
             Some(p) => {
                 p.next_fetch = behaviour;
                 true
@@ -283,7 +304,7 @@ impl PagerCore {
     pub fn on_access(&mut self, vcpu: usize, page: PageIndex, pool: Option<&mut TokenPool>) -> Decision {
         let ring_mode = self.mode == HostMode::Ring;
         let token = || if ring_mode { pool.and_then(TokenPool::alloc) } else { None };
-        let Some(p) = self.pages.get_mut(page as usize) else {
+        let Some(p) = self.pages.get_mut(page) else {
             return Decision::Continue;
         };
         let decision = match &mut p.state {
@@ -365,7 +386,7 @@ impl PagerCore {
     /// A fetch of `page` finished: the page is present (or failed). Returns the result and the
     /// tokens to resolve with it.
     pub fn on_fetch_done(&mut self, page: PageIndex) -> (u32, Vec<(usize, Token)>) {
-        let Some(p) = self.pages.get_mut(page as usize) else {
+        let Some(p) = self.pages.get_mut(page) else {
             return (RESULT_FAILED, Vec::new());
         };
         let PageState::Fetching { failing, waiters, .. } = std::mem::replace(&mut p.state, PageState::Absent) else {
@@ -386,7 +407,7 @@ impl PagerCore {
 
     /// Releases a held page: its fetch starts now (see [`PageBehaviour::Held`]).
     pub fn release(&mut self, page: PageIndex) -> Release {
-        let Some(p) = self.pages.get_mut(page as usize) else {
+        let Some(p) = self.pages.get_mut(page) else {
             return Release::OutOfRange;
         };
         match &mut p.state {
@@ -406,7 +427,7 @@ impl PagerCore {
     /// Makes `page` absent again. Returns whether it was present (its contents must then be
     /// saved to the backing store before the memory is dropped).
     pub fn evict(&mut self, page: PageIndex) -> Result<bool, EvictError> {
-        let p = self.pages.get_mut(page as usize).ok_or(EvictError::OutOfRange(page))?;
+        let p = self.pages.get_mut(page).ok_or(EvictError::OutOfRange(page))?;
         let was_present = match p.state {
             PageState::Fetching { .. } => return Err(EvictError::Fetching(page)),
             PageState::Present => true,
@@ -421,12 +442,12 @@ impl PagerCore {
 
     /// Whether the next fetch of an absent `page` is set to fail.
     pub fn next_fetch_fails(&self, page: PageIndex) -> bool {
-        self.pages.get(page as usize).is_some_and(|p| p.next_fetch == PageBehaviour::Fail)
+        self.pages.get(page).is_some_and(|p| p.next_fetch == PageBehaviour::Fail)
     }
 
     /// Pages being fetched.
     pub fn fetching(&self) -> usize {
-        self.pages.iter().filter(|p| matches!(p.state, PageState::Fetching { .. })).count()
+        self.pages.touched.values().filter(|p| matches!(p.state, PageState::Fetching { .. })).count()
     }
 }
 
@@ -452,6 +473,19 @@ mod tests {
         assert_eq!(core.state(1), Some(&PageState::Present));
         assert_eq!(core.on_access(0, 1, Some(&mut pool)), Decision::Continue);
         assert_eq!((core.counters.events_delivered, core.counters.resolved_retry), (1, 1));
+    }
+
+    #[test]
+    fn a_large_region_keeps_only_the_pages_it_touched() {
+        // 4 GiB of pages: untouched ones read as absent, and only touched ones are stored.
+        let pages = 1 << 20;
+        let mut core = PagerCore::new(pages, HostMode::Sync);
+        assert_eq!((core.len(), core.state(pages - 1)), (pages, Some(&PageState::Absent)));
+        assert_eq!(core.state(pages), None, "beyond the region");
+        assert_eq!(core.on_access(0, pages - 1, None), Decision::Wait { fetch: Some(Fetch::Normal) });
+        assert!(core.set_behaviour(7, PageBehaviour::Fail));
+        assert!(core.next_fetch_fails(7) && !core.next_fetch_fails(8));
+        assert_eq!((core.pages.touched.len(), core.fetching()), (2, 1));
     }
 
     #[test]
