@@ -98,8 +98,8 @@ pub enum Error {
     SplitLockExit { vcpu: usize, rip: u64, insn: String },
     #[error("too many MSR ranges to intercept ({ranges}; KVM takes at most {max})")]
     TooManyMsrRanges { ranges: usize, max: usize },
-    #[error("{producer}: {message}")]
-    Producer { producer: &'static str, message: String },
+    #[error("pager: {0}")]
+    Pager(#[from] crate::producers::pager::error::PagerError),
 }
 
 impl Error {

@@ -122,7 +122,7 @@ fn write_boot_info(mem: &GuestMemoryMmap, mem_size: u64, cmdline: &str, extra: &
     }
     for (i, entry) in map.iter().enumerate() {
         let at = MEMMAP_GPA + (i * std::mem::size_of::<HvmMemmapEntry>()) as u64;
-        memory::write_plain(mem, at, *entry).ok_or_else(|| fail("memory map"))?;
+        memory::write_plain(mem, at, *entry).map_err(|_| fail("memory map"))?;
     }
     let tables = acpi::build(&[0]);
     mem.write_slice(&tables, GuestAddress(acpi::TABLES_GPA)).map_err(|_| fail("ACPI tables"))?;
@@ -138,7 +138,7 @@ fn write_boot_info(mem: &GuestMemoryMmap, mem_size: u64, cmdline: &str, extra: &
         rsdp_paddr: acpi::TABLES_GPA,
         ..HvmStartInfo::default()
     };
-    memory::write_plain(mem, START_INFO_GPA, start).ok_or_else(|| fail("start info"))
+    memory::write_plain(mem, START_INFO_GPA, start).map_err(|_| fail("start info"))
 }
 
 #[cfg(test)]

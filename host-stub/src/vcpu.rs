@@ -337,7 +337,7 @@ fn hypercall(ctx: &mut VcpuCtx<'_>, handlers: &mut [&mut dyn ExitHandler], gpa: 
     if !gpa.is_multiple_of(REQUEST_ALIGN) {
         return Err(Error::BadHypercallBlock { gpa });
     }
-    let Some(mut request) = memory::read_plain::<Request>(ctx.mem, gpa) else {
+    let Ok(mut request) = memory::read_plain::<Request>(ctx.mem, gpa) else {
         return Err(Error::BadHypercallBlock { gpa });
     };
     let mut answer = None;
@@ -354,5 +354,5 @@ fn hypercall(ctx: &mut VcpuCtx<'_>, handlers: &mut [&mut dyn ExitHandler], gpa: 
         }
         Err(status) => request.status = status as u32,
     }
-    memory::write_plain(ctx.mem, gpa, request).ok_or(Error::BadHypercallBlock { gpa })
+    memory::write_plain(ctx.mem, gpa, request).map_err(|_| Error::BadHypercallBlock { gpa })
 }

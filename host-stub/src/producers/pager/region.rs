@@ -39,7 +39,9 @@ pub const PAGE: usize = 4096;
 pub enum RegionError {
     #[error("mapping {bytes} bytes for it failed: {source}")]
     Map { bytes: usize, source: MmapRegionError },
-    #[error("userfaultfd (SIGBUS mode) failed: {0}")]
+    #[error(
+        "userfaultfd (SIGBUS mode) failed: {0} (the host stub needs CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1)"
+    )]
     Userfaultfd(io::Error),
     #[error("closing its pages to the guest (mprotect) failed: {0}")]
     Protect(io::Error),
