@@ -51,7 +51,7 @@ pub fn write_plain<T: Plain + Default + Send + Sync>(
 /// Allocates `size` bytes of RAM at guest address 0.
 pub fn allocate_ram(size: u64) -> Result<GuestMemoryMmap> {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)])
-        .map_err(|e| Error::AllocateMemory { mib: size >> 20, reason: e.to_string() })
+        .map_err(|source| Error::AllocateMemory { mib: size >> 20, source })
 }
 
 /// Registers every region of `mem` with KVM, from slot `first_slot` on.
@@ -60,7 +60,7 @@ pub fn register(vm: &VmFd, mem: &GuestMemoryMmap, first_slot: u32) -> Result<u32
     for region in mem.iter() {
         let host = mem
             .get_host_address(region.start_addr())
-            .map_err(|e| Error::AllocateMemory { mib: region.len() >> 20, reason: e.to_string() })?;
+            .map_err(|source| Error::RamHostAddress { gpa: region.start_addr().0, source })?;
         let desc = kvm_userspace_memory_region {
             slot,
             flags: 0,
