@@ -6,7 +6,6 @@
 //! a thin command line around that.
 
 pub mod acpi;
-pub mod bench;
 pub mod config;
 pub mod cpuid;
 pub mod devices;
@@ -19,6 +18,7 @@ pub mod loader;
 pub mod memory;
 pub mod producers;
 pub mod report;
+pub mod test_images;
 pub mod trace;
 pub mod vcpu;
 pub mod vm;

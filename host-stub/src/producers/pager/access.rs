@@ -99,7 +99,7 @@ impl Pager {
                 deliver_event(inner, vcpu, token, gpa, gva)?;
             }
             Decision::Wait { fetch } => {
-                let trace = inner.trace.clone();
+                let trace = inner.timeline.tracer().clone();
                 if fetch.is_some() && self.submit(inner, page) {
                     drop(guard);
                     complete_fetch(&self.shared, page);

@@ -21,7 +21,7 @@ impl Pager {
     pub(super) fn submit(&self, inner: &mut Inner, page: PageIndex) -> bool {
         let latency = inner.latency.draw();
         let gpa = self.config.region_gpa + page * PAGE as u64;
-        inner.trace.fetch_submitted(page, gpa, latency);
+        inner.timeline.fetch_submitted(page, gpa, latency);
         if latency.is_zero() {
             return true;
         }
@@ -55,7 +55,7 @@ pub(super) fn complete_fetch(shared: &Shared, page: PageIndex) {
     if let Some(problem) = problem {
         shared.report_violation(inner, problem);
     }
-    inner.trace.fetch_completed(page, result, tokens, started);
+    inner.timeline.fetch_completed(page, result, tokens, started);
     drop(guard);
     shared.fetched.notify_all();
 }

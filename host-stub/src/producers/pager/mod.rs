@@ -36,6 +36,7 @@ pub mod registration;
 pub mod ring;
 pub mod shared;
 pub mod state;
+pub mod timeline;
 pub mod tokens;
 pub mod uffd;
 
@@ -61,10 +62,10 @@ use self::registration::{Registration, is_protocol_msr};
 use self::ring::{deliver_resolved, observe_tail};
 use self::shared::{Inner, Shared};
 use self::state::{PageState, PagerCore};
+use self::timeline::PagerTimeline;
 use crate::cpuid::CpuidTable;
 use crate::error::{Error, Result};
 use crate::handler::{AttachCtx, ExitHandler, Handled, MsrAnswer, Report, VcpuCtx};
-use crate::trace::Tracer;
 
 const NAME: &str = "pager";
 
@@ -115,7 +116,7 @@ impl Pager {
             msi_refused: 0,
             held_back: Vec::new(),
             held_back_poller: None,
-            trace: Tracer::off(),
+            timeline: PagerTimeline::default(),
         };
         Ok(Self {
             config,
@@ -205,7 +206,7 @@ impl ExitHandler for Pager {
             inner.ram = Some(ctx.ram.clone());
             inner.ram_size = ctx.ram_size;
             inner.vm = Some(ctx.vm.clone());
-            inner.trace = ctx.trace.clone();
+            inner.timeline = PagerTimeline::new(ctx.trace.clone());
         }
         let shared = self.shared.clone();
         let complete: fetch::Complete = Arc::new(move |page| completion::complete_fetch(&shared, page));

@@ -90,7 +90,7 @@ pub(super) fn deliver_event(
         source,
     })?;
     signal(inner, vcpu, a.event_vector)?;
-    inner.trace.page_not_present_event(vcpu, token.0, gpa, gva);
+    inner.timeline.event(vcpu, token.0, gpa, gva);
     Ok(())
 }
 
@@ -121,7 +121,7 @@ pub(super) fn post_resolution(inner: &mut Inner, vcpu: usize, token: Token, resu
         source,
     })?;
     signal(inner, vcpu, a.resolution_vector)?;
-    inner.trace.page_not_present_resolution(vcpu, token.0, result);
+    inner.timeline.resolution(vcpu, token.0, result);
     Ok(())
 }
 

@@ -17,7 +17,7 @@ use super::poller;
 use super::region::DemandRegion;
 use super::registration::Registration;
 use super::state::{PageIndex, PagerCore};
-use crate::trace::Tracer;
+use super::timeline::PagerTimeline;
 
 /// A resolution whose page is ready but whose event the guest has not taken yet
 /// ([`pvagent_abi::pnp::ResolutionTiming::AfterEventTaken`]).
@@ -51,7 +51,7 @@ pub struct Inner {
     /// Arms the poller that writes them once their events are taken.
     pub held_back_poller: Option<poller::Arm>,
     /// The run's timeline: tokens, fetches and synchronous waits go on it.
-    pub trace: Tracer,
+    pub timeline: PagerTimeline,
 }
 
 impl Inner {

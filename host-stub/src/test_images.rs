@@ -1,5 +1,6 @@
-//! Hand-made guest images for tests and benchmarks that need a guest smaller than pvagent's
-//! kernel: a few bytes of 32-bit code behind a PVH note.
+//! Hand-made guest images for the end-to-end tests of the host stub's error paths (a guest that
+//! triple-faults, spins, or has no PVH note), which need a guest smaller than pvagent's kernel:
+//! a few bytes of 32-bit code behind a PVH note. No part of a run uses them.
 
 /// Load address of [`tiny_pvh_image`]'s code.
 pub const TINY_LOAD: u64 = 0x10_0000;
