@@ -147,13 +147,57 @@ fn a_guest_that_never_exits_is_stopped_by_the_timeout() {
 #[test]
 fn the_binary_reports_bad_input_in_one_line_without_a_backtrace() {
     let host = xtask::guest::build_host_stub(xtask::Profile::Dev).expect("build the host stub");
-    for args in [vec!["/nonexistent/guest.elf"], vec![guest_elf().to_str().expect("utf-8 path"), "--mem", "1"]] {
+    let elf = guest_elf().to_str().expect("utf-8 path");
+    for args in [
+        vec!["/nonexistent/guest.elf"],
+        vec![elf, "--mem", "1"],
+        vec![elf, "--mem", "lots"],
+        // Refused, not silently replaced by one fetcher.
+        vec![elf, "--pnp-fetchers", "0"],
+        vec![elf, "--pnp-mib", "5000"],
+        vec![elf, "--pnp-latency", "5ms..1ms"],
+        vec![elf, "--pnp-latency", "11s"],
+        vec![elf, "--pnp-fail", "4096"],
+        vec![elf, "--pnp-image", "/nonexistent/image"],
+        vec![elf, "--no-such-option"],
+        vec![],
+    ] {
         let out = Command::new(&host).args(&args).output().expect("run the host stub");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
         assert!(stderr.starts_with("pvagent-host: error: "), "{stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn the_binary_states_every_option_s_accepted_range_in_its_help() {
+    use pvagent_host::config::{MAX_MEM_MIB, MIN_MEM_MIB};
+    use pvagent_host::producers::pager::config::{MAX_FETCHERS, MAX_LATENCY, MAX_REGION_MIB};
+    let host = xtask::guest::build_host_stub(xtask::Profile::Dev).expect("build the host stub");
+    let out = Command::new(&host).arg("--help").output().expect("run the host stub");
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    // The help text of one option: from its name to the next option.
+    let option = |name: &str| -> String {
+        let start = help.find(&format!("--{name} ")).unwrap_or_else(|| panic!("--{name} is not in the help"));
+        let rest = &help[start + 2..];
+        rest[..rest.find("\n      --").unwrap_or(rest.len())].to_string()
+    };
+    for (name, range) in [
+        ("mem", format!("{MIN_MEM_MIB}..={MAX_MEM_MIB}")),
+        ("cmdline", format!("at most {} bytes", pvagent_host::memory::CMDLINE_MAX)),
+        ("timeout", "0: never".to_string()),
+        ("pnp-mib", format!("1..={MAX_REGION_MIB}, or 0 for no pager")),
+        ("pnp-latency", format!("0..={MAX_LATENCY:?}")),
+        ("pnp-fetchers", format!("1..={MAX_FETCHERS}")),
+        ("pnp-fail", "below its page count".to_string()),
+        ("sld-policy", "Possible values".to_string()),
+        ("sld-enumeration", "Possible values".to_string()),
+    ] {
+        let text = option(name);
+        assert!(text.contains(&range), "--{name} does not state {range:?}: {text}");
     }
 }
 

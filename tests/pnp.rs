@@ -42,6 +42,9 @@ fn ring_mode_passes_every_test_and_accounts_for_every_token() {
     assert!(c.get("pager.resolved_before_event") >= 1, "the early-resolution test resolved before its event");
     assert!(c.get("pager.decoded_efaults") >= 1, "CPL 3 accesses reached the host (on PVM as a bare EFAULT)");
     assert!(r.report.lines.iter().any(|l| l.contains("0 outstanding")), "{:#?}", r.report.lines);
+    // The self-tests set their own latencies: the exit line says so, not only the configured one.
+    let configured = format!("pager: latency {} configured, set by the guest ", PagerConfig::default().latency);
+    assert!(r.report.lines.iter().any(|l| l.starts_with(&configured)), "{:#?}", r.report.lines);
 }
 
 #[test]

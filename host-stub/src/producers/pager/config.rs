@@ -22,11 +22,11 @@ pub const DEFAULT_FETCHERS: usize = 2;
 /// A configuration value the pager refuses.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    #[error("the pager region of {mib} MiB is outside 1..={MAX_REGION_MIB} MiB")]
+    #[error("the region of {mib} MiB is outside 1..={MAX_REGION_MIB} MiB")]
     RegionSize { mib: u64 },
-    #[error("the pager region address {gpa:#x} is not 2 MiB aligned")]
+    #[error("the region's address {gpa:#x} is not 2 MiB aligned")]
     RegionAlignment { gpa: u64 },
-    #[error("the pager latency {latency} is not a range within 0..={MAX_LATENCY:?}")]
+    #[error("the latency {latency} is not a range within 0..={MAX_LATENCY:?}")]
     Latency { latency: Latency },
     #[error("failing page {page} is beyond the region's {pages} pages")]
     FailPageBeyondRegion { page: u64, pages: u64 },
@@ -53,9 +53,29 @@ impl Latency {
     }
 }
 
+/// A duration the way [`parse_duration`] reads it: in the largest unit that says it exactly.
+struct Short(Duration);
+
+impl std::fmt::Display for Short {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ns = self.0.as_nanos();
+        let (value, unit) = [(1_000_000_000, "s"), (1_000_000, "ms"), (1_000, "us"), (1, "ns")]
+            .into_iter()
+            .find(|(per, _)| ns.is_multiple_of(*per))
+            .map(|(per, unit)| (ns / per, unit))
+            .unwrap_or((ns, "ns"));
+        if ns == 0 { write!(f, "0") } else { write!(f, "{value}{unit}") }
+    }
+}
+
+/// As the command line takes it: `200us`, `50us..2ms`.
 impl std::fmt::Display for Latency {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.min == self.max { write!(f, "{:?}", self.min) } else { write!(f, "{:?}..{:?}", self.min, self.max) }
+        if self.min == self.max {
+            write!(f, "{}", Short(self.min))
+        } else {
+            write!(f, "{}..{}", Short(self.min), Short(self.max))
+        }
     }
 }
 
@@ -179,6 +199,16 @@ mod tests {
         assert!(parse_duration("5 fortnights").is_err());
         assert!(parse_latency("5ms..1ms").unwrap_err().contains("minimum above"));
         assert!(parse_mode("async").is_err());
+    }
+
+    #[test]
+    fn a_latency_prints_the_way_it_is_written() {
+        for text in ["0", "750ns", "50us", "1500us", "2ms", "1s", "50us..2ms", "0..10s"] {
+            let latency = parse_latency(text).unwrap();
+            assert_eq!(latency.to_string(), text);
+            assert_eq!(parse_latency(&latency.to_string()), Ok(latency));
+        }
+        assert_eq!(PagerConfig::default().latency.to_string(), "50us..2ms");
     }
 
     #[test]

@@ -100,14 +100,14 @@ mod tests {
     #[test]
     fn the_description_says_what_applied_not_only_what_was_asked() {
         let mut c = LatencyControl::new(Latency { min: 50 * US, max: 2000 * US }, 1);
-        assert_eq!(c.describe(), "latency 50µs..2ms configured, never changed by the guest; no fetch drew a latency");
+        assert_eq!(c.describe(), "latency 50us..2ms configured, never changed by the guest; no fetch drew a latency");
         c.set_by_guest(Latency::fixed(Duration::ZERO));
         c.draw();
         c.set_by_guest(Latency::fixed(300 * US));
         c.draw();
         assert_eq!(
             c.describe(),
-            "latency 50µs..2ms configured, set by the guest 2 time(s), last to 300µs; 2 fetch(es) drew 0ns..300µs"
+            "latency 50us..2ms configured, set by the guest 2 time(s), last to 300us; 2 fetch(es) drew 0..300us"
         );
     }
 }
