@@ -52,6 +52,17 @@ impl Pages {
     fn get_mut(&mut self, page: PageIndex) -> Option<&mut Page> {
         (page < self.len).then(|| self.touched.entry(page).or_insert_with(|| UNTOUCHED.clone()))
     }
+
+    /// Stops storing `page` if it is back to what an untouched page is.
+    fn forget_if_untouched(&mut self, page: PageIndex) {
+        if self
+            .touched
+            .get(&page)
+            .is_some_and(|p| p.state == PageState::Absent && p.next_fetch == PageBehaviour::Normal)
+        {
+            self.touched.remove(&page);
+        }
+    }
 }
 
 /// What the glue must do about an access to a page the guest does not have.
@@ -299,6 +310,7 @@ impl PagerCore {
                 if p.next_fetch == PageBehaviour::Held {
                     p.next_fetch = PageBehaviour::Normal;
                 }
+                self.pages.forget_if_untouched(page);
                 Release::NotHeld
             }
         }
@@ -314,6 +326,7 @@ impl PagerCore {
             PageState::Absent | PageState::Failed => false,
         };
         p.state = PageState::Absent;
+        self.pages.forget_if_untouched(page);
         if was_present {
             self.counters.pages_evicted += 1;
         }
@@ -366,6 +379,11 @@ mod tests {
         assert!(core.set_behaviour(7, PageBehaviour::Fail));
         assert!(core.next_fetch_fails(7) && !core.next_fetch_fails(8));
         assert_eq!((core.pages.touched.len(), core.fetching()), (2, 1));
+        // Evicting pages that were never touched stores nothing.
+        for page in 100..200 {
+            assert_eq!(core.evict(page), Ok(false));
+        }
+        assert_eq!(core.pages.touched.len(), 2);
     }
 
     #[test]
