@@ -8,8 +8,9 @@
 pub const LEAF_BASE: u32 = 0x4000_0000;
 /// The 12-byte vendor signature in EBX, ECX, EDX of [`LEAF_BASE`].
 pub const SIGNATURE: [u8; 12] = *b"pvagent-stub";
-/// EAX: [`crate::ABI_VERSION`]; EBX: [`Features`] bits; ECX: TSC frequency in kHz (0: unknown);
-/// EDX: local APIC timer input frequency in kHz (0: unknown).
+/// EAX: the host's ABI version ([`crate::AbiVersion::to_raw`]; a guest of another major uses
+/// nothing else of this host, see [`crate::version`]); EBX: [`Features`] bits; ECX: TSC
+/// frequency in kHz (0: unknown); EDX: local APIC timer input frequency in kHz (0: unknown).
 pub const LEAF_INFO: u32 = 0x4000_0001;
 /// Where KVM's leaves are when the host stub runs on KVM.
 pub const KVM_LEAVES_RELOCATED: u32 = 0x4000_0100;

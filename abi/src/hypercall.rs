@@ -34,7 +34,8 @@ unsafe impl Plain for Request {}
 crate::wire_enum! {
 /// Hypercall numbers.
 pub enum Nr: u32 {
-    /// Round trip check: `ret[0] = !args[0]`, `ret[1] = ABI_VERSION`.
+    /// Round trip check: `ret[0] = !args[0]`, `ret[1]` = the host's ABI version (wire form,
+    /// as in [`crate::cpuid::LEAF_INFO`]).
     Ping = 1,
     /// Split-lock trigger ([`crate::sld`]): `ret[0]` = how many triggers the host decided on
     /// so far (the last one's sequence number; 0: none yet), `ret[1]` = the last one's
@@ -55,13 +56,14 @@ pub enum Nr: u32 {
     /// Page-not-present: `ret[0]` = the host counter `args[0]` (a
     /// [`crate::pnp::HostCounter`]) for the calling vCPU's protocol state.
     PnpStats = 0x204,
-    /// Page-not-present: release the held page at GPA `args[0]` ([`crate::pnp::PageBehaviour::Held`]):
-    /// its fetch starts now. `ret[0]` = 1 if a held fetch started, 0 if the page was not held
-    /// (a page not yet touched loses its hold: its next fetch is normal).
+    /// Page-not-present: release the held pages ([`crate::pnp::PageBehaviour::Held`]) among
+    /// `args[1]` pages from GPA `args[0]` (0 counts as 1): their fetches start now, in this one
+    /// exit. `ret[0]` = how many were held (a page not yet touched loses its hold: its next
+    /// fetch is normal, and it is not counted).
     PnpRelease = 0x205,
-    /// Page-not-present: when resolutions are written relative to their events, from now on
-    /// (`args[0]`: a [`crate::pnp::ResolutionTiming`]). Resolutions held back for
-    /// `AfterEventTaken` are written when their event is taken, whatever is set later.
+    /// Page-not-present: when fetches complete relative to their events, from now on
+    /// (`args[0]`: a [`crate::pnp::ResolutionTiming`]). A fetch held back under
+    /// `AfterEventTaken` completes when its events are taken, whatever is set later.
     PnpSetTiming = 0x206,
 }
 }

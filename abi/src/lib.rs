@@ -18,10 +18,9 @@ pub mod pvh;
 pub mod report;
 pub mod sld;
 pub mod trace;
+pub mod version;
 
-/// Version of this ABI. The host stub reports it in [`cpuid::LEAF_INFO`]; a guest refuses
-/// host-stub features when the major part differs.
-pub const ABI_VERSION: u32 = 1;
+pub use version::{ABI_VERSION, AbiVersion};
 
 /// Size of a guest page, the unit of every region in this ABI.
 pub const PAGE_SIZE: u64 = 0x1000;

@@ -3,23 +3,37 @@
 //! posts outcomes to. `docs/abi.md` states every rule; this file holds the numbers and
 //! layouts, and the token format both sides decode.
 //!
-//! Registration is per vCPU, through three MSRs, in this order: [`MSR_VECTORS`], [`MSR_RING`],
-//! [`MSR_DATA`]. The protocol is on for a vCPU while both `MSR_RING` and `MSR_DATA` have their
-//! enable bit set. A write the host cannot accept raises #GP and changes nothing.
+//! Registration is per vCPU, through three MSRs: [`MSR_VECTORS`] first, then [`MSR_RING`] and
+//! [`MSR_DATA`]. The vectors are settled before any shared area: they can be written only
+//! while neither area is enabled ([`vectors_writable`]), and an area can be enabled only once
+//! valid vectors are set. The protocol is on for a vCPU (events are delivered) while both
+//! `MSR_RING` and `MSR_DATA` have their enable bit set. The guest zeroes the ring's `head` and
+//! `tail` before it enables the ring; the host checks. A write the host cannot accept raises
+//! #GP and changes nothing.
 
 use crate::Plain;
 
 /// Event and resolution vectors: bits 7:0 the page-not-present event vector, bits 15:8 the
 /// resolution interrupt vector. Both must be 32..=255 and different; other bits are reserved
-/// (0). Only writable while the protocol is off for this vCPU.
+/// (0). Writable only while neither [`MSR_RING`] nor [`MSR_DATA`] is enabled
+/// ([`vectors_writable`]).
 pub const MSR_VECTORS: u32 = crate::msr::PV_BASE;
 /// The resolution ring: bit 0 enable, bits 4:1 log2 of the ring size N (N = 1..=256), bits
 /// 11:5 reserved (0), bits 63:12 the ring's page frame (the ring starts at a page boundary and
-/// fits in that page). Changing or disabling the ring requires that no token is outstanding.
+/// fits in that page). Enabling needs valid vectors, and the ring's `head` and `tail` must be
+/// 0 (the guest zeroes them first). Changing or disabling the ring requires that no token is
+/// outstanding.
 pub const MSR_RING: u32 = crate::msr::PV_BASE + 1;
 /// The event area: bit 0 enable, bits 5:1 reserved (0), bits 63:6 its address (64-byte
-/// aligned). Disabling requires that no token is outstanding.
+/// aligned). Enabling needs valid vectors. Disabling requires that no token is outstanding.
 pub const MSR_DATA: u32 = crate::msr::PV_BASE + 2;
+
+/// Whether [`MSR_VECTORS`] may be written while [`MSR_RING`] and [`MSR_DATA`] hold these
+/// values: only when neither is enabled. Vectors that could change under a registered area
+/// would leave the host holding an area for a vector the guest no longer handles.
+pub const fn vectors_writable(ring_msr: u64, data_msr: u64) -> bool {
+    ring_msr & MSR_ENABLE == 0 && data_msr & MSR_ENABLE == 0
+}
 
 /// `MSR_RING` / `MSR_DATA` enable bit.
 pub const MSR_ENABLE: u64 = 1;
@@ -199,13 +213,20 @@ pub enum ResolutionTiming: u64 {
     /// As the protocol allows: as soon as the page is ready, before or after the guest took the
     /// event. Which comes first depends on the page-in latency and on the machine.
     WhenReady = 0,
-    /// Only once the guest has taken the event (its event area no longer holds that token).
-    /// The guest keeps interrupts off from taking an event to parking its task or halting, so
-    /// every event then waits: a task parks, or the HLT loop halts.
+    /// A page's fetch completes (the page becomes present, its resolutions are written) only
+    /// once the guest has taken every event waiting for it (its event area no longer holds
+    /// their tokens); until then the page stays absent, so a retried access comes back to the
+    /// host. The guest keeps interrupts off from taking an event to parking its task or
+    /// halting, so every such event waits: a task parks, or the HLT loop halts. Limits, on
+    /// PVM only: a CPL 0 access completes before its event is taken, and PVM injects one
+    /// interrupt per entry, so with a resolution pending at the same time the event comes at the
+    /// vCPU's next exit and the task runs on until then (docs/abi.md). A synchronous access to
+    /// such a page completes it at once; pages resolved before their event (`Immediate`, a
+    /// failed page touched again) are not affected.
     AfterEventTaken = 1,
-    /// Every absent page is made present at once and its resolution written before its event
-    /// (as [`PageBehaviour::Immediate`] for every page): the guest finds every event already
-    /// resolved and nobody waits.
+    /// Every absent page whose next fetch is normal is made present at once and its resolution
+    /// written before its event (as [`PageBehaviour::Immediate`]): the guest finds every such
+    /// event already resolved and nobody waits. Failing and held pages keep their behaviour.
     BeforeEvent = 2,
 }
 }
@@ -247,6 +268,14 @@ mod tests {
         assert!(!Token::new(0, 0).is_well_formed(8));
         assert_eq!(next_sequence(0xFFFF), 1);
         assert_eq!(next_sequence(1), 2);
+    }
+
+    #[test]
+    fn vectors_are_writable_only_with_both_areas_disabled() {
+        assert!(vectors_writable(0, 0));
+        assert!(!vectors_writable(0x2000 | MSR_ENABLE, 0), "the ring alone");
+        assert!(!vectors_writable(0, 0x3000 | MSR_ENABLE), "the event area alone");
+        assert!(!vectors_writable(0x2000 | MSR_ENABLE, 0x3000 | MSR_ENABLE));
     }
 
     #[test]

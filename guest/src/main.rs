@@ -62,6 +62,12 @@ mod kernel {
                 None => kprintln!("boot: host stub ABI {abi_version}, features {:#x}, no KVM leaves", features.0),
             }
         }
+        if let Hypervisor::HostStubOtherMajor { abi_version, .. } = p.hypervisor {
+            kprintln!(
+                "boot: the host stub speaks ABI {abi_version}, this guest ABI {}: another major, so none of its paravirtual interfaces is used (an unknown host to this guest)",
+                pvagent_abi::ABI_VERSION
+            );
+        }
         kprintln!(
             "boot: cpu: {}, apic {:?} id {}, tsc {} kHz ({:?})",
             core::str::from_utf8(&p.cpu.vendor).unwrap_or("?"),

@@ -38,6 +38,10 @@ pub struct Config {
     pub timeout: Option<Duration>,
     /// Record the run's timeline and write it here (Chrome trace-event JSON).
     pub trace: Option<PathBuf>,
+    /// The ABI version this host stub reports (CPUID leaf 0x4000_0001) and holds the guest's
+    /// announced version to. Always [`pvagent_abi::ABI_VERSION`], except in tests of the
+    /// version check, which pretend to be a host of another version.
+    pub abi_version: pvagent_abi::AbiVersion,
 }
 
 impl Config {
@@ -50,6 +54,7 @@ impl Config {
             serial: SerialSink::Stdout,
             timeout: Some(Duration::from_secs(300)),
             trace: None,
+            abi_version: pvagent_abi::ABI_VERSION,
         }
     }
 

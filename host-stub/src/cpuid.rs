@@ -4,6 +4,7 @@
 
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, kvm_cpuid_entry2};
 use kvm_ioctls::Kvm;
+use pvagent_abi::AbiVersion;
 use pvagent_abi::cpuid::{self, Features};
 
 use crate::error::{Error, Result};
@@ -54,8 +55,8 @@ impl CpuidTable {
     }
 
     /// Moves KVM's hypervisor leaves (0x4000_0000..0x4000_0100) to the relocated block and
-    /// installs the host stub's leaves in their place.
-    pub fn install_host_stub_leaves(&mut self, features: Features, tsc_khz: u32) {
+    /// installs the host stub's leaves in their place, saying ABI `version`.
+    pub fn install_host_stub_leaves(&mut self, version: AbiVersion, features: Features, tsc_khz: u32) {
         let base = cpuid::LEAF_BASE;
         let offset = cpuid::KVM_LEAVES_RELOCATED - base;
         for e in &mut self.entries {
@@ -72,7 +73,7 @@ impl CpuidTable {
             kvm_cpuid_entry2 { function: base, eax: cpuid::LEAF_INFO, ebx, ecx, edx, ..Default::default() };
         *self.entry(cpuid::LEAF_INFO, 0) = kvm_cpuid_entry2 {
             function: cpuid::LEAF_INFO,
-            eax: pvagent_abi::ABI_VERSION,
+            eax: version.to_raw(),
             ebx: features.0,
             ecx: tsc_khz,
             edx: APIC_BUS_KHZ,
@@ -110,11 +111,11 @@ mod tests {
             },
             leaf(0x4000_0001, 0x1234, 0),
         ]);
-        t.install_host_stub_leaves(Features(Features::HYPERCALL), 2_000_000);
+        t.install_host_stub_leaves(AbiVersion::new(1, 2), Features(Features::HYPERCALL), 2_000_000);
         let ours = t.get(0x4000_0000, 0).unwrap();
         assert_eq!(cpuid::signature_bytes(ours.ebx, ours.ecx, ours.edx), cpuid::SIGNATURE);
         let info = t.get(cpuid::LEAF_INFO, 0).unwrap();
-        assert_eq!((info.eax, info.ebx, info.ecx), (pvagent_abi::ABI_VERSION, Features::HYPERCALL, 2_000_000));
+        assert_eq!((info.eax, info.ebx, info.ecx), (0x0001_0002, Features::HYPERCALL, 2_000_000));
         let moved = t.get(0x4000_0100, 0).unwrap();
         assert_eq!(cpuid::signature_bytes(moved.ebx, moved.ecx, moved.edx), cpuid::KVM_SIGNATURE);
         assert_eq!(moved.eax, 0x4000_0101, "KVM's max leaf follows its block");

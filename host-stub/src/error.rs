@@ -121,6 +121,10 @@ pub enum Error {
         "the guest split-locked with its split-lock detection off, on vCPU {vcpu} at rip {rip:#x}: {insn} ({size} bytes at {address:#x}) (policy exit)"
     )]
     SplitLockExit { vcpu: usize, rip: u64, insn: String, address: u64, size: u64 },
+    #[error(
+        "the guest announced ABI {guest}, but this host stub speaks ABI {host}: another major version, whose interfaces neither side can interpret (a guest must check CPUID leaf 0x4000_0001 before it announces)"
+    )]
+    GuestAbiMajor { guest: pvagent_abi::AbiVersion, host: pvagent_abi::AbiVersion },
     #[error("too many MSR ranges to intercept ({ranges}; KVM takes at most {max})")]
     TooManyMsrRanges { ranges: usize, max: usize },
     #[error("pager: {0}")]

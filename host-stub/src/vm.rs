@@ -15,7 +15,7 @@ use vm_memory::GuestMemoryMmap;
 use crate::config::Config;
 use crate::cpuid::CpuidTable;
 use crate::devices::bench::Bench;
-use crate::devices::{BasicHypercalls, debug_exit::DebugExit, serial::Serial, trace::TracePort};
+use crate::devices::{Basics, debug_exit::DebugExit, serial::Serial, trace::TracePort};
 use crate::error::{Error, Result};
 use crate::handler::{AttachCtx, ExitHandler, Report, Stop, fill_in, out_word};
 use crate::loader::{self, Loaded};
@@ -40,7 +40,7 @@ pub struct Vm {
     mem: GuestMemoryMmap,
     serial: Serial,
     debug_exit: DebugExit,
-    hypercalls: BasicHypercalls,
+    basics: Basics,
     bench: Bench,
     trace_port: TracePort,
     producers: Vec<Box<dyn ExitHandler>>,
@@ -126,7 +126,7 @@ impl Vm {
         // The guest reports its side of the timeline only when asked: the bit costs an exit
         // per task switch.
         let trace_bit = if tracer.is_on() { Features::TRACE } else { 0 };
-        cpuid.install_host_stub_leaves(Features(Features::HYPERCALL | trace_bit), tsc_khz);
+        cpuid.install_host_stub_leaves(config.abi_version, Features(Features::HYPERCALL | trace_bit), tsc_khz);
         for p in &producers {
             p.cpuid(&mut cpuid);
         }
@@ -141,7 +141,7 @@ impl Vm {
             mem,
             serial,
             debug_exit: DebugExit,
-            hypercalls: BasicHypercalls::default(),
+            basics: Basics::new(config.abi_version),
             bench,
             trace_port: TracePort::new(tracer.clone()),
             producers,
@@ -163,7 +163,7 @@ impl Vm {
                 let mut handlers: Vec<&mut dyn ExitHandler> = vec![
                     &mut self.serial,
                     &mut self.debug_exit,
-                    &mut self.hypercalls,
+                    &mut self.basics,
                     &mut self.bench,
                     &mut self.trace_port,
                 ];
@@ -202,7 +202,7 @@ impl Vm {
             }
         };
         finish(&mut self.serial, &mut report);
-        finish(&mut self.hypercalls, &mut report);
+        finish(&mut self.basics, &mut report);
         finish(&mut self.bench, &mut report);
         finish(&mut self.trace_port, &mut report);
         for p in &mut self.producers {

@@ -1,8 +1,11 @@
 //! What a fresh machine needs, installed by the project itself: the bare-metal Rust target and
 //! QEMU. (rustup does not add a `rust-toolchain.toml` target when the toolchain is already
-//! installed, so this does it.)
+//! installed, so this does it.) QEMU comes from apt, which is never allowed to remove a
+//! package: the decisions (which apt runs, how to read its refusal, what to tell the user) are
+//! plain functions, tested on captured apt output.
 
 use std::process::Command;
+use std::time::Duration;
 
 use crate::proc::run_checked;
 use crate::{Result, err};
@@ -32,7 +35,18 @@ fn qemu_present() -> bool {
     Command::new(QEMU).arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
+/// The apt-get runs that install QEMU, in order. `--no-remove`: when installing would remove an
+/// installed package (a newer `qemu-utils` than the distribution's, say), apt stops before it
+/// changes anything. The project never removes a user's package.
+pub const APT_STEPS: [&[&str]; 2] =
+    [&["update", "-q"], &["install", "-y", "-q", "--no-install-recommends", "--no-remove", "qemu-system-x86"]];
+
+/// How long an apt-get run may take before xtask gives up on it (a hang, e.g. a lock held by
+/// another apt, turns into a clear failure).
+const APT_TIMEOUT: Duration = Duration::from_secs(1800);
+
 /// Installs QEMU from the distribution (`apt-get install qemu-system-x86`) when it is missing.
+/// Stops with a one-line message, and nothing changed, when apt would have to remove a package.
 pub fn ensure_qemu() -> Result<()> {
     if qemu_present() {
         return Ok(());
@@ -41,21 +55,105 @@ pub fn ensure_qemu() -> Result<()> {
     if !apt {
         return Err(err!("{QEMU} is missing and there is no apt-get to install it; install QEMU for x86-64"));
     }
-    let sudo = if is_root() { None } else { Some("sudo") };
-    eprintln!("xtask: installing QEMU (apt-get install qemu-system-x86)");
-    for args in [&["update", "-q"][..], &["install", "-y", "-q", "--no-install-recommends", "qemu-system-x86"][..]] {
-        let mut cmd = match sudo {
-            Some(sudo) => {
-                let mut c = Command::new(sudo);
-                c.arg("apt-get");
-                c
-            }
-            None => Command::new("apt-get"),
-        };
-        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-        run_checked(cmd, "apt-get")?;
-    }
+    eprintln!("xtask: installing QEMU (apt-get install --no-remove qemu-system-x86)");
+    run_apt_steps(!is_root(), |program, argv| {
+        let mut cmd = Command::new(program);
+        cmd.args(argv);
+        let run = crate::proc::run(cmd, APT_TIMEOUT, true)?;
+        Ok((run.status.success(), run.output))
+    })?;
     if qemu_present() { Ok(()) } else { Err(err!("apt-get installed qemu-system-x86 but {QEMU} still does not run")) }
+}
+
+/// Runs [`APT_STEPS`] with `run` (program, arguments -> success, output lines), stopping at the
+/// first failure with the message [`apt_failure_message`] makes of its output.
+fn run_apt_steps(sudo: bool, mut run: impl FnMut(&str, &[String]) -> Result<(bool, Vec<String>)>) -> Result<()> {
+    for args in APT_STEPS {
+        let (program, argv) = apt_command_line(sudo, args);
+        let (succeeded, output) = run(program, &argv)?;
+        if !succeeded {
+            return Err(err!("{}", apt_failure_message(args[0], &read_apt_failure(&output))));
+        }
+    }
+    Ok(())
+}
+
+/// The program and arguments that run apt-get with `args`, through sudo when `sudo`. The
+/// environment goes on the command line (`env`), because sudo does not pass the caller's on:
+/// no questions (`DEBIAN_FRONTEND`), and untranslated messages (`LC_ALL=C`; gettext ignores
+/// `LANGUAGE` in the C locale) so that a refusal can be read.
+pub fn apt_command_line(sudo: bool, args: &[&str]) -> (&'static str, Vec<String>) {
+    let mut argv: Vec<String> = Vec::new();
+    if sudo {
+        argv.push("env".into());
+    }
+    argv.extend(["LC_ALL=C", "DEBIAN_FRONTEND=noninteractive", "apt-get"].map(String::from));
+    argv.extend(args.iter().map(|a| a.to_string()));
+    (if sudo { "sudo" } else { "env" }, argv)
+}
+
+/// Why an apt-get run failed, as read from its output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AptFailure {
+    /// Installing would remove these installed packages (empty if apt's list was not found),
+    /// so `--no-remove` stopped apt before it changed anything.
+    WouldRemove(Vec<String>),
+    /// Something else: apt's last error line (`E: ...`), if it printed one.
+    Other(Option<String>),
+}
+
+/// apt's error when an operation needs a removal that `--no-remove` forbids
+/// (`InstallPackages` in apt's `apt-private/private-install.cc`: "E: Packages need to be
+/// removed but remove is disabled.").
+const NO_REMOVE_ERROR: &str = "Packages need to be removed but remove is disabled";
+
+/// Headers apt prints above the packages an operation would remove, before it checks
+/// `--no-remove`: apt 2 (Debian 12) "The following packages will be REMOVED:", and
+/// "REMOVING:", the form of newer apt's output.
+const REMOVED_HEADERS: [&str; 2] = ["The following packages will be REMOVED:", "REMOVING:"];
+
+/// Reads the output of a failed apt-get run (stdout and stderr, in order, in the C locale).
+pub fn read_apt_failure(output: &[String]) -> AptFailure {
+    if !output.iter().any(|l| l.contains(NO_REMOVE_ERROR)) {
+        let last_error = output.iter().rev().find(|l| l.starts_with("E: ")).map(|l| l[3..].trim().to_string());
+        return AptFailure::Other(last_error);
+    }
+    let mut packages = Vec::new();
+    let mut in_list = false;
+    for line in output {
+        // The list's lines are indented; a purge marks a package with a trailing '*'.
+        if in_list && line.starts_with(' ') {
+            packages.extend(line.split_whitespace().map(|p| p.trim_end_matches('*').to_string()));
+            continue;
+        }
+        // stderr's lines arrive through another pipe and may fall inside stdout's list.
+        if in_list && (line.starts_with("E: ") || line.starts_with("W: ")) {
+            continue;
+        }
+        in_list = REMOVED_HEADERS.contains(&line.trim());
+    }
+    AptFailure::WouldRemove(packages)
+}
+
+/// The one line xtask stops with when apt-get `step` failed.
+pub fn apt_failure_message(step: &str, failure: &AptFailure) -> String {
+    let by_hand =
+        format!("install QEMU for x86-64 yourself so that `{QEMU}` runs (e.g. `sudo apt-get install qemu-system-x86`");
+    match failure {
+        AptFailure::WouldRemove(packages) if packages.is_empty() => format!(
+            "installing QEMU would make apt-get remove installed packages (listed in its output above), so xtask stopped it and nothing was changed: {by_hand}, deciding what happens to those packages), then run xtask again"
+        ),
+        AptFailure::WouldRemove(packages) => {
+            let packages = packages.join(", ");
+            format!(
+                "installing qemu-system-x86 would make apt-get remove the installed {packages}, so xtask stopped it and nothing was changed: {by_hand}, deciding what happens to {packages}), then run xtask again"
+            )
+        }
+        AptFailure::Other(Some(error)) => format!("apt-get {step} failed ({error}): {by_hand}), then run xtask again"),
+        AptFailure::Other(None) => {
+            format!("apt-get {step} failed (see its output above): {by_hand}), then run xtask again")
+        }
+    }
 }
 
 fn is_root() -> bool {
@@ -70,5 +168,101 @@ pub fn check_kvm() -> Result<()> {
             Err(err!("/dev/kvm does not exist: this machine cannot run the host stub (no KVM)"))
         }
         Err(e) => Err(err!("cannot open /dev/kvm ({e}): run as a user with access to it (root or the kvm group)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(text: &str) -> Vec<String> {
+        text.lines().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn every_install_forbids_removals() {
+        for args in APT_STEPS.iter().filter(|a| a[0] == "install") {
+            assert!(args.contains(&"--no-remove"), "{args:?}");
+        }
+        assert_eq!(APT_STEPS.last().map(|a| a[0]), Some("install"));
+    }
+
+    #[test]
+    fn apt_runs_untranslated_and_unattended_with_or_without_sudo() {
+        let install = APT_STEPS[1];
+        let (program, argv) = apt_command_line(true, install);
+        assert_eq!(program, "sudo");
+        assert_eq!(argv[..4], ["env", "LC_ALL=C", "DEBIAN_FRONTEND=noninteractive", "apt-get"]);
+        assert_eq!(argv[4..], install.iter().map(|a| a.to_string()).collect::<Vec<_>>()[..]);
+        let (program, argv) = apt_command_line(false, install);
+        assert_eq!(program, "env");
+        assert_eq!(argv[..3], ["LC_ALL=C", "DEBIAN_FRONTEND=noninteractive", "apt-get"]);
+    }
+
+    /// apt 2.6.1's output (Debian 12) for a conflicting install with `--no-remove`, captured with
+    /// `LC_ALL=C apt-get -s -q --no-install-recommends --no-remove install chrony` (a
+    /// simulation: chrony conflicts with the installed systemd-timesyncd); exit status 100.
+    const APT2_CONFLICT: &str = "\
+Reading package lists...
+Building dependency tree...
+Reading state information...
+Suggested packages:
+  dnsutils networkd-dispatcher
+The following packages will be REMOVED:
+  systemd-timesyncd
+The following NEW packages will be installed:
+  chrony
+0 upgraded, 1 newly installed, 1 to remove and 138 not upgraded.
+E: Packages need to be removed but remove is disabled.";
+
+    #[test]
+    fn a_refused_removal_names_the_packages_and_says_nothing_changed() {
+        let failure = read_apt_failure(&lines(APT2_CONFLICT));
+        assert_eq!(failure, AptFailure::WouldRemove(vec!["systemd-timesyncd".into()]));
+        let message = apt_failure_message("install", &failure);
+        assert!(message.contains("remove the installed systemd-timesyncd"), "{message}");
+        assert!(message.contains("nothing was changed"), "{message}");
+        assert!(message.contains("sudo apt-get install qemu-system-x86"), "{message}");
+        assert!(!message.contains('\n'), "one line: {message}");
+    }
+
+    #[test]
+    fn the_newer_list_header_is_read_too() {
+        let output = lines(
+            "REMOVING:\n  qemu-utils\n\nSummary:\n  Removing: 1\nE: Packages need to be removed but remove is disabled.",
+        );
+        assert_eq!(read_apt_failure(&output), AptFailure::WouldRemove(vec!["qemu-utils".into()]));
+    }
+
+    #[test]
+    fn a_refused_install_stops_setup_with_the_one_line_message() {
+        let mut runs = Vec::new();
+        let result = run_apt_steps(true, |program, argv| {
+            runs.push(format!("{program} {}", argv.join(" ")));
+            let install = argv.iter().any(|a| a == "install");
+            Ok(if install { (false, lines(APT2_CONFLICT)) } else { (true, Vec::new()) })
+        });
+        let message = result.expect_err("a refused install failed setup").to_string();
+        assert!(message.contains("remove the installed systemd-timesyncd") && !message.contains('\n'), "{message}");
+        assert_eq!(runs.len(), 2, "{runs:?}");
+        assert!(runs[1].contains("apt-get install") && runs[1].contains("--no-remove"), "{runs:?}");
+    }
+
+    #[test]
+    fn a_refused_removal_without_a_list_still_says_what_happened() {
+        let failure = read_apt_failure(&lines("E: Packages need to be removed but remove is disabled."));
+        assert_eq!(failure, AptFailure::WouldRemove(Vec::new()));
+        assert!(apt_failure_message("install", &failure).contains("remove installed packages"));
+    }
+
+    #[test]
+    fn other_failures_quote_apts_last_error() {
+        let output =
+            lines("E: Could not get lock /var/lib/dpkg/lock-frontend.\nE: Unable to acquire the dpkg frontend lock");
+        let failure = read_apt_failure(&output);
+        assert_eq!(failure, AptFailure::Other(Some("Unable to acquire the dpkg frontend lock".into())));
+        let message = apt_failure_message("install", &failure);
+        assert!(message.starts_with("apt-get install failed (Unable to acquire"), "{message}");
+        assert_eq!(read_apt_failure(&lines("Err:1 http://deb.debian.org")), AptFailure::Other(None));
     }
 }

@@ -129,6 +129,33 @@ pub fn start_periodic_timer(vector: u8, period: u32) {
     write(reg::TIMER_INITIAL, period);
 }
 
+/// How the timer is programmed now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimerSetting {
+    /// The vector it raises.
+    pub vector: u8,
+    /// Periodic (rather than one-shot or TSC-deadline).
+    pub periodic: bool,
+    /// Masked: it raises nothing.
+    pub masked: bool,
+    /// Input cycles per period (the initial count, with the divider at 1).
+    pub period: u32,
+    /// The divider is 1.
+    pub divide_by_1: bool,
+}
+
+/// Reads the timer's programming back.
+pub fn timer_setting() -> TimerSetting {
+    let lvt = read(reg::LVT_TIMER);
+    TimerSetting {
+        vector: lvt as u8,
+        periodic: lvt & LVT_PERIODIC != 0,
+        masked: lvt & LVT_MASKED != 0,
+        period: read(reg::TIMER_INITIAL),
+        divide_by_1: read(reg::TIMER_DIVIDE) & 0b1011 == DIVIDE_BY_1,
+    }
+}
+
 /// Measures how many TSC cycles pass while the (masked) timer counts down `cycles` input
 /// cycles; used to calibrate the TSC when no CPUID leaf gives its frequency.
 pub fn measure_tsc_against_timer(cycles: u32) -> u64 {

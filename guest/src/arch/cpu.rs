@@ -3,6 +3,7 @@
 
 use core::arch::asm;
 use pvagent_abi::cpuid as abi_cpuid;
+use pvagent_abi::{ABI_VERSION, AbiVersion};
 
 /// IA32_APIC_BASE.
 pub const IA32_APIC_BASE: u32 = 0x1B;
@@ -119,8 +120,12 @@ pub fn rdtsc() -> u64 {
 /// Who runs this vCPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hypervisor {
-    /// pvagent's host stub (on KVM). `kvm_base` is where KVM's own leaves were found.
-    HostStub { abi_version: u32, features: abi_cpuid::Features, kvm_base: Option<u32> },
+    /// pvagent's host stub (on KVM), of this guest's ABI major. `kvm_base` is where KVM's own
+    /// leaves were found.
+    HostStub { abi_version: AbiVersion, features: abi_cpuid::Features, kvm_base: Option<u32> },
+    /// pvagent's host stub of another ABI major: nothing of it is used (`pvagent_abi::version`),
+    /// so to this guest it is an unknown hypervisor, beside KVM's leaves when it shows them.
+    HostStubOtherMajor { abi_version: AbiVersion, kvm_base: Option<u32> },
     /// KVM without the host stub (e.g. QEMU `-accel kvm`).
     Kvm { base: u32 },
     /// QEMU's TCG emulator.
@@ -136,6 +141,7 @@ impl Hypervisor {
     pub fn name(&self) -> &'static str {
         match self {
             Hypervisor::HostStub { .. } => "pvagent host stub",
+            Hypervisor::HostStubOtherMajor { .. } => "pvagent host stub of another ABI major (not used)",
             Hypervisor::Kvm { .. } => "KVM",
             Hypervisor::QemuTcg => "QEMU TCG",
             Hypervisor::Other(_) => "another hypervisor",
@@ -192,7 +198,10 @@ pub fn identify() -> CpuInfo {
             tsc_khz = Some((u64::from(l15.ecx) * u64::from(l15.ebx) / u64::from(l15.eax) / 1000) as u32);
         }
     }
-    if let Hypervisor::Kvm { base } | Hypervisor::HostStub { kvm_base: Some(base), .. } = hypervisor {
+    if let Hypervisor::Kvm { base }
+    | Hypervisor::HostStub { kvm_base: Some(base), .. }
+    | Hypervisor::HostStubOtherMajor { kvm_base: Some(base), .. } = hypervisor
+    {
         // KVM's timing leaf (base + 0x10): EAX TSC kHz, EBX APIC bus kHz, when the VMM fills it.
         let max = cpuid(base, 0).eax;
         if max >= base + 0x10 {
@@ -225,8 +234,13 @@ fn find_hypervisor() -> Hypervisor {
         leaf += abi_cpuid::LEAF_BLOCK_STEP;
     }
     if host_stub.is_some() {
+        // EAX of the info leaf is the one field every major keeps: read the rest only after it.
         let info = cpuid(abi_cpuid::LEAF_INFO, 0);
-        return Hypervisor::HostStub { abi_version: info.eax, features: abi_cpuid::Features(info.ebx), kvm_base: kvm };
+        let abi_version = AbiVersion::from_raw(info.eax);
+        if !ABI_VERSION.is_compatible_with(abi_version) {
+            return Hypervisor::HostStubOtherMajor { abi_version, kvm_base: kvm };
+        }
+        return Hypervisor::HostStub { abi_version, features: abi_cpuid::Features(info.ebx), kvm_base: kvm };
     }
     match (kvm, first_other) {
         (Some(base), _) => Hypervisor::Kvm { base },

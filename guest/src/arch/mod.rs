@@ -112,6 +112,11 @@ pub fn start_tick(hook: TickHook) {
     apic::start_periodic_timer(TIMER_VECTOR, TIMER_PERIOD.load(Ordering::Relaxed) as u32);
 }
 
+/// The tick's period, in timer input cycles (`HZ` ticks a second at the APIC timer's frequency).
+pub fn tick_period() -> u32 {
+    TIMER_PERIOD.load(Ordering::Relaxed) as u32
+}
+
 /// Ticks seen by this vCPU.
 pub fn ticks() -> u64 {
     TICKS.get().load(Ordering::Relaxed)

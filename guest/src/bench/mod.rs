@@ -22,7 +22,7 @@ use crate::arch::{apic, cpu, idle, time, trap};
 use crate::boot::cmdline::Cmdline;
 use crate::kprintln;
 use crate::pv::{ac, halt, pnp};
-use crate::task::sched::{ExitStatus, TaskId};
+use crate::task::table::{ExitStatus, TaskId};
 use crate::task::{self, user};
 
 /// The vector of the benchmark interrupt (its handler only counts and signals EOI).
@@ -45,6 +45,8 @@ struct Slot {
     end_tsc: u64,
     /// The address of the run's [`Gate`].
     gate: u64,
+    /// TSC cycles the task spent in its compute segments (written by the task).
+    compute_tsc: u64,
 }
 
 const SLOT_BASE: u64 = 0;
@@ -53,12 +55,14 @@ const SLOT_SPIN: u64 = 16;
 const SLOT_START: u64 = 24;
 const SLOT_END: u64 = 32;
 const SLOT_GATE: u64 = 40;
+const SLOT_COMPUTE: u64 = 48;
 const _: () = assert!(core::mem::offset_of!(Slot, base) as u64 == SLOT_BASE);
 const _: () = assert!(core::mem::offset_of!(Slot, pages) as u64 == SLOT_PAGES);
 const _: () = assert!(core::mem::offset_of!(Slot, spin_iterations) as u64 == SLOT_SPIN);
 const _: () = assert!(core::mem::offset_of!(Slot, start_tsc) as u64 == SLOT_START);
 const _: () = assert!(core::mem::offset_of!(Slot, end_tsc) as u64 == SLOT_END);
 const _: () = assert!(core::mem::offset_of!(Slot, gate) as u64 == SLOT_GATE);
+const _: () = assert!(core::mem::offset_of!(Slot, compute_tsc) as u64 == SLOT_COMPUTE);
 
 /// The finish line of one workload run, in user-accessible memory: each task counts itself in
 /// when its last access is done and then stays (yielding) until every task has, so that no task
@@ -90,7 +94,8 @@ fn gate_addr() -> u64 {
 
 /// How many workload tasks can run at once.
 const SLOTS: usize = 32;
-const EMPTY_SLOT: Slot = Slot { base: 0, pages: 0, spin_iterations: 0, start_tsc: 0, end_tsc: 0, gate: 0 };
+const EMPTY_SLOT: Slot =
+    Slot { base: 0, pages: 0, spin_iterations: 0, start_tsc: 0, end_tsc: 0, gate: 0, compute_tsc: 0 };
 
 struct Slots(UnsafeCell<[Slot; SLOTS]>);
 // SAFETY: each slot is written by the kernel before its task is spawned and read after it was
@@ -149,13 +154,16 @@ extern "sysv64" fn user_workload(slot: u64) -> ! {
     let pages = user::read_u64(slot + SLOT_PAGES);
     let iterations = user::read_u64(slot + SLOT_SPIN);
     user::write_u64(slot + SLOT_START, user::rdtsc());
-    let mut acc = 0u64;
+    let (mut acc, mut compute) = (0u64, 0u64);
     let mut i = 0;
     while i < pages {
+        let started = user::rdtsc();
         spin(iterations);
+        compute += user::rdtsc().wrapping_sub(started);
         acc ^= user::read_u64(base + i * 4096 + (i % 512) * 8);
         i += 1;
     }
+    user::write_u64(slot + SLOT_COMPUTE, compute);
     user::write_u64(slot + SLOT_END, user::rdtsc());
     let gate = user::read_u64(slot + SLOT_GATE);
     // SAFETY: `gate` is the run's `Gate`, user-accessible and aligned; a locked add changes
@@ -391,6 +399,9 @@ struct Window {
     wall_ns: u64,
     /// `wall_ns` less the time this vCPU was halted.
     busy_ns: u64,
+    /// The compute segments' time, summed over the tasks: what the ideal is made of, measured
+    /// rather than taken from the calibration (which a busy host can skew either way).
+    compute_ns: u64,
 }
 
 /// Whether a workload run's pages arrive on their own or all at once when every task waits.
@@ -437,10 +448,13 @@ fn workload_run(
     }
     if arrival == Arrival::WhenAllParked {
         let parked = yield_until_parked(tasks as usize);
-        for page in 0..tasks * pages {
-            pnp::release(region.page(page)).map_err(|_| BenchError("cannot release a page"))?;
-        }
+        // All at once, in one exit: the resolutions come as one burst.
+        let released =
+            pnp::release(region.base, tasks * pages).map_err(|_| BenchError("cannot release the held pages"))?;
         parked?;
+        if released != tasks {
+            return Err(BenchError("the park path was not taken: a held page was never touched"));
+        }
     }
     for id in ids {
         if !matches!(join(id)?, ExitStatus::Returned(_)) {
@@ -450,7 +464,7 @@ fn workload_run(
     // Idle time can only accrue while every task is parked, which is inside the window: before
     // it the tasks are starting, after it they are leaving, and neither waits.
     let idle = idle::idle_cycles().wrapping_sub(idle);
-    let (mut first, mut last) = (u64::MAX, 0);
+    let (mut first, mut last, mut compute) = (u64::MAX, 0, 0);
     for t in 0..tasks as usize {
         let slot = get_slot(t)?;
         if slot.start_tsc == 0 || slot.end_tsc < slot.start_tsc {
@@ -458,9 +472,14 @@ fn workload_run(
         }
         first = first.min(slot.start_tsc);
         last = last.max(slot.end_tsc);
+        compute += slot.compute_tsc;
     }
     let wall = last.saturating_sub(first);
-    Ok(Window { wall_ns: cycles_to_ns(wall), busy_ns: cycles_to_ns(wall.saturating_sub(idle)) })
+    Ok(Window {
+        wall_ns: cycles_to_ns(wall),
+        busy_ns: cycles_to_ns(wall.saturating_sub(idle)),
+        compute_ns: cycles_to_ns(compute),
+    })
 }
 
 /// Yields until `tasks` tasks wait on tokens (see [`Arrival::WhenAllParked`]).
@@ -474,17 +493,19 @@ fn yield_until_parked(tasks: usize) -> Result<()> {
     Err(BenchError("the park path was not taken: the workload tasks did not all park on their held pages"))
 }
 
-/// Waits until this vCPU has taken `events` page-not-present events in total. On PVM an event
-/// pending behind a resolution is injected at the vCPU's next exit, which a task that found
-/// its page present may not make; a HLT is one. The deadline only turns a lost event into an
-/// error; an event is microseconds away.
-fn settle(events: u64) -> Result<()> {
+/// Waits until this vCPU has taken every page-not-present event the host delivered since its
+/// counter read `host_events`, so that the sample counts each one where it was handled. On PVM
+/// an event pending behind a resolution is injected at the vCPU's next exit, which a task that
+/// found its page present may not make; a HLT (or the hypercall reading the counter) is one.
+/// The deadline only turns a lost event into an error; an event is microseconds away.
+fn settle(guest_events: u64, host_events: u64) -> Result<()> {
+    let target = guest_events + host_counter(HostCounter::EventsDelivered)? - host_events;
     let deadline = crate::arch::ticks() + 10 * time::HZ;
     let taken = {
         let _irq = crate::sync::IrqGuard::new();
         halt::wait_until(|| {
             let events_now = pnp::stats().events;
-            (events_now >= events || crate::arch::ticks() > deadline).then_some(events_now >= events)
+            (events_now >= target || crate::arch::ticks() > deadline).then_some(events_now >= target)
         })
     };
     if taken { Ok(()) } else { Err(BenchError("an event the host delivered was never taken")) }
@@ -530,10 +551,10 @@ fn pnp_roundtrip(s: Settings) -> Result<()> {
             let baseline = baseline_now(s);
             let before = pnp::stats();
             let syncs = host_counter(HostCounter::SyncWaits)?;
+            let delivered = host_counter(HostCounter::EventsDelivered)?;
             let window = workload_run(&region, tasks, pages, 0, Arrival::OnItsOwn)?;
             // Outside the window: an event still pending behind its resolution is taken now.
-            let expected_events = if mode == HostMode::Ring { tasks * pages } else { 0 };
-            settle(before.events + expected_events)?;
+            settle(before.events, delivered)?;
             let after = pnp::stats();
             kprintln!(
                 "bench: pnp_{name} rep={rep} ops={} total_ns={} baseline_ns={baseline} events={} slept={} halted={} early={} sync_waits={} handler_ns={}",
@@ -577,9 +598,10 @@ fn workload(s: Settings) -> Result<()> {
                     let stalled = host_counter(HostCounter::SyncWaitNanos)?;
                     let window = workload_run(&region, tasks, pages, iterations, Arrival::OnItsOwn)?;
                     kprintln!(
-                        "bench: workload_{mode_name} rep={rep} tasks={tasks} pages={pages} compute_ns={compute_ns} latency_ns={latency} wall_ns={} busy_ns={} events={} sync_waits={} stalled_ns={}",
+                        "bench: workload_{mode_name} rep={rep} tasks={tasks} pages={pages} compute_ns={compute_ns} latency_ns={latency} wall_ns={} busy_ns={} compute_measured_ns={} events={} sync_waits={} stalled_ns={}",
                         window.wall_ns,
                         window.busy_ns,
+                        window.compute_ns / (tasks * pages).max(1),
                         host_counter(HostCounter::EventsDelivered)? - events,
                         host_counter(HostCounter::SyncWaits)? - syncs,
                         host_counter(HostCounter::SyncWaitNanos)? - stalled

@@ -7,7 +7,7 @@ use pvagent_abi::trace::{TaskKind, TaskSwitch};
 use x86_64::instructions::port::Port;
 
 use crate::kprintln;
-use crate::task::{self, sched::Kind, sched::TaskId};
+use crate::task::{self, table::Kind, table::TaskId};
 
 /// Registers the switch hook when the host records a timeline. Otherwise nothing is
 /// registered, so an untraced run never pays the port's exit (nor the hook's call).

@@ -20,7 +20,7 @@ use crate::arch::{self, cpu::Hypervisor, time::HZ};
 use crate::boot::cmdline::Cmdline;
 use crate::pv::ac::policy::{Mode, ModeError};
 use crate::pv::ac::{self, trigger};
-use crate::task::sched::{ExitStatus, KillReason, State, TaskId};
+use crate::task::table::{ExitStatus, State, TaskId};
 use crate::task::{self, FaultAction};
 use crate::{ensure, ensure_eq};
 
@@ -363,8 +363,8 @@ fn unhandled_alignment_check_ends_only_that_task() -> TestResult {
         skip_if_tcg_has_no_alignment_checks()?;
     }
     let insn = core::ptr::addr_of!(ac_user_misaligned_load_insn) as u64;
-    let expected = KillReason::AlignmentCheck { rip: insn, address: Some(addr) };
-    ensure_eq!(status, ExitStatus::Killed(expected), "how the task ended");
+    let expected = ac::Kill::AlignmentCheck { rip: insn, address: Some(addr) };
+    ensure_eq!(status, ExitStatus::Killed(expected.into()), "how the task ended");
     Ok(())
 }
 
@@ -432,7 +432,7 @@ fn user_split_lock_fatal_ends_only_that_task() -> TestResult {
         let id = spawn_user("ac-split-fatal", ac_user_split_locks, 1)?;
         let status = join(id)?;
         let insn = core::ptr::addr_of!(ac_user_split_locks_insn) as u64;
-        ensure_eq!(status, ExitStatus::Killed(KillReason::SplitLock { rip: insn }), "how the task ended");
+        ensure_eq!(status, ExitStatus::Killed(ac::Kill::SplitLock { rip: insn }.into()), "how the task ended");
         expect_verdicts(seq, 1, Verdict::InjectedSplitLock)?;
         ensure_eq!(load_u32(split), value, "the locked add never ran");
         ensure_eq!(join(bystander)?, ExitStatus::Returned(BYSTANDER_RESULT), "the bystander");

@@ -18,7 +18,7 @@ use super::{Failure, SelfTest, TestResult, fail};
 use crate::pv::halt;
 use crate::pv::pnp::{self, Region};
 use crate::sync::IrqGuard;
-use crate::task::sched::{ExitStatus, KillReason, TaskId};
+use crate::task::table::{ExitStatus, TaskId};
 use crate::task::{self, NoSleepGuard, user};
 use crate::{ensure, ensure_eq, kprintln};
 
@@ -123,19 +123,21 @@ impl Held {
         self.0.push(gpa).map_err(|_| fail(format_args!("more than 8 held pages")))
     }
 
-    /// Releases every held page: their fetches start now.
-    fn release_all(&mut self) -> TestResult {
+    /// Releases every held page: their fetches start now. Returns how many the host still
+    /// held (in sync mode an access that waited has released its page already).
+    fn release_all(&mut self) -> Result<u64, Failure> {
+        let mut released = 0;
         while let Some(gpa) = self.0.pop() {
-            pnp::release(gpa).map_err(|e| fail(format_args!("release {gpa:#x}: {e:?}")))?;
+            released += pnp::release(gpa, 1).map_err(|e| fail(format_args!("release {gpa:#x}: {e:?}")))?;
         }
-        Ok(())
+        Ok(released)
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
         for &gpa in &self.0 {
-            let _ = pnp::release(gpa);
+            let _ = pnp::release(gpa, 1);
         }
     }
 }
@@ -158,22 +160,25 @@ fn yield_until_parked(tasks: usize) -> TestResult {
     )))
 }
 
-/// Halts until this vCPU has taken `events` page-not-present events in total. An event comes
-/// with interrupt semantics: on PVM the second of two pending interrupts is injected at the
-/// vCPU's next exit rather than at the IRET of the first, and a HLT is such an exit. The
-/// deadline is only there so that a lost event fails the test with a message instead of
-/// hanging the run; an event is microseconds away.
-fn await_events(events: u64) -> Result<pnp::Stats, Failure> {
+/// Halts until this vCPU has taken every page-not-present event the host delivered since it
+/// counted `host_events` (its `EventsDelivered`, read before the accesses). An event comes with
+/// interrupt semantics: on PVM the second of two pending interrupts is injected at the vCPU's
+/// next exit rather than at the IRET of the first, and a HLT (or the hypercall that reads the
+/// counter) is such an exit. The deadline only turns a lost event into a failure instead of a
+/// hang; an event is microseconds away.
+fn await_events(guest_events: u64, host_events: u64) -> Result<pnp::Stats, Failure> {
+    let delivered = counter(HostCounter::EventsDelivered)? - host_events;
+    let target = guest_events + delivered;
     let deadline = crate::arch::ticks() + 10 * crate::arch::time::HZ;
     {
         let _irq = IrqGuard::new();
-        halt::wait_until(|| (pnp::stats().events >= events || crate::arch::ticks() > deadline).then_some(()));
+        halt::wait_until(|| (pnp::stats().events >= target || crate::arch::ticks() > deadline).then_some(()));
     }
     let stats = pnp::stats();
-    if stats.events < events {
+    if stats.events < target {
         return Err(fail(format_args!(
-            "the event was never taken: {} of {events} events after ten seconds",
-            stats.events
+            "an event the host delivered was never taken: {} of {delivered} after ten seconds",
+            stats.events - guest_events
         )));
     }
     Ok(stats)
@@ -207,7 +212,70 @@ fn bad_registrations_are_refused() -> TestResult {
     let region = pager()?;
     let gpa = fresh_pages(&region, 1)?;
     ensure_eq!(read(gpa), backing_pattern(gpa), "data after refused writes");
+
+    // Partial registrations. No token is outstanding, so the areas may be disabled; the
+    // protocol is registered again when `again` drops, whatever happens below.
+    let again = Reregister(pnp::registered_entries());
+    let vectors = u64::from(pnp::EVENT_VECTOR) | (u64::from(pnp::RESOLUTION_VECTOR) << 8);
+    ensure!(probe_write_msr(abi::MSR_DATA, 0).is_ok(), "disabling the event area was refused");
+    ensure!(gp(probe_write_msr(abi::MSR_VECTORS, vectors)), "vectors written while the ring is enabled");
+    pnp::unregister().map_err(|e| fail(format_args!("unregister: {e:?}")))?;
+    // A resolution interrupt that comes after unregistering (on PVM a second one, coalesced
+    // behind a burst, is injected at the next exit: the WRMSR of unregistering) finds no ring.
+    let before = pnp::stats();
+    inject_interrupt(pnp::RESOLUTION_VECTOR);
+    {
+        let _irq = IrqGuard::new();
+        halt::wait_until(|| (pnp::stats().resolution_irqs > before.resolution_irqs).then_some(()));
+    }
+    ensure_eq!(pnp::stats().ring_corrupt, before.ring_corrupt, "rings called corrupt by a late resolution interrupt");
+    ensure!(probe_write_msr(abi::MSR_VECTORS, vectors).is_ok(), "vectors refused with both areas disabled");
+    // The guest zeroes `head` and `tail` before it enables a ring; the host checks.
+    let ring = SCRATCH_RING.0.get() as u64;
+    let tail = (ring + abi::ring_tail_offset(1)) as *mut u32;
+    // SAFETY: the scratch ring is this test's own static page, registered with no host only
+    // between the writes below.
+    unsafe { core::ptr::write_volatile(tail, 5) };
+    ensure!(gp(probe_write_msr(abi::MSR_RING, ring | abi::MSR_ENABLE)), "a ring whose tail is not 0");
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(tail, 0) };
+    ensure!(probe_write_msr(abi::MSR_RING, ring | abi::MSR_ENABLE).is_ok(), "a zeroed ring was refused");
+    ensure!(probe_write_msr(abi::MSR_RING, 0).is_ok(), "disabling the scratch ring was refused");
+    drop(again);
+    ensure!(pnp::registered_entries() > 0, "the protocol was not registered again");
+    let gpa = fresh_pages(&region, 1)?;
+    ensure_eq!(read(gpa), backing_pattern(gpa), "data after registering again");
     Ok(())
+}
+
+/// Has the host stub raise interrupt `vector` on this vCPU, as a device would (an MSI through
+/// the benchmark injection port, `pvagent_abi::port::BENCH_INJECT`).
+fn inject_interrupt(vector: u8) {
+    use pvagent_abi::port::{BENCH_INJECT, BenchInject};
+    let value = BenchInject::Interrupt.encode(vector, 0);
+    // SAFETY: a port write the host stub serves by signalling the interrupt; it touches no
+    // memory of this guest.
+    unsafe {
+        core::arch::asm!("out dx, eax", in("dx") BENCH_INJECT, in("eax") value, options(nostack, nomem, preserves_flags));
+    }
+}
+
+/// A page-aligned ring page of this test's own, never the one the protocol uses.
+#[repr(C, align(4096))]
+struct ScratchRing(core::cell::UnsafeCell<[u8; 4096]>);
+// SAFETY: only `bad_registrations_are_refused` touches it, through volatile raw-pointer writes.
+unsafe impl Sync for ScratchRing {}
+static SCRATCH_RING: ScratchRing = ScratchRing(core::cell::UnsafeCell::new([0; 4096]));
+
+/// Registers the protocol with a ring of this many entries when dropped.
+struct Reregister(u32);
+
+impl Drop for Reregister {
+    fn drop(&mut self) {
+        if let Err(e) = pnp::register(self.0) {
+            kprintln!("pnp: registering again failed: {e:?}");
+        }
+    }
 }
 
 static B_STEPS: AtomicU64 = AtomicU64::new(0);
@@ -230,7 +298,7 @@ fn absent_page_parks_task_while_another_runs() -> TestResult {
     }
     let region = pager()?;
     // The resolution comes only after task A took its event: A parks, B runs meanwhile.
-    let _pacing = pacing(100, ResolutionTiming::AfterEventTaken)?;
+    let _pacing = pacing(0, ResolutionTiming::AfterEventTaken)?;
     let gpa = fresh_pages(&region, 1)?;
     B_STEPS.store(0, Ordering::SeqCst);
     A_DONE.store(false, Ordering::SeqCst);
@@ -265,7 +333,7 @@ fn user_task_resumes_with_the_right_data() -> TestResult {
         0
     }
     let region = pager()?;
-    let _pacing = pacing(100, ResolutionTiming::AfterEventTaken)?;
+    let _pacing = pacing(0, ResolutionTiming::AfterEventTaken)?;
     let gpa = fresh_pages(&region, 1)? + 0x100;
     let slept = pnp::stats().slept;
     let user = spawned(task::spawn_user("pnp-user", user_read_two_words, gpa))?;
@@ -281,7 +349,7 @@ fn user_task_resumes_with_the_right_data() -> TestResult {
 
 fn two_tasks_on_one_absent_page_each_get_a_token() -> TestResult {
     let region = pager()?;
-    let _pacing = pacing(100, ResolutionTiming::WhenReady)?;
+    let _pacing = pacing(0, ResolutionTiming::WhenReady)?;
     let gpa = fresh_pages(&region, 1)?;
     // The page is held: both tasks reach it while it is still being fetched, and park.
     let mut held = Held::new();
@@ -297,7 +365,10 @@ fn two_tasks_on_one_absent_page_each_get_a_token() -> TestResult {
         ensure_eq!(after.events - before.events, 2, "events: one token per waiting task");
         ensure_eq!(after.slept - before.slept, 2, "tasks parked on the shared page");
     }
-    held.release_all()?;
+    let released = held.release_all()?;
+    if ring_mode() {
+        ensure_eq!(released, 1, "held pages released");
+    }
     ensure_eq!(
         join(user)?,
         ExitStatus::Returned(backing_pattern(gpa + 0x200) ^ backing_pattern(gpa + 0x208).rotate_left(1)),
@@ -314,9 +385,11 @@ fn resolution_before_event_does_not_park() -> TestResult {
     pnp::set_page_behaviour(gpa, PageBehaviour::Immediate).map_err(|e| fail(format_args!("{e:?}")))?;
     let before = pnp::stats();
     let host_before = counter(HostCounter::ResolvedBeforeEvent)?;
+    let delivered_before = counter(HostCounter::EventsDelivered)?;
     ensure_eq!(read(gpa), backing_pattern(gpa), "data");
     if ring_mode() {
-        let after = await_events(before.events + 1)?;
+        let after = await_events(before.events, delivered_before)?;
+        ensure_eq!(after.events - before.events, 1, "events taken");
         ensure_eq!(
             counter(HostCounter::ResolvedBeforeEvent)? - host_before,
             1,
@@ -346,20 +419,23 @@ fn failed_page_ends_only_its_task() -> TestResult {
         return Err(Failure::Skip("in sync mode a failed page stops the guest (an end-to-end test covers it)"));
     }
     // The failure is reported after the victim parked: the wake-up carries "failed".
-    let _pacing = pacing(100, ResolutionTiming::AfterEventTaken)?;
+    let _pacing = pacing(0, ResolutionTiming::AfterEventTaken)?;
     let gpa = fresh_pages(&region, 1)?;
     pnp::set_page_behaviour(gpa, PageBehaviour::Fail).map_err(|e| fail(format_args!("{e:?}")))?;
     let failed = counter(HostCounter::ResolvedFailed)?;
-    let failed_seen = pnp::stats().tokens.failed;
+    let (failed_seen, slept) = (pnp::stats().tokens.failed, pnp::stats().slept);
     let victim = spawned(task::spawn_user("pnp-victim", user_read_two_words, gpa))?;
     let other = spawned(task::spawn_kernel("pnp-bystander", bystander, 0))?;
     match join(victim)? {
-        ExitStatus::Killed(KillReason::PageFailed { gpa: at, .. }) => ensure_eq!(at, gpa, "failed page reported"),
+        ExitStatus::Killed(reason) if let Some(failed) = pnp::PageFailed::from_reason(&reason) => {
+            ensure_eq!(failed.gpa, gpa, "failed page reported")
+        }
         other => return Err(fail(format_args!("the task that touched a failed page ended with {other:?}"))),
     }
     ensure_eq!(join(other)?, ExitStatus::Returned(7), "the bystander");
     ensure_eq!(counter(HostCounter::ResolvedFailed)? - failed, 1, "failed resolutions");
     ensure_eq!(pnp::stats().tokens.failed - failed_seen, 1, "failed pages the guest saw");
+    ensure_eq!(pnp::stats().slept - slept, 1, "the victim parked before it was told (the park path)");
     Ok(())
 }
 
@@ -381,7 +457,7 @@ fn interrupts_off_access_takes_the_sync_path() -> TestResult {
 fn single_task_waits_in_the_hlt_loop() -> TestResult {
     let region = pager()?;
     // The resolution comes only after the event was taken, and nothing else can run: the HLT loop.
-    let _pacing = pacing(100, ResolutionTiming::AfterEventTaken)?;
+    let _pacing = pacing(0, ResolutionTiming::AfterEventTaken)?;
     let gpa = fresh_pages(&region, 1)?;
     ensure!(!task::has_other_runnable(), "another task is runnable");
     let (halted, sync) = (pnp::stats().halted, counter(HostCounter::SyncWaits)?);
@@ -400,7 +476,7 @@ fn no_sleep_section_waits_in_the_hlt_loop() -> TestResult {
     }
     let region = pager()?;
     // Another task is ready, but the section may not sleep: the HLT loop, every time.
-    let _pacing = pacing(100, ResolutionTiming::AfterEventTaken)?;
+    let _pacing = pacing(0, ResolutionTiming::AfterEventTaken)?;
     let gpa = fresh_pages(&region, 1)?;
     let other = spawned(task::spawn_kernel("pnp-bystander", bystander, 0))?;
     let before = pnp::stats();
@@ -435,7 +511,7 @@ fn n_tokens_outstanding_then_sync() -> TestResult {
         read(gpa)
     }
     let region = pager()?;
-    let _pacing = pacing(100, ResolutionTiming::WhenReady)?;
+    let _pacing = pacing(0, ResolutionTiming::WhenReady)?;
     pnp::register(N).map_err(|e| fail(format_args!("register a ring of {N}: {e:?}")))?;
     let _restore = RestoreRing;
     let base = fresh_pages(&region, u64::from(N) + 1)?;
@@ -461,7 +537,10 @@ fn n_tokens_outstanding_then_sync() -> TestResult {
     } else {
         ensure_eq!(read(extra), backing_pattern(extra), "data");
     }
-    held.release_all()?;
+    let released = held.release_all()?;
+    if ring_mode() {
+        ensure_eq!(released, u64::from(N), "held pages released");
+    }
     for (id, gpa) in tasks {
         ensure_eq!(join(id)?, ExitStatus::Returned(backing_pattern(gpa)), "reader data");
     }

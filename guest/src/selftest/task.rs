@@ -5,7 +5,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use super::{SelfTest, TestResult};
 use crate::arch::fault::pf;
 use crate::task::event::Event;
-use crate::task::sched::{ExitStatus, FaultInfo};
+use crate::task::table::{ExitStatus, FaultInfo};
 use crate::task::{self, user};
 use crate::{ensure, ensure_eq};
 
@@ -18,7 +18,7 @@ pub const TESTS: &[SelfTest] = &[
     SelfTest::new("task::sleep_waits_for_ticks", sleep_waits_for_ticks),
 ];
 
-fn join(id: task::sched::TaskId) -> Result<ExitStatus, super::Failure> {
+fn join(id: task::table::TaskId) -> Result<ExitStatus, super::Failure> {
     task::join(id).map_err(|e| super::fail(format_args!("join {id:?}: {e:?}")))
 }
 
@@ -105,7 +105,7 @@ fn blocked_task_is_woken_by_event() -> TestResult {
     task::yield_now();
     ensure_eq!(STEPS.load(Ordering::SeqCst), 1, "waiter ran up to its wait");
     ensure!(
-        matches!(task::state(id), Some(task::sched::State::Blocked(_))),
+        matches!(task::state(id), Some(task::table::State::Blocked(_))),
         "waiter is {:?}, not blocked",
         task::state(id)
     );

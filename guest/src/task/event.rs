@@ -2,7 +2,7 @@
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use super::sched::Wait;
+use super::table::Wait;
 use crate::sync::IrqGuard;
 
 /// A one-shot, auto-resetting event: `signal` wakes the waiters and the first of them to run

@@ -3,7 +3,7 @@
 
 use core::cell::UnsafeCell;
 
-use super::sched::MAX_TASKS;
+use super::table::MAX_TASKS;
 use crate::arch::percpu::MAX_CPUS;
 
 /// Kernel stack size per task.

@@ -10,7 +10,7 @@
 use crate::arch::fault;
 use crate::arch::paging::image_layout;
 use crate::arch::trap::{self, TrapFrame};
-use crate::task::sched::ExitStatus;
+use crate::task::table::ExitStatus;
 
 /// `ud2`.
 const UD2: [u8; 2] = [0x0F, 0x0B];

@@ -18,7 +18,7 @@ use crate::arch::time::HZ;
 use crate::arch::trap::{self, RFLAGS_AC, TrapFrame};
 use crate::boot::cmdline::Cmdline;
 use crate::sync::IrqCell;
-use crate::task::sched::{ExitStatus, KillReason, MAX_TASKS, TaskId};
+use crate::task::table::{ExitStatus, MAX_TASKS, TaskId};
 use crate::task::{self, FaultAction};
 use crate::{kprintln, kreport};
 
@@ -332,7 +332,7 @@ fn alignment_check(frame: &mut TrapFrame) {
             kreport!("ac: task {} (user) ended: alignment check at rip {rip:#x}, address not decodable", task::name(id))
         }
     }
-    task::exit_current(ExitStatus::Killed(KillReason::AlignmentCheck { rip, address }));
+    task::exit_current(ExitStatus::Killed(super::Kill::AlignmentCheck { rip, address }.into()));
 }
 
 fn user_split_lock(frame: &mut TrapFrame) {
@@ -345,7 +345,7 @@ fn user_split_lock(frame: &mut TrapFrame) {
         UserAction::Kill => {
             COUNTERS.tasks_killed.fetch_add(1, Ordering::Relaxed);
             kreport!("ac: task {} (user) ended: split lock at rip {:#x} (sld={mode})", task::name(id), frame.rip);
-            task::exit_current(ExitStatus::Killed(KillReason::SplitLock { rip: frame.rip }));
+            task::exit_current(ExitStatus::Killed(super::Kill::SplitLock { rip: frame.rip }.into()));
         }
         UserAction::Continue { wait_ticks } => {
             if say {

@@ -22,8 +22,8 @@ use crate::arch::{apic, cpu};
 use crate::boot::cmdline::Cmdline;
 use crate::kprintln;
 use crate::pv::halt;
-use crate::sync::IrqCell;
-use crate::task::{self, sched::ExitStatus, sched::KillReason, sched::Wait};
+use crate::sync::{IrqCell, IrqGuard};
+use crate::task::{self, table::ExitStatus, table::Wait};
 
 /// The host's demand-paged region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -231,10 +231,16 @@ fn write_msr(msr: u32, value: u64) -> Result<(), RegisterError> {
 }
 
 /// Registers (or re-registers) the protocol on this vCPU with a ring of `entries`.
+///
+/// Runs with interrupts off: the resolution handler must never see a half-changed
+/// registration (a consumer of one ring reading the `head` of another, or of a cleared page).
+/// A resolution interrupt raised for the old ring and still pending is taken afterwards and
+/// finds nothing to consume.
 pub fn register(entries: u32) -> Result<(), RegisterError> {
     if !entries.is_power_of_two() || entries > abi::MAX_RING_ENTRIES {
         return Err(RegisterError::BadSize(entries));
     }
+    let _irq = IrqGuard::new();
     let busy = STATE.get().with(|s| s.entries != 0 && (s.table.waiting() > 0 || s.table.early() > 0));
     if busy {
         return Err(RegisterError::Busy);
@@ -243,28 +249,40 @@ pub fn register(entries: u32) -> Result<(), RegisterError> {
     let cpu = percpu::index();
     let view = SharedView::of(cpu, entries);
     view.clear();
+    let order = u64::from(entries.trailing_zeros());
+    let registered = write_msr(abi::MSR_VECTORS, u64::from(EVENT_VECTOR) | (u64::from(RESOLUTION_VECTOR) << 8))
+        .and_then(|()| write_msr(abi::MSR_RING, view.ring as u64 | (order << abi::RING_ORDER_SHIFT) | abi::MSR_ENABLE))
+        .and_then(|()| write_msr(abi::MSR_DATA, view.data as u64 | abi::MSR_ENABLE));
+    if let Err(e) = registered {
+        // Leave nothing half-registered at the host either (it may have taken the ring).
+        let _ = write_msr(abi::MSR_RING, 0);
+        return Err(e);
+    }
     STATE.get().with(|s| {
-        // Keep the counters of the ring being replaced.
-        s.stats.consumed += s.ring.consumed;
-        s.stats.ring_corrupt += s.ring.corrupt;
         s.entries = entries;
         s.table.reset(entries);
         s.ring = RingConsumer::new(entries);
     });
-    write_msr(abi::MSR_VECTORS, u64::from(EVENT_VECTOR) | (u64::from(RESOLUTION_VECTOR) << 8))?;
-    let order = u64::from(entries.trailing_zeros());
-    write_msr(abi::MSR_RING, view.ring as u64 | (order << abi::RING_ORDER_SHIFT) | abi::MSR_ENABLE)?;
-    write_msr(abi::MSR_DATA, view.data as u64 | abi::MSR_ENABLE)
+    Ok(())
 }
 
-/// Turns the protocol off on this vCPU (the host then takes the synchronous path).
+/// Turns the protocol off on this vCPU (the host then takes the synchronous path). With
+/// interrupts off, as [`register`]; the guest's state changes only once the host agreed.
 pub fn unregister() -> Result<(), RegisterError> {
-    let entries = STATE.get().with(|s| core::mem::replace(&mut s.entries, 0));
-    if entries == 0 {
+    let _irq = IrqGuard::new();
+    if STATE.get().with(|s| s.entries) == 0 {
         return Ok(());
     }
     write_msr(abi::MSR_DATA, 0)?;
-    write_msr(abi::MSR_RING, 0)
+    write_msr(abi::MSR_RING, 0)?;
+    STATE.get().with(|s| {
+        // Keep the counters of the ring being replaced.
+        s.stats.consumed += s.ring.consumed;
+        s.stats.ring_corrupt += s.ring.corrupt;
+        s.entries = 0;
+        s.ring = RingConsumer::new(0);
+    });
+    Ok(())
 }
 
 /// The ring size registered on this vCPU (0: not registered).
@@ -331,7 +349,7 @@ fn on_event(frame: &mut TrapFrame) {
         EventOutcome::Park if can_sleep => {
             STATE.get().with(|s| s.stats.slept += 1);
             account(entered);
-            let result = task::block_current(Wait::Token(token.0)) as u32;
+            let result = task::block_current(Wait::Key { owner: super::WAIT_OWNER, key: u64::from(token.0) }) as u32;
             (result, cpu::rdtsc())
         }
         EventOutcome::Park => {
@@ -356,17 +374,18 @@ fn page_failed(frame: &TrapFrame, token: Token, gpa: u64) {
         ));
     }
     kprintln!("task {} ended: its page {gpa:#x} failed (token {:#x})", task::name(task::current()), token.0);
-    task::exit_current(ExitStatus::Killed(KillReason::PageFailed { token: token.0, gpa }));
+    task::exit_current(ExitStatus::Killed(super::PageFailed { token: token.0, gpa }.into()));
 }
 
 fn on_resolution(_frame: &mut TrapFrame) {
     let entered = cpu::rdtsc();
     apic::eoi();
     let cpu = percpu::index();
-    let mut wakes: heapless::Vec<(task::sched::TaskId, u32), { abi::MAX_RING_ENTRIES as usize }> = heapless::Vec::new();
+    let mut wakes: heapless::Vec<(task::table::TaskId, u32), { abi::MAX_RING_ENTRIES as usize }> = heapless::Vec::new();
     let drained = STATE.get().with(|s| {
         s.stats.resolution_irqs += 1;
-        let view = SharedView::of(cpu, s.entries);
+        // The view's layout comes from the consumer itself, so the two cannot disagree.
+        let view = SharedView::of(cpu, s.ring.entries());
         let table = &mut s.table;
         s.ring.drain(&view, |r| {
             if let ResolutionOutcome::Wake { task, result, .. } = table.on_resolution(Token(r.token), r.result) {
@@ -379,7 +398,7 @@ fn on_resolution(_frame: &mut TrapFrame) {
         kprintln!("pnp: ring head {head} is impossible with tail {tail}: nothing consumed");
     }
     for (id, result) in wakes {
-        if task::wake(id, u64::from(result)) != task::sched::WakeOutcome::Woken {
+        if task::wake(id, u64::from(result)) != task::table::WakeOutcome::Woken {
             STATE.get().with(|s| s.stats.stale_wakes += 1);
         }
     }
@@ -413,10 +432,10 @@ pub fn set_timing(timing: ResolutionTiming) -> Result<(), HypercallError> {
     host_call(Nr::PnpSetTiming, [timing as u64, 0, 0, 0]).map(|_| ())
 }
 
-/// Starts the fetch of the held page at `gpa` ([`PageBehaviour::Held`]). Returns whether it was
-/// held.
-pub fn release(gpa: u64) -> Result<bool, HypercallError> {
-    host_call(Nr::PnpRelease, [gpa, 0, 0, 0]).map(|r| r[0] == 1)
+/// Starts the fetches of the held pages among `pages` pages from `gpa`
+/// ([`PageBehaviour::Held`]), all in one exit. Returns how many were held.
+pub fn release(gpa: u64, pages: u64) -> Result<u64, HypercallError> {
+    host_call(Nr::PnpRelease, [gpa, pages, 0, 0]).map(|r| r[0])
 }
 
 /// Makes `pages` pages from `gpa` absent again.

@@ -16,6 +16,8 @@
 pub mod ring;
 pub mod tokens;
 
+use crate::task::table::{KillCause, KillReason};
+
 #[cfg(kernel)]
 mod kernel;
 #[cfg(kernel)]
@@ -27,3 +29,44 @@ pub const EVENT_VECTOR: u8 = 0x51;
 pub const RESOLUTION_VECTOR: u8 = 0x52;
 /// Ring size registered at boot, unless `pnp-ring=N` says otherwise.
 pub const DEFAULT_RING_ENTRIES: u32 = 32;
+
+/// What a task waiting for a token is blocked on, as the scheduler shows it.
+pub const WAIT_OWNER: &str = "page-not-present token";
+
+/// How a task ends when the page it touched failed: its token and the page's guest-physical
+/// address. The scheduler carries it as an opaque [`KillReason`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageFailed {
+    pub token: u32,
+    pub gpa: u64,
+}
+
+impl PageFailed {
+    /// The cause the scheduler shows.
+    pub const CAUSE: KillCause = KillCause { name: "page failed", data_names: ["token", "gpa"] };
+
+    /// The page failure `reason` carries, if it is one.
+    pub fn from_reason(reason: &KillReason) -> Option<Self> {
+        reason.data_if(Self::CAUSE).map(|[token, gpa]| Self { token: token as u32, gpa })
+    }
+}
+
+impl From<PageFailed> for KillReason {
+    fn from(p: PageFailed) -> Self {
+        KillReason { cause: PageFailed::CAUSE, data: [u64::from(p.token), p.gpa] }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_failure_survives_the_trip_through_the_scheduler() {
+        let failed = PageFailed { token: 0x2_0005, gpa: 0x4020_3000 };
+        let reason = KillReason::from(failed);
+        assert_eq!(PageFailed::from_reason(&reason), Some(failed));
+        let other = KillReason { cause: KillCause { name: "other", data_names: ["", ""] }, data: reason.data };
+        assert_eq!(PageFailed::from_reason(&other), None);
+    }
+}

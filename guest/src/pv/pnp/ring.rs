@@ -42,6 +42,11 @@ impl RingConsumer {
         Self { entries, tail: 0, consumed: 0, corrupt: 0 }
     }
 
+    /// The ring size this consumer was made for (0: none).
+    pub fn entries(&self) -> u32 {
+        self.entries
+    }
+
     /// The guest's own copy of `tail` (never re-read from shared memory).
     pub fn tail(&self) -> u32 {
         self.tail

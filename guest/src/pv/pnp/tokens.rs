@@ -11,7 +11,7 @@
 
 use pvagent_abi::pnp::{RESULT_FAILED, RESULT_RETRY, Token};
 
-use crate::task::sched::TaskId;
+use crate::task::table::TaskId;
 
 /// Most slots a table tracks (the ABI's largest ring).
 pub const MAX_SLOTS: usize = pvagent_abi::pnp::MAX_RING_ENTRIES as usize;

@@ -13,6 +13,7 @@ use super::Pager;
 use super::backing::{BackingStore, PageBuf};
 use super::completion::complete_fetch;
 use super::error::PagerError;
+use super::held_back::complete_held_back_now;
 use super::region::PAGE;
 use super::registration::{Registration, interrupt_deliverable, processor_priority_class};
 use super::ring::{deliver_event, event_area_busy, observe_tail, post_resolution};
@@ -100,6 +101,7 @@ impl Pager {
             }
             Decision::Wait { fetch } => {
                 let trace = inner.timeline.tracer().clone();
+                complete_held_back_now(&self.shared, inner, page);
                 if fetch.is_some() && self.submit(inner, page) {
                     drop(guard);
                     complete_fetch(&self.shared, page);

@@ -1,6 +1,7 @@
 //! A fetch's two ends: starting it (a latency drawn, handed to a fetcher thread, or completed at
 //! once for a zero latency) and completing it (on a fetcher thread: the page made present or
-//! failed, and every token waiting for it resolved).
+//! failed, and every token waiting for it resolved), unless the resolution timing holds the
+//! completion back (`held_back`).
 
 use std::time::Instant;
 
@@ -8,8 +9,9 @@ use pvagent_abi::pnp as abi;
 
 use super::Pager;
 use super::access::fill;
-use super::held_back::resolve;
+use super::held_back::hold_back;
 use super::region::PAGE;
+use super::ring::post_resolution;
 use super::shared::{Inner, Shared};
 use super::state::PageIndex;
 
@@ -32,12 +34,23 @@ impl Pager {
     }
 }
 
-/// A fetch finished (on a fetcher thread): make the page present or failed, and resolve every
-/// token waiting for it. A failure is handed to the vCPU thread.
+/// A fetch finished (on a fetcher thread, or on the vCPU thread for a zero latency): complete
+/// it, unless the resolution timing holds it back until the guest has taken its events.
 pub(super) fn complete_fetch(shared: &Shared, page: PageIndex) {
     let mut guard = shared.lock();
-    let started = Instant::now();
     let inner = &mut *guard;
+    if hold_back(shared, inner, page) {
+        return;
+    }
+    finish_fetch(shared, inner, page);
+    drop(guard);
+    shared.fetched.notify_all();
+}
+
+/// Makes `page` present (or failed) and writes the resolution of every token waiting for it. A
+/// failure is handed to the vCPU thread.
+pub(super) fn finish_fetch(shared: &Shared, inner: &mut Inner, page: PageIndex) {
+    let started = Instant::now();
     let (result, waiters) = inner.core.on_fetch_done(page);
     let tokens = waiters.len();
     let outcome = if result == abi::RESULT_RETRY {
@@ -48,7 +61,7 @@ pub(super) fn complete_fetch(shared: &Shared, page: PageIndex) {
     };
     let mut problem = outcome.err();
     for (vcpu, token) in waiters {
-        if let Err(e) = resolve(shared, inner, vcpu, token, result) {
+        if let Err(e) = post_resolution(inner, vcpu, token, result) {
             problem.get_or_insert(e);
         }
     }
@@ -56,6 +69,4 @@ pub(super) fn complete_fetch(shared: &Shared, page: PageIndex) {
         shared.report_violation(inner, problem);
     }
     inner.timeline.fetch_completed(page, result, tokens, started);
-    drop(guard);
-    shared.fetched.notify_all();
 }

@@ -21,7 +21,7 @@ impl Pager {
     /// Carries out hypercall `nr` if it is one of the pager's.
     pub(super) fn control(&self, ctx: &VcpuCtx<'_>, nr: Nr, args: [u64; 4]) -> Option<Result<[u64; 2], Status>> {
         if nr == Nr::PnpRelease {
-            return Some(self.release(args[0]));
+            return Some(self.release(args[0], args[1]));
         }
         let mut inner = self.shared.lock();
         let inner = &mut *inner;
@@ -72,23 +72,34 @@ impl Pager {
         })
     }
 
-    /// `PnpRelease`: starts the fetch of a held page.
-    fn release(&self, gpa: u64) -> Result<[u64; 2], Status> {
+    /// `PnpRelease`: starts the fetches of the held pages among `count` pages from `gpa`, all
+    /// in this one exit (with no latency they complete before the vCPU runs again). Returns how
+    /// many were held.
+    fn release(&self, gpa: u64, count: u64) -> Result<[u64; 2], Status> {
         let mut guard = self.shared.lock();
         let inner = &mut *guard;
-        let page = inner.page_of(gpa).ok_or(Status::InvalidArgument)?;
-        match inner.core.release(page) {
-            Release::Start(_) => {
-                let complete_now = self.submit(inner, page);
-                drop(guard);
-                if complete_now {
-                    complete_fetch(&self.shared, page);
+        let region = inner.region.as_ref().ok_or(Status::Unavailable)?;
+        let first = region.page_of(gpa).ok_or(Status::InvalidArgument)?;
+        let end =
+            first.checked_add(count.max(1)).filter(|end| *end <= region.pages()).ok_or(Status::InvalidArgument)?;
+        let (mut released, mut now) = (0, Vec::new());
+        for page in first..end {
+            match inner.core.release(page) {
+                Release::Start(_) => {
+                    released += 1;
+                    if self.submit(inner, page) {
+                        now.push(page);
+                    }
                 }
-                Ok([1, 0])
+                Release::NotHeld => {}
+                Release::OutOfRange => return Err(Status::InvalidArgument),
             }
-            Release::NotHeld => Ok([0; 2]),
-            Release::OutOfRange => Err(Status::InvalidArgument),
         }
+        drop(guard);
+        for page in now {
+            complete_fetch(&self.shared, page);
+        }
+        Ok([released, 0])
     }
 }
 

@@ -112,8 +112,9 @@ mod tests {
     fn jobs_complete_in_deadline_order_and_never_early() {
         let (tx, rx) = mpsc::channel();
         let tx = Mutex::new(tx);
+        // One worker: overdue jobs then still complete one by one in deadline order.
         let pool = FetchPool::start(
-            NonZeroUsize::new(2).unwrap(),
+            NonZeroUsize::MIN,
             Arc::new(move |page| tx.lock().unwrap().send((page, Instant::now())).unwrap()),
         )
         .unwrap();

@@ -49,6 +49,7 @@ use pvagent_abi::cpuid::{self as abi_cpuid, Features};
 use pvagent_abi::hypercall::{Nr, Status};
 use pvagent_abi::pnp::{self as abi, PageBehaviour};
 use pvagent_abi::pvh::{HvmMemmapEntry, MEMMAP_TYPE_RESERVED};
+use vm_memory::{Bytes, GuestAddress};
 
 use self::access::Access;
 use self::backing::BackingStore;
@@ -74,7 +75,7 @@ pub struct Pager {
     config: PagerConfig,
     shared: Arc<Shared>,
     fetchers: Option<FetchPool>,
-    /// Watches for the guest taking events whose resolutions are held back.
+    /// Watches for the guest taking the events that held-back fetches wait for.
     poller: Option<Poller>,
     /// Accesses that reached the host as a bare EFAULT (PVM, guest CPL 3) and were decoded.
     efaults: u64,
@@ -153,7 +154,7 @@ impl Pager {
             ("msi_refused", inner.msi_refused),
             ("decoded_efaults", self.efaults),
             ("retries_for_pending_event", c.retries_for_pending_event),
-            ("resolutions_held_back", c.resolutions_held_back),
+            ("fetches_held_back", c.fetches_held_back),
             ("holds_released_by_sync_wait", c.holds_released_by_sync_wait),
         ] {
             report.counter(NAME, key, value);
@@ -215,7 +216,7 @@ impl ExitHandler for Pager {
             .map_err(PagerError::from)?;
         self.fetchers = Some(FetchPool::start(workers, complete).map_err(PagerError::StartFetchers)?);
         let shared = self.shared.clone();
-        let check: poller::Check = Box::new(move || held_back::write_taken_resolutions(&shared, &mut shared.lock()));
+        let check: poller::Check = Box::new(move || held_back::complete_taken_fetches(&shared, &mut shared.lock()));
         let poller =
             Poller::start("pnp-held-back", held_back::POLL_INTERVAL, check).map_err(PagerError::StartPoller)?;
         self.shared.lock().held_back_poller = Some(poller.arm_handle());
@@ -249,7 +250,7 @@ impl ExitHandler for Pager {
             // The vCPU is about to run: an event it took since is worth acting on now, before
             // it runs on (the poller would do it too, a little later).
             let mut inner = self.shared.lock();
-            held_back::write_taken_resolutions(&self.shared, &mut inner);
+            held_back::complete_taken_fetches(&self.shared, &mut inner);
         }
         match self.shared.take_violation() {
             Some(problem) => Err(problem.into()),
@@ -310,7 +311,11 @@ impl ExitHandler for Pager {
             observe_tail(&mut inner, ctx.index, active)?;
         }
         let Some(reg) = inner.vcpus.get_mut(ctx.index) else { return Ok(MsrAnswer::Fault) };
-        Ok(match reg.write(index, value, ram_size) {
+        // The ring's `head` and `tail` are checked when it is enabled: atomic loads, as the guest
+        // could be writing them.
+        let mem = ctx.mem;
+        let read_u32 = |gpa: u64| mem.load::<u32>(GuestAddress(gpa), Ordering::Acquire).ok();
+        Ok(match reg.write(index, value, ram_size, read_u32) {
             Ok(()) => MsrAnswer::Value(value),
             Err(_) => MsrAnswer::Fault,
         })

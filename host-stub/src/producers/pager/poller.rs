@@ -1,5 +1,5 @@
 //! A thread that keeps checking a condition while something is pending: how the pager notices
-//! that the guest took an event whose resolution it holds back
+//! that the guest took the events a finished fetch waits for
 //! ([`pvagent_abi::pnp::ResolutionTiming::AfterEventTaken`]). Taking an event is a store to guest
 //! memory and causes no exit, and a vCPU that halts or computes makes none either, so nothing
 //! else would tell the host.

@@ -37,8 +37,12 @@ pub enum Refusal {
     BadVector,
     RingTooLarge,
     OutsideRam,
-    /// Vectors change only while the protocol is off; rings only with no token outstanding.
+    /// Vectors change only while neither area is enabled; rings only with no token outstanding.
     Busy,
+    /// An area is enabled before valid vectors are set.
+    NoVectors,
+    /// A ring is enabled whose `head` or `tail` is not 0.
+    RingNotZeroed,
 }
 
 /// Decodes [`abi::MSR_VECTORS`].
@@ -92,12 +96,22 @@ impl Registration {
     }
 
     /// Handles a WRMSR to one of the protocol's MSRs. `ram_end` bounds where the shared areas
-    /// may be (they must be ordinary guest RAM).
-    pub fn write(&mut self, msr: u32, value: u64, ram_end: u64) -> Result<(), Refusal> {
-        let protocol_on = self.ring_msr & MSR_ENABLE != 0 || self.data_msr & MSR_ENABLE != 0;
+    /// may be (they must be ordinary guest RAM); `read_u32` reads guest RAM (the ring's `head`
+    /// and `tail` when it is enabled), `None` where there is none.
+    pub fn write(
+        &mut self,
+        msr: u32,
+        value: u64,
+        ram_end: u64,
+        read_u32: impl Fn(u64) -> Option<u32>,
+    ) -> Result<(), Refusal> {
+        let enabling = value & MSR_ENABLE != 0 && msr != abi::MSR_VECTORS;
+        if enabling && decode_vectors(self.vectors_msr).is_err() {
+            return Err(Refusal::NoVectors);
+        }
         match msr {
             abi::MSR_VECTORS => {
-                if protocol_on {
+                if !abi::vectors_writable(self.ring_msr, self.data_msr) {
                     return Err(Refusal::Busy);
                 }
                 decode_vectors(value)?;
@@ -118,6 +132,11 @@ impl Registration {
                 let (gpa, entries) = decode_ring(value)?;
                 if gpa.checked_add(abi::ring_size(entries)).is_none_or(|end| end > ram_end) {
                     return Err(Refusal::OutsideRam);
+                }
+                let head = read_u32(gpa + abi::ring_head_offset(entries)).ok_or(Refusal::OutsideRam)?;
+                let tail = read_u32(gpa + abi::ring_tail_offset(entries)).ok_or(Refusal::OutsideRam)?;
+                if head != 0 || tail != 0 {
+                    return Err(Refusal::RingNotZeroed);
                 }
                 self.ring_msr = value;
                 self.pool = Some(TokenPool::new(entries));
@@ -182,11 +201,16 @@ mod tests {
 
     const RAM: u64 = 64 << 20;
 
+    /// Guest RAM of zeroes.
+    fn zeroed(gpa: u64) -> Option<u32> {
+        (gpa < RAM).then_some(0)
+    }
+
     fn registered() -> Registration {
         let mut r = Registration::default();
-        r.write(abi::MSR_VECTORS, 0x5251, RAM).unwrap();
-        r.write(abi::MSR_RING, 0x20_0000 | (4 << 1) | 1, RAM).unwrap();
-        r.write(abi::MSR_DATA, 0x20_1000 | 1, RAM).unwrap();
+        r.write(abi::MSR_VECTORS, 0x5251, RAM, zeroed).unwrap();
+        r.write(abi::MSR_RING, 0x20_0000 | (4 << 1) | 1, RAM, zeroed).unwrap();
+        r.write(abi::MSR_DATA, 0x20_1000 | 1, RAM, zeroed).unwrap();
         r
     }
 
@@ -209,25 +233,83 @@ mod tests {
     #[test]
     fn bad_values_are_refused() {
         let mut r = Registration::default();
-        assert_eq!(r.write(abi::MSR_VECTORS, 0x5210, RAM), Err(Refusal::BadVector));
-        assert_eq!(r.write(abi::MSR_VECTORS, 0x5151, RAM), Err(Refusal::BadVector));
-        assert_eq!(r.write(abi::MSR_VECTORS, 0x1_5251, RAM), Err(Refusal::ReservedBits));
-        assert_eq!(r.write(abi::MSR_RING, 0x20_0000 | (9 << 1) | 1, RAM), Err(Refusal::RingTooLarge));
-        assert_eq!(r.write(abi::MSR_RING, 0x20_0000 | 0x40 | 1, RAM), Err(Refusal::ReservedBits));
-        assert_eq!(r.write(abi::MSR_RING, RAM | 1, RAM), Err(Refusal::OutsideRam));
-        assert_eq!(r.write(abi::MSR_DATA, 0x20_1010 | 1, RAM), Err(Refusal::ReservedBits), "misaligned");
-        assert_eq!(r.write(abi::MSR_DATA, 0x20_1000 | 2 | 1, RAM), Err(Refusal::ReservedBits));
+        assert_eq!(r.write(abi::MSR_VECTORS, 0x5210, RAM, zeroed), Err(Refusal::BadVector));
+        assert_eq!(r.write(abi::MSR_VECTORS, 0x5151, RAM, zeroed), Err(Refusal::BadVector));
+        assert_eq!(r.write(abi::MSR_VECTORS, 0x1_5251, RAM, zeroed), Err(Refusal::ReservedBits));
+        r.write(abi::MSR_VECTORS, 0x5251, RAM, zeroed).unwrap();
+        let ring = |r: &mut Registration, value| r.write(abi::MSR_RING, value, RAM, zeroed);
+        assert_eq!(ring(&mut r, 0x20_0000 | (9 << 1) | 1), Err(Refusal::RingTooLarge));
+        assert_eq!(ring(&mut r, 0x20_0000 | 0x40 | 1), Err(Refusal::ReservedBits));
+        assert_eq!(ring(&mut r, RAM | 1), Err(Refusal::OutsideRam));
+        let data = |r: &mut Registration, value| r.write(abi::MSR_DATA, value, RAM, zeroed);
+        assert_eq!(data(&mut r, 0x20_1010 | 1), Err(Refusal::ReservedBits), "misaligned");
+        assert_eq!(data(&mut r, 0x20_1000 | 2 | 1), Err(Refusal::ReservedBits));
         assert_eq!(r.active(), None);
+        assert_eq!((r.read(abi::MSR_RING), r.read(abi::MSR_DATA)), (0, 0), "a refused write changes nothing");
     }
 
     #[test]
     fn vectors_are_fixed_while_the_protocol_is_on_and_rings_while_tokens_are_out() {
         let mut r = registered();
-        assert_eq!(r.write(abi::MSR_VECTORS, 0x6261, RAM), Err(Refusal::Busy));
+        assert_eq!(r.write(abi::MSR_VECTORS, 0x6261, RAM, zeroed), Err(Refusal::Busy));
         r.pool.as_mut().unwrap().alloc().unwrap();
-        assert_eq!(r.write(abi::MSR_RING, 0, RAM), Err(Refusal::Busy));
-        assert_eq!(r.write(abi::MSR_DATA, 0, RAM), Err(Refusal::Busy));
+        assert_eq!(r.write(abi::MSR_RING, 0, RAM, zeroed), Err(Refusal::Busy));
+        assert_eq!(r.write(abi::MSR_DATA, 0, RAM, zeroed), Err(Refusal::Busy));
         assert!(r.active().is_some());
+    }
+
+    /// The rule the ABI states (`abi::vectors_writable`, docs/abi.md) is the one the host
+    /// applies, for every combination of enabled areas, and with either area alone enabled the
+    /// protocol is off (no events) while the vectors stay fixed.
+    #[test]
+    fn vectors_are_writable_exactly_when_the_abi_says() {
+        for (ring_on, data_on) in [(false, false), (true, false), (false, true), (true, true)] {
+            let mut r = Registration::default();
+            r.write(abi::MSR_VECTORS, 0x5251, RAM, zeroed).unwrap();
+            if ring_on {
+                r.write(abi::MSR_RING, 0x20_0000 | 1, RAM, zeroed).unwrap();
+            }
+            if data_on {
+                r.write(abi::MSR_DATA, 0x20_1000 | 1, RAM, zeroed).unwrap();
+            }
+            assert_eq!(r.active().is_some(), ring_on && data_on, "on only with both areas");
+            let writable = abi::vectors_writable(r.read(abi::MSR_RING), r.read(abi::MSR_DATA));
+            assert_eq!(writable, !ring_on && !data_on);
+            let written = r.write(abi::MSR_VECTORS, 0x6261, RAM, zeroed);
+            assert_eq!(written.is_ok(), writable, "ring {ring_on}, data {data_on}: {written:?}");
+        }
+    }
+
+    #[test]
+    fn areas_are_enabled_only_after_valid_vectors() {
+        let mut r = Registration::default();
+        assert_eq!(r.write(abi::MSR_RING, 0x20_0000 | 1, RAM, zeroed), Err(Refusal::NoVectors));
+        assert_eq!(r.write(abi::MSR_DATA, 0x20_1000 | 1, RAM, zeroed), Err(Refusal::NoVectors));
+        // Disabling is always a plain write.
+        assert_eq!(r.write(abi::MSR_RING, 0, RAM, zeroed), Ok(()));
+        r.write(abi::MSR_VECTORS, 0x5251, RAM, zeroed).unwrap();
+        assert_eq!(r.write(abi::MSR_DATA, 0x20_1000 | 1, RAM, zeroed), Ok(()), "either area may come first");
+    }
+
+    #[test]
+    fn a_ring_whose_head_or_tail_is_not_zero_is_refused() {
+        let ring_gpa = 0x20_0000;
+        let entries = 16;
+        let order = 4 << 1;
+        for (dirty, name) in [(abi::ring_head_offset(entries), "head"), (abi::ring_tail_offset(entries), "tail")] {
+            let mut r = Registration::default();
+            r.write(abi::MSR_VECTORS, 0x5251, RAM, zeroed).unwrap();
+            let memory = |gpa: u64| Some(if gpa == ring_gpa + dirty { 7 } else { 0 });
+            assert_eq!(
+                r.write(abi::MSR_RING, ring_gpa | order | 1, RAM, memory),
+                Err(Refusal::RingNotZeroed),
+                "{name}"
+            );
+            assert_eq!(r.read(abi::MSR_RING), 0);
+            // The entries themselves may hold anything.
+            let entries_dirty = |gpa: u64| Some(if gpa < ring_gpa + abi::ring_head_offset(entries) { 7 } else { 0 });
+            assert_eq!(r.write(abi::MSR_RING, ring_gpa | order | 1, RAM, entries_dirty), Ok(()));
+        }
     }
 
     #[test]

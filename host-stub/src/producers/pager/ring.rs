@@ -19,14 +19,19 @@ use super::shared::Inner;
 use crate::handler::VcpuCtx;
 use crate::memory;
 
-/// Reads `vcpu`'s event area's `inuse`: whether the guest has yet to take the last event.
-pub(super) fn event_area_busy(inner: &Inner, vcpu: usize, a: Active) -> Result<bool, PagerError> {
+/// `vcpu`'s event area's `inuse` word: non-zero while the guest has yet to take the last event.
+pub(super) fn event_area_inuse(inner: &Inner, vcpu: usize, a: Active) -> Result<u32, PagerError> {
     let gpa = a.data_gpa + abi::DATA_INUSE_OFFSET;
-    let inuse: u32 = inner
-        .ram()?
-        .load(GuestAddress(gpa), Ordering::Acquire)
-        .map_err(|source| PagerError::ReadEventArea { vcpu, gpa, source })?;
-    Ok(inuse != 0)
+    inner.ram()?.load(GuestAddress(gpa), Ordering::Acquire).map_err(|source| PagerError::ReadEventArea {
+        vcpu,
+        gpa,
+        source,
+    })
+}
+
+/// Whether the guest has yet to take the last event delivered to `vcpu`.
+pub(super) fn event_area_busy(inner: &Inner, vcpu: usize, a: Active) -> Result<bool, PagerError> {
+    Ok(event_area_inuse(inner, vcpu, a)? != 0)
 }
 
 /// The token in `vcpu`'s event area (meaningful while it is busy).

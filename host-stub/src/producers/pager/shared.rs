@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use kvm_ioctls::VmFd;
-use pvagent_abi::pnp::Token;
 use vm_memory::GuestMemoryMmap;
 
 use super::backing::{BackingStore, PageBuf};
@@ -18,15 +17,6 @@ use super::region::DemandRegion;
 use super::registration::Registration;
 use super::state::{PageIndex, PagerCore};
 use super::timeline::PagerTimeline;
-
-/// A resolution whose page is ready but whose event the guest has not taken yet
-/// ([`pvagent_abi::pnp::ResolutionTiming::AfterEventTaken`]).
-#[derive(Clone, Copy, Debug)]
-pub struct HeldBack {
-    pub vcpu: usize,
-    pub token: Token,
-    pub result: u32,
-}
 
 /// The pager's state, under [`Shared`]'s lock.
 #[derive(Debug)]
@@ -47,8 +37,11 @@ pub struct Inner {
     /// The vCPU thread, to kick out of KVM_RUN when a violation must stop the guest.
     pub vcpu_thread: Option<libc::pthread_t>,
     pub msi_refused: u64,
-    pub held_back: Vec<HeldBack>,
-    /// Arms the poller that writes them once their events are taken.
+    /// Pages whose fetch is done but whose completion waits until the guest has taken the
+    /// events of every token waiting for them
+    /// ([`pvagent_abi::pnp::ResolutionTiming::AfterEventTaken`]).
+    pub held_back: Vec<PageIndex>,
+    /// Arms the poller that completes them once their events are taken.
     pub held_back_poller: Option<poller::Arm>,
     /// The run's timeline: tokens, fetches and synchronous waits go on it.
     pub timeline: PagerTimeline,

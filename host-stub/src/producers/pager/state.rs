@@ -104,6 +104,14 @@ pub enum Fetch {
     Failing,
 }
 
+/// Whether the guest has taken the event that carried `token`, from its event area's `inuse`
+/// and `token` words: the area no longer holds it. The host fills the area only when it is
+/// free and a token is never handed out twice while outstanding, so a different token there
+/// means this one was taken before.
+pub fn event_taken(inuse: u32, area_token: u32, token: Token) -> bool {
+    inuse == 0 || area_token != token.0
+}
+
 impl Fetch {
     fn of(failing: bool) -> Self {
         if failing { Fetch::Failing } else { Fetch::Normal }
@@ -125,10 +133,11 @@ pub struct Counters {
     pub pages_evicted: u64,
     /// Retried accesses re-entered so that an event still pending in the vCPU is taken first.
     pub retries_for_pending_event: u64,
-    /// Resolutions written later than their page was ready, because their event had not been
-    /// taken yet ([`ResolutionTiming::AfterEventTaken`]).
-    pub resolutions_held_back: u64,
-    /// Held pages whose fetch started because an access had to wait for them synchronously.
+    /// Fetches completed later than their page was ready, because an event waiting for the
+    /// page had not been taken yet ([`ResolutionTiming::AfterEventTaken`]).
+    pub fetches_held_back: u64,
+    /// Held pages, and held-back completions, released because an access had to wait for the
+    /// page synchronously.
     pub holds_released_by_sync_wait: u64,
 }
 
@@ -294,6 +303,14 @@ impl PagerCore {
             self.count_result(result);
         }
         (result, waiters)
+    }
+
+    /// The tokens waiting for `page` (none unless it is being fetched).
+    pub fn waiters(&self, page: PageIndex) -> &[(usize, Token)] {
+        match self.pages.get(page).map(|p| &p.state) {
+            Some(PageState::Fetching { waiters, .. }) => waiters,
+            _ => &[],
+        }
     }
 
     /// Releases a held page: its fetch starts now (see [`PageBehaviour::Held`]).
@@ -488,6 +505,26 @@ mod tests {
         core.set_behaviour(1, PageBehaviour::Held);
         assert_eq!(core.on_access(0, 1, None), Decision::Wait { fetch: Some(Fetch::Normal) });
         assert_eq!(core.counters.holds_released_by_sync_wait, 2);
+    }
+
+    #[test]
+    fn an_event_is_taken_once_the_area_is_free_or_holds_another_token() {
+        let t = Token::new(3, 7);
+        assert!(!event_taken(1, t.0, t), "still in the area");
+        assert!(event_taken(0, t.0, t), "taken: inuse cleared");
+        assert!(event_taken(1, Token::new(4, 1).0, t), "a later event fills the area only once this one was taken");
+    }
+
+    #[test]
+    fn waiters_are_the_tokens_of_a_page_being_fetched() {
+        let mut core = PagerCore::new(2, HostMode::Ring);
+        let mut pool = ring(4);
+        assert!(core.waiters(0).is_empty());
+        let Decision::Deliver { token, .. } = core.on_access(0, 0, Some(&mut pool)) else { panic!() };
+        assert_eq!(core.waiters(0), &[(0, token)]);
+        core.on_fetch_done(0);
+        assert!(core.waiters(0).is_empty(), "present");
+        assert!(core.waiters(9).is_empty(), "out of range");
     }
 
     #[test]

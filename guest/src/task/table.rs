@@ -1,8 +1,11 @@
-//! The scheduler's bookkeeping: task states, the run queue, blocking and waking. Plain code
-//! with no hardware access, so every transition is unit-tested on the host; `task::switch`
-//! does the stack switching this module decides on.
+//! The task table: task slots, their states, the run queue, blocking and waking. The
+//! scheduler's state machine, as plain code with no hardware access, so every transition is
+//! unit-tested on the host; `task::kernel` gives it stacks and contexts and `task::switch`
+//! does the stack switching it decides on.
 //!
-//! One `SchedCore` per vCPU; a task stays on the vCPU that spawned it.
+//! One `TaskTable` per vCPU; a task stays on the vCPU that spawned it. The table knows no
+//! protocol: what a layer above waits for ([`Wait::Key`]) and why it ended a task
+//! ([`KillReason`]) are opaque here, named only for reports.
 
 use heapless::Deque;
 
@@ -36,8 +39,10 @@ pub enum Wait {
     Join(TaskId),
     /// The tick count reaching this value.
     Sleep { until_tick: u64 },
-    /// A page-not-present token's resolution.
-    Token(u32),
+    /// Something a layer above `task` waits for and wakes the task from, by its id: `owner`
+    /// names the layer's kind of key for reports, `key` is that layer's own value (e.g. a
+    /// page-not-present token). The table only compares it.
+    Key { owner: &'static str, key: u64 },
 }
 
 /// The fault that ended a task, as the CPU reported it.
@@ -49,17 +54,46 @@ pub struct FaultInfo {
     pub rip: u64,
 }
 
-/// Why the kernel ended a task on behalf of a protocol.
+/// What ended a task, as the layer that ended it names it: a short name and what its two data
+/// words mean. That layer defines its causes as constants and decodes its own reasons (e.g.
+/// `pv::pnp::PageFailed`); the table only stores them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KillReason {
-    /// The page behind a page-not-present token failed.
-    PageFailed { token: u32, gpa: u64 },
-    /// A split lock at `rip` under `sld=fatal`.
-    SplitLock { rip: u64 },
-    /// An alignment check the task asked for (RFLAGS.AC) and did not handle. The CPU does not
-    /// report the address; `address` is the kernel's decoding of the instruction, when it
-    /// could decode it.
-    AlignmentCheck { rip: u64, address: Option<u64> },
+pub struct KillCause {
+    /// A few words, e.g. "split lock".
+    pub name: &'static str,
+    /// What each of [`KillReason::data`] holds, for reports ("" for an unused word).
+    pub data_names: [&'static str; 2],
+}
+
+/// Why a layer above `task` ended a task: the task table carries it to whoever joins the task
+/// without interpreting it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct KillReason {
+    pub cause: KillCause,
+    /// The cause's data (addresses, a token), as [`KillCause::data_names`] says.
+    pub data: [u64; 2],
+}
+
+impl KillReason {
+    /// The reason `cause` with `data`, if it is that cause.
+    pub fn data_if(&self, cause: KillCause) -> Option<[u64; 2]> {
+        (self.cause == cause).then_some(self.data)
+    }
+}
+
+impl core::fmt::Debug for KillReason {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.cause.name)?;
+        let mut named = self.cause.data_names.iter().zip(self.data).filter(|(name, _)| !name.is_empty());
+        if let Some((name, value)) = named.next() {
+            write!(f, " ({name} {value:#x}")?;
+            for (name, value) in named {
+                write!(f, ", {name} {value:#x}")?;
+            }
+            f.write_str(")")?;
+        }
+        Ok(())
+    }
 }
 
 /// How a task ended.
@@ -131,7 +165,7 @@ pub struct SchedStats {
 
 /// One vCPU's scheduler state.
 #[derive(Debug)]
-pub struct SchedCore {
+pub struct TaskTable {
     slots: [Slot; MAX_TASKS],
     run_queue: Deque<u16, MAX_TASKS>,
     current: u16,
@@ -139,14 +173,14 @@ pub struct SchedCore {
     pub stats: SchedStats,
 }
 
-impl Default for SchedCore {
+impl Default for TaskTable {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl SchedCore {
-    /// An empty scheduler; [`SchedCore::adopt_idle`] must come first.
+impl TaskTable {
+    /// An empty scheduler; [`TaskTable::adopt_idle`] must come first.
     pub const fn new() -> Self {
         Self {
             slots: [FREE_SLOT; MAX_TASKS],
@@ -394,8 +428,10 @@ impl SchedCore {
 mod tests {
     use super::*;
 
-    fn with_idle() -> (SchedCore, TaskId) {
-        let mut s = SchedCore::new();
+    const TEST_CAUSE: KillCause = KillCause { name: "test kill", data_names: ["token", "address"] };
+
+    fn with_idle() -> (TaskTable, TaskId) {
+        let mut s = TaskTable::new();
         let idle = s.adopt_idle("idle");
         (s, idle)
     }
@@ -418,7 +454,7 @@ mod tests {
         let (mut s, _) = with_idle();
         let a = s.spawn("a", Kind::Kernel).unwrap();
         s.pick_next();
-        s.block_current(Wait::Token(5));
+        s.block_current(Wait::Key { owner: "test key", key: 5 });
         s.pick_next();
         assert_eq!(s.wake(a, 42), WakeOutcome::Woken);
         // A second wake-up of a task that is already ready changes nothing.
@@ -501,10 +537,20 @@ mod tests {
         let (mut s, _) = with_idle();
         let a = s.spawn("a", Kind::User).unwrap();
         let b = s.spawn("b", Kind::Kernel).unwrap();
-        let status = ExitStatus::Killed(KillReason::PageFailed { token: 1, gpa: 0x1000 });
+        let status = ExitStatus::Killed(KillReason { cause: TEST_CAUSE, data: [1, 0x1000] });
         assert!(s.kill(a, status));
         assert_eq!(s.pick_next().map(|(_, to)| to), Some(b.slot));
         assert_eq!(s.reap(a), Ok(status));
+    }
+
+    #[test]
+    fn a_kill_reason_is_carried_as_given_and_reads_with_its_names() {
+        let reason = KillReason { cause: TEST_CAUSE, data: [0x1_0003, 0x4000] };
+        assert_eq!(reason.data_if(TEST_CAUSE), Some([0x1_0003, 0x4000]));
+        let other = KillCause { name: "other", data_names: ["rip", ""] };
+        assert_eq!(reason.data_if(other), None);
+        assert_eq!(format!("{reason:?}"), "test kill (token 0x10003, address 0x4000)");
+        assert_eq!(format!("{:?}", KillReason { cause: other, data: [0x10, 7] }), "other (rip 0x10)");
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The per-vCPU scheduler around [`SchedCore`]: stacks, contexts, switching, and the calls the
-//! rest of the kernel uses (spawn, yield, block, wake, exit, join, sleep).
+//! The kernel glue of the scheduler: the per-vCPU [`TaskTable`] given stacks, contexts and the
+//! switch, and the calls the rest of the kernel uses (spawn, yield, block, wake, exit, join,
+//! sleep).
 //!
 //! Every switch happens with interrupts disabled. A task switched out inside a trap handler (a
 //! page-not-present event parks it there) resumes inside that handler; the trap depth of each
@@ -8,8 +9,8 @@
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use super::sched::{
-    ExitStatus, FaultInfo, Kind, MAX_TASKS, ReapError, SchedCore, SpawnError, State, TaskId, Wait, WakeOutcome,
+use super::table::{
+    ExitStatus, FaultInfo, Kind, MAX_TASKS, ReapError, SpawnError, State, TaskId, TaskTable, Wait, WakeOutcome,
 };
 use super::{stack, switch};
 use crate::arch::fault::Fault;
@@ -82,12 +83,12 @@ unsafe impl Sync for Contexts {}
 
 #[derive(Debug)]
 struct CpuSched {
-    core: SchedCore,
+    table: TaskTable,
     fault_hooks: [Option<FaultHook>; MAX_TASKS],
 }
 
 static SCHED: CpuLocal<IrqCell<CpuSched>> = CpuLocal::new(
-    [const { IrqCell::new(CpuSched { core: SchedCore::new(), fault_hooks: [None; MAX_TASKS] }) }; MAX_CPUS],
+    [const { IrqCell::new(CpuSched { table: TaskTable::new(), fault_hooks: [None; MAX_TASKS] }) }; MAX_CPUS],
 );
 static CONTEXTS: CpuLocal<Contexts> = CpuLocal::new(
     [const { Contexts([const { UnsafeCell::new(Context { rsp: 0, trap_depth: 0 }) }; MAX_TASKS]) }; MAX_CPUS],
@@ -100,7 +101,7 @@ fn with_sched<R>(f: impl FnOnce(&mut CpuSched) -> R) -> R {
 /// Makes the running (boot) context this vCPU's idle task, protects the task stacks with guard
 /// pages, and starts the tick.
 pub fn init_cpu() {
-    with_sched(|s| s.core.adopt_idle("idle"));
+    with_sched(|s| s.table.adopt_idle("idle"));
     stack::protect(percpu::index());
     crate::arch::fault::set_user_fault_hook(on_user_fault);
     super::user::init();
@@ -108,14 +109,14 @@ pub fn init_cpu() {
 }
 
 fn on_tick(now: u64) {
-    with_sched(|s| s.core.tick(now));
+    with_sched(|s| s.table.tick(now));
 }
 
 /// Spawns a kernel task on this vCPU.
 pub fn spawn_kernel(name: &'static str, entry: KernelEntry, arg: u64) -> Result<TaskId, SpawnError> {
     let cpu = percpu::index();
     with_sched(|s| {
-        let id = s.core.spawn(name, Kind::Kernel)?;
+        let id = s.table.spawn(name, Kind::Kernel)?;
         s.fault_hooks[usize::from(id.slot)] = None;
         let top = stack::kernel_stack_top(cpu, id.slot);
         // SAFETY: the slot was free, so its stack is unused; stack tops are page aligned.
@@ -135,7 +136,7 @@ pub fn spawn_user(name: &'static str, entry: UserEntry, arg: u64) -> Result<Task
         "user task {name} starts at {entry:#x}, outside .user_text"
     );
     with_sched(|s| {
-        let id = s.core.spawn(name, Kind::User)?;
+        let id = s.table.spawn(name, Kind::User)?;
         s.fault_hooks[usize::from(id.slot)] = None;
         let top = stack::kernel_stack_top(cpu, id.slot);
         let user_top = stack::user_stack_top(cpu, id.slot);
@@ -155,7 +156,7 @@ fn set_context(slot: u16, context: Context) {
 /// Installs a fault hook for `id` (its CPL 3 faults go there first).
 pub fn set_fault_hook(id: TaskId, hook: Option<FaultHook>) {
     with_sched(|s| {
-        if s.core.state(id).is_some() {
+        if s.table.state(id).is_some() {
             s.fault_hooks[usize::from(id.slot)] = hook;
         }
     });
@@ -167,8 +168,8 @@ pub fn schedule() {
     assert!(!cpu::interrupts_enabled(), "schedule() with interrupts enabled");
     let cpu = percpu::index();
     let Some((from, to, from_id, to_id)) = with_sched(|s| {
-        let from_id = s.core.current();
-        s.core.pick_next().map(|(from, to)| (from, to, from_id, s.core.current()))
+        let from_id = s.table.current();
+        s.table.pick_next().map(|(from, to)| (from, to, from_id, s.table.current()))
     }) else {
         return;
     };
@@ -189,7 +190,7 @@ pub fn schedule() {
 /// Lets other ready tasks run; the current task stays ready.
 pub fn yield_now() {
     let _irq = IrqGuard::new();
-    with_sched(|s| s.core.yield_current());
+    with_sched(|s| s.table.yield_current());
     schedule();
 }
 
@@ -198,19 +199,19 @@ pub fn yield_now() {
 /// the task is marked blocked.
 pub fn block_current(wait: Wait) -> u64 {
     assert!(!cpu::interrupts_enabled(), "block_current() with interrupts enabled");
-    with_sched(|s| s.core.block_current(wait));
+    with_sched(|s| s.table.block_current(wait));
     schedule();
-    with_sched(|s| s.core.current_wake_value())
+    with_sched(|s| s.table.current_wake_value())
 }
 
 /// Wakes task `id` with `value`.
 pub fn wake(id: TaskId, value: u64) -> WakeOutcome {
-    with_sched(|s| s.core.wake(id, value))
+    with_sched(|s| s.table.wake(id, value))
 }
 
 /// Wakes every task blocked on `wait`.
 pub fn wake_all(wait: Wait, value: u64) -> usize {
-    with_sched(|s| s.core.wake_all(wait, value))
+    with_sched(|s| s.table.wake_all(wait, value))
 }
 
 /// The task whose end, other than by returning, ends the run (the self-test runner): packed
@@ -234,23 +235,23 @@ pub fn exit_current(status: ExitStatus) -> ! {
         crate::arch::fault::fatal(format_args!("the critical task {} was ended: {status:?}", name(me)));
     }
     let _irq = IrqGuard::new();
-    with_sched(|s| s.core.exit_current(status));
+    with_sched(|s| s.table.exit_current(status));
     schedule();
     unreachable!("an exited task was scheduled again");
 }
 
 /// Ends task `id`, which must not be running (it is woken from whatever it waited on).
 pub fn kill(id: TaskId, status: ExitStatus) -> bool {
-    with_sched(|s| s.core.kill(id, status))
+    with_sched(|s| s.table.kill(id, status))
 }
 
 /// Waits for `id` to end, frees it and returns how it ended.
 pub fn join(id: TaskId) -> Result<ExitStatus, ReapError> {
     loop {
         let _irq = IrqGuard::new();
-        match with_sched(|s| s.core.state(id)) {
+        match with_sched(|s| s.table.state(id)) {
             None => return Err(ReapError::NoSuchTask),
-            Some(State::Exited(_)) => return with_sched(|s| s.core.reap(id)),
+            Some(State::Exited(_)) => return with_sched(|s| s.table.reap(id)),
             Some(_) => {
                 block_current(Wait::Join(id));
             }
@@ -267,42 +268,42 @@ pub fn sleep_ticks(ticks: u64) {
 
 /// The running task.
 pub fn current() -> TaskId {
-    with_sched(|s| s.core.current())
+    with_sched(|s| s.table.current())
 }
 
 /// A task's state (`None` once it was reaped).
 pub fn state(id: TaskId) -> Option<State> {
-    with_sched(|s| s.core.state(id))
+    with_sched(|s| s.table.state(id))
 }
 
 /// A task's kind (`None` once it was reaped).
 pub fn kind(id: TaskId) -> Option<Kind> {
-    with_sched(|s| s.core.kind(id))
+    with_sched(|s| s.table.kind(id))
 }
 
 /// The running task's kind.
 pub fn current_kind() -> Kind {
-    with_sched(|s| s.core.current_kind())
+    with_sched(|s| s.table.current_kind())
 }
 
 /// A task's name.
 pub fn name(id: TaskId) -> &'static str {
-    with_sched(|s| s.core.name(id)).unwrap_or("?")
+    with_sched(|s| s.table.name(id)).unwrap_or("?")
 }
 
 /// Whether another task could run if the current one blocked.
 pub fn has_other_runnable() -> bool {
-    with_sched(|s| s.core.has_other_runnable())
+    with_sched(|s| s.table.has_other_runnable())
 }
 
 /// How many tasks exist on this vCPU (idle included), for leak checks.
 pub fn live_count() -> usize {
-    with_sched(|s| s.core.live_tasks().count())
+    with_sched(|s| s.table.live_tasks().count())
 }
 
 /// Scheduler counters of this vCPU.
-pub fn stats() -> super::sched::SchedStats {
-    with_sched(|s| s.core.stats)
+pub fn stats() -> super::table::SchedStats {
+    with_sched(|s| s.table.stats)
 }
 
 static NO_SLEEP: CpuLocal<core::sync::atomic::AtomicU32> =
