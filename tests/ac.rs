@@ -7,10 +7,10 @@ use std::process::Command;
 
 use pvagent_abi::exit;
 use pvagent_abi::report::Status;
-use pvagent_host::RunResult;
 use pvagent_host::producers::Producers;
 use pvagent_host::producers::sld::SldConfig;
 use pvagent_host::producers::sld::policy::{Enumeration, Policy};
+use pvagent_host::{Error, RunResult};
 use pvagent_tests::{guest_elf, run_stub, run_stub_with};
 
 fn split_lock(enumeration: Enumeration, policy: Policy) -> Producers {
@@ -210,9 +210,13 @@ fn policy_exit_stops_the_run_with_the_vcpu_and_rip() {
         "tests=ac::host_policy_exit_stops_the_run",
         &split_lock(Enumeration::SplitLockDetect, Policy::Exit),
     );
-    let error = r.host_error.clone().expect("the host stopped the run");
-    assert!(error.contains("split-locked with its split-lock detection off, on vCPU 0 at rip 0x"), "{error}");
-    assert!(error.contains("lock add dword ptr [rdi],1") && error.contains("policy exit"), "{error}");
+    match &r.host_error {
+        Some(Error::SplitLockExit { vcpu: 0, insn, address, size: 4, .. }) => {
+            assert_eq!(insn, "lock add dword ptr [rdi],1");
+            assert!(address % 64 + 4 > 64, "the operand at {address:#x} crosses a cache line");
+        }
+        other => panic!("expected the split-lock exit, got {other:?}"),
+    }
     assert_eq!(r.exit_status(), 2);
     assert_eq!(r.test("ac::host_policy_exit_stops_the_run"), None, "the guest never got to report");
 }

@@ -67,8 +67,8 @@ pub fn run_qemu(cmdline: &str) -> QemuRun {
     }
 }
 
-/// A minimal ELF64 image with `code` at 1 MiB (see `pvagent_host::tiny_image::tiny_pvh_image`).
-pub use pvagent_host::tiny_image::tiny_pvh_image as tiny_elf;
+/// A minimal ELF64 image with `code` at 1 MiB (see `pvagent_host::test_images::tiny_pvh_image`).
+pub use pvagent_host::test_images::tiny_pvh_image as tiny_elf;
 
 /// A path for file `name` in the test process's temporary directory (created).
 pub fn temp_path(name: &str) -> PathBuf {

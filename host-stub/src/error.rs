@@ -1,7 +1,11 @@
 //! Every way a run can fail on the host side: one variant per failing operation, each with a
 //! one-line message that says what to do about it.
 
+use std::fmt;
 use std::path::PathBuf;
+
+use vm_memory::GuestMemoryError;
+use vm_memory::mmap::FromRangesError;
 
 /// A host-side failure. The guest's own verdict is not an error (see `RunResult`).
 #[derive(Debug, thiserror::Error)]
@@ -53,12 +57,16 @@ pub enum Error {
 
     #[error("guest memory of {requested_mib} MiB is outside the supported {min_mib}..={max_mib} MiB")]
     MemorySize { requested_mib: u64, min_mib: u64, max_mib: u64 },
-    #[error("cannot allocate {mib} MiB of guest memory: {reason}")]
-    AllocateMemory { mib: u64, reason: String },
+    #[error("cannot allocate {mib} MiB of guest memory: {source}")]
+    AllocateMemory { mib: u64, source: FromRangesError },
+    #[error("guest memory at {gpa:#x} has no host mapping: {source}")]
+    RamHostAddress { gpa: u64, source: GuestMemoryError },
     #[error("cannot read the guest image {path}: {source}")]
     ReadImage { path: PathBuf, source: std::io::Error },
-    #[error("the guest image {path} is not a usable x86-64 ELF: {reason}")]
-    BadImage { path: PathBuf, reason: String },
+    #[error("the guest image {path} is not a usable x86-64 ELF: {problem}")]
+    BadImage { path: PathBuf, problem: ImageProblem },
+    #[error("loading the guest image {path} failed: {source}")]
+    LoadImage { path: PathBuf, source: linux_loader::loader::Error },
     #[error(
         "the guest image {path} needs memory up to {end:#x} but the guest has only {mem:#x} bytes (use a larger --mem)"
     )]
@@ -69,8 +77,10 @@ pub enum Error {
     CmdlineTooLong { len: usize, max: usize },
     #[error("the ACPI tables cannot list {cpus} processors (1..={max}, local APIC IDs below 0xff)")]
     AcpiCpus { cpus: usize, max: usize },
-    #[error("writing the boot information into guest memory failed: {0}")]
-    WriteBootInfo(String),
+    #[error("the memory map has {entries} entries; at most {max} fit")]
+    MemoryMapTooLong { entries: usize, max: usize },
+    #[error("writing the boot information ({part}) into guest memory failed: {source}")]
+    WriteBootInfo { part: BootInfoPart, source: GuestMemoryError },
     #[error("cannot open the serial log {path}: {source}")]
     SerialLog { path: PathBuf, source: std::io::Error },
     #[error("cannot write the guest's console output: {0}")]
@@ -85,29 +95,44 @@ pub enum Error {
     #[error("the guest triple-faulted (KVM_EXIT_SHUTDOWN) at rip {rip:#x}")]
     TripleFault { rip: u64 },
     #[error(
-        "KVM could not emulate a guest instruction (internal error, suberror {suberror}) at rip {rip:#x}, instruction bytes {bytes}"
+        "KVM could not emulate a guest instruction (internal error, suberror {suberror}) at rip {rip:#x}, instruction bytes {}",
+        HexBytes(bytes)
     )]
-    Emulation { suberror: u32, rip: u64, bytes: String },
+    Emulation { suberror: u32, rip: u64, bytes: Vec<u8> },
     #[error("KVM failed to enter the guest (hardware reason {reason:#x}) at rip {rip:#x}")]
     FailEntry { reason: u64, rip: u64 },
     #[error("unexpected exit {exit} at rip {rip:#x}")]
     UnexpectedExit { exit: String, rip: u64 },
+    #[error(
+        "KVM_EXIT_MEMORY_FAULT no handler claimed (gpa {gpa:#x}, size {size:#x}, flags {flags:#x}) at rip {rip:#x}"
+    )]
+    UnclaimedMemoryFault { gpa: u64, size: u64, flags: u64, rip: u64 },
+    #[error("KVM_RUN failed with EFAULT (guest memory KVM could not reach) no handler claimed, at rip {rip:#x}")]
+    UnclaimedEfault { rip: u64 },
+    #[error("KVM_EXIT_DEBUG no handler claimed at pc {pc:#x} (dr6 {dr6:#x}, dr7 {dr7:#x})")]
+    UnclaimedDebug { pc: u64, dr6: u64, dr7: u64 },
+    #[error("KVM_EXIT_X86_BUS_LOCK no handler claimed, at rip {rip:#x}")]
+    UnclaimedBusLock { rip: u64 },
     #[error("the guest did not finish within {seconds} s")]
     Timeout { seconds: u64 },
-    #[error("the guest's hypercall block at {gpa:#x} is not 8-byte aligned guest memory")]
-    BadHypercallBlock { gpa: u64 },
+    #[error("the guest's hypercall block at {gpa:#x} is not {align}-byte aligned")]
+    MisalignedHypercallBlock { gpa: u64, align: u64 },
+    #[error("reading the guest's hypercall block at {gpa:#x} failed: {source}")]
+    ReadHypercallBlock { gpa: u64, source: GuestMemoryError },
+    #[error("writing the answer to the guest's hypercall block at {gpa:#x} failed: {source}")]
+    WriteHypercallBlock { gpa: u64, source: GuestMemoryError },
     #[error(
-        "the guest split-locked with its split-lock detection off, on vCPU {vcpu} at rip {rip:#x}: {insn} (policy exit)"
+        "the guest split-locked with its split-lock detection off, on vCPU {vcpu} at rip {rip:#x}: {insn} ({size} bytes at {address:#x}) (policy exit)"
     )]
-    SplitLockExit { vcpu: usize, rip: u64, insn: String },
+    SplitLockExit { vcpu: usize, rip: u64, insn: String, address: u64, size: u64 },
     #[error(
         "the guest announced ABI {guest}, but this host stub speaks ABI {host}: another major version, whose interfaces neither side can interpret (a guest must check CPUID leaf 0x4000_0001 before it announces)"
     )]
     GuestAbiMajor { guest: pvagent_abi::AbiVersion, host: pvagent_abi::AbiVersion },
     #[error("too many MSR ranges to intercept ({ranges}; KVM takes at most {max})")]
     TooManyMsrRanges { ranges: usize, max: usize },
-    #[error("{producer}: {message}")]
-    Producer { producer: &'static str, message: String },
+    #[error("pager: {0}")]
+    Pager(#[from] crate::producers::pager::error::PagerError),
 }
 
 impl Error {
@@ -128,11 +153,86 @@ impl Error {
                 | Error::Emulation { .. }
                 | Error::FailEntry { .. }
                 | Error::UnexpectedExit { .. }
+                | Error::UnclaimedMemoryFault { .. }
+                | Error::UnclaimedEfault { .. }
+                | Error::UnclaimedDebug { .. }
+                | Error::UnclaimedBusLock { .. }
                 | Error::Timeout { .. }
                 | Error::SplitLockExit { .. }
         )
     }
 }
 
+/// What is wrong with a guest image, found before anything is loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ImageProblem {
+    #[error("no ELF magic")]
+    NoElfMagic,
+    #[error("not a 64-bit little-endian ELF")]
+    NotElf64LittleEndian,
+    #[error("not an x86-64 ELF (e_machine is not EM_X86_64)")]
+    NotX86_64,
+    #[error("truncated ELF header")]
+    TruncatedHeader,
+    #[error("program header entries are too small")]
+    ProgramHeaderTooSmall,
+    #[error("program header offset overflows")]
+    ProgramHeaderOffsetOverflows,
+    #[error("program headers run past the end of the file")]
+    ProgramHeadersPastEnd,
+    #[error("truncated program header")]
+    TruncatedProgramHeader,
+    #[error("a segment's end overflows")]
+    SegmentEndOverflows,
+    #[error("no loadable segment")]
+    NoLoadableSegment,
+    #[error("a segment loads below 1 MiB, where the boot information goes")]
+    SegmentBelowImageMin,
+}
+
+/// A part of the boot information the host writes into guest memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BootInfoPart {
+    #[error("memory map")]
+    MemoryMap,
+    #[error("ACPI tables")]
+    AcpiTables,
+    #[error("command line")]
+    CommandLine,
+    #[error("start info")]
+    StartInfo,
+}
+
+/// Instruction bytes as the report shows them: hex, space-separated, or `unknown`.
+struct HexBytes<'a>(&'a [u8]);
+
+impl fmt::Display for HexBytes<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("unknown");
+        }
+        for (i, b) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Result of host stub operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_emulation_failure_prints_its_bytes_in_hex() {
+        let e = Error::Emulation { suberror: 1, rip: 0x10_000a, bytes: vec![0xcc, 0xeb, 0xfe] };
+        assert!(e.to_string().ends_with("at rip 0x10000a, instruction bytes cc eb fe"), "{e}");
+        let e = Error::Emulation { suberror: 1, rip: 0, bytes: Vec::new() };
+        assert!(e.to_string().ends_with("instruction bytes unknown"), "{e}");
+    }
+}

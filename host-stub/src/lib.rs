@@ -19,7 +19,7 @@ pub mod loader;
 pub mod memory;
 pub mod producers;
 pub mod report;
-pub mod tiny_image;
+pub mod test_images;
 pub mod trace;
 pub mod vcpu;
 pub mod vm;

@@ -10,7 +10,7 @@ use pvagent_abi::pvh::{self, HvmMemmapEntry, HvmStartInfo};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::acpi;
-use crate::error::{Error, Result};
+use crate::error::{BootInfoPart, Error, ImageProblem, Result};
 use crate::memory::{self, CMDLINE_GPA, IMAGE_MIN_GPA, LOW_RAM_END, MEMMAP_GPA, START_INFO_GPA};
 
 /// What loading produced.
@@ -24,43 +24,43 @@ pub struct Loaded {
 
 /// The extent of an ELF64 x86-64 image's loadable segments, checked before anything is written.
 fn image_extent(path: &Path, bytes: &[u8]) -> Result<(u64, u64)> {
-    let bad = |reason: &str| Error::BadImage { path: path.to_path_buf(), reason: reason.into() };
+    let bad = |problem: ImageProblem| Error::BadImage { path: path.to_path_buf(), problem };
     let u16_at = |o: usize| bytes.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
     let u32_at = |o: usize| bytes.get(o..o + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
     let u64_at = |o: usize| bytes.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
     if bytes.get(..4) != Some(b"\x7fELF") {
-        return Err(bad("no ELF magic"));
+        return Err(bad(ImageProblem::NoElfMagic));
     }
     if bytes.get(4) != Some(&2) || bytes.get(5) != Some(&1) {
-        return Err(bad("not a 64-bit little-endian ELF"));
+        return Err(bad(ImageProblem::NotElf64LittleEndian));
     }
     if u16_at(18) != Some(62) {
-        return Err(bad("not an x86-64 ELF (e_machine is not EM_X86_64)"));
+        return Err(bad(ImageProblem::NotX86_64));
     }
-    let phoff = u64_at(32).ok_or_else(|| bad("truncated ELF header"))? as usize;
-    let phentsize = u16_at(54).ok_or_else(|| bad("truncated ELF header"))? as usize;
-    let phnum = u16_at(56).ok_or_else(|| bad("truncated ELF header"))? as usize;
+    let phoff = u64_at(32).ok_or_else(|| bad(ImageProblem::TruncatedHeader))? as usize;
+    let phentsize = u16_at(54).ok_or_else(|| bad(ImageProblem::TruncatedHeader))? as usize;
+    let phnum = u16_at(56).ok_or_else(|| bad(ImageProblem::TruncatedHeader))? as usize;
     if phentsize < 56 {
-        return Err(bad("program header entries are too small"));
+        return Err(bad(ImageProblem::ProgramHeaderTooSmall));
     }
     let (mut low, mut high) = (u64::MAX, 0u64);
     for i in 0..phnum {
-        let at = phoff.checked_add(i * phentsize).ok_or_else(|| bad("program header offset overflows"))?;
-        let p_type = u32_at(at).ok_or_else(|| bad("program headers run past the end of the file"))?;
+        let at = phoff.checked_add(i * phentsize).ok_or_else(|| bad(ImageProblem::ProgramHeaderOffsetOverflows))?;
+        let p_type = u32_at(at).ok_or_else(|| bad(ImageProblem::ProgramHeadersPastEnd))?;
         if p_type != 1 {
             continue; // not PT_LOAD
         }
-        let p_paddr = u64_at(at + 24).ok_or_else(|| bad("truncated program header"))?;
-        let p_memsz = u64_at(at + 40).ok_or_else(|| bad("truncated program header"))?;
-        let end = p_paddr.checked_add(p_memsz).ok_or_else(|| bad("a segment's end overflows"))?;
+        let p_paddr = u64_at(at + 24).ok_or_else(|| bad(ImageProblem::TruncatedProgramHeader))?;
+        let p_memsz = u64_at(at + 40).ok_or_else(|| bad(ImageProblem::TruncatedProgramHeader))?;
+        let end = p_paddr.checked_add(p_memsz).ok_or_else(|| bad(ImageProblem::SegmentEndOverflows))?;
         low = low.min(p_paddr);
         high = high.max(end);
     }
     if high == 0 {
-        return Err(bad("no loadable segment"));
+        return Err(bad(ImageProblem::NoLoadableSegment));
     }
     if low < IMAGE_MIN_GPA {
-        return Err(bad("a segment loads below 1 MiB, where the boot information goes"));
+        return Err(bad(ImageProblem::SegmentBelowImageMin));
     }
     Ok((low, high))
 }
@@ -87,7 +87,7 @@ pub fn load(
 ) -> Result<Loaded> {
     let mut file = File::open(path).map_err(|source| Error::ReadImage { path: path.to_path_buf(), source })?;
     let result = Elf::load(mem, None, &mut file, Some(GuestAddress(IMAGE_MIN_GPA)))
-        .map_err(|e| Error::BadImage { path: path.to_path_buf(), reason: e.to_string() })?;
+        .map_err(|source| Error::LoadImage { path: path.to_path_buf(), source })?;
     let entry = match result.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(addr) => addr.0,
         _ => return Err(Error::NoPvhEntry { path: path.to_path_buf() }),
@@ -114,22 +114,22 @@ pub fn memory_map(mem_size: u64) -> Vec<HvmMemmapEntry> {
 pub const MEMMAP_MAX: usize = ((CMDLINE_GPA - MEMMAP_GPA) / std::mem::size_of::<HvmMemmapEntry>() as u64) as usize;
 
 fn write_boot_info(mem: &GuestMemoryMmap, mem_size: u64, cmdline: &str, extra: &[HvmMemmapEntry]) -> Result<()> {
-    let fail = |what: &str| Error::WriteBootInfo(what.to_string());
+    let fail = |part: BootInfoPart| move |source| Error::WriteBootInfo { part, source };
     let mut map = memory_map(mem_size);
     map.extend_from_slice(extra);
     if map.len() > MEMMAP_MAX {
-        return Err(fail("memory map (too many entries)"));
+        return Err(Error::MemoryMapTooLong { entries: map.len(), max: MEMMAP_MAX });
     }
     for (i, entry) in map.iter().enumerate() {
         let at = MEMMAP_GPA + (i * std::mem::size_of::<HvmMemmapEntry>()) as u64;
-        memory::write_plain(mem, at, *entry).ok_or_else(|| fail("memory map"))?;
+        memory::write_plain(mem, at, *entry).map_err(fail(BootInfoPart::MemoryMap))?;
     }
     // One vCPU today: KVM gives vCPU n local APIC ID n.
     let tables = acpi::build(&[0])?;
-    mem.write_slice(&tables, GuestAddress(acpi::TABLES_GPA)).map_err(|_| fail("ACPI tables"))?;
+    mem.write_slice(&tables, GuestAddress(acpi::TABLES_GPA)).map_err(fail(BootInfoPart::AcpiTables))?;
     let mut line = cmdline.as_bytes().to_vec();
     line.push(0);
-    mem.write_slice(&line, GuestAddress(CMDLINE_GPA)).map_err(|_| fail("command line"))?;
+    mem.write_slice(&line, GuestAddress(CMDLINE_GPA)).map_err(fail(BootInfoPart::CommandLine))?;
     let start = HvmStartInfo {
         magic: pvh::START_INFO_MAGIC,
         version: pvh::START_INFO_VERSION_MEMMAP,
@@ -139,7 +139,7 @@ fn write_boot_info(mem: &GuestMemoryMmap, mem_size: u64, cmdline: &str, extra: &
         rsdp_paddr: acpi::TABLES_GPA,
         ..HvmStartInfo::default()
     };
-    memory::write_plain(mem, START_INFO_GPA, start).ok_or_else(|| fail("start info"))
+    memory::write_plain(mem, START_INFO_GPA, start).map_err(fail(BootInfoPart::StartInfo))
 }
 
 #[cfg(test)]
@@ -170,18 +170,18 @@ mod tests {
     #[test]
     fn broken_images_get_a_reason() {
         let p = Path::new("x");
-        let reason = |bytes: &[u8]| match image_extent(p, bytes) {
-            Err(Error::BadImage { reason, .. }) => reason,
+        let problem = |bytes: &[u8]| match image_extent(p, bytes) {
+            Err(Error::BadImage { problem, .. }) => problem,
             other => panic!("expected BadImage, got {other:?}"),
         };
-        assert_eq!(reason(b"hello"), "no ELF magic");
+        assert_eq!(problem(b"hello"), ImageProblem::NoElfMagic);
         let mut not_x86 = elf_with_segment(0x10_0000, 1);
         not_x86[18] = 183; // aarch64
-        assert!(reason(&not_x86).contains("not an x86-64 ELF"));
-        assert!(reason(&elf_with_segment(0x1000, 1)).contains("below 1 MiB"));
+        assert_eq!(problem(&not_x86), ImageProblem::NotX86_64);
+        assert_eq!(problem(&elf_with_segment(0x1000, 1)), ImageProblem::SegmentBelowImageMin);
         let truncated = &elf_with_segment(0x10_0000, 1)[..66];
-        assert!(reason(truncated).contains("past the end"));
-        assert!(reason(&elf_with_segment(u64::MAX - 1, 5)).contains("overflows"));
+        assert_eq!(problem(truncated), ImageProblem::ProgramHeadersPastEnd);
+        assert_eq!(problem(&elf_with_segment(u64::MAX - 1, 5)), ImageProblem::SegmentEndOverflows);
     }
 
     #[test]

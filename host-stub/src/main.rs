@@ -1,13 +1,21 @@
 //! The host stub's command line: parse, build a `Config`, run, map the result to an exit status
 //! (0: the guest passed; 1: the guest reported failure; 2: a host-side error, printed as one
 //! line).
+//!
+//! Every option's help states what it accepts, from the constants the checks use: a value is
+//! checked once, by the library (`Config::validate`, `PagerConfig::validate`), whose refusal is
+//! the one-line error.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use pvagent_host::config::{MAX_MEM_MIB, MIN_MEM_MIB};
+use pvagent_host::memory::CMDLINE_MAX;
 use pvagent_host::producers::Producers;
+use pvagent_host::producers::pager::config::{MAX_FETCHERS, MAX_LATENCY, MAX_REGION_MIB};
+use pvagent_host::producers::pager::region::PAGE;
 use pvagent_host::producers::pager::{self, config::PagerConfig};
 use pvagent_host::producers::sld::SldConfig;
 use pvagent_host::producers::sld::policy::{Enumeration, Policy};
@@ -19,11 +27,11 @@ use pvagent_host::{Config, SerialSink, Vm};
 struct Args {
     /// The guest ELF image.
     guest: PathBuf,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = pvagent_host::config::DEFAULT_MEM_MIB)]
+    #[arg(long, default_value_t = pvagent_host::config::DEFAULT_MEM_MIB,
+          help = format!("Guest memory in MiB, {MIN_MEM_MIB}..={MAX_MEM_MIB}"))]
     mem: u64,
-    /// The guest's command line (e.g. "tests=arch,task").
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "",
+          help = format!("The guest's command line (e.g. \"tests=arch,task\"), at most {CMDLINE_MAX} bytes"))]
     cmdline: String,
     /// Write the guest's console to this file instead of stdout.
     #[arg(long)]
@@ -42,7 +50,7 @@ struct Args {
     /// compares this host's run loop with, for the benchmark guest (`cargo xtask bench`).
     #[arg(long)]
     bench: bool,
-    /// Stop the guest after this many seconds (0: never).
+    /// Stop the guest after this many seconds (0: never), any whole number.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
     /// Run without the split-lock producer: no trigger, no MSR_TEST_CTRL virtualization.
@@ -63,22 +71,29 @@ struct Args {
 /// The demand pager (page-not-present events).
 #[derive(Debug, clap::Args)]
 struct PagerArgs {
-    /// Size of the demand-paged region in MiB (0: no pager).
-    #[arg(long = "pnp-mib", default_value_t = pager::config::DEFAULT_REGION_MIB)]
+    #[arg(long = "pnp-mib", default_value_t = pager::config::DEFAULT_REGION_MIB,
+          help = format!("Size of the demand-paged region in MiB, 1..={MAX_REGION_MIB}, or 0 for no pager; \
+                          it costs memory only for the pages the guest touches"))]
     mib: u64,
     /// How absent pages are served: `ring` (page-not-present events) or `sync` (the vCPU waits).
     #[arg(long = "pnp-mode", default_value = "ring", value_parser = pager::config::parse_mode)]
     mode: pvagent_abi::pnp::HostMode,
-    /// Fetch latency: fixed (`200us`) or uniform in a range (`50us..5ms`).
-    #[arg(long = "pnp-latency", default_value = "50us..2ms", value_parser = pager::config::parse_latency)]
+    #[arg(long = "pnp-latency", default_value_t = PagerConfig::default().latency,
+          value_parser = pager::config::parse_latency,
+          help = format!("Fetch latency: fixed (`200us`) or uniform in a range (`50us..5ms`), each bound \
+                          0..={MAX_LATENCY:?} in ns, us, ms or s; self-tests and benchmarks set their own \
+                          (the exit line says what applied)"))]
     latency: pager::config::Latency,
-    /// Fetcher threads.
-    #[arg(long = "pnp-fetchers", default_value_t = 2)]
+    #[arg(long = "pnp-fetchers", default_value_t = pager::config::DEFAULT_FETCHERS,
+          help = format!("Fetcher threads (fetches in flight are not limited by it), 1..={MAX_FETCHERS}"))]
     fetchers: usize,
-    /// Pages (indices in the region) whose first fetch fails, comma-separated.
-    #[arg(long = "pnp-fail", value_delimiter = ',')]
+    #[arg(long = "pnp-fail", value_delimiter = ',',
+          help = format!("Pages whose first fetch fails, comma-separated: indices in the region, below its \
+                          page count ({} per MiB of --pnp-mib)", (1 << 20) / PAGE))]
     fail: Vec<u64>,
-    /// Backing image for the region (default: a known pattern the self-tests check).
+    /// Backing image for the region, read a page at a time when each page is first fetched
+    /// (past its end, pages read as zeros; beyond the region, it is not read). Default: a
+    /// known pattern the self-tests check.
     #[arg(long = "pnp-image")]
     image: Option<PathBuf>,
 }
@@ -148,10 +163,36 @@ fn producers(args: &Args) -> Producers {
     Producers { sld, pager: args.pager.config() }
 }
 
+/// A command line clap refused: `--help` and `--version` print as clap prints them; anything
+/// else is the one-line error every bad input gets, with status 2.
+fn command_line_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    // clap's message, without its "error: " tag, its usage and its pointer to --help.
+    let text = e.render().to_string();
+    let message: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    let message = message.join(" ");
+    eprintln!("pvagent-host: error: {}", message.strip_prefix("error: ").unwrap_or(&message));
+    ExitCode::from(2)
+}
+
 fn main() -> ExitCode {
     // Boot timing starts here: "process start" as near as the process itself can tell.
     let started = std::time::Instant::now();
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => return command_line_error(e),
+    };
     let producers = producers(&args);
     let mut config = Config::new(args.guest.clone());
     config.mem_mib = args.mem;

@@ -4,7 +4,9 @@
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use pvagent_abi::Plain;
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{
+    ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError, GuestMemoryMmap, GuestMemoryRegion,
+};
 
 use crate::error::{Error, Result};
 
@@ -30,20 +32,26 @@ struct Wire<T>(T);
 // transparent over it.
 unsafe impl<T: Plain + Default + Send + Sync> ByteValued for Wire<T> {}
 
-/// Reads a shared structure from guest memory (a copy: the guest may change it meanwhile).
-pub fn read_plain<T: Plain + Default + Send + Sync>(mem: &GuestMemoryMmap, gpa: u64) -> Option<T> {
-    mem.read_obj::<Wire<T>>(GuestAddress(gpa)).ok().map(|w| w.0)
+/// Reads a shared structure from guest memory: a volatile copy (`vm-memory` copies through a
+/// `VolatileSlice`), because the guest may change it meanwhile; a torn read is a valid value of
+/// a `Plain` type, which the caller then checks.
+pub fn read_plain<T: Plain + Default + Send + Sync>(mem: &GuestMemoryMmap, gpa: u64) -> Result<T, GuestMemoryError> {
+    mem.read_obj::<Wire<T>>(GuestAddress(gpa)).map(|w| w.0)
 }
 
-/// Writes a shared structure into guest memory.
-pub fn write_plain<T: Plain + Default + Send + Sync>(mem: &GuestMemoryMmap, gpa: u64, value: T) -> Option<()> {
-    mem.write_obj(Wire(value), GuestAddress(gpa)).ok()
+/// Writes a shared structure into guest memory (a volatile copy, as [`read_plain`]).
+pub fn write_plain<T: Plain + Default + Send + Sync>(
+    mem: &GuestMemoryMmap,
+    gpa: u64,
+    value: T,
+) -> Result<(), GuestMemoryError> {
+    mem.write_obj(Wire(value), GuestAddress(gpa))
 }
 
 /// Allocates `size` bytes of RAM at guest address 0.
 pub fn allocate_ram(size: u64) -> Result<GuestMemoryMmap> {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)])
-        .map_err(|e| Error::AllocateMemory { mib: size >> 20, reason: e.to_string() })
+        .map_err(|source| Error::AllocateMemory { mib: size >> 20, source })
 }
 
 /// Registers every region of `mem` with KVM, from slot `first_slot` on.
@@ -52,7 +60,7 @@ pub fn register(vm: &VmFd, mem: &GuestMemoryMmap, first_slot: u32) -> Result<u32
     for region in mem.iter() {
         let host = mem
             .get_host_address(region.start_addr())
-            .map_err(|e| Error::AllocateMemory { mib: region.len() >> 20, reason: e.to_string() })?;
+            .map_err(|source| Error::RamHostAddress { gpa: region.start_addr().0, source })?;
         let desc = kvm_userspace_memory_region {
             slot,
             flags: 0,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use pvagent_abi::exit;
 use pvagent_abi::report::{Line, Status};
 
+use crate::error::Error;
 use crate::handler::Report;
 
 /// One self-test's outcome, as the guest reported it.
@@ -17,7 +18,7 @@ pub struct TestOutcome {
 }
 
 /// The end of a run.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct RunResult {
     /// The code the guest wrote to the debug-exit port; `None` if it never did.
     pub guest_exit_code: Option<u32>,
@@ -30,7 +31,9 @@ pub struct RunResult {
     /// Host counters and notes.
     pub report: Report,
     /// A host-side failure (setup is reported by `Vm::new` instead): the run is a failure.
-    pub host_error: Option<String>,
+    /// The first one: the run loop's, or else the first a handler's `finish` reported. It
+    /// prints as a one-line message; tests match on its variant.
+    pub host_error: Option<Error>,
     /// For a guest that crashed (triple fault, emulation failure...): its last console lines.
     pub crash_tail: Option<Vec<String>>,
     pub setup_time: Duration,
@@ -42,7 +45,7 @@ impl RunResult {
         guest_exit_code: Option<u32>,
         serial: Vec<String>,
         report: Report,
-        host_error: Option<String>,
+        host_error: Option<Error>,
         crash_tail: Option<Vec<String>>,
         setup_time: Duration,
         run_time: Duration,

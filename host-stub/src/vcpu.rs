@@ -263,25 +263,22 @@ impl Vcpu {
             }
             Exit::MemoryFault { gpa, size, flags } => {
                 if !claim(handlers, |h| h.memory_fault(&mut ctx, gpa, size, flags))? {
-                    return Err(Error::UnexpectedExit {
-                        exit: format!("KVM_EXIT_MEMORY_FAULT gpa {gpa:#x} size {size:#x} flags {flags:#x}"),
-                        rip: rip(&self.fd),
-                    });
+                    return Err(Error::UnclaimedMemoryFault { gpa, size, flags, rip: rip(&self.fd) });
                 }
             }
             Exit::Efault => {
                 if !claim(handlers, |h| h.efault(&mut ctx))? {
-                    return Err(Error::Run(kvm_ioctls::Error::new(libc::EFAULT)));
+                    return Err(Error::UnclaimedEfault { rip: rip(&self.fd) });
                 }
             }
             Exit::Debug(arch) => {
                 if !claim(handlers, |h| h.debug(&mut ctx, &arch))? {
-                    return Err(Error::UnexpectedExit { exit: format!("KVM_EXIT_DEBUG {arch:?}"), rip: arch.pc });
+                    return Err(Error::UnclaimedDebug { pc: arch.pc, dr6: arch.dr6, dr7: arch.dr7 });
                 }
             }
             Exit::BusLock => {
                 if !claim(handlers, |h| h.bus_lock(&mut ctx))? {
-                    return Err(Error::UnexpectedExit { exit: "KVM_EXIT_X86_BUS_LOCK".into(), rip: rip(&self.fd) });
+                    return Err(Error::UnclaimedBusLock { rip: rip(&self.fd) });
                 }
             }
             Exit::Interrupted => watchdog.check()?,
@@ -294,8 +291,6 @@ impl Vcpu {
                 {
                     return Ok(ctx.stop);
                 }
-                let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
-                let bytes = if hex.is_empty() { "unknown".to_string() } else { hex.join(" ") };
                 return Err(Error::Emulation { suberror, rip: rip(&self.fd), bytes });
             }
             Exit::FailEntry(reason) => return Err(Error::FailEntry { reason, rip: rip(&self.fd) }),
@@ -335,11 +330,11 @@ fn msr(
 fn hypercall(ctx: &mut VcpuCtx<'_>, handlers: &mut [&mut dyn ExitHandler], gpa: u64) -> Result<()> {
     use pvagent_abi::hypercall::{REQUEST_ALIGN, Request, Status};
     if !gpa.is_multiple_of(REQUEST_ALIGN) {
-        return Err(Error::BadHypercallBlock { gpa });
+        return Err(Error::MisalignedHypercallBlock { gpa, align: REQUEST_ALIGN });
     }
-    let Some(mut request) = memory::read_plain::<Request>(ctx.mem, gpa) else {
-        return Err(Error::BadHypercallBlock { gpa });
-    };
+    // A copy: the guest's other vCPUs could change the block while the host reads it.
+    let mut request =
+        memory::read_plain::<Request>(ctx.mem, gpa).map_err(|source| Error::ReadHypercallBlock { gpa, source })?;
     let mut answer = None;
     for h in handlers.iter_mut() {
         answer = h.hypercall(ctx, request.nr, request.args);
@@ -354,5 +349,5 @@ fn hypercall(ctx: &mut VcpuCtx<'_>, handlers: &mut [&mut dyn ExitHandler], gpa: 
         }
         Err(status) => request.status = status as u32,
     }
-    memory::write_plain(ctx.mem, gpa, request).ok_or(Error::BadHypercallBlock { gpa })
+    memory::write_plain(ctx.mem, gpa, request).map_err(|source| Error::WriteHypercallBlock { gpa, source })
 }

@@ -193,11 +193,15 @@ impl Vm {
         self.trace_port.end_of_run(end);
 
         let mut report = Report::default();
-        let mut error = outcome.as_ref().err().map(|e| e.to_string());
+        let fatal = outcome.as_ref().err().is_some_and(Error::is_guest_fault);
+        let (outcome, mut error) = match outcome {
+            Ok(stop) => (Some(stop), None),
+            Err(e) => (None, Some(e)),
+        };
         let mut finish = |h: &mut dyn ExitHandler, report: &mut Report| {
             if let Err(e) = h.finish(report) {
                 report.line(e.to_string());
-                error.get_or_insert_with(|| e.to_string());
+                error.get_or_insert(e);
             }
         };
         finish(&mut self.serial, &mut report);
@@ -231,7 +235,7 @@ impl Vm {
                 }
                 Err(e) => {
                     report.line(e.to_string());
-                    error.get_or_insert_with(|| e.to_string());
+                    error.get_or_insert(e);
                 }
             }
         }
@@ -253,10 +257,9 @@ impl Vm {
         report.counter("vcpu0", "unclaimed_msr", self.vcpu.unclaimed.msr);
 
         let guest_exit_code = match outcome {
-            Ok(Stop::GuestExit(code)) => Some(code),
-            Ok(Stop::BareLoop) | Err(_) => None,
+            Some(Stop::GuestExit(code)) => Some(code),
+            Some(Stop::BareLoop) | None => None,
         };
-        let fatal = outcome.as_ref().err().is_some_and(Error::is_guest_fault);
         let serial_tail = self.serial.tail(20);
         RunResult::new(
             guest_exit_code,

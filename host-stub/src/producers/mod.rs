@@ -4,7 +4,7 @@
 pub mod pager;
 pub mod sld;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::handler::ExitHandler;
 
 /// The producers of one run and their settings.
@@ -30,7 +30,7 @@ impl Producers {
             out.push(Box::new(sld::SplitLock::new(*config)));
         }
         if let Some(config) = &self.pager {
-            out.push(Box::new(pager::Pager::new(config.clone())?));
+            out.push(Box::new(pager::Pager::new(config.clone()).map_err(Error::Pager)?));
         }
         Ok(out)
     }

@@ -14,6 +14,25 @@ pub const DEFAULT_REGION_MIB: u64 = 16;
 pub const MAX_REGION_MIB: u64 = 4096;
 /// Longest latency accepted.
 pub const MAX_LATENCY: Duration = Duration::from_secs(10);
+/// Most fetcher threads (a bound against typos: each is a thread).
+pub const MAX_FETCHERS: usize = 64;
+/// Default fetcher threads.
+pub const DEFAULT_FETCHERS: usize = 2;
+
+/// A configuration value the pager refuses.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("the region of {mib} MiB is outside 1..={MAX_REGION_MIB} MiB")]
+    RegionSize { mib: u64 },
+    #[error("the region's address {gpa:#x} is not 2 MiB aligned")]
+    RegionAlignment { gpa: u64 },
+    #[error("the latency {latency} is not a range within 0..={MAX_LATENCY:?}")]
+    Latency { latency: Latency },
+    #[error("failing page {page} is beyond the region's {pages} pages")]
+    FailPageBeyondRegion { page: u64, pages: u64 },
+    #[error("{fetchers} fetcher threads is outside 1..={MAX_FETCHERS}")]
+    Fetchers { fetchers: usize },
+}
 
 /// A fetch latency: fixed (`min == max`) or uniform in `[min, max]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,11 +46,36 @@ impl Latency {
     pub const fn fixed(d: Duration) -> Self {
         Self { min: d, max: d }
     }
+
+    /// Whether it is a range (minimum not above maximum) within [`MAX_LATENCY`].
+    pub fn is_valid(&self) -> bool {
+        self.min <= self.max && self.max <= MAX_LATENCY
+    }
 }
 
+/// A duration the way [`parse_duration`] reads it: in the largest unit that says it exactly.
+struct Short(Duration);
+
+impl std::fmt::Display for Short {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ns = self.0.as_nanos();
+        let (value, unit) = [(1_000_000_000, "s"), (1_000_000, "ms"), (1_000, "us"), (1, "ns")]
+            .into_iter()
+            .find(|(per, _)| ns.is_multiple_of(*per))
+            .map(|(per, unit)| (ns / per, unit))
+            .unwrap_or((ns, "ns"));
+        if ns == 0 { write!(f, "0") } else { write!(f, "{value}{unit}") }
+    }
+}
+
+/// As the command line takes it: `200us`, `50us..2ms`.
 impl std::fmt::Display for Latency {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.min == self.max { write!(f, "{:?}", self.min) } else { write!(f, "{:?}..{:?}", self.min, self.max) }
+        if self.min == self.max {
+            write!(f, "{}", Short(self.min))
+        } else {
+            write!(f, "{}..{}", Short(self.min), Short(self.max))
+        }
     }
 }
 
@@ -61,7 +105,7 @@ impl Default for PagerConfig {
             region_gpa: DEFAULT_REGION_GPA,
             mode: HostMode::Ring,
             latency: Latency { min: Duration::from_micros(50), max: Duration::from_millis(2) },
-            fetchers: 2,
+            fetchers: DEFAULT_FETCHERS,
             fail_pages: Vec::new(),
             image: None,
             seed: 0x5EED,
@@ -70,20 +114,23 @@ impl Default for PagerConfig {
 }
 
 impl PagerConfig {
-    /// Checks the values; the message says which one is wrong.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the values; the error says which one is wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.region_mib == 0 || self.region_mib > MAX_REGION_MIB {
-            return Err(format!("pager region of {} MiB is outside 1..={MAX_REGION_MIB} MiB", self.region_mib));
+            return Err(ConfigError::RegionSize { mib: self.region_mib });
         }
         if !self.region_gpa.is_multiple_of(2 << 20) {
-            return Err(format!("pager region address {:#x} is not 2 MiB aligned", self.region_gpa));
+            return Err(ConfigError::RegionAlignment { gpa: self.region_gpa });
         }
-        if self.latency.min > self.latency.max || self.latency.max > MAX_LATENCY {
-            return Err(format!("pager latency {} is not a range within 0..=10s", self.latency));
+        if !self.latency.is_valid() {
+            return Err(ConfigError::Latency { latency: self.latency });
         }
         let pages = self.pages();
-        if let Some(p) = self.fail_pages.iter().find(|p| **p >= pages) {
-            return Err(format!("failing page {p} is beyond the region's {pages} pages"));
+        if let Some(&page) = self.fail_pages.iter().find(|p| **p >= pages) {
+            return Err(ConfigError::FailPageBeyondRegion { page, pages });
+        }
+        if !(1..=MAX_FETCHERS).contains(&self.fetchers) {
+            return Err(ConfigError::Fetchers { fetchers: self.fetchers });
         }
         Ok(())
     }
@@ -155,16 +202,34 @@ mod tests {
     }
 
     #[test]
+    fn a_latency_prints_the_way_it_is_written() {
+        for text in ["0", "750ns", "50us", "1500us", "2ms", "1s", "50us..2ms", "0..10s"] {
+            let latency = parse_latency(text).unwrap();
+            assert_eq!(latency.to_string(), text);
+            assert_eq!(parse_latency(&latency.to_string()), Ok(latency));
+        }
+        assert_eq!(PagerConfig::default().latency.to_string(), "50us..2ms");
+    }
+
+    #[test]
     fn validation_names_the_bad_value() {
         let mut c = PagerConfig::default();
         c.validate().unwrap();
         c.fail_pages = vec![c.pages()];
-        assert!(c.validate().unwrap_err().contains("failing page"));
+        assert_eq!(c.validate(), Err(ConfigError::FailPageBeyondRegion { page: 4096, pages: 4096 }));
         c.fail_pages.clear();
         c.region_gpa += 4096;
-        assert!(c.validate().unwrap_err().contains("2 MiB aligned"));
+        assert_eq!(c.validate(), Err(ConfigError::RegionAlignment { gpa: DEFAULT_REGION_GPA + 4096 }));
         c.region_gpa = DEFAULT_REGION_GPA;
         c.latency = Latency::fixed(Duration::from_secs(11));
-        assert!(c.validate().is_err());
+        assert!(matches!(c.validate(), Err(ConfigError::Latency { .. })));
+        c.latency = Latency::fixed(Duration::ZERO);
+        for fetchers in [0, MAX_FETCHERS + 1] {
+            c.fetchers = fetchers;
+            assert_eq!(c.validate(), Err(ConfigError::Fetchers { fetchers }), "no silent replacement");
+        }
+        c.fetchers = MAX_FETCHERS;
+        c.region_mib = 0;
+        assert_eq!(c.validate(), Err(ConfigError::RegionSize { mib: 0 }));
     }
 }

@@ -5,6 +5,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -37,10 +38,10 @@ impl std::fmt::Debug for FetchPool {
 
 impl FetchPool {
     /// Starts `workers` threads that call `complete(page)` when a page's time comes.
-    pub fn start(workers: usize, complete: Complete) -> std::io::Result<Self> {
+    pub fn start(workers: NonZeroUsize, complete: Complete) -> std::io::Result<Self> {
         let shared = Arc::new(PoolShared { queue: Mutex::new(Queue::default()), wake: Condvar::new() });
         let mut handles = Vec::new();
-        for i in 0..workers.max(1) {
+        for i in 0..workers.get() {
             let (shared, complete) = (shared.clone(), complete.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("pnp-fetch-{i}"))
@@ -112,8 +113,11 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let tx = Mutex::new(tx);
         // One worker: overdue jobs then still complete one by one in deadline order.
-        let pool = FetchPool::start(1, Arc::new(move |page| tx.lock().unwrap().send((page, Instant::now())).unwrap()))
-            .unwrap();
+        let pool = FetchPool::start(
+            NonZeroUsize::MIN,
+            Arc::new(move |page| tx.lock().unwrap().send((page, Instant::now())).unwrap()),
+        )
+        .unwrap();
         let start = Instant::now();
         pool.submit(1, Duration::from_millis(40));
         pool.submit(2, Duration::from_millis(10));
@@ -139,7 +143,8 @@ mod tests {
         // One worker: if jobs ran in submission order, the 10 ms job would wait for the 10 s one.
         let (tx, rx) = mpsc::channel();
         let tx = Mutex::new(tx);
-        let pool = FetchPool::start(1, Arc::new(move |page| tx.lock().unwrap().send(page).unwrap())).unwrap();
+        let pool =
+            FetchPool::start(NonZeroUsize::MIN, Arc::new(move |page| tx.lock().unwrap().send(page).unwrap())).unwrap();
         pool.submit(1, Duration::from_secs(10));
         pool.submit(2, Duration::from_millis(10));
         assert_eq!(rx.recv().unwrap(), 2);

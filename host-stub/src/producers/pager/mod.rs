@@ -16,105 +16,59 @@
 //!   instruction has not run, as on VMX, but KVM does not say where it faulted: the host
 //!   decodes the instruction at RIP (`guest_insn`) to find the page, then proceeds as on VMX.
 //!
-//! The glue here does memory and KVM work; every decision is made by `state::PagerCore`.
+//! Every decision is made by plain code (`state`, `tokens`, `latency`); the other files do the
+//! memory and KVM work it calls for: `access` (the vCPU thread's path), `ring` (the shared areas
+//! and their interrupts), `completion` (a fetch's start and end), `held_back` (resolution
+//! timing), `controls` (hypercalls). This file is the `ExitHandler` that hands exits to them.
 
+pub mod access;
+pub mod backing;
+pub mod completion;
 pub mod config;
+pub mod controls;
+pub mod error;
 pub mod fetch;
+pub mod held_back;
+pub mod latency;
 pub mod poller;
 pub mod region;
 pub mod registration;
+pub mod ring;
+pub mod shared;
 pub mod state;
+pub mod timeline;
+pub mod tokens;
 pub mod uffd;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use kvm_bindings::kvm_msi;
-use kvm_ioctls::VmFd;
 use pvagent_abi::cpuid::{self as abi_cpuid, Features};
 use pvagent_abi::hypercall::{Nr, Status};
-use pvagent_abi::pnp::{
-    self as abi, HostCounter, HostMode, PageBehaviour, PageNotPresentData, Resolution, ResolutionTiming, Token,
-};
+use pvagent_abi::pnp::{self as abi, PageBehaviour};
 use pvagent_abi::pvh::{HvmMemmapEntry, MEMMAP_TYPE_RESERVED};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
-use self::config::PagerConfig;
+use self::access::Access;
+use self::backing::BackingStore;
+use self::config::{ConfigError, PagerConfig};
+use self::error::PagerError;
 use self::fetch::FetchPool;
+use self::latency::LatencyControl;
 use self::poller::Poller;
 use self::region::{DemandRegion, PAGE};
-use self::registration::{Registration, interrupt_deliverable, is_protocol_msr, processor_priority_class};
-use self::state::{Decision, PageIndex, PageState, PagerCore, Release};
+use self::registration::{Registration, is_protocol_msr};
+use self::ring::{deliver_resolved, observe_tail};
+use self::shared::{Inner, Shared};
+use self::state::{PageState, PagerCore};
+use self::timeline::PagerTimeline;
 use crate::cpuid::CpuidTable;
 use crate::error::{Error, Result};
 use crate::handler::{AttachCtx, ExitHandler, Handled, MsrAnswer, Report, VcpuCtx};
-use crate::memory;
-use crate::trace::{Arg, Tracer, Track};
 
 const NAME: &str = "pager";
-
-/// How often the poller looks for events the guest took while fetches wait for them.
-/// It only sets how soon the host notices; the guest's path does not depend on it.
-const HELD_BACK_POLL_INTERVAL: Duration = Duration::from_micros(20);
-
-fn failure(message: impl Into<String>) -> Error {
-    Error::Producer { producer: NAME, message: message.into() }
-}
-
-/// How an access reached the host.
-enum Access<'a> {
-    /// KVM_EXIT_MMIO read: fill `data` before the vCPU runs again.
-    Read(&'a mut [u8]),
-    /// KVM_EXIT_MMIO write of `data`.
-    Write(&'a [u8]),
-    /// KVM_EXIT_MEMORY_FAULT, or a bare EFAULT: the instruction has not run and will be retried.
-    Retry,
-}
-
-/// State shared between the vCPU thread and the fetchers.
-struct Inner {
-    core: PagerCore,
-    region: Option<DemandRegion>,
-    /// Copies of pages being fetched (MMIO-completed stores go here).
-    staging: HashMap<PageIndex, Box<[u8; PAGE]>>,
-    vcpus: Vec<Registration>,
-    ram: Option<GuestMemoryMmap>,
-    ram_size: u64,
-    vm: Option<Arc<VmFd>>,
-    latency_ns: (u64, u64),
-    rng: u64,
-    /// A protocol violation found off the vCPU thread; the vCPU stops the guest with it.
-    violation: Option<String>,
-    /// The vCPU thread, to kick out of KVM_RUN when a violation must stop the guest.
-    vcpu_thread: Option<libc::pthread_t>,
-    msi_refused: u64,
-    /// Pages whose fetch is done but whose completion waits until the guest has taken the
-    /// events of every token waiting for them ([`ResolutionTiming::AfterEventTaken`]).
-    held_back: Vec<PageIndex>,
-    /// Arms the poller that writes them once their events are taken.
-    held_back_poller: Option<poller::Arm>,
-    /// The run's timeline: tokens, fetches and synchronous waits go on it.
-    trace: Tracer,
-}
-
-struct Shared {
-    inner: Mutex<Inner>,
-    /// Signalled whenever a fetch completes (the synchronous path waits on it).
-    fetched: Condvar,
-    /// Set (under the lock) with `Inner::violation`, so that the vCPU need not take the lock
-    /// before every entry to learn that there is none.
-    violation_pending: AtomicBool,
-    /// Set (under the lock) while `Inner::held_back` is not empty, for the same reason.
-    held_back_pending: AtomicBool,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
 
 /// The demand pager producer.
 pub struct Pager {
@@ -136,38 +90,38 @@ impl std::fmt::Debug for Pager {
 }
 
 impl Pager {
-    /// A pager for `config` (checked).
-    pub fn new(config: PagerConfig) -> Result<Self> {
-        config.validate().map_err(failure)?;
+    /// A pager for `config` (checked; the backing image, if any, is opened).
+    pub fn new(config: PagerConfig) -> Result<Self, PagerError> {
+        config.validate()?;
         let mut core = PagerCore::new(config.pages(), config.mode);
         for &page in &config.fail_pages {
             core.set_behaviour(page, PageBehaviour::Fail);
         }
+        let backing = match &config.image {
+            Some(path) => BackingStore::image(config.region_gpa, path)
+                .map_err(|source| PagerError::OpenImage { path: path.clone(), source })?,
+            None => BackingStore::pattern(config.region_gpa),
+        };
         let inner = Inner {
             core,
             region: None,
+            backing,
             staging: HashMap::new(),
             vcpus: vec![Registration::default()],
             ram: None,
             ram_size: 0,
             vm: None,
-            latency_ns: (config.latency.min.as_nanos() as u64, config.latency.max.as_nanos() as u64),
-            rng: config.seed | 1,
+            latency: LatencyControl::new(config.latency, config.seed),
             violation: None,
             vcpu_thread: None,
             msi_refused: 0,
             held_back: Vec::new(),
             held_back_poller: None,
-            trace: Tracer::off(),
+            timeline: PagerTimeline::default(),
         };
         Ok(Self {
             config,
-            shared: Arc::new(Shared {
-                inner: Mutex::new(inner),
-                fetched: Condvar::new(),
-                violation_pending: AtomicBool::new(false),
-                held_back_pending: AtomicBool::new(false),
-            }),
+            shared: Arc::new(Shared::new(inner)),
             fetchers: None,
             poller: None,
             efaults: 0,
@@ -175,436 +129,59 @@ impl Pager {
         })
     }
 
-    fn backing_store(&self) -> Result<Vec<u8>> {
-        let len = (self.config.pages() as usize) * PAGE;
-        if let Some(path) = &self.config.image {
-            let mut bytes = std::fs::read(path)
-                .map_err(|e| failure(format!("cannot read the backing image {}: {e}", path.display())))?;
-            bytes.resize(len, 0);
-            return Ok(bytes);
-        }
-        let mut bytes = vec![0u8; len];
-        for (i, word) in bytes.chunks_exact_mut(8).enumerate() {
-            let gpa = self.config.region_gpa + (i * 8) as u64;
-            word.copy_from_slice(&abi::backing_pattern(gpa).to_le_bytes());
-        }
-        Ok(bytes)
-    }
-
-    /// Starts fetching `page` after a latency drawn from the configured range. A zero latency
-    /// means the page is available now: returns true, and the caller completes the fetch itself
-    /// (once it has released the lock) instead of handing it to a fetcher thread.
-    #[must_use]
-    fn submit(&self, inner: &mut Inner, page: PageIndex) -> bool {
-        let (min, max) = inner.latency_ns;
-        let nanos = if max > min {
-            // xorshift64: a reproducible spread of latencies for a given seed.
-            inner.rng ^= inner.rng << 13;
-            inner.rng ^= inner.rng >> 7;
-            inner.rng ^= inner.rng << 17;
-            min + inner.rng % (max - min + 1)
-        } else {
-            min
-        };
-        let gpa = self.config.region_gpa + page * PAGE as u64;
-        inner.trace.fetch_submitted(page, gpa, Duration::from_nanos(nanos));
-        if nanos == 0 {
-            return true;
-        }
-        if let Some(f) = &self.fetchers {
-            f.submit(page, Duration::from_nanos(nanos));
-        }
-        false
-    }
-
-    /// Handles one access to `gpa` in the region (`gva` when the host knows it).
-    fn access(&mut self, ctx: &mut VcpuCtx<'_>, gpa: u64, gva: Option<u64>, access: Access<'_>) -> Result<Handled> {
-        let vcpu = ctx.index;
-        let (page, offset, active) = {
-            let inner = self.shared.lock();
-            let Some(page) = inner.region.as_ref().and_then(|r| r.page_of(gpa)) else {
-                return Ok(Handled::No);
-            };
-            let offset = (gpa % PAGE as u64) as usize;
-            (page, offset, inner.vcpus.get(vcpu).and_then(Registration::active))
-        };
-        // The interrupt window is read before taking the lock: these ioctls do not touch the
-        // pager's state, and the vCPU cannot change while it is stopped here.
-        let window_open = match active {
-            Some(a) if self.shared.lock().core.mode == HostMode::Ring => event_window_open(ctx, a.event_vector)?,
-            _ => false,
-        };
-
-        let mut guard = self.shared.lock();
-        let inner = &mut *guard;
-        let retry = matches!(access, Access::Retry);
-
-        let area_free = match active {
-            Some(a) if window_open => {
-                let ram = inner.ram.as_ref().ok_or_else(|| failure("not attached"))?;
-                let inuse: u32 = ram
-                    .load(GuestAddress(a.data_gpa + abi::DATA_INUSE_OFFSET), Ordering::Acquire)
-                    .map_err(|e| failure(format!("reading the event area: {e}")))?;
-                if inuse != 0 && retry {
-                    // An event is pending and the vCPU can take it: re-entering delivers it before
-                    // the instruction is retried (KVM injects pending interrupts at entry). On PVM
-                    // a second pending interrupt waits for the next exit; this is that exit.
-                    inner.core.counters.retries_for_pending_event += 1;
-                    return Ok(Handled::Yes);
-                }
-                inuse == 0
-            }
-            _ => false,
-        };
-        apply_to_page(inner, page, offset, access);
-        if let (Some(a), true) = (active, area_free) {
-            observe_tail(inner, vcpu, a)?;
-        }
-        let pool = if area_free { inner.vcpus.get_mut(vcpu).and_then(|r| r.pool.as_mut()) } else { None };
-        let decision = inner.core.on_access(vcpu, page, pool);
-        let mut complete_now = false;
-        match decision {
-            Decision::Continue => {}
-            Decision::PresentNow => fill(inner, page)?,
-            Decision::Deliver { token, fetch } => {
-                if fetch.is_some() {
-                    complete_now = self.submit(inner, page);
-                }
-                deliver_event(inner, vcpu, token, gpa, gva)?;
-            }
-            Decision::DeliverResolved { token, result, make_present } => {
-                if make_present {
-                    fill(inner, page)?;
-                }
-                post_resolution(inner, vcpu, token, result).map_err(failure)?;
-                deliver_event(inner, vcpu, token, gpa, gva)?;
-            }
-            Decision::Wait { fetch } => {
-                let trace = inner.trace.clone();
-                complete_held_back_now(&self.shared, inner, page);
-                if fetch.is_some() && self.submit(inner, page) {
-                    drop(guard);
-                    complete_fetch(&self.shared, page);
-                } else {
-                    drop(guard);
-                }
-                let waited_since = Instant::now();
-                let outcome = self.wait_for(page, gpa);
-                let waited_until = Instant::now();
-                self.shared.lock().core.counters.sync_wait_ns += (waited_until - waited_since).as_nanos() as u64;
-                trace.complete(Track::Vcpu(vcpu), "pnp synchronous wait", waited_since, waited_until, || {
-                    vec![("page", Arg::Uint(page)), ("gpa", Arg::Hex(gpa))]
-                });
-                return outcome;
-            }
-            Decision::StopFailedPage => {
-                return Err(failure(format!(
-                    "the guest accessed page {gpa:#x}, which failed, when no page-not-present event could be delivered"
-                )));
+    /// The end-of-run counters and lines; the tokens still outstanding and the pages still
+    /// being fetched (both must be none).
+    fn report(&self, inner: &mut Inner, report: &mut Report) -> (usize, usize) {
+        for vcpu in 0..inner.vcpus.len() {
+            if let Some(a) = inner.vcpus[vcpu].active() {
+                let _ = observe_tail(inner, vcpu, a);
             }
         }
-        drop(guard);
-        if complete_now {
-            complete_fetch(&self.shared, page);
+        let c = inner.core.counters;
+        let outstanding: usize = inner.vcpus.iter().filter_map(|r| r.pool.as_ref()).map(|p| p.outstanding()).sum();
+        let fetching = inner.core.fetching();
+        for (key, value) in [
+            ("events_delivered", c.events_delivered),
+            ("resolved_retry", c.resolved_retry),
+            ("resolved_failed", c.resolved_failed),
+            ("resolved_before_event", c.resolved_before_event),
+            ("sync_waits", c.sync_waits),
+            ("sync_wait_ns", c.sync_wait_ns),
+            ("pages_fetched", c.pages_fetched),
+            ("pages_evicted", c.pages_evicted),
+            ("outstanding", outstanding as u64),
+            ("fetching", fetching as u64),
+            ("msi_refused", inner.msi_refused),
+            ("decoded_efaults", self.efaults),
+            ("retries_for_pending_event", c.retries_for_pending_event),
+            ("fetches_held_back", c.fetches_held_back),
+            ("holds_released_by_sync_wait", c.holds_released_by_sync_wait),
+        ] {
+            report.counter(NAME, key, value);
         }
-        Ok(Handled::Yes)
-    }
-
-    /// `PnpRelease`: starts the fetches of the held pages among `count` pages from `gpa`, all
-    /// in this one exit (with no latency they complete before the vCPU runs again). Returns how
-    /// many were held.
-    fn release(&self, gpa: u64, count: u64) -> Result<[u64; 2], Status> {
-        let mut guard = self.shared.lock();
-        let inner = &mut *guard;
-        let region = inner.region.as_ref().ok_or(Status::Unavailable)?;
-        let first = region.page_of(gpa).ok_or(Status::InvalidArgument)?;
-        let end =
-            first.checked_add(count.max(1)).filter(|end| *end <= region.pages()).ok_or(Status::InvalidArgument)?;
-        let (mut released, mut now) = (0, Vec::new());
-        for page in first..end {
-            match inner.core.release(page) {
-                Release::Start(_) => {
-                    released += 1;
-                    if self.submit(inner, page) {
-                        now.push(page);
-                    }
-                }
-                Release::NotHeld => {}
-                Release::OutOfRange => return Err(Status::InvalidArgument),
-            }
-        }
-        drop(guard);
-        for page in now {
-            complete_fetch(&self.shared, page);
-        }
-        Ok([released, 0])
-    }
-
-    /// The synchronous path: block the vCPU until the page's fetch is over.
-    fn wait_for(&self, page: PageIndex, gpa: u64) -> Result<Handled> {
-        let mut inner = self.shared.lock();
-        while matches!(inner.core.state(page), Some(PageState::Fetching { .. })) {
-            inner = self.shared.fetched.wait(inner).unwrap_or_else(|p| p.into_inner());
-        }
-        if inner.core.state(page) == Some(&PageState::Failed) {
-            return Err(failure(format!(
-                "page {gpa:#x} failed while the vCPU waited for it synchronously: the guest cannot be told"
-            )));
-        }
-        Ok(Handled::Yes)
-    }
-}
-
-/// Whether the vCPU could take the event interrupt now.
-fn event_window_open(ctx: &VcpuCtx<'_>, vector: u8) -> Result<bool> {
-    let regs = ctx.vcpu.get_regs().map_err(Error::GetRegs)?;
-    let events = ctx.vcpu.get_vcpu_events().map_err(Error::GetVcpuEvents)?;
-    let lapic = ctx.vcpu.get_lapic().map_err(Error::GetLapic)?;
-    let reg = |offset: usize| -> u32 {
-        let b = &lapic.regs[offset..offset + 4];
-        u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8])
-    };
-    let isr = std::array::from_fn(|i| reg(0x100 + i * 0x10));
-    let ppr_class = processor_priority_class(reg(0x80), isr);
-    Ok(interrupt_deliverable(regs.rflags, events.interrupt.shadow, ppr_class, vector))
-}
-
-/// Completes an emulated access against the page's true contents: the present page, the
-/// staging copy of a page being fetched, or nothing for a page that fails (loads read all-ones,
-/// stores are dropped: the access's task is told its page failed and ends before it runs on).
-fn apply_to_page(inner: &mut Inner, page: PageIndex, offset: usize, access: Access<'_>) {
-    let Some(region) = inner.region.as_ref() else { return };
-    let (data_read, data_write): (Option<&mut [u8]>, Option<&[u8]>) = match access {
-        Access::Retry => return,
-        Access::Read(d) => (Some(d), None),
-        Access::Write(d) => (None, Some(d)),
-    };
-    let len = data_read.as_ref().map(|d| d.len()).or(data_write.map(|d| d.len())).unwrap_or(0);
-    if offset + len > PAGE {
-        // An access crossing into the next page: KVM splits those; keep to this page.
-        return;
-    }
-    let source = match inner.core.state(page) {
-        Some(PageState::Present) => PageSource::Present,
-        Some(PageState::Failed) | None => PageSource::Poison,
-        Some(PageState::Fetching { failing: true, .. }) => PageSource::Poison,
-        Some(PageState::Fetching { failing: false, .. }) => PageSource::Staging,
-        Some(PageState::Absent) if inner.core.next_fetch_fails(page) => PageSource::Poison,
-        Some(PageState::Absent) => PageSource::Staging,
-    };
-    match source {
-        PageSource::Present => {
-            if let Some(d) = data_read {
-                region.read_present(page, offset, d);
-            }
-            if let Some(d) = data_write {
-                region.write_present(page, offset, d);
-            }
-        }
-        PageSource::Staging => {
-            let staged = inner.staging.entry(page).or_insert_with(|| region.backing_page(page));
-            if let Some(d) = data_read {
-                d.copy_from_slice(&staged[offset..offset + d.len()]);
-            }
-            if let Some(d) = data_write {
-                staged[offset..offset + d.len()].copy_from_slice(d);
-            }
-        }
-        PageSource::Poison => {
-            if let Some(d) = data_read {
-                d.fill(0xFF);
-            }
-        }
-    }
-}
-
-enum PageSource {
-    Present,
-    Staging,
-    Poison,
-}
-
-/// Makes `page` present from its staging copy (or the backing store).
-fn fill(inner: &mut Inner, page: PageIndex) -> Result<()> {
-    let region = inner.region.as_ref().ok_or_else(|| failure("not attached"))?;
-    let contents = inner.staging.remove(&page).unwrap_or_else(|| region.backing_page(page));
-    region.fill(page, &contents).map_err(|e| failure(format!("making page {page} present failed: {e}")))
-}
-
-/// Frees the tokens whose resolutions the guest has consumed.
-fn observe_tail(inner: &mut Inner, vcpu: usize, a: registration::Active) -> Result<()> {
-    let ram = inner.ram.as_ref().ok_or_else(|| failure("not attached"))?;
-    let tail: u32 = ram
-        .load(GuestAddress(a.ring_gpa + abi::ring_tail_offset(a.entries)), Ordering::Acquire)
-        .map_err(|e| failure(format!("reading the ring tail: {e}")))?;
-    if let Some(pool) = inner.vcpus.get_mut(vcpu).and_then(|r| r.pool.as_mut()) {
-        pool.observe_tail(tail).map_err(|v| failure(v.to_string()))?;
-    }
-    Ok(())
-}
-
-fn signal(inner: &mut Inner, vcpu: usize, vector: u8) -> Result<()> {
-    let vm = inner.vm.as_ref().ok_or_else(|| failure("not attached"))?;
-    // Fixed delivery, physical destination = the vCPU's APIC ID (its index).
-    let msi =
-        kvm_msi { address_lo: 0xFEE0_0000 | ((vcpu as u32) << 12), data: u32::from(vector), ..Default::default() };
-    let delivered = vm.signal_msi(msi).map_err(Error::SignalMsi)?;
-    if delivered <= 0 {
-        inner.msi_refused += 1;
-    }
-    Ok(())
-}
-
-/// Fills the event area (`inuse` last, with release) and raises the event interrupt.
-fn deliver_event(inner: &mut Inner, vcpu: usize, token: Token, gpa: u64, gva: Option<u64>) -> Result<()> {
-    let a =
-        inner.vcpus.get(vcpu).and_then(Registration::active).ok_or_else(|| failure("event without registration"))?;
-    let ram = inner.ram.as_ref().ok_or_else(|| failure("not attached"))?;
-    let flags = if gva.is_some() { abi::FLAG_GVA_VALID } else { 0 };
-    let data = PageNotPresentData { inuse: 0, token: token.0, gpa, gva: gva.unwrap_or(0), flags, reserved: 0 };
-    memory::write_plain(ram, a.data_gpa, data).ok_or_else(|| failure("writing the event area"))?;
-    ram.store(1u32, GuestAddress(a.data_gpa + abi::DATA_INUSE_OFFSET), Ordering::Release)
-        .map_err(|e| failure(format!("writing the event area: {e}")))?;
-    signal(inner, vcpu, a.event_vector)?;
-    inner.trace.page_not_present_event(vcpu, token.0, gpa, gva);
-    Ok(())
-}
-
-/// Writes `{result, token}` to the vCPU's ring, publishes `head` with release, and raises the
-/// resolution interrupt.
-fn post_resolution(inner: &mut Inner, vcpu: usize, token: Token, result: u32) -> Result<(), String> {
-    let a = inner.vcpus.get(vcpu).and_then(Registration::active).ok_or("resolution without registration")?;
-    observe_tail(inner, vcpu, a).map_err(|e| e.to_string())?;
-    let pool = inner.vcpus.get_mut(vcpu).and_then(|r| r.pool.as_mut()).ok_or("resolution without a ring")?;
-    let index = pool.post(token).map_err(|v| v.to_string())?;
-    let head = pool.head();
-    let ram = inner.ram.as_ref().ok_or("not attached")?;
-    let entry_gpa = a.ring_gpa + u64::from(index) * std::mem::size_of::<Resolution>() as u64;
-    memory::write_plain(ram, entry_gpa, Resolution { result, token: token.0 }).ok_or("writing a ring entry")?;
-    ram.store(head, GuestAddress(a.ring_gpa + abi::ring_head_offset(a.entries)), Ordering::Release)
-        .map_err(|e| format!("writing the ring head: {e}"))?;
-    signal(inner, vcpu, a.resolution_vector).map_err(|e| e.to_string())?;
-    inner.trace.page_not_present_resolution(vcpu, token.0, result);
-    Ok(())
-}
-
-/// A fetch finished (on a fetcher thread): make the page present or failed, and resolve every
-/// token waiting for it; under [`ResolutionTiming::AfterEventTaken`], only once the guest has
-/// taken every event waiting for the page (until then the page stays absent, so an early retry
-/// of the access comes back to the host).
-fn complete_fetch(shared: &Shared, page: PageIndex) {
-    let mut guard = shared.lock();
-    let inner = &mut *guard;
-    if inner.core.timing == ResolutionTiming::AfterEventTaken {
-        match events_taken(inner, page) {
-            Ok(true) => {}
-            Ok(false) => {
-                inner.core.counters.fetches_held_back += 1;
-                inner.held_back.push(page);
-                shared.held_back_pending.store(true, Ordering::Release);
-                if let Some(arm) = &inner.held_back_poller {
-                    arm.arm();
-                }
-                return;
-            }
-            Err(problem) => report_violation(shared, inner, problem),
-        }
-    }
-    finish_fetch(shared, inner, page);
-    drop(guard);
-    shared.fetched.notify_all();
-}
-
-/// Makes `page` present (or failed) and writes the resolution of every token waiting for it.
-fn finish_fetch(shared: &Shared, inner: &mut Inner, page: PageIndex) {
-    let started = Instant::now();
-    let (result, waiters) = inner.core.on_fetch_done(page);
-    let tokens = waiters.len();
-    let outcome = if result == abi::RESULT_RETRY {
-        fill(inner, page).map_err(|e| e.to_string())
-    } else {
-        inner.staging.remove(&page);
-        Ok(())
-    };
-    let mut problem = outcome.err();
-    for (vcpu, token) in waiters {
-        if let Err(e) = post_resolution(inner, vcpu, token, result) {
-            problem.get_or_insert(e);
-        }
-    }
-    if let Some(problem) = problem {
-        report_violation(shared, inner, problem);
-    }
-    inner.trace.fetch_completed(page, result, tokens, started);
-}
-
-/// Hands a protocol violation found off the vCPU thread to the vCPU thread, which stops the
-/// guest with it.
-fn report_violation(shared: &Shared, inner: &mut Inner, problem: String) {
-    inner.violation.get_or_insert(problem);
-    shared.violation_pending.store(true, Ordering::Release);
-    if let Some(thread) = inner.vcpu_thread {
-        // SAFETY: the vCPU thread outlives the fetchers and the poller (they are joined when
-        // the pager, owned by the VM that runs on that thread, is dropped); the kick signal has
-        // a handler (watchdog::install_handler).
-        unsafe { libc::pthread_kill(thread, crate::watchdog::kick_signal()) };
-    }
-}
-
-/// Whether the guest has taken every event that waits for `page` (see [`event_taken`]).
-fn events_taken(inner: &Inner, page: PageIndex) -> Result<bool, String> {
-    for &(vcpu, token) in inner.core.waiters(page) {
-        let Some(a) = inner.vcpus.get(vcpu).and_then(Registration::active) else {
-            // Unregistered: nothing will take it; writing the resolution reports that.
-            continue;
-        };
-        let ram = inner.ram.as_ref().ok_or("not attached")?;
-        let inuse: u32 = ram
-            .load(GuestAddress(a.data_gpa + abi::DATA_INUSE_OFFSET), Ordering::Acquire)
-            .map_err(|e| format!("reading the event area: {e}"))?;
-        let held: u32 = ram
-            .load(GuestAddress(a.data_gpa + abi::DATA_TOKEN_OFFSET), Ordering::Relaxed)
-            .map_err(|e| format!("reading the event area: {e}"))?;
-        if !state::event_taken(inuse, held, token) {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
-/// Completes every held-back fetch whose events the guest has taken since. Returns whether
-/// some are still held back.
-fn complete_taken_fetches(shared: &Shared, inner: &mut Inner) -> bool {
-    let held = std::mem::take(&mut inner.held_back);
-    let mut completed = false;
-    for page in held {
-        match events_taken(inner, page) {
-            Ok(false) => inner.held_back.push(page),
-            Ok(true) => {
-                finish_fetch(shared, inner, page);
-                completed = true;
-            }
-            Err(problem) => {
-                inner.held_back.push(page);
-                report_violation(shared, inner, problem);
-            }
-        }
-    }
-    let pending = !inner.held_back.is_empty();
-    shared.held_back_pending.store(pending, Ordering::Release);
-    if completed {
-        shared.fetched.notify_all();
-    }
-    pending
-}
-
-/// Completes a held-back fetch of `page` now, if there is one: a vCPU must wait for the page
-/// synchronously, so it cannot take the events the fetch waits for.
-fn complete_held_back_now(shared: &Shared, inner: &mut Inner, page: PageIndex) {
-    if let Some(at) = inner.held_back.iter().position(|p| *p == page) {
-        inner.held_back.swap_remove(at);
-        inner.core.counters.holds_released_by_sync_wait += 1;
-        finish_fetch(shared, inner, page);
+        report.line(format!(
+            "pager: mode {:?} at exit, {} pages of {} KiB at {:#x}",
+            inner.core.mode,
+            inner.core.len(),
+            PAGE / 1024,
+            self.config.region_gpa,
+        ));
+        report.line(format!("pager: {}", inner.latency.describe()));
+        report.line(format!(
+            "pager: tokens: {} events delivered, {} resolved ({} retry, {} failed; {} before their event), {} synchronous waits, {} outstanding",
+            c.events_delivered,
+            c.resolved_retry + c.resolved_failed,
+            c.resolved_retry,
+            c.resolved_failed,
+            c.resolved_before_event,
+            c.sync_waits,
+            outstanding
+        ));
+        report.line(format!(
+            "pager: {} pages fetched ({} failed), {} evicted",
+            c.pages_fetched, c.fetches_failed, c.pages_evicted
+        ));
+        (outstanding, fetching)
     }
 }
 
@@ -614,12 +191,8 @@ impl ExitHandler for Pager {
     }
 
     fn attach(&mut self, ctx: &mut AttachCtx<'_>) -> Result<()> {
-        let backing = self.backing_store()?;
-        let region = DemandRegion::new(self.config.region_gpa, self.config.pages(), backing).map_err(|e| {
-            failure(format!(
-                "cannot set up the demand-paged region with userfaultfd: {e} (the host stub needs CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1)"
-            ))
-        })?;
+        let region =
+            DemandRegion::new(self.config.region_gpa, self.config.pages()).map_err(PagerError::CreateRegion)?;
         let slot = ctx.take_slot();
         region.add_memslot(ctx.vm, slot).map_err(|e| Error::SetMemoryRegion(slot, e))?;
         ctx.memmap.push(HvmMemmapEntry {
@@ -634,18 +207,18 @@ impl ExitHandler for Pager {
             inner.ram = Some(ctx.ram.clone());
             inner.ram_size = ctx.ram_size;
             inner.vm = Some(ctx.vm.clone());
-            inner.trace = ctx.trace.clone();
+            inner.timeline = PagerTimeline::new(ctx.trace.clone());
         }
         let shared = self.shared.clone();
-        let complete: fetch::Complete = Arc::new(move |page| complete_fetch(&shared, page));
-        self.fetchers = Some(
-            FetchPool::start(self.config.fetchers, complete)
-                .map_err(|e| failure(format!("cannot start the fetcher threads: {e}")))?,
-        );
+        let complete: fetch::Complete = Arc::new(move |page| completion::complete_fetch(&shared, page));
+        let workers = NonZeroUsize::new(self.config.fetchers)
+            .ok_or(ConfigError::Fetchers { fetchers: self.config.fetchers })
+            .map_err(PagerError::from)?;
+        self.fetchers = Some(FetchPool::start(workers, complete).map_err(PagerError::StartFetchers)?);
         let shared = self.shared.clone();
-        let check: poller::Check = Box::new(move || complete_taken_fetches(&shared, &mut shared.lock()));
-        let poller = Poller::start("pnp-held-back", HELD_BACK_POLL_INTERVAL, check)
-            .map_err(|e| failure(format!("cannot start the held-back resolution poller: {e}")))?;
+        let check: poller::Check = Box::new(move || held_back::complete_taken_fetches(&shared, &mut shared.lock()));
+        let poller =
+            Poller::start("pnp-held-back", held_back::POLL_INTERVAL, check).map_err(PagerError::StartPoller)?;
         self.shared.lock().held_back_poller = Some(poller.arm_handle());
         self.poller = Some(poller);
         Ok(())
@@ -677,15 +250,10 @@ impl ExitHandler for Pager {
             // The vCPU is about to run: an event it took since is worth acting on now, before
             // it runs on (the poller would do it too, a little later).
             let mut inner = self.shared.lock();
-            complete_taken_fetches(&self.shared, &mut inner);
+            held_back::complete_taken_fetches(&self.shared, &mut inner);
         }
-        if !self.shared.violation_pending.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let mut inner = self.shared.lock();
-        self.shared.violation_pending.store(false, Ordering::Relaxed);
-        match inner.violation.take() {
-            Some(problem) => Err(failure(problem)),
+        match self.shared.take_violation() {
+            Some(problem) => Err(problem.into()),
             None => Ok(()),
         }
     }
@@ -700,6 +268,10 @@ impl ExitHandler for Pager {
 
     fn memory_fault(&mut self, ctx: &mut VcpuCtx<'_>, gpa: u64, _size: u64, _flags: u64) -> Result<Handled> {
         self.access(ctx, gpa, None, Access::Retry)
+    }
+
+    fn efault(&mut self, ctx: &mut VcpuCtx<'_>) -> Result<Handled> {
+        self.decoded_access(ctx)
     }
 
     fn io_out(&mut self, ctx: &mut VcpuCtx<'_>, port: u16, data: &[u8]) -> Result<Handled> {
@@ -718,29 +290,6 @@ impl ExitHandler for Pager {
             let _ = deliver_resolved(&mut inner, ctx, gpa);
         }
         Ok(Handled::Yes)
-    }
-
-    fn efault(&mut self, ctx: &mut VcpuCtx<'_>) -> Result<Handled> {
-        // Find which absent page of the region the instruction at RIP touches.
-        let Ok(insn) = crate::guest_insn::at_rip(ctx.vcpu, ctx.mem) else {
-            return Ok(Handled::No);
-        };
-        for operand in &insn.memory {
-            let last = operand.linear + operand.size.max(1) - 1;
-            for linear in [operand.linear, last] {
-                let Some(gpa) = crate::guest_insn::translate(ctx.vcpu, linear) else { continue };
-                let absent = {
-                    let inner = self.shared.lock();
-                    let page = inner.region.as_ref().and_then(|r| r.page_of(gpa));
-                    page.is_some_and(|p| inner.core.state(p) != Some(&PageState::Present))
-                };
-                if absent {
-                    self.efaults += 1;
-                    return self.access(ctx, gpa, Some(linear), Access::Retry);
-                }
-            }
-        }
-        Ok(Handled::No)
     }
 
     fn rdmsr(&mut self, ctx: &mut VcpuCtx<'_>, index: u32) -> Result<MsrAnswer> {
@@ -762,6 +311,8 @@ impl ExitHandler for Pager {
             observe_tail(&mut inner, ctx.index, active)?;
         }
         let Some(reg) = inner.vcpus.get_mut(ctx.index) else { return Ok(MsrAnswer::Fault) };
+        // The ring's `head` and `tail` are checked when it is enabled: atomic loads, as the guest
+        // could be writing them.
         let mem = ctx.mem;
         let read_u32 = |gpa: u64| mem.load::<u32>(GuestAddress(gpa), Ordering::Acquire).ok();
         Ok(match reg.write(index, value, ram_size, read_u32) {
@@ -771,176 +322,19 @@ impl ExitHandler for Pager {
     }
 
     fn hypercall(&mut self, ctx: &mut VcpuCtx<'_>, nr: u32, args: [u64; 4]) -> Option<Result<[u64; 2], Status>> {
-        let nr = Nr::try_from(nr).ok()?;
-        if nr == Nr::PnpRelease {
-            return Some(self.release(args[0], args[1]));
-        }
-        let mut inner = self.shared.lock();
-        let inner = &mut *inner;
-        let page_of = |inner: &Inner, gpa: u64| inner.region.as_ref().and_then(|r| r.page_of(gpa));
-        Some(match nr {
-            Nr::PnpSetMode => match HostMode::try_from(args[0] as u32) {
-                Ok(mode) if args[0] <= u64::from(u32::MAX) => {
-                    inner.core.mode = mode;
-                    Ok([0; 2])
-                }
-                _ => Err(Status::InvalidArgument),
-            },
-            Nr::PnpSetLatency => {
-                if args[0] > args[1] || args[1] > config::MAX_LATENCY.as_nanos() as u64 {
-                    Err(Status::InvalidArgument)
-                } else {
-                    inner.latency_ns = (args[0], args[1]);
-                    Ok([0; 2])
-                }
-            }
-            Nr::PnpSetPage => match (page_of(inner, args[0]), PageBehaviour::try_from(args[1])) {
-                (Some(page), Ok(behaviour)) => {
-                    inner.core.set_behaviour(page, behaviour);
-                    Ok([0; 2])
-                }
-                _ => Err(Status::InvalidArgument),
-            },
-            Nr::PnpEvict => evict(inner, args[0], args[1]),
-            Nr::PnpSetTiming => match ResolutionTiming::try_from(args[0]) {
-                Ok(timing) => {
-                    inner.core.timing = timing;
-                    Ok([0; 2])
-                }
-                Err(_) => Err(Status::InvalidArgument),
-            },
-            Nr::PnpStats => {
-                if let Some(a) = inner.vcpus.get(ctx.index).and_then(Registration::active)
-                    && observe_tail(inner, ctx.index, a).is_err()
-                {
-                    return Some(Err(Status::Unavailable));
-                }
-                match HostCounter::try_from(args[0]) {
-                    Ok(counter) => Ok([counter_value(inner, counter), 0]),
-                    Err(_) => Err(Status::InvalidArgument),
-                }
-            }
-            _ => return None,
-        })
+        self.control(ctx, Nr::try_from(nr).ok()?, args)
     }
 
     fn finish(&mut self, report: &mut Report) -> Result<()> {
         // Stop the fetchers and the poller first: nothing changes after this.
         self.fetchers = None;
         self.poller = None;
-        let mut inner = self.shared.lock();
-        let inner = &mut *inner;
-        for vcpu in 0..inner.vcpus.len() {
-            if let Some(a) = inner.vcpus[vcpu].active() {
-                let _ = observe_tail(inner, vcpu, a);
-            }
-        }
-        let c = inner.core.counters;
-        let outstanding: usize = inner.vcpus.iter().filter_map(|r| r.pool.as_ref()).map(|p| p.outstanding()).sum();
-        let fetching = inner.core.fetching();
-        for (key, value) in [
-            ("events_delivered", c.events_delivered),
-            ("resolved_retry", c.resolved_retry),
-            ("resolved_failed", c.resolved_failed),
-            ("resolved_before_event", c.resolved_before_event),
-            ("sync_waits", c.sync_waits),
-            ("sync_wait_ns", c.sync_wait_ns),
-            ("pages_fetched", c.pages_fetched),
-            ("pages_evicted", c.pages_evicted),
-            ("outstanding", outstanding as u64),
-            ("fetching", fetching as u64),
-            ("msi_refused", inner.msi_refused),
-            ("decoded_efaults", self.efaults),
-            ("retries_for_pending_event", c.retries_for_pending_event),
-            ("fetches_held_back", c.fetches_held_back),
-            ("holds_released_by_sync_wait", c.holds_released_by_sync_wait),
-        ] {
-            report.counter(NAME, key, value);
-        }
-        report.line(format!(
-            "pager: mode {:?} at exit, {} pages of {} KiB at {:#x}, latency {}",
-            inner.core.mode,
-            inner.core.len(),
-            PAGE / 1024,
-            self.config.region_gpa,
-            self.config.latency
-        ));
-        report.line(format!(
-            "pager: tokens: {} events delivered, {} resolved ({} retry, {} failed; {} before their event), {} synchronous waits, {} outstanding",
-            c.events_delivered,
-            c.resolved_retry + c.resolved_failed,
-            c.resolved_retry,
-            c.resolved_failed,
-            c.resolved_before_event,
-            c.sync_waits,
-            outstanding
-        ));
-        report.line(format!(
-            "pager: {} pages fetched ({} failed), {} evicted",
-            c.pages_fetched, c.fetches_failed, c.pages_evicted
-        ));
+        let shared = self.shared.clone();
+        let mut inner = shared.lock();
+        let (outstanding, fetching) = self.report(&mut inner, report);
         if outstanding > 0 || fetching > 0 {
-            return Err(failure(format!(
-                "leaked tokens: {outstanding} outstanding and {fetching} page(s) still being fetched when the guest stopped"
-            )));
+            return Err(PagerError::LeakedTokens { outstanding, fetching }.into());
         }
         Ok(())
     }
-}
-
-/// An event for a present page whose resolution is written first (the guest's no-wait path,
-/// for benchmarks).
-fn deliver_resolved(inner: &mut Inner, ctx: &VcpuCtx<'_>, gpa: u64) -> Result<(), Status> {
-    let vcpu = ctx.index;
-    let a = inner.vcpus.get(vcpu).and_then(Registration::active).ok_or(Status::Unavailable)?;
-    if !event_window_open(ctx, a.event_vector).map_err(|_| Status::Unavailable)? {
-        return Err(Status::Unavailable);
-    }
-    let ram = inner.ram.as_ref().ok_or(Status::Unavailable)?;
-    let inuse: u32 = ram
-        .load(GuestAddress(a.data_gpa + abi::DATA_INUSE_OFFSET), Ordering::Acquire)
-        .map_err(|_| Status::Unavailable)?;
-    observe_tail(inner, vcpu, a).map_err(|_| Status::Unavailable)?;
-    let token = match inner.vcpus.get_mut(vcpu).and_then(|r| r.pool.as_mut()) {
-        Some(pool) if inuse == 0 => pool.alloc().ok_or(Status::Unavailable)?,
-        _ => return Err(Status::Unavailable),
-    };
-    let c = &mut inner.core.counters;
-    c.events_delivered += 1;
-    c.resolved_before_event += 1;
-    c.resolved_retry += 1;
-    post_resolution(inner, vcpu, token, abi::RESULT_RETRY).map_err(|_| Status::Unavailable)?;
-    deliver_event(inner, vcpu, token, gpa, None).map_err(|_| Status::Unavailable)
-}
-
-fn counter_value(inner: &Inner, counter: HostCounter) -> u64 {
-    let c = inner.core.counters;
-    match counter {
-        HostCounter::EventsDelivered => c.events_delivered,
-        HostCounter::ResolvedRetry => c.resolved_retry,
-        HostCounter::ResolvedFailed => c.resolved_failed,
-        HostCounter::SyncWaits => c.sync_waits,
-        HostCounter::Outstanding => {
-            inner.vcpus.iter().filter_map(|r| r.pool.as_ref()).map(|p| p.outstanding() as u64).sum()
-        }
-        HostCounter::PagesFetched => c.pages_fetched,
-        HostCounter::ResolvedBeforeEvent => c.resolved_before_event,
-        HostCounter::SyncWaitNanos => c.sync_wait_ns,
-    }
-}
-
-/// Makes `count` pages from `gpa` absent again; refuses the whole request if any is in flight.
-fn evict(inner: &mut Inner, gpa: u64, count: u64) -> Result<[u64; 2], Status> {
-    let region = inner.region.as_mut().ok_or(Status::Unavailable)?;
-    let first = region.page_of(gpa).ok_or(Status::InvalidArgument)?;
-    let last = first.checked_add(count).filter(|end| *end <= region.pages()).ok_or(Status::InvalidArgument)?;
-    if (first..last).any(|p| matches!(inner.core.state(p), Some(PageState::Fetching { .. }))) {
-        return Err(Status::InvalidArgument);
-    }
-    for page in first..last {
-        let was_present = inner.core.evict(page).map_err(|_| Status::InvalidArgument)?;
-        inner.staging.remove(&page);
-        region.evict(page, was_present).map_err(|_| Status::Unavailable)?;
-    }
-    Ok([count, 0])
 }

@@ -1,5 +1,5 @@
-//! The demand-paged region's memory: an anonymous mapping behind its own memslot, plus the
-//! backing store the pages come from and go back to.
+//! The demand-paged region's memory: an anonymous mapping behind its own memslot. Where pages
+//! come from and go to is the backing store's business (`backing`).
 //!
 //! An absent page is kept two ways at once:
 //! - **inaccessible** (`PROT_NONE`): KVM cannot map it, so every guest access returns to the
@@ -13,58 +13,63 @@
 //!   that was not filled, the access faults instead of reading a silently zero-filled page.
 //!
 //! A page becomes present by `UFFDIO_COPY` (still inaccessible) and then `mprotect` to
-//! read/write; it becomes absent by saving it to the backing store, closing the gate and
-//! dropping the memory. The host reads and writes the mapping only for present pages.
+//! read/write; it becomes absent by copying it out, closing the gate and dropping the memory.
+//!
+//! The guest writes present pages at any time, from any vCPU, so the host never makes a Rust
+//! reference to them: every access is a copy through `vm-memory`'s volatile accessors
+//! ([`VolatileSlice::copy_to`] and [`VolatileSlice::copy_from`]), and the mapping itself is a
+//! `vm-memory` [`MmapRegion`], which owns it and unmaps it when dropped.
 
 use std::io;
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
+use vm_memory::mmap::{MmapRegionBuilder, MmapRegionError};
+use vm_memory::{MmapRegion, VolatileMemory, VolatileSlice};
 
+use super::backing::PageBuf;
+use super::state::PageIndex;
 use super::uffd::Uffd;
 
 /// Bytes per page.
 pub const PAGE: usize = 4096;
 
-/// The region and its backing store.
+/// Why the region could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RegionError {
+    #[error("mapping {bytes} bytes for it failed: {source}")]
+    Map { bytes: usize, source: MmapRegionError },
+    #[error(
+        "userfaultfd (SIGBUS mode) failed: {0} (the host stub needs CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1)"
+    )]
+    Userfaultfd(io::Error),
+    #[error("closing its pages to the guest (mprotect) failed: {0}")]
+    Protect(io::Error),
+}
+
+/// The region's memory.
 #[derive(Debug)]
 pub struct DemandRegion {
     gpa: u64,
     pages: u64,
-    host: *mut u8,
+    mapping: MmapRegion,
     uffd: Uffd,
-    backing: Vec<u8>,
 }
 
-// SAFETY: `host` is a private mapping owned by this value; every access goes through `&self`/
-// `&mut self` methods, and the pager serializes them under its lock.
-unsafe impl Send for DemandRegion {}
-// SAFETY: as above.
-unsafe impl Sync for DemandRegion {}
-
 impl DemandRegion {
-    /// Maps `pages` pages for guest address `gpa` (all missing), with `backing` as their
-    /// contents (its length must be `pages * PAGE`).
-    pub fn new(gpa: u64, pages: u64, backing: Vec<u8>) -> io::Result<Self> {
-        assert_eq!(backing.len() as u64, pages * PAGE as u64, "backing store size");
-        let len = pages as usize * PAGE;
-        // SAFETY: a fresh anonymous private mapping; the result is checked.
-        let host = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if host == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let region = Self { gpa, pages, host: host as *mut u8, uffd: Uffd::new()?, backing };
-        region.uffd.register(host as u64, len as u64)?;
-        region.protect(0, pages, libc::PROT_NONE)?;
+    /// Maps `pages` pages for guest address `gpa`, all missing. The mapping reserves no memory:
+    /// a page takes memory only while it is present.
+    pub fn new(gpa: u64, pages: u64) -> Result<Self, RegionError> {
+        let bytes = pages as usize * PAGE;
+        let mapping = MmapRegionBuilder::new(bytes)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|source| RegionError::Map { bytes, source })?;
+        let uffd = Uffd::new().map_err(RegionError::Userfaultfd)?;
+        uffd.register(mapping.as_ptr() as u64, bytes as u64).map_err(RegionError::Userfaultfd)?;
+        let region = Self { gpa, pages, mapping, uffd };
+        region.protect(0, pages, libc::PROT_NONE).map_err(RegionError::Protect)?;
         Ok(region)
     }
 
@@ -75,7 +80,7 @@ impl DemandRegion {
             flags: 0,
             guest_phys_addr: self.gpa,
             memory_size: self.pages * PAGE as u64,
-            userspace_addr: self.host as u64,
+            userspace_addr: self.mapping.as_ptr() as u64,
         };
         // SAFETY: the mapping lives as long as this value, which the VM's owner keeps until
         // after the VM is closed (the pager is dropped after the VM fd).
@@ -93,33 +98,32 @@ impl DemandRegion {
     }
 
     /// The page holding `gpa`, if it is in the region.
-    pub fn page_of(&self, gpa: u64) -> Option<u64> {
+    pub fn page_of(&self, gpa: u64) -> Option<PageIndex> {
         let offset = gpa.checked_sub(self.gpa)?;
         let page = offset / PAGE as u64;
         (page < self.pages).then_some(page)
     }
 
-    /// A copy of the backing store's page.
-    pub fn backing_page(&self, page: u64) -> Box<[u8; PAGE]> {
-        let start = page as usize * PAGE;
-        let mut out = Box::new([0u8; PAGE]);
-        out.copy_from_slice(&self.backing[start..start + PAGE]);
-        out
+    /// The host address of `page`'s first byte, for system calls on the mapping.
+    fn host_address(&self, page: PageIndex) -> *mut u8 {
+        assert!(page < self.pages, "page {page} outside the region");
+        self.mapping.as_ptr().wrapping_add(page as usize * PAGE)
     }
 
-    fn protect(&self, page: u64, count: u64, prot: libc::c_int) -> io::Result<()> {
+    fn protect(&self, page: PageIndex, count: u64, prot: libc::c_int) -> io::Result<()> {
         assert!(page + count <= self.pages, "protection change outside the region");
-        let addr = self.host.wrapping_add(page as usize * PAGE);
-        // SAFETY: changes the protection of pages of our own mapping; the pager's state decides
-        // which pages the guest may see.
+        let addr = self.mapping.as_ptr().wrapping_add(page as usize * PAGE);
+        // SAFETY: changes the protection of pages of our own mapping (range checked above);
+        // no Rust reference into the mapping exists, and the pager's state decides which
+        // pages the guest may see.
         let ret = unsafe { libc::mprotect(addr as *mut libc::c_void, count as usize * PAGE, prot) };
         if ret != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
     }
 
     /// Makes `page` present with `contents`: installs them atomically while the page is still
     /// inaccessible, then opens it to the guest.
-    pub fn fill(&self, page: u64, contents: &[u8; PAGE]) -> io::Result<()> {
-        match self.uffd.copy(self.host as u64 + page * PAGE as u64, contents) {
+    pub fn fill(&self, page: PageIndex, contents: &[u8; PAGE]) -> io::Result<()> {
+        match self.uffd.copy(self.host_address(page) as u64, contents) {
             Ok(()) => {}
             // Already filled (a page evicted while inaccessible keeps no memory, so this means
             // a double fill): opening it is still right.
@@ -129,50 +133,40 @@ impl DemandRegion {
         self.protect(page, 1, libc::PROT_READ | libc::PROT_WRITE)
     }
 
-    fn present_ptr(&self, page: u64, offset: usize, len: usize) -> *mut u8 {
+    /// `len` bytes at `offset` in a page the pager's state says is present (so accessing them
+    /// does not fault). Volatile: the guest may write them meanwhile.
+    fn present(&self, page: PageIndex, offset: usize, len: usize) -> VolatileSlice<'_> {
         assert!(page < self.pages && offset + len <= PAGE, "access outside the page");
-        self.host.wrapping_add(page as usize * PAGE + offset)
+        self.mapping.get_slice(page as usize * PAGE + offset, len).expect("inside the mapping (checked above)")
     }
 
     /// Reads from a page the pager's state says is present.
-    pub fn read_present(&self, page: u64, offset: usize, out: &mut [u8]) {
-        let src = self.present_ptr(page, offset, out.len());
-        // SAFETY: inside the mapping (checked), and present, so the read does not fault; the
-        // guest may write concurrently, which makes the bytes racy but not unsound for u8.
-        unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len()) };
+    pub fn read_present(&self, page: PageIndex, offset: usize, out: &mut [u8]) {
+        self.present(page, offset, out.len()).copy_to(out);
     }
 
     /// Writes into a page the pager's state says is present.
-    pub fn write_present(&self, page: u64, offset: usize, data: &[u8]) {
-        let dst = self.present_ptr(page, offset, data.len());
-        // SAFETY: as in `read_present`.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
+    pub fn write_present(&self, page: PageIndex, offset: usize, data: &[u8]) {
+        self.present(page, offset, data.len()).copy_from(data);
     }
 
-    /// Saves a present page back to the backing store, closes it and drops its memory, so the
-    /// next access misses again.
-    pub fn evict(&mut self, page: u64, was_present: bool) -> io::Result<()> {
-        let start = page as usize * PAGE;
+    /// Makes a page absent again, so the next access misses: returns its contents when it was
+    /// present (for the backing store), then closes it and drops its memory.
+    pub fn evict(&mut self, page: PageIndex, was_present: bool) -> io::Result<Option<PageBuf>> {
+        let mut saved = None;
         if was_present {
             // Read-only first: a guest store from another vCPU now exits to the host (and waits
             // for the pager's lock) instead of racing with the copy.
             self.protect(page, 1, libc::PROT_READ)?;
-            let src = self.present_ptr(page, 0, PAGE);
-            // SAFETY: the page is present and readable (just above) and inside the mapping.
-            unsafe { std::ptr::copy_nonoverlapping(src, self.backing[start..].as_mut_ptr(), PAGE) };
+            let mut contents: PageBuf = Box::new([0; PAGE]);
+            self.present(page, 0, PAGE).copy_to(&mut contents[..]);
+            saved = Some(contents);
         }
         self.protect(page, 1, libc::PROT_NONE)?;
-        let addr = self.present_ptr(page, 0, PAGE);
-        // SAFETY: drops one page of our own private mapping; missing pages are tracked by the
-        // userfaultfd again afterwards.
+        let addr = self.host_address(page);
+        // SAFETY: drops one page of our own private mapping (no Rust reference into it exists);
+        // missing pages are tracked by the userfaultfd again afterwards.
         let ret = unsafe { libc::madvise(addr as *mut libc::c_void, PAGE, libc::MADV_DONTNEED) };
-        if ret != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
-    }
-}
-
-impl Drop for DemandRegion {
-    fn drop(&mut self) {
-        // SAFETY: unmapping our own mapping, once; no access follows.
-        unsafe { libc::munmap(self.host as *mut libc::c_void, self.pages as usize * PAGE) };
+        if ret != 0 { Err(io::Error::last_os_error()) } else { Ok(saved) }
     }
 }

@@ -7,7 +7,7 @@ use pvagent_abi::pnp::{
     RING_RESERVED,
 };
 
-use super::state::TokenPool;
+use super::tokens::TokenPool;
 
 /// The protocol as registered on one vCPU.
 #[derive(Clone, Debug, Default)]

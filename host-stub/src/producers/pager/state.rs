@@ -1,11 +1,13 @@
 //! The pager's protocol state, as plain code: each page's life (absent -> fetching -> present or
-//! failed), each vCPU's token pool and ring accounting, and the decision for every access the
-//! guest makes to a page the host does not have. The glue in `mod.rs` does the memory and KVM
+//! failed) and the decision for every access the guest makes to a page the host does not have,
+//! with each vCPU's token pool (`tokens`). The other files of the pager do the memory and KVM
 //! work these decisions call for. Unit-tested here.
 
-use std::collections::VecDeque;
+use std::collections::HashMap;
 
-use pvagent_abi::pnp::{HostMode, PageBehaviour, RESULT_FAILED, RESULT_RETRY, ResolutionTiming, Token, next_sequence};
+use pvagent_abi::pnp::{HostMode, PageBehaviour, RESULT_FAILED, RESULT_RETRY, ResolutionTiming, Token};
+
+use super::tokens::TokenPool;
 
 /// A page of the demand region, by index.
 pub type PageIndex = u64;
@@ -29,6 +31,38 @@ pub enum PageState {
 struct Page {
     state: PageState,
     next_fetch: PageBehaviour,
+}
+
+/// What every page is until the guest or a test touches it.
+static UNTOUCHED: Page = Page { state: PageState::Absent, next_fetch: PageBehaviour::Normal };
+
+/// The region's pages, stored only once touched: a region of gigabytes costs memory in
+/// proportion to the pages the guest uses, not to its size.
+#[derive(Clone, Debug)]
+struct Pages {
+    len: u64,
+    touched: HashMap<PageIndex, Page>,
+}
+
+impl Pages {
+    fn get(&self, page: PageIndex) -> Option<&Page> {
+        (page < self.len).then(|| self.touched.get(&page).unwrap_or(&UNTOUCHED))
+    }
+
+    fn get_mut(&mut self, page: PageIndex) -> Option<&mut Page> {
+        (page < self.len).then(|| self.touched.entry(page).or_insert_with(|| UNTOUCHED.clone()))
+    }
+
+    /// Stops storing `page` if it is back to what an untouched page is.
+    fn forget_if_untouched(&mut self, page: PageIndex) {
+        if self
+            .touched
+            .get(&page)
+            .is_some_and(|p| p.state == PageState::Absent && p.next_fetch == PageBehaviour::Normal)
+        {
+            self.touched.remove(&page);
+        }
+    }
 }
 
 /// What the glue must do about an access to a page the guest does not have.
@@ -70,18 +104,6 @@ pub enum Fetch {
     Failing,
 }
 
-/// A broken ring protocol: the host stops the guest with this.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RingViolation {
-    /// The guest's `tail` is beyond what the host produced.
-    TailBeyondHead { tail: u32, head: u32 },
-    /// No room for a resolution (it cannot happen while the guest follows the protocol: the
-    /// host never hands out more tokens than the ring holds).
-    Full { head: u32, tail: u32 },
-    /// A resolution for a token that is not outstanding.
-    NotOutstanding(Token),
-}
-
 /// Whether the guest has taken the event that carried `token`, from its event area's `inuse`
 /// and `token` words: the area no longer holds it. The host fills the area only when it is
 /// free and a token is never handed out twice while outstanding, so a different token there
@@ -93,116 +115,6 @@ pub fn event_taken(inuse: u32, area_token: u32, token: Token) -> bool {
 impl Fetch {
     fn of(failing: bool) -> Self {
         if failing { Fetch::Failing } else { Fetch::Normal }
-    }
-}
-
-impl std::fmt::Display for RingViolation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RingViolation::TailBeyondHead { tail, head } => {
-                write!(f, "the guest's ring tail {tail} is beyond the host's head {head}")
-            }
-            RingViolation::Full { head, tail } => write!(f, "the resolution ring is full (head {head}, tail {tail})"),
-            RingViolation::NotOutstanding(t) => write!(f, "resolution for token {:#x}, which is not outstanding", t.0),
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum SlotUse {
-    Free,
-    /// Handed out with an event; no resolution yet.
-    Outstanding,
-    /// Its resolution is in the ring; free once the guest's tail passes it.
-    Posted,
-}
-
-/// One vCPU's tokens and its view of the ring.
-#[derive(Clone, Debug)]
-pub struct TokenPool {
-    entries: u32,
-    slots: Vec<SlotUse>,
-    sequence: Vec<u16>,
-    /// Entries produced (the ring's `head`).
-    head: u32,
-    /// Entries the guest is known to have consumed (the last `tail` seen).
-    consumed: u32,
-    /// Slots of posted resolutions, in ring order.
-    posted: VecDeque<u16>,
-}
-
-impl TokenPool {
-    /// A pool for a fresh ring of `entries`.
-    pub fn new(entries: u32) -> Self {
-        Self {
-            entries,
-            slots: vec![SlotUse::Free; entries as usize],
-            sequence: vec![0; entries as usize],
-            head: 0,
-            consumed: 0,
-            posted: VecDeque::new(),
-        }
-    }
-
-    /// The ring size.
-    pub fn entries(&self) -> u32 {
-        self.entries
-    }
-
-    /// The ring's `head` as the host produced it.
-    pub fn head(&self) -> u32 {
-        self.head
-    }
-
-    /// Accounts for the guest's `tail`: frees the slots of consumed resolutions.
-    pub fn observe_tail(&mut self, tail: u32) -> Result<(), RingViolation> {
-        let newly = tail.wrapping_sub(self.consumed);
-        if newly > self.head.wrapping_sub(self.consumed) {
-            return Err(RingViolation::TailBeyondHead { tail, head: self.head });
-        }
-        for _ in 0..newly {
-            if let Some(slot) = self.posted.pop_front() {
-                self.slots[usize::from(slot)] = SlotUse::Free;
-            }
-        }
-        self.consumed = tail;
-        Ok(())
-    }
-
-    /// Hands out a token, if a slot is free.
-    pub fn alloc(&mut self) -> Option<Token> {
-        let slot = self.slots.iter().position(|s| *s == SlotUse::Free)?;
-        self.slots[slot] = SlotUse::Outstanding;
-        self.sequence[slot] = next_sequence(self.sequence[slot]);
-        Some(Token::new(slot as u16, self.sequence[slot]))
-    }
-
-    /// Claims the ring entry for `token`'s resolution: returns the entry's index; `head` then
-    /// counts it (the caller writes the entry, then publishes `head`).
-    pub fn post(&mut self, token: Token) -> Result<u32, RingViolation> {
-        let slot = usize::from(token.slot());
-        let current = self.sequence.get(slot).copied();
-        if current != Some(token.sequence()) || self.slots[slot] != SlotUse::Outstanding {
-            return Err(RingViolation::NotOutstanding(token));
-        }
-        if self.head.wrapping_sub(self.consumed) >= self.entries {
-            return Err(RingViolation::Full { head: self.head, tail: self.consumed });
-        }
-        let index = self.head % self.entries;
-        self.head = self.head.wrapping_add(1);
-        self.slots[slot] = SlotUse::Posted;
-        self.posted.push_back(token.slot());
-        Ok(index)
-    }
-
-    /// Tokens handed out and not yet consumed by the guest.
-    pub fn outstanding(&self) -> usize {
-        self.slots.iter().filter(|s| **s != SlotUse::Free).count()
-    }
-
-    /// Tokens handed out whose resolution was not posted yet.
-    pub fn unresolved(&self) -> usize {
-        self.slots.iter().filter(|s| **s == SlotUse::Outstanding).count()
     }
 }
 
@@ -244,7 +156,7 @@ pub struct PagerCore {
     pub mode: HostMode,
     /// When resolutions are written relative to their events (a test and benchmark control).
     pub timing: ResolutionTiming,
-    pages: Vec<Page>,
+    pages: Pages,
     pub counters: Counters,
 }
 
@@ -254,29 +166,29 @@ impl PagerCore {
         Self {
             mode,
             timing: ResolutionTiming::WhenReady,
-            pages: vec![Page { state: PageState::Absent, next_fetch: PageBehaviour::Normal }; pages as usize],
+            pages: Pages { len: pages, touched: HashMap::new() },
             counters: Counters::default(),
         }
     }
 
     /// Number of pages.
     pub fn len(&self) -> u64 {
-        self.pages.len() as u64
+        self.pages.len
     }
 
     /// Whether the region is empty.
     pub fn is_empty(&self) -> bool {
-        self.pages.is_empty()
+        self.pages.len == 0
     }
 
     /// A page's state.
     pub fn state(&self, page: PageIndex) -> Option<&PageState> {
-        self.pages.get(page as usize).map(|p| &p.state)
+        self.pages.get(page).map(|p| &p.state)
     }
 
     /// Sets how the next fetch of `page` behaves.
     pub fn set_behaviour(&mut self, page: PageIndex, behaviour: PageBehaviour) -> bool {
-        match self.pages.get_mut(page as usize) {
+        match self.pages.get_mut(page) {
             Some(p) => {
                 p.next_fetch = behaviour;
                 true
@@ -292,7 +204,7 @@ impl PagerCore {
     pub fn on_access(&mut self, vcpu: usize, page: PageIndex, pool: Option<&mut TokenPool>) -> Decision {
         let ring_mode = self.mode == HostMode::Ring;
         let token = || if ring_mode { pool.and_then(TokenPool::alloc) } else { None };
-        let Some(p) = self.pages.get_mut(page as usize) else {
+        let Some(p) = self.pages.get_mut(page) else {
             return Decision::Continue;
         };
         let decision = match &mut p.state {
@@ -374,7 +286,7 @@ impl PagerCore {
     /// A fetch of `page` finished: the page is present (or failed). Returns the result and the
     /// tokens to resolve with it.
     pub fn on_fetch_done(&mut self, page: PageIndex) -> (u32, Vec<(usize, Token)>) {
-        let Some(p) = self.pages.get_mut(page as usize) else {
+        let Some(p) = self.pages.get_mut(page) else {
             return (RESULT_FAILED, Vec::new());
         };
         let PageState::Fetching { failing, waiters, .. } = std::mem::replace(&mut p.state, PageState::Absent) else {
@@ -395,7 +307,7 @@ impl PagerCore {
 
     /// The tokens waiting for `page` (none unless it is being fetched).
     pub fn waiters(&self, page: PageIndex) -> &[(usize, Token)] {
-        match self.pages.get(page as usize).map(|p| &p.state) {
+        match self.pages.get(page).map(|p| &p.state) {
             Some(PageState::Fetching { waiters, .. }) => waiters,
             _ => &[],
         }
@@ -403,7 +315,7 @@ impl PagerCore {
 
     /// Releases a held page: its fetch starts now (see [`PageBehaviour::Held`]).
     pub fn release(&mut self, page: PageIndex) -> Release {
-        let Some(p) = self.pages.get_mut(page as usize) else {
+        let Some(p) = self.pages.get_mut(page) else {
             return Release::OutOfRange;
         };
         match &mut p.state {
@@ -415,6 +327,7 @@ impl PagerCore {
                 if p.next_fetch == PageBehaviour::Held {
                     p.next_fetch = PageBehaviour::Normal;
                 }
+                self.pages.forget_if_untouched(page);
                 Release::NotHeld
             }
         }
@@ -423,13 +336,14 @@ impl PagerCore {
     /// Makes `page` absent again. Returns whether it was present (its contents must then be
     /// saved to the backing store before the memory is dropped).
     pub fn evict(&mut self, page: PageIndex) -> Result<bool, EvictError> {
-        let p = self.pages.get_mut(page as usize).ok_or(EvictError::OutOfRange(page))?;
+        let p = self.pages.get_mut(page).ok_or(EvictError::OutOfRange(page))?;
         let was_present = match p.state {
             PageState::Fetching { .. } => return Err(EvictError::Fetching(page)),
             PageState::Present => true,
             PageState::Absent | PageState::Failed => false,
         };
         p.state = PageState::Absent;
+        self.pages.forget_if_untouched(page);
         if was_present {
             self.counters.pages_evicted += 1;
         }
@@ -438,12 +352,12 @@ impl PagerCore {
 
     /// Whether the next fetch of an absent `page` is set to fail.
     pub fn next_fetch_fails(&self, page: PageIndex) -> bool {
-        self.pages.get(page as usize).is_some_and(|p| p.next_fetch == PageBehaviour::Fail)
+        self.pages.get(page).is_some_and(|p| p.next_fetch == PageBehaviour::Fail)
     }
 
     /// Pages being fetched.
     pub fn fetching(&self) -> usize {
-        self.pages.iter().filter(|p| matches!(p.state, PageState::Fetching { .. })).count()
+        self.pages.touched.values().filter(|p| matches!(p.state, PageState::Fetching { .. })).count()
     }
 }
 
@@ -469,6 +383,24 @@ mod tests {
         assert_eq!(core.state(1), Some(&PageState::Present));
         assert_eq!(core.on_access(0, 1, Some(&mut pool)), Decision::Continue);
         assert_eq!((core.counters.events_delivered, core.counters.resolved_retry), (1, 1));
+    }
+
+    #[test]
+    fn a_large_region_keeps_only_the_pages_it_touched() {
+        // 4 GiB of pages: untouched ones read as absent, and only touched ones are stored.
+        let pages = 1 << 20;
+        let mut core = PagerCore::new(pages, HostMode::Sync);
+        assert_eq!((core.len(), core.state(pages - 1)), (pages, Some(&PageState::Absent)));
+        assert_eq!(core.state(pages), None, "beyond the region");
+        assert_eq!(core.on_access(0, pages - 1, None), Decision::Wait { fetch: Some(Fetch::Normal) });
+        assert!(core.set_behaviour(7, PageBehaviour::Fail));
+        assert!(core.next_fetch_fails(7) && !core.next_fetch_fails(8));
+        assert_eq!((core.pages.touched.len(), core.fetching()), (2, 1));
+        // Evicting pages that were never touched stores nothing.
+        for page in 100..200 {
+            assert_eq!(core.evict(page), Ok(false));
+        }
+        assert_eq!(core.pages.touched.len(), 2);
     }
 
     #[test]
@@ -618,49 +550,5 @@ mod tests {
         assert_eq!(core.evict(0), Ok(false));
         assert_eq!(core.evict(9), Err(EvictError::OutOfRange(9)));
         assert_eq!(core.counters.pages_evicted, 1);
-    }
-
-    #[test]
-    fn tokens_are_reused_only_after_the_guest_consumed_their_resolution() {
-        let mut pool = ring(2);
-        let a = pool.alloc().unwrap();
-        let b = pool.alloc().unwrap();
-        assert_eq!(pool.alloc(), None);
-        assert_eq!(pool.post(a), Ok(0));
-        assert_eq!(pool.post(b), Ok(1));
-        assert_eq!(pool.alloc(), None, "posted but not consumed");
-        pool.observe_tail(1).unwrap();
-        let c = pool.alloc().unwrap();
-        assert_eq!(c.slot(), a.slot());
-        assert_ne!(c, a, "a reused slot gets a new sequence number");
-        assert_eq!(pool.post(a), Err(RingViolation::NotOutstanding(a)), "a stale token cannot be posted");
-        assert_eq!(pool.post(c), Ok(0), "the ring wrapped");
-        assert_eq!(pool.outstanding(), 2);
-        pool.observe_tail(3).unwrap();
-        assert_eq!(pool.outstanding(), 0);
-    }
-
-    #[test]
-    fn a_tail_beyond_head_is_a_violation() {
-        let mut pool = ring(4);
-        let a = pool.alloc().unwrap();
-        pool.post(a).unwrap();
-        assert_eq!(pool.observe_tail(2), Err(RingViolation::TailBeyondHead { tail: 2, head: 1 }));
-        assert_eq!(pool.observe_tail(u32::MAX), Err(RingViolation::TailBeyondHead { tail: u32::MAX, head: 1 }));
-        assert_eq!(pool.observe_tail(1), Ok(()));
-    }
-
-    #[test]
-    fn indices_wrap_at_2_pow_32() {
-        let mut pool = ring(2);
-        pool.head = u32::MAX;
-        pool.consumed = u32::MAX;
-        let a = pool.alloc().unwrap();
-        let b = pool.alloc().unwrap();
-        assert_eq!(pool.post(a), Ok(u32::MAX % 2));
-        assert_eq!(pool.post(b), Ok(0));
-        assert_eq!(pool.head(), 1);
-        pool.observe_tail(1).unwrap();
-        assert_eq!(pool.outstanding(), 0);
     }
 }

@@ -209,7 +209,10 @@ impl SplitLock {
                 Verdict::DisabledGlobally
             }
             Decision::Exit => {
-                return Err(Error::SplitLockExit { vcpu: ctx.index, rip, insn: what });
+                // The policy says exit only for a decoded split lock, which has its operand.
+                let insn = decoded.as_ref().map(|i| i.text()).unwrap_or_default();
+                let (address, size) = access.and_then(|a| a.memory).unwrap_or_default();
+                return Err(Error::SplitLockExit { vcpu: ctx.index, rip, insn, address, size });
             }
         };
         self.counts.decided += 1;

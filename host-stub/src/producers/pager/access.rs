@@ -1,0 +1,258 @@
+//! The access path, on the vCPU thread: an access to an absent page of the region reached the
+//! host (as an MMIO exit, a memory fault, or a bare EFAULT decoded here); complete it if it was
+//! emulated, ask `state::PagerCore` what to do, and do it: deliver an event (and start the
+//! fetch), post an early resolution first, make the page present now, or wait for it (the
+//! synchronous path).
+
+use std::collections::hash_map::Entry;
+use std::time::Instant;
+
+use pvagent_abi::pnp::HostMode;
+
+use super::Pager;
+use super::backing::{BackingStore, PageBuf};
+use super::completion::complete_fetch;
+use super::error::PagerError;
+use super::held_back::complete_held_back_now;
+use super::region::PAGE;
+use super::registration::{Registration, interrupt_deliverable, processor_priority_class};
+use super::ring::{deliver_event, event_area_busy, observe_tail, post_resolution};
+use super::shared::Inner;
+use super::state::{Decision, PageIndex, PageState};
+use crate::error::{Error, Result};
+use crate::handler::{Handled, VcpuCtx};
+use crate::trace::{Arg, Track};
+
+/// How an access reached the host.
+pub(super) enum Access<'a> {
+    /// KVM_EXIT_MMIO read: fill `data` before the vCPU runs again.
+    Read(&'a mut [u8]),
+    /// KVM_EXIT_MMIO write of `data`.
+    Write(&'a [u8]),
+    /// KVM_EXIT_MEMORY_FAULT, or a bare EFAULT: the instruction has not run and will be retried.
+    Retry,
+}
+
+impl Pager {
+    /// Handles one access to `gpa` in the region (`gva` when the host knows it).
+    pub(super) fn access(
+        &mut self,
+        ctx: &mut VcpuCtx<'_>,
+        gpa: u64,
+        gva: Option<u64>,
+        access: Access<'_>,
+    ) -> Result<Handled> {
+        let vcpu = ctx.index;
+        let (page, offset, active) = {
+            let inner = self.shared.lock();
+            let Some(page) = inner.page_of(gpa) else {
+                return Ok(Handled::No);
+            };
+            let offset = (gpa % PAGE as u64) as usize;
+            (page, offset, inner.vcpus.get(vcpu).and_then(Registration::active))
+        };
+        // The interrupt window is read before taking the lock: these ioctls do not touch the
+        // pager's state, and the vCPU cannot change while it is stopped here.
+        let window_open = match active {
+            Some(a) if self.shared.lock().core.mode == HostMode::Ring => event_window_open(ctx, a.event_vector)?,
+            _ => false,
+        };
+
+        let mut guard = self.shared.lock();
+        let inner = &mut *guard;
+        let retry = matches!(access, Access::Retry);
+
+        let area_free = match active {
+            Some(a) if window_open => {
+                let busy = event_area_busy(inner, vcpu, a)?;
+                if busy && retry {
+                    // An event is pending and the vCPU can take it: re-entering delivers it before
+                    // the instruction is retried (KVM injects pending interrupts at entry). On PVM
+                    // a second pending interrupt waits for the next exit; this is that exit.
+                    inner.core.counters.retries_for_pending_event += 1;
+                    return Ok(Handled::Yes);
+                }
+                !busy
+            }
+            _ => false,
+        };
+        apply_to_page(inner, page, offset, access)?;
+        if let (Some(a), true) = (active, area_free) {
+            observe_tail(inner, vcpu, a)?;
+        }
+        let pool = if area_free { inner.vcpus.get_mut(vcpu).and_then(|r| r.pool.as_mut()) } else { None };
+        let decision = inner.core.on_access(vcpu, page, pool);
+        let mut complete_now = false;
+        match decision {
+            Decision::Continue => {}
+            Decision::PresentNow => fill(inner, page)?,
+            Decision::Deliver { token, fetch } => {
+                if fetch.is_some() {
+                    complete_now = self.submit(inner, page);
+                }
+                deliver_event(inner, vcpu, token, gpa, gva)?;
+            }
+            Decision::DeliverResolved { token, result, make_present } => {
+                if make_present {
+                    fill(inner, page)?;
+                }
+                post_resolution(inner, vcpu, token, result)?;
+                deliver_event(inner, vcpu, token, gpa, gva)?;
+            }
+            Decision::Wait { fetch } => {
+                let trace = inner.timeline.tracer().clone();
+                complete_held_back_now(&self.shared, inner, page);
+                if fetch.is_some() && self.submit(inner, page) {
+                    drop(guard);
+                    complete_fetch(&self.shared, page);
+                } else {
+                    drop(guard);
+                }
+                let waited_since = Instant::now();
+                let outcome = self.wait_for(page, gpa);
+                let waited_until = Instant::now();
+                self.shared.lock().core.counters.sync_wait_ns += (waited_until - waited_since).as_nanos() as u64;
+                trace.complete(Track::Vcpu(vcpu), "pnp synchronous wait", waited_since, waited_until, || {
+                    vec![("page", Arg::Uint(page)), ("gpa", Arg::Hex(gpa))]
+                });
+                return outcome;
+            }
+            Decision::StopFailedPage => return Err(PagerError::FailedPageUndeliverable { gpa }.into()),
+        }
+        drop(guard);
+        if complete_now {
+            complete_fetch(&self.shared, page);
+        }
+        Ok(Handled::Yes)
+    }
+
+    /// The synchronous path: block the vCPU until the page's fetch is over.
+    fn wait_for(&self, page: PageIndex, gpa: u64) -> Result<Handled> {
+        let mut inner = self.shared.lock();
+        while matches!(inner.core.state(page), Some(PageState::Fetching { .. })) {
+            inner = self.shared.fetched.wait(inner).unwrap_or_else(|p| p.into_inner());
+        }
+        if inner.core.state(page) == Some(&PageState::Failed) {
+            return Err(PagerError::FailedDuringSyncWait { gpa }.into());
+        }
+        Ok(Handled::Yes)
+    }
+
+    /// A bare EFAULT (PVM, guest CPL 3): finds which absent page of the region the instruction
+    /// at RIP touches, and handles the access to it; `No` if it touches none.
+    pub(super) fn decoded_access(&mut self, ctx: &mut VcpuCtx<'_>) -> Result<Handled> {
+        let Ok(insn) = crate::guest_insn::at_rip(ctx.vcpu, ctx.mem) else {
+            return Ok(Handled::No);
+        };
+        for operand in &insn.memory {
+            let last = operand.linear + operand.size.max(1) - 1;
+            for linear in [operand.linear, last] {
+                let Some(gpa) = crate::guest_insn::translate(ctx.vcpu, linear) else { continue };
+                let absent = {
+                    let inner = self.shared.lock();
+                    inner.page_of(gpa).is_some_and(|p| inner.core.state(p) != Some(&PageState::Present))
+                };
+                if absent {
+                    self.efaults += 1;
+                    return self.access(ctx, gpa, Some(linear), Access::Retry);
+                }
+            }
+        }
+        Ok(Handled::No)
+    }
+}
+
+/// Whether the vCPU could take the event interrupt now.
+pub(super) fn event_window_open(ctx: &VcpuCtx<'_>, vector: u8) -> Result<bool> {
+    let regs = ctx.vcpu.get_regs().map_err(Error::GetRegs)?;
+    let events = ctx.vcpu.get_vcpu_events().map_err(Error::GetVcpuEvents)?;
+    let lapic = ctx.vcpu.get_lapic().map_err(Error::GetLapic)?;
+    let reg = |offset: usize| -> u32 {
+        let b = &lapic.regs[offset..offset + 4];
+        u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8])
+    };
+    let isr = std::array::from_fn(|i| reg(0x100 + i * 0x10));
+    let ppr_class = processor_priority_class(reg(0x80), isr);
+    Ok(interrupt_deliverable(regs.rflags, events.interrupt.shadow, ppr_class, vector))
+}
+
+/// Where an emulated access finds the page's true contents.
+enum PageSource {
+    /// The page itself (guest memory: volatile copies).
+    Present,
+    /// The staging copy of a page being fetched (host memory).
+    Staging,
+    /// Nothing: the page fails.
+    Poison,
+}
+
+/// Completes an emulated access against the page's true contents: the present page, the
+/// staging copy of a page being fetched, or nothing for a page that fails (loads read all-ones,
+/// stores are dropped: the access's task is told its page failed and ends before it runs on).
+fn apply_to_page(inner: &mut Inner, page: PageIndex, offset: usize, access: Access<'_>) -> Result<(), PagerError> {
+    let (data_read, data_write): (Option<&mut [u8]>, Option<&[u8]>) = match access {
+        Access::Retry => return Ok(()),
+        Access::Read(d) => (Some(d), None),
+        Access::Write(d) => (None, Some(d)),
+    };
+    let len = data_read.as_ref().map(|d| d.len()).or(data_write.map(|d| d.len())).unwrap_or(0);
+    if offset + len > PAGE {
+        // An access crossing into the next page: KVM splits those; keep to this page.
+        return Ok(());
+    }
+    let source = match inner.core.state(page) {
+        Some(PageState::Present) => PageSource::Present,
+        Some(PageState::Failed) | None => PageSource::Poison,
+        Some(PageState::Fetching { failing: true, .. }) => PageSource::Poison,
+        Some(PageState::Fetching { failing: false, .. }) => PageSource::Staging,
+        Some(PageState::Absent) if inner.core.next_fetch_fails(page) => PageSource::Poison,
+        Some(PageState::Absent) => PageSource::Staging,
+    };
+    match source {
+        PageSource::Present => {
+            let region = inner.region()?;
+            if let Some(d) = data_read {
+                region.read_present(page, offset, d);
+            }
+            if let Some(d) = data_write {
+                region.write_present(page, offset, d);
+            }
+        }
+        PageSource::Staging => {
+            let staged = match inner.staging.entry(page) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert(backing_page(&inner.backing, page)?),
+            };
+            if let Some(d) = data_read {
+                d.copy_from_slice(&staged[offset..offset + d.len()]);
+            }
+            if let Some(d) = data_write {
+                staged[offset..offset + d.len()].copy_from_slice(d);
+            }
+        }
+        PageSource::Poison => {
+            if let Some(d) = data_read {
+                d.fill(0xFF);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `page`'s contents from the backing store.
+fn backing_page(backing: &BackingStore, page: PageIndex) -> Result<PageBuf, PagerError> {
+    backing.page(page).map_err(|source| PagerError::ReadImage {
+        path: backing.image_path().map(|p| p.to_path_buf()).unwrap_or_default(),
+        page,
+        source,
+    })
+}
+
+/// Makes `page` present from its staging copy (or the backing store).
+pub(super) fn fill(inner: &mut Inner, page: PageIndex) -> Result<(), PagerError> {
+    let contents = match inner.staging.remove(&page) {
+        Some(staged) => staged,
+        None => backing_page(&inner.backing, page)?,
+    };
+    inner.region()?.fill(page, &contents).map_err(|source| PagerError::FillPage { page, source })
+}

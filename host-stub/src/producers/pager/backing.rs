@@ -1,0 +1,142 @@
+//! The backing store: where a page's contents come from when it is fetched, and where an
+//! evicted page's contents go.
+//!
+//! Nothing is made up front. A page's first contents are made when it is first needed (its
+//! fetch, or an emulated access while it is being fetched): the default pattern is a function of
+//! the guest-physical address, and an image file is read one page at a time. So a region of
+//! gigabytes costs nothing until the guest touches it, and then one page per page touched. Only
+//! pages the guest wrote and that were evicted are kept, in memory.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use pvagent_abi::pnp::backing_pattern;
+
+use super::region::PAGE;
+use super::state::PageIndex;
+
+/// A page's contents, in host memory the guest cannot see.
+pub type PageBuf = Box<[u8; PAGE]>;
+
+/// Where first contents come from.
+#[derive(Debug)]
+enum Source {
+    /// [`backing_pattern`] of each 8-byte word's guest-physical address.
+    Pattern,
+    /// An image file: page `n` is the file's bytes at `n * PAGE`; past the file's end, zeros.
+    Image { file: File, path: PathBuf },
+}
+
+/// The region's backing store.
+#[derive(Debug)]
+pub struct BackingStore {
+    /// The region's first guest-physical address (the pattern depends on it).
+    region_gpa: u64,
+    source: Source,
+    /// Pages saved by eviction: they replace what the source would make.
+    saved: HashMap<PageIndex, PageBuf>,
+}
+
+impl BackingStore {
+    /// Pages of [`backing_pattern`] for a region at `region_gpa`.
+    pub fn pattern(region_gpa: u64) -> Self {
+        Self { region_gpa, source: Source::Pattern, saved: HashMap::new() }
+    }
+
+    /// Pages read from the image at `path` (opened now, read page by page later).
+    pub fn image(region_gpa: u64, path: &Path) -> io::Result<Self> {
+        let file = File::open(path)?;
+        Ok(Self { region_gpa, source: Source::Image { file, path: path.to_path_buf() }, saved: HashMap::new() })
+    }
+
+    /// The image file, if the pages come from one.
+    pub fn image_path(&self) -> Option<&Path> {
+        match &self.source {
+            Source::Pattern => None,
+            Source::Image { path, .. } => Some(path),
+        }
+    }
+
+    /// A copy of `page`'s contents.
+    pub fn page(&self, page: PageIndex) -> io::Result<PageBuf> {
+        if let Some(saved) = self.saved.get(&page) {
+            return Ok(saved.clone());
+        }
+        let mut out: PageBuf = Box::new([0; PAGE]);
+        match &self.source {
+            Source::Pattern => {
+                let base = self.region_gpa + page * PAGE as u64;
+                for (i, word) in out.chunks_exact_mut(8).enumerate() {
+                    word.copy_from_slice(&backing_pattern(base + (i * 8) as u64).to_le_bytes());
+                }
+            }
+            Source::Image { file, .. } => read_page_at(file, page * PAGE as u64, &mut out)?,
+        }
+        Ok(out)
+    }
+
+    /// Keeps `contents` as `page`'s from now on (an evicted page the guest may have written).
+    pub fn save(&mut self, page: PageIndex, contents: PageBuf) {
+        self.saved.insert(page, contents);
+    }
+}
+
+/// Fills `out` from `file` at `offset`; bytes past the end of the file read as zeros.
+fn read_page_at(file: &File, offset: u64, out: &mut [u8; PAGE]) -> io::Result<()> {
+    let mut done = 0;
+    while done < PAGE {
+        match file.read_at(&mut out[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    out[done..].fill(0);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn word(page: &[u8; PAGE], index: usize) -> u64 {
+        u64::from_le_bytes(page[index * 8..index * 8 + 8].try_into().unwrap())
+    }
+
+    #[test]
+    fn the_pattern_is_made_per_page_from_the_guest_physical_address() {
+        let store = BackingStore::pattern(1 << 32);
+        let page = store.page(3).unwrap();
+        assert_eq!(word(&page, 0), backing_pattern((1 << 32) + 3 * 4096));
+        assert_eq!(word(&page, 511), backing_pattern((1 << 32) + 3 * 4096 + 511 * 8));
+        assert_eq!(store.image_path(), None);
+    }
+
+    #[test]
+    fn an_image_is_read_page_by_page_and_zero_filled_past_its_end() {
+        let path = std::env::temp_dir().join(format!("pvagent-backing-{}.img", std::process::id()));
+        let mut bytes = vec![0xAB; PAGE];
+        bytes.extend_from_slice(&[0xCD; 100]);
+        std::fs::write(&path, &bytes).unwrap();
+        let store = BackingStore::image(0, &path).unwrap();
+        assert!(store.page(0).unwrap().iter().all(|b| *b == 0xAB));
+        let partial = store.page(1).unwrap();
+        assert!(partial[..100].iter().all(|b| *b == 0xCD) && partial[100..].iter().all(|b| *b == 0));
+        assert!(store.page(1000).unwrap().iter().all(|b| *b == 0), "beyond the file");
+        assert_eq!(store.image_path(), Some(path.as_path()));
+        std::fs::remove_file(&path).unwrap();
+        assert!(BackingStore::image(0, &path).is_err(), "a missing image is refused when opened");
+    }
+
+    #[test]
+    fn a_saved_page_replaces_the_source() {
+        let mut store = BackingStore::pattern(0);
+        store.save(2, Box::new([7; PAGE]));
+        assert!(store.page(2).unwrap().iter().all(|b| *b == 7));
+        assert_eq!(word(&store.page(1).unwrap(), 0), backing_pattern(4096));
+    }
+}

@@ -1,0 +1,139 @@
+//! The pager's hypercalls (`pvagent_abi::hypercall::Nr::Pnp*`): the controls self-tests and
+//! benchmarks use to force a path (mode, latency, per-page behaviour, resolution timing, held
+//! pages and their release, eviction) and the counters they read back. A bad argument is a
+//! status for the guest, never an error of the run.
+
+use std::time::Duration;
+
+use pvagent_abi::hypercall::{Nr, Status};
+use pvagent_abi::pnp::{HostCounter, HostMode, PageBehaviour, ResolutionTiming};
+
+use super::Pager;
+use super::completion::complete_fetch;
+use super::config::Latency;
+use super::registration::Registration;
+use super::ring::observe_tail;
+use super::shared::Inner;
+use super::state::{PageState, Release};
+use crate::handler::VcpuCtx;
+
+impl Pager {
+    /// Carries out hypercall `nr` if it is one of the pager's.
+    pub(super) fn control(&self, ctx: &VcpuCtx<'_>, nr: Nr, args: [u64; 4]) -> Option<Result<[u64; 2], Status>> {
+        if nr == Nr::PnpRelease {
+            return Some(self.release(args[0], args[1]));
+        }
+        let mut inner = self.shared.lock();
+        let inner = &mut *inner;
+        Some(match nr {
+            Nr::PnpSetMode => match HostMode::try_from(args[0] as u32) {
+                Ok(mode) if args[0] <= u64::from(u32::MAX) => {
+                    inner.core.mode = mode;
+                    Ok([0; 2])
+                }
+                _ => Err(Status::InvalidArgument),
+            },
+            Nr::PnpSetLatency => {
+                let latency = Latency { min: Duration::from_nanos(args[0]), max: Duration::from_nanos(args[1]) };
+                if latency.is_valid() {
+                    inner.latency.set_by_guest(latency);
+                    Ok([0; 2])
+                } else {
+                    Err(Status::InvalidArgument)
+                }
+            }
+            Nr::PnpSetPage => match (inner.page_of(args[0]), PageBehaviour::try_from(args[1])) {
+                (Some(page), Ok(behaviour)) => {
+                    inner.core.set_behaviour(page, behaviour);
+                    Ok([0; 2])
+                }
+                _ => Err(Status::InvalidArgument),
+            },
+            Nr::PnpEvict => evict(inner, args[0], args[1]),
+            Nr::PnpSetTiming => match ResolutionTiming::try_from(args[0]) {
+                Ok(timing) => {
+                    inner.core.timing = timing;
+                    Ok([0; 2])
+                }
+                Err(_) => Err(Status::InvalidArgument),
+            },
+            Nr::PnpStats => {
+                if let Some(a) = inner.vcpus.get(ctx.index).and_then(Registration::active)
+                    && observe_tail(inner, ctx.index, a).is_err()
+                {
+                    return Some(Err(Status::Unavailable));
+                }
+                match HostCounter::try_from(args[0]) {
+                    Ok(counter) => Ok([counter_value(inner, counter), 0]),
+                    Err(_) => Err(Status::InvalidArgument),
+                }
+            }
+            _ => return None,
+        })
+    }
+
+    /// `PnpRelease`: starts the fetches of the held pages among `count` pages from `gpa`, all
+    /// in this one exit (with no latency they complete before the vCPU runs again). Returns how
+    /// many were held.
+    fn release(&self, gpa: u64, count: u64) -> Result<[u64; 2], Status> {
+        let mut guard = self.shared.lock();
+        let inner = &mut *guard;
+        let region = inner.region.as_ref().ok_or(Status::Unavailable)?;
+        let first = region.page_of(gpa).ok_or(Status::InvalidArgument)?;
+        let end =
+            first.checked_add(count.max(1)).filter(|end| *end <= region.pages()).ok_or(Status::InvalidArgument)?;
+        let (mut released, mut now) = (0, Vec::new());
+        for page in first..end {
+            match inner.core.release(page) {
+                Release::Start(_) => {
+                    released += 1;
+                    if self.submit(inner, page) {
+                        now.push(page);
+                    }
+                }
+                Release::NotHeld => {}
+                Release::OutOfRange => return Err(Status::InvalidArgument),
+            }
+        }
+        drop(guard);
+        for page in now {
+            complete_fetch(&self.shared, page);
+        }
+        Ok([released, 0])
+    }
+}
+
+/// The value of a counter the guest asks for.
+fn counter_value(inner: &Inner, counter: HostCounter) -> u64 {
+    let c = inner.core.counters;
+    match counter {
+        HostCounter::EventsDelivered => c.events_delivered,
+        HostCounter::ResolvedRetry => c.resolved_retry,
+        HostCounter::ResolvedFailed => c.resolved_failed,
+        HostCounter::SyncWaits => c.sync_waits,
+        HostCounter::Outstanding => {
+            inner.vcpus.iter().filter_map(|r| r.pool.as_ref()).map(|p| p.outstanding() as u64).sum()
+        }
+        HostCounter::PagesFetched => c.pages_fetched,
+        HostCounter::ResolvedBeforeEvent => c.resolved_before_event,
+        HostCounter::SyncWaitNanos => c.sync_wait_ns,
+    }
+}
+
+/// Makes `count` pages from `gpa` absent again; refuses the whole request if any is in flight.
+fn evict(inner: &mut Inner, gpa: u64, count: u64) -> Result<[u64; 2], Status> {
+    let region = inner.region.as_mut().ok_or(Status::Unavailable)?;
+    let first = region.page_of(gpa).ok_or(Status::InvalidArgument)?;
+    let last = first.checked_add(count).filter(|end| *end <= region.pages()).ok_or(Status::InvalidArgument)?;
+    if (first..last).any(|p| matches!(inner.core.state(p), Some(PageState::Fetching { .. }))) {
+        return Err(Status::InvalidArgument);
+    }
+    for page in first..last {
+        let was_present = inner.core.evict(page).map_err(|_| Status::InvalidArgument)?;
+        inner.staging.remove(&page);
+        if let Some(contents) = region.evict(page, was_present).map_err(|_| Status::Unavailable)? {
+            inner.backing.save(page, contents);
+        }
+    }
+    Ok([count, 0])
+}

@@ -1,0 +1,154 @@
+//! The host's side of the shared areas: the event area it fills, the resolution ring it
+//! produces into (reading the guest's `tail` first), and the interrupts that announce both.
+//!
+//! Every access to these areas is through `vm-memory`: copies of whole structures
+//! (`memory::write_plain`) and atomic loads and stores of the fields the two sides hand over
+//! with (`inuse`, `head`, `tail`), never a reference into guest memory.
+
+use std::sync::atomic::Ordering;
+
+use kvm_bindings::kvm_msi;
+use pvagent_abi::hypercall::Status;
+use pvagent_abi::pnp::{self as abi, PageNotPresentData, Resolution, Token};
+use vm_memory::{Bytes, GuestAddress};
+
+use super::access::event_window_open;
+use super::error::PagerError;
+use super::registration::{Active, Registration};
+use super::shared::Inner;
+use crate::handler::VcpuCtx;
+use crate::memory;
+
+/// `vcpu`'s event area's `inuse` word: non-zero while the guest has yet to take the last event.
+pub(super) fn event_area_inuse(inner: &Inner, vcpu: usize, a: Active) -> Result<u32, PagerError> {
+    let gpa = a.data_gpa + abi::DATA_INUSE_OFFSET;
+    inner.ram()?.load(GuestAddress(gpa), Ordering::Acquire).map_err(|source| PagerError::ReadEventArea {
+        vcpu,
+        gpa,
+        source,
+    })
+}
+
+/// Whether the guest has yet to take the last event delivered to `vcpu`.
+pub(super) fn event_area_busy(inner: &Inner, vcpu: usize, a: Active) -> Result<bool, PagerError> {
+    Ok(event_area_inuse(inner, vcpu, a)? != 0)
+}
+
+/// The token in `vcpu`'s event area (meaningful while it is busy).
+pub(super) fn event_area_token(inner: &Inner, vcpu: usize, a: Active) -> Result<u32, PagerError> {
+    let gpa = a.data_gpa + abi::DATA_TOKEN_OFFSET;
+    inner.ram()?.load(GuestAddress(gpa), Ordering::Relaxed).map_err(|source| PagerError::ReadEventArea {
+        vcpu,
+        gpa,
+        source,
+    })
+}
+
+/// Frees the tokens whose resolutions the guest has consumed.
+pub(super) fn observe_tail(inner: &mut Inner, vcpu: usize, a: Active) -> Result<(), PagerError> {
+    let gpa = a.ring_gpa + abi::ring_tail_offset(a.entries);
+    let tail: u32 = inner
+        .ram()?
+        .load(GuestAddress(gpa), Ordering::Acquire)
+        .map_err(|source| PagerError::ReadRingTail { vcpu, gpa, source })?;
+    if let Some(pool) = inner.vcpus.get_mut(vcpu).and_then(|r| r.pool.as_mut()) {
+        pool.observe_tail(tail).map_err(|violation| PagerError::Ring { vcpu, violation })?;
+    }
+    Ok(())
+}
+
+/// Raises `vector` on `vcpu` with an MSI (fixed delivery, physical destination = the vCPU's
+/// APIC ID, its index).
+fn signal(inner: &mut Inner, vcpu: usize, vector: u8) -> Result<(), PagerError> {
+    let vm = inner.vm.as_ref().ok_or(PagerError::NotAttached)?;
+    let msi =
+        kvm_msi { address_lo: 0xFEE0_0000 | ((vcpu as u32) << 12), data: u32::from(vector), ..Default::default() };
+    let delivered = vm.signal_msi(msi).map_err(|source| PagerError::SignalMsi { vcpu, vector, source })?;
+    if delivered <= 0 {
+        inner.msi_refused += 1;
+    }
+    Ok(())
+}
+
+/// Fills the event area (`inuse` last, with release) and raises the event interrupt.
+pub(super) fn deliver_event(
+    inner: &mut Inner,
+    vcpu: usize,
+    token: Token,
+    gpa: u64,
+    gva: Option<u64>,
+) -> Result<(), PagerError> {
+    let a =
+        inner.vcpus.get(vcpu).and_then(Registration::active).ok_or(PagerError::EventWithoutRegistration { vcpu })?;
+    let ram = inner.ram()?;
+    let flags = if gva.is_some() { abi::FLAG_GVA_VALID } else { 0 };
+    let data = PageNotPresentData { inuse: 0, token: token.0, gpa, gva: gva.unwrap_or(0), flags, reserved: 0 };
+    memory::write_plain(ram, a.data_gpa, data).map_err(|source| PagerError::WriteEventArea {
+        vcpu,
+        gpa: a.data_gpa,
+        source,
+    })?;
+    let inuse_gpa = a.data_gpa + abi::DATA_INUSE_OFFSET;
+    ram.store(1u32, GuestAddress(inuse_gpa), Ordering::Release).map_err(|source| PagerError::WriteEventArea {
+        vcpu,
+        gpa: inuse_gpa,
+        source,
+    })?;
+    signal(inner, vcpu, a.event_vector)?;
+    inner.timeline.event(vcpu, token.0, gpa, gva);
+    Ok(())
+}
+
+/// Writes `{result, token}` to the vCPU's ring, publishes `head` with release, and raises the
+/// resolution interrupt.
+pub(super) fn post_resolution(inner: &mut Inner, vcpu: usize, token: Token, result: u32) -> Result<(), PagerError> {
+    let a = inner
+        .vcpus
+        .get(vcpu)
+        .and_then(Registration::active)
+        .ok_or(PagerError::ResolutionWithoutRegistration { vcpu })?;
+    observe_tail(inner, vcpu, a)?;
+    let pool = inner
+        .vcpus
+        .get_mut(vcpu)
+        .and_then(|r| r.pool.as_mut())
+        .ok_or(PagerError::ResolutionWithoutRegistration { vcpu })?;
+    let index = pool.post(token).map_err(|violation| PagerError::Ring { vcpu, violation })?;
+    let head = pool.head();
+    let ram = inner.ram()?;
+    let entry_gpa = a.ring_gpa + u64::from(index) * std::mem::size_of::<Resolution>() as u64;
+    memory::write_plain(ram, entry_gpa, Resolution { result, token: token.0 })
+        .map_err(|source| PagerError::WriteRingEntry { vcpu, gpa: entry_gpa, source })?;
+    let head_gpa = a.ring_gpa + abi::ring_head_offset(a.entries);
+    ram.store(head, GuestAddress(head_gpa), Ordering::Release).map_err(|source| PagerError::WriteRingHead {
+        vcpu,
+        gpa: head_gpa,
+        source,
+    })?;
+    signal(inner, vcpu, a.resolution_vector)?;
+    inner.timeline.resolution(vcpu, token.0, result);
+    Ok(())
+}
+
+/// An event for a present page whose resolution is written first (the guest's no-wait path,
+/// for benchmarks). Not deliverable now is a status, not an error: a benchmark then measures a
+/// round trip without an event.
+pub(super) fn deliver_resolved(inner: &mut Inner, ctx: &VcpuCtx<'_>, gpa: u64) -> Result<(), Status> {
+    let vcpu = ctx.index;
+    let a = inner.vcpus.get(vcpu).and_then(Registration::active).ok_or(Status::Unavailable)?;
+    if !event_window_open(ctx, a.event_vector).map_err(|_| Status::Unavailable)? {
+        return Err(Status::Unavailable);
+    }
+    let busy = event_area_busy(inner, vcpu, a).map_err(|_| Status::Unavailable)?;
+    observe_tail(inner, vcpu, a).map_err(|_| Status::Unavailable)?;
+    let token = match inner.vcpus.get_mut(vcpu).and_then(|r| r.pool.as_mut()) {
+        Some(pool) if !busy => pool.alloc().ok_or(Status::Unavailable)?,
+        _ => return Err(Status::Unavailable),
+    };
+    let c = &mut inner.core.counters;
+    c.events_delivered += 1;
+    c.resolved_before_event += 1;
+    c.resolved_retry += 1;
+    post_resolution(inner, vcpu, token, abi::RESULT_RETRY).map_err(|_| Status::Unavailable)?;
+    deliver_event(inner, vcpu, token, gpa, None).map_err(|_| Status::Unavailable)
+}

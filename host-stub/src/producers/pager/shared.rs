@@ -1,0 +1,116 @@
+//! What the vCPU thread, the fetchers and the poller share: the pager's state under one lock,
+//! and the hand-off of a failure found off the vCPU thread to the vCPU thread, which stops the
+//! guest with it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use kvm_ioctls::VmFd;
+use vm_memory::GuestMemoryMmap;
+
+use super::backing::{BackingStore, PageBuf};
+use super::error::PagerError;
+use super::latency::LatencyControl;
+use super::poller;
+use super::region::DemandRegion;
+use super::registration::Registration;
+use super::state::{PageIndex, PagerCore};
+use super::timeline::PagerTimeline;
+
+/// The pager's state, under [`Shared`]'s lock.
+#[derive(Debug)]
+pub struct Inner {
+    pub core: PagerCore,
+    pub region: Option<DemandRegion>,
+    /// Where pages come from (made page by page, when first needed) and evicted pages go.
+    pub backing: BackingStore,
+    /// Copies of pages being fetched (MMIO-completed stores go here).
+    pub staging: HashMap<PageIndex, PageBuf>,
+    pub vcpus: Vec<Registration>,
+    pub ram: Option<GuestMemoryMmap>,
+    pub ram_size: u64,
+    pub vm: Option<Arc<VmFd>>,
+    pub latency: LatencyControl,
+    /// A failure found off the vCPU thread; the vCPU stops the guest with it.
+    pub violation: Option<PagerError>,
+    /// The vCPU thread, to kick out of KVM_RUN when a violation must stop the guest.
+    pub vcpu_thread: Option<libc::pthread_t>,
+    pub msi_refused: u64,
+    /// Pages whose fetch is done but whose completion waits until the guest has taken the
+    /// events of every token waiting for them
+    /// ([`pvagent_abi::pnp::ResolutionTiming::AfterEventTaken`]).
+    pub held_back: Vec<PageIndex>,
+    /// Arms the poller that completes them once their events are taken.
+    pub held_back_poller: Option<poller::Arm>,
+    /// The run's timeline: tokens, fetches and synchronous waits go on it.
+    pub timeline: PagerTimeline,
+}
+
+impl Inner {
+    /// Guest RAM (where the rings and event areas are).
+    pub fn ram(&self) -> Result<&GuestMemoryMmap, PagerError> {
+        self.ram.as_ref().ok_or(PagerError::NotAttached)
+    }
+
+    /// The demand-paged region.
+    pub fn region(&self) -> Result<&DemandRegion, PagerError> {
+        self.region.as_ref().ok_or(PagerError::NotAttached)
+    }
+
+    /// The page of the region holding `gpa`, if any.
+    pub fn page_of(&self, gpa: u64) -> Option<PageIndex> {
+        self.region.as_ref().and_then(|r| r.page_of(gpa))
+    }
+}
+
+/// The state and the signals between the threads.
+#[derive(Debug)]
+pub struct Shared {
+    inner: Mutex<Inner>,
+    /// Signalled whenever a fetch completes (the synchronous path waits on it).
+    pub fetched: Condvar,
+    /// Set (under the lock) with `Inner::violation`, so that the vCPU need not take the lock
+    /// before every entry to learn that there is none.
+    pub violation_pending: AtomicBool,
+    /// Set (under the lock) while `Inner::held_back` is not empty, for the same reason.
+    pub held_back_pending: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(inner: Inner) -> Self {
+        Self {
+            inner: Mutex::new(inner),
+            fetched: Condvar::new(),
+            violation_pending: AtomicBool::new(false),
+            held_back_pending: AtomicBool::new(false),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands a failure found off the vCPU thread to the vCPU thread, which stops the guest with
+    /// it (the first one found; later ones are consequences).
+    pub fn report_violation(&self, inner: &mut Inner, problem: PagerError) {
+        inner.violation.get_or_insert(problem);
+        self.violation_pending.store(true, Ordering::Release);
+        if let Some(thread) = inner.vcpu_thread {
+            // SAFETY: the vCPU thread outlives the fetchers and the poller (they are joined when
+            // the pager, owned by the VM that runs on that thread, is dropped); the kick signal
+            // has a handler (watchdog::install_handler).
+            unsafe { libc::pthread_kill(thread, crate::watchdog::kick_signal()) };
+        }
+    }
+
+    /// On the vCPU thread, before an entry: the failure handed over, if any.
+    pub fn take_violation(&self) -> Option<PagerError> {
+        if !self.violation_pending.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut inner = self.lock();
+        self.violation_pending.store(false, Ordering::Relaxed);
+        inner.violation.take()
+    }
+}

@@ -1,0 +1,182 @@
+//! One vCPU's tokens and its view of the resolution ring, as plain code: which tokens are out,
+//! which resolutions are posted and not yet consumed (the guest's `tail` says), and the
+//! protocol violations that stop the guest. Unit-tested here.
+
+use std::collections::VecDeque;
+
+use pvagent_abi::pnp::{Token, next_sequence};
+
+/// A broken ring protocol: the host stops the guest with this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RingViolation {
+    /// The guest's `tail` is beyond what the host produced.
+    TailBeyondHead { tail: u32, head: u32 },
+    /// No room for a resolution (it cannot happen while the guest follows the protocol: the
+    /// host never hands out more tokens than the ring holds).
+    Full { head: u32, tail: u32 },
+    /// A resolution for a token that is not outstanding.
+    NotOutstanding(Token),
+}
+
+impl std::fmt::Display for RingViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RingViolation::TailBeyondHead { tail, head } => {
+                write!(f, "the guest's ring tail {tail} is beyond the host's head {head}")
+            }
+            RingViolation::Full { head, tail } => write!(f, "the resolution ring is full (head {head}, tail {tail})"),
+            RingViolation::NotOutstanding(t) => write!(f, "resolution for token {:#x}, which is not outstanding", t.0),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotUse {
+    Free,
+    /// Handed out with an event; no resolution yet.
+    Outstanding,
+    /// Its resolution is in the ring; free once the guest's tail passes it.
+    Posted,
+}
+
+/// One vCPU's tokens and its view of the ring.
+#[derive(Clone, Debug)]
+pub struct TokenPool {
+    entries: u32,
+    slots: Vec<SlotUse>,
+    sequence: Vec<u16>,
+    /// Entries produced (the ring's `head`).
+    head: u32,
+    /// Entries the guest is known to have consumed (the last `tail` seen).
+    consumed: u32,
+    /// Slots of posted resolutions, in ring order.
+    posted: VecDeque<u16>,
+}
+
+impl TokenPool {
+    /// A pool for a fresh ring of `entries`.
+    pub fn new(entries: u32) -> Self {
+        Self {
+            entries,
+            slots: vec![SlotUse::Free; entries as usize],
+            sequence: vec![0; entries as usize],
+            head: 0,
+            consumed: 0,
+            posted: VecDeque::new(),
+        }
+    }
+
+    /// The ring size.
+    pub fn entries(&self) -> u32 {
+        self.entries
+    }
+
+    /// The ring's `head` as the host produced it.
+    pub fn head(&self) -> u32 {
+        self.head
+    }
+
+    /// Accounts for the guest's `tail`: frees the slots of consumed resolutions.
+    pub fn observe_tail(&mut self, tail: u32) -> Result<(), RingViolation> {
+        let newly = tail.wrapping_sub(self.consumed);
+        if newly > self.head.wrapping_sub(self.consumed) {
+            return Err(RingViolation::TailBeyondHead { tail, head: self.head });
+        }
+        for _ in 0..newly {
+            if let Some(slot) = self.posted.pop_front() {
+                self.slots[usize::from(slot)] = SlotUse::Free;
+            }
+        }
+        self.consumed = tail;
+        Ok(())
+    }
+
+    /// Hands out a token, if a slot is free.
+    pub fn alloc(&mut self) -> Option<Token> {
+        let slot = self.slots.iter().position(|s| *s == SlotUse::Free)?;
+        self.slots[slot] = SlotUse::Outstanding;
+        self.sequence[slot] = next_sequence(self.sequence[slot]);
+        Some(Token::new(slot as u16, self.sequence[slot]))
+    }
+
+    /// Claims the ring entry for `token`'s resolution: returns the entry's index; `head` then
+    /// counts it (the caller writes the entry, then publishes `head`).
+    pub fn post(&mut self, token: Token) -> Result<u32, RingViolation> {
+        let slot = usize::from(token.slot());
+        let current = self.sequence.get(slot).copied();
+        if current != Some(token.sequence()) || self.slots[slot] != SlotUse::Outstanding {
+            return Err(RingViolation::NotOutstanding(token));
+        }
+        if self.head.wrapping_sub(self.consumed) >= self.entries {
+            return Err(RingViolation::Full { head: self.head, tail: self.consumed });
+        }
+        let index = self.head % self.entries;
+        self.head = self.head.wrapping_add(1);
+        self.slots[slot] = SlotUse::Posted;
+        self.posted.push_back(token.slot());
+        Ok(index)
+    }
+
+    /// Tokens handed out and not yet consumed by the guest.
+    pub fn outstanding(&self) -> usize {
+        self.slots.iter().filter(|s| **s != SlotUse::Free).count()
+    }
+
+    /// Tokens handed out whose resolution was not posted yet.
+    pub fn unresolved(&self) -> usize {
+        self.slots.iter().filter(|s| **s == SlotUse::Outstanding).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(entries: u32) -> TokenPool {
+        TokenPool::new(entries)
+    }
+
+    #[test]
+    fn tokens_are_reused_only_after_the_guest_consumed_their_resolution() {
+        let mut pool = ring(2);
+        let a = pool.alloc().unwrap();
+        let b = pool.alloc().unwrap();
+        assert_eq!(pool.alloc(), None);
+        assert_eq!(pool.post(a), Ok(0));
+        assert_eq!(pool.post(b), Ok(1));
+        assert_eq!(pool.alloc(), None, "posted but not consumed");
+        pool.observe_tail(1).unwrap();
+        let c = pool.alloc().unwrap();
+        assert_eq!(c.slot(), a.slot());
+        assert_ne!(c, a, "a reused slot gets a new sequence number");
+        assert_eq!(pool.post(a), Err(RingViolation::NotOutstanding(a)), "a stale token cannot be posted");
+        assert_eq!(pool.post(c), Ok(0), "the ring wrapped");
+        assert_eq!(pool.outstanding(), 2);
+        pool.observe_tail(3).unwrap();
+        assert_eq!(pool.outstanding(), 0);
+    }
+
+    #[test]
+    fn a_tail_beyond_head_is_a_violation() {
+        let mut pool = ring(4);
+        let a = pool.alloc().unwrap();
+        pool.post(a).unwrap();
+        assert_eq!(pool.observe_tail(2), Err(RingViolation::TailBeyondHead { tail: 2, head: 1 }));
+        assert_eq!(pool.observe_tail(u32::MAX), Err(RingViolation::TailBeyondHead { tail: u32::MAX, head: 1 }));
+        assert_eq!(pool.observe_tail(1), Ok(()));
+    }
+
+    #[test]
+    fn indices_wrap_at_2_pow_32() {
+        let mut pool = ring(2);
+        pool.head = u32::MAX;
+        pool.consumed = u32::MAX;
+        let a = pool.alloc().unwrap();
+        let b = pool.alloc().unwrap();
+        assert_eq!(pool.post(a), Ok(u32::MAX % 2));
+        assert_eq!(pool.post(b), Ok(0));
+        assert_eq!(pool.head(), 1);
+        pool.observe_tail(1).unwrap();
+        assert_eq!(pool.outstanding(), 0);
+    }
+}
