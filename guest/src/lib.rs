@@ -8,6 +8,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod boot;
+pub mod cell;
 pub mod pv;
 pub mod task;
 

@@ -17,9 +17,10 @@ pub mod serial;
 pub mod time;
 pub mod trap;
 
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::boot::info::{BootInfo, MemKind};
+use crate::cell::{FnPtr, FnSlot};
 use paging::{Access, Region};
 
 /// Vector of the local APIC timer tick.
@@ -86,7 +87,7 @@ pub unsafe fn init(boot: &BootInfo) -> &'static Platform {
 
     trap::register(apic::SPURIOUS_VECTOR, |_| {});
     trap::register(TIMER_VECTOR, timer_tick);
-    TIMER_PERIOD.store((u64::from(apic_khz) * 1000 / time::HZ) as usize, Ordering::Relaxed);
+    TIMER_PERIOD.store((u64::from(apic_khz) * 1000 / time::HZ) as u32, Ordering::Relaxed);
 
     PLATFORM.call_once(|| Platform {
         cpu,
@@ -99,17 +100,19 @@ pub unsafe fn init(boot: &BootInfo) -> &'static Platform {
     })
 }
 
-static TIMER_PERIOD: AtomicUsize = AtomicUsize::new(0);
-static TICK_HOOK: AtomicUsize = AtomicUsize::new(0);
+static TIMER_PERIOD: AtomicU32 = AtomicU32::new(0);
+static TICK_HOOK: FnSlot<TickHook> = FnSlot::empty();
 static TICKS: percpu::CpuLocal<AtomicU64> = percpu::CpuLocal::new([const { AtomicU64::new(0) }; percpu::MAX_CPUS]);
 
 /// Called on every tick, after EOI, with the tick count (the scheduler wakes sleepers).
 pub type TickHook = fn(u64);
+// SAFETY: a fn pointer type.
+unsafe impl FnPtr for TickHook {}
 
 /// Starts this vCPU's periodic tick; `hook` runs on each one.
 pub fn start_tick(hook: TickHook) {
-    TICK_HOOK.store(hook as usize, Ordering::Release);
-    apic::start_periodic_timer(TIMER_VECTOR, TIMER_PERIOD.load(Ordering::Relaxed) as u32);
+    TICK_HOOK.set(hook);
+    apic::start_periodic_timer(TIMER_VECTOR, TIMER_PERIOD.load(Ordering::Relaxed));
 }
 
 /// Ticks seen by this vCPU.
@@ -120,10 +123,7 @@ pub fn ticks() -> u64 {
 fn timer_tick(_frame: &mut trap::TrapFrame) {
     let now = TICKS.get().fetch_add(1, Ordering::Relaxed) + 1;
     apic::eoi();
-    let raw = TICK_HOOK.load(Ordering::Acquire);
-    if raw != 0 {
-        // SAFETY: only `TickHook` values are stored in TICK_HOOK.
-        let hook = unsafe { core::mem::transmute::<usize, TickHook>(raw) };
+    if let Some(hook) = TICK_HOOK.get() {
         hook(now);
     }
 }

@@ -11,7 +11,6 @@
 //! machine's speed drifts. Workloads compute at CPL 3 and time themselves from inside their
 //! tasks, so that creating and joining tasks is not part of what they measure.
 
-use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use pvagent_abi::pnp::{HostCounter, HostMode, PageBehaviour, ResolutionTiming};
@@ -20,6 +19,7 @@ use x86_64::instructions::port::Port;
 
 use crate::arch::{apic, cpu, idle, time, trap};
 use crate::boot::cmdline::Cmdline;
+use crate::cell::StaticCell;
 use crate::kprintln;
 use crate::pv::{ac, halt, pnp};
 use crate::task::sched::{ExitStatus, TaskId};
@@ -76,33 +76,27 @@ const GATE_TASKS: u64 = 8;
 const _: () = assert!(core::mem::offset_of!(Gate, finished) as u64 == GATE_FINISHED);
 const _: () = assert!(core::mem::offset_of!(Gate, tasks) as u64 == GATE_TASKS);
 
-struct UserGate(UnsafeCell<Gate>);
-// SAFETY: the kernel writes the gate before it spawns a run's tasks and reads nothing of it;
-// the tasks change it only with a locked add.
-unsafe impl Sync for UserGate {}
-
+/// The kernel writes the gate before it spawns a run's tasks and reads nothing of it; the tasks
+/// change it only with a locked add.
 #[unsafe(link_section = ".user_data.bench")]
-static USER_GATE: UserGate = UserGate(UnsafeCell::new(Gate { finished: 0, tasks: 0 }));
+static USER_GATE: StaticCell<Gate> = StaticCell::new(Gate { finished: 0, tasks: 0 });
 
 fn gate_addr() -> u64 {
-    USER_GATE.0.get() as u64
+    USER_GATE.get() as u64
 }
 
 /// How many workload tasks can run at once.
 const SLOTS: usize = 32;
 const EMPTY_SLOT: Slot = Slot { base: 0, pages: 0, spin_iterations: 0, start_tsc: 0, end_tsc: 0, gate: 0 };
 
-struct Slots(UnsafeCell<[Slot; SLOTS]>);
-// SAFETY: each slot is written by the kernel before its task is spawned and read after it was
-// joined; the task itself is the only other user in between.
-unsafe impl Sync for Slots {}
-
+/// Each slot is written by the kernel before its task is spawned and read after it was joined;
+/// the task itself is the only other user in between.
 #[unsafe(link_section = ".user_data.bench")]
-static USER_SLOTS: Slots = Slots(UnsafeCell::new([EMPTY_SLOT; SLOTS]));
+static USER_SLOTS: StaticCell<[Slot; SLOTS]> = StaticCell::new([EMPTY_SLOT; SLOTS]);
 
 /// Slot `i`'s address; `None` beyond the table.
 fn slot_addr(i: usize) -> Option<u64> {
-    (i < SLOTS).then(|| (USER_SLOTS.0.get() as *mut Slot).wrapping_add(i) as u64)
+    (i < SLOTS).then(|| USER_SLOTS.get().cast::<Slot>().wrapping_add(i) as u64)
 }
 
 fn set_slot(i: usize, slot: Slot) -> Result<()> {
@@ -219,10 +213,11 @@ impl EmptyLoop {
 fn timed_loop(out: Option<(u16, u32)>, iterations: u64) -> u64 {
     let start = cpu::rdtsc();
     match out {
-        // SAFETY: the host's bench ports have no effect on guest memory.
+        // SAFETY: the host's bench ports have no effect on guest memory. Not `nomem`: the host
+        // injects events on the way back, whose handlers change memory the caller then reads.
         Some((port, value)) => unsafe {
             core::arch::asm!("2: out dx, eax", "dec {n}", "jnz 2b", n = inout(reg) iterations => _,
-                in("dx") port, in("eax") value, options(nostack, nomem));
+                in("dx") port, in("eax") value, options(nostack));
         },
         // SAFETY: a counting loop.
         None => unsafe {
@@ -425,7 +420,7 @@ fn workload_run(
     }
     let mut ids: heapless::Vec<TaskId, SLOTS> = heapless::Vec::new();
     // SAFETY: no task of an earlier run is left (all were joined), so nothing reads the gate.
-    unsafe { core::ptr::write_volatile(USER_GATE.0.get(), Gate { finished: 0, tasks }) };
+    unsafe { core::ptr::write_volatile(USER_GATE.get(), Gate { finished: 0, tasks }) };
     let idle = idle::idle_cycles();
     for t in 0..tasks as usize {
         let slot =
