@@ -174,23 +174,29 @@ pub fn identify() -> CpuInfo {
     CpuInfo { vendor, x2apic, huge_pages, hypervisor, tsc_khz, apic_khz }
 }
 
-/// Scans the hypervisor leaf blocks for the signatures the kernel knows.
+/// Scans the hypervisor leaf blocks for the signatures the kernel knows. Each block's registers
+/// are compared as they come (three words against constants): the scan visits 256 blocks, and on
+/// an emulated guest kernel building and comparing byte arrays there cost tens of thousands of
+/// instructions of every boot.
 fn find_hypervisor() -> Hypervisor {
+    const STUB: [u32; 3] = abi_cpuid::signature_regs(&abi_cpuid::SIGNATURE);
+    const KVM: [u32; 3] = abi_cpuid::signature_regs(&abi_cpuid::KVM_SIGNATURE);
+    const TCG: [u32; 3] = abi_cpuid::signature_regs(&abi_cpuid::TCG_SIGNATURE);
     let mut first_other = None;
     let mut host_stub = None;
     let mut kvm = None;
     let mut leaf = abi_cpuid::LEAF_BASE;
     while leaf < abi_cpuid::LEAF_RANGE_END {
         let r = cpuid(leaf, 0);
-        let sig = abi_cpuid::signature_bytes(r.ebx, r.ecx, r.edx);
-        if sig == abi_cpuid::SIGNATURE {
+        let regs = [r.ebx, r.ecx, r.edx];
+        if regs == STUB {
             host_stub = Some(leaf);
-        } else if sig == abi_cpuid::KVM_SIGNATURE {
+        } else if regs == KVM {
             kvm = Some(leaf);
-        } else if sig == abi_cpuid::TCG_SIGNATURE {
+        } else if regs == TCG {
             return Hypervisor::QemuTcg;
         } else if leaf == abi_cpuid::LEAF_BASE && r.eax >= leaf {
-            first_other = Some(sig);
+            first_other = Some(abi_cpuid::signature_bytes(r.ebx, r.ecx, r.edx));
         }
         leaf += abi_cpuid::LEAF_BLOCK_STEP;
     }
