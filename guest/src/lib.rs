@@ -1,19 +1,19 @@
 //! The pvagent guest kernel.
 //!
-//! Layers, bottom to top: `boot` and `arch` (hardware, no protocol knowledge), `task` (the
-//! scheduler), `pv` (the paravirtual protocols), `selftest`. Modules whose logic is plain code
-//! (the scheduler's bookkeeping, the command line, the protocol state machines) build for the
-//! host too and are unit-tested there; everything that touches hardware is `cfg(kernel)`.
+//! Layers, bottom to top: `cell` (the two doors to shared statics), `boot` and `arch`
+//! (hardware, no protocol knowledge), `task` (the scheduler), `pv` (the paravirtual protocols),
+//! `selftest`. Modules whose logic is plain code (the memory layout, the scheduler's bookkeeping,
+//! the command line, the protocol state machines) build for the host too and are unit-tested
+//! there; everything that touches hardware is `cfg(kernel)`.
 
 #![cfg_attr(not(test), no_std)]
 
+pub mod arch;
 pub mod boot;
 pub mod cell;
 pub mod pv;
 pub mod task;
 
-#[cfg(kernel)]
-pub mod arch;
 #[cfg(kernel)]
 pub mod bench;
 #[cfg(kernel)]
@@ -28,7 +28,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Command line keys the kernel understands (others are reported at boot).
 pub const KNOWN_CMDLINE_KEYS: &[&str] =
-    &["tests", "expect-host", "pnp", "pnp-ring", "sld", "bench", "bench-quick", "bench-reps"];
+    &["tests", "expect-host", "kstack", "pnp", "pnp-ring", "sld", "bench", "bench-quick", "bench-reps"];
 
 #[cfg(kernel)]
 #[panic_handler]

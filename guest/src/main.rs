@@ -6,7 +6,7 @@
 
 #[cfg(kernel)]
 mod kernel {
-    use pvagent_guest::arch::{self, cpu::Hypervisor};
+    use pvagent_guest::arch::{self, cpu::Hypervisor, layout};
     use pvagent_guest::boot::cmdline::Cmdline;
     use pvagent_guest::boot::info::{self, BootInfo};
     use pvagent_guest::{console, kprintln, selftest, task};
@@ -24,13 +24,29 @@ mod kernel {
         for warning in &boot.warnings {
             kprintln!("boot: warning: {warning}");
         }
+        if boot.ram_ignored != 0 {
+            kprintln!(
+                "boot: warning: {} KiB of RAM beyond the first {} map entries is not used",
+                boot.ram_ignored >> 10,
+                info::MEMMAP_MAX
+            );
+        }
+        let cmdline = Cmdline::new(boot.cmdline.as_str());
+        let kstack = match cmdline.get("kstack").map(layout::parse_task_stack_kib) {
+            None => task::stack::DEFAULT_KERNEL_STACK_SIZE,
+            Some(Ok(kib)) => kib << 10,
+            Some(Err(why)) => {
+                let default = task::stack::DEFAULT_KERNEL_STACK_SIZE >> 10;
+                kprintln!("boot: warning: kstack= {why}; using {default} KiB");
+                default << 10
+            }
+        };
         // SAFETY: first thing after the console, on the boot vCPU, interrupts still disabled
         // since the PVH entry, boot tables active.
-        let platform = unsafe { arch::init(boot) };
+        let platform = unsafe { arch::init(boot, task::sched::MAX_TASKS, kstack) };
         report_platform(platform, boot);
 
         task::init_cpu();
-        let cmdline = Cmdline::new(boot.cmdline.as_str());
         pvagent_guest::pv::init(&cmdline);
         for key in cmdline.unknown_keys(pvagent_guest::KNOWN_CMDLINE_KEYS) {
             kprintln!("boot: warning: unknown command line key {key:?}");
@@ -70,14 +86,20 @@ mod kernel {
             p.tsc_khz,
             p.tsc_source
         );
+        // One line, kept short: every byte printed is a port exit, and this is every boot.
+        let (m, stacks) = (&p.memory, &p.memory.stacks.demand);
         kprintln!(
-            "boot: ram {} MiB in {} ranges, acpi {}",
+            "boot: ram {} MiB in {} ranges, {} MiB mapped ({} pages), {} MiB unused; kernel {} MiB, task stacks {} KiB x {} x {} vCPUs; acpi {}",
             ram >> 20,
             boot.memmap.len(),
-            match p.madt {
-                Some(m) => m.cpus,
-                None => 0,
-            }
+            m.ram_mapped >> 20,
+            if p.cpu.huge_pages { "1 GiB" } else { "2 MiB" },
+            m.ram.saturating_sub(m.ram_used) >> 20,
+            m.ram_used.div_ceil(1 << 20),
+            stacks.task_size >> 10,
+            stacks.tasks_per_cpu,
+            stacks.cpus,
+            p.madt.map_or(0, |m| m.cpus)
         );
         kprintln!("boot: command line: {:?}", boot.cmdline.as_str());
     }

@@ -3,10 +3,11 @@
 //! Flat 64-bit segments for CPL 0 and CPL 3, and a TSS with
 //! - RSP0: the kernel stack of the running task, used on every entry from CPL 3 (updated at each
 //!   task switch by [`set_kernel_stack`]);
-//! - IST stacks for NMI, #DF and #MC only. Those three can arrive at any instruction, including
-//!   with a corrupt RSP. Every other vector (#AC, #VE, the page-not-present event) runs on the
-//!   ordinary kernel stack, because an IST stack is reset on each entry and a nested entry of
-//!   the same vector would overwrite the frame of the first.
+//! - IST stacks for NMI, #DF and #MC only (in the kernel stack area, above guard pages). Those
+//!   three can arrive at any instruction, including with a corrupt RSP. Every other vector (#AC,
+//!   #VE, the page-not-present event) runs on the ordinary kernel stack, because an IST stack is
+//!   reset on each entry and a nested entry of the same vector would overwrite the frame of the
+//!   first.
 
 use x86_64::PrivilegeLevel;
 use x86_64::VirtAddr;
@@ -33,11 +34,10 @@ pub const TSS_SEL: u16 = 0x28;
 pub const IST_NMI: u16 = 1;
 pub const IST_DOUBLE_FAULT: u16 = 2;
 pub const IST_MACHINE_CHECK: u16 = 3;
-const IST_COUNT: usize = 3;
-const IST_SIZE: usize = 16 * 1024;
-
-#[repr(C, align(4096))]
-struct IstStacks([[u8; IST_SIZE]; IST_COUNT]);
+/// How many IST stacks each vCPU has, and their size (they live in the kernel stack area, each
+/// above its own guard page: see `stacks`).
+pub const IST_COUNT: usize = 3;
+pub const IST_SIZE: u64 = 16 * 1024;
 
 struct CpuTables {
     gdt: GlobalDescriptorTable<8>,
@@ -50,11 +50,6 @@ static TABLES: StaticCell<[CpuTables; MAX_CPUS]> = StaticCell::new(
     [const { CpuTables { gdt: GlobalDescriptorTable::empty(), tss: TaskStateSegment::new() } }; MAX_CPUS],
 );
 
-/// The stacks are only used by the CPU through the TSS; Rust code only takes addresses.
-#[unsafe(link_section = ".stacks.ist")]
-static IST: StaticCell<[IstStacks; MAX_CPUS]> =
-    StaticCell::new([const { IstStacks([[0; IST_SIZE]; IST_COUNT]) }; MAX_CPUS]);
-
 /// vCPU `cpu`'s tables (an address: see `TABLES` for who may use it).
 fn tables(cpu: usize) -> *mut CpuTables {
     let all = TABLES.get();
@@ -62,17 +57,17 @@ fn tables(cpu: usize) -> *mut CpuTables {
     unsafe { &raw mut (*all)[cpu] }
 }
 
-/// Builds and loads this vCPU's GDT and TSS and reloads every segment register.
+/// Builds and loads this vCPU's GDT and TSS (with `ist_tops` as its IST stacks, in the order of
+/// the `IST_*` slots) and reloads every segment register.
 ///
 /// # Safety
 ///
-/// Call once per vCPU, on that vCPU, with interrupts disabled.
-pub unsafe fn init(cpu: usize) {
+/// Call once per vCPU, on that vCPU, with interrupts disabled; the IST stacks must be mapped
+/// before the vCPU can take an NMI, #DF or #MC.
+pub unsafe fn init(cpu: usize, ist_tops: [u64; IST_COUNT]) {
     // SAFETY: the caller guarantees this vCPU is alone with its tables and nothing loaded them.
     let CpuTables { gdt, tss } = unsafe { &mut *tables(cpu) };
-    let ist_base = IST.get() as u64 + (cpu * core::mem::size_of::<IstStacks>()) as u64;
-    for slot in 0..IST_COUNT {
-        let top = ist_base + ((slot + 1) * IST_SIZE) as u64;
+    for (slot, top) in ist_tops.into_iter().enumerate() {
         tss.interrupt_stack_table[slot] = VirtAddr::new(top);
     }
     let selectors = [

@@ -65,6 +65,9 @@ fn run_switch_hooks(from: TaskId, to: TaskId) {
 struct Context {
     rsp: u64,
     trap_depth: u32,
+    /// The top of the task's kernel stack: RSP0 while it runs. 0 for the idle task (the boot
+    /// context), which never runs at CPL 3.
+    stack_top: u64,
 }
 
 /// The saved contexts of one vCPU's task slots. A vCPU only touches its own (CpuLocal), with
@@ -82,7 +85,7 @@ static SCHED: CpuLocal<IrqCell<CpuSched>> = CpuLocal::new(
     [const { IrqCell::new(CpuSched { core: SchedCore::new(), fault_hooks: [None; MAX_TASKS] }) }; MAX_CPUS],
 );
 static CONTEXTS: CpuLocal<Contexts> =
-    CpuLocal::new([const { StaticCell::new([Context { rsp: 0, trap_depth: 0 }; MAX_TASKS]) }; MAX_CPUS]);
+    CpuLocal::new([const { StaticCell::new([Context { rsp: 0, trap_depth: 0, stack_top: 0 }; MAX_TASKS]) }; MAX_CPUS]);
 
 /// The saved context of `slot` on this vCPU (an address: see `Contexts` for who may use it).
 fn context(slot: u16) -> *mut Context {
@@ -96,11 +99,9 @@ fn with_sched<R>(f: impl FnOnce(&mut CpuSched) -> R) -> R {
     SCHED.get().with(f)
 }
 
-/// Makes the running (boot) context this vCPU's idle task, protects the task stacks with guard
-/// pages, and starts the tick.
+/// Makes the running (boot) context this vCPU's idle task and starts the tick.
 pub fn init_cpu() {
     with_sched(|s| s.core.adopt_idle("idle"));
-    stack::protect(percpu::index());
     crate::arch::fault::set_user_fault_hook(on_user_fault);
     super::user::init();
     crate::arch::start_tick(on_tick);
@@ -116,10 +117,10 @@ pub fn spawn_kernel(name: &'static str, entry: KernelEntry, arg: u64) -> Result<
     with_sched(|s| {
         let id = s.core.spawn(name, Kind::Kernel)?;
         s.fault_hooks[usize::from(id.slot)] = None;
-        let top = stack::kernel_stack_top(cpu, id.slot);
+        let top = stack::kernel_stack(cpu, id.slot).top;
         // SAFETY: the slot was free, so its stack is unused; stack tops are page aligned.
         let rsp = unsafe { switch::prepare_kernel_stack(top, entry as usize as u64, arg) };
-        set_context(id.slot, Context { rsp, trap_depth: 0 });
+        set_context(id.slot, Context { rsp, trap_depth: 0, stack_top: top });
         Ok(id)
     })
 }
@@ -136,11 +137,11 @@ pub fn spawn_user(name: &'static str, entry: UserEntry, arg: u64) -> Result<Task
     with_sched(|s| {
         let id = s.core.spawn(name, Kind::User)?;
         s.fault_hooks[usize::from(id.slot)] = None;
-        let top = stack::kernel_stack_top(cpu, id.slot);
+        let top = stack::kernel_stack(cpu, id.slot).top;
         let user_top = stack::user_stack_top(cpu, id.slot);
         // SAFETY: the slot was free, so both stacks are unused; `entry` is in user text.
         let rsp = unsafe { switch::prepare_user_stack(top, entry, user_top, arg) };
-        set_context(id.slot, Context { rsp, trap_depth: 0 });
+        set_context(id.slot, Context { rsp, trap_depth: 0, stack_top: top });
         Ok(id)
     })
 }
@@ -172,13 +173,15 @@ pub fn schedule() {
         return;
     };
     run_switch_hooks(from_id, to_id);
-    gdt::set_kernel_stack(cpu, stack::kernel_stack_top(cpu, to));
     let from_ctx = context(from);
     let to_ctx = context(to);
     // SAFETY: interrupts are off; `from` is the running context (its RSP is written by the
     // switch) and `to` was prepared by spawn or saved by an earlier switch. Nothing else
     // accesses either context meanwhile.
     unsafe {
+        if (*to_ctx).stack_top != 0 {
+            gdt::set_kernel_stack(cpu, (*to_ctx).stack_top);
+        }
         (*from_ctx).trap_depth = percpu::swap_trap_depth((*to_ctx).trap_depth);
         switch::switch_context(core::ptr::addr_of_mut!((*from_ctx).rsp), (*to_ctx).rsp);
     }
