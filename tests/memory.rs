@@ -94,3 +94,28 @@ fn a_kstack_the_guest_cannot_use_is_reported_and_the_default_kept() {
     );
     assert!(memory_line(&r.serial).contains("task stacks 32 KiB"));
 }
+
+#[test]
+fn a_kernel_stack_overflow_stops_at_its_guard_page() {
+    // The task recurses until it writes below its stack: the write faults on the guard page, the
+    // #PF cannot be pushed there either, and the #DF (on its own IST stack) ends the run with a
+    // report whose CR2 is on the guard page.
+    let r = run_stub("kstack=64 tests=task::stack_overflow_hits_the_guard_page");
+    assert_eq!(r.guest_exit_code, Some(exit::FAILURE), "{:#?}", r.serial);
+    let guard = r
+        .serial
+        .iter()
+        .find_map(|l| l.strip_prefix("task: the overflowing task's guard page is at 0x"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .expect("the guest said where the guard page is");
+    let t = r.test("task::stack_overflow_hits_the_guard_page").expect("the test reported a line");
+    assert_eq!(t.status, Status::Fail);
+    assert!(t.reason.contains("unexpected exception #DF (vector 8)"), "{}", t.reason);
+    let address = t
+        .reason
+        .split(", address 0x")
+        .nth(1)
+        .and_then(|rest| u64::from_str_radix(rest.split(' ').next()?, 16).ok())
+        .expect("the #DF report carries CR2");
+    assert!((guard..guard + 4096).contains(&address), "CR2 {address:#x} is not on the guard page {guard:#x}");
+}

@@ -15,7 +15,9 @@ use crate::cell::{FnPtr, FnSlot};
 pub struct Fault {
     pub vector: u8,
     pub error_code: u64,
-    /// CR2 for a page fault, 0 otherwise.
+    /// CR2 for a page fault and a double fault (where it is the address of the page fault that
+    /// could not be delivered, if that is what caused it: a stack overflow onto a guard page),
+    /// 0 otherwise.
     pub address: u64,
     pub rip: u64,
 }
@@ -48,7 +50,7 @@ impl fmt::Display for Fault {
             self.rip,
             self.error_code
         )?;
-        if self.vector == 14 {
+        if has_address(self.vector) {
             write!(f, ", address {:#x}", self.address)?;
         }
         Ok(())
@@ -56,13 +58,18 @@ impl fmt::Display for Fault {
 }
 
 impl Fault {
-    /// The fault described by a trap frame (CR2 read now, for #PF).
+    /// The fault described by a trap frame (CR2 read now, for #PF and #DF).
     pub fn from_frame(frame: &TrapFrame) -> Self {
         let vector = frame.vector as u8;
         // The raw value: whatever address faulted, canonical or not.
-        let address = if vector == 14 { Cr2::read_raw() } else { 0 };
+        let address = if has_address(vector) { Cr2::read_raw() } else { 0 };
         Fault { vector, error_code: frame.error_code, address, rip: frame.rip }
     }
+}
+
+/// #PF, and #DF (which a #PF that cannot be delivered raises, leaving its CR2).
+fn has_address(vector: u8) -> bool {
+    vector == 14 || vector == 8
 }
 
 /// Called for faults at CPL 3 that no vector handler claimed (the task layer ends the task).

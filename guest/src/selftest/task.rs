@@ -18,6 +18,7 @@ pub const TESTS: &[SelfTest] = &[
     SelfTest::new("task::yielding_tasks_interleave", yielding_tasks_interleave),
     SelfTest::new("task::sleep_waits_for_ticks", sleep_waits_for_ticks),
     SelfTest::new("task::every_slot_runs_on_its_whole_stack", every_slot_runs_on_its_whole_stack),
+    SelfTest::on_request("task::stack_overflow_hits_the_guard_page", stack_overflow_hits_the_guard_page),
 ];
 
 fn join(id: task::sched::TaskId) -> Result<ExitStatus, super::Failure> {
@@ -211,4 +212,31 @@ fn every_slot_runs_on_its_whole_stack() -> TestResult {
         ensure!(fault::probe_read_u64(stack.guard).is_err(), "the guard page of slot {} is mapped", id.slot);
     }
     Ok(())
+}
+
+/// Recurses until the stack runs into its guard page.
+#[inline(never)]
+#[allow(unconditional_recursion, reason = "it ends at the guard page, which is what it is for")]
+fn overflow(depth: u64) -> u64 {
+    let mut frame = [0u8; FRAME];
+    // SAFETY: writes to this function's own local array.
+    unsafe { core::ptr::write_volatile(frame.as_mut_ptr(), depth as u8) };
+    let deeper = overflow(depth + 1);
+    core::hint::black_box(&mut frame);
+    deeper
+}
+
+/// Ends the run on purpose (on request only, from `tests/memory.rs`): a kernel task overflows
+/// its stack. The write to the guard page faults; the CPU cannot push the #PF's frame there
+/// either, so it raises #DF on its IST stack, whose report (with CR2: the guard page) fails this
+/// test and ends the run.
+fn stack_overflow_hits_the_guard_page() -> TestResult {
+    fn body(_: u64) -> u64 {
+        overflow(0)
+    }
+    let id = spawned(task::spawn_kernel("overflow", body, 0))?;
+    let guard = task::stack::kernel_stack(percpu::index(), id.slot).guard;
+    crate::kprintln!("task: the overflowing task's guard page is at {guard:#x}");
+    let status = join(id)?;
+    Err(super::fail(format_args!("the overflowing task ended with {status:?} instead of ending the run")))
 }
