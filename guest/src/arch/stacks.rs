@@ -44,7 +44,8 @@ pub(super) fn start_cpu(cpu: usize) {
 }
 
 /// The kernel stack of task slot `slot` on vCPU `cpu`, mapped (the first call for a slot maps
-/// it). Only vCPU `cpu` asks for its own slots, with interrupts off (the scheduler, at spawn).
+/// it). Only vCPU `cpu` asks for its own slots (the scheduler, at spawn); should two contexts
+/// of it race to map one, both write the same entries.
 pub fn task_stack(cpu: usize, slot: usize) -> Stack {
     let stack = area().task(cpu, slot);
     let mapped = TASK_STACKS_MAPPED.of(cpu);

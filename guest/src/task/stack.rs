@@ -22,8 +22,8 @@ struct UserStack([u8; USER_STACK_SIZE]);
 static USER_STACKS: StaticCell<[[UserStack; MAX_TASKS]; MAX_CPUS]> =
     StaticCell::new([const { [const { UserStack([0; USER_STACK_SIZE]) }; MAX_TASKS] }; MAX_CPUS]);
 
-/// The kernel stack of task slot `slot` on vCPU `cpu`, mapped. Call on vCPU `cpu`, with
-/// interrupts off.
+/// The kernel stack of task slot `slot` on vCPU `cpu`, mapped (when the slot is first used).
+/// Call on vCPU `cpu`.
 pub fn kernel_stack(cpu: usize, slot: u16) -> Stack {
     stacks::task_stack(cpu, usize::from(slot))
 }
