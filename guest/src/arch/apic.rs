@@ -127,17 +127,42 @@ pub fn start_periodic_timer(vector: u8, period: u32) {
     write(reg::TIMER_INITIAL, period);
 }
 
+/// A read of the timer's current count with a TSC read on each side: the count was taken
+/// somewhere between the two.
+#[derive(Clone, Copy)]
+struct Stamp {
+    tsc: u64,
+    width: u64,
+    count: u32,
+}
+
+/// The narrowest of a few stamps. A wide one means the vCPU lost its CPU between the reads,
+/// which on a loaded host happens; losing it during all of them is unlikely.
+fn narrow_stamp() -> Stamp {
+    let stamp = || {
+        let before = cpu::rdtsc();
+        let count = read(reg::TIMER_CURRENT);
+        let after = cpu::rdtsc();
+        Stamp { tsc: before + (after - before) / 2, width: after - before, count }
+    };
+    (0..4).map(|_| stamp()).min_by_key(|s| s.width).expect("four stamps")
+}
+
 /// Measures how many TSC cycles pass while the (masked) timer counts down `cycles` input
-/// cycles; used to calibrate the TSC when no CPUID leaf gives its frequency.
+/// cycles; used to calibrate the TSC when no CPUID leaf gives its frequency. Both ends are
+/// stamps taken while the timer is still counting, so time the vCPU loses in between (the host
+/// is busy) counts on both clocks alike and does not skew the ratio.
 pub fn measure_tsc_against_timer(cycles: u32) -> u64 {
     write(reg::TIMER_DIVIDE, DIVIDE_BY_1);
     write(reg::LVT_TIMER, LVT_MASKED);
-    write(reg::TIMER_INITIAL, cycles);
-    let start = cpu::rdtsc();
-    while read(reg::TIMER_CURRENT) != 0 {
+    write(reg::TIMER_INITIAL, cycles.saturating_mul(2));
+    let start = narrow_stamp();
+    while start.count - read(reg::TIMER_CURRENT).min(start.count) < cycles {
         core::hint::spin_loop();
     }
-    cpu::rdtsc() - start
+    let end = narrow_stamp();
+    let counted = u128::from(start.count - end.count.min(start.count)).max(1);
+    (u128::from(end.tsc - start.tsc) * u128::from(cycles) / counted) as u64
 }
 
 /// Remaps the legacy 8259 PICs away from the exception vectors and masks every line: the
