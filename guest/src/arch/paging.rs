@@ -148,24 +148,33 @@ fn index(addr: u64, level: u32) -> usize {
     ((addr >> (12 + 9 * (level - 1))) & 0x1FF) as usize
 }
 
-/// Builds the kernel's page tables as `layout` says and switches to them.
+/// Builds the kernel's page tables as `layout` says (they become active with [`activate`]).
 ///
 /// # Safety
 ///
 /// Call once, on the boot vCPU, with interrupts disabled, while the boot page tables (which map
 /// the first GiB, where the layout put the page tables) are active.
 pub unsafe fn init(layout: &Layout, huge_pages: bool) {
-    let root = with_tables(|t| {
+    with_tables(|t| {
         let (start, end) = layout.placement.tables;
         *t = Tables { root: start, next_frame: start, frames_end: end, huge_pages };
         t.root = t.alloc();
         for r in &layout.regions {
             t.map(r.start, r.end, r.access);
         }
-        t.root
     });
+}
+
+/// Switches this vCPU to the kernel's page tables.
+///
+/// # Safety
+///
+/// Call after [`init`], with interrupts disabled, once whatever this vCPU needs from then on is
+/// mapped (its IST stacks: an NMI on unmapped ones would triple-fault).
+pub unsafe fn activate() {
+    let root = with_tables(|t| t.root);
     let root = PhysFrame::from_start_address(PhysAddr::new(root)).expect("page tables are page aligned");
-    // SAFETY: the new tables identity-map the running code, its stack and every static (the
+    // SAFETY: the kernel's tables identity-map the running code, its stack and every static (the
     // whole image), with the same addresses as the boot tables, so execution continues. The
     // write is a compiler barrier (no `nomem`): no access moves across the switch.
     unsafe { Cr3::write(root, Cr3Flags::empty()) };

@@ -74,7 +74,10 @@ pub unsafe fn init(boot: &BootInfo, tasks_per_cpu: usize, task_stack_size: u64) 
     fault::init();
     // SAFETY: boot vCPU, once, interrupts off, boot tables active (the caller's contract).
     unsafe { paging::init(&layout, cpu.huge_pages) };
+    // Mapped before the switch, so that an NMI, #DF or #MC always finds its stack.
     stacks::start_cpu(0);
+    // SAFETY: after `init`, interrupts off, this vCPU's IST stacks mapped.
+    unsafe { paging::activate() };
 
     apic::disable_legacy_pic();
     let boot_apic_id = apic::init(cpu.x2apic);
