@@ -295,8 +295,8 @@ impl core::fmt::Display for LayoutError {
 }
 
 /// Decides the layout. `memory` lists what the memory map says to map (RAM, ACPI data) and
-/// `devices` the device pages to map at boot (never merged with anything); `ram` is the part of
-/// `memory` that is free RAM the kernel may carve its page tables and stacks from.
+/// `devices` the device pages to map at boot; `ram` is the part of `memory` that is free RAM
+/// the kernel may carve its page tables and stacks from (the ranges must not overlap).
 pub fn plan(
     image: &ImageLayout,
     memory: &[Region],
@@ -385,8 +385,8 @@ pub fn plan(
         return Err(no_room(table_frames));
     }
     let ram_total: u64 = ram.iter().map(|&(s, e)| e.saturating_sub(s)).sum();
-    let ram_mapped =
-        kept.iter().filter(|r| ram.iter().any(|&(s, e)| s <= r.start && r.end <= e)).map(|r| r.end - r.start).sum();
+    let overlap = |r: &Region, &(s, e): &(u64, u64)| r.end.min(e).saturating_sub(r.start.max(s));
+    let ram_mapped = kept.iter().map(|r| ram.iter().map(|range| overlap(r, range)).sum::<u64>()).sum();
     let ram_used = (image.end - image.start) + stacks.len() + table_frames * PAGE;
     Ok(Layout {
         regions: kept,
@@ -564,6 +564,18 @@ mod tests {
         let layout = plan_for(&ranges, demand(1, 32), true).expect("fits");
         assert!(layout.regions.windows(2).all(|w| w[0].end <= w[1].start));
         assert_eq!(mapped(&layout, 96 * MIB - 1), Some(Access::KernelData));
+    }
+
+    #[test]
+    fn neighbours_with_the_same_permissions_share_large_pages_and_count_as_mapped_ram() {
+        // Two map entries that meet at 5 MiB: one region, so 2 MiB pages run across the border.
+        let layout =
+            plan_for(&[(0, 0xA_0000), (MIB, 5 * MIB), (5 * MIB, 64 * MIB)], demand(1, 32), true).expect("fits");
+        let s = layout.placement.stacks;
+        let after = layout.regions.iter().find(|r| r.start == s.end()).expect("RAM right after the stack area");
+        assert_eq!(after.end, 64 * MIB, "one region from the stack area to the end of RAM");
+        let unmapped = layout.placement.ram - layout.placement.ram_mapped;
+        assert_eq!(unmapped, 2 * PAGE + s.len(), "only page 0, the boot stack's guard and the stack area are left out");
     }
 
     #[test]
