@@ -1,20 +1,21 @@
 //! The pvagent guest kernel.
 //!
-//! Layers, bottom to top: `boot` and `arch` (hardware, no protocol knowledge), `task` (the
-//! scheduler), `pv` (the paravirtual protocols), `selftest`; `start` is the boot sequence the
-//! kernel binaries share (the product kernel, `main.rs`, and the benchmark kernel, `bench/`,
-//! whose code lives only in that binary). Modules whose logic is plain code
-//! (the scheduler's bookkeeping, the command line, the protocol state machines) build for the
-//! host too and are unit-tested there; everything that touches hardware is `cfg(kernel)`.
+//! Layers, bottom to top: `cell` (the two doors to shared statics), `boot` and `arch`
+//! (hardware, no protocol knowledge), `task` (the scheduler), `pv` (the paravirtual protocols),
+//! `selftest`; `start` is the boot sequence the kernel binaries share (the product kernel,
+//! `main.rs`, and the benchmark kernel, `bench/`, whose code lives only in that binary). Modules
+//! whose logic is plain code (the memory layout, the scheduler's bookkeeping, the command line,
+//! the protocol state machines) build for the host too and are unit-tested there; everything
+//! that touches hardware is `cfg(kernel)`.
 
 #![cfg_attr(not(test), no_std)]
 
+pub mod arch;
 pub mod boot;
+pub mod cell;
 pub mod pv;
 pub mod task;
 
-#[cfg(kernel)]
-pub mod arch;
 #[cfg(kernel)]
 pub mod console;
 #[cfg(kernel)]

@@ -2,14 +2,14 @@
 //! kernel in `bench/`): console, boot information, the hardware layer, the scheduler and the
 //! protocols, then the binary's first task and the idle loop.
 
-use crate::arch::{self, cpu::Hypervisor};
+use crate::arch::{self, cpu::Hypervisor, layout};
 use crate::boot::cmdline::Cmdline;
 use crate::boot::info::{self, BootInfo};
 use crate::{console, kprintln, task};
 
 /// Command line keys the boot sequence itself reads (the protocols' settings). A binary's own
 /// keys come with its [`FirstTask`]; any other key is reported at boot.
-pub const CMDLINE_KEYS: &[&str] = &["pnp", "pnp-ring", "sld"];
+pub const CMDLINE_KEYS: &[&str] = &["kstack", "pnp", "pnp-ring", "sld"];
 
 /// What a kernel binary runs once the kernel is up.
 #[derive(Clone, Copy, Debug)]
@@ -39,13 +39,29 @@ pub unsafe fn boot(start_info_paddr: u32, first: FirstTask) -> ! {
     for warning in &boot.warnings {
         kprintln!("boot: warning: {warning}");
     }
+    if boot.ram_ignored != 0 {
+        kprintln!(
+            "boot: warning: {} KiB of RAM beyond the first {} map entries is not used",
+            boot.ram_ignored >> 10,
+            info::MEMMAP_MAX
+        );
+    }
+    let cmdline = Cmdline::new(boot.cmdline.as_str());
+    let kstack = match cmdline.get("kstack").map(layout::parse_task_stack_kib) {
+        None => task::stack::DEFAULT_KERNEL_STACK_SIZE,
+        Some(Ok(kib)) => kib << 10,
+        Some(Err(why)) => {
+            let default = task::stack::DEFAULT_KERNEL_STACK_SIZE >> 10;
+            kprintln!("boot: warning: kstack= {why}; using {default} KiB");
+            default << 10
+        }
+    };
     // SAFETY: first thing after the console, on the boot vCPU, interrupts still disabled and
     // the boot tables active (this function's contract).
-    let platform = unsafe { arch::init(boot) };
+    let platform = unsafe { arch::init(boot, task::table::MAX_TASKS, kstack) };
     report_platform(platform, boot);
 
     task::init_cpu();
-    let cmdline = Cmdline::new(boot.cmdline.as_str());
     crate::pv::init(&cmdline);
     for key in cmdline.unknown_keys(CMDLINE_KEYS).filter(|key| !first.cmdline_keys.contains(key)) {
         kprintln!("boot: warning: unknown command line key {key:?}");
@@ -82,14 +98,20 @@ fn report_platform(p: &arch::Platform, boot: &BootInfo) {
         p.tsc_khz,
         p.tsc_source
     );
+    // One line, kept short: every byte printed is a port exit, and this is every boot.
+    let (m, stacks) = (&p.memory, &p.memory.stacks.demand);
     kprintln!(
-        "boot: ram {} MiB in {} ranges, acpi {}",
+        "boot: ram {} MiB in {} ranges, {} MiB mapped ({} pages), {} MiB unused; kernel {} MiB, task stacks {} KiB x {} x {} vCPUs; acpi {}",
         ram >> 20,
         boot.memmap.len(),
-        match p.madt {
-            Some(m) => m.cpus,
-            None => 0,
-        }
+        m.ram_mapped >> 20,
+        if p.cpu.huge_pages { "1 GiB" } else { "2 MiB" },
+        m.ram.saturating_sub(m.ram_used) >> 20,
+        m.ram_used.div_ceil(1 << 20),
+        stacks.task_size >> 10,
+        stacks.tasks_per_cpu,
+        stacks.cpus,
+        p.madt.map_or(0, |m| m.cpus)
     );
     kprintln!("boot: command line: {:?}", boot.cmdline.as_str());
 }

@@ -1,44 +1,11 @@
 //! Locking for a kernel whose handlers interrupt its tasks: every lock here keeps interrupts off
-//! while held, so a handler can never spin on a lock its own vCPU holds.
+//! while held (with `arch`'s [`IrqGuard`], whose both ends are compiler barriers), so a handler
+//! can never spin on a lock its own vCPU holds.
 
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
 
-use crate::arch::cpu;
-
-/// Disables interrupts for its lifetime and restores the previous state on drop.
-#[derive(Debug)]
-pub struct IrqGuard {
-    were_enabled: bool,
-}
-
-impl IrqGuard {
-    /// Disables interrupts, remembering whether they were on.
-    pub fn new() -> Self {
-        let were_enabled = cpu::interrupts_enabled();
-        cpu::disable_interrupts();
-        Self { were_enabled }
-    }
-
-    /// Whether interrupts were enabled when the guard was taken.
-    pub fn were_enabled(&self) -> bool {
-        self.were_enabled
-    }
-}
-
-impl Default for IrqGuard {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for IrqGuard {
-    fn drop(&mut self) {
-        if self.were_enabled {
-            cpu::enable_interrupts();
-        }
-    }
-}
+pub use crate::arch::cpu::IrqGuard;
 
 /// A spinlock that also keeps interrupts off while held (shared between vCPUs and handlers).
 #[derive(Debug)]

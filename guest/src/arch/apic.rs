@@ -4,6 +4,7 @@
 use core::sync::atomic::{AtomicU8, Ordering};
 
 use x86_64::instructions::port::Port;
+use x86_64::registers::model_specific::{ApicBase, ApicBaseFlags, Msr};
 
 use super::cpu;
 
@@ -23,8 +24,6 @@ mod reg {
     pub const TIMER_DIVIDE: u32 = 0x3E0;
 }
 
-const APIC_BASE_ENABLE: u64 = 1 << 11;
-const APIC_BASE_X2APIC: u64 = 1 << 10;
 const SVR_ENABLE: u32 = 1 << 8;
 const LVT_MASKED: u32 = 1 << 16;
 const LVT_PERIODIC: u32 = 1 << 17;
@@ -56,8 +55,9 @@ pub fn mode() -> Mode {
 
 fn read(offset: u32) -> u32 {
     match mode() {
-        // SAFETY: x2APIC is enabled (init) and the MSR is the architectural alias of `offset`.
-        Mode::X2Apic => unsafe { cpu::read_msr(0x800 + offset / 16) as u32 },
+        // SAFETY: x2APIC is enabled (init) and the MSR is the architectural alias of `offset`;
+        // reading an APIC register has no side effect.
+        Mode::X2Apic => unsafe { Msr::new(0x800 + offset / 16).read() as u32 },
         // SAFETY: the xAPIC page is mapped uncached (arch init) and `offset` is a register.
         Mode::XApic => unsafe { core::ptr::read_volatile((XAPIC_BASE + u64::from(offset)) as *const u32) },
     }
@@ -66,7 +66,7 @@ fn read(offset: u32) -> u32 {
 fn write(offset: u32, value: u32) {
     match mode() {
         // SAFETY: as in `read`; the callers write values valid for each register.
-        Mode::X2Apic => unsafe { cpu::write_msr(0x800 + offset / 16, u64::from(value)) },
+        Mode::X2Apic => unsafe { Msr::new(0x800 + offset / 16).write(u64::from(value)) },
         // SAFETY: as in `read`.
         Mode::XApic => unsafe { core::ptr::write_volatile((XAPIC_BASE + u64::from(offset)) as *mut u32, value) },
     }
@@ -75,16 +75,14 @@ fn write(offset: u32, value: u32) {
 /// Enables this vCPU's local APIC (x2APIC when `use_x2apic`), with TPR 0 and the spurious
 /// vector set. Returns the APIC ID.
 pub fn init(use_x2apic: bool) -> u32 {
-    // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU; setting EN (and EXTD when CPUID offers
-    // x2APIC) keeps the base address.
-    unsafe {
-        let base = cpu::read_msr(cpu::IA32_APIC_BASE);
-        let mut new = base | APIC_BASE_ENABLE;
-        if use_x2apic {
-            new |= APIC_BASE_X2APIC;
-        }
-        cpu::write_msr(cpu::IA32_APIC_BASE, new);
+    let (base, raw) = ApicBase::read_raw();
+    let mut enable = ApicBaseFlags::LAPIC_ENABLE;
+    if use_x2apic {
+        enable |= ApicBaseFlags::X2APIC_ENABLE;
     }
+    // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU; setting EN (and EXTD when CPUID offers
+    // x2APIC) keeps the base address and every other bit.
+    unsafe { ApicBase::write_raw(base, raw | enable.bits()) };
     MODE.store(if use_x2apic { MODE_X2APIC } else { MODE_XAPIC }, Ordering::Relaxed);
     write(reg::TPR, 0);
     write(reg::SVR, SVR_ENABLE | u32::from(SPURIOUS_VECTOR));
@@ -164,17 +162,42 @@ pub fn timer_setting() -> TimerSetting {
     }
 }
 
+/// A read of the timer's current count with a TSC read on each side: the count was taken
+/// somewhere between the two.
+#[derive(Clone, Copy)]
+struct Stamp {
+    tsc: u64,
+    width: u64,
+    count: u32,
+}
+
+/// The narrowest of a few stamps. A wide one means the vCPU lost its CPU between the reads,
+/// which on a loaded host happens; losing it during all of them is unlikely.
+fn narrow_stamp() -> Stamp {
+    let stamp = || {
+        let before = cpu::rdtsc();
+        let count = read(reg::TIMER_CURRENT);
+        let after = cpu::rdtsc();
+        Stamp { tsc: before + (after - before) / 2, width: after - before, count }
+    };
+    (0..4).map(|_| stamp()).min_by_key(|s| s.width).expect("four stamps")
+}
+
 /// Measures how many TSC cycles pass while the (masked) timer counts down `cycles` input
-/// cycles; used to calibrate the TSC when no CPUID leaf gives its frequency.
+/// cycles; used to calibrate the TSC when no CPUID leaf gives its frequency. Both ends are
+/// stamps taken while the timer is still counting, so time the vCPU loses in between (the host
+/// is busy) counts on both clocks alike and does not skew the ratio.
 pub fn measure_tsc_against_timer(cycles: u32) -> u64 {
     write(reg::TIMER_DIVIDE, DIVIDE_BY_1);
     write(reg::LVT_TIMER, LVT_MASKED);
-    write(reg::TIMER_INITIAL, cycles);
-    let start = cpu::rdtsc();
-    while read(reg::TIMER_CURRENT) != 0 {
+    write(reg::TIMER_INITIAL, cycles.saturating_mul(2));
+    let start = narrow_stamp();
+    while start.count - read(reg::TIMER_CURRENT).min(start.count) < cycles {
         core::hint::spin_loop();
     }
-    cpu::rdtsc() - start
+    let end = narrow_stamp();
+    let counted = u128::from(start.count - end.count.min(start.count)).max(1);
+    (u128::from(end.tsc - start.tsc) * u128::from(cycles) / counted) as u64
 }
 
 /// Remaps the legacy 8259 PICs away from the exception vectors and masks every line: the

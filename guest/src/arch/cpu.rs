@@ -1,120 +1,85 @@
-//! CPU registers and instructions the kernel uses, behind small typed wrappers, and the CPU's
-//! identity: its features and which hypervisor (if any) it runs under.
+//! The CPU instructions the kernel needs beyond the `x86_64` crate's typed registers, the
+//! interrupt-flag guard, and the CPU's identity: its features (raw-cpuid) and which hypervisor
+//! (if any) it runs under.
 
 use core::arch::asm;
+
 use pvagent_abi::cpuid as abi_cpuid;
 use pvagent_abi::{ABI_VERSION, AbiVersion};
+use raw_cpuid::CpuId;
+use x86_64::instructions::interrupts;
 
-/// IA32_APIC_BASE.
-pub const IA32_APIC_BASE: u32 = 0x1B;
-/// IA32_EFER.
-pub const IA32_EFER: u32 = 0xC000_0080;
-/// IA32_GS_BASE: the active GS base.
-pub const IA32_GS_BASE: u32 = 0xC000_0101;
-/// IA32_KERNEL_GS_BASE: the value `swapgs` exchanges with the GS base.
-pub const IA32_KERNEL_GS_BASE: u32 = 0xC000_0102;
-
-/// CR0.AM: alignment checks at CPL 3 when RFLAGS.AC is set.
-pub const CR0_AM: u64 = 1 << 18;
-
-/// Reads an MSR.
-///
-/// # Safety
-///
-/// `msr` must exist on this CPU (a missing MSR raises #GP in kernel mode).
-pub unsafe fn read_msr(msr: u32) -> u64 {
-    let (lo, hi): (u32, u32);
-    // SAFETY: the caller guarantees the MSR exists.
-    unsafe {
-        asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nostack, nomem, preserves_flags));
-    }
-    (u64::from(hi) << 32) | u64::from(lo)
-}
-
-/// Writes an MSR.
-///
-/// # Safety
-///
-/// `msr` must exist, `value` must be valid for it, and the write must not break the kernel's
-/// assumptions (GS base, EFER, APIC base...).
-pub unsafe fn write_msr(msr: u32, value: u64) {
-    // SAFETY: the caller guarantees the MSR exists and the value is acceptable.
-    unsafe {
-        asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32,
-            options(nostack, nomem, preserves_flags));
-    }
-}
-
-/// CR0.
-pub fn read_cr0() -> u64 {
-    let value: u64;
-    // SAFETY: reading CR0 has no side effects at CPL 0.
-    unsafe { asm!("mov {}, cr0", out(reg) value, options(nostack, nomem, preserves_flags)) };
-    value
-}
-
-/// Writes CR0.
-///
-/// # Safety
-///
-/// The new value must keep paging, protection and write-protect as the kernel set them.
-pub unsafe fn write_cr0(value: u64) {
-    // SAFETY: the caller guarantees the value keeps the kernel's mode.
-    unsafe { asm!("mov cr0, {}", in(reg) value, options(nostack, nomem, preserves_flags)) };
-}
-
-/// CR2: the linear address of the last page fault.
-pub fn read_cr2() -> u64 {
-    let value: u64;
-    // SAFETY: reading CR2 has no side effects at CPL 0.
-    unsafe { asm!("mov {}, cr2", out(reg) value, options(nostack, nomem, preserves_flags)) };
-    value
-}
-
-/// RFLAGS.
-pub fn read_rflags() -> u64 {
-    let value: u64;
-    // SAFETY: pushfq/pop only touch the stack slot they use.
-    unsafe { asm!("pushfq", "pop {}", out(reg) value, options(nomem, preserves_flags)) };
-    value
-}
-
-/// Whether interrupts are enabled on this vCPU.
-pub fn interrupts_enabled() -> bool {
-    read_rflags() & super::trap::RFLAGS_IF != 0
-}
-
-/// Disables interrupts.
-pub fn disable_interrupts() {
-    // SAFETY: masking interrupts cannot break memory safety.
-    unsafe { asm!("cli", options(nostack, nomem)) };
-}
-
-/// Enables interrupts.
-pub fn enable_interrupts() {
-    // SAFETY: every vector has a stub and the IDT is loaded before the first call.
-    unsafe { asm!("sti", options(nostack, nomem)) };
-}
+// Registers the `x86_64` crate types are used from there directly (`Cr0`, `Cr2`, `Cr3`,
+// `RFlags`, `Msr`, `GsBase`, ...). Its register writes are compiler barriers (no `nomem`): a
+// write that changes how memory is reached (CR0, CR3, the GS base, an MSR with side effects) is
+// never reordered with the accesses around it. Its register reads are `nomem`, which is right for
+// what the kernel reads: CR0, RFLAGS and the MSRs it reads do not change with memory accesses,
+// and CR2 changes only with a new page fault, while the kernel reads it first thing on the #PF
+// path, before anything there could fault.
 
 /// Enables interrupts and halts until one arrives, atomically: STI's one-instruction shadow
 /// keeps an interrupt from slipping in between, so a wake-up cannot be missed. Returns with
 /// interrupts enabled, after the interrupt's handler ran.
 pub fn enable_interrupts_and_halt() {
-    // SAFETY: as in `enable_interrupts`; HLT resumes on the next interrupt.
-    unsafe { asm!("sti", "hlt", options(nostack, nomem)) };
-}
-
-/// Executes CPUID.
-pub fn cpuid(leaf: u32, subleaf: u32) -> raw_cpuid::CpuIdResult {
-    raw_cpuid::cpuid!(leaf, subleaf)
+    // SAFETY: every vector has a stub and the IDT is loaded before the first call; HLT resumes
+    // on the next interrupt. Not `nomem` (unlike the `x86_64` crate's `enable_and_hlt`): the
+    // handler that ends the halt changes memory (the condition the caller waits for), so this is
+    // a compiler barrier like any change of the interrupt flag, and the caller's next check
+    // reads memory afresh.
+    unsafe { asm!("sti", "hlt", options(nostack, preserves_flags)) };
 }
 
 /// Reads the time-stamp counter.
 pub fn rdtsc() -> u64 {
     let (lo, hi): (u32, u32);
-    // SAFETY: RDTSC only reads the counter (CR4.TSD is clear).
+    // SAFETY: RDTSC only reads the counter (CR4.TSD is clear). `nomem`: it neither reads nor
+    // writes memory and is no ordering point (the kernel never uses it as a fence).
     unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nostack, nomem, preserves_flags)) };
     (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// Disables interrupts for its lifetime and restores the previous state on drop. Both ends
+/// are compiler barriers (the `x86_64` crate's `disable`/`enable` are `asm!` without `nomem`,
+/// like a lock's acquire and release), so no access of the section moves out of it.
+#[derive(Debug)]
+pub struct IrqGuard {
+    were_enabled: bool,
+}
+
+impl IrqGuard {
+    /// Disables interrupts, remembering whether they were on.
+    pub fn new() -> Self {
+        let were_enabled = interrupts::are_enabled();
+        interrupts::disable();
+        Self { were_enabled }
+    }
+
+    /// Whether interrupts were enabled when the guard was taken.
+    pub fn were_enabled(&self) -> bool {
+        self.were_enabled
+    }
+}
+
+impl Default for IrqGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for IrqGuard {
+    fn drop(&mut self) {
+        if self.were_enabled {
+            // `sti; nop`: the nop ends STI's shadow inside this call, so an interrupt that is
+            // pending is taken here even when the caller's next instruction is a CLI.
+            interrupts::enable();
+        }
+    }
+}
+
+/// Executes CPUID for a leaf raw-cpuid does not model (the hypervisor leaves, the host stub's
+/// own, split-lock enumeration).
+pub fn cpuid(leaf: u32, subleaf: u32) -> raw_cpuid::CpuIdResult {
+    raw_cpuid::cpuid!(leaf, subleaf)
 }
 
 /// Who runs this vCPU.
@@ -168,6 +133,8 @@ impl Hypervisor {
 pub struct CpuInfo {
     pub vendor: [u8; 12],
     pub x2apic: bool,
+    /// 1 GiB pages (CPUID.80000001H:EDX.Page1GB).
+    pub huge_pages: bool,
     pub hypervisor: Hypervisor,
     /// TSC frequency in kHz, when some leaf tells it.
     pub tsc_khz: Option<u32>,
@@ -177,11 +144,16 @@ pub struct CpuInfo {
 
 /// Reads the CPU's identity and features.
 pub fn identify() -> CpuInfo {
-    let leaf0 = cpuid(0, 0);
-    let vendor = abi_cpuid::signature_bytes(leaf0.ebx, leaf0.edx, leaf0.ecx);
-    let leaf1 = cpuid(1, 0);
-    let x2apic = leaf1.ecx & (1 << 21) != 0;
-    let under_hypervisor = leaf1.ecx & (1 << 31) != 0;
+    let leaves = CpuId::new();
+    let mut vendor = [0; 12];
+    if let Some(info) = leaves.get_vendor_info() {
+        let name = info.as_str().as_bytes();
+        vendor[..name.len().min(12)].copy_from_slice(&name[..name.len().min(12)]);
+    }
+    let features = leaves.get_feature_info();
+    let x2apic = features.as_ref().is_some_and(|f| f.has_x2apic());
+    let under_hypervisor = features.as_ref().is_some_and(|f| f.has_hypervisor());
+    let huge_pages = leaves.get_extended_processor_and_feature_identifiers().is_some_and(|e| e.has_1gib_pages());
     let hypervisor = if under_hypervisor { find_hypervisor() } else { Hypervisor::None };
 
     let mut tsc_khz = None;
@@ -191,12 +163,10 @@ pub fn identify() -> CpuInfo {
         tsc_khz = (info.ecx != 0).then_some(info.ecx);
         apic_khz = (info.edx != 0).then_some(info.edx);
     }
-    if tsc_khz.is_none() && leaf0.eax >= 0x15 {
-        // CPUID.15H: TSC = crystal * EBX / EAX.
-        let l15 = cpuid(0x15, 0);
-        if l15.eax != 0 && l15.ebx != 0 && l15.ecx != 0 {
-            tsc_khz = Some((u64::from(l15.ecx) * u64::from(l15.ebx) / u64::from(l15.eax) / 1000) as u32);
-        }
+    if tsc_khz.is_none() {
+        // CPUID.15H: TSC = crystal * EBX / EAX, when all three are given.
+        let hz = leaves.get_tsc_info().and_then(|t| t.tsc_frequency());
+        tsc_khz = hz.map(|hz| (hz / 1000) as u32);
     }
     if let Hypervisor::Kvm { base }
     | Hypervisor::HostStub { kvm_base: Some(base), .. }
@@ -210,26 +180,32 @@ pub fn identify() -> CpuInfo {
             apic_khz = apic_khz.or((timing.ebx != 0).then_some(timing.ebx));
         }
     }
-    CpuInfo { vendor, x2apic, hypervisor, tsc_khz, apic_khz }
+    CpuInfo { vendor, x2apic, huge_pages, hypervisor, tsc_khz, apic_khz }
 }
 
-/// Scans the hypervisor leaf blocks for the signatures the kernel knows.
+/// Scans the hypervisor leaf blocks for the signatures the kernel knows. Each block's registers
+/// are compared as they come (three words against constants): the scan visits 256 blocks, and on
+/// an emulated guest kernel building and comparing byte arrays there cost tens of thousands of
+/// instructions of every boot.
 fn find_hypervisor() -> Hypervisor {
+    const STUB: [u32; 3] = abi_cpuid::signature_regs(&abi_cpuid::SIGNATURE);
+    const KVM: [u32; 3] = abi_cpuid::signature_regs(&abi_cpuid::KVM_SIGNATURE);
+    const TCG: [u32; 3] = abi_cpuid::signature_regs(&abi_cpuid::TCG_SIGNATURE);
     let mut first_other = None;
     let mut host_stub = None;
     let mut kvm = None;
     let mut leaf = abi_cpuid::LEAF_BASE;
     while leaf < abi_cpuid::LEAF_RANGE_END {
         let r = cpuid(leaf, 0);
-        let sig = abi_cpuid::signature_bytes(r.ebx, r.ecx, r.edx);
-        if sig == abi_cpuid::SIGNATURE {
+        let regs = [r.ebx, r.ecx, r.edx];
+        if regs == STUB {
             host_stub = Some(leaf);
-        } else if sig == abi_cpuid::KVM_SIGNATURE {
+        } else if regs == KVM {
             kvm = Some(leaf);
-        } else if sig == abi_cpuid::TCG_SIGNATURE {
+        } else if regs == TCG {
             return Hypervisor::QemuTcg;
         } else if leaf == abi_cpuid::LEAF_BASE && r.eax >= leaf {
-            first_other = Some(sig);
+            first_other = Some(abi_cpuid::signature_bytes(r.ebx, r.ecx, r.edx));
         }
         leaf += abi_cpuid::LEAF_BLOCK_STEP;
     }

@@ -9,7 +9,7 @@ pub fn exit(code: u32) -> ! {
     // SAFETY: writing the debug-exit port has no effect on the guest's memory.
     unsafe { Port::<u32>::new(pvagent_abi::port::DEBUG_EXIT).write(code) };
     loop {
-        super::cpu::disable_interrupts();
+        x86_64::instructions::interrupts::disable();
         x86_64::instructions::hlt();
     }
 }

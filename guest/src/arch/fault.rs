@@ -2,17 +2,22 @@
 //! table, like Linux's), faults of CPL 3 tasks (handed to the task layer), and everything else
 //! (a fatal, reported kernel bug).
 
-use core::fmt;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::fmt::{self, Write};
 
+use x86_64::registers::control::Cr2;
+
+use super::serial::Serial;
 use super::trap::{self, TrapFrame};
+use crate::cell::{FnPtr, FnSlot};
 
 /// A fault taken by a probe or a task: what the CPU reported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fault {
     pub vector: u8,
     pub error_code: u64,
-    /// CR2 for a page fault, 0 otherwise.
+    /// CR2 for a page fault and a double fault (where it is the address of the page fault that
+    /// could not be delivered, if that is what caused it: a stack overflow onto a guard page),
+    /// 0 otherwise.
     pub address: u64,
     pub rip: u64,
 }
@@ -45,7 +50,7 @@ impl fmt::Display for Fault {
             self.rip,
             self.error_code
         )?;
-        if self.vector == 14 {
+        if has_address(self.vector) {
             write!(f, ", address {:#x}", self.address)?;
         }
         Ok(())
@@ -53,41 +58,50 @@ impl fmt::Display for Fault {
 }
 
 impl Fault {
-    /// The fault described by a trap frame (CR2 read now, for #PF).
+    /// The fault described by a trap frame (CR2 read now, for #PF and #DF).
     pub fn from_frame(frame: &TrapFrame) -> Self {
         let vector = frame.vector as u8;
-        let address = if vector == 14 { super::cpu::read_cr2() } else { 0 };
+        // The raw value: whatever address faulted, canonical or not.
+        let address = if has_address(vector) { Cr2::read_raw() } else { 0 };
         Fault { vector, error_code: frame.error_code, address, rip: frame.rip }
     }
 }
 
+/// #PF, and #DF (which a #PF that cannot be delivered raises, leaving its CR2).
+fn has_address(vector: u8) -> bool {
+    vector == 14 || vector == 8
+}
+
 /// Called for faults at CPL 3 that no vector handler claimed (the task layer ends the task).
 pub type UserFaultHook = fn(&mut TrapFrame, Fault);
+// SAFETY: a fn pointer type.
+unsafe impl FnPtr for UserFaultHook {}
 /// Called to end the run after a kernel bug; never returns.
 pub type FatalHook = fn(fmt::Arguments<'_>) -> !;
+// SAFETY: a fn pointer type.
+unsafe impl FnPtr for FatalHook {}
 
-static USER_FAULT_HOOK: AtomicUsize = AtomicUsize::new(0);
-static FATAL_HOOK: AtomicUsize = AtomicUsize::new(0);
+static USER_FAULT_HOOK: FnSlot<UserFaultHook> = FnSlot::empty();
+static FATAL_HOOK: FnSlot<FatalHook> = FnSlot::empty();
 
 /// Sets who handles faults of CPL 3 code.
 pub fn set_user_fault_hook(hook: UserFaultHook) {
-    USER_FAULT_HOOK.store(hook as usize, Ordering::Release);
+    USER_FAULT_HOOK.set(hook);
 }
 
 /// Sets how the kernel reports a fatal error and ends the run.
 pub fn set_fatal_hook(hook: FatalHook) {
-    FATAL_HOOK.store(hook as usize, Ordering::Release);
+    FATAL_HOOK.set(hook);
 }
 
-/// Ends the run with a report: the registered fatal hook, or a plain exit.
+/// Ends the run with a report: the registered fatal hook, or a plain exit. Without a hook the
+/// message goes straight to the UART, past the console's lock (the failing context may hold
+/// it): output may interleave, but it is never lost and never deadlocks.
 pub fn fatal(args: fmt::Arguments<'_>) -> ! {
-    let raw = FATAL_HOOK.load(Ordering::Acquire);
-    if raw != 0 {
-        // SAFETY: only `FatalHook` values are stored in FATAL_HOOK.
-        let hook = unsafe { core::mem::transmute::<usize, FatalHook>(raw) };
+    if let Some(hook) = FATAL_HOOK.get() {
         hook(args);
     }
-    crate::console::print_panic(format_args!("fatal: {args}\n"));
+    let _ = Serial::new(pvagent_abi::port::COM1).write_fmt(format_args!("fatal: {args}\n"));
     super::exit::exit(pvagent_abi::exit::FAILURE)
 }
 
@@ -108,14 +122,11 @@ pub fn unhandled(frame: &mut TrapFrame) {
     if !frame.from_user() && fixup(frame, &fault) {
         return;
     }
-    if frame.from_user() {
-        let raw = USER_FAULT_HOOK.load(Ordering::Acquire);
-        if raw != 0 {
-            // SAFETY: only `UserFaultHook` values are stored in USER_FAULT_HOOK.
-            let hook = unsafe { core::mem::transmute::<usize, UserFaultHook>(raw) };
-            hook(frame, fault);
-            return;
-        }
+    if frame.from_user()
+        && let Some(hook) = USER_FAULT_HOOK.get()
+    {
+        hook(frame, fault);
+        return;
     }
     fatal(format_args!(
         "unexpected exception {fault} (cpl {}, rsp {:#x}, rflags {:#x}, rax {:#x}, rbx {:#x}, rcx {:#x}, rdx {:#x}, rsi {:#x}, rdi {:#x})",
@@ -175,7 +186,8 @@ pub fn probe_read_u64(addr: u64) -> Result<u64, Fault> {
     let value: u64;
     let (vector, error_code, address, rip): (u64, u64, u64, u64);
     // SAFETY: a fault at label 2 is caught by the exception table and resumes at label 3 with
-    // the fault in RAX/RDX/RCX; no fault means a plain load. The asm touches no other state.
+    // the fault in RAX/RDX/RCX; no fault means a plain load. The asm touches no other state:
+    // `readonly`, and it may move only as far as a load may.
     unsafe {
         core::arch::asm!(
             "2: mov {val}, qword ptr [{addr}]",
@@ -199,7 +211,8 @@ pub fn probe_read_u64(addr: u64) -> Result<u64, Fault> {
 /// Writes a u64 at `addr`, turning a fault into an error instead of a crash.
 pub fn probe_write_u64(addr: u64, value: u64) -> Result<(), Fault> {
     let (vector, error_code, address, rip): (u64, u64, u64, u64);
-    // SAFETY: as in `probe_read_u64`; callers probe addresses they may legitimately write.
+    // SAFETY: as in `probe_read_u64`; callers probe addresses they may legitimately write (a
+    // store: no `readonly`).
     unsafe {
         core::arch::asm!(
             "2: mov qword ptr [{addr}], {val}",
@@ -226,7 +239,8 @@ pub fn probe_write_msr(msr: u32, value: u64) -> Result<(), Fault> {
     // SAFETY: as in `probe_read_u64`: a fault at label 2 resumes at label 3 with the fault in
     // RAX/RDX/RCX/RSI. WRMSR itself reads ECX/EDX:EAX, so the "no fault" sentinel travels in
     // RSI, which the fixup overwrites with the faulting RIP. Callers only write MSRs whose
-    // effects they own (the paravirtual protocol MSRs).
+    // effects they own (the paravirtual protocol MSRs). Not `nomem`: such an MSR can hand the
+    // host memory to read and write (a shared page), so the write is a compiler barrier.
     unsafe {
         core::arch::asm!(
             "2: wrmsr",

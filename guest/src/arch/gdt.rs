@@ -3,12 +3,11 @@
 //! Flat 64-bit segments for CPL 0 and CPL 3, and a TSS with
 //! - RSP0: the kernel stack of the running task, used on every entry from CPL 3 (updated at each
 //!   task switch by [`set_kernel_stack`]);
-//! - IST stacks for NMI, #DF and #MC only. Those three can arrive at any instruction, including
-//!   with a corrupt RSP. Every other vector (#AC, #VE, the page-not-present event) runs on the
-//!   ordinary kernel stack, because an IST stack is reset on each entry and a nested entry of
-//!   the same vector would overwrite the frame of the first.
-
-use core::cell::UnsafeCell;
+//! - IST stacks for NMI, #DF and #MC only (in the kernel stack area, above guard pages). Those
+//!   three can arrive at any instruction, including with a corrupt RSP. Every other vector (#AC,
+//!   #VE, the page-not-present event) runs on the ordinary kernel stack, because an IST stack is
+//!   reset on each entry and a nested entry of the same vector would overwrite the frame of the
+//!   first.
 
 use x86_64::PrivilegeLevel;
 use x86_64::VirtAddr;
@@ -18,6 +17,7 @@ use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable, SegmentSelector
 use x86_64::structures::tss::TaskStateSegment;
 
 use super::percpu::MAX_CPUS;
+use crate::cell::StaticCell;
 
 /// Kernel code segment selector.
 pub const KERNEL_CS: u16 = 0x08;
@@ -34,62 +34,49 @@ pub const TSS_SEL: u16 = 0x28;
 pub const IST_NMI: u16 = 1;
 pub const IST_DOUBLE_FAULT: u16 = 2;
 pub const IST_MACHINE_CHECK: u16 = 3;
-const IST_COUNT: usize = 3;
-const IST_SIZE: usize = 16 * 1024;
-
-#[repr(C, align(4096))]
-struct IstStacks([[u8; IST_SIZE]; IST_COUNT]);
+/// How many IST stacks each vCPU has, and their size (they live in the kernel stack area, each
+/// above its own guard page: see `stacks`).
+pub const IST_COUNT: usize = 3;
+pub const IST_SIZE: u64 = 16 * 1024;
 
 struct CpuTables {
-    gdt: UnsafeCell<GlobalDescriptorTable<8>>,
-    tss: UnsafeCell<TaskStateSegment>,
+    gdt: GlobalDescriptorTable<8>,
+    tss: TaskStateSegment,
 }
 
-struct AllTables([CpuTables; MAX_CPUS]);
-
-// SAFETY: vCPU `i` only touches `AllTables.0[i]`, during `init` (before loading it) and through
-// `set_kernel_stack` with interrupts disabled.
-unsafe impl Sync for AllTables {}
-
-static TABLES: AllTables = AllTables(
-    [const {
-        CpuTables {
-            gdt: UnsafeCell::new(GlobalDescriptorTable::empty()),
-            tss: UnsafeCell::new(TaskStateSegment::new()),
-        }
-    }; MAX_CPUS],
+/// vCPU `i` only touches element `i`, during `init` (before loading it) and through
+/// `set_kernel_stack` with interrupts disabled; afterwards the CPU reads them.
+static TABLES: StaticCell<[CpuTables; MAX_CPUS]> = StaticCell::new(
+    [const { CpuTables { gdt: GlobalDescriptorTable::empty(), tss: TaskStateSegment::new() } }; MAX_CPUS],
 );
 
-struct AllIst(UnsafeCell<[IstStacks; MAX_CPUS]>);
-// SAFETY: the stacks are only used by the CPU through the TSS; Rust code only takes addresses.
-unsafe impl Sync for AllIst {}
+/// vCPU `cpu`'s tables (an address: see `TABLES` for who may use it).
+fn tables(cpu: usize) -> *mut CpuTables {
+    let all = TABLES.get();
+    // SAFETY: only an address is formed (of a bounds-checked element); nothing is accessed.
+    unsafe { &raw mut (*all)[cpu] }
+}
 
-#[unsafe(link_section = ".stacks.ist")]
-static IST: AllIst = AllIst(UnsafeCell::new([const { IstStacks([[0; IST_SIZE]; IST_COUNT]) }; MAX_CPUS]));
-
-/// Builds and loads this vCPU's GDT and TSS and reloads every segment register.
+/// Builds and loads this vCPU's GDT and TSS (with `ist_tops` as its IST stacks, in the order of
+/// the `IST_*` slots) and reloads every segment register.
 ///
 /// # Safety
 ///
-/// Call once per vCPU, on that vCPU, with interrupts disabled.
-pub unsafe fn init(cpu: usize) {
-    let tables = &TABLES.0[cpu];
+/// Call once per vCPU, on that vCPU, with interrupts disabled; the IST stacks must be mapped
+/// before the vCPU can take an NMI, #DF or #MC.
+pub unsafe fn init(cpu: usize, ist_tops: [u64; IST_COUNT]) {
     // SAFETY: the caller guarantees this vCPU is alone with its tables and nothing loaded them.
-    let tss = unsafe { &mut *tables.tss.get() };
-    let ist_base = IST.0.get() as u64 + (cpu * core::mem::size_of::<IstStacks>()) as u64;
-    for slot in 0..IST_COUNT {
-        let top = ist_base + ((slot + 1) * IST_SIZE) as u64;
+    let CpuTables { gdt, tss } = unsafe { &mut *tables(cpu) };
+    for (slot, top) in ist_tops.into_iter().enumerate() {
         tss.interrupt_stack_table[slot] = VirtAddr::new(top);
     }
-    // SAFETY: as above.
-    let gdt = unsafe { &mut *tables.gdt.get() };
     let selectors = [
         gdt.append(Descriptor::kernel_code_segment()),
         gdt.append(Descriptor::kernel_data_segment()),
         gdt.append(Descriptor::user_data_segment()),
         gdt.append(Descriptor::user_code_segment()),
         // SAFETY: the TSS is static and stays at this address.
-        gdt.append(unsafe { Descriptor::tss_segment_unchecked(tables.tss.get()) }),
+        gdt.append(unsafe { Descriptor::tss_segment_unchecked(&raw const *tss) }),
     ];
     assert_eq!(selectors.map(|s| s.0), [KERNEL_CS, KERNEL_DS, USER_DS, USER_CS, TSS_SEL]);
     // SAFETY: the GDT is static (it outlives every use) and has the descriptors the selectors
@@ -111,8 +98,7 @@ pub unsafe fn init(cpu: usize) {
 
 /// Sets the stack the CPU switches to on an entry from CPL 3 (TSS.RSP0).
 pub fn set_kernel_stack(cpu: usize, top: u64) {
-    let tss = TABLES.0[cpu].tss.get();
     // SAFETY: only this vCPU writes its TSS, with interrupts disabled (scheduler context); the
     // CPU reads RSP0 only on a privilege change, which cannot happen during this store.
-    unsafe { (*tss).privilege_stack_table[0] = VirtAddr::new(top) };
+    unsafe { (*tables(cpu)).tss.privilege_stack_table[0] = VirtAddr::new(top) };
 }

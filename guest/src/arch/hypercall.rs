@@ -20,7 +20,7 @@ pub fn call(nr: Nr, args: [u64; 4]) -> Result<[u64; 2], HypercallError> {
     }
     let mut request = Request { nr: nr as u32, status: u32::MAX, args, ret: [0; 2] };
     let addr = &mut request as *mut Request as u64;
-    // The request is on this kernel stack, inside the identity-mapped image below 4 GiB.
+    // The request is on this kernel stack: identity mapped, and below 1 GiB (`arch::layout`).
     debug_assert!(addr < pvagent_abi::hypercall::REQUEST_ADDR_LIMIT);
     // SAFETY: the host stub reads and writes only the request at `addr` while the vCPU is
     // stopped in this `out`. The asm has no `nomem`: the compiler must store the request

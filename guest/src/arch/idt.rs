@@ -3,19 +3,15 @@
 //! Every gate is an interrupt gate (interrupts off on entry) with DPL 0, so CPL 3 code cannot
 //! raise any vector with `int n`. NMI, #DF and #MC use the IST stacks of `gdt`.
 
-use core::cell::UnsafeCell;
-
 use x86_64::VirtAddr;
 use x86_64::structures::idt::InterruptDescriptorTable;
 
 use super::gdt;
 use super::trap::stub_address;
+use crate::cell::StaticCell;
 
-struct Idt(UnsafeCell<InterruptDescriptorTable>);
-// SAFETY: written once by the boot vCPU in `init` before any vCPU loads it; read-only after.
-unsafe impl Sync for Idt {}
-
-static IDT: Idt = Idt(UnsafeCell::new(InterruptDescriptorTable::new()));
+/// Written once by the boot vCPU in `init` before any vCPU loads it; read-only after.
+static IDT: StaticCell<InterruptDescriptorTable> = StaticCell::new(InterruptDescriptorTable::new());
 
 /// Fills the IDT (boot vCPU, once).
 ///
@@ -24,7 +20,7 @@ static IDT: Idt = Idt(UnsafeCell::new(InterruptDescriptorTable::new()));
 /// Call once, before [`load`], with interrupts disabled.
 pub unsafe fn init() {
     // SAFETY: the caller guarantees no vCPU has loaded the IDT yet, so this is the only access.
-    let idt = unsafe { &mut *IDT.0.get() };
+    let idt = unsafe { &mut *IDT.get() };
     let at = |v: u8| VirtAddr::new(stub_address(v));
     // SAFETY: every address set below is the entry stub for that vector, which builds a
     // TrapFrame and returns with IRETQ whatever the vector; the IST indices exist in every
@@ -62,5 +58,5 @@ pub unsafe fn init() {
 /// Loads the IDT on this vCPU.
 pub fn load() {
     // SAFETY: the IDT is static and was filled by `init` before any vCPU calls this.
-    unsafe { (*IDT.0.get()).load_unsafe() };
+    unsafe { (*IDT.get()).load_unsafe() };
 }

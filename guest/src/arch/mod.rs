@@ -1,134 +1,47 @@
-//! The hardware layer: CPU tables, exception entry, paging, the local APIC, time, and the
-//! host's exit and hypercall ports. It knows nothing about the paravirtual protocols; those
-//! register their vectors here at init.
+//! The hardware layer: CPU tables, exception entry, memory (layout, paging, kernel stacks), the
+//! local APIC, time, and the host's exit and hypercall ports. It knows nothing about the
+//! paravirtual protocols or tasks; those register their vectors and hooks here at init. It uses
+//! only `boot` and `cell` below it.
+//!
+//! Plain logic (`layout`) builds on the host too and is unit-tested there; everything that
+//! touches hardware is `cfg(kernel)`.
 
+pub mod layout;
+
+#[cfg(kernel)]
 pub mod acpi;
+#[cfg(kernel)]
 pub mod apic;
+#[cfg(kernel)]
 pub mod cpu;
+#[cfg(kernel)]
 pub mod exit;
+#[cfg(kernel)]
 pub mod fault;
+#[cfg(kernel)]
 pub mod gdt;
+#[cfg(kernel)]
 pub mod hypercall;
+#[cfg(kernel)]
 pub mod idle;
+#[cfg(kernel)]
 pub mod idt;
+#[cfg(kernel)]
 pub mod paging;
+#[cfg(kernel)]
 pub mod percpu;
+#[cfg(kernel)]
+mod platform;
+#[cfg(kernel)]
 pub mod serial;
+#[cfg(kernel)]
+pub mod stacks;
+#[cfg(kernel)]
 pub mod time;
+#[cfg(kernel)]
 pub mod trap;
 
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-
-use crate::boot::info::{BootInfo, MemKind};
-use paging::{Access, Region};
-
-/// Vector of the local APIC timer tick.
-pub const TIMER_VECTOR: u8 = 0x30;
-
-/// What the kernel found out about the machine while starting.
-#[derive(Clone, Copy, Debug)]
-pub struct Platform {
-    pub cpu: cpu::CpuInfo,
-    pub hypervisor: cpu::Hypervisor,
-    pub apic_mode: apic::Mode,
-    pub boot_apic_id: u32,
-    pub tsc_khz: u64,
-    pub tsc_source: time::TscSource,
-    /// Processors the MADT lists; `None` without ACPI (the host stub).
-    pub madt: Option<acpi::MadtSummary>,
-}
-
-static PLATFORM: spin::Once<Platform> = spin::Once::new();
-
-/// The machine description (after [`init`]).
-pub fn platform() -> &'static Platform {
-    PLATFORM.get().expect("arch::platform() before arch::init()")
-}
-
-/// Brings up the boot vCPU: tables, paging, APIC, time. Interrupts stay disabled.
-///
-/// # Safety
-///
-/// Call once, first thing after the console, on the boot vCPU with interrupts disabled and the
-/// boot page tables active.
-pub unsafe fn init(boot: &BootInfo) -> &'static Platform {
-    let cpu = cpu::identify();
-    // SAFETY: boot vCPU, once, interrupts off (the caller's contract).
-    unsafe {
-        gdt::init(0);
-        percpu::init(0);
-        idt::init();
-    }
-    idt::load();
-    fault::init();
-
-    let mut regions: heapless::Vec<Region, 40> = heapless::Vec::new();
-    for entry in boot.memmap.iter() {
-        let access = match entry.kind {
-            MemKind::Ram | MemKind::Acpi => Access::KernelData,
-            // Reserved ranges hold firmware data and device holes: map only what ACPI or a
-            // driver asks for (below), never blindly.
-            MemKind::Reserved | MemKind::Other(_) => continue,
-        };
-        let _ = regions.push(Region { start: entry.start, end: entry.end, access });
-    }
-    let _ = regions.push(Region { start: apic::XAPIC_BASE, end: apic::XAPIC_BASE + 0x1000, access: Access::Mmio });
-    // SAFETY: boot vCPU, once, interrupts off, boot tables active (the caller's contract).
-    unsafe { paging::init(&regions) };
-
-    apic::disable_legacy_pic();
-    let boot_apic_id = apic::init(cpu.x2apic);
-    percpu::set_apic_id(boot_apic_id);
-    let apic_khz = cpu.apic_khz.unwrap_or(time::DEFAULT_APIC_KHZ);
-    let (tsc_khz, tsc_source) = time::init(cpu.tsc_khz, apic_khz);
-
-    let madt = boot.rsdp.and_then(|rsdp| acpi::read_madt(rsdp).ok());
-
-    trap::register(apic::SPURIOUS_VECTOR, |_| {});
-    trap::register(TIMER_VECTOR, timer_tick);
-    TIMER_PERIOD.store((u64::from(apic_khz) * 1000 / time::HZ) as usize, Ordering::Relaxed);
-
-    PLATFORM.call_once(|| Platform {
-        cpu,
-        hypervisor: cpu.hypervisor,
-        apic_mode: apic::mode(),
-        boot_apic_id,
-        tsc_khz,
-        tsc_source,
-        madt,
-    })
-}
-
-static TIMER_PERIOD: AtomicUsize = AtomicUsize::new(0);
-static TICK_HOOK: AtomicUsize = AtomicUsize::new(0);
-static TICKS: percpu::CpuLocal<AtomicU64> = percpu::CpuLocal::new([const { AtomicU64::new(0) }; percpu::MAX_CPUS]);
-
-/// Called on every tick, after EOI, with the tick count (the scheduler wakes sleepers).
-pub type TickHook = fn(u64);
-
-/// Starts this vCPU's periodic tick; `hook` runs on each one.
-pub fn start_tick(hook: TickHook) {
-    TICK_HOOK.store(hook as usize, Ordering::Release);
-    apic::start_periodic_timer(TIMER_VECTOR, TIMER_PERIOD.load(Ordering::Relaxed) as u32);
-}
-
-/// The tick's period, in timer input cycles (`HZ` ticks a second at the APIC timer's frequency).
-pub fn tick_period() -> u32 {
-    TIMER_PERIOD.load(Ordering::Relaxed) as u32
-}
-
-/// Ticks seen by this vCPU.
-pub fn ticks() -> u64 {
-    TICKS.get().load(Ordering::Relaxed)
-}
-
-fn timer_tick(_frame: &mut trap::TrapFrame) {
-    let now = TICKS.get().fetch_add(1, Ordering::Relaxed) + 1;
-    apic::eoi();
-    let raw = TICK_HOOK.load(Ordering::Acquire);
-    if raw != 0 {
-        // SAFETY: only `TickHook` values are stored in TICK_HOOK.
-        let hook = unsafe { core::mem::transmute::<usize, TickHook>(raw) };
-        hook(now);
-    }
-}
+#[cfg(kernel)]
+pub use platform::{Platform, init, platform};
+#[cfg(kernel)]
+pub use time::{TIMER_VECTOR, start_tick, tick_period, ticks};

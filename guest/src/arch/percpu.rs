@@ -4,8 +4,12 @@
 //! for CPL 3 contexts). Other modules keep their per-vCPU state in [`CpuLocal`] arrays indexed by
 //! [`index`], so adding vCPUs means starting more of them, not restructuring state.
 
-use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU32, Ordering};
+
+use x86_64::VirtAddr;
+use x86_64::registers::model_specific::{GsBase, KernelGsBase};
+
+use crate::cell::StaticCell;
 
 /// How many vCPUs the kernel has room for. Only vCPU 0 is started today.
 pub const MAX_CPUS: usize = 4;
@@ -20,8 +24,10 @@ pub struct CpuArea {
     index: u32,
     /// Local APIC ID (GS:12).
     apic_id: AtomicU32,
-    /// Nesting depth of trap handlers on this vCPU (GS:16); 0 in task context.
-    trap_depth: u32,
+    /// Nesting depth of trap handlers on this vCPU (GS:16); 0 in task context. Atomic because
+    /// the entry path changes it with GS-relative instructions while shared references to the
+    /// area exist; Rust code never touches it otherwise.
+    trap_depth: AtomicU32,
 }
 
 const AREA_INDEX: usize = 8;
@@ -29,14 +35,18 @@ const AREA_TRAP_DEPTH: usize = 16;
 const _: () = assert!(core::mem::offset_of!(CpuArea, index) == AREA_INDEX);
 const _: () = assert!(core::mem::offset_of!(CpuArea, trap_depth) == AREA_TRAP_DEPTH);
 
-struct Areas(UnsafeCell<[CpuArea; MAX_CPUS]>);
-// SAFETY: each area is written once by its own vCPU during `init` (before it is shared), and
-// afterwards only through GS-relative single instructions by the vCPU that owns it.
-unsafe impl Sync for Areas {}
+/// Each area is written once by its own vCPU during `init` (before it is shared), and afterwards
+/// only through GS-relative single instructions or its atomics, by the vCPU that owns it.
+static AREAS: StaticCell<[CpuArea; MAX_CPUS]> = StaticCell::new(
+    [const { CpuArea { self_ptr: 0, index: 0, apic_id: AtomicU32::new(0), trap_depth: AtomicU32::new(0) } }; MAX_CPUS],
+);
 
-static AREAS: Areas = Areas(UnsafeCell::new(
-    [const { CpuArea { self_ptr: 0, index: 0, apic_id: AtomicU32::new(0), trap_depth: 0 } }; MAX_CPUS],
-));
+/// This vCPU's area, shared: only its atomics may be used through it (see `AREAS`).
+fn my_area() -> &'static CpuArea {
+    // SAFETY: `init` finished writing this area before anything could call `index`; from then
+    // on its plain fields never change (the rest is atomic), so a shared reference is sound.
+    unsafe { &(*AREAS.get())[index()] }
+}
 
 /// Points this vCPU's GS base at its area.
 ///
@@ -47,26 +57,22 @@ static AREAS: Areas = Areas(UnsafeCell::new(
 pub unsafe fn init(cpu: usize) {
     assert!(cpu < MAX_CPUS, "vCPU index {cpu} beyond MAX_CPUS");
     // SAFETY: the caller guarantees this vCPU is the only one touching area `cpu` now.
-    let area = unsafe { &mut (*AREAS.0.get())[cpu] };
+    let area = unsafe { &mut (*AREAS.get())[cpu] };
     area.self_ptr = area as *mut CpuArea as u64;
     area.index = cpu as u32;
-    let base = area.self_ptr;
-    // SAFETY: the area is static, so GS stays valid; KERNEL_GS_BASE (what `swapgs` exchanges
-    // with) starts at 0, the value CPL 3 code sees.
-    unsafe {
-        super::cpu::write_msr(super::cpu::IA32_GS_BASE, base);
-    }
-    // SAFETY: as above; writing KERNEL_GS_BASE has no other effect.
-    unsafe {
-        super::cpu::write_msr(super::cpu::IA32_KERNEL_GS_BASE, 0);
-    }
+    // The two MSR writes are compiler barriers (the `x86_64` crate declares WRMSR without
+    // `nomem`): the stores above are done before GS-relative loads can see the area.
+    GsBase::write(VirtAddr::new(area.self_ptr));
+    // KERNEL_GS_BASE (what `swapgs` exchanges with) starts at 0, the value CPL 3 code sees.
+    KernelGsBase::write(VirtAddr::zero());
 }
 
 /// Dense index of the running vCPU.
 pub fn index() -> usize {
     let index: u32;
     // SAFETY: GS points at this vCPU's CpuArea since `init` (and is swapped back to it on every
-    // entry from CPL 3); the load reads the `index` field.
+    // entry from CPL 3); the load reads the `index` field. `readonly`: a load, and no other
+    // memory access; it keeps its place after `init`'s GS base write (a barrier).
     unsafe {
         core::arch::asm!("mov {0:e}, gs:[{off}]", out(reg) index, off = const AREA_INDEX,
             options(nostack, readonly, preserves_flags));
@@ -76,16 +82,12 @@ pub fn index() -> usize {
 
 /// Records this vCPU's local APIC ID (read once the APIC is up).
 pub fn set_apic_id(apic_id: u32) {
-    // SAFETY: see `Areas`; this vCPU owns its area, and `apic_id` is atomic.
-    let area = unsafe { &(*AREAS.0.get())[index()] };
-    area.apic_id.store(apic_id, Ordering::Relaxed);
+    my_area().apic_id.store(apic_id, Ordering::Relaxed);
 }
 
 /// This vCPU's local APIC ID.
 pub fn apic_id() -> u32 {
-    // SAFETY: as in `set_apic_id`.
-    let area = unsafe { &(*AREAS.0.get())[index()] };
-    area.apic_id.load(Ordering::Relaxed)
+    my_area().apic_id.load(Ordering::Relaxed)
 }
 
 /// How many trap handlers are active on this vCPU (0: task context).
@@ -101,6 +103,7 @@ pub fn trap_depth() -> u32 {
 
 pub(super) fn enter_trap() {
     // SAFETY: a single read-modify-write of this vCPU's own counter; interrupts cannot split it.
+    // Neither `readonly` nor `preserves_flags`: it writes memory and sets the arithmetic flags.
     unsafe {
         core::arch::asm!("inc dword ptr gs:[{off}]", off = const AREA_TRAP_DEPTH,
             options(nostack));
@@ -119,7 +122,8 @@ pub(super) fn leave_trap() {
 /// handler and gives it back when it resumes: the depth belongs to the context, not the vCPU.
 pub fn swap_trap_depth(new_depth: u32) -> u32 {
     let old = trap_depth();
-    // SAFETY: writes this vCPU's own counter; callers run with interrupts disabled.
+    // SAFETY: writes this vCPU's own counter; callers run with interrupts disabled. A store, so
+    // no `readonly`; MOV leaves the flags alone.
     unsafe {
         core::arch::asm!("mov gs:[{off}], {0:e}", in(reg) new_depth, off = const AREA_TRAP_DEPTH,
             options(nostack, preserves_flags));

@@ -1,8 +1,13 @@
 //! Time: the TSC as the clock, and the local APIC timer as the tick.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use super::cpu;
+use super::percpu::{CpuLocal, MAX_CPUS};
+use super::{apic, cpu, trap};
+use crate::cell::{FnPtr, FnSlot};
+
+/// Vector of the local APIC timer tick.
+pub const TIMER_VECTOR: u8 = 0x30;
 
 /// Timer ticks per second.
 pub const HZ: u64 = 100;
@@ -50,5 +55,45 @@ pub fn spin_us(us: u64) {
     let end = now_ns() + us * 1000;
     while now_ns() < end {
         core::hint::spin_loop();
+    }
+}
+
+/// The timer's period in its input cycles (set by [`init_tick`]).
+static TIMER_PERIOD: AtomicU32 = AtomicU32::new(0);
+static TICK_HOOK: FnSlot<TickHook> = FnSlot::empty();
+static TICKS: CpuLocal<AtomicU64> = CpuLocal::new([const { AtomicU64::new(0) }; MAX_CPUS]);
+
+/// Called on every tick, after EOI, with the tick count (the scheduler wakes sleepers).
+pub type TickHook = fn(u64);
+// SAFETY: a fn pointer type.
+unsafe impl FnPtr for TickHook {}
+
+/// Registers the tick's vector and sets its period for a timer input of `apic_khz`.
+pub(super) fn init_tick(apic_khz: u32) {
+    trap::register(TIMER_VECTOR, timer_tick);
+    TIMER_PERIOD.store((u64::from(apic_khz) * 1000 / HZ) as u32, Ordering::Relaxed);
+}
+
+/// Starts this vCPU's periodic tick; `hook` runs on each one.
+pub fn start_tick(hook: TickHook) {
+    TICK_HOOK.set(hook);
+    apic::start_periodic_timer(TIMER_VECTOR, TIMER_PERIOD.load(Ordering::Relaxed));
+}
+
+/// The tick's period, in timer input cycles (`HZ` ticks a second at the APIC timer's frequency).
+pub fn tick_period() -> u32 {
+    TIMER_PERIOD.load(Ordering::Relaxed)
+}
+
+/// Ticks seen by this vCPU.
+pub fn ticks() -> u64 {
+    TICKS.get().load(Ordering::Relaxed)
+}
+
+fn timer_tick(_frame: &mut trap::TrapFrame) {
+    let now = TICKS.get().fetch_add(1, Ordering::Relaxed) + 1;
+    apic::eoi();
+    if let Some(hook) = TICK_HOOK.get() {
+        hook(now);
     }
 }

@@ -17,7 +17,10 @@
 //! per-vCPU area while the kernel runs.
 
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicUsize, Ordering};
+
+use x86_64::registers::rflags::RFlags;
+
+use crate::cell::{FnPtr, FnSlot};
 
 /// The register state of the interrupted context. Handlers may change it; the common exit
 /// path restores it with IRETQ.
@@ -58,11 +61,6 @@ const _: () = assert!(core::mem::offset_of!(TrapFrame, vector) == FRAME_VECTOR);
 const _: () = assert!(core::mem::offset_of!(TrapFrame, cs) == FRAME_CS);
 const _: () = assert!(core::mem::offset_of!(TrapFrame, rip) == FRAME_CS - 8);
 
-/// RFLAGS.IF: interrupts enabled.
-pub const RFLAGS_IF: u64 = 1 << 9;
-/// RFLAGS.AC: alignment checking requested (effective at CPL 3 with CR0.AM).
-pub const RFLAGS_AC: u64 = 1 << 18;
-
 impl TrapFrame {
     /// Privilege level of the interrupted context.
     pub fn cpl(&self) -> u8 {
@@ -74,9 +72,14 @@ impl TrapFrame {
         self.cpl() == 3
     }
 
+    /// The interrupted context's RFLAGS, typed.
+    pub fn flags(&self) -> RFlags {
+        RFlags::from_bits_retain(self.rflags)
+    }
+
     /// Whether the interrupted context had interrupts enabled.
     pub fn interrupts_were_enabled(&self) -> bool {
-        self.rflags & RFLAGS_IF != 0
+        self.flags().contains(RFlags::INTERRUPT_FLAG)
     }
 }
 
@@ -179,32 +182,22 @@ pub fn trap_return_address() -> u64 {
 /// A handler for one vector. It runs with interrupts disabled (every gate is an interrupt
 /// gate) on the interrupted context's kernel stack, except for the IST vectors.
 pub type Handler = fn(&mut TrapFrame);
+// SAFETY: a fn pointer type.
+unsafe impl FnPtr for Handler {}
 
+static HANDLERS: [FnSlot<Handler>; 256] = [const { FnSlot::empty() }; 256];
 /// What happens to a vector nobody registered, and to faults no handler claimed.
-pub type FallbackHandler = fn(&mut TrapFrame);
-
-static HANDLERS: [AtomicUsize; 256] = [const { AtomicUsize::new(0) }; 256];
-static FALLBACK: AtomicUsize = AtomicUsize::new(0);
+static FALLBACK: FnSlot<Handler> = FnSlot::empty();
 
 /// Routes `vector` to `handler`. Protocol modules call this at init for their vectors.
 pub fn register(vector: u8, handler: Handler) {
-    HANDLERS[usize::from(vector)].store(handler as usize, Ordering::Release);
+    HANDLERS[usize::from(vector)].set(handler);
 }
 
 /// Sets the handler for vectors without a registered handler (the kernel's "unexpected
 /// exception" report).
-pub fn set_fallback(handler: FallbackHandler) {
-    FALLBACK.store(handler as usize, Ordering::Release);
-}
-
-fn load_handler(slot: &AtomicUsize) -> Option<Handler> {
-    let raw = slot.load(Ordering::Acquire);
-    if raw == 0 {
-        return None;
-    }
-    // SAFETY: the only non-zero values stored in these slots are `Handler` function pointers
-    // (see `register`, `set_fallback`), and fn pointers and usize have the same size.
-    Some(unsafe { core::mem::transmute::<usize, Handler>(raw) })
+pub fn set_fallback(handler: Handler) {
+    FALLBACK.set(handler);
 }
 
 /// Called by `trap_common` with the frame it built.
@@ -213,9 +206,9 @@ extern "sysv64" fn trap_dispatch(frame: &mut TrapFrame) {
     let vector = frame.vector as u8;
     super::idle::end_halt();
     super::percpu::enter_trap();
-    if let Some(handler) = load_handler(&HANDLERS[usize::from(vector)]) {
+    if let Some(handler) = HANDLERS[usize::from(vector)].get() {
         handler(frame);
-    } else if let Some(fallback) = load_handler(&FALLBACK) {
+    } else if let Some(fallback) = FALLBACK.get() {
         fallback(frame);
     } else {
         panic!("vector {vector} with no handler and no fallback, rip {:#x}", frame.rip);

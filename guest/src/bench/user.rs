@@ -2,8 +2,7 @@
 //! hands each task its parameters and reads back its timing, the finish line the tasks wait at,
 //! and the user programs themselves.
 
-use core::cell::UnsafeCell;
-
+use pvagent_guest::cell::StaticCell;
 use pvagent_guest::task::user;
 
 use crate::{BenchError, Result};
@@ -58,23 +57,20 @@ const GATE_TASKS: u64 = 8;
 const _: () = assert!(core::mem::offset_of!(Gate, finished) as u64 == GATE_FINISHED);
 const _: () = assert!(core::mem::offset_of!(Gate, tasks) as u64 == GATE_TASKS);
 
-struct UserGate(UnsafeCell<Gate>);
-// SAFETY: the kernel writes the gate before it spawns a run's tasks and reads nothing of it;
-// the tasks change it only with a locked add.
-unsafe impl Sync for UserGate {}
-
+/// The kernel writes the gate before it spawns a run's tasks and reads nothing of it; the tasks
+/// change it only with a locked add.
 #[unsafe(link_section = ".user_data.bench")]
-static USER_GATE: UserGate = UserGate(UnsafeCell::new(Gate { finished: 0, tasks: 0 }));
+static USER_GATE: StaticCell<Gate> = StaticCell::new(Gate { finished: 0, tasks: 0 });
 
 /// The gate's address, for [`Slot::gate`].
 pub fn gate_addr() -> u64 {
-    USER_GATE.0.get() as u64
+    USER_GATE.get() as u64
 }
 
 /// Opens the gate for a run of `tasks` tasks.
 pub fn reset_gate(tasks: u64) {
     // SAFETY: no task of an earlier run is left (all were joined), so nothing reads the gate.
-    unsafe { core::ptr::write_volatile(USER_GATE.0.get(), Gate { finished: 0, tasks }) };
+    unsafe { core::ptr::write_volatile(USER_GATE.get(), Gate { finished: 0, tasks }) };
 }
 
 /// How many workload tasks can run at once.
@@ -82,22 +78,19 @@ pub const SLOTS: usize = 32;
 pub const EMPTY_SLOT: Slot =
     Slot { base: 0, pages: 0, spin_iterations: 0, start_tsc: 0, end_tsc: 0, gate: 0, compute_tsc: 0 };
 
-struct Slots(UnsafeCell<[Slot; SLOTS]>);
-// SAFETY: each slot is written by the kernel before its task is spawned and read after it was
-// joined; the task itself is the only other user in between.
-unsafe impl Sync for Slots {}
-
+/// Each slot is written by the kernel before its task is spawned and read after it was joined;
+/// the task itself is the only other user in between.
 #[unsafe(link_section = ".user_data.bench")]
-static USER_SLOTS: Slots = Slots(UnsafeCell::new([EMPTY_SLOT; SLOTS]));
+static USER_SLOTS: StaticCell<[Slot; SLOTS]> = StaticCell::new([EMPTY_SLOT; SLOTS]);
 
 /// Slot `i`'s address; `None` beyond the table.
 pub fn slot_addr(i: usize) -> Option<u64> {
-    (i < SLOTS).then(|| (USER_SLOTS.0.get() as *mut Slot).wrapping_add(i) as u64)
+    (i < SLOTS).then(|| USER_SLOTS.get().cast::<Slot>().wrapping_add(i) as u64)
 }
 
 pub fn set_slot(i: usize, slot: Slot) -> Result<()> {
     let addr = slot_addr(i).ok_or(BenchError("more workload tasks than slots"))?;
-    // SAFETY: `addr` is slot `i` of the table, which no running task uses now (see `Slots`).
+    // SAFETY: `addr` is slot `i` of the table, which no running task uses now (see `USER_SLOTS`).
     unsafe { core::ptr::write_volatile(addr as *mut Slot, slot) };
     Ok(())
 }

@@ -2,9 +2,11 @@
 //!
 //! Both QEMU (`-kernel`) and the host stub start here as the PVH ABI says (see
 //! `pvagent_abi::pvh`): 32-bit protected mode, paging off, flat segments, EBX = physical address
-//! of the start info. This code builds throw-away page tables that identity-map the first 1 GiB
-//! with 2 MiB pages, enters long mode and calls `kernel_main(start_info)` on the boot stack.
-//! `arch::paging` replaces these tables with the real ones right away.
+//! of the start info. This code enters long mode with throw-away page tables that identity-map
+//! the first 1 GiB with 2 MiB pages, and calls `kernel_main(start_info)` on the boot stack.
+//! `arch::paging` replaces these tables with the real ones right away. The tables are data in
+//! the image, written by the assembler and loaded by the host, not built here: on an emulated
+//! guest kernel, a loop filling 512 entries would cost about 3,500 instructions of every boot.
 //!
 //! The stack layout `kernel_main` starts with:
 //!
@@ -14,27 +16,19 @@
 
 use core::arch::global_asm;
 
+use crate::cell::StaticCell;
+
 /// Size of the boot stack; the boot context later becomes vCPU 0's idle task on this stack.
 pub const BOOT_STACK_SIZE: usize = 64 * 1024;
 
-/// The boot stack. Lives in `.stacks` (not zeroed, not loaded) like every kernel stack.
+/// The boot stack. Lives in `.stacks` (not zeroed, not loaded), right above its guard page
+/// (`linker.ld`); only the assembly below names it.
 #[repr(C, align(4096))]
-pub(crate) struct BootStack([u8; BOOT_STACK_SIZE]);
+struct BootStack([u8; BOOT_STACK_SIZE]);
 
 #[unsafe(link_section = ".stacks.boot")]
 #[unsafe(no_mangle)]
-pub(crate) static mut BOOT_STACK: BootStack = BootStack([0; BOOT_STACK_SIZE]);
-
-// Boot page tables: one PML4, one PDPT and one page directory of 2 MiB pages (the first GiB).
-#[repr(C, align(4096))]
-struct BootTable([u64; 512]);
-
-#[unsafe(no_mangle)]
-static mut BOOT_PML4: BootTable = BootTable([0; 512]);
-#[unsafe(no_mangle)]
-static mut BOOT_PDPT: BootTable = BootTable([0; 512]);
-#[unsafe(no_mangle)]
-static mut BOOT_PD: BootTable = BootTable([0; 512]);
+static BOOT_STACK: StaticCell<BootStack> = StaticCell::new(BootStack([0; BOOT_STACK_SIZE]));
 
 global_asm!(
     r#"
@@ -46,34 +40,17 @@ pvh_start32:
     cld
     mov %ebx, %esi                  # start info paddr: survives until kernel_main's argument
 
-    # Zero .bss: the boot tables live there, and PVH loaders need not clear it.
+    # Zero .bss (and .user_data): PVH loaders need not clear it.
     mov $__bss_start, %edi
     mov $__bss_end, %ecx
     sub %edi, %ecx
     xor %eax, %eax
     rep stosb
 
-    # PML4[0] -> PDPT, PDPT[0] -> PD: present | writable (0x3).
-    mov $BOOT_PDPT, %eax
-    or $0x3, %eax
-    mov %eax, BOOT_PML4
-    mov $BOOT_PD, %eax
-    or $0x3, %eax
-    mov %eax, BOOT_PDPT
-    # PD[i] = i * 2 MiB | present | writable | page size (0x83).
-    xor %ecx, %ecx
-1:  mov %ecx, %eax
-    shl $21, %eax
-    or $0x83, %eax
-    mov %eax, BOOT_PD(,%ecx,8)
-    inc %ecx
-    cmp $512, %ecx
-    jne 1b
-
     mov %cr4, %eax
     or $(1 << 5), %eax              # CR4.PAE
     mov %eax, %cr4
-    mov $BOOT_PML4, %eax
+    mov $boot_pml4, %eax
     mov %eax, %cr3
     mov $0xC0000080, %ecx           # IA32_EFER
     rdmsr
@@ -110,6 +87,24 @@ boot_gdt:
 boot_gdt_ptr:
     .word boot_gdt_ptr - boot_gdt - 1
     .long boot_gdt
+    .popsection
+
+    # The boot page tables: PML4[0] -> PDPT, PDPT[0] -> PD (present | writable, 0x3), and
+    # PD[i] = i * 2 MiB | present | writable | page size (0x83): the first GiB.
+    .pushsection .data.boot_tables, "aw"
+    .balign 4096
+boot_pml4:
+    .quad boot_pdpt + 0x3
+    .fill 511, 8, 0
+boot_pdpt:
+    .quad boot_pd + 0x3
+    .fill 511, 8, 0
+boot_pd:
+    .set page, 0
+    .rept 512
+    .quad (page << 21) | 0x83
+    .set page, page + 1
+    .endr
     .popsection
 
     # The PVH note: QEMU and the host stub find the 32-bit entry here.

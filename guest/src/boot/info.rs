@@ -7,6 +7,9 @@ use pvagent_abi::pvh::{self, HvmMemmapEntry, HvmStartInfo};
 
 /// The boot page tables map the first GiB; the start info and what it points at must be there.
 const BOOT_MAPPED_LIMIT: u64 = 1 << 30;
+/// Entries beyond [`MEMMAP_MAX`] are read only to count the RAM they hold, up to this many (a
+/// host that claims more is not believed).
+const MEMMAP_SCAN_MAX: u64 = 256;
 /// Longest command line kept.
 pub const CMDLINE_MAX: usize = 512;
 /// Most memory map entries kept.
@@ -35,6 +38,8 @@ pub struct BootInfo {
     pub cmdline: heapless::String<CMDLINE_MAX>,
     pub memmap: heapless::Vec<MemRange, MEMMAP_MAX>,
     pub rsdp: Option<u64>,
+    /// RAM in memory map entries beyond the [`MEMMAP_MAX`] kept: the kernel does not use it.
+    pub ram_ignored: u64,
     /// Problems found in the start info (reported, then worked around).
     pub warnings: heapless::Vec<&'static str, 8>,
 }
@@ -102,6 +107,7 @@ pub fn parse(addr: u64) -> Result<BootInfo, BootInfoError> {
         cmdline: heapless::String::new(),
         memmap: heapless::Vec::new(),
         rsdp: (start.rsdp_paddr != 0).then_some(start.rsdp_paddr),
+        ram_ignored: 0,
         warnings: heapless::Vec::new(),
     };
 
@@ -130,7 +136,7 @@ pub fn parse(addr: u64) -> Result<BootInfo, BootInfoError> {
         if count > MEMMAP_MAX as u64 {
             let _ = info.warnings.push("memory map has more than 32 entries; the rest is ignored");
         }
-        for i in 0..count.min(MEMMAP_MAX as u64) {
+        for i in 0..count.min(MEMMAP_SCAN_MAX) {
             let at = start.memmap_paddr + i * entry_size;
             if !in_boot_mapping(at, entry_size) {
                 let _ = info.warnings.push("memory map runs outside the boot mapping; truncated");
@@ -148,7 +154,9 @@ pub fn parse(addr: u64) -> Result<BootInfo, BootInfoError> {
                 pvh::MEMMAP_TYPE_ACPI => MemKind::Acpi,
                 other => MemKind::Other(other),
             };
-            let _ = info.memmap.push(MemRange { start: e.addr, end, kind });
+            if info.memmap.push(MemRange { start: e.addr, end, kind }).is_err() && kind == MemKind::Ram {
+                info.ram_ignored += e.size;
+            }
         }
     } else {
         let _ = info.warnings.push("start info has no memory map (version 0)");

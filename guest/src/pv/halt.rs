@@ -5,13 +5,16 @@
 //! atomic step with respect to interrupts, so a wake-up that arrives between the check and the
 //! halt still ends the halt.
 
-use crate::arch::{cpu, idle};
+use x86_64::instructions::interrupts;
+
+use crate::arch::idle;
 
 /// Waits with `sti; hlt` until `done` returns `Some`, checking it with interrupts disabled.
 /// Returns with interrupts disabled, as the caller (a trap handler) had them.
 pub fn wait_until<T>(mut done: impl FnMut() -> Option<T>) -> T {
     loop {
-        cpu::disable_interrupts();
+        // A compiler barrier: `done` reads memory afresh each time round.
+        interrupts::disable();
         if let Some(value) = done() {
             return value;
         }

@@ -8,16 +8,17 @@
 //! modes) runs only on request, from the end-to-end tests (`tests/ac.rs`).
 
 use core::arch::global_asm;
-use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use pvagent_abi::sld::{self, Verdict};
+use x86_64::registers::rflags::RFlags;
 
 use super::{Failure, SelfTest, TestResult, fail, require_host_stub};
 use crate::arch::fault::Fault;
-use crate::arch::trap::{RFLAGS_AC, TrapFrame};
+use crate::arch::trap::TrapFrame;
 use crate::arch::{self, cpu::Hypervisor, time::HZ};
 use crate::boot::cmdline::Cmdline;
+use crate::cell::StaticCell;
 use crate::pv::ac::policy::{Mode, ModeError};
 use crate::pv::ac::{self, trigger};
 use crate::task::table::{ExitStatus, State, TaskId};
@@ -60,14 +61,11 @@ pub const TESTS: &[SelfTest] = &[
 #[repr(C, align(64))]
 struct Lines([u8; 128]);
 
-struct Shared<T>(UnsafeCell<T>);
-// SAFETY: only used through raw addresses, with volatile accesses from the test and the task.
-unsafe impl<T> Sync for Shared<T> {}
-
+/// Only used through raw addresses, with volatile accesses from the test and the task.
 #[unsafe(link_section = ".user_data.ac")]
-static USER_LINES: Shared<Lines> = Shared(UnsafeCell::new(Lines([0; 128])));
+static USER_LINES: StaticCell<Lines> = StaticCell::new(Lines([0; 128]));
 /// The same for the kernel's own split locks.
-static KERNEL_LINES: Shared<Lines> = Shared(UnsafeCell::new(Lines([0; 128])));
+static KERNEL_LINES: StaticCell<Lines> = StaticCell::new(Lines([0; 128]));
 
 /// Offset of a dword that crosses the boundary between the two lines.
 const SPLIT_DWORD: u64 = 62;
@@ -150,18 +148,21 @@ ac_kernel_xchg:
     ret
     .popsection
 "#,
-    rflags_ac = const RFLAGS_AC,
+    rflags_ac = const RFlags::ALIGNMENT_CHECK.bits(),
     trigger = const sld::TRIGGER_GPA,
     lines = sym USER_LINES,
     split = const SPLIT_DWORD,
 );
 
+// SAFETY: the routines are defined above with these signatures. The user ones are `safe`: the
+// kernel never calls them, it only starts CPL 3 tasks there (each is code in `.user_text` that
+// ends with a kernel call), which cannot harm the kernel.
 unsafe extern "sysv64" {
-    fn ac_user_misaligned_load(addr: u64) -> !;
+    safe fn ac_user_misaligned_load(addr: u64) -> !;
     static ac_user_misaligned_load_insn: u8;
-    fn ac_user_split_locks(count: u64) -> !;
+    safe fn ac_user_split_locks(count: u64) -> !;
     static ac_user_split_locks_insn: u8;
-    fn ac_user_checked_split_lock(_: u64) -> !;
+    safe fn ac_user_checked_split_lock(_: u64) -> !;
     static ac_user_checked_split_lock_insn: u8;
     fn ac_kernel_locked_add(addr: u64, value: u64, flags: u64);
     fn ac_kernel_plain_add(addr: u64, value: u64, flags: u64);
@@ -177,11 +178,11 @@ fn kernel_access(routine: unsafe extern "sysv64" fn(u64, u64, u64), addr: u64) {
 }
 
 fn user_lines() -> u64 {
-    USER_LINES.0.get() as u64
+    USER_LINES.get() as u64
 }
 
 fn kernel_lines() -> u64 {
-    KERNEL_LINES.0.get() as u64
+    KERNEL_LINES.get() as u64
 }
 
 /// Reads `N` bytes at any alignment, volatile (the task or the host changed them).
@@ -205,9 +206,7 @@ fn load_u32(addr: u64) -> u32 {
     u32::from_le_bytes(load(addr))
 }
 
-fn spawn_user(name: &'static str, entry: unsafe extern "sysv64" fn(u64) -> !, arg: u64) -> Result<TaskId, Failure> {
-    // SAFETY: every entry declared above is code in `.user_text` that ends with a kernel call.
-    let entry: extern "sysv64" fn(u64) -> ! = unsafe { core::mem::transmute(entry) };
+fn spawn_user(name: &'static str, entry: task::UserEntry, arg: u64) -> Result<TaskId, Failure> {
     task::spawn_user(name, entry, arg).map_err(|e| fail(format_args!("spawn {name}: {e:?}")))
 }
 
@@ -294,7 +293,7 @@ fn retry_without_alignment_checks(frame: &mut TrapFrame, fault: &Fault) -> Fault
     HOOK_CALLS.fetch_add(1, Ordering::SeqCst);
     HOOK_RIP.store(fault.rip, Ordering::SeqCst);
     HOOK_VECTOR.store(u32::from(fault.vector), Ordering::SeqCst);
-    frame.rflags &= !RFLAGS_AC;
+    frame.rflags &= !RFlags::ALIGNMENT_CHECK.bits();
     FaultAction::Resume
 }
 

@@ -3,8 +3,10 @@
 
 use super::{Failure, SelfTest, TestResult, require_host_stub};
 use crate::arch::fault::{self, pf};
-use crate::arch::{self, apic, cpu::Hypervisor, paging, percpu, time};
+use crate::arch::layout::{self, Stack};
+use crate::arch::{self, apic, cpu::Hypervisor, paging, percpu, stacks, time};
 use crate::boot::cmdline::Cmdline;
+use crate::boot::info::MemKind;
 use crate::pv::halt;
 use crate::sync::IrqGuard;
 use crate::{ensure, ensure_eq};
@@ -13,6 +15,7 @@ pub const TESTS: &[SelfTest] = &[
     SelfTest::new("arch::page_fault_reports_cr2_and_error_code", page_fault_reports_cr2_and_error_code),
     SelfTest::new("arch::write_to_read_only_data_faults", write_to_read_only_data_faults),
     SelfTest::new("arch::stack_guard_pages_are_unmapped", stack_guard_pages_are_unmapped),
+    SelfTest::new("arch::ram_is_mapped_with_large_pages", ram_is_mapped_with_large_pages),
     SelfTest::new("arch::timer_ticks", timer_ticks),
     SelfTest::new("arch::host_is_identified", host_is_identified),
     SelfTest::new("arch::hypercall_round_trip", hypercall_round_trip),
@@ -51,23 +54,75 @@ fn write_to_read_only_data_faults() -> TestResult {
     Ok(())
 }
 
+/// The guard page below a stack faults as not present; the stack itself (its first and last
+/// word) reads.
+fn check_stack(what: &str, stack: Stack, mapped: bool) -> TestResult {
+    match fault::probe_read_u64(stack.guard + 8) {
+        Err(f) => {
+            ensure_eq!(f.vector, 14, "vector of a read of the guard page of {what}");
+            ensure_eq!(f.error_code & pf::PRESENT, 0, "present bit of the guard page of {what}");
+        }
+        Ok(_) => return Err(super::fail(format_args!("the guard page of {what} at {:#x} is mapped", stack.guard))),
+    }
+    if mapped {
+        ensure!(fault::probe_read_u64(stack.bottom()).is_ok(), "the bottom of {what} is not mapped");
+        ensure!(fault::probe_read_u64(stack.top - 8).is_ok(), "the top of {what} is not mapped");
+    }
+    Ok(())
+}
+
 fn stack_guard_pages_are_unmapped() -> TestResult {
     let cpu = percpu::index();
-    for slot in [1u16, 7, (crate::task::table::MAX_TASKS - 1) as u16] {
-        let guard = crate::task::stack::kernel_stack_guard(cpu, slot);
-        match fault::probe_read_u64(guard + 8) {
-            Err(f) => {
-                ensure_eq!(f.vector, 14, "vector of a guard page read");
-                ensure_eq!(f.error_code & pf::PRESENT, 0, "guard page present bit");
-            }
-            Ok(_) => {
-                return Err(super::fail(format_args!("guard page of slot {slot} at {guard:#x} is mapped")));
-            }
-        }
-        // The stack right above it is mapped.
-        ensure!(fault::probe_read_u64(guard + 4096).is_ok(), "stack of slot {slot} not mapped");
+    let area = stacks::area();
+    let boot_guard = paging::image_layout().boot_stack_guard;
+    let boot_top = boot_guard + layout::PAGE + crate::boot::entry::BOOT_STACK_SIZE as u64;
+    check_stack("the boot stack", Stack { guard: boot_guard, top: boot_top }, true)?;
+    for i in 0..area.demand.ist_per_cpu {
+        check_stack("an IST stack", area.ist(cpu, i), true)?;
     }
-    ensure!(paging::tables_used() > 1, "no page tables built");
+    let mut used = 0;
+    for slot in 0..area.demand.tasks_per_cpu {
+        let mapped = stacks::task_stack_mapped(cpu, slot);
+        used += usize::from(mapped);
+        let stack = area.task(cpu, slot);
+        check_stack("a task stack", stack, mapped)?;
+        ensure_eq!(stack.top - stack.bottom(), area.demand.task_size, "the size of task stack {slot}");
+    }
+    ensure!(used >= 1, "not even this test's own task stack is mapped");
+    Ok(())
+}
+
+/// Every piece of RAM the memory map lists is mapped (its first and last whole page read),
+/// except what the kernel keeps out on purpose (page 0, the stack area); and RAM away from the
+/// image is mapped with large pages.
+fn ram_is_mapped_with_large_pages() -> TestResult {
+    let memory = &arch::platform().memory;
+    let held_back = |page: u64| page == 0 || (memory.stacks.start..memory.stacks.end()).contains(&page);
+    let ram = || crate::boot::info::get().memmap.iter().filter(|r| r.kind == MemKind::Ram);
+    let mut checked = 0;
+    for r in ram() {
+        let (first, last) =
+            (r.start.next_multiple_of(layout::PAGE), (r.end & !(layout::PAGE - 1)).saturating_sub(layout::PAGE));
+        for page in [first, last] {
+            if first > last || held_back(page) {
+                continue;
+            }
+            ensure!(
+                fault::probe_read_u64(page).is_ok(),
+                "RAM at {page:#x} (in {:#x}..{:#x}) is not mapped",
+                r.start,
+                r.end
+            );
+            checked += 1;
+        }
+    }
+    ensure!(checked >= 2, "the memory map lists almost no RAM");
+    // The first whole 2 MiB of RAM after the kernel's page tables.
+    let after = memory.tables.1.next_multiple_of(layout::LARGE_PAGE);
+    if ram().any(|r| r.start <= after && after + layout::LARGE_PAGE <= r.end) {
+        let size = paging::page_size(after).unwrap_or(0);
+        ensure!(size >= layout::LARGE_PAGE, "RAM at {after:#x} is mapped with {size:#x}-byte pages");
+    }
     Ok(())
 }
 

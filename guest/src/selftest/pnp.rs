@@ -15,6 +15,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use pvagent_abi::pnp::{HostCounter, HostMode, PageBehaviour, ResolutionTiming, backing_pattern};
 
 use super::{Failure, SelfTest, TestResult, fail};
+use crate::cell::StaticCell;
 use crate::pv::halt;
 use crate::pv::pnp::{self, Region};
 use crate::sync::IrqGuard;
@@ -236,7 +237,7 @@ fn bad_registrations_are_refused() -> TestResult {
     ensure_eq!(pnp::stats().ring_corrupt, before.ring_corrupt, "rings called corrupt by a late resolution interrupt");
     ensure!(probe_write_msr(abi::MSR_VECTORS, vectors).is_ok(), "vectors refused with both areas disabled");
     // The guest zeroes `head` and `tail` before it enables a ring; the host checks.
-    let ring = SCRATCH_RING.0.get() as u64;
+    let ring = SCRATCH_RING.get() as u64;
     let tail = (ring + abi::ring_tail_offset(1)) as *mut u32;
     // SAFETY: the scratch ring is this test's own static page, registered with no host only
     // between the writes below.
@@ -253,14 +254,12 @@ fn bad_registrations_are_refused() -> TestResult {
     Ok(())
 }
 
-/// Has the host stub raise interrupt `vector` on this vCPU, as a device would (an MSI through
-/// the benchmark injection port, `pvagent_abi::port::BENCH_INJECT`).
 /// A page-aligned ring page of this test's own, never the one the protocol uses.
 #[repr(C, align(4096))]
-struct ScratchRing(core::cell::UnsafeCell<[u8; 4096]>);
-// SAFETY: only `bad_registrations_are_refused` touches it, through volatile raw-pointer writes.
-unsafe impl Sync for ScratchRing {}
-static SCRATCH_RING: ScratchRing = ScratchRing(core::cell::UnsafeCell::new([0; 4096]));
+struct RingPage([u8; 4096]);
+
+/// Only `bad_registrations_are_refused` touches it, through volatile raw-pointer writes.
+static SCRATCH_RING: StaticCell<RingPage> = StaticCell::new(RingPage([0; 4096]));
 
 /// Registers the protocol with a ring of this many entries when dropped.
 struct Reregister(u32);

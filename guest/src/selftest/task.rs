@@ -3,7 +3,8 @@
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::{SelfTest, TestResult};
-use crate::arch::fault::pf;
+use crate::arch::fault::{self, pf};
+use crate::arch::percpu;
 use crate::task::event::Event;
 use crate::task::table::{ExitStatus, FaultInfo};
 use crate::task::{self, user};
@@ -16,6 +17,8 @@ pub const TESTS: &[SelfTest] = &[
     SelfTest::new("task::blocked_task_is_woken_by_event", blocked_task_is_woken_by_event),
     SelfTest::new("task::yielding_tasks_interleave", yielding_tasks_interleave),
     SelfTest::new("task::sleep_waits_for_ticks", sleep_waits_for_ticks),
+    SelfTest::new("task::every_slot_runs_on_its_whole_stack", every_slot_runs_on_its_whole_stack),
+    SelfTest::on_request("task::stack_overflow_hits_the_guard_page", stack_overflow_hits_the_guard_page),
 ];
 
 fn join(id: task::table::TaskId) -> Result<ExitStatus, super::Failure> {
@@ -143,4 +146,97 @@ fn sleep_waits_for_ticks() -> TestResult {
     let slept = crate::arch::ticks() - before;
     ensure!(slept >= 3, "woke after {slept} ticks, asked for 3");
     Ok(())
+}
+
+/// Room left at the bottom of a stack for what may run on top of a task's deepest frame: a
+/// switch, a timer interrupt and its handler.
+const STACK_HEADROOM: u64 = 8 * 1024;
+/// The frame size of each level of `descend`.
+const FRAME: usize = 2048;
+
+/// Recurses with `FRAME`-byte frames, each written, until the next one would pass `floor`;
+/// at the deepest, yields (so that every such task is at its deepest at once). Returns the
+/// lowest frame's address.
+#[inline(never)]
+fn descend(floor: u64) -> u64 {
+    let mut frame = [0u8; FRAME];
+    let here = frame.as_ptr() as u64;
+    // SAFETY: writes to this function's own local array.
+    unsafe {
+        core::ptr::write_volatile(frame.as_mut_ptr(), 1);
+        core::ptr::write_volatile(frame.as_mut_ptr().add(FRAME - 1), 1);
+    }
+    let lowest = if here > floor + FRAME as u64 {
+        descend(floor)
+    } else {
+        task::yield_now();
+        here
+    };
+    // Keeps the frame alive across the call, so that the recursion cannot become a loop.
+    core::hint::black_box(&mut frame);
+    lowest
+}
+
+/// Fills every free task slot at once with a task that uses its whole kernel stack (down to a
+/// few KiB above the guard page) and waits there for the others: every stack is mapped and
+/// usable to its bottom, whatever size `kstack=` gave them, and none runs into another.
+fn every_slot_runs_on_its_whole_stack() -> TestResult {
+    fn deep(_: u64) -> u64 {
+        let stack = task::stack::kernel_stack(percpu::index(), task::current().slot);
+        // The very first page above the guard, written directly (this task does not reach it).
+        // SAFETY: this task's own stack, below anything it uses.
+        unsafe { core::ptr::write_volatile(stack.bottom() as *mut u64, 0x5ac) };
+        descend(stack.bottom() + STACK_HEADROOM)
+    }
+    let mut ids: heapless::Vec<task::table::TaskId, { task::table::MAX_TASKS }> = heapless::Vec::new();
+    while let Ok(id) = task::spawn_kernel("deep", deep, 0) {
+        let _ = ids.push(id);
+    }
+    let live = task::live_count();
+    ensure_eq!(live, task::table::MAX_TASKS, "tasks alive with every slot taken");
+    let cpu = percpu::index();
+    for id in ids {
+        let stack = task::stack::kernel_stack(cpu, id.slot);
+        let ExitStatus::Returned(lowest) = join(id)? else {
+            return Err(super::fail(format_args!("task in slot {} did not return", id.slot)));
+        };
+        ensure!(
+            (stack.bottom() + STACK_HEADROOM..stack.bottom() + STACK_HEADROOM + 2 * FRAME as u64).contains(&lowest),
+            "slot {}: the deepest frame at {lowest:#x} is not just above {:#x}",
+            id.slot,
+            stack.bottom() + STACK_HEADROOM
+        );
+        // SAFETY: the task ended; its stack is mapped and nobody uses it.
+        let marker = unsafe { core::ptr::read_volatile(stack.bottom() as *const u64) };
+        ensure_eq!(marker, 0x5ac, "the word at the bottom of slot {}'s stack", id.slot);
+        ensure!(fault::probe_read_u64(stack.guard).is_err(), "the guard page of slot {} is mapped", id.slot);
+    }
+    Ok(())
+}
+
+/// Recurses until the stack runs into its guard page.
+#[inline(never)]
+#[allow(unconditional_recursion, reason = "it ends at the guard page, which is what it is for")]
+fn overflow(depth: u64) -> u64 {
+    let mut frame = [0u8; FRAME];
+    // SAFETY: writes to this function's own local array.
+    unsafe { core::ptr::write_volatile(frame.as_mut_ptr(), depth as u8) };
+    let deeper = overflow(depth + 1);
+    core::hint::black_box(&mut frame);
+    deeper
+}
+
+/// Ends the run on purpose (on request only, from `tests/memory.rs`): a kernel task overflows
+/// its stack. The write to the guard page faults; the CPU cannot push the #PF's frame there
+/// either, so it raises #DF on its IST stack, whose report (with CR2: the guard page) fails this
+/// test and ends the run.
+fn stack_overflow_hits_the_guard_page() -> TestResult {
+    fn body(_: u64) -> u64 {
+        overflow(0)
+    }
+    let id = spawned(task::spawn_kernel("overflow", body, 0))?;
+    let guard = task::stack::kernel_stack(percpu::index(), id.slot).guard;
+    crate::kprintln!("task: the overflowing task's guard page is at {guard:#x}");
+    let status = join(id)?;
+    Err(super::fail(format_args!("the overflowing task ended with {status:?} instead of ending the run")))
 }

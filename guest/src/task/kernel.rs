@@ -6,17 +6,17 @@
 //! page-not-present event parks it there) resumes inside that handler; the trap depth of each
 //! context is saved and restored with it.
 
-use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use x86_64::instructions::interrupts;
 
 use super::table::{
     ExitStatus, FaultInfo, Kind, MAX_TASKS, ReapError, SpawnError, State, TaskId, TaskTable, Wait, WakeOutcome,
 };
 use super::{stack, switch};
 use crate::arch::fault::Fault;
+use crate::arch::gdt;
 use crate::arch::percpu::{self, CpuLocal, MAX_CPUS};
 use crate::arch::trap::TrapFrame;
-use crate::arch::{cpu, gdt};
+use crate::cell::{FnPtr, FnSlot, StaticCell};
 use crate::sync::{IrqCell, IrqGuard};
 
 /// A kernel task's body: gets the spawn argument, returns its exit value.
@@ -40,10 +40,12 @@ pub type FaultHook = fn(&mut TrapFrame, &Fault) -> FaultAction;
 /// before the switch: per-vCPU state that belongs to the outgoing task is put right here (a
 /// protocol that relaxed a CPU setting for `from` restores it).
 pub type SwitchHook = fn(from: TaskId, to: TaskId);
+// SAFETY: a fn pointer type.
+unsafe impl FnPtr for SwitchHook {}
 
 /// How many switch hooks can be registered.
 pub const MAX_SWITCH_HOOKS: usize = 4;
-static SWITCH_HOOKS: [AtomicUsize; MAX_SWITCH_HOOKS] = [const { AtomicUsize::new(0) }; MAX_SWITCH_HOOKS];
+static SWITCH_HOOKS: [FnSlot<SwitchHook>; MAX_SWITCH_HOOKS] = [const { FnSlot::empty() }; MAX_SWITCH_HOOKS];
 
 /// The switch hook table is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,22 +53,12 @@ pub struct SwitchHooksFull;
 
 /// Registers a hook called on every task switch of every vCPU.
 pub fn add_switch_hook(hook: SwitchHook) -> Result<(), SwitchHooksFull> {
-    for slot in &SWITCH_HOOKS {
-        if slot.compare_exchange(0, hook as usize, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            return Ok(());
-        }
-    }
-    Err(SwitchHooksFull)
+    if SWITCH_HOOKS.iter().any(|slot| slot.set_if_empty(hook)) { Ok(()) } else { Err(SwitchHooksFull) }
 }
 
 fn run_switch_hooks(from: TaskId, to: TaskId) {
-    for slot in &SWITCH_HOOKS {
-        let raw = slot.load(Ordering::Acquire);
-        if raw != 0 {
-            // SAFETY: only `SwitchHook` values are stored in SWITCH_HOOKS.
-            let hook = unsafe { core::mem::transmute::<usize, SwitchHook>(raw) };
-            hook(from, to);
-        }
+    for hook in SWITCH_HOOKS.iter().filter_map(FnSlot::get) {
+        hook(from, to);
     }
 }
 
@@ -74,12 +66,15 @@ fn run_switch_hooks(from: TaskId, to: TaskId) {
 struct Context {
     rsp: u64,
     trap_depth: u32,
+    /// The top of the task's kernel stack: RSP0 while it runs. 0 for the idle task (the boot
+    /// context), which never runs at CPL 3.
+    stack_top: u64,
 }
 
-struct Contexts([UnsafeCell<Context>; MAX_TASKS]);
-// SAFETY: a vCPU only touches its own Contexts (CpuLocal), with interrupts disabled, in
-// `schedule` and `spawn`; `switch_context` writes the `from` RSP while nothing else runs.
-unsafe impl Sync for Contexts {}
+/// The saved contexts of one vCPU's task slots. A vCPU only touches its own (CpuLocal), with
+/// interrupts disabled, in `schedule` and `spawn`; `switch_context` writes the `from` RSP while
+/// nothing else runs.
+type Contexts = StaticCell<[Context; MAX_TASKS]>;
 
 #[derive(Debug)]
 struct CpuSched {
@@ -90,19 +85,24 @@ struct CpuSched {
 static SCHED: CpuLocal<IrqCell<CpuSched>> = CpuLocal::new(
     [const { IrqCell::new(CpuSched { table: TaskTable::new(), fault_hooks: [None; MAX_TASKS] }) }; MAX_CPUS],
 );
-static CONTEXTS: CpuLocal<Contexts> = CpuLocal::new(
-    [const { Contexts([const { UnsafeCell::new(Context { rsp: 0, trap_depth: 0 }) }; MAX_TASKS]) }; MAX_CPUS],
-);
+static CONTEXTS: CpuLocal<Contexts> =
+    CpuLocal::new([const { StaticCell::new([Context { rsp: 0, trap_depth: 0, stack_top: 0 }; MAX_TASKS]) }; MAX_CPUS]);
+
+/// The saved context of `slot` on this vCPU (an address: see `Contexts` for who may use it).
+fn context(slot: u16) -> *mut Context {
+    let contexts = CONTEXTS.get().get();
+    // SAFETY: only an address is formed (of a bounds-checked element of the static array);
+    // nothing is read or written here.
+    unsafe { &raw mut (*contexts)[usize::from(slot)] }
+}
 
 fn with_sched<R>(f: impl FnOnce(&mut CpuSched) -> R) -> R {
     SCHED.get().with(f)
 }
 
-/// Makes the running (boot) context this vCPU's idle task, protects the task stacks with guard
-/// pages, and starts the tick.
+/// Makes the running (boot) context this vCPU's idle task and starts the tick.
 pub fn init_cpu() {
     with_sched(|s| s.table.adopt_idle("idle"));
-    stack::protect(percpu::index());
     crate::arch::fault::set_user_fault_hook(on_user_fault);
     super::user::init();
     crate::arch::start_tick(on_tick);
@@ -118,10 +118,10 @@ pub fn spawn_kernel(name: &'static str, entry: KernelEntry, arg: u64) -> Result<
     with_sched(|s| {
         let id = s.table.spawn(name, Kind::Kernel)?;
         s.fault_hooks[usize::from(id.slot)] = None;
-        let top = stack::kernel_stack_top(cpu, id.slot);
+        let top = stack::kernel_stack(cpu, id.slot).top;
         // SAFETY: the slot was free, so its stack is unused; stack tops are page aligned.
         let rsp = unsafe { switch::prepare_kernel_stack(top, entry as usize as u64, arg) };
-        set_context(id.slot, Context { rsp, trap_depth: 0 });
+        set_context(id.slot, Context { rsp, trap_depth: 0, stack_top: top });
         Ok(id)
     })
 }
@@ -138,19 +138,19 @@ pub fn spawn_user(name: &'static str, entry: UserEntry, arg: u64) -> Result<Task
     with_sched(|s| {
         let id = s.table.spawn(name, Kind::User)?;
         s.fault_hooks[usize::from(id.slot)] = None;
-        let top = stack::kernel_stack_top(cpu, id.slot);
+        let top = stack::kernel_stack(cpu, id.slot).top;
         let user_top = stack::user_stack_top(cpu, id.slot);
         // SAFETY: the slot was free, so both stacks are unused; `entry` is in user text.
         let rsp = unsafe { switch::prepare_user_stack(top, entry, user_top, arg) };
-        set_context(id.slot, Context { rsp, trap_depth: 0 });
+        set_context(id.slot, Context { rsp, trap_depth: 0, stack_top: top });
         Ok(id)
     })
 }
 
-fn set_context(slot: u16, context: Context) {
+fn set_context(slot: u16, saved: Context) {
     // SAFETY: called with interrupts off (inside `with_sched`) for a slot that is not running,
     // so no switch reads or writes this context now.
-    unsafe { *CONTEXTS.get().0[usize::from(slot)].get() = context };
+    unsafe { *context(slot) = saved };
 }
 
 /// Installs a fault hook for `id` (its CPL 3 faults go there first).
@@ -165,7 +165,7 @@ pub fn set_fault_hook(id: TaskId, hook: Option<FaultHook>) {
 /// Switches to the next task if the scheduler picks one. Interrupts must be disabled; the
 /// caller has already yielded, blocked or exited the current task (or is the idle task).
 pub fn schedule() {
-    assert!(!cpu::interrupts_enabled(), "schedule() with interrupts enabled");
+    assert!(!interrupts::are_enabled(), "schedule() with interrupts enabled");
     let cpu = percpu::index();
     let Some((from, to, from_id, to_id)) = with_sched(|s| {
         let from_id = s.table.current();
@@ -174,14 +174,15 @@ pub fn schedule() {
         return;
     };
     run_switch_hooks(from_id, to_id);
-    gdt::set_kernel_stack(cpu, stack::kernel_stack_top(cpu, to));
-    let contexts = CONTEXTS.get();
-    let from_ctx = contexts.0[usize::from(from)].get();
-    let to_ctx = contexts.0[usize::from(to)].get();
+    let from_ctx = context(from);
+    let to_ctx = context(to);
     // SAFETY: interrupts are off; `from` is the running context (its RSP is written by the
     // switch) and `to` was prepared by spawn or saved by an earlier switch. Nothing else
     // accesses either context meanwhile.
     unsafe {
+        if (*to_ctx).stack_top != 0 {
+            gdt::set_kernel_stack(cpu, (*to_ctx).stack_top);
+        }
         (*from_ctx).trap_depth = percpu::swap_trap_depth((*to_ctx).trap_depth);
         switch::switch_context(core::ptr::addr_of_mut!((*from_ctx).rsp), (*to_ctx).rsp);
     }
@@ -198,7 +199,7 @@ pub fn yield_now() {
 /// Interrupts must be disabled, so that the condition the caller checked cannot change before
 /// the task is marked blocked.
 pub fn block_current(wait: Wait) -> u64 {
-    assert!(!cpu::interrupts_enabled(), "block_current() with interrupts enabled");
+    assert!(!interrupts::are_enabled(), "block_current() with interrupts enabled");
     with_sched(|s| s.table.block_current(wait));
     schedule();
     with_sched(|s| s.table.current_wake_value())
@@ -348,7 +349,7 @@ pub fn may_sleep_in_trap() -> bool {
 /// ready. The boot context ends here.
 pub fn idle_loop() -> ! {
     loop {
-        cpu::disable_interrupts();
+        interrupts::disable();
         if has_other_runnable() {
             schedule();
         } else {
@@ -357,12 +358,15 @@ pub fn idle_loop() -> ! {
     }
 }
 
-/// First Rust code of every kernel task (called by `kernel_task_trampoline`).
+/// First Rust code of every kernel task, called by `kernel_task_trampoline` with the entry and
+/// argument `spawn_kernel` put in the task's first frame.
 #[unsafe(no_mangle)]
-extern "sysv64" fn task_start(entry: usize, arg: u64) -> ! {
-    // SAFETY: `entry` was stored by `spawn_kernel` from a `KernelEntry`.
-    let entry = unsafe { core::mem::transmute::<usize, KernelEntry>(entry) };
-    cpu::enable_interrupts();
+#[allow(
+    improper_ctypes_definitions,
+    reason = "only the kernel's own trampoline calls this, passing on the `KernelEntry` spawn_kernel stored"
+)]
+extern "sysv64" fn task_start(entry: KernelEntry, arg: u64) -> ! {
+    interrupts::enable();
     let value = entry(arg);
     exit_current(ExitStatus::Returned(value));
 }

@@ -20,8 +20,10 @@
 
 use core::arch::global_asm;
 
+use x86_64::registers::rflags::RFlags;
+
 use crate::arch::gdt::{USER_CS, USER_DS};
-use crate::arch::trap::{RFLAGS_IF, TrapFrame, trap_return_address};
+use crate::arch::trap::{TrapFrame, trap_return_address};
 
 /// The registers `switch_context` saves, lowest address first, and its return address.
 #[repr(C)]
@@ -111,7 +113,7 @@ pub unsafe fn prepare_user_stack(top: u64, user_entry: u64, user_stack_top: u64,
         rip: user_entry,
         cs: u64::from(USER_CS),
         // Bit 1 of RFLAGS is reserved and always set.
-        rflags: RFLAGS_IF | 0x2,
+        rflags: RFlags::INTERRUPT_FLAG.bits() | 0x2,
         rsp: user_stack_top,
         ss: u64::from(USER_DS),
         ..TrapFrame::default()

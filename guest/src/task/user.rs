@@ -73,7 +73,8 @@ pub fn exit(code: u64) -> ! {
 /// User side: lets other tasks run.
 #[inline(always)]
 pub fn yield_now() {
-    // SAFETY: a kernel call; YIELD returns 0 in RAX and preserves everything else.
+    // SAFETY: a kernel call; YIELD returns 0 in RAX and preserves everything else. Not
+    // `nomem`: other tasks run meanwhile and may change any memory.
     unsafe { core::arch::asm!("ud2", inout("rax") nr::YIELD => _, options(nostack)) }
 }
 
@@ -98,7 +99,7 @@ pub fn read_u64(addr: u64) -> u64 {
 #[inline(always)]
 pub fn rdtsc() -> u64 {
     let (lo, hi): (u32, u32);
-    // SAFETY: RDTSC only reads the counter.
+    // SAFETY: RDTSC only reads the counter; `nomem`: it touches no memory and orders nothing.
     unsafe { core::arch::asm!("rdtsc", out("eax") lo, out("edx") hi, options(nostack, nomem, preserves_flags)) };
     (u64::from(hi) << 32) | u64::from(lo)
 }

@@ -6,6 +6,8 @@ use pvagent_abi::cpuid::Features;
 use pvagent_abi::sld;
 
 use super::policy::Enumeration;
+use x86_64::registers::model_specific::Msr;
+
 use crate::arch::cpu;
 
 /// Follows the architectural enumeration: CPUID.(7,0):EDX bit 30 (or the host stub's
@@ -16,7 +18,7 @@ pub fn enumerate() -> Enumeration {
     Enumeration::probe(edx, host_says, || {
         // SAFETY: `probe` calls this only when CPUID.(7,0):EDX[30], or the host stub's leaf
         // repeating it, says IA32_CORE_CAPABILITIES exists; reading it has no side effects.
-        unsafe { cpu::read_msr(sld::MSR_CORE_CAPABILITIES) }
+        unsafe { Msr::new(sld::MSR_CORE_CAPABILITIES).read() }
     })
 }
 
@@ -34,7 +36,7 @@ impl TestCtrl {
     pub fn read(self) -> u64 {
         // SAFETY: a `TestCtrl` exists only when enumeration found the MSR; reading it has no
         // side effects.
-        unsafe { cpu::read_msr(sld::MSR_TEST_CTRL) }
+        unsafe { Msr::new(sld::MSR_TEST_CTRL).read() }
     }
 
     /// Whether detection is on, as the register says.
@@ -48,6 +50,6 @@ impl TestCtrl {
         let new = if on { old | sld::TEST_CTRL_SPLIT_LOCK_DETECT } else { old & !sld::TEST_CTRL_SPLIT_LOCK_DETECT };
         // SAFETY: the MSR exists (see `read`) and only the enumerated detection bit changes;
         // detection affects only which locked accesses raise #AC, which the #AC handler serves.
-        unsafe { cpu::write_msr(sld::MSR_TEST_CTRL, new) };
+        unsafe { Msr::new(sld::MSR_TEST_CTRL).write(new) };
     }
 }

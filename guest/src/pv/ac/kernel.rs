@@ -8,14 +8,17 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use pvagent_abi::sld;
+use x86_64::registers::control::{Cr0, Cr0Flags};
+use x86_64::registers::rflags::RFlags;
 
 use super::hw::{self, TestCtrl};
 use super::policy::{self, AcKind, AcState, Enumeration, KernelAction, Mode, RateLimit, SiteSet, UserAction};
-use crate::arch::cpu::{self, CR0_AM};
+
+use crate::arch::cpu;
 use crate::arch::fault::Fault;
 use crate::arch::percpu::{CpuLocal, MAX_CPUS};
 use crate::arch::time::HZ;
-use crate::arch::trap::{self, RFLAGS_AC, TrapFrame};
+use crate::arch::trap::{self, TrapFrame};
 use crate::boot::cmdline::Cmdline;
 use crate::sync::IrqCell;
 use crate::task::table::{ExitStatus, MAX_TASKS, TaskId};
@@ -260,7 +263,7 @@ pub fn init(cmdline: &Cmdline<'_>) {
     // With CR0.AM set, alignment checks happen for exactly the CPL 3 code that sets RFLAGS.AC
     // itself (new tasks start with it clear); the kernel is never checked.
     // SAFETY: only CR0.AM changes; paging, protection and write protection stay as they are.
-    unsafe { cpu::write_cr0(cpu::read_cr0() | CR0_AM) };
+    unsafe { Cr0::write_raw(Cr0::read_raw() | Cr0Flags::ALIGNMENT_MASK.bits()) };
     if super::trigger::available() {
         super::trigger::map();
     }
@@ -303,8 +306,8 @@ fn on_alignment_check(frame: &mut TrapFrame) {
     };
     let state = AcState {
         cpl: frame.cpl(),
-        rflags_ac: frame.rflags & RFLAGS_AC != 0,
-        cr0_am: cpu::read_cr0() & CR0_AM != 0,
+        rflags_ac: frame.flags().contains(RFlags::ALIGNMENT_CHECK),
+        cr0_am: Cr0::read().contains(Cr0Flags::ALIGNMENT_MASK),
         detection_on,
     };
     match policy::classify(state) {

@@ -1,7 +1,6 @@
 //! The kernel glue of the page-not-present protocol: shared pages, registration, the two
 //! handlers, and the hooks self-tests use to steer the host's pager.
 
-use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use pvagent_abi::cpuid::Features;
@@ -20,6 +19,7 @@ use crate::arch::percpu::{self, CpuLocal, MAX_CPUS};
 use crate::arch::trap::{self, TrapFrame};
 use crate::arch::{apic, cpu};
 use crate::boot::cmdline::Cmdline;
+use crate::cell::StaticCell;
 use crate::kprintln;
 use crate::pv::halt;
 use crate::sync::{IrqCell, IrqGuard};
@@ -46,12 +46,10 @@ struct SharedPages {
     data: [u8; 64],
 }
 
-struct Shared(UnsafeCell<[SharedPages; MAX_CPUS]>);
-// SAFETY: the memory is shared with the host and only ever accessed through raw pointers with
-// volatile or atomic operations (`SharedView`); no Rust reference to it is formed.
-unsafe impl Sync for Shared {}
-
-static SHARED: Shared = Shared(UnsafeCell::new([const { SharedPages { ring: [0; 4096], data: [0; 64] } }; MAX_CPUS]));
+/// Shared with the host: only ever accessed through raw pointers with volatile or atomic
+/// operations (`SharedView`); no Rust reference to it is formed.
+static SHARED: StaticCell<[SharedPages; MAX_CPUS]> =
+    StaticCell::new([const { SharedPages { ring: [0; 4096], data: [0; 64] } }; MAX_CPUS]);
 
 /// Raw access to one vCPU's shared pages.
 #[derive(Clone, Copy, Debug)]
@@ -63,7 +61,7 @@ struct SharedView {
 
 impl SharedView {
     fn of(cpu: usize, entries: u32) -> Self {
-        let pages = (SHARED.0.get() as *mut SharedPages).wrapping_add(cpu);
+        let pages = SHARED.get().cast::<SharedPages>().wrapping_add(cpu);
         // Only addresses are computed; the pages are accessed through the methods below.
         let ring = pages as *mut u8;
         let data = ring.wrapping_add(core::mem::offset_of!(SharedPages, data));

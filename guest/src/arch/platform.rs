@@ -1,0 +1,103 @@
+//! Bringing up the boot vCPU, and what the kernel found out about the machine on the way.
+
+use super::layout::{self, Access, Placement, Region, StackDemand};
+use super::{acpi, apic, cpu, fault, gdt, idt, paging, percpu, stacks, time, trap};
+use crate::boot::info::{BootInfo, MEMMAP_MAX, MemKind};
+
+/// What the kernel found out about the machine while starting.
+#[derive(Clone, Copy, Debug)]
+pub struct Platform {
+    pub cpu: cpu::CpuInfo,
+    pub hypervisor: cpu::Hypervisor,
+    pub apic_mode: apic::Mode,
+    pub boot_apic_id: u32,
+    pub tsc_khz: u64,
+    pub tsc_source: time::TscSource,
+    /// Processors the MADT lists; `None` without ACPI (the host stub).
+    pub madt: Option<acpi::MadtSummary>,
+    /// Where the kernel put its page tables and stacks, and how much RAM it maps.
+    pub memory: Placement,
+}
+
+static PLATFORM: spin::Once<Platform> = spin::Once::new();
+
+/// The machine description (after [`init`]).
+pub fn platform() -> &'static Platform {
+    PLATFORM.get().expect("arch::platform() before arch::init()")
+}
+
+/// Brings up the boot vCPU: memory layout, tables, paging, APIC, time. Interrupts stay
+/// disabled. Kernel stacks are laid out for `tasks_per_cpu` tasks of `task_stack_size` bytes on
+/// each of [`percpu::MAX_CPUS`] vCPUs; a layout that does not fit in RAM ends the run with the
+/// sizes.
+///
+/// # Safety
+///
+/// Call once, first thing after the console, on the boot vCPU with interrupts disabled and the
+/// boot page tables active.
+pub unsafe fn init(boot: &BootInfo, tasks_per_cpu: usize, task_stack_size: u64) -> &'static Platform {
+    let cpu = cpu::identify();
+    let demand = StackDemand {
+        cpus: percpu::MAX_CPUS,
+        ist_per_cpu: gdt::IST_COUNT,
+        ist_size: gdt::IST_SIZE,
+        tasks_per_cpu,
+        task_size: task_stack_size,
+    };
+    let mut memory: heapless::Vec<Region, MEMMAP_MAX> = heapless::Vec::new();
+    let mut ram: heapless::Vec<(u64, u64), MEMMAP_MAX> = heapless::Vec::new();
+    for entry in boot.memmap.iter() {
+        match entry.kind {
+            MemKind::Ram => {
+                let _ = ram.push((entry.start, entry.end));
+            }
+            MemKind::Acpi => {}
+            // Reserved ranges hold firmware data and device holes: map only what ACPI or a
+            // driver asks for (later), never blindly.
+            MemKind::Reserved | MemKind::Other(_) => continue,
+        }
+        let _ = memory.push(Region { start: entry.start, end: entry.end, access: Access::KernelData });
+    }
+    let devices = [Region { start: apic::XAPIC_BASE, end: apic::XAPIC_BASE + layout::PAGE, access: Access::Mmio }];
+    let layout = layout::plan(&paging::image_layout(), &memory, &ram, &devices, demand, cpu.huge_pages)
+        .unwrap_or_else(|e| fault::fatal(format_args!("memory: {e} (lower kstack= or give the guest more RAM)")));
+    stacks::init(layout.placement.stacks);
+
+    // SAFETY: boot vCPU, once, interrupts off (the caller's contract). The IST stacks are in
+    // RAM the boot tables map.
+    unsafe {
+        gdt::init(0, stacks::ist_tops(0));
+        percpu::init(0);
+        idt::init();
+    }
+    idt::load();
+    fault::init();
+    // SAFETY: boot vCPU, once, interrupts off, boot tables active (the caller's contract).
+    unsafe { paging::init(&layout, cpu.huge_pages) };
+    // Mapped before the switch, so that an NMI, #DF or #MC always finds its stack.
+    stacks::start_cpu(0);
+    // SAFETY: after `init`, interrupts off, this vCPU's IST stacks mapped.
+    unsafe { paging::activate() };
+
+    apic::disable_legacy_pic();
+    let boot_apic_id = apic::init(cpu.x2apic);
+    percpu::set_apic_id(boot_apic_id);
+    let apic_khz = cpu.apic_khz.unwrap_or(time::DEFAULT_APIC_KHZ);
+    let (tsc_khz, tsc_source) = time::init(cpu.tsc_khz, apic_khz);
+
+    let madt = boot.rsdp.and_then(|rsdp| acpi::read_madt(rsdp).ok());
+
+    trap::register(apic::SPURIOUS_VECTOR, |_| {});
+    time::init_tick(apic_khz);
+
+    PLATFORM.call_once(|| Platform {
+        cpu,
+        hypervisor: cpu.hypervisor,
+        apic_mode: apic::mode(),
+        boot_apic_id,
+        tsc_khz,
+        tsc_source,
+        madt,
+        memory: layout.placement,
+    })
+}
