@@ -1,0 +1,107 @@
+//! Tests of the page-not-present protocol against the host stub's demand pager. Each test
+//! takes fresh (absent) pages of the demand-paged region and checks, for the mode the host runs
+//! in, what the protocol promises: in `ring` mode the task that touched an absent page waits
+//! while others run and resumes with the right data; in `sync` mode the vCPU waits instead.
+//! Data is checked against the backing pattern the host stub's default image holds.
+//!
+//! Every test that needs a particular path takes it by construction, never by hoping that a
+//! page-in delay is long or short enough on this machine: the pager's resolution timing
+//! (`AfterEventTaken`: every event waits; `BeforeEvent` or an `Immediate` page: none does),
+//! held pages that arrive only when the test releases them, and a runner that stays runnable
+//! while tasks park. A test whose path was not taken fails and names the path.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use pvagent_abi::pnp::{HostCounter, HostMode, PageBehaviour, ResolutionTiming, backing_pattern};
+
+use super::{Failure, SelfTest, TestResult, fail};
+use crate::cell::StaticCell;
+use crate::pv::halt;
+use crate::pv::pnp::{self, Region};
+use crate::sync::IrqGuard;
+use crate::task::table::{ExitStatus, TaskId};
+use crate::task::{self, NoSleepGuard, user};
+use crate::{ensure, ensure_eq, kprintln};
+
+mod breaches;
+mod controls;
+mod data;
+mod paths;
+mod registration;
+
+use breaches::*;
+use controls::*;
+use data::*;
+use paths::*;
+use registration::*;
+
+pub const TESTS: &[SelfTest] = &[
+    SelfTest::new("pnp::registration_is_accepted", registration_is_accepted),
+    SelfTest::new("pnp::bad_registrations_are_refused", bad_registrations_are_refused),
+    SelfTest::new("pnp::absent_page_parks_task_while_another_runs", absent_page_parks_task_while_another_runs),
+    SelfTest::new("pnp::user_task_resumes_with_the_right_data", user_task_resumes_with_the_right_data),
+    SelfTest::new("pnp::two_tasks_on_one_absent_page_each_get_a_token", two_tasks_on_one_absent_page_each_get_a_token),
+    SelfTest::new("pnp::resolution_before_event_does_not_park", resolution_before_event_does_not_park),
+    SelfTest::new("pnp::failed_page_ends_only_its_task", failed_page_ends_only_its_task),
+    SelfTest::new("pnp::interrupts_off_access_takes_the_sync_path", interrupts_off_access_takes_the_sync_path),
+    SelfTest::new("pnp::single_task_waits_in_the_hlt_loop", single_task_waits_in_the_hlt_loop),
+    SelfTest::new("pnp::no_sleep_section_waits_in_the_hlt_loop", no_sleep_section_waits_in_the_hlt_loop),
+    SelfTest::new("pnp::n_tokens_outstanding_then_the_next_access_is_synchronous", n_tokens_outstanding_then_sync),
+    SelfTest::new("pnp::many_tasks_many_pages_get_the_right_data", many_tasks_many_pages_get_the_right_data),
+    SelfTest::new("pnp::evicted_page_comes_back_with_its_contents", evicted_page_comes_back_with_its_contents),
+    SelfTest::new("pnp::workload_ring_vs_sync", workload_ring_vs_sync),
+    SelfTest::new("pnp::accounting_is_balanced", accounting_is_balanced),
+    // Deliberate breaches, run by the end-to-end tests to show the host stops the run.
+    SelfTest::on_request("pnp::deliberately_leak_a_token", deliberately_leak_a_token),
+    SelfTest::on_request("pnp::deliberately_corrupt_the_ring_tail", deliberately_corrupt_the_ring_tail),
+    SelfTest::on_request("pnp::touch_the_first_page", touch_the_first_page),
+];
+
+fn pager() -> Result<Region, Failure> {
+    match pnp::host_region() {
+        Some((region, _)) if region.pages > 0 && pnp::registered_entries() > 0 => Ok(region),
+        Some(_) => Err(Failure::Skip("the page-not-present protocol is not registered (pnp=off)")),
+        None => Err(Failure::Skip("needs the host stub's demand pager")),
+    }
+}
+
+/// Fresh pages of the region, never touched before (a bump allocator over the region).
+fn fresh_pages(region: &Region, count: u64) -> Result<u64, Failure> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let first = NEXT.fetch_add(count, Ordering::Relaxed);
+    if first + count > region.pages {
+        return Err(fail(format_args!("the demand region's {} pages are used up", region.pages)));
+    }
+    Ok(region.page(first))
+}
+
+fn counter(c: HostCounter) -> Result<u64, Failure> {
+    pnp::host_counter(c).map_err(|e| fail(format_args!("host counter {c:?}: {e:?}")))
+}
+
+fn latency(min_us: u64, max_us: u64) -> TestResult {
+    pnp::set_latency_ns(min_us * 1000, max_us * 1000).map_err(|e| fail(format_args!("set latency: {e:?}")))
+}
+
+fn read(gpa: u64) -> u64 {
+    // SAFETY: `gpa` is in the demand region, identity mapped for the kernel; the load is what
+    // makes the host page the memory in.
+    unsafe { core::ptr::read_volatile(gpa as *const u64) }
+}
+
+fn write(gpa: u64, value: u64) {
+    // SAFETY: as in `read`; the region is test memory.
+    unsafe { core::ptr::write_volatile(gpa as *mut u64, value) }
+}
+
+fn join(id: TaskId) -> Result<ExitStatus, Failure> {
+    task::join(id).map_err(|e| fail(format_args!("join {id:?}: {e:?}")))
+}
+
+fn spawned<T, E: core::fmt::Debug>(r: Result<T, E>) -> Result<T, Failure> {
+    r.map_err(|e| fail(format_args!("spawn failed: {e:?}")))
+}
+
+fn ring_mode() -> bool {
+    pnp::host_mode() == HostMode::Ring
+}
