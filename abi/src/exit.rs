@@ -7,7 +7,8 @@
 
 /// Every self-test that ran passed.
 pub const SUCCESS: u32 = 0x10;
-/// A self-test failed, the kernel panicked, or an unexpected exception ended the run.
+/// A self-test failed, the kernel panicked, an unexpected exception ended the run, or the
+/// test filter selected nothing.
 pub const FAILURE: u32 = 0x11;
 
 /// The status QEMU exits with after the guest wrote `code` to the isa-debug-exit port.

@@ -45,7 +45,8 @@ pub enum Nr: u32 {
     /// [`crate::pnp::HostMode`].
     PnpSetMode = 0x200,
     /// Page-not-present: the fetch latency for pages fetched from now on, drawn uniformly from
-    /// `[args[0], args[1]]` nanoseconds.
+    /// `[args[0], args[1]]` nanoseconds (`args[0] <= args[1] <=` 10 s, otherwise
+    /// [`Status::InvalidArgument`]).
     PnpSetLatency = 0x201,
     /// Page-not-present: `args[0]` a page's GPA, `args[1]` a [`crate::pnp::PageBehaviour`] for
     /// its next fetch.
@@ -54,7 +55,8 @@ pub enum Nr: u32 {
     /// are kept by the host). Pages being fetched are refused (status 2).
     PnpEvict = 0x203,
     /// Page-not-present: `ret[0]` = the host counter `args[0]` (a
-    /// [`crate::pnp::HostCounter`]) for the calling vCPU's protocol state.
+    /// [`crate::pnp::HostCounter`]), counted over the whole VM (every vCPU's events and
+    /// tokens).
     PnpStats = 0x204,
     /// Page-not-present: release the held pages ([`crate::pnp::PageBehaviour::Held`]) among
     /// `args[1]` pages from GPA `args[0]` (0 counts as 1): their fetches start now, in this one
@@ -73,11 +75,13 @@ crate::wire_enum! {
 pub enum Status: u32 {
     /// Done; `ret` holds the results.
     Ok = 0,
-    /// The host does not know this hypercall number.
+    /// The host does not know this hypercall number, or the producer that serves it is not in
+    /// this run (the feature bits say which are).
     UnknownNr = 1,
     /// An argument was out of range; nothing was done.
     InvalidArgument = 2,
-    /// The hypercall exists but the feature behind it is not enabled in this run.
+    /// The hypercall exists in this run but the host could not carry it out in the present
+    /// state (docs/abi.md, "Hypercalls", says when).
     Unavailable = 3,
 }
 }

@@ -1,5 +1,5 @@
-//! ACPI, where the host provides it (QEMU): the MADT tells how many CPUs there are and their
-//! APIC IDs. Read with the `acpi` crate over the identity map.
+//! ACPI, where the host provides it (QEMU and the host stub both do): the MADT tells how many
+//! CPUs there are and their APIC IDs. Read with the `acpi` crate over the identity map.
 
 use core::ptr::NonNull;
 

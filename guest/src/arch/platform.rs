@@ -13,7 +13,8 @@ pub struct Platform {
     pub boot_apic_id: u32,
     pub tsc_khz: u64,
     pub tsc_source: time::TscSource,
-    /// Processors the MADT lists; `None` without ACPI (the host stub).
+    /// Processors the MADT lists; `None` when the host gives no ACPI tables or they cannot be
+    /// read.
     pub madt: Option<acpi::MadtSummary>,
     /// Where the kernel put its page tables and stacks, and how much RAM it maps.
     pub memory: Placement,

@@ -1,5 +1,6 @@
 //! The paravirtual protocols, one module each. Each registers its own vectors and hooks with
-//! `arch` and `task` in its `init`, which `main.rs` calls once the scheduler is up.
+//! `arch` and `task` in its `init`, which the boot sequence (`start.rs`) calls once the
+//! scheduler is up.
 
 pub mod ac;
 #[cfg(kernel)]

@@ -6,10 +6,11 @@
 //! libclang, which a fresh machine lacks (`userfaultfd` 0.9 fails to build there: "Unable to
 //! find libclang"); xtask, which could install it, itself depends on this crate. Three ioctls
 //! and four structures, sizes asserted below (docs/design.md, "Crates from elsewhere"). With
-//! `UFFD_FEATURE_SIGBUS`
-//! an access to a missing page does not wait for a handler: a user access gets SIGBUS, and
-//! KVM's access on behalf of a vCPU fails, so KVM_RUN returns to the host (as
-//! KVM_EXIT_MEMORY_FAULT on VMX/SVM KVM, as KVM_EXIT_MMIO on PVM) instead of blocking.
+//! `UFFD_FEATURE_SIGBUS` an access to a missing page does not wait for a handler: a user access
+//! gets SIGBUS, and KVM's synchronous access on behalf of a vCPU fails, so KVM_RUN returns to
+//! the host instead of blocking. KVM's asynchronous page-fault path (taken whenever the guest
+//! has interrupts on) reads the failure as "needs I/O" and retries for ever, which is why the
+//! region also keeps absent pages inaccessible (`region`): that is what makes every access exit.
 
 use std::fs::File;
 use std::io;
