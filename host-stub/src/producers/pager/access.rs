@@ -145,8 +145,8 @@ impl Pager {
             return Ok(Handled::No);
         };
         for operand in &insn.memory {
-            let last = operand.linear + operand.size.max(1) - 1;
-            for linear in [operand.linear, last] {
+            // Its first and last byte: an operand touches at most two pages.
+            for linear in [Some(operand.linear), operand.last_byte()].into_iter().flatten() {
                 let Some(gpa) = crate::guest_insn::translate(ctx.vcpu, linear) else { continue };
                 let absent = {
                     let inner = self.shared.lock();
