@@ -66,6 +66,12 @@ pub struct AttachCtx<'a> {
 }
 
 impl AttachCtx<'_> {
+    /// The guest RAM the memory map lists (`loader::ram_ranges`): memory the guest may share
+    /// with the host. Entries a handler adds to [`AttachCtx::memmap`] are not RAM.
+    pub fn ram_ranges(&self) -> Vec<std::ops::Range<u64>> {
+        crate::loader::ram_ranges(self.ram_size)
+    }
+
     /// Claims a memslot number.
     pub fn take_slot(&mut self) -> u32 {
         let slot = self.next_slot;

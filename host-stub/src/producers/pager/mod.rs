@@ -109,7 +109,7 @@ impl Pager {
             staging: HashMap::new(),
             vcpus: vec![Registration::default()],
             ram: None,
-            ram_size: 0,
+            ram_ranges: Vec::new(),
             vm: None,
             latency: LatencyControl::new(config.latency, config.seed),
             violation: None,
@@ -205,7 +205,7 @@ impl ExitHandler for Pager {
             let mut inner = self.shared.lock();
             inner.region = Some(region);
             inner.ram = Some(ctx.ram.clone());
-            inner.ram_size = ctx.ram_size;
+            inner.ram_ranges = ctx.ram_ranges();
             inner.vm = Some(ctx.vm.clone());
             inner.timeline = PagerTimeline::new(ctx.trace.clone());
         }
@@ -305,17 +305,17 @@ impl ExitHandler for Pager {
             return Ok(MsrAnswer::NotMine);
         }
         let mut inner = self.shared.lock();
-        let ram_size = inner.ram_size;
         if let Some(active) = inner.vcpus.get(ctx.index).and_then(Registration::active) {
             // Account for consumed resolutions first, so "no token outstanding" is current.
             observe_tail(&mut inner, ctx.index, active)?;
         }
+        let inner = &mut *inner;
         let Some(reg) = inner.vcpus.get_mut(ctx.index) else { return Ok(MsrAnswer::Fault) };
         // The ring's `head` and `tail` are checked when it is enabled: atomic loads, as the guest
         // could be writing them.
         let mem = ctx.mem;
         let read_u32 = |gpa: u64| mem.load::<u32>(GuestAddress(gpa), Ordering::Acquire).ok();
-        Ok(match reg.write(index, value, ram_size, read_u32) {
+        Ok(match reg.write(index, value, &inner.ram_ranges, read_u32) {
             Ok(()) => MsrAnswer::Value(value),
             Err(_) => MsrAnswer::Fault,
         })
