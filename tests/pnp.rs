@@ -10,7 +10,7 @@ use pvagent_host::producers::pager::config::PagerConfig;
 use pvagent_host::producers::pager::error::PagerError;
 use pvagent_host::producers::pager::tokens::RingViolation;
 use pvagent_host::{Error, RunResult};
-use pvagent_tests::run_stub_with;
+use pvagent_tests::{Code32, config, require_kvm, run_stub_configured, run_stub_with, temp_file, tiny_elf};
 
 fn pager(mode: HostMode, fail_pages: &[u64]) -> Producers {
     Producers {
@@ -122,4 +122,68 @@ fn a_failed_page_in_ring_mode_ends_the_task_that_touched_it() {
     assert!(t.reason.contains("page failed (token"), "{}", t.reason);
     assert_eq!(r.report.get("pager.resolved_failed"), 1);
     assert_eq!(r.report.get("pager.outstanding"), 0);
+}
+
+/// Where the tiny images below put the demand-paged region: below 4 GiB, so that 32-bit code
+/// with paging off reaches it.
+const LOW_REGION: u64 = 0x8000_0000;
+
+/// The tiny images' page-not-present registration: a ring of one entry at 2 MiB and the event
+/// area right after it, in RAM the host zeroed.
+fn register_the_protocol(code: Code32) -> Code32 {
+    use pvagent_abi::pnp as abi;
+    code.announce(pvagent_abi::ABI_VERSION)
+        .wrmsr(abi::MSR_VECTORS, 0x5251)
+        .wrmsr(abi::MSR_RING, RING_GPA | abi::MSR_ENABLE)
+        .wrmsr(abi::MSR_DATA, (RING_GPA + 0x1000) | abi::MSR_ENABLE)
+}
+
+const RING_GPA: u64 = 0x20_0000;
+
+/// A benchmark injection that finds the ring broken stops the run with the same typed error as
+/// any other path that finds it, and counts nothing it did not do; one that finds no event
+/// deliverable (interrupts off) is a plain outcome, and the run goes on.
+#[test]
+fn a_ring_broken_before_a_benchmark_injection_stops_the_run() {
+    use pvagent_abi::port::{BENCH_INJECT, BenchInject};
+    require_kvm();
+    let inject = BenchInject::PageNotPresent.encode(0, 0);
+    let tail = RING_GPA + pvagent_abi::pnp::ring_tail_offset(1);
+    let code = register_the_protocol(Code32::new())
+        // Page 0 made present: interrupts are off, so the access waits synchronously.
+        .load(LOW_REGION as u32)
+        // Not deliverable (interrupts off): nothing happens.
+        .out(BENCH_INJECT, inject)
+        // A tail beyond the head, then an injection the vCPU could take.
+        .store(tail as u32, 1000)
+        .sti()
+        .out(BENCH_INJECT, inject)
+        .exit(exit::SUCCESS);
+    let image = temp_file("bench-broken-ring.elf", &tiny_elf(&code, true, 0));
+    let mut c = config(&image, "");
+    c.bench = true;
+    let producers = Producers {
+        sld: None,
+        pager: Some(PagerConfig { region_gpa: LOW_REGION, region_mib: 2, ..PagerConfig::default() }),
+    };
+    let r = run_stub_configured(c, &producers);
+    assert!(
+        matches!(
+            r.host_error,
+            Some(Error::Pager(PagerError::Ring {
+                vcpu: 0,
+                violation: RingViolation::TailBeyondHead { tail: 1000, .. }
+            }))
+        ),
+        "{:?}\n{:?}",
+        r.host_error,
+        r.report.counters
+    );
+    assert_eq!(r.guest_exit_code, None, "the guest ran on");
+    let c = &r.report;
+    assert_eq!(c.get("bench.page_events_not_deliverable"), 1, "{:?}", c.counters);
+    assert_eq!(c.get("pager.sync_waits"), 1);
+    for counter in ["pager.events_delivered", "pager.resolved_retry", "pager.resolved_before_event", "bench.injected"] {
+        assert_eq!(c.get(counter), 0, "{counter}: nothing was delivered or resolved");
+    }
 }

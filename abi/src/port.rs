@@ -59,8 +59,8 @@ pub enum BenchInject: u32 {
     /// The exception vector with error code 0 (KVM_SET_VCPU_EVENTS), as #AC is injected.
     Exception = 2,
     /// A page-not-present event for that page, which must be present, with its resolution
-    /// written first: the guest's no-wait path. Served by the pager; ignored when no event can
-    /// be delivered now.
+    /// written first: the guest's no-wait path. Carried out by the demand pager for the
+    /// benchmark device; nothing happens when no event can be delivered now (docs/abi.md).
     PageNotPresent = 3,
 }
 }

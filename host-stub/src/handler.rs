@@ -128,6 +128,31 @@ pub fn fill_in(data: &mut [u8], value: u32) {
     }
 }
 
+/// What became of a page-not-present event the benchmark device asked the pager for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageEventInjection {
+    /// Delivered, its resolution written first.
+    Delivered,
+    /// Not deliverable now, and nothing was done: the page is not present, the pager is in
+    /// `sync` mode, the vCPU has not registered the protocol or cannot take the event vector
+    /// now, its event area is busy, or no token is free.
+    NotDeliverable,
+    /// The page is beyond the demand-paged region.
+    OutsideRegion,
+}
+
+/// The benchmark device's one way into the demand pager (`crate::bench`, only with
+/// `Config::bench`): an already-resolved page-not-present event for a present page, on the
+/// way back into the guest, so that the cost of the guest's no-wait path can be measured on
+/// the exit the baseline measures. Nothing else uses it.
+pub trait PageEventInjector: Send + std::fmt::Debug {
+    /// Delivers an event for `page` of the region to the vCPU with its resolution written
+    /// first, if one can be delivered now. An error (a ring the guest broke, an ioctl that
+    /// failed) is the one the pager's access path raises for the same cause, and stops the
+    /// run.
+    fn inject_resolved(&self, ctx: &VcpuCtx<'_>, page: u64) -> Result<PageEventInjection>;
+}
+
 /// End-of-run numbers and notes from every handler.
 #[derive(Clone, Debug, Default)]
 pub struct Report {
@@ -254,6 +279,12 @@ pub trait ExitHandler: Send {
 
     /// Hypercall `nr` (see `pvagent_abi::hypercall`): `None` if not this handler's.
     fn hypercall(&mut self, _ctx: &mut VcpuCtx<'_>, _nr: u32, _args: [u64; 4]) -> Option<Result<[u64; 2], Status>> {
+        None
+    }
+
+    /// The page-not-present injector the benchmark device may use (the demand pager's); asked
+    /// once, when the VM is set up with its benchmark device.
+    fn page_event_injector(&self) -> Option<Box<dyn PageEventInjector>> {
         None
     }
 

@@ -47,11 +47,11 @@ use std::sync::atomic::Ordering;
 
 use pvagent_abi::cpuid::{self as abi_cpuid, Features};
 use pvagent_abi::hypercall::{Nr, Status};
-use pvagent_abi::pnp::{self as abi, PageBehaviour};
+use pvagent_abi::pnp::{self as abi, HostMode, PageBehaviour};
 use pvagent_abi::pvh::{HvmMemmapEntry, MEMMAP_TYPE_RESERVED};
 use vm_memory::{Bytes, GuestAddress};
 
-use self::access::Access;
+use self::access::{Access, event_window_open};
 use self::backing::BackingStore;
 use self::config::{ConfigError, PagerConfig};
 use self::error::PagerError;
@@ -66,7 +66,9 @@ use self::state::{PageState, PagerCore};
 use self::timeline::PagerTimeline;
 use crate::cpuid::CpuidTable;
 use crate::error::{Error, Result};
-use crate::handler::{AttachCtx, ExitHandler, Handled, MsrAnswer, Report, VcpuCtx};
+use crate::handler::{
+    AttachCtx, ExitHandler, Handled, MsrAnswer, PageEventInjection, PageEventInjector, Report, VcpuCtx,
+};
 
 const NAME: &str = "pager";
 
@@ -185,6 +187,41 @@ impl Pager {
     }
 }
 
+/// What the benchmark device reaches the pager through ([`PageEventInjector`]): events for
+/// present pages, their resolutions written first.
+#[derive(Debug)]
+struct ResolvedEvents {
+    shared: Arc<Shared>,
+}
+
+impl PageEventInjector for ResolvedEvents {
+    fn inject_resolved(&self, ctx: &VcpuCtx<'_>, page: u64) -> Result<PageEventInjection> {
+        let (gpa, active, ring_mode) = {
+            let inner = self.shared.lock();
+            let region = inner.region()?;
+            if page >= region.pages() {
+                return Ok(PageEventInjection::OutsideRegion);
+            }
+            if inner.core.state(page) != Some(&PageState::Present) {
+                return Ok(PageEventInjection::NotDeliverable);
+            }
+            let gpa = region.gpa() + page * PAGE as u64;
+            (gpa, inner.vcpus.get(ctx.index).and_then(Registration::active), inner.core.mode == HostMode::Ring)
+        };
+        // As on the access path, the vCPU's state is read without the lock (the vCPU is stopped).
+        let window_open = match active {
+            Some(a) if ring_mode => event_window_open(ctx, a.event_vector)?,
+            _ => return Ok(PageEventInjection::NotDeliverable),
+        };
+        let mut inner = self.shared.lock();
+        Ok(if deliver_resolved(&mut inner, ctx.index, window_open, gpa)? {
+            PageEventInjection::Delivered
+        } else {
+            PageEventInjection::NotDeliverable
+        })
+    }
+}
+
 impl ExitHandler for Pager {
     fn name(&self) -> &'static str {
         NAME
@@ -274,24 +311,6 @@ impl ExitHandler for Pager {
         self.decoded_access(ctx)
     }
 
-    fn io_out(&mut self, ctx: &mut VcpuCtx<'_>, port: u16, data: &[u8]) -> Result<Handled> {
-        use pvagent_abi::port::{BENCH_INJECT, BenchInject};
-        if port != BENCH_INJECT || data.len() != 4 {
-            return Ok(Handled::No);
-        }
-        let Some((BenchInject::PageNotPresent, _, page)) = BenchInject::decode(crate::handler::out_word(data)) else {
-            return Ok(Handled::No);
-        };
-        let mut inner = self.shared.lock();
-        let gpa = self.config.region_gpa + u64::from(page) * PAGE as u64;
-        if inner.core.state(u64::from(page)) == Some(&PageState::Present) {
-            // Not deliverable now (window closed, area busy, no token) is not an error for a
-            // benchmark: it simply measures a round trip without an event.
-            let _ = deliver_resolved(&mut inner, ctx, gpa);
-        }
-        Ok(Handled::Yes)
-    }
-
     fn rdmsr(&mut self, ctx: &mut VcpuCtx<'_>, index: u32) -> Result<MsrAnswer> {
         if !is_protocol_msr(index) {
             return Ok(MsrAnswer::NotMine);
@@ -323,6 +342,10 @@ impl ExitHandler for Pager {
 
     fn hypercall(&mut self, ctx: &mut VcpuCtx<'_>, nr: u32, args: [u64; 4]) -> Option<Result<[u64; 2], Status>> {
         self.control(ctx, Nr::try_from(nr).ok()?, args)
+    }
+
+    fn page_event_injector(&self) -> Option<Box<dyn PageEventInjector>> {
+        Some(Box::new(ResolvedEvents { shared: self.shared.clone() }))
     }
 
     fn finish(&mut self, report: &mut Report) -> Result<()> {
