@@ -150,6 +150,15 @@ impl Code32 {
         self.mov_eax(value).imm32(&[0xA3], addr)
     }
 
+    /// Hypercall `nr` with `args[0] = arg` (the other arguments 0, as RAM starts), its request
+    /// block at `block` in RAM; leaves the status the host wrote in EAX.
+    pub fn hypercall(self, block: u32, nr: u32, arg: u32) -> Self {
+        self.store(block, nr)
+            .store(block + 8, arg)
+            .out(pvagent_abi::port::HYPERCALL, block)
+            .load(block + std::mem::offset_of!(pvagent_abi::hypercall::Request, status) as u32)
+    }
+
     /// `sti; nop`: interrupts on, and past STI's one-instruction shadow.
     pub fn sti(self) -> Self {
         self.emit(&[0xFB, 0x90])

@@ -187,3 +187,48 @@ fn a_ring_broken_before_a_benchmark_injection_stops_the_run() {
         assert_eq!(c.get(counter), 0, "{counter}: nothing was delivered or resolved");
     }
 }
+
+/// The pager and a tiny image with the protocol registered and the given code after it.
+fn run_tiny_registered(name: &str, then: impl FnOnce(Code32) -> Vec<u8>) -> RunResult {
+    require_kvm();
+    let code = then(register_the_protocol(Code32::new()));
+    let image = temp_file(name, &tiny_elf(&code, true, 0));
+    let producers = Producers {
+        sld: None,
+        pager: Some(PagerConfig { region_gpa: LOW_REGION, region_mib: 2, ..PagerConfig::default() }),
+    };
+    run_stub_configured(config(&image, ""), &producers)
+}
+
+fn is_tail_beyond_head(error: &Option<Error>) -> bool {
+    matches!(
+        error,
+        Some(Error::Pager(PagerError::Ring { vcpu: 0, violation: RingViolation::TailBeyondHead { tail: 1000, .. } }))
+    )
+}
+
+/// `PnpStats` reads the guest's `tail` to count outstanding tokens: one the host refuses stops
+/// the run there, as it does on every other path, rather than answering a status.
+#[test]
+fn pnp_stats_with_a_broken_ring_stops_the_run() {
+    use pvagent_abi::pnp::HostCounter;
+    let tail = (RING_GPA + pvagent_abi::pnp::ring_tail_offset(1)) as u32;
+    let r = run_tiny_registered("stats-broken-ring.elf", |code| {
+        code.store(tail, 1000)
+            .hypercall(0x30_0000, pvagent_abi::hypercall::Nr::PnpStats as u32, HostCounter::Outstanding as u32)
+            .exit_with_eax()
+    });
+    assert!(is_tail_beyond_head(&r.host_error), "{:?}", r.host_error);
+    assert_eq!(r.guest_exit_code, None, "the guest read a status and ran on");
+}
+
+/// A `tail` written just before the guest stops is checked at the end of the run like any
+/// other: the run fails with the violation.
+#[test]
+fn a_bad_tail_written_just_before_the_guest_stops_is_reported() {
+    let tail = (RING_GPA + pvagent_abi::pnp::ring_tail_offset(1)) as u32;
+    let r = run_tiny_registered("tail-at-exit.elf", |code| code.store(tail, 1000).exit(exit::SUCCESS));
+    assert_eq!(r.guest_exit_code, Some(exit::SUCCESS));
+    assert!(is_tail_beyond_head(&r.host_error), "{:?}", r.host_error);
+    assert_eq!(r.exit_status(), 2);
+}

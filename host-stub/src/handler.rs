@@ -38,6 +38,10 @@ pub enum MsrAnswer {
     Fault,
 }
 
+/// A handler's answer to a hypercall: `None` when the number is not its own; otherwise the
+/// results, or the status that refuses the call.
+pub type HypercallAnswer = Option<std::result::Result<[u64; 2], Status>>;
+
 /// Why the run loop stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stop {
@@ -277,9 +281,11 @@ pub trait ExitHandler: Send {
         Ok(Handled::No)
     }
 
-    /// Hypercall `nr` (see `pvagent_abi::hypercall`): `None` if not this handler's.
-    fn hypercall(&mut self, _ctx: &mut VcpuCtx<'_>, _nr: u32, _args: [u64; 4]) -> Option<Result<[u64; 2], Status>> {
-        None
+    /// Hypercall `nr` (see `pvagent_abi::hypercall`): `Ok(None)` if not this handler's;
+    /// `Ok(Some(..))` the answer for the guest (its results, or a status that refuses it); an
+    /// error is the host failing, and stops the run.
+    fn hypercall(&mut self, _ctx: &mut VcpuCtx<'_>, _nr: u32, _args: [u64; 4]) -> Result<HypercallAnswer> {
+        Ok(None)
     }
 
     /// The page-not-present injector the benchmark device may use (the demand pager's); asked

@@ -7,11 +7,11 @@ pub mod serial;
 pub mod trace;
 
 use pvagent_abi::AbiVersion;
-use pvagent_abi::hypercall::{Nr, Status};
+use pvagent_abi::hypercall::Nr;
 use pvagent_abi::version::{GUEST_VERSION_RESERVED, MSR_GUEST_VERSION};
 
 use crate::error::{Error, Result};
-use crate::handler::{ExitHandler, MsrAnswer, Report, VcpuCtx};
+use crate::handler::{ExitHandler, HypercallAnswer, MsrAnswer, Report, VcpuCtx};
 
 /// What belongs to no producer: learning the guest's ABI version, and the basic hypercalls.
 #[derive(Debug)]
@@ -66,14 +66,14 @@ impl ExitHandler for Basics {
         })
     }
 
-    fn hypercall(&mut self, _ctx: &mut VcpuCtx<'_>, nr: u32, args: [u64; 4]) -> Option<Result<[u64; 2], Status>> {
-        match Nr::try_from(nr) {
+    fn hypercall(&mut self, _ctx: &mut VcpuCtx<'_>, nr: u32, args: [u64; 4]) -> Result<HypercallAnswer> {
+        Ok(match Nr::try_from(nr) {
             Ok(Nr::Ping) => {
                 self.pings += 1;
                 Some(Ok([!args[0], u64::from(self.host_version.to_raw())]))
             }
             _ => None,
-        }
+        })
     }
 
     fn finish(&mut self, report: &mut Report) -> Result<()> {

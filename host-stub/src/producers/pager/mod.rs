@@ -46,7 +46,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use pvagent_abi::cpuid::{self as abi_cpuid, Features};
-use pvagent_abi::hypercall::{Nr, Status};
+use pvagent_abi::hypercall::Nr;
 use pvagent_abi::pnp::{self as abi, HostMode, PageBehaviour};
 use pvagent_abi::pvh::{HvmMemmapEntry, MEMMAP_TYPE_RESERVED};
 use vm_memory::{Bytes, GuestAddress};
@@ -67,7 +67,7 @@ use self::timeline::PagerTimeline;
 use crate::cpuid::CpuidTable;
 use crate::error::{Error, Result};
 use crate::handler::{
-    AttachCtx, ExitHandler, Handled, MsrAnswer, PageEventInjection, PageEventInjector, Report, VcpuCtx,
+    AttachCtx, ExitHandler, Handled, HypercallAnswer, MsrAnswer, PageEventInjection, PageEventInjector, Report, VcpuCtx,
 };
 
 const NAME: &str = "pager";
@@ -133,12 +133,7 @@ impl Pager {
 
     /// The end-of-run counters and lines; the tokens still outstanding and the pages still
     /// being fetched (both must be none).
-    fn report(&self, inner: &mut Inner, report: &mut Report) -> (usize, usize) {
-        for vcpu in 0..inner.vcpus.len() {
-            if let Some(a) = inner.vcpus[vcpu].active() {
-                let _ = observe_tail(inner, vcpu, a);
-            }
-        }
+    fn report(&self, inner: &Inner, report: &mut Report) -> (usize, usize) {
         let c = inner.core.counters;
         let outstanding: usize = inner.vcpus.iter().filter_map(|r| r.pool.as_ref()).map(|p| p.outstanding()).sum();
         let fetching = inner.core.fetching();
@@ -340,8 +335,9 @@ impl ExitHandler for Pager {
         })
     }
 
-    fn hypercall(&mut self, ctx: &mut VcpuCtx<'_>, nr: u32, args: [u64; 4]) -> Option<Result<[u64; 2], Status>> {
-        self.control(ctx, Nr::try_from(nr).ok()?, args)
+    fn hypercall(&mut self, ctx: &mut VcpuCtx<'_>, nr: u32, args: [u64; 4]) -> Result<HypercallAnswer> {
+        let Ok(nr) = Nr::try_from(nr) else { return Ok(None) };
+        Ok(self.control(ctx, nr, args)?)
     }
 
     fn page_event_injector(&self) -> Option<Box<dyn PageEventInjector>> {
@@ -352,9 +348,24 @@ impl ExitHandler for Pager {
         // Stop the fetchers and the poller first: nothing changes after this.
         self.fetchers = None;
         self.poller = None;
+        // A failure a fetcher handed over after the guest's last entry, which no entry took.
+        let mut problem = self.shared.take_violation();
         let shared = self.shared.clone();
         let mut inner = shared.lock();
-        let (outstanding, fetching) = self.report(&mut inner, report);
+        // Every token the guest consumed is accounted for: the `tail` it wrote last, checked
+        // like every other (a bad one written just before the guest stopped is still a
+        // violation, and the cause of any token that looks leaked).
+        for vcpu in 0..inner.vcpus.len() {
+            if let Some(a) = inner.vcpus[vcpu].active()
+                && let Err(e) = observe_tail(&mut inner, vcpu, a)
+            {
+                problem.get_or_insert(e);
+            }
+        }
+        let (outstanding, fetching) = self.report(&inner, report);
+        if let Some(problem) = problem {
+            return Err(problem.into());
+        }
         if outstanding > 0 || fetching > 0 {
             return Err(PagerError::LeakedTokens { outstanding, fetching }.into());
         }
