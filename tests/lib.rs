@@ -105,9 +105,50 @@ impl Code32 {
         self.emit(opcode).emit(&value.to_le_bytes())
     }
 
+    /// Bytes so far.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `code` appended.
+    pub fn then(self, code: Code32) -> Self {
+        self.emit(&code.0)
+    }
+
+    /// `jmp short` over the next `bytes` bytes.
+    pub fn skip(self, bytes: u8) -> Self {
+        assert!(bytes < 0x80, "a short jump reaches 127 bytes");
+        self.emit(&[0xEB, bytes])
+    }
+
     /// `mov eax, value`
     pub fn mov_eax(self, value: u32) -> Self {
         self.imm32(&[0xB8], value)
+    }
+
+    /// `or eax, value`
+    pub fn or_eax(self, value: u32) -> Self {
+        self.imm32(&[0x0D], value)
+    }
+
+    /// `mov esp, value`
+    pub fn mov_esp(self, value: u32) -> Self {
+        self.imm32(&[0xBC], value)
+    }
+
+    /// `lgdt [addr]`
+    pub fn lgdt(self, addr: u32) -> Self {
+        self.imm32(&[0x0F, 0x01, 0x15], addr)
+    }
+
+    /// `lidt [addr]`
+    pub fn lidt(self, addr: u32) -> Self {
+        self.imm32(&[0x0F, 0x01, 0x1D], addr)
     }
 
     /// `mov ecx, msr; mov eax, low; mov edx, high; wrmsr`
@@ -145,9 +186,14 @@ impl Code32 {
         self.imm32(&[0xA1], addr)
     }
 
+    /// `mov [addr], eax`
+    pub fn store_eax(self, addr: u32) -> Self {
+        self.imm32(&[0xA3], addr)
+    }
+
     /// `mov eax, value; mov [addr], eax`
     pub fn store(self, addr: u32, value: u32) -> Self {
-        self.mov_eax(value).imm32(&[0xA3], addr)
+        self.mov_eax(value).store_eax(addr)
     }
 
     /// Hypercall `nr` with `args[0] = arg` (the other arguments 0, as RAM starts), its request
@@ -164,9 +210,14 @@ impl Code32 {
         self.emit(&[0xFB, 0x90])
     }
 
-    /// Writes EAX to the exit port and stops there.
+    /// Writes EAX to the exit port and stops there (`jmp $`).
+    pub fn exit_eax(self) -> Self {
+        self.out_eax(pvagent_abi::port::DEBUG_EXIT).emit(&[0xEB, 0xFE])
+    }
+
+    /// Writes EAX to the exit port and stops there: the finished code.
     pub fn exit_with_eax(self) -> Vec<u8> {
-        self.out_eax(pvagent_abi::port::DEBUG_EXIT).emit(&[0xEB, 0xFE]).0
+        self.exit_eax().0
     }
 
     /// Writes `code` to the exit port and stops there.

@@ -164,6 +164,8 @@ impl Vm {
         let mut bare = bare_loop::BareStats::default();
         let outcome = loop {
             let outcome = {
+                // The basics before every handler of the host stub's own interfaces: until the
+                // guest announced its version, they answer for them all (`devices::Basics`).
                 let mut handlers: Vec<&mut dyn ExitHandler> =
                     vec![&mut self.serial, &mut self.debug_exit, &mut self.basics];
                 if let Some(bench) = self.bench.as_mut() {
