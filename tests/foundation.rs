@@ -212,7 +212,9 @@ fn an_emulation_failure_is_reported_with_rip_and_instruction_bytes() {
     // the guest's last output.)
     let code = [0x66, 0xBA, 0xF8, 0x03, 0xB0, b'Y', 0xEE, 0xB0, b'\n', 0xEE, 0xCC, 0xEB, 0xFE];
     let image = temp_file("int3.elf", &tiny_elf(&code, true, 0));
-    let r = Vm::new(config(&image, ""), Vec::new()).expect("setup").run();
+    // With every producer: the pager serves only emulation failures on its own pages.
+    let producers = Producers::defaults().build().expect("the producers");
+    let r = Vm::new(config(&image, ""), producers).expect("setup").run();
     match &r.host_error {
         Some(Error::Emulation { rip, bytes, .. }) => {
             assert_eq!(*rip, 0x10_000a);

@@ -66,6 +66,19 @@ fn sync_mode_passes_with_the_vcpu_waiting_for_each_page() {
     assert_eq!(r.report.get("pager.outstanding"), 0);
 }
 
+/// On the PVM /dev/kvm these tests run on, a LOCKed read-modify-write at CPL 0 to an absent
+/// page is an emulation failure once its load has delivered an event: the pager makes the page
+/// present (a synchronous wait), and the instruction runs again, once.
+#[test]
+fn a_locked_add_kvm_cannot_emulate_is_served_by_the_pager() {
+    let r = run_stub_with("tests=pnp::locked_add_to_an_absent_page_adds_once", &pager(HostMode::Ring, &[]));
+    assert!(r.passed(), "{:#?}\n{:?}", r.serial, r.host_error);
+    let c = &r.report;
+    assert_eq!(c.get("pager.unemulated_accesses"), 1, "{:?}", c.counters);
+    assert_eq!((c.get("pager.sync_waits"), c.get("pager.events_delivered")), (1, 1));
+    assert_eq!(c.get("pager.outstanding"), 0);
+}
+
 #[test]
 fn a_leaked_token_fails_the_run() {
     let r = run_stub_with("tests=pnp::deliberately_leak_a_token", &pager(HostMode::Ring, &[]));

@@ -15,6 +15,10 @@
 //! - **EFAULT from KVM_RUN without memory-fault information** (PVM, guest CPL 3): the
 //!   instruction has not run, as on VMX, but KVM does not say where it faulted: the host
 //!   decodes the instruction at RIP (`guest_insn`) to find the page, then proceeds as on VMX.
+//! - **An emulation failure** (PVM, guest CPL 0, a LOCKed read-modify-write): its load came as
+//!   an MMIO exit (above), but KVM cannot carry out the locked write to a closed page. The
+//!   instruction has not run; the host decodes it, makes its pages present on the synchronous
+//!   path and re-enters, and the instruction runs natively.
 //!
 //! Every decision is made by plain code (`state`, `tokens`, `latency`); the other files do the
 //! memory and KVM work it calls for: `access` (the vCPU thread's path), `ring` (the shared areas
@@ -81,6 +85,14 @@ pub struct Pager {
     poller: Option<Poller>,
     /// Accesses that reached the host as a bare EFAULT (PVM, guest CPL 3) and were decoded.
     efaults: u64,
+    /// Instructions KVM could not emulate (PVM, guest CPL 0: a LOCKed read-modify-write) whose
+    /// pages of the region the pager made present.
+    unemulated: u64,
+    /// Entries into the guest so far (counted in `before_entry`).
+    entries: u64,
+    /// The entry before which the pager last served an emulation failure, and its RIP: the same
+    /// failure right at the next entry is not the pager's to serve.
+    unemulated_retry: Option<(u64, u64)>,
     /// Whether the fetchers know the vCPU thread (to kick it) yet.
     vcpu_thread_known: bool,
 }
@@ -127,6 +139,9 @@ impl Pager {
             fetchers: None,
             poller: None,
             efaults: 0,
+            unemulated: 0,
+            entries: 0,
+            unemulated_retry: None,
             vcpu_thread_known: false,
         })
     }
@@ -150,6 +165,7 @@ impl Pager {
             ("fetching", fetching as u64),
             ("msi_refused", inner.msi_refused),
             ("decoded_efaults", self.efaults),
+            ("unemulated_accesses", self.unemulated),
             ("retries_for_pending_event", c.retries_for_pending_event),
             ("fetches_held_back", c.fetches_held_back),
             ("holds_released_by_sync_wait", c.holds_released_by_sync_wait),
@@ -272,6 +288,7 @@ impl ExitHandler for Pager {
     }
 
     fn before_entry(&mut self, _ctx: &mut VcpuCtx<'_>) -> Result<()> {
+        self.entries = self.entries.wrapping_add(1);
         // Every entry comes through here: the lock only when there is something to do.
         if !self.vcpu_thread_known {
             // SAFETY: pthread_self has no preconditions.
@@ -304,6 +321,10 @@ impl ExitHandler for Pager {
 
     fn efault(&mut self, ctx: &mut VcpuCtx<'_>) -> Result<Handled> {
         self.decoded_access(ctx)
+    }
+
+    fn emulation_failure(&mut self, ctx: &mut VcpuCtx<'_>, insn: &[u8]) -> Result<Handled> {
+        self.unemulated_access(ctx, insn)
     }
 
     fn rdmsr(&mut self, ctx: &mut VcpuCtx<'_>, index: u32) -> Result<MsrAnswer> {
