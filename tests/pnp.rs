@@ -140,18 +140,40 @@ fn a_failed_page_in_ring_mode_ends_the_task_that_touched_it() {
 /// Where the tiny images below put the demand-paged region: below 4 GiB, so that 32-bit code
 /// with paging off reaches it.
 const LOW_REGION: u64 = 0x8000_0000;
+/// Their ring (of one entry) and, a page above, their event area, in RAM the host zeroed.
+const RING_GPA: u64 = 0x20_0000;
+/// Their ring's `tail`.
+const TAIL_GPA: u32 = (RING_GPA + pvagent_abi::pnp::ring_tail_offset(1)) as u32;
 
-/// The tiny images' page-not-present registration: a ring of one entry at 2 MiB and the event
-/// area right after it, in RAM the host zeroed.
-fn register_the_protocol(code: Code32) -> Code32 {
+/// The pager (its region at [`LOW_REGION`]) and a tiny image that announces its version,
+/// registers the protocol, then runs `then`; with the benchmark device if `bench`.
+fn run_tiny_registered(name: &str, bench: bool, then: impl FnOnce(Code32) -> Vec<u8>) -> RunResult {
     use pvagent_abi::pnp as abi;
-    code.announce(pvagent_abi::ABI_VERSION)
-        .wrmsr(abi::MSR_VECTORS, 0x5251)
-        .wrmsr(abi::MSR_RING, RING_GPA | abi::MSR_ENABLE)
-        .wrmsr(abi::MSR_DATA, (RING_GPA + 0x1000) | abi::MSR_ENABLE)
+    require_kvm();
+    let code = then(
+        Code32::new()
+            .announce(pvagent_abi::ABI_VERSION)
+            .wrmsr(abi::MSR_VECTORS, 0x5251)
+            .wrmsr(abi::MSR_RING, RING_GPA | abi::MSR_ENABLE)
+            .wrmsr(abi::MSR_DATA, (RING_GPA + 0x1000) | abi::MSR_ENABLE),
+    );
+    let image = temp_file(name, &tiny_elf(&code, true, 0));
+    let mut c = config(&image, "");
+    c.bench = bench;
+    let producers = Producers {
+        sld: None,
+        pager: Some(PagerConfig { region_gpa: LOW_REGION, region_mib: 2, ..PagerConfig::default() }),
+    };
+    run_stub_configured(c, &producers)
 }
 
-const RING_GPA: u64 = 0x20_0000;
+/// Whether the run ended with the ring violation the tiny images commit: a `tail` of 1000.
+fn is_tail_beyond_head(error: &Option<Error>) -> bool {
+    matches!(
+        error,
+        Some(Error::Pager(PagerError::Ring { vcpu: 0, violation: RingViolation::TailBeyondHead { tail: 1000, .. } }))
+    )
+}
 
 /// A benchmark injection that finds the ring broken stops the run with the same typed error as
 /// any other path that finds it, and counts nothing it did not do; one that finds no event
@@ -159,39 +181,19 @@ const RING_GPA: u64 = 0x20_0000;
 #[test]
 fn a_ring_broken_before_a_benchmark_injection_stops_the_run() {
     use pvagent_abi::port::{BENCH_INJECT, BenchInject};
-    require_kvm();
     let inject = BenchInject::PageNotPresent.encode(0, 0);
-    let tail = RING_GPA + pvagent_abi::pnp::ring_tail_offset(1);
-    let code = register_the_protocol(Code32::new())
+    let r = run_tiny_registered("bench-broken-ring.elf", true, |code| {
         // Page 0 made present: interrupts are off, so the access waits synchronously.
-        .load(LOW_REGION as u32)
-        // Not deliverable (interrupts off): nothing happens.
-        .out(BENCH_INJECT, inject)
-        // A tail beyond the head, then an injection the vCPU could take.
-        .store(tail as u32, 1000)
-        .sti()
-        .out(BENCH_INJECT, inject)
-        .exit(exit::SUCCESS);
-    let image = temp_file("bench-broken-ring.elf", &tiny_elf(&code, true, 0));
-    let mut c = config(&image, "");
-    c.bench = true;
-    let producers = Producers {
-        sld: None,
-        pager: Some(PagerConfig { region_gpa: LOW_REGION, region_mib: 2, ..PagerConfig::default() }),
-    };
-    let r = run_stub_configured(c, &producers);
-    assert!(
-        matches!(
-            r.host_error,
-            Some(Error::Pager(PagerError::Ring {
-                vcpu: 0,
-                violation: RingViolation::TailBeyondHead { tail: 1000, .. }
-            }))
-        ),
-        "{:?}\n{:?}",
-        r.host_error,
-        r.report.counters
-    );
+        code.load(LOW_REGION as u32)
+            // Not deliverable (interrupts off): nothing happens.
+            .out(BENCH_INJECT, inject)
+            // A tail beyond the head, then an injection the vCPU could take.
+            .store(TAIL_GPA, 1000)
+            .sti()
+            .out(BENCH_INJECT, inject)
+            .exit(exit::SUCCESS)
+    });
+    assert!(is_tail_beyond_head(&r.host_error), "{:?}\n{:?}", r.host_error, r.report.counters);
     assert_eq!(r.guest_exit_code, None, "the guest ran on");
     let c = &r.report;
     assert_eq!(c.get("bench.page_events_not_deliverable"), 1, "{:?}", c.counters);
@@ -201,33 +203,13 @@ fn a_ring_broken_before_a_benchmark_injection_stops_the_run() {
     }
 }
 
-/// The pager and a tiny image with the protocol registered and the given code after it.
-fn run_tiny_registered(name: &str, then: impl FnOnce(Code32) -> Vec<u8>) -> RunResult {
-    require_kvm();
-    let code = then(register_the_protocol(Code32::new()));
-    let image = temp_file(name, &tiny_elf(&code, true, 0));
-    let producers = Producers {
-        sld: None,
-        pager: Some(PagerConfig { region_gpa: LOW_REGION, region_mib: 2, ..PagerConfig::default() }),
-    };
-    run_stub_configured(config(&image, ""), &producers)
-}
-
-fn is_tail_beyond_head(error: &Option<Error>) -> bool {
-    matches!(
-        error,
-        Some(Error::Pager(PagerError::Ring { vcpu: 0, violation: RingViolation::TailBeyondHead { tail: 1000, .. } }))
-    )
-}
-
 /// `PnpStats` reads the guest's `tail` to count outstanding tokens: one the host refuses stops
 /// the run there, as it does on every other path, rather than answering a status.
 #[test]
 fn pnp_stats_with_a_broken_ring_stops_the_run() {
     use pvagent_abi::pnp::HostCounter;
-    let tail = (RING_GPA + pvagent_abi::pnp::ring_tail_offset(1)) as u32;
-    let r = run_tiny_registered("stats-broken-ring.elf", |code| {
-        code.store(tail, 1000)
+    let r = run_tiny_registered("stats-broken-ring.elf", false, |code| {
+        code.store(TAIL_GPA, 1000)
             .hypercall(0x30_0000, pvagent_abi::hypercall::Nr::PnpStats as u32, HostCounter::Outstanding as u32)
             .exit_with_eax()
     });
@@ -239,8 +221,7 @@ fn pnp_stats_with_a_broken_ring_stops_the_run() {
 /// other: the run fails with the violation.
 #[test]
 fn a_bad_tail_written_just_before_the_guest_stops_is_reported() {
-    let tail = (RING_GPA + pvagent_abi::pnp::ring_tail_offset(1)) as u32;
-    let r = run_tiny_registered("tail-at-exit.elf", |code| code.store(tail, 1000).exit(exit::SUCCESS));
+    let r = run_tiny_registered("tail-at-exit.elf", false, |code| code.store(TAIL_GPA, 1000).exit(exit::SUCCESS));
     assert_eq!(r.guest_exit_code, Some(exit::SUCCESS));
     assert!(is_tail_beyond_head(&r.host_error), "{:?}", r.host_error);
     assert_eq!(r.exit_status(), 2);
