@@ -5,11 +5,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use pvagent_abi::exit;
-use pvagent_abi::port::BenchLoop;
+use pvagent_abi::port::{self, BenchInject, BenchLoop};
 use pvagent_abi::report::Status;
 use pvagent_host::error::ImageProblem;
+use pvagent_host::producers::Producers;
 use pvagent_host::{Error, Vm};
-use pvagent_tests::{config, guest_elf, require_kvm, run_qemu, run_stub, temp_file, tiny_elf};
+use pvagent_tests::{Code32, config, guest_elf, require_kvm, run_qemu, run_stub, temp_file, tiny_elf};
 
 #[test]
 fn a_deliberately_failing_selftest_fails_the_whole_run() {
@@ -211,7 +212,9 @@ fn an_emulation_failure_is_reported_with_rip_and_instruction_bytes() {
     // the guest's last output.)
     let code = [0x66, 0xBA, 0xF8, 0x03, 0xB0, b'Y', 0xEE, 0xB0, b'\n', 0xEE, 0xCC, 0xEB, 0xFE];
     let image = temp_file("int3.elf", &tiny_elf(&code, true, 0));
-    let r = Vm::new(config(&image, ""), Vec::new()).expect("setup").run();
+    // With every producer: the pager serves only emulation failures on its own pages.
+    let producers = Producers::defaults().build().expect("the producers");
+    let r = Vm::new(config(&image, ""), producers).expect("setup").run();
     match &r.host_error {
         Some(Error::Emulation { rip, bytes, .. }) => {
             assert_eq!(*rip, 0x10_000a);
@@ -223,34 +226,44 @@ fn an_emulation_failure_is_reported_with_rip_and_instruction_bytes() {
     assert_eq!(r.crash_tail.as_deref(), Some(&["Y".to_string()][..]));
 }
 
-/// 32-bit code: an `out` of 0 to the benchmark injection port (`BenchInject::None`) and to the
+/// 32-bit code: the ABI version announced, then an `out` of 0 to the benchmark injection port
+/// (`BenchInject::None`) and of a page-not-present injection for page 0, an `out` of 0 to the
 /// null port, an `in` from the null port, and what it read written to the exit port.
-const TOUCH_THE_BENCH_PORTS: &[u8] = &[
-    0x31, 0xC0, // xor eax, eax
-    0x66, 0xBA, 0x1E, 0x05, // mov dx, 0x51e (port::BENCH_INJECT)
-    0xEF, // out dx, eax
-    0x66, 0xBA, 0x1F, 0x05, // mov dx, 0x51f (port::BENCH_NULL)
-    0xEF, // out dx, eax
-    0xED, // in eax, dx
-    0x66, 0xBA, 0xF4, 0x00, // mov dx, 0xf4 (port::DEBUG_EXIT)
-    0xEF, // out dx, eax
-    0xEB, 0xFE, // jmp $
-];
+fn touch_the_bench_ports() -> Vec<u8> {
+    Code32::new()
+        .announce(pvagent_abi::ABI_VERSION)
+        .out(port::BENCH_INJECT, BenchInject::None.encode(0, 0))
+        .out(port::BENCH_INJECT, BenchInject::PageNotPresent.encode(0, 0))
+        .out(port::BENCH_NULL, 0)
+        .in_eax(port::BENCH_NULL)
+        .exit_with_eax()
+}
 
+/// With every producer in the run (the demand pager too), nothing of the benchmark device is
+/// served without it, and with it, its page-not-present kind is its own.
 #[test]
 fn the_benchmark_ports_are_served_only_when_asked_for() {
     require_kvm();
-    let image = temp_file("bench-ports.elf", &tiny_elf(TOUCH_THE_BENCH_PORTS, true, 0));
+    let image = temp_file("bench-ports.elf", &tiny_elf(&touch_the_bench_ports(), true, 0));
+    let run = |bench: bool| {
+        let mut c = config(&image, "");
+        c.bench = bench;
+        let producers = Producers::defaults().build().expect("the producers");
+        Vm::new(c, producers).expect("setup").run()
+    };
 
-    let plain = Vm::new(config(&image, ""), Vec::new()).expect("setup").run();
+    let plain = run(false);
+    assert!(plain.host_error.is_none(), "{:?}", plain.host_error);
     assert_eq!(plain.guest_exit_code, Some(u32::MAX), "an unclaimed port reads all-ones");
-    assert_eq!(plain.report.get("vcpu0.unclaimed_io"), 3, "{:?}", plain.report.counters);
+    assert_eq!(plain.report.get("vcpu0.unclaimed_io"), 4, "{:?}", plain.report.counters);
     assert!(!plain.report.counters.keys().any(|k| k.starts_with("bench.") || k.starts_with("bare.")));
 
-    let mut with_bench = config(&image, "");
-    with_bench.bench = true;
-    let bench = Vm::new(with_bench, Vec::new()).expect("setup").run();
+    let bench = run(true);
+    assert!(bench.host_error.is_none(), "{:?}", bench.host_error);
     assert_eq!(bench.guest_exit_code, Some(BenchLoop::Stub as u32), "the null port names the loop serving it");
     assert_eq!(bench.report.get("vcpu0.unclaimed_io"), 0, "{:?}", bench.report.counters);
     assert_eq!(bench.report.get("bench.null_exits"), 2);
+    // Page 0 was never touched, so no event could be delivered: counted, nothing done.
+    assert_eq!(bench.report.get("bench.page_events_not_deliverable"), 1, "{:?}", bench.report.counters);
+    assert_eq!(bench.report.get("pager.events_delivered"), 0);
 }

@@ -83,3 +83,145 @@ pub fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
     std::fs::write(&path, bytes).expect("write the temporary file");
     path
 }
+
+/// A few 32-bit instructions, assembled by hand for [`tiny_elf`] images: the host stub's edges
+/// are reached with a handful of MSR, port and memory accesses, no kernel needed. The code runs
+/// at the PVH entry: 32-bit protected mode, paging off, flat segments, interrupts off.
+#[derive(Clone, Debug, Default)]
+pub struct Code32(Vec<u8>);
+
+impl Code32 {
+    /// Empty code.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn emit(mut self, bytes: &[u8]) -> Self {
+        self.0.extend_from_slice(bytes);
+        self
+    }
+
+    fn imm32(self, opcode: &[u8], value: u32) -> Self {
+        self.emit(opcode).emit(&value.to_le_bytes())
+    }
+
+    /// Bytes so far.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `code` appended.
+    pub fn then(self, code: Code32) -> Self {
+        self.emit(&code.0)
+    }
+
+    /// `jmp short` over the next `bytes` bytes.
+    pub fn skip(self, bytes: u8) -> Self {
+        assert!(bytes < 0x80, "a short jump reaches 127 bytes");
+        self.emit(&[0xEB, bytes])
+    }
+
+    /// `mov eax, value`
+    pub fn mov_eax(self, value: u32) -> Self {
+        self.imm32(&[0xB8], value)
+    }
+
+    /// `or eax, value`
+    pub fn or_eax(self, value: u32) -> Self {
+        self.imm32(&[0x0D], value)
+    }
+
+    /// `mov esp, value`
+    pub fn mov_esp(self, value: u32) -> Self {
+        self.imm32(&[0xBC], value)
+    }
+
+    /// `lgdt [addr]`
+    pub fn lgdt(self, addr: u32) -> Self {
+        self.imm32(&[0x0F, 0x01, 0x15], addr)
+    }
+
+    /// `lidt [addr]`
+    pub fn lidt(self, addr: u32) -> Self {
+        self.imm32(&[0x0F, 0x01, 0x1D], addr)
+    }
+
+    /// `mov ecx, msr; mov eax, low; mov edx, high; wrmsr`
+    pub fn wrmsr(self, msr: u32, value: u64) -> Self {
+        self.imm32(&[0xB9], msr).mov_eax(value as u32).imm32(&[0xBA], (value >> 32) as u32).emit(&[0x0F, 0x30])
+    }
+
+    /// `mov ecx, msr; rdmsr` (the value in EDX:EAX)
+    pub fn rdmsr(self, msr: u32) -> Self {
+        self.imm32(&[0xB9], msr).emit(&[0x0F, 0x32])
+    }
+
+    /// The guest's ABI version announced to the host stub (`MSR_GUEST_VERSION`).
+    pub fn announce(self, version: pvagent_abi::AbiVersion) -> Self {
+        self.wrmsr(pvagent_abi::version::MSR_GUEST_VERSION, u64::from(version.to_raw()))
+    }
+
+    /// `mov dx, port; out dx, eax`
+    pub fn out_eax(self, port: u16) -> Self {
+        self.emit(&[0x66, 0xBA]).emit(&port.to_le_bytes()).emit(&[0xEF])
+    }
+
+    /// `mov eax, value; mov dx, port; out dx, eax`
+    pub fn out(self, port: u16, value: u32) -> Self {
+        self.mov_eax(value).out_eax(port)
+    }
+
+    /// `mov dx, port; in eax, dx`
+    pub fn in_eax(self, port: u16) -> Self {
+        self.emit(&[0x66, 0xBA]).emit(&port.to_le_bytes()).emit(&[0xED])
+    }
+
+    /// `mov eax, [addr]`
+    pub fn load(self, addr: u32) -> Self {
+        self.imm32(&[0xA1], addr)
+    }
+
+    /// `mov [addr], eax`
+    pub fn store_eax(self, addr: u32) -> Self {
+        self.imm32(&[0xA3], addr)
+    }
+
+    /// `mov eax, value; mov [addr], eax`
+    pub fn store(self, addr: u32, value: u32) -> Self {
+        self.mov_eax(value).store_eax(addr)
+    }
+
+    /// Hypercall `nr` with `args[0] = arg` (the other arguments 0, as RAM starts), its request
+    /// block at `block` in RAM; leaves the status the host wrote in EAX.
+    pub fn hypercall(self, block: u32, nr: u32, arg: u32) -> Self {
+        self.store(block, nr)
+            .store(block + 8, arg)
+            .out(pvagent_abi::port::HYPERCALL, block)
+            .load(block + std::mem::offset_of!(pvagent_abi::hypercall::Request, status) as u32)
+    }
+
+    /// `sti; nop`: interrupts on, and past STI's one-instruction shadow.
+    pub fn sti(self) -> Self {
+        self.emit(&[0xFB, 0x90])
+    }
+
+    /// Writes EAX to the exit port and stops there (`jmp $`).
+    pub fn exit_eax(self) -> Self {
+        self.out_eax(pvagent_abi::port::DEBUG_EXIT).emit(&[0xEB, 0xFE])
+    }
+
+    /// Writes EAX to the exit port and stops there: the finished code.
+    pub fn exit_with_eax(self) -> Vec<u8> {
+        self.exit_eax().0
+    }
+
+    /// Writes `code` to the exit port and stops there.
+    pub fn exit(self, code: u32) -> Vec<u8> {
+        self.mov_eax(code).exit_with_eax()
+    }
+}

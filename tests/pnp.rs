@@ -10,7 +10,7 @@ use pvagent_host::producers::pager::config::PagerConfig;
 use pvagent_host::producers::pager::error::PagerError;
 use pvagent_host::producers::pager::tokens::RingViolation;
 use pvagent_host::{Error, RunResult};
-use pvagent_tests::run_stub_with;
+use pvagent_tests::{Code32, config, require_kvm, run_stub_configured, run_stub_with, temp_file, tiny_elf};
 
 fn pager(mode: HostMode, fail_pages: &[u64]) -> Producers {
     Producers {
@@ -64,6 +64,19 @@ fn sync_mode_passes_with_the_vcpu_waiting_for_each_page() {
     }
     assert!(r.report.get("pager.sync_waits") > 10);
     assert_eq!(r.report.get("pager.outstanding"), 0);
+}
+
+/// On the PVM /dev/kvm these tests run on, a LOCKed read-modify-write at CPL 0 to an absent
+/// page is an emulation failure once its load has delivered an event: the pager makes the page
+/// present (a synchronous wait), and the instruction runs again, once.
+#[test]
+fn a_locked_add_kvm_cannot_emulate_is_served_by_the_pager() {
+    let r = run_stub_with("tests=pnp::locked_add_to_an_absent_page_adds_once", &pager(HostMode::Ring, &[]));
+    assert!(r.passed(), "{:#?}\n{:?}", r.serial, r.host_error);
+    let c = &r.report;
+    assert_eq!(c.get("pager.unemulated_accesses"), 1, "{:?}", c.counters);
+    assert_eq!((c.get("pager.sync_waits"), c.get("pager.events_delivered")), (1, 1));
+    assert_eq!(c.get("pager.outstanding"), 0);
 }
 
 #[test]
@@ -122,4 +135,94 @@ fn a_failed_page_in_ring_mode_ends_the_task_that_touched_it() {
     assert!(t.reason.contains("page failed (token"), "{}", t.reason);
     assert_eq!(r.report.get("pager.resolved_failed"), 1);
     assert_eq!(r.report.get("pager.outstanding"), 0);
+}
+
+/// Where the tiny images below put the demand-paged region: below 4 GiB, so that 32-bit code
+/// with paging off reaches it.
+const LOW_REGION: u64 = 0x8000_0000;
+/// Their ring (of one entry) and, a page above, their event area, in RAM the host zeroed.
+const RING_GPA: u64 = 0x20_0000;
+/// Their ring's `tail`.
+const TAIL_GPA: u32 = (RING_GPA + pvagent_abi::pnp::ring_tail_offset(1)) as u32;
+
+/// The pager (its region at [`LOW_REGION`]) and a tiny image that announces its version,
+/// registers the protocol, then runs `then`; with the benchmark device if `bench`.
+fn run_tiny_registered(name: &str, bench: bool, then: impl FnOnce(Code32) -> Vec<u8>) -> RunResult {
+    use pvagent_abi::pnp as abi;
+    require_kvm();
+    let code = then(
+        Code32::new()
+            .announce(pvagent_abi::ABI_VERSION)
+            .wrmsr(abi::MSR_VECTORS, 0x5251)
+            .wrmsr(abi::MSR_RING, RING_GPA | abi::MSR_ENABLE)
+            .wrmsr(abi::MSR_DATA, (RING_GPA + 0x1000) | abi::MSR_ENABLE),
+    );
+    let image = temp_file(name, &tiny_elf(&code, true, 0));
+    let mut c = config(&image, "");
+    c.bench = bench;
+    let producers = Producers {
+        sld: None,
+        pager: Some(PagerConfig { region_gpa: LOW_REGION, region_mib: 2, ..PagerConfig::default() }),
+    };
+    run_stub_configured(c, &producers)
+}
+
+/// Whether the run ended with the ring violation the tiny images commit: a `tail` of 1000.
+fn is_tail_beyond_head(error: &Option<Error>) -> bool {
+    matches!(
+        error,
+        Some(Error::Pager(PagerError::Ring { vcpu: 0, violation: RingViolation::TailBeyondHead { tail: 1000, .. } }))
+    )
+}
+
+/// A benchmark injection that finds the ring broken stops the run with the same typed error as
+/// any other path that finds it, and counts nothing it did not do; one that finds no event
+/// deliverable (interrupts off) is a plain outcome, and the run goes on.
+#[test]
+fn a_ring_broken_before_a_benchmark_injection_stops_the_run() {
+    use pvagent_abi::port::{BENCH_INJECT, BenchInject};
+    let inject = BenchInject::PageNotPresent.encode(0, 0);
+    let r = run_tiny_registered("bench-broken-ring.elf", true, |code| {
+        // Page 0 made present: interrupts are off, so the access waits synchronously.
+        code.load(LOW_REGION as u32)
+            // Not deliverable (interrupts off): nothing happens.
+            .out(BENCH_INJECT, inject)
+            // A tail beyond the head, then an injection the vCPU could take.
+            .store(TAIL_GPA, 1000)
+            .sti()
+            .out(BENCH_INJECT, inject)
+            .exit(exit::SUCCESS)
+    });
+    assert!(is_tail_beyond_head(&r.host_error), "{:?}\n{:?}", r.host_error, r.report.counters);
+    assert_eq!(r.guest_exit_code, None, "the guest ran on");
+    let c = &r.report;
+    assert_eq!(c.get("bench.page_events_not_deliverable"), 1, "{:?}", c.counters);
+    assert_eq!(c.get("pager.sync_waits"), 1);
+    for counter in ["pager.events_delivered", "pager.resolved_retry", "pager.resolved_before_event", "bench.injected"] {
+        assert_eq!(c.get(counter), 0, "{counter}: nothing was delivered or resolved");
+    }
+}
+
+/// `PnpStats` reads the guest's `tail` to count outstanding tokens: one the host refuses stops
+/// the run there, as it does on every other path, rather than answering a status.
+#[test]
+fn pnp_stats_with_a_broken_ring_stops_the_run() {
+    use pvagent_abi::pnp::HostCounter;
+    let r = run_tiny_registered("stats-broken-ring.elf", false, |code| {
+        code.store(TAIL_GPA, 1000)
+            .hypercall(0x30_0000, pvagent_abi::hypercall::Nr::PnpStats as u32, HostCounter::Outstanding as u32)
+            .exit_with_eax()
+    });
+    assert!(is_tail_beyond_head(&r.host_error), "{:?}", r.host_error);
+    assert_eq!(r.guest_exit_code, None, "the guest read a status and ran on");
+}
+
+/// A `tail` written just before the guest stops is checked at the end of the run like any
+/// other: the run fails with the violation.
+#[test]
+fn a_bad_tail_written_just_before_the_guest_stops_is_reported() {
+    let r = run_tiny_registered("tail-at-exit.elf", false, |code| code.store(TAIL_GPA, 1000).exit(exit::SUCCESS));
+    assert_eq!(r.guest_exit_code, Some(exit::SUCCESS));
+    assert!(is_tail_beyond_head(&r.host_error), "{:?}", r.host_error);
+    assert_eq!(r.exit_status(), 2);
 }

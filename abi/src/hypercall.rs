@@ -80,8 +80,9 @@ pub enum Status: u32 {
     UnknownNr = 1,
     /// An argument was out of range; nothing was done.
     InvalidArgument = 2,
-    /// The hypercall exists in this run but the host could not carry it out in the present
-    /// state (docs/abi.md, "Hypercalls", says when).
+    /// The hypercall may exist in this run but the host cannot carry it out in the present
+    /// state: the guest has not announced its ABI version ([`crate::version`]), and the host
+    /// serves none of its own interfaces until it has.
     Unavailable = 3,
 }
 }

@@ -8,3 +8,8 @@
 
 /// First MSR of the host stub's paravirtual range.
 pub const PV_BASE: u32 = 0x5056_4100;
+
+/// The host stub's paravirtual MSRs: every MSR of this range is its own (docs/abi.md, "Number
+/// allocation"), served only once the guest announced its version
+/// ([`crate::version::MSR_GUEST_VERSION`], which is served always).
+pub const PV_MSRS: core::ops::Range<u32> = PV_BASE..PV_BASE + 0x100;

@@ -20,15 +20,16 @@ use crate::Plain;
 pub const MSR_VECTORS: u32 = crate::msr::PV_BASE;
 /// The resolution ring: bit 0 enable, bits 4:1 log2 of the ring size N (N = 1..=256), bits
 /// 11:5 reserved (0), bits 63:12 the ring's page frame (the ring starts at a page boundary and
-/// fits in that page). Enabling needs valid vectors, and the ring's `head` and `tail` must be
-/// 0 (the guest zeroes them first). Changing or disabling the ring requires that no token is
-/// outstanding. Disabling is a write of 0; bit 0 clear with any other bit set is refused.
+/// fits in that page, within one RAM range of the memory map). Enabling needs valid vectors,
+/// and the ring's `head` and `tail` must be 0 (the guest zeroes them first). Any write while a
+/// token is outstanding (changing or disabling the ring) is refused. Disabling is a write of
+/// 0; bit 0 clear with any other bit set is refused.
 pub const MSR_RING: u32 = crate::msr::PV_BASE + 1;
 /// The event area: bit 0 enable, bits 5:1 reserved (0), bits 63:6 its address (64-byte
-/// aligned). Enabling needs valid vectors. Disabling requires that no token is outstanding and
-/// is a write of 0, as for [`MSR_RING`]. Moving the area (enabling it again elsewhere) is not
-/// checked against outstanding tokens: a guest does it only with none, or an event left in the
-/// old area is never taken.
+/// aligned; its 64 bytes within one RAM range of the memory map). Enabling needs valid
+/// vectors. As for [`MSR_RING`], any write while a token is outstanding (moving or disabling
+/// the area) is refused: an event left in the old area would never be taken. Disabling is a
+/// write of 0.
 pub const MSR_DATA: u32 = crate::msr::PV_BASE + 2;
 
 /// Whether [`MSR_VECTORS`] may be written while [`MSR_RING`] and [`MSR_DATA`] hold these

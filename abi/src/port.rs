@@ -17,6 +17,11 @@ pub const DEBUG_EXIT: u16 = 0xF4;
 /// set.
 pub const HYPERCALL: u16 = 0x0510;
 
+/// The host stub's own ports, [`HYPERCALL`] to [`BENCH_NULL`] (docs/abi.md, "Number
+/// allocation"): served only once the guest announced its version
+/// ([`crate::version::MSR_GUEST_VERSION`]).
+pub const HOST_STUB_PORTS: core::ops::RangeInclusive<u16> = HYPERCALL..=BENCH_NULL;
+
 /// The host stub's trace port: a 32-bit `out` of a [`crate::trace`] record reports a guest event
 /// (a task switch) for the run's timeline. Written only while
 /// [`crate::cpuid::Features::TRACE`] is set; QEMU ignores it.
@@ -59,8 +64,8 @@ pub enum BenchInject: u32 {
     /// The exception vector with error code 0 (KVM_SET_VCPU_EVENTS), as #AC is injected.
     Exception = 2,
     /// A page-not-present event for that page, which must be present, with its resolution
-    /// written first: the guest's no-wait path. Served by the pager; ignored when no event can
-    /// be delivered now.
+    /// written first: the guest's no-wait path. Carried out by the demand pager for the
+    /// benchmark device; nothing happens when no event can be delivered now (docs/abi.md).
     PageNotPresent = 3,
 }
 }

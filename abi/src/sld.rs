@@ -55,13 +55,16 @@ pub const ARM_FORCE_INJECT: u64 = 1 << 0;
 
 /// Whether an access of `size` bytes at linear address `addr` touches two cache lines (a
 /// locked one is then a split lock). Lines never cross pages, so the linear address decides
-/// as well as the physical one. A zero-sized access crosses nothing.
+/// as well as the physical one. A zero-sized access crosses nothing; one that runs past the
+/// top of the address space (from a guest's registers) crosses its last line.
 pub const fn crosses_cache_line(addr: u64, size: u64) -> bool {
     if size == 0 {
         return false;
     }
-    let last = addr.wrapping_add(size - 1);
-    addr / CACHE_LINE != last / CACHE_LINE
+    match addr.checked_add(size - 1) {
+        Some(last) => addr / CACHE_LINE != last / CACHE_LINE,
+        None => true,
+    }
 }
 
 crate::wire_enum! {
@@ -114,6 +117,9 @@ mod tests {
         assert!(!crosses_cache_line(0x103F, 0));
         assert!(crosses_cache_line(0x1038, 16), "cmpxchg16b half in each line");
         assert!(!crosses_cache_line(u64::MAX, 1));
+        assert!(crosses_cache_line(u64::MAX, 2), "past the top of the address space");
+        assert!(crosses_cache_line(u64::MAX - 3, 16));
+        assert!(crosses_cache_line(0x40, u64::MAX));
     }
 
     #[test]

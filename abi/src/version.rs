@@ -11,9 +11,15 @@
 //!   pages, feature bits and leaves): to it, that host is an unknown hypervisor. The devices
 //!   every host offers (COM1, the exit port) stay in use.
 //! - A guest that found the same major writes its own version to [`MSR_GUEST_VERSION`], once
-//!   at boot, before it uses any other interface of the host. A host told another major
-//!   stops the run with an error that names both versions: the guest broke the rule above,
-//!   and nothing it does afterwards can be interpreted.
+//!   at boot, before it uses any other interface of the host: until then the host serves none
+//!   of its own (its paravirtual MSRs raise #GP, hypercalls are answered
+//!   [`crate::hypercall::Status::Unavailable`], its ports and MMIO pages are unclaimed). A
+//!   host told another major, in any write, stops the run with an error that names both
+//!   versions: the guest broke the rule above, and nothing it does afterwards can be
+//!   interpreted. A later write of another version of the same major raises #GP.
+//!
+//! A host from before major.minor reported a plain 1 in the leaf's EAX: that reads as 0.1,
+//! another major, and a guest of this ABI uses nothing of it.
 //!
 //! The leaf, its EAX and the MSR are the same in every major: they are how majors are told
 //! apart.
@@ -63,8 +69,9 @@ impl fmt::Display for AbiVersion {
 pub const ABI_VERSION: AbiVersion = AbiVersion::new(1, 0);
 
 /// The guest's version, told to the host: WRMSR with bits 31:0 an [`AbiVersion`] in its wire
-/// form and bits 63:32 0 (otherwise #GP). RDMSR returns the last value written, 0 before the
-/// first. Written once at boot, on any vCPU, before any other interface of the host is used.
+/// form and bits 63:32 0 (otherwise #GP). RDMSR returns the version announced, 0 before.
+/// Written once at boot, on any vCPU, before any other interface of the host is used; a later
+/// write of the same value changes nothing, of another version of the same major raises #GP.
 pub const MSR_GUEST_VERSION: u32 = crate::msr::PV_BASE + 0xF0;
 
 /// Bits of [`MSR_GUEST_VERSION`] that must be 0.

@@ -159,6 +159,7 @@ impl Error {
                 | Error::UnclaimedBusLock { .. }
                 | Error::Timeout { .. }
                 | Error::SplitLockExit { .. }
+                | Error::GuestAbiMajor { .. }
         )
     }
 }

@@ -25,6 +25,15 @@ pub struct MemoryOperand {
     pub writes: bool,
 }
 
+impl MemoryOperand {
+    /// The linear address of its last byte (of its first for a zero-sized operand), or `None`
+    /// when the guest's registers put it past the top of the address space: such an access is
+    /// non-canonical on the way and faults (#GP) before it touches memory.
+    pub fn last_byte(&self) -> Option<u64> {
+        self.linear.checked_add(self.size.saturating_sub(1))
+    }
+}
+
 /// A decoded guest instruction.
 #[derive(Clone, Debug)]
 pub struct GuestInsn {
@@ -256,6 +265,29 @@ mod tests {
         assert_eq!(locked(&[0x67, 0xF0, 0xFF, 0x07]).1, Some((0x1000, 4)));
         // lock bts dword ptr [rsi+rcx*8],1
         assert_eq!(locked(&[0xF0, 0x0F, 0xBA, 0x2C, 0xCE, 0x01]).1, Some((0x2018, 4)));
+    }
+
+    /// Registers are the guest's: an operand computed from them may wrap the address space
+    /// (iced-x86 computes addresses modulo 2^64), and its last byte must not overflow.
+    #[test]
+    fn hostile_registers_give_operands_without_overflow() {
+        let hostile = kvm_regs { rdi: u64::MAX - 2, rax: u64::MAX, rbx: u64::MAX, rip: u64::MAX - 4, ..regs() };
+        // mov rax, [rdi]: 8 bytes from 3 below the top.
+        let i = decode(hostile.rip, &[0x48, 0x8B, 0x07], &hostile, &kvm_sregs::default()).unwrap();
+        assert_eq!(i.memory[0].linear, u64::MAX - 2);
+        assert_eq!(i.memory[0].last_byte(), None, "past the top of the address space");
+        // lock add dword [rax + rbx*4 + 0x3e], 1: the sum wraps.
+        let i = decode(hostile.rip, &[0xF0, 0x83, 0x44, 0x98, 0x3E, 0x01], &hostile, &kvm_sregs::default()).unwrap();
+        let expected = u64::MAX.wrapping_add(u64::MAX.wrapping_mul(4)).wrapping_add(0x3e);
+        assert_eq!(i.memory[0].linear, expected);
+        assert_eq!(i.memory[0].last_byte(), Some(expected + 3));
+        // mov eax, [rip + 0x10] at the top: RIP-relative wraps too.
+        let i = decode(hostile.rip, &[0x8B, 0x05, 0x10, 0, 0, 0], &hostile, &kvm_sregs::default()).unwrap();
+        assert_eq!(i.memory[0].linear, (u64::MAX - 4).wrapping_add(6 + 0x10));
+        let top = MemoryOperand { linear: u64::MAX, size: 1, reads: true, writes: false };
+        assert_eq!(top.last_byte(), Some(u64::MAX), "the very last byte");
+        assert_eq!(MemoryOperand { size: 0, ..top }.last_byte(), Some(u64::MAX), "zero-sized");
+        assert_eq!(MemoryOperand { size: u64::MAX, ..top }.last_byte(), None);
     }
 
     #[test]

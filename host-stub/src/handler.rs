@@ -38,6 +38,10 @@ pub enum MsrAnswer {
     Fault,
 }
 
+/// A handler's answer to a hypercall: `None` when the number is not its own; otherwise the
+/// results, or the status that refuses the call.
+pub type HypercallAnswer = Option<std::result::Result<[u64; 2], Status>>;
+
 /// Why the run loop stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stop {
@@ -66,6 +70,12 @@ pub struct AttachCtx<'a> {
 }
 
 impl AttachCtx<'_> {
+    /// The guest RAM the memory map lists (`loader::ram_ranges`): memory the guest may share
+    /// with the host. Entries a handler adds to [`AttachCtx::memmap`] are not RAM.
+    pub fn ram_ranges(&self) -> Vec<std::ops::Range<u64>> {
+        crate::loader::ram_ranges(self.ram_size)
+    }
+
     /// Claims a memslot number.
     pub fn take_slot(&mut self) -> u32 {
         let slot = self.next_slot;
@@ -120,6 +130,31 @@ pub fn fill_in(data: &mut [u8], value: u32) {
     for (d, b) in data.iter_mut().zip(value.to_le_bytes().into_iter().chain(std::iter::repeat(0))) {
         *d = b;
     }
+}
+
+/// What became of a page-not-present event the benchmark device asked the pager for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageEventInjection {
+    /// Delivered, its resolution written first.
+    Delivered,
+    /// Not deliverable now, and nothing was done: the page is not present, the pager is in
+    /// `sync` mode, the vCPU has not registered the protocol or cannot take the event vector
+    /// now, its event area is busy, or no token is free.
+    NotDeliverable,
+    /// The page is beyond the demand-paged region.
+    OutsideRegion,
+}
+
+/// The benchmark device's one way into the demand pager (`crate::bench`, only with
+/// `Config::bench`): an already-resolved page-not-present event for a present page, on the
+/// way back into the guest, so that the cost of the guest's no-wait path can be measured on
+/// the exit the baseline measures. Nothing else uses it.
+pub trait PageEventInjector: Send + std::fmt::Debug {
+    /// Delivers an event for `page` of the region to the vCPU with its resolution written
+    /// first, if one can be delivered now. An error (a ring the guest broke, an ioctl that
+    /// failed) is the one the pager's access path raises for the same cause, and stops the
+    /// run.
+    fn inject_resolved(&self, ctx: &VcpuCtx<'_>, page: u64) -> Result<PageEventInjection>;
 }
 
 /// End-of-run numbers and notes from every handler.
@@ -246,8 +281,16 @@ pub trait ExitHandler: Send {
         Ok(Handled::No)
     }
 
-    /// Hypercall `nr` (see `pvagent_abi::hypercall`): `None` if not this handler's.
-    fn hypercall(&mut self, _ctx: &mut VcpuCtx<'_>, _nr: u32, _args: [u64; 4]) -> Option<Result<[u64; 2], Status>> {
+    /// Hypercall `nr` (see `pvagent_abi::hypercall`): `Ok(None)` if not this handler's;
+    /// `Ok(Some(..))` the answer for the guest (its results, or a status that refuses it); an
+    /// error is the host failing, and stops the run.
+    fn hypercall(&mut self, _ctx: &mut VcpuCtx<'_>, _nr: u32, _args: [u64; 4]) -> Result<HypercallAnswer> {
+        Ok(None)
+    }
+
+    /// The page-not-present injector the benchmark device may use (the demand pager's); asked
+    /// once, when the VM is set up with its benchmark device.
+    fn page_event_injector(&self) -> Option<Box<dyn PageEventInjector>> {
         None
     }
 

@@ -110,6 +110,13 @@ pub fn memory_map(mem_size: u64) -> Vec<HvmMemmapEntry> {
     ]
 }
 
+/// The guest RAM the memory map lists (its type 1 entries): where the guest may put what it
+/// shares with the host (the page-not-present ring and event area). The legacy hole
+/// `[0xA0000, 1 MiB)` is not RAM, though memory backs it.
+pub fn ram_ranges(mem_size: u64) -> Vec<std::ops::Range<u64>> {
+    memory_map(mem_size).iter().filter(|e| e.type_ == pvh::MEMMAP_TYPE_RAM).map(|e| e.addr..e.addr + e.size).collect()
+}
+
 /// Most memory-map entries the host stub writes (they must fit before the command line).
 pub const MEMMAP_MAX: usize = ((CMDLINE_GPA - MEMMAP_GPA) / std::mem::size_of::<HvmMemmapEntry>() as u64) as usize;
 
@@ -191,5 +198,6 @@ mod tests {
         assert_eq!(map[1].type_, pvh::MEMMAP_TYPE_ACPI);
         assert_eq!(map[2].addr, IMAGE_MIN_GPA);
         assert_eq!(map[2].addr + map[2].size, 64 << 20);
+        assert_eq!(ram_ranges(64 << 20), vec![0..LOW_RAM_END, IMAGE_MIN_GPA..64 << 20]);
     }
 }

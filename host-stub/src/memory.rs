@@ -75,3 +75,22 @@ pub fn register(vm: &VmFd, mem: &GuestMemoryMmap, first_slot: u32) -> Result<u32
     }
     Ok(slot)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pvagent_abi::hypercall::Request;
+
+    /// A hypercall block's GPA is the guest's: one whose block runs past the end of RAM, or
+    /// past the top of the address space, is an error, never an overflow.
+    #[test]
+    fn a_shared_structure_past_the_end_of_ram_is_an_error() {
+        let mem = allocate_ram(1 << 20).expect("1 MiB");
+        let size = std::mem::size_of::<Request>() as u64;
+        assert!(read_plain::<Request>(&mem, (1 << 20) - size).is_ok(), "the last block that fits");
+        for gpa in [(1 << 20) - size + 8, 1 << 20, u64::from(u32::MAX) - 7, u64::MAX - 7, u64::MAX] {
+            assert!(read_plain::<Request>(&mem, gpa).is_err(), "{gpa:#x}");
+            assert!(write_plain(&mem, gpa, Request::default()).is_err(), "{gpa:#x}");
+        }
+    }
+}

@@ -337,7 +337,7 @@ fn hypercall(ctx: &mut VcpuCtx<'_>, handlers: &mut [&mut dyn ExitHandler], gpa: 
         memory::read_plain::<Request>(ctx.mem, gpa).map_err(|source| Error::ReadHypercallBlock { gpa, source })?;
     let mut answer = None;
     for h in handlers.iter_mut() {
-        answer = h.hypercall(ctx, request.nr, request.args);
+        answer = h.hypercall(ctx, request.nr, request.args)?;
         if answer.is_some() {
             break;
         }

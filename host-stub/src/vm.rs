@@ -134,7 +134,10 @@ impl Vm {
         fd.set_cpuid2(&cpuid.to_kvm()?).map_err(Error::SetCpuid)?;
         set_pvh_entry_state(&fd, loaded.entry)?;
 
-        let bench = config.bench.then(|| Bench::new(vm.clone(), tracer.clone()));
+        let bench = config.bench.then(|| {
+            let page_events = producers.iter().find_map(|p| p.page_event_injector());
+            Bench::new(vm.clone(), tracer.clone(), page_events)
+        });
         Ok(Self {
             vcpu: Vcpu { index: 0, fd, exits: 0, unclaimed: Default::default(), trace: tracer.clone() },
             vm,
@@ -161,10 +164,10 @@ impl Vm {
         let mut bare = bare_loop::BareStats::default();
         let outcome = loop {
             let outcome = {
+                // The basics before every handler of the host stub's own interfaces: until the
+                // guest announced its version, they answer for them all (`devices::Basics`).
                 let mut handlers: Vec<&mut dyn ExitHandler> =
                     vec![&mut self.serial, &mut self.debug_exit, &mut self.basics];
-                // Before the producers: it leaves the pager the page-not-present kind of its
-                // injection port.
                 if let Some(bench) = self.bench.as_mut() {
                     handlers.push(bench);
                 }

@@ -19,6 +19,7 @@ pub const TESTS: &[SelfTest] = &[
     SelfTest::new("arch::timer_ticks", timer_ticks),
     SelfTest::new("arch::host_is_identified", host_is_identified),
     SelfTest::new("arch::hypercall_round_trip", hypercall_round_trip),
+    SelfTest::new("arch::the_abi_version_is_announced_once", the_abi_version_is_announced_once),
     SelfTest::new("arch::apic_mode_follows_cpuid", apic_mode_follows_cpuid),
     SelfTest::new("arch::acpi_madt_lists_the_boot_cpu", acpi_madt_lists_the_boot_cpu),
     // A deliberate breach, run by the end-to-end tests to show the host stops the run.
@@ -202,6 +203,28 @@ fn acpi_madt_lists_the_boot_cpu() -> TestResult {
     ensure!(madt.cpus >= 1, "the MADT lists no usable CPU");
     let listed = &madt.apic_ids[..(madt.cpus as usize).min(madt.apic_ids.len())];
     ensure!(listed.contains(&p.boot_apic_id), "boot APIC ID {} not among {listed:?}", p.boot_apic_id);
+    Ok(())
+}
+
+/// Boot announced this guest's version (`pv::init`); the host keeps that one: the same again
+/// is accepted, another minor raises #GP and changes nothing.
+fn the_abi_version_is_announced_once() -> TestResult {
+    use pvagent_abi::{ABI_VERSION, AbiVersion, version::MSR_GUEST_VERSION};
+    use x86_64::registers::model_specific::Msr;
+    require_host_stub()?;
+    let ours = u64::from(ABI_VERSION.to_raw());
+    // SAFETY: every host stub serves this MSR (the host was identified as one); reading it
+    // changes nothing.
+    let read = || unsafe { Msr::new(MSR_GUEST_VERSION).read() };
+    ensure_eq!(read(), ours, "the version boot announced");
+    ensure!(fault::probe_write_msr(MSR_GUEST_VERSION, ours).is_ok(), "the same version again was refused");
+    let other = AbiVersion::new(ABI_VERSION.major, ABI_VERSION.minor.wrapping_add(1));
+    let rewrite = fault::probe_write_msr(MSR_GUEST_VERSION, u64::from(other.to_raw()));
+    ensure!(
+        matches!(rewrite, Err(f) if f.vector == 13),
+        "a second announcement, {other}, was not refused: {rewrite:?}"
+    );
+    ensure_eq!(read(), ours, "the version after a refused second announcement");
     Ok(())
 }
 

@@ -1,8 +1,9 @@
 //! The benchmarks' device: a null port (one exit, nothing done: the baseline round trip; also
 //! the switch to the bare loop the baseline is compared with) and an injection port that
-//! injects an interrupt or an exception on the way back into the guest, so that the cost of
-//! producing and handling an event can be measured against the baseline. (Page-not-present
-//! events on the same port are the pager's: this device leaves them to the handlers after it.)
+//! injects an interrupt, an exception or an already-resolved page-not-present event on the way
+//! back into the guest, so that the cost of producing and handling an event can be measured
+//! against the baseline. The page-not-present kind reaches the demand pager through the one
+//! narrow way it offers (`PageEventInjector`); without this device, nothing of it is served.
 
 use std::sync::Arc;
 
@@ -11,7 +12,9 @@ use kvm_ioctls::VmFd;
 use pvagent_abi::port::{BENCH_INJECT, BENCH_NULL, BenchInject, BenchLoop};
 
 use crate::error::{Error, Result};
-use crate::handler::{ExitHandler, Handled, Report, Stop, VcpuCtx, fill_in, out_word};
+use crate::handler::{
+    ExitHandler, Handled, PageEventInjection, PageEventInjector, Report, Stop, VcpuCtx, fill_in, out_word,
+};
 use crate::trace::{Arg, Tracer, Track};
 
 /// The bench device.
@@ -19,16 +22,30 @@ use crate::trace::{Arg, Tracer, Track};
 pub struct Bench {
     vm: Arc<VmFd>,
     tracer: Tracer,
+    /// The demand pager's injector, when the run has a pager.
+    page_events: Option<Box<dyn PageEventInjector>>,
     null_exits: u64,
     injected: u64,
+    /// Page-not-present injections that found no event deliverable (nothing was done).
+    page_events_not_deliverable: u64,
     refused: u64,
     bare_loop_requests: u64,
 }
 
 impl Bench {
-    /// A bench device for the VM behind `vm`; its injections go on `tracer`'s timeline.
-    pub fn new(vm: Arc<VmFd>, tracer: Tracer) -> Self {
-        Self { vm, tracer, null_exits: 0, injected: 0, refused: 0, bare_loop_requests: 0 }
+    /// A bench device for the VM behind `vm`; its injections go on `tracer`'s timeline, and its
+    /// page-not-present events through `page_events` (none: that kind is refused).
+    pub fn new(vm: Arc<VmFd>, tracer: Tracer, page_events: Option<Box<dyn PageEventInjector>>) -> Self {
+        Self {
+            vm,
+            tracer,
+            page_events,
+            null_exits: 0,
+            injected: 0,
+            page_events_not_deliverable: 0,
+            refused: 0,
+            bare_loop_requests: 0,
+        }
     }
 }
 
@@ -85,8 +102,14 @@ impl ExitHandler for Bench {
                             vec![("vector", Arg::Uint(vector.into())), ("by", Arg::Text("bench".into()))]
                         });
                     }
-                    // The pager's.
-                    Some((BenchInject::PageNotPresent, _, _)) => return Ok(Handled::No),
+                    Some((BenchInject::PageNotPresent, _, page)) => match &self.page_events {
+                        Some(pager) => match pager.inject_resolved(ctx, u64::from(page))? {
+                            PageEventInjection::Delivered => self.injected += 1,
+                            PageEventInjection::NotDeliverable => self.page_events_not_deliverable += 1,
+                            PageEventInjection::OutsideRegion => self.refused += 1,
+                        },
+                        None => self.refused += 1,
+                    },
                     _ => self.refused += 1,
                 }
                 Ok(Handled::Yes)
@@ -107,6 +130,7 @@ impl ExitHandler for Bench {
         report.counter(self.name(), "null_exits", self.null_exits);
         report.counter(self.name(), "bare_loop_requests", self.bare_loop_requests);
         report.counter(self.name(), "injected", self.injected);
+        report.counter(self.name(), "page_events_not_deliverable", self.page_events_not_deliverable);
         report.counter(self.name(), "refused", self.refused);
         Ok(())
     }

@@ -1,39 +1,72 @@
 //! The devices the guest needs: its console, the exit port, and the basics (the version
-//! exchange and the basic hypercalls); and the host stub's own port for the run's timeline.
+//! exchange, the gate it opens to the host stub's own interfaces, and the basic hypercalls);
+//! and the host stub's own port for the run's timeline.
 //! (The benchmark device is in `bench/`, present only when asked for.)
 
 pub mod debug_exit;
 pub mod serial;
 pub mod trace;
 
-use pvagent_abi::AbiVersion;
 use pvagent_abi::hypercall::{Nr, Status};
+use pvagent_abi::msr::PV_MSRS;
+use pvagent_abi::port::HOST_STUB_PORTS;
 use pvagent_abi::version::{GUEST_VERSION_RESERVED, MSR_GUEST_VERSION};
+use pvagent_abi::{AbiVersion, PAGE_SIZE, sld};
 
 use crate::error::{Error, Result};
-use crate::handler::{ExitHandler, MsrAnswer, Report, VcpuCtx};
+use crate::handler::{ExitHandler, Handled, HypercallAnswer, MsrAnswer, Report, VcpuCtx};
 
-/// What belongs to no producer: learning the guest's ABI version, and the basic hypercalls.
+/// What belongs to no producer: the version exchange, the gate it opens, and the basic
+/// hypercalls.
+///
+/// The gate: until the guest has announced a version of this host's major, none of the host
+/// stub's own interfaces is served (docs/abi.md, "Versions"). This device stands in the
+/// handler list before every device and producer that serves one (the VM puts it there) and
+/// answers for them: its paravirtual MSRs raise #GP, hypercalls are answered
+/// [`Status::Unavailable`], its ports and MMIO pages are unclaimed. Not gated: CPUID, the
+/// devices every host offers (COM1, the exit port), and the architectural MSRs a producer
+/// virtualizes (MSR_TEST_CTRL, IA32_CORE_CAPABILITIES), which any guest may use.
 #[derive(Debug)]
 pub struct Basics {
     /// The version this host speaks.
     host_version: AbiVersion,
-    /// The last value the guest wrote to [`MSR_GUEST_VERSION`] (0: none yet).
-    guest_version_msr: u64,
+    /// The version the guest announced in [`MSR_GUEST_VERSION`] (`None`: not yet).
+    guest_version: Option<AbiVersion>,
     pings: u64,
+    /// Accesses to the host stub's own interfaces before the announcement (each refused).
+    refused_before_announcement: u64,
+    /// Writes to [`MSR_GUEST_VERSION`] refused with #GP: reserved bits, or a second
+    /// announcement of another version.
+    version_writes_refused: u64,
 }
 
 impl Basics {
     /// The basics of a host that speaks ABI `host_version`.
     pub fn new(host_version: AbiVersion) -> Self {
-        Self { host_version, guest_version_msr: 0, pings: 0 }
+        Self { host_version, guest_version: None, pings: 0, refused_before_announcement: 0, version_writes_refused: 0 }
+    }
+
+    /// Whether the guest's accesses to the host stub's own interfaces are served.
+    fn open(&self) -> bool {
+        self.guest_version.is_some()
+    }
+
+    /// Counts an access the gate refuses; `true` when it is refused (the guest has not
+    /// announced), `false` when it may go on to the handler that serves it.
+    fn refuse_before_announcement(&mut self) -> bool {
+        if self.open() {
+            return false;
+        }
+        self.refused_before_announcement += 1;
+        true
     }
 }
 
-/// What a write of `value` to [`MSR_GUEST_VERSION`] means to a host of `host` version: the
-/// guest's version (accept it), `None` (reserved bits: #GP), or the error that stops the run (a
-/// guest of another major announced itself, which a guest that checked CPUID never does).
-fn guest_version(host: AbiVersion, value: u64) -> Result<Option<AbiVersion>> {
+/// What a write of `value` to [`MSR_GUEST_VERSION`] does on a host of `host` version that was
+/// told `announced` so far: the guest's version (accept it; the same one again changes
+/// nothing), `None` (#GP: reserved bits, or a version other than the one announced), or the
+/// error that stops the run (another major, which a guest that checked CPUID never names).
+fn announcement(host: AbiVersion, announced: Option<AbiVersion>, value: u64) -> Result<Option<AbiVersion>> {
     if value & GUEST_VERSION_RESERVED != 0 {
         return Ok(None);
     }
@@ -41,7 +74,20 @@ fn guest_version(host: AbiVersion, value: u64) -> Result<Option<AbiVersion>> {
     if !host.is_compatible_with(guest) {
         return Err(Error::GuestAbiMajor { guest, host });
     }
-    Ok(Some(guest))
+    Ok(match announced {
+        Some(first) if first != guest => None,
+        _ => Some(guest),
+    })
+}
+
+/// Whether MSR `index` is one of the host stub's own (the version MSR aside).
+fn own_msr(index: u32) -> bool {
+    PV_MSRS.contains(&index) && index != MSR_GUEST_VERSION
+}
+
+/// Whether guest-physical `addr` is on one of the host stub's own MMIO pages.
+fn own_mmio(addr: u64) -> bool {
+    (sld::TRIGGER_GPA..sld::TRIGGER_GPA + PAGE_SIZE).contains(&addr)
 }
 
 impl ExitHandler for Basics {
@@ -50,40 +96,88 @@ impl ExitHandler for Basics {
     }
 
     fn rdmsr(&mut self, _ctx: &mut VcpuCtx<'_>, index: u32) -> Result<MsrAnswer> {
-        Ok(if index == MSR_GUEST_VERSION { MsrAnswer::Value(self.guest_version_msr) } else { MsrAnswer::NotMine })
+        if index == MSR_GUEST_VERSION {
+            return Ok(MsrAnswer::Value(self.guest_version.map_or(0, |v| u64::from(v.to_raw()))));
+        }
+        Ok(if own_msr(index) && self.refuse_before_announcement() { MsrAnswer::Fault } else { MsrAnswer::NotMine })
     }
 
     fn wrmsr(&mut self, _ctx: &mut VcpuCtx<'_>, index: u32, value: u64) -> Result<MsrAnswer> {
         if index != MSR_GUEST_VERSION {
-            return Ok(MsrAnswer::NotMine);
+            let refused = own_msr(index) && self.refuse_before_announcement();
+            return Ok(if refused { MsrAnswer::Fault } else { MsrAnswer::NotMine });
         }
-        Ok(match guest_version(self.host_version, value)? {
-            Some(_) => {
-                self.guest_version_msr = value;
+        Ok(match announcement(self.host_version, self.guest_version, value)? {
+            Some(guest) => {
+                self.guest_version = Some(guest);
                 MsrAnswer::Value(value)
             }
-            None => MsrAnswer::Fault,
+            None => {
+                self.version_writes_refused += 1;
+                MsrAnswer::Fault
+            }
         })
     }
 
-    fn hypercall(&mut self, _ctx: &mut VcpuCtx<'_>, nr: u32, args: [u64; 4]) -> Option<Result<[u64; 2], Status>> {
-        match Nr::try_from(nr) {
+    fn hypercall(&mut self, _ctx: &mut VcpuCtx<'_>, nr: u32, args: [u64; 4]) -> Result<HypercallAnswer> {
+        if self.refuse_before_announcement() {
+            return Ok(Some(Err(Status::Unavailable)));
+        }
+        Ok(match Nr::try_from(nr) {
             Ok(Nr::Ping) => {
                 self.pings += 1;
                 Some(Ok([!args[0], u64::from(self.host_version.to_raw())]))
             }
             _ => None,
+        })
+    }
+
+    fn io_in(&mut self, _ctx: &mut VcpuCtx<'_>, port: u16, data: &mut [u8]) -> Result<Handled> {
+        if HOST_STUB_PORTS.contains(&port) && self.refuse_before_announcement() {
+            data.fill(0xFF);
+            return Ok(Handled::Yes);
         }
+        Ok(Handled::No)
+    }
+
+    fn io_out(&mut self, _ctx: &mut VcpuCtx<'_>, port: u16, _data: &[u8]) -> Result<Handled> {
+        let refused = HOST_STUB_PORTS.contains(&port) && self.refuse_before_announcement();
+        Ok(if refused { Handled::Yes } else { Handled::No })
+    }
+
+    fn mmio_read(&mut self, _ctx: &mut VcpuCtx<'_>, addr: u64, data: &mut [u8]) -> Result<Handled> {
+        if own_mmio(addr) && self.refuse_before_announcement() {
+            data.fill(0xFF);
+            return Ok(Handled::Yes);
+        }
+        Ok(Handled::No)
+    }
+
+    fn mmio_write(&mut self, _ctx: &mut VcpuCtx<'_>, addr: u64, _data: &[u8]) -> Result<Handled> {
+        let refused = own_mmio(addr) && self.refuse_before_announcement();
+        Ok(if refused { Handled::Yes } else { Handled::No })
     }
 
     fn finish(&mut self, report: &mut Report) -> Result<()> {
         report.counter(self.name(), "pings", self.pings);
-        report.counter(self.name(), "guest_abi_version", self.guest_version_msr);
-        let guest = match self.guest_version_msr {
-            0 => "not announced".to_string(),
-            raw => AbiVersion::from_raw(raw as u32).to_string(),
+        report.counter(self.name(), "guest_abi_version", self.guest_version.map_or(0, |v| u64::from(v.to_raw())));
+        report.counter(self.name(), "refused_before_announcement", self.refused_before_announcement);
+        report.counter(self.name(), "version_writes_refused", self.version_writes_refused);
+        let guest = match self.guest_version {
+            None => "not announced".to_string(),
+            Some(v) => v.to_string(),
         };
-        report.line(format!("basics: host ABI {}, guest ABI {guest}", self.host_version));
+        let mut line = format!("basics: host ABI {}, guest ABI {guest}", self.host_version);
+        if self.refused_before_announcement > 0 {
+            line += &format!(
+                "; {} accesses to the host stub's own interfaces refused before an announcement",
+                self.refused_before_announcement
+            );
+        }
+        if self.version_writes_refused > 0 {
+            line += &format!("; {} version writes refused", self.version_writes_refused);
+        }
+        report.line(line);
         Ok(())
     }
 }
@@ -92,32 +186,65 @@ impl ExitHandler for Basics {
 mod tests {
     use super::*;
 
+    const HOST: AbiVersion = AbiVersion::new(1, 2);
+
+    fn raw(v: AbiVersion) -> u64 {
+        u64::from(v.to_raw())
+    }
+
     #[test]
     fn a_guest_of_the_same_major_is_accepted_whatever_its_minor() {
-        let host = AbiVersion::new(1, 2);
         for guest in [AbiVersion::new(1, 0), AbiVersion::new(1, 2), AbiVersion::new(1, 9)] {
-            assert_eq!(guest_version(host, u64::from(guest.to_raw())).unwrap(), Some(guest));
+            assert_eq!(announcement(HOST, None, raw(guest)).unwrap(), Some(guest));
         }
     }
 
     #[test]
     fn a_guest_of_another_major_stops_the_run_with_both_versions() {
         let host = AbiVersion::new(1, 0);
-        for guest in [AbiVersion::new(2, 0), AbiVersion::new(0, 1)] {
-            match guest_version(host, u64::from(guest.to_raw())) {
+        for (announced, guest) in
+            [(None, AbiVersion::new(2, 0)), (None, AbiVersion::new(0, 1)), (Some(host), AbiVersion::new(2, 0))]
+        {
+            match announcement(host, announced, raw(guest)) {
                 Err(Error::GuestAbiMajor { guest: g, host: h }) => {
                     assert_eq!((g, h), (guest, host));
                     let message = Error::GuestAbiMajor { guest: g, host: h }.to_string();
                     assert!(message.contains(&format!("ABI {guest}")) && message.contains("ABI 1.0"), "{message}");
                 }
-                other => panic!("{guest}: {other:?}"),
+                other => panic!("{guest} after {announced:?}: {other:?}"),
             }
         }
     }
 
     #[test]
+    fn one_announcement_is_accepted_and_another_version_later_refused() {
+        let first = AbiVersion::new(1, 0);
+        assert_eq!(announcement(HOST, Some(first), raw(first)).unwrap(), Some(first), "the same again");
+        assert_eq!(announcement(HOST, Some(first), raw(AbiVersion::new(1, 1))).unwrap(), None);
+    }
+
+    #[test]
     fn reserved_bits_are_refused_without_stopping_the_run() {
-        let value = (1 << 32) | u64::from(AbiVersion::new(1, 0).to_raw());
-        assert_eq!(guest_version(AbiVersion::new(1, 0), value).unwrap(), None);
+        let value = (1 << 32) | raw(AbiVersion::new(1, 0));
+        assert_eq!(announcement(HOST, None, value).unwrap(), None);
+    }
+
+    #[test]
+    fn the_gate_covers_the_host_stubs_own_interfaces_only() {
+        use pvagent_abi::{pnp, port};
+        for msr in [pnp::MSR_VECTORS, pnp::MSR_RING, pnp::MSR_DATA, 0x5056_41FF] {
+            assert!(own_msr(msr), "{msr:#x}");
+        }
+        for msr in [MSR_GUEST_VERSION, sld::MSR_TEST_CTRL, sld::MSR_CORE_CAPABILITIES, 0x5056_4200, 0x5056_40FF] {
+            assert!(!own_msr(msr), "{msr:#x}");
+        }
+        for p in [port::HYPERCALL, port::TRACE, port::BENCH_INJECT, port::BENCH_NULL] {
+            assert!(HOST_STUB_PORTS.contains(&p), "{p:#x}");
+        }
+        for p in [port::COM1, port::DEBUG_EXIT, 0x50F, 0x520] {
+            assert!(!HOST_STUB_PORTS.contains(&p), "{p:#x}");
+        }
+        assert!(own_mmio(sld::TRIGGER_GPA) && own_mmio(sld::TRIGGER_GPA + 0xFFF));
+        assert!(!own_mmio(sld::TRIGGER_GPA - 1) && !own_mmio(sld::TRIGGER_GPA + 0x1000));
     }
 }

@@ -72,6 +72,31 @@ pub(super) fn evicted_page_comes_back_with_its_contents() -> TestResult {
     Ok(())
 }
 
+/// A LOCKed read-modify-write at CPL 0 to an absent page. On PVM its emulated load delivers an
+/// event, and the page stays absent until the event is taken (`AfterEventTaken`), so KVM cannot
+/// complete the locked write and reports an emulation failure, which the host serves by making
+/// the page present (a synchronous wait) before the instruction runs again. A KVM that stops
+/// before the instruction delivers the event and the task waits as for any access. Either way
+/// the add happens once, on the page's true contents.
+pub(super) fn locked_add_to_an_absent_page_adds_once() -> TestResult {
+    let region = pager()?;
+    let _pacing = pacing(0, ResolutionTiming::AfterEventTaken)?;
+    let gpa = fresh_pages(&region, 1)?;
+    let word = gpa + 0x18;
+    let (events, sync) = (counter(HostCounter::EventsDelivered)?, counter(HostCounter::SyncWaits)?);
+    // SAFETY: `word` is an 8-byte aligned word of the demand region, identity mapped for the
+    // kernel and this test's alone; the locked add is what makes the host page the memory in.
+    unsafe { core::arch::asm!("lock add qword ptr [{word}], 1", word = in(reg) word, options(nostack)) };
+    ensure_eq!(read(word), backing_pattern(word).wrapping_add(1), "the word after one locked add");
+    ensure_eq!(read(gpa), backing_pattern(gpa), "a word beside it");
+    if ring_mode() {
+        ensure_eq!(counter(HostCounter::EventsDelivered)? - events, 1, "events for the page");
+    } else {
+        ensure_eq!(counter(HostCounter::SyncWaits)? - sync, 1, "synchronous waits in sync mode");
+    }
+    Ok(())
+}
+
 pub(super) fn workload_ring_vs_sync() -> TestResult {
     // Each page-not-present round trip costs the guest kernel a few hundred instructions; on
     // the PVM /dev/kvm of these machines that is ~1 ms of emulation, so the latency must be

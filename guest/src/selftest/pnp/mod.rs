@@ -49,6 +49,7 @@ pub const TESTS: &[SelfTest] = &[
     SelfTest::new("pnp::n_tokens_outstanding_then_the_next_access_is_synchronous", n_tokens_outstanding_then_sync),
     SelfTest::new("pnp::many_tasks_many_pages_get_the_right_data", many_tasks_many_pages_get_the_right_data),
     SelfTest::new("pnp::evicted_page_comes_back_with_its_contents", evicted_page_comes_back_with_its_contents),
+    SelfTest::new("pnp::locked_add_to_an_absent_page_adds_once", locked_add_to_an_absent_page_adds_once),
     SelfTest::new("pnp::workload_ring_vs_sync", workload_ring_vs_sync),
     SelfTest::new("pnp::accounting_is_balanced", accounting_is_balanced),
     // Deliberate breaches, run by the end-to-end tests to show the host stops the run.

@@ -18,10 +18,13 @@ pub(super) fn bad_registrations_are_refused() -> TestResult {
     let gp = |r: Result<(), crate::arch::fault::Fault>| matches!(r, Err(f) if f.vector == 13);
     // The protocol is on: its vectors cannot change.
     ensure!(gp(probe_write_msr(abi::MSR_VECTORS, 0x6261)), "vectors changed while the protocol is on");
-    // Reserved bits, a ring beyond 256 entries, an area outside RAM, vectors below 32.
+    // Reserved bits, a ring beyond 256 entries, an area outside RAM.
     ensure!(gp(probe_write_msr(abi::MSR_DATA, 0x1000 | 0x10 | 1)), "reserved bits in the event area MSR");
     ensure!(gp(probe_write_msr(abi::MSR_RING, 0x2000 | (9 << 1) | 1)), "a ring of 512 entries");
     ensure!(gp(probe_write_msr(abi::MSR_DATA, (1 << 40) | 1)), "an event area outside RAM");
+    // The legacy hole is memory but not RAM: the memory map says so, and the host checks.
+    ensure!(gp(probe_write_msr(abi::MSR_DATA, 0xA_0000 | 1)), "an event area in the legacy hole");
+    ensure!(gp(probe_write_msr(abi::MSR_RING, 0xF_F000 | 1)), "a ring in the legacy hole");
     // Registration survives the refused writes: the host still serves events.
     ensure_eq!(counter(HostCounter::Outstanding)?, 0, "tokens outstanding");
     let region = pager()?;

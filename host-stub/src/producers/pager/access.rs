@@ -1,8 +1,8 @@
 //! The access path, on the vCPU thread: an access to an absent page of the region reached the
-//! host (as an MMIO exit, a memory fault, or a bare EFAULT decoded here); complete it if it was
-//! emulated, ask `state::PagerCore` what to do, and do it: deliver an event (and start the
-//! fetch), post an early resolution first, make the page present now, or wait for it (the
-//! synchronous path).
+//! host (as an MMIO exit, a memory fault, a bare EFAULT decoded here, or an instruction KVM
+//! could not emulate); complete it if it was emulated, ask `state::PagerCore` what to do, and
+//! do it: deliver an event (and start the fetch), post an early resolution first, make the page
+//! present now, or wait for it (the synchronous path).
 
 use std::collections::hash_map::Entry;
 use std::time::Instant;
@@ -20,6 +20,7 @@ use super::ring::{deliver_event, event_area_busy, observe_tail, post_resolution}
 use super::shared::Inner;
 use super::state::{Decision, PageIndex, PageState};
 use crate::error::{Error, Result};
+use crate::guest_insn::GuestInsn;
 use crate::handler::{Handled, VcpuCtx};
 use crate::trace::{Arg, Track};
 
@@ -31,6 +32,12 @@ pub(super) enum Access<'a> {
     Write(&'a [u8]),
     /// KVM_EXIT_MEMORY_FAULT, or a bare EFAULT: the instruction has not run and will be retried.
     Retry,
+    /// An emulation failure (PVM, guest CPL 0: a LOCKed read-modify-write on a page the host
+    /// closed, which KVM's emulator cannot carry out): the instruction has not run, and runs
+    /// only once the page is present. No event can stand in for that, so the access takes the
+    /// synchronous path whatever the vCPU's state; an event an earlier part of the instruction
+    /// delivered (its emulated load) then finds its resolution written.
+    Unemulated,
 }
 
 impl Pager {
@@ -53,8 +60,11 @@ impl Pager {
         };
         // The interrupt window is read before taking the lock: these ioctls do not touch the
         // pager's state, and the vCPU cannot change while it is stopped here.
+        let unemulated = matches!(access, Access::Unemulated);
         let window_open = match active {
-            Some(a) if self.shared.lock().core.mode == HostMode::Ring => event_window_open(ctx, a.event_vector)?,
+            Some(a) if !unemulated && self.shared.lock().core.mode == HostMode::Ring => {
+                event_window_open(ctx, a.event_vector)?
+            }
             _ => false,
         };
 
@@ -144,21 +154,65 @@ impl Pager {
         let Ok(insn) = crate::guest_insn::at_rip(ctx.vcpu, ctx.mem) else {
             return Ok(Handled::No);
         };
+        match self.region_pages_touched(ctx, &insn, true).first() {
+            Some(&(gpa, linear)) => {
+                self.efaults += 1;
+                self.access(ctx, gpa, Some(linear), Access::Retry)
+            }
+            None => Ok(Handled::No),
+        }
+    }
+
+    /// An emulation failure: if the instruction KVM gave up on (`bytes`, or the one at RIP)
+    /// touches pages of the region, makes each present on the synchronous path, and says `Yes`:
+    /// re-entered, the instruction runs with its pages present. A page may have become present
+    /// between KVM's attempt and this exit (its fetch, started by the instruction's emulated
+    /// load, completed), so pages found present count too, but only once: the same failure
+    /// again right at the next entry has another cause. `No` then, or if the instruction
+    /// touches no page of the region: the run ends with the failure.
+    pub(super) fn unemulated_access(&mut self, ctx: &mut VcpuCtx<'_>, bytes: &[u8]) -> Result<Handled> {
+        let regs = ctx.vcpu.get_regs().map_err(Error::GetRegs)?;
+        let sregs = ctx.vcpu.get_sregs().map_err(Error::GetSregs)?;
+        let insn = if bytes.is_empty() {
+            crate::guest_insn::at(ctx.vcpu, ctx.mem, regs.rip, &regs, &sregs)
+        } else {
+            crate::guest_insn::decode(regs.rip, bytes, &regs, &sregs)
+        };
+        let Ok(insn) = insn else {
+            return Ok(Handled::No);
+        };
+        let touched = self.region_pages_touched(ctx, &insn, false);
+        let again = self.unemulated_retry == Some((self.entries.wrapping_sub(1), regs.rip));
+        if touched.is_empty() || again {
+            return Ok(Handled::No);
+        }
+        self.unemulated += 1;
+        self.unemulated_retry = Some((self.entries, regs.rip));
+        for (gpa, linear) in touched {
+            self.access(ctx, gpa, Some(linear), Access::Unemulated)?;
+        }
+        Ok(Handled::Yes)
+    }
+
+    /// The pages of the region an instruction's memory operands touch (`only_absent`: those
+    /// not present): for each, the first GPA the instruction reaches in it and the linear
+    /// address of that.
+    fn region_pages_touched(&self, ctx: &VcpuCtx<'_>, insn: &GuestInsn, only_absent: bool) -> Vec<(u64, u64)> {
+        let mut touched: Vec<(u64, u64)> = Vec::new();
         for operand in &insn.memory {
-            let last = operand.linear + operand.size.max(1) - 1;
-            for linear in [operand.linear, last] {
+            // Its first and last byte: an operand touches at most two pages.
+            for linear in [Some(operand.linear), operand.last_byte()].into_iter().flatten() {
                 let Some(gpa) = crate::guest_insn::translate(ctx.vcpu, linear) else { continue };
-                let absent = {
-                    let inner = self.shared.lock();
-                    inner.page_of(gpa).is_some_and(|p| inner.core.state(p) != Some(&PageState::Present))
-                };
-                if absent {
-                    self.efaults += 1;
-                    return self.access(ctx, gpa, Some(linear), Access::Retry);
+                let inner = self.shared.lock();
+                let Some(page) = inner.page_of(gpa) else { continue };
+                let seen = touched.iter().any(|&(g, _)| inner.page_of(g) == Some(page));
+                let skipped = only_absent && inner.core.state(page) == Some(&PageState::Present);
+                if !seen && !skipped {
+                    touched.push((gpa, linear));
                 }
             }
         }
-        Ok(Handled::No)
+        touched
     }
 }
 
@@ -191,7 +245,7 @@ enum PageSource {
 /// stores are dropped: the access's task is told its page failed and ends before it runs on).
 fn apply_to_page(inner: &mut Inner, page: PageIndex, offset: usize, access: Access<'_>) -> Result<(), PagerError> {
     let (data_read, data_write): (Option<&mut [u8]>, Option<&[u8]>) = match access {
-        Access::Retry => return Ok(()),
+        Access::Retry | Access::Unemulated => return Ok(()),
         Access::Read(d) => (Some(d), None),
         Access::Write(d) => (None, Some(d)),
     };

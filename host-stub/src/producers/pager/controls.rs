@@ -1,7 +1,9 @@
 //! The pager's hypercalls (`pvagent_abi::hypercall::Nr::Pnp*`): the controls self-tests and
 //! benchmarks use to force a path (mode, latency, per-page behaviour, resolution timing, held
 //! pages and their release, eviction) and the counters they read back. A bad argument is a
-//! status for the guest, never an error of the run.
+//! status for the guest, never an error of the run; a ring the guest broke, or the host failing
+//! to carry a call out (taking an evicted page's memory back), is the run's error, the same the
+//! access path raises.
 
 use std::time::Duration;
 
@@ -11,21 +13,22 @@ use pvagent_abi::pnp::{HostCounter, HostMode, PageBehaviour, ResolutionTiming};
 use super::Pager;
 use super::completion::complete_fetch;
 use super::config::Latency;
+use super::error::PagerError;
 use super::registration::Registration;
 use super::ring::observe_tail;
 use super::shared::Inner;
-use super::state::{PageState, Release};
-use crate::handler::VcpuCtx;
+use super::state::Release;
+use crate::handler::{HypercallAnswer, VcpuCtx};
 
 impl Pager {
     /// Carries out hypercall `nr` if it is one of the pager's.
-    pub(super) fn control(&self, ctx: &VcpuCtx<'_>, nr: Nr, args: [u64; 4]) -> Option<Result<[u64; 2], Status>> {
+    pub(super) fn control(&self, ctx: &VcpuCtx<'_>, nr: Nr, args: [u64; 4]) -> Result<HypercallAnswer, PagerError> {
         if nr == Nr::PnpRelease {
-            return Some(self.release(args[0], args[1]));
+            return self.release(args[0], args[1]).map(Some);
         }
         let mut inner = self.shared.lock();
         let inner = &mut *inner;
-        Some(match nr {
+        Ok(Some(match nr {
             Nr::PnpSetMode => match HostMode::try_from(args[0] as u32) {
                 Ok(mode) if args[0] <= u64::from(u32::MAX) => {
                     inner.core.mode = mode;
@@ -49,7 +52,7 @@ impl Pager {
                 }
                 _ => Err(Status::InvalidArgument),
             },
-            Nr::PnpEvict => evict(inner, args[0], args[1]),
+            Nr::PnpEvict => evict(inner, args[0], args[1])?,
             Nr::PnpSetTiming => match ResolutionTiming::try_from(args[0]) {
                 Ok(timing) => {
                     inner.core.timing = timing;
@@ -58,30 +61,31 @@ impl Pager {
                 Err(_) => Err(Status::InvalidArgument),
             },
             Nr::PnpStats => {
-                if let Some(a) = inner.vcpus.get(ctx.index).and_then(Registration::active)
-                    && observe_tail(inner, ctx.index, a).is_err()
-                {
-                    return Some(Err(Status::Unavailable));
+                // Outstanding tokens are counted as of the guest's latest `tail`; a `tail` the
+                // host refuses stops the run here as anywhere else.
+                if let Some(a) = inner.vcpus.get(ctx.index).and_then(Registration::active) {
+                    observe_tail(inner, ctx.index, a)?;
                 }
                 match HostCounter::try_from(args[0]) {
                     Ok(counter) => Ok([counter_value(inner, counter), 0]),
                     Err(_) => Err(Status::InvalidArgument),
                 }
             }
-            _ => return None,
-        })
+            _ => return Ok(None),
+        }))
     }
 
     /// `PnpRelease`: starts the fetches of the held pages among `count` pages from `gpa`, all
     /// in this one exit (with no latency they complete before the vCPU runs again). Returns how
     /// many were held.
-    fn release(&self, gpa: u64, count: u64) -> Result<[u64; 2], Status> {
+    fn release(&self, gpa: u64, count: u64) -> Result<Result<[u64; 2], Status>, PagerError> {
         let mut guard = self.shared.lock();
         let inner = &mut *guard;
-        let region = inner.region.as_ref().ok_or(Status::Unavailable)?;
-        let first = region.page_of(gpa).ok_or(Status::InvalidArgument)?;
-        let end =
-            first.checked_add(count.max(1)).filter(|end| *end <= region.pages()).ok_or(Status::InvalidArgument)?;
+        let region = inner.region()?;
+        let Some(first) = region.page_of(gpa) else { return Ok(Err(Status::InvalidArgument)) };
+        let Some(end) = first.checked_add(count.max(1)).filter(|end| *end <= region.pages()) else {
+            return Ok(Err(Status::InvalidArgument));
+        };
         let (mut released, mut now) = (0, Vec::new());
         for page in first..end {
             match inner.core.release(page) {
@@ -92,14 +96,15 @@ impl Pager {
                     }
                 }
                 Release::NotHeld => {}
-                Release::OutOfRange => return Err(Status::InvalidArgument),
+                // Within the region, checked above.
+                Release::OutOfRange => return Ok(Err(Status::InvalidArgument)),
             }
         }
         drop(guard);
         for page in now {
             complete_fetch(&self.shared, page);
         }
-        Ok([released, 0])
+        Ok(Ok([released, 0]))
     }
 }
 
@@ -120,20 +125,26 @@ fn counter_value(inner: &Inner, counter: HostCounter) -> u64 {
     }
 }
 
-/// Makes `count` pages from `gpa` absent again; refuses the whole request if any is in flight.
-fn evict(inner: &mut Inner, gpa: u64, count: u64) -> Result<[u64; 2], Status> {
-    let region = inner.region.as_mut().ok_or(Status::Unavailable)?;
-    let first = region.page_of(gpa).ok_or(Status::InvalidArgument)?;
-    let last = first.checked_add(count).filter(|end| *end <= region.pages()).ok_or(Status::InvalidArgument)?;
-    if (first..last).any(|p| matches!(inner.core.state(p), Some(PageState::Fetching { .. }))) {
-        return Err(Status::InvalidArgument);
-    }
-    for page in first..last {
-        let was_present = inner.core.evict(page).map_err(|_| Status::InvalidArgument)?;
-        inner.staging.remove(&page);
-        if let Some(contents) = region.evict(page, was_present).map_err(|_| Status::Unavailable)? {
-            inner.backing.save(page, contents);
+/// Makes `count` pages from `gpa` absent again, each page's memory first and its state only
+/// then (`PagerCore::evict_range`); refuses the whole request, changing nothing, if one is in
+/// flight or the range leaves the region. The host failing to take a page's memory back is
+/// the run's error: that page stays present, as far as the host could restore it.
+fn evict(inner: &mut Inner, gpa: u64, count: u64) -> Result<Result<[u64; 2], Status>, PagerError> {
+    let Inner { core, region, backing, staging, .. } = inner;
+    let region = region.as_mut().ok_or(PagerError::NotAttached)?;
+    let Some(first) = region.page_of(gpa) else { return Ok(Err(Status::InvalidArgument)) };
+    let Some(end) = first.checked_add(count).filter(|end| *end <= region.pages()) else {
+        return Ok(Err(Status::InvalidArgument));
+    };
+    let evicted = core.evict_range(first..end, |page, was_present| {
+        let saved = region.evict(page, was_present).map_err(|source| PagerError::EvictPage { page, source })?;
+        if let Some(contents) = saved {
+            backing.save(page, contents);
         }
-    }
-    Ok([count, 0])
+        // A copy staged for an earlier fetch is stale: the next fetch starts from the backing
+        // store, which now holds what the page held.
+        staging.remove(&page);
+        Ok::<(), PagerError>(())
+    })?;
+    Ok(evicted.map(|()| [count, 0]).map_err(|_| Status::InvalidArgument))
 }

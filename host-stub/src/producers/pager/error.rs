@@ -32,6 +32,8 @@ pub enum PagerError {
     NotAttached,
     #[error("making page {page} present failed: {source}")]
     FillPage { page: PageIndex, source: io::Error },
+    #[error("taking page {page}'s memory back for an eviction (mprotect, madvise) failed: {source}")]
+    EvictPage { page: PageIndex, source: io::Error },
     #[error("reading vCPU {vcpu}'s event area at {gpa:#x} failed: {source}")]
     ReadEventArea { vcpu: usize, gpa: u64, source: GuestMemoryError },
     #[error("writing vCPU {vcpu}'s event area at {gpa:#x} failed: {source}")]

@@ -15,6 +15,10 @@
 //! - **EFAULT from KVM_RUN without memory-fault information** (PVM, guest CPL 3): the
 //!   instruction has not run, as on VMX, but KVM does not say where it faulted: the host
 //!   decodes the instruction at RIP (`guest_insn`) to find the page, then proceeds as on VMX.
+//! - **An emulation failure** (PVM, guest CPL 0, a LOCKed read-modify-write): its load came as
+//!   an MMIO exit (above), but KVM cannot carry out the locked write to a closed page. The
+//!   instruction has not run; the host decodes it, makes its pages present on the synchronous
+//!   path and re-enters, and the instruction runs natively.
 //!
 //! Every decision is made by plain code (`state`, `tokens`, `latency`); the other files do the
 //! memory and KVM work it calls for: `access` (the vCPU thread's path), `ring` (the shared areas
@@ -46,12 +50,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use pvagent_abi::cpuid::{self as abi_cpuid, Features};
-use pvagent_abi::hypercall::{Nr, Status};
-use pvagent_abi::pnp::{self as abi, PageBehaviour};
+use pvagent_abi::hypercall::Nr;
+use pvagent_abi::pnp::{self as abi, HostMode, PageBehaviour};
 use pvagent_abi::pvh::{HvmMemmapEntry, MEMMAP_TYPE_RESERVED};
 use vm_memory::{Bytes, GuestAddress};
 
-use self::access::Access;
+use self::access::{Access, event_window_open};
 use self::backing::BackingStore;
 use self::config::{ConfigError, PagerConfig};
 use self::error::PagerError;
@@ -66,7 +70,9 @@ use self::state::{PageState, PagerCore};
 use self::timeline::PagerTimeline;
 use crate::cpuid::CpuidTable;
 use crate::error::{Error, Result};
-use crate::handler::{AttachCtx, ExitHandler, Handled, MsrAnswer, Report, VcpuCtx};
+use crate::handler::{
+    AttachCtx, ExitHandler, Handled, HypercallAnswer, MsrAnswer, PageEventInjection, PageEventInjector, Report, VcpuCtx,
+};
 
 const NAME: &str = "pager";
 
@@ -79,6 +85,14 @@ pub struct Pager {
     poller: Option<Poller>,
     /// Accesses that reached the host as a bare EFAULT (PVM, guest CPL 3) and were decoded.
     efaults: u64,
+    /// Instructions KVM could not emulate (PVM, guest CPL 0: a LOCKed read-modify-write) whose
+    /// pages of the region the pager made present.
+    unemulated: u64,
+    /// Entries into the guest so far (counted in `before_entry`).
+    entries: u64,
+    /// The entry before which the pager last served an emulation failure, and its RIP: the same
+    /// failure right at the next entry is not the pager's to serve.
+    unemulated_retry: Option<(u64, u64)>,
     /// Whether the fetchers know the vCPU thread (to kick it) yet.
     vcpu_thread_known: bool,
 }
@@ -109,7 +123,7 @@ impl Pager {
             staging: HashMap::new(),
             vcpus: vec![Registration::default()],
             ram: None,
-            ram_size: 0,
+            ram_ranges: Vec::new(),
             vm: None,
             latency: LatencyControl::new(config.latency, config.seed),
             violation: None,
@@ -125,18 +139,16 @@ impl Pager {
             fetchers: None,
             poller: None,
             efaults: 0,
+            unemulated: 0,
+            entries: 0,
+            unemulated_retry: None,
             vcpu_thread_known: false,
         })
     }
 
     /// The end-of-run counters and lines; the tokens still outstanding and the pages still
     /// being fetched (both must be none).
-    fn report(&self, inner: &mut Inner, report: &mut Report) -> (usize, usize) {
-        for vcpu in 0..inner.vcpus.len() {
-            if let Some(a) = inner.vcpus[vcpu].active() {
-                let _ = observe_tail(inner, vcpu, a);
-            }
-        }
+    fn report(&self, inner: &Inner, report: &mut Report) -> (usize, usize) {
         let c = inner.core.counters;
         let outstanding: usize = inner.vcpus.iter().filter_map(|r| r.pool.as_ref()).map(|p| p.outstanding()).sum();
         let fetching = inner.core.fetching();
@@ -153,6 +165,7 @@ impl Pager {
             ("fetching", fetching as u64),
             ("msi_refused", inner.msi_refused),
             ("decoded_efaults", self.efaults),
+            ("unemulated_accesses", self.unemulated),
             ("retries_for_pending_event", c.retries_for_pending_event),
             ("fetches_held_back", c.fetches_held_back),
             ("holds_released_by_sync_wait", c.holds_released_by_sync_wait),
@@ -185,6 +198,41 @@ impl Pager {
     }
 }
 
+/// What the benchmark device reaches the pager through ([`PageEventInjector`]): events for
+/// present pages, their resolutions written first.
+#[derive(Debug)]
+struct ResolvedEvents {
+    shared: Arc<Shared>,
+}
+
+impl PageEventInjector for ResolvedEvents {
+    fn inject_resolved(&self, ctx: &VcpuCtx<'_>, page: u64) -> Result<PageEventInjection> {
+        let (gpa, active, ring_mode) = {
+            let inner = self.shared.lock();
+            let region = inner.region()?;
+            if page >= region.pages() {
+                return Ok(PageEventInjection::OutsideRegion);
+            }
+            if inner.core.state(page) != Some(&PageState::Present) {
+                return Ok(PageEventInjection::NotDeliverable);
+            }
+            let gpa = region.gpa() + page * PAGE as u64;
+            (gpa, inner.vcpus.get(ctx.index).and_then(Registration::active), inner.core.mode == HostMode::Ring)
+        };
+        // As on the access path, the vCPU's state is read without the lock (the vCPU is stopped).
+        let window_open = match active {
+            Some(a) if ring_mode => event_window_open(ctx, a.event_vector)?,
+            _ => return Ok(PageEventInjection::NotDeliverable),
+        };
+        let mut inner = self.shared.lock();
+        Ok(if deliver_resolved(&mut inner, ctx.index, window_open, gpa)? {
+            PageEventInjection::Delivered
+        } else {
+            PageEventInjection::NotDeliverable
+        })
+    }
+}
+
 impl ExitHandler for Pager {
     fn name(&self) -> &'static str {
         NAME
@@ -205,7 +253,7 @@ impl ExitHandler for Pager {
             let mut inner = self.shared.lock();
             inner.region = Some(region);
             inner.ram = Some(ctx.ram.clone());
-            inner.ram_size = ctx.ram_size;
+            inner.ram_ranges = ctx.ram_ranges();
             inner.vm = Some(ctx.vm.clone());
             inner.timeline = PagerTimeline::new(ctx.trace.clone());
         }
@@ -240,6 +288,7 @@ impl ExitHandler for Pager {
     }
 
     fn before_entry(&mut self, _ctx: &mut VcpuCtx<'_>) -> Result<()> {
+        self.entries = self.entries.wrapping_add(1);
         // Every entry comes through here: the lock only when there is something to do.
         if !self.vcpu_thread_known {
             // SAFETY: pthread_self has no preconditions.
@@ -274,22 +323,8 @@ impl ExitHandler for Pager {
         self.decoded_access(ctx)
     }
 
-    fn io_out(&mut self, ctx: &mut VcpuCtx<'_>, port: u16, data: &[u8]) -> Result<Handled> {
-        use pvagent_abi::port::{BENCH_INJECT, BenchInject};
-        if port != BENCH_INJECT || data.len() != 4 {
-            return Ok(Handled::No);
-        }
-        let Some((BenchInject::PageNotPresent, _, page)) = BenchInject::decode(crate::handler::out_word(data)) else {
-            return Ok(Handled::No);
-        };
-        let mut inner = self.shared.lock();
-        let gpa = self.config.region_gpa + u64::from(page) * PAGE as u64;
-        if inner.core.state(u64::from(page)) == Some(&PageState::Present) {
-            // Not deliverable now (window closed, area busy, no token) is not an error for a
-            // benchmark: it simply measures a round trip without an event.
-            let _ = deliver_resolved(&mut inner, ctx, gpa);
-        }
-        Ok(Handled::Yes)
+    fn emulation_failure(&mut self, ctx: &mut VcpuCtx<'_>, insn: &[u8]) -> Result<Handled> {
+        self.unemulated_access(ctx, insn)
     }
 
     fn rdmsr(&mut self, ctx: &mut VcpuCtx<'_>, index: u32) -> Result<MsrAnswer> {
@@ -305,33 +340,53 @@ impl ExitHandler for Pager {
             return Ok(MsrAnswer::NotMine);
         }
         let mut inner = self.shared.lock();
-        let ram_size = inner.ram_size;
         if let Some(active) = inner.vcpus.get(ctx.index).and_then(Registration::active) {
             // Account for consumed resolutions first, so "no token outstanding" is current.
             observe_tail(&mut inner, ctx.index, active)?;
         }
+        let inner = &mut *inner;
         let Some(reg) = inner.vcpus.get_mut(ctx.index) else { return Ok(MsrAnswer::Fault) };
         // The ring's `head` and `tail` are checked when it is enabled: atomic loads, as the guest
         // could be writing them.
         let mem = ctx.mem;
         let read_u32 = |gpa: u64| mem.load::<u32>(GuestAddress(gpa), Ordering::Acquire).ok();
-        Ok(match reg.write(index, value, ram_size, read_u32) {
+        Ok(match reg.write(index, value, &inner.ram_ranges, read_u32) {
             Ok(()) => MsrAnswer::Value(value),
             Err(_) => MsrAnswer::Fault,
         })
     }
 
-    fn hypercall(&mut self, ctx: &mut VcpuCtx<'_>, nr: u32, args: [u64; 4]) -> Option<Result<[u64; 2], Status>> {
-        self.control(ctx, Nr::try_from(nr).ok()?, args)
+    fn hypercall(&mut self, ctx: &mut VcpuCtx<'_>, nr: u32, args: [u64; 4]) -> Result<HypercallAnswer> {
+        let Ok(nr) = Nr::try_from(nr) else { return Ok(None) };
+        Ok(self.control(ctx, nr, args)?)
+    }
+
+    fn page_event_injector(&self) -> Option<Box<dyn PageEventInjector>> {
+        Some(Box::new(ResolvedEvents { shared: self.shared.clone() }))
     }
 
     fn finish(&mut self, report: &mut Report) -> Result<()> {
         // Stop the fetchers and the poller first: nothing changes after this.
         self.fetchers = None;
         self.poller = None;
+        // A failure a fetcher handed over after the guest's last entry, which no entry took.
+        let mut problem = self.shared.take_violation();
         let shared = self.shared.clone();
         let mut inner = shared.lock();
-        let (outstanding, fetching) = self.report(&mut inner, report);
+        // Every token the guest consumed is accounted for: the `tail` it wrote last, checked
+        // like every other (a bad one written just before the guest stopped is still a
+        // violation, and the cause of any token that looks leaked).
+        for vcpu in 0..inner.vcpus.len() {
+            if let Some(a) = inner.vcpus[vcpu].active()
+                && let Err(e) = observe_tail(&mut inner, vcpu, a)
+            {
+                problem.get_or_insert(e);
+            }
+        }
+        let (outstanding, fetching) = self.report(&inner, report);
+        if let Some(problem) = problem {
+            return Err(problem.into());
+        }
         if outstanding > 0 || fetching > 0 {
             return Err(PagerError::LeakedTokens { outstanding, fetching }.into());
         }

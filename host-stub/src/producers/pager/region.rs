@@ -151,7 +151,9 @@ impl DemandRegion {
     }
 
     /// Makes a page absent again, so the next access misses: returns its contents when it was
-    /// present (for the backing store), then closes it and drops its memory.
+    /// present (for the backing store), then closes it and drops its memory. On failure a page
+    /// that was present is opened again (as far as `mprotect` still works), so that it is what
+    /// the pager's state, unchanged, says.
     pub fn evict(&mut self, page: PageIndex, was_present: bool) -> io::Result<Option<PageBuf>> {
         let mut saved = None;
         if was_present {
@@ -162,11 +164,19 @@ impl DemandRegion {
             self.present(page, 0, PAGE).copy_to(&mut contents[..]);
             saved = Some(contents);
         }
-        self.protect(page, 1, libc::PROT_NONE)?;
-        let addr = self.host_address(page);
-        // SAFETY: drops one page of our own private mapping (no Rust reference into it exists);
-        // missing pages are tracked by the userfaultfd again afterwards.
-        let ret = unsafe { libc::madvise(addr as *mut libc::c_void, PAGE, libc::MADV_DONTNEED) };
-        if ret != 0 { Err(io::Error::last_os_error()) } else { Ok(saved) }
+        let closed = self.protect(page, 1, libc::PROT_NONE).and_then(|()| {
+            let addr = self.host_address(page);
+            // SAFETY: drops one page of our own private mapping (no Rust reference into it
+            // exists); missing pages are tracked by the userfaultfd again afterwards.
+            let ret = unsafe { libc::madvise(addr as *mut libc::c_void, PAGE, libc::MADV_DONTNEED) };
+            if ret != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+        });
+        if let Err(e) = closed {
+            if was_present {
+                let _ = self.protect(page, 1, libc::PROT_READ | libc::PROT_WRITE);
+            }
+            return Err(e);
+        }
+        Ok(saved)
     }
 }

@@ -7,6 +7,8 @@ use pvagent_abi::pnp::{
     RING_RESERVED,
 };
 
+use std::ops::Range;
+
 use super::tokens::TokenPool;
 
 /// The protocol as registered on one vCPU.
@@ -37,7 +39,8 @@ pub enum Refusal {
     BadVector,
     RingTooLarge,
     OutsideRam,
-    /// Vectors change only while neither area is enabled; rings only with no token outstanding.
+    /// Vectors change only while neither area is enabled; the ring and the event area only
+    /// with no token outstanding.
     Busy,
     /// An area is enabled before valid vectors are set.
     NoVectors,
@@ -95,14 +98,14 @@ impl Registration {
         self.pool.as_ref().map_or(0, TokenPool::outstanding)
     }
 
-    /// Handles a WRMSR to one of the protocol's MSRs. `ram_end` bounds where the shared areas
-    /// may be (they must be ordinary guest RAM); `read_u32` reads guest RAM (the ring's `head`
-    /// and `tail` when it is enabled), `None` where there is none.
+    /// Handles a WRMSR to one of the protocol's MSRs. `ram` is the guest RAM the memory map
+    /// lists: each shared area must lie within one of its ranges. `read_u32` reads guest RAM
+    /// (the ring's `head` and `tail` when it is enabled), `None` where there is none.
     pub fn write(
         &mut self,
         msr: u32,
         value: u64,
-        ram_end: u64,
+        ram: &[Range<u64>],
         read_u32: impl Fn(u64) -> Option<u32>,
     ) -> Result<(), Refusal> {
         let enabling = value & MSR_ENABLE != 0 && msr != abi::MSR_VECTORS;
@@ -130,7 +133,7 @@ impl Registration {
                     return Ok(());
                 }
                 let (gpa, entries) = decode_ring(value)?;
-                if gpa.checked_add(abi::ring_size(entries)).is_none_or(|end| end > ram_end) {
+                if !in_ram(ram, gpa, abi::ring_size(entries)) {
                     return Err(Refusal::OutsideRam);
                 }
                 let head = read_u32(gpa + abi::ring_head_offset(entries)).ok_or(Refusal::OutsideRam)?;
@@ -142,10 +145,12 @@ impl Registration {
                 self.pool = Some(TokenPool::new(entries));
             }
             abi::MSR_DATA => {
+                // Moved or disabled with an event out, the area would hold an event nobody
+                // takes, and its token would never come back: the same rule as the ring's.
+                if self.outstanding() > 0 {
+                    return Err(Refusal::Busy);
+                }
                 if value & MSR_ENABLE == 0 {
-                    if self.outstanding() > 0 {
-                        return Err(Refusal::Busy);
-                    }
                     if value != 0 {
                         return Err(Refusal::ReservedBits);
                     }
@@ -154,7 +159,7 @@ impl Registration {
                 }
                 // Bits 5:1 are reserved, so a misaligned area is refused as reserved bits.
                 let gpa = decode_data(value)?;
-                if gpa.checked_add(DATA_ALIGN).is_none_or(|end| end > ram_end) {
+                if !in_ram(ram, gpa, DATA_ALIGN) {
                     return Err(Refusal::OutsideRam);
                 }
                 self.data_msr = value;
@@ -173,6 +178,11 @@ impl Registration {
             _ => 0,
         }
     }
+}
+
+/// Whether `[start, start + len)` lies within one of the `ram` ranges.
+fn in_ram(ram: &[Range<u64>], start: u64, len: u64) -> bool {
+    start.checked_add(len).is_some_and(|end| ram.iter().any(|r| r.start <= start && end <= r.end))
 }
 
 /// Whether `msr` is one of the protocol's.
@@ -199,11 +209,13 @@ pub fn interrupt_deliverable(rflags: u64, shadow: u8, ppr_class: u8, vector: u8)
 mod tests {
     use super::*;
 
-    const RAM: u64 = 64 << 20;
+    const RAM_END: u64 = 64 << 20;
+    /// What the memory map lists as RAM: the legacy hole `[0xA0000, 1 MiB)` is not.
+    const RAM: &[Range<u64>] = &[0..0xA_0000, 0x10_0000..RAM_END];
 
-    /// Guest RAM of zeroes.
+    /// Guest memory of zeroes (the hole is backed, as it is in the host stub).
     fn zeroed(gpa: u64) -> Option<u32> {
-        (gpa < RAM).then_some(0)
+        (gpa < RAM_END).then_some(0)
     }
 
     fn registered() -> Registration {
@@ -240,7 +252,7 @@ mod tests {
         let ring = |r: &mut Registration, value| r.write(abi::MSR_RING, value, RAM, zeroed);
         assert_eq!(ring(&mut r, 0x20_0000 | (9 << 1) | 1), Err(Refusal::RingTooLarge));
         assert_eq!(ring(&mut r, 0x20_0000 | 0x40 | 1), Err(Refusal::ReservedBits));
-        assert_eq!(ring(&mut r, RAM | 1), Err(Refusal::OutsideRam));
+        assert_eq!(ring(&mut r, RAM_END | 1), Err(Refusal::OutsideRam));
         let data = |r: &mut Registration, value| r.write(abi::MSR_DATA, value, RAM, zeroed);
         assert_eq!(data(&mut r, 0x20_1010 | 1), Err(Refusal::ReservedBits), "misaligned");
         assert_eq!(data(&mut r, 0x20_1000 | 2 | 1), Err(Refusal::ReservedBits));
@@ -256,6 +268,44 @@ mod tests {
         assert_eq!(r.write(abi::MSR_RING, 0, RAM, zeroed), Err(Refusal::Busy));
         assert_eq!(r.write(abi::MSR_DATA, 0, RAM, zeroed), Err(Refusal::Busy));
         assert!(r.active().is_some());
+    }
+
+    #[test]
+    fn the_areas_lie_in_ram_the_memory_map_lists_not_in_the_legacy_hole() {
+        let mut r = Registration::default();
+        r.write(abi::MSR_VECTORS, 0x5251, RAM, zeroed).unwrap();
+        let ring = |r: &mut Registration, gpa: u64| r.write(abi::MSR_RING, gpa | (8 << 1) | 1, RAM, zeroed);
+        let data = |r: &mut Registration, gpa: u64| r.write(abi::MSR_DATA, gpa | 1, RAM, zeroed);
+        for hole in [0xA_0000, 0xB_8000, 0xF_F000] {
+            assert_eq!(ring(&mut r, hole), Err(Refusal::OutsideRam), "ring at {hole:#x}");
+            assert_eq!(data(&mut r, hole), Err(Refusal::OutsideRam), "event area at {hole:#x}");
+        }
+        assert_eq!(data(&mut r, 0xA_0000 - 32), Err(Refusal::ReservedBits), "misaligned");
+        assert_eq!(data(&mut r, !0x3F), Err(Refusal::OutsideRam), "at the top of the address space");
+        assert_eq!(data(&mut r, 0xA_0000 - 64), Ok(()), "the last 64 bytes below the hole");
+        assert_eq!(data(&mut r, RAM_END - 64), Ok(()), "the last 64 bytes of RAM");
+        r.write(abi::MSR_DATA, 0, RAM, zeroed).unwrap();
+        // 256 entries: 2056 bytes, from the last page below the hole.
+        assert_eq!(ring(&mut r, 0x9_F000), Ok(()));
+        r.write(abi::MSR_RING, 0, RAM, zeroed).unwrap();
+        assert_eq!(ring(&mut r, RAM_END - 0x1000), Ok(()));
+    }
+
+    /// Moving the event area with an event out would leave it in the old area, never taken,
+    /// its token never back: refused like a ring change, until no token is outstanding.
+    #[test]
+    fn the_event_area_moves_only_with_no_token_outstanding() {
+        let mut r = registered();
+        let token = r.pool.as_mut().unwrap().alloc().unwrap();
+        for value in [0x30_0000 | 1, 0x20_1000 | 1, 0] {
+            assert_eq!(r.write(abi::MSR_DATA, value, RAM, zeroed), Err(Refusal::Busy), "{value:#x}");
+            assert_eq!(r.read(abi::MSR_DATA), 0x20_1000 | 1, "a refused write changes nothing");
+        }
+        let pool = r.pool.as_mut().unwrap();
+        pool.post(token).unwrap();
+        pool.observe_tail(1).unwrap();
+        assert_eq!(r.write(abi::MSR_DATA, 0x30_0000 | 1, RAM, zeroed), Ok(()));
+        assert_eq!(r.active().map(|a| a.data_gpa), Some(0x30_0000));
     }
 
     /// The rule the ABI states (`abi::vectors_writable`, docs/abi.md) is the one the host

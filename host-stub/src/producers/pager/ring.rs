@@ -8,15 +8,13 @@
 use std::sync::atomic::Ordering;
 
 use kvm_bindings::kvm_msi;
-use pvagent_abi::hypercall::Status;
 use pvagent_abi::pnp::{self as abi, PageNotPresentData, Resolution, Token};
 use vm_memory::{Bytes, GuestAddress};
 
-use super::access::event_window_open;
 use super::error::PagerError;
 use super::registration::{Active, Registration};
 use super::shared::Inner;
-use crate::handler::VcpuCtx;
+use super::tokens::TokenPool;
 use crate::memory;
 
 /// `vcpu`'s event area's `inuse` word: non-zero while the guest has yet to take the last event.
@@ -131,24 +129,32 @@ pub(super) fn post_resolution(inner: &mut Inner, vcpu: usize, token: Token, resu
 }
 
 /// An event for a present page whose resolution is written first (the guest's no-wait path,
-/// for benchmarks). Not deliverable now is a status, not an error: a benchmark then measures a
-/// round trip without an event.
-pub(super) fn deliver_resolved(inner: &mut Inner, ctx: &VcpuCtx<'_>, gpa: u64) -> Result<(), Status> {
-    let vcpu = ctx.index;
-    let a = inner.vcpus.get(vcpu).and_then(Registration::active).ok_or(Status::Unavailable)?;
-    if !event_window_open(ctx, a.event_vector).map_err(|_| Status::Unavailable)? {
-        return Err(Status::Unavailable);
-    }
-    let busy = event_area_busy(inner, vcpu, a).map_err(|_| Status::Unavailable)?;
-    observe_tail(inner, vcpu, a).map_err(|_| Status::Unavailable)?;
-    let token = match inner.vcpus.get_mut(vcpu).and_then(|r| r.pool.as_mut()) {
-        Some(pool) if !busy => pool.alloc().ok_or(Status::Unavailable)?,
-        _ => return Err(Status::Unavailable),
+/// for the benchmark device), if one can be delivered now: `vcpu` has registered the protocol,
+/// can take the event vector (`window_open`, read by the caller), its event area is free and a
+/// token is free. Otherwise nothing is done: `Ok(false)`. A broken ring or a failed write or
+/// MSI is the error the access path raises for the same cause. The counters count the
+/// resolution once it is written and the event once it is delivered.
+pub(super) fn deliver_resolved(
+    inner: &mut Inner,
+    vcpu: usize,
+    window_open: bool,
+    gpa: u64,
+) -> Result<bool, PagerError> {
+    let Some(a) = inner.vcpus.get(vcpu).and_then(Registration::active) else {
+        return Ok(false);
     };
+    if !window_open || event_area_busy(inner, vcpu, a)? {
+        return Ok(false);
+    }
+    observe_tail(inner, vcpu, a)?;
+    let Some(token) = inner.vcpus.get_mut(vcpu).and_then(|r| r.pool.as_mut()).and_then(TokenPool::alloc) else {
+        return Ok(false);
+    };
+    post_resolution(inner, vcpu, token, abi::RESULT_RETRY)?;
     let c = &mut inner.core.counters;
-    c.events_delivered += 1;
-    c.resolved_before_event += 1;
     c.resolved_retry += 1;
-    post_resolution(inner, vcpu, token, abi::RESULT_RETRY).map_err(|_| Status::Unavailable)?;
-    deliver_event(inner, vcpu, token, gpa, None).map_err(|_| Status::Unavailable)
+    c.resolved_before_event += 1;
+    deliver_event(inner, vcpu, token, gpa, None)?;
+    inner.core.counters.events_delivered += 1;
+    Ok(true)
 }

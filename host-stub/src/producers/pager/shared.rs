@@ -29,7 +29,8 @@ pub struct Inner {
     pub staging: HashMap<PageIndex, PageBuf>,
     pub vcpus: Vec<Registration>,
     pub ram: Option<GuestMemoryMmap>,
-    pub ram_size: u64,
+    /// Guest RAM as the memory map lists it: where the shared areas may be.
+    pub ram_ranges: Vec<std::ops::Range<u64>>,
     pub vm: Option<Arc<VmFd>>,
     pub latency: LatencyControl,
     /// A failure found off the vCPU thread; the vCPU stops the guest with it.

@@ -4,6 +4,7 @@
 //! work these decisions call for. Unit-tested here.
 
 use std::collections::HashMap;
+use std::ops::Range;
 
 use pvagent_abi::pnp::{HostMode, PageBehaviour, RESULT_FAILED, RESULT_RETRY, ResolutionTiming, Token};
 
@@ -333,21 +334,38 @@ impl PagerCore {
         }
     }
 
-    /// Makes `page` absent again. Returns whether it was present (its contents must then be
-    /// saved to the backing store before the memory is dropped).
-    pub fn evict(&mut self, page: PageIndex) -> Result<bool, EvictError> {
-        let p = self.pages.get_mut(page).ok_or(EvictError::OutOfRange(page))?;
-        let was_present = match p.state {
-            PageState::Fetching { .. } => return Err(EvictError::Fetching(page)),
-            PageState::Present => true,
-            PageState::Absent | PageState::Failed => false,
-        };
-        p.state = PageState::Absent;
-        self.pages.forget_if_untouched(page);
-        if was_present {
-            self.counters.pages_evicted += 1;
+    /// Makes the pages of `pages` absent again (a guest's `PnpEvict`). Refused as a whole,
+    /// nothing changed, if one of them is being fetched or beyond the region. Otherwise, page
+    /// by page, `take_back(page, was_present)` does the memory work (saves a present page's
+    /// contents, closes the page, drops its memory), and only once it succeeded is the page
+    /// recorded absent: state and memory stay in step. A failure of `take_back` (the host
+    /// failing, not a refusal) is returned at once: the pages before it are absent, it and
+    /// the rest keep their state.
+    pub fn evict_range<E>(
+        &mut self,
+        pages: Range<PageIndex>,
+        mut take_back: impl FnMut(PageIndex, bool) -> Result<(), E>,
+    ) -> Result<Result<(), EvictError>, E> {
+        for page in pages.clone() {
+            match self.state(page) {
+                None => return Ok(Err(EvictError::OutOfRange(page))),
+                Some(PageState::Fetching { .. }) => return Ok(Err(EvictError::Fetching(page))),
+                Some(_) => {}
+            }
         }
-        Ok(was_present)
+        for page in pages {
+            let Some(p) = self.pages.get(page) else { continue };
+            let was_present = p.state == PageState::Present;
+            take_back(page, was_present)?;
+            if let Some(p) = self.pages.get_mut(page) {
+                p.state = PageState::Absent;
+            }
+            self.pages.forget_if_untouched(page);
+            if was_present {
+                self.counters.pages_evicted += 1;
+            }
+        }
+        Ok(Ok(()))
     }
 
     /// Whether the next fetch of an absent `page` is set to fail.
@@ -367,6 +385,16 @@ mod tests {
 
     fn ring(entries: u32) -> TokenPool {
         TokenPool::new(entries)
+    }
+
+    /// Evicts one page with no memory to take back: whether it was present.
+    fn evict(core: &mut PagerCore, page: PageIndex) -> Result<bool, EvictError> {
+        let mut was_present = false;
+        let Ok(outcome) = core.evict_range(page..page + 1, |_, present| {
+            was_present = present;
+            Ok::<(), std::convert::Infallible>(())
+        });
+        outcome.map(|()| was_present)
     }
 
     #[test]
@@ -398,7 +426,7 @@ mod tests {
         assert_eq!((core.pages.touched.len(), core.fetching()), (2, 1));
         // Evicting pages that were never touched stores nothing.
         for page in 100..200 {
-            assert_eq!(core.evict(page), Ok(false));
+            assert_eq!(evict(&mut core, page), Ok(false));
         }
         assert_eq!(core.pages.touched.len(), 2);
     }
@@ -449,7 +477,7 @@ mod tests {
         assert_eq!(core.state(0), Some(&PageState::Present));
         assert_eq!(core.counters.resolved_before_event, 1);
         // Without a token it is simply present at once.
-        core.evict(0).unwrap();
+        evict(&mut core, 0).unwrap();
         core.set_behaviour(0, PageBehaviour::Immediate);
         assert_eq!(core.on_access(0, 0, None), Decision::PresentNow);
     }
@@ -469,7 +497,7 @@ mod tests {
         assert_eq!(core.on_access(0, 1, None), Decision::StopFailedPage);
         assert_eq!(core.counters.resolved_failed, 2);
         // The behaviour applied to one fetch only: after eviction the page is served again.
-        core.evict(1).unwrap();
+        evict(&mut core, 1).unwrap();
         assert!(matches!(core.on_access(0, 1, Some(&mut pool)), Decision::Deliver { fetch: Some(Fetch::Normal), .. }));
     }
 
@@ -483,7 +511,7 @@ mod tests {
         };
         // A second waiter joins the held page; still no fetch.
         let Decision::Deliver { token: b, fetch: None } = core.on_access(0, 1, Some(&mut pool)) else { panic!() };
-        assert_eq!(core.evict(1), Err(EvictError::Fetching(1)), "a held page is in flight");
+        assert_eq!(evict(&mut core, 1), Err(EvictError::Fetching(1)), "a held page is in flight");
         assert_eq!(core.release(1), Release::Start(Fetch::Normal));
         assert_eq!(core.release(1), Release::NotHeld, "released once");
         assert_eq!(core.on_fetch_done(1), (RESULT_RETRY, vec![(0, a), (0, b)]));
@@ -544,11 +572,43 @@ mod tests {
         let mut core = PagerCore::new(3, HostMode::Ring);
         let mut pool = ring(2);
         core.on_access(0, 0, Some(&mut pool));
-        assert_eq!(core.evict(0), Err(EvictError::Fetching(0)));
+        assert_eq!(evict(&mut core, 0), Err(EvictError::Fetching(0)));
         core.on_fetch_done(0);
-        assert_eq!(core.evict(0), Ok(true));
-        assert_eq!(core.evict(0), Ok(false));
-        assert_eq!(core.evict(9), Err(EvictError::OutOfRange(9)));
+        assert_eq!(evict(&mut core, 0), Ok(true));
+        assert_eq!(evict(&mut core, 0), Ok(false));
+        assert_eq!(evict(&mut core, 9), Err(EvictError::OutOfRange(9)));
         assert_eq!(core.counters.pages_evicted, 1);
+    }
+
+    /// The memory work comes first: a page is recorded absent only once its memory was taken
+    /// back, and a failure stops the range there, the page it failed on still present.
+    #[test]
+    fn eviction_takes_the_memory_back_before_the_state_and_stops_at_a_failure() {
+        let mut core = PagerCore::new(4, HostMode::Sync);
+        for page in 0..4 {
+            core.on_access(0, page, None);
+            core.on_fetch_done(page);
+        }
+        let mut taken = Vec::new();
+        let failed = core.evict_range(0..4, |page, was_present| {
+            assert!(was_present);
+            if page == 2 {
+                return Err("mprotect failed");
+            }
+            taken.push(page);
+            Ok(())
+        });
+        assert_eq!(failed, Err("mprotect failed"));
+        assert_eq!(taken, vec![0, 1]);
+        let states: Vec<_> = (0..4).map(|p| core.state(p).cloned()).collect();
+        let (absent, present) = (Some(PageState::Absent), Some(PageState::Present));
+        assert_eq!(states, vec![absent.clone(), absent, present.clone(), present]);
+        assert_eq!(core.counters.pages_evicted, 2);
+        // A refusal changes nothing and does no memory work.
+        core.on_access(0, 0, None);
+        let refused = core.evict_range(0..4, |_, _| -> Result<(), ()> { panic!("memory work for a refused range") });
+        assert_eq!(refused, Ok(Err(EvictError::Fetching(0))));
+        assert_eq!(core.evict_range(3..5, |_, _| Ok::<(), ()>(())), Ok(Err(EvictError::OutOfRange(4))));
+        assert_eq!(core.state(3), Some(&PageState::Present));
     }
 }

@@ -24,13 +24,13 @@ use std::fmt::Write as _;
 use kvm_bindings::{KVM_BUS_LOCK_DETECTION_EXIT, KVM_CAP_X86_BUS_LOCK_EXIT, kvm_enable_cap};
 
 use pvagent_abi::cpuid::{self as abi_cpuid, Features};
-use pvagent_abi::hypercall::{Nr, Status};
+use pvagent_abi::hypercall::Nr;
 use pvagent_abi::sld::{self, Verdict};
 
 use crate::cpuid::CpuidTable;
 
 use crate::error::{Error, Result};
-use crate::handler::{AttachCtx, ExitHandler, Handled, MsrAnswer, Report, VcpuCtx};
+use crate::handler::{AttachCtx, ExitHandler, Handled, HypercallAnswer, MsrAnswer, Report, VcpuCtx};
 use crate::trace::{Arg, Tracer, Track};
 use policy::{Access, Decision, Enumeration, GuestState, Policy, VirtualMsrs};
 
@@ -357,16 +357,11 @@ impl ExitHandler for SplitLock {
         Ok(self.vcpu(ctx.index).msrs.write(index, value, enumeration))
     }
 
-    fn hypercall(
-        &mut self,
-        _ctx: &mut VcpuCtx<'_>,
-        nr: u32,
-        _args: [u64; 4],
-    ) -> Option<std::result::Result<[u64; 2], Status>> {
-        match Nr::try_from(nr) {
+    fn hypercall(&mut self, _ctx: &mut VcpuCtx<'_>, nr: u32, _args: [u64; 4]) -> Result<HypercallAnswer> {
+        Ok(match Nr::try_from(nr) {
             Ok(Nr::SplitLockVerdict) => Some(Ok([self.last.0, self.last.1 as u64])),
             _ => None,
-        }
+        })
     }
 
     fn mmio_write(&mut self, ctx: &mut VcpuCtx<'_>, addr: u64, data: &[u8]) -> Result<Handled> {
