@@ -8,6 +8,10 @@
 
 pub mod layout;
 
+/// How many vCPUs the kernel has room for (per-vCPU arrays, the stack area). Only vCPU 0 is
+/// started today.
+pub const MAX_CPUS: usize = 4;
+
 #[cfg(kernel)]
 pub mod acpi;
 #[cfg(kernel)]

@@ -17,7 +17,7 @@ use crate::arch::gdt;
 use crate::arch::percpu::{self, CpuLocal, MAX_CPUS};
 use crate::arch::trap::TrapFrame;
 use crate::cell::{FnPtr, FnSlot, StaticCell};
-use crate::sync::{IrqCell, IrqGuard};
+use crate::sync::{CpuCell, IrqGuard};
 
 /// A kernel task's body: gets the spawn argument, returns its exit value.
 pub type KernelEntry = fn(u64) -> u64;
@@ -82,9 +82,8 @@ struct CpuSched {
     fault_hooks: [Option<FaultHook>; MAX_TASKS],
 }
 
-static SCHED: CpuLocal<IrqCell<CpuSched>> = CpuLocal::new(
-    [const { IrqCell::new(CpuSched { table: TaskTable::new(), fault_hooks: [None; MAX_TASKS] }) }; MAX_CPUS],
-);
+static SCHED: CpuCell<CpuSched> =
+    CpuCell::new([const { CpuSched { table: TaskTable::new(), fault_hooks: [None; MAX_TASKS] } }; MAX_CPUS]);
 static CONTEXTS: CpuLocal<Contexts> =
     CpuLocal::new([const { StaticCell::new([Context { rsp: 0, trap_depth: 0, stack_top: 0 }; MAX_TASKS]) }; MAX_CPUS]);
 
@@ -97,7 +96,7 @@ fn context(slot: u16) -> *mut Context {
 }
 
 fn with_sched<R>(f: impl FnOnce(&mut CpuSched) -> R) -> R {
-    SCHED.get().with(f)
+    SCHED.with(f)
 }
 
 /// Makes the running (boot) context this vCPU's idle task and starts the tick.
@@ -166,7 +165,6 @@ pub fn set_fault_hook(id: TaskId, hook: Option<FaultHook>) {
 /// caller has already yielded, blocked or exited the current task (or is the idle task).
 pub fn schedule() {
     assert!(!interrupts::are_enabled(), "schedule() with interrupts enabled");
-    let cpu = percpu::index();
     let Some((from, to, from_id, to_id)) = with_sched(|s| {
         let from_id = s.table.current();
         s.table.pick_next().map(|(from, to)| (from, to, from_id, s.table.current()))
@@ -178,10 +176,11 @@ pub fn schedule() {
     let to_ctx = context(to);
     // SAFETY: interrupts are off; `from` is the running context (its RSP is written by the
     // switch) and `to` was prepared by spawn or saved by an earlier switch. Nothing else
-    // accesses either context meanwhile.
+    // accesses either context meanwhile. A non-zero `stack_top` is the top of `to`'s own
+    // kernel stack, mapped at spawn and used by nothing else while `to` exists.
     unsafe {
         if (*to_ctx).stack_top != 0 {
-            gdt::set_kernel_stack(cpu, (*to_ctx).stack_top);
+            gdt::set_kernel_stack((*to_ctx).stack_top);
         }
         (*from_ctx).trap_depth = percpu::swap_trap_depth((*to_ctx).trap_depth);
         switch::switch_context(core::ptr::addr_of_mut!((*from_ctx).rsp), (*to_ctx).rsp);
