@@ -1,7 +1,7 @@
 //! The two doors through which the kernel shares statics that Rust's own types cannot: memory
 //! reached only by address ([`StaticCell`]), and a replaceable function pointer ([`FnSlot`]).
-//! Every `unsafe impl Sync` for a static (locks such as `sync::IrqCell` apart) and every
-//! function-pointer transmute of the kernel is here, once.
+//! Every `unsafe impl Sync` of the kernel and every function-pointer transmute is here, once
+//! (`sync::CpuCell` builds on `StaticCell`; the locks are `spin`'s).
 //!
 //! The bottom layer: plain Rust that imports nothing of the kernel, unit-tested on the host.
 

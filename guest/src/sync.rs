@@ -10,9 +10,9 @@
 use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{AtomicBool, Ordering, compiler_fence};
 
+pub use crate::arch::MAX_CPUS;
 #[cfg(kernel)]
 pub use crate::arch::cpu::IrqGuard;
-pub use crate::arch::MAX_CPUS;
 #[cfg(kernel)]
 use crate::arch::percpu::index as this_cpu;
 use crate::cell::StaticCell;
@@ -192,7 +192,7 @@ impl<T> CpuCell<T> {
 #[cfg(test)]
 mod tests {
     //! On the host, "the running vCPU" is a per-thread index and interrupts are not involved.
-    //! These tests also run under Miri (`cargo +nightly miri test -p pvagent-guest --lib sync`),
+    //! These tests also run under Miri (`cargo +nightly miri test -p pvagent-guest --lib -- sync::`),
     //! which checks that a nested `try_with` forms no second reference to a borrowed value.
 
     use super::*;

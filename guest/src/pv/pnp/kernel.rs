@@ -145,7 +145,8 @@ struct PnpCpu {
 }
 
 static STATE: CpuCell<PnpCpu> = CpuCell::new(
-    [const { PnpCpu { entries: 0, table: TokenTable::new(), ring: RingConsumer::new(0), stats: Stats::new() } }; MAX_CPUS],
+    [const { PnpCpu { entries: 0, table: TokenTable::new(), ring: RingConsumer::new(0), stats: Stats::new() } };
+        MAX_CPUS],
 );
 
 impl Stats {
