@@ -19,8 +19,8 @@ static TASK_STACKS_MAPPED: CpuLocal<AtomicU64> = CpuLocal::new([const { AtomicU6
 
 /// Takes the area the layout decided (boot vCPU, before [`start_cpu`]).
 pub(super) fn init(area: StackArea) {
-    assert!(area.demand.tasks_per_cpu <= 64, "one bit per task slot");
-    assert!(area.demand.cpus >= MAX_CPUS, "a stack block for every vCPU");
+    assert!(area.demand().tasks_per_cpu <= 64, "one bit per task slot");
+    assert!(area.demand().cpus >= MAX_CPUS, "a stack block for every vCPU");
     AREA.call_once(|| area);
 }
 
@@ -37,7 +37,7 @@ pub(super) fn ist_tops(cpu: usize) -> [u64; super::gdt::IST_COUNT] {
 /// Maps vCPU `cpu`'s IST stacks. Call before the vCPU can take an NMI, #DF or #MC on the
 /// kernel's own page tables.
 pub(super) fn start_cpu(cpu: usize) {
-    for i in 0..area().demand.ist_per_cpu {
+    for i in 0..area().demand().ist_per_cpu {
         let stack = area().ist(cpu, i);
         paging::map_range(stack.bottom(), stack.top, Access::KernelData);
     }

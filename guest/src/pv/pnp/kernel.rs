@@ -11,7 +11,7 @@ use pvagent_abi::pnp::{
 
 use super::ring::{Drain, RingConsumer, RingMemory};
 use super::tokens::{EventOutcome, ResolutionOutcome, TokenStats, TokenTable, Waiter};
-use super::{DEFAULT_RING_ENTRIES, EVENT_VECTOR, RESOLUTION_VECTOR};
+use super::{DEFAULT_RING_ENTRIES, EVENT_VECTOR, RESOLUTION_VECTOR, Region};
 use crate::arch::fault::{self, Fault};
 use crate::arch::hypercall::{self, HypercallError};
 use crate::arch::paging::{self, Access};
@@ -19,25 +19,12 @@ use crate::arch::percpu::{self, MAX_CPUS};
 use crate::arch::trap::{self, TrapFrame};
 use crate::arch::{apic, cpu};
 use crate::boot::cmdline::Cmdline;
+use crate::boot::info::MemKind;
 use crate::cell::StaticCell;
 use crate::kprintln;
 use crate::pv::halt;
 use crate::sync::{CpuCell, IrqGuard};
 use crate::task::{self, table::ExitStatus, table::Wait};
-
-/// The host's demand-paged region.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Region {
-    pub base: u64,
-    pub pages: u64,
-}
-
-impl Region {
-    /// GPA of page `index`.
-    pub fn page(&self, index: u64) -> u64 {
-        self.base + index * pvagent_abi::PAGE_SIZE
-    }
-}
 
 /// The two pages a vCPU shares with the host: the ring (page-aligned) and the event area.
 #[repr(C, align(4096))]
@@ -183,18 +170,29 @@ pub fn host_mode() -> HostMode {
 /// Reads what the host offers, maps the region, installs the handlers and registers the
 /// protocol on this vCPU. `pnp=off` leaves it unregistered; `pnp-ring=N` sets the ring size.
 pub fn init(cmdline: &Cmdline<'_>) {
-    let offered = crate::arch::platform().hypervisor.host_features().has(Features::PAGE_NOT_PRESENT);
-    let info = offered.then(|| {
-        let leaf = cpu::cpuid(abi::LEAF_PNP, 0);
+    let platform = crate::arch::platform();
+    let offered = platform.hypervisor.host_features().has(Features::PAGE_NOT_PRESENT);
+    let info = offered.then(|| cpu::cpuid(abi::LEAF_PNP, 0)).and_then(|leaf| {
         MODE.store(leaf.edx, Ordering::Relaxed);
-        (Region { base: u64::from(leaf.eax) << 21, pages: u64::from(leaf.ebx) }, leaf.ecx)
+        // What the kernel maps itself: RAM and ACPI data (the memory map lists the region
+        // itself as reserved), and the local APIC's page.
+        let mapped =
+            crate::boot::info::get().memmap.ranges.iter().filter(|r| matches!(r.kind, MemKind::Ram | MemKind::Acpi));
+        let apic = (apic::XAPIC_BASE, apic::XAPIC_BASE + pvagent_abi::PAGE_SIZE);
+        match Region::from_leaf(leaf.eax, leaf.ebx, platform.reach(), mapped.map(|r| (r.start, r.end)).chain([apic])) {
+            Ok(region) => Some((region, leaf.ecx)),
+            Err(why) => {
+                kprintln!("pnp: the host's region is not used: {why:x?}");
+                None
+            }
+        }
     });
     REGION.call_once(|| info);
     let Some((region, max_entries)) = info else { return };
     if region.pages == 0 {
         return;
     }
-    paging::map_range(region.base, region.page(region.pages), Access::UserData);
+    paging::map_range(region.base, region.end(), Access::UserData);
     trap::register(EVENT_VECTOR, on_event);
     trap::register(RESOLUTION_VECTOR, on_resolution);
     if cmdline.get("pnp") == Some("off") {
