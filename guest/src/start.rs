@@ -59,6 +59,13 @@ pub unsafe fn boot(start_info_paddr: u32, first: FirstTask) -> ! {
     // the boot tables active (this function's contract).
     let platform = unsafe { arch::init(boot, cpu, task::table::MAX_TASKS, kstack) };
     report_platform(platform, boot);
+    if let arch::time::TscSource::Assumed(why) = platform.tsc_source {
+        kprintln!(
+            "boot: warning: TSC calibration against the APIC timer failed ({why:?}, {} attempts); assuming {} kHz, so measured times are off by the ratio",
+            arch::calibration::ATTEMPTS,
+            arch::time::DEFAULT_TSC_KHZ
+        );
+    }
 
     task::init_cpu();
     crate::pv::init(&cmdline);

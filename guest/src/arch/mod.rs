@@ -3,9 +3,10 @@
 //! paravirtual protocols or tasks; those register their vectors and hooks here at init. It uses
 //! only `boot` and `cell` below it.
 //!
-//! Plain logic (`layout`) builds on the host too and is unit-tested there; everything that
+//! Plain logic (`layout`, `calibration`) builds on the host too and is unit-tested there; everything that
 //! touches hardware is `cfg(kernel)`.
 
+pub mod calibration;
 pub mod layout;
 
 /// How many vCPUs the kernel has room for (per-vCPU arrays, the stack area). Only vCPU 0 is
