@@ -30,8 +30,9 @@ const LAYOUT_TESTS: [&str; 3] = [
     "task::every_slot_runs_on_its_whole_stack",
 ];
 
-/// 256 KiB task stacks: for 4 vCPUs x 32 slots a 33 MiB stack area, more than 8 vCPUs' worth of
-/// 64 KiB stacks (17 MiB). With the old layout, 64 KiB stacks already panicked at boot.
+/// 256 KiB task stacks: for 4 vCPUs x 32 slots (and their 8 KiB user stacks) a 36 MiB stack area,
+/// more than 8 vCPUs' worth of 64 KiB stacks (22 MiB). With the old layout, 64 KiB stacks already
+/// panicked at boot.
 const LARGE_STACKS: &str = "kstack=256";
 
 fn cmdline(extra: &str) -> String {

@@ -55,9 +55,15 @@ pub unsafe fn boot(start_info_paddr: u32, first: FirstTask) -> ! {
             default << 10
         }
     };
-    // SAFETY: first thing after the console, on the boot vCPU, interrupts still disabled and
-    // the boot tables active (this function's contract).
-    let platform = unsafe { arch::init(boot, cpu, task::table::MAX_TASKS, kstack) };
+    let tasks = arch::TaskStacks {
+        slots: task::table::MAX_TASKS,
+        kernel_size: kstack,
+        user_size: task::stack::USER_STACK_SIZE,
+    };
+    // SAFETY: first thing after the console (and reading CPUID and the boot information), on
+    // the boot vCPU, interrupts still disabled and the boot tables active (this function's
+    // contract).
+    let platform = unsafe { arch::init(boot, cpu, tasks) };
     report_platform(platform, boot);
     if let arch::time::TscSource::Assumed(why) = platform.tsc_source {
         kprintln!(

@@ -12,13 +12,15 @@
 //! ```text
 //!  image_end  2 MiB-aligned stack area, one block per vCPU:
 //!  |          | guard | IST 1 | guard | IST 2 | guard | IST 3 |                               page tables
-//!  v          v guard | task stack 0 | guard | task stack 1 | ... | guard | task stack N-1 |   v
+//!  |          | guard | task stack 0 | guard | task stack 1 | ... | guard | task stack N-1 |   |
+//!  v          v guard | user stack 0 | guard | user stack 1 | ... | guard | user stack N-1 |   v
 //!  ...........[cpu 0 block][cpu 1 block] ... [cpu M-1 block].................................[......]...
 //! ```
 //!
 //! Nothing in the stack area is mapped at boot: a vCPU's IST stacks are mapped when it starts,
-//! a task stack the first time its slot is used, and the guard pages never. So the area costs
-//! boot nothing however large the stacks are or however many vCPUs it has room for.
+//! a task stack the first time its slot is used (a user stack the first time a CPL 3 task
+//! uses it, for CPL 3), and the guard pages never. So the area costs boot nothing however large
+//! the stacks are or however many vCPUs it has room for.
 
 /// A 4 KiB page.
 pub const PAGE: u64 = 0x1000;
@@ -181,6 +183,8 @@ pub struct StackDemand {
     /// Task stacks per vCPU (one per task slot), and the size of each.
     pub tasks_per_cpu: usize,
     pub task_size: u64,
+    /// The size of each task slot's CPL 3 stack (one per task slot too).
+    pub user_size: u64,
 }
 
 /// Where the kernel stacks are: `cpus` blocks, one per vCPU, as drawn in the module doc. Made
@@ -197,7 +201,8 @@ impl StackDemand {
     fn cpu_block(&self) -> Option<u64> {
         let ist = (self.ist_per_cpu as u64).checked_mul(PAGE.checked_add(self.ist_size)?)?;
         let tasks = (self.tasks_per_cpu as u64).checked_mul(PAGE.checked_add(self.task_size)?)?;
-        ist.checked_add(tasks)
+        let user = (self.tasks_per_cpu as u64).checked_mul(PAGE.checked_add(self.user_size)?)?;
+        ist.checked_add(tasks)?.checked_add(user)
     }
 
     /// Bytes of the whole area (rounded up to a 2 MiB page), if they fit in a `u64`.
@@ -261,6 +266,24 @@ impl StackArea {
             + d.ist_per_cpu as u64 * (PAGE + d.ist_size)
             + slot as u64 * (PAGE + d.task_size);
         Stack { guard, top: guard + PAGE + d.task_size }
+    }
+
+    /// The CPL 3 stack of task slot `slot` on vCPU `cpu`. The user stacks of a vCPU follow its
+    /// task stacks, each above its own guard page: a task that overflows its user stack
+    /// faults on that page instead of writing into its neighbour's.
+    pub fn user(&self, cpu: usize, slot: usize) -> Stack {
+        assert!(
+            cpu < self.demand.cpus && slot < self.demand.tasks_per_cpu,
+            "no user stack for slot {slot} of vCPU {cpu}"
+        );
+        let d = &self.demand;
+        // Inside the area, as in `ist`.
+        let guard = self.start
+            + cpu as u64 * self.cpu_block()
+            + d.ist_per_cpu as u64 * (PAGE + d.ist_size)
+            + d.tasks_per_cpu as u64 * (PAGE + d.task_size)
+            + slot as u64 * (PAGE + d.user_size);
+        Stack { guard, top: guard + PAGE + d.user_size }
     }
 }
 

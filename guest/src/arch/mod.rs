@@ -47,6 +47,6 @@ pub mod time;
 pub mod trap;
 
 #[cfg(kernel)]
-pub use platform::{Platform, init, platform};
+pub use platform::{Platform, TaskStacks, init, platform};
 #[cfg(kernel)]
 pub use time::{TIMER_VECTOR, start_tick, tick_period, ticks};

@@ -35,27 +35,32 @@ pub fn platform() -> &'static Platform {
     PLATFORM.get().expect("arch::platform() before arch::init()")
 }
 
+/// The stacks each task slot needs, as the task layer says.
+#[derive(Clone, Copy, Debug)]
+pub struct TaskStacks {
+    /// Task slots per vCPU.
+    pub slots: usize,
+    /// Bytes of each slot's kernel stack, and of its CPL 3 stack.
+    pub kernel_size: u64,
+    pub user_size: u64,
+}
+
 /// Brings up the boot vCPU (whose CPU `cpu` describes): memory layout, tables, paging, APIC,
-/// time. Interrupts stay disabled. Kernel stacks are laid out for `tasks_per_cpu` tasks of `task_stack_size` bytes on
-/// each of [`percpu::MAX_CPUS`] vCPUs; a layout that does not fit in RAM ends the run with the
-/// sizes.
+/// time. Interrupts stay disabled. Stacks are laid out for `tasks` on each of
+/// [`percpu::MAX_CPUS`] vCPUs; a layout that does not fit in RAM ends the run with the sizes.
 ///
 /// # Safety
 ///
 /// Call once, first thing after the console, on the boot vCPU with interrupts disabled and the
 /// boot page tables active.
-pub unsafe fn init(
-    boot: &BootInfo,
-    cpu: cpu::CpuInfo,
-    tasks_per_cpu: usize,
-    task_stack_size: u64,
-) -> &'static Platform {
+pub unsafe fn init(boot: &BootInfo, cpu: cpu::CpuInfo, tasks: TaskStacks) -> &'static Platform {
     let demand = StackDemand {
         cpus: percpu::MAX_CPUS,
         ist_per_cpu: gdt::IST_COUNT,
         ist_size: gdt::IST_SIZE,
-        tasks_per_cpu,
-        task_size: task_stack_size,
+        tasks_per_cpu: tasks.slots,
+        task_size: tasks.kernel_size,
+        user_size: tasks.user_size,
     };
     let mut memory: heapless::Vec<Region, MEMMAP_MAX> = heapless::Vec::new();
     let mut ram: heapless::Vec<(u64, u64), MEMMAP_MAX> = heapless::Vec::new();

@@ -9,6 +9,7 @@ use crate::boot::cmdline::Cmdline;
 use crate::boot::info::MemKind;
 use crate::pv::halt;
 use crate::sync::IrqGuard;
+use crate::task;
 use crate::{ensure, ensure_eq};
 
 pub const TESTS: &[SelfTest] = &[
@@ -82,11 +83,14 @@ fn stack_guard_pages_are_unmapped() -> TestResult {
     }
     let mut used = 0;
     for slot in 0..area.demand().tasks_per_cpu {
-        let mapped = stacks::task_stack_mapped(cpu, slot);
-        used += usize::from(mapped);
+        let mapped = task::stacks_mapped(slot as u16);
+        used += usize::from(mapped.kernel);
         let stack = area.task(cpu, slot);
-        check_stack("a task stack", stack, mapped)?;
+        check_stack("a task stack", stack, mapped.kernel)?;
         ensure_eq!(stack.top - stack.bottom(), area.demand().task_size, "the size of task stack {slot}");
+        let user = area.user(cpu, slot);
+        check_stack("a user stack", user, mapped.user)?;
+        ensure_eq!(user.top - user.bottom(), area.demand().user_size, "the size of user stack {slot}");
     }
     ensure!(used >= 1, "not even this test's own task stack is mapped");
     Ok(())

@@ -80,10 +80,19 @@ type Contexts = StaticCell<[Context; MAX_TASKS]>;
 struct CpuSched {
     table: TaskTable,
     fault_hooks: [Option<FaultHook>; MAX_TASKS],
+    /// Which of each slot's stacks are mapped (mappings stay: a slot maps them once).
+    stacks: [stack::Mapped; MAX_TASKS],
 }
 
-static SCHED: CpuCell<CpuSched> =
-    CpuCell::new([const { CpuSched { table: TaskTable::new(), fault_hooks: [None; MAX_TASKS] } }; MAX_CPUS]);
+static SCHED: CpuCell<CpuSched> = CpuCell::new(
+    [const {
+        CpuSched {
+            table: TaskTable::new(),
+            fault_hooks: [None; MAX_TASKS],
+            stacks: [stack::Mapped { kernel: false, user: false }; MAX_TASKS],
+        }
+    }; MAX_CPUS],
+);
 static CONTEXTS: CpuLocal<Contexts> =
     CpuLocal::new([const { StaticCell::new([Context { rsp: 0, trap_depth: 0, stack_top: 0 }; MAX_TASKS]) }; MAX_CPUS]);
 
@@ -117,7 +126,7 @@ pub fn spawn_kernel(name: &'static str, entry: KernelEntry, arg: u64) -> Result<
     with_sched(|s| {
         let id = s.table.spawn(name, Kind::Kernel)?;
         s.fault_hooks[usize::from(id.slot)] = None;
-        let top = stack::kernel_stack(cpu, id.slot).top;
+        let top = stack::map_kernel_stack(cpu, id.slot, &mut s.stacks[usize::from(id.slot)]).top;
         // SAFETY: the slot was free, so its stack is unused; stack tops are page aligned.
         let rsp = unsafe { switch::prepare_kernel_stack(top, entry as usize as u64, arg) };
         set_context(id.slot, Context { rsp, trap_depth: 0, stack_top: top });
@@ -136,9 +145,10 @@ pub fn spawn_user(name: &'static str, entry: UserEntry, arg: u64) -> Result<Task
     );
     with_sched(|s| {
         let id = s.table.spawn(name, Kind::User)?;
-        s.fault_hooks[usize::from(id.slot)] = None;
-        let top = stack::kernel_stack(cpu, id.slot).top;
-        let user_top = stack::user_stack_top(cpu, id.slot);
+        let slot = usize::from(id.slot);
+        s.fault_hooks[slot] = None;
+        let top = stack::map_kernel_stack(cpu, id.slot, &mut s.stacks[slot]).top;
+        let user_top = stack::map_user_stack(cpu, id.slot, &mut s.stacks[slot]).top;
         // SAFETY: the slot was free, so both stacks are unused; `entry` is in user text.
         let rsp = unsafe { switch::prepare_user_stack(top, entry, user_top, arg) };
         set_context(id.slot, Context { rsp, trap_depth: 0, stack_top: top });
@@ -299,6 +309,11 @@ pub fn has_other_runnable() -> bool {
 /// How many tasks exist on this vCPU (idle included), for leak checks.
 pub fn live_count() -> usize {
     with_sched(|s| s.table.live_tasks().count())
+}
+
+/// Which of task slot `slot`'s stacks on this vCPU were ever used (and so are mapped).
+pub fn stacks_mapped(slot: u16) -> stack::Mapped {
+    with_sched(|s| s.stacks[usize::from(slot)])
 }
 
 /// Scheduler counters of this vCPU.

@@ -17,7 +17,14 @@ fn image() -> ImageLayout {
 }
 
 fn demand(cpus: usize, task_kib: u64) -> StackDemand {
-    StackDemand { cpus, ist_per_cpu: 3, ist_size: 16 << 10, tasks_per_cpu: 32, task_size: task_kib << 10 }
+    StackDemand {
+        cpus,
+        ist_per_cpu: 3,
+        ist_size: 16 << 10,
+        tasks_per_cpu: 32,
+        task_size: task_kib << 10,
+        user_size: 8 << 10,
+    }
 }
 
 fn ram_map(ranges: &[(u64, u64)]) -> heapless::Vec<Region, 8> {
@@ -109,6 +116,9 @@ fn stacks_sit_on_their_guards_and_never_overlap() {
         for slot in 0..32 {
             all.push(s.task(cpu, slot));
         }
+        for slot in 0..32 {
+            all.push(s.user(cpu, slot));
+        }
     }
     for w in all.windows(2) {
         assert_eq!(w[0].top, w[1].guard, "each guard sits right above the stack before it");
@@ -117,6 +127,7 @@ fn stacks_sit_on_their_guards_and_never_overlap() {
     assert!(all.last().expect("stacks").top <= s.end());
     assert_eq!(s.task(0, 0).top - s.task(0, 0).bottom(), 64 << 10);
     assert_eq!(s.ist(7, 2).top - s.ist(7, 2).bottom(), 16 << 10);
+    assert_eq!(s.user(7, 31).top - s.user(7, 31).bottom(), 8 << 10);
     assert!(all.iter().all(|st| st.guard.is_multiple_of(PAGE) && st.top.is_multiple_of(16)));
 }
 
@@ -261,8 +272,7 @@ fn unsorted_overlapping_and_empty_ranges_give_sorted_disjoint_regions() {
 
 #[test]
 fn stacks_larger_than_the_address_space_are_refused() {
-    let huge =
-        StackDemand { cpus: usize::MAX, ist_per_cpu: 3, ist_size: 16 << 10, tasks_per_cpu: 32, task_size: u64::MAX };
+    let huge = StackDemand { task_size: u64::MAX, cpus: usize::MAX, ..demand(1, 32) };
     assert_eq!(StackArea::new(0, huge), None);
     assert_eq!(StackArea::new(u64::MAX - MIB, demand(1, 32)), None, "an area whose end wraps");
     let err = plan_for(&[(0, 0xA_0000), (MIB, 64 * MIB)], huge, true).expect_err("too big");
