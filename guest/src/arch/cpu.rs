@@ -140,7 +140,7 @@ pub struct CpuInfo {
     pub tsc_khz: Option<u32>,
     /// Local APIC timer input frequency in kHz, when some leaf tells it.
     pub apic_khz: Option<u32>,
-    /// Physical address width (CPUID.80000008H:EAX[7:0]; 36 when the leaf is absent, as the
+    /// Physical address width (CPUID.80000008H:EAX bits 7:0; 36 when the leaf is absent, as the
     /// SDM says). What the identity map can reach follows from it (`layout::identity_map_reach`).
     pub phys_addr_bits: u8,
 }

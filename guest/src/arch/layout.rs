@@ -36,7 +36,7 @@ use crate::boot::BOOT_MAPPED_LIMIT;
 pub const IDENTITY_MAP_LIMIT: u64 = 1 << 47;
 
 /// The identity map's reach on a CPU with `phys_bits` physical address bits (CPUID
-/// 0x8000_0008 EAX[7:0]): physical addresses beyond that width do not exist, addresses beyond
+/// 0x8000_0008 EAX bits 7:0): physical addresses beyond that width do not exist, addresses beyond
 /// [`IDENTITY_MAP_LIMIT`] cannot be mapped. A width outside what the architecture allows
 /// (36 to 52 bits; 36 is also what it means when the leaf is absent) is taken as its nearest
 /// bound. Always a power of two.
