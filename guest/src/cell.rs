@@ -1,13 +1,13 @@
 //! The two doors through which the kernel shares statics that Rust's own types cannot: memory
 //! reached only by address ([`StaticCell`]), and a replaceable function pointer ([`FnSlot`]).
-//! Every `unsafe impl Sync` for a static (locks such as `sync::IrqCell` apart) and every
-//! function-pointer transmute of the kernel is here, once.
+//! Every `unsafe impl Sync` of the kernel and every function-pointer transmute is here, once
+//! (`sync::CpuCell` builds on `StaticCell`; the locks are `spin`'s).
 //!
 //! The bottom layer: plain Rust that imports nothing of the kernel, unit-tested on the host.
 
 use core::cell::UnsafeCell;
 use core::marker::PhantomData;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, Ordering};
 
 /// A static whose contents are reached only through the raw pointer [`StaticCell::get`] returns:
 /// kernel stacks, page tables, pages shared with the host, CPU tables the hardware reads. Each
@@ -40,23 +40,30 @@ impl<T> StaticCell<T> {
 /// # Safety
 ///
 /// Implement it only for `fn` pointer types (any ABI and signature, including higher-ranked
-/// ones such as `fn(&mut T)`): those are `Copy`, exactly as large as `usize`, and never null,
-/// which is what lets a slot keep one in an `AtomicUsize` and use 0 for "empty".
+/// ones such as `fn(&mut T)`): those are `Copy`, exactly as large as a data pointer, and never
+/// null, which is what lets a slot keep one in an `AtomicPtr<()>` and use null for "empty".
 pub unsafe trait FnPtr: Copy + 'static {}
 
 /// A function pointer that one context installs and others call, possibly from a trap handler
-/// on another vCPU: an atomic word, 0 while empty. Installing publishes with Release and reading
-/// takes it with Acquire, so whatever the installer set up before is visible to the caller.
+/// on another vCPU: an atomic pointer, null while empty. Installing publishes with Release and
+/// reading takes it with Acquire, so whatever the installer set up before is visible to the
+/// caller.
+///
+/// The slot holds the function pointer *as a pointer* (`*mut ()`), never as an integer: a
+/// pointer-to-pointer transmute keeps its provenance, so the pointer read back may be called.
+/// One that made a round trip through `usize` would have none, and calling it would be undefined
+/// behaviour under Rust's memory model (Miri reports it: "pointer not dereferenceable ... it has
+/// no provenance"; the `cell` tests run under Miri in a scratch crate show the difference).
 #[derive(Debug)]
 pub struct FnSlot<F: FnPtr> {
-    raw: AtomicUsize,
+    raw: AtomicPtr<()>,
     _holds: PhantomData<F>,
 }
 
 impl<F: FnPtr> FnSlot<F> {
     /// An empty slot.
     pub const fn empty() -> Self {
-        Self { raw: AtomicUsize::new(0), _holds: PhantomData }
+        Self { raw: AtomicPtr::new(core::ptr::null_mut()), _holds: PhantomData }
     }
 
     /// Installs `f`, replacing what was there.
@@ -66,28 +73,31 @@ impl<F: FnPtr> FnSlot<F> {
 
     /// Installs `f` if the slot is empty; whether it did.
     pub fn set_if_empty(&self, f: F) -> bool {
-        self.raw.compare_exchange(0, to_raw(f), Ordering::AcqRel, Ordering::Acquire).is_ok()
+        let empty = core::ptr::null_mut();
+        self.raw.compare_exchange(empty, to_raw(f), Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
 
     /// What the slot holds.
     pub fn get(&self) -> Option<F> {
         let raw = self.raw.load(Ordering::Acquire);
-        if raw == 0 {
+        if raw.is_null() {
             return None;
         }
-        const { assert!(size_of::<F>() == size_of::<usize>()) };
-        // SAFETY: a non-zero value in `raw` was stored by `set`/`set_if_empty` from an `F`, and
-        // `F` is a function pointer type of the size of `usize` (its `FnPtr` impl promises it,
-        // the assert checks it), so the bits are a valid `F`.
-        Some(unsafe { core::mem::transmute_copy::<usize, F>(&raw) })
+        const { assert!(size_of::<F>() == size_of::<*mut ()>()) };
+        // SAFETY: a non-null value in `raw` was stored by `set`/`set_if_empty` from an `F` by
+        // `to_raw`, a pointer-to-pointer transmute that kept its provenance; `F` is a function
+        // pointer type of the size of `*mut ()` (its `FnPtr` impl promises it, the assert checks
+        // it), so transmuting back gives that same `F`, provenance included.
+        Some(unsafe { core::mem::transmute_copy::<*mut (), F>(&raw) })
     }
 }
 
-fn to_raw<F: FnPtr>(f: F) -> usize {
-    const { assert!(size_of::<F>() == size_of::<usize>()) };
+fn to_raw<F: FnPtr>(f: F) -> *mut () {
+    const { assert!(size_of::<F>() == size_of::<*mut ()>()) };
     // SAFETY: `F` is a function pointer type (its `FnPtr` impl promises it) of the size of
-    // `usize` (asserted above): every such value is a plain, non-zero address.
-    unsafe { core::mem::transmute_copy::<F, usize>(&f) }
+    // `*mut ()` (asserted above), never null: reading its bytes as a data pointer is a
+    // pointer-to-pointer transmute, which keeps the pointer's provenance (no integer in between).
+    unsafe { core::mem::transmute_copy::<F, *mut ()>(&f) }
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ pub mod console;
 pub mod selftest;
 #[cfg(kernel)]
 pub mod start;
-#[cfg(kernel)]
+#[cfg(any(kernel, test))]
 pub mod sync;
 
 /// The kernel's version, printed at boot.

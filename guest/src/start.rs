@@ -32,19 +32,18 @@ pub struct FirstTask {
 pub unsafe fn boot(start_info_paddr: u32, first: FirstTask) -> ! {
     console::init();
     kprintln!("pvagent guest {} booting", crate::VERSION);
-    let boot = match info::init(u64::from(start_info_paddr)) {
+    // First the CPU: how far its physical addresses reach bounds every range the host names.
+    let cpu = arch::cpu::identify();
+    let reach = layout::identity_map_reach(cpu.phys_addr_bits);
+    let boot = match info::init(u64::from(start_info_paddr), reach) {
         Ok(boot) => boot,
         Err(err) => arch::fault::fatal(format_args!("unusable boot information: {err}")),
     };
     for warning in &boot.warnings {
         kprintln!("boot: warning: {warning}");
     }
-    if boot.ram_ignored != 0 {
-        kprintln!(
-            "boot: warning: {} KiB of RAM beyond the first {} map entries is not used",
-            boot.ram_ignored >> 10,
-            info::MEMMAP_MAX
-        );
+    if boot.memmap.dropped.any() {
+        kprintln!("boot: warning: {}", boot.memmap);
     }
     let cmdline = Cmdline::new(boot.cmdline.as_str());
     let kstack = match cmdline.get("kstack").map(layout::parse_task_stack_kib) {
@@ -56,10 +55,23 @@ pub unsafe fn boot(start_info_paddr: u32, first: FirstTask) -> ! {
             default << 10
         }
     };
-    // SAFETY: first thing after the console, on the boot vCPU, interrupts still disabled and
-    // the boot tables active (this function's contract).
-    let platform = unsafe { arch::init(boot, task::table::MAX_TASKS, kstack) };
+    let tasks = arch::TaskStacks {
+        slots: task::table::MAX_TASKS,
+        kernel_size: kstack,
+        user_size: task::stack::USER_STACK_SIZE,
+    };
+    // SAFETY: first thing after the console (and reading CPUID and the boot information), on
+    // the boot vCPU, interrupts still disabled and the boot tables active (this function's
+    // contract).
+    let platform = unsafe { arch::init(boot, cpu, tasks) };
     report_platform(platform, boot);
+    if let arch::time::TscSource::Assumed(why) = platform.tsc_source {
+        kprintln!(
+            "boot: warning: TSC calibration against the APIC timer failed ({why:?}, {} attempts); assuming {} kHz, so measured times are off by the ratio",
+            arch::calibration::ATTEMPTS,
+            arch::time::DEFAULT_TSC_KHZ
+        );
+    }
 
     task::init_cpu();
     crate::pv::init(&cmdline);
@@ -74,7 +86,6 @@ pub unsafe fn boot(start_info_paddr: u32, first: FirstTask) -> ! {
 }
 
 fn report_platform(p: &arch::Platform, boot: &BootInfo) {
-    let ram: u64 = boot.memmap.iter().filter(|r| r.kind == info::MemKind::Ram).map(|r| r.end - r.start).sum();
     kprintln!("boot: host: {}", p.hypervisor.name());
     if let Hypervisor::HostStub { abi_version, features, kvm_base } = p.hypervisor {
         match kvm_base {
@@ -99,11 +110,11 @@ fn report_platform(p: &arch::Platform, boot: &BootInfo) {
         p.tsc_source
     );
     // One line, kept short: every byte printed is a port exit, and this is every boot.
-    let (m, stacks) = (&p.memory, &p.memory.stacks.demand);
+    let (m, stacks) = (&p.memory, p.memory.stacks.demand());
     kprintln!(
         "boot: ram {} MiB in {} ranges, {} MiB mapped ({} pages), {} MiB unused; kernel {} MiB, task stacks {} KiB x {} x {} vCPUs; acpi {}",
-        ram >> 20,
-        boot.memmap.len(),
+        m.ram >> 20,
+        boot.memmap.ranges.len(),
         m.ram_mapped >> 20,
         if p.cpu.huge_pages { "1 GiB" } else { "2 MiB" },
         m.ram.saturating_sub(m.ram_used) >> 20,

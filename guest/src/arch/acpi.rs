@@ -6,8 +6,12 @@ use core::ptr::NonNull;
 use acpi::madt::{Madt, MadtEntry};
 use acpi::{AcpiHandler, AcpiTables, PhysicalMapping};
 
+/// The acpi crate's view of physical memory: the identity map, up to `reach` (the first address
+/// it cannot hold).
 #[derive(Clone, Copy, Debug)]
-struct IdentityMap;
+struct IdentityMap {
+    reach: u64,
+}
 
 impl AcpiHandler for IdentityMap {
     unsafe fn map_physical_region<T>(&self, physical_address: usize, size: usize) -> PhysicalMapping<Self, T> {
@@ -15,7 +19,14 @@ impl AcpiHandler for IdentityMap {
         // Firmware often keeps its tables in "reserved" ranges, which are not mapped wholesale:
         // map exactly what the acpi crate reads, read-only.
         let start = physical_address as u64;
-        super::paging::ensure_mapped(start, start + size as u64, super::paging::Access::KernelRodata);
+        // The tables' addresses are the host's: one beyond the identity map's reach ends the
+        // boot with this report, rather than being mapped over low memory by index wrap-around
+        // (the acpi crate's handler cannot return an error).
+        let end = start.checked_add(size as u64).filter(|&end| end <= self.reach);
+        let Some(end) = end else {
+            panic!("an ACPI table at {start:#x} ({size} bytes) lies beyond the identity map's reach");
+        };
+        super::paging::ensure_mapped(start, end, super::paging::Access::KernelRodata);
         // SAFETY: the region is identity mapped now (just above), and the acpi crate only asks
         // for regions the firmware's tables point at.
         unsafe { PhysicalMapping::new(physical_address, ptr, size, size, *self) }
@@ -33,11 +44,12 @@ pub struct MadtSummary {
     pub apic_ids: [u32; 8],
 }
 
-/// Reads the MADT through the RSDP at `rsdp`. Errors are the acpi crate's, as text.
-pub fn read_madt(rsdp: u64) -> Result<MadtSummary, acpi::AcpiError> {
+/// Reads the MADT through the RSDP at `rsdp`, every table below `reach` (the identity map's).
+/// Errors are the acpi crate's.
+pub fn read_madt(rsdp: u64, reach: u64) -> Result<MadtSummary, acpi::AcpiError> {
     // SAFETY: `rsdp` comes from the boot information and points at an RSDP in mapped memory;
     // the crate validates signatures and checksums before trusting anything.
-    let tables = unsafe { AcpiTables::from_rsdp(IdentityMap, rsdp as usize)? };
+    let tables = unsafe { AcpiTables::from_rsdp(IdentityMap { reach }, rsdp as usize)? };
     let madt = tables.find_table::<Madt>()?;
     let mut summary = MadtSummary::default();
     for entry in madt.get().entries() {

@@ -6,6 +6,7 @@ use core::sync::atomic::{AtomicU8, Ordering};
 use x86_64::instructions::port::Port;
 use x86_64::registers::model_specific::{ApicBase, ApicBaseFlags, Msr};
 
+use super::calibration::{self, CalibrationFailed, Clocks};
 use super::cpu;
 
 /// Physical address of the xAPIC register page (the architectural default).
@@ -162,42 +163,30 @@ pub fn timer_setting() -> TimerSetting {
     }
 }
 
-/// A read of the timer's current count with a TSC read on each side: the count was taken
-/// somewhere between the two.
-#[derive(Clone, Copy)]
-struct Stamp {
-    tsc: u64,
-    width: u64,
-    count: u32,
-}
+/// The local APIC timer and the TSC, as the calibration sees them.
+struct TimerAndTsc;
 
-/// The narrowest of a few stamps. A wide one means the vCPU lost its CPU between the reads,
-/// which on a loaded host happens; losing it during all of them is unlikely.
-fn narrow_stamp() -> Stamp {
-    let stamp = || {
-        let before = cpu::rdtsc();
-        let count = read(reg::TIMER_CURRENT);
-        let after = cpu::rdtsc();
-        Stamp { tsc: before + (after - before) / 2, width: after - before, count }
-    };
-    (0..4).map(|_| stamp()).min_by_key(|s| s.width).expect("four stamps")
+impl Clocks for TimerAndTsc {
+    fn start_timer(&mut self, initial: u32) {
+        write(reg::TIMER_DIVIDE, DIVIDE_BY_1);
+        write(reg::LVT_TIMER, LVT_MASKED);
+        write(reg::TIMER_INITIAL, initial);
+    }
+
+    fn timer_count(&mut self) -> u32 {
+        read(reg::TIMER_CURRENT)
+    }
+
+    fn tsc(&mut self) -> u64 {
+        cpu::rdtsc()
+    }
 }
 
 /// Measures how many TSC cycles pass while the (masked) timer counts down `cycles` input
-/// cycles; used to calibrate the TSC when no CPUID leaf gives its frequency. Both ends are
-/// stamps taken while the timer is still counting, so time the vCPU loses in between (the host
-/// is busy) counts on both clocks alike and does not skew the ratio.
-pub fn measure_tsc_against_timer(cycles: u32) -> u64 {
-    write(reg::TIMER_DIVIDE, DIVIDE_BY_1);
-    write(reg::LVT_TIMER, LVT_MASKED);
-    write(reg::TIMER_INITIAL, cycles.saturating_mul(2));
-    let start = narrow_stamp();
-    while start.count - read(reg::TIMER_CURRENT).min(start.count) < cycles {
-        core::hint::spin_loop();
-    }
-    let end = narrow_stamp();
-    let counted = u128::from(start.count - end.count.min(start.count)).max(1);
-    (u128::from(end.tsc - start.tsc) * u128::from(cycles) / counted) as u64
+/// cycles, retrying a measurement the host disturbed (see `calibration`); used to calibrate
+/// the TSC when no CPUID leaf gives its frequency.
+pub fn measure_tsc_against_timer(cycles: u32) -> Result<u64, CalibrationFailed> {
+    calibration::tsc_cycles_per(&mut TimerAndTsc, cycles)
 }
 
 /// Remaps the legacy 8259 PICs away from the exception vectors and masks every line: the

@@ -140,6 +140,9 @@ pub struct CpuInfo {
     pub tsc_khz: Option<u32>,
     /// Local APIC timer input frequency in kHz, when some leaf tells it.
     pub apic_khz: Option<u32>,
+    /// Physical address width (CPUID.80000008H:EAX bits 7:0; 36 when the leaf is absent, as the
+    /// SDM says). What the identity map can reach follows from it (`layout::identity_map_reach`).
+    pub phys_addr_bits: u8,
 }
 
 /// Reads the CPU's identity and features.
@@ -154,6 +157,7 @@ pub fn identify() -> CpuInfo {
     let x2apic = features.as_ref().is_some_and(|f| f.has_x2apic());
     let under_hypervisor = features.as_ref().is_some_and(|f| f.has_hypervisor());
     let huge_pages = leaves.get_extended_processor_and_feature_identifiers().is_some_and(|e| e.has_1gib_pages());
+    let phys_addr_bits = leaves.get_processor_capacity_feature_info().map_or(36, |c| c.physical_address_bits());
     let hypervisor = if under_hypervisor { find_hypervisor() } else { Hypervisor::None };
 
     let mut tsc_khz = None;
@@ -180,7 +184,7 @@ pub fn identify() -> CpuInfo {
             apic_khz = apic_khz.or((timing.ebx != 0).then_some(timing.ebx));
         }
     }
-    CpuInfo { vendor, x2apic, huge_pages, hypervisor, tsc_khz, apic_khz }
+    CpuInfo { vendor, x2apic, huge_pages, hypervisor, tsc_khz, apic_khz, phys_addr_bits }
 }
 
 /// Scans the hypervisor leaf blocks for the signatures the kernel knows. Each block's registers

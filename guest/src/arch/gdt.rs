@@ -45,7 +45,7 @@ struct CpuTables {
 }
 
 /// vCPU `i` only touches element `i`, during `init` (before loading it) and through
-/// `set_kernel_stack` with interrupts disabled; afterwards the CPU reads them.
+/// `set_kernel_stack` (which finds `i` itself) with interrupts disabled; the CPU reads them.
 static TABLES: StaticCell<[CpuTables; MAX_CPUS]> = StaticCell::new(
     [const { CpuTables { gdt: GlobalDescriptorTable::empty(), tss: TaskStateSegment::new() } }; MAX_CPUS],
 );
@@ -96,9 +96,17 @@ pub unsafe fn init(cpu: usize, ist_tops: [u64; IST_COUNT]) {
     }
 }
 
-/// Sets the stack the CPU switches to on an entry from CPL 3 (TSS.RSP0).
-pub fn set_kernel_stack(cpu: usize, top: u64) {
-    // SAFETY: only this vCPU writes its TSS, with interrupts disabled (scheduler context); the
-    // CPU reads RSP0 only on a privilege change, which cannot happen during this store.
-    unsafe { (*tables(cpu)).tss.privilege_stack_table[0] = VirtAddr::new(top) };
+/// Sets the stack the running vCPU switches to on an entry from CPL 3 (its TSS.RSP0). There
+/// is no way to name another vCPU's TSS: each vCPU writes only its own.
+///
+/// # Safety
+///
+/// Interrupts must be disabled (a handler on this vCPU may switch tasks and set RSP0 itself),
+/// and `top` must be the top of a mapped kernel stack that stays reserved for the task that
+/// runs next: the CPU pushes every CPL 3 entry's frame there.
+pub unsafe fn set_kernel_stack(top: u64) {
+    // SAFETY: `index()` is the running vCPU, so this is its own TSS, written by nobody else;
+    // interrupts are off (the caller's contract), and the CPU reads RSP0 only on a privilege
+    // change, which cannot happen during this store.
+    unsafe { (*tables(super::percpu::index())).tss.privilege_stack_table[0] = VirtAddr::new(top) };
 }

@@ -12,13 +12,15 @@
 //! ```text
 //!  image_end  2 MiB-aligned stack area, one block per vCPU:
 //!  |          | guard | IST 1 | guard | IST 2 | guard | IST 3 |                               page tables
-//!  v          v guard | task stack 0 | guard | task stack 1 | ... | guard | task stack N-1 |   v
+//!  |          | guard | task stack 0 | guard | task stack 1 | ... | guard | task stack N-1 |   |
+//!  v          v guard | user stack 0 | guard | user stack 1 | ... | guard | user stack N-1 |   v
 //!  ...........[cpu 0 block][cpu 1 block] ... [cpu M-1 block].................................[......]...
 //! ```
 //!
 //! Nothing in the stack area is mapped at boot: a vCPU's IST stacks are mapped when it starts,
-//! a task stack the first time its slot is used, and the guard pages never. So the area costs
-//! boot nothing however large the stacks are or however many vCPUs it has room for.
+//! a task stack the first time its slot is used (a user stack the first time a CPL 3 task
+//! uses it, for CPL 3), and the guard pages never. So the area costs boot nothing however large
+//! the stacks are or however many vCPUs it has room for.
 
 /// A 4 KiB page.
 pub const PAGE: u64 = 0x1000;
@@ -26,8 +28,21 @@ pub const PAGE: u64 = 0x1000;
 pub const LARGE_PAGE: u64 = 0x20_0000;
 /// A 1 GiB page (a page directory pointer table entry).
 pub const HUGE_PAGE: u64 = 0x4000_0000;
-/// The boot page tables map the first GiB; the kernel's own tables must be built there.
-pub const BOOT_MAPPED_LIMIT: u64 = HUGE_PAGE;
+use crate::boot::BOOT_MAPPED_LIMIT;
+/// How far the kernel's identity map can reach at most: its 4-level page tables translate 48-bit
+/// virtual addresses, and an identity-mapped address must also be a canonical virtual address,
+/// so below 2^47. [`chunks`] never yields a page at or above it (a page table index beyond it
+/// would wrap around and overwrite the mapping of low memory).
+pub const IDENTITY_MAP_LIMIT: u64 = 1 << 47;
+
+/// The identity map's reach on a CPU with `phys_bits` physical address bits (CPUID
+/// 0x8000_0008 EAX bits 7:0): physical addresses beyond that width do not exist, addresses beyond
+/// [`IDENTITY_MAP_LIMIT`] cannot be mapped. A width outside what the architecture allows
+/// (36 to 52 bits; 36 is also what it means when the leaf is absent) is taken as its nearest
+/// bound. Always a power of two.
+pub fn identity_map_reach(phys_bits: u8) -> u64 {
+    IDENTITY_MAP_LIMIT.min(1 << phys_bits.clamp(36, 52))
+}
 /// Page tables kept free for what is mapped after boot (firmware tables, the host's pages).
 pub const SPARE_TABLES: u64 = 16;
 
@@ -91,11 +106,13 @@ impl Chunk {
 
 /// Splits `[start, end)` (rounded out to pages) into runs of the largest pages that fit: 1 GiB
 /// pages where `huge_pages` (the CPU has them) and the range covers whole aligned GiBs, 2 MiB
-/// pages where it covers whole aligned 2 MiB, and 4 KiB pages for the rest.
+/// pages where it covers whole aligned 2 MiB, and 4 KiB pages for the rest. Nothing at or
+/// above [`IDENTITY_MAP_LIMIT`] is yielded, whatever `end` is: below it nothing here can
+/// overflow.
 pub fn chunks(start: u64, end: u64, access: Access, huge_pages: bool) -> impl Iterator<Item = Chunk> {
     let large = access.allows_large_pages();
-    let mut addr = start & !(PAGE - 1);
-    let end = end.next_multiple_of(PAGE);
+    let mut addr = start.min(IDENTITY_MAP_LIMIT) & !(PAGE - 1);
+    let end = end.min(IDENTITY_MAP_LIMIT).next_multiple_of(PAGE);
     core::iter::from_fn(move || {
         if addr >= end {
             return None;
@@ -166,24 +183,59 @@ pub struct StackDemand {
     /// Task stacks per vCPU (one per task slot), and the size of each.
     pub tasks_per_cpu: usize,
     pub task_size: u64,
+    /// The size of each task slot's CPL 3 stack (one per task slot too).
+    pub user_size: u64,
 }
 
-/// Where the kernel stacks are: `cpus` blocks, one per vCPU, as drawn in the module doc.
+/// Where the kernel stacks are: `cpus` blocks, one per vCPU, as drawn in the module doc. Made
+/// only by [`StackArea::new`], which checks that the whole area fits in the address space, so
+/// that no address computed inside it can overflow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StackArea {
-    pub start: u64,
-    pub demand: StackDemand,
+    start: u64,
+    demand: StackDemand,
+}
+
+impl StackDemand {
+    /// Bytes of one vCPU's block, if they fit in a `u64`.
+    fn cpu_block(&self) -> Option<u64> {
+        let ist = (self.ist_per_cpu as u64).checked_mul(PAGE.checked_add(self.ist_size)?)?;
+        let tasks = (self.tasks_per_cpu as u64).checked_mul(PAGE.checked_add(self.task_size)?)?;
+        let user = (self.tasks_per_cpu as u64).checked_mul(PAGE.checked_add(self.user_size)?)?;
+        ist.checked_add(tasks)?.checked_add(user)
+    }
+
+    /// Bytes of the whole area (rounded up to a 2 MiB page), if they fit in a `u64`.
+    fn area_len(&self) -> Option<u64> {
+        (self.cpus as u64).checked_mul(self.cpu_block()?)?.checked_next_multiple_of(LARGE_PAGE)
+    }
 }
 
 impl StackArea {
+    /// The area for `demand` at `start`, or `None` if its sizes or its end overflow a `u64`.
+    pub fn new(start: u64, demand: StackDemand) -> Option<Self> {
+        let len = demand.area_len()?;
+        start.checked_add(len)?;
+        Some(Self { start, demand })
+    }
+
+    /// The first address of the area (a guard page).
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// What the area was laid out for.
+    pub fn demand(&self) -> &StackDemand {
+        &self.demand
+    }
+
     fn cpu_block(&self) -> u64 {
-        let d = &self.demand;
-        d.ist_per_cpu as u64 * (PAGE + d.ist_size) + d.tasks_per_cpu as u64 * (PAGE + d.task_size)
+        self.demand.cpu_block().expect("checked by new")
     }
 
     /// Bytes the area spans (the last 2 MiB page it touches included).
     pub fn len(&self) -> u64 {
-        (self.demand.cpus as u64 * self.cpu_block()).next_multiple_of(LARGE_PAGE)
+        self.demand.area_len().expect("checked by new")
     }
 
     /// Whether the area holds no stack at all.
@@ -199,6 +251,7 @@ impl StackArea {
     /// Interrupt stack `index` (0-based) of vCPU `cpu`.
     pub fn ist(&self, cpu: usize, index: usize) -> Stack {
         assert!(cpu < self.demand.cpus && index < self.demand.ist_per_cpu, "no IST stack {index} of vCPU {cpu}");
+        // Inside the area (the indices are in range), whose end `new` checked.
         let guard = self.start + cpu as u64 * self.cpu_block() + index as u64 * (PAGE + self.demand.ist_size);
         Stack { guard, top: guard + PAGE + self.demand.ist_size }
     }
@@ -207,11 +260,30 @@ impl StackArea {
     pub fn task(&self, cpu: usize, slot: usize) -> Stack {
         assert!(cpu < self.demand.cpus && slot < self.demand.tasks_per_cpu, "no stack for slot {slot} of vCPU {cpu}");
         let d = &self.demand;
+        // Inside the area, as in `ist`.
         let guard = self.start
             + cpu as u64 * self.cpu_block()
             + d.ist_per_cpu as u64 * (PAGE + d.ist_size)
             + slot as u64 * (PAGE + d.task_size);
         Stack { guard, top: guard + PAGE + d.task_size }
+    }
+
+    /// The CPL 3 stack of task slot `slot` on vCPU `cpu`. The user stacks of a vCPU follow its
+    /// task stacks, each above its own guard page: a task that overflows its user stack
+    /// faults on that page instead of writing into its neighbour's.
+    pub fn user(&self, cpu: usize, slot: usize) -> Stack {
+        assert!(
+            cpu < self.demand.cpus && slot < self.demand.tasks_per_cpu,
+            "no user stack for slot {slot} of vCPU {cpu}"
+        );
+        let d = &self.demand;
+        // Inside the area, as in `ist`.
+        let guard = self.start
+            + cpu as u64 * self.cpu_block()
+            + d.ist_per_cpu as u64 * (PAGE + d.ist_size)
+            + d.tasks_per_cpu as u64 * (PAGE + d.task_size)
+            + slot as u64 * (PAGE + d.user_size);
+        Stack { guard, top: guard + PAGE + d.user_size }
     }
 }
 
@@ -277,6 +349,8 @@ pub enum LayoutError {
     NoRoomForStacks { needed: u64, largest: u64 },
     /// The memory map is split into more pieces than a layout can hold.
     TooManyRegions,
+    /// The stacks asked for are larger than the address space.
+    StacksOverflow,
 }
 
 impl core::fmt::Display for LayoutError {
@@ -290,6 +364,7 @@ impl core::fmt::Display for LayoutError {
                 largest >> 10
             ),
             LayoutError::TooManyRegions => write!(f, "the memory map has more pieces than {MAX_REGIONS}"),
+            LayoutError::StacksOverflow => write!(f, "the kernel stacks asked for are larger than the address space"),
         }
     }
 }
@@ -297,6 +372,10 @@ impl core::fmt::Display for LayoutError {
 /// Decides the layout. `memory` lists what the memory map says to map (RAM, ACPI data) and
 /// `devices` the device pages to map at boot; `ram` is the part of `memory` that is free RAM
 /// the kernel may carve its page tables and stacks from (the ranges must not overlap).
+///
+/// The boot information checked the memory map already (`boot::memmap`), but nothing here
+/// relies on it: every sum is checked or saturating, nothing beyond [`IDENTITY_MAP_LIMIT`] is
+/// mapped, and hostile input gives an error or a smaller layout, never an overflow.
 pub fn plan(
     image: &ImageLayout,
     memory: &[Region],
@@ -308,14 +387,14 @@ pub fn plan(
     // The stack area starts at the first 2 MiB boundary after the image, in the piece of RAM
     // that holds it (its 4 KiB mappings then never share a page table with anything else);
     // the page tables follow it.
-    let stacks_len = StackArea { start: 0, demand }.len();
+    let stacks_len = StackArea::new(0, demand).ok_or(LayoutError::StacksOverflow)?.len();
     // The stack area's page tables, if every stack were mapped: one per 2 MiB it touches, and
     // a directory where it crosses into another GiB.
     let stack_tables = stacks_len / LARGE_PAGE + 2;
     let mut largest = 0;
     let mut carve = None;
     for &(start, end) in ram {
-        let start = start.max(image.end).next_multiple_of(LARGE_PAGE);
+        let Some(start) = start.max(image.end).checked_next_multiple_of(LARGE_PAGE) else { continue };
         let end = (end & !(PAGE - 1)).min(BOOT_MAPPED_LIMIT);
         if start >= end {
             continue;
@@ -325,9 +404,13 @@ pub fn plan(
             carve = Some((start, end));
         }
     }
-    let no_room = |tables: u64| LayoutError::NoRoomForStacks { needed: stacks_len + tables * PAGE, largest };
+    let no_room = |tables: u64| LayoutError::NoRoomForStacks {
+        needed: stacks_len.saturating_add(tables.saturating_mul(PAGE)),
+        largest,
+    };
     let (stacks_start, carve_end) = carve.ok_or(no_room(stack_tables + SPARE_TABLES))?;
-    let stacks = StackArea { start: stacks_start, demand };
+    // It fits below the boot mapping's limit, so it fits in the address space.
+    let stacks = StackArea::new(stacks_start, demand).ok_or(LayoutError::StacksOverflow)?;
 
     let mut regions: heapless::Vec<Region, MAX_REGIONS> = heapless::Vec::new();
     let mut push = |start: u64, end: u64, access: Access| {
@@ -349,8 +432,9 @@ pub fn plan(
     // tables are in RAM and mapped with it: the kernel reads and writes them there.)
     let holes = [(0, PAGE), (image.start, image.end), (stacks.start, stacks.end())];
     for r in memory.iter().chain(devices) {
-        let mut start = r.start.next_multiple_of(PAGE);
-        let end = r.end & !(PAGE - 1);
+        // Whole pages, below the identity map's limit; a range with none is skipped.
+        let Some(mut start) = r.start.checked_next_multiple_of(PAGE) else { continue };
+        let end = r.end.min(IDENTITY_MAP_LIMIT) & !(PAGE - 1);
         // Holes are few and sorted; cut the range at each one it meets.
         for &(hole_start, hole_end) in &holes {
             if start < hole_start.min(end) {
@@ -379,15 +463,18 @@ pub fn plan(
     }
 
     let boot_tables = tables_for(&kept, huge_pages);
-    let table_frames = boot_tables + stack_tables + SPARE_TABLES;
-    let tables = (stacks.end(), stacks.end() + table_frames * PAGE);
-    if tables.1 > carve_end {
-        return Err(no_room(table_frames));
-    }
-    let ram_total: u64 = ram.iter().map(|&(s, e)| e.saturating_sub(s)).sum();
+    let table_frames = boot_tables.saturating_add(stack_tables + SPARE_TABLES);
+    let tables_end = table_frames.checked_mul(PAGE).and_then(|bytes| stacks.end().checked_add(bytes));
+    let tables = match tables_end {
+        Some(end) if end <= carve_end => (stacks.end(), end),
+        _ => return Err(no_room(table_frames)),
+    };
+    // Saturating sums: the ranges' sizes are the host's numbers.
+    let ram_total = ram.iter().fold(0u64, |sum, &(s, e)| sum.saturating_add(e.saturating_sub(s)));
     let overlap = |r: &Region, &(s, e): &(u64, u64)| r.end.min(e).saturating_sub(r.start.max(s));
-    let ram_mapped = kept.iter().map(|r| ram.iter().map(|range| overlap(r, range)).sum::<u64>()).sum();
-    let ram_used = (image.end - image.start) + stacks.len() + table_frames * PAGE;
+    let ram_mapped =
+        kept.iter().flat_map(|r| ram.iter().map(move |range| overlap(r, range))).fold(0u64, u64::saturating_add);
+    let ram_used = (image.end - image.start) + stacks.len() + (tables.1 - tables.0);
     Ok(Layout {
         regions: kept,
         placement: Placement { tables, boot_tables, stacks, ram: ram_total, ram_mapped, ram_used },
@@ -395,196 +482,4 @@ pub fn plan(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MIB: u64 = 1 << 20;
-    const GIB: u64 = 1 << 30;
-
-    fn image() -> ImageLayout {
-        ImageLayout {
-            start: MIB,
-            user_text: (0x13_5000, 0x13_6000),
-            rodata: (0x13_6000, 0x14_5000),
-            user_data: (0x1a_0000, 0x2a_2000),
-            boot_stack_guard: 0x2a_2000,
-            end: 0x2b_3000,
-        }
-    }
-
-    fn demand(cpus: usize, task_kib: u64) -> StackDemand {
-        StackDemand { cpus, ist_per_cpu: 3, ist_size: 16 << 10, tasks_per_cpu: 32, task_size: task_kib << 10 }
-    }
-
-    fn ram_map(ranges: &[(u64, u64)]) -> heapless::Vec<Region, 8> {
-        ranges.iter().map(|&(start, end)| Region { start, end, access: Access::KernelData }).collect()
-    }
-
-    fn plan_for(ranges: &[(u64, u64)], d: StackDemand, huge: bool) -> Result<Layout, LayoutError> {
-        let apic = [Region { start: 0xFEE0_0000, end: 0xFEE0_1000, access: Access::Mmio }];
-        plan(&image(), &ram_map(ranges), ranges, &apic, d, huge)
-    }
-
-    fn mapped(layout: &Layout, addr: u64) -> Option<Access> {
-        layout.regions.iter().find(|r| (r.start..r.end).contains(&addr)).map(|r| r.access)
-    }
-
-    #[test]
-    fn pages_are_as_large_as_alignment_and_permissions_allow() {
-        let run = |start, end, page| Chunk { start, end, page };
-        let c: Vec<_> = chunks(0x1000, 3 * GIB + 0x3000, Access::KernelData, true).collect();
-        assert_eq!(
-            c,
-            [
-                run(0x1000, 2 * MIB, PAGE),
-                run(2 * MIB, GIB, LARGE_PAGE),
-                run(GIB, 3 * GIB, HUGE_PAGE),
-                run(3 * GIB, 3 * GIB + 0x3000, PAGE),
-            ],
-            "4 KiB up to the first 2 MiB boundary, 2 MiB up to the first GiB, then GiBs"
-        );
-        let no_huge: Vec<_> = chunks(0, 2 * GIB, Access::KernelData, false).collect();
-        assert_eq!(no_huge, [run(0, GIB, LARGE_PAGE), run(GIB, 2 * GIB, LARGE_PAGE)], "one run per page directory");
-        let tail: Vec<_> = chunks(4 * MIB, 8 * MIB + 0x3000, Access::KernelData, true).collect();
-        assert_eq!(tail, [run(4 * MIB, 8 * MIB, LARGE_PAGE), run(8 * MIB, 8 * MIB + 0x3000, PAGE)]);
-        let mmio: Vec<_> = chunks(0, 4 * MIB, Access::Mmio, true).collect();
-        assert_eq!(mmio, [run(0, 2 * MIB, PAGE), run(2 * MIB, 4 * MIB, PAGE)], "device pages are 4 KiB");
-        let far: Vec<_> = chunks(511 * GIB, 513 * GIB, Access::KernelData, true).collect();
-        assert_eq!(far, [run(511 * GIB, 512 * GIB, HUGE_PAGE), run(512 * GIB, 513 * GIB, HUGE_PAGE)]);
-    }
-
-    #[test]
-    fn the_table_count_follows_the_pages_used() {
-        let r = |start, end| Region { start, end, access: Access::KernelData };
-        // Root, one PDPT, one PD, one PT for the first 2 MiB window.
-        assert_eq!(tables_for(&[r(0x1000, 0x3000)], true), 4);
-        // The same window twice: still one PT.
-        assert_eq!(tables_for(&[r(0x1000, 0x3000), r(0x5000, 0x6000)], true), 4);
-        // 1 GiB pages need no PD; 2 MiB pages need no PT.
-        assert_eq!(tables_for(&[r(GIB, 3 * GIB)], true), 2);
-        assert_eq!(tables_for(&[r(GIB, 3 * GIB)], false), 4);
-        // Beyond 512 GiB: a second PDPT.
-        assert_eq!(tables_for(&[r(0x1000, 0x2000), r(512 * GIB, 513 * GIB)], true), 5);
-    }
-
-    #[test]
-    fn guards_page_zero_and_the_stack_area_stay_unmapped_and_everything_else_is_mapped() {
-        let layout = plan_for(&[(0, 0xA_0000), (MIB, 128 * MIB)], demand(4, 32), true).expect("fits");
-        let img = image();
-        assert_eq!(mapped(&layout, 0), None, "page 0");
-        assert_eq!(mapped(&layout, 0x9_F000), Some(Access::KernelData), "low RAM");
-        assert_eq!(mapped(&layout, 0xB_8000), None, "the hole below 1 MiB is not RAM");
-        assert_eq!(mapped(&layout, img.start), Some(Access::KernelText));
-        assert_eq!(mapped(&layout, img.user_text.0), Some(Access::UserText));
-        assert_eq!(mapped(&layout, img.rodata.0), Some(Access::KernelRodata));
-        assert_eq!(mapped(&layout, img.user_data.0), Some(Access::UserData));
-        assert_eq!(mapped(&layout, img.boot_stack_guard), None, "the boot stack's guard");
-        assert_eq!(mapped(&layout, img.boot_stack_guard + PAGE), Some(Access::KernelData), "the boot stack");
-        assert_eq!(mapped(&layout, layout.placement.tables.0), Some(Access::KernelData), "the page tables");
-        let s = layout.placement.stacks;
-        assert!(s.start.is_multiple_of(LARGE_PAGE) && s.start >= img.end && layout.placement.tables.0 >= s.end());
-        for addr in [s.start, s.task(3, 31).guard, s.task(3, 31).top - 8, s.end() - 1] {
-            assert_eq!(mapped(&layout, addr), None, "the stack area at {addr:#x} is mapped only on demand");
-        }
-        assert_eq!(mapped(&layout, s.end()), Some(Access::KernelData), "RAM after the stack area");
-        assert_eq!(mapped(&layout, 128 * MIB - 1), Some(Access::KernelData));
-        assert_eq!(mapped(&layout, 128 * MIB), None);
-        assert_eq!(mapped(&layout, 0xFEE0_0000), Some(Access::Mmio));
-        let sorted = layout.regions.windows(2).all(|w| w[0].end <= w[1].start);
-        assert!(sorted, "regions sorted and disjoint: {:#x?}", layout.regions);
-    }
-
-    #[test]
-    fn stacks_sit_on_their_guards_and_never_overlap() {
-        let s = StackArea { start: 4 * MIB, demand: demand(8, 64) };
-        let mut all = Vec::new();
-        for cpu in 0..8 {
-            for i in 0..3 {
-                all.push(s.ist(cpu, i));
-            }
-            for slot in 0..32 {
-                all.push(s.task(cpu, slot));
-            }
-        }
-        for w in all.windows(2) {
-            assert_eq!(w[0].top, w[1].guard, "each guard sits right above the stack before it");
-        }
-        assert_eq!(all[0].guard, s.start);
-        assert!(all.last().expect("stacks").top <= s.end());
-        assert_eq!(s.task(0, 0).top - s.task(0, 0).bottom(), 64 << 10);
-        assert_eq!(s.ist(7, 2).top - s.ist(7, 2).bottom(), 16 << 10);
-        assert!(all.iter().all(|st| st.guard.is_multiple_of(PAGE) && st.top.is_multiple_of(16)));
-    }
-
-    #[test]
-    fn eight_vcpus_of_large_stacks_fit_and_the_tables_have_room_for_all_of_them() {
-        for (cpus, kib) in [(4, 32), (8, 64), (8, 256), (16, 1024)] {
-            let d = demand(cpus, kib);
-            let layout = plan_for(&[(0, 0xA_0000), (MIB, 3 * GIB)], d, true).expect("fits");
-            let s = layout.placement.stacks;
-            assert!(s.task(cpus - 1, 31).top <= s.end());
-            assert!(s.end() <= BOOT_MAPPED_LIMIT, "{cpus} x {kib} KiB: below the boot mapping");
-            // Every stack mapped at once (the worst case) stays within the table area.
-            let stack_pts = s.len() / LARGE_PAGE + 1;
-            let frames = (layout.placement.tables.1 - layout.placement.tables.0) / PAGE;
-            assert!(layout.placement.boot_tables + stack_pts + SPARE_TABLES <= frames, "{cpus} x {kib} KiB");
-        }
-    }
-
-    #[test]
-    fn boot_needs_few_tables_and_maps_the_rest_of_ram_with_large_pages() {
-        let ranges = [(0, 0x9_FC00), (MIB, 3 * GIB), (4 * GIB, 9 * GIB)];
-        let layout = plan_for(&ranges, demand(4, 32), true).expect("fits");
-        // Root, PDPT, the PD of the first GiB, PTs for the first two 2 MiB windows (page 0,
-        // the image) and the APIC page, the PD of the APIC's GiB.
-        assert!(layout.placement.boot_tables <= 8, "{} tables", layout.placement.boot_tables);
-        assert_eq!(mapped(&layout, 9 * GIB - 1), Some(Access::KernelData), "RAM above 4 GiB");
-        assert_eq!(mapped(&layout, 3 * GIB + 5), None, "the PCI hole");
-        assert_eq!(mapped(&layout, 0x9_F000), None, "a partial page of RAM is left alone");
-        let unmapped_ram = layout.placement.ram - layout.placement.ram_mapped;
-        assert!(
-            unmapped_ram < layout.placement.stacks.len() + 2 * MIB,
-            "only the stack area is held back: {unmapped_ram:#x}"
-        );
-    }
-
-    #[test]
-    fn stacks_that_do_not_fit_are_refused_with_the_sizes() {
-        let err = plan_for(&[(0, 0xA_0000), (MIB, 32 * MIB)], demand(4, 1024), true).expect_err("too big");
-        let LayoutError::NoRoomForStacks { needed, largest } = err else { panic!("{err:?}") };
-        assert!(needed > 128 * MIB && largest < 32 * MIB, "{err}");
-        // RAM above the boot mapping does not help: the stacks must be below it.
-        let above = plan_for(&[(0, 0xA_0000), (MIB, 8 * MIB), (2 * GIB, 4 * GIB)], demand(4, 256), true);
-        assert!(matches!(above, Err(LayoutError::NoRoomForStacks { .. })));
-    }
-
-    #[test]
-    fn overlapping_map_entries_are_mapped_once() {
-        let ranges = [(MIB, 64 * MIB), (32 * MIB, 96 * MIB)];
-        let layout = plan_for(&ranges, demand(1, 32), true).expect("fits");
-        assert!(layout.regions.windows(2).all(|w| w[0].end <= w[1].start));
-        assert_eq!(mapped(&layout, 96 * MIB - 1), Some(Access::KernelData));
-    }
-
-    #[test]
-    fn neighbours_with_the_same_permissions_share_large_pages_and_count_as_mapped_ram() {
-        // Two map entries that meet at 5 MiB: one region, so 2 MiB pages run across the border.
-        let layout =
-            plan_for(&[(0, 0xA_0000), (MIB, 5 * MIB), (5 * MIB, 64 * MIB)], demand(1, 32), true).expect("fits");
-        let s = layout.placement.stacks;
-        let after = layout.regions.iter().find(|r| r.start == s.end()).expect("RAM right after the stack area");
-        assert_eq!(after.end, 64 * MIB, "one region from the stack area to the end of RAM");
-        let unmapped = layout.placement.ram - layout.placement.ram_mapped;
-        assert_eq!(unmapped, 2 * PAGE + s.len(), "only page 0, the boot stack's guard and the stack area are left out");
-    }
-
-    #[test]
-    fn kstack_is_a_whole_number_of_pages_in_range() {
-        assert_eq!(parse_task_stack_kib("64"), Ok(64));
-        assert_eq!(parse_task_stack_kib("4096"), Ok(4096));
-        assert!(parse_task_stack_kib("8").is_err());
-        assert!(parse_task_stack_kib("66").is_err());
-        assert!(parse_task_stack_kib("8192").is_err());
-        assert!(parse_task_stack_kib("64k").is_err());
-    }
-}
+mod tests;

@@ -3,10 +3,15 @@
 //! paravirtual protocols or tasks; those register their vectors and hooks here at init. It uses
 //! only `boot` and `cell` below it.
 //!
-//! Plain logic (`layout`) builds on the host too and is unit-tested there; everything that
+//! Plain logic (`layout`, `calibration`) builds on the host too and is unit-tested there; everything that
 //! touches hardware is `cfg(kernel)`.
 
+pub mod calibration;
 pub mod layout;
+
+/// How many vCPUs the kernel has room for (per-vCPU arrays, the stack area). Only vCPU 0 is
+/// started today.
+pub const MAX_CPUS: usize = 4;
 
 #[cfg(kernel)]
 pub mod acpi;
@@ -42,6 +47,6 @@ pub mod time;
 pub mod trap;
 
 #[cfg(kernel)]
-pub use platform::{Platform, init, platform};
+pub use platform::{Platform, TaskStacks, init, platform};
 #[cfg(kernel)]
 pub use time::{TIMER_VECTOR, start_tick, tick_period, ticks};

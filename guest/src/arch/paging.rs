@@ -15,7 +15,7 @@ use x86_64::structures::paging::{PageTable, PageTableFlags as F, PhysFrame};
 
 use super::cpu::IrqGuard;
 pub use super::layout::Access;
-use super::layout::{self, ImageLayout, Layout, PAGE};
+use super::layout::{self, IDENTITY_MAP_LIMIT, ImageLayout, Layout, PAGE};
 
 /// Flags of a leaf entry with `access`.
 fn flags(access: Access) -> F {
@@ -128,6 +128,10 @@ impl Tables {
 
     /// Whether `addr` is mapped, and by a page of which size.
     fn lookup(&self, addr: u64) -> Option<u64> {
+        if addr >= IDENTITY_MAP_LIMIT {
+            // Its table indices would wrap around to those of a low address.
+            return None;
+        }
         let mut table_addr = self.root;
         for level in (1..=4).rev() {
             // SAFETY: a table of ours, under the lock; only read.
@@ -144,8 +148,20 @@ impl Tables {
     }
 }
 
+/// The index of `addr`'s entry in its page table of `level` (4: the root). The mask drops the
+/// bits above the 48 that 4-level paging translates: callers pass only addresses below
+/// [`IDENTITY_MAP_LIMIT`], where no two addresses share entries.
 fn index(addr: u64, level: u32) -> usize {
     ((addr >> (12 + 9 * (level - 1))) & 0x1FF) as usize
+}
+
+/// Refuses a range the identity map cannot hold: a kernel bug, since every range the host
+/// names is checked against the reach first (`boot::memmap`, the pnp region, ACPI tables).
+fn check_range(start: u64, end: u64) {
+    assert!(
+        start <= end && end <= IDENTITY_MAP_LIMIT,
+        "mapping [{start:#x}, {end:#x}): beyond the identity map's limit {IDENTITY_MAP_LIMIT:#x} or reversed"
+    );
 }
 
 /// Builds the kernel's page tables as `layout` says (they become active with [`activate`]).
@@ -182,7 +198,12 @@ pub unsafe fn activate() {
 
 /// Identity-maps `[start, end)` (rounded out to pages) with `access`, in the largest pages that
 /// fit. Only for ranges that are not mapped yet (no TLB shootdown is needed for a new mapping).
+///
+/// # Panics
+///
+/// If the range ends beyond [`IDENTITY_MAP_LIMIT`] (or `end < start`).
 pub fn map_range(start: u64, end: u64, access: Access) {
+    check_range(start, end);
     with_tables(|t| t.map(start, end, access));
 }
 
@@ -193,7 +214,12 @@ pub fn page_size(addr: u64) -> Option<u64> {
 
 /// Maps the pages of `[start, end)` that are not mapped yet, with 4 KiB pages (for firmware
 /// tables found in reserved memory).
+///
+/// # Panics
+///
+/// As [`map_range`].
 pub fn ensure_mapped(start: u64, end: u64, access: Access) {
+    check_range(start, end);
     with_tables(|t| {
         let mut page = start & !(PAGE - 1);
         while page < end {

@@ -11,8 +11,7 @@ use x86_64::registers::model_specific::{GsBase, KernelGsBase};
 
 use crate::cell::StaticCell;
 
-/// How many vCPUs the kernel has room for. Only vCPU 0 is started today.
-pub const MAX_CPUS: usize = 4;
+pub use super::MAX_CPUS;
 
 /// The part of the per-vCPU state that the entry path and `index()` read through GS.
 #[repr(C, align(64))]
@@ -131,7 +130,11 @@ pub fn swap_trap_depth(new_depth: u32) -> u32 {
     old
 }
 
-/// One `T` per vCPU; each vCPU reaches its own with [`CpuLocal::get`].
+/// One `T` per vCPU; each vCPU reaches its own with [`CpuLocal::get`], and any vCPU may read
+/// any with [`CpuLocal::of`]. Plain safe Rust: a `CpuLocal` is shared between vCPUs only when
+/// `T` is `Sync` (atomics, or a `StaticCell` whose every use is an `unsafe` block with its own
+/// rule), so handing out another vCPU's value is sound. State that only its own vCPU may touch,
+/// through `&mut`, is a `sync::CpuCell` instead, which has no accessor by index.
 #[derive(Debug)]
 pub struct CpuLocal<T>([T; MAX_CPUS]);
 
@@ -146,7 +149,7 @@ impl<T> CpuLocal<T> {
         &self.0[index()]
     }
 
-    /// The value of vCPU `cpu` (for reports; mutation goes through the owner).
+    /// The value of vCPU `cpu`.
     pub fn of(&self, cpu: usize) -> &T {
         &self.0[cpu]
     }

@@ -20,6 +20,14 @@ pub struct Platform {
     pub memory: Placement,
 }
 
+impl Platform {
+    /// The first address the identity map cannot reach (see `layout::identity_map_reach`):
+    /// a range the host names must end at or below it.
+    pub fn reach(&self) -> u64 {
+        layout::identity_map_reach(self.cpu.phys_addr_bits)
+    }
+}
+
 static PLATFORM: spin::Once<Platform> = spin::Once::new();
 
 /// The machine description (after [`init`]).
@@ -27,27 +35,36 @@ pub fn platform() -> &'static Platform {
     PLATFORM.get().expect("arch::platform() before arch::init()")
 }
 
-/// Brings up the boot vCPU: memory layout, tables, paging, APIC, time. Interrupts stay
-/// disabled. Kernel stacks are laid out for `tasks_per_cpu` tasks of `task_stack_size` bytes on
-/// each of [`percpu::MAX_CPUS`] vCPUs; a layout that does not fit in RAM ends the run with the
-/// sizes.
+/// The stacks each task slot needs, as the task layer says.
+#[derive(Clone, Copy, Debug)]
+pub struct TaskStacks {
+    /// Task slots per vCPU.
+    pub slots: usize,
+    /// Bytes of each slot's kernel stack, and of its CPL 3 stack.
+    pub kernel_size: u64,
+    pub user_size: u64,
+}
+
+/// Brings up the boot vCPU (whose CPU `cpu` describes): memory layout, tables, paging, APIC,
+/// time. Interrupts stay disabled. Stacks are laid out for `tasks` on each of
+/// [`percpu::MAX_CPUS`] vCPUs; a layout that does not fit in RAM ends the run with the sizes.
 ///
 /// # Safety
 ///
 /// Call once, first thing after the console, on the boot vCPU with interrupts disabled and the
 /// boot page tables active.
-pub unsafe fn init(boot: &BootInfo, tasks_per_cpu: usize, task_stack_size: u64) -> &'static Platform {
-    let cpu = cpu::identify();
+pub unsafe fn init(boot: &BootInfo, cpu: cpu::CpuInfo, tasks: TaskStacks) -> &'static Platform {
     let demand = StackDemand {
         cpus: percpu::MAX_CPUS,
         ist_per_cpu: gdt::IST_COUNT,
         ist_size: gdt::IST_SIZE,
-        tasks_per_cpu,
-        task_size: task_stack_size,
+        tasks_per_cpu: tasks.slots,
+        task_size: tasks.kernel_size,
+        user_size: tasks.user_size,
     };
     let mut memory: heapless::Vec<Region, MEMMAP_MAX> = heapless::Vec::new();
     let mut ram: heapless::Vec<(u64, u64), MEMMAP_MAX> = heapless::Vec::new();
-    for entry in boot.memmap.iter() {
+    for entry in boot.memmap.ranges.iter() {
         match entry.kind {
             MemKind::Ram => {
                 let _ = ram.push((entry.start, entry.end));
@@ -86,7 +103,8 @@ pub unsafe fn init(boot: &BootInfo, tasks_per_cpu: usize, task_stack_size: u64) 
     let apic_khz = cpu.apic_khz.unwrap_or(time::DEFAULT_APIC_KHZ);
     let (tsc_khz, tsc_source) = time::init(cpu.tsc_khz, apic_khz);
 
-    let madt = boot.rsdp.and_then(|rsdp| acpi::read_madt(rsdp).ok());
+    let reach = layout::identity_map_reach(cpu.phys_addr_bits);
+    let madt = boot.rsdp.and_then(|rsdp| acpi::read_madt(rsdp, reach).ok());
 
     trap::register(apic::SPURIOUS_VECTOR, |_| {});
     time::init_tick(apic_khz);

@@ -2,6 +2,7 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use super::calibration::CalibrationFailed;
 use super::percpu::{CpuLocal, MAX_CPUS};
 use super::{apic, cpu, trap};
 use crate::cell::{FnPtr, FnSlot};
@@ -17,23 +18,28 @@ pub const DEFAULT_APIC_KHZ: u32 = 1_000_000;
 
 static TSC_KHZ: AtomicU64 = AtomicU64::new(0);
 
+/// The TSC frequency assumed when neither CPUID gives it nor the calibration succeeds (the
+/// boot says so): a common one. Times the kernel measures are then off by the ratio.
+pub const DEFAULT_TSC_KHZ: u64 = 2_000_000;
+
 /// Where the TSC frequency came from (for the boot report).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TscSource {
     Cpuid,
     CalibratedAgainstApicTimer,
+    /// [`DEFAULT_TSC_KHZ`], because the calibration gave up (why).
+    Assumed(CalibrationFailed),
 }
 
 /// Sets the TSC frequency from CPUID, or calibrates it against the APIC timer.
 pub fn init(cpuid_khz: Option<u32>, apic_khz: u32) -> (u64, TscSource) {
     let (khz, source) = match cpuid_khz {
         Some(khz) => (u64::from(khz), TscSource::Cpuid),
-        None => {
-            // 10 ms of timer input.
-            let cycles = apic_khz * 10;
-            let tsc = super::apic::measure_tsc_against_timer(cycles);
-            (tsc / 10, TscSource::CalibratedAgainstApicTimer)
-        }
+        // 10 ms of timer input (a CPUID-given rate is the host's: no overflow).
+        None => match super::apic::measure_tsc_against_timer(apic_khz.saturating_mul(10)) {
+            Ok(tsc) => (tsc / 10, TscSource::CalibratedAgainstApicTimer),
+            Err(why) => (DEFAULT_TSC_KHZ, TscSource::Assumed(why)),
+        },
     };
     TSC_KHZ.store(khz.max(1), Ordering::Relaxed);
     (khz, source)

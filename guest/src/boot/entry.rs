@@ -3,7 +3,7 @@
 //! Both QEMU (`-kernel`) and the host stub start here as the PVH ABI says (see
 //! `pvagent_abi::pvh`): 32-bit protected mode, paging off, flat segments, EBX = physical address
 //! of the start info. This code enters long mode with throw-away page tables that identity-map
-//! the first 1 GiB with 2 MiB pages, and calls `kernel_main(start_info)` on the boot stack.
+//! the first GiB ([`BOOT_MAPPED_LIMIT`]) with 2 MiB pages, and calls `kernel_main(start_info)` on the boot stack.
 //! `arch::paging` replaces these tables with the real ones right away. The tables are data in
 //! the image, written by the assembler and loaded by the host, not built here: on an emulated
 //! guest kernel, a loop filling 512 entries would cost about 3,500 instructions of every boot.
@@ -16,7 +16,12 @@
 
 use core::arch::global_asm;
 
+use super::BOOT_MAPPED_LIMIT;
 use crate::cell::StaticCell;
+
+/// The boot page directory's entries: one 2 MiB page each, covering [`BOOT_MAPPED_LIMIT`].
+const BOOT_PD_ENTRIES: u64 = BOOT_MAPPED_LIMIT >> 21;
+const _: () = assert!(BOOT_PD_ENTRIES <= 512 && BOOT_MAPPED_LIMIT.is_multiple_of(1 << 21), "one page directory");
 
 /// Size of the boot stack; the boot context later becomes vCPU 0's idle task on this stack.
 pub const BOOT_STACK_SIZE: usize = 64 * 1024;
@@ -90,7 +95,7 @@ boot_gdt_ptr:
     .popsection
 
     # The boot page tables: PML4[0] -> PDPT, PDPT[0] -> PD (present | writable, 0x3), and
-    # PD[i] = i * 2 MiB | present | writable | page size (0x83): the first GiB.
+    # PD[i] = i * 2 MiB | present | writable | page size (0x83): up to BOOT_MAPPED_LIMIT.
     .pushsection .data.boot_tables, "aw"
     .balign 4096
 boot_pml4:
@@ -101,10 +106,11 @@ boot_pdpt:
     .fill 511, 8, 0
 boot_pd:
     .set page, 0
-    .rept 512
+    .rept {boot_pd_entries}
     .quad (page << 21) | 0x83
     .set page, page + 1
     .endr
+    .fill 512 - {boot_pd_entries}, 8, 0
     .popsection
 
     # The PVH note: QEMU and the host stub find the 32-bit entry here.
@@ -119,6 +125,7 @@ boot_pd:
     .popsection
 "#,
     stack_size = const BOOT_STACK_SIZE,
+    boot_pd_entries = const BOOT_PD_ENTRIES,
     note_type = const pvagent_abi::pvh::XEN_ELFNOTE_PHYS32_ENTRY,
     options(att_syntax)
 );

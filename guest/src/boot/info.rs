@@ -5,41 +5,26 @@
 
 use pvagent_abi::pvh::{self, HvmMemmapEntry, HvmStartInfo};
 
-/// The boot page tables map the first GiB; the start info and what it points at must be there.
-const BOOT_MAPPED_LIMIT: u64 = 1 << 30;
+pub use super::memmap::{MEMMAP_MAX, MemKind, MemRange, MemoryMap};
+use super::{BOOT_MAPPED_LIMIT, memmap};
+
 /// Entries beyond [`MEMMAP_MAX`] are read only to count the RAM they hold, up to this many (a
 /// host that claims more is not believed).
 const MEMMAP_SCAN_MAX: u64 = 256;
 /// Longest command line kept.
 pub const CMDLINE_MAX: usize = 512;
-/// Most memory map entries kept.
-pub const MEMMAP_MAX: usize = 32;
-
-/// The type of a memory map range.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MemKind {
-    Ram,
-    Reserved,
-    Acpi,
-    Other(u32),
-}
-
-/// One range of the memory map.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MemRange {
-    pub start: u64,
-    pub end: u64,
-    pub kind: MemKind,
-}
+/// Bytes of an ACPI 2.0 RSDP, all of which the ACPI parser reads.
+const RSDP_SIZE: u64 = 36;
 
 /// What the host told the kernel at boot.
 #[derive(Debug)]
 pub struct BootInfo {
     pub cmdline: heapless::String<CMDLINE_MAX>,
-    pub memmap: heapless::Vec<MemRange, MEMMAP_MAX>,
+    /// The memory map, checked (see `memmap`): sorted, disjoint, within the identity map's
+    /// reach; what was dropped or cut is in its `dropped`, reported at boot in one line.
+    pub memmap: MemoryMap,
+    /// The ACPI RSDP, when the host gave one within the identity map's reach.
     pub rsdp: Option<u64>,
-    /// RAM in memory map entries beyond the [`MEMMAP_MAX`] kept: the kernel does not use it.
-    pub ram_ignored: u64,
     /// Problems found in the start info (reported, then worked around).
     pub warnings: heapless::Vec<&'static str, 8>,
 }
@@ -81,9 +66,11 @@ unsafe fn read_phys<T: pvagent_abi::Plain>(addr: u64) -> T {
 
 static BOOT: spin::Once<BootInfo> = spin::Once::new();
 
-/// Parses the start info at `addr` once and keeps the result for [`get`].
-pub fn init(addr: u64) -> Result<&'static BootInfo, BootInfoError> {
-    let info = parse(addr)?;
+/// Parses the start info at `addr` once and keeps the result for [`get`]. Every address in it
+/// must end at or below `reach`, the identity map's reach (a power of two: what the CPU's
+/// physical addresses and the kernel's page tables can both address).
+pub fn init(addr: u64, reach: u64) -> Result<&'static BootInfo, BootInfoError> {
+    let info = parse(addr, reach)?;
     Ok(BOOT.call_once(|| info))
 }
 
@@ -92,8 +79,9 @@ pub fn get() -> &'static BootInfo {
     BOOT.get().expect("boot::info::get() before boot::info::init()")
 }
 
-/// Copies the start info at `addr`, checking everything it points at.
-pub fn parse(addr: u64) -> Result<BootInfo, BootInfoError> {
+/// Copies the start info at `addr`, checking everything it points at against the boot mapping
+/// and every range it describes against `reach`.
+pub fn parse(addr: u64, reach: u64) -> Result<BootInfo, BootInfoError> {
     let size = core::mem::size_of::<HvmStartInfo>() as u64;
     if !in_boot_mapping(addr, size) {
         return Err(BootInfoError::NotMapped(addr));
@@ -103,22 +91,25 @@ pub fn parse(addr: u64) -> Result<BootInfo, BootInfoError> {
     if start.magic != pvh::START_INFO_MAGIC {
         return Err(BootInfoError::BadMagic(start.magic));
     }
+    let rsdp_in_reach = start.rsdp_paddr.checked_add(RSDP_SIZE).is_some_and(|end| end <= reach);
     let mut info = BootInfo {
         cmdline: heapless::String::new(),
-        memmap: heapless::Vec::new(),
-        rsdp: (start.rsdp_paddr != 0).then_some(start.rsdp_paddr),
-        ram_ignored: 0,
+        memmap: MemoryMap { ranges: heapless::Vec::new(), limit: reach, dropped: memmap::Dropped::default() },
+        rsdp: (start.rsdp_paddr != 0 && rsdp_in_reach).then_some(start.rsdp_paddr),
         warnings: heapless::Vec::new(),
     };
+    if start.rsdp_paddr != 0 && !rsdp_in_reach {
+        let _ = info.warnings.push("the ACPI RSDP lies beyond the identity map's reach; ACPI not used");
+    }
 
     if start.cmdline_paddr != 0 {
         for i in 0..CMDLINE_MAX as u64 {
-            if !in_boot_mapping(start.cmdline_paddr + i, 1) {
+            if !in_boot_mapping(start.cmdline_paddr.saturating_add(i), 1) {
                 let _ = info.warnings.push("command line runs outside the boot mapping; truncated");
                 break;
             }
             // SAFETY: checked against the boot mapping just above.
-            let byte: u8 = unsafe { read_phys(start.cmdline_paddr + i) };
+            let byte: u8 = unsafe { read_phys(start.cmdline_paddr.saturating_add(i)) };
             if byte == 0 {
                 break;
             }
@@ -130,40 +121,30 @@ pub fn parse(addr: u64) -> Result<BootInfo, BootInfoError> {
         }
     }
 
+    let mut map = memmap::Builder::new(reach);
     if start.version >= pvh::START_INFO_VERSION_MEMMAP {
         let entry_size = core::mem::size_of::<HvmMemmapEntry>() as u64;
         let count = u64::from(start.memmap_entries);
-        if count > MEMMAP_MAX as u64 {
-            let _ = info.warnings.push("memory map has more than 32 entries; the rest is ignored");
-        }
         for i in 0..count.min(MEMMAP_SCAN_MAX) {
-            let at = start.memmap_paddr + i * entry_size;
+            let at = start.memmap_paddr.saturating_add(i * entry_size);
             if !in_boot_mapping(at, entry_size) {
                 let _ = info.warnings.push("memory map runs outside the boot mapping; truncated");
                 break;
             }
             // SAFETY: checked against the boot mapping just above.
             let e: HvmMemmapEntry = unsafe { read_phys(at) };
-            let Some(end) = e.addr.checked_add(e.size) else {
-                let _ = info.warnings.push("memory map entry wraps around; ignored");
-                continue;
-            };
-            let kind = match e.type_ {
-                pvh::MEMMAP_TYPE_RAM => MemKind::Ram,
-                pvh::MEMMAP_TYPE_RESERVED => MemKind::Reserved,
-                pvh::MEMMAP_TYPE_ACPI => MemKind::Acpi,
-                other => MemKind::Other(other),
-            };
-            if info.memmap.push(MemRange { start: e.addr, end, kind }).is_err() && kind == MemKind::Ram {
-                info.ram_ignored += e.size;
-            }
+            map.add(e.addr, e.size, MemKind::from_pvh(e.type_));
+        }
+        if count > MEMMAP_SCAN_MAX {
+            let _ = info.warnings.push("memory map has more than 256 entries; the rest is not read");
         }
     } else {
         let _ = info.warnings.push("start info has no memory map (version 0)");
     }
-    if !info.memmap.iter().any(|r| r.kind == MemKind::Ram) {
-        let _ = info.warnings.push("no RAM in the memory map; assuming 32 MiB");
-        let _ = info.memmap.push(MemRange { start: 0, end: 32 << 20, kind: MemKind::Ram });
+    if !map.has_ram() {
+        let _ = info.warnings.push("no usable RAM in the memory map; assuming 32 MiB");
+        map.add(0, 32 << 20, MemKind::Ram);
     }
+    info.memmap = map.finish();
     Ok(info)
 }

@@ -9,6 +9,7 @@ use crate::boot::cmdline::Cmdline;
 use crate::boot::info::MemKind;
 use crate::pv::halt;
 use crate::sync::IrqGuard;
+use crate::task;
 use crate::{ensure, ensure_eq};
 
 pub const TESTS: &[SelfTest] = &[
@@ -78,16 +79,19 @@ fn stack_guard_pages_are_unmapped() -> TestResult {
     let boot_guard = paging::image_layout().boot_stack_guard;
     let boot_top = boot_guard + layout::PAGE + crate::boot::entry::BOOT_STACK_SIZE as u64;
     check_stack("the boot stack", Stack { guard: boot_guard, top: boot_top }, true)?;
-    for i in 0..area.demand.ist_per_cpu {
+    for i in 0..area.demand().ist_per_cpu {
         check_stack("an IST stack", area.ist(cpu, i), true)?;
     }
     let mut used = 0;
-    for slot in 0..area.demand.tasks_per_cpu {
-        let mapped = stacks::task_stack_mapped(cpu, slot);
-        used += usize::from(mapped);
+    for slot in 0..area.demand().tasks_per_cpu {
+        let mapped = task::stacks_mapped(slot as u16);
+        used += usize::from(mapped.kernel);
         let stack = area.task(cpu, slot);
-        check_stack("a task stack", stack, mapped)?;
-        ensure_eq!(stack.top - stack.bottom(), area.demand.task_size, "the size of task stack {slot}");
+        check_stack("a task stack", stack, mapped.kernel)?;
+        ensure_eq!(stack.top - stack.bottom(), area.demand().task_size, "the size of task stack {slot}");
+        let user = area.user(cpu, slot);
+        check_stack("a user stack", user, mapped.user)?;
+        ensure_eq!(user.top - user.bottom(), area.demand().user_size, "the size of user stack {slot}");
     }
     ensure!(used >= 1, "not even this test's own task stack is mapped");
     Ok(())
@@ -98,8 +102,8 @@ fn stack_guard_pages_are_unmapped() -> TestResult {
 /// image is mapped with large pages.
 fn ram_is_mapped_with_large_pages() -> TestResult {
     let memory = &arch::platform().memory;
-    let held_back = |page: u64| page == 0 || (memory.stacks.start..memory.stacks.end()).contains(&page);
-    let ram = || crate::boot::info::get().memmap.iter().filter(|r| r.kind == MemKind::Ram);
+    let held_back = |page: u64| page == 0 || (memory.stacks.start()..memory.stacks.end()).contains(&page);
+    let ram = || crate::boot::info::get().memmap.ranges.iter().filter(|r| r.kind == MemKind::Ram);
     let mut checked = 0;
     for r in ram() {
         let (first, last) =

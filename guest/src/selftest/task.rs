@@ -18,6 +18,7 @@ pub const TESTS: &[SelfTest] = &[
     SelfTest::new("task::yielding_tasks_interleave", yielding_tasks_interleave),
     SelfTest::new("task::sleep_waits_for_ticks", sleep_waits_for_ticks),
     SelfTest::new("task::every_slot_runs_on_its_whole_stack", every_slot_runs_on_its_whole_stack),
+    SelfTest::new("task::user_stack_overflow_ends_only_that_task", user_stack_overflow_ends_only_that_task),
     SelfTest::on_request("task::stack_overflow_hits_the_guard_page", stack_overflow_hits_the_guard_page),
 ];
 
@@ -211,6 +212,45 @@ fn every_slot_runs_on_its_whole_stack() -> TestResult {
         ensure_eq!(marker, 0x5ac, "the word at the bottom of slot {}'s stack", id.slot);
         ensure!(fault::probe_read_u64(stack.guard).is_err(), "the guard page of slot {} is mapped", id.slot);
     }
+    Ok(())
+}
+
+/// Pushes until its CPL 3 stack runs into the guard page below it.
+#[unsafe(link_section = ".user_text")]
+extern "sysv64" fn user_overflow(_: u64) -> ! {
+    // SAFETY: writes only below this task's own stack pointer, on its own stack, until the
+    // write to the guard page faults and the kernel ends the task: it never returns.
+    unsafe { core::arch::asm!("2:", "push rax", "jmp 2b", options(noreturn)) }
+}
+
+/// Keeps `marker` on the top of its CPL 3 stack across a yield, then exits with what is there.
+#[unsafe(link_section = ".user_text")]
+extern "sysv64" fn user_keep_marker(marker: u64) -> ! {
+    let mut kept = marker;
+    // In memory, at the top of this task's stack: what an overflowing neighbour would hit first.
+    core::hint::black_box(&mut kept);
+    user::yield_now();
+    user::exit(core::hint::black_box(kept))
+}
+
+/// A CPL 3 task that overflows its stack faults on the guard page below it and ends; the task
+/// whose stack lies right below that guard page keeps what it had there and ends normally.
+fn user_stack_overflow_ends_only_that_task() -> TestResult {
+    const MARKER: u64 = 0x5afe_57ac;
+    let neighbour = spawned(task::spawn_user("user-neighbour", user_keep_marker, MARKER))?;
+    let overflow = spawned(task::spawn_user("user-overflow", user_overflow, 0))?;
+    // Slots are handed out lowest first: the neighbour's user stack is the one right below the
+    // overflowing task's guard page, the first thing it would overwrite without that page.
+    ensure_eq!(overflow.slot, neighbour.slot + 1, "the two tasks' slots (the test needs neighbours)");
+    let guard = task::stack::user_stack(percpu::index(), overflow.slot).guard;
+    match join(overflow)? {
+        ExitStatus::Faulted(FaultInfo { vector: 14, address, error_code, .. }) => {
+            ensure!((guard..guard + 4096).contains(&address), "CR2 {address:#x} is not on the guard page {guard:#x}");
+            ensure_eq!(error_code, pf::WRITE | pf::USER, "error code (not present, write, user)");
+        }
+        other => return Err(super::fail(format_args!("the overflowing task ended with {other:?}"))),
+    }
+    ensure_eq!(join(neighbour)?, ExitStatus::Returned(MARKER), "the neighbour's exit (its marker)");
     Ok(())
 }
 

@@ -17,7 +17,7 @@ use crate::arch::gdt;
 use crate::arch::percpu::{self, CpuLocal, MAX_CPUS};
 use crate::arch::trap::TrapFrame;
 use crate::cell::{FnPtr, FnSlot, StaticCell};
-use crate::sync::{IrqCell, IrqGuard};
+use crate::sync::{CpuCell, IrqGuard};
 
 /// A kernel task's body: gets the spawn argument, returns its exit value.
 pub type KernelEntry = fn(u64) -> u64;
@@ -80,10 +80,18 @@ type Contexts = StaticCell<[Context; MAX_TASKS]>;
 struct CpuSched {
     table: TaskTable,
     fault_hooks: [Option<FaultHook>; MAX_TASKS],
+    /// Which of each slot's stacks are mapped (mappings stay: a slot maps them once).
+    stacks: [stack::Mapped; MAX_TASKS],
 }
 
-static SCHED: CpuLocal<IrqCell<CpuSched>> = CpuLocal::new(
-    [const { IrqCell::new(CpuSched { table: TaskTable::new(), fault_hooks: [None; MAX_TASKS] }) }; MAX_CPUS],
+static SCHED: CpuCell<CpuSched> = CpuCell::new(
+    [const {
+        CpuSched {
+            table: TaskTable::new(),
+            fault_hooks: [None; MAX_TASKS],
+            stacks: [stack::Mapped { kernel: false, user: false }; MAX_TASKS],
+        }
+    }; MAX_CPUS],
 );
 static CONTEXTS: CpuLocal<Contexts> =
     CpuLocal::new([const { StaticCell::new([Context { rsp: 0, trap_depth: 0, stack_top: 0 }; MAX_TASKS]) }; MAX_CPUS]);
@@ -97,7 +105,7 @@ fn context(slot: u16) -> *mut Context {
 }
 
 fn with_sched<R>(f: impl FnOnce(&mut CpuSched) -> R) -> R {
-    SCHED.get().with(f)
+    SCHED.with(f)
 }
 
 /// Makes the running (boot) context this vCPU's idle task and starts the tick.
@@ -118,7 +126,7 @@ pub fn spawn_kernel(name: &'static str, entry: KernelEntry, arg: u64) -> Result<
     with_sched(|s| {
         let id = s.table.spawn(name, Kind::Kernel)?;
         s.fault_hooks[usize::from(id.slot)] = None;
-        let top = stack::kernel_stack(cpu, id.slot).top;
+        let top = stack::map_kernel_stack(cpu, id.slot, &mut s.stacks[usize::from(id.slot)]).top;
         // SAFETY: the slot was free, so its stack is unused; stack tops are page aligned.
         let rsp = unsafe { switch::prepare_kernel_stack(top, entry as usize as u64, arg) };
         set_context(id.slot, Context { rsp, trap_depth: 0, stack_top: top });
@@ -137,9 +145,10 @@ pub fn spawn_user(name: &'static str, entry: UserEntry, arg: u64) -> Result<Task
     );
     with_sched(|s| {
         let id = s.table.spawn(name, Kind::User)?;
-        s.fault_hooks[usize::from(id.slot)] = None;
-        let top = stack::kernel_stack(cpu, id.slot).top;
-        let user_top = stack::user_stack_top(cpu, id.slot);
+        let slot = usize::from(id.slot);
+        s.fault_hooks[slot] = None;
+        let top = stack::map_kernel_stack(cpu, id.slot, &mut s.stacks[slot]).top;
+        let user_top = stack::map_user_stack(cpu, id.slot, &mut s.stacks[slot]).top;
         // SAFETY: the slot was free, so both stacks are unused; `entry` is in user text.
         let rsp = unsafe { switch::prepare_user_stack(top, entry, user_top, arg) };
         set_context(id.slot, Context { rsp, trap_depth: 0, stack_top: top });
@@ -166,7 +175,6 @@ pub fn set_fault_hook(id: TaskId, hook: Option<FaultHook>) {
 /// caller has already yielded, blocked or exited the current task (or is the idle task).
 pub fn schedule() {
     assert!(!interrupts::are_enabled(), "schedule() with interrupts enabled");
-    let cpu = percpu::index();
     let Some((from, to, from_id, to_id)) = with_sched(|s| {
         let from_id = s.table.current();
         s.table.pick_next().map(|(from, to)| (from, to, from_id, s.table.current()))
@@ -178,10 +186,11 @@ pub fn schedule() {
     let to_ctx = context(to);
     // SAFETY: interrupts are off; `from` is the running context (its RSP is written by the
     // switch) and `to` was prepared by spawn or saved by an earlier switch. Nothing else
-    // accesses either context meanwhile.
+    // accesses either context meanwhile. A non-zero `stack_top` is the top of `to`'s own
+    // kernel stack, mapped at spawn and used by nothing else while `to` exists.
     unsafe {
         if (*to_ctx).stack_top != 0 {
-            gdt::set_kernel_stack(cpu, (*to_ctx).stack_top);
+            gdt::set_kernel_stack((*to_ctx).stack_top);
         }
         (*from_ctx).trap_depth = percpu::swap_trap_depth((*to_ctx).trap_depth);
         switch::switch_context(core::ptr::addr_of_mut!((*from_ctx).rsp), (*to_ctx).rsp);
@@ -300,6 +309,11 @@ pub fn has_other_runnable() -> bool {
 /// How many tasks exist on this vCPU (idle included), for leak checks.
 pub fn live_count() -> usize {
     with_sched(|s| s.table.live_tasks().count())
+}
+
+/// Which of task slot `slot`'s stacks on this vCPU were ever used (and so are mapped).
+pub fn stacks_mapped(slot: u16) -> stack::Mapped {
+    with_sched(|s| s.stacks[usize::from(slot)])
 }
 
 /// Scheduler counters of this vCPU.

@@ -16,11 +16,11 @@ use super::policy::{self, AcKind, AcState, Enumeration, KernelAction, Mode, Rate
 
 use crate::arch::cpu;
 use crate::arch::fault::Fault;
-use crate::arch::percpu::{CpuLocal, MAX_CPUS};
+use crate::arch::percpu::MAX_CPUS;
 use crate::arch::time::HZ;
 use crate::arch::trap::{self, TrapFrame};
 use crate::boot::cmdline::Cmdline;
-use crate::sync::IrqCell;
+use crate::sync::CpuCell;
 use crate::task::table::{ExitStatus, MAX_TASKS, TaskId};
 use crate::task::{self, FaultAction};
 use crate::{kprintln, kreport};
@@ -120,20 +120,20 @@ impl CpuAc {
     }
 }
 
-static CPU: CpuLocal<IrqCell<CpuAc>> = CpuLocal::new(
+static CPU: CpuCell<CpuAc> = CpuCell::new(
     [const {
-        IrqCell::new(CpuAc {
+        CpuAc {
             detection_on: false,
             sld_disabled_until_switch: false,
             tasks: [TaskAc { id: None, budget: RateLimit::new() }; MAX_TASKS],
             kernel_sites: SiteSet::new(),
             messages: RateLimit::new(),
-        })
+        }
     }; MAX_CPUS],
 );
 
 fn with_cpu<R>(f: impl FnOnce(&mut CpuAc) -> R) -> R {
-    CPU.get().with(f)
+    CPU.with(f)
 }
 
 /// Event counts since boot, for the self-tests and reports.
@@ -300,7 +300,7 @@ fn on_switch(_from: TaskId, _to: TaskId) {
 /// (no split lock in it), so such an #AC is counted and ignored; and reports from here never
 /// wait for the console.
 fn on_alignment_check(frame: &mut TrapFrame) {
-    let Some(detection_on) = CPU.get().try_with(|c| c.detection_on) else {
+    let Some(detection_on) = CPU.try_with(|c| c.detection_on) else {
         COUNTERS.reentered.fetch_add(1, Ordering::Relaxed);
         return;
     };

@@ -11,33 +11,20 @@ use pvagent_abi::pnp::{
 
 use super::ring::{Drain, RingConsumer, RingMemory};
 use super::tokens::{EventOutcome, ResolutionOutcome, TokenStats, TokenTable, Waiter};
-use super::{DEFAULT_RING_ENTRIES, EVENT_VECTOR, RESOLUTION_VECTOR};
+use super::{DEFAULT_RING_ENTRIES, EVENT_VECTOR, RESOLUTION_VECTOR, Region};
 use crate::arch::fault::{self, Fault};
 use crate::arch::hypercall::{self, HypercallError};
 use crate::arch::paging::{self, Access};
-use crate::arch::percpu::{self, CpuLocal, MAX_CPUS};
+use crate::arch::percpu::{self, MAX_CPUS};
 use crate::arch::trap::{self, TrapFrame};
 use crate::arch::{apic, cpu};
 use crate::boot::cmdline::Cmdline;
+use crate::boot::info::MemKind;
 use crate::cell::StaticCell;
 use crate::kprintln;
 use crate::pv::halt;
-use crate::sync::{IrqCell, IrqGuard};
+use crate::sync::{CpuCell, IrqGuard};
 use crate::task::{self, table::ExitStatus, table::Wait};
-
-/// The host's demand-paged region.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Region {
-    pub base: u64,
-    pub pages: u64,
-}
-
-impl Region {
-    /// GPA of page `index`.
-    pub fn page(&self, index: u64) -> u64 {
-        self.base + index * pvagent_abi::PAGE_SIZE
-    }
-}
 
 /// The two pages a vCPU shares with the host: the ring (page-aligned) and the event area.
 #[repr(C, align(4096))]
@@ -144,8 +131,8 @@ struct PnpCpu {
     stats: Stats,
 }
 
-static STATE: CpuLocal<IrqCell<PnpCpu>> = CpuLocal::new(
-    [const { IrqCell::new(PnpCpu { entries: 0, table: TokenTable::new(), ring: RingConsumer::new(0), stats: Stats::new() }) };
+static STATE: CpuCell<PnpCpu> = CpuCell::new(
+    [const { PnpCpu { entries: 0, table: TokenTable::new(), ring: RingConsumer::new(0), stats: Stats::new() } };
         MAX_CPUS],
 );
 
@@ -183,18 +170,29 @@ pub fn host_mode() -> HostMode {
 /// Reads what the host offers, maps the region, installs the handlers and registers the
 /// protocol on this vCPU. `pnp=off` leaves it unregistered; `pnp-ring=N` sets the ring size.
 pub fn init(cmdline: &Cmdline<'_>) {
-    let offered = crate::arch::platform().hypervisor.host_features().has(Features::PAGE_NOT_PRESENT);
-    let info = offered.then(|| {
-        let leaf = cpu::cpuid(abi::LEAF_PNP, 0);
+    let platform = crate::arch::platform();
+    let offered = platform.hypervisor.host_features().has(Features::PAGE_NOT_PRESENT);
+    let info = offered.then(|| cpu::cpuid(abi::LEAF_PNP, 0)).and_then(|leaf| {
         MODE.store(leaf.edx, Ordering::Relaxed);
-        (Region { base: u64::from(leaf.eax) << 21, pages: u64::from(leaf.ebx) }, leaf.ecx)
+        // What the kernel maps itself: RAM and ACPI data (the memory map lists the region
+        // itself as reserved), and the local APIC's page.
+        let mapped =
+            crate::boot::info::get().memmap.ranges.iter().filter(|r| matches!(r.kind, MemKind::Ram | MemKind::Acpi));
+        let apic = (apic::XAPIC_BASE, apic::XAPIC_BASE + pvagent_abi::PAGE_SIZE);
+        match Region::from_leaf(leaf.eax, leaf.ebx, platform.reach(), mapped.map(|r| (r.start, r.end)).chain([apic])) {
+            Ok(region) => Some((region, leaf.ecx)),
+            Err(why) => {
+                kprintln!("pnp: the host's region is not used: {why:x?}");
+                None
+            }
+        }
     });
     REGION.call_once(|| info);
     let Some((region, max_entries)) = info else { return };
     if region.pages == 0 {
         return;
     }
-    paging::map_range(region.base, region.page(region.pages), Access::UserData);
+    paging::map_range(region.base, region.end(), Access::UserData);
     trap::register(EVENT_VECTOR, on_event);
     trap::register(RESOLUTION_VECTOR, on_resolution);
     if cmdline.get("pnp") == Some("off") {
@@ -239,7 +237,7 @@ pub fn register(entries: u32) -> Result<(), RegisterError> {
         return Err(RegisterError::BadSize(entries));
     }
     let _irq = IrqGuard::new();
-    let busy = STATE.get().with(|s| s.entries != 0 && (s.table.waiting() > 0 || s.table.early() > 0));
+    let busy = STATE.with(|s| s.entries != 0 && (s.table.waiting() > 0 || s.table.early() > 0));
     if busy {
         return Err(RegisterError::Busy);
     }
@@ -256,7 +254,7 @@ pub fn register(entries: u32) -> Result<(), RegisterError> {
         let _ = write_msr(abi::MSR_RING, 0);
         return Err(e);
     }
-    STATE.get().with(|s| {
+    STATE.with(|s| {
         s.entries = entries;
         s.table.reset(entries);
         s.ring = RingConsumer::new(entries);
@@ -268,12 +266,12 @@ pub fn register(entries: u32) -> Result<(), RegisterError> {
 /// interrupts off, as [`register`]; the guest's state changes only once the host agreed.
 pub fn unregister() -> Result<(), RegisterError> {
     let _irq = IrqGuard::new();
-    if STATE.get().with(|s| s.entries) == 0 {
+    if STATE.with(|s| s.entries) == 0 {
         return Ok(());
     }
     write_msr(abi::MSR_DATA, 0)?;
     write_msr(abi::MSR_RING, 0)?;
-    STATE.get().with(|s| {
+    STATE.with(|s| {
         // Keep the counters of the ring being replaced.
         s.stats.consumed += s.ring.consumed;
         s.stats.ring_corrupt += s.ring.corrupt;
@@ -285,12 +283,12 @@ pub fn unregister() -> Result<(), RegisterError> {
 
 /// The ring size registered on this vCPU (0: not registered).
 pub fn registered_entries() -> u32 {
-    STATE.get().with(|s| s.entries)
+    STATE.with(|s| s.entries)
 }
 
 /// This vCPU's counters.
 pub fn stats() -> Stats {
-    STATE.get().with(|s| {
+    STATE.with(|s| {
         let mut stats = s.stats;
         stats.tokens = s.table.stats;
         stats.consumed += s.ring.consumed;
@@ -310,17 +308,17 @@ pub fn corrupt_ring_tail(tail: u32) {
 
 /// Tokens with a waiter, and resolutions kept for events not yet seen.
 pub fn pending() -> (usize, usize) {
-    STATE.get().with(|s| (s.table.waiting(), s.table.early()))
+    STATE.with(|s| (s.table.waiting(), s.table.early()))
 }
 
 fn on_event(frame: &mut TrapFrame) {
     let entered = cpu::rdtsc();
     apic::eoi();
     let cpu = percpu::index();
-    let entries = STATE.get().with(|s| s.entries);
+    let entries = STATE.with(|s| s.entries);
     let view = SharedView::of(cpu, entries);
     if view.inuse().load(Ordering::Acquire) != 1 {
-        STATE.get().with(|s| s.stats.spurious += 1);
+        STATE.with(|s| s.stats.spurious += 1);
         return;
     }
     let data = view.read_data();
@@ -332,11 +330,11 @@ fn on_event(frame: &mut TrapFrame) {
 
     let can_sleep = frame.interrupts_were_enabled() && task::may_sleep_in_trap() && task::has_other_runnable();
     let waiter = if can_sleep { Waiter::Task(task::current()) } else { Waiter::Halt };
-    let outcome = STATE.get().with(|s| {
+    let outcome = STATE.with(|s| {
         s.stats.events += 1;
         s.table.on_event(token, data.gpa, waiter)
     });
-    let account = |since: u64| STATE.get().with(|s| s.stats.handler_cycles += cpu::rdtsc().wrapping_sub(since));
+    let account = |since: u64| STATE.with(|s| s.stats.handler_cycles += cpu::rdtsc().wrapping_sub(since));
     let (result, resumed) = match outcome {
         EventOutcome::AlreadyResolved { result } => (result, entered),
         EventOutcome::Rejected(why) => {
@@ -345,15 +343,15 @@ fn on_event(frame: &mut TrapFrame) {
             return;
         }
         EventOutcome::Park if can_sleep => {
-            STATE.get().with(|s| s.stats.slept += 1);
+            STATE.with(|s| s.stats.slept += 1);
             account(entered);
             let result = task::block_current(Wait::Key { owner: super::WAIT_OWNER, key: u64::from(token.0) }) as u32;
             (result, cpu::rdtsc())
         }
         EventOutcome::Park => {
-            STATE.get().with(|s| s.stats.halted += 1);
+            STATE.with(|s| s.stats.halted += 1);
             account(entered);
-            let result = halt::wait_until(|| STATE.get().with(|s| s.table.take_halt_result(token))).0;
+            let result = halt::wait_until(|| STATE.with(|s| s.table.take_halt_result(token))).0;
             (result, cpu::rdtsc())
         }
     };
@@ -380,7 +378,7 @@ fn on_resolution(_frame: &mut TrapFrame) {
     apic::eoi();
     let cpu = percpu::index();
     let mut wakes: heapless::Vec<(task::table::TaskId, u32), { abi::MAX_RING_ENTRIES as usize }> = heapless::Vec::new();
-    let drained = STATE.get().with(|s| {
+    let drained = STATE.with(|s| {
         s.stats.resolution_irqs += 1;
         // The view's layout comes from the consumer itself, so the two cannot disagree.
         let view = SharedView::of(cpu, s.ring.entries());
@@ -397,10 +395,10 @@ fn on_resolution(_frame: &mut TrapFrame) {
     }
     for (id, result) in wakes {
         if task::wake(id, u64::from(result)) != task::table::WakeOutcome::Woken {
-            STATE.get().with(|s| s.stats.stale_wakes += 1);
+            STATE.with(|s| s.stats.stale_wakes += 1);
         }
     }
-    STATE.get().with(|s| s.stats.handler_cycles += cpu::rdtsc().wrapping_sub(entered));
+    STATE.with(|s| s.stats.handler_cycles += cpu::rdtsc().wrapping_sub(entered));
 }
 
 fn host_call(nr: Nr, args: [u64; 4]) -> Result<[u64; 2], HypercallError> {
