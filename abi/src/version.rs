@@ -66,7 +66,7 @@ impl fmt::Display for AbiVersion {
 }
 
 /// The version this crate defines.
-pub const ABI_VERSION: AbiVersion = AbiVersion::new(1, 0);
+pub const ABI_VERSION: AbiVersion = AbiVersion::new(1, 1);
 
 /// The guest's version, told to the host: WRMSR with bits 31:0 an [`AbiVersion`] in its wire
 /// form and bits 63:32 0 (otherwise #GP). RDMSR returns the version announced, 0 before.
