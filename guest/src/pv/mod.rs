@@ -5,9 +5,13 @@
 pub mod ac;
 #[cfg(kernel)]
 pub mod halt;
+pub mod kvm_apf;
 pub mod pnp;
+pub mod tokens;
 #[cfg(kernel)]
 pub mod trace;
+#[cfg(kernel)]
+pub mod wait;
 
 /// Brings up every protocol the host offers (each decides from CPUID and the command line),
 /// after telling the host stub this guest's ABI version.
@@ -16,6 +20,7 @@ pub fn init(cmdline: &crate::boot::cmdline::Cmdline<'_>) {
     announce_abi_version();
     ac::init(cmdline);
     pnp::init(cmdline);
+    kvm_apf::init(cmdline);
     trace::init();
 }
 

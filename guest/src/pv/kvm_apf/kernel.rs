@@ -1,0 +1,330 @@
+//! The kernel glue of KVM's async page fault ABI: the per-vCPU area, enabling, the #PF and
+//! "page ready" handlers.
+
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use pvagent_abi::kvm_apf::{self as abi, ApfData};
+use pvagent_abi::pnp::RESULT_RETRY;
+use x86_64::registers::control::Cr2;
+use x86_64::registers::model_specific::Msr;
+
+use super::{PAGE_READY_VECTOR, PageFault, PageReady, TABLE_ENTRIES, classify, offered, page_ready};
+use crate::arch::fault::{self, Fault};
+use crate::arch::percpu::{self, MAX_CPUS};
+use crate::arch::trap::{self, TrapFrame};
+use crate::arch::{apic, cpu};
+use crate::boot::cmdline::Cmdline;
+use crate::cell::StaticCell;
+use crate::kprintln;
+use crate::pv::tokens::{EventOutcome, Keying, TokenStats, TokenTable, Waiter, WakeOutcome};
+use crate::pv::wait::{self, TokenWaits, Waited};
+use crate::sync::{CpuCell, IrqGuard};
+use crate::task::table::TaskId;
+
+/// The #PF vector.
+const PAGE_FAULT: u8 = 14;
+
+/// Each vCPU's area, shared with the host: only ever accessed through raw pointers with
+/// atomic or volatile operations ([`Area`]); no Rust reference to it is formed.
+static AREAS: StaticCell<[ApfData; MAX_CPUS]> = StaticCell::new([ApfData::ZERO; MAX_CPUS]);
+
+/// Raw access to one vCPU's area.
+#[derive(Clone, Copy, Debug)]
+struct Area(*mut ApfData);
+
+impl Area {
+    fn of(cpu: usize) -> Self {
+        // Only the address is computed; the area is accessed through the methods below.
+        Area(AREAS.get().cast::<ApfData>().wrapping_add(cpu))
+    }
+
+    fn this_cpu() -> Self {
+        Self::of(percpu::index())
+    }
+
+    fn u32_at(self, offset: u64) -> &'static AtomicU32 {
+        // SAFETY: `offset` is a 4-byte aligned field of the static, 64-byte aligned area (the ABI
+        // layout, asserted in `pvagent_abi::kvm_apf`); AtomicU32 is the sanctioned way to access
+        // memory another agent changes concurrently.
+        unsafe { AtomicU32::from_ptr(self.0.cast::<u8>().add(offset as usize).cast::<u32>()) }
+    }
+
+    fn flags(self) -> &'static AtomicU32 {
+        self.u32_at(abi::FLAGS_OFFSET)
+    }
+
+    fn token(self) -> &'static AtomicU32 {
+        self.u32_at(abi::TOKEN_OFFSET)
+    }
+
+    fn clear(self) {
+        // SAFETY: zeroing this vCPU's own area while async page faults are off for it: the host
+        // does not write it until it is registered.
+        unsafe { core::ptr::write_volatile(self.0, ApfData::ZERO) }
+    }
+
+    fn gpa(self) -> u64 {
+        // Identity mapped: the address is the guest-physical address.
+        self.0 as u64
+    }
+}
+
+/// What this vCPU saw of the ABI.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// "Page not present" #PFs taken.
+    pub events: u64,
+    /// #PFs that were the guest's own (`flags` 0), passed on.
+    pub real_faults: u64,
+    /// Tasks parked in the scheduler.
+    pub slept: u64,
+    /// Waits in the HLT loop.
+    pub halted: u64,
+    /// "Page ready" interrupts taken (a wake-all and a spurious one included).
+    pub page_ready: u64,
+    /// Wake-alls among them.
+    pub wake_alls: u64,
+    /// "Page ready" interrupts with no token.
+    pub spurious: u64,
+    /// Woken tasks that were no longer waiting.
+    pub stale_wakes: u64,
+    /// TSC cycles spent in the two handlers, excluding the time a task is parked or halted.
+    pub handler_cycles: u64,
+    /// The token table's counters.
+    pub tokens: TokenStats,
+}
+
+impl Stats {
+    const fn new() -> Self {
+        Self {
+            events: 0,
+            real_faults: 0,
+            slept: 0,
+            halted: 0,
+            page_ready: 0,
+            wake_alls: 0,
+            spurious: 0,
+            stale_wakes: 0,
+            handler_cycles: 0,
+            tokens: TokenStats::new(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ApfCpu {
+    /// [`MSR_ASYNC_PF_EN`](abi::MSR_ASYNC_PF_EN) as this vCPU last wrote it (0: off).
+    en_msr: u64,
+    table: TokenTable<TABLE_ENTRIES>,
+    stats: Stats,
+}
+
+static STATE: CpuCell<ApfCpu> =
+    CpuCell::new([const { ApfCpu { en_msr: 0, table: TokenTable::new(), stats: Stats::new() } }; MAX_CPUS]);
+
+impl TokenWaits for ApfCpu {
+    const WAIT_OWNER: &'static str = super::WAIT_OWNER;
+
+    fn on_event(&mut self, token: u32, gpa: u64, waiter: Waiter) -> EventOutcome {
+        self.stats.events += 1;
+        self.table.on_event(token, gpa, waiter)
+    }
+
+    fn take_halt_result(&mut self, token: u32) -> Option<(u32, u64)> {
+        self.table.take_halt_result(token)
+    }
+
+    fn count_wait(&mut self, slept: bool, cycles: u64) {
+        if slept {
+            self.stats.slept += 1;
+        } else {
+            self.stats.halted += 1;
+        }
+        self.stats.handler_cycles += cycles;
+    }
+}
+
+/// Why enabling failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnableError {
+    /// KVM's leaves do not offer the ABI with "page ready" as an interrupt.
+    NotOffered,
+    /// The host refused an MSR write (#GP).
+    Refused { msr: u32, fault: Fault },
+}
+
+/// KVM's features leaf, when the host shows KVM's leaves.
+fn kvm_features() -> Option<u32> {
+    let base = crate::arch::platform().hypervisor.kvm_base()?;
+    Some(cpu::cpuid(base + abi::FEATURES_LEAF_OFFSET, 0).eax)
+}
+
+/// Enables the ABI on this vCPU when KVM's leaves offer it, unless `kvm-apf=off`.
+pub fn init(cmdline: &Cmdline<'_>) {
+    if !kvm_features().is_some_and(offered) {
+        return;
+    }
+    if cmdline.get("kvm-apf") == Some("off") {
+        kprintln!("kvm-apf: not enabled (kvm-apf=off)");
+        return;
+    }
+    trap::register(PAGE_READY_VECTOR, on_page_ready);
+    match enable() {
+        Ok(()) => {
+            // Only now: with the ABI off, `flags` is never set and every #PF is a real one.
+            trap::register(PAGE_FAULT, on_page_fault);
+            kprintln!(
+                "kvm-apf: enabled, page ready on vector {PAGE_READY_VECTOR:#x}, area {:#x}",
+                Area::this_cpu().gpa()
+            );
+        }
+        Err(e) => kprintln!("kvm-apf: enabling refused: {e:?}"),
+    }
+}
+
+fn write_msr(msr: u32, value: u64) -> Result<(), EnableError> {
+    fault::probe_write_msr(msr, value).map_err(|fault| EnableError::Refused { msr, fault })
+}
+
+/// Enables the ABI on this vCPU: the "page ready" vector first, then the area, with delivery
+/// as an interrupt. The local APIC is software-enabled already (`arch::init`, before any
+/// protocol): KVM raising the interrupt at a software-disabled APIC has made other VMMs spin.
+/// Enabling again while enabled is allowed, and KVM answers it with a wake-all; the table
+/// keeps its tokens for that.
+pub fn enable() -> Result<(), EnableError> {
+    if !kvm_features().is_some_and(offered) {
+        return Err(EnableError::NotOffered);
+    }
+    let _irq = IrqGuard::new();
+    let area = Area::this_cpu();
+    let en = area.gpa() | abi::EN_ENABLED | abi::EN_DELIVERY_AS_INT;
+    let fresh = STATE.with(|s| {
+        let fresh = s.en_msr == 0;
+        if fresh {
+            // Ready before the host can write: a wake-all follows the enabling at once.
+            area.clear();
+            s.table.reset(Keying::Hashed);
+        }
+        fresh
+    });
+    let enabled = if fresh { write_msr(abi::MSR_ASYNC_PF_INT, u64::from(PAGE_READY_VECTOR)) } else { Ok(()) }
+        .and_then(|()| write_msr(abi::MSR_ASYNC_PF_EN, en));
+    match enabled {
+        Ok(()) => {
+            STATE.with(|s| s.en_msr = en);
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Turns the ABI off on this vCPU. The host forgets its outstanding tokens (KVM delivers none
+/// of them any more), so every waiter is woken as by a wake-all, and the table starts over.
+/// KVM waits for any fetch already running before it answers.
+pub fn disable() -> Result<(), EnableError> {
+    let _irq = IrqGuard::new();
+    write_msr(abi::MSR_ASYNC_PF_EN, 0)?;
+    let mut woken: heapless::Vec<(TaskId, u32), TABLE_ENTRIES> = heapless::Vec::new();
+    STATE.with(|s| {
+        s.en_msr = 0;
+        s.table.wake_all(|task| {
+            // Cannot overflow: one entry per waiter.
+            let _ = woken.push((task, RESULT_RETRY));
+        });
+        s.table.reset(Keying::Hashed);
+    });
+    let stale = wait::wake_tasks(woken);
+    STATE.with(|s| s.stats.stale_wakes += stale);
+    Ok(())
+}
+
+/// Whether the ABI is on for this vCPU.
+pub fn enabled() -> bool {
+    STATE.with(|s| abi::enabled(s.en_msr))
+}
+
+/// This vCPU's area's guest-physical address.
+pub fn area_gpa() -> u64 {
+    Area::this_cpu().gpa()
+}
+
+/// This vCPU's counters.
+pub fn stats() -> Stats {
+    STATE.with(|s| Stats { tokens: s.table.stats, ..s.stats })
+}
+
+/// Tokens with a waiter, and entries without one (early wakes, abandoned tokens).
+pub fn pending() -> (usize, usize) {
+    STATE.with(|s| (s.table.waiting(), s.table.kept()))
+}
+
+/// #PF: KVM's "page not present", or a real page fault. Which one is decided first, from the
+/// area's `flags`, read and cleared in one instruction: after that, any #PF is a real one.
+fn on_page_fault(frame: &mut TrapFrame) {
+    let entered = cpu::rdtsc();
+    let flags = Area::this_cpu().flags().swap(0, Ordering::Acquire);
+    match classify(flags, frame.from_user(), frame.interrupts_were_enabled()) {
+        PageFault::Real => {
+            STATE.with(|s| s.stats.real_faults += 1);
+            fault::unhandled(frame)
+        }
+        PageFault::Misdelivered => fault::fatal(format_args!(
+            "the host delivered an async page fault (token {:#x}) at cpl {} with interrupts {}: this guest registered for CPL 3 with interrupts on only (rip {:#x})",
+            Cr2::read_raw(),
+            frame.cpl(),
+            if frame.interrupts_were_enabled() { "on" } else { "off" },
+            frame.rip
+        )),
+        PageFault::PageNotPresent => {
+            let token = Cr2::read_raw() as u32;
+            let (waited, since) = wait::wait_for_token(&STATE, frame, token, 0, entered);
+            if let Waited::Rejected(why) = waited {
+                // Not parked: returning retries the access, and the host, with the page still
+                // coming, makes this vCPU wait for it.
+                kprintln!("kvm-apf: page not present with token {token:#x} not waited for: {why:?}");
+            }
+            // The access is retried on return: KVM has no "failed" result to act on.
+            STATE.with(|s| s.stats.handler_cycles += cpu::rdtsc().wrapping_sub(since));
+        }
+    }
+}
+
+/// "Page ready": take the token, give the slot back (clear, then acknowledge, so that the host
+/// may deliver the next), then wake its waiter, or every waiter for a wake-all.
+fn on_page_ready(_frame: &mut TrapFrame) {
+    let entered = cpu::rdtsc();
+    apic::eoi();
+    let area = Area::this_cpu();
+    let token = area.token().load(Ordering::Acquire);
+    area.token().store(0, Ordering::Release);
+    // SAFETY: the ACK MSR exists (the features leaf offered "page ready" as an interrupt, or the
+    // ABI would not be enabled and this vector not registered); writing 1 only tells the host
+    // the slot is free.
+    unsafe { Msr::new(abi::MSR_ASYNC_PF_ACK).write(abi::ACK) };
+    let mut woken: heapless::Vec<(TaskId, u32), TABLE_ENTRIES> = heapless::Vec::new();
+    STATE.with(|s| {
+        s.stats.page_ready += 1;
+        match page_ready(token) {
+            PageReady::Spurious => s.stats.spurious += 1,
+            PageReady::WakeAll => {
+                s.stats.wake_alls += 1;
+                s.table.wake_all(|task| {
+                    // Cannot overflow: one entry per waiter.
+                    let _ = woken.push((task, RESULT_RETRY));
+                });
+            }
+            PageReady::Wake(token) => match s.table.on_wake(token, RESULT_RETRY) {
+                WakeOutcome::Wake { task, result, .. } => {
+                    let _ = woken.push((task, result));
+                }
+                WakeOutcome::HaltDone | WakeOutcome::Early | WakeOutcome::Late => {}
+                WakeOutcome::Rejected(_) => {}
+            },
+        }
+    });
+    let stale = wait::wake_tasks(woken);
+    STATE.with(|s| {
+        s.stats.stale_wakes += stale;
+        s.stats.handler_cycles += cpu::rdtsc().wrapping_sub(entered);
+    });
+}
