@@ -160,7 +160,8 @@ impl Vm {
     /// Runs the guest until it exits, fails, or times out.
     pub fn run(mut self) -> RunResult {
         let start = Instant::now();
-        let watchdog = Watchdog::arm(self.config.timeout);
+        let unblockers = self.producers.iter().filter_map(|p| p.unblocker()).collect();
+        let watchdog = Watchdog::arm(self.config.timeout, unblockers);
         let mut bare = bare_loop::BareStats::default();
         let outcome = loop {
             let outcome = {
