@@ -152,6 +152,10 @@ impl Pager {
                 });
                 return outcome;
             }
+            // KVM's ABI could carry an event, but not the failure: its retry came back here.
+            Decision::StopFailedPage if via == Some(Via::KvmApf) => {
+                return Err(PagerError::FailedPageKvmCannotReport { gpa }.into());
+            }
             Decision::StopFailedPage => return Err(PagerError::FailedPageUndeliverable { gpa }.into()),
         }
         drop(guard);
@@ -231,7 +235,9 @@ impl Pager {
                 let inner = self.shared.lock();
                 let Some(page) = inner.page_of(gpa) else { continue };
                 let seen = touched.iter().any(|&(g, _)| inner.page_of(g) == Some(page));
-                let skipped = only_absent && inner.core.state(page) == Some(&PageState::Present);
+                // A page owed a "page not present" is present by its state only (`deliver_owed`).
+                let owed = inner.apf.iter().any(|v| v.owed.is_some_and(|(p, _)| p == page));
+                let skipped = only_absent && inner.core.state(page) == Some(&PageState::Present) && !owed;
                 if !seen && !skipped {
                     touched.push((gpa, linear));
                 }

@@ -69,6 +69,10 @@ pub enum PagerError {
     SignalMsi { vcpu: usize, vector: u8, source: kvm_ioctls::Error },
     #[error("the guest accessed page {gpa:#x}, which failed, when no page-not-present event could be delivered")]
     FailedPageUndeliverable { gpa: u64 },
+    #[error(
+        "the guest accessed page {gpa:#x} again after its page ready, and the page failed: KVM's async page fault ABI has no failed result to tell the guest"
+    )]
+    FailedPageKvmCannotReport { gpa: u64 },
     #[error("page {gpa:#x} failed while the vCPU waited for it synchronously: the guest cannot be told")]
     FailedDuringSyncWait { gpa: u64 },
     #[error(

@@ -86,7 +86,7 @@ impl ApfVcpu {
     /// The registration, when async page faults are on.
     pub fn active(&self) -> Option<ApfActive> {
         abi::enabled(self.en_msr)
-            .then(|| ApfActive { area_gpa: self.en_msr & abi::EN_ADDRESS_MASK, vector: self.int_msr as u8 })
+            .then_some(ApfActive { area_gpa: self.en_msr & abi::EN_ADDRESS_MASK, vector: self.int_msr as u8 })
     }
 
     /// RDMSR: the values last accepted; the acknowledgement MSR reads 0.

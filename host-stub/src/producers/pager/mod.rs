@@ -294,8 +294,11 @@ impl ExitHandler for Pager {
             if ctx.kvm.check_extension_raw(u64::from(kvm_bindings::KVM_CAP_EXCEPTION_PAYLOAD)) <= 0 {
                 return Err(Error::MissingCapability("KVM_CAP_EXCEPTION_PAYLOAD"));
             }
-            let cap =
-                kvm_bindings::kvm_enable_cap { cap: kvm_bindings::KVM_CAP_EXCEPTION_PAYLOAD, ..Default::default() };
+            let cap = kvm_bindings::kvm_enable_cap {
+                cap: kvm_bindings::KVM_CAP_EXCEPTION_PAYLOAD,
+                args: [1, 0, 0, 0],
+                ..Default::default()
+            };
             ctx.vm.enable_cap(&cap).map_err(PagerError::EnableExceptionPayload)?;
         }
         let uffd = region.uffd().map_err(|e| PagerError::CreateRegion(region::RegionError::Userfaultfd(e)))?;
@@ -389,8 +392,8 @@ impl ExitHandler for Pager {
         self.entries = self.entries.wrapping_add(1);
         // Every entry comes through here: the lock only when there is something to do.
         if !self.vcpu_thread_known {
-            // SAFETY: pthread_self has no preconditions.
             let mut inner = self.shared.lock();
+            // SAFETY: pthread_self has no preconditions.
             inner.vcpu_thread = Some(unsafe { libc::pthread_self() });
             // SAFETY: gettid has no preconditions.
             inner.vcpu_tid = Some(unsafe { libc::gettid() } as u32);

@@ -234,3 +234,40 @@ fn eviction_takes_the_memory_back_before_the_state_and_stops_at_a_failure() {
     assert_eq!(core.evict_range(3..5, |_, _| Ok::<(), ()>(())), Ok(Err(EvictError::OutOfRange(4))));
     assert_eq!(core.state(3), Some(&PageState::Present));
 }
+
+/// KVM's rules where they differ from the ring's: a page on its way gives a further access no
+/// token (the vCPU waits), a failed page cannot be reported, and no token is used up for it.
+#[test]
+fn kvm_gives_a_page_one_token_and_reports_no_failure() {
+    use crate::producers::pager::kvm_apf::ApfVcpu;
+    use pvagent_abi::kvm_apf as apf;
+    let ram = [0..0xA_0000, 0x10_0000..0x400_0000];
+    let mut apf = ApfVcpu::new(0);
+    apf.write(apf::MSR_ASYNC_PF_INT, 0x53, &ram).unwrap();
+    apf.write(apf::MSR_ASYNC_PF_EN, 0x20_0000 | apf::EN_ENABLED | apf::EN_DELIVERY_AS_INT, &ram).unwrap();
+    let mut core = PagerCore::new(4, HostMode::KvmApf);
+    let Decision::Deliver { token, fetch: Some(Fetch::Normal) } = core.on_access(0, 0, Some(&mut apf)) else {
+        panic!("the first access delivers")
+    };
+    assert_eq!(token, Token(0x1000), "KVM's token for vCPU 0");
+    assert_eq!(core.waiters(0), &[TokenOut { vcpu: 0, via: Via::KvmApf, token }]);
+    assert_eq!(core.on_access(0, 0, Some(&mut apf)), Decision::Wait { fetch: None }, "one token per page");
+    assert_eq!(apf.outstanding(), 1);
+    core.set_behaviour(1, PageBehaviour::Fail);
+    let Decision::Deliver { fetch: Some(Fetch::Failing), .. } = core.on_access(0, 1, Some(&mut apf)) else { panic!() };
+    core.on_fetch_done(1);
+    assert_eq!(core.on_access(0, 1, Some(&mut apf)), Decision::StopFailedPage, "no failed result to deliver");
+    assert_eq!(apf.outstanding(), 2, "no token was taken for it");
+}
+
+#[test]
+fn kvm_apf_kernel_mode_counts_kvms_events_with_tokens_of_its_own() {
+    use crate::producers::pager::kvm_apf::KernelTokens;
+    let mut core = PagerCore::new(4, HostMode::KvmApfKernel);
+    let mut tokens = KernelTokens::default();
+    assert!(matches!(core.on_access(0, 0, Some(&mut tokens)), Decision::Deliver { fetch: Some(Fetch::Normal), .. }));
+    assert_eq!(core.waiting_tokens(), 1);
+    assert_eq!(core.on_access(0, 0, None), Decision::Wait { fetch: None }, "the vCPU thread's own fault waits");
+    core.on_fetch_done(0);
+    assert_eq!((core.waiting_tokens(), core.counters.events_delivered, core.counters.sync_waits), (0, 1, 1));
+}
