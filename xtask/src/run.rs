@@ -1,6 +1,8 @@
 //! `cargo xtask run`: the default scenario under the host stub. Every self-test with every
 //! producer at its defaults (the pager in `ring` mode), then the page-not-present tests again
-//! with the pager in `sync` mode, so both of the host's modes are seen on every run.
+//! with the pager in each other mode (`sync`; KVM's async page fault ABI served by the host stub,
+//! `kvm-apf`, and by KVM itself, `kvm-apf-kernel`, with that driver's tests too), so every mode
+//! of the host is seen on every run.
 //!
 //! The host stub options xtask sets (`--timeout`, `--pnp-mode`, `--trace`) are defaults: the
 //! same option given after `--` replaces xtask's (the host stub accepts each option once).
@@ -87,8 +89,11 @@ pub fn default_scenario(profile: Profile, tests: Option<&str>, trace: Option<&st
     }
     boot(&host, &elf, &cmdline, &first, extra)?;
     if tests.is_none() && !mode_given {
-        println!("\n==== page-not-present self-tests; pager in sync mode");
-        boot(&host, &elf, "expect-host=stub tests=pnp", &[("--pnp-mode", "sync".to_string())], extra)?;
+        for (mode, tests) in [("sync", "pnp"), ("kvm-apf", "pnp,kvm_apf"), ("kvm-apf-kernel", "pnp,kvm_apf")] {
+            println!("\n==== page-not-present self-tests; pager in {mode} mode");
+            let cmdline = format!("expect-host=stub tests={tests}");
+            boot(&host, &elf, &cmdline, &[("--pnp-mode", mode.to_string())], extra)?;
+        }
     }
     Ok(())
 }

@@ -4,6 +4,10 @@
 //! to force it; where only the host stub can force it, the test skips in `kvm-apf-kernel` mode
 //! and says why.
 //!
+//! A run in `ring` or `sync` mode runs them too, with the host stub switched to `kvm-apf` for
+//! each test (and back after it): the host stub serves KVM's ABI in every mode but
+//! `kvm-apf-kernel`.
+//!
 //! Each path is forced without timing: held pages stay out until the test releases them, and
 //! the ABI itself orders the rest ("page ready" is an interrupt, and the #PF handler keeps
 //! interrupts off until its task is parked or halting, so a token's "page ready" never
@@ -41,14 +45,31 @@ fn enabled() -> TestResult {
     if kvm_apf::enabled() { Ok(()) } else { Err(Failure::Skip("KVM's async page fault ABI is not offered here")) }
 }
 
-/// The host stub's pager serves absent pages through KVM's ABI (either mode).
-fn kvm_pager() -> Result<Region, Failure> {
+/// The host stub's mode for one test: `kvm-apf` while it lives, if the run is in another mode
+/// the host stub serves itself; back to that mode when dropped, whatever the test's outcome.
+struct KvmMode(Option<HostMode>);
+
+impl Drop for KvmMode {
+    fn drop(&mut self) {
+        if let Some(mode) = self.0
+            && let Err(e) = pnp::set_host_mode(mode)
+        {
+            kprintln!("kvm_apf: cannot set the pager's mode back to {mode:?}: {e:?}");
+        }
+    }
+}
+
+/// The host stub's pager, serving absent pages through KVM's ABI (in either mode) until the
+/// returned guard is dropped.
+fn kvm_pager() -> Result<(Region, KvmMode), Failure> {
     let region = pager()?;
     enabled()?;
-    if !pnp::host_mode().is_kvm_apf() {
-        return Err(Failure::Skip("needs the pager in mode kvm-apf or kvm-apf-kernel"));
+    let mode = pnp::host_mode();
+    if mode.is_kvm_apf() {
+        return Ok((region, KvmMode(None)));
     }
-    Ok(region)
+    pnp::set_host_mode(HostMode::KvmApf).map_err(|e| fail(format_args!("set mode kvm-apf: {e:?}")))?;
+    Ok((region, KvmMode(Some(mode))))
 }
 
 fn kernel_serves() -> bool {
@@ -117,7 +138,7 @@ pub(super) fn user_task_parks_while_another_runs() -> TestResult {
         }
         0
     }
-    let region = kvm_pager()?;
+    let (region, _mode) = kvm_pager()?;
     let gpa = fresh_pages(&region, 1)?;
     let mut held = Held::new();
     held.hold(gpa)?;
@@ -143,7 +164,7 @@ pub(super) fn user_task_parks_while_another_runs() -> TestResult {
 }
 
 pub(super) fn lone_user_task_waits_in_the_hlt_loop() -> TestResult {
-    let region = kvm_pager()?;
+    let (region, _mode) = kvm_pager()?;
     latency(0, 0)?;
     let gpa = fresh_pages(&region, 1)? + 0x40;
     let before = kvm_apf::stats();
@@ -157,7 +178,7 @@ pub(super) fn lone_user_task_waits_in_the_hlt_loop() -> TestResult {
 }
 
 pub(super) fn kernel_access_waits_synchronously() -> TestResult {
-    let region = kvm_pager()?;
+    let (region, _mode) = kvm_pager()?;
     latency(500, 500)?;
     let gpa = fresh_pages(&region, 1)?;
     let (events, sync) = (kvm_apf::stats().events, counter(HostCounter::SyncWaits)?);
@@ -169,7 +190,7 @@ pub(super) fn kernel_access_waits_synchronously() -> TestResult {
 }
 
 pub(super) fn page_ready_before_page_not_present() -> TestResult {
-    let region = kvm_pager()?;
+    let (region, _mode) = kvm_pager()?;
     if kernel_serves() {
         return Err(Failure::Skip(
             "KVM sends page ready only after its page not present on one vCPU (before it only from another vCPU, by a race): only the host stub can force it",
@@ -195,7 +216,7 @@ pub(super) fn page_ready_before_page_not_present() -> TestResult {
 }
 
 pub(super) fn wake_all_wakes_every_waiter() -> TestResult {
-    let region = kvm_pager()?;
+    let (region, _mode) = kvm_pager()?;
     latency(0, 0)?;
     let base = fresh_pages(&region, 2)?;
     let mut held = Held::new();
@@ -229,7 +250,7 @@ extern "sysv64" fn user_read_then_fault(gpa: u64) -> ! {
 }
 
 pub(super) fn real_page_faults_stay_real() -> TestResult {
-    let region = kvm_pager()?;
+    let (region, _mode) = kvm_pager()?;
     latency(0, 0)?;
     let gpa = fresh_pages(&region, 1)?;
     let mut held = Held::new();
@@ -279,7 +300,7 @@ fn seen(before: &kvm_apf::Stats, after: &kvm_apf::Stats) -> heapless::String<64>
 pub(super) fn events_in_order() -> TestResult {
     const EXPECTED: &str =
         "A:not-present+park B:not-present+park B:page-ready A:page-ready C:not-present+halt+page-ready -:wake-all";
-    let region = kvm_pager()?;
+    let (region, _mode) = kvm_pager()?;
     latency(0, 0)?;
     let base = fresh_pages(&region, 3)?;
     let (pa, pb, pc) = (base, base + 4096, base + 8192);
@@ -347,7 +368,7 @@ pub(super) fn accounting_is_balanced() -> TestResult {
 /// A CPL 3 task reads the first page of the region, which the end-to-end test made fail: KVM's
 /// ABI has no "failed", so the task is told "page ready", retries, and the host must stop.
 pub(super) fn touch_the_first_page_from_a_user_task() -> TestResult {
-    let region = kvm_pager()?;
+    let (region, _mode) = kvm_pager()?;
     let a = spawned(task::spawn_user("apf-failing", user_read, region.page(0)))?;
     let status = join(a)?;
     Err(fail(format_args!("a task read the failed page 0 and ended with {status:?}")))
@@ -356,7 +377,7 @@ pub(super) fn touch_the_first_page_from_a_user_task() -> TestResult {
 /// Reads a fresh page at CPL 0 after setting the longest latency (10 s): the vCPU waits for it
 /// (inside KVM in `kvm-apf-kernel` mode), longer than the end-to-end test's time limit.
 pub(super) fn wait_in_the_kernel_for_a_slow_page() -> TestResult {
-    let region = kvm_pager()?;
+    let (region, _mode) = kvm_pager()?;
     latency(10_000_000, 10_000_000)?;
     let gpa = fresh_pages(&region, 1)?;
     let value = read(gpa);
