@@ -9,6 +9,7 @@ use vm_memory::GuestMemoryMmap;
 use crate::error::{Error, Result};
 use crate::handler::{ExitHandler, Handled, MsrAnswer, Stop, VcpuCtx, out_value, out_word};
 use crate::kvm_run;
+use crate::kvm_stats::VcpuStats;
 use crate::memory;
 use crate::trace::{Arg, Args, Tracer, Track};
 use crate::watchdog::Watchdog;
@@ -115,6 +116,8 @@ pub struct Vcpu {
     pub fd: VcpuFd,
     pub exits: u64,
     pub unclaimed: Unclaimed,
+    /// KVM's statistics of this vCPU (`None` where KVM_GET_STATS_FD is missing).
+    pub stats: Option<VcpuStats>,
     /// The run's timeline (off unless traced): each exit is a span on this vCPU's track.
     pub trace: Tracer,
 }
@@ -157,7 +160,7 @@ impl Vcpu {
         let with_entry_hook: Vec<usize> = (0..handlers.len()).filter(|&i| handlers[i].has_before_entry()).collect();
         loop {
             {
-                let mut ctx = VcpuCtx { index: self.index, vcpu: &self.fd, vm, mem, stop: None };
+                let mut ctx = VcpuCtx { index: self.index, vcpu: &self.fd, vm, mem, stats: self.stats.as_ref(), stop: None };
                 for &i in &with_entry_hook {
                     handlers[i].before_entry(&mut ctx)?;
                 }
@@ -215,7 +218,7 @@ impl Vcpu {
         handlers: &mut [&mut dyn ExitHandler],
         watchdog: &Watchdog,
     ) -> Result<Option<Stop>> {
-        let mut ctx = VcpuCtx { index: self.index, vcpu: &self.fd, vm, mem, stop: None };
+        let mut ctx = VcpuCtx { index: self.index, vcpu: &self.fd, vm, mem, stats: self.stats.as_ref(), stop: None };
         match exit {
             Exit::IoOut { port, data } if port == pvagent_abi::port::HYPERCALL && data.len() == 4 => {
                 let gpa = u64::from(out_word(&data));
@@ -285,7 +288,7 @@ impl Vcpu {
             Exit::Shutdown => return Err(Error::TripleFault { rip: rip(&self.fd) }),
             Exit::InternalError => {
                 let (suberror, bytes) = kvm_run::internal_error(&mut self.fd);
-                let mut ctx = VcpuCtx { index: self.index, vcpu: &self.fd, vm, mem, stop: None };
+                let mut ctx = VcpuCtx { index: self.index, vcpu: &self.fd, vm, mem, stats: self.stats.as_ref(), stop: None };
                 if suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION
                     && claim(handlers, |h| h.emulation_failure(&mut ctx, &bytes))?
                 {
