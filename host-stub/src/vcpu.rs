@@ -160,7 +160,8 @@ impl Vcpu {
         let with_entry_hook: Vec<usize> = (0..handlers.len()).filter(|&i| handlers[i].has_before_entry()).collect();
         loop {
             {
-                let mut ctx = VcpuCtx { index: self.index, vcpu: &self.fd, vm, mem, stats: self.stats.as_ref(), stop: None };
+                let mut ctx =
+                    VcpuCtx { index: self.index, vcpu: &self.fd, vm, mem, stats: self.stats.as_ref(), stop: None };
                 for &i in &with_entry_hook {
                     handlers[i].before_entry(&mut ctx)?;
                 }
@@ -288,7 +289,8 @@ impl Vcpu {
             Exit::Shutdown => return Err(Error::TripleFault { rip: rip(&self.fd) }),
             Exit::InternalError => {
                 let (suberror, bytes) = kvm_run::internal_error(&mut self.fd);
-                let mut ctx = VcpuCtx { index: self.index, vcpu: &self.fd, vm, mem, stats: self.stats.as_ref(), stop: None };
+                let mut ctx =
+                    VcpuCtx { index: self.index, vcpu: &self.fd, vm, mem, stats: self.stats.as_ref(), stop: None };
                 if suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION
                     && claim(handlers, |h| h.emulation_failure(&mut ctx, &bytes))?
                 {

@@ -66,7 +66,8 @@ impl Milestones {
         if let Some(exits) = counts.exits {
             report.counter("boot", "exits", exits);
         }
-        let count = |c: Option<u64>, what: &str| c.map_or_else(|| format!("{what} not counted"), |n| format!("{n} {what}"));
+        let count =
+            |c: Option<u64>, what: &str| c.map_or_else(|| format!("{what} not counted"), |n| format!("{n} {what}"));
         report.line(format!(
             "boot: the first task started {:.1} ms after the first entry: {}, {}",
             since_start.as_secs_f64() * 1e3,
