@@ -141,7 +141,8 @@ impl Verdict {
     }
 }
 
-fn count(n: f64) -> String {
+/// A count as a table shows it: whole where it is, to two decimals otherwise.
+pub fn count(n: f64) -> String {
     if n.fract() == 0.0 { format!("{n:.0}") } else { format!("{n:.2}") }
 }
 

@@ -579,13 +579,42 @@ fn print_summary(r: &Results) {
         "  one guest kernel instruction: {} (the empty loop around the exits)",
         stats::human_summary_ns(&r.baseline.kernel_instruction_ns)
     );
+    let counted = |path: &str| -> String {
+        match r.counts.iter().find(|c| c.path == path) {
+            None => String::new(),
+            Some(c) => {
+                let insns = c.insns.map_or_else(
+                    || format!("instructions n/a ({})", c.unavailable.as_deref().unwrap_or("not counted")),
+                    |s| format!("{} instructions", crate::budgets::count(s.min)),
+                );
+                let exits =
+                    c.exits.map_or_else(|| "exits n/a".into(), |s| format!("{} exits", crate::budgets::count(s.min)));
+                format!("; {insns}, {exits} per {}", c.per)
+            }
+        }
+    };
+    for path in ["boot", "console", "null_exit"] {
+        println!("  {path:<18} {}", counted(path).trim_start_matches("; "));
+    }
     for c in r.injection.iter().chain(&r.page_not_present) {
         match (c.per_event_ns, c.baselines) {
-            (Some(p), Some(b)) => {
-                println!("  {:<18} {:>10} per event = {:>7.1} baselines", c.name, stats::human_ns(p.median), b.median)
-            }
+            (Some(p), Some(b)) => println!(
+                "  {:<18} {:>10} per event = {:>7.1} baselines{}",
+                c.name,
+                stats::human_ns(p.median),
+                b.median,
+                counted(&c.name)
+            ),
             _ => println!("  {:<18} n/a: {}", c.name, c.unavailable.as_deref().unwrap_or("")),
         }
+    }
+    let over: Vec<String> = crate::budgets::failures(&r.budgets);
+    if r.machine.quick {
+        println!("  budgets: not judged (dev build); `cargo xtask budgets` counts the release guests");
+    } else if over.is_empty() {
+        println!("  budgets: every path within its limit (xtask/budgets.toml)");
+    } else {
+        println!("  budgets: over the limit:\n    {}", over.join("\n    "));
     }
     for s in r.speedups.iter().filter(|s| s.tasks == 8) {
         println!("  8 tasks, page-in {:>8}: ring is {:.2}x sync", stats::human_ns(s.latency_ns as f64), s.speedup);
