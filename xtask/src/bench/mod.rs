@@ -416,13 +416,9 @@ fn measure(
                 Some((lo, hi)) => format!("{ratio:.3} (median; 95% interval {lo:.3}–{hi:.3})"),
                 None => format!("{ratio:.3}"),
             }),
-            // Judged only when the whole interval is on one side of the goal.
-            met: match ratio_interval {
-                Some((_, hi)) if hi <= ratio_goal => Some(true),
-                Some((lo, _)) if lo > ratio_goal => Some(false),
-                Some(_) => None,
-                None => Some(ratio <= ratio_goal),
-            },
+            // The budget is on the median of the pairs (xtask/budgets.toml); the interval says
+            // how sure that is.
+            met: Some(ratio <= ratio_goal),
         },
         Goal {
             what: "an injected exception (#AC), end to end, in baselines".into(),
