@@ -11,7 +11,7 @@ use pvagent_abi::port::{self, Milestone};
 
 /// Command line keys the boot sequence itself reads (the protocols' settings). A binary's own
 /// keys come with its [`FirstTask`]; any other key is reported at boot.
-pub const CMDLINE_KEYS: &[&str] = &["kstack", "kvm-apf", "pnp", "pnp-ring", "sld"];
+pub const CMDLINE_KEYS: &[&str] = &["kstack", "pnp", "pnp-ring", "sld"];
 
 /// What a kernel binary runs once the kernel is up.
 #[derive(Clone, Copy, Debug)]

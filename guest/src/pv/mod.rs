@@ -20,7 +20,7 @@ pub fn init(cmdline: &crate::boot::cmdline::Cmdline<'_>) {
     announce_abi_version();
     ac::init(cmdline);
     pnp::init(cmdline);
-    kvm_apf::init(cmdline);
+    kvm_apf::init();
     trace::init();
 }
 

@@ -207,8 +207,13 @@ impl<const N: usize> TokenTable<N> {
 
     /// A table that accepts nothing until [`TokenTable::reset`].
     pub const fn new() -> Self {
+        Self::with_keying(Keying::Off)
+    }
+
+    /// An empty table with `keying` (a static one costs nothing at boot).
+    pub const fn with_keying(keying: Keying) -> Self {
         let () = Self::SIZE_IS_A_POWER_OF_TWO;
-        Self { entries: [Self::FREE; N], keying: Keying::Off, waiting: 0, kept: 0, stats: TokenStats::new() }
+        Self { entries: [Self::FREE; N], keying, waiting: 0, kept: 0, stats: TokenStats::new() }
     }
 
     /// Starts over with `keying` (by slot: at most `N` slots). Only call with nothing pending.
@@ -416,6 +421,10 @@ impl<const N: usize> TokenTable<N> {
     /// Wakes every waiter with "retry", handing each task to `wake`; a HLT-loop waiter finds
     /// its result. Their tokens stay as abandoned, for their own wakes. Returns how many.
     pub fn wake_all(&mut self, mut wake: impl FnMut(TaskId)) -> usize {
+        if self.waiting == 0 {
+            // KVM's wake-all right after enabling finds nobody: no scan.
+            return 0;
+        }
         let mut woken = 0;
         for i in 0..N {
             let next = match self.entries[i] {

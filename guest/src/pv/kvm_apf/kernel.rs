@@ -1,7 +1,7 @@
 //! The kernel glue of KVM's async page fault ABI: the per-vCPU area, enabling, the #PF and
 //! "page ready" handlers.
 
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use pvagent_abi::kvm_apf::{self as abi, ApfData};
 use pvagent_abi::pnp::RESULT_RETRY;
@@ -10,10 +10,9 @@ use x86_64::registers::model_specific::Msr;
 
 use super::{PAGE_READY_VECTOR, PageFault, PageReady, TABLE_ENTRIES, classify, offered, page_ready};
 use crate::arch::fault::{self, Fault};
-use crate::arch::percpu::{self, MAX_CPUS};
+use crate::arch::percpu::{self, CpuLocal, MAX_CPUS};
 use crate::arch::trap::{self, TrapFrame};
 use crate::arch::{apic, cpu};
-use crate::boot::cmdline::Cmdline;
 use crate::cell::StaticCell;
 use crate::kprintln;
 use crate::pv::tokens::{EventOutcome, Keying, TokenStats, TokenTable, Waiter, WakeOutcome};
@@ -69,6 +68,10 @@ impl Area {
     }
 }
 
+/// #PFs that were the guest's own (`flags` 0), passed on: an atomic per vCPU, so that a real
+/// page fault pays one instruction for it.
+static REAL_FAULTS: CpuLocal<AtomicU64> = CpuLocal::new([const { AtomicU64::new(0) }; MAX_CPUS]);
+
 /// What this vCPU saw of the ABI.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -119,8 +122,9 @@ struct ApfCpu {
     stats: Stats,
 }
 
-static STATE: CpuCell<ApfCpu> =
-    CpuCell::new([const { ApfCpu { en_msr: 0, table: TokenTable::new(), stats: Stats::new() } }; MAX_CPUS]);
+static STATE: CpuCell<ApfCpu> = CpuCell::new(
+    [const { ApfCpu { en_msr: 0, table: TokenTable::with_keying(Keying::Hashed), stats: Stats::new() } }; MAX_CPUS],
+);
 
 impl TokenWaits for ApfCpu {
     const WAIT_OWNER: &'static str = super::WAIT_OWNER;
@@ -159,25 +163,16 @@ fn kvm_features() -> Option<u32> {
     Some(cpu::cpuid(base + abi::FEATURES_LEAF_OFFSET, 0).eax)
 }
 
-/// Enables the ABI on this vCPU when KVM's leaves offer it, unless `kvm-apf=off`.
-pub fn init(cmdline: &Cmdline<'_>) {
-    if !kvm_features().is_some_and(offered) {
-        return;
-    }
-    if cmdline.get("kvm-apf") == Some("off") {
-        kprintln!("kvm-apf: not enabled (kvm-apf=off)");
-        return;
-    }
+/// Enables the ABI on this vCPU when KVM's leaves offer it. Silent when it succeeds: every
+/// byte on the console is an exit of every boot (the `kvm_apf::` self-tests show it). No
+/// command line key turns it off: looking one up would cost every boot hundreds of emulated
+/// instructions, and a host that must not deliver async page faults does not offer them.
+pub fn init() {
     trap::register(PAGE_READY_VECTOR, on_page_ready);
     match enable() {
-        Ok(()) => {
-            // Only now: with the ABI off, `flags` is never set and every #PF is a real one.
-            trap::register(PAGE_FAULT, on_page_fault);
-            kprintln!(
-                "kvm-apf: enabled, page ready on vector {PAGE_READY_VECTOR:#x}, area {:#x}",
-                Area::this_cpu().gpa()
-            );
-        }
+        // Only now: with the ABI off, `flags` is never set and every #PF is a real one.
+        Ok(()) => trap::register(PAGE_FAULT, on_page_fault),
+        Err(EnableError::NotOffered) => {}
         Err(e) => kprintln!("kvm-apf: enabling refused: {e:?}"),
     }
 }
@@ -196,17 +191,11 @@ pub fn enable() -> Result<(), EnableError> {
         return Err(EnableError::NotOffered);
     }
     let _irq = IrqGuard::new();
-    let area = Area::this_cpu();
-    let en = area.gpa() | abi::EN_ENABLED | abi::EN_DELIVERY_AS_INT;
-    let fresh = STATE.with(|s| {
-        let fresh = s.en_msr == 0;
-        if fresh {
-            // Ready before the host can write: a wake-all follows the enabling at once.
-            area.clear();
-            s.table.reset(Keying::Hashed);
-        }
-        fresh
-    });
+    let en = Area::this_cpu().gpa() | abi::EN_ENABLED | abi::EN_DELIVERY_AS_INT;
+    // The area and the table are ready: zero and empty from the start, and made so again
+    // whenever the ABI is turned off (`disable`). Interrupts stay off until both MSRs are
+    // written, and the wake-all that follows the enabling finds the table's keying set.
+    let fresh = STATE.with(|s| s.en_msr == 0);
     let enabled = if fresh { write_msr(abi::MSR_ASYNC_PF_INT, u64::from(PAGE_READY_VECTOR)) } else { Ok(()) }
         .and_then(|()| write_msr(abi::MSR_ASYNC_PF_EN, en));
     match enabled {
@@ -232,6 +221,8 @@ pub fn disable() -> Result<(), EnableError> {
             let _ = woken.push((task, RESULT_RETRY));
         });
         s.table.reset(Keying::Hashed);
+        // The host writes the area no more: zeroed for the next enabling.
+        Area::this_cpu().clear();
     });
     let stale = wait::wake_tasks(woken);
     STATE.with(|s| s.stats.stale_wakes += stale);
@@ -250,7 +241,8 @@ pub fn area_gpa() -> u64 {
 
 /// This vCPU's counters.
 pub fn stats() -> Stats {
-    STATE.with(|s| Stats { tokens: s.table.stats, ..s.stats })
+    let real_faults = REAL_FAULTS.get().load(Ordering::Relaxed);
+    STATE.with(|s| Stats { tokens: s.table.stats, real_faults, ..s.stats })
 }
 
 /// Tokens with a waiter, and entries without one (early wakes, abandoned tokens).
@@ -265,7 +257,7 @@ fn on_page_fault(frame: &mut TrapFrame) {
     let flags = Area::this_cpu().flags().swap(0, Ordering::Acquire);
     match classify(flags, frame.from_user(), frame.interrupts_were_enabled()) {
         PageFault::Real => {
-            STATE.with(|s| s.stats.real_faults += 1);
+            REAL_FAULTS.get().fetch_add(1, Ordering::Relaxed);
             fault::unhandled(frame)
         }
         PageFault::Misdelivered => fault::fatal(format_args!(
@@ -302,7 +294,7 @@ fn on_page_ready(_frame: &mut TrapFrame) {
     // the slot is free.
     unsafe { Msr::new(abi::MSR_ASYNC_PF_ACK).write(abi::ACK) };
     let mut woken: heapless::Vec<(TaskId, u32), TABLE_ENTRIES> = heapless::Vec::new();
-    STATE.with(|s| {
+    let entered = STATE.with(|s| {
         s.stats.page_ready += 1;
         match page_ready(token) {
             PageReady::Spurious => s.stats.spurious += 1,
@@ -321,10 +313,18 @@ fn on_page_ready(_frame: &mut TrapFrame) {
                 WakeOutcome::Rejected(_) => {}
             },
         }
+        if woken.is_empty() {
+            // Nobody to wake (a wake-all at enabling, a wake kept or absorbed): done here.
+            s.stats.handler_cycles += cpu::rdtsc().wrapping_sub(entered);
+            return None;
+        }
+        Some(entered)
     });
-    let stale = wait::wake_tasks(woken);
-    STATE.with(|s| {
-        s.stats.stale_wakes += stale;
-        s.stats.handler_cycles += cpu::rdtsc().wrapping_sub(entered);
-    });
+    if let Some(entered) = entered {
+        let stale = wait::wake_tasks(woken);
+        STATE.with(|s| {
+            s.stats.stale_wakes += stale;
+            s.stats.handler_cycles += cpu::rdtsc().wrapping_sub(entered);
+        });
+    }
 }
