@@ -96,6 +96,8 @@ pub struct VcpuCtx<'a> {
     /// The vCPU's KVM statistics, where KVM keeps them: a handler takes a snapshot at an exit
     /// that marks a point of the guest's execution (a milestone, a benchmark's window).
     pub stats: Option<&'a VcpuStats>,
+    /// The vCPU's exits the host stub has seen so far, this one included.
+    pub exits: u64,
     /// Set by a handler to end the run after this exit.
     pub stop: Option<Stop>,
 }

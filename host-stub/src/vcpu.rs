@@ -213,8 +213,15 @@ impl Vcpu {
         let mut data = ExitData::default();
         loop {
             {
-                let mut ctx =
-                    VcpuCtx { index: self.index, vcpu: &self.fd, vm, mem, stats: self.stats.as_ref(), stop: None };
+                let mut ctx = VcpuCtx {
+                    index: self.index,
+                    vcpu: &self.fd,
+                    vm,
+                    mem,
+                    stats: self.stats.as_ref(),
+                    exits: self.exits,
+                    stop: None,
+                };
                 for &i in &with_entry_hook {
                     handlers[i].before_entry(&mut ctx)?;
                 }
@@ -273,7 +280,15 @@ impl Vcpu {
         handlers: &mut [&mut dyn ExitHandler],
         watchdog: &Watchdog,
     ) -> Result<Option<Stop>> {
-        let mut ctx = VcpuCtx { index: self.index, vcpu: &self.fd, vm, mem, stats: self.stats.as_ref(), stop: None };
+        let mut ctx = VcpuCtx {
+            index: self.index,
+            vcpu: &self.fd,
+            vm,
+            mem,
+            stats: self.stats.as_ref(),
+            exits: self.exits,
+            stop: None,
+        };
         match exit {
             Exit::IoOut { port } if port == pvagent_abi::port::HYPERCALL && data.0.len() == 4 => {
                 let gpa = u64::from(out_word(&data.0));
@@ -343,8 +358,15 @@ impl Vcpu {
             Exit::Shutdown => return Err(Error::TripleFault { rip: rip(&self.fd) }),
             Exit::InternalError => {
                 let (suberror, bytes) = kvm_run::internal_error(&mut self.fd);
-                let mut ctx =
-                    VcpuCtx { index: self.index, vcpu: &self.fd, vm, mem, stats: self.stats.as_ref(), stop: None };
+                let mut ctx = VcpuCtx {
+                    index: self.index,
+                    vcpu: &self.fd,
+                    vm,
+                    mem,
+                    stats: self.stats.as_ref(),
+                    exits: self.exits,
+                    stop: None,
+                };
                 if suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION
                     && claim(handlers, |h| h.emulation_failure(&mut ctx, &bytes))?
                 {
