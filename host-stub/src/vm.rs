@@ -266,7 +266,7 @@ impl Vm {
         let serial_tail = self.serial.tail(20);
         RunResult::new(
             guest_exit_code,
-            self.serial.take_lines(),
+            self.serial.take_timed_lines(),
             report,
             error,
             fatal.then_some(serial_tail),
