@@ -43,7 +43,7 @@ impl Features {
     /// guest's CPUID whatever the VMM sets. See [`crate::sld`].
     pub const CORE_CAPABILITIES: u32 = 1 << 4;
     /// The host records a timeline of this run and reads [`crate::trace`] records from
-    /// [`crate::port::TRACE`]. Set only while tracing: a guest writes to the port only then, so
+    /// [`crate::port::TRACE`] (and task names, [`crate::hypercall::Nr::TraceTaskName`]). Set only while tracing: a guest writes to the port only then, so
     /// an untraced run pays no exit for it.
     pub const TRACE: u32 = 1 << 5;
 

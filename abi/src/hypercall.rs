@@ -71,6 +71,13 @@ pub enum Nr: u32 {
     /// (`args[0]`: a [`crate::pnp::ResolutionTiming`]). A fetch held back under
     /// `AfterEventTaken` completes when its events are taken, whatever is set later.
     PnpSetTiming = 0x206,
+    /// Timeline ([`crate::trace`], only while [`crate::cpuid::Features::TRACE`] is set): the
+    /// name of a task, for the host to show it by. `args[0]`: the task as a
+    /// [`crate::trace::TaskSwitch`] record would name it (its encoded value); `args[1]`: the
+    /// guest-physical address of the name (UTF-8); `args[2]`: its length in bytes, at most
+    /// [`crate::trace::TASK_NAME_MAX`] ([`Status::InvalidArgument`] otherwise, or for a record
+    /// that is not a task switch or a name outside guest RAM).
+    TraceTaskName = 0x300,
 }
 }
 

@@ -52,6 +52,10 @@ struct Args {
     /// switch) and write it to FILE as Chrome trace-event JSON, for https://ui.perfetto.dev.
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
+    /// Leave the console's exits out of the --trace timeline (each byte the guest prints is
+    /// one: most of a run's exits).
+    #[arg(long, requires = "trace")]
+    trace_omit_console: bool,
     /// Serve the benchmark ports (0x51E, 0x51F) and the bare kvm-ioctls loop the benchmark
     /// compares this host's run loop with, for the benchmark guest (`cargo xtask bench`).
     #[arg(long)]
@@ -248,6 +252,7 @@ fn main() -> ExitCode {
     let console_echoed = config.serial == SerialSink::Stdout;
     config.timeout = (args.timeout > 0).then(|| Duration::from_secs(args.timeout));
     config.trace = args.trace;
+    config.trace_console = !args.trace_omit_console;
     config.bench = args.bench;
 
     // A results file that cannot be written fails before the run, not after it.

@@ -139,7 +139,14 @@ impl Vm {
             Bench::new(vm.clone(), tracer.clone(), page_events)
         });
         Ok(Self {
-            vcpu: Vcpu { index: 0, fd, exits: 0, unclaimed: Default::default(), trace: tracer.clone() },
+            vcpu: Vcpu {
+                index: 0,
+                fd,
+                exits: 0,
+                unclaimed: Default::default(),
+                trace: tracer.clone(),
+                trace_console: config.trace_console,
+            },
             vm,
             _kvm: kvm,
             mem,
@@ -223,9 +230,10 @@ impl Vm {
             match write_trace(&self.tracer, file, path, start, end) {
                 Ok(written) => {
                     report.line(format!(
-                        "trace: {} events written to {} (open it at https://ui.perfetto.dev)",
+                        "trace: {} events written to {} (open it at https://ui.perfetto.dev){}",
                         written.events,
-                        path.display()
+                        path.display(),
+                        if self.config.trace_console { "" } else { "; the console's exits left out" }
                     ));
                     if written.dropped > 0 {
                         report.line(format!(
