@@ -37,6 +37,13 @@ pub enum Nr: u32 {
     /// Round trip check: `ret[0] = !args[0]`, `ret[1]` = the host's ABI version (wire form,
     /// as in [`crate::cpuid::LEAF_INFO`]).
     Ping = 1,
+    /// Timeline ([`crate::trace`], only while [`crate::cpuid::Features::TRACE`] is set): the
+    /// name of a task, for the host to show it by. `args[0]`: the task as a
+    /// [`crate::trace::TaskSwitch`] record would name it (its encoded value); `args[1]`: the
+    /// guest-physical address of the name (UTF-8); `args[2]`: its length in bytes, at most
+    /// [`crate::trace::TASK_NAME_MAX`] ([`Status::InvalidArgument`] otherwise, or for a record
+    /// that is not a task switch or a name outside guest RAM).
+    TraceTaskName = 2,
     /// Split-lock trigger ([`crate::sld`]): `ret[0]` = how many triggers the host decided on
     /// so far (the last one's sequence number; 0: none yet), `ret[1]` = the last one's
     /// [`crate::sld::Verdict`].
@@ -71,13 +78,6 @@ pub enum Nr: u32 {
     /// (`args[0]`: a [`crate::pnp::ResolutionTiming`]). A fetch held back under
     /// `AfterEventTaken` completes when its events are taken, whatever is set later.
     PnpSetTiming = 0x206,
-    /// Timeline ([`crate::trace`], only while [`crate::cpuid::Features::TRACE`] is set): the
-    /// name of a task, for the host to show it by. `args[0]`: the task as a
-    /// [`crate::trace::TaskSwitch`] record would name it (its encoded value); `args[1]`: the
-    /// guest-physical address of the name (UTF-8); `args[2]`: its length in bytes, at most
-    /// [`crate::trace::TASK_NAME_MAX`] ([`Status::InvalidArgument`] otherwise, or for a record
-    /// that is not a task switch or a name outside guest RAM).
-    TraceTaskName = 0x300,
 }
 }
 
