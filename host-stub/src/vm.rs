@@ -66,7 +66,16 @@ fn require(kvm: &Kvm, cap: Cap, name: &'static str) -> Result<()> {
 
 impl Vm {
     /// Creates the VM, loads the guest and prepares its vCPU; `producers` are the event
-    /// producers this run uses.
+    /// producers this run uses (usually [`crate::Producers::build`]'s, plus any of one's own).
+    /// Every failure is an [`Error`] with a one-line message: `/dev/kvm` missing or not
+    /// permitted, a KVM capability missing, a bad image, a configuration out of range.
+    ///
+    /// ```no_run
+    /// let config = pvagent_host::Config::new("target/x86_64-unknown-none/debug/pvagent-guest");
+    /// let vm = pvagent_host::Vm::new(config, pvagent_host::Producers::defaults().build()?)?;
+    /// std::process::exit(vm.run().exit_status());
+    /// # Ok::<(), pvagent_host::Error>(())
+    /// ```
     pub fn new(config: Config, mut producers: Vec<Box<dyn ExitHandler>>) -> Result<Self> {
         let start = Instant::now();
         config.validate()?;
