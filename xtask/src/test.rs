@@ -1,7 +1,8 @@
 //! `cargo xtask test`, the project's test command: host unit tests (and the rustdoc
 //! examples), then the guest's self-tests under the host stub, then the same guest under QEMU
 //! TCG, then the end-to-end tests (bad input, deliberate failures, the protocols' host-side
-//! views). A failing test stage is a test failure (exit status 1); one that
+//! views), then every command the README and `docs/` show (`doccheck`, which runs the
+//! library's examples too). A failing test stage is a test failure (exit status 1); one that
 //! could not run is a host-side error (2).
 
 use std::process::ExitCode;
@@ -11,7 +12,7 @@ use crate::guest::cargo;
 use crate::proc::run_checked;
 use crate::qemu::{self, Accel};
 use crate::run::RunOptions;
-use crate::{Profile, Result, setup};
+use crate::{Profile, Result, doccheck, setup};
 
 fn step(name: &str) {
     println!("\n==== xtask test: {name}");
@@ -40,6 +41,9 @@ pub fn run_all() -> Result<ExitCode> {
     let mut e2e = cargo();
     e2e.args(["test", "-p", "pvagent-tests"]);
     run_checked(e2e, "end-to-end tests").map_err(crate::Error::as_test_failure)?;
+
+    step("every command the README and docs/ show (xtask/src/doccheck.rs)");
+    doccheck::run_all()?;
 
     println!("\n==== xtask test: all stages passed in {:.0} s", start.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)
