@@ -85,7 +85,7 @@ fn a_traced_run_shows_exits_injections_tasks_and_whole_page_not_present_spans() 
     assert_eq!(c.get("trace.task_names_refused"), 0);
     // Each task (but idle) has a track of its own, named by its name, with a span per time
     // it ran: together as many as the vCPU track's spans that are not idle.
-    let runner = tid_named(events, "selftest (task 1)");
+    let runner = tid_named(events, "selftest (task 1, gen 1)");
     let task_tracks: BTreeSet<u64> = events
         .iter()
         .filter(|e| e["ph"] == "M" && e["name"] == "thread_name" && e["pid"] == 2 && e["tid"] != tasks)
