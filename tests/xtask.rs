@@ -1,7 +1,7 @@
 //! End-to-end tests of `cargo xtask` as a user meets it: `--help` for every command, and the
 //! exit status that tells a failed test (1) from a host-side or usage error (2).
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn xtask(args: &[&str]) -> Output {
     pvagent_tests::require_kvm();

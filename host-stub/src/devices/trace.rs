@@ -68,7 +68,8 @@ impl TracePort {
         // A copy out of guest RAM; an address outside it is refused.
         ctx.mem.read_slice(&mut bytes, GuestAddress(args[1])).map_err(|_| Status::InvalidArgument)?;
         let name = String::from_utf8_lossy(&bytes).into_owned();
-        self.tracer.name_track(task_track(ctx.index, task), format!("{name} (task {}, gen {})", task.slot, task.generation));
+        self.tracer
+            .name_track(task_track(ctx.index, task), format!("{name} (task {}, gen {})", task.slot, task.generation));
         self.names.insert((ctx.index, task.slot, task.generation), name);
         Ok([0; 2])
     }
