@@ -172,6 +172,17 @@ pub struct Vcpu {
     pub stats: Option<VcpuStats>,
     /// The run's timeline (off unless traced): each exit is a span on this vCPU's track.
     pub trace: Tracer,
+    /// Whether the console's exits go on the timeline too (`Config::trace_console`).
+    pub trace_console: bool,
+}
+
+/// Whether `exit` is the console's (COM1's registers, `devices::serial`).
+fn is_console(exit: &Exit) -> bool {
+    let com1 = |port: u16| (pvagent_abi::port::COM1..pvagent_abi::port::COM1 + 8).contains(&port);
+    match exit {
+        Exit::IoOut { port, .. } | Exit::IoIn { port, .. } => com1(*port),
+        _ => false,
+    }
 }
 
 fn rip(fd: &VcpuFd) -> u64 {
@@ -240,7 +251,7 @@ impl Vcpu {
                 Err(e) if e.errno() == libc::EFAULT => Exit::Efault,
                 Err(e) => return Err(Error::Run(e)),
             };
-            if self.trace.is_on() {
+            if self.trace.is_on() && (self.trace_console || !is_console(&exit)) {
                 let since = Instant::now();
                 let (name, args) = timeline_entry(&exit, &data);
                 *in_progress = Some(ExitInProgress { since, name, args });
