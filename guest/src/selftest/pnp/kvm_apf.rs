@@ -24,26 +24,28 @@ use crate::arch::fault::pf;
 use crate::pv::kvm_apf;
 use crate::task::table::FaultInfo;
 
-pub const TESTS: &[SelfTest] = &[
-    SelfTest::new("kvm_apf::registration_follows_the_abi", registration_follows_the_abi),
-    SelfTest::new("kvm_apf::user_task_parks_while_another_runs", user_task_parks_while_another_runs),
-    SelfTest::new("kvm_apf::lone_user_task_waits_in_the_hlt_loop", lone_user_task_waits_in_the_hlt_loop),
-    SelfTest::new("kvm_apf::kernel_access_waits_synchronously", kernel_access_waits_synchronously),
-    SelfTest::new("kvm_apf::page_ready_before_page_not_present_does_not_park", page_ready_before_page_not_present),
-    SelfTest::new("kvm_apf::wake_all_wakes_every_waiter", wake_all_wakes_every_waiter),
-    SelfTest::new("kvm_apf::real_page_faults_stay_real", real_page_faults_stay_real),
-    SelfTest::new("kvm_apf::events_in_order", events_in_order),
-    SelfTest::new("kvm_apf::accounting_is_balanced", accounting_is_balanced),
-    // Run by the end-to-end tests: KVM's ABI has no "failed" result (the host must stop).
-    SelfTest::on_request("kvm_apf::touch_the_first_page_from_a_user_task", touch_the_first_page_from_a_user_task),
-    // Run by the end-to-end tests: the run's time limit holds while the vCPU waits inside KVM.
-    SelfTest::on_request("kvm_apf::wait_in_the_kernel_for_a_slow_page", wait_in_the_kernel_for_a_slow_page),
-];
+/// What every test of KVM's ABI against the pager needs.
+const APF_PAGER: &[Need] = &[Need::Pager, Need::KvmApf];
 
-/// The ABI is enabled on this vCPU.
-fn enabled() -> TestResult {
-    if kvm_apf::enabled() { Ok(()) } else { Err(Failure::Skip("KVM's async page fault ABI is not offered here")) }
-}
+pub const TESTS: &[SelfTest] = &[
+    SelfTest::new("kvm_apf::registration_follows_the_abi", registration_follows_the_abi).needs(&[Need::KvmApf]),
+    SelfTest::new("kvm_apf::user_task_parks_while_another_runs", user_task_parks_while_another_runs).needs(APF_PAGER),
+    SelfTest::new("kvm_apf::lone_user_task_waits_in_the_hlt_loop", lone_user_task_waits_in_the_hlt_loop)
+        .needs(APF_PAGER),
+    SelfTest::new("kvm_apf::kernel_access_waits_synchronously", kernel_access_waits_synchronously).needs(APF_PAGER),
+    SelfTest::new("kvm_apf::page_ready_before_page_not_present_does_not_park", page_ready_before_page_not_present)
+        .needs(&[Need::Pager, Need::KvmApf, Need::KvmApfHostStub]),
+    SelfTest::new("kvm_apf::wake_all_wakes_every_waiter", wake_all_wakes_every_waiter).needs(APF_PAGER),
+    SelfTest::new("kvm_apf::real_page_faults_stay_real", real_page_faults_stay_real).needs(APF_PAGER),
+    SelfTest::new("kvm_apf::events_in_order", events_in_order).needs(APF_PAGER),
+    SelfTest::new("kvm_apf::accounting_is_balanced", accounting_is_balanced).needs(&[Need::KvmApf]),
+    // Run by the end-to-end tests: KVM's ABI has no "failed" result (the host must stop).
+    SelfTest::on_request("kvm_apf::touch_the_first_page_from_a_user_task", touch_the_first_page_from_a_user_task)
+        .needs(APF_PAGER),
+    // Run by the end-to-end tests: the run's time limit holds while the vCPU waits inside KVM.
+    SelfTest::on_request("kvm_apf::wait_in_the_kernel_for_a_slow_page", wait_in_the_kernel_for_a_slow_page)
+        .needs(APF_PAGER),
+];
 
 /// The host stub's mode for one test: `kvm-apf` while it lives, if the run is in another mode
 /// the host stub serves itself; back to that mode when dropped, whatever the test's outcome.
@@ -63,17 +65,12 @@ impl Drop for KvmMode {
 /// returned guard is dropped.
 fn kvm_pager() -> Result<(Region, KvmMode), Failure> {
     let region = pager()?;
-    enabled()?;
     let mode = pnp::host_mode();
     if mode.is_kvm_apf() {
         return Ok((region, KvmMode(None)));
     }
     pnp::set_host_mode(HostMode::KvmApf).map_err(|e| fail(format_args!("set mode kvm-apf: {e:?}")))?;
     Ok((region, KvmMode(Some(mode))))
-}
-
-fn kernel_serves() -> bool {
-    pnp::host_mode() == HostMode::KvmApfKernel
 }
 
 fn read_msr(msr: u32) -> u64 {
@@ -111,7 +108,6 @@ extern "sysv64" fn user_read(gpa: u64) -> ! {
 }
 
 pub(super) fn registration_follows_the_abi() -> TestResult {
-    enabled()?;
     let area = kvm_apf::area_gpa();
     ensure_eq!(area % abi::DATA_SIZE, 0, "the area's alignment");
     let on = area | abi::EN_ENABLED | abi::EN_DELIVERY_AS_INT;
@@ -191,11 +187,6 @@ pub(super) fn kernel_access_waits_synchronously() -> TestResult {
 
 pub(super) fn page_ready_before_page_not_present() -> TestResult {
     let (region, _mode) = kvm_pager()?;
-    if kernel_serves() {
-        return Err(Failure::Skip(
-            "KVM sends page ready only after its page not present on one vCPU (before it only from another vCPU, by a race): only the host stub can force it",
-        ));
-    }
     let gpa = fresh_pages(&region, 1)?;
     // Immediate: the host sends "page ready" first, its #PF when the access is retried.
     pnp::set_page_behaviour(gpa, PageBehaviour::Immediate).map_err(|e| fail(format_args!("{e:?}")))?;
@@ -342,7 +333,6 @@ pub(super) fn events_in_order() -> TestResult {
 }
 
 pub(super) fn accounting_is_balanced() -> TestResult {
-    enabled()?;
     let s = kvm_apf::stats();
     kprintln!(
         "kvm_apf: guest: {} page not present ({} parked, {} HLT-loop waits, {} found ready), {} page ready ({} wake-all, {} late, {} spurious), {} real #PFs, {} rejected",

@@ -156,6 +156,11 @@ pub const MODE_NAMES: [(&str, HostMode); 4] = [
     ("kvm-apf-kernel", HostMode::KvmApfKernel),
 ];
 
+/// The command line's name of `mode`.
+pub fn mode_name(mode: HostMode) -> &'static str {
+    MODE_NAMES.iter().find(|(_, m)| *m == mode).map_or("?", |(name, _)| name)
+}
+
 /// Parses `sync`, `ring`, `kvm-apf` or `kvm-apf-kernel`.
 pub fn parse_mode(s: &str) -> Result<HostMode, String> {
     MODE_NAMES

@@ -37,7 +37,7 @@ impl Pager {
                     if args[0] <= u64::from(u32::MAX)
                         && (mode == HostMode::KvmApfKernel) == (inner.core.mode == HostMode::KvmApfKernel) =>
                 {
-                    inner.core.mode = mode;
+                    inner.core.set_mode(mode);
                     Ok([0; 2])
                 }
                 _ => Err(Status::InvalidArgument),

@@ -170,6 +170,11 @@ pub struct Counters {
     pub resolved_failed: u64,
     pub resolved_before_event: u64,
     pub sync_waits: u64,
+    /// Of `sync_waits`, those in ring mode (no event could be delivered: interrupts off, no
+    /// free token, the event area busy), as opposed to sync mode's every access.
+    pub sync_waits_in_ring_mode: u64,
+    /// Times the guest switched the mode (`PnpSetMode` to the other mode).
+    pub mode_changes: u64,
     /// Nanoseconds vCPUs spent blocked on the synchronous path.
     pub sync_wait_ns: u64,
     pub pages_fetched: u64,
@@ -212,6 +217,14 @@ impl PagerCore {
             timing: ResolutionTiming::WhenReady,
             pages: Pages { len: pages, touched: HashMap::new() },
             counters: Counters::default(),
+        }
+    }
+
+    /// Serves accesses in `mode` from now on (counting a change).
+    pub fn set_mode(&mut self, mode: HostMode) {
+        if mode != self.mode {
+            self.counters.mode_changes += 1;
+            self.mode = mode;
         }
     }
 
@@ -319,7 +332,10 @@ impl PagerCore {
                 self.counters.resolved_before_event += 1;
                 self.count_result(result);
             }
-            Decision::Wait { .. } => self.counters.sync_waits += 1,
+            Decision::Wait { .. } => {
+                self.counters.sync_waits += 1;
+                self.counters.sync_waits_in_ring_mode += u64::from(self.mode == HostMode::Ring);
+            }
             Decision::Continue | Decision::PresentNow | Decision::StopFailedPage => {}
         }
         decision

@@ -75,7 +75,13 @@ fn sync_mode_never_delivers_and_counts_waits() {
     assert_eq!(core.on_access(0, 0, Some(&mut pool)), Decision::Wait { fetch: None });
     assert_eq!(pool.outstanding(), 0);
     assert_eq!(core.counters.sync_waits, 2);
+    assert_eq!(core.counters.sync_waits_in_ring_mode, 0);
     assert_eq!(core.on_fetch_done(0), (RESULT_RETRY, vec![]));
+    // The guest switches to ring and back: two changes; the same mode again is none.
+    core.set_mode(HostMode::Ring);
+    core.set_mode(HostMode::Ring);
+    core.set_mode(HostMode::Sync);
+    assert_eq!(core.counters.mode_changes, 2);
 }
 
 #[test]
@@ -88,6 +94,7 @@ fn no_free_token_means_the_synchronous_path() {
     assert_eq!(pool.outstanding(), 2);
     // Not deliverable (interrupts off, area busy...) is the same path.
     assert_eq!(core.on_access(0, 3, None), Decision::Wait { fetch: Some(Fetch::Normal) });
+    assert_eq!((core.counters.sync_waits, core.counters.sync_waits_in_ring_mode), (2, 2));
 }
 
 #[test]
