@@ -74,16 +74,17 @@ pub fn roundtrip(s: Settings) -> Result<()> {
 
 /// The same round trip through KVM's async page fault ABI, served by the host stub (`kvm-apf`):
 /// two CPL 3 tasks walk their pages in turn; each access is a #PF with its token, its task
-/// parks, the other runs, "page ready" wakes it. The park is forced by the ABI itself: the #PF
-/// handler keeps interrupts off until its task is parked, so the page ready never overtakes it,
-/// and the other task is always there to switch to. Counted as the ring's is.
+/// parks, the other runs, "page ready" wakes it. The park is forced without a resolution timing:
+/// the #PF handler keeps interrupts off until its task is parked, so a page ready never overtakes
+/// its #PF, and the host stub lets a page ready on its way go before the next #PF (as VMX KVM
+/// delivers a pending interrupt before the next instruction), so the other task is always
+/// runnable when one must wait. Counted as the ring's is.
 fn roundtrip_kvm_apf(s: Settings, region: &pnp::Region, pages: u64) -> Result<()> {
     if !kvm_apf::enabled() {
         return Err(BenchError("KVM's async page fault ABI is not enabled"));
     }
     let boot_mode = pnp::host_mode();
     set_mode(HostMode::KvmApf)?;
-    set_timing(ResolutionTiming::AfterEventTaken)?;
     let tasks = 2;
     for rep in 0..s.reps {
         let baseline = baseline_now(s);
@@ -108,7 +109,6 @@ fn roundtrip_kvm_apf(s: Settings, region: &pnp::Region, pages: u64) -> Result<()
             Fields("", counts)
         );
     }
-    set_timing(ResolutionTiming::WhenReady)?;
     set_mode(boot_mode)
 }
 

@@ -492,6 +492,8 @@ mod tests {
             "bench: pnp_sleep rep=0 ops=8 total_ns=800 baseline_ns=10 events=0 slept=0 sync_waits=8",
             "bench: inject_exception_ac rep=0 ops=50 handled=0 total_ns=500 plain_ns=500",
             "bench: workload_ring rep=0 tasks=2 pages=4 compute_ns=1 latency_ns=0 wall_ns=9 busy_ns=9 events=8",
+            // KVM's async page faults that halted instead of parking.
+            "bench: pnp_kvm_apf rep=0 ops=8 total_ns=800 baseline_ns=10 events=8 slept=0 halted=8 early=0 sync_waits=0",
         ]);
         let problems = path_problems(&r);
         assert!(
@@ -506,6 +508,12 @@ mod tests {
             "{problems:?}"
         );
         assert!(!problems.iter().any(|p| p.contains("workload_ring")), "a complete ring run: {problems:?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("pnp_kvm_apf rep 0: KVM's async page fault park path not taken: slept=0")),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ use super::completion::{complete_fetch, submit};
 use super::delivery::{deliver_event, post_resolution};
 use super::error::PagerError;
 use super::held_back::complete_held_back_now;
+use super::kvm_apf::ApfVcpu;
 use super::kvm_apf_delivery;
 use super::region::PAGE;
 use super::registration::{Registration, interrupt_deliverable, processor_priority_class};
@@ -78,8 +79,25 @@ impl Pager {
         };
 
         let mut guard = self.shared.lock();
-        let inner = &mut *guard;
 
+        if mode == HostMode::KvmApf && window_open {
+            let vector =
+                guard.apf.get(vcpu).filter(|v| v.ready_in_flight()).and_then(ApfVcpu::active).map(|a| a.vector);
+            if let Some(vector) = vector {
+                drop(guard);
+                if event_window_open(ctx, vector)? {
+                    // A page ready is on its way and the vCPU can take it: re-entering delivers
+                    // it before the access is retried, as KVM on VMX delivers a pending
+                    // interrupt before the guest's next instruction (on PVM a pending interrupt
+                    // waits for the next exit: this is that exit). Its task then is runnable
+                    // when this access's task must wait.
+                    self.shared.lock().apf_counters.retries_for_page_ready += 1;
+                    return Ok(Handled::Yes);
+                }
+                guard = self.shared.lock();
+            }
+        }
+        let inner = &mut *guard;
         let ring_area_free = match ring {
             Some(a) if window_open && mode == HostMode::Ring => {
                 let busy = event_area_busy(inner, vcpu, a)?;

@@ -183,6 +183,11 @@ impl ApfVcpu {
         self.outstanding.len()
     }
 
+    /// Whether a "page ready" was delivered and not acknowledged yet.
+    pub fn ready_in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
     /// Whether a "page ready" waits to be delivered or acknowledged.
     pub fn ready_pending(&self) -> bool {
         !self.ready.is_empty() || self.in_flight.is_some()

@@ -46,6 +46,9 @@ pub struct ApfCounters {
     pub forgotten: u64,
     /// "Page ready" delivered before its "page not present" (a forced wake-before-wait).
     pub ready_before_not_present: u64,
+    /// Accesses re-entered so that a "page ready" on its way is taken before a new "page not
+    /// present" is delivered.
+    pub retries_for_page_ready: u64,
 }
 
 /// Whether KVM would deliver "page not present" to the vCPU now (`kvm_can_do_async_pf` and

@@ -197,6 +197,7 @@ impl Pager {
             ("kvm_apf_acks", inner.apf_counters.acks),
             ("kvm_apf_forgotten", inner.apf_counters.forgotten),
             ("kvm_apf_ready_before_not_present", inner.apf_counters.ready_before_not_present),
+            ("kvm_apf_retries_for_page_ready", inner.apf_counters.retries_for_page_ready),
         ] {
             report.counter(NAME, key, value);
         }
