@@ -149,7 +149,7 @@ const ROUND_TRIPS: [(&str, &str, &str); 5] = [
     ),
     ("sync", "pnp_sync", "no event: the vCPU waits in the host until the page is in (0 page-in)"),
     (
-        "kvm-apf",
+        "kvm_apf",
         "pnp_kvm_apf",
         "KVM's async page fault ABI (the host stub serving it): #PF with the token, park, switch to the other task, page ready, wake, resume (two CPL 3 tasks, page ready at once)",
     ),
@@ -169,7 +169,7 @@ pub fn page_not_present_costs(run: &RunOutput) -> Vec<Cost> {
     }
     costs.push(Cost::unavailable("ve", "the same round trip with #VE as the event", VE_NOT_IMPLEMENTED));
     costs.push(Cost::unavailable(
-        "kvm-apf-kernel",
+        "kvm_apf_kernel",
         "the same round trip with KVM serving its async page fault ABI",
         KVM_APF_KERNEL_NOT_MEASURED,
     ));

@@ -477,7 +477,7 @@ fn insane(r: &Results) -> Vec<String> {
     for c in r.injection.iter().chain(&r.page_not_present) {
         match (&c.per_event_ns, c.name.as_str()) {
             (Some(s), _) => summaries.push((format!("cost of {}", c.name), s)),
-            (None, "ve" | "kvm-apf-kernel") => {}
+            (None, "ve" | "kvm_apf_kernel") => {}
             (None, name) => problems.push(format!("cost of {name}: not measured ({:?})", c.unavailable)),
         }
     }

@@ -157,7 +157,7 @@ fn chart_label(name: &str) -> String {
         "halt" => "pnp halt".into(),
         "early" => "pnp early".into(),
         "sync" => "pnp sync".into(),
-        "kvm-apf" => "kvm-apf park".into(),
+        "kvm_apf" => "kvm-apf park".into(),
         other => other.into(),
     }
 }
