@@ -104,8 +104,8 @@ pub enum Rejection {
 /// What to do with the context that took an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventOutcome {
-    /// Wait: the waiter is registered on the token.
-    Park,
+    /// Wait: this waiter is registered on the token.
+    Park(Waiter),
     /// The wake is already here: act on `result` at once.
     AlreadyResolved { result: u32 },
     /// The event is not acted on (the access simply continues or is retried).
@@ -216,12 +216,16 @@ impl<const N: usize> TokenTable<N> {
         Self { entries: [Self::FREE; N], keying, waiting: 0, kept: 0, stats: TokenStats::new() }
     }
 
-    /// Starts over with `keying` (by slot: at most `N` slots). Only call with nothing pending.
+    /// Starts over with `keying` (by slot: at most `N` slots, and only those are cleared, the
+    /// others never being looked at). Only call with nothing pending.
     pub fn reset(&mut self, keying: Keying) {
-        if let Keying::Slot { entries } = keying {
-            assert!(entries as usize <= N, "a ring of {entries} slots in a table of {N}");
+        match keying {
+            Keying::Slot { entries } => {
+                assert!(entries as usize <= N, "a ring of {entries} slots in a table of {N}");
+                self.entries[..entries as usize].fill(Self::FREE);
+            }
+            Keying::Off | Keying::Hashed => self.entries = [Self::FREE; N],
         }
-        self.entries = [Self::FREE; N];
         self.keying = keying;
         self.waiting = 0;
         self.kept = 0;
@@ -314,7 +318,15 @@ impl<const N: usize> TokenTable<N> {
         wrap(r)
     }
 
-    fn park(&mut self, at: Option<usize>, home: usize, token: u32, gpa: u64, waiter: Waiter) -> EventOutcome {
+    fn park(
+        &mut self,
+        at: Option<usize>,
+        home: usize,
+        token: u32,
+        gpa: u64,
+        waiter: impl FnOnce() -> Waiter,
+    ) -> EventOutcome {
+        let waiter = waiter();
         let waiting = Entry::Waiting { token, waiter, gpa };
         match at {
             Some(i) => self.put(i, waiting),
@@ -325,11 +337,14 @@ impl<const N: usize> TokenTable<N> {
             }
         }
         self.stats.parked += 1;
-        EventOutcome::Park
+        EventOutcome::Park(waiter)
     }
 
-    /// An event for `token` was taken by `waiter` (for an access at `gpa`, 0 if unknown).
-    pub fn on_event(&mut self, token: u32, gpa: u64, waiter: Waiter) -> EventOutcome {
+    /// An event for `token` was taken (for an access at `gpa`, 0 if unknown); `waiter` says
+    /// who waits for it, asked only if someone must (deciding reads the scheduler's state).
+    /// Inlined, as [`TokenTable::on_wake`]: both run on every event.
+    #[inline(always)]
+    pub fn on_event(&mut self, token: u32, gpa: u64, waiter: impl FnOnce() -> Waiter) -> EventOutcome {
         let home = match self.home(token) {
             Ok(home) => home,
             Err(r) => return self.reject(r, EventOutcome::Rejected),
@@ -361,6 +376,7 @@ impl<const N: usize> TokenTable<N> {
     }
 
     /// The host woke `token` with `result`.
+    #[inline(always)]
     pub fn on_wake(&mut self, token: u32, result: u32) -> WakeOutcome {
         let home = match self.home(token) {
             Ok(home) => home,

@@ -16,7 +16,7 @@ use crate::arch::{apic, cpu};
 use crate::cell::StaticCell;
 use crate::kprintln;
 use crate::pv::tokens::{EventOutcome, Keying, TokenStats, TokenTable, Waiter, WakeOutcome};
-use crate::pv::wait::{self, TokenWaits, Waited};
+use crate::pv::wait::{self, Waited};
 use crate::sync::{CpuCell, IrqGuard};
 use crate::task::table::TaskId;
 
@@ -125,28 +125,6 @@ struct ApfCpu {
 static STATE: CpuCell<ApfCpu> = CpuCell::new(
     [const { ApfCpu { en_msr: 0, table: TokenTable::with_keying(Keying::Hashed), stats: Stats::new() } }; MAX_CPUS],
 );
-
-impl TokenWaits for ApfCpu {
-    const WAIT_OWNER: &'static str = super::WAIT_OWNER;
-
-    fn on_event(&mut self, token: u32, gpa: u64, waiter: Waiter) -> EventOutcome {
-        self.stats.events += 1;
-        self.table.on_event(token, gpa, waiter)
-    }
-
-    fn take_halt_result(&mut self, token: u32) -> Option<(u32, u64)> {
-        self.table.take_halt_result(token)
-    }
-
-    fn count_wait(&mut self, slept: bool, cycles: u64) {
-        if slept {
-            self.stats.slept += 1;
-        } else {
-            self.stats.halted += 1;
-        }
-        self.stats.handler_cycles += cycles;
-    }
-}
 
 /// Why enabling failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -269,7 +247,24 @@ fn on_page_fault(frame: &mut TrapFrame) {
         )),
         PageFault::PageNotPresent => {
             let token = Cr2::read_raw() as u32;
-            let (waited, since) = wait::wait_for_token(&STATE, frame, token, 0, entered);
+            // One borrow: count, record, and say who waits (asked only if someone must).
+            let outcome = STATE.with(|s| {
+                s.stats.events += 1;
+                let outcome = s.table.on_event(token, 0, || wait::waiter(frame));
+                match outcome {
+                    EventOutcome::Park(Waiter::Task(_)) => s.stats.slept += 1,
+                    EventOutcome::Park(Waiter::Halt) => s.stats.halted += 1,
+                    EventOutcome::AlreadyResolved { .. } | EventOutcome::Rejected(_) => {}
+                }
+                if let EventOutcome::Park(_) = outcome {
+                    // A wait is not the handler's cost: what comes before and after it is.
+                    s.stats.handler_cycles += cpu::rdtsc().wrapping_sub(entered);
+                }
+                outcome
+            });
+            let waited =
+                wait::wait(outcome, super::WAIT_OWNER, token, || STATE.with(|s| s.table.take_halt_result(token)));
+            let since = if let EventOutcome::Park(_) = outcome { cpu::rdtsc() } else { entered };
             if let Waited::Rejected(why) = waited {
                 // Not parked: returning retries the access, and the host, with the page still
                 // coming, makes this vCPU wait for it.

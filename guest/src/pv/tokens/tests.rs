@@ -40,7 +40,7 @@ fn task(slot: u16) -> Waiter {
 fn event_then_wake_parks_then_wakes_the_task() {
     let mut t = by_slot();
     let tok = ring(2, 1);
-    assert_eq!(t.on_event(tok, 0x1000, Waiter::Task(TASK)), EventOutcome::Park);
+    assert!(matches!(t.on_event(tok, 0x1000, || Waiter::Task(TASK)), EventOutcome::Park(_)));
     assert_eq!(t.waiting(), 1);
     assert_eq!(t.on_wake(tok, RESULT_RETRY), WakeOutcome::Wake { task: TASK, result: 0, gpa: 0x1000 });
     assert_eq!((t.waiting(), t.kept()), (0, 0));
@@ -53,7 +53,9 @@ fn a_wake_before_its_event_is_kept_and_the_event_does_not_park() {
         let tok = ring(5, 7);
         assert_eq!(t.on_wake(tok, RESULT_RETRY), WakeOutcome::Early);
         assert_eq!(t.kept(), 1);
-        assert_eq!(t.on_event(tok, 0x2000, Waiter::Task(TASK)), EventOutcome::AlreadyResolved { result: 0 });
+        // Who would wait is not even asked: the fast path leaves the scheduler alone.
+        let outcome = t.on_event(tok, 0x2000, || unreachable!("a waiter asked for a resolved token"));
+        assert_eq!(outcome, EventOutcome::AlreadyResolved { result: 0 });
         assert_eq!((t.waiting(), t.kept()), (0, 0));
         assert_eq!(t.stats.resolved_before_event, 1);
         assert_eq!(t.stats.parked, 0, "nobody parked, so nobody can be left asleep");
@@ -65,7 +67,7 @@ fn an_early_failure_reaches_the_event() {
     let mut t = by_slot();
     let tok = ring(1, 1);
     t.on_wake(tok, RESULT_FAILED);
-    assert_eq!(t.on_event(tok, 0, Waiter::Task(TASK)), EventOutcome::AlreadyResolved { result: RESULT_FAILED });
+    assert_eq!(t.on_event(tok, 0, || Waiter::Task(TASK)), EventOutcome::AlreadyResolved { result: RESULT_FAILED });
     assert_eq!(t.stats.failed, 1);
 }
 
@@ -73,7 +75,7 @@ fn an_early_failure_reaches_the_event() {
 fn halt_waiters_pick_up_their_result_once() {
     for mut t in [by_slot(), hashed::<256>()] {
         let tok = ring(0, 3);
-        assert_eq!(t.on_event(tok, 0x3000, Waiter::Halt), EventOutcome::Park);
+        assert!(matches!(t.on_event(tok, 0x3000, || Waiter::Halt), EventOutcome::Park(_)));
         assert_eq!(t.take_halt_result(tok), None, "not resolved yet");
         assert_eq!(t.on_wake(tok, RESULT_RETRY), WakeOutcome::HaltDone);
         assert_eq!(t.take_halt_result(tok), Some((RESULT_RETRY, 0x3000)));
@@ -81,7 +83,7 @@ fn halt_waiters_pick_up_their_result_once() {
         assert_eq!((t.waiting(), t.kept()), (0, 0));
     }
     let mut t = by_slot();
-    t.on_event(ring(0, 3), 0, Waiter::Halt);
+    t.on_event(ring(0, 3), 0, || Waiter::Halt);
     t.on_wake(ring(0, 3), RESULT_RETRY);
     t.take_halt_result(ring(0, 3));
     assert_eq!(t.on_wake(ring(0, 3), RESULT_RETRY), WakeOutcome::Rejected(Rejection::Duplicate));
@@ -91,12 +93,12 @@ fn halt_waiters_pick_up_their_result_once() {
 fn a_duplicate_wake_wakes_nobody() {
     let mut t = by_slot();
     let tok = ring(2, 1);
-    t.on_event(tok, 0, Waiter::Task(TASK));
+    t.on_event(tok, 0, || Waiter::Task(TASK));
     t.on_wake(tok, RESULT_RETRY);
     assert_eq!(t.on_wake(tok, RESULT_RETRY), WakeOutcome::Rejected(Rejection::Duplicate));
     // The slot's next use is unaffected.
     let next = ring(2, 2);
-    assert_eq!(t.on_event(next, 0, Waiter::Task(OTHER)), EventOutcome::Park);
+    assert!(matches!(t.on_event(next, 0, || Waiter::Task(OTHER)), EventOutcome::Park(_)));
     assert_eq!(t.on_wake(next, RESULT_RETRY), WakeOutcome::Wake { task: OTHER, result: 0, gpa: 0 });
     assert_eq!(t.stats.duplicate, 1);
 }
@@ -104,7 +106,7 @@ fn a_duplicate_wake_wakes_nobody() {
 #[test]
 fn by_slot_a_wake_for_another_token_of_a_busy_slot_wakes_nobody() {
     let mut t = by_slot();
-    t.on_event(ring(4, 2), 0, Waiter::Task(TASK));
+    t.on_event(ring(4, 2), 0, || Waiter::Task(TASK));
     assert_eq!(t.on_wake(ring(4, 1), RESULT_RETRY), WakeOutcome::Rejected(Rejection::Unknown));
     assert_eq!(t.on_wake(ring(4, 3), RESULT_RETRY), WakeOutcome::Rejected(Rejection::Unknown));
     assert_eq!(t.waiting(), 1, "the real waiter still waits");
@@ -117,7 +119,7 @@ fn by_slot_a_bogus_early_wake_never_satisfies_a_different_event() {
     // The host "resolves" a token it never handed out...
     assert_eq!(t.on_wake(ring(6, 9), RESULT_RETRY), WakeOutcome::Early);
     // ...then delivers a real event on the same slot: it must park, not run on.
-    assert_eq!(t.on_event(ring(6, 10), 0, Waiter::Task(TASK)), EventOutcome::Park);
+    assert!(matches!(t.on_event(ring(6, 10), 0, || Waiter::Task(TASK)), EventOutcome::Park(_)));
     assert_eq!(t.stats.unknown, 1);
     assert_eq!(t.kept(), 0);
 }
@@ -125,15 +127,15 @@ fn by_slot_a_bogus_early_wake_never_satisfies_a_different_event() {
 #[test]
 fn malformed_tokens_and_results_are_rejected() {
     let mut t = by_slot();
-    assert_eq!(t.on_event(0, 0, Waiter::Task(TASK)), EventOutcome::Rejected(Rejection::Malformed));
-    assert_eq!(t.on_event(ring(8, 1), 0, Waiter::Task(TASK)), EventOutcome::Rejected(Rejection::Malformed));
-    assert_eq!(t.on_event(ring(1, 0), 0, Waiter::Task(TASK)), EventOutcome::Rejected(Rejection::Malformed));
+    assert_eq!(t.on_event(0, 0, || Waiter::Task(TASK)), EventOutcome::Rejected(Rejection::Malformed));
+    assert_eq!(t.on_event(ring(8, 1), 0, || Waiter::Task(TASK)), EventOutcome::Rejected(Rejection::Malformed));
+    assert_eq!(t.on_event(ring(1, 0), 0, || Waiter::Task(TASK)), EventOutcome::Rejected(Rejection::Malformed));
     assert_eq!(t.on_wake(ring(9, 1), RESULT_RETRY), WakeOutcome::Rejected(Rejection::Malformed));
     assert_eq!(t.on_wake(ring(1, 1), 7), WakeOutcome::Rejected(Rejection::BadResult));
     assert_eq!(t.stats.rejected(), 5);
     assert_eq!((t.waiting(), t.kept()), (0, 0));
     let mut h = hashed::<128>();
-    assert_eq!(h.on_event(0, 0, Waiter::Task(TASK)), EventOutcome::Rejected(Rejection::Malformed));
+    assert_eq!(h.on_event(0, 0, || Waiter::Task(TASK)), EventOutcome::Rejected(Rejection::Malformed));
     let mut off = TokenTable::<8>::new();
     assert_eq!(off.on_wake(kvm(1), RESULT_RETRY), WakeOutcome::Rejected(Rejection::Malformed), "nothing registered");
 }
@@ -141,12 +143,12 @@ fn malformed_tokens_and_results_are_rejected() {
 #[test]
 fn an_event_for_a_busy_token_is_rejected_and_the_first_waiter_keeps_its_place() {
     let mut t = by_slot();
-    t.on_event(ring(3, 1), 0, Waiter::Task(TASK));
-    assert_eq!(t.on_event(ring(3, 2), 0, Waiter::Task(OTHER)), EventOutcome::Rejected(Rejection::Busy));
+    t.on_event(ring(3, 1), 0, || Waiter::Task(TASK));
+    assert_eq!(t.on_event(ring(3, 2), 0, || Waiter::Task(OTHER)), EventOutcome::Rejected(Rejection::Busy));
     assert_eq!(t.on_wake(ring(3, 1), RESULT_RETRY), WakeOutcome::Wake { task: TASK, result: 0, gpa: 0 });
     let mut h = hashed::<128>();
-    h.on_event(kvm(5), 0, Waiter::Task(TASK));
-    assert_eq!(h.on_event(kvm(5), 0, Waiter::Task(OTHER)), EventOutcome::Rejected(Rejection::Busy));
+    h.on_event(kvm(5), 0, || Waiter::Task(TASK));
+    assert_eq!(h.on_event(kvm(5), 0, || Waiter::Task(OTHER)), EventOutcome::Rejected(Rejection::Busy));
     assert_eq!(h.on_wake(kvm(5), RESULT_RETRY), WakeOutcome::Wake { task: TASK, result: 0, gpa: 0 });
 }
 
@@ -158,7 +160,7 @@ fn many_tokens_interleave_independently() {
         // Even: event first. Odd: wake first.
         for (i, &tok) in toks.iter().enumerate() {
             if i % 2 == 0 {
-                assert_eq!(t.on_event(tok, i as u64, task(i as u16)), EventOutcome::Park);
+                assert!(matches!(t.on_event(tok, i as u64, || task(i as u16)), EventOutcome::Park(_)));
             } else {
                 assert_eq!(t.on_wake(tok, RESULT_RETRY), WakeOutcome::Early);
             }
@@ -168,7 +170,7 @@ fn many_tokens_interleave_independently() {
             if i % 2 == 0 {
                 assert_eq!(t.on_wake(tok, RESULT_RETRY), WakeOutcome::Wake { task: id, result: 0, gpa: i as u64 });
             } else {
-                assert_eq!(t.on_event(tok, 0, Waiter::Task(id)), EventOutcome::AlreadyResolved { result: 0 });
+                assert_eq!(t.on_event(tok, 0, || Waiter::Task(id)), EventOutcome::AlreadyResolved { result: 0 });
             }
         }
         assert_eq!((t.waiting(), t.kept(), t.stats.rejected()), (0, 0, 0));
@@ -193,7 +195,7 @@ fn colliding_tokens_stay_reachable_after_removals() {
     let same: Vec<u32> = (2..10_000).map(kvm).filter(|&tok| t.home(tok).unwrap() == home).take(3).collect();
     let toks = [kvm(1), same[0], same[1], same[2]];
     for (i, &tok) in toks.iter().enumerate() {
-        assert_eq!(t.on_event(tok, i as u64, task(i as u16)), EventOutcome::Park);
+        assert!(matches!(t.on_event(tok, i as u64, || task(i as u16)), EventOutcome::Park(_)));
     }
     assert!(matches!(t.on_wake(toks[1], RESULT_RETRY), WakeOutcome::Wake { .. }));
     for (i, &tok) in toks.iter().enumerate().filter(|(i, _)| *i != 1) {
@@ -209,7 +211,7 @@ fn colliding_tokens_stay_reachable_after_removals() {
 fn a_full_table_gives_up_kept_wakes_never_waiters() {
     let mut t = hashed::<8>();
     for id in 1..=6 {
-        assert_eq!(t.on_event(kvm(id), 0, task(id as u16)), EventOutcome::Park);
+        assert!(matches!(t.on_event(kvm(id), 0, || task(id as u16)), EventOutcome::Park(_)));
     }
     for id in 7..=8 {
         assert_eq!(t.on_wake(kvm(id), RESULT_RETRY), WakeOutcome::Early);
@@ -218,10 +220,10 @@ fn a_full_table_gives_up_kept_wakes_never_waiters() {
     assert_eq!(t.on_wake(kvm(9), RESULT_RETRY), WakeOutcome::Early);
     assert_eq!((t.stats.given_up, t.waiting(), t.kept()), (1, 6, 2));
     // ...and so does a new waiter, until only waiters are left.
-    assert_eq!(t.on_event(kvm(10), 0, task(10)), EventOutcome::Park);
-    assert_eq!(t.on_event(kvm(11), 0, task(11)), EventOutcome::Park);
+    assert!(matches!(t.on_event(kvm(10), 0, || task(10)), EventOutcome::Park(_)));
+    assert!(matches!(t.on_event(kvm(11), 0, || task(11)), EventOutcome::Park(_)));
     assert_eq!((t.stats.given_up, t.waiting(), t.kept()), (3, 8, 0));
-    assert_eq!(t.on_event(kvm(12), 0, task(12)), EventOutcome::Rejected(Rejection::Full));
+    assert_eq!(t.on_event(kvm(12), 0, || task(12)), EventOutcome::Rejected(Rejection::Full));
     assert_eq!(t.on_wake(kvm(13), RESULT_RETRY), WakeOutcome::Rejected(Rejection::Full));
     // Every waiter is still woken by its own token.
     for id in (1..=6).chain(10..=11) {
@@ -233,9 +235,9 @@ fn a_full_table_gives_up_kept_wakes_never_waiters() {
 #[test]
 fn wake_all_wakes_every_waiter_and_absorbs_their_late_wakes() {
     let mut t = hashed::<128>();
-    t.on_event(kvm(1), 0x1000, Waiter::Task(TASK));
-    t.on_event(kvm(2), 0x2000, Waiter::Task(OTHER));
-    t.on_event(kvm(3), 0x3000, Waiter::Halt);
+    t.on_event(kvm(1), 0x1000, || Waiter::Task(TASK));
+    t.on_event(kvm(2), 0x2000, || Waiter::Task(OTHER));
+    t.on_event(kvm(3), 0x3000, || Waiter::Halt);
     t.on_wake(kvm(4), RESULT_RETRY); // an early wake: its event may still come, so it stays
     let mut woken = Vec::new();
     assert_eq!(t.wake_all(|task| woken.push(task)), 3);
@@ -247,7 +249,7 @@ fn wake_all_wakes_every_waiter_and_absorbs_their_late_wakes() {
     for id in 1..=3 {
         assert_eq!(t.on_wake(kvm(id), RESULT_RETRY), WakeOutcome::Late);
     }
-    assert_eq!(t.on_event(kvm(4), 0, Waiter::Task(TASK)), EventOutcome::AlreadyResolved { result: 0 });
+    assert_eq!(t.on_event(kvm(4), 0, || Waiter::Task(TASK)), EventOutcome::AlreadyResolved { result: 0 });
     assert_eq!((t.waiting(), t.kept(), t.stats.late, t.stats.woken_by_wake_all), (0, 0, 3, 3));
     assert_eq!(t.stats.rejected(), 0);
 }
@@ -255,9 +257,9 @@ fn wake_all_wakes_every_waiter_and_absorbs_their_late_wakes() {
 #[test]
 fn a_task_woken_by_wake_all_may_fault_again_on_its_token() {
     let mut t = hashed::<128>();
-    t.on_event(kvm(1), 0, Waiter::Task(TASK));
+    t.on_event(kvm(1), 0, || Waiter::Task(TASK));
     t.wake_all(|_| {});
-    assert_eq!(t.on_event(kvm(1), 0, Waiter::Task(TASK)), EventOutcome::Park);
+    assert!(matches!(t.on_event(kvm(1), 0, || Waiter::Task(TASK)), EventOutcome::Park(_)));
     assert_eq!(t.on_wake(kvm(1), RESULT_RETRY), WakeOutcome::Wake { task: TASK, result: 0, gpa: 0 });
     assert_eq!((t.waiting(), t.kept()), (0, 0));
 }
@@ -266,13 +268,13 @@ fn a_task_woken_by_wake_all_may_fault_again_on_its_token() {
 fn a_halt_waiters_own_wake_after_a_wake_all_is_absorbed_whenever_it_comes() {
     let mut t = hashed::<128>();
     // Its own wake before it picked up the wake-all's result...
-    t.on_event(kvm(1), 0, Waiter::Halt);
+    t.on_event(kvm(1), 0, || Waiter::Halt);
     t.wake_all(|_| panic!("no task waits"));
     assert_eq!(t.on_wake(kvm(1), RESULT_RETRY), WakeOutcome::Late);
     assert_eq!(t.take_halt_result(kvm(1)), Some((RESULT_RETRY, 0)));
     assert_eq!((t.waiting(), t.kept()), (0, 0));
     // ...or after.
-    t.on_event(kvm(2), 0, Waiter::Halt);
+    t.on_event(kvm(2), 0, || Waiter::Halt);
     t.wake_all(|_| {});
     assert_eq!(t.take_halt_result(kvm(2)), Some((RESULT_RETRY, 0)));
     assert_eq!(t.on_wake(kvm(2), RESULT_RETRY), WakeOutcome::Late);
@@ -305,7 +307,7 @@ fn the_hashed_table_agrees_with_a_map_over_many_random_operations() {
             if model.len() >= 40 && !model.contains_key(&token) {
                 continue;
             }
-            let got = t.on_event(token, 0, Waiter::Task(id));
+            let got = t.on_event(token, 0, || Waiter::Task(id));
             let want = match model.get(&token) {
                 Some(Model::Early) => {
                     model.remove(&token);
@@ -314,7 +316,7 @@ fn the_hashed_table_agrees_with_a_map_over_many_random_operations() {
                 Some(Model::Waiting(_)) => EventOutcome::Rejected(Rejection::Busy),
                 None => {
                     model.insert(token, Model::Waiting(id));
-                    EventOutcome::Park
+                    EventOutcome::Park(Waiter::Task(id))
                 }
             };
             assert_eq!(got, want, "step {step}: event {token:#x}");
