@@ -176,13 +176,7 @@ pub fn enable() -> Result<(), EnableError> {
     let fresh = STATE.with(|s| s.en_msr == 0);
     let enabled = if fresh { write_msr(abi::MSR_ASYNC_PF_INT, u64::from(PAGE_READY_VECTOR)) } else { Ok(()) }
         .and_then(|()| write_msr(abi::MSR_ASYNC_PF_EN, en));
-    match enabled {
-        Ok(()) => {
-            STATE.with(|s| s.en_msr = en);
-            Ok(())
-        }
-        Err(e) => Err(e),
-    }
+    enabled.map(|()| STATE.with(|s| s.en_msr = en))
 }
 
 /// Turns the ABI off on this vCPU. The host forgets its outstanding tokens (KVM delivers none

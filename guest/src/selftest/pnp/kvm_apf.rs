@@ -37,6 +37,11 @@ pub const TESTS: &[SelfTest] = &[
         .needs(&[Need::Pager, Need::KvmApf, Need::KvmApfHostStub]),
     SelfTest::new("kvm_apf::wake_all_wakes_every_waiter", wake_all_wakes_every_waiter).needs(APF_PAGER),
     SelfTest::new("kvm_apf::real_page_faults_stay_real", real_page_faults_stay_real).needs(APF_PAGER),
+    SelfTest::new("kvm_apf::turning_it_off_wakes_every_waiter", turning_it_off_wakes_every_waiter).needs(&[
+        Need::Pager,
+        Need::KvmApf,
+        Need::KvmApfHostStub,
+    ]),
     SelfTest::new("kvm_apf::events_in_order", events_in_order).needs(APF_PAGER),
     SelfTest::new("kvm_apf::accounting_is_balanced", accounting_is_balanced).needs(&[Need::KvmApf]),
     // Run by the end-to-end tests: KVM's ABI has no "failed" result (the host must stop).
@@ -265,6 +270,32 @@ pub(super) fn real_page_faults_stay_real() -> TestResult {
     let after = kvm_apf::stats();
     ensure_eq!(after.events - before.events, 1, "page not present #PFs");
     ensure_eq!(after.real_faults - before.real_faults, 2, "real #PFs passed on (the kernel's, the task's)");
+    Ok(())
+}
+
+/// Turning the ABI off while a task waits: the host forgets the token, so the guest wakes its
+/// waiter itself; the task's retry then waits synchronously (which releases its held page).
+/// Only against the host stub: KVM answers the disabling only once the fetch its worker runs is
+/// over, and that held page comes only when this test, which is waiting for KVM, releases it.
+pub(super) fn turning_it_off_wakes_every_waiter() -> TestResult {
+    let (region, _mode) = kvm_pager()?;
+    latency(0, 0)?;
+    let gpa = fresh_pages(&region, 1)?;
+    let mut held = Held::new();
+    held.hold(gpa)?;
+    let a = spawned(task::spawn_user("apf-off", user_read, gpa))?;
+    yield_until_parked(1)?;
+    let (events, sync) = (kvm_apf::stats().events, counter(HostCounter::SyncWaits)?);
+    let off = kvm_apf::disable();
+    // Back on whatever happened, for the tests after this one.
+    let on = kvm_apf::enable();
+    off.map_err(|e| fail(format_args!("disable: {e:?}")))?;
+    on.map_err(|e| fail(format_args!("enable again: {e:?}")))?;
+    ensure_eq!(kvm_apf::pending(), (0, 0), "(waiters, kept tokens) after turning it off");
+    ensure_eq!(join(a)?, ExitStatus::Returned(backing_pattern(gpa)), "the woken task's data");
+    ensure_eq!(kvm_apf::stats().events - events, 0, "page not present #PFs for the retry");
+    ensure_eq!(counter(HostCounter::SyncWaits)? - sync, 1, "the retry waited synchronously");
+    ensure_eq!(held.release_all()?, 0, "held pages left (the synchronous wait released it)");
     Ok(())
 }
 
