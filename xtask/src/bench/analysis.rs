@@ -14,7 +14,7 @@ use super::stats::Summary;
 /// Why a path has no figure on this machine.
 pub const VE_NOT_IMPLEMENTED: &str = "#VE is not implemented yet (no producer, no guest handler)";
 /// Why the ABI served by KVM itself has no figure.
-pub const KVM_APF_KERNEL_NOT_MEASURED: &str = "kvm-apf-kernel (KVM serving its own ABI) is a mode a run starts in and cannot switch to or from, and the benchmark guest's run switches between modes; the end-to-end tests compare it with kvm-apf event by event";
+pub const KVM_APF_KERNEL_NOT_MEASURED: &str = "KVM serves its ABI only in a mode a run starts in and stays in, while the benchmark guest switches between modes; the end-to-end tests compare it with kvm-apf event by event";
 
 /// The cost of one kind of event, per event.
 #[derive(Clone, Debug, Serialize)]

@@ -134,11 +134,11 @@ impl Pager {
                 }
                 deliver_event(inner, ctx, out(token), gpa, gva)?;
             }
-            Decision::DeliverResolved { token, result, make_present } if via == Some(Via::KvmApf) => {
+            Decision::DeliverResolved { token, result, make_present: _ } if via == Some(Via::KvmApf) => {
                 // KVM's ABI: "page ready" first, its #PF at this vCPU's next access to the page
-                // (the retry of this one), and the page arrives with the #PF, so the retry comes
-                // back. One vCPU's stand-in for KVM delivering "page ready" on another vCPU.
-                let _ = (result, make_present);
+                // (the retry of this one), and the page arrives with the #PF (`deliver_owed`),
+                // so the retry comes back. One vCPU's stand-in for KVM delivering "page ready"
+                // on another vCPU.
                 post_resolution(inner, out(token), result)?;
                 inner.apf_counters.ready_before_not_present += 1;
                 if let Some(v) = inner.apf.get_mut(vcpu) {
