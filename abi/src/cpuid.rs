@@ -45,6 +45,8 @@ impl Features {
     /// [`crate::port::TRACE`]. Set only while tracing: a guest writes to the port only then, so
     /// an untraced run pays no exit for it.
     pub const TRACE: u32 = 1 << 5;
+    /// The paravirtual console ([`crate::port::CONSOLE`], [`crate::console`]) is served.
+    pub const CONSOLE: u32 = 1 << 6;
 
     /// Whether every bit of `bits` is set.
     pub const fn has(self, bits: u32) -> bool {

@@ -39,6 +39,10 @@ struct Args {
     /// Do not echo the guest's console.
     #[arg(long, conflicts_with = "serial_log")]
     quiet: bool,
+    /// Do not offer the paravirtual console: the guest then prints through the UART (COM1), as
+    /// under QEMU.
+    #[arg(long)]
+    no_pv_console: bool,
     /// Print every host counter (`host: counter KEY VALUE`) after the run.
     #[arg(long)]
     counters: bool,
@@ -205,6 +209,7 @@ fn main() -> ExitCode {
     config.timeout = (args.timeout > 0).then(|| Duration::from_secs(args.timeout));
     config.trace = args.trace;
     config.bench = args.bench;
+    config.pv_console = !args.no_pv_console;
 
     let producers = match producers.build() {
         Ok(producers) => producers,
