@@ -32,6 +32,8 @@ pub mod idle;
 #[cfg(kernel)]
 pub mod idt;
 #[cfg(kernel)]
+mod mem;
+#[cfg(kernel)]
 pub mod paging;
 #[cfg(kernel)]
 pub mod percpu;
