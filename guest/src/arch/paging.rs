@@ -108,18 +108,28 @@ impl Tables {
             let leaf = if run.level() == 1 { bits } else { bits | F::HUGE_PAGE.bits() };
             let first = index(run.start, run.level());
             let count = ((run.end - run.start) / run.page) as usize;
-            // One tight loop per run, a few instructions an entry: the boot fills about a
-            // thousand 4 KiB entries, and a 2 MiB entry per 2 MiB of RAM.
+            // One tight loop per run, unrolled by four: the boot fills about five hundred 4 KiB
+            // entries (the image's 2 MiB, low memory), and an emulated guest kernel pays for
+            // every instruction of the loop (about 11 per four entries here, 20 rolled up).
             // SAFETY: `table` is a table of ours (under the lock, no reference to it live);
             // `PageTable` is 512 `PageTableEntry`s, each a transparent u64, and the run lies in
             // this table (`first + count <= 512`, as `chunks` promises).
             unsafe {
                 let mut entry = (table as *mut u64).add(first);
-                let entries_end = entry.add(count);
+                let (fours_end, entries_end) = (entry.add(count & !3), entry.add(count));
                 let mut value = run.start | leaf;
+                let step = run.page;
+                while entry < fours_end {
+                    entry.write(value);
+                    entry.add(1).write(value.wrapping_add(step));
+                    entry.add(2).write(value.wrapping_add(2 * step));
+                    entry.add(3).write(value.wrapping_add(3 * step));
+                    value = value.wrapping_add(4 * step);
+                    entry = entry.add(4);
+                }
                 while entry < entries_end {
                     entry.write(value);
-                    value = value.wrapping_add(run.page);
+                    value = value.wrapping_add(step);
                     entry = entry.add(1);
                 }
             }

@@ -125,11 +125,17 @@ impl TokenTable {
         Self { slots: [Slot::Free { last: None }; MAX_SLOTS], entries: 0, stats: TokenStats::new() }
     }
 
-    /// Starts over for a ring of `entries`. Only call with nothing outstanding.
+    /// Starts over for a ring of `entries`. Only call with nothing outstanding. Slots beyond
+    /// `entries` are never looked at, so only the first `entries` are cleared.
     pub fn reset(&mut self, entries: u32) {
         assert!(entries as usize <= MAX_SLOTS);
-        self.slots = [Slot::Free { last: None }; MAX_SLOTS];
+        self.slots[..entries as usize].fill(Slot::Free { last: None });
         self.entries = entries;
+    }
+
+    /// The slots of the registered ring.
+    fn in_use(&self) -> &[Slot] {
+        &self.slots[..self.entries as usize]
     }
 
     fn slot_of(&self, token: Token) -> Result<usize, Rejection> {
@@ -231,12 +237,12 @@ impl TokenTable {
 
     /// Tokens with a waiter (parked or halting) that the host has not resolved.
     pub fn waiting(&self) -> usize {
-        self.slots.iter().filter(|s| matches!(s, Slot::Waiting { .. })).count()
+        self.in_use().iter().filter(|s| matches!(s, Slot::Waiting { .. })).count()
     }
 
     /// Resolutions kept for events that have not come (yet).
     pub fn early(&self) -> usize {
-        self.slots.iter().filter(|s| matches!(s, Slot::ResolvedEarly { .. })).count()
+        self.in_use().iter().filter(|s| matches!(s, Slot::ResolvedEarly { .. })).count()
     }
 }
 
