@@ -5,7 +5,6 @@ use super::{Failure, SelfTest, TestResult, require_host_stub};
 use crate::arch::fault::{self, pf};
 use crate::arch::layout::{self, Stack};
 use crate::arch::{self, apic, cpu::Hypervisor, paging, percpu, stacks, time};
-use crate::boot::cmdline::Cmdline;
 use crate::boot::info::MemKind;
 use crate::pv::halt;
 use crate::sync::IrqGuard;
@@ -163,7 +162,7 @@ fn timer_ticks() -> TestResult {
 
 fn host_is_identified() -> TestResult {
     let boot = crate::boot::info::get();
-    let Some(expected) = Cmdline::new(boot.cmdline.as_str()).get("expect-host") else {
+    let Some(expected) = boot.cmdline.get("expect-host") else {
         return Err(Failure::Skip("no expect-host= on the command line"));
     };
     let found = arch::platform().hypervisor;

@@ -147,9 +147,9 @@ fn on_fatal(args: core::fmt::Arguments<'_>) -> ! {
 }
 
 /// Runs the selected tests and ends the run with the verdict.
-pub fn run(cmdline: Cmdline<'static>) -> ! {
+pub fn run(cmdline: &Cmdline) -> ! {
     crate::arch::fault::set_fatal_hook(on_fatal);
-    let filter = TestFilter::from_cmdline(&cmdline);
+    let filter = TestFilter::from_cmdline(cmdline);
     let mut selected = 0;
     for (index, test) in all_tests().enumerate() {
         if !filter.selects(test.name, test.on_by_default) {

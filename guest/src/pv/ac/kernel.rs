@@ -250,7 +250,7 @@ fn apply_mode_here() {
 
 /// Reads `sld=`, enumerates detection, turns on CR0.AM, registers the #AC handler and the
 /// switch hook, and sets this vCPU's detection as the mode says.
-pub fn init(cmdline: &Cmdline<'_>) {
+pub fn init(cmdline: &Cmdline) {
     let mode = match cmdline.get("sld") {
         None => Mode::DEFAULT,
         Some(text) => Mode::parse(text).unwrap_or_else(|e| {

@@ -169,7 +169,7 @@ pub fn host_mode() -> HostMode {
 
 /// Reads what the host offers, maps the region, installs the handlers and registers the
 /// protocol on this vCPU. `pnp=off` leaves it unregistered; `pnp-ring=N` sets the ring size.
-pub fn init(cmdline: &Cmdline<'_>) {
+pub fn init(cmdline: &Cmdline) {
     let platform = crate::arch::platform();
     let offered = platform.hypervisor.host_features().has(Features::PAGE_NOT_PRESENT);
     let info = offered.then(|| cpu::cpuid(abi::LEAF_PNP, 0)).and_then(|leaf| {
