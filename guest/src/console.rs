@@ -144,6 +144,22 @@ pub fn dropped_reports() -> u64 {
     DROPPED.load(Ordering::Relaxed)
 }
 
+/// Runs `f` with the console held, as a trap handler finds it when it interrupts a print (for
+/// the self-test of [`try_print_fmt`]'s accounting).
+pub fn while_busy<R>(f: impl FnOnce() -> R) -> R {
+    let _held = CONSOLE.lock();
+    f()
+}
+
+/// Says how many handler reports were dropped, if any: a kernel binary calls it before its
+/// last lines, so that a lost line is at least counted where the reader looks.
+pub fn report_dropped() {
+    let dropped = dropped_reports();
+    if dropped > 0 {
+        print_fmt(format_args!("console: {dropped} line(s) from trap handlers dropped: the console was busy\n"));
+    }
+}
+
 /// Prints even when the console lock is held by the context that panicked: output may
 /// interleave (and the holder's unfinished line is not sent), but it is never lost and never
 /// deadlocks.

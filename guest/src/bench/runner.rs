@@ -79,6 +79,7 @@ pub fn run(_: u64) -> u64 {
             failed = true;
         }
     }
+    pvagent_guest::console::report_dropped();
     kprintln!("bench: done");
     exit(failed)
 }

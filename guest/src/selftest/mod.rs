@@ -175,6 +175,7 @@ pub fn run(cmdline: &Cmdline) -> ! {
         kprintln!("selftest: no test matches tests={}", filter.patterns().unwrap_or(""));
         FAILED.fetch_add(1, Ordering::Relaxed);
     }
+    crate::console::report_dropped();
     kprintln!("{}", summary());
     let code =
         if FAILED.load(Ordering::Relaxed) == 0 { pvagent_abi::exit::SUCCESS } else { pvagent_abi::exit::FAILURE };
