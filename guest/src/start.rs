@@ -136,5 +136,6 @@ fn report_platform(p: &arch::Platform, boot: &BootInfo) {
         stacks.cpus,
         p.madt.map_or(0, |m| m.cpus)
     );
-    kprintln!("boot: command line: {:?}", boot.cmdline.as_str());
+    // Printable ASCII only (`boot::info`), so quoting it needs no escapes.
+    kprintln!("boot: command line: \"{}\"", boot.cmdline.as_str());
 }

@@ -38,10 +38,23 @@ struct Tables {
     next_frame: u64,
     frames_end: u64,
     huge_pages: bool,
+    /// The last walk: which table (level and window, [`walk_key`]) it ended at, and that
+    /// table. Tables are never replaced once made, so it stays right; consecutive runs in one
+    /// table (the image's sections, a vCPU's IST stacks) skip the walk.
+    last_walk: (u64, u64),
 }
 
+/// No walk yet: a key no walk has.
+const NO_WALK: (u64, u64) = (u64::MAX, 0);
+
 static TABLES: spin::Mutex<Tables> =
-    spin::Mutex::new(Tables { root: 0, next_frame: 0, frames_end: 0, huge_pages: false });
+    spin::Mutex::new(Tables { root: 0, next_frame: 0, frames_end: 0, huge_pages: false, last_walk: NO_WALK });
+
+/// Which table of `level` (1: a page table) maps `addr`: the table's level and the window of
+/// addresses it covers, as one number (addresses are below 2^47, so the window fits in 35 bits).
+fn walk_key(addr: u64, level: u32) -> u64 {
+    ((addr >> (12 + 9 * level)) << 3) | u64::from(level)
+}
 
 /// Runs `f` on the page tables, under their lock, with interrupts off (so that a vCPU never
 /// spins on a lock it holds itself).
@@ -100,11 +113,18 @@ impl Tables {
     fn map(&mut self, start: u64, end: u64, access: Access) {
         let bits = flags(access).bits();
         for run in layout::chunks(start, end, access, self.huge_pages) {
-            // Walk down to the table the run's entries are in.
-            let mut table = self.root;
-            for level in (run.level() + 1..=4).rev() {
-                table = self.next_level(table, index(run.start, level));
-            }
+            // Walk down to the table the run's entries are in, unless the last walk did.
+            let key = walk_key(run.start, run.level());
+            let table = if self.last_walk.0 == key {
+                self.last_walk.1
+            } else {
+                let mut table = self.root;
+                for level in (run.level() + 1..=4).rev() {
+                    table = self.next_level(table, index(run.start, level));
+                }
+                self.last_walk = (key, table);
+                table
+            };
             let leaf = if run.level() == 1 { bits } else { bits | F::HUGE_PAGE.bits() };
             let first = index(run.start, run.level());
             let count = ((run.end - run.start) / run.page) as usize;
@@ -183,7 +203,7 @@ fn check_range(start: u64, end: u64) {
 pub unsafe fn init(layout: &Layout, huge_pages: bool) {
     with_tables(|t| {
         let (start, end) = layout.placement.tables;
-        *t = Tables { root: start, next_frame: start, frames_end: end, huge_pages };
+        *t = Tables { root: start, next_frame: start, frames_end: end, huge_pages, last_walk: NO_WALK };
         t.root = t.alloc();
         for r in &layout.regions {
             t.map(r.start, r.end, r.access);

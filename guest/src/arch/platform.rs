@@ -94,22 +94,14 @@ pub unsafe fn init(boot: &BootInfo, cpu: cpu::CpuInfo, tasks: TaskStacks) -> &'s
         task_size: tasks.kernel_size,
         user_size: tasks.user_size,
     };
-    let mut memory: heapless::Vec<Region, MEMMAP_MAX> = heapless::Vec::new();
+    // RAM only, sorted (the memory map's are): ACPI data and firmware tables in reserved
+    // ranges are mapped where the ACPI parser reads them (`acpi`), device holes never blindly.
     let mut ram: heapless::Vec<(u64, u64), MEMMAP_MAX> = heapless::Vec::new();
-    for entry in boot.memmap.ranges.iter() {
-        match entry.kind {
-            MemKind::Ram => {
-                let _ = ram.push((entry.start, entry.end));
-            }
-            MemKind::Acpi => {}
-            // Reserved ranges hold firmware data and device holes: map only what ACPI or a
-            // driver asks for (later), never blindly.
-            MemKind::Reserved | MemKind::Other(_) => continue,
-        }
-        let _ = memory.push(Region { start: entry.start, end: entry.end, access: Access::KernelData });
+    for entry in boot.memmap.ranges.iter().filter(|e| e.kind == MemKind::Ram) {
+        let _ = ram.push((entry.start, entry.end));
     }
     let devices = [Region { start: apic::XAPIC_BASE, end: apic::XAPIC_BASE + layout::PAGE, access: Access::Mmio }];
-    let layout = layout::plan(&paging::image_layout(), &memory, &ram, &devices, demand, cpu.huge_pages)
+    let layout = layout::plan(&paging::image_layout(), &ram, &devices, demand, cpu.huge_pages)
         .unwrap_or_else(|e| fault::fatal(format_args!("memory: {e} (lower kstack= or give the guest more RAM)")));
     stacks::init(layout.placement.stacks);
 

@@ -32,7 +32,7 @@ fn deliberate_exception() -> TestResult {
 }
 
 /// A report from a trap handler never waits for the console: when the interrupted context holds
-/// it, the line is dropped and counted (`console::try_print_fmt`); the runner reports the count
+/// it, the line is dropped and counted (`console::try_print_line`); the runner reports the count
 /// before its summary.
 fn a_busy_console_counts_a_dropped_line() -> TestResult {
     let before = crate::console::dropped_reports();
