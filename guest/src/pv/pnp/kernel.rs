@@ -311,53 +311,68 @@ pub fn pending() -> (usize, usize) {
     STATE.with(|s| (s.table.waiting(), s.table.early()))
 }
 
+/// The event vector. Its common case does one borrow of this vCPU's state: take the event,
+/// look its token up, count it; the scheduler is asked who would wait only when the token must
+/// be waited for.
 fn on_event(frame: &mut TrapFrame) {
     let entered = cpu::rdtsc();
     apic::eoi();
     let cpu = percpu::index();
-    let entries = STATE.with(|s| s.entries);
-    let view = SharedView::of(cpu, entries);
-    if view.inuse().load(Ordering::Acquire) != 1 {
-        STATE.with(|s| s.stats.spurious += 1);
-        return;
-    }
-    let data = view.read_data();
-    // Interrupts stay off (an interrupt gate) from here until the task is parked or the HLT loop
-    // halts: a resolution written after this store always finds its waiter registered. Hosts
-    // rely on it to force the waiting paths (`ResolutionTiming::AfterEventTaken`).
-    view.inuse().store(0, Ordering::Release);
-    let token = Token(data.token);
-
-    let can_sleep = frame.interrupts_were_enabled() && task::may_sleep_in_trap() && task::has_other_runnable();
-    let waiter = if can_sleep { Waiter::Task(task::current()) } else { Waiter::Halt };
-    let outcome = STATE.with(|s| {
+    let taken = STATE.with(|s| {
+        let view = SharedView::of(cpu, s.entries);
+        if view.inuse().load(Ordering::Acquire) != 1 {
+            s.stats.spurious += 1;
+            return None;
+        }
+        let data = view.read_data();
+        // Interrupts stay off (an interrupt gate) from here until the task is parked or the HLT
+        // loop halts: a resolution written after this store always finds its waiter registered.
+        // Hosts rely on it to force the waiting paths (`ResolutionTiming::AfterEventTaken`).
+        view.inuse().store(0, Ordering::Release);
         s.stats.events += 1;
-        s.table.on_event(token, data.gpa, waiter)
+        let token = Token(data.token);
+        let outcome = s.table.on_event(token, data.gpa, || waiter(frame));
+        match outcome {
+            EventOutcome::Park(Waiter::Task(_)) => s.stats.slept += 1,
+            EventOutcome::Park(Waiter::Halt) => s.stats.halted += 1,
+            EventOutcome::AlreadyResolved { .. } | EventOutcome::Rejected(_) => {}
+        }
+        // What the protocol cost so far; a wait is not counted, what follows it is.
+        s.stats.handler_cycles += cpu::rdtsc().wrapping_sub(entered);
+        Some((token, data.gpa, outcome))
     });
-    let account = |since: u64| STATE.with(|s| s.stats.handler_cycles += cpu::rdtsc().wrapping_sub(since));
-    let (result, resumed) = match outcome {
-        EventOutcome::AlreadyResolved { result } => (result, entered),
+    let Some((token, gpa, outcome)) = taken else { return };
+    let result = match outcome {
+        EventOutcome::AlreadyResolved { result } => result,
         EventOutcome::Rejected(why) => {
             kprintln!("pnp: event with token {:#x} rejected: {why:?}", token.0);
-            account(entered);
             return;
         }
-        EventOutcome::Park if can_sleep => {
-            STATE.with(|s| s.stats.slept += 1);
-            account(entered);
+        EventOutcome::Park(Waiter::Task(_)) => {
             let result = task::block_current(Wait::Key { owner: super::WAIT_OWNER, key: u64::from(token.0) }) as u32;
-            (result, cpu::rdtsc())
+            let resumed = cpu::rdtsc();
+            STATE.with(|s| s.stats.handler_cycles += cpu::rdtsc().wrapping_sub(resumed));
+            result
         }
-        EventOutcome::Park => {
-            STATE.with(|s| s.stats.halted += 1);
-            account(entered);
+        EventOutcome::Park(Waiter::Halt) => {
             let result = halt::wait_until(|| STATE.with(|s| s.table.take_halt_result(token))).0;
-            (result, cpu::rdtsc())
+            let resumed = cpu::rdtsc();
+            STATE.with(|s| s.stats.handler_cycles += cpu::rdtsc().wrapping_sub(resumed));
+            result
         }
     };
-    account(resumed);
     if result == abi::RESULT_FAILED {
-        page_failed(frame, token, data.gpa);
+        page_failed(frame, token, gpa);
+    }
+}
+
+/// Who waits for a token the event in `frame` brought: the interrupted task, parked, when it
+/// may sleep here (it had interrupts on, is not idle or in a `NoSleepGuard`, and is not
+/// another handler) and another task can run meanwhile; otherwise the HLT loop.
+fn waiter(frame: &TrapFrame) -> Waiter {
+    match frame.interrupts_were_enabled().then(task::sleeper_in_trap).flatten() {
+        Some(id) => Waiter::Task(id),
+        None => Waiter::Halt,
     }
 }
 
@@ -373,32 +388,30 @@ fn page_failed(frame: &TrapFrame, token: Token, gpa: u64) {
     task::exit_current(ExitStatus::Killed(super::PageFailed { token: token.0, gpa }.into()));
 }
 
+/// The resolution vector: drain the ring, waking each token's waiter as its entry comes, in one
+/// borrow of this vCPU's state (the scheduler's is another).
 fn on_resolution(_frame: &mut TrapFrame) {
     let entered = cpu::rdtsc();
     apic::eoi();
     let cpu = percpu::index();
-    let mut wakes: heapless::Vec<(task::table::TaskId, u32), { abi::MAX_RING_ENTRIES as usize }> = heapless::Vec::new();
     let drained = STATE.with(|s| {
         s.stats.resolution_irqs += 1;
         // The view's layout comes from the consumer itself, so the two cannot disagree.
         let view = SharedView::of(cpu, s.ring.entries());
-        let table = &mut s.table;
-        s.ring.drain(&view, |r| {
-            if let ResolutionOutcome::Wake { task, result, .. } = table.on_resolution(Token(r.token), r.result) {
-                // Cannot overflow: a drain yields at most `entries` <= capacity items.
-                let _ = wakes.push((task, result));
+        let (table, stats) = (&mut s.table, &mut s.stats);
+        let drained = s.ring.drain(&view, |r| {
+            if let ResolutionOutcome::Wake { task, result, .. } = table.on_resolution(Token(r.token), r.result)
+                && task::wake(task, u64::from(result)) != task::table::WakeOutcome::Woken
+            {
+                stats.stale_wakes += 1;
             }
-        })
+        });
+        stats.handler_cycles += cpu::rdtsc().wrapping_sub(entered);
+        drained
     });
     if let Drain::Corrupt { head, tail } = drained {
         kprintln!("pnp: ring head {head} is impossible with tail {tail}: nothing consumed");
     }
-    for (id, result) in wakes {
-        if task::wake(id, u64::from(result)) != task::table::WakeOutcome::Woken {
-            STATE.with(|s| s.stats.stale_wakes += 1);
-        }
-    }
-    STATE.with(|s| s.stats.handler_cycles += cpu::rdtsc().wrapping_sub(entered));
 }
 
 fn host_call(nr: Nr, args: [u64; 4]) -> Result<[u64; 2], HypercallError> {
