@@ -27,6 +27,49 @@ pub const CONSOLE: u16 = 0x0511;
 /// ([`crate::version::MSR_GUEST_VERSION`]).
 pub const HOST_STUB_PORTS: core::ops::RangeInclusive<u16> = HYPERCALL..=BENCH_NULL;
 
+/// The host stub's milestone port: a 32-bit `out` of a [`Milestone`] says the guest got there.
+/// The host stub takes a snapshot of the vCPU's KVM statistics at that exit, so that it can say
+/// what reaching the milestone cost in guest instructions KVM emulated and in exits, counted from
+/// the vCPU's first instruction. Written only to a host stub of the guest's ABI major, after the
+/// announcement (docs/abi.md, "Versions"); one exit each. A host stub counts and ignores values
+/// it does not know; other hosts (QEMU) ignore the port.
+pub const MILESTONE: u16 = 0x051B;
+
+crate::wire_enum! {
+/// What a write to [`MILESTONE`] says the guest reached.
+pub enum Milestone: u32 {
+    /// The kernel is up and its first task (the self-test runner, the benchmark runner) has
+    /// started: the end of boot.
+    FirstTask = 1,
+}
+}
+
+/// The host stub's counting port, for benchmarks: a window over the vCPU's KVM statistics, so
+/// that a timed loop can also say how many guest instructions KVM emulated and how many exits
+/// it took. An `out` of a [`BenchCount`] value opens or closes this vCPU's window, or selects
+/// which of the closed window's figures the next 32-bit `in` reads. Served only with the
+/// benchmark device, like [`BENCH_NULL`].
+pub const BENCH_COUNT: u16 = 0x051C;
+
+crate::wire_enum! {
+/// What an `out` to [`BENCH_COUNT`] does.
+pub enum BenchCount: u32 {
+    /// Opens the window: the host takes a snapshot of the statistics at this exit.
+    Open = 1,
+    /// Closes it: the figures are the statistics at this exit less those at the opening one,
+    /// kept until the next window closes.
+    Close = 2,
+    /// The next `in` reads the closed window's emulated guest instructions.
+    ReadInstructions = 3,
+    /// The next `in` reads the closed window's exits.
+    ReadExits = 4,
+}
+}
+
+/// What an `in` from [`BENCH_COUNT`] reads when there is no figure: no window was closed, or
+/// KVM keeps no such statistic. A larger figure reads as `COUNT_UNAVAILABLE - 1`.
+pub const COUNT_UNAVAILABLE: u32 = u32::MAX;
+
 /// The host stub's trace port: a 32-bit `out` of a [`crate::trace`] record reports a guest event
 /// (a task switch) for the run's timeline. Written only while
 /// [`crate::cpuid::Features::TRACE`] is set; QEMU ignores it.

@@ -1,9 +1,10 @@
 //! The boot sequence every kernel binary shares (the product kernel in `main.rs`, the benchmark
 //! kernel in `bench/`): the trap table, the host's identity and the console, boot information,
-//! the hardware layer, the scheduler and the protocols, then the binary's first task and the
-//! idle loop.
+//! the hardware layer, the scheduler and the protocols, then the binary's first task (whose
+//! start is the boot milestone the host stub counts to) and the idle loop.
 
 use pvagent_abi::cpuid::Features;
+use pvagent_abi::port::{self, Milestone};
 
 use crate::arch::{self, cpu::Hypervisor, layout};
 use crate::boot::info::{self, BootInfo};
@@ -90,11 +91,31 @@ pub unsafe fn boot(start_info_paddr: u32, first: FirstTask) -> ! {
     for key in cmdline.unknown_keys(CMDLINE_KEYS).filter(|key| !first.cmdline_keys.contains(key)) {
         kprintln!("boot: warning: unknown command line key {key:?}");
     }
-    match task::spawn_kernel(first.name, first.run, 0) {
+    FIRST.call_once(|| first);
+    match task::spawn_kernel(first.name, run_first_task, 0) {
         Ok(id) => task::set_critical(id),
         Err(err) => arch::fault::fatal(format_args!("cannot start the {} task: {err:?}", first.name)),
     }
     task::idle_loop()
+}
+
+/// The binary's first task, set once by [`boot`] before it spawns [`run_first_task`].
+static FIRST: spin::Once<FirstTask> = spin::Once::new();
+
+/// The first task: tells the host that boot is over (the [`Milestone::FirstTask`] milestone),
+/// then runs the binary's task. On a host stub of this guest's ABI major (which it announced
+/// to right after CPUID, `arch::announce_abi_version`) that is one `out`, one exit: the host takes a snapshot of what KVM counted
+/// from the first guest instruction to here. Other hosts are told nothing.
+fn run_first_task(arg: u64) -> u64 {
+    if arch::platform().hypervisor.is_host_stub() {
+        // SAFETY: the host stub's milestone port only records the value; it touches no guest
+        // memory and no register but the port's.
+        unsafe { x86_64::instructions::port::Port::<u32>::new(port::MILESTONE).write(Milestone::FirstTask as u32) };
+    }
+    match FIRST.get() {
+        Some(first) => (first.run)(arg),
+        None => arch::fault::fatal(format_args!("the first task started before boot named it")),
+    }
 }
 
 fn report_platform(p: &arch::Platform, boot: &BootInfo) {

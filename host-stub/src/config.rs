@@ -42,7 +42,7 @@ pub struct Config {
     /// announced version to. Always [`pvagent_abi::ABI_VERSION`], except in tests of the
     /// version check, which pretend to be a host of another version.
     pub abi_version: pvagent_abi::AbiVersion,
-    /// Serve the benchmark device (ports `0x51E`/`0x51F`) and its bare loop, for
+    /// Serve the benchmark device (ports `0x51C`, `0x51E`, `0x51F`) and its bare loop, for
     /// `cargo xtask bench`'s guest (`crate::bench`). Off: those ports are unclaimed.
     pub bench: bool,
     /// Offer the paravirtual console (`pvagent_abi::console`: a line per exit). Off: the guest

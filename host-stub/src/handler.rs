@@ -16,6 +16,7 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::cpuid::CpuidTable;
 use crate::error::{Error, Result};
+use crate::kvm_stats::VcpuStats;
 use crate::trace::Tracer;
 
 /// Whether a handler took care of an exit.
@@ -92,6 +93,9 @@ pub struct VcpuCtx<'a> {
     pub vcpu: &'a VcpuFd,
     pub vm: &'a VmFd,
     pub mem: &'a GuestMemoryMmap,
+    /// The vCPU's KVM statistics, where KVM keeps them: a handler takes a snapshot at an exit
+    /// that marks a point of the guest's execution (a milestone, a benchmark's window).
+    pub stats: Option<&'a VcpuStats>,
     /// Set by a handler to end the run after this exit.
     pub stop: Option<Stop>,
 }

@@ -50,7 +50,7 @@ struct Args {
     /// switch) and write it to FILE as Chrome trace-event JSON, for https://ui.perfetto.dev.
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
-    /// Serve the benchmark ports (0x51E, 0x51F) and the bare kvm-ioctls loop the benchmark
+    /// Serve the benchmark ports (0x51C, 0x51E, 0x51F) and the bare kvm-ioctls loop the benchmark
     /// compares this host's run loop with, for the benchmark guest (`cargo xtask bench`).
     #[arg(long)]
     bench: bool,

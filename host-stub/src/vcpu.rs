@@ -9,20 +9,44 @@ use vm_memory::GuestMemoryMmap;
 use crate::error::{Error, Result};
 use crate::handler::{ExitHandler, Handled, MsrAnswer, Stop, VcpuCtx, out_value, out_word};
 use crate::kvm_run;
+use crate::kvm_stats::VcpuStats;
 use crate::memory;
 use crate::trace::{Arg, Args, Tracer, Track};
 use crate::watchdog::Watchdog;
 
-/// An exit, copied out of `kvm_run` so the handlers can use the vCPU fd.
+/// An exit, copied out of `kvm_run` so the handlers can use the vCPU fd. The bytes an `out` or
+/// an MMIO write carries go to the loop's one buffer ([`ExitData`]), not into the exit: no exit
+/// allocates.
 #[derive(Debug)]
 enum Exit {
-    IoIn { port: u16, len: usize },
-    IoOut { port: u16, data: Vec<u8> },
-    MmioRead { addr: u64, len: usize },
-    MmioWrite { addr: u64, data: Vec<u8> },
-    Rdmsr { index: u32 },
-    Wrmsr { index: u32, value: u64 },
-    MemoryFault { gpa: u64, size: u64, flags: u64 },
+    IoIn {
+        port: u16,
+        len: usize,
+    },
+    /// Its bytes are in the [`ExitData`].
+    IoOut {
+        port: u16,
+    },
+    MmioRead {
+        addr: u64,
+        len: usize,
+    },
+    /// Its bytes are in the [`ExitData`].
+    MmioWrite {
+        addr: u64,
+    },
+    Rdmsr {
+        index: u32,
+    },
+    Wrmsr {
+        index: u32,
+        value: u64,
+    },
+    MemoryFault {
+        gpa: u64,
+        size: u64,
+        flags: u64,
+    },
     Efault,
     Debug(kvm_bindings::kvm_debug_exit_arch),
     BusLock,
@@ -33,12 +57,40 @@ enum Exit {
     Other(String),
 }
 
-fn copy_exit(exit: VcpuExit<'_>) -> Exit {
+/// The bytes of the exit being handled (an `out`'s or an MMIO write's; for an `in` or an MMIO
+/// read, the answer being filled in): one buffer for the whole run, so that its allocation is
+/// paid once, not on every exit. A port string instruction can carry up to a page.
+#[derive(Debug, Default)]
+struct ExitData(Vec<u8>);
+
+impl ExitData {
+    /// Holds `bytes` (an exit's).
+    fn hold(&mut self, bytes: &[u8]) {
+        self.0.clear();
+        self.0.extend_from_slice(bytes);
+    }
+
+    /// `len` bytes of all-ones, for a handler to fill in as the answer to a read (what an
+    /// unclaimed read returns).
+    fn answer(&mut self, len: usize) -> &mut [u8] {
+        self.0.clear();
+        self.0.resize(len, 0xFF);
+        &mut self.0
+    }
+}
+
+fn copy_exit(exit: VcpuExit<'_>, data: &mut ExitData) -> Exit {
     match exit {
-        VcpuExit::IoIn(port, data) => Exit::IoIn { port, len: data.len() },
-        VcpuExit::IoOut(port, data) => Exit::IoOut { port, data: data.to_vec() },
-        VcpuExit::MmioRead(addr, data) => Exit::MmioRead { addr, len: data.len() },
-        VcpuExit::MmioWrite(addr, data) => Exit::MmioWrite { addr, data: data.to_vec() },
+        VcpuExit::IoIn(port, bytes) => Exit::IoIn { port, len: bytes.len() },
+        VcpuExit::IoOut(port, bytes) => {
+            data.hold(bytes);
+            Exit::IoOut { port }
+        }
+        VcpuExit::MmioRead(addr, bytes) => Exit::MmioRead { addr, len: bytes.len() },
+        VcpuExit::MmioWrite(addr, bytes) => {
+            data.hold(bytes);
+            Exit::MmioWrite { addr }
+        }
         VcpuExit::X86Rdmsr(msr) => Exit::Rdmsr { index: msr.index },
         VcpuExit::X86Wrmsr(msr) => Exit::Wrmsr { index: msr.index, value: msr.data },
         VcpuExit::MemoryFault { flags, gpa, size } => Exit::MemoryFault { gpa, size, flags },
@@ -53,18 +105,19 @@ fn copy_exit(exit: VcpuExit<'_>) -> Exit {
 }
 
 /// An exit as the timeline shows it: its name and what identifies it (port, address, MSR).
-fn timeline_entry(exit: &Exit) -> (&'static str, Args) {
+fn timeline_entry(exit: &Exit, data: &ExitData) -> (&'static str, Args) {
     let size = |len: usize| ("size", Arg::Uint(len as u64));
+    let data = &data.0;
     match exit {
-        Exit::IoOut { port, data } if *port == pvagent_abi::port::HYPERCALL => {
+        Exit::IoOut { port } if *port == pvagent_abi::port::HYPERCALL => {
             ("hypercall", vec![("request_gpa", Arg::Hex(out_value(data)))])
         }
-        Exit::IoOut { port, data } => {
+        Exit::IoOut { port } => {
             ("io out", vec![("port", Arg::Hex((*port).into())), size(data.len()), ("value", Arg::Hex(out_value(data)))])
         }
         Exit::IoIn { port, len } => ("io in", vec![("port", Arg::Hex((*port).into())), size(*len)]),
         Exit::MmioRead { addr, len } => ("mmio read", vec![("address", Arg::Hex(*addr)), size(*len)]),
-        Exit::MmioWrite { addr, data } => {
+        Exit::MmioWrite { addr } => {
             ("mmio write", vec![("address", Arg::Hex(*addr)), size(data.len()), ("value", Arg::Hex(out_value(data)))])
         }
         Exit::Rdmsr { index } => ("rdmsr", vec![("msr", Arg::Hex((*index).into()))]),
@@ -115,6 +168,8 @@ pub struct Vcpu {
     pub fd: VcpuFd,
     pub exits: u64,
     pub unclaimed: Unclaimed,
+    /// KVM's statistics of this vCPU (`None` where KVM_GET_STATS_FD is missing).
+    pub stats: Option<VcpuStats>,
     /// The run's timeline (off unless traced): each exit is a span on this vCPU's track.
     pub trace: Tracer,
 }
@@ -155,9 +210,11 @@ impl Vcpu {
         in_progress: &mut Option<ExitInProgress>,
     ) -> Result<Stop> {
         let with_entry_hook: Vec<usize> = (0..handlers.len()).filter(|&i| handlers[i].has_before_entry()).collect();
+        let mut data = ExitData::default();
         loop {
             {
-                let mut ctx = VcpuCtx { index: self.index, vcpu: &self.fd, vm, mem, stop: None };
+                let mut ctx =
+                    VcpuCtx { index: self.index, vcpu: &self.fd, vm, mem, stats: self.stats.as_ref(), stop: None };
                 for &i in &with_entry_hook {
                     handlers[i].before_entry(&mut ctx)?;
                 }
@@ -169,7 +226,7 @@ impl Vcpu {
             // injections before the next entry are what the host spent on it.
             self.end_exit_span(in_progress.take());
             let exit = match self.fd.run() {
-                Ok(exit) => copy_exit(exit),
+                Ok(exit) => copy_exit(exit, &mut data),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
                 // EFAULT without memory-fault information (that case is `MemoryFault`): KVM
                 // could not reach guest memory for the instruction at RIP, which has not run.
@@ -178,7 +235,7 @@ impl Vcpu {
             };
             if self.trace.is_on() {
                 let since = Instant::now();
-                let (name, args) = timeline_entry(&exit);
+                let (name, args) = timeline_entry(&exit, &data);
                 *in_progress = Some(ExitInProgress { since, name, args });
             }
             self.exits += 1;
@@ -186,9 +243,9 @@ impl Vcpu {
                 static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
                 let t = START.get_or_init(std::time::Instant::now).elapsed();
                 let rip = rip(&self.fd);
-                eprintln!("{:10.3} ms exit {} rip {rip:#x}: {exit:?}", t.as_secs_f64() * 1e3, self.exits);
+                eprintln!("{:10.3} ms exit {} rip {rip:#x}: {exit:?} {:x?}", t.as_secs_f64() * 1e3, self.exits, data.0);
             }
-            if let Some(stop) = self.dispatch(exit, vm, mem, handlers, watchdog)? {
+            if let Some(stop) = self.dispatch(exit, &mut data, vm, mem, handlers, watchdog)? {
                 return Ok(stop);
             }
         }
@@ -210,42 +267,43 @@ impl Vcpu {
     fn dispatch(
         &mut self,
         exit: Exit,
+        data: &mut ExitData,
         vm: &VmFd,
         mem: &GuestMemoryMmap,
         handlers: &mut [&mut dyn ExitHandler],
         watchdog: &Watchdog,
     ) -> Result<Option<Stop>> {
-        let mut ctx = VcpuCtx { index: self.index, vcpu: &self.fd, vm, mem, stop: None };
+        let mut ctx = VcpuCtx { index: self.index, vcpu: &self.fd, vm, mem, stats: self.stats.as_ref(), stop: None };
         match exit {
-            Exit::IoOut { port, data } if port == pvagent_abi::port::HYPERCALL && data.len() == 4 => {
-                let gpa = u64::from(out_word(&data));
+            Exit::IoOut { port } if port == pvagent_abi::port::HYPERCALL && data.0.len() == 4 => {
+                let gpa = u64::from(out_word(&data.0));
                 hypercall(&mut ctx, handlers, gpa)?;
             }
-            Exit::IoOut { port, data } => {
-                if !claim(handlers, |h| h.io_out(&mut ctx, port, &data))? {
+            Exit::IoOut { port } => {
+                if !claim(handlers, |h| h.io_out(&mut ctx, port, &data.0))? {
                     self.unclaimed.io += 1;
                 }
             }
             Exit::IoIn { port, len } => {
-                let mut data = vec![0xFF; len];
-                if !claim(handlers, |h| h.io_in(&mut ctx, port, &mut data))? {
+                let answer = data.answer(len);
+                if !claim(handlers, |h| h.io_in(&mut ctx, port, answer))? {
                     self.unclaimed.io += 1;
                 }
                 let stop = ctx.stop;
-                kvm_run::complete_io_in(&mut self.fd, &data);
+                kvm_run::complete_io_in(&mut self.fd, &data.0);
                 return Ok(stop);
             }
             Exit::MmioRead { addr, len } => {
-                let mut data = vec![0xFF; len];
-                if !claim(handlers, |h| h.mmio_read(&mut ctx, addr, &mut data))? {
+                let answer = data.answer(len);
+                if !claim(handlers, |h| h.mmio_read(&mut ctx, addr, answer))? {
                     self.unclaimed.mmio += 1;
                 }
                 let stop = ctx.stop;
-                kvm_run::complete_mmio_read(&mut self.fd, &data);
+                kvm_run::complete_mmio_read(&mut self.fd, &data.0);
                 return Ok(stop);
             }
-            Exit::MmioWrite { addr, data } => {
-                if !claim(handlers, |h| h.mmio_write(&mut ctx, addr, &data))? {
+            Exit::MmioWrite { addr } => {
+                if !claim(handlers, |h| h.mmio_write(&mut ctx, addr, &data.0))? {
                     self.unclaimed.mmio += 1;
                 }
             }
@@ -285,7 +343,8 @@ impl Vcpu {
             Exit::Shutdown => return Err(Error::TripleFault { rip: rip(&self.fd) }),
             Exit::InternalError => {
                 let (suberror, bytes) = kvm_run::internal_error(&mut self.fd);
-                let mut ctx = VcpuCtx { index: self.index, vcpu: &self.fd, vm, mem, stop: None };
+                let mut ctx =
+                    VcpuCtx { index: self.index, vcpu: &self.fd, vm, mem, stats: self.stats.as_ref(), stop: None };
                 if suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION
                     && claim(handlers, |h| h.emulation_failure(&mut ctx, &bytes))?
                 {

@@ -2,6 +2,7 @@
 //! the guest and start hosts the same way.
 
 pub mod bench;
+pub mod budgets;
 pub mod guest;
 pub mod proc;
 pub mod qemu;

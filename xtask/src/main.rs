@@ -5,6 +5,7 @@
 //! cargo xtask qemu  [--accel tcg|kvm] [--release] [--tests PATTERNS] [-- GUEST CMDLINE...]
 //! cargo xtask test
 //! cargo xtask bench [--quick] [--trace FILE] [--update-docs]
+//! cargo xtask budgets
 //! ```
 
 use std::process::ExitCode;
@@ -13,7 +14,7 @@ use std::time::Duration;
 use xtask::qemu::{self, Accel};
 use xtask::{Profile, Result, err, guest};
 
-const USAGE: &str = "usage: cargo xtask <run|qemu|test|bench> [options]
+const USAGE: &str = "usage: cargo xtask <run|qemu|test|bench|budgets> [options]
   run   [--release] [--tests PATTERNS] [--trace FILE] [-- HOST-STUB ARGS]
                                                              boot the guest under the host stub;
                                                              --trace writes the first boot's
@@ -24,7 +25,10 @@ const USAGE: &str = "usage: cargo xtask <run|qemu|test|bench> [options]
                                                              the end-to-end tests
   bench [--quick] [--trace FILE] [--update-docs]             measure every event's cost; results
                                                              in target/bench (--update-docs: and
-                                                             in docs/performance.md)";
+                                                             in docs/performance.md)
+  budgets                                                    count every path with the release
+                                                             guests against xtask/budgets.toml
+                                                             (a stage of `test`)";
 
 /// Time a full self-test run may take before it is killed.
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
@@ -116,6 +120,9 @@ fn main() -> ExitCode {
         "run" => cmd_run(&opts),
         "qemu" => cmd_qemu(&opts),
         "test" => xtask::test::run_all(),
+        "budgets" => xtask::guest::build_host_stub(Profile::Dev)
+            .and_then(|host| xtask::budgets::check(&host))
+            .map(|()| ExitCode::SUCCESS),
         "bench" => {
             let bench = xtask::bench::Options {
                 quick: opts.quick,

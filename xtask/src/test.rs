@@ -1,6 +1,7 @@
 //! `cargo xtask test`, the project's test command: host unit tests, then the guest's
-//! self-tests under the host stub, then the same guest under QEMU TCG, then the end-to-end
-//! tests (bad input, deliberate failures, the protocols' host-side views).
+//! self-tests under the host stub, then the same guest under QEMU TCG, then the paths' counts
+//! against their budgets, then the end-to-end tests (bad input, deliberate failures, the
+//! protocols' host-side views).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -44,6 +45,9 @@ pub fn run_all() -> Result<ExitCode> {
             exit::SUCCESS
         ));
     }
+
+    step("instruction and exit budgets, release guests (xtask/budgets.toml)");
+    crate::budgets::check(&guest::build_host_stub(Profile::Dev)?)?;
 
     step("end-to-end tests (cargo test -p pvagent-tests)");
     let mut e2e = cargo();

@@ -2,10 +2,12 @@
 //! out of every figure: the empty kernel loop around the timed `out`s, and the CPL 3 compute loop
 //! the workloads spin in. Also the one time conversion they all use.
 
-use pvagent_guest::arch::{cpu, time};
+use pvagent_abi::port::BenchCount;
+use pvagent_guest::arch::time;
 use pvagent_guest::kprintln;
 use pvagent_guest::task::{self, table::ExitStatus};
 
+use crate::count::{self, Counts, TickHeld};
 use crate::user::{self, EMPTY_SLOT, Slot};
 use crate::{BenchError, Result};
 
@@ -44,29 +46,89 @@ impl EmptyLoop {
     }
 }
 
-/// TSC cycles of `iterations` rounds of a tight kernel loop, with a 32-bit `out` of the value
-/// to the port in each round when there is one. Interrupts stay enabled: an injected interrupt
-/// is taken inside the loop, as it would be after any exit.
+/// TSC cycles of `iterations` (at least 1) rounds of a tight kernel loop, with a 32-bit `out`
+/// of the value to the port in each round when there is one, inside a counting window
+/// (`count.rs`). Interrupts stay enabled: an injected interrupt is taken inside the loop, as it
+/// would be after any exit.
+///
+/// One `asm!` from the window's opening `out` to its closing one, so that no compiler-made code
+/// is inside it, and both kinds of loop execute the same instructions around their rounds (a
+/// test, a taken or untaken branch, a jump): the count of a loop with `out`s less that of the
+/// same number of empty rounds is exactly what its `out`s and their events cost.
 fn timed_loop(out: Option<(u16, u32)>, iterations: u64) -> u64 {
-    let start = cpu::rdtsc();
-    match out {
-        // SAFETY: the host's bench ports have no effect on guest memory. Not `nomem`: the host
-        // injects events on the way back, whose handlers change memory the caller then reads.
-        Some((port, value)) => unsafe {
-            core::arch::asm!("2: out dx, eax", "dec {n}", "jnz 2b", n = inout(reg) iterations => _,
-                in("dx") port, in("eax") value, options(nostack));
-        },
-        // SAFETY: a counting loop.
-        None => unsafe {
-            core::arch::asm!("2: dec {n}", "jnz 2b", n = inout(reg) iterations => _, options(nostack, nomem))
-        },
+    let (port, value) = out.unwrap_or((0, 0));
+    let (start, end): (u64, u64);
+    // SAFETY: the host's bench ports have no effect on guest memory. Not `nomem`: the host
+    // injects events on the way back, whose handlers change memory the caller then reads.
+    unsafe {
+        core::arch::asm!(
+            "mov edx, {count_port}",
+            "mov eax, {open}",
+            "out dx, eax",
+            "rdtsc",
+            "shl rdx, 32",
+            "or rax, rdx",
+            "mov {start}, rax",
+            "mov edx, {port:e}",
+            "mov eax, {value:e}",
+            "test {with_out}, {with_out}",
+            "jnz 3f",
+            "2: dec {n}",
+            "jnz 2b",
+            "jmp 4f",
+            "3: out dx, eax",
+            "dec {n}",
+            "jnz 3b",
+            "jmp 4f",
+            "4: rdtsc",
+            "shl rdx, 32",
+            "or rax, rdx",
+            "mov {end}, rax",
+            "mov edx, {count_port}",
+            "mov eax, {close}",
+            "out dx, eax",
+            count_port = const pvagent_abi::port::BENCH_COUNT as u32,
+            open = const BenchCount::Open as u32,
+            close = const BenchCount::Close as u32,
+            port = in(reg) u32::from(port),
+            value = in(reg) value,
+            with_out = in(reg) u64::from(out.is_some()),
+            n = inout(reg) iterations.max(1) => _,
+            start = out(reg) start,
+            end = out(reg) end,
+            out("rax") _,
+            out("rdx") _,
+            options(nostack),
+        );
     }
-    cpu::rdtsc().wrapping_sub(start)
+    end.wrapping_sub(start)
 }
 
 /// TSC cycles of `iterations` `out`s of `value` to `port`, the loop's own cost taken out.
 pub fn port_loop(port: u16, value: u32, iterations: u64, empty: EmptyLoop) -> u64 {
     timed_loop(Some((port, value)), iterations).saturating_sub(empty.cycles(iterations))
+}
+
+/// What a counted loop measured.
+#[derive(Clone, Copy, Debug)]
+pub struct Counted {
+    /// TSC cycles, the empty loop's cost taken out (as [`port_loop`]).
+    pub cycles: u64,
+    /// What KVM counted for the `out`s and their events: the loop's window less the window of
+    /// the same number of empty rounds, counted right after it. `None` where the host does not
+    /// count.
+    pub counts: Option<Counts>,
+}
+
+/// [`port_loop`], counted: with the tick held back around both windows, so the difference is
+/// exactly what the `out`s and the events they bring cost.
+pub fn counted_port_loop(port: u16, value: u32, iterations: u64, empty: EmptyLoop) -> Counted {
+    let _tick = TickHeld::new();
+    let cycles = port_loop(port, value, iterations, empty);
+    let looped = count::read();
+    timed_loop(None, iterations);
+    let counts = looped.zip(count::read()).map(|(looped, empty)| looped.less(empty));
+    Counted { cycles, counts }
 }
 
 /// How long `spin` (`user.rs`) takes per 1024 iterations, in TSC cycles: the fastest of a few

@@ -9,7 +9,8 @@ use pvagent_guest::arch::{apic, trap};
 use pvagent_guest::kprintln;
 use pvagent_guest::pv::{ac, pnp};
 
-use crate::calibrate::{cycles_to_ns, port_loop};
+use crate::calibrate::{counted_port_loop, cycles_to_ns, port_loop};
+use crate::count::Fields;
 use crate::{Result, Settings};
 
 /// The vector of the benchmark interrupt (its handler only counts and signals EOI).
@@ -23,7 +24,8 @@ fn on_bench_interrupt(_frame: &mut trap::TrapFrame) {
 }
 
 /// Each measurement comes with the plain round trip through the same port measured right
-/// before it (`plain_ns`).
+/// before it (`plain_ns`), and each with what KVM counted (`insns=`, `exits=`, `plain_insns=`,
+/// `plain_exits=`, per loop).
 pub fn inject(s: Settings) -> Result<()> {
     let ops = if s.quick { 50 } else { 200 };
     trap::register(BENCH_VECTOR, on_bench_interrupt);
@@ -48,10 +50,10 @@ pub fn inject(s: Settings) -> Result<()> {
         // first spurious #AC, first touches) is not the cost per event.
         port_loop(BENCH_INJECT, value, ops, s.empty);
         for rep in 0..s.reps {
-            let plain_cycles = port_loop(BENCH_INJECT, plain, ops, s.empty);
+            let plain_loop = counted_port_loop(BENCH_INJECT, plain, ops, s.empty);
             let (events, irqs, spurious) =
                 (pnp::stats().events, BENCH_IRQS.load(Ordering::Relaxed), ac::stats().spurious);
-            let cycles = port_loop(BENCH_INJECT, value, ops, s.empty);
+            let event_loop = counted_port_loop(BENCH_INJECT, value, ops, s.empty);
             // Counted where the guest handled them, so an event the host did not deliver is
             // not taken for one that was.
             let handled = match name {
@@ -60,9 +62,11 @@ pub fn inject(s: Settings) -> Result<()> {
                 _ => pnp::stats().events - events,
             };
             kprintln!(
-                "bench: inject_{name} rep={rep} ops={ops} handled={handled} total_ns={} plain_ns={}",
-                cycles_to_ns(cycles),
-                cycles_to_ns(plain_cycles)
+                "bench: inject_{name} rep={rep} ops={ops} handled={handled} total_ns={} plain_ns={}{}{}",
+                cycles_to_ns(event_loop.cycles),
+                cycles_to_ns(plain_loop.cycles),
+                Fields("", event_loop.counts),
+                Fields("plain_", plain_loop.counts)
             );
         }
     }

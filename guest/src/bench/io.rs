@@ -1,12 +1,15 @@
 //! The baseline: one port-I/O exit to the host and back, through the host stub's null port, in
-//! the host stub's run loop and in the bare `kvm-ioctls` loop it is compared with.
+//! the host stub's run loop and in the bare `kvm-ioctls` loop it is compared with; and what a
+//! console line costs.
 
 use pvagent_abi::port::{BENCH_NULL, BenchLoop};
 use pvagent_guest::kprintln;
 use x86_64::instructions::port::Port;
 
-use crate::calibrate::{cycles_to_ns, port_loop};
+use crate::calibrate::{counted_port_loop, cycles_to_ns, port_loop};
+use crate::count::{self, Fields, TickHeld};
 use crate::{BenchError, Result, Settings};
+use pvagent_guest::arch::cpu;
 
 /// Asks the host to handle the next exits in `which` loop, and says whether it now does.
 fn select_loop(which: BenchLoop) -> bool {
@@ -39,7 +42,8 @@ pub fn baseline_now(s: Settings) -> u64 {
 /// The baseline: one port-I/O exit to the host and back, from a kernel loop (CPL 3 cannot do
 /// port I/O on PVM), in the host stub's loop (`io`) and in its bare loop right before or after
 /// (`io_bare`, alternating which comes first), so that the two are compared within
-/// milliseconds.
+/// milliseconds. The host stub's samples also say what KVM counted for an `out` (`insns=`,
+/// `exits=`, per loop).
 pub fn io(s: Settings) -> Result<()> {
     let ops = if s.quick { 500 } else { 2000 };
     // Warm up both loops.
@@ -49,13 +53,53 @@ pub fn io(s: Settings) -> Result<()> {
     switch_to(BenchLoop::Stub)?;
     for rep in 0..s.reps {
         let order = if rep % 2 == 0 { [BenchLoop::Stub, BenchLoop::Bare] } else { [BenchLoop::Bare, BenchLoop::Stub] };
-        for which in order {
+        let mut ns = [0; 2];
+        for (which, ns) in order.into_iter().zip(&mut ns) {
             switch_to(which)?;
-            let cycles = port_loop(BENCH_NULL, 0, ops, s.empty);
+            *ns = cycles_to_ns(port_loop(BENCH_NULL, 0, ops, s.empty));
             switch_to(BenchLoop::Stub)?;
-            let name = if which == BenchLoop::Bare { "io_bare" } else { "io" };
-            kprintln!("bench: {name} rep={rep} ops={ops} total_ns={}", cycles_to_ns(cycles));
         }
+        // Counted in a loop of its own after the pair, so that the pair stays back to back (the
+        // bare loop has no counting port).
+        let counts = counted_port_loop(BENCH_NULL, 0, ops, s.empty).counts;
+        for (which, ns) in order.into_iter().zip(ns) {
+            match which {
+                BenchLoop::Bare => kprintln!("bench: io_bare rep={rep} ops={ops} total_ns={ns}"),
+                BenchLoop::Stub => kprintln!("bench: io rep={rep} ops={ops} total_ns={ns}{}", Fields("", counts)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The console line [`console`] prints: 48 bytes with its newline.
+const CONSOLE_LINE: &str = "console benchmark: 48 bytes with the newline...";
+
+/// What a console line costs: `lines` lines printed in a counting window (with the tick held
+/// back), less an empty window. The figure per line includes the few instructions of the loop
+/// around the print.
+pub fn console(s: Settings) -> Result<()> {
+    const _: () = assert!(CONSOLE_LINE.len() + 1 == 48);
+    let lines = if s.quick { 4 } else { 16 };
+    for rep in 0..s.reps {
+        let _tick = TickHeld::new();
+        count::open();
+        let start = cpu::rdtsc();
+        for _ in 0..lines {
+            kprintln!("{CONSOLE_LINE}");
+        }
+        let cycles = cpu::rdtsc().wrapping_sub(start);
+        count::close();
+        let printed = count::read();
+        count::open();
+        count::close();
+        let counts = printed.zip(count::read()).map(|(printed, empty)| printed.less(empty));
+        kprintln!(
+            "bench: console rep={rep} ops={lines} bytes={} total_ns={}{}",
+            lines * (CONSOLE_LINE.len() as u64 + 1),
+            cycles_to_ns(cycles),
+            Fields("", counts)
+        );
     }
     Ok(())
 }

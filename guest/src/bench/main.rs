@@ -19,7 +19,8 @@
 //! | file | role |
 //! | --- | --- |
 //! | `runner.rs` | the first task: settings from the command line, dispatch, the verdict |
-//! | `calibrate.rs` | what the loops cost by themselves (the empty kernel loop, the CPL 3 compute loop) |
+//! | `calibrate.rs` | what the loops cost by themselves (the empty kernel loop, the CPL 3 compute loop); the timed, counted loop |
+//! | `count.rs` | counting windows: what KVM counted (emulated instructions, exits) around a loop |
 //! | `io.rs` | the baseline: the null port in the host stub's loop and in its bare loop |
 //! | `inject.rs` | an interrupt, an #AC, a resolved page-not-present event per exit |
 //! | `pnp.rs` | the page-not-present round trip on each path, each forced |
@@ -32,6 +33,8 @@
 
 #[cfg(kernel)]
 mod calibrate;
+#[cfg(kernel)]
+mod count;
 #[cfg(kernel)]
 mod inject;
 #[cfg(kernel)]

@@ -6,9 +6,10 @@ use pvagent_guest::kprintln;
 use pvagent_guest::pv::pnp;
 
 use crate::calibrate::cycles_to_ns;
+use crate::count::Fields;
 use crate::io::baseline_now;
 use crate::pager::{host_counter, region, set_latency, set_mode, set_timing, settle};
-use crate::workload::{self, Arrival};
+use crate::workload::{self, Arrival, Pages};
 use crate::{Result, Settings};
 
 /// Timed from the first task's first access to the last task's last, with the baseline
@@ -21,6 +22,9 @@ use crate::{Result, Settings};
 /// - `halt`: one task, resolutions after the event: it waits in the HLT loop every time.
 /// - `early`: every resolution is written before its event: nobody waits.
 /// - `sync`: no event; the vCPU waits.
+///
+/// Each sample also says what KVM counted for its accesses (`insns=`, `exits=`): the run's
+/// counting window less that of the same run right after it, over the pages it left present.
 pub fn roundtrip(s: Settings) -> Result<()> {
     let region = region()?;
     let pages = if s.quick { 8 } else { 32 };
@@ -39,20 +43,26 @@ pub fn roundtrip(s: Settings) -> Result<()> {
             let before = pnp::stats();
             let syncs = host_counter(HostCounter::SyncWaits)?;
             let delivered = host_counter(HostCounter::EventsDelivered)?;
-            let window = workload::run(&region, tasks, pages, 0, Arrival::OnItsOwn)?;
+            let (window, absent) =
+                workload::run_counted(&region, tasks, pages, 0, Arrival::OnItsOwn, Pages::Evicted, true)?;
             // Outside the window: an event still pending behind its resolution is taken now.
             settle(before.events, delivered)?;
             let after = pnp::stats();
+            let sync_waits = host_counter(HostCounter::SyncWaits)? - syncs;
+            // The same run again over the pages it left present: everything but the path.
+            let (_, present) =
+                workload::run_counted(&region, tasks, pages, 0, Arrival::OnItsOwn, Pages::AsTheyAre, true)?;
+            let counts = absent.zip(present).map(|(absent, present)| absent.less(present));
             kprintln!(
-                "bench: pnp_{name} rep={rep} ops={} total_ns={} baseline_ns={baseline} events={} slept={} halted={} early={} sync_waits={} handler_ns={}",
+                "bench: pnp_{name} rep={rep} ops={} total_ns={} baseline_ns={baseline} events={} slept={} halted={} early={} sync_waits={sync_waits} handler_ns={}{}",
                 tasks * pages,
                 window.wall_ns,
                 after.events - before.events,
                 after.slept - before.slept,
                 after.halted - before.halted,
                 after.tokens.resolved_before_event - before.tokens.resolved_before_event,
-                host_counter(HostCounter::SyncWaits)? - syncs,
-                cycles_to_ns(after.handler_cycles - before.handler_cycles)
+                cycles_to_ns(after.handler_cycles - before.handler_cycles),
+                Fields("", counts)
             );
         }
     }

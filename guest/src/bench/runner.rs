@@ -10,7 +10,7 @@ use pvagent_guest::task::{self, table::ExitStatus, table::TaskId};
 use crate::calibrate::EmptyLoop;
 
 /// Names `bench=all` runs, in order.
-pub const ALL: &[&str] = &["io", "inject", "pnp", "workload", "scaling"];
+pub const ALL: &[&str] = &["io", "console", "inject", "pnp", "workload", "scaling"];
 
 /// Command line keys the benchmark kernel reads: `bench=NAME[,NAME...]`, `bench-quick` (fewer,
 /// smaller measurements), `bench-reps=N` (repetitions, 1..=50, default 5).
@@ -69,6 +69,7 @@ pub fn run(_: u64) -> u64 {
     for name in ALL.iter().filter(|n| names == "all" || names.split(',').any(|x| x == **n)) {
         let result = match *name {
             "io" => crate::io::io(settings),
+            "console" => crate::io::console(settings),
             "inject" => crate::inject::inject(settings),
             "pnp" => crate::pnp::roundtrip(settings),
             "workload" => crate::workload::workload(settings),

@@ -9,6 +9,7 @@ use pvagent_guest::pv::pnp;
 use pvagent_guest::task::{self, table::ExitStatus, table::TaskId};
 
 use crate::calibrate::{self, cycles_to_ns};
+use crate::count::{self, Counts, TickHeld};
 use crate::pager::{host_counter, region, set_latency, set_mode};
 use crate::user::{self, EMPTY_SLOT, SLOTS, Slot};
 use crate::{BenchError, Result, Settings};
@@ -39,10 +40,56 @@ pub enum Arrival {
 /// Runs `tasks` CPL 3 workload tasks over pages `[0, tasks * pages)` of the region (evicted
 /// first), each doing `spin_iterations` of compute before each page.
 pub fn run(region: &pnp::Region, tasks: u64, pages: u64, spin_iterations: u64, arrival: Arrival) -> Result<Window> {
+    Ok(run_counted(region, tasks, pages, spin_iterations, arrival, Pages::Evicted, false)?.0)
+}
+
+/// Whether a run's pages are evicted before it starts, or left as they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pages {
+    Evicted,
+    /// Left present by the run before: the same run with no page-not-present path in it.
+    AsTheyAre,
+}
+
+/// [`run`], with its pages as `pages_before` says, and counted when `counted`: a counting
+/// window (`count.rs`) from after the eviction to after the last task was joined, with the
+/// tick held back, so that a run with absent pages less the same run over present pages is
+/// what the page-not-present paths cost (`pnp.rs`). `None` where the host does not count.
+pub fn run_counted(
+    region: &pnp::Region,
+    tasks: u64,
+    pages: u64,
+    spin_iterations: u64,
+    arrival: Arrival,
+    pages_before: Pages,
+    counted: bool,
+) -> Result<(Window, Option<Counts>)> {
     if tasks as usize > SLOTS {
         return Err(BenchError("more workload tasks than slots"));
     }
-    pnp::evict(region.base, tasks * pages).map_err(|_| BenchError("evict failed"))?;
+    if pages_before == Pages::Evicted {
+        pnp::evict(region.base, tasks * pages).map_err(|_| BenchError("evict failed"))?;
+    }
+    let tick = counted.then(TickHeld::new);
+    if counted {
+        count::open();
+    }
+    let window = tasks_over_pages(region, tasks, pages, spin_iterations, arrival);
+    let counts = counted.then(|| {
+        count::close();
+        count::read()
+    });
+    drop(tick);
+    Ok((window?, counts.flatten()))
+}
+
+fn tasks_over_pages(
+    region: &pnp::Region,
+    tasks: u64,
+    pages: u64,
+    spin_iterations: u64,
+    arrival: Arrival,
+) -> Result<Window> {
     if arrival == Arrival::WhenAllParked {
         for page in 0..tasks * pages {
             pnp::set_page_behaviour(region.page(page), PageBehaviour::Held)

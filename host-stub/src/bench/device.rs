@@ -1,4 +1,5 @@
-//! The benchmarks' device: a null port (one exit, nothing done: the baseline round trip; also
+//! The benchmarks' device: a counting port (a window over the vCPU's KVM statistics around a
+//! timed loop, `count.rs`), a null port (one exit, nothing done: the baseline round trip; also
 //! the switch to the bare loop the baseline is compared with) and an injection port that
 //! injects an interrupt, an exception or an already-resolved page-not-present event on the way
 //! back into the guest, so that the cost of producing and handling an event can be measured
@@ -9,8 +10,9 @@ use std::sync::Arc;
 
 use kvm_bindings::kvm_msi;
 use kvm_ioctls::VmFd;
-use pvagent_abi::port::{BENCH_INJECT, BENCH_NULL, BenchInject, BenchLoop};
+use pvagent_abi::port::{BENCH_COUNT, BENCH_INJECT, BENCH_NULL, BenchInject, BenchLoop};
 
+use super::count::Counting;
 use crate::error::{Error, Result};
 use crate::handler::{
     ExitHandler, Handled, PageEventInjection, PageEventInjector, Report, Stop, VcpuCtx, fill_in, out_word,
@@ -30,6 +32,8 @@ pub struct Bench {
     page_events_not_deliverable: u64,
     refused: u64,
     bare_loop_requests: u64,
+    /// The counting port's windows.
+    counting: Counting,
 }
 
 impl Bench {
@@ -45,6 +49,7 @@ impl Bench {
             page_events_not_deliverable: 0,
             refused: 0,
             bare_loop_requests: 0,
+            counting: Counting::default(),
         }
     }
 }
@@ -114,15 +119,20 @@ impl ExitHandler for Bench {
                 }
                 Ok(Handled::Yes)
             }
+            BENCH_COUNT => {
+                self.counting.write(ctx, out_word(data));
+                Ok(Handled::Yes)
+            }
             _ => Ok(Handled::No),
         }
     }
 
-    fn io_in(&mut self, _ctx: &mut VcpuCtx<'_>, port: u16, data: &mut [u8]) -> Result<Handled> {
-        if port != BENCH_NULL {
-            return Ok(Handled::No);
+    fn io_in(&mut self, ctx: &mut VcpuCtx<'_>, port: u16, data: &mut [u8]) -> Result<Handled> {
+        match port {
+            BENCH_NULL => fill_in(data, BenchLoop::Stub as u32),
+            BENCH_COUNT => fill_in(data, self.counting.read(ctx.index)),
+            _ => return Ok(Handled::No),
         }
-        fill_in(data, BenchLoop::Stub as u32);
         Ok(Handled::Yes)
     }
 
@@ -131,7 +141,9 @@ impl ExitHandler for Bench {
         report.counter(self.name(), "bare_loop_requests", self.bare_loop_requests);
         report.counter(self.name(), "injected", self.injected);
         report.counter(self.name(), "page_events_not_deliverable", self.page_events_not_deliverable);
-        report.counter(self.name(), "refused", self.refused);
+        report.counter(self.name(), "refused", self.refused + self.counting.refused);
+        report.counter(self.name(), "count_windows", self.counting.windows_closed);
+        report.counter(self.name(), "count_unavailable", self.counting.unavailable);
         Ok(())
     }
 }

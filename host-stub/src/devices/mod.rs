@@ -1,23 +1,26 @@
 //! The devices the guest needs: its console, the exit port, and the basics (the version
-//! exchange, the gate it opens to the host stub's own interfaces, and the basic hypercalls);
+//! exchange, the gate it opens to the host stub's own interfaces, the basic hypercalls and the
+//! milestone port);
 //! and the host stub's own port for the run's timeline.
 //! (The benchmark device is in `bench/`, present only when asked for.)
 
 pub mod debug_exit;
+pub mod milestone;
 pub mod serial;
 pub mod trace;
 
 use pvagent_abi::hypercall::{Nr, Status};
 use pvagent_abi::msr::PV_MSRS;
-use pvagent_abi::port::HOST_STUB_PORTS;
+use pvagent_abi::port::{HOST_STUB_PORTS, MILESTONE};
 use pvagent_abi::version::{GUEST_VERSION_RESERVED, MSR_GUEST_VERSION};
 use pvagent_abi::{AbiVersion, PAGE_SIZE, sld};
 
 use crate::error::{Error, Result};
-use crate::handler::{ExitHandler, Handled, HypercallAnswer, MsrAnswer, Report, VcpuCtx};
+use crate::handler::{ExitHandler, Handled, HypercallAnswer, MsrAnswer, Report, VcpuCtx, out_word};
+use milestone::Milestones;
 
-/// What belongs to no producer: the version exchange, the gate it opens, and the basic
-/// hypercalls.
+/// What belongs to no producer: the version exchange, the gate it opens, the basic
+/// hypercalls, and the milestones of the guest's boot (`milestone.rs`).
 ///
 /// The gate: until the guest has announced a version of this host's major, none of the host
 /// stub's own interfaces is served (docs/abi.md, "Versions"). This device stands in the
@@ -38,12 +41,25 @@ pub struct Basics {
     /// Writes to [`MSR_GUEST_VERSION`] refused with #GP: reserved bits, or a second
     /// announcement of another version.
     version_writes_refused: u64,
+    milestones: Milestones,
 }
 
 impl Basics {
     /// The basics of a host that speaks ABI `host_version`.
     pub fn new(host_version: AbiVersion) -> Self {
-        Self { host_version, guest_version: None, pings: 0, refused_before_announcement: 0, version_writes_refused: 0 }
+        Self {
+            host_version,
+            guest_version: None,
+            pings: 0,
+            refused_before_announcement: 0,
+            version_writes_refused: 0,
+            milestones: Milestones::default(),
+        }
+    }
+
+    /// The guest starts running now: milestones are timed from here.
+    pub fn run_starts(&mut self, at: std::time::Instant) {
+        self.milestones.run_starts(at);
     }
 
     /// Whether the guest's accesses to the host stub's own interfaces are served.
@@ -140,8 +156,12 @@ impl ExitHandler for Basics {
         Ok(Handled::No)
     }
 
-    fn io_out(&mut self, _ctx: &mut VcpuCtx<'_>, port: u16, _data: &[u8]) -> Result<Handled> {
+    fn io_out(&mut self, ctx: &mut VcpuCtx<'_>, port: u16, data: &[u8]) -> Result<Handled> {
         let refused = HOST_STUB_PORTS.contains(&port) && self.refuse_before_announcement();
+        if !refused && port == MILESTONE {
+            self.milestones.write(ctx, out_word(data));
+            return Ok(Handled::Yes);
+        }
         Ok(if refused { Handled::Yes } else { Handled::No })
     }
 
@@ -163,6 +183,7 @@ impl ExitHandler for Basics {
         report.counter(self.name(), "guest_abi_version", self.guest_version.map_or(0, |v| u64::from(v.to_raw())));
         report.counter(self.name(), "refused_before_announcement", self.refused_before_announcement);
         report.counter(self.name(), "version_writes_refused", self.version_writes_refused);
+        self.milestones.finish(report);
         let guest = match self.guest_version {
             None => "not announced".to_string(),
             Some(v) => v.to_string(),

@@ -5,8 +5,10 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::analysis::{Cost, Goal, ScalingPoint, Speedup, WorkloadResult};
+use super::counts::PathCounts;
 use super::stats::{Summary, human_ns, human_summary_ns};
 use super::svg::{Bar, BarChart, GoalLine, LineChart, Scale, Series};
+use crate::budgets::{self, Verdict};
 
 /// Where and from what the results came.
 #[derive(Clone, Debug, Serialize)]
@@ -80,6 +82,10 @@ pub struct Results {
     pub boot: Boot,
     pub memory: Memory,
     pub goals: Vec<Goal>,
+    /// What KVM counted per event on each path, and for boot.
+    pub counts: Vec<PathCounts>,
+    /// Each budgeted count against `xtask/budgets.toml`.
+    pub budgets: Vec<Verdict>,
 }
 
 /// Where a goal stands: met, not met, not judged (a quick run, or a measurement whose interval
@@ -94,9 +100,32 @@ pub fn goal_status(goal: &Goal, quick: bool) -> &'static str {
     }
 }
 
-fn cost_table(out: &mut String, costs: &[Cost], instruction_ns: f64) {
+/// A count in a table: the median, with the range where the repetitions differ.
+fn count_cell(s: Option<Summary>, digits: usize) -> String {
+    match s {
+        None => "n/a".into(),
+        Some(s) if s.min == s.max => format!("{:.*}", digits, s.median),
+        Some(s) => format!("{:.*} ({:.*}–{:.*})", digits, s.median, digits, s.min, digits, s.max),
+    }
+}
+
+/// A path's instructions and exits per event, as two table cells.
+fn counts_cells(counts: &[PathCounts], path: &str) -> (String, String) {
+    match counts.iter().find(|c| c.path == path) {
+        None => ("n/a".into(), "n/a".into()),
+        Some(c) => {
+            let insns = match (&c.insns, &c.unavailable) {
+                (None, Some(why)) => format!("n/a: {why}"),
+                (insns, _) => count_cell(*insns, 0),
+            };
+            (insns, count_cell(c.exits, 2))
+        }
+    }
+}
+
+fn cost_table(out: &mut String, costs: &[Cost], instruction_ns: f64, counts: &[PathCounts]) {
     out.push_str(
-        "| event | per event | baselines | kernel-instruction equivalents | guest handler per event | what |\n| --- | --- | --- | --- | --- | --- |\n",
+        "| event | per event | instructions per event | exits per event | baselines | kernel-instruction equivalents | guest handler per event | what |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for c in costs {
         let equivalents =
@@ -109,7 +138,12 @@ fn cost_table(out: &mut String, costs: &[Cost], instruction_ns: f64) {
             Some(why) => format!("{} (not measured: {why})", c.what),
             None => c.what.clone(),
         };
-        let _ = writeln!(out, "| {} | {per} | {baselines} | {equivalents} | {handler} | {what} |", c.name);
+        let (insns, exits) = counts_cells(counts, &c.name);
+        let _ = writeln!(
+            out,
+            "| {} | {per} | {insns} | {exits} | {baselines} | {equivalents} | {handler} | {what} |",
+            c.name
+        );
     }
 }
 
@@ -160,15 +194,21 @@ impl Results {
             );
         }
         let b = &self.baseline;
+        let (null_insns, null_exits) = counts_cells(&self.counts, "null_exit");
+        let (console_insns, console_exits) = counts_cells(&self.counts, "console");
         let _ = write!(
             out,
-            "\n### Baseline: one port-I/O exit\n\n| loop | round trip |\n| --- | --- |\n| host stub | {} |\n| bare kvm-ioctls loop (same process and VM) | {} |\n| host stub / bare, median of {} back-to-back pairs | {:.3} ({:.3}–{:.3}) |\n\nThe multiples of the baseline below divide each cost by the round trip measured in the same repetition, right before it.\n",
+            "\n### Baseline: one port-I/O exit\n\n| loop | round trip |\n| --- | --- |\n| host stub | {} |\n| bare kvm-ioctls loop (same process and VM) | {} |\n| host stub / bare, median of {} back-to-back pairs | {:.3} ({:.3}–{:.3}) |\n\n| what KVM counted | instructions | exits |\n| --- | --- | --- |\n| one null exit (the `out` itself) | {} | {} |\n| one console line of 48 bytes (the kernel's `kprintln!`) | {} | {} |\n\nThe multiples of the baseline below divide each cost by the round trip measured in the same repetition, right before it.\n",
             human_summary_ns(&b.host_stub_ns),
             human_summary_ns(&b.bare_ns),
             b.pair_ratios.n,
             b.ratio,
             b.pair_ratios.min,
             b.pair_ratios.max,
+            null_insns,
+            null_exits,
+            console_insns,
+            console_exits,
         );
         out.push_str("\n### Injected events, end to end\n\n");
         let _ = writeln!(
@@ -176,9 +216,13 @@ impl Results {
             "One guest kernel instruction costs {} here (an empty `dec`/`jnz` loop). The equivalents column expresses each cost in that unit: a conversion of time, not a count of instructions (an exit, an EOI or a HLT costs far more than one).\n",
             human_summary_ns(&b.kernel_instruction_ns)
         );
-        cost_table(&mut out, &self.injection, b.kernel_instruction_ns.median);
+        out.push_str("Instructions and exits per event are what KVM counted (its `insn_emulation` and `exits` statistics) in a window around each loop, the loop's own cost taken out, per event handled; each event's count includes the `out` that carried it (one instruction, one exit). The median over the repetitions, with the range where they differ.\n\n");
+        cost_table(&mut out, &self.injection, b.kernel_instruction_ns.median, &self.counts);
         out.push_str("\n### Page-not-present round trips\n\n");
-        cost_table(&mut out, &self.page_not_present, b.kernel_instruction_ns.median);
+        out.push_str(
+            "Counts per access: a run over absent pages less the same run over the pages it left present.\n\n",
+        );
+        cost_table(&mut out, &self.page_not_present, b.kernel_instruction_ns.median, &self.counts);
         let _ = writeln!(out, "\n![per-event costs]({chart_dir}/costs.svg)\n");
         out.push_str("### What async page-not-present buys\n\n");
         if let Some(w) = self.workload.first() {
@@ -231,19 +275,24 @@ impl Results {
         out.push_str("Several vCPUs: not measured (the guest runs one vCPU so far).\n");
         let boot = &self.boot;
         let mem = &self.memory;
+        let (boot_insns, boot_exits) = counts_cells(&self.counts, "boot");
         let _ = write!(
             out,
-            "\n### Boot and footprint\n\nBoots run the product guest (`pvagent-guest`, no benchmark code) with `{}`.\n\n| | time |\n| --- | --- |\n| host stub: `main` to the first `KVM_RUN` | {} |\n| host stub: `main` to the guest's exit, self-tests done | {} |\n| host stub: whole process (spawn to exit) | {} |\n| QEMU TCG: whole process (spawn to exit; QEMU does not report the first instruction) | {} |\n\n| footprint | size |\n| --- | --- |\n| product guest ELF file | {} KiB |\n| product guest loaded image | {} KiB |\n| host stub peak RSS, boot | {:.0} KiB |\n| host stub peak RSS, benchmark run | {:.0} KiB |\n",
+            "\n### Boot and footprint\n\nBoots run the product guest (`pvagent-guest`, no benchmark code) with `{}`.\n\n| | time |\n| --- | --- |\n| host stub: `main` to the first `KVM_RUN` | {} |\n| host stub: `main` to the guest's exit, self-tests done | {} |\n| host stub: whole process (spawn to exit) | {} |\n| QEMU TCG: whole process (spawn to exit; QEMU does not report the first instruction) | {} |\n\n| boot, first guest instruction to the self-test runner's start (the milestone) | count |\n| --- | --- |\n| guest instructions KVM emulated | {} |\n| exits | {} |\n\n| footprint | size |\n| --- | --- |\n| product guest ELF file | {} KiB |\n| product guest loaded image | {} KiB |\n| host stub peak RSS, boot | {:.0} KiB |\n| host stub peak RSS, benchmark run | {:.0} KiB |\n",
             boot.tests,
             human_summary_ns(&boot.host_stub_first_entry_ns),
             human_summary_ns(&boot.host_stub_tests_done_ns),
             human_summary_ns(&boot.host_stub_process_ns),
             human_summary_ns(&boot.qemu_tcg_process_ns),
+            boot_insns,
+            boot_exits,
             mem.guest_elf_bytes / 1024,
             mem.guest_loaded_bytes / 1024,
             mem.host_boot_peak_rss_kib.median,
             mem.host_bench_peak_rss_kib.median,
         );
+        out.push_str("\n### Budgets\n\nEach path's count per event against `xtask/budgets.toml`: the limit `cargo xtask test` enforces (it fails above it) and the target the project aims at. A count is judged on the least of its repetitions: only the host (a preemption, a resolution a little later) can add to the guest's own work.\n\n");
+        out.push_str(&budgets::table(&self.budgets, !self.machine.quick && self.machine.profile == "release"));
         out
     }
 

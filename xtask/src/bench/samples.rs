@@ -18,6 +18,11 @@ impl Sample {
         self.fields.get(key).copied().unwrap_or(0)
     }
 
+    /// A field's value; `None` when the line did not have it.
+    pub fn field(&self, key: &str) -> Option<u64> {
+        self.fields.get(key).copied()
+    }
+
     /// A field's value as a float, for arithmetic.
     pub fn f(&self, key: &str) -> f64 {
         self.get(key) as f64

@@ -1,0 +1,97 @@
+//! Counting windows: what KVM counted while a benchmark ran, read from the host stub's counting
+//! port (`pvagent_abi::port::BENCH_COUNT`). KVM counts every guest instruction it emulates (on
+//! the PVM `/dev/kvm` of these machines, every instruction of the guest kernel) and every exit,
+//! so a window says what a path costs as a count, which unlike its time does not depend on the
+//! machine or its load.
+//!
+//! Counts are exact only if nothing else runs in the window: the timer tick is held back around
+//! every window ([`TickHeld`]), and each benchmark takes the window's own cost out by counting
+//! the same code without the events it is about (an empty loop, a run over present pages).
+//! Opening, closing and reading a window are exits outside it.
+
+use core::fmt;
+
+use pvagent_abi::port::{BENCH_COUNT, BenchCount, COUNT_UNAVAILABLE};
+use pvagent_guest::arch::{apic, time};
+use x86_64::instructions::port::Port;
+
+/// What KVM counted in a window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counts {
+    /// Guest instructions KVM emulated.
+    pub insns: u64,
+    /// Exits, to the host stub or handled inside KVM.
+    pub exits: u64,
+}
+
+impl Counts {
+    /// What `self` counted beyond `base` (the same code without what is measured).
+    pub fn less(self, base: Counts) -> Counts {
+        Counts { insns: self.insns.saturating_sub(base.insns), exits: self.exits.saturating_sub(base.exits) }
+    }
+}
+
+/// A sample line's count fields, `PREFIXinsns=N PREFIXexits=N` (each with a leading space), or
+/// nothing where the host does not count: the line then simply lacks them.
+#[derive(Clone, Copy, Debug)]
+pub struct Fields(pub &'static str, pub Option<Counts>);
+
+impl fmt::Display for Fields {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.1 {
+            Some(c) => write!(f, " {0}insns={1} {0}exits={2}", self.0, c.insns, c.exits),
+            None => Ok(()),
+        }
+    }
+}
+
+fn write(what: BenchCount) {
+    // SAFETY: the host's counting port has no effect on guest memory.
+    unsafe { Port::<u32>::new(BENCH_COUNT).write(what as u32) }
+}
+
+/// Opens this vCPU's window: the host takes a snapshot of its statistics at this exit.
+pub fn open() {
+    write(BenchCount::Open);
+}
+
+/// Closes the window: its figures are the statistics at this exit less those at the opening.
+pub fn close() {
+    write(BenchCount::Close);
+}
+
+fn read_one(which: BenchCount) -> Option<u64> {
+    write(which);
+    // SAFETY: as in `write`.
+    let value = unsafe { Port::<u32>::new(BENCH_COUNT).read() };
+    (value != COUNT_UNAVAILABLE).then_some(u64::from(value))
+}
+
+/// The last closed window's figures; `None` where the host does not count.
+pub fn read() -> Option<Counts> {
+    Some(Counts { insns: read_one(BenchCount::ReadInstructions)?, exits: read_one(BenchCount::ReadExits)? })
+}
+
+/// Holds the timer tick back while it lives, so that no tick lands in a window: the task
+/// priority is raised to the tick's priority class, which the tick stays pending below (one
+/// tick at most, taken when the guard goes). Every event the benchmarks measure has a vector of
+/// a higher class (page-not-present `0x5x`, the benchmark interrupt `0x60`), so they still
+/// arrive, and the host stub still finds them deliverable.
+#[derive(Debug)]
+pub struct TickHeld {
+    previous: u32,
+}
+
+impl TickHeld {
+    pub fn new() -> Self {
+        let previous = apic::tpr();
+        apic::set_tpr(u32::from(time::TIMER_VECTOR & 0xF0));
+        Self { previous }
+    }
+}
+
+impl Drop for TickHeld {
+    fn drop(&mut self) {
+        apic::set_tpr(self.previous);
+    }
+}

@@ -1,0 +1,97 @@
+//! End-to-end tests of what KVM counts for the guest: its per-vCPU statistics in every run's
+//! counters, the boot milestone (`port::MILESTONE`), behind the version gate, and the
+//! benchmarks' counting window (`port::BENCH_COUNT`), exact to the instruction where KVM
+//! emulates the guest's code.
+
+use pvagent_abi::ABI_VERSION;
+use pvagent_abi::port::{BENCH_COUNT, BenchCount, COUNT_UNAVAILABLE, MILESTONE, Milestone};
+use pvagent_host::producers::Producers;
+use pvagent_tests::{Code32, config, run_stub, run_stub_configured, temp_file, tiny_elf};
+
+/// Whether KVM emulates guest CPL 0 code here (the PVM module), so that it counts every
+/// instruction of it: where it does not (VMX, SVM), `insn_emulation` counts only the few
+/// instructions KVM emulates, and the exact counts below are not there to check.
+fn guest_code_is_emulated() -> bool {
+    std::path::Path::new("/sys/module/kvm_pvm").exists()
+}
+
+#[test]
+fn every_run_reports_kvms_statistics_and_the_boot_milestone() {
+    let r = run_stub("tests=arch::hypercall_round_trip");
+    assert!(r.passed(), "{:#?}\n{:?}", r.serial, r.host_error);
+    let c = &r.report;
+    let (exits, boot_exits) = (c.get("kvm.exits"), c.get("boot.exits"));
+    assert!(exits >= c.get("vcpu0.exits"), "KVM counts every exit the host stub saw, and more: {:?}", c.counters);
+    assert!(boot_exits > 0 && boot_exits < exits, "boot is a part of the run: {boot_exits} of {exits}");
+    assert_eq!(c.get("basics.milestones_ignored"), 0);
+    assert!(c.counters.contains_key("boot.first_task_us"));
+    assert!(c.counters.keys().filter(|k| k.starts_with("kvm.")).all(|k| c.get(k) != 0), "only non-zero statistics");
+    if guest_code_is_emulated() {
+        let (insns, boot_insns) = (c.get("kvm.insn_emulation"), c.get("boot.insn_emulation"));
+        assert!(boot_insns > 1000 && boot_insns < insns, "boot {boot_insns} of {insns} emulated instructions");
+    }
+}
+
+fn run_tiny(name: &str, code: &[u8], bench: bool) -> pvagent_host::RunResult {
+    let image = temp_file(name, &tiny_elf(code, true, 0));
+    let mut c = config(&image, "");
+    c.bench = bench;
+    run_stub_configured(c, &Producers::defaults())
+}
+
+#[test]
+fn the_milestone_counts_only_after_the_announcement_and_once() {
+    let first_task = Milestone::FirstTask as u32;
+    let code = Code32::new()
+        .out(MILESTONE, first_task)
+        .announce(ABI_VERSION)
+        .out(MILESTONE, first_task)
+        .out(MILESTONE, first_task)
+        .out(MILESTONE, 77)
+        .exit(0x10);
+    let r = run_tiny("milestones.elf", &code, false);
+    assert!(r.passed(), "{:?}", r.host_error);
+    let c = &r.report;
+    assert_eq!(c.get("basics.refused_before_announcement"), 1, "the first, before the announcement");
+    assert_eq!(c.get("basics.milestones_ignored"), 2, "a repeat and an unknown milestone: {:?}", c.counters);
+    // KVM counts from the first instruction to the milestone's exit, that exit included: the
+    // refused write, the announcement's WRMSR, the milestone's `out` (a preemption of the vCPU's
+    // thread could add one), and ten instructions (three per `out`: two `mov`s and the `out`;
+    // four for the announcement: three `mov`s and the `wrmsr`).
+    let boot_exits = c.get("boot.exits");
+    assert!((3..=5).contains(&boot_exits), "{:?}", c.counters);
+    if guest_code_is_emulated() {
+        assert_eq!(c.get("boot.insn_emulation"), 10, "{:?}", c.counters);
+    }
+}
+
+/// A tiny guest that counts `movs` instructions (`mov eax, 0`) in a window and exits with the
+/// window's `figure`.
+fn window(movs: usize, figure: BenchCount) -> Vec<u8> {
+    let mut code = Code32::new().announce(ABI_VERSION).out(BENCH_COUNT, BenchCount::Open as u32);
+    for _ in 0..movs {
+        code = code.mov_eax(0);
+    }
+    code.out(BENCH_COUNT, BenchCount::Close as u32).out(BENCH_COUNT, figure as u32).in_eax(BENCH_COUNT).exit_with_eax()
+}
+
+#[test]
+fn a_counting_window_counts_exactly_what_ran_in_it() {
+    let counted = |movs, figure| {
+        let r = run_tiny("window.elf", &window(movs, figure), true);
+        assert!(r.host_error.is_none(), "{:?}", r.host_error);
+        assert_eq!(r.report.get("bench.refused"), 0);
+        r.guest_exit_code.expect("the guest exits with the figure")
+    };
+    let exits = counted(0, BenchCount::ReadExits);
+    assert!((1..5).contains(&exits), "the closing `out` and hardly anything else: {exits}");
+    let (short, long) = (counted(3, BenchCount::ReadInstructions), counted(13, BenchCount::ReadInstructions));
+    if guest_code_is_emulated() {
+        assert_eq!(long - short, 10, "ten more instructions in the window");
+    } else {
+        assert!(short != COUNT_UNAVAILABLE && long != COUNT_UNAVAILABLE);
+    }
+    // Without the benchmark device, the port is an ordinary unclaimed one.
+    let r = run_tiny("window-nobench.elf", &window(3, BenchCount::ReadInstructions), false);
+    assert_eq!(r.guest_exit_code, Some(u32::MAX), "reads all-ones");
+}
