@@ -117,8 +117,9 @@ pub unsafe fn set_ist_stacks(cpu: usize, tops: [u64; IST_COUNT]) {
 /// and `top` must be the top of a mapped kernel stack that stays reserved for the task that
 /// runs next: the CPU pushes every CPL 3 entry's frame there.
 pub unsafe fn set_kernel_stack(top: u64) {
+    // A kernel stack's top is identity mapped below 1 GiB, so canonical: no check needed.
     // SAFETY: `index()` is the running vCPU, so this is its own TSS, written by nobody else;
     // interrupts are off (the caller's contract), and the CPU reads RSP0 only on a privilege
     // change, which cannot happen during this store.
-    unsafe { (*tables(super::percpu::index())).tss.privilege_stack_table[0] = VirtAddr::new(top) };
+    unsafe { (*tables(super::percpu::index())).tss.privilege_stack_table[0] = VirtAddr::new_truncate(top) };
 }

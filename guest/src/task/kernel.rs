@@ -57,7 +57,9 @@ pub fn add_switch_hook(hook: SwitchHook) -> Result<(), SwitchHooksFull> {
 }
 
 fn run_switch_hooks(from: TaskId, to: TaskId) {
-    for hook in SWITCH_HOOKS.iter().filter_map(FnSlot::get) {
+    // Hooks are only added, each into the first empty slot, so the first empty slot ends them.
+    for slot in &SWITCH_HOOKS {
+        let Some(hook) = slot.get() else { break };
         hook(from, to);
     }
 }
@@ -205,8 +207,10 @@ fn switch(next: Option<Switch>) {
         return;
     };
     run_switch_hooks(from_id, to_id);
-    let from_ctx = context(from);
-    let to_ctx = context(to);
+    let contexts = CONTEXTS.get().get();
+    // SAFETY: only addresses are formed, of bounds-checked elements of this vCPU's array.
+    let (from_ctx, to_ctx) =
+        unsafe { (&raw mut (*contexts)[usize::from(from)], &raw mut (*contexts)[usize::from(to)]) };
     // SAFETY: interrupts are off; `from` is the running context (its RSP is written by the
     // switch) and `to` was prepared by spawn or saved by an earlier switch. Nothing else
     // accesses either context meanwhile. A non-zero `stack_top` is the top of `to`'s own

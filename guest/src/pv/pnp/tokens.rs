@@ -149,6 +149,8 @@ impl TokenTable {
 
     /// An event for `token` was taken (for an access at `gpa`); `waiter` says who waits for it,
     /// asked only if it must wait (on the event path, deciding costs the scheduler's state).
+    /// Inlined, as [`TokenTable::on_resolution`]: both run on every event.
+    #[inline(always)]
     pub fn on_event(&mut self, token: Token, gpa: u64, waiter: impl FnOnce() -> Waiter) -> EventOutcome {
         let index = match self.slot_of(token) {
             Ok(i) => i,
@@ -183,6 +185,7 @@ impl TokenTable {
     }
 
     /// The host resolved `token` with `result`.
+    #[inline(always)]
     pub fn on_resolution(&mut self, token: Token, result: u32) -> ResolutionOutcome {
         let index = match self.slot_of(token) {
             Ok(i) => i,
