@@ -162,13 +162,18 @@ impl PnpCpu {
         // The view's layout comes from the consumer itself, so the two cannot disagree.
         let view = SharedView::of(cpu, self.ring.entries());
         let (table, stats) = (&mut self.table, &mut self.stats);
-        self.ring.drain(&view, |r| {
-            if let ResolutionOutcome::Wake { task, result, .. } = table.on_resolution(Token(r.token), r.result)
-                && task::wake(task, u64::from(result)) != task::table::WakeOutcome::Woken
-            {
-                stats.stale_wakes += 1;
-            }
-        })
+        self.ring.drain(&view, |r| consume(table, stats, r))
+    }
+}
+
+/// One resolution from the ring: its waiter is woken (a resolution whose event has not come
+/// yet is kept for it).
+#[inline(always)]
+fn consume(table: &mut TokenTable, stats: &mut Stats, r: Resolution) {
+    if let ResolutionOutcome::Wake { task, result, .. } = table.on_resolution(Token(r.token), r.result)
+        && task::wake(task, u64::from(result)) != task::table::WakeOutcome::Woken
+    {
+        stats.stale_wakes += 1;
     }
 }
 
