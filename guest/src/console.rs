@@ -183,8 +183,9 @@ pub fn print_panic(args: core::fmt::Arguments<'_>) {
         return;
     }
     let sink = if uses_port() { Sink::Port } else { Sink::Uart(Serial::new(COM1)) };
-    // A small record on this stack: the panic path must not need the shared one.
-    let mut console = Console::<128>::new(sink);
+    // A record of its own on this stack (the panic path must not need the shared one), as long
+    // as the shared one, so that a line still goes out in one exit.
+    let mut console = Console::<LINE_BYTES>::new(sink);
     console.print(args);
     console.flush();
 }
