@@ -60,7 +60,7 @@ fn a_traced_run_shows_exits_injections_tasks_and_whole_page_not_present_spans() 
         |ph: &'static str| events.iter().filter(move |e| e["ph"] == ph && e["pid"] == 1 && e["tid"] == vcpu0);
     let exits = on_vcpu0("X").filter(|e| e["name"] != "pnp synchronous wait").count() as u64;
     assert_eq!(exits, c.get("vcpu0.exits"));
-    assert!(on_vcpu0("X").any(|e| e["name"] == "io out" && e["args"]["port"] == "0x3f8"), "console writes");
+    assert!(on_vcpu0("X").any(|e| e["name"] == "io out" && e["args"]["port"] == "0x511"), "console records");
     assert!(on_vcpu0("X").any(|e| e["name"] == "hypercall"));
     assert!(on_vcpu0("X").any(|e| e["name"] == "wrmsr" && e["args"]["msr"] == "0x50564100"), "pnp registration");
     // The #AC the split-lock producer injected, each an instant on that track.
