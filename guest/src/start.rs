@@ -142,7 +142,8 @@ fn report_platform(p: &arch::Platform, boot: &BootInfo) {
         p.tsc_khz,
         p.tsc_source
     );
-    // One line, kept short: every byte printed is a port exit, and this is every boot.
+    // One line: it goes out in one exit through the host stub's console port (a byte an exit through
+    // the UART elsewhere), and formatting it is most of what it costs every boot.
     let (m, stacks) = (&p.memory, p.memory.stacks.demand());
     kprintln!(
         "boot: ram {} MiB in {} ranges, {} MiB mapped ({} pages), {} MiB unused; kernel {} MiB, task stacks {} KiB x {} x {} vCPUs; acpi {}",
