@@ -103,7 +103,9 @@ pub const RULES: &[(&str, Rule)] = &[
     ),
     (
         "cargo xtask budgets",
-        Rule::NotRun { why: "it is a stage of `cargo xtask test`, which runs this check and the budgets just before it" },
+        Rule::NotRun {
+            why: "it is a stage of `cargo xtask test`, which runs this check and the budgets just before it",
+        },
     ),
     ("grep -rn \"crate::\" guest/src/arch | grep -v \"crate::\\(arch\\|boot\\|cell\\)\"", Rule::RunPrintsNothing),
 ];
