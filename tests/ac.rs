@@ -51,6 +51,27 @@ fn status_of(r: &RunResult, name: &str) -> (Status, String) {
     }
 }
 
+/// Under each host policy every default #AC test passes, except the one whose premise the
+/// policy removes (a split lock with detection off just runs), which says why it skipped.
+#[test]
+fn every_policy_runs_the_default_tests_and_the_one_it_rules_out_skips() {
+    for (policy, why) in [
+        (Policy::Exit, "the host's split-lock policy is exit: "),
+        (Policy::DisableGlobally, "the host's split-lock policy is disable-globally: "),
+    ] {
+        let r = run_stub_with("tests=ac", &split_lock(Enumeration::SplitLockDetect, policy));
+        assert_passed(&r);
+        for t in r.tests.iter().filter(|t| t.name.starts_with("ac::")) {
+            if t.name == "ac::host_spares_a_guest_with_detection_off" {
+                assert!(t.status == Status::Skip && t.reason.starts_with(why), "{policy:?}: {t:?}");
+            } else {
+                assert_eq!(t.status, Status::Pass, "{policy:?}: {t:?}");
+            }
+        }
+        assert_eq!(r.report.get("sld.globally_disabled"), 0, "{policy:?}: nothing switched detection off");
+    }
+}
+
 #[test]
 fn every_ac_selftest_passes_and_the_host_reports_its_view() {
     let r = run_stub("expect-host=stub tests=ac");

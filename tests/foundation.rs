@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use pvagent_abi::exit;
 use pvagent_abi::port::{self, BenchInject, BenchLoop};
-use pvagent_abi::report::Status;
+use pvagent_abi::report::{Need, Status};
 use pvagent_host::error::ImageProblem;
 use pvagent_host::producers::Producers;
 use pvagent_host::{Error, RunResult, Vm};
@@ -107,6 +107,22 @@ fn qemu_reports_the_same_tests_and_skips_only_with_a_reason() {
         if *status == Status::Skip {
             assert!(!reason.is_empty(), "{name} skipped without a reason");
         }
+    }
+
+    // The listing is the same table: every test that runs by default, in the order they run,
+    // and each test QEMU skipped declares what QEMU lacks.
+    let listing = run_stub("list");
+    assert!(listing.passed() && listing.tests.is_empty(), "a listing runs nothing: {:#?}", listing.serial);
+    let by_default: Vec<String> = listing.listed.iter().filter(|t| t.on_by_default).map(|t| t.name.clone()).collect();
+    assert_eq!(by_default, names(&stub_tests), "the listing and the run");
+    assert!(listing.listed.iter().any(|t| !t.on_by_default), "the on-request tests are listed too");
+    for (_, name, reason) in qemu_tests.iter().filter(|t| t.0 == Status::Skip) {
+        let listed = listing.listed.iter().find(|t| t.name == *name).expect("listed");
+        let qemu_lacks = [Need::HostStub, Need::Pager, Need::SldTrigger, Need::AlignmentCheck];
+        assert!(
+            qemu_lacks.iter().any(|n| listed.needs.contains(*n)),
+            "{name} skipped under QEMU ({reason}) needing nothing QEMU lacks"
+        );
     }
 }
 

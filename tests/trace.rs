@@ -78,7 +78,25 @@ fn a_traced_run_shows_exits_injections_tasks_and_whole_page_not_present_spans() 
     assert_eq!(c.get("trace.rejected"), 0);
     let names: BTreeSet<&str> = task_spans.iter().filter_map(|e| e["name"].as_str()).collect();
     assert!(names.len() > 1, "{names:?}");
-    assert!(names.contains("idle") && names.iter().any(|n| n.starts_with("user task")), "{names:?}");
+    // Tasks by the names the guest gave them: the runner, and its user tasks.
+    assert!(names.contains("idle") && names.contains("selftest"), "{names:?}");
+    assert!(names.contains("ac-split-warn (user)"), "{names:?}");
+    assert!(c.get("trace.task_names") > 1);
+    assert_eq!(c.get("trace.task_names_refused"), 0);
+    // Each task (but idle) has a track of its own, named by its name, with a span per time
+    // it ran: together as many as the vCPU track's spans that are not idle.
+    let runner = tid_named(events, "selftest (task 1, gen 1)");
+    let task_tracks: BTreeSet<u64> = events
+        .iter()
+        .filter(|e| e["ph"] == "M" && e["name"] == "thread_name" && e["pid"] == 2 && e["tid"] != tasks)
+        .filter_map(|e| e["tid"].as_u64())
+        .collect();
+    assert!(task_tracks.contains(&runner) && task_tracks.len() > 2, "{task_tracks:?}");
+    let on_task_tracks = events
+        .iter()
+        .filter(|e| e["ph"] == "X" && e["pid"] == 2 && e["tid"].as_u64().is_some_and(|t| task_tracks.contains(&t)))
+        .count();
+    assert_eq!(on_task_tracks, task_spans.iter().filter(|e| e["name"] != "idle").count());
 
     // Every page-not-present event's span ends, with the same id, as often as the pager says
     // it delivered events.
@@ -108,6 +126,27 @@ fn a_traced_run_shows_exits_injections_tasks_and_whole_page_not_present_spans() 
     // Fetches: each one's span on the fetcher track, and its completion's work.
     let fetched = events.iter().filter(|e| e["cat"] == "fetch" && e["ph"] == "e").count() as u64;
     assert_eq!(fetched, c.get("pager.pages_fetched"));
+}
+
+#[test]
+fn the_console_exits_can_be_left_out() {
+    let path = temp_path("quiet-console.json");
+    let mut config = config(guest_elf(), "tests=task");
+    config.trace = Some(path.clone());
+    config.trace_console = false;
+    let r = run_stub_configured(config, &Producers::defaults());
+    assert!(r.passed(), "{:?}\n{:#?}", r.host_error, r.tests);
+    assert!(r.serial.iter().any(|l| l.starts_with("selftest: PASS")), "the console itself works");
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("the file")).expect("JSON");
+    let events = json["traceEvents"].as_array().expect("events");
+    let exits: Vec<&Value> = events.iter().filter(|e| e["ph"] == "X" && e["pid"] == 1).collect();
+    assert!(exits.iter().any(|e| e["name"] == "hypercall"), "other exits stay");
+    let console = ["0x3f8", "0x3f9", "0x3fa", "0x3fb", "0x3fc", "0x3fd", "0x3fe", "0x3ff", "0x511"];
+    assert!(
+        !exits.iter().any(|e| e["args"]["port"].as_str().is_some_and(|p| console.contains(&p))),
+        "a console exit on the timeline"
+    );
+    assert!(r.report.lines.iter().any(|l| l.ends_with("the console's exits left out")), "{:#?}", r.report.lines);
 }
 
 #[test]

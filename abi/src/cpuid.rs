@@ -34,15 +34,16 @@ impl Features {
     pub const HYPERCALL: u32 = 1 << 0;
     /// The page-not-present protocol ([`crate::pnp`]) and its demand-paged region exist.
     pub const PAGE_NOT_PRESENT: u32 = 1 << 1;
-    /// The split-lock trigger page ([`crate::sld::TRIGGER_GPA`]) and
-    /// [`crate::hypercall::Nr::SplitLockVerdict`] are served; see [`crate::sld`].
+    /// The split-lock trigger page ([`crate::sld::TRIGGER_GPA`]),
+    /// [`crate::hypercall::Nr::SplitLockVerdict`] and [`crate::hypercall::Nr::SplitLockPolicy`]
+    /// are served; see [`crate::sld`].
     pub const SPLIT_LOCK_TRIGGER: u32 = 1 << 2;
     /// IA32_CORE_CAPABILITIES exists: the same statement as CPUID.(7,0):EDX bit 30, repeated here
     /// because KVM on some hosts (measured: the PVM `/dev/kvm`) clears that bit from the
     /// guest's CPUID whatever the VMM sets. See [`crate::sld`].
     pub const CORE_CAPABILITIES: u32 = 1 << 4;
     /// The host records a timeline of this run and reads [`crate::trace`] records from
-    /// [`crate::port::TRACE`]. Set only while tracing: a guest writes to the port only then, so
+    /// [`crate::port::TRACE`] (and task names, [`crate::hypercall::Nr::TraceTaskName`]). Set only while tracing: a guest writes to the port only then, so
     /// an untraced run pays no exit for it.
     pub const TRACE: u32 = 1 << 5;
     /// The paravirtual console ([`crate::port::CONSOLE`], [`crate::console`]) is served.

@@ -37,10 +37,21 @@ pub enum Nr: u32 {
     /// Round trip check: `ret[0] = !args[0]`, `ret[1]` = the host's ABI version (wire form,
     /// as in [`crate::cpuid::LEAF_INFO`]).
     Ping = 1,
+    /// Timeline ([`crate::trace`], only while [`crate::cpuid::Features::TRACE`] is set): the
+    /// name of a task, for the host to show it by. `args[0]`: the task as a
+    /// [`crate::trace::TaskSwitch`] record would name it (its encoded value); `args[1]`: the
+    /// guest-physical address of the name (UTF-8); `args[2]`: its length in bytes, at most
+    /// [`crate::trace::TASK_NAME_MAX`] ([`Status::InvalidArgument`] otherwise, or for a record
+    /// that is not a task switch or a name outside guest RAM).
+    TraceTaskName = 2,
     /// Split-lock trigger ([`crate::sld`]): `ret[0]` = how many triggers the host decided on
     /// so far (the last one's sequence number; 0: none yet), `ret[1]` = the last one's
     /// [`crate::sld::Verdict`].
     SplitLockVerdict = 0x100,
+    /// Split-lock trigger: `ret[0]` = the host's [`crate::sld::HostPolicy`] for split locks of
+    /// a guest whose detection is off. A test interface, like the trigger: a guest's
+    /// self-tests read it to know which outcome the host promises.
+    SplitLockPolicy = 0x101,
     /// Page-not-present: switch the host's mode for accesses from now on. `args[0]`: a
     /// [`crate::pnp::HostMode`].
     PnpSetMode = 0x200,
@@ -98,10 +109,10 @@ mod tests {
 
     #[test]
     fn numbers_round_trip_and_unknown_ones_are_refused() {
-        for nr in [Nr::Ping, Nr::SplitLockVerdict] {
+        for &nr in Nr::ALL {
             assert_eq!(Nr::try_from(nr as u32), Ok(nr));
         }
-        assert_eq!(Nr::try_from(0x101), Err(0x101));
+        assert_eq!(Nr::try_from(0x102), Err(0x102));
         assert_eq!(Nr::try_from(0), Err(0));
     }
 }

@@ -61,8 +61,12 @@ pub enum BenchCount: u32 {
     Close = 2,
     /// The next `in` reads the closed window's emulated guest instructions.
     ReadInstructions = 3,
-    /// The next `in` reads the closed window's exits.
+    /// The next `in` reads the closed window's exits the guest caused: those that reached the
+    /// host stub, and its HLTs. (KVM's own total also counts what the host does to the vCPU's
+    /// thread, which depends on the machine's load.)
     ReadExits = 4,
+    /// The next `in` reads the closed window's exits as KVM counted them, for the report.
+    ReadKvmExits = 5,
 }
 }
 

@@ -96,6 +96,20 @@ crate::wire_enum! {
     }
 }
 
+crate::wire_enum! {
+    /// What the host does about a split lock from a guest whose detection is off (seed 000's
+    /// three answers); returned by [`crate::hypercall::Nr::SplitLockPolicy`], so that a
+    /// guest's self-tests know which of them hold on this host.
+    pub enum HostPolicy: u64 {
+        /// Let it run: the guest gets no #AC it did not ask for (the default).
+        InjectIfEnabled = 0,
+        /// Stop the run and report the vCPU, RIP and instruction (for debugging guests).
+        Exit = 1,
+        /// Switch detection off for the whole VM, log it once, let it run (for production).
+        DisableGlobally = 2,
+    }
+}
+
 impl Verdict {
     /// Whether the host injected #AC.
     pub const fn injected(self) -> bool {

@@ -3,7 +3,9 @@
 //!
 //! One 32-bit `out` to [`crate::port::TRACE`] is one record: bits 7:0 a [`TraceKind`], bits
 //! 31:8 its payload. A guest writes there only while [`crate::cpuid::Features::TRACE`] is set,
-//! so an untraced run pays nothing; each record costs one exit while tracing.
+//! so an untraced run pays nothing; each record costs one exit while tracing. A task's name
+//! travels once per task, by hypercall ([`crate::hypercall::Nr::TraceTaskName`]), before the
+//! first switch to it, so the host can show the task by its name.
 
 crate::wire_enum! {
 /// What a trace record reports: bits 7:0 of the value written. 0 is no kind, so that a stray
@@ -26,6 +28,9 @@ pub enum TaskKind: u32 {
     Idle = 2,
 }
 }
+
+/// Longest task name the host accepts ([`crate::hypercall::Nr::TraceTaskName`]).
+pub const TASK_NAME_MAX: u64 = 64;
 
 /// Shift of the incoming task's slot (16 bits) in a [`TaskSwitch`] record.
 pub const TASK_SLOT_SHIFT: u32 = 8;

@@ -38,6 +38,9 @@ pub struct Config {
     pub timeout: Option<Duration>,
     /// Record the run's timeline and write it here (Chrome trace-event JSON).
     pub trace: Option<PathBuf>,
+    /// Whether the timeline shows the console's exits (the guest's every byte of output is one:
+    /// most of a run's exits). `false` leaves them out of the file; they are still counted.
+    pub trace_console: bool,
     /// The ABI version this host stub reports (CPUID leaf 0x4000_0001) and holds the guest's
     /// announced version to. Always [`pvagent_abi::ABI_VERSION`], except in tests of the
     /// version check, which pretend to be a host of another version.
@@ -60,6 +63,7 @@ impl Config {
             serial: SerialSink::Stdout,
             timeout: Some(Duration::from_secs(300)),
             trace: None,
+            trace_console: true,
             abi_version: pvagent_abi::ABI_VERSION,
             bench: false,
             pv_console: true,

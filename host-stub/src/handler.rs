@@ -96,6 +96,8 @@ pub struct VcpuCtx<'a> {
     /// The vCPU's KVM statistics, where KVM keeps them: a handler takes a snapshot at an exit
     /// that marks a point of the guest's execution (a milestone, a benchmark's window).
     pub stats: Option<&'a VcpuStats>,
+    /// The vCPU's exits the host stub has seen so far, this one included.
+    pub exits: u64,
     /// Set by a handler to end the run after this exit.
     pub stop: Option<Stop>,
 }
@@ -189,6 +191,43 @@ impl Report {
 
 /// A device or event producer. Every method has a default that declines, so an
 /// implementation only writes what it handles.
+///
+/// The run loop offers an exit to the built-in devices first (console, exit port, basics, the
+/// trace port; the benchmark device with `--bench`), then to the producers in the order given
+/// to [`crate::Vm::new`], until one claims it: a handler that only watches declines
+/// ([`Handled::No`], [`MsrAnswer::NotMine`], `None`) and so sees what no handler before it
+/// took.
+///
+/// ```
+/// use pvagent_host::{ExitHandler, MsrAnswer, Report, Result, VcpuCtx};
+///
+/// /// Counts the guest's MSR writes that reach the producers, and lets them go on.
+/// #[derive(Default)]
+/// struct MsrWatcher {
+///     writes: u64,
+/// }
+///
+/// impl ExitHandler for MsrWatcher {
+///     fn name(&self) -> &'static str {
+///         "msr-watcher"
+///     }
+///
+///     fn wrmsr(&mut self, _ctx: &mut VcpuCtx<'_>, _index: u32, _value: u64) -> Result<MsrAnswer> {
+///         self.writes += 1;
+///         Ok(MsrAnswer::NotMine)
+///     }
+///
+///     fn finish(&mut self, report: &mut Report) -> Result<()> {
+///         report.counter(self.name(), "writes", self.writes);
+///         Ok(())
+///     }
+/// }
+///
+/// // First in the list, so it sees the writes the producers after it answer.
+/// let mut producers = pvagent_host::Producers::defaults().build()?;
+/// producers.insert(0, Box::new(MsrWatcher::default()));
+/// # Ok::<(), pvagent_host::Error>(())
+/// ```
 pub trait ExitHandler: Send {
     /// Short name, used in reports and counter keys.
     fn name(&self) -> &'static str;

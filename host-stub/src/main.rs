@@ -46,10 +46,20 @@ struct Args {
     /// Print every host counter (`host: counter KEY VALUE`) after the run.
     #[arg(long)]
     counters: bool,
+    /// Write one JSON object per self-test (name, suite, status, reason, duration) to FILE.
+    #[arg(long, value_name = "FILE")]
+    results_json: Option<PathBuf>,
+    /// Write the self-test results to FILE as JUnit XML, for CI systems.
+    #[arg(long, value_name = "FILE")]
+    results_junit: Option<PathBuf>,
     /// Record the run's timeline (every exit, injection, page-not-present event and guest task
     /// switch) and write it to FILE as Chrome trace-event JSON, for https://ui.perfetto.dev.
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
+    /// Leave the console's exits out of the --trace timeline (each byte the guest prints is
+    /// one: most of a run's exits).
+    #[arg(long, requires = "trace")]
+    trace_omit_console: bool,
     /// Serve the benchmark ports (0x51C, 0x51E, 0x51F) and the bare kvm-ioctls loop the benchmark
     /// compares this host's run loop with, for the benchmark guest (`cargo xtask bench`).
     #[arg(long)]
@@ -190,6 +200,43 @@ fn command_line_error(e: clap::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// With the console not echoed (`--quiet`, `--serial-log`), what the user must still see: every
+/// failed test with its reason and the summary, or, from a guest that failed without a failed
+/// test (a crash before the tests), its last console lines.
+fn show_what_the_console_said(result: &pvagent_host::RunResult) {
+    use pvagent_abi::report::{Line, Status};
+    let mut failed = 0;
+    for t in result.tests.iter().filter(|t| t.status == Status::Fail) {
+        failed += 1;
+        println!("{}", Line::Result { status: t.status, name: &t.name, reason: &t.reason });
+    }
+    if let Some((passed, failed, skipped)) = result.summary {
+        println!("{}", Line::Summary { passed, failed, skipped });
+    }
+    if failed == 0 && result.host_error.is_none() && !result.passed() {
+        println!("host: the guest failed without a failed test; its last console lines:");
+        for line in result.serial.iter().rev().take(10).rev() {
+            println!("  | {line}");
+        }
+    }
+}
+
+/// Writes the results files asked for; the error is the one-line message.
+fn write_results(
+    json: &Option<PathBuf>,
+    junit: &Option<PathBuf>,
+    result: &pvagent_host::RunResult,
+) -> Result<(), String> {
+    use pvagent_host::results;
+    let records = results::records(result, "host-stub");
+    for (path, text) in [(json, results::json_lines(&records)), (junit, results::junit(&records))] {
+        if let Some(path) = path {
+            std::fs::write(path, text).map_err(|e| format!("cannot write the results to {}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     // Boot timing starts here: "process start" as near as the process itself can tell.
     let started = std::time::Instant::now();
@@ -206,11 +253,20 @@ fn main() -> ExitCode {
         (None, true) => SerialSink::Quiet,
         (None, false) => SerialSink::Stdout,
     };
+    let console_echoed = config.serial == SerialSink::Stdout;
     config.timeout = (args.timeout > 0).then(|| Duration::from_secs(args.timeout));
     config.trace = args.trace;
+    config.trace_console = !args.trace_omit_console;
     config.bench = args.bench;
     config.pv_console = !args.no_pv_console;
 
+    // A results file that cannot be written fails before the run, not after it.
+    for path in [&args.results_json, &args.results_junit].into_iter().flatten() {
+        if let Err(e) = std::fs::File::create(path) {
+            eprintln!("pvagent-host: error: cannot create the results file {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    }
     let producers = match producers.build() {
         Ok(producers) => producers,
         Err(e) => {
@@ -228,6 +284,9 @@ fn main() -> ExitCode {
     let to_first_entry = started.elapsed();
     let mut result = vm.run();
     result.report.counter("host", "main_to_entry_us", to_first_entry.as_micros() as u64);
+    if !console_echoed {
+        show_what_the_console_said(&result);
+    }
     for line in &result.report.lines {
         println!("host: {line}");
     }
@@ -244,6 +303,10 @@ fn main() -> ExitCode {
                 eprintln!("  | {line}");
             }
         }
+    }
+    if let Err(e) = write_results(&args.results_json, &args.results_junit, &result) {
+        eprintln!("pvagent-host: error: {e}");
+        return ExitCode::from(2);
     }
     match result.guest_exit_code {
         Some(code) => println!(

@@ -1,10 +1,10 @@
 //! What a run produced: the guest's verdict, its report lines, the console output and the
 //! host's counters.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pvagent_abi::exit;
-use pvagent_abi::report::{Line, Status};
+use pvagent_abi::report::{Line, Needs, Status};
 
 use crate::error::Error;
 use crate::handler::Report;
@@ -15,6 +15,19 @@ pub struct TestOutcome {
     pub status: Status,
     pub name: String,
     pub reason: String,
+    /// How long it took, as the host saw the console: from the report line before it (or the
+    /// runner's start line) to its own. `None` when the guest printed neither before it.
+    pub duration: Option<Duration>,
+}
+
+/// One self-test as the guest lists it (the command line word `list`), instead of running it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedTest {
+    pub name: String,
+    /// Whether it runs without being named (`false`: only when `tests=` names it exactly).
+    pub on_by_default: bool,
+    /// What it needs from the host that runs it.
+    pub needs: Needs,
 }
 
 /// The end of a run.
@@ -26,6 +39,8 @@ pub struct RunResult {
     pub serial: Vec<String>,
     /// Per-test outcomes parsed from the console.
     pub tests: Vec<TestOutcome>,
+    /// The tests the guest listed, when its command line asked for the list.
+    pub listed: Vec<ListedTest>,
     /// The guest's summary line, if it printed one: (passed, failed, skipped).
     pub summary: Option<(u32, u32, u32)>,
     /// Host counters and notes.
@@ -43,25 +58,33 @@ pub struct RunResult {
 impl RunResult {
     pub(crate) fn new(
         guest_exit_code: Option<u32>,
-        serial: Vec<String>,
+        timed_serial: Vec<(Instant, String)>,
         report: Report,
         host_error: Option<Error>,
         crash_tail: Option<Vec<String>>,
         setup_time: Duration,
         run_time: Duration,
     ) -> Self {
-        let mut tests = Vec::new();
-        let mut summary = None;
-        for line in &serial {
+        let (mut tests, mut listed, mut summary) = (Vec::new(), Vec::new(), None);
+        // When the test a result line reports began: at the line before it.
+        let mut since: Option<Instant> = None;
+        for (at, line) in &timed_serial {
             match Line::parse(line) {
+                Some(Line::Start) => since = Some(*at),
                 Some(Line::Result { status, name, reason }) => {
-                    tests.push(TestOutcome { status, name: name.into(), reason: reason.into() })
+                    let duration = since.map(|since| at.saturating_duration_since(since));
+                    since = Some(*at);
+                    tests.push(TestOutcome { status, name: name.into(), reason: reason.into(), duration })
+                }
+                Some(Line::Listed { name, on_by_default, needs }) => {
+                    listed.push(ListedTest { name: name.into(), on_by_default, needs })
                 }
                 Some(Line::Summary { passed, failed, skipped }) => summary = Some((passed, failed, skipped)),
                 None => {}
             }
         }
-        Self { guest_exit_code, serial, tests, summary, report, host_error, crash_tail, setup_time, run_time }
+        let serial = timed_serial.into_iter().map(|(_, line)| line).collect();
+        Self { guest_exit_code, serial, tests, listed, summary, report, host_error, crash_tail, setup_time, run_time }
     }
 
     /// Whether the guest reported success and the host found nothing wrong.
@@ -81,5 +104,50 @@ impl RunResult {
     /// The outcome of test `name`, if it ran.
     pub fn test(&self, name: &str) -> Option<&TestOutcome> {
         self.tests.iter().find(|t| t.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(lines: &[(u64, &str)]) -> RunResult {
+        let start = Instant::now();
+        let timed = lines.iter().map(|(ms, l)| (start + Duration::from_millis(*ms), l.to_string())).collect();
+        RunResult::new(Some(exit::SUCCESS), timed, Report::default(), None, None, Duration::ZERO, Duration::ZERO)
+    }
+
+    #[test]
+    fn each_test_lasts_from_the_report_line_before_it() {
+        let r = result(&[
+            (1, "pnp: registered"),
+            (10, "selftest: start"),
+            (15, "task x ended"),
+            (25, "selftest: PASS a::one"),
+            (70, "selftest: SKIP a::two: needs the pvagent host stub"),
+            (71, "selftest: 1 passed, 0 failed, 1 skipped"),
+        ]);
+        let durations: Vec<_> = r.tests.iter().map(|t| t.duration).collect();
+        assert_eq!(durations, [Some(Duration::from_millis(15)), Some(Duration::from_millis(45))]);
+        assert_eq!(r.tests[1].reason, "needs the pvagent host stub");
+        assert_eq!(r.summary, Some((1, 0, 1)));
+        assert_eq!(r.serial.len(), 6, "every console line is kept");
+    }
+
+    #[test]
+    fn without_a_start_line_the_first_test_has_no_duration() {
+        let r = result(&[(5, "selftest: PASS a::one"), (8, "selftest: PASS a::two")]);
+        assert_eq!(r.tests[0].duration, None);
+        assert_eq!(r.tests[1].duration, Some(Duration::from_millis(3)));
+    }
+
+    #[test]
+    fn a_listing_is_read_into_listed_tests() {
+        let r = result(&[(1, "selftest: TEST a::one"), (2, "selftest: TEST h::fail on-request needs=host-stub")]);
+        assert!(r.tests.is_empty());
+        assert_eq!(r.listed.len(), 2);
+        assert!(r.listed[0].on_by_default && r.listed[0].needs.is_empty());
+        assert!(!r.listed[1].on_by_default);
+        assert!(r.listed[1].needs.contains(pvagent_abi::report::Need::HostStub));
     }
 }

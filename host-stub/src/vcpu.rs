@@ -172,6 +172,18 @@ pub struct Vcpu {
     pub stats: Option<VcpuStats>,
     /// The run's timeline (off unless traced): each exit is a span on this vCPU's track.
     pub trace: Tracer,
+    /// Whether the console's exits go on the timeline too (`Config::trace_console`).
+    pub trace_console: bool,
+}
+
+/// Whether `exit` is the console's (COM1's registers, and the console port: `devices::serial`).
+fn is_console(exit: &Exit) -> bool {
+    let com1 = |port: u16| (pvagent_abi::port::COM1..pvagent_abi::port::COM1 + 8).contains(&port);
+    match exit {
+        Exit::IoOut { port, .. } => com1(*port) || *port == pvagent_abi::port::CONSOLE,
+        Exit::IoIn { port, .. } => com1(*port),
+        _ => false,
+    }
 }
 
 fn rip(fd: &VcpuFd) -> u64 {
@@ -213,8 +225,15 @@ impl Vcpu {
         let mut data = ExitData::default();
         loop {
             {
-                let mut ctx =
-                    VcpuCtx { index: self.index, vcpu: &self.fd, vm, mem, stats: self.stats.as_ref(), stop: None };
+                let mut ctx = VcpuCtx {
+                    index: self.index,
+                    vcpu: &self.fd,
+                    vm,
+                    mem,
+                    stats: self.stats.as_ref(),
+                    exits: self.exits,
+                    stop: None,
+                };
                 for &i in &with_entry_hook {
                     handlers[i].before_entry(&mut ctx)?;
                 }
@@ -233,7 +252,7 @@ impl Vcpu {
                 Err(e) if e.errno() == libc::EFAULT => Exit::Efault,
                 Err(e) => return Err(Error::Run(e)),
             };
-            if self.trace.is_on() {
+            if self.trace.is_on() && (self.trace_console || !is_console(&exit)) {
                 let since = Instant::now();
                 let (name, args) = timeline_entry(&exit, &data);
                 *in_progress = Some(ExitInProgress { since, name, args });
@@ -273,7 +292,15 @@ impl Vcpu {
         handlers: &mut [&mut dyn ExitHandler],
         watchdog: &Watchdog,
     ) -> Result<Option<Stop>> {
-        let mut ctx = VcpuCtx { index: self.index, vcpu: &self.fd, vm, mem, stats: self.stats.as_ref(), stop: None };
+        let mut ctx = VcpuCtx {
+            index: self.index,
+            vcpu: &self.fd,
+            vm,
+            mem,
+            stats: self.stats.as_ref(),
+            exits: self.exits,
+            stop: None,
+        };
         match exit {
             Exit::IoOut { port } if port == pvagent_abi::port::HYPERCALL && data.0.len() == 4 => {
                 let gpa = u64::from(out_word(&data.0));
@@ -343,8 +370,15 @@ impl Vcpu {
             Exit::Shutdown => return Err(Error::TripleFault { rip: rip(&self.fd) }),
             Exit::InternalError => {
                 let (suberror, bytes) = kvm_run::internal_error(&mut self.fd);
-                let mut ctx =
-                    VcpuCtx { index: self.index, vcpu: &self.fd, vm, mem, stats: self.stats.as_ref(), stop: None };
+                let mut ctx = VcpuCtx {
+                    index: self.index,
+                    vcpu: &self.fd,
+                    vm,
+                    mem,
+                    stats: self.stats.as_ref(),
+                    exits: self.exits,
+                    stop: None,
+                };
                 if suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION
                     && claim(handlers, |h| h.emulation_failure(&mut ctx, &bytes))?
                 {

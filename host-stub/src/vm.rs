@@ -69,7 +69,16 @@ fn require(kvm: &Kvm, cap: Cap, name: &'static str) -> Result<()> {
 
 impl Vm {
     /// Creates the VM, loads the guest and prepares its vCPU; `producers` are the event
-    /// producers this run uses.
+    /// producers this run uses (usually [`crate::Producers::build`]'s, plus any of one's own).
+    /// Every failure is an [`Error`] with a one-line message: `/dev/kvm` missing or not
+    /// permitted, a KVM capability missing, a bad image, a configuration out of range.
+    ///
+    /// ```no_run
+    /// let config = pvagent_host::Config::new("target/x86_64-unknown-none/debug/pvagent-guest");
+    /// let vm = pvagent_host::Vm::new(config, pvagent_host::Producers::defaults().build()?)?;
+    /// std::process::exit(vm.run().exit_status());
+    /// # Ok::<(), pvagent_host::Error>(())
+    /// ```
     pub fn new(config: Config, mut producers: Vec<Box<dyn ExitHandler>>) -> Result<Self> {
         let start = Instant::now();
         config.validate()?;
@@ -151,7 +160,15 @@ impl Vm {
             Bench::new(vm.clone(), tracer.clone(), page_events)
         });
         Ok(Self {
-            vcpu: Vcpu { index: 0, fd, exits: 0, unclaimed: Default::default(), stats, trace: tracer.clone() },
+            vcpu: Vcpu {
+                index: 0,
+                fd,
+                exits: 0,
+                unclaimed: Default::default(),
+                stats,
+                trace: tracer.clone(),
+                trace_console: config.trace_console,
+            },
             stats_missing,
             vm,
             _kvm: kvm,
@@ -238,9 +255,10 @@ impl Vm {
             match write_trace(&self.tracer, file, path, start, end) {
                 Ok(written) => {
                     report.line(format!(
-                        "trace: {} events written to {} (open it at https://ui.perfetto.dev)",
+                        "trace: {} events written to {} (open it at https://ui.perfetto.dev){}",
                         written.events,
-                        path.display()
+                        path.display(),
+                        if self.config.trace_console { "" } else { "; the console's exits left out" }
                     ));
                     if written.dropped > 0 {
                         report.line(format!(
@@ -275,7 +293,7 @@ impl Vm {
         let serial_tail = self.serial.tail(20);
         RunResult::new(
             guest_exit_code,
-            self.serial.take_lines(),
+            self.serial.take_timed_lines(),
             report,
             error,
             fatal.then_some(serial_tail),

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod budgets;
+pub mod doccheck;
 pub mod guest;
 pub mod proc;
 pub mod qemu;
@@ -20,22 +21,71 @@ pub fn project_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// An xtask failure: one line for the user, never a backtrace.
+/// An xtask failure: one line for the user, never a backtrace, and which kind it is, because
+/// the exit status says so.
 #[derive(Debug)]
-pub struct Error(pub String);
+pub struct Error {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+/// What went wrong, as `cargo xtask`'s exit status tells it (the host stub's own statuses,
+/// kept through xtask).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A test failed: a guest self-test, a unit or end-to-end test, a documented command.
+    /// Exit status 1.
+    TestFailed,
+    /// Nothing could be judged: a host-side error, a build or setup that failed, bad usage.
+    /// Exit status 2.
+    Host,
+}
+
+impl ErrorKind {
+    /// The process exit status for this kind.
+    pub fn exit_status(self) -> u8 {
+        match self {
+            ErrorKind::TestFailed => 1,
+            ErrorKind::Host => 2,
+        }
+    }
+}
+
+impl Error {
+    /// A host-side, setup or usage error.
+    pub fn host(message: String) -> Self {
+        Self { kind: ErrorKind::Host, message }
+    }
+
+    /// A test failure.
+    pub fn test_failed(message: String) -> Self {
+        Self { kind: ErrorKind::TestFailed, message }
+    }
+
+    /// The same error as a test failure (e.g. a `cargo test` that failed).
+    pub fn as_test_failure(self) -> Self {
+        Self { kind: ErrorKind::TestFailed, ..self }
+    }
+}
 
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
 impl std::error::Error for Error {}
 
-/// Builds an [`Error`] from a format string.
+/// Builds a host-side [`Error`] (exit status 2) from a format string.
 #[macro_export]
 macro_rules! err {
-    ($($arg:tt)*) => { $crate::Error(format!($($arg)*)) };
+    ($($arg:tt)*) => { $crate::Error::host(format!($($arg)*)) };
+}
+
+/// Builds a test-failure [`Error`] (exit status 1) from a format string.
+#[macro_export]
+macro_rules! failed {
+    ($($arg:tt)*) => { $crate::Error::test_failed(format!($($arg)*)) };
 }
 
 /// Result of xtask operations.

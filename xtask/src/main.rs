@@ -1,143 +1,171 @@
-//! `cargo xtask`: the project's commands. Thin: parses arguments and calls the library.
-//!
-//! ```text
-//! cargo xtask run   [--release] [--tests PATTERNS] [--trace FILE] [-- HOST-STUB ARGS...]
-//! cargo xtask qemu  [--accel tcg|kvm] [--release] [--tests PATTERNS] [-- GUEST CMDLINE...]
-//! cargo xtask test
-//! cargo xtask bench [--quick] [--trace FILE] [--update-docs]
-//! cargo xtask budgets
-//! ```
+//! `cargo xtask`: the project's commands. Thin: parses arguments (clap: `--help` everywhere)
+//! and calls the library; maps its result to the exit status (0 success, 1 a test failed, 2 a
+//! host-side or usage error).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
+use clap::{Parser, Subcommand, ValueEnum};
 use xtask::qemu::{self, Accel};
-use xtask::{Profile, Result, err, guest};
+use xtask::run::RunOptions;
+use xtask::{Profile, Result};
 
-const USAGE: &str = "usage: cargo xtask <run|qemu|test|bench|budgets> [options]
-  run   [--release] [--tests PATTERNS] [--trace FILE] [-- HOST-STUB ARGS]
-                                                             boot the guest under the host stub;
-                                                             --trace writes the first boot's
-                                                             timeline (ui.perfetto.dev opens it)
-  qemu  [--accel tcg|kvm] [--release] [--tests PATTERNS] [-- GUEST CMDLINE]
-                                                             boot the same guest under QEMU
-  test                                                       unit tests, then both hosts, then
-                                                             the end-to-end tests
-  bench [--quick] [--trace FILE] [--update-docs]             measure every event's cost; results
-                                                             in target/bench (--update-docs: and
-                                                             in docs/performance.md)
-  budgets                                                    count every path with the release
-                                                             guests against xtask/budgets.toml
-                                                             (a stage of `test`)";
+/// What every command's exit status means (printed under each `--help`).
+const EXIT_STATUS: &str = "Exit status: 0 when everything passed; 1 when a test failed (a guest self-test,
+a unit or end-to-end test, a documented command); 2 for a host-side error, a build or
+setup that failed, or bad usage (a one-line message says which).";
 
-/// Time a full self-test run may take before it is killed.
-const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+/// Builds the pvagent guest kernel and drives its hosts.
+///
+/// The first command on a new machine may install what it lacks: `rustup target add
+/// x86_64-unknown-none`, and QEMU with `sudo apt-get install --no-install-recommends
+/// --no-remove qemu-system-x86` (never removing a package).
+#[derive(Debug, Parser)]
+#[command(name = "xtask", bin_name = "cargo xtask", after_help = EXIT_STATUS)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-struct Options {
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Boot the guest under the host stub and print every self-test's result.
+    ///
+    /// Every test with the pager in ring mode, then the page-not-present tests in sync mode (a
+    /// filtered run, or one with --pnp-mode, boots once); each boot says what it runs.
+    #[command(after_help = EXIT_STATUS)]
+    Run(RunArgs),
+    /// Boot the same guest under QEMU (TCG by default).
+    #[command(after_help = EXIT_STATUS)]
+    Qemu(QemuArgs),
+    /// The test suite, every stage of it.
+    ///
+    /// Host unit tests, the examples, the guest under the host stub and under QEMU TCG, the
+    /// end-to-end tests, and every command the README and docs/ show.
+    #[command(after_help = EXIT_STATUS)]
+    Test,
+    /// Measure what each event costs (results in target/bench).
+    #[command(after_help = EXIT_STATUS)]
+    Bench(BenchArgs),
+    /// Count every path with the release guests against xtask/budgets.toml (a stage of `test`).
+    #[command(after_help = EXIT_STATUS)]
+    Budgets,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Build the release profile.
+    #[arg(long)]
     release: bool,
-    quick: bool,
-    update_docs: bool,
+    /// Only these self-tests: comma-separated names, modules (`pnp`) or prefixes (`pnp::ring*`).
+    #[arg(long, value_name = "PATTERNS")]
     tests: Option<String>,
-    trace: Option<String>,
-    accel: Accel,
-    rest: Vec<String>,
+    /// Record the first boot's timeline to FILE (Chrome trace JSON: open it at ui.perfetto.dev).
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// List the self-tests (suite, name, what each needs from its host) instead of running them.
+    #[arg(long, conflicts_with_all = ["tests", "trace", "results_json", "results_junit"])]
+    list: bool,
+    /// Write every boot's self-test results to FILE, one JSON object per line.
+    #[arg(long, value_name = "FILE")]
+    results_json: Option<PathBuf>,
+    /// Write every boot's self-test results to FILE as JUnit XML (one test suite per boot).
+    #[arg(long, value_name = "FILE")]
+    results_junit: Option<PathBuf>,
+    /// Options for the host stub (`target/debug/pvagent-host --help`). One xtask sets too
+    /// (--timeout, --pnp-mode, --trace) replaces xtask's; --cmdline adds guest command line
+    /// words after xtask's own.
+    #[arg(last = true, value_name = "HOST-STUB ARGS")]
+    host_args: Vec<String>,
 }
 
-fn parse(args: &[String]) -> Result<Options> {
-    let mut opts = Options {
-        release: false,
-        quick: false,
-        update_docs: false,
-        tests: None,
-        trace: None,
-        accel: Accel::Tcg,
-        rest: Vec::new(),
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum AccelArg {
+    /// QEMU's own emulator.
+    Tcg,
+    /// KVM (on these machines' software KVM, QEMU's firmware takes seconds).
+    Kvm,
+}
+
+#[derive(Debug, clap::Args)]
+struct QemuArgs {
+    /// QEMU's accelerator.
+    #[arg(long, value_enum, default_value_t = AccelArg::Tcg)]
+    accel: AccelArg,
+    /// Build the release profile.
+    #[arg(long)]
+    release: bool,
+    /// Only these self-tests (as for `run`).
+    #[arg(long, value_name = "PATTERNS")]
+    tests: Option<String>,
+    /// More words for the guest's command line.
+    #[arg(last = true, value_name = "GUEST CMDLINE")]
+    guest_words: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// Fewer, smaller runs with the dev build (CI's check): everything runs, timings are not
+    /// judged.
+    #[arg(long)]
+    quick: bool,
+    /// Also record the timeline of one extra guest-benchmark run to FILE.
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// Also rewrite the results in docs/performance.md.
+    #[arg(long)]
+    update_docs: bool,
+}
+
+fn profile(release: bool) -> Profile {
+    if release { Profile::Release } else { Profile::Dev }
+}
+
+fn cmd_qemu(args: &QemuArgs) -> Result<()> {
+    let accel = match args.accel {
+        AccelArg::Tcg => Accel::Tcg,
+        AccelArg::Kvm => Accel::Kvm,
     };
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--release" => opts.release = true,
-            "--quick" => opts.quick = true,
-            "--update-docs" => opts.update_docs = true,
-            "--tests" => opts.tests = Some(it.next().ok_or_else(|| err!("--tests needs a value"))?.clone()),
-            "--trace" => opts.trace = Some(it.next().ok_or_else(|| err!("--trace needs a file"))?.clone()),
-            "--accel" => opts.accel = Accel::parse(it.next().ok_or_else(|| err!("--accel needs tcg or kvm"))?)?,
-            "--" => {
-                opts.rest = it.cloned().collect();
-                break;
-            }
-            other => return Err(err!("unknown option {other:?}\n{USAGE}")),
-        }
-    }
-    Ok(opts)
+    qemu::run_suite(profile(args.release), accel, args.tests.as_deref(), &args.guest_words)
 }
 
-fn profile(opts: &Options) -> Profile {
-    if opts.release { Profile::Release } else { Profile::Dev }
-}
-
-fn guest_cmdline(expect_host: &str, tests: Option<&str>, extra: &[String]) -> String {
-    let mut words = vec![format!("expect-host={expect_host}")];
-    if let Some(tests) = tests {
-        words.push(format!("tests={tests}"));
+fn cmd_run(args: RunArgs) -> Result<()> {
+    if args.list {
+        let tests = xtask::run::list(profile(args.release))?;
+        print!("{}", xtask::run::format_list(&tests));
+        return Ok(());
     }
-    words.extend(extra.iter().cloned());
-    words.join(" ")
-}
-
-fn cmd_qemu(opts: &Options) -> Result<ExitCode> {
-    if opts.trace.is_some() {
-        return Err(err!("--trace records the host stub's timeline: use it with `cargo xtask run`"));
-    }
-    let elf = guest::build_guest(profile(opts))?;
-    let cmdline = guest_cmdline(opts.accel.name(), opts.tests.as_deref(), &opts.rest);
-    let run = qemu::run(&elf, opts.accel, &cmdline, RUN_TIMEOUT, true)?;
-    match run.guest_code {
-        Some(code) if run.passed() => {
-            eprintln!(
-                "xtask: guest exited with code {code:#x} (success) after {:.1} s",
-                run.outcome.elapsed.as_secs_f64()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Some(code) => Err(err!("guest exited with code {code:#x} (failure)")),
-        None => Err(err!("QEMU ended without the guest's exit code ({})", run.outcome.status)),
-    }
-}
-
-fn cmd_run(opts: &Options) -> Result<ExitCode> {
-    xtask::run::default_scenario(profile(opts), opts.tests.as_deref(), opts.trace.as_deref(), &opts.rest)?;
-    Ok(ExitCode::SUCCESS)
+    let options = RunOptions {
+        release: args.release,
+        tests: args.tests,
+        trace: args.trace,
+        results_json: args.results_json,
+        results_junit: args.results_junit,
+        host_args: args.host_args,
+    };
+    xtask::run::scenario(&options)
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some((command, rest)) = args.split_first() else {
-        eprintln!("{USAGE}");
-        return ExitCode::from(2);
-    };
-    let result = parse(rest).and_then(|opts| match command.as_str() {
-        "run" => cmd_run(&opts),
-        "qemu" => cmd_qemu(&opts),
-        "test" => xtask::test::run_all(),
-        "budgets" => xtask::guest::build_host_stub(Profile::Dev)
-            .and_then(|host| xtask::budgets::check(&host))
-            .map(|()| ExitCode::SUCCESS),
-        "bench" => {
-            let bench = xtask::bench::Options {
-                quick: opts.quick,
-                trace: opts.trace.clone().map(Into::into),
-                update_docs: opts.update_docs,
-            };
-            xtask::bench::run(&bench).map(|()| ExitCode::SUCCESS)
+    // clap prints --help and exits 0, and prints a usage error and exits 2.
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => cmd_run(args),
+        Command::Qemu(args) => cmd_qemu(&args),
+        Command::Test => xtask::test::run_all().map(|_| ()),
+        Command::Bench(args) => {
+            let bench = xtask::bench::Options { quick: args.quick, trace: args.trace, update_docs: args.update_docs };
+            xtask::bench::run(&bench)
         }
-        other => Err(err!("unknown command {other:?}\n{USAGE}")),
-    });
+        Command::Budgets => {
+            xtask::guest::build_host_stub(xtask::Profile::Dev).and_then(|host| xtask::budgets::check(&host))
+        }
+    };
     match result {
-        Ok(code) => code,
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("xtask: error: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.kind.exit_status())
         }
     }
 }

@@ -8,7 +8,7 @@ use pvagent_abi::exit;
 
 use crate::proc::{self, Outcome};
 use crate::setup::{QEMU, ensure_qemu};
-use crate::{Result, err};
+use crate::{Profile, Result, err, failed, guest};
 
 /// QEMU's accelerator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +77,31 @@ pub fn run(elf: &Path, accel: Accel, cmdline: &str, timeout: Duration, echo: boo
     let outcome = proc::run(command(elf, accel, cmdline), timeout, echo)?;
     let guest_code = outcome.status.code().and_then(guest_code_from_status);
     Ok(QemuRun { guest_code, outcome })
+}
+
+/// Time a full self-test run under QEMU may take before it is killed.
+pub const SUITE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// `cargo xtask qemu`: builds the guest and runs its self-tests (`tests`, or every default
+/// one) under QEMU with `accel`, `guest_words` added to its command line; a test failure if
+/// the guest reports one.
+pub fn run_suite(profile: Profile, accel: Accel, tests: Option<&str>, guest_words: &[String]) -> Result<()> {
+    let elf = guest::build_guest(profile)?;
+    let mut words = vec![format!("expect-host={}", accel.name())];
+    words.extend(tests.map(|t| format!("tests={t}")));
+    words.extend(guest_words.iter().cloned());
+    let run = run(&elf, accel, &words.join(" "), SUITE_TIMEOUT, true)?;
+    match run.guest_code {
+        Some(code) if run.passed() => {
+            eprintln!(
+                "xtask: guest exited with code {code:#x} (success) after {:.1} s",
+                run.outcome.elapsed.as_secs_f64()
+            );
+            Ok(())
+        }
+        Some(code) => Err(failed!("the guest's self-tests failed under QEMU {} (guest code {code:#x})", accel.name())),
+        None => Err(err!("QEMU ended without the guest's exit code ({})", run.outcome.status)),
+    }
 }
 
 #[cfg(test)]

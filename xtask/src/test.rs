@@ -1,19 +1,18 @@
-//! `cargo xtask test`, the project's test command: host unit tests, then the guest's
-//! self-tests under the host stub, then the same guest under QEMU TCG, then the paths' counts
-//! against their budgets, then the end-to-end tests (bad input, deliberate failures, the
-//! protocols' host-side views).
+//! `cargo xtask test`, the project's test command: host unit tests (and the rustdoc
+//! examples), then the guest's self-tests under the host stub, then the same guest under QEMU
+//! TCG, then the paths' counts against their budgets, then the end-to-end tests (bad input,
+//! deliberate failures, the protocols' host-side views), then every command the README and `docs/` show (`doccheck`, which runs the
+//! library's examples too). A failing test stage is a test failure (exit status 1); one that
+//! could not run is a host-side error (2).
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
-
-use pvagent_abi::exit;
+use std::time::Instant;
 
 use crate::guest::{self, cargo};
 use crate::proc::run_checked;
 use crate::qemu::{self, Accel};
-use crate::{Profile, Result, err, setup};
-
-const SELFTEST_TIMEOUT: Duration = Duration::from_secs(300);
+use crate::run::RunOptions;
+use crate::{Profile, Result, doccheck, setup};
 
 fn step(name: &str) {
     println!("\n==== xtask test: {name}");
@@ -30,29 +29,25 @@ pub fn run_all() -> Result<ExitCode> {
     step("host unit tests (cargo test --workspace --exclude pvagent-tests)");
     let mut unit = cargo();
     unit.args(["test", "--workspace", "--exclude", "pvagent-tests"]);
-    run_checked(unit, "host unit tests")?;
+    run_checked(unit, "host unit tests").map_err(crate::Error::as_test_failure)?;
 
     step("guest self-tests under the host stub (cargo xtask run)");
-    crate::run::default_scenario(Profile::Dev, None, None, &[])?;
-    let elf = guest::build_guest(Profile::Dev)?;
+    crate::run::scenario(&RunOptions::default())?;
 
-    step("the same guest under QEMU TCG");
-    let run = qemu::run(&elf, Accel::Tcg, "expect-host=tcg", SELFTEST_TIMEOUT, true)?;
-    if !run.passed() {
-        return Err(err!(
-            "the guest's self-tests failed under QEMU TCG (guest code {:?}, expected {:#x})",
-            run.guest_code,
-            exit::SUCCESS
-        ));
-    }
+    step("the same guest under QEMU TCG (cargo xtask qemu)");
+    qemu::run_suite(Profile::Dev, Accel::Tcg, None, &[])?;
 
     step("instruction and exit budgets, release guests (xtask/budgets.toml)");
-    crate::budgets::check(&guest::build_host_stub(Profile::Dev)?)?;
+    let host = guest::build_host_stub(Profile::Dev)?;
+    crate::budgets::check(&host)?;
 
     step("end-to-end tests (cargo test -p pvagent-tests)");
     let mut e2e = cargo();
     e2e.args(["test", "-p", "pvagent-tests"]);
-    run_checked(e2e, "end-to-end tests")?;
+    run_checked(e2e, "end-to-end tests").map_err(crate::Error::as_test_failure)?;
+
+    step("every command the README and docs/ show (xtask/src/doccheck.rs)");
+    doccheck::run_all()?;
 
     println!("\n==== xtask test: all stages passed in {:.0} s", start.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)

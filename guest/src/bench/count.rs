@@ -20,18 +20,25 @@ use x86_64::instructions::port::Port;
 pub struct Counts {
     /// Guest instructions KVM emulated.
     pub insns: u64,
-    /// Exits, to the host stub or handled inside KVM.
+    /// Exits the guest caused: those that reached the host stub, and its HLTs.
     pub exits: u64,
+    /// Exits as KVM counted them: also what the host did to the vCPU's thread (reported only:
+    /// it depends on the machine's load).
+    pub kvm_exits: u64,
 }
 
 impl Counts {
     /// What `self` counted beyond `base` (the same code without what is measured).
     pub fn less(self, base: Counts) -> Counts {
-        Counts { insns: self.insns.saturating_sub(base.insns), exits: self.exits.saturating_sub(base.exits) }
+        Counts {
+            insns: self.insns.saturating_sub(base.insns),
+            exits: self.exits.saturating_sub(base.exits),
+            kvm_exits: self.kvm_exits.saturating_sub(base.kvm_exits),
+        }
     }
 }
 
-/// A sample line's count fields, `PREFIXinsns=N PREFIXexits=N` (each with a leading space), or
+/// A sample line's count fields, `PREFIXinsns=N PREFIXexits=N PREFIXkvm_exits=N` (each with a leading space), or
 /// nothing where the host does not count: the line then simply lacks them.
 #[derive(Clone, Copy, Debug)]
 pub struct Fields(pub &'static str, pub Option<Counts>);
@@ -39,7 +46,7 @@ pub struct Fields(pub &'static str, pub Option<Counts>);
 impl fmt::Display for Fields {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.1 {
-            Some(c) => write!(f, " {0}insns={1} {0}exits={2}", self.0, c.insns, c.exits),
+            Some(c) => write!(f, " {0}insns={1} {0}exits={2} {0}kvm_exits={3}", self.0, c.insns, c.exits, c.kvm_exits),
             None => Ok(()),
         }
     }
@@ -69,7 +76,11 @@ fn read_one(which: BenchCount) -> Option<u64> {
 
 /// The last closed window's figures; `None` where the host does not count.
 pub fn read() -> Option<Counts> {
-    Some(Counts { insns: read_one(BenchCount::ReadInstructions)?, exits: read_one(BenchCount::ReadExits)? })
+    Some(Counts {
+        insns: read_one(BenchCount::ReadInstructions)?,
+        exits: read_one(BenchCount::ReadExits)?,
+        kvm_exits: read_one(BenchCount::ReadKvmExits)?,
+    })
 }
 
 /// Holds the timer tick back while it lives, so that no tick lands in a window: the task

@@ -13,47 +13,65 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use pvagent_abi::sld::{self, Verdict};
 use x86_64::registers::rflags::RFlags;
 
-use super::{Failure, SelfTest, TestResult, fail, require_host_stub};
+use pvagent_abi::report::Need;
+
+use super::{Failure, SelfTest, TestResult, fail};
 use crate::arch::fault::Fault;
 use crate::arch::trap::TrapFrame;
-use crate::arch::{self, cpu::Hypervisor, time::HZ};
+use crate::arch::{self, time::HZ};
 use crate::cell::StaticCell;
 use crate::pv::ac::policy::{Mode, ModeError};
 use crate::pv::ac::{self, trigger};
 use crate::task::table::{ExitStatus, State, TaskId};
 use crate::task::{self, FaultAction};
-use crate::{ensure, ensure_eq};
+use crate::{ensure, ensure_eq, ensure_eq_hex};
+
+/// What the split-lock tests need: the host stub's trigger, and detection to turn on.
+const SPLIT_LOCKS: &[Need] = &[Need::HostStub, Need::SldTrigger, Need::SldDetection];
+/// What the tests of #AC for a guest whose detection is off need: only the trigger.
+const TRIGGER: &[Need] = &[Need::HostStub, Need::SldTrigger];
 
 pub const TESTS: &[SelfTest] = &[
     SelfTest::new(
         "ac::boot_state_follows_enumeration_and_command_line",
         boot_state_follows_enumeration_and_command_line,
     ),
-    SelfTest::new("ac::user_alignment_check_goes_to_the_task_hook", user_alignment_check_goes_to_the_task_hook),
-    SelfTest::new("ac::unhandled_alignment_check_ends_only_that_task", unhandled_alignment_check_ends_only_that_task),
-    SelfTest::new("ac::host_injects_only_real_split_locks", host_injects_only_real_split_locks),
+    SelfTest::new("ac::user_alignment_check_goes_to_the_task_hook", user_alignment_check_goes_to_the_task_hook)
+        .needs(&[Need::AlignmentCheck]),
+    SelfTest::new("ac::unhandled_alignment_check_ends_only_that_task", unhandled_alignment_check_ends_only_that_task)
+        .needs(&[Need::AlignmentCheck]),
+    SelfTest::new("ac::host_injects_only_real_split_locks", host_injects_only_real_split_locks).needs(SPLIT_LOCKS),
     SelfTest::new(
         "ac::user_split_lock_warn_completes_and_detection_returns",
         user_split_lock_warn_completes_and_detection_returns,
-    ),
-    SelfTest::new("ac::user_split_lock_fatal_ends_only_that_task", user_split_lock_fatal_ends_only_that_task),
+    )
+    .needs(SPLIT_LOCKS),
+    SelfTest::new("ac::user_split_lock_fatal_ends_only_that_task", user_split_lock_fatal_ends_only_that_task)
+        .needs(SPLIT_LOCKS),
     SelfTest::new(
         "ac::user_split_lock_ratelimit_delays_a_task_over_budget",
         user_split_lock_ratelimit_delays_a_task_over_budget,
-    ),
+    )
+    .needs(SPLIT_LOCKS),
     SelfTest::new(
         "ac::user_split_lock_with_alignment_checks_is_an_alignment_check",
         user_split_lock_with_alignment_checks_is_an_alignment_check,
-    ),
+    )
+    .needs(SPLIT_LOCKS),
     SelfTest::new(
         "ac::kernel_split_lock_warn_continues_with_detection_off_until_switch",
         kernel_split_lock_warn_continues_with_detection_off_until_switch,
-    ),
-    SelfTest::new("ac::host_spares_a_guest_with_detection_off", host_spares_a_guest_with_detection_off),
-    SelfTest::new("ac::spurious_ac_is_ignored", spurious_ac_is_ignored),
-    SelfTest::on_request("ac::kernel_split_lock_fatal_panics", kernel_split_lock_fatal_panics),
-    SelfTest::on_request("ac::host_policy_exit_stops_the_run", host_policy_exit_stops_the_run),
-    SelfTest::on_request("ac::host_policy_disable_globally", host_policy_disable_globally),
+    )
+    .needs(SPLIT_LOCKS),
+    SelfTest::new("ac::host_spares_a_guest_with_detection_off", host_spares_a_guest_with_detection_off).needs(&[
+        Need::HostStub,
+        Need::SldTrigger,
+        Need::SldDefaultPolicy,
+    ]),
+    SelfTest::new("ac::spurious_ac_is_ignored", spurious_ac_is_ignored).needs(TRIGGER),
+    SelfTest::on_request("ac::kernel_split_lock_fatal_panics", kernel_split_lock_fatal_panics).needs(SPLIT_LOCKS),
+    SelfTest::on_request("ac::host_policy_exit_stops_the_run", host_policy_exit_stops_the_run).needs(TRIGGER),
+    SelfTest::on_request("ac::host_policy_disable_globally", host_policy_disable_globally).needs(SPLIT_LOCKS),
 ];
 
 /// Two cache lines.
@@ -172,7 +190,7 @@ unsafe extern "sysv64" {
 fn kernel_access(routine: unsafe extern "sysv64" fn(u64, u64, u64), addr: u64) {
     debug_assert!((kernel_lines()..kernel_lines() + 124).contains(&addr));
     // SAFETY: the routines access 4 bytes at `addr`, inside this module's buffer, and store to
-    // the trigger page, which init mapped when the trigger is available (the callers check).
+    // the trigger page, which init mapped when the trigger is available (the callers need Need::SldTrigger).
     unsafe { routine(addr, 0, 0) };
 }
 
@@ -219,20 +237,6 @@ fn join_yielding(id: TaskId) -> Result<ExitStatus, Failure> {
         task::yield_now();
     }
     join(id)
-}
-
-fn require_trigger() -> TestResult {
-    require_host_stub()?;
-    if trigger::available() { Ok(()) } else { Err(Failure::Skip("needs the host stub's split-lock trigger")) }
-}
-
-fn require_detection() -> TestResult {
-    require_trigger()?;
-    if ac::enumeration().available() {
-        Ok(())
-    } else {
-        Err(Failure::Skip("split-lock detection is not enumerated on this host"))
-    }
 }
 
 fn host_verdict() -> Result<(u64, Result<Verdict, u64>), Failure> {
@@ -310,13 +314,6 @@ fn misaligned_qword() -> (u64, u64) {
     (addr, value)
 }
 
-fn skip_if_tcg_has_no_alignment_checks() -> TestResult {
-    if arch::platform().hypervisor == Hypervisor::QemuTcg {
-        return Err(Failure::Skip("QEMU TCG does not raise alignment-check #AC (the misaligned load completed)"));
-    }
-    Ok(())
-}
-
 fn user_alignment_check_goes_to_the_task_hook() -> TestResult {
     let (addr, value) = misaligned_qword();
     reset_hook();
@@ -325,7 +322,6 @@ fn user_alignment_check_goes_to_the_task_hook() -> TestResult {
     task::set_fault_hook(id, Some(retry_without_alignment_checks));
     let status = join(id)?;
     if HOOK_CALLS.load(Ordering::SeqCst) == 0 && status == ExitStatus::Returned(value) {
-        skip_if_tcg_has_no_alignment_checks()?;
         return Err(fail(format_args!("a misaligned load with RFLAGS.AC and CR0.AM raised no #AC")));
     }
     ensure_eq!(HOOK_CALLS.load(Ordering::SeqCst), 1, "calls of the task's fault hook");
@@ -357,9 +353,7 @@ fn unhandled_alignment_check_ends_only_that_task() -> TestResult {
     let id = spawn_user("ac-misaligned", ac_user_misaligned_load, addr)?;
     let status = join(id)?;
     ensure_eq!(join(bystander)?, ExitStatus::Returned(BYSTANDER_RESULT), "the bystander");
-    if status == ExitStatus::Returned(value) {
-        skip_if_tcg_has_no_alignment_checks()?;
-    }
+    ensure!(status != ExitStatus::Returned(value), "a misaligned load with RFLAGS.AC and CR0.AM raised no #AC");
     let insn = core::ptr::addr_of!(ac_user_misaligned_load_insn) as u64;
     let expected = ac::Kill::AlignmentCheck { rip: insn, address: Some(addr) };
     ensure_eq!(status, ExitStatus::Killed(expected.into()), "how the task ended");
@@ -367,7 +361,6 @@ fn unhandled_alignment_check_ends_only_that_task() -> TestResult {
 }
 
 fn host_injects_only_real_split_locks() -> TestResult {
-    require_detection()?;
     ac::with_mode(Mode::Warn, || {
         let lines = kernel_lines();
         let before = ac::stats();
@@ -376,7 +369,7 @@ fn host_injects_only_real_split_locks() -> TestResult {
         let value = load_u32(lines + 60);
         kernel_access(ac_kernel_locked_add, lines + 60);
         expect_verdicts(seq, 1, Verdict::NotSplit)?;
-        ensure_eq!(load_u32(lines + 60), value.wrapping_add(1), "the aligned locked add ran once");
+        ensure_eq_hex!(load_u32(lines + 60), value.wrapping_add(1), "the aligned locked add ran once");
         // An access across the line without LOCK is no split lock.
         kernel_access(ac_kernel_plain_add, lines + SPLIT_DWORD);
         expect_verdicts(seq, 2, Verdict::NotLocked)?;
@@ -386,10 +379,10 @@ fn host_injects_only_real_split_locks() -> TestResult {
             "#AC for accesses that are no split lock"
         );
         // XCHG with memory is locked without a prefix: a split lock.
-        // SAFETY: a qword inside KERNEL_LINES; the trigger page is mapped (require_detection).
+        // SAFETY: a qword inside KERNEL_LINES; the trigger page is mapped (the test needs Need::SldTrigger).
         unsafe { ac_kernel_xchg(lines + SPLIT_QWORD, 0x5a5a, 0) };
         expect_verdicts(seq, 3, Verdict::InjectedSplitLock)?;
-        ensure_eq!(u64::from_le_bytes(load(lines + SPLIT_QWORD)), 0x5a5a, "the xchg completed after its #AC");
+        ensure_eq_hex!(u64::from_le_bytes(load(lines + SPLIT_QWORD)), 0x5a5a, "the xchg completed after its #AC");
         ensure_eq!(ac::stats().kernel_split_locks - before.kernel_split_locks, 1, "kernel split locks (the xchg)");
         // Back on at the next switch.
         task::sleep_ticks(1);
@@ -399,7 +392,6 @@ fn host_injects_only_real_split_locks() -> TestResult {
 }
 
 fn user_split_lock_warn_completes_and_detection_returns() -> TestResult {
-    require_detection()?;
     ac::with_mode(Mode::Warn, || {
         let value = load_u32(user_lines() + SPLIT_DWORD);
         let before = ac::stats();
@@ -420,7 +412,6 @@ fn user_split_lock_warn_completes_and_detection_returns() -> TestResult {
 }
 
 fn user_split_lock_fatal_ends_only_that_task() -> TestResult {
-    require_detection()?;
     ac::with_mode(Mode::Fatal, || {
         let split = user_lines() + SPLIT_DWORD;
         let value = load_u32(split);
@@ -432,7 +423,7 @@ fn user_split_lock_fatal_ends_only_that_task() -> TestResult {
         let insn = core::ptr::addr_of!(ac_user_split_locks_insn) as u64;
         ensure_eq!(status, ExitStatus::Killed(ac::Kill::SplitLock { rip: insn }.into()), "how the task ended");
         expect_verdicts(seq, 1, Verdict::InjectedSplitLock)?;
-        ensure_eq!(load_u32(split), value, "the locked add never ran");
+        ensure_eq_hex!(load_u32(split), value, "the locked add never ran");
         ensure_eq!(join(bystander)?, ExitStatus::Returned(BYSTANDER_RESULT), "the bystander");
         let after = ac::stats();
         ensure_eq!(after.tasks_killed - before.tasks_killed, 1, "tasks ended for a split lock");
@@ -443,7 +434,6 @@ fn user_split_lock_fatal_ends_only_that_task() -> TestResult {
 }
 
 fn user_split_lock_ratelimit_delays_a_task_over_budget() -> TestResult {
-    require_detection()?;
     const BUDGET: u64 = 2;
     ac::with_mode(Mode::Ratelimit(BUDGET as u32), || {
         let split = user_lines() + SPLIT_DWORD;
@@ -472,7 +462,6 @@ fn user_split_lock_ratelimit_delays_a_task_over_budget() -> TestResult {
 }
 
 fn user_split_lock_with_alignment_checks_is_an_alignment_check() -> TestResult {
-    require_detection()?;
     // Even under `fatal`, the task that asked for alignment checks gets an alignment check (its
     // hook retries, the locked add completes); and with detection off it gets one all the same,
     // because the CPU cannot tell its split lock from a misaligned access.
@@ -496,7 +485,7 @@ fn checked_split_lock_is_an_alignment_check() -> TestResult {
     ensure_eq!(HOOK_CALLS.load(Ordering::SeqCst), 1, "calls of the task's fault hook");
     let insn = core::ptr::addr_of!(ac_user_checked_split_lock_insn) as u64;
     ensure_eq!(HOOK_RIP.load(Ordering::SeqCst), insn, "RIP of the #AC");
-    ensure_eq!(load_u32(split), value.wrapping_add(1), "the locked add ran once");
+    ensure_eq_hex!(load_u32(split), value.wrapping_add(1), "the locked add ran once");
     let after = ac::stats();
     ensure_eq!(after.alignment_checks - before.alignment_checks, 1, "alignment checks");
     ensure_eq!(after.user_split_locks, before.user_split_locks, "user split locks");
@@ -505,7 +494,6 @@ fn checked_split_lock_is_an_alignment_check() -> TestResult {
 }
 
 fn kernel_split_lock_warn_continues_with_detection_off_until_switch() -> TestResult {
-    require_detection()?;
     ac::with_mode(Mode::Warn, || {
         let split = kernel_lines() + SPLIT_DWORD;
         let before = ac::stats();
@@ -514,7 +502,7 @@ fn kernel_split_lock_warn_continues_with_detection_off_until_switch() -> TestRes
             let seq = decided()?;
             kernel_access(ac_kernel_locked_add, split);
             expect_verdicts(seq, 1, Verdict::InjectedSplitLock)?;
-            ensure_eq!(load_u32(split), value.wrapping_add(1), "round {round}: the locked add ran once");
+            ensure_eq_hex!(load_u32(split), value.wrapping_add(1), "round {round}: the locked add ran once");
             let s = ac::status();
             ensure!(s.sld_disabled_until_switch && !s.detection_on, "round {round}: detection not off after it: {s:?}");
             ensure_eq!(ac::detection_in_msr(), Some(false), "round {round}: MSR_TEST_CTRL right after the split lock");
@@ -529,7 +517,6 @@ fn kernel_split_lock_warn_continues_with_detection_off_until_switch() -> TestRes
 }
 
 fn host_spares_a_guest_with_detection_off() -> TestResult {
-    require_trigger()?;
     // Detection off (mode `off`): under the default host policy the split lock just runs, in
     // the kernel and in a user task alike.
     ac::with_mode(Mode::Off, || {
@@ -540,7 +527,7 @@ fn host_spares_a_guest_with_detection_off() -> TestResult {
         let seq = decided()?;
         kernel_access(ac_kernel_locked_add, split);
         expect_verdicts(seq, 1, Verdict::GuestDetectionOff)?;
-        ensure_eq!(load_u32(split), value.wrapping_add(1), "the kernel's locked add ran once");
+        ensure_eq_hex!(load_u32(split), value.wrapping_add(1), "the kernel's locked add ran once");
         let value = load_u32(user_lines() + SPLIT_DWORD);
         let id = spawn_user("ac-split-off", ac_user_split_locks, 1)?;
         let status = join(id)?;
@@ -552,25 +539,23 @@ fn host_spares_a_guest_with_detection_off() -> TestResult {
 }
 
 fn spurious_ac_is_ignored() -> TestResult {
-    require_trigger()?;
     ac::with_mode(Mode::Off, || {
         let target = kernel_lines();
         let value = load_u32(target);
         let before = ac::stats();
         let seq = decided()?;
-        // SAFETY: a dword inside KERNEL_LINES; the trigger page is mapped (require_trigger).
+        // SAFETY: a dword inside KERNEL_LINES; the trigger page is mapped (the test needs Need::SldTrigger).
         unsafe { ac_kernel_plain_add(target, 0, sld::ARM_FORCE_INJECT) };
         expect_verdicts(seq, 1, Verdict::InjectedForced)?;
         let after = ac::stats();
         ensure_eq!(after.spurious - before.spurious, 1, "spurious #AC counted");
         ensure_eq!(after.kernel_split_locks, before.kernel_split_locks, "kernel split locks");
-        ensure_eq!(load_u32(target), value.wrapping_add(1), "the instruction ran once after the ignored #AC");
+        ensure_eq_hex!(load_u32(target), value.wrapping_add(1), "the instruction ran once after the ignored #AC");
         Ok(())
     })
 }
 
 fn kernel_split_lock_fatal_panics() -> TestResult {
-    require_detection()?;
     ac::with_mode(Mode::Fatal, || {
         kernel_access(ac_kernel_locked_add, kernel_lines() + SPLIT_DWORD);
         Err(fail(format_args!("a kernel split lock under sld=fatal did not end the run")))
@@ -578,7 +563,6 @@ fn kernel_split_lock_fatal_panics() -> TestResult {
 }
 
 fn host_policy_exit_stops_the_run() -> TestResult {
-    require_trigger()?;
     ac::with_mode(Mode::Off, || {
         kernel_access(ac_kernel_locked_add, kernel_lines() + SPLIT_DWORD);
         let verdict = host_verdict()?;
@@ -587,7 +571,6 @@ fn host_policy_exit_stops_the_run() -> TestResult {
 }
 
 fn host_policy_disable_globally() -> TestResult {
-    require_detection()?;
     let split = kernel_lines() + SPLIT_DWORD;
     let before = ac::stats();
     let seq = decided()?;

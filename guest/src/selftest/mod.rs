@@ -1,10 +1,15 @@
 //! The self-test framework: a table of named tests, a runner that prints one report line per
 //! test (`pvagent_abi::report`) and a summary, and the verdict as the exit code.
 //!
-//! A test returns `Ok(())`, or `Err(Failure::Fail(reason))`, or `Err(Failure::Skip(reason))`
-//! when the host cannot give it what it needs. A panic or an unexpected exception during a test
-//! is reported as that test's failure and ends the run. A test must reap the tasks it spawns:
-//! the runner fails a test that leaves tasks behind.
+//! A test declares in its table entry what it needs from the host (`pvagent_abi::report::Need`:
+//! the host stub, its demand pager in ring mode, ...); the runner checks that before it runs the
+//! test, and a need this host does not meet makes the test a SKIP that says which. The same
+//! declaration is what the command line word `list` prints, so a test's needs are written in
+//! one place. A test returns `Ok(())`, or `Err(Failure::Fail(reason))`, or
+//! `Err(Failure::Skip(reason))` when it finds out itself that the host cannot give it what it
+//! needs. A panic or an unexpected exception during a test is reported as that test's failure
+//! and ends the run. A test must reap the tasks it spawns: the runner fails a test that leaves
+//! tasks behind.
 
 // A failure carries its reason inline (there is no heap), so test results are large by design.
 #![allow(clippy::result_large_err, clippy::large_enum_variant)]
@@ -18,14 +23,15 @@ mod task;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
-use pvagent_abi::report::{Line, Status};
+use pvagent_abi::report::{LIST_WORD, Line, Need, Needs, Status};
+use pvagent_abi::sld::HostPolicy;
 
 use crate::boot::cmdline::{Cmdline, TestFilter};
 use crate::kprintln;
 
-/// Command line keys the self-tests read: `tests=` (which tests run) and `expect-host=` (what
-/// `arch::host_is_identified` expects).
-pub const CMDLINE_KEYS: &[&str] = &["tests", "expect-host"];
+/// Command line keys the self-tests read: `tests=` (which tests run), `expect-host=` (what
+/// `arch::host_is_identified` expects) and the bare word `list` (list the tests, run none).
+pub const CMDLINE_KEYS: &[&str] = &["tests", "expect-host", LIST_WORD];
 
 /// Why a test did not pass.
 #[derive(Debug)]
@@ -48,17 +54,24 @@ pub struct SelfTest {
     pub run: fn() -> TestResult,
     /// Off-by-default tests run only when named exactly (see `TestFilter`).
     pub on_by_default: bool,
+    /// What it needs from the host; the runner checks it before running the test.
+    pub needs: Needs,
 }
 
 impl SelfTest {
-    /// A test that runs by default.
+    /// A test that runs by default, on any host.
     pub const fn new(name: &'static str, run: fn() -> TestResult) -> Self {
-        Self { name, run, on_by_default: true }
+        Self { name, run, on_by_default: true, needs: Needs::NONE }
     }
 
-    /// A test that runs only when named on the command line.
+    /// A test that runs only when named on the command line, on any host.
     pub const fn on_request(name: &'static str, run: fn() -> TestResult) -> Self {
-        Self { name, run, on_by_default: false }
+        Self { name, run, on_by_default: false, needs: Needs::NONE }
+    }
+
+    /// The same test, needing `needs` from its host.
+    pub const fn needs(self, needs: &[Need]) -> Self {
+        Self { needs: Needs::of(needs), ..self }
     }
 }
 
@@ -85,13 +98,27 @@ macro_rules! ensure {
     };
 }
 
-/// Fails the test unless the two values are equal, showing both.
+/// Fails the test unless the two values are equal, showing both (as `Debug` shows them: for
+/// counts, states and other values that are not addresses or data).
 #[macro_export]
 macro_rules! ensure_eq {
     ($left:expr, $right:expr, $($arg:tt)+) => {{
         let (left, right) = (&$left, &$right);
         if left != right {
             return Err($crate::selftest::fail(format_args!("{}: got {:?}, expected {:?}",
+                format_args!($($arg)+), left, right)));
+        }
+    }};
+}
+
+/// [`ensure_eq!`] for addresses and data words: shows both values in hex (`{:#x}`), which is
+/// how addresses, page contents and register values are read everywhere else.
+#[macro_export]
+macro_rules! ensure_eq_hex {
+    ($left:expr, $right:expr, $($arg:tt)+) => {{
+        let (left, right) = (&$left, &$right);
+        if left != right {
+            return Err($crate::selftest::fail(format_args!("{}: got {:#x}, expected {:#x}",
                 format_args!($($arg)+), left, right)));
         }
     }};
@@ -146,11 +173,19 @@ fn on_fatal(args: core::fmt::Arguments<'_>) -> ! {
     crate::arch::exit::exit(pvagent_abi::exit::FAILURE)
 }
 
-/// Runs the selected tests and ends the run with the verdict.
+/// Runs the selected tests and ends the run with the verdict; with the word `list` on the
+/// command line, lists every test instead and runs none.
 pub fn run(cmdline: &Cmdline) -> ! {
     crate::arch::fault::set_fatal_hook(on_fatal);
+    if cmdline.words().any(|word| word == (LIST_WORD, None)) {
+        for test in all_tests() {
+            kprintln!("{}", Line::Listed { name: test.name, on_by_default: test.on_by_default, needs: test.needs });
+        }
+        crate::arch::exit::exit(pvagent_abi::exit::SUCCESS);
+    }
     let filter = TestFilter::from_cmdline(cmdline);
     let mut selected = 0;
+    kprintln!("{}", Line::Start);
     for (index, test) in all_tests().enumerate() {
         if !filter.selects(test.name, test.on_by_default) {
             continue;
@@ -158,7 +193,7 @@ pub fn run(cmdline: &Cmdline) -> ! {
         selected += 1;
         let tasks_before = crate::task::live_count();
         CURRENT.store(index + 1, Ordering::SeqCst);
-        let result = (test.run)();
+        let result = needs_met(test.needs).and_then(|()| (test.run)());
         CURRENT.store(0, Ordering::SeqCst);
         let leaked = crate::task::live_count().saturating_sub(tasks_before);
         match result {
@@ -182,11 +217,50 @@ pub fn run(cmdline: &Cmdline) -> ! {
     crate::arch::exit::exit(code)
 }
 
-/// Skips unless the host stub runs this guest.
-pub fn require_host_stub() -> TestResult {
-    if crate::arch::platform().hypervisor.is_host_stub() {
-        Ok(())
-    } else {
-        Err(Failure::Skip("needs the pvagent host stub"))
+/// Whether this host meets every one of `needs`: a SKIP naming the first it does not meet
+/// (in `Need::ALL`'s order, so that under QEMU every host stub test says "host stub").
+fn needs_met(needs: Needs) -> TestResult {
+    needs.iter().try_for_each(need_met)
+}
+
+/// Whether this host meets `need`.
+fn need_met(need: Need) -> TestResult {
+    use crate::arch::{self, cpu::Hypervisor};
+    use crate::pv::{ac, pnp};
+    let skip_unless = |met: bool, why: &'static str| if met { Ok(()) } else { Err(Failure::Skip(why)) };
+    match need {
+        Need::HostStub => skip_unless(arch::platform().hypervisor.is_host_stub(), "needs the pvagent host stub"),
+        Need::SldTrigger => skip_unless(ac::trigger::available(), "needs the host stub's split-lock trigger"),
+        Need::SldDetection => {
+            skip_unless(ac::enumeration().available(), "split-lock detection is not enumerated on this host")
+        }
+        Need::SldDefaultPolicy => match ac::trigger::host_policy() {
+            Ok(Ok(HostPolicy::InjectIfEnabled)) => Ok(()),
+            Ok(Ok(HostPolicy::Exit)) => Err(Failure::Skip(
+                "the host's split-lock policy is exit: a split lock with detection off stops the run (tests/ac.rs covers that policy)",
+            )),
+            Ok(Ok(HostPolicy::DisableGlobally)) => Err(Failure::Skip(
+                "the host's split-lock policy is disable-globally: a split lock with detection off switches detection off for the whole VM (tests/ac.rs covers that policy)",
+            )),
+            other => Err(fail(format_args!("asking the host's split-lock policy: {other:?}"))),
+        },
+        Need::Pager => match pnp::host_region() {
+            Some((region, _)) if region.pages > 0 && pnp::registered_entries() > 0 => Ok(()),
+            Some(_) => Err(Failure::Skip("the page-not-present protocol is not registered (pnp=off)")),
+            None => Err(Failure::Skip("needs the host stub's demand pager")),
+        },
+        Need::PnpRingMode => skip_unless(
+            pnp::host_mode() == pvagent_abi::pnp::HostMode::Ring,
+            "needs the demand pager in ring mode (this run serves absent pages in sync mode)",
+        ),
+        Need::AlignmentCheck => skip_unless(
+            arch::platform().hypervisor != Hypervisor::QemuTcg,
+            "QEMU TCG does not raise alignment-check #AC",
+        ),
+        Need::ExpectHost => skip_unless(
+            crate::boot::info::get().cmdline.get("expect-host").is_some(),
+            "no expect-host= on the command line",
+        ),
+        Need::Acpi => skip_unless(crate::boot::info::get().rsdp.is_some(), "this host provides no ACPI tables"),
     }
 }

@@ -8,7 +8,7 @@ use crate::arch::percpu;
 use crate::task::event::Event;
 use crate::task::table::{ExitStatus, FaultInfo};
 use crate::task::{self, user};
-use crate::{ensure, ensure_eq};
+use crate::{ensure, ensure_eq, ensure_eq_hex};
 
 pub const TESTS: &[SelfTest] = &[
     SelfTest::new("task::kernel_task_returns_its_value", kernel_task_returns_its_value),
@@ -63,8 +63,8 @@ fn user_task_runs_at_cpl3_and_returns() -> TestResult {
     let id = spawned(task::spawn_user("user-read-kernel", user_read, addr))?;
     match join(id)? {
         ExitStatus::Faulted(FaultInfo { vector: 14, error_code, address, .. }) => {
-            ensure_eq!(address, addr, "CR2");
-            ensure_eq!(error_code, pf::PRESENT | pf::USER, "error code (present, read, user)");
+            ensure_eq_hex!(address, addr, "CR2");
+            ensure_eq_hex!(error_code, pf::PRESENT | pf::USER, "error code (present, read, user)");
         }
         other => {
             return Err(super::fail(format_args!("user read of kernel data ended with {other:?}")));
@@ -85,7 +85,7 @@ fn user_fault_ends_only_that_task() -> TestResult {
     let faulter = spawned(task::spawn_user("user-null", user_read, 0x10))?;
     match join(faulter)? {
         ExitStatus::Faulted(FaultInfo { vector: 14, address: 0x10, error_code, .. }) => {
-            ensure_eq!(error_code, pf::USER, "error code (not present, read, user)");
+            ensure_eq_hex!(error_code, pf::USER, "error code (not present, read, user)");
         }
         other => return Err(super::fail(format_args!("null read ended with {other:?}"))),
     }
@@ -209,7 +209,7 @@ fn every_slot_runs_on_its_whole_stack() -> TestResult {
         );
         // SAFETY: the task ended; its stack is mapped and nobody uses it.
         let marker = unsafe { core::ptr::read_volatile(stack.bottom() as *const u64) };
-        ensure_eq!(marker, 0x5ac, "the word at the bottom of slot {}'s stack", id.slot);
+        ensure_eq_hex!(marker, 0x5ac, "the word at the bottom of slot {}'s stack", id.slot);
         ensure!(fault::probe_read_u64(stack.guard).is_err(), "the guard page of slot {} is mapped", id.slot);
     }
     Ok(())

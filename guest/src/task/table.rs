@@ -46,12 +46,20 @@ pub enum Wait {
 }
 
 /// The fault that ended a task, as the CPU reported it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct FaultInfo {
     pub vector: u8,
     pub error_code: u64,
     pub address: u64,
     pub rip: u64,
+}
+
+/// Addresses and the error code in hex, as every report shows them.
+impl core::fmt::Debug for FaultInfo {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let Self { vector, error_code, address, rip } = self;
+        write!(f, "FaultInfo {{ vector: {vector}, error_code: {error_code:#x}, address: {address:#x}, rip: {rip:#x} }}")
+    }
 }
 
 /// What ended a task, as the layer that ended it names it: a short name and what its two data
@@ -97,7 +105,7 @@ impl core::fmt::Debug for KillReason {
 }
 
 /// How a task ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum ExitStatus {
     /// Returned (kernel task) or called exit (user task) with this value.
     Returned(u64),
@@ -105,6 +113,18 @@ pub enum ExitStatus {
     Faulted(FaultInfo),
     /// Ended by a protocol decision.
     Killed(KillReason),
+}
+
+/// A returned value in hex: tasks return data words (page contents, counters read back), and a
+/// test's failure message compares them with what it expected.
+impl core::fmt::Debug for ExitStatus {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ExitStatus::Returned(value) => write!(f, "Returned({value:#x})"),
+            ExitStatus::Faulted(info) => write!(f, "Faulted({info:?})"),
+            ExitStatus::Killed(reason) => write!(f, "Killed({reason:?})"),
+        }
+    }
 }
 
 /// A task's life cycle.
@@ -617,5 +637,15 @@ mod tests {
     fn the_idle_task_cannot_block() {
         let (mut s, _) = with_idle();
         s.block_current(Wait::Event(1));
+    }
+
+    #[test]
+    fn exit_statuses_show_data_and_addresses_in_hex() {
+        assert_eq!(format!("{:?}", ExitStatus::Returned(0xC0FFEE)), "Returned(0xc0ffee)");
+        let fault = FaultInfo { vector: 14, error_code: 5, address: 0x1000, rip: 0x13_4120 };
+        assert_eq!(
+            format!("{:?}", ExitStatus::Faulted(fault)),
+            "Faulted(FaultInfo { vector: 14, error_code: 0x5, address: 0x1000, rip: 0x134120 })"
+        );
     }
 }

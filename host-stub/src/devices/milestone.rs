@@ -44,12 +44,13 @@ impl Milestones {
             self.ignored += 1;
             return;
         }
-        let counts = ctx.stats.and_then(|stats| stats.snapshot().inspect_err(|_| self.unreadable += 1).ok());
+        let counts = ctx.stats.and_then(|stats| stats.snapshot(ctx.exits).inspect_err(|_| self.unreadable += 1).ok());
         self.first_task = Some(Reached { at: Instant::now(), counts });
     }
 
-    /// Reports each milestone reached: `boot.insn_emulation`, `boot.exits` (as KVM counted them
-    /// from the first guest instruction to the milestone's exit, itself included) and
+    /// Reports each milestone reached: `boot.insn_emulation` and `boot.kvm_exits` (as KVM counted
+    /// them from the first guest instruction to the milestone's exit, itself included),
+    /// `boot.exits` (the exits the guest caused: see [`Snapshot::guest_exits`]) and
     /// `boot.first_task_us` (from the first `KVM_RUN`), and a line.
     pub fn finish(&self, report: &mut Report) {
         report.counter("basics", "milestones_ignored", self.ignored);
@@ -63,16 +64,18 @@ impl Milestones {
         if let Some(insns) = counts.insn_emulation {
             report.counter("boot", "insn_emulation", insns);
         }
+        report.counter("boot", "exits", counts.guest_exits());
         if let Some(exits) = counts.exits {
-            report.counter("boot", "exits", exits);
+            report.counter("boot", "kvm_exits", exits);
         }
         let count =
             |c: Option<u64>, what: &str| c.map_or_else(|| format!("{what} not counted"), |n| format!("{n} {what}"));
         report.line(format!(
-            "boot: the first task started {:.1} ms after the first entry: {}, {}",
+            "boot: the first task started {:.1} ms after the first entry: {}, {} ({})",
             since_start.as_secs_f64() * 1e3,
             count(counts.insn_emulation, "guest instructions emulated"),
-            count(counts.exits, "exits")
+            count(Some(counts.guest_exits()), "exits the guest caused"),
+            count(counts.exits, "exits KVM counted")
         ));
     }
 }

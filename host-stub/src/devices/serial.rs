@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::fs::File;
 use std::io::{self, Write};
+use std::time::Instant;
 
 use pvagent_abi::console::{MAX_RECORD_BYTES, RECORD_ALIGN, RECORD_BYTES_OFFSET, RECORD_LEN_OFFSET};
 use pvagent_abi::port::{COM1, CONSOLE};
@@ -55,7 +56,8 @@ pub struct Serial {
 struct Console {
     sink: Sink,
     line: Vec<u8>,
-    lines: VecDeque<String>,
+    /// Each complete line, with when its end arrived (the run result times tests by them).
+    lines: VecDeque<(Instant, String)>,
     dropped_lines: u64,
 }
 
@@ -90,7 +92,7 @@ impl Console {
             Sink::File(f) => writeln!(f, "{text}"),
             Sink::Quiet => Ok(()),
         };
-        self.lines.push_back(text);
+        self.lines.push_back((Instant::now(), text));
         echoed
     }
 }
@@ -205,6 +207,11 @@ impl Serial {
 
     /// Completes a partial last line and hands over every line kept.
     pub fn take_lines(&mut self) -> Vec<String> {
+        self.take_timed_lines().into_iter().map(|(_, line)| line).collect()
+    }
+
+    /// Completes a partial last line and hands over every line kept, each with when it ended.
+    pub fn take_timed_lines(&mut self) -> Vec<(Instant, String)> {
         let console = self.uart.writer_mut();
         if !console.line.is_empty() {
             // The line is kept whatever its echo did; the run is over.
@@ -216,7 +223,7 @@ impl Serial {
     /// The last `n` lines (for error reports).
     pub fn tail(&self, n: usize) -> Vec<String> {
         let console = self.uart.writer();
-        let mut tail: Vec<String> = console.lines.iter().rev().take(n).rev().cloned().collect();
+        let mut tail: Vec<String> = console.lines.iter().rev().take(n).rev().map(|(_, line)| line.clone()).collect();
         if !console.line.is_empty() {
             tail.push(String::from_utf8_lossy(&console.line).into_owned());
         }

@@ -2,7 +2,7 @@
 //! `traceEvents` array, metadata events naming the processes and threads, `displayTimeUnit`,
 //! `otherData`), serialized by `serde_json` straight to the file, one event at a time.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
@@ -29,9 +29,10 @@ pub struct Written {
 
 /// Process and thread ids of the tracks, unique across both processes (viewers may merge equal
 /// thread ids): vCPU N's host track 1000 + N, host work tracks from 1900 in name order, vCPU N's
-/// guest track 2000 + N.
+/// guest track 2000 + N, guest tasks from 3000 in (vCPU, slot, generation) order.
 fn track_ids(tracks: &BTreeSet<Track>) -> BTreeMap<Track, (u32, u64)> {
     let mut host_work = 1900;
+    let mut guest_task = 3000;
     tracks
         .iter()
         .map(|&track| {
@@ -42,17 +43,26 @@ fn track_ids(tracks: &BTreeSet<Track>) -> BTreeMap<Track, (u32, u64)> {
                     (HOST_PID, host_work - 1)
                 }
                 Track::GuestVcpu(i) => (GUEST_PID, 2000 + i as u64),
+                Track::GuestTask { .. } => {
+                    guest_task += 1;
+                    (GUEST_PID, guest_task - 1)
+                }
             };
             (track, ids)
         })
         .collect()
 }
 
-fn track_name(track: Track) -> String {
+/// A track's name: the one given ([`Tracer::name_track`]), or the default for its kind.
+fn track_name(track: Track, names: &HashMap<Track, String>) -> String {
+    if let Some(name) = names.get(&track) {
+        return name.clone();
+    }
     match track {
         Track::Vcpu(i) => format!("vCPU {i} (exits)"),
         Track::Host(name) => name.into(),
         Track::GuestVcpu(i) => format!("vCPU {i} (tasks)"),
+        Track::GuestTask { vcpu, slot, generation } => format!("vCPU {vcpu} task {slot} (gen {generation})"),
     }
 }
 
@@ -197,7 +207,8 @@ impl Tracer {
             written += 2;
         }
         for (&track, &(pid, tid)) in &ids {
-            element(out, &mut first, &metadata("thread_name", pid, tid, Name { name: &track_name(track) }))?;
+            let name = track_name(track, &recorded.track_names);
+            element(out, &mut first, &metadata("thread_name", pid, tid, Name { name: &name }))?;
             element(out, &mut first, &metadata("thread_sort_index", pid, tid, SortIndex { sort_index: tid }))?;
             written += 2;
         }
@@ -252,6 +263,13 @@ mod tests {
         });
         t.instant(Track::Vcpu(0), "inject #AC", || vec![("why", Arg::Text(nasty.into()))]);
         t.complete(Track::GuestVcpu(0), nasty.to_string(), start, start + Duration::from_millis(1), Vec::new);
+        let (named, unnamed) = (
+            Track::GuestTask { vcpu: 0, slot: 1, generation: 1 },
+            Track::GuestTask { vcpu: 0, slot: 2, generation: 5 },
+        );
+        t.complete(named, "selftest", start, start + Duration::from_micros(1), Vec::new);
+        t.complete(unnamed, "?", start, start + Duration::from_micros(1), Vec::new);
+        t.name_track(named, "selftest (task 1)".into());
         t.begin_span(Track::Host("workers"), "job", "job", 0x2a, start, || vec![("done", Arg::Bool(false))]);
         t.end_span("job", 0x2a, start + Duration::from_micros(3), Vec::new);
         let (json, summary) = written(&t, start);
@@ -286,6 +304,8 @@ mod tests {
         assert!(names.contains(&("host stub", 1, 0)) && names.contains(&("guest", 2, 0)), "{names:?}");
         assert!(names.contains(&("vCPU 0 (exits)", 1, 1000)) && names.contains(&("vCPU 0 (tasks)", 2, 2000)));
         assert!(names.contains(&("workers", 1, 1900)), "{names:?}");
+        assert!(names.contains(&("selftest (task 1)", 2, 3000)), "a task's track by the name it was given: {names:?}");
+        assert!(names.contains(&("vCPU 0 task 2 (gen 5)", 2, 3001)), "{names:?}");
     }
 
     #[test]

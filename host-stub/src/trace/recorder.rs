@@ -26,6 +26,16 @@ pub enum Track {
     Host(&'static str),
     /// The guest's view of a vCPU: which task it runs (from the guest's trace records).
     GuestVcpu(usize),
+    /// One guest task (a vCPU's task slot, in one generation): when it ran. Named by the task's
+    /// name where the guest told it ([`Tracer::name_track`]).
+    GuestTask {
+        /// The vCPU whose slot it is.
+        vcpu: usize,
+        /// Its slot.
+        slot: u16,
+        /// The low bits of the slot's generation (`pvagent_abi::trace::TaskSwitch`).
+        generation: u8,
+    },
 }
 
 /// An event argument's value.
@@ -79,6 +89,8 @@ pub(super) struct Recorded {
     pub events: Vec<Event>,
     pub dropped: u64,
     pub cap: usize,
+    /// Names given to tracks ([`Tracer::name_track`]); other tracks have their default name.
+    pub track_names: HashMap<Track, String>,
 }
 
 #[derive(Debug, Default)]
@@ -89,6 +101,8 @@ struct Log {
     open: HashMap<(&'static str, u64), (Track, Cow<'static, str>)>,
     /// Async spans whose begin was dropped: their end is dropped too.
     dropped_open: HashSet<(&'static str, u64)>,
+    /// Names given to tracks (not events: never capped, one per track).
+    track_names: HashMap<Track, String>,
 }
 
 impl Log {
@@ -187,6 +201,12 @@ impl Tracer {
         log.push(cap, event);
     }
 
+    /// Names `track` (the last name given wins).
+    pub fn name_track(&self, track: Track, name: String) {
+        let Some((_, mut log)) = self.log() else { return };
+        log.track_names.insert(track, name);
+    }
+
     /// Something that happened on `track` now (an injection).
     pub fn instant(&self, track: Track, name: &'static str, args: impl FnOnce() -> Args) {
         let Some((cap, mut log)) = self.log() else { return };
@@ -223,14 +243,14 @@ impl Tracer {
     /// the recorder is empty afterwards.
     pub(super) fn take(&self, end: Instant) -> Recorded {
         let Some((cap, mut log)) = self.log() else {
-            return Recorded { events: Vec::new(), dropped: 0, cap: 0 };
+            return Recorded { events: Vec::new(), dropped: 0, cap: 0, track_names: HashMap::new() };
         };
         let open: Vec<(&'static str, u64)> = log.open.keys().copied().collect();
         for (category, id) in open {
             log.end(category, id, end, || vec![("open_at_end_of_run", Arg::Bool(true))]);
         }
         let log = std::mem::take(&mut *log);
-        Recorded { events: log.events, dropped: log.dropped, cap }
+        Recorded { events: log.events, dropped: log.dropped, cap, track_names: log.track_names }
     }
 }
 
@@ -296,5 +316,15 @@ mod tests {
         assert_eq!(recorded.events[1].phase, Phase::AsyncEnd { id: 1 });
         assert_eq!(recorded.events[1].args, vec![("open_at_end_of_run", Arg::Bool(true))]);
         assert!(t.take(at).events.is_empty(), "taken");
+    }
+
+    #[test]
+    fn a_named_track_keeps_its_last_name() {
+        let t = Tracer::start(1);
+        let task = Track::GuestTask { vcpu: 0, slot: 3, generation: 1 };
+        t.name_track(task, "first".into());
+        t.name_track(task, "pnp-reader".into());
+        Tracer::off().name_track(task, "ignored".into());
+        assert_eq!(t.take(Instant::now()).track_names.get(&task).map(String::as_str), Some("pnp-reader"));
     }
 }

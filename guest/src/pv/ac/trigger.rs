@@ -27,3 +27,9 @@ pub(super) fn map() {
 pub fn verdict() -> Result<(u64, Result<Verdict, u64>), HypercallError> {
     hypercall::call(Nr::SplitLockVerdict, [0; 4]).map(|ret| (ret[0], Verdict::try_from(ret[1])))
 }
+
+/// The host's policy for split locks of a guest whose detection is off (`Err` with the raw
+/// value if the host answered something outside the ABI).
+pub fn host_policy() -> Result<Result<sld::HostPolicy, u64>, HypercallError> {
+    hypercall::call(Nr::SplitLockPolicy, [0; 4]).map(|ret| sld::HostPolicy::try_from(ret[0]))
+}

@@ -25,7 +25,7 @@ pub(super) fn deliberately_corrupt_the_ring_tail() -> TestResult {
     latency(1_000, 1_000)?;
     let gpa = fresh_pages(&region, 1)?;
     pnp::corrupt_ring_tail(1000);
-    ensure_eq!(read(gpa), backing_pattern(gpa), "data");
+    ensure_eq_hex!(read(gpa), backing_pattern(gpa), "data");
     Err(fail(format_args!("the host accepted a ring tail beyond its head")))
 }
 

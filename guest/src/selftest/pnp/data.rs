@@ -62,12 +62,12 @@ pub(super) fn evicted_page_comes_back_with_its_contents() -> TestResult {
     let region = pager()?;
     latency(500, 500)?;
     let gpa = fresh_pages(&region, 1)?;
-    ensure_eq!(read(gpa), backing_pattern(gpa), "first fetch");
+    ensure_eq_hex!(read(gpa), backing_pattern(gpa), "first fetch");
     write(gpa + 16, 0xC0FFEE);
     let fetched = counter(HostCounter::PagesFetched)?;
     pnp::evict(gpa, 1).map_err(|e| fail(format_args!("evict: {e:?}")))?;
-    ensure_eq!(read(gpa + 16), 0xC0FFEE, "the word written before eviction");
-    ensure_eq!(read(gpa), backing_pattern(gpa), "an untouched word");
+    ensure_eq_hex!(read(gpa + 16), 0xC0FFEE, "the word written before eviction");
+    ensure_eq_hex!(read(gpa), backing_pattern(gpa), "an untouched word");
     ensure_eq!(counter(HostCounter::PagesFetched)? - fetched, 1, "fetches after eviction");
     Ok(())
 }
@@ -87,8 +87,8 @@ pub(super) fn locked_add_to_an_absent_page_adds_once() -> TestResult {
     // SAFETY: `word` is an 8-byte aligned word of the demand region, identity mapped for the
     // kernel and this test's alone; the locked add is what makes the host page the memory in.
     unsafe { core::arch::asm!("lock add qword ptr [{word}], 1", word = in(reg) word, options(nostack)) };
-    ensure_eq!(read(word), backing_pattern(word).wrapping_add(1), "the word after one locked add");
-    ensure_eq!(read(gpa), backing_pattern(gpa), "a word beside it");
+    ensure_eq_hex!(read(word), backing_pattern(word).wrapping_add(1), "the word after one locked add");
+    ensure_eq_hex!(read(gpa), backing_pattern(gpa), "a word beside it");
     if ring_mode() {
         ensure_eq!(counter(HostCounter::EventsDelivered)? - events, 1, "events for the page");
     } else {

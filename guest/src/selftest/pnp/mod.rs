@@ -13,6 +13,7 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use pvagent_abi::pnp::{HostCounter, HostMode, PageBehaviour, ResolutionTiming, backing_pattern};
+use pvagent_abi::report::Need;
 
 use super::{Failure, SelfTest, TestResult, fail};
 use crate::cell::StaticCell;
@@ -21,7 +22,7 @@ use crate::pv::pnp::{self, Region};
 use crate::sync::IrqGuard;
 use crate::task::table::{ExitStatus, TaskId};
 use crate::task::{self, NoSleepGuard, user};
-use crate::{ensure, ensure_eq, kprintln};
+use crate::{ensure, ensure_eq, ensure_eq_hex, kprintln};
 
 mod breaches;
 mod controls;
@@ -35,34 +36,44 @@ use data::*;
 use paths::*;
 use registration::*;
 
+/// What every test here needs: the host stub's demand pager, the protocol registered.
+const PAGER: &[Need] = &[Need::Pager];
+
 pub const TESTS: &[SelfTest] = &[
-    SelfTest::new("pnp::registration_is_accepted", registration_is_accepted),
-    SelfTest::new("pnp::bad_registrations_are_refused", bad_registrations_are_refused),
-    SelfTest::new("pnp::absent_page_parks_task_while_another_runs", absent_page_parks_task_while_another_runs),
-    SelfTest::new("pnp::user_task_resumes_with_the_right_data", user_task_resumes_with_the_right_data),
-    SelfTest::new("pnp::two_tasks_on_one_absent_page_each_get_a_token", two_tasks_on_one_absent_page_each_get_a_token),
-    SelfTest::new("pnp::resolution_before_event_does_not_park", resolution_before_event_does_not_park),
-    SelfTest::new("pnp::failed_page_ends_only_its_task", failed_page_ends_only_its_task),
-    SelfTest::new("pnp::interrupts_off_access_takes_the_sync_path", interrupts_off_access_takes_the_sync_path),
-    SelfTest::new("pnp::single_task_waits_in_the_hlt_loop", single_task_waits_in_the_hlt_loop),
-    SelfTest::new("pnp::no_sleep_section_waits_in_the_hlt_loop", no_sleep_section_waits_in_the_hlt_loop),
-    SelfTest::new("pnp::n_tokens_outstanding_then_the_next_access_is_synchronous", n_tokens_outstanding_then_sync),
-    SelfTest::new("pnp::many_tasks_many_pages_get_the_right_data", many_tasks_many_pages_get_the_right_data),
-    SelfTest::new("pnp::evicted_page_comes_back_with_its_contents", evicted_page_comes_back_with_its_contents),
-    SelfTest::new("pnp::locked_add_to_an_absent_page_adds_once", locked_add_to_an_absent_page_adds_once),
-    SelfTest::new("pnp::workload_ring_vs_sync", workload_ring_vs_sync),
-    SelfTest::new("pnp::accounting_is_balanced", accounting_is_balanced),
+    SelfTest::new("pnp::registration_is_accepted", registration_is_accepted).needs(PAGER),
+    SelfTest::new("pnp::bad_registrations_are_refused", bad_registrations_are_refused).needs(PAGER),
+    SelfTest::new("pnp::absent_page_parks_task_while_another_runs", absent_page_parks_task_while_another_runs)
+        .needs(PAGER),
+    SelfTest::new("pnp::user_task_resumes_with_the_right_data", user_task_resumes_with_the_right_data).needs(PAGER),
+    SelfTest::new("pnp::two_tasks_on_one_absent_page_each_get_a_token", two_tasks_on_one_absent_page_each_get_a_token)
+        .needs(PAGER),
+    SelfTest::new("pnp::resolution_before_event_does_not_park", resolution_before_event_does_not_park).needs(PAGER),
+    SelfTest::new("pnp::failed_page_ends_only_its_task", failed_page_ends_only_its_task)
+        .needs(&[Need::Pager, Need::PnpRingMode]),
+    SelfTest::new("pnp::interrupts_off_access_takes_the_sync_path", interrupts_off_access_takes_the_sync_path)
+        .needs(PAGER),
+    SelfTest::new("pnp::single_task_waits_in_the_hlt_loop", single_task_waits_in_the_hlt_loop).needs(PAGER),
+    SelfTest::new("pnp::no_sleep_section_waits_in_the_hlt_loop", no_sleep_section_waits_in_the_hlt_loop).needs(PAGER),
+    SelfTest::new("pnp::n_tokens_outstanding_then_the_next_access_is_synchronous", n_tokens_outstanding_then_sync)
+        .needs(PAGER),
+    SelfTest::new("pnp::many_tasks_many_pages_get_the_right_data", many_tasks_many_pages_get_the_right_data)
+        .needs(PAGER),
+    SelfTest::new("pnp::evicted_page_comes_back_with_its_contents", evicted_page_comes_back_with_its_contents)
+        .needs(PAGER),
+    SelfTest::new("pnp::locked_add_to_an_absent_page_adds_once", locked_add_to_an_absent_page_adds_once).needs(PAGER),
+    SelfTest::new("pnp::workload_ring_vs_sync", workload_ring_vs_sync).needs(PAGER),
+    SelfTest::new("pnp::accounting_is_balanced", accounting_is_balanced).needs(PAGER),
     // Deliberate breaches, run by the end-to-end tests to show the host stops the run.
-    SelfTest::on_request("pnp::deliberately_leak_a_token", deliberately_leak_a_token),
-    SelfTest::on_request("pnp::deliberately_corrupt_the_ring_tail", deliberately_corrupt_the_ring_tail),
-    SelfTest::on_request("pnp::touch_the_first_page", touch_the_first_page),
+    SelfTest::on_request("pnp::deliberately_leak_a_token", deliberately_leak_a_token).needs(PAGER),
+    SelfTest::on_request("pnp::deliberately_corrupt_the_ring_tail", deliberately_corrupt_the_ring_tail).needs(PAGER),
+    SelfTest::on_request("pnp::touch_the_first_page", touch_the_first_page).needs(PAGER),
 ];
 
+/// The demand-paged region (every test here needs [`Need::Pager`], which the runner checked).
 fn pager() -> Result<Region, Failure> {
     match pnp::host_region() {
         Some((region, _)) if region.pages > 0 && pnp::registered_entries() > 0 => Ok(region),
-        Some(_) => Err(Failure::Skip("the page-not-present protocol is not registered (pnp=off)")),
-        None => Err(Failure::Skip("needs the host stub's demand pager")),
+        _ => Err(fail(format_args!("no demand-paged region, though the runner checked Need::Pager"))),
     }
 }
 

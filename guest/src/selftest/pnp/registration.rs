@@ -29,7 +29,7 @@ pub(super) fn bad_registrations_are_refused() -> TestResult {
     ensure_eq!(counter(HostCounter::Outstanding)?, 0, "tokens outstanding");
     let region = pager()?;
     let gpa = fresh_pages(&region, 1)?;
-    ensure_eq!(read(gpa), backing_pattern(gpa), "data after refused writes");
+    ensure_eq_hex!(read(gpa), backing_pattern(gpa), "data after refused writes");
 
     // Partial registrations. No token is outstanding, so the areas may be disabled; the
     // protocol is registered again when `again` drops, whatever happens below.
@@ -67,7 +67,7 @@ pub(super) fn bad_registrations_are_refused() -> TestResult {
     drop(again);
     ensure!(pnp::registered_entries() > 0, "the protocol was not registered again");
     let gpa = fresh_pages(&region, 1)?;
-    ensure_eq!(read(gpa), backing_pattern(gpa), "data after registering again");
+    ensure_eq_hex!(read(gpa), backing_pattern(gpa), "data after registering again");
     Ok(())
 }
 

@@ -31,7 +31,7 @@ impl Pager {
         Ok(Some(match nr {
             Nr::PnpSetMode => match HostMode::try_from(args[0] as u32) {
                 Ok(mode) if args[0] <= u64::from(u32::MAX) => {
-                    inner.core.mode = mode;
+                    inner.core.set_mode(mode);
                     Ok([0; 2])
                 }
                 _ => Err(Status::InvalidArgument),

@@ -127,6 +127,11 @@ pub struct Counters {
     pub resolved_failed: u64,
     pub resolved_before_event: u64,
     pub sync_waits: u64,
+    /// Of `sync_waits`, those in ring mode (no event could be delivered: interrupts off, no
+    /// free token, the event area busy), as opposed to sync mode's every access.
+    pub sync_waits_in_ring_mode: u64,
+    /// Times the guest switched the mode (`PnpSetMode` to the other mode).
+    pub mode_changes: u64,
     /// Nanoseconds vCPUs spent blocked on the synchronous path.
     pub sync_wait_ns: u64,
     pub pages_fetched: u64,
@@ -169,6 +174,14 @@ impl PagerCore {
             timing: ResolutionTiming::WhenReady,
             pages: Pages { len: pages, touched: HashMap::new() },
             counters: Counters::default(),
+        }
+    }
+
+    /// Serves accesses in `mode` from now on (counting a change).
+    pub fn set_mode(&mut self, mode: HostMode) {
+        if mode != self.mode {
+            self.counters.mode_changes += 1;
+            self.mode = mode;
         }
     }
 
@@ -270,7 +283,10 @@ impl PagerCore {
                 self.counters.resolved_before_event += 1;
                 self.count_result(result);
             }
-            Decision::Wait { .. } => self.counters.sync_waits += 1,
+            Decision::Wait { .. } => {
+                self.counters.sync_waits += 1;
+                self.counters.sync_waits_in_ring_mode += u64::from(self.mode == HostMode::Ring);
+            }
             Decision::Continue | Decision::PresentNow | Decision::StopFailedPage => {}
         }
         decision
@@ -452,7 +468,13 @@ mod tests {
         assert_eq!(core.on_access(0, 0, Some(&mut pool)), Decision::Wait { fetch: None });
         assert_eq!(pool.outstanding(), 0);
         assert_eq!(core.counters.sync_waits, 2);
+        assert_eq!(core.counters.sync_waits_in_ring_mode, 0);
         assert_eq!(core.on_fetch_done(0), (RESULT_RETRY, vec![]));
+        // The guest switches to ring and back: two changes; the same mode again is none.
+        core.set_mode(HostMode::Ring);
+        core.set_mode(HostMode::Ring);
+        core.set_mode(HostMode::Sync);
+        assert_eq!(core.counters.mode_changes, 2);
     }
 
     #[test]
@@ -465,6 +487,7 @@ mod tests {
         assert_eq!(pool.outstanding(), 2);
         // Not deliverable (interrupts off, area busy...) is the same path.
         assert_eq!(core.on_access(0, 3, None), Decision::Wait { fetch: Some(Fetch::Normal) });
+        assert_eq!((core.counters.sync_waits, core.counters.sync_waits_in_ring_mode), (2, 2));
     }
 
     #[test]

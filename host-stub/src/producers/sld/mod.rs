@@ -360,6 +360,7 @@ impl ExitHandler for SplitLock {
     fn hypercall(&mut self, _ctx: &mut VcpuCtx<'_>, nr: u32, _args: [u64; 4]) -> Result<HypercallAnswer> {
         Ok(match Nr::try_from(nr) {
             Ok(Nr::SplitLockVerdict) => Some(Ok([self.last.0, self.last.1 as u64])),
+            Ok(Nr::SplitLockPolicy) => Some(Ok([self.config.policy.wire() as u64, 0])),
             _ => None,
         })
     }

@@ -22,6 +22,15 @@ pub enum Policy {
 }
 
 impl Policy {
+    /// The policy as the guest reads it ([`pvagent_abi::hypercall::Nr::SplitLockPolicy`]).
+    pub const fn wire(self) -> sld::HostPolicy {
+        match self {
+            Policy::InjectIfEnabled => sld::HostPolicy::InjectIfEnabled,
+            Policy::Exit => sld::HostPolicy::Exit,
+            Policy::DisableGlobally => sld::HostPolicy::DisableGlobally,
+        }
+    }
+
     /// The name on the command line and in reports.
     pub const fn name(self) -> &'static str {
         match self {
@@ -252,6 +261,13 @@ mod tests {
         assert_eq!(d(Policy::Exit), Decision::Exit);
         assert_eq!(d(Policy::DisableGlobally), Decision::DisableGlobally);
         assert_eq!(Policy::default(), Policy::InjectIfEnabled, "old guests are never broken by default");
+    }
+
+    #[test]
+    fn the_guest_reads_each_policy_as_its_own_wire_value() {
+        let wire: Vec<sld::HostPolicy> = ALL_POLICIES.iter().map(|p| p.wire()).collect();
+        assert_eq!(wire, sld::HostPolicy::ALL, "one wire value per policy, in the same order");
+        assert_eq!(Policy::default().wire(), sld::HostPolicy::InjectIfEnabled);
     }
 
     #[test]
