@@ -106,7 +106,7 @@ impl Pager {
                 if make_present {
                     fill(inner, page)?;
                 }
-                post_resolution(inner, vcpu, token, result)?;
+                post_resolution(inner, vcpu, token, result, true)?;
                 deliver_event(inner, vcpu, token, gpa, gva)?;
             }
             Decision::Wait { fetch } => {

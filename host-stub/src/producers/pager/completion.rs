@@ -61,7 +61,7 @@ pub(super) fn finish_fetch(shared: &Shared, inner: &mut Inner, page: PageIndex) 
     };
     let mut problem = outcome.err();
     for (vcpu, token) in waiters {
-        if let Err(e) = post_resolution(inner, vcpu, token, result) {
+        if let Err(e) = post_resolution(inner, vcpu, token, result, false) {
             problem.get_or_insert(e);
         }
     }
