@@ -9,8 +9,10 @@ use pvagent_abi::port::{self, BenchInject, BenchLoop};
 use pvagent_abi::report::{Need, Status};
 use pvagent_host::error::ImageProblem;
 use pvagent_host::producers::Producers;
-use pvagent_host::{Error, Vm};
-use pvagent_tests::{Code32, config, guest_elf, require_kvm, run_qemu, run_stub, temp_file, tiny_elf};
+use pvagent_host::{Error, RunResult, Vm};
+use pvagent_tests::{
+    Code32, config, guest_elf, require_kvm, run_qemu, run_stub, run_stub_configured, temp_file, tiny_elf,
+};
 
 #[test]
 fn a_deliberately_failing_selftest_fails_the_whole_run() {
@@ -48,6 +50,35 @@ fn a_filter_that_selects_nothing_fails_instead_of_passing_vacuously() {
     let r = run_stub("tests=no_such_test");
     assert_eq!(r.guest_exit_code, Some(exit::FAILURE));
     assert!(r.serial.iter().any(|l| l.contains("no test matches tests=no_such_test")));
+}
+
+#[test]
+fn the_console_port_takes_a_line_per_exit_and_the_uart_prints_the_same_lines() {
+    let tests = "tests=arch::hypercall_round_trip";
+    let port = run_stub(tests);
+    let mut c = config(guest_elf(), tests);
+    c.pv_console = false;
+    let uart = run_stub_configured(c, &Producers::defaults());
+    assert!(port.passed() && uart.passed(), "{:#?}\n{:#?}", port.serial, uart.serial);
+    let (lines, records) = (port.serial.len() as u64, port.report.get("serial.pv_records"));
+    assert!(records > 0 && records <= lines, "{records} console records for {lines} lines");
+    assert_eq!(uart.report.get("serial.pv_records"), 0, "the port was used without being offered");
+    // The same lines either way, but for the feature bits the guest was shown.
+    let text = |r: &RunResult| r.serial.iter().filter(|l| !l.contains("features")).cloned().collect::<Vec<_>>();
+    assert_eq!(text(&port), text(&uart));
+    // Everything else the two runs do is the same: through the UART every byte is an exit.
+    let bytes: u64 = port.serial.iter().map(|l| l.len() as u64 + 1).sum();
+    let (port_exits, uart_exits) = (port.report.get("vcpu0.exits"), uart.report.get("vcpu0.exits"));
+    assert!(uart_exits >= port_exits + bytes - records, "{uart_exits} exits with the UART, {port_exits} with the port");
+}
+
+#[test]
+fn a_line_a_handler_could_not_print_is_counted_and_the_count_reported() {
+    let r = run_stub("tests=harness::a_busy_console_counts_a_dropped_line");
+    assert!(r.passed(), "{:#?}", r.serial);
+    let report = "console: 1 line(s) from trap handlers dropped: the console was busy";
+    assert!(r.serial.iter().any(|l| l == report), "{:#?}", r.serial);
+    assert!(!r.serial.iter().any(|l| l.contains("the busy console cannot take")), "the dropped line was printed");
 }
 
 #[test]

@@ -60,7 +60,7 @@ fn a_traced_run_shows_exits_injections_tasks_and_whole_page_not_present_spans() 
         |ph: &'static str| events.iter().filter(move |e| e["ph"] == ph && e["pid"] == 1 && e["tid"] == vcpu0);
     let exits = on_vcpu0("X").filter(|e| e["name"] != "pnp synchronous wait").count() as u64;
     assert_eq!(exits, c.get("vcpu0.exits"));
-    assert!(on_vcpu0("X").any(|e| e["name"] == "io out" && e["args"]["port"] == "0x3f8"), "console writes");
+    assert!(on_vcpu0("X").any(|e| e["name"] == "io out" && e["args"]["port"] == "0x511"), "console records");
     assert!(on_vcpu0("X").any(|e| e["name"] == "hypercall"));
     assert!(on_vcpu0("X").any(|e| e["name"] == "wrmsr" && e["args"]["msr"] == "0x50564100"), "pnp registration");
     // The #AC the split-lock producer injected, each an instant on that track.
@@ -141,9 +141,9 @@ fn the_console_exits_can_be_left_out() {
     let events = json["traceEvents"].as_array().expect("events");
     let exits: Vec<&Value> = events.iter().filter(|e| e["ph"] == "X" && e["pid"] == 1).collect();
     assert!(exits.iter().any(|e| e["name"] == "hypercall"), "other exits stay");
-    let com1 = ["0x3f8", "0x3f9", "0x3fa", "0x3fb", "0x3fc", "0x3fd", "0x3fe", "0x3ff"];
+    let console = ["0x3f8", "0x3f9", "0x3fa", "0x3fb", "0x3fc", "0x3fd", "0x3fe", "0x3ff", "0x511"];
     assert!(
-        !exits.iter().any(|e| e["args"]["port"].as_str().is_some_and(|p| com1.contains(&p))),
+        !exits.iter().any(|e| e["args"]["port"].as_str().is_some_and(|p| console.contains(&p))),
         "a console exit on the timeline"
     );
     assert!(r.report.lines.iter().any(|l| l.ends_with("the console's exits left out")), "{:#?}", r.report.lines);

@@ -46,6 +46,12 @@ impl Features {
     /// [`crate::port::TRACE`] (and task names, [`crate::hypercall::Nr::TraceTaskName`]). Set only while tracing: a guest writes to the port only then, so
     /// an untraced run pays no exit for it.
     pub const TRACE: u32 = 1 << 5;
+    /// The paravirtual console ([`crate::port::CONSOLE`], [`crate::console`]) is served.
+    pub const CONSOLE: u32 = 1 << 6;
+    /// The page-not-present protocol takes [`crate::pnp::VECTORS_DRAIN_AT_EVENT`]: a guest
+    /// that drains its ring when it takes an event gets no interrupt for a resolution posted
+    /// before that event was delivered. Set only with [`Features::PAGE_NOT_PRESENT`].
+    pub const PNP_DRAIN_AT_EVENT: u32 = 1 << 7;
 
     /// Whether every bit of `bits` is set.
     pub const fn has(self, bits: u32) -> bool {

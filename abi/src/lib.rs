@@ -8,6 +8,7 @@
 #![no_std]
 #![warn(missing_docs)]
 
+pub mod console;
 pub mod cpuid;
 pub mod exit;
 pub mod hypercall;

@@ -14,10 +14,18 @@
 use crate::Plain;
 
 /// Event and resolution vectors: bits 7:0 the page-not-present event vector, bits 15:8 the
-/// resolution interrupt vector. Both must be 32..=255 and different; other bits are reserved
-/// (0). Writable only while neither [`MSR_RING`] nor [`MSR_DATA`] is enabled
-/// ([`vectors_writable`]).
+/// resolution interrupt vector, bit 16 [`VECTORS_DRAIN_AT_EVENT`]. Both vectors must be
+/// 32..=255 and different; other bits are reserved (0). Writable only while neither
+/// [`MSR_RING`] nor [`MSR_DATA`] is enabled ([`vectors_writable`]).
 pub const MSR_VECTORS: u32 = crate::msr::PV_BASE;
+/// [`MSR_VECTORS`] bit 16: the guest drains the ring every time it takes an event, after its
+/// acquire load of `inuse == 1` and before it stores `inuse = 0`. The host may then leave out
+/// the resolution interrupt for a resolution it posts before it delivers the event that carries
+/// the same token (it publishes `head` before it stores `inuse = 1` with release, so that drain
+/// finds it): the no-wait path costs one interrupt instead of two. A resolution posted once the
+/// event is delivered still comes with its interrupt. Only where the host offers it
+/// ([`crate::cpuid::Features::PNP_DRAIN_AT_EVENT`]); elsewhere a reserved bit.
+pub const VECTORS_DRAIN_AT_EVENT: u64 = 1 << 16;
 /// The resolution ring: bit 0 enable, bits 4:1 log2 of the ring size N (N = 1..=256), bits
 /// 11:5 reserved (0), bits 63:12 the ring's page frame (the ring starts at a page boundary and
 /// fits in that page, within one RAM range of the memory map). Enabling needs valid vectors,

@@ -17,6 +17,11 @@ pub const DEBUG_EXIT: u16 = 0xF4;
 /// set.
 pub const HYPERCALL: u16 = 0x0510;
 
+/// The host stub's paravirtual console: a 32-bit `out` of the guest-physical address of a
+/// [`crate::console::ConsoleRecord`] prints its bytes, a whole line in one exit. QEMU ignores
+/// writes here; a guest only uses it when [`crate::cpuid::Features::CONSOLE`] is set.
+pub const CONSOLE: u16 = 0x0511;
+
 /// The host stub's own ports, [`HYPERCALL`] to [`BENCH_NULL`] (docs/abi.md, "Number
 /// allocation"): served only once the guest announced its version
 /// ([`crate::version::MSR_GUEST_VERSION`]).

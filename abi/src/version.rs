@@ -67,10 +67,14 @@ impl fmt::Display for AbiVersion {
 
 /// The version this crate defines. Minor 1 added the milestone port and the benchmark counting
 /// port ([`crate::port::MILESTONE`], [`crate::port::BENCH_COUNT`]): a 1.0 host stub leaves them
-/// unclaimed, which costs a 1.1 guest nothing but the exit. Minor 2 added the pager's modes
+/// unclaimed, which costs a 1.1 guest nothing but the exit. Minor 2 added the paravirtual
+/// console ([`crate::port::CONSOLE`]) and the page-not-present protocol's
+/// [`crate::pnp::VECTORS_DRAIN_AT_EVENT`], each behind its feature bit
+/// ([`crate::cpuid::Features::CONSOLE`], [`crate::cpuid::Features::PNP_DRAIN_AT_EVENT`]): a
+/// guest uses neither where the host does not set it. Minor 3 added the pager's modes
 /// `KvmApf` and `KvmApfKernel` ([`crate::pnp::HostMode`]): a guest of an older minor reads them
 /// in the page-not-present leaf as modes it does not know.
-pub const ABI_VERSION: AbiVersion = AbiVersion::new(1, 2);
+pub const ABI_VERSION: AbiVersion = AbiVersion::new(1, 3);
 
 /// The guest's version, told to the host: WRMSR with bits 31:0 an [`AbiVersion`] in its wire
 /// form and bits 63:32 0 (otherwise #GP). RDMSR returns the version announced, 0 before.

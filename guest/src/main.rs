@@ -6,7 +6,6 @@
 
 #[cfg(kernel)]
 mod kernel {
-    use pvagent_guest::boot::cmdline::Cmdline;
     use pvagent_guest::boot::info;
     use pvagent_guest::selftest;
     use pvagent_guest::start::{self, FirstTask};
@@ -21,7 +20,7 @@ mod kernel {
     }
 
     fn run_selftests(_: u64) -> u64 {
-        selftest::run(Cmdline::new(info::get().cmdline.as_str()))
+        selftest::run(&info::get().cmdline)
     }
 }
 

@@ -1,13 +1,14 @@
 //! The boot sequence every kernel binary shares (the product kernel in `main.rs`, the benchmark
-//! kernel in `bench/`): console, boot information, the hardware layer, the scheduler and the
-//! protocols, then the binary's first task (whose start is the boot milestone the host stub
-//! counts to) and the idle loop.
+//! kernel in `bench/`): the trap table, the host's identity and the console, boot information,
+//! the hardware layer, the scheduler and the protocols, then the binary's first task (whose
+//! start is the boot milestone the host stub counts to) and the idle loop.
+
+use pvagent_abi::cpuid::Features;
+use pvagent_abi::port::{self, Milestone};
 
 use crate::arch::{self, cpu::Hypervisor, layout};
-use crate::boot::cmdline::Cmdline;
 use crate::boot::info::{self, BootInfo};
 use crate::{console, kprintln, task};
-use pvagent_abi::port::{self, Milestone};
 
 /// Command line keys the boot sequence itself reads (the protocols' settings). A binary's own
 /// keys come with its [`FirstTask`]; any other key is reported at boot.
@@ -32,10 +33,21 @@ pub struct FirstTask {
 /// Call once, from a binary's `kernel_main` (which the PVH entry, `boot::entry`, calls in long
 /// mode on the boot stack), with interrupts disabled and the boot page tables active.
 pub unsafe fn boot(start_info_paddr: u32, first: FirstTask) -> ! {
-    console::init();
-    kprintln!("pvagent guest {} booting", crate::VERSION);
-    // First the CPU: how far its physical addresses reach bounds every range the host names.
+    // SAFETY: first thing, on the boot vCPU, interrupts disabled (this function's contract).
+    unsafe { arch::init_traps() };
+    // The CPU and the host: how far its physical addresses reach bounds every range the host
+    // names, and a host stub of this guest's major is told the guest's version before anything
+    // else of it is used (its console among them).
     let cpu = arch::cpu::identify();
+    let announced = arch::announce_abi_version(cpu.hypervisor);
+    console::init(announced == Ok(true) && cpu.hypervisor.host_features().has(Features::CONSOLE));
+    kprintln!("pvagent guest {} booting", crate::VERSION);
+    if let Err(fault) = announced {
+        kprintln!(
+            "boot: warning: the host stub refused this guest's ABI version {}: {fault}",
+            pvagent_abi::ABI_VERSION
+        );
+    }
     let reach = layout::identity_map_reach(cpu.phys_addr_bits);
     let boot = match info::init(u64::from(start_info_paddr), reach) {
         Ok(boot) => boot,
@@ -47,7 +59,7 @@ pub unsafe fn boot(start_info_paddr: u32, first: FirstTask) -> ! {
     if boot.memmap.dropped.any() {
         kprintln!("boot: warning: {}", boot.memmap);
     }
-    let cmdline = Cmdline::new(boot.cmdline.as_str());
+    let cmdline = &boot.cmdline;
     let kstack = match cmdline.get("kstack").map(layout::parse_task_stack_kib) {
         None => task::stack::DEFAULT_KERNEL_STACK_SIZE,
         Some(Ok(kib)) => kib << 10,
@@ -62,9 +74,8 @@ pub unsafe fn boot(start_info_paddr: u32, first: FirstTask) -> ! {
         kernel_size: kstack,
         user_size: task::stack::USER_STACK_SIZE,
     };
-    // SAFETY: first thing after the console (and reading CPUID and the boot information), on
-    // the boot vCPU, interrupts still disabled and the boot tables active (this function's
-    // contract).
+    // SAFETY: after `init_traps` (and reading CPUID and the boot information), on the boot
+    // vCPU, interrupts still disabled and the boot tables active (this function's contract).
     let platform = unsafe { arch::init(boot, cpu, tasks) };
     report_platform(platform, boot);
     if let arch::time::TscSource::Assumed(why) = platform.tsc_source {
@@ -76,7 +87,7 @@ pub unsafe fn boot(start_info_paddr: u32, first: FirstTask) -> ! {
     }
 
     task::init_cpu();
-    crate::pv::init(&cmdline);
+    crate::pv::init(cmdline);
     for key in cmdline.unknown_keys(CMDLINE_KEYS).filter(|key| !first.cmdline_keys.contains(key)) {
         kprintln!("boot: warning: unknown command line key {key:?}");
     }
@@ -93,7 +104,7 @@ static FIRST: spin::Once<FirstTask> = spin::Once::new();
 
 /// The first task: tells the host that boot is over (the [`Milestone::FirstTask`] milestone),
 /// then runs the binary's task. On a host stub of this guest's ABI major (which it announced
-/// to in `pv::init`) that is one `out`, one exit: the host takes a snapshot of what KVM counted
+/// to right after CPUID, `arch::announce_abi_version`) that is one `out`, one exit: the host takes a snapshot of what KVM counted
 /// from the first guest instruction to here. Other hosts are told nothing.
 fn run_first_task(arg: u64) -> u64 {
     if arch::platform().hypervisor.is_host_stub() {
@@ -131,7 +142,8 @@ fn report_platform(p: &arch::Platform, boot: &BootInfo) {
         p.tsc_khz,
         p.tsc_source
     );
-    // One line, kept short: every byte printed is a port exit, and this is every boot.
+    // One line: it goes out in one exit through the host stub's console port (a byte an exit through
+    // the UART elsewhere), and formatting it is most of what it costs every boot.
     let (m, stacks) = (&p.memory, p.memory.stacks.demand());
     kprintln!(
         "boot: ram {} MiB in {} ranges, {} MiB mapped ({} pages), {} MiB unused; kernel {} MiB, task stacks {} KiB x {} x {} vCPUs; acpi {}",
@@ -146,5 +158,6 @@ fn report_platform(p: &arch::Platform, boot: &BootInfo) {
         stacks.cpus,
         p.madt.map_or(0, |m| m.cpus)
     );
-    kprintln!("boot: command line: {:?}", boot.cmdline.as_str());
+    // Printable ASCII only (`boot::info`), so quoting it needs no escapes.
+    kprintln!("boot: command line: \"{}\"", boot.cmdline.as_str());
 }

@@ -140,7 +140,9 @@ impl<T> CpuCell<T> {
     /// Runs `f` with exclusive access to the running vCPU's value, interrupts disabled; `None`
     /// (and `f` not run) if that value is already borrowed: a trap handler that an exception
     /// (which interrupts regardless of RFLAGS.IF) can reach while the value is in use asks this
-    /// way and treats `None` as "not now".
+    /// way and treats `None` as "not now". Always inlined, as [`CpuCell::with`]: a handler's
+    /// borrow is on its every event's path.
+    #[inline(always)]
     pub fn try_with<R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
         let _irq = IrqGuard::new();
         // Read with interrupts off: from here to the end `f` runs on this vCPU.

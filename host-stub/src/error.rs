@@ -121,6 +121,12 @@ pub enum Error {
     ReadHypercallBlock { gpa: u64, source: GuestMemoryError },
     #[error("writing the answer to the guest's hypercall block at {gpa:#x} failed: {source}")]
     WriteHypercallBlock { gpa: u64, source: GuestMemoryError },
+    #[error("the guest's console record at {gpa:#x} is not {align}-byte aligned")]
+    MisalignedConsoleRecord { gpa: u64, align: u64 },
+    #[error("the guest's console record at {gpa:#x} claims {len} bytes; a record carries at most {max}")]
+    ConsoleRecordTooLong { gpa: u64, len: u32, max: u32 },
+    #[error("reading the guest's console record at {gpa:#x} failed: {source}")]
+    ReadConsoleRecord { gpa: u64, source: GuestMemoryError },
     #[error(
         "the guest split-locked with its split-lock detection off, on vCPU {vcpu} at rip {rip:#x}: {insn} ({size} bytes at {address:#x}) (policy exit)"
     )]
@@ -160,6 +166,9 @@ impl Error {
                 | Error::Timeout { .. }
                 | Error::SplitLockExit { .. }
                 | Error::GuestAbiMajor { .. }
+                | Error::MisalignedConsoleRecord { .. }
+                | Error::ConsoleRecordTooLong { .. }
+                | Error::ReadConsoleRecord { .. }
         )
     }
 }

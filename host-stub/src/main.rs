@@ -39,6 +39,10 @@ struct Args {
     /// Do not echo the guest's console.
     #[arg(long, conflicts_with = "serial_log")]
     quiet: bool,
+    /// Do not offer the paravirtual console: the guest then prints through the UART (COM1), as
+    /// under QEMU.
+    #[arg(long)]
+    no_pv_console: bool,
     /// Print every host counter (`host: counter KEY VALUE`) after the run.
     #[arg(long)]
     counters: bool,
@@ -257,6 +261,7 @@ fn main() -> ExitCode {
     config.trace = args.trace;
     config.trace_console = !args.trace_omit_console;
     config.bench = args.bench;
+    config.pv_console = !args.no_pv_console;
 
     // A results file that cannot be written fails before the run, not after it.
     for path in [&args.results_json, &args.results_junit].into_iter().flatten() {

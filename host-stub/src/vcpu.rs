@@ -176,11 +176,12 @@ pub struct Vcpu {
     pub trace_console: bool,
 }
 
-/// Whether `exit` is the console's (COM1's registers, `devices::serial`).
+/// Whether `exit` is the console's (COM1's registers, and the console port: `devices::serial`).
 fn is_console(exit: &Exit) -> bool {
     let com1 = |port: u16| (pvagent_abi::port::COM1..pvagent_abi::port::COM1 + 8).contains(&port);
     match exit {
-        Exit::IoOut { port, .. } | Exit::IoIn { port, .. } => com1(*port),
+        Exit::IoOut { port, .. } => com1(*port) || *port == pvagent_abi::port::CONSOLE,
+        Exit::IoIn { port, .. } => com1(*port),
         _ => false,
     }
 }

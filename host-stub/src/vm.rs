@@ -101,7 +101,7 @@ impl Vm {
         let mem = memory::allocate_ram(mem_size)?;
         // The image is checked before KVM is asked for anything, so bad input fails fast.
         let image = loader::check_image(&config.guest, mem_size)?;
-        let serial = Serial::new(&config.serial)?;
+        let serial = Serial::new(&config.serial, config.pv_console)?;
 
         let vm = Arc::new(kvm.create_vm().map_err(Error::CreateVm)?);
         vm.set_tss_address(TSS_ADDRESS).map_err(Error::SetTssAddress)?;
@@ -146,7 +146,9 @@ impl Vm {
         // The guest reports its side of the timeline only when asked: the bit costs an exit
         // per task switch.
         let trace_bit = if tracer.is_on() { Features::TRACE } else { 0 };
-        cpuid.install_host_stub_leaves(config.abi_version, Features(Features::HYPERCALL | trace_bit), tsc_khz);
+        let console_bit = if config.pv_console { Features::CONSOLE } else { 0 };
+        let features = Features::HYPERCALL | console_bit | trace_bit;
+        cpuid.install_host_stub_leaves(config.abi_version, Features(features), tsc_khz);
         for p in &producers {
             p.cpuid(&mut cpuid);
         }
@@ -194,10 +196,11 @@ impl Vm {
         let mut bare = bare_loop::BareStats::default();
         let outcome = loop {
             let outcome = {
-                // The basics before every handler of the host stub's own interfaces: until the
-                // guest announced its version, they answer for them all (`devices::Basics`).
+                // The basics before every handler of the host stub's own interfaces (the console's
+                // port among them): until the guest announced its version, they answer for them
+                // all (`devices::Basics`).
                 let mut handlers: Vec<&mut dyn ExitHandler> =
-                    vec![&mut self.serial, &mut self.debug_exit, &mut self.basics];
+                    vec![&mut self.debug_exit, &mut self.basics, &mut self.serial];
                 if let Some(bench) = self.bench.as_mut() {
                     handlers.push(bench);
                 }
@@ -209,7 +212,7 @@ impl Vm {
             // bench device stops the loop for it.
             if let Ok(Stop::BareLoop) = outcome {
                 let since = Instant::now();
-                let ended = bare_loop::run(&mut self.vcpu.fd, &mut self.serial, &watchdog, &mut bare);
+                let ended = bare_loop::run(&mut self.vcpu.fd, &self.mem, &mut self.serial, &watchdog, &mut bare);
                 let track = crate::trace::Track::Vcpu(self.vcpu.index);
                 self.tracer.complete(track, "bare loop (benchmark baseline)", since, Instant::now(), Vec::new);
                 match ended {

@@ -1,12 +1,11 @@
 //! The CPU instructions the kernel needs beyond the `x86_64` crate's typed registers, the
-//! interrupt-flag guard, and the CPU's identity: its features (raw-cpuid) and which hypervisor
-//! (if any) it runs under.
+//! interrupt-flag guard, and the CPU's identity: the few features the kernel uses and which
+//! hypervisor (if any) it runs under.
 
 use core::arch::asm;
 
 use pvagent_abi::cpuid as abi_cpuid;
 use pvagent_abi::{ABI_VERSION, AbiVersion};
-use raw_cpuid::CpuId;
 use x86_64::instructions::interrupts;
 
 // Registers the `x86_64` crate types are used from there directly (`Cr0`, `Cr2`, `Cr3`,
@@ -76,8 +75,7 @@ impl Drop for IrqGuard {
     }
 }
 
-/// Executes CPUID for a leaf raw-cpuid does not model (the hypervisor leaves, the host stub's
-/// own, split-lock enumeration).
+/// Executes CPUID (raw-cpuid's wrapper of the instruction).
 pub fn cpuid(leaf: u32, subleaf: u32) -> raw_cpuid::CpuIdResult {
     raw_cpuid::cpuid!(leaf, subleaf)
 }
@@ -155,19 +153,36 @@ pub struct CpuInfo {
     pub phys_addr_bits: u8,
 }
 
+/// The CPUID bits the kernel reads (SDM vol. 2A, CPUID). Read directly: a handful of leaves
+/// and bits, where raw-cpuid's typed view of every leaf cost an emulated guest kernel several
+/// hundred instructions of every boot.
+mod bits {
+    /// CPUID.1:ECX: x2APIC.
+    pub const X2APIC: u32 = 1 << 21;
+    /// CPUID.1:ECX: running under a hypervisor.
+    pub const HYPERVISOR: u32 = 1 << 31;
+    /// The extended leaves' base: EAX the highest extended leaf.
+    pub const EXTENDED: u32 = 0x8000_0000;
+    /// CPUID.8000_0001H:EDX: 1 GiB pages.
+    pub const PAGE_1GB: u32 = 1 << 26;
+    /// The leaf whose EAX bits 7:0 are the physical address width.
+    pub const ADDRESS_SIZES: u32 = 0x8000_0008;
+    /// The leaf that relates the TSC to the core crystal clock.
+    pub const TSC_CRYSTAL: u32 = 0x15;
+}
+
 /// Reads the CPU's identity and features.
 pub fn identify() -> CpuInfo {
-    let leaves = CpuId::new();
-    let mut vendor = [0; 12];
-    if let Some(info) = leaves.get_vendor_info() {
-        let name = info.as_str().as_bytes();
-        vendor[..name.len().min(12)].copy_from_slice(&name[..name.len().min(12)]);
-    }
-    let features = leaves.get_feature_info();
-    let x2apic = features.as_ref().is_some_and(|f| f.has_x2apic());
-    let under_hypervisor = features.as_ref().is_some_and(|f| f.has_hypervisor());
-    let huge_pages = leaves.get_extended_processor_and_feature_identifiers().is_some_and(|e| e.has_1gib_pages());
-    let phys_addr_bits = leaves.get_processor_capacity_feature_info().map_or(36, |c| c.physical_address_bits());
+    let basic = cpuid(0, 0);
+    // The vendor string is EBX, EDX, ECX.
+    let vendor = abi_cpuid::signature_bytes(basic.ebx, basic.edx, basic.ecx);
+    let features = cpuid(1, 0);
+    let x2apic = features.ecx & bits::X2APIC != 0;
+    let under_hypervisor = features.ecx & bits::HYPERVISOR != 0;
+    let max_extended = cpuid(bits::EXTENDED, 0).eax;
+    let huge_pages = max_extended > bits::EXTENDED && cpuid(bits::EXTENDED + 1, 0).edx & bits::PAGE_1GB != 0;
+    // 36 when the leaf is absent, as the SDM says.
+    let phys_addr_bits = if max_extended >= bits::ADDRESS_SIZES { cpuid(bits::ADDRESS_SIZES, 0).eax as u8 } else { 36 };
     let hypervisor = if under_hypervisor { find_hypervisor() } else { Hypervisor::None };
 
     let mut tsc_khz = None;
@@ -177,10 +192,13 @@ pub fn identify() -> CpuInfo {
         tsc_khz = (info.ecx != 0).then_some(info.ecx);
         apic_khz = (info.edx != 0).then_some(info.edx);
     }
-    if tsc_khz.is_none() {
-        // CPUID.15H: TSC = crystal * EBX / EAX, when all three are given.
-        let hz = leaves.get_tsc_info().and_then(|t| t.tsc_frequency());
-        tsc_khz = hz.map(|hz| (hz / 1000) as u32);
+    if tsc_khz.is_none() && basic.eax >= bits::TSC_CRYSTAL {
+        // TSC = crystal (ECX, Hz) * EBX / EAX, when all three are given.
+        let t = cpuid(bits::TSC_CRYSTAL, 0);
+        if t.eax != 0 && t.ebx != 0 && t.ecx != 0 {
+            let hz = u64::from(t.ecx) * u64::from(t.ebx) / u64::from(t.eax);
+            tsc_khz = u32::try_from(hz / 1000).ok();
+        }
     }
     if let Some(base) = hypervisor.kvm_base() {
         // KVM's timing leaf (base + 0x10): EAX TSC kHz, EBX APIC bus kHz, when the VMM fills it.
@@ -194,44 +212,48 @@ pub fn identify() -> CpuInfo {
     CpuInfo { vendor, x2apic, huge_pages, hypervisor, tsc_khz, apic_khz, phys_addr_bits }
 }
 
-/// Scans the hypervisor leaf blocks for the signatures the kernel knows. Each block's registers
-/// are compared as they come (three words against constants): the scan visits 256 blocks, and on
-/// an emulated guest kernel building and comparing byte arrays there cost tens of thousands of
-/// instructions of every boot.
+/// Finds the hypervisor among the signatures the kernel knows (`docs/abi.md`, "Identifying
+/// the host"). The host stub's block is always the first, `0x4000_0000`, with KVM's (when it
+/// runs on KVM) right after it, so under the host stub two leaves decide. On other hosts the
+/// blocks are scanned in steps of `0x100` up to the first signature the kernel knows, or the
+/// first step that holds no block: hypervisors lay their blocks out one after another from
+/// `0x4000_0000`. Visiting all 256 steps, as the scan once did, cost an emulated guest kernel
+/// about 7,000 instructions of every boot (and a VMX guest 256 CPUID exits).
 fn find_hypervisor() -> Hypervisor {
     const STUB: [u32; 3] = abi_cpuid::signature_regs(&abi_cpuid::SIGNATURE);
     const KVM: [u32; 3] = abi_cpuid::signature_regs(&abi_cpuid::KVM_SIGNATURE);
     const TCG: [u32; 3] = abi_cpuid::signature_regs(&abi_cpuid::TCG_SIGNATURE);
-    let mut first_other = None;
-    let mut host_stub = None;
-    let mut kvm = None;
-    let mut leaf = abi_cpuid::LEAF_BASE;
-    while leaf < abi_cpuid::LEAF_RANGE_END {
-        let r = cpuid(leaf, 0);
-        let regs = [r.ebx, r.ecx, r.edx];
-        if regs == STUB {
-            host_stub = Some(leaf);
-        } else if regs == KVM {
-            kvm = Some(leaf);
-        } else if regs == TCG {
-            return Hypervisor::QemuTcg;
-        } else if leaf == abi_cpuid::LEAF_BASE && r.eax >= leaf {
-            first_other = Some(abi_cpuid::signature_bytes(r.ebx, r.ecx, r.edx));
-        }
-        leaf += abi_cpuid::LEAF_BLOCK_STEP;
-    }
-    if host_stub.is_some() {
+    let signature = |r: &raw_cpuid::CpuIdResult| [r.ebx, r.ecx, r.edx];
+    let first = cpuid(abi_cpuid::LEAF_BASE, 0);
+    if signature(&first) == STUB {
+        let relocated = cpuid(abi_cpuid::KVM_LEAVES_RELOCATED, 0);
+        let kvm_base = (signature(&relocated) == KVM).then_some(abi_cpuid::KVM_LEAVES_RELOCATED);
         // EAX of the info leaf is the one field every major keeps: read the rest only after it.
         let info = cpuid(abi_cpuid::LEAF_INFO, 0);
         let abi_version = AbiVersion::from_raw(info.eax);
         if !ABI_VERSION.is_compatible_with(abi_version) {
-            return Hypervisor::HostStubOtherMajor { abi_version, kvm_base: kvm };
+            return Hypervisor::HostStubOtherMajor { abi_version, kvm_base };
         }
-        return Hypervisor::HostStub { abi_version, features: abi_cpuid::Features(info.ebx), kvm_base: kvm };
+        return Hypervisor::HostStub { abi_version, features: abi_cpuid::Features(info.ebx), kvm_base };
     }
-    match (kvm, first_other) {
-        (Some(base), _) => Hypervisor::Kvm { base },
-        (None, Some(sig)) => Hypervisor::Other(sig),
-        (None, None) => Hypervisor::Other([0; 12]),
+    let mut leaf = abi_cpuid::LEAF_BASE;
+    let mut r = first;
+    while leaf < abi_cpuid::LEAF_RANGE_END {
+        match signature(&r) {
+            KVM => return Hypervisor::Kvm { base: leaf },
+            TCG => return Hypervisor::QemuTcg,
+            // EAX is the block's highest leaf: outside this step, no block is here (a CPU then
+            // answers with its highest basic leaf).
+            _ if !(leaf..leaf + abi_cpuid::LEAF_BLOCK_STEP).contains(&r.eax) => break,
+            _ => {}
+        }
+        leaf += abi_cpuid::LEAF_BLOCK_STEP;
+        r = cpuid(leaf, 0);
+    }
+    // Not one the kernel knows: named by the first block's signature, if there is a block.
+    if (abi_cpuid::LEAF_BASE..abi_cpuid::LEAF_BASE + abi_cpuid::LEAF_BLOCK_STEP).contains(&first.eax) {
+        Hypervisor::Other(abi_cpuid::signature_bytes(first.ebx, first.ecx, first.edx))
+    } else {
+        Hypervisor::Other([0; 12])
     }
 }

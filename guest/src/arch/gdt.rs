@@ -57,19 +57,16 @@ fn tables(cpu: usize) -> *mut CpuTables {
     unsafe { &raw mut (*all)[cpu] }
 }
 
-/// Builds and loads this vCPU's GDT and TSS (with `ist_tops` as its IST stacks, in the order of
-/// the `IST_*` slots) and reloads every segment register.
+/// Builds and loads this vCPU's GDT and TSS and reloads every segment register. The TSS has
+/// no IST stacks yet ([`set_ist_stacks`] gives them).
 ///
 /// # Safety
 ///
-/// Call once per vCPU, on that vCPU, with interrupts disabled; the IST stacks must be mapped
-/// before the vCPU can take an NMI, #DF or #MC.
-pub unsafe fn init(cpu: usize, ist_tops: [u64; IST_COUNT]) {
+/// Call once per vCPU, on that vCPU, with interrupts disabled, before its per-vCPU area is set
+/// (`percpu::init`: loading GS may clear the GS base).
+pub unsafe fn init(cpu: usize) {
     // SAFETY: the caller guarantees this vCPU is alone with its tables and nothing loaded them.
     let CpuTables { gdt, tss } = unsafe { &mut *tables(cpu) };
-    for (slot, top) in ist_tops.into_iter().enumerate() {
-        tss.interrupt_stack_table[slot] = VirtAddr::new(top);
-    }
     let selectors = [
         gdt.append(Descriptor::kernel_code_segment()),
         gdt.append(Descriptor::kernel_data_segment()),
@@ -96,6 +93,21 @@ pub unsafe fn init(cpu: usize, ist_tops: [u64; IST_COUNT]) {
     }
 }
 
+/// Gives this vCPU's TSS its IST stacks (`tops`, in the order of the `IST_*` slots).
+///
+/// # Safety
+///
+/// Call on vCPU `cpu`, after [`init`], with interrupts disabled; the stacks must be mapped
+/// before the vCPU can take an NMI, #DF or #MC on them.
+pub unsafe fn set_ist_stacks(cpu: usize, tops: [u64; IST_COUNT]) {
+    // SAFETY: vCPU `cpu`'s own TSS (the caller runs on it), which nothing else writes; the CPU
+    // reads the IST slots only to deliver an NMI, #DF or #MC.
+    let tss = unsafe { &mut (*tables(cpu)).tss };
+    for (slot, top) in tops.into_iter().enumerate() {
+        tss.interrupt_stack_table[slot] = VirtAddr::new(top);
+    }
+}
+
 /// Sets the stack the running vCPU switches to on an entry from CPL 3 (its TSS.RSP0). There
 /// is no way to name another vCPU's TSS: each vCPU writes only its own.
 ///
@@ -105,8 +117,9 @@ pub unsafe fn init(cpu: usize, ist_tops: [u64; IST_COUNT]) {
 /// and `top` must be the top of a mapped kernel stack that stays reserved for the task that
 /// runs next: the CPU pushes every CPL 3 entry's frame there.
 pub unsafe fn set_kernel_stack(top: u64) {
+    // A kernel stack's top is identity mapped below 1 GiB, so canonical: no check needed.
     // SAFETY: `index()` is the running vCPU, so this is its own TSS, written by nobody else;
     // interrupts are off (the caller's contract), and the CPU reads RSP0 only on a privilege
     // change, which cannot happen during this store.
-    unsafe { (*tables(super::percpu::index())).tss.privilege_stack_table[0] = VirtAddr::new(top) };
+    unsafe { (*tables(super::percpu::index())).tss.privilege_stack_table[0] = VirtAddr::new_truncate(top) };
 }

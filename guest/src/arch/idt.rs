@@ -2,61 +2,86 @@
 //!
 //! Every gate is an interrupt gate (interrupts off on entry) with DPL 0, so CPL 3 code cannot
 //! raise any vector with `int n`. NMI, #DF and #MC use the IST stacks of `gdt`.
+//!
+//! The table is data in the image, computed by the compiler, like the boot page tables: the
+//! linker puts the entry stubs at a fixed address ([`trap::STUBS_ADDR`], checked by
+//! `linker.ld`), so every gate is a constant. Boot only loads it (one `lidt`), where filling
+//! 256 gates at run time cost an emulated guest kernel about 5,000 instructions of every boot.
+//! It is read-only: the CPU never writes an IDT.
+//!
+//! [`trap::STUBS_ADDR`]: super::trap::STUBS_ADDR
 
 use x86_64::VirtAddr;
-use x86_64::structures::idt::InterruptDescriptorTable;
+use x86_64::instructions::tables::lidt;
+use x86_64::structures::DescriptorTablePointer;
 
-use super::gdt;
-use super::trap::stub_address;
-use crate::cell::StaticCell;
+use super::gdt::{IST_DOUBLE_FAULT, IST_MACHINE_CHECK, IST_NMI, KERNEL_CS};
+use super::trap::{STUB_SIZE, STUBS_ADDR};
 
-/// Written once by the boot vCPU in `init` before any vCPU loads it; read-only after.
-static IDT: StaticCell<InterruptDescriptorTable> = StaticCell::new(InterruptDescriptorTable::new());
+/// One 16-byte gate descriptor, as the SDM (vol. 3, 6.14.1) lays it out.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+struct Gate {
+    /// Offset bits 15:0, the code segment selector, the IST index (bits 34:32), the type and
+    /// attributes (bits 47:40), offset bits 31:16.
+    low: u64,
+    /// Offset bits 63:32; the upper half is reserved (0).
+    high: u64,
+}
 
-/// Fills the IDT (boot vCPU, once).
-///
-/// # Safety
-///
-/// Call once, before [`load`], with interrupts disabled.
-pub unsafe fn init() {
-    // SAFETY: the caller guarantees no vCPU has loaded the IDT yet, so this is the only access.
-    let idt = unsafe { &mut *IDT.get() };
-    let at = |v: u8| VirtAddr::new(stub_address(v));
-    // SAFETY: every address set below is the entry stub for that vector, which builds a
-    // TrapFrame and returns with IRETQ whatever the vector; the IST indices exist in every
-    // vCPU's TSS (gdt::init).
-    unsafe {
-        idt.divide_error.set_handler_addr(at(0));
-        idt.debug.set_handler_addr(at(1));
-        idt.non_maskable_interrupt.set_handler_addr(at(2)).set_stack_index(gdt::IST_NMI - 1);
-        idt.breakpoint.set_handler_addr(at(3));
-        idt.overflow.set_handler_addr(at(4));
-        idt.bound_range_exceeded.set_handler_addr(at(5));
-        idt.invalid_opcode.set_handler_addr(at(6));
-        idt.device_not_available.set_handler_addr(at(7));
-        idt.double_fault.set_handler_addr(at(8)).set_stack_index(gdt::IST_DOUBLE_FAULT - 1);
-        idt.invalid_tss.set_handler_addr(at(10));
-        idt.segment_not_present.set_handler_addr(at(11));
-        idt.stack_segment_fault.set_handler_addr(at(12));
-        idt.general_protection_fault.set_handler_addr(at(13));
-        idt.page_fault.set_handler_addr(at(14));
-        idt.x87_floating_point.set_handler_addr(at(16));
-        idt.alignment_check.set_handler_addr(at(17));
-        idt.machine_check.set_handler_addr(at(18)).set_stack_index(gdt::IST_MACHINE_CHECK - 1);
-        idt.simd_floating_point.set_handler_addr(at(19));
-        idt.virtualization.set_handler_addr(at(20));
-        idt.cp_protection_exception.set_handler_addr(at(21));
-        idt.hv_injection_exception.set_handler_addr(at(28));
-        idt.vmm_communication_exception.set_handler_addr(at(29));
-        idt.security_exception.set_handler_addr(at(30));
-        for (offset, entry) in idt.slice_mut(32..).iter_mut().enumerate() {
-            entry.set_handler_addr(at(32 + offset as u8));
-        }
+/// Present, DPL 0, type 0xE: a 64-bit interrupt gate (RFLAGS.IF cleared on entry).
+const INTERRUPT_GATE: u64 = 0x8E;
+
+/// The gate of `vector`: its entry stub, on IST slot `ist` (0: the current stack).
+const fn gate(vector: usize, ist: u16) -> Gate {
+    let addr = STUBS_ADDR + (vector * STUB_SIZE) as u64;
+    Gate {
+        low: (addr & 0xFFFF)
+            | ((KERNEL_CS as u64) << 16)
+            | ((ist as u64 & 0b111) << 32)
+            | (INTERRUPT_GATE << 40)
+            | (((addr >> 16) & 0xFFFF) << 48),
+        high: addr >> 32,
     }
 }
 
-/// Loads the IDT on this vCPU.
+/// The IST slot each vector uses: NMI, #DF and #MC have their own stacks (see `gdt`).
+const fn ist_of(vector: usize) -> u16 {
+    match vector {
+        2 => IST_NMI,
+        8 => IST_DOUBLE_FAULT,
+        18 => IST_MACHINE_CHECK,
+        _ => 0,
+    }
+}
+
+const fn table() -> [Gate; 256] {
+    let mut gates = [Gate { low: 0, high: 0 }; 256];
+    let mut vector = 0;
+    while vector < 256 {
+        gates[vector] = gate(vector, ist_of(vector));
+        vector += 1;
+    }
+    gates
+}
+
+/// The table, read-only in `.rodata`; every vCPU loads the same one.
+#[repr(C, align(16))]
+struct Idt([Gate; 256]);
+
+static IDT: Idt = Idt(table());
+
+const _: () = assert!(core::mem::size_of::<Idt>() == 256 * 16);
+
+/// Loads the IDT on this vCPU. Traps reach their entry stubs from here on; for the kernel's
+/// own handling of them, `trap_dispatch` also needs this vCPU's per-vCPU area (`percpu::init`).
 pub fn load() {
-    // SAFETY: the IDT is static and was filled by `init` before any vCPU calls this.
-    unsafe { (*IDT.get()).load_unsafe() };
+    let pointer = DescriptorTablePointer {
+        limit: (core::mem::size_of::<Idt>() - 1) as u16,
+        base: VirtAddr::new(core::ptr::addr_of!(IDT) as u64),
+    };
+    // SAFETY: the table is a static (it outlives every use) of 256 well-formed interrupt gates,
+    // each pointing at its vector's entry stub (`linker.ld` checks that the stubs are where the
+    // gates say), on the kernel code segment every vCPU's GDT has, with IST slots every TSS has.
+    unsafe { lidt(&pointer) };
 }

@@ -1,8 +1,8 @@
 //! Where everything lives in physical memory, decided once at boot from the memory map: the
 //! image's sections, the kernel's page tables, the kernel stacks with their guard pages, and the
 //! rest of RAM. And how a range is mapped: with the largest pages its alignment allows, 4 KiB
-//! pages only where a guard page or a permission boundary needs them. Plain logic, unit-tested
-//! on the host; `paging` and `stacks` carry it out.
+//! pages only where a guard page or a permission boundary needs them; RAM only in whole large
+//! pages ([`plan`]). Plain logic, unit-tested on the host; `paging` and `stacks` carry it out.
 //!
 //! Memory is identity mapped (virtual = physical). The kernel stacks and page tables are carved
 //! from RAM right above the image, below [`BOOT_MAPPED_LIMIT`] (the page tables are built while
@@ -194,6 +194,9 @@ pub struct StackDemand {
 pub struct StackArea {
     start: u64,
     demand: StackDemand,
+    /// Bytes of one vCPU's block, and of the whole area: computed (and checked) once.
+    cpu_block: u64,
+    len: u64,
 }
 
 impl StackDemand {
@@ -216,7 +219,7 @@ impl StackArea {
     pub fn new(start: u64, demand: StackDemand) -> Option<Self> {
         let len = demand.area_len()?;
         start.checked_add(len)?;
-        Some(Self { start, demand })
+        Some(Self { start, demand, cpu_block: demand.cpu_block()?, len })
     }
 
     /// The first address of the area (a guard page).
@@ -230,12 +233,12 @@ impl StackArea {
     }
 
     fn cpu_block(&self) -> u64 {
-        self.demand.cpu_block().expect("checked by new")
+        self.cpu_block
     }
 
     /// Bytes the area spans (the last 2 MiB page it touches included).
     pub fn len(&self) -> u64 {
-        self.demand.area_len().expect("checked by new")
+        self.len
     }
 
     /// Whether the area holds no stack at all.
@@ -333,8 +336,8 @@ pub struct Placement {
     /// Page tables the boot mapping needs (the rest of `tables` serves later mappings).
     pub boot_tables: u64,
     pub stacks: StackArea,
-    /// RAM the memory map lists, and how much of it the kernel maps at boot (all but page 0,
-    /// partial pages and the stack area, which is mapped as stacks are used).
+    /// RAM the memory map lists, and how much of it the kernel maps at boot (what fills whole
+    /// large pages, but the stack area, which is mapped as stacks are used; and the image).
     pub ram: u64,
     pub ram_mapped: u64,
     /// RAM the kernel itself occupies: the image, the stack area and the page tables.
@@ -369,16 +372,21 @@ impl core::fmt::Display for LayoutError {
     }
 }
 
-/// Decides the layout. `memory` lists what the memory map says to map (RAM, ACPI data) and
-/// `devices` the device pages to map at boot; `ram` is the part of `memory` that is free RAM
-/// the kernel may carve its page tables and stacks from (the ranges must not overlap).
+/// Decides the layout. `ram` is the memory map's RAM (ranges may touch or overlap): the kernel
+/// carves its stacks and page tables from it and maps the rest, in whole
+/// large pages; `devices` are the device pages to map at boot.
+///
+/// RAM is mapped only where it fills whole 2 MiB pages (or 1 GiB pages): a piece that only
+/// 4 KiB pages could map (the low 640 KiB, the rest of the image's 2 MiB, a range's unaligned
+/// ends) stays unmapped. Nothing uses it (the kernel has no allocator yet), and each of its pages
+/// would cost every boot a page table entry, about 450 of them on the host stub. Firmware
+/// tables are mapped where they are read (`acpi`), wherever they lie.
 ///
 /// The boot information checked the memory map already (`boot::memmap`), but nothing here
 /// relies on it: every sum is checked or saturating, nothing beyond [`IDENTITY_MAP_LIMIT`] is
 /// mapped, and hostile input gives an error or a smaller layout, never an overflow.
 pub fn plan(
     image: &ImageLayout,
-    memory: &[Region],
     ram: &[(u64, u64)],
     devices: &[Region],
     demand: StackDemand,
@@ -428,25 +436,54 @@ pub fn plan(
     push(image.user_data.0, image.user_data.1, Access::UserData)?;
     push(image.user_data.1, image.boot_stack_guard, Access::KernelData)?;
     push(image.boot_stack_guard + PAGE, image.end, Access::KernelData)?;
-    // The memory map's ranges around the holes: page 0, the image, the stack area. (The page
-    // tables are in RAM and mapped with it: the kernel reads and writes them there.)
+    // RAM in whole large pages, around the holes: page 0, the image, the stack area. (The page
+    // tables are in RAM and mapped with it, in large pages: see the check below.) Ranges that
+    // touch or overlap are joined first, so that large pages run across their borders; `unit`
+    // is the page size a piece is rounded inward to (device pages are exact).
     let holes = [(0, PAGE), (image.start, image.end), (stacks.start, stacks.end())];
-    for r in memory.iter().chain(devices) {
-        // Whole pages, below the identity map's limit; a range with none is skipped.
-        let Some(mut start) = r.start.checked_next_multiple_of(PAGE) else { continue };
-        let end = r.end.min(IDENTITY_MAP_LIMIT) & !(PAGE - 1);
+    let mut push_mapped = |start: u64, end: u64, access: Access, unit: u64| -> Result<(), LayoutError> {
+        let end = end.min(IDENTITY_MAP_LIMIT);
+        let mut piece = |start: u64, end: u64| match start.checked_next_multiple_of(unit) {
+            Some(start) => push(start, end & !(unit - 1), access),
+            None => Ok(()),
+        };
+        let mut start = start;
         // Holes are few and sorted; cut the range at each one it meets.
         for &(hole_start, hole_end) in &holes {
             if start < hole_start.min(end) {
-                push(start, hole_start.min(end), r.access)?;
+                piece(start, hole_start.min(end))?;
             }
             start = start.max(hole_end);
         }
-        push(start, end, r.access)?;
+        piece(start, end)
+    };
+    let mut sorted: heapless::Vec<(u64, u64), MAX_REGIONS> = heapless::Vec::new();
+    for &r in ram {
+        sorted.push(r).map_err(|_| LayoutError::TooManyRegions)?;
+    }
+    // The memory map's RAM comes sorted (`boot::memmap`): then this is one pass.
+    sorted.sort_unstable_by_key(|&(start, _)| start);
+    let mut joined: Option<(u64, u64)> = None;
+    for &(start, end) in &sorted {
+        match joined {
+            Some((s, e)) if start <= e => joined = Some((s, e.max(end))),
+            _ => {
+                if let Some((s, e)) = joined.replace((start, end)) {
+                    push_mapped(s, e, Access::KernelData, LARGE_PAGE)?;
+                }
+            }
+        }
+    }
+    if let Some((s, e)) = joined {
+        push_mapped(s, e, Access::KernelData, LARGE_PAGE)?;
+    }
+    for r in devices {
+        push_mapped(r.start, r.end, r.access, PAGE)?;
     }
     regions.sort_unstable_by_key(|r| r.start);
-    // Two ranges of the memory map may overlap: the first one's mapping wins. Neighbours with
-    // the same permissions become one region, so that pages can be large across their border.
+    // Two ranges may still overlap (a device page in RAM): the first one's mapping wins.
+    // Neighbours with the same permissions become one region, so that pages can be large across
+    // their border.
     let mut kept: heapless::Vec<Region, MAX_REGIONS> = heapless::Vec::new();
     for r in regions {
         match kept.last_mut() {
@@ -465,20 +502,37 @@ pub fn plan(
     let boot_tables = tables_for(&kept, huge_pages);
     let table_frames = boot_tables.saturating_add(stack_tables + SPARE_TABLES);
     let tables_end = table_frames.checked_mul(PAGE).and_then(|bytes| stacks.end().checked_add(bytes));
-    let tables = match tables_end {
-        Some(end) if end <= carve_end => (stacks.end(), end),
+    // The tables must lie in large pages the RAM mapping has: in the same piece of RAM as the
+    // stack area, up to a 2 MiB boundary.
+    let tables = match tables_end.and_then(|end| end.checked_next_multiple_of(LARGE_PAGE).map(|whole| (end, whole))) {
+        Some((end, whole)) if whole <= carve_end => (stacks.end(), end),
         _ => return Err(no_room(table_frames)),
     };
     // Saturating sums: the ranges' sizes are the host's numbers.
     let ram_total = ram.iter().fold(0u64, |sum, &(s, e)| sum.saturating_add(e.saturating_sub(s)));
-    let overlap = |r: &Region, &(s, e): &(u64, u64)| r.end.min(e).saturating_sub(r.start.max(s));
-    let ram_mapped =
-        kept.iter().flat_map(|r| ram.iter().map(move |range| overlap(r, range))).fold(0u64, u64::saturating_add);
+    let ram_mapped = overlap(&kept, &sorted);
     let ram_used = (image.end - image.start) + stacks.len() + (tables.1 - tables.0);
     Ok(Layout {
         regions: kept,
         placement: Placement { tables, boot_tables, stacks, ram: ram_total, ram_mapped, ram_used },
     })
+}
+
+/// Bytes of `ranges` (sorted by start; they may overlap each other) that `regions` (sorted and
+/// disjoint) cover: one pass over both.
+fn overlap(regions: &[Region], ranges: &[(u64, u64)]) -> u64 {
+    let mut sum = 0u64;
+    let mut first = 0;
+    for r in regions {
+        // Ranges that end before this region end before every later one too.
+        while first < ranges.len() && ranges[first].1 <= r.start {
+            first += 1;
+        }
+        for &(s, e) in ranges[first..].iter().take_while(|&&(s, _)| s < r.end) {
+            sum = sum.saturating_add(r.end.min(e).saturating_sub(r.start.max(s)));
+        }
+    }
+    sum
 }
 
 #[cfg(test)]

@@ -18,6 +18,8 @@ pub mod acpi;
 #[cfg(kernel)]
 pub mod apic;
 #[cfg(kernel)]
+pub mod console_port;
+#[cfg(kernel)]
 pub mod cpu;
 #[cfg(kernel)]
 pub mod exit;
@@ -31,6 +33,8 @@ pub mod hypercall;
 pub mod idle;
 #[cfg(kernel)]
 pub mod idt;
+#[cfg(kernel)]
+mod mem;
 #[cfg(kernel)]
 pub mod paging;
 #[cfg(kernel)]
@@ -47,6 +51,6 @@ pub mod time;
 pub mod trap;
 
 #[cfg(kernel)]
-pub use platform::{Platform, TaskStacks, init, platform};
+pub use platform::{Platform, TaskStacks, announce_abi_version, init, init_traps, platform};
 #[cfg(kernel)]
 pub use time::{TIMER_VECTOR, start_tick, tick_period, ticks};

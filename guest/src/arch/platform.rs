@@ -45,14 +45,46 @@ pub struct TaskStacks {
     pub user_size: u64,
 }
 
+/// The first thing the kernel does: the boot vCPU's segments and TSS, its per-vCPU area and the
+/// IDT, and the fallback for traps nobody handles. From here on a fault is reported (not a triple
+/// fault) and a probe (`fault::probe_*`) can catch one. Costs a few hundred instructions: the
+/// IDT is data in the image (`idt`).
+///
+/// # Safety
+///
+/// Call once, first thing, on the boot vCPU, with interrupts disabled.
+pub unsafe fn init_traps() {
+    // SAFETY: boot vCPU, once, interrupts off (the caller's contract); the GDT first, since
+    // loading GS may clear the base `percpu::init` sets.
+    unsafe {
+        gdt::init(0);
+        percpu::init(0);
+    }
+    idt::load();
+    fault::init();
+}
+
+/// Tells a host stub of this guest's ABI major which version the guest speaks
+/// (`pvagent_abi::version`), before any other of its interfaces is used: `Ok(true)` when it was
+/// told, `Ok(false)` when `hypervisor` is not such a host stub (one of another major was
+/// recognised as such by `cpu::identify` and is told nothing), the #GP when the host refused.
+/// Call after [`init_traps`], once.
+pub fn announce_abi_version(hypervisor: cpu::Hypervisor) -> Result<bool, fault::Fault> {
+    use pvagent_abi::{ABI_VERSION, version::MSR_GUEST_VERSION};
+    if !hypervisor.is_host_stub() {
+        return Ok(false);
+    }
+    fault::probe_write_msr(MSR_GUEST_VERSION, u64::from(ABI_VERSION.to_raw())).map(|()| true)
+}
+
 /// Brings up the boot vCPU (whose CPU `cpu` describes): memory layout, tables, paging, APIC,
 /// time. Interrupts stay disabled. Stacks are laid out for `tasks` on each of
 /// [`percpu::MAX_CPUS`] vCPUs; a layout that does not fit in RAM ends the run with the sizes.
 ///
 /// # Safety
 ///
-/// Call once, first thing after the console, on the boot vCPU with interrupts disabled and the
-/// boot page tables active.
+/// Call once, after [`init_traps`], on the boot vCPU with interrupts disabled and the boot page
+/// tables active.
 pub unsafe fn init(boot: &BootInfo, cpu: cpu::CpuInfo, tasks: TaskStacks) -> &'static Platform {
     let demand = StackDemand {
         cpus: percpu::MAX_CPUS,
@@ -62,34 +94,21 @@ pub unsafe fn init(boot: &BootInfo, cpu: cpu::CpuInfo, tasks: TaskStacks) -> &'s
         task_size: tasks.kernel_size,
         user_size: tasks.user_size,
     };
-    let mut memory: heapless::Vec<Region, MEMMAP_MAX> = heapless::Vec::new();
+    // RAM only, sorted (the memory map's are): ACPI data and firmware tables in reserved
+    // ranges are mapped where the ACPI parser reads them (`acpi`), device holes never blindly.
     let mut ram: heapless::Vec<(u64, u64), MEMMAP_MAX> = heapless::Vec::new();
-    for entry in boot.memmap.ranges.iter() {
-        match entry.kind {
-            MemKind::Ram => {
-                let _ = ram.push((entry.start, entry.end));
-            }
-            MemKind::Acpi => {}
-            // Reserved ranges hold firmware data and device holes: map only what ACPI or a
-            // driver asks for (later), never blindly.
-            MemKind::Reserved | MemKind::Other(_) => continue,
-        }
-        let _ = memory.push(Region { start: entry.start, end: entry.end, access: Access::KernelData });
+    for entry in boot.memmap.ranges.iter().filter(|e| e.kind == MemKind::Ram) {
+        let _ = ram.push((entry.start, entry.end));
     }
     let devices = [Region { start: apic::XAPIC_BASE, end: apic::XAPIC_BASE + layout::PAGE, access: Access::Mmio }];
-    let layout = layout::plan(&paging::image_layout(), &memory, &ram, &devices, demand, cpu.huge_pages)
+    let layout = layout::plan(&paging::image_layout(), &ram, &devices, demand, cpu.huge_pages)
         .unwrap_or_else(|e| fault::fatal(format_args!("memory: {e} (lower kstack= or give the guest more RAM)")));
     stacks::init(layout.placement.stacks);
 
-    // SAFETY: boot vCPU, once, interrupts off (the caller's contract). The IST stacks are in
+    // SAFETY: boot vCPU, after `init_traps`, interrupts off (the caller's contract). The IST
+    // stacks are mapped below before the kernel's page tables are active; until then they are in
     // RAM the boot tables map.
-    unsafe {
-        gdt::init(0, stacks::ist_tops(0));
-        percpu::init(0);
-        idt::init();
-    }
-    idt::load();
-    fault::init();
+    unsafe { gdt::set_ist_stacks(0, stacks::ist_tops(0)) };
     // SAFETY: boot vCPU, once, interrupts off, boot tables active (the caller's contract).
     unsafe { paging::init(&layout, cpu.huge_pages) };
     // Mapped before the switch, so that an NMI, #DF or #MC always finds its stack.

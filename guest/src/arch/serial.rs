@@ -1,20 +1,30 @@
-//! COM1, the console: a 16550 UART driven by polling (no receive path).
+//! COM1: a 16550 UART driven by polling (no receive path). The console under hosts without the
+//! host stub's console port (QEMU), and the fatal path's last resort.
 
 use x86_64::instructions::port::Port;
 
-/// Transmit holding register empty (LSR bit 5).
+/// Transmit holding register empty (LSR bit 5); with the FIFOs on, the transmit FIFO is empty.
 const LSR_THR_EMPTY: u8 = 1 << 5;
+/// Bytes the 16550A's transmit FIFO holds: once the line status says it is empty, this many
+/// bytes go out without asking again (as Linux's 8250 driver does), so a line costs one
+/// status read per 16 bytes, not one per byte.
+const TX_FIFO_BYTES: u8 = 16;
 
 /// The UART at one base port.
 #[derive(Debug)]
 pub struct Serial {
     base: u16,
+    /// Bytes that can be written before the line status must be read again: the FIFO's size
+    /// once [`Serial::init`] turned the FIFOs on, one before.
+    burst: u8,
+    /// Room left in the current burst.
+    room: u8,
 }
 
 impl Serial {
-    /// A UART at `base`; call [`Serial::init`] before writing.
+    /// A UART at `base`, whose FIFOs may be off: [`Serial::init`] programs it.
     pub const fn new(base: u16) -> Self {
-        Self { base }
+        Self { base, burst: 1, room: 0 }
     }
 
     /// 115200 8N1, FIFOs on, interrupts off.
@@ -31,11 +41,34 @@ impl Serial {
             Port::<u8>::new(b + 2).write(0xC7); // FIFO on, cleared, 14-byte threshold
             Port::<u8>::new(b + 4).write(0x03); // DTR | RTS
         }
+        self.burst = TX_FIFO_BYTES;
+        self.room = 0;
     }
 
     /// Sends one byte, waiting for room.
     pub fn write_byte(&mut self, byte: u8) {
-        // A bounded wait: a host that never drains must not hang the kernel forever.
+        if self.room == 0 {
+            self.wait_until_empty();
+            self.room = self.burst;
+        }
+        // SAFETY: writing the transmit register sends the byte.
+        unsafe { Port::<u8>::new(self.base).write(byte) };
+        self.room -= 1;
+    }
+
+    /// Sends `bytes`, each `\n` as `\r\n`.
+    pub fn write_bytes(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            if byte == b'\n' {
+                self.write_byte(b'\r');
+            }
+            self.write_byte(byte);
+        }
+    }
+
+    /// Waits until the transmitter is empty. A bounded wait: a host that never drains must not
+    /// hang the kernel forever.
+    fn wait_until_empty(&mut self) {
         for _ in 0..100_000 {
             // SAFETY: reading the line status register has no side effects.
             let lsr = unsafe { Port::<u8>::new(self.base + 5).read() };
@@ -44,19 +77,12 @@ impl Serial {
             }
             core::hint::spin_loop();
         }
-        // SAFETY: writing the transmit register sends the byte.
-        unsafe { Port::<u8>::new(self.base).write(byte) };
     }
 }
 
 impl core::fmt::Write for Serial {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        for byte in s.bytes() {
-            if byte == b'\n' {
-                self.write_byte(b'\r');
-            }
-            self.write_byte(byte);
-        }
+        self.write_bytes(s.as_bytes());
         Ok(())
     }
 }

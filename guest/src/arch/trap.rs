@@ -86,8 +86,15 @@ impl TrapFrame {
 /// Distance between two entry stubs; stub `v` is at `trap_stubs + v * STUB_SIZE`.
 pub const STUB_SIZE: usize = 16;
 
+/// Where the linker puts the entry stubs (`trap_stubs`): the page after the PVH entry's. A
+/// fixed address makes every IDT gate a constant, so the IDT is built by the compiler
+/// (`idt`); `linker.ld` places the stubs here and checks it.
+pub const STUBS_ADDR: u64 = 0x10_1000;
+
 global_asm!(
     r#"
+    .global TRAP_STUBS_ADDR         # for linker.ld's check that the stubs are where the IDT says
+    .set TRAP_STUBS_ADDR, {stubs_addr}
     .pushsection .text.trap_entry, "ax"
     .balign 16
     .global trap_stubs
@@ -156,22 +163,15 @@ trap_return:                        # also where a new CPL 3 task starts (see ta
     .popsection
 "#,
     stub_size = const STUB_SIZE,
+    stubs_addr = const STUBS_ADDR,
     cs = const FRAME_CS,
     vector = const FRAME_VECTOR,
     options(att_syntax)
 );
 
 unsafe extern "C" {
-    /// First of the 256 entry stubs (a code label, never called from Rust).
-    static trap_stubs: [u8; 256 * STUB_SIZE];
     /// The common exit path: pops a [`TrapFrame`] at RSP and returns with IRETQ.
     pub static trap_return: u8;
-}
-
-/// Address of the entry stub for `vector`.
-pub fn stub_address(vector: u8) -> u64 {
-    // Only the address is taken; the stubs are code and are never read as data.
-    core::ptr::addr_of!(trap_stubs) as u64 + u64::from(vector) * STUB_SIZE as u64
 }
 
 /// Address of the common exit path.

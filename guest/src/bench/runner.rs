@@ -3,7 +3,6 @@
 //! with the verdict.
 
 use pvagent_guest::arch::time;
-use pvagent_guest::boot::cmdline::Cmdline;
 use pvagent_guest::boot::info;
 use pvagent_guest::kprintln;
 use pvagent_guest::task::{self, table::ExitStatus, table::TaskId};
@@ -52,9 +51,9 @@ impl core::fmt::Display for Joined {
 
 /// The first task: runs the benchmarks the command line names, then ends the run.
 pub fn run(_: u64) -> u64 {
-    let cmdline = Cmdline::new(info::get().cmdline.as_str());
+    let cmdline = &info::get().cmdline;
     let names = cmdline.get("bench").unwrap_or("all");
-    let quick = cmdline.words().any(|(k, _)| k == "bench-quick");
+    let quick = cmdline.has("bench-quick");
     let reps = cmdline.get("bench-reps").and_then(|r| r.parse().ok()).unwrap_or(5).clamp(1, 50);
     kprintln!("bench: start tsc_khz={} quick={}", time::tsc_khz(), u8::from(quick));
     if !crate::io::host_has_bench_device() {
@@ -81,6 +80,7 @@ pub fn run(_: u64) -> u64 {
             failed = true;
         }
     }
+    pvagent_guest::console::report_dropped();
     kprintln!("bench: done");
     exit(failed)
 }

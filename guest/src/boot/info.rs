@@ -5,21 +5,22 @@
 
 use pvagent_abi::pvh::{self, HvmMemmapEntry, HvmStartInfo};
 
+pub use super::cmdline::CMDLINE_MAX;
+use super::cmdline::Cmdline;
 pub use super::memmap::{MEMMAP_MAX, MemKind, MemRange, MemoryMap};
 use super::{BOOT_MAPPED_LIMIT, memmap};
 
 /// Entries beyond [`MEMMAP_MAX`] are read only to count the RAM they hold, up to this many (a
 /// host that claims more is not believed).
 const MEMMAP_SCAN_MAX: u64 = 256;
-/// Longest command line kept.
-pub const CMDLINE_MAX: usize = 512;
 /// Bytes of an ACPI 2.0 RSDP, all of which the ACPI parser reads.
 const RSDP_SIZE: u64 = 36;
 
 /// What the host told the kernel at boot.
 #[derive(Debug)]
 pub struct BootInfo {
-    pub cmdline: heapless::String<CMDLINE_MAX>,
+    /// The command line, split into words (once, here).
+    pub cmdline: Cmdline,
     /// The memory map, checked (see `memmap`): sorted, disjoint, within the identity map's
     /// reach; what was dropped or cut is in its `dropped`, reported at boot in one line.
     pub memmap: MemoryMap,
@@ -93,7 +94,7 @@ pub fn parse(addr: u64, reach: u64) -> Result<BootInfo, BootInfoError> {
     }
     let rsdp_in_reach = start.rsdp_paddr.checked_add(RSDP_SIZE).is_some_and(|end| end <= reach);
     let mut info = BootInfo {
-        cmdline: heapless::String::new(),
+        cmdline: Cmdline::parse(""),
         memmap: MemoryMap { ranges: heapless::Vec::new(), limit: reach, dropped: memmap::Dropped::default() },
         rsdp: (start.rsdp_paddr != 0 && rsdp_in_reach).then_some(start.rsdp_paddr),
         warnings: heapless::Vec::new(),
@@ -103,22 +104,29 @@ pub fn parse(addr: u64, reach: u64) -> Result<BootInfo, BootInfoError> {
     }
 
     if start.cmdline_paddr != 0 {
-        for i in 0..CMDLINE_MAX as u64 {
-            if !in_boot_mapping(start.cmdline_paddr.saturating_add(i), 1) {
+        // Printable ASCII is kept, anything else becomes '?': the line is printed at boot.
+        let mut text = [0u8; CMDLINE_MAX];
+        let mut len = 0;
+        let readable = BOOT_MAPPED_LIMIT.saturating_sub(start.cmdline_paddr);
+        loop {
+            if len as u64 >= readable {
                 let _ = info.warnings.push("command line runs outside the boot mapping; truncated");
                 break;
             }
-            // SAFETY: checked against the boot mapping just above.
-            let byte: u8 = unsafe { read_phys(start.cmdline_paddr.saturating_add(i)) };
+            // SAFETY: nonzero, and below the boot mapping's limit (`readable`).
+            let byte: u8 = unsafe { read_phys(start.cmdline_paddr + len as u64) };
             if byte == 0 {
                 break;
             }
-            let ch = if byte.is_ascii_graphic() || byte == b' ' { byte as char } else { '?' };
-            if info.cmdline.push(ch).is_err() {
+            if len == CMDLINE_MAX {
                 let _ = info.warnings.push("command line longer than 512 bytes; truncated");
                 break;
             }
+            text[len] = if byte.is_ascii_graphic() || byte == b' ' { byte } else { b'?' };
+            len += 1;
         }
+        // Printable ASCII only, so always UTF-8.
+        info.cmdline = Cmdline::parse(core::str::from_utf8(&text[..len]).unwrap_or_default());
     }
 
     let mut map = memmap::Builder::new(reach);

@@ -19,7 +19,6 @@ use super::{Failure, SelfTest, TestResult, fail};
 use crate::arch::fault::Fault;
 use crate::arch::trap::TrapFrame;
 use crate::arch::{self, time::HZ};
-use crate::boot::cmdline::Cmdline;
 use crate::cell::StaticCell;
 use crate::pv::ac::policy::{Mode, ModeError};
 use crate::pv::ac::{self, trigger};
@@ -258,7 +257,7 @@ fn expect_verdicts(before: u64, count: u64, expected: Verdict) -> TestResult {
 }
 
 fn boot_state_follows_enumeration_and_command_line() -> TestResult {
-    let cmdline = Cmdline::new(crate::boot::info::get().cmdline.as_str());
+    let cmdline = &crate::boot::info::get().cmdline;
     let expected = match cmdline.get("sld").map(Mode::parse) {
         None => Mode::DEFAULT,
         Some(Ok(mode)) => mode,

@@ -176,7 +176,7 @@ fn on_fatal(args: core::fmt::Arguments<'_>) -> ! {
 
 /// Runs the selected tests and ends the run with the verdict; with the word `list` on the
 /// command line, lists every test instead and runs none.
-pub fn run(cmdline: Cmdline<'static>) -> ! {
+pub fn run(cmdline: &Cmdline) -> ! {
     crate::arch::fault::set_fatal_hook(on_fatal);
     if cmdline.words().any(|word| word == (LIST_WORD, None)) {
         for test in all_tests() {
@@ -184,7 +184,7 @@ pub fn run(cmdline: Cmdline<'static>) -> ! {
         }
         crate::arch::exit::exit(pvagent_abi::exit::SUCCESS);
     }
-    let filter = TestFilter::from_cmdline(&cmdline);
+    let filter = TestFilter::from_cmdline(cmdline);
     let mut selected = 0;
     kprintln!("{}", Line::Start);
     for (index, test) in all_tests().enumerate() {
@@ -211,6 +211,7 @@ pub fn run(cmdline: Cmdline<'static>) -> ! {
         kprintln!("selftest: no test matches tests={}", filter.patterns().unwrap_or(""));
         FAILED.fetch_add(1, Ordering::Relaxed);
     }
+    crate::console::report_dropped();
     kprintln!("{}", summary());
     let code =
         if FAILED.load(Ordering::Relaxed) == 0 { pvagent_abi::exit::SUCCESS } else { pvagent_abi::exit::FAILURE };
@@ -263,7 +264,7 @@ fn need_met(need: Need) -> TestResult {
             "QEMU TCG does not raise alignment-check #AC",
         ),
         Need::ExpectHost => skip_unless(
-            Cmdline::new(crate::boot::info::get().cmdline.as_str()).get("expect-host").is_some(),
+            crate::boot::info::get().cmdline.get("expect-host").is_some(),
             "no expect-host= on the command line",
         ),
         Need::Acpi => skip_unless(crate::boot::info::get().rsdp.is_some(), "this host provides no ACPI tables"),

@@ -57,7 +57,9 @@ pub fn add_switch_hook(hook: SwitchHook) -> Result<(), SwitchHooksFull> {
 }
 
 fn run_switch_hooks(from: TaskId, to: TaskId) {
-    for hook in SWITCH_HOOKS.iter().filter_map(FnSlot::get) {
+    // Hooks are only added, each into the first empty slot, so the first empty slot ends them.
+    for slot in &SWITCH_HOOKS {
+        let Some(hook) = slot.get() else { break };
         hook(from, to);
     }
 }
@@ -106,6 +108,26 @@ fn context(slot: u16) -> *mut Context {
 
 fn with_sched<R>(f: impl FnOnce(&mut CpuSched) -> R) -> R {
     SCHED.with(f)
+}
+
+/// A switch the table decided on: the outgoing and incoming tasks' slots and ids.
+#[derive(Clone, Copy, Debug)]
+struct Switch {
+    from: u16,
+    to: u16,
+    from_id: TaskId,
+    to_id: TaskId,
+}
+
+impl CpuSched {
+    /// Picks the next task (see `TaskTable::pick_next`). Each caller changes the table and picks
+    /// in one borrow of the scheduler's state: on an emulated guest kernel every borrow costs
+    /// about fifteen instructions, and a page-not-present event blocks a task on its way.
+    fn pick(&mut self) -> Option<Switch> {
+        let from_id = self.table.current();
+        let (from, to) = self.table.pick_next()?;
+        Some(Switch { from, to, from_id, to_id: self.table.current() })
+    }
 }
 
 /// Makes the running (boot) context this vCPU's idle task and starts the tick.
@@ -175,15 +197,20 @@ pub fn set_fault_hook(id: TaskId, hook: Option<FaultHook>) {
 /// caller has already yielded, blocked or exited the current task (or is the idle task).
 pub fn schedule() {
     assert!(!interrupts::are_enabled(), "schedule() with interrupts enabled");
-    let Some((from, to, from_id, to_id)) = with_sched(|s| {
-        let from_id = s.table.current();
-        s.table.pick_next().map(|(from, to)| (from, to, from_id, s.table.current()))
-    }) else {
+    switch(with_sched(CpuSched::pick));
+}
+
+/// Carries out a switch the table decided on (interrupts disabled): the switch hooks, the
+/// incoming task's kernel stack and trap depth, then the stacks themselves.
+fn switch(next: Option<Switch>) {
+    let Some(Switch { from, to, from_id, to_id }) = next else {
         return;
     };
     run_switch_hooks(from_id, to_id);
-    let from_ctx = context(from);
-    let to_ctx = context(to);
+    let contexts = CONTEXTS.get().get();
+    // SAFETY: only addresses are formed, of bounds-checked elements of this vCPU's array.
+    let (from_ctx, to_ctx) =
+        unsafe { (&raw mut (*contexts)[usize::from(from)], &raw mut (*contexts)[usize::from(to)]) };
     // SAFETY: interrupts are off; `from` is the running context (its RSP is written by the
     // switch) and `to` was prepared by spawn or saved by an earlier switch. Nothing else
     // accesses either context meanwhile. A non-zero `stack_top` is the top of `to`'s own
@@ -200,8 +227,10 @@ pub fn schedule() {
 /// Lets other ready tasks run; the current task stays ready.
 pub fn yield_now() {
     let _irq = IrqGuard::new();
-    with_sched(|s| s.table.yield_current());
-    schedule();
+    switch(with_sched(|s| {
+        s.table.yield_current();
+        s.pick()
+    }));
 }
 
 /// Blocks the current task on `wait` until someone wakes it; returns the waker's value.
@@ -209,8 +238,10 @@ pub fn yield_now() {
 /// the task is marked blocked.
 pub fn block_current(wait: Wait) -> u64 {
     assert!(!interrupts::are_enabled(), "block_current() with interrupts enabled");
-    with_sched(|s| s.table.block_current(wait));
-    schedule();
+    switch(with_sched(|s| {
+        s.table.block_current(wait);
+        s.pick()
+    }));
     with_sched(|s| s.table.current_wake_value())
 }
 
@@ -245,8 +276,10 @@ pub fn exit_current(status: ExitStatus) -> ! {
         crate::arch::fault::fatal(format_args!("the critical task {} was ended: {status:?}", name(me)));
     }
     let _irq = IrqGuard::new();
-    with_sched(|s| s.table.exit_current(status));
-    schedule();
+    switch(with_sched(|s| {
+        s.table.exit_current(status);
+        s.pick()
+    }));
     unreachable!("an exited task was scheduled again");
 }
 
@@ -357,6 +390,16 @@ pub fn may_sleep_in_trap() -> bool {
     NO_SLEEP.get().load(core::sync::atomic::Ordering::Relaxed) == 0
         && percpu::trap_depth() == 1
         && current_kind() != Kind::Idle
+}
+
+/// The current task, if a trap handler may park it now and another task could run meanwhile
+/// (as [`may_sleep_in_trap`] and [`has_other_runnable`] together, in one look at the
+/// scheduler): what the page-not-present event asks before it parks.
+pub fn sleeper_in_trap() -> Option<TaskId> {
+    if NO_SLEEP.get().load(core::sync::atomic::Ordering::Relaxed) != 0 || percpu::trap_depth() != 1 {
+        return None;
+    }
+    with_sched(|s| (s.table.current_kind() != Kind::Idle && s.table.has_other_runnable()).then(|| s.table.current()))
 }
 
 /// The idle loop: run whatever is ready, otherwise halt until an interrupt makes something

@@ -190,6 +190,10 @@ pub struct TaskTable {
     run_queue: Deque<u16, MAX_TASKS>,
     current: u16,
     idle: Option<u16>,
+    /// No sleeper's tick comes before this one (`u64::MAX`: none sleeps): a tick before it
+    /// has nothing to wake and looks at no slot. It may be early (the task it was set for was
+    /// killed or woken otherwise), never late.
+    next_sleep_end: u64,
     pub stats: SchedStats,
 }
 
@@ -207,6 +211,7 @@ impl TaskTable {
             run_queue: Deque::new(),
             current: 0,
             idle: None,
+            next_sleep_end: u64::MAX,
             stats: SchedStats { switches: 0, spawned: 0, blocked: 0, woken: 0, spurious_wakes: 0 },
         }
     }
@@ -215,12 +220,18 @@ impl TaskTable {
         TaskId { slot, generation: self.slots[usize::from(slot)].generation }
     }
 
+    // States are compared with `matches!` throughout: the derived `==` on `State` compares
+    // whole payloads through a call, on the paths every event and switch takes.
     fn slot(&self, id: TaskId) -> Option<&Slot> {
-        self.slots.get(usize::from(id.slot)).filter(|s| s.generation == id.generation && s.state != State::Free)
+        self.slots
+            .get(usize::from(id.slot))
+            .filter(|s| s.generation == id.generation && !matches!(s.state, State::Free))
     }
 
     fn slot_mut(&mut self, id: TaskId) -> Option<&mut Slot> {
-        self.slots.get_mut(usize::from(id.slot)).filter(|s| s.generation == id.generation && s.state != State::Free)
+        self.slots
+            .get_mut(usize::from(id.slot))
+            .filter(|s| s.generation == id.generation && !matches!(s.state, State::Free))
     }
 
     /// Makes the running context (the boot code, or a new vCPU's start code) this vCPU's idle
@@ -237,7 +248,7 @@ impl TaskTable {
     /// task can be picked (it is, at the earliest, at the next switch).
     pub fn spawn(&mut self, name: &'static str, kind: Kind) -> Result<TaskId, SpawnError> {
         assert!(kind != Kind::Idle, "only adopt_idle creates the idle task");
-        let slot = self.slots.iter().position(|s| s.state == State::Free).ok_or(SpawnError::NoFreeSlot)? as u16;
+        let slot = self.slots.iter().position(|s| matches!(s.state, State::Free)).ok_or(SpawnError::NoFreeSlot)? as u16;
         let s = &mut self.slots[usize::from(slot)];
         s.generation = s.generation.wrapping_add(1).max(1);
         s.state = State::Ready;
@@ -285,7 +296,7 @@ impl TaskTable {
     pub fn yield_current(&mut self) {
         let cur = self.current;
         let slot = &mut self.slots[usize::from(cur)];
-        if slot.kind == Kind::Idle || slot.state != State::Running {
+        if slot.kind == Kind::Idle || !matches!(slot.state, State::Running) {
             return;
         }
         slot.state = State::Ready;
@@ -296,10 +307,13 @@ impl TaskTable {
     pub fn block_current(&mut self, wait: Wait) {
         let slot = &mut self.slots[usize::from(self.current)];
         assert!(slot.kind != Kind::Idle, "the idle task tried to block on {wait:?}");
-        assert_eq!(slot.state, State::Running, "blocking a task that is not running");
+        assert!(matches!(slot.state, State::Running), "blocking a task that is not running: {:?}", slot.state);
         slot.state = State::Blocked(wait);
         slot.wake_value = 0;
         self.stats.blocked += 1;
+        if let Wait::Sleep { until_tick } = wait {
+            self.next_sleep_end = self.next_sleep_end.min(until_tick);
+        }
     }
 
     /// Wakes `id` if it is blocked, handing it `value`.
@@ -322,7 +336,7 @@ impl TaskTable {
     pub fn wake_all(&mut self, wait: Wait, value: u64) -> usize {
         let mut woken = 0;
         for slot in 0..MAX_TASKS as u16 {
-            if self.slots[usize::from(slot)].state == State::Blocked(wait) {
+            if matches!(self.slots[usize::from(slot)].state, State::Blocked(w) if w == wait) {
                 let id = self.id_of(slot);
                 if self.wake(id, value) == WakeOutcome::Woken {
                     woken += 1;
@@ -360,7 +374,7 @@ impl TaskTable {
             State::Ready | State::Blocked(_) => {}
             _ => return false,
         }
-        let was_ready = slot.state == State::Ready;
+        let was_ready = matches!(slot.state, State::Ready);
         slot.state = State::Exited(status);
         if was_ready {
             self.remove_from_queue(id.slot);
@@ -392,18 +406,26 @@ impl TaskTable {
         }
     }
 
-    /// Wakes the tasks whose sleep ended at tick `now`; returns how many.
+    /// Wakes the tasks whose sleep ended at tick `now`; returns how many. Called on every
+    /// tick: a tick before the next sleeper's end only compares two numbers.
     pub fn tick(&mut self, now: u64) -> usize {
+        if now < self.next_sleep_end {
+            return 0;
+        }
         let mut woken = 0;
+        let mut next = u64::MAX;
         for slot in 0..MAX_TASKS as u16 {
-            if let State::Blocked(Wait::Sleep { until_tick }) = self.slots[usize::from(slot)].state
-                && until_tick <= now
-            {
-                let id = self.id_of(slot);
-                self.wake(id, now);
-                woken += 1;
+            if let State::Blocked(Wait::Sleep { until_tick }) = self.slots[usize::from(slot)].state {
+                if until_tick <= now {
+                    let id = self.id_of(slot);
+                    self.wake(id, now);
+                    woken += 1;
+                } else {
+                    next = next.min(until_tick);
+                }
             }
         }
+        self.next_sleep_end = next;
         woken
     }
 
@@ -411,7 +433,7 @@ impl TaskTable {
     /// running; `None` when the current task keeps the vCPU.
     pub fn pick_next(&mut self) -> Option<(u16, u16)> {
         let cur = self.current;
-        let cur_running = self.slots[usize::from(cur)].state == State::Running;
+        let cur_running = matches!(self.slots[usize::from(cur)].state, State::Running);
         let next = match self.run_queue.pop_front() {
             Some(next) => next,
             None if cur_running => return None,
@@ -439,7 +461,7 @@ impl TaskTable {
     pub fn live_tasks(&self) -> impl Iterator<Item = (TaskId, &'static str, State)> + '_ {
         (0..MAX_TASKS as u16).filter_map(move |slot| {
             let s = &self.slots[usize::from(slot)];
-            (s.state != State::Free).then(|| (self.id_of(slot), s.name, s.state))
+            (!matches!(s.state, State::Free)).then(|| (self.id_of(slot), s.name, s.state))
         })
     }
 }
@@ -550,6 +572,34 @@ mod tests {
         assert_eq!(s.tick(9), 0);
         assert_eq!(s.tick(10), 1);
         assert_eq!(s.state(a), Some(State::Ready));
+    }
+
+    #[test]
+    fn every_sleeper_wakes_at_its_own_tick_whatever_order_they_slept_in() {
+        let (mut s, _) = with_idle();
+        let (late, early) = (s.spawn("late", Kind::Kernel).unwrap(), s.spawn("early", Kind::Kernel).unwrap());
+        s.pick_next();
+        s.block_current(Wait::Sleep { until_tick: 30 });
+        s.pick_next();
+        s.block_current(Wait::Sleep { until_tick: 20 });
+        s.pick_next();
+        assert_eq!(s.tick(19), 0);
+        assert_eq!(s.tick(20), 1);
+        assert_eq!(
+            (s.state(early), s.state(late)),
+            (Some(State::Ready), Some(State::Blocked(Wait::Sleep { until_tick: 30 })))
+        );
+        assert_eq!(s.tick(29), 0);
+        // A sleeper killed before its tick: the tick it was due finds nobody, the next sleeper
+        // still wakes at its own.
+        s.pick_next();
+        s.block_current(Wait::Sleep { until_tick: 40 });
+        assert!(s.kill(late, ExitStatus::Returned(0)));
+        s.pick_next();
+        assert_eq!(s.tick(30), 0);
+        assert_eq!(s.tick(39), 0);
+        assert_eq!(s.tick(40), 1);
+        assert_eq!(s.state(early), Some(State::Ready));
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use pvagent_abi::port::{BENCH_NULL, BenchLoop, DEBUG_EXIT};
+use vm_memory::GuestMemoryMmap;
 
 use crate::devices::serial::Serial;
 use crate::error::{Error, Result};
@@ -30,10 +31,16 @@ pub enum BareEnd {
 }
 
 /// Runs `vcpu` in the bare loop until the guest switches back or exits. The console still
-/// works (its bytes go to the console device), an `in` from the null port says
+/// works (its bytes, the UART's and the paravirtual port's, go to the console device), an `in` from the null port says
 /// [`BenchLoop::Bare`], MSR accesses are refused, every other access is ignored (reads are 0,
 /// MMIO reads all-ones).
-pub fn run(vcpu: &mut VcpuFd, serial: &mut Serial, watchdog: &Watchdog, stats: &mut BareStats) -> Result<BareEnd> {
+pub fn run(
+    vcpu: &mut VcpuFd,
+    mem: &GuestMemoryMmap,
+    serial: &mut Serial,
+    watchdog: &Watchdog,
+    stats: &mut BareStats,
+) -> Result<BareEnd> {
     let start = Instant::now();
     let end = loop {
         stats.exits += 1;
@@ -43,7 +50,7 @@ pub fn run(vcpu: &mut VcpuFd, serial: &mut Serial, watchdog: &Watchdog, stats: &
                 break BareEnd::SwitchedBack;
             }
             Ok(VcpuExit::IoOut(port, data)) => {
-                serial.write_port(port, data)?;
+                serial.out(mem, port, data)?;
             }
             Ok(VcpuExit::IoIn(port, data)) if port == BENCH_NULL => fill_in(data, BenchLoop::Bare as u32),
             Ok(VcpuExit::IoIn(port, data)) => {

@@ -259,7 +259,7 @@ mod tests {
         for msr in [MSR_GUEST_VERSION, sld::MSR_TEST_CTRL, sld::MSR_CORE_CAPABILITIES, 0x5056_4200, 0x5056_40FF] {
             assert!(!own_msr(msr), "{msr:#x}");
         }
-        for p in [port::HYPERCALL, port::TRACE, port::BENCH_INJECT, port::BENCH_NULL] {
+        for p in [port::HYPERCALL, port::CONSOLE, port::TRACE, port::BENCH_INJECT, port::BENCH_NULL] {
             assert!(HOST_STUB_PORTS.contains(&p), "{p:#x}");
         }
         for p in [port::COM1, port::DEBUG_EXIT, 0x50F, 0x520] {

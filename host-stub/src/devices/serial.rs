@@ -1,6 +1,7 @@
-//! COM1, the guest's console: rust-vmm's `vm-superio` 16550 (registers, divisor latch, line
-//! status, scratch) on port `COM1`, with its transmitted bytes going to the host's console: split
-//! into lines, echoed or logged as configured, and kept for the run result.
+//! The guest's console: COM1, rust-vmm's `vm-superio` 16550 (registers, divisor latch, line
+//! status, scratch), and the paravirtual console port (`pvagent_abi::console`), which hands over
+//! a whole line in one exit. Both feed one stream of bytes to the host's console: split into
+//! lines, echoed or logged as configured, and kept for the run result.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -8,7 +9,9 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::time::Instant;
 
-use pvagent_abi::port::COM1;
+use pvagent_abi::console::{MAX_RECORD_BYTES, RECORD_ALIGN, RECORD_BYTES_OFFSET, RECORD_LEN_OFFSET};
+use pvagent_abi::port::{COM1, CONSOLE};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vm_superio::serial::NoEvents;
 
 use crate::config::SerialSink;
@@ -35,10 +38,17 @@ impl vm_superio::Trigger for NoInterrupt {
     }
 }
 
-/// The console UART.
+/// The console: the UART, and the paravirtual port that shares its output.
 #[derive(Debug)]
 pub struct Serial {
     uart: vm_superio::Serial<NoInterrupt, NoEvents, Console>,
+    /// Whether the paravirtual port is offered (`Features::CONSOLE`); if not, it is unclaimed.
+    pv_offered: bool,
+    /// Records received on the paravirtual port, and the bytes they carried.
+    pv_records: u64,
+    pv_bytes: u64,
+    /// `out`s to the paravirtual port of another width than 32 bits (ignored).
+    pv_bad_width: u64,
 }
 
 /// Where the UART's output goes: complete lines to the sink and into the run result.
@@ -102,8 +112,8 @@ impl Write for Console {
 }
 
 impl Serial {
-    /// A UART writing to `sink`.
-    pub fn new(sink: &SerialSink) -> Result<Self> {
+    /// A UART writing to `sink`, and the paravirtual port when `pv_offered`.
+    pub fn new(sink: &SerialSink, pv_offered: bool) -> Result<Self> {
         let sink = match sink {
             SerialSink::Stdout => Sink::Stdout,
             SerialSink::Quiet => Sink::Quiet,
@@ -116,7 +126,51 @@ impl Serial {
             ),
         };
         let console = Console { sink, line: Vec::new(), lines: VecDeque::new(), dropped_lines: 0 };
-        Ok(Self { uart: vm_superio::Serial::new(NoInterrupt, console) })
+        let uart = vm_superio::Serial::new(NoInterrupt, console);
+        Ok(Self { uart, pv_offered, pv_records: 0, pv_bytes: 0, pv_bad_width: 0 })
+    }
+
+    /// An `out` to `port`: `Ok(false)` when the port is neither the UART's nor the paravirtual
+    /// console's (or that one is not offered). Also used by the benchmark's bare loop.
+    pub fn out(&mut self, mem: &GuestMemoryMmap, port: u16, data: &[u8]) -> Result<bool> {
+        if port == CONSOLE && self.pv_offered {
+            self.write_record(mem, data)?;
+            return Ok(true);
+        }
+        self.write_port(port, data)
+    }
+
+    /// A record on the paravirtual port: `data` is the `out`'s value, the guest-physical address
+    /// of a [`pvagent_abi::console::ConsoleRecord`]. Its bytes join the console's stream as if
+    /// written to the UART. A record that is misaligned, claims more than
+    /// [`MAX_RECORD_BYTES`] or does not lie in guest RAM stops the run.
+    pub fn write_record(&mut self, mem: &GuestMemoryMmap, data: &[u8]) -> Result<()> {
+        let Ok(word) = <[u8; 4]>::try_from(data) else {
+            self.pv_bad_width += 1;
+            return Ok(());
+        };
+        let gpa = u64::from(u32::from_le_bytes(word));
+        if !gpa.is_multiple_of(RECORD_ALIGN) {
+            return Err(Error::MisalignedConsoleRecord { gpa, align: RECORD_ALIGN });
+        }
+        let len: u32 = mem
+            .read_obj(GuestAddress(gpa + RECORD_LEN_OFFSET))
+            .map_err(|source| Error::ReadConsoleRecord { gpa, source })?;
+        if len > MAX_RECORD_BYTES {
+            return Err(Error::ConsoleRecordTooLong { gpa, len, max: MAX_RECORD_BYTES });
+        }
+        // A copy: the guest may change the record meanwhile (another vCPU), which garbles the
+        // line and nothing else.
+        let mut bytes = vec![0u8; len as usize];
+        mem.read_slice(&mut bytes, GuestAddress(gpa + RECORD_BYTES_OFFSET))
+            .map_err(|source| Error::ReadConsoleRecord { gpa, source })?;
+        self.pv_records += 1;
+        self.pv_bytes += u64::from(len);
+        let console = self.uart.writer_mut();
+        for byte in bytes {
+            console.push_byte(byte).map_err(Error::ConsoleOutput)?;
+        }
+        Ok(())
     }
 
     /// The register `port` names, when it is one of the UART's.
@@ -124,8 +178,7 @@ impl Serial {
         port.checked_sub(COM1).filter(|r| *r < REGISTERS).map(|r| r as u8)
     }
 
-    /// An `out` to `port`: `Ok(false)` when the port is not the UART's. Also used by the
-    /// benchmark's bare loop, which has no handlers.
+    /// An `out` to `port`: `Ok(false)` when the port is not the UART's.
     pub fn write_port(&mut self, port: u16, data: &[u8]) -> Result<bool> {
         let Some(register) = Self::register(port) else {
             return Ok(false);
@@ -183,8 +236,8 @@ impl ExitHandler for Serial {
         "serial"
     }
 
-    fn io_out(&mut self, _ctx: &mut VcpuCtx<'_>, port: u16, data: &[u8]) -> Result<Handled> {
-        Ok(if self.write_port(port, data)? { Handled::Yes } else { Handled::No })
+    fn io_out(&mut self, ctx: &mut VcpuCtx<'_>, port: u16, data: &[u8]) -> Result<Handled> {
+        Ok(if self.out(ctx.mem, port, data)? { Handled::Yes } else { Handled::No })
     }
 
     fn io_in(&mut self, _ctx: &mut VcpuCtx<'_>, port: u16, data: &mut [u8]) -> Result<Handled> {
@@ -195,6 +248,11 @@ impl ExitHandler for Serial {
         let dropped = self.uart.writer().dropped_lines;
         if dropped > 0 {
             report.counter(self.name(), "dropped_lines", dropped);
+        }
+        report.counter(self.name(), "pv_records", self.pv_records);
+        report.counter(self.name(), "pv_bytes", self.pv_bytes);
+        if self.pv_bad_width > 0 {
+            report.counter(self.name(), "pv_bad_width", self.pv_bad_width);
         }
         Ok(())
     }
@@ -218,7 +276,7 @@ mod tests {
 
     #[test]
     fn the_line_status_the_guest_polls_always_says_ready_to_transmit() {
-        let mut serial = Serial::new(&SerialSink::Quiet).unwrap();
+        let mut serial = Serial::new(&SerialSink::Quiet, true).unwrap();
         assert_eq!(read(&mut serial, 5) & 0x20, 0x20, "THR empty");
         out(&mut serial, 0, b"x");
         assert_eq!(read(&mut serial, 5) & 0x60, 0x60, "THR empty and transmitter idle after a byte");
@@ -226,7 +284,7 @@ mod tests {
 
     #[test]
     fn transmitted_bytes_become_lines_without_carriage_returns() {
-        let mut serial = Serial::new(&SerialSink::Quiet).unwrap();
+        let mut serial = Serial::new(&SerialSink::Quiet, true).unwrap();
         out(&mut serial, 0, b"boot: one\r\nselftest: PASS a\r\npartial");
         assert_eq!(serial.tail(1), ["selftest: PASS a", "partial"], "the last line, and the one in progress");
         assert_eq!(serial.take_lines(), ["boot: one", "selftest: PASS a", "partial"]);
@@ -234,7 +292,7 @@ mod tests {
 
     #[test]
     fn the_guest_init_sequence_sends_nothing_and_keeps_its_settings() {
-        let mut serial = Serial::new(&SerialSink::Quiet).unwrap();
+        let mut serial = Serial::new(&SerialSink::Quiet, true).unwrap();
         // What the guest's `arch::serial::init` writes: IER 0, DLAB on, divisor 1, 8N1, FIFOs, DTR|RTS.
         out(&mut serial, 1, &[0x00]);
         out(&mut serial, 3, &[0x80]);
@@ -249,9 +307,70 @@ mod tests {
         assert!(serial.take_lines().is_empty(), "the divisor byte was not transmitted");
     }
 
+    /// Guest RAM with a console record of `bytes` at `gpa` (its `len` field says `len`).
+    fn ram_with_record(gpa: u64, len: u32, bytes: &[u8]) -> GuestMemoryMmap {
+        let mem = crate::memory::allocate_ram(1 << 20).unwrap();
+        mem.write_obj(len, GuestAddress(gpa + RECORD_LEN_OFFSET)).unwrap();
+        mem.write_slice(bytes, GuestAddress(gpa + RECORD_BYTES_OFFSET)).unwrap();
+        mem
+    }
+
+    fn gpa_word(gpa: u64) -> [u8; 4] {
+        (gpa as u32).to_le_bytes()
+    }
+
+    #[test]
+    fn a_console_record_joins_the_uarts_stream_in_one_exit() {
+        let text = b"tial line\nselftest: PASS a\n";
+        let mem = ram_with_record(0x1000, text.len() as u32, text);
+        let mut serial = Serial::new(&SerialSink::Quiet, true).unwrap();
+        out(&mut serial, 0, b"par");
+        assert!(serial.out(&mem, CONSOLE, &gpa_word(0x1000)).unwrap());
+        assert_eq!(serial.take_lines(), ["partial line", "selftest: PASS a"]);
+        assert_eq!((serial.pv_records, serial.pv_bytes), (1, text.len() as u64));
+    }
+
+    #[test]
+    fn a_record_reads_only_len_bytes() {
+        let mem = ram_with_record(0x2000, 3, b"abcdef\n");
+        let mut serial = Serial::new(&SerialSink::Quiet, true).unwrap();
+        serial.out(&mem, CONSOLE, &gpa_word(0x2000)).unwrap();
+        assert_eq!(serial.take_lines(), ["abc"], "the partial line is completed at the end");
+    }
+
+    #[test]
+    fn a_broken_record_stops_the_run_with_what_was_wrong() {
+        let mem = ram_with_record(0x1000, MAX_RECORD_BYTES + 1, b"x");
+        let mut serial = Serial::new(&SerialSink::Quiet, true).unwrap();
+        let too_long = serial.out(&mem, CONSOLE, &gpa_word(0x1000)).unwrap_err();
+        assert!(
+            matches!(too_long, Error::ConsoleRecordTooLong { gpa: 0x1000, len, .. } if len == MAX_RECORD_BYTES + 1)
+        );
+        let misaligned = serial.out(&mem, CONSOLE, &gpa_word(0x1002)).unwrap_err();
+        assert!(matches!(misaligned, Error::MisalignedConsoleRecord { gpa: 0x1002, .. }), "{misaligned}");
+        // The header in RAM, its bytes beyond it.
+        let edge = (1 << 20) - 8;
+        let mem = ram_with_record(edge, 64, b"");
+        let beyond = serial.out(&mem, CONSOLE, &gpa_word(edge)).unwrap_err();
+        assert!(matches!(beyond, Error::ReadConsoleRecord { .. }), "{beyond}");
+        assert!(matches!(serial.out(&mem, CONSOLE, &gpa_word(4 << 20)), Err(Error::ReadConsoleRecord { .. })));
+        assert!(serial.take_lines().is_empty());
+    }
+
+    #[test]
+    fn the_console_port_is_served_only_when_offered_and_only_32_bits_wide() {
+        let mem = ram_with_record(0x1000, 2, b"x\n");
+        let mut not_offered = Serial::new(&SerialSink::Quiet, false).unwrap();
+        assert!(!not_offered.out(&mem, CONSOLE, &gpa_word(0x1000)).unwrap(), "unclaimed");
+        let mut serial = Serial::new(&SerialSink::Quiet, true).unwrap();
+        assert!(serial.out(&mem, CONSOLE, &[0x00, 0x10]).unwrap(), "a 16-bit out is the port's, ignored");
+        assert_eq!((serial.pv_bad_width, serial.pv_records), (1, 0));
+        assert!(serial.take_lines().is_empty());
+    }
+
     #[test]
     fn other_ports_are_not_the_uarts() {
-        let mut serial = Serial::new(&SerialSink::Quiet).unwrap();
+        let mut serial = Serial::new(&SerialSink::Quiet, true).unwrap();
         assert!(!serial.write_port(COM1 + 8, b"x").unwrap());
         assert!(!serial.write_port(COM1 - 1, b"x").unwrap());
         assert!(!serial.read_port(0x51F, &mut [0u8; 4]));
@@ -260,7 +379,7 @@ mod tests {
     #[test]
     fn a_console_log_that_cannot_be_written_is_an_error_and_the_line_is_kept() {
         let path = std::env::temp_dir().join(format!("pvagent-serial-{}.log", std::process::id()));
-        let mut serial = Serial::new(&SerialSink::File(path.clone())).unwrap();
+        let mut serial = Serial::new(&SerialSink::File(path.clone()), true).unwrap();
         // Swap the log for a read-only handle: the next line's echo fails.
         serial.uart.writer_mut().sink = Sink::File(File::open(&path).unwrap());
         let err = serial.write_port(COM1, b"\n").unwrap_err();

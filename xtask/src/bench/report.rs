@@ -217,7 +217,7 @@ impl Results {
             "One guest kernel instruction costs {} here (an empty `dec`/`jnz` loop). The equivalents column expresses each cost in that unit: a conversion of time, not a count of instructions (an exit, an EOI or a HLT costs far more than one).\n",
             human_summary_ns(&b.kernel_instruction_ns)
         );
-        out.push_str("Instructions and exits per event are what KVM counted (its `insn_emulation` and `exits` statistics) in a window around each loop, the loop's own cost taken out, per event handled; each event's count includes the `out` that carried it (one instruction, one exit). The median over the repetitions, with the range where they differ.\n\n");
+        out.push_str("Instructions per event are what KVM counted (its `insn_emulation` statistic), and exits per event the exits the guest caused (those that reached the host stub, and its HLTs), in a window around each loop, the loop's own cost taken out, per event handled; each event's count includes the `out` that carried it (one instruction, one exit). The median over the repetitions, with the range where they differ.\n\n");
         cost_table(&mut out, &self.injection, b.kernel_instruction_ns.median, &self.counts);
         out.push_str("\n### Page-not-present round trips\n\n");
         out.push_str(

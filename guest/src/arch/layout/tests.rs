@@ -27,13 +27,9 @@ fn demand(cpus: usize, task_kib: u64) -> StackDemand {
     }
 }
 
-fn ram_map(ranges: &[(u64, u64)]) -> heapless::Vec<Region, 8> {
-    ranges.iter().map(|&(start, end)| Region { start, end, access: Access::KernelData }).collect()
-}
-
 fn plan_for(ranges: &[(u64, u64)], d: StackDemand, huge: bool) -> Result<Layout, LayoutError> {
     let apic = [Region { start: 0xFEE0_0000, end: 0xFEE0_1000, access: Access::Mmio }];
-    plan(&image(), &ram_map(ranges), ranges, &apic, d, huge)
+    plan(&image(), ranges, &apic, d, huge)
 }
 
 fn mapped(layout: &Layout, addr: u64) -> Option<Access> {
@@ -79,11 +75,12 @@ fn the_table_count_follows_the_pages_used() {
 }
 
 #[test]
-fn guards_page_zero_and_the_stack_area_stay_unmapped_and_everything_else_is_mapped() {
+fn guards_page_zero_and_the_stack_area_stay_unmapped_and_ram_in_whole_large_pages_is_mapped() {
     let layout = plan_for(&[(0, 0xA_0000), (MIB, 128 * MIB)], demand(4, 32), true).expect("fits");
     let img = image();
     assert_eq!(mapped(&layout, 0), None, "page 0");
-    assert_eq!(mapped(&layout, 0x9_F000), Some(Access::KernelData), "low RAM");
+    assert_eq!(mapped(&layout, 0x9_F000), None, "low RAM, which only 4 KiB pages could map");
+    assert_eq!(mapped(&layout, img.end), None, "the RAM after the image in its last 2 MiB");
     assert_eq!(mapped(&layout, 0xB_8000), None, "the hole below 1 MiB is not RAM");
     assert_eq!(mapped(&layout, img.start), Some(Access::KernelText));
     assert_eq!(mapped(&layout, img.user_text.0), Some(Access::UserText));
@@ -188,8 +185,29 @@ fn neighbours_with_the_same_permissions_share_large_pages_and_count_as_mapped_ra
     let s = layout.placement.stacks;
     let after = layout.regions.iter().find(|r| r.start == s.end()).expect("RAM right after the stack area");
     assert_eq!(after.end, 64 * MIB, "one region from the stack area to the end of RAM");
+    assert_eq!(layout.regions.iter().filter(|r| r.access == Access::KernelData && r.start >= s.end()).count(), 1);
     let unmapped = layout.placement.ram - layout.placement.ram_mapped;
-    assert_eq!(unmapped, 2 * PAGE + s.len(), "only page 0, the boot stack's guard and the stack area are left out");
+    let img = image();
+    assert_eq!(
+        unmapped,
+        0xA_0000 + (img.end.next_multiple_of(LARGE_PAGE) - img.end) + PAGE + s.len(),
+        "left out: low RAM, the rest of the image's last 2 MiB, the boot stack's guard and the stack area"
+    );
+}
+
+#[test]
+fn ram_that_only_small_pages_could_map_stays_unmapped() {
+    // A range with no whole 2 MiB page, and one whose ends are not aligned.
+    let layout = plan_for(&[(MIB, 64 * MIB), (65 * MIB, 66 * MIB), (67 * MIB + PAGE, 71 * MIB)], demand(1, 32), true)
+        .expect("fits");
+    assert_eq!(mapped(&layout, 65 * MIB), None);
+    assert_eq!(mapped(&layout, 67 * MIB + PAGE), None);
+    assert_eq!(mapped(&layout, 68 * MIB), Some(Access::KernelData));
+    assert_eq!(mapped(&layout, 70 * MIB - 1), Some(Access::KernelData));
+    assert_eq!(mapped(&layout, 70 * MIB), None);
+    let four_k = |r: &&Region| !r.start.is_multiple_of(LARGE_PAGE) || !r.end.is_multiple_of(LARGE_PAGE);
+    let small: Vec<_> = layout.regions.iter().filter(four_k).filter(|r| r.start >= image().end).collect();
+    assert!(small.iter().all(|r| r.access != Access::KernelData), "RAM in 4 KiB pages: {small:#x?}");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The kernel glue of the page-not-present protocol: shared pages, registration, the two
 //! handlers, and the hooks self-tests use to steer the host's pager.
 
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use pvagent_abi::cpuid::Features;
 use pvagent_abi::hypercall::Nr;
@@ -15,7 +15,7 @@ use super::{DEFAULT_RING_ENTRIES, EVENT_VECTOR, RESOLUTION_VECTOR, Region};
 use crate::arch::fault::{self, Fault};
 use crate::arch::hypercall::{self, HypercallError};
 use crate::arch::paging::{self, Access};
-use crate::arch::percpu::{self, MAX_CPUS};
+use crate::arch::percpu::{self, CpuLocal, MAX_CPUS};
 use crate::arch::trap::{self, TrapFrame};
 use crate::arch::{apic, cpu};
 use crate::boot::cmdline::Cmdline;
@@ -74,10 +74,16 @@ impl SharedView {
         Self::u32_at(self.data, abi::DATA_INUSE_OFFSET)
     }
 
-    fn read_data(&self) -> PageNotPresentData {
-        // SAFETY: the event area is 64-byte aligned static memory; a volatile copy, because the
-        // host writes it outside the compiler's view.
-        unsafe { core::ptr::read_volatile(self.data as *const PageNotPresentData) }
+    /// The event's token and GPA (the rest of the area is not used).
+    fn read_token_gpa(&self) -> (Token, u64) {
+        let data = self.data as *const PageNotPresentData;
+        // SAFETY: the event area is 64-byte aligned static memory, and both fields lie in it;
+        // volatile reads, because the host writes them outside the compiler's view.
+        unsafe {
+            let token = core::ptr::read_volatile(&raw const (*data).token);
+            let gpa = core::ptr::read_volatile(&raw const (*data).gpa);
+            (Token(token), gpa)
+        }
     }
 }
 
@@ -110,6 +116,8 @@ pub struct Stats {
     pub halted: u64,
     /// Resolution interrupts taken.
     pub resolution_irqs: u64,
+    /// Events whose handler found resolutions in the ring (`VECTORS_DRAIN_AT_EVENT`).
+    pub drains_at_event: u64,
     /// Drains that found a `head` that makes no sense.
     pub ring_corrupt: u64,
     /// Resolutions consumed.
@@ -117,7 +125,7 @@ pub struct Stats {
     /// Woken tasks that were no longer waiting.
     pub stale_wakes: u64,
     /// TSC cycles spent in the two handlers, excluding the time a task is parked or halted:
-    /// what the protocol costs the guest.
+    /// what the protocol costs the guest (kept apart: `HANDLER_CYCLES`).
     pub handler_cycles: u64,
     /// The token table's counters.
     pub tokens: TokenStats,
@@ -126,15 +134,48 @@ pub struct Stats {
 #[derive(Debug)]
 struct PnpCpu {
     entries: u32,
+    /// Registered with `VECTORS_DRAIN_AT_EVENT`: the event handler drains the ring, and the host
+    /// leaves out the interrupt for a resolution posted before its event was taken.
+    drains_at_event: bool,
     table: TokenTable,
     ring: RingConsumer,
     stats: Stats,
 }
 
 static STATE: CpuCell<PnpCpu> = CpuCell::new(
-    [const { PnpCpu { entries: 0, table: TokenTable::new(), ring: RingConsumer::new(0), stats: Stats::new() } };
-        MAX_CPUS],
+    [const {
+        PnpCpu {
+            entries: 0,
+            drains_at_event: false,
+            table: TokenTable::new(),
+            ring: RingConsumer::new(0),
+            stats: Stats::new(),
+        }
+    }; MAX_CPUS],
 );
+
+impl PnpCpu {
+    /// Consumes every resolution the host has posted, waking each token's waiter as its entry
+    /// comes (a resolution whose event has not come yet is kept for it).
+    #[inline(always)]
+    fn drain(&mut self, cpu: usize) -> Drain {
+        // The view's layout comes from the consumer itself, so the two cannot disagree.
+        let view = SharedView::of(cpu, self.ring.entries());
+        let (table, stats) = (&mut self.table, &mut self.stats);
+        self.ring.drain(&view, |r| consume(table, stats, r))
+    }
+}
+
+/// One resolution from the ring: its waiter is woken (a resolution whose event has not come
+/// yet is kept for it).
+#[inline(always)]
+fn consume(table: &mut TokenTable, stats: &mut Stats, r: Resolution) {
+    if let ResolutionOutcome::Wake { task, result, .. } = table.on_resolution(Token(r.token), r.result)
+        && task::wake(task, u64::from(result)) != task::table::WakeOutcome::Woken
+    {
+        stats.stale_wakes += 1;
+    }
+}
 
 impl Stats {
     const fn new() -> Self {
@@ -144,6 +185,7 @@ impl Stats {
             slept: 0,
             halted: 0,
             resolution_irqs: 0,
+            drains_at_event: 0,
             ring_corrupt: 0,
             consumed: 0,
             stale_wakes: 0,
@@ -169,7 +211,7 @@ pub fn host_mode() -> HostMode {
 
 /// Reads what the host offers, maps the region, installs the handlers and registers the
 /// protocol on this vCPU. `pnp=off` leaves it unregistered; `pnp-ring=N` sets the ring size.
-pub fn init(cmdline: &Cmdline<'_>) {
+pub fn init(cmdline: &Cmdline) {
     let platform = crate::arch::platform();
     let offered = platform.hypervisor.host_features().has(Features::PAGE_NOT_PRESENT);
     let info = offered.then(|| cpu::cpuid(abi::LEAF_PNP, 0)).and_then(|leaf| {
@@ -246,7 +288,12 @@ pub fn register(entries: u32) -> Result<(), RegisterError> {
     let view = SharedView::of(cpu, entries);
     view.clear();
     let order = u64::from(entries.trailing_zeros());
-    let registered = write_msr(abi::MSR_VECTORS, u64::from(EVENT_VECTOR) | (u64::from(RESOLUTION_VECTOR) << 8))
+    // Where the host offers it, the event handler drains the ring and the no-wait path needs no
+    // resolution interrupt.
+    let drains_at_event = crate::arch::platform().hypervisor.host_features().has(Features::PNP_DRAIN_AT_EVENT);
+    let drain_bit = if drains_at_event { abi::VECTORS_DRAIN_AT_EVENT } else { 0 };
+    let vectors = u64::from(EVENT_VECTOR) | (u64::from(RESOLUTION_VECTOR) << 8) | drain_bit;
+    let registered = write_msr(abi::MSR_VECTORS, vectors)
         .and_then(|()| write_msr(abi::MSR_RING, view.ring as u64 | (order << abi::RING_ORDER_SHIFT) | abi::MSR_ENABLE))
         .and_then(|()| write_msr(abi::MSR_DATA, view.data as u64 | abi::MSR_ENABLE));
     if let Err(e) = registered {
@@ -256,6 +303,7 @@ pub fn register(entries: u32) -> Result<(), RegisterError> {
     }
     STATE.with(|s| {
         s.entries = entries;
+        s.drains_at_event = drains_at_event;
         s.table.reset(entries);
         s.ring = RingConsumer::new(entries);
     });
@@ -293,6 +341,7 @@ pub fn stats() -> Stats {
         stats.tokens = s.table.stats;
         stats.consumed += s.ring.consumed;
         stats.ring_corrupt += s.ring.corrupt;
+        stats.handler_cycles = HANDLER_CYCLES.get().load(Ordering::Relaxed);
         stats
     })
 }
@@ -311,53 +360,80 @@ pub fn pending() -> (usize, usize) {
     STATE.with(|s| (s.table.waiting(), s.table.early()))
 }
 
+/// The event vector. Its common case does one borrow of this vCPU's state: take the event,
+/// look its token up, count it; the scheduler is asked who would wait only when the token must
+/// be waited for.
 fn on_event(frame: &mut TrapFrame) {
     let entered = cpu::rdtsc();
     apic::eoi();
     let cpu = percpu::index();
-    let entries = STATE.with(|s| s.entries);
-    let view = SharedView::of(cpu, entries);
-    if view.inuse().load(Ordering::Acquire) != 1 {
-        STATE.with(|s| s.stats.spurious += 1);
-        return;
-    }
-    let data = view.read_data();
-    // Interrupts stay off (an interrupt gate) from here until the task is parked or the HLT loop
-    // halts: a resolution written after this store always finds its waiter registered. Hosts
-    // rely on it to force the waiting paths (`ResolutionTiming::AfterEventTaken`).
-    view.inuse().store(0, Ordering::Release);
-    let token = Token(data.token);
-
-    let can_sleep = frame.interrupts_were_enabled() && task::may_sleep_in_trap() && task::has_other_runnable();
-    let waiter = if can_sleep { Waiter::Task(task::current()) } else { Waiter::Halt };
-    let outcome = STATE.with(|s| {
+    let taken = STATE.with(|s| {
+        let view = SharedView::of(cpu, s.entries);
+        if view.inuse().load(Ordering::Acquire) != 1 {
+            s.stats.spurious += 1;
+            return None;
+        }
+        let (token, gpa) = view.read_token_gpa();
+        // A resolution the host posted before it delivered this event is in the ring now (it
+        // published `head` before `inuse`, `VECTORS_DRAIN_AT_EVENT`), and comes with no
+        // interrupt: take it before the token is looked up. Drained before the area is given
+        // back, so a resolution posted after the event was taken is never found here: it comes
+        // with its interrupt, once the task is parked (below).
+        if s.drains_at_event {
+            let drained = s.drain(cpu);
+            if drained != Drain::Consumed(0) {
+                s.stats.drains_at_event += 1;
+                report_corrupt(drained);
+            }
+        }
+        // Interrupts stay off (an interrupt gate) from here until the task is parked or the HLT
+        // loop halts: a resolution written after this store always finds its waiter registered.
+        // Hosts rely on it to force the waiting paths (`ResolutionTiming::AfterEventTaken`).
+        view.inuse().store(0, Ordering::Release);
         s.stats.events += 1;
-        s.table.on_event(token, data.gpa, waiter)
+        let outcome = s.table.on_event(token, gpa, || waiter(frame));
+        match outcome {
+            EventOutcome::Park(Waiter::Task(_)) => s.stats.slept += 1,
+            EventOutcome::Park(Waiter::Halt) => s.stats.halted += 1,
+            EventOutcome::AlreadyResolved { .. } | EventOutcome::Rejected(_) => {}
+        }
+        Some((token, gpa, outcome))
     });
-    let account = |since: u64| STATE.with(|s| s.stats.handler_cycles += cpu::rdtsc().wrapping_sub(since));
-    let (result, resumed) = match outcome {
+    let Some((token, gpa, outcome)) = taken else {
+        account(entered);
+        return;
+    };
+    // What the protocol costs: a wait is not counted, what comes before and after it is.
+    let (result, since) = match outcome {
         EventOutcome::AlreadyResolved { result } => (result, entered),
         EventOutcome::Rejected(why) => {
-            kprintln!("pnp: event with token {:#x} rejected: {why:?}", token.0);
             account(entered);
+            kprintln!("pnp: event with token {:#x} rejected: {why:?}", token.0);
             return;
         }
-        EventOutcome::Park if can_sleep => {
-            STATE.with(|s| s.stats.slept += 1);
+        EventOutcome::Park(Waiter::Task(_)) => {
             account(entered);
-            let result = task::block_current(Wait::Key { owner: super::WAIT_OWNER, key: u64::from(token.0) }) as u32;
-            (result, cpu::rdtsc())
+            let wait = Wait::Key { owner: super::WAIT_OWNER, key: u64::from(token.0) };
+            (task::block_current(wait) as u32, cpu::rdtsc())
         }
-        EventOutcome::Park => {
-            STATE.with(|s| s.stats.halted += 1);
+        EventOutcome::Park(Waiter::Halt) => {
             account(entered);
-            let result = halt::wait_until(|| STATE.with(|s| s.table.take_halt_result(token))).0;
-            (result, cpu::rdtsc())
+            (halt::wait_until(|| STATE.with(|s| s.table.take_halt_result(token))).0, cpu::rdtsc())
         }
     };
-    account(resumed);
+    account(since);
     if result == abi::RESULT_FAILED {
-        page_failed(frame, token, data.gpa);
+        page_failed(frame, token, gpa);
+    }
+}
+
+/// Who waits for a token the event in `frame` brought: the interrupted task, parked, when it
+/// may sleep here (it had interrupts on, is not idle or in a `NoSleepGuard`, and is not
+/// another handler) and another task can run meanwhile; otherwise the HLT loop.
+fn waiter(frame: &TrapFrame) -> Waiter {
+    match frame.interrupts_were_enabled().then(task::sleeper_in_trap).flatten() {
+        Some(id) => Waiter::Task(id),
+        None => Waiter::Halt,
     }
 }
 
@@ -373,32 +449,33 @@ fn page_failed(frame: &TrapFrame, token: Token, gpa: u64) {
     task::exit_current(ExitStatus::Killed(super::PageFailed { token: token.0, gpa }.into()));
 }
 
+/// The resolution vector: drain the ring, waking each token's waiter as its entry comes, in one
+/// borrow of this vCPU's state (the scheduler's is another).
 fn on_resolution(_frame: &mut TrapFrame) {
     let entered = cpu::rdtsc();
     apic::eoi();
     let cpu = percpu::index();
-    let mut wakes: heapless::Vec<(task::table::TaskId, u32), { abi::MAX_RING_ENTRIES as usize }> = heapless::Vec::new();
-    let drained = STATE.with(|s| {
+    STATE.with(|s| {
         s.stats.resolution_irqs += 1;
-        // The view's layout comes from the consumer itself, so the two cannot disagree.
-        let view = SharedView::of(cpu, s.ring.entries());
-        let table = &mut s.table;
-        s.ring.drain(&view, |r| {
-            if let ResolutionOutcome::Wake { task, result, .. } = table.on_resolution(Token(r.token), r.result) {
-                // Cannot overflow: a drain yields at most `entries` <= capacity items.
-                let _ = wakes.push((task, result));
-            }
-        })
+        report_corrupt(s.drain(cpu));
     });
+    account(entered);
+}
+
+/// TSC cycles this vCPU spent in the two handlers, less the time its tasks were parked or
+/// halted: what the protocol costs the guest. An atomic of its own (only this vCPU adds to it,
+/// with interrupts off), so that the time after a wait is counted without another borrow.
+static HANDLER_CYCLES: CpuLocal<AtomicU64> = CpuLocal::new([const { AtomicU64::new(0) }; MAX_CPUS]);
+
+/// Counts the handler time since `since`.
+fn account(since: u64) {
+    HANDLER_CYCLES.get().fetch_add(cpu::rdtsc().wrapping_sub(since), Ordering::Relaxed);
+}
+
+fn report_corrupt(drained: Drain) {
     if let Drain::Corrupt { head, tail } = drained {
         kprintln!("pnp: ring head {head} is impossible with tail {tail}: nothing consumed");
     }
-    for (id, result) in wakes {
-        if task::wake(id, u64::from(result)) != task::table::WakeOutcome::Woken {
-            STATE.with(|s| s.stats.stale_wakes += 1);
-        }
-    }
-    STATE.with(|s| s.stats.handler_cycles += cpu::rdtsc().wrapping_sub(entered));
 }
 
 fn host_call(nr: Nr, args: [u64; 4]) -> Result<[u64; 2], HypercallError> {

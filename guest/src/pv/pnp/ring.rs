@@ -52,7 +52,9 @@ impl RingConsumer {
         self.tail
     }
 
-    /// Consumes every entry the host has produced, handing each to `sink`.
+    /// Consumes every entry the host has produced, handing each to `sink`. Inlined into the
+    /// two handlers that drain (the event's and the resolution's), which run on every event.
+    #[inline(always)]
     pub fn drain(&mut self, mem: &impl RingMemory, mut sink: impl FnMut(Resolution)) -> Drain {
         if self.entries == 0 {
             return Drain::Consumed(0);

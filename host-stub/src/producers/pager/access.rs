@@ -139,7 +139,7 @@ impl Pager {
                 // (the retry of this one), and the page arrives with the #PF (`deliver_owed`),
                 // so the retry comes back. One vCPU's stand-in for KVM delivering "page ready"
                 // on another vCPU.
-                post_resolution(inner, out(token), result)?;
+                post_resolution(inner, out(token), result, false)?;
                 inner.apf_counters.ready_before_not_present += 1;
                 if let Some(v) = inner.apf.get_mut(vcpu) {
                     v.owed = Some((page, token));
@@ -149,7 +149,7 @@ impl Pager {
                 if make_present {
                     fill(inner, page)?;
                 }
-                post_resolution(inner, out(token), result)?;
+                post_resolution(inner, out(token), result, true)?;
                 deliver_event(inner, ctx, out(token), gpa, gva)?;
             }
             Decision::Wait { fetch } => {

@@ -58,7 +58,7 @@ pub(super) fn finish_fetch(shared: &Shared, inner: &mut Inner, page: PageIndex) 
     };
     let mut problem = outcome.err();
     for out in waiters {
-        if let Err(e) = post_resolution(inner, out, result) {
+        if let Err(e) = post_resolution(inner, out, result, false) {
             problem.get_or_insert(e);
         }
     }

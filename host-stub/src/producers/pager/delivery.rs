@@ -32,11 +32,18 @@ pub(super) fn deliver_event(
     }
 }
 
-/// Resolves `out` with `result` (on any thread). KVM's ABI says "page ready" whatever the
-/// result: it has no "failed", so the guest retries and the host finds the failure then.
-pub(super) fn post_resolution(inner: &mut Inner, out: TokenOut, result: u32) -> Result<(), PagerError> {
+/// Resolves `out` with `result` (on any thread); `before_event` when its event is delivered
+/// right after (the ring then may leave the interrupt to the guest's drain at event). KVM's
+/// ABI says "page ready" whatever the result: it has no "failed", so the guest retries and the
+/// host finds the failure then.
+pub(super) fn post_resolution(
+    inner: &mut Inner,
+    out: TokenOut,
+    result: u32,
+    before_event: bool,
+) -> Result<(), PagerError> {
     match out.via {
-        Via::Ring => ring::post_resolution(inner, out.vcpu, out.token, result),
+        Via::Ring => ring::post_resolution(inner, out.vcpu, out.token, result, before_event),
         Via::KvmApf => kvm_apf_delivery::post_page_ready(inner, out.vcpu, out.token),
         Via::KvmApfKernel => {
             inner.timeline.resolution(out.vcpu, out.token.0, result);

@@ -142,6 +142,7 @@ impl Pager {
             violation: None,
             vcpu_thread: None,
             msi_refused: 0,
+            resolutions_without_interrupt: 0,
             held_back: Vec::new(),
             held_back_poller: None,
             timeline: PagerTimeline::default(),
@@ -186,6 +187,7 @@ impl Pager {
             ("outstanding", outstanding as u64),
             ("fetching", fetching as u64),
             ("msi_refused", inner.msi_refused),
+            ("resolutions_without_interrupt", inner.resolutions_without_interrupt),
             ("decoded_efaults", self.efaults),
             ("unemulated_accesses", self.unemulated),
             ("retries_for_pending_event", c.retries_for_pending_event),
@@ -365,7 +367,7 @@ impl ExitHandler for Pager {
     }
 
     fn cpuid(&self, table: &mut CpuidTable) {
-        table.entry(abi_cpuid::LEAF_INFO, 0).ebx |= Features::PAGE_NOT_PRESENT;
+        table.entry(abi_cpuid::LEAF_INFO, 0).ebx |= Features::PAGE_NOT_PRESENT | Features::PNP_DRAIN_AT_EVENT;
         let base = table.entry(abi_cpuid::LEAF_BASE, 0);
         base.eax = base.eax.max(abi::LEAF_PNP);
         let leaf = table.entry(abi::LEAF_PNP, 0);

@@ -27,6 +27,8 @@ pub struct Registration {
 pub struct Active {
     pub event_vector: u8,
     pub resolution_vector: u8,
+    /// The guest drains its ring when it takes an event ([`abi::VECTORS_DRAIN_AT_EVENT`]).
+    pub drains_at_event: bool,
     pub ring_gpa: u64,
     pub entries: u32,
     pub data_gpa: u64,
@@ -48,16 +50,17 @@ pub enum Refusal {
     RingNotZeroed,
 }
 
-/// Decodes [`abi::MSR_VECTORS`].
-pub fn decode_vectors(value: u64) -> Result<(u8, u8), Refusal> {
-    if value >> 16 != 0 {
+/// Decodes [`abi::MSR_VECTORS`]: the event and resolution vectors, and whether the guest
+/// drains its ring when it takes an event.
+pub fn decode_vectors(value: u64) -> Result<(u8, u8, bool), Refusal> {
+    if value >> 16 & !1 != 0 {
         return Err(Refusal::ReservedBits);
     }
     let (event, resolution) = (value as u8, (value >> 8) as u8);
     if event < 32 || resolution < 32 || event == resolution {
         return Err(Refusal::BadVector);
     }
-    Ok((event, resolution))
+    Ok((event, resolution, value & abi::VECTORS_DRAIN_AT_EVENT != 0))
 }
 
 /// Decodes an enabled [`abi::MSR_RING`]: the ring's address and size.
@@ -85,13 +88,13 @@ pub fn decode_data(value: u64) -> Result<u64, Refusal> {
 impl Registration {
     /// The registration, when vectors, ring and event area are all in place.
     pub fn active(&self) -> Option<Active> {
-        let (event_vector, resolution_vector) = decode_vectors(self.vectors_msr).ok()?;
+        let (event_vector, resolution_vector, drains_at_event) = decode_vectors(self.vectors_msr).ok()?;
         if self.ring_msr & MSR_ENABLE == 0 || self.data_msr & MSR_ENABLE == 0 {
             return None;
         }
         let (ring_gpa, entries) = decode_ring(self.ring_msr).ok()?;
         let data_gpa = decode_data(self.data_msr).ok()?;
-        Some(Active { event_vector, resolution_vector, ring_gpa, entries, data_gpa })
+        Some(Active { event_vector, resolution_vector, drains_at_event, ring_gpa, entries, data_gpa })
     }
 
     fn outstanding(&self) -> usize {
@@ -234,6 +237,7 @@ mod tests {
             Some(Active {
                 event_vector: 0x51,
                 resolution_vector: 0x52,
+                drains_at_event: false,
                 ring_gpa: 0x20_0000,
                 entries: 16,
                 data_gpa: 0x20_1000
@@ -247,7 +251,8 @@ mod tests {
         let mut r = Registration::default();
         assert_eq!(r.write(abi::MSR_VECTORS, 0x5210, RAM, zeroed), Err(Refusal::BadVector));
         assert_eq!(r.write(abi::MSR_VECTORS, 0x5151, RAM, zeroed), Err(Refusal::BadVector));
-        assert_eq!(r.write(abi::MSR_VECTORS, 0x1_5251, RAM, zeroed), Err(Refusal::ReservedBits));
+        assert_eq!(r.write(abi::MSR_VECTORS, 0x2_5251, RAM, zeroed), Err(Refusal::ReservedBits));
+        assert_eq!(r.write(abi::MSR_VECTORS, 0x1_0000_5251, RAM, zeroed), Err(Refusal::ReservedBits));
         r.write(abi::MSR_VECTORS, 0x5251, RAM, zeroed).unwrap();
         let ring = |r: &mut Registration, value| r.write(abi::MSR_RING, value, RAM, zeroed);
         assert_eq!(ring(&mut r, 0x20_0000 | (9 << 1) | 1), Err(Refusal::RingTooLarge));

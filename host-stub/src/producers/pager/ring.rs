@@ -111,8 +111,17 @@ pub(super) fn deliver_event(
 }
 
 /// Writes `{result, token}` to the vCPU's ring, publishes `head` with release, and raises the
-/// resolution interrupt.
-pub(super) fn post_resolution(inner: &mut Inner, vcpu: usize, token: Token, result: u32) -> Result<(), PagerError> {
+/// resolution interrupt, unless the token's event is delivered right after this
+/// (`before_event`) to a guest that drains its ring when it takes an event
+/// (`abi::VECTORS_DRAIN_AT_EVENT`): `head` is published before the event area's `inuse`, so
+/// that drain finds the resolution.
+pub(super) fn post_resolution(
+    inner: &mut Inner,
+    vcpu: usize,
+    token: Token,
+    result: u32,
+    before_event: bool,
+) -> Result<(), PagerError> {
     let a = inner
         .vcpus
         .get(vcpu)
@@ -136,7 +145,11 @@ pub(super) fn post_resolution(inner: &mut Inner, vcpu: usize, token: Token, resu
         gpa: head_gpa,
         source,
     })?;
-    signal(inner, vcpu, a.resolution_vector)?;
+    if before_event && a.drains_at_event {
+        inner.resolutions_without_interrupt += 1;
+    } else {
+        signal(inner, vcpu, a.resolution_vector)?;
+    }
     inner.timeline.resolution(vcpu, token.0, result);
     Ok(())
 }
@@ -163,7 +176,7 @@ pub(super) fn deliver_resolved(
     let Some(token) = inner.vcpus.get_mut(vcpu).and_then(|r| r.pool.as_mut()).and_then(TokenPool::alloc) else {
         return Ok(false);
     };
-    post_resolution(inner, vcpu, token, abi::RESULT_RETRY)?;
+    post_resolution(inner, vcpu, token, abi::RESULT_RETRY, true)?;
     let c = &mut inner.core.counters;
     c.resolved_retry += 1;
     c.resolved_before_event += 1;

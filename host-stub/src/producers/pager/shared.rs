@@ -41,6 +41,9 @@ pub struct Inner {
     /// The vCPU thread, to kick out of KVM_RUN when a violation must stop the guest.
     pub vcpu_thread: Option<libc::pthread_t>,
     pub msi_refused: u64,
+    /// Resolutions posted without the resolution interrupt: the guest drains its ring at every
+    /// event, and their events were delivered after them (`abi::VECTORS_DRAIN_AT_EVENT`).
+    pub resolutions_without_interrupt: u64,
     /// Pages whose fetch is done but whose completion waits until the guest has taken the
     /// events of every token waiting for them
     /// ([`pvagent_abi::pnp::ResolutionTiming::AfterEventTaken`]).
