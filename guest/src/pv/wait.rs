@@ -3,59 +3,42 @@
 //! sleep, in the HLT loop when it cannot, not at all when the token's wake came first. The
 //! protocol records the event in its own [`TokenTable`](super::tokens::TokenTable), inside the
 //! one borrow of its per-vCPU state its handler takes, asking [`waiter`] who waits only when
-//! someone must; then [`wait`] waits as the table said, outside that borrow.
+//! someone must; then, when the table parked someone, [`wait`] waits outside that borrow.
 //!
 //! Interrupts are off (the handler's gate) from taking the event until the task is parked or
 //! the HLT loop halts, so a wake that comes after the event was taken always finds its waiter
 //! registered: hosts force the waiting paths with that (`ResolutionTiming::AfterEventTaken`).
 
 use super::halt;
-use super::tokens::{EventOutcome, Rejection, Waiter};
+use super::tokens::{Parked, Waiter};
 use crate::arch::trap::TrapFrame;
 use crate::task::{self, table::TaskId, table::Wait};
 
 /// Who waits for an event taken in `frame`'s context: its task, when it may sleep inside this
-/// trap (a task other than idle, at trap depth 1, outside a no-sleep section, interrupts on in
-/// the interrupted context) and another task can run meanwhile; otherwise the HLT loop.
+/// trap (it had interrupts on, is not idle or in a no-sleep section, and is not another
+/// handler) and another task can run meanwhile; otherwise the HLT loop.
+#[inline(always)]
 pub fn waiter(frame: &TrapFrame) -> Waiter {
-    if frame.interrupts_were_enabled() && task::may_sleep_in_trap() && task::has_other_runnable() {
-        Waiter::Task(task::current())
-    } else {
-        Waiter::Halt
+    match frame.interrupts_were_enabled().then(task::sleeper_in_trap).flatten() {
+        Some(id) => Waiter::Task(id),
+        None => Waiter::Halt,
     }
 }
 
-/// How an event ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Waited {
-    /// The wake had come before the event: no wait.
-    AlreadyResolved(u32),
-    /// Parked in the scheduler, woken with this result.
-    Slept(u32),
-    /// Waited in the HLT loop for this result.
-    Halted(u32),
-    /// The table refused the event: the access just goes on (it is retried where it has not
-    /// run).
-    Rejected(Rejection),
-}
-
-/// Waits for `token` as the table's `outcome` says: blocks the task on it (`owner` names the
-/// protocol's tokens for the scheduler), or halts until `take_halt_result` has it. Call from
-/// the event's handler with interrupts off, after giving back the protocol's state.
+/// Waits for `token` as its table parked it: blocks the task on it (`owner` names the
+/// protocol's tokens for the scheduler), or halts until `take_halt_result` has it. Returns the
+/// result it was woken with. Call from the event's handler with interrupts off, after giving
+/// back the protocol's state.
 #[inline(always)]
 pub fn wait(
-    outcome: EventOutcome,
+    parked: Parked,
     owner: &'static str,
     token: u32,
-    mut take_halt_result: impl FnMut() -> Option<(u32, u64)>,
-) -> Waited {
-    match outcome {
-        EventOutcome::AlreadyResolved { result } => Waited::AlreadyResolved(result),
-        EventOutcome::Rejected(why) => Waited::Rejected(why),
-        EventOutcome::Park(Waiter::Task(_)) => {
-            Waited::Slept(task::block_current(Wait::Key { owner, key: u64::from(token) }) as u32)
-        }
-        EventOutcome::Park(Waiter::Halt) => Waited::Halted(halt::wait_until(&mut take_halt_result).0),
+    take_halt_result: impl FnMut() -> Option<(u32, u64)>,
+) -> u32 {
+    match parked {
+        Parked::Task => task::block_current(Wait::Key { owner, key: u64::from(token) }) as u32,
+        Parked::Halt => halt::wait_until(take_halt_result).0,
     }
 }
 

@@ -15,8 +15,8 @@ use crate::arch::trap::{self, TrapFrame};
 use crate::arch::{apic, cpu};
 use crate::cell::StaticCell;
 use crate::kprintln;
-use crate::pv::tokens::{EventOutcome, Keying, TokenStats, TokenTable, Waiter, WakeOutcome};
-use crate::pv::wait::{self, Waited};
+use crate::pv::tokens::{EventOutcome, Hashed, TokenStats, TokenTable, WakeOutcome};
+use crate::pv::wait;
 use crate::sync::{CpuCell, IrqGuard};
 use crate::task::table::TaskId;
 
@@ -79,9 +79,9 @@ pub struct Stats {
     pub events: u64,
     /// #PFs that were the guest's own (`flags` 0), passed on.
     pub real_faults: u64,
-    /// Tasks parked in the scheduler.
+    /// Tasks parked in the scheduler (the token table's count).
     pub slept: u64,
-    /// Waits in the HLT loop.
+    /// Waits in the HLT loop (the token table's count).
     pub halted: u64,
     /// "Page ready" interrupts taken (a wake-all and a spurious one included).
     pub page_ready: u64,
@@ -118,13 +118,12 @@ impl Stats {
 struct ApfCpu {
     /// [`MSR_ASYNC_PF_EN`](abi::MSR_ASYNC_PF_EN) as this vCPU last wrote it (0: off).
     en_msr: u64,
-    table: TokenTable<TABLE_ENTRIES>,
+    table: TokenTable<Hashed, TABLE_ENTRIES>,
     stats: Stats,
 }
 
-static STATE: CpuCell<ApfCpu> = CpuCell::new(
-    [const { ApfCpu { en_msr: 0, table: TokenTable::with_keying(Keying::Hashed), stats: Stats::new() } }; MAX_CPUS],
-);
+static STATE: CpuCell<ApfCpu> =
+    CpuCell::new([const { ApfCpu { en_msr: 0, table: TokenTable::new(Hashed), stats: Stats::new() } }; MAX_CPUS]);
 
 /// Why enabling failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,15 +167,19 @@ pub fn enable() -> Result<(), EnableError> {
     if !kvm_features().is_some_and(offered) {
         return Err(EnableError::NotOffered);
     }
-    let _irq = IrqGuard::new();
     let en = Area::this_cpu().gpa() | abi::EN_ENABLED | abi::EN_DELIVERY_AS_INT;
     // The area and the table are ready: zero and empty from the start, and made so again
-    // whenever the ABI is turned off (`disable`). Interrupts stay off until both MSRs are
-    // written, and the wake-all that follows the enabling finds the table's keying set.
-    let fresh = STATE.with(|s| s.en_msr == 0);
-    let enabled = if fresh { write_msr(abi::MSR_ASYNC_PF_INT, u64::from(PAGE_READY_VECTOR)) } else { Ok(()) }
-        .and_then(|()| write_msr(abi::MSR_ASYNC_PF_EN, en));
-    enabled.map(|()| STATE.with(|s| s.en_msr = en))
+    // whenever the ABI is turned off (`disable`). One borrow, interrupts off (a refused write
+    // is a #GP the exception table fixes, which touches no state): the wake-all that follows
+    // the enabling comes after it, and finds the table's keying set.
+    STATE.with(|s| {
+        if s.en_msr == 0 {
+            write_msr(abi::MSR_ASYNC_PF_INT, u64::from(PAGE_READY_VECTOR))?;
+        }
+        write_msr(abi::MSR_ASYNC_PF_EN, en)?;
+        s.en_msr = en;
+        Ok(())
+    })
 }
 
 /// Turns the ABI off on this vCPU. The host forgets its outstanding tokens (KVM delivers none
@@ -192,7 +195,7 @@ pub fn disable() -> Result<(), EnableError> {
             // Cannot overflow: one entry per waiter.
             let _ = woken.push((task, RESULT_RETRY));
         });
-        s.table.reset(Keying::Hashed);
+        s.table.reset(Hashed);
         // The host writes the area no more: zeroed for the next enabling.
         Area::this_cpu().clear();
     });
@@ -214,7 +217,10 @@ pub fn area_gpa() -> u64 {
 /// This vCPU's counters.
 pub fn stats() -> Stats {
     let real_faults = REAL_FAULTS.get().load(Ordering::Relaxed);
-    STATE.with(|s| Stats { tokens: s.table.stats, real_faults, ..s.stats })
+    STATE.with(|s| {
+        let t = s.table.stats;
+        Stats { tokens: t, real_faults, slept: t.slept, halted: t.halted, ..s.stats }
+    })
 }
 
 /// Tokens with a waiter, and entries without one (early wakes, abandoned tokens).
@@ -245,26 +251,27 @@ fn on_page_fault(frame: &mut TrapFrame) {
             let outcome = STATE.with(|s| {
                 s.stats.events += 1;
                 let outcome = s.table.on_event(token, 0, || wait::waiter(frame));
-                match outcome {
-                    EventOutcome::Park(Waiter::Task(_)) => s.stats.slept += 1,
-                    EventOutcome::Park(Waiter::Halt) => s.stats.halted += 1,
-                    EventOutcome::AlreadyResolved { .. } | EventOutcome::Rejected(_) => {}
-                }
                 if let EventOutcome::Park(_) = outcome {
                     // A wait is not the handler's cost: what comes before and after it is.
                     s.stats.handler_cycles += cpu::rdtsc().wrapping_sub(entered);
                 }
                 outcome
             });
-            let waited =
-                wait::wait(outcome, super::WAIT_OWNER, token, || STATE.with(|s| s.table.take_halt_result(token)));
-            let since = if let EventOutcome::Park(_) = outcome { cpu::rdtsc() } else { entered };
-            if let Waited::Rejected(why) = waited {
-                // Not parked: returning retries the access, and the host, with the page still
-                // coming, makes this vCPU wait for it.
-                kprintln!("kvm-apf: page not present with token {token:#x} not waited for: {why:?}");
-            }
-            // The access is retried on return: KVM has no "failed" result to act on.
+            let since = match outcome {
+                EventOutcome::AlreadyResolved { .. } => entered,
+                EventOutcome::Rejected(why) => {
+                    // Not parked: returning retries the access, and the host, with the page
+                    // still coming, makes this vCPU wait for it.
+                    kprintln!("kvm-apf: page not present with token {token:#x} not waited for: {why:?}");
+                    entered
+                }
+                EventOutcome::Park(parked) => {
+                    // Woken with "retry" (page ready, or a wake-all): KVM has no other result.
+                    wait::wait(parked, super::WAIT_OWNER, token, || STATE.with(|s| s.table.take_halt_result(token)));
+                    cpu::rdtsc()
+                }
+            };
+            // The access is retried on return.
             STATE.with(|s| s.stats.handler_cycles += cpu::rdtsc().wrapping_sub(since));
         }
     }

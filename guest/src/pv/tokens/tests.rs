@@ -18,16 +18,13 @@ fn kvm(id: u32) -> u32 {
     pvagent_abi::kvm_apf::kvm_token(id, 0)
 }
 
-fn by_slot() -> TokenTable<256> {
-    let mut t = TokenTable::new();
-    t.reset(Keying::Slot { entries: 8 });
-    t
+/// A table for a ring of 8.
+fn by_slot() -> TokenTable<BySlot, 256> {
+    TokenTable::new(BySlot { entries: 8 })
 }
 
-fn hashed<const N: usize>() -> TokenTable<N> {
-    let mut t = TokenTable::new();
-    t.reset(Keying::Hashed);
-    t
+fn hashed<const N: usize>() -> TokenTable<Hashed, N> {
+    TokenTable::new(Hashed)
 }
 
 fn task(slot: u16) -> Waiter {
@@ -49,7 +46,12 @@ fn event_then_wake_parks_then_wakes_the_task() {
 
 #[test]
 fn a_wake_before_its_event_is_kept_and_the_event_does_not_park() {
-    for mut t in [by_slot(), hashed::<256>()] {
+    wake_before_event(by_slot());
+    wake_before_event(hashed::<256>());
+}
+
+fn wake_before_event<K: Keying>(mut t: TokenTable<K, 256>) {
+    {
         let tok = ring(5, 7);
         assert_eq!(t.on_wake(tok, RESULT_RETRY), WakeOutcome::Early);
         assert_eq!(t.kept(), 1);
@@ -58,7 +60,7 @@ fn a_wake_before_its_event_is_kept_and_the_event_does_not_park() {
         assert_eq!(outcome, EventOutcome::AlreadyResolved { result: 0 });
         assert_eq!((t.waiting(), t.kept()), (0, 0));
         assert_eq!(t.stats.resolved_before_event, 1);
-        assert_eq!(t.stats.parked, 0, "nobody parked, so nobody can be left asleep");
+        assert_eq!(t.stats.slept + t.stats.halted, 0, "nobody parked, so nobody can be left asleep");
     }
 }
 
@@ -73,7 +75,17 @@ fn an_early_failure_reaches_the_event() {
 
 #[test]
 fn halt_waiters_pick_up_their_result_once() {
-    for mut t in [by_slot(), hashed::<256>()] {
+    halt_waiter(by_slot());
+    halt_waiter(hashed::<256>());
+    let mut t = by_slot();
+    t.on_event(ring(0, 3), 0, || Waiter::Halt);
+    t.on_wake(ring(0, 3), RESULT_RETRY);
+    t.take_halt_result(ring(0, 3));
+    assert_eq!(t.on_wake(ring(0, 3), RESULT_RETRY), WakeOutcome::Rejected(Rejection::Duplicate));
+}
+
+fn halt_waiter<K: Keying>(mut t: TokenTable<K, 256>) {
+    {
         let tok = ring(0, 3);
         assert!(matches!(t.on_event(tok, 0x3000, || Waiter::Halt), EventOutcome::Park(_)));
         assert_eq!(t.take_halt_result(tok), None, "not resolved yet");
@@ -82,11 +94,6 @@ fn halt_waiters_pick_up_their_result_once() {
         assert_eq!(t.take_halt_result(tok), None, "taken once");
         assert_eq!((t.waiting(), t.kept()), (0, 0));
     }
-    let mut t = by_slot();
-    t.on_event(ring(0, 3), 0, || Waiter::Halt);
-    t.on_wake(ring(0, 3), RESULT_RETRY);
-    t.take_halt_result(ring(0, 3));
-    assert_eq!(t.on_wake(ring(0, 3), RESULT_RETRY), WakeOutcome::Rejected(Rejection::Duplicate));
 }
 
 #[test]
@@ -136,7 +143,7 @@ fn malformed_tokens_and_results_are_rejected() {
     assert_eq!((t.waiting(), t.kept()), (0, 0));
     let mut h = hashed::<128>();
     assert_eq!(h.on_event(0, 0, || Waiter::Task(TASK)), EventOutcome::Rejected(Rejection::Malformed));
-    let mut off = TokenTable::<8>::new();
+    let mut off = TokenTable::<BySlot, 8>::new(BySlot { entries: 0 });
     assert_eq!(off.on_wake(kvm(1), RESULT_RETRY), WakeOutcome::Rejected(Rejection::Malformed), "nothing registered");
 }
 
@@ -154,9 +161,12 @@ fn an_event_for_a_busy_token_is_rejected_and_the_first_waiter_keeps_its_place() 
 
 #[test]
 fn many_tokens_interleave_independently() {
-    let slot_tokens: Vec<u32> = (0..8).map(|s| ring(s, 1)).collect();
-    let kvm_tokens: Vec<u32> = (1..=60).map(kvm).collect();
-    for (mut t, toks) in [(by_slot(), slot_tokens), (hashed::<256>(), kvm_tokens)] {
+    interleave(by_slot(), (0..8).map(|s| ring(s, 1)).collect());
+    interleave(hashed::<256>(), (1..=60).map(kvm).collect());
+}
+
+fn interleave<K: Keying>(mut t: TokenTable<K, 256>, toks: Vec<u32>) {
+    {
         // Even: event first. Odd: wake first.
         for (i, &tok) in toks.iter().enumerate() {
             if i % 2 == 0 {
@@ -316,7 +326,7 @@ fn the_hashed_table_agrees_with_a_map_over_many_random_operations() {
                 Some(Model::Waiting(_)) => EventOutcome::Rejected(Rejection::Busy),
                 None => {
                     model.insert(token, Model::Waiting(id));
-                    EventOutcome::Park(Waiter::Task(id))
+                    EventOutcome::Park(Parked::Task)
                 }
             };
             assert_eq!(got, want, "step {step}: event {token:#x}");
