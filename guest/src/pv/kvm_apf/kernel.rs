@@ -188,20 +188,52 @@ pub fn enable() -> Result<(), EnableError> {
 pub fn disable() -> Result<(), EnableError> {
     let _irq = IrqGuard::new();
     write_msr(abi::MSR_ASYNC_PF_EN, 0)?;
-    let mut woken: heapless::Vec<(TaskId, u32), TABLE_ENTRIES> = heapless::Vec::new();
+    let mut woken = Woken::new();
     STATE.with(|s| {
         s.en_msr = 0;
-        s.table.wake_all(|task| {
-            // Cannot overflow: one entry per waiter.
-            let _ = woken.push((task, RESULT_RETRY));
-        });
+        take_every_waiter(s, &mut woken);
         s.table.reset(Hashed);
         // The host writes the area no more: zeroed for the next enabling.
         Area::this_cpu().clear();
     });
-    let stale = wait::wake_tasks(woken);
+    let stale = wait::wake_tasks(&woken, RESULT_RETRY);
     STATE.with(|s| s.stats.stale_wakes += stale);
     Ok(())
+}
+
+/// Whom a "page ready" wakes, once the table is given back.
+enum Wake {
+    Nobody,
+    Task(TaskId, u32),
+    /// A wake-all.
+    All,
+}
+
+/// Tasks a wake-all woke, to be woken once the table is given back.
+type Woken = heapless::Vec<TaskId, TABLE_ENTRIES>;
+
+/// Wakes every waiter in the table, as a wake-all: the HLT-loop waiters find their result, the
+/// tasks go to `woken` (filled in place: moving it would copy a kilobyte, which an emulated
+/// kernel pays for byte by byte).
+fn take_every_waiter(s: &mut ApfCpu, woken: &mut Woken) {
+    s.table.wake_all(|task| {
+        // Cannot overflow: one entry per waiter.
+        let _ = woken.push(task);
+    });
+}
+
+/// A wake-all (token `0xFFFF_FFFF`): every waiter of this vCPU. Rare (KVM sends one at each
+/// enabling), so out of the common path and its stack frame.
+#[cold]
+#[inline(never)]
+fn wake_every_waiter() {
+    let mut woken = Woken::new();
+    STATE.with(|s| {
+        s.stats.wake_alls += 1;
+        take_every_waiter(s, &mut woken);
+    });
+    let stale = wait::wake_tasks(&woken, RESULT_RETRY);
+    STATE.with(|s| s.stats.stale_wakes += stale);
 }
 
 /// Whether the ABI is on for this vCPU.
@@ -289,38 +321,32 @@ fn on_page_ready(_frame: &mut TrapFrame) {
     // ABI would not be enabled and this vector not registered); writing 1 only tells the host
     // the slot is free.
     unsafe { Msr::new(abi::MSR_ASYNC_PF_ACK).write(abi::ACK) };
-    let mut woken: heapless::Vec<(TaskId, u32), TABLE_ENTRIES> = heapless::Vec::new();
-    let entered = STATE.with(|s| {
+    // One borrow: count, and look the token up; whoever is woken is woken after it.
+    let wake = STATE.with(|s| {
         s.stats.page_ready += 1;
         match page_ready(token) {
             PageReady::Spurious => s.stats.spurious += 1,
-            PageReady::WakeAll => {
-                s.stats.wake_alls += 1;
-                s.table.wake_all(|task| {
-                    // Cannot overflow: one entry per waiter.
-                    let _ = woken.push((task, RESULT_RETRY));
-                });
-            }
-            PageReady::Wake(token) => match s.table.on_wake(token, RESULT_RETRY) {
-                WakeOutcome::Wake { task, result, .. } => {
-                    let _ = woken.push((task, result));
+            PageReady::WakeAll => return Wake::All,
+            PageReady::Wake(token) => {
+                if let WakeOutcome::Wake { task, result, .. } = s.table.on_wake(token, RESULT_RETRY) {
+                    return Wake::Task(task, result);
                 }
-                WakeOutcome::HaltDone | WakeOutcome::Early | WakeOutcome::Late => {}
-                WakeOutcome::Rejected(_) => {}
-            },
+            }
         }
-        if woken.is_empty() {
-            // Nobody to wake (a wake-all at enabling, a wake kept or absorbed): done here.
-            s.stats.handler_cycles += cpu::rdtsc().wrapping_sub(entered);
-            return None;
-        }
-        Some(entered)
+        // Nobody to wake (a spurious one, a wake kept or absorbed): done here.
+        s.stats.handler_cycles += cpu::rdtsc().wrapping_sub(entered);
+        Wake::Nobody
     });
-    if let Some(entered) = entered {
-        let stale = wait::wake_tasks(woken);
-        STATE.with(|s| {
-            s.stats.stale_wakes += stale;
-            s.stats.handler_cycles += cpu::rdtsc().wrapping_sub(entered);
-        });
-    }
+    let stale = match wake {
+        Wake::Nobody => return,
+        Wake::Task(task, result) => u64::from(wait::wake(task, result)),
+        Wake::All => {
+            wake_every_waiter();
+            0
+        }
+    };
+    STATE.with(|s| {
+        s.stats.stale_wakes += stale;
+        s.stats.handler_cycles += cpu::rdtsc().wrapping_sub(entered);
+    });
 }
