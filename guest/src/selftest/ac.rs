@@ -328,7 +328,7 @@ fn user_alignment_check_goes_to_the_task_hook() -> TestResult {
     ensure_eq!(HOOK_CALLS.load(Ordering::SeqCst), 1, "calls of the task's fault hook");
     ensure_eq!(HOOK_VECTOR.load(Ordering::SeqCst), u32::from(sld::AC_VECTOR), "vector the hook saw");
     let insn = core::ptr::addr_of!(ac_user_misaligned_load_insn) as u64;
-    ensure_eq!(HOOK_RIP.load(Ordering::SeqCst), insn, "RIP of the #AC (the load, not yet executed)");
+    ensure_eq_hex!(HOOK_RIP.load(Ordering::SeqCst), insn, "RIP of the #AC (the load, not yet executed)");
     ensure_eq!(status, ExitStatus::Returned(value), "the task after its hook retried the load");
     let after = ac::stats();
     ensure_eq!(after.alignment_checks - before.alignment_checks, 1, "alignment checks counted");
@@ -485,7 +485,7 @@ fn checked_split_lock_is_an_alignment_check() -> TestResult {
     expect_verdicts(seq, 1, Verdict::InjectedAlignmentCheck)?;
     ensure_eq!(HOOK_CALLS.load(Ordering::SeqCst), 1, "calls of the task's fault hook");
     let insn = core::ptr::addr_of!(ac_user_checked_split_lock_insn) as u64;
-    ensure_eq!(HOOK_RIP.load(Ordering::SeqCst), insn, "RIP of the #AC");
+    ensure_eq_hex!(HOOK_RIP.load(Ordering::SeqCst), insn, "RIP of the #AC");
     ensure_eq_hex!(load_u32(split), value.wrapping_add(1), "the locked add ran once");
     let after = ac::stats();
     ensure_eq!(after.alignment_checks - before.alignment_checks, 1, "alignment checks");
