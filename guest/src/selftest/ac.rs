@@ -71,8 +71,17 @@ pub const TESTS: &[SelfTest] = &[
     ]),
     SelfTest::new("ac::spurious_ac_is_ignored", spurious_ac_is_ignored).needs(TRIGGER),
     SelfTest::on_request("ac::kernel_split_lock_fatal_panics", kernel_split_lock_fatal_panics).needs(SPLIT_LOCKS),
-    SelfTest::on_request("ac::host_policy_exit_stops_the_run", host_policy_exit_stops_the_run).needs(TRIGGER),
-    SelfTest::on_request("ac::host_policy_disable_globally", host_policy_disable_globally).needs(SPLIT_LOCKS),
+    SelfTest::on_request("ac::host_policy_exit_stops_the_run", host_policy_exit_stops_the_run).needs(&[
+        Need::HostStub,
+        Need::SldTrigger,
+        Need::SldExitPolicy,
+    ]),
+    SelfTest::on_request("ac::host_policy_disable_globally", host_policy_disable_globally).needs(&[
+        Need::HostStub,
+        Need::SldTrigger,
+        Need::SldDetection,
+        Need::SldDisableGloballyPolicy,
+    ]),
 ];
 
 /// Two cache lines.
