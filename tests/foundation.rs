@@ -44,10 +44,15 @@ fn an_unexpected_kernel_exception_is_reported_and_fails_the_run() {
 }
 
 #[test]
-fn a_filter_that_selects_nothing_fails_instead_of_passing_vacuously() {
+fn a_filter_that_selects_nothing_is_bad_usage_not_a_vacuous_pass() {
     let r = run_stub("tests=no_such_test");
-    assert_eq!(r.guest_exit_code, Some(exit::FAILURE));
+    assert_eq!(r.guest_exit_code, Some(exit::NO_TEST_SELECTED));
+    assert!(!r.passed());
+    assert_eq!(r.exit_status(), 2, "the user's mistake, not a failed test");
     assert!(r.serial.iter().any(|l| l.contains("no test matches tests=no_such_test")));
+    // Under QEMU the same code.
+    let run = run_qemu("tests=no_such_test");
+    assert_eq!(run.guest_code, Some(exit::NO_TEST_SELECTED), "{}", run.outcome.text());
 }
 
 #[test]

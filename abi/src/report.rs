@@ -207,7 +207,8 @@ pub enum Line<'a> {
     Summary {
         /// Tests that passed.
         passed: u32,
-        /// Tests that failed, plus one for a run that ended early or selected nothing.
+        /// Tests that failed, plus one for a run that ended early or selected nothing
+        /// (whose exit code is then `exit::NO_TEST_SELECTED`).
         failed: u32,
         /// Tests that were skipped.
         skipped: u32,

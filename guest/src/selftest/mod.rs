@@ -211,8 +211,14 @@ pub fn run(cmdline: Cmdline<'static>) -> ! {
         FAILED.fetch_add(1, Ordering::Relaxed);
     }
     kprintln!("{}", summary());
-    let code =
-        if FAILED.load(Ordering::Relaxed) == 0 { pvagent_abi::exit::SUCCESS } else { pvagent_abi::exit::FAILURE };
+    let code = if selected == 0 {
+        // Nothing was judged: the command line is wrong, which hosts report as bad usage.
+        pvagent_abi::exit::NO_TEST_SELECTED
+    } else if FAILED.load(Ordering::Relaxed) == 0 {
+        pvagent_abi::exit::SUCCESS
+    } else {
+        pvagent_abi::exit::FAILURE
+    };
     crate::arch::exit::exit(code)
 }
 
@@ -240,16 +246,16 @@ fn need_met(need: Need) -> TestResult {
             Some((region, _)) if region.pages > 0 => pager_registered(),
             _ => Err(Failure::Skip("needs the host stub's demand pager")),
         },
+        Need::PnpTwoTokens => skip_unless(
+            pnp::registered_entries() >= 2,
+            "needs a page-not-present ring of at least 2 entries (this run registered 1: pnp-ring=1)",
+        ),
         Need::PnpRingMode => skip_unless(
             pnp::host_mode() == pvagent_abi::pnp::HostMode::Ring,
             "needs the demand pager in ring mode (this run serves absent pages in sync mode)",
         ),
         Need::AlignmentCheck => skip_unless(
             arch::platform().hypervisor != Hypervisor::QemuTcg,
-        Need::PnpTwoTokens => skip_unless(
-            pnp::registered_entries() >= 2,
-            "needs a page-not-present ring of at least 2 entries (this run registered 1: pnp-ring=1)",
-        ),
             "QEMU TCG does not raise alignment-check #AC",
         ),
         Need::ExpectHost => skip_unless(
