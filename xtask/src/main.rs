@@ -70,7 +70,8 @@ struct RunArgs {
     /// /dev/kvm) with the command line word `list`, and takes no host stub options.
     #[arg(long, conflicts_with_all = ["tests", "trace", "results_json", "results_junit", "host_args"])]
     list: bool,
-    /// Write every boot's self-test results to FILE, one JSON object per line.
+    /// Write every boot's self-test results to FILE, one JSON object per line (a boot that
+    /// failed with no test to blame, or never ran, has a `(run)` record saying why).
     #[arg(long, value_name = "FILE")]
     results_json: Option<PathBuf>,
     /// Write every boot's self-test results to FILE as JUnit XML (one test suite per boot).
@@ -79,9 +80,10 @@ struct RunArgs {
     /// Options for the host stub (`target/debug/pvagent-host --help`), for every boot. One
     /// xtask sets too (--timeout, --pnp-mode, --trace) replaces xtask's; --cmdline adds guest
     /// command line words after xtask's own. Options that name a file: --trace (with
-    /// --trace-omit-console) goes to the first boot only; --serial-log FILE gives boot N its
-    /// own file, FILE with .bootN before its extension; --results-json and --results-junit are
-    /// refused here (give them before `--`: xtask merges every boot's results).
+    /// --trace-omit-console) goes to the first boot only; --serial-log FILE is the first boot's
+    /// console, and boot N's is FILE with .bootN before its extension; --results-json and
+    /// --results-junit are refused here (give them before `--`: xtask merges every boot's
+    /// results).
     #[arg(last = true, value_name = "HOST-STUB ARGS")]
     host_args: Vec<String>,
 }

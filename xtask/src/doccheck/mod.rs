@@ -1,7 +1,7 @@
 //! Every command the README and `docs/` show, run: the last stage of `cargo xtask test`, so that
 //! no example can rot.
 //!
-//! What counts as a command ([`markdown`]): each line of a fenced ```` ```sh ```` block in
+//! What counts as a command (`markdown.rs`): each line of a fenced ```` ```sh ```` block in
 //! `README.md` and `docs/*.md`, and each inline code span in their prose that starts with a
 //! program and its arguments (`cargo xtask run --list`). A command a reader is told to run goes
 //! in a `sh` block; one only mentioned in prose (a form with a placeholder, what xtask runs

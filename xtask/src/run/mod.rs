@@ -9,7 +9,7 @@
 //! same option given after `--` replaces xtask's (the host stub accepts each option once). A
 //! `--cmdline` given after `--` adds its words to xtask's own (`expect-host=stub`, `tests=`);
 //! the guest reads later words over earlier ones, so the user's win. The options that name an
-//! output file follow the rule in [`args`]: no boot writes over another's file.
+//! output file follow the rule in `args.rs`: no boot writes over another's file.
 
 mod args;
 mod list;
