@@ -72,11 +72,6 @@ impl<T> IrqMutex<T> {
     }
 
     /// Disables interrupts, then takes the lock.
-    ///
-    /// `#[inline]`: a few instructions on the console's path (every line printed), which must
-    /// not become a call because unrelated code moved it into another codegen unit (it did:
-    /// +19 emulated instructions per console line).
-    #[inline]
     pub fn lock(&self) -> IrqMutexGuard<'_, T> {
         let irq = IrqGuard::new();
         IrqMutexGuard { guard: self.inner.lock(), _irq: irq }
@@ -84,7 +79,6 @@ impl<T> IrqMutex<T> {
 
     /// Takes the lock if it is free; used by the panic path, which must not wait for a lock
     /// the panicking context may hold.
-    #[inline]
     pub fn try_lock(&self) -> Option<IrqMutexGuard<'_, T>> {
         let irq = IrqGuard::new();
         self.inner.try_lock().map(|guard| IrqMutexGuard { guard, _irq: irq })

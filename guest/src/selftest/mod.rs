@@ -308,7 +308,7 @@ fn pager_registered() -> TestResult {
     if let Some(refusal) = pnp::refused_at_boot() {
         return Err(fail(format_args!("registering the page-not-present protocol at boot failed: {refusal:?}")));
     }
-    if Cmdline::new(crate::boot::info::get().cmdline.as_str()).get("pnp") == Some("off") {
+    if crate::boot::info::get().cmdline.get("pnp") == Some("off") {
         return Err(Failure::Skip("pnp=off on the guest's command line: the protocol is not registered"));
     }
     Err(fail(format_args!("the page-not-present protocol is not registered, and nothing asked for that")))
