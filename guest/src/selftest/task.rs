@@ -137,7 +137,7 @@ fn yielding_tasks_interleave() -> TestResult {
     let b = spawned(task::spawn_kernel("worker-b", worker, 0xB))?;
     join(a)?;
     join(b)?;
-    ensure_eq!(LOG.load(Ordering::SeqCst), 0xABABAB, "order of the workers' steps");
+    ensure_eq_hex!(LOG.load(Ordering::SeqCst), 0xABABAB, "order of the workers' steps (a nibble per step)");
     Ok(())
 }
 
@@ -246,7 +246,7 @@ fn user_stack_overflow_ends_only_that_task() -> TestResult {
     match join(overflow)? {
         ExitStatus::Faulted(FaultInfo { vector: 14, address, error_code, .. }) => {
             ensure!((guard..guard + 4096).contains(&address), "CR2 {address:#x} is not on the guard page {guard:#x}");
-            ensure_eq!(error_code, pf::WRITE | pf::USER, "error code (not present, write, user)");
+            ensure_eq_hex!(error_code, pf::WRITE | pf::USER, "error code (not present, write, user)");
         }
         other => return Err(super::fail(format_args!("the overflowing task ended with {other:?}"))),
     }

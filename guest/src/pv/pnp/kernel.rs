@@ -250,8 +250,21 @@ pub fn init(cmdline: &Cmdline) {
             region.pages,
             host_mode()
         ),
-        Err(e) => kprintln!("pnp: registration refused: {e:?}"),
+        Err(e) => {
+            REFUSED_AT_BOOT.call_once(|| e);
+            kprintln!("pnp: registration refused: {e:?}");
+        }
     }
+}
+
+/// Why registering at boot failed, when it did: the self-tests fail on a refusal nobody
+/// asked for, where `pnp=off` makes them skip.
+static REFUSED_AT_BOOT: spin::Once<RegisterError> = spin::Once::new();
+
+/// Why registering the protocol at boot failed; `None` if it was registered, or never tried
+/// (no demand pager, `pnp=off`).
+pub fn refused_at_boot() -> Option<RegisterError> {
+    REFUSED_AT_BOOT.get().copied()
 }
 
 /// Why registration failed.

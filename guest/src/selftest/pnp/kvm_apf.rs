@@ -184,7 +184,7 @@ pub(super) fn kernel_access_waits_synchronously() -> TestResult {
     let gpa = fresh_pages(&region, 1)?;
     let (events, sync) = (kvm_apf::stats().events, counter(HostCounter::SyncWaits)?);
     // CPL 0, interrupts on: KVM delivers "page not present" to CPL 3 only; the vCPU waits.
-    ensure_eq!(read(gpa), backing_pattern(gpa), "data");
+    ensure_eq_hex!(read(gpa), backing_pattern(gpa), "data");
     ensure_eq!(kvm_apf::stats().events - events, 0, "page not present #PFs at CPL 0");
     ensure_eq!(counter(HostCounter::SyncWaits)? - sync, 1, "synchronous waits");
     Ok(())
@@ -256,7 +256,11 @@ pub(super) fn real_page_faults_stay_real() -> TestResult {
     yield_until_parked(1)?;
     // A real #PF of the kernel while a token is out: the exception table's, not KVM's.
     match crate::arch::fault::probe_read_u64(0x18) {
-        Err(f) => ensure_eq!((f.vector, f.address, f.error_code), (14, 0x18, 0), "the kernel's own #PF"),
+        Err(f) => {
+            ensure_eq!(f.vector, 14, "the kernel's own #PF: vector");
+            ensure_eq_hex!(f.address, 0x18, "the kernel's own #PF: address");
+            ensure_eq_hex!(f.error_code, 0, "the kernel's own #PF: error code");
+        }
         Ok(v) => return Err(fail(format_args!("address 0x18 read {v:#x}"))),
     }
     held.release_all()?;

@@ -49,7 +49,7 @@ pub const TESTS: &[SelfTest] = &[
         .needs(PAGER),
     SelfTest::new("pnp::user_task_resumes_with_the_right_data", user_task_resumes_with_the_right_data).needs(PAGER),
     SelfTest::new("pnp::two_tasks_on_one_absent_page_each_get_a_token", two_tasks_on_one_absent_page_each_get_a_token)
-        .needs(PAGER),
+        .needs(&[Need::Pager, Need::PnpTwoTokens]),
     SelfTest::new("pnp::resolution_before_event_does_not_park", resolution_before_event_does_not_park).needs(PAGER),
     SelfTest::new("pnp::failed_page_ends_only_its_task", failed_page_ends_only_its_task)
         .needs(&[Need::Pager, Need::PnpRingMode]),

@@ -2,24 +2,33 @@
 //! producer at its defaults (the pager in `ring` mode), then the page-not-present tests again
 //! with the pager in each other mode (`sync`; KVM's async page fault ABI served by the host stub,
 //! `kvm-apf`, and by KVM itself, `kvm-apf-kernel`, with that driver's tests too), so every mode of
-//! the host is seen on every run. A filtered
-//! run (`--tests`, or `tests=` in the guest's command line) or a run in a mode the user chose
-//! (`--pnp-mode`) boots once; each boot says what it runs before it starts.
+//! the host is seen on every run. A filtered run (`--tests`, or `tests=` in the guest's command
+//! line), a run in a mode the user chose (`--pnp-mode`) or one without the pager (`--pnp-mib 0`,
+//! `pnp=off`) boots once; each boot says what it runs before it starts, and a boot left out says
+//! why.
 //!
 //! The host stub options xtask sets (`--timeout`, `--pnp-mode`, `--trace`) are defaults: the
 //! same option given after `--` replaces xtask's (the host stub accepts each option once). A
 //! `--cmdline` given after `--` adds its words to xtask's own (`expect-host=stub`, `tests=`);
-//! the guest reads later words over earlier ones, so the user's win.
+//! the guest reads later words over earlier ones, so the user's win. The options that name an
+//! output file follow the rule in `args.rs`: no boot writes over another's file.
+
+mod args;
+mod list;
+mod records;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use pvagent_abi::report::{Line, Need, Status};
+use pvagent_abi::report::{Line, Status};
 use pvagent_host::results::{self, TestRecord};
 
-use crate::proc;
+pub use list::{Listed, format_list, list};
+
+use crate::proc::{self, Ended};
 use crate::{Profile, Result, err, failed, guest, project_root, setup};
+use args::{value_of, without};
 
 /// Time one boot may take before it is killed.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -46,52 +55,6 @@ impl RunOptions {
     }
 }
 
-/// Whether `args` (the user's host stub arguments) give option `name` (`--name VALUE` or
-/// `--name=VALUE`).
-fn gives(args: &[String], name: &str) -> bool {
-    value_of(args, name).is_some() || args.iter().any(|a| a == name)
-}
-
-/// The value `args` give option `name` (the last one, as the host stub would refuse a second).
-fn value_of<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
-    let mut found = None;
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        if arg == name {
-            found = it.next().map(String::as_str);
-        } else if let Some(value) = arg.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')) {
-            found = Some(value);
-        }
-    }
-    found
-}
-
-/// `args` without option `name` and its value.
-fn without(args: &[String], name: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        if arg == name {
-            it.next();
-        } else if !arg.strip_prefix(name).is_some_and(|rest| rest.starts_with('=')) {
-            out.push(arg.clone());
-        }
-    }
-    out
-}
-
-/// The host stub's arguments: the user's `extra`, after xtask's `defaults` (option, value)
-/// that the user did not give.
-fn host_arguments(defaults: &[(&str, String)], extra: &[String]) -> Vec<String> {
-    let mut args = Vec::new();
-    for (name, value) in defaults.iter().filter(|(name, _)| !gives(extra, name)) {
-        args.push(name.to_string());
-        args.push(value.clone());
-    }
-    args.extend(extra.iter().cloned());
-    args
-}
-
 /// One boot of the plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Boot {
@@ -105,6 +68,33 @@ pub struct Boot {
     pub defaults: Vec<(&'static str, String)>,
 }
 
+/// Why the user's options leave the run without a demand pager to test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NoPager {
+    /// `--pnp-mib 0`: the host stub runs none.
+    NoneRun,
+    /// `pnp=off` (the last `pnp=` word): the guest does not register the protocol.
+    ProtocolOff,
+}
+
+impl NoPager {
+    /// What the user's options say, if they leave the run without a pager.
+    fn of(extra: &[String], user_words: &str) -> Option<Self> {
+        if value_of(extra, "--pnp-mib").and_then(|mib| mib.trim().parse::<u64>().ok()) == Some(0) {
+            return Some(NoPager::NoneRun);
+        }
+        let pnp = user_words.split_ascii_whitespace().filter_map(|w| w.strip_prefix("pnp=")).next_back();
+        (pnp == Some("off")).then_some(NoPager::ProtocolOff)
+    }
+
+    fn why(self) -> &'static str {
+        match self {
+            NoPager::NoneRun => "--pnp-mib 0: the host stub runs no demand pager",
+            NoPager::ProtocolOff => "pnp=off: the guest does not register the page-not-present protocol",
+        }
+    }
+}
+
 /// The boots `cargo xtask run` makes for `tests`, `trace` and the user's host stub arguments,
 /// and a note on what it leaves out, if anything.
 pub fn plan(tests: Option<&str>, trace: Option<&Path>, extra: &[String]) -> (Vec<Boot>, Option<String>) {
@@ -112,6 +102,7 @@ pub fn plan(tests: Option<&str>, trace: Option<&Path>, extra: &[String]) -> (Vec
     let user_tests = user_words.split_ascii_whitespace().filter_map(|w| w.strip_prefix("tests=")).next_back();
     let selection = user_tests.or(tests);
     let mode = value_of(extra, "--pnp-mode");
+    let no_pager = NoPager::of(extra, user_words);
     let words = |tests: Option<&str>| {
         let mut words = vec!["expect-host=stub".to_string()];
         words.extend(tests.map(|t| format!("tests={t}")));
@@ -126,18 +117,26 @@ pub fn plan(tests: Option<&str>, trace: Option<&Path>, extra: &[String]) -> (Vec
     if let Some(file) = trace {
         first.push(("--trace", file.display().to_string()));
     }
-    let mut boots = vec![Boot {
-        what: format!("{}, pager in {} mode", what(selection), mode.unwrap_or("ring")),
-        label: format!("host-stub-{}", mode.unwrap_or("ring")),
-        cmdline: words(tests),
-        defaults: first,
-    }];
-    let note = match (selection, mode) {
-        (Some(_), None) => Some(
+    let mode_name = mode.unwrap_or("ring");
+    let (pager, label) = match no_pager {
+        Some(NoPager::NoneRun) => ("no demand pager".to_string(), "host-stub-no-pager".to_string()),
+        Some(NoPager::ProtocolOff) => {
+            (format!("pager in {mode_name} mode, protocol not registered (pnp=off)"), format!("host-stub-{mode_name}"))
+        }
+        None => (format!("pager in {mode_name} mode"), format!("host-stub-{mode_name}")),
+    };
+    let mut boots =
+        vec![Boot { what: format!("{}, {pager}", what(selection)), label, cmdline: words(tests), defaults: first }];
+    let note = match (selection, mode, no_pager) {
+        (Some(_), None, _) => Some(
             "a filtered run boots once, with the pager in ring mode; add `-- --pnp-mode sync` for sync mode".into(),
         ),
-        (_, Some(mode)) => Some(format!("--pnp-mode {mode} given: one boot, in that mode")),
-        (None, None) => {
+        (_, Some(mode), _) => Some(format!("--pnp-mode {mode} given: one boot, in that mode")),
+        (None, None, Some(no_pager)) => Some(format!(
+            "one boot: the others, the page-not-present tests in the pager's other modes, are left out ({}: their tests need it)",
+            no_pager.why()
+        )),
+        (None, None, None) => {
             for (mode, tests) in [("sync", "pnp"), ("kvm-apf", "pnp,kvm_apf"), ("kvm-apf-kernel", "pnp,kvm_apf")] {
                 boots.push(Boot {
                     what: format!("the page-not-present self-tests (tests={tests}), pager in {mode} mode"),
@@ -152,16 +151,55 @@ pub fn plan(tests: Option<&str>, trace: Option<&Path>, extra: &[String]) -> (Vec
     (boots, note)
 }
 
-/// How one boot ended, as far as xtask needs it.
+/// How one boot went.
 #[derive(Debug)]
 struct Booted {
+    ended: Ended,
+    /// The host stub's arguments, as a shell would show them.
+    shown: String,
     /// The guest's summary line: (passed, failed, skipped).
     summary: Option<(u32, u32, u32)>,
+    /// Each failed test, with its reason.
+    failures: Vec<String>,
+    /// The host stub's one-line error (`pvagent-host: error: ...`), without its prefix.
+    host_error: Option<String>,
 }
 
-/// One boot of the guest under the host stub binary: `Ok` when it exits 0; a test failure
-/// (exit status 1, with the failed tests) or a host-side error (status 2) otherwise.
-fn boot(host: &Path, elf: &Path, boot: &Boot, extra: &[String], results: Option<&Path>) -> Result<Booted> {
+impl Booted {
+    /// `Ok` when the host stub exited 0; a test failure for exit status 1 (with the failed
+    /// tests); a host-side error otherwise (with the host stub's own message).
+    fn verdict(&self) -> Result<()> {
+        let shown = &self.shown;
+        let outcome = match &self.ended {
+            Ended::Exited(outcome) => outcome,
+            Ended::Killed { after, .. } => {
+                return Err(err!("the host stub did not finish within {} s and was killed ({shown})", after.as_secs()));
+            }
+        };
+        match (outcome.status.code(), &self.host_error) {
+            (Some(0), _) => Ok(()),
+            (Some(1), _) if self.failures.is_empty() => Err(failed!("the guest reported failure ({shown})")),
+            (Some(1), _) => Err(failed!("the guest reported failure ({shown}): {}", shortened(&self.failures))),
+            (_, Some(message)) => Err(err!("the host stub failed ({}) for {shown}: {message}", outcome.status)),
+            (_, None) => Err(err!("the host stub failed ({}) for {shown}", outcome.status)),
+        }
+    }
+}
+
+/// The failed tests for a one-line message: the first few, and how many more the report lines
+/// above it name.
+fn shortened(failures: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let mut text = failures.iter().take(SHOWN).cloned().collect::<Vec<_>>().join("; ");
+    if failures.len() > SHOWN {
+        text.push_str(&format!("; and {} more failed tests, above", failures.len() - SHOWN));
+    }
+    text
+}
+
+/// One boot of the guest under the host stub binary, boot `n` of the plan, its results (if
+/// asked for) to `results`.
+fn boot(host: &Path, elf: &Path, boot: &Boot, n: usize, extra: &[String], results: Option<&Path>) -> Result<Booted> {
     let mut defaults = boot.defaults.clone();
     defaults.push(("--timeout", BOOT_TIMEOUT.as_secs().to_string()));
     defaults.push(("--cmdline", boot.cmdline.clone()));
@@ -169,30 +207,30 @@ fn boot(host: &Path, elf: &Path, boot: &Boot, extra: &[String], results: Option<
         defaults.push(("--results-json", path.display().to_string()));
     }
     // The user's --cmdline words are in `boot.cmdline` already.
-    let args = host_arguments(&defaults, &without(extra, "--cmdline"));
+    let args = args::host_arguments(&defaults, &args::for_boot(&without(extra, "--cmdline"), n));
     // A host stub whose --timeout the user made longer than xtask's still gets killed, later.
     let timeout = timeout_given(&args).unwrap_or(BOOT_TIMEOUT).max(BOOT_TIMEOUT);
     let mut cmd = Command::new(host);
     cmd.arg(elf).args(&args);
-    let outcome = proc::run(cmd, timeout + Duration::from_secs(10), true)?;
-    let mut summary = None;
-    let mut failures = Vec::new();
-    for line in &outcome.output {
+    let ended = proc::supervise(cmd, timeout + Duration::from_secs(10), &mut |line| println!("{line}"))?;
+    let output = match &ended {
+        Ended::Exited(outcome) => &outcome.output,
+        Ended::Killed { output, .. } => output,
+    };
+    let (mut summary, mut failures, mut host_error) = (None, Vec::new(), None);
+    for line in output {
         match Line::parse(line) {
             Some(Line::Summary { passed, failed, skipped }) => summary = Some((passed, failed, skipped)),
             Some(Line::Result { status: Status::Fail, name, reason }) => failures.push(format!("{name}: {reason}")),
             _ => {}
         }
+        if let Some(message) = line.strip_prefix("pvagent-host: error: ") {
+            host_error.get_or_insert_with(|| message.to_string());
+        }
     }
     let shown: Vec<String> =
         args.iter().map(|a| if a.contains(' ') || a.is_empty() { format!("{a:?}") } else { a.clone() }).collect();
-    let shown = shown.join(" ");
-    match outcome.status.code() {
-        Some(0) => Ok(Booted { summary }),
-        Some(1) if failures.is_empty() => Err(failed!("the guest reported failure ({shown})")),
-        Some(1) => Err(failed!("the guest reported failure ({shown}): {}", failures.join("; "))),
-        _ => Err(err!("the host stub failed ({}) for {shown}", outcome.status)),
-    }
+    Ok(Booted { ended, shown: shown.join(" "), summary, failures, host_error })
 }
 
 /// The `--timeout` in `args` (`None` for 0, which asks the host stub for no limit: xtask's own
@@ -201,40 +239,63 @@ fn timeout_given(args: &[String]) -> Option<Duration> {
     value_of(args, "--timeout")?.parse().ok().filter(|s| *s > 0).map(Duration::from_secs)
 }
 
+/// A directory of this run's own for the boots' results files, empty.
+fn scratch_dir() -> Result<PathBuf> {
+    let dir = project_root().join("target").join("xtask-run").join(std::process::id().to_string());
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| err!("cannot create {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
 /// Builds everything and runs the boots [`plan`] makes, saying before each what it runs and
-/// after each how it went; writes the results files asked for, also when a boot failed.
+/// after each how it went; writes the results files asked for, also when a boot failed (each
+/// boot's records, a `(run)` record for a boot that failed with no test to blame, and one for
+/// each boot not run after it).
 pub fn scenario(options: &RunOptions) -> Result<()> {
+    args::check(&options.host_args)?;
     setup::check_kvm()?;
     let elf = guest::build_guest(options.profile())?;
     let host = guest::build_host_stub(options.profile())?;
     let (boots, note) = plan(options.tests.as_deref(), options.trace.as_deref(), &options.host_args);
     let want_results = options.results_json.is_some() || options.results_junit.is_some();
-    let scratch = project_root().join("target").join("xtask-run");
-    if want_results {
-        std::fs::create_dir_all(&scratch).map_err(|e| err!("cannot create {}: {e}", scratch.display()))?;
-    }
+    let scratch = if want_results { Some(scratch_dir()?) } else { None };
     let mut records: Vec<TestRecord> = Vec::new();
     let mut summaries = Vec::new();
     let mut outcome = Ok(());
+    // The boot that failed: the plan ends there.
+    let mut failed_at: Option<usize> = None;
     for (i, b) in boots.iter().enumerate() {
-        println!("{}==== boot {} of {}: {}", if i == 0 { "" } else { "\n" }, i + 1, boots.len(), b.what);
+        let n = i + 1;
+        if let Some(failed) = failed_at {
+            println!("\nxtask: boot {n} of {} ({}) not run, as boot {failed} failed", boots.len(), b.what);
+            records.push(records::not_run(&b.label, (failed, &boots[failed - 1].label)));
+            continue;
+        }
+        println!("{}==== boot {n} of {}: {}", if i == 0 { "" } else { "\n" }, boots.len(), b.what);
         if i == 0
             && let Some(note) = &note
         {
             println!("==== ({note})");
         }
-        let results = want_results.then(|| scratch.join(format!("boot-{}.jsonl", i + 1)));
-        let booted = boot(&host, &elf, b, &options.host_args, results.as_deref());
-        if let Some(path) = &results {
-            records.extend(read_records(path, &b.label)?);
-        }
-        match booted {
-            Ok(Booted { summary }) => summaries.push((i + 1, b.what.clone(), summary)),
+        let results = scratch.as_ref().map(|dir| dir.join(format!("boot-{n}.jsonl")));
+        let booted = match boot(&host, &elf, b, n, &options.host_args, results.as_deref()) {
+            Ok(booted) => booted,
             Err(e) => {
-                outcome = Err(e);
-                break;
+                records.push(records::not_started(&b.label, &e.message));
+                (outcome, failed_at) = (Err(e), Some(n));
+                continue;
             }
+        };
+        if let Some(path) = &results {
+            records.extend(records::of_boot(&b.label, &booted.ended, booted.host_error.as_deref(), path));
         }
+        match booted.verdict() {
+            Ok(()) => summaries.push((n, b.what.clone(), booted.summary)),
+            Err(e) => (outcome, failed_at) = (Err(e), Some(n)),
+        }
+    }
+    if let Some(dir) = &scratch {
+        let _ = std::fs::remove_dir_all(dir);
     }
     if outcome.is_ok() {
         println!();
@@ -251,17 +312,6 @@ pub fn scenario(options: &RunOptions) -> Result<()> {
     outcome
 }
 
-/// The records a boot wrote to `path`, labelled `run`.
-fn read_records(path: &Path, run: &str) -> Result<Vec<TestRecord>> {
-    // A boot that failed before the host stub wrote its results has none.
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(Vec::new()) };
-    let mut records = results::parse_json_lines(&text).map_err(|e| err!("reading {}: {e}", path.display()))?;
-    for record in &mut records {
-        record.run = run.to_string();
-    }
-    Ok(records)
-}
-
 fn write_results(options: &RunOptions, records: &[TestRecord]) -> Result<()> {
     for (path, text) in
         [(&options.results_json, results::json_lines(records)), (&options.results_junit, results::junit(records))]
@@ -274,83 +324,6 @@ fn write_results(options: &RunOptions, records: &[TestRecord]) -> Result<()> {
     Ok(())
 }
 
-/// One self-test as the guest lists it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Listed {
-    pub name: String,
-    pub on_by_default: bool,
-    pub needs: Vec<Need>,
-}
-
-/// Boots the guest with the command line word `list` and returns its tests, in the order they
-/// run: the guest's own table, so nothing here can drift from it.
-pub fn list(profile: Profile) -> Result<Vec<Listed>> {
-    setup::check_kvm()?;
-    let elf = guest::build_guest(profile)?;
-    let host = guest::build_host_stub(profile)?;
-    let mut cmd = Command::new(&host);
-    cmd.arg(&elf).args(["--cmdline", pvagent_abi::report::LIST_WORD]);
-    let outcome = proc::run(cmd, BOOT_TIMEOUT, false)?;
-    if !outcome.status.success() {
-        return Err(err!("the guest did not list its tests ({}):\n{}", outcome.status, outcome.text()));
-    }
-    let listed: Vec<Listed> = outcome
-        .output
-        .iter()
-        .filter_map(|l| match Line::parse(l) {
-            Some(Line::Listed { name, on_by_default, needs }) => {
-                Some(Listed { name: name.to_string(), on_by_default, needs: needs.iter().collect() })
-            }
-            _ => None,
-        })
-        .collect();
-    if listed.is_empty() {
-        return Err(err!("the guest listed no tests:\n{}", outcome.text()));
-    }
-    Ok(listed)
-}
-
-/// The listing as `cargo xtask run --list` prints it: by suite, each test with what it needs,
-/// then what each need means.
-pub fn format_list(tests: &[Listed]) -> String {
-    let mut out = String::new();
-    let width = tests.iter().map(|t| t.name.len()).max().unwrap_or(0);
-    let mut suite = "";
-    for t in tests {
-        let this_suite = t.name.split("::").next().unwrap_or(&t.name);
-        if this_suite != suite {
-            suite = this_suite;
-            let count = tests.iter().filter(|o| o.name.split("::").next() == Some(suite)).count();
-            out.push_str(&format!("{suite} ({count})\n"));
-        }
-        let mut notes = Vec::new();
-        if !t.on_by_default {
-            notes.push("on request".to_string());
-        }
-        if !t.needs.is_empty() {
-            notes.push(format!("needs {}", t.needs.iter().map(|n| n.name()).collect::<Vec<_>>().join(", ")));
-        }
-        out.push_str(format!("  {:width$}  {}", t.name, notes.join("; ")).trim_end());
-        out.push('\n');
-    }
-    let default = tests.iter().filter(|t| t.on_by_default).count();
-    out.push_str(&format!(
-        "\n{} tests: {default} run by default, {} only when --tests names them exactly (on request).\n",
-        tests.len(),
-        tests.len() - default
-    ));
-    let mut needed: Vec<Need> = tests.iter().flat_map(|t| t.needs.iter().copied()).collect();
-    needed.sort_by_key(|n| *n as u8);
-    needed.dedup();
-    if !needed.is_empty() {
-        out.push_str("A test whose needs this host does not meet reports SKIP, saying which. Needs:\n");
-        for need in needed {
-            out.push_str(&format!("  {:19} {}\n", need.name(), need.description()));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,27 +332,11 @@ mod tests {
         args.iter().map(|s| s.to_string()).collect()
     }
 
-    fn defaults() -> Vec<(&'static str, String)> {
-        vec![("--pnp-mode", "ring".to_string()), ("--timeout", "300".to_string())]
-    }
-
-    /// Each option exactly once (the host stub refuses a repeated one), with the user's value.
     #[test]
-    fn a_users_option_replaces_xtasks_default() {
-        let args = host_arguments(&defaults(), &strings(&["--timeout", "5", "--pnp-mode=sync", "--counters"]));
-        assert_eq!(args, strings(&["--timeout", "5", "--pnp-mode=sync", "--counters"]));
-        for name in ["--timeout", "--pnp-mode"] {
-            assert_eq!(args.iter().filter(|a| a.starts_with(name)).count(), 1, "{name}: {args:?}");
-        }
-    }
-
-    #[test]
-    fn xtasks_defaults_apply_where_the_user_gave_none() {
-        let args = host_arguments(&defaults(), &strings(&["--mem", "256"]));
-        assert_eq!(args, strings(&["--pnp-mode", "ring", "--timeout", "300", "--mem", "256"]));
-        // A longer option that starts with the same letters is another option.
-        assert!(!gives(&strings(&["--pnp-modes", "x"]), "--pnp-mode"));
-        assert!(gives(&strings(&["--counters"]), "--counters"), "a flag is given too");
+    fn a_long_list_of_failures_is_cut_to_its_first_three() {
+        let failures: Vec<String> = (1..=5).map(|i| format!("t{i}: why")).collect();
+        assert_eq!(shortened(&failures[..2]), "t1: why; t2: why");
+        assert_eq!(shortened(&failures), "t1: why; t2: why; t3: why; and 2 more failed tests, above");
     }
 
     #[test]
@@ -420,6 +377,27 @@ mod tests {
         assert!(note.is_some_and(|n| n.starts_with("--pnp-mode sync given")));
     }
 
+    /// Without a pager the other modes' boots would skip the tests they run (all of them in
+    /// sync mode, all but two in the KVM modes): they are left out, and the note says why; the
+    /// first boot does not claim a pager it does not have.
+    #[test]
+    fn a_run_without_the_pager_leaves_out_the_other_modes_boots_and_says_why() {
+        let (boots, note) = plan(None, None, &strings(&["--pnp-mib", "0"]));
+        assert_eq!(boots.len(), 1);
+        assert_eq!(
+            (boots[0].what.as_str(), boots[0].label.as_str()),
+            ("every self-test, no demand pager", "host-stub-no-pager")
+        );
+        assert!(note.as_deref().is_some_and(|n| n.contains("left out (--pnp-mib 0: ")), "{note:?}");
+        let (boots, note) = plan(None, None, &strings(&["--cmdline", "kstack=64 pnp=off"]));
+        assert_eq!(boots.len(), 1);
+        assert!(boots[0].what.ends_with("protocol not registered (pnp=off)"), "{}", boots[0].what);
+        assert!(note.as_deref().is_some_and(|n| n.contains("(pnp=off: ")), "{note:?}");
+        // The guest reads later words over earlier ones: a later pnp= word turns it back on.
+        let (boots, _) = plan(None, None, &strings(&["--cmdline", "pnp=off pnp=on", "--pnp-mib=8"]));
+        assert_eq!(boots.len(), 4);
+    }
+
     #[test]
     fn the_users_guest_words_follow_xtasks_and_their_tests_choose_the_selection() {
         let extra = strings(&["--cmdline", "sld=fatal tests=ac", "--mem", "256"]);
@@ -433,19 +411,5 @@ mod tests {
         // xtask passes one --cmdline, the merged one.
         assert_eq!(without(&extra, "--cmdline"), strings(&["--mem", "256"]));
         assert_eq!(without(&strings(&["--cmdline=x", "--quiet"]), "--cmdline"), strings(&["--quiet"]));
-    }
-
-    #[test]
-    fn the_listing_groups_by_suite_and_explains_the_needs() {
-        let tests = [
-            Listed { name: "arch::a".into(), on_by_default: true, needs: vec![] },
-            Listed { name: "arch::bb".into(), on_by_default: true, needs: vec![Need::HostStub] },
-            Listed { name: "harness::c".into(), on_by_default: false, needs: vec![] },
-        ];
-        let text = format_list(&tests);
-        assert!(text.starts_with("arch (2)\n  arch::a\n  arch::bb    needs host-stub\nharness (1)\n"), "{text}");
-        assert!(text.contains("  harness::c  on request\n"), "{text}");
-        assert!(text.contains("3 tests: 2 run by default, 1 only when"), "{text}");
-        assert!(text.contains(&format!("  host-stub           {}", Need::HostStub.description())), "{text}");
     }
 }
