@@ -65,6 +65,12 @@ pub enum Need: u8 {
     /// The host's policy for split locks of a guest whose detection is off is
     /// `disable-globally`: the test's split lock switches detection off for the whole VM.
     SldDisableGloballyPolicy = 11,
+    /// KVM's async page fault ABI (`crate::kvm_apf`), enabled by the guest: KVM's leaves offer
+    /// it with "page ready" as an interrupt.
+    KvmApf = 12,
+    /// The host stub serving KVM's async page fault ABI itself (any pager mode but
+    /// `KvmApfKernel`): only it can send "page ready" before its "page not present".
+    KvmApfHostStub = 13,
 }
 }
 
@@ -84,6 +90,8 @@ impl Need {
             Need::PnpTwoTokens => "pnp-two-tokens",
             Need::SldExitPolicy => "sld-exit-policy",
             Need::SldDisableGloballyPolicy => "sld-disable-globally-policy",
+            Need::KvmApf => "kvm-apf",
+            Need::KvmApfHostStub => "kvm-apf-host-stub",
         }
     }
 
@@ -109,6 +117,12 @@ impl Need {
             Need::SldExitPolicy => "the host stub's split-lock policy exit (--sld-policy exit); the test ends the run",
             Need::SldDisableGloballyPolicy => {
                 "the host stub's split-lock policy disable-globally (--sld-policy disable-globally)"
+            }
+            Need::KvmApf => {
+                "KVM's async page fault ABI, offered with page ready as an interrupt (KVM, QEMU/KVM, the host stub)"
+            }
+            Need::KvmApfHostStub => {
+                "the host stub serving KVM's async page fault ABI itself (not --pnp-mode kvm-apf-kernel, where KVM does)"
             }
         }
     }

@@ -89,7 +89,10 @@ struct PagerArgs {
           help = format!("Size of the demand-paged region in MiB, 1..={MAX_REGION_MIB}, or 0 for no pager; \
                           it costs memory only for the pages the guest touches"))]
     mib: u64,
-    /// How absent pages are served: `ring` (page-not-present events) or `sync` (the vCPU waits).
+    /// How absent pages are served: `ring` (page-not-present events through the ring), `sync`
+    /// (the vCPU waits), `kvm-apf` (KVM's async page fault ABI, served by the host stub: CPL 3
+    /// accesses with interrupts on), `kvm-apf-kernel` (the same ABI served by KVM itself; no
+    /// --pnp-fail, and the run stays in that mode).
     #[arg(long = "pnp-mode", default_value = "ring", value_parser = pager::config::parse_mode)]
     mode: pvagent_abi::pnp::HostMode,
     #[arg(long = "pnp-latency", default_value_t = PagerConfig::default().latency,

@@ -31,9 +31,9 @@ struct Cli {
 enum Command {
     /// Boot the guest under the host stub and print every self-test's result.
     ///
-    /// Every test with the pager in ring mode, then the page-not-present tests in sync mode (a
-    /// filtered run, one with --pnp-mode, or one without the pager boots once); each boot says
-    /// what it runs. A --tests that selects no test is a usage error (exit status 2).
+    /// Every test with the pager in ring mode, then the page-not-present tests in sync mode and,
+    /// with KVM's async page fault tests, in kvm-apf and kvm-apf-kernel mode (a filtered run,
+    /// one with --pnp-mode, or one without the pager boots once); each boot says what it runs. A --tests that selects no test is a usage error (exit status 2).
     #[command(after_help = EXIT_STATUS)]
     Run(RunArgs),
     /// Boot the same guest under QEMU (TCG by default).

@@ -23,6 +23,7 @@ mod task;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
+use pvagent_abi::pnp::HostMode;
 use pvagent_abi::report::{LIST_WORD, Line, Need, Needs, Status};
 use pvagent_abi::sld::HostPolicy;
 
@@ -125,7 +126,7 @@ macro_rules! ensure_eq_hex {
 }
 
 /// Every suite, in the order they run.
-const SUITES: &[&[SelfTest]] = &[harness::TESTS, arch::TESTS, task::TESTS, ac::TESTS, pnp::TESTS];
+const SUITES: &[&[SelfTest]] = &[harness::TESTS, arch::TESTS, task::TESTS, ac::TESTS, pnp::TESTS, pnp::KVM_APF_TESTS];
 
 fn all_tests() -> impl Iterator<Item = &'static SelfTest> {
     SUITES.iter().flat_map(|suite| suite.iter())
@@ -251,10 +252,15 @@ fn need_met(need: Need) -> TestResult {
             pnp::registered_entries() >= 2,
             "needs a page-not-present ring of at least 2 entries (this run registered 1: pnp-ring=1)",
         ),
-        Need::PnpRingMode => skip_unless(
-            pnp::host_mode() == pvagent_abi::pnp::HostMode::Ring,
-            "needs the demand pager in ring mode (this run serves absent pages in sync mode)",
-        ),
+        Need::PnpRingMode => match pnp::host_mode() {
+            HostMode::Ring => Ok(()),
+            HostMode::Sync => {
+                Err(Failure::Skip("needs the demand pager in ring mode (this run serves absent pages in sync mode)"))
+            }
+            HostMode::KvmApf | HostMode::KvmApfKernel => Err(Failure::Skip(
+                "needs the demand pager in ring mode (this run serves absent pages through KVM's async page fault ABI)",
+            )),
+        },
         Need::AlignmentCheck => skip_unless(
             arch::platform().hypervisor != Hypervisor::QemuTcg,
             "QEMU TCG does not raise alignment-check #AC",
@@ -264,6 +270,11 @@ fn need_met(need: Need) -> TestResult {
             "no expect-host= on the command line",
         ),
         Need::Acpi => skip_unless(crate::boot::info::get().rsdp.is_some(), "this host provides no ACPI tables"),
+        Need::KvmApf => skip_unless(crate::pv::kvm_apf::enabled(), "KVM's async page fault ABI is not offered here"),
+        Need::KvmApfHostStub => skip_unless(
+            pnp::host_mode() != HostMode::KvmApfKernel,
+            "KVM serves its async page fault ABI in this run, and sends page ready only after its page not present on one vCPU (before it only from another vCPU, by a race): only the host stub can force it",
+        ),
     }
 }
 

@@ -1,9 +1,11 @@
 //! `cargo xtask run`: the default scenario under the host stub. Every self-test with every
 //! producer at its defaults (the pager in `ring` mode), then the page-not-present tests again
-//! with the pager in `sync` mode, so both of the host's modes are seen on every run. A filtered
-//! run (`--tests`, or `tests=` in the guest's command line), a run in a mode the user chose
-//! (`--pnp-mode`) or one without the pager (`--pnp-mib 0`, `pnp=off`) boots once; each boot
-//! says what it runs before it starts, and a boot left out says why.
+//! with the pager in each other mode (`sync`; KVM's async page fault ABI served by the host stub,
+//! `kvm-apf`, and by KVM itself, `kvm-apf-kernel`, with that driver's tests too), so every mode of
+//! the host is seen on every run. A filtered run (`--tests`, or `tests=` in the guest's command
+//! line), a run in a mode the user chose (`--pnp-mode`) or one without the pager (`--pnp-mib 0`,
+//! `pnp=off`) boots once; each boot says what it runs before it starts, and a boot left out says
+//! why.
 //!
 //! The host stub options xtask sets (`--timeout`, `--pnp-mode`, `--trace`) are defaults: the
 //! same option given after `--` replaces xtask's (the host stub accepts each option once). A
@@ -131,16 +133,18 @@ pub fn plan(tests: Option<&str>, trace: Option<&Path>, extra: &[String]) -> (Vec
         ),
         (_, Some(mode), _) => Some(format!("--pnp-mode {mode} given: one boot, in that mode")),
         (None, None, Some(no_pager)) => Some(format!(
-            "one boot: the second, the page-not-present tests in sync mode, is left out ({}, so it would only skip them)",
+            "one boot: the others, the page-not-present tests in the pager's other modes, are left out ({}: their tests need it)",
             no_pager.why()
         )),
         (None, None, None) => {
-            boots.push(Boot {
-                what: "the page-not-present self-tests (tests=pnp), pager in sync mode".into(),
-                label: "host-stub-sync".into(),
-                cmdline: words(Some("pnp")),
-                defaults: vec![("--pnp-mode", "sync".to_string())],
-            });
+            for (mode, tests) in [("sync", "pnp"), ("kvm-apf", "pnp,kvm_apf"), ("kvm-apf-kernel", "pnp,kvm_apf")] {
+                boots.push(Boot {
+                    what: format!("the page-not-present self-tests (tests={tests}), pager in {mode} mode"),
+                    label: format!("host-stub-{mode}"),
+                    cmdline: words(Some(tests)),
+                    defaults: vec![("--pnp-mode", mode.to_string())],
+                });
+            }
             None
         }
     };
@@ -344,10 +348,13 @@ mod tests {
     }
 
     #[test]
-    fn an_unfiltered_run_boots_in_both_modes() {
+    fn an_unfiltered_run_boots_in_every_mode() {
         let (boots, note) = plan(None, Some(Path::new("t.json")), &[]);
         assert_eq!(note, None);
-        assert_eq!(boots.len(), 2);
+        assert_eq!(boots.len(), 4);
+        let labels: Vec<&str> = boots.iter().map(|b| b.label.as_str()).collect();
+        assert_eq!(labels, ["host-stub-ring", "host-stub-sync", "host-stub-kvm-apf", "host-stub-kvm-apf-kernel"]);
+        assert_eq!(boots[3].cmdline, "expect-host=stub tests=pnp,kvm_apf");
         assert_eq!(boots[0].what, "every self-test, pager in ring mode");
         assert_eq!(boots[0].cmdline, "expect-host=stub");
         assert!(boots[0].defaults.contains(&("--trace", "t.json".into())), "the first boot is traced");
@@ -370,10 +377,11 @@ mod tests {
         assert!(note.is_some_and(|n| n.starts_with("--pnp-mode sync given")));
     }
 
-    /// Without a pager the sync-mode boot could only skip every test it runs: it is left out,
-    /// and the note says why; the first boot does not claim a pager it does not have.
+    /// Without a pager the other modes' boots would skip the tests they run (all of them in
+    /// sync mode, all but two in the KVM modes): they are left out, and the note says why; the
+    /// first boot does not claim a pager it does not have.
     #[test]
-    fn a_run_without_the_pager_leaves_out_the_sync_mode_boot_and_says_why() {
+    fn a_run_without_the_pager_leaves_out_the_other_modes_boots_and_says_why() {
         let (boots, note) = plan(None, None, &strings(&["--pnp-mib", "0"]));
         assert_eq!(boots.len(), 1);
         assert_eq!(
@@ -387,7 +395,7 @@ mod tests {
         assert!(note.as_deref().is_some_and(|n| n.contains("(pnp=off: ")), "{note:?}");
         // The guest reads later words over earlier ones: a later pnp= word turns it back on.
         let (boots, _) = plan(None, None, &strings(&["--cmdline", "pnp=off pnp=on", "--pnp-mib=8"]));
-        assert_eq!(boots.len(), 2);
+        assert_eq!(boots.len(), 4);
     }
 
     #[test]
@@ -398,7 +406,7 @@ mod tests {
         assert_eq!(boots[0].cmdline, "expect-host=stub tests=arch sld=fatal tests=ac");
         assert!(boots[0].what.starts_with("the self-tests matching tests=ac"), "{}", boots[0].what);
         let (boots, _) = plan(None, None, &strings(&["--cmdline=kstack=64"]));
-        assert_eq!(boots.len(), 2);
+        assert_eq!(boots.len(), 4);
         assert_eq!(boots[1].cmdline, "expect-host=stub tests=pnp kstack=64", "every boot gets the user's words");
         // xtask passes one --cmdline, the merged one.
         assert_eq!(without(&extra, "--cmdline"), strings(&["--mem", "256"]));

@@ -27,6 +27,7 @@ use crate::{ensure, ensure_eq, ensure_eq_hex, kprintln};
 mod breaches;
 mod controls;
 mod data;
+mod kvm_apf;
 mod paths;
 mod registration;
 
@@ -35,6 +36,8 @@ use controls::*;
 use data::*;
 use paths::*;
 use registration::*;
+
+pub use kvm_apf::TESTS as KVM_APF_TESTS;
 
 /// What every test here needs: the host stub's demand pager, the protocol registered.
 const PAGER: &[Need] = &[Need::Pager];
@@ -116,4 +119,11 @@ fn spawned<T, E: core::fmt::Debug>(r: Result<T, E>) -> Result<T, Failure> {
 
 fn ring_mode() -> bool {
     pnp::host_mode() == HostMode::Ring
+}
+
+/// Whether the host serves absent pages through KVM's async page fault ABI: an access at CPL 0
+/// then waits synchronously (KVM delivers "page not present" to CPL 3 with interrupts on only),
+/// and there is no "failed" result.
+fn kvm_mode() -> bool {
+    pnp::host_mode().is_kvm_apf()
 }
