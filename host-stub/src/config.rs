@@ -12,6 +12,9 @@ pub const MIN_MEM_MIB: u64 = 32;
 pub const MAX_MEM_MIB: u64 = 3072;
 /// Default guest memory.
 pub const DEFAULT_MEM_MIB: u64 = 128;
+/// Most vCPUs: the guest's `MAX_CPUS` is at least this, and the local APIC IDs `0..N` stay
+/// well inside the xAPIC's 8-bit IDs the MADT's entries carry.
+pub const MAX_VCPUS: usize = 8;
 
 /// Where the guest's console output goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +54,12 @@ pub struct Config {
     /// Offer the paravirtual console (`pvagent_abi::console`: a line per exit). Off: the guest
     /// finds no `Features::CONSOLE` and prints through the UART, two exits a byte.
     pub pv_console: bool,
+    /// vCPUs, `1..=`[`MAX_VCPUS`]: vCPU `i` has local APIC ID `i`; vCPU 0 boots, the guest
+    /// starts the others with INIT-SIPI-SIPI.
+    pub vcpus: usize,
+    /// The topology the guest is shown (CPUID leaves 0xB and 0x1F): 1, or 2 to simulate SMT
+    /// (vCPUs `2k` and `2k + 1` are the two threads of core `k`).
+    pub threads_per_core: u32,
 }
 
 impl Config {
@@ -67,6 +76,8 @@ impl Config {
             abi_version: pvagent_abi::ABI_VERSION,
             bench: false,
             pv_console: true,
+            vcpus: 1,
+            threads_per_core: 1,
         }
     }
 
@@ -78,6 +89,15 @@ impl Config {
         let max = crate::memory::CMDLINE_MAX;
         if self.cmdline.len() > max {
             return Err(Error::CmdlineTooLong { len: self.cmdline.len(), max });
+        }
+        if !(1..=MAX_VCPUS).contains(&self.vcpus) {
+            return Err(Error::VcpuCount { requested: self.vcpus, max: MAX_VCPUS });
+        }
+        if !(1..=2).contains(&self.threads_per_core) {
+            return Err(Error::ThreadsPerCore { requested: self.threads_per_core });
+        }
+        if self.bench && self.vcpus > 1 {
+            return Err(Error::BenchOnOneVcpu { vcpus: self.vcpus });
         }
         Ok(())
     }
@@ -101,6 +121,28 @@ mod tests {
         assert!(msg.contains("8 MiB") && msg.contains("32..=3072"), "{msg}");
         c.mem_mib = 1 << 20;
         assert!(matches!(c.validate(), Err(Error::MemorySize { .. })));
+    }
+
+    #[test]
+    fn vcpu_counts_and_topologies_out_of_range_are_refused() {
+        let mut c = Config::new("guest.elf");
+        for vcpus in 1..=MAX_VCPUS {
+            c.vcpus = vcpus;
+            c.validate().unwrap();
+        }
+        for vcpus in [0, MAX_VCPUS + 1] {
+            c.vcpus = vcpus;
+            let msg = c.validate().unwrap_err().to_string();
+            assert!(msg.contains(&format!("{vcpus} vCPUs")) && msg.contains("1..=8"), "{msg}");
+        }
+        c.vcpus = 4;
+        c.threads_per_core = 2;
+        c.validate().unwrap();
+        c.threads_per_core = 3;
+        assert!(matches!(c.validate(), Err(Error::ThreadsPerCore { requested: 3 })));
+        c.threads_per_core = 1;
+        c.bench = true;
+        assert!(matches!(c.validate(), Err(Error::BenchOnOneVcpu { vcpus: 4 })));
     }
 
     #[test]

@@ -68,6 +68,9 @@ pub struct AttachCtx<'a> {
     /// The run's timeline (off unless the run is traced): keep a clone to record into it.
     pub trace: Tracer,
     pub(crate) next_slot: u32,
+    /// The VM's vCPUs: indices `0..vcpus`, vCPU `i` with local APIC ID `i`. Per-vCPU state
+    /// is sized by it; an exit's [`VcpuCtx::index`] says whose it is.
+    pub vcpus: usize,
 }
 
 impl AttachCtx<'_> {

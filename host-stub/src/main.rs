@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use pvagent_host::config::{MAX_MEM_MIB, MIN_MEM_MIB};
+use pvagent_host::config::{MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB};
 use pvagent_host::memory::CMDLINE_MAX;
 use pvagent_host::producers::Producers;
 use pvagent_host::producers::pager::config::{MAX_FETCHERS, MAX_LATENCY, MAX_REGION_MIB};
@@ -64,6 +64,14 @@ struct Args {
     /// compares this host's run loop with, for the benchmark guest (`cargo xtask bench`).
     #[arg(long)]
     bench: bool,
+    #[arg(long, default_value_t = 1,
+          help = format!("vCPUs, 1..={MAX_VCPUS}: vCPU i has local APIC ID i; the guest starts vCPUs 1.. \
+                          with INIT-SIPI-SIPI"))]
+    vcpus: usize,
+    /// The topology shown to the guest (CPUID leaves 0xB and 0x1F): 1, or 2 to simulate SMT
+    /// (vCPUs 2k and 2k+1 are the threads of core k), which restricts the split-lock policies.
+    #[arg(long, default_value_t = 1)]
+    threads_per_core: u32,
     /// Stop the guest after this many seconds (0: never), any whole number.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
@@ -262,6 +270,8 @@ fn main() -> ExitCode {
     config.trace_console = !args.trace_omit_console;
     config.bench = args.bench;
     config.pv_console = !args.no_pv_console;
+    config.vcpus = args.vcpus;
+    config.threads_per_core = args.threads_per_core;
 
     // A results file that cannot be written fails before the run, not after it.
     for path in [&args.results_json, &args.results_junit].into_iter().flatten() {

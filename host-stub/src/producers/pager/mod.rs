@@ -344,6 +344,9 @@ impl ExitHandler for Pager {
             inner.ram_ranges = ctx.ram_ranges();
             inner.vm = Some(ctx.vm.clone());
             inner.timeline = PagerTimeline::new(ctx.trace.clone());
+            // Each vCPU registers its own ring and event area, and its own KVM async-PF area.
+            inner.vcpus.resize_with(ctx.vcpus, Registration::default);
+            inner.apf = (0..ctx.vcpus).map(|i| ApfVcpu::new(i as u32)).collect();
         }
         let shared = self.shared.clone();
         let complete: fetch::Complete = Arc::new(move |page| completion::complete_fetch(&shared, page));
@@ -415,10 +418,12 @@ impl ExitHandler for Pager {
         true
     }
 
-    fn before_entry(&mut self, _ctx: &mut VcpuCtx<'_>) -> Result<()> {
+    fn before_entry(&mut self, ctx: &mut VcpuCtx<'_>) -> Result<()> {
         self.entries = self.entries.wrapping_add(1);
         // Every entry comes through here: the lock only when there is something to do.
-        if !self.vcpu_thread_known {
+        // vCPU 0's thread is the one the VM's caller runs, alive until after the pager stops
+        // its threads: the one the fetchers and the poller may signal.
+        if !self.vcpu_thread_known && ctx.index == 0 {
             let mut inner = self.shared.lock();
             // SAFETY: pthread_self has no preconditions.
             inner.vcpu_thread = Some(unsafe { libc::pthread_self() });
