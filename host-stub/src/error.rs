@@ -48,6 +48,8 @@ pub enum Error {
     SetVcpuEvents(kvm_ioctls::Error),
     #[error("KVM_GET_LAPIC failed: {0}")]
     GetLapic(kvm_ioctls::Error),
+    #[error("KVM_SET_LAPIC failed: {0}")]
+    SetLapic(kvm_ioctls::Error),
     #[error("KVM_SIGNAL_MSI failed: {0}")]
     SignalMsi(kvm_ioctls::Error),
     #[error("KVM_SET_USER_MEMORY_REGION failed for slot {0}: {1}")]

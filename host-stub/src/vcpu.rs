@@ -290,7 +290,13 @@ impl Vcpu {
                 static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
                 let t = START.get_or_init(std::time::Instant::now).elapsed();
                 let rip = rip(&self.fd);
-                eprintln!("{:10.3} ms exit {} rip {rip:#x}: {exit:?} {:x?}", t.as_secs_f64() * 1e3, self.exits, data.0);
+                eprintln!(
+                    "{:10.3} ms vCPU {} exit {} rip {rip:#x}: {exit:?} {:x?}",
+                    t.as_secs_f64() * 1e3,
+                    self.index,
+                    self.exits,
+                    data.0
+                );
             }
             let mut handlers = lock(handlers);
             if let Some(stop) = self.dispatch(exit, &mut data, vm, mem, &mut handlers, watchdog)? {

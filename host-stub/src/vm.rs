@@ -178,6 +178,15 @@ impl Vm {
                 trace_console: config.trace_console,
             });
         }
+        // KVM routes an interrupt by its destination APIC ID through a map it rebuilds when a
+        // local APIC changes; the map built while the last vCPU was being created leaves that
+        // vCPU out (it was not online yet), and an INIT or SIPI sent to its ID then reaches no
+        // one (measured here: with N vCPUs, vCPU N-1 never started). Writing a local APIC's
+        // state back unchanged rebuilds the map with every vCPU in it.
+        if let Some(last) = vcpus.last().filter(|_| config.vcpus > 1) {
+            let lapic = last.fd.get_lapic().map_err(Error::GetLapic)?;
+            last.fd.set_lapic(&lapic).map_err(Error::SetLapic)?;
+        }
 
         let bench = config.bench.then(|| {
             let page_events = producers.iter().find_map(|p| p.page_event_injector());
@@ -384,6 +393,7 @@ fn run_vcpus(
         }
         threads.stop_all();
     };
+    threads.resume();
     let several = vcpus.len() > 1;
     let Some((boot, aps)) = vcpus.split_first_mut() else { return Err(Error::VcpuCount { requested: 0, max: 0 }) };
     std::thread::scope(|scope| {

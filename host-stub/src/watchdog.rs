@@ -75,6 +75,12 @@ impl VcpuThreads {
         Registered { threads: self, index }
     }
 
+    /// Lets the vCPUs run again after [`VcpuThreads::stop_all`], once every AP thread of the
+    /// stopped stretch was joined (the benchmark's bare loop runs between two such stretches).
+    pub fn resume(&self) {
+        self.stopping.store(false, Ordering::Release);
+    }
+
     /// Whether the run is over for every vCPU.
     pub fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)

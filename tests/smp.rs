@@ -1,0 +1,137 @@
+//! End-to-end tests of the host stub's several vCPUs with hand-made guests: the boot vCPU starts
+//! an AP with INIT and SIPI through its local APIC (as pvagent's kernel does), and the AP's
+//! real-mode code at the trampoline page shows what the host stub gave it (its own CPUID), ends
+//! the run through the exit port, or fails. Each path is taken by construction: the boot vCPU
+//! spins (`jmp $`) until the host stops it, and the vCPUs no SIPI reaches wait inside KVM.
+
+use pvagent_host::cpuid::Topology;
+use pvagent_host::memory::AP_TRAMPOLINE_GPA;
+use pvagent_host::{Error, RunResult, Vm};
+use pvagent_tests::{Code32, config, require_kvm, temp_file, tiny_elf};
+
+/// The local APIC's interrupt command register (xAPIC MMIO; the APIC is enabled at reset).
+const ICR_LOW: u32 = 0xFEE0_0300;
+const ICR_HIGH: u32 = 0xFEE0_0310;
+/// ICR delivery modes, with the level bit (assert) set.
+const INIT: u32 = 0x4500;
+const STARTUP: u32 = 0x4600;
+/// Register numbers of x86's ModRM byte.
+const EAX: u8 = 0;
+const EDX: u8 = 2;
+const EBX: u8 = 3;
+/// What an AP's exit code is marked with, so that no other writer's code passes for it.
+const AP_MARK: u32 = 0x5A00;
+
+/// 32-bit boot code: copy `ap_code` (16-bit real-mode code) to the trampoline page, send INIT
+/// to the vCPU with APIC ID `target`, then SIPIs, again and again, until the host stops the run
+/// (the MP specification sends two; KVM ignores a SIPI to an AP that runs): the AP starts
+/// however the host schedules its thread, with no delay to tune.
+fn boot_starting_ap(target: u8, ap_code: &[u8]) -> Vec<u8> {
+    let mut code = Code32::new();
+    for (i, chunk) in ap_code.chunks(4).enumerate() {
+        let mut word = [0u8; 4];
+        word[..chunk.len()].copy_from_slice(chunk);
+        code = code.store(AP_TRAMPOLINE_GPA as u32 + 4 * i as u32, u32::from_le_bytes(word));
+    }
+    let vector = (AP_TRAMPOLINE_GPA >> 12) as u32;
+    let mut bytes = code.store(ICR_HIGH, u32::from(target) << 24).store(ICR_LOW, INIT).spin();
+    bytes.truncate(bytes.len() - 2); // no spin: the SIPI loop instead
+    bytes.push(0xB8); // again: mov eax, STARTUP | vector
+    bytes.extend_from_slice(&(STARTUP | vector).to_le_bytes());
+    bytes.push(0xA3); // mov [ICR_LOW], eax
+    bytes.extend_from_slice(&ICR_LOW.to_le_bytes());
+    bytes.push(0xB9); // mov ecx, 200
+    bytes.extend_from_slice(&200u32.to_le_bytes());
+    bytes.extend_from_slice(&[0x49, 0x75, 0xFD]); // dec ecx; jnz (back to the dec)
+    bytes.extend_from_slice(&[0xEB, 0xEC]); // jmp again (-20)
+    bytes
+}
+
+/// 16-bit code: CPUID `leaf`.`subleaf`, then `register` (its ModRM number: 0 EAX, 2 EDX, 3 EBX) marked with
+/// [`AP_MARK`] to the exit port.
+fn ap_reports_cpuid(leaf: u32, subleaf: u32, register: u8) -> Vec<u8> {
+    let mut c = vec![0x66, 0xB8];
+    c.extend_from_slice(&leaf.to_le_bytes()); // mov eax, leaf
+    c.extend_from_slice(&[0x66, 0xB9]);
+    c.extend_from_slice(&subleaf.to_le_bytes()); // mov ecx, subleaf
+    c.extend_from_slice(&[0x0F, 0xA2]); // cpuid
+    // mov eax, <register> (89 /r: reg field = the source register, rm = EAX)
+    c.extend_from_slice(&[0x66, 0x89, 0xC0 | (register << 3)]);
+    c.extend_from_slice(&[0x66, 0x0D]);
+    c.extend_from_slice(&AP_MARK.to_le_bytes()); // or eax, AP_MARK
+    c.extend_from_slice(&[0x66, 0xE7, pvagent_abi::port::DEBUG_EXIT as u8]); // out 0xf4, eax
+    c.extend_from_slice(&[0xEB, 0xFE]); // jmp $
+    c
+}
+
+/// 16-bit code that triple-faults: an IDT of limit 0 (at offset 0x10 of the page, read through
+/// CS) and an invalid opcode: #UD -> #GP -> #DF -> shutdown.
+fn ap_triple_faults() -> Vec<u8> {
+    let mut c = vec![0x2E, 0x0F, 0x01, 0x1E, 0x10, 0x00]; // lidt cs:[0x10]
+    c.extend_from_slice(&[0x0F, 0x0B, 0xEB, 0xFE]); // ud2; jmp $
+    c.resize(0x10 + 6, 0); // the IDTR: limit 0, base 0
+    c
+}
+
+fn run(name: &str, boot: &[u8], vcpus: usize, threads_per_core: u32) -> RunResult {
+    require_kvm();
+    let image = temp_file(name, &tiny_elf(boot, true, 0));
+    let mut c = config(&image, "");
+    c.vcpus = vcpus;
+    c.threads_per_core = threads_per_core;
+    Vm::new(c, Vec::new()).expect("setup").run()
+}
+
+#[test]
+fn an_ap_started_by_sipi_has_its_own_apic_id_in_cpuid_and_its_exit_ends_the_run() {
+    for target in [1u8, 3] {
+        let r = run("smp-apic-id.elf", &boot_starting_ap(target, &ap_reports_cpuid(0xB, 0, EDX)), 4, 1);
+        assert!(r.host_error.is_none(), "{:?}", r.host_error);
+        assert_eq!(r.guest_exit_code, Some(AP_MARK | u32::from(target)), "leaf 0xB EDX on vCPU {target}");
+        let exits = |i: usize| r.report.get(&format!("vcpu{i}.exits"));
+        assert!(exits(usize::from(target)) >= 1, "the AP's own exit");
+        assert!(exits(0) >= 1, "the spinning boot vCPU was stopped: {:?}", r.report.counters);
+    }
+    let r = run("smp-leaf1.elf", &boot_starting_ap(2, &ap_reports_cpuid(1, 0, EBX)), 4, 1);
+    assert_eq!(r.guest_exit_code.map(|c| c >> 24), Some(2), "leaf 1 EBX[31:24]");
+}
+
+/// KVM left the last vCPU created out of its interrupt routing until the host stub rebuilt it
+/// (`Vm::new`): an INIT-SIPI to the highest APIC ID reached no one.
+#[test]
+fn the_last_vcpu_created_can_be_started_too() {
+    for vcpus in [2usize, 8] {
+        let last = vcpus as u8 - 1;
+        let r = run("smp-last.elf", &boot_starting_ap(last, &ap_reports_cpuid(0xB, 0, EDX)), vcpus, 1);
+        assert_eq!(r.guest_exit_code, Some(AP_MARK | u32::from(last)), "{vcpus} vCPUs: {:?}", r.host_error);
+    }
+}
+
+#[test]
+fn with_two_threads_per_core_the_ap_sees_an_smt_level_and_its_core() {
+    let smt = Topology { vcpus: 4, threads_per_core: 2 };
+    // Leaf 0xB, subleaf 0 (SMT): EAX is the shift to the core ID.
+    let r = run("smp-smt.elf", &boot_starting_ap(3, &ap_reports_cpuid(0xB, 0, EAX)), 4, 2);
+    assert_eq!(r.guest_exit_code, Some(AP_MARK | smt.smt_shift()), "{:?}", r.host_error);
+    // Leaf 0x1F, subleaf 1 (core): EBX counts the package's logical processors.
+    let r = run("smp-core.elf", &boot_starting_ap(3, &ap_reports_cpuid(0x1F, 1, EBX)), 4, 2);
+    assert_eq!(r.guest_exit_code, Some(AP_MARK | 4), "{:?}", r.host_error);
+}
+
+#[test]
+fn an_ap_that_fails_stops_the_whole_vm_with_an_error_naming_it() {
+    let r = run("smp-ap-fault.elf", &boot_starting_ap(1, &ap_triple_faults()), 3, 1);
+    match &r.host_error {
+        Some(Error::OnVcpu { index: 1, source }) => {
+            assert!(
+                matches!(**source, Error::TripleFault { .. } | Error::Emulation { .. }),
+                "the AP's own failure: {source}"
+            );
+            assert!(r.host_error.as_ref().is_some_and(Error::is_guest_fault));
+        }
+        other => panic!("expected vCPU 1's failure, got {other:?}"),
+    }
+    assert!(r.host_error.as_ref().is_some_and(|e| e.to_string().starts_with("vCPU 1: ")));
+    assert_eq!(r.exit_status(), 2);
+    assert_eq!(r.guest_exit_code, None);
+}
