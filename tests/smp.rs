@@ -4,10 +4,14 @@
 //! the run through the exit port, or fails. Each path is taken by construction: the boot vCPU
 //! spins (`jmp $`) until the host stops it, and the vCPUs no SIPI reaches wait inside KVM.
 
+use pvagent_host::config::Siblings;
 use pvagent_host::cpuid::Topology;
 use pvagent_host::memory::AP_TRAMPOLINE_GPA;
+use pvagent_host::producers::Producers;
+use pvagent_host::producers::sld::SldConfig;
+use pvagent_host::producers::sld::policy::{self, Enumeration, Policy, SmtConflict};
 use pvagent_host::{Error, RunResult, Vm};
-use pvagent_tests::{Code32, config, require_kvm, temp_file, tiny_elf};
+use pvagent_tests::{Code32, config, guest_elf, require_kvm, run_stub_configured, temp_file, tiny_elf};
 
 /// The local APIC's interrupt command register (xAPIC MMIO; the APIC is enabled at reset).
 const ICR_LOW: u32 = 0xFEE0_0300;
@@ -134,4 +138,45 @@ fn an_ap_that_fails_stops_the_whole_vm_with_an_error_naming_it() {
     assert!(r.host_error.as_ref().is_some_and(|e| e.to_string().starts_with("vCPU 1: ")));
     assert_eq!(r.exit_status(), 2);
     assert_eq!(r.guest_exit_code, None);
+}
+
+/// Seed 000 with simulated SMT: the split-lock configurations that need MSR_TEST_CTRL per vCPU
+/// are refused before the guest runs, and the rule's own defaults boot the guest, whose
+/// split-lock self-tests then find detection not offered.
+#[test]
+fn with_smt_siblings_split_lock_detection_is_not_virtualized_per_vcpu() {
+    require_kvm();
+    let mut c = config(guest_elf(), "tests=ac");
+    c.vcpus = 2;
+    c.threads_per_core = 2;
+    let with =
+        |enumeration, policy| Producers { sld: Some(SldConfig { enumeration, policy }), ..Producers::defaults() };
+    for (enumeration, policy, expected) in [
+        (Enumeration::SplitLockDetect, Policy::DisableGlobally, SmtConflict::PerVcpuMsr),
+        (Enumeration::CoreCapabilitiesOnly, Policy::InjectIfEnabled, SmtConflict::PerVcpuPolicy),
+    ] {
+        let producers = with(enumeration, policy).build().expect("producers");
+        match Vm::new(c.clone(), producers) {
+            Err(Error::SldWithSmt { siblings: Siblings::Simulated, conflict }) => assert_eq!(conflict, expected),
+            other => panic!("{enumeration:?} {policy:?}: expected the SMT rule's refusal, got {other:?}"),
+        }
+    }
+    let (enumeration, policy) = policy::SMT_DEFAULTS;
+    let r = run_stub_configured(c.clone(), &with(enumeration, policy));
+    assert!(r.passed(), "{:?} {:#?}", r.host_error, r.tests);
+    assert!(r.report.lines.iter().any(|l| l.contains("not virtualized per vCPU (seed 000)")), "{:#?}", r.report.lines);
+    // One thread per core: per-vCPU virtualization is back, unless the host's own SMT is on.
+    c.threads_per_core = 1;
+    let per_vcpu = with(Enumeration::SplitLockDetect, Policy::InjectIfEnabled);
+    match c.siblings() {
+        None => {
+            let r = run_stub_configured(c, &per_vcpu);
+            assert!(r.passed(), "{:?}", r.host_error);
+        }
+        Some(siblings) => {
+            assert_eq!(siblings, Siblings::Host);
+            let producers = per_vcpu.build().expect("producers");
+            assert!(matches!(Vm::new(c, producers), Err(Error::SldWithSmt { siblings: Siblings::Host, .. })));
+        }
+    }
 }

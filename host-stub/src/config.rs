@@ -16,6 +16,40 @@ pub const DEFAULT_MEM_MIB: u64 = 128;
 /// well inside the xAPIC's 8-bit IDs the MADT's entries carry.
 pub const MAX_VCPUS: usize = 8;
 
+/// Where Linux says whether the host's SMT is active (`1`) or not (`0`).
+pub const HOST_SMT_ACTIVE: &str = "/sys/devices/system/cpu/smt/active";
+
+/// Why a vCPU may share its core's MSRs with an SMT sibling, so that seed 000's rule applies
+/// (`producers::sld::policy::check_smt_rule`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Siblings {
+    /// The host stub simulates SMT (`threads_per_core` 2).
+    Simulated,
+    /// The host's own SMT is active: a vCPU thread's sibling thread runs something else.
+    Host,
+}
+
+impl std::fmt::Display for Siblings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Siblings::Simulated => f.write_str("SMT simulated with --threads-per-core 2"),
+            Siblings::Host => write!(f, "the host's SMT is active ({HOST_SMT_ACTIVE})"),
+        }
+    }
+}
+
+/// Whether there are SMT siblings, from the simulated topology and what [`HOST_SMT_ACTIVE`]
+/// reads (`None`: absent, as on a kernel or machine without SMT control).
+pub fn siblings(threads_per_core: u32, host_smt_active: Option<&str>) -> Option<Siblings> {
+    if threads_per_core > 1 {
+        Some(Siblings::Simulated)
+    } else if host_smt_active.map(str::trim) == Some("1") {
+        Some(Siblings::Host)
+    } else {
+        None
+    }
+}
+
 /// Where the guest's console output goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SerialSink {
@@ -102,6 +136,11 @@ impl Config {
         Ok(())
     }
 
+    /// Whether seed 000's SMT rule applies to this run: SMT simulated, or the host's active.
+    pub fn siblings(&self) -> Option<Siblings> {
+        siblings(self.threads_per_core, std::fs::read_to_string(HOST_SMT_ACTIVE).ok().as_deref())
+    }
+
     /// Guest memory in bytes.
     pub fn mem_bytes(&self) -> u64 {
         self.mem_mib << 20
@@ -143,6 +182,15 @@ mod tests {
         c.threads_per_core = 1;
         c.bench = true;
         assert!(matches!(c.validate(), Err(Error::BenchOnOneVcpu { vcpus: 4 })));
+    }
+
+    #[test]
+    fn siblings_come_from_the_simulated_topology_or_the_hosts_active_smt() {
+        assert_eq!(siblings(2, None), Some(Siblings::Simulated));
+        assert_eq!(siblings(2, Some("0\n")), Some(Siblings::Simulated));
+        assert_eq!(siblings(1, Some("1\n")), Some(Siblings::Host));
+        assert_eq!(siblings(1, Some("0\n")), None);
+        assert_eq!(siblings(1, None), None, "no SMT control: no SMT");
     }
 
     #[test]

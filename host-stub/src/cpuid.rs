@@ -42,11 +42,6 @@ impl Topology {
         bits_for(self.vcpus).max(self.smt_shift())
     }
 
-    /// Whether vCPUs share a core: MSR_TEST_CTRL is then one register for two vCPUs (seed 000).
-    pub fn has_siblings(self) -> bool {
-        self.threads_per_core > 1 && self.vcpus > 1
-    }
-
     /// The core vCPU `apic_id` belongs to.
     pub fn core_of(self, apic_id: u32) -> u32 {
         apic_id >> self.smt_shift()
@@ -189,7 +184,6 @@ mod tests {
     fn smt_pairs_vcpus_into_cores_and_every_vcpu_sees_its_own_apic_id() {
         let smt = Topology { vcpus: 4, threads_per_core: 2 };
         assert_eq!((smt.smt_shift(), smt.core_shift()), (1, 2));
-        assert!(smt.has_siblings());
         assert_eq!((0..4).map(|v| smt.core_of(v)).collect::<Vec<_>>(), [0, 0, 1, 1]);
         for apic_id in 0..4 {
             let mut t = CpuidTable::from_entries(vec![leaf(0, 0xD, 0), leaf(1, 0, 0x0000_0800)]);
@@ -209,15 +203,12 @@ mod tests {
     fn without_smt_each_vcpu_is_a_core_and_the_core_level_covers_them_all() {
         let flat = Topology { vcpus: 3, threads_per_core: 1 };
         assert_eq!((flat.smt_shift(), flat.core_shift()), (0, 2));
-        assert!(!flat.has_siblings());
         assert_eq!((0..3).map(|v| flat.core_of(v)).collect::<Vec<_>>(), [0, 1, 2]);
         let mut t = CpuidTable::from_entries(vec![leaf(0, 0x20, 0), leaf(1, 0, 0)]);
         t.set_topology(2, flat);
         assert_eq!(read(&t, 0, 0).0, 0x20, "a higher basic leaf stays");
         assert_eq!(read(&t, 0xB, 0), (0, 1, LEVEL_SMT << 8, 2));
         assert_eq!(read(&t, 0xB, 1), (2, 3, (LEVEL_CORE << 8) | 1, 2));
-        let one = Topology { vcpus: 1, threads_per_core: 2 };
-        assert!(!one.has_siblings(), "one vCPU has no sibling to share a core with");
         let mut t = CpuidTable::from_entries(vec![leaf(1, 0, 0)]);
         t.set_topology(0, Topology { vcpus: 1, threads_per_core: 1 });
         assert_eq!(read(&t, 1, 0).3 & LEAF1_EDX_HTT, 0);

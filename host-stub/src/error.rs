@@ -88,6 +88,8 @@ pub enum Error {
     ThreadsPerCore { requested: u32 },
     #[error("the benchmark runs on one vCPU, not {vcpus} (its bare loop and windows are vCPU 0's)")]
     BenchOnOneVcpu { vcpus: usize },
+    #[error("seed 000's SMT rule ({siblings}): {conflict}")]
+    SldWithSmt { siblings: crate::config::Siblings, conflict: crate::producers::sld::policy::SmtConflict },
     #[error("the guest command line is {len} bytes; at most {max} fit")]
     CmdlineTooLong { len: usize, max: usize },
     #[error("the ACPI tables cannot list {cpus} processors (1..={max}, local APIC IDs below 0xff)")]

@@ -71,6 +71,9 @@ pub struct AttachCtx<'a> {
     /// The VM's vCPUs: indices `0..vcpus`, vCPU `i` with local APIC ID `i`. Per-vCPU state
     /// is sized by it; an exit's [`VcpuCtx::index`] says whose it is.
     pub vcpus: usize,
+    /// Whether (and why) a vCPU may share its core with an SMT sibling: per-core state such as
+    /// MSR_TEST_CTRL cannot then be virtualized per vCPU (seed 000).
+    pub siblings: Option<crate::config::Siblings>,
 }
 
 impl AttachCtx<'_> {

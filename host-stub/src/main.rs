@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use pvagent_host::config::Siblings;
 use pvagent_host::config::{MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB};
 use pvagent_host::memory::CMDLINE_MAX;
 use pvagent_host::producers::Producers;
@@ -18,7 +19,7 @@ use pvagent_host::producers::pager::config::{MAX_FETCHERS, MAX_LATENCY, MAX_REGI
 use pvagent_host::producers::pager::region::PAGE;
 use pvagent_host::producers::pager::{self, config::PagerConfig};
 use pvagent_host::producers::sld::SldConfig;
-use pvagent_host::producers::sld::policy::{Enumeration, Policy};
+use pvagent_host::producers::sld::policy::{self, Enumeration, Policy};
 use pvagent_host::{Config, SerialSink, Vm};
 
 /// Boots the pvagent guest under KVM and reports its self-tests.
@@ -80,12 +81,16 @@ struct Args {
     no_sld: bool,
     /// How far split-lock detection is enumerated to the guest (the trigger works whatever it
     /// is): `absent` (no CPUID.7.0:EDX bit 30), `core-capabilities-only` (IA32_CORE_CAPABILITIES
-    /// without bit 5), `split-lock-detect` (the whole chain).
-    #[arg(long, value_enum, default_value_t = EnumerationArg::SplitLockDetect, conflicts_with = "no_sld")]
-    sld_enumeration: EnumerationArg,
-    /// What the host does about a split lock from a guest whose detection is off.
-    #[arg(long, value_enum, default_value_t = PolicyArg::InjectIfEnabled, conflicts_with = "no_sld")]
-    sld_policy: PolicyArg,
+    /// without bit 5), `split-lock-detect` (the whole chain). Default: split-lock-detect, or
+    /// core-capabilities-only with SMT siblings (--threads-per-core 2, or the host's SMT active),
+    /// where split-lock-detect is refused (seed 000).
+    #[arg(long, value_enum, conflicts_with = "no_sld")]
+    sld_enumeration: Option<EnumerationArg>,
+    /// What the host does about a split lock from a guest whose detection is off. Default:
+    /// inject-if-enabled, or disable-globally with SMT siblings, where inject-if-enabled is
+    /// refused (seed 000).
+    #[arg(long, value_enum, conflicts_with = "no_sld")]
+    sld_policy: Option<PolicyArg>,
     #[command(flatten)]
     pager: PagerArgs,
 }
@@ -182,9 +187,18 @@ impl From<PolicyArg> for Policy {
     }
 }
 
-fn producers(args: &Args) -> Producers {
-    let sld =
-        (!args.no_sld).then(|| SldConfig { enumeration: args.sld_enumeration.into(), policy: args.sld_policy.into() });
+/// The producers `args` ask for. With SMT siblings the split-lock options not given take the
+/// values seed 000's rule allows (`policy::SMT_DEFAULTS`); those given are kept, and the
+/// producer refuses the ones the rule forbids.
+fn producers(args: &Args, siblings: Option<Siblings>) -> Producers {
+    let (enumeration, policy) = match siblings {
+        Some(_) => policy::SMT_DEFAULTS,
+        None => (Enumeration::SplitLockDetect, Policy::InjectIfEnabled),
+    };
+    let sld = (!args.no_sld).then(|| SldConfig {
+        enumeration: args.sld_enumeration.map_or(enumeration, Into::into),
+        policy: args.sld_policy.map_or(policy, Into::into),
+    });
     Producers { sld, pager: args.pager.config() }
 }
 
@@ -255,8 +269,9 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(e) => return command_line_error(e),
     };
-    let producers = producers(&args);
     let mut config = Config::new(args.guest.clone());
+    config.threads_per_core = args.threads_per_core;
+    let producers = producers(&args, config.siblings());
     config.mem_mib = args.mem;
     config.cmdline = args.cmdline;
     config.serial = match (args.serial_log, args.quiet) {

@@ -117,6 +117,7 @@ impl Vm {
             trace: tracer.clone(),
             next_slot,
             vcpus: config.vcpus,
+            siblings: config.siblings(),
         };
         for p in &mut producers {
             p.attach(&mut attach)?;
