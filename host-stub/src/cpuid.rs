@@ -119,8 +119,8 @@ impl CpuidTable {
         self.entry(1, 0).ecx |= LEAF1_ECX_HYPERVISOR;
     }
 
-    /// Makes the table vCPU `apic_id`'s in `topology`: its initial APIC ID in leaf 1 EBX[31:24]
-    /// (and the package's addressable IDs in EBX[23:16], HTT with several vCPUs), and leaves
+    /// Makes the table vCPU `apic_id`'s in `topology`: its initial APIC ID in leaf 1 EBX bits 31:24
+    /// (and the package's addressable IDs in EBX bits 23:16, HTT with several vCPUs), and leaves
     /// 0xB and 0x1F (the highest basic leaf raised to 0x1F if need be) with an SMT level, a core
     /// level and the x2APIC ID in EDX of every subleaf.
     pub fn set_topology(&mut self, apic_id: u32, topology: Topology) {
