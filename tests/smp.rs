@@ -11,7 +11,7 @@ use pvagent_host::producers::Producers;
 use pvagent_host::producers::sld::SldConfig;
 use pvagent_host::producers::sld::policy::{self, Enumeration, Policy, SmtConflict};
 use pvagent_host::{Error, RunResult, Vm};
-use pvagent_tests::{Code32, config, guest_elf, require_kvm, run_stub_configured, temp_file, tiny_elf};
+use pvagent_tests::{Code32, config, guest_elf, require_kvm, run_stub_configured, temp_file, temp_path, tiny_elf};
 
 /// The local APIC's interrupt command register (xAPIC MMIO; the APIC is enabled at reset).
 const ICR_LOW: u32 = 0xFEE0_0300;
@@ -78,11 +78,22 @@ fn ap_triple_faults() -> Vec<u8> {
 }
 
 fn run(name: &str, boot: &[u8], vcpus: usize, threads_per_core: u32) -> RunResult {
+    run_configured(name, boot, vcpus, threads_per_core, |_| {})
+}
+
+fn run_configured(
+    name: &str,
+    boot: &[u8],
+    vcpus: usize,
+    threads_per_core: u32,
+    change: impl FnOnce(&mut pvagent_host::Config),
+) -> RunResult {
     require_kvm();
     let image = temp_file(name, &tiny_elf(boot, true, 0));
     let mut c = config(&image, "");
     c.vcpus = vcpus;
     c.threads_per_core = threads_per_core;
+    change(&mut c);
     Vm::new(c, Vec::new()).expect("setup").run()
 }
 
@@ -179,4 +190,52 @@ fn with_smt_siblings_split_lock_detection_is_not_virtualized_per_vcpu() {
             assert!(matches!(Vm::new(c, producers), Err(Error::SldWithSmt { siblings: Siblings::Host, .. })));
         }
     }
+}
+
+/// The time limit covers every vCPU: a boot vCPU that spins and APs that wait for a SIPI that
+/// never comes are all stopped, and the run is the timeout's, not one vCPU's.
+#[test]
+fn the_time_limit_stops_every_vcpu() {
+    let r = run_configured("smp-spin.elf", &Code32::new().spin(), 4, 1, |c| {
+        c.timeout = Some(std::time::Duration::from_secs(1));
+    });
+    assert!(matches!(r.host_error, Some(Error::Timeout { seconds: 1 })), "{:?}", r.host_error);
+    for i in 0..4 {
+        assert!(r.report.counters.contains_key(&format!("vcpu{i}.exits")), "vCPU {i} reported");
+    }
+}
+
+/// With several vCPUs every vCPU has its own counters, KVM statistics and timeline track; the
+/// AP's exit to user space is on its own track, not vCPU 0's.
+#[test]
+fn each_vcpu_has_its_own_counters_kvm_statistics_and_timeline_track() {
+    let path = temp_path("smp-trace.json");
+    let boot = boot_starting_ap(1, &ap_reports_cpuid(0xB, 0, EDX));
+    let r = run_configured("smp-trace.elf", &boot, 2, 1, |c| c.trace = Some(path.clone()));
+    assert_eq!(r.guest_exit_code, Some(AP_MARK | 1), "{:?}", r.host_error);
+    assert!(r.report.get("vcpu1.exits") >= 2, "the SIPI's EAGAIN and the exit port: {:?}", r.report.counters);
+    for i in 0..2 {
+        assert!(
+            r.report.counters.keys().any(|k| k.starts_with(&format!("kvm.vcpu{i}."))),
+            "KVM's statistics of vCPU {i}: {:?}",
+            r.report.counters
+        );
+    }
+    assert!(!r.report.counters.keys().any(|k| k.starts_with("kvm.exits")), "no unnumbered KVM statistics");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("the trace file")).expect("JSON");
+    let events = json["traceEvents"].as_array().expect("events");
+    let tid = |name: &str| {
+        events
+            .iter()
+            .find(|e| e["ph"] == "M" && e["name"] == "thread_name" && e["args"]["name"] == name)
+            .and_then(|e| e["tid"].as_u64())
+            .unwrap_or_else(|| panic!("no track {name:?}"))
+    };
+    let ap = tid("vCPU 1 (exits)");
+    assert_ne!(ap, tid("vCPU 0 (exits)"));
+    assert!(
+        events.iter().any(|e| e["tid"] == ap && e["name"] == "io out" && e["args"]["port"] == "0xf4"),
+        "the AP's exit-port write on its own track"
+    );
 }

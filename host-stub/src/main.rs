@@ -345,7 +345,14 @@ fn main() -> ExitCode {
         Some(code) => println!(
             "host: guest exited with code {code:#x} after {:.2} s ({} exits)",
             result.run_time.as_secs_f64(),
-            result.report.get("vcpu0.exits")
+            // Every vCPU's (`vcpu<i>.exits`).
+            result
+                .report
+                .counters
+                .iter()
+                .filter(|(key, _)| key.strip_prefix("vcpu").is_some_and(|k| k.ends_with(".exits")))
+                .map(|(_, n)| n)
+                .sum::<u64>()
         ),
         None if result.host_error.is_none() => eprintln!("pvagent-host: the guest never wrote its exit code"),
         None => {}
