@@ -1,8 +1,9 @@
 //! End-to-end tests of the host stub's several vCPUs with hand-made guests: the boot vCPU starts
 //! an AP with INIT and SIPI through its local APIC (as pvagent's kernel does), and the AP's
 //! real-mode code at the trampoline page shows what the host stub gave it (its own CPUID), ends
-//! the run through the exit port, or fails. Each path is taken by construction: the boot vCPU
-//! spins (`jmp $`) until the host stops it, and the vCPUs no SIPI reaches wait inside KVM.
+//! the run through the exit port, sends the boot vCPU an IPI, or fails. Each path is taken by
+//! construction: the boot vCPU spins (`jmp $`) until the host stops it, and the vCPUs no SIPI
+//! reaches wait inside KVM.
 
 use pvagent_host::config::Siblings;
 use pvagent_host::cpuid::Topology;
@@ -31,7 +32,12 @@ const AP_MARK: u32 = 0x5A00;
 /// (the MP specification sends two; KVM ignores a SIPI to an AP that runs): the AP starts
 /// however the host schedules its thread, with no delay to tune.
 fn boot_starting_ap(target: u8, ap_code: &[u8]) -> Vec<u8> {
-    let mut code = Code32::new();
+    boot_starting_ap_after(Code32::new(), target, ap_code)
+}
+
+/// [`boot_starting_ap`] after `setup`.
+fn boot_starting_ap_after(setup: Code32, target: u8, ap_code: &[u8]) -> Vec<u8> {
+    let mut code = setup;
     for (i, chunk) in ap_code.chunks(4).enumerate() {
         let mut word = [0u8; 4];
         word[..chunk.len()].copy_from_slice(chunk);
@@ -238,4 +244,67 @@ fn each_vcpu_has_its_own_counters_kvm_statistics_and_timeline_track() {
         events.iter().any(|e| e["tid"] == ap && e["name"] == "io out" && e["args"]["port"] == "0xf4"),
         "the AP's exit-port write on its own track"
     );
+}
+
+/// Where the IPI test keeps its descriptor tables and stack (low RAM, clear of the trampoline).
+const GDT: u32 = 0x9000;
+const GDTR: u32 = 0x9100;
+const IDTR: u32 = 0x9108;
+const IDT: u32 = 0x9200;
+const STACK_TOP: u32 = 0x9_F000;
+/// The vector the AP's IPI raises on the boot vCPU.
+const IPI_VECTOR: u32 = 0x40;
+
+/// 16-bit code: switch the local APIC to x2APIC mode, send a fixed IPI of [`IPI_VECTOR`] to APIC
+/// ID 0 through the ICR MSR, then spin.
+fn ap_sends_ipi_to_the_boot_vcpu() -> Vec<u8> {
+    let mut c = vec![0x66, 0xB9, 0x1B, 0, 0, 0, 0x0F, 0x32]; // mov ecx, IA32_APIC_BASE; rdmsr
+    c.extend_from_slice(&[0x66, 0x0D, 0x00, 0x0C, 0, 0, 0x0F, 0x30]); // or eax, EN | EXTD; wrmsr
+    c.extend_from_slice(&[0x66, 0xB9, 0x30, 0x08, 0, 0]); // mov ecx, x2APIC ICR (0x830)
+    c.extend_from_slice(&[0x66, 0x31, 0xD2]); // xor edx, edx: destination APIC ID 0
+    c.push(0x66);
+    c.push(0xB8);
+    c.extend_from_slice(&IPI_VECTOR.to_le_bytes()); // mov eax, vector (fixed, physical, edge)
+    c.extend_from_slice(&[0x0F, 0x30, 0xEB, 0xFE]); // wrmsr; jmp $
+    c
+}
+
+/// The boot vCPU's side: a flat GDT, an IDT whose [`IPI_VECTOR`] gate leads to a handler that
+/// writes `AP_MARK | IPI_VECTOR` to the exit port, its local APIC software-enabled, interrupts
+/// on; then it starts the AP.
+fn boot_taking_an_ipi(handler_at: u32) -> Code32 {
+    let gate_low = (0x08 << 16) | (handler_at & 0xFFFF);
+    let gate_high = (handler_at & 0xFFFF_0000) | 0x8E00; // present, DPL 0, 32-bit interrupt gate
+    Code32::new()
+        .mov_esp(STACK_TOP)
+        .store(GDT + 8, 0x0000_FFFF) // 0x08: flat 32-bit code
+        .store(GDT + 12, 0x00CF_9A00)
+        .store(GDT + 16, 0x0000_FFFF) // 0x10: flat data
+        .store(GDT + 20, 0x00CF_9200)
+        .store(GDTR, (GDT << 16) | 23) // limit 23, base low half
+        .store(GDTR + 4, GDT >> 16)
+        .store(IDTR, (IDT << 16) | (IPI_VECTOR * 8 + 7))
+        .store(IDTR + 4, IDT >> 16)
+        .store(IDT + IPI_VECTOR * 8, gate_low)
+        .store(IDT + IPI_VECTOR * 8 + 4, gate_high)
+        .lgdt(GDTR)
+        .lidt(IDTR)
+        .store(0xFEE0_00F0, 0x1FF) // spurious-interrupt register: the APIC software-enabled
+        .sti()
+}
+
+/// A fixed IPI from an AP reaches the boot vCPU through KVM's in-kernel local APICs: the boot
+/// vCPU's handler for its vector is what ends the run.
+#[test]
+fn an_ipi_from_an_ap_reaches_the_boot_vcpu() {
+    let ap = ap_sends_ipi_to_the_boot_vcpu();
+    // The handler follows the boot code; its address is known once the code's length is.
+    let length = boot_starting_ap_after(boot_taking_an_ipi(0), 1, &ap).len() as u32;
+    let handler_at = pvagent_host::test_images::TINY_LOAD as u32 + length;
+    let mut boot = boot_starting_ap_after(boot_taking_an_ipi(handler_at), 1, &ap);
+    assert_eq!(boot.len() as u32, length, "the code's length does not depend on the address");
+    boot.extend_from_slice(&Code32::new().exit(AP_MARK | IPI_VECTOR));
+    let r = run("smp-ipi.elf", &boot, 2, 1);
+    assert_eq!(r.guest_exit_code, Some(AP_MARK | IPI_VECTOR), "{:?}", r.host_error);
+    assert!(r.report.get("vcpu0.exits") >= 1, "the boot vCPU wrote the exit port");
 }
