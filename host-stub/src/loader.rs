@@ -139,8 +139,7 @@ fn write_boot_info(
         let at = MEMMAP_GPA + (i * std::mem::size_of::<HvmMemmapEntry>()) as u64;
         memory::write_plain(mem, at, *entry).map_err(fail(BootInfoPart::MemoryMap))?;
     }
-    // KVM gives vCPU n local APIC ID n (its vcpu_id).
-    let apic_ids: Vec<u8> = (0..vcpus).map(|i| u8::try_from(i).unwrap_or(u8::MAX)).collect();
+    let apic_ids: Vec<u8> = (0..vcpus).map(|i| u8::try_from(crate::vcpu::apic_id(i)).unwrap_or(u8::MAX)).collect();
     let tables = acpi::build(&apic_ids)?;
     mem.write_slice(&tables, GuestAddress(acpi::TABLES_GPA)).map_err(fail(BootInfoPart::AcpiTables))?;
     let mut line = cmdline.as_bytes().to_vec();

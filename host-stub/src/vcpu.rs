@@ -15,6 +15,22 @@ use crate::memory;
 use crate::trace::{Arg, Args, Tracer, Track};
 use crate::watchdog::{RunningVcpu, VcpuThreads, Watchdog};
 
+/// The local APIC ID of vCPU `index`: KVM gives a vCPU's local APIC its vcpu_id, which the host
+/// stub makes the vCPU's index (the MADT and CPUID say the same).
+pub fn apic_id(index: usize) -> u32 {
+    index as u32
+}
+
+/// The MSI that raises `vector` on the local APIC `apic_id` alone: fixed delivery, physical
+/// destination mode, edge-triggered (the address's destination field is bits 19:12).
+pub fn fixed_msi(apic_id: u32, vector: u8) -> kvm_bindings::kvm_msi {
+    kvm_bindings::kvm_msi {
+        address_lo: crate::acpi::LAPIC_ADDRESS | (apic_id << 12),
+        data: u32::from(vector),
+        ..Default::default()
+    }
+}
+
 /// The run's handlers, shared by its vCPU threads: a thread holds the lock while it handles an
 /// exit (and while it calls the entry hooks), never while it is inside KVM_RUN. Handling is
 /// serialized across vCPUs; the guest's own execution is not.
@@ -478,4 +494,17 @@ fn hypercall(ctx: &mut VcpuCtx<'_>, handlers: &mut [&mut dyn ExitHandler], gpa: 
         Err(status) => request.status = status as u32,
     }
     memory::write_plain(ctx.mem, gpa, request).map_err(|source| Error::WriteHypercallBlock { gpa, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vcpus_msi_names_its_apic_id_as_the_physical_destination() {
+        let msi = fixed_msi(apic_id(3), 0x52);
+        assert_eq!(msi.address_lo, 0xFEE0_3000, "destination ID 3 in bits 19:12, physical mode (bit 2 clear)");
+        assert_eq!((msi.address_hi, msi.data), (0, 0x52), "fixed delivery, edge, the vector");
+        assert_eq!(fixed_msi(apic_id(0), 0x40).address_lo, 0xFEE0_0000);
+    }
 }

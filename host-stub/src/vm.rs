@@ -161,7 +161,7 @@ impl Vm {
             let console_bit = if config.pv_console { Features::CONSOLE } else { 0 };
             let features = Features::HYPERCALL | console_bit | trace_bit;
             cpuid.install_host_stub_leaves(config.abi_version, Features(features), tsc_khz);
-            cpuid.set_topology(index as u32, topology);
+            cpuid.set_topology(crate::vcpu::apic_id(index), topology);
             for p in &producers {
                 p.cpuid(&mut cpuid);
             }
