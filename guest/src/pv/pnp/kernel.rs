@@ -61,13 +61,15 @@ impl SharedView {
         unsafe { AtomicU32::from_ptr(base.add(offset as usize) as *mut u32) }
     }
 
+    /// Makes the pages ready for registration, as the ABI asks: `head` and `tail` 0 (the
+    /// entries may hold anything; only those between the two are ever read) and the event area
+    /// free. Not the whole ring page: on an emulated guest kernel that is 512 string iterations.
     fn clear(&self) {
-        // SAFETY: zeroing our own shared pages while the protocol is off for this vCPU: the
-        // host does not access them until registration.
-        unsafe {
-            core::ptr::write_bytes(self.ring, 0, 4096);
-            core::ptr::write_bytes(self.data, 0, 64);
-        }
+        Self::u32_at(self.ring, abi::ring_head_offset(self.entries)).store(0, Ordering::Relaxed);
+        self.store_tail(0);
+        // SAFETY: our own event area, while the protocol is off for this vCPU: the host does
+        // not access it until registration.
+        unsafe { core::ptr::write_bytes(self.data, 0, 64) };
     }
 
     fn inuse(&self) -> &'static AtomicU32 {
