@@ -5,7 +5,6 @@ use pvagent_abi::pnp::{HostCounter, HostMode, ResolutionTiming};
 use pvagent_guest::kprintln;
 use pvagent_guest::pv::pnp;
 
-use crate::calibrate::cycles_to_ns;
 use crate::count::Fields;
 use crate::io::baseline_now;
 use crate::pager::{host_counter, region, set_latency, set_mode, set_timing, settle};
@@ -75,14 +74,13 @@ pub fn roundtrip(s: Settings) -> Result<()> {
                     continue;
                 }
                 kprintln!(
-                    "bench: pnp_{name} rep={rep} ops={} total_ns={} baseline_ns={baseline} events={} slept={} halted={} early={} sync_waits={sync_waits} late={late} handler_ns={}{}",
+                    "bench: pnp_{name} rep={rep} ops={} total_ns={} baseline_ns={baseline} events={} slept={} halted={} early={} sync_waits={sync_waits} late={late}{}",
                     tasks * pages,
                     window.wall_ns,
                     after.events - before.events,
                     after.slept - before.slept,
                     after.halted - before.halted,
                     after.tokens.resolved_before_event - before.tokens.resolved_before_event,
-                    cycles_to_ns(after.handler_cycles - before.handler_cycles),
                     Fields("", counts)
                 );
                 break;

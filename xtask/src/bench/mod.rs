@@ -352,7 +352,7 @@ fn measure(
     problems.extend(analysis::path_problems(&bench));
     let workload = analysis::workload_results(&bench);
     let speedups = analysis::speedups(&workload);
-    let scaling = analysis::scaling(&bench);
+    let scaling = analysis::scaling(&bench, guest_kernel_emulated());
 
     // 3. Boot, under the host stub and under QEMU TCG.
     let (mut first_entry, mut done, mut process, mut boot_rss) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -493,13 +493,13 @@ fn insane(r: &Results) -> Vec<String> {
         }
     }
     for p in &r.scaling {
-        summaries.push((format!("scaling at {}", p.outstanding), &p.handler_per_event_ns));
+        summaries.push((format!("scaling at {}", p.outstanding), &p.insns_per_event));
     }
     problems.extend(summaries.into_iter().filter(|(_, s)| !s.is_sane()).map(|(what, s)| format!("{what}: {s:?}")));
     for (empty, what) in [
         (r.workload.is_empty(), "no workload results"),
         (r.speedups.is_empty(), "no speed-ups over sync"),
-        (r.scaling.is_empty(), "no scaling points"),
+        (r.scaling.is_empty() && guest_kernel_emulated(), "no scaling points"),
         (r.memory.guest_loaded_bytes == 0, "a guest image of 0 bytes"),
     ] {
         if empty {

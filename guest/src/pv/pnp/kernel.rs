@@ -1,7 +1,7 @@
 //! The kernel glue of the page-not-present protocol: shared pages, registration, the two
 //! handlers, and the hooks self-tests use to steer the host's pager.
 
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use pvagent_abi::cpuid::Features;
 use pvagent_abi::hypercall::Nr;
@@ -15,7 +15,7 @@ use super::{DEFAULT_RING_ENTRIES, EVENT_VECTOR, RESOLUTION_VECTOR, Region};
 use crate::arch::fault::{self, Fault};
 use crate::arch::hypercall::{self, HypercallError};
 use crate::arch::paging::{self, Access};
-use crate::arch::percpu::{self, CpuLocal, MAX_CPUS};
+use crate::arch::percpu::{self, MAX_CPUS};
 use crate::arch::trap::{self, TrapFrame};
 use crate::arch::{apic, cpu};
 use crate::boot::cmdline::Cmdline;
@@ -126,9 +126,6 @@ pub struct Stats {
     pub consumed: u64,
     /// Woken tasks that were no longer waiting.
     pub stale_wakes: u64,
-    /// TSC cycles spent in the two handlers, excluding the time a task is parked or halted:
-    /// what the protocol costs the guest (kept apart: `HANDLER_CYCLES`).
-    pub handler_cycles: u64,
     /// The token table's counters.
     pub tokens: TokenStats,
 }
@@ -191,7 +188,6 @@ impl Stats {
             ring_corrupt: 0,
             consumed: 0,
             stale_wakes: 0,
-            handler_cycles: 0,
             tokens: TokenStats::new(),
         }
     }
@@ -343,7 +339,6 @@ pub fn stats() -> Stats {
         stats.tokens = s.table.stats;
         stats.consumed += s.ring.consumed;
         stats.ring_corrupt += s.ring.corrupt;
-        stats.handler_cycles = HANDLER_CYCLES.get().load(Ordering::Relaxed);
         stats
     })
 }
@@ -366,7 +361,6 @@ pub fn pending() -> (usize, usize) {
 /// look its token up, count it; the scheduler is asked who would wait only when the token must
 /// be waited for.
 fn on_event(frame: &mut TrapFrame) {
-    let entered = cpu::rdtsc();
     apic::eoi();
     let cpu = percpu::index();
     let taken = STATE.with(|s| {
@@ -401,29 +395,19 @@ fn on_event(frame: &mut TrapFrame) {
         }
         Some((token, gpa, outcome))
     });
-    let Some((token, gpa, outcome)) = taken else {
-        account(entered);
-        return;
-    };
-    // What the protocol costs: a wait is not counted, what comes before and after it is.
-    let (result, since) = match outcome {
-        EventOutcome::AlreadyResolved { result } => (result, entered),
+    let Some((token, gpa, outcome)) = taken else { return };
+    let result = match outcome {
+        EventOutcome::AlreadyResolved { result } => result,
         EventOutcome::Rejected(why) => {
-            account(entered);
             kprintln!("pnp: event with token {:#x} rejected: {why:?}", token.0);
             return;
         }
         EventOutcome::Park(Waiter::Task(_)) => {
-            account(entered);
             let wait = Wait::Key { owner: super::WAIT_OWNER, key: u64::from(token.0) };
-            (task::block_current(wait) as u32, cpu::rdtsc())
+            task::block_current(wait) as u32
         }
-        EventOutcome::Park(Waiter::Halt) => {
-            account(entered);
-            (halt::wait_until(|| STATE.with(|s| s.table.take_halt_result(token))).0, cpu::rdtsc())
-        }
+        EventOutcome::Park(Waiter::Halt) => halt::wait_until(|| STATE.with(|s| s.table.take_halt_result(token))).0,
     };
-    account(since);
     if result == abi::RESULT_FAILED {
         page_failed(frame, token, gpa);
     }
@@ -454,24 +438,12 @@ fn page_failed(frame: &TrapFrame, token: Token, gpa: u64) {
 /// The resolution vector: drain the ring, waking each token's waiter as its entry comes, in one
 /// borrow of this vCPU's state (the scheduler's is another).
 fn on_resolution(_frame: &mut TrapFrame) {
-    let entered = cpu::rdtsc();
     apic::eoi();
     let cpu = percpu::index();
     STATE.with(|s| {
         s.stats.resolution_irqs += 1;
         report_corrupt(s.drain(cpu));
     });
-    account(entered);
-}
-
-/// TSC cycles this vCPU spent in the two handlers, less the time its tasks were parked or
-/// halted: what the protocol costs the guest. An atomic of its own (only this vCPU adds to it,
-/// with interrupts off), so that the time after a wait is counted without another borrow.
-static HANDLER_CYCLES: CpuLocal<AtomicU64> = CpuLocal::new([const { AtomicU64::new(0) }; MAX_CPUS]);
-
-/// Counts the handler time since `since`.
-fn account(since: u64) {
-    HANDLER_CYCLES.get().fetch_add(cpu::rdtsc().wrapping_sub(since), Ordering::Relaxed);
 }
 
 fn report_corrupt(drained: Drain) {
