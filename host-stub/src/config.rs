@@ -48,6 +48,9 @@ pub struct Config {
     /// Serve the benchmark device (ports `0x51C`, `0x51E`, `0x51F`) and its bare loop, for
     /// `cargo xtask bench`'s guest (`crate::bench`). Off: those ports are unclaimed.
     pub bench: bool,
+    /// With `bench`: each counting window also prints every KVM statistic that changed in it
+    /// (a breakdown of KVM's exits, `docs/performance.md`).
+    pub bench_window_stats: bool,
     /// Offer the paravirtual console (`pvagent_abi::console`: a line per exit). Off: the guest
     /// finds no `Features::CONSOLE` and prints through the UART, two exits a byte.
     pub pv_console: bool,
@@ -66,6 +69,7 @@ impl Config {
             trace_console: true,
             abi_version: pvagent_abi::ABI_VERSION,
             bench: false,
+            bench_window_stats: false,
             pv_console: true,
         }
     }

@@ -64,6 +64,10 @@ struct Args {
     /// compares this host's run loop with, for the benchmark guest (`cargo xtask bench`).
     #[arg(long)]
     bench: bool,
+    /// With --bench: each counting window also prints every KVM statistic that changed in it
+    /// (`host: window vcpu=N NAME=DELTA ...`): what KVM's exit count is made of.
+    #[arg(long, requires = "bench")]
+    window_stats: bool,
     /// Stop the guest after this many seconds (0: never), any whole number.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
@@ -258,6 +262,7 @@ fn main() -> ExitCode {
     config.trace = args.trace;
     config.trace_console = !args.trace_omit_console;
     config.bench = args.bench;
+    config.bench_window_stats = args.window_stats;
     config.pv_console = !args.no_pv_console;
 
     // A results file that cannot be written fails before the run, not after it.
