@@ -16,9 +16,9 @@ use x86_64::registers::control::{Cr3, Cr3Flags};
 use x86_64::structures::paging::{PageTable, PageTableFlags as F, PhysFrame};
 
 use super::cpu::IrqGuard;
-use crate::cell::StaticCell;
 pub use super::layout::Access;
 use super::layout::{self, IDENTITY_MAP_LIMIT, ImageLayout, PAGE, Region};
+use crate::cell::StaticCell;
 
 /// Flags of a leaf entry with `access`.
 fn flags(access: Access) -> F {

@@ -5,8 +5,8 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use super::{SelfTest, TestResult};
 use crate::arch::fault::{self, pf};
 use crate::arch::percpu;
-use crate::task::event::Event;
 use crate::cell::StaticCell;
+use crate::task::event::Event;
 use crate::task::table::{ExitStatus, FaultInfo, State};
 use crate::task::{self, user};
 use crate::{ensure, ensure_eq, ensure_eq_hex};
@@ -318,7 +318,11 @@ fn user_tasks_block_on_a_word_until_woken() -> TestResult {
         }
         task::yield_now();
     }
-    ensure!(matches!(task::state(waiter), Some(State::Blocked(_))), "the waiter is {:?}, not blocked", task::state(waiter));
+    ensure!(
+        matches!(task::state(waiter), Some(State::Blocked(_))),
+        "the waiter is {:?}, not blocked",
+        task::state(waiter)
+    );
     for _ in 0..3 {
         task::yield_now();
         ensure!(matches!(task::state(waiter), Some(State::Blocked(_))), "the waiter ran without a wake");

@@ -123,7 +123,9 @@ pub fn wait(addr: u64, expected: u64) -> u64 {
     let result: u64;
     // SAFETY: a kernel call; WAIT returns in RAX and preserves everything else. Not `nomem`:
     // other tasks run meanwhile and change memory (the word among it).
-    unsafe { core::arch::asm!("ud2", inout("rax") nr::WAIT => result, in("rdi") addr, in("rsi") expected, options(nostack)) }
+    unsafe {
+        core::arch::asm!("ud2", inout("rax") nr::WAIT => result, in("rdi") addr, in("rsi") expected, options(nostack))
+    }
     result
 }
 

@@ -293,7 +293,8 @@ pub fn scaling(run: &RunOutput, emulated: bool) -> Vec<ScalingPoint> {
     by_count
         .into_iter()
         .filter_map(|(outstanding, samples)| {
-            let per_event = summarize(samples.into_iter(), |s| s.field("insns").and_then(|_| per(s, "insns", "events")))?;
+            let per_event =
+                summarize(samples.into_iter(), |s| s.field("insns").and_then(|_| per(s, "insns", "events")))?;
             Some(ScalingPoint { outstanding, insns_per_event: per_event })
         })
         .collect()
