@@ -14,10 +14,17 @@
 //! iteration cut that eightfold, and the boot no longer moves anything large (`boot::info`,
 //! `arch::layout`). Natively, CPUs with fast string operations (ERMS, FSRM) run both forms well.
 //!
+//! Each adds the iterations it runs to the vCPU's count (`percpu::string_iterations`, one
+//! GS-relative add before each string instruction): the work KVM's statistic does not see, which
+//! the benchmarks count next to it. These functions are the kernel's only string instructions
+//! (a test keeps it so); what the compiler inlines itself is bounded (see `docs/performance.md`).
+//!
 //! The direction flag is clear in kernel code (the ABI's rule, which the trap entry restores
 //! with `cld`), so the string instructions count upwards unless `memmove` says otherwise.
 
 use core::arch::asm;
+
+use super::percpu::STRING_ITERATIONS;
 
 /// Copies `n` bytes from `src` to `dest`, eight at a time, then the last `n % 8` one at a time.
 ///
@@ -29,10 +36,12 @@ pub unsafe extern "C" fn memcpy(dest: *mut u8, src: *const u8, n: usize) -> *mut
     // SAFETY: the caller's contract. `rep movsq` copies `n / 8` quadwords from `src` to `dest`
     // and leaves RSI and RDI after them; `rep movsb` copies the remaining `n % 8` bytes. Only
     // `[src, src + n)` is read and `[dest, dest + n)` written; unaligned quadwords are allowed.
+    // The adds count each instruction's iterations in this vCPU's area (GS, `percpu`).
     unsafe {
-        asm!("rep movsq", "mov ecx, {tail:e}", "rep movsb", tail = in(reg) n & 7,
+        asm!("add gs:[{count}], rcx", "rep movsq", "mov ecx, {tail:e}", "add gs:[{count}], rcx", "rep movsb",
+            tail = in(reg) n & 7, count = const STRING_ITERATIONS,
             inout("rcx") n >> 3 => _, inout("rdi") dest => _, inout("rsi") src => _,
-            options(nostack, preserves_flags));
+            options(nostack));
     }
     dest
 }
@@ -57,8 +66,9 @@ pub unsafe extern "C" fn memmove(dest: *mut u8, src: *const u8, n: usize) -> *mu
     // flag is cleared before the block ends; a trap taken meanwhile runs with it clear (the
     // entry's `cld`) and its IRETQ sets it again.
     unsafe {
-        asm!("std", "rep movsb", "sub rsi, 7", "sub rdi, 7", "mov rcx, {quads}", "rep movsq", "cld",
-            quads = in(reg) n >> 3, inout("rcx") n & 7 => _,
+        asm!("add gs:[{count}], rcx", "std", "rep movsb", "sub rsi, 7", "sub rdi, 7", "mov rcx, {quads}",
+            "add gs:[{count}], rcx", "rep movsq", "cld",
+            quads = in(reg) n >> 3, count = const STRING_ITERATIONS, inout("rcx") n & 7 => _,
             inout("rdi") dest.wrapping_add(n).wrapping_sub(1) => _,
             inout("rsi") src.wrapping_add(n).wrapping_sub(1) => _,
             options(nostack));
@@ -75,11 +85,13 @@ pub unsafe extern "C" fn memmove(dest: *mut u8, src: *const u8, n: usize) -> *mu
 pub unsafe extern "C" fn memset(dest: *mut u8, c: i32, n: usize) -> *mut u8 {
     let pattern = u64::from(c as u8) * 0x0101_0101_0101_0101;
     // SAFETY: the caller's contract. `rep stosq` writes `n / 8` quadwords of the byte from
-    // `dest`, `rep stosb` the remaining `n % 8` bytes: `[dest, dest + n)` only.
+    // `dest`, `rep stosb` the remaining `n % 8` bytes: `[dest, dest + n)` only. The adds count
+    // the iterations, as in `memcpy`.
     unsafe {
-        asm!("rep stosq", "mov ecx, {tail:e}", "rep stosb", tail = in(reg) n & 7,
+        asm!("add gs:[{count}], rcx", "rep stosq", "mov ecx, {tail:e}", "add gs:[{count}], rcx", "rep stosb",
+            tail = in(reg) n & 7, count = const STRING_ITERATIONS,
             inout("rcx") n >> 3 => _, inout("rdi") dest => _, in("rax") pattern,
-            options(nostack, preserves_flags));
+            options(nostack));
     }
     dest
 }
@@ -99,10 +111,13 @@ pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     let equal: u8;
     // SAFETY: the caller's contract. `repe cmpsb` reads `[a, a + n)` and `[b, b + n)` and
     // stops after the first pair that differs; ZF says whether the last pair compared was equal.
+    // It ran `n` less what is left in RCX iterations: added, then what was left taken off again
+    // (after `sete`, which reads ZF). Only this vCPU's count is written.
     unsafe {
-        asm!("repe cmpsb", "sete {equal}", equal = out(reg_byte) equal,
+        asm!("add gs:[{count}], rcx", "repe cmpsb", "sete {equal}", "sub gs:[{count}], rcx",
+            equal = out(reg_byte) equal, count = const STRING_ITERATIONS,
             inout("rcx") n => _, inout("rsi") a => a_end, inout("rdi") b => b_end,
-            options(nostack, readonly));
+            options(nostack));
     }
     if equal != 0 {
         return 0;

@@ -54,8 +54,8 @@ pub struct TaskStacks {
 ///
 /// Call once, first thing, on the boot vCPU, with interrupts disabled.
 pub unsafe fn init_traps() {
-    // SAFETY: boot vCPU, once, interrupts off (the caller's contract); the GDT first, since
-    // loading GS may clear the base `percpu::init` sets.
+    // SAFETY: boot vCPU, once, interrupts off (the caller's contract). GS already points at
+    // this vCPU's area (the entry set it); `percpu::init` fills the area in.
     unsafe {
         gdt::init(0);
         percpu::init(0);

@@ -76,6 +76,13 @@ pvh_start64:
     xor %eax, %eax
     mov %eax, %fs
     mov %eax, %gs
+    # GS base: the boot vCPU's per-vCPU area, before any Rust code runs (even memcpy counts its
+    # string iterations there, arch::percpu). Loading GS above cleared it on Intel; nothing
+    # loads GS again.
+    mov $0xC0000101, %ecx           # IA32_GS_BASE
+    mov $CPU_AREAS, %eax            # below 4 GiB: the image is identity mapped under 16 MiB
+    xor %edx, %edx
+    wrmsr
     lea BOOT_STACK + {stack_size}(%rip), %rsp
     xor %ebp, %ebp
     mov %esi, %edi                  # kernel_main(start_info_paddr: u32)
