@@ -56,8 +56,8 @@ struct Args {
     /// switch) and write it to FILE as Chrome trace-event JSON, for https://ui.perfetto.dev.
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
-    /// Leave the console's exits out of the --trace timeline (each byte the guest prints is
-    /// one: most of a run's exits).
+    /// Leave the console's exits out of the --trace timeline (one per line through the console
+    /// port; through the UART, one per byte printed and most of a run's exits).
     #[arg(long, requires = "trace")]
     trace_omit_console: bool,
     /// Serve the benchmark ports (0x51C, 0x51E, 0x51F) and the bare kvm-ioctls loop the benchmark
