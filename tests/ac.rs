@@ -277,3 +277,28 @@ fn the_binary_takes_the_split_lock_options() {
     let out = run(&["--sld-policy", "sometimes"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The policy tests are named only to run under their policy: under another one they skip
+/// with the policy they need and the one they met, and the listing declares that need.
+#[test]
+fn the_policy_tests_skip_under_another_policy_and_list_the_policy_they_need() {
+    use pvagent_abi::report::Need;
+    let exit_test = "ac::host_policy_exit_stops_the_run";
+    let disable_test = "ac::host_policy_disable_globally";
+    for (name, needed, policy, met) in [
+        (exit_test, "exit", Policy::InjectIfEnabled, "inject-if-enabled"),
+        (exit_test, "exit", Policy::DisableGlobally, "disable-globally"),
+        (disable_test, "disable-globally", Policy::InjectIfEnabled, "inject-if-enabled"),
+        (disable_test, "disable-globally", Policy::Exit, "exit"),
+    ] {
+        let r = run_stub_with(&format!("tests={name}"), &split_lock(Enumeration::SplitLockDetect, policy));
+        assert_passed(&r);
+        let reason =
+            format!("needs the host's split-lock policy {needed} (--sld-policy {needed}); this host's is {met}");
+        assert_eq!(status_of(&r, name), (Status::Skip, reason), "{policy:?}");
+    }
+    let listing = run_stub("list");
+    let needs = |name: &str| listing.listed.iter().find(|t| t.name == name).expect("listed").needs;
+    assert!(needs(exit_test).contains(Need::SldExitPolicy));
+    assert!(needs(disable_test).contains(Need::SldDisableGloballyPolicy));
+}

@@ -46,10 +46,15 @@ fn an_unexpected_kernel_exception_is_reported_and_fails_the_run() {
 }
 
 #[test]
-fn a_filter_that_selects_nothing_fails_instead_of_passing_vacuously() {
+fn a_filter_that_selects_nothing_is_bad_usage_not_a_vacuous_pass() {
     let r = run_stub("tests=no_such_test");
-    assert_eq!(r.guest_exit_code, Some(exit::FAILURE));
+    assert_eq!(r.guest_exit_code, Some(exit::NO_TEST_SELECTED));
+    assert!(!r.passed());
+    assert_eq!(r.exit_status(), 2, "the user's mistake, not a failed test");
     assert!(r.serial.iter().any(|l| l.contains("no test matches tests=no_such_test")));
+    // Under QEMU the same code.
+    let run = run_qemu("tests=no_such_test");
+    assert_eq!(run.guest_code, Some(exit::NO_TEST_SELECTED), "{}", run.outcome.text());
 }
 
 #[test]
@@ -127,7 +132,8 @@ fn qemu_reports_the_same_tests_and_skips_only_with_a_reason() {
     assert!(listing.listed.iter().any(|t| !t.on_by_default), "the on-request tests are listed too");
     for (_, name, reason) in qemu_tests.iter().filter(|t| t.0 == Status::Skip) {
         let listed = listing.listed.iter().find(|t| t.name == *name).expect("listed");
-        let qemu_lacks = [Need::HostStub, Need::Pager, Need::SldTrigger, Need::AlignmentCheck];
+        // TCG shows no KVM leaves, so no KVM async page faults either.
+        let qemu_lacks = [Need::HostStub, Need::Pager, Need::SldTrigger, Need::AlignmentCheck, Need::KvmApf];
         assert!(
             qemu_lacks.iter().any(|n| listed.needs.contains(*n)),
             "{name} skipped under QEMU ({reason}) needing nothing QEMU lacks"
@@ -322,4 +328,52 @@ fn the_benchmark_ports_are_served_only_when_asked_for() {
     // Page 0 was never touched, so no event could be delivered: counted, nothing done.
     assert_eq!(bench.report.get("bench.page_events_not_deliverable"), 1, "{:?}", bench.report.counters);
     assert_eq!(bench.report.get("pager.events_delivered"), 0);
+}
+
+/// A library user's producer stops the run with an error of its own type, and the run's
+/// result keeps that value: a test gets it back by type, the exit status is a host-side
+/// error's, and the results name it.
+#[test]
+fn a_library_users_producer_fails_the_run_with_its_own_error() {
+    use pvagent_host::{ExitHandler, MsrAnswer, VcpuCtx};
+
+    #[derive(Debug, PartialEq)]
+    struct Refused {
+        msr: u32,
+    }
+    impl std::fmt::Display for Refused {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "refused the write of MSR {:#x}", self.msr)
+        }
+    }
+    impl std::error::Error for Refused {}
+
+    /// Stops the run at the first MSR write that reaches the producers.
+    struct Refuser;
+    impl ExitHandler for Refuser {
+        fn name(&self) -> &'static str {
+            "refuser"
+        }
+        fn wrmsr(&mut self, _ctx: &mut VcpuCtx<'_>, index: u32, _value: u64) -> pvagent_host::Result<MsrAnswer> {
+            Err(Error::producer(self.name(), Refused { msr: index }))
+        }
+    }
+
+    require_kvm();
+    let mut producers = Producers::defaults().build().expect("the default producers");
+    producers.insert(0, Box::new(Refuser));
+    let r = Vm::new(config(guest_elf(), "tests=arch::timer_ticks"), producers).expect("start the guest").run();
+    let Some(Error::Producer { producer, source }) = &r.host_error else {
+        panic!("expected the producer's own error, got {:?}", r.host_error)
+    };
+    assert_eq!(*producer, "refuser");
+    let refused = source.downcast_ref::<Refused>().expect("the producer's own type");
+    assert!(
+        r.host_error.as_ref().unwrap().to_string().starts_with("refuser: refused the write of MSR "),
+        "{refused:?}"
+    );
+    assert_eq!(r.exit_status(), 2);
+    let records = pvagent_host::results::records(&r, "stub");
+    let run = records.iter().find(|t| t.name == pvagent_host::results::RUN_RECORD_NAME).expect("a (run) record");
+    assert!(run.failed() && run.reason.contains("refuser: refused the write of MSR"), "{run:?}");
 }

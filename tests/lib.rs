@@ -67,6 +67,16 @@ pub fn run_qemu(cmdline: &str) -> QemuRun {
     }
 }
 
+/// Runs the guest under QEMU with KVM (on these machines, KVM's PVM module: firmware and all
+/// run emulated, seconds to boot).
+pub fn run_qemu_kvm(cmdline: &str) -> QemuRun {
+    require_kvm();
+    match qemu::run(guest_elf(), Accel::Kvm, cmdline, Duration::from_secs(120), false) {
+        Ok(run) => run,
+        Err(e) => panic!("QEMU run failed: {e}"),
+    }
+}
+
 /// A minimal ELF64 image with `code` at 1 MiB (see `pvagent_host::test_images::tiny_pvh_image`).
 pub use pvagent_host::test_images::tiny_pvh_image as tiny_elf;
 

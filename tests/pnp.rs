@@ -240,3 +240,54 @@ fn a_bad_tail_written_just_before_the_guest_stops_is_reported() {
     assert!(is_tail_beyond_head(&r.host_error), "{:?}", r.host_error);
     assert_eq!(r.exit_status(), 2);
 }
+
+/// Only a host without the pager or `pnp=off` may skip the page-not-present tests, each saying
+/// which; a registration the guest or host refused, which nobody asked for, fails them with
+/// the refusal as the reason.
+#[test]
+fn a_refused_registration_fails_and_only_a_missing_pager_or_pnp_off_skips() {
+    let refused = run_stub_with("tests=pnp pnp-ring=3", &pager(HostMode::Ring, &[]));
+    assert_eq!(refused.guest_exit_code, Some(exit::FAILURE), "{:#?}", refused.serial);
+    let tests = pnp_tests(&refused);
+    assert!(tests.len() >= 12, "{tests:#?}");
+    for (status, name, reason) in &tests {
+        assert_eq!(*status, Status::Fail, "{name}: {reason}");
+        assert_eq!(reason, "registering the page-not-present protocol at boot failed: BadSize(3)", "{name}");
+    }
+
+    let off = run_stub_with("tests=pnp pnp=off", &pager(HostMode::Ring, &[]));
+    assert!(off.passed(), "{:#?}", off.serial);
+    for (status, name, reason) in pnp_tests(&off) {
+        assert_eq!(status, Status::Skip, "{name}");
+        assert_eq!(reason, "pnp=off on the guest's command line: the protocol is not registered", "{name}");
+    }
+
+    let none = run_stub_with("tests=pnp", &Producers { sld: None, pager: None });
+    assert!(none.passed(), "{:#?}", none.serial);
+    for (status, name, reason) in pnp_tests(&none) {
+        assert_eq!((status, reason.as_str()), (Status::Skip, "needs the host stub's demand pager"), "{name}");
+    }
+}
+
+/// A ring of one entry is a valid registration with one token: the test that needs two tasks
+/// waiting at once says so and skips, and every other page-not-present test passes.
+#[test]
+fn a_ring_of_one_entry_skips_only_the_test_that_needs_two_tokens() {
+    for mode in [HostMode::Ring, HostMode::Sync] {
+        let r = run_stub_with("tests=pnp pnp-ring=1", &pager(mode, &[]));
+        let tests = pnp_tests(&r);
+        assert!(r.passed(), "{mode:?}: {tests:#?}\n{:?}", r.host_error);
+        for (status, name, reason) in &tests {
+            match name.as_str() {
+                "pnp::two_tasks_on_one_absent_page_each_get_a_token" => {
+                    assert_eq!(*status, Status::Skip, "{mode:?}: {reason}");
+                    assert!(reason.contains("at least 2 entries"), "{reason}");
+                }
+                "pnp::failed_page_ends_only_its_task" if mode == HostMode::Sync => {
+                    assert_eq!(*status, Status::Skip, "{reason}")
+                }
+                _ => assert_eq!(*status, Status::Pass, "{mode:?} {name}: {reason}"),
+            }
+        }
+    }
+}

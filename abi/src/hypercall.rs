@@ -53,7 +53,8 @@ pub enum Nr: u32 {
     /// self-tests read it to know which outcome the host promises.
     SplitLockPolicy = 0x101,
     /// Page-not-present: switch the host's mode for accesses from now on. `args[0]`: a
-    /// [`crate::pnp::HostMode`].
+    /// [`crate::pnp::HostMode`] other than `KvmApfKernel`; a run in `KvmApfKernel` mode stays
+    /// in it (both: [`Status::InvalidArgument`]).
     PnpSetMode = 0x200,
     /// Page-not-present: the fetch latency for pages fetched from now on, drawn uniformly from
     /// `[args[0], args[1]]` nanoseconds (`args[0] <= args[1] <=` 10 s, otherwise

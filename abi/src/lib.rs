@@ -12,6 +12,7 @@ pub mod console;
 pub mod cpuid;
 pub mod exit;
 pub mod hypercall;
+pub mod kvm_apf;
 pub mod msr;
 pub mod pnp;
 pub mod port;

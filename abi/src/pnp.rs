@@ -190,7 +190,22 @@ pub enum HostMode: u32 {
     Sync = 0,
     /// Page-not-present events and resolutions, as this protocol says.
     Ring = 1,
+    /// KVM's async page fault ABI ([`crate::kvm_apf`]), served by the host stub itself: "page
+    /// not present" as #PF to CPL 3 with interrupts on, "page ready" as the registered
+    /// interrupt; every other access waits, as KVM's do.
+    KvmApf = 2,
+    /// KVM's async page fault ABI served by KVM itself: the host stub backs the region so that
+    /// KVM's own asynchronous path takes a CPL 3 access, and only supplies the pages. The mode
+    /// of a whole run: neither set nor left with [`crate::hypercall::Nr::PnpSetMode`].
+    KvmApfKernel = 3,
 }
+}
+
+impl HostMode {
+    /// Whether events of this mode reach the guest through KVM's async page fault ABI.
+    pub const fn is_kvm_apf(self) -> bool {
+        matches!(self, HostMode::KvmApf | HostMode::KvmApfKernel)
+    }
 }
 
 /// What a page of the demand region holds when the host stub's default backing image is used:

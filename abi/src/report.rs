@@ -44,7 +44,9 @@ pub enum Need: u8 {
     /// `inject-if-enabled` (`crate::sld::HostPolicy`): the others stop the run or switch
     /// detection off for the whole VM.
     SldDefaultPolicy = 3,
-    /// The host stub's demand pager, with the page-not-present protocol registered.
+    /// The host stub's demand pager, with the page-not-present protocol registered. Only a
+    /// host without the pager or `pnp=off` makes the test a SKIP: a registration that was
+    /// refused fails it.
     Pager = 4,
     /// The demand pager in ring mode when the guest boots (`crate::pnp::HostMode::Ring`).
     PnpRingMode = 5,
@@ -54,6 +56,21 @@ pub enum Need: u8 {
     ExpectHost = 7,
     /// ACPI tables from the host (an RSDP in the boot information).
     Acpi = 8,
+    /// A page-not-present ring of at least two entries, so that two tasks can wait for
+    /// absent pages at once (`pnp-ring=1` leaves one token).
+    PnpTwoTokens = 9,
+    /// The host's policy for split locks of a guest whose detection is off is `exit`: the
+    /// test's split lock ends the run.
+    SldExitPolicy = 10,
+    /// The host's policy for split locks of a guest whose detection is off is
+    /// `disable-globally`: the test's split lock switches detection off for the whole VM.
+    SldDisableGloballyPolicy = 11,
+    /// KVM's async page fault ABI (`crate::kvm_apf`), enabled by the guest: KVM's leaves offer
+    /// it with "page ready" as an interrupt.
+    KvmApf = 12,
+    /// The host stub serving KVM's async page fault ABI itself (any pager mode but
+    /// `KvmApfKernel`): only it can send "page ready" before its "page not present".
+    KvmApfHostStub = 13,
 }
 }
 
@@ -70,6 +87,11 @@ impl Need {
             Need::AlignmentCheck => "alignment-check",
             Need::ExpectHost => "expect-host",
             Need::Acpi => "acpi",
+            Need::PnpTwoTokens => "pnp-two-tokens",
+            Need::SldExitPolicy => "sld-exit-policy",
+            Need::SldDisableGloballyPolicy => "sld-disable-globally-policy",
+            Need::KvmApf => "kvm-apf",
+            Need::KvmApfHostStub => "kvm-apf-host-stub",
         }
     }
 
@@ -84,11 +106,24 @@ impl Need {
             Need::SldDefaultPolicy => {
                 "the host stub's default split-lock policy, inject-if-enabled (not --sld-policy exit or disable-globally)"
             }
-            Need::Pager => "the host stub's demand pager, registered by the guest (not --pnp-mib 0, not pnp=off)",
+            Need::Pager => {
+                "the host stub's demand pager, registered by the guest (not --pnp-mib 0, not pnp=off; a registration the host or guest refused fails the test)"
+            }
             Need::PnpRingMode => "the demand pager in ring mode at boot (not --pnp-mode sync)",
             Need::AlignmentCheck => "hardware alignment-check #AC at CPL 3 (QEMU TCG has none)",
             Need::ExpectHost => "expect-host= on the guest command line (xtask sets it)",
             Need::Acpi => "ACPI tables from the host (QEMU and the host stub give them)",
+            Need::PnpTwoTokens => "a page-not-present ring of at least 2 entries (not pnp-ring=1)",
+            Need::SldExitPolicy => "the host stub's split-lock policy exit (--sld-policy exit); the test ends the run",
+            Need::SldDisableGloballyPolicy => {
+                "the host stub's split-lock policy disable-globally (--sld-policy disable-globally)"
+            }
+            Need::KvmApf => {
+                "KVM's async page fault ABI, offered with page ready as an interrupt (KVM, QEMU/KVM, the host stub)"
+            }
+            Need::KvmApfHostStub => {
+                "the host stub serving KVM's async page fault ABI itself (not --pnp-mode kvm-apf-kernel, where KVM does)"
+            }
         }
     }
 
@@ -186,7 +221,8 @@ pub enum Line<'a> {
     Summary {
         /// Tests that passed.
         passed: u32,
-        /// Tests that failed, plus one for a run that ended early or selected nothing.
+        /// Tests that failed, plus one for a run that ended early or selected nothing
+        /// (whose exit code is then `exit::NO_TEST_SELECTED`).
         failed: u32,
         /// Tests that were skipped.
         skipped: u32,

@@ -71,8 +71,10 @@ impl fmt::Display for AbiVersion {
 /// console ([`crate::port::CONSOLE`]) and the page-not-present protocol's
 /// [`crate::pnp::VECTORS_DRAIN_AT_EVENT`], each behind its feature bit
 /// ([`crate::cpuid::Features::CONSOLE`], [`crate::cpuid::Features::PNP_DRAIN_AT_EVENT`]): a
-/// guest uses neither where the host does not set it.
-pub const ABI_VERSION: AbiVersion = AbiVersion::new(1, 2);
+/// guest uses neither where the host does not set it. Minor 3 added the pager's modes
+/// `KvmApf` and `KvmApfKernel` ([`crate::pnp::HostMode`]): a guest of an older minor reads them
+/// in the page-not-present leaf as modes it does not know.
+pub const ABI_VERSION: AbiVersion = AbiVersion::new(1, 3);
 
 /// The guest's version, told to the host: WRMSR with bits 31:0 an [`AbiVersion`] in its wire
 /// form and bits 63:32 0 (otherwise #GP). RDMSR returns the version announced, 0 before.

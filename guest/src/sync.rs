@@ -71,7 +71,11 @@ impl<T> IrqMutex<T> {
         Self { inner: spin::Mutex::new(value) }
     }
 
-    /// Disables interrupts, then takes the lock.
+    /// Disables interrupts, then takes the lock. Always inlined, as [`IrqMutex::try_lock`]: a
+    /// generic the compiler may otherwise place in another codegen unit and call, and whether
+    /// it does moves with unrelated changes (measured: the console's line, 181 instructions or
+    /// 201, and the boot, by about 90).
+    #[inline(always)]
     pub fn lock(&self) -> IrqMutexGuard<'_, T> {
         let irq = IrqGuard::new();
         IrqMutexGuard { guard: self.inner.lock(), _irq: irq }
@@ -79,6 +83,7 @@ impl<T> IrqMutex<T> {
 
     /// Takes the lock if it is free; used by the panic path, which must not wait for a lock
     /// the panicking context may hold.
+    #[inline(always)]
     pub fn try_lock(&self) -> Option<IrqMutexGuard<'_, T>> {
         let irq = IrqGuard::new();
         self.inner.try_lock().map(|guard| IrqMutexGuard { guard, _irq: irq })

@@ -1,7 +1,8 @@
 //! A custom event producer: an [`ExitHandler`] of one's own, added to the host stub's list. This
-//! one watches the guest's paravirtual traffic (every MSR write and hypercall that reaches the
-//! producers) and lets each one go on to the producer that serves it; at the end it reports
-//! what it saw through the run's [`Report`], like any producer.
+//! one watches two kinds of the guest's paravirtual traffic, MSR writes and hypercalls (the
+//! two hooks it implements), and lets each one go on to the producer that serves it; at the
+//! end it reports what it saw through the run's [`Report`], like any producer, and fails the
+//! run with an error of its own type (`Error::producer`) if it saw no MSR write at all.
 //!
 //! ```sh
 //! cargo run -p pvagent-host --example watch -- target/x86_64-unknown-none/debug/pvagent-guest tests=pnp
@@ -9,16 +10,38 @@
 //!
 //! Where it sits decides what it sees: the run loop offers each exit to the built-in devices
 //! first (console, exit port, basics: the ABI version MSR and `Ping` never get here), then to
-//! the producers in list order, until one claims it. First in the list, it sees everything the
-//! split-lock producer and the demand pager are asked.
+//! the producers in list order, until one claims it. First in the list, it sees every MSR write
+//! and hypercall that the split-lock producer and the demand pager are asked to serve; the other
+//! exits they are offered (MSR reads, port I/O, MMIO) it does not watch, as it implements no
+//! hook for them.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::process::ExitCode;
 
 use pvagent_host::abi::hypercall::Nr;
 use pvagent_host::{
-    Config, ExitHandler, HypercallAnswer, MsrAnswer, Producers, Report, Result, SerialSink, VcpuCtx, Vm,
+    Config, Error, ExitHandler, HypercallAnswer, MsrAnswer, Producers, Report, Result, SerialSink, VcpuCtx, Vm,
 };
+
+/// What the watcher finds wrong, as its own error type: it reaches the run's result inside
+/// `Error::Producer`, where a test gets it back with `downcast_ref`.
+#[derive(Debug, PartialEq, Eq)]
+enum WatchError {
+    /// No MSR write reached the watcher: it was not in the path it claims to watch. (The guest
+    /// always registers the page-not-present protocol, with MSR writes the pager serves.)
+    SawNoMsrWrite,
+}
+
+impl fmt::Display for WatchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WatchError::SawNoMsrWrite => f.write_str("no MSR write reached the watcher"),
+        }
+    }
+}
+
+impl std::error::Error for WatchError {}
 
 /// Counts MSR writes by MSR and hypercalls by number, claiming none of them.
 #[derive(Debug, Default)]
@@ -52,6 +75,10 @@ impl ExitHandler for Watcher {
         }
         report.counter(self.name(), "msr_writes", self.msr_writes.values().sum());
         report.counter(self.name(), "hypercalls", self.hypercalls.values().sum());
+        // An error from `finish` fails the run; its report lines are kept.
+        if self.msr_writes.is_empty() {
+            return Err(Error::producer(self.name(), WatchError::SawNoMsrWrite));
+        }
         Ok(())
     }
 }
@@ -83,18 +110,17 @@ fn main() -> ExitCode {
     }
     let (writes, calls) = (result.report.get("watch.msr_writes"), result.report.get("watch.hypercalls"));
     println!(
-        "watch: {writes} MSR writes and {calls} hypercalls reached the producers; guest passed: {}",
+        "watch: {writes} MSR writes and {calls} hypercalls reached the producers; the run passed: {}",
         result.passed()
     );
-    if !result.passed() {
-        eprintln!("watch: the run failed: {:?}", result.host_error);
-        return ExitCode::from(result.exit_status() as u8);
+    match &result.host_error {
+        // The watcher's own error, as its own type.
+        Some(Error::Producer { producer: "watch", source }) if source.downcast_ref::<WatchError>().is_some() => {
+            eprintln!("watch: the watcher failed the run: {source}");
+        }
+        Some(error) => eprintln!("watch: host-side error: {error}"),
+        None if !result.passed() => eprintln!("watch: the guest reported a failure"),
+        None => {}
     }
-    // The guest always registers the page-not-present protocol (MSR writes the pager serves):
-    // a watcher that saw none was not in the path it claims to watch.
-    if writes == 0 {
-        eprintln!("watch: no MSR write reached the watcher");
-        return ExitCode::from(1);
-    }
-    ExitCode::SUCCESS
+    ExitCode::from(result.exit_status() as u8)
 }

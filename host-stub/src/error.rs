@@ -141,9 +141,52 @@ pub enum Error {
     TooManyMsrRanges { ranges: usize, max: usize },
     #[error("pager: {0}")]
     Pager(#[from] crate::producers::pager::error::PagerError),
+    /// A producer from outside this crate failed (an [`crate::ExitHandler`] of a library
+    /// user's own) with an error of its own type: [`Error::producer`] makes it. The built-in
+    /// producers have variants of their own instead (`Pager`), each per failing operation.
+    #[error("{producer}: {source}")]
+    Producer {
+        /// The producer's [`crate::ExitHandler::name`].
+        producer: &'static str,
+        /// Its own error; `source.downcast_ref::<TheirError>()` gets the value back.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl Error {
+    /// The error of a library user's producer named `producer`, of its own type `error`:
+    /// what its hooks return (`Err(Error::producer(self.name(), MyError::...))`) to stop the
+    /// run, or its `finish` to fail it. The run's `RunResult::host_error` keeps the value, so a
+    /// test matches on the producer's own type:
+    ///
+    /// ```
+    /// use pvagent_host::Error;
+    ///
+    /// #[derive(Debug, PartialEq)]
+    /// enum CounterError {
+    ///     Overflow { msr: u32 },
+    /// }
+    ///
+    /// impl std::fmt::Display for CounterError {
+    ///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    ///         match self {
+    ///             CounterError::Overflow { msr } => write!(f, "the count of MSR {msr:#x} overflowed"),
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// impl std::error::Error for CounterError {}
+    ///
+    /// let error = Error::producer("counter", CounterError::Overflow { msr: 0x33 });
+    /// assert_eq!(error.to_string(), "counter: the count of MSR 0x33 overflowed");
+    /// let Error::Producer { producer, source } = &error else { unreachable!() };
+    /// assert_eq!(*producer, "counter");
+    /// assert_eq!(source.downcast_ref::<CounterError>(), Some(&CounterError::Overflow { msr: 0x33 }));
+    /// ```
+    pub fn producer(producer: &'static str, error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Producer { producer, source: Box::new(error) }
+    }
+
     /// Maps the error of opening `/dev/kvm` to its clearest form.
     pub fn open_kvm(err: kvm_ioctls::Error) -> Self {
         match err.errno() {

@@ -163,6 +163,10 @@ pub trait PageEventInjector: Send + std::fmt::Debug {
     fn inject_resolved(&self, ctx: &VcpuCtx<'_>, page: u64) -> Result<PageEventInjection>;
 }
 
+/// What the watchdog runs, once, when the run's time is up and the vCPU thread may wait inside
+/// KVM where no signal reaches it ([`ExitHandler::unblocker`]).
+pub type Unblock = Box<dyn FnOnce() + Send>;
+
 /// End-of-run numbers and notes from every handler.
 #[derive(Clone, Debug, Default)]
 pub struct Report {
@@ -334,6 +338,14 @@ pub trait ExitHandler: Send {
     /// The page-not-present injector the benchmark device may use (the demand pager's); asked
     /// once, when the VM is set up with its benchmark device.
     fn page_event_injector(&self) -> Option<Box<dyn PageEventInjector>> {
+        None
+    }
+
+    /// What ends a wait of the vCPU thread inside KVM on memory this handler serves, where the
+    /// watchdog's signal does not reach it (a userfaultfd fault): the watchdog calls it when the
+    /// run's time is up, before it signals. `None` (the default): nothing of this handler's can
+    /// block the vCPU there.
+    fn unblocker(&self) -> Option<Unblock> {
         None
     }
 

@@ -1,6 +1,6 @@
 //! The host stub's command line: parse, build a `Config`, run, map the result to an exit status
-//! (0: the guest passed; 1: the guest reported failure; 2: a host-side error, printed as one
-//! line).
+//! (0: the guest passed; 1: the guest reported failure; 2: a host-side error or bad usage,
+//! printed as one line, a guest command line whose `tests=` selects nothing included).
 //!
 //! Every option's help states what it accepts, from the constants the checks use: a value is
 //! checked once, by the library (`Config::validate`, `PagerConfig::validate`), whose refusal is
@@ -93,7 +93,10 @@ struct PagerArgs {
           help = format!("Size of the demand-paged region in MiB, 1..={MAX_REGION_MIB}, or 0 for no pager; \
                           it costs memory only for the pages the guest touches"))]
     mib: u64,
-    /// How absent pages are served: `ring` (page-not-present events) or `sync` (the vCPU waits).
+    /// How absent pages are served: `ring` (page-not-present events through the ring), `sync`
+    /// (the vCPU waits), `kvm-apf` (KVM's async page fault ABI, served by the host stub: CPL 3
+    /// accesses with interrupts on), `kvm-apf-kernel` (the same ABI served by KVM itself; no
+    /// --pnp-fail, and the run stays in that mode).
     #[arg(long = "pnp-mode", default_value = "ring", value_parser = pager::config::parse_mode)]
     mode: pvagent_abi::pnp::HostMode,
     #[arg(long = "pnp-latency", default_value_t = PagerConfig::default().latency,
@@ -312,6 +315,11 @@ fn main() -> ExitCode {
     if let Err(e) = write_results(&args.results_json, &args.results_junit, &result) {
         eprintln!("pvagent-host: error: {e}");
         return ExitCode::from(2);
+    }
+    if result.guest_exit_code == Some(pvagent_abi::exit::NO_TEST_SELECTED) {
+        eprintln!(
+            "pvagent-host: error: the guest's tests= selects no self-test (the command line word `list`, or `cargo xtask run --list`, lists them)"
+        );
     }
     match result.guest_exit_code {
         Some(code) => println!(

@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use pvagent_abi::exit;
 use pvagent_abi::report::Status;
 use serde::{Deserialize, Serialize};
 
@@ -18,8 +19,8 @@ pub const RUN_RECORD_NAME: &str = "(run)";
 /// One self-test's result.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TestRecord {
-    /// Which run it belongs to (e.g. `host-stub`, or xtask's `host-stub, pager in sync mode`):
-    /// one JUnit test suite per run.
+    /// Which run it belongs to: `host-stub` from the binary, `host-stub-ring` and
+    /// `host-stub-sync` from `cargo xtask run` (one per boot). One JUnit test suite per run.
     pub run: String,
     /// The test's name, `suite::what_it_shows`.
     pub name: String,
@@ -30,7 +31,8 @@ pub struct TestRecord {
     /// Why it failed or was skipped; empty for a pass.
     pub reason: String,
     /// Seconds from the report line before it to its own, as the host saw the console; `null`
-    /// when unknown.
+    /// when unknown. For a [`RUN_RECORD_NAME`] record, the part of the run's time that no
+    /// test's duration covers, so that a run's durations add up to its time once.
     pub duration_s: Option<f64>,
 }
 
@@ -77,16 +79,18 @@ pub fn records(result: &RunResult, run: &str) -> Vec<TestRecord> {
     if !result.passed() && !blamed {
         let reason = match (&result.host_error, result.guest_exit_code) {
             (Some(error), _) => format!("host-side error: {error}"),
+            (None, Some(exit::NO_TEST_SELECTED)) => "the guest's tests= selects no self-test".to_string(),
             (None, Some(code)) => format!("the guest exited with code {code:#x} and no test reported a failure"),
             (None, None) => "the guest never wrote its exit code".to_string(),
         };
+        let covered: f64 = records.iter().filter_map(|r| r.duration_s).sum();
         records.push(TestRecord {
             run: run.to_string(),
             name: RUN_RECORD_NAME.to_string(),
             suite: RUN_RECORD_NAME.to_string(),
             status: status_word(Status::Fail).to_string(),
             reason,
-            duration_s: Some(result.run_time.as_secs_f64()),
+            duration_s: Some((result.run_time.as_secs_f64() - covered).max(0.0)),
         });
     }
     records
@@ -141,7 +145,8 @@ pub fn junit(records: &[TestRecord]) -> String {
         }
     }
     let count = |records: &[&TestRecord], pick: fn(&TestRecord) -> bool| records.iter().filter(|r| pick(r)).count();
-    let time = |records: &[&TestRecord]| records.iter().filter_map(|r| r.duration_s).sum::<f64>();
+    // Folded from +0.0: `Sum` for floats starts at -0.0, which prints as "-0.000".
+    let time = |records: &[&TestRecord]| records.iter().filter_map(|r| r.duration_s).fold(0.0, |sum, d| sum + d);
     let all: Vec<&TestRecord> = records.iter().collect();
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     // Writing to a String cannot fail.
@@ -229,7 +234,7 @@ mod tests {
         assert!(xml.starts_with("<?xml version=\"1.0\""), "{xml}");
         assert!(xml.contains("<testsuites name=\"pvagent self-tests\" tests=\"3\" failures=\"1\" skipped=\"1\""));
         assert!(xml.contains("<testsuite name=\"ring\" tests=\"2\" failures=\"1\" skipped=\"0\" time=\"1.513\">"));
-        assert!(xml.contains("<testsuite name=\"sync\" tests=\"1\" failures=\"0\" skipped=\"1\""));
+        assert!(xml.contains("<testsuite name=\"sync\" tests=\"1\" failures=\"0\" skipped=\"1\" time=\"0.000\">"));
         assert!(xml.contains("<testcase classname=\"ring.arch\" name=\"arch::timer_ticks\" time=\"0.013\"/>"), "{xml}");
         assert!(xml.contains("<failure message=\"got 0x1 &lt;expected&gt; &quot;0x2&quot; &amp; more\"/>"), "{xml}");
         assert!(xml.contains("<testcase classname=\"sync.pnp\" name=\"pnp::y\">\n      <skipped message="), "{xml}");
@@ -253,5 +258,36 @@ mod tests {
         assert_eq!(crashed.len(), 2);
         assert_eq!(crashed[1].name, RUN_RECORD_NAME);
         assert!(crashed[1].failed() && crashed[1].reason.contains("0x11"), "{:?}", crashed[1]);
+        let nothing = records(&run(pvagent_abi::exit::NO_TEST_SELECTED), "stub");
+        assert_eq!(nothing[1].reason, "the guest's tests= selects no self-test");
+    }
+
+    /// A run that failed with no test to blame: its record holds the time no test accounts
+    /// for, so the suite's time is the run's, not the run's plus its tests'.
+    #[test]
+    fn a_failed_runs_record_does_not_count_its_tests_time_twice() {
+        use crate::handler::Report;
+        use std::time::Instant;
+        let start = Instant::now();
+        let lines = vec![
+            (start, "selftest: start".to_string()),
+            (start + Duration::from_millis(500), "selftest: PASS a::b".to_string()),
+        ];
+        let result = RunResult::new(
+            Some(pvagent_abi::exit::FAILURE),
+            lines,
+            Report::default(),
+            None,
+            None,
+            Duration::ZERO,
+            Duration::from_secs(2),
+        );
+        let records = records(&result, "stub");
+        assert_eq!(records.iter().map(|r| r.duration_s).collect::<Vec<_>>(), [Some(0.5), Some(1.5)]);
+        let xml = junit(&records);
+        assert!(
+            xml.contains("<testsuite name=\"stub\" tests=\"2\" failures=\"1\" skipped=\"0\" time=\"2.000\">"),
+            "{xml}"
+        );
     }
 }

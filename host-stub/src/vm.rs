@@ -191,7 +191,8 @@ impl Vm {
     pub fn run(mut self) -> RunResult {
         let start = Instant::now();
         self.basics.run_starts(start);
-        let watchdog = Watchdog::arm(self.config.timeout);
+        let unblockers = self.producers.iter().filter_map(|p| p.unblocker()).collect();
+        let watchdog = Watchdog::arm(self.config.timeout, unblockers);
         let mut bare = bare_loop::BareStats::default();
         let outcome = loop {
             let outcome = {
@@ -222,6 +223,10 @@ impl Vm {
             }
             break outcome;
         };
+        // A run that went on past its deadline still ran out of time: at the deadline the
+        // unblockers let a fault waiting inside KVM go on, and the guest may reach its exit
+        // before the watchdog's signal reaches the vCPU.
+        let outcome = outcome.and_then(|stop| watchdog.check().map(|()| stop));
         drop(watchdog);
         let end = Instant::now();
         let elapsed = end - start;

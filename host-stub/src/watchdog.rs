@@ -1,5 +1,7 @@
 //! The run's time limit: after the deadline, the vCPU thread is kicked out of KVM_RUN with a
-//! signal (repeatedly, in case a kick lands between two KVM_RUN calls) until it notices.
+//! signal (repeatedly, in case a kick lands between two KVM_RUN calls) until it notices. A vCPU
+//! that waits inside KVM on a userfaultfd fault takes no signal: the handlers' unblockers
+//! (`ExitHandler::unblocker`) end such waits first.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,8 +39,9 @@ pub struct Watchdog {
 }
 
 impl Watchdog {
-    /// Arms a watchdog for the calling thread; `None` never fires.
-    pub fn arm(timeout: Option<Duration>) -> Self {
+    /// Arms a watchdog for the calling thread; `None` never fires. At the deadline it runs
+    /// `unblockers`, then signals.
+    pub fn arm(timeout: Option<Duration>, unblockers: Vec<crate::handler::Unblock>) -> Self {
         let expired = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicBool::new(false));
         if let Some(timeout) = timeout {
@@ -47,6 +50,7 @@ impl Watchdog {
             let (expired, done) = (expired.clone(), done.clone());
             std::thread::spawn(move || {
                 let deadline = Instant::now() + timeout;
+                let mut unblockers = unblockers;
                 while !done.load(Ordering::Acquire) {
                     let now = Instant::now();
                     if now < deadline {
@@ -54,6 +58,9 @@ impl Watchdog {
                         continue;
                     }
                     expired.store(true, Ordering::Release);
+                    for unblock in unblockers.drain(..) {
+                        unblock();
+                    }
                     // SAFETY: `target` is the vCPU thread, which stays alive until it sets
                     // `done` (the Watchdog is dropped on that thread before it exits), and the
                     // kick signal has a handler.

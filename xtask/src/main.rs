@@ -31,8 +31,9 @@ struct Cli {
 enum Command {
     /// Boot the guest under the host stub and print every self-test's result.
     ///
-    /// Every test with the pager in ring mode, then the page-not-present tests in sync mode (a
-    /// filtered run, or one with --pnp-mode, boots once); each boot says what it runs.
+    /// Every test with the pager in ring mode, then the page-not-present tests in sync mode and,
+    /// with KVM's async page fault tests, in kvm-apf and kvm-apf-kernel mode (a filtered run,
+    /// one with --pnp-mode, or one without the pager boots once); each boot says what it runs. A --tests that selects no test is a usage error (exit status 2).
     #[command(after_help = EXIT_STATUS)]
     Run(RunArgs),
     /// Boot the same guest under QEMU (TCG by default).
@@ -60,21 +61,29 @@ struct RunArgs {
     /// Only these self-tests: comma-separated names, modules (`pnp`) or prefixes (`pnp::ring*`).
     #[arg(long, value_name = "PATTERNS")]
     tests: Option<String>,
-    /// Record the first boot's timeline to FILE (Chrome trace JSON: open it at ui.perfetto.dev).
+    /// Record the first boot's timeline to FILE (Chrome trace JSON: open it at ui.perfetto.dev);
+    /// the same as `-- --trace FILE`. Only the first boot is traced.
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
     /// List the self-tests (suite, name, what each needs from its host) instead of running them.
-    #[arg(long, conflicts_with_all = ["tests", "trace", "results_json", "results_junit"])]
+    /// The guest lists them itself: this boots it once under the host stub (so it needs
+    /// /dev/kvm) with the command line word `list`, and takes no host stub options.
+    #[arg(long, conflicts_with_all = ["tests", "trace", "results_json", "results_junit", "host_args"])]
     list: bool,
-    /// Write every boot's self-test results to FILE, one JSON object per line.
+    /// Write every boot's self-test results to FILE, one JSON object per line (a boot that
+    /// failed with no test to blame, or never ran, has a `(run)` record saying why).
     #[arg(long, value_name = "FILE")]
     results_json: Option<PathBuf>,
     /// Write every boot's self-test results to FILE as JUnit XML (one test suite per boot).
     #[arg(long, value_name = "FILE")]
     results_junit: Option<PathBuf>,
-    /// Options for the host stub (`target/debug/pvagent-host --help`). One xtask sets too
-    /// (--timeout, --pnp-mode, --trace) replaces xtask's; --cmdline adds guest command line
-    /// words after xtask's own.
+    /// Options for the host stub (`target/debug/pvagent-host --help`), for every boot. One
+    /// xtask sets too (--timeout, --pnp-mode, --trace) replaces xtask's; --cmdline adds guest
+    /// command line words after xtask's own. Options that name a file: --trace (with
+    /// --trace-omit-console) goes to the first boot only; --serial-log FILE is the first boot's
+    /// console, and boot N's is FILE with .bootN before its extension; --results-json and
+    /// --results-junit are refused here (give them before `--`: xtask merges every boot's
+    /// results).
     #[arg(last = true, value_name = "HOST-STUB ARGS")]
     host_args: Vec<String>,
 }

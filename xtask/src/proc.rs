@@ -55,8 +55,36 @@ pub fn run(cmd: Command, timeout: Duration, echo: bool) -> Result<Outcome> {
 }
 
 /// Runs `cmd` to completion or until `timeout`, handing each output line to `on_line` as it
-/// arrives (for progress displays).
-pub fn run_observed(mut cmd: Command, timeout: Duration, on_line: &mut dyn FnMut(&str)) -> Result<Outcome> {
+/// arrives (for progress displays); a child still running at `timeout` is killed and is an
+/// error that shows its last output.
+pub fn run_observed(cmd: Command, timeout: Duration, on_line: &mut dyn FnMut(&str)) -> Result<Outcome> {
+    let program = format!("{:?}", cmd.get_program());
+    match supervise(cmd, timeout, on_line)? {
+        Ended::Exited(outcome) => Ok(outcome),
+        Ended::Killed { output, .. } => Err(err!(
+            "{program} did not finish within {} s and was killed; its last output:\n{}",
+            timeout.as_secs(),
+            output.iter().rev().take(15).rev().cloned().collect::<Vec<_>>().join("\n")
+        )),
+    }
+}
+
+/// How a supervised child ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// It exited (or died of a signal) by itself.
+    Exited(Outcome),
+    /// It was still running at its deadline and was killed.
+    Killed {
+        /// What it wrote until then.
+        output: Vec<String>,
+        after: Duration,
+    },
+}
+
+/// Runs `cmd` to completion or until `timeout` (then kills it), handing each output line to
+/// `on_line` as it arrives. Only a child that cannot be started or waited for is an error.
+pub fn supervise(mut cmd: Command, timeout: Duration, on_line: &mut dyn FnMut(&str)) -> Result<Ended> {
     let program = format!("{:?}", cmd.get_program());
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();
@@ -86,14 +114,12 @@ pub fn run_observed(mut cmd: Command, timeout: Duration, on_line: &mut dyn FnMut
                 on_line(&line);
                 output.push(line);
             }
-            return Ok(Outcome { status, output, elapsed: start.elapsed() });
+            return Ok(Ended::Exited(Outcome { status, output, elapsed: start.elapsed() }));
         }
         if start.elapsed() > timeout {
-            return Err(err!(
-                "{program} did not finish within {} s and was killed; its last output:\n{}",
-                timeout.as_secs(),
-                output.iter().rev().take(15).rev().cloned().collect::<Vec<_>>().join("\n")
-            ));
+            // Dropping the guard kills and reaps the child.
+            drop(child);
+            return Ok(Ended::Killed { output, after: start.elapsed() });
         }
     }
 }

@@ -99,9 +99,19 @@ pub fn run_suite(profile: Profile, accel: Accel, tests: Option<&str>, guest_word
             );
             Ok(())
         }
+        Some(exit::NO_TEST_SELECTED) => Err(err!(
+            "tests={} selects no self-test (`cargo xtask run --list` lists them)",
+            last_tests_word(guest_words).or(tests).unwrap_or("")
+        )),
         Some(code) => Err(failed!("the guest's self-tests failed under QEMU {} (guest code {code:#x})", accel.name())),
         None => Err(err!("QEMU ended without the guest's exit code ({})", run.outcome.status)),
     }
+}
+
+/// The patterns of the last `tests=` among guest command line words (the guest reads later
+/// words over earlier ones).
+pub fn last_tests_word(words: &[String]) -> Option<&str> {
+    words.iter().flat_map(|w| w.split_ascii_whitespace()).filter_map(|w| w.strip_prefix("tests=")).next_back()
 }
 
 #[cfg(test)]

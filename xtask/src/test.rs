@@ -1,9 +1,11 @@
 //! `cargo xtask test`, the project's test command: host unit tests (and the rustdoc
 //! examples), then the guest's self-tests under the host stub, then the same guest under QEMU
 //! TCG, then the paths' counts against their budgets, then the end-to-end tests (bad input,
-//! deliberate failures, the protocols' host-side views), then every command the README and `docs/` show (`doccheck`, which runs the
-//! library's examples too). A failing test stage is a test failure (exit status 1); one that
-//! could not run is a host-side error (2).
+//! deliberate failures, the protocols' host-side views), then every command the README and
+//! `docs/` show (`doccheck`, which runs the library's examples too). A failing test stage is a
+//! test failure (exit status 1); one that could not run, a build that failed included, is a
+//! host-side error (2): each `cargo test` stage builds its tests first (`--no-run`), so a
+//! compile error is never counted as a failed test.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -13,6 +15,23 @@ use crate::proc::run_checked;
 use crate::qemu::{self, Accel};
 use crate::run::RunOptions;
 use crate::{Profile, Result, doccheck, setup};
+
+/// One `cargo test` stage for the packages `packages` selects: built first, so that a build
+/// that fails is a host-side error (exit status 2), then run, where a failure is a failed test
+/// (1).
+fn cargo_test_stage(packages: &[&str], what: &str) -> Result<()> {
+    let mut build = cargo();
+    build.arg("test").args(packages).arg("--no-run");
+    let mut run = cargo();
+    run.arg("test").args(packages);
+    build_then_run(build, run, what)
+}
+
+/// Runs `build`, then `run`: `build` failing is a host-side error, `run` failing a test failure.
+fn build_then_run(build: std::process::Command, run: std::process::Command, what: &str) -> Result<()> {
+    run_checked(build, &format!("building the {what}"))?;
+    run_checked(run, what).map_err(crate::Error::as_test_failure)
+}
 
 fn step(name: &str) {
     println!("\n==== xtask test: {name}");
@@ -27,9 +46,7 @@ pub fn run_all() -> Result<ExitCode> {
     setup::ensure_guest_target()?;
 
     step("host unit tests (cargo test --workspace --exclude pvagent-tests)");
-    let mut unit = cargo();
-    unit.args(["test", "--workspace", "--exclude", "pvagent-tests"]);
-    run_checked(unit, "host unit tests").map_err(crate::Error::as_test_failure)?;
+    cargo_test_stage(&["--workspace", "--exclude", "pvagent-tests"], "host unit tests")?;
 
     step("guest self-tests under the host stub (cargo xtask run)");
     crate::run::scenario(&RunOptions::default())?;
@@ -42,13 +59,33 @@ pub fn run_all() -> Result<ExitCode> {
     crate::budgets::check(&host)?;
 
     step("end-to-end tests (cargo test -p pvagent-tests)");
-    let mut e2e = cargo();
-    e2e.args(["test", "-p", "pvagent-tests"]);
-    run_checked(e2e, "end-to-end tests").map_err(crate::Error::as_test_failure)?;
+    cargo_test_stage(&["-p", "pvagent-tests"], "end-to-end tests")?;
 
-    step("every command the README and docs/ show (xtask/src/doccheck.rs)");
+    step("every command the README and docs/ show (xtask/src/doccheck/)");
     doccheck::run_all()?;
 
     println!("\n==== xtask test: all stages passed in {:.0} s", start.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+    use std::process::Command;
+
+    fn sh(script: &str) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script]);
+        cmd
+    }
+
+    /// A compile error is not a failed test: the exit status tells them apart.
+    #[test]
+    fn a_stage_that_does_not_build_is_a_host_side_error_and_one_that_fails_a_test_failure() {
+        let kind = |build, run| build_then_run(sh(build), sh(run), "tests").err().map(|e| e.kind);
+        assert_eq!(kind("exit 101", "exit 0"), Some(ErrorKind::Host));
+        assert_eq!(kind("exit 0", "exit 101"), Some(ErrorKind::TestFailed));
+        assert_eq!(kind("exit 0", "exit 0"), None);
+    }
 }

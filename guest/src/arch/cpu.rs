@@ -117,6 +117,16 @@ impl Hypervisor {
         matches!(self, Hypervisor::HostStub { .. })
     }
 
+    /// Where KVM's CPUID leaves are, on every host that shows them (KVM's own ABI, whoever
+    /// serves it).
+    pub fn kvm_base(&self) -> Option<u32> {
+        match *self {
+            Hypervisor::Kvm { base } => Some(base),
+            Hypervisor::HostStub { kvm_base, .. } | Hypervisor::HostStubOtherMajor { kvm_base, .. } => kvm_base,
+            Hypervisor::QemuTcg | Hypervisor::Other(_) | Hypervisor::None => None,
+        }
+    }
+
     /// The host stub's features, empty on every other host.
     pub fn host_features(&self) -> abi_cpuid::Features {
         match self {
@@ -190,10 +200,7 @@ pub fn identify() -> CpuInfo {
             tsc_khz = u32::try_from(hz / 1000).ok();
         }
     }
-    if let Hypervisor::Kvm { base }
-    | Hypervisor::HostStub { kvm_base: Some(base), .. }
-    | Hypervisor::HostStubOtherMajor { kvm_base: Some(base), .. } = hypervisor
-    {
+    if let Some(base) = hypervisor.kvm_base() {
         // KVM's timing leaf (base + 0x10): EAX TSC kHz, EBX APIC bus kHz, when the VMM fills it.
         let max = cpuid(base, 0).eax;
         if max >= base + 0x10 {

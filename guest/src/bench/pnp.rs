@@ -3,13 +3,13 @@
 
 use pvagent_abi::pnp::{HostCounter, HostMode, ResolutionTiming};
 use pvagent_guest::kprintln;
-use pvagent_guest::pv::pnp;
+use pvagent_guest::pv::{kvm_apf, pnp};
 
 use crate::count::Fields;
 use crate::io::baseline_now;
 use crate::pager::{host_counter, region, set_latency, set_mode, set_timing, settle};
 use crate::workload::{self, Arrival, Pages};
-use crate::{Result, Settings};
+use crate::{BenchError, Result, Settings};
 
 /// How many times a repetition is run at most before its count is reported even though the
 /// host was late in it (see [`roundtrip`]).
@@ -24,6 +24,7 @@ pub const ATTEMPTS: u64 = 10;
 /// - `halt`: one task, resolutions after the event: it waits in the HLT loop every time.
 /// - `early`: every resolution is written before its event: nobody waits.
 /// - `sync`: no event; the vCPU waits.
+/// - `kvm_apf`: the park path again, through KVM's async page fault ABI ([`roundtrip_kvm_apf`]).
 ///
 /// Each sample also says what KVM counted for its accesses (`insns=`, `exits=`): the run's
 /// counting window less that of the same run right after it, over the pages it left present.
@@ -88,5 +89,59 @@ pub fn roundtrip(s: Settings) -> Result<()> {
         }
     }
     set_timing(ResolutionTiming::WhenReady)?;
+    set_mode(boot_mode)?;
+    roundtrip_kvm_apf(s, &region, pages)
+}
+
+/// The same round trip through KVM's async page fault ABI, served by the host stub (`kvm-apf`):
+/// two CPL 3 tasks walk their pages in turn; each access is a #PF with its token, its task
+/// parks, the other runs, "page ready" wakes it. The park is forced without a resolution timing:
+/// the #PF handler keeps interrupts off until its task is parked, so a page ready never overtakes
+/// its #PF, and the host stub lets a page ready on its way go before the next #PF (as VMX KVM
+/// delivers a pending interrupt before the next instruction), so the other task is always
+/// runnable when one must wait. Counted as the ring's is.
+fn roundtrip_kvm_apf(s: Settings, region: &pnp::Region, pages: u64) -> Result<()> {
+    if !kvm_apf::enabled() {
+        return Err(BenchError("KVM's async page fault ABI is not enabled"));
+    }
+    let boot_mode = pnp::host_mode();
+    set_mode(HostMode::KvmApf)?;
+    let tasks = 2;
+    for rep in 0..s.reps {
+        let baseline = baseline_now(s);
+        let before = kvm_apf::stats();
+        let syncs = host_counter(HostCounter::SyncWaits)?;
+        let (window, absent) = workload::run_counted(region, tasks, pages, 0, Arrival::OnItsOwn, Pages::Evicted, true)?;
+        // Outside the window: every token's page ready is in before the second run counts.
+        settle_page_ready(before.events, before.page_ready - before.wake_alls)?;
+        let after = kvm_apf::stats();
+        let sync_waits = host_counter(HostCounter::SyncWaits)? - syncs;
+        let (_, present) = workload::run_counted(region, tasks, pages, 0, Arrival::OnItsOwn, Pages::AsTheyAre, true)?;
+        let counts = absent.zip(present).map(|(absent, present)| absent.less(present));
+        kprintln!(
+            "bench: pnp_kvm_apf rep={rep} ops={} total_ns={} baseline_ns={baseline} events={} slept={} halted={} early={} sync_waits={sync_waits}{}",
+            tasks * pages,
+            window.wall_ns,
+            after.events - before.events,
+            after.slept - before.slept,
+            after.halted - before.halted,
+            after.tokens.resolved_before_event - before.tokens.resolved_before_event,
+            Fields("", counts)
+        );
+    }
     set_mode(boot_mode)
+}
+
+/// Halts until every "page not present" taken since the counters read `events` and
+/// `page_ready` (wake-alls not included) has had its "page ready". The deadline only turns a
+/// lost interrupt into an error; it is microseconds away.
+fn settle_page_ready(events: u64, page_ready: u64) -> Result<()> {
+    let deadline = pvagent_guest::arch::ticks() + 10 * pvagent_guest::arch::time::HZ;
+    let done = |s: &kvm_apf::Stats| s.page_ready - s.wake_alls - page_ready >= s.events - events;
+    let _irq = pvagent_guest::sync::IrqGuard::new();
+    let settled = pvagent_guest::pv::halt::wait_until(|| {
+        let s = kvm_apf::stats();
+        (done(&s) || pvagent_guest::arch::ticks() > deadline).then_some(done(&s))
+    });
+    if settled { Ok(()) } else { Err(BenchError("a page ready the guest waited for never came")) }
 }

@@ -156,7 +156,8 @@ fn yield_until_parked(tasks: usize) -> Result<()> {
 }
 
 /// What asynchronous page-not-present buys: K tasks x M pages, compute C before each page,
-/// latency L, in sync and ring mode.
+/// latency L, in sync mode, ring mode, and through KVM's async page fault ABI (`kvm_apf`, the
+/// host stub serving it: the tasks run at CPL 3, where KVM delivers).
 pub fn workload(s: Settings) -> Result<()> {
     let region = region()?;
     let (tasks_set, latencies): (&[u64], &[u64]) = if s.quick {
@@ -172,7 +173,8 @@ pub fn workload(s: Settings) -> Result<()> {
     for &latency in latencies {
         set_latency(latency)?;
         for &tasks in tasks_set {
-            for (mode_name, mode) in [("sync", HostMode::Sync), ("ring", HostMode::Ring)] {
+            for (mode_name, mode) in [("sync", HostMode::Sync), ("ring", HostMode::Ring), ("kvm_apf", HostMode::KvmApf)]
+            {
                 set_mode(mode)?;
                 for rep in 0..reps {
                     let events = host_counter(HostCounter::EventsDelivered)?;

@@ -5,9 +5,13 @@
 pub mod ac;
 #[cfg(kernel)]
 pub mod halt;
+pub mod kvm_apf;
 pub mod pnp;
+pub mod tokens;
 #[cfg(kernel)]
 pub mod trace;
+#[cfg(kernel)]
+pub mod wait;
 
 /// Brings up every protocol the host offers (each decides from CPUID and the command line). The
 /// boot told the host stub this guest's ABI version first thing (`arch::announce_abi_version`).
@@ -15,5 +19,6 @@ pub mod trace;
 pub fn init(cmdline: &crate::boot::cmdline::Cmdline) {
     ac::init(cmdline);
     pnp::init(cmdline);
+    kvm_apf::init();
     trace::init();
 }

@@ -70,8 +70,17 @@ pub const TESTS: &[SelfTest] = &[
     ]),
     SelfTest::new("ac::spurious_ac_is_ignored", spurious_ac_is_ignored).needs(TRIGGER),
     SelfTest::on_request("ac::kernel_split_lock_fatal_panics", kernel_split_lock_fatal_panics).needs(SPLIT_LOCKS),
-    SelfTest::on_request("ac::host_policy_exit_stops_the_run", host_policy_exit_stops_the_run).needs(TRIGGER),
-    SelfTest::on_request("ac::host_policy_disable_globally", host_policy_disable_globally).needs(SPLIT_LOCKS),
+    SelfTest::on_request("ac::host_policy_exit_stops_the_run", host_policy_exit_stops_the_run).needs(&[
+        Need::HostStub,
+        Need::SldTrigger,
+        Need::SldExitPolicy,
+    ]),
+    SelfTest::on_request("ac::host_policy_disable_globally", host_policy_disable_globally).needs(&[
+        Need::HostStub,
+        Need::SldTrigger,
+        Need::SldDetection,
+        Need::SldDisableGloballyPolicy,
+    ]),
 ];
 
 /// Two cache lines.
@@ -327,7 +336,7 @@ fn user_alignment_check_goes_to_the_task_hook() -> TestResult {
     ensure_eq!(HOOK_CALLS.load(Ordering::SeqCst), 1, "calls of the task's fault hook");
     ensure_eq!(HOOK_VECTOR.load(Ordering::SeqCst), u32::from(sld::AC_VECTOR), "vector the hook saw");
     let insn = core::ptr::addr_of!(ac_user_misaligned_load_insn) as u64;
-    ensure_eq!(HOOK_RIP.load(Ordering::SeqCst), insn, "RIP of the #AC (the load, not yet executed)");
+    ensure_eq_hex!(HOOK_RIP.load(Ordering::SeqCst), insn, "RIP of the #AC (the load, not yet executed)");
     ensure_eq!(status, ExitStatus::Returned(value), "the task after its hook retried the load");
     let after = ac::stats();
     ensure_eq!(after.alignment_checks - before.alignment_checks, 1, "alignment checks counted");
@@ -484,7 +493,7 @@ fn checked_split_lock_is_an_alignment_check() -> TestResult {
     expect_verdicts(seq, 1, Verdict::InjectedAlignmentCheck)?;
     ensure_eq!(HOOK_CALLS.load(Ordering::SeqCst), 1, "calls of the task's fault hook");
     let insn = core::ptr::addr_of!(ac_user_checked_split_lock_insn) as u64;
-    ensure_eq!(HOOK_RIP.load(Ordering::SeqCst), insn, "RIP of the #AC");
+    ensure_eq_hex!(HOOK_RIP.load(Ordering::SeqCst), insn, "RIP of the #AC");
     ensure_eq_hex!(load_u32(split), value.wrapping_add(1), "the locked add ran once");
     let after = ac::stats();
     ensure_eq!(after.alignment_checks - before.alignment_checks, 1, "alignment checks");

@@ -23,6 +23,7 @@ mod task;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
+use pvagent_abi::pnp::HostMode;
 use pvagent_abi::report::{LIST_WORD, Line, Need, Needs, Status};
 use pvagent_abi::sld::HostPolicy;
 
@@ -125,7 +126,7 @@ macro_rules! ensure_eq_hex {
 }
 
 /// Every suite, in the order they run.
-const SUITES: &[&[SelfTest]] = &[harness::TESTS, arch::TESTS, task::TESTS, ac::TESTS, pnp::TESTS];
+const SUITES: &[&[SelfTest]] = &[harness::TESTS, arch::TESTS, task::TESTS, ac::TESTS, pnp::TESTS, pnp::KVM_APF_TESTS];
 
 fn all_tests() -> impl Iterator<Item = &'static SelfTest> {
     SUITES.iter().flat_map(|suite| suite.iter())
@@ -214,8 +215,14 @@ pub fn run(cmdline: &Cmdline) -> ! {
     }
     crate::console::report_dropped();
     kprintln!("{}", summary());
-    let code =
-        if FAILED.load(Ordering::Relaxed) == 0 { pvagent_abi::exit::SUCCESS } else { pvagent_abi::exit::FAILURE };
+    let code = if selected == 0 {
+        // Nothing was judged: the command line is wrong, which hosts report as bad usage.
+        pvagent_abi::exit::NO_TEST_SELECTED
+    } else if FAILED.load(Ordering::Relaxed) == 0 {
+        pvagent_abi::exit::SUCCESS
+    } else {
+        pvagent_abi::exit::FAILURE
+    };
     crate::arch::exit::exit(code)
 }
 
@@ -236,25 +243,26 @@ fn need_met(need: Need) -> TestResult {
         Need::SldDetection => {
             skip_unless(ac::enumeration().available(), "split-lock detection is not enumerated on this host")
         }
-        Need::SldDefaultPolicy => match ac::trigger::host_policy() {
-            Ok(Ok(HostPolicy::InjectIfEnabled)) => Ok(()),
-            Ok(Ok(HostPolicy::Exit)) => Err(Failure::Skip(
-                "the host's split-lock policy is exit: a split lock with detection off stops the run (tests/ac.rs covers that policy)",
-            )),
-            Ok(Ok(HostPolicy::DisableGlobally)) => Err(Failure::Skip(
-                "the host's split-lock policy is disable-globally: a split lock with detection off switches detection off for the whole VM (tests/ac.rs covers that policy)",
-            )),
-            other => Err(fail(format_args!("asking the host's split-lock policy: {other:?}"))),
-        },
+        Need::SldDefaultPolicy => policy_is(HostPolicy::InjectIfEnabled),
+        Need::SldExitPolicy => policy_is(HostPolicy::Exit),
+        Need::SldDisableGloballyPolicy => policy_is(HostPolicy::DisableGlobally),
         Need::Pager => match pnp::host_region() {
-            Some((region, _)) if region.pages > 0 && pnp::registered_entries() > 0 => Ok(()),
-            Some(_) => Err(Failure::Skip("the page-not-present protocol is not registered (pnp=off)")),
-            None => Err(Failure::Skip("needs the host stub's demand pager")),
+            Some((region, _)) if region.pages > 0 => pager_registered(),
+            _ => Err(Failure::Skip("needs the host stub's demand pager")),
         },
-        Need::PnpRingMode => skip_unless(
-            pnp::host_mode() == pvagent_abi::pnp::HostMode::Ring,
-            "needs the demand pager in ring mode (this run serves absent pages in sync mode)",
+        Need::PnpTwoTokens => skip_unless(
+            pnp::registered_entries() >= 2,
+            "needs a page-not-present ring of at least 2 entries (this run registered 1: pnp-ring=1)",
         ),
+        Need::PnpRingMode => match pnp::host_mode() {
+            HostMode::Ring => Ok(()),
+            HostMode::Sync => {
+                Err(Failure::Skip("needs the demand pager in ring mode (this run serves absent pages in sync mode)"))
+            }
+            HostMode::KvmApf | HostMode::KvmApfKernel => Err(Failure::Skip(
+                "needs the demand pager in ring mode (this run serves absent pages through KVM's async page fault ABI)",
+            )),
+        },
         Need::AlignmentCheck => skip_unless(
             arch::platform().hypervisor != Hypervisor::QemuTcg,
             "QEMU TCG does not raise alignment-check #AC",
@@ -264,5 +272,57 @@ fn need_met(need: Need) -> TestResult {
             "no expect-host= on the command line",
         ),
         Need::Acpi => skip_unless(crate::boot::info::get().rsdp.is_some(), "this host provides no ACPI tables"),
+        Need::KvmApf => skip_unless(crate::pv::kvm_apf::enabled(), "KVM's async page fault ABI is not offered here"),
+        Need::KvmApfHostStub => skip_unless(
+            pnp::host_mode() != HostMode::KvmApfKernel,
+            "KVM serves its async page fault ABI in this run, and sends page ready only after its page not present on one vCPU (before it only from another vCPU, by a race): only the host stub can force it",
+        ),
     }
+}
+
+/// The host's split-lock policy is `wanted`: a SKIP naming the policy it is otherwise (which
+/// the test's split lock would meet instead), a failure when the host cannot say.
+fn policy_is(wanted: HostPolicy) -> TestResult {
+    use crate::pv::ac::trigger;
+    let policy = match trigger::host_policy() {
+        Ok(Ok(policy)) if policy == wanted => return Ok(()),
+        Ok(Ok(policy)) => policy,
+        other => return Err(fail(format_args!("asking the host's split-lock policy: {other:?}"))),
+    };
+    Err(Failure::Skip(match (policy, wanted) {
+        (HostPolicy::Exit, HostPolicy::InjectIfEnabled) => {
+            "the host's split-lock policy is exit: a split lock with detection off stops the run (tests/ac.rs covers that policy)"
+        }
+        (HostPolicy::DisableGlobally, HostPolicy::InjectIfEnabled) => {
+            "the host's split-lock policy is disable-globally: a split lock with detection off switches detection off for the whole VM (tests/ac.rs covers that policy)"
+        }
+        (HostPolicy::InjectIfEnabled, HostPolicy::Exit) => {
+            "needs the host's split-lock policy exit (--sld-policy exit); this host's is inject-if-enabled"
+        }
+        (HostPolicy::DisableGlobally, HostPolicy::Exit) => {
+            "needs the host's split-lock policy exit (--sld-policy exit); this host's is disable-globally"
+        }
+        (HostPolicy::InjectIfEnabled, _) => {
+            "needs the host's split-lock policy disable-globally (--sld-policy disable-globally); this host's is inject-if-enabled"
+        }
+        (_, _) => {
+            "needs the host's split-lock policy disable-globally (--sld-policy disable-globally); this host's is exit"
+        }
+    }))
+}
+
+/// The page-not-present protocol is registered (the host offers the pager): a SKIP only when
+/// the command line asked for it to be off, a failure for a registration nobody asked to lose.
+fn pager_registered() -> TestResult {
+    use crate::pv::pnp;
+    if pnp::registered_entries() > 0 {
+        return Ok(());
+    }
+    if let Some(refusal) = pnp::refused_at_boot() {
+        return Err(fail(format_args!("registering the page-not-present protocol at boot failed: {refusal:?}")));
+    }
+    if crate::boot::info::get().cmdline.get("pnp") == Some("off") {
+        return Err(Failure::Skip("pnp=off on the guest's command line: the protocol is not registered"));
+    }
+    Err(fail(format_args!("the page-not-present protocol is not registered, and nothing asked for that")))
 }

@@ -139,7 +139,7 @@ fn yielding_tasks_interleave() -> TestResult {
     let b = spawned(task::spawn_kernel("worker-b", worker, 0xB))?;
     join(a)?;
     join(b)?;
-    ensure_eq!(LOG.load(Ordering::SeqCst), 0xABABAB, "order of the workers' steps");
+    ensure_eq_hex!(LOG.load(Ordering::SeqCst), 0xABABAB, "order of the workers' steps (a nibble per step)");
     Ok(())
 }
 
@@ -248,7 +248,7 @@ fn user_stack_overflow_ends_only_that_task() -> TestResult {
     match join(overflow)? {
         ExitStatus::Faulted(FaultInfo { vector: 14, address, error_code, .. }) => {
             ensure!((guard..guard + 4096).contains(&address), "CR2 {address:#x} is not on the guard page {guard:#x}");
-            ensure_eq!(error_code, pf::WRITE | pf::USER, "error code (not present, write, user)");
+            ensure_eq_hex!(error_code, pf::WRITE | pf::USER, "error code (not present, write, user)");
         }
         other => return Err(super::fail(format_args!("the overflowing task ended with {other:?}"))),
     }
@@ -330,7 +330,8 @@ fn user_tasks_block_on_a_word_until_woken() -> TestResult {
     let waker = spawned(task::spawn_user("user-waker", user_set_word_and_wake, addr))?;
     ensure_eq!(join(waker)?, ExitStatus::Returned(1), "waiters the waker woke");
     ensure_eq!(join(waiter)?, ExitStatus::Returned(7), "what the waiter saw when woken");
-    ensure_eq!(user_calls(addr, 0), (user::CHANGED, 0), "a wait on a word that changed, and a wake of nobody");
+    let returned = user_calls(addr, 0);
+    ensure_eq!(returned, (user::CHANGED, 0), "a wait on a word that changed, and a wake of nobody");
     ensure_eq!(user_calls(0x1000, 0), (user::EINVAL, user::EINVAL), "a wait and a wake outside .user_data");
     Ok(())
 }

@@ -99,7 +99,7 @@ fn per_injected_event(s: &Sample, field: &str) -> Option<f64> {
 }
 
 /// The paths the benchmark guest counts: key, the sample it comes from, and what one event is.
-const SAMPLED: [(&str, &str, &str); 9] = [
+const SAMPLED: [(&str, &str, &str); 10] = [
     ("null_exit", "io", "exit"),
     ("console", "console", "line"),
     ("interrupt", "inject_interrupt", "event"),
@@ -109,6 +109,7 @@ const SAMPLED: [(&str, &str, &str); 9] = [
     ("halt", "pnp_halt", "access"),
     ("early", "pnp_early", "access"),
     ("sync", "pnp_sync", "access"),
+    ("kvm_apf", "pnp_kvm_apf", "access"),
 ];
 
 /// The counts of every path the benchmark guest's samples in `run` carry.

@@ -489,7 +489,7 @@ fn insane(r: &Results) -> Vec<String> {
     for c in r.injection.iter().chain(&r.page_not_present) {
         match (&c.per_event_ns, c.name.as_str()) {
             (Some(s), _) => summaries.push((format!("cost of {}", c.name), s)),
-            (None, "ve" | "kvm-apf") => {}
+            (None, "ve" | "kvm_apf_kernel") => {}
             (None, name) => problems.push(format!("cost of {name}: not measured ({:?})", c.unavailable)),
         }
     }
@@ -630,7 +630,12 @@ fn print_summary(r: &Results) {
         println!("  budgets: over the limit:\n    {}", over.join("\n    "));
     }
     for s in r.speedups.iter().filter(|s| s.tasks == 8) {
-        println!("  8 tasks, page-in {:>8}: ring is {:.2}x sync", stats::human_ns(s.latency_ns as f64), s.speedup);
+        println!(
+            "  8 tasks, page-in {:>8}: {} is {:.2}x sync",
+            stats::human_ns(s.latency_ns as f64),
+            s.mode.replace('_', "-"),
+            s.speedup
+        );
     }
     for g in &r.goals {
         println!(

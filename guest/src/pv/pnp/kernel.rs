@@ -10,7 +10,6 @@ use pvagent_abi::pnp::{
 };
 
 use super::ring::{Drain, RingConsumer, RingMemory};
-use super::tokens::{EventOutcome, ResolutionOutcome, TokenStats, TokenTable, Waiter};
 use super::{DEFAULT_RING_ENTRIES, EVENT_VECTOR, RESOLUTION_VECTOR, Region};
 use crate::arch::fault::{self, Fault};
 use crate::arch::hypercall::{self, HypercallError};
@@ -22,9 +21,10 @@ use crate::boot::cmdline::Cmdline;
 use crate::boot::info::MemKind;
 use crate::cell::StaticCell;
 use crate::kprintln;
-use crate::pv::halt;
+use crate::pv::tokens::{BySlot, EventOutcome, TokenStats, TokenTable, WakeOutcome};
+use crate::pv::wait;
 use crate::sync::{CpuCell, IrqGuard};
-use crate::task::{self, table::ExitStatus, table::Wait};
+use crate::task::{self, table::ExitStatus};
 
 /// The two pages a vCPU shares with the host: the ring (page-aligned) and the event area.
 #[repr(C, align(4096))]
@@ -112,9 +112,9 @@ pub struct Stats {
     pub events: u64,
     /// Events with `inuse` not set (nothing to take).
     pub spurious: u64,
-    /// Tasks parked in the scheduler.
+    /// Tasks parked in the scheduler (the token table's count).
     pub slept: u64,
-    /// Waits in the HLT loop.
+    /// Waits in the HLT loop (the token table's count).
     pub halted: u64,
     /// Resolution interrupts taken.
     pub resolution_irqs: u64,
@@ -136,7 +136,8 @@ struct PnpCpu {
     /// Registered with `VECTORS_DRAIN_AT_EVENT`: the event handler drains the ring, and the host
     /// leaves out the interrupt for a resolution posted before its event was taken.
     drains_at_event: bool,
-    table: TokenTable,
+    /// The shared token table, by ring slot: a slot holds one live token.
+    table: TokenTable<BySlot, { abi::MAX_RING_ENTRIES as usize }>,
     ring: RingConsumer,
     stats: Stats,
 }
@@ -146,7 +147,7 @@ static STATE: CpuCell<PnpCpu> = CpuCell::new(
         PnpCpu {
             entries: 0,
             drains_at_event: false,
-            table: TokenTable::new(),
+            table: TokenTable::new(BySlot { entries: 0 }),
             ring: RingConsumer::new(0),
             stats: Stats::new(),
         }
@@ -168,8 +169,8 @@ impl PnpCpu {
 /// One resolution from the ring: its waiter is woken (a resolution whose event has not come
 /// yet is kept for it).
 #[inline(always)]
-fn consume(table: &mut TokenTable, stats: &mut Stats, r: Resolution) {
-    if let ResolutionOutcome::Wake { task, result, .. } = table.on_resolution(Token(r.token), r.result)
+fn consume(table: &mut TokenTable<BySlot, { abi::MAX_RING_ENTRIES as usize }>, stats: &mut Stats, r: Resolution) {
+    if let WakeOutcome::Wake { task, result, .. } = table.on_wake(r.token, r.result)
         && task::wake(task, u64::from(result)) != task::table::WakeOutcome::Woken
     {
         stats.stale_wakes += 1;
@@ -247,8 +248,21 @@ pub fn init(cmdline: &Cmdline) {
             region.pages,
             host_mode()
         ),
-        Err(e) => kprintln!("pnp: registration refused: {e:?}"),
+        Err(e) => {
+            REFUSED_AT_BOOT.call_once(|| e);
+            kprintln!("pnp: registration refused: {e:?}");
+        }
     }
+}
+
+/// Why registering at boot failed, when it did: the self-tests fail on a refusal nobody
+/// asked for, where `pnp=off` makes them skip.
+static REFUSED_AT_BOOT: spin::Once<RegisterError> = spin::Once::new();
+
+/// Why registering the protocol at boot failed; `None` if it was registered, or never tried
+/// (no demand pager, `pnp=off`).
+pub fn refused_at_boot() -> Option<RegisterError> {
+    REFUSED_AT_BOOT.get().copied()
 }
 
 /// Why registration failed.
@@ -277,7 +291,7 @@ pub fn register(entries: u32) -> Result<(), RegisterError> {
         return Err(RegisterError::BadSize(entries));
     }
     let _irq = IrqGuard::new();
-    let busy = STATE.with(|s| s.entries != 0 && (s.table.waiting() > 0 || s.table.early() > 0));
+    let busy = STATE.with(|s| s.entries != 0 && (s.table.waiting() > 0 || s.table.kept() > 0));
     if busy {
         return Err(RegisterError::Busy);
     }
@@ -302,7 +316,7 @@ pub fn register(entries: u32) -> Result<(), RegisterError> {
     STATE.with(|s| {
         s.entries = entries;
         s.drains_at_event = drains_at_event;
-        s.table.reset(entries);
+        s.table.reset(BySlot { entries });
         s.ring = RingConsumer::new(entries);
     });
     Ok(())
@@ -337,6 +351,7 @@ pub fn stats() -> Stats {
     STATE.with(|s| {
         let mut stats = s.stats;
         stats.tokens = s.table.stats;
+        (stats.slept, stats.halted) = (s.table.stats.slept, s.table.stats.halted);
         stats.consumed += s.ring.consumed;
         stats.ring_corrupt += s.ring.corrupt;
         stats
@@ -354,7 +369,7 @@ pub fn corrupt_ring_tail(tail: u32) {
 
 /// Tokens with a waiter, and resolutions kept for events not yet seen.
 pub fn pending() -> (usize, usize) {
-    STATE.with(|s| (s.table.waiting(), s.table.early()))
+    STATE.with(|s| (s.table.waiting(), s.table.kept()))
 }
 
 /// The event vector. Its common case does one borrow of this vCPU's state: take the event,
@@ -387,12 +402,7 @@ fn on_event(frame: &mut TrapFrame) {
         // Hosts rely on it to force the waiting paths (`ResolutionTiming::AfterEventTaken`).
         view.inuse().store(0, Ordering::Release);
         s.stats.events += 1;
-        let outcome = s.table.on_event(token, gpa, || waiter(frame));
-        match outcome {
-            EventOutcome::Park(Waiter::Task(_)) => s.stats.slept += 1,
-            EventOutcome::Park(Waiter::Halt) => s.stats.halted += 1,
-            EventOutcome::AlreadyResolved { .. } | EventOutcome::Rejected(_) => {}
-        }
+        let outcome = s.table.on_event(token.0, gpa, || wait::waiter(frame));
         Some((token, gpa, outcome))
     });
     let Some((token, gpa, outcome)) = taken else { return };
@@ -402,24 +412,13 @@ fn on_event(frame: &mut TrapFrame) {
             kprintln!("pnp: event with token {:#x} rejected: {why:?}", token.0);
             return;
         }
-        EventOutcome::Park(Waiter::Task(_)) => {
-            let wait = Wait::Key { owner: super::WAIT_OWNER, key: u64::from(token.0) };
-            task::block_current(wait) as u32
+        EventOutcome::Park(parked) => {
+            let take_halt_result = || STATE.with(|s| s.table.take_halt_result(token.0));
+            wait::wait(parked, super::WAIT_OWNER, token.0, take_halt_result)
         }
-        EventOutcome::Park(Waiter::Halt) => halt::wait_until(|| STATE.with(|s| s.table.take_halt_result(token))).0,
     };
     if result == abi::RESULT_FAILED {
         page_failed(frame, token, gpa);
-    }
-}
-
-/// Who waits for a token the event in `frame` brought: the interrupted task, parked, when it
-/// may sleep here (it had interrupts on, is not idle or in a `NoSleepGuard`, and is not
-/// another handler) and another task can run meanwhile; otherwise the HLT loop.
-fn waiter(frame: &TrapFrame) -> Waiter {
-    match frame.interrupts_were_enabled().then(task::sleeper_in_trap).flatten() {
-        Some(id) => Waiter::Task(id),
-        None => Waiter::Halt,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Page-not-present events with a token resolution ring (seed 001), the guest side.
 //!
-//! `tokens` and `ring` are the protocol logic (host-tested). The kernel glue below registers
+//! `ring` and the shared token table (`crate::pv::tokens`, keyed by ring slot here) are the
+//! protocol logic (host-tested). The kernel glue below registers
 //! the protocol per vCPU, and handles two vectors:
 //!
 //! - the **event** ([`EVENT_VECTOR`]): copy the event area, give it back (`inuse = 0`), then
@@ -14,7 +15,6 @@
 //! it delivers the event (it may), the guest takes the resolution first and the event finds it.
 
 pub mod ring;
-pub mod tokens;
 
 use crate::task::table::{KillCause, KillReason};
 

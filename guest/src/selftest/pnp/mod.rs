@@ -27,6 +27,7 @@ use crate::{ensure, ensure_eq, ensure_eq_hex, kprintln};
 mod breaches;
 mod controls;
 mod data;
+mod kvm_apf;
 mod paths;
 mod registration;
 
@@ -35,6 +36,8 @@ use controls::*;
 use data::*;
 use paths::*;
 use registration::*;
+
+pub use kvm_apf::TESTS as KVM_APF_TESTS;
 
 /// What every test here needs: the host stub's demand pager, the protocol registered.
 const PAGER: &[Need] = &[Need::Pager];
@@ -46,7 +49,7 @@ pub const TESTS: &[SelfTest] = &[
         .needs(PAGER),
     SelfTest::new("pnp::user_task_resumes_with_the_right_data", user_task_resumes_with_the_right_data).needs(PAGER),
     SelfTest::new("pnp::two_tasks_on_one_absent_page_each_get_a_token", two_tasks_on_one_absent_page_each_get_a_token)
-        .needs(PAGER),
+        .needs(&[Need::Pager, Need::PnpTwoTokens]),
     SelfTest::new("pnp::resolution_before_event_does_not_park", resolution_before_event_does_not_park).needs(PAGER),
     SelfTest::new("pnp::failed_page_ends_only_its_task", failed_page_ends_only_its_task)
         .needs(&[Need::Pager, Need::PnpRingMode]),
@@ -116,4 +119,11 @@ fn spawned<T, E: core::fmt::Debug>(r: Result<T, E>) -> Result<T, Failure> {
 
 fn ring_mode() -> bool {
     pnp::host_mode() == HostMode::Ring
+}
+
+/// Whether the host serves absent pages through KVM's async page fault ABI: an access at CPL 0
+/// then waits synchronously (KVM delivers "page not present" to CPL 3 with interrupts on only),
+/// and there is no "failed" result.
+fn kvm_mode() -> bool {
+    pnp::host_mode().is_kvm_apf()
 }

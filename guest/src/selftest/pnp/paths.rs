@@ -62,7 +62,7 @@ pub(super) fn user_task_resumes_with_the_right_data() -> TestResult {
     let region = pager()?;
     let _pacing = pacing(0, ResolutionTiming::AfterEventTaken)?;
     let gpa = fresh_pages(&region, 1)? + 0x100;
-    let slept = pnp::stats().slept;
+    let (slept, kvm_slept) = (pnp::stats().slept, crate::pv::kvm_apf::stats().slept);
     let user = spawned(task::spawn_user("pnp-user", user_read_two_words, gpa))?;
     let other = spawned(task::spawn_kernel("pnp-bystander", bystander, 0))?;
     let expected = backing_pattern(gpa) ^ backing_pattern(gpa + 8).rotate_left(1);
@@ -70,6 +70,9 @@ pub(super) fn user_task_resumes_with_the_right_data() -> TestResult {
     join(other)?;
     if ring_mode() {
         ensure_eq!(pnp::stats().slept - slept, 1, "the CPL 3 task was parked (the park path)");
+    } else if kvm_mode() {
+        // KVM's "page not present" for a CPL 3 access: the same park, on KVM's token.
+        ensure_eq!(crate::pv::kvm_apf::stats().slept - kvm_slept, 1, "the CPL 3 task was parked on KVM's token");
     }
     Ok(())
 }
@@ -84,8 +87,25 @@ pub(super) fn two_tasks_on_one_absent_page_each_get_a_token() -> TestResult {
     let before = pnp::stats();
     let fetched = counter(HostCounter::PagesFetched)?;
     // A CPL 3 task and a kernel task read the same page at different offsets.
+    let (kvm_before, sync) = (crate::pv::kvm_apf::stats(), counter(HostCounter::SyncWaits)?);
     let user = spawned(task::spawn_user("pnp-share-user", user_read_two_words, gpa + 0x200))?;
     let kernel = spawned(task::spawn_kernel("pnp-share-kernel", kernel_xor_pages, gpa | 1))?;
+    if kvm_mode() {
+        // KVM gives a page on its way no second token. The CPL 3 task runs first and parks on
+        // the page's one token; the kernel task's access (CPL 0) waits for the page, which
+        // starts its fetch (a synchronous wait releases a held page); the first then wakes.
+        ensure_eq!(
+            join(user)?,
+            ExitStatus::Returned(backing_pattern(gpa + 0x200) ^ backing_pattern(gpa + 0x208).rotate_left(1)),
+            "the CPL 3 task's data"
+        );
+        ensure_eq!(join(kernel)?, ExitStatus::Returned(expected_xor(gpa, 1)), "the kernel task's data");
+        let after = crate::pv::kvm_apf::stats();
+        ensure_eq!((after.events - kvm_before.events, after.slept - kvm_before.slept), (1, 1), "KVM tokens, parks");
+        ensure_eq!(counter(HostCounter::SyncWaits)? - sync, 1, "synchronous waits (the kernel task's)");
+        ensure_eq!(counter(HostCounter::PagesFetched)? - fetched, 1, "fetches of the shared page");
+        return Ok(());
+    }
     if ring_mode() {
         yield_until_parked(2)?;
         let after = pnp::stats();

@@ -11,14 +11,17 @@ use pvagent_abi::pnp::HostMode;
 
 use super::Pager;
 use super::backing::{BackingStore, PageBuf};
-use super::completion::complete_fetch;
+use super::completion::{complete_fetch, submit};
+use super::delivery::{deliver_event, post_resolution};
 use super::error::PagerError;
 use super::held_back::complete_held_back_now;
+use super::kvm_apf::ApfVcpu;
+use super::kvm_apf_delivery;
 use super::region::PAGE;
 use super::registration::{Registration, interrupt_deliverable, processor_priority_class};
-use super::ring::{deliver_event, event_area_busy, observe_tail, post_resolution};
+use super::ring::{event_area_busy, observe_tail};
 use super::shared::Inner;
-use super::state::{Decision, PageIndex, PageState};
+use super::state::{Decision, PageIndex, PageState, TokenOut, TokenSource, Via};
 use crate::error::{Error, Result};
 use crate::guest_insn::GuestInsn;
 use crate::handler::{Handled, VcpuCtx};
@@ -50,30 +53,53 @@ impl Pager {
         access: Access<'_>,
     ) -> Result<Handled> {
         let vcpu = ctx.index;
-        let (page, offset, active) = {
-            let inner = self.shared.lock();
+        let retry = matches!(access, Access::Retry);
+        let (page, offset, mode, ring, apf_on) = {
+            let mut inner = self.shared.lock();
             let Some(page) = inner.page_of(gpa) else {
                 return Ok(Handled::No);
             };
-            let offset = (gpa % PAGE as u64) as usize;
-            (page, offset, inner.vcpus.get(vcpu).and_then(Registration::active))
-        };
-        // The interrupt window is read before taking the lock: these ioctls do not touch the
-        // pager's state, and the vCPU cannot change while it is stopped here.
-        let unemulated = matches!(access, Access::Unemulated);
-        let window_open = match active {
-            Some(a) if !unemulated && self.shared.lock().core.mode == HostMode::Ring => {
-                event_window_open(ctx, a.event_vector)?
+            if retry && deliver_owed(&mut inner, ctx, page, gpa, gva)? {
+                return Ok(Handled::Yes);
             }
+            let offset = (gpa % PAGE as u64) as usize;
+            let ring = inner.vcpus.get(vcpu).and_then(Registration::active);
+            let apf_on = inner.apf.get(vcpu).is_some_and(|v| v.active().is_some());
+            (page, offset, inner.core.mode, ring, apf_on)
+        };
+        // Whether the protocol of this mode could deliver an event now, read before taking the
+        // lock: these ioctls do not touch the pager's state, and the vCPU cannot change while it
+        // is stopped here. KVM's ABI delivers only for an access that has not run (a #PF
+        // retries it), never for an emulated one (CPL 0 on PVM).
+        let unemulated = matches!(access, Access::Unemulated);
+        let window_open = match (mode, ring) {
+            (HostMode::Ring, Some(a)) if !unemulated => event_window_open(ctx, a.event_vector)?,
+            (HostMode::KvmApf, _) if apf_on && retry => kvm_apf_delivery::window_open(ctx)?,
             _ => false,
         };
 
         let mut guard = self.shared.lock();
-        let inner = &mut *guard;
-        let retry = matches!(access, Access::Retry);
 
-        let area_free = match active {
-            Some(a) if window_open => {
+        if mode == HostMode::KvmApf && window_open {
+            let vector =
+                guard.apf.get(vcpu).filter(|v| v.ready_in_flight()).and_then(ApfVcpu::active).map(|a| a.vector);
+            if let Some(vector) = vector {
+                drop(guard);
+                if event_window_open(ctx, vector)? {
+                    // A page ready is on its way and the vCPU can take it: re-entering delivers
+                    // it before the access is retried, as KVM on VMX delivers a pending
+                    // interrupt before the guest's next instruction (on PVM a pending interrupt
+                    // waits for the next exit: this is that exit). Its task then is runnable
+                    // when this access's task must wait.
+                    self.shared.lock().apf_counters.retries_for_page_ready += 1;
+                    return Ok(Handled::Yes);
+                }
+                guard = self.shared.lock();
+            }
+        }
+        let inner = &mut *guard;
+        let ring_area_free = match ring {
+            Some(a) if window_open && mode == HostMode::Ring => {
                 let busy = event_area_busy(inner, vcpu, a)?;
                 if busy && retry {
                     // An event is pending and the vCPU can take it: re-entering delivers it before
@@ -87,32 +113,49 @@ impl Pager {
             _ => false,
         };
         apply_to_page(inner, page, offset, access)?;
-        if let (Some(a), true) = (active, area_free) {
+        if let (Some(a), true) = (ring, ring_area_free) {
             observe_tail(inner, vcpu, a)?;
         }
-        let pool = if area_free { inner.vcpus.get_mut(vcpu).and_then(|r| r.pool.as_mut()) } else { None };
-        let decision = inner.core.on_access(vcpu, page, pool);
+        let source: Option<&mut dyn TokenSource> = match mode {
+            HostMode::Ring if ring_area_free => inner.vcpus.get_mut(vcpu).and_then(|r| r.pool.as_mut()).map(|p| p as _),
+            HostMode::KvmApf if window_open => inner.apf.get_mut(vcpu).map(|v| v as _),
+            _ => None,
+        };
+        let via = source.as_ref().map(|s| s.via());
+        let decision = inner.core.on_access(vcpu, page, source);
+        let out = |token| TokenOut { vcpu, via: via.unwrap_or(Via::Ring), token };
         let mut complete_now = false;
         match decision {
             Decision::Continue => {}
             Decision::PresentNow => fill(inner, page)?,
             Decision::Deliver { token, fetch } => {
                 if fetch.is_some() {
-                    complete_now = self.submit(inner, page);
+                    complete_now = submit(inner, page);
                 }
-                deliver_event(inner, vcpu, token, gpa, gva)?;
+                deliver_event(inner, ctx, out(token), gpa, gva)?;
+            }
+            Decision::DeliverResolved { token, result, make_present: _ } if via == Some(Via::KvmApf) => {
+                // KVM's ABI: "page ready" first, its #PF at this vCPU's next access to the page
+                // (the retry of this one), and the page arrives with the #PF (`deliver_owed`),
+                // so the retry comes back. One vCPU's stand-in for KVM delivering "page ready"
+                // on another vCPU.
+                post_resolution(inner, out(token), result, false)?;
+                inner.apf_counters.ready_before_not_present += 1;
+                if let Some(v) = inner.apf.get_mut(vcpu) {
+                    v.owed = Some((page, token));
+                }
             }
             Decision::DeliverResolved { token, result, make_present } => {
                 if make_present {
                     fill(inner, page)?;
                 }
-                post_resolution(inner, vcpu, token, result, true)?;
-                deliver_event(inner, vcpu, token, gpa, gva)?;
+                post_resolution(inner, out(token), result, true)?;
+                deliver_event(inner, ctx, out(token), gpa, gva)?;
             }
             Decision::Wait { fetch } => {
                 let trace = inner.timeline.tracer().clone();
                 complete_held_back_now(&self.shared, inner, page);
-                if fetch.is_some() && self.submit(inner, page) {
+                if fetch.is_some() && submit(inner, page) {
                     drop(guard);
                     complete_fetch(&self.shared, page);
                 } else {
@@ -126,6 +169,10 @@ impl Pager {
                     vec![("page", Arg::Uint(page)), ("gpa", Arg::Hex(gpa))]
                 });
                 return outcome;
+            }
+            // KVM's ABI could carry an event, but not the failure: its retry came back here.
+            Decision::StopFailedPage if via == Some(Via::KvmApf) => {
+                return Err(PagerError::FailedPageKvmCannotReport { gpa }.into());
             }
             Decision::StopFailedPage => return Err(PagerError::FailedPageUndeliverable { gpa }.into()),
         }
@@ -206,7 +253,9 @@ impl Pager {
                 let inner = self.shared.lock();
                 let Some(page) = inner.page_of(gpa) else { continue };
                 let seen = touched.iter().any(|&(g, _)| inner.page_of(g) == Some(page));
-                let skipped = only_absent && inner.core.state(page) == Some(&PageState::Present);
+                // A page owed a "page not present" is present by its state only (`deliver_owed`).
+                let owed = inner.apf.iter().any(|v| v.owed.is_some_and(|(p, _)| p == page));
+                let skipped = only_absent && inner.core.state(page) == Some(&PageState::Present) && !owed;
                 if !seen && !skipped {
                     touched.push((gpa, linear));
                 }
@@ -308,5 +357,45 @@ pub(super) fn fill(inner: &mut Inner, page: PageIndex) -> Result<(), PagerError>
         Some(staged) => staged,
         None => backing_page(&inner.backing, page)?,
     };
-    inner.region()?.fill(page, &contents).map_err(|source| PagerError::FillPage { page, source })
+    inner.region()?.fill(page, &contents).map_err(|source| PagerError::FillPage { page, source })?;
+    // In `kvm-apf-kernel` mode a vCPU may have waited for it inside KVM: that was a synchronous
+    // wait too.
+    if let Some(since) = inner.kernel_sync_since.remove(&page) {
+        inner.core.counters.sync_wait_ns += since.elapsed().as_nanos() as u64;
+    }
+    Ok(())
+}
+
+/// A "page not present" owed to this access (KVM's ABI, after its "page ready" went first): the
+/// page arrives now and the #PF goes with it. Returns whether there was one for `page`. One
+/// owed for another page is settled (its page made present, nothing delivered): the retry it
+/// waited for went elsewhere.
+fn deliver_owed(
+    inner: &mut Inner,
+    ctx: &VcpuCtx<'_>,
+    page: PageIndex,
+    gpa: u64,
+    gva: Option<u64>,
+) -> Result<bool, PagerError> {
+    let vcpu = ctx.index;
+    let Some((owed_page, token)) = inner.apf.get_mut(vcpu).and_then(|v| v.owed.take()) else {
+        return Ok(false);
+    };
+    fill(inner, owed_page)?;
+    if owed_page != page {
+        return Ok(false);
+    }
+    kvm_apf_delivery::deliver_not_present(inner, ctx, vcpu, token, gpa, gva)?;
+    Ok(true)
+}
+
+/// Makes every page owed a "page not present" present (before the pager reads or evicts it:
+/// its state says present, and from here on so does its memory).
+pub(super) fn settle_owed(inner: &mut Inner) -> Result<(), PagerError> {
+    for vcpu in 0..inner.apf.len() {
+        if let Some((page, _)) = inner.apf[vcpu].owed.take() {
+            fill(inner, page)?;
+        }
+    }
+    Ok(())
 }

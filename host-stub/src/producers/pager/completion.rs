@@ -1,37 +1,34 @@
 //! A fetch's two ends: starting it (a latency drawn, handed to a fetcher thread, or completed at
 //! once for a zero latency) and completing it (on a fetcher thread: the page made present or
-//! failed, and every token waiting for it resolved), unless the resolution timing holds the
-//! completion back (`held_back`).
+//! failed, and every token waiting for it resolved through the protocol that delivered it),
+//! unless the resolution timing holds the completion back (`held_back`).
 
 use std::time::Instant;
 
 use pvagent_abi::pnp as abi;
 
-use super::Pager;
 use super::access::fill;
+use super::delivery::post_resolution;
 use super::held_back::hold_back;
 use super::region::PAGE;
-use super::ring::post_resolution;
 use super::shared::{Inner, Shared};
 use super::state::PageIndex;
 
-impl Pager {
-    /// Starts fetching `page` after a latency drawn from the range in effect. A zero latency
-    /// means the page is available now: returns true, and the caller completes the fetch itself
-    /// (once it has released the lock) instead of handing it to a fetcher thread.
-    #[must_use]
-    pub(super) fn submit(&self, inner: &mut Inner, page: PageIndex) -> bool {
-        let latency = inner.latency.draw();
-        let gpa = self.config.region_gpa + page * PAGE as u64;
-        inner.timeline.fetch_submitted(page, gpa, latency);
-        if latency.is_zero() {
-            return true;
-        }
-        if let Some(f) = &self.fetchers {
-            f.submit(page, latency);
-        }
-        false
+/// Starts fetching `page` after a latency drawn from the range in effect. A zero latency means
+/// the page is available now: returns true, and the caller completes the fetch itself (once it
+/// has released the lock) instead of handing it to a fetcher thread.
+#[must_use]
+pub(super) fn submit(inner: &mut Inner, page: PageIndex) -> bool {
+    let latency = inner.latency.draw();
+    let gpa = inner.region.as_ref().map_or(0, |r| r.gpa()) + page * PAGE as u64;
+    inner.timeline.fetch_submitted(page, gpa, latency);
+    if latency.is_zero() {
+        return true;
     }
+    if let Some(f) = &inner.fetch {
+        f.submit(page, latency);
+    }
+    false
 }
 
 /// A fetch finished (on a fetcher thread, or on the vCPU thread for a zero latency): complete
@@ -47,8 +44,8 @@ pub(super) fn complete_fetch(shared: &Shared, page: PageIndex) {
     shared.fetched.notify_all();
 }
 
-/// Makes `page` present (or failed) and writes the resolution of every token waiting for it. A
-/// failure is handed to the vCPU thread.
+/// Makes `page` present (or failed) and resolves every token waiting for it. A failure is
+/// handed to the vCPU thread.
 pub(super) fn finish_fetch(shared: &Shared, inner: &mut Inner, page: PageIndex) {
     let started = Instant::now();
     let (result, waiters) = inner.core.on_fetch_done(page);
@@ -60,8 +57,8 @@ pub(super) fn finish_fetch(shared: &Shared, inner: &mut Inner, page: PageIndex) 
         Ok(())
     };
     let mut problem = outcome.err();
-    for (vcpu, token) in waiters {
-        if let Err(e) = post_resolution(inner, vcpu, token, result, false) {
+    for out in waiters {
+        if let Err(e) = post_resolution(inner, out, result, false) {
             problem.get_or_insert(e);
         }
     }

@@ -32,6 +32,10 @@ pub enum ConfigError {
     FailPageBeyondRegion { page: u64, pages: u64 },
     #[error("{fetchers} fetcher threads is outside 1..={MAX_FETCHERS}")]
     Fetchers { fetchers: usize },
+    #[error(
+        "failing pages need a mode whose host side the host stub serves: in kvm-apf-kernel mode KVM delivers, and KVM has no \"failed\" result"
+    )]
+    FailingPagesUnderKvm,
 }
 
 /// A fetch latency: fixed (`min == max`) or uniform in `[min, max]`.
@@ -132,6 +136,9 @@ impl PagerConfig {
         if !(1..=MAX_FETCHERS).contains(&self.fetchers) {
             return Err(ConfigError::Fetchers { fetchers: self.fetchers });
         }
+        if self.mode == HostMode::KvmApfKernel && !self.fail_pages.is_empty() {
+            return Err(ConfigError::FailingPagesUnderKvm);
+        }
         Ok(())
     }
 
@@ -141,13 +148,26 @@ impl PagerConfig {
     }
 }
 
-/// Parses `sync` or `ring`.
+/// The command line's name of each mode.
+pub const MODE_NAMES: [(&str, HostMode); 4] = [
+    ("sync", HostMode::Sync),
+    ("ring", HostMode::Ring),
+    ("kvm-apf", HostMode::KvmApf),
+    ("kvm-apf-kernel", HostMode::KvmApfKernel),
+];
+
+/// The command line's name of `mode`.
+pub fn mode_name(mode: HostMode) -> &'static str {
+    MODE_NAMES.iter().find(|(_, m)| *m == mode).map_or("?", |(name, _)| name)
+}
+
+/// Parses `sync`, `ring`, `kvm-apf` or `kvm-apf-kernel`.
 pub fn parse_mode(s: &str) -> Result<HostMode, String> {
-    match s {
-        "sync" => Ok(HostMode::Sync),
-        "ring" => Ok(HostMode::Ring),
-        other => Err(format!("unknown pager mode {other:?}: use sync or ring")),
-    }
+    MODE_NAMES
+        .iter()
+        .find(|(name, _)| *name == s)
+        .map(|(_, mode)| *mode)
+        .ok_or_else(|| format!("unknown pager mode {s:?}: use sync, ring, kvm-apf or kvm-apf-kernel"))
 }
 
 /// Parses a duration such as `0`, `750ns`, `50us`, `2ms` or `1s`.
@@ -199,6 +219,9 @@ mod tests {
         assert!(parse_duration("5 fortnights").is_err());
         assert!(parse_latency("5ms..1ms").unwrap_err().contains("minimum above"));
         assert!(parse_mode("async").is_err());
+        for (name, mode) in MODE_NAMES {
+            assert_eq!(parse_mode(name), Ok(mode));
+        }
     }
 
     #[test]
@@ -229,6 +252,11 @@ mod tests {
             assert_eq!(c.validate(), Err(ConfigError::Fetchers { fetchers }), "no silent replacement");
         }
         c.fetchers = MAX_FETCHERS;
+        c.mode = HostMode::KvmApfKernel;
+        c.fail_pages = vec![1];
+        assert_eq!(c.validate(), Err(ConfigError::FailingPagesUnderKvm));
+        c.fail_pages.clear();
+        c.validate().unwrap();
         c.region_mib = 0;
         assert_eq!(c.validate(), Err(ConfigError::RegionSize { mib: 0 }));
     }

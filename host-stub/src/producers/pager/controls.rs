@@ -11,7 +11,8 @@ use pvagent_abi::hypercall::{Nr, Status};
 use pvagent_abi::pnp::{HostCounter, HostMode, PageBehaviour, ResolutionTiming};
 
 use super::Pager;
-use super::completion::complete_fetch;
+use super::access::settle_owed;
+use super::completion::{complete_fetch, submit};
 use super::config::Latency;
 use super::error::PagerError;
 use super::registration::Registration;
@@ -30,7 +31,12 @@ impl Pager {
         let inner = &mut *inner;
         Ok(Some(match nr {
             Nr::PnpSetMode => match HostMode::try_from(args[0] as u32) {
-                Ok(mode) if args[0] <= u64::from(u32::MAX) => {
+                // How the region is backed decides between KVM serving it and the host stub:
+                // a run in `kvm-apf-kernel` mode stays in it, and no other run enters it.
+                Ok(mode)
+                    if args[0] <= u64::from(u32::MAX)
+                        && (mode == HostMode::KvmApfKernel) == (inner.core.mode == HostMode::KvmApfKernel) =>
+                {
                     inner.core.set_mode(mode);
                     Ok([0; 2])
                 }
@@ -46,6 +52,10 @@ impl Pager {
                 }
             }
             Nr::PnpSetPage => match (inner.page_of(args[0]), PageBehaviour::try_from(args[1])) {
+                // KVM serving the region cannot be made to fail a page (`config`).
+                (Some(_), Ok(PageBehaviour::Fail)) if inner.core.mode == HostMode::KvmApfKernel => {
+                    Err(Status::InvalidArgument)
+                }
                 (Some(page), Ok(behaviour)) => {
                     inner.core.set_behaviour(page, behaviour);
                     Ok([0; 2])
@@ -91,7 +101,7 @@ impl Pager {
             match inner.core.release(page) {
                 Release::Start(_) => {
                     released += 1;
-                    if self.submit(inner, page) {
+                    if submit(inner, page) {
                         now.push(page);
                     }
                 }
@@ -116,9 +126,7 @@ fn counter_value(inner: &Inner, counter: HostCounter) -> u64 {
         HostCounter::ResolvedRetry => c.resolved_retry,
         HostCounter::ResolvedFailed => c.resolved_failed,
         HostCounter::SyncWaits => c.sync_waits,
-        HostCounter::Outstanding => {
-            inner.vcpus.iter().filter_map(|r| r.pool.as_ref()).map(|p| p.outstanding() as u64).sum()
-        }
+        HostCounter::Outstanding => super::outstanding(inner) as u64,
         HostCounter::PagesFetched => c.pages_fetched,
         HostCounter::ResolvedBeforeEvent => c.resolved_before_event,
         HostCounter::SyncWaitNanos => c.sync_wait_ns,
@@ -130,6 +138,9 @@ fn counter_value(inner: &Inner, counter: HostCounter) -> u64 {
 /// flight or the range leaves the region. The host failing to take a page's memory back is
 /// the run's error: that page stays present, as far as the host could restore it.
 fn evict(inner: &mut Inner, gpa: u64, count: u64) -> Result<Result<[u64; 2], Status>, PagerError> {
+    // A page whose "page not present" is still owed is present by its state: by its memory too
+    // from here on, so that it can be saved.
+    settle_owed(inner)?;
     let Inner { core, region, backing, staging, .. } = inner;
     let region = region.as_mut().ok_or(PagerError::NotAttached)?;
     let Some(first) = region.page_of(gpa) else { return Ok(Err(Status::InvalidArgument)) };

@@ -47,6 +47,20 @@ pub enum PagerError {
     /// The guest broke the ring protocol (or the host would have: a full ring).
     #[error("vCPU {vcpu}: {violation}")]
     Ring { vcpu: usize, violation: RingViolation },
+    #[error("reading vCPU {vcpu}'s async page fault area at {gpa:#x} failed: {source}")]
+    ReadApfArea { vcpu: usize, gpa: u64, source: GuestMemoryError },
+    #[error("writing vCPU {vcpu}'s async page fault area at {gpa:#x} failed: {source}")]
+    WriteApfArea { vcpu: usize, gpa: u64, source: GuestMemoryError },
+    #[error("injecting a \"page not present\" #PF into vCPU {vcpu} (KVM_GET/SET_VCPU_EVENTS) failed: {source}")]
+    InjectNotPresent { vcpu: usize, source: kvm_ioctls::Error },
+    #[error("enabling KVM_CAP_EXCEPTION_PAYLOAD (a #PF's CR2 as its payload) failed: {0}")]
+    EnableExceptionPayload(kvm_ioctls::Error),
+    #[error("cannot start the userfaultfd fault reader: {0}")]
+    StartFaultReader(io::Error),
+    #[error("reading the region's userfaultfd failed: {0}")]
+    ReadFaults(io::Error),
+    #[error("a userfaultfd fault at host address {address:#x}, outside the demand-paged region")]
+    FaultOutsideRegion { address: u64 },
     #[error("an event for vCPU {vcpu}, which has not registered the protocol")]
     EventWithoutRegistration { vcpu: usize },
     #[error("a resolution for vCPU {vcpu}, which has not registered the protocol")]
@@ -55,6 +69,10 @@ pub enum PagerError {
     SignalMsi { vcpu: usize, vector: u8, source: kvm_ioctls::Error },
     #[error("the guest accessed page {gpa:#x}, which failed, when no page-not-present event could be delivered")]
     FailedPageUndeliverable { gpa: u64 },
+    #[error(
+        "the guest accessed page {gpa:#x} again after its page ready, and the page failed: KVM's async page fault ABI has no failed result to tell the guest"
+    )]
+    FailedPageKvmCannotReport { gpa: u64 },
     #[error("page {gpa:#x} failed while the vCPU waited for it synchronously: the guest cannot be told")]
     FailedDuringSyncWait { gpa: u64 },
     #[error(

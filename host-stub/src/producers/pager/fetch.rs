@@ -53,11 +53,34 @@ impl FetchPool {
 
     /// Queues `page` to complete after `latency`.
     pub fn submit(&self, page: u64, latency: Duration) {
+        self.submitter().submit(page, latency);
+    }
+
+    /// A handle that queues fetches, for code that cannot own the pool (the pager's other
+    /// threads, through its shared state). Harmless once the pool has stopped.
+    pub fn submitter(&self) -> Submitter {
+        Submitter(self.shared.clone())
+    }
+}
+
+/// Queues fetches on a [`FetchPool`].
+#[derive(Clone)]
+pub struct Submitter(Arc<PoolShared>);
+
+impl std::fmt::Debug for Submitter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Submitter").finish_non_exhaustive()
+    }
+}
+
+impl Submitter {
+    /// Queues `page` to complete after `latency`.
+    pub fn submit(&self, page: u64, latency: Duration) {
         let due = Instant::now() + latency;
-        let mut queue = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut queue = self.0.queue.lock().unwrap_or_else(|p| p.into_inner());
         queue.jobs.push(Reverse((due, page)));
         drop(queue);
-        self.shared.wake.notify_one();
+        self.0.wake.notify_one();
     }
 }
 

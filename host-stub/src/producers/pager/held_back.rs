@@ -13,26 +13,20 @@ use std::time::Duration;
 use pvagent_abi::pnp::ResolutionTiming;
 
 use super::completion::finish_fetch;
+use super::delivery::event_taken;
 use super::error::PagerError;
-use super::registration::Registration;
-use super::ring::{event_area_inuse, event_area_token};
 use super::shared::{Inner, Shared};
-use super::state::{self, PageIndex};
+use super::state::PageIndex;
 
 /// How often the poller looks for events the guest took while fetches wait for them.
 /// It only sets how soon the host notices; the guest's path does not depend on it.
 pub(super) const POLL_INTERVAL: Duration = Duration::from_micros(20);
 
-/// Whether the guest has taken every event that waits for `page` ([`state::event_taken`]).
+/// Whether the guest has taken every event that waits for `page`, by whichever protocol
+/// carried it (`delivery::event_taken`).
 fn events_taken(inner: &Inner, page: PageIndex) -> Result<bool, PagerError> {
-    for &(vcpu, token) in inner.core.waiters(page) {
-        let Some(a) = inner.vcpus.get(vcpu).and_then(Registration::active) else {
-            // Unregistered: nothing will take it; writing the resolution reports that.
-            continue;
-        };
-        let inuse = event_area_inuse(inner, vcpu, a)?;
-        let area_token = event_area_token(inner, vcpu, a)?;
-        if !state::event_taken(inuse, area_token, token) {
+    for &out in inner.core.waiters(page) {
+        if !event_taken(inner, out)? {
             return Ok(false);
         }
     }

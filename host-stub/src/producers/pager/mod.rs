@@ -1,6 +1,9 @@
-//! The demand pager: produces page-not-present events (seed 001) for a region of guest memory
-//! that is populated lazily from a backing store, and resolves them through the per-vCPU ring
-//! after a configurable latency.
+//! The demand pager: produces page-not-present events for a region of guest memory that is
+//! populated lazily from a backing store, and resolves them after a configurable latency,
+//! through the protocol of its mode (`delivery`): the per-vCPU ring of seed 001 (`ring`), or
+//! KVM's async page fault ABI, served by the host stub itself (`kvm-apf`: `kvm_apf`,
+//! `kvm_apf_delivery`) or by KVM (`kvm-apf-kernel`: `kernel_faults`, where everything below
+//! about exits does not apply: the region is backed so that KVM's own path takes the access).
 //!
 //! An access to an absent page never blocks in the kernel (the page is inaccessible and
 //! userfaultfd-missing in SIGBUS mode, see `region`); it returns to the host in one of three
@@ -30,9 +33,13 @@ pub mod backing;
 pub mod completion;
 pub mod config;
 pub mod controls;
+pub mod delivery;
 pub mod error;
 pub mod fetch;
 pub mod held_back;
+pub mod kernel_faults;
+pub mod kvm_apf;
+pub mod kvm_apf_delivery;
 pub mod latency;
 pub mod poller;
 pub mod region;
@@ -51,6 +58,7 @@ use std::sync::atomic::Ordering;
 
 use pvagent_abi::cpuid::{self as abi_cpuid, Features};
 use pvagent_abi::hypercall::Nr;
+use pvagent_abi::kvm_apf as apf_abi;
 use pvagent_abi::pnp::{self as abi, HostMode, PageBehaviour};
 use pvagent_abi::pvh::{HvmMemmapEntry, MEMMAP_TYPE_RESERVED};
 use vm_memory::{Bytes, GuestAddress};
@@ -60,9 +68,11 @@ use self::backing::BackingStore;
 use self::config::{ConfigError, PagerConfig};
 use self::error::PagerError;
 use self::fetch::FetchPool;
+use self::kernel_faults::FaultReader;
+use self::kvm_apf::{ApfVcpu, KernelTokens};
 use self::latency::LatencyControl;
 use self::poller::Poller;
-use self::region::{DemandRegion, PAGE};
+use self::region::{DemandRegion, Gate, PAGE};
 use self::registration::{Registration, is_protocol_msr};
 use self::ring::{deliver_resolved, observe_tail};
 use self::shared::{Inner, Shared};
@@ -71,7 +81,8 @@ use self::timeline::PagerTimeline;
 use crate::cpuid::CpuidTable;
 use crate::error::{Error, Result};
 use crate::handler::{
-    AttachCtx, ExitHandler, Handled, HypercallAnswer, MsrAnswer, PageEventInjection, PageEventInjector, Report, VcpuCtx,
+    AttachCtx, ExitHandler, Handled, HypercallAnswer, MsrAnswer, PageEventInjection, PageEventInjector, Report,
+    Unblock, VcpuCtx,
 };
 
 const NAME: &str = "pager";
@@ -83,6 +94,8 @@ pub struct Pager {
     fetchers: Option<FetchPool>,
     /// Watches for the guest taking the events that held-back fetches wait for.
     poller: Option<Poller>,
+    /// `kvm-apf-kernel` mode: reads the region's faults.
+    fault_reader: Option<FaultReader>,
     /// Accesses that reached the host as a bare EFAULT (PVM, guest CPL 3) and were decoded.
     efaults: u64,
     /// Instructions KVM could not emulate (PVM, guest CPL 0: a LOCKed read-modify-write) whose
@@ -133,12 +146,19 @@ impl Pager {
             held_back: Vec::new(),
             held_back_poller: None,
             timeline: PagerTimeline::default(),
+            apf: vec![ApfVcpu::new(0)],
+            apf_counters: Default::default(),
+            kernel_tokens: KernelTokens::default(),
+            vcpu_tid: None,
+            kernel_sync_since: HashMap::new(),
+            fetch: None,
         };
         Ok(Self {
             config,
             shared: Arc::new(Shared::new(inner)),
             fetchers: None,
             poller: None,
+            fault_reader: None,
             efaults: 0,
             unemulated: 0,
             entries: 0,
@@ -151,7 +171,7 @@ impl Pager {
     /// being fetched (both must be none).
     fn report(&self, inner: &Inner, report: &mut Report) -> (usize, usize) {
         let c = inner.core.counters;
-        let outstanding: usize = inner.vcpus.iter().filter_map(|r| r.pool.as_ref()).map(|p| p.outstanding()).sum();
+        let outstanding = outstanding(inner);
         let fetching = inner.core.fetching();
         for (key, value) in [
             ("events_delivered", c.events_delivered),
@@ -173,6 +193,13 @@ impl Pager {
             ("retries_for_pending_event", c.retries_for_pending_event),
             ("fetches_held_back", c.fetches_held_back),
             ("holds_released_by_sync_wait", c.holds_released_by_sync_wait),
+            ("kvm_apf_not_present", inner.apf_counters.not_present),
+            ("kvm_apf_page_ready", inner.apf_counters.page_ready),
+            ("kvm_apf_wake_alls", inner.apf_counters.wake_alls),
+            ("kvm_apf_acks", inner.apf_counters.acks),
+            ("kvm_apf_forgotten", inner.apf_counters.forgotten),
+            ("kvm_apf_ready_before_not_present", inner.apf_counters.ready_before_not_present),
+            ("kvm_apf_retries_for_page_ready", inner.apf_counters.retries_for_page_ready),
         ] {
             report.counter(NAME, key, value);
         }
@@ -207,16 +234,34 @@ impl Pager {
             "pager: {} pages fetched ({} failed), {} evicted",
             c.pages_fetched, c.fetches_failed, c.pages_evicted
         ));
+        let a = inner.apf_counters;
+        if a.not_present + a.wake_alls > 0 {
+            report.line(format!(
+                "pager: KVM async page faults: {} page not present, {} page ready ({} before their page not present), {} wake-all, {} acknowledged, {} forgotten",
+                a.not_present, a.page_ready, a.ready_before_not_present, a.wake_alls, a.acks, a.forgotten
+            ));
+        }
         (outstanding, fetching)
     }
+
+    /// Whether KVM serves the ABI itself (and the host stub only supplies pages).
+    fn kernel_serves(&self) -> bool {
+        self.config.mode == HostMode::KvmApfKernel
+    }
+}
+
+/// Tokens handed out and not yet consumed, over every vCPU and protocol (in `kvm-apf-kernel`
+/// mode: the async page faults whose pages are not in yet).
+pub(super) fn outstanding(inner: &Inner) -> usize {
+    let ring: usize = inner.vcpus.iter().filter_map(|r| r.pool.as_ref()).map(|p| p.outstanding()).sum();
+    let apf: usize = inner.apf.iter().map(ApfVcpu::outstanding).sum();
+    let kernel = if inner.core.mode == HostMode::KvmApfKernel { inner.core.waiting_tokens() } else { 0 };
+    ring + apf + kernel
 }
 
 /// The modes a run served absent pages in: as configured, then as the guest switched them.
 fn describe_modes(configured: HostMode, at_exit: HostMode, changes: u64) -> String {
-    let name = |mode| match mode {
-        HostMode::Ring => "ring",
-        HostMode::Sync => "sync",
-    };
+    let name = config::mode_name;
     match changes {
         0 => format!("{} mode throughout", name(configured)),
         n => format!(
@@ -268,8 +313,22 @@ impl ExitHandler for Pager {
     }
 
     fn attach(&mut self, ctx: &mut AttachCtx<'_>) -> Result<()> {
+        let gate = if self.kernel_serves() { Gate::KvmAsync } else { Gate::Closed };
         let region =
-            DemandRegion::new(self.config.region_gpa, self.config.pages()).map_err(PagerError::CreateRegion)?;
+            DemandRegion::new(self.config.region_gpa, self.config.pages(), gate).map_err(PagerError::CreateRegion)?;
+        if !self.kernel_serves() {
+            // "Page not present" carries its token as the #PF's CR2, set at delivery.
+            if ctx.kvm.check_extension_raw(u64::from(kvm_bindings::KVM_CAP_EXCEPTION_PAYLOAD)) <= 0 {
+                return Err(Error::MissingCapability("KVM_CAP_EXCEPTION_PAYLOAD"));
+            }
+            let cap = kvm_bindings::kvm_enable_cap {
+                cap: kvm_bindings::KVM_CAP_EXCEPTION_PAYLOAD,
+                args: [1, 0, 0, 0],
+                ..Default::default()
+            };
+            ctx.vm.enable_cap(&cap).map_err(PagerError::EnableExceptionPayload)?;
+        }
+        let uffd = region.uffd().map_err(|e| PagerError::CreateRegion(region::RegionError::Userfaultfd(e)))?;
         let slot = ctx.take_slot();
         region.add_memslot(ctx.vm, slot).map_err(|e| Error::SetMemoryRegion(slot, e))?;
         ctx.memmap.push(HvmMemmapEntry {
@@ -291,7 +350,13 @@ impl ExitHandler for Pager {
         let workers = NonZeroUsize::new(self.config.fetchers)
             .ok_or(ConfigError::Fetchers { fetchers: self.config.fetchers })
             .map_err(PagerError::from)?;
-        self.fetchers = Some(FetchPool::start(workers, complete).map_err(PagerError::StartFetchers)?);
+        let fetchers = FetchPool::start(workers, complete).map_err(PagerError::StartFetchers)?;
+        self.shared.lock().fetch = Some(fetchers.submitter());
+        self.fetchers = Some(fetchers);
+        if self.kernel_serves() {
+            self.fault_reader =
+                Some(FaultReader::start(self.shared.clone(), uffd).map_err(PagerError::StartFaultReader)?);
+        }
         let shared = self.shared.clone();
         let check: poller::Check = Box::new(move || held_back::complete_taken_fetches(&shared, &mut shared.lock()));
         let poller =
@@ -310,6 +375,40 @@ impl ExitHandler for Pager {
         leaf.ebx = self.config.pages() as u32;
         leaf.ecx = abi::MAX_RING_ENTRIES;
         leaf.edx = self.config.mode as u32;
+        // KVM's async page faults: served by the host stub (which offers neither delivery to a
+        // nested hypervisor nor anything else of KVM's it does not implement), or by KVM as
+        // its own leaf says.
+        if !self.kernel_serves() && table.get(abi_cpuid::KVM_LEAVES_RELOCATED, 0).is_some() {
+            let kvm = table.entry(abi_cpuid::KVM_LEAVES_RELOCATED + apf_abi::FEATURES_LEAF_OFFSET, 0);
+            kvm.eax = (kvm.eax | apf_abi::FEATURE_ASYNC_PF | apf_abi::FEATURE_ASYNC_PF_INT)
+                & !apf_abi::FEATURE_ASYNC_PF_VMEXIT;
+        }
+    }
+
+    fn intercepted_msrs(&self) -> Vec<u32> {
+        // KVM knows these: without the filter it would answer them, and deliver async page
+        // faults of its own besides the host stub's.
+        if self.kernel_serves() {
+            Vec::new()
+        } else {
+            vec![apf_abi::MSR_ASYNC_PF_EN, apf_abi::MSR_ASYNC_PF_INT, apf_abi::MSR_ASYNC_PF_ACK]
+        }
+    }
+
+    fn unblocker(&self) -> Option<Unblock> {
+        // A vCPU waiting inside KVM on a userfaultfd fault takes no signal: at the run's time
+        // limit, the region stops being tracked, every waiting fault goes on (reading zeros),
+        // and the vCPU sees the watchdog's signal at its next entry.
+        if !self.kernel_serves() {
+            return None;
+        }
+        let inner = self.shared.lock();
+        let region = inner.region.as_ref()?;
+        let (start, len) = region.host_range();
+        let uffd = region.uffd().ok()?;
+        Some(Box::new(move || {
+            let _ = uffd.unregister(start, len);
+        }))
     }
 
     fn has_before_entry(&self) -> bool {
@@ -320,8 +419,11 @@ impl ExitHandler for Pager {
         self.entries = self.entries.wrapping_add(1);
         // Every entry comes through here: the lock only when there is something to do.
         if !self.vcpu_thread_known {
+            let mut inner = self.shared.lock();
             // SAFETY: pthread_self has no preconditions.
-            self.shared.lock().vcpu_thread = Some(unsafe { libc::pthread_self() });
+            inner.vcpu_thread = Some(unsafe { libc::pthread_self() });
+            // SAFETY: gettid has no preconditions.
+            inner.vcpu_tid = Some(unsafe { libc::gettid() } as u32);
             self.vcpu_thread_known = true;
         }
         if self.shared.held_back_pending.load(Ordering::Acquire) {
@@ -357,6 +459,9 @@ impl ExitHandler for Pager {
     }
 
     fn rdmsr(&mut self, ctx: &mut VcpuCtx<'_>, index: u32) -> Result<MsrAnswer> {
+        if ApfVcpu::is_msr(index) && !self.kernel_serves() {
+            return Ok(kvm_apf_delivery::msr(&mut self.shared.lock(), ctx.index, index, None)?);
+        }
         if !is_protocol_msr(index) {
             return Ok(MsrAnswer::NotMine);
         }
@@ -365,6 +470,9 @@ impl ExitHandler for Pager {
     }
 
     fn wrmsr(&mut self, ctx: &mut VcpuCtx<'_>, index: u32, value: u64) -> Result<MsrAnswer> {
+        if ApfVcpu::is_msr(index) && !self.kernel_serves() {
+            return Ok(kvm_apf_delivery::msr(&mut self.shared.lock(), ctx.index, index, Some(value))?);
+        }
         if !is_protocol_msr(index) {
             return Ok(MsrAnswer::NotMine);
         }
@@ -395,9 +503,10 @@ impl ExitHandler for Pager {
     }
 
     fn finish(&mut self, report: &mut Report) -> Result<()> {
-        // Stop the fetchers and the poller first: nothing changes after this.
+        // Stop the fetchers, the poller and the fault reader first: nothing changes after this.
         self.fetchers = None;
         self.poller = None;
+        self.fault_reader = None;
         // A failure a fetcher handed over after the guest's last entry, which no entry took.
         let mut problem = self.shared.take_violation();
         let shared = self.shared.clone();

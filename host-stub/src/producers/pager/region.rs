@@ -15,6 +15,12 @@
 //! A page becomes present by `UFFDIO_COPY` (still inaccessible) and then `mprotect` to
 //! read/write; it becomes absent by copying it out, closing the gate and dropping the memory.
 //!
+//! In `kvm-apf-kernel` mode ([`Gate::KvmAsync`]) there is no gate: an absent page is only
+//! userfaultfd-missing, without SIGBUS, so that KVM's own async page fault path takes a guest
+//! CPL 3 access with interrupts on (its worker thread faults on the page while the guest gets
+//! "page not present"), and any other access waits inside KVM; the pager reads both faults
+//! from the userfaultfd (`kernel_faults`). Filling a page wakes whoever waits for it.
+//!
 //! The guest writes present pages at any time, from any vCPU, so the host never makes a Rust
 //! reference to them: every access is a copy through `vm-memory`'s volatile accessors
 //! ([`VolatileSlice::copy_to`] and [`VolatileSlice::copy_from`]), and the mapping itself is a
@@ -29,7 +35,7 @@ use vm_memory::{MmapRegion, VolatileMemory, VolatileSlice};
 
 use super::backing::PageBuf;
 use super::state::PageIndex;
-use super::uffd::Uffd;
+use super::uffd::{Missing, Uffd};
 
 /// Bytes per page.
 pub const PAGE: usize = 4096;
@@ -47,11 +53,22 @@ pub enum RegionError {
     Protect(io::Error),
 }
 
+/// How an absent page keeps the guest out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// Inaccessible and missing with SIGBUS: every access comes back to the host stub.
+    Closed,
+    /// Missing only, without SIGBUS: KVM's async page fault path takes a CPL 3 access, and
+    /// every fault waits for the host stub to fill the page.
+    KvmAsync,
+}
+
 /// The region's memory.
 #[derive(Debug)]
 pub struct DemandRegion {
     gpa: u64,
     pages: u64,
+    gate: Gate,
     mapping: MmapRegion,
     uffd: Uffd,
 }
@@ -59,18 +76,40 @@ pub struct DemandRegion {
 impl DemandRegion {
     /// Maps `pages` pages for guest address `gpa`, all missing. The mapping reserves no memory:
     /// a page takes memory only while it is present.
-    pub fn new(gpa: u64, pages: u64) -> Result<Self, RegionError> {
+    pub fn new(gpa: u64, pages: u64, gate: Gate) -> Result<Self, RegionError> {
         let bytes = pages as usize * PAGE;
         let mapping = MmapRegionBuilder::new(bytes)
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
             .build()
             .map_err(|source| RegionError::Map { bytes, source })?;
-        let uffd = Uffd::new().map_err(RegionError::Userfaultfd)?;
+        let missing = match gate {
+            Gate::Closed => Missing::Fails,
+            Gate::KvmAsync => Missing::Waits,
+        };
+        let uffd = Uffd::new(missing).map_err(RegionError::Userfaultfd)?;
         uffd.register(mapping.as_ptr() as u64, bytes as u64).map_err(RegionError::Userfaultfd)?;
-        let region = Self { gpa, pages, mapping, uffd };
-        region.protect(0, pages, libc::PROT_NONE).map_err(RegionError::Protect)?;
+        let region = Self { gpa, pages, gate, mapping, uffd };
+        if gate == Gate::Closed {
+            region.protect(0, pages, libc::PROT_NONE).map_err(RegionError::Protect)?;
+        }
         Ok(region)
+    }
+
+    /// A handle on the region's userfaultfd (to read its faults, or to let them all go on).
+    pub fn uffd(&self) -> io::Result<Uffd> {
+        self.uffd.try_clone()
+    }
+
+    /// The host addresses of the whole region: `(start, bytes)`.
+    pub fn host_range(&self) -> (u64, u64) {
+        (self.mapping.as_ptr() as u64, self.pages * PAGE as u64)
+    }
+
+    /// The page at host address `address`, if it is in the region.
+    pub fn page_of_host_address(&self, address: u64) -> Option<PageIndex> {
+        let page = address.checked_sub(self.mapping.as_ptr() as u64)? / PAGE as u64;
+        (page < self.pages).then_some(page)
     }
 
     /// Registers the region as memslot `slot`.
@@ -130,7 +169,10 @@ impl DemandRegion {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
             Err(e) => return Err(e),
         }
-        self.protect(page, 1, libc::PROT_READ | libc::PROT_WRITE)
+        match self.gate {
+            Gate::Closed => self.protect(page, 1, libc::PROT_READ | libc::PROT_WRITE),
+            Gate::KvmAsync => Ok(()),
+        }
     }
 
     /// `len` bytes at `offset` in a page the pager's state says is present (so accessing them
@@ -176,6 +218,10 @@ impl DemandRegion {
                 let _ = self.protect(page, 1, libc::PROT_READ | libc::PROT_WRITE);
             }
             return Err(e);
+        }
+        if self.gate == Gate::KvmAsync {
+            // No gate: missing again, and accessible, so that the next access faults on it.
+            self.protect(page, 1, libc::PROT_READ | libc::PROT_WRITE)?;
         }
         Ok(saved)
     }

@@ -14,6 +14,7 @@ use vm_memory::{Bytes, GuestAddress};
 use super::error::PagerError;
 use super::registration::{Active, Registration};
 use super::shared::Inner;
+use super::state;
 use super::tokens::TokenPool;
 use crate::memory;
 
@@ -42,6 +43,18 @@ pub(super) fn event_area_token(inner: &Inner, vcpu: usize, a: Active) -> Result<
     })
 }
 
+/// Whether the guest has taken the event that carried `token` ([`state::event_taken`]); an
+/// event of a vCPU that unregistered counts as taken (nothing will take it: writing its
+/// resolution reports that).
+pub(super) fn event_taken(inner: &Inner, vcpu: usize, token: Token) -> Result<bool, PagerError> {
+    let Some(a) = inner.vcpus.get(vcpu).and_then(Registration::active) else {
+        return Ok(true);
+    };
+    let inuse = event_area_inuse(inner, vcpu, a)?;
+    let area_token = event_area_token(inner, vcpu, a)?;
+    Ok(state::event_taken(inuse, area_token, token))
+}
+
 /// Frees the tokens whose resolutions the guest has consumed.
 pub(super) fn observe_tail(inner: &mut Inner, vcpu: usize, a: Active) -> Result<(), PagerError> {
     let gpa = a.ring_gpa + abi::ring_tail_offset(a.entries);
@@ -57,7 +70,7 @@ pub(super) fn observe_tail(inner: &mut Inner, vcpu: usize, a: Active) -> Result<
 
 /// Raises `vector` on `vcpu` with an MSI (fixed delivery, physical destination = the vCPU's
 /// APIC ID, its index).
-fn signal(inner: &mut Inner, vcpu: usize, vector: u8) -> Result<(), PagerError> {
+pub(super) fn signal(inner: &mut Inner, vcpu: usize, vector: u8) -> Result<(), PagerError> {
     let vm = inner.vm.as_ref().ok_or(PagerError::NotAttached)?;
     let msi =
         kvm_msi { address_lo: 0xFEE0_0000 | ((vcpu as u32) << 12), data: u32::from(vector), ..Default::default() };

@@ -11,6 +11,9 @@ use vm_memory::GuestMemoryMmap;
 
 use super::backing::{BackingStore, PageBuf};
 use super::error::PagerError;
+use super::fetch::Submitter;
+use super::kvm_apf::{ApfVcpu, KernelTokens};
+use super::kvm_apf_delivery::ApfCounters;
 use super::latency::LatencyControl;
 use super::poller;
 use super::region::DemandRegion;
@@ -49,6 +52,18 @@ pub struct Inner {
     pub held_back_poller: Option<poller::Arm>,
     /// The run's timeline: tokens, fetches and synchronous waits go on it.
     pub timeline: PagerTimeline,
+    /// Each vCPU's side of KVM's async page fault ABI (served in the user-space modes).
+    pub apf: Vec<ApfVcpu>,
+    pub apf_counters: ApfCounters,
+    /// The tokens of `kvm-apf-kernel` mode (the host stub's own numbers for KVM's).
+    pub kernel_tokens: KernelTokens,
+    /// The vCPU thread's id, to tell its userfaultfd faults (it waits) from KVM's worker's (an
+    /// async page fault) in `kvm-apf-kernel` mode.
+    pub vcpu_tid: Option<u32>,
+    /// `kvm-apf-kernel` mode: pages a vCPU waits for inside KVM, since when.
+    pub kernel_sync_since: HashMap<PageIndex, std::time::Instant>,
+    /// Queues fetches on the fetcher threads (from any thread holding the lock).
+    pub fetch: Option<Submitter>,
 }
 
 impl Inner {

@@ -1,17 +1,60 @@
 //! The pager's protocol state, as plain code: each page's life (absent -> fetching -> present or
 //! failed) and the decision for every access the guest makes to a page the host does not have,
-//! with each vCPU's token pool (`tokens`). The other files of the pager do the memory and KVM
-//! work these decisions call for. Unit-tested here.
+//! with the token source of the protocol that would carry the event (`tokens` for the ring,
+//! `kvm_apf` for KVM's ABI), whose rules differ where the protocols do ([`Via`]). The other
+//! files of the pager do the memory and KVM work these decisions call for. Unit-tested in
+//! `state/tests.rs`.
 
 use std::collections::HashMap;
 use std::ops::Range;
 
 use pvagent_abi::pnp::{HostMode, PageBehaviour, RESULT_FAILED, RESULT_RETRY, ResolutionTiming, Token};
 
-use super::tokens::TokenPool;
-
 /// A page of the demand region, by index.
 pub type PageIndex = u64;
+
+/// How an event reaches the guest, and so how its token is resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// The page-not-present ring: the event area and vector, a resolution in the ring.
+    Ring,
+    /// KVM's async page fault ABI served by the host stub: a #PF with the token in CR2, then
+    /// "page ready".
+    KvmApf,
+    /// KVM's async page fault ABI served by KVM itself: the host stub only sees KVM's worker
+    /// fault on the page and supplies it; the token is KVM's (its own is a placeholder).
+    KvmApfKernel,
+}
+
+impl Via {
+    /// Whether a page already being fetched gives a further access a token of its own (the
+    /// ring does); KVM makes the vCPU wait for it instead (`kvm_find_async_pf_gfn`).
+    pub fn token_per_access(self) -> bool {
+        self == Via::Ring
+    }
+
+    /// Whether a resolution can say "failed" (the ring's can); KVM's ABI has no such result.
+    pub fn reports_failure(self) -> bool {
+        self == Via::Ring
+    }
+}
+
+/// A token handed out with an event: to which vCPU, by which protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenOut {
+    pub vcpu: usize,
+    pub via: Via,
+    pub token: Token,
+}
+
+/// Where an event's token comes from: a protocol's per-vCPU pool, when an event could be
+/// delivered right now.
+pub trait TokenSource {
+    /// The protocol the tokens are for.
+    fn via(&self) -> Via;
+    /// A token, if one is free.
+    fn alloc(&mut self) -> Option<Token>;
+}
 
 /// Where a page is in its life.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,7 +64,7 @@ pub enum PageState {
     /// Being fetched; these tokens wait for it. `failing`: the fetch will fail. `held`: the
     /// fetch has not started and starts only when the guest releases the page
     /// ([`PageBehaviour::Held`]).
-    Fetching { failing: bool, held: bool, waiters: Vec<(usize, Token)> },
+    Fetching { failing: bool, held: bool, waiters: Vec<TokenOut> },
     /// In guest memory.
     Present,
     /// The fetch failed; the page will not come (until evicted and fetched again).
@@ -211,35 +254,40 @@ impl PagerCore {
         }
     }
 
-    /// Decides what happens to an access to `page` by `vcpu`. `pool` is the vCPU's token pool
+    /// Decides what happens to an access to `page` by `vcpu`. `source` gives the vCPU's tokens
     /// when an event could be delivered right now (the protocol is registered, the vCPU could
-    /// take the interrupt, the event area is free); `None` otherwise. In sync mode no event is
-    /// ever delivered.
-    pub fn on_access(&mut self, vcpu: usize, page: PageIndex, pool: Option<&mut TokenPool>) -> Decision {
-        let ring_mode = self.mode == HostMode::Ring;
-        let token = || if ring_mode { pool.and_then(TokenPool::alloc) } else { None };
+    /// take the event now, and for the ring its event area is free); `None` otherwise. In sync
+    /// mode no event is ever delivered.
+    pub fn on_access(&mut self, vcpu: usize, page: PageIndex, source: Option<&mut dyn TokenSource>) -> Decision {
+        let delivers = self.mode != HostMode::Sync;
+        let via = source.as_ref().map(|s| s.via());
+        let token = || if delivers { source.and_then(|s| s.alloc()).zip(via) } else { None };
         let Some(p) = self.pages.get_mut(page) else {
             return Decision::Continue;
         };
         let decision = match &mut p.state {
             PageState::Present => Decision::Continue,
-            PageState::Failed => match token() {
-                Some(token) => Decision::DeliverResolved { token, result: RESULT_FAILED, make_present: false },
+            // Only a protocol with a "failed" result can tell the guest; no token is taken.
+            PageState::Failed => match via.filter(|v| v.reports_failure()).and_then(|_| token()) {
+                Some((token, _)) => Decision::DeliverResolved { token, result: RESULT_FAILED, make_present: false },
                 None => Decision::StopFailedPage,
             },
-            PageState::Fetching { failing, held, waiters } => match token() {
-                Some(token) => {
-                    waiters.push((vcpu, token));
-                    Decision::Deliver { token, fetch: None }
+            PageState::Fetching { failing, held, waiters } => {
+                let token = if via.is_some_and(Via::token_per_access) { token() } else { None };
+                match token {
+                    Some((token, via)) => {
+                        waiters.push(TokenOut { vcpu, via, token });
+                        Decision::Deliver { token, fetch: None }
+                    }
+                    None if *held => {
+                        // Waiting synchronously for a held page would wait for ever: release it.
+                        *held = false;
+                        self.counters.holds_released_by_sync_wait += 1;
+                        Decision::Wait { fetch: Some(Fetch::of(*failing)) }
+                    }
+                    None => Decision::Wait { fetch: None },
                 }
-                None if *held => {
-                    // Waiting synchronously for a held page would wait for ever: release it.
-                    *held = false;
-                    self.counters.holds_released_by_sync_wait += 1;
-                    Decision::Wait { fetch: Some(Fetch::of(*failing)) }
-                }
-                None => Decision::Wait { fetch: None },
-            },
+            }
             PageState::Absent => {
                 let mut behaviour = std::mem::replace(&mut p.next_fetch, PageBehaviour::Normal);
                 if self.timing == ResolutionTiming::BeforeEvent && behaviour == PageBehaviour::Normal {
@@ -249,7 +297,7 @@ impl PagerCore {
                     PageBehaviour::Immediate => {
                         p.state = PageState::Present;
                         match token() {
-                            Some(token) => {
+                            Some((token, _)) => {
                                 Decision::DeliverResolved { token, result: RESULT_RETRY, make_present: true }
                             }
                             None => Decision::PresentNow,
@@ -259,9 +307,10 @@ impl PagerCore {
                         let failing = behaviour == PageBehaviour::Fail;
                         let fetch = Fetch::of(failing);
                         match token() {
-                            Some(token) => {
+                            Some((token, via)) => {
                                 let held = behaviour == PageBehaviour::Held;
-                                p.state = PageState::Fetching { failing, held, waiters: vec![(vcpu, token)] };
+                                let waiters = vec![TokenOut { vcpu, via, token }];
+                                p.state = PageState::Fetching { failing, held, waiters };
                                 Decision::Deliver { token, fetch: (!held).then_some(fetch) }
                             }
                             None => {
@@ -302,7 +351,7 @@ impl PagerCore {
 
     /// A fetch of `page` finished: the page is present (or failed). Returns the result and the
     /// tokens to resolve with it.
-    pub fn on_fetch_done(&mut self, page: PageIndex) -> (u32, Vec<(usize, Token)>) {
+    pub fn on_fetch_done(&mut self, page: PageIndex) -> (u32, Vec<TokenOut>) {
         let Some(p) = self.pages.get_mut(page) else {
             return (RESULT_FAILED, Vec::new());
         };
@@ -323,7 +372,7 @@ impl PagerCore {
     }
 
     /// The tokens waiting for `page` (none unless it is being fetched).
-    pub fn waiters(&self, page: PageIndex) -> &[(usize, Token)] {
+    pub fn waiters(&self, page: PageIndex) -> &[TokenOut] {
         match self.pages.get(page).map(|p| &p.state) {
             Some(PageState::Fetching { waiters, .. }) => waiters,
             _ => &[],
@@ -389,6 +438,15 @@ impl PagerCore {
         self.pages.get(page).is_some_and(|p| p.next_fetch == PageBehaviour::Fail)
     }
 
+    /// Tokens waiting for pages being fetched.
+    pub fn waiting_tokens(&self) -> usize {
+        self.pages
+            .touched
+            .values()
+            .map(|p| if let PageState::Fetching { waiters, .. } = &p.state { waiters.len() } else { 0 })
+            .sum()
+    }
+
     /// Pages being fetched.
     pub fn fetching(&self) -> usize {
         self.pages.touched.values().filter(|p| matches!(p.state, PageState::Fetching { .. })).count()
@@ -396,242 +454,4 @@ impl PagerCore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ring(entries: u32) -> TokenPool {
-        TokenPool::new(entries)
-    }
-
-    /// Evicts one page with no memory to take back: whether it was present.
-    fn evict(core: &mut PagerCore, page: PageIndex) -> Result<bool, EvictError> {
-        let mut was_present = false;
-        let Ok(outcome) = core.evict_range(page..page + 1, |_, present| {
-            was_present = present;
-            Ok::<(), std::convert::Infallible>(())
-        });
-        outcome.map(|()| was_present)
-    }
-
-    #[test]
-    fn first_access_delivers_an_event_and_starts_the_fetch() {
-        let mut core = PagerCore::new(4, HostMode::Ring);
-        let mut pool = ring(4);
-        let d = core.on_access(0, 1, Some(&mut pool));
-        let Decision::Deliver { token, fetch: Some(Fetch::Normal) } = d else { panic!("{d:?}") };
-        assert_eq!(
-            core.state(1),
-            Some(&PageState::Fetching { failing: false, held: false, waiters: vec![(0, token)] })
-        );
-        assert_eq!(core.on_fetch_done(1), (RESULT_RETRY, vec![(0, token)]));
-        assert_eq!(core.state(1), Some(&PageState::Present));
-        assert_eq!(core.on_access(0, 1, Some(&mut pool)), Decision::Continue);
-        assert_eq!((core.counters.events_delivered, core.counters.resolved_retry), (1, 1));
-    }
-
-    #[test]
-    fn a_large_region_keeps_only_the_pages_it_touched() {
-        // 4 GiB of pages: untouched ones read as absent, and only touched ones are stored.
-        let pages = 1 << 20;
-        let mut core = PagerCore::new(pages, HostMode::Sync);
-        assert_eq!((core.len(), core.state(pages - 1)), (pages, Some(&PageState::Absent)));
-        assert_eq!(core.state(pages), None, "beyond the region");
-        assert_eq!(core.on_access(0, pages - 1, None), Decision::Wait { fetch: Some(Fetch::Normal) });
-        assert!(core.set_behaviour(7, PageBehaviour::Fail));
-        assert!(core.next_fetch_fails(7) && !core.next_fetch_fails(8));
-        assert_eq!((core.pages.touched.len(), core.fetching()), (2, 1));
-        // Evicting pages that were never touched stores nothing.
-        for page in 100..200 {
-            assert_eq!(evict(&mut core, page), Ok(false));
-        }
-        assert_eq!(core.pages.touched.len(), 2);
-    }
-
-    #[test]
-    fn a_second_access_to_a_page_being_fetched_gets_its_own_token() {
-        let mut core = PagerCore::new(4, HostMode::Ring);
-        let mut pool = ring(4);
-        let Decision::Deliver { token: a, .. } = core.on_access(0, 2, Some(&mut pool)) else { panic!() };
-        let Decision::Deliver { token: b, fetch: None } = core.on_access(0, 2, Some(&mut pool)) else {
-            panic!("no second fetch")
-        };
-        assert_ne!(a, b);
-        let (_, waiters) = core.on_fetch_done(2);
-        assert_eq!(waiters, vec![(0, a), (0, b)]);
-    }
-
-    #[test]
-    fn sync_mode_never_delivers_and_counts_waits() {
-        let mut core = PagerCore::new(4, HostMode::Sync);
-        let mut pool = ring(4);
-        assert_eq!(core.on_access(0, 0, Some(&mut pool)), Decision::Wait { fetch: Some(Fetch::Normal) });
-        assert_eq!(core.on_access(0, 0, Some(&mut pool)), Decision::Wait { fetch: None });
-        assert_eq!(pool.outstanding(), 0);
-        assert_eq!(core.counters.sync_waits, 2);
-        assert_eq!(core.counters.sync_waits_in_ring_mode, 0);
-        assert_eq!(core.on_fetch_done(0), (RESULT_RETRY, vec![]));
-        // The guest switches to ring and back: two changes; the same mode again is none.
-        core.set_mode(HostMode::Ring);
-        core.set_mode(HostMode::Ring);
-        core.set_mode(HostMode::Sync);
-        assert_eq!(core.counters.mode_changes, 2);
-    }
-
-    #[test]
-    fn no_free_token_means_the_synchronous_path() {
-        let mut core = PagerCore::new(8, HostMode::Ring);
-        let mut pool = ring(2);
-        assert!(matches!(core.on_access(0, 0, Some(&mut pool)), Decision::Deliver { .. }));
-        assert!(matches!(core.on_access(0, 1, Some(&mut pool)), Decision::Deliver { .. }));
-        assert_eq!(core.on_access(0, 2, Some(&mut pool)), Decision::Wait { fetch: Some(Fetch::Normal) });
-        assert_eq!(pool.outstanding(), 2);
-        // Not deliverable (interrupts off, area busy...) is the same path.
-        assert_eq!(core.on_access(0, 3, None), Decision::Wait { fetch: Some(Fetch::Normal) });
-        assert_eq!((core.counters.sync_waits, core.counters.sync_waits_in_ring_mode), (2, 2));
-    }
-
-    #[test]
-    fn an_immediate_page_is_resolved_before_its_event() {
-        let mut core = PagerCore::new(2, HostMode::Ring);
-        let mut pool = ring(2);
-        core.set_behaviour(0, PageBehaviour::Immediate);
-        let d = core.on_access(0, 0, Some(&mut pool));
-        assert!(matches!(d, Decision::DeliverResolved { result: RESULT_RETRY, make_present: true, .. }), "{d:?}");
-        assert_eq!(core.state(0), Some(&PageState::Present));
-        assert_eq!(core.counters.resolved_before_event, 1);
-        // Without a token it is simply present at once.
-        evict(&mut core, 0).unwrap();
-        core.set_behaviour(0, PageBehaviour::Immediate);
-        assert_eq!(core.on_access(0, 0, None), Decision::PresentNow);
-    }
-
-    #[test]
-    fn a_failing_fetch_resolves_failed_and_a_later_access_gets_a_resolved_event_or_stops() {
-        let mut core = PagerCore::new(2, HostMode::Ring);
-        let mut pool = ring(4);
-        core.set_behaviour(1, PageBehaviour::Fail);
-        let Decision::Deliver { token, fetch: Some(Fetch::Failing) } = core.on_access(0, 1, Some(&mut pool)) else {
-            panic!()
-        };
-        assert_eq!(core.on_fetch_done(1), (RESULT_FAILED, vec![(0, token)]));
-        assert_eq!(core.state(1), Some(&PageState::Failed));
-        let d = core.on_access(0, 1, Some(&mut pool));
-        assert!(matches!(d, Decision::DeliverResolved { result: RESULT_FAILED, make_present: false, .. }), "{d:?}");
-        assert_eq!(core.on_access(0, 1, None), Decision::StopFailedPage);
-        assert_eq!(core.counters.resolved_failed, 2);
-        // The behaviour applied to one fetch only: after eviction the page is served again.
-        evict(&mut core, 1).unwrap();
-        assert!(matches!(core.on_access(0, 1, Some(&mut pool)), Decision::Deliver { fetch: Some(Fetch::Normal), .. }));
-    }
-
-    #[test]
-    fn a_held_page_is_fetched_only_once_released() {
-        let mut core = PagerCore::new(4, HostMode::Ring);
-        let mut pool = ring(4);
-        core.set_behaviour(1, PageBehaviour::Held);
-        let Decision::Deliver { token: a, fetch: None } = core.on_access(0, 1, Some(&mut pool)) else {
-            panic!("a held page starts no fetch")
-        };
-        // A second waiter joins the held page; still no fetch.
-        let Decision::Deliver { token: b, fetch: None } = core.on_access(0, 1, Some(&mut pool)) else { panic!() };
-        assert_eq!(evict(&mut core, 1), Err(EvictError::Fetching(1)), "a held page is in flight");
-        assert_eq!(core.release(1), Release::Start(Fetch::Normal));
-        assert_eq!(core.release(1), Release::NotHeld, "released once");
-        assert_eq!(core.on_fetch_done(1), (RESULT_RETRY, vec![(0, a), (0, b)]));
-        // Releasing a page never touched drops its hold; out of range is said.
-        core.set_behaviour(2, PageBehaviour::Held);
-        assert_eq!(core.release(2), Release::NotHeld);
-        assert!(matches!(core.on_access(0, 2, Some(&mut pool)), Decision::Deliver { fetch: Some(Fetch::Normal), .. }));
-        assert_eq!(core.release(9), Release::OutOfRange);
-    }
-
-    #[test]
-    fn a_synchronous_access_releases_a_held_page() {
-        let mut core = PagerCore::new(4, HostMode::Ring);
-        let mut pool = ring(4);
-        core.set_behaviour(0, PageBehaviour::Held);
-        assert!(matches!(core.on_access(0, 0, Some(&mut pool)), Decision::Deliver { fetch: None, .. }));
-        assert_eq!(core.on_access(0, 0, None), Decision::Wait { fetch: Some(Fetch::Normal) });
-        // Held and never delivered: the synchronous access starts it at once.
-        core.set_behaviour(1, PageBehaviour::Held);
-        assert_eq!(core.on_access(0, 1, None), Decision::Wait { fetch: Some(Fetch::Normal) });
-        assert_eq!(core.counters.holds_released_by_sync_wait, 2);
-    }
-
-    #[test]
-    fn an_event_is_taken_once_the_area_is_free_or_holds_another_token() {
-        let t = Token::new(3, 7);
-        assert!(!event_taken(1, t.0, t), "still in the area");
-        assert!(event_taken(0, t.0, t), "taken: inuse cleared");
-        assert!(event_taken(1, Token::new(4, 1).0, t), "a later event fills the area only once this one was taken");
-    }
-
-    #[test]
-    fn waiters_are_the_tokens_of_a_page_being_fetched() {
-        let mut core = PagerCore::new(2, HostMode::Ring);
-        let mut pool = ring(4);
-        assert!(core.waiters(0).is_empty());
-        let Decision::Deliver { token, .. } = core.on_access(0, 0, Some(&mut pool)) else { panic!() };
-        assert_eq!(core.waiters(0), &[(0, token)]);
-        core.on_fetch_done(0);
-        assert!(core.waiters(0).is_empty(), "present");
-        assert!(core.waiters(9).is_empty(), "out of range");
-    }
-
-    #[test]
-    fn before_event_timing_resolves_every_normal_page_first() {
-        let mut core = PagerCore::new(4, HostMode::Ring);
-        let mut pool = ring(4);
-        core.timing = ResolutionTiming::BeforeEvent;
-        let d = core.on_access(0, 0, Some(&mut pool));
-        assert!(matches!(d, Decision::DeliverResolved { result: RESULT_RETRY, make_present: true, .. }), "{d:?}");
-        // A page set to fail keeps its behaviour.
-        core.set_behaviour(1, PageBehaviour::Fail);
-        assert!(matches!(core.on_access(0, 1, Some(&mut pool)), Decision::Deliver { fetch: Some(Fetch::Failing), .. }));
-    }
-
-    #[test]
-    fn eviction_refuses_pages_in_flight_and_reports_present_ones() {
-        let mut core = PagerCore::new(3, HostMode::Ring);
-        let mut pool = ring(2);
-        core.on_access(0, 0, Some(&mut pool));
-        assert_eq!(evict(&mut core, 0), Err(EvictError::Fetching(0)));
-        core.on_fetch_done(0);
-        assert_eq!(evict(&mut core, 0), Ok(true));
-        assert_eq!(evict(&mut core, 0), Ok(false));
-        assert_eq!(evict(&mut core, 9), Err(EvictError::OutOfRange(9)));
-        assert_eq!(core.counters.pages_evicted, 1);
-    }
-
-    /// The memory work comes first: a page is recorded absent only once its memory was taken
-    /// back, and a failure stops the range there, the page it failed on still present.
-    #[test]
-    fn eviction_takes_the_memory_back_before_the_state_and_stops_at_a_failure() {
-        let mut core = PagerCore::new(4, HostMode::Sync);
-        for page in 0..4 {
-            core.on_access(0, page, None);
-            core.on_fetch_done(page);
-        }
-        let mut taken = Vec::new();
-        let failed = core.evict_range(0..4, |page, was_present| {
-            assert!(was_present);
-            if page == 2 {
-                return Err("mprotect failed");
-            }
-            taken.push(page);
-            Ok(())
-        });
-        assert_eq!(failed, Err("mprotect failed"));
-        assert_eq!(taken, vec![0, 1]);
-        let states: Vec<_> = (0..4).map(|p| core.state(p).cloned()).collect();
-        let (absent, present) = (Some(PageState::Absent), Some(PageState::Present));
-        assert_eq!(states, vec![absent.clone(), absent, present.clone(), present]);
-        assert_eq!(core.counters.pages_evicted, 2);
-        // A refusal changes nothing and does no memory work.
-        core.on_access(0, 0, None);
-        let refused = core.evict_range(0..4, |_, _| -> Result<(), ()> { panic!("memory work for a refused range") });
-        assert_eq!(refused, Ok(Err(EvictError::Fetching(0))));
-        assert_eq!(core.evict_range(3..5, |_, _| Ok::<(), ()>(())), Ok(Err(EvictError::OutOfRange(4))));
-        assert_eq!(core.state(3), Some(&PageState::Present));
-    }
-}
+mod tests;

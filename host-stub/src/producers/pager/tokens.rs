@@ -128,6 +128,16 @@ impl TokenPool {
     }
 }
 
+impl super::state::TokenSource for TokenPool {
+    fn via(&self) -> super::state::Via {
+        super::state::Via::Ring
+    }
+
+    fn alloc(&mut self) -> Option<Token> {
+        TokenPool::alloc(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

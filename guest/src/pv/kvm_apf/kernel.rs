@@ -1,0 +1,335 @@
+//! The kernel glue of KVM's async page fault ABI: the per-vCPU area, enabling, the #PF and
+//! "page ready" handlers.
+
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use pvagent_abi::kvm_apf::{self as abi, ApfData};
+use pvagent_abi::pnp::RESULT_RETRY;
+use x86_64::registers::control::Cr2;
+use x86_64::registers::model_specific::Msr;
+
+use super::{PAGE_READY_VECTOR, PageFault, PageReady, TABLE_ENTRIES, classify, offered, page_ready};
+use crate::arch::fault::{self, Fault};
+use crate::arch::percpu::{self, CpuLocal, MAX_CPUS};
+use crate::arch::trap::{self, TrapFrame};
+use crate::arch::{apic, cpu};
+use crate::cell::StaticCell;
+use crate::kprintln;
+use crate::pv::tokens::{EventOutcome, Hashed, TokenStats, TokenTable, WakeOutcome};
+use crate::pv::wait;
+use crate::sync::{CpuCell, IrqGuard};
+use crate::task::table::TaskId;
+
+/// The #PF vector.
+const PAGE_FAULT: u8 = 14;
+
+/// Each vCPU's area, shared with the host: only ever accessed through raw pointers with
+/// atomic or volatile operations ([`Area`]); no Rust reference to it is formed.
+static AREAS: StaticCell<[ApfData; MAX_CPUS]> = StaticCell::new([ApfData::ZERO; MAX_CPUS]);
+
+/// Raw access to one vCPU's area.
+#[derive(Clone, Copy, Debug)]
+struct Area(*mut ApfData);
+
+impl Area {
+    fn of(cpu: usize) -> Self {
+        // Only the address is computed; the area is accessed through the methods below.
+        Area(AREAS.get().cast::<ApfData>().wrapping_add(cpu))
+    }
+
+    fn this_cpu() -> Self {
+        Self::of(percpu::index())
+    }
+
+    fn u32_at(self, offset: u64) -> &'static AtomicU32 {
+        // SAFETY: `offset` is a 4-byte aligned field of the static, 64-byte aligned area (the ABI
+        // layout, asserted in `pvagent_abi::kvm_apf`); AtomicU32 is the sanctioned way to access
+        // memory another agent changes concurrently.
+        unsafe { AtomicU32::from_ptr(self.0.cast::<u8>().add(offset as usize).cast::<u32>()) }
+    }
+
+    fn flags(self) -> &'static AtomicU32 {
+        self.u32_at(abi::FLAGS_OFFSET)
+    }
+
+    fn token(self) -> &'static AtomicU32 {
+        self.u32_at(abi::TOKEN_OFFSET)
+    }
+
+    fn clear(self) {
+        // SAFETY: zeroing this vCPU's own area while async page faults are off for it: the host
+        // does not write it until it is registered.
+        unsafe { core::ptr::write_volatile(self.0, ApfData::ZERO) }
+    }
+
+    fn gpa(self) -> u64 {
+        // Identity mapped: the address is the guest-physical address.
+        self.0 as u64
+    }
+}
+
+/// #PFs that were the guest's own (`flags` 0), passed on: an atomic per vCPU, so that a real
+/// page fault pays one instruction for it.
+static REAL_FAULTS: CpuLocal<AtomicU64> = CpuLocal::new([const { AtomicU64::new(0) }; MAX_CPUS]);
+
+/// What this vCPU saw of the ABI.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// "Page not present" #PFs taken.
+    pub events: u64,
+    /// #PFs that were the guest's own (`flags` 0), passed on.
+    pub real_faults: u64,
+    /// Tasks parked in the scheduler (the token table's count).
+    pub slept: u64,
+    /// Waits in the HLT loop (the token table's count).
+    pub halted: u64,
+    /// "Page ready" interrupts taken (a wake-all and a spurious one included).
+    pub page_ready: u64,
+    /// Wake-alls among them.
+    pub wake_alls: u64,
+    /// "Page ready" interrupts with no token.
+    pub spurious: u64,
+    /// Woken tasks that were no longer waiting.
+    pub stale_wakes: u64,
+    /// The token table's counters.
+    pub tokens: TokenStats,
+}
+
+impl Stats {
+    const fn new() -> Self {
+        Self {
+            events: 0,
+            real_faults: 0,
+            slept: 0,
+            halted: 0,
+            page_ready: 0,
+            wake_alls: 0,
+            spurious: 0,
+            stale_wakes: 0,
+            tokens: TokenStats::new(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ApfCpu {
+    /// [`MSR_ASYNC_PF_EN`](abi::MSR_ASYNC_PF_EN) as this vCPU last wrote it (0: off).
+    en_msr: u64,
+    table: TokenTable<Hashed, TABLE_ENTRIES>,
+    stats: Stats,
+}
+
+static STATE: CpuCell<ApfCpu> =
+    CpuCell::new([const { ApfCpu { en_msr: 0, table: TokenTable::new(Hashed), stats: Stats::new() } }; MAX_CPUS]);
+
+/// Why enabling failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnableError {
+    /// KVM's leaves do not offer the ABI with "page ready" as an interrupt.
+    NotOffered,
+    /// The host refused an MSR write (#GP).
+    Refused { msr: u32, fault: Fault },
+}
+
+/// KVM's features leaf, when the host shows KVM's leaves.
+fn kvm_features() -> Option<u32> {
+    let base = crate::arch::platform().hypervisor.kvm_base()?;
+    Some(cpu::cpuid(base + abi::FEATURES_LEAF_OFFSET, 0).eax)
+}
+
+/// Enables the ABI on this vCPU when KVM's leaves offer it. Silent when it succeeds: every
+/// byte on the console is an exit of every boot (the `kvm_apf::` self-tests show it). No
+/// command line key turns it off: looking one up would cost every boot hundreds of emulated
+/// instructions, and a host that must not deliver async page faults does not offer them.
+pub fn init() {
+    trap::register(PAGE_READY_VECTOR, on_page_ready);
+    match enable() {
+        // Only now: with the ABI off, `flags` is never set and every #PF is a real one.
+        Ok(()) => trap::register(PAGE_FAULT, on_page_fault),
+        Err(EnableError::NotOffered) => {}
+        Err(e) => kprintln!("kvm-apf: enabling refused: {e:?}"),
+    }
+}
+
+fn write_msr(msr: u32, value: u64) -> Result<(), EnableError> {
+    fault::probe_write_msr(msr, value).map_err(|fault| EnableError::Refused { msr, fault })
+}
+
+/// Enables the ABI on this vCPU: the "page ready" vector first, then the area, with delivery
+/// as an interrupt. The local APIC is software-enabled already (`arch::init`, before any
+/// protocol): KVM raising the interrupt at a software-disabled APIC has made other VMMs spin.
+/// Enabling again while enabled is allowed, and KVM answers it with a wake-all; the table
+/// keeps its tokens for that.
+pub fn enable() -> Result<(), EnableError> {
+    if !kvm_features().is_some_and(offered) {
+        return Err(EnableError::NotOffered);
+    }
+    let en = Area::this_cpu().gpa() | abi::EN_ENABLED | abi::EN_DELIVERY_AS_INT;
+    // The area and the table are ready: zero and empty from the start, and made so again
+    // whenever the ABI is turned off (`disable`). One borrow, interrupts off (a refused write
+    // is a #GP the exception table fixes, which touches no state): the wake-all that follows
+    // the enabling comes after it, and finds the table's keying set.
+    STATE.with(|s| {
+        if s.en_msr == 0 {
+            write_msr(abi::MSR_ASYNC_PF_INT, u64::from(PAGE_READY_VECTOR))?;
+        }
+        write_msr(abi::MSR_ASYNC_PF_EN, en)?;
+        s.en_msr = en;
+        Ok(())
+    })
+}
+
+/// Turns the ABI off on this vCPU. The host forgets its outstanding tokens (KVM delivers none
+/// of them any more), so every waiter is woken as by a wake-all, and the table starts over.
+/// KVM waits for any fetch already running before it answers.
+pub fn disable() -> Result<(), EnableError> {
+    let _irq = IrqGuard::new();
+    write_msr(abi::MSR_ASYNC_PF_EN, 0)?;
+    let mut woken = Woken::new();
+    STATE.with(|s| {
+        s.en_msr = 0;
+        take_every_waiter(s, &mut woken);
+        s.table.reset(Hashed);
+        // The host writes the area no more: zeroed for the next enabling.
+        Area::this_cpu().clear();
+    });
+    let stale = wait::wake_tasks(&woken, RESULT_RETRY);
+    STATE.with(|s| s.stats.stale_wakes += stale);
+    Ok(())
+}
+
+/// Whom a "page ready" wakes, once the table is given back.
+enum Wake {
+    Nobody,
+    Task(TaskId, u32),
+    /// A wake-all.
+    All,
+}
+
+/// Tasks a wake-all woke, to be woken once the table is given back.
+type Woken = heapless::Vec<TaskId, TABLE_ENTRIES>;
+
+/// Wakes every waiter in the table, as a wake-all: the HLT-loop waiters find their result, the
+/// tasks go to `woken` (filled in place: moving it would copy a kilobyte, which an emulated
+/// kernel pays for byte by byte).
+fn take_every_waiter(s: &mut ApfCpu, woken: &mut Woken) {
+    s.table.wake_all(|task| {
+        // Cannot overflow: one entry per waiter.
+        let _ = woken.push(task);
+    });
+}
+
+/// A wake-all (token `0xFFFF_FFFF`): every waiter of this vCPU. Rare (KVM sends one at each
+/// enabling), so out of the common path and its stack frame.
+#[cold]
+#[inline(never)]
+fn wake_every_waiter() {
+    let mut woken = Woken::new();
+    STATE.with(|s| {
+        s.stats.wake_alls += 1;
+        take_every_waiter(s, &mut woken);
+    });
+    let stale = wait::wake_tasks(&woken, RESULT_RETRY);
+    STATE.with(|s| s.stats.stale_wakes += stale);
+}
+
+/// Whether the ABI is on for this vCPU.
+pub fn enabled() -> bool {
+    STATE.with(|s| abi::enabled(s.en_msr))
+}
+
+/// This vCPU's area's guest-physical address.
+pub fn area_gpa() -> u64 {
+    Area::this_cpu().gpa()
+}
+
+/// This vCPU's counters.
+pub fn stats() -> Stats {
+    let real_faults = REAL_FAULTS.get().load(Ordering::Relaxed);
+    STATE.with(|s| {
+        let t = s.table.stats;
+        Stats { tokens: t, real_faults, slept: t.slept, halted: t.halted, ..s.stats }
+    })
+}
+
+/// Tokens with a waiter, and entries without one (early wakes, abandoned tokens).
+pub fn pending() -> (usize, usize) {
+    STATE.with(|s| (s.table.waiting(), s.table.kept()))
+}
+
+/// #PF: KVM's "page not present", or a real page fault. Which one is decided first, from the
+/// area's `flags`, read and cleared in one instruction: after that, any #PF is a real one.
+fn on_page_fault(frame: &mut TrapFrame) {
+    let flags = Area::this_cpu().flags().swap(0, Ordering::Acquire);
+    match classify(flags, frame.from_user(), frame.interrupts_were_enabled()) {
+        PageFault::Real => {
+            REAL_FAULTS.get().fetch_add(1, Ordering::Relaxed);
+            fault::unhandled(frame)
+        }
+        PageFault::Misdelivered => fault::fatal(format_args!(
+            "the host delivered an async page fault (token {:#x}) at cpl {} with interrupts {}: this guest registered for CPL 3 with interrupts on only (rip {:#x})",
+            Cr2::read_raw(),
+            frame.cpl(),
+            if frame.interrupts_were_enabled() { "on" } else { "off" },
+            frame.rip
+        )),
+        PageFault::PageNotPresent => {
+            let token = Cr2::read_raw() as u32;
+            // One borrow: count, record, and say who waits (asked only if someone must).
+            let outcome = STATE.with(|s| {
+                s.stats.events += 1;
+                s.table.on_event(token, 0, || wait::waiter(frame))
+            });
+            match outcome {
+                EventOutcome::AlreadyResolved { .. } => {}
+                EventOutcome::Rejected(why) => {
+                    // Not parked: returning retries the access, and the host, with the page
+                    // still coming, makes this vCPU wait for it.
+                    kprintln!("kvm-apf: page not present with token {token:#x} not waited for: {why:?}");
+                }
+                EventOutcome::Park(parked) => {
+                    // Woken with "retry" (page ready, or a wake-all): KVM has no other result.
+                    wait::wait(parked, super::WAIT_OWNER, token, || STATE.with(|s| s.table.take_halt_result(token)));
+                }
+            }
+            // The access is retried on return.
+        }
+    }
+}
+
+/// "Page ready": take the token, give the slot back (clear, then acknowledge, so that the host
+/// may deliver the next), then wake its waiter, or every waiter for a wake-all.
+fn on_page_ready(_frame: &mut TrapFrame) {
+    apic::eoi();
+    let area = Area::this_cpu();
+    let token = area.token().load(Ordering::Acquire);
+    area.token().store(0, Ordering::Release);
+    // SAFETY: the ACK MSR exists (the features leaf offered "page ready" as an interrupt, or the
+    // ABI would not be enabled and this vector not registered); writing 1 only tells the host
+    // the slot is free.
+    unsafe { Msr::new(abi::MSR_ASYNC_PF_ACK).write(abi::ACK) };
+    // One borrow: count, and look the token up; whoever is woken is woken after it.
+    let wake = STATE.with(|s| {
+        s.stats.page_ready += 1;
+        match page_ready(token) {
+            PageReady::Spurious => s.stats.spurious += 1,
+            PageReady::WakeAll => return Wake::All,
+            PageReady::Wake(token) => {
+                if let WakeOutcome::Wake { task, result, .. } = s.table.on_wake(token, RESULT_RETRY) {
+                    return Wake::Task(task, result);
+                }
+            }
+        }
+        // Nobody to wake (a spurious one, a wake kept or absorbed): done here.
+        Wake::Nobody
+    });
+    let stale = match wake {
+        Wake::Nobody => return,
+        Wake::Task(task, result) => u64::from(wait::wake(task, result)),
+        Wake::All => {
+            wake_every_waiter();
+            0
+        }
+    };
+    STATE.with(|s| s.stats.stale_wakes += stale);
+}

@@ -1,0 +1,326 @@
+//! The host side of KVM's async page fault ABI (`pvagent_abi::kvm_apf`) for one vCPU, as
+//! plain code: the three MSRs checked as KVM checks them, its tokens (KVM's numbering, at most
+//! 64 out), and its "page ready" queue (one delivered at a time, the next after the guest's
+//! acknowledgement). `kvm_apf_delivery` does the memory and KVM work; unit-tested here.
+//!
+//! Where this stub differs from KVM, it refuses rather than misbehaves, and `docs/abi.md`
+//! says so: enabling needs a "page ready" vector of 32 or above (KVM would raise whatever is
+//! set, vector 0 included); the #PF VM-exit delivery bit is refused (not offered: no nested
+//! guests here); a refused enabling changes nothing (KVM keeps the value it refused). The
+//! "send always" bit is accepted and kept, but "page not present" goes to CPL 3 only.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+
+use pvagent_abi::kvm_apf::{self as abi, MAX_OUTSTANDING, TOKEN_WAKE_ALL};
+use pvagent_abi::pnp::Token;
+
+use super::state::{PageIndex, TokenSource, Via};
+
+/// Why a write to one of the ABI's MSRs is refused (#GP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApfRefusal {
+    /// Reserved bits set (`MSR_ASYNC_PF_EN` bits 5:4, `MSR_ASYNC_PF_INT` bits 63:8).
+    ReservedBits,
+    /// Delivery as #PF VM exits, which this host does not offer.
+    NotOffered,
+    /// Enabling with no "page ready" vector of 32 or above set.
+    NoVector,
+    /// The area's 64 bytes are not within one RAM range.
+    OutsideRam,
+}
+
+/// What an accepted write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApfWrite {
+    /// Nothing the host must act on.
+    Stored,
+    /// Async page faults are on (again): a wake-all was queued if nothing else was.
+    Enabled,
+    /// Async page faults are off: the tokens out were forgotten, none will be delivered.
+    Disabled { forgotten: usize },
+    /// The guest acknowledged the "page ready" delivered last (whose token it frees, if any).
+    Acked(Option<u32>),
+}
+
+/// The registration as it stands when async page faults are on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApfActive {
+    pub area_gpa: u64,
+    pub vector: u8,
+}
+
+/// One vCPU's side of the ABI.
+#[derive(Clone, Debug, Default)]
+pub struct ApfVcpu {
+    en_msr: u64,
+    int_msr: u64,
+    /// KVM's vCPU id, in every token's low bits.
+    vcpu_id: u32,
+    /// KVM's token counter.
+    id: u32,
+    /// Tokens handed out with a "page not present" whose "page ready" was not acknowledged.
+    outstanding: Vec<u32>,
+    /// "Page ready" tokens waiting for the slot, in order.
+    ready: VecDeque<u32>,
+    /// The "page ready" delivered and not acknowledged yet.
+    in_flight: Option<u32>,
+    /// The token of the last "page not present" delivered.
+    pub last_not_present: Option<u32>,
+    /// A "page not present" owed after its "page ready" went first (a forced wake-before-wait):
+    /// delivered at this vCPU's next access to the page.
+    pub owed: Option<(PageIndex, Token)>,
+}
+
+impl ApfVcpu {
+    /// The state of vCPU `vcpu_id` before the guest writes anything.
+    pub fn new(vcpu_id: u32) -> Self {
+        Self { vcpu_id, ..Self::default() }
+    }
+
+    /// Whether `msr` is one of the ABI's.
+    pub fn is_msr(msr: u32) -> bool {
+        matches!(msr, abi::MSR_ASYNC_PF_EN | abi::MSR_ASYNC_PF_INT | abi::MSR_ASYNC_PF_ACK)
+    }
+
+    /// The registration, when async page faults are on.
+    pub fn active(&self) -> Option<ApfActive> {
+        abi::enabled(self.en_msr)
+            .then_some(ApfActive { area_gpa: self.en_msr & abi::EN_ADDRESS_MASK, vector: self.int_msr as u8 })
+    }
+
+    /// RDMSR: the values last accepted; the acknowledgement MSR reads 0.
+    pub fn read(&self, msr: u32) -> u64 {
+        match msr {
+            abi::MSR_ASYNC_PF_EN => self.en_msr,
+            abi::MSR_ASYNC_PF_INT => self.int_msr,
+            _ => 0,
+        }
+    }
+
+    /// WRMSR of `value` to `msr` (one of the ABI's); `ram` is the guest RAM the memory map
+    /// lists. A refusal changes nothing.
+    pub fn write(&mut self, msr: u32, value: u64, ram: &[Range<u64>]) -> Result<ApfWrite, ApfRefusal> {
+        match msr {
+            abi::MSR_ASYNC_PF_INT => {
+                if value & !abi::INT_VECTOR_MASK != 0 {
+                    return Err(ApfRefusal::ReservedBits);
+                }
+                self.int_msr = value;
+                Ok(ApfWrite::Stored)
+            }
+            abi::MSR_ASYNC_PF_EN => {
+                if value & abi::EN_RESERVED != 0 {
+                    return Err(ApfRefusal::ReservedBits);
+                }
+                if value & abi::EN_DELIVERY_AS_PF_VMEXIT != 0 {
+                    return Err(ApfRefusal::NotOffered);
+                }
+                if !abi::enabled(value) {
+                    let forgotten = self.outstanding.len();
+                    *self = Self {
+                        en_msr: value,
+                        int_msr: self.int_msr,
+                        vcpu_id: self.vcpu_id,
+                        id: self.id,
+                        ..Self::default()
+                    };
+                    return Ok(ApfWrite::Disabled { forgotten });
+                }
+                if self.int_msr < 32 {
+                    return Err(ApfRefusal::NoVector);
+                }
+                let gpa = value & abi::EN_ADDRESS_MASK;
+                let end = gpa.checked_add(abi::DATA_SIZE);
+                if !end.is_some_and(|end| ram.iter().any(|r| r.start <= gpa && end <= r.end)) {
+                    return Err(ApfRefusal::OutsideRam);
+                }
+                self.en_msr = value;
+                // KVM queues a wake-all on every enabling, unless completions wait already.
+                if self.ready.is_empty() {
+                    self.ready.push_back(TOKEN_WAKE_ALL);
+                }
+                Ok(ApfWrite::Enabled)
+            }
+            _ => {
+                // The acknowledgement: bit 0 frees the slot, other bits are ignored (as KVM).
+                if value & abi::ACK == 0 {
+                    return Ok(ApfWrite::Stored);
+                }
+                let acked = self.in_flight.take().filter(|t| *t != TOKEN_WAKE_ALL);
+                if let Some(token) = acked {
+                    self.outstanding.retain(|t| *t != token);
+                }
+                Ok(ApfWrite::Acked(acked))
+            }
+        }
+    }
+
+    /// Queues the "page ready" for `token`, if it is still out (the guest may have turned
+    /// async page faults off since: then KVM delivers nothing). Returns whether it was queued.
+    pub fn queue_ready(&mut self, token: u32) -> bool {
+        let out = self.outstanding.contains(&token) && !self.ready.contains(&token) && self.in_flight != Some(token);
+        if out {
+            self.ready.push_back(token);
+        }
+        out
+    }
+
+    /// The next "page ready" to deliver, if one waits, none is in flight, async page faults are
+    /// on, and the guest's slot is free (`slot_free`: the area's `token` reads 0). It is in
+    /// flight from here until the guest acknowledges it.
+    pub fn next_ready(&mut self, slot_free: bool) -> Option<u32> {
+        if self.active().is_none() || self.in_flight.is_some() || !slot_free {
+            return None;
+        }
+        let token = self.ready.pop_front()?;
+        self.in_flight = Some(token);
+        Some(token)
+    }
+
+    /// Tokens handed out whose "page ready" the guest has not acknowledged.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    /// Whether a "page ready" was delivered and not acknowledged yet.
+    pub fn ready_in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Whether a "page ready" waits to be delivered or acknowledged.
+    pub fn ready_pending(&self) -> bool {
+        !self.ready.is_empty() || self.in_flight.is_some()
+    }
+}
+
+impl TokenSource for ApfVcpu {
+    fn via(&self) -> Via {
+        Via::KvmApf
+    }
+
+    /// KVM's next token, unless 64 are out (KVM then handles the fault synchronously).
+    fn alloc(&mut self) -> Option<Token> {
+        if self.active().is_none() || self.outstanding.len() >= MAX_OUTSTANDING {
+            return None;
+        }
+        self.id = abi::next_token_id(self.id);
+        let token = abi::kvm_token(self.id, self.vcpu_id);
+        self.outstanding.push(token);
+        Some(Token(token))
+    }
+}
+
+/// The token source of a run in `KvmApfKernel` mode: KVM picked the token the guest sees, and
+/// the host stub, which sees only KVM's worker fault on the page, numbers it for its own
+/// accounts and timeline.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelTokens {
+    next: u32,
+}
+
+impl TokenSource for KernelTokens {
+    fn via(&self) -> Via {
+        Via::KvmApfKernel
+    }
+
+    fn alloc(&mut self) -> Option<Token> {
+        self.next = self.next.wrapping_add(1).max(1);
+        Some(Token(self.next))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RAM: &[Range<u64>] = &[0..0xA_0000, 0x10_0000..0x400_0000];
+    const ON: u64 = abi::EN_ENABLED | abi::EN_DELIVERY_AS_INT;
+
+    fn enabled() -> ApfVcpu {
+        let mut v = ApfVcpu::new(0);
+        v.write(abi::MSR_ASYNC_PF_INT, 0x53, RAM).unwrap();
+        assert_eq!(v.write(abi::MSR_ASYNC_PF_EN, 0x20_0040 | ON, RAM), Ok(ApfWrite::Enabled));
+        v
+    }
+
+    #[test]
+    fn registration_is_checked_as_kvm_checks_it() {
+        let mut v = ApfVcpu::new(0);
+        assert_eq!(v.write(abi::MSR_ASYNC_PF_INT, 0x153, RAM), Err(ApfRefusal::ReservedBits));
+        assert_eq!(v.write(abi::MSR_ASYNC_PF_EN, 0x20_0000 | ON, RAM), Err(ApfRefusal::NoVector));
+        v.write(abi::MSR_ASYNC_PF_INT, 0x53, RAM).unwrap();
+        assert_eq!(v.write(abi::MSR_ASYNC_PF_EN, 0x20_0010 | ON, RAM), Err(ApfRefusal::ReservedBits));
+        assert_eq!(v.write(abi::MSR_ASYNC_PF_EN, 0x20_0000 | ON | 4, RAM), Err(ApfRefusal::NotOffered));
+        assert_eq!(v.write(abi::MSR_ASYNC_PF_EN, 0xA_0000 | ON, RAM), Err(ApfRefusal::OutsideRam));
+        assert_eq!(v.write(abi::MSR_ASYNC_PF_EN, !0x3F | ON, RAM), Err(ApfRefusal::OutsideRam));
+        assert_eq!(v.read(abi::MSR_ASYNC_PF_EN), 0, "a refusal changes nothing");
+        // Enabled without delivery as an interrupt: accepted, and nothing is delivered.
+        assert_eq!(v.write(abi::MSR_ASYNC_PF_EN, 0x20_0000 | 1, RAM), Ok(ApfWrite::Disabled { forgotten: 0 }));
+        assert_eq!(v.active(), None);
+        assert_eq!(v.alloc(), None);
+        assert_eq!(v.write(abi::MSR_ASYNC_PF_EN, 0x20_0000 | ON, RAM), Ok(ApfWrite::Enabled));
+        assert_eq!(v.active(), Some(ApfActive { area_gpa: 0x20_0000, vector: 0x53 }));
+        assert_eq!(v.read(abi::MSR_ASYNC_PF_ACK), 0);
+    }
+
+    #[test]
+    fn enabling_queues_a_wake_all_and_page_readies_go_one_at_a_time() {
+        let mut v = enabled();
+        let a = v.alloc().unwrap().0;
+        let b = v.alloc().unwrap().0;
+        assert_eq!((a, b), (0x1000, 0x2000), "KVM's numbering, vCPU 0");
+        assert!(v.queue_ready(b) && v.queue_ready(a));
+        assert!(!v.queue_ready(a), "queued once");
+        assert_eq!(v.next_ready(false), None, "the guest's slot is busy");
+        assert_eq!(v.next_ready(true), Some(TOKEN_WAKE_ALL), "the enabling's wake-all first");
+        assert_eq!(v.next_ready(true), None, "one in flight until acknowledged");
+        assert_eq!(v.write(abi::MSR_ASYNC_PF_ACK, 1, RAM), Ok(ApfWrite::Acked(None)));
+        assert_eq!(v.next_ready(true), Some(b));
+        assert_eq!(v.write(abi::MSR_ASYNC_PF_ACK, 0, RAM), Ok(ApfWrite::Stored), "bit 0 clear: no acknowledgement");
+        assert_eq!(v.write(abi::MSR_ASYNC_PF_ACK, 1, RAM), Ok(ApfWrite::Acked(Some(b))));
+        assert_eq!(v.outstanding(), 1);
+        assert_eq!(v.next_ready(true), Some(a));
+        v.write(abi::MSR_ASYNC_PF_ACK, 1, RAM).unwrap();
+        assert_eq!((v.outstanding(), v.ready_pending()), (0, false));
+    }
+
+    #[test]
+    fn enabling_again_wakes_all_unless_completions_wait() {
+        let mut v = enabled();
+        assert_eq!(v.next_ready(true), Some(TOKEN_WAKE_ALL));
+        v.write(abi::MSR_ASYNC_PF_ACK, 1, RAM).unwrap();
+        let a = v.alloc().unwrap().0;
+        v.write(abi::MSR_ASYNC_PF_EN, 0x20_0040 | ON, RAM).unwrap();
+        assert_eq!(v.next_ready(true), Some(TOKEN_WAKE_ALL));
+        assert_eq!(v.outstanding(), 1, "a wake-all forgets nothing: the token's own page ready still comes");
+        v.write(abi::MSR_ASYNC_PF_ACK, 1, RAM).unwrap();
+        assert!(v.queue_ready(a));
+        v.write(abi::MSR_ASYNC_PF_EN, 0x20_0040 | ON, RAM).unwrap();
+        assert_eq!(v.next_ready(true), Some(a), "a completion was waiting: no wake-all queued");
+        v.write(abi::MSR_ASYNC_PF_ACK, 1, RAM).unwrap();
+        assert!(!v.ready_pending());
+    }
+
+    #[test]
+    fn disabling_forgets_the_tokens_out() {
+        let mut v = enabled();
+        let a = v.alloc().unwrap().0;
+        assert_eq!(v.write(abi::MSR_ASYNC_PF_EN, 0, RAM), Ok(ApfWrite::Disabled { forgotten: 1 }));
+        assert!(!v.queue_ready(a), "its fetch completing later delivers nothing");
+        assert_eq!((v.outstanding(), v.ready_pending()), (0, false));
+        v.write(abi::MSR_ASYNC_PF_EN, 0x20_0040 | ON, RAM).unwrap();
+        assert_ne!(v.alloc().map(|t| t.0), Some(a), "tokens keep counting");
+    }
+
+    #[test]
+    fn at_most_64_tokens_are_out() {
+        let mut v = enabled();
+        let tokens: Vec<u32> = (0..MAX_OUTSTANDING).map(|_| v.alloc().unwrap().0).collect();
+        assert_eq!(v.alloc(), None);
+        let mut unique = tokens.clone();
+        unique.dedup();
+        assert_eq!(unique.len(), 64);
+        assert!(tokens.iter().all(|t| t & 0xFFF == 0 && *t != 0));
+    }
+}
