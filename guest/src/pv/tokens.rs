@@ -280,12 +280,14 @@ impl<K: Keying, const N: usize> TokenTable<K, N> {
         Self { entries: [Entry::FREE; N], keying, stats: TokenStats::new() }
     }
 
-    /// Starts over with `keying` (by slot: at most `N` slots, and only those are cleared, the
-    /// others never being looked at). Only call with nothing pending.
+    /// Starts over with `keying`. Only call with nothing pending. The entries cleared are those
+    /// the old keying reached (by slot: only its slots): no other was ever written, so a static
+    /// table's first keying clears nothing (a ring's registration at boot would otherwise fill
+    /// its 32 entries again, about a hundred string iterations).
     pub fn reset(&mut self, keying: K) {
-        let used = keying.used(N);
-        assert!(used <= N, "{keying:?} in a table of {N}");
-        self.entries[..used].fill(Entry::FREE);
+        assert!(keying.used(N) <= N, "{keying:?} in a table of {N}");
+        let touched = self.keying.used(N);
+        self.entries[..touched].fill(Entry::FREE);
         self.keying = keying;
     }
 

@@ -170,6 +170,8 @@ fn on_fatal(args: core::fmt::Arguments<'_>) -> ! {
     let _ = reason.write_fmt(args);
     crate::console::print_panic(format_args!("{}\n", Line::Result { status: Status::Fail, name, reason: &reason }));
     FAILED.fetch_add(1, Ordering::Relaxed);
+    // As the runner does before its summary when the run ends normally.
+    crate::console::report_dropped_in_panic();
     crate::console::print_panic(format_args!("{}\n", summary()));
     crate::arch::exit::exit(pvagent_abi::exit::FAILURE)
 }

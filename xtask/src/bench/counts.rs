@@ -1,9 +1,17 @@
-//! Counts per event: the guest kernel instructions KVM emulated and the exits it took for each
+//! Counts per event: the guest kernel instructions KVM emulated, the exits the guest caused,
+//! KVM's own count of exits and the iterations of the kernel's string instructions, for each
 //! path, from the counting windows the benchmark guest opens around its loops (`insns=`,
-//! `exits=` on a sample line: totals for the loop, the window's own cost already taken out) and
-//! from the boot milestone (`boot.insn_emulation`, `boot.exits`). Unlike a time, an instruction
-//! count does not depend on the machine or its load: on a given build it is the same on every
-//! run, wherever the path does not depend on the host's timing.
+//! `exits=`, `kvm_exits=`, `string_iters=` on a sample line: totals for the loop, the window's
+//! own cost already taken out) and from the boot milestone (`boot.insn_emulation`,
+//! `boot.exits`, `boot.kvm_exits`; the boot's string iterations come from the benchmark kernel's
+//! own boot, `bench: boot string_iters=`). Unlike a time, a count does not depend on the
+//! machine or its load: on a given build it is the same on every run. KVM's exits are the
+//! exception, and are reported, not judged: they include what the host does to the vCPU's
+//! thread.
+//!
+//! String iterations are counted because KVM's `insn_emulation` counts a `rep` string
+//! instruction once per 1,024 iterations while its emulator runs every one, each at about an
+//! instruction's cost: an instruction count alone does not see a long copy.
 
 use serde::Serialize;
 
@@ -22,20 +30,39 @@ pub struct PathCounts {
     pub per: String,
     /// Guest kernel instructions KVM emulated per event; `None` where they were not counted.
     pub insns: Option<Summary>,
-    /// Exits per event; `None` where they were not counted.
+    /// Exits the guest caused per event (those that reached the host stub, and its HLTs);
+    /// `None` where they were not counted.
     pub exits: Option<Summary>,
+    /// Exits per event as KVM counted them (its `exits` statistic): the guest's, the in-kernel
+    /// ones (a retried access's page fault, an interrupt window, the kick that delivers an
+    /// interrupt to a running vCPU) and whatever the host did to the vCPU's thread.
+    pub kvm_exits: Option<Summary>,
+    /// Iterations of the kernel's string instructions per event.
+    pub string_iters: Option<Summary>,
     /// Why a figure is missing.
     pub unavailable: Option<String>,
 }
 
+/// One repetition's counts per event, each `None` where the repetition lacks it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PerEvent {
+    pub insns: Option<f64>,
+    pub exits: Option<f64>,
+    pub kvm_exits: Option<f64>,
+    pub string_iters: Option<f64>,
+}
+
 impl PathCounts {
-    /// The counts of `path` from per-repetition values (`None` where a repetition lacks them).
-    /// Instructions count only where KVM emulates the guest kernel (`emulated`).
-    pub fn new(path: &str, per: &str, values: &[(Option<f64>, Option<f64>)], emulated: bool) -> Self {
-        let insns: Option<Vec<f64>> = values.iter().map(|v| v.0).collect();
-        let exits: Option<Vec<f64>> = values.iter().map(|v| v.1).collect();
-        let insns = insns.and_then(|v| Summary::of(&v));
-        let exits = exits.and_then(|v| Summary::of(&v));
+    /// The counts of `path` from per-repetition values. Instructions count only where KVM
+    /// emulates the guest kernel (`emulated`); string iterations only there too (elsewhere they
+    /// run natively at a fraction of an instruction's cost each).
+    pub fn new(path: &str, per: &str, values: &[PerEvent], emulated: bool) -> Self {
+        let summary = |f: fn(&PerEvent) -> Option<f64>| {
+            let all: Option<Vec<f64>> = values.iter().map(f).collect();
+            all.and_then(|v| Summary::of(&v))
+        };
+        let insns = summary(|v| v.insns);
+        let exits = summary(|v| v.exits);
         let unavailable = if !emulated {
             Some(NOT_EMULATED.to_owned())
         } else if insns.is_none() || exits.is_none() {
@@ -43,7 +70,15 @@ impl PathCounts {
         } else {
             None
         };
-        Self { path: path.into(), per: per.into(), insns: insns.filter(|_| emulated), exits, unavailable }
+        Self {
+            path: path.into(),
+            per: per.into(),
+            insns: insns.filter(|_| emulated),
+            exits,
+            kvm_exits: summary(|v| v.kvm_exits),
+            string_iters: summary(|v| v.string_iters).filter(|_| emulated),
+            unavailable,
+        }
     }
 }
 
@@ -88,18 +123,36 @@ pub fn of_samples(run: &RunOutput, emulated: bool) -> Vec<PathCounts> {
             let values: Vec<_> = run
                 .named(sample)
                 .filter(|s| s.get("unavailable") == 0)
-                .map(|s| (f(s, "insns"), f(s, "exits")))
+                .map(|s| PerEvent {
+                    insns: f(s, "insns"),
+                    exits: f(s, "exits"),
+                    kvm_exits: f(s, "kvm_exits"),
+                    string_iters: f(s, "string_iters"),
+                })
                 .collect();
             PathCounts::new(path, per, &values, emulated)
         })
         .collect()
 }
 
-/// The boot's counts from the host stub's milestone counters of each boot.
-pub fn of_boots(boots: &[RunOutput], emulated: bool) -> PathCounts {
+/// The boot's counts from the host stub's milestone counters of each of `boots` (the product
+/// kernel), and its string iterations from the benchmark kernel's own boots in `bench` (the same
+/// boot code: the product kernel does not report them; `None` where `bench` has none).
+pub fn of_boots(boots: &[RunOutput], bench: &RunOutput, emulated: bool) -> PathCounts {
+    let iters: Vec<f64> = bench.named("boot").filter_map(|s| s.field("string_iters")).map(|n| n as f64).collect();
     let values: Vec<_> = boots
         .iter()
-        .map(|b| (b.counter("boot.insn_emulation").map(|n| n as f64), b.counter("boot.exits").map(|n| n as f64)))
+        .enumerate()
+        .map(|(i, b)| {
+            let counter = |key: &str| b.counter(key).map(|n| n as f64);
+            PerEvent {
+                insns: counter("boot.insn_emulation"),
+                exits: counter("boot.exits"),
+                kvm_exits: counter("boot.kvm_exits"),
+                // As many as there are, pooled with the boots in turn (one summary either way).
+                string_iters: (!iters.is_empty()).then(|| iters[i % iters.len()]),
+            }
+        })
         .collect();
     PathCounts::new("boot", "boot", &values, emulated)
 }
@@ -148,12 +201,38 @@ mod tests {
     }
 
     #[test]
-    fn boots_are_counted_from_the_milestone_counters() {
-        let boot = |insns: u64, exits: u64| {
-            run(&[&format!("host: counter boot.insn_emulation {insns}"), &format!("host: counter boot.exits {exits}")])
+    fn boots_are_counted_from_the_milestone_counters_and_the_benchmark_kernels_boot() {
+        let boot = |insns: u64, exits: u64, kvm: u64| {
+            run(&[
+                &format!("host: counter boot.insn_emulation {insns}"),
+                &format!("host: counter boot.exits {exits}"),
+                &format!("host: counter boot.kvm_exits {kvm}"),
+            ])
         };
-        let counts = of_boots(&[boot(47152, 1320), boot(47152, 1318)], true);
+        let bench = run(&["bench: boot string_iters=283"]);
+        let counts = of_boots(&[boot(47152, 1320, 40), boot(47152, 1318, 44)], &bench, true);
         assert_eq!((counts.insns.unwrap().min, counts.insns.unwrap().max), (47152.0, 47152.0));
         assert_eq!(counts.exits.unwrap().min, 1318.0);
+        assert_eq!((counts.kvm_exits.unwrap().min, counts.kvm_exits.unwrap().max), (40.0, 44.0));
+        assert_eq!(counts.string_iters.unwrap().median, 283.0);
+        let without = of_boots(&[boot(1, 1, 1)], &RunOutput::default(), true);
+        assert!(without.string_iters.is_none() && without.insns.is_some());
+    }
+
+    #[test]
+    fn kvm_exits_and_string_iterations_are_per_event_too() {
+        let r = run(&[
+            "bench: pnp_sleep rep=0 ops=16 insns=11408 exits=16 kvm_exits=65 string_iters=0",
+            "bench: console rep=0 ops=4 insns=736 exits=4 kvm_exits=5 string_iters=48",
+            "bench: inject_interrupt rep=0 ops=50 handled=25 insns=1850 exits=50 kvm_exits=60 string_iters=0 plain_insns=50 plain_exits=50 plain_kvm_exits=50 plain_string_iters=0",
+        ]);
+        let counts = of_samples(&r, true);
+        let ring = counts.iter().find(|c| c.path == "ring").unwrap();
+        assert_eq!((ring.kvm_exits.unwrap().median, ring.string_iters.unwrap().median), (65.0 / 16.0, 0.0));
+        let console = counts.iter().find(|c| c.path == "console").unwrap();
+        assert_eq!(console.string_iters.unwrap().median, 12.0);
+        // (60 - 25 plain `out`s) / 25 events: each event with the `out` that carried it.
+        let irq = counts.iter().find(|c| c.path == "interrupt").unwrap();
+        assert_eq!(irq.kvm_exits.unwrap().median, 35.0 / 25.0);
     }
 }

@@ -91,8 +91,6 @@ pub struct Stats {
     pub spurious: u64,
     /// Woken tasks that were no longer waiting.
     pub stale_wakes: u64,
-    /// TSC cycles spent in the two handlers, excluding the time a task is parked or halted.
-    pub handler_cycles: u64,
     /// The token table's counters.
     pub tokens: TokenStats,
 }
@@ -108,7 +106,6 @@ impl Stats {
             wake_alls: 0,
             spurious: 0,
             stale_wakes: 0,
-            handler_cycles: 0,
             tokens: TokenStats::new(),
         }
     }
@@ -263,7 +260,6 @@ pub fn pending() -> (usize, usize) {
 /// #PF: KVM's "page not present", or a real page fault. Which one is decided first, from the
 /// area's `flags`, read and cleared in one instruction: after that, any #PF is a real one.
 fn on_page_fault(frame: &mut TrapFrame) {
-    let entered = cpu::rdtsc();
     let flags = Area::this_cpu().flags().swap(0, Ordering::Acquire);
     match classify(flags, frame.from_user(), frame.interrupts_were_enabled()) {
         PageFault::Real => {
@@ -282,29 +278,21 @@ fn on_page_fault(frame: &mut TrapFrame) {
             // One borrow: count, record, and say who waits (asked only if someone must).
             let outcome = STATE.with(|s| {
                 s.stats.events += 1;
-                let outcome = s.table.on_event(token, 0, || wait::waiter(frame));
-                if let EventOutcome::Park(_) = outcome {
-                    // A wait is not the handler's cost: what comes before and after it is.
-                    s.stats.handler_cycles += cpu::rdtsc().wrapping_sub(entered);
-                }
-                outcome
+                s.table.on_event(token, 0, || wait::waiter(frame))
             });
-            let since = match outcome {
-                EventOutcome::AlreadyResolved { .. } => entered,
+            match outcome {
+                EventOutcome::AlreadyResolved { .. } => {}
                 EventOutcome::Rejected(why) => {
                     // Not parked: returning retries the access, and the host, with the page
                     // still coming, makes this vCPU wait for it.
                     kprintln!("kvm-apf: page not present with token {token:#x} not waited for: {why:?}");
-                    entered
                 }
                 EventOutcome::Park(parked) => {
                     // Woken with "retry" (page ready, or a wake-all): KVM has no other result.
                     wait::wait(parked, super::WAIT_OWNER, token, || STATE.with(|s| s.table.take_halt_result(token)));
-                    cpu::rdtsc()
                 }
-            };
+            }
             // The access is retried on return.
-            STATE.with(|s| s.stats.handler_cycles += cpu::rdtsc().wrapping_sub(since));
         }
     }
 }
@@ -312,7 +300,6 @@ fn on_page_fault(frame: &mut TrapFrame) {
 /// "Page ready": take the token, give the slot back (clear, then acknowledge, so that the host
 /// may deliver the next), then wake its waiter, or every waiter for a wake-all.
 fn on_page_ready(_frame: &mut TrapFrame) {
-    let entered = cpu::rdtsc();
     apic::eoi();
     let area = Area::this_cpu();
     let token = area.token().load(Ordering::Acquire);
@@ -334,7 +321,6 @@ fn on_page_ready(_frame: &mut TrapFrame) {
             }
         }
         // Nobody to wake (a spurious one, a wake kept or absorbed): done here.
-        s.stats.handler_cycles += cpu::rdtsc().wrapping_sub(entered);
         Wake::Nobody
     });
     let stale = match wake {
@@ -345,8 +331,5 @@ fn on_page_ready(_frame: &mut TrapFrame) {
             0
         }
     };
-    STATE.with(|s| {
-        s.stats.stale_wakes += stale;
-        s.stats.handler_cycles += cpu::rdtsc().wrapping_sub(entered);
-    });
+    STATE.with(|s| s.stats.stale_wakes += stale);
 }

@@ -352,3 +352,16 @@ fn the_hashed_table_agrees_with_a_map_over_many_random_operations() {
         assert_eq!((t.waiting(), t.kept()), (waiting, model.len() - waiting), "step {step}");
     }
 }
+
+#[test]
+fn a_new_keying_clears_every_entry_the_old_one_reached_and_no_other() {
+    let mut t = by_slot();
+    // A kept wake in slot 7 of the ring of 8, then a new ring of 16.
+    assert_eq!(t.on_wake(ring(7, 1), RESULT_RETRY), WakeOutcome::Early);
+    assert_eq!(t.kept(), 1);
+    t.reset(BySlot { entries: 16 });
+    assert_eq!((t.waiting(), t.kept()), (0, 0), "the old ring's entries start over");
+    assert!(t.entries.iter().all(|e| *e == Entry::FREE), "no entry outside the old ring was ever written");
+    // And the new ring's slots work: an event on slot 12 parks.
+    assert!(matches!(t.on_event(ring(12, 1), 0x3000, || Waiter::Task(TASK)), EventOutcome::Park(_)));
+}
