@@ -69,7 +69,7 @@ pub fn roundtrip(s: Settings) -> Result<()> {
                 // The same run again over the pages it left present: everything but the path.
                 let (_, present) =
                     workload::run_counted(&region, tasks, pages, 0, Arrival::OnItsOwn, Pages::AsTheyAre, true)?;
-                let counts = absent.zip(present).map(|(absent, present)| absent.less(present));
+                let counts = absent.zip(present).map(|(absent, present)| absent.less(present)).transpose()?;
                 if counts.is_some_and(|c| c.exits != path_exits * tasks * pages) && late + 1 < ATTEMPTS {
                     late += 1;
                     continue;
@@ -117,7 +117,7 @@ fn roundtrip_kvm_apf(s: Settings, region: &pnp::Region, pages: u64) -> Result<()
         let after = kvm_apf::stats();
         let sync_waits = host_counter(HostCounter::SyncWaits)? - syncs;
         let (_, present) = workload::run_counted(region, tasks, pages, 0, Arrival::OnItsOwn, Pages::AsTheyAre, true)?;
-        let counts = absent.zip(present).map(|(absent, present)| absent.less(present));
+        let counts = absent.zip(present).map(|(absent, present)| absent.less(present)).transpose()?;
         kprintln!(
             "bench: pnp_kvm_apf rep={rep} ops={} total_ns={} baseline_ns={baseline} events={} slept={} halted={} early={} sync_waits={sync_waits}{}",
             tasks * pages,
