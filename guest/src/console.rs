@@ -168,7 +168,8 @@ pub fn while_busy<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// The line that says how many handler reports were dropped.
-struct DroppedLine(u64);
+#[derive(Debug)]
+pub struct DroppedLine(pub u64);
 
 impl core::fmt::Display for DroppedLine {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {

@@ -96,12 +96,20 @@ pub fn set_fatal_hook(hook: FatalHook) {
 
 /// Ends the run with a report: the registered fatal hook, or a plain exit. Without a hook the
 /// message goes straight to the UART, past the console's lock (the failing context may hold
-/// it): output may interleave, but it is never lost and never deadlocks.
+/// it): output may interleave, but it is never lost and never deadlocks. Either way the lines
+/// trap handlers dropped are counted in the report (a hook reports them itself, as the
+/// self-test runner does in its summary), so that a boot or a benchmark that ends here does
+/// not lose them silently.
 pub fn fatal(args: fmt::Arguments<'_>) -> ! {
     if let Some(hook) = FATAL_HOOK.get() {
         hook(args);
     }
-    let _ = Serial::new(pvagent_abi::port::COM1).write_fmt(format_args!("fatal: {args}\n"));
+    let mut uart = Serial::new(pvagent_abi::port::COM1);
+    let _ = uart.write_fmt(format_args!("fatal: {args}\n"));
+    let dropped = crate::console::dropped_reports();
+    if dropped > 0 {
+        let _ = uart.write_fmt(format_args!("{}\n", crate::console::DroppedLine(dropped)));
+    }
     super::exit::exit(pvagent_abi::exit::FAILURE)
 }
 
