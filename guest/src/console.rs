@@ -116,6 +116,8 @@ static TO_PORT: AtomicBool = AtomicBool::new(false);
 /// and was told this guest's version), the UART otherwise, which is programmed now. Printing
 /// works before this too, through the UART as the host left it.
 pub fn init(port: bool) {
+    // A fatal end reports the lines trap handlers dropped, whoever ends the run.
+    crate::arch::fault::set_fatal_note(report_dropped_in_panic);
     let mut console = CONSOLE.lock();
     console.flush();
     if port {
@@ -168,8 +170,7 @@ pub fn while_busy<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// The line that says how many handler reports were dropped.
-#[derive(Debug)]
-pub struct DroppedLine(pub u64);
+struct DroppedLine(u64);
 
 impl core::fmt::Display for DroppedLine {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
