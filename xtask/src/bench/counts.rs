@@ -3,12 +3,10 @@
 //! path, from the counting windows the benchmark guest opens around its loops (`insns=`,
 //! `exits=`, `kvm_exits=`, `string_iters=` on a sample line: totals for the loop, the window's
 //! own cost already taken out) and from the boot milestone (`boot.insn_emulation`,
-//! `boot.exits`, `boot.kvm_exits`; the boot's string iterations come from the benchmark kernel's
-//! `boot.string_iters`, all from the product kernel's boot). Unlike a time, a count does not
-//! depend on the
-//! machine or its load: on a given build it is the same on every run. KVM's exits are the
-//! exception, and are reported, not judged: they include what the host does to the vCPU's
-//! thread.
+//! `boot.exits`, `boot.kvm_exits`, `boot.string_iters`, all of the product kernel's same boot).
+//! Unlike a time, a count does not depend on the machine's speed or load: a given build and
+//! command line give the same count on every repetition. KVM's exits are the exception, and are
+//! reported, not judged: they include what the host does to the vCPU's thread.
 //!
 //! String iterations are counted because KVM's `insn_emulation` counts a `rep` string
 //! instruction once per 1,024 iterations while its emulator runs every one, each at about an
@@ -127,7 +125,7 @@ const SAMPLED: [(&str, &str, &str); 10] = [
 ];
 
 /// The counts of every path the benchmark guest's samples in `run` carry; an error where a
-/// sample's baseline is broken (see [`per_injected_event`]).
+/// sample's baseline is broken (a count below what its undelivered `out`s alone count).
 pub fn of_samples(run: &RunOutput, emulated: bool) -> Result<Vec<PathCounts>> {
     SAMPLED
         .iter()
