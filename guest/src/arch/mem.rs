@@ -21,7 +21,8 @@
 //! compiler inlines a copy of a known size of up to 128 bytes as `rep movsq` with a constant
 //! count, which nothing counts. In the release ELFs every such `rep` has a count of at most 15
 //! (the command and the list are in `docs/performance.md`, "What the counts cannot see"); the
-//! boot runs two of them (`arch::platform::init`, 24 iterations), no event path any.
+//! boot runs a few of them (`arch::platform::init`, `spin::Once`'s slow path), no event path
+//! any.
 //!
 //! The direction flag is clear in kernel code (the ABI's rule, which the trap entry restores
 //! with `cld`), so the string instructions count upwards unless `memmove` says otherwise.
