@@ -37,6 +37,8 @@ pub const TESTS: &[SelfTest] = &[
         .needs(&[Need::Pager, Need::KvmApf, Need::KvmApfHostStub]),
     SelfTest::new("kvm_apf::wake_all_wakes_every_waiter", wake_all_wakes_every_waiter).needs(APF_PAGER),
     SelfTest::new("kvm_apf::real_page_faults_stay_real", real_page_faults_stay_real).needs(APF_PAGER),
+    SelfTest::new("kvm_apf::bogus_flags_leave_a_real_fault_real", bogus_flags_leave_a_real_fault_real)
+        .needs(&[Need::KvmApf]),
     SelfTest::new("kvm_apf::turning_it_off_wakes_every_waiter", turning_it_off_wakes_every_waiter).needs(&[
         Need::Pager,
         Need::KvmApf,
@@ -118,7 +120,8 @@ pub(super) fn registration_follows_the_abi() -> TestResult {
     let on = area | abi::EN_ENABLED | abi::EN_DELIVERY_AS_INT;
     ensure_eq!(read_msr(abi::MSR_ASYNC_PF_EN), on, "MSR_KVM_ASYNC_PF_EN read back");
     ensure_eq!(read_msr(abi::MSR_ASYNC_PF_INT), u64::from(kvm_apf::PAGE_READY_VECTOR), "the page ready vector");
-    // The host answers the enabling with a wake-all (KVM does it at every enabling).
+    // The host answered the enabling at boot with a wake-all (KVM does when no page ready is
+    // queued for the vCPU, as at boot).
     ensure!(kvm_apf::stats().wake_alls >= 1, "no wake-all after enabling");
     // Reserved bits are refused and change nothing, wherever the ABI is served.
     let gp = |r: Result<(), crate::arch::fault::Fault>| matches!(r, Err(f) if f.vector == 13);
@@ -277,6 +280,30 @@ pub(super) fn real_page_faults_stay_real() -> TestResult {
     Ok(())
 }
 
+/// `flags` says "page not present" when no async #PF was injected (a host's stray write: here
+/// the test writes it itself, the area being guest memory), then a CPL 3 task takes a real #PF:
+/// its error code (U set; KVM's is 0) makes it the real fault it is, and the task ends by it.
+pub(super) fn bogus_flags_leave_a_real_fault_real() -> TestResult {
+    let before = kvm_apf::stats();
+    let flags = kvm_apf::area_gpa() + abi::FLAGS_OFFSET;
+    // SAFETY: this vCPU's own area (identity mapped, 4-byte aligned `flags`), which the host
+    // also writes: accessed atomically, as the driver does.
+    unsafe { core::sync::atomic::AtomicU32::from_ptr(flags as *mut u32) }
+        .store(abi::REASON_PAGE_NOT_PRESENT, core::sync::atomic::Ordering::Release);
+    let a = spawned(task::spawn_user("apf-bogus-flags", user_read, 0x18))?;
+    match join(a)? {
+        ExitStatus::Faulted(FaultInfo { vector: 14, address: 0x18, error_code, .. }) => {
+            ensure_eq!(error_code, pf::USER, "error code (not present, read, user)")
+        }
+        other => return Err(fail(format_args!("the task ended with {other:?}, not with its own #PF at 0x18"))),
+    }
+    let after = kvm_apf::stats();
+    ensure_eq!(after.bogus_flags - before.bogus_flags, 1, "#PFs with bogus flags");
+    ensure_eq!(after.events - before.events, 0, "page not present #PFs");
+    ensure_eq!(after.real_faults - before.real_faults, 1, "real #PFs passed on");
+    Ok(())
+}
+
 /// Turning the ABI off while a task waits: the host forgets the token, so the guest wakes its
 /// waiter itself; the task's retry then waits synchronously (which releases its held page).
 /// Only against the host stub: KVM answers the disabling only once the fetch its worker runs is
@@ -370,7 +397,7 @@ pub(super) fn events_in_order() -> TestResult {
 pub(super) fn accounting_is_balanced() -> TestResult {
     let s = kvm_apf::stats();
     kprintln!(
-        "kvm_apf: guest: {} page not present ({} parked, {} HLT-loop waits, {} found ready), {} page ready ({} wake-all, {} late, {} spurious), {} real #PFs, {} rejected",
+        "kvm_apf: guest: {} page not present ({} parked, {} HLT-loop waits, {} found ready), {} page ready ({} wake-all, {} late, {} spurious), {} real #PFs ({} with bogus flags), {} rejected",
         s.events,
         s.slept,
         s.halted,
@@ -380,6 +407,7 @@ pub(super) fn accounting_is_balanced() -> TestResult {
         s.tokens.late,
         s.spurious,
         s.real_faults,
+        s.bogus_flags,
         s.tokens.rejected()
     );
     ensure_eq!(kvm_apf::pending(), (0, 0), "(waiters, kept tokens) left in the guest");
