@@ -279,6 +279,10 @@ fn need_met(need: Need) -> TestResult {
             }
             None => skip_unless(crate::pv::kvm_apf::enabled(), "KVM's async page fault ABI is not offered here"),
         },
+        Need::KvmApfDisableAtOnce => skip_unless(
+            pnp::host_mode() != HostMode::KvmApfKernel,
+            "KVM serves its async page fault ABI in this run, and its disabling waits for the fetch its worker runs, which this test holds until after the disabling",
+        ),
         Need::KvmApfHostStub => skip_unless(
             pnp::host_mode() != HostMode::KvmApfKernel,
             "KVM serves its async page fault ABI in this run, and raises page ready only on the vCPU that took its page not present, after it: only the host stub can force this path (a robustness test)",
