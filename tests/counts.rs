@@ -25,6 +25,9 @@ fn every_run_reports_kvms_statistics_and_the_boot_milestone() {
     assert!(boot_exits > 0 && boot_exits < exits, "boot is a part of the run: {boot_exits} of {exits}");
     assert_eq!(c.get("basics.milestones_ignored"), 0);
     assert!(c.counters.contains_key("boot.first_task_us"));
+    // The kernel's own count of its string iterations, passed in RSI with the milestone: the
+    // boot copies its boot information and command line, so it is never 0.
+    assert!(c.get("boot.string_iters") > 0, "{:?}", c.counters);
     assert!(c.counters.keys().filter(|k| k.starts_with("kvm.")).all(|k| c.get(k) != 0), "only non-zero statistics");
     if guest_code_is_emulated() {
         let (insns, boot_insns) = (c.get("kvm.insn_emulation"), c.get("boot.insn_emulation"));

@@ -116,6 +116,8 @@ static TO_PORT: AtomicBool = AtomicBool::new(false);
 /// and was told this guest's version), the UART otherwise, which is programmed now. Printing
 /// works before this too, through the UART as the host left it.
 pub fn init(port: bool) {
+    // A fatal end reports the lines trap handlers dropped, whoever ends the run.
+    crate::arch::fault::set_fatal_note(report_dropped_in_panic);
     let mut console = CONSOLE.lock();
     console.flush();
     if port {

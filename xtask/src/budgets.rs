@@ -248,6 +248,26 @@ pub fn failures(verdicts: &[Verdict]) -> Vec<String> {
         .collect()
 }
 
+/// What the check cannot pass without: a budgeted figure that was not measured. Exits are
+/// counted everywhere the host stub runs; instructions and string iterations wherever KVM
+/// emulates the guest kernel (`emulated`), and only there is a missing one not a problem.
+pub fn unmeasured(verdicts: &[Verdict], emulated: bool) -> Vec<String> {
+    verdicts
+        .iter()
+        .filter(|v| v.measured.is_none() && (emulated || v.figure == Figure::Exits))
+        .map(|v| {
+            format!(
+                "{}: {} per {} not measured ({}), so not within its limit of {}",
+                v.path,
+                v.figure.name(),
+                v.per,
+                v.unavailable.as_deref().unwrap_or("no count"),
+                count(v.limit)
+            )
+        })
+        .collect()
+}
+
 /// `cargo xtask test`'s budget stage: boots the release product guest and runs the release
 /// benchmark guest's counting benchmarks under `host` (any build of the host stub: the counts
 /// are the guest's and KVM's), and fails when a path is over its limit.
@@ -261,11 +281,12 @@ pub fn check(host: &Path) -> Result<()> {
         boots.push(bench::boot_run(host, &elf)?);
     }
     let run: RunOutput = bench::counting_run(host, &bench_elf)?;
-    let mut counts = bench::counts::of_samples(&run, emulated);
-    counts.push(bench::counts::of_boots(&boots, &run, emulated));
+    let mut counts = bench::counts::of_samples(&run, emulated)?;
+    counts.push(bench::counts::of_boots(&boots, emulated));
     let (verdicts, mut problems) = judge(&budgets, &counts);
     println!("{}", table(&verdicts, true));
     problems.extend(failures(&verdicts));
+    problems.extend(unmeasured(&verdicts, emulated));
     if problems.is_empty() {
         println!("xtask: every path within its budget");
         Ok(())
@@ -341,6 +362,27 @@ mod tests {
         assert!(problems.iter().any(|p| p.contains("path boot was counted but has no budget")), "{problems:?}");
         assert!(failures(&verdicts).is_empty());
         assert!(verdicts[0].status().contains("not emulated here"));
+    }
+
+    #[test]
+    fn an_unmeasured_figure_fails_where_it_should_have_been_counted() {
+        let file = FILE.replace("insns = 100\n", "insns = 100\n        string_iters = 0\n");
+        let budgets = Budgets::parse(&file).unwrap();
+        // An injection that handled nothing: no figure at all. A ring sample without its
+        // string iterations.
+        let mut none_handled = counted("interrupt", &[], &[]);
+        none_handled.string_iters = None;
+        none_handled.unavailable = Some("the host did not count".into());
+        let ring = counted("ring", &[700.0], &[1.0]);
+        let (verdicts, problems) = judge(&budgets, &[none_handled, ring]);
+        assert!(problems.is_empty() && failures(&verdicts).is_empty());
+        let emulated = unmeasured(&verdicts, true);
+        assert_eq!(emulated.len(), 3, "instructions, exits and string iterations of the interrupt: {emulated:?}");
+        assert!(emulated.iter().all(|p| p.starts_with("interrupt: ") && p.contains("not measured")), "{emulated:?}");
+        // Where the guest kernel runs natively only exits are counted: those must still be.
+        let native = unmeasured(&verdicts, false);
+        assert_eq!(native.len(), 1, "{native:?}");
+        assert!(native[0].starts_with("interrupt: exits per event not measured"), "{native:?}");
     }
 
     #[test]

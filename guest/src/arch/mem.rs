@@ -16,8 +16,13 @@
 //!
 //! Each adds the iterations it runs to the vCPU's count (`percpu::string_iterations`, one
 //! GS-relative add before each string instruction): the work KVM's statistic does not see, which
-//! the benchmarks count next to it. These functions are the kernel's only string instructions
-//! (a test keeps it so); what the compiler inlines itself is bounded (see `docs/performance.md`).
+//! the benchmarks count next to it. These are the only string instructions in the kernel's
+//! sources (`guest/tests/string_instructions.rs` keeps it so), but not in its image: the
+//! compiler inlines a copy of a known size of up to 128 bytes as `rep movsq` with a constant
+//! count, which nothing counts. In the release ELFs every such `rep` has a count of at most 15
+//! (the command and the list are in `docs/performance.md`, "What the counts cannot see"); the
+//! boot runs a few of them (`arch::platform::init`, `spin::Once`'s slow path), no event path
+//! any.
 //!
 //! The direction flag is clear in kernel code (the ABI's rule, which the trap entry restores
 //! with `cld`), so the string instructions count upwards unless `memmove` says otherwise.

@@ -22,6 +22,8 @@ use pvagent_guest::arch::percpu::{self, CpuLocal, MAX_CPUS};
 use pvagent_guest::arch::{apic, time};
 use x86_64::instructions::port::Port;
 
+use crate::runner::{BenchError, Result};
+
 /// What KVM counted in a window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Counts {
@@ -37,14 +39,16 @@ pub struct Counts {
 }
 
 impl Counts {
-    /// What `self` counted beyond `base` (the same code without what is measured).
-    pub fn less(self, base: Counts) -> Counts {
-        Counts {
-            insns: self.insns.saturating_sub(base.insns),
-            exits: self.exits.saturating_sub(base.exits),
-            kvm_exits: self.kvm_exits.saturating_sub(base.kvm_exits),
-            string_iters: self.string_iters.saturating_sub(base.string_iters),
-        }
+    /// What `self` counted beyond `base` (the same code without what is measured); an error
+    /// where `base` counted more of a figure, which only a broken baseline can do.
+    pub fn less(self, base: Counts) -> Result<Counts> {
+        let less = |a: u64, b: u64| a.checked_sub(b).ok_or(BenchError("a count is below its baseline's"));
+        Ok(Counts {
+            insns: less(self.insns, base.insns)?,
+            exits: less(self.exits, base.exits)?,
+            kvm_exits: less(self.kvm_exits, base.kvm_exits)?,
+            string_iters: less(self.string_iters, base.string_iters)?,
+        })
     }
 }
 
@@ -105,6 +109,13 @@ pub fn read() -> Option<Counts> {
         kvm_exits: read_one(BenchCount::ReadKvmExits)?,
         string_iters: CLOSED_ITERS.get().load(Ordering::Relaxed),
     })
+}
+
+/// How long this vCPU was halted in the last closed window, in nanoseconds, as KVM measured it
+/// (the workload's idle time: the kernel keeps none of its own); `None` where the host does not
+/// measure it.
+pub fn read_halted_ns() -> Option<u64> {
+    read_one(BenchCount::ReadHaltedMicros).map(|us| us * 1000)
 }
 
 /// Holds the timer tick back while it lives, so that no tick lands in a window: the task

@@ -61,7 +61,7 @@ pub fn io(s: Settings) -> Result<()> {
         }
         // Counted in a loop of its own after the pair, so that the pair stays back to back (the
         // bare loop has no counting port).
-        let counts = counted_port_loop(BENCH_NULL, 0, ops, s.empty).counts;
+        let counts = counted_port_loop(BENCH_NULL, 0, ops, s.empty)?.counts;
         for (which, ns) in order.into_iter().zip(ns) {
             match which {
                 BenchLoop::Bare => kprintln!("bench: io_bare rep={rep} ops={ops} total_ns={ns}"),
@@ -99,7 +99,7 @@ pub fn console(s: Settings) -> Result<()> {
     for rep in 0..s.reps {
         let (cycles, fewer) = print_lines(lines);
         let (_, more) = print_lines(2 * lines);
-        let counts = more.zip(fewer).map(|(more, fewer)| more.less(fewer));
+        let counts = more.zip(fewer).map(|(more, fewer)| more.less(fewer)).transpose()?;
         kprintln!(
             "bench: console rep={rep} ops={lines} bytes={} total_ns={}{}",
             lines * (CONSOLE_LINE.len() as u64 + 1),

@@ -69,7 +69,7 @@ pub fn roundtrip(s: Settings) -> Result<()> {
                 // The same run again over the pages it left present: everything but the path.
                 let (_, present) =
                     workload::run_counted(&region, tasks, pages, 0, Arrival::OnItsOwn, Pages::AsTheyAre, true)?;
-                let counts = absent.zip(present).map(|(absent, present)| absent.less(present));
+                let counts = absent.zip(present).map(|(absent, present)| absent.less(present)).transpose()?;
                 if counts.is_some_and(|c| c.exits != path_exits * tasks * pages) && late + 1 < ATTEMPTS {
                     late += 1;
                     continue;
@@ -99,35 +99,47 @@ pub fn roundtrip(s: Settings) -> Result<()> {
 /// the #PF handler keeps interrupts off until its task is parked, so a page ready never overtakes
 /// its #PF, and the host stub lets a page ready on its way go before the next #PF (as VMX KVM
 /// delivers a pending interrupt before the next instruction), so the other task is always
-/// runnable when one must wait. Counted as the ring's is.
+/// runnable when one must wait. Counted as the ring's is, and a repetition in which the host was
+/// late (a HLT, while the page ready was not in yet: more than the path's two exits per access,
+/// the access and the acknowledgement) is run again as the ring's is.
 fn roundtrip_kvm_apf(s: Settings, region: &pnp::Region, pages: u64) -> Result<()> {
     if !kvm_apf::enabled() {
         return Err(BenchError("KVM's async page fault ABI is not enabled"));
     }
     let boot_mode = pnp::host_mode();
     set_mode(HostMode::KvmApf)?;
-    let tasks = 2;
+    let (tasks, path_exits) = (2, 2);
     for rep in 0..s.reps {
-        let baseline = baseline_now(s);
-        let before = kvm_apf::stats();
-        let syncs = host_counter(HostCounter::SyncWaits)?;
-        let (window, absent) = workload::run_counted(region, tasks, pages, 0, Arrival::OnItsOwn, Pages::Evicted, true)?;
-        // Outside the window: every token's page ready is in before the second run counts.
-        settle_page_ready(before.events, before.page_ready - before.wake_alls)?;
-        let after = kvm_apf::stats();
-        let sync_waits = host_counter(HostCounter::SyncWaits)? - syncs;
-        let (_, present) = workload::run_counted(region, tasks, pages, 0, Arrival::OnItsOwn, Pages::AsTheyAre, true)?;
-        let counts = absent.zip(present).map(|(absent, present)| absent.less(present));
-        kprintln!(
-            "bench: pnp_kvm_apf rep={rep} ops={} total_ns={} baseline_ns={baseline} events={} slept={} halted={} early={} sync_waits={sync_waits}{}",
-            tasks * pages,
-            window.wall_ns,
-            after.events - before.events,
-            after.slept - before.slept,
-            after.halted - before.halted,
-            after.tokens.resolved_before_event - before.tokens.resolved_before_event,
-            Fields("", counts)
-        );
+        let mut late = 0;
+        loop {
+            let baseline = baseline_now(s);
+            let before = kvm_apf::stats();
+            let syncs = host_counter(HostCounter::SyncWaits)?;
+            let (window, absent) =
+                workload::run_counted(region, tasks, pages, 0, Arrival::OnItsOwn, Pages::Evicted, true)?;
+            // Outside the window: every token's page ready is in before the second run counts.
+            settle_page_ready(before.events, before.page_ready - before.wake_alls)?;
+            let after = kvm_apf::stats();
+            let sync_waits = host_counter(HostCounter::SyncWaits)? - syncs;
+            let (_, present) =
+                workload::run_counted(region, tasks, pages, 0, Arrival::OnItsOwn, Pages::AsTheyAre, true)?;
+            let counts = absent.zip(present).map(|(absent, present)| absent.less(present)).transpose()?;
+            if counts.is_some_and(|c| c.exits != path_exits * tasks * pages) && late + 1 < ATTEMPTS {
+                late += 1;
+                continue;
+            }
+            kprintln!(
+                "bench: pnp_kvm_apf rep={rep} ops={} total_ns={} baseline_ns={baseline} events={} slept={} halted={} early={} sync_waits={sync_waits} late={late}{}",
+                tasks * pages,
+                window.wall_ns,
+                after.events - before.events,
+                after.slept - before.slept,
+                after.halted - before.halted,
+                after.tokens.resolved_before_event - before.tokens.resolved_before_event,
+                Fields("", counts)
+            );
+            break;
+        }
     }
     set_mode(boot_mode)
 }

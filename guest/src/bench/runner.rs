@@ -51,15 +51,11 @@ impl core::fmt::Display for Joined {
 
 /// The first task: runs the benchmarks the command line names, then ends the run.
 pub fn run(_: u64) -> u64 {
-    // First: what the boot's string instructions iterated, up to this task's start (the boot
-    // milestone), which KVM's count of the boot's instructions does not see.
-    let boot_string_iters = pvagent_guest::arch::percpu::string_iterations();
     let cmdline = &info::get().cmdline;
     let names = cmdline.get("bench").unwrap_or("all");
     let quick = cmdline.has("bench-quick");
     let reps = cmdline.get("bench-reps").and_then(|r| r.parse().ok()).unwrap_or(5).clamp(1, 50);
     kprintln!("bench: start tsc_khz={} quick={}", time::tsc_khz(), u8::from(quick));
-    kprintln!("bench: boot string_iters={boot_string_iters}");
     if !crate::io::host_has_bench_device() {
         kprintln!("bench-error: all: the host serves no benchmark ports (the host stub's --bench)");
         exit(true)

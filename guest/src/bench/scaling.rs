@@ -33,7 +33,7 @@ pub fn scaling(s: Settings) -> Result<()> {
             let after = pnp::stats();
             let (_, present) =
                 workload::run_counted(&region, outstanding, 1, 0, Arrival::OnItsOwn, Pages::AsTheyAre, true)?;
-            let counts = burst.zip(present).map(|(burst, present)| burst.less(present));
+            let counts = burst.zip(present).map(|(burst, present)| burst.less(present)).transpose()?;
             kprintln!(
                 "bench: scaling rep={rep} outstanding={outstanding} events={} slept={}{}",
                 after.events - before.events,

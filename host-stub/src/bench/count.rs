@@ -115,9 +115,12 @@ impl Counting {
                     None => self.refused += 1,
                 }
             }
-            Ok(read @ (BenchCount::ReadInstructions | BenchCount::ReadExits | BenchCount::ReadKvmExits)) => {
-                self.window(ctx.index).selected = Some(read)
-            }
+            Ok(
+                read @ (BenchCount::ReadInstructions
+                | BenchCount::ReadExits
+                | BenchCount::ReadKvmExits
+                | BenchCount::ReadHaltedMicros),
+            ) => self.window(ctx.index).selected = Some(read),
             Err(_) => self.refused += 1,
         }
     }
@@ -129,6 +132,7 @@ impl Counting {
             (Some(BenchCount::ReadInstructions), Some(closed)) => closed.insn_emulation,
             (Some(BenchCount::ReadExits), Some(closed)) => Some(closed.guest_exits()),
             (Some(BenchCount::ReadKvmExits), Some(closed)) => closed.exits,
+            (Some(BenchCount::ReadHaltedMicros), Some(closed)) => closed.halt_ns.map(|ns| ns / 1000),
             (Some(_), _) => None,
             (None, _) => {
                 self.refused += 1;
@@ -171,15 +175,23 @@ mod tests {
     fn a_closed_window_reads_its_figures_saturated_below_the_unavailable_value() {
         let mut c = Counting::default();
         let w = c.window(1);
-        w.closed =
-            Some(Snapshot { insn_emulation: Some(1234), exits: Some(u64::MAX), halt_exits: Some(2), user_exits: 5 });
+        w.closed = Some(Snapshot {
+            insn_emulation: Some(1234),
+            exits: Some(u64::MAX),
+            halt_exits: Some(2),
+            halt_ns: Some(7_654_321),
+            user_exits: 5,
+        });
         w.selected = Some(BenchCount::ReadInstructions);
         assert_eq!(c.read(1), 1234);
         c.window(1).selected = Some(BenchCount::ReadKvmExits);
         assert_eq!(c.read(1), COUNT_UNAVAILABLE - 1);
         c.window(1).selected = Some(BenchCount::ReadExits);
         assert_eq!(c.read(1), 7, "the exits the guest caused: 5 to the host stub, 2 HLTs");
-        c.window(1).closed = Some(Snapshot { insn_emulation: None, exits: Some(3), halt_exits: None, user_exits: 1 });
+        c.window(1).selected = Some(BenchCount::ReadHaltedMicros);
+        assert_eq!(c.read(1), 7654, "the time halted, in whole microseconds");
+        c.window(1).closed =
+            Some(Snapshot { insn_emulation: None, exits: Some(3), halt_exits: None, halt_ns: None, user_exits: 1 });
         c.window(1).selected = Some(BenchCount::ReadInstructions);
         assert_eq!(c.read(1), COUNT_UNAVAILABLE, "KVM keeps no such statistic");
         assert_eq!(c.read(0), COUNT_UNAVAILABLE, "another vCPU's window is its own");

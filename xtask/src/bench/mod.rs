@@ -133,8 +133,6 @@ impl Progress {
     }
 }
 
-/// One host stub process; fails unless it exits 0. Returns what it printed and how long it
-/// took from spawn to exit.
 /// Whether KVM emulates the guest kernel here (the PVM module), so that its count of emulated
 /// instructions is a count of the guest kernel's instructions. Elsewhere (VMX, SVM) it counts
 /// only the rare instruction KVM emulates, and the benchmark says the count is not available.
@@ -154,6 +152,8 @@ pub fn counting_run(host: &Path, bench_elf: &Path) -> Result<RunOutput> {
     Ok(host_stub(host, bench_elf, COUNTING_CMDLINE, &[BENCH_DEVICE], &Progress { bar: None })?.0)
 }
 
+/// One host stub process; fails unless it exits 0. Returns what it printed and how long it
+/// took from spawn to exit.
 fn host_stub(
     host: &Path,
     elf: &Path,
@@ -404,8 +404,8 @@ fn measure(
 
     // 5. What KVM counted for each path, against the budgets (judged on the release build).
     let emulated = guest_kernel_emulated();
-    let mut counts = counts::of_samples(&bench, emulated);
-    counts.push(counts::of_boots(&boot_runs, &bench, emulated));
+    let mut counts = counts::of_samples(&bench, emulated)?;
+    counts.push(counts::of_boots(&boot_runs, emulated));
     let budgets = Budgets::load()?;
     let (verdicts, budget_problems) = crate::budgets::judge(&budgets, &counts);
     problems.extend(budget_problems);
@@ -427,8 +427,8 @@ fn measure(
             met: match ratio_interval {
                 Some((_, hi)) if hi <= ratio_goal => Some(true),
                 Some((lo, _)) if lo > ratio_goal => Some(false),
-                Some(_) => None,
-                None => Some(ratio <= ratio_goal),
+                // Fewer than six pairs give no interval: not judged.
+                Some(_) | None => None,
             },
         },
         Goal {

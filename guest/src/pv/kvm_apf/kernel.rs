@@ -244,8 +244,8 @@ enum Wake {
 type Woken = heapless::Vec<TaskId, TABLE_ENTRIES>;
 
 /// Wakes every waiter in the table, as a wake-all: the HLT-loop waiters find their result, the
-/// tasks go to `woken` (filled in place: moving it would copy a kilobyte, which an emulated
-/// kernel pays for byte by byte).
+/// tasks go to `woken` (filled in place: moving it would copy a kilobyte, 128 string iterations
+/// that each cost an emulated kernel about an instruction's time).
 fn take_every_waiter(s: &mut ApfCpu, woken: &mut Woken) {
     s.table.wake_all(|task| {
         // Cannot overflow: one entry per waiter.
