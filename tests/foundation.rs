@@ -78,6 +78,15 @@ fn the_console_port_takes_a_line_per_exit_and_the_uart_prints_the_same_lines() {
 }
 
 #[test]
+fn a_run_that_ends_in_a_fatal_error_still_reports_the_dropped_lines() {
+    let r = run_stub("tests=harness::a_busy_console_counts_a_dropped_line,harness::deliberate_panic");
+    assert_eq!(r.guest_exit_code, Some(exit::FAILURE), "{:#?}", r.serial);
+    let report = "console: 1 line(s) from trap handlers dropped: the console was busy";
+    assert!(r.serial.iter().any(|l| l == report), "{:#?}", r.serial);
+    assert_eq!(r.summary, Some((1, 1, 0)));
+}
+
+#[test]
 fn a_line_a_handler_could_not_print_is_counted_and_the_count_reported() {
     let r = run_stub("tests=harness::a_busy_console_counts_a_dropped_line");
     assert!(r.passed(), "{:#?}", r.serial);

@@ -1,5 +1,5 @@
 //! The paravirtual console: the guest hands the host a whole line (or several) in one exit,
-//! where the UART costs two exits per byte (the line status poll, then the byte).
+//! where the UART costs an exit per byte and one per 16 bytes for the line status poll.
 //!
 //! The guest writes the bytes into a [`ConsoleRecord`] in its memory, then writes the
 //! record's guest-physical address (below 4 GiB, 4-byte aligned) to

@@ -2,7 +2,11 @@
 //!
 //! The host stub owns the leaf range at [`LEAF_BASE`] and moves KVM's own leaves (signature
 //! `KVMKVMKVM`) to [`KVM_LEAVES_RELOCATED`], the way a Hyper-V-compatible VMM keeps KVM's leaves
-//! visible: a guest looks for each signature at every 0x100 step of 0x4000_0000..0x4001_0000.
+//! visible: hypervisors lay their blocks out at 0x100 steps from 0x4000_0000. The pvagent guest
+//! reads the host stub's block and then KVM's (two leaves); on another host it tries the steps
+//! in turn and stops at the first signature it knows or at the first step that holds no block
+//! (docs/abi.md); Linux's `hypervisor_cpuid_base()` tries them until it finds the one signature
+//! it looks for.
 
 /// First hypervisor leaf. EAX: highest leaf of this block; EBX, ECX, EDX: [`SIGNATURE`].
 pub const LEAF_BASE: u32 = 0x4000_0000;

@@ -12,12 +12,15 @@
 //!   [`EN_DELIVERY_AS_INT`] in [`MSR_ASYNC_PF_EN`]. Without delivery as an interrupt, current
 //!   KVM delivers nothing at all.
 //! - "Page not present": a #PF (vector 14, error code 0) with `flags` =
-//!   [`REASON_PAGE_NOT_PRESENT`] in the vCPU's area and the token in CR2, only to CPL 3 with
-//!   RFLAGS.IF = 1 unless [`EN_SEND_ALWAYS`] was set. The guest reads and clears `flags` first
-//!   thing in its #PF handler; 0 there means a real page fault.
-//! - "Page ready": the registered interrupt, with the token in the area's `token`; the guest
-//!   clears `token`, then writes 1 to [`MSR_ASYNC_PF_ACK`], after which the host may deliver
-//!   the next. [`TOKEN_WAKE_ALL`] wakes every waiter. There is no "failed" result.
+//!   [`REASON_PAGE_NOT_PRESENT`] in the vCPU's area and the token in CR2. KVM delivers it only
+//!   at CPL != 0 unless [`EN_SEND_ALWAYS`] was set, with paging on, interrupts allowed, no
+//!   event pending and an in-kernel local APIC. The guest reads and clears `flags` first thing
+//!   in its #PF handler; 0 there means a real page fault.
+//! - "Page ready": the registered interrupt, on the vCPU that took the "page not present", with
+//!   the token in the area's `token`; the guest clears `token`, then writes 1 to
+//!   [`MSR_ASYNC_PF_ACK`]. KVM delivers the next once `token` reads 0 (the ACK makes it look
+//!   again); the host stub, stricter, only after the ACK. [`TOKEN_WAKE_ALL`] wakes every
+//!   waiter. There is no "failed" result.
 
 use crate::Plain;
 
@@ -40,7 +43,9 @@ pub const MSR_ASYNC_PF_EN: u32 = 0x4b56_4d02;
 /// before [`MSR_ASYNC_PF_EN`] is enabled (or KVM may raise vector 0).
 pub const MSR_ASYNC_PF_INT: u32 = 0x4b56_4d06;
 /// `MSR_KVM_ASYNC_PF_ACK`: writing bit 0 acknowledges a "page ready" after the guest cleared
-/// [`ApfData::token`]; the host then delivers the next one it holds.
+/// [`ApfData::token`]. KVM then looks for the next one it holds, which it delivers once
+/// `token` reads 0 (the ACK is the hint, the cleared `token` the condition); the host stub
+/// delivers the next only after the ACK.
 pub const MSR_ASYNC_PF_ACK: u32 = 0x4b56_4d07;
 
 /// [`MSR_ASYNC_PF_EN`] bit 0: async page faults on for this vCPU (`KVM_ASYNC_PF_ENABLED`).
@@ -71,8 +76,14 @@ pub const fn enabled(en_msr: u64) -> bool {
 /// [`ApfData::flags`]: the #PF is a "page not present" event (`KVM_PV_REASON_PAGE_NOT_PRESENT`).
 pub const REASON_PAGE_NOT_PRESENT: u32 = 1;
 
-/// The "page ready" token that wakes every task waiting for any token of this vCPU (KVM sends
-/// it right after async page faults are enabled, and whenever they are enabled again).
+/// The error code of KVM's "page not present" #PF: always 0 (KVM injects it with no error-code
+/// bit set). A real #PF from CPL 3 always has U (bit 2) set, so a guest can tell the two apart
+/// even when `flags` is stale.
+pub const PAGE_NOT_PRESENT_ERROR_CODE: u64 = 0;
+
+/// The "page ready" token that wakes every task waiting for any token of this vCPU. KVM queues
+/// one when async page faults are enabled (again), unless page readies are queued for the vCPU
+/// already (`kvm_async_pf_wakeup_all` returns early then).
 pub const TOKEN_WAKE_ALL: u32 = 0xFFFF_FFFF;
 
 /// Most tokens KVM keeps outstanding per vCPU (`ASYNC_PF_PER_VCPU`): beyond them, an access
@@ -81,8 +92,9 @@ pub const MAX_OUTSTANDING: usize = 64;
 
 /// `struct kvm_vcpu_pv_apf_data`: 64 bytes, 64-byte aligned, in guest RAM, one per vCPU.
 /// The host writes `flags` (with a "page not present") and `token` (with a "page ready"); the
-/// guest clears each when it has read it. (Linux 5.8's header had a guest-private `u32
-/// enabled` after the padding; KVM never read it and later headers dropped it: 64 bytes.)
+/// guest clears each when it has read it. (From the ABI's introduction in 2.6.38 until commit
+/// ccb2280ec2f9, written in 2023 and merged for Linux 6.9, the header also had a guest-private
+/// `u32 enabled` at offset 64, outside the 64 bytes KVM writes; KVM never read it: 64 bytes.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C, align(64))]
 pub struct ApfData {

@@ -30,7 +30,10 @@ pub const HOST_STUB_PORTS: core::ops::RangeInclusive<u16> = HYPERCALL..=BENCH_NU
 /// The host stub's milestone port: a 32-bit `out` of a [`Milestone`] says the guest got there.
 /// The host stub takes a snapshot of the vCPU's KVM statistics at that exit, so that it can say
 /// what reaching the milestone cost in guest instructions KVM emulated and in exits, counted from
-/// the vCPU's first instruction. Written only to a host stub of the guest's ABI major, after the
+/// the vCPU's first instruction. With [`Milestone::FirstTask`] the guest passes in RSI the
+/// iterations of string instructions its kernel has run so far, which KVM's count of emulated
+/// instructions counts only once per 1,024 (a host that does not know this reads no register,
+/// so nothing changed for it). Written only to a host stub of the guest's ABI major, after the
 /// announcement (docs/abi.md, "Versions"); one exit each. A host stub counts and ignores values
 /// it does not know; other hosts (QEMU) ignore the port.
 pub const MILESTONE: u16 = 0x051B;
@@ -67,6 +70,10 @@ pub enum BenchCount: u32 {
     ReadExits = 4,
     /// The next `in` reads the closed window's exits as KVM counted them, for the report.
     ReadKvmExits = 5,
+    /// The next `in` reads how long the vCPU was halted in the closed window, in whole
+    /// microseconds, as KVM measured it (its `halt_wait_ns` and halt-polling times): the
+    /// benchmarks' idle time, which the kernel itself then need not keep.
+    ReadHaltedMicros = 6,
 }
 }
 

@@ -69,8 +69,13 @@ pub enum Need: u8 {
     /// it with "page ready" as an interrupt.
     KvmApf = 12,
     /// The host stub serving KVM's async page fault ABI itself (any pager mode but
-    /// `KvmApfKernel`): only it can send "page ready" before its "page not present".
+    /// `KvmApfKernel`): only it can send "page ready" before its "page not present" (stock
+    /// KVM never does).
     KvmApfHostStub = 13,
+    /// The host stub serving KVM's async page fault ABI itself (any pager mode but
+    /// `KvmApfKernel`), whose disabling answers at once: KVM's waits for the fetch its worker
+    /// runs, so a test that holds that page until after the disabling would wait for itself.
+    KvmApfDisableAtOnce = 14,
 }
 }
 
@@ -92,6 +97,7 @@ impl Need {
             Need::SldDisableGloballyPolicy => "sld-disable-globally-policy",
             Need::KvmApf => "kvm-apf",
             Need::KvmApfHostStub => "kvm-apf-host-stub",
+            Need::KvmApfDisableAtOnce => "kvm-apf-disable-at-once",
         }
     }
 
@@ -123,6 +129,9 @@ impl Need {
             }
             Need::KvmApfHostStub => {
                 "the host stub serving KVM's async page fault ABI itself (not --pnp-mode kvm-apf-kernel, where KVM does)"
+            }
+            Need::KvmApfDisableAtOnce => {
+                "a host whose disabling of KVM's async page faults answers at once: the host stub serving the ABI (not --pnp-mode kvm-apf-kernel, where KVM's waits for the fetch it runs)"
             }
         }
     }

@@ -13,9 +13,12 @@ use crate::arch::console_port;
 use crate::arch::serial::Serial;
 use crate::sync::IrqMutex;
 
-/// Bytes gathered before they go out: the longest line that costs one exit. A longer line
-/// goes out in pieces of this size.
-const LINE_BYTES: usize = 512;
+/// Bytes gathered before they go out: the longest line that costs one exit, the most a console
+/// record may hold (the ABI's maximum). A longer line goes out in pieces of this size.
+const LINE_BYTES: usize = pvagent_abi::console::MAX_RECORD_BYTES as usize;
+/// The panic path's record, on the stack of whatever failed (a task's or an IST stack, 16 KiB at
+/// the least): smaller, so that it cannot be what overflows it. A longer line goes out in pieces.
+const PANIC_LINE_BYTES: usize = 512;
 
 /// Where the console's bytes go.
 #[derive(Debug)]
@@ -113,6 +116,8 @@ static TO_PORT: AtomicBool = AtomicBool::new(false);
 /// and was told this guest's version), the UART otherwise, which is programmed now. Printing
 /// works before this too, through the UART as the host left it.
 pub fn init(port: bool) {
+    // A fatal end reports the lines trap handlers dropped, whoever ends the run.
+    crate::arch::fault::set_fatal_note(report_dropped_in_panic);
     let mut console = CONSOLE.lock();
     console.flush();
     if port {
@@ -164,12 +169,30 @@ pub fn while_busy<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// The line that says how many handler reports were dropped.
+struct DroppedLine(u64);
+
+impl core::fmt::Display for DroppedLine {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "console: {} line(s) from trap handlers dropped: the console was busy", self.0)
+    }
+}
+
 /// Says how many handler reports were dropped, if any: a kernel binary calls it before its
 /// last lines, so that a lost line is at least counted where the reader looks.
 pub fn report_dropped() {
     let dropped = dropped_reports();
     if dropped > 0 {
-        print_line(format_args!("console: {dropped} line(s) from trap handlers dropped: the console was busy"));
+        print_line(format_args!("{}", DroppedLine(dropped)));
+    }
+}
+
+/// [`report_dropped`] for a run that ends in a fatal error: through [`print_panic`], which
+/// never waits for the console (the failing context may hold it).
+pub fn report_dropped_in_panic() {
+    let dropped = dropped_reports();
+    if dropped > 0 {
+        print_panic(format_args!("{}\n", DroppedLine(dropped)));
     }
 }
 
@@ -183,9 +206,8 @@ pub fn print_panic(args: core::fmt::Arguments<'_>) {
         return;
     }
     let sink = if uses_port() { Sink::Port } else { Sink::Uart(Serial::new(COM1)) };
-    // A record of its own on this stack (the panic path must not need the shared one), as long
-    // as the shared one, so that a line still goes out in one exit.
-    let mut console = Console::<LINE_BYTES>::new(sink);
+    // A record of its own on this stack (the panic path must not need the shared one).
+    let mut console = Console::<PANIC_LINE_BYTES>::new(sink);
     console.print(args);
     console.flush();
 }

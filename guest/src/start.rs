@@ -104,13 +104,19 @@ static FIRST: spin::Once<FirstTask> = spin::Once::new();
 
 /// The first task: tells the host that boot is over (the [`Milestone::FirstTask`] milestone),
 /// then runs the binary's task. On a host stub of this guest's ABI major (which it announced
-/// to right after CPUID, `arch::announce_abi_version`) that is one `out`, one exit: the host takes a snapshot of what KVM counted
-/// from the first guest instruction to here. Other hosts are told nothing.
+/// to right after CPUID, `arch::announce_abi_version`) that is one `out`, one exit: the host
+/// takes a snapshot of what KVM counted from the first guest instruction to here, and reads the
+/// boot's string iterations from RSI (KVM counts a `rep` once per 1,024 of them). Other hosts
+/// are told nothing.
 fn run_first_task(arg: u64) -> u64 {
     if arch::platform().hypervisor.is_host_stub() {
-        // SAFETY: the host stub's milestone port only records the value; it touches no guest
-        // memory and no register but the port's.
-        unsafe { x86_64::instructions::port::Port::<u32>::new(port::MILESTONE).write(Milestone::FirstTask as u32) };
+        let iterations = arch::percpu::string_iterations();
+        // SAFETY: the host stub's milestone port only records the value and reads RSI; it
+        // touches no guest memory and no register.
+        unsafe {
+            core::arch::asm!("out dx, eax", in("dx") port::MILESTONE, in("eax") Milestone::FirstTask as u32,
+                in("rsi") iterations, options(nomem, nostack, preserves_flags));
+        }
     }
     match FIRST.get() {
         Some(first) => (first.run)(arg),

@@ -75,8 +75,9 @@ pub struct Config {
     pub timeout: Option<Duration>,
     /// Record the run's timeline and write it here (Chrome trace-event JSON).
     pub trace: Option<PathBuf>,
-    /// Whether the timeline shows the console's exits (the guest's every byte of output is one:
-    /// most of a run's exits). `false` leaves them out of the file; they are still counted.
+    /// Whether the timeline shows the console's exits (one per line through the console port;
+    /// through the UART one per byte, most of a run's exits). `false` leaves them out of the
+    /// file; they are still counted.
     pub trace_console: bool,
     /// The ABI version this host stub reports (CPUID leaf 0x4000_0001) and holds the guest's
     /// announced version to. Always [`pvagent_abi::ABI_VERSION`], except in tests of the
@@ -85,8 +86,11 @@ pub struct Config {
     /// Serve the benchmark device (ports `0x51C`, `0x51E`, `0x51F`) and its bare loop, for
     /// `cargo xtask bench`'s guest (`crate::bench`). Off: those ports are unclaimed.
     pub bench: bool,
+    /// With `bench`: each counting window also prints every KVM statistic that changed in it
+    /// (a breakdown of KVM's exits, `docs/performance.md`).
+    pub bench_window_stats: bool,
     /// Offer the paravirtual console (`pvagent_abi::console`: a line per exit). Off: the guest
-    /// finds no `Features::CONSOLE` and prints through the UART, two exits a byte.
+    /// finds no `Features::CONSOLE` and prints through the UART, an exit a byte.
     pub pv_console: bool,
     /// vCPUs, `1..=`[`MAX_VCPUS`]: vCPU `i` has local APIC ID `i`; vCPU 0 boots, the guest
     /// starts the others with INIT-SIPI-SIPI.
@@ -109,6 +113,7 @@ impl Config {
             trace_console: true,
             abi_version: pvagent_abi::ABI_VERSION,
             bench: false,
+            bench_window_stats: false,
             pv_console: true,
             vcpus: 1,
             threads_per_core: 1,

@@ -80,6 +80,8 @@ pub enum Error {
         "the guest image {path} needs memory up to {end:#x} but the guest has only {mem:#x} bytes (use a larger --mem)"
     )]
     ImageTooBig { path: PathBuf, end: u64, mem: u64 },
+    #[error("zeroing the guest image {path}'s bytes beyond its file contents (.bss) failed: {source}")]
+    ZeroFillImage { path: PathBuf, source: GuestMemoryError },
     #[error("the guest image {path} has no PVH entry point (no Xen PHYS32_ENTRY note)")]
     NoPvhEntry { path: PathBuf },
     #[error("{requested} vCPUs is outside the supported 1..={max}")]
@@ -257,6 +259,8 @@ pub enum ImageProblem {
     TruncatedProgramHeader,
     #[error("a segment's end overflows")]
     SegmentEndOverflows,
+    #[error("a segment holds more bytes in the file than in memory (filesz above memsz)")]
+    FileSizeAboveMemorySize,
     #[error("no loadable segment")]
     NoLoadableSegment,
     #[error("a segment loads below 1 MiB, where the boot information goes")]

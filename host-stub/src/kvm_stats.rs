@@ -23,6 +23,9 @@ pub const INSN_EMULATION: &str = "insn_emulation";
 pub const EXITS: &str = "exits";
 /// The statistic that counts the guest's HLTs that stopped the vCPU.
 pub const HALT_EXITS: &str = "halt_exits";
+/// The statistics that together are the time the vCPU spent halted, in nanoseconds: blocked
+/// waiting for a wake-up, and polling for one before blocking (successfully or not).
+pub const HALT_TIME_NS: [&str; 3] = ["halt_wait_ns", "halt_poll_success_ns", "halt_poll_fail_ns"];
 
 /// One vCPU's statistics file, its descriptors read.
 #[derive(Debug)]
@@ -35,6 +38,8 @@ pub struct VcpuStats {
     insn_emulation: Option<u64>,
     exits: Option<u64>,
     halt_exits: Option<u64>,
+    /// Where [`HALT_TIME_NS`] are (those KVM has).
+    halt_time_ns: Vec<u64>,
 }
 
 /// What a window of guest execution is measured with, at one moment: KVM's statistics and the
@@ -54,6 +59,9 @@ pub struct Snapshot {
     pub exits: Option<u64>,
     /// The guest's HLTs so far; `None` where KVM has no such statistic.
     pub halt_exits: Option<u64>,
+    /// Nanoseconds the vCPU spent halted so far ([`HALT_TIME_NS`] summed); `None` where KVM
+    /// has none of them.
+    pub halt_ns: Option<u64>,
     /// Exits of this vCPU that reached the host stub so far.
     pub user_exits: u64,
 }
@@ -67,6 +75,7 @@ impl Snapshot {
             insn_emulation: delta(self.insn_emulation, earlier.insn_emulation),
             exits: delta(self.exits, earlier.exits),
             halt_exits: delta(self.halt_exits, earlier.halt_exits),
+            halt_ns: delta(self.halt_ns, earlier.halt_ns),
             user_exits: self.user_exits.wrapping_sub(earlier.user_exits),
         }
     }
@@ -114,7 +123,8 @@ impl VcpuStats {
         }
         let find = |wanted: &str| counters.iter().find(|(name, _)| name == wanted).map(|(_, at)| *at);
         let (insn_emulation, exits, halt_exits) = (find(INSN_EMULATION), find(EXITS), find(HALT_EXITS));
-        Ok(Self { file, counters, insn_emulation, exits, halt_exits })
+        let halt_time_ns = HALT_TIME_NS.iter().filter_map(|name| find(name)).collect();
+        Ok(Self { file, counters, insn_emulation, exits, halt_exits, halt_time_ns })
     }
 
     fn value_at(&self, at: u64) -> std::io::Result<u64> {
@@ -135,6 +145,11 @@ impl VcpuStats {
             insn_emulation: read(self.insn_emulation)?,
             exits: read(self.exits)?,
             halt_exits: read(self.halt_exits)?,
+            halt_ns: if self.halt_time_ns.is_empty() {
+                None
+            } else {
+                Some(self.halt_time_ns.iter().map(|at| self.value_at(*at)).sum::<std::io::Result<u64>>()?)
+            },
             user_exits,
         })
     }
@@ -152,12 +167,33 @@ mod tests {
 
     #[test]
     fn a_window_is_the_difference_of_its_ends_and_missing_stays_missing() {
-        let open = Snapshot { insn_emulation: Some(100), exits: Some(7), halt_exits: Some(1), user_exits: 5 };
-        let close = Snapshot { insn_emulation: Some(350), exits: Some(19), halt_exits: Some(2), user_exits: 7 };
+        let open = Snapshot {
+            insn_emulation: Some(100),
+            exits: Some(7),
+            halt_exits: Some(1),
+            halt_ns: Some(10),
+            user_exits: 5,
+        };
+        let close = Snapshot {
+            insn_emulation: Some(350),
+            exits: Some(19),
+            halt_exits: Some(2),
+            halt_ns: Some(990),
+            user_exits: 7,
+        };
         let window = close.since(open);
-        assert_eq!(window, Snapshot { insn_emulation: Some(250), exits: Some(12), halt_exits: Some(1), user_exits: 2 });
+        assert_eq!(
+            window,
+            Snapshot {
+                insn_emulation: Some(250),
+                exits: Some(12),
+                halt_exits: Some(1),
+                halt_ns: Some(980),
+                user_exits: 2
+            }
+        );
         assert_eq!(window.guest_exits(), 3, "the host stub's exits and the HLTs, not KVM's noisy total");
-        let bare = Snapshot { insn_emulation: None, exits: Some(9), halt_exits: None, user_exits: 6 };
+        let bare = Snapshot { insn_emulation: None, exits: Some(9), halt_exits: None, halt_ns: None, user_exits: 6 };
         let window = bare.since(open);
         assert_eq!((window.insn_emulation, window.exits, window.halt_exits), (None, Some(2), None));
         assert_eq!(window.guest_exits(), 1);

@@ -22,8 +22,17 @@ pub struct Loaded {
     pub image: (u64, u64),
 }
 
-/// The extent of an ELF64 x86-64 image's loadable segments, checked before anything is written.
-fn image_extent(path: &Path, bytes: &[u8]) -> Result<(u64, u64)> {
+/// A loadable segment (`PT_LOAD`): where it goes, the bytes the file holds for it, and the
+/// bytes it occupies in memory (the rest, `memsz - filesz`, is zero: the ELF rule).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Segment {
+    paddr: u64,
+    filesz: u64,
+    memsz: u64,
+}
+
+/// The loadable segments of an ELF64 x86-64 image, checked before anything is written.
+fn load_segments(path: &Path, bytes: &[u8]) -> Result<Vec<Segment>> {
     let bad = |problem: ImageProblem| Error::BadImage { path: path.to_path_buf(), problem };
     let u16_at = |o: usize| bytes.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
     let u32_at = |o: usize| bytes.get(o..o + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
@@ -43,22 +52,31 @@ fn image_extent(path: &Path, bytes: &[u8]) -> Result<(u64, u64)> {
     if phentsize < 56 {
         return Err(bad(ImageProblem::ProgramHeaderTooSmall));
     }
-    let (mut low, mut high) = (u64::MAX, 0u64);
+    let mut segments = Vec::new();
     for i in 0..phnum {
         let at = phoff.checked_add(i * phentsize).ok_or_else(|| bad(ImageProblem::ProgramHeaderOffsetOverflows))?;
         let p_type = u32_at(at).ok_or_else(|| bad(ImageProblem::ProgramHeadersPastEnd))?;
         if p_type != 1 {
             continue; // not PT_LOAD
         }
-        let p_paddr = u64_at(at + 24).ok_or_else(|| bad(ImageProblem::TruncatedProgramHeader))?;
-        let p_memsz = u64_at(at + 40).ok_or_else(|| bad(ImageProblem::TruncatedProgramHeader))?;
-        let end = p_paddr.checked_add(p_memsz).ok_or_else(|| bad(ImageProblem::SegmentEndOverflows))?;
-        low = low.min(p_paddr);
-        high = high.max(end);
+        let field = |offset: usize| u64_at(at + offset).ok_or_else(|| bad(ImageProblem::TruncatedProgramHeader));
+        let (paddr, filesz, memsz) = (field(24)?, field(32)?, field(40)?);
+        paddr.checked_add(memsz).ok_or_else(|| bad(ImageProblem::SegmentEndOverflows))?;
+        if filesz > memsz {
+            return Err(bad(ImageProblem::FileSizeAboveMemorySize));
+        }
+        segments.push(Segment { paddr, filesz, memsz });
     }
-    if high == 0 {
-        return Err(bad(ImageProblem::NoLoadableSegment));
-    }
+    Ok(segments)
+}
+
+/// The extent of an image's loadable segments.
+fn image_extent(path: &Path, bytes: &[u8]) -> Result<(u64, u64)> {
+    let bad = |problem: ImageProblem| Error::BadImage { path: path.to_path_buf(), problem };
+    let segments = load_segments(path, bytes)?;
+    let low = segments.iter().map(|s| s.paddr).min().ok_or_else(|| bad(ImageProblem::NoLoadableSegment))?;
+    // Checked by `load_segments`: no segment's end overflows.
+    let high = segments.iter().map(|s| s.paddr + s.memsz).max().unwrap_or(low);
     if low < IMAGE_MIN_GPA {
         return Err(bad(ImageProblem::SegmentBelowImageMin));
     }
@@ -87,15 +105,30 @@ pub fn load(
     extra_memmap: &[HvmMemmapEntry],
     vcpus: usize,
 ) -> Result<Loaded> {
+    let bytes = std::fs::read(path).map_err(|source| Error::ReadImage { path: path.to_path_buf(), source })?;
+    let segments = load_segments(path, &bytes)?;
     let mut file = File::open(path).map_err(|source| Error::ReadImage { path: path.to_path_buf(), source })?;
     let result = Elf::load(mem, None, &mut file, Some(GuestAddress(IMAGE_MIN_GPA)))
         .map_err(|source| Error::LoadImage { path: path.to_path_buf(), source })?;
+    zero_fill(mem, &segments).map_err(|source| Error::ZeroFillImage { path: path.to_path_buf(), source })?;
     let entry = match result.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(addr) => addr.0,
         _ => return Err(Error::NoPvhEntry { path: path.to_path_buf() }),
     };
     write_boot_info(mem, mem_size, cmdline, extra_memmap, vcpus)?;
     Ok(Loaded { entry, image })
+}
+
+/// Writes zeros over each segment's bytes beyond its file contents (`[filesz, memsz)`: the
+/// guest's `.bss`). ELF says they are zero, and the guest relies on it (it does not clear them
+/// itself: `guest/src/boot/entry.rs`). `linux-loader` copies only the file's bytes, so this
+/// does not rely on the memory being fresh.
+fn zero_fill(mem: &GuestMemoryMmap, segments: &[Segment]) -> std::result::Result<(), vm_memory::GuestMemoryError> {
+    for s in segments.iter().filter(|s| s.memsz > s.filesz) {
+        let zeros = vec![0u8; (s.memsz - s.filesz) as usize];
+        mem.write_slice(&zeros, GuestAddress(s.paddr + s.filesz))?;
+    }
+    Ok(())
 }
 
 /// The memory map the guest is told about.
@@ -197,6 +230,40 @@ mod tests {
         let truncated = &elf_with_segment(0x10_0000, 1)[..66];
         assert_eq!(problem(truncated), ImageProblem::ProgramHeadersPastEnd);
         assert_eq!(problem(&elf_with_segment(u64::MAX - 1, 5)), ImageProblem::SegmentEndOverflows);
+    }
+
+    #[test]
+    fn bytes_beyond_a_segments_file_contents_are_zero_whatever_the_memory_held() {
+        let code = [0xF4u8; 16]; // hlt
+        let image = crate::test_images::tiny_pvh_image(&code, true, 3 * 4096 + 5);
+        let path = std::env::temp_dir().join(format!("pvagent-loader-test-{}.elf", std::process::id()));
+        std::fs::write(&path, &image).unwrap();
+        let mem_size = 4 << 20;
+        let mem = crate::memory::allocate_ram(mem_size).unwrap();
+        // Memory that is not fresh: what was there before must not show through the `.bss`.
+        mem.write_slice(&vec![0xAA; 1 << 20], GuestAddress(crate::test_images::TINY_LOAD)).unwrap();
+        let extent = check_image(&path, mem_size).unwrap();
+        let loaded = load(&path, extent, &mem, mem_size, "", &[], 1);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(loaded.unwrap().image, (0x10_0000, 0x10_0000 + 16 + 3 * 4096 + 5));
+        let mut bytes = vec![0u8; 3 * 4096 + 5 + 1];
+        mem.read_slice(&mut bytes, GuestAddress(0x10_0000 + 16)).unwrap();
+        assert!(bytes[..3 * 4096 + 5].iter().all(|b| *b == 0), "memsz beyond filesz zeroed");
+        assert_eq!(bytes[3 * 4096 + 5], 0xAA, "nothing beyond memsz written");
+        let mut code_back = [0u8; 16];
+        mem.read_slice(&mut code_back, GuestAddress(0x10_0000)).unwrap();
+        assert_eq!(code_back, code);
+    }
+
+    #[test]
+    fn a_segment_with_more_file_than_memory_is_refused() {
+        let mut image = crate::test_images::tiny_pvh_image(&[0xF4; 16], true, 0);
+        // The first program header's p_memsz (at 64 + 40): one byte less than its p_filesz.
+        image[64 + 40..64 + 48].copy_from_slice(&15u64.to_le_bytes());
+        match image_extent(Path::new("x"), &image) {
+            Err(Error::BadImage { problem, .. }) => assert_eq!(problem, ImageProblem::FileSizeAboveMemorySize),
+            other => panic!("expected BadImage, got {other:?}"),
+        }
     }
 
     #[test]

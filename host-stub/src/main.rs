@@ -57,8 +57,8 @@ struct Args {
     /// switch) and write it to FILE as Chrome trace-event JSON, for https://ui.perfetto.dev.
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
-    /// Leave the console's exits out of the --trace timeline (each byte the guest prints is
-    /// one: most of a run's exits).
+    /// Leave the console's exits out of the --trace timeline (one per line through the console
+    /// port; through the UART, one per byte printed and most of a run's exits).
     #[arg(long, requires = "trace")]
     trace_omit_console: bool,
     /// Serve the benchmark ports (0x51C, 0x51E, 0x51F) and the bare kvm-ioctls loop the benchmark
@@ -73,6 +73,10 @@ struct Args {
     /// (vCPUs 2k and 2k+1 are the threads of core k), which restricts the split-lock policies.
     #[arg(long, default_value_t = 1)]
     threads_per_core: u32,
+    /// With --bench: each counting window also prints every KVM statistic that changed in it
+    /// (`host: window vcpu=N NAME=DELTA ...`): what KVM's exit count is made of.
+    #[arg(long, requires = "bench")]
+    window_stats: bool,
     /// Stop the guest after this many seconds (0: never), any whole number.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
@@ -284,6 +288,7 @@ fn main() -> ExitCode {
     config.trace = args.trace;
     config.trace_console = !args.trace_omit_console;
     config.bench = args.bench;
+    config.bench_window_stats = args.window_stats;
     config.pv_console = !args.no_pv_console;
     config.vcpus = args.vcpus;
     config.threads_per_core = args.threads_per_core;

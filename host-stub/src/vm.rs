@@ -191,7 +191,7 @@ impl Vm {
 
         let bench = config.bench.then(|| {
             let page_events = producers.iter().find_map(|p| p.page_event_injector());
-            Bench::new(vm.clone(), tracer.clone(), page_events)
+            Bench::new(vm.clone(), tracer.clone(), page_events, config.bench_window_stats)
         });
         Ok(Self {
             vcpus,

@@ -1,5 +1,6 @@
 //! The host stub's paravirtual console port (`pvagent_abi::console`): one exit hands the host a
-//! record of bytes, a whole line, where the UART costs two exits per byte.
+//! record of bytes, a whole line, where the UART costs an exit per byte (and one per 16 for the
+//! line status).
 
 use pvagent_abi::console::ConsoleRecord;
 use pvagent_abi::port::CONSOLE;

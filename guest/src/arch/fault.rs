@@ -81,8 +81,15 @@ pub type FatalHook = fn(fmt::Arguments<'_>) -> !;
 // SAFETY: a fn pointer type.
 unsafe impl FnPtr for FatalHook {}
 
+/// What a layer above adds to a fatal report made without a hook (the console: how many lines
+/// trap handlers dropped), printed after the message.
+pub type FatalNote = fn();
+// SAFETY: a fn pointer type.
+unsafe impl FnPtr for FatalNote {}
+
 static USER_FAULT_HOOK: FnSlot<UserFaultHook> = FnSlot::empty();
 static FATAL_HOOK: FnSlot<FatalHook> = FnSlot::empty();
+static FATAL_NOTE: FnSlot<FatalNote> = FnSlot::empty();
 
 /// Sets who handles faults of CPL 3 code.
 pub fn set_user_fault_hook(hook: UserFaultHook) {
@@ -94,14 +101,25 @@ pub fn set_fatal_hook(hook: FatalHook) {
     FATAL_HOOK.set(hook);
 }
 
+/// Sets what a fatal report without a hook adds after its message.
+pub fn set_fatal_note(note: FatalNote) {
+    FATAL_NOTE.set(note);
+}
+
 /// Ends the run with a report: the registered fatal hook, or a plain exit. Without a hook the
 /// message goes straight to the UART, past the console's lock (the failing context may hold
-/// it): output may interleave, but it is never lost and never deadlocks.
+/// it): output may interleave, but it is never lost and never deadlocks. Then the note the
+/// layers above set ([`set_fatal_note`]: the console's count of the lines trap handlers
+/// dropped), so that a boot or a benchmark that ends here does not lose them silently; a hook
+/// reports them itself, as the self-test runner does in its summary.
 pub fn fatal(args: fmt::Arguments<'_>) -> ! {
     if let Some(hook) = FATAL_HOOK.get() {
         hook(args);
     }
     let _ = Serial::new(pvagent_abi::port::COM1).write_fmt(format_args!("fatal: {args}\n"));
+    if let Some(note) = FATAL_NOTE.get() {
+        note();
+    }
     super::exit::exit(pvagent_abi::exit::FAILURE)
 }
 

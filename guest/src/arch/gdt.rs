@@ -11,7 +11,7 @@
 
 use x86_64::PrivilegeLevel;
 use x86_64::VirtAddr;
-use x86_64::instructions::segmentation::{CS, DS, ES, FS, GS, SS, Segment};
+use x86_64::instructions::segmentation::{CS, DS, ES, FS, SS, Segment};
 use x86_64::instructions::tables::load_tss;
 use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable, SegmentSelector};
 use x86_64::structures::tss::TaskStateSegment;
@@ -57,13 +57,16 @@ fn tables(cpu: usize) -> *mut CpuTables {
     unsafe { &raw mut (*all)[cpu] }
 }
 
-/// Builds and loads this vCPU's GDT and TSS and reloads every segment register. The TSS has
-/// no IST stacks yet ([`set_ist_stacks`] gives them).
+/// Builds and loads this vCPU's GDT and TSS and reloads every segment register but GS. The TSS
+/// has no IST stacks yet ([`set_ist_stacks`] gives them).
+///
+/// GS keeps the null selector the entry loaded, and the base it set: the vCPU's per-vCPU area,
+/// which the kernel uses from its first Rust instruction on (`percpu`). Loading GS would clear
+/// that base on Intel CPUs, and in long mode the selector means nothing.
 ///
 /// # Safety
 ///
-/// Call once per vCPU, on that vCPU, with interrupts disabled, before its per-vCPU area is set
-/// (`percpu::init`: loading GS may clear the GS base).
+/// Call once per vCPU, on that vCPU, with interrupts disabled.
 pub unsafe fn init(cpu: usize) {
     // SAFETY: the caller guarantees this vCPU is alone with its tables and nothing loaded them.
     let CpuTables { gdt, tss } = unsafe { &mut *tables(cpu) };
@@ -85,10 +88,7 @@ pub unsafe fn init(cpu: usize) {
         DS::set_reg(data);
         ES::set_reg(data);
         SS::set_reg(data);
-        let null = SegmentSelector(0);
-        FS::set_reg(null);
-        // Loading GS clears its base on some CPUs: percpu::init sets the base after this.
-        GS::set_reg(null);
+        FS::set_reg(SegmentSelector(0));
         load_tss(SegmentSelector::new(TSS_SEL >> 3, PrivilegeLevel::Ring0));
     }
 }

@@ -300,6 +300,10 @@ pub struct ImageLayout {
     /// The unmapped page below the boot stack.
     pub boot_stack_guard: u64,
     pub end: u64,
+    /// Page-table frames the image holds in `.bss`, zero from the loader (`paging` takes them
+    /// first, so that the tables they become need no clearing): the RAM the layout sets aside
+    /// for page tables is that many frames smaller.
+    pub zeroed_tables: u64,
 }
 
 /// Task stack sizes the command line may ask for (`kstack=`, in KiB).
@@ -320,18 +324,15 @@ pub fn parse_task_stack_kib(text: &str) -> Result<u64, &'static str> {
 /// The most regions a layout holds.
 pub const MAX_REGIONS: usize = 96;
 
-/// The kernel's physical memory, decided.
-#[derive(Clone, Debug)]
-pub struct Layout {
-    /// What the kernel's page tables map at boot, sorted by address.
-    pub regions: heapless::Vec<Region, MAX_REGIONS>,
-    pub placement: Placement,
-}
+/// What the kernel's page tables map at boot, sorted by address: [`plan`] fills it in place
+/// (2.3 KiB, which an emulated guest kernel would pay for again at every move).
+pub type Regions = heapless::Vec<Region, MAX_REGIONS>;
 
 /// Where the kernel put its own things, and what became of the RAM it was given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Placement {
-    /// Frames for page tables: `[tables.0, tables.1)`.
+    /// Frames for page tables in RAM, after those the image holds (`ImageLayout::zeroed_tables`):
+    /// `[tables.0, tables.1)`.
     pub tables: (u64, u64),
     /// Page tables the boot mapping needs (the rest of `tables` serves later mappings).
     pub boot_tables: u64,
@@ -372,8 +373,9 @@ impl core::fmt::Display for LayoutError {
     }
 }
 
-/// Decides the layout. `ram` is the memory map's RAM (ranges may touch or overlap): the kernel
-/// carves its stacks and page tables from it and maps the rest, in whole
+/// Decides the layout: fills `mapped` with what the page tables map at boot and returns where
+/// the kernel put its own things. `ram` is the memory map's RAM (ranges may touch or overlap):
+/// the kernel carves its stacks and page tables from it and maps the rest, in whole
 /// large pages; `devices` are the device pages to map at boot.
 ///
 /// RAM is mapped only where it fills whole 2 MiB pages (or 1 GiB pages): a piece that only
@@ -386,12 +388,14 @@ impl core::fmt::Display for LayoutError {
 /// relies on it: every sum is checked or saturating, nothing beyond [`IDENTITY_MAP_LIMIT`] is
 /// mapped, and hostile input gives an error or a smaller layout, never an overflow.
 pub fn plan(
+    mapped: &mut Regions,
     image: &ImageLayout,
     ram: &[(u64, u64)],
     devices: &[Region],
     demand: StackDemand,
     huge_pages: bool,
-) -> Result<Layout, LayoutError> {
+) -> Result<Placement, LayoutError> {
+    mapped.clear();
     // The stack area starts at the first 2 MiB boundary after the image, in the piece of RAM
     // that holds it (its 4 KiB mappings then never share a page table with anything else);
     // the page tables follow it.
@@ -420,7 +424,7 @@ pub fn plan(
     // It fits below the boot mapping's limit, so it fits in the address space.
     let stacks = StackArea::new(stacks_start, demand).ok_or(LayoutError::StacksOverflow)?;
 
-    let mut regions: heapless::Vec<Region, MAX_REGIONS> = heapless::Vec::new();
+    let mut regions = Regions::new();
     let mut push = |start: u64, end: u64, access: Access| {
         if start < end {
             regions.push(Region { start, end, access }).map_err(|_| LayoutError::TooManyRegions)
@@ -484,8 +488,9 @@ pub fn plan(
     // Two ranges may still overlap (a device page in RAM): the first one's mapping wins.
     // Neighbours with the same permissions become one region, so that pages can be large across
     // their border.
-    let mut kept: heapless::Vec<Region, MAX_REGIONS> = heapless::Vec::new();
-    for r in regions {
+    // (By reference: a move of the list is a copy of 2.3 KiB.)
+    let kept = mapped;
+    for &r in &regions {
         match kept.last_mut() {
             Some(last) if r.start <= last.end && r.access == last.access => last.end = last.end.max(r.end),
             Some(last) if r.end <= last.end => {}
@@ -499,8 +504,8 @@ pub fn plan(
         }
     }
 
-    let boot_tables = tables_for(&kept, huge_pages);
-    let table_frames = boot_tables.saturating_add(stack_tables + SPARE_TABLES);
+    let boot_tables = tables_for(kept, huge_pages);
+    let table_frames = boot_tables.saturating_add(stack_tables + SPARE_TABLES).saturating_sub(image.zeroed_tables);
     let tables_end = table_frames.checked_mul(PAGE).and_then(|bytes| stacks.end().checked_add(bytes));
     // The tables must lie in large pages the RAM mapping has: in the same piece of RAM as the
     // stack area, up to a 2 MiB boundary.
@@ -510,12 +515,9 @@ pub fn plan(
     };
     // Saturating sums: the ranges' sizes are the host's numbers.
     let ram_total = ram.iter().fold(0u64, |sum, &(s, e)| sum.saturating_add(e.saturating_sub(s)));
-    let ram_mapped = overlap(&kept, &sorted);
+    let ram_mapped = overlap(kept, &sorted);
     let ram_used = (image.end - image.start) + stacks.len() + (tables.1 - tables.0);
-    Ok(Layout {
-        regions: kept,
-        placement: Placement { tables, boot_tables, stacks, ram: ram_total, ram_mapped, ram_used },
-    })
+    Ok(Placement { tables, boot_tables, stacks, ram: ram_total, ram_mapped, ram_used })
 }
 
 /// Bytes of `ranges` (sorted by start; they may overlap each other) that `regions` (sorted and

@@ -30,7 +30,6 @@ pub mod gdt;
 #[cfg(kernel)]
 pub mod hypercall;
 #[cfg(kernel)]
-pub mod idle;
 #[cfg(kernel)]
 pub mod idt;
 #[cfg(kernel)]

@@ -1,7 +1,9 @@
 //! The kernel's page tables, built with the `x86_64` crate's structures as [`layout`] decided:
 //! the largest pages alignment and permissions allow, 4 KiB pages only where a guard page or a
-//! permission boundary needs them. Page tables are frames from the RAM the layout set aside for
-//! them, zeroed when taken.
+//! permission boundary needs them. Page tables are frames from the image's `.bss` first
+//! ([`ZEROED_TABLES`] of them, which the loader zeroed: the boot's tables and the first few the
+//! stacks need cost no clearing), then from the RAM the layout set aside, zeroed when taken
+//! (512 `rep stosq` iterations each, which an emulated guest kernel pays one by one).
 //!
 //! Everything is identity mapped (virtual = physical). Mappings are only ever added: a range
 //! goes from unmapped to mapped, never back, so no TLB needs flushing on any vCPU. Every change
@@ -15,7 +17,8 @@ use x86_64::structures::paging::{PageTable, PageTableFlags as F, PhysFrame};
 
 use super::cpu::IrqGuard;
 pub use super::layout::Access;
-use super::layout::{self, IDENTITY_MAP_LIMIT, ImageLayout, Layout, PAGE};
+use super::layout::{self, IDENTITY_MAP_LIMIT, ImageLayout, PAGE, Region};
+use crate::cell::StaticCell;
 
 /// Flags of a leaf entry with `access`.
 fn flags(access: Access) -> F {
@@ -31,10 +34,24 @@ fn flags(access: Access) -> F {
     }
 }
 
+/// Page-table frames in the image, enough for the boot's tables on the hosts we know (about
+/// ten) and a few more; 64 KiB of `.bss`, which costs the boot nothing.
+pub const ZEROED_TABLES: usize = 16;
+
+/// The frames themselves: zero from the loader (`.bss`), handed out once each by
+/// [`Tables::alloc`], under the `TABLES` lock, and touched by nothing else before.
+#[repr(C, align(4096))]
+struct ZeroedFrames([[u64; 512]; ZEROED_TABLES]);
+static ZEROED_FRAMES: StaticCell<ZeroedFrames> = StaticCell::new(ZeroedFrames([[0; 512]; ZEROED_TABLES]));
+
 /// The page tables: the root, and the frames left for new tables.
 #[derive(Debug)]
 struct Tables {
     root: u64,
+    /// The image's zeroed frames not handed out yet: `[next_zeroed, zeroed_end)`.
+    next_zeroed: u64,
+    zeroed_end: u64,
+    /// The RAM frames not handed out yet: `[next_frame, frames_end)`.
     next_frame: u64,
     frames_end: u64,
     huge_pages: bool,
@@ -47,8 +64,15 @@ struct Tables {
 /// No walk yet: a key no walk has.
 const NO_WALK: (u64, u64) = (u64::MAX, 0);
 
-static TABLES: spin::Mutex<Tables> =
-    spin::Mutex::new(Tables { root: 0, next_frame: 0, frames_end: 0, huge_pages: false, last_walk: NO_WALK });
+static TABLES: spin::Mutex<Tables> = spin::Mutex::new(Tables {
+    root: 0,
+    next_zeroed: 0,
+    zeroed_end: 0,
+    next_frame: 0,
+    frames_end: 0,
+    huge_pages: false,
+    last_walk: NO_WALK,
+});
 
 /// Which table of `level` (1: a page table) maps `addr`: the table's level and the window of
 /// addresses it covers, as one number (addresses are below 2^47, so the window fits in 35 bits).
@@ -75,14 +99,19 @@ unsafe fn table<'a>(addr: u64) -> &'a mut PageTable {
 }
 
 impl Tables {
-    /// A zeroed frame for a new page table.
+    /// A zeroed frame for a new page table: one of the image's, which are zero already, or
+    /// one from RAM, cleared now.
     fn alloc(&mut self) -> u64 {
+        if self.next_zeroed < self.zeroed_end {
+            let frame = self.next_zeroed;
+            self.next_zeroed += PAGE;
+            return frame;
+        }
         assert!(self.next_frame < self.frames_end, "no frame left for a page table: the layout's table area is full");
         let frame = self.next_frame;
         self.next_frame += PAGE;
         // SAFETY: the frame is in the area the layout reserved for page tables, mapped (by the
-        // boot tables, and as RAM by these), and handed out once. `write_bytes` is one
-        // `rep stos`, which costs an emulated kernel a single instruction.
+        // boot tables, and as RAM by these), and handed out once.
         unsafe { core::ptr::write_bytes(frame as *mut u8, 0, PAGE as usize) };
         frame
     }
@@ -194,18 +223,27 @@ fn check_range(start: u64, end: u64) {
     );
 }
 
-/// Builds the kernel's page tables as `layout` says (they become active with [`activate`]).
+/// Builds the kernel's page tables, mapping `regions`, in the frames `tables` (`[start, end)`)
+/// the layout set aside for them (they become active with [`activate`]).
 ///
 /// # Safety
 ///
 /// Call once, on the boot vCPU, with interrupts disabled, while the boot page tables (which map
 /// the first GiB, where the layout put the page tables) are active.
-pub unsafe fn init(layout: &Layout, huge_pages: bool) {
+pub unsafe fn init(regions: &[Region], tables: (u64, u64), huge_pages: bool) {
     with_tables(|t| {
-        let (start, end) = layout.placement.tables;
-        *t = Tables { root: start, next_frame: start, frames_end: end, huge_pages, last_walk: NO_WALK };
+        let zeroed = ZEROED_FRAMES.get() as u64;
+        *t = Tables {
+            root: 0,
+            next_zeroed: zeroed,
+            zeroed_end: zeroed + ZEROED_TABLES as u64 * PAGE,
+            next_frame: tables.0,
+            frames_end: tables.1,
+            huge_pages,
+            last_walk: NO_WALK,
+        };
         t.root = t.alloc();
-        for r in &layout.regions {
+        for r in regions {
             t.map(r.start, r.end, r.access);
         }
     });
@@ -289,5 +327,6 @@ pub fn image_layout() -> ImageLayout {
         user_data: (sym!(__user_data_start), sym!(__user_data_end)),
         boot_stack_guard: sym!(__boot_stack_guard),
         end: sym!(__image_end),
+        zeroed_tables: ZEROED_TABLES as u64,
     }
 }

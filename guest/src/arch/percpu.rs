@@ -1,10 +1,12 @@
 //! Per-vCPU state: where each vCPU finds its own data.
 //!
 //! Every vCPU's GS base points at its [`CpuArea`] while the kernel runs (the entry path swaps GS
-//! for CPL 3 contexts). Other modules keep their per-vCPU state in [`CpuLocal`] arrays indexed by
-//! [`index`], so adding vCPUs means starting more of them, not restructuring state.
+//! for CPL 3 contexts), from the vCPU's first 64-bit instruction: the boot vCPU's PVH entry sets
+//! it before any Rust code runs (`boot::entry`), since even `memcpy` uses it ([`STRING_ITERATIONS`]).
+//! Other modules keep their per-vCPU state in [`CpuLocal`] arrays indexed by [`index`], so adding
+//! vCPUs means starting more of them, not restructuring state.
 
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use x86_64::VirtAddr;
 use x86_64::registers::model_specific::{GsBase, KernelGsBase};
@@ -27,17 +29,34 @@ pub struct CpuArea {
     /// the entry path changes it with GS-relative instructions while shared references to the
     /// area exist; Rust code never touches it otherwise.
     trap_depth: AtomicU32,
+    /// Iterations of string instructions this vCPU's kernel ran (GS:24), added to by the kernel's
+    /// `memcpy`, `memset`, `memmove` and `memcmp` with one GS-relative add each: what KVM's
+    /// count of emulated instructions does not see (see [`string_iterations`]).
+    string_iterations: AtomicU64,
 }
 
 const AREA_INDEX: usize = 8;
 const AREA_TRAP_DEPTH: usize = 16;
+/// GS offset of this vCPU's count of string-instruction iterations (`arch::mem` adds to it).
+pub const STRING_ITERATIONS: usize = 24;
 const _: () = assert!(core::mem::offset_of!(CpuArea, index) == AREA_INDEX);
 const _: () = assert!(core::mem::offset_of!(CpuArea, trap_depth) == AREA_TRAP_DEPTH);
+const _: () = assert!(core::mem::offset_of!(CpuArea, string_iterations) == STRING_ITERATIONS);
 
 /// Each area is written once by its own vCPU during `init` (before it is shared), and afterwards
-/// only through GS-relative single instructions or its atomics, by the vCPU that owns it.
+/// only through GS-relative single instructions or its atomics, by the vCPU that owns it. The
+/// boot vCPU's PVH entry names the first one (`CPU_AREAS`) to point GS at it.
+#[unsafe(export_name = "CPU_AREAS")]
 static AREAS: StaticCell<[CpuArea; MAX_CPUS]> = StaticCell::new(
-    [const { CpuArea { self_ptr: 0, index: 0, apic_id: AtomicU32::new(0), trap_depth: AtomicU32::new(0) } }; MAX_CPUS],
+    [const {
+        CpuArea {
+            self_ptr: 0,
+            index: 0,
+            apic_id: AtomicU32::new(0),
+            trap_depth: AtomicU32::new(0),
+            string_iterations: AtomicU64::new(0),
+        }
+    }; MAX_CPUS],
 );
 
 /// This vCPU's area, shared: only its atomics may be used through it (see `AREAS`).
@@ -57,6 +76,8 @@ pub unsafe fn init(cpu: usize) {
     assert!(cpu < MAX_CPUS, "vCPU index {cpu} beyond MAX_CPUS");
     // SAFETY: the caller guarantees this vCPU is the only one touching area `cpu` now.
     let area = unsafe { &mut (*AREAS.get())[cpu] };
+    // The boot vCPU's entry pointed GS here already (`boot::entry`) and its string functions
+    // have counted since: the count is kept.
     area.self_ptr = area as *mut CpuArea as u64;
     area.index = cpu as u32;
     // The two MSR writes are compiler barriers (the `x86_64` crate declares WRMSR without
@@ -77,6 +98,21 @@ pub fn index() -> usize {
             options(nostack, readonly, preserves_flags));
     }
     index as usize
+}
+
+/// Iterations of string instructions this vCPU's kernel has run so far (since its first
+/// instruction: the count lives in the image's `.bss`, zero from the loader). On an emulated
+/// guest kernel each iteration costs about an instruction's time, but KVM's `insn_emulation`
+/// counts a `rep` string instruction once per 1,024 iterations; the benchmarks add this to
+/// their counting windows, and the boot milestone reports it (`run_first_task`).
+pub fn string_iterations() -> u64 {
+    let n: u64;
+    // SAFETY: GS addresses this vCPU's area (see `index`); the load reads its counter.
+    unsafe {
+        core::arch::asm!("mov {0}, gs:[{off}]", out(reg) n, off = const STRING_ITERATIONS,
+            options(nostack, readonly, preserves_flags));
+    }
+    n
 }
 
 /// Records this vCPU's local APIC ID (read once the APIC is up).

@@ -54,8 +54,8 @@ pub struct TaskStacks {
 ///
 /// Call once, first thing, on the boot vCPU, with interrupts disabled.
 pub unsafe fn init_traps() {
-    // SAFETY: boot vCPU, once, interrupts off (the caller's contract); the GDT first, since
-    // loading GS may clear the base `percpu::init` sets.
+    // SAFETY: boot vCPU, once, interrupts off (the caller's contract). GS already points at
+    // this vCPU's area (the entry set it); `percpu::init` fills the area in.
     unsafe {
         gdt::init(0);
         percpu::init(0);
@@ -101,16 +101,18 @@ pub unsafe fn init(boot: &BootInfo, cpu: cpu::CpuInfo, tasks: TaskStacks) -> &'s
         let _ = ram.push((entry.start, entry.end));
     }
     let devices = [Region { start: apic::XAPIC_BASE, end: apic::XAPIC_BASE + layout::PAGE, access: Access::Mmio }];
-    let layout = layout::plan(&paging::image_layout(), &ram, &devices, demand, cpu.huge_pages)
+    // Filled in place: a list of regions is 2.3 KiB.
+    let mut mapped = layout::Regions::new();
+    let placement = layout::plan(&mut mapped, &paging::image_layout(), &ram, &devices, demand, cpu.huge_pages)
         .unwrap_or_else(|e| fault::fatal(format_args!("memory: {e} (lower kstack= or give the guest more RAM)")));
-    stacks::init(layout.placement.stacks);
+    stacks::init(placement.stacks);
 
     // SAFETY: boot vCPU, after `init_traps`, interrupts off (the caller's contract). The IST
     // stacks are mapped below before the kernel's page tables are active; until then they are in
     // RAM the boot tables map.
     unsafe { gdt::set_ist_stacks(0, stacks::ist_tops(0)) };
     // SAFETY: boot vCPU, once, interrupts off, boot tables active (the caller's contract).
-    unsafe { paging::init(&layout, cpu.huge_pages) };
+    unsafe { paging::init(&mapped, placement.tables, cpu.huge_pages) };
     // Mapped before the switch, so that an NMI, #DF or #MC always finds its stack.
     stacks::start_cpu(0);
     // SAFETY: after `init`, interrupts off, this vCPU's IST stacks mapped.
@@ -136,6 +138,6 @@ pub unsafe fn init(boot: &BootInfo, cpu: cpu::CpuInfo, tasks: TaskStacks) -> &'s
         tsc_khz,
         tsc_source,
         madt,
-        memory: layout.placement,
+        memory: placement,
     })
 }

@@ -204,7 +204,6 @@ pub fn set_fallback(handler: Handler) {
 #[unsafe(no_mangle)]
 extern "sysv64" fn trap_dispatch(frame: &mut TrapFrame) {
     let vector = frame.vector as u8;
-    super::idle::end_halt();
     super::percpu::enter_trap();
     if let Some(handler) = HANDLERS[usize::from(vector)].get() {
         handler(frame);

@@ -122,13 +122,13 @@ pub struct Counted {
 
 /// [`port_loop`], counted: with the tick held back around both windows, so the difference is
 /// exactly what the `out`s and the events they bring cost.
-pub fn counted_port_loop(port: u16, value: u32, iterations: u64, empty: EmptyLoop) -> Counted {
+pub fn counted_port_loop(port: u16, value: u32, iterations: u64, empty: EmptyLoop) -> Result<Counted> {
     let _tick = TickHeld::new();
     let cycles = port_loop(port, value, iterations, empty);
     let looped = count::read();
     timed_loop(None, iterations);
-    let counts = looped.zip(count::read()).map(|(looped, empty)| looped.less(empty));
-    Counted { cycles, counts }
+    let counts = looped.zip(count::read()).map(|(looped, empty)| looped.less(empty)).transpose()?;
+    Ok(Counted { cycles, counts })
 }
 
 /// How long `spin` (`user.rs`) takes per 1024 iterations, in TSC cycles: the fastest of a few

@@ -4,16 +4,25 @@
 //! so a window says what a path costs as a count, which unlike its time does not depend on the
 //! machine or its load.
 //!
+//! KVM counts a `rep` string instruction once per 1,024 iterations, though its emulator runs
+//! every iteration at about an instruction's cost; a window also says how many iterations the
+//! kernel's string functions ran in it (this vCPU's count, `percpu::string_iterations`, read
+//! before the opening exit and after the closing one).
+//!
 //! Counts are exact only if nothing else runs in the window: the timer tick is held back around
 //! every window ([`TickHeld`]), and each benchmark takes the window's own cost out by counting
 //! the same code without the events it is about (an empty loop, a run over present pages).
 //! Opening, closing and reading a window are exits outside it.
 
 use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use pvagent_abi::port::{BENCH_COUNT, BenchCount, COUNT_UNAVAILABLE};
+use pvagent_guest::arch::percpu::{self, CpuLocal, MAX_CPUS};
 use pvagent_guest::arch::{apic, time};
 use x86_64::instructions::port::Port;
+
+use crate::runner::{BenchError, Result};
 
 /// What KVM counted in a window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,32 +34,47 @@ pub struct Counts {
     /// Exits as KVM counted them: also what the host did to the vCPU's thread (reported only:
     /// it depends on the machine's load).
     pub kvm_exits: u64,
+    /// Iterations of string instructions the kernel ran (counted by the guest itself).
+    pub string_iters: u64,
 }
 
 impl Counts {
-    /// What `self` counted beyond `base` (the same code without what is measured).
-    pub fn less(self, base: Counts) -> Counts {
-        Counts {
-            insns: self.insns.saturating_sub(base.insns),
-            exits: self.exits.saturating_sub(base.exits),
-            kvm_exits: self.kvm_exits.saturating_sub(base.kvm_exits),
-        }
+    /// What `self` counted beyond `base` (the same code without what is measured); an error
+    /// where `base` counted more of a figure, which only a broken baseline can do.
+    pub fn less(self, base: Counts) -> Result<Counts> {
+        let less = |a: u64, b: u64| a.checked_sub(b).ok_or(BenchError("a count is below its baseline's"));
+        Ok(Counts {
+            insns: less(self.insns, base.insns)?,
+            exits: less(self.exits, base.exits)?,
+            kvm_exits: less(self.kvm_exits, base.kvm_exits)?,
+            string_iters: less(self.string_iters, base.string_iters)?,
+        })
     }
 }
 
-/// A sample line's count fields, `PREFIXinsns=N PREFIXexits=N PREFIXkvm_exits=N` (each with a leading space), or
-/// nothing where the host does not count: the line then simply lacks them.
+/// A sample line's count fields, `PREFIXinsns=N PREFIXexits=N PREFIXkvm_exits=N
+/// PREFIXstring_iters=N` (each with a leading space), or nothing where the host does not count:
+/// the line then simply lacks them.
 #[derive(Clone, Copy, Debug)]
 pub struct Fields(pub &'static str, pub Option<Counts>);
 
 impl fmt::Display for Fields {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.1 {
-            Some(c) => write!(f, " {0}insns={1} {0}exits={2} {0}kvm_exits={3}", self.0, c.insns, c.exits, c.kvm_exits),
+            Some(c) => write!(
+                f,
+                " {0}insns={1} {0}exits={2} {0}kvm_exits={3} {0}string_iters={4}",
+                self.0, c.insns, c.exits, c.kvm_exits, c.string_iters
+            ),
             None => Ok(()),
         }
     }
 }
+
+/// This vCPU's string iterations when its window opened.
+static OPENED_ITERS: CpuLocal<AtomicU64> = CpuLocal::new([const { AtomicU64::new(0) }; MAX_CPUS]);
+/// What its last closed window counted of them.
+static CLOSED_ITERS: CpuLocal<AtomicU64> = CpuLocal::new([const { AtomicU64::new(0) }; MAX_CPUS]);
 
 fn write(what: BenchCount) {
     // SAFETY: the host's counting port has no effect on guest memory.
@@ -59,12 +83,15 @@ fn write(what: BenchCount) {
 
 /// Opens this vCPU's window: the host takes a snapshot of its statistics at this exit.
 pub fn open() {
+    OPENED_ITERS.get().store(percpu::string_iterations(), Ordering::Relaxed);
     write(BenchCount::Open);
 }
 
 /// Closes the window: its figures are the statistics at this exit less those at the opening.
 pub fn close() {
     write(BenchCount::Close);
+    let iters = percpu::string_iterations().wrapping_sub(OPENED_ITERS.get().load(Ordering::Relaxed));
+    CLOSED_ITERS.get().store(iters, Ordering::Relaxed);
 }
 
 fn read_one(which: BenchCount) -> Option<u64> {
@@ -80,7 +107,15 @@ pub fn read() -> Option<Counts> {
         insns: read_one(BenchCount::ReadInstructions)?,
         exits: read_one(BenchCount::ReadExits)?,
         kvm_exits: read_one(BenchCount::ReadKvmExits)?,
+        string_iters: CLOSED_ITERS.get().load(Ordering::Relaxed),
     })
+}
+
+/// How long this vCPU was halted in the last closed window, in nanoseconds, as KVM measured it
+/// (the workload's idle time: the kernel keeps none of its own); `None` where the host does not
+/// measure it.
+pub fn read_halted_ns() -> Option<u64> {
+    read_one(BenchCount::ReadHaltedMicros).map(|us| us * 1000)
 }
 
 /// Holds the timer tick back while it lives, so that no tick lands in a window: the task

@@ -50,10 +50,10 @@ pub fn inject(s: Settings) -> Result<()> {
         // first spurious #AC, first touches) is not the cost per event.
         port_loop(BENCH_INJECT, value, ops, s.empty);
         for rep in 0..s.reps {
-            let plain_loop = counted_port_loop(BENCH_INJECT, plain, ops, s.empty);
+            let plain_loop = counted_port_loop(BENCH_INJECT, plain, ops, s.empty)?;
             let (events, irqs, spurious) =
                 (pnp::stats().events, BENCH_IRQS.load(Ordering::Relaxed), ac::stats().spurious);
-            let event_loop = counted_port_loop(BENCH_INJECT, value, ops, s.empty);
+            let event_loop = counted_port_loop(BENCH_INJECT, value, ops, s.empty)?;
             // Counted where the guest handled them, so an event the host did not deliver is
             // not taken for one that was.
             let handled = match name {

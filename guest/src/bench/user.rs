@@ -42,9 +42,12 @@ const _: () = assert!(core::mem::offset_of!(Slot, gate) as u64 == SLOT_GATE);
 const _: () = assert!(core::mem::offset_of!(Slot, compute_tsc) as u64 == SLOT_COMPUTE);
 
 /// The finish line of one workload run, in user-accessible memory: each task counts itself in
-/// when its last access is done and then stays (yielding) until every task has, so that no task
-/// leaves (exits, is joined) while others still work. Leaving costs the emulated kernel about a
-/// millisecond here, which would otherwise land inside the measured window.
+/// when its last access is done and then stays until every task has, so that no task leaves
+/// (exits, is joined) while others still work. Leaving costs the emulated kernel about a
+/// millisecond here, which would otherwise land inside the measured window. A task that waits
+/// blocks on the count (`user::wait`) and the last one in wakes it: spinning (yielding) would
+/// cost a number of kernel calls that depends on when the host lets the others finish, and the
+/// counting windows around these runs must count the same every time.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Gate {
@@ -144,13 +147,21 @@ pub extern "sysv64" fn user_workload(slot: u64) -> ! {
     user::write_u64(slot + SLOT_COMPUTE, compute);
     user::write_u64(slot + SLOT_END, user::rdtsc());
     let gate = user::read_u64(slot + SLOT_GATE);
+    let mut finished = 1u64;
     // SAFETY: `gate` is the run's `Gate`, user-accessible and aligned; a locked add changes
-    // nothing else.
+    // nothing else. `finished` comes back as the count before this task's.
     unsafe {
-        core::arch::asm!("lock add qword ptr [{}], 1", in(reg) gate + GATE_FINISHED, options(nostack));
+        core::arch::asm!("lock xadd qword ptr [{}], {}", in(reg) gate + GATE_FINISHED, inout(reg) finished,
+            options(nostack));
     }
-    while user::read_u64(gate + GATE_FINISHED) < user::read_u64(gate + GATE_TASKS) {
-        user::yield_now();
+    finished += 1;
+    let tasks = user::read_u64(gate + GATE_TASKS);
+    if finished == tasks {
+        user::wake(gate + GATE_FINISHED);
+    }
+    while finished < tasks {
+        user::wait(gate + GATE_FINISHED, finished);
+        finished = user::read_u64(gate + GATE_FINISHED);
     }
     user::exit(acc)
 }

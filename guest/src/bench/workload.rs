@@ -3,7 +3,6 @@
 //! itself: what asynchronous page-not-present buys.
 
 use pvagent_abi::pnp::{HostCounter, HostMode, PageBehaviour};
-use pvagent_guest::arch::idle;
 use pvagent_guest::kprintln;
 use pvagent_guest::pv::pnp;
 use pvagent_guest::task::{self, table::ExitStatus, table::TaskId};
@@ -19,7 +18,8 @@ use crate::{BenchError, Result, Settings};
 pub struct Window {
     /// From the first task's start to the last task's last access.
     pub wall_ns: u64,
-    /// `wall_ns` less the time this vCPU was halted.
+    /// `wall_ns` less the time this vCPU was halted (KVM's measure of it, read through the
+    /// counting window around the run).
     pub busy_ns: u64,
     /// The compute segments' time, summed over the tasks: what the ideal is made of, measured
     /// rather than taken from the calibration (which a busy host can skew either way).
@@ -70,17 +70,28 @@ pub fn run_counted(
     if pages_before == Pages::Evicted {
         pnp::evict(region.base, tasks * pages).map_err(|_| BenchError("evict failed"))?;
     }
-    let tick = counted.then(TickHeld::new);
-    if counted {
-        count::open();
+    if arrival == Arrival::WhenAllParked {
+        // Before the window: holding the pages is the setting, not the path.
+        for page in 0..tasks * pages {
+            pnp::set_page_behaviour(region.page(page), PageBehaviour::Held)
+                .map_err(|_| BenchError("cannot hold a page"))?;
+        }
     }
+    let tick = counted.then(TickHeld::new);
+    // Always a window: KVM's time halted in it is the run's idle time. Its exits are outside
+    // the wall time, which the tasks themselves take.
+    count::open();
     let window = tasks_over_pages(region, tasks, pages, spin_iterations, arrival);
-    let counts = counted.then(|| {
-        count::close();
-        count::read()
-    });
+    count::close();
+    let counts = if counted { count::read() } else { None };
+    let halted_ns = count::read_halted_ns();
     drop(tick);
-    Ok((window?, counts.flatten()))
+    let mut window = window?;
+    // Idle time can only accrue while every task is parked, which is inside the window: before
+    // it the tasks are starting, after it they are leaving, and neither waits. Where the host
+    // does not measure it, every moment counts as busy.
+    window.busy_ns = window.wall_ns.saturating_sub(halted_ns.unwrap_or(0));
+    Ok((window, counts))
 }
 
 fn tasks_over_pages(
@@ -90,15 +101,8 @@ fn tasks_over_pages(
     spin_iterations: u64,
     arrival: Arrival,
 ) -> Result<Window> {
-    if arrival == Arrival::WhenAllParked {
-        for page in 0..tasks * pages {
-            pnp::set_page_behaviour(region.page(page), PageBehaviour::Held)
-                .map_err(|_| BenchError("cannot hold a page"))?;
-        }
-    }
     let mut ids: heapless::Vec<TaskId, SLOTS> = heapless::Vec::new();
     user::reset_gate(tasks);
-    let idle = idle::idle_cycles();
     for t in 0..tasks as usize {
         let slot =
             Slot { base: region.page(t as u64 * pages), pages, spin_iterations, gate: user::gate_addr(), ..EMPTY_SLOT };
@@ -122,9 +126,6 @@ fn tasks_over_pages(
             return Err(BenchError("a workload task ended abnormally"));
         }
     }
-    // Idle time can only accrue while every task is parked, which is inside the window: before
-    // it the tasks are starting, after it they are leaving, and neither waits.
-    let idle = idle::idle_cycles().wrapping_sub(idle);
     let (mut first, mut last, mut compute) = (u64::MAX, 0, 0);
     for t in 0..tasks as usize {
         let slot = user::get_slot(t)?;
@@ -136,11 +137,7 @@ fn tasks_over_pages(
         compute += slot.compute_tsc;
     }
     let wall = last.saturating_sub(first);
-    Ok(Window {
-        wall_ns: cycles_to_ns(wall),
-        busy_ns: cycles_to_ns(wall.saturating_sub(idle)),
-        compute_ns: cycles_to_ns(compute),
-    })
+    Ok(Window { wall_ns: cycles_to_ns(wall), busy_ns: cycles_to_ns(wall), compute_ns: cycles_to_ns(compute) })
 }
 
 /// Yields until `tasks` tasks wait on tokens (see [`Arrival::WhenAllParked`]).

@@ -25,6 +25,11 @@ pub struct Cmdline {
 }
 
 impl Cmdline {
+    /// An empty command line.
+    pub const fn new() -> Self {
+        Self { text: heapless::String::new(), words: heapless::Vec::new() }
+    }
+
     /// Splits `text` (its first [`CMDLINE_MAX`] bytes, cut back to a character boundary) into
     /// words.
     pub fn parse(text: &str) -> Self {
@@ -32,10 +37,37 @@ impl Cmdline {
         while !text.is_char_boundary(cut) {
             cut -= 1;
         }
-        let mut cmdline = Self { text: heapless::String::new(), words: heapless::Vec::new() };
+        let mut cmdline = Self::new();
         // Fits: at most CMDLINE_MAX bytes.
         let _ = cmdline.text.push_str(&text[..cut]);
-        let bytes = cmdline.text.as_bytes();
+        cmdline.split();
+        cmdline
+    }
+
+    /// Makes the command line the bytes `bytes` yields, in place (the boot's copy is never
+    /// moved: it is 2 KiB), and splits it into words. Printable ASCII is kept, anything else
+    /// becomes `?`. At most [`CMDLINE_MAX`] bytes are kept; returns whether `bytes` ended
+    /// there (false: the line was longer and is cut).
+    pub fn fill(&mut self, bytes: impl IntoIterator<Item = u8>) -> bool {
+        self.text.clear();
+        let mut bytes = bytes.into_iter();
+        let mut complete = true;
+        for byte in bytes.by_ref() {
+            let byte = if byte.is_ascii_graphic() || byte == b' ' { byte } else { b'?' };
+            // ASCII, so the text stays UTF-8.
+            if self.text.push(char::from(byte)).is_err() {
+                complete = false;
+                break;
+            }
+        }
+        self.split();
+        complete
+    }
+
+    /// Splits the text into words, once.
+    fn split(&mut self) {
+        self.words.clear();
+        let bytes = self.text.as_bytes();
         let mut i = 0;
         while i < bytes.len() {
             if bytes[i].is_ascii_whitespace() {
@@ -53,9 +85,8 @@ impl Cmdline {
             // Fits: a word takes at least two of the at most CMDLINE_MAX bytes (or is the last),
             // and every offset is below CMDLINE_MAX.
             let word = Word { start: start as u16, key_end: key_end.unwrap_or(i) as u16, end: i as u16 };
-            let _ = cmdline.words.push(word);
+            let _ = self.words.push(word);
         }
-        cmdline
     }
 
     /// The command line as given (up to [`CMDLINE_MAX`] bytes).
@@ -89,6 +120,12 @@ impl Cmdline {
     /// Keys that are not in `known`, for warnings.
     pub fn unknown_keys<'k>(&'k self, known: &'k [&'k str]) -> impl Iterator<Item = &'k str> + 'k {
         self.words.iter().map(|w| self.key(w)).filter(move |k| !known.contains(k))
+    }
+}
+
+impl Default for Cmdline {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -171,6 +208,19 @@ mod tests {
         assert_eq!(Cmdline::parse(&long).get("k").map(str::len), Some(CMDLINE_MAX - 2), "cut at the limit");
         assert_eq!(Cmdline::parse("").words().count(), 0);
         assert_eq!(Cmdline::parse("  \t ").words().count(), 0);
+    }
+
+    #[test]
+    fn filling_keeps_printable_ascii_and_says_whether_the_line_was_cut() {
+        let mut c = Cmdline::parse("old=1");
+        assert!(c.fill(*b"a=1\x07 b\xff=2"));
+        assert_eq!(c.as_str(), "a=1? b?=2");
+        assert_eq!(c.get("a"), Some("1?"));
+        assert_eq!(c.get("old"), None, "the line is replaced");
+        let long = "x".repeat(CMDLINE_MAX) + " y";
+        assert!(!c.fill(long.bytes()));
+        assert_eq!(c.as_str().len(), CMDLINE_MAX);
+        assert!(c.fill("z".repeat(CMDLINE_MAX).bytes()), "exactly the limit is not cut");
     }
 
     #[test]

@@ -3,12 +3,15 @@
 //! The host wrote this memory: every address and count is checked, and the kernel keeps its
 //! own copies (the command line, the memory map) rather than pointers into host-written data.
 
+use core::sync::atomic::{AtomicBool, Ordering};
+
 use pvagent_abi::pvh::{self, HvmMemmapEntry, HvmStartInfo};
 
 pub use super::cmdline::CMDLINE_MAX;
 use super::cmdline::Cmdline;
 pub use super::memmap::{MEMMAP_MAX, MemKind, MemRange, MemoryMap};
 use super::{BOOT_MAPPED_LIMIT, memmap};
+use crate::cell::StaticCell;
 
 /// Entries beyond [`MEMMAP_MAX`] are read only to count the RAM they hold, up to this many (a
 /// host that claims more is not believed).
@@ -65,14 +68,35 @@ unsafe fn read_phys<T: pvagent_abi::Plain>(addr: u64) -> T {
     unsafe { core::ptr::read_unaligned(addr as *const T) }
 }
 
-static BOOT: spin::Once<BootInfo> = spin::Once::new();
+/// Where the boot information lives: filled in place by [`init`], never moved (it is about
+/// 3 KiB, and on an emulated guest kernel every move is hundreds of string iterations).
+static STORAGE: StaticCell<BootInfo> = StaticCell::new(BootInfo::new());
+/// Set once [`init`] has filled [`STORAGE`]: from then on it is only read.
+static BOOT: spin::Once<&'static BootInfo> = spin::Once::new();
+/// Taken by the one call of [`init`] that may write [`STORAGE`].
+static WRITER: AtomicBool = AtomicBool::new(false);
+
+impl BootInfo {
+    /// Nothing known yet (all zero: it costs the image nothing, `.bss`).
+    const fn new() -> Self {
+        Self { cmdline: Cmdline::new(), memmap: MemoryMap::new(), rsdp: None, warnings: heapless::Vec::new() }
+    }
+}
 
 /// Parses the start info at `addr` once and keeps the result for [`get`]. Every address in it
 /// must end at or below `reach`, the identity map's reach (a power of two: what the CPU's
 /// physical addresses and the kernel's page tables can both address).
+///
+/// # Panics
+///
+/// When called a second time.
 pub fn init(addr: u64, reach: u64) -> Result<&'static BootInfo, BootInfoError> {
-    let info = parse(addr, reach)?;
-    Ok(BOOT.call_once(|| info))
+    assert!(!WRITER.swap(true, Ordering::Relaxed), "boot::info::init() called twice");
+    // SAFETY: only this call gets here (`WRITER`), and nothing reads `STORAGE` before `BOOT`
+    // holds it, which is after this reference is gone.
+    let info = unsafe { &mut *STORAGE.get() };
+    parse_into(info, addr, reach)?;
+    Ok(*BOOT.call_once(|| info))
 }
 
 /// The boot information (after [`init`]).
@@ -80,9 +104,9 @@ pub fn get() -> &'static BootInfo {
     BOOT.get().expect("boot::info::get() before boot::info::init()")
 }
 
-/// Copies the start info at `addr`, checking everything it points at against the boot mapping
-/// and every range it describes against `reach`.
-pub fn parse(addr: u64, reach: u64) -> Result<BootInfo, BootInfoError> {
+/// Copies the start info at `addr` into `info`, checking everything it points at against the
+/// boot mapping and every range it describes against `reach`.
+fn parse_into(info: &mut BootInfo, addr: u64, reach: u64) -> Result<(), BootInfoError> {
     let size = core::mem::size_of::<HvmStartInfo>() as u64;
     if !in_boot_mapping(addr, size) {
         return Err(BootInfoError::NotMapped(addr));
@@ -93,43 +117,39 @@ pub fn parse(addr: u64, reach: u64) -> Result<BootInfo, BootInfoError> {
         return Err(BootInfoError::BadMagic(start.magic));
     }
     let rsdp_in_reach = start.rsdp_paddr.checked_add(RSDP_SIZE).is_some_and(|end| end <= reach);
-    let mut info = BootInfo {
-        cmdline: Cmdline::parse(""),
-        memmap: MemoryMap { ranges: heapless::Vec::new(), limit: reach, dropped: memmap::Dropped::default() },
-        rsdp: (start.rsdp_paddr != 0 && rsdp_in_reach).then_some(start.rsdp_paddr),
-        warnings: heapless::Vec::new(),
-    };
+    info.rsdp = (start.rsdp_paddr != 0 && rsdp_in_reach).then_some(start.rsdp_paddr);
+    info.warnings.clear();
     if start.rsdp_paddr != 0 && !rsdp_in_reach {
         let _ = info.warnings.push("the ACPI RSDP lies beyond the identity map's reach; ACPI not used");
     }
 
     if start.cmdline_paddr != 0 {
-        // Printable ASCII is kept, anything else becomes '?': the line is printed at boot.
-        let mut text = [0u8; CMDLINE_MAX];
-        let mut len = 0;
+        // Read up to the NUL, as far as the boot mapping goes; kept as printable ASCII (it is
+        // printed at boot).
         let readable = BOOT_MAPPED_LIMIT.saturating_sub(start.cmdline_paddr);
-        loop {
-            if len as u64 >= readable {
-                let _ = info.warnings.push("command line runs outside the boot mapping; truncated");
-                break;
+        let (mut read, mut outside) = (0, false);
+        let bytes = core::iter::from_fn(|| {
+            if read >= readable {
+                outside = true;
+                return None;
             }
             // SAFETY: nonzero, and below the boot mapping's limit (`readable`).
-            let byte: u8 = unsafe { read_phys(start.cmdline_paddr + len as u64) };
-            if byte == 0 {
-                break;
-            }
-            if len == CMDLINE_MAX {
-                let _ = info.warnings.push("command line longer than 512 bytes; truncated");
-                break;
-            }
-            text[len] = if byte.is_ascii_graphic() || byte == b' ' { byte } else { b'?' };
-            len += 1;
+            let byte: u8 = unsafe { read_phys(start.cmdline_paddr + read) };
+            read += 1;
+            (byte != 0).then_some(byte)
+        });
+        let complete = info.cmdline.fill(bytes);
+        if outside {
+            let _ = info.warnings.push("command line runs outside the boot mapping; truncated");
         }
-        // Printable ASCII only, so always UTF-8.
-        info.cmdline = Cmdline::parse(core::str::from_utf8(&text[..len]).unwrap_or_default());
+        if !complete {
+            let _ = info.warnings.push("command line longer than 512 bytes; truncated");
+        }
+    } else {
+        info.cmdline.fill([]);
     }
 
-    let mut map = memmap::Builder::new(reach);
+    let mut map = memmap::Builder::new(&mut info.memmap, reach);
     if start.version >= pvh::START_INFO_VERSION_MEMMAP {
         let entry_size = core::mem::size_of::<HvmMemmapEntry>() as u64;
         let count = u64::from(start.memmap_entries);
@@ -153,6 +173,6 @@ pub fn parse(addr: u64, reach: u64) -> Result<BootInfo, BootInfoError> {
         let _ = info.warnings.push("no usable RAM in the memory map; assuming 32 MiB");
         map.add(0, 32 << 20, MemKind::Ram);
     }
-    info.memmap = map.finish();
-    Ok(info)
+    map.finish();
+    Ok(())
 }

@@ -4,10 +4,13 @@
 //! every interleaving that matters.
 //!
 //! An event parks its waiter on the token; the token's wake wakes it. A wake may come first
-//! (a host may resolve before it delivers the event, and KVM may deliver "page ready" on
-//! another vCPU than its "page not present"): it is kept, and the event that follows with the
-//! same token does not park at all. A wake-all (KVM's token `0xFFFF_FFFF`) wakes every waiter;
-//! their tokens stay "abandoned" so that their own wakes, which may still come, are absorbed
+//! (the ring's host may resolve before it delivers the event): it is kept, and the event that
+//! follows with the same token does not park at all. Stock KVM never does that: it raises
+//! "page ready" on the vCPU that owns the fetch (`kvm_arch_async_page_present`), after that
+//! vCPU's "page not present"; for KVM the path is there for robustness against a host that
+//! does. A wake-all (KVM's token `0xFFFF_FFFF`) wakes every waiter and drops the kept wakes and
+//! the tokens abandoned before (Linux frees its placeholders there too); the tokens of the
+//! waiters it woke stay "abandoned" so that their own wakes, which may still come, are absorbed
 //! rather than kept for events that will never come. Everything arrives from host-written
 //! memory, so what does not fit is rejected with a reason and counted, and never wakes anyone.
 //!
@@ -19,8 +22,9 @@
 //!   entry's home is a multiplicative hash of the token, with linear probing, and a removal
 //!   shifts its cluster back so that no probe ever walks over holes.
 //!
-//! **A full table** (hashed keying, every entry in use) gives up a kept wake or an abandoned
-//! token, never a waiter, to make room, and counts it (`given_up`). Full of waiters only, it
+//! **A full table** (hashed keying, every entry in use) gives up an abandoned token first, a
+//! kept wake only when no abandoned token is left (its event may still come, and would then
+//! wait for a wake already spent), and never a waiter, to make room, and counts it (`given_up`). Full of waiters only, it
 //! refuses the new token (`Rejection::Full`): an event is then not parked and its access is
 //! simply retried (the host, which still has the page coming, makes the vCPU wait for it: KVM
 //! halts it, the host stub waits synchronously), and a wake is dropped. Neither happens while the
@@ -137,6 +141,11 @@ impl Entry {
     /// Whether it holds a waiter (a full table never gives those up).
     fn has_waiter(&self) -> bool {
         matches!(self.state, State::Waiting { .. } | State::HaltResolved { .. })
+    }
+
+    /// Whether a wake-all drops it: a kept wake, or a token abandoned by an earlier wake-all.
+    fn dropped_at_wake_all(&self) -> bool {
+        matches!(self.state, State::Early { .. } | State::Abandoned)
     }
 }
 
@@ -280,12 +289,14 @@ impl<K: Keying, const N: usize> TokenTable<K, N> {
         Self { entries: [Entry::FREE; N], keying, stats: TokenStats::new() }
     }
 
-    /// Starts over with `keying` (by slot: at most `N` slots, and only those are cleared, the
-    /// others never being looked at). Only call with nothing pending.
+    /// Starts over with `keying`. Only call with nothing pending. The entries cleared are those
+    /// the old keying reached (by slot: only its slots): no other was ever written, so a static
+    /// table's first keying clears nothing (a ring's registration at boot would otherwise fill
+    /// its 32 entries again, about a hundred string iterations).
     pub fn reset(&mut self, keying: K) {
-        let used = keying.used(N);
-        assert!(used <= N, "{keying:?} in a table of {N}");
-        self.entries[..used].fill(Entry::FREE);
+        assert!(keying.used(N) <= N, "{keying:?} in a table of {N}");
+        let touched = self.keying.used(N);
+        self.entries[..touched].fill(Entry::FREE);
         self.keying = keying;
     }
 
@@ -367,8 +378,13 @@ impl<K: Keying, const N: usize> TokenTable<K, N> {
             return Ok(i);
         }
         // Full: every entry is on every probe path, so one replaced in place keeps every other
-        // token reachable.
-        let i = (0..N).map(probe).find(|&i| !self.entries[i].has_waiter()).ok_or(Rejection::Full)?;
+        // token reachable. An abandoned token first: its wake may never come, while a kept
+        // wake's event, if it comes, would wait for a wake already spent.
+        let i = (0..N)
+            .map(probe)
+            .find(|&i| self.entries[i].state == State::Abandoned)
+            .or_else(|| (0..N).map(probe).find(|&i| !self.entries[i].has_waiter()))
+            .ok_or(Rejection::Full)?;
         self.stats.given_up += 1;
         Ok(i)
     }
@@ -551,12 +567,22 @@ impl<K: Keying, const N: usize> TokenTable<K, N> {
     pub fn kept(&self) -> usize {
         self.used().iter().filter(|e| e.live().is_some() && !e.has_waiter()).count()
     }
+
+    /// Whether a HLT-loop waiter is registered, its result picked up or not.
+    pub fn has_halt_waiter(&self) -> bool {
+        self.used()
+            .iter()
+            .any(|e| matches!(e.state, State::Waiting { waiter: Waiter::Halt, .. } | State::HaltResolved { .. }))
+    }
 }
 
 impl<const N: usize> TokenTable<Hashed, N> {
     /// Wakes every waiter with "retry", handing each task to `wake`; a HLT-loop waiter finds
-    /// its result. Their tokens stay as abandoned, for their own wakes. Returns how many.
+    /// its result. Their tokens stay as abandoned, for their own wakes. Kept wakes and the
+    /// tokens earlier wake-alls abandoned are dropped first: the host has forgotten them.
+    /// Returns how many waiters were woken.
     pub fn wake_all(&mut self, mut wake: impl FnMut(TaskId)) -> usize {
+        self.drop_kept();
         let mut woken = 0;
         for entry in &mut self.entries[..N] {
             entry.state = match entry.state {
@@ -573,6 +599,20 @@ impl<const N: usize> TokenTable<Hashed, N> {
         }
         self.stats.woken_by_wake_all += woken as u64;
         woken
+    }
+
+    /// Removes every kept wake and abandoned token. Each removal closes its gap, which may move
+    /// an entry the scan has passed, or one it has not reached, into the removed entry's
+    /// place: the scan goes on from the place it removed, round the table, until a whole turn
+    /// finds nothing more to drop.
+    #[cold]
+    #[inline(never)]
+    fn drop_kept(&mut self) {
+        let mut from = 0;
+        while let Some(i) = (from..N).chain(0..from).find(|&i| self.entries[i].dropped_at_wake_all()) {
+            self.remove(i);
+            from = i;
+        }
     }
 }
 

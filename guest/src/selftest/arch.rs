@@ -8,6 +8,7 @@ use crate::arch::fault::{self, pf};
 use crate::arch::layout::{self, Stack};
 use crate::arch::{self, apic, cpu::Hypervisor, paging, percpu, stacks, time};
 use crate::boot::info::MemKind;
+use crate::cell::StaticCell;
 use crate::pv::halt;
 use crate::sync::IrqGuard;
 use crate::task;
@@ -16,6 +17,7 @@ use crate::{ensure, ensure_eq, ensure_eq_hex};
 pub const TESTS: &[SelfTest] = &[
     SelfTest::new("arch::page_fault_reports_cr2_and_error_code", page_fault_reports_cr2_and_error_code),
     SelfTest::new("arch::write_to_read_only_data_faults", write_to_read_only_data_faults),
+    SelfTest::new("arch::bss_was_zeroed_by_the_loader", bss_was_zeroed_by_the_loader),
     SelfTest::new("arch::stack_guard_pages_are_unmapped", stack_guard_pages_are_unmapped),
     SelfTest::new("arch::ram_is_mapped_with_large_pages", ram_is_mapped_with_large_pages),
     SelfTest::new("arch::timer_ticks", timer_ticks),
@@ -56,6 +58,23 @@ fn write_to_read_only_data_faults() -> TestResult {
     // SAFETY: a plain read of a static.
     let still = unsafe { core::ptr::read_volatile(&READ_ONLY) };
     ensure_eq_hex!(still, 0x5eed, "the read-only value");
+    Ok(())
+}
+
+/// Zero-initialised, so in `.bss`, and never written: what the loader left there.
+static NEVER_WRITTEN: StaticCell<[u64; 64]> = StaticCell::new([0; 64]);
+
+/// The kernel does not clear `.bss` (`boot::entry`): the loader must have, as ELF says for a
+/// segment's bytes beyond its file contents. Memory the host leaves as it was (a loader that
+/// copies only the file, on memory that is not fresh) shows here.
+fn bss_was_zeroed_by_the_loader() -> TestResult {
+    let words = NEVER_WRITTEN.get().cast::<u64>();
+    for i in 0..64 {
+        // SAFETY: inside the static, which nothing writes; volatile, so that the compiler,
+        // which knows its initial value, still reads the memory.
+        let word = unsafe { core::ptr::read_volatile(words.add(i)) };
+        ensure_eq_hex!(word, 0, "word {i} of a .bss static at {:#x}", words as u64);
+    }
     Ok(())
 }
 

@@ -7,10 +7,11 @@ use super::{SelfTest, TestResult};
 use crate::ensure;
 
 pub const TESTS: &[SelfTest] = &[
+    // First, so that a run naming it and a deliberate end has a dropped line to report.
+    SelfTest::on_request("harness::a_busy_console_counts_a_dropped_line", a_busy_console_counts_a_dropped_line),
     SelfTest::on_request("harness::deliberate_failure", deliberate_failure),
     SelfTest::on_request("harness::deliberate_panic", deliberate_panic),
     SelfTest::on_request("harness::deliberate_exception", deliberate_exception),
-    SelfTest::on_request("harness::a_busy_console_counts_a_dropped_line", a_busy_console_counts_a_dropped_line),
 ];
 
 fn deliberate_failure() -> TestResult {

@@ -170,6 +170,8 @@ fn on_fatal(args: core::fmt::Arguments<'_>) -> ! {
     let _ = reason.write_fmt(args);
     crate::console::print_panic(format_args!("{}\n", Line::Result { status: Status::Fail, name, reason: &reason }));
     FAILED.fetch_add(1, Ordering::Relaxed);
+    // As the runner does before its summary when the run ends normally.
+    crate::console::report_dropped_in_panic();
     crate::console::print_panic(format_args!("{}\n", summary()));
     crate::arch::exit::exit(pvagent_abi::exit::FAILURE)
 }
@@ -270,10 +272,20 @@ fn need_met(need: Need) -> TestResult {
             "no expect-host= on the command line",
         ),
         Need::Acpi => skip_unless(crate::boot::info::get().rsdp.is_some(), "this host provides no ACPI tables"),
-        Need::KvmApf => skip_unless(crate::pv::kvm_apf::enabled(), "KVM's async page fault ABI is not offered here"),
+        Need::KvmApf => match crate::pv::kvm_apf::refused() {
+            // KVM's leaves offered it and the host refused: the driver or the host is broken.
+            Some(refused) => {
+                Err(fail(format_args!("KVM's leaves offer async page faults, but enabling them failed: {refused:?}")))
+            }
+            None => skip_unless(crate::pv::kvm_apf::enabled(), "KVM's async page fault ABI is not offered here"),
+        },
+        Need::KvmApfDisableAtOnce => skip_unless(
+            pnp::host_mode() != HostMode::KvmApfKernel,
+            "KVM serves its async page fault ABI in this run, and its disabling waits for the fetch its worker runs, which this test holds until after the disabling",
+        ),
         Need::KvmApfHostStub => skip_unless(
             pnp::host_mode() != HostMode::KvmApfKernel,
-            "KVM serves its async page fault ABI in this run, and sends page ready only after its page not present on one vCPU (before it only from another vCPU, by a race): only the host stub can force it",
+            "KVM serves its async page fault ABI in this run, and raises page ready only on the vCPU that took its page not present, after it: only the host stub can force this path (a robustness test)",
         ),
     }
 }

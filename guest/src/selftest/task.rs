@@ -5,8 +5,9 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use super::{SelfTest, TestResult};
 use crate::arch::fault::{self, pf};
 use crate::arch::percpu;
+use crate::cell::StaticCell;
 use crate::task::event::Event;
-use crate::task::table::{ExitStatus, FaultInfo};
+use crate::task::table::{ExitStatus, FaultInfo, State};
 use crate::task::{self, user};
 use crate::{ensure, ensure_eq, ensure_eq_hex};
 
@@ -19,6 +20,7 @@ pub const TESTS: &[SelfTest] = &[
     SelfTest::new("task::sleep_waits_for_ticks", sleep_waits_for_ticks),
     SelfTest::new("task::every_slot_runs_on_its_whole_stack", every_slot_runs_on_its_whole_stack),
     SelfTest::new("task::user_stack_overflow_ends_only_that_task", user_stack_overflow_ends_only_that_task),
+    SelfTest::new("task::user_tasks_block_on_a_word_until_woken", user_tasks_block_on_a_word_until_woken),
     SelfTest::on_request("task::stack_overflow_hits_the_guard_page", stack_overflow_hits_the_guard_page),
 ];
 
@@ -279,4 +281,80 @@ fn stack_overflow_hits_the_guard_page() -> TestResult {
     crate::kprintln!("task: the overflowing task's guard page is at {guard:#x}");
     let status = join(id)?;
     Err(super::fail(format_args!("the overflowing task ended with {status:?} instead of ending the run")))
+}
+
+/// The word the wait test's tasks wait on and change: in `.user_data`, where CPL 3 may.
+#[unsafe(link_section = ".user_data.selftest")]
+static WAIT_WORD: StaticCell<u64> = StaticCell::new(0);
+
+/// CPL 3: waits until the word at `addr` is no longer 0 (blocking, not spinning); exits with it.
+#[unsafe(link_section = ".user_text")]
+extern "sysv64" fn user_wait_for_word(addr: u64) -> ! {
+    while user::read_u64(addr) == 0 {
+        user::wait(addr, 0);
+    }
+    user::exit(user::read_u64(addr))
+}
+
+/// CPL 3: sets the word at `addr` to 7 and wakes its waiters; exits with how many it woke.
+#[unsafe(link_section = ".user_text")]
+extern "sysv64" fn user_set_word_and_wake(addr: u64) -> ! {
+    user::write_u64(addr, 7);
+    user::exit(user::wake(addr))
+}
+
+/// A CPL 3 task that waits on a word blocks (it is not ready, so it spends nothing) until
+/// another task changes the word and wakes it; a wait on a word that changed already returns at
+/// once, and one on an address outside `.user_data` is refused.
+fn user_tasks_block_on_a_word_until_woken() -> TestResult {
+    let addr = WAIT_WORD.get() as u64;
+    // SAFETY: no task of this test runs yet; the word is ours to reset.
+    unsafe { core::ptr::write_volatile(WAIT_WORD.get(), 0) };
+    let waiter = spawned(task::spawn_user("user-waiter", user_wait_for_word, addr))?;
+    // The waiter runs to its wait at its first turn and blocks there.
+    for _ in 0..10 {
+        if matches!(task::state(waiter), Some(State::Blocked(_))) {
+            break;
+        }
+        task::yield_now();
+    }
+    ensure!(
+        matches!(task::state(waiter), Some(State::Blocked(_))),
+        "the waiter is {:?}, not blocked",
+        task::state(waiter)
+    );
+    for _ in 0..3 {
+        task::yield_now();
+        ensure!(matches!(task::state(waiter), Some(State::Blocked(_))), "the waiter ran without a wake");
+    }
+    let waker = spawned(task::spawn_user("user-waker", user_set_word_and_wake, addr))?;
+    ensure_eq!(join(waker)?, ExitStatus::Returned(1), "waiters the waker woke");
+    ensure_eq!(join(waiter)?, ExitStatus::Returned(7), "what the waiter saw when woken");
+    let returned = user_calls(addr, 0);
+    ensure_eq!(returned, (user::CHANGED, 0), "a wait on a word that changed, and a wake of nobody");
+    ensure_eq!(user_calls(0x1000, 0), (user::EINVAL, user::EINVAL), "a wait and a wake outside .user_data");
+    Ok(())
+}
+
+/// Where [`user_calls`]' task leaves what its two calls returned, and what they take.
+#[unsafe(link_section = ".user_data.selftest")]
+static CALLS: StaticCell<[u64; 3]> = StaticCell::new([0; 3]);
+
+/// What [`user::wait`] (for `expected`) and then [`user::wake`] on `addr` return to a CPL 3 task.
+fn user_calls(addr: u64, expected: u64) -> (u64, u64) {
+    #[unsafe(link_section = ".user_text")]
+    extern "sysv64" fn body(calls: u64) -> ! {
+        let (addr, expected) = (user::read_u64(calls), user::read_u64(calls + 8));
+        user::write_u64(calls, user::wait(addr, expected));
+        user::write_u64(calls + 8, user::wake(addr));
+        user::exit(0)
+    }
+    let calls = CALLS.get().cast::<u64>();
+    // SAFETY: no task uses the slots now (the last one was joined).
+    unsafe { core::ptr::write_volatile(CALLS.get(), [addr, expected, 0]) };
+    let Ok(id) = task::spawn_user("user-calls", body, calls as u64) else { return (u64::MAX, u64::MAX) };
+    let _ = task::join(id);
+    // SAFETY: as above: the task was joined.
+    let results = unsafe { core::ptr::read_volatile(CALLS.get()) };
+    (results[0], results[1])
 }

@@ -410,7 +410,7 @@ pub fn idle_loop() -> ! {
         if has_other_runnable() {
             schedule();
         } else {
-            crate::arch::idle::halt();
+            crate::arch::cpu::enable_interrupts_and_halt();
         }
     }
 }

@@ -1,7 +1,10 @@
 //! CPL 3 support: how user code calls the kernel, and the user-side call stubs.
 //!
 //! A user task calls the kernel with `ud2`, the number in RAX and arguments in RDI, RSI, RDX;
-//! the result comes back in RAX and execution continues after the `ud2`. Neither `syscall` nor
+//! the result comes back in RAX and execution continues after the `ud2`. The calls: end the
+//! task, yield, and wait on a word of `.user_data` until another task wakes it (a futex: tasks
+//! that wait for each other block rather than spin, so that nothing they do depends on when
+//! the others get there). Neither `syscall` nor
 //! `int n` can be used: on the PVM `/dev/kvm` these machines have, `syscall` enters the handler
 //! without leaving user mode (the next privileged instruction triple-faults), and `int n` ends
 //! the VM with an emulation failure. `ud2` is a plain fault that every host delivers. Only a
@@ -10,7 +13,7 @@
 use crate::arch::fault;
 use crate::arch::paging::image_layout;
 use crate::arch::trap::{self, TrapFrame};
-use crate::task::table::ExitStatus;
+use crate::task::table::{ExitStatus, Wait};
 
 /// `ud2`.
 const UD2: [u8; 2] = [0x0F, 0x0B];
@@ -23,10 +26,23 @@ pub mod nr {
     pub const EXIT: u64 = 0;
     /// Let other tasks run.
     pub const YIELD: u64 = 1;
+    /// Block while the u64 at RDI (aligned, in `.user_data`) holds RSI, until a [`WAKE`] of
+    /// that address. RAX: 0 once woken, [`super::CHANGED`] when the word no longer held RSI
+    /// (nothing blocked), [`super::EINVAL`] for an address outside `.user_data`.
+    pub const WAIT: u64 = 2;
+    /// Wake every task blocked in [`WAIT`] on the address in RDI. RAX: how many.
+    pub const WAKE: u64 = 3;
 }
 
 /// RAX after a call with an unknown number.
 pub const ENOSYS: u64 = u64::MAX;
+/// RAX after a call with an argument it cannot take.
+pub const EINVAL: u64 = u64::MAX - 1;
+/// RAX after [`nr::WAIT`] found the word changed already.
+pub const CHANGED: u64 = 1;
+
+/// What waiters on a user word are blocked on, for reports.
+const WAIT_OWNER: &str = "user word";
 
 pub(super) fn init() {
     trap::register(VECTOR_UD, on_invalid_opcode);
@@ -58,8 +74,37 @@ fn on_invalid_opcode(frame: &mut TrapFrame) {
             frame.rax = 0;
             super::yield_now();
         }
+        nr::WAIT => frame.rax = wait_on(frame.rdi, frame.rsi),
+        nr::WAKE => {
+            frame.rax = match user_word(frame.rdi) {
+                Some(addr) => super::wake_all(Wait::Key { owner: WAIT_OWNER, key: addr as u64 }, 0) as u64,
+                None => EINVAL,
+            }
+        }
         _ => frame.rax = ENOSYS,
     }
+}
+
+/// `addr` as a pointer to a u64 of `.user_data`, the only memory the wait calls take.
+fn user_word(addr: u64) -> Option<*const u64> {
+    let data = image_layout().user_data;
+    (addr.is_multiple_of(8) && addr >= data.0 && addr.checked_add(8).is_some_and(|end| end <= data.1))
+        .then_some(addr as *const u64)
+}
+
+/// [`nr::WAIT`]. Runs in the #UD handler, with interrupts off (an interrupt gate) from the
+/// check to the block: a [`nr::WAKE`] on this vCPU comes either before the check, which then
+/// sees the new value, or after the task is blocked. (One vCPU runs tasks today; waiters on
+/// several would need the check and the block under one lock.)
+fn wait_on(addr: u64, expected: u64) -> u64 {
+    let Some(word) = user_word(addr) else { return EINVAL };
+    // SAFETY: an aligned u64 inside `.user_data`, which is mapped and which CPL 3 tasks may
+    // change at any time (hence volatile).
+    if unsafe { core::ptr::read_volatile(word) } != expected {
+        return CHANGED;
+    }
+    super::block_current(Wait::Key { owner: WAIT_OWNER, key: addr });
+    0
 }
 
 /// User side: ends the calling task with `code`. Inlined into the user function that calls it,
@@ -68,6 +113,29 @@ fn on_invalid_opcode(frame: &mut TrapFrame) {
 pub fn exit(code: u64) -> ! {
     // SAFETY: a kernel call; EXIT does not return.
     unsafe { core::arch::asm!("ud2", in("rax") nr::EXIT, in("rdi") code, options(noreturn, nostack)) }
+}
+
+/// User side: blocks while the u64 at `addr` (in `.user_data`) holds `expected`, until a
+/// [`wake`] of `addr`. Returns 0 once woken, [`CHANGED`] if the word had changed already,
+/// [`EINVAL`] for an address outside `.user_data`.
+#[inline(always)]
+pub fn wait(addr: u64, expected: u64) -> u64 {
+    let result: u64;
+    // SAFETY: a kernel call; WAIT returns in RAX and preserves everything else. Not `nomem`:
+    // other tasks run meanwhile and change memory (the word among it).
+    unsafe {
+        core::arch::asm!("ud2", inout("rax") nr::WAIT => result, in("rdi") addr, in("rsi") expected, options(nostack))
+    }
+    result
+}
+
+/// User side: wakes every task blocked in [`wait`] on `addr`; returns how many (or [`EINVAL`]).
+#[inline(always)]
+pub fn wake(addr: u64) -> u64 {
+    let result: u64;
+    // SAFETY: a kernel call; WAKE returns in RAX and preserves everything else.
+    unsafe { core::arch::asm!("ud2", inout("rax") nr::WAKE => result, in("rdi") addr, options(nostack)) }
+    result
 }
 
 /// User side: lets other tasks run.

@@ -37,8 +37,14 @@ pub struct Bench {
 
 impl Bench {
     /// A bench device for the VM behind `vm`; its injections go on `tracer`'s timeline, and its
-    /// page-not-present events through `page_events` (none: that kind is refused).
-    pub fn new(vm: Arc<VmFd>, tracer: Tracer, page_events: Option<Box<dyn PageEventInjector>>) -> Self {
+    /// page-not-present events through `page_events` (none: that kind is refused). With
+    /// `window_stats`, each counting window prints every KVM statistic that changed in it.
+    pub fn new(
+        vm: Arc<VmFd>,
+        tracer: Tracer,
+        page_events: Option<Box<dyn PageEventInjector>>,
+        window_stats: bool,
+    ) -> Self {
         Self {
             vm,
             tracer,
@@ -48,7 +54,7 @@ impl Bench {
             page_events_not_deliverable: 0,
             refused: 0,
             bare_loop_requests: 0,
-            counting: Counting::default(),
+            counting: if window_stats { Counting::with_all_stats() } else { Counting::default() },
         }
     }
 }

@@ -17,6 +17,9 @@ struct Reached {
     at: Instant,
     /// `None` where the vCPU has no statistics.
     counts: Option<Snapshot>,
+    /// The guest's string iterations to here (RSI at the milestone's `out`); `None` where the
+    /// registers could not be read.
+    string_iters: Option<u64>,
 }
 
 /// The milestones of a run.
@@ -27,7 +30,8 @@ pub struct Milestones {
     first_task: Option<Reached>,
     /// Writes of a value this host does not know, or of a milestone reached before.
     ignored: u64,
-    /// Snapshots that failed to read (the milestone is still recorded, without counts).
+    /// Snapshots or registers that failed to read (the milestone is still recorded, without
+    /// those counts).
     unreadable: u64,
 }
 
@@ -45,12 +49,14 @@ impl Milestones {
             return;
         }
         let counts = ctx.stats.and_then(|stats| stats.snapshot(ctx.exits).inspect_err(|_| self.unreadable += 1).ok());
-        self.first_task = Some(Reached { at: Instant::now(), counts });
+        let string_iters = ctx.vcpu.get_regs().inspect_err(|_| self.unreadable += 1).ok().map(|regs| regs.rsi);
+        self.first_task = Some(Reached { at: Instant::now(), counts, string_iters });
     }
 
     /// Reports each milestone reached: `boot.insn_emulation` and `boot.kvm_exits` (as KVM counted
     /// them from the first guest instruction to the milestone's exit, itself included),
-    /// `boot.exits` (the exits the guest caused: see [`Snapshot::guest_exits`]) and
+    /// `boot.exits` (the exits the guest caused: see [`Snapshot::guest_exits`]),
+    /// `boot.string_iters` (what the guest said its string instructions ran) and
     /// `boot.first_task_us` (from the first `KVM_RUN`), and a line.
     pub fn finish(&self, report: &mut Report) {
         report.counter("basics", "milestones_ignored", self.ignored);
@@ -67,6 +73,9 @@ impl Milestones {
         report.counter("boot", "exits", counts.guest_exits());
         if let Some(exits) = counts.exits {
             report.counter("boot", "kvm_exits", exits);
+        }
+        if let Some(iters) = reached.string_iters {
+            report.counter("boot", "string_iters", iters);
         }
         let count =
             |c: Option<u64>, what: &str| c.map_or_else(|| format!("{what} not counted"), |n| format!("{n} {what}"));

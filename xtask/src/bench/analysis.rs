@@ -27,8 +27,6 @@ pub struct Cost {
     pub per_event_ns: Option<Summary>,
     /// Per-event cost over the baseline round trip measured right next to it, per repetition.
     pub baselines: Option<Summary>,
-    /// The guest's own handling time per event (page-not-present paths), in ns.
-    pub guest_handler_ns: Option<Summary>,
     /// Why there is no figure.
     pub unavailable: Option<String>,
 }
@@ -40,7 +38,6 @@ impl Cost {
             what: what.into(),
             per_event_ns: None,
             baselines: None,
-            guest_handler_ns: None,
             unavailable: Some(why.into()),
         }
     }
@@ -52,7 +49,6 @@ impl Cost {
             unavailable: per_event.is_none().then(|| "no repetition handled an event".into()),
             per_event_ns: per_event,
             baselines,
-            guest_handler_ns: None,
         }
     }
 }
@@ -163,9 +159,7 @@ pub fn page_not_present_costs(run: &RunOutput) -> Vec<Cost> {
         let per_access = summarize(run.named(sample), |s| per(s, "total_ns", "ops"));
         let baselines = summarize(run.named(sample), |s| Some(per(s, "total_ns", "ops")? / s.f("baseline_ns")))
             .filter(|_| run.named(sample).all(|s| s.get("baseline_ns") > 0));
-        let mut cost = Cost::measured(name, what, per_access, baselines);
-        cost.guest_handler_ns = summarize(run.named(sample), |s| per(s, "handler_ns", "events"));
-        costs.push(cost);
+        costs.push(Cost::measured(name, what, per_access, baselines));
     }
     costs.push(Cost::unavailable("ve", "the same round trip with #VE as the event", VE_NOT_IMPLEMENTED));
     costs.push(Cost::unavailable(
@@ -286,12 +280,17 @@ pub fn speedups(results: &[WorkloadResult]) -> Vec<Speedup> {
 pub struct ScalingPoint {
     /// Tasks parked at once; the k-th event of the burst finds k - 1 tokens outstanding.
     pub outstanding: u64,
-    /// Guest handler time per event (the mean over the burst), in ns.
-    pub handler_per_event_ns: Summary,
+    /// Guest kernel instructions per event (the burst's window less the same tasks over present
+    /// pages, over the burst's events; the burst's own cost spread over them).
+    pub insns_per_event: Summary,
 }
 
-/// Scaling points, by outstanding count.
-pub fn scaling(run: &RunOutput) -> Vec<ScalingPoint> {
+/// Scaling points, by outstanding count: instructions KVM emulated, so only where it emulates
+/// the guest kernel (`emulated`); elsewhere there are none.
+pub fn scaling(run: &RunOutput, emulated: bool) -> Vec<ScalingPoint> {
+    if !emulated {
+        return Vec::new();
+    }
     let mut by_count: BTreeMap<u64, Vec<&Sample>> = BTreeMap::new();
     for s in run.named("scaling") {
         by_count.entry(s.get("outstanding")).or_default().push(s);
@@ -299,8 +298,9 @@ pub fn scaling(run: &RunOutput) -> Vec<ScalingPoint> {
     by_count
         .into_iter()
         .filter_map(|(outstanding, samples)| {
-            let per_event = summarize(samples.into_iter(), |s| per(s, "handler_ns", "events"))?;
-            Some(ScalingPoint { outstanding, handler_per_event_ns: per_event })
+            let per_event =
+                summarize(samples.into_iter(), |s| s.field("insns").and_then(|_| per(s, "insns", "events")))?;
+            Some(ScalingPoint { outstanding, insns_per_event: per_event })
         })
         .collect()
 }
@@ -342,7 +342,7 @@ pub fn path_problems(run: &RunOutput) -> Vec<String> {
             "pnp_kvm_apf" => &[("events", ops), ("slept", ops), ("halted", 0), ("early", 0), ("sync_waits", 0)],
             "workload_ring" | "workload_kvm_apf" => &[("events", accesses), ("sync_waits", 0), ("stalled_ns", 0)],
             "workload_sync" => &[("events", 0), ("sync_waits", accesses)],
-            "scaling" => &[("events", s.get("outstanding"))],
+            "scaling" => &[("events", s.get("outstanding")), ("slept", s.get("outstanding"))],
             _ => &[],
         };
         for &(field, want) in wanted {
@@ -589,14 +589,16 @@ mod tests {
     #[test]
     fn scaling_is_per_event_by_outstanding_count() {
         let r = run(&[
-            "bench: scaling rep=0 outstanding=4 events=4 handler_ns=4000",
-            "bench: scaling rep=1 outstanding=4 events=4 handler_ns=6000",
-            "bench: scaling rep=0 outstanding=1 events=0 handler_ns=0",
+            "bench: scaling rep=0 outstanding=4 events=4 insns=3506 exits=5",
+            "bench: scaling rep=1 outstanding=4 events=4 insns=3606 exits=5",
+            "bench: scaling rep=0 outstanding=1 events=0 insns=0 exits=1",
+            "bench: scaling rep=0 outstanding=2 events=2 exits=3",
         ]);
-        let points = scaling(&r);
-        assert_eq!(points.len(), 1, "a point without events has no per-event figure");
+        let points = scaling(&r, true);
+        assert_eq!(points.len(), 1, "a point without events, or without counts, has no per-event figure");
         assert_eq!(points[0].outstanding, 4);
-        assert_eq!(points[0].handler_per_event_ns.median, 1250.0);
+        assert_eq!(points[0].insns_per_event.median, (3506.0 / 4.0 + 3606.0 / 4.0) / 2.0);
+        assert!(scaling(&r, false).is_empty(), "not emulated: no instruction counts");
         assert!(
             path_problems(&r).iter().any(|p| p.contains("scaling rep 0: the many-tokens path not taken: events=0"))
         );

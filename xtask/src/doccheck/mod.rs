@@ -139,6 +139,22 @@ pub const RULES: &[(&str, Rule)] = &[
             why: "it needs a nightly toolchain with Miri, and only stable Rust is assumed (docs/environment.md); the same unit tests run on stable in the stage \"host unit tests\"",
         },
     ),
+    (
+        "valgrind --tool=callgrind --callgrind-out-file=target/callgrind.out target/release/pvagent-host target/x86_64-unknown-none/release/pvagent-bench --bench --pnp-mib 0 --cmdline \"bench=io bench-reps=3\"",
+        Rule::NotRun {
+            why: "it needs valgrind, which the project does not install (docs/environment.md); the run it profiles is the benchmark's baseline, which `cargo xtask bench --quick` runs",
+        },
+    ),
+    (
+        "callgrind_annotate target/callgrind.out",
+        Rule::NotRun { why: "it reads the profile the valgrind command above makes, which is not run here" },
+    ),
+    (
+        "objdump -d --no-show-raw-insn target/x86_64-unknown-none/release/pvagent-bench | grep -B3 'rep movs'",
+        Rule::NotRun {
+            why: "it needs objdump (binutils), which the project does not install; docs/performance.md says so, and why the check is by hand",
+        },
+    ),
     // Commands the prose only mentions.
     ("cargo xtask", Rule::NotRun { why: "the tool's name in a sentence; `cargo xtask --help` runs it" }),
     ("cargo xtask run / qemu / test / bench", Rule::NotRun { why: "a list of the subcommands, each run above" }),

@@ -13,6 +13,7 @@ fn image() -> ImageLayout {
         user_data: (0x1a_0000, 0x2a_2000),
         boot_stack_guard: 0x2a_2000,
         end: 0x2b_3000,
+        zeroed_tables: 0,
     }
 }
 
@@ -27,9 +28,18 @@ fn demand(cpus: usize, task_kib: u64) -> StackDemand {
     }
 }
 
+/// What [`plan`] decided: the regions it filled in and the placement it returned.
+#[derive(Debug)]
+struct Layout {
+    regions: Regions,
+    placement: Placement,
+}
+
 fn plan_for(ranges: &[(u64, u64)], d: StackDemand, huge: bool) -> Result<Layout, LayoutError> {
     let apic = [Region { start: 0xFEE0_0000, end: 0xFEE0_1000, access: Access::Mmio }];
-    plan(&image(), ranges, &apic, d, huge)
+    let mut regions = Regions::new();
+    let placement = plan(&mut regions, &image(), ranges, &apic, d, huge)?;
+    Ok(Layout { regions, placement })
 }
 
 fn mapped(layout: &Layout, addr: u64) -> Option<Access> {
@@ -141,6 +151,20 @@ fn eight_vcpus_of_large_stacks_fit_and_the_tables_have_room_for_all_of_them() {
         let frames = (layout.placement.tables.1 - layout.placement.tables.0) / PAGE;
         assert!(layout.placement.boot_tables + stack_pts + SPARE_TABLES <= frames, "{cpus} x {kib} KiB");
     }
+}
+
+#[test]
+fn page_tables_the_image_holds_are_not_set_aside_again_in_ram() {
+    let ranges = [(0, 0xA_0000), (MIB, 256 * MIB)];
+    let apic = [Region { start: 0xFEE0_0000, end: 0xFEE0_1000, access: Access::Mmio }];
+    let frames = |zeroed_tables: u64| {
+        let mut regions = Regions::new();
+        let image = ImageLayout { zeroed_tables, ..image() };
+        let p = plan(&mut regions, &image, &ranges, &apic, demand(4, 32), true).expect("fits");
+        (p.tables.1 - p.tables.0) / PAGE
+    };
+    assert_eq!(frames(16), frames(0) - 16);
+    assert_eq!(frames(100_000), 0, "every table in the image: none in RAM");
 }
 
 #[test]

@@ -15,7 +15,7 @@ use crate::arch::trap::{self, TrapFrame};
 use crate::arch::{apic, cpu};
 use crate::cell::StaticCell;
 use crate::kprintln;
-use crate::pv::tokens::{EventOutcome, Hashed, TokenStats, TokenTable, WakeOutcome};
+use crate::pv::tokens::{EventOutcome, Hashed, Rejection, TokenStats, TokenTable, WakeOutcome};
 use crate::pv::wait;
 use crate::sync::{CpuCell, IrqGuard};
 use crate::task::table::TaskId;
@@ -91,8 +91,12 @@ pub struct Stats {
     pub spurious: u64,
     /// Woken tasks that were no longer waiting.
     pub stale_wakes: u64,
-    /// TSC cycles spent in the two handlers, excluding the time a task is parked or halted.
-    pub handler_cycles: u64,
+    /// #PFs whose `flags` said "page not present" beside an error code KVM never gives (not
+    /// 0): handled as the real faults they are.
+    pub bogus_flags: u64,
+    /// "Page not present" events the token table rejected (the access was retried unparked):
+    /// counted, the first one per vCPU printed (a hostile host could make every event one).
+    pub rejected_events: u64,
     /// The token table's counters.
     pub tokens: TokenStats,
 }
@@ -108,7 +112,8 @@ impl Stats {
             wake_alls: 0,
             spurious: 0,
             stale_wakes: 0,
-            handler_cycles: 0,
+            bogus_flags: 0,
+            rejected_events: 0,
             tokens: TokenStats::new(),
         }
     }
@@ -120,10 +125,13 @@ struct ApfCpu {
     en_msr: u64,
     table: TokenTable<Hashed, TABLE_ENTRIES>,
     stats: Stats,
+    /// Why enabling at boot failed, when KVM's leaves offered the ABI and the host refused it.
+    refused: Option<EnableError>,
 }
 
-static STATE: CpuCell<ApfCpu> =
-    CpuCell::new([const { ApfCpu { en_msr: 0, table: TokenTable::new(Hashed), stats: Stats::new() } }; MAX_CPUS]);
+static STATE: CpuCell<ApfCpu> = CpuCell::new(
+    [const { ApfCpu { en_msr: 0, table: TokenTable::new(Hashed), stats: Stats::new(), refused: None } }; MAX_CPUS],
+);
 
 /// Why enabling failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,14 +152,29 @@ fn kvm_features() -> Option<u32> {
 /// byte on the console is an exit of every boot (the `kvm_apf::` self-tests show it). No
 /// command line key turns it off: looking one up would cost every boot hundreds of emulated
 /// instructions, and a host that must not deliver async page faults does not offer them.
+///
+/// Both vectors are routed here only once enabling succeeded: with the ABI off, `flags` is
+/// never set (every #PF is a real one), and a stray interrupt on [`PAGE_READY_VECTOR`] is the
+/// unexpected interrupt any unrouted vector is, not an acknowledgement written to an MSR the
+/// host may not have. Interrupts are still off at boot (the scheduler turns them on), so a
+/// wake-all that follows the enabling finds its handler.
 pub fn init() {
-    trap::register(PAGE_READY_VECTOR, on_page_ready);
     match enable() {
-        // Only now: with the ABI off, `flags` is never set and every #PF is a real one.
-        Ok(()) => trap::register(PAGE_FAULT, on_page_fault),
+        Ok(()) => {
+            trap::register(PAGE_READY_VECTOR, on_page_ready);
+            trap::register(PAGE_FAULT, on_page_fault);
+        }
         Err(EnableError::NotOffered) => {}
-        Err(e) => kprintln!("kvm-apf: enabling refused: {e:?}"),
+        Err(e) => {
+            kprintln!("kvm-apf: enabling refused: {e:?}");
+            STATE.with(|s| s.refused = Some(e));
+        }
     }
+}
+
+/// Why KVM's leaves offered the ABI and the host refused to enable it at boot, if it did.
+pub fn refused() -> Option<EnableError> {
+    STATE.with(|s| s.refused)
 }
 
 fn write_msr(msr: u32, value: u64) -> Result<(), EnableError> {
@@ -161,8 +184,9 @@ fn write_msr(msr: u32, value: u64) -> Result<(), EnableError> {
 /// Enables the ABI on this vCPU: the "page ready" vector first, then the area, with delivery
 /// as an interrupt. The local APIC is software-enabled already (`arch::init`, before any
 /// protocol): KVM raising the interrupt at a software-disabled APIC has made other VMMs spin.
-/// Enabling again while enabled is allowed, and KVM answers it with a wake-all; the table
-/// keeps its tokens for that.
+/// Enabling again while enabled is allowed, and KVM answers it with a wake-all unless page
+/// readies are already queued for this vCPU (`kvm_async_pf_wakeup_all` returns early then);
+/// the table keeps its tokens for either.
 pub fn enable() -> Result<(), EnableError> {
     if !kvm_features().is_some_and(offered) {
         return Err(EnableError::NotOffered);
@@ -170,7 +194,7 @@ pub fn enable() -> Result<(), EnableError> {
     let en = Area::this_cpu().gpa() | abi::EN_ENABLED | abi::EN_DELIVERY_AS_INT;
     // The area and the table are ready: zero and empty from the start, and made so again
     // whenever the ABI is turned off (`disable`). One borrow, interrupts off (a refused write
-    // is a #GP the exception table fixes, which touches no state): the wake-all that follows
+    // is a #GP the exception table fixes, which touches no state): a wake-all that follows
     // the enabling comes after it, and finds the table's keying set.
     STATE.with(|s| {
         if s.en_msr == 0 {
@@ -182,11 +206,18 @@ pub fn enable() -> Result<(), EnableError> {
     })
 }
 
-/// Turns the ABI off on this vCPU. The host forgets its outstanding tokens (KVM delivers none
-/// of them any more), so every waiter is woken as by a wake-all, and the table starts over.
-/// KVM waits for any fetch already running before it answers.
+/// Turns the ABI off on this vCPU, from a task. The host forgets its outstanding tokens (KVM
+/// delivers none of them any more), so every parked task is woken as by a wake-all, and the
+/// table starts over, its kept wakes and abandoned tokens dropped. No HLT-loop waiter can be
+/// in the table then: one waits in the context that took its event, which cannot be running
+/// a task's code on this vCPU until its wait is over (asserted, as the table's reset would
+/// lose its result). KVM waits for any fetch already running before it answers.
 pub fn disable() -> Result<(), EnableError> {
     let _irq = IrqGuard::new();
+    assert!(
+        !STATE.with(|s| s.table.has_halt_waiter()),
+        "kvm-apf: turned off while a HLT-loop waiter of this vCPU is in the table"
+    );
     write_msr(abi::MSR_ASYNC_PF_EN, 0)?;
     let mut woken = Woken::new();
     STATE.with(|s| {
@@ -213,8 +244,8 @@ enum Wake {
 type Woken = heapless::Vec<TaskId, TABLE_ENTRIES>;
 
 /// Wakes every waiter in the table, as a wake-all: the HLT-loop waiters find their result, the
-/// tasks go to `woken` (filled in place: moving it would copy a kilobyte, which an emulated
-/// kernel pays for byte by byte).
+/// tasks go to `woken` (filled in place: moving it would copy a kilobyte, 128 string iterations
+/// that each cost an emulated kernel about an instruction's time).
 fn take_every_waiter(s: &mut ApfCpu, woken: &mut Woken) {
     s.table.wake_all(|task| {
         // Cannot overflow: one entry per waiter.
@@ -222,8 +253,8 @@ fn take_every_waiter(s: &mut ApfCpu, woken: &mut Woken) {
     });
 }
 
-/// A wake-all (token `0xFFFF_FFFF`): every waiter of this vCPU. Rare (KVM sends one at each
-/// enabling), so out of the common path and its stack frame.
+/// A wake-all (token `0xFFFF_FFFF`): every waiter of this vCPU. Rare (KVM sends one at an
+/// enabling, when no page ready is queued), so out of the common path and its stack frame.
 #[cold]
 #[inline(never)]
 fn wake_every_waiter() {
@@ -260,66 +291,85 @@ pub fn pending() -> (usize, usize) {
     STATE.with(|s| (s.table.waiting(), s.table.kept()))
 }
 
-/// #PF: KVM's "page not present", or a real page fault. Which one is decided first, from the
-/// area's `flags`, read and cleared in one instruction: after that, any #PF is a real one.
+/// #PF: KVM's "page not present", or a real page fault. Which one is decided first, from CR2
+/// (read before anything else can fault and change it), the area's `flags`, read and cleared
+/// in one instruction (after that, any #PF is a real one), and the error code.
 fn on_page_fault(frame: &mut TrapFrame) {
-    let entered = cpu::rdtsc();
+    let cr2 = Cr2::read_raw();
     let flags = Area::this_cpu().flags().swap(0, Ordering::Acquire);
-    match classify(flags, frame.from_user(), frame.interrupts_were_enabled()) {
-        PageFault::Real => {
+    match classify(flags, frame.error_code, frame.from_user(), frame.interrupts_were_enabled()) {
+        kind @ (PageFault::Real | PageFault::RealWithBogusFlags) => {
+            if kind == PageFault::RealWithBogusFlags {
+                bogus_flags();
+            }
             REAL_FAULTS.get().fetch_add(1, Ordering::Relaxed);
             fault::unhandled(frame)
         }
         PageFault::Misdelivered => fault::fatal(format_args!(
             "the host delivered an async page fault (token {:#x}) at cpl {} with interrupts {}: this guest registered for CPL 3 with interrupts on only (rip {:#x})",
-            Cr2::read_raw(),
+            cr2,
             frame.cpl(),
             if frame.interrupts_were_enabled() { "on" } else { "off" },
             frame.rip
         )),
         PageFault::PageNotPresent => {
-            let token = Cr2::read_raw() as u32;
+            let token = cr2 as u32;
             // One borrow: count, record, and say who waits (asked only if someone must).
             let outcome = STATE.with(|s| {
                 s.stats.events += 1;
-                let outcome = s.table.on_event(token, 0, || wait::waiter(frame));
-                if let EventOutcome::Park(_) = outcome {
-                    // A wait is not the handler's cost: what comes before and after it is.
-                    s.stats.handler_cycles += cpu::rdtsc().wrapping_sub(entered);
-                }
-                outcome
+                s.table.on_event(token, 0, || wait::waiter(frame))
             });
-            let since = match outcome {
-                EventOutcome::AlreadyResolved { .. } => entered,
+            match outcome {
+                EventOutcome::AlreadyResolved { .. } => {}
                 EventOutcome::Rejected(why) => {
                     // Not parked: returning retries the access, and the host, with the page
                     // still coming, makes this vCPU wait for it.
-                    kprintln!("kvm-apf: page not present with token {token:#x} not waited for: {why:?}");
-                    entered
+                    rejected(token, why);
                 }
                 EventOutcome::Park(parked) => {
                     // Woken with "retry" (page ready, or a wake-all): KVM has no other result.
                     wait::wait(parked, super::WAIT_OWNER, token, || STATE.with(|s| s.table.take_halt_result(token)));
-                    cpu::rdtsc()
                 }
-            };
+            }
             // The access is retried on return.
-            STATE.with(|s| s.stats.handler_cycles += cpu::rdtsc().wrapping_sub(since));
         }
+    }
+}
+
+/// A real #PF beside flags that said "page not present": counted, out of the real fault's way.
+#[cold]
+#[inline(never)]
+fn bogus_flags() {
+    STATE.with(|s| s.stats.bogus_flags += 1);
+}
+
+/// An event the table rejected: counted; only the first one per vCPU is printed, as every
+/// console line is an exit and the host decides how many events there are.
+#[cold]
+#[inline(never)]
+fn rejected(token: u32, why: Rejection) {
+    let first = STATE.with(|s| {
+        s.stats.rejected_events += 1;
+        s.stats.rejected_events == 1
+    });
+    if first {
+        kprintln!(
+            "kvm-apf: page not present with token {token:#x} not waited for: {why:?} (further ones only counted)"
+        );
     }
 }
 
 /// "Page ready": take the token, give the slot back (clear, then acknowledge, so that the host
 /// may deliver the next), then wake its waiter, or every waiter for a wake-all.
 fn on_page_ready(_frame: &mut TrapFrame) {
-    let entered = cpu::rdtsc();
     apic::eoi();
     let area = Area::this_cpu();
     let token = area.token().load(Ordering::Acquire);
     area.token().store(0, Ordering::Release);
-    // SAFETY: the ACK MSR exists (the features leaf offered "page ready" as an interrupt, or the
-    // ABI would not be enabled and this vector not registered); writing 1 only tells the host
-    // the slot is free.
+    // SAFETY: the ACK MSR exists: this vector is routed here only after enabling succeeded
+    // (`init`), which needs the features leaf's ASYNC_PF_INT bit, the bit that makes the ACK
+    // MSR exist, and the host's acceptance of MSR_ASYNC_PF_EN. The MSR stays after a `disable`.
+    // Writing 1 only tells the host to look for the next page ready.
     unsafe { Msr::new(abi::MSR_ASYNC_PF_ACK).write(abi::ACK) };
     // One borrow: count, and look the token up; whoever is woken is woken after it.
     let wake = STATE.with(|s| {
@@ -334,7 +384,6 @@ fn on_page_ready(_frame: &mut TrapFrame) {
             }
         }
         // Nobody to wake (a spurious one, a wake kept or absorbed): done here.
-        s.stats.handler_cycles += cpu::rdtsc().wrapping_sub(entered);
         Wake::Nobody
     });
     let stale = match wake {
@@ -345,8 +394,5 @@ fn on_page_ready(_frame: &mut TrapFrame) {
             0
         }
     };
-    STATE.with(|s| {
-        s.stats.stale_wakes += stale;
-        s.stats.handler_cycles += cpu::rdtsc().wrapping_sub(entered);
-    });
+    STATE.with(|s| s.stats.stale_wakes += stale);
 }

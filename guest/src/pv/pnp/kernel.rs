@@ -1,7 +1,7 @@
 //! The kernel glue of the page-not-present protocol: shared pages, registration, the two
 //! handlers, and the hooks self-tests use to steer the host's pager.
 
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use pvagent_abi::cpuid::Features;
 use pvagent_abi::hypercall::Nr;
@@ -14,7 +14,7 @@ use super::{DEFAULT_RING_ENTRIES, EVENT_VECTOR, RESOLUTION_VECTOR, Region};
 use crate::arch::fault::{self, Fault};
 use crate::arch::hypercall::{self, HypercallError};
 use crate::arch::paging::{self, Access};
-use crate::arch::percpu::{self, CpuLocal, MAX_CPUS};
+use crate::arch::percpu::{self, MAX_CPUS};
 use crate::arch::trap::{self, TrapFrame};
 use crate::arch::{apic, cpu};
 use crate::boot::cmdline::Cmdline;
@@ -61,13 +61,15 @@ impl SharedView {
         unsafe { AtomicU32::from_ptr(base.add(offset as usize) as *mut u32) }
     }
 
+    /// Makes the pages ready for registration, as the ABI asks: `head` and `tail` 0 (the
+    /// entries may hold anything; only those between the two are ever read) and the event area
+    /// free. Not the whole ring page: on an emulated guest kernel that is 512 string iterations.
     fn clear(&self) {
-        // SAFETY: zeroing our own shared pages while the protocol is off for this vCPU: the
-        // host does not access them until registration.
-        unsafe {
-            core::ptr::write_bytes(self.ring, 0, 4096);
-            core::ptr::write_bytes(self.data, 0, 64);
-        }
+        Self::u32_at(self.ring, abi::ring_head_offset(self.entries)).store(0, Ordering::Relaxed);
+        self.store_tail(0);
+        // SAFETY: our own event area, while the protocol is off for this vCPU: the host does
+        // not access it until registration.
+        unsafe { core::ptr::write_bytes(self.data, 0, 64) };
     }
 
     fn inuse(&self) -> &'static AtomicU32 {
@@ -124,9 +126,6 @@ pub struct Stats {
     pub consumed: u64,
     /// Woken tasks that were no longer waiting.
     pub stale_wakes: u64,
-    /// TSC cycles spent in the two handlers, excluding the time a task is parked or halted:
-    /// what the protocol costs the guest (kept apart: `HANDLER_CYCLES`).
-    pub handler_cycles: u64,
     /// The token table's counters.
     pub tokens: TokenStats,
 }
@@ -190,7 +189,6 @@ impl Stats {
             ring_corrupt: 0,
             consumed: 0,
             stale_wakes: 0,
-            handler_cycles: 0,
             tokens: TokenStats::new(),
         }
     }
@@ -356,7 +354,6 @@ pub fn stats() -> Stats {
         (stats.slept, stats.halted) = (s.table.stats.slept, s.table.stats.halted);
         stats.consumed += s.ring.consumed;
         stats.ring_corrupt += s.ring.corrupt;
-        stats.handler_cycles = HANDLER_CYCLES.get().load(Ordering::Relaxed);
         stats
     })
 }
@@ -379,7 +376,6 @@ pub fn pending() -> (usize, usize) {
 /// look its token up, count it; the scheduler is asked who would wait only when the token must
 /// be waited for.
 fn on_event(frame: &mut TrapFrame) {
-    let entered = cpu::rdtsc();
     apic::eoi();
     let cpu = percpu::index();
     let taken = STATE.with(|s| {
@@ -409,25 +405,18 @@ fn on_event(frame: &mut TrapFrame) {
         let outcome = s.table.on_event(token.0, gpa, || wait::waiter(frame));
         Some((token, gpa, outcome))
     });
-    let Some((token, gpa, outcome)) = taken else {
-        account(entered);
-        return;
-    };
-    // What the protocol costs: a wait is not counted, what comes before and after it is.
-    let (result, since) = match outcome {
-        EventOutcome::AlreadyResolved { result } => (result, entered),
+    let Some((token, gpa, outcome)) = taken else { return };
+    let result = match outcome {
+        EventOutcome::AlreadyResolved { result } => result,
         EventOutcome::Rejected(why) => {
-            account(entered);
             kprintln!("pnp: event with token {:#x} rejected: {why:?}", token.0);
             return;
         }
         EventOutcome::Park(parked) => {
-            account(entered);
             let take_halt_result = || STATE.with(|s| s.table.take_halt_result(token.0));
-            (wait::wait(parked, super::WAIT_OWNER, token.0, take_halt_result), cpu::rdtsc())
+            wait::wait(parked, super::WAIT_OWNER, token.0, take_halt_result)
         }
     };
-    account(since);
     if result == abi::RESULT_FAILED {
         page_failed(frame, token, gpa);
     }
@@ -448,24 +437,12 @@ fn page_failed(frame: &TrapFrame, token: Token, gpa: u64) {
 /// The resolution vector: drain the ring, waking each token's waiter as its entry comes, in one
 /// borrow of this vCPU's state (the scheduler's is another).
 fn on_resolution(_frame: &mut TrapFrame) {
-    let entered = cpu::rdtsc();
     apic::eoi();
     let cpu = percpu::index();
     STATE.with(|s| {
         s.stats.resolution_irqs += 1;
         report_corrupt(s.drain(cpu));
     });
-    account(entered);
-}
-
-/// TSC cycles this vCPU spent in the two handlers, less the time its tasks were parked or
-/// halted: what the protocol costs the guest. An atomic of its own (only this vCPU adds to it,
-/// with interrupts off), so that the time after a wait is counted without another borrow.
-static HANDLER_CYCLES: CpuLocal<AtomicU64> = CpuLocal::new([const { AtomicU64::new(0) }; MAX_CPUS]);
-
-/// Counts the handler time since `since`.
-fn account(since: u64) {
-    HANDLER_CYCLES.get().fetch_add(cpu::rdtsc().wrapping_sub(since), Ordering::Relaxed);
 }
 
 fn report_corrupt(drained: Drain) {

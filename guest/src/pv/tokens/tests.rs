@@ -243,25 +243,84 @@ fn a_full_table_gives_up_kept_wakes_never_waiters() {
 }
 
 #[test]
+fn a_full_table_gives_up_abandoned_tokens_before_kept_wakes() {
+    let mut t = hashed::<8>();
+    for id in 1..=4 {
+        t.on_event(kvm(id), 0, || task(id as u16));
+    }
+    t.wake_all(|_| {});
+    for id in 5..=6 {
+        assert!(matches!(t.on_event(kvm(id), 0, || task(id as u16)), EventOutcome::Park(_)));
+    }
+    for id in 7..=8 {
+        assert_eq!(t.on_wake(kvm(id), RESULT_RETRY), WakeOutcome::Early);
+    }
+    // Full (4 abandoned, 2 waiters, 2 kept wakes): each new wake takes an abandoned token's
+    // place while there is one.
+    for id in 9..=12 {
+        assert_eq!(t.on_wake(kvm(id), RESULT_RETRY), WakeOutcome::Early);
+    }
+    assert_eq!((t.stats.given_up, t.waiting(), t.kept()), (4, 2, 6));
+    for id in 7..=12 {
+        assert_eq!(
+            t.on_event(kvm(id), 0, || unreachable!()),
+            EventOutcome::AlreadyResolved { result: 0 },
+            "token {id}"
+        );
+    }
+}
+
+#[test]
 fn wake_all_wakes_every_waiter_and_absorbs_their_late_wakes() {
     let mut t = hashed::<128>();
     t.on_event(kvm(1), 0x1000, || Waiter::Task(TASK));
     t.on_event(kvm(2), 0x2000, || Waiter::Task(OTHER));
     t.on_event(kvm(3), 0x3000, || Waiter::Halt);
-    t.on_wake(kvm(4), RESULT_RETRY); // an early wake: its event may still come, so it stays
     let mut woken = Vec::new();
     assert_eq!(t.wake_all(|task| woken.push(task)), 3);
     woken.sort_by_key(|t| t.slot);
     assert_eq!(woken, vec![TASK, OTHER]);
     assert_eq!(t.take_halt_result(kvm(3)), Some((RESULT_RETRY, 0x3000)));
-    assert_eq!((t.waiting(), t.kept()), (0, 4), "three abandoned tokens and the early wake");
+    assert_eq!((t.waiting(), t.kept()), (0, 3), "three abandoned tokens");
     // The tokens' own wakes come later: absorbed, nobody woken twice.
     for id in 1..=3 {
         assert_eq!(t.on_wake(kvm(id), RESULT_RETRY), WakeOutcome::Late);
     }
-    assert_eq!(t.on_event(kvm(4), 0, || Waiter::Task(TASK)), EventOutcome::AlreadyResolved { result: 0 });
     assert_eq!((t.waiting(), t.kept(), t.stats.late, t.stats.woken_by_wake_all), (0, 0, 3, 3));
     assert_eq!(t.stats.rejected(), 0);
+}
+
+#[test]
+fn wake_all_drops_kept_wakes_and_the_tokens_earlier_wake_alls_abandoned() {
+    let mut t = hashed::<128>();
+    assert_eq!(t.on_wake(kvm(1), RESULT_RETRY), WakeOutcome::Early);
+    t.on_event(kvm(2), 0, || Waiter::Task(TASK));
+    t.wake_all(|_| {});
+    assert_eq!((t.waiting(), t.kept()), (0, 1), "the kept wake dropped, the woken token abandoned");
+    // The host forgot the kept wake's token: an event for it waits for a wake of its own.
+    assert!(matches!(t.on_event(kvm(1), 0, || Waiter::Task(OTHER)), EventOutcome::Park(_)));
+    t.wake_all(|_| {});
+    assert_eq!((t.waiting(), t.kept()), (0, 1), "token 2 dropped, token 1 abandoned now");
+    assert_eq!(t.on_wake(kvm(1), RESULT_RETRY), WakeOutcome::Late);
+    assert_eq!(t.on_wake(kvm(2), RESULT_RETRY), WakeOutcome::Early, "no longer absorbed: a wake like any other");
+    assert_eq!(t.stats.rejected(), 0);
+}
+
+#[test]
+fn wake_all_in_a_full_table_keeps_every_abandoned_token_reachable() {
+    let mut t = hashed::<8>();
+    for id in 1..=4 {
+        assert!(matches!(t.on_event(kvm(id), 0, || task(id as u16)), EventOutcome::Park(_)));
+    }
+    for id in 5..=8 {
+        assert_eq!(t.on_wake(kvm(id), RESULT_RETRY), WakeOutcome::Early);
+    }
+    assert_eq!(t.wake_all(|_| {}), 4);
+    assert_eq!((t.waiting(), t.kept()), (0, 4));
+    for id in 1..=4 {
+        assert_eq!(t.on_wake(kvm(id), RESULT_RETRY), WakeOutcome::Late, "token {id}");
+    }
+    assert_eq!((t.waiting(), t.kept()), (0, 0));
 }
 
 #[test]
@@ -296,6 +355,8 @@ fn a_halt_waiters_own_wake_after_a_wake_all_is_absorbed_whenever_it_comes() {
 enum Model {
     Waiting(TaskId),
     Early,
+    /// Its waiter was woken by a wake-all; its own wake may still come.
+    Abandoned,
 }
 
 #[test]
@@ -313,7 +374,20 @@ fn the_hashed_table_agrees_with_a_map_over_many_random_operations() {
         // 96 possible tokens, at most 40 live: the table never fills, its clusters come and go.
         let token = kvm(1 + (next() % 96) as u32);
         let id = TaskId { slot: (next() % 32) as u16, generation: 1 };
-        if next() % 2 == 0 {
+        if next() % 64 == 0 {
+            // A wake-all: every waiter woken and abandoned, kept wakes and abandoned tokens
+            // dropped (which closes gaps all over the table: every token left must stay
+            // reachable).
+            let mut woken = Vec::new();
+            t.wake_all(|task| woken.push(task));
+            let mut want: Vec<TaskId> =
+                model.values().filter_map(|m| if let Model::Waiting(task) = m { Some(*task) } else { None }).collect();
+            model.retain(|_, m| matches!(m, Model::Waiting(_)));
+            model.values_mut().for_each(|m| *m = Model::Abandoned);
+            woken.sort_by_key(|t| t.slot);
+            want.sort_by_key(|t| t.slot);
+            assert_eq!(woken, want, "step {step}: wake-all");
+        } else if next() % 2 == 0 {
             if model.len() >= 40 && !model.contains_key(&token) {
                 continue;
             }
@@ -324,7 +398,7 @@ fn the_hashed_table_agrees_with_a_map_over_many_random_operations() {
                     EventOutcome::AlreadyResolved { result: 0 }
                 }
                 Some(Model::Waiting(_)) => EventOutcome::Rejected(Rejection::Busy),
-                None => {
+                Some(Model::Abandoned) | None => {
                     model.insert(token, Model::Waiting(id));
                     EventOutcome::Park(Parked::Task)
                 }
@@ -341,6 +415,10 @@ fn the_hashed_table_agrees_with_a_map_over_many_random_operations() {
                     WakeOutcome::Wake { task, result: 0, gpa: 0 }
                 }
                 Some(Model::Early) => WakeOutcome::Rejected(Rejection::Duplicate),
+                Some(Model::Abandoned) => {
+                    model.remove(&token);
+                    WakeOutcome::Late
+                }
                 None => {
                     model.insert(token, Model::Early);
                     WakeOutcome::Early
@@ -351,4 +429,17 @@ fn the_hashed_table_agrees_with_a_map_over_many_random_operations() {
         let waiting = model.values().filter(|m| matches!(m, Model::Waiting(_))).count();
         assert_eq!((t.waiting(), t.kept()), (waiting, model.len() - waiting), "step {step}");
     }
+}
+
+#[test]
+fn a_new_keying_clears_every_entry_the_old_one_reached_and_no_other() {
+    let mut t = by_slot();
+    // A kept wake in slot 7 of the ring of 8, then a new ring of 16.
+    assert_eq!(t.on_wake(ring(7, 1), RESULT_RETRY), WakeOutcome::Early);
+    assert_eq!(t.kept(), 1);
+    t.reset(BySlot { entries: 16 });
+    assert_eq!((t.waiting(), t.kept()), (0, 0), "the old ring's entries start over");
+    assert!(t.entries.iter().all(|e| *e == Entry::FREE), "no entry outside the old ring was ever written");
+    // And the new ring's slots work: an event on slot 12 parks.
+    assert!(matches!(t.on_event(ring(12, 1), 0x3000, || Waiter::Task(TASK)), EventOutcome::Park(_)));
 }

@@ -137,8 +137,9 @@ impl Pager {
             Decision::DeliverResolved { token, result, make_present: _ } if via == Some(Via::KvmApf) => {
                 // KVM's ABI: "page ready" first, its #PF at this vCPU's next access to the page
                 // (the retry of this one), and the page arrives with the #PF (`deliver_owed`),
-                // so the retry comes back. One vCPU's stand-in for KVM delivering "page ready"
-                // on another vCPU.
+                // so the retry comes back. Stock KVM never does this (it raises "page ready"
+                // on the vCPU that took the "page not present", after it): the guest's path for
+                // an early wake is tested for robustness, and for the ring protocol's sake.
                 post_resolution(inner, out(token), result, false)?;
                 inner.apf_counters.ready_before_not_present += 1;
                 if let Some(v) = inner.apf.get_mut(vcpu) {

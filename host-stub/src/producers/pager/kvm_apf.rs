@@ -6,8 +6,11 @@
 //! Where this stub differs from KVM, it refuses rather than misbehaves, and `docs/abi.md`
 //! says so: enabling needs a "page ready" vector of 32 or above (KVM would raise whatever is
 //! set, vector 0 included); the #PF VM-exit delivery bit is refused (not offered: no nested
-//! guests here); a refused enabling changes nothing (KVM keeps the value it refused). The
-//! "send always" bit is accepted and kept, but "page not present" goes to CPL 3 only.
+//! guests here); a refused enabling changes nothing (as in current KVM, which checks the value,
+//! the area's address included, before it stores it). The "send always" bit is accepted and
+//! kept, but "page not present" goes to CPL 3 only. The next "page ready" waits for the
+//! guest's acknowledgement, which is stricter than KVM (it delivers the next once the area's
+//! `token` reads 0, and takes the acknowledgement as a hint to look).
 
 use std::collections::VecDeque;
 use std::ops::Range;

@@ -3,8 +3,9 @@
 //! (`docs/design.md`): the MSRs through user-space MSR exits (`kvm_apf` checks them), "page not
 //! present" as a #PF injected with `KVM_SET_VCPU_EVENTS` and the token as its CR2 payload,
 //! "page ready" as an MSI of the registered vector with the token in the area, one at a time,
-//! the next after the guest's acknowledgement. As KVM: only to CPL 3 with interrupts on (any
-//! other access waits), at most 64 tokens out per vCPU, and a second access to a page on its
+//! the next after the guest's acknowledgement (KVM's condition is the area's `token` read 0,
+//! looser). As KVM for this guest: only to CPL 3 (KVM: CPL != 0) with interrupts on (any other
+//! access waits), at most 64 tokens out per vCPU, and a second access to a page on its
 //! way waits for it.
 //!
 //! Guest memory is reached through `vm-memory` only, the area's two words with atomic loads

@@ -98,6 +98,11 @@ pub struct Pager {
     fault_reader: Option<FaultReader>,
     /// Accesses that reached the host as a bare EFAULT (PVM, guest CPL 3) and were decoded.
     efaults: u64,
+    /// Accesses that reached the host as MMIO exits (a SIGBUS page under PVM's emulation,
+    /// guest CPL 0).
+    mmio_accesses: u64,
+    /// Accesses that reached the host as `KVM_EXIT_MEMORY_FAULT` (VMX and SVM KVM).
+    memory_fault_exits: u64,
     /// Instructions KVM could not emulate (PVM, guest CPL 0: a LOCKed read-modify-write) whose
     /// pages of the region the pager made present.
     unemulated: u64,
@@ -153,6 +158,8 @@ impl Pager {
             kernel_tokens: KernelTokens::default(),
             vcpu_tids: Vec::new(),
             kernel_sync_since: HashMap::new(),
+            vcpu_waits_released_at_time_limit: 0,
+            unregister_at_time_limit_failed: None,
             fetch: None,
         };
         Ok(Self {
@@ -162,6 +169,8 @@ impl Pager {
             poller: None,
             fault_reader: None,
             efaults: 0,
+            mmio_accesses: 0,
+            memory_fault_exits: 0,
             unemulated: 0,
             entries: 0,
             unemulated_retry: None,
@@ -192,6 +201,9 @@ impl Pager {
             ("msi_refused", inner.msi_refused),
             ("resolutions_without_interrupt", inner.resolutions_without_interrupt),
             ("decoded_efaults", self.efaults),
+            ("mmio_accesses", self.mmio_accesses),
+            ("memory_fault_exits", self.memory_fault_exits),
+            ("vcpu_waits_released_at_time_limit", inner.vcpu_waits_released_at_time_limit),
             ("unemulated_accesses", self.unemulated),
             ("retries_for_pending_event", c.retries_for_pending_event),
             ("fetches_held_back", c.fetches_held_back),
@@ -214,6 +226,11 @@ impl Pager {
             describe_modes(self.config.mode, inner.core.mode, c.mode_changes)
         ));
         report.line(format!("pager: {}", inner.latency.describe()));
+        if let Some(why) = &inner.unregister_at_time_limit_failed {
+            report.line(format!(
+                "pager: at the time limit, unregistering the region failed ({why}): a vCPU waiting in it inside KVM may not have seen the limit"
+            ));
+        }
         // Per mode, what happened in it: a run the guest switched (the self-tests do) must not
         // read as if the configured mode had delivered every event.
         let ring_used = self.config.mode == HostMode::Ring || c.mode_changes > 0;
@@ -414,8 +431,15 @@ impl ExitHandler for Pager {
         let region = inner.region.as_ref()?;
         let (start, len) = region.host_range();
         let uffd = region.uffd().ok()?;
+        let shared = Arc::clone(&self.shared);
         Some(Box::new(move || {
-            let _ = uffd.unregister(start, len);
+            let unregistered = uffd.unregister(start, len);
+            // What the unregistering released: the pages the vCPU thread was waiting for in
+            // KVM (the end-to-end test checks that its vCPU was one), and whether it failed (a
+            // vCPU waiting in the region may then not see the limit).
+            let mut inner = shared.lock();
+            inner.vcpu_waits_released_at_time_limit = inner.kernel_sync_since.len() as u64;
+            inner.unregister_at_time_limit_failed = unregistered.err().map(|e| e.to_string());
         }))
     }
 
@@ -455,15 +479,21 @@ impl ExitHandler for Pager {
     }
 
     fn mmio_read(&mut self, ctx: &mut VcpuCtx<'_>, addr: u64, data: &mut [u8]) -> Result<Handled> {
-        self.access(ctx, addr, None, Access::Read(data))
+        let handled = self.access(ctx, addr, None, Access::Read(data))?;
+        self.mmio_accesses += u64::from(handled == Handled::Yes);
+        Ok(handled)
     }
 
     fn mmio_write(&mut self, ctx: &mut VcpuCtx<'_>, addr: u64, data: &[u8]) -> Result<Handled> {
-        self.access(ctx, addr, None, Access::Write(data))
+        let handled = self.access(ctx, addr, None, Access::Write(data))?;
+        self.mmio_accesses += u64::from(handled == Handled::Yes);
+        Ok(handled)
     }
 
     fn memory_fault(&mut self, ctx: &mut VcpuCtx<'_>, gpa: u64, _size: u64, _flags: u64) -> Result<Handled> {
-        self.access(ctx, gpa, None, Access::Retry)
+        let handled = self.access(ctx, gpa, None, Access::Retry)?;
+        self.memory_fault_exits += u64::from(handled == Handled::Yes);
+        Ok(handled)
     }
 
     fn efault(&mut self, ctx: &mut VcpuCtx<'_>) -> Result<Handled> {

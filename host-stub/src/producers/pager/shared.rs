@@ -63,6 +63,11 @@ pub struct Inner {
     pub vcpu_tids: Vec<Option<u32>>,
     /// `kvm-apf-kernel` mode: pages a vCPU waits for inside KVM, since when.
     pub kernel_sync_since: HashMap<PageIndex, std::time::Instant>,
+    /// `kvm-apf-kernel` mode: pages the vCPU thread was waiting for inside KVM when the run's
+    /// time limit unregistered the region (which let those faults go on).
+    pub vcpu_waits_released_at_time_limit: u64,
+    /// `kvm-apf-kernel` mode: why unregistering the region at the time limit failed, if it did.
+    pub unregister_at_time_limit_failed: Option<String>,
     /// Queues fetches on the fetcher threads (from any thread holding the lock).
     pub fetch: Option<Submitter>,
 }
