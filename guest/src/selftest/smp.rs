@@ -3,14 +3,16 @@
 //! failed), so they run on every host.
 
 use super::{SelfTest, TestResult};
-use crate::arch::{self, smp, time};
+use crate::arch::{self, apic, percpu, smp, time};
 use crate::pv::halt;
 use crate::sync::IrqGuard;
+use crate::task::remote;
 use crate::{ensure, ensure_eq};
 
 pub const TESTS: &[SelfTest] = &[
     SelfTest::new("smp::every_madt_cpu_is_online", every_madt_cpu_is_online),
     SelfTest::new("smp::every_cpu_takes_its_own_timer_ticks", every_cpu_takes_its_own_timer_ticks),
+    SelfTest::new("smp::a_task_runs_on_the_cpu_it_was_placed_on", a_task_runs_on_the_cpu_it_was_placed_on),
 ];
 
 /// Every usable processor of the MADT (up to `MAX_CPUS`) has a dense index and came online;
@@ -48,6 +50,27 @@ fn every_cpu_takes_its_own_timer_ticks() -> TestResult {
     for (cpu, target) in targets.iter().enumerate() {
         let seen = time::ticks_of(cpu) + 3 - target;
         ensure!(seen >= 3, "vCPU {cpu}'s timer is not ticking: {seen} of 3 ticks in ten seconds");
+    }
+    Ok(())
+}
+
+/// A task placed on each vCPU in turn (the running one included) runs there: it reports the
+/// vCPU index and the APIC ID it finds, which must be that vCPU's by the CPU map. Joined from
+/// here: the result comes back across vCPUs, and the task's slot is freed on its own vCPU.
+fn a_task_runs_on_the_cpu_it_was_placed_on() -> TestResult {
+    fn where_am_i(tag: u64) -> u64 {
+        (tag << 48) | ((percpu::index() as u64) << 32) | u64::from(apic::id())
+    }
+    let map = &arch::platform().cpus;
+    for round in 0..2u64 {
+        for cpu in 0..map.count() {
+            let placed = remote::spawn_kernel_on(cpu, "placed", where_am_i, round)
+                .map_err(|e| super::fail(format_args!("placing a task on vCPU {cpu}: {e:?}")))?;
+            let seen = placed.join().map_err(|e| super::fail(format_args!("the task on vCPU {cpu}: {e:?}")))?;
+            ensure_eq!(seen >> 48, round, "the task's own argument, round {round}");
+            ensure_eq!((seen >> 32) & 0xFFFF, cpu as u64, "the vCPU index the placed task ran on");
+            ensure_eq!(Some(seen as u32), map.apic_id(cpu), "the APIC ID the task on vCPU {cpu} read");
+        }
     }
     Ok(())
 }
