@@ -123,8 +123,9 @@ fn qemu_reports_the_same_tests_and_skips_only_with_a_reason() {
     assert!(listing.listed.iter().any(|t| !t.on_by_default), "the on-request tests are listed too");
     for (_, name, reason) in qemu_tests.iter().filter(|t| t.0 == Status::Skip) {
         let listed = listing.listed.iter().find(|t| t.name == *name).expect("listed");
-        // TCG shows no KVM leaves, so no KVM async page faults either.
-        let qemu_lacks = [Need::HostStub, Need::Pager, Need::SldTrigger, Need::AlignmentCheck, Need::KvmApf];
+        // TCG shows no KVM leaves, so no KVM async page faults either; QEMU runs one vCPU here.
+        let qemu_lacks =
+            [Need::HostStub, Need::Pager, Need::SldTrigger, Need::AlignmentCheck, Need::KvmApf, Need::SeveralCpus];
         assert!(
             qemu_lacks.iter().any(|n| listed.needs.contains(*n)),
             "{name} skipped under QEMU ({reason}) needing nothing QEMU lacks"

@@ -71,6 +71,8 @@ pub enum Need: u8 {
     /// The host stub serving KVM's async page fault ABI itself (any pager mode but
     /// `KvmApfKernel`): only it can send "page ready" before its "page not present".
     KvmApfHostStub = 13,
+    /// Two or more vCPUs online (`cargo xtask qemu --smp N`, the host stub's `--vcpus N`).
+    SeveralCpus = 14,
 }
 }
 
@@ -92,6 +94,7 @@ impl Need {
             Need::SldDisableGloballyPolicy => "sld-disable-globally-policy",
             Need::KvmApf => "kvm-apf",
             Need::KvmApfHostStub => "kvm-apf-host-stub",
+            Need::SeveralCpus => "several-cpus",
         }
     }
 
@@ -124,6 +127,7 @@ impl Need {
             Need::KvmApfHostStub => {
                 "the host stub serving KVM's async page fault ABI itself (not --pnp-mode kvm-apf-kernel, where KVM does)"
             }
+            Need::SeveralCpus => "two or more vCPUs online (QEMU's -smp, the host stub's --vcpus; both default to 1)",
         }
     }
 

@@ -106,9 +106,11 @@ pub unsafe fn boot(start_info_paddr: u32, first: FirstTask) -> ! {
 }
 
 /// An AP's life once the hardware layer brought it up (`arch::smp`): its scheduler, with the
-/// running context as its idle task and its tick, then online, then idle until given work.
+/// running context as its idle task and its tick, its own protocol areas, then online, then idle
+/// until given work.
 fn ap_entry(_cpu: usize) -> ! {
     task::init_cpu();
+    crate::pv::init_cpu();
     arch::smp::report_online();
     task::idle_loop()
 }

@@ -182,6 +182,16 @@ pub fn failed_mask() -> u32 {
     FAILED.load(Ordering::Acquire)
 }
 
+/// Sends vCPU `cpu` a wake IPI ([`WAKE_VECTOR`]): a HLT there ends, and the vCPU looks at
+/// whatever it waits for again. Nothing if no such vCPU is online.
+pub fn wake(cpu: usize) {
+    if is_online(cpu)
+        && let Some(apic_id) = super::platform().cpus.apic_id(cpu)
+    {
+        apic::send_fixed_ipi(apic_id, WAKE_VECTOR);
+    }
+}
+
 /// Called by an AP's entry once it can run tasks: publishes it and wakes the boot vCPU.
 pub fn report_online() {
     let cpu = percpu::index();

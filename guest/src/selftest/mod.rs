@@ -277,6 +277,7 @@ fn need_met(need: Need) -> TestResult {
             pnp::host_mode() != HostMode::KvmApfKernel,
             "KVM serves its async page fault ABI in this run, and sends page ready only after its page not present on one vCPU (before it only from another vCPU, by a race): only the host stub can force it",
         ),
+        Need::SeveralCpus => skip_unless(arch::smp::online_count() >= 2, "needs two or more vCPUs online"),
     }
 }
 

@@ -2,17 +2,29 @@
 //! tables, APIC and timer. With one vCPU they check the one-vCPU case (nothing to start, nothing
 //! failed), so they run on every host.
 
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use pvagent_abi::report::Need;
+use x86_64::registers::control::{Cr0, Cr0Flags};
+
 use super::{SelfTest, TestResult};
 use crate::arch::{self, apic, percpu, smp, time};
-use crate::pv::halt;
+use crate::pv::ac::policy::Mode;
+use crate::pv::{ac, halt, kvm_apf, pnp};
 use crate::sync::IrqGuard;
-use crate::task::remote;
+use crate::task::{self, remote};
 use crate::{ensure, ensure_eq};
 
 pub const TESTS: &[SelfTest] = &[
     SelfTest::new("smp::every_madt_cpu_is_online", every_madt_cpu_is_online),
     SelfTest::new("smp::every_cpu_takes_its_own_timer_ticks", every_cpu_takes_its_own_timer_ticks),
     SelfTest::new("smp::a_task_runs_on_the_cpu_it_was_placed_on", a_task_runs_on_the_cpu_it_was_placed_on),
+    SelfTest::new("smp::every_cpu_sets_up_its_own_protocols", every_cpu_sets_up_its_own_protocols),
+    SelfTest::new(
+        "smp::split_lock_detection_off_on_one_cpu_stays_on_on_another",
+        split_lock_detection_off_on_one_cpu_stays_on_on_another,
+    )
+    .needs(&[Need::HostStub, Need::SldTrigger, Need::SldDetection, Need::SeveralCpus]),
 ];
 
 /// Every usable processor of the MADT (up to `MAX_CPUS`) has a dense index and came online;
@@ -73,4 +85,109 @@ fn a_task_runs_on_the_cpu_it_was_placed_on() -> TestResult {
         }
     }
     Ok(())
+}
+
+/// What a vCPU set up for itself, packed by [`own_protocols`]: the ring size it registered (the
+/// page-not-present protocol), then flags.
+const CR0_AM: u64 = 1 << 0;
+const DETECTION_AS_MODE: u64 = 1 << 1;
+const KVM_APF_ENABLED: u64 = 1 << 2;
+
+fn own_protocols(_: u64) -> u64 {
+    let mut flags = 0;
+    if Cr0::read().contains(Cr0Flags::ALIGNMENT_MASK) {
+        flags |= CR0_AM;
+    }
+    let s = ac::status();
+    if s.detection_on == s.mode.wants_detection() || s.enumeration != ac::policy::Enumeration::Available {
+        flags |= DETECTION_AS_MODE;
+    }
+    if kvm_apf::enabled() {
+        flags |= KVM_APF_ENABLED;
+    }
+    (u64::from(pnp::registered_entries()) << 32) | flags
+}
+
+/// Each vCPU registered its own protocol areas with the host as the boot vCPU did (the
+/// page-not-present ring of the same size, KVM's async page faults where the boot vCPU enabled
+/// them) and set its own #AC state (CR0.AM, detection as the mode says). Read on each vCPU by a
+/// task placed there: every one of these is per-vCPU state no other vCPU can see.
+fn every_cpu_sets_up_its_own_protocols() -> TestResult {
+    let boot = own_protocols(0);
+    ensure_eq!(boot & (CR0_AM | DETECTION_AS_MODE), CR0_AM | DETECTION_AS_MODE, "the boot vCPU's #AC state");
+    for cpu in 1..arch::platform().cpus.count() {
+        let placed = remote::spawn_kernel_on(cpu, "own-protocols", own_protocols, 0)
+            .map_err(|e| super::fail(format_args!("placing a task on vCPU {cpu}: {e:?}")))?;
+        let seen = placed.join().map_err(|e| super::fail(format_args!("the task on vCPU {cpu}: {e:?}")))?;
+        ensure_eq!(seen >> 32, boot >> 32, "vCPU {cpu}'s page-not-present ring size against the boot vCPU's");
+        ensure_eq!(seen & 0xFFFF_FFFF, boot & 0xFFFF_FFFF, "vCPU {cpu}'s CR0.AM, detection, KVM async PF flags");
+    }
+    Ok(())
+}
+
+/// Where the split-lock test's two sides are: 1 when the other vCPU's split lock is done and
+/// its detection off, 2 when this vCPU has looked at its own.
+static SLD_PHASE: AtomicU32 = AtomicU32::new(0);
+/// What the other vCPU saw, as flags.
+const OFF_AFTER_SPLIT_LOCK: u64 = 1 << 0;
+const STILL_OFF_WITHOUT_A_SWITCH: u64 = 1 << 1;
+const BACK_ON_AFTER_A_SWITCH: u64 = 1 << 2;
+const SPLIT_LOCK_AS_EXPECTED: u64 = 1 << 3;
+
+/// Split-lock `warn` on vCPU 1 switches detection off there for the running task only: vCPU 0
+/// keeps it on meanwhile (its MSR_TEST_CTRL as the host keeps it for vCPU 0), vCPU 1 keeps it off
+/// until its next task switch, and then has it back on. Each side waits for the other as an
+/// event (a flag and a wake IPI); the task on vCPU 1 waits by halting, which switches no task.
+fn split_lock_detection_off_on_one_cpu_stays_on_on_another() -> TestResult {
+    fn split_lock_then_wait(_: u64) -> u64 {
+        ac::with_mode(Mode::Warn, || {
+            let mut seen = 0;
+            if super::ac::kernel_split_lock_here().is_ok() {
+                seen |= SPLIT_LOCK_AS_EXPECTED;
+            }
+            let s = ac::status();
+            if s.sld_disabled_until_switch && !s.detection_on && ac::detection_in_msr() == Some(false) {
+                seen |= OFF_AFTER_SPLIT_LOCK;
+            }
+            SLD_PHASE.store(1, Ordering::SeqCst);
+            smp::wake(0);
+            {
+                let _irq = IrqGuard::new();
+                halt::wait_until(|| (SLD_PHASE.load(Ordering::SeqCst) == 2).then_some(()));
+            }
+            if ac::detection_in_msr() == Some(false) {
+                seen |= STILL_OFF_WITHOUT_A_SWITCH;
+            }
+            task::sleep_ticks(1);
+            if ac::detection_in_msr() == Some(true) {
+                seen |= BACK_ON_AFTER_A_SWITCH;
+            }
+            seen
+        })
+    }
+    ac::with_mode(Mode::Warn, || {
+        SLD_PHASE.store(0, Ordering::SeqCst);
+        let placed = remote::spawn_kernel_on(1, "sld-other-cpu", split_lock_then_wait, 0)
+            .map_err(|e| super::fail(format_args!("placing a task on vCPU 1: {e:?}")))?;
+        // The bound only turns a task that never gets there into a failure instead of a hang.
+        let deadline_ns = time::now_ns() + 10_000_000_000;
+        {
+            let _irq = IrqGuard::new();
+            halt::wait_until(|| (SLD_PHASE.load(Ordering::SeqCst) == 1 || time::now_ns() > deadline_ns).then_some(()));
+        }
+        let reached = SLD_PHASE.load(Ordering::SeqCst) == 1;
+        let s = ac::status();
+        let msr_here = ac::detection_in_msr();
+        SLD_PHASE.store(2, Ordering::SeqCst);
+        smp::wake(1);
+        let seen = placed.join().map_err(|e| super::fail(format_args!("the task on vCPU 1: {e:?}")))?;
+        ensure!(reached, "the task on vCPU 1 did not report its split lock within ten seconds");
+        ensure!(s.detection_on && !s.sld_disabled_until_switch, "vCPU 0's detection while vCPU 1's was off: {s:?}");
+        ensure_eq!(msr_here, Some(true), "vCPU 0's MSR_TEST_CTRL while vCPU 1's was off");
+        ensure_eq!(seen & SPLIT_LOCK_AS_EXPECTED, SPLIT_LOCK_AS_EXPECTED, "vCPU 1's split lock answered with #AC");
+        ensure_eq!(seen & OFF_AFTER_SPLIT_LOCK, OFF_AFTER_SPLIT_LOCK, "vCPU 1's detection off after its split lock");
+        ensure_eq!(seen & STILL_OFF_WITHOUT_A_SWITCH, STILL_OFF_WITHOUT_A_SWITCH, "vCPU 1's, still off with no switch");
+        ensure_eq!(seen & BACK_ON_AFTER_A_SWITCH, BACK_ON_AFTER_A_SWITCH, "vCPU 1's, back on after its next switch");
+        Ok(())
+    })
 }
