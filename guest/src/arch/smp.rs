@@ -183,9 +183,11 @@ pub fn failed_mask() -> u32 {
 }
 
 /// Sends vCPU `cpu` a wake IPI ([`WAKE_VECTOR`]): a HLT there ends, and the vCPU looks at
-/// whatever it waits for again. Nothing if no such vCPU is online.
+/// whatever it waits for again. Nothing if no such vCPU is online, or if it is the running one
+/// (which is not halted).
 pub fn wake(cpu: usize) {
-    if is_online(cpu)
+    if cpu != percpu::index()
+        && is_online(cpu)
         && let Some(apic_id) = super::platform().cpus.apic_id(cpu)
     {
         apic::send_fixed_ipi(apic_id, WAKE_VECTOR);

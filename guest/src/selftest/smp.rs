@@ -21,6 +21,10 @@ pub const TESTS: &[SelfTest] = &[
     SelfTest::new("smp::a_task_runs_on_the_cpu_it_was_placed_on", a_task_runs_on_the_cpu_it_was_placed_on),
     SelfTest::new("smp::every_cpu_sets_up_its_own_protocols", every_cpu_sets_up_its_own_protocols),
     SelfTest::new(
+        "smp::a_task_blocked_on_one_cpu_is_woken_from_another",
+        a_task_blocked_on_one_cpu_is_woken_from_another,
+    ),
+    SelfTest::new(
         "smp::split_lock_detection_off_on_one_cpu_stays_on_on_another",
         split_lock_detection_off_on_one_cpu_stays_on_on_another,
     )
@@ -190,4 +194,50 @@ fn split_lock_detection_off_on_one_cpu_stays_on_on_another() -> TestResult {
         ensure_eq!(seen & BACK_ON_AFTER_A_SWITCH, BACK_ON_AFTER_A_SWITCH, "vCPU 1's, back on after its next switch");
         Ok(())
     })
+}
+
+/// Set by the blocking task of the cross-vCPU wake test, with interrupts off, right before it
+/// blocks.
+static ABOUT_TO_BLOCK: AtomicU32 = AtomicU32::new(0);
+const CROSS_WAKE_VALUE: u64 = 0x5EED_0001;
+
+fn cross_wake_key() -> task::table::Wait {
+    task::table::Wait::Key { owner: "smp self-test", key: core::ptr::addr_of!(ABOUT_TO_BLOCK) as u64 }
+}
+
+/// A task on the last vCPU blocks on a key; the runner (on vCPU 0) wakes it with a value
+/// through that vCPU's inbox (`task::remote::wake_on`). By construction, not timing: the task
+/// announces itself with interrupts already off and keeps them off until it is blocked, so the
+/// request's IPI is taken there only once the task waits. With one vCPU the same path wakes a
+/// task of the running vCPU (no IPI: `wake_on` wakes it at once).
+fn a_task_blocked_on_one_cpu_is_woken_from_another() -> TestResult {
+    fn blocker(_: u64) -> u64 {
+        let _irq = IrqGuard::new();
+        ABOUT_TO_BLOCK.store(1, Ordering::SeqCst);
+        smp::wake(0);
+        let value = task::block_current(cross_wake_key());
+        (value << 8) | percpu::index() as u64
+    }
+    let cpu = arch::platform().cpus.count() - 1;
+    ABOUT_TO_BLOCK.store(0, Ordering::SeqCst);
+    let placed = remote::spawn_kernel_on(cpu, "cross-wake", blocker, 0)
+        .map_err(|e| super::fail(format_args!("placing a task on vCPU {cpu}: {e:?}")))?;
+    // The bound only turns a task that never starts into a failure instead of a hang.
+    let deadline_ns = time::now_ns() + 10_000_000_000;
+    if cpu == 0 {
+        // One vCPU: let the task run up to its block.
+        while ABOUT_TO_BLOCK.load(Ordering::SeqCst) == 0 && time::now_ns() <= deadline_ns {
+            task::yield_now();
+        }
+    } else {
+        let _irq = IrqGuard::new();
+        halt::wait_until(|| (ABOUT_TO_BLOCK.load(Ordering::SeqCst) == 1 || time::now_ns() > deadline_ns).then_some(()));
+    }
+    ensure_eq!(ABOUT_TO_BLOCK.load(Ordering::SeqCst), 1, "the task on vCPU {cpu} reached its block");
+    remote::wake_on(cpu, cross_wake_key(), CROSS_WAKE_VALUE)
+        .map_err(|e| super::fail(format_args!("waking the task on vCPU {cpu}: {e:?}")))?;
+    let seen = placed.join().map_err(|e| super::fail(format_args!("the task on vCPU {cpu}: {e:?}")))?;
+    ensure_eq!(seen & 0xFF, cpu as u64, "the vCPU the woken task ran on");
+    ensure_eq!(seen >> 8, CROSS_WAKE_VALUE, "the value the wake-up handed over");
+    Ok(())
 }
