@@ -128,7 +128,7 @@ macro_rules! ensure_eq_hex {
 
 /// Every suite, in the order they run.
 const SUITES: &[&[SelfTest]] =
-    &[harness::TESTS, arch::TESTS, smp::TESTS, task::TESTS, ac::TESTS, pnp::TESTS, pnp::KVM_APF_TESTS];
+    &[harness::TESTS, arch::TESTS, smp::TESTS, task::TESTS, ac::TESTS, pnp::TESTS, pnp::KVM_APF_TESTS, pnp::SMP_TESTS];
 
 fn all_tests() -> impl Iterator<Item = &'static SelfTest> {
     SUITES.iter().flat_map(|suite| suite.iter())
