@@ -51,6 +51,8 @@ pub mod stacks;
 #[cfg(kernel)]
 pub mod time;
 #[cfg(kernel)]
+pub mod tlb;
+#[cfg(kernel)]
 pub mod trap;
 
 #[cfg(kernel)]

@@ -251,6 +251,7 @@ pub unsafe fn start_aps(boot: &BootInfo, entry: ApEntry) -> Result<(), ApFailure
     }
     AP_ENTRY.set(entry);
     trap::register(WAKE_VECTOR, |_| apic::eoi());
+    super::tlb::init();
     install_trampoline();
     let mut first_failure = None;
     for (cpu, &apic_id) in cpus.ids().iter().enumerate().skip(1) {

@@ -8,7 +8,10 @@ use pvagent_abi::report::Need;
 use x86_64::registers::control::{Cr0, Cr0Flags};
 
 use super::{SelfTest, TestResult};
-use crate::arch::{self, apic, percpu, smp, time};
+use crate::arch::fault;
+use crate::arch::paging::{self, Access};
+use crate::arch::{self, apic, percpu, smp, time, tlb};
+use crate::cell::StaticCell;
 use crate::pv::ac::policy::Mode;
 use crate::pv::{ac, halt, kvm_apf, pnp};
 use crate::sync::IrqGuard;
@@ -24,6 +27,7 @@ pub const TESTS: &[SelfTest] = &[
         "smp::a_task_blocked_on_one_cpu_is_woken_from_another",
         a_task_blocked_on_one_cpu_is_woken_from_another,
     ),
+    SelfTest::new("smp::an_unmapped_page_faults_on_every_cpu", an_unmapped_page_faults_on_every_cpu),
     SelfTest::new(
         "smp::split_lock_detection_off_on_one_cpu_stays_on_on_another",
         split_lock_detection_off_on_one_cpu_stays_on_on_another,
@@ -239,5 +243,65 @@ fn a_task_blocked_on_one_cpu_is_woken_from_another() -> TestResult {
     let seen = placed.join().map_err(|e| super::fail(format_args!("the task on vCPU {cpu}: {e:?}")))?;
     ensure_eq!(seen & 0xFF, cpu as u64, "the vCPU the woken task ran on");
     ensure_eq!(seen >> 8, CROSS_WAKE_VALUE, "the value the wake-up handed over");
+    Ok(())
+}
+
+/// A page of the image's own, mapped with a 4 KiB page (the image's 2 MiB window is mapped in
+/// 4 KiB pages: its sections' permissions differ), which the shootdown test unmaps and maps
+/// again.
+#[repr(C, align(4096))]
+struct TestPage([u64; 512]);
+static SHOOTDOWN_PAGE: StaticCell<TestPage> = StaticCell::new(TestPage([0; 512]));
+
+/// Reads the test page through the fault probe: its value, or the fault's error code with bit
+/// 63 set.
+fn probe_test_page(_: u64) -> u64 {
+    match fault::probe_read_u64(SHOOTDOWN_PAGE.get() as u64) {
+        Ok(value) => value & !(1 << 63),
+        Err(f) if f.vector == 14 => (1 << 63) | f.error_code,
+        Err(f) => (1 << 62) | u64::from(f.vector),
+    }
+}
+
+/// A page every vCPU has just read (so each may cache its translation) is unmapped on vCPU 0:
+/// when `unmap_page` returns, every vCPU's read of it faults, not present, and every other vCPU
+/// took exactly one shootdown IPI. Mapped again afterwards. With one vCPU, the local flush.
+fn an_unmapped_page_faults_on_every_cpu() -> TestResult {
+    const VALUE: u64 = 0x0DDB_A11C_0FFE_E000;
+    let addr = SHOOTDOWN_PAGE.get() as u64;
+    ensure_eq!(paging::page_size(addr), Some(4096), "the size of the page that maps the test page");
+    // SAFETY: the test page is this test's own static; nothing else uses it.
+    unsafe { core::ptr::write_volatile(addr as *mut u64, VALUE) };
+    let cpus = arch::platform().cpus.count();
+    let run_on = |cpu: usize| -> Result<u64, super::Failure> {
+        let placed = remote::spawn_kernel_on(cpu, "tlb-probe", probe_test_page, 0)
+            .map_err(|e| super::fail(format_args!("placing a task on vCPU {cpu}: {e:?}")))?;
+        placed.join().map_err(|e| super::fail(format_args!("the task on vCPU {cpu}: {e:?}")))
+    };
+    for cpu in 0..cpus {
+        ensure_eq!(run_on(cpu)?, VALUE, "vCPU {cpu}'s read of the test page while mapped");
+    }
+    let handled: heapless::Vec<u64, { arch::MAX_CPUS }> = (0..cpus).map(tlb::handled_by).collect();
+    let unmapped = paging::unmap_page(addr);
+    let mut seen: heapless::Vec<u64, { arch::MAX_CPUS }> = heapless::Vec::new();
+    let mut after: heapless::Vec<u64, { arch::MAX_CPUS }> = heapless::Vec::new();
+    if unmapped.is_ok() {
+        for cpu in 0..cpus {
+            let _ = seen.push(run_on(cpu)?);
+        }
+        for cpu in 0..cpus {
+            let _ = after.push(tlb::handled_by(cpu) - handled[cpu]);
+        }
+        paging::map_range(addr, addr + 4096, Access::KernelData);
+    }
+    ensure_eq!(unmapped, Ok(()), "unmapping the test page");
+    // A kernel read of a not-present page: error code 0 (not present, read, supervisor).
+    const NOT_PRESENT_READ: u64 = 0;
+    let not_present =
+        (0..cpus).map(|_| (1 << 63) | NOT_PRESENT_READ).collect::<heapless::Vec<u64, { arch::MAX_CPUS }>>();
+    ensure_eq!(seen, not_present, "each vCPU's read after the unmap (bit 63: #PF with this error code)");
+    let expected = (0..cpus).map(|cpu| u64::from(cpu != 0)).collect::<heapless::Vec<u64, { arch::MAX_CPUS }>>();
+    ensure_eq!(after, expected, "shootdown IPIs each vCPU handled");
+    ensure_eq!(probe_test_page(0), VALUE, "the test page mapped again");
     Ok(())
 }
