@@ -306,6 +306,14 @@ fn wait_online(cpu: usize) -> bool {
     }
 }
 
+/// The command line key that makes AP `N` (a vCPU index) stop right after it started, to show
+/// that an AP which never comes online is reported and the run goes on without it.
+pub const STUCK_AP_KEY: &str = "smp-stuck-ap";
+
+fn deliberately_stuck(cpu: usize) -> bool {
+    crate::boot::info::get().cmdline.get(STUCK_AP_KEY).and_then(|n| n.parse::<usize>().ok()) == Some(cpu)
+}
+
 /// The AP's first Rust code, on its own stack and the kernel's page tables, interrupts off.
 extern "sysv64" fn ap_main(cpu: u64) -> ! {
     let cpu = cpu as usize;
@@ -319,6 +327,14 @@ extern "sysv64" fn ap_main(cpu: u64) -> ! {
     // SAFETY: on vCPU `cpu` after `gdt::init`, interrupts off; the boot vCPU mapped its IST
     // stacks before the SIPI.
     unsafe { gdt::set_ist_stacks(cpu, stacks::ist_tops(cpu)) };
+    if deliberately_stuck(cpu) {
+        // A deliberate failure for the tests (`smp-stuck-ap=N`): this AP started, but never
+        // reports online, as an AP that hangs in its bring-up would.
+        loop {
+            x86_64::instructions::interrupts::disable();
+            x86_64::instructions::hlt();
+        }
+    }
     let platform = super::platform();
     let apic_id = apic::init(platform.cpu.x2apic);
     percpu::set_apic_id(apic_id);

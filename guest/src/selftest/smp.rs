@@ -47,10 +47,10 @@ fn every_madt_cpu_is_online() -> TestResult {
         }
         ensure_eq!(map.count(), (madt.cpus as usize).min(arch::MAX_CPUS), "vCPUs used of those the MADT lists");
     }
-    ensure_eq!(smp::failed_mask(), 0, "vCPUs that did not come online (by index)");
     for cpu in 0..map.count() {
         ensure!(smp::is_online(cpu), "vCPU {cpu} (APIC ID {:?}) is not online", map.apic_id(cpu));
     }
+    ensure_eq!(smp::failed_mask(), 0, "vCPUs that did not come online (bit per index)");
     ensure_eq!(smp::online_count(), map.count(), "vCPUs online");
     Ok(())
 }
@@ -269,7 +269,8 @@ fn probe_test_page(_: u64) -> u64 {
 fn an_unmapped_page_faults_on_every_cpu() -> TestResult {
     const VALUE: u64 = 0x0DDB_A11C_0FFE_E000;
     let addr = SHOOTDOWN_PAGE.get() as u64;
-    ensure_eq!(paging::page_size(addr), Some(4096), "the size of the page that maps the test page");
+    let page_size = paging::page_size(addr);
+    ensure_eq!(page_size, Some(4096), "the size of the page that maps the test page");
     // SAFETY: the test page is this test's own static; nothing else uses it.
     unsafe { core::ptr::write_volatile(addr as *mut u64, VALUE) };
     let cpus = arch::platform().cpus.count();
