@@ -227,7 +227,12 @@ impl RemoteTask {
         } else {
             let task = c.task.load(Ordering::Relaxed);
             let id = TaskId { slot: task as u16, generation: (task >> 16) as u16 };
-            if let Err(err) = post(self.cpu, Request::Reap { id }) {
+            if self.cpu == percpu::index() {
+                // Here it ended before this task could run again (it switched away as it
+                // ended): reaped at once, so no one sees it left behind. A self-addressed IPI
+                // may come late (PVM injects a second pending interrupt at the next exit).
+                let _ = super::reap_ended(id);
+            } else if let Err(err) = post(self.cpu, Request::Reap { id }) {
                 fault::fatal(format_args!("the placed task {id:?} on vCPU {} cannot be reaped: {err:?}", self.cpu));
             }
             Ok(c.value.load(Ordering::Relaxed))
