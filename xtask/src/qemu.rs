@@ -70,11 +70,32 @@ pub fn command(elf: &Path, accel: Accel, cmdline: &str) -> Command {
 
 /// Boots `elf` and waits for it to end (or `timeout`).
 pub fn run(elf: &Path, accel: Accel, cmdline: &str, timeout: Duration, echo: bool) -> Result<QemuRun> {
+    run_vcpus(elf, accel, 1, cmdline, timeout, echo)
+}
+
+/// The most vCPUs `--smp` takes: the guest's `MAX_CPUS`.
+pub const MAX_VCPUS: u32 = 8;
+
+/// As [`run`], with `vcpus` vCPUs (`-smp`; the guest starts the others with INIT-SIPI-SIPI).
+pub fn run_vcpus(
+    elf: &Path,
+    accel: Accel,
+    vcpus: u32,
+    cmdline: &str,
+    timeout: Duration,
+    echo: bool,
+) -> Result<QemuRun> {
     ensure_qemu()?;
     if accel == Accel::Kvm {
         crate::setup::check_kvm()?;
     }
-    let outcome = proc::run(command(elf, accel, cmdline), timeout, echo)?;
+    if !(1..=MAX_VCPUS).contains(&vcpus) {
+        return Err(err!("--smp {vcpus}: the guest runs 1 to {MAX_VCPUS} vCPUs"));
+    }
+    let mut cmd = command(elf, accel, cmdline);
+    // The later `-smp` wins over the one `command` gives.
+    cmd.args(["-smp", &vcpus.to_string()]);
+    let outcome = proc::run(cmd, timeout, echo)?;
     let guest_code = outcome.status.code().and_then(guest_code_from_status);
     Ok(QemuRun { guest_code, outcome })
 }
@@ -85,12 +106,18 @@ pub const SUITE_TIMEOUT: Duration = Duration::from_secs(300);
 /// `cargo xtask qemu`: builds the guest and runs its self-tests (`tests`, or every default
 /// one) under QEMU with `accel`, `guest_words` added to its command line; a test failure if
 /// the guest reports one.
-pub fn run_suite(profile: Profile, accel: Accel, tests: Option<&str>, guest_words: &[String]) -> Result<()> {
+pub fn run_suite(
+    profile: Profile,
+    accel: Accel,
+    vcpus: u32,
+    tests: Option<&str>,
+    guest_words: &[String],
+) -> Result<()> {
     let elf = guest::build_guest(profile)?;
     let mut words = vec![format!("expect-host={}", accel.name())];
     words.extend(tests.map(|t| format!("tests={t}")));
     words.extend(guest_words.iter().cloned());
-    let run = run(&elf, accel, &words.join(" "), SUITE_TIMEOUT, true)?;
+    let run = run_vcpus(&elf, accel, vcpus, &words.join(" "), SUITE_TIMEOUT, true)?;
     match run.guest_code {
         Some(code) if run.passed() => {
             eprintln!(

@@ -52,7 +52,10 @@ pub fn run_all() -> Result<ExitCode> {
     crate::run::scenario(&RunOptions::default())?;
 
     step("the same guest under QEMU TCG (cargo xtask qemu)");
-    qemu::run_suite(Profile::Dev, Accel::Tcg, None, &[])?;
+    qemu::run_suite(Profile::Dev, Accel::Tcg, 1, None, &[])?;
+
+    step("the same guest under QEMU TCG with 4 vCPUs (cargo xtask qemu --smp 4)");
+    qemu::run_suite(Profile::Dev, Accel::Tcg, 4, None, &[])?;
 
     step("instruction and exit budgets, release guests (xtask/budgets.toml)");
     let host = guest::build_host_stub(Profile::Dev)?;
