@@ -106,7 +106,12 @@ fn qemu_reports_the_same_tests_and_skips_only_with_a_reason() {
         })
         .collect();
     assert_eq!(names(&stub_tests), names(&qemu_tests), "both hosts run the same tests in the same order");
-    assert!(stub_tests.iter().all(|t| t.0 == Status::Pass), "every test passes under the host stub: {stub_tests:#?}");
+    // One vCPU here: the tests that need several skip, saying so; every other one passes.
+    let one_vcpu_skip = |t: &(Status, String, String)| t.0 == Status::Skip && t.2 == "needs two or more vCPUs online";
+    assert!(
+        stub_tests.iter().all(|t| t.0 == Status::Pass || one_vcpu_skip(t)),
+        "every test passes under the host stub: {stub_tests:#?}"
+    );
     for (status, name, reason) in &qemu_tests {
         assert_ne!(*status, Status::Fail, "{name} failed under QEMU: {reason}");
         if *status == Status::Skip {

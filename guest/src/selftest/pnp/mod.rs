@@ -45,8 +45,8 @@ pub use kvm_apf::TESTS as KVM_APF_TESTS;
 /// reads another vCPU's ring tail only when it next posts there, so tokens these tests leave
 /// consumed on other vCPUs' rings count as outstanding at the host until then.
 pub const SMP_TESTS: &[SelfTest] = &[SelfTest::new(
-    "pnp::every_cpu_parks_on_its_own_token_for_one_page",
-    every_cpu_parks_on_its_own_token_for_one_page,
+    "smp::every_cpu_parks_on_its_own_page_not_present_token",
+    every_cpu_parks_on_its_own_page_not_present_token,
 )
 .needs(&[Need::Pager, Need::PnpRingMode, Need::SeveralCpus])];
 

@@ -68,7 +68,7 @@ fn joined(t: RemoteTask) -> Result<u64, Failure> {
 /// event on its own ring and parks its reader on its own token (whatever the token's number,
 /// which may be the same on two vCPUs); one fetch; when the page is released, each vCPU's
 /// resolution wakes its own reader with the page's data.
-pub(super) fn every_cpu_parks_on_its_own_token_for_one_page() -> TestResult {
+pub(super) fn every_cpu_parks_on_its_own_page_not_present_token() -> TestResult {
     let region = pager()?;
     let _pacing = pacing(0, ResolutionTiming::WhenReady)?;
     let gpa = fresh_pages(&region, 1)?;
