@@ -4,10 +4,10 @@
 //! A started AP runs a real-mode trampoline the boot vCPU copied to [`TRAMPOLINE`] (the SIPI
 //! page: the vector names it, `0x8000 >> 12`), which climbs to long mode on the boot page tables
 //! (they identity-map the first GiB, the trampoline among it, executable), jumps into the image,
-//! switches to the kernel's page tables and its own stack, and calls [`ap_main`]: its GDT, TSS
+//! switches to the kernel's page tables and its own stack, and calls `ap_main`: its GDT, TSS
 //! and IST stacks, its per-vCPU area, the IDT, its local APIC, then the upper layers' entry
 //! (scheduler, protocols, idle loop), which reports it online with [`report_online`]. The boot
-//! vCPU starts one AP at a time (they share one parameter block, [`AP_BOOT`]) and waits for
+//! vCPU starts one AP at a time (they share one parameter block, `AP_BOOT`) and waits for
 //! each: the wait is on an event (the online flag, with an IPI that ends the boot vCPU's HLT), and
 //! its bound only turns a hang into a report naming the vCPU.
 //!
