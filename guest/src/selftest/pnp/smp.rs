@@ -40,9 +40,17 @@ fn bystander(_: u64) -> u64 {
 /// Per vCPU: what the reader's own vCPU counted across its read, as the bystander packs it.
 static READER_SAW: [AtomicU64; arch::MAX_CPUS] = [const { AtomicU64::new(0) }; arch::MAX_CPUS];
 
+/// Runs a CPL 3 task that reads two words at `gpa` and waits for it. At CPL 3 the access is
+/// retried after the task's wait (on PVM a CPL 0 access completes at once and its event comes
+/// after it, possibly long after: the path would not be forced), so the task cannot finish
+/// before its event, and this task, blocked in the join, leaves the bystander as the one to
+/// switch to: the reader parks.
 fn reader(gpa: u64) -> u64 {
     let before = pnp::stats();
-    let value = read(gpa);
+    let value = match task::spawn_user("pnp-smp-reader", user_read_two_words, gpa).map(task::join) {
+        Ok(Ok(ExitStatus::Returned(value))) => value,
+        _ => u64::MAX,
+    };
     let after = pnp::stats();
     READER_SAW[percpu::index()].store(
         ((after.events - before.events) << 48)
@@ -64,7 +72,7 @@ fn joined(t: RemoteTask) -> Result<u64, Failure> {
     t.join().map_err(|e| fail(format_args!("the task on vCPU {cpu}: {e:?}")))
 }
 
-/// A task on every vCPU but the boot vCPU reads the same held page: each vCPU takes its own
+/// A CPL 3 task on every vCPU but the boot vCPU reads the same held page: each vCPU takes its own
 /// event on its own ring and parks its reader on its own token (whatever the token's number,
 /// which may be the same on two vCPUs); one fetch; when the page is released, each vCPU's
 /// resolution wakes its own reader with the page's data.
@@ -83,7 +91,7 @@ pub(super) fn every_cpu_parks_on_its_own_page_not_present_token() -> TestResult 
     let mut tasks: heapless::Vec<(RemoteTask, RemoteTask), { arch::MAX_CPUS }> = heapless::Vec::new();
     for cpu in 1..cpus {
         let b = placed(remote::spawn_kernel_on(cpu, "pnp-smp-bystander", bystander, 0))?;
-        let r = placed(remote::spawn_kernel_on(cpu, "pnp-smp-reader", reader, gpa + 8 * cpu as u64))?;
+        let r = placed(remote::spawn_kernel_on(cpu, "pnp-smp-reader-join", reader, gpa + 16 * cpu as u64))?;
         let _ = tasks.push((b, r));
     }
     // Waited for as an event (each bystander wakes this vCPU); the bound only turns a reader that
@@ -118,8 +126,9 @@ pub(super) fn every_cpu_parks_on_its_own_page_not_present_token() -> TestResult 
         boot.spurious - boot_before.spurious
     );
     for (cpu, &(data, _)) in (1..cpus).zip(&results) {
-        let offset = gpa + 8 * cpu as u64;
-        ensure_eq_hex!(data, backing_pattern(offset), "vCPU {cpu}'s reader's data at {offset:#x}");
+        let at = gpa + 16 * cpu as u64;
+        let expected = backing_pattern(at) ^ backing_pattern(at + 8).rotate_left(1);
+        ensure_eq_hex!(data, expected, "vCPU {cpu}'s reader's data at {at:#x}");
     }
     ensure_eq!(parked, all, "vCPUs whose reader parked on the held page (bit per vCPU)");
     ensure_eq!(released, 1, "held pages released");
