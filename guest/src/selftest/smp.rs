@@ -130,6 +130,20 @@ fn every_cpu_sets_up_its_own_protocols() -> TestResult {
         ensure_eq!(seen >> 32, boot >> 32, "vCPU {cpu}'s page-not-present ring size against the boot vCPU's");
         ensure_eq!(seen & 0xFFFF_FFFF, boot & 0xFFFF_FFFF, "vCPU {cpu}'s CR0.AM, detection, KVM async PF flags");
     }
+    if boot & KVM_APF_ENABLED != 0 {
+        // Each vCPU gave KVM its own area: no two registered the same address.
+        fn area(_: u64) -> u64 {
+            kvm_apf::area_gpa()
+        }
+        let mut areas: heapless::Vec<u64, { arch::MAX_CPUS }> = heapless::Vec::new();
+        for cpu in 0..arch::platform().cpus.count() {
+            let placed = remote::spawn_kernel_on(cpu, "own-apf-area", area, 0)
+                .map_err(|e| super::fail(format_args!("placing a task on vCPU {cpu}: {e:?}")))?;
+            let gpa = placed.join().map_err(|e| super::fail(format_args!("the task on vCPU {cpu}: {e:?}")))?;
+            ensure!(!areas.contains(&gpa), "vCPU {cpu}'s KVM async PF area {gpa:#x} is another vCPU's too: {areas:x?}");
+            let _ = areas.push(gpa);
+        }
+    }
     Ok(())
 }
 
