@@ -89,6 +89,12 @@ pub const RULES: &[(&str, Rule)] = &[
             why: "the stage \"the same guest under QEMU TCG\" runs the same code (qemu::run_suite with TCG and no options)",
         },
     ),
+    (
+        "cargo xtask qemu --smp 4",
+        Rule::NotRun {
+            why: "the stage \"the same guest under QEMU TCG with 4 vCPUs\" runs the same code (qemu::run_suite with TCG and 4 vCPUs)",
+        },
+    ),
     ("cargo xtask qemu --accel kvm", Rule::Run { makes: &[] }),
     ("cargo xtask qemu --smp 4", Rule::Run { makes: &[] }),
     ("target/debug/pvagent-host --help", Rule::Run { makes: &[] }),
