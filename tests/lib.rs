@@ -230,6 +230,11 @@ impl Code32 {
         self.exit_eax().0
     }
 
+    /// Spins there (`jmp $`) until the host stops the run: the finished code.
+    pub fn spin(self) -> Vec<u8> {
+        self.emit(&[0xEB, 0xFE]).0
+    }
+
     /// Writes `code` to the exit port and stops there.
     pub fn exit(self, code: u32) -> Vec<u8> {
         self.mov_eax(code).exit_with_eax()

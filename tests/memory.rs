@@ -30,8 +30,8 @@ const LAYOUT_TESTS: [&str; 3] = [
     "task::every_slot_runs_on_its_whole_stack",
 ];
 
-/// 256 KiB task stacks: for 4 vCPUs x 32 slots (and their 8 KiB user stacks) a 36 MiB stack area,
-/// more than 8 vCPUs' worth of 64 KiB stacks (22 MiB). With the old layout, 64 KiB stacks already
+/// 256 KiB task stacks: for 8 vCPUs x 32 slots (and their 8 KiB user stacks) a 70 MiB stack area,
+/// more than 16 vCPUs' worth of 64 KiB stacks. With the old layout, 64 KiB stacks already
 /// panicked at boot.
 const LARGE_STACKS: &str = "kstack=256";
 
@@ -55,7 +55,7 @@ fn larger_kernel_stacks_in_every_slot_keep_their_guard_pages() {
         assert_eq!(t.status, Status::Pass, "{name}: {}", t.reason);
     }
     let line = memory_line(&r.serial);
-    assert!(line.contains("task stacks 256 KiB x 32 x 4 vCPUs"), "{line}");
+    assert!(line.contains("task stacks 256 KiB x 32 x 8 vCPUs"), "{line}");
 }
 
 #[test]
@@ -82,7 +82,7 @@ fn qemu_boots_with_larger_stacks_and_maps_ram_above_4_gib() {
 
 #[test]
 fn stacks_that_do_not_fit_end_the_boot_with_the_sizes() {
-    // 4 MiB stacks for 4 x 32 task slots need 512 MiB; the guest has 64.
+    // 4 MiB stacks for 8 x 32 task slots need 1 GiB; the guest has 64.
     let mut c = config(guest_elf(), "kstack=4096 tests=arch");
     c.mem_mib = 64;
     let r = run_stub_configured(c, &Producers::defaults());

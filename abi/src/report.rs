@@ -76,6 +76,8 @@ pub enum Need: u8 {
     /// `KvmApfKernel`), whose disabling answers at once: KVM's waits for the fetch its worker
     /// runs, so a test that holds that page until after the disabling would wait for itself.
     KvmApfDisableAtOnce = 14,
+    /// Two or more vCPUs online (`cargo xtask qemu --smp N`, the host stub's `--vcpus N`).
+    SeveralCpus = 15,
 }
 }
 
@@ -98,6 +100,7 @@ impl Need {
             Need::KvmApf => "kvm-apf",
             Need::KvmApfHostStub => "kvm-apf-host-stub",
             Need::KvmApfDisableAtOnce => "kvm-apf-disable-at-once",
+            Need::SeveralCpus => "several-cpus",
         }
     }
 
@@ -133,6 +136,7 @@ impl Need {
             Need::KvmApfDisableAtOnce => {
                 "a host whose disabling of KVM's async page faults answers at once: the host stub serving the ABI (not --pnp-mode kvm-apf-kernel, where KVM's waits for the fetch it runs)"
             }
+            Need::SeveralCpus => "two or more vCPUs online (QEMU's -smp, the host stub's --vcpus; both default to 1)",
         }
     }
 

@@ -12,7 +12,7 @@ use crate::{console, kprintln, task};
 
 /// Command line keys the boot sequence itself reads (the protocols' settings). A binary's own
 /// keys come with its [`FirstTask`]; any other key is reported at boot.
-pub const CMDLINE_KEYS: &[&str] = &["kstack", "pnp", "pnp-ring", "sld"];
+pub const CMDLINE_KEYS: &[&str] = &["kstack", "pnp", "pnp-ring", "sld", arch::smp::STUCK_AP_KEY];
 
 /// What a kernel binary runs once the kernel is up.
 #[derive(Clone, Copy, Debug)]
@@ -91,12 +91,50 @@ pub unsafe fn boot(start_info_paddr: u32, first: FirstTask) -> ! {
     for key in cmdline.unknown_keys(CMDLINE_KEYS).filter(|key| !first.cmdline_keys.contains(key)) {
         kprintln!("boot: warning: unknown command line key {key:?}");
     }
+    // SAFETY: once, on the boot vCPU, after `arch::init`, interrupts still off; nothing else
+    // uses the SIPI page.
+    if let Err(failure) = unsafe { arch::smp::start_aps(boot, ap_entry) } {
+        kprintln!("boot: warning: {failure}");
+    }
+    report_cpus(platform);
     FIRST.call_once(|| first);
     match task::spawn_kernel(first.name, run_first_task, 0) {
         Ok(id) => task::set_critical(id),
         Err(err) => arch::fault::fatal(format_args!("cannot start the {} task: {err:?}", first.name)),
     }
     task::idle_loop()
+}
+
+/// An AP's life once the hardware layer brought it up (`arch::smp`): its scheduler, with the
+/// running context as its idle task and its tick, its own protocol areas, then online, then idle
+/// until given work.
+fn ap_entry(_cpu: usize) -> ! {
+    task::init_cpu();
+    crate::pv::init_cpu();
+    arch::smp::report_online();
+    task::idle_loop()
+}
+
+/// One line about the vCPUs when there is more than one (a one-vCPU boot prints nothing more:
+/// each line is an exit and ~180 instructions), and a warning for any the kernel does not use.
+fn report_cpus(p: &arch::Platform) {
+    let map = &p.cpus;
+    if map.count() > 1 {
+        kprintln!(
+            "boot: {} of {} vCPUs online, APIC IDs by index {:?}",
+            arch::smp::online_count(),
+            map.count(),
+            map.ids()
+        );
+    }
+    if map.beyond_max > 0 || map.duplicates > 0 {
+        kprintln!(
+            "boot: warning: the MADT lists {} usable processors beyond the {} this kernel runs, and {} repeated APIC IDs; not started",
+            map.beyond_max,
+            arch::MAX_CPUS,
+            map.duplicates
+        );
+    }
 }
 
 /// The binary's first task, set once by [`boot`] before it spawns [`run_first_task`].

@@ -23,8 +23,8 @@ pub const MAX_CPUS: usize = 0xFF;
 /// KVM's in-kernel I/O APIC: its address, and the ID its ID register holds after reset.
 const IOAPIC_ADDRESS: u32 = 0xFEC0_0000;
 const IOAPIC_ID: u8 = 0;
-/// The local APIC's MMIO address.
-const LAPIC_ADDRESS: u32 = 0xFEE0_0000;
+/// The local APIC's MMIO address, which is also where MSIs are addressed.
+pub const LAPIC_ADDRESS: u32 = 0xFEE0_0000;
 const OEM_ID: [u8; 6] = *b"PVAGNT";
 const OEM_TABLE_ID: [u8; 8] = *b"PVAGENT ";
 const OEM_REVISION: u32 = 1;

@@ -12,6 +12,43 @@ pub const MIN_MEM_MIB: u64 = 32;
 pub const MAX_MEM_MIB: u64 = 3072;
 /// Default guest memory.
 pub const DEFAULT_MEM_MIB: u64 = 128;
+/// Most vCPUs: the guest's `MAX_CPUS` is at least this, and the local APIC IDs `0..N` stay
+/// well inside the xAPIC's 8-bit IDs the MADT's entries carry.
+pub const MAX_VCPUS: usize = 8;
+
+/// Where Linux says whether the host's SMT is active (`1`) or not (`0`).
+pub const HOST_SMT_ACTIVE: &str = "/sys/devices/system/cpu/smt/active";
+
+/// Why a vCPU may share its core's MSRs with an SMT sibling, so that seed 000's rule applies
+/// (`producers::sld::policy::check_smt_rule`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Siblings {
+    /// The host stub simulates SMT (`threads_per_core` 2).
+    Simulated,
+    /// The host's own SMT is active: a vCPU thread's sibling thread runs something else.
+    Host,
+}
+
+impl std::fmt::Display for Siblings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Siblings::Simulated => f.write_str("SMT simulated with --threads-per-core 2"),
+            Siblings::Host => write!(f, "the host's SMT is active ({HOST_SMT_ACTIVE})"),
+        }
+    }
+}
+
+/// Whether there are SMT siblings, from the simulated topology and what [`HOST_SMT_ACTIVE`]
+/// reads (`None`: absent, as on a kernel or machine without SMT control).
+pub fn siblings(threads_per_core: u32, host_smt_active: Option<&str>) -> Option<Siblings> {
+    if threads_per_core > 1 {
+        Some(Siblings::Simulated)
+    } else if host_smt_active.map(str::trim) == Some("1") {
+        Some(Siblings::Host)
+    } else {
+        None
+    }
+}
 
 /// Where the guest's console output goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,6 +92,12 @@ pub struct Config {
     /// Offer the paravirtual console (`pvagent_abi::console`: a line per exit). Off: the guest
     /// finds no `Features::CONSOLE` and prints through the UART, an exit a byte.
     pub pv_console: bool,
+    /// vCPUs, `1..=`[`MAX_VCPUS`]: vCPU `i` has local APIC ID `i`; vCPU 0 boots, the guest
+    /// starts the others with INIT-SIPI-SIPI.
+    pub vcpus: usize,
+    /// The topology the guest is shown (CPUID leaves 0xB and 0x1F): 1, or 2 to simulate SMT
+    /// (vCPUs `2k` and `2k + 1` are the two threads of core `k`).
+    pub threads_per_core: u32,
 }
 
 impl Config {
@@ -72,6 +115,8 @@ impl Config {
             bench: false,
             bench_window_stats: false,
             pv_console: true,
+            vcpus: 1,
+            threads_per_core: 1,
         }
     }
 
@@ -84,7 +129,21 @@ impl Config {
         if self.cmdline.len() > max {
             return Err(Error::CmdlineTooLong { len: self.cmdline.len(), max });
         }
+        if !(1..=MAX_VCPUS).contains(&self.vcpus) {
+            return Err(Error::VcpuCount { requested: self.vcpus, max: MAX_VCPUS });
+        }
+        if !(1..=2).contains(&self.threads_per_core) {
+            return Err(Error::ThreadsPerCore { requested: self.threads_per_core });
+        }
+        if self.bench && self.vcpus > 1 {
+            return Err(Error::BenchOnOneVcpu { vcpus: self.vcpus });
+        }
         Ok(())
+    }
+
+    /// Whether seed 000's SMT rule applies to this run: SMT simulated, or the host's active.
+    pub fn siblings(&self) -> Option<Siblings> {
+        siblings(self.threads_per_core, std::fs::read_to_string(HOST_SMT_ACTIVE).ok().as_deref())
     }
 
     /// Guest memory in bytes.
@@ -106,6 +165,37 @@ mod tests {
         assert!(msg.contains("8 MiB") && msg.contains("32..=3072"), "{msg}");
         c.mem_mib = 1 << 20;
         assert!(matches!(c.validate(), Err(Error::MemorySize { .. })));
+    }
+
+    #[test]
+    fn vcpu_counts_and_topologies_out_of_range_are_refused() {
+        let mut c = Config::new("guest.elf");
+        for vcpus in 1..=MAX_VCPUS {
+            c.vcpus = vcpus;
+            c.validate().unwrap();
+        }
+        for vcpus in [0, MAX_VCPUS + 1] {
+            c.vcpus = vcpus;
+            let msg = c.validate().unwrap_err().to_string();
+            assert!(msg.contains(&format!("{vcpus} vCPUs")) && msg.contains("1..=8"), "{msg}");
+        }
+        c.vcpus = 4;
+        c.threads_per_core = 2;
+        c.validate().unwrap();
+        c.threads_per_core = 3;
+        assert!(matches!(c.validate(), Err(Error::ThreadsPerCore { requested: 3 })));
+        c.threads_per_core = 1;
+        c.bench = true;
+        assert!(matches!(c.validate(), Err(Error::BenchOnOneVcpu { vcpus: 4 })));
+    }
+
+    #[test]
+    fn siblings_come_from_the_simulated_topology_or_the_hosts_active_smt() {
+        assert_eq!(siblings(2, None), Some(Siblings::Simulated));
+        assert_eq!(siblings(2, Some("0\n")), Some(Siblings::Simulated));
+        assert_eq!(siblings(1, Some("1\n")), Some(Siblings::Host));
+        assert_eq!(siblings(1, Some("0\n")), None);
+        assert_eq!(siblings(1, None), None, "no SMT control: no SMT");
     }
 
     #[test]

@@ -48,12 +48,21 @@ pub enum Error {
     SetVcpuEvents(kvm_ioctls::Error),
     #[error("KVM_GET_LAPIC failed: {0}")]
     GetLapic(kvm_ioctls::Error),
+    #[error("KVM_SET_LAPIC failed: {0}")]
+    SetLapic(kvm_ioctls::Error),
     #[error("KVM_SIGNAL_MSI failed: {0}")]
     SignalMsi(kvm_ioctls::Error),
     #[error("KVM_SET_USER_MEMORY_REGION failed for slot {0}: {1}")]
     SetMemoryRegion(u32, kvm_ioctls::Error),
     #[error("KVM_RUN failed: {0}")]
     Run(kvm_ioctls::Error),
+    #[error("cannot start a vCPU thread: {0}")]
+    SpawnVcpuThread(std::io::Error),
+    #[error("every vCPU thread stopped without one of them ending the run (a host stub bug)")]
+    NoVcpuEndedTheRun,
+    /// What stopped a VM of several vCPUs, and on which: the whole VM stops with it.
+    #[error("vCPU {index}: {source}")]
+    OnVcpu { index: usize, source: Box<Error> },
 
     #[error("guest memory of {requested_mib} MiB is outside the supported {min_mib}..={max_mib} MiB")]
     MemorySize { requested_mib: u64, min_mib: u64, max_mib: u64 },
@@ -75,6 +84,14 @@ pub enum Error {
     ZeroFillImage { path: PathBuf, source: GuestMemoryError },
     #[error("the guest image {path} has no PVH entry point (no Xen PHYS32_ENTRY note)")]
     NoPvhEntry { path: PathBuf },
+    #[error("{requested} vCPUs is outside the supported 1..={max}")]
+    VcpuCount { requested: usize, max: usize },
+    #[error("{requested} threads per core: the host stub simulates 1 (no SMT) or 2 (SMT siblings)")]
+    ThreadsPerCore { requested: u32 },
+    #[error("the benchmark runs on one vCPU, not {vcpus} (its bare loop and windows are vCPU 0's)")]
+    BenchOnOneVcpu { vcpus: usize },
+    #[error("seed 000's SMT rule ({siblings}): {conflict}")]
+    SldWithSmt { siblings: crate::config::Siblings, conflict: crate::producers::sld::policy::SmtConflict },
     #[error("the guest command line is {len} bytes; at most {max} fit")]
     CmdlineTooLong { len: usize, max: usize },
     #[error("the ACPI tables cannot list {cpus} processors (1..={max}, local APIC IDs below 0xff)")]
@@ -198,6 +215,9 @@ impl Error {
 
     /// Whether the guest did something fatal (as opposed to the host failing), for reports.
     pub fn is_guest_fault(&self) -> bool {
+        if let Error::OnVcpu { source, .. } = self {
+            return source.is_guest_fault();
+        }
         matches!(
             self,
             Error::TripleFault { .. }

@@ -68,6 +68,12 @@ pub struct AttachCtx<'a> {
     /// The run's timeline (off unless the run is traced): keep a clone to record into it.
     pub trace: Tracer,
     pub(crate) next_slot: u32,
+    /// The VM's vCPUs: indices `0..vcpus`, vCPU `i` with local APIC ID `i`. Per-vCPU state
+    /// is sized by it; an exit's [`VcpuCtx::index`] says whose it is.
+    pub vcpus: usize,
+    /// Whether (and why) a vCPU may share its core with an SMT sibling: per-core state such as
+    /// MSR_TEST_CTRL cannot then be virtualized per vCPU (seed 000).
+    pub siblings: Option<crate::config::Siblings>,
 }
 
 impl AttachCtx<'_> {

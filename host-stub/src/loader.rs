@@ -94,7 +94,8 @@ pub fn check_image(path: &Path, mem_size: u64) -> Result<(u64, u64)> {
 }
 
 /// Loads the checked image at `path` into `mem` and writes the boot information, with
-/// `extra_memmap` added to the memory map; returns the entry point.
+/// `extra_memmap` added to the memory map and `vcpus` processors in the MADT; returns the entry
+/// point.
 pub fn load(
     path: &Path,
     image: (u64, u64),
@@ -102,6 +103,7 @@ pub fn load(
     mem_size: u64,
     cmdline: &str,
     extra_memmap: &[HvmMemmapEntry],
+    vcpus: usize,
 ) -> Result<Loaded> {
     let bytes = std::fs::read(path).map_err(|source| Error::ReadImage { path: path.to_path_buf(), source })?;
     let segments = load_segments(path, &bytes)?;
@@ -113,7 +115,7 @@ pub fn load(
         PvhBootCapability::PvhEntryPresent(addr) => addr.0,
         _ => return Err(Error::NoPvhEntry { path: path.to_path_buf() }),
     };
-    write_boot_info(mem, mem_size, cmdline, extra_memmap)?;
+    write_boot_info(mem, mem_size, cmdline, extra_memmap, vcpus)?;
     Ok(Loaded { entry, image })
 }
 
@@ -153,7 +155,13 @@ pub fn ram_ranges(mem_size: u64) -> Vec<std::ops::Range<u64>> {
 /// Most memory-map entries the host stub writes (they must fit before the command line).
 pub const MEMMAP_MAX: usize = ((CMDLINE_GPA - MEMMAP_GPA) / std::mem::size_of::<HvmMemmapEntry>() as u64) as usize;
 
-fn write_boot_info(mem: &GuestMemoryMmap, mem_size: u64, cmdline: &str, extra: &[HvmMemmapEntry]) -> Result<()> {
+fn write_boot_info(
+    mem: &GuestMemoryMmap,
+    mem_size: u64,
+    cmdline: &str,
+    extra: &[HvmMemmapEntry],
+    vcpus: usize,
+) -> Result<()> {
     let fail = |part: BootInfoPart| move |source| Error::WriteBootInfo { part, source };
     let mut map = memory_map(mem_size);
     map.extend_from_slice(extra);
@@ -164,8 +172,8 @@ fn write_boot_info(mem: &GuestMemoryMmap, mem_size: u64, cmdline: &str, extra: &
         let at = MEMMAP_GPA + (i * std::mem::size_of::<HvmMemmapEntry>()) as u64;
         memory::write_plain(mem, at, *entry).map_err(fail(BootInfoPart::MemoryMap))?;
     }
-    // One vCPU today: KVM gives vCPU n local APIC ID n.
-    let tables = acpi::build(&[0])?;
+    let apic_ids: Vec<u8> = (0..vcpus).map(|i| u8::try_from(crate::vcpu::apic_id(i)).unwrap_or(u8::MAX)).collect();
+    let tables = acpi::build(&apic_ids)?;
     mem.write_slice(&tables, GuestAddress(acpi::TABLES_GPA)).map_err(fail(BootInfoPart::AcpiTables))?;
     let mut line = cmdline.as_bytes().to_vec();
     line.push(0);
@@ -235,7 +243,7 @@ mod tests {
         // Memory that is not fresh: what was there before must not show through the `.bss`.
         mem.write_slice(&vec![0xAA; 1 << 20], GuestAddress(crate::test_images::TINY_LOAD)).unwrap();
         let extent = check_image(&path, mem_size).unwrap();
-        let loaded = load(&path, extent, &mem, mem_size, "", &[]);
+        let loaded = load(&path, extent, &mem, mem_size, "", &[], 1);
         std::fs::remove_file(&path).unwrap();
         assert_eq!(loaded.unwrap().image, (0x10_0000, 0x10_0000 + 16 + 3 * 4096 + 5));
         let mut bytes = vec![0u8; 3 * 4096 + 5 + 1];

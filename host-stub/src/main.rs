@@ -11,14 +11,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use pvagent_host::config::{MAX_MEM_MIB, MIN_MEM_MIB};
+use pvagent_host::config::Siblings;
+use pvagent_host::config::{MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB};
 use pvagent_host::memory::CMDLINE_MAX;
 use pvagent_host::producers::Producers;
 use pvagent_host::producers::pager::config::{MAX_FETCHERS, MAX_LATENCY, MAX_REGION_MIB};
 use pvagent_host::producers::pager::region::PAGE;
 use pvagent_host::producers::pager::{self, config::PagerConfig};
 use pvagent_host::producers::sld::SldConfig;
-use pvagent_host::producers::sld::policy::{Enumeration, Policy};
+use pvagent_host::producers::sld::policy::{self, Enumeration, Policy};
 use pvagent_host::{Config, SerialSink, Vm};
 
 /// Boots the pvagent guest under KVM and reports its self-tests.
@@ -64,6 +65,14 @@ struct Args {
     /// compares this host's run loop with, for the benchmark guest (`cargo xtask bench`).
     #[arg(long)]
     bench: bool,
+    #[arg(long, default_value_t = 1,
+          help = format!("vCPUs, 1..={MAX_VCPUS}: vCPU i has local APIC ID i; the guest starts vCPUs 1.. \
+                          with INIT-SIPI-SIPI"))]
+    vcpus: usize,
+    /// The topology shown to the guest (CPUID leaves 0xB and 0x1F): 1, or 2 to simulate SMT
+    /// (vCPUs 2k and 2k+1 are the threads of core k), which restricts the split-lock policies.
+    #[arg(long, default_value_t = 1)]
+    threads_per_core: u32,
     /// With --bench: each counting window also prints every KVM statistic that changed in it
     /// (`host: window vcpu=N NAME=DELTA ...`): what KVM's exit count is made of.
     #[arg(long, requires = "bench")]
@@ -76,12 +85,16 @@ struct Args {
     no_sld: bool,
     /// How far split-lock detection is enumerated to the guest (the trigger works whatever it
     /// is): `absent` (no CPUID.7.0:EDX bit 30), `core-capabilities-only` (IA32_CORE_CAPABILITIES
-    /// without bit 5), `split-lock-detect` (the whole chain).
-    #[arg(long, value_enum, default_value_t = EnumerationArg::SplitLockDetect, conflicts_with = "no_sld")]
-    sld_enumeration: EnumerationArg,
-    /// What the host does about a split lock from a guest whose detection is off.
-    #[arg(long, value_enum, default_value_t = PolicyArg::InjectIfEnabled, conflicts_with = "no_sld")]
-    sld_policy: PolicyArg,
+    /// without bit 5), `split-lock-detect` (the whole chain). Default: split-lock-detect, or
+    /// core-capabilities-only with SMT siblings (--threads-per-core 2, or the host's SMT active),
+    /// where split-lock-detect is refused (seed 000).
+    #[arg(long, value_enum, conflicts_with = "no_sld")]
+    sld_enumeration: Option<EnumerationArg>,
+    /// What the host does about a split lock from a guest whose detection is off. Default:
+    /// inject-if-enabled, or disable-globally with SMT siblings, where inject-if-enabled is
+    /// refused (seed 000).
+    #[arg(long, value_enum, conflicts_with = "no_sld")]
+    sld_policy: Option<PolicyArg>,
     #[command(flatten)]
     pager: PagerArgs,
 }
@@ -178,9 +191,18 @@ impl From<PolicyArg> for Policy {
     }
 }
 
-fn producers(args: &Args) -> Producers {
-    let sld =
-        (!args.no_sld).then(|| SldConfig { enumeration: args.sld_enumeration.into(), policy: args.sld_policy.into() });
+/// The producers `args` ask for. With SMT siblings the split-lock options not given take the
+/// values seed 000's rule allows (`policy::SMT_DEFAULTS`); those given are kept, and the
+/// producer refuses the ones the rule forbids.
+fn producers(args: &Args, siblings: Option<Siblings>) -> Producers {
+    let (enumeration, policy) = match siblings {
+        Some(_) => policy::SMT_DEFAULTS,
+        None => (Enumeration::SplitLockDetect, Policy::InjectIfEnabled),
+    };
+    let sld = (!args.no_sld).then(|| SldConfig {
+        enumeration: args.sld_enumeration.map_or(enumeration, Into::into),
+        policy: args.sld_policy.map_or(policy, Into::into),
+    });
     Producers { sld, pager: args.pager.config() }
 }
 
@@ -251,8 +273,9 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(e) => return command_line_error(e),
     };
-    let producers = producers(&args);
     let mut config = Config::new(args.guest.clone());
+    config.threads_per_core = args.threads_per_core;
+    let producers = producers(&args, config.siblings());
     config.mem_mib = args.mem;
     config.cmdline = args.cmdline;
     config.serial = match (args.serial_log, args.quiet) {
@@ -267,6 +290,8 @@ fn main() -> ExitCode {
     config.bench = args.bench;
     config.bench_window_stats = args.window_stats;
     config.pv_console = !args.no_pv_console;
+    config.vcpus = args.vcpus;
+    config.threads_per_core = args.threads_per_core;
 
     // A results file that cannot be written fails before the run, not after it.
     for path in [&args.results_json, &args.results_junit].into_iter().flatten() {
@@ -325,7 +350,14 @@ fn main() -> ExitCode {
         Some(code) => println!(
             "host: guest exited with code {code:#x} after {:.2} s ({} exits)",
             result.run_time.as_secs_f64(),
-            result.report.get("vcpu0.exits")
+            // Every vCPU's (`vcpu<i>.exits`).
+            result
+                .report
+                .counters
+                .iter()
+                .filter(|(key, _)| key.strip_prefix("vcpu").is_some_and(|k| k.ends_with(".exits")))
+                .map(|(_, n)| n)
+                .sum::<u64>()
         ),
         None if result.host_error.is_none() => eprintln!("pvagent-host: the guest never wrote its exit code"),
         None => {}

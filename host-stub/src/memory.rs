@@ -18,6 +18,9 @@ pub const MEMMAP_GPA: u64 = 0x6100;
 pub const CMDLINE_GPA: u64 = 0x7000;
 /// Longest command line, without its NUL.
 pub const CMDLINE_MAX: usize = 0x1000 - 1;
+/// The page the guest copies its real-mode AP trampoline to and points its SIPIs at (vector
+/// 0x08): plain RAM the host stub keeps free of boot information, as QEMU's low RAM is.
+pub const AP_TRAMPOLINE_GPA: u64 = 0x8000;
 /// Images must load at or above 1 MiB: everything below belongs to the boot information.
 pub const IMAGE_MIN_GPA: u64 = 0x10_0000;
 /// End of the legacy hole's start (the VGA/BIOS area is left out of the RAM map).
@@ -80,6 +83,18 @@ pub fn register(vm: &VmFd, mem: &GuestMemoryMmap, first_slot: u32) -> Result<u32
 mod tests {
     use super::*;
     use pvagent_abi::hypercall::Request;
+
+    #[test]
+    fn the_ap_trampoline_page_is_low_ram_clear_of_the_boot_information() {
+        let page = AP_TRAMPOLINE_GPA..AP_TRAMPOLINE_GPA + 0x1000;
+        assert!(page.end <= LOW_RAM_END, "below the legacy hole, reachable in real mode");
+        assert!(AP_TRAMPOLINE_GPA.is_multiple_of(0x1000) && AP_TRAMPOLINE_GPA >> 12 <= 0xFF, "a SIPI vector");
+        for taken in [START_INFO_GPA, MEMMAP_GPA, CMDLINE_GPA, CMDLINE_GPA + CMDLINE_MAX as u64] {
+            assert!(!page.contains(&taken), "{taken:#x}");
+        }
+        let ram = crate::loader::ram_ranges(64 << 20);
+        assert!(ram.iter().any(|r| r.start <= page.start && page.end <= r.end), "listed as RAM");
+    }
 
     /// A hypercall block's GPA is the guest's: one whose block runs past the end of RAM, or
     /// past the top of the address space, is an error, never an overflow.

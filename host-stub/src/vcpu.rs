@@ -1,6 +1,7 @@
 //! The vCPU run loop: enter the guest, turn the exit into calls on the handlers, write their
 //! answers back, repeat until a handler stops the run or the guest does something fatal.
 
+use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
@@ -12,7 +13,32 @@ use crate::kvm_run;
 use crate::kvm_stats::VcpuStats;
 use crate::memory;
 use crate::trace::{Arg, Args, Tracer, Track};
-use crate::watchdog::Watchdog;
+use crate::watchdog::{RunningVcpu, VcpuThreads, Watchdog};
+
+/// The local APIC ID of vCPU `index`: KVM gives a vCPU's local APIC its vcpu_id, which the host
+/// stub makes the vCPU's index (the MADT and CPUID say the same).
+pub fn apic_id(index: usize) -> u32 {
+    index as u32
+}
+
+/// The MSI that raises `vector` on the local APIC `apic_id` alone: fixed delivery, physical
+/// destination mode, edge-triggered (the address's destination field is bits 19:12).
+pub fn fixed_msi(apic_id: u32, vector: u8) -> kvm_bindings::kvm_msi {
+    kvm_bindings::kvm_msi {
+        address_lo: crate::acpi::LAPIC_ADDRESS | (apic_id << 12),
+        data: u32::from(vector),
+        ..Default::default()
+    }
+}
+
+/// The run's handlers, shared by its vCPU threads: a thread holds the lock while it handles an
+/// exit (and while it calls the entry hooks), never while it is inside KVM_RUN. Handling is
+/// serialized across vCPUs; the guest's own execution is not.
+pub type SharedHandlers<'a> = Mutex<Vec<&'a mut dyn ExitHandler>>;
+
+fn lock<'m, 'a>(handlers: &'m SharedHandlers<'a>) -> MutexGuard<'m, Vec<&'a mut dyn ExitHandler>> {
+    handlers.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// An exit, copied out of `kvm_run` so the handlers can use the vCPU fd. The bytes an `out` or
 /// an MMIO write carries go to the loop's one buffer ([`ExitData`]), not into the exit: no exit
@@ -191,16 +217,20 @@ fn rip(fd: &VcpuFd) -> u64 {
 }
 
 impl Vcpu {
-    /// Runs until a handler stops the run (`Ok`) or something fatal happens (`Err`).
+    /// Runs until a handler stops the run (`Ok(Some)`), another vCPU ended it (`Ok(None)`:
+    /// `threads` says it is stopping), or something fatal happens (`Err`).
     pub fn run(
         &mut self,
         vm: &VmFd,
         mem: &GuestMemoryMmap,
-        handlers: &mut [&mut dyn ExitHandler],
+        handlers: &SharedHandlers<'_>,
         watchdog: &Watchdog,
-    ) -> Result<Stop> {
+        threads: &VcpuThreads,
+    ) -> Result<Option<Stop>> {
         let mut in_progress = None;
-        let outcome = self.run_loop(vm, mem, handlers, watchdog, &mut in_progress);
+        let running = RunningVcpu::enter(self.fd.get_kvm_run());
+        let outcome = self.run_loop(vm, mem, handlers, watchdog, threads, &mut in_progress);
+        drop(running);
         // The last exit (the guest's exit code, or whatever failed) lasts until the loop ended.
         self.end_exit_span(in_progress.take());
         outcome
@@ -217,14 +247,22 @@ impl Vcpu {
         &mut self,
         vm: &VmFd,
         mem: &GuestMemoryMmap,
-        handlers: &mut [&mut dyn ExitHandler],
+        handlers: &SharedHandlers<'_>,
         watchdog: &Watchdog,
+        threads: &VcpuThreads,
         in_progress: &mut Option<ExitInProgress>,
-    ) -> Result<Stop> {
-        let with_entry_hook: Vec<usize> = (0..handlers.len()).filter(|&i| handlers[i].has_before_entry()).collect();
+    ) -> Result<Option<Stop>> {
+        let with_entry_hook: Vec<usize> = {
+            let handlers = lock(handlers);
+            (0..handlers.len()).filter(|&i| handlers[i].has_before_entry()).collect()
+        };
         let mut data = ExitData::default();
         loop {
-            {
+            if threads.stopping() {
+                return Ok(None);
+            }
+            if !with_entry_hook.is_empty() {
+                let mut handlers = lock(handlers);
                 let mut ctx = VcpuCtx {
                     index: self.index,
                     vcpu: &self.fd,
@@ -238,7 +276,7 @@ impl Vcpu {
                     handlers[i].before_entry(&mut ctx)?;
                 }
                 if let Some(stop) = ctx.stop {
-                    return Ok(stop);
+                    return Ok(Some(stop));
                 }
             }
             // An exit lasts from KVM_RUN's return to the next KVM_RUN: handling it and the
@@ -246,7 +284,13 @@ impl Vcpu {
             self.end_exit_span(in_progress.take());
             let exit = match self.fd.run() {
                 Ok(exit) => copy_exit(exit, &mut data),
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
+                // A kick (EINTR), or an AP's first entry after its SIPI (EAGAIN). A kick may have
+                // asked for this immediate exit: cleared before anything the kick announced is
+                // checked, so a later kick is never lost.
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    self.fd.set_kvm_immediate_exit(0);
+                    Exit::Interrupted
+                }
                 // EFAULT without memory-fault information (that case is `MemoryFault`): KVM
                 // could not reach guest memory for the instruction at RIP, which has not run.
                 Err(e) if e.errno() == libc::EFAULT => Exit::Efault,
@@ -262,10 +306,17 @@ impl Vcpu {
                 static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
                 let t = START.get_or_init(std::time::Instant::now).elapsed();
                 let rip = rip(&self.fd);
-                eprintln!("{:10.3} ms exit {} rip {rip:#x}: {exit:?} {:x?}", t.as_secs_f64() * 1e3, self.exits, data.0);
+                eprintln!(
+                    "{:10.3} ms vCPU {} exit {} rip {rip:#x}: {exit:?} {:x?}",
+                    t.as_secs_f64() * 1e3,
+                    self.index,
+                    self.exits,
+                    data.0
+                );
             }
-            if let Some(stop) = self.dispatch(exit, &mut data, vm, mem, handlers, watchdog)? {
-                return Ok(stop);
+            let mut handlers = lock(handlers);
+            if let Some(stop) = self.dispatch(exit, &mut data, vm, mem, &mut handlers, watchdog)? {
+                return Ok(Some(stop));
             }
         }
     }
@@ -443,4 +494,17 @@ fn hypercall(ctx: &mut VcpuCtx<'_>, handlers: &mut [&mut dyn ExitHandler], gpa: 
         Err(status) => request.status = status as u32,
     }
     memory::write_plain(ctx.mem, gpa, request).map_err(|source| Error::WriteHypercallBlock { gpa, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vcpus_msi_names_its_apic_id_as_the_physical_destination() {
+        let msi = fixed_msi(apic_id(3), 0x52);
+        assert_eq!(msi.address_lo, 0xFEE0_3000, "destination ID 3 in bits 19:12, physical mode (bit 2 clear)");
+        assert_eq!((msi.address_hi, msi.data), (0, 0x52), "fixed delivery, edge, the vector");
+        assert_eq!(fixed_msi(apic_id(0), 0x40).address_lo, 0xFEE0_0000);
+    }
 }

@@ -2,7 +2,7 @@
 //! producers. `Vm::new` sets everything up (every failure is a clear `Error`); `Vm::run` runs
 //! the guest to its end and reports.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{
@@ -14,7 +14,7 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::bench::{Bench, bare_loop};
 use crate::config::Config;
-use crate::cpuid::CpuidTable;
+use crate::cpuid::{CpuidTable, Topology};
 use crate::devices::{Basics, debug_exit::DebugExit, serial::Serial, trace::TracePort};
 use crate::error::{Error, Result};
 use crate::handler::{AttachCtx, ExitHandler, Report, Stop};
@@ -23,8 +23,8 @@ use crate::loader::{self, Loaded};
 use crate::memory::{self, START_INFO_GPA};
 use crate::report::RunResult;
 use crate::trace::{self, Tracer};
-use crate::vcpu::Vcpu;
-use crate::watchdog::{self, Watchdog};
+use crate::vcpu::{SharedHandlers, Vcpu};
+use crate::watchdog::{self, VcpuThreads, Watchdog};
 
 /// Where KVM may put its real-mode TSS (three pages below 4 GiB, outside guest RAM).
 const TSS_ADDRESS: usize = 0xFFFB_D000;
@@ -35,7 +35,8 @@ const BOOT_DS: u16 = 0x10;
 /// A VM ready to run.
 pub struct Vm {
     // Field order is drop order: the vCPU and VM fds close before guest memory is unmapped.
-    vcpu: Vcpu,
+    /// vCPU `i` has local APIC ID `i`; vCPU 0 is the boot processor.
+    vcpus: Vec<Vcpu>,
     vm: Arc<VmFd>,
     _kvm: Kvm,
     mem: GuestMemoryMmap,
@@ -53,7 +54,7 @@ pub struct Vm {
     loaded: Loaded,
     config: Config,
     setup_time: Duration,
-    /// Why the vCPU has no KVM statistics, when it has none.
+    /// Why the vCPUs have no KVM statistics, when they have none.
     stats_missing: Option<std::io::Error>,
 }
 
@@ -115,12 +116,14 @@ impl Vm {
             memmap: Vec::new(),
             trace: tracer.clone(),
             next_slot,
+            vcpus: config.vcpus,
+            siblings: config.siblings(),
         };
         for p in &mut producers {
             p.attach(&mut attach)?;
         }
         let extra_memmap = attach.memmap;
-        let loaded = loader::load(&config.guest, image, &mem, mem_size, &config.cmdline, &extra_memmap)?;
+        let loaded = loader::load(&config.guest, image, &mem, mem_size, &config.cmdline, &extra_memmap, config.vcpus)?;
         let user_msrs = kvm_enable_cap {
             cap: KVM_CAP_X86_USER_SPACE_MSR,
             args: [u64::from(KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_FILTER), 0, 0, 0],
@@ -133,42 +136,65 @@ impl Vm {
             deny_in_kvm(&vm, &intercepted)?;
         }
 
-        let fd = vm.create_vcpu(0).map_err(Error::CreateVcpu)?;
-        // KVM's own counts of what the guest cost (KVM 5.14 and later): reported after every
-        // run, and the snapshots milestones and benchmark windows take. Without them the run
-        // goes on and says so.
-        let (stats, stats_missing) = match VcpuStats::open(&fd) {
-            Ok(stats) => (Some(stats), None),
-            Err(e) => (None, Some(e)),
-        };
-        let tsc_khz = fd.get_tsc_khz().unwrap_or(0);
-        let mut cpuid = CpuidTable::supported(&kvm)?;
-        // The guest reports its side of the timeline only when asked: the bit costs an exit
-        // per task switch.
-        let trace_bit = if tracer.is_on() { Features::TRACE } else { 0 };
-        let console_bit = if config.pv_console { Features::CONSOLE } else { 0 };
-        let features = Features::HYPERCALL | console_bit | trace_bit;
-        cpuid.install_host_stub_leaves(config.abi_version, Features(features), tsc_khz);
-        for p in &producers {
-            p.cpuid(&mut cpuid);
-        }
-        fd.set_cpuid2(&cpuid.to_kvm()?).map_err(Error::SetCpuid)?;
-        set_pvh_entry_state(&fd, loaded.entry)?;
-
-        let bench = config.bench.then(|| {
-            let page_events = producers.iter().find_map(|p| p.page_event_injector());
-            Bench::new(vm.clone(), tracer.clone(), page_events, config.bench_window_stats)
-        });
-        Ok(Self {
-            vcpu: Vcpu {
-                index: 0,
+        let topology = Topology { vcpus: config.vcpus as u32, threads_per_core: config.threads_per_core };
+        let mut vcpus = Vec::with_capacity(config.vcpus);
+        let mut stats_missing = None;
+        for index in 0..config.vcpus {
+            // KVM's vcpu_id is the vCPU's initial local APIC ID; vCPU 0 starts runnable, the
+            // others wait for the guest's INIT and SIPI.
+            let fd = vm.create_vcpu(index as u64).map_err(Error::CreateVcpu)?;
+            // KVM's own counts of what the guest cost (KVM 5.14 and later): reported after every
+            // run, and the snapshots milestones and benchmark windows take. Without them the run
+            // goes on and says so.
+            let stats = match VcpuStats::open(&fd) {
+                Ok(stats) => Some(stats),
+                Err(e) => {
+                    stats_missing.get_or_insert(e);
+                    None
+                }
+            };
+            let tsc_khz = fd.get_tsc_khz().unwrap_or(0);
+            let mut cpuid = CpuidTable::supported(&kvm)?;
+            // The guest reports its side of the timeline only when asked: the bit costs an exit
+            // per task switch.
+            let trace_bit = if tracer.is_on() { Features::TRACE } else { 0 };
+            let console_bit = if config.pv_console { Features::CONSOLE } else { 0 };
+            let features = Features::HYPERCALL | console_bit | trace_bit;
+            cpuid.install_host_stub_leaves(config.abi_version, Features(features), tsc_khz);
+            cpuid.set_topology(crate::vcpu::apic_id(index), topology);
+            for p in &producers {
+                p.cpuid(&mut cpuid);
+            }
+            fd.set_cpuid2(&cpuid.to_kvm()?).map_err(Error::SetCpuid)?;
+            if index == 0 {
+                set_pvh_entry_state(&fd, loaded.entry)?;
+            }
+            vcpus.push(Vcpu {
+                index,
                 fd,
                 exits: 0,
                 unclaimed: Default::default(),
                 stats,
                 trace: tracer.clone(),
                 trace_console: config.trace_console,
-            },
+            });
+        }
+        // KVM routes an interrupt by its destination APIC ID through a map it rebuilds when a
+        // local APIC changes; the map built while the last vCPU was being created leaves that
+        // vCPU out (it was not online yet), and an INIT or SIPI sent to its ID then reaches no
+        // one (measured here: with N vCPUs, vCPU N-1 never started). Writing a local APIC's
+        // state back unchanged rebuilds the map with every vCPU in it.
+        if let Some(last) = vcpus.last().filter(|_| config.vcpus > 1) {
+            let lapic = last.fd.get_lapic().map_err(Error::GetLapic)?;
+            last.fd.set_lapic(&lapic).map_err(Error::SetLapic)?;
+        }
+
+        let bench = config.bench.then(|| {
+            let page_events = producers.iter().find_map(|p| p.page_event_injector());
+            Bench::new(vm.clone(), tracer.clone(), page_events, config.bench_window_stats)
+        });
+        Ok(Self {
+            vcpus,
             stats_missing,
             vm,
             _kvm: kvm,
@@ -192,7 +218,11 @@ impl Vm {
         let start = Instant::now();
         self.basics.run_starts(start);
         let unblockers = self.producers.iter().filter_map(|p| p.unblocker()).collect();
-        let watchdog = Watchdog::arm(self.config.timeout, unblockers);
+        let threads = Arc::new(VcpuThreads::default());
+        let watchdog = Watchdog::arm(self.config.timeout, unblockers, threads.clone());
+        // This thread runs vCPU 0 for the whole run (the bare loop too): the producers that
+        // signal "the" vCPU thread signal this one, which outlives them.
+        let registered = threads.register(0);
         let mut bare = bare_loop::BareStats::default();
         let outcome = loop {
             let outcome = {
@@ -206,14 +236,16 @@ impl Vm {
                 }
                 handlers.push(&mut self.trace_port);
                 handlers.extend(self.producers.iter_mut().map(|p| p.as_mut() as &mut dyn ExitHandler));
-                self.vcpu.run(&self.vm, &self.mem, &mut handlers, &watchdog)
+                let handlers = Mutex::new(handlers);
+                run_vcpus(&mut self.vcpus, &self.vm, &self.mem, &handlers, &watchdog, &threads)
             };
             // A benchmark's baseline: some exits in the bare loop, then back here. Only the
-            // bench device stops the loop for it.
+            // bench device stops the loop for it, and only with one vCPU (`Config::validate`).
             if let Ok(Stop::BareLoop) = outcome {
                 let since = Instant::now();
-                let ended = bare_loop::run(&mut self.vcpu.fd, &self.mem, &mut self.serial, &watchdog, &mut bare);
-                let track = crate::trace::Track::Vcpu(self.vcpu.index);
+                let vcpu = &mut self.vcpus[0];
+                let ended = bare_loop::run(&mut vcpu.fd, &self.mem, &mut self.serial, &watchdog, &mut bare);
+                let track = crate::trace::Track::Vcpu(vcpu.index);
                 self.tracer.complete(track, "bare loop (benchmark baseline)", since, Instant::now(), Vec::new);
                 match ended {
                     Ok(bare_loop::BareEnd::SwitchedBack) => continue,
@@ -223,6 +255,7 @@ impl Vm {
             }
             break outcome;
         };
+        drop(registered);
         // A run that went on past its deadline still ran out of time: at the deadline the
         // unblockers let a fault waiting inside KVM go on, and the guest may reach its exit
         // before the watchdog's signal reaches the vCPU.
@@ -281,15 +314,18 @@ impl Vm {
             }
         }
         self.report_kvm_stats(&mut report);
-        report.counter("vcpu0", "exits", self.vcpu.exits);
+        for vcpu in &self.vcpus {
+            let name = format!("vcpu{}", vcpu.index);
+            report.counter(&name, "exits", vcpu.exits);
+            report.counter(&name, "unclaimed_io", vcpu.unclaimed.io);
+            report.counter(&name, "unclaimed_mmio", vcpu.unclaimed.mmio);
+            report.counter(&name, "unclaimed_msr", vcpu.unclaimed.msr);
+        }
         report.counter("host", "setup_us", self.setup_time.as_micros() as u64);
         report.counter("host", "run_us", elapsed.as_micros() as u64);
         if let Some(kib) = peak_rss_kib() {
             report.counter("host", "peak_rss_kib", kib);
         }
-        report.counter("vcpu0", "unclaimed_io", self.vcpu.unclaimed.io);
-        report.counter("vcpu0", "unclaimed_mmio", self.vcpu.unclaimed.mmio);
-        report.counter("vcpu0", "unclaimed_msr", self.vcpu.unclaimed.msr);
 
         let guest_exit_code = match outcome {
             Some(Stop::GuestExit(code)) => Some(code),
@@ -312,7 +348,7 @@ impl Vm {
     /// Puts KVM's statistics of each vCPU in the report: every one that is not 0, as
     /// `kvm.<name>` (`kvm.vcpu<N>.<name>` once there are several vCPUs).
     fn report_kvm_stats(&self, report: &mut Report) {
-        let vcpus = [&self.vcpu];
+        let vcpus = &self.vcpus;
         for vcpu in vcpus {
             let handler = crate::kvm_stats::report_handler(vcpu.index, vcpus.len());
             let read = match (&vcpu.stats, &self.stats_missing) {
@@ -330,6 +366,64 @@ impl Vm {
             }
         }
     }
+}
+
+/// Runs every vCPU until one ends the run: vCPU 0 on the calling thread (registered in
+/// `threads` by the caller), each other vCPU on a thread of its own, which calls KVM_RUN from the
+/// start (KVM holds it until the guest's INIT and SIPI). The first vCPU to stop (a handler's
+/// stop, such as the guest's exit code, or a failure) stops them all; every thread is joined
+/// before this returns. A failure names its vCPU on a line of the report once there are several.
+fn run_vcpus(
+    vcpus: &mut [Vcpu],
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    handlers: &SharedHandlers<'_>,
+    watchdog: &Watchdog,
+    threads: &VcpuThreads,
+) -> Result<Stop> {
+    // The first vCPU to end the run, and how (`None` until one did).
+    let first: Mutex<Option<(usize, Result<Stop>)>> = Mutex::new(None);
+    let end = |index: usize, outcome: Result<Option<Stop>>| {
+        let claimed = match outcome {
+            Ok(None) => None,
+            Ok(Some(stop)) => Some(Ok(stop)),
+            Err(e) => Some(Err(e)),
+        };
+        if let Some(outcome) = claimed {
+            first.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert((index, outcome));
+        }
+        threads.stop_all();
+    };
+    threads.resume();
+    let several = vcpus.len() > 1;
+    let Some((boot, aps)) = vcpus.split_first_mut() else { return Err(Error::VcpuCount { requested: 0, max: 0 }) };
+    std::thread::scope(|scope| {
+        for vcpu in aps {
+            let (index, end) = (vcpu.index, &end);
+            let spawned = std::thread::Builder::new().name(format!("vcpu{index}")).spawn_scoped(scope, move || {
+                let registered = threads.register(vcpu.index);
+                let outcome = vcpu.run(vm, mem, handlers, watchdog, threads);
+                drop(registered);
+                end(vcpu.index, outcome);
+            });
+            if let Err(e) = spawned {
+                // The threads already started see the run stopping (the scope joins them).
+                end(index, Err(Error::SpawnVcpuThread(e)));
+                return;
+            }
+        }
+        let outcome = boot.run(vm, mem, handlers, watchdog, threads);
+        end(boot.index, outcome);
+    });
+    // A vCPU only sees the run stopping after another one ended it with an outcome.
+    let Some((index, outcome)) = first.into_inner().unwrap_or_else(|p| p.into_inner()) else {
+        return Err(Error::NoVcpuEndedTheRun);
+    };
+    outcome.map_err(|e| match e {
+        Error::Timeout { .. } | Error::SpawnVcpuThread(_) => e,
+        e if several => Error::OnVcpu { index, source: Box::new(e) },
+        e => e,
+    })
 }
 
 /// Writes the run's timeline to `file` (at `path`), timed from `run_start`; spans still open

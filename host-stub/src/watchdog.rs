@@ -1,10 +1,13 @@
-//! The run's time limit: after the deadline, the vCPU thread is kicked out of KVM_RUN with a
-//! signal (repeatedly, in case a kick lands between two KVM_RUN calls) until it notices. A vCPU
-//! that waits inside KVM on a userfaultfd fault takes no signal: the handlers' unblockers
-//! (`ExitHandler::unblocker`) end such waits first.
+//! Stopping vCPU threads: the run's time limit, and the end of the run for every vCPU once one
+//! of them ended it. A vCPU thread is kicked out of KVM_RUN with a signal whose handler also
+//! sets the thread's `kvm_run.immediate_exit`, so a kick that lands between the thread's last
+//! check and its next KVM_RUN still ends that KVM_RUN at once (a vCPU waiting for a SIPI would
+//! otherwise sleep in it for good). A vCPU that waits inside KVM on a userfaultfd fault takes no
+//! signal: the handlers' unblockers (`ExitHandler::unblocker`) end such waits at the deadline.
 
-use std::sync::Arc;
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::signal::{SIGRTMIN, register_signal_handler};
@@ -16,8 +19,110 @@ pub fn kick_signal() -> i32 {
     SIGRTMIN()
 }
 
+thread_local! {
+    /// The `kvm_run` area of the vCPU this thread is running (null when none): what the kick
+    /// signal's handler marks for an immediate exit.
+    static RUNNING: Cell<*mut kvm_bindings::kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
 extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    // Nothing to do: delivering the signal is what interrupts KVM_RUN (EINTR).
+    // Delivering the signal interrupts a KVM_RUN in progress (EINTR); `immediate_exit` makes
+    // the next one return EINTR at once, in case the signal came just before it.
+    let run = RUNNING.with(Cell::get);
+    if !run.is_null() {
+        // SAFETY: `run` is the kvm_run area of the vCPU this thread runs, mapped for as long as
+        // the pointer is set (`RunningVcpu` clears it before the vCPU can be dropped); the
+        // thread itself is interrupted, so nothing else writes the field meanwhile.
+        unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+    }
+}
+
+/// While it lives, the kick signal on this thread marks `run` for an immediate exit.
+#[derive(Debug)]
+pub struct RunningVcpu(());
+
+impl RunningVcpu {
+    /// Marks `run` as the calling thread's vCPU until the guard is dropped; the caller keeps
+    /// the vCPU (and so its `kvm_run` mapping) alive at least as long as the guard.
+    pub fn enter(run: &mut kvm_bindings::kvm_run) -> Self {
+        RUNNING.with(|r| r.set(run));
+        Self(())
+    }
+}
+
+impl Drop for RunningVcpu {
+    fn drop(&mut self) {
+        RUNNING.with(|r| r.set(std::ptr::null_mut()));
+    }
+}
+
+/// The vCPU threads of a run, for stopping them all: each registers itself while it runs a
+/// vCPU; [`VcpuThreads::stop_all`] says the run is over and kicks every one.
+#[derive(Debug, Default)]
+pub struct VcpuThreads {
+    stopping: AtomicBool,
+    /// The running threads, by vCPU index. A thread leaves the list before it ends, under the
+    /// lock a kick holds, so a kick never signals a thread that is gone.
+    threads: Mutex<Vec<(usize, libc::pthread_t)>>,
+}
+
+impl VcpuThreads {
+    /// Registers the calling thread as vCPU `index`'s until the guard is dropped.
+    pub fn register(&self, index: usize) -> Registered<'_> {
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        self.threads.lock().unwrap_or_else(|p| p.into_inner()).push((index, me));
+        Registered { threads: self, index }
+    }
+
+    /// Lets the vCPUs run again after [`VcpuThreads::stop_all`], once every AP thread of the
+    /// stopped stretch was joined (the benchmark's bare loop runs between two such stretches).
+    pub fn resume(&self) {
+        self.stopping.store(false, Ordering::Release);
+    }
+
+    /// Whether the run is over for every vCPU.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Ends the run for every vCPU: each stops at its next exit, and one inside KVM_RUN is
+    /// kicked out of it. The flag is set before the kicks, and a thread clears its
+    /// `immediate_exit` before it reads the flag, so no thread misses both.
+    pub fn stop_all(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.kick_all();
+    }
+
+    /// Kicks every registered thread but the calling one.
+    pub fn kick_all(&self) {
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        let threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        for &(_, thread) in threads.iter() {
+            // SAFETY: pthread_equal has no preconditions.
+            if unsafe { libc::pthread_equal(thread, me) } != 0 {
+                continue;
+            }
+            // SAFETY: `thread` is registered, so alive (it leaves the list, under this lock,
+            // before it ends), and the kick signal has a handler.
+            unsafe { libc::pthread_kill(thread, kick_signal()) };
+        }
+    }
+}
+
+/// A thread's registration in [`VcpuThreads`]; dropping it deregisters the thread.
+#[derive(Debug)]
+pub struct Registered<'a> {
+    threads: &'a VcpuThreads,
+    index: usize,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        let mut threads = self.threads.threads.lock().unwrap_or_else(|p| p.into_inner());
+        threads.retain(|&(index, _)| index != self.index);
+    }
 }
 
 /// Installs the (empty) handler for the kick signal, once per process.
@@ -30,7 +135,7 @@ pub fn install_handler() -> Result<()> {
     }
 }
 
-/// A deadline for the calling thread's vCPU loop.
+/// A deadline for every vCPU thread of a run.
 #[derive(Debug)]
 pub struct Watchdog {
     expired: Arc<AtomicBool>,
@@ -39,14 +144,13 @@ pub struct Watchdog {
 }
 
 impl Watchdog {
-    /// Arms a watchdog for the calling thread; `None` never fires. At the deadline it runs
-    /// `unblockers`, then signals.
-    pub fn arm(timeout: Option<Duration>, unblockers: Vec<crate::handler::Unblock>) -> Self {
+    /// Arms a watchdog for the vCPU threads registered in `threads`; `None` never fires. At
+    /// the deadline it runs `unblockers`, then signals each thread (again every 50 ms, for a
+    /// thread that was not in KVM_RUN and not yet registered, until the run ends).
+    pub fn arm(timeout: Option<Duration>, unblockers: Vec<crate::handler::Unblock>, threads: Arc<VcpuThreads>) -> Self {
         let expired = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicBool::new(false));
         if let Some(timeout) = timeout {
-            // SAFETY: pthread_self has no preconditions.
-            let target = unsafe { libc::pthread_self() };
             let (expired, done) = (expired.clone(), done.clone());
             std::thread::spawn(move || {
                 let deadline = Instant::now() + timeout;
@@ -61,10 +165,7 @@ impl Watchdog {
                     for unblock in unblockers.drain(..) {
                         unblock();
                     }
-                    // SAFETY: `target` is the vCPU thread, which stays alive until it sets
-                    // `done` (the Watchdog is dropped on that thread before it exits), and the
-                    // kick signal has a handler.
-                    unsafe { libc::pthread_kill(target, kick_signal()) };
+                    threads.kick_all();
                     std::thread::sleep(Duration::from_millis(50));
                 }
             });

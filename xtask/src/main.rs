@@ -107,6 +107,9 @@ struct QemuArgs {
     /// Only these self-tests (as for `run`).
     #[arg(long, value_name = "PATTERNS")]
     tests: Option<String>,
+    /// CPUs for the guest (QEMU's -smp), 1..=8.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(qemu::MAX_SMP)))]
+    smp: u32,
     /// More words for the guest's command line.
     #[arg(last = true, value_name = "GUEST CMDLINE")]
     guest_words: Vec<String>,
@@ -135,7 +138,7 @@ fn cmd_qemu(args: &QemuArgs) -> Result<()> {
         AccelArg::Tcg => Accel::Tcg,
         AccelArg::Kvm => Accel::Kvm,
     };
-    qemu::run_suite(profile(args.release), accel, args.tests.as_deref(), &args.guest_words)
+    qemu::run_suite(profile(args.release), accel, args.smp, args.tests.as_deref(), &args.guest_words)
 }
 
 fn cmd_run(args: RunArgs) -> Result<()> {

@@ -56,10 +56,20 @@ pub fn guest_code_from_status(status: i32) -> Option<u32> {
     (status & 1 == 1).then_some((status >> 1) as u32).filter(|code| exit::qemu_status(*code) == status)
 }
 
-/// The command line for one run; `cmdline` goes to the guest.
+/// Most CPUs `cargo xtask qemu --smp` gives the guest (as many as the host stub's `--vcpus`).
+pub const MAX_SMP: u32 = 8;
+
+/// The command line for one run on one CPU; `cmdline` goes to the guest.
 pub fn command(elf: &Path, accel: Accel, cmdline: &str) -> Command {
+    command_with_cpus(elf, accel, cmdline, 1)
+}
+
+/// The command line for one run on `cpus` CPUs (`-smp`; QEMU's firmware lists them in the
+/// MADT, and the guest starts the others itself).
+pub fn command_with_cpus(elf: &Path, accel: Accel, cmdline: &str, cpus: u32) -> Command {
     let mut cmd = Command::new(QEMU);
-    cmd.args(["-machine", "pc", "-accel", accel.name(), "-cpu", "max", "-m", "128M", "-smp", "1"])
+    cmd.args(["-machine", "pc", "-accel", accel.name(), "-cpu", "max", "-m", "128M"])
+        .args(["-smp", &cpus.to_string()])
         .args(["-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"])
         .args(["-device", &format!("isa-debug-exit,iobase={:#x},iosize=0x04", pvagent_abi::port::DEBUG_EXIT)])
         .arg("-kernel")
@@ -68,13 +78,25 @@ pub fn command(elf: &Path, accel: Accel, cmdline: &str) -> Command {
     cmd
 }
 
-/// Boots `elf` and waits for it to end (or `timeout`).
+/// Boots `elf` on one CPU and waits for it to end (or `timeout`).
 pub fn run(elf: &Path, accel: Accel, cmdline: &str, timeout: Duration, echo: bool) -> Result<QemuRun> {
+    run_with_cpus(elf, accel, cmdline, 1, timeout, echo)
+}
+
+/// Boots `elf` on `cpus` CPUs and waits for it to end (or `timeout`).
+pub fn run_with_cpus(
+    elf: &Path,
+    accel: Accel,
+    cmdline: &str,
+    cpus: u32,
+    timeout: Duration,
+    echo: bool,
+) -> Result<QemuRun> {
     ensure_qemu()?;
     if accel == Accel::Kvm {
         crate::setup::check_kvm()?;
     }
-    let outcome = proc::run(command(elf, accel, cmdline), timeout, echo)?;
+    let outcome = proc::run(command_with_cpus(elf, accel, cmdline, cpus), timeout, echo)?;
     let guest_code = outcome.status.code().and_then(guest_code_from_status);
     Ok(QemuRun { guest_code, outcome })
 }
@@ -83,14 +105,14 @@ pub fn run(elf: &Path, accel: Accel, cmdline: &str, timeout: Duration, echo: boo
 pub const SUITE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// `cargo xtask qemu`: builds the guest and runs its self-tests (`tests`, or every default
-/// one) under QEMU with `accel`, `guest_words` added to its command line; a test failure if
-/// the guest reports one.
-pub fn run_suite(profile: Profile, accel: Accel, tests: Option<&str>, guest_words: &[String]) -> Result<()> {
+/// one) under QEMU with `accel` on `cpus` CPUs, `guest_words` added to its command line; a
+/// test failure if the guest reports one.
+pub fn run_suite(profile: Profile, accel: Accel, cpus: u32, tests: Option<&str>, guest_words: &[String]) -> Result<()> {
     let elf = guest::build_guest(profile)?;
     let mut words = vec![format!("expect-host={}", accel.name())];
     words.extend(tests.map(|t| format!("tests={t}")));
     words.extend(guest_words.iter().cloned());
-    let run = run(&elf, accel, &words.join(" "), SUITE_TIMEOUT, true)?;
+    let run = run_with_cpus(&elf, accel, &words.join(" "), cpus, SUITE_TIMEOUT, true)?;
     match run.guest_code {
         Some(code) if run.passed() => {
             eprintln!(
@@ -117,6 +139,19 @@ pub fn last_tests_word(words: &[String]) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cpu_count_reaches_qemus_smp_option() {
+        let args = |cpus| {
+            let cmd = command_with_cpus(Path::new("g.elf"), Accel::Tcg, "", cpus);
+            cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>()
+        };
+        let smp_value = |args: Vec<String>| args.iter().position(|a| a == "-smp").map(|i| args[i + 1].clone());
+        assert_eq!(smp_value(args(4)), Some("4".into()));
+        let one = command(Path::new("g.elf"), Accel::Tcg, "");
+        let one: Vec<String> = one.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(smp_value(one), Some("1".into()));
+    }
 
     #[test]
     fn qemu_statuses_map_back_to_guest_codes() {

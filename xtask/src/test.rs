@@ -51,8 +51,17 @@ pub fn run_all() -> Result<ExitCode> {
     step("guest self-tests under the host stub (cargo xtask run)");
     crate::run::scenario(&RunOptions::default())?;
 
+    // The host stub's several vCPUs: one thread each, the APs started by the guest's
+    // INIT-SIPI-SIPI, every one stopped and joined at the end; the `smp::` self-tests run.
+    step("guest self-tests under the host stub with 4 vCPUs (cargo xtask run -- --vcpus 4)");
+    let four_vcpus = RunOptions { host_args: vec!["--vcpus".into(), "4".into()], ..RunOptions::default() };
+    crate::run::scenario(&four_vcpus)?;
+
     step("the same guest under QEMU TCG (cargo xtask qemu)");
-    qemu::run_suite(Profile::Dev, Accel::Tcg, None, &[])?;
+    qemu::run_suite(Profile::Dev, Accel::Tcg, 1, None, &[])?;
+
+    step("the same guest under QEMU TCG with 4 vCPUs (cargo xtask qemu --smp 4)");
+    qemu::run_suite(Profile::Dev, Accel::Tcg, 4, None, &[])?;
 
     step("instruction and exit budgets, release guests (xtask/budgets.toml)");
     let host = guest::build_host_stub(Profile::Dev)?;

@@ -35,13 +35,24 @@ impl AcpiHandler for IdentityMap {
     fn unmap_physical_region<T>(_region: &PhysicalMapping<Self, T>) {}
 }
 
+/// How many APIC IDs a [`MadtSummary`] keeps: room for every vCPU the kernel can run and as
+/// many again (a MADT may list the boot vCPU late, or repeat an entry).
+pub const MADT_IDS_KEPT: usize = 2 * super::MAX_CPUS;
+
 /// What the MADT says about the processors.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MadtSummary {
     /// Processors that are enabled or can be brought online.
     pub cpus: u32,
-    /// Their APIC IDs (the first few).
-    pub apic_ids: [u32; 8],
+    /// Their APIC IDs, in the MADT's order (the first [`MADT_IDS_KEPT`]).
+    pub apic_ids: [u32; MADT_IDS_KEPT],
+}
+
+impl MadtSummary {
+    /// The APIC IDs kept.
+    pub fn ids(&self) -> &[u32] {
+        &self.apic_ids[..(self.cpus as usize).min(MADT_IDS_KEPT)]
+    }
 }
 
 /// Reads the MADT through the RSDP at `rsdp`, every table below `reach` (the identity map's).

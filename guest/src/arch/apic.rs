@@ -115,12 +115,59 @@ pub fn set_tpr(value: u32) {
     write(reg::TPR, value & 0xFF);
 }
 
+/// The interrupt command register (ICR): its low half, and in xAPIC mode its high half
+/// (x2APIC has one 64-bit MSR, `0x830`, the destination in its high 32 bits).
+const ICR_LOW: u32 = 0x300;
+const ICR_HIGH: u32 = 0x310;
+/// ICR delivery modes (bits 10:8), the level bit, and the xAPIC's delivery status.
+const ICR_FIXED: u32 = 0b000 << 8;
+const ICR_INIT: u32 = 0b101 << 8;
+const ICR_STARTUP: u32 = 0b110 << 8;
+const ICR_LEVEL_ASSERT: u32 = 1 << 14;
+const ICR_SEND_PENDING: u32 = 1 << 12;
+
 /// Sends this vCPU a fixed interrupt on `vector` (an IPI to itself, through the interrupt
 /// command register's "self" shorthand: the same register in both modes, no host involved).
 pub fn send_self_ipi(vector: u8) {
-    const ICR_LOW: u32 = 0x300;
     const SHORTHAND_SELF: u32 = 0b01 << 18;
     write(ICR_LOW, SHORTHAND_SELF | u32::from(vector));
+}
+
+/// Writes the ICR: `command` to the vCPU with local APIC ID `dest` (physical destination mode).
+fn send_ipi(dest: u32, command: u32) {
+    match mode() {
+        // SAFETY: x2APIC is enabled (init); one WRMSR of the ICR sends the IPI (its high half is
+        // the destination).
+        Mode::X2Apic => unsafe { Msr::new(0x830).write((u64::from(dest) << 32) | u64::from(command)) },
+        Mode::XApic => {
+            // An xAPIC takes one command at a time: wait until the previous one left (bounded,
+            // the APIC accepts within microseconds; a stuck bit is not worth a hang).
+            for _ in 0..1_000_000 {
+                if read(ICR_LOW) & ICR_SEND_PENDING == 0 {
+                    break;
+                }
+                core::hint::spin_loop();
+            }
+            write(ICR_HIGH, dest << 24);
+            write(ICR_LOW, command);
+        }
+    }
+}
+
+/// Sends a fixed interrupt on `vector` to the vCPU with APIC ID `dest`.
+pub fn send_fixed_ipi(dest: u32, vector: u8) {
+    send_ipi(dest, ICR_FIXED | ICR_LEVEL_ASSERT | u32::from(vector));
+}
+
+/// Sends INIT to the vCPU with APIC ID `dest`: it resets and waits for a start-up IPI.
+pub fn send_init(dest: u32) {
+    send_ipi(dest, ICR_INIT | ICR_LEVEL_ASSERT);
+}
+
+/// Sends a start-up IPI (SIPI) to the vCPU with APIC ID `dest`: after INIT it starts in real
+/// mode at `page << 12` (CS = `page << 8`, IP = 0).
+pub fn send_startup(dest: u32, page: u32) {
+    send_ipi(dest, ICR_STARTUP | (page & 0xFF));
 }
 
 /// Whether `vector` is in service (its handler started and has not sent EOI).

@@ -7,11 +7,12 @@
 //! touches hardware is `cfg(kernel)`.
 
 pub mod calibration;
+pub mod cpus;
 pub mod layout;
 
-/// How many vCPUs the kernel has room for (per-vCPU arrays, the stack area). Only vCPU 0 is
-/// started today.
-pub const MAX_CPUS: usize = 4;
+/// How many vCPUs the kernel has room for (per-vCPU arrays, the stack area). The MADT says how
+/// many there are (`cpus`); processors beyond this many are not started, and boot says so.
+pub const MAX_CPUS: usize = 8;
 
 #[cfg(kernel)]
 pub mod acpi;
@@ -43,9 +44,13 @@ mod platform;
 #[cfg(kernel)]
 pub mod serial;
 #[cfg(kernel)]
+pub mod smp;
+#[cfg(kernel)]
 pub mod stacks;
 #[cfg(kernel)]
 pub mod time;
+#[cfg(kernel)]
+pub mod tlb;
 #[cfg(kernel)]
 pub mod trap;
 

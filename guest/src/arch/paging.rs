@@ -5,9 +5,10 @@
 //! stacks need cost no clearing), then from the RAM the layout set aside, zeroed when taken
 //! (512 `rep stosq` iterations each, which an emulated guest kernel pays one by one).
 //!
-//! Everything is identity mapped (virtual = physical). Mappings are only ever added: a range
-//! goes from unmapped to mapped, never back, so no TLB needs flushing on any vCPU. Every change
-//! happens under one lock, with interrupts off; no trap handler maps memory.
+//! Everything is identity mapped (virtual = physical). Mappings made at boot and on demand are
+//! only ever added (unmapped to mapped), which needs no TLB flush on any vCPU; a page taken away
+//! again ([`unmap_page`]) is shot down on every vCPU (`tlb`). Every change happens under one
+//! lock, with interrupts off; no trap handler maps memory.
 //!
 //! [`layout`]: super::layout
 
@@ -185,6 +186,29 @@ impl Tables {
         }
     }
 
+    /// Clears the 4 KiB entry that maps `addr`.
+    fn unmap_small(&mut self, addr: u64) -> Result<(), UnmapError> {
+        let mut table_addr = self.root;
+        for level in (2..=4).rev() {
+            // SAFETY: a table of ours, under the lock; only read.
+            let entry = unsafe { &table(table_addr)[index(addr, level)] };
+            if entry.is_unused() {
+                return Err(UnmapError::NotMapped);
+            }
+            if level < 4 && entry.flags().contains(F::HUGE_PAGE) {
+                return Err(UnmapError::InLargePage { size: PAGE << (9 * (level - 1)) });
+            }
+            table_addr = entry.addr().as_u64();
+        }
+        // SAFETY: a page table of ours, under the lock, no other reference live.
+        let entry = unsafe { &mut table(table_addr)[index(addr, 1)] };
+        if entry.is_unused() {
+            return Err(UnmapError::NotMapped);
+        }
+        entry.set_unused();
+        Ok(())
+    }
+
     /// Whether `addr` is mapped, and by a page of which size.
     fn lookup(&self, addr: u64) -> Option<u64> {
         if addr >= IDENTITY_MAP_LIMIT {
@@ -273,6 +297,26 @@ pub unsafe fn activate() {
 pub fn map_range(start: u64, end: u64, access: Access) {
     check_range(start, end);
     with_tables(|t| t.map(start, end, access));
+}
+
+/// Why a page could not be unmapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnmapError {
+    NotMapped,
+    /// A large page of `size` bytes maps it (the kernel does not split large pages).
+    InLargePage {
+        size: u64,
+    },
+}
+
+/// Unmaps the 4 KiB page at `addr` and shoots it down on every vCPU: when this returns, no vCPU
+/// can reach it through a stale TLB entry. Call with interrupts enabled (`tlb::shootdown`).
+pub fn unmap_page(addr: u64) -> Result<(), UnmapError> {
+    let page = addr & !(PAGE - 1);
+    check_range(page, page + PAGE);
+    with_tables(|t| t.unmap_small(page))?;
+    super::tlb::shootdown(page, page + PAGE);
+    Ok(())
 }
 
 /// The size of the page that maps `addr`, if one does.

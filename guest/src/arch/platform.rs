@@ -1,5 +1,6 @@
 //! Bringing up the boot vCPU, and what the kernel found out about the machine on the way.
 
+use super::cpus::CpuMap;
 use super::layout::{self, Access, Placement, Region, StackDemand};
 use super::{acpi, apic, cpu, fault, gdt, idt, paging, percpu, stacks, time, trap};
 use crate::boot::info::{BootInfo, MEMMAP_MAX, MemKind};
@@ -16,6 +17,9 @@ pub struct Platform {
     /// Processors the MADT lists; `None` when the host gives no ACPI tables or they cannot be
     /// read.
     pub madt: Option<acpi::MadtSummary>,
+    /// The vCPUs the kernel uses: the boot vCPU, then the MADT's others (APIC IDs to dense
+    /// indices; the boot vCPU alone without a MADT).
+    pub cpus: CpuMap,
     /// Where the kernel put its page tables and stacks, and how much RAM it maps.
     pub memory: Placement,
 }
@@ -126,6 +130,15 @@ pub unsafe fn init(boot: &BootInfo, cpu: cpu::CpuInfo, tasks: TaskStacks) -> &'s
 
     let reach = layout::identity_map_reach(cpu.phys_addr_bits);
     let madt = boot.rsdp.and_then(|rsdp| acpi::read_madt(rsdp, reach).ok());
+    let cpus = match &madt {
+        Some(madt) => {
+            let mut map = CpuMap::new(boot_apic_id, madt.ids().iter().copied());
+            // IDs the summary had no room for are beyond MAX_CPUS too.
+            map.beyond_max += (madt.cpus as usize).saturating_sub(madt.ids().len());
+            map
+        }
+        None => CpuMap::boot_only(boot_apic_id),
+    };
 
     trap::register(apic::SPURIOUS_VECTOR, |_| {});
     time::init_tick(apic_khz);
@@ -138,6 +151,7 @@ pub unsafe fn init(boot: &BootInfo, cpu: cpu::CpuInfo, tasks: TaskStacks) -> &'s
         tsc_khz,
         tsc_source,
         madt,
+        cpus,
         memory: placement,
     })
 }

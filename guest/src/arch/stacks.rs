@@ -42,6 +42,15 @@ pub(super) fn start_cpu(cpu: usize) {
     }
 }
 
+/// Maps and returns the stack an AP (vCPU `cpu`, not 0) starts on, which becomes its idle task's:
+/// the kernel stack of task slot 0, the slot the task layer gives the idle task on every vCPU
+/// (`TaskTable::adopt_idle`). The idle task never uses that stack otherwise: on vCPU 0 it runs on
+/// the image's boot stack.
+pub(super) fn map_ap_boot_stack(cpu: usize) -> Stack {
+    assert!(cpu != 0, "vCPU 0 runs on the image's boot stack");
+    map_task_stack(cpu, 0)
+}
+
 /// Maps the kernel stack of task slot `slot` on vCPU `cpu` (not its guard) and returns it.
 /// Once per slot is enough: mappings stay. Mapping it again writes the same entries.
 pub fn map_task_stack(cpu: usize, slot: usize) -> Stack {

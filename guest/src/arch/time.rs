@@ -99,6 +99,11 @@ pub fn ticks() -> u64 {
     TICKS.get().load(Ordering::Relaxed)
 }
 
+/// Ticks seen by vCPU `cpu` (its own timer's, counted by its own handler).
+pub fn ticks_of(cpu: usize) -> u64 {
+    TICKS.of(cpu).load(Ordering::Relaxed)
+}
+
 fn timer_tick(_frame: &mut trap::TrapFrame) {
     let now = TICKS.get().fetch_add(1, Ordering::Relaxed) + 1;
     apic::eoi();

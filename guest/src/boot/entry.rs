@@ -102,8 +102,10 @@ boot_gdt_ptr:
 
     # The boot page tables: PML4[0] -> PDPT, PDPT[0] -> PD (present | writable, 0x3), and
     # PD[i] = i * 2 MiB | present | writable | page size (0x83): up to BOOT_MAPPED_LIMIT.
+    # APs climb to long mode on them too (`arch::smp`'s trampoline names boot_pml4).
     .pushsection .data.boot_tables, "aw"
     .balign 4096
+    .global boot_pml4
 boot_pml4:
     .quad boot_pdpt + 0x3
     .fill 511, 8, 0

@@ -22,3 +22,13 @@ pub fn init(cmdline: &crate::boot::cmdline::Cmdline) {
     kvm_apf::init();
     trace::init();
 }
+
+/// Brings up every protocol on an AP as [`init`] did on the boot vCPU (which ran first): each
+/// vCPU registers its own areas with the host (every area is per vCPU: docs/abi.md) and sets its
+/// own split-lock state. Handlers and hooks are the boot vCPU's, shared by every vCPU.
+#[cfg(kernel)]
+pub fn init_cpu() {
+    ac::init_cpu();
+    pnp::init_cpu();
+    kvm_apf::init_cpu();
+}

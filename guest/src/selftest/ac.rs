@@ -265,6 +265,18 @@ fn expect_verdicts(before: u64, count: u64, expected: Verdict) -> TestResult {
     Ok(())
 }
 
+/// One kernel split lock on the running vCPU, which the host must answer with a split-lock #AC
+/// and the locked add must complete after (for the SMP tests: `selftest::smp`).
+pub(super) fn kernel_split_lock_here() -> TestResult {
+    let split = kernel_lines() + SPLIT_DWORD;
+    let value = load_u32(split);
+    let seq = decided()?;
+    kernel_access(ac_kernel_locked_add, split);
+    expect_verdicts(seq, 1, Verdict::InjectedSplitLock)?;
+    ensure_eq_hex!(load_u32(split), value.wrapping_add(1), "the locked add ran once");
+    Ok(())
+}
+
 fn boot_state_follows_enumeration_and_command_line() -> TestResult {
     let cmdline = &crate::boot::info::get().cmdline;
     let expected = match cmdline.get("sld").map(Mode::parse) {

@@ -225,7 +225,7 @@ fn acpi_madt_lists_the_boot_cpu() -> TestResult {
         return Err(super::fail(format_args!("the host gave an RSDP but the MADT could not be read")));
     };
     ensure!(madt.cpus >= 1, "the MADT lists no usable CPU");
-    let listed = &madt.apic_ids[..(madt.cpus as usize).min(madt.apic_ids.len())];
+    let listed = madt.ids();
     ensure!(listed.contains(&p.boot_apic_id), "boot APIC ID {} not among {listed:?}", p.boot_apic_id);
     Ok(())
 }

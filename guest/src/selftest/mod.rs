@@ -18,6 +18,7 @@ mod ac;
 mod arch;
 mod harness;
 mod pnp;
+mod smp;
 mod task;
 
 use core::fmt::Write;
@@ -126,7 +127,8 @@ macro_rules! ensure_eq_hex {
 }
 
 /// Every suite, in the order they run.
-const SUITES: &[&[SelfTest]] = &[harness::TESTS, arch::TESTS, task::TESTS, ac::TESTS, pnp::TESTS, pnp::KVM_APF_TESTS];
+const SUITES: &[&[SelfTest]] =
+    &[harness::TESTS, arch::TESTS, smp::TESTS, task::TESTS, ac::TESTS, pnp::TESTS, pnp::KVM_APF_TESTS, pnp::SMP_TESTS];
 
 fn all_tests() -> impl Iterator<Item = &'static SelfTest> {
     SUITES.iter().flat_map(|suite| suite.iter())
@@ -287,6 +289,7 @@ fn need_met(need: Need) -> TestResult {
             pnp::host_mode() != HostMode::KvmApfKernel,
             "KVM serves its async page fault ABI in this run, and raises page ready only on the vCPU that took its page not present, after it: only the host stub can force this path (a robustness test)",
         ),
+        Need::SeveralCpus => skip_unless(arch::smp::online_count() >= 2, "needs two or more vCPUs online"),
     }
 }
 

@@ -135,6 +135,7 @@ pub fn init_cpu() {
     with_sched(|s| s.table.adopt_idle("idle"));
     crate::arch::fault::set_user_fault_hook(on_user_fault);
     super::user::init();
+    super::remote::init_cpu();
     crate::arch::start_tick(on_tick);
 }
 
@@ -286,6 +287,12 @@ pub fn exit_current(status: ExitStatus) -> ! {
 /// Ends task `id`, which must not be running (it is woken from whatever it waited on).
 pub fn kill(id: TaskId, status: ExitStatus) -> bool {
     with_sched(|s| s.table.kill(id, status))
+}
+
+/// Frees the slot of `id`, which has ended, without waiting (a placed task whose joiner runs
+/// on another vCPU: `remote`).
+pub(super) fn reap_ended(id: TaskId) -> Result<ExitStatus, ReapError> {
+    with_sched(|s| s.table.reap(id))
 }
 
 /// Waits for `id` to end, frees it and returns how it ended.

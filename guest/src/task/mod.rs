@@ -1,5 +1,6 @@
 //! Tasks: kernel tasks and CPL 3 tasks with their own stacks, a cooperative per-vCPU
-//! scheduler, and blocking with wake-ups from interrupt handlers.
+//! scheduler, and blocking with wake-ups from interrupt handlers and from other vCPUs
+//! (`remote`, which also places tasks on a chosen vCPU).
 //!
 //! `table` is the plain state machine (task slots, states, run queue, block/wake), built and
 //! unit-tested on the host; `kernel` is the glue that gives it stacks, contexts and the switch
@@ -11,6 +12,8 @@
 pub mod event;
 #[cfg(kernel)]
 mod kernel;
+#[cfg(kernel)]
+pub mod remote;
 #[cfg(kernel)]
 pub mod stack;
 #[cfg(kernel)]

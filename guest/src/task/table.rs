@@ -235,7 +235,7 @@ impl TaskTable {
     }
 
     /// Makes the running context (the boot code, or a new vCPU's start code) this vCPU's idle
-    /// task, in slot 0.
+    /// task, in slot 0 (an AP's idle task runs on slot 0's stack: `stacks::map_ap_boot_stack`).
     pub fn adopt_idle(&mut self, name: &'static str) -> TaskId {
         assert!(self.idle.is_none(), "idle task adopted twice");
         self.slots[0] = Slot { state: State::Running, generation: 1, kind: Kind::Idle, name, wake_value: 0 };

@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 
-use kvm_bindings::kvm_msi;
 use kvm_ioctls::VmFd;
 use pvagent_abi::port::{BENCH_COUNT, BENCH_INJECT, BENCH_NULL, BenchInject, BenchLoop};
 
@@ -95,11 +94,7 @@ impl ExitHandler for Bench {
                 match BenchInject::decode(out_word(data)) {
                     Some((BenchInject::None, _, _)) => self.null_exits += 1,
                     Some((BenchInject::Interrupt, vector, _)) if vector >= 32 => {
-                        let msi = kvm_msi {
-                            address_lo: 0xFEE0_0000 | ((ctx.index as u32) << 12),
-                            data: u32::from(vector),
-                            ..Default::default()
-                        };
+                        let msi = crate::vcpu::fixed_msi(crate::vcpu::apic_id(ctx.index), vector);
                         self.vm.signal_msi(msi).map_err(Error::SignalMsi)?;
                         self.injected += 1;
                         self.tracer.instant(Track::Vcpu(ctx.index), "inject interrupt", || {

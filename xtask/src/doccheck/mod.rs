@@ -72,6 +72,13 @@ pub const RULES: &[(&str, Rule)] = &[
     ("cargo xtask run -- --mem 256 --pnp-mode sync --timeout 60 --counters", Rule::Run { makes: &[] }),
     ("cargo xtask run -- --sld-policy exit", Rule::Run { makes: &[] }),
     (
+        "cargo xtask run -- --vcpus 4",
+        Rule::NotRun {
+            why: "the stage \"guest self-tests under the host stub with 4 vCPUs\" runs the same code (run::scenario with --vcpus 4)",
+        },
+    ),
+    ("cargo xtask run -- --vcpus 4 --threads-per-core 2", Rule::Run { makes: &[] }),
+    (
         "cargo xtask run -- --serial-log target/console.log",
         Rule::Run { makes: &[Made::Console("target/console.log"), Made::Console("target/console.boot2.log")] },
     ),
@@ -82,7 +89,14 @@ pub const RULES: &[(&str, Rule)] = &[
             why: "the stage \"the same guest under QEMU TCG\" runs the same code (qemu::run_suite with TCG and no options)",
         },
     ),
+    (
+        "cargo xtask qemu --smp 4",
+        Rule::NotRun {
+            why: "the stage \"the same guest under QEMU TCG with 4 vCPUs\" runs the same code (qemu::run_suite with TCG and 4 vCPUs)",
+        },
+    ),
     ("cargo xtask qemu --accel kvm", Rule::Run { makes: &[] }),
+    ("cargo xtask qemu --smp 4", Rule::Run { makes: &[] }),
     ("target/debug/pvagent-host --help", Rule::Run { makes: &[] }),
     ("cargo build --examples", Rule::Run { makes: &[] }),
     (

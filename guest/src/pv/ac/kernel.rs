@@ -287,6 +287,14 @@ pub fn init(cmdline: &Cmdline) {
     kprintln!("ac: split-lock detection {found}, sld={mode}; alignment checks for tasks that set RFLAGS.AC");
 }
 
+/// An AP's part of [`init`] (which ran on the boot vCPU): CR0.AM and this vCPU's detection as
+/// the mode says. The #AC handler and the switch hook are every vCPU's already.
+pub fn init_cpu() {
+    // SAFETY: only CR0.AM changes, as in `init`.
+    unsafe { Cr0::write_raw(Cr0::read_raw() | Cr0Flags::ALIGNMENT_MASK.bits()) };
+    apply_mode_here();
+}
+
 /// The switch hook: detection switched off for the outgoing task comes back on. Called with
 /// interrupts off on every task switch, so the common case (nothing to do) is one load.
 fn on_switch(_from: TaskId, _to: TaskId) {

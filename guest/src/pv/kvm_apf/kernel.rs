@@ -163,6 +163,7 @@ pub fn init() {
         Ok(()) => {
             trap::register(PAGE_READY_VECTOR, on_page_ready);
             trap::register(PAGE_FAULT, on_page_fault);
+            BOOT_ENABLED.store(true, Ordering::Relaxed);
         }
         Err(EnableError::NotOffered) => {}
         Err(e) => {
@@ -176,6 +177,21 @@ pub fn init() {
 pub fn refused() -> Option<EnableError> {
     STATE.with(|s| s.refused)
 }
+
+/// An AP's part of [`init`] (which ran on the boot vCPU and registered the handlers): enables
+/// the ABI on this vCPU, with its own area, when the boot vCPU could.
+pub fn init_cpu() {
+    if !BOOT_ENABLED.load(Ordering::Relaxed) {
+        return;
+    }
+    if let Err(e) = enable() {
+        kprintln!("kvm-apf: enabling refused on vCPU {}: {e:?}", percpu::index());
+        STATE.with(|s| s.refused = Some(e));
+    }
+}
+
+/// The boot vCPU enabled the ABI (so the #PF handler is registered): the APs follow.
+static BOOT_ENABLED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 fn write_msr(msr: u32, value: u64) -> Result<(), EnableError> {
     fault::probe_write_msr(msr, value).map_err(|fault| EnableError::Refused { msr, fault })

@@ -242,16 +242,35 @@ pub fn init(cmdline: &Cmdline) {
     }
     let entries = cmdline.get("pnp-ring").and_then(|n| n.parse().ok()).unwrap_or(DEFAULT_RING_ENTRIES).min(max_entries);
     match register(entries) {
-        Ok(()) => kprintln!(
-            "pnp: registered, ring of {entries}, region {:#x} ({} pages), host mode {:?}",
-            region.base,
-            region.pages,
-            host_mode()
-        ),
+        Ok(()) => {
+            BOOT_ENTRIES.store(entries, Ordering::Relaxed);
+            kprintln!(
+                "pnp: registered, ring of {entries}, region {:#x} ({} pages), host mode {:?}",
+                region.base,
+                region.pages,
+                host_mode()
+            );
+        }
         Err(e) => {
             REFUSED_AT_BOOT.call_once(|| e);
             kprintln!("pnp: registration refused: {e:?}");
         }
+    }
+}
+
+/// The ring size the boot vCPU registered with (0: it registered none): each AP registers
+/// its own ring of this size.
+static BOOT_ENTRIES: AtomicU32 = AtomicU32::new(0);
+
+/// An AP's part of [`init`] (which ran on the boot vCPU, mapped the region and registered the
+/// handlers): this vCPU's own ring and event area, of the boot vCPU's size.
+pub fn init_cpu() {
+    let entries = BOOT_ENTRIES.load(Ordering::Relaxed);
+    if entries == 0 {
+        return;
+    }
+    if let Err(e) = register(entries) {
+        kprintln!("pnp: registration refused on vCPU {}: {e:?}", percpu::index());
     }
 }
 

@@ -30,14 +30,25 @@ mod data;
 mod kvm_apf;
 mod paths;
 mod registration;
+mod smp;
 
 use breaches::*;
 use controls::*;
 use data::*;
 use paths::*;
 use registration::*;
+use smp::*;
 
 pub use kvm_apf::TESTS as KVM_APF_TESTS;
+
+/// The protocol on several vCPUs, run after every accounting check (both protocols'): the host
+/// reads another vCPU's ring tail only when it next posts there, so tokens these tests leave
+/// consumed on other vCPUs' rings count as outstanding at the host until then.
+pub const SMP_TESTS: &[SelfTest] = &[SelfTest::new(
+    "smp::every_cpu_parks_on_its_own_page_not_present_token",
+    every_cpu_parks_on_its_own_page_not_present_token,
+)
+.needs(&[Need::Pager, Need::PnpRingMode, Need::SeveralCpus])];
 
 /// What every test here needs: the host stub's demand pager, the protocol registered.
 const PAGER: &[Need] = &[Need::Pager];

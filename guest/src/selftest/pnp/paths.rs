@@ -48,7 +48,7 @@ pub(super) fn absent_page_parks_task_while_another_runs() -> TestResult {
 }
 
 #[unsafe(link_section = ".user_text")]
-extern "sysv64" fn user_read_two_words(gpa: u64) -> ! {
+pub(super) extern "sysv64" fn user_read_two_words(gpa: u64) -> ! {
     let first = user::read_u64(gpa);
     let second = user::read_u64(gpa + 8);
     user::exit(first ^ second.rotate_left(1))

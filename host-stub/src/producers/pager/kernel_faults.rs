@@ -93,17 +93,21 @@ fn run(shared: &Shared, uffd: &Uffd, stop: i32) {
 }
 
 /// One fault: the state machine decides, and the fetch it calls for starts (or completes at
-/// once). The vCPU index is 0: KVM's worker does not say for which vCPU it faults, and the
-/// guest runs one.
+/// once). A vCPU thread's own fault is that vCPU's; KVM's worker does not say for which vCPU it
+/// faults (KVM delivers its "page not present" and "page ready" to the right vCPU itself), so
+/// the pager books its tokens to vCPU 0.
 fn on_fault(shared: &Shared, fault: Fault) {
-    const VCPU: usize = 0;
+    /// Whose KVM's worker's faults are booked to.
+    const WORKER_VCPU: usize = 0;
     let mut guard = shared.lock();
     let inner = &mut *guard;
     let Some(page) = inner.region.as_ref().and_then(|r| r.page_of_host_address(fault.address)) else {
         shared.report_violation(inner, PagerError::FaultOutsideRegion { address: fault.address });
         return;
     };
-    let from_vcpu = inner.vcpu_tid == Some(fault.thread);
+    let faulting_vcpu = inner.vcpu_tids.iter().position(|tid| *tid == Some(fault.thread));
+    let from_vcpu = faulting_vcpu.is_some();
+    let vcpu = faulting_vcpu.unwrap_or(WORKER_VCPU);
     let decision = match inner.core.state(page) {
         // Filled since the fault was queued (the fill woke it), or a second fault of KVM's
         // worker for a page already on its way: nothing to do.
@@ -111,9 +115,9 @@ fn on_fault(shared: &Shared, fault: Fault) {
         Some(PageState::Fetching { .. }) if !from_vcpu => return,
         _ if from_vcpu => {
             inner.kernel_sync_since.entry(page).or_insert_with(Instant::now);
-            inner.core.on_access(VCPU, page, None)
+            inner.core.on_access(vcpu, page, None)
         }
-        _ => inner.core.on_access(VCPU, page, Some(&mut inner.kernel_tokens)),
+        _ => inner.core.on_access(vcpu, page, Some(&mut inner.kernel_tokens)),
     };
     let complete_now = match decision {
         Decision::Continue => false,
@@ -125,7 +129,7 @@ fn on_fault(shared: &Shared, fault: Fault) {
         }
         Decision::Deliver { token, fetch } => {
             let gpa = inner.region.as_ref().map_or(0, |r| r.gpa()) + page * super::region::PAGE as u64;
-            inner.timeline.event(VCPU, token.0, gpa, None);
+            inner.timeline.event(vcpu, token.0, gpa, None);
             fetch.is_some() && submit(inner, page)
         }
         Decision::Wait { fetch } => fetch.is_some() && submit(inner, page),

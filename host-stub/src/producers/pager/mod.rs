@@ -111,8 +111,10 @@ pub struct Pager {
     /// The entry before which the pager last served an emulation failure, and its RIP: the same
     /// failure right at the next entry is not the pager's to serve.
     unemulated_retry: Option<(u64, u64)>,
-    /// Whether the fetchers know the vCPU thread (to kick it) yet.
+    /// Whether the fetchers know vCPU 0's thread (to kick it) yet.
     vcpu_thread_known: bool,
+    /// Per vCPU: whether the fault reader knows its thread's id yet.
+    vcpu_tid_known: Vec<bool>,
 }
 
 impl std::fmt::Debug for Pager {
@@ -154,7 +156,7 @@ impl Pager {
             apf: vec![ApfVcpu::new(0)],
             apf_counters: Default::default(),
             kernel_tokens: KernelTokens::default(),
-            vcpu_tid: None,
+            vcpu_tids: Vec::new(),
             kernel_sync_since: HashMap::new(),
             vcpu_waits_released_at_time_limit: 0,
             unregister_at_time_limit_failed: None,
@@ -173,6 +175,7 @@ impl Pager {
             entries: 0,
             unemulated_retry: None,
             vcpu_thread_known: false,
+            vcpu_tid_known: Vec::new(),
         })
     }
 
@@ -361,6 +364,11 @@ impl ExitHandler for Pager {
             inner.ram_ranges = ctx.ram_ranges();
             inner.vm = Some(ctx.vm.clone());
             inner.timeline = PagerTimeline::new(ctx.trace.clone());
+            // Each vCPU registers its own ring and event area, and its own KVM async-PF area.
+            inner.vcpus.resize_with(ctx.vcpus, Registration::default);
+            inner.apf = (0..ctx.vcpus).map(|i| ApfVcpu::new(i as u32)).collect();
+            inner.vcpu_tids = vec![None; ctx.vcpus];
+            self.vcpu_tid_known = vec![false; ctx.vcpus];
         }
         let shared = self.shared.clone();
         let complete: fetch::Complete = Arc::new(move |page| completion::complete_fetch(&shared, page));
@@ -439,16 +447,24 @@ impl ExitHandler for Pager {
         true
     }
 
-    fn before_entry(&mut self, _ctx: &mut VcpuCtx<'_>) -> Result<()> {
+    fn before_entry(&mut self, ctx: &mut VcpuCtx<'_>) -> Result<()> {
         self.entries = self.entries.wrapping_add(1);
         // Every entry comes through here: the lock only when there is something to do.
-        if !self.vcpu_thread_known {
-            let mut inner = self.shared.lock();
+        // vCPU 0's thread is the one the VM's caller runs, alive until after the pager stops
+        // its threads: the one the fetchers and the poller may signal.
+        if !self.vcpu_thread_known && ctx.index == 0 {
             // SAFETY: pthread_self has no preconditions.
-            inner.vcpu_thread = Some(unsafe { libc::pthread_self() });
-            // SAFETY: gettid has no preconditions.
-            inner.vcpu_tid = Some(unsafe { libc::gettid() } as u32);
+            self.shared.lock().vcpu_thread = Some(unsafe { libc::pthread_self() });
             self.vcpu_thread_known = true;
+        }
+        // Each vCPU's thread id, for the fault reader to tell whose fault a fault is.
+        if let Some(known @ false) = self.vcpu_tid_known.get_mut(ctx.index) {
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() } as u32;
+            if let Some(slot) = self.shared.lock().vcpu_tids.get_mut(ctx.index) {
+                *slot = Some(tid);
+            }
+            *known = true;
         }
         if self.shared.held_back_pending.load(Ordering::Acquire) {
             // The vCPU is about to run: an event it took since is worth acting on now, before

@@ -7,7 +7,6 @@
 
 use std::sync::atomic::Ordering;
 
-use kvm_bindings::kvm_msi;
 use pvagent_abi::pnp::{self as abi, PageNotPresentData, Resolution, Token};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -68,12 +67,10 @@ pub(super) fn observe_tail(inner: &mut Inner, vcpu: usize, a: Active) -> Result<
     Ok(())
 }
 
-/// Raises `vector` on `vcpu` with an MSI (fixed delivery, physical destination = the vCPU's
-/// APIC ID, its index).
+/// Raises `vector` on `vcpu` alone with an MSI to its APIC ID.
 pub(super) fn signal(inner: &mut Inner, vcpu: usize, vector: u8) -> Result<(), PagerError> {
     let vm = inner.vm.as_ref().ok_or(PagerError::NotAttached)?;
-    let msi =
-        kvm_msi { address_lo: 0xFEE0_0000 | ((vcpu as u32) << 12), data: u32::from(vector), ..Default::default() };
+    let msi = crate::vcpu::fixed_msi(crate::vcpu::apic_id(vcpu), vector);
     let delivered = vm.signal_msi(msi).map_err(|source| PagerError::SignalMsi { vcpu, vector, source })?;
     if delivered <= 0 {
         inner.msi_refused += 1;

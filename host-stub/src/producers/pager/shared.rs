@@ -57,9 +57,10 @@ pub struct Inner {
     pub apf_counters: ApfCounters,
     /// The tokens of `kvm-apf-kernel` mode (the host stub's own numbers for KVM's).
     pub kernel_tokens: KernelTokens,
-    /// The vCPU thread's id, to tell its userfaultfd faults (it waits) from KVM's worker's (an
-    /// async page fault) in `kvm-apf-kernel` mode.
-    pub vcpu_tid: Option<u32>,
+    /// Each vCPU thread's id (by vCPU index, once it entered the guest), to tell a vCPU's
+    /// userfaultfd faults (it waits) from KVM's worker's (an async page fault) in
+    /// `kvm-apf-kernel` mode, and whose they are.
+    pub vcpu_tids: Vec<Option<u32>>,
     /// `kvm-apf-kernel` mode: pages a vCPU waits for inside KVM, since when.
     pub kernel_sync_since: HashMap<PageIndex, std::time::Instant>,
     /// `kvm-apf-kernel` mode: pages the vCPU thread was waiting for inside KVM when the run's

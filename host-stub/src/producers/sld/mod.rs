@@ -98,6 +98,9 @@ pub struct SplitLock {
     actions: Vec<String>,
     /// The run's timeline: each #AC injected is an instant on its vCPU's track.
     trace: Tracer,
+    /// Why vCPUs may have SMT siblings, when they may: the configuration kept to seed 000's
+    /// rule (checked at attach), which the report says.
+    siblings: Option<crate::config::Siblings>,
 }
 
 impl SplitLock {
@@ -115,6 +118,7 @@ impl SplitLock {
             lines_dropped: 0,
             actions: Vec::new(),
             trace: Tracer::off(),
+            siblings: None,
         }
     }
 
@@ -312,6 +316,11 @@ impl ExitHandler for SplitLock {
 
     fn attach(&mut self, ctx: &mut AttachCtx<'_>) -> Result<()> {
         self.trace = ctx.trace.clone();
+        if let Some(siblings) = ctx.siblings {
+            policy::check_smt_rule(self.config.enumeration, self.config.policy)
+                .map_err(|conflict| Error::SldWithSmt { siblings, conflict })?;
+            self.siblings = Some(siblings);
+        }
         self.host_cpu = HostDetection::of_this_machine();
         let vm = ctx.vm;
         let bus_lock_modes = vm.check_extension_raw(u64::from(KVM_CAP_X86_BUS_LOCK_EXIT));
@@ -401,6 +410,12 @@ impl ExitHandler for SplitLock {
             }
         };
         report.line(format!("{NAME}: signal: {signal}"));
+        if let Some(siblings) = self.siblings {
+            report.line(format!(
+                "{NAME}: {siblings}: MSR_TEST_CTRL is per core, so not virtualized per vCPU (seed 000); policy {}",
+                self.config.policy.name()
+            ));
+        }
         let yes_no = |b: bool| if b { "yes" } else { "no" };
         report.line(format!(
             "{NAME}: host CPU: split_lock_detect {}, bus_lock_detect {}",

@@ -41,6 +41,41 @@ impl Policy {
     }
 }
 
+/// What a configuration asks for that SMT siblings make impossible (seed 000): MSR_TEST_CTRL is
+/// one register per core, shared by its threads, so the host cannot keep detection on for one
+/// sibling and off for the other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SmtConflict {
+    /// Offering the guest MSR_TEST_CTRL means honouring one vCPU's write for that vCPU alone.
+    #[error(
+        "split-lock detection cannot be offered to the guest (--sld-enumeration split-lock-detect): a vCPU's MSR_TEST_CTRL write would change its SMT sibling's too; use core-capabilities-only or absent"
+    )]
+    PerVcpuMsr,
+    /// `inject-if-enabled` lets a split lock run on a vCPU whose guest turned detection off, while
+    /// detection stays on elsewhere: the per-vCPU toggling a shared register cannot do.
+    #[error(
+        "--sld-policy inject-if-enabled needs detection off on one vCPU and on on its SMT sibling; with siblings only exit or disable-globally apply"
+    )]
+    PerVcpuPolicy,
+}
+
+/// Seed 000's rule for hosts whose cores have SMT siblings: no per-vCPU virtualization of
+/// MSR_TEST_CTRL (the guest is not offered it) and only the `exit` or `disable-globally`
+/// policies. `Ok` when the configuration keeps to it.
+pub fn check_smt_rule(enumeration: Enumeration, policy: Policy) -> Result<(), SmtConflict> {
+    if enumeration == Enumeration::SplitLockDetect {
+        return Err(SmtConflict::PerVcpuMsr);
+    }
+    if policy == Policy::InjectIfEnabled {
+        return Err(SmtConflict::PerVcpuPolicy);
+    }
+    Ok(())
+}
+
+/// What a host with SMT siblings uses when not told otherwise (seed 000: "global disable ... is
+/// for production use"): detection not offered, switched off for the VM at the first split lock.
+pub const SMT_DEFAULTS: (Enumeration, Policy) = (Enumeration::CoreCapabilitiesOnly, Policy::DisableGlobally);
+
 /// How far the host enumerates split-lock detection to the guest: the architectural chain
 /// CPUID.(7,0):EDX bit 30 → IA32_CORE_CAPABILITIES bit 5 → MSR_TEST_CTRL bit 29, cut at any step.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -227,6 +262,22 @@ pub fn decide(access: Option<Access>, guest: GuestState, policy: Policy, globall
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn with_smt_siblings_only_unoffered_detection_and_the_global_policies_pass() {
+        use Enumeration::*;
+        use Policy::*;
+        for enumeration in [Absent, CoreCapabilitiesOnly] {
+            for policy in [Exit, DisableGlobally] {
+                assert_eq!(check_smt_rule(enumeration, policy), Ok(()), "{enumeration:?} {policy:?}");
+            }
+            assert_eq!(check_smt_rule(enumeration, InjectIfEnabled), Err(SmtConflict::PerVcpuPolicy));
+        }
+        for policy in [InjectIfEnabled, Exit, DisableGlobally] {
+            assert_eq!(check_smt_rule(SplitLockDetect, policy), Err(SmtConflict::PerVcpuMsr));
+        }
+        assert_eq!(check_smt_rule(SMT_DEFAULTS.0, SMT_DEFAULTS.1), Ok(()), "the defaults keep to the rule");
+    }
 
     const SPLIT: Access = Access { locked: true, memory: Some((0x103E, 4)) };
     const KERNEL_ON: GuestState = GuestState { cpl: 0, cr0_am: true, rflags_ac: false, detection_on: true };
