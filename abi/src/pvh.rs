@@ -77,3 +77,9 @@ pub const MEMMAP_TYPE_RAM: u32 = 1;
 pub const MEMMAP_TYPE_RESERVED: u32 = 2;
 /// ACPI tables, reclaimable after they were read.
 pub const MEMMAP_TYPE_ACPI: u32 = 3;
+
+/// The page the guest copies its real-mode AP trampoline to and points its SIPIs at (vector
+/// `0x08`, its page number): conventional RAM below 1 MiB that the host keeps free of boot
+/// information and lists as RAM, as QEMU's low RAM is (`docs/abi.md`, several vCPUs).
+pub const AP_TRAMPOLINE_GPA: u64 = 0x8000;
+const _: () = assert!(AP_TRAMPOLINE_GPA.is_multiple_of(0x1000) && AP_TRAMPOLINE_GPA >> 12 <= 0xFF);

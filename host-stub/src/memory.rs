@@ -18,9 +18,8 @@ pub const MEMMAP_GPA: u64 = 0x6100;
 pub const CMDLINE_GPA: u64 = 0x7000;
 /// Longest command line, without its NUL.
 pub const CMDLINE_MAX: usize = 0x1000 - 1;
-/// The page the guest copies its real-mode AP trampoline to and points its SIPIs at (vector
-/// 0x08): plain RAM the host stub keeps free of boot information, as QEMU's low RAM is.
-pub const AP_TRAMPOLINE_GPA: u64 = 0x8000;
+/// The page the guest copies its real-mode AP trampoline to (the ABI's; kept free here).
+pub use pvagent_abi::pvh::AP_TRAMPOLINE_GPA;
 /// Images must load at or above 1 MiB: everything below belongs to the boot information.
 pub const IMAGE_MIN_GPA: u64 = 0x10_0000;
 /// End of the legacy hole's start (the VGA/BIOS area is left out of the RAM map).

@@ -28,7 +28,7 @@ use crate::cell::{FnPtr, FnSlot, StaticCell};
 
 /// Where the trampoline runs: the SIPI page (4 KiB of conventional memory every host keeps
 /// free and lists as RAM; the host stub's contract is in `docs/abi.md`).
-pub const TRAMPOLINE: u64 = 0x8000;
+pub const TRAMPOLINE: u64 = pvagent_abi::pvh::AP_TRAMPOLINE_GPA;
 /// The SIPI vector: the page number of [`TRAMPOLINE`].
 const SIPI_VECTOR: u32 = (TRAMPOLINE >> 12) as u32;
 const _: () = assert!(TRAMPOLINE.is_multiple_of(4096) && TRAMPOLINE < 0x10_0000);
