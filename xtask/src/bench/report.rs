@@ -309,7 +309,7 @@ impl Results {
             }
             let _ = writeln!(out, "\n![scaling]({chart_dir}/scaling.svg)\n");
         }
-        out.push_str("Several vCPUs: not measured (the guest runs one vCPU so far).\n");
+        out.push_str("Several vCPUs: not measured yet (the guest and the host stub run several, `--vcpus N`, but the benchmark runs on one; the host stub refuses `--bench` with more).\n");
         let boot = &self.boot;
         let mem = &self.memory;
         let counted = counts_cells(&self.counts, "boot");
