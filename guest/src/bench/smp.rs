@@ -78,6 +78,8 @@ fn online() -> heapless::Vec<usize, MAX_CPUS> {
 /// What one run over every online vCPU measured.
 struct Measured {
     wall_ns: u64,
+    /// The compute segments' time, summed over the tasks.
+    compute_ns: u64,
     events: u64,
     min_vcpu_events: u64,
     insns: Option<u64>,
@@ -118,7 +120,7 @@ fn run_over_vcpus(tasks: u64, pages: u64, iterations: u64, pages_before: Pages) 
         .iter()
         .map(|&c| PARTS[c].insns.load(Ordering::Relaxed))
         .try_fold(0u64, |sum, i| (i != UNCOUNTED).then(|| sum + i));
-    Ok(Measured { wall_ns: window.wall_ns, events, min_vcpu_events, insns })
+    Ok(Measured { wall_ns: window.wall_ns, compute_ns: window.compute_ns, events, min_vcpu_events, insns })
 }
 
 /// The ring-mode workload over every online vCPU: T tasks x M pages, compute C before each
@@ -155,8 +157,9 @@ pub fn smp(s: Settings) -> Result<()> {
             }
             let per_event = absent.insns.zip(present.insns).map(|(a, p)| a.saturating_sub(p) / absent.events.max(1));
             kprintln!(
-                "bench: smp rep={rep} vcpus={vcpus} tasks={tasks} pages={pages} compute_ns={compute_ns} latency_ns={latency} wall_ns={} events={} min_vcpu_events={}{}",
+                "bench: smp rep={rep} vcpus={vcpus} tasks={tasks} pages={pages} compute_ns={compute_ns} latency_ns={latency} wall_ns={} compute_measured_ns={} events={} min_vcpu_events={}{}",
                 absent.wall_ns,
+                absent.compute_ns / (tasks * pages),
                 absent.events,
                 absent.min_vcpu_events,
                 OptionalInsns(per_event)
