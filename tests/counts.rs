@@ -4,7 +4,7 @@
 //! emulates the guest's code.
 
 use pvagent_abi::ABI_VERSION;
-use pvagent_abi::port::{BENCH_COUNT, BenchCount, COUNT_UNAVAILABLE, MILESTONE, Milestone};
+use pvagent_abi::port::{BENCH_COUNT, BENCH_NULL, BenchCount, BenchLoop, COUNT_UNAVAILABLE, MILESTONE, Milestone};
 use pvagent_host::producers::Producers;
 use pvagent_tests::{Code32, config, run_stub, run_stub_configured, temp_file, tiny_elf};
 
@@ -98,6 +98,31 @@ fn a_counting_window_counts_exactly_what_ran_in_it() {
     // Without the benchmark device, the port is an ordinary unclaimed one.
     let r = run_tiny("window-nobench.elf", &window(3, BenchCount::ReadInstructions), false);
     assert_eq!(r.guest_exit_code, Some(u32::MAX), "reads all-ones");
+}
+
+#[test]
+fn the_bare_loop_is_refused_with_several_vcpus_and_counting_windows_are_not() {
+    // A window on vCPU 0, then the switch to the bare loop, whose exit port ends the run.
+    let code = Code32::new()
+        .announce(ABI_VERSION)
+        .out(BENCH_COUNT, BenchCount::Open as u32)
+        .out(BENCH_COUNT, BenchCount::Close as u32)
+        .out(BENCH_NULL, BenchLoop::Bare as u32)
+        .exit(0x10);
+    let image = temp_file("bare-loop-vcpus.elf", &tiny_elf(&code, true, 0));
+    let run = |vcpus| {
+        let mut c = config(&image, "");
+        c.bench = true;
+        c.vcpus = vcpus;
+        run_stub_configured(c, &Producers::defaults())
+    };
+    let one = run(1);
+    assert_eq!(one.guest_exit_code, Some(0x10), "the bare loop served the exit: {:?}", one.host_error);
+    let two = run(2);
+    assert_eq!(two.report.get("bench.refused"), 0, "the window was served on vCPU 0 of 2");
+    let error = two.host_error.map(|e| e.to_string()).unwrap_or_default();
+    assert!(error.contains("bare loop runs one vCPU, not 2"), "{error:?}");
+    assert_eq!(two.guest_exit_code, None);
 }
 
 #[test]

@@ -88,8 +88,8 @@ pub enum Error {
     VcpuCount { requested: usize, max: usize },
     #[error("{requested} threads per core: the host stub simulates 1 (no SMT) or 2 (SMT siblings)")]
     ThreadsPerCore { requested: u32 },
-    #[error("the benchmark runs on one vCPU, not {vcpus} (its bare loop and windows are vCPU 0's)")]
-    BenchOnOneVcpu { vcpus: usize },
+    #[error("the benchmark's bare loop runs one vCPU, not {vcpus}: run the `io` benchmark with --vcpus 1")]
+    BareLoopOnOneVcpu { vcpus: usize },
     #[error("seed 000's SMT rule ({siblings}): {conflict}")]
     SldWithSmt { siblings: crate::config::Siblings, conflict: crate::producers::sld::policy::SmtConflict },
     #[error("the guest command line is {len} bytes; at most {max} fit")]

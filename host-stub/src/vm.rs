@@ -191,7 +191,7 @@ impl Vm {
 
         let bench = config.bench.then(|| {
             let page_events = producers.iter().find_map(|p| p.page_event_injector());
-            Bench::new(vm.clone(), tracer.clone(), page_events, config.bench_window_stats)
+            Bench::new(vm.clone(), config.vcpus, tracer.clone(), page_events, config.bench_window_stats)
         });
         Ok(Self {
             vcpus,
@@ -240,7 +240,7 @@ impl Vm {
                 run_vcpus(&mut self.vcpus, &self.vm, &self.mem, &handlers, &watchdog, &threads)
             };
             // A benchmark's baseline: some exits in the bare loop, then back here. Only the
-            // bench device stops the loop for it, and only with one vCPU (`Config::validate`).
+            // bench device stops the loop for it, and only with one vCPU (`bench::device`).
             if let Ok(Stop::BareLoop) = outcome {
                 let since = Instant::now();
                 let vcpu = &mut self.vcpus[0];

@@ -26,6 +26,7 @@
 //! | `pnp.rs` | the page-not-present round trip on each path, each forced |
 //! | `workload.rs` | timed runs of CPL 3 tasks over absent pages; the workload benchmark |
 //! | `scaling.rs` | handling time per event against tokens outstanding |
+//! | `smp.rs` | the ring-mode workload spread over every online vCPU |
 //! | `pager.rs` | the pager's settings and counters, as the benchmarks steer it |
 //! | `user.rs` | the CPL 3 side: the tasks' slots and finish line, the user programs |
 
@@ -47,6 +48,8 @@ mod pnp;
 mod runner;
 #[cfg(kernel)]
 mod scaling;
+#[cfg(kernel)]
+mod smp;
 #[cfg(kernel)]
 mod user;
 #[cfg(kernel)]

@@ -10,7 +10,7 @@ use pvagent_guest::task::{self, table::ExitStatus, table::TaskId};
 use crate::calibrate::EmptyLoop;
 
 /// Names `bench=all` runs, in order.
-pub const ALL: &[&str] = &["io", "console", "inject", "pnp", "workload", "scaling"];
+pub const ALL: &[&str] = &["io", "console", "inject", "pnp", "workload", "scaling", "smp"];
 
 /// Command line keys the benchmark kernel reads: `bench=NAME[,NAME...]`, `bench-quick` (fewer,
 /// smaller measurements), `bench-reps=N` (repetitions, 1..=50, default 5).
@@ -73,7 +73,8 @@ pub fn run(_: u64) -> u64 {
             "inject" => crate::inject::inject(settings),
             "pnp" => crate::pnp::roundtrip(settings),
             "workload" => crate::workload::workload(settings),
-            _ => crate::scaling::scaling(settings),
+            "scaling" => crate::scaling::scaling(settings),
+            _ => crate::smp::smp(settings),
         };
         if let Err(BenchError(why)) = result {
             kprintln!("bench-error: {name}: {why}");

@@ -2,6 +2,7 @@
 //! hands each task its parameters and reads back its timing, the finish line the tasks wait at,
 //! and the user programs themselves.
 
+use pvagent_guest::arch::percpu::{self, MAX_CPUS};
 use pvagent_guest::cell::StaticCell;
 use pvagent_guest::task::user;
 
@@ -60,20 +61,22 @@ const GATE_TASKS: u64 = 8;
 const _: () = assert!(core::mem::offset_of!(Gate, finished) as u64 == GATE_FINISHED);
 const _: () = assert!(core::mem::offset_of!(Gate, tasks) as u64 == GATE_TASKS);
 
-/// The kernel writes the gate before it spawns a run's tasks and reads nothing of it; the tasks
-/// change it only with a locked add.
+/// One gate per vCPU: a run's tasks on one vCPU wait at that vCPU's gate, because a wake
+/// (`user::wake`) reaches the waiters of the vCPU that makes it. The kernel writes a gate before
+/// it spawns a run's tasks and reads nothing of it; the tasks change it only with a locked add.
 #[unsafe(link_section = ".user_data.bench")]
-static USER_GATE: StaticCell<Gate> = StaticCell::new(Gate { finished: 0, tasks: 0 });
+static USER_GATES: StaticCell<[Gate; MAX_CPUS]> = StaticCell::new([Gate { finished: 0, tasks: 0 }; MAX_CPUS]);
 
-/// The gate's address, for [`Slot::gate`].
+/// The running vCPU's gate's address, for [`Slot::gate`].
 pub fn gate_addr() -> u64 {
-    USER_GATE.get() as u64
+    USER_GATES.get().cast::<Gate>().wrapping_add(percpu::index()) as u64
 }
 
-/// Opens the gate for a run of `tasks` tasks.
+/// Opens the running vCPU's gate for a run of `tasks` tasks on it.
 pub fn reset_gate(tasks: u64) {
-    // SAFETY: no task of an earlier run is left (all were joined), so nothing reads the gate.
-    unsafe { core::ptr::write_volatile(USER_GATE.get(), Gate { finished: 0, tasks }) };
+    // SAFETY: the running vCPU's gate, in the table; no task of an earlier run on this vCPU is
+    // left (all were joined), so nothing reads it.
+    unsafe { core::ptr::write_volatile(gate_addr() as *mut Gate, Gate { finished: 0, tasks }) };
 }
 
 /// How many workload tasks can run at once.

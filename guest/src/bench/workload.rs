@@ -101,9 +101,23 @@ fn tasks_over_pages(
     spin_iterations: u64,
     arrival: Arrival,
 ) -> Result<Window> {
+    spawn_and_join(region, 0, tasks, pages, spin_iterations, arrival)?;
+    slots_window(0, tasks)
+}
+
+/// Runs `tasks` CPL 3 workload tasks on the running vCPU, in slots `first..first + tasks`, each
+/// over its `pages` pages of the region (slot `t`'s from page `t * pages`), and joins them.
+pub fn spawn_and_join(
+    region: &pnp::Region,
+    first: u64,
+    tasks: u64,
+    pages: u64,
+    spin_iterations: u64,
+    arrival: Arrival,
+) -> Result<()> {
     let mut ids: heapless::Vec<TaskId, SLOTS> = heapless::Vec::new();
     user::reset_gate(tasks);
-    for t in 0..tasks as usize {
+    for t in first as usize..(first + tasks) as usize {
         let slot =
             Slot { base: region.page(t as u64 * pages), pages, spin_iterations, gate: user::gate_addr(), ..EMPTY_SLOT };
         user::set_slot(t, slot)?;
@@ -114,8 +128,8 @@ fn tasks_over_pages(
     if arrival == Arrival::WhenAllParked {
         let parked = yield_until_parked(tasks as usize);
         // All at once, in one exit: the resolutions come as one burst.
-        let released =
-            pnp::release(region.base, tasks * pages).map_err(|_| BenchError("cannot release the held pages"))?;
+        let released = pnp::release(region.page(first * pages), tasks * pages)
+            .map_err(|_| BenchError("cannot release the held pages"))?;
         parked?;
         if released != tasks {
             return Err(BenchError("the park path was not taken: a held page was never touched"));
@@ -126,17 +140,23 @@ fn tasks_over_pages(
             return Err(BenchError("a workload task ended abnormally"));
         }
     }
-    let (mut first, mut last, mut compute) = (u64::MAX, 0, 0);
-    for t in 0..tasks as usize {
+    Ok(())
+}
+
+/// The timing slots `first..first + tasks` recorded: from the first task's start to the last
+/// one's last access (TSC cycles, which KVM keeps in step across vCPUs), and their compute.
+pub fn slots_window(first: u64, tasks: u64) -> Result<Window> {
+    let (mut start, mut last, mut compute) = (u64::MAX, 0, 0);
+    for t in first as usize..(first + tasks) as usize {
         let slot = user::get_slot(t)?;
         if slot.start_tsc == 0 || slot.end_tsc < slot.start_tsc {
             return Err(BenchError("a workload task did not record its timing"));
         }
-        first = first.min(slot.start_tsc);
+        start = start.min(slot.start_tsc);
         last = last.max(slot.end_tsc);
         compute += slot.compute_tsc;
     }
-    let wall = last.saturating_sub(first);
+    let wall = last.saturating_sub(start);
     Ok(Window { wall_ns: cycles_to_ns(wall), busy_ns: cycles_to_ns(wall), compute_ns: cycles_to_ns(compute) })
 }
 

@@ -30,7 +30,8 @@ pub mod nr {
     /// that address. RAX: 0 once woken, [`super::CHANGED`] when the word no longer held RSI
     /// (nothing blocked), [`super::EINVAL`] for an address outside `.user_data`.
     pub const WAIT: u64 = 2;
-    /// Wake every task blocked in [`WAIT`] on the address in RDI. RAX: how many.
+    /// Wake every task of this vCPU blocked in [`WAIT`] on the address in RDI (a wake does not
+    /// reach other vCPUs: tasks on several wait on a word each). RAX: how many.
     pub const WAKE: u64 = 3;
 }
 
@@ -94,8 +95,9 @@ fn user_word(addr: u64) -> Option<*const u64> {
 
 /// [`nr::WAIT`]. Runs in the #UD handler, with interrupts off (an interrupt gate) from the
 /// check to the block: a [`nr::WAKE`] on this vCPU comes either before the check, which then
-/// sees the new value, or after the task is blocked. (One vCPU runs tasks today; waiters on
-/// several would need the check and the block under one lock.)
+/// sees the new value, or after the task is blocked. A wake reaches only this vCPU's waiters, so
+/// tasks on several vCPUs wait on a word each (the benchmark's gates are per vCPU); waiters on
+/// several for one word would need the check and the block under one lock, and a cross-vCPU wake.
 fn wait_on(addr: u64, expected: u64) -> u64 {
     let Some(word) = user_word(addr) else { return EINVAL };
     // SAFETY: an aligned u64 inside `.user_data`, which is mapped and which CPL 3 tasks may

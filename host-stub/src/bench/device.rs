@@ -31,6 +31,8 @@ pub struct Bench {
     page_events_not_deliverable: u64,
     refused: u64,
     bare_loop_requests: u64,
+    /// The VM's vCPUs: the bare loop runs vCPU 0 alone, so it is refused when there are more.
+    vcpus: usize,
     /// The counting port's windows.
     counting: Counting,
 }
@@ -38,9 +40,11 @@ pub struct Bench {
 impl Bench {
     /// A bench device for the VM behind `vm`; its injections go on `tracer`'s timeline, and its
     /// page-not-present events through `page_events` (none: that kind is refused). With
-    /// `window_stats`, each counting window prints every KVM statistic that changed in it.
+    /// `window_stats`, each counting window prints every KVM statistic that changed in it. The
+    /// VM has `vcpus` vCPUs.
     pub fn new(
         vm: Arc<VmFd>,
+        vcpus: usize,
         tracer: Tracer,
         page_events: Option<Box<dyn PageEventInjector>>,
         window_stats: bool,
@@ -54,6 +58,7 @@ impl Bench {
             page_events_not_deliverable: 0,
             refused: 0,
             bare_loop_requests: 0,
+            vcpus,
             counting: if window_stats { Counting::with_all_stats() } else { Counting::default() },
         }
     }
@@ -80,6 +85,12 @@ impl ExitHandler for Bench {
             BENCH_NULL => {
                 match out_word(data) {
                     0 => self.null_exits += 1,
+                    // The bare loop is one thread running vCPU 0: with others running beside it
+                    // the run loop would have to stop and restart them around it. The baseline
+                    // needs one vCPU only, so with several it is refused, clearly.
+                    v if v == BenchLoop::Bare as u32 && self.vcpus > 1 => {
+                        return Err(Error::BareLoopOnOneVcpu { vcpus: self.vcpus });
+                    }
                     v if v == BenchLoop::Bare as u32 => {
                         self.bare_loop_requests += 1;
                         ctx.stop = Some(Stop::BareLoop);

@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: every measurement of the benchmark issue in one command, on one
 //! machine, in one go. It boots the benchmark guest (`pvagent-bench`) under the host stub with
 //! its benchmark device (`--bench`: the injection and null ports, the bare `kvm-ioctls` loop),
-//! and the product guest under the host stub and QEMU TCG for boot times and footprint; it reads
+//! once per vCPU count (1, 2, 4) for the workload over several vCPUs (`smp.rs`), and the
+//! product guest under the host stub and QEMU TCG for boot times and footprint; it reads
 //! back what the guest and the host printed, and writes
 //! `target/bench/results.json`, `target/bench/report.md` and its charts. Costs are given as
 //! medians with their spread and as multiples of a baseline measured in the same run, because
@@ -13,6 +14,7 @@ pub mod counts;
 pub mod model;
 pub mod report;
 pub mod samples;
+pub mod smp;
 pub mod stats;
 pub mod svg;
 
@@ -27,7 +29,7 @@ use crate::budgets::Budgets;
 use crate::qemu::{self, Accel};
 use crate::{Profile, Result, err, guest, proc, project_root, setup};
 use analysis::Goal;
-use report::{Baseline, Boot, Machine, Memory, Results};
+use report::{Baseline, Boot, Memory, Results, machine};
 use samples::RunOutput;
 use stats::Summary;
 
@@ -66,7 +68,12 @@ impl Plan {
     }
 
     fn steps(&self, traced: bool) -> u64 {
-        (self.baseline_runs + self.bench_runs + self.boots + self.qemu_boots + usize::from(traced)) as u64
+        (self.baseline_runs
+            + self.bench_runs
+            + smp::VCPU_COUNTS.len()
+            + self.boots
+            + self.qemu_boots
+            + usize::from(traced)) as u64
     }
 }
 
@@ -192,44 +199,6 @@ fn summary(what: &str, values: &[f64]) -> Result<Summary> {
     Summary::of(values).ok_or_else(|| err!("{what}: no usable measurement ({values:?})"))
 }
 
-fn shell(cmd: &str, args: &[&str]) -> String {
-    Command::new(cmd)
-        .args(args)
-        .current_dir(project_root())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_else(|| "unknown".into())
-}
-
-fn machine(profile: Profile, quick: bool) -> Machine {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_owned()))
-        .unwrap_or_else(|| "unknown CPU".into());
-    let kvm = if Path::new("/sys/module/kvm_pvm").exists() {
-        "KVM with the PVM module (software virtualization: guest kernel code is emulated)".into()
-    } else if Path::new("/sys/module/kvm_intel").exists() {
-        "KVM on VMX (kvm_intel)".into()
-    } else if Path::new("/sys/module/kvm_amd").exists() {
-        "KVM on SVM (kvm_amd)".into()
-    } else {
-        "KVM (module unknown)".into()
-    };
-    Machine {
-        cpu,
-        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        kernel: shell("uname", &["-r"]),
-        kvm,
-        commit: shell("git", &["rev-parse", "--short", "HEAD"]),
-        date: shell("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
-        profile: profile.name().into(),
-        quick,
-    }
-}
-
 /// Runs every measurement and writes the results.
 pub fn run(opts: &Options) -> Result<()> {
     if opts.update_docs && opts.quick {
@@ -353,6 +322,8 @@ fn measure(
     let workload = analysis::workload_results(&bench);
     let speedups = analysis::speedups(&workload);
     let scaling = analysis::scaling(&bench, guest_kernel_emulated());
+    let (smp, smp_problems) = smp::measure(host, guests.bench, opts.quick, plan.reps.min(3), progress)?;
+    problems.extend(smp_problems);
 
     // 3. Boot, under the host stub and under QEMU TCG.
     let (mut first_entry, mut done, mut process, mut boot_rss) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -462,6 +433,7 @@ fn measure(
         workload,
         speedups,
         scaling,
+        smp,
         boot,
         memory,
         goals,
@@ -506,6 +478,12 @@ fn insane(r: &Results) -> Vec<String> {
     }
     for p in &r.scaling {
         summaries.push((format!("scaling at {}", p.outstanding), &p.insns_per_event));
+    }
+    for p in &r.smp {
+        summaries.push((format!("smp with {} vCPUs at {} ns", p.vcpus, p.latency_ns), &p.wall_ns));
+        if p.speedup.is_none_or(|s| !(s.is_finite() && s > 0.0)) {
+            problems.push(format!("smp with {} vCPUs: no speed-up over 1 vCPU ({:?})", p.vcpus, p.speedup));
+        }
     }
     problems.extend(summaries.into_iter().filter(|(_, s)| !s.is_sane()).map(|(what, s)| format!("{what}: {s:?}")));
     for (empty, what) in [
@@ -620,6 +598,17 @@ fn print_summary(r: &Results) {
             ),
             _ => println!("  {:<18} n/a: {}", c.name, c.unavailable.as_deref().unwrap_or("")),
         }
+    }
+    for p in &r.smp {
+        let speedup = p.speedup.map_or("n/a".into(), |s| format!("{s:.2}"));
+        let insns = p.insns_per_event.as_ref().map_or("n/a".into(), |s| format!("{:.0}", s.median));
+        println!(
+            "  smp {} vCPUs (host: {} cores), latency {}: {}, speed-up {speedup}, {insns} instructions per event",
+            p.vcpus,
+            r.machine.cpus,
+            stats::human_ns(p.latency_ns as f64),
+            stats::human_summary_ns(&p.wall_ns)
+        );
     }
     let over: Vec<String> = crate::budgets::failures(&r.budgets);
     if r.machine.quick {

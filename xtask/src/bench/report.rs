@@ -1,6 +1,8 @@
 //! The benchmark's results as data (`results.json`), as a Markdown report, and as charts.
 
 use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
 
 use serde::Serialize;
 
@@ -9,6 +11,7 @@ use super::counts::PathCounts;
 use super::stats::{Summary, human_ns, human_summary_ns};
 use super::svg::{Bar, BarChart, GoalLine, LineChart, Scale, Series};
 use crate::budgets::{self, Verdict};
+use crate::{Profile, project_root};
 
 /// Where and from what the results came.
 #[derive(Clone, Debug, Serialize)]
@@ -82,6 +85,8 @@ pub struct Results {
     pub workload: Vec<WorkloadResult>,
     pub speedups: Vec<Speedup>,
     pub scaling: Vec<ScalingPoint>,
+    /// The workload over 1, 2 and 4 vCPUs.
+    pub smp: Vec<super::smp::SmpPoint>,
     pub boot: Boot,
     pub memory: Memory,
     pub goals: Vec<Goal>,
@@ -309,7 +314,7 @@ impl Results {
             }
             let _ = writeln!(out, "\n![scaling]({chart_dir}/scaling.svg)\n");
         }
-        out.push_str("Several vCPUs: not measured yet (the guest and the host stub run several, `--vcpus N`, but the benchmark runs on one; the host stub refuses `--bench` with more).\n");
+        out.push_str(&super::smp::section(&self.smp, self.machine.cpus));
         let boot = &self.boot;
         let mem = &self.memory;
         let counted = counts_cells(&self.counts, "boot");
@@ -463,5 +468,44 @@ impl Results {
             .render(),
         ));
         charts
+    }
+}
+
+fn shell(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .current_dir(project_root())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The machine this run measured, read from it.
+pub fn machine(profile: Profile, quick: bool) -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_owned()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kvm = if Path::new("/sys/module/kvm_pvm").exists() {
+        "KVM with the PVM module (software virtualization: guest kernel code is emulated)".into()
+    } else if Path::new("/sys/module/kvm_intel").exists() {
+        "KVM on VMX (kvm_intel)".into()
+    } else if Path::new("/sys/module/kvm_amd").exists() {
+        "KVM on SVM (kvm_amd)".into()
+    } else {
+        "KVM (module unknown)".into()
+    };
+    Machine {
+        cpu,
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        kernel: shell("uname", &["-r"]),
+        kvm,
+        commit: shell("git", &["rev-parse", "--short", "HEAD"]),
+        date: shell("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        profile: profile.name().into(),
+        quick,
     }
 }
