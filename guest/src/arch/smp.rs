@@ -13,7 +13,7 @@
 //!
 //! ```text
 //!   0x8000  real mode (CS base 0x8000, DS 0)  lgdt the trampoline's GDT, CR0.PE
-//!           32-bit (selector 0x08)            CR4.PAE, CR3 = boot_pml4, EFER.LME|NXE, CR0.PG|WP
+//!           32-bit (selector 0x08)            CR4.PAE, CR3 = boot_pml4, EFER.LME|NXE, CR0 = KERNEL_CR0
 //!   image   64-bit (selector 0x18)            CR3 = the kernel's, RSP = the AP's stack, call ap_main
 //! ```
 
@@ -103,8 +103,10 @@ ap_tramp32:
     rdmsr
     or $((1 << 8) | (1 << 11)), %eax  # EFER.LME | EFER.NXE
     wrmsr
-    mov %cr0, %eax
-    or $0x80010001, %eax            # CR0.PG | CR0.WP | CR0.PE
+    # CR0 loaded whole, not ORed: after INIT it is 0x60000010, CD and NW set, and an AP that
+    # kept them would run uncached on a host that honours CR0.CD. The boot vCPU's value
+    # (boot/entry.rs loads the same constant).
+    mov ${cr0}, %eax
     mov %eax, %cr0
     ljmp $0x18, $ap_start64         # into the image, 64-bit
 
@@ -140,6 +142,7 @@ ap_start64:
     .popsection
 "#,
     base = const TRAMPOLINE,
+    cr0 = const crate::boot::entry::KERNEL_CR0,
     ap_boot = sym AP_BOOT,
     off_cr3 = const AP_BOOT_CR3,
     off_stack = const AP_BOOT_STACK,

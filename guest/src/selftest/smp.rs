@@ -118,7 +118,8 @@ fn own_protocols(_: u64) -> u64 {
 
 /// Each vCPU registered its own protocol areas with the host as the boot vCPU did (the
 /// page-not-present ring of the same size, KVM's async page faults where the boot vCPU enabled
-/// them) and set its own #AC state (CR0.AM, detection as the mode says). Read on each vCPU by a
+/// them) and set its own #AC state (CR0.AM, detection as the mode says), with the same CR0 as the
+/// boot vCPU's (caches on: CD and NW clear). Read on each vCPU by a
 /// task placed there: every one of these is per-vCPU state no other vCPU can see.
 fn every_cpu_sets_up_its_own_protocols() -> TestResult {
     let boot = own_protocols(0);
@@ -129,6 +130,20 @@ fn every_cpu_sets_up_its_own_protocols() -> TestResult {
         let seen = placed.join().map_err(|e| super::fail(format_args!("the task on vCPU {cpu}: {e:?}")))?;
         ensure_eq!(seen >> 32, boot >> 32, "vCPU {cpu}'s page-not-present ring size against the boot vCPU's");
         ensure_eq!(seen & 0xFFFF_FFFF, boot & 0xFFFF_FFFF, "vCPU {cpu}'s CR0.AM, detection, KVM async PF flags");
+    }
+    // CR0 whole: each vCPU loaded its own (the boot entry, an AP's trampoline), and an AP that
+    // kept INIT's CD or NW would run uncached.
+    fn own_cr0(_: u64) -> u64 {
+        Cr0::read_raw()
+    }
+    let boot_cr0 = own_cr0(0);
+    let uncached = (Cr0Flags::CACHE_DISABLE | Cr0Flags::NOT_WRITE_THROUGH).bits();
+    ensure_eq!(boot_cr0 & uncached, 0, "the boot vCPU's CR0.CD and CR0.NW (CR0 {boot_cr0:#x})");
+    for cpu in 1..arch::platform().cpus.count() {
+        let placed = remote::spawn_kernel_on(cpu, "own-cr0", own_cr0, 0)
+            .map_err(|e| super::fail(format_args!("placing a task on vCPU {cpu}: {e:?}")))?;
+        let seen = placed.join().map_err(|e| super::fail(format_args!("the task on vCPU {cpu}: {e:?}")))?;
+        ensure_eq!(seen, boot_cr0, "vCPU {cpu}'s CR0 against the boot vCPU's");
     }
     if boot & KVM_APF_ENABLED != 0 {
         // Each vCPU gave KVM its own area: no two registered the same address.
