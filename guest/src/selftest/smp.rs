@@ -28,6 +28,7 @@ pub const TESTS: &[SelfTest] = &[
         a_task_blocked_on_one_cpu_is_woken_from_another,
     ),
     SelfTest::new("smp::an_unmapped_page_faults_on_every_cpu", an_unmapped_page_faults_on_every_cpu),
+    SelfTest::new("smp::the_split_lock_mode_applies_on_every_cpu", the_split_lock_mode_applies_on_every_cpu),
     SelfTest::new(
         "smp::split_lock_detection_off_on_one_cpu_stays_on_on_another",
         split_lock_detection_off_on_one_cpu_stays_on_on_another,
@@ -162,6 +163,33 @@ fn every_cpu_sets_up_its_own_protocols() -> TestResult {
     Ok(())
 }
 
+/// `ac::with_mode` applies the mode on every online vCPU, not only the calling one: with the
+/// mode `off` every vCPU's MSR_TEST_CTRL reads detection off, with `warn` on (each read on its
+/// own vCPU by a task placed there). Where MSR_TEST_CTRL is not enumerated every vCPU reads
+/// `None`: the same on every vCPU, which is all the test asks there.
+fn the_split_lock_mode_applies_on_every_cpu() -> TestResult {
+    fn detection_here(_: u64) -> u64 {
+        match ac::detection_in_msr() {
+            None => 2,
+            Some(on) => u64::from(on),
+        }
+    }
+    let enumerated = ac::detection_in_msr().is_some();
+    for (mode, on) in [(Mode::Off, 0), (Mode::Warn, 1)] {
+        let expected = if enumerated { on } else { 2 };
+        ac::with_mode(mode, || -> TestResult {
+            for cpu in 0..arch::platform().cpus.count() {
+                let placed = remote::spawn_kernel_on(cpu, "sld-mode-read", detection_here, 0)
+                    .map_err(|e| super::fail(format_args!("placing a task on vCPU {cpu}: {e:?}")))?;
+                let seen = placed.join().map_err(|e| super::fail(format_args!("the task on vCPU {cpu}: {e:?}")))?;
+                ensure_eq!(seen, expected, "vCPU {cpu}'s MSR_TEST_CTRL detection under sld={mode} (2: not enumerated)");
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
 /// Where the split-lock test's two sides are: 1 when the other vCPU's split lock is done and
 /// its detection off, 2 when this vCPU has looked at its own.
 static SLD_PHASE: AtomicU32 = AtomicU32::new(0);
@@ -176,8 +204,9 @@ const SPLIT_LOCK_AS_EXPECTED: u64 = 1 << 3;
 /// until its next task switch, and then has it back on. Each side waits for the other as an
 /// event (a flag and a wake IPI); the task on vCPU 1 waits by halting, which switches no task.
 fn split_lock_detection_off_on_one_cpu_stays_on_on_another() -> TestResult {
+    // Under the runner's `with_mode(Warn)` below, which applies it on vCPU 1 too.
     fn split_lock_then_wait(_: u64) -> u64 {
-        ac::with_mode(Mode::Warn, || {
+        {
             let mut seen = 0;
             if super::ac::kernel_split_lock_here().is_ok() {
                 seen |= SPLIT_LOCK_AS_EXPECTED;
@@ -200,7 +229,7 @@ fn split_lock_detection_off_on_one_cpu_stays_on_on_another() -> TestResult {
                 seen |= BACK_ON_AFTER_A_SWITCH;
             }
             seen
-        })
+        }
     }
     ac::with_mode(Mode::Warn, || {
         SLD_PHASE.store(0, Ordering::SeqCst);
