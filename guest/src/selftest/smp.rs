@@ -29,6 +29,8 @@ pub const TESTS: &[SelfTest] = &[
     ),
     SelfTest::new("smp::an_unmapped_page_faults_on_every_cpu", an_unmapped_page_faults_on_every_cpu),
     SelfTest::new("smp::the_split_lock_mode_applies_on_every_cpu", the_split_lock_mode_applies_on_every_cpu),
+    SelfTest::new("smp::every_cpu_sees_the_host_stubs_topology", every_cpu_sees_the_host_stubs_topology)
+        .needs(&[Need::HostStub]),
     SelfTest::new(
         "smp::split_lock_detection_off_on_one_cpu_stays_on_on_another",
         split_lock_detection_off_on_one_cpu_stays_on_on_another,
@@ -186,6 +188,88 @@ fn the_split_lock_mode_applies_on_every_cpu() -> TestResult {
             }
             Ok(())
         })?;
+    }
+    Ok(())
+}
+
+/// One vCPU's view of its topology leaves (0xB, and 0x1F when the highest basic leaf reaches
+/// it), packed: the SMT level's shift and thread count, the core level's shift and count, and
+/// flags for what the vCPU checked itself.
+mod topo {
+    pub const SMT_SHIFT: u32 = 0;
+    pub const THREADS: u32 = 8;
+    pub const CORE_SHIFT: u32 = 16;
+    pub const COUNT: u32 = 24;
+    /// Every subleaf's EDX is this vCPU's own x2APIC ID (its local APIC's ID).
+    pub const OWN_APIC_ID: u64 = 1 << 32;
+    /// Subleaf 0 is the SMT level, 1 the core level, 2 ends the list (type 0).
+    pub const LEVEL_TYPES: u64 = 1 << 33;
+    /// Leaf 0x1F says what 0xB says (or is not there).
+    pub const LEAF_1F_SAME: u64 = 1 << 34;
+    /// Leaf 0x1F is there.
+    pub const LEAF_1F_PRESENT: u64 = 1 << 35;
+}
+
+fn own_topology(_: u64) -> u64 {
+    const LEVEL_SMT: u32 = 1;
+    const LEVEL_CORE: u32 = 2;
+    let read = |leaf| [0, 1, 2].map(|subleaf| crate::arch::cpu::cpuid(leaf, subleaf));
+    let b = read(0xB);
+    let mut seen = u64::from(b[0].eax & 0x1F) << topo::SMT_SHIFT
+        | u64::from(b[0].ebx & 0xFF) << topo::THREADS
+        | u64::from(b[1].eax & 0x1F) << topo::CORE_SHIFT
+        | u64::from(b[1].ebx & 0xFF) << topo::COUNT;
+    let apic_id = apic::id();
+    if b.iter().all(|r| r.edx == apic_id) {
+        seen |= topo::OWN_APIC_ID;
+    }
+    let types = b.map(|r| (r.ecx >> 8) & 0xFF);
+    if types == [LEVEL_SMT, LEVEL_CORE, 0] && b.iter().enumerate().all(|(i, r)| r.ecx & 0xFF == i as u32) {
+        seen |= topo::LEVEL_TYPES;
+    }
+    if crate::arch::cpu::cpuid(0, 0).eax >= 0x1F {
+        seen |= topo::LEAF_1F_PRESENT;
+        if read(0x1F) == b {
+            seen |= topo::LEAF_1F_SAME;
+        }
+    } else {
+        seen |= topo::LEAF_1F_SAME;
+    }
+    seen
+}
+
+/// Each vCPU reads the topology the host stub reports (CPUID 0xB, and 0x1F), on itself: its own
+/// x2APIC ID in every subleaf, an SMT level then a core level, the same levels on every vCPU,
+/// one or two threads per core with the SMT shift to match, and a core level that counts every
+/// vCPU. With two threads per core the host must not offer split-lock detection per vCPU (seed
+/// 000: MSR_TEST_CTRL is the core's), which the guest sees as detection not enumerated.
+fn every_cpu_sees_the_host_stubs_topology() -> TestResult {
+    let cpus = arch::platform().cpus.count();
+    let boot = own_topology(0);
+    let field = |v: u64, shift: u32| (v >> shift) & 0xFF;
+    let (smt_shift, threads) = (field(boot, topo::SMT_SHIFT), field(boot, topo::THREADS));
+    let (core_shift, count) = (field(boot, topo::CORE_SHIFT), field(boot, topo::COUNT));
+    ensure!(threads == 1 || threads == 2, "threads per core in leaf 0xB: {threads} (the host stub simulates 1 or 2)");
+    ensure_eq!(smt_shift, threads - 1, "the SMT level's shift for {threads} thread(s) per core");
+    ensure_eq!(count, cpus as u64, "logical processors at the core level against the vCPUs the MADT lists");
+    ensure!(
+        1 << core_shift >= count && core_shift >= smt_shift,
+        "the core level's shift {core_shift} for {count} vCPUs"
+    );
+    let flags = topo::OWN_APIC_ID | topo::LEVEL_TYPES | topo::LEAF_1F_SAME;
+    ensure_eq!(boot & flags, flags, "the boot vCPU's leaves: own APIC ID, level types, 0x1F as 0xB (bits 32-34)");
+    for cpu in 1..cpus {
+        let placed = remote::spawn_kernel_on(cpu, "own-topology", own_topology, 0)
+            .map_err(|e| super::fail(format_args!("placing a task on vCPU {cpu}: {e:?}")))?;
+        let seen = placed.join().map_err(|e| super::fail(format_args!("the task on vCPU {cpu}: {e:?}")))?;
+        ensure_eq!(seen, boot, "vCPU {cpu}'s topology leaves against the boot vCPU's (bits 32-34: its own checks)");
+    }
+    if threads == 2 {
+        ensure!(
+            !ac::enumeration().available(),
+            "two threads per core, yet split-lock detection is enumerated per vCPU: {:?}",
+            ac::enumeration()
+        );
     }
     Ok(())
 }
