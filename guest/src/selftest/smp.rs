@@ -146,7 +146,7 @@ fn every_cpu_sets_up_its_own_protocols() -> TestResult {
         let placed = remote::spawn_kernel_on(cpu, "own-cr0", own_cr0, 0)
             .map_err(|e| super::fail(format_args!("placing a task on vCPU {cpu}: {e:?}")))?;
         let seen = placed.join().map_err(|e| super::fail(format_args!("the task on vCPU {cpu}: {e:?}")))?;
-        ensure_eq!(seen, boot_cr0, "vCPU {cpu}'s CR0 against the boot vCPU's");
+        ensure_eq_hex!(seen, boot_cr0, "vCPU {cpu}'s CR0 against the boot vCPU's");
     }
     if boot & KVM_APF_ENABLED != 0 {
         // Each vCPU gave KVM its own area: no two registered the same address.
