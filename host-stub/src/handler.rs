@@ -91,6 +91,28 @@ impl AttachCtx<'_> {
     }
 }
 
+/// Work a handler leaves for its vCPU's thread, to do once the exit is handled and the
+/// handlers' lock released, before the vCPU runs again ([`VcpuCtx::after_exit`]): a wait that
+/// must not hold up every other vCPU's exits, such as the pager's synchronous wait for a page.
+pub struct AfterExit(Box<dyn FnOnce() -> Result<()> + Send>);
+
+impl AfterExit {
+    /// Work to do after the exit; an error ends the run as a handler's error would.
+    pub fn new(work: impl FnOnce() -> Result<()> + Send + 'static) -> Self {
+        Self(Box::new(work))
+    }
+
+    pub(crate) fn run(self) -> Result<()> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for AfterExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AfterExit(..)")
+    }
+}
+
 /// What a handler sees of the vCPU that exited.
 #[derive(Debug)]
 pub struct VcpuCtx<'a> {
@@ -106,9 +128,18 @@ pub struct VcpuCtx<'a> {
     pub exits: u64,
     /// Set by a handler to end the run after this exit.
     pub stop: Option<Stop>,
+    /// What [`VcpuCtx::after_exit`] left, in order.
+    pub(crate) after: &'a mut Vec<AfterExit>,
 }
 
 impl VcpuCtx<'_> {
+    /// Leaves `work` for this vCPU's thread to do after the exit, outside the handlers' lock and
+    /// before the vCPU runs again (every handler's part of the exit is done by then). For waits:
+    /// other vCPUs' exits go on meanwhile.
+    pub fn after_exit(&mut self, work: AfterExit) {
+        self.after.push(work);
+    }
+
     /// Injects exception `vector` into the vCPU, delivered at the next entry, with `error_code`
     /// when the vector pushes one. Only the exception changes: NMI, SIPI, SMM and the interrupt
     /// shadow are left as they are.
