@@ -113,6 +113,9 @@ impl std::fmt::Debug for AfterExit {
     }
 }
 
+/// Whether a handler's entry hook has work ([`ExitHandler::entry_pending`]).
+pub type EntryPending = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// What a handler sees of the vCPU that exited.
 #[derive(Debug)]
 pub struct VcpuCtx<'a> {
@@ -126,6 +129,8 @@ pub struct VcpuCtx<'a> {
     pub stats: Option<&'a VcpuStats>,
     /// The vCPU's exits the host stub has seen so far, this one included.
     pub exits: u64,
+    /// The vCPU's entries into the guest so far; in an entry hook, the coming one included.
+    pub entries: u64,
     /// Set by a handler to end the run after this exit.
     pub stop: Option<Stop>,
     /// What [`VcpuCtx::after_exit`] left, in order.
@@ -302,6 +307,15 @@ pub trait ExitHandler: Send {
     /// every exit.
     fn has_before_entry(&self) -> bool {
         false
+    }
+
+    /// With [`ExitHandler::has_before_entry`]: when [`ExitHandler::before_entry`] has work.
+    /// `None` (the default): before every entry. `Some(pending)`: before each vCPU's first
+    /// entry, then only before an entry at which `pending()` is true; the run loop reads it
+    /// without the handlers' lock (every vCPU thread does, so it reads atomics), and takes that
+    /// lock for the hook only then. Asked once per run.
+    fn entry_pending(&self) -> Option<EntryPending> {
+        None
     }
 
     /// `in` from `port`: fill `data`.

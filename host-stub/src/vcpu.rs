@@ -8,7 +8,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 
 use crate::error::{Error, Result};
-use crate::handler::{AfterExit, ExitHandler, Handled, MsrAnswer, Stop, VcpuCtx, out_value, out_word};
+use crate::handler::{AfterExit, EntryPending, ExitHandler, Handled, MsrAnswer, Stop, VcpuCtx, out_value, out_word};
 use crate::kvm_run;
 use crate::kvm_stats::VcpuStats;
 use crate::memory;
@@ -209,6 +209,8 @@ pub struct Vcpu {
     pub trace: Tracer,
     /// Whether the console's exits go on the timeline too (`Config::trace_console`).
     pub trace_console: bool,
+    /// Entries into the guest so far (`VcpuCtx::entries`).
+    pub entries: u64,
     /// The work handlers left for after the exit being handled (`VcpuCtx::after_exit`): empty
     /// between exits; kept here so that its allocation is reused.
     pub after_exit: Vec<AfterExit>,
@@ -264,16 +266,32 @@ impl Vcpu {
         threads: &VcpuThreads,
         in_progress: &mut Option<ExitInProgress>,
     ) -> Result<Option<Stop>> {
-        let with_entry_hook: Vec<usize> = {
+        // Each entry hook, with what says when it has work (`None`: always).
+        let with_entry_hook: Vec<(usize, Option<EntryPending>)> = {
             let handlers = lock(handlers);
-            (0..handlers.len()).filter(|&i| handlers[i].has_before_entry()).collect()
+            (0..handlers.len())
+                .filter(|&i| handlers[i].has_before_entry())
+                .map(|i| (i, handlers[i].entry_pending()))
+                .collect()
         };
+        let mut due: Vec<usize> = Vec::with_capacity(with_entry_hook.len());
         let mut data = ExitData::default();
         loop {
             if threads.stopping() {
                 return Ok(None);
             }
-            if !with_entry_hook.is_empty() {
+            self.entries += 1;
+            // The hooks with work before this entry, read without the handlers' lock: the lock
+            // (which every vCPU's exits share) only when one has.
+            due.clear();
+            let first_entry = self.entries == 1;
+            due.extend(
+                with_entry_hook
+                    .iter()
+                    .filter(|(_, pending)| first_entry || pending.as_ref().is_none_or(|p| p()))
+                    .map(|(i, _)| *i),
+            );
+            if !due.is_empty() {
                 let mut handlers = lock(handlers);
                 let mut ctx = VcpuCtx {
                     index: self.index,
@@ -282,10 +300,11 @@ impl Vcpu {
                     mem,
                     stats: self.stats.as_ref(),
                     exits: self.exits,
+                    entries: self.entries,
                     stop: None,
                     after: &mut self.after_exit,
                 };
-                for &i in &with_entry_hook {
+                for &i in &due {
                     handlers[i].before_entry(&mut ctx)?;
                 }
                 let stop = ctx.stop;
@@ -369,6 +388,7 @@ impl Vcpu {
             mem,
             stats: self.stats.as_ref(),
             exits: self.exits,
+            entries: self.entries,
             stop: None,
             after: &mut self.after_exit,
         };
@@ -448,6 +468,7 @@ impl Vcpu {
                     mem,
                     stats: self.stats.as_ref(),
                     exits: self.exits,
+                    entries: self.entries,
                     stop: None,
                     after: &mut self.after_exit,
                 };

@@ -177,6 +177,7 @@ impl Vm {
                 stats,
                 trace: tracer.clone(),
                 trace_console: config.trace_console,
+                entries: 0,
                 after_exit: Vec::new(),
             });
         }

@@ -225,12 +225,12 @@ impl Pager {
             return Ok(Handled::No);
         };
         let touched = self.region_pages_touched(ctx, &insn, false);
-        let again = self.unemulated_retry == Some((self.entries.wrapping_sub(1), regs.rip));
+        let again = self.unemulated_retry == Some((ctx.index, ctx.entries.wrapping_sub(1), regs.rip));
         if touched.is_empty() || again {
             return Ok(Handled::No);
         }
         self.unemulated += 1;
-        self.unemulated_retry = Some((self.entries, regs.rip));
+        self.unemulated_retry = Some((ctx.index, ctx.entries, regs.rip));
         for (gpa, linear) in touched {
             self.access(ctx, gpa, Some(linear), Access::Unemulated)?;
         }
