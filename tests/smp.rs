@@ -157,45 +157,50 @@ fn an_ap_that_fails_stops_the_whole_vm_with_an_error_naming_it() {
     assert_eq!(r.guest_exit_code, None);
 }
 
-/// Seed 000 with simulated SMT: the split-lock configurations that need MSR_TEST_CTRL per vCPU
-/// are refused before the guest runs, and the rule's own defaults boot the guest, whose
-/// split-lock self-tests then find detection not offered.
+/// Seed 000 with SMT siblings, simulated (`threads_per_core` 2) or the host's own (injected
+/// through `Config::host_smt_active`, so that this machine's SMT state chooses nothing): the
+/// split-lock configurations that need MSR_TEST_CTRL per vCPU are refused before the guest runs,
+/// and the library's own defaults (no split-lock option chosen) are the rule's, with which the
+/// guest boots and its split-lock self-tests find detection not offered. Without siblings the
+/// per-vCPU configuration runs.
 #[test]
 fn with_smt_siblings_split_lock_detection_is_not_virtualized_per_vcpu() {
     require_kvm();
     let mut c = config(guest_elf(), "tests=ac");
     c.vcpus = 2;
-    c.threads_per_core = 2;
+    c.host_smt_active = Some(false);
     let with =
-        |enumeration, policy| Producers { sld: Some(SldConfig { enumeration, policy }), ..Producers::defaults() };
-    for (enumeration, policy, expected) in [
+        |enumeration, policy| Producers { sld: Some(SldConfig::chosen(enumeration, policy)), ..Producers::defaults() };
+    let refusals = [
         (Enumeration::SplitLockDetect, Policy::DisableGlobally, SmtConflict::PerVcpuMsr),
         (Enumeration::CoreCapabilitiesOnly, Policy::InjectIfEnabled, SmtConflict::PerVcpuPolicy),
-    ] {
-        let producers = with(enumeration, policy).build().expect("producers");
-        match Vm::new(c.clone(), producers) {
-            Err(Error::SldWithSmt { siblings: Siblings::Simulated, conflict }) => assert_eq!(conflict, expected),
-            other => panic!("{enumeration:?} {policy:?}: expected the SMT rule's refusal, got {other:?}"),
+    ];
+    let smt_policy = format!("not virtualized per vCPU (seed 000); policy {}", policy::SMT_DEFAULTS.1.name());
+    for (threads_per_core, host_smt_active, siblings) in [(2, false, Siblings::Simulated), (1, true, Siblings::Host)] {
+        c.threads_per_core = threads_per_core;
+        c.host_smt_active = Some(host_smt_active);
+        assert_eq!(c.siblings(), Some(siblings));
+        for (enumeration, policy, expected) in refusals {
+            let producers = with(enumeration, policy).build().expect("producers");
+            match Vm::new(c.clone(), producers) {
+                Err(Error::SldWithSmt { siblings: seen, conflict }) => {
+                    assert_eq!((seen, conflict), (siblings, expected))
+                }
+                other => {
+                    panic!("{siblings}: {enumeration:?} {policy:?}: expected the SMT rule's refusal, got {other:?}")
+                }
+            }
         }
+        let r = run_stub_configured(c.clone(), &Producers::defaults());
+        assert!(r.passed(), "{siblings}: {:?} {:#?}", r.host_error, r.tests);
+        assert!(r.report.lines.iter().any(|l| l.contains(&smt_policy)), "{siblings}: {:#?}", r.report.lines);
     }
-    let (enumeration, policy) = policy::SMT_DEFAULTS;
-    let r = run_stub_configured(c.clone(), &with(enumeration, policy));
-    assert!(r.passed(), "{:?} {:#?}", r.host_error, r.tests);
-    assert!(r.report.lines.iter().any(|l| l.contains("not virtualized per vCPU (seed 000)")), "{:#?}", r.report.lines);
-    // One thread per core: per-vCPU virtualization is back, unless the host's own SMT is on.
+    // One thread per core on a host without SMT: per-vCPU virtualization is back.
     c.threads_per_core = 1;
-    let per_vcpu = with(Enumeration::SplitLockDetect, Policy::InjectIfEnabled);
-    match c.siblings() {
-        None => {
-            let r = run_stub_configured(c, &per_vcpu);
-            assert!(r.passed(), "{:?}", r.host_error);
-        }
-        Some(siblings) => {
-            assert_eq!(siblings, Siblings::Host);
-            let producers = per_vcpu.build().expect("producers");
-            assert!(matches!(Vm::new(c, producers), Err(Error::SldWithSmt { siblings: Siblings::Host, .. })));
-        }
-    }
+    c.host_smt_active = Some(false);
+    assert_eq!(c.siblings(), None);
+    let r = run_stub_configured(c, &with(Enumeration::SplitLockDetect, Policy::InjectIfEnabled));
+    assert!(r.passed(), "{:?}", r.host_error);
 }
 
 /// The time limit covers every vCPU: a boot vCPU that spins and APs that wait for a SIPI that

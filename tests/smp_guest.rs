@@ -46,6 +46,7 @@ fn qemu_with_four_vcpus_starts_them_all_and_passes_the_smp_selftests() {
         "smp::every_cpu_sets_up_its_own_protocols",
         "smp::a_task_blocked_on_one_cpu_is_woken_from_another",
         "smp::an_unmapped_page_faults_on_every_cpu",
+        "smp::the_split_lock_mode_applies_on_every_cpu",
     ] {
         assert!(results.iter().any(|(s, n, _)| *s == Status::Pass && n == name), "{name} did not pass: {results:#?}");
     }

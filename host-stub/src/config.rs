@@ -98,6 +98,10 @@ pub struct Config {
     /// The topology the guest is shown (CPUID leaves 0xB and 0x1F): 1, or 2 to simulate SMT
     /// (vCPUs `2k` and `2k + 1` are the two threads of core `k`).
     pub threads_per_core: u32,
+    /// Whether the host's SMT is active: `None` reads it from [`HOST_SMT_ACTIVE`] (what every
+    /// real run does); `Some` overrides that, so that a test takes the host-SMT path (or the
+    /// other) whatever machine it runs on.
+    pub host_smt_active: Option<bool>,
 }
 
 impl Config {
@@ -117,6 +121,7 @@ impl Config {
             pv_console: true,
             vcpus: 1,
             threads_per_core: 1,
+            host_smt_active: None,
         }
     }
 
@@ -140,7 +145,10 @@ impl Config {
 
     /// Whether seed 000's SMT rule applies to this run: SMT simulated, or the host's active.
     pub fn siblings(&self) -> Option<Siblings> {
-        siblings(self.threads_per_core, std::fs::read_to_string(HOST_SMT_ACTIVE).ok().as_deref())
+        match self.host_smt_active {
+            Some(active) => siblings(self.threads_per_core, Some(if active { "1" } else { "0" })),
+            None => siblings(self.threads_per_core, std::fs::read_to_string(HOST_SMT_ACTIVE).ok().as_deref()),
+        }
     }
 
     /// Guest memory in bytes.

@@ -91,6 +91,31 @@ impl AttachCtx<'_> {
     }
 }
 
+/// Work a handler leaves for its vCPU's thread, to do once the exit is handled and the
+/// handlers' lock released, before the vCPU runs again ([`VcpuCtx::after_exit`]): a wait that
+/// must not hold up every other vCPU's exits, such as the pager's synchronous wait for a page.
+pub struct AfterExit(Box<dyn FnOnce() -> Result<()> + Send>);
+
+impl AfterExit {
+    /// Work to do after the exit; an error ends the run as a handler's error would.
+    pub fn new(work: impl FnOnce() -> Result<()> + Send + 'static) -> Self {
+        Self(Box::new(work))
+    }
+
+    pub(crate) fn run(self) -> Result<()> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for AfterExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AfterExit(..)")
+    }
+}
+
+/// Whether a handler's entry hook has work ([`ExitHandler::entry_pending`]).
+pub type EntryPending = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// What a handler sees of the vCPU that exited.
 #[derive(Debug)]
 pub struct VcpuCtx<'a> {
@@ -104,11 +129,22 @@ pub struct VcpuCtx<'a> {
     pub stats: Option<&'a VcpuStats>,
     /// The vCPU's exits the host stub has seen so far, this one included.
     pub exits: u64,
+    /// The vCPU's entries into the guest so far; in an entry hook, the coming one included.
+    pub entries: u64,
     /// Set by a handler to end the run after this exit.
     pub stop: Option<Stop>,
+    /// What [`VcpuCtx::after_exit`] left, in order.
+    pub(crate) after: &'a mut Vec<AfterExit>,
 }
 
 impl VcpuCtx<'_> {
+    /// Leaves `work` for this vCPU's thread to do after the exit, outside the handlers' lock and
+    /// before the vCPU runs again (every handler's part of the exit is done by then). For waits:
+    /// other vCPUs' exits go on meanwhile.
+    pub fn after_exit(&mut self, work: AfterExit) {
+        self.after.push(work);
+    }
+
     /// Injects exception `vector` into the vCPU, delivered at the next entry, with `error_code`
     /// when the vector pushes one. Only the exception changes: NMI, SIPI, SMM and the interrupt
     /// shadow are left as they are.
@@ -271,6 +307,15 @@ pub trait ExitHandler: Send {
     /// every exit.
     fn has_before_entry(&self) -> bool {
         false
+    }
+
+    /// With [`ExitHandler::has_before_entry`]: when [`ExitHandler::before_entry`] has work.
+    /// `None` (the default): before every entry. `Some(pending)`: before each vCPU's first
+    /// entry, then only before an entry at which `pending()` is true; the run loop reads it
+    /// without the handlers' lock (every vCPU thread does, so it reads atomics), and takes that
+    /// lock for the hook only then. Asked once per run.
+    fn entry_pending(&self) -> Option<EntryPending> {
+        None
     }
 
     /// `in` from `port`: fill `data`.

@@ -11,7 +11,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use pvagent_host::config::Siblings;
 use pvagent_host::config::{MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB};
 use pvagent_host::memory::CMDLINE_MAX;
 use pvagent_host::producers::Producers;
@@ -19,7 +18,7 @@ use pvagent_host::producers::pager::config::{MAX_FETCHERS, MAX_LATENCY, MAX_REGI
 use pvagent_host::producers::pager::region::PAGE;
 use pvagent_host::producers::pager::{self, config::PagerConfig};
 use pvagent_host::producers::sld::SldConfig;
-use pvagent_host::producers::sld::policy::{self, Enumeration, Policy};
+use pvagent_host::producers::sld::policy::{Enumeration, Policy};
 use pvagent_host::{Config, SerialSink, Vm};
 
 /// Boots the pvagent guest under KVM and reports its self-tests.
@@ -191,17 +190,12 @@ impl From<PolicyArg> for Policy {
     }
 }
 
-/// The producers `args` ask for. With SMT siblings the split-lock options not given take the
-/// values seed 000's rule allows (`policy::SMT_DEFAULTS`); those given are kept, and the
-/// producer refuses the ones the rule forbids.
-fn producers(args: &Args, siblings: Option<Siblings>) -> Producers {
-    let (enumeration, policy) = match siblings {
-        Some(_) => policy::SMT_DEFAULTS,
-        None => (Enumeration::SplitLockDetect, Policy::InjectIfEnabled),
-    };
+/// The producers `args` ask for. The split-lock options not given are left for the library to
+/// choose for the run's topology (`SldConfig::settings`: seed 000's defaults with SMT siblings).
+fn producers(args: &Args) -> Producers {
     let sld = (!args.no_sld).then(|| SldConfig {
-        enumeration: args.sld_enumeration.map_or(enumeration, Into::into),
-        policy: args.sld_policy.map_or(policy, Into::into),
+        enumeration: args.sld_enumeration.map(Into::into),
+        policy: args.sld_policy.map(Into::into),
     });
     Producers { sld, pager: args.pager.config() }
 }
@@ -275,7 +269,7 @@ fn main() -> ExitCode {
     };
     let mut config = Config::new(args.guest.clone());
     config.threads_per_core = args.threads_per_core;
-    let producers = producers(&args, config.siblings());
+    let producers = producers(&args);
     config.mem_mib = args.mem;
     config.cmdline = args.cmdline;
     config.serial = match (args.serial_log, args.quiet) {

@@ -8,7 +8,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 
 use crate::error::{Error, Result};
-use crate::handler::{ExitHandler, Handled, MsrAnswer, Stop, VcpuCtx, out_value, out_word};
+use crate::handler::{AfterExit, EntryPending, ExitHandler, Handled, MsrAnswer, Stop, VcpuCtx, out_value, out_word};
 use crate::kvm_run;
 use crate::kvm_stats::VcpuStats;
 use crate::memory;
@@ -35,6 +35,15 @@ pub fn fixed_msi(apic_id: u32, vector: u8) -> kvm_bindings::kvm_msi {
 /// exit (and while it calls the entry hooks), never while it is inside KVM_RUN. Handling is
 /// serialized across vCPUs; the guest's own execution is not.
 pub type SharedHandlers<'a> = Mutex<Vec<&'a mut dyn ExitHandler>>;
+
+/// Does, in order, the work handlers left for after the exit ([`VcpuCtx::after_exit`]), with
+/// the handlers' lock released.
+fn run_after_exit(after: &mut Vec<AfterExit>) -> Result<()> {
+    for work in after.drain(..) {
+        work.run()?;
+    }
+    Ok(())
+}
 
 fn lock<'m, 'a>(handlers: &'m SharedHandlers<'a>) -> MutexGuard<'m, Vec<&'a mut dyn ExitHandler>> {
     handlers.lock().unwrap_or_else(|p| p.into_inner())
@@ -200,6 +209,11 @@ pub struct Vcpu {
     pub trace: Tracer,
     /// Whether the console's exits go on the timeline too (`Config::trace_console`).
     pub trace_console: bool,
+    /// Entries into the guest so far (`VcpuCtx::entries`).
+    pub entries: u64,
+    /// The work handlers left for after the exit being handled (`VcpuCtx::after_exit`): empty
+    /// between exits; kept here so that its allocation is reused.
+    pub after_exit: Vec<AfterExit>,
 }
 
 /// Whether `exit` is the console's (COM1's registers, and the console port: `devices::serial`).
@@ -252,16 +266,32 @@ impl Vcpu {
         threads: &VcpuThreads,
         in_progress: &mut Option<ExitInProgress>,
     ) -> Result<Option<Stop>> {
-        let with_entry_hook: Vec<usize> = {
+        // Each entry hook, with what says when it has work (`None`: always).
+        let with_entry_hook: Vec<(usize, Option<EntryPending>)> = {
             let handlers = lock(handlers);
-            (0..handlers.len()).filter(|&i| handlers[i].has_before_entry()).collect()
+            (0..handlers.len())
+                .filter(|&i| handlers[i].has_before_entry())
+                .map(|i| (i, handlers[i].entry_pending()))
+                .collect()
         };
+        let mut due: Vec<usize> = Vec::with_capacity(with_entry_hook.len());
         let mut data = ExitData::default();
         loop {
             if threads.stopping() {
                 return Ok(None);
             }
-            if !with_entry_hook.is_empty() {
+            self.entries += 1;
+            // The hooks with work before this entry, read without the handlers' lock: the lock
+            // (which every vCPU's exits share) only when one has.
+            due.clear();
+            let first_entry = self.entries == 1;
+            due.extend(
+                with_entry_hook
+                    .iter()
+                    .filter(|(_, pending)| first_entry || pending.as_ref().is_none_or(|p| p()))
+                    .map(|(i, _)| *i),
+            );
+            if !due.is_empty() {
                 let mut handlers = lock(handlers);
                 let mut ctx = VcpuCtx {
                     index: self.index,
@@ -270,12 +300,17 @@ impl Vcpu {
                     mem,
                     stats: self.stats.as_ref(),
                     exits: self.exits,
+                    entries: self.entries,
                     stop: None,
+                    after: &mut self.after_exit,
                 };
-                for &i in &with_entry_hook {
+                for &i in &due {
                     handlers[i].before_entry(&mut ctx)?;
                 }
-                if let Some(stop) = ctx.stop {
+                let stop = ctx.stop;
+                drop(handlers);
+                run_after_exit(&mut self.after_exit)?;
+                if let Some(stop) = stop {
                     return Ok(Some(stop));
                 }
             }
@@ -315,7 +350,10 @@ impl Vcpu {
                 );
             }
             let mut handlers = lock(handlers);
-            if let Some(stop) = self.dispatch(exit, &mut data, vm, mem, &mut handlers, watchdog)? {
+            let stop = self.dispatch(exit, &mut data, vm, mem, &mut handlers, watchdog)?;
+            drop(handlers);
+            run_after_exit(&mut self.after_exit)?;
+            if let Some(stop) = stop {
                 return Ok(Some(stop));
             }
         }
@@ -350,7 +388,9 @@ impl Vcpu {
             mem,
             stats: self.stats.as_ref(),
             exits: self.exits,
+            entries: self.entries,
             stop: None,
+            after: &mut self.after_exit,
         };
         match exit {
             Exit::IoOut { port } if port == pvagent_abi::port::HYPERCALL && data.0.len() == 4 => {
@@ -428,7 +468,9 @@ impl Vcpu {
                     mem,
                     stats: self.stats.as_ref(),
                     exits: self.exits,
+                    entries: self.entries,
                     stop: None,
+                    after: &mut self.after_exit,
                 };
                 if suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION
                     && claim(handlers, |h| h.emulation_failure(&mut ctx, &bytes))?

@@ -177,6 +177,8 @@ impl Vm {
                 stats,
                 trace: tracer.clone(),
                 trace_console: config.trace_console,
+                entries: 0,
+                after_exit: Vec::new(),
             });
         }
         // KVM routes an interrupt by its destination APIC ID through a map it rebuilds when a

@@ -154,6 +154,7 @@ fn cmd_run(args: RunArgs) -> Result<()> {
         results_json: args.results_json,
         results_junit: args.results_junit,
         host_args: args.host_args,
+        on_one_host_cpu: false,
     };
     xtask::run::scenario(&options)
 }

@@ -134,12 +134,32 @@ pub fn send_self_ipi(vector: u8) {
 }
 
 /// Writes the ICR: `command` to the vCPU with local APIC ID `dest` (physical destination mode).
+///
+/// Every IPI to another vCPU goes through here, and its receiver reads what the sender stored
+/// just before (a shootdown's range, an inbox's request, the online mask), so the stores must be
+/// visible before the IPI can arrive. An xAPIC ICR write is a store to uncached memory, ordered
+/// after earlier stores. An x2APIC ICR write is a WRMSR, which the SDM (vol. 3A, "Interrupt
+/// Command Register (ICR)" in x2APIC mode, and "Serializing Instructions") says is *not*
+/// serializing for the x2APIC MSRs: the IPI may be sent before earlier stores are globally
+/// visible. MFENCE orders those stores, and LFENCE keeps the WRMSR from starting before the
+/// MFENCE completed (the pair Linux calls `weak_wrmsr_fence`). Self-IPIs ([`send_self_ipi`])
+/// need no fence: their handler runs on the vCPU that made the stores.
 fn send_ipi(dest: u32, command: u32) {
     match mode() {
-        // SAFETY: x2APIC is enabled (init); one WRMSR of the ICR sends the IPI (its high half is
-        // the destination).
-        Mode::X2Apic => unsafe { Msr::new(0x830).write((u64::from(dest) << 32) | u64::from(command)) },
+        Mode::X2Apic => {
+            // SAFETY: MFENCE and LFENCE only order memory accesses and instructions; x2APIC is
+            // enabled (init) and one WRMSR of the ICR sends the IPI (its high half is the
+            // destination).
+            unsafe {
+                core::arch::asm!("mfence", "lfence", options(nostack, preserves_flags));
+                Msr::new(0x830).write((u64::from(dest) << 32) | u64::from(command));
+            }
+        }
         Mode::XApic => {
+            // The two halves are two writes: an interrupt handler that sent an IPI between them
+            // would leave its own destination in ICR_HIGH, and this command would go there.
+            // Interrupts stay off across the pair (restored after, as they were).
+            let _irq = super::cpu::IrqGuard::new();
             // An xAPIC takes one command at a time: wait until the previous one left (bounded,
             // the APIC accepts within microseconds; a stuck bit is not worth a hang).
             for _ in 0..1_000_000 {

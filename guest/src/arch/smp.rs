@@ -13,12 +13,12 @@
 //!
 //! ```text
 //!   0x8000  real mode (CS base 0x8000, DS 0)  lgdt the trampoline's GDT, CR0.PE
-//!           32-bit (selector 0x08)            CR4.PAE, CR3 = boot_pml4, EFER.LME|NXE, CR0.PG|WP
+//!           32-bit (selector 0x08)            CR4.PAE, CR3 = boot_pml4, EFER.LME|NXE, CR0 = KERNEL_CR0
 //!   image   64-bit (selector 0x18)            CR3 = the kernel's, RSP = the AP's stack, call ap_main
 //! ```
 
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::layout::Access;
 use super::percpu::MAX_CPUS;
@@ -103,8 +103,10 @@ ap_tramp32:
     rdmsr
     or $((1 << 8) | (1 << 11)), %eax  # EFER.LME | EFER.NXE
     wrmsr
-    mov %cr0, %eax
-    or $0x80010001, %eax            # CR0.PG | CR0.WP | CR0.PE
+    # CR0 loaded whole, not ORed: after INIT it is 0x60000010, CD and NW set, and an AP that
+    # kept them would run uncached on a host that honours CR0.CD. The boot vCPU's value
+    # (boot/entry.rs loads the same constant).
+    mov ${cr0}, %eax
     mov %eax, %cr0
     ljmp $0x18, $ap_start64         # into the image, 64-bit
 
@@ -140,6 +142,7 @@ ap_start64:
     .popsection
 "#,
     base = const TRAMPOLINE,
+    cr0 = const crate::boot::entry::KERNEL_CR0,
     ap_boot = sym AP_BOOT,
     off_cr3 = const AP_BOOT_CR3,
     off_stack = const AP_BOOT_STACK,
@@ -161,25 +164,49 @@ unsafe impl FnPtr for ApEntry {}
 
 static AP_ENTRY: FnSlot<ApEntry> = FnSlot::empty();
 
-/// Bit `i`: vCPU `i` is online (the boot vCPU's is set when APs are started).
-static ONLINE: AtomicU32 = AtomicU32::new(1);
-/// Bit `i`: vCPU `i` was sent INIT-SIPI-SIPI and did not come online in time.
-static FAILED: AtomicU32 = AtomicU32::new(0);
-const _: () = assert!(MAX_CPUS <= 32, "one bit per vCPU");
+/// Each vCPU's bring-up state, in one word so that an AP reporting online and the boot vCPU
+/// giving up on it decide in one compare-and-swap: bit `i` (low half), vCPU `i` is online (the
+/// boot vCPU's is set from the start); bit `32 + i`, vCPU `i` was given up on (it did not come
+/// online in time, or was never started), and stays out even if it turns up later.
+static STATE: AtomicU64 = AtomicU64::new(1);
+const FAILED_SHIFT: u32 = 32;
+const _: () = assert!(MAX_CPUS <= 32, "one bit per vCPU in each half");
+/// Bit `i`: AP `i` reached `ap_main`, so it has read its parameter block (`AP_BOOT`) and the
+/// block may be written for the next AP.
+static BLOCK_READ: AtomicU32 = AtomicU32::new(0);
 
 /// Whether vCPU `cpu` is online.
 pub fn is_online(cpu: usize) -> bool {
-    ONLINE.load(Ordering::Acquire) & (1 << cpu) != 0
+    STATE.load(Ordering::Acquire) & (1 << cpu) != 0
 }
 
 /// How many vCPUs are online.
 pub fn online_count() -> usize {
-    ONLINE.load(Ordering::Acquire).count_ones() as usize
+    (STATE.load(Ordering::Acquire) as u32).count_ones() as usize
 }
 
 /// The vCPUs that did not come online, as a bit mask by index.
 pub fn failed_mask() -> u32 {
-    FAILED.load(Ordering::Acquire)
+    (STATE.load(Ordering::Acquire) >> FAILED_SHIFT) as u32
+}
+
+/// Marks vCPU `cpu` given up on unless it came online first; returns whether it is online.
+fn give_up_unless_online(cpu: usize) -> bool {
+    let previous = STATE
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+            (s & (1 << cpu) == 0).then_some(s | 1 << (FAILED_SHIFT as usize + cpu))
+        })
+        .unwrap_or_else(|s| s);
+    previous & (1 << cpu) != 0
+}
+
+/// An AP the boot vCPU gave up on stops here for good, interrupts off: it is no part of the
+/// system (no vCPU sends it anything), and whatever it holds stays as it is.
+fn park_given_up() -> ! {
+    loop {
+        x86_64::instructions::interrupts::disable();
+        x86_64::instructions::hlt();
+    }
 }
 
 /// Sends vCPU `cpu` a wake IPI ([`WAKE_VECTOR`]): a HLT there ends, and the vCPU looks at
@@ -194,10 +221,15 @@ pub fn wake(cpu: usize) {
     }
 }
 
-/// Called by an AP's entry once it can run tasks: publishes it and wakes the boot vCPU.
+/// Called by an AP's entry once it can run tasks: publishes it and wakes the boot vCPU. An AP
+/// the boot vCPU already gave up on (it came too late) parks instead, forever: the run goes on
+/// without it, as boot reported.
 pub fn report_online() {
     let cpu = percpu::index();
-    ONLINE.fetch_or(1 << cpu, Ordering::Release);
+    let failed = 1u64 << (FAILED_SHIFT as usize + cpu);
+    if STATE.fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| (s & failed == 0).then_some(s | 1 << cpu)).is_err() {
+        park_given_up();
+    }
     if let Some(boot) = super::platform().cpus.apic_id(0) {
         apic::send_fixed_ipi(boot, WAKE_VECTOR);
     }
@@ -229,7 +261,9 @@ impl core::fmt::Display for ApFailure {
 
 /// Starts every AP the platform's CPU map lists, one at a time, each running `entry` once its
 /// hardware is up; returns the first AP that did not come online within
-/// [`AP_START_TIMEOUT_NS`] (the others are still started). With the boot vCPU alone it does
+/// [`AP_START_TIMEOUT_NS`]. The others are still started, unless that AP never read its
+/// parameter block (it may still, so the block cannot be reused): the rest are then given up on
+/// unstarted. With the boot vCPU alone it does
 /// nothing: one-vCPU boots pay a few instructions for it.
 ///
 /// # Safety
@@ -264,15 +298,25 @@ pub unsafe fn start_aps(boot: &BootInfo, entry: ApEntry) -> Result<(), ApFailure
         unsafe {
             *AP_BOOT.get() = ApBoot { cr3: cr3.start_address().as_u64(), stack_top: stack.top, cpu: cpu as u64 };
         }
+        // No delays between the three (the SDM's MP start-up waits 10 ms after INIT and 200 us
+        // after each SIPI, for real hardware): KVM and QEMU TCG latch INIT and SIPI in the
+        // target's state, so the AP starts however late its thread runs.
         apic::send_init(apic_id);
         apic::send_startup(apic_id, SIPI_VECTOR);
         apic::send_startup(apic_id, SIPI_VECTOR);
-        if !wait_online(cpu) {
-            // Given up on: an AP this late could still run the trampoline with the next AP's
-            // block. INIT puts it back to waiting for a SIPI, which nobody sends it again.
-            apic::send_init(apic_id);
-            FAILED.fetch_or(1 << cpu, Ordering::Release);
+        if !wait_online(cpu) && !give_up_unless_online(cpu) {
+            // Given up on, and left alone: no INIT, which could reset it while it holds a lock
+            // (the allocator's, a console's) and leave that lock taken for good; its per-vCPU
+            // state stays its own. If it comes online later it parks (`report_online`).
             first_failure.get_or_insert(ApFailure::Timeout { cpu, apic_id });
+            if BLOCK_READ.load(Ordering::Acquire) & (1 << cpu) == 0 {
+                // It has not read its parameter block yet and may still do so: the block must
+                // not change under it, so no further AP is started.
+                for rest in cpu + 1..cpus.count() {
+                    give_up_unless_online(rest);
+                }
+                break;
+            }
         }
     }
     first_failure.map_or(Ok(()), Err)
@@ -317,6 +361,12 @@ fn deliberately_stuck(cpu: usize) -> bool {
 /// The AP's first Rust code, on its own stack and the kernel's page tables, interrupts off.
 extern "sysv64" fn ap_main(cpu: u64) -> ! {
     let cpu = cpu as usize;
+    // The parameter block is read (`ap_start64`): the boot vCPU may write the next AP's.
+    BLOCK_READ.fetch_or(1 << cpu, Ordering::Release);
+    if failed_mask() & (1 << cpu) != 0 {
+        // Too late: given up on before it got here. Nothing of the system touched yet.
+        park_given_up();
+    }
     // SAFETY: this AP's first Rust code, interrupts off; `cpu` is the index the boot vCPU gave
     // only this AP. GS base first: the string functions count through it (`arch::mem`), so no
     // code that might copy may run before it (`gdt::init` loads no GS selector, which would
@@ -332,10 +382,7 @@ extern "sysv64" fn ap_main(cpu: u64) -> ! {
     if deliberately_stuck(cpu) {
         // A deliberate failure for the tests (`smp-stuck-ap=N`): this AP started, but never
         // reports online, as an AP that hangs in its bring-up would.
-        loop {
-            x86_64::instructions::interrupts::disable();
-            x86_64::instructions::hlt();
-        }
+        park_given_up();
     }
     let platform = super::platform();
     let apic_id = apic::init(platform.cpu.x2apic);

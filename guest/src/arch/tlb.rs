@@ -30,6 +30,10 @@ static PENDING: AtomicU32 = AtomicU32::new(0);
 /// Shootdown IPIs each vCPU handled (for the self-tests).
 static HANDLED: CpuLocal<AtomicU64> = CpuLocal::new([const { AtomicU64::new(0) }; MAX_CPUS]);
 
+/// The range each vCPU's handler last flushed, `[start, end)` (for the self-tests: on a host
+/// whose TLB forgets by itself, the one thing they can check about a remote flush).
+static FLUSHED: CpuLocal<[AtomicU64; 2]> = CpuLocal::new([const { [AtomicU64::new(0), AtomicU64::new(0)] }; MAX_CPUS]);
+
 /// Registers the IPI's handler (`smp::start_aps`, before any AP runs).
 pub(super) fn init() {
     trap::register(SHOOTDOWN_VECTOR, on_shootdown);
@@ -38,6 +42,13 @@ pub(super) fn init() {
 /// Shootdown IPIs vCPU `cpu` has handled.
 pub fn handled_by(cpu: usize) -> u64 {
     HANDLED.of(cpu).load(Ordering::Relaxed)
+}
+
+/// The range vCPU `cpu`'s shootdown handler last flushed, `(start, end)`; `(0, 0)` before its
+/// first.
+pub fn last_flushed_by(cpu: usize) -> (u64, u64) {
+    let [start, end] = FLUSHED.of(cpu);
+    (start.load(Ordering::Relaxed), end.load(Ordering::Relaxed))
 }
 
 fn flush_local(start: u64, end: u64) {
@@ -52,8 +63,12 @@ fn flush_local(start: u64, end: u64) {
 }
 
 fn on_shootdown(_frame: &mut trap::TrapFrame) {
-    flush_local(START.load(Ordering::Acquire), END.load(Ordering::Acquire));
+    let (start, end) = (START.load(Ordering::Acquire), END.load(Ordering::Acquire));
+    flush_local(start, end);
     let cpu = percpu::index();
+    let [flushed_start, flushed_end] = FLUSHED.get();
+    flushed_start.store(start, Ordering::Relaxed);
+    flushed_end.store(end, Ordering::Relaxed);
     HANDLED.get().fetch_add(1, Ordering::Relaxed);
     PENDING.fetch_and(!(1 << cpu), Ordering::AcqRel);
     apic::eoi();

@@ -24,6 +24,12 @@ use crate::cell::StaticCell;
 const BOOT_PD_ENTRIES: u64 = BOOT_MAPPED_LIMIT >> 21;
 const _: () = assert!(BOOT_PD_ENTRIES <= 512 && BOOT_MAPPED_LIMIT.is_multiple_of(1 << 21), "one page directory");
 
+/// CR0 on every vCPU from its entry on: PE, MP, ET, NE, WP, PG, and nothing else (CD and NW
+/// clear: caches on; AM is set later by the #AC layer). Loaded whole, not ORed into what the
+/// host left: a PVH host may leave other bits, and an AP after INIT has CD and NW set
+/// (0x60000010). The boot entry and the AP trampoline (`arch::smp`) both load it.
+pub const KERNEL_CR0: u32 = (1 << 0) | (1 << 1) | (1 << 4) | (1 << 5) | (1 << 16) | (1 << 31);
+
 /// Size of the boot stack; the boot context later becomes vCPU 0's idle task on this stack.
 pub const BOOT_STACK_SIZE: usize = 64 * 1024;
 
@@ -60,8 +66,7 @@ pvh_start32:
     rdmsr
     or $((1 << 8) | (1 << 11)), %eax  # EFER.LME | EFER.NXE
     wrmsr
-    mov %cr0, %eax
-    or $0x80010001, %eax            # CR0.PG | CR0.WP | CR0.PE
+    mov ${cr0}, %eax                # CR0 whole (KERNEL_CR0), not ORed into the host's
     mov %eax, %cr0                  # now in compatibility mode
 
     lgdt boot_gdt_ptr
@@ -133,6 +138,7 @@ boot_pd:
     .popsection
 "#,
     stack_size = const BOOT_STACK_SIZE,
+    cr0 = const KERNEL_CR0,
     boot_pd_entries = const BOOT_PD_ENTRIES,
     note_type = const pvagent_abi::pvh::XEN_ELFNOTE_PHYS32_ENTRY,
     options(att_syntax)

@@ -196,11 +196,11 @@ pub fn run(cmdline: &Cmdline) -> ! {
             continue;
         }
         selected += 1;
-        let tasks_before = crate::task::live_count();
+        let tasks_before = crate::task::spawned_everywhere();
         CURRENT.store(index + 1, Ordering::SeqCst);
         let result = needs_met(test.needs).and_then(|()| (test.run)());
         CURRENT.store(0, Ordering::SeqCst);
-        let leaked = crate::task::live_count().saturating_sub(tasks_before);
+        let leaked = crate::task::spawned_everywhere().saturating_sub(tasks_before);
         match result {
             Ok(()) if leaked > 0 => {
                 let Failure::Fail(reason) = fail(format_args!("left {leaked} task(s) behind")) else { unreachable!() };

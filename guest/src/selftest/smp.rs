@@ -16,7 +16,7 @@ use crate::pv::ac::policy::Mode;
 use crate::pv::{ac, halt, kvm_apf, pnp};
 use crate::sync::IrqGuard;
 use crate::task::{self, remote};
-use crate::{ensure, ensure_eq};
+use crate::{ensure, ensure_eq, ensure_eq_hex};
 
 pub const TESTS: &[SelfTest] = &[
     SelfTest::new("smp::every_madt_cpu_is_online", every_madt_cpu_is_online),
@@ -28,6 +28,9 @@ pub const TESTS: &[SelfTest] = &[
         a_task_blocked_on_one_cpu_is_woken_from_another,
     ),
     SelfTest::new("smp::an_unmapped_page_faults_on_every_cpu", an_unmapped_page_faults_on_every_cpu),
+    SelfTest::new("smp::the_split_lock_mode_applies_on_every_cpu", the_split_lock_mode_applies_on_every_cpu),
+    SelfTest::new("smp::every_cpu_sees_the_host_stubs_topology", every_cpu_sees_the_host_stubs_topology)
+        .needs(&[Need::HostStub]),
     SelfTest::new(
         "smp::split_lock_detection_off_on_one_cpu_stays_on_on_another",
         split_lock_detection_off_on_one_cpu_stays_on_on_another,
@@ -118,7 +121,8 @@ fn own_protocols(_: u64) -> u64 {
 
 /// Each vCPU registered its own protocol areas with the host as the boot vCPU did (the
 /// page-not-present ring of the same size, KVM's async page faults where the boot vCPU enabled
-/// them) and set its own #AC state (CR0.AM, detection as the mode says). Read on each vCPU by a
+/// them) and set its own #AC state (CR0.AM, detection as the mode says), with the same CR0 as the
+/// boot vCPU's (caches on: CD and NW clear). Read on each vCPU by a
 /// task placed there: every one of these is per-vCPU state no other vCPU can see.
 fn every_cpu_sets_up_its_own_protocols() -> TestResult {
     let boot = own_protocols(0);
@@ -129,6 +133,20 @@ fn every_cpu_sets_up_its_own_protocols() -> TestResult {
         let seen = placed.join().map_err(|e| super::fail(format_args!("the task on vCPU {cpu}: {e:?}")))?;
         ensure_eq!(seen >> 32, boot >> 32, "vCPU {cpu}'s page-not-present ring size against the boot vCPU's");
         ensure_eq!(seen & 0xFFFF_FFFF, boot & 0xFFFF_FFFF, "vCPU {cpu}'s CR0.AM, detection, KVM async PF flags");
+    }
+    // CR0 whole: each vCPU loaded its own (the boot entry, an AP's trampoline), and an AP that
+    // kept INIT's CD or NW would run uncached.
+    fn own_cr0(_: u64) -> u64 {
+        Cr0::read_raw()
+    }
+    let boot_cr0 = own_cr0(0);
+    let uncached = (Cr0Flags::CACHE_DISABLE | Cr0Flags::NOT_WRITE_THROUGH).bits();
+    ensure_eq!(boot_cr0 & uncached, 0, "the boot vCPU's CR0.CD and CR0.NW (CR0 {boot_cr0:#x})");
+    for cpu in 1..arch::platform().cpus.count() {
+        let placed = remote::spawn_kernel_on(cpu, "own-cr0", own_cr0, 0)
+            .map_err(|e| super::fail(format_args!("placing a task on vCPU {cpu}: {e:?}")))?;
+        let seen = placed.join().map_err(|e| super::fail(format_args!("the task on vCPU {cpu}: {e:?}")))?;
+        ensure_eq_hex!(seen, boot_cr0, "vCPU {cpu}'s CR0 against the boot vCPU's");
     }
     if boot & KVM_APF_ENABLED != 0 {
         // Each vCPU gave KVM its own area: no two registered the same address.
@@ -147,6 +165,115 @@ fn every_cpu_sets_up_its_own_protocols() -> TestResult {
     Ok(())
 }
 
+/// `ac::with_mode` applies the mode on every online vCPU, not only the calling one: with the
+/// mode `off` every vCPU's MSR_TEST_CTRL reads detection off, with `warn` on (each read on its
+/// own vCPU by a task placed there). Where MSR_TEST_CTRL is not enumerated every vCPU reads
+/// `None`: the same on every vCPU, which is all the test asks there.
+fn the_split_lock_mode_applies_on_every_cpu() -> TestResult {
+    fn detection_here(_: u64) -> u64 {
+        match ac::detection_in_msr() {
+            None => 2,
+            Some(on) => u64::from(on),
+        }
+    }
+    let enumerated = ac::detection_in_msr().is_some();
+    for (mode, on) in [(Mode::Off, 0), (Mode::Warn, 1)] {
+        let expected = if enumerated { on } else { 2 };
+        ac::with_mode(mode, || -> TestResult {
+            for cpu in 0..arch::platform().cpus.count() {
+                let placed = remote::spawn_kernel_on(cpu, "sld-mode-read", detection_here, 0)
+                    .map_err(|e| super::fail(format_args!("placing a task on vCPU {cpu}: {e:?}")))?;
+                let seen = placed.join().map_err(|e| super::fail(format_args!("the task on vCPU {cpu}: {e:?}")))?;
+                ensure_eq!(seen, expected, "vCPU {cpu}'s MSR_TEST_CTRL detection under sld={mode} (2: not enumerated)");
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+/// One vCPU's view of its topology leaves (0xB, and 0x1F when the highest basic leaf reaches
+/// it), packed: the SMT level's shift and thread count, the core level's shift and count, and
+/// flags for what the vCPU checked itself.
+mod topo {
+    pub const SMT_SHIFT: u32 = 0;
+    pub const THREADS: u32 = 8;
+    pub const CORE_SHIFT: u32 = 16;
+    pub const COUNT: u32 = 24;
+    /// Every subleaf's EDX is this vCPU's own x2APIC ID (its local APIC's ID).
+    pub const OWN_APIC_ID: u64 = 1 << 32;
+    /// Subleaf 0 is the SMT level, 1 the core level, 2 ends the list (type 0).
+    pub const LEVEL_TYPES: u64 = 1 << 33;
+    /// Leaf 0x1F says what 0xB says (or is not there).
+    pub const LEAF_1F_SAME: u64 = 1 << 34;
+    /// Leaf 0x1F is there.
+    pub const LEAF_1F_PRESENT: u64 = 1 << 35;
+}
+
+fn own_topology(_: u64) -> u64 {
+    const LEVEL_SMT: u32 = 1;
+    const LEVEL_CORE: u32 = 2;
+    let read = |leaf| [0, 1, 2].map(|subleaf| crate::arch::cpu::cpuid(leaf, subleaf));
+    let b = read(0xB);
+    let mut seen = u64::from(b[0].eax & 0x1F) << topo::SMT_SHIFT
+        | u64::from(b[0].ebx & 0xFF) << topo::THREADS
+        | u64::from(b[1].eax & 0x1F) << topo::CORE_SHIFT
+        | u64::from(b[1].ebx & 0xFF) << topo::COUNT;
+    let apic_id = apic::id();
+    if b.iter().all(|r| r.edx == apic_id) {
+        seen |= topo::OWN_APIC_ID;
+    }
+    let types = b.map(|r| (r.ecx >> 8) & 0xFF);
+    if types == [LEVEL_SMT, LEVEL_CORE, 0] && b.iter().enumerate().all(|(i, r)| r.ecx & 0xFF == i as u32) {
+        seen |= topo::LEVEL_TYPES;
+    }
+    if crate::arch::cpu::cpuid(0, 0).eax >= 0x1F {
+        seen |= topo::LEAF_1F_PRESENT;
+        if read(0x1F) == b {
+            seen |= topo::LEAF_1F_SAME;
+        }
+    } else {
+        seen |= topo::LEAF_1F_SAME;
+    }
+    seen
+}
+
+/// Each vCPU reads the topology the host stub reports (CPUID 0xB, and 0x1F), on itself: its own
+/// x2APIC ID in every subleaf, an SMT level then a core level, the same levels on every vCPU,
+/// one or two threads per core with the SMT shift to match, and a core level that counts every
+/// vCPU. With two threads per core the host must not offer split-lock detection per vCPU (seed
+/// 000: MSR_TEST_CTRL is the core's), which the guest sees as detection not enumerated.
+fn every_cpu_sees_the_host_stubs_topology() -> TestResult {
+    let cpus = arch::platform().cpus.count();
+    let boot = own_topology(0);
+    let field = |v: u64, shift: u32| (v >> shift) & 0xFF;
+    let (smt_shift, threads) = (field(boot, topo::SMT_SHIFT), field(boot, topo::THREADS));
+    let (core_shift, count) = (field(boot, topo::CORE_SHIFT), field(boot, topo::COUNT));
+    ensure!(threads == 1 || threads == 2, "threads per core in leaf 0xB: {threads} (the host stub simulates 1 or 2)");
+    ensure_eq!(smt_shift, threads - 1, "the SMT level's shift for {threads} thread(s) per core");
+    ensure_eq!(count, cpus as u64, "logical processors at the core level against the vCPUs the MADT lists");
+    ensure!(
+        1 << core_shift >= count && core_shift >= smt_shift,
+        "the core level's shift {core_shift} for {count} vCPUs"
+    );
+    let flags = topo::OWN_APIC_ID | topo::LEVEL_TYPES | topo::LEAF_1F_SAME;
+    ensure_eq!(boot & flags, flags, "the boot vCPU's leaves: own APIC ID, level types, 0x1F as 0xB (bits 32-34)");
+    for cpu in 1..cpus {
+        let placed = remote::spawn_kernel_on(cpu, "own-topology", own_topology, 0)
+            .map_err(|e| super::fail(format_args!("placing a task on vCPU {cpu}: {e:?}")))?;
+        let seen = placed.join().map_err(|e| super::fail(format_args!("the task on vCPU {cpu}: {e:?}")))?;
+        ensure_eq!(seen, boot, "vCPU {cpu}'s topology leaves against the boot vCPU's (bits 32-34: its own checks)");
+    }
+    if threads == 2 {
+        ensure!(
+            !ac::enumeration().available(),
+            "two threads per core, yet split-lock detection is enumerated per vCPU: {:?}",
+            ac::enumeration()
+        );
+    }
+    Ok(())
+}
+
 /// Where the split-lock test's two sides are: 1 when the other vCPU's split lock is done and
 /// its detection off, 2 when this vCPU has looked at its own.
 static SLD_PHASE: AtomicU32 = AtomicU32::new(0);
@@ -161,8 +288,9 @@ const SPLIT_LOCK_AS_EXPECTED: u64 = 1 << 3;
 /// until its next task switch, and then has it back on. Each side waits for the other as an
 /// event (a flag and a wake IPI); the task on vCPU 1 waits by halting, which switches no task.
 fn split_lock_detection_off_on_one_cpu_stays_on_on_another() -> TestResult {
+    // Under the runner's `with_mode(Warn)` below, which applies it on vCPU 1 too.
     fn split_lock_then_wait(_: u64) -> u64 {
-        ac::with_mode(Mode::Warn, || {
+        {
             let mut seen = 0;
             if super::ac::kernel_split_lock_here().is_ok() {
                 seen |= SPLIT_LOCK_AS_EXPECTED;
@@ -185,7 +313,7 @@ fn split_lock_detection_off_on_one_cpu_stays_on_on_another() -> TestResult {
                 seen |= BACK_ON_AFTER_A_SWITCH;
             }
             seen
-        })
+        }
     }
     ac::with_mode(Mode::Warn, || {
         SLD_PHASE.store(0, Ordering::SeqCst);
@@ -279,7 +407,8 @@ fn probe_test_page(_: u64) -> u64 {
 
 /// A page every vCPU has just read (so each may cache its translation) is unmapped on vCPU 0:
 /// when `unmap_page` returns, every vCPU's read of it faults, not present, and every other vCPU
-/// took exactly one shootdown IPI. Mapped again afterwards. With one vCPU, the local flush.
+/// took exactly one shootdown IPI, whose handler flushed exactly that page. Mapped again
+/// afterwards. With one vCPU, the local flush.
 fn an_unmapped_page_faults_on_every_cpu() -> TestResult {
     const VALUE: u64 = 0x0DDB_A11C_0FFE_E000;
     let addr = SHOOTDOWN_PAGE.get() as u64;
@@ -300,12 +429,14 @@ fn an_unmapped_page_faults_on_every_cpu() -> TestResult {
     let unmapped = paging::unmap_page(addr);
     let mut seen: heapless::Vec<u64, { arch::MAX_CPUS }> = heapless::Vec::new();
     let mut after: heapless::Vec<u64, { arch::MAX_CPUS }> = heapless::Vec::new();
+    let mut flushed: heapless::Vec<(u64, u64), { arch::MAX_CPUS }> = heapless::Vec::new();
     if unmapped.is_ok() {
         for cpu in 0..cpus {
             let _ = seen.push(run_on(cpu)?);
         }
         for cpu in 0..cpus {
             let _ = after.push(tlb::handled_by(cpu) - handled[cpu]);
+            let _ = flushed.push(tlb::last_flushed_by(cpu));
         }
         paging::map_range(addr, addr + 4096, Access::KernelData);
     }
@@ -317,6 +448,13 @@ fn an_unmapped_page_faults_on_every_cpu() -> TestResult {
     ensure_eq!(seen, not_present, "each vCPU's read after the unmap (bit 63: #PF with this error code)");
     let expected = (0..cpus).map(|cpu| u64::from(cpu != 0)).collect::<heapless::Vec<u64, { arch::MAX_CPUS }>>();
     ensure_eq!(after, expected, "shootdown IPIs each vCPU handled");
+    // What each other vCPU's handler flushed: the page asked for. The faults above cannot show a
+    // missing or misdirected remote flush on a host that drops translations by itself (PVM's
+    // shadow paging here); this can, on every host (vCPU 0 flushed its own without an IPI).
+    for (cpu, &(start, end)) in flushed.iter().enumerate().skip(1) {
+        ensure_eq_hex!(start, addr, "the start of the range vCPU {cpu}'s shootdown handler flushed");
+        ensure_eq_hex!(end, addr + 4096, "the end of the range vCPU {cpu}'s shootdown handler flushed");
+    }
     ensure_eq!(probe_test_page(0), VALUE, "the test page mapped again");
     Ok(())
 }

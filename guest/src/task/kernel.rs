@@ -6,6 +6,8 @@
 //! page-not-present event parks it there) resumes inside that handler; the trap depth of each
 //! context is saved and restored with it.
 
+use core::sync::atomic::{AtomicUsize, Ordering};
+
 use x86_64::instructions::interrupts;
 
 use super::table::{
@@ -110,6 +112,19 @@ fn with_sched<R>(f: impl FnOnce(&mut CpuSched) -> R) -> R {
     SCHED.with(f)
 }
 
+/// Tasks spawned on each vCPU and not yet reaped (the idle task not counted): written only by
+/// its own vCPU, at the spawn and the reap, and readable from every vCPU, so that the
+/// self-tests' leak check ([`spawned_everywhere`]) sees every vCPU's tasks, not only its own.
+static SPAWNED: CpuLocal<AtomicUsize> = CpuLocal::new([const { AtomicUsize::new(0) }; MAX_CPUS]);
+
+fn reap_counted(s: &mut CpuSched, id: TaskId) -> Result<ExitStatus, ReapError> {
+    let reaped = s.table.reap(id);
+    if reaped.is_ok() {
+        SPAWNED.get().fetch_sub(1, Ordering::Relaxed);
+    }
+    reaped
+}
+
 /// A switch the table decided on: the outgoing and incoming tasks' slots and ids.
 #[derive(Clone, Copy, Debug)]
 struct Switch {
@@ -148,6 +163,7 @@ pub fn spawn_kernel(name: &'static str, entry: KernelEntry, arg: u64) -> Result<
     let cpu = percpu::index();
     with_sched(|s| {
         let id = s.table.spawn(name, Kind::Kernel)?;
+        SPAWNED.get().fetch_add(1, Ordering::Relaxed);
         s.fault_hooks[usize::from(id.slot)] = None;
         let top = stack::map_kernel_stack(cpu, id.slot, &mut s.stacks[usize::from(id.slot)]).top;
         // SAFETY: the slot was free, so its stack is unused; stack tops are page aligned.
@@ -168,6 +184,7 @@ pub fn spawn_user(name: &'static str, entry: UserEntry, arg: u64) -> Result<Task
     );
     with_sched(|s| {
         let id = s.table.spawn(name, Kind::User)?;
+        SPAWNED.get().fetch_add(1, Ordering::Relaxed);
         let slot = usize::from(id.slot);
         s.fault_hooks[slot] = None;
         let top = stack::map_kernel_stack(cpu, id.slot, &mut s.stacks[slot]).top;
@@ -292,7 +309,7 @@ pub fn kill(id: TaskId, status: ExitStatus) -> bool {
 /// Frees the slot of `id`, which has ended, without waiting (a placed task whose joiner runs
 /// on another vCPU: `remote`).
 pub(super) fn reap_ended(id: TaskId) -> Result<ExitStatus, ReapError> {
-    with_sched(|s| s.table.reap(id))
+    with_sched(|s| reap_counted(s, id))
 }
 
 /// Waits for `id` to end, frees it and returns how it ended.
@@ -301,7 +318,7 @@ pub fn join(id: TaskId) -> Result<ExitStatus, ReapError> {
         let _irq = IrqGuard::new();
         match with_sched(|s| s.table.state(id)) {
             None => return Err(ReapError::NoSuchTask),
-            Some(State::Exited(_)) => return with_sched(|s| s.table.reap(id)),
+            Some(State::Exited(_)) => return with_sched(|s| reap_counted(s, id)),
             Some(_) => {
                 block_current(Wait::Join(id));
             }
@@ -349,6 +366,14 @@ pub fn has_other_runnable() -> bool {
 /// How many tasks exist on this vCPU (idle included), for leak checks.
 pub fn live_count() -> usize {
     with_sched(|s| s.table.live_tasks().count())
+}
+
+/// How many tasks exist on every vCPU together, spawned and not yet reaped (idle tasks not
+/// counted), for the self-tests' leak check. Exact when no task is being spawned or reaped
+/// meanwhile: a joined task is reaped before its join returns, on whichever vCPU it ran
+/// (`remote::RemoteTask::join` waits for the reap).
+pub fn spawned_everywhere() -> usize {
+    (0..MAX_CPUS).map(|cpu| SPAWNED.of(cpu).load(Ordering::Relaxed)).sum()
 }
 
 /// Which of task slot `slot`'s stacks on this vCPU were ever used (and so are mapped).

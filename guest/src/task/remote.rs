@@ -4,9 +4,12 @@
 //! Each vCPU's scheduler state is its own (`sync::CpuCell`): no vCPU changes another's. So a
 //! vCPU that wants something done to another's tasks posts a request to that vCPU's inbox and
 //! sends it an IPI ([`TASK_VECTOR`]); the handler there drains the inbox and does it locally
-//! (spawn, wake, reap), with interrupts off like every scheduler change. A request posted to the
-//! running vCPU takes the same path (a self-addressed IPI), so one path is tested whatever the
-//! number of vCPUs. Tasks do not migrate: a task runs where it was spawned until it ends.
+//! (spawn, wake, reap), with interrupts off like every scheduler change. A spawn on the running
+//! vCPU takes the same path (the request in its own inbox, the IPI addressed to its own APIC ID),
+//! so placement is one path whatever the number of vCPUs (`smp::a_task_runs_on_the_cpu_it_was_placed_on`
+//! places on vCPU 0, the runner's own, too). A wake-up or a reap for the running vCPU needs no
+//! request: [`wake_on`] and [`RemoteTask::join`] do it at once, locally. Tasks do not migrate: a
+//! task runs where it was spawned until it ends.
 
 use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering, fence};
 
@@ -33,8 +36,9 @@ enum Request {
     Spawn { name: &'static str, entry: KernelEntry, arg: u64, completion: usize },
     /// Wake every task blocked on `wait` with `value` (`table::wake_all`).
     Wake { wait: Wait, value: u64 },
-    /// Free the slot of `id`, a placed task that ended and was joined.
-    Reap { id: TaskId },
+    /// Free the slot of `id`, a placed task that ended and was joined, then tell the joiner
+    /// (completion `completion`) that it is gone.
+    Reap { id: TaskId, completion: usize },
 }
 
 static INBOX: CpuLocal<IrqMutex<heapless::Deque<Request, INBOX_CAPACITY>>> =
@@ -79,9 +83,10 @@ fn on_task_ipi(_frame: &mut trap::TrapFrame) {
             Request::Wake { wait, value } => {
                 super::wake_all(wait, value);
             }
-            Request::Reap { id } => {
+            Request::Reap { id, completion } => {
                 // Ended with interrupts off before its result was published: always exited.
                 let _ = super::reap_ended(id);
+                COMPLETIONS[completion].publish(REAPED);
             }
         }
     }
@@ -100,6 +105,8 @@ pub fn wake_on(cpu: usize, wait: Wait, value: u64) -> Result<(), PostError> {
 const FREE: u8 = 0;
 const CLAIMED: u8 = 1;
 const DONE: u8 = 2;
+/// The task's vCPU reaped it (set only for a task joined from another vCPU).
+const REAPED: u8 = 3;
 const NO_WAITER: u32 = u32::MAX;
 
 /// Where a placed task's result goes, and who waits for it.
@@ -154,13 +161,33 @@ impl Completion {
             Ok(value) => self.value.store(value, Ordering::Relaxed),
             Err(_) => self.failed.store(1, Ordering::Relaxed),
         }
-        self.state.store(DONE, Ordering::SeqCst);
+        self.publish(DONE);
+    }
+
+    /// Sets `state` and wakes the joiner, if it already waits (see [`Completion::wait_for`]).
+    fn publish(&self, state: u8) {
+        self.state.store(state, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         let waiter = self.waiter_cpu.load(Ordering::SeqCst);
         if waiter != NO_WAITER
             && let Err(err) = wake_on(waiter as usize, self.wait_key(), 0)
         {
             fault::fatal(format_args!("a placed task's joiner on vCPU {waiter} cannot be woken: {err:?}"));
+        }
+    }
+
+    /// Waits (blocked, or in the idle task's case halting) until the state is `state`. With
+    /// [`Completion::publish`]'s order (state, then waiter) and this one's (waiter, then state)
+    /// each side sees the other's write.
+    fn wait_for(&self, state: u8) {
+        loop {
+            let _irq = IrqGuard::new();
+            self.waiter_cpu.store(percpu::index() as u32, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            if self.state.load(Ordering::SeqCst) == state {
+                return;
+            }
+            super::block_current(self.wait_key());
         }
     }
 }
@@ -209,19 +236,12 @@ impl RemoteTask {
         self.cpu
     }
 
-    /// Waits (blocked, or in the idle task's case halting) until the task returned, frees it
-    /// and returns its value, or the spawn's failure on its vCPU.
+    /// Waits (blocked, or in the idle task's case halting) until the task returned and its
+    /// vCPU freed it, and returns its value, or the spawn's failure on its vCPU. When this
+    /// returns the task is gone from every vCPU's count (`task::spawned_everywhere`).
     pub fn join(self) -> Result<u64, SpawnError> {
         let c = &COMPLETIONS[self.completion];
-        loop {
-            let _irq = IrqGuard::new();
-            c.waiter_cpu.store(percpu::index() as u32, Ordering::SeqCst);
-            fence(Ordering::SeqCst);
-            if c.state.load(Ordering::SeqCst) == DONE {
-                break;
-            }
-            super::block_current(c.wait_key());
-        }
+        c.wait_for(DONE);
         let result = if c.failed.load(Ordering::Relaxed) != 0 {
             Err(SpawnError::NoFreeSlot)
         } else {
@@ -232,8 +252,11 @@ impl RemoteTask {
                 // ended): reaped at once, so no one sees it left behind. A self-addressed IPI
                 // may come late (PVM injects a second pending interrupt at the next exit).
                 let _ = super::reap_ended(id);
-            } else if let Err(err) = post(self.cpu, Request::Reap { id }) {
-                fault::fatal(format_args!("the placed task {id:?} on vCPU {} cannot be reaped: {err:?}", self.cpu));
+            } else {
+                if let Err(err) = post(self.cpu, Request::Reap { id, completion: self.completion }) {
+                    fault::fatal(format_args!("the placed task {id:?} on vCPU {} cannot be reaped: {err:?}", self.cpu));
+                }
+                c.wait_for(REAPED);
             }
             Ok(c.value.load(Ordering::Relaxed))
         };

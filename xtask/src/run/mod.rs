@@ -47,6 +47,9 @@ pub struct RunOptions {
     pub results_junit: Option<PathBuf>,
     /// The user's host stub arguments (after `--`).
     pub host_args: Vec<String>,
+    /// Run the host stub under `taskset -c 0`: every vCPU thread on one host CPU, so that the
+    /// vCPUs only ever take turns (`cargo xtask test`'s 4-vCPU stage).
+    pub on_one_host_cpu: bool,
 }
 
 impl RunOptions {
@@ -199,7 +202,15 @@ fn shortened(failures: &[String]) -> String {
 
 /// One boot of the guest under the host stub binary, boot `n` of the plan, its results (if
 /// asked for) to `results`.
-fn boot(host: &Path, elf: &Path, boot: &Boot, n: usize, extra: &[String], results: Option<&Path>) -> Result<Booted> {
+fn boot(
+    host: &Path,
+    elf: &Path,
+    boot: &Boot,
+    n: usize,
+    options: &RunOptions,
+    results: Option<&Path>,
+) -> Result<Booted> {
+    let extra = &options.host_args;
     let mut defaults = boot.defaults.clone();
     defaults.push(("--timeout", BOOT_TIMEOUT.as_secs().to_string()));
     defaults.push(("--cmdline", boot.cmdline.clone()));
@@ -210,7 +221,13 @@ fn boot(host: &Path, elf: &Path, boot: &Boot, n: usize, extra: &[String], result
     let args = args::host_arguments(&defaults, &args::for_boot(&without(extra, "--cmdline"), n));
     // A host stub whose --timeout the user made longer than xtask's still gets killed, later.
     let timeout = timeout_given(&args).unwrap_or(BOOT_TIMEOUT).max(BOOT_TIMEOUT);
-    let mut cmd = Command::new(host);
+    let mut cmd = if options.on_one_host_cpu {
+        let mut taskset = Command::new("taskset");
+        taskset.args(["-c", "0"]).arg(host);
+        taskset
+    } else {
+        Command::new(host)
+    };
     cmd.arg(elf).args(&args);
     let ended = proc::supervise(cmd, timeout + Duration::from_secs(10), &mut |line| println!("{line}"))?;
     let output = match &ended {
@@ -278,7 +295,7 @@ pub fn scenario(options: &RunOptions) -> Result<()> {
             println!("==== ({note})");
         }
         let results = scratch.as_ref().map(|dir| dir.join(format!("boot-{n}.jsonl")));
-        let booted = match boot(&host, &elf, b, n, &options.host_args, results.as_deref()) {
+        let booted = match boot(&host, &elf, b, n, options, results.as_deref()) {
             Ok(booted) => booted,
             Err(e) => {
                 records.push(records::not_started(&b.label, &e.message));

@@ -229,17 +229,40 @@ pub fn detection_in_msr() -> Option<bool> {
     test_ctrl().map(TestCtrl::detection_on)
 }
 
-/// Runs `f` under another split-lock mode, then restores the previous one. For self-tests on a
-/// single vCPU: the mode is global but applied (MSR_TEST_CTRL) only on the calling vCPU. The
-/// self-tests use it to cover every mode in one boot; the boot mode comes from `sld=`.
+/// Runs `f` under another split-lock mode, then restores the previous one, on every online
+/// vCPU: the mode is one for the kernel, and each vCPU's MSR_TEST_CTRL follows it (see
+/// `set_mode_everywhere`). The self-tests use it to cover every mode in one boot; the boot
+/// mode comes from `sld=`. Call it from a task (it joins tasks placed on the other vCPUs), and
+/// never while another vCPU's running task waits for this one without switching.
 pub fn with_mode<R>(mode: Mode, f: impl FnOnce() -> R) -> R {
     let old = self::mode();
+    set_mode_everywhere(mode);
+    let result = f();
+    set_mode_everywhere(old);
+    result
+}
+
+/// Stores `mode` and puts detection where it wants it on every online vCPU: here at once, on
+/// each other one by a task placed there, joined before the next (MSR_TEST_CTRL is per vCPU,
+/// and only the vCPU itself can write its own). When this returns, every online vCPU's
+/// detection says `mode`, and a task switched off by `warn` on any of them is switched back.
+fn set_mode_everywhere(mode: Mode) {
+    fn apply_here(_: u64) -> u64 {
+        apply_mode_here();
+        0
+    }
     store_mode(mode);
     apply_mode_here();
-    let result = f();
-    store_mode(old);
-    apply_mode_here();
-    result
+    let here = crate::arch::percpu::index();
+    for cpu in (0..crate::arch::platform().cpus.count()).filter(|&cpu| cpu != here && crate::arch::smp::is_online(cpu))
+    {
+        let applied = task::remote::spawn_kernel_on(cpu, "sld-mode", apply_here, 0).map(|t| t.join());
+        if !matches!(applied, Ok(Ok(_))) {
+            crate::arch::fault::fatal(format_args!(
+                "ac: the split-lock mode could not be applied on vCPU {cpu}: {applied:?}"
+            ));
+        }
+    }
 }
 
 /// Puts this vCPU's detection where the mode wants it.

@@ -5,6 +5,7 @@
 //! present now, or wait for it (the synchronous path).
 
 use std::collections::hash_map::Entry;
+use std::sync::Arc;
 use std::time::Instant;
 
 use pvagent_abi::pnp::HostMode;
@@ -20,11 +21,11 @@ use super::kvm_apf_delivery;
 use super::region::PAGE;
 use super::registration::{Registration, interrupt_deliverable, processor_priority_class};
 use super::ring::{event_area_busy, observe_tail};
-use super::shared::Inner;
+use super::shared::{Inner, Shared};
 use super::state::{Decision, PageIndex, PageState, TokenOut, TokenSource, Via};
 use crate::error::{Error, Result};
 use crate::guest_insn::GuestInsn;
-use crate::handler::{Handled, VcpuCtx};
+use crate::handler::{AfterExit, Handled, VcpuCtx};
 use crate::trace::{Arg, Track};
 
 /// How an access reached the host.
@@ -162,14 +163,20 @@ impl Pager {
                 } else {
                     drop(guard);
                 }
-                let waited_since = Instant::now();
-                let outcome = self.wait_for(page, gpa);
-                let waited_until = Instant::now();
-                self.shared.lock().core.counters.sync_wait_ns += (waited_until - waited_since).as_nanos() as u64;
-                trace.complete(Track::Vcpu(vcpu), "pnp synchronous wait", waited_since, waited_until, || {
-                    vec![("page", Arg::Uint(page)), ("gpa", Arg::Hex(gpa))]
-                });
-                return outcome;
+                // The wait itself after the exit, outside the handlers' lock: other vCPUs' exits
+                // go on while this vCPU waits for its page (it does not run before).
+                let shared = Arc::clone(&self.shared);
+                ctx.after_exit(AfterExit::new(move || {
+                    let waited_since = Instant::now();
+                    let outcome = wait_for(&shared, page, gpa);
+                    let waited_until = Instant::now();
+                    shared.lock().core.counters.sync_wait_ns += (waited_until - waited_since).as_nanos() as u64;
+                    trace.complete(Track::Vcpu(vcpu), "pnp synchronous wait", waited_since, waited_until, || {
+                        vec![("page", Arg::Uint(page)), ("gpa", Arg::Hex(gpa))]
+                    });
+                    outcome
+                }));
+                return Ok(Handled::Yes);
             }
             // KVM's ABI could carry an event, but not the failure: its retry came back here.
             Decision::StopFailedPage if via == Some(Via::KvmApf) => {
@@ -180,18 +187,6 @@ impl Pager {
         drop(guard);
         if complete_now {
             complete_fetch(&self.shared, page);
-        }
-        Ok(Handled::Yes)
-    }
-
-    /// The synchronous path: block the vCPU until the page's fetch is over.
-    fn wait_for(&self, page: PageIndex, gpa: u64) -> Result<Handled> {
-        let mut inner = self.shared.lock();
-        while matches!(inner.core.state(page), Some(PageState::Fetching { .. })) {
-            inner = self.shared.fetched.wait(inner).unwrap_or_else(|p| p.into_inner());
-        }
-        if inner.core.state(page) == Some(&PageState::Failed) {
-            return Err(PagerError::FailedDuringSyncWait { gpa }.into());
         }
         Ok(Handled::Yes)
     }
@@ -230,12 +225,12 @@ impl Pager {
             return Ok(Handled::No);
         };
         let touched = self.region_pages_touched(ctx, &insn, false);
-        let again = self.unemulated_retry == Some((self.entries.wrapping_sub(1), regs.rip));
+        let again = self.unemulated_retry == Some((ctx.index, ctx.entries.wrapping_sub(1), regs.rip));
         if touched.is_empty() || again {
             return Ok(Handled::No);
         }
         self.unemulated += 1;
-        self.unemulated_retry = Some((self.entries, regs.rip));
+        self.unemulated_retry = Some((ctx.index, ctx.entries, regs.rip));
         for (gpa, linear) in touched {
             self.access(ctx, gpa, Some(linear), Access::Unemulated)?;
         }
@@ -397,6 +392,19 @@ pub(super) fn settle_owed(inner: &mut Inner) -> Result<(), PagerError> {
         if let Some((page, _)) = inner.apf[vcpu].owed.take() {
             fill(inner, page)?;
         }
+    }
+    Ok(())
+}
+
+/// The synchronous path: block the vCPU's thread until the page's fetch is over (after the exit,
+/// outside the handlers' lock: `VcpuCtx::after_exit`).
+fn wait_for(shared: &Shared, page: PageIndex, gpa: u64) -> Result<()> {
+    let mut inner = shared.lock();
+    while matches!(inner.core.state(page), Some(PageState::Fetching { .. })) {
+        inner = shared.fetched.wait(inner).unwrap_or_else(|p| p.into_inner());
+    }
+    if inner.core.state(page) == Some(&PageState::Failed) {
+        return Err(PagerError::FailedDuringSyncWait { gpa }.into());
     }
     Ok(())
 }

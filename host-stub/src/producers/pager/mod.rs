@@ -81,8 +81,8 @@ use self::timeline::PagerTimeline;
 use crate::cpuid::CpuidTable;
 use crate::error::{Error, Result};
 use crate::handler::{
-    AttachCtx, ExitHandler, Handled, HypercallAnswer, MsrAnswer, PageEventInjection, PageEventInjector, Report,
-    Unblock, VcpuCtx,
+    AttachCtx, EntryPending, ExitHandler, Handled, HypercallAnswer, MsrAnswer, PageEventInjection, PageEventInjector,
+    Report, Unblock, VcpuCtx,
 };
 
 const NAME: &str = "pager";
@@ -106,11 +106,10 @@ pub struct Pager {
     /// Instructions KVM could not emulate (PVM, guest CPL 0: a LOCKed read-modify-write) whose
     /// pages of the region the pager made present.
     unemulated: u64,
-    /// Entries into the guest so far (counted in `before_entry`).
-    entries: u64,
-    /// The entry before which the pager last served an emulation failure, and its RIP: the same
-    /// failure right at the next entry is not the pager's to serve.
-    unemulated_retry: Option<(u64, u64)>,
+    /// The vCPU, its entry before which the pager last served an emulation failure
+    /// (`VcpuCtx::entries`), and its RIP: the same failure on that vCPU right at its next entry
+    /// is not the pager's to serve.
+    unemulated_retry: Option<(usize, u64, u64)>,
     /// Whether the fetchers know vCPU 0's thread (to kick it) yet.
     vcpu_thread_known: bool,
     /// Per vCPU: whether the fault reader knows its thread's id yet.
@@ -172,7 +171,6 @@ impl Pager {
             mmio_accesses: 0,
             memory_fault_exits: 0,
             unemulated: 0,
-            entries: 0,
             unemulated_retry: None,
             vcpu_thread_known: false,
             vcpu_tid_known: Vec::new(),
@@ -447,9 +445,18 @@ impl ExitHandler for Pager {
         true
     }
 
+    fn entry_pending(&self) -> Option<EntryPending> {
+        // After a vCPU's first entry (its thread's ids, below), the hook has work only for a
+        // held-back fetch an event was taken for, or a violation found off the vCPU threads.
+        let shared = Arc::clone(&self.shared);
+        Some(Arc::new(move || {
+            shared.held_back_pending.load(Ordering::Acquire) || shared.violation_pending.load(Ordering::Acquire)
+        }))
+    }
+
     fn before_entry(&mut self, ctx: &mut VcpuCtx<'_>) -> Result<()> {
-        self.entries = self.entries.wrapping_add(1);
-        // Every entry comes through here: the lock only when there is something to do.
+        // Called on each vCPU's first entry and when `entry_pending` says so: the lock only when
+        // there is something to do.
         // vCPU 0's thread is the one the VM's caller runs, alive until after the pager stops
         // its threads: the one the fetchers and the poller may signal.
         if !self.vcpu_thread_known && ctx.index == 0 {

@@ -39,15 +39,43 @@ const NAME: &str = "sld";
 /// How many per-decision lines the report keeps.
 const DECISION_LINES_MAX: usize = 64;
 
-/// How the split-lock producer is set up for a run.
+/// How the split-lock producer is set up for a run. A field left `None` takes the value for the
+/// run's topology ([`SldConfig::settings`]), so a plain run works on a host with SMT siblings too.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SldConfig {
     /// How much of split-lock detection's enumeration the guest sees (CPUID.7.0:EDX bit 30,
     /// IA32_CORE_CAPABILITIES bit 5, MSR_TEST_CTRL). The MSRs it does not reach raise #GP; the
     /// trigger works whatever it is.
-    pub enumeration: Enumeration,
+    pub enumeration: Option<Enumeration>,
     /// What happens to a split lock from a guest whose detection is off.
+    pub policy: Option<Policy>,
+}
+
+/// The enumeration and policy a run uses: the configuration's, each one it left out taken from
+/// the topology's defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SldSettings {
+    pub enumeration: Enumeration,
     pub policy: Policy,
+}
+
+impl SldConfig {
+    /// Both chosen by the caller.
+    pub fn chosen(enumeration: Enumeration, policy: Policy) -> Self {
+        Self { enumeration: Some(enumeration), policy: Some(policy) }
+    }
+
+    /// What the run uses: with SMT siblings the fields left out take the values seed 000's rule
+    /// allows ([`policy::SMT_DEFAULTS`]), without them the whole chain and `inject-if-enabled`.
+    /// Fields given are kept as they are: the producer refuses, at attach, those the rule
+    /// forbids, rather than run something other than what was asked.
+    pub fn settings(self, siblings: Option<crate::config::Siblings>) -> SldSettings {
+        let (enumeration, policy) = match siblings {
+            Some(_) => policy::SMT_DEFAULTS,
+            None => (Enumeration::default(), Policy::default()),
+        };
+        SldSettings { enumeration: self.enumeration.unwrap_or(enumeration), policy: self.policy.unwrap_or(policy) }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -83,6 +111,9 @@ impl Counts {
 #[derive(Debug)]
 pub struct SplitLock {
     config: SldConfig,
+    /// What the run uses: `config` for the topology without siblings until attach, which knows
+    /// the topology.
+    settings: SldSettings,
     vcpus: Vec<VcpuState>,
     last: (u64, Verdict),
     globally_disabled: bool,
@@ -108,6 +139,7 @@ impl SplitLock {
     pub fn new(config: SldConfig) -> Self {
         Self {
             config,
+            settings: config.settings(None),
             vcpus: Vec::new(),
             last: (0, Verdict::Pending),
             globally_disabled: false,
@@ -187,7 +219,7 @@ impl SplitLock {
         let decision = if forced {
             Decision::Inject(Verdict::InjectedForced)
         } else {
-            policy::decide(access, guest, self.config.policy, self.globally_disabled)
+            policy::decide(access, guest, self.settings.policy, self.globally_disabled)
         };
         let what = match (&decoded, access.and_then(|a| a.memory)) {
             (Ok(i), Some((addr, size))) => format!("{} ({size} bytes at {addr:#x})", i.text()),
@@ -316,8 +348,9 @@ impl ExitHandler for SplitLock {
 
     fn attach(&mut self, ctx: &mut AttachCtx<'_>) -> Result<()> {
         self.trace = ctx.trace.clone();
+        self.settings = self.config.settings(ctx.siblings);
         if let Some(siblings) = ctx.siblings {
-            policy::check_smt_rule(self.config.enumeration, self.config.policy)
+            policy::check_smt_rule(self.settings.enumeration, self.settings.policy)
                 .map_err(|conflict| Error::SldWithSmt { siblings, conflict })?;
             self.siblings = Some(siblings);
         }
@@ -338,7 +371,7 @@ impl ExitHandler for SplitLock {
 
     fn cpuid(&self, table: &mut CpuidTable) {
         let leaf7 = table.entry(sld::CPUID_LEAF, sld::CPUID_SUBLEAF);
-        if self.config.enumeration.core_capabilities() {
+        if self.settings.enumeration.core_capabilities() {
             leaf7.edx |= sld::CPUID7_EDX_CORE_CAPABILITIES;
         } else {
             leaf7.edx &= !sld::CPUID7_EDX_CORE_CAPABILITIES;
@@ -347,7 +380,7 @@ impl ExitHandler for SplitLock {
         *features |= Features::SPLIT_LOCK_TRIGGER;
         // The same statement in the host stub's own leaf, which KVM passes through unchanged
         // where it filters the architectural bit.
-        if self.config.enumeration.core_capabilities() {
+        if self.settings.enumeration.core_capabilities() {
             *features |= Features::CORE_CAPABILITIES;
         }
     }
@@ -357,19 +390,19 @@ impl ExitHandler for SplitLock {
     }
 
     fn rdmsr(&mut self, ctx: &mut VcpuCtx<'_>, index: u32) -> Result<MsrAnswer> {
-        let enumeration = self.config.enumeration;
+        let enumeration = self.settings.enumeration;
         Ok(self.vcpu(ctx.index).msrs.read(index, enumeration))
     }
 
     fn wrmsr(&mut self, ctx: &mut VcpuCtx<'_>, index: u32, value: u64) -> Result<MsrAnswer> {
-        let enumeration = self.config.enumeration;
+        let enumeration = self.settings.enumeration;
         Ok(self.vcpu(ctx.index).msrs.write(index, value, enumeration))
     }
 
     fn hypercall(&mut self, _ctx: &mut VcpuCtx<'_>, nr: u32, _args: [u64; 4]) -> Result<HypercallAnswer> {
         Ok(match Nr::try_from(nr) {
             Ok(Nr::SplitLockVerdict) => Some(Ok([self.last.0, self.last.1 as u64])),
-            Ok(Nr::SplitLockPolicy) => Some(Ok([self.config.policy.wire() as u64, 0])),
+            Ok(Nr::SplitLockPolicy) => Some(Ok([self.settings.policy.wire() as u64, 0])),
             _ => None,
         })
     }
@@ -413,7 +446,7 @@ impl ExitHandler for SplitLock {
         if let Some(siblings) = self.siblings {
             report.line(format!(
                 "{NAME}: {siblings}: MSR_TEST_CTRL is per core, so not virtualized per vCPU (seed 000); policy {}",
-                self.config.policy.name()
+                self.settings.policy.name()
             ));
         }
         let yes_no = |b: bool| if b { "yes" } else { "no" };
@@ -427,9 +460,9 @@ impl ExitHandler for SplitLock {
         report.counter(NAME, "bus_lock_exits_enabled", u64::from(self.bus_lock_exits));
         report.line(format!(
             "{NAME}: detection {} to the guest (enumeration {}); policy for guests with detection off: {}{}",
-            if self.config.enumeration.split_lock_detect() { "advertised" } else { "not advertised" },
-            self.config.enumeration.name(),
-            self.config.policy.name(),
+            if self.settings.enumeration.split_lock_detect() { "advertised" } else { "not advertised" },
+            self.settings.enumeration.name(),
+            self.settings.policy.name(),
             if self.globally_disabled { " (detection now off for this VM)" } else { "" }
         ));
         let (mut writes, mut refused, mut caps_reads, mut test_ctrl_reads) = (0, 0, 0, 0);
@@ -493,6 +526,23 @@ mod tests {
     }
 
     #[test]
+    fn options_left_out_take_the_topologys_defaults_and_those_given_are_kept() {
+        use crate::config::Siblings;
+        let none = SldConfig::default();
+        let per_vcpu = SldSettings { enumeration: Enumeration::SplitLockDetect, policy: Policy::InjectIfEnabled };
+        assert_eq!(none.settings(None), per_vcpu);
+        let (enumeration, policy) = policy::SMT_DEFAULTS;
+        for siblings in [Siblings::Simulated, Siblings::Host] {
+            assert_eq!(none.settings(Some(siblings)), SldSettings { enumeration, policy });
+            let given = SldConfig { enumeration: Some(Enumeration::SplitLockDetect), policy: None };
+            assert_eq!(
+                given.settings(Some(siblings)),
+                SldSettings { enumeration: Enumeration::SplitLockDetect, policy }
+            );
+        }
+    }
+
+    #[test]
     fn advertising_is_a_cpuid_bit_and_the_trigger_a_feature_bit() {
         for enumeration in [Enumeration::Absent, Enumeration::CoreCapabilitiesOnly, Enumeration::SplitLockDetect] {
             let mut table = CpuidTable::from_entries(vec![kvm_bindings::kvm_cpuid_entry2 {
@@ -500,7 +550,7 @@ mod tests {
                 edx: sld::CPUID7_EDX_CORE_CAPABILITIES,
                 ..Default::default()
             }]);
-            SplitLock::new(SldConfig { enumeration, policy: Policy::Exit }).cpuid(&mut table);
+            SplitLock::new(SldConfig::chosen(enumeration, Policy::Exit)).cpuid(&mut table);
             let edx = table.get(7, 0).unwrap().edx;
             let step1 = enumeration != Enumeration::Absent;
             assert_eq!(edx & sld::CPUID7_EDX_CORE_CAPABILITIES != 0, step1);
