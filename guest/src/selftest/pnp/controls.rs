@@ -99,6 +99,28 @@ pub(super) fn await_events(guest_events: u64, host_events: u64) -> Result<pnp::S
     Ok(stats)
 }
 
+/// Waits until the host has no token of this protocol out: a CPL 0 access on PVM completes at
+/// once (KVM_EXIT_MMIO answered with the data) and its event may be taken after it
+/// (docs/abi.md), so a test that takes the areas away after such an access waits for its token
+/// first, as the protocol's rule requires. Each counter read is an exit, at which a pending event
+/// is delivered; between reads the vCPU halts until the next interrupt. The deadline only turns
+/// a lost resolution into a failure instead of a hang.
+pub(super) fn await_no_token_outstanding() -> Result<(), Failure> {
+    let deadline = crate::arch::ticks() + 10 * crate::arch::time::HZ;
+    loop {
+        let outstanding = counter(HostCounter::Outstanding)?;
+        if outstanding == 0 {
+            return Ok(());
+        }
+        if crate::arch::ticks() > deadline {
+            return Err(fail(format_args!("{outstanding} tokens still outstanding at the host after ten seconds")));
+        }
+        let (now, events) = (crate::arch::ticks(), pnp::stats().events);
+        let _irq = IrqGuard::new();
+        halt::wait_until(|| (crate::arch::ticks() != now || pnp::stats().events != events).then_some(()));
+    }
+}
+
 /// Re-registers the default ring when dropped, so a failing test leaves the protocol usable.
 pub(super) struct RestoreRing;
 
