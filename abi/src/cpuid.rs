@@ -42,6 +42,10 @@ impl Features {
     /// [`crate::hypercall::Nr::SplitLockVerdict`] and [`crate::hypercall::Nr::SplitLockPolicy`]
     /// are served; see [`crate::sld`].
     pub const SPLIT_LOCK_TRIGGER: u32 = 1 << 2;
+    /// The host produces #VE for accesses to absent pages of the demand-paged region
+    /// ([`crate::ve`]): [`crate::ve::MSR_VE_INFO`] and hypercalls `0x300`-`0x303` are served.
+    /// Set only with [`Features::PAGE_NOT_PRESENT`].
+    pub const VE: u32 = 1 << 3;
     /// IA32_CORE_CAPABILITIES exists: the same statement as CPUID.(7,0):EDX bit 30, repeated here
     /// because KVM on some hosts (measured: the PVM `/dev/kvm`) clears that bit from the
     /// guest's CPUID whatever the VMM sets. See [`crate::sld`].

@@ -79,6 +79,28 @@ pub enum Nr: u32 {
     /// (`args[0]`: a [`crate::pnp::ResolutionTiming`]). A fetch held back under
     /// `AfterEventTaken` completes when its events are taken, whatever is set later.
     PnpSetTiming = 0x206,
+    /// #VE ([`crate::ve`], only where [`crate::cpuid::Features::VE`] is set): "suspend me until
+    /// this page is present". `args[0]`: the GPA the vCPU's #VE reported. The host keeps the
+    /// vCPU (this `out` does not complete) until the page is present or has failed, then
+    /// `ret[0]` = [`crate::pnp::RESULT_RETRY`] or [`crate::pnp::RESULT_FAILED`]. A page present
+    /// already answers at once; a held page ([`crate::pnp::PageBehaviour::Held`]) is released.
+    /// A GPA outside the demand-paged region: [`Status::InvalidArgument`].
+    VeSuspend = 0x300,
+    /// #VE: "I parked the task, tell me when this page is present". `args[0]`: the GPA the
+    /// vCPU's #VE reported. `ret[0]` = a token of the calling vCPU's page-not-present ring
+    /// ([`crate::pnp::Token`]), whose resolution the host posts to that ring as for an event
+    /// (it may be there before this call returns); or [`crate::ve::NO_TOKEN`] with the outcome
+    /// at once in `ret[1]` (the page is present, or has failed). [`Status::NoToken`] when the
+    /// vCPU has no ring registered or every token of it is out: the guest must wait otherwise
+    /// (suspend). A GPA outside the demand-paged region: [`Status::InvalidArgument`].
+    VePark = 0x301,
+    /// #VE test control: `args[0]` the [`crate::ve::fault`] switches for the next #VE delivered
+    /// to the calling vCPU (other bits: [`Status::InvalidArgument`]); `ret[0]` = the switches
+    /// that were set before (not yet used).
+    VeSetFaults = 0x302,
+    /// #VE test control: raise an NMI on the calling vCPU, taken right after this `out` (a
+    /// test puts the call where it wants the NMI to land).
+    VeInjectNmi = 0x303,
 }
 }
 
@@ -96,6 +118,9 @@ pub enum Status: u32 {
     /// state: the guest has not announced its ABI version ([`crate::version`]), and the host
     /// serves none of its own interfaces until it has.
     Unavailable = 3,
+    /// [`Nr::VePark`]: the host cannot hand out a token (no ring registered on this vCPU, or
+    /// every token of it is out); nothing was done.
+    NoToken = 4,
 }
 }
 

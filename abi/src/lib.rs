@@ -20,6 +20,7 @@ pub mod pvh;
 pub mod report;
 pub mod sld;
 pub mod trace;
+pub mod ve;
 pub mod version;
 
 pub use version::{ABI_VERSION, AbiVersion};

@@ -198,6 +198,12 @@ pub enum HostMode: u32 {
     /// KVM's own asynchronous path takes a CPL 3 access, and only supplies the pages. The mode
     /// of a whole run: neither set nor left with [`crate::hypercall::Nr::PnpSetMode`].
     KvmApfKernel = 3,
+    /// #VE ([`crate::ve`]): an access to an absent page by a vCPU with a registered VE
+    /// information area whose busy word is 0 raises #VE; the guest answers with a request
+    /// (suspend, or park with a token of this ring). With the busy word set the access waits
+    /// (the synchronous path), as on hardware; a vCPU with no VE area registered gets what
+    /// `Ring` mode gives it.
+    Ve = 4,
 }
 }
 
@@ -278,6 +284,14 @@ pub enum HostCounter: u64 {
     /// Nanoseconds vCPUs spent blocked in the host on the synchronous path (time the guest
     /// cannot see: to it, a stalled instruction looks like a busy one).
     SyncWaitNanos = 7,
+    /// #VEs delivered.
+    VeDelivered = 8,
+    /// Accesses that would have raised #VE but found the busy word set, and waited.
+    VeBusyWaits = 9,
+    /// [`crate::hypercall::Nr::VeSuspend`] requests served.
+    VeSuspends = 10,
+    /// [`crate::hypercall::Nr::VePark`] requests that handed out a token.
+    VeParks = 11,
 }
 }
 

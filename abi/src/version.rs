@@ -74,7 +74,7 @@ impl fmt::Display for AbiVersion {
 /// guest uses neither where the host does not set it. Minor 3 added the pager's modes
 /// `KvmApf` and `KvmApfKernel` ([`crate::pnp::HostMode`]): a guest of an older minor reads them
 /// in the page-not-present leaf as modes it does not know.
-pub const ABI_VERSION: AbiVersion = AbiVersion::new(1, 3);
+pub const ABI_VERSION: AbiVersion = AbiVersion::new(1, 4);
 
 /// The guest's version, told to the host: WRMSR with bits 31:0 an [`AbiVersion`] in its wire
 /// form and bits 63:32 0 (otherwise #GP). RDMSR returns the version announced, 0 before.

@@ -264,6 +264,9 @@ fn need_met(need: Need) -> TestResult {
             HostMode::KvmApf | HostMode::KvmApfKernel => Err(Failure::Skip(
                 "needs the demand pager in ring mode (this run serves absent pages through KVM's async page fault ABI)",
             )),
+            HostMode::Ve => {
+                Err(Failure::Skip("needs the demand pager in ring mode (this run reports absent pages with #VE)"))
+            }
         },
         Need::AlignmentCheck => skip_unless(
             arch::platform().hypervisor != Hypervisor::QemuTcg,

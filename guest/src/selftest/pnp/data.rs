@@ -109,6 +109,7 @@ pub(super) fn workload_ring_vs_sync() -> TestResult {
     // The asynchronous mode compared with sync: the run's own, or the ring.
     let (async_mode, name) = match mode {
         HostMode::KvmApf => (HostMode::KvmApf, "kvm-apf"),
+        HostMode::Ve => (HostMode::Ve, "ve"),
         HostMode::KvmApfKernel => {
             return Err(Failure::Skip("a kvm-apf-kernel run cannot switch to sync mode to compare with"));
         }

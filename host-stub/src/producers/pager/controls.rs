@@ -35,7 +35,9 @@ impl Pager {
                 // a run in `kvm-apf-kernel` mode stays in it, and no other run enters it.
                 Ok(mode)
                     if args[0] <= u64::from(u32::MAX)
-                        && (mode == HostMode::KvmApfKernel) == (inner.core.mode == HostMode::KvmApfKernel) =>
+                        && (mode == HostMode::KvmApfKernel) == (inner.core.mode == HostMode::KvmApfKernel)
+                        // No #VE producer yet: the mode is defined by the ABI, not offered.
+                        && mode != HostMode::Ve =>
                 {
                     inner.core.set_mode(mode);
                     Ok([0; 2])
@@ -130,6 +132,8 @@ fn counter_value(inner: &Inner, counter: HostCounter) -> u64 {
         HostCounter::PagesFetched => c.pages_fetched,
         HostCounter::ResolvedBeforeEvent => c.resolved_before_event,
         HostCounter::SyncWaitNanos => c.sync_wait_ns,
+        // No #VE producer yet: none delivered, waited for or requested.
+        HostCounter::VeDelivered | HostCounter::VeBusyWaits | HostCounter::VeSuspends | HostCounter::VeParks => 0,
     }
 }
 
