@@ -178,11 +178,14 @@ fn host_stub(
     })?;
     let out = RunOutput::parse(outcome.output.iter().map(String::as_str));
     if !outcome.status.success() {
+        // The guest's own reason comes first: it is far above the host's closing counters.
+        let reasons: Vec<String> = out.errors.iter().map(|e| format!("the guest: {e}")).collect();
         let tail: Vec<&str> = outcome.output.iter().rev().take(12).rev().map(String::as_str).collect();
         return Err(err!(
-            "the host stub failed ({}) for `{cmdline}` {}:\n{}",
+            "the host stub failed ({}) for `{cmdline}` {}:\n{}{}",
             outcome.status,
             args.join(" "),
+            reasons.iter().map(|r| format!("{r}\n")).collect::<String>(),
             tail.join("\n")
         ));
     }
