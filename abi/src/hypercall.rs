@@ -101,6 +101,11 @@ pub enum Nr: u32 {
     /// #VE test control: raise an NMI on the calling vCPU, taken right after this `out` (a
     /// test puts the call where it wants the NMI to land).
     VeInjectNmi = 0x303,
+    /// Memory layout ([`crate::layout`]): the region the host announced with index `args[0]`
+    /// (0, 1, ...). `ret[0]` = its GPA (page aligned), `ret[1]` = its size and kind
+    /// ([`crate::layout::size_and_kind`]). An index past the last region:
+    /// [`Status::InvalidArgument`]; a host that announces none does not know the number.
+    LayoutRegion = 0x400,
 }
 }
 

@@ -17,6 +17,7 @@ use vm_memory::GuestMemoryMmap;
 use crate::cpuid::CpuidTable;
 use crate::error::{Error, Result};
 use crate::kvm_stats::VcpuStats;
+use crate::memory_fault::MemoryFault;
 use crate::trace::Tracer;
 
 /// Whether a handler took care of an exit.
@@ -74,6 +75,9 @@ pub struct AttachCtx<'a> {
     /// Whether (and why) a vCPU may share its core with an SMT sibling: per-core state such as
     /// MSR_TEST_CTRL cannot then be virtualized per vCPU (seed 000).
     pub siblings: Option<crate::config::Siblings>,
+    /// Whether KVM reports memory faults as `KVM_EXIT_MEMORY_FAULT` (`KVM_CAP_MEMORY_FAULT_INFO`);
+    /// without it they come as a bare EFAULT ([`ExitHandler::efault`]).
+    pub memory_fault_info: bool,
 }
 
 impl AttachCtx<'_> {
@@ -338,9 +342,11 @@ pub trait ExitHandler: Send {
         Ok(Handled::No)
     }
 
-    /// KVM_EXIT_MEMORY_FAULT: an access to `[gpa, gpa + size)` KVM could not resolve (the
-    /// instruction has not run).
-    fn memory_fault(&mut self, _ctx: &mut VcpuCtx<'_>, _gpa: u64, _size: u64, _flags: u64) -> Result<Handled> {
+    /// KVM_EXIT_MEMORY_FAULT: an access KVM could not resolve (the instruction has not run;
+    /// re-entering retries it). The fault says the range, whether the memory is private, and on
+    /// kernels that report it the access kind ([`MemoryFault`]). The run stops if the same fault
+    /// comes back [`crate::memory_fault::MAX_REPEATS`] times in a row.
+    fn memory_fault(&mut self, _ctx: &mut VcpuCtx<'_>, _fault: &MemoryFault) -> Result<Handled> {
         Ok(Handled::No)
     }
 

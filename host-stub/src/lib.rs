@@ -41,6 +41,7 @@ mod kvm_run;
 pub mod kvm_stats;
 pub mod loader;
 pub mod memory;
+pub mod memory_fault;
 pub mod producers;
 pub mod report;
 pub mod results;
@@ -57,6 +58,7 @@ pub use handler::{
     AfterExit, AttachCtx, EntryPending, ExitHandler, Handled, HypercallAnswer, MsrAnswer, PageEventInjection,
     PageEventInjector, Report, Stop, VcpuCtx,
 };
+pub use memory_fault::MemoryFault;
 pub use producers::Producers;
 pub use report::{ListedTest, RunResult, TestOutcome};
 pub use trace::{Arg, Tracer, Track};

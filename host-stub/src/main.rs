@@ -197,7 +197,7 @@ fn producers(args: &Args) -> Producers {
         enumeration: args.sld_enumeration.map(Into::into),
         policy: args.sld_policy.map(Into::into),
     });
-    Producers { sld, pager: args.pager.config() }
+    Producers { sld, pager: args.pager.config(), released: None }
 }
 
 /// A command line clap refused: `--help` and `--version` print as clap prints them; anything

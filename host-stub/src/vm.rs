@@ -21,6 +21,7 @@ use crate::handler::{AttachCtx, ExitHandler, Report, Stop};
 use crate::kvm_stats::VcpuStats;
 use crate::loader::{self, Loaded};
 use crate::memory::{self, START_INFO_GPA};
+use crate::memory_fault;
 use crate::report::RunResult;
 use crate::trace::{self, Tracer};
 use crate::vcpu::{SharedHandlers, Vcpu};
@@ -56,6 +57,8 @@ pub struct Vm {
     setup_time: Duration,
     /// Why the vCPUs have no KVM statistics, when they have none.
     stats_missing: Option<std::io::Error>,
+    /// KVM_CAP_MEMORY_FAULT_INFO (reported, never enabled: it only informs).
+    memory_fault_info: bool,
 }
 
 impl std::fmt::Debug for Vm {
@@ -108,6 +111,7 @@ impl Vm {
         vm.set_tss_address(TSS_ADDRESS).map_err(Error::SetTssAddress)?;
         vm.create_irq_chip().map_err(Error::CreateIrqChip)?;
         let next_slot = memory::register(&vm, &mem, 0)?;
+        let memory_fault_info = memory_fault::fault_info_reported(&kvm);
         let mut attach = AttachCtx {
             kvm: &kvm,
             vm: &vm,
@@ -118,6 +122,7 @@ impl Vm {
             next_slot,
             vcpus: config.vcpus,
             siblings: config.siblings(),
+            memory_fault_info,
         };
         for p in &mut producers {
             p.attach(&mut attach)?;
@@ -179,6 +184,7 @@ impl Vm {
                 trace_console: config.trace_console,
                 entries: 0,
                 after_exit: Vec::new(),
+                fault_guard: Default::default(),
             });
         }
         // KVM routes an interrupt by its destination APIC ID through a map it rebuilds when a
@@ -212,6 +218,7 @@ impl Vm {
             loaded,
             config,
             setup_time: start.elapsed(),
+            memory_fault_info,
         })
     }
 
@@ -323,6 +330,7 @@ impl Vm {
             report.counter(&name, "unclaimed_mmio", vcpu.unclaimed.mmio);
             report.counter(&name, "unclaimed_msr", vcpu.unclaimed.msr);
         }
+        report.counter("host", "memory_fault_info_cap", u64::from(self.memory_fault_info));
         report.counter("host", "setup_us", self.setup_time.as_micros() as u64);
         report.counter("host", "run_us", elapsed.as_micros() as u64);
         if let Some(kib) = peak_rss_kib() {

@@ -2,6 +2,7 @@
 //! machine's hardware would not produce by itself. [`Producers`] says which a run uses.
 
 pub mod pager;
+pub mod released;
 pub mod sld;
 
 use crate::error::{Error, Result};
@@ -14,13 +15,19 @@ pub struct Producers {
     pub sld: Option<sld::SldConfig>,
     /// The demand pager (page-not-present events), if any.
     pub pager: Option<pager::config::PagerConfig>,
+    /// A region whose memory the host released, for memory-fault exits (off by default).
+    pub released: Option<released::ReleasedConfig>,
 }
 
 impl Producers {
     /// What `cargo xtask run`, the binary and the end-to-end tests use unless told otherwise:
     /// every producer, with its default settings.
     pub fn defaults() -> Self {
-        Self { sld: Some(sld::SldConfig::default()), pager: Some(pager::config::PagerConfig::default()) }
+        Self {
+            sld: Some(sld::SldConfig::default()),
+            pager: Some(pager::config::PagerConfig::default()),
+            released: None,
+        }
     }
 
     /// Creates the producers.
@@ -31,6 +38,9 @@ impl Producers {
         }
         if let Some(config) = &self.pager {
             out.push(Box::new(pager::Pager::new(config.clone()).map_err(Error::Pager)?));
+        }
+        if let Some(config) = self.released {
+            out.push(Box::new(released::ReleasedBacking::new(config)));
         }
         Ok(out)
     }

@@ -84,6 +84,7 @@ use crate::handler::{
     AttachCtx, EntryPending, ExitHandler, Handled, HypercallAnswer, MsrAnswer, PageEventInjection, PageEventInjector,
     Report, Unblock, VcpuCtx,
 };
+use crate::memory_fault::MemoryFault;
 
 const NAME: &str = "pager";
 
@@ -497,14 +498,25 @@ impl ExitHandler for Pager {
         Ok(handled)
     }
 
-    fn memory_fault(&mut self, ctx: &mut VcpuCtx<'_>, gpa: u64, _size: u64, _flags: u64) -> Result<Handled> {
-        let handled = self.access(ctx, gpa, None, Access::Retry)?;
+    fn memory_fault(&mut self, ctx: &mut VcpuCtx<'_>, fault: &MemoryFault) -> Result<Handled> {
+        // The region is ordinary shared memory: a private access is not the pager's. A range of
+        // one page names the page; a larger one (a huge mapping KVM tried) does not say which of
+        // its pages the guest touched, which the instruction does.
+        if fault.private() {
+            return Ok(Handled::No);
+        }
+        let handled = match fault.pages().nth(1) {
+            None => self.access(ctx, fault.gpa, None, Access::Retry)?,
+            Some(_) => self.decoded_access(ctx)?,
+        };
         self.memory_fault_exits += u64::from(handled == Handled::Yes);
         Ok(handled)
     }
 
     fn efault(&mut self, ctx: &mut VcpuCtx<'_>) -> Result<Handled> {
-        self.decoded_access(ctx)
+        let handled = self.decoded_access(ctx)?;
+        self.efaults += u64::from(handled == Handled::Yes);
+        Ok(handled)
     }
 
     fn emulation_failure(&mut self, ctx: &mut VcpuCtx<'_>, insn: &[u8]) -> Result<Handled> {
