@@ -54,6 +54,14 @@ pub enum Error {
     SignalMsi(kvm_ioctls::Error),
     #[error("KVM_SET_USER_MEMORY_REGION failed for slot {0}: {1}")]
     SetMemoryRegion(u32, kvm_ioctls::Error),
+    #[error("memory layout update refused: {0}")]
+    Layout(crate::layout::table::LayoutError),
+    #[error("a layout update could not hold the vCPUs: {in_guest} still inside KVM_RUN after {}s (a vCPU waiting in KVM for memory nobody supplies)", crate::layout::hold::HOLD_BOUND.as_secs())]
+    LayoutHold { in_guest: usize },
+    #[error("{exits} exits at guest memory while layout updates held every vCPU: an update was not atomic")]
+    RaceExits { exits: u64 },
+    #[error("KVM_GET_DIRTY_LOG failed for slot {0}: {1}")]
+    GetDirtyLog(u32, kvm_ioctls::Error),
     #[error("KVM_SET_USER_MEMORY_REGION2 failed for slot {0}: {1}")]
     SetMemoryRegion2(u32, kvm_ioctls::Error),
     #[error("KVM_CREATE_GUEST_MEMFD of {bytes:#x} bytes failed: {source}")]

@@ -39,6 +39,7 @@ pub mod guest_insn;
 pub mod handler;
 mod kvm_run;
 pub mod kvm_stats;
+pub mod layout;
 pub mod loader;
 pub mod memory;
 pub mod memory_fault;

@@ -14,9 +14,11 @@ use clap::{Parser, ValueEnum};
 use pvagent_host::config::{MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB};
 use pvagent_host::memory::CMDLINE_MAX;
 use pvagent_host::producers::Producers;
+use pvagent_host::producers::churn::ChurnConfig;
 use pvagent_host::producers::pager::config::{MAX_FETCHERS, MAX_LATENCY, MAX_REGION_MIB};
 use pvagent_host::producers::pager::region::PAGE;
 use pvagent_host::producers::pager::{self, config::PagerConfig};
+use pvagent_host::producers::released::ReleasedConfig;
 use pvagent_host::producers::sld::SldConfig;
 use pvagent_host::producers::sld::policy::{Enumeration, Policy};
 use pvagent_host::{Config, SerialSink, Vm};
@@ -94,6 +96,20 @@ struct Args {
     /// refused (seed 000).
     #[arg(long, value_enum, conflicts_with = "no_sld")]
     sld_policy: Option<PolicyArg>,
+    /// Change the memory layout while the guest runs: every N-th vCPU entry (counted over all
+    /// vCPUs, N >= 1), split guest RAM in two memslots with dirty logging on the upper half, or
+    /// merge them again; each update holds every vCPU out of KVM_RUN (the report says how long).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    layout_churn: Option<u64>,
+    /// With --layout-churn: the diagnostic mode, updates without holding the vCPUs, so that the
+    /// guest can hit their windows; the report classifies the exits that did.
+    #[arg(long, requires = "layout_churn")]
+    layout_unheld: bool,
+    /// A guest_memfd region at 5 GiB whose memory is released before boot: the guest's first
+    /// access to it is a memory fault (KVM_EXIT_MEMORY_FAULT at CPL 3 here), which the host
+    /// repairs (the self-test memslot::a_cpl3_access_to_released_memory_is_repaired_by_the_host).
+    #[arg(long)]
+    released_region: bool,
     #[command(flatten)]
     pager: PagerArgs,
 }
@@ -197,7 +213,9 @@ fn producers(args: &Args) -> Producers {
         enumeration: args.sld_enumeration.map(Into::into),
         policy: args.sld_policy.map(Into::into),
     });
-    Producers { sld, pager: args.pager.config(), released: None }
+    let churn = args.layout_churn.map(|every| ChurnConfig { every, hold: !args.layout_unheld });
+    let released = args.released_region.then(ReleasedConfig::default);
+    Producers { sld, pager: args.pager.config(), released, churn }
 }
 
 /// A command line clap refused: `--help` and `--version` print as clap prints them; anything

@@ -11,6 +11,8 @@ use crate::error::{Error, Result};
 use crate::handler::{AfterExit, EntryPending, ExitHandler, Handled, MsrAnswer, Stop, VcpuCtx, out_value, out_word};
 use crate::kvm_run;
 use crate::kvm_stats::VcpuStats;
+use crate::layout::LayoutHandle;
+use crate::layout::classify::{MemoryState, RunSpan, Verdict};
 use crate::memory;
 use crate::memory_fault::{self, FaultSeen, MemoryFault, RepeatGuard};
 use crate::trace::{Arg, Args, Tracer, Track};
@@ -229,6 +231,11 @@ pub struct Vcpu {
     pub after_exit: Vec<AfterExit>,
     /// Stops the run when the same memory fault keeps coming back (`memory_fault`).
     pub fault_guard: RepeatGuard,
+    /// The VM's memory layout: its update generation is read around each KVM_RUN, and exits
+    /// are classified against its windows once an unheld update ran.
+    pub layout: LayoutHandle,
+    /// The last KVM_RUN's update generations.
+    pub span: RunSpan,
 }
 
 /// Whether `exit` is the console's (COM1's registers, and the console port: `devices::serial`).
@@ -332,7 +339,14 @@ impl Vcpu {
             // An exit lasts from KVM_RUN's return to the next KVM_RUN: handling it and the
             // injections before the next entry are what the host spent on it.
             self.end_exit_span(in_progress.take());
-            let exit = exit_of(self.fd.run(), &mut data)?;
+            // Through the gate a layout update closes (`layout::hold`): out of it again as soon
+            // as KVM_RUN returns.
+            let Some(in_guest) = threads.gate.enter(|| threads.stopping()) else { return Ok(None) };
+            self.span.entered = self.layout.generation();
+            let exit = exit_of(self.fd.run(), &mut data);
+            self.span.returned = self.layout.generation();
+            drop(in_guest);
+            let exit = exit?;
             if matches!(exit, Exit::Interrupted) {
                 // A kick may have asked for this immediate exit: cleared before anything the
                 // kick announced is checked, so a later kick is never lost.
@@ -424,6 +438,12 @@ impl Vcpu {
             }
             Exit::MmioRead { addr, len } => {
                 let answer = data.answer(len);
+                if race_verdict(&self.layout, self.span, addr, handlers) == Some(Verdict::UpdateWindow)
+                    && self.layout.complete_access(addr, Some(answer), None)
+                {
+                    kvm_run::complete_mmio_read(&mut self.fd, &data.0);
+                    return Ok(None);
+                }
                 if !claim(handlers, |h| h.mmio_read(&mut ctx, addr, answer))? {
                     self.unclaimed.mmio += 1;
                 }
@@ -432,6 +452,11 @@ impl Vcpu {
                 return Ok(stop);
             }
             Exit::MmioWrite { addr } => {
+                if race_verdict(&self.layout, self.span, addr, handlers) == Some(Verdict::UpdateWindow)
+                    && self.layout.complete_access(addr, None, Some(&data.0))
+                {
+                    return Ok(None);
+                }
                 if !claim(handlers, |h| h.mmio_write(&mut ctx, addr, &data.0))? {
                     self.unclaimed.mmio += 1;
                 }
@@ -497,13 +522,37 @@ impl Vcpu {
                 {
                     return Ok(ctx.stop);
                 }
-                return Err(Error::Emulation { suberror, rip: rip(&self.fd), bytes });
+                // Code fetched from an address an unheld layout update left without a memslot:
+                // once the window is closed the instruction runs again, unchanged.
+                let at = rip(&self.fd);
+                if let Some(gpa) = crate::guest_insn::translate(&self.fd, at)
+                    && race_verdict(&self.layout, self.span, gpa, handlers) == Some(Verdict::UpdateWindow)
+                {
+                    self.layout.complete_access(gpa, None, None);
+                    return Ok(None);
+                }
+                return Err(Error::Emulation { suberror, rip: at, bytes });
             }
             Exit::FailEntry(reason) => return Err(Error::FailEntry { reason, rip: rip(&self.fd) }),
             Exit::Other(exit) => return Err(Error::UnexpectedExit { exit, rip: rip(&self.fd) }),
         }
         Ok(ctx.stop)
     }
+}
+
+/// Once a layout update ran: what an exit at `gpa`, which the layout holds as memory, of the
+/// KVM_RUN `span` was (`layout::classify`), with the handlers' word on demand pages. `None` when
+/// there is nothing to classify (no update ran, or `gpa` is no memory of the layout's).
+fn race_verdict(layout: &LayoutHandle, span: RunSpan, gpa: u64, handlers: &[&mut dyn ExitHandler]) -> Option<Verdict> {
+    if !layout.updates_ran() || layout.find(gpa).is_none() {
+        return None;
+    }
+    let state = handlers
+        .iter()
+        .map(|h| h.memory_state(gpa))
+        .find(|s| *s != MemoryState::NotPaged)
+        .unwrap_or(MemoryState::NotPaged);
+    Some(layout.classify(Some(gpa), span, state))
 }
 
 /// Offers an exit to each handler in turn; whether one claimed it.

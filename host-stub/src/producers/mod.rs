@@ -1,6 +1,7 @@
 //! Event producers: each implements `ExitHandler` and makes the guest see an event this
 //! machine's hardware would not produce by itself. [`Producers`] says which a run uses.
 
+pub mod churn;
 pub mod pager;
 pub mod released;
 pub mod sld;
@@ -17,6 +18,8 @@ pub struct Producers {
     pub pager: Option<pager::config::PagerConfig>,
     /// A region whose memory the host released, for memory-fault exits (off by default).
     pub released: Option<released::ReleasedConfig>,
+    /// Memory-layout updates while the guest runs (off by default).
+    pub churn: Option<churn::ChurnConfig>,
 }
 
 impl Producers {
@@ -27,6 +30,7 @@ impl Producers {
             sld: Some(sld::SldConfig::default()),
             pager: Some(pager::config::PagerConfig::default()),
             released: None,
+            churn: None,
         }
     }
 
@@ -41,6 +45,9 @@ impl Producers {
         }
         if let Some(config) = self.released {
             out.push(Box::new(released::ReleasedBacking::new(config)));
+        }
+        if let Some(config) = self.churn {
+            out.push(Box::new(churn::Churn::new(config)));
         }
         Ok(out)
     }

@@ -84,6 +84,7 @@ use crate::handler::{
     AttachCtx, EntryPending, ExitHandler, Handled, HypercallAnswer, MsrAnswer, PageEventInjection, PageEventInjector,
     Report, Unblock, VcpuCtx,
 };
+use crate::layout::classify::MemoryState;
 use crate::memory_fault::MemoryFault;
 
 const NAME: &str = "pager";
@@ -511,6 +512,15 @@ impl ExitHandler for Pager {
         };
         self.memory_fault_exits += u64::from(handled == Handled::Yes);
         Ok(handled)
+    }
+
+    fn memory_state(&self, gpa: u64) -> MemoryState {
+        let inner = self.shared.lock();
+        match inner.page_of(gpa).map(|page| inner.core.state(page)) {
+            None => MemoryState::NotPaged,
+            Some(Some(PageState::Present)) => MemoryState::Present,
+            Some(_) => MemoryState::Absent,
+        }
     }
 
     fn efault(&mut self, ctx: &mut VcpuCtx<'_>) -> Result<Handled> {

@@ -1,0 +1,273 @@
+//! Changing guest memory while vCPUs run (seed 003): add, remove, move, resize, change flags,
+//! split, merge, replace backing, made atomic as the guest sees it.
+//!
+//! KVM offers only delete-then-create for most of these, so a vCPU running meanwhile can touch an
+//! address with no memslot and exit (`KVM_EXIT_MMIO`, or an emulation failure for code), which a
+//! VMM cannot tell from a guest gone astray. [`LayoutHandle::update`] with [`Hold::Vcpus`] brings
+//! every vCPU out of KVM_RUN and keeps it out (`hold`), carries out the memslot operations
+//! (`table` plans them), and lets the vCPUs go on; it measures how long they were held. With
+//! [`Hold::Nothing`], the diagnostic mode, it makes the same change without holding anyone, to
+//! reproduce the race: it records each window (`classify::Windows`), and the run loop classifies
+//! the exits that hit one (`classify`) and completes or retries them.
+
+pub mod classify;
+pub mod hold;
+pub mod table;
+
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::VmFd;
+
+use self::classify::{MemoryState, RunSpan, Verdict, Windows};
+use self::table::{Layout, Plan, Region, SlotOp, Update};
+use crate::error::{Error, Result};
+use crate::handler::Report;
+use crate::watchdog::VcpuThreads;
+
+/// Whether an update holds the vCPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// Every vCPU out of KVM_RUN for the update: atomic as the guest sees it.
+    Vcpus,
+    /// Nobody held (diagnostic): the guest may see the window.
+    Nothing,
+}
+
+/// What one update cost.
+#[derive(Clone, Debug)]
+pub struct Applied {
+    /// How long the vCPUs were held ([`Hold::Vcpus`]): from the request to their release.
+    pub hold: Option<Duration>,
+    /// Of that, how long they took to come out of KVM_RUN.
+    pub stopping: Option<Duration>,
+    /// How long the memslot operations took (the window, when nobody is held).
+    pub operations: Duration,
+    /// Addresses that were memory before and after but had no memslot for a while.
+    pub window: Vec<Range<u64>>,
+}
+
+/// The run's record of updates, for the report.
+#[derive(Debug, Default)]
+struct Record {
+    held: Vec<Duration>,
+    stopping: Vec<Duration>,
+    unheld: u64,
+    update_window: u64,
+    absent_page: u64,
+    guest_error: u64,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// Whether any update ran (the run loop classifies exits at guest memory from then on).
+    updated: std::sync::atomic::AtomicBool,
+    vm: Arc<VmFd>,
+    threads: Arc<VcpuThreads>,
+    table: Mutex<Layout>,
+    windows: Windows,
+    record: Mutex<Record>,
+}
+
+/// The run's memory layout, shared by whoever changes it (any thread, a handler's after-exit
+/// work included) and by the vCPU loops that classify exits. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct LayoutHandle(Arc<Shared>);
+
+/// The slot numbers the layout gives new slots: far above those the VM and the producers take
+/// at setup (`AttachCtx::take_slot`), below KVM's limit of 32764 user slots.
+pub const FIRST_LAYOUT_SLOT: u32 = 0x100;
+
+impl LayoutHandle {
+    pub(crate) fn new(vm: Arc<VmFd>, threads: Arc<VcpuThreads>, table: Layout) -> Self {
+        Self(Arc::new(Shared {
+            updated: std::sync::atomic::AtomicBool::new(false),
+            vm,
+            threads,
+            table: Mutex::new(table),
+            windows: Windows::default(),
+            record: Mutex::default(),
+        }))
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, Layout> {
+        self.0.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn record(&self) -> std::sync::MutexGuard<'_, Record> {
+        self.0.record.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The region holding `gpa` now, and its slot.
+    pub fn find(&self, gpa: u64) -> Option<(u32, Region)> {
+        self.table().find(gpa).map(|(slot, r)| (slot, r.clone()))
+    }
+
+    /// Makes `update`. Updates take turns; with [`Hold::Vcpus`] no vCPU runs between the first
+    /// memslot operation and the last. An error leaves KVM's slots part-way when an operation
+    /// failed (the table is then not changed): the run should stop.
+    pub fn update(&self, update: &Update, hold: Hold) -> Result<Applied> {
+        let mut table = self.table();
+        let plan = table.plan(update).map_err(Error::Layout)?;
+        self.0.updated.store(true, std::sync::atomic::Ordering::Release);
+        let held = match hold {
+            Hold::Vcpus => Some(
+                self.0.threads.gate.hold(&self.0.threads).map_err(|e| Error::LayoutHold { in_guest: e.in_guest })?,
+            ),
+            Hold::Nothing => None,
+        };
+        let window =
+            (hold == Hold::Nothing && !plan.window.is_empty()).then(|| self.0.windows.open(plan.window.clone()));
+        let started = Instant::now();
+        let outcome = self.carry_out(&plan);
+        let operations = started.elapsed();
+        if let Some(index) = window {
+            self.0.windows.close(index);
+        }
+        let (hold_time, stopping) = match held {
+            Some(h) => {
+                let stopping = h.stopping;
+                let since = h.since;
+                drop(h);
+                (Some(since.elapsed()), Some(stopping))
+            }
+            None => (None, None),
+        };
+        outcome?;
+        *table = plan.after;
+        drop(table);
+        let mut record = self.record();
+        match (hold_time, stopping) {
+            (Some(h), Some(s)) => {
+                record.held.push(h);
+                record.stopping.push(s);
+            }
+            _ => record.unheld += 1,
+        }
+        Ok(Applied { hold: hold_time, stopping, operations, window: plan.window })
+    }
+
+    fn carry_out(&self, plan: &Plan) -> Result<()> {
+        for op in &plan.ops {
+            let (slot, desc) = match op {
+                SlotOp::Delete { slot } => (*slot, kvm_userspace_memory_region { slot: *slot, ..Default::default() }),
+                SlotOp::Create { slot, region } | SlotOp::SetFlags { slot, region } => (
+                    *slot,
+                    kvm_userspace_memory_region {
+                        slot: *slot,
+                        flags: region.flags,
+                        guest_phys_addr: region.gpa,
+                        memory_size: region.bytes,
+                        userspace_addr: region.backing.host(),
+                    },
+                ),
+            };
+            // SAFETY: a region's backing stays mapped while the region is in the table
+            // (`Backing::new`'s contract), and a deleted slot's is dropped only after KVM let go
+            // of it (the old table is dropped after this returns).
+            unsafe { self.0.vm.set_user_memory_region(desc) }.map_err(|e| Error::SetMemoryRegion(slot, e))?;
+        }
+        Ok(())
+    }
+
+    /// KVM's dirty log of the region at `gpa` (one bit per 4 KiB page, cleared by reading).
+    pub fn dirty_log(&self, gpa: u64) -> Result<Vec<u64>> {
+        let (slot, region) =
+            self.find(gpa).filter(|(_, r)| r.gpa == gpa).ok_or(Error::Layout(table::LayoutError::NoRegion(gpa)))?;
+        self.0.vm.get_dirty_log(slot, region.bytes as usize).map_err(|e| Error::GetDirtyLog(slot, e))
+    }
+
+    /// The update generation now, which a vCPU reads before KVM_RUN and after it.
+    pub fn generation(&self) -> u64 {
+        self.0.windows.generation()
+    }
+
+    /// Whether any update ran: the run loop classifies exits at guest memory from then on
+    /// (none is expected while every update holds the vCPUs; each is counted).
+    pub fn updates_ran(&self) -> bool {
+        self.0.updated.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Exits at guest memory classified so far that were not absent demand pages: race exits
+    /// (or a guest's own errors at addresses an update changed).
+    pub fn exits_at_memory(&self) -> u64 {
+        let record = self.record();
+        record.update_window + record.guest_error
+    }
+
+    /// Classifies an exit at `gpa` of the KVM_RUN `span` (see `classify`), and counts it.
+    pub fn classify(&self, gpa: Option<u64>, span: RunSpan, state: MemoryState) -> Verdict {
+        let verdict = self.0.windows.classify(gpa, span, state);
+        let mut record = self.record();
+        match verdict {
+            Verdict::UpdateWindow => record.update_window += 1,
+            Verdict::AbsentPage => record.absent_page += 1,
+            Verdict::GuestError => record.guest_error += 1,
+        }
+        verdict
+    }
+
+    /// Completes an access that hit an update's window, against the layout after the update
+    /// (waiting for it to be in place): a read fills `read`, a write stores `write`. `false`
+    /// when the address is no memory after all.
+    pub fn complete_access(&self, gpa: u64, read: Option<&mut [u8]>, write: Option<&[u8]>) -> bool {
+        self.0.windows.wait_closed(gpa);
+        let Some((_, region)) = self.find(gpa) else { return false };
+        let len = read.as_ref().map_or(0, |d| d.len()).max(write.map_or(0, <[u8]>::len));
+        if gpa + len as u64 > region.range().end {
+            return false;
+        }
+        let host = (region.backing.host() + (gpa - region.gpa)) as *mut u8;
+        // SAFETY: `host..host + len` is inside the region's backing (checked above), mapped while
+        // `region` (a clone holding the backing) lives; the guest may change it meanwhile, so
+        // the copy is a volatile-free byte copy into or out of a local buffer, never a reference
+        // that outlives it.
+        unsafe {
+            if let Some(data) = read {
+                std::ptr::copy(host, data.as_mut_ptr(), data.len());
+            }
+            if let Some(data) = write {
+                std::ptr::copy(data.as_ptr(), host, data.len());
+            }
+        }
+        true
+    }
+
+    /// The report: how many updates, how long the vCPUs were held, what the exits were.
+    pub(crate) fn report(&self, report: &mut Report) {
+        let record = self.record();
+        let held = &record.held;
+        if held.is_empty() && record.unheld == 0 {
+            return;
+        }
+        let us = |d: &Duration| d.as_micros() as u64;
+        let mut sorted: Vec<u64> = held.iter().map(us).collect();
+        sorted.sort_unstable();
+        let max = sorted.last().copied().unwrap_or(0);
+        let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0);
+        let stopping_max = record.stopping.iter().map(us).max().unwrap_or(0);
+        report.counter("layout", "held_updates", held.len() as u64);
+        report.counter("layout", "unheld_updates", record.unheld);
+        report.counter("layout", "hold_us_max", max);
+        report.counter("layout", "hold_us_median", median);
+        report.counter("layout", "stopping_us_max", stopping_max);
+        report.counter("layout", "exits_update_window", record.update_window);
+        report.counter("layout", "exits_absent_page", record.absent_page);
+        report.counter("layout", "exits_guest_error", record.guest_error);
+        if !held.is_empty() {
+            report.line(format!(
+                "layout: {} updates holding every vCPU: held {median} us (median), {max} us (max), of which bringing the vCPUs out of KVM_RUN {stopping_max} us (max); {} exits at guest memory (race exits)",
+                held.len(),
+                record.update_window + record.guest_error
+            ));
+        }
+        if record.unheld > 0 {
+            report.line(format!(
+                "layout: {} updates without holding the vCPUs (diagnostic): {} exits hit an update's window, {} were absent demand pages, {} the guest's own",
+                record.unheld, record.update_window, record.absent_page, record.guest_error
+            ));
+        }
+    }
+}
