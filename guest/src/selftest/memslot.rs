@@ -12,7 +12,7 @@ use crate::arch::hypercall::{self, HypercallError};
 use crate::arch::paging::{self, Access};
 use crate::task::table::ExitStatus;
 use crate::task::{self, user};
-use crate::{ensure_eq, ensure_eq_hex};
+use crate::{ensure, ensure_eq, ensure_eq_hex};
 
 pub const TESTS: &[SelfTest] = &[SelfTest::on_request(
     "memslot::a_cpl3_access_to_released_memory_is_repaired_by_the_host",
@@ -43,7 +43,7 @@ extern "sysv64" fn user_read(gpa: u64) -> ! {
 fn a_cpl3_access_to_released_memory_is_repaired_by_the_host() -> TestResult {
     let (gpa, bytes, kind) = announced(0)?;
     ensure_eq!(RegionKind::try_from(kind), Ok(RegionKind::ReleasedBacking), "the announced region's kind");
-    ensure_eq!((gpa % 0x1000, bytes > 0x1000), (0, true), "a page-aligned region of more than a page");
+    ensure!(gpa % 0x1000 == 0 && bytes > 0x1000, "a page-aligned region of more than a page: {gpa:#x}, {bytes:#x} bytes");
     // Mapped once per boot: the test runs once (the runner runs each selected test once).
     paging::map_range(gpa, gpa + bytes, Access::UserData);
     let word = gpa + 0x100;
