@@ -97,12 +97,15 @@ struct Args {
     #[arg(long, value_enum, conflicts_with = "no_sld")]
     sld_policy: Option<PolicyArg>,
     /// Change the memory layout while the guest runs: every N-th vCPU entry (counted over all
-    /// vCPUs, N >= 1), split guest RAM in two memslots with dirty logging on the upper half, or
-    /// merge them again; each update holds every vCPU out of KVM_RUN (the report says how long).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    /// vCPUs; 0: never), split guest RAM in two memslots with dirty logging on the upper half, or
+    /// merge them again; and offer the churn region at 6 GiB, which the memslot self-tests ask
+    /// the host to split, merge, hot-add next to and move. Each update holds every vCPU out of
+    /// KVM_RUN (the report says how long).
+    #[arg(long, value_name = "N")]
     layout_churn: Option<u64>,
-    /// With --layout-churn: the diagnostic mode, updates without holding the vCPUs, so that the
-    /// guest can hit their windows; the report classifies the exits that did.
+    /// With --layout-churn: the diagnostic mode. The churn region's updates hold no vCPU and keep
+    /// their window open until a vCPU hits it; the report classifies the exits. Guest RAM is left
+    /// alone (without a hold the guest triple-faults: KVM's page walks find no memslot).
     #[arg(long, requires = "layout_churn")]
     layout_unheld: bool,
     /// A guest_memfd region at 5 GiB whose memory is released before boot: the guest's first
@@ -213,7 +216,10 @@ fn producers(args: &Args) -> Producers {
         enumeration: args.sld_enumeration.map(Into::into),
         policy: args.sld_policy.map(Into::into),
     });
-    let churn = args.layout_churn.map(|every| ChurnConfig { every, hold: !args.layout_unheld });
+    let churn = args.layout_churn.map(|every| ChurnConfig {
+        ram_every: (every > 0 && !args.layout_unheld).then_some(every),
+        hold: !args.layout_unheld,
+    });
     let released = args.released_region.then(ReleasedConfig::default);
     Producers { sld, pager: args.pager.config(), released, churn }
 }

@@ -438,7 +438,7 @@ impl Vcpu {
             }
             Exit::MmioRead { addr, len } => {
                 let answer = data.answer(len);
-                if race_verdict(&self.layout, self.span, addr, handlers) == Some(Verdict::UpdateWindow)
+                if race_verdict(&self.layout, self.span, addr, handlers, false) == Some(Verdict::UpdateWindow)
                     && self.layout.complete_access(addr, Some(answer), None)
                 {
                     kvm_run::complete_mmio_read(&mut self.fd, &data.0);
@@ -452,7 +452,7 @@ impl Vcpu {
                 return Ok(stop);
             }
             Exit::MmioWrite { addr } => {
-                if race_verdict(&self.layout, self.span, addr, handlers) == Some(Verdict::UpdateWindow)
+                if race_verdict(&self.layout, self.span, addr, handlers, false) == Some(Verdict::UpdateWindow)
                     && self.layout.complete_access(addr, None, Some(&data.0))
                 {
                     return Ok(None);
@@ -526,7 +526,7 @@ impl Vcpu {
                 // once the window is closed the instruction runs again, unchanged.
                 let at = rip(&self.fd);
                 if let Some(gpa) = crate::guest_insn::translate(&self.fd, at)
-                    && race_verdict(&self.layout, self.span, gpa, handlers) == Some(Verdict::UpdateWindow)
+                    && race_verdict(&self.layout, self.span, gpa, handlers, true) == Some(Verdict::UpdateWindow)
                 {
                     self.layout.complete_access(gpa, None, None);
                     return Ok(None);
@@ -543,7 +543,13 @@ impl Vcpu {
 /// Once a layout update ran: what an exit at `gpa`, which the layout holds as memory, of the
 /// KVM_RUN `span` was (`layout::classify`), with the handlers' word on demand pages. `None` when
 /// there is nothing to classify (no update ran, or `gpa` is no memory of the layout's).
-fn race_verdict(layout: &LayoutHandle, span: RunSpan, gpa: u64, handlers: &[&mut dyn ExitHandler]) -> Option<Verdict> {
+fn race_verdict(
+    layout: &LayoutHandle,
+    span: RunSpan,
+    gpa: u64,
+    handlers: &[&mut dyn ExitHandler],
+    code: bool,
+) -> Option<Verdict> {
     if !layout.updates_ran() || layout.find(gpa).is_none() {
         return None;
     }
@@ -552,7 +558,7 @@ fn race_verdict(layout: &LayoutHandle, span: RunSpan, gpa: u64, handlers: &[&mut
         .map(|h| h.memory_state(gpa))
         .find(|s| *s != MemoryState::NotPaged)
         .unwrap_or(MemoryState::NotPaged);
-    Some(layout.classify(Some(gpa), span, state))
+    Some(layout.classify(Some(gpa), span, state, code))
 }
 
 /// Offers an exit to each handler in turn; whether one claimed it.

@@ -257,6 +257,7 @@ impl Vm {
                     handlers.push(bench);
                 }
                 handlers.push(&mut self.trace_port);
+                handlers.push(&mut self.layout);
                 handlers.extend(self.producers.iter_mut().map(|p| p.as_mut() as &mut dyn ExitHandler));
                 let handlers = Mutex::new(handlers);
                 run_vcpus(&mut self.vcpus, &self.vm, &self.mem, &handlers, &watchdog, &threads)

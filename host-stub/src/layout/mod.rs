@@ -21,10 +21,13 @@ use std::time::{Duration, Instant};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 
+use pvagent_abi::hypercall::{Nr, Status};
+use pvagent_abi::layout::{RegionKind, size_and_kind};
+
 use self::classify::{MemoryState, RunSpan, Verdict, Windows};
 use self::table::{Layout, Plan, Region, SlotOp, Update};
 use crate::error::{Error, Result};
-use crate::handler::Report;
+use crate::handler::{ExitHandler, HypercallAnswer, Report, VcpuCtx};
 use crate::watchdog::VcpuThreads;
 
 /// Whether an update holds the vCPUs.
@@ -47,7 +50,14 @@ pub struct Applied {
     pub operations: Duration,
     /// Addresses that were memory before and after but had no memslot for a while.
     pub window: Vec<Range<u64>>,
+    /// A lingering update ([`LayoutHandle::update_lingering`]): whether a vCPU hit its window.
+    pub hit: bool,
 }
+
+/// How long a lingering update keeps its window open at most for a vCPU to hit it: far longer
+/// than a vCPU that touches the memory takes on a loaded machine, so that only a guest that
+/// does not touch it makes the update give up (and say so) instead of waiting for good.
+pub const LINGER_BOUND: Duration = Duration::from_secs(30);
 
 /// The run's record of updates, for the report.
 #[derive(Debug, Default)]
@@ -56,6 +66,8 @@ struct Record {
     stopping: Vec<Duration>,
     unheld: u64,
     update_window: u64,
+    /// Of those, instruction fetches (emulation failures).
+    update_window_code: u64,
     absent_page: u64,
     guest_error: u64,
 }
@@ -66,9 +78,15 @@ struct Shared {
     updated: std::sync::atomic::AtomicBool,
     vm: Arc<VmFd>,
     threads: Arc<VcpuThreads>,
+    /// Held for a whole update: updates take turns.
+    updating: Mutex<()>,
     table: Mutex<Layout>,
     windows: Windows,
     record: Mutex<Record>,
+    /// Signalled at each exit classified as an update's window (a lingering update waits for one).
+    hit: std::sync::Condvar,
+    /// The regions announced to the guest (`Nr::LayoutRegion`), by index.
+    announced: Mutex<Vec<(u64, u64, RegionKind)>>,
 }
 
 /// The run's memory layout, shared by whoever changes it (any thread, a handler's after-exit
@@ -86,9 +104,12 @@ impl LayoutHandle {
             updated: std::sync::atomic::AtomicBool::new(false),
             vm,
             threads,
+            updating: Mutex::new(()),
             table: Mutex::new(table),
             windows: Windows::default(),
             record: Mutex::default(),
+            hit: std::sync::Condvar::new(),
+            announced: Mutex::default(),
         }))
     }
 
@@ -109,8 +130,51 @@ impl LayoutHandle {
     /// memslot operation and the last. An error leaves KVM's slots part-way when an operation
     /// failed (the table is then not changed): the run should stop.
     pub fn update(&self, update: &Update, hold: Hold) -> Result<Applied> {
+        self.apply(update, hold, false)
+    }
+
+    /// The diagnostic mode's update that reproduces the race by construction: like
+    /// [`Hold::Nothing`], but it keeps the window open (after the deletes, before the creates)
+    /// until a vCPU's exit was classified as hitting it, or [`LINGER_BOUND`] passed. Whether it
+    /// was hit is in [`Applied::hit`].
+    pub fn update_lingering(&self, update: &Update) -> Result<Applied> {
+        self.apply(update, Hold::Nothing, true)
+    }
+
+    /// Adds `region` before the guest runs (no vCPU can see a window; not counted as an update).
+    pub fn add_before_run(&self, region: Region) -> Result<()> {
         let mut table = self.table();
-        let plan = table.plan(update).map_err(Error::Layout)?;
+        let plan = table.plan(&Update::Add(region)).map_err(Error::Layout)?;
+        self.carry_out(&plan.ops, None)?;
+        *table = plan.after;
+        Ok(())
+    }
+
+    /// Announces a region to the guest at the next index (`Nr::LayoutRegion`).
+    pub fn announce(&self, gpa: u64, bytes: u64, kind: RegionKind) -> u64 {
+        let mut announced = self.0.announced.lock().unwrap_or_else(|p| p.into_inner());
+        announced.push((gpa, bytes, kind));
+        announced.len() as u64 - 1
+    }
+
+    /// The region announced with `index`, where it is now.
+    pub fn announced(&self, index: u64) -> Option<(u64, u64, RegionKind)> {
+        self.0.announced.lock().unwrap_or_else(|p| p.into_inner()).get(index as usize).copied()
+    }
+
+    /// Records that the region announced with `index` moved to `gpa`.
+    pub fn announce_moved(&self, index: u64, gpa: u64) {
+        if let Some(entry) = self.0.announced.lock().unwrap_or_else(|p| p.into_inner()).get_mut(index as usize) {
+            entry.0 = gpa;
+        }
+    }
+
+    fn apply(&self, update: &Update, hold: Hold, linger: bool) -> Result<Applied> {
+        // One update at a time; the table itself is locked only to plan and to install, so that
+        // a vCPU classifying an exit meanwhile (it reads the table) never waits for an update,
+        // which may be waiting for that very exit (`update_lingering`).
+        let _one_update = self.0.updating.lock().unwrap_or_else(|p| p.into_inner());
+        let Plan { ops, after, window: ranges } = self.table().plan(update).map_err(Error::Layout)?;
         self.0.updated.store(true, std::sync::atomic::Ordering::Release);
         let held = match hold {
             Hold::Vcpus => Some(
@@ -118,11 +182,18 @@ impl LayoutHandle {
             ),
             Hold::Nothing => None,
         };
-        let window =
-            (hold == Hold::Nothing && !plan.window.is_empty()).then(|| self.0.windows.open(plan.window.clone()));
+        // Hits counted from before the window opens: a vCPU may hit it right after the first
+        // delete, before the lingering starts.
+        let hits_before = self.record().update_window;
+        let window = (hold == Hold::Nothing && !ranges.is_empty()).then(|| self.0.windows.open(ranges.clone()));
         let started = Instant::now();
-        let outcome = self.carry_out(&plan);
+        let outcome = self.carry_out(&ops, (linger && window.is_some()).then_some(hits_before));
         let operations = started.elapsed();
+        // The new table is in place before the window closes: an access completed after the
+        // close (`complete_access`) goes to the new layout.
+        if outcome.is_ok() {
+            *self.table() = after;
+        }
         if let Some(index) = window {
             self.0.windows.close(index);
         }
@@ -135,9 +206,7 @@ impl LayoutHandle {
             }
             None => (None, None),
         };
-        outcome?;
-        *table = plan.after;
-        drop(table);
+        let hit = outcome?;
         let mut record = self.record();
         match (hold_time, stopping) {
             (Some(h), Some(s)) => {
@@ -146,11 +215,24 @@ impl LayoutHandle {
             }
             _ => record.unheld += 1,
         }
-        Ok(Applied { hold: hold_time, stopping, operations, window: plan.window })
+        Ok(Applied { hold: hold_time, stopping, operations, window: ranges, hit })
     }
 
-    fn carry_out(&self, plan: &Plan) -> Result<()> {
-        for op in &plan.ops {
+    /// Carries `ops` out; with `linger` (the window hits counted before it opened), waits for an
+    /// exit in the window right before the first create that follows a delete, and says whether
+    /// one came.
+    fn carry_out(&self, ops: &[SlotOp], linger: Option<u64>) -> Result<bool> {
+        let mut deleted = false;
+        let mut hit = false;
+        for op in ops {
+            match op {
+                SlotOp::Delete { .. } => deleted = true,
+                SlotOp::Create { .. } if deleted && linger.is_some() => {
+                    hit = self.wait_for_hit(linger.unwrap_or(0));
+                    deleted = false;
+                }
+                _ => {}
+            }
             let (slot, desc) = match op {
                 SlotOp::Delete { slot } => (*slot, kvm_userspace_memory_region { slot: *slot, ..Default::default() }),
                 SlotOp::Create { slot, region } | SlotOp::SetFlags { slot, region } => (
@@ -169,7 +251,22 @@ impl LayoutHandle {
             // of it (the old table is dropped after this returns).
             unsafe { self.0.vm.set_user_memory_region(desc) }.map_err(|e| Error::SetMemoryRegion(slot, e))?;
         }
-        Ok(())
+        Ok(hit)
+    }
+
+    /// Waits until more than `before` exits were classified as an update's window, or
+    /// [`LINGER_BOUND`].
+    fn wait_for_hit(&self, before: u64) -> bool {
+        let since = Instant::now();
+        let mut record = self.record();
+        while record.update_window == before {
+            let waited = since.elapsed();
+            if waited >= LINGER_BOUND {
+                return false;
+            }
+            record = self.0.hit.wait_timeout(record, LINGER_BOUND - waited).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        true
     }
 
     /// KVM's dirty log of the region at `gpa` (one bit per 4 KiB page, cleared by reading).
@@ -197,12 +294,17 @@ impl LayoutHandle {
         record.update_window + record.guest_error
     }
 
-    /// Classifies an exit at `gpa` of the KVM_RUN `span` (see `classify`), and counts it.
-    pub fn classify(&self, gpa: Option<u64>, span: RunSpan, state: MemoryState) -> Verdict {
+    /// Classifies an exit at `gpa` of the KVM_RUN `span` (see `classify`), and counts it;
+    /// `code`: an instruction fetch (an emulation failure), not a data access (MMIO).
+    pub fn classify(&self, gpa: Option<u64>, span: RunSpan, state: MemoryState, code: bool) -> Verdict {
         let verdict = self.0.windows.classify(gpa, span, state);
         let mut record = self.record();
         match verdict {
-            Verdict::UpdateWindow => record.update_window += 1,
+            Verdict::UpdateWindow => {
+                record.update_window += 1;
+                record.update_window_code += u64::from(code);
+                self.0.hit.notify_all();
+            }
             Verdict::AbsentPage => record.absent_page += 1,
             Verdict::GuestError => record.guest_error += 1,
         }
@@ -254,6 +356,7 @@ impl LayoutHandle {
         report.counter("layout", "hold_us_median", median);
         report.counter("layout", "stopping_us_max", stopping_max);
         report.counter("layout", "exits_update_window", record.update_window);
+        report.counter("layout", "exits_update_window_code", record.update_window_code);
         report.counter("layout", "exits_absent_page", record.absent_page);
         report.counter("layout", "exits_guest_error", record.guest_error);
         if !held.is_empty() {
@@ -265,9 +368,33 @@ impl LayoutHandle {
         }
         if record.unheld > 0 {
             report.line(format!(
-                "layout: {} updates without holding the vCPUs (diagnostic): {} exits hit an update's window, {} were absent demand pages, {} the guest's own",
-                record.unheld, record.update_window, record.absent_page, record.guest_error
+                "layout: {} updates without holding the vCPUs (diagnostic): {} exits hit an update's window ({} of them instruction fetches, emulation failures; the others MMIO), {} were absent demand pages, {} the guest's own",
+                record.unheld, record.update_window, record.update_window_code, record.absent_page, record.guest_error
             ));
         }
+    }
+}
+
+/// The layout's own hypercalls: where the announced regions are, and how many updates and
+/// window exits there were. (The changes a guest may ask for belong to the producer that owns
+/// the regions: `producers::churn`.)
+impl ExitHandler for LayoutHandle {
+    fn name(&self) -> &'static str {
+        "layout"
+    }
+
+    fn hypercall(&mut self, _ctx: &mut VcpuCtx<'_>, nr: u32, args: [u64; 4]) -> Result<HypercallAnswer> {
+        Ok(match Nr::try_from(nr) {
+            Ok(Nr::LayoutRegion) => Some(match self.announced(args[0]) {
+                Some((gpa, bytes, kind)) => Ok([gpa, size_and_kind(bytes, kind)]),
+                None if self.0.announced.lock().unwrap_or_else(|p| p.into_inner()).is_empty() => Err(Status::UnknownNr),
+                None => Err(Status::InvalidArgument),
+            }),
+            Ok(Nr::LayoutStats) => {
+                let record = self.record();
+                Some(Ok([record.held.len() as u64 + record.unheld, record.update_window]))
+            }
+            _ => None,
+        })
     }
 }

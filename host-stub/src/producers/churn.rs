@@ -1,42 +1,68 @@
-//! Layout churn: while the guest runs, split guest RAM (the memory it executes from, its data and
-//! its page tables) in two memslots with dirty logging on the upper half, read that half's dirty
-//! log, merge the two again, and so on: seed 003's "split a region to change its flags" under
-//! running vCPUs, every update a delete-then-create.
+//! Memory changed under running vCPUs, on purpose (seed 003's scenarios):
 //!
-//! The updates come at vCPU entries, every `every`-th entry counted over all vCPUs, so how many a
-//! run makes follows from the guest's work, not from the clock; each is done by the vCPU thread
-//! that made that entry, as after-exit work (outside the handlers' lock, before it enters again),
-//! while the other vCPUs run on. With `hold` the update holds every vCPU (`layout::hold`): the
-//! guest must see nothing. Without it (the diagnostic mode) the guest can hit the window; the run
-//! loop classifies and completes those exits (`layout::classify`), and the report counts them.
+//! - **Guest RAM** (the memory the guest executes from, with its data and page tables), with
+//!   `ram_every`: every `ram_every`-th vCPU entry, counted over all vCPUs, RAM is split in two
+//!   memslots with dirty logging on the upper half, or merged again. How many updates a run makes
+//!   follows from the guest's work, not the clock; each is done by the vCPU thread that made that
+//!   entry, as after-exit work (outside the handlers' lock), while the other vCPUs run on. Only
+//!   with the vCPUs held: without, KVM's own page walks find no memslot and the guest
+//!   triple-faults (seen here), which no classifier can repair.
+//! - **The churn region**, a data region the guest's self-tests use ([`RegionKind::Churn`]): the
+//!   guest asks for each change ([`Nr::LayoutStep`]): split with dirty logging on the upper half
+//!   or merged again (its dirty log read first and kept for [`Nr::LayoutDirty`]); a region
+//!   hot-added and announced; a hot-added region moved with its memory.
+//!
+//! With `hold`, every update holds every vCPU (`layout::hold`) and any exit at guest memory fails
+//! the run. Without (the diagnostic mode) the churn region's updates hold no one and linger in
+//! their window until a vCPU hits it: the race is reproduced by construction, and the run loop
+//! classifies and completes those exits (`layout::classify`).
 
-use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES;
+use pvagent_abi::hypercall::{Nr, Status};
+use pvagent_abi::layout::{CHURN_CODE, CHURN_CODE_OFFSET, LayoutStepKind, RegionKind, fill_value};
+use pvagent_abi::pvh::{HvmMemmapEntry, MEMMAP_TYPE_RESERVED};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{MmapRegion, VolatileMemory};
 
 use crate::error::{Error, Result};
-use crate::handler::{AfterExit, AttachCtx, EntryPending, ExitHandler, Report, VcpuCtx};
-use crate::layout::table::Update;
+use crate::handler::{AfterExit, AttachCtx, EntryPending, ExitHandler, HypercallAnswer, Report, VcpuCtx};
+use crate::layout::table::{Backing, Region, Update};
 use crate::layout::{Hold, LayoutHandle};
 
 const NAME: &str = "churn";
+/// Where the churn region is (above the demand pager's and the released region's defaults).
+pub const CHURN_GPA: u64 = 6 << 30;
+/// Its size: one 2 MiB page, split at its middle.
+pub const CHURN_BYTES: u64 = 2 << 20;
+/// Where hot-added regions go: one after another from here, 2 MiB each.
+pub const HOT_ADD_GPA: u64 = 7 << 30;
+pub const HOT_ADD_BYTES: u64 = 2 << 20;
 
-/// How often, and whether the vCPUs are held.
+/// What changes, and whether the vCPUs are held.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChurnConfig {
-    /// An update every this many vCPU entries (over all vCPUs), at least 1.
-    pub every: u64,
+    /// Split or merge guest RAM every this many vCPU entries (over all vCPUs); `None`: RAM is
+    /// left alone. Only with `hold`.
+    pub ram_every: Option<u64>,
     /// Hold every vCPU for each update (`false`: the diagnostic mode).
     pub hold: bool,
 }
 
 #[derive(Debug, Default)]
 struct Progress {
-    splits: u64,
-    merges: u64,
-    /// Pages the dirty log of the upper half reported, over every split.
+    ram_splits: u64,
+    ram_merges: u64,
+    region_splits: u64,
+    region_merges: u64,
+    hot_added: u64,
+    moved: u64,
+    /// Unheld updates of the churn region whose lingering window no vCPU hit.
+    windows_missed: u64,
+    /// The churn region's upper half's dirty log at its last merge, and how many pages it had.
+    dirty: Vec<u64>,
     dirty_pages: u64,
     /// The first update that failed, if any (the run stops on it).
     failed: Option<String>,
@@ -49,7 +75,7 @@ pub struct Churn {
     entries: Arc<AtomicU64>,
     due: Arc<AtomicBool>,
     /// Where RAM is split: its middle, rounded down to 2 MiB.
-    split_at: u64,
+    ram_split_at: u64,
     layout: Option<LayoutHandle>,
     progress: Arc<Mutex<Progress>>,
 }
@@ -57,31 +83,148 @@ pub struct Churn {
 impl Churn {
     pub fn new(config: ChurnConfig) -> Self {
         Self {
-            config: ChurnConfig { every: config.every.max(1), ..config },
+            config: ChurnConfig { ram_every: config.ram_every.filter(|_| config.hold).map(|n| n.max(1)), ..config },
             entries: Arc::default(),
             due: Arc::default(),
-            split_at: 0,
+            ram_split_at: 0,
             layout: None,
             progress: Arc::default(),
         }
     }
+
+    fn hold(&self) -> Hold {
+        if self.config.hold { Hold::Vcpus } else { Hold::Nothing }
+    }
 }
 
-/// The next update: a split when RAM is one slot, a merge when it is two (after reading the
-/// upper half's dirty log).
-fn step(layout: &LayoutHandle, split_at: u64, hold: Hold, progress: &Mutex<Progress>) -> Result<()> {
+/// Fresh anonymous memory of `bytes`, every 8-byte word at guest address `gpa + offset` holding
+/// `fill_value(gpa + offset)`, as a backing.
+fn fresh_memory(gpa: u64, bytes: u64) -> Result<(Arc<MmapRegion>, Backing)> {
+    let map = MmapRegionBuilder::new(bytes as usize)
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+        .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
+        .build()
+        .map_err(|e| Error::MapMemory { what: "a layout region", bytes, source: std::io::Error::other(e) })?;
+    let slice = map.get_slice(0, bytes as usize).expect("the whole mapping");
+    let words: Vec<u8> = (0..bytes).step_by(8).flat_map(|offset| fill_value(gpa + offset).to_le_bytes()).collect();
+    slice.copy_from(&words);
+    let map = Arc::new(map);
+    // SAFETY: the mapping is `bytes` long, readable and writable, and `keep` (the Arc) keeps it.
+    let backing = unsafe { Backing::new(map.as_ptr() as u64, map.clone()) };
+    Ok((map, backing))
+}
+
+/// Guest RAM's next change: a split when it is one slot, a merge when it is two.
+fn ram_step(layout: &LayoutHandle, split_at: u64, progress: &Mutex<Progress>) -> Result<()> {
     let split = layout.find(split_at).is_some_and(|(_, r)| r.gpa != split_at);
     if split {
-        layout.update(&Update::Split { gpa: 0, at: split_at, upper_flags: KVM_MEM_LOG_DIRTY_PAGES }, hold)?;
-        progress.lock().unwrap_or_else(|p| p.into_inner()).splits += 1;
+        layout.update(&Update::Split { gpa: 0, at: split_at, upper_flags: KVM_MEM_LOG_DIRTY_PAGES }, Hold::Vcpus)?;
+        progress.lock().unwrap_or_else(|p| p.into_inner()).ram_splits += 1;
     } else {
-        let dirty: u64 = layout.dirty_log(split_at)?.iter().map(|w| u64::from(w.count_ones())).sum();
-        layout.update(&Update::Merge { gpa: 0 }, hold)?;
-        let mut p = progress.lock().unwrap_or_else(|p| p.into_inner());
-        p.merges += 1;
-        p.dirty_pages += dirty;
+        layout.update(&Update::Merge { gpa: 0 }, Hold::Vcpus)?;
+        progress.lock().unwrap_or_else(|p| p.into_inner()).ram_merges += 1;
     }
     Ok(())
+}
+
+/// Makes `update` as the run's mode says: holding the vCPUs, or lingering in its window.
+fn churn_update(layout: &LayoutHandle, update: &Update, hold: Hold, progress: &Mutex<Progress>) -> Result<()> {
+    match hold {
+        Hold::Vcpus => {
+            layout.update(update, hold)?;
+        }
+        Hold::Nothing => {
+            let applied = layout.update_lingering(update)?;
+            if !applied.window.is_empty() && !applied.hit {
+                progress.lock().unwrap_or_else(|p| p.into_inner()).windows_missed += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The churn region's next change.
+fn region_step(layout: &LayoutHandle, hold: Hold, progress: &Mutex<Progress>) -> Result<()> {
+    let middle = CHURN_GPA + CHURN_BYTES / 2;
+    let split = layout.find(middle).is_some_and(|(_, r)| r.gpa != middle);
+    if split {
+        churn_update(
+            layout,
+            &Update::Split { gpa: CHURN_GPA, at: middle, upper_flags: KVM_MEM_LOG_DIRTY_PAGES },
+            hold,
+            progress,
+        )?;
+        progress.lock().unwrap_or_else(|p| p.into_inner()).region_splits += 1;
+    } else {
+        let dirty = layout.dirty_log(middle)?;
+        churn_update(layout, &Update::Merge { gpa: CHURN_GPA }, hold, progress)?;
+        let mut p = progress.lock().unwrap_or_else(|p| p.into_inner());
+        p.region_merges += 1;
+        p.dirty_pages = dirty.iter().map(|w| u64::from(w.count_ones())).sum();
+        p.dirty = dirty;
+    }
+    Ok(())
+}
+
+impl Churn {
+    /// `Nr::LayoutStep`: checks the request, and leaves the change for after the exit (outside
+    /// the handlers' lock: other vCPUs' exits, which may hit its window, go on meanwhile).
+    fn step(&mut self, ctx: &mut VcpuCtx<'_>, args: [u64; 4]) -> Result<HypercallAnswer> {
+        let Some(layout) = self.layout.clone() else { return Ok(None) };
+        let (hold, progress) = (self.hold(), self.progress.clone());
+        let work: Box<dyn FnOnce() -> Result<()> + Send> = match LayoutStepKind::try_from(args[0]) {
+            Ok(LayoutStepKind::SplitOrMerge) => Box::new(move || region_step(&layout, hold, &progress)),
+            Ok(LayoutStepKind::HotAdd) => {
+                let n = progress.lock().unwrap_or_else(|p| p.into_inner()).hot_added;
+                let gpa = HOT_ADD_GPA + n * HOT_ADD_BYTES;
+                Box::new(move || {
+                    let (_map, backing) = fresh_memory(gpa, HOT_ADD_BYTES)?;
+                    let region = Region { gpa, bytes: HOT_ADD_BYTES, backing, flags: 0 };
+                    layout.update(&Update::Add(region), hold)?;
+                    layout.announce(gpa, HOT_ADD_BYTES, RegionKind::HotAdded);
+                    progress.lock().unwrap_or_else(|p| p.into_inner()).hot_added += 1;
+                    Ok(())
+                })
+            }
+            Ok(LayoutStepKind::Move) => {
+                let (index, to) = (args[1], args[2]);
+                let Some((from, bytes, RegionKind::HotAdded)) = layout.announced(index) else {
+                    return Ok(Some(Err(Status::InvalidArgument)));
+                };
+                let taken = layout.find(to).is_some() || layout.find(to + bytes - 1).is_some();
+                if !to.is_multiple_of(HOT_ADD_BYTES) || (taken && to != from) {
+                    return Ok(Some(Err(Status::InvalidArgument)));
+                }
+                Box::new(move || {
+                    churn_update(&layout, &Update::Move { gpa: from, to }, hold, &progress)?;
+                    layout.announce_moved(index, to);
+                    progress.lock().unwrap_or_else(|p| p.into_inner()).moved += 1;
+                    Ok(())
+                })
+            }
+            Err(_) => return Ok(Some(Err(Status::InvalidArgument))),
+        };
+        let progress = self.progress.clone();
+        ctx.after_exit(AfterExit::new(move || {
+            let done = work();
+            if let Err(e) = &done {
+                progress.lock().unwrap_or_else(|p| p.into_inner()).failed.get_or_insert(e.to_string());
+            }
+            done
+        }));
+        Ok(Some(Ok([0, 0])))
+    }
+
+    /// `Nr::LayoutDirty`.
+    fn dirty(&self, page: u64) -> HypercallAnswer {
+        let first = CHURN_BYTES / 2 / 0x1000;
+        let Some(bit) = page.checked_sub(first).filter(|b| *b < first) else {
+            return Some(Err(Status::InvalidArgument));
+        };
+        let p = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        let logged = p.dirty.get((bit / 64) as usize).is_some_and(|w| w & (1 << (bit % 64)) != 0);
+        Some(Ok([u64::from(logged), p.dirty_pages]))
+    }
 }
 
 impl ExitHandler for Churn {
@@ -90,17 +233,29 @@ impl ExitHandler for Churn {
     }
 
     fn attach(&mut self, ctx: &mut AttachCtx<'_>) -> Result<()> {
-        self.split_at = (ctx.ram_size / 2) & !((2 << 20) - 1);
+        self.ram_split_at = (ctx.ram_size / 2) & !((2 << 20) - 1);
+        let (map, backing) = fresh_memory(CHURN_GPA, CHURN_BYTES)?;
+        let code = map.get_slice(CHURN_CODE_OFFSET as usize, CHURN_CODE.len()).expect("inside the mapping");
+        code.copy_from(&CHURN_CODE);
+        ctx.layout.add_before_run(Region { gpa: CHURN_GPA, bytes: CHURN_BYTES, backing, flags: 0 })?;
+        ctx.layout.announce(CHURN_GPA, CHURN_BYTES, RegionKind::Churn);
+        // Reserved: the guest maps the announced regions itself, never as RAM.
+        ctx.memmap.push(HvmMemmapEntry {
+            addr: CHURN_GPA,
+            size: CHURN_BYTES,
+            type_: MEMMAP_TYPE_RESERVED,
+            reserved: 0,
+        });
         self.layout = Some(ctx.layout.clone());
         Ok(())
     }
 
     fn has_before_entry(&self) -> bool {
-        true
+        self.config.ram_every.is_some()
     }
 
     fn entry_pending(&self) -> Option<EntryPending> {
-        let (entries, due, every) = (self.entries.clone(), self.due.clone(), self.config.every);
+        let (entries, due, every) = (self.entries.clone(), self.due.clone(), self.config.ram_every.unwrap_or(u64::MAX));
         Some(Arc::new(move || {
             let n = entries.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_multiple_of(every) {
@@ -111,14 +266,13 @@ impl ExitHandler for Churn {
     }
 
     fn before_entry(&mut self, ctx: &mut VcpuCtx<'_>) -> Result<()> {
-        if !self.due.swap(false, Ordering::AcqRel) || self.split_at == 0 {
+        if !self.due.swap(false, Ordering::AcqRel) || self.ram_split_at == 0 {
             return Ok(());
         }
         let Some(layout) = self.layout.clone() else { return Ok(()) };
-        let (split_at, progress) = (self.split_at, self.progress.clone());
-        let hold = if self.config.hold { Hold::Vcpus } else { Hold::Nothing };
+        let (split_at, progress) = (self.ram_split_at, self.progress.clone());
         ctx.after_exit(AfterExit::new(move || {
-            let done = step(&layout, split_at, hold, &progress);
+            let done = ram_step(&layout, split_at, &progress);
             if let Err(e) = &done {
                 progress.lock().unwrap_or_else(|p| p.into_inner()).failed.get_or_insert(e.to_string());
             }
@@ -127,18 +281,46 @@ impl ExitHandler for Churn {
         Ok(())
     }
 
+    fn hypercall(&mut self, ctx: &mut VcpuCtx<'_>, nr: u32, args: [u64; 4]) -> Result<HypercallAnswer> {
+        match Nr::try_from(nr) {
+            Ok(Nr::LayoutStep) => self.step(ctx, args),
+            Ok(Nr::LayoutDirty) => Ok(self.dirty(args[0])),
+            _ => Ok(None),
+        }
+    }
+
     fn finish(&mut self, report: &mut Report) -> Result<()> {
         let p = self.progress.lock().unwrap_or_else(|p| p.into_inner());
-        report.counter(NAME, "splits", p.splits);
-        report.counter(NAME, "merges", p.merges);
-        report.counter(NAME, "dirty_pages_logged", p.dirty_pages);
+        for (name, value) in [
+            ("ram_splits", p.ram_splits),
+            ("ram_merges", p.ram_merges),
+            ("region_splits", p.region_splits),
+            ("region_merges", p.region_merges),
+            ("hot_added", p.hot_added),
+            ("moved", p.moved),
+            ("windows_missed", p.windows_missed),
+            ("dirty_pages_at_last_merge", p.dirty_pages),
+        ] {
+            report.counter(NAME, name, value);
+        }
+        let how = if self.config.hold { "every vCPU held for each" } else { "no vCPU held (diagnostic)" };
+        if self.config.ram_every.is_some() {
+            report.line(format!(
+                "churn: guest RAM split at {:#x} (upper half dirty-logged) {} times and merged {} times, {how}",
+                self.ram_split_at, p.ram_splits, p.ram_merges
+            ));
+        }
         report.line(format!(
-            "churn: RAM split at {:#x} (upper half dirty-logged) {} times and merged {} times, {}; the dirty log reported {} pages",
-            self.split_at,
-            p.splits,
-            p.merges,
-            if self.config.hold { "every vCPU held for each" } else { "no vCPU held (diagnostic)" },
-            p.dirty_pages
+            "churn: the churn region at {CHURN_GPA:#x} split {} times and merged {} times, {} regions hot-added, {} moved, {how}{}",
+            p.region_splits,
+            p.region_merges,
+            p.hot_added,
+            p.moved,
+            if self.config.hold {
+                String::new()
+            } else {
+                format!("; {} windows no vCPU hit within {} s", p.windows_missed, crate::layout::LINGER_BOUND.as_secs())
+            }
         ));
         if let Some(failed) = &p.failed {
             report.line(format!("churn: an update failed: {failed}"));

@@ -9,8 +9,8 @@
 //! reads it. With `repair` off it claims the fault and changes nothing, which is what a buggy
 //! handler does: the run loop's repeat guard must then stop the run.
 //!
-//! The region is announced to the guest with [`pvagent_abi::hypercall::Nr::LayoutRegion`]
-//! (index 0, [`RegionKind::ReleasedBacking`]) and listed as reserved in the memory map.
+//! The region is announced to the guest through the layout ([`pvagent_abi::hypercall::Nr::LayoutRegion`],
+//! [`RegionKind::ReleasedBacking`]) and listed as reserved in the memory map.
 
 use std::sync::Arc;
 
@@ -18,14 +18,13 @@ use kvm_bindings::{
     KVM_MEM_GUEST_MEMFD, kvm_create_guest_memfd, kvm_userspace_memory_region, kvm_userspace_memory_region2,
 };
 use kvm_ioctls::{Cap, VmFd};
-use pvagent_abi::hypercall::{Nr, Status};
-use pvagent_abi::layout::{RegionKind, fill_value, size_and_kind};
+use pvagent_abi::layout::{RegionKind, fill_value};
 use pvagent_abi::pvh::{HvmMemmapEntry, MEMMAP_TYPE_RESERVED};
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{MmapRegion, VolatileMemory};
 
 use crate::error::{Error, Result};
-use crate::handler::{AttachCtx, ExitHandler, Handled, HypercallAnswer, Report, VcpuCtx};
+use crate::handler::{AttachCtx, ExitHandler, Handled, Report, VcpuCtx};
 use crate::memory_fault::MemoryFault;
 
 const NAME: &str = "released";
@@ -207,6 +206,7 @@ impl ExitHandler for ReleasedBacking {
             type_: MEMMAP_TYPE_RESERVED,
             reserved: 0,
         });
+        ctx.layout.announce(self.config.gpa, bytes, RegionKind::ReleasedBacking);
         Ok(())
     }
 
@@ -256,16 +256,6 @@ impl ExitHandler for ReleasedBacking {
         self.repair()?;
         self.complete(addr, None, Some(data));
         Ok(Handled::Yes)
-    }
-
-    fn hypercall(&mut self, _ctx: &mut VcpuCtx<'_>, nr: u32, args: [u64; 4]) -> Result<HypercallAnswer> {
-        if Nr::try_from(nr) != Ok(Nr::LayoutRegion) {
-            return Ok(None);
-        }
-        Ok(Some(match args[0] {
-            0 => Ok([self.config.gpa, size_and_kind(self.config.bytes, RegionKind::ReleasedBacking)]),
-            _ => Err(Status::InvalidArgument),
-        }))
     }
 
     fn finish(&mut self, report: &mut Report) -> Result<()> {
