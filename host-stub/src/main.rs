@@ -96,17 +96,17 @@ struct Args {
     /// refused (seed 000).
     #[arg(long, value_enum, conflicts_with = "no_sld")]
     sld_policy: Option<PolicyArg>,
-    /// Change the memory layout while the guest runs: every N-th vCPU entry (counted over all
-    /// vCPUs; 0: never), split guest RAM in two memslots with dirty logging on the upper half, or
-    /// merge them again; and offer the churn region at 6 GiB, which the memslot self-tests ask
-    /// the host to split, merge, hot-add next to and move. Each update holds every vCPU out of
-    /// KVM_RUN (the report says how long).
-    #[arg(long, value_name = "N")]
-    layout_churn: Option<u64>,
-    /// With --layout-churn: the diagnostic mode. The churn region's updates hold no vCPU and keep
-    /// their window open until a vCPU hits it; the report classifies the exits. Guest RAM is left
-    /// alone (without a hold the guest triple-faults: KVM's page walks find no memslot).
-    #[arg(long, requires = "layout_churn")]
+    /// Change guest RAM's memslots while the guest runs: every N-th vCPU entry (counted over
+    /// all vCPUs; 0: never, the default), split RAM in two memslots with dirty logging on the
+    /// upper half, or merge them again. Each update holds every vCPU out of KVM_RUN (the report
+    /// says how long), as do the changes of the churn region at 6 GiB, which the memslot
+    /// self-tests ask for (split, merge, hot-add, move).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    layout_churn: u64,
+    /// The diagnostic mode: the churn region's changes hold no vCPU and keep their window open
+    /// until a vCPU hits it; the report classifies the exits. Guest RAM is then left alone
+    /// (without a hold the guest triple-faults: KVM's page walks find no memslot).
+    #[arg(long)]
     layout_unheld: bool,
     /// A guest_memfd region at 5 GiB whose memory is released before boot: the guest's first
     /// access to it is a memory fault (KVM_EXIT_MEMORY_FAULT at CPL 3 here), which the host
@@ -216,8 +216,8 @@ fn producers(args: &Args) -> Producers {
         enumeration: args.sld_enumeration.map(Into::into),
         policy: args.sld_policy.map(Into::into),
     });
-    let churn = args.layout_churn.map(|every| ChurnConfig {
-        ram_every: (every > 0 && !args.layout_unheld).then_some(every),
+    let churn = Some(ChurnConfig {
+        ram_every: (args.layout_churn > 0 && !args.layout_unheld).then_some(args.layout_churn),
         hold: !args.layout_unheld,
     });
     let released = args.released_region.then(ReleasedConfig::default);

@@ -18,7 +18,9 @@ pub struct Producers {
     pub pager: Option<pager::config::PagerConfig>,
     /// A region whose memory the host released, for memory-fault exits (off by default).
     pub released: Option<released::ReleasedConfig>,
-    /// Memory-layout updates while the guest runs (off by default).
+    /// Memory-layout updates while the guest runs: the churn region the memslot self-tests ask
+    /// the host to change (by default, every change holding the vCPUs), and guest RAM split and
+    /// merged every so many entries (not by default).
     pub churn: Option<churn::ChurnConfig>,
 }
 
@@ -30,7 +32,7 @@ impl Producers {
             sld: Some(sld::SldConfig::default()),
             pager: Some(pager::config::PagerConfig::default()),
             released: None,
-            churn: None,
+            churn: Some(churn::ChurnConfig { ram_every: None, hold: true }),
         }
     }
 
