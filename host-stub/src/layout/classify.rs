@@ -40,7 +40,8 @@ pub enum Verdict {
     /// The address was memory before and after an update whose window this KVM_RUN overlapped:
     /// the guest did nothing wrong; complete or retry the access.
     UpdateWindow,
-    /// An absent demand page: the pager's exit, not a race.
+    /// A demand page absent when the vCPU touched it (it may be present by now: its fetch may
+    /// have completed since): the pager's exit, not a race.
     AbsentPage,
     /// Neither: the guest touched what is not memory (or the exit names no address).
     GuestError,
@@ -64,6 +65,10 @@ pub fn classify(gpa: Option<u64>, span: RunSpan, windows: &[Window], state: Memo
     let overlapped = |w: &Window| w.opened <= span.returned && w.closed.is_none_or(|closed| closed > span.entered);
     if windows.iter().any(|w| overlapped(w) && w.ranges.iter().any(|r| r.contains(&gpa))) {
         Verdict::UpdateWindow
+    } else if state == MemoryState::Present {
+        // A demand page present now but not when the vCPU touched it (its fetch completed in
+        // between): still the pager's exit, and the pager answers it from the page.
+        Verdict::AbsentPage
     } else {
         Verdict::GuestError
     }
@@ -176,9 +181,11 @@ mod tests {
         let windows = [window(1, Some(2))];
         assert_eq!(classify(Some(0x1000), span(0, 0), &windows, MemoryState::Absent), Verdict::AbsentPage);
         assert_eq!(classify(Some(0x1000), span(0, 2), &windows, MemoryState::Absent), Verdict::AbsentPage);
-        // A present demand page in a window is the window's.
+        // A present demand page in a window is the window's; outside one, it was absent when
+        // touched and its fetch completed since: the pager's, never the guest's error.
         assert_eq!(classify(Some(0x1000), span(0, 2), &windows, MemoryState::Present), Verdict::UpdateWindow);
-        assert_eq!(classify(Some(0x1000), span(3, 3), &windows, MemoryState::Present), Verdict::GuestError);
+        assert_eq!(classify(Some(0x1000), span(3, 3), &windows, MemoryState::Present), Verdict::AbsentPage);
+        assert_eq!(classify(Some(0x1000), span(3, 3), &windows, MemoryState::NotPaged), Verdict::GuestError);
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub const LINGER_BOUND: Duration = Duration::from_secs(30);
 struct Record {
     held: Vec<Duration>,
     stopping: Vec<Duration>,
+    /// The memslot operations of the held updates.
+    operations: Vec<Duration>,
     unheld: u64,
     update_window: u64,
     /// Of those, instruction fetches (emulation failures).
@@ -121,6 +123,11 @@ impl LayoutHandle {
         self.0.record.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Every region now.
+    pub fn regions(&self) -> Vec<Region> {
+        self.table().slots().map(|(_, r)| r.clone()).collect()
+    }
+
     /// The region holding `gpa` now, and its slot.
     pub fn find(&self, gpa: u64) -> Option<(u32, Region)> {
         self.table().find(gpa).map(|(slot, r)| (slot, r.clone()))
@@ -139,6 +146,12 @@ impl LayoutHandle {
     /// was hit is in [`Applied::hit`].
     pub fn update_lingering(&self, update: &Update) -> Result<Applied> {
         self.apply(update, Hold::Nothing, true)
+    }
+
+    /// Records a memslot a producer created itself at setup (the demand pager's region), so
+    /// that updates may change it too; its slot number must be below [`FIRST_LAYOUT_SLOT`].
+    pub fn adopt(&self, slot: u32, region: Region) {
+        self.table().adopt(slot, region);
     }
 
     /// Adds `region` before the guest runs (no vCPU can see a window; not counted as an update).
@@ -212,6 +225,7 @@ impl LayoutHandle {
             (Some(h), Some(s)) => {
                 record.held.push(h);
                 record.stopping.push(s);
+                record.operations.push(operations);
             }
             _ => record.unheld += 1,
         }
@@ -350,18 +364,24 @@ impl LayoutHandle {
         let max = sorted.last().copied().unwrap_or(0);
         let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0);
         let stopping_max = record.stopping.iter().map(us).max().unwrap_or(0);
+        let mut operations: Vec<u64> = record.operations.iter().map(us).collect();
+        operations.sort_unstable();
+        let (operations_median, operations_max) =
+            (operations.get(operations.len() / 2).copied().unwrap_or(0), operations.last().copied().unwrap_or(0));
         report.counter("layout", "held_updates", held.len() as u64);
         report.counter("layout", "unheld_updates", record.unheld);
         report.counter("layout", "hold_us_max", max);
         report.counter("layout", "hold_us_median", median);
         report.counter("layout", "stopping_us_max", stopping_max);
+        report.counter("layout", "operations_us_median", operations_median);
+        report.counter("layout", "operations_us_max", operations_max);
         report.counter("layout", "exits_update_window", record.update_window);
         report.counter("layout", "exits_update_window_code", record.update_window_code);
         report.counter("layout", "exits_absent_page", record.absent_page);
         report.counter("layout", "exits_guest_error", record.guest_error);
         if !held.is_empty() {
             report.line(format!(
-                "layout: {} updates holding every vCPU: held {median} us (median), {max} us (max), of which bringing the vCPUs out of KVM_RUN {stopping_max} us (max); {} exits at guest memory (race exits)",
+                "layout: {} updates holding every vCPU: held {median} us (median), {max} us (max), of which bringing the vCPUs out of KVM_RUN {stopping_max} us (max) and the memslot operations {operations_median} us (median), {operations_max} us (max); {} exits at guest memory (race exits)",
                 held.len(),
                 record.update_window + record.guest_error
             ));

@@ -1,7 +1,8 @@
 //! Memory changed under running vCPUs, on purpose (seed 003's scenarios):
 //!
-//! - **Guest RAM** (the memory the guest executes from, with its data and page tables), with
-//!   `ram_every`: every `ram_every`-th vCPU entry, counted over all vCPUs, RAM is split in two
+//! - **Guest RAM** (the memory the guest executes from, with its data and page tables) and the
+//!   **demand pager's region** (with its fetches in flight), with `ram_every`: every
+//!   `ram_every`-th vCPU entry, counted over all vCPUs, the next of them in turn is split in two
 //!   memslots with dirty logging on the upper half, or merged again. How many updates a run makes
 //!   follows from the guest's work, not the clock; each is done by the vCPU thread that made that
 //!   entry, as after-exit work (outside the handlers' lock), while the other vCPUs run on. Only
@@ -55,6 +56,9 @@ pub struct ChurnConfig {
 struct Progress {
     ram_splits: u64,
     ram_merges: u64,
+    /// Splits and merges of the other regions in turn (the demand pager's).
+    other_splits: u64,
+    other_merges: u64,
     region_splits: u64,
     region_merges: u64,
     hot_added: u64,
@@ -74,8 +78,11 @@ pub struct Churn {
     config: ChurnConfig,
     entries: Arc<AtomicU64>,
     due: Arc<AtomicBool>,
-    /// Where RAM is split: its middle, rounded down to 2 MiB.
-    ram_split_at: u64,
+    /// What the entry-counted churn changes, in turn: guest RAM, and each region a producer put
+    /// in the layout at setup (the demand pager's), as `(first GPA, where it is split)`.
+    targets: Vec<(u64, u64)>,
+    /// The next of `targets`.
+    next_target: Arc<AtomicU64>,
     layout: Option<LayoutHandle>,
     progress: Arc<Mutex<Progress>>,
 }
@@ -86,7 +93,8 @@ impl Churn {
             config: ChurnConfig { ram_every: config.ram_every.filter(|_| config.hold).map(|n| n.max(1)), ..config },
             entries: Arc::default(),
             due: Arc::default(),
-            ram_split_at: 0,
+            targets: Vec::new(),
+            next_target: Arc::default(),
             layout: None,
             progress: Arc::default(),
         }
@@ -114,15 +122,19 @@ fn fresh_memory(gpa: u64, bytes: u64) -> Result<(Arc<MmapRegion>, Backing)> {
     Ok((map, backing))
 }
 
-/// Guest RAM's next change: a split when it is one slot, a merge when it is two.
-fn ram_step(layout: &LayoutHandle, split_at: u64, progress: &Mutex<Progress>) -> Result<()> {
-    let split = layout.find(split_at).is_some_and(|(_, r)| r.gpa != split_at);
-    if split {
-        layout.update(&Update::Split { gpa: 0, at: split_at, upper_flags: KVM_MEM_LOG_DIRTY_PAGES }, Hold::Vcpus)?;
-        progress.lock().unwrap_or_else(|p| p.into_inner()).ram_splits += 1;
-    } else {
-        layout.update(&Update::Merge { gpa: 0 }, Hold::Vcpus)?;
-        progress.lock().unwrap_or_else(|p| p.into_inner()).ram_merges += 1;
+/// The next change of the region at `gpa`, with every vCPU held: a split at `at` when it is one
+/// slot, a merge when it is two.
+fn target_step(layout: &LayoutHandle, gpa: u64, at: u64, progress: &Mutex<Progress>) -> Result<()> {
+    let split = layout.find(at).is_some_and(|(_, r)| r.gpa != at);
+    let update =
+        if split { Update::Split { gpa, at, upper_flags: KVM_MEM_LOG_DIRTY_PAGES } } else { Update::Merge { gpa } };
+    layout.update(&update, Hold::Vcpus)?;
+    let mut p = progress.lock().unwrap_or_else(|p| p.into_inner());
+    match (gpa == 0, split) {
+        (true, true) => p.ram_splits += 1,
+        (true, false) => p.ram_merges += 1,
+        (false, true) => p.other_splits += 1,
+        (false, false) => p.other_merges += 1,
     }
     Ok(())
 }
@@ -233,7 +245,11 @@ impl ExitHandler for Churn {
     }
 
     fn attach(&mut self, ctx: &mut AttachCtx<'_>) -> Result<()> {
-        self.ram_split_at = (ctx.ram_size / 2) & !((2 << 20) - 1);
+        // Each region the layout holds now (RAM, the demand pager's), split at its middle
+        // rounded down to 2 MiB, where that leaves two parts.
+        let middle = |r: &Region| r.gpa + ((r.bytes / 2) & !((2 << 20) - 1));
+        self.targets = ctx.layout.regions().iter().map(|r| (r.gpa, middle(r))).filter(|(gpa, at)| at > gpa).collect();
+        self.targets.sort_unstable();
         let (map, backing) = fresh_memory(CHURN_GPA, CHURN_BYTES)?;
         let code = map.get_slice(CHURN_CODE_OFFSET as usize, CHURN_CODE.len()).expect("inside the mapping");
         code.copy_from(&CHURN_CODE);
@@ -266,13 +282,15 @@ impl ExitHandler for Churn {
     }
 
     fn before_entry(&mut self, ctx: &mut VcpuCtx<'_>) -> Result<()> {
-        if !self.due.swap(false, Ordering::AcqRel) || self.ram_split_at == 0 {
+        if !self.due.swap(false, Ordering::AcqRel) || self.targets.is_empty() {
             return Ok(());
         }
         let Some(layout) = self.layout.clone() else { return Ok(()) };
-        let (split_at, progress) = (self.ram_split_at, self.progress.clone());
+        let n = self.next_target.fetch_add(1, Ordering::Relaxed) as usize;
+        let (gpa, at) = self.targets[n % self.targets.len()];
+        let progress = self.progress.clone();
         ctx.after_exit(AfterExit::new(move || {
-            let done = ram_step(&layout, split_at, &progress);
+            let done = target_step(&layout, gpa, at, &progress);
             if let Err(e) = &done {
                 progress.lock().unwrap_or_else(|p| p.into_inner()).failed.get_or_insert(e.to_string());
             }
@@ -294,6 +312,8 @@ impl ExitHandler for Churn {
         for (name, value) in [
             ("ram_splits", p.ram_splits),
             ("ram_merges", p.ram_merges),
+            ("other_splits", p.other_splits),
+            ("other_merges", p.other_merges),
             ("region_splits", p.region_splits),
             ("region_merges", p.region_merges),
             ("hot_added", p.hot_added),
@@ -306,8 +326,12 @@ impl ExitHandler for Churn {
         let how = if self.config.hold { "every vCPU held for each" } else { "no vCPU held (diagnostic)" };
         if self.config.ram_every.is_some() {
             report.line(format!(
-                "churn: guest RAM split at {:#x} (upper half dirty-logged) {} times and merged {} times, {how}",
-                self.ram_split_at, p.ram_splits, p.ram_merges
+                "churn: guest RAM split (upper half dirty-logged) {} times and merged {} times, the other regions ({}) {} and {} times, {how}",
+                p.ram_splits,
+                p.ram_merges,
+                self.targets.iter().filter(|(gpa, _)| *gpa != 0).map(|(gpa, _)| format!("{gpa:#x}")).collect::<Vec<_>>().join(", "),
+                p.other_splits,
+                p.other_merges
             ));
         }
         report.line(format!(

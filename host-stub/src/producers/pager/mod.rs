@@ -351,6 +351,14 @@ impl ExitHandler for Pager {
         let uffd = region.uffd().map_err(|e| PagerError::CreateRegion(region::RegionError::Userfaultfd(e)))?;
         let slot = ctx.take_slot();
         region.add_memslot(ctx.vm, slot).map_err(|e| Error::SetMemoryRegion(slot, e))?;
+        // In the layout too, so that memslot updates may change this slot (its GPAs stay: a
+        // split or a merge) while fetches are in flight. The mapping lives in `shared` from here
+        // on, never replaced, and the backing keeps `shared`.
+        let (host, bytes) = region.host_range();
+        let keep: Arc<dyn Send + Sync> = self.shared.clone();
+        // SAFETY: `host..host + bytes` is the region's own mapping, kept by `keep` (above).
+        let backing = unsafe { crate::layout::table::Backing::new(host, keep) };
+        ctx.layout.adopt(slot, crate::layout::table::Region { gpa: self.config.region_gpa, bytes, backing, flags: 0 });
         ctx.memmap.push(HvmMemmapEntry {
             addr: self.config.region_gpa,
             size: self.config.pages() * PAGE as u64,
