@@ -12,7 +12,7 @@ use crate::handler::{AfterExit, EntryPending, ExitHandler, Handled, MsrAnswer, S
 use crate::kvm_run;
 use crate::kvm_stats::VcpuStats;
 use crate::layout::LayoutHandle;
-use crate::layout::classify::{MemoryState, RunSpan, Verdict};
+use crate::layout::classify::{RunSpan, Verdict};
 use crate::memory;
 use crate::memory_fault::{self, FaultSeen, MemoryFault, RepeatGuard};
 use crate::trace::{Arg, Args, Tracer, Track};
@@ -438,7 +438,7 @@ impl Vcpu {
             }
             Exit::MmioRead { addr, len } => {
                 let answer = data.answer(len);
-                if race_verdict(&self.layout, self.span, addr, handlers, false) == Some(Verdict::UpdateWindow)
+                if self.layout.verdict(self.span, addr, handlers, false) == Some(Verdict::UpdateWindow)
                     && self.layout.complete_access(addr, Some(answer), None)
                 {
                     kvm_run::complete_mmio_read(&mut self.fd, &data.0);
@@ -452,7 +452,7 @@ impl Vcpu {
                 return Ok(stop);
             }
             Exit::MmioWrite { addr } => {
-                if race_verdict(&self.layout, self.span, addr, handlers, false) == Some(Verdict::UpdateWindow)
+                if self.layout.verdict(self.span, addr, handlers, false) == Some(Verdict::UpdateWindow)
                     && self.layout.complete_access(addr, None, Some(&data.0))
                 {
                     return Ok(None);
@@ -526,7 +526,7 @@ impl Vcpu {
                 // once the window is closed the instruction runs again, unchanged.
                 let at = rip(&self.fd);
                 if let Some(gpa) = crate::guest_insn::translate(&self.fd, at)
-                    && race_verdict(&self.layout, self.span, gpa, handlers, true) == Some(Verdict::UpdateWindow)
+                    && self.layout.verdict(self.span, gpa, handlers, true) == Some(Verdict::UpdateWindow)
                 {
                     self.layout.complete_access(gpa, None, None);
                     return Ok(None);
@@ -538,27 +538,6 @@ impl Vcpu {
         }
         Ok(ctx.stop)
     }
-}
-
-/// Once a layout update ran: what an exit at `gpa`, which the layout holds as memory, of the
-/// KVM_RUN `span` was (`layout::classify`), with the handlers' word on demand pages. `None` when
-/// there is nothing to classify (no update ran, or `gpa` is no memory of the layout's).
-fn race_verdict(
-    layout: &LayoutHandle,
-    span: RunSpan,
-    gpa: u64,
-    handlers: &[&mut dyn ExitHandler],
-    code: bool,
-) -> Option<Verdict> {
-    if !layout.updates_ran() || layout.find(gpa).is_none() {
-        return None;
-    }
-    let state = handlers
-        .iter()
-        .map(|h| h.memory_state(gpa))
-        .find(|s| *s != MemoryState::NotPaged)
-        .unwrap_or(MemoryState::NotPaged);
-    Some(layout.classify(Some(gpa), span, state, code))
 }
 
 /// Offers an exit to each handler in turn; whether one claimed it.

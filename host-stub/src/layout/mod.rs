@@ -325,6 +325,22 @@ impl LayoutHandle {
         verdict
     }
 
+    /// For the run loop, once an update ran: what an exit at `gpa` (an address the layout holds
+    /// as memory) of the KVM_RUN `span` was, with the handlers' word on demand pages; `code`: an
+    /// instruction fetch. `None` when there is nothing to classify (no update ran, or `gpa` is
+    /// no memory of the layout's).
+    pub fn verdict(&self, span: RunSpan, gpa: u64, handlers: &[&mut dyn ExitHandler], code: bool) -> Option<Verdict> {
+        if !self.updates_ran() || self.find(gpa).is_none() {
+            return None;
+        }
+        let state = handlers
+            .iter()
+            .map(|h| h.memory_state(gpa))
+            .find(|s| *s != MemoryState::NotPaged)
+            .unwrap_or(MemoryState::NotPaged);
+        Some(self.classify(Some(gpa), span, state, code))
+    }
+
     /// Completes an access that hit an update's window, against the layout after the update
     /// (waiting for it to be in place): a read fills `read`, a write stores `write`. `false`
     /// when the address is no memory after all.
