@@ -4,12 +4,21 @@
 //! update holds every vCPU out of KVM_RUN, so the guest must see nothing: every test passes, no
 //! exit hits an update's window, and the report says how long the vCPUs were held.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
 use pvagent_abi::pnp::HostMode;
-use pvagent_host::RunResult;
+use pvagent_host::kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES;
+use pvagent_host::layout::Hold;
+use pvagent_host::layout::table::{Backing, Region, Update};
 use pvagent_host::producers::Producers;
 use pvagent_host::producers::churn::ChurnConfig;
 use pvagent_host::producers::pager::config::PagerConfig;
-use pvagent_tests::{config, guest_elf, run_stub_configured};
+use pvagent_host::producers::pager::uffd::{Missing, Uffd};
+use pvagent_host::vm_memory::mmap::MmapRegionBuilder;
+use pvagent_host::{AttachCtx, ExitHandler, RunResult, Vm};
+use pvagent_tests::{Code32, config, guest_elf, run_stub_configured, temp_file, tiny_elf};
 
 /// An update every this many vCPU entries: a boot and its self-tests make thousands of entries,
 /// so every run makes many updates, by the guest's work rather than the clock.
@@ -117,4 +126,91 @@ fn the_diagnostic_mode_reproduces_the_race_in_every_window_and_classifies_each_e
     assert!(c.get("layout.exits_update_window") >= 8, "at least one exit per window: {:?}", r.report.lines);
     assert_eq!(c.get("layout.exits_guest_error"), 0, "no exit taken for the guest's own error");
     assert_eq!(c.get("layout.exits_absent_page"), 0);
+}
+
+/// Where the blocking region lies: below 4 GiB (the tiny guest's 32-bit code reaches it with
+/// paging off), above guest RAM, clear of the local APIC, the IOAPIC and the TSS pages.
+const BLOCKING_GPA: u64 = 0xC000_0000;
+
+/// A region whose pages wait in the kernel for the test to supply them (userfaultfd without
+/// SIGBUS): a vCPU that touches one blocks inside KVM_RUN, where no signal reaches it.
+struct Blocking {
+    uffd: Arc<Uffd>,
+    host: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ExitHandler for Blocking {
+    fn name(&self) -> &'static str {
+        "blocking"
+    }
+
+    fn attach(&mut self, ctx: &mut AttachCtx<'_>) -> pvagent_host::Result<()> {
+        let bytes = 2 << 20;
+        let map: pvagent_host::vm_memory::MmapRegion = MmapRegionBuilder::new(bytes)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
+            .build()
+            .expect("map the blocking region");
+        let map = Arc::new(map);
+        self.uffd.register(map.as_ptr() as u64, bytes as u64).expect("register it with the userfaultfd");
+        self.host.store(map.as_ptr() as u64, Ordering::SeqCst);
+        // SAFETY: the mapping is `bytes` long, readable and writable, kept by the Arc.
+        let backing = unsafe { Backing::new(map.as_ptr() as u64, map.clone()) };
+        ctx.layout.add_before_run(Region { gpa: BLOCKING_GPA, bytes: bytes as u64, backing, flags: 0 })
+    }
+}
+
+/// A vCPU blocked inside KVM on a userfaultfd page takes no signal here: holding the vCPUs
+/// waits until the page is supplied. Forced by events: the test waits for the vCPU's fault to
+/// arrive (it is blocked), then for the hold to close the gate, and only then marks and supplies
+/// the page; the hold must see the mark once it has every vCPU out (a hold that did not wait
+/// for the blocked vCPU would not: checked by breaking it). Then an update (which KVM itself
+/// would also make wait: its memslot change waits for the fault's SRCU read section) and the
+/// guest reads the supplied value.
+#[test]
+fn an_update_waits_for_a_vcpu_blocked_in_kvm_on_a_userfaultfd_page() {
+    pvagent_tests::require_kvm();
+    const VALUE: u32 = 0x5EED_1234;
+    let code = Code32::new().load(BLOCKING_GPA as u32).exit_with_eax();
+    let image = temp_file("blocked-in-kvm.elf", &tiny_elf(&code, true, 0));
+    let uffd = Arc::new(Uffd::new(Missing::Waits).expect("a userfaultfd"));
+    let host = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let blocking = Blocking { uffd: uffd.clone(), host: host.clone() };
+    let vm = Vm::new(config(&image, ""), vec![Box::new(blocking)]).expect("the VM");
+    let layout = vm.layout();
+    let run = std::thread::spawn(move || vm.run());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let waiting = |what: &str| {
+        assert!(Instant::now() < deadline, "no {what} within 60 s");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    // The vCPU's load faulted on the page: it waits inside KVM.
+    while uffd.read_fault().expect("read the userfaultfd").is_none() {
+        waiting("fault");
+    }
+    let supplied = Arc::new(AtomicBool::new(false));
+    let update = {
+        let (layout, supplied) = (layout.clone(), supplied.clone());
+        std::thread::spawn(move || {
+            let held = layout.hold().expect("the hold");
+            let supplied_first = supplied.load(Ordering::SeqCst);
+            drop(held);
+            let applied =
+                layout.update(&Update::SetFlags { gpa: BLOCKING_GPA, flags: KVM_MEM_LOG_DIRTY_PAGES }, Hold::Vcpus);
+            (applied.map(|a| a.stopping), supplied_first)
+        })
+    };
+    while !layout.holding() {
+        waiting("hold");
+    }
+    supplied.store(true, Ordering::SeqCst);
+    let mut page = [0u8; 4096];
+    page[..4].copy_from_slice(&VALUE.to_le_bytes());
+    uffd.copy(host.load(Ordering::SeqCst), &page).expect("supply the page");
+    let (stopping, supplied_first) = update.join().expect("the update thread");
+    let stopping = stopping.expect("the update");
+    assert!(supplied_first, "the hold had every vCPU out before the page the blocked vCPU waited for was supplied");
+    assert!(stopping.is_some(), "it held the vCPUs");
+    let r = run.join().expect("the run");
+    assert_eq!(r.guest_exit_code, Some(VALUE), "{:?}", r.host_error);
 }

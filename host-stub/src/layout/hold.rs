@@ -100,6 +100,11 @@ impl HoldGate {
         Some(InGuest(self))
     }
 
+    /// Whether an update holds the vCPUs now (the gate is closed).
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
     /// Wakes threads waiting at the gate (the run is stopping: they must see it).
     pub fn wake(&self) {
         let _state = self.lock();

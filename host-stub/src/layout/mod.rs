@@ -123,6 +123,19 @@ impl LayoutHandle {
         self.0.record.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Holds every vCPU out of KVM_RUN until the guard is dropped, for a change of the caller's
+    /// own that the guest must not see half-done (copying memory before a
+    /// [`Update::ReplaceBacking`], say). Not to be mixed with [`LayoutHandle::update`] on the
+    /// same thread while held (updates take the hold themselves).
+    pub fn hold(&self) -> Result<hold::Held<'_>> {
+        self.0.threads.gate.hold(&self.0.threads).map_err(|e| Error::LayoutHold { in_guest: e.in_guest })
+    }
+
+    /// Whether an update holds the vCPUs right now.
+    pub fn holding(&self) -> bool {
+        self.0.threads.gate.is_closed()
+    }
+
     /// Every region now.
     pub fn regions(&self) -> Vec<Region> {
         self.table().slots().map(|(_, r)| r.clone()).collect()
