@@ -17,6 +17,8 @@ fn pager(mode: HostMode, fail_pages: &[u64]) -> Producers {
     Producers {
         sld: None,
         pager: Some(PagerConfig { mode, fail_pages: fail_pages.to_vec(), ..PagerConfig::default() }),
+        released: None,
+        churn: None,
     }
 }
 

@@ -101,6 +101,25 @@ pub enum Nr: u32 {
     /// #VE test control: raise an NMI on the calling vCPU, taken right after this `out` (a
     /// test puts the call where it wants the NMI to land).
     VeInjectNmi = 0x303,
+    /// Memory layout ([`crate::layout`]): the region the host announced with index `args[0]`
+    /// (0, 1, ...). `ret[0]` = its GPA (page aligned), `ret[1]` = its size and kind
+    /// ([`crate::layout::size_and_kind`]). An index past the last region:
+    /// [`Status::InvalidArgument`]; a host that announces none does not know the number.
+    LayoutRegion = 0x400,
+    /// Memory layout, a test control: change the layout now ([`crate::layout::LayoutStepKind`]
+    /// in `args[0]`, its arguments after it). The change is made before this call returns,
+    /// holding every vCPU, or in the host's diagnostic mode without holding them (then the
+    /// host keeps the window open until another vCPU touched it). A host without the churn
+    /// region does not know the number; a change it cannot make: [`Status::InvalidArgument`].
+    LayoutStep = 0x401,
+    /// Memory layout: `ret[0]` = layout changes made so far, `ret[1]` = exits the host
+    /// classified as hitting a change's window (0 wherever every change holds the vCPUs).
+    LayoutStats = 0x402,
+    /// Memory layout: whether the churn region's page `args[0]` (its index from the region's
+    /// start) was in the dirty log the host read at its last merge: `ret[0]` 1 or 0, `ret[1]`
+    /// the pages that log reported in all. A page outside the logged (upper) half:
+    /// [`Status::InvalidArgument`].
+    LayoutDirty = 0x403,
 }
 }
 

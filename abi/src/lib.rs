@@ -13,6 +13,7 @@ pub mod cpuid;
 pub mod exit;
 pub mod hypercall;
 pub mod kvm_apf;
+pub mod layout;
 pub mod msr;
 pub mod pnp;
 pub mod port;

@@ -73,8 +73,10 @@ impl fmt::Display for AbiVersion {
 /// ([`crate::cpuid::Features::CONSOLE`], [`crate::cpuid::Features::PNP_DRAIN_AT_EVENT`]): a
 /// guest uses neither where the host does not set it. Minor 3 added the pager's modes
 /// `KvmApf` and `KvmApfKernel` ([`crate::pnp::HostMode`]): a guest of an older minor reads them
-/// in the page-not-present leaf as modes it does not know.
-pub const ABI_VERSION: AbiVersion = AbiVersion::new(1, 4);
+/// in the page-not-present leaf as modes it does not know. Minor 4 added #VE. Minor 5 added the
+/// memory-layout hypercalls ([`crate::hypercall::Nr::LayoutRegion`] and the three after it,
+/// [`crate::layout`]), which an older host answers `UnknownNr`.
+pub const ABI_VERSION: AbiVersion = AbiVersion::new(1, 5);
 
 /// The guest's version, told to the host: WRMSR with bits 31:0 an [`AbiVersion`] in its wire
 /// form and bits 63:32 0 (otherwise #GP). RDMSR returns the version announced, 0 before.

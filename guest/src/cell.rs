@@ -100,6 +100,21 @@ fn to_raw<F: FnPtr>(f: F) -> *mut () {
     unsafe { core::mem::transmute_copy::<F, *mut ()>(&f) }
 }
 
+/// The function at `addr`: code the kernel did not link, placed at an address an ABI names (the
+/// host's code in the memslot self-tests' churn region). Its provenance is the exposed one of an
+/// address that came from outside Rust, as for any memory the host hands the guest by address.
+///
+/// # Safety
+///
+/// `addr` must hold code of `F`'s ABI and signature, mapped executable, for as long as the
+/// result is called.
+pub unsafe fn code_at<F: FnPtr>(addr: usize) -> F {
+    let raw: *mut () = core::ptr::with_exposed_provenance_mut(addr);
+    // SAFETY: `F` is a function pointer type (`FnPtr`'s contract: as large as a data pointer,
+    // never null, which `addr`, the caller's code, is not); the caller vouches for the code.
+    unsafe { core::mem::transmute_copy::<*mut (), F>(&raw) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,6 +54,20 @@ pub enum Error {
     SignalMsi(kvm_ioctls::Error),
     #[error("KVM_SET_USER_MEMORY_REGION failed for slot {0}: {1}")]
     SetMemoryRegion(u32, kvm_ioctls::Error),
+    #[error("memory layout update refused: {0}")]
+    Layout(crate::layout::table::LayoutError),
+    #[error("a layout update could not hold the vCPUs: {in_guest} still inside KVM_RUN after {}s (a vCPU waiting in KVM for memory nobody supplies)", crate::layout::hold::HOLD_BOUND.as_secs())]
+    LayoutHold { in_guest: usize },
+    #[error("{exits} exits at guest memory while layout updates held every vCPU: an update was not atomic")]
+    RaceExits { exits: u64 },
+    #[error("KVM_GET_DIRTY_LOG failed for slot {0}: {1}")]
+    GetDirtyLog(u32, kvm_ioctls::Error),
+    #[error("KVM_SET_USER_MEMORY_REGION2 failed for slot {0}: {1}")]
+    SetMemoryRegion2(u32, kvm_ioctls::Error),
+    #[error("KVM_CREATE_GUEST_MEMFD of {bytes:#x} bytes failed: {source}")]
+    CreateGuestMemfd { bytes: u64, source: kvm_ioctls::Error },
+    #[error("mapping {bytes:#x} bytes of memory for {what} failed: {source}")]
+    MapMemory { what: &'static str, bytes: u64, source: std::io::Error },
     #[error("KVM_RUN failed: {0}")]
     Run(kvm_ioctls::Error),
     #[error("cannot start a vCPU thread: {0}")]
@@ -122,10 +136,10 @@ pub enum Error {
     FailEntry { reason: u64, rip: u64 },
     #[error("unexpected exit {exit} at rip {rip:#x}")]
     UnexpectedExit { exit: String, rip: u64 },
-    #[error(
-        "KVM_EXIT_MEMORY_FAULT no handler claimed (gpa {gpa:#x}, size {size:#x}, flags {flags:#x}) at rip {rip:#x}"
-    )]
-    UnclaimedMemoryFault { gpa: u64, size: u64, flags: u64, rip: u64 },
+    #[error("KVM_EXIT_MEMORY_FAULT no handler claimed: {fault}, at rip {rip:#x}")]
+    UnclaimedMemoryFault { fault: crate::memory_fault::MemoryFault, rip: u64 },
+    #[error("{}", no_progress(.0))]
+    NoProgress(crate::memory_fault::NoProgress),
     #[error("KVM_RUN failed with EFAULT (guest memory KVM could not reach) no handler claimed, at rip {rip:#x}")]
     UnclaimedEfault { rip: u64 },
     #[error("KVM_EXIT_DEBUG no handler claimed at pc {pc:#x} (dr6 {dr6:#x}, dr7 {dr7:#x})")]
@@ -225,6 +239,7 @@ impl Error {
                 | Error::FailEntry { .. }
                 | Error::UnexpectedExit { .. }
                 | Error::UnclaimedMemoryFault { .. }
+                | Error::NoProgress(_)
                 | Error::UnclaimedEfault { .. }
                 | Error::UnclaimedDebug { .. }
                 | Error::UnclaimedBusLock { .. }
@@ -300,6 +315,19 @@ impl fmt::Display for HexBytes<'_> {
 
 /// Result of host stub operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The message of [`Error::NoProgress`].
+fn no_progress(p: &crate::memory_fault::NoProgress) -> String {
+    use crate::memory_fault::FaultSeen;
+    let what = match p.seen {
+        FaultSeen::MemoryFault { fault, rip } => format!("KVM_EXIT_MEMORY_FAULT ({fault}) at rip {rip:#x}"),
+        FaultSeen::Efault { rip, rcx } => format!("KVM_RUN's bare EFAULT at rip {rip:#x} (rcx {rcx:#x})"),
+    };
+    format!(
+        "the same {what} came {} times in a row: the handler that took it did not make the access possible",
+        p.repeats
+    )
+}
 
 #[cfg(test)]
 mod tests {

@@ -17,6 +17,9 @@ use vm_memory::GuestMemoryMmap;
 use crate::cpuid::CpuidTable;
 use crate::error::{Error, Result};
 use crate::kvm_stats::VcpuStats;
+use crate::layout::LayoutHandle;
+use crate::layout::classify::MemoryState;
+use crate::memory_fault::MemoryFault;
 use crate::trace::Tracer;
 
 /// Whether a handler took care of an exit.
@@ -74,6 +77,12 @@ pub struct AttachCtx<'a> {
     /// Whether (and why) a vCPU may share its core with an SMT sibling: per-core state such as
     /// MSR_TEST_CTRL cannot then be virtualized per vCPU (seed 000).
     pub siblings: Option<crate::config::Siblings>,
+    /// Whether KVM reports memory faults as `KVM_EXIT_MEMORY_FAULT` (`KVM_CAP_MEMORY_FAULT_INFO`);
+    /// without it they come as a bare EFAULT ([`ExitHandler::efault`]).
+    pub memory_fault_info: bool,
+    /// The VM's memory layout, for a handler that changes it while the guest runs
+    /// ([`LayoutHandle::update`], from its after-exit work or a thread of its own).
+    pub layout: LayoutHandle,
 }
 
 impl AttachCtx<'_> {
@@ -338,10 +347,19 @@ pub trait ExitHandler: Send {
         Ok(Handled::No)
     }
 
-    /// KVM_EXIT_MEMORY_FAULT: an access to `[gpa, gpa + size)` KVM could not resolve (the
-    /// instruction has not run).
-    fn memory_fault(&mut self, _ctx: &mut VcpuCtx<'_>, _gpa: u64, _size: u64, _flags: u64) -> Result<Handled> {
+    /// KVM_EXIT_MEMORY_FAULT: an access KVM could not resolve (the instruction has not run;
+    /// re-entering retries it). The fault says the range, whether the memory is private, and on
+    /// kernels that report it the access kind ([`MemoryFault`]). The run stops if the same fault
+    /// comes back [`crate::memory_fault::MAX_REPEATS`] times in a row.
+    fn memory_fault(&mut self, _ctx: &mut VcpuCtx<'_>, _fault: &MemoryFault) -> Result<Handled> {
         Ok(Handled::No)
+    }
+
+    /// What this handler knows of guest address `gpa`: whether it pages it, and whether the page
+    /// is present. The layout's exit classifier asks it (an absent demand page exits as MMIO at
+    /// a RAM address, as an access in a layout update's window does: `layout::classify`).
+    fn memory_state(&self, _gpa: u64) -> MemoryState {
+        MemoryState::NotPaged
     }
 
     /// KVM_RUN failed with EFAULT and no memory-fault information: KVM could not access guest

@@ -39,8 +39,10 @@ pub mod guest_insn;
 pub mod handler;
 mod kvm_run;
 pub mod kvm_stats;
+pub mod layout;
 pub mod loader;
 pub mod memory;
+pub mod memory_fault;
 pub mod producers;
 pub mod report;
 pub mod results;
@@ -57,6 +59,7 @@ pub use handler::{
     AfterExit, AttachCtx, EntryPending, ExitHandler, Handled, HypercallAnswer, MsrAnswer, PageEventInjection,
     PageEventInjector, Report, Stop, VcpuCtx,
 };
+pub use memory_fault::MemoryFault;
 pub use producers::Producers;
 pub use report::{ListedTest, RunResult, TestOutcome};
 pub use trace::{Arg, Tracer, Track};

@@ -14,9 +14,11 @@ use clap::{Parser, ValueEnum};
 use pvagent_host::config::{MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB};
 use pvagent_host::memory::CMDLINE_MAX;
 use pvagent_host::producers::Producers;
+use pvagent_host::producers::churn::ChurnConfig;
 use pvagent_host::producers::pager::config::{MAX_FETCHERS, MAX_LATENCY, MAX_REGION_MIB};
 use pvagent_host::producers::pager::region::PAGE;
 use pvagent_host::producers::pager::{self, config::PagerConfig};
+use pvagent_host::producers::released::ReleasedConfig;
 use pvagent_host::producers::sld::SldConfig;
 use pvagent_host::producers::sld::policy::{Enumeration, Policy};
 use pvagent_host::{Config, SerialSink, Vm};
@@ -94,6 +96,23 @@ struct Args {
     /// refused (seed 000).
     #[arg(long, value_enum, conflicts_with = "no_sld")]
     sld_policy: Option<PolicyArg>,
+    /// Change guest RAM's memslots while the guest runs: every N-th vCPU entry (counted over
+    /// all vCPUs; 0: never, the default), split RAM in two memslots with dirty logging on the
+    /// upper half, or merge them again. Each update holds every vCPU out of KVM_RUN (the report
+    /// says how long), as do the changes of the churn region at 6 GiB, which the memslot
+    /// self-tests ask for (split, merge, hot-add, move).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    layout_churn: u64,
+    /// The diagnostic mode: the churn region's changes hold no vCPU and keep their window open
+    /// until a vCPU hits it; the report classifies the exits. Guest RAM is then left alone
+    /// (without a hold the guest triple-faults: KVM's page walks find no memslot).
+    #[arg(long)]
+    layout_unheld: bool,
+    /// A guest_memfd region at 5 GiB whose memory is released before boot: the guest's first
+    /// access to it is a memory fault (KVM_EXIT_MEMORY_FAULT at CPL 3 here), which the host
+    /// repairs (the self-test memslot::a_cpl3_access_to_released_memory_is_repaired_by_the_host).
+    #[arg(long)]
+    released_region: bool,
     #[command(flatten)]
     pager: PagerArgs,
 }
@@ -197,7 +216,12 @@ fn producers(args: &Args) -> Producers {
         enumeration: args.sld_enumeration.map(Into::into),
         policy: args.sld_policy.map(Into::into),
     });
-    Producers { sld, pager: args.pager.config() }
+    let churn = Some(ChurnConfig {
+        ram_every: (args.layout_churn > 0 && !args.layout_unheld).then_some(args.layout_churn),
+        hold: !args.layout_unheld,
+    });
+    let released = args.released_region.then(ReleasedConfig::default);
+    Producers { sld, pager: args.pager.config(), released, churn }
 }
 
 /// A command line clap refused: `--help` and `--version` print as clap prints them; anything

@@ -11,7 +11,10 @@ use crate::error::{Error, Result};
 use crate::handler::{AfterExit, EntryPending, ExitHandler, Handled, MsrAnswer, Stop, VcpuCtx, out_value, out_word};
 use crate::kvm_run;
 use crate::kvm_stats::VcpuStats;
+use crate::layout::LayoutHandle;
+use crate::layout::classify::{RunSpan, Verdict};
 use crate::memory;
+use crate::memory_fault::{self, FaultSeen, MemoryFault, RepeatGuard};
 use crate::trace::{Arg, Args, Tracer, Track};
 use crate::watchdog::{RunningVcpu, VcpuThreads, Watchdog};
 
@@ -77,11 +80,7 @@ enum Exit {
         index: u32,
         value: u64,
     },
-    MemoryFault {
-        gpa: u64,
-        size: u64,
-        flags: u64,
-    },
+    MemoryFault(MemoryFault),
     Efault,
     Debug(kvm_bindings::kvm_debug_exit_arch),
     BusLock,
@@ -114,6 +113,22 @@ impl ExitData {
     }
 }
 
+/// What KVM_RUN's outcome is, as the loop handles it: an exit (copied), a kick, a bare EFAULT,
+/// or a failure of KVM_RUN itself.
+fn exit_of(run: std::result::Result<VcpuExit<'_>, kvm_ioctls::Error>, data: &mut ExitData) -> Result<Exit> {
+    match run {
+        // `kvm-ioctls` makes KVM_RUN's EFAULT (or EHWPOISON) with `exit_reason` 39 the
+        // `MemoryFault` exit: KVM_CAP_MEMORY_FAULT_INFO's form.
+        Ok(exit) => Ok(copy_exit(exit, data)),
+        // A kick (EINTR), or an AP's first entry after its SIPI (EAGAIN).
+        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Ok(Exit::Interrupted),
+        // EFAULT without memory-fault information: KVM could not reach guest memory for the
+        // instruction at RIP, which has not run, and did not say where.
+        Err(e) if e.errno() == libc::EFAULT => Ok(Exit::Efault),
+        Err(e) => Err(Error::Run(e)),
+    }
+}
+
 fn copy_exit(exit: VcpuExit<'_>, data: &mut ExitData) -> Exit {
     match exit {
         VcpuExit::IoIn(port, bytes) => Exit::IoIn { port, len: bytes.len() },
@@ -128,7 +143,7 @@ fn copy_exit(exit: VcpuExit<'_>, data: &mut ExitData) -> Exit {
         }
         VcpuExit::X86Rdmsr(msr) => Exit::Rdmsr { index: msr.index },
         VcpuExit::X86Wrmsr(msr) => Exit::Wrmsr { index: msr.index, value: msr.data },
-        VcpuExit::MemoryFault { flags, gpa, size } => Exit::MemoryFault { gpa, size, flags },
+        VcpuExit::MemoryFault { flags, gpa, size } => Exit::MemoryFault(MemoryFault { gpa, size, flags }),
         VcpuExit::Debug(arch) => Exit::Debug(arch),
         VcpuExit::Unsupported(kvm_bindings::KVM_EXIT_X86_BUS_LOCK) => Exit::BusLock,
         VcpuExit::Intr => Exit::Interrupted,
@@ -159,8 +174,8 @@ fn timeline_entry(exit: &Exit, data: &ExitData) -> (&'static str, Args) {
         Exit::Wrmsr { index, value } => {
             ("wrmsr", vec![("msr", Arg::Hex((*index).into())), ("value", Arg::Hex(*value))])
         }
-        Exit::MemoryFault { gpa, size: len, flags } => {
-            ("memory fault", vec![("gpa", Arg::Hex(*gpa)), ("size", Arg::Uint(*len)), ("flags", Arg::Hex(*flags))])
+        Exit::MemoryFault(f) => {
+            ("memory fault", vec![("gpa", Arg::Hex(f.gpa)), ("size", Arg::Uint(f.size)), ("flags", Arg::Hex(f.flags))])
         }
         Exit::Efault => ("efault", Vec::new()),
         Exit::Debug(arch) => ("debug", vec![("pc", Arg::Hex(arch.pc))]),
@@ -214,6 +229,13 @@ pub struct Vcpu {
     /// The work handlers left for after the exit being handled (`VcpuCtx::after_exit`): empty
     /// between exits; kept here so that its allocation is reused.
     pub after_exit: Vec<AfterExit>,
+    /// Stops the run when the same memory fault keeps coming back (`memory_fault`).
+    pub fault_guard: RepeatGuard,
+    /// The VM's memory layout: its update generation is read around each KVM_RUN, and exits
+    /// are classified against its windows once an unheld update ran.
+    pub layout: LayoutHandle,
+    /// The last KVM_RUN's update generations.
+    pub span: RunSpan,
 }
 
 /// Whether `exit` is the console's (COM1's registers, and the console port: `devices::serial`).
@@ -317,20 +339,19 @@ impl Vcpu {
             // An exit lasts from KVM_RUN's return to the next KVM_RUN: handling it and the
             // injections before the next entry are what the host spent on it.
             self.end_exit_span(in_progress.take());
-            let exit = match self.fd.run() {
-                Ok(exit) => copy_exit(exit, &mut data),
-                // A kick (EINTR), or an AP's first entry after its SIPI (EAGAIN). A kick may have
-                // asked for this immediate exit: cleared before anything the kick announced is
-                // checked, so a later kick is never lost.
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                    self.fd.set_kvm_immediate_exit(0);
-                    Exit::Interrupted
-                }
-                // EFAULT without memory-fault information (that case is `MemoryFault`): KVM
-                // could not reach guest memory for the instruction at RIP, which has not run.
-                Err(e) if e.errno() == libc::EFAULT => Exit::Efault,
-                Err(e) => return Err(Error::Run(e)),
-            };
+            // Through the gate a layout update closes (`layout::hold`): out of it again as soon
+            // as KVM_RUN returns.
+            let Some(in_guest) = threads.gate.enter(|| threads.stopping()) else { return Ok(None) };
+            self.span.entered = self.layout.generation();
+            let exit = exit_of(self.fd.run(), &mut data);
+            self.span.returned = self.layout.generation();
+            drop(in_guest);
+            let exit = exit?;
+            if matches!(exit, Exit::Interrupted) {
+                // A kick may have asked for this immediate exit: cleared before anything the
+                // kick announced is checked, so a later kick is never lost.
+                self.fd.set_kvm_immediate_exit(0);
+            }
             if self.trace.is_on() && (self.trace_console || !is_console(&exit)) {
                 let since = Instant::now();
                 let (name, args) = timeline_entry(&exit, &data);
@@ -381,6 +402,10 @@ impl Vcpu {
         handlers: &mut [&mut dyn ExitHandler],
         watchdog: &Watchdog,
     ) -> Result<Option<Stop>> {
+        // Any exit but a fault or a kick shows the guest ran since the last fault.
+        if !matches!(exit, Exit::MemoryFault(_) | Exit::Efault | Exit::Interrupted) {
+            self.fault_guard.progress();
+        }
         let mut ctx = VcpuCtx {
             index: self.index,
             vcpu: &self.fd,
@@ -413,6 +438,12 @@ impl Vcpu {
             }
             Exit::MmioRead { addr, len } => {
                 let answer = data.answer(len);
+                if self.layout.verdict(self.span, addr, handlers, false) == Some(Verdict::UpdateWindow)
+                    && self.layout.complete_access(addr, Some(answer), None)
+                {
+                    kvm_run::complete_mmio_read(&mut self.fd, &data.0);
+                    return Ok(None);
+                }
                 if !claim(handlers, |h| h.mmio_read(&mut ctx, addr, answer))? {
                     self.unclaimed.mmio += 1;
                 }
@@ -421,6 +452,11 @@ impl Vcpu {
                 return Ok(stop);
             }
             Exit::MmioWrite { addr } => {
+                if self.layout.verdict(self.span, addr, handlers, false) == Some(Verdict::UpdateWindow)
+                    && self.layout.complete_access(addr, None, Some(&data.0))
+                {
+                    return Ok(None);
+                }
                 if !claim(handlers, |h| h.mmio_write(&mut ctx, addr, &data.0))? {
                     self.unclaimed.mmio += 1;
                 }
@@ -437,14 +473,23 @@ impl Vcpu {
                 self.complete_msr(answer);
                 return Ok(stop);
             }
-            Exit::MemoryFault { gpa, size, flags } => {
-                if !claim(handlers, |h| h.memory_fault(&mut ctx, gpa, size, flags))? {
-                    return Err(Error::UnclaimedMemoryFault { gpa, size, flags, rip: rip(&self.fd) });
+            Exit::MemoryFault(fault) => {
+                let rip = rip(ctx.vcpu);
+                self.fault_guard.fault(FaultSeen::MemoryFault { fault, rip }).map_err(Error::NoProgress)?;
+                if !claim(handlers, |h| h.memory_fault(&mut ctx, &fault))? {
+                    return Err(Error::UnclaimedMemoryFault { fault, rip });
                 }
+                let stop = ctx.stop;
+                memory_fault::forget_fault(self.fd.get_kvm_run());
+                return Ok(stop);
             }
             Exit::Efault => {
+                let regs = ctx.vcpu.get_regs().map_err(Error::GetRegs)?;
+                self.fault_guard
+                    .fault(FaultSeen::Efault { rip: regs.rip, rcx: regs.rcx })
+                    .map_err(Error::NoProgress)?;
                 if !claim(handlers, |h| h.efault(&mut ctx))? {
-                    return Err(Error::UnclaimedEfault { rip: rip(&self.fd) });
+                    return Err(Error::UnclaimedEfault { rip: regs.rip });
                 }
             }
             Exit::Debug(arch) => {
@@ -477,7 +522,16 @@ impl Vcpu {
                 {
                     return Ok(ctx.stop);
                 }
-                return Err(Error::Emulation { suberror, rip: rip(&self.fd), bytes });
+                // Code fetched from an address an unheld layout update left without a memslot:
+                // once the window is closed the instruction runs again, unchanged.
+                let at = rip(&self.fd);
+                if let Some(gpa) = crate::guest_insn::translate(&self.fd, at)
+                    && self.layout.verdict(self.span, gpa, handlers, true) == Some(Verdict::UpdateWindow)
+                {
+                    self.layout.complete_access(gpa, None, None);
+                    return Ok(None);
+                }
+                return Err(Error::Emulation { suberror, rip: at, bytes });
             }
             Exit::FailEntry(reason) => return Err(Error::FailEntry { reason, rip: rip(&self.fd) }),
             Exit::Other(exit) => return Err(Error::UnexpectedExit { exit, rip: rip(&self.fd) }),
@@ -548,5 +602,31 @@ mod tests {
         assert_eq!(msi.address_lo, 0xFEE0_3000, "destination ID 3 in bits 19:12, physical mode (bit 2 clear)");
         assert_eq!((msi.address_hi, msi.data), (0, 0x52), "fixed delivery, edge, the vector");
         assert_eq!(fixed_msi(apic_id(0), 0x40).address_lo, 0xFEE0_0000);
+    }
+
+    /// Each form a memory access KVM cannot back comes in, built by hand as `kvm-ioctls` hands
+    /// it over, becomes the exit its handler expects.
+    #[test]
+    fn every_form_of_a_memory_fault_reaches_its_exit() {
+        let mut data = ExitData::default();
+        let errno = kvm_ioctls::Error::new;
+        // KVM_CAP_MEMORY_FAULT_INFO's form: EFAULT with exit reason 39 (`kvm-ioctls` makes it
+        // an exit), the flags kept whole.
+        let flags = memory_fault::flags::WRITE | memory_fault::flags::PRIVATE;
+        let exit = exit_of(Ok(VcpuExit::MemoryFault { flags, gpa: 0x1_0000_2000, size: 0x1000 }), &mut data);
+        let Ok(Exit::MemoryFault(fault)) = exit else { panic!("{exit:?}") };
+        assert_eq!(fault, MemoryFault { gpa: 0x1_0000_2000, size: 0x1000, flags });
+        assert!(fault.private() && fault.access() == memory_fault::FaultAccess::Write);
+        // A bare EFAULT: no information, the instruction at RIP is the only witness.
+        assert!(matches!(exit_of(Err(errno(libc::EFAULT)), &mut data), Ok(Exit::Efault)));
+        // PVM's CPL 0 form: an MMIO exit at the RAM address, its data kept for the handler.
+        let mut bytes = [0u8; 4];
+        let exit = exit_of(Ok(VcpuExit::MmioRead(0x1_0000_2008, &mut bytes)), &mut data);
+        assert!(matches!(exit, Ok(Exit::MmioRead { addr: 0x1_0000_2008, len: 4 })), "{exit:?}");
+        let exit = exit_of(Ok(VcpuExit::MmioWrite(0x1_0000_2008, &[1, 2])), &mut data);
+        assert!(matches!(exit, Ok(Exit::MmioWrite { addr: 0x1_0000_2008 })) && data.0 == [1, 2], "{exit:?}");
+        // EHWPOISON without fault information, and any other failure, end the run.
+        assert!(matches!(exit_of(Err(errno(libc::EHWPOISON)), &mut data), Err(Error::Run(_))));
+        assert!(matches!(exit_of(Err(errno(libc::EINTR)), &mut data), Ok(Exit::Interrupted)));
     }
 }

@@ -19,8 +19,11 @@ use crate::devices::{Basics, debug_exit::DebugExit, serial::Serial, trace::Trace
 use crate::error::{Error, Result};
 use crate::handler::{AttachCtx, ExitHandler, Report, Stop};
 use crate::kvm_stats::VcpuStats;
+use crate::layout::table::{Backing, Layout, Region};
+use crate::layout::{FIRST_LAYOUT_SLOT, LayoutHandle};
 use crate::loader::{self, Loaded};
 use crate::memory::{self, START_INFO_GPA};
+use crate::memory_fault;
 use crate::report::RunResult;
 use crate::trace::{self, Tracer};
 use crate::vcpu::{SharedHandlers, Vcpu};
@@ -56,6 +59,12 @@ pub struct Vm {
     setup_time: Duration,
     /// Why the vCPUs have no KVM statistics, when they have none.
     stats_missing: Option<std::io::Error>,
+    /// KVM_CAP_MEMORY_FAULT_INFO (reported, never enabled: it only informs).
+    memory_fault_info: bool,
+    /// The vCPU threads of the run (for stopping them, and for holding them in a layout update).
+    threads: Arc<VcpuThreads>,
+    /// The memslots, for changing them while the guest runs.
+    layout: LayoutHandle,
 }
 
 impl std::fmt::Debug for Vm {
@@ -108,6 +117,9 @@ impl Vm {
         vm.set_tss_address(TSS_ADDRESS).map_err(Error::SetTssAddress)?;
         vm.create_irq_chip().map_err(Error::CreateIrqChip)?;
         let next_slot = memory::register(&vm, &mem, 0)?;
+        let memory_fault_info = memory_fault::fault_info_reported(&kvm);
+        let threads = Arc::new(VcpuThreads::default());
+        let layout = LayoutHandle::new(vm.clone(), threads.clone(), ram_layout(&mem)?);
         let mut attach = AttachCtx {
             kvm: &kvm,
             vm: &vm,
@@ -118,6 +130,8 @@ impl Vm {
             next_slot,
             vcpus: config.vcpus,
             siblings: config.siblings(),
+            memory_fault_info,
+            layout: layout.clone(),
         };
         for p in &mut producers {
             p.attach(&mut attach)?;
@@ -179,6 +193,9 @@ impl Vm {
                 trace_console: config.trace_console,
                 entries: 0,
                 after_exit: Vec::new(),
+                fault_guard: Default::default(),
+                layout: layout.clone(),
+                span: Default::default(),
             });
         }
         // KVM routes an interrupt by its destination APIC ID through a map it rebuilds when a
@@ -212,6 +229,9 @@ impl Vm {
             loaded,
             config,
             setup_time: start.elapsed(),
+            memory_fault_info,
+            threads,
+            layout,
         })
     }
 
@@ -220,7 +240,7 @@ impl Vm {
         let start = Instant::now();
         self.basics.run_starts(start);
         let unblockers = self.producers.iter().filter_map(|p| p.unblocker()).collect();
-        let threads = Arc::new(VcpuThreads::default());
+        let threads = self.threads.clone();
         let watchdog = Watchdog::arm(self.config.timeout, unblockers, threads.clone());
         // This thread runs vCPU 0 for the whole run (the bare loop too): the producers that
         // signal "the" vCPU thread signal this one, which outlives them.
@@ -237,6 +257,7 @@ impl Vm {
                     handlers.push(bench);
                 }
                 handlers.push(&mut self.trace_port);
+                handlers.push(&mut self.layout);
                 handlers.extend(self.producers.iter_mut().map(|p| p.as_mut() as &mut dyn ExitHandler));
                 let handlers = Mutex::new(handlers);
                 run_vcpus(&mut self.vcpus, &self.vm, &self.mem, &handlers, &watchdog, &threads)
@@ -323,6 +344,8 @@ impl Vm {
             report.counter(&name, "unclaimed_mmio", vcpu.unclaimed.mmio);
             report.counter(&name, "unclaimed_msr", vcpu.unclaimed.msr);
         }
+        report.counter("host", "memory_fault_info_cap", u64::from(self.memory_fault_info));
+        self.layout.report(&mut report);
         report.counter("host", "setup_us", self.setup_time.as_micros() as u64);
         report.counter("host", "run_us", elapsed.as_micros() as u64);
         if let Some(kib) = peak_rss_kib() {
@@ -347,6 +370,12 @@ impl Vm {
 }
 
 impl Vm {
+    /// The VM's memory layout: change it while the guest runs ([`LayoutHandle::update`]) from
+    /// any thread.
+    pub fn layout(&self) -> LayoutHandle {
+        self.layout.clone()
+    }
+
     /// Puts KVM's statistics of each vCPU in the report: every one that is not 0, as
     /// `kvm.<name>` (`kvm.vcpu<N>.<name>` once there are several vCPUs).
     fn report_kvm_stats(&self, report: &mut Report) {
@@ -426,6 +455,21 @@ fn run_vcpus(
         e if several => Error::OnVcpu { index, source: Box::new(e) },
         e => e,
     })
+}
+
+/// The layout of guest RAM as `memory::register` set it up: one slot per region, from slot 0.
+fn ram_layout(mem: &GuestMemoryMmap) -> Result<Layout> {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    let mut layout = Layout::new(FIRST_LAYOUT_SLOT);
+    let keep: Arc<dyn Send + Sync> = Arc::new(mem.clone());
+    for (slot, region) in mem.iter().enumerate() {
+        let gpa = region.start_addr().0;
+        let host = mem.get_host_address(region.start_addr()).map_err(|source| Error::RamHostAddress { gpa, source })?;
+        // SAFETY: the region's mapping lives as long as any clone of `mem`, which `keep` is.
+        let backing = unsafe { Backing::new(host as u64, Arc::clone(&keep)) };
+        layout.adopt(slot as u32, Region { gpa, bytes: region.len(), backing, flags: 0 });
+    }
+    Ok(layout)
 }
 
 /// Writes the run's timeline to `file` (at `path`), timed from `run_start`; spans still open

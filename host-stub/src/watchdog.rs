@@ -64,6 +64,8 @@ pub struct VcpuThreads {
     /// The running threads, by vCPU index. A thread leaves the list before it ends, under the
     /// lock a kick holds, so a kick never signals a thread that is gone.
     threads: Mutex<Vec<(usize, libc::pthread_t)>>,
+    /// What every KVM_RUN passes, so that a layout update can hold the vCPUs (`layout::hold`).
+    pub gate: crate::layout::hold::HoldGate,
 }
 
 impl VcpuThreads {
@@ -91,6 +93,7 @@ impl VcpuThreads {
     /// `immediate_exit` before it reads the flag, so no thread misses both.
     pub fn stop_all(&self) {
         self.stopping.store(true, Ordering::Release);
+        self.gate.wake();
         self.kick_all();
     }
 

@@ -17,6 +17,7 @@
 mod ac;
 mod arch;
 mod harness;
+mod memslot;
 mod pnp;
 mod smp;
 mod task;
@@ -127,8 +128,17 @@ macro_rules! ensure_eq_hex {
 }
 
 /// Every suite, in the order they run.
-const SUITES: &[&[SelfTest]] =
-    &[harness::TESTS, arch::TESTS, smp::TESTS, task::TESTS, ac::TESTS, pnp::TESTS, pnp::KVM_APF_TESTS, pnp::SMP_TESTS];
+const SUITES: &[&[SelfTest]] = &[
+    harness::TESTS,
+    arch::TESTS,
+    smp::TESTS,
+    task::TESTS,
+    ac::TESTS,
+    pnp::TESTS,
+    pnp::KVM_APF_TESTS,
+    pnp::SMP_TESTS,
+    memslot::TESTS,
+];
 
 fn all_tests() -> impl Iterator<Item = &'static SelfTest> {
     SUITES.iter().flat_map(|suite| suite.iter())

@@ -1,7 +1,9 @@
 //! Event producers: each implements `ExitHandler` and makes the guest see an event this
 //! machine's hardware would not produce by itself. [`Producers`] says which a run uses.
 
+pub mod churn;
 pub mod pager;
+pub mod released;
 pub mod sld;
 
 use crate::error::{Error, Result};
@@ -14,13 +16,24 @@ pub struct Producers {
     pub sld: Option<sld::SldConfig>,
     /// The demand pager (page-not-present events), if any.
     pub pager: Option<pager::config::PagerConfig>,
+    /// A region whose memory the host released, for memory-fault exits (off by default).
+    pub released: Option<released::ReleasedConfig>,
+    /// Memory-layout updates while the guest runs: the churn region the memslot self-tests ask
+    /// the host to change (by default, every change holding the vCPUs), and guest RAM split and
+    /// merged every so many entries (not by default).
+    pub churn: Option<churn::ChurnConfig>,
 }
 
 impl Producers {
     /// What `cargo xtask run`, the binary and the end-to-end tests use unless told otherwise:
     /// every producer, with its default settings.
     pub fn defaults() -> Self {
-        Self { sld: Some(sld::SldConfig::default()), pager: Some(pager::config::PagerConfig::default()) }
+        Self {
+            sld: Some(sld::SldConfig::default()),
+            pager: Some(pager::config::PagerConfig::default()),
+            released: None,
+            churn: Some(churn::ChurnConfig { ram_every: None, hold: true }),
+        }
     }
 
     /// Creates the producers.
@@ -31,6 +44,12 @@ impl Producers {
         }
         if let Some(config) = &self.pager {
             out.push(Box::new(pager::Pager::new(config.clone()).map_err(Error::Pager)?));
+        }
+        if let Some(config) = self.released {
+            out.push(Box::new(released::ReleasedBacking::new(config)));
+        }
+        if let Some(config) = self.churn {
+            out.push(Box::new(churn::Churn::new(config)));
         }
         Ok(out)
     }

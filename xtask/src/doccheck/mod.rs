@@ -78,6 +78,7 @@ pub const RULES: &[(&str, Rule)] = &[
         },
     ),
     ("cargo xtask run -- --vcpus 4 --threads-per-core 2", Rule::Run { makes: &[] }),
+    ("cargo xtask run --tests memslot -- --vcpus 4 --layout-unheld", Rule::Run { makes: &[] }),
     (
         "cargo xtask run -- --serial-log target/console.log",
         Rule::Run { makes: &[Made::Console("target/console.log"), Made::Console("target/console.boot2.log")] },

@@ -2,7 +2,8 @@
 //! producer at its defaults (the pager in `ring` mode), then the page-not-present tests again
 //! with the pager in each other mode (`sync`; KVM's async page fault ABI served by the host stub,
 //! `kvm-apf`, and by KVM itself, `kvm-apf-kernel`, with that driver's tests too), so every mode of
-//! the host is seen on every run. A filtered run (`--tests`, or `tests=` in the guest's command
+//! the host is seen on every run, and last every self-test on four vCPUs while the host splits
+//! and merges guest RAM's memslots under them (`--layout-churn`, seed 003). A filtered run (`--tests`, or `tests=` in the guest's command
 //! line), a run in a mode the user chose (`--pnp-mode`) or one without the pager (`--pnp-mib 0`,
 //! `pnp=off`) boots once; each boot says what it runs before it starts, and a boot left out says
 //! why.
@@ -29,6 +30,10 @@ pub use list::{Listed, format_list, list};
 use crate::proc::{self, Ended};
 use crate::{Profile, Result, err, failed, guest, project_root, setup};
 use args::{value_of, without};
+
+/// The memslot boot's vCPUs, and how many vCPU entries apart its layout updates come.
+const MEMSLOT_VCPUS: usize = 4;
+const MEMSLOT_EVERY: u64 = 20;
 
 /// Time one boot may take before it is killed.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -148,6 +153,20 @@ pub fn plan(tests: Option<&str>, trace: Option<&Path>, extra: &[String]) -> (Vec
                     defaults: vec![("--pnp-mode", mode.to_string())],
                 });
             }
+            // Seed 003: memory changed under running vCPUs, each update holding them all; the
+            // host stub fails the boot on any exit at guest memory, and reports the hold times.
+            boots.push(Boot {
+                what: format!(
+                    "every self-test on {MEMSLOT_VCPUS} vCPUs while guest RAM is split and merged again every {MEMSLOT_EVERY} vCPU entries (memslot updates holding every vCPU), pager in ring mode"
+                ),
+                label: "host-stub-memslots".to_string(),
+                cmdline: words(None),
+                defaults: vec![
+                    ("--pnp-mode", "ring".to_string()),
+                    ("--vcpus", MEMSLOT_VCPUS.to_string()),
+                    ("--layout-churn", MEMSLOT_EVERY.to_string()),
+                ],
+            });
             None
         }
     };
@@ -368,9 +387,13 @@ mod tests {
     fn an_unfiltered_run_boots_in_every_mode() {
         let (boots, note) = plan(None, Some(Path::new("t.json")), &[]);
         assert_eq!(note, None);
-        assert_eq!(boots.len(), 4);
+        assert_eq!(boots.len(), 5);
         let labels: Vec<&str> = boots.iter().map(|b| b.label.as_str()).collect();
-        assert_eq!(labels, ["host-stub-ring", "host-stub-sync", "host-stub-kvm-apf", "host-stub-kvm-apf-kernel"]);
+        assert_eq!(
+            labels,
+            ["host-stub-ring", "host-stub-sync", "host-stub-kvm-apf", "host-stub-kvm-apf-kernel", "host-stub-memslots"]
+        );
+        assert!(boots[4].defaults.contains(&("--layout-churn", "20".into())) && boots[4].cmdline == "expect-host=stub");
         assert_eq!(boots[3].cmdline, "expect-host=stub tests=pnp,kvm_apf");
         assert_eq!(boots[0].what, "every self-test, pager in ring mode");
         assert_eq!(boots[0].cmdline, "expect-host=stub");
@@ -412,7 +435,7 @@ mod tests {
         assert!(note.as_deref().is_some_and(|n| n.contains("(pnp=off: ")), "{note:?}");
         // The guest reads later words over earlier ones: a later pnp= word turns it back on.
         let (boots, _) = plan(None, None, &strings(&["--cmdline", "pnp=off pnp=on", "--pnp-mib=8"]));
-        assert_eq!(boots.len(), 4);
+        assert_eq!(boots.len(), 5);
     }
 
     #[test]
@@ -423,7 +446,7 @@ mod tests {
         assert_eq!(boots[0].cmdline, "expect-host=stub tests=arch sld=fatal tests=ac");
         assert!(boots[0].what.starts_with("the self-tests matching tests=ac"), "{}", boots[0].what);
         let (boots, _) = plan(None, None, &strings(&["--cmdline=kstack=64"]));
-        assert_eq!(boots.len(), 4);
+        assert_eq!(boots.len(), 5);
         assert_eq!(boots[1].cmdline, "expect-host=stub tests=pnp kstack=64", "every boot gets the user's words");
         // xtask passes one --cmdline, the merged one.
         assert_eq!(without(&extra, "--cmdline"), strings(&["--mem", "256"]));

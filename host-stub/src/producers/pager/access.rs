@@ -191,17 +191,15 @@ impl Pager {
         Ok(Handled::Yes)
     }
 
-    /// A bare EFAULT (PVM, guest CPL 3): finds which absent page of the region the instruction
-    /// at RIP touches, and handles the access to it; `No` if it touches none.
+    /// An access that does not say its page (a bare EFAULT: PVM, guest CPL 3; a memory fault
+    /// whose range spans pages): finds which absent page of the region the instruction at RIP
+    /// touches, and handles the access to it; `No` if it touches none.
     pub(super) fn decoded_access(&mut self, ctx: &mut VcpuCtx<'_>) -> Result<Handled> {
         let Ok(insn) = crate::guest_insn::at_rip(ctx.vcpu, ctx.mem) else {
             return Ok(Handled::No);
         };
         match self.region_pages_touched(ctx, &insn, true).first() {
-            Some(&(gpa, linear)) => {
-                self.efaults += 1;
-                self.access(ctx, gpa, Some(linear), Access::Retry)
-            }
+            Some(&(gpa, linear)) => self.access(ctx, gpa, Some(linear), Access::Retry),
             None => Ok(Handled::No),
         }
     }

@@ -84,6 +84,8 @@ use crate::handler::{
     AttachCtx, EntryPending, ExitHandler, Handled, HypercallAnswer, MsrAnswer, PageEventInjection, PageEventInjector,
     Report, Unblock, VcpuCtx,
 };
+use crate::layout::classify::MemoryState;
+use crate::memory_fault::MemoryFault;
 
 const NAME: &str = "pager";
 
@@ -349,6 +351,14 @@ impl ExitHandler for Pager {
         let uffd = region.uffd().map_err(|e| PagerError::CreateRegion(region::RegionError::Userfaultfd(e)))?;
         let slot = ctx.take_slot();
         region.add_memslot(ctx.vm, slot).map_err(|e| Error::SetMemoryRegion(slot, e))?;
+        // In the layout too, so that memslot updates may change this slot (its GPAs stay: a
+        // split or a merge) while fetches are in flight. The mapping lives in `shared` from here
+        // on, never replaced, and the backing keeps `shared`.
+        let (host, bytes) = region.host_range();
+        let keep: Arc<dyn Send + Sync> = self.shared.clone();
+        // SAFETY: `host..host + bytes` is the region's own mapping, kept by `keep` (above).
+        let backing = unsafe { crate::layout::table::Backing::new(host, keep) };
+        ctx.layout.adopt(slot, crate::layout::table::Region { gpa: self.config.region_gpa, bytes, backing, flags: 0 });
         ctx.memmap.push(HvmMemmapEntry {
             addr: self.config.region_gpa,
             size: self.config.pages() * PAGE as u64,
@@ -497,14 +507,34 @@ impl ExitHandler for Pager {
         Ok(handled)
     }
 
-    fn memory_fault(&mut self, ctx: &mut VcpuCtx<'_>, gpa: u64, _size: u64, _flags: u64) -> Result<Handled> {
-        let handled = self.access(ctx, gpa, None, Access::Retry)?;
+    fn memory_fault(&mut self, ctx: &mut VcpuCtx<'_>, fault: &MemoryFault) -> Result<Handled> {
+        // The region is ordinary shared memory: a private access is not the pager's. A range of
+        // one page names the page; a larger one (a huge mapping KVM tried) does not say which of
+        // its pages the guest touched, which the instruction does.
+        if fault.private() {
+            return Ok(Handled::No);
+        }
+        let handled = match fault.pages().nth(1) {
+            None => self.access(ctx, fault.gpa, None, Access::Retry)?,
+            Some(_) => self.decoded_access(ctx)?,
+        };
         self.memory_fault_exits += u64::from(handled == Handled::Yes);
         Ok(handled)
     }
 
+    fn memory_state(&self, gpa: u64) -> MemoryState {
+        let inner = self.shared.lock();
+        match inner.page_of(gpa).map(|page| inner.core.state(page)) {
+            None => MemoryState::NotPaged,
+            Some(Some(PageState::Present)) => MemoryState::Present,
+            Some(_) => MemoryState::Absent,
+        }
+    }
+
     fn efault(&mut self, ctx: &mut VcpuCtx<'_>) -> Result<Handled> {
-        self.decoded_access(ctx)
+        let handled = self.decoded_access(ctx)?;
+        self.efaults += u64::from(handled == Handled::Yes);
+        Ok(handled)
     }
 
     fn emulation_failure(&mut self, ctx: &mut VcpuCtx<'_>, insn: &[u8]) -> Result<Handled> {

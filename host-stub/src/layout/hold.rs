@@ -1,0 +1,203 @@
+//! Holding every vCPU out of KVM_RUN while the memory layout changes (seed 003's user-space
+//! answer, as QEMU's accel-blocker does it): a vCPU thread passes [`HoldGate::enter`] before each
+//! KVM_RUN and leaves it when KVM_RUN returns; an update calls [`HoldGate::hold`], which closes
+//! the gate, kicks every vCPU thread (the kick signal, whose handler also sets `immediate_exit`,
+//! so a kick just before a KVM_RUN still ends it at once: `watchdog`), and waits until no vCPU is
+//! inside KVM_RUN. The memslots change while the gate is closed; dropping the [`Held`] guard
+//! opens it and the vCPUs go on.
+//!
+//! vCPUs that are not inside KVM_RUN need nothing: a vCPU whose exit is being handled (waiting
+//! for the handlers' lock, or in its after-exit work, such as the pager's synchronous wait for a
+//! page or a #VE suspend) is already out, and finds the gate closed when it would enter again.
+//! A vCPU blocked inside KVM on a userfaultfd page (the pager's `kvm-apf-kernel` mode) takes no
+//! signal here: KVM_RUN ends only once the page is supplied, so the hold lasts until that fetch
+//! completes (the pager's fetchers do not need the gate) and its time shows it. KVM itself would
+//! wait for it too: the memslot update waits for every vCPU's SRCU read section, and a fault in
+//! progress is one.
+
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::watchdog::VcpuThreads;
+
+/// How long a hold waits for the vCPUs to come out before it gives up: far longer than any page
+/// fetch the pager can be set to (10 s at most), so that only a vCPU that never comes out (a
+/// page nobody will supply) turns into an error instead of a hang.
+pub const HOLD_BOUND: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Default)]
+struct GateState {
+    /// An update holds the vCPUs: none may enter KVM_RUN.
+    closed: bool,
+    /// vCPU threads between [`HoldGate::enter`] and the end of their KVM_RUN.
+    in_guest: usize,
+}
+
+/// The gate every KVM_RUN passes (one per run, in [`VcpuThreads`]).
+#[derive(Debug, Default)]
+pub struct HoldGate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+    /// Updates one at a time.
+    updates: Mutex<()>,
+}
+
+/// A vCPU thread inside KVM_RUN (or about to call it); dropping it says KVM_RUN returned.
+#[derive(Debug)]
+pub struct InGuest<'a>(&'a HoldGate);
+
+impl Drop for InGuest<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.in_guest -= 1;
+        if state.in_guest == 0 {
+            self.0.changed.notify_all();
+        }
+    }
+}
+
+/// Every vCPU is out of KVM_RUN and held until this is dropped.
+#[derive(Debug)]
+pub struct Held<'a> {
+    gate: &'a HoldGate,
+    _one_update: MutexGuard<'a, ()>,
+    /// When the hold was asked for.
+    pub since: Instant,
+    /// How long the vCPUs took to come out.
+    pub stopping: Duration,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.gate.lock().closed = false;
+        self.gate.changed.notify_all();
+    }
+}
+
+/// The vCPUs did not all come out of KVM_RUN within [`HOLD_BOUND`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HoldTimedOut {
+    /// vCPUs still inside KVM_RUN.
+    pub in_guest: usize,
+}
+
+impl HoldGate {
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Called by a vCPU thread right before KVM_RUN: waits while an update holds the vCPUs.
+    /// `None` when `stopping()` says the run is over (the thread then does not enter).
+    pub fn enter(&self, stopping: impl Fn() -> bool) -> Option<InGuest<'_>> {
+        let mut state = self.lock();
+        while state.closed && !stopping() {
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        if stopping() {
+            return None;
+        }
+        state.in_guest += 1;
+        Some(InGuest(self))
+    }
+
+    /// Whether an update holds the vCPUs now (the gate is closed).
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Wakes threads waiting at the gate (the run is stopping: they must see it).
+    pub fn wake(&self) {
+        let _state = self.lock();
+        self.changed.notify_all();
+    }
+
+    /// Brings every vCPU of `threads` out of KVM_RUN and keeps it out until the guard is
+    /// dropped. May be called from a vCPU thread outside KVM_RUN (its after-exit work) or from
+    /// any other thread; updates from several threads take turns.
+    pub fn hold<'a>(&'a self, threads: &VcpuThreads) -> Result<Held<'a>, HoldTimedOut> {
+        let one_update = self.updates.lock().unwrap_or_else(|p| p.into_inner());
+        let since = Instant::now();
+        self.lock().closed = true;
+        // After the gate closed: a vCPU that enters from now on waits, and one inside (or
+        // between the gate and KVM_RUN) is kicked out.
+        threads.kick_all();
+        let mut state = self.lock();
+        while state.in_guest > 0 {
+            let waited = since.elapsed();
+            if waited >= HOLD_BOUND {
+                let in_guest = state.in_guest;
+                state.closed = false;
+                drop(state);
+                self.changed.notify_all();
+                return Err(HoldTimedOut { in_guest });
+            }
+            state = self.changed.wait_timeout(state, HOLD_BOUND - waited).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        drop(state);
+        Ok(Held { gate: self, _one_update: one_update, since, stopping: since.elapsed() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    /// Threads standing for vCPUs enter and leave the gate in a loop; while a hold is in
+    /// force none is inside, and each goes on once it ends.
+    #[test]
+    fn while_held_no_thread_is_inside_and_all_go_on_afterwards() {
+        let threads = Arc::new(VcpuThreads::default());
+        let inside = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let entries = Arc::new(AtomicUsize::new(0));
+        let workers: Vec<_> = (0..3)
+            .map(|_| {
+                let (threads, inside, stop, entries) = (threads.clone(), inside.clone(), stop.clone(), entries.clone());
+                std::thread::spawn(move || {
+                    while let Some(guard) = threads.gate.enter(|| stop.load(Ordering::Acquire)) {
+                        inside.fetch_add(1, Ordering::SeqCst);
+                        entries.fetch_add(1, Ordering::SeqCst);
+                        std::thread::yield_now();
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                        drop(guard);
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..50 {
+            let held = threads.gate.hold(&threads).expect("the threads come out");
+            assert_eq!(inside.load(Ordering::SeqCst), 0, "a thread is inside while held");
+            let before = entries.load(Ordering::SeqCst);
+            std::thread::yield_now();
+            assert_eq!(entries.load(Ordering::SeqCst), before, "a thread entered while held");
+            drop(held);
+        }
+        // They go on: wait (on the counter, not on time) until every one entered again.
+        let after = entries.load(Ordering::SeqCst);
+        while entries.load(Ordering::SeqCst) < after + 3 {
+            std::thread::yield_now();
+        }
+        stop.store(true, Ordering::Release);
+        threads.gate.wake();
+        for w in workers {
+            w.join().expect("worker");
+        }
+    }
+
+    #[test]
+    fn a_thread_waiting_at_a_closed_gate_sees_the_run_stop() {
+        let threads = Arc::new(VcpuThreads::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let held = threads.gate.hold(&threads).expect("nobody inside");
+        let waiter = {
+            let (threads, stop) = (threads.clone(), stop.clone());
+            std::thread::spawn(move || threads.gate.enter(|| stop.load(Ordering::Acquire)).is_none())
+        };
+        stop.store(true, Ordering::Release);
+        threads.gate.wake();
+        assert!(waiter.join().expect("waiter"), "it did not enter");
+        drop(held);
+    }
+}

@@ -1,0 +1,216 @@
+//! Guest memory changed under running vCPUs (seed 003): guest RAM, which the guest executes
+//! from and keeps its data and page tables in, is split into two memslots (dirty logging on the
+//! upper half) and merged again, over and over, while four vCPUs run every self-test. Each
+//! update holds every vCPU out of KVM_RUN, so the guest must see nothing: every test passes, no
+//! exit hits an update's window, and the report says how long the vCPUs were held.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use pvagent_abi::pnp::HostMode;
+use pvagent_host::kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES;
+use pvagent_host::layout::Hold;
+use pvagent_host::layout::table::{Backing, Region, Update};
+use pvagent_host::producers::Producers;
+use pvagent_host::producers::churn::ChurnConfig;
+use pvagent_host::producers::pager::config::PagerConfig;
+use pvagent_host::producers::pager::uffd::{Missing, Uffd};
+use pvagent_host::vm_memory::mmap::MmapRegionBuilder;
+use pvagent_host::{AttachCtx, ExitHandler, RunResult, Vm};
+use pvagent_tests::{Code32, config, guest_elf, run_stub_configured, temp_file, tiny_elf};
+
+/// An update every this many vCPU entries: a boot and its self-tests make thousands of entries,
+/// so every run makes many updates, by the guest's work rather than the clock.
+const EVERY: u64 = 20;
+
+fn run(cmdline: &str, vcpus: usize, pager: Option<PagerConfig>) -> RunResult {
+    run_churning(cmdline, vcpus, ChurnConfig { ram_every: Some(EVERY), hold: true }, pager)
+}
+
+fn run_churning(cmdline: &str, vcpus: usize, churn: ChurnConfig, pager: Option<PagerConfig>) -> RunResult {
+    let mut c = config(guest_elf(), cmdline);
+    c.vcpus = vcpus;
+    run_stub_configured(c, &Producers { churn: Some(churn), pager, ..Producers::defaults() })
+}
+
+fn assert_atomic(r: &RunResult, vcpus: usize) {
+    assert!(r.passed(), "{:?}\n{}", r.host_error, r.serial.join("\n"));
+    let c = &r.report;
+    let (splits, merges) = (c.get("churn.ram_splits"), c.get("churn.ram_merges"));
+    assert!(splits >= 1 && merges >= 1, "RAM was split and merged again: {splits} splits, {merges} merges");
+    let others = c.get("churn.other_splits") + c.get("churn.other_merges");
+    assert!(c.get("churn.other_splits") >= 1, "the demand pager's region was split too");
+    let region =
+        c.get("churn.region_splits") + c.get("churn.region_merges") + c.get("churn.hot_added") + c.get("churn.moved");
+    assert_eq!(c.get("layout.held_updates"), splits + merges + others + region, "every update held the vCPUs");
+    assert_eq!(c.get("layout.unheld_updates"), 0);
+    // Zero race exits: none classified as the window (none could be: no update left one open
+    // to a running vCPU), no MMIO exit at an address no device claims, and no emulation
+    // failure or triple fault (the run passed).
+    assert_eq!(c.get("layout.exits_update_window"), 0);
+    for i in 0..vcpus {
+        assert_eq!(c.get(&format!("vcpu{i}.unclaimed_mmio")), 0, "vCPU {i}");
+    }
+    assert!(c.get("layout.hold_us_max") > 0, "the hold time is measured");
+    assert!(
+        r.report.lines.iter().any(|l| l.starts_with("layout: ") && l.contains("updates holding every vCPU")),
+        "{:?}",
+        r.report.lines
+    );
+}
+
+#[test]
+fn every_self_test_passes_on_four_vcpus_while_ram_is_split_and_merged() {
+    let r = run("", 4, Some(PagerConfig::default()));
+    assert_atomic(&r, 4);
+}
+
+/// The page-not-present tests in every pager mode, while guest RAM and the demand pager's own
+/// region (its fetches in flight) are split and merged in turn: vCPUs wait for pages outside
+/// KVM_RUN (sync, and a fault no event can be delivered for: in the host, after its exit) and
+/// inside it (kvm-apf-kernel: in KVM, on a userfaultfd page, where no signal reaches it), and an
+/// update holds them all the same, waiting for that page.
+#[test]
+fn vcpus_waiting_for_pages_in_the_host_or_in_kvm_are_held_too() {
+    for mode in [HostMode::Ring, HostMode::Sync, HostMode::KvmApf, HostMode::KvmApfKernel] {
+        let r = run("tests=pnp,kvm_apf", 2, Some(PagerConfig { mode, ..PagerConfig::default() }));
+        assert_atomic(&r, 2);
+    }
+}
+
+fn run_memslot_tests(hold: bool, vcpus: usize) -> RunResult {
+    run_churning("tests=memslot", vcpus, ChurnConfig { ram_every: None, hold }, Some(PagerConfig::default()))
+}
+
+const MEMSLOT_TESTS: [&str; 2] = [
+    "memslot::code_and_data_stay_right_while_the_host_splits_and_merges_their_memslot",
+    "memslot::a_hot_added_region_is_found_mapped_used_and_moved",
+];
+
+fn assert_memslot_tests_passed(r: &RunResult) {
+    assert!(r.passed(), "{:?}\n{}", r.host_error, r.serial.join("\n"));
+    let passed: Vec<&str> = r.tests.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(passed, MEMSLOT_TESTS, "the self-tests that ran (and passed)");
+    let c = &r.report;
+    // The guest asked for four splits and four merges, one hot-add and two moves.
+    assert_eq!((c.get("churn.region_splits"), c.get("churn.region_merges")), (4, 4));
+    assert_eq!((c.get("churn.hot_added"), c.get("churn.moved")), (1, 2));
+}
+
+/// Workers on three vCPUs execute code from the churn region and write and check data in it
+/// while the host splits and merges its memslot, each change holding every vCPU: the values
+/// stay right, no exit hits a change, the dirty log lists every page written; a region
+/// hot-added is found, mapped and used, and keeps its data when moved and moved back.
+#[test]
+fn the_memslot_self_tests_pass_with_every_change_holding_the_vcpus() {
+    let r = run_memslot_tests(true, 4);
+    assert_memslot_tests_passed(&r);
+    let c = &r.report;
+    assert_eq!(c.get("layout.held_updates"), 11, "every change held the vCPUs");
+    assert_eq!((c.get("layout.unheld_updates"), c.get("layout.exits_update_window")), (0, 0));
+}
+
+/// The diagnostic mode: the same changes hold no vCPU, and each keeps its window open until a
+/// worker hit it, so the race is reproduced by construction, in every window; the host
+/// classifies each such exit as the window's (none as the guest's own error), completes it or
+/// runs the instruction again, and the guest's values stay right.
+#[test]
+fn the_diagnostic_mode_reproduces_the_race_in_every_window_and_classifies_each_exit() {
+    let r = run_memslot_tests(false, 4);
+    assert_memslot_tests_passed(&r);
+    let c = &r.report;
+    assert_eq!((c.get("layout.held_updates"), c.get("layout.unheld_updates")), (0, 11));
+    // Splits and merges have a window (moves far away and the hot-add have none): all eight hit.
+    assert_eq!(c.get("churn.windows_missed"), 0, "{:?}", r.report.lines);
+    assert!(c.get("layout.exits_update_window") >= 8, "at least one exit per window: {:?}", r.report.lines);
+    assert_eq!(c.get("layout.exits_guest_error"), 0, "no exit taken for the guest's own error");
+    assert_eq!(c.get("layout.exits_absent_page"), 0);
+}
+
+/// Where the blocking region lies: below 4 GiB (the tiny guest's 32-bit code reaches it with
+/// paging off), above guest RAM, clear of the local APIC, the IOAPIC and the TSS pages.
+const BLOCKING_GPA: u64 = 0xC000_0000;
+
+/// A region whose pages wait in the kernel for the test to supply them (userfaultfd without
+/// SIGBUS): a vCPU that touches one blocks inside KVM_RUN, where no signal reaches it.
+struct Blocking {
+    uffd: Arc<Uffd>,
+    host: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ExitHandler for Blocking {
+    fn name(&self) -> &'static str {
+        "blocking"
+    }
+
+    fn attach(&mut self, ctx: &mut AttachCtx<'_>) -> pvagent_host::Result<()> {
+        let bytes = 2 << 20;
+        let map: pvagent_host::vm_memory::MmapRegion = MmapRegionBuilder::new(bytes)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
+            .build()
+            .expect("map the blocking region");
+        let map = Arc::new(map);
+        self.uffd.register(map.as_ptr() as u64, bytes as u64).expect("register it with the userfaultfd");
+        self.host.store(map.as_ptr() as u64, Ordering::SeqCst);
+        // SAFETY: the mapping is `bytes` long, readable and writable, kept by the Arc.
+        let backing = unsafe { Backing::new(map.as_ptr() as u64, map.clone()) };
+        ctx.layout.add_before_run(Region { gpa: BLOCKING_GPA, bytes: bytes as u64, backing, flags: 0 })
+    }
+}
+
+/// A vCPU blocked inside KVM on a userfaultfd page takes no signal here: holding the vCPUs
+/// waits until the page is supplied. Forced by events: the test waits for the vCPU's fault to
+/// arrive (it is blocked), then for the hold to close the gate, and only then marks and supplies
+/// the page; the hold must see the mark once it has every vCPU out (a hold that did not wait
+/// for the blocked vCPU would not: checked by breaking it). Then an update (which KVM itself
+/// would also make wait: its memslot change waits for the fault's SRCU read section) and the
+/// guest reads the supplied value.
+#[test]
+fn an_update_waits_for_a_vcpu_blocked_in_kvm_on_a_userfaultfd_page() {
+    pvagent_tests::require_kvm();
+    const VALUE: u32 = 0x5EED_1234;
+    let code = Code32::new().load(BLOCKING_GPA as u32).exit_with_eax();
+    let image = temp_file("blocked-in-kvm.elf", &tiny_elf(&code, true, 0));
+    let uffd = Arc::new(Uffd::new(Missing::Waits).expect("a userfaultfd"));
+    let host = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let blocking = Blocking { uffd: uffd.clone(), host: host.clone() };
+    let vm = Vm::new(config(&image, ""), vec![Box::new(blocking)]).expect("the VM");
+    let layout = vm.layout();
+    let run = std::thread::spawn(move || vm.run());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let waiting = |what: &str| {
+        assert!(Instant::now() < deadline, "no {what} within 60 s");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    // The vCPU's load faulted on the page: it waits inside KVM.
+    while uffd.read_fault().expect("read the userfaultfd").is_none() {
+        waiting("fault");
+    }
+    let supplied = Arc::new(AtomicBool::new(false));
+    let update = {
+        let (layout, supplied) = (layout.clone(), supplied.clone());
+        std::thread::spawn(move || {
+            let held = layout.hold().expect("the hold");
+            let supplied_first = supplied.load(Ordering::SeqCst);
+            drop(held);
+            let applied =
+                layout.update(&Update::SetFlags { gpa: BLOCKING_GPA, flags: KVM_MEM_LOG_DIRTY_PAGES }, Hold::Vcpus);
+            (applied.map(|a| a.stopping), supplied_first)
+        })
+    };
+    while !layout.holding() {
+        waiting("hold");
+    }
+    supplied.store(true, Ordering::SeqCst);
+    let mut page = [0u8; 4096];
+    page[..4].copy_from_slice(&VALUE.to_le_bytes());
+    uffd.copy(host.load(Ordering::SeqCst), &page).expect("supply the page");
+    let (stopping, supplied_first) = update.join().expect("the update thread");
+    let stopping = stopping.expect("the update");
+    assert!(supplied_first, "the hold had every vCPU out before the page the blocked vCPU waited for was supplied");
+    assert!(stopping.is_some(), "it held the vCPUs");
+    let r = run.join().expect("the run");
+    assert_eq!(r.guest_exit_code, Some(VALUE), "{:?}", r.host_error);
+}
