@@ -35,9 +35,7 @@ impl Pager {
                 // a run in `kvm-apf-kernel` mode stays in it, and no other run enters it.
                 Ok(mode)
                     if args[0] <= u64::from(u32::MAX)
-                        && (mode == HostMode::KvmApfKernel) == (inner.core.mode == HostMode::KvmApfKernel)
-                        // No #VE producer yet: the mode is defined by the ABI, not offered.
-                        && mode != HostMode::Ve =>
+                        && (mode == HostMode::KvmApfKernel) == (inner.core.mode == HostMode::KvmApfKernel) =>
                 {
                     inner.core.set_mode(mode);
                     Ok([0; 2])
@@ -132,8 +130,10 @@ fn counter_value(inner: &Inner, counter: HostCounter) -> u64 {
         HostCounter::PagesFetched => c.pages_fetched,
         HostCounter::ResolvedBeforeEvent => c.resolved_before_event,
         HostCounter::SyncWaitNanos => c.sync_wait_ns,
-        // No #VE producer yet: none delivered, waited for or requested.
-        HostCounter::VeDelivered | HostCounter::VeBusyWaits | HostCounter::VeSuspends | HostCounter::VeParks => 0,
+        HostCounter::VeDelivered => c.ve_delivered,
+        HostCounter::VeBusyWaits => c.ve_busy_waits,
+        HostCounter::VeSuspends => c.ve_suspends,
+        HostCounter::VeParks => c.ve_parks,
     }
 }
 

@@ -23,8 +23,12 @@ use super::state::PageIndex;
 pub(super) const POLL_INTERVAL: Duration = Duration::from_micros(20);
 
 /// Whether the guest has taken every event that waits for `page`, by whichever protocol
-/// carried it (`delivery::event_taken`).
+/// carried it (`delivery::event_taken`), and made its request for every #VE that reported the
+/// page (a #VE carries no token: the request is its "taken").
 fn events_taken(inner: &Inner, page: PageIndex) -> Result<bool, PagerError> {
+    if inner.ve.iter().any(|v| v.unanswered.contains(&page)) {
+        return Ok(false);
+    }
     for &out in inner.core.waiters(page) {
         if !event_taken(inner, out)? {
             return Ok(false);

@@ -50,6 +50,8 @@ pub mod state;
 pub mod timeline;
 pub mod tokens;
 pub mod uffd;
+pub mod ve;
+pub mod ve_delivery;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -78,6 +80,7 @@ use self::ring::{deliver_resolved, observe_tail};
 use self::shared::{Inner, Shared};
 use self::state::{PageState, PagerCore};
 use self::timeline::PagerTimeline;
+use self::ve::VeVcpu;
 use crate::cpuid::CpuidTable;
 use crate::error::{Error, Result};
 use crate::handler::{
@@ -160,6 +163,7 @@ impl Pager {
             vcpu_waits_released_at_time_limit: 0,
             unregister_at_time_limit_failed: None,
             fetch: None,
+            ve: vec![VeVcpu::default()],
         };
         Ok(Self {
             config,
@@ -213,6 +217,11 @@ impl Pager {
             ("kvm_apf_forgotten", inner.apf_counters.forgotten),
             ("kvm_apf_ready_before_not_present", inner.apf_counters.ready_before_not_present),
             ("kvm_apf_retries_for_page_ready", inner.apf_counters.retries_for_page_ready),
+            ("ve_delivered", c.ve_delivered),
+            ("ve_busy_waits", c.ve_busy_waits),
+            ("ve_suspends", c.ve_suspends),
+            ("ve_parks", c.ve_parks),
+            ("sync_waits_in_ve_mode", c.sync_waits_in_ve_mode),
         ] {
             report.counter(NAME, key, value);
         }
@@ -245,7 +254,18 @@ impl Pager {
             ));
         }
         if sync_used {
-            report.line(format!("pager: in sync mode: {} synchronous waits", c.sync_waits - c.sync_waits_in_ring_mode));
+            let waits = c.sync_waits - c.sync_waits_in_ring_mode - c.sync_waits_in_ve_mode;
+            report.line(format!("pager: in sync mode: {waits} synchronous waits"));
+        }
+        if self.config.mode == HostMode::Ve || c.ve_delivered + c.ve_suspends + c.ve_parks > 0 {
+            report.line(format!(
+                "pager: #VE: {} delivered, {} busy waits, {} suspends, {} parks; {} other synchronous waits in ve mode",
+                c.ve_delivered,
+                c.ve_busy_waits,
+                c.ve_suspends,
+                c.ve_parks,
+                c.sync_waits_in_ve_mode - c.ve_busy_waits,
+            ));
         }
         report.line(format!("pager: tokens outstanding at exit: {outstanding}"));
         report.line(format!(
@@ -365,6 +385,7 @@ impl ExitHandler for Pager {
             // Each vCPU registers its own ring and event area, and its own KVM async-PF area.
             inner.vcpus.resize_with(ctx.vcpus, Registration::default);
             inner.apf = (0..ctx.vcpus).map(|i| ApfVcpu::new(i as u32)).collect();
+            inner.ve = vec![VeVcpu::default(); ctx.vcpus];
             inner.vcpu_tids = vec![None; ctx.vcpus];
             self.vcpu_tid_known = vec![false; ctx.vcpus];
         }
@@ -390,7 +411,9 @@ impl ExitHandler for Pager {
     }
 
     fn cpuid(&self, table: &mut CpuidTable) {
-        table.entry(abi_cpuid::LEAF_INFO, 0).ebx |= Features::PAGE_NOT_PRESENT | Features::PNP_DRAIN_AT_EVENT;
+        // #VE's MSR and requests are served in every mode (#VE itself is raised in mode `ve`).
+        table.entry(abi_cpuid::LEAF_INFO, 0).ebx |=
+            Features::PAGE_NOT_PRESENT | Features::PNP_DRAIN_AT_EVENT | Features::VE;
         let base = table.entry(abi_cpuid::LEAF_BASE, 0);
         base.eax = base.eax.max(abi::LEAF_PNP);
         let leaf = table.entry(abi::LEAF_PNP, 0);
@@ -419,12 +442,15 @@ impl ExitHandler for Pager {
     }
 
     fn unblocker(&self) -> Option<Unblock> {
+        // A vCPU waiting in the host for a page (the synchronous path, `VeSuspend`) stops
+        // waiting at the run's time limit, and its next entry ends at once.
+        if !self.kernel_serves() {
+            let shared = Arc::clone(&self.shared);
+            return Some(Box::new(move || shared.end_waits()));
+        }
         // A vCPU waiting inside KVM on a userfaultfd fault takes no signal: at the run's time
         // limit, the region stops being tracked, every waiting fault goes on (reading zeros),
         // and the vCPU sees the watchdog's signal at its next entry.
-        if !self.kernel_serves() {
-            return None;
-        }
         let inner = self.shared.lock();
         let region = inner.region.as_ref()?;
         let (start, len) = region.host_range();
@@ -498,7 +524,7 @@ impl ExitHandler for Pager {
     }
 
     fn memory_fault(&mut self, ctx: &mut VcpuCtx<'_>, gpa: u64, _size: u64, _flags: u64) -> Result<Handled> {
-        let handled = self.access(ctx, gpa, None, Access::Retry)?;
+        let handled = self.access(ctx, gpa, None, Access::Retry { reads: false, writes: false })?;
         self.memory_fault_exits += u64::from(handled == Handled::Yes);
         Ok(handled)
     }
@@ -512,6 +538,9 @@ impl ExitHandler for Pager {
     }
 
     fn rdmsr(&mut self, ctx: &mut VcpuCtx<'_>, index: u32) -> Result<MsrAnswer> {
+        if index == pvagent_abi::ve::MSR_VE_INFO {
+            return Ok(ve_delivery::msr(&mut self.shared.lock(), ctx.index, None));
+        }
         if ApfVcpu::is_msr(index) && !self.kernel_serves() {
             return Ok(kvm_apf_delivery::msr(&mut self.shared.lock(), ctx.index, index, None)?);
         }
@@ -523,6 +552,9 @@ impl ExitHandler for Pager {
     }
 
     fn wrmsr(&mut self, ctx: &mut VcpuCtx<'_>, index: u32, value: u64) -> Result<MsrAnswer> {
+        if index == pvagent_abi::ve::MSR_VE_INFO {
+            return Ok(ve_delivery::msr(&mut self.shared.lock(), ctx.index, Some(value)));
+        }
         if ApfVcpu::is_msr(index) && !self.kernel_serves() {
             return Ok(kvm_apf_delivery::msr(&mut self.shared.lock(), ctx.index, index, Some(value))?);
         }
@@ -548,6 +580,9 @@ impl ExitHandler for Pager {
 
     fn hypercall(&mut self, ctx: &mut VcpuCtx<'_>, nr: u32, args: [u64; 4]) -> Result<HypercallAnswer> {
         let Ok(nr) = Nr::try_from(nr) else { return Ok(None) };
+        if let Some(answer) = self.ve_control(ctx, nr, args)? {
+            return Ok(answer);
+        }
         Ok(self.control(ctx, nr, args)?)
     }
 

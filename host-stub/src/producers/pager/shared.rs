@@ -20,6 +20,7 @@ use super::region::DemandRegion;
 use super::registration::Registration;
 use super::state::{PageIndex, PagerCore};
 use super::timeline::PagerTimeline;
+use super::ve::VeVcpu;
 
 /// The pager's state, under [`Shared`]'s lock.
 #[derive(Debug)]
@@ -70,6 +71,8 @@ pub struct Inner {
     pub unregister_at_time_limit_failed: Option<String>,
     /// Queues fetches on the fetcher threads (from any thread holding the lock).
     pub fetch: Option<Submitter>,
+    /// Each vCPU's side of #VE (its VE area, test switches, unanswered #VEs).
+    pub ve: Vec<VeVcpu>,
 }
 
 impl Inner {
@@ -100,6 +103,9 @@ pub struct Shared {
     pub violation_pending: AtomicBool,
     /// Set (under the lock) while `Inner::held_back` is not empty, for the same reason.
     pub held_back_pending: AtomicBool,
+    /// Set (under the lock, `fetched` then signalled) when the run's time is up: a vCPU waiting
+    /// in the host for a page stops waiting ([`Shared::wait_fetched`]).
+    pub time_up: AtomicBool,
 }
 
 impl Shared {
@@ -109,7 +115,35 @@ impl Shared {
             fetched: Condvar::new(),
             violation_pending: AtomicBool::new(false),
             held_back_pending: AtomicBool::new(false),
+            time_up: AtomicBool::new(false),
         }
+    }
+
+    /// On a vCPU thread: blocks until `page` is no longer being fetched, and returns the lock
+    /// with whether the wait ended because the run's time is up (then the page may still be on
+    /// its way; the thread's next KVM_RUN is made to return at once, so the watchdog ends the
+    /// run there and the guest does not run on).
+    pub fn wait_fetched(&self, page: PageIndex) -> (MutexGuard<'_, Inner>, bool) {
+        let mut inner = self.lock();
+        while matches!(inner.core.state(page), Some(super::state::PageState::Fetching { .. })) {
+            if self.time_up.load(Ordering::Acquire) {
+                // SAFETY: raising the kick signal (which has a handler, watchdog::install_handler)
+                // on the calling thread, a vCPU thread, only marks its vCPU's next entry as an
+                // immediate exit.
+                unsafe { libc::raise(crate::watchdog::kick_signal()) };
+                return (inner, true);
+            }
+            inner = self.fetched.wait(inner).unwrap_or_else(|p| p.into_inner());
+        }
+        (inner, false)
+    }
+
+    /// The run's time is up: every vCPU waiting in [`Shared::wait_fetched`] stops waiting.
+    pub fn end_waits(&self) {
+        let guard = self.lock();
+        self.time_up.store(true, Ordering::Release);
+        drop(guard);
+        self.fetched.notify_all();
     }
 
     pub fn lock(&self) -> MutexGuard<'_, Inner> {

@@ -1,0 +1,248 @@
+//! #VE's memory and KVM work (mode `ve`; `ve` holds the rules): `MSR_VE_INFO`, raising #VE
+//! (the VE information area filled, `busy` set with release, then vector 20 injected with
+//! `KVM_SET_VCPU_EVENTS`), the two requests a guest answers a #VE with (`VeSuspend`, `VePark`)
+//! and the test switches (`VeSetFaults`, `VeInjectNmi`).
+//!
+//! A #VE is injected as an exception in delivery (`exception.injected`), as the processor would
+//! be delivering it: an NMI made pending with it (`fault::NMI_WITH_NEXT_VE`) is then taken at
+//! the #VE handler's first instruction, once the #VE's delivery is done (`docs/abi.md` says
+//! what was measured). The area is reached through `vm-memory` only: `busy` with atomic loads
+//! and stores, the other fields with copies.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use kvm_bindings::KVM_VCPUEVENT_VALID_NMI_PENDING;
+use pvagent_abi::hypercall::{Nr, Status};
+use pvagent_abi::pnp::{RESULT_FAILED, RESULT_RETRY};
+use pvagent_abi::ve::{self as abi, fault};
+use vm_memory::{Bytes, GuestAddress};
+
+use super::Pager;
+use super::access::fill;
+use super::completion::{complete_fetch, submit};
+use super::error::PagerError;
+use super::held_back::complete_held_back_now;
+use super::registration::Registration;
+use super::ring::observe_tail;
+use super::shared::{Inner, Shared};
+use super::state::{PageIndex, PageState, TokenSource, VeAnswer, VeRequest};
+use super::ve::VeVcpu;
+use crate::error::{Error, Result};
+use crate::handler::{HypercallAnswer, MsrAnswer, VcpuCtx};
+use crate::trace::{Arg, Track};
+
+/// RDMSR and WRMSR of `MSR_VE_INFO`.
+pub(super) fn msr(inner: &mut Inner, vcpu: usize, write: Option<u64>) -> MsrAnswer {
+    let Inner { ve, ram_ranges, .. } = inner;
+    let Some(v) = ve.get_mut(vcpu) else { return MsrAnswer::Fault };
+    match write {
+        None => MsrAnswer::Value(v.read()),
+        Some(value) => match v.write(value, ram_ranges) {
+            Ok(()) => MsrAnswer::Value(value),
+            Err(_) => MsrAnswer::Fault,
+        },
+    }
+}
+
+/// The busy word of the VE area at `area` (acquire: the guest's copy of the fields it read
+/// happens before its store of 0).
+pub(super) fn busy(inner: &Inner, vcpu: usize, area: u64) -> Result<u32, PagerError> {
+    let gpa = area + abi::BUSY_OFFSET;
+    inner.ram()?.load(GuestAddress(gpa), Ordering::Acquire).map_err(|source| PagerError::ReadVeArea {
+        vcpu,
+        gpa,
+        source,
+    })
+}
+
+/// Whether an exception, NMI or interrupt is already being injected into the vCPU on its next
+/// entry: #VE cannot be injected on top of it (`ve::route`).
+pub(super) fn event_in_delivery(ctx: &VcpuCtx<'_>) -> Result<bool> {
+    let e = ctx.vcpu.get_vcpu_events().map_err(Error::GetVcpuEvents)?;
+    Ok(e.exception.injected | e.exception.pending | e.interrupt.injected | e.nmi.injected != 0)
+}
+
+/// What a raised #VE reports.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct VeReport {
+    pub gpa: u64,
+    pub gla: Option<u64>,
+    pub qualification: u64,
+}
+
+/// Raises #VE on the vCPU: fills its area (every field but `busy`), stores `busy` =
+/// [`abi::BUSY`] with release, then injects vector 20 (no error code), with an NMI pending if
+/// the switch says so. The switches armed are used up.
+pub(super) fn raise(
+    inner: &mut Inner,
+    ctx: &VcpuCtx<'_>,
+    area: u64,
+    page: PageIndex,
+    report: VeReport,
+) -> Result<(), PagerError> {
+    let vcpu = ctx.index;
+    let ram = inner.ram()?;
+    let write_err = |gpa: u64| move |source| PagerError::WriteVeArea { vcpu, gpa, source };
+    ram.store(abi::EXIT_REASON_EPT_VIOLATION, GuestAddress(area + abi::EXIT_REASON_OFFSET), Ordering::Relaxed)
+        .map_err(write_err(area))?;
+    // Offsets 8..34: qualification, linear and physical address, EPTP index (the reserved
+    // bytes after it are not written, as the processor does not).
+    let mut fields = [0u8; 26];
+    fields[0..8].copy_from_slice(&report.qualification.to_le_bytes());
+    fields[8..16].copy_from_slice(&report.gla.unwrap_or(0).to_le_bytes());
+    fields[16..24].copy_from_slice(&report.gpa.to_le_bytes());
+    ram.write_slice(&fields, GuestAddress(area + abi::QUALIFICATION_OFFSET)).map_err(write_err(area))?;
+    let busy_gpa = area + abi::BUSY_OFFSET;
+    ram.store(abi::BUSY, GuestAddress(busy_gpa), Ordering::Release).map_err(write_err(busy_gpa))?;
+    let switches = inner.ve.get_mut(vcpu).map_or(0, |v| v.delivered(page));
+    let inject_err = |source| PagerError::InjectVe { vcpu, source };
+    let mut events = ctx.vcpu.get_vcpu_events().map_err(inject_err)?;
+    events.exception.injected = 1;
+    events.exception.pending = 0;
+    events.exception.nr = abi::VECTOR;
+    events.exception.has_error_code = 0;
+    events.exception.error_code = 0;
+    events.exception_has_payload = 0;
+    events.flags = 0;
+    if switches & fault::NMI_WITH_NEXT_VE != 0 {
+        events.nmi.pending = 1;
+        events.flags |= KVM_VCPUEVENT_VALID_NMI_PENDING;
+    }
+    ctx.vcpu.set_vcpu_events(&events).map_err(inject_err)?;
+    Ok(())
+}
+
+impl Pager {
+    /// Carries out hypercall `nr` if it is one of #VE's (`None` otherwise).
+    pub(super) fn ve_control(
+        &self,
+        ctx: &mut VcpuCtx<'_>,
+        nr: Nr,
+        args: [u64; 4],
+    ) -> Result<Option<HypercallAnswer>, PagerError> {
+        Ok(Some(match nr {
+            Nr::VeSuspend => suspend(&self.shared, ctx, args[0])?,
+            Nr::VePark => park(&self.shared, ctx, args[0])?,
+            Nr::VeSetFaults => {
+                let mut inner = self.shared.lock();
+                match inner.ve.get_mut(ctx.index).and_then(|v| v.set_faults(args[0])) {
+                    Some(previous) => Some(Ok([previous, 0])),
+                    None => Some(Err(Status::InvalidArgument)),
+                }
+            }
+            Nr::VeInjectNmi => {
+                // Pending at the `out`'s completion: taken before the guest's next instruction.
+                ctx.vcpu.nmi().map_err(|source| PagerError::InjectNmi { vcpu: ctx.index, source })?;
+                Some(Ok([0; 2]))
+            }
+            _ => return Ok(None),
+        }))
+    }
+}
+
+/// The page of `gpa` in the region, and the request's #VE answered (if this vCPU had one for
+/// it): the request is what "event taken" means for an access #VE carried, so a fetch held
+/// back for it completes from now on (before the vCPU's next entry at the latest: the entry
+/// hook looks while something is held back), after this request's own token joined it.
+fn requested_page(inner: &mut Inner, vcpu: usize, gpa: u64) -> Option<PageIndex> {
+    let page = inner.page_of(gpa)?;
+    if let Some(v) = inner.ve.get_mut(vcpu) {
+        v.answered(page);
+    }
+    Some(page)
+}
+
+/// `VeSuspend`: the vCPU waits, after the exit, until the page is present or failed; the
+/// answer is written then.
+fn suspend(shared: &Arc<Shared>, ctx: &mut VcpuCtx<'_>, gpa: u64) -> Result<HypercallAnswer, PagerError> {
+    let vcpu = ctx.index;
+    let mut guard = shared.lock();
+    let inner = &mut *guard;
+    let Some(page) = requested_page(inner, vcpu, gpa) else {
+        return Ok(Some(Err(Status::InvalidArgument)));
+    };
+    let fetch = match inner.core.on_ve_request(vcpu, page, VeRequest::Suspend) {
+        VeAnswer::Now { result, make_present } => {
+            if make_present {
+                fill(inner, page)?;
+            }
+            return Ok(Some(Ok([u64::from(result), 0])));
+        }
+        VeAnswer::Wait { fetch } => fetch,
+        // Not answers to a suspend.
+        VeAnswer::OutOfRange | VeAnswer::NoToken | VeAnswer::Parked { .. } => {
+            return Ok(Some(Err(Status::InvalidArgument)));
+        }
+    };
+    let trace = inner.timeline.tracer().clone();
+    // The vCPU waits: nothing it could take is worth holding the page back for.
+    complete_held_back_now(shared, inner, page);
+    let complete_now = fetch.is_some() && submit(inner, page);
+    drop(guard);
+    if complete_now {
+        complete_fetch(shared, page);
+    }
+    let shared = Arc::clone(shared);
+    ctx.answer_after_exit(move || {
+        let since = std::time::Instant::now();
+        let (mut inner, _time_up) = shared.wait_fetched(page);
+        let until = std::time::Instant::now();
+        inner.core.counters.sync_wait_ns += (until - since).as_nanos() as u64;
+        let result = if inner.core.state(page) == Some(&PageState::Failed) { RESULT_FAILED } else { RESULT_RETRY };
+        drop(inner);
+        trace.complete(Track::Vcpu(vcpu), "ve suspend", since, until, || {
+            vec![("page", Arg::Uint(page)), ("gpa", Arg::Hex(gpa)), ("result", Arg::Uint(result.into()))]
+        });
+        Ok(Ok([u64::from(result), 0]))
+    });
+    // Written after the exit instead.
+    Ok(Some(Ok([0; 2])))
+}
+
+/// `VePark`: a token of the vCPU's ring for the page, or the outcome now.
+fn park(shared: &Shared, ctx: &VcpuCtx<'_>, gpa: u64) -> Result<HypercallAnswer, PagerError> {
+    let vcpu = ctx.index;
+    let mut guard = shared.lock();
+    let inner = &mut *guard;
+    let Some(page) = requested_page(inner, vcpu, gpa) else {
+        return Ok(Some(Err(Status::InvalidArgument)));
+    };
+    let ring = inner.vcpus.get(vcpu).and_then(Registration::active);
+    if let Some(a) = ring {
+        // Tokens whose resolutions the guest consumed are free again.
+        observe_tail(inner, vcpu, a)?;
+    }
+    let Inner { core, vcpus, .. } = inner;
+    let source: Option<&mut dyn TokenSource> =
+        if ring.is_some() { vcpus.get_mut(vcpu).and_then(|r| r.pool.as_mut()).map(|p| p as _) } else { None };
+    let answer = core.on_ve_request(vcpu, page, VeRequest::Park(source));
+    let (ret, fetch) = match answer {
+        VeAnswer::Now { result, make_present } => {
+            if make_present {
+                fill(inner, page)?;
+            }
+            ([abi::NO_TOKEN, u64::from(result)], None)
+        }
+        VeAnswer::Parked { token, fetch } => {
+            inner.timeline.event(vcpu, token.0, gpa, None);
+            ([u64::from(token.0), 0], fetch)
+        }
+        VeAnswer::NoToken => return Ok(Some(Err(Status::NoToken))),
+        VeAnswer::OutOfRange | VeAnswer::Wait { .. } => return Ok(Some(Err(Status::InvalidArgument))),
+    };
+    let complete_now = fetch.is_some() && submit(inner, page);
+    drop(guard);
+    if complete_now {
+        // The resolution is in the ring before the call returns (the guest keeps it).
+        complete_fetch(shared, page);
+    }
+    Ok(Some(Ok(ret)))
+}
+
+/// Forgets `page`'s unanswered #VEs: its fetch completed, nothing waits for their requests.
+pub(super) fn forget_unanswered(ve: &mut [VeVcpu], page: PageIndex) {
+    for v in ve {
+        v.answered(page);
+    }
+}
