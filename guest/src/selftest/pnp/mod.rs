@@ -31,6 +31,7 @@ mod kvm_apf;
 mod paths;
 mod registration;
 mod smp;
+mod ve;
 
 use breaches::*;
 use controls::*;
@@ -40,6 +41,7 @@ use registration::*;
 use smp::*;
 
 pub use kvm_apf::TESTS as KVM_APF_TESTS;
+pub use ve::TESTS as VE_TESTS;
 
 /// The protocol on several vCPUs, run after every accounting check (both protocols'): the host
 /// reads another vCPU's ring tail only when it next posts there, so tokens these tests leave
