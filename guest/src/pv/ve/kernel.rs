@@ -264,8 +264,8 @@ fn on_ve(frame: &mut TrapFrame) {
     }
     let gpa = match check_copy(&info) {
         Copied::Page { gpa } => gpa,
-        // Not re-armed: a host that raises what it did not mark, or reports what this guest
-        // does not know, gets no more #VEs from this vCPU (its accesses wait synchronously).
+        // Not re-armed: a busy word the host set stays set, so a host that reports what this
+        // guest does not know raises no further #VE here (its accesses wait synchronously).
         Copied::NotBusy { busy } => return odd_ve(me, &me.counters.not_busy, "not marked busy", busy, frame),
         Copied::UnknownReason { reason } => {
             return odd_ve(me, &me.counters.unknown_reason, "with an unknown exit reason", reason, frame);
