@@ -18,7 +18,8 @@ use crate::cell::StaticCell;
 use crate::kprintln;
 use crate::pv::pnp;
 use crate::pv::tokens::Waiter;
-use crate::task::{self, table::ExitStatus};
+use crate::task;
+use crate::task::table::{ExitStatus, TaskId};
 
 /// One vCPU's VE information area: a whole page, 4 KiB aligned, as the VMCS field that would
 /// name it on VMX must be. Zero from the loader (`.bss`), which is what registration needs.
@@ -246,8 +247,8 @@ fn run_hook(me: &VeCpu, hook: u32, which: u32) {
 /// Vector 20. Copy, check, re-arm, then decide from the copy and the frame alone (module docs;
 /// docs/design.md, "#VE: the guest's handler").
 fn on_ve(frame: &mut TrapFrame) {
-    let me = CPUS.get();
-    let area = area(percpu::index());
+    let cpu = percpu::index();
+    let (me, area) = (CPUS.of(cpu), area(cpu));
     // A #VE while an outer handler of this vCPU has not re-armed the area yet: the host
     // delivered it over a set busy word. The area may hold this one's report or a torn mix:
     // nothing here is acted on (the outer handler discards its copy, below).
@@ -288,21 +289,13 @@ fn on_ve(frame: &mut TrapFrame) {
         run_hook(me, hook, hook::TOUCH_AFTER_CLEAR | hook::NMI_AFTER_CLEAR);
     }
     Counters::add(&me.counters.taken);
-    let scheduler = task::trap_context();
-    let context = Context {
-        interrupts_were_on: frame.interrupts_were_enabled(),
-        trap_depth: percpu::trap_depth(),
-        idle: scheduler.idle,
-        no_sleep: scheduler.no_sleep,
-        other_ready: scheduler.other_ready,
-        cpl: frame.cpl(),
-        ring_registered: pnp::registered_entries() != 0,
-    };
+    let (context, current) = context_of(frame);
     if context.trap_depth > 1 {
         Counters::add(&me.counters.nested);
     }
     let (token, result) = match decide(context) {
-        Choice::Park => park(me, gpa, Waiter::Task(scheduler.current)),
+        // `decide` parks only a context it asked the scheduler about, which named its task.
+        Choice::Park => park(me, gpa, current.map_or(Waiter::Halt, Waiter::Task)),
         Choice::HltLoop => park(me, gpa, Waiter::Halt),
         Choice::Suspend => (abi::NO_TOKEN as u32, suspend(me, gpa)),
     };
@@ -310,6 +303,30 @@ fn on_ve(frame: &mut TrapFrame) {
         Counters::add(&me.counters.failed);
         page_failed(context, frame, token, gpa);
     }
+}
+
+/// The context the #VE interrupted, as [`decide`] takes it. The scheduler and the ring are asked
+/// only when the context had interrupts on: one with them off may be inside a borrow of their
+/// per-vCPU state (every borrow keeps interrupts off), which asking again from here would find
+/// taken; nor is it needed, since with interrupts off the answer is to suspend whatever the rest
+/// says (and a failed page stops the run). With the context, its task when it was asked.
+fn context_of(frame: &TrapFrame) -> (Context, Option<TaskId>) {
+    let mut context = Context {
+        interrupts_were_on: frame.interrupts_were_enabled(),
+        trap_depth: percpu::trap_depth(),
+        idle: false,
+        no_sleep: false,
+        other_ready: false,
+        cpl: frame.cpl(),
+        ring_registered: false,
+    };
+    if !context.interrupts_were_on {
+        return (context, None);
+    }
+    let scheduler = task::trap_context();
+    (context.idle, context.no_sleep, context.other_ready) = (scheduler.idle, scheduler.no_sleep, scheduler.other_ready);
+    context.ring_registered = pnp::registered_entries() != 0;
+    (context, Some(scheduler.current))
 }
 
 /// `VePark`, then the wait its answer calls for; returns the token (or [`abi::NO_TOKEN`]) and

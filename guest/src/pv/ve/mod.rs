@@ -42,7 +42,10 @@ pub fn check_copy(info: &VeInfo) -> Copied {
 }
 
 /// What the decision looks at: the interrupted context, as the trap frame and the scheduler
-/// say it is, read after the copy and the re-arm.
+/// say it is, read after the copy and the re-arm. With `interrupts_were_on` false the handler
+/// asks the scheduler and the ring nothing (the context may be inside a borrow of their state)
+/// and leaves the fields from `idle` to `ring_registered` false except `cpl`: [`decide`] and
+/// [`on_failure`] do not look at them then.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Context {
     /// RFLAGS.IF of the interrupted context (the trap frame's).
@@ -186,6 +189,22 @@ mod tests {
             (Context { ring_registered: false, other_ready: false, ..sleeper() }, "no ring, lone task"),
         ] {
             assert_eq!(decide(c), Choice::Suspend, "{why}");
+        }
+    }
+
+    #[test]
+    fn with_interrupts_off_nothing_else_is_looked_at() {
+        // Every combination of the fields the handler does not ask for then.
+        for bits in 0..16u32 {
+            let c = Context {
+                interrupts_were_on: false,
+                idle: bits & 1 != 0,
+                no_sleep: bits & 2 != 0,
+                other_ready: bits & 4 != 0,
+                ring_registered: bits & 8 != 0,
+                ..sleeper()
+            };
+            assert_eq!((decide(c), on_failure(c)), (Choice::Suspend, OnFailure::StopRun), "{c:?}");
         }
     }
 
