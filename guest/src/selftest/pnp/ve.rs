@@ -30,6 +30,9 @@ pub const TESTS: &[SelfTest] = &[
     SelfTest::new("ve::ve_over_a_set_busy_word_is_detected", ve_over_a_set_busy_word_is_detected).needs(VE),
     SelfTest::new("ve::every_cpu_takes_ve_in_its_own_area", every_cpu_takes_ve_in_its_own_area).needs(VE),
     SelfTest::new("ve::accounting_is_balanced", ve_accounting_is_balanced).needs(VE),
+    // Ends the run: an end-to-end test runs it with the region's first page failing.
+    SelfTest::on_request("ve::touch_the_first_page_with_interrupts_off", touch_the_first_page_with_interrupts_off)
+        .needs(VE),
 ];
 
 /// The host's #VE counters and the guest's, before and after.
@@ -387,4 +390,12 @@ fn ve_accounting_is_balanced() -> TestResult {
     ensure_eq!((s.not_busy, s.unknown_reason, s.token_rejected), (0, 0, 0), "protocol errors");
     ensure!(s.taken > 0, "no #VE was taken in mode ve");
     Ok(())
+}
+
+/// Reads the region's first page with interrupts off: its #VE suspends, and if the page failed
+/// the run stops with a report naming it (no task can be ended there: it may hold a lock).
+fn touch_the_first_page_with_interrupts_off() -> TestResult {
+    let region = pager()?;
+    let value = read_with_interrupts_off(region.page(0));
+    Err(fail(format_args!("read {value:#x} from page 0, which the host was told to fail")))
 }
