@@ -12,7 +12,7 @@ use pvagent_host::producers::Producers;
 use pvagent_host::producers::pager::config::{Latency, PagerConfig};
 use pvagent_host::test_images::TINY_LOAD;
 use pvagent_host::{Error, RunResult};
-use pvagent_tests::{Code32, config, require_kvm, run_stub_configured, temp_file, tiny_elf};
+use pvagent_tests::{Code32, config, require_kvm, run_stub_configured, run_stub_with, temp_file, tiny_elf};
 
 /// The demand-paged region, below 4 GiB so that 32-bit code with paging off reaches it.
 const REGION: u32 = 0x8000_0000;
@@ -356,4 +356,19 @@ fn a_locked_add_to_an_absent_page_adds_once_in_mode_ve() {
     let c = &r.report;
     let counts = ["pager.ve_delivered", "pager.unemulated_accesses", "pager.sync_waits", "pager.ve_suspends"];
     assert_eq!(counts.map(|k| c.get(k)), [1, 1, 1, 1], "{:?}", c.counters);
+}
+
+/// The guest as it is (no VE area registered) passes its page-not-present self-tests in mode
+/// `ve`: it gets the ring's protocol there, and no #VE.
+#[test]
+fn a_guest_without_a_ve_area_passes_its_page_not_present_tests_in_mode_ve() {
+    let pager = PagerConfig { mode: HostMode::Ve, ..PagerConfig::default() };
+    let r = run_stub_with("tests=pnp", &Producers { sld: None, pager: Some(pager) });
+    let failed: Vec<_> = r.tests.iter().filter(|t| t.status == pvagent_abi::report::Status::Fail).collect();
+    assert!(r.passed(), "{failed:#?}\n{:?}", r.host_error);
+    let c = &r.report;
+    assert!(c.get("pager.events_delivered") > 0, "{:?}", c.counters);
+    assert_eq!((c.get("pager.ve_delivered"), c.get("pager.outstanding")), (0, 0));
+    let line = "pager: in ring mode (and ve mode's vCPUs without a VE area): ";
+    assert!(c.lines.iter().any(|l| l.starts_with(line)), "{:#?}", c.lines);
 }

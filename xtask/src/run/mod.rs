@@ -1,8 +1,8 @@
 //! `cargo xtask run`: the default scenario under the host stub. Every self-test with every
 //! producer at its defaults (the pager in `ring` mode), then the page-not-present tests again
 //! with the pager in each other mode (`sync`; KVM's async page fault ABI served by the host stub,
-//! `kvm-apf`, and by KVM itself, `kvm-apf-kernel`, with that driver's tests too), so every mode of
-//! the host is seen on every run. A filtered run (`--tests`, or `tests=` in the guest's command
+//! `kvm-apf`, and by KVM itself, `kvm-apf-kernel`, with that driver's tests too; #VE, `ve`), so
+//! every mode of the host is seen on every run. A filtered run (`--tests`, or `tests=` in the guest's command
 //! line), a run in a mode the user chose (`--pnp-mode`) or one without the pager (`--pnp-mib 0`,
 //! `pnp=off`) boots once; each boot says what it runs before it starts, and a boot left out says
 //! why.
@@ -140,7 +140,9 @@ pub fn plan(tests: Option<&str>, trace: Option<&Path>, extra: &[String]) -> (Vec
             no_pager.why()
         )),
         (None, None, None) => {
-            for (mode, tests) in [("sync", "pnp"), ("kvm-apf", "pnp,kvm_apf"), ("kvm-apf-kernel", "pnp,kvm_apf")] {
+            for (mode, tests) in
+                [("sync", "pnp"), ("kvm-apf", "pnp,kvm_apf"), ("kvm-apf-kernel", "pnp,kvm_apf"), ("ve", "pnp")]
+            {
                 boots.push(Boot {
                     what: format!("the page-not-present self-tests (tests={tests}), pager in {mode} mode"),
                     label: format!("host-stub-{mode}"),
@@ -368,9 +370,13 @@ mod tests {
     fn an_unfiltered_run_boots_in_every_mode() {
         let (boots, note) = plan(None, Some(Path::new("t.json")), &[]);
         assert_eq!(note, None);
-        assert_eq!(boots.len(), 4);
+        assert_eq!(boots.len(), 5);
         let labels: Vec<&str> = boots.iter().map(|b| b.label.as_str()).collect();
-        assert_eq!(labels, ["host-stub-ring", "host-stub-sync", "host-stub-kvm-apf", "host-stub-kvm-apf-kernel"]);
+        assert_eq!(
+            labels,
+            ["host-stub-ring", "host-stub-sync", "host-stub-kvm-apf", "host-stub-kvm-apf-kernel", "host-stub-ve"]
+        );
+        assert_eq!(boots[4].defaults, [("--pnp-mode", "ve".to_string())]);
         assert_eq!(boots[3].cmdline, "expect-host=stub tests=pnp,kvm_apf");
         assert_eq!(boots[0].what, "every self-test, pager in ring mode");
         assert_eq!(boots[0].cmdline, "expect-host=stub");
@@ -412,7 +418,7 @@ mod tests {
         assert!(note.as_deref().is_some_and(|n| n.contains("(pnp=off: ")), "{note:?}");
         // The guest reads later words over earlier ones: a later pnp= word turns it back on.
         let (boots, _) = plan(None, None, &strings(&["--cmdline", "pnp=off pnp=on", "--pnp-mib=8"]));
-        assert_eq!(boots.len(), 4);
+        assert_eq!(boots.len(), 5);
     }
 
     #[test]
@@ -423,7 +429,7 @@ mod tests {
         assert_eq!(boots[0].cmdline, "expect-host=stub tests=arch sld=fatal tests=ac");
         assert!(boots[0].what.starts_with("the self-tests matching tests=ac"), "{}", boots[0].what);
         let (boots, _) = plan(None, None, &strings(&["--cmdline=kstack=64"]));
-        assert_eq!(boots.len(), 4);
+        assert_eq!(boots.len(), 5);
         assert_eq!(boots[1].cmdline, "expect-host=stub tests=pnp kstack=64", "every boot gets the user's words");
         // xtask passes one --cmdline, the merged one.
         assert_eq!(without(&extra, "--cmdline"), strings(&["--mem", "256"]));

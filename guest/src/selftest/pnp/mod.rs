@@ -128,8 +128,11 @@ fn spawned<T, E: core::fmt::Debug>(r: Result<T, E>) -> Result<T, Failure> {
     r.map_err(|e| fail(format_args!("spawn failed: {e:?}")))
 }
 
+/// Whether the host delivers this guest's page-not-present events through the ring: mode `ring`,
+/// and mode `ve`, which gives the ring's protocol to a vCPU with no VE information area (this
+/// guest registers none yet).
 fn ring_mode() -> bool {
-    pnp::host_mode() == HostMode::Ring
+    matches!(pnp::host_mode(), HostMode::Ring | HostMode::Ve)
 }
 
 /// Whether the host serves absent pages through KVM's async page fault ABI: an access at CPL 0
