@@ -10,6 +10,7 @@ use pvagent_abi::pnp::{self as pnp, HostMode, RESULT_FAILED, RESULT_RETRY};
 use pvagent_abi::ve::{self as abi, fault};
 use pvagent_host::producers::Producers;
 use pvagent_host::producers::pager::config::{Latency, PagerConfig};
+use pvagent_host::producers::pager::error::PagerError;
 use pvagent_host::test_images::TINY_LOAD;
 use pvagent_host::{Error, RunResult};
 use pvagent_tests::{Code32, config, require_kvm, run_stub_configured, run_stub_with, temp_file, tiny_elf};
@@ -371,4 +372,23 @@ fn a_guest_without_a_ve_area_passes_its_page_not_present_tests_in_mode_ve() {
     assert_eq!((c.get("pager.ve_delivered"), c.get("pager.outstanding")), (0, 0));
     let line = "pager: in ring mode (and ve mode's vCPUs without a VE area): ";
     assert!(c.lines.iter().any(|l| l.starts_with(line)), "{:#?}", c.lines);
+}
+
+/// A park token the guest never consumes is a leaked ring token: the run fails as for an
+/// event's.
+#[test]
+fn a_park_token_left_out_fails_the_run() {
+    let main = with_ring(prologue(true)).load(TARGET).exit(NO_VE);
+    // Parked, the resolution waited for (so that no fetch is left running), never consumed.
+    let handler = rearm_then_request(Code32::new(), Nr::VePark, TARGET, 70)
+        .then(spin_until(RING + pnp::ring_head_offset(1) as u32, 1))
+        .exit(OK);
+    let r = run("ve-park-leak.elf", image(main, handler), ve_pager(), 60);
+    assert_eq!(r.guest_exit_code, Some(OK));
+    assert!(
+        matches!(r.host_error, Some(Error::Pager(PagerError::LeakedTokens { outstanding: 1, fetching: 0 }))),
+        "{:?}",
+        r.host_error
+    );
+    assert_eq!(r.report.get("pager.ve_parks"), 1);
 }
