@@ -147,6 +147,11 @@ impl Code32 {
         self.imm32(&[0x0D], value)
     }
 
+    /// `mov ecx, ecx_value; mov edx, edx_value` (SYSEXIT's ESP and EIP)
+    pub fn imm_ecx_edx(self, ecx_value: u32, edx_value: u32) -> Self {
+        self.imm32(&[0xB9], ecx_value).imm32(&[0xBA], edx_value)
+    }
+
     /// `mov esp, value`
     pub fn mov_esp(self, value: u32) -> Self {
         self.imm32(&[0xBC], value)

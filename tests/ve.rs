@@ -392,3 +392,55 @@ fn a_park_token_left_out_fails_the_run() {
     );
     assert_eq!(r.report.get("pager.ve_parks"), 1);
 }
+
+/// Where the CPL 3 test's user code begins, from the image's start.
+const USER_CODE: usize = 0xA00;
+
+/// A #VE raised for CPL 3 code: delivered through the TSS's kernel stack, the frame holding the
+/// user CS. These hand-made guests run with paging off, and PVM then emulates CPL 3 code too
+/// (measured: with paging off the load is an MMIO exit, as at CPL 0; enabling 32-bit or PAE
+/// paging from them triple-faulted here, so the EFAULT row is left to the guest's self-tests):
+/// the load completes first and the #VE is a trap, EIP past it, no linear address. CPL 3 is
+/// reached with SYSEXIT, which KVM emulates in 32-bit protected mode (it cannot emulate a
+/// protected-mode IRET).
+#[test]
+fn a_cpl3_load_raises_ve_on_the_kernel_stack_with_the_user_frame() {
+    let tss = TABLES + 0x800;
+    let gdtr = TABLES + 0x80;
+    let main = prologue(true)
+        // GDT entries 3 and 4: flat user code and data (DPL 3), as SYSEXIT expects them
+        // 16 and 24 bytes above SYSENTER_CS; entry 5: the TSS.
+        .store(TABLES + 24, 0xFFFF)
+        .store(TABLES + 28, 0x00CF_FA00)
+        .store(TABLES + 32, 0xFFFF)
+        .store(TABLES + 36, 0x00CF_F200)
+        .store(TABLES + 40, ((tss & 0xFFFF) << 16) | 0x67)
+        .store(TABLES + 44, (tss & 0xFF00_0000) | 0x8900 | ((tss >> 16) & 0xFF))
+        .store(gdtr, (TABLES << 16) | 47)
+        .lgdt(gdtr)
+        // The TSS's ESP0 and SS0: the #VE's stack.
+        .store(tss + 4, 0x27_0000)
+        .store(tss + 8, 0x10)
+        .mov_eax(0x28)
+        .emit(&[0x0F, 0x00, 0xD8]) // ltr ax
+        .wrmsr(0x174, 0x08) // IA32_SYSENTER_CS
+        .imm_ecx_edx(0x26_0000, addr(USER_CODE))
+        .emit(&[0x0F, 0x35]) // sysexit
+        .spin();
+    let after_load = addr(USER_CODE + 5);
+    let handler = Code32::new()
+        .load_stack(0)
+        .expect_eax(after_load, 80)
+        .load_stack(4)
+        .expect_eax(0x1B, 81)
+        // The user stack pointer SYSEXIT set, saved by the privilege change.
+        .load_stack(12)
+        .expect_eax(0x26_0000, 82);
+    let handler = check_area(handler, abi::QUAL_READ as u32);
+    let handler = rearm_then_request(handler, Nr::VeSuspend, TARGET, 85).expect_eax(RESULT_RETRY, 86).exit(OK);
+    let code = Code32::new().emit(&image(main, handler)).pad_to(USER_CODE).load(TARGET).spin();
+    let r = run("ve-cpl3-load.elf", code, ve_pager(), 60);
+    assert!(r.passed(), "exit {:?}: {:?}", r.guest_exit_code, r.host_error);
+    let c = &r.report;
+    assert_eq!((c.get("pager.mmio_accesses"), c.get("pager.ve_delivered")), (1, 1), "{:?}", c.counters);
+}
