@@ -130,6 +130,9 @@ fn spawned<T, E: core::fmt::Debug>(r: Result<T, E>) -> Result<T, Failure> {
     r.map_err(|e| fail(format_args!("spawn failed: {e:?}")))
 }
 
+/// Whether the host delivers this guest's page-not-present events through the ring. Not in mode
+/// `ve`: there this guest's vCPUs, each with its VE area registered, get #VE instead (the
+/// `ve::` tests are that mode's; `xtask run` boots it with `tests=ve`).
 fn ring_mode() -> bool {
     pnp::host_mode() == HostMode::Ring
 }

@@ -61,6 +61,10 @@ pub enum PagerError {
     InjectVe { vcpu: usize, source: kvm_ioctls::Error },
     #[error("injecting an NMI into vCPU {vcpu} (KVM_NMI) failed: {source}")]
     InjectNmi { vcpu: usize, source: kvm_ioctls::Error },
+    #[error("vCPU {vcpu}: NMI_WITH_NEXT_VE is armed, but the guest's IDT gives no #VE handler the host can read")]
+    NoVeHandler { vcpu: usize },
+    #[error("setting or clearing vCPU {vcpu}'s breakpoint on its #VE handler (KVM_SET_GUEST_DEBUG) failed: {source}")]
+    SetBreakpoint { vcpu: usize, source: kvm_ioctls::Error },
     #[error("enabling KVM_CAP_EXCEPTION_PAYLOAD (a #PF's CR2 as its payload) failed: {0}")]
     EnableExceptionPayload(kvm_ioctls::Error),
     #[error("cannot start the userfaultfd fault reader: {0}")]

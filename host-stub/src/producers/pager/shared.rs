@@ -73,6 +73,13 @@ pub struct Inner {
     pub fetch: Option<Submitter>,
     /// Each vCPU's side of #VE (its VE area, test switches, unanswered #VEs).
     pub ve: Vec<VeVcpu>,
+    /// Waits in the host for a page (the synchronous path, `VeSuspend`) that the run's time
+    /// limit ended.
+    pub waits_ended_at_time_limit: u64,
+    /// The pages vCPUs are waiting for in [`Shared::wait_fetched`] (once per waiting vCPU):
+    /// their fetches are never held back (`held_back::hold_back`), as a waiting vCPU cannot take
+    /// the event a held-back fetch would wait for.
+    pub sync_waiting: Vec<PageIndex>,
 }
 
 impl Inner {
@@ -125,17 +132,26 @@ impl Shared {
     /// run there and the guest does not run on).
     pub fn wait_fetched(&self, page: PageIndex) -> (MutexGuard<'_, Inner>, bool) {
         let mut inner = self.lock();
+        inner.sync_waiting.push(page);
+        // Held back since the exit that decided to wait: it would be for good.
+        super::held_back::complete_held_back_now(self, &mut inner, page);
+        let mut time_up = false;
         while matches!(inner.core.state(page), Some(super::state::PageState::Fetching { .. })) {
             if self.time_up.load(Ordering::Acquire) {
                 // SAFETY: raising the kick signal (which has a handler, watchdog::install_handler)
                 // on the calling thread, a vCPU thread, only marks its vCPU's next entry as an
                 // immediate exit.
                 unsafe { libc::raise(crate::watchdog::kick_signal()) };
-                return (inner, true);
+                inner.waits_ended_at_time_limit += 1;
+                time_up = true;
+                break;
             }
             inner = self.fetched.wait(inner).unwrap_or_else(|p| p.into_inner());
         }
-        (inner, false)
+        if let Some(at) = inner.sync_waiting.iter().position(|&p| p == page) {
+            inner.sync_waiting.swap_remove(at);
+        }
+        (inner, time_up)
     }
 
     /// The run's time is up: every vCPU waiting in [`Shared::wait_fetched`] stops waiting.

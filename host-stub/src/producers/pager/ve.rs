@@ -46,6 +46,9 @@ pub struct VeVcpu {
     /// Pages of the #VEs delivered to this vCPU that no request of it named yet (each once):
     /// under `ResolutionTiming::AfterEventTaken` their fetches complete only once it did.
     pub unanswered: Vec<PageIndex>,
+    /// [`fault::NMI_WITH_NEXT_VE`]: the linear address of the #VE handler's first instruction,
+    /// where a hardware breakpoint stops the vCPU for the NMI to be injected.
+    pub nmi_breakpoint: Option<u64>,
 }
 
 impl VeVcpu {

@@ -4,15 +4,16 @@
 //! and the test switches (`VeSetFaults`, `VeInjectNmi`).
 //!
 //! A #VE is injected as an exception in delivery (`exception.injected`), as the processor would
-//! be delivering it: an NMI made pending with it (`fault::NMI_WITH_NEXT_VE`) is then taken at
-//! the #VE handler's first instruction, once the #VE's delivery is done (`docs/abi.md` says
-//! what was measured). The area is reached through `vm-memory` only: `busy` with atomic loads
-//! and stores, the other fields with copies.
+//! be delivering it. An NMI made pending with it is not taken at the #VE handler's first
+//! instruction on these machines but at the handler's first exit (measured: `docs/abi.md`), so
+//! `fault::NMI_WITH_NEXT_VE` stops the vCPU there with a hardware execute breakpoint on the
+//! handler's address (read from the guest's IDT) and injects the NMI at that exit: the NMI
+//! interrupts the handler before its first instruction, on any KVM. The area is reached
+//! through `vm-memory` only: `busy` with atomic loads and stores, the other fields with copies.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use kvm_bindings::KVM_VCPUEVENT_VALID_NMI_PENDING;
 use pvagent_abi::hypercall::{Nr, Status};
 use pvagent_abi::pnp::{RESULT_FAILED, RESULT_RETRY};
 use pvagent_abi::ve::{self as abi, fault};
@@ -105,12 +106,57 @@ pub(super) fn raise(
     events.exception.error_code = 0;
     events.exception_has_payload = 0;
     events.flags = 0;
-    if switches & fault::NMI_WITH_NEXT_VE != 0 {
-        events.nmi.pending = 1;
-        events.flags |= KVM_VCPUEVENT_VALID_NMI_PENDING;
-    }
     ctx.vcpu.set_vcpu_events(&events).map_err(inject_err)?;
+    if switches & fault::NMI_WITH_NEXT_VE != 0 {
+        let handler = handler_address(ctx, abi::VECTOR).ok_or(PagerError::NoVeHandler { vcpu })?;
+        set_breakpoint(ctx, Some(handler)).map_err(|source| PagerError::SetBreakpoint { vcpu, source })?;
+        if let Some(v) = inner.ve.get_mut(vcpu) {
+            v.nmi_breakpoint = Some(handler);
+        }
+    }
     Ok(())
+}
+
+/// The linear address the guest's IDT gives for `vector` (a 64-bit gate in long mode, a 32-bit
+/// one otherwise), if the IDT can be read.
+fn handler_address(ctx: &VcpuCtx<'_>, vector: u8) -> Option<u64> {
+    const EFER_LMA: u64 = 1 << 10;
+    let sregs = ctx.vcpu.get_sregs().ok()?;
+    let long_mode = sregs.efer & EFER_LMA != 0;
+    let size: u64 = if long_mode { 16 } else { 8 };
+    let gate = sregs.idt.base + u64::from(vector) * size;
+    let gpa = crate::guest_insn::translate(ctx.vcpu, gate)?;
+    let mut bytes = [0u8; 16];
+    ctx.mem.read_slice(&mut bytes[..size as usize], GuestAddress(gpa)).ok()?;
+    let word = |at: usize| u64::from(u16::from_le_bytes([bytes[at], bytes[at + 1]]));
+    let high =
+        if long_mode { u64::from(u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]])) << 32 } else { 0 };
+    Some(high | word(6) << 16 | word(0))
+}
+
+/// Sets (or, with `None`, clears) a hardware execute breakpoint of the host's on the vCPU: it
+/// stops with KVM_EXIT_DEBUG before the instruction at that address runs.
+fn set_breakpoint(ctx: &VcpuCtx<'_>, at: Option<u64>) -> Result<(), kvm_ioctls::Error> {
+    let mut debug = kvm_bindings::kvm_guest_debug::default();
+    if let Some(address) = at {
+        debug.control = kvm_bindings::KVM_GUESTDBG_ENABLE | kvm_bindings::KVM_GUESTDBG_USE_HW_BP;
+        debug.arch.debugreg[0] = address;
+        // DR7: breakpoint 0 enabled locally, on execution, one byte (bit 10 reads as 1).
+        debug.arch.debugreg[7] = 1 | 1 << 10;
+    }
+    ctx.vcpu.set_guest_debug(&debug)
+}
+
+/// A KVM_EXIT_DEBUG at `pc`: if it is this vCPU's breakpoint for `NMI_WITH_NEXT_VE` (the #VE
+/// handler reached), clears it and injects the NMI, taken before the handler's first
+/// instruction. Whether it was.
+pub(super) fn breakpoint_hit(inner: &mut Inner, ctx: &VcpuCtx<'_>, pc: u64) -> Result<bool, PagerError> {
+    let vcpu = ctx.index;
+    let Some(v) = inner.ve.get_mut(vcpu).filter(|v| v.nmi_breakpoint == Some(pc)) else { return Ok(false) };
+    v.nmi_breakpoint = None;
+    set_breakpoint(ctx, None).map_err(|source| PagerError::SetBreakpoint { vcpu, source })?;
+    ctx.vcpu.nmi().map_err(|source| PagerError::InjectNmi { vcpu, source })?;
+    Ok(true)
 }
 
 impl Pager {
