@@ -448,28 +448,30 @@ impl ExitHandler for Pager {
     }
 
     fn unblocker(&self) -> Option<Unblock> {
-        // A vCPU waiting in the host for a page (the synchronous path, `VeSuspend`) stops
-        // waiting at the run's time limit, and its next entry ends at once.
-        if !self.kernel_serves() {
-            let shared = Arc::clone(&self.shared);
-            return Some(Box::new(move || shared.end_waits()));
-        }
-        // A vCPU waiting inside KVM on a userfaultfd fault takes no signal: at the run's time
-        // limit, the region stops being tracked, every waiting fault goes on (reading zeros),
-        // and the vCPU sees the watchdog's signal at its next entry.
-        let inner = self.shared.lock();
-        let region = inner.region.as_ref()?;
-        let (start, len) = region.host_range();
-        let uffd = region.uffd().ok()?;
+        // A vCPU waiting in the host for a page (the synchronous path; `VeSuspend`, served in
+        // every mode, `kvm-apf-kernel` too) stops waiting at the run's time limit, and its next
+        // entry ends at once.
+        // A vCPU waiting inside KVM on a userfaultfd fault (`kvm-apf-kernel`) takes no signal:
+        // at the run's time limit, the region stops being tracked, every waiting fault goes on
+        // (reading zeros), and the vCPU sees the watchdog's signal at its next entry.
+        let kernel_region = if self.kernel_serves() {
+            let inner = self.shared.lock();
+            inner.region.as_ref().and_then(|region| Some((region.host_range(), region.uffd().ok()?)))
+        } else {
+            None
+        };
         let shared = Arc::clone(&self.shared);
         Some(Box::new(move || {
-            let unregistered = uffd.unregister(start, len);
-            // What the unregistering released: the pages the vCPU thread was waiting for in
-            // KVM (the end-to-end test checks that its vCPU was one), and whether it failed (a
-            // vCPU waiting in the region may then not see the limit).
-            let mut inner = shared.lock();
-            inner.vcpu_waits_released_at_time_limit = inner.kernel_sync_since.len() as u64;
-            inner.unregister_at_time_limit_failed = unregistered.err().map(|e| e.to_string());
+            if let Some(((start, len), uffd)) = &kernel_region {
+                let unregistered = uffd.unregister(*start, *len);
+                // What the unregistering released: the pages the vCPU thread was waiting for in
+                // KVM (the end-to-end test checks that its vCPU was one), and whether it failed (a
+                // vCPU waiting in the region may then not see the limit).
+                let mut inner = shared.lock();
+                inner.vcpu_waits_released_at_time_limit = inner.kernel_sync_since.len() as u64;
+                inner.unregister_at_time_limit_failed = unregistered.err().map(|e| e.to_string());
+            }
+            shared.end_waits();
         }))
     }
 
