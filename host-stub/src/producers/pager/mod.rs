@@ -78,7 +78,7 @@ use self::region::{DemandRegion, Gate, PAGE};
 use self::registration::{Registration, is_protocol_msr};
 use self::ring::{deliver_resolved, observe_tail};
 use self::shared::{Inner, Shared};
-use self::state::{PageState, PagerCore};
+use self::state::{Counters, PageState, PagerCore};
 use self::timeline::PagerTimeline;
 use self::ve::VeVcpu;
 use crate::cpuid::CpuidTable;
@@ -260,7 +260,7 @@ impl Pager {
             ));
         }
         if sync_used {
-            let waits = c.sync_waits - c.sync_waits_in_ring_mode - c.sync_waits_in_ve_mode;
+            let waits = sync_mode_waits(&c);
             report.line(format!("pager: in sync mode: {waits} synchronous waits"));
         }
         if self.config.mode == HostMode::Ve || c.ve_delivered + c.ve_suspends + c.ve_parks > 0 {
@@ -270,7 +270,7 @@ impl Pager {
                 c.ve_busy_waits,
                 c.ve_suspends,
                 c.ve_parks,
-                c.sync_waits_in_ve_mode - c.ve_busy_waits,
+                other_ve_mode_waits(&c),
             ));
         }
         report.line(format!("pager: tokens outstanding at exit: {outstanding}"));
@@ -301,6 +301,18 @@ pub(super) fn outstanding(inner: &Inner) -> usize {
     let apf: usize = inner.apf.iter().map(ApfVcpu::outstanding).sum();
     let kernel = if inner.core.mode == HostMode::KvmApfKernel { inner.core.waiting_tokens() } else { 0 };
     ring + apf + kernel
+}
+
+/// The synchronous waits in sync mode: those in no other mode. Saturating: the counters are
+/// read once the run is over, but a report must never panic on them.
+fn sync_mode_waits(c: &Counters) -> u64 {
+    c.sync_waits.saturating_sub(c.sync_waits_in_ring_mode).saturating_sub(c.sync_waits_in_ve_mode)
+}
+
+/// The synchronous waits in mode `ve` that were not for a set busy word. Both are counted in
+/// the same lock section, in mode `ve` only, but the report does not rely on it: saturating.
+fn other_ve_mode_waits(c: &Counters) -> u64 {
+    c.sync_waits_in_ve_mode.saturating_sub(c.ve_busy_waits)
 }
 
 /// The modes a run served absent pages in: as configured, then as the guest switched them.
@@ -636,6 +648,14 @@ impl ExitHandler for Pager {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reports_differences_of_counters_never_underflow() {
+        let c = Counters { ve_busy_waits: 1, sync_waits_in_ring_mode: 2, sync_waits: 1, ..Counters::default() };
+        assert_eq!((other_ve_mode_waits(&c), sync_mode_waits(&c)), (0, 0));
+        let c = Counters { sync_waits: 5, sync_waits_in_ring_mode: 1, sync_waits_in_ve_mode: 3, ve_busy_waits: 2, ..c };
+        assert_eq!((other_ve_mode_waits(&c), sync_mode_waits(&c)), (1, 1));
+    }
 
     #[test]
     fn the_modes_line_says_what_the_guest_switched() {
