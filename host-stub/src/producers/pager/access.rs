@@ -186,7 +186,9 @@ impl Pager {
         };
         let via = source.as_ref().map(|s| s.via());
         let decision = inner.core.on_access(vcpu, page, source);
-        if waits_for_busy && matches!(decision, Decision::Wait { .. }) {
+        // The mode as `on_access` counted it, in this lock section (a `PnpSetMode` may have come
+        // since the first one read it): a busy wait is one of mode `ve`'s waits.
+        if waits_for_busy && inner.core.mode == HostMode::Ve && matches!(decision, Decision::Wait { .. }) {
             inner.core.counters.ve_busy_waits += 1;
         }
         let out = |token| TokenOut { vcpu, via: via.unwrap_or(Via::Ring), token };

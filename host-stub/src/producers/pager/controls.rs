@@ -19,6 +19,7 @@ use super::registration::Registration;
 use super::ring::observe_tail;
 use super::shared::Inner;
 use super::state::Release;
+use super::ve::VeVcpu;
 use crate::handler::{HypercallAnswer, VcpuCtx};
 
 impl Pager {
@@ -38,6 +39,10 @@ impl Pager {
                         && (mode == HostMode::KvmApfKernel) == (inner.core.mode == HostMode::KvmApfKernel) =>
                 {
                     inner.core.set_mode(mode);
+                    if mode != HostMode::Ve {
+                        // No request will answer a #VE any more: none holds a fetch back.
+                        inner.ve.iter_mut().for_each(VeVcpu::forget_unanswered);
+                    }
                     Ok([0; 2])
                 }
                 _ => Err(Status::InvalidArgument),

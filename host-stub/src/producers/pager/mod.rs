@@ -78,7 +78,7 @@ use self::region::{DemandRegion, Gate, PAGE};
 use self::registration::{Registration, is_protocol_msr};
 use self::ring::{deliver_resolved, observe_tail};
 use self::shared::{Inner, Shared};
-use self::state::{PageState, PagerCore};
+use self::state::{Counters, PageState, PagerCore};
 use self::timeline::PagerTimeline;
 use self::ve::VeVcpu;
 use crate::cpuid::CpuidTable;
@@ -260,7 +260,7 @@ impl Pager {
             ));
         }
         if sync_used {
-            let waits = c.sync_waits - c.sync_waits_in_ring_mode - c.sync_waits_in_ve_mode;
+            let waits = sync_mode_waits(&c);
             report.line(format!("pager: in sync mode: {waits} synchronous waits"));
         }
         if self.config.mode == HostMode::Ve || c.ve_delivered + c.ve_suspends + c.ve_parks > 0 {
@@ -270,7 +270,7 @@ impl Pager {
                 c.ve_busy_waits,
                 c.ve_suspends,
                 c.ve_parks,
-                c.sync_waits_in_ve_mode - c.ve_busy_waits,
+                other_ve_mode_waits(&c),
             ));
         }
         report.line(format!("pager: tokens outstanding at exit: {outstanding}"));
@@ -301,6 +301,18 @@ pub(super) fn outstanding(inner: &Inner) -> usize {
     let apf: usize = inner.apf.iter().map(ApfVcpu::outstanding).sum();
     let kernel = if inner.core.mode == HostMode::KvmApfKernel { inner.core.waiting_tokens() } else { 0 };
     ring + apf + kernel
+}
+
+/// The synchronous waits in sync mode: those in no other mode. Saturating: the counters are
+/// read once the run is over, but a report must never panic on them.
+fn sync_mode_waits(c: &Counters) -> u64 {
+    c.sync_waits.saturating_sub(c.sync_waits_in_ring_mode).saturating_sub(c.sync_waits_in_ve_mode)
+}
+
+/// The synchronous waits in mode `ve` that were not for a set busy word. Both are counted in
+/// the same lock section, in mode `ve` only, but the report does not rely on it: saturating.
+fn other_ve_mode_waits(c: &Counters) -> u64 {
+    c.sync_waits_in_ve_mode.saturating_sub(c.ve_busy_waits)
 }
 
 /// The modes a run served absent pages in: as configured, then as the guest switched them.
@@ -448,28 +460,30 @@ impl ExitHandler for Pager {
     }
 
     fn unblocker(&self) -> Option<Unblock> {
-        // A vCPU waiting in the host for a page (the synchronous path, `VeSuspend`) stops
-        // waiting at the run's time limit, and its next entry ends at once.
-        if !self.kernel_serves() {
-            let shared = Arc::clone(&self.shared);
-            return Some(Box::new(move || shared.end_waits()));
-        }
-        // A vCPU waiting inside KVM on a userfaultfd fault takes no signal: at the run's time
-        // limit, the region stops being tracked, every waiting fault goes on (reading zeros),
-        // and the vCPU sees the watchdog's signal at its next entry.
-        let inner = self.shared.lock();
-        let region = inner.region.as_ref()?;
-        let (start, len) = region.host_range();
-        let uffd = region.uffd().ok()?;
+        // A vCPU waiting in the host for a page (the synchronous path; `VeSuspend`, served in
+        // every mode, `kvm-apf-kernel` too) stops waiting at the run's time limit, and its next
+        // entry ends at once.
+        // A vCPU waiting inside KVM on a userfaultfd fault (`kvm-apf-kernel`) takes no signal:
+        // at the run's time limit, the region stops being tracked, every waiting fault goes on
+        // (reading zeros), and the vCPU sees the watchdog's signal at its next entry.
+        let kernel_region = if self.kernel_serves() {
+            let inner = self.shared.lock();
+            inner.region.as_ref().and_then(|region| Some((region.host_range(), region.uffd().ok()?)))
+        } else {
+            None
+        };
         let shared = Arc::clone(&self.shared);
         Some(Box::new(move || {
-            let unregistered = uffd.unregister(start, len);
-            // What the unregistering released: the pages the vCPU thread was waiting for in
-            // KVM (the end-to-end test checks that its vCPU was one), and whether it failed (a
-            // vCPU waiting in the region may then not see the limit).
-            let mut inner = shared.lock();
-            inner.vcpu_waits_released_at_time_limit = inner.kernel_sync_since.len() as u64;
-            inner.unregister_at_time_limit_failed = unregistered.err().map(|e| e.to_string());
+            if let Some(((start, len), uffd)) = &kernel_region {
+                let unregistered = uffd.unregister(*start, *len);
+                // What the unregistering released: the pages the vCPU thread was waiting for in
+                // KVM (the end-to-end test checks that its vCPU was one), and whether it failed (a
+                // vCPU waiting in the region may then not see the limit).
+                let mut inner = shared.lock();
+                inner.vcpu_waits_released_at_time_limit = inner.kernel_sync_since.len() as u64;
+                inner.unregister_at_time_limit_failed = unregistered.err().map(|e| e.to_string());
+            }
+            shared.end_waits();
         }))
     }
 
@@ -634,6 +648,14 @@ impl ExitHandler for Pager {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reports_differences_of_counters_never_underflow() {
+        let c = Counters { ve_busy_waits: 1, sync_waits_in_ring_mode: 2, sync_waits: 1, ..Counters::default() };
+        assert_eq!((other_ve_mode_waits(&c), sync_mode_waits(&c)), (0, 0));
+        let c = Counters { sync_waits: 5, sync_waits_in_ring_mode: 1, sync_waits_in_ve_mode: 3, ve_busy_waits: 2, ..c };
+        assert_eq!((other_ve_mode_waits(&c), sync_mode_waits(&c)), (1, 1));
+    }
 
     #[test]
     fn the_modes_line_says_what_the_guest_switched() {

@@ -62,11 +62,20 @@ impl VeVcpu {
         self.msr
     }
 
-    /// WRMSR: stored if [`check_msr`] accepts it, otherwise nothing changes.
+    /// WRMSR: stored if [`check_msr`] accepts it, otherwise nothing changes. An accepted write
+    /// (disabling the area, or registering one, the same or another) forgets the #VEs not yet
+    /// answered: the guest's handler starts afresh, and would never answer them.
     pub fn write(&mut self, value: u64, ram: &[Range<u64>]) -> Result<(), VeRefusal> {
         check_msr(value, ram)?;
         self.msr = value;
+        self.forget_unanswered();
         Ok(())
+    }
+
+    /// Forgets every #VE not yet answered (its area gone or replaced, or the mode left `ve`):
+    /// no fetch is held back for them any more.
+    pub fn forget_unanswered(&mut self) {
+        self.unanswered.clear();
     }
 
     /// `VeSetFaults`: arms `bits` (replacing what was armed) and returns what was armed, or
@@ -202,6 +211,20 @@ mod tests {
         assert_eq!((v.read(), v.area()), (0x20_0000 | 1, Some(0x20_0000)));
         v.write(0, RAM).unwrap();
         assert_eq!((v.read(), v.area()), (0, None));
+    }
+
+    #[test]
+    fn an_accepted_write_forgets_the_unanswered_ves_and_a_refused_one_does_not() {
+        let mut v = VeVcpu::default();
+        v.write(0x20_0000 | 1, RAM).unwrap();
+        v.delivered(3);
+        assert_eq!(v.write(0x20_0004 | 1, RAM), Err(VeRefusal::ReservedBits));
+        assert_eq!(v.unanswered, [3], "a refused write changes nothing");
+        v.write(0x20_0000 | 1, RAM).unwrap();
+        assert!(v.unanswered.is_empty(), "registered again");
+        v.delivered(4);
+        v.write(0, RAM).unwrap();
+        assert!(v.unanswered.is_empty(), "disabled");
     }
 
     #[test]

@@ -187,16 +187,15 @@ impl Pager {
     }
 }
 
-/// The page of `gpa` in the region, and the request's #VE answered (if this vCPU had one for
-/// it): the request is what "event taken" means for an access #VE carried, so a fetch held
-/// back for it completes from now on (before the vCPU's next entry at the latest: the entry
-/// hook looks while something is held back), after this request's own token joined it.
-fn requested_page(inner: &mut Inner, vcpu: usize, gpa: u64) -> Option<PageIndex> {
-    let page = inner.page_of(gpa)?;
+/// The request named `page` and was served (not refused: a refusal changes nothing): the
+/// vCPU's #VE for it is answered. The request is what "event taken" means for an access #VE
+/// carried, so a fetch held back for it completes from now on (before the vCPU's next entry at
+/// the latest: the entry hook looks while something is held back), after this request's own
+/// token joined it.
+fn answered(inner: &mut Inner, vcpu: usize, page: PageIndex) {
     if let Some(v) = inner.ve.get_mut(vcpu) {
         v.answered(page);
     }
-    Some(page)
 }
 
 /// `VeSuspend`: the vCPU waits, after the exit, until the page is present or failed; the
@@ -205,10 +204,14 @@ fn suspend(shared: &Arc<Shared>, ctx: &mut VcpuCtx<'_>, gpa: u64) -> Result<Hype
     let vcpu = ctx.index;
     let mut guard = shared.lock();
     let inner = &mut *guard;
-    let Some(page) = requested_page(inner, vcpu, gpa) else {
+    let Some(page) = inner.page_of(gpa) else {
         return Ok(Some(Err(Status::InvalidArgument)));
     };
-    let fetch = match inner.core.on_ve_request(vcpu, page, VeRequest::Suspend) {
+    let answer = inner.core.on_ve_request(vcpu, page, VeRequest::Suspend);
+    if matches!(answer, VeAnswer::Now { .. } | VeAnswer::Wait { .. }) {
+        answered(inner, vcpu, page);
+    }
+    let fetch = match answer {
         VeAnswer::Now { result, make_present } => {
             if make_present {
                 fill(inner, page)?;
@@ -251,7 +254,7 @@ fn park(shared: &Shared, ctx: &VcpuCtx<'_>, gpa: u64) -> Result<HypercallAnswer,
     let vcpu = ctx.index;
     let mut guard = shared.lock();
     let inner = &mut *guard;
-    let Some(page) = requested_page(inner, vcpu, gpa) else {
+    let Some(page) = inner.page_of(gpa) else {
         return Ok(Some(Err(Status::InvalidArgument)));
     };
     let ring = inner.vcpus.get(vcpu).and_then(Registration::active);
@@ -263,6 +266,9 @@ fn park(shared: &Shared, ctx: &VcpuCtx<'_>, gpa: u64) -> Result<HypercallAnswer,
     let source: Option<&mut dyn TokenSource> =
         if ring.is_some() { vcpus.get_mut(vcpu).and_then(|r| r.pool.as_mut()).map(|p| p as _) } else { None };
     let answer = core.on_ve_request(vcpu, page, VeRequest::Park(source));
+    if matches!(answer, VeAnswer::Now { .. } | VeAnswer::Parked { .. }) {
+        answered(inner, vcpu, page);
+    }
     let (ret, fetch) = match answer {
         VeAnswer::Now { result, make_present } => {
             if make_present {
