@@ -31,7 +31,7 @@ use super::state::{PageIndex, PageState, TokenSource, VeAnswer, VeRequest};
 use super::ve::VeVcpu;
 use crate::error::{Error, Result};
 use crate::handler::{HypercallAnswer, MsrAnswer, VcpuCtx};
-use crate::trace::{Arg, Track};
+use crate::trace::Arg;
 
 /// RDMSR and WRMSR of `MSR_VE_INFO`.
 pub(super) fn msr(inner: &mut Inner, vcpu: usize, write: Option<u64>) -> MsrAnswer {
@@ -75,13 +75,7 @@ pub(super) struct VeReport {
 /// Raises #VE on the vCPU: fills its area (every field but `busy`), stores `busy` =
 /// [`abi::BUSY`] with release, then injects vector 20 (no error code), with an NMI pending if
 /// the switch says so. The switches armed are used up.
-pub(super) fn raise(
-    inner: &mut Inner,
-    ctx: &VcpuCtx<'_>,
-    area: u64,
-    page: PageIndex,
-    report: VeReport,
-) -> Result<(), PagerError> {
+pub(super) fn raise(inner: &mut Inner, ctx: &VcpuCtx<'_>, area: u64, page: PageIndex, report: VeReport) -> Result<()> {
     let vcpu = ctx.index;
     let ram = inner.ram()?;
     let write_err = |gpa: u64| move |source| PagerError::WriteVeArea { vcpu, gpa, source };
@@ -97,16 +91,9 @@ pub(super) fn raise(
     let busy_gpa = area + abi::BUSY_OFFSET;
     ram.store(abi::BUSY, GuestAddress(busy_gpa), Ordering::Release).map_err(write_err(busy_gpa))?;
     let switches = inner.ve.get_mut(vcpu).map_or(0, |v| v.delivered(page));
-    let inject_err = |source| PagerError::InjectVe { vcpu, source };
-    let mut events = ctx.vcpu.get_vcpu_events().map_err(inject_err)?;
-    events.exception.injected = 1;
-    events.exception.pending = 0;
-    events.exception.nr = abi::VECTOR;
-    events.exception.has_error_code = 0;
-    events.exception.error_code = 0;
-    events.exception_has_payload = 0;
-    events.flags = 0;
-    ctx.vcpu.set_vcpu_events(&events).map_err(inject_err)?;
+    // As an exception in delivery (no error code): KVM clears any payload without
+    // `KVM_VCPUEVENT_VALID_PAYLOAD`.
+    ctx.inject_exception(abi::VECTOR, None)?;
     if switches & fault::NMI_WITH_NEXT_VE != 0 {
         let handler = handler_address(ctx, abi::VECTOR).ok_or(PagerError::NoVeHandler { vcpu })?;
         set_breakpoint(ctx, Some(handler)).map_err(|source| PagerError::SetBreakpoint { vcpu, source })?;
@@ -224,7 +211,6 @@ fn suspend(shared: &Arc<Shared>, ctx: &mut VcpuCtx<'_>, gpa: u64) -> Result<Hype
             return Ok(Some(Err(Status::InvalidArgument)));
         }
     };
-    let trace = inner.timeline.tracer().clone();
     // The vCPU waits: nothing it could take is worth holding the page back for.
     complete_held_back_now(shared, inner, page);
     let complete_now = fetch.is_some() && submit(inner, page);
@@ -234,19 +220,32 @@ fn suspend(shared: &Arc<Shared>, ctx: &mut VcpuCtx<'_>, gpa: u64) -> Result<Hype
     }
     let shared = Arc::clone(shared);
     ctx.answer_after_exit(move || {
-        let since = std::time::Instant::now();
-        let (mut inner, _time_up) = shared.wait_fetched(page);
-        let until = std::time::Instant::now();
-        inner.core.counters.sync_wait_ns += (until - since).as_nanos() as u64;
-        let result = if inner.core.state(page) == Some(&PageState::Failed) { RESULT_FAILED } else { RESULT_RETRY };
-        drop(inner);
-        trace.complete(Track::Vcpu(vcpu), "ve suspend", since, until, || {
-            vec![("page", Arg::Uint(page)), ("gpa", Arg::Hex(gpa)), ("result", Arg::Uint(result.into()))]
-        });
-        Ok(Ok([u64::from(result), 0]))
+        let result = shared.timed_wait(
+            vcpu,
+            page,
+            "ve suspend",
+            |inner, time_up| suspend_result(inner, page, time_up),
+            |result| {
+                let shown = result.map_or(Arg::Text("time up".into()), |r| Arg::Uint(r.into()));
+                vec![("page", Arg::Uint(page)), ("gpa", Arg::Hex(gpa)), ("result", shown)]
+            },
+        );
+        // At the time limit the page may still be on its way: no result is claimed (the run
+        // ends before the guest runs again and could read the answer).
+        Ok(result.map(|r| [u64::from(r), 0]).ok_or(Status::Unavailable))
     });
     // Written after the exit instead.
     Ok(Some(Ok([0; 2])))
+}
+
+/// What a suspend's wait for `page` answers: the page's result, or `None` if the wait ended at
+/// the run's time limit.
+fn suspend_result(inner: &Inner, page: PageIndex, time_up: bool) -> Option<u32> {
+    match inner.core.state(page) {
+        Some(PageState::Failed) => Some(RESULT_FAILED),
+        _ if time_up => None,
+        _ => Some(RESULT_RETRY),
+    }
 }
 
 /// `VePark`: a token of the vCPU's ring for the page, or the outcome now.
