@@ -253,9 +253,11 @@ fn a_suspend_on_a_failed_page_answers_failed() {
     assert_eq!(r.report.get("pager.resolved_failed"), 0, "no token: nothing resolved on a ring");
 }
 
-/// `NMI_WITH_NEXT_VE`: the #VE is injected as in delivery and the NMI made pending with it;
-/// the NMI handler reports the EIP it interrupted: the #VE handler's first instruction (KVM
-/// delivers the injected exception first, then the NMI at the next instruction boundary).
+/// `NMI_WITH_NEXT_VE`: the #VE is injected as in delivery with a hardware execute breakpoint
+/// on the #VE handler's address; at that breakpoint's exit, before the handler's first
+/// instruction runs, the host injects the NMI. The NMI handler reports the EIP it interrupted:
+/// the #VE handler's first instruction. (An NMI merely made pending with the #VE was measured to
+/// arrive only at the handler's first exit, some instructions in.)
 #[test]
 fn an_nmi_armed_with_the_next_ve_is_taken_at_the_ve_handlers_first_instruction() {
     let main = prologue(true)
@@ -374,6 +376,10 @@ fn a_locked_add_to_an_absent_page_adds_once_in_mode_ve() {
         .store_eax(marker + 4)
         .store(AREA + abi::BUSY_OFFSET as u32, 0)
         .hypercall(HANDLER_BLOCK, Nr::VeSuspend as u32, TARGET)
+        .expect_eax(Status::Ok as u32, 63)
+        // The page is present by now (the synchronous path made it so): "retry" at once.
+        .load(ret(HANDLER_BLOCK, 0))
+        .expect_eax(RESULT_RETRY, 64)
         // IRETD by hand (KVM cannot emulate a 32-bit protected-mode IRET; interrupts stay
         // off): drop the frame, jump to the EIP it held.
         .emit(&[0x83, 0xC4, 0x0C, 0xFF, 0x25])
