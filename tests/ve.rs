@@ -275,6 +275,29 @@ fn an_nmi_armed_with_the_next_ve_is_taken_at_the_ve_handlers_first_instruction()
     assert_eq!(r.report.get("pager.ve_delivered"), 1);
 }
 
+/// `NMI_WITH_NEXT_VE` with a #VE gate whose present bit is clear (the handler's address and
+/// selector in it as before): the host places no breakpoint, and stops the run before
+/// injecting the #VE, instead of arming one at a handler the #VE would never reach.
+#[test]
+fn an_nmi_armed_with_no_present_ve_gate_stops_the_run_before_the_ve() {
+    let (gate, handler) = (TABLES + 0x100 + 8 * u32::from(abi::VECTOR), addr(VE_HANDLER));
+    let main = Code32::new()
+        .mov_esp(0x28_0000)
+        .flat_tables(TABLES, &[(2, addr(NMI_HANDLER))])
+        // `flat_tables`'s gate with P (bit 15 of the second word) clear.
+        .store(gate, (0x08 << 16) | (handler & 0xFFFF))
+        .store(gate + 4, (handler & 0xFFFF_0000) | 0x0E00)
+        .announce(pvagent_abi::ABI_VERSION)
+        .wrmsr(abi::MSR_VE_INFO, u64::from(AREA) | abi::MSR_ENABLE)
+        .hypercall(BLOCK, Nr::VeSetFaults as u32, fault::NMI_WITH_NEXT_VE as u32)
+        .expect_eax(Status::Ok as u32, 50)
+        .load(TARGET)
+        .exit(NO_VE);
+    let r = run("ve-nmi-no-gate.elf", image(main, Code32::new().exit(0x52)), ve_pager(), 60);
+    assert!(matches!(r.host_error, Some(Error::Pager(PagerError::NoVeHandler { vcpu: 0 }))), "{:?}", r.host_error);
+    assert_eq!(r.guest_exit_code, None);
+}
+
 /// `VeInjectNmi`: the NMI is taken right after the hypercall's `out`.
 #[test]
 fn ve_inject_nmi_lands_right_after_the_out() {
