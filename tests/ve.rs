@@ -169,7 +169,8 @@ fn a_cpl0_store_raises_ve_reporting_a_write_and_lands_in_the_page() {
 }
 
 /// The busy word set: no #VE, the vCPU waits for the page (as VMX makes an ordinary exit);
-/// with `IGNORE_BUSY` armed, the host breaks that rule once, as told.
+/// with `IGNORE_BUSY` armed, the host breaks that rule once, as told: the handler's own access
+/// to a third absent page (the busy word still set) waits again, and nothing is left armed.
 #[test]
 fn a_set_busy_word_means_a_synchronous_wait_unless_the_host_is_told_to_ignore_it() {
     let main = prologue(true)
@@ -186,11 +187,17 @@ fn a_set_busy_word_means_a_synchronous_wait_unless_the_host_is_told_to_ignore_it
         .load(AREA + abi::GPA_OFFSET as u32)
         .expect_eax(TARGET + 0x1000, 6)
         .hypercall(HANDLER_BLOCK, Nr::VeSuspend as u32, TARGET + 0x1000)
+        // A second #VE would enter this handler again, and fail its check of the GPA above.
+        .load(TARGET + 0x2000)
+        .expect_eax(pnp::backing_pattern(u64::from(TARGET + 0x2000)) as u32, 23)
+        .hypercall(HANDLER_BLOCK, Nr::VeSetFaults as u32, 0)
+        .load(ret(HANDLER_BLOCK, 0))
+        .expect_eax(0, 24)
         .exit(OK);
     let r = run("ve-busy.elf", image(main, handler), ve_pager(), 60);
     assert!(r.passed(), "exit {:?}: {:?}", r.guest_exit_code, r.host_error);
     let c = &r.report;
-    assert_eq!((c.get("pager.ve_busy_waits"), c.get("pager.ve_delivered")), (1, 1), "{:?}", c.counters);
+    assert_eq!((c.get("pager.ve_busy_waits"), c.get("pager.ve_delivered")), (2, 1), "{:?}", c.counters);
 }
 
 /// `VePark`: without a ring, `NoToken`; with one, a token whose resolution comes through the
