@@ -169,7 +169,8 @@ fn a_cpl0_store_raises_ve_reporting_a_write_and_lands_in_the_page() {
 }
 
 /// The busy word set: no #VE, the vCPU waits for the page (as VMX makes an ordinary exit);
-/// with `IGNORE_BUSY` armed, the host breaks that rule once, as told.
+/// with `IGNORE_BUSY` armed, the host breaks that rule once, as told: the handler's own access
+/// to a third absent page (the busy word still set) waits again, and nothing is left armed.
 #[test]
 fn a_set_busy_word_means_a_synchronous_wait_unless_the_host_is_told_to_ignore_it() {
     let main = prologue(true)
@@ -186,11 +187,17 @@ fn a_set_busy_word_means_a_synchronous_wait_unless_the_host_is_told_to_ignore_it
         .load(AREA + abi::GPA_OFFSET as u32)
         .expect_eax(TARGET + 0x1000, 6)
         .hypercall(HANDLER_BLOCK, Nr::VeSuspend as u32, TARGET + 0x1000)
+        // A second #VE would enter this handler again, and fail its check of the GPA above.
+        .load(TARGET + 0x2000)
+        .expect_eax(pnp::backing_pattern(u64::from(TARGET + 0x2000)) as u32, 23)
+        .hypercall(HANDLER_BLOCK, Nr::VeSetFaults as u32, 0)
+        .load(ret(HANDLER_BLOCK, 0))
+        .expect_eax(0, 24)
         .exit(OK);
     let r = run("ve-busy.elf", image(main, handler), ve_pager(), 60);
     assert!(r.passed(), "exit {:?}: {:?}", r.guest_exit_code, r.host_error);
     let c = &r.report;
-    assert_eq!((c.get("pager.ve_busy_waits"), c.get("pager.ve_delivered")), (1, 1), "{:?}", c.counters);
+    assert_eq!((c.get("pager.ve_busy_waits"), c.get("pager.ve_delivered")), (2, 1), "{:?}", c.counters);
 }
 
 /// `VePark`: without a ring, `NoToken`; with one, a token whose resolution comes through the
@@ -253,9 +260,11 @@ fn a_suspend_on_a_failed_page_answers_failed() {
     assert_eq!(r.report.get("pager.resolved_failed"), 0, "no token: nothing resolved on a ring");
 }
 
-/// `NMI_WITH_NEXT_VE`: the #VE is injected as in delivery and the NMI made pending with it;
-/// the NMI handler reports the EIP it interrupted: the #VE handler's first instruction (KVM
-/// delivers the injected exception first, then the NMI at the next instruction boundary).
+/// `NMI_WITH_NEXT_VE`: the #VE is injected as in delivery with a hardware execute breakpoint
+/// on the #VE handler's address; at that breakpoint's exit, before the handler's first
+/// instruction runs, the host injects the NMI. The NMI handler reports the EIP it interrupted:
+/// the #VE handler's first instruction. (An NMI merely made pending with the #VE was measured to
+/// arrive only at the handler's first exit, some instructions in.)
 #[test]
 fn an_nmi_armed_with_the_next_ve_is_taken_at_the_ve_handlers_first_instruction() {
     let main = prologue(true)
@@ -271,6 +280,29 @@ fn an_nmi_armed_with_the_next_ve_is_taken_at_the_ve_handlers_first_instruction()
     assert_eq!(r.guest_exit_code, Some(addr(VE_HANDLER)), "the EIP the NMI interrupted; {:?}", r.host_error);
     assert!(r.host_error.is_none(), "{:?}", r.host_error);
     assert_eq!(r.report.get("pager.ve_delivered"), 1);
+}
+
+/// `NMI_WITH_NEXT_VE` with a #VE gate whose present bit is clear (the handler's address and
+/// selector in it as before): the host places no breakpoint, and stops the run before
+/// injecting the #VE, instead of arming one at a handler the #VE would never reach.
+#[test]
+fn an_nmi_armed_with_no_present_ve_gate_stops_the_run_before_the_ve() {
+    let (gate, handler) = (TABLES + 0x100 + 8 * u32::from(abi::VECTOR), addr(VE_HANDLER));
+    let main = Code32::new()
+        .mov_esp(0x28_0000)
+        .flat_tables(TABLES, &[(2, addr(NMI_HANDLER))])
+        // `flat_tables`'s gate with P (bit 15 of the second word) clear.
+        .store(gate, (0x08 << 16) | (handler & 0xFFFF))
+        .store(gate + 4, (handler & 0xFFFF_0000) | 0x0E00)
+        .announce(pvagent_abi::ABI_VERSION)
+        .wrmsr(abi::MSR_VE_INFO, u64::from(AREA) | abi::MSR_ENABLE)
+        .hypercall(BLOCK, Nr::VeSetFaults as u32, fault::NMI_WITH_NEXT_VE as u32)
+        .expect_eax(Status::Ok as u32, 50)
+        .load(TARGET)
+        .exit(NO_VE);
+    let r = run("ve-nmi-no-gate.elf", image(main, Code32::new().exit(0x52)), ve_pager(), 60);
+    assert!(matches!(r.host_error, Some(Error::Pager(PagerError::NoVeHandler { vcpu: 0 }))), "{:?}", r.host_error);
+    assert_eq!(r.guest_exit_code, None);
 }
 
 /// `VeInjectNmi`: the NMI is taken right after the hypercall's `out`.
@@ -374,6 +406,10 @@ fn a_locked_add_to_an_absent_page_adds_once_in_mode_ve() {
         .store_eax(marker + 4)
         .store(AREA + abi::BUSY_OFFSET as u32, 0)
         .hypercall(HANDLER_BLOCK, Nr::VeSuspend as u32, TARGET)
+        .expect_eax(Status::Ok as u32, 63)
+        // The page is present by now (the synchronous path made it so): "retry" at once.
+        .load(ret(HANDLER_BLOCK, 0))
+        .expect_eax(RESULT_RETRY, 64)
         // IRETD by hand (KVM cannot emulate a 32-bit protected-mode IRET; interrupts stay
         // off): drop the frame, jump to the EIP it held.
         .emit(&[0x83, 0xC4, 0x0C, 0xFF, 0x25])

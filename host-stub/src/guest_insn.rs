@@ -123,10 +123,16 @@ fn register_value(regs: &kvm_regs, sregs: &kvm_sregs, reg: Register) -> Option<u
         Register::R14 => regs.r14,
         Register::R15 => regs.r15,
         Register::RIP => regs.rip,
-        // In 64-bit mode only FS and GS have bases; the others are 0.
         Register::FS => sregs.fs.base,
         Register::GS => sregs.gs.base,
-        Register::ES | Register::CS | Register::SS | Register::DS => 0,
+        // In 64-bit mode only FS and GS have bases; the others are 0.
+        Register::ES | Register::CS | Register::SS | Register::DS if in_64_bit_mode(sregs) => 0,
+        // Otherwise (compatibility, protected and real mode) each has its base, as KVM reports
+        // it (in real mode that is selector * 16).
+        Register::ES => sregs.es.base,
+        Register::CS => sregs.cs.base,
+        Register::SS => sregs.ss.base,
+        Register::DS => sregs.ds.base,
         _ => return None,
     };
     // Narrow registers (e.g. a 32-bit address) are masked to their width.
@@ -134,11 +140,22 @@ fn register_value(regs: &kvm_regs, sregs: &kvm_sregs, reg: Register) -> Option<u
     Some(if bits >= 64 || reg.is_segment_register() { value } else { value & ((1u64 << bits) - 1) })
 }
 
+/// Whether the vCPU runs 64-bit code (CS.L set: IA-32e mode's 64-bit sub-mode).
+fn in_64_bit_mode(sregs: &kvm_sregs) -> bool {
+    sregs.cs.l == 1
+}
+
+/// The linear address of `rip`: CS's base added outside 64-bit mode, within the segment's
+/// width (a 32-bit sum wraps at 4 GiB, as the processor's does).
+pub fn code_linear(rip: u64, sregs: &kvm_sregs) -> u64 {
+    if in_64_bit_mode(sregs) { rip } else { (sregs.cs.base.wrapping_add(rip)) & 0xFFFF_FFFF }
+}
+
 /// Decodes `bytes` (fetched at `rip`) in the code segment's mode (64-bit, or 32- or 16-bit
 /// protected mode: the same bytes address memory differently) and computes its memory operands.
 pub fn decode(rip: u64, bytes: &[u8], regs: &kvm_regs, sregs: &kvm_sregs) -> Result<GuestInsn, InsnError> {
-    let bitness = match (sregs.cs.l, sregs.cs.db) {
-        (1, _) => 64,
+    let bitness = match (in_64_bit_mode(sregs), sregs.cs.db) {
+        (true, _) => 64,
         (_, 1) => 32,
         _ => 16,
     };
@@ -177,7 +194,7 @@ pub fn at(
     regs: &kvm_regs,
     sregs: &kvm_sregs,
 ) -> Result<GuestInsn, InsnError> {
-    let bytes = fetch(vcpu, mem, rip)?;
+    let bytes = fetch(vcpu, mem, code_linear(rip, sregs))?;
     decode(rip, &bytes, regs, sregs)
 }
 
@@ -208,6 +225,29 @@ mod tests {
         assert_eq!(decode(0x10_0000, &bytes, &regs(), &sregs).unwrap().memory[0].linear, 0x8000_0010);
         let i = decode(0x10_0000, &bytes, &regs(), &long_mode()).unwrap();
         assert_eq!(i.memory[0].linear, (0x10_0006u64).wrapping_add(0xFFFF_FFFF_8000_0010));
+    }
+
+    #[test]
+    fn outside_64_bit_mode_segment_bases_are_added() {
+        // mov eax, [0x10] (32-bit code): DS's base added; in 64-bit mode it would not be.
+        let bytes = [0x8B, 0x05, 0x10, 0, 0, 0];
+        let mut sregs = kvm_sregs::default();
+        sregs.cs.db = 1;
+        sregs.ds.base = 0x8000_0000;
+        sregs.cs.base = 0x1_0000;
+        assert_eq!(decode(0x100, &bytes, &regs(), &sregs).unwrap().memory[0].linear, 0x8000_0010);
+        assert_eq!(code_linear(0x100, &sregs), 0x1_0100);
+        // Real mode: mov ax, [es:bx] with ES = 0x1234 (base 0x12340, as KVM reports it).
+        let mut real = kvm_sregs::default();
+        real.es.selector = 0x1234;
+        real.es.base = 0x12340;
+        let i = decode(0, &[0x26, 0x8B, 0x07], &regs(), &real).unwrap();
+        assert_eq!(i.memory[0].linear, 0x12340 + 0x20);
+        let mut long = long_mode();
+        long.ds.base = 0x8000_0000;
+        long.cs.base = 0x1_0000;
+        assert_eq!(decode(0x100, &bytes, &regs(), &long).unwrap().memory[0].linear, 0x106 + 0x10, "RIP-relative");
+        assert_eq!(code_linear(0x100, &long), 0x100);
     }
 
     fn regs() -> kvm_regs {

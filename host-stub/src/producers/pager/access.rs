@@ -6,7 +6,6 @@
 
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
-use std::time::Instant;
 
 use pvagent_abi::pnp::HostMode;
 use pvagent_abi::ve::fault;
@@ -29,7 +28,7 @@ use super::ve_delivery::{self, VeReport};
 use crate::error::{Error, Result};
 use crate::guest_insn::GuestInsn;
 use crate::handler::{AfterExit, Handled, VcpuCtx};
-use crate::trace::{Arg, Track};
+use crate::trace::Arg;
 
 /// How an access reached the host.
 pub(super) enum Access<'a> {
@@ -222,7 +221,6 @@ impl Pager {
                 deliver_event(inner, ctx, out(token), gpa, gva)?;
             }
             Decision::Wait { fetch } => {
-                let trace = inner.timeline.tracer().clone();
                 complete_held_back_now(&self.shared, inner, page);
                 if fetch.is_some() && submit(inner, page) {
                     drop(guard);
@@ -233,16 +231,7 @@ impl Pager {
                 // The wait itself after the exit, outside the handlers' lock: other vCPUs' exits
                 // go on while this vCPU waits for its page (it does not run before).
                 let shared = Arc::clone(&self.shared);
-                ctx.after_exit(AfterExit::new(move || {
-                    let waited_since = Instant::now();
-                    let outcome = wait_for(&shared, page, gpa);
-                    let waited_until = Instant::now();
-                    shared.lock().core.counters.sync_wait_ns += (waited_until - waited_since).as_nanos() as u64;
-                    trace.complete(Track::Vcpu(vcpu), "pnp synchronous wait", waited_since, waited_until, || {
-                        vec![("page", Arg::Uint(page)), ("gpa", Arg::Hex(gpa))]
-                    });
-                    outcome
-                }));
+                ctx.after_exit(AfterExit::new(move || wait_for(&shared, vcpu, page, gpa)));
                 return Ok(Handled::Yes);
             }
             // KVM's ABI could carry an event, but not the failure: its retry came back here.
@@ -474,9 +463,15 @@ pub(super) fn settle_owed(inner: &mut Inner) -> Result<(), PagerError> {
 
 /// The synchronous path: block the vCPU's thread until the page's fetch is over (after the exit,
 /// outside the handlers' lock: `VcpuCtx::after_exit`), or the run's time is up.
-fn wait_for(shared: &Shared, page: PageIndex, gpa: u64) -> Result<()> {
-    let (inner, time_up) = shared.wait_fetched(page);
-    if !time_up && inner.core.state(page) == Some(&PageState::Failed) {
+fn wait_for(shared: &Shared, vcpu: usize, page: PageIndex, gpa: u64) -> Result<()> {
+    let failed = shared.timed_wait(
+        vcpu,
+        page,
+        "pnp synchronous wait",
+        |inner, time_up| !time_up && inner.core.state(page) == Some(&PageState::Failed),
+        |_| vec![("page", Arg::Uint(page)), ("gpa", Arg::Hex(gpa))],
+    );
+    if failed {
         return Err(PagerError::FailedDuringSyncWait { gpa }.into());
     }
     Ok(())

@@ -57,8 +57,6 @@ pub enum PagerError {
     ReadVeArea { vcpu: usize, gpa: u64, source: GuestMemoryError },
     #[error("writing vCPU {vcpu}'s VE information area at {gpa:#x} failed: {source}")]
     WriteVeArea { vcpu: usize, gpa: u64, source: GuestMemoryError },
-    #[error("injecting #VE into vCPU {vcpu} (KVM_GET/SET_VCPU_EVENTS) failed: {source}")]
-    InjectVe { vcpu: usize, source: kvm_ioctls::Error },
     #[error("injecting an NMI into vCPU {vcpu} (KVM_NMI) failed: {source}")]
     InjectNmi { vcpu: usize, source: kvm_ioctls::Error },
     #[error("vCPU {vcpu}: NMI_WITH_NEXT_VE is armed, but the guest's IDT gives no #VE handler the host can read")]

@@ -45,8 +45,10 @@ pub(super) fn hold_back(shared: &Shared, inner: &mut Inner, page: PageIndex) -> 
     }
     if inner.sync_waiting.contains(&page) {
         // A vCPU waits for the page: it cannot take the events (nor make the requests) the
-        // fetch would be held back for.
-        inner.core.counters.holds_released_by_sync_wait += 1;
+        // fetch would be held back for. Counted only if the fetch would have been held.
+        if matches!(events_taken(inner, page), Ok(false)) {
+            inner.core.counters.holds_released_by_sync_wait += 1;
+        }
         return false;
     }
     match events_taken(inner, page) {

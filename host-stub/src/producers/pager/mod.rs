@@ -273,6 +273,12 @@ impl Pager {
                 other_ve_mode_waits(&c),
             ));
         }
+        let unreached = inner.ve.iter().filter(|v| v.nmi_breakpoint.is_some()).count();
+        if unreached > 0 {
+            report.line(format!(
+                "pager: {unreached} vCPU(s) stopped with an NMI_WITH_NEXT_VE breakpoint set, their #VE handler never reached (the VM's end takes it away)"
+            ));
+        }
         report.line(format!("pager: tokens outstanding at exit: {outstanding}"));
         report.line(format!(
             "pager: {} pages fetched ({} failed), {} evicted",

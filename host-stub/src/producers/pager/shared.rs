@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
 
 use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
@@ -21,6 +22,7 @@ use super::registration::Registration;
 use super::state::{PageIndex, PagerCore};
 use super::timeline::PagerTimeline;
 use super::ve::VeVcpu;
+use crate::trace::{Args, Track};
 
 /// The pager's state, under [`Shared`]'s lock.
 #[derive(Debug)]
@@ -152,6 +154,29 @@ impl Shared {
             inner.sync_waiting.swap_remove(at);
         }
         (inner, time_up)
+    }
+
+    /// The synchronous path's wait (an access's, or `VeSuspend`'s), on the vCPU thread:
+    /// [`Shared::wait_fetched`], the time waited added to `sync_wait_ns` and traced on the
+    /// vCPU's track as `what`. `outcome` reads the page's end state under the wait's lock (with
+    /// whether the time is up); `args` describes it for the trace.
+    pub fn timed_wait<R>(
+        &self,
+        vcpu: usize,
+        page: PageIndex,
+        what: &'static str,
+        outcome: impl FnOnce(&Inner, bool) -> R,
+        args: impl FnOnce(&R) -> Args,
+    ) -> R {
+        let since = Instant::now();
+        let (mut inner, time_up) = self.wait_fetched(page);
+        let until = Instant::now();
+        inner.core.counters.sync_wait_ns += (until - since).as_nanos() as u64;
+        let result = outcome(&inner, time_up);
+        let trace = inner.timeline.tracer().clone();
+        drop(inner);
+        trace.complete(Track::Vcpu(vcpu), what, since, until, || args(&result));
+        result
     }
 
     /// The run's time is up: every vCPU waiting in [`Shared::wait_fetched`] stops waiting.

@@ -308,7 +308,7 @@ impl PagerCore {
     pub fn on_access(&mut self, vcpu: usize, page: PageIndex, source: Option<&mut dyn TokenSource>) -> Decision {
         let delivers = self.mode != HostMode::Sync;
         let via = source.as_ref().map(|s| s.via());
-        let token = || if delivers { source.and_then(|s| s.alloc()).zip(via) } else { None };
+        let token = || if delivers { alloc_with_via(source) } else { None };
         let Some(p) = self.pages.get_mut(page) else {
             return Decision::Continue;
         };
@@ -336,10 +336,8 @@ impl PagerCore {
                 }
             }
             PageState::Absent => {
-                let mut behaviour = std::mem::replace(&mut p.next_fetch, PageBehaviour::Normal);
-                if self.timing == ResolutionTiming::BeforeEvent && behaviour == PageBehaviour::Normal {
-                    behaviour = PageBehaviour::Immediate;
-                }
+                let behaviour =
+                    fetch_behaviour(self.timing, std::mem::replace(&mut p.next_fetch, PageBehaviour::Normal));
                 match behaviour {
                     PageBehaviour::Immediate => {
                         p.state = PageState::Present;
@@ -401,10 +399,8 @@ impl PagerCore {
             PageState::Present => VeAccess::Continue,
             PageState::Failed | PageState::Fetching { .. } => VeAccess::Raise { fetch: None, make_present: false },
             PageState::Absent => {
-                let mut behaviour = std::mem::replace(&mut p.next_fetch, PageBehaviour::Normal);
-                if self.timing == ResolutionTiming::BeforeEvent && behaviour == PageBehaviour::Normal {
-                    behaviour = PageBehaviour::Immediate;
-                }
+                let behaviour =
+                    fetch_behaviour(self.timing, std::mem::replace(&mut p.next_fetch, PageBehaviour::Normal));
                 let failing = behaviour == PageBehaviour::Fail;
                 let held = behaviour == PageBehaviour::Held;
                 if behaviour == PageBehaviour::Immediate {
@@ -444,25 +440,20 @@ impl PagerCore {
                     VeAnswer::Wait { fetch: None }
                 }
             }
-            (PageState::Fetching { waiters, .. }, VeRequest::Park(source)) => {
-                match source.and_then(|s| s.alloc().map(|t| (t, s.via()))) {
-                    Some((token, via)) => {
-                        waiters.push(TokenOut { vcpu, via, token });
-                        VeAnswer::Parked { token, fetch: None }
-                    }
-                    None => VeAnswer::NoToken,
+            (PageState::Fetching { waiters, .. }, VeRequest::Park(source)) => match alloc_with_via(source) {
+                Some((token, via)) => {
+                    waiters.push(TokenOut { vcpu, via, token });
+                    VeAnswer::Parked { token, fetch: None }
                 }
-            }
+                None => VeAnswer::NoToken,
+            },
             (PageState::Absent, request) => {
-                let mut behaviour = p.next_fetch;
-                if self.timing == ResolutionTiming::BeforeEvent && behaviour == PageBehaviour::Normal {
-                    behaviour = PageBehaviour::Immediate;
-                }
+                let behaviour = fetch_behaviour(self.timing, p.next_fetch);
                 // Taken only when something will wait for the page: none back to return.
                 let token = match request {
                     _ if behaviour == PageBehaviour::Immediate => None,
                     VeRequest::Suspend => None,
-                    VeRequest::Park(source) => match source.and_then(|s| s.alloc().map(|t| (t, s.via()))) {
+                    VeRequest::Park(source) => match alloc_with_via(source) {
                         Some(t) => Some(t),
                         None => return VeAnswer::NoToken,
                     },
@@ -606,6 +597,21 @@ impl PagerCore {
     pub fn fetching(&self) -> usize {
         self.pages.touched.values().filter(|p| matches!(p.state, PageState::Fetching { .. })).count()
     }
+}
+
+/// How the fetch of an absent page whose next fetch is `next` goes under `timing`: a normal
+/// page is made present when touched under [`ResolutionTiming::BeforeEvent`].
+fn fetch_behaviour(timing: ResolutionTiming, next: PageBehaviour) -> PageBehaviour {
+    if timing == ResolutionTiming::BeforeEvent && next == PageBehaviour::Normal {
+        PageBehaviour::Immediate
+    } else {
+        next
+    }
+}
+
+/// A token of `source`, with the protocol it is from (`None`: no source, or no token free).
+fn alloc_with_via(source: Option<&mut dyn TokenSource>) -> Option<(Token, Via)> {
+    source.and_then(|s| s.alloc().map(|t| (t, s.via())))
 }
 
 #[cfg(test)]

@@ -46,9 +46,18 @@ pub struct VeVcpu {
     /// Pages of the #VEs delivered to this vCPU that no request of it named yet (each once):
     /// under `ResolutionTiming::AfterEventTaken` their fetches complete only once it did.
     pub unanswered: Vec<PageIndex>,
-    /// [`fault::NMI_WITH_NEXT_VE`]: the linear address of the #VE handler's first instruction,
-    /// where a hardware breakpoint stops the vCPU for the NMI to be injected.
-    pub nmi_breakpoint: Option<u64>,
+    /// [`fault::NMI_WITH_NEXT_VE`], armed: where a hardware breakpoint stops the vCPU for the
+    /// NMI to be injected.
+    pub nmi_breakpoint: Option<NmiBreakpoint>,
+}
+
+/// A breakpoint of the host's on a #VE handler ([`fault::NMI_WITH_NEXT_VE`]).
+#[derive(Clone, Copy, Debug)]
+pub struct NmiBreakpoint {
+    /// The linear address of the handler's first instruction.
+    pub at: u64,
+    /// The guest's own debug registers when it was set, put back when it is cleared.
+    pub guest_debugregs: kvm_bindings::kvm_debugregs,
 }
 
 impl VeVcpu {

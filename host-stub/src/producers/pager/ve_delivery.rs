@@ -28,10 +28,10 @@ use super::registration::Registration;
 use super::ring::observe_tail;
 use super::shared::{Inner, Shared};
 use super::state::{PageIndex, PageState, TokenSource, VeAnswer, VeRequest};
-use super::ve::VeVcpu;
+use super::ve::{NmiBreakpoint, VeVcpu};
 use crate::error::{Error, Result};
 use crate::handler::{HypercallAnswer, MsrAnswer, VcpuCtx};
-use crate::trace::{Arg, Track};
+use crate::trace::Arg;
 
 /// RDMSR and WRMSR of `MSR_VE_INFO`.
 pub(super) fn msr(inner: &mut Inner, vcpu: usize, write: Option<u64>) -> MsrAnswer {
@@ -75,13 +75,7 @@ pub(super) struct VeReport {
 /// Raises #VE on the vCPU: fills its area (every field but `busy`), stores `busy` =
 /// [`abi::BUSY`] with release, then injects vector 20 (no error code), with an NMI pending if
 /// the switch says so. The switches armed are used up.
-pub(super) fn raise(
-    inner: &mut Inner,
-    ctx: &VcpuCtx<'_>,
-    area: u64,
-    page: PageIndex,
-    report: VeReport,
-) -> Result<(), PagerError> {
+pub(super) fn raise(inner: &mut Inner, ctx: &VcpuCtx<'_>, area: u64, page: PageIndex, report: VeReport) -> Result<()> {
     let vcpu = ctx.index;
     let ram = inner.ram()?;
     let write_err = |gpa: u64| move |source| PagerError::WriteVeArea { vcpu, gpa, source };
@@ -97,45 +91,96 @@ pub(super) fn raise(
     let busy_gpa = area + abi::BUSY_OFFSET;
     ram.store(abi::BUSY, GuestAddress(busy_gpa), Ordering::Release).map_err(write_err(busy_gpa))?;
     let switches = inner.ve.get_mut(vcpu).map_or(0, |v| v.delivered(page));
-    let inject_err = |source| PagerError::InjectVe { vcpu, source };
-    let mut events = ctx.vcpu.get_vcpu_events().map_err(inject_err)?;
-    events.exception.injected = 1;
-    events.exception.pending = 0;
-    events.exception.nr = abi::VECTOR;
-    events.exception.has_error_code = 0;
-    events.exception.error_code = 0;
-    events.exception_has_payload = 0;
-    events.flags = 0;
-    ctx.vcpu.set_vcpu_events(&events).map_err(inject_err)?;
-    if switches & fault::NMI_WITH_NEXT_VE != 0 {
-        let handler = handler_address(ctx, abi::VECTOR).ok_or(PagerError::NoVeHandler { vcpu })?;
-        set_breakpoint(ctx, Some(handler)).map_err(|source| PagerError::SetBreakpoint { vcpu, source })?;
+    // The handler's address first: a #VE whose switch cannot be carried out is not injected.
+    let nmi_at = if switches & fault::NMI_WITH_NEXT_VE != 0 {
+        Some(handler_address(ctx, abi::VECTOR).ok_or(PagerError::NoVeHandler { vcpu })?)
+    } else {
+        None
+    };
+    // As an exception in delivery (no error code): KVM clears any payload without
+    // `KVM_VCPUEVENT_VALID_PAYLOAD`.
+    ctx.inject_exception(abi::VECTOR, None)?;
+    if let Some(at) = nmi_at {
+        let guest_debugregs = ctx.vcpu.get_debug_regs().map_err(|source| PagerError::SetBreakpoint { vcpu, source })?;
+        set_breakpoint(ctx, Some(at)).map_err(|source| PagerError::SetBreakpoint { vcpu, source })?;
         if let Some(v) = inner.ve.get_mut(vcpu) {
-            v.nmi_breakpoint = Some(handler);
+            v.nmi_breakpoint = Some(NmiBreakpoint { at, guest_debugregs });
         }
     }
     Ok(())
 }
 
-/// The linear address the guest's IDT gives for `vector` (a 64-bit gate in long mode, a 32-bit
-/// one otherwise), if the IDT can be read.
+/// The linear address of the handler the guest's IDT gives for `vector` (a 64-bit gate in long
+/// mode, a 32-bit one otherwise), if the gate is within the IDT's limit, present, and readable
+/// (page by page: it may straddle two) and, outside long mode, its code segment's descriptor
+/// too.
 fn handler_address(ctx: &VcpuCtx<'_>, vector: u8) -> Option<u64> {
     const EFER_LMA: u64 = 1 << 10;
     let sregs = ctx.vcpu.get_sregs().ok()?;
     let long_mode = sregs.efer & EFER_LMA != 0;
-    let size: u64 = if long_mode { 16 } else { 8 };
-    let gate = sregs.idt.base + u64::from(vector) * size;
-    let gpa = crate::guest_insn::translate(ctx.vcpu, gate)?;
-    let mut bytes = [0u8; 16];
-    ctx.mem.read_slice(&mut bytes[..size as usize], GuestAddress(gpa)).ok()?;
-    let word = |at: usize| u64::from(u16::from_le_bytes([bytes[at], bytes[at + 1]]));
-    let high =
-        if long_mode { u64::from(u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]])) << 32 } else { 0 };
-    Some(high | word(6) << 16 | word(0))
+    let size = if long_mode { 16 } else { 8 };
+    let at = gate_offset(sregs.idt.limit, vector, size)?;
+    let mut gate = [0u8; 16];
+    read_linear(ctx, sregs.idt.base + at, &mut gate[..size as usize])?;
+    let (selector, offset) = gate_target(&gate, long_mode)?;
+    if long_mode {
+        // An IA-32e gate leads to 64-bit code, whose segment base is 0.
+        return Some(offset);
+    }
+    // The selector's descriptor, in the GDT or (TI set) the LDT, within the table's limit.
+    let (table, limit) = if selector & 4 != 0 {
+        (sregs.ldt.base, sregs.ldt.limit)
+    } else {
+        (sregs.gdt.base, u32::from(sregs.gdt.limit))
+    };
+    let index = u64::from(selector & !7);
+    if index == 0 || index + 7 > u64::from(limit) {
+        return None;
+    }
+    let mut descriptor = [0u8; 8];
+    read_linear(ctx, table + index, &mut descriptor)?;
+    Some(segment_base(&descriptor).wrapping_add(offset) & 0xFFFF_FFFF)
+}
+
+/// The offset of `vector`'s gate of `size` bytes in an IDT of `limit`, if it lies within it.
+fn gate_offset(limit: u16, vector: u8, size: u64) -> Option<u64> {
+    let at = u64::from(vector) * size;
+    (at + size - 1 <= u64::from(limit)).then_some(at)
+}
+
+/// A gate's code segment selector and handler offset, if its present bit is set.
+fn gate_target(gate: &[u8; 16], long_mode: bool) -> Option<(u16, u64)> {
+    const PRESENT: u8 = 0x80;
+    if gate[5] & PRESENT == 0 {
+        return None;
+    }
+    let word = |at: usize| u64::from(u16::from_le_bytes([gate[at], gate[at + 1]]));
+    let high = if long_mode { u64::from(u32::from_le_bytes([gate[8], gate[9], gate[10], gate[11]])) << 32 } else { 0 };
+    Some((word(2) as u16, high | word(6) << 16 | word(0)))
+}
+
+/// A segment descriptor's base.
+fn segment_base(d: &[u8; 8]) -> u64 {
+    u64::from(u32::from_le_bytes([d[2], d[3], d[4], d[7]]))
+}
+
+/// Reads `buf.len()` bytes of guest-linear memory at `addr` through the vCPU's page tables,
+/// page by page.
+fn read_linear(ctx: &VcpuCtx<'_>, addr: u64, buf: &mut [u8]) -> Option<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let at = addr.checked_add(done as u64)?;
+        let take = (0x1000 - (at & 0xFFF) as usize).min(buf.len() - done);
+        let gpa = crate::guest_insn::translate(ctx.vcpu, at)?;
+        ctx.mem.read_slice(&mut buf[done..done + take], GuestAddress(gpa)).ok()?;
+        done += take;
+    }
+    Some(())
 }
 
 /// Sets (or, with `None`, clears) a hardware execute breakpoint of the host's on the vCPU: it
-/// stops with KVM_EXIT_DEBUG before the instruction at that address runs.
+/// stops with KVM_EXIT_DEBUG before the instruction at that linear address runs. While it is
+/// set, KVM gives the host's debug registers to the guest; clearing gives back the guest's.
 fn set_breakpoint(ctx: &VcpuCtx<'_>, at: Option<u64>) -> Result<(), kvm_ioctls::Error> {
     let mut debug = kvm_bindings::kvm_guest_debug::default();
     if let Some(address) = at {
@@ -147,14 +192,22 @@ fn set_breakpoint(ctx: &VcpuCtx<'_>, at: Option<u64>) -> Result<(), kvm_ioctls::
     ctx.vcpu.set_guest_debug(&debug)
 }
 
-/// A KVM_EXIT_DEBUG at `pc`: if it is this vCPU's breakpoint for `NMI_WITH_NEXT_VE` (the #VE
-/// handler reached), clears it and injects the NMI, taken before the handler's first
-/// instruction. Whether it was.
+/// A KVM_EXIT_DEBUG at linear `pc` on a vCPU whose `NMI_WITH_NEXT_VE` breakpoint is armed: the
+/// breakpoint is cleared, and the guest's own debug registers put back as they were, whatever
+/// the exit. If it is the breakpoint (the #VE handler reached), the NMI is injected, taken
+/// before the handler's first instruction. Whether it was; a debug exit that is not ours ends
+/// the run (`Handled::No`), the breakpoint cleared.
 pub(super) fn breakpoint_hit(inner: &mut Inner, ctx: &VcpuCtx<'_>, pc: u64) -> Result<bool, PagerError> {
     let vcpu = ctx.index;
-    let Some(v) = inner.ve.get_mut(vcpu).filter(|v| v.nmi_breakpoint == Some(pc)) else { return Ok(false) };
-    v.nmi_breakpoint = None;
-    set_breakpoint(ctx, None).map_err(|source| PagerError::SetBreakpoint { vcpu, source })?;
+    let Some(armed) = inner.ve.get_mut(vcpu).and_then(|v| v.nmi_breakpoint.take()) else { return Ok(false) };
+    let breakpoint_err = |source| PagerError::SetBreakpoint { vcpu, source };
+    set_breakpoint(ctx, None).map_err(breakpoint_err)?;
+    if ctx.vcpu.get_debug_regs().map_err(breakpoint_err)? != armed.guest_debugregs {
+        ctx.vcpu.set_debug_regs(&armed.guest_debugregs).map_err(breakpoint_err)?;
+    }
+    if pc != armed.at {
+        return Ok(false);
+    }
     ctx.vcpu.nmi().map_err(|source| PagerError::InjectNmi { vcpu, source })?;
     Ok(true)
 }
@@ -224,7 +277,6 @@ fn suspend(shared: &Arc<Shared>, ctx: &mut VcpuCtx<'_>, gpa: u64) -> Result<Hype
             return Ok(Some(Err(Status::InvalidArgument)));
         }
     };
-    let trace = inner.timeline.tracer().clone();
     // The vCPU waits: nothing it could take is worth holding the page back for.
     complete_held_back_now(shared, inner, page);
     let complete_now = fetch.is_some() && submit(inner, page);
@@ -234,19 +286,32 @@ fn suspend(shared: &Arc<Shared>, ctx: &mut VcpuCtx<'_>, gpa: u64) -> Result<Hype
     }
     let shared = Arc::clone(shared);
     ctx.answer_after_exit(move || {
-        let since = std::time::Instant::now();
-        let (mut inner, _time_up) = shared.wait_fetched(page);
-        let until = std::time::Instant::now();
-        inner.core.counters.sync_wait_ns += (until - since).as_nanos() as u64;
-        let result = if inner.core.state(page) == Some(&PageState::Failed) { RESULT_FAILED } else { RESULT_RETRY };
-        drop(inner);
-        trace.complete(Track::Vcpu(vcpu), "ve suspend", since, until, || {
-            vec![("page", Arg::Uint(page)), ("gpa", Arg::Hex(gpa)), ("result", Arg::Uint(result.into()))]
-        });
-        Ok(Ok([u64::from(result), 0]))
+        let result = shared.timed_wait(
+            vcpu,
+            page,
+            "ve suspend",
+            |inner, time_up| suspend_result(inner, page, time_up),
+            |result| {
+                let shown = result.map_or(Arg::Text("time up".into()), |r| Arg::Uint(r.into()));
+                vec![("page", Arg::Uint(page)), ("gpa", Arg::Hex(gpa)), ("result", shown)]
+            },
+        );
+        // At the time limit the page may still be on its way: no result is claimed (the run
+        // ends before the guest runs again and could read the answer).
+        Ok(result.map(|r| [u64::from(r), 0]).ok_or(Status::Unavailable))
     });
     // Written after the exit instead.
     Ok(Some(Ok([0; 2])))
+}
+
+/// What a suspend's wait for `page` answers: the page's result, or `None` if the wait ended at
+/// the run's time limit.
+fn suspend_result(inner: &Inner, page: PageIndex, time_up: bool) -> Option<u32> {
+    match inner.core.state(page) {
+        Some(PageState::Failed) => Some(RESULT_FAILED),
+        _ if time_up => None,
+        _ => Some(RESULT_RETRY),
+    }
 }
 
 /// `VePark`: a token of the vCPU's ring for the page, or the outcome now.
@@ -296,5 +361,34 @@ fn park(shared: &Shared, ctx: &VcpuCtx<'_>, gpa: u64) -> Result<HypercallAnswer,
 pub(super) fn forget_unanswered(ve: &mut [VeVcpu], page: PageIndex) {
     for v in ve {
         v.answered(page);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gate_must_lie_within_the_idts_limit() {
+        assert_eq!(gate_offset(20 * 16 + 15, abi::VECTOR, 16), Some(20 * 16));
+        assert_eq!(gate_offset(20 * 16 + 14, abi::VECTOR, 16), None, "one byte short");
+        assert_eq!(gate_offset(20 * 8 + 7, abi::VECTOR, 8), Some(20 * 8));
+        assert_eq!(gate_offset(0, abi::VECTOR, 8), None);
+    }
+
+    #[test]
+    fn a_gate_gives_its_target_only_when_present() {
+        // A 64-bit interrupt gate: offset 0xFFFF_8000_1234_5678, selector 0x10, P=1, type 0xE.
+        let mut gate = [0x78, 0x56, 0x10, 0, 0, 0x8E, 0x34, 0x12, 0x00, 0x80, 0xFF, 0xFF, 0, 0, 0, 0];
+        assert_eq!(gate_target(&gate, true), Some((0x10, 0xFFFF_8000_1234_5678)));
+        assert_eq!(gate_target(&gate, false), Some((0x10, 0x1234_5678)), "a 32-bit gate's 8 bytes");
+        gate[5] = 0x0E;
+        assert_eq!(gate_target(&gate, true), None, "not present");
+    }
+
+    #[test]
+    fn a_descriptors_base_is_gathered_from_its_three_parts() {
+        assert_eq!(segment_base(&[0xFF, 0xFF, 0x00, 0x00, 0x10, 0x9A, 0xCF, 0x80]), 0x8010_0000);
+        assert_eq!(segment_base(&[0xFF, 0xFF, 0, 0, 0, 0x9A, 0xCF, 0]), 0, "flat");
     }
 }
