@@ -140,10 +140,16 @@ pub fn plan(tests: Option<&str>, trace: Option<&Path>, extra: &[String]) -> (Vec
             no_pager.why()
         )),
         (None, None, None) => {
-            let modes = [("sync", "pnp"), ("kvm-apf", "pnp,kvm_apf"), ("kvm-apf-kernel", "pnp,kvm_apf"), ("ve", "ve")];
-            for (mode, tests) in modes {
+            let pnp = "the page-not-present self-tests";
+            let modes = [
+                ("sync", "pnp", pnp),
+                ("kvm-apf", "pnp,kvm_apf", pnp),
+                ("kvm-apf-kernel", "pnp,kvm_apf", pnp),
+                ("ve", "ve", "the #VE self-tests"),
+            ];
+            for (mode, tests, which) in modes {
                 boots.push(Boot {
-                    what: format!("the page-not-present self-tests (tests={tests}), pager in {mode} mode"),
+                    what: format!("{which} (tests={tests}), pager in {mode} mode"),
                     label: format!("host-stub-{mode}"),
                     cmdline: words(Some(tests)),
                     defaults: vec![("--pnp-mode", mode.to_string())],
@@ -377,6 +383,7 @@ mod tests {
         );
         assert_eq!(boots[3].cmdline, "expect-host=stub tests=pnp,kvm_apf");
         assert_eq!(boots[4].cmdline, "expect-host=stub tests=ve");
+        assert_eq!(boots[4].what, "the #VE self-tests (tests=ve), pager in ve mode");
         assert_eq!(boots[4].defaults, [("--pnp-mode", "ve".to_string())]);
         assert_eq!(boots[0].what, "every self-test, pager in ring mode");
         assert_eq!(boots[0].cmdline, "expect-host=stub");
