@@ -106,7 +106,8 @@ impl Code32 {
         Self::default()
     }
 
-    fn emit(mut self, bytes: &[u8]) -> Self {
+    /// The raw bytes `bytes` (an instruction this builder has no method for).
+    pub fn emit(mut self, bytes: &[u8]) -> Self {
         self.0.extend_from_slice(bytes);
         self
     }
@@ -144,6 +145,11 @@ impl Code32 {
     /// `or eax, value`
     pub fn or_eax(self, value: u32) -> Self {
         self.imm32(&[0x0D], value)
+    }
+
+    /// `mov ecx, ecx_value; mov edx, edx_value` (SYSEXIT's ESP and EIP)
+    pub fn imm_ecx_edx(self, ecx_value: u32, edx_value: u32) -> Self {
+        self.imm32(&[0xB9], ecx_value).imm32(&[0xBA], edx_value)
     }
 
     /// `mov esp, value`
@@ -213,6 +219,48 @@ impl Code32 {
             .store(block + 8, arg)
             .out(pvagent_abi::port::HYPERCALL, block)
             .load(block + std::mem::offset_of!(pvagent_abi::hypercall::Request, status) as u32)
+    }
+
+    /// `nop`s up to `offset` bytes (where a handler the code's IDT names begins).
+    pub fn pad_to(self, offset: usize) -> Self {
+        assert!(self.0.len() <= offset, "the code is {} bytes, past {offset}", self.0.len());
+        let nops = vec![0x90; offset - self.0.len()];
+        self.emit(&nops)
+    }
+
+    /// `mov eax, [esp + offset]`: a word of the interrupt frame (0: EIP, 4: CS, 8: EFLAGS).
+    pub fn load_stack(self, offset: u8) -> Self {
+        self.emit(&[0x8B, 0x44, 0x24, offset])
+    }
+
+    /// `cmp eax, value; je over`, then `code` to the exit port: the run stops with `code`
+    /// unless EAX holds `value`.
+    pub fn expect_eax(self, value: u32, code: u32) -> Self {
+        let exit = Code32::new().mov_eax(code).exit_eax();
+        self.imm32(&[0x3D], value).emit(&[0x74, exit.len() as u8]).then(exit)
+    }
+
+    /// A flat GDT (code `0x08`, data `0x10`, as at the PVH entry) and an IDT of 32-bit interrupt
+    /// gates for `gates` (vector, handler address), both built at `tables` (a page of zeroed
+    /// RAM) and loaded: the PVH entry state has neither in memory, and delivering an exception
+    /// needs both.
+    pub fn flat_tables(mut self, tables: u32, gates: &[(u8, u32)]) -> Self {
+        let (gdt, idt, gdtr, idtr) = (tables, tables + 0x100, tables + 0x80, tables + 0x90);
+        for (i, descriptor) in [0u64, 0x00CF_9A00_0000_FFFF, 0x00CF_9200_0000_FFFF].into_iter().enumerate() {
+            let at = gdt + 8 * i as u32;
+            self = self.store(at, descriptor as u32).store(at + 4, (descriptor >> 32) as u32);
+        }
+        for &(vector, handler) in gates {
+            let at = idt + 8 * u32::from(vector);
+            self = self.store(at, (0x08 << 16) | (handler & 0xFFFF)).store(at + 4, (handler & 0xFFFF_0000) | 0x8E00);
+        }
+        // Pseudo-descriptors: a 16-bit limit, then the 32-bit base.
+        self.store(gdtr, (gdt << 16) | 23)
+            .store(gdtr + 4, gdt >> 16)
+            .store(idtr, (idt << 16) | (256 * 8 - 1))
+            .store(idtr + 4, idt >> 16)
+            .lgdt(gdtr)
+            .lidt(idtr)
     }
 
     /// `sti; nop`: interrupts on, and past STI's one-instruction shadow.

@@ -153,6 +153,34 @@ fn a_failed_page_in_ring_mode_ends_the_task_that_touched_it() {
     assert_eq!(r.report.get("pager.outstanding"), 0);
 }
 
+#[test]
+fn a_failed_page_in_ve_mode_ends_the_task_that_touched_it() {
+    // The runner touches the failing page with interrupts on: its #VE parks it (it waits in the
+    // HLT loop, alone) on a VePark token, whose resolution says "failed": the runner ends, as on
+    // the ring, and the run fails naming it.
+    let r = run_stub_with("tests=pnp::touch_the_first_page", &pager(HostMode::Ve, &[0]));
+    assert!(r.host_error.is_none(), "{:?}", r.host_error);
+    assert_eq!(r.guest_exit_code, Some(exit::FAILURE));
+    let t = r.test("pnp::touch_the_first_page").expect("a report line");
+    assert!(t.reason.contains("page failed (token"), "{}", t.reason);
+    assert_eq!(r.report.get("pager.ve_delivered"), 1);
+    assert_eq!(r.report.get("pager.outstanding"), 0);
+}
+
+#[test]
+fn a_failed_page_under_interrupts_off_stops_the_run_naming_it() {
+    // With interrupts off the #VE suspends; a failed page there has no task to end (the context
+    // may hold a lock): the guest stops the run with a report naming the page.
+    let r = run_stub_with("tests=ve::touch_the_first_page_with_interrupts_off", &pager(HostMode::Ve, &[0]));
+    assert!(r.host_error.is_none(), "{:?}", r.host_error);
+    assert_eq!(r.guest_exit_code, Some(exit::FAILURE), "{:#?}", r.serial);
+    let region = PagerConfig::default().region_gpa;
+    let fatal = r.serial.iter().find(|l| l.starts_with("fatal: page")).expect("a fatal report");
+    assert!(fatal.contains(&format!("page {region:#x} failed under a context that cannot be ended")), "{fatal}");
+    assert!(fatal.contains("interrupts off"), "{fatal}");
+    assert_eq!(r.report.get("pager.ve_suspends"), 1);
+}
+
 /// Where the tiny images below put the demand-paged region: below 4 GiB, so that 32-bit code
 /// with paging off reaches it.
 const LOW_REGION: u64 = 0x8000_0000;

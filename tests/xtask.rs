@@ -95,6 +95,7 @@ fn a_boot_that_wrote_no_results_and_one_never_reached_are_in_the_results() {
             ("host-stub-sync", RUN_RECORD_NAME, "skip"),
             ("host-stub-kvm-apf", RUN_RECORD_NAME, "skip"),
             ("host-stub-kvm-apf-kernel", RUN_RECORD_NAME, "skip"),
+            ("host-stub-ve", RUN_RECORD_NAME, "skip"),
             ("host-stub-memslots", RUN_RECORD_NAME, "skip")
         ],
         "{records:#?}"

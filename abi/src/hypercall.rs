@@ -135,7 +135,8 @@ pub enum Status: u32 {
     InvalidArgument = 2,
     /// The hypercall may exist in this run but the host cannot carry it out in the present
     /// state: the guest has not announced its ABI version ([`crate::version`]), and the host
-    /// serves none of its own interfaces until it has.
+    /// serves none of its own interfaces until it has. Also what a [`Nr::VeSuspend`] whose wait
+    /// the run's time limit ended is answered (the guest does not run again to read it).
     Unavailable = 3,
     /// [`Nr::VePark`]: the host cannot hand out a token (no ring registered on this vCPU, or
     /// every token of it is out); nothing was done.

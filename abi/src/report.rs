@@ -78,6 +78,9 @@ pub enum Need: u8 {
     KvmApfDisableAtOnce = 14,
     /// Two or more vCPUs online (`cargo xtask qemu --smp N`, the host stub's `--vcpus N`).
     SeveralCpus = 15,
+    /// The demand pager in mode `ve` (`crate::pnp::HostMode::Ve`), and the guest's VE
+    /// information areas registered (`crate::ve`).
+    VeMode = 16,
 }
 }
 
@@ -101,6 +104,7 @@ impl Need {
             Need::KvmApfHostStub => "kvm-apf-host-stub",
             Need::KvmApfDisableAtOnce => "kvm-apf-disable-at-once",
             Need::SeveralCpus => "several-cpus",
+            Need::VeMode => "ve-mode",
         }
     }
 
@@ -137,6 +141,7 @@ impl Need {
                 "a host whose disabling of KVM's async page faults answers at once: the host stub serving the ABI (not --pnp-mode kvm-apf-kernel, where KVM's waits for the fetch it runs)"
             }
             Need::SeveralCpus => "two or more vCPUs online (QEMU's -smp, the host stub's --vcpus; both default to 1)",
+            Need::VeMode => "the host stub's demand pager in mode ve (--pnp-mode ve), which raises #VE",
         }
     }
 
@@ -145,14 +150,14 @@ impl Need {
         Need::ALL.iter().copied().find(|need| need.name() == name)
     }
 
-    const fn bit(self) -> u16 {
-        1 << self as u16
+    const fn bit(self) -> u32 {
+        1 << self as u32
     }
 }
 
 /// A set of [`Need`]s.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Needs(u16);
+pub struct Needs(u32);
 
 impl Needs {
     /// Nothing: the test runs on any host.

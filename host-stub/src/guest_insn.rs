@@ -123,10 +123,16 @@ fn register_value(regs: &kvm_regs, sregs: &kvm_sregs, reg: Register) -> Option<u
         Register::R14 => regs.r14,
         Register::R15 => regs.r15,
         Register::RIP => regs.rip,
-        // In 64-bit mode only FS and GS have bases; the others are 0.
         Register::FS => sregs.fs.base,
         Register::GS => sregs.gs.base,
-        Register::ES | Register::CS | Register::SS | Register::DS => 0,
+        // In 64-bit mode only FS and GS have bases; the others are 0.
+        Register::ES | Register::CS | Register::SS | Register::DS if in_64_bit_mode(sregs) => 0,
+        // Otherwise (compatibility, protected and real mode) each has its base, as KVM reports
+        // it (in real mode that is selector * 16).
+        Register::ES => sregs.es.base,
+        Register::CS => sregs.cs.base,
+        Register::SS => sregs.ss.base,
+        Register::DS => sregs.ds.base,
         _ => return None,
     };
     // Narrow registers (e.g. a 32-bit address) are masked to their width.
@@ -134,9 +140,26 @@ fn register_value(regs: &kvm_regs, sregs: &kvm_sregs, reg: Register) -> Option<u
     Some(if bits >= 64 || reg.is_segment_register() { value } else { value & ((1u64 << bits) - 1) })
 }
 
-/// Decodes `bytes` (fetched at `rip`) in 64-bit mode and computes its memory operands.
+/// Whether the vCPU runs 64-bit code (CS.L set: IA-32e mode's 64-bit sub-mode).
+fn in_64_bit_mode(sregs: &kvm_sregs) -> bool {
+    sregs.cs.l == 1
+}
+
+/// The linear address of `rip`: CS's base added outside 64-bit mode, within the segment's
+/// width (a 32-bit sum wraps at 4 GiB, as the processor's does).
+pub fn code_linear(rip: u64, sregs: &kvm_sregs) -> u64 {
+    if in_64_bit_mode(sregs) { rip } else { (sregs.cs.base.wrapping_add(rip)) & 0xFFFF_FFFF }
+}
+
+/// Decodes `bytes` (fetched at `rip`) in the code segment's mode (64-bit, or 32- or 16-bit
+/// protected mode: the same bytes address memory differently) and computes its memory operands.
 pub fn decode(rip: u64, bytes: &[u8], regs: &kvm_regs, sregs: &kvm_sregs) -> Result<GuestInsn, InsnError> {
-    let mut decoder = Decoder::with_ip(64, bytes, rip, DecoderOptions::NONE);
+    let bitness = match (in_64_bit_mode(sregs), sregs.cs.db) {
+        (true, _) => 64,
+        (_, 1) => 32,
+        _ => 16,
+    };
+    let mut decoder = Decoder::with_ip(bitness, bytes, rip, DecoderOptions::NONE);
     let instruction = decoder.decode();
     if instruction.is_invalid() {
         return Err(InsnError::Invalid(rip));
@@ -171,7 +194,7 @@ pub fn at(
     regs: &kvm_regs,
     sregs: &kvm_sregs,
 ) -> Result<GuestInsn, InsnError> {
-    let bytes = fetch(vcpu, mem, rip)?;
+    let bytes = fetch(vcpu, mem, code_linear(rip, sregs))?;
     decode(rip, &bytes, regs, sregs)
 }
 
@@ -186,6 +209,47 @@ pub fn at_rip(vcpu: &VcpuFd, mem: &GuestMemoryMmap) -> Result<GuestInsn, InsnErr
 mod tests {
     use super::*;
 
+    /// 64-bit code (CS.L set), as the guest's kernel runs.
+    fn long_mode() -> kvm_sregs {
+        let mut sregs = kvm_sregs::default();
+        sregs.cs.l = 1;
+        sregs
+    }
+
+    #[test]
+    fn the_code_segment_says_how_the_bytes_decode() {
+        // mov eax, [0x80000010]: an absolute address in 32-bit code, RIP-relative in 64-bit code.
+        let bytes = [0x8B, 0x05, 0x10, 0, 0, 0x80];
+        let mut sregs = kvm_sregs::default();
+        sregs.cs.db = 1;
+        assert_eq!(decode(0x10_0000, &bytes, &regs(), &sregs).unwrap().memory[0].linear, 0x8000_0010);
+        let i = decode(0x10_0000, &bytes, &regs(), &long_mode()).unwrap();
+        assert_eq!(i.memory[0].linear, (0x10_0006u64).wrapping_add(0xFFFF_FFFF_8000_0010));
+    }
+
+    #[test]
+    fn outside_64_bit_mode_segment_bases_are_added() {
+        // mov eax, [0x10] (32-bit code): DS's base added; in 64-bit mode it would not be.
+        let bytes = [0x8B, 0x05, 0x10, 0, 0, 0];
+        let mut sregs = kvm_sregs::default();
+        sregs.cs.db = 1;
+        sregs.ds.base = 0x8000_0000;
+        sregs.cs.base = 0x1_0000;
+        assert_eq!(decode(0x100, &bytes, &regs(), &sregs).unwrap().memory[0].linear, 0x8000_0010);
+        assert_eq!(code_linear(0x100, &sregs), 0x1_0100);
+        // Real mode: mov ax, [es:bx] with ES = 0x1234 (base 0x12340, as KVM reports it).
+        let mut real = kvm_sregs::default();
+        real.es.selector = 0x1234;
+        real.es.base = 0x12340;
+        let i = decode(0, &[0x26, 0x8B, 0x07], &regs(), &real).unwrap();
+        assert_eq!(i.memory[0].linear, 0x12340 + 0x20);
+        let mut long = long_mode();
+        long.ds.base = 0x8000_0000;
+        long.cs.base = 0x1_0000;
+        assert_eq!(decode(0x100, &bytes, &regs(), &long).unwrap().memory[0].linear, 0x106 + 0x10, "RIP-relative");
+        assert_eq!(code_linear(0x100, &long), 0x100);
+    }
+
     fn regs() -> kvm_regs {
         kvm_regs { rax: 0x1000, rbx: 0x20, rdi: 0x5000, rsi: 0x6000, rip: 0x40_0000, ..Default::default() }
     }
@@ -193,7 +257,7 @@ mod tests {
     #[test]
     fn a_load_through_a_base_register() {
         // mov rax, [rdi]
-        let i = decode(0x40_0000, &[0x48, 0x8B, 0x07], &regs(), &kvm_sregs::default()).unwrap();
+        let i = decode(0x40_0000, &[0x48, 0x8B, 0x07], &regs(), &long_mode()).unwrap();
         assert_eq!(i.memory, vec![MemoryOperand { linear: 0x5000, size: 8, reads: true, writes: false }]);
         assert_eq!(i.bytes.len(), 3);
     }
@@ -201,7 +265,7 @@ mod tests {
     #[test]
     fn base_index_scale_displacement_and_a_locked_read_modify_write() {
         // lock add dword [rax + rbx*4 + 0x3e], 1
-        let i = decode(0x40_0000, &[0xF0, 0x83, 0x44, 0x98, 0x3E, 0x01], &regs(), &kvm_sregs::default()).unwrap();
+        let i = decode(0x40_0000, &[0xF0, 0x83, 0x44, 0x98, 0x3E, 0x01], &regs(), &long_mode()).unwrap();
         assert!(i.instruction.has_lock_prefix());
         assert_eq!(i.memory, vec![MemoryOperand { linear: 0x1000 + 0x80 + 0x3e, size: 4, reads: true, writes: true }]);
     }
@@ -209,10 +273,10 @@ mod tests {
     #[test]
     fn rip_relative_and_gs_based_operands() {
         // mov eax, [rip + 0x10]: relative to the next instruction (6 bytes long).
-        let i = decode(0x40_0000, &[0x8B, 0x05, 0x10, 0, 0, 0], &regs(), &kvm_sregs::default()).unwrap();
+        let i = decode(0x40_0000, &[0x8B, 0x05, 0x10, 0, 0, 0], &regs(), &long_mode()).unwrap();
         assert_eq!(i.memory[0].linear, 0x40_0006 + 0x10);
         // mov rax, gs:[8]
-        let mut sregs = kvm_sregs::default();
+        let mut sregs = long_mode();
         sregs.gs.base = 0x7000;
         let i = decode(0x40_0000, &[0x65, 0x48, 0x8B, 0x04, 0x25, 8, 0, 0, 0], &regs(), &sregs).unwrap();
         assert_eq!(i.memory[0].linear, 0x7008);
@@ -221,27 +285,27 @@ mod tests {
     #[test]
     fn string_moves_touch_two_locations_and_lea_touches_none() {
         // movsq: reads [rsi], writes [rdi]
-        let i = decode(0x40_0000, &[0x48, 0xA5], &regs(), &kvm_sregs::default()).unwrap();
+        let i = decode(0x40_0000, &[0x48, 0xA5], &regs(), &long_mode()).unwrap();
         assert_eq!(i.memory.len(), 2);
         assert!(i.memory.iter().any(|m| m.linear == 0x6000 && m.reads));
         assert!(i.memory.iter().any(|m| m.linear == 0x5000 && m.writes));
         // lea rax, [rdi + 8]
-        let i = decode(0x40_0000, &[0x48, 0x8D, 0x47, 0x08], &regs(), &kvm_sregs::default()).unwrap();
+        let i = decode(0x40_0000, &[0x48, 0x8D, 0x47, 0x08], &regs(), &long_mode()).unwrap();
         assert!(i.memory.is_empty());
     }
 
     #[test]
     fn garbage_is_not_an_instruction() {
-        assert!(matches!(decode(0, &[0x0F, 0xFF], &regs(), &kvm_sregs::default()), Err(InsnError::Invalid(0))));
+        assert!(matches!(decode(0, &[0x0F, 0xFF], &regs(), &long_mode()), Err(InsnError::Invalid(0))));
         // LOCK on an instruction that cannot take it is #UD, not a locked access.
-        assert!(decode(0, &[0xF0, 0x90], &regs(), &kvm_sregs::default()).is_err());
-        assert!(decode(0, &[0x06], &regs(), &kvm_sregs::default()).is_err(), "push es does not exist in 64-bit mode");
-        assert!(decode(0, &[], &regs(), &kvm_sregs::default()).is_err());
+        assert!(decode(0, &[0xF0, 0x90], &regs(), &long_mode()).is_err());
+        assert!(decode(0, &[0x06], &regs(), &long_mode()).is_err(), "push es does not exist in 64-bit mode");
+        assert!(decode(0, &[], &regs(), &long_mode()).is_err());
     }
 
     fn locked(bytes: &[u8]) -> (bool, Option<(u64, u64)>) {
         let regs = kvm_regs { rdi: 0x1_0000_1000, rsi: 0x2000, rcx: 3, ..Default::default() };
-        let mut sregs = kvm_sregs::default();
+        let mut sregs = long_mode();
         sregs.fs.base = 0x7000_0000;
         let i = decode(0x1000, bytes, &regs, &sregs).expect("valid instruction");
         (i.is_locked_access(), i.memory.first().map(|m| (m.linear, m.size)))
@@ -273,16 +337,16 @@ mod tests {
     fn hostile_registers_give_operands_without_overflow() {
         let hostile = kvm_regs { rdi: u64::MAX - 2, rax: u64::MAX, rbx: u64::MAX, rip: u64::MAX - 4, ..regs() };
         // mov rax, [rdi]: 8 bytes from 3 below the top.
-        let i = decode(hostile.rip, &[0x48, 0x8B, 0x07], &hostile, &kvm_sregs::default()).unwrap();
+        let i = decode(hostile.rip, &[0x48, 0x8B, 0x07], &hostile, &long_mode()).unwrap();
         assert_eq!(i.memory[0].linear, u64::MAX - 2);
         assert_eq!(i.memory[0].last_byte(), None, "past the top of the address space");
         // lock add dword [rax + rbx*4 + 0x3e], 1: the sum wraps.
-        let i = decode(hostile.rip, &[0xF0, 0x83, 0x44, 0x98, 0x3E, 0x01], &hostile, &kvm_sregs::default()).unwrap();
+        let i = decode(hostile.rip, &[0xF0, 0x83, 0x44, 0x98, 0x3E, 0x01], &hostile, &long_mode()).unwrap();
         let expected = u64::MAX.wrapping_add(u64::MAX.wrapping_mul(4)).wrapping_add(0x3e);
         assert_eq!(i.memory[0].linear, expected);
         assert_eq!(i.memory[0].last_byte(), Some(expected + 3));
         // mov eax, [rip + 0x10] at the top: RIP-relative wraps too.
-        let i = decode(hostile.rip, &[0x8B, 0x05, 0x10, 0, 0, 0], &hostile, &kvm_sregs::default()).unwrap();
+        let i = decode(hostile.rip, &[0x8B, 0x05, 0x10, 0, 0, 0], &hostile, &long_mode()).unwrap();
         assert_eq!(i.memory[0].linear, (u64::MAX - 4).wrapping_add(6 + 0x10));
         let top = MemoryOperand { linear: u64::MAX, size: 1, reads: true, writes: false };
         assert_eq!(top.last_byte(), Some(u64::MAX), "the very last byte");
@@ -292,7 +356,7 @@ mod tests {
 
     #[test]
     fn reports_show_intel_syntax() {
-        let i = decode(0x1000, &[0xF0, 0x83, 0x47, 0x3E, 0x01], &regs(), &kvm_sregs::default()).unwrap();
+        let i = decode(0x1000, &[0xF0, 0x83, 0x47, 0x3E, 0x01], &regs(), &long_mode()).unwrap();
         assert!(i.text().starts_with("lock add dword ptr [rdi+3Eh]"), "{}", i.text());
         assert_eq!(i.len(), 5);
     }

@@ -44,7 +44,10 @@ pub enum MsrAnswer {
 
 /// A handler's answer to a hypercall: `None` when the number is not its own; otherwise the
 /// results, or the status that refuses the call.
-pub type HypercallAnswer = Option<std::result::Result<[u64; 2], Status>>;
+pub type HypercallAnswer = Option<HypercallResult>;
+
+/// A hypercall's results, or the status that refuses it.
+pub type HypercallResult = std::result::Result<[u64; 2], Status>;
 
 /// Why the run loop stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,6 +147,9 @@ pub struct VcpuCtx<'a> {
     pub stop: Option<Stop>,
     /// What [`VcpuCtx::after_exit`] left, in order.
     pub(crate) after: &'a mut Vec<AfterExit>,
+    /// While a hypercall is handled: its parameter block's guest-physical address, until a
+    /// handler takes the answer over ([`VcpuCtx::answer_after_exit`]).
+    pub(crate) hypercall_block: Option<u64>,
 }
 
 impl VcpuCtx<'_> {
@@ -152,6 +158,21 @@ impl VcpuCtx<'_> {
     /// other vCPUs' exits go on meanwhile.
     pub fn after_exit(&mut self, work: AfterExit) {
         self.after.push(work);
+    }
+
+    /// While handling a hypercall: answers it only after the exit, with what `work` returns
+    /// (after the handlers' lock is released, before the vCPU runs again: the guest's `out`
+    /// completes with that answer, whatever the handler returns now). For a hypercall that
+    /// waits, such as the pager's `VeSuspend`. Outside a hypercall, or a second time, `work`
+    /// is not run and this returns false.
+    pub fn answer_after_exit(&mut self, work: impl FnOnce() -> Result<HypercallResult> + Send + 'static) -> bool {
+        let Some(gpa) = self.hypercall_block.take() else { return false };
+        let mem = self.mem.clone();
+        self.after.push(AfterExit::new(move || {
+            let answer = work()?;
+            crate::vcpu::write_hypercall_answer(&mem, gpa, answer)
+        }));
+        true
     }
 
     /// Injects exception `vector` into the vCPU, delivered at the next entry, with `error_code`

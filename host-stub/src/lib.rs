@@ -56,8 +56,8 @@ pub use config::{Config, SerialSink};
 pub use cpuid::CpuidTable;
 pub use error::{Error, Result};
 pub use handler::{
-    AfterExit, AttachCtx, EntryPending, ExitHandler, Handled, HypercallAnswer, MsrAnswer, PageEventInjection,
-    PageEventInjector, Report, Stop, VcpuCtx,
+    AfterExit, AttachCtx, EntryPending, ExitHandler, Handled, HypercallAnswer, HypercallResult, MsrAnswer,
+    PageEventInjection, PageEventInjector, Report, Stop, VcpuCtx,
 };
 pub use memory_fault::MemoryFault;
 pub use producers::Producers;

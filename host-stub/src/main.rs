@@ -127,7 +127,8 @@ struct PagerArgs {
     /// How absent pages are served: `ring` (page-not-present events through the ring), `sync`
     /// (the vCPU waits), `kvm-apf` (KVM's async page fault ABI, served by the host stub: CPL 3
     /// accesses with interrupts on), `kvm-apf-kernel` (the same ABI served by KVM itself; no
-    /// --pnp-fail, and the run stays in that mode).
+    /// --pnp-fail, and the run stays in that mode), `ve` (#VE to a vCPU that registered a VE
+    /// information area, what `ring` does to one that did not).
     #[arg(long = "pnp-mode", default_value = "ring", value_parser = pager::config::parse_mode)]
     mode: pvagent_abi::pnp::HostMode,
     #[arg(long = "pnp-latency", default_value_t = PagerConfig::default().latency,

@@ -325,6 +325,7 @@ impl Vcpu {
                     entries: self.entries,
                     stop: None,
                     after: &mut self.after_exit,
+                    hypercall_block: None,
                 };
                 for &i in &due {
                     handlers[i].before_entry(&mut ctx)?;
@@ -416,6 +417,7 @@ impl Vcpu {
             entries: self.entries,
             stop: None,
             after: &mut self.after_exit,
+            hypercall_block: None,
         };
         match exit {
             Exit::IoOut { port } if port == pvagent_abi::port::HYPERCALL && data.0.len() == 4 => {
@@ -516,6 +518,7 @@ impl Vcpu {
                     entries: self.entries,
                     stop: None,
                     after: &mut self.after_exit,
+                    hypercall_block: None,
                 };
                 if suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION
                     && claim(handlers, |h| h.emulation_failure(&mut ctx, &bytes))?
@@ -573,8 +576,9 @@ fn hypercall(ctx: &mut VcpuCtx<'_>, handlers: &mut [&mut dyn ExitHandler], gpa: 
         return Err(Error::MisalignedHypercallBlock { gpa, align: REQUEST_ALIGN });
     }
     // A copy: the guest's other vCPUs could change the block while the host reads it.
-    let mut request =
+    let request =
         memory::read_plain::<Request>(ctx.mem, gpa).map_err(|source| Error::ReadHypercallBlock { gpa, source })?;
+    ctx.hypercall_block = Some(gpa);
     let mut answer = None;
     for h in handlers.iter_mut() {
         answer = h.hypercall(ctx, request.nr, request.args)?;
@@ -582,14 +586,31 @@ fn hypercall(ctx: &mut VcpuCtx<'_>, handlers: &mut [&mut dyn ExitHandler], gpa: 
             break;
         }
     }
-    match answer.unwrap_or(Err(Status::UnknownNr)) {
+    // A handler that took the answer over (`VcpuCtx::answer_after_exit`) writes it later.
+    if ctx.hypercall_block.take().is_none() {
+        return Ok(());
+    }
+    write_hypercall_answer(ctx.mem, gpa, answer.unwrap_or(Err(Status::UnknownNr)))
+}
+
+/// Writes a hypercall's answer into its parameter block at `gpa` (`status` and `ret`; the
+/// guest's fields as it left them).
+pub(crate) fn write_hypercall_answer(
+    mem: &GuestMemoryMmap,
+    gpa: u64,
+    answer: crate::handler::HypercallResult,
+) -> Result<()> {
+    use pvagent_abi::hypercall::{Request, Status};
+    let mut request =
+        memory::read_plain::<Request>(mem, gpa).map_err(|source| Error::ReadHypercallBlock { gpa, source })?;
+    match answer {
         Ok(ret) => {
             request.status = Status::Ok as u32;
             request.ret = ret;
         }
         Err(status) => request.status = status as u32,
     }
-    memory::write_plain(ctx.mem, gpa, request).map_err(|source| Error::WriteHypercallBlock { gpa, source })
+    memory::write_plain(mem, gpa, request).map_err(|source| Error::WriteHypercallBlock { gpa, source })
 }
 
 #[cfg(test)]

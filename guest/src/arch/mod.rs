@@ -36,6 +36,8 @@ pub mod idt;
 #[cfg(kernel)]
 mod mem;
 #[cfg(kernel)]
+pub mod nmi;
+#[cfg(kernel)]
 pub mod paging;
 #[cfg(kernel)]
 pub mod percpu;

@@ -14,7 +14,9 @@
 //! The CPU aligns RSP to 16 bytes before pushing its part in 64-bit mode; with the error code
 //! slot always present the frame is 176 bytes, so the `call` into Rust happens on an aligned
 //! stack. Entries from CPL 3 execute `swapgs` on the way in and out, so GS always addresses the
-//! per-vCPU area while the kernel runs.
+//! per-vCPU area while the kernel runs. The NMI, which can land between an entry and its
+//! `swapgs`, has an entry of its own that decides by the GS base instead (`nmi_common`), and
+//! goes to [`super::nmi`].
 
 use core::arch::global_asm;
 
@@ -44,7 +46,8 @@ pub struct TrapFrame {
     pub rax: u64,
     /// The vector this entry came through.
     pub vector: u64,
-    /// The CPU's error code for vectors that have one, 0 otherwise.
+    /// The CPU's error code for vectors that have one, 0 otherwise; for an NMI, 1 when its
+    /// entry swapped GS (it found the user's GS base), which its exit undoes.
     pub error_code: u64,
     pub rip: u64,
     pub cs: u64,
@@ -108,18 +111,19 @@ trap_stubs:
     pushq $0                        # no error code: keep the frame uniform
     .endif
     pushq $vec
+    .if vec == 2
+    jmp nmi_common                  # NMI: GS decided by its base, not by CS (see nmi_common)
+    .else
     jmp trap_common
+    .endif
     .set vec, vec + 1
     .endr
     .balign {stub_size}
     .global trap_stubs_end
 trap_stubs_end:                     # linker.ld asserts that every stub kept to its slot
 
-trap_common:
-    testb $3, {cs}-{vector}(%rsp)   # from CPL 3? then load the kernel's GS base
-    jz 1f
-    swapgs
-1:  push %rax
+    .macro pvagent_save_registers
+    push %rax
     push %rbx
     push %rcx
     push %rdx
@@ -134,12 +138,8 @@ trap_common:
     push %r13
     push %r14
     push %r15
-    mov %rsp, %rdi                  # trap_dispatch(&mut TrapFrame)
-    cld
-    call trap_dispatch
-
-    .global trap_return
-trap_return:                        # also where a new CPL 3 task starts (see task::switch)
+    .endm
+    .macro pvagent_restore_registers
     pop %r15
     pop %r14
     pop %r13
@@ -155,10 +155,55 @@ trap_return:                        # also where a new CPL 3 task starts (see ta
     pop %rcx
     pop %rbx
     pop %rax
+    .endm
+
+trap_common:
+    testb $3, {cs}-{vector}(%rsp)   # from CPL 3? then load the kernel's GS base
+    jz 1f
+    swapgs
+1:  pvagent_save_registers
+    mov %rsp, %rdi                  # trap_dispatch(&mut TrapFrame)
+    cld
+    call trap_dispatch
+
+    .global trap_return
+trap_return:                        # also where a new CPL 3 task starts (see task::switch)
+    pvagent_restore_registers
     testb $3, {cs}-{vector}(%rsp)   # back to CPL 3? then restore the user's GS base
     jz 2f
     swapgs
 2:  add $16, %rsp                   # vector and error code
+    iretq
+
+# An NMI can land where CS and GS disagree: on the first instructions of an entry from CPL 3,
+# before its `swapgs` (CS already the kernel's, GS still the user's), or on the exit path
+# between `swapgs` and `iretq`. So it asks the GS base itself, as Linux's paranoid entry does:
+# CPL 3 code always runs with GS base 0 (`percpu::init` leaves 0 in KERNEL_GS_BASE, and
+# without CR4.FSGSBASE user code cannot change it), the kernel never does (its per-vCPU area).
+# Whether it swapped is kept in the frame's error code slot (an NMI has no error code), and
+# the exit swaps back exactly then: the interrupted code gets the GS it had.
+nmi_common:
+    push %rax
+    push %rcx
+    push %rdx
+    mov ${gs_base_msr}, %ecx
+    rdmsr
+    or %edx, %eax                   # the GS base is 0: the user's
+    jnz 3f
+    swapgs
+    movq $1, 32(%rsp)               # the error code slot, above rdx rcx rax and the vector
+3:  pop %rdx
+    pop %rcx
+    pop %rax
+    pvagent_save_registers
+    mov %rsp, %rdi                  # nmi_dispatch(&mut TrapFrame)
+    cld
+    call nmi_dispatch
+    pvagent_restore_registers
+    testq $1, 8(%rsp)               # swapped on the way in: swap back
+    jz 4f
+    swapgs
+4:  add $16, %rsp
     iretq
     .popsection
 "#,
@@ -166,6 +211,7 @@ trap_return:                        # also where a new CPL 3 task starts (see ta
     stubs_addr = const STUBS_ADDR,
     cs = const FRAME_CS,
     vector = const FRAME_VECTOR,
+    gs_base_msr = const 0xC000_0101u32,
     options(att_syntax)
 );
 

@@ -10,6 +10,7 @@ pub mod pnp;
 pub mod tokens;
 #[cfg(kernel)]
 pub mod trace;
+pub mod ve;
 #[cfg(kernel)]
 pub mod wait;
 
@@ -19,6 +20,7 @@ pub mod wait;
 pub fn init(cmdline: &crate::boot::cmdline::Cmdline) {
     ac::init(cmdline);
     pnp::init(cmdline);
+    ve::init();
     kvm_apf::init();
     trace::init();
 }
@@ -30,5 +32,6 @@ pub fn init(cmdline: &crate::boot::cmdline::Cmdline) {
 pub fn init_cpu() {
     ac::init_cpu();
     pnp::init_cpu();
+    ve::init_cpu();
     kvm_apf::init_cpu();
 }

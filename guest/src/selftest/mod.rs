@@ -136,6 +136,7 @@ const SUITES: &[&[SelfTest]] = &[
     ac::TESTS,
     pnp::TESTS,
     pnp::KVM_APF_TESTS,
+    pnp::VE_TESTS,
     pnp::SMP_TESTS,
     memslot::TESTS,
 ];
@@ -303,6 +304,12 @@ fn need_met(need: Need) -> TestResult {
             "KVM serves its async page fault ABI in this run, and raises page ready only on the vCPU that took its page not present, after it: only the host stub can force this path (a robustness test)",
         ),
         Need::SeveralCpus => skip_unless(arch::smp::online_count() >= 2, "needs two or more vCPUs online"),
+        Need::VeMode => match (pnp::host_mode(), crate::pv::ve::registered()) {
+            (HostMode::Ve, true) => Ok(()),
+            // The host offers #VE (mode ve) and the guest did not take it: broken, not absent.
+            (HostMode::Ve, false) => Err(fail(format_args!("the host is in mode ve but no VE area is registered"))),
+            _ => Err(Failure::Skip("needs the host stub in mode ve")),
+        },
     }
 }
 

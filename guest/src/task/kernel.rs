@@ -434,6 +434,29 @@ pub fn sleeper_in_trap() -> Option<TaskId> {
     with_sched(|s| (s.table.current_kind() != Kind::Idle && s.table.has_other_runnable()).then(|| s.table.current()))
 }
 
+/// What a trap handler that must decide how its context waits needs of the scheduler, in one
+/// look: the current task, whether it is the idle task, whether it is inside a
+/// [`NoSleepGuard`], and whether another task could run meanwhile (`pv::ve` decides from these
+/// with the trap frame and the trap depth).
+pub fn trap_context() -> TrapContext {
+    let no_sleep = NO_SLEEP.get().load(core::sync::atomic::Ordering::Relaxed) != 0;
+    with_sched(|s| TrapContext {
+        current: s.table.current(),
+        idle: s.table.current_kind() == Kind::Idle,
+        no_sleep,
+        other_ready: s.table.has_other_runnable(),
+    })
+}
+
+/// [`trap_context`]'s answer.
+#[derive(Clone, Copy, Debug)]
+pub struct TrapContext {
+    pub current: TaskId,
+    pub idle: bool,
+    pub no_sleep: bool,
+    pub other_ready: bool,
+}
+
 /// The idle loop: run whatever is ready, otherwise halt until an interrupt makes something
 /// ready. The boot context ends here.
 pub fn idle_loop() -> ! {

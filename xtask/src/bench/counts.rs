@@ -111,7 +111,7 @@ fn per_injected_event(s: &Sample, field: &str) -> Result<Option<f64>> {
 }
 
 /// The paths the benchmark guest counts: key, the sample it comes from, and what one event is.
-const SAMPLED: [(&str, &str, &str); 10] = [
+const SAMPLED: [(&str, &str, &str); 11] = [
     ("null_exit", "io", "exit"),
     ("console", "console", "line"),
     ("interrupt", "inject_interrupt", "event"),
@@ -122,6 +122,7 @@ const SAMPLED: [(&str, &str, &str); 10] = [
     ("early", "pnp_early", "access"),
     ("sync", "pnp_sync", "access"),
     ("kvm_apf", "pnp_kvm_apf", "access"),
+    ("ve", "pnp_ve", "access"),
 ];
 
 /// The counts of every path the benchmark guest's samples in `run` carry; an error where a

@@ -179,6 +179,7 @@ fn chart_label(name: &str) -> String {
         "early" => "pnp early".into(),
         "sync" => "pnp sync".into(),
         "kvm_apf" => "kvm-apf park".into(),
+        "ve" => "#VE park".into(),
         other => other.into(),
     }
 }
@@ -289,7 +290,7 @@ impl Results {
         }
         out.push_str(&format!(
             "\n`kvm-apf` is KVM's async page fault ABI, served by the host stub: the same tasks at CPL 3, \"page not present\" as a #PF, \"page ready\" as an interrupt. Not measured: `ve` ({}), and `kvm-apf-kernel` ({}).\n",
-            super::analysis::VE_NOT_IMPLEMENTED,
+            super::analysis::VE_WORKLOAD_NOT_MEASURED,
             super::analysis::KVM_APF_KERNEL_NOT_MEASURED
         ));
         let _ = writeln!(

@@ -1,9 +1,10 @@
 //! `cargo xtask run`: the default scenario under the host stub. Every self-test with every
 //! producer at its defaults (the pager in `ring` mode), then the page-not-present tests again
 //! with the pager in each other mode (`sync`; KVM's async page fault ABI served by the host stub,
-//! `kvm-apf`, and by KVM itself, `kvm-apf-kernel`, with that driver's tests too), so every mode of
-//! the host is seen on every run, and last every self-test on four vCPUs while the host splits
-//! and merges guest RAM's memslots under them (`--layout-churn`, seed 003). A filtered run (`--tests`, or `tests=` in the guest's command
+//! `kvm-apf`, and by KVM itself, `kvm-apf-kernel`, with that driver's tests too), and the #VE
+//! tests with the pager in mode `ve`, so every mode of the host is seen on every run, and last
+//! every self-test on four vCPUs while the host splits and merges guest RAM's memslots under them
+//! (`--layout-churn`, seed 003). A filtered run (`--tests`, or `tests=` in the guest's command
 //! line), a run in a mode the user chose (`--pnp-mode`) or one without the pager (`--pnp-mib 0`,
 //! `pnp=off`) boots once; each boot says what it runs before it starts, and a boot left out says
 //! why.
@@ -145,9 +146,16 @@ pub fn plan(tests: Option<&str>, trace: Option<&Path>, extra: &[String]) -> (Vec
             no_pager.why()
         )),
         (None, None, None) => {
-            for (mode, tests) in [("sync", "pnp"), ("kvm-apf", "pnp,kvm_apf"), ("kvm-apf-kernel", "pnp,kvm_apf")] {
+            let pnp = "the page-not-present self-tests";
+            let modes = [
+                ("sync", "pnp", pnp),
+                ("kvm-apf", "pnp,kvm_apf", pnp),
+                ("kvm-apf-kernel", "pnp,kvm_apf", pnp),
+                ("ve", "ve", "the #VE self-tests"),
+            ];
+            for (mode, tests, which) in modes {
                 boots.push(Boot {
-                    what: format!("the page-not-present self-tests (tests={tests}), pager in {mode} mode"),
+                    what: format!("{which} (tests={tests}), pager in {mode} mode"),
                     label: format!("host-stub-{mode}"),
                     cmdline: words(Some(tests)),
                     defaults: vec![("--pnp-mode", mode.to_string())],
@@ -387,14 +395,24 @@ mod tests {
     fn an_unfiltered_run_boots_in_every_mode() {
         let (boots, note) = plan(None, Some(Path::new("t.json")), &[]);
         assert_eq!(note, None);
-        assert_eq!(boots.len(), 5);
+        assert_eq!(boots.len(), 6);
         let labels: Vec<&str> = boots.iter().map(|b| b.label.as_str()).collect();
         assert_eq!(
             labels,
-            ["host-stub-ring", "host-stub-sync", "host-stub-kvm-apf", "host-stub-kvm-apf-kernel", "host-stub-memslots"]
+            [
+                "host-stub-ring",
+                "host-stub-sync",
+                "host-stub-kvm-apf",
+                "host-stub-kvm-apf-kernel",
+                "host-stub-ve",
+                "host-stub-memslots"
+            ]
         );
-        assert!(boots[4].defaults.contains(&("--layout-churn", "20".into())) && boots[4].cmdline == "expect-host=stub");
+        assert!(boots[5].defaults.contains(&("--layout-churn", "20".into())) && boots[5].cmdline == "expect-host=stub");
         assert_eq!(boots[3].cmdline, "expect-host=stub tests=pnp,kvm_apf");
+        assert_eq!(boots[4].cmdline, "expect-host=stub tests=ve");
+        assert_eq!(boots[4].what, "the #VE self-tests (tests=ve), pager in ve mode");
+        assert_eq!(boots[4].defaults, [("--pnp-mode", "ve".to_string())]);
         assert_eq!(boots[0].what, "every self-test, pager in ring mode");
         assert_eq!(boots[0].cmdline, "expect-host=stub");
         assert!(boots[0].defaults.contains(&("--trace", "t.json".into())), "the first boot is traced");
@@ -435,7 +453,7 @@ mod tests {
         assert!(note.as_deref().is_some_and(|n| n.contains("(pnp=off: ")), "{note:?}");
         // The guest reads later words over earlier ones: a later pnp= word turns it back on.
         let (boots, _) = plan(None, None, &strings(&["--cmdline", "pnp=off pnp=on", "--pnp-mib=8"]));
-        assert_eq!(boots.len(), 5);
+        assert_eq!(boots.len(), 6);
     }
 
     #[test]
@@ -446,7 +464,7 @@ mod tests {
         assert_eq!(boots[0].cmdline, "expect-host=stub tests=arch sld=fatal tests=ac");
         assert!(boots[0].what.starts_with("the self-tests matching tests=ac"), "{}", boots[0].what);
         let (boots, _) = plan(None, None, &strings(&["--cmdline=kstack=64"]));
-        assert_eq!(boots.len(), 5);
+        assert_eq!(boots.len(), 6);
         assert_eq!(boots[1].cmdline, "expect-host=stub tests=pnp kstack=64", "every boot gets the user's words");
         // xtask passes one --cmdline, the merged one.
         assert_eq!(without(&extra, "--cmdline"), strings(&["--mem", "256"]));

@@ -21,7 +21,7 @@ use crate::boot::cmdline::Cmdline;
 use crate::boot::info::MemKind;
 use crate::cell::StaticCell;
 use crate::kprintln;
-use crate::pv::tokens::{BySlot, EventOutcome, TokenStats, TokenTable, WakeOutcome};
+use crate::pv::tokens::{BySlot, EventOutcome, Rejection, TokenStats, TokenTable, WakeOutcome};
 use crate::pv::wait;
 use crate::sync::{CpuCell, IrqGuard};
 use crate::task::{self, table::ExitStatus};
@@ -438,6 +438,22 @@ fn on_event(frame: &mut TrapFrame) {
     };
     if result == abi::RESULT_FAILED {
         page_failed(frame, token, gpa);
+    }
+}
+
+/// Waits for a token of this vCPU's ring that came otherwise than through the event area (#VE's
+/// park request, `pv::ve`), as the event handler waits for an event's: `waiter` waits (parked,
+/// or in the HLT loop) unless the resolution is already here. Returns the result and whether it
+/// waited, or why the table rejected the token (the caller then waits another way). Call with
+/// interrupts off, from the trap handler that got the token.
+pub fn wait_for_token(token: Token, gpa: u64, waiter: crate::pv::tokens::Waiter) -> Result<(u32, bool), Rejection> {
+    match STATE.with(|s| s.table.on_event(token.0, gpa, || waiter)) {
+        EventOutcome::AlreadyResolved { result } => Ok((result, false)),
+        EventOutcome::Rejected(why) => Err(why),
+        EventOutcome::Park(parked) => {
+            let take_halt_result = || STATE.with(|s| s.table.take_halt_result(token.0));
+            Ok((wait::wait(parked, super::WAIT_OWNER, token.0, take_halt_result), true))
+        }
     }
 }
 

@@ -31,6 +31,7 @@ mod kvm_apf;
 mod paths;
 mod registration;
 mod smp;
+mod ve;
 
 use breaches::*;
 use controls::*;
@@ -40,6 +41,7 @@ use registration::*;
 use smp::*;
 
 pub use kvm_apf::TESTS as KVM_APF_TESTS;
+pub use ve::TESTS as VE_TESTS;
 
 /// The protocol on several vCPUs, run after every accounting check (both protocols'): the host
 /// reads another vCPU's ring tail only when it next posts there, so tokens these tests leave
@@ -128,6 +130,9 @@ fn spawned<T, E: core::fmt::Debug>(r: Result<T, E>) -> Result<T, Failure> {
     r.map_err(|e| fail(format_args!("spawn failed: {e:?}")))
 }
 
+/// Whether the host delivers this guest's page-not-present events through the ring. Not in mode
+/// `ve`: there this guest's vCPUs, each with its VE area registered, get #VE instead (the
+/// `ve::` tests are that mode's; `xtask run` boots it with `tests=ve`).
 fn ring_mode() -> bool {
     pnp::host_mode() == HostMode::Ring
 }

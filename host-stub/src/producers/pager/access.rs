@@ -6,9 +6,9 @@
 
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
-use std::time::Instant;
 
 use pvagent_abi::pnp::HostMode;
+use pvagent_abi::ve::fault;
 
 use super::Pager;
 use super::backing::{BackingStore, PageBuf};
@@ -22,11 +22,13 @@ use super::region::PAGE;
 use super::registration::{Registration, interrupt_deliverable, processor_priority_class};
 use super::ring::{event_area_busy, observe_tail};
 use super::shared::{Inner, Shared};
-use super::state::{Decision, PageIndex, PageState, TokenOut, TokenSource, Via};
+use super::state::{Decision, PageIndex, PageState, TokenOut, TokenSource, VeAccess, Via};
+use super::ve::{AccessFacts, Route, VeVcpu, qualification, route};
+use super::ve_delivery::{self, VeReport};
 use crate::error::{Error, Result};
 use crate::guest_insn::GuestInsn;
 use crate::handler::{AfterExit, Handled, VcpuCtx};
-use crate::trace::{Arg, Track};
+use crate::trace::Arg;
 
 /// How an access reached the host.
 pub(super) enum Access<'a> {
@@ -35,7 +37,9 @@ pub(super) enum Access<'a> {
     /// KVM_EXIT_MMIO write of `data`.
     Write(&'a [u8]),
     /// KVM_EXIT_MEMORY_FAULT, or a bare EFAULT: the instruction has not run and will be retried.
-    Retry,
+    /// Whether it reads and writes, as far as the host knows (a memory-fault exit does not
+    /// say; a decoded instruction does).
+    Retry { reads: bool, writes: bool },
     /// An emulation failure (PVM, guest CPL 0: a LOCKed read-modify-write on a page the host
     /// closed, which KVM's emulator cannot carry out): the instruction has not run, and runs
     /// only once the page is present. No event can stand in for that, so the access takes the
@@ -54,8 +58,8 @@ impl Pager {
         access: Access<'_>,
     ) -> Result<Handled> {
         let vcpu = ctx.index;
-        let retry = matches!(access, Access::Retry);
-        let (page, offset, mode, ring, apf_on) = {
+        let retry = matches!(access, Access::Retry { .. });
+        let (page, offset, mode, ring, apf_on, ve_area) = {
             let mut inner = self.shared.lock();
             let Some(page) = inner.page_of(gpa) else {
                 return Ok(Handled::No);
@@ -66,17 +70,31 @@ impl Pager {
             let offset = (gpa % PAGE as u64) as usize;
             let ring = inner.vcpus.get(vcpu).and_then(Registration::active);
             let apf_on = inner.apf.get(vcpu).is_some_and(|v| v.active().is_some());
-            (page, offset, inner.core.mode, ring, apf_on)
+            let mode = inner.core.mode;
+            let ve_area = inner.ve.get(vcpu).and_then(VeVcpu::area).filter(|_| mode == HostMode::Ve);
+            (page, offset, mode, ring, apf_on, ve_area)
         };
         // Whether the protocol of this mode could deliver an event now, read before taking the
         // lock: these ioctls do not touch the pager's state, and the vCPU cannot change while it
         // is stopped here. KVM's ABI delivers only for an access that has not run (a #PF
         // retries it), never for an emulated one (CPL 0 on PVM).
         let unemulated = matches!(access, Access::Unemulated);
+        // Mode `ve` serves a vCPU with no VE area as mode `ring` does.
+        let ring_rules = mode == HostMode::Ring || (mode == HostMode::Ve && ve_area.is_none());
         let window_open = match (mode, ring) {
-            (HostMode::Ring, Some(a)) if !unemulated => event_window_open(ctx, a.event_vector)?,
+            (_, Some(a)) if ring_rules && !unemulated => event_window_open(ctx, a.event_vector)?,
             (HostMode::KvmApf, _) if apf_on && retry => kvm_apf_delivery::window_open(ctx)?,
             _ => false,
+        };
+        let event_in_delivery = match ve_area {
+            Some(_) if !unemulated => ve_delivery::event_in_delivery(ctx)?,
+            _ => false,
+        };
+        let (reads, writes) = match &access {
+            Access::Read(_) => (true, false),
+            Access::Write(_) => (false, true),
+            Access::Retry { reads, writes } => (*reads, *writes),
+            Access::Unemulated => (true, true),
         };
 
         let mut guard = self.shared.lock();
@@ -99,8 +117,49 @@ impl Pager {
             }
         }
         let inner = &mut *guard;
+        // #VE's rules, for a vCPU with a VE area (`ve::route`).
+        let mut waits_for_busy = false;
+        if let Some(area) = ve_area {
+            let facts = AccessFacts {
+                area_enabled: true,
+                busy: ve_delivery::busy(inner, vcpu, area)?,
+                ignore_busy: inner.ve.get(vcpu).is_some_and(|v| v.armed() & fault::IGNORE_BUSY != 0),
+                event_in_delivery,
+                retried: retry,
+                unemulated,
+            };
+            match route(facts) {
+                Route::ReenterFirst => {
+                    inner.core.counters.retries_for_pending_event += 1;
+                    return Ok(Handled::Yes);
+                }
+                Route::Raise => {
+                    // An emulated access completes first: the #VE is a trap after it.
+                    apply_to_page(inner, page, offset, access)?;
+                    let complete_now = match inner.core.on_ve_access(page) {
+                        VeAccess::Continue => false,
+                        VeAccess::Raise { fetch, make_present } => {
+                            if make_present {
+                                fill(inner, page)?;
+                            }
+                            let qualification = qualification(reads, writes, gva.is_some());
+                            let report = VeReport { gpa, gla: gva, qualification };
+                            ve_delivery::raise(inner, ctx, area, page, report)?;
+                            fetch.is_some() && submit(inner, page)
+                        }
+                    };
+                    drop(guard);
+                    if complete_now {
+                        complete_fetch(&self.shared, page);
+                    }
+                    return Ok(Handled::Yes);
+                }
+                Route::Wait { busy } => waits_for_busy = busy,
+                Route::RingRules => {}
+            }
+        }
         let ring_area_free = match ring {
-            Some(a) if window_open && mode == HostMode::Ring => {
+            Some(a) if window_open && ring_rules => {
                 let busy = event_area_busy(inner, vcpu, a)?;
                 if busy && retry {
                     // An event is pending and the vCPU can take it: re-entering delivers it before
@@ -118,12 +177,19 @@ impl Pager {
             observe_tail(inner, vcpu, a)?;
         }
         let source: Option<&mut dyn TokenSource> = match mode {
-            HostMode::Ring if ring_area_free => inner.vcpus.get_mut(vcpu).and_then(|r| r.pool.as_mut()).map(|p| p as _),
+            _ if ring_rules && ring_area_free => {
+                inner.vcpus.get_mut(vcpu).and_then(|r| r.pool.as_mut()).map(|p| p as _)
+            }
             HostMode::KvmApf if window_open => inner.apf.get_mut(vcpu).map(|v| v as _),
             _ => None,
         };
         let via = source.as_ref().map(|s| s.via());
         let decision = inner.core.on_access(vcpu, page, source);
+        // The mode as `on_access` counted it, in this lock section (a `PnpSetMode` may have come
+        // since the first one read it): a busy wait is one of mode `ve`'s waits.
+        if waits_for_busy && inner.core.mode == HostMode::Ve && matches!(decision, Decision::Wait { .. }) {
+            inner.core.counters.ve_busy_waits += 1;
+        }
         let out = |token| TokenOut { vcpu, via: via.unwrap_or(Via::Ring), token };
         let mut complete_now = false;
         match decision {
@@ -155,7 +221,6 @@ impl Pager {
                 deliver_event(inner, ctx, out(token), gpa, gva)?;
             }
             Decision::Wait { fetch } => {
-                let trace = inner.timeline.tracer().clone();
                 complete_held_back_now(&self.shared, inner, page);
                 if fetch.is_some() && submit(inner, page) {
                     drop(guard);
@@ -166,16 +231,7 @@ impl Pager {
                 // The wait itself after the exit, outside the handlers' lock: other vCPUs' exits
                 // go on while this vCPU waits for its page (it does not run before).
                 let shared = Arc::clone(&self.shared);
-                ctx.after_exit(AfterExit::new(move || {
-                    let waited_since = Instant::now();
-                    let outcome = wait_for(&shared, page, gpa);
-                    let waited_until = Instant::now();
-                    shared.lock().core.counters.sync_wait_ns += (waited_until - waited_since).as_nanos() as u64;
-                    trace.complete(Track::Vcpu(vcpu), "pnp synchronous wait", waited_since, waited_until, || {
-                        vec![("page", Arg::Uint(page)), ("gpa", Arg::Hex(gpa))]
-                    });
-                    outcome
-                }));
+                ctx.after_exit(AfterExit::new(move || wait_for(&shared, vcpu, page, gpa)));
                 return Ok(Handled::Yes);
             }
             // KVM's ABI could carry an event, but not the failure: its retry came back here.
@@ -199,7 +255,7 @@ impl Pager {
             return Ok(Handled::No);
         };
         match self.region_pages_touched(ctx, &insn, true).first() {
-            Some(&(gpa, linear)) => self.access(ctx, gpa, Some(linear), Access::Retry),
+            Some(t) => self.access(ctx, t.gpa, Some(t.linear), Access::Retry { reads: t.reads, writes: t.writes }),
             None => Ok(Handled::No),
         }
     }
@@ -229,34 +285,43 @@ impl Pager {
         }
         self.unemulated += 1;
         self.unemulated_retry = Some((ctx.index, ctx.entries, regs.rip));
-        for (gpa, linear) in touched {
-            self.access(ctx, gpa, Some(linear), Access::Unemulated)?;
+        for t in touched {
+            self.access(ctx, t.gpa, Some(t.linear), Access::Unemulated)?;
         }
         Ok(Handled::Yes)
     }
 
     /// The pages of the region an instruction's memory operands touch (`only_absent`: those
-    /// not present): for each, the first GPA the instruction reaches in it and the linear
-    /// address of that.
-    fn region_pages_touched(&self, ctx: &VcpuCtx<'_>, insn: &GuestInsn, only_absent: bool) -> Vec<(u64, u64)> {
-        let mut touched: Vec<(u64, u64)> = Vec::new();
+    /// not present): for each, the first GPA the instruction reaches in it, the linear address
+    /// of that, and how the operand that reaches it accesses it.
+    fn region_pages_touched(&self, ctx: &VcpuCtx<'_>, insn: &GuestInsn, only_absent: bool) -> Vec<Touched> {
+        let mut touched: Vec<Touched> = Vec::new();
         for operand in &insn.memory {
             // Its first and last byte: an operand touches at most two pages.
             for linear in [Some(operand.linear), operand.last_byte()].into_iter().flatten() {
                 let Some(gpa) = crate::guest_insn::translate(ctx.vcpu, linear) else { continue };
                 let inner = self.shared.lock();
                 let Some(page) = inner.page_of(gpa) else { continue };
-                let seen = touched.iter().any(|&(g, _)| inner.page_of(g) == Some(page));
+                let seen = touched.iter().any(|t| inner.page_of(t.gpa) == Some(page));
                 // A page owed a "page not present" is present by its state only (`deliver_owed`).
                 let owed = inner.apf.iter().any(|v| v.owed.is_some_and(|(p, _)| p == page));
                 let skipped = only_absent && inner.core.state(page) == Some(&PageState::Present) && !owed;
                 if !seen && !skipped {
-                    touched.push((gpa, linear));
+                    touched.push(Touched { gpa, linear, reads: operand.reads, writes: operand.writes });
                 }
             }
         }
         touched
     }
+}
+
+/// A page of the region an instruction touches ([`Pager::region_pages_touched`]).
+#[derive(Clone, Copy, Debug)]
+struct Touched {
+    gpa: u64,
+    linear: u64,
+    reads: bool,
+    writes: bool,
 }
 
 /// Whether the vCPU could take the event interrupt now.
@@ -288,7 +353,7 @@ enum PageSource {
 /// stores are dropped: the access's task is told its page failed and ends before it runs on).
 fn apply_to_page(inner: &mut Inner, page: PageIndex, offset: usize, access: Access<'_>) -> Result<(), PagerError> {
     let (data_read, data_write): (Option<&mut [u8]>, Option<&[u8]>) = match access {
-        Access::Retry | Access::Unemulated => return Ok(()),
+        Access::Retry { .. } | Access::Unemulated => return Ok(()),
         Access::Read(d) => (Some(d), None),
         Access::Write(d) => (None, Some(d)),
     };
@@ -395,13 +460,16 @@ pub(super) fn settle_owed(inner: &mut Inner) -> Result<(), PagerError> {
 }
 
 /// The synchronous path: block the vCPU's thread until the page's fetch is over (after the exit,
-/// outside the handlers' lock: `VcpuCtx::after_exit`).
-fn wait_for(shared: &Shared, page: PageIndex, gpa: u64) -> Result<()> {
-    let mut inner = shared.lock();
-    while matches!(inner.core.state(page), Some(PageState::Fetching { .. })) {
-        inner = shared.fetched.wait(inner).unwrap_or_else(|p| p.into_inner());
-    }
-    if inner.core.state(page) == Some(&PageState::Failed) {
+/// outside the handlers' lock: `VcpuCtx::after_exit`), or the run's time is up.
+fn wait_for(shared: &Shared, vcpu: usize, page: PageIndex, gpa: u64) -> Result<()> {
+    let failed = shared.timed_wait(
+        vcpu,
+        page,
+        "pnp synchronous wait",
+        |inner, time_up| !time_up && inner.core.state(page) == Some(&PageState::Failed),
+        |_| vec![("page", Arg::Uint(page)), ("gpa", Arg::Hex(gpa))],
+    );
+    if failed {
         return Err(PagerError::FailedDuringSyncWait { gpa }.into());
     }
     Ok(())

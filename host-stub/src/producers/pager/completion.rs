@@ -49,6 +49,8 @@ pub(super) fn complete_fetch(shared: &Shared, page: PageIndex) {
 pub(super) fn finish_fetch(shared: &Shared, inner: &mut Inner, page: PageIndex) {
     let started = Instant::now();
     let (result, waiters) = inner.core.on_fetch_done(page);
+    // The #VEs that reported the page wait for nothing any more (a later one waits again).
+    super::ve_delivery::forget_unanswered(&mut inner.ve, page);
     let tokens = waiters.len();
     let outcome = if result == abi::RESULT_RETRY {
         fill(inner, page)

@@ -149,11 +149,12 @@ impl PagerConfig {
 }
 
 /// The command line's name of each mode.
-pub const MODE_NAMES: [(&str, HostMode); 4] = [
+pub const MODE_NAMES: [(&str, HostMode); 5] = [
     ("sync", HostMode::Sync),
     ("ring", HostMode::Ring),
     ("kvm-apf", HostMode::KvmApf),
     ("kvm-apf-kernel", HostMode::KvmApfKernel),
+    ("ve", HostMode::Ve),
 ];
 
 /// The command line's name of `mode`.
@@ -161,13 +162,13 @@ pub fn mode_name(mode: HostMode) -> &'static str {
     MODE_NAMES.iter().find(|(_, m)| *m == mode).map_or("?", |(name, _)| name)
 }
 
-/// Parses `sync`, `ring`, `kvm-apf` or `kvm-apf-kernel`.
+/// Parses `sync`, `ring`, `kvm-apf`, `kvm-apf-kernel` or `ve`.
 pub fn parse_mode(s: &str) -> Result<HostMode, String> {
     MODE_NAMES
         .iter()
         .find(|(name, _)| *name == s)
         .map(|(_, mode)| *mode)
-        .ok_or_else(|| format!("unknown pager mode {s:?}: use sync, ring, kvm-apf or kvm-apf-kernel"))
+        .ok_or_else(|| format!("unknown pager mode {s:?}: use sync, ring, kvm-apf, kvm-apf-kernel or ve"))
 }
 
 /// Parses a duration such as `0`, `750ns`, `50us`, `2ms` or `1s`.

@@ -19,6 +19,7 @@ use super::registration::Registration;
 use super::ring::observe_tail;
 use super::shared::Inner;
 use super::state::Release;
+use super::ve::VeVcpu;
 use crate::handler::{HypercallAnswer, VcpuCtx};
 
 impl Pager {
@@ -35,11 +36,13 @@ impl Pager {
                 // a run in `kvm-apf-kernel` mode stays in it, and no other run enters it.
                 Ok(mode)
                     if args[0] <= u64::from(u32::MAX)
-                        && (mode == HostMode::KvmApfKernel) == (inner.core.mode == HostMode::KvmApfKernel)
-                        // No #VE producer yet: the mode is defined by the ABI, not offered.
-                        && mode != HostMode::Ve =>
+                        && (mode == HostMode::KvmApfKernel) == (inner.core.mode == HostMode::KvmApfKernel) =>
                 {
                     inner.core.set_mode(mode);
+                    if mode != HostMode::Ve {
+                        // No request will answer a #VE any more: none holds a fetch back.
+                        inner.ve.iter_mut().for_each(VeVcpu::forget_unanswered);
+                    }
                     Ok([0; 2])
                 }
                 _ => Err(Status::InvalidArgument),
@@ -132,8 +135,10 @@ fn counter_value(inner: &Inner, counter: HostCounter) -> u64 {
         HostCounter::PagesFetched => c.pages_fetched,
         HostCounter::ResolvedBeforeEvent => c.resolved_before_event,
         HostCounter::SyncWaitNanos => c.sync_wait_ns,
-        // No #VE producer yet: none delivered, waited for or requested.
-        HostCounter::VeDelivered | HostCounter::VeBusyWaits | HostCounter::VeSuspends | HostCounter::VeParks => 0,
+        HostCounter::VeDelivered => c.ve_delivered,
+        HostCounter::VeBusyWaits => c.ve_busy_waits,
+        HostCounter::VeSuspends => c.ve_suspends,
+        HostCounter::VeParks => c.ve_parks,
     }
 }
 

@@ -53,6 +53,16 @@ pub enum PagerError {
     WriteApfArea { vcpu: usize, gpa: u64, source: GuestMemoryError },
     #[error("injecting a \"page not present\" #PF into vCPU {vcpu} (KVM_GET/SET_VCPU_EVENTS) failed: {source}")]
     InjectNotPresent { vcpu: usize, source: kvm_ioctls::Error },
+    #[error("reading vCPU {vcpu}'s VE information area at {gpa:#x} failed: {source}")]
+    ReadVeArea { vcpu: usize, gpa: u64, source: GuestMemoryError },
+    #[error("writing vCPU {vcpu}'s VE information area at {gpa:#x} failed: {source}")]
+    WriteVeArea { vcpu: usize, gpa: u64, source: GuestMemoryError },
+    #[error("injecting an NMI into vCPU {vcpu} (KVM_NMI) failed: {source}")]
+    InjectNmi { vcpu: usize, source: kvm_ioctls::Error },
+    #[error("vCPU {vcpu}: NMI_WITH_NEXT_VE is armed, but the guest's IDT gives no #VE handler the host can read")]
+    NoVeHandler { vcpu: usize },
+    #[error("setting or clearing vCPU {vcpu}'s breakpoint on its #VE handler (KVM_SET_GUEST_DEBUG) failed: {source}")]
+    SetBreakpoint { vcpu: usize, source: kvm_ioctls::Error },
     #[error("enabling KVM_CAP_EXCEPTION_PAYLOAD (a #PF's CR2 as its payload) failed: {0}")]
     EnableExceptionPayload(kvm_ioctls::Error),
     #[error("cannot start the userfaultfd fault reader: {0}")]

@@ -23,8 +23,12 @@ use super::state::PageIndex;
 pub(super) const POLL_INTERVAL: Duration = Duration::from_micros(20);
 
 /// Whether the guest has taken every event that waits for `page`, by whichever protocol
-/// carried it (`delivery::event_taken`).
+/// carried it (`delivery::event_taken`), and made its request for every #VE that reported the
+/// page (a #VE carries no token: the request is its "taken").
 fn events_taken(inner: &Inner, page: PageIndex) -> Result<bool, PagerError> {
+    if inner.ve.iter().any(|v| v.unanswered.contains(&page)) {
+        return Ok(false);
+    }
     for &out in inner.core.waiters(page) {
         if !event_taken(inner, out)? {
             return Ok(false);
@@ -37,6 +41,14 @@ fn events_taken(inner: &Inner, page: PageIndex) -> Result<bool, PagerError> {
 /// event waiting for the page has not been taken yet. Returns whether it did.
 pub(super) fn hold_back(shared: &Shared, inner: &mut Inner, page: PageIndex) -> bool {
     if inner.core.timing != ResolutionTiming::AfterEventTaken {
+        return false;
+    }
+    if inner.sync_waiting.contains(&page) {
+        // A vCPU waits for the page: it cannot take the events (nor make the requests) the
+        // fetch would be held back for. Counted only if the fetch would have been held.
+        if matches!(events_taken(inner, page), Ok(false)) {
+            inner.core.counters.holds_released_by_sync_wait += 1;
+        }
         return false;
     }
     match events_taken(inner, page) {

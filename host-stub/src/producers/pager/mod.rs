@@ -50,6 +50,8 @@ pub mod state;
 pub mod timeline;
 pub mod tokens;
 pub mod uffd;
+pub mod ve;
+pub mod ve_delivery;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -76,8 +78,9 @@ use self::region::{DemandRegion, Gate, PAGE};
 use self::registration::{Registration, is_protocol_msr};
 use self::ring::{deliver_resolved, observe_tail};
 use self::shared::{Inner, Shared};
-use self::state::{PageState, PagerCore};
+use self::state::{Counters, PageState, PagerCore};
 use self::timeline::PagerTimeline;
+use self::ve::VeVcpu;
 use crate::cpuid::CpuidTable;
 use crate::error::{Error, Result};
 use crate::handler::{
@@ -85,7 +88,7 @@ use crate::handler::{
     Report, Unblock, VcpuCtx,
 };
 use crate::layout::classify::MemoryState;
-use crate::memory_fault::MemoryFault;
+use crate::memory_fault::{FaultAccess, MemoryFault};
 
 const NAME: &str = "pager";
 
@@ -162,6 +165,9 @@ impl Pager {
             vcpu_waits_released_at_time_limit: 0,
             unregister_at_time_limit_failed: None,
             fetch: None,
+            ve: vec![VeVcpu::default()],
+            waits_ended_at_time_limit: 0,
+            sync_waiting: Vec::new(),
         };
         Ok(Self {
             config,
@@ -215,6 +221,12 @@ impl Pager {
             ("kvm_apf_forgotten", inner.apf_counters.forgotten),
             ("kvm_apf_ready_before_not_present", inner.apf_counters.ready_before_not_present),
             ("kvm_apf_retries_for_page_ready", inner.apf_counters.retries_for_page_ready),
+            ("ve_delivered", c.ve_delivered),
+            ("ve_busy_waits", c.ve_busy_waits),
+            ("ve_suspends", c.ve_suspends),
+            ("ve_parks", c.ve_parks),
+            ("sync_waits_in_ve_mode", c.sync_waits_in_ve_mode),
+            ("waits_ended_at_time_limit", inner.waits_ended_at_time_limit),
         ] {
             report.counter(NAME, key, value);
         }
@@ -233,11 +245,14 @@ impl Pager {
         }
         // Per mode, what happened in it: a run the guest switched (the self-tests do) must not
         // read as if the configured mode had delivered every event.
-        let ring_used = self.config.mode == HostMode::Ring || c.mode_changes > 0;
+        let ring_used = matches!(self.config.mode, HostMode::Ring | HostMode::Ve) || c.mode_changes > 0;
         let sync_used = self.config.mode == HostMode::Sync || c.mode_changes > 0;
         if ring_used {
+            // Mode `ve` gives the ring's protocol to a vCPU with no VE area: its events count here.
+            let ve_too = self.config.mode == HostMode::Ve || c.sync_waits_in_ve_mode + c.ve_delivered > 0;
+            let modes = if ve_too { "ring mode (and ve mode's vCPUs without a VE area)" } else { "ring mode" };
             report.line(format!(
-                "pager: in ring mode: {} events delivered, {} resolved ({} retry, {} failed; {} before their event), {} synchronous waits (no event could be delivered)",
+                "pager: in {modes}: {} events delivered, {} resolved ({} retry, {} failed; {} before their event), {} synchronous waits (no event could be delivered)",
                 c.events_delivered,
                 c.resolved_retry + c.resolved_failed,
                 c.resolved_retry,
@@ -247,7 +262,24 @@ impl Pager {
             ));
         }
         if sync_used {
-            report.line(format!("pager: in sync mode: {} synchronous waits", c.sync_waits - c.sync_waits_in_ring_mode));
+            let waits = sync_mode_waits(&c);
+            report.line(format!("pager: in sync mode: {waits} synchronous waits"));
+        }
+        if self.config.mode == HostMode::Ve || c.ve_delivered + c.ve_suspends + c.ve_parks > 0 {
+            report.line(format!(
+                "pager: #VE: {} delivered, {} busy waits, {} suspends, {} parks; {} other synchronous waits in ve mode",
+                c.ve_delivered,
+                c.ve_busy_waits,
+                c.ve_suspends,
+                c.ve_parks,
+                other_ve_mode_waits(&c),
+            ));
+        }
+        let unreached = inner.ve.iter().filter(|v| v.nmi_breakpoint.is_some()).count();
+        if unreached > 0 {
+            report.line(format!(
+                "pager: {unreached} vCPU(s) stopped with an NMI_WITH_NEXT_VE breakpoint set, their #VE handler never reached (the VM's end takes it away)"
+            ));
         }
         report.line(format!("pager: tokens outstanding at exit: {outstanding}"));
         report.line(format!(
@@ -277,6 +309,18 @@ pub(super) fn outstanding(inner: &Inner) -> usize {
     let apf: usize = inner.apf.iter().map(ApfVcpu::outstanding).sum();
     let kernel = if inner.core.mode == HostMode::KvmApfKernel { inner.core.waiting_tokens() } else { 0 };
     ring + apf + kernel
+}
+
+/// The synchronous waits in sync mode: those in no other mode. Saturating: the counters are
+/// read once the run is over, but a report must never panic on them.
+fn sync_mode_waits(c: &Counters) -> u64 {
+    c.sync_waits.saturating_sub(c.sync_waits_in_ring_mode).saturating_sub(c.sync_waits_in_ve_mode)
+}
+
+/// The synchronous waits in mode `ve` that were not for a set busy word. Both are counted in
+/// the same lock section, in mode `ve` only, but the report does not rely on it: saturating.
+fn other_ve_mode_waits(c: &Counters) -> u64 {
+    c.sync_waits_in_ve_mode.saturating_sub(c.ve_busy_waits)
 }
 
 /// The modes a run served absent pages in: as configured, then as the guest switched them.
@@ -375,6 +419,7 @@ impl ExitHandler for Pager {
             // Each vCPU registers its own ring and event area, and its own KVM async-PF area.
             inner.vcpus.resize_with(ctx.vcpus, Registration::default);
             inner.apf = (0..ctx.vcpus).map(|i| ApfVcpu::new(i as u32)).collect();
+            inner.ve = vec![VeVcpu::default(); ctx.vcpus];
             inner.vcpu_tids = vec![None; ctx.vcpus];
             self.vcpu_tid_known = vec![false; ctx.vcpus];
         }
@@ -400,7 +445,9 @@ impl ExitHandler for Pager {
     }
 
     fn cpuid(&self, table: &mut CpuidTable) {
-        table.entry(abi_cpuid::LEAF_INFO, 0).ebx |= Features::PAGE_NOT_PRESENT | Features::PNP_DRAIN_AT_EVENT;
+        // #VE's MSR and requests are served in every mode (#VE itself is raised in mode `ve`).
+        table.entry(abi_cpuid::LEAF_INFO, 0).ebx |=
+            Features::PAGE_NOT_PRESENT | Features::PNP_DRAIN_AT_EVENT | Features::VE;
         let base = table.entry(abi_cpuid::LEAF_BASE, 0);
         base.eax = base.eax.max(abi::LEAF_PNP);
         let leaf = table.entry(abi::LEAF_PNP, 0);
@@ -429,25 +476,30 @@ impl ExitHandler for Pager {
     }
 
     fn unblocker(&self) -> Option<Unblock> {
-        // A vCPU waiting inside KVM on a userfaultfd fault takes no signal: at the run's time
-        // limit, the region stops being tracked, every waiting fault goes on (reading zeros),
-        // and the vCPU sees the watchdog's signal at its next entry.
-        if !self.kernel_serves() {
-            return None;
-        }
-        let inner = self.shared.lock();
-        let region = inner.region.as_ref()?;
-        let (start, len) = region.host_range();
-        let uffd = region.uffd().ok()?;
+        // A vCPU waiting in the host for a page (the synchronous path; `VeSuspend`, served in
+        // every mode, `kvm-apf-kernel` too) stops waiting at the run's time limit, and its next
+        // entry ends at once.
+        // A vCPU waiting inside KVM on a userfaultfd fault (`kvm-apf-kernel`) takes no signal:
+        // at the run's time limit, the region stops being tracked, every waiting fault goes on
+        // (reading zeros), and the vCPU sees the watchdog's signal at its next entry.
+        let kernel_region = if self.kernel_serves() {
+            let inner = self.shared.lock();
+            inner.region.as_ref().and_then(|region| Some((region.host_range(), region.uffd().ok()?)))
+        } else {
+            None
+        };
         let shared = Arc::clone(&self.shared);
         Some(Box::new(move || {
-            let unregistered = uffd.unregister(start, len);
-            // What the unregistering released: the pages the vCPU thread was waiting for in
-            // KVM (the end-to-end test checks that its vCPU was one), and whether it failed (a
-            // vCPU waiting in the region may then not see the limit).
-            let mut inner = shared.lock();
-            inner.vcpu_waits_released_at_time_limit = inner.kernel_sync_since.len() as u64;
-            inner.unregister_at_time_limit_failed = unregistered.err().map(|e| e.to_string());
+            if let Some(((start, len), uffd)) = &kernel_region {
+                let unregistered = uffd.unregister(*start, *len);
+                // What the unregistering released: the pages the vCPU thread was waiting for in
+                // KVM (the end-to-end test checks that its vCPU was one), and whether it failed (a
+                // vCPU waiting in the region may then not see the limit).
+                let mut inner = shared.lock();
+                inner.vcpu_waits_released_at_time_limit = inner.kernel_sync_since.len() as u64;
+                inner.unregister_at_time_limit_failed = unregistered.err().map(|e| e.to_string());
+            }
+            shared.end_waits();
         }))
     }
 
@@ -510,12 +562,17 @@ impl ExitHandler for Pager {
     fn memory_fault(&mut self, ctx: &mut VcpuCtx<'_>, fault: &MemoryFault) -> Result<Handled> {
         // The region is ordinary shared memory: a private access is not the pager's. A range of
         // one page names the page; a larger one (a huge mapping KVM tried) does not say which of
-        // its pages the guest touched, which the instruction does.
+        // its pages the guest touched, which the instruction does. The access kind comes from
+        // the fault's flags where the kernel sets them.
         if fault.private() {
             return Ok(Handled::No);
         }
         let handled = match fault.pages().nth(1) {
-            None => self.access(ctx, fault.gpa, None, Access::Retry)?,
+            None => {
+                let kind = fault.access();
+                let (reads, writes) = (kind == FaultAccess::Read, kind == FaultAccess::Write);
+                self.access(ctx, fault.gpa, None, Access::Retry { reads, writes })?
+            }
             Some(_) => self.decoded_access(ctx)?,
         };
         self.memory_fault_exits += u64::from(handled == Handled::Yes);
@@ -537,11 +594,19 @@ impl ExitHandler for Pager {
         Ok(handled)
     }
 
+    fn debug(&mut self, ctx: &mut VcpuCtx<'_>, exit: &kvm_bindings::kvm_debug_exit_arch) -> Result<Handled> {
+        let hit = ve_delivery::breakpoint_hit(&mut self.shared.lock(), ctx, exit.pc)?;
+        Ok(if hit { Handled::Yes } else { Handled::No })
+    }
+
     fn emulation_failure(&mut self, ctx: &mut VcpuCtx<'_>, insn: &[u8]) -> Result<Handled> {
         self.unemulated_access(ctx, insn)
     }
 
     fn rdmsr(&mut self, ctx: &mut VcpuCtx<'_>, index: u32) -> Result<MsrAnswer> {
+        if index == pvagent_abi::ve::MSR_VE_INFO {
+            return Ok(ve_delivery::msr(&mut self.shared.lock(), ctx.index, None));
+        }
         if ApfVcpu::is_msr(index) && !self.kernel_serves() {
             return Ok(kvm_apf_delivery::msr(&mut self.shared.lock(), ctx.index, index, None)?);
         }
@@ -553,6 +618,9 @@ impl ExitHandler for Pager {
     }
 
     fn wrmsr(&mut self, ctx: &mut VcpuCtx<'_>, index: u32, value: u64) -> Result<MsrAnswer> {
+        if index == pvagent_abi::ve::MSR_VE_INFO {
+            return Ok(ve_delivery::msr(&mut self.shared.lock(), ctx.index, Some(value)));
+        }
         if ApfVcpu::is_msr(index) && !self.kernel_serves() {
             return Ok(kvm_apf_delivery::msr(&mut self.shared.lock(), ctx.index, index, Some(value))?);
         }
@@ -578,6 +646,9 @@ impl ExitHandler for Pager {
 
     fn hypercall(&mut self, ctx: &mut VcpuCtx<'_>, nr: u32, args: [u64; 4]) -> Result<HypercallAnswer> {
         let Ok(nr) = Nr::try_from(nr) else { return Ok(None) };
+        if let Some(answer) = self.ve_control(ctx, nr, args)? {
+            return Ok(answer);
+        }
         Ok(self.control(ctx, nr, args)?)
     }
 
@@ -618,6 +689,14 @@ impl ExitHandler for Pager {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reports_differences_of_counters_never_underflow() {
+        let c = Counters { ve_busy_waits: 1, sync_waits_in_ring_mode: 2, sync_waits: 1, ..Counters::default() };
+        assert_eq!((other_ve_mode_waits(&c), sync_mode_waits(&c)), (0, 0));
+        let c = Counters { sync_waits: 5, sync_waits_in_ring_mode: 1, sync_waits_in_ve_mode: 3, ve_busy_waits: 2, ..c };
+        assert_eq!((other_ve_mode_waits(&c), sync_mode_waits(&c)), (1, 1));
+    }
 
     #[test]
     fn the_modes_line_says_what_the_guest_switched() {

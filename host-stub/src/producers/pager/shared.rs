@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
 
 use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
@@ -20,6 +21,8 @@ use super::region::DemandRegion;
 use super::registration::Registration;
 use super::state::{PageIndex, PagerCore};
 use super::timeline::PagerTimeline;
+use super::ve::VeVcpu;
+use crate::trace::{Args, Track};
 
 /// The pager's state, under [`Shared`]'s lock.
 #[derive(Debug)]
@@ -70,6 +73,15 @@ pub struct Inner {
     pub unregister_at_time_limit_failed: Option<String>,
     /// Queues fetches on the fetcher threads (from any thread holding the lock).
     pub fetch: Option<Submitter>,
+    /// Each vCPU's side of #VE (its VE area, test switches, unanswered #VEs).
+    pub ve: Vec<VeVcpu>,
+    /// Waits in the host for a page (the synchronous path, `VeSuspend`) that the run's time
+    /// limit ended.
+    pub waits_ended_at_time_limit: u64,
+    /// The pages vCPUs are waiting for in [`Shared::wait_fetched`] (once per waiting vCPU):
+    /// their fetches are never held back (`held_back::hold_back`), as a waiting vCPU cannot take
+    /// the event a held-back fetch would wait for.
+    pub sync_waiting: Vec<PageIndex>,
 }
 
 impl Inner {
@@ -100,6 +112,9 @@ pub struct Shared {
     pub violation_pending: AtomicBool,
     /// Set (under the lock) while `Inner::held_back` is not empty, for the same reason.
     pub held_back_pending: AtomicBool,
+    /// Set (under the lock, `fetched` then signalled) when the run's time is up: a vCPU waiting
+    /// in the host for a page stops waiting ([`Shared::wait_fetched`]).
+    pub time_up: AtomicBool,
 }
 
 impl Shared {
@@ -109,7 +124,67 @@ impl Shared {
             fetched: Condvar::new(),
             violation_pending: AtomicBool::new(false),
             held_back_pending: AtomicBool::new(false),
+            time_up: AtomicBool::new(false),
         }
+    }
+
+    /// On a vCPU thread: blocks until `page` is no longer being fetched, and returns the lock
+    /// with whether the wait ended because the run's time is up (then the page may still be on
+    /// its way; the thread's next KVM_RUN is made to return at once, so the watchdog ends the
+    /// run there and the guest does not run on).
+    pub fn wait_fetched(&self, page: PageIndex) -> (MutexGuard<'_, Inner>, bool) {
+        let mut inner = self.lock();
+        inner.sync_waiting.push(page);
+        // Held back since the exit that decided to wait: it would be for good.
+        super::held_back::complete_held_back_now(self, &mut inner, page);
+        let mut time_up = false;
+        while matches!(inner.core.state(page), Some(super::state::PageState::Fetching { .. })) {
+            if self.time_up.load(Ordering::Acquire) {
+                // SAFETY: raising the kick signal (which has a handler, watchdog::install_handler)
+                // on the calling thread, a vCPU thread, only marks its vCPU's next entry as an
+                // immediate exit.
+                unsafe { libc::raise(crate::watchdog::kick_signal()) };
+                inner.waits_ended_at_time_limit += 1;
+                time_up = true;
+                break;
+            }
+            inner = self.fetched.wait(inner).unwrap_or_else(|p| p.into_inner());
+        }
+        if let Some(at) = inner.sync_waiting.iter().position(|&p| p == page) {
+            inner.sync_waiting.swap_remove(at);
+        }
+        (inner, time_up)
+    }
+
+    /// The synchronous path's wait (an access's, or `VeSuspend`'s), on the vCPU thread:
+    /// [`Shared::wait_fetched`], the time waited added to `sync_wait_ns` and traced on the
+    /// vCPU's track as `what`. `outcome` reads the page's end state under the wait's lock (with
+    /// whether the time is up); `args` describes it for the trace.
+    pub fn timed_wait<R>(
+        &self,
+        vcpu: usize,
+        page: PageIndex,
+        what: &'static str,
+        outcome: impl FnOnce(&Inner, bool) -> R,
+        args: impl FnOnce(&R) -> Args,
+    ) -> R {
+        let since = Instant::now();
+        let (mut inner, time_up) = self.wait_fetched(page);
+        let until = Instant::now();
+        inner.core.counters.sync_wait_ns += (until - since).as_nanos() as u64;
+        let result = outcome(&inner, time_up);
+        let trace = inner.timeline.tracer().clone();
+        drop(inner);
+        trace.complete(Track::Vcpu(vcpu), what, since, until, || args(&result));
+        result
+    }
+
+    /// The run's time is up: every vCPU waiting in [`Shared::wait_fetched`] stops waiting.
+    pub fn end_waits(&self) {
+        let guard = self.lock();
+        self.time_up.store(true, Ordering::Release);
+        drop(guard);
+        self.fetched.notify_all();
     }
 
     pub fn lock(&self) -> MutexGuard<'_, Inner> {

@@ -186,8 +186,55 @@ pub struct Counters {
     /// page had not been taken yet ([`ResolutionTiming::AfterEventTaken`]).
     pub fetches_held_back: u64,
     /// Held pages, and held-back completions, released because an access had to wait for the
-    /// page synchronously.
+    /// page synchronously (or a `VeSuspend` asked to).
     pub holds_released_by_sync_wait: u64,
+    /// Of `sync_waits`, those in mode `ve` (the busy word set, an event already being injected,
+    /// an instruction KVM cannot emulate, or a vCPU with no VE area that could take no event).
+    pub sync_waits_in_ve_mode: u64,
+    /// #VEs raised (`HostCounter::VeDelivered`).
+    pub ve_delivered: u64,
+    /// Accesses that found the busy word set and waited (`HostCounter::VeBusyWaits`).
+    pub ve_busy_waits: u64,
+    /// `VeSuspend` requests served (`HostCounter::VeSuspends`).
+    pub ve_suspends: u64,
+    /// `VePark` requests that handed out a token (`HostCounter::VeParks`).
+    pub ve_parks: u64,
+}
+
+/// What an access raising #VE does to its page ([`PagerCore::on_ve_access`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VeAccess {
+    /// The page is present (it arrived meanwhile): no #VE.
+    Continue,
+    /// Raise #VE; make the page present first if `make_present` (an `Immediate` page: the
+    /// guest's request then answers at once), start a fetch if `fetch` says so.
+    Raise { fetch: Option<Fetch>, make_present: bool },
+}
+
+/// A #VE request ([`PagerCore::on_ve_request`]).
+#[allow(missing_debug_implementations, reason = "a token source is a pool of the glue's, with nothing to show")]
+pub enum VeRequest<'a> {
+    /// `VeSuspend`: the vCPU waits for the page.
+    Suspend,
+    /// `VePark`: a token of the vCPU's ring, from this source (`None`: no ring registered).
+    Park(Option<&'a mut dyn TokenSource>),
+}
+
+/// The answer to a #VE request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VeAnswer {
+    /// Beyond the region.
+    OutOfRange,
+    /// The outcome now (`RESULT_RETRY` or `RESULT_FAILED`); make the page present first if
+    /// `make_present` (an `Immediate` page).
+    Now { result: u32, make_present: bool },
+    /// `VeSuspend`: the vCPU waits until the page is no longer being fetched; start a fetch if
+    /// `fetch` says so (a held page released, or an absent one).
+    Wait { fetch: Option<Fetch> },
+    /// `VePark`: this token waits for the page; start a fetch if `fetch` says so.
+    Parked { token: Token, fetch: Option<Fetch> },
+    /// `VePark`: no token could be handed out; nothing changed.
+    NoToken,
 }
 
 /// Why an eviction was refused.
@@ -261,7 +308,7 @@ impl PagerCore {
     pub fn on_access(&mut self, vcpu: usize, page: PageIndex, source: Option<&mut dyn TokenSource>) -> Decision {
         let delivers = self.mode != HostMode::Sync;
         let via = source.as_ref().map(|s| s.via());
-        let token = || if delivers { source.and_then(|s| s.alloc()).zip(via) } else { None };
+        let token = || if delivers { alloc_with_via(source) } else { None };
         let Some(p) = self.pages.get_mut(page) else {
             return Decision::Continue;
         };
@@ -289,10 +336,8 @@ impl PagerCore {
                 }
             }
             PageState::Absent => {
-                let mut behaviour = std::mem::replace(&mut p.next_fetch, PageBehaviour::Normal);
-                if self.timing == ResolutionTiming::BeforeEvent && behaviour == PageBehaviour::Normal {
-                    behaviour = PageBehaviour::Immediate;
-                }
+                let behaviour =
+                    fetch_behaviour(self.timing, std::mem::replace(&mut p.next_fetch, PageBehaviour::Normal));
                 match behaviour {
                     PageBehaviour::Immediate => {
                         p.state = PageState::Present;
@@ -335,10 +380,111 @@ impl PagerCore {
             Decision::Wait { .. } => {
                 self.counters.sync_waits += 1;
                 self.counters.sync_waits_in_ring_mode += u64::from(self.mode == HostMode::Ring);
+                self.counters.sync_waits_in_ve_mode += u64::from(self.mode == HostMode::Ve);
             }
             Decision::Continue | Decision::PresentNow | Decision::StopFailedPage => {}
         }
         decision
+    }
+
+    /// Decides what happens to an access that raises #VE (mode `ve`, the vCPU's VE area free:
+    /// `ve::route`). A #VE carries no token: the page's fetch starts (unless held, or already
+    /// under way) with nobody waiting for it yet; the guest's request says who will. A failed
+    /// page raises #VE too: the request reports the failure.
+    pub fn on_ve_access(&mut self, page: PageIndex) -> VeAccess {
+        let Some(p) = self.pages.get_mut(page) else {
+            return VeAccess::Continue;
+        };
+        let access = match &mut p.state {
+            PageState::Present => VeAccess::Continue,
+            PageState::Failed | PageState::Fetching { .. } => VeAccess::Raise { fetch: None, make_present: false },
+            PageState::Absent => {
+                let behaviour =
+                    fetch_behaviour(self.timing, std::mem::replace(&mut p.next_fetch, PageBehaviour::Normal));
+                let failing = behaviour == PageBehaviour::Fail;
+                let held = behaviour == PageBehaviour::Held;
+                if behaviour == PageBehaviour::Immediate {
+                    p.state = PageState::Present;
+                    VeAccess::Raise { fetch: None, make_present: true }
+                } else {
+                    p.state = PageState::Fetching { failing, held, waiters: Vec::new() };
+                    VeAccess::Raise { fetch: (!held).then_some(Fetch::of(failing)), make_present: false }
+                }
+            }
+        };
+        if access != VeAccess::Continue {
+            self.counters.ve_delivered += 1;
+        }
+        access
+    }
+
+    /// Decides a #VE request for `page` by `vcpu`. A present or failed page answers at once; a
+    /// suspend waits for a page being fetched (releasing it if held) and starts the fetch of an
+    /// absent one; a park takes a token (none: [`VeAnswer::NoToken`], nothing changed) that
+    /// waits for the page like an event's, and starts the fetch of an absent page (which keeps
+    /// its behaviour: a held page stays held).
+    pub fn on_ve_request(&mut self, vcpu: usize, page: PageIndex, request: VeRequest<'_>) -> VeAnswer {
+        let Some(p) = self.pages.get_mut(page) else {
+            return VeAnswer::OutOfRange;
+        };
+        let suspend = matches!(request, VeRequest::Suspend);
+        let answer = match (&mut p.state, request) {
+            (PageState::Present, _) => VeAnswer::Now { result: RESULT_RETRY, make_present: false },
+            (PageState::Failed, _) => VeAnswer::Now { result: RESULT_FAILED, make_present: false },
+            (PageState::Fetching { failing, held, .. }, VeRequest::Suspend) => {
+                if *held {
+                    *held = false;
+                    self.counters.holds_released_by_sync_wait += 1;
+                    VeAnswer::Wait { fetch: Some(Fetch::of(*failing)) }
+                } else {
+                    VeAnswer::Wait { fetch: None }
+                }
+            }
+            (PageState::Fetching { waiters, .. }, VeRequest::Park(source)) => match alloc_with_via(source) {
+                Some((token, via)) => {
+                    waiters.push(TokenOut { vcpu, via, token });
+                    VeAnswer::Parked { token, fetch: None }
+                }
+                None => VeAnswer::NoToken,
+            },
+            (PageState::Absent, request) => {
+                let behaviour = fetch_behaviour(self.timing, p.next_fetch);
+                // Taken only when something will wait for the page: none back to return.
+                let token = match request {
+                    _ if behaviour == PageBehaviour::Immediate => None,
+                    VeRequest::Suspend => None,
+                    VeRequest::Park(source) => match alloc_with_via(source) {
+                        Some(t) => Some(t),
+                        None => return VeAnswer::NoToken,
+                    },
+                };
+                p.next_fetch = PageBehaviour::Normal;
+                let failing = behaviour == PageBehaviour::Fail;
+                // A suspended vCPU would wait for ever for a held page: the hold is dropped.
+                let held = behaviour == PageBehaviour::Held && token.is_some();
+                if behaviour == PageBehaviour::Held && token.is_none() {
+                    self.counters.holds_released_by_sync_wait += 1;
+                }
+                if behaviour == PageBehaviour::Immediate {
+                    p.state = PageState::Present;
+                    VeAnswer::Now { result: RESULT_RETRY, make_present: true }
+                } else {
+                    let fetch = (!held).then_some(Fetch::of(failing));
+                    let waiters = token.map(|(token, via)| TokenOut { vcpu, via, token }).into_iter().collect();
+                    p.state = PageState::Fetching { failing, held, waiters };
+                    match token {
+                        Some((token, _)) => VeAnswer::Parked { token, fetch },
+                        None => VeAnswer::Wait { fetch },
+                    }
+                }
+            }
+        };
+        match answer {
+            VeAnswer::Parked { .. } => self.counters.ve_parks += 1,
+            VeAnswer::OutOfRange | VeAnswer::NoToken => {}
+            VeAnswer::Now { .. } | VeAnswer::Wait { .. } => self.counters.ve_suspends += u64::from(suspend),
+        }
+        answer
     }
 
     fn count_result(&mut self, result: u32) {
@@ -453,5 +599,22 @@ impl PagerCore {
     }
 }
 
+/// How the fetch of an absent page whose next fetch is `next` goes under `timing`: a normal
+/// page is made present when touched under [`ResolutionTiming::BeforeEvent`].
+fn fetch_behaviour(timing: ResolutionTiming, next: PageBehaviour) -> PageBehaviour {
+    if timing == ResolutionTiming::BeforeEvent && next == PageBehaviour::Normal {
+        PageBehaviour::Immediate
+    } else {
+        next
+    }
+}
+
+/// A token of `source`, with the protocol it is from (`None`: no source, or no token free).
+fn alloc_with_via(source: Option<&mut dyn TokenSource>) -> Option<(Token, Via)> {
+    source.and_then(|s| s.alloc().map(|t| (t, s.via())))
+}
+
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod ve_tests;

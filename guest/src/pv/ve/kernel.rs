@@ -1,0 +1,467 @@
+//! The kernel glue of #VE: each vCPU's VE information area and its registration, the vector 20
+//! handler, its counters, and the per-vCPU test hook that lands an event at an exact point of
+//! the handler.
+
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, compiler_fence};
+
+use pvagent_abi::cpuid::Features;
+use pvagent_abi::hypercall::{Nr, Status};
+use pvagent_abi::pnp::{RESULT_FAILED, RESULT_RETRY, Token};
+use pvagent_abi::ve::{self as abi, VeInfo};
+
+use super::{Choice, Context, Copied, OnFailure, check_copy, decide, on_failure};
+use crate::arch::fault::{self, Fault};
+use crate::arch::hypercall::{self, HypercallError};
+use crate::arch::percpu::{self, CpuLocal, MAX_CPUS};
+use crate::arch::trap::{self, TrapFrame};
+use crate::cell::StaticCell;
+use crate::kprintln;
+use crate::pv::pnp;
+use crate::pv::tokens::Waiter;
+use crate::task;
+use crate::task::table::{ExitStatus, TaskId};
+
+/// One vCPU's VE information area: a whole page, 4 KiB aligned, as the VMCS field that would
+/// name it on VMX must be. Zero from the loader (`.bss`), which is what registration needs.
+#[repr(C, align(4096))]
+struct AreaPage([u8; 4096]);
+
+/// Shared with the host: accessed only through raw pointers, with atomic (`busy`) or volatile
+/// (the rest) accesses ([`area`], [`copy_area`]); no Rust reference to it is formed.
+static AREAS: StaticCell<[AreaPage; MAX_CPUS]> = StaticCell::new([const { AreaPage([0; 4096]) }; MAX_CPUS]);
+
+/// vCPU `cpu`'s area.
+fn area(cpu: usize) -> *mut VeInfo {
+    AREAS.get().cast::<AreaPage>().wrapping_add(cpu).cast::<VeInfo>()
+}
+
+fn busy_word(area: *mut VeInfo) -> &'static AtomicU32 {
+    // SAFETY: `busy` is a 4-byte aligned field of a static page; atomics are how memory the
+    // host also writes is accessed.
+    unsafe { AtomicU32::from_ptr(&raw mut (*area).busy) }
+}
+
+/// Copies the area to the stack: `busy` first, with acquire (the host stores it last, with
+/// release), then every other field with a volatile load. Never a reference into the area.
+#[inline(always)]
+fn copy_area(area: *mut VeInfo) -> VeInfo {
+    let busy = busy_word(area).load(Ordering::Acquire);
+    // SAFETY: every field lies in the static page and is naturally aligned; volatile because
+    // the host writes them behind the compiler's back.
+    unsafe {
+        VeInfo {
+            exit_reason: core::ptr::read_volatile(&raw const (*area).exit_reason),
+            busy,
+            exit_qualification: core::ptr::read_volatile(&raw const (*area).exit_qualification),
+            guest_linear_address: core::ptr::read_volatile(&raw const (*area).guest_linear_address),
+            guest_physical_address: core::ptr::read_volatile(&raw const (*area).guest_physical_address),
+            eptp_index: core::ptr::read_volatile(&raw const (*area).eptp_index),
+            reserved: [0; 6],
+        }
+    }
+}
+
+/// What one vCPU saw of #VE; atomics, so that any vCPU may read another's (the tests do).
+#[derive(Debug)]
+struct Counters {
+    /// #VEs that named a page (each is answered with one request or ends its context).
+    taken: AtomicU64,
+    /// Of those, taken inside another handler (trap depth above 1): nested entries.
+    nested: AtomicU64,
+    /// Tasks parked on a `VePark` token (counted once woken).
+    parked: AtomicU64,
+    /// Waits in the HLT loop on a `VePark` token.
+    halted: AtomicU64,
+    /// `VePark` tokens whose resolution the ring's table already held when the handler recorded
+    /// the token, so nobody waited (rare: interrupts stay off from the request to the record).
+    resolved_before_wait: AtomicU64,
+    /// `VeSuspend` requests.
+    suspended: AtomicU64,
+    /// `VePark` answered "no token" (the ring's tokens are all out): suspended instead.
+    park_refused: AtomicU64,
+    /// `VePark` answered with the outcome at once (no token).
+    answered_at_once: AtomicU64,
+    /// Tokens the ring's table rejected (counted there too): suspended instead.
+    token_rejected: AtomicU64,
+    /// Pages that failed.
+    failed: AtomicU64,
+    /// #VEs whose area the host had not marked busy.
+    not_busy: AtomicU64,
+    /// #VEs with an exit reason other than an EPT violation.
+    unknown_reason: AtomicU64,
+    /// #VEs delivered while this vCPU's busy word was still set (the host broke the contract).
+    busy_violations: AtomicU64,
+    /// Copies discarded because such a #VE came while they were taken.
+    discarded: AtomicU64,
+}
+
+impl Counters {
+    const fn new() -> Self {
+        Self {
+            taken: AtomicU64::new(0),
+            nested: AtomicU64::new(0),
+            parked: AtomicU64::new(0),
+            halted: AtomicU64::new(0),
+            resolved_before_wait: AtomicU64::new(0),
+            suspended: AtomicU64::new(0),
+            park_refused: AtomicU64::new(0),
+            answered_at_once: AtomicU64::new(0),
+            token_rejected: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            not_busy: AtomicU64::new(0),
+            unknown_reason: AtomicU64::new(0),
+            busy_violations: AtomicU64::new(0),
+            discarded: AtomicU64::new(0),
+        }
+    }
+
+    fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A vCPU's #VE state. Only its own vCPU writes it, from the handler (interrupts off) or, for
+/// the hook, from a test about to cause a #VE.
+#[derive(Debug)]
+struct VeCpu {
+    /// Set from the handler's entry until right after its store of `busy = 0`: a #VE that finds
+    /// it set was delivered while the busy word was still set.
+    copying: AtomicBool,
+    /// A test hook ([`Hook`] bits) for the next #VE on this vCPU, taken by it; 0 almost always.
+    hook: AtomicU32,
+    /// The page the hook touches, and what it read there.
+    hook_gpa: AtomicU64,
+    hook_value: AtomicU64,
+    counters: Counters,
+}
+
+static CPUS: CpuLocal<VeCpu> = CpuLocal::new(
+    [const {
+        VeCpu {
+            copying: AtomicBool::new(false),
+            hook: AtomicU32::new(0),
+            hook_gpa: AtomicU64::new(0),
+            hook_value: AtomicU64::new(0),
+            counters: Counters::new(),
+        }
+    }; MAX_CPUS],
+);
+
+/// Whether the boot vCPU registered an area (each AP then registers its own).
+static REGISTERED: AtomicBool = AtomicBool::new(false);
+
+/// Registers this vCPU's area and the handler, when the host produces #VE
+/// ([`Features::VE`]) and offers its demand pager; otherwise nothing (QEMU, AMD, a host without
+/// it): the page-not-present ring and the synchronous path serve every access as before. No
+/// console line and no command line key: boot is held to an instruction budget.
+pub fn init() {
+    let offered = crate::arch::platform().hypervisor.host_features().has(Features::VE);
+    let pager = pnp::host_region().is_some_and(|(region, _)| region.pages > 0);
+    if !(offered && pager) {
+        return;
+    }
+    trap::register(abi::VECTOR, on_ve);
+    match register() {
+        Ok(()) => REGISTERED.store(true, Ordering::Relaxed),
+        Err(e) => kprintln!("ve: registration refused: {e:?}"),
+    }
+}
+
+/// An AP's part of [`init`]: its own area.
+pub fn init_cpu() {
+    if REGISTERED.load(Ordering::Relaxed)
+        && let Err(e) = register()
+    {
+        kprintln!("ve: registration refused on vCPU {}: {e:?}", percpu::index());
+    }
+}
+
+/// Registers this vCPU's area (zero: its busy word is 0, so #VE is armed).
+fn register() -> Result<(), Fault> {
+    fault::probe_write_msr(abi::MSR_VE_INFO, area(percpu::index()) as u64 | abi::MSR_ENABLE)
+}
+
+/// Whether the boot vCPU registered its area.
+pub fn registered() -> bool {
+    REGISTERED.load(Ordering::Relaxed)
+}
+
+/// `MSR_VE_INFO` as the host holds it for this vCPU, and the value this vCPU registered. Only
+/// where [`registered`] (the host serves the MSR then).
+pub fn registration() -> (u64, u64) {
+    // SAFETY: the host accepted a write of this MSR at boot, so it serves its read; reading it
+    // has no effect.
+    let held = unsafe { x86_64::registers::model_specific::Msr::new(abi::MSR_VE_INFO).read() };
+    (held, area(percpu::index()) as u64 | abi::MSR_ENABLE)
+}
+
+/// Test hooks: what the next #VE on this vCPU does at one exact point of its handler.
+pub mod hook {
+    /// Before `busy = 0`: read the hook's page (the host must not deliver a second #VE; the
+    /// vCPU waits synchronously, unless the host was told to ignore the busy word).
+    pub const TOUCH_BEFORE_CLEAR: u32 = 1 << 0;
+    /// Right after `busy = 0`, before the decision: read the hook's page (a nested #VE, legal).
+    pub const TOUCH_AFTER_CLEAR: u32 = 1 << 1;
+    /// Right after `busy = 0`: `VeInjectNmi` (an NMI in the middle of the handler).
+    pub const NMI_AFTER_CLEAR: u32 = 1 << 2;
+    /// With [`TOUCH_BEFORE_CLEAR`]: arm the host's `fault::IGNORE_BUSY` right before the touch
+    /// (armed earlier, the #VE this hook runs in would have used it up), so that the host
+    /// breaks the contract exactly there.
+    pub const IGNORE_BUSY_FOR_TOUCH: u32 = 1 << 3;
+}
+
+/// Arms `hook` bits for the next #VE on this vCPU, with `gpa` the page the touching hooks read.
+pub fn arm_hook(hook: u32, gpa: u64) {
+    let me = CPUS.get();
+    me.hook_gpa.store(gpa, Ordering::Relaxed);
+    me.hook_value.store(0, Ordering::Relaxed);
+    me.hook.store(hook, Ordering::Release);
+}
+
+/// Whether this vCPU's hook is still armed (no #VE took it yet), and what its touch read.
+pub fn hook_state() -> (bool, u64) {
+    let me = CPUS.get();
+    (me.hook.load(Ordering::Acquire) != 0, me.hook_value.load(Ordering::Relaxed))
+}
+
+/// Runs the hook bits `hook` selects among `which`. Out of line: the handler's own path is a
+/// load and a branch.
+#[cold]
+#[inline(never)]
+fn run_hook(me: &VeCpu, hook: u32, which: u32) {
+    if hook & which & hook::TOUCH_BEFORE_CLEAR != 0 && hook & hook::IGNORE_BUSY_FOR_TOUCH != 0 {
+        let _ = set_faults(abi::fault::IGNORE_BUSY);
+    }
+    if hook & which & (hook::TOUCH_BEFORE_CLEAR | hook::TOUCH_AFTER_CLEAR) != 0 {
+        let gpa = me.hook_gpa.load(Ordering::Relaxed);
+        // SAFETY: the test gave a word of the demand-paged region, identity mapped for the
+        // kernel; the load is what reaches the host.
+        let value = unsafe { core::ptr::read_volatile(gpa as *const u64) };
+        me.hook_value.store(value, Ordering::Relaxed);
+    }
+    if hook & which & hook::NMI_AFTER_CLEAR != 0 {
+        let _ = hypercall::call(Nr::VeInjectNmi, [0; 4]);
+    }
+}
+
+/// Vector 20. Copy, check, re-arm, then decide from the copy and the frame alone (module docs;
+/// docs/design.md, "#VE: the guest's handler").
+fn on_ve(frame: &mut TrapFrame) {
+    let cpu = percpu::index();
+    let (me, area) = (CPUS.of(cpu), area(cpu));
+    // A #VE while an outer handler of this vCPU has not re-armed the area yet: the host
+    // delivered it over a set busy word. The area may hold this one's report or a torn mix:
+    // nothing here is acted on (the outer handler discards its copy, below).
+    if me.copying.swap(true, Ordering::Relaxed) {
+        busy_violation(me, frame);
+        return;
+    }
+    let violations = me.counters.busy_violations.load(Ordering::Relaxed);
+    let info = copy_area(area);
+    let hook = me.hook.load(Ordering::Relaxed);
+    if hook != 0 {
+        me.hook.store(0, Ordering::Relaxed);
+        run_hook(me, hook, hook::TOUCH_BEFORE_CLEAR);
+    }
+    let gpa = match check_copy(&info) {
+        Copied::Page { gpa } => gpa,
+        // Not re-armed: a busy word the host set stays set, so a host that reports what this
+        // guest does not know raises no further #VE here (its accesses wait synchronously).
+        Copied::NotBusy { busy } => return odd_ve(me, &me.counters.not_busy, "not marked busy", busy, frame),
+        Copied::UnknownReason { reason } => {
+            return odd_ve(me, &me.counters.unknown_reason, "with an unknown exit reason", reason, frame);
+        }
+    };
+    // Re-arm: from here on the host may deliver the next #VE, which nests below this frame on
+    // the same stack and overwrites nothing of this handler's.
+    busy_word(area).store(0, Ordering::Release);
+    me.copying.store(false, Ordering::Release);
+    // Neither the store above nor the check below moves across the other.
+    compiler_fence(Ordering::SeqCst);
+    if me.counters.busy_violations.load(Ordering::Relaxed) != violations {
+        // A #VE came over the set busy word while this copy was being taken: the copy may be
+        // torn. Dropping it is safe: a fault-type #VE's access is retried and raises a fresh
+        // #VE; a trap-type's access completed with its data already.
+        Counters::add(&me.counters.discarded);
+        return;
+    }
+    if hook != 0 {
+        run_hook(me, hook, hook::TOUCH_AFTER_CLEAR | hook::NMI_AFTER_CLEAR);
+    }
+    Counters::add(&me.counters.taken);
+    let (context, current) = context_of(frame);
+    if context.trap_depth > 1 {
+        Counters::add(&me.counters.nested);
+    }
+    let (token, result) = match decide(context) {
+        // `decide` parks only a context it asked the scheduler about, which named its task.
+        Choice::Park => park(me, gpa, current.map_or(Waiter::Halt, Waiter::Task)),
+        Choice::HltLoop => park(me, gpa, Waiter::Halt),
+        Choice::Suspend => (abi::NO_TOKEN as u32, suspend(me, gpa)),
+    };
+    if result == RESULT_FAILED {
+        Counters::add(&me.counters.failed);
+        page_failed(context, frame, token, gpa);
+    }
+}
+
+/// The context the #VE interrupted, as [`decide`] takes it. The scheduler and the ring are asked
+/// only when the context had interrupts on: one with them off may be inside a borrow of their
+/// per-vCPU state (every borrow keeps interrupts off), which asking again from here would find
+/// taken; nor is it needed, since with interrupts off the answer is to suspend whatever the rest
+/// says (and a failed page stops the run). With the context, its task when it was asked.
+fn context_of(frame: &TrapFrame) -> (Context, Option<TaskId>) {
+    let mut context = Context {
+        interrupts_were_on: frame.interrupts_were_enabled(),
+        trap_depth: percpu::trap_depth(),
+        idle: false,
+        no_sleep: false,
+        other_ready: false,
+        cpl: frame.cpl(),
+        ring_registered: false,
+    };
+    if !context.interrupts_were_on {
+        return (context, None);
+    }
+    let scheduler = task::trap_context();
+    (context.idle, context.no_sleep, context.other_ready) = (scheduler.idle, scheduler.no_sleep, scheduler.other_ready);
+    context.ring_registered = pnp::registered_entries() != 0;
+    (context, Some(scheduler.current))
+}
+
+/// `VePark`, then the wait its answer calls for; returns the token (or [`abi::NO_TOKEN`]) and
+/// the page's outcome.
+fn park(me: &VeCpu, gpa: u64, waiter: Waiter) -> (u32, u32) {
+    match host_call(Nr::VePark, gpa) {
+        Ok([abi::NO_TOKEN, outcome]) => {
+            Counters::add(&me.counters.answered_at_once);
+            (abi::NO_TOKEN as u32, outcome as u32)
+        }
+        Ok([token, _]) => {
+            let token = Token(token as u32);
+            match pnp::wait_for_token(token, gpa, waiter) {
+                Ok((result, waited)) => {
+                    let count = match (waited, waiter) {
+                        (false, _) => &me.counters.resolved_before_wait,
+                        (true, Waiter::Task(_)) => &me.counters.parked,
+                        (true, Waiter::Halt) => &me.counters.halted,
+                    };
+                    Counters::add(count);
+                    (token.0, result)
+                }
+                Err(why) => {
+                    // The table counted it; its resolution, when it comes, is dropped there.
+                    Counters::add(&me.counters.token_rejected);
+                    kprintln!("ve: park token {:#x} rejected: {why:?}", token.0);
+                    (abi::NO_TOKEN as u32, suspend(me, gpa))
+                }
+            }
+        }
+        Err(HypercallError::Status(Status::NoToken)) => {
+            Counters::add(&me.counters.park_refused);
+            (abi::NO_TOKEN as u32, suspend(me, gpa))
+        }
+        Err(e) => fault::fatal(format_args!("ve: VePark({gpa:#x}) failed: {e:?}")),
+    }
+}
+
+/// `VeSuspend`: the host keeps the vCPU until the page is present or failed.
+fn suspend(me: &VeCpu, gpa: u64) -> u32 {
+    Counters::add(&me.counters.suspended);
+    match host_call(Nr::VeSuspend, gpa) {
+        Ok([result, _]) if result == u64::from(RESULT_RETRY) || result == u64::from(RESULT_FAILED) => result as u32,
+        other => fault::fatal(format_args!("ve: VeSuspend({gpa:#x}) answered {other:?}")),
+    }
+}
+
+fn host_call(nr: Nr, gpa: u64) -> Result<[u64; 2], HypercallError> {
+    hypercall::call(nr, [gpa, 0, 0, 0])
+}
+
+/// The page at `gpa` failed: the task that touched it ends, or, for a context that is no task
+/// that can be ended, the run.
+fn page_failed(context: Context, frame: &TrapFrame, token: u32, gpa: u64) {
+    match on_failure(context) {
+        OnFailure::EndTask => {
+            kprintln!("task {} ended: its page {gpa:#x} failed (#VE)", task::name(task::current()));
+            task::exit_current(ExitStatus::Killed(pnp::PageFailed { token, gpa }.into()));
+        }
+        OnFailure::StopRun => fault::fatal(format_args!(
+            "page {gpa:#x} failed under a context that cannot be ended (#VE at rip {:#x}, trap depth {}, interrupts {})",
+            frame.rip,
+            context.trap_depth,
+            if context.interrupts_were_on { "on" } else { "off" }
+        )),
+    }
+}
+
+/// A #VE delivered over a set busy word: counted, reported once per vCPU naming the rule.
+#[cold]
+fn busy_violation(me: &VeCpu, frame: &TrapFrame) {
+    if me.counters.busy_violations.fetch_add(1, Ordering::Relaxed) == 0 {
+        kprintln!(
+            "ve: the host delivered #VE while the busy word was set (rip {:#x}): the rule is no #VE until the guest writes 0; ignored",
+            frame.rip
+        );
+    }
+}
+
+/// A #VE this guest cannot act on: counted, reported the first time per vCPU, returned from.
+#[cold]
+fn odd_ve(me: &VeCpu, counter: &AtomicU64, what: &str, value: u32, frame: &TrapFrame) {
+    me.copying.store(false, Ordering::Release);
+    if counter.fetch_add(1, Ordering::Relaxed) == 0 {
+        kprintln!("ve: #VE {what} ({value:#x}) at rip {:#x}: ignored", frame.rip);
+    }
+}
+
+/// What vCPU `cpu` saw of #VE.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub taken: u64,
+    pub nested: u64,
+    pub parked: u64,
+    pub halted: u64,
+    pub resolved_before_wait: u64,
+    pub suspended: u64,
+    pub park_refused: u64,
+    pub answered_at_once: u64,
+    pub token_rejected: u64,
+    pub failed: u64,
+    pub not_busy: u64,
+    pub unknown_reason: u64,
+    pub busy_violations: u64,
+    pub discarded: u64,
+}
+
+/// vCPU `cpu`'s counters.
+pub fn stats_of(cpu: usize) -> Stats {
+    let c = &CPUS.of(cpu).counters;
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    Stats {
+        taken: get(&c.taken),
+        nested: get(&c.nested),
+        parked: get(&c.parked),
+        halted: get(&c.halted),
+        resolved_before_wait: get(&c.resolved_before_wait),
+        suspended: get(&c.suspended),
+        park_refused: get(&c.park_refused),
+        answered_at_once: get(&c.answered_at_once),
+        token_rejected: get(&c.token_rejected),
+        failed: get(&c.failed),
+        not_busy: get(&c.not_busy),
+        unknown_reason: get(&c.unknown_reason),
+        busy_violations: get(&c.busy_violations),
+        discarded: get(&c.discarded),
+    }
+}
+
+/// This vCPU's counters.
+pub fn stats() -> Stats {
+    stats_of(percpu::index())
+}
+
+/// Arms the host's [`abi::fault`] switches for the next #VE delivered to this vCPU.
+pub fn set_faults(switches: u64) -> Result<u64, HypercallError> {
+    hypercall::call(Nr::VeSetFaults, [switches, 0, 0, 0]).map(|r| r[0])
+}
