@@ -305,6 +305,47 @@ fn an_nmi_armed_with_no_present_ve_gate_stops_the_run_before_the_ve() {
     assert_eq!(r.guest_exit_code, None);
 }
 
+/// Under `AfterEventTaken` a #VE the handler leaves unanswered holds its page's fetch back (a
+/// zero latency: the fetch is done, and held back, before the #VE is delivered); `forget` (run
+/// by the handler) must end that: the handler then waits, polling `PnpStats`, until the page
+/// has been fetched. Without the release it would poll until the run's limit.
+fn an_unanswered_ve_stops_holding_its_fetch(name: &str, forget: Code32) {
+    let main = prologue(true)
+        .hypercall(BLOCK, Nr::PnpSetTiming as u32, pnp::ResolutionTiming::AfterEventTaken as u32)
+        .expect_eax(Status::Ok as u32, 70)
+        .load(TARGET)
+        .exit(NO_VE);
+    let poll = Code32::new()
+        .hypercall(HANDLER_BLOCK, Nr::PnpStats as u32, pnp::HostCounter::PagesFetched as u32)
+        .load(ret(HANDLER_BLOCK, 0))
+        // cmp eax, 1
+        .emit(&[0x83, 0xF8, 0x01]);
+    // jne rel32 back to the poll's start.
+    let back = -(poll.len() as i32 + 6);
+    let handler = forget.then(poll).emit(&[0x0F, 0x85]).emit(&back.to_le_bytes()).exit(OK);
+    let latency = Latency { min: std::time::Duration::ZERO, max: std::time::Duration::ZERO };
+    let r = run(name, image(main, handler), PagerConfig { latency, ..ve_pager() }, 60);
+    assert!(r.passed(), "exit {:?}: {:?}", r.guest_exit_code, r.host_error);
+    let c = &r.report;
+    let counts = ["pager.ve_delivered", "pager.fetches_held_back", "pager.ve_suspends"];
+    assert_eq!(counts.map(|k| c.get(k)), [1, 1, 0], "{:?}", c.counters);
+}
+
+/// Disabling the VE area forgets its unanswered #VE.
+#[test]
+fn disabling_the_ve_area_releases_the_fetch_its_unanswered_ve_held() {
+    an_unanswered_ve_stops_holding_its_fetch("ve-forget-msr.elf", Code32::new().wrmsr(abi::MSR_VE_INFO, 0));
+}
+
+/// Leaving mode `ve` forgets every unanswered #VE.
+#[test]
+fn leaving_mode_ve_releases_the_fetch_an_unanswered_ve_held() {
+    let forget = Code32::new()
+        .hypercall(HANDLER_BLOCK, Nr::PnpSetMode as u32, HostMode::Ring as u32)
+        .expect_eax(Status::Ok as u32, 71);
+    an_unanswered_ve_stops_holding_its_fetch("ve-forget-mode.elf", forget);
+}
+
 /// `VeInjectNmi`: the NMI is taken right after the hypercall's `out`.
 #[test]
 fn ve_inject_nmi_lands_right_after_the_out() {
