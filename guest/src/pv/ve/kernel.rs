@@ -160,10 +160,34 @@ static CPUS: CpuLocal<VeCpu> = CpuLocal::new(
 /// Whether the boot vCPU registered an area (each AP then registers its own).
 static REGISTERED: AtomicBool = AtomicBool::new(false);
 
-/// The demand-paged region's guest-physical range, `[start, end)`, set before the handler is
-/// registered: the only pages a #VE may name ([`check_copy`]).
+/// The demand-paged region's guest-physical range, `[start, end)`: the only pages a #VE may
+/// name ([`check_copy`]). Filled by the first #VE that finds `end` 0 ([`region`]), not at boot,
+/// which is held to its own budget; asking `pnp::host_region` on every #VE cost 14
+/// instructions more than these two loads.
 static REGION_START: AtomicU64 = AtomicU64::new(0);
 static REGION_END: AtomicU64 = AtomicU64::new(0);
+
+/// The region's range, as [`REGION_START`] says.
+#[inline(always)]
+fn region() -> core::ops::Range<u64> {
+    // Acquire: pairs with `fill_region`'s release store of `end`, after `start`.
+    let end = REGION_END.load(Ordering::Acquire);
+    if end == 0 {
+        return fill_region();
+    }
+    REGION_START.load(Ordering::Relaxed)..end
+}
+
+/// The first #VE's part of [`region`]: the region `init` registered the handler for (every
+/// vCPU that races here stores the same values).
+#[cold]
+#[inline(never)]
+fn fill_region() -> core::ops::Range<u64> {
+    let region = pnp::host_region().map_or(0..0, |(region, _)| region.base..region.end());
+    REGION_START.store(region.start, Ordering::Relaxed);
+    REGION_END.store(region.end, Ordering::Release);
+    region
+}
 
 /// Registers this vCPU's area and the handler, when the host produces #VE
 /// ([`Features::VE`]) and offers its demand pager; otherwise nothing (QEMU, AMD, a host without
@@ -171,12 +195,10 @@ static REGION_END: AtomicU64 = AtomicU64::new(0);
 /// console line and no command line key: boot is held to an instruction budget.
 pub fn init() {
     let offered = crate::arch::platform().hypervisor.host_features().has(Features::VE);
-    let region = pnp::host_region().map(|(region, _)| region).filter(|region| region.pages > 0);
-    let Some(region) = region.filter(|_| offered) else {
+    let pager = pnp::host_region().is_some_and(|(region, _)| region.pages > 0);
+    if !(offered && pager) {
         return;
-    };
-    REGION_START.store(region.base, Ordering::Relaxed);
-    REGION_END.store(region.end(), Ordering::Relaxed);
+    }
     trap::register(abi::VECTOR, on_ve);
     match register() {
         Ok(()) => REGISTERED.store(true, Ordering::Relaxed),
@@ -280,8 +302,7 @@ fn on_ve(frame: &mut TrapFrame) {
         me.hook.store(0, Ordering::Relaxed);
         run_hook(me, hook, hook::TOUCH_BEFORE_CLEAR);
     }
-    let region = REGION_START.load(Ordering::Relaxed)..REGION_END.load(Ordering::Relaxed);
-    let gpa = match check_copy(&info, region) {
+    let gpa = match check_copy(&info, region()) {
         Copied::Page { gpa } => gpa,
         // Not re-armed: a busy word the host set stays set, so a host that reports what this
         // guest does not know raises no further #VE here (its accesses wait synchronously).
