@@ -64,67 +64,71 @@ fn copy_area(area: *mut VeInfo) -> VeInfo {
     }
 }
 
-/// What one vCPU saw of #VE; atomics, so that any vCPU may read another's (the tests do).
-#[derive(Debug)]
-struct Counters {
+/// Declares each vCPU's #VE counters once: [`Counters`] (atomics, so that any vCPU may read
+/// another's; the tests do) and [`Stats`], a copy of them, with the same names and docs.
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $name:ident,)*) => {
+        #[derive(Debug)]
+        struct Counters {
+            $($(#[doc = $doc])* $name: AtomicU64,)*
+        }
+
+        impl Counters {
+            const fn new() -> Self {
+                Self { $($name: AtomicU64::new(0),)* }
+            }
+
+            fn stats(&self) -> Stats {
+                Stats { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+
+        /// What a vCPU saw of #VE.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct Stats {
+            $($(#[doc = $doc])* pub $name: u64,)*
+        }
+    };
+}
+
+counters! {
     /// #VEs that named a page (each is answered with one request or ends its context).
-    taken: AtomicU64,
+    taken,
     /// Of those, taken inside another handler (trap depth above 1): nested entries.
-    nested: AtomicU64,
+    nested,
     /// Tasks parked on a `VePark` token (counted once woken).
-    parked: AtomicU64,
+    parked,
     /// Waits in the HLT loop on a `VePark` token.
-    halted: AtomicU64,
+    halted,
     /// `VePark` tokens whose resolution the ring's table already held when the handler recorded
     /// the token, so nobody waited (rare: interrupts stay off from the request to the record).
-    resolved_before_wait: AtomicU64,
+    resolved_before_wait,
     /// `VeSuspend` requests.
-    suspended: AtomicU64,
+    suspended,
     /// `VePark` answered "no token" (the ring's tokens are all out): suspended instead.
-    park_refused: AtomicU64,
+    park_refused,
     /// `VePark` answered with the outcome at once (no token).
-    answered_at_once: AtomicU64,
+    answered_at_once,
     /// Tokens the ring's table rejected (counted there too): suspended instead.
-    token_rejected: AtomicU64,
+    token_rejected,
     /// Pages that failed.
-    failed: AtomicU64,
+    failed,
     /// #VEs whose area the host had not marked busy.
-    not_busy: AtomicU64,
+    not_busy,
     /// #VEs with an exit reason other than an EPT violation.
-    unknown_reason: AtomicU64,
+    unknown_reason,
     /// #VEs delivered while this vCPU's busy word was still set (the host broke the contract).
-    busy_violations: AtomicU64,
+    busy_violations,
     /// Copies discarded because such a #VE came while they were taken.
-    discarded: AtomicU64,
+    discarded,
     /// #VEs naming a page outside the demand-paged region.
-    outside_region: AtomicU64,
+    outside_region,
     /// Answers to `VePark` or `VeSuspend` the ABI does not allow (an outcome other than exactly
     /// retry or failed, a token wider than 32 bits or with sequence 0).
-    bad_answers: AtomicU64,
+    bad_answers,
 }
 
 impl Counters {
-    const fn new() -> Self {
-        Self {
-            taken: AtomicU64::new(0),
-            nested: AtomicU64::new(0),
-            parked: AtomicU64::new(0),
-            halted: AtomicU64::new(0),
-            resolved_before_wait: AtomicU64::new(0),
-            suspended: AtomicU64::new(0),
-            park_refused: AtomicU64::new(0),
-            answered_at_once: AtomicU64::new(0),
-            token_rejected: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            not_busy: AtomicU64::new(0),
-            unknown_reason: AtomicU64::new(0),
-            busy_violations: AtomicU64::new(0),
-            discarded: AtomicU64::new(0),
-            outside_region: AtomicU64::new(0),
-            bad_answers: AtomicU64::new(0),
-        }
-    }
-
     fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -376,7 +380,7 @@ fn context_of(frame: &TrapFrame) -> (Context, Option<TaskId>) {
 /// `VePark`, then the wait its answer calls for; returns the token (or [`abi::NO_TOKEN`]) and
 /// the page's outcome.
 fn park(me: &VeCpu, gpa: u64, waiter: Waiter) -> (u32, u32) {
-    match host_call(Nr::VePark, gpa).map(check_park_answer) {
+    match hypercall::call(Nr::VePark, [gpa, 0, 0, 0]).map(check_park_answer) {
         Ok(ParkAnswer::AtOnce { outcome }) => {
             Counters::add(&me.counters.answered_at_once);
             (abi::NO_TOKEN as u32, outcome)
@@ -421,7 +425,7 @@ fn park(me: &VeCpu, gpa: u64, waiter: Waiter) -> (u32, u32) {
 /// for "failed" could end a task whose page is fine.
 fn suspend(me: &VeCpu, gpa: u64) -> u32 {
     Counters::add(&me.counters.suspended);
-    match host_call(Nr::VeSuspend, gpa) {
+    match hypercall::call(Nr::VeSuspend, [gpa, 0, 0, 0]) {
         Ok([answer, _]) => check_outcome(answer).unwrap_or_else(|| {
             bad_answer(me, "VeSuspend", gpa);
             fault::fatal(format_args!("ve: VeSuspend({gpa:#x}) answered {answer:#x}, not an outcome"))
@@ -437,10 +441,6 @@ fn bad_answer(me: &VeCpu, request: &str, gpa: u64) {
     if me.counters.bad_answers.fetch_add(1, Ordering::Relaxed) == 0 {
         kreport!("ve: the host's answer to {request}({gpa:#x}) is no token and no outcome: suspended instead");
     }
-}
-
-fn host_call(nr: Nr, gpa: u64) -> Result<[u64; 2], HypercallError> {
-    hypercall::call(nr, [gpa, 0, 0, 0])
 }
 
 /// The page at `gpa` failed: the task that touched it ends, or, for a context that is no task
@@ -480,49 +480,9 @@ fn odd_ve(me: &VeCpu, counter: &AtomicU64, what: &str, value: impl core::fmt::Lo
     }
 }
 
-/// What vCPU `cpu` saw of #VE.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    pub taken: u64,
-    pub nested: u64,
-    pub parked: u64,
-    pub halted: u64,
-    pub resolved_before_wait: u64,
-    pub suspended: u64,
-    pub park_refused: u64,
-    pub answered_at_once: u64,
-    pub token_rejected: u64,
-    pub failed: u64,
-    pub not_busy: u64,
-    pub unknown_reason: u64,
-    pub busy_violations: u64,
-    pub discarded: u64,
-    pub outside_region: u64,
-    pub bad_answers: u64,
-}
-
 /// vCPU `cpu`'s counters.
 pub fn stats_of(cpu: usize) -> Stats {
-    let c = &CPUS.of(cpu).counters;
-    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    Stats {
-        taken: get(&c.taken),
-        nested: get(&c.nested),
-        parked: get(&c.parked),
-        halted: get(&c.halted),
-        resolved_before_wait: get(&c.resolved_before_wait),
-        suspended: get(&c.suspended),
-        park_refused: get(&c.park_refused),
-        answered_at_once: get(&c.answered_at_once),
-        token_rejected: get(&c.token_rejected),
-        failed: get(&c.failed),
-        not_busy: get(&c.not_busy),
-        unknown_reason: get(&c.unknown_reason),
-        busy_violations: get(&c.busy_violations),
-        discarded: get(&c.discarded),
-        outside_region: get(&c.outside_region),
-        bad_answers: get(&c.bad_answers),
-    }
+    CPUS.of(cpu).counters.stats()
 }
 
 /// This vCPU's counters.
