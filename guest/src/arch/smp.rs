@@ -13,7 +13,7 @@
 //!
 //! ```text
 //!   0x8000  real mode (CS base 0x8000, DS 0)  lgdt the trampoline's GDT, CR0.PE
-//!           32-bit (selector 0x08)            CR4.PAE, CR3 = boot_pml4, EFER.LME|NXE, CR0 = KERNEL_CR0
+//!           32-bit (selector 0x08)            CR4 = KERNEL_CR4, CR3 = boot_pml4, EFER.LME|NXE, CR0 = KERNEL_CR0
 //!   image   64-bit (selector 0x18)            CR3 = the kernel's, RSP = the AP's stack, call ap_main
 //! ```
 
@@ -94,8 +94,7 @@ ap_tramp32:
     mov %eax, %ds
     mov %eax, %es
     mov %eax, %ss
-    mov %cr4, %eax
-    or $(1 << 5), %eax              # CR4.PAE
+    mov ${cr4}, %eax                # CR4 whole (KERNEL_CR4: PAE only; FSGSBASE clear)
     mov %eax, %cr4
     mov $boot_pml4, %eax            # the boot tables: they map this page, executable
     mov %eax, %cr3
@@ -143,6 +142,7 @@ ap_start64:
 "#,
     base = const TRAMPOLINE,
     cr0 = const crate::boot::entry::KERNEL_CR0,
+    cr4 = const crate::boot::entry::KERNEL_CR4,
     ap_boot = sym AP_BOOT,
     off_cr3 = const AP_BOOT_CR3,
     off_stack = const AP_BOOT_STACK,

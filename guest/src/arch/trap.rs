@@ -179,7 +179,8 @@ trap_return:                        # also where a new CPL 3 task starts (see ta
 # before its `swapgs` (CS already the kernel's, GS still the user's), or on the exit path
 # between `swapgs` and `iretq`. So it asks the GS base itself, as Linux's paranoid entry does:
 # CPL 3 code always runs with GS base 0 (`percpu::init` leaves 0 in KERNEL_GS_BASE, and
-# without CR4.FSGSBASE user code cannot change it), the kernel never does (its per-vCPU area).
+# CR4.FSGSBASE is clear, `boot::entry::KERNEL_CR4` being loaded whole, so user code cannot
+# change it), the kernel never does (its per-vCPU area).
 # Whether it swapped is kept in the frame's error code slot (an NMI has no error code), and
 # the exit swaps back exactly then: the interrupted code gets the GS it had.
 nmi_common:

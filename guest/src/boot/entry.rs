@@ -30,6 +30,12 @@ const _: () = assert!(BOOT_PD_ENTRIES <= 512 && BOOT_MAPPED_LIMIT.is_multiple_of
 /// (0x60000010). The boot entry and the AP trampoline (`arch::smp`) both load it.
 pub const KERNEL_CR0: u32 = (1 << 0) | (1 << 1) | (1 << 4) | (1 << 5) | (1 << 16) | (1 << 31);
 
+/// CR4 on every vCPU from its entry on: PAE, and nothing else. Loaded whole for the same reason
+/// as [`KERNEL_CR0`], and because the kernel relies on bits being clear: FSGSBASE (without it
+/// CPL 3 cannot set its own GS base, which the NMI entry's test of "is GS the user's?" relies
+/// on, `arch::trap`), TSD (CPL 3 may read the time-stamp counter). Both entries load it.
+pub const KERNEL_CR4: u32 = 1 << 5;
+
 /// Size of the boot stack; the boot context later becomes vCPU 0's idle task on this stack.
 pub const BOOT_STACK_SIZE: usize = 64 * 1024;
 
@@ -57,8 +63,7 @@ pvh_start32:
     # stub's loader writes them, QEMU's writes them on every reset). Clearing them here cost the
     # emulated boot a string iteration per byte, most of its time.
 
-    mov %cr4, %eax
-    or $(1 << 5), %eax              # CR4.PAE
+    mov ${cr4}, %eax                # CR4 whole (KERNEL_CR4: PAE only; FSGSBASE clear)
     mov %eax, %cr4
     mov $boot_pml4, %eax
     mov %eax, %cr3
@@ -139,6 +144,7 @@ boot_pd:
 "#,
     stack_size = const BOOT_STACK_SIZE,
     cr0 = const KERNEL_CR0,
+    cr4 = const KERNEL_CR4,
     boot_pd_entries = const BOOT_PD_ENTRIES,
     note_type = const pvagent_abi::pvh::XEN_ELFNOTE_PHYS32_ENTRY,
     options(att_syntax)

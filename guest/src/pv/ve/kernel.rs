@@ -6,28 +6,31 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, compiler_fe
 
 use pvagent_abi::cpuid::Features;
 use pvagent_abi::hypercall::{Nr, Status};
-use pvagent_abi::pnp::{RESULT_FAILED, RESULT_RETRY, Token};
+use pvagent_abi::pnp::RESULT_FAILED;
 use pvagent_abi::ve::{self as abi, VeInfo};
 
-use super::{Choice, Context, Copied, OnFailure, check_copy, decide, on_failure};
+use super::{
+    Choice, Context, Copied, OnFailure, ParkAnswer, check_copy, check_outcome, check_park_answer, decide, on_failure,
+};
 use crate::arch::fault::{self, Fault};
 use crate::arch::hypercall::{self, HypercallError};
 use crate::arch::percpu::{self, CpuLocal, MAX_CPUS};
 use crate::arch::trap::{self, TrapFrame};
 use crate::cell::StaticCell;
-use crate::kprintln;
 use crate::pv::pnp;
 use crate::pv::tokens::Waiter;
 use crate::task;
 use crate::task::table::{ExitStatus, TaskId};
+use crate::{kprintln, kreport};
 
 /// One vCPU's VE information area: a whole page, 4 KiB aligned, as the VMCS field that would
 /// name it on VMX must be. Zero from the loader (`.bss`), which is what registration needs.
 #[repr(C, align(4096))]
 struct AreaPage([u8; 4096]);
 
-/// Shared with the host: accessed only through raw pointers, with atomic (`busy`) or volatile
-/// (the rest) accesses ([`area`], [`copy_area`]); no Rust reference to it is formed.
+/// Shared with the host: accessed through raw pointers, atomically (`busy`, [`busy_word`]: the
+/// one reference formed into it is an `AtomicU32`'s, which memory another agent writes allows)
+/// or with volatile loads (the rest, [`copy_area`]); no plain Rust reference to it is formed.
 static AREAS: StaticCell<[AreaPage; MAX_CPUS]> = StaticCell::new([const { AreaPage([0; 4096]) }; MAX_CPUS]);
 
 /// vCPU `cpu`'s area.
@@ -61,60 +64,71 @@ fn copy_area(area: *mut VeInfo) -> VeInfo {
     }
 }
 
-/// What one vCPU saw of #VE; atomics, so that any vCPU may read another's (the tests do).
-#[derive(Debug)]
-struct Counters {
+/// Declares each vCPU's #VE counters once: [`Counters`] (atomics, so that any vCPU may read
+/// another's; the tests do) and [`Stats`], a copy of them, with the same names and docs.
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $name:ident,)*) => {
+        #[derive(Debug)]
+        struct Counters {
+            $($(#[doc = $doc])* $name: AtomicU64,)*
+        }
+
+        impl Counters {
+            const fn new() -> Self {
+                Self { $($name: AtomicU64::new(0),)* }
+            }
+
+            fn stats(&self) -> Stats {
+                Stats { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+
+        /// What a vCPU saw of #VE.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct Stats {
+            $($(#[doc = $doc])* pub $name: u64,)*
+        }
+    };
+}
+
+counters! {
     /// #VEs that named a page (each is answered with one request or ends its context).
-    taken: AtomicU64,
+    taken,
     /// Of those, taken inside another handler (trap depth above 1): nested entries.
-    nested: AtomicU64,
+    nested,
     /// Tasks parked on a `VePark` token (counted once woken).
-    parked: AtomicU64,
+    parked,
     /// Waits in the HLT loop on a `VePark` token.
-    halted: AtomicU64,
+    halted,
     /// `VePark` tokens whose resolution the ring's table already held when the handler recorded
     /// the token, so nobody waited (rare: interrupts stay off from the request to the record).
-    resolved_before_wait: AtomicU64,
+    resolved_before_wait,
     /// `VeSuspend` requests.
-    suspended: AtomicU64,
+    suspended,
     /// `VePark` answered "no token" (the ring's tokens are all out): suspended instead.
-    park_refused: AtomicU64,
+    park_refused,
     /// `VePark` answered with the outcome at once (no token).
-    answered_at_once: AtomicU64,
+    answered_at_once,
     /// Tokens the ring's table rejected (counted there too): suspended instead.
-    token_rejected: AtomicU64,
+    token_rejected,
     /// Pages that failed.
-    failed: AtomicU64,
+    failed,
     /// #VEs whose area the host had not marked busy.
-    not_busy: AtomicU64,
+    not_busy,
     /// #VEs with an exit reason other than an EPT violation.
-    unknown_reason: AtomicU64,
+    unknown_reason,
     /// #VEs delivered while this vCPU's busy word was still set (the host broke the contract).
-    busy_violations: AtomicU64,
+    busy_violations,
     /// Copies discarded because such a #VE came while they were taken.
-    discarded: AtomicU64,
+    discarded,
+    /// #VEs naming a page outside the demand-paged region.
+    outside_region,
+    /// Answers to `VePark` or `VeSuspend` the ABI does not allow (an outcome other than exactly
+    /// retry or failed, a token wider than 32 bits or with sequence 0).
+    bad_answers,
 }
 
 impl Counters {
-    const fn new() -> Self {
-        Self {
-            taken: AtomicU64::new(0),
-            nested: AtomicU64::new(0),
-            parked: AtomicU64::new(0),
-            halted: AtomicU64::new(0),
-            resolved_before_wait: AtomicU64::new(0),
-            suspended: AtomicU64::new(0),
-            park_refused: AtomicU64::new(0),
-            answered_at_once: AtomicU64::new(0),
-            token_rejected: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            not_busy: AtomicU64::new(0),
-            unknown_reason: AtomicU64::new(0),
-            busy_violations: AtomicU64::new(0),
-            discarded: AtomicU64::new(0),
-        }
-    }
-
     fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -149,6 +163,35 @@ static CPUS: CpuLocal<VeCpu> = CpuLocal::new(
 
 /// Whether the boot vCPU registered an area (each AP then registers its own).
 static REGISTERED: AtomicBool = AtomicBool::new(false);
+
+/// The demand-paged region's guest-physical range, `[start, end)`: the only pages a #VE may
+/// name ([`check_copy`]). Filled by the first #VE that finds `end` 0 ([`region`]), not at boot,
+/// which is held to its own budget; asking `pnp::host_region` on every #VE cost 14
+/// instructions more than these two loads.
+static REGION_START: AtomicU64 = AtomicU64::new(0);
+static REGION_END: AtomicU64 = AtomicU64::new(0);
+
+/// The region's range, as [`REGION_START`] says.
+#[inline(always)]
+fn region() -> core::ops::Range<u64> {
+    // Acquire: pairs with `fill_region`'s release store of `end`, after `start`.
+    let end = REGION_END.load(Ordering::Acquire);
+    if end == 0 {
+        return fill_region();
+    }
+    REGION_START.load(Ordering::Relaxed)..end
+}
+
+/// The first #VE's part of [`region`]: the region `init` registered the handler for (every
+/// vCPU that races here stores the same values).
+#[cold]
+#[inline(never)]
+fn fill_region() -> core::ops::Range<u64> {
+    let region = pnp::host_region().map_or(0..0, |(region, _)| region.base..region.end());
+    REGION_START.store(region.start, Ordering::Relaxed);
+    REGION_END.store(region.end, Ordering::Release);
+    region
+}
 
 /// Registers this vCPU's area and the handler, when the host produces #VE
 /// ([`Features::VE`]) and offers its demand pager; otherwise nothing (QEMU, AMD, a host without
@@ -263,13 +306,18 @@ fn on_ve(frame: &mut TrapFrame) {
         me.hook.store(0, Ordering::Relaxed);
         run_hook(me, hook, hook::TOUCH_BEFORE_CLEAR);
     }
-    let gpa = match check_copy(&info) {
+    let gpa = match check_copy(&info, region()) {
         Copied::Page { gpa } => gpa,
         // Not re-armed: a busy word the host set stays set, so a host that reports what this
         // guest does not know raises no further #VE here (its accesses wait synchronously).
         Copied::NotBusy { busy } => return odd_ve(me, &me.counters.not_busy, "not marked busy", busy, frame),
         Copied::UnknownReason { reason } => {
             return odd_ve(me, &me.counters.unknown_reason, "with an unknown exit reason", reason, frame);
+        }
+        // Also not re-armed: an access the host keeps reporting outside the region then waits
+        // in the host, synchronously, instead of raising the same report again and again.
+        Copied::OutsideRegion { gpa } => {
+            return odd_ve(me, &me.counters.outside_region, "outside the demand-paged region", gpa, frame);
         }
     };
     // Re-arm: from here on the host may deliver the next #VE, which nests below this frame on
@@ -332,13 +380,18 @@ fn context_of(frame: &TrapFrame) -> (Context, Option<TaskId>) {
 /// `VePark`, then the wait its answer calls for; returns the token (or [`abi::NO_TOKEN`]) and
 /// the page's outcome.
 fn park(me: &VeCpu, gpa: u64, waiter: Waiter) -> (u32, u32) {
-    match host_call(Nr::VePark, gpa) {
-        Ok([abi::NO_TOKEN, outcome]) => {
+    match hypercall::call(Nr::VePark, [gpa, 0, 0, 0]).map(check_park_answer) {
+        Ok(ParkAnswer::AtOnce { outcome }) => {
             Counters::add(&me.counters.answered_at_once);
-            (abi::NO_TOKEN as u32, outcome as u32)
+            (abi::NO_TOKEN as u32, outcome)
         }
-        Ok([token, _]) => {
-            let token = Token(token as u32);
+        Ok(ParkAnswer::Malformed) => {
+            // Neither a token the ring could hold nor an outcome: waiting on it could take
+            // another access's resolution, or none would come. The host keeps the vCPU instead.
+            bad_answer(me, "VePark", gpa);
+            (abi::NO_TOKEN as u32, suspend(me, gpa))
+        }
+        Ok(ParkAnswer::Token(token)) => {
             match pnp::wait_for_token(token, gpa, waiter) {
                 Ok((result, waited)) => {
                     let count = match (waited, waiter) {
@@ -352,7 +405,7 @@ fn park(me: &VeCpu, gpa: u64, waiter: Waiter) -> (u32, u32) {
                 Err(why) => {
                     // The table counted it; its resolution, when it comes, is dropped there.
                     Counters::add(&me.counters.token_rejected);
-                    kprintln!("ve: park token {:#x} rejected: {why:?}", token.0);
+                    kreport!("ve: park token {:#x} rejected: {why:?}", token.0);
                     (abi::NO_TOKEN as u32, suspend(me, gpa))
                 }
             }
@@ -365,17 +418,29 @@ fn park(me: &VeCpu, gpa: u64, waiter: Waiter) -> (u32, u32) {
     }
 }
 
-/// `VeSuspend`: the host keeps the vCPU until the page is present or failed.
+/// `VeSuspend`: the host keeps the vCPU until the page is present or failed. An answer that is
+/// no outcome ([`check_outcome`], as for `VePark`) is counted like `VePark`'s, and then stops
+/// the run: suspending is already the fallback, and taking it for "present" could go on
+/// without the page's data (a CPL 0 access completes before its #VE on PVM) while taking it
+/// for "failed" could end a task whose page is fine.
 fn suspend(me: &VeCpu, gpa: u64) -> u32 {
     Counters::add(&me.counters.suspended);
-    match host_call(Nr::VeSuspend, gpa) {
-        Ok([result, _]) if result == u64::from(RESULT_RETRY) || result == u64::from(RESULT_FAILED) => result as u32,
-        other => fault::fatal(format_args!("ve: VeSuspend({gpa:#x}) answered {other:?}")),
+    match hypercall::call(Nr::VeSuspend, [gpa, 0, 0, 0]) {
+        Ok([answer, _]) => check_outcome(answer).unwrap_or_else(|| {
+            bad_answer(me, "VeSuspend", gpa);
+            fault::fatal(format_args!("ve: VeSuspend({gpa:#x}) answered {answer:#x}, not an outcome"))
+        }),
+        Err(e) => fault::fatal(format_args!("ve: VeSuspend({gpa:#x}) failed: {e:?}")),
     }
 }
 
-fn host_call(nr: Nr, gpa: u64) -> Result<[u64; 2], HypercallError> {
-    hypercall::call(nr, [gpa, 0, 0, 0])
+/// An answer the ABI does not allow ([`check_park_answer`], [`check_outcome`]): counted, and
+/// reported the first time per vCPU.
+#[cold]
+fn bad_answer(me: &VeCpu, request: &str, gpa: u64) {
+    if me.counters.bad_answers.fetch_add(1, Ordering::Relaxed) == 0 {
+        kreport!("ve: the host's answer to {request}({gpa:#x}) is no token and no outcome: suspended instead");
+    }
 }
 
 /// The page at `gpa` failed: the task that touched it ends, or, for a context that is no task
@@ -383,7 +448,7 @@ fn host_call(nr: Nr, gpa: u64) -> Result<[u64; 2], HypercallError> {
 fn page_failed(context: Context, frame: &TrapFrame, token: u32, gpa: u64) {
     match on_failure(context) {
         OnFailure::EndTask => {
-            kprintln!("task {} ended: its page {gpa:#x} failed (#VE)", task::name(task::current()));
+            kreport!("task {} ended: its page {gpa:#x} failed (#VE)", task::name(task::current()));
             task::exit_current(ExitStatus::Killed(pnp::PageFailed { token, gpa }.into()));
         }
         OnFailure::StopRun => fault::fatal(format_args!(
@@ -399,7 +464,7 @@ fn page_failed(context: Context, frame: &TrapFrame, token: u32, gpa: u64) {
 #[cold]
 fn busy_violation(me: &VeCpu, frame: &TrapFrame) {
     if me.counters.busy_violations.fetch_add(1, Ordering::Relaxed) == 0 {
-        kprintln!(
+        kreport!(
             "ve: the host delivered #VE while the busy word was set (rip {:#x}): the rule is no #VE until the guest writes 0; ignored",
             frame.rip
         );
@@ -408,52 +473,16 @@ fn busy_violation(me: &VeCpu, frame: &TrapFrame) {
 
 /// A #VE this guest cannot act on: counted, reported the first time per vCPU, returned from.
 #[cold]
-fn odd_ve(me: &VeCpu, counter: &AtomicU64, what: &str, value: u32, frame: &TrapFrame) {
+fn odd_ve(me: &VeCpu, counter: &AtomicU64, what: &str, value: impl core::fmt::LowerHex, frame: &TrapFrame) {
     me.copying.store(false, Ordering::Release);
     if counter.fetch_add(1, Ordering::Relaxed) == 0 {
-        kprintln!("ve: #VE {what} ({value:#x}) at rip {:#x}: ignored", frame.rip);
+        kreport!("ve: #VE {what} ({value:#x}) at rip {:#x}: ignored", frame.rip);
     }
-}
-
-/// What vCPU `cpu` saw of #VE.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    pub taken: u64,
-    pub nested: u64,
-    pub parked: u64,
-    pub halted: u64,
-    pub resolved_before_wait: u64,
-    pub suspended: u64,
-    pub park_refused: u64,
-    pub answered_at_once: u64,
-    pub token_rejected: u64,
-    pub failed: u64,
-    pub not_busy: u64,
-    pub unknown_reason: u64,
-    pub busy_violations: u64,
-    pub discarded: u64,
 }
 
 /// vCPU `cpu`'s counters.
 pub fn stats_of(cpu: usize) -> Stats {
-    let c = &CPUS.of(cpu).counters;
-    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    Stats {
-        taken: get(&c.taken),
-        nested: get(&c.nested),
-        parked: get(&c.parked),
-        halted: get(&c.halted),
-        resolved_before_wait: get(&c.resolved_before_wait),
-        suspended: get(&c.suspended),
-        park_refused: get(&c.park_refused),
-        answered_at_once: get(&c.answered_at_once),
-        token_rejected: get(&c.token_rejected),
-        failed: get(&c.failed),
-        not_busy: get(&c.not_busy),
-        unknown_reason: get(&c.unknown_reason),
-        busy_violations: get(&c.busy_violations),
-        discarded: get(&c.discarded),
-    }
+    CPUS.of(cpu).counters.stats()
 }
 
 /// This vCPU's counters.

@@ -10,7 +10,10 @@
 //! anywhere a nested handler could change it. docs/design.md ("#VE: the guest's handler") says
 //! why that is enough.
 
-use pvagent_abi::ve::{BUSY, EXIT_REASON_EPT_VIOLATION, VeInfo};
+use core::ops::Range;
+
+use pvagent_abi::pnp::{RESULT_FAILED, RESULT_RETRY, Token};
+use pvagent_abi::ve::{BUSY, EXIT_REASON_EPT_VIOLATION, NO_TOKEN, VeInfo};
 
 #[cfg(kernel)]
 mod kernel;
@@ -27,17 +30,60 @@ pub enum Copied {
     NotBusy { busy: u32 },
     /// An exit reason other than an EPT violation: nothing this guest knows how to answer.
     UnknownReason { reason: u32 },
+    /// An EPT violation outside the demand-paged region: the host has no page to fetch there,
+    /// so asking it to park or suspend on it would be refused (and the refusal would stop the
+    /// run). Counted, reported once, ignored, like the two above.
+    OutsideRegion { gpa: u64 },
 }
 
 /// Checks a copy of the area: the busy word first (a copy of an area the host did not mark is
-/// no report at all), then the reason.
-pub fn check_copy(info: &VeInfo) -> Copied {
+/// no report at all), then the reason, then that the page lies in `region`, the demand-paged
+/// region's guest-physical range.
+pub fn check_copy(info: &VeInfo, region: Range<u64>) -> Copied {
+    let gpa = info.guest_physical_address;
     if info.busy != BUSY {
         Copied::NotBusy { busy: info.busy }
     } else if info.exit_reason != EXIT_REASON_EPT_VIOLATION {
         Copied::UnknownReason { reason: info.exit_reason }
+    } else if !region.contains(&gpa) {
+        Copied::OutsideRegion { gpa }
     } else {
-        Copied::Page { gpa: info.guest_physical_address }
+        Copied::Page { gpa }
+    }
+}
+
+/// A page's outcome as the host answers it (`VePark` with no token, `VeSuspend`): exactly
+/// [`RESULT_RETRY`] or [`RESULT_FAILED`], or `None`, a host that broke the ABI (a value that
+/// only truncates to one of them is no answer either).
+pub fn check_outcome(answer: u64) -> Option<u32> {
+    [RESULT_RETRY, RESULT_FAILED].into_iter().find(|&outcome| answer == u64::from(outcome))
+}
+
+/// What a `VePark` answer says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParkAnswer {
+    /// A ring token to wait on: 32 bits with a sequence number that is not 0
+    /// (`pvagent_abi::pnp::Token`; whether its slot is one the ring handed out is the ring's
+    /// table to say).
+    Token(Token),
+    /// No token: the page's outcome at once.
+    AtOnce { outcome: u32 },
+    /// Neither: a token wider than 32 bits or with sequence 0 (which, cut to 32 bits, could
+    /// alias a live token and take another access's resolution), or no token and an outcome
+    /// that is no outcome. The handler counts it and suspends instead.
+    Malformed,
+}
+
+/// Reads a `VePark` answer (`ret[0]`, `ret[1]`).
+pub fn check_park_answer(ret: [u64; 2]) -> ParkAnswer {
+    match ret {
+        [NO_TOKEN, outcome] => {
+            check_outcome(outcome).map_or(ParkAnswer::Malformed, |outcome| ParkAnswer::AtOnce { outcome })
+        }
+        [token, _] => match u32::try_from(token) {
+            Ok(token) if Token(token).sequence() != 0 => ParkAnswer::Token(Token(token)),
+            _ => ParkAnswer::Malformed,
+        },
     }
 }
 
@@ -146,19 +192,59 @@ mod tests {
         }
     }
 
+    const REGION: Range<u64> = 0x4000_0000..0x4010_0000;
+
+    fn check(info: &VeInfo) -> Copied {
+        check_copy(info, REGION)
+    }
+
     #[test]
     fn a_marked_ept_violation_names_its_page() {
-        assert_eq!(check_copy(&area(0x4000_1000)), Copied::Page { gpa: 0x4000_1000 });
+        assert_eq!(check(&area(0x4000_1000)), Copied::Page { gpa: 0x4000_1000 });
+        assert_eq!(check(&area(0x400F_FFFF)), Copied::Page { gpa: 0x400F_FFFF }, "the region's last byte");
+    }
+
+    #[test]
+    fn a_page_outside_the_region_is_no_report_to_act_on() {
+        for gpa in [0, 0x3FFF_FFFF, 0x4010_0000, u64::MAX] {
+            assert_eq!(check(&area(gpa)), Copied::OutsideRegion { gpa }, "{gpa:#x}");
+        }
+    }
+
+    #[test]
+    fn only_exact_outcomes_are_outcomes() {
+        assert_eq!(check_outcome(0), Some(RESULT_RETRY));
+        assert_eq!(check_outcome(1), Some(RESULT_FAILED));
+        for bad in [2, 0x1_0000_0000, 0x1_0000_0001, u64::MAX] {
+            assert_eq!(check_outcome(bad), None, "{bad:#x}");
+        }
+    }
+
+    #[test]
+    fn a_park_answer_is_a_token_an_outcome_or_malformed() {
+        assert_eq!(check_park_answer([0x0001_0003, 0]), ParkAnswer::Token(Token::new(3, 1)));
+        assert_eq!(check_park_answer([0xFFFF_FFFF, 9]), ParkAnswer::Token(Token(0xFFFF_FFFF)), "ret[1] unused");
+        assert_eq!(check_park_answer([NO_TOKEN, 0]), ParkAnswer::AtOnce { outcome: RESULT_RETRY });
+        assert_eq!(check_park_answer([NO_TOKEN, 1]), ParkAnswer::AtOnce { outcome: RESULT_FAILED });
+        for (ret, why) in [
+            ([NO_TOKEN, 2], "no outcome"),
+            ([NO_TOKEN, 0x1_0000_0001], "an outcome only after truncation"),
+            ([0x1_0000_0000, 0], "a token that truncates to 0"),
+            ([0x1_0001_0003, 0], "a token that truncates to a live one"),
+            ([0x0000_0003, 0], "sequence 0"),
+        ] {
+            assert_eq!(check_park_answer(ret), ParkAnswer::Malformed, "{why}");
+        }
     }
 
     #[test]
     fn an_area_the_host_did_not_mark_busy_is_no_report() {
         for busy in [0, 1, 0x7FFF_FFFF] {
-            assert_eq!(check_copy(&VeInfo { busy, ..area(0x1000) }), Copied::NotBusy { busy });
+            assert_eq!(check(&VeInfo { busy, ..area(0x1000) }), Copied::NotBusy { busy });
         }
         // Busy is looked at first: an unmarked area says nothing, not even its reason.
-        assert_eq!(check_copy(&VeInfo { busy: 0, exit_reason: 7, ..area(0) }), Copied::NotBusy { busy: 0 });
-        assert_eq!(check_copy(&VeInfo { exit_reason: 49, ..area(0) }), Copied::UnknownReason { reason: 49 });
+        assert_eq!(check(&VeInfo { busy: 0, exit_reason: 7, ..area(0) }), Copied::NotBusy { busy: 0 });
+        assert_eq!(check(&VeInfo { exit_reason: 49, ..area(0) }), Copied::UnknownReason { reason: 49 });
     }
 
     #[test]
