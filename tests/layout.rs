@@ -16,6 +16,7 @@ use pvagent_host::producers::Producers;
 use pvagent_host::producers::churn::ChurnConfig;
 use pvagent_host::producers::pager::config::PagerConfig;
 use pvagent_host::producers::pager::uffd::{Missing, Uffd};
+use pvagent_host::producers::released::ReleasedConfig;
 use pvagent_host::vm_memory::mmap::MmapRegionBuilder;
 use pvagent_host::{AttachCtx, ExitHandler, RunResult, Vm};
 use pvagent_tests::{Code32, config, guest_elf, run_stub_configured, temp_file, tiny_elf};
@@ -79,8 +80,18 @@ fn vcpus_waiting_for_pages_in_the_host_or_in_kvm_are_held_too() {
     }
 }
 
+/// The memslot self-tests, with the released region in the run too (a memslot the layout does
+/// not manage: the guest's move onto it must be refused).
 fn run_memslot_tests(hold: bool, vcpus: usize) -> RunResult {
-    run_churning("tests=memslot", vcpus, ChurnConfig { ram_every: None, hold }, Some(PagerConfig::default()))
+    let mut c = config(guest_elf(), "tests=memslot");
+    c.vcpus = vcpus;
+    let producers = Producers {
+        churn: Some(ChurnConfig { ram_every: None, hold }),
+        pager: Some(PagerConfig::default()),
+        released: Some(ReleasedConfig::default()),
+        ..Producers::defaults()
+    };
+    run_stub_configured(c, &producers)
 }
 
 const MEMSLOT_TESTS: [&str; 2] = [
@@ -96,6 +107,9 @@ fn assert_memslot_tests_passed(r: &RunResult) {
     // The guest asked for four splits and four merges, one hot-add and two moves.
     assert_eq!((c.get("churn.region_splits"), c.get("churn.region_merges")), (4, 4));
     assert_eq!((c.get("churn.hot_added"), c.get("churn.moved")), (1, 2));
+    // And four moves the host cannot make (wrapping, unaligned, above any physical address,
+    // onto the released region), answered status 2 with the run going on.
+    assert_eq!(c.get("churn.refused"), 4, "{:?}", r.report.lines);
 }
 
 /// Workers on three vCPUs execute code from the churn region and write and check data in it

@@ -65,12 +65,34 @@ pub struct Held<'a> {
     pub since: Instant,
     /// How long the vCPUs took to come out.
     pub stopping: Duration,
+    /// The gate was opened already ([`Held::release`]).
+    released: bool,
+}
+
+impl Held<'_> {
+    /// Opens the gate and says how long the vCPUs were held: from the request to the moment the
+    /// gate opened, read under the gate's lock before it opens, so that the time the vCPUs take
+    /// to wake up and run again (and this thread to be scheduled) is not counted as held.
+    pub fn release(mut self) -> Duration {
+        self.open()
+    }
+
+    fn open(&mut self) -> Duration {
+        let mut state = self.gate.lock();
+        let held = self.since.elapsed();
+        state.closed = false;
+        drop(state);
+        self.released = true;
+        self.gate.changed.notify_all();
+        held
+    }
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        self.gate.lock().closed = false;
-        self.gate.changed.notify_all();
+        if !self.released {
+            self.open();
+        }
     }
 }
 
@@ -134,7 +156,7 @@ impl HoldGate {
             state = self.changed.wait_timeout(state, HOLD_BOUND - waited).unwrap_or_else(|p| p.into_inner()).0;
         }
         drop(state);
-        Ok(Held { gate: self, _one_update: one_update, since, stopping: since.elapsed() })
+        Ok(Held { gate: self, _one_update: one_update, since, stopping: since.elapsed(), released: false })
     }
 }
 
@@ -199,5 +221,28 @@ mod tests {
         threads.gate.wake();
         assert!(waiter.join().expect("waiter"), "it did not enter");
         drop(held);
+    }
+
+    /// The hold time ends when the gate opens, not when the releasing thread gets to read the
+    /// clock afterwards: a thread waiting at the gate enters at or after the end of the hold.
+    #[test]
+    fn the_hold_time_ends_before_any_waiting_thread_enters() {
+        let threads = Arc::new(VcpuThreads::default());
+        for _ in 0..20 {
+            let held = threads.gate.hold(&threads).expect("nobody inside");
+            let since = held.since;
+            let waiter = {
+                let threads = threads.clone();
+                std::thread::spawn(move || {
+                    let guard = threads.gate.enter(|| false).expect("not stopping");
+                    let entered = Instant::now();
+                    drop(guard);
+                    entered
+                })
+            };
+            let time = held.release();
+            let entered = waiter.join().expect("waiter");
+            assert!(since + time <= entered, "held {time:?}, but a waiting thread entered {:?} in", entered - since);
+        }
     }
 }
