@@ -176,11 +176,11 @@ impl ExitHandler for Blocking {
 
 /// A vCPU blocked inside KVM on a userfaultfd page takes no signal here: holding the vCPUs
 /// waits until the page is supplied. Forced by events: the test waits for the vCPU's fault to
-/// arrive (it is blocked), then for the hold to close the gate, and only then marks and supplies
-/// the page; the hold must see the mark once it has every vCPU out (a hold that did not wait
-/// for the blocked vCPU would not: checked by breaking it). Then an update (which KVM itself
-/// would also make wait: its memslot change waits for the fault's SRCU read section) and the
-/// guest reads the supplied value.
+/// arrive (it is blocked), then until either the hold says it is waiting for that vCPU or the
+/// hold returned (which it must not do while the vCPU is blocked: the test fails at once if it
+/// did), and only then supplies the page. Then an update (which KVM itself would also make wait:
+/// its memslot change waits for the fault's SRCU read section) and the guest reads the supplied
+/// value.
 #[test]
 fn an_update_waits_for_a_vcpu_blocked_in_kvm_on_a_userfaultfd_page() {
     pvagent_tests::require_kvm();
@@ -203,10 +203,12 @@ fn an_update_waits_for_a_vcpu_blocked_in_kvm_on_a_userfaultfd_page() {
         waiting("fault");
     }
     let supplied = Arc::new(AtomicBool::new(false));
+    let got_hold = Arc::new(AtomicBool::new(false));
     let update = {
-        let (layout, supplied) = (layout.clone(), supplied.clone());
+        let (layout, supplied, got_hold) = (layout.clone(), supplied.clone(), got_hold.clone());
         std::thread::spawn(move || {
             let held = layout.hold().expect("the hold");
+            got_hold.store(true, Ordering::SeqCst);
             let supplied_first = supplied.load(Ordering::SeqCst);
             drop(held);
             let applied =
@@ -214,8 +216,9 @@ fn an_update_waits_for_a_vcpu_blocked_in_kvm_on_a_userfaultfd_page() {
             (applied.map(|a| a.stopping), supplied_first)
         })
     };
-    while !layout.holding() {
-        waiting("hold");
+    while !layout.waiting_for_vcpus() {
+        assert!(!got_hold.load(Ordering::SeqCst), "the hold returned while the vCPU was blocked inside KVM_RUN");
+        waiting("hold waiting for the blocked vCPU");
     }
     supplied.store(true, Ordering::SeqCst);
     let mut page = [0u8; 4096];

@@ -31,6 +31,8 @@ struct GateState {
     closed: bool,
     /// vCPU threads between [`HoldGate::enter`] and the end of their KVM_RUN.
     in_guest: usize,
+    /// A hold closed the gate and waits for vCPUs still inside KVM_RUN.
+    waiting: bool,
 }
 
 /// The gate every KVM_RUN passes (one per run, in [`VcpuThreads`]).
@@ -127,6 +129,11 @@ impl HoldGate {
         self.lock().closed
     }
 
+    /// Whether a hold closed the gate and is waiting for a vCPU still inside KVM_RUN.
+    pub fn is_waiting(&self) -> bool {
+        self.lock().waiting
+    }
+
     /// Wakes threads waiting at the gate (the run is stopping: they must see it).
     pub fn wake(&self) {
         let _state = self.lock();
@@ -145,16 +152,19 @@ impl HoldGate {
         threads.kick_all();
         let mut state = self.lock();
         while state.in_guest > 0 {
+            state.waiting = true;
             let waited = since.elapsed();
             if waited >= HOLD_BOUND {
                 let in_guest = state.in_guest;
                 state.closed = false;
+                state.waiting = false;
                 drop(state);
                 self.changed.notify_all();
                 return Err(HoldTimedOut { in_guest });
             }
             state = self.changed.wait_timeout(state, HOLD_BOUND - waited).unwrap_or_else(|p| p.into_inner()).0;
         }
+        state.waiting = false;
         drop(state);
         Ok(Held { gate: self, _one_update: one_update, since, stopping: since.elapsed(), released: false })
     }

@@ -143,6 +143,12 @@ impl LayoutHandle {
         self.0.threads.gate.is_closed()
     }
 
+    /// Whether a hold (an update's or [`LayoutHandle::hold`]'s) is waiting for a vCPU that is
+    /// still inside KVM_RUN: the gate is closed and it has not got every vCPU out yet.
+    pub fn waiting_for_vcpus(&self) -> bool {
+        self.0.threads.gate.is_waiting()
+    }
+
     /// Every region now.
     pub fn regions(&self) -> Vec<Region> {
         self.table().slots().map(|(_, r)| r.clone()).collect()

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES;
 use pvagent_abi::hypercall::{Nr, Status};
-use pvagent_abi::layout::{CHURN_CODE, CHURN_CODE_OFFSET, LayoutStepKind, RegionKind, fill_value};
+use pvagent_abi::layout::{CHURN_CODE, CHURN_CODE_OFFSET, CHURN_REGION_SPLIT, LayoutStepKind, RegionKind, fill_value};
 use pvagent_abi::pvh::{HvmMemmapEntry, MEMMAP_TYPE_RESERVED};
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{MmapRegion, VolatileMemory};
@@ -36,8 +36,8 @@ use crate::layout::{Hold, LayoutHandle};
 const NAME: &str = "churn";
 /// Where the churn region is (above the demand pager's and the released region's defaults).
 pub const CHURN_GPA: u64 = 6 << 30;
-/// Its size: one 2 MiB page, split at its middle.
-pub const CHURN_BYTES: u64 = 2 << 20;
+/// Its size: twice the ABI's split point (the split is at its middle).
+pub const CHURN_BYTES: u64 = 2 * CHURN_REGION_SPLIT;
 /// Where hot-added regions go: one after another from here, 2 MiB each.
 pub const HOT_ADD_GPA: u64 = 7 << 30;
 pub const HOT_ADD_BYTES: u64 = 2 << 20;
@@ -169,7 +169,7 @@ fn churn_update(layout: &LayoutHandle, update: &Update, hold: Hold, progress: &M
 
 /// The churn region's next change.
 fn region_step(layout: &LayoutHandle, hold: Hold, progress: &Mutex<Progress>) -> Result<()> {
-    let middle = CHURN_GPA + CHURN_BYTES / 2;
+    let middle = CHURN_GPA + CHURN_REGION_SPLIT;
     let split = layout.find(middle).is_some_and(|(_, r)| r.gpa != middle);
     if split {
         churn_update(
@@ -262,7 +262,7 @@ impl Churn {
 
     /// `Nr::LayoutDirty`.
     fn dirty(&self, page: u64) -> HypercallAnswer {
-        let first = CHURN_BYTES / 2 / 0x1000;
+        let first = CHURN_REGION_SPLIT / 0x1000;
         let Some(bit) = page.checked_sub(first).filter(|b| *b < first) else {
             return Some(Err(Status::InvalidArgument));
         };
