@@ -60,6 +60,8 @@ pub enum Error {
     LayoutUndone(Box<Error>),
     #[error("a layout update could not hold the vCPUs: {in_guest} still inside KVM_RUN after {}s (a vCPU waiting in KVM for memory nobody supplies)", crate::layout::hold::HOLD_BOUND.as_secs())]
     LayoutHold { in_guest: usize },
+    #[error("the run ended while a layout update waited for {in_guest} vCPUs to come out of KVM_RUN")]
+    LayoutHoldEnded { in_guest: usize },
     #[error("{exits} exits at guest memory while layout updates held every vCPU: an update was not atomic")]
     RaceExits { exits: u64 },
     #[error("KVM_GET_DIRTY_LOG failed for slot {0}: {1}")]

@@ -12,6 +12,7 @@
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
+use std::time::Duration;
 
 /// One unheld update's window: the guest addresses that were memory before and after it but
 /// had no memslot in between, and the generations that bracket it.
@@ -118,12 +119,17 @@ impl Windows {
     }
 
     /// Waits until no window holding `gpa` is open: the access can then be completed against
-    /// the layout after the update.
-    pub fn wait_closed(&self, gpa: u64) {
+    /// the layout after the update. Checks `stopped()` (the run ended) every `check`, and gives
+    /// up then: `false`.
+    pub fn wait_closed(&self, gpa: u64, check: Duration, stopped: impl Fn() -> bool) -> bool {
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         while log.iter().any(|w| w.closed.is_none() && w.ranges.iter().any(|r| r.contains(&gpa))) {
-            log = self.closed.wait(log).unwrap_or_else(|p| p.into_inner());
+            if stopped() {
+                return false;
+            }
+            log = self.closed.wait_timeout(log, check).unwrap_or_else(|p| p.into_inner()).0;
         }
+        true
     }
 
     /// How many windows there were.
@@ -196,8 +202,10 @@ mod tests {
         let i = w.open(vec![RAM]);
         let during = w.generation();
         assert_eq!(w.classify(Some(0x2000), span(before, during), MemoryState::NotPaged), Verdict::UpdateWindow);
+        // Still open: a wait for it gives up once the run ended.
+        assert!(!w.wait_closed(0x2000, Duration::from_millis(1), || true), "gave up");
         w.close(i);
-        w.wait_closed(0x2000);
+        assert!(w.wait_closed(0x2000, Duration::from_millis(1), || false));
         let after = w.generation();
         assert_eq!(w.classify(Some(0x2000), span(after, after), MemoryState::NotPaged), Verdict::GuestError);
         assert_eq!(w.count(), 1);

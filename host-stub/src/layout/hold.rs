@@ -98,11 +98,13 @@ impl Drop for Held<'_> {
     }
 }
 
-/// The vCPUs did not all come out of KVM_RUN within [`HOLD_BOUND`].
+/// The vCPUs did not all come out of KVM_RUN within [`HOLD_BOUND`], or before the run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HoldTimedOut {
     /// vCPUs still inside KVM_RUN.
     pub in_guest: usize,
+    /// The run ended meanwhile (its time limit, another vCPU's error): the hold gave up then.
+    pub stopped: bool,
 }
 
 impl HoldGate {
@@ -154,13 +156,15 @@ impl HoldGate {
         while state.in_guest > 0 {
             state.waiting = true;
             let waited = since.elapsed();
-            if waited >= HOLD_BOUND {
+            // The run's end (`VcpuThreads::stop_all`) wakes this wait (`HoldGate::wake`).
+            let stopped = threads.stopping();
+            if waited >= HOLD_BOUND || stopped {
                 let in_guest = state.in_guest;
                 state.closed = false;
                 state.waiting = false;
                 drop(state);
                 self.changed.notify_all();
-                return Err(HoldTimedOut { in_guest });
+                return Err(HoldTimedOut { in_guest, stopped });
             }
             state = self.changed.wait_timeout(state, HOLD_BOUND - waited).unwrap_or_else(|p| p.into_inner()).0;
         }
@@ -254,5 +258,23 @@ mod tests {
             let entered = waiter.join().expect("waiter");
             assert!(since + time <= entered, "held {time:?}, but a waiting thread entered {:?} in", entered - since);
         }
+    }
+
+    /// A hold waiting for a vCPU that never comes out (one blocked in KVM on a page nobody
+    /// supplies) gives up when the run ends, so that the run's time limit holds.
+    #[test]
+    fn a_hold_waiting_for_a_vcpu_gives_up_when_the_run_stops() {
+        let threads = Arc::new(VcpuThreads::default());
+        let stuck = threads.gate.enter(|| false).expect("not stopping");
+        let hold = {
+            let threads = threads.clone();
+            std::thread::spawn(move || threads.gate.hold(&threads).map(drop))
+        };
+        while !threads.gate.is_waiting() {
+            std::thread::yield_now();
+        }
+        threads.stop_all();
+        assert_eq!(hold.join().expect("hold"), Err(HoldTimedOut { in_guest: 1, stopped: true }));
+        drop(stuck);
     }
 }

@@ -99,6 +99,15 @@ struct Shared {
 #[derive(Clone, Debug)]
 pub struct LayoutHandle(Arc<Shared>);
 
+/// How often a wait for another thread's event (a vCPU hitting a window, a window closing)
+/// checks whether the run ended, which has no event of its own for those waits: the run's time
+/// limit then holds within this.
+const STOP_CHECK: Duration = Duration::from_millis(20);
+
+fn hold_error(e: hold::HoldTimedOut) -> Error {
+    if e.stopped { Error::LayoutHoldEnded { in_guest: e.in_guest } } else { Error::LayoutHold { in_guest: e.in_guest } }
+}
+
 /// The page size of KVM's dirty log.
 const PAGE: u64 = 0x1000;
 
@@ -135,7 +144,7 @@ impl LayoutHandle {
     /// [`Update::ReplaceBacking`], say). Not to be mixed with [`LayoutHandle::update`] on the
     /// same thread while held (updates take the hold themselves).
     pub fn hold(&self) -> Result<hold::Held<'_>> {
-        self.0.threads.gate.hold(&self.0.threads).map_err(|e| Error::LayoutHold { in_guest: e.in_guest })
+        self.0.threads.gate.hold(&self.0.threads).map_err(hold_error)
     }
 
     /// Whether an update holds the vCPUs right now.
@@ -225,9 +234,7 @@ impl LayoutHandle {
         };
         self.0.updated.store(true, std::sync::atomic::Ordering::Release);
         let held = match hold {
-            Hold::Vcpus => Some(
-                self.0.threads.gate.hold(&self.0.threads).map_err(|e| Error::LayoutHold { in_guest: e.in_guest })?,
-            ),
+            Hold::Vcpus => Some(self.0.threads.gate.hold(&self.0.threads).map_err(hold_error)?),
             Hold::Nothing => None,
         };
         // Hits counted from before the window opens: a vCPU may hit it right after the first
@@ -339,16 +346,17 @@ impl LayoutHandle {
     }
 
     /// Waits until more than `before` exits were classified as an update's window, or
-    /// [`LINGER_BOUND`].
+    /// [`LINGER_BOUND`] passed, or the run ended.
     fn wait_for_hit(&self, before: u64) -> bool {
         let since = Instant::now();
         let mut record = self.record();
         while record.update_window == before {
             let waited = since.elapsed();
-            if waited >= LINGER_BOUND {
+            if waited >= LINGER_BOUND || self.0.threads.stopping() {
                 return false;
             }
-            record = self.0.hit.wait_timeout(record, LINGER_BOUND - waited).unwrap_or_else(|p| p.into_inner()).0;
+            let wait = (LINGER_BOUND - waited).min(STOP_CHECK);
+            record = self.0.hit.wait_timeout(record, wait).unwrap_or_else(|p| p.into_inner()).0;
         }
         true
     }
@@ -427,9 +435,11 @@ impl LayoutHandle {
 
     /// Completes an access that hit an update's window, against the layout after the update
     /// (waiting for it to be in place): a read fills `read`, a write stores `write`. `false`
-    /// when the address is no memory after all.
+    /// when the address is no memory after all, or the run ended first.
     pub fn complete_access(&self, gpa: u64, read: Option<&mut [u8]>, write: Option<&[u8]>) -> bool {
-        self.0.windows.wait_closed(gpa);
+        if !self.0.windows.wait_closed(gpa, STOP_CHECK, || self.0.threads.stopping()) {
+            return false;
+        }
         let Some((_, region)) = self.find(gpa) else { return false };
         let len = read.as_ref().map_or(0, |d| d.len()).max(write.map_or(0, <[u8]>::len));
         if gpa.checked_add(len as u64).is_none_or(|end| end > region.range().end) {

@@ -17,13 +17,19 @@ const GPA: u64 = 0x1_0000_0000;
 
 /// A VM with one 2 MiB region at [`GPA`] in its layout, with `flags`; and the VM itself.
 fn vm_with_region(flags: u32) -> (LayoutHandle, Arc<VmFd>, Arc<MmapRegion>) {
+    let (layout, vm, map, _) = vm_with_region_and_threads(flags);
+    (layout, vm, map)
+}
+
+fn vm_with_region_and_threads(flags: u32) -> (LayoutHandle, Arc<VmFd>, Arc<MmapRegion>, Arc<VcpuThreads>) {
     let vm = Arc::new(Kvm::new().expect("/dev/kvm").create_vm().expect("a VM"));
-    let layout = LayoutHandle::new(vm.clone(), Arc::new(VcpuThreads::default()), Layout::new(FIRST_LAYOUT_SLOT, 46));
+    let threads = Arc::new(VcpuThreads::default());
+    let layout = LayoutHandle::new(vm.clone(), threads.clone(), Layout::new(FIRST_LAYOUT_SLOT, 46));
     let map = Arc::new(MmapRegion::new(MIB2 as usize).expect("memory"));
     // SAFETY: the mapping is 2 MiB, readable and writable, kept by the Arc.
     let backing = unsafe { Backing::new(map.as_ptr() as u64, map.clone()) };
     layout.add_before_run(Region { gpa: GPA, bytes: MIB2, backing, flags }).expect("added");
-    (layout, vm, map)
+    (layout, vm, map, threads)
 }
 
 /// Whether KVM still has a slot over `gpa`: a new slot there is refused (EEXIST) if so.
@@ -83,4 +89,18 @@ fn a_write_the_host_completes_is_in_the_dirty_log() {
     let log = layout.dirty_log(GPA).expect("a log");
     assert_eq!(log[0], (1 << 3) | (1 << 4), "the pages written, and no page only read");
     assert!(layout.dirty_log(GPA).expect("a log").iter().all(|w| *w == 0), "reading the log cleared it");
+}
+
+/// A lingering update no vCPU hits gives up when the run ends, not after [`super::LINGER_BOUND`]:
+/// the run's time limit holds. (The deadline only turns a wait that ignores the run's end into a
+/// failure.)
+#[test]
+fn a_lingering_window_ends_with_the_run() {
+    let (layout, _vm, _map, threads) = vm_with_region_and_threads(0);
+    threads.stop_all();
+    let started = std::time::Instant::now();
+    let applied =
+        layout.update_lingering(&Update::Split { gpa: GPA, at: GPA + MIB2 / 2, upper_flags: 0 }).expect("split");
+    assert!(!applied.hit, "no vCPU to hit it");
+    assert!(started.elapsed() < super::LINGER_BOUND / 2, "the window lingered after the run ended");
 }
