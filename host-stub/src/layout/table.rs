@@ -165,7 +165,7 @@ const KNOWN_FLAGS: u32 = KVM_MEM_LOG_DIRTY_PAGES | KVM_MEM_READONLY;
 
 impl Layout {
     /// An empty layout that numbers the slots it creates from `first_free` on, for a guest
-    /// whose physical addresses have `phys_bits` bits (CPUID 0x8000_0008 EAX[7:0]).
+    /// whose physical addresses have `phys_bits` bits (CPUID 0x8000_0008, EAX bits 7:0).
     pub fn new(first_free: u32, phys_bits: u32) -> Self {
         let limit = 1u64.checked_shl(phys_bits).unwrap_or(u64::MAX);
         Self { slots: Vec::new(), next_free: first_free, limit, foreign: Vec::new() }
