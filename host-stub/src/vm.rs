@@ -471,7 +471,7 @@ fn ram_layout(mem: &GuestMemoryMmap, phys_bits: u32) -> Result<Layout> {
         let gpa = region.start_addr().0;
         let host = mem.get_host_address(region.start_addr()).map_err(|source| Error::RamHostAddress { gpa, source })?;
         // SAFETY: the region's mapping lives as long as any clone of `mem`, which `keep` is.
-        let backing = unsafe { Backing::new(host as u64, Arc::clone(&keep)) };
+        let backing = unsafe { Backing::new(host as u64, region.len(), Arc::clone(&keep)) };
         layout.adopt(slot as u32, Region { gpa, bytes: region.len(), backing, flags: 0 });
     }
     Ok(layout)

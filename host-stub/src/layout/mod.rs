@@ -10,6 +10,7 @@
 //! reproduce the race: it records each window (`classify::Windows`), and the run loop classifies
 //! the exits that hit one (`classify`) and completes or retries them.
 
+mod access;
 pub mod classify;
 pub mod hold;
 pub mod table;
@@ -451,16 +452,15 @@ impl LayoutHandle {
             self.0.host_dirty.lock().unwrap_or_else(|p| p.into_inner()).extend(pages);
         }
         let host = (region.backing.host() + (gpa - region.gpa)) as *mut u8;
-        // SAFETY: `host..host + len` is inside the region's backing (checked above), mapped while
-        // `region` (a clone holding the backing) lives; the guest may change it meanwhile, so
-        // the copy is a volatile-free byte copy into or out of a local buffer, never a reference
-        // that outlives it.
+        // SAFETY: `host..host + len` is inside the region's backing (checked above: a region is
+        // never larger than its backing), mapped while `region` (a clone holding the backing)
+        // lives; the guest may change it meanwhile, so it is copied, never referenced.
         unsafe {
             if let Some(data) = read {
-                std::ptr::copy(host, data.as_mut_ptr(), data.len());
+                access::load(host, data);
             }
             if let Some(data) = write {
-                std::ptr::copy(data.as_ptr(), host, data.len());
+                access::store(host, data);
             }
         }
         true

@@ -13,10 +13,13 @@ use std::sync::Arc;
 
 use kvm_bindings::{KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY};
 
-/// Host memory behind guest memory: where it starts, and what keeps it mapped.
+/// Host memory behind guest memory: where it starts, how far it goes, and what keeps it mapped.
 #[derive(Clone)]
 pub struct Backing {
     host: u64,
+    /// Bytes of the mapping from `host` on: no region on it may be larger (a resize or a merge
+    /// past them would give KVM, and the host's own completed accesses, unmapped memory).
+    bytes: u64,
     _keep: Arc<dyn Send + Sync>,
 }
 
@@ -27,20 +30,22 @@ impl std::fmt::Debug for Backing {
 }
 
 impl Backing {
-    /// Memory at host address `host`, kept mapped by `keep` (the mapping's owner, e.g. an
-    /// `Arc<MmapRegion>` or a clone of the `GuestMemoryMmap`).
+    /// `bytes` of memory at host address `host`, kept mapped by `keep` (the mapping's owner,
+    /// e.g. an `Arc<MmapRegion>` or a clone of the `GuestMemoryMmap`). The layout never puts a
+    /// region on more than `bytes` of it.
     ///
     /// # Safety
     ///
-    /// Every region built on it must lie inside one mapping that stays mapped, readable and
-    /// writable for as long as `keep` lives: KVM reads and writes it on the guest's behalf.
-    pub unsafe fn new(host: u64, keep: Arc<dyn Send + Sync>) -> Self {
-        Self { host, _keep: keep }
+    /// `host..host + bytes` must lie inside one mapping that stays mapped, readable and writable
+    /// for as long as `keep` lives: KVM reads and writes it on the guest's behalf.
+    pub unsafe fn new(host: u64, bytes: u64, keep: Arc<dyn Send + Sync>) -> Self {
+        Self { host, bytes, _keep: keep }
     }
 
-    /// The same memory, `offset` bytes further on.
+    /// The same memory, `offset` bytes further on (at most `self.bytes`).
     fn offset(&self, offset: u64) -> Self {
-        Self { host: self.host + offset, _keep: Arc::clone(&self._keep) }
+        let offset = offset.min(self.bytes);
+        Self { host: self.host + offset, bytes: self.bytes - offset, _keep: Arc::clone(&self._keep) }
     }
 
     /// Its host address.
@@ -133,6 +138,8 @@ pub enum LayoutError {
     NothingToMerge(u64),
     #[error("memslot flags {0:#x}: only KVM_MEM_LOG_DIRTY_PAGES and KVM_MEM_READONLY")]
     Flags(u32),
+    #[error("a region of {bytes:#x} bytes at {start:#x} is larger than its host memory ({backing:#x} bytes)")]
+    BeyondBacking { start: u64, bytes: u64, backing: u64 },
     #[error("{bytes:#x} bytes at {start:#x} do not fit below the guest's physical address limit {limit:#x}")]
     OutOfRange { start: u64, bytes: u64, limit: u64 },
 }
@@ -213,6 +220,9 @@ impl Layout {
         {
             return Err(LayoutError::Unaligned { start, end });
         }
+        if region.bytes > region.backing.bytes {
+            return Err(LayoutError::BeyondBacking { start, bytes, backing: region.backing.bytes });
+        }
         if region.flags & !KNOWN_FLAGS != 0 {
             return Err(LayoutError::Flags(region.flags));
         }
@@ -290,6 +300,8 @@ impl Layout {
                     .ok_or(LayoutError::NothingToMerge(*gpa))?;
                 let (second_slot, second) = after.slots[j].clone();
                 let merged = Region { bytes: first.bytes + second.bytes, ..first.clone() };
+                // Contiguous host addresses may still be two mappings: the first's must hold both.
+                after.check(&merged, &[slot, second_slot])?;
                 after.slots[i].1 = merged.clone();
                 after.slots.retain(|(s, _)| *s != second_slot);
                 ops.push(SlotOp::Delete { slot: second_slot });
@@ -345,7 +357,7 @@ mod tests {
 
     fn backing(host: u64) -> Backing {
         // SAFETY: the tests never give these to KVM.
-        unsafe { Backing::new(host, Arc::new(())) }
+        unsafe { Backing::new(host, 0x1000_0000, Arc::new(())) }
     }
 
     fn region(gpa: u64, bytes: u64, host: u64) -> Region {
@@ -476,5 +488,29 @@ mod tests {
             layout.plan(&Update::Resize { gpa: 0, bytes: u64::MAX - 0xFFF }).unwrap_err(),
             LayoutError::OutOfRange { start: 0, bytes: u64::MAX - 0xFFF, limit }
         );
+    }
+
+    /// A region never gets more than its host memory: a resize past it, or a merge of two
+    /// regions whose host memory is contiguous but not one mapping, is refused.
+    #[test]
+    fn a_region_never_outgrows_its_host_memory() {
+        let mut layout = Layout::new(10, 46);
+        // SAFETY: the tests never give these to KVM.
+        let small = unsafe { Backing::new(0x7f00_0000_0000, 0x20_0000, Arc::new(())) };
+        layout.adopt(0, Region { gpa: 0, bytes: 0x20_0000, backing: small, flags: 0 });
+        assert_eq!(
+            layout.plan(&Update::Resize { gpa: 0, bytes: 0x40_0000 }).unwrap_err(),
+            LayoutError::BeyondBacking { start: 0, bytes: 0x40_0000, backing: 0x20_0000 }
+        );
+        // SAFETY: as above.
+        let next = unsafe { Backing::new(0x7f00_0020_0000, 0x20_0000, Arc::new(())) };
+        layout.adopt(1, Region { gpa: 0x20_0000, bytes: 0x20_0000, backing: next, flags: 0 });
+        assert_eq!(
+            layout.plan(&Update::Merge { gpa: 0 }).unwrap_err(),
+            LayoutError::BeyondBacking { start: 0, bytes: 0x40_0000, backing: 0x20_0000 }
+        );
+        // The halves of a split are one mapping, and merge again.
+        let split = ram().plan(&Update::Split { gpa: 0, at: 0x20_0000, upper_flags: 0 }).unwrap().after;
+        assert!(split.plan(&Update::Merge { gpa: 0 }).is_ok());
     }
 }

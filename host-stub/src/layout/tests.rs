@@ -27,7 +27,7 @@ fn vm_with_region_and_threads(flags: u32) -> (LayoutHandle, Arc<VmFd>, Arc<MmapR
     let layout = LayoutHandle::new(vm.clone(), threads.clone(), Layout::new(FIRST_LAYOUT_SLOT, 46));
     let map = Arc::new(MmapRegion::new(MIB2 as usize).expect("memory"));
     // SAFETY: the mapping is 2 MiB, readable and writable, kept by the Arc.
-    let backing = unsafe { Backing::new(map.as_ptr() as u64, map.clone()) };
+    let backing = unsafe { Backing::new(map.as_ptr() as u64, MIB2, map.clone()) };
     layout.add_before_run(Region { gpa: GPA, bytes: MIB2, backing, flags }).expect("added");
     (layout, vm, map, threads)
 }

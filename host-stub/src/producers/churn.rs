@@ -130,7 +130,7 @@ fn fresh_memory(gpa: u64, bytes: u64) -> Result<(Arc<MmapRegion>, Backing)> {
     slice.copy_from(&words);
     let map = Arc::new(map);
     // SAFETY: the mapping is `bytes` long, readable and writable, and `keep` (the Arc) keeps it.
-    let backing = unsafe { Backing::new(map.as_ptr() as u64, map.clone()) };
+    let backing = unsafe { Backing::new(map.as_ptr() as u64, bytes, map.clone()) };
     Ok((map, backing))
 }
 
