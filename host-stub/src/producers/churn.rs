@@ -118,8 +118,8 @@ impl Churn {
 }
 
 /// Fresh anonymous memory of `bytes`, every 8-byte word at guest address `gpa + offset` holding
-/// `fill_value(gpa + offset)`, as a backing.
-fn fresh_memory(gpa: u64, bytes: u64) -> Result<(Arc<MmapRegion>, Backing)> {
+/// `fill_value(gpa + offset)`, as a backing (also the released region's repair).
+pub(crate) fn fresh_memory(gpa: u64, bytes: u64) -> Result<(Arc<MmapRegion>, Backing)> {
     let map = MmapRegionBuilder::new(bytes as usize)
         .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
         .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)

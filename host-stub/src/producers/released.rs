@@ -19,9 +19,8 @@ use kvm_bindings::{
     KVM_MEM_GUEST_MEMFD, kvm_create_guest_memfd, kvm_userspace_memory_region, kvm_userspace_memory_region2,
 };
 use kvm_ioctls::{Cap, VmFd};
-use pvagent_abi::layout::{RegionKind, fill_value};
+use pvagent_abi::layout::RegionKind;
 use pvagent_abi::pvh::{HvmMemmapEntry, MEMMAP_TYPE_RESERVED};
-use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{MmapRegion, VolatileMemory};
 
 use crate::error::{Error, Result};
@@ -61,7 +60,7 @@ pub struct ReleasedBacking {
     slot: u32,
     /// The memory that replaced the released one (kept until after the VM is closed: the
     /// producers are dropped after the VM fd).
-    fresh: Option<MmapRegion>,
+    fresh: Option<Arc<MmapRegion>>,
     memory_fault_exits: u64,
     efaults: u64,
     mmio_accesses: u64,
@@ -102,16 +101,7 @@ impl ReleasedBacking {
         }
         let Some(vm) = self.vm.clone() else { return Ok(()) };
         let bytes = self.config.bytes;
-        let fresh = MmapRegionBuilder::new(bytes as usize)
-            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
-            .build()
-            .map_err(|e| Error::MapMemory { what: "a released region", bytes, source: std::io::Error::other(e) })?;
-        for offset in (0..bytes).step_by(8) {
-            let word = fill_value(self.config.gpa + offset);
-            let slice = fresh.get_slice(offset as usize, 8).expect("inside the mapping");
-            slice.copy_from(&word.to_le_bytes());
-        }
+        let (fresh, _) = crate::producers::churn::fresh_memory(self.config.gpa, bytes)?;
         let delete = kvm_userspace_memory_region { slot: self.slot, ..Default::default() };
         // SAFETY: deleting a slot maps nothing.
         unsafe { vm.set_user_memory_region(delete) }.map_err(|e| Error::SetMemoryRegion(self.slot, e))?;
