@@ -86,8 +86,6 @@ struct Shared {
     table: Mutex<Layout>,
     windows: Windows,
     record: Mutex<Record>,
-    /// Signalled at each exit classified as an update's window (a lingering update waits for one).
-    hit: std::sync::Condvar,
     /// The regions announced to the guest (`Nr::LayoutRegion`), by index.
     announced: Mutex<Vec<(u64, u64, RegionKind)>>,
     /// Pages (GPA / 4 KiB) of dirty-logged regions the host wrote itself (`complete_access`):
@@ -126,7 +124,6 @@ impl LayoutHandle {
             table: Mutex::new(table),
             windows: Windows::default(),
             record: Mutex::default(),
-            hit: std::sync::Condvar::new(),
             announced: Mutex::default(),
             host_dirty: Mutex::default(),
         }))
@@ -238,12 +235,9 @@ impl LayoutHandle {
             Hold::Vcpus => Some(self.0.threads.gate.hold(&self.0.threads).map_err(hold_error)?),
             Hold::Nothing => None,
         };
-        // Hits counted from before the window opens: a vCPU may hit it right after the first
-        // delete, before the lingering starts.
-        let hits_before = self.record().update_window;
         let window = (hold == Hold::Nothing && !ranges.is_empty()).then(|| self.0.windows.open(ranges.clone()));
         let started = Instant::now();
-        let outcome = self.carry_out(&ops, (linger && window.is_some()).then_some(hits_before));
+        let outcome = self.carry_out(&ops, window.filter(|_| linger));
         let outcome = outcome.map_err(|(done, e)| self.undo(&ops[..done], &before, e));
         let operations = started.elapsed();
         // The new table is in place before the window closes: an access completed after the
@@ -274,17 +268,17 @@ impl LayoutHandle {
         Ok(Applied { hold: hold_time, stopping, operations, window: ranges, hit })
     }
 
-    /// Carries `ops` out; with `linger` (the window hits counted before it opened), waits for an
-    /// exit in the window right before the first create that follows a delete, and says whether
-    /// one came. On a failure: how many operations were done, and the error.
-    fn carry_out(&self, ops: &[SlotOp], linger: Option<u64>) -> std::result::Result<bool, (usize, Error)> {
+    /// Carries `ops` out; with `linger` (the update's window), waits for an exit in that window
+    /// right before the first create that follows a delete, and says whether one came. On a
+    /// failure: how many operations were done, and the error.
+    fn carry_out(&self, ops: &[SlotOp], linger: Option<usize>) -> std::result::Result<bool, (usize, Error)> {
         let mut deleted = false;
         let mut hit = false;
         for (done, op) in ops.iter().enumerate() {
             match op {
                 SlotOp::Delete { .. } => deleted = true,
-                SlotOp::Create { .. } if deleted && linger.is_some() => {
-                    hit = self.wait_for_hit(linger.unwrap_or(0));
+                SlotOp::Create { .. } if deleted && let Some(window) = linger => {
+                    hit = self.0.windows.wait_hit(window, LINGER_BOUND, STOP_CHECK, || self.0.threads.stopping());
                     deleted = false;
                 }
                 _ => {}
@@ -346,22 +340,6 @@ impl LayoutHandle {
         Error::LayoutUndone(Box::new(error))
     }
 
-    /// Waits until more than `before` exits were classified as an update's window, or
-    /// [`LINGER_BOUND`] passed, or the run ended.
-    fn wait_for_hit(&self, before: u64) -> bool {
-        let since = Instant::now();
-        let mut record = self.record();
-        while record.update_window == before {
-            let waited = since.elapsed();
-            if waited >= LINGER_BOUND || self.0.threads.stopping() {
-                return false;
-            }
-            let wait = (LINGER_BOUND - waited).min(STOP_CHECK);
-            record = self.0.hit.wait_timeout(record, wait).unwrap_or_else(|p| p.into_inner()).0;
-        }
-        true
-    }
-
     /// KVM's dirty log of the region at `gpa` (one bit per 4 KiB page, cleared by reading), with
     /// the pages the host wrote itself for the guest (`complete_access`) added: KVM logs only the
     /// guest's own writes, and a VMM migrating the guest must copy those pages too.
@@ -410,7 +388,6 @@ impl LayoutHandle {
             Verdict::UpdateWindow => {
                 record.update_window += 1;
                 record.update_window_code += u64::from(code);
-                self.0.hit.notify_all();
             }
             Verdict::AbsentPage => record.absent_page += 1,
             Verdict::GuestError => record.guest_error += 1,
