@@ -235,7 +235,10 @@ impl LayoutHandle {
             Hold::Vcpus => Some(self.0.threads.gate.hold(&self.0.threads).map_err(hold_error)?),
             Hold::Nothing => None,
         };
-        let window = (hold == Hold::Nothing && !ranges.is_empty()).then(|| self.0.windows.open(ranges.clone()));
+        // Held updates record their window too: no vCPU's KVM_RUN can overlap it while the hold
+        // works (a vCPU reads the generation inside the gate), so an exit that does is a race
+        // exit whatever the pager says of the page, and fails a held run.
+        let window = (!ranges.is_empty()).then(|| self.0.windows.open(ranges.clone()));
         let started = Instant::now();
         let outcome = self.carry_out(&ops, window.filter(|_| linger));
         let outcome = outcome.map_err(|(done, e)| self.undo(&ops[..done], &before, e));

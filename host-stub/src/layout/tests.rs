@@ -7,6 +7,7 @@ use kvm_bindings::{KVM_MEM_LOG_DIRTY_PAGES, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::MmapRegion;
 
+use super::classify::{MemoryState, RunSpan, Verdict};
 use super::table::{Backing, Layout, Region, Update};
 use super::{FIRST_LAYOUT_SLOT, Hold, LayoutHandle};
 use crate::error::Error;
@@ -103,4 +104,20 @@ fn a_lingering_window_ends_with_the_run() {
         layout.update_lingering(&Update::Split { gpa: GPA, at: GPA + MIB2 / 2, upper_flags: 0 }).expect("split");
     assert!(!applied.hit, "no vCPU to hit it");
     assert!(started.elapsed() < super::LINGER_BOUND / 2, "the window lingered after the run ended");
+}
+
+/// A held update records its window too: an exit whose KVM_RUN overlapped it (which a working
+/// hold makes impossible) is a race exit even at a demand page present now, which outside any
+/// window is the pager's; one that entered after the update is not.
+#[test]
+fn an_exit_overlapping_a_held_update_is_a_race_exit_even_at_a_present_page() {
+    let (layout, _vm, _map) = vm_with_region(0);
+    let before = layout.generation();
+    layout.update(&Update::Split { gpa: GPA, at: GPA + MIB2 / 2, upper_flags: 0 }, Hold::Vcpus).expect("split");
+    let after = layout.generation();
+    let across = RunSpan { entered: before, returned: after };
+    assert_eq!(layout.classify(Some(GPA + 0x1000), across, MemoryState::Present, false), Verdict::UpdateWindow);
+    let later = RunSpan { entered: after, returned: after };
+    assert_eq!(layout.classify(Some(GPA + 0x1000), later, MemoryState::Present, false), Verdict::AbsentPage);
+    assert_eq!(layout.exits_at_memory(), 1, "the race exit counts against the held run");
 }
