@@ -71,6 +71,12 @@ impl CpuidTable {
         Self { entries }
     }
 
+    /// The guest's physical address width (CPUID 0x8000_0008, EAX bits 7:0); 36 bits, the
+    /// architectural minimum with PAE, when the leaf is missing.
+    pub fn phys_addr_bits(&self) -> u32 {
+        self.get(0x8000_0008, 0).map(|e| e.eax & 0xFF).filter(|bits| *bits > 0).unwrap_or(36)
+    }
+
     /// The entry for `function`/`index`, if present.
     pub fn get(&self, function: u32, index: u32) -> Option<&kvm_cpuid_entry2> {
         self.entries

@@ -56,8 +56,12 @@ pub enum Error {
     SetMemoryRegion(u32, kvm_ioctls::Error),
     #[error("memory layout update refused: {0}")]
     Layout(crate::layout::table::LayoutError),
+    #[error("a memory layout update failed and was undone (the layout is as before): {0}")]
+    LayoutUndone(Box<Error>),
     #[error("a layout update could not hold the vCPUs: {in_guest} still inside KVM_RUN after {}s (a vCPU waiting in KVM for memory nobody supplies)", crate::layout::hold::HOLD_BOUND.as_secs())]
     LayoutHold { in_guest: usize },
+    #[error("the run ended while a layout update waited for {in_guest} vCPUs to come out of KVM_RUN")]
+    LayoutHoldEnded { in_guest: usize },
     #[error("{exits} exits at guest memory while layout updates held every vCPU: an update was not atomic")]
     RaceExits { exits: u64 },
     #[error("KVM_GET_DIRTY_LOG failed for slot {0}: {1}")]

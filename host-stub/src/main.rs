@@ -105,8 +105,9 @@ struct Args {
     layout_churn: u64,
     /// The diagnostic mode: the churn region's changes hold no vCPU and keep their window open
     /// until a vCPU hits it; the report classifies the exits. Guest RAM is then left alone
-    /// (without a hold the guest triple-faults: KVM's page walks find no memslot).
-    #[arg(long)]
+    /// (without a hold the guest triple-faults: KVM's page walks find no memslot), so
+    /// `--layout-churn` is refused with it.
+    #[arg(long, conflicts_with = "layout_churn")]
     layout_unheld: bool,
     /// A guest_memfd region at 5 GiB whose memory is released before boot: the guest's first
     /// access to it is a memory fault (KVM_EXIT_MEMORY_FAULT at CPL 3 here), which the host
@@ -218,7 +219,7 @@ fn producers(args: &Args) -> Producers {
         policy: args.sld_policy.map(Into::into),
     });
     let churn = Some(ChurnConfig {
-        ram_every: (args.layout_churn > 0 && !args.layout_unheld).then_some(args.layout_churn),
+        ram_every: (args.layout_churn > 0).then_some(args.layout_churn),
         hold: !args.layout_unheld,
     });
     let released = args.released_region.then(ReleasedConfig::default);
@@ -382,4 +383,17 @@ fn main() -> ExitCode {
         None => {}
     }
     ExitCode::from(result.exit_status() as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The diagnostic mode leaves guest RAM alone: asking for both is an error, not a silent drop.
+    #[test]
+    fn layout_churn_and_layout_unheld_conflict() {
+        let both = Args::try_parse_from(["pvagent-host", "guest.elf", "--layout-churn", "20", "--layout-unheld"]);
+        assert_eq!(both.unwrap_err().kind(), clap::error::ErrorKind::ArgumentConflict);
+        assert!(Args::try_parse_from(["pvagent-host", "guest.elf", "--layout-unheld"]).is_ok());
+    }
 }

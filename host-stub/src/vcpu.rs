@@ -525,10 +525,12 @@ impl Vcpu {
                 {
                     return Ok(ctx.stop);
                 }
-                // Code fetched from an address an unheld layout update left without a memslot:
-                // once the window is closed the instruction runs again, unchanged.
+                // Code fetched from an address an unheld layout update left without a memslot (an
+                // emulation failure; other internal errors are never a window's): once the window
+                // is closed the instruction runs again, unchanged.
                 let at = rip(&self.fd);
-                if let Some(gpa) = crate::guest_insn::translate(&self.fd, at)
+                if suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION
+                    && let Some(gpa) = crate::guest_insn::translate(&self.fd, at)
                     && self.layout.verdict(self.span, gpa, handlers, true) == Some(Verdict::UpdateWindow)
                 {
                     self.layout.complete_access(gpa, None, None);

@@ -119,7 +119,11 @@ impl Vm {
         let next_slot = memory::register(&vm, &mem, 0)?;
         let memory_fault_info = memory_fault::fault_info_reported(&kvm);
         let threads = Arc::new(VcpuThreads::default());
-        let layout = LayoutHandle::new(vm.clone(), threads.clone(), ram_layout(&mem)?);
+        let layout = LayoutHandle::new(
+            vm.clone(),
+            threads.clone(),
+            ram_layout(&mem, CpuidTable::supported(&kvm)?.phys_addr_bits())?,
+        );
         let mut attach = AttachCtx {
             kvm: &kvm,
             vm: &vm,
@@ -458,15 +462,16 @@ fn run_vcpus(
 }
 
 /// The layout of guest RAM as `memory::register` set it up: one slot per region, from slot 0.
-fn ram_layout(mem: &GuestMemoryMmap) -> Result<Layout> {
+/// `phys_bits`: the guest's physical address width, which no region may pass.
+fn ram_layout(mem: &GuestMemoryMmap, phys_bits: u32) -> Result<Layout> {
     use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
-    let mut layout = Layout::new(FIRST_LAYOUT_SLOT);
+    let mut layout = Layout::new(FIRST_LAYOUT_SLOT, phys_bits);
     let keep: Arc<dyn Send + Sync> = Arc::new(mem.clone());
     for (slot, region) in mem.iter().enumerate() {
         let gpa = region.start_addr().0;
         let host = mem.get_host_address(region.start_addr()).map_err(|source| Error::RamHostAddress { gpa, source })?;
         // SAFETY: the region's mapping lives as long as any clone of `mem`, which `keep` is.
-        let backing = unsafe { Backing::new(host as u64, Arc::clone(&keep)) };
+        let backing = unsafe { Backing::new(host as u64, region.len(), Arc::clone(&keep)) };
         layout.adopt(slot as u32, Region { gpa, bytes: region.len(), backing, flags: 0 });
     }
     Ok(layout)

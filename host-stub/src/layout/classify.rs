@@ -12,6 +12,7 @@
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
+use std::time::Duration;
 
 /// One unheld update's window: the guest addresses that were memory before and after it but
 /// had no memslot in between, and the generations that bracket it.
@@ -58,12 +59,22 @@ pub struct RunSpan {
 /// translated), `None` when there is none.
 pub fn classify(gpa: Option<u64>, span: RunSpan, windows: &[Window], state: MemoryState) -> Verdict {
     let Some(gpa) = gpa else { return Verdict::GuestError };
+    decide(windows.iter().any(|w| could_hit(w, gpa, span)), state)
+}
+
+/// Whether an exit at `gpa` of the KVM_RUN `span` could have hit window `w`: the window's open
+/// and close bracket overlaps the span, and `gpa` is in its ranges.
+fn could_hit(w: &Window, gpa: u64, span: RunSpan) -> bool {
+    let overlapped = w.opened <= span.returned && w.closed.is_none_or(|closed| closed > span.entered);
+    overlapped && w.ranges.iter().any(|r| r.contains(&gpa))
+}
+
+/// The verdict for an exit at an address, given whether it could have hit a window.
+fn decide(in_window: bool, state: MemoryState) -> Verdict {
     if state == MemoryState::Absent {
         // Whether or not a window was open too: the page was not there to be read.
-        return Verdict::AbsentPage;
-    }
-    let overlapped = |w: &Window| w.opened <= span.returned && w.closed.is_none_or(|closed| closed > span.entered);
-    if windows.iter().any(|w| overlapped(w) && w.ranges.iter().any(|r| r.contains(&gpa))) {
+        Verdict::AbsentPage
+    } else if in_window {
         Verdict::UpdateWindow
     } else if state == MemoryState::Present {
         // A demand page present now but not when the vCPU touched it (its fetch completed in
@@ -78,8 +89,10 @@ pub fn classify(gpa: Option<u64>, span: RunSpan, windows: &[Window], state: Memo
 #[derive(Debug, Default)]
 pub struct Windows {
     generation: AtomicU64,
-    log: Mutex<Vec<Window>>,
-    closed: Condvar,
+    /// Each window, with how many exits were classified as hitting it.
+    log: Mutex<Vec<(Window, u64)>>,
+    /// Signalled when a window closes or is hit.
+    changed: Condvar,
 }
 
 impl Windows {
@@ -97,7 +110,7 @@ impl Windows {
     pub fn open(&self, ranges: Vec<Range<u64>>) -> usize {
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         let opened = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        log.push(Window { opened, closed: None, ranges });
+        log.push((Window { opened, closed: None, ranges }, 0));
         log.len() - 1
     }
 
@@ -105,30 +118,67 @@ impl Windows {
     pub fn close(&self, index: usize) {
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         let closed = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        if let Some(w) = log.get_mut(index) {
+        if let Some((w, _)) = log.get_mut(index) {
             w.closed = Some(closed);
         }
-        self.closed.notify_all();
+        self.changed.notify_all();
     }
 
-    /// Classifies an exit (see [`classify`]).
+    /// Classifies an exit (see [`classify`]); one that hit a window counts as a hit of each
+    /// window it could have hit.
     pub fn classify(&self, gpa: Option<u64>, span: RunSpan, state: MemoryState) -> Verdict {
-        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        classify(gpa, span, &log, state)
+        let Some(gpa) = gpa else { return Verdict::GuestError };
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        let hit: Vec<usize> = (0..log.len()).filter(|&i| could_hit(&log[i].0, gpa, span)).collect();
+        let verdict = decide(!hit.is_empty(), state);
+        if verdict == Verdict::UpdateWindow {
+            for i in hit {
+                log[i].1 += 1;
+            }
+            self.changed.notify_all();
+        }
+        verdict
+    }
+
+    /// Waits until an exit was classified as hitting window `index`, `bound` passed, or
+    /// `stopped()` (checked every `check`); says whether one was.
+    pub fn wait_hit(&self, index: usize, bound: Duration, check: Duration, stopped: impl Fn() -> bool) -> bool {
+        let since = std::time::Instant::now();
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if log.get(index).is_some_and(|(_, hits)| *hits > 0) {
+                return true;
+            }
+            let waited = since.elapsed();
+            if waited >= bound || stopped() {
+                return false;
+            }
+            log = self.changed.wait_timeout(log, (bound - waited).min(check)).unwrap_or_else(|p| p.into_inner()).0;
+        }
     }
 
     /// Waits until no window holding `gpa` is open: the access can then be completed against
-    /// the layout after the update.
-    pub fn wait_closed(&self, gpa: u64) {
+    /// the layout after the update. Checks `stopped()` (the run ended) every `check`, and gives
+    /// up then: `false`.
+    pub fn wait_closed(&self, gpa: u64, check: Duration, stopped: impl Fn() -> bool) -> bool {
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        while log.iter().any(|w| w.closed.is_none() && w.ranges.iter().any(|r| r.contains(&gpa))) {
-            log = self.closed.wait(log).unwrap_or_else(|p| p.into_inner());
+        while log.iter().any(|(w, _)| w.closed.is_none() && w.ranges.iter().any(|r| r.contains(&gpa))) {
+            if stopped() {
+                return false;
+            }
+            log = self.changed.wait_timeout(log, check).unwrap_or_else(|p| p.into_inner()).0;
         }
+        true
     }
 
     /// How many windows there were.
     pub fn count(&self) -> usize {
         self.log.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// How many exits hit window `index`.
+    pub fn hits(&self, index: usize) -> u64 {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).get(index).map_or(0, |(_, hits)| *hits)
     }
 }
 
@@ -196,10 +246,34 @@ mod tests {
         let i = w.open(vec![RAM]);
         let during = w.generation();
         assert_eq!(w.classify(Some(0x2000), span(before, during), MemoryState::NotPaged), Verdict::UpdateWindow);
+        // Still open: a wait for it gives up once the run ended.
+        assert!(!w.wait_closed(0x2000, Duration::from_millis(1), || true), "gave up");
         w.close(i);
-        w.wait_closed(0x2000);
+        assert!(w.wait_closed(0x2000, Duration::from_millis(1), || false));
         let after = w.generation();
         assert_eq!(w.classify(Some(0x2000), span(after, after), MemoryState::NotPaged), Verdict::GuestError);
         assert_eq!(w.count(), 1);
+    }
+
+    /// A lingering update waits for a hit of its own window: an exit that could only have hit
+    /// another (earlier) window does not count for it.
+    #[test]
+    fn hits_are_counted_per_window() {
+        let w = Windows::default();
+        let first = w.open(vec![RAM]);
+        let entered_first = w.generation();
+        w.close(first);
+        let second = w.open(vec![0x100_0000..0x110_0000]);
+        let now = w.generation();
+        // A KVM_RUN that spanned both windows exits at RAM: only the first could be hit there.
+        assert_eq!(
+            w.classify(Some(0x2000), span(entered_first - 1, now), MemoryState::NotPaged),
+            Verdict::UpdateWindow
+        );
+        assert_eq!((w.hits(first), w.hits(second)), (1, 0));
+        assert!(!w.wait_hit(second, Duration::from_secs(30), Duration::from_millis(1), || true), "not hit");
+        assert_eq!(w.classify(Some(0x100_2000), span(now, now), MemoryState::NotPaged), Verdict::UpdateWindow);
+        assert!(w.wait_hit(second, Duration::from_secs(30), Duration::from_millis(1), || false));
+        w.close(second);
     }
 }

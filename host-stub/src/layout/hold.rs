@@ -31,6 +31,8 @@ struct GateState {
     closed: bool,
     /// vCPU threads between [`HoldGate::enter`] and the end of their KVM_RUN.
     in_guest: usize,
+    /// A hold closed the gate and waits for vCPUs still inside KVM_RUN.
+    waiting: bool,
 }
 
 /// The gate every KVM_RUN passes (one per run, in [`VcpuThreads`]).
@@ -65,20 +67,44 @@ pub struct Held<'a> {
     pub since: Instant,
     /// How long the vCPUs took to come out.
     pub stopping: Duration,
+    /// The gate was opened already ([`Held::release`]).
+    released: bool,
+}
+
+impl Held<'_> {
+    /// Opens the gate and says how long the vCPUs were held: from the request to the moment the
+    /// gate opened, read under the gate's lock before it opens, so that the time the vCPUs take
+    /// to wake up and run again (and this thread to be scheduled) is not counted as held.
+    pub fn release(mut self) -> Duration {
+        self.open()
+    }
+
+    fn open(&mut self) -> Duration {
+        let mut state = self.gate.lock();
+        let held = self.since.elapsed();
+        state.closed = false;
+        drop(state);
+        self.released = true;
+        self.gate.changed.notify_all();
+        held
+    }
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        self.gate.lock().closed = false;
-        self.gate.changed.notify_all();
+        if !self.released {
+            self.open();
+        }
     }
 }
 
-/// The vCPUs did not all come out of KVM_RUN within [`HOLD_BOUND`].
+/// The vCPUs did not all come out of KVM_RUN within [`HOLD_BOUND`], or before the run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HoldTimedOut {
     /// vCPUs still inside KVM_RUN.
     pub in_guest: usize,
+    /// The run ended meanwhile (its time limit, another vCPU's error): the hold gave up then.
+    pub stopped: bool,
 }
 
 impl HoldGate {
@@ -105,6 +131,11 @@ impl HoldGate {
         self.lock().closed
     }
 
+    /// Whether a hold closed the gate and is waiting for a vCPU still inside KVM_RUN.
+    pub fn is_waiting(&self) -> bool {
+        self.lock().waiting
+    }
+
     /// Wakes threads waiting at the gate (the run is stopping: they must see it).
     pub fn wake(&self) {
         let _state = self.lock();
@@ -123,18 +154,23 @@ impl HoldGate {
         threads.kick_all();
         let mut state = self.lock();
         while state.in_guest > 0 {
+            state.waiting = true;
             let waited = since.elapsed();
-            if waited >= HOLD_BOUND {
+            // The run's end (`VcpuThreads::stop_all`) wakes this wait (`HoldGate::wake`).
+            let stopped = threads.stopping();
+            if waited >= HOLD_BOUND || stopped {
                 let in_guest = state.in_guest;
                 state.closed = false;
+                state.waiting = false;
                 drop(state);
                 self.changed.notify_all();
-                return Err(HoldTimedOut { in_guest });
+                return Err(HoldTimedOut { in_guest, stopped });
             }
             state = self.changed.wait_timeout(state, HOLD_BOUND - waited).unwrap_or_else(|p| p.into_inner()).0;
         }
+        state.waiting = false;
         drop(state);
-        Ok(Held { gate: self, _one_update: one_update, since, stopping: since.elapsed() })
+        Ok(Held { gate: self, _one_update: one_update, since, stopping: since.elapsed(), released: false })
     }
 }
 
@@ -199,5 +235,46 @@ mod tests {
         threads.gate.wake();
         assert!(waiter.join().expect("waiter"), "it did not enter");
         drop(held);
+    }
+
+    /// The hold time ends when the gate opens, not when the releasing thread gets to read the
+    /// clock afterwards: a thread waiting at the gate enters at or after the end of the hold.
+    #[test]
+    fn the_hold_time_ends_before_any_waiting_thread_enters() {
+        let threads = Arc::new(VcpuThreads::default());
+        for _ in 0..20 {
+            let held = threads.gate.hold(&threads).expect("nobody inside");
+            let since = held.since;
+            let waiter = {
+                let threads = threads.clone();
+                std::thread::spawn(move || {
+                    let guard = threads.gate.enter(|| false).expect("not stopping");
+                    let entered = Instant::now();
+                    drop(guard);
+                    entered
+                })
+            };
+            let time = held.release();
+            let entered = waiter.join().expect("waiter");
+            assert!(since + time <= entered, "held {time:?}, but a waiting thread entered {:?} in", entered - since);
+        }
+    }
+
+    /// A hold waiting for a vCPU that never comes out (one blocked in KVM on a page nobody
+    /// supplies) gives up when the run ends, so that the run's time limit holds.
+    #[test]
+    fn a_hold_waiting_for_a_vcpu_gives_up_when_the_run_stops() {
+        let threads = Arc::new(VcpuThreads::default());
+        let stuck = threads.gate.enter(|| false).expect("not stopping");
+        let hold = {
+            let threads = threads.clone();
+            std::thread::spawn(move || threads.gate.hold(&threads).map(drop))
+        };
+        while !threads.gate.is_waiting() {
+            std::thread::yield_now();
+        }
+        threads.stop_all();
+        assert_eq!(hold.join().expect("hold"), Err(HoldTimedOut { in_guest: 1, stopped: true }));
+        drop(stuck);
     }
 }

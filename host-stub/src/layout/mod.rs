@@ -10,6 +10,7 @@
 //! reproduce the race: it records each window (`classify::Windows`), and the run loop classifies
 //! the exits that hit one (`classify`) and completes or retries them.
 
+mod access;
 pub mod classify;
 pub mod hold;
 pub mod table;
@@ -18,7 +19,7 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kvm_bindings::kvm_userspace_memory_region;
+use kvm_bindings::{KVM_MEM_LOG_DIRTY_PAGES, kvm_userspace_memory_region};
 use kvm_ioctls::VmFd;
 
 use pvagent_abi::hypercall::{Nr, Status};
@@ -85,16 +86,29 @@ struct Shared {
     table: Mutex<Layout>,
     windows: Windows,
     record: Mutex<Record>,
-    /// Signalled at each exit classified as an update's window (a lingering update waits for one).
-    hit: std::sync::Condvar,
     /// The regions announced to the guest (`Nr::LayoutRegion`), by index.
     announced: Mutex<Vec<(u64, u64, RegionKind)>>,
+    /// Pages (GPA / 4 KiB) of dirty-logged regions the host wrote itself (`complete_access`):
+    /// KVM's log records only the guest's writes, so [`LayoutHandle::dirty_log`] adds these.
+    host_dirty: Mutex<Vec<u64>>,
 }
 
 /// The run's memory layout, shared by whoever changes it (any thread, a handler's after-exit
 /// work included) and by the vCPU loops that classify exits. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct LayoutHandle(Arc<Shared>);
+
+/// How often a wait for another thread's event (a vCPU hitting a window, a window closing)
+/// checks whether the run ended, which has no event of its own for those waits: the run's time
+/// limit then holds within this.
+const STOP_CHECK: Duration = Duration::from_millis(20);
+
+fn hold_error(e: hold::HoldTimedOut) -> Error {
+    if e.stopped { Error::LayoutHoldEnded { in_guest: e.in_guest } } else { Error::LayoutHold { in_guest: e.in_guest } }
+}
+
+/// The page size of KVM's dirty log.
+const PAGE: u64 = 0x1000;
 
 /// The slot numbers the layout gives new slots: far above those the VM and the producers take
 /// at setup (`AttachCtx::take_slot`), below KVM's limit of 32764 user slots.
@@ -110,8 +124,8 @@ impl LayoutHandle {
             table: Mutex::new(table),
             windows: Windows::default(),
             record: Mutex::default(),
-            hit: std::sync::Condvar::new(),
             announced: Mutex::default(),
+            host_dirty: Mutex::default(),
         }))
     }
 
@@ -128,12 +142,18 @@ impl LayoutHandle {
     /// [`Update::ReplaceBacking`], say). Not to be mixed with [`LayoutHandle::update`] on the
     /// same thread while held (updates take the hold themselves).
     pub fn hold(&self) -> Result<hold::Held<'_>> {
-        self.0.threads.gate.hold(&self.0.threads).map_err(|e| Error::LayoutHold { in_guest: e.in_guest })
+        self.0.threads.gate.hold(&self.0.threads).map_err(hold_error)
     }
 
     /// Whether an update holds the vCPUs right now.
     pub fn holding(&self) -> bool {
         self.0.threads.gate.is_closed()
+    }
+
+    /// Whether a hold (an update's or [`LayoutHandle::hold`]'s) is waiting for a vCPU that is
+    /// still inside KVM_RUN: the gate is closed and it has not got every vCPU out yet.
+    pub fn waiting_for_vcpus(&self) -> bool {
+        self.0.threads.gate.is_waiting()
     }
 
     /// Every region now.
@@ -167,11 +187,17 @@ impl LayoutHandle {
         self.table().adopt(slot, region);
     }
 
+    /// Records a memslot a producer created itself and the layout does not manage (the released
+    /// region's guest_memfd slot): no update may put a region over it.
+    pub fn add_foreign(&self, range: Range<u64>) {
+        self.table().add_foreign(range);
+    }
+
     /// Adds `region` before the guest runs (no vCPU can see a window; not counted as an update).
     pub fn add_before_run(&self, region: Region) -> Result<()> {
         let mut table = self.table();
         let plan = table.plan(&Update::Add(region)).map_err(Error::Layout)?;
-        self.carry_out(&plan.ops, None)?;
+        self.carry_out(&plan.ops, None).map_err(|(done, e)| self.undo(&plan.ops[..done], &table, e))?;
         *table = plan.after;
         Ok(())
     }
@@ -200,20 +226,22 @@ impl LayoutHandle {
         // a vCPU classifying an exit meanwhile (it reads the table) never waits for an update,
         // which may be waiting for that very exit (`update_lingering`).
         let _one_update = self.0.updating.lock().unwrap_or_else(|p| p.into_inner());
-        let Plan { ops, after, window: ranges } = self.table().plan(update).map_err(Error::Layout)?;
+        let (Plan { ops, after, window: ranges }, before) = {
+            let table = self.table();
+            (table.plan(update).map_err(Error::Layout)?, table.clone())
+        };
         self.0.updated.store(true, std::sync::atomic::Ordering::Release);
         let held = match hold {
-            Hold::Vcpus => Some(
-                self.0.threads.gate.hold(&self.0.threads).map_err(|e| Error::LayoutHold { in_guest: e.in_guest })?,
-            ),
+            Hold::Vcpus => Some(self.0.threads.gate.hold(&self.0.threads).map_err(hold_error)?),
             Hold::Nothing => None,
         };
-        // Hits counted from before the window opens: a vCPU may hit it right after the first
-        // delete, before the lingering starts.
-        let hits_before = self.record().update_window;
-        let window = (hold == Hold::Nothing && !ranges.is_empty()).then(|| self.0.windows.open(ranges.clone()));
+        // Held updates record their window too: no vCPU's KVM_RUN can overlap it while the hold
+        // works (a vCPU reads the generation inside the gate), so an exit that does is a race
+        // exit whatever the pager says of the page, and fails a held run.
+        let window = (!ranges.is_empty()).then(|| self.0.windows.open(ranges.clone()));
         let started = Instant::now();
-        let outcome = self.carry_out(&ops, (linger && window.is_some()).then_some(hits_before));
+        let outcome = self.carry_out(&ops, window.filter(|_| linger));
+        let outcome = outcome.map_err(|(done, e)| self.undo(&ops[..done], &before, e));
         let operations = started.elapsed();
         // The new table is in place before the window closes: an access completed after the
         // close (`complete_access`) goes to the new layout.
@@ -226,9 +254,7 @@ impl LayoutHandle {
         let (hold_time, stopping) = match held {
             Some(h) => {
                 let stopping = h.stopping;
-                let since = h.since;
-                drop(h);
-                (Some(since.elapsed()), Some(stopping))
+                (Some(h.release()), Some(stopping))
             }
             None => (None, None),
         };
@@ -245,17 +271,17 @@ impl LayoutHandle {
         Ok(Applied { hold: hold_time, stopping, operations, window: ranges, hit })
     }
 
-    /// Carries `ops` out; with `linger` (the window hits counted before it opened), waits for an
-    /// exit in the window right before the first create that follows a delete, and says whether
-    /// one came.
-    fn carry_out(&self, ops: &[SlotOp], linger: Option<u64>) -> Result<bool> {
+    /// Carries `ops` out; with `linger` (the update's window), waits for an exit in that window
+    /// right before the first create that follows a delete, and says whether one came. On a
+    /// failure: how many operations were done, and the error.
+    fn carry_out(&self, ops: &[SlotOp], linger: Option<usize>) -> std::result::Result<bool, (usize, Error)> {
         let mut deleted = false;
         let mut hit = false;
-        for op in ops {
+        for (done, op) in ops.iter().enumerate() {
             match op {
                 SlotOp::Delete { .. } => deleted = true,
-                SlotOp::Create { .. } if deleted && linger.is_some() => {
-                    hit = self.wait_for_hit(linger.unwrap_or(0));
+                SlotOp::Create { .. } if deleted && let Some(window) = linger => {
+                    hit = self.0.windows.wait_hit(window, LINGER_BOUND, STOP_CHECK, || self.0.threads.stopping());
                     deleted = false;
                 }
                 _ => {}
@@ -273,34 +299,69 @@ impl LayoutHandle {
                     },
                 ),
             };
-            // SAFETY: a region's backing stays mapped while the region is in the table
-            // (`Backing::new`'s contract), and a deleted slot's is dropped only after KVM let go
-            // of it (the old table is dropped after this returns).
-            unsafe { self.0.vm.set_user_memory_region(desc) }.map_err(|e| Error::SetMemoryRegion(slot, e))?;
+            self.set_slot(slot, desc).map_err(|e| (done, e))?;
         }
         Ok(hit)
     }
 
-    /// Waits until more than `before` exits were classified as an update's window, or
-    /// [`LINGER_BOUND`].
-    fn wait_for_hit(&self, before: u64) -> bool {
-        let since = Instant::now();
-        let mut record = self.record();
-        while record.update_window == before {
-            let waited = since.elapsed();
-            if waited >= LINGER_BOUND {
-                return false;
-            }
-            record = self.0.hit.wait_timeout(record, LINGER_BOUND - waited).unwrap_or_else(|p| p.into_inner()).0;
-        }
-        true
+    fn set_slot(&self, slot: u32, desc: kvm_userspace_memory_region) -> Result<()> {
+        // SAFETY: a region's backing stays mapped while the region is in a table (`Backing::new`'s
+        // contract), and a deleted slot's is dropped only after KVM let go of it (`apply` keeps
+        // the old table until the update is done).
+        unsafe { self.0.vm.set_user_memory_region(desc) }.map_err(|e| Error::SetMemoryRegion(slot, e))
     }
 
-    /// KVM's dirty log of the region at `gpa` (one bit per 4 KiB page, cleared by reading).
+    /// Undoes `done`, the operations of an update carried out before one failed with `error`,
+    /// newest first, so that KVM's slots are `before` again (a region the update deleted is
+    /// created again, rather than the guest losing its memory). [`Error::LayoutUndone`] when that
+    /// worked (the run may go on); the first error otherwise (the slots are part-way).
+    fn undo(&self, done: &[SlotOp], before: &Layout, error: Error) -> Error {
+        let old = |slot: u32| before.slots().find(|(s, _)| *s == slot).map(|(_, r)| r.clone());
+        let desc = |slot: u32, r: &Region| kvm_userspace_memory_region {
+            slot,
+            flags: r.flags,
+            guest_phys_addr: r.gpa,
+            memory_size: r.bytes,
+            userspace_addr: r.backing.host(),
+        };
+        for op in done.iter().rev() {
+            let undone = match op {
+                // Deleted (a slot the update also deleted first is created as it was by undoing
+                // that delete, which comes next).
+                SlotOp::Create { slot, .. } => {
+                    self.set_slot(*slot, kvm_userspace_memory_region { slot: *slot, ..Default::default() })
+                }
+                SlotOp::Delete { slot } | SlotOp::SetFlags { slot, .. } => match old(*slot) {
+                    Some(r) => self.set_slot(*slot, desc(*slot, &r)),
+                    None => Ok(()),
+                },
+            };
+            if undone.is_err() {
+                return error;
+            }
+        }
+        Error::LayoutUndone(Box::new(error))
+    }
+
+    /// KVM's dirty log of the region at `gpa` (one bit per 4 KiB page, cleared by reading), with
+    /// the pages the host wrote itself for the guest (`complete_access`) added: KVM logs only the
+    /// guest's own writes, and a VMM migrating the guest must copy those pages too.
     pub fn dirty_log(&self, gpa: u64) -> Result<Vec<u64>> {
         let (slot, region) =
             self.find(gpa).filter(|(_, r)| r.gpa == gpa).ok_or(Error::Layout(table::LayoutError::NoRegion(gpa)))?;
-        self.0.vm.get_dirty_log(slot, region.bytes as usize).map_err(|e| Error::GetDirtyLog(slot, e))
+        let mut log = self.0.vm.get_dirty_log(slot, region.bytes as usize).map_err(|e| Error::GetDirtyLog(slot, e))?;
+        let mut host_dirty = self.0.host_dirty.lock().unwrap_or_else(|p| p.into_inner());
+        host_dirty.retain(|page| {
+            let Some(bit) = (page * PAGE).checked_sub(region.gpa).map(|offset| offset / PAGE) else { return true };
+            match log.get_mut((bit / 64) as usize) {
+                Some(word) => {
+                    *word |= 1 << (bit % 64);
+                    false
+                }
+                None => true,
+            }
+        });
+        Ok(log)
     }
 
     /// The update generation now, which a vCPU reads before KVM_RUN and after it.
@@ -330,7 +391,6 @@ impl LayoutHandle {
             Verdict::UpdateWindow => {
                 record.update_window += 1;
                 record.update_window_code += u64::from(code);
-                self.0.hit.notify_all();
             }
             Verdict::AbsentPage => record.absent_page += 1,
             Verdict::GuestError => record.guest_error += 1,
@@ -356,25 +416,31 @@ impl LayoutHandle {
 
     /// Completes an access that hit an update's window, against the layout after the update
     /// (waiting for it to be in place): a read fills `read`, a write stores `write`. `false`
-    /// when the address is no memory after all.
+    /// when the address is no memory after all, or the run ended first.
     pub fn complete_access(&self, gpa: u64, read: Option<&mut [u8]>, write: Option<&[u8]>) -> bool {
-        self.0.windows.wait_closed(gpa);
-        let Some((_, region)) = self.find(gpa) else { return false };
-        let len = read.as_ref().map_or(0, |d| d.len()).max(write.map_or(0, <[u8]>::len));
-        if gpa + len as u64 > region.range().end {
+        if !self.0.windows.wait_closed(gpa, STOP_CHECK, || self.0.threads.stopping()) {
             return false;
         }
+        let Some((_, region)) = self.find(gpa) else { return false };
+        let len = read.as_ref().map_or(0, |d| d.len()).max(write.map_or(0, <[u8]>::len));
+        if gpa.checked_add(len as u64).is_none_or(|end| end > region.range().end) {
+            return false;
+        }
+        if write.is_some() && region.flags & KVM_MEM_LOG_DIRTY_PAGES != 0 && len > 0 {
+            // The guest's write, made by the host: KVM's log will not show it.
+            let pages = gpa / PAGE..=(gpa + len as u64 - 1) / PAGE;
+            self.0.host_dirty.lock().unwrap_or_else(|p| p.into_inner()).extend(pages);
+        }
         let host = (region.backing.host() + (gpa - region.gpa)) as *mut u8;
-        // SAFETY: `host..host + len` is inside the region's backing (checked above), mapped while
-        // `region` (a clone holding the backing) lives; the guest may change it meanwhile, so
-        // the copy is a volatile-free byte copy into or out of a local buffer, never a reference
-        // that outlives it.
+        // SAFETY: `host..host + len` is inside the region's backing (checked above: a region is
+        // never larger than its backing), mapped while `region` (a clone holding the backing)
+        // lives; the guest may change it meanwhile, so it is copied, never referenced.
         unsafe {
             if let Some(data) = read {
-                std::ptr::copy(host, data.as_mut_ptr(), data.len());
+                access::load(host, data);
             }
             if let Some(data) = write {
-                std::ptr::copy(data.as_ptr(), host, data.len());
+                access::store(host, data);
             }
         }
         true
@@ -447,3 +513,6 @@ impl ExitHandler for LayoutHandle {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -13,10 +13,13 @@ use std::sync::Arc;
 
 use kvm_bindings::{KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY};
 
-/// Host memory behind guest memory: where it starts, and what keeps it mapped.
+/// Host memory behind guest memory: where it starts, how far it goes, and what keeps it mapped.
 #[derive(Clone)]
 pub struct Backing {
     host: u64,
+    /// Bytes of the mapping from `host` on: no region on it may be larger (a resize or a merge
+    /// past them would give KVM, and the host's own completed accesses, unmapped memory).
+    bytes: u64,
     _keep: Arc<dyn Send + Sync>,
 }
 
@@ -27,20 +30,22 @@ impl std::fmt::Debug for Backing {
 }
 
 impl Backing {
-    /// Memory at host address `host`, kept mapped by `keep` (the mapping's owner, e.g. an
-    /// `Arc<MmapRegion>` or a clone of the `GuestMemoryMmap`).
+    /// `bytes` of memory at host address `host`, kept mapped by `keep` (the mapping's owner,
+    /// e.g. an `Arc<MmapRegion>` or a clone of the `GuestMemoryMmap`). The layout never puts a
+    /// region on more than `bytes` of it.
     ///
     /// # Safety
     ///
-    /// Every region built on it must lie inside one mapping that stays mapped, readable and
-    /// writable for as long as `keep` lives: KVM reads and writes it on the guest's behalf.
-    pub unsafe fn new(host: u64, keep: Arc<dyn Send + Sync>) -> Self {
-        Self { host, _keep: keep }
+    /// `host..host + bytes` must lie inside one mapping that stays mapped, readable and writable
+    /// for as long as `keep` lives: KVM reads and writes it on the guest's behalf.
+    pub unsafe fn new(host: u64, bytes: u64, keep: Arc<dyn Send + Sync>) -> Self {
+        Self { host, bytes, _keep: keep }
     }
 
-    /// The same memory, `offset` bytes further on.
+    /// The same memory, `offset` bytes further on (at most `self.bytes`).
     fn offset(&self, offset: u64) -> Self {
-        Self { host: self.host + offset, _keep: Arc::clone(&self._keep) }
+        let offset = offset.min(self.bytes);
+        Self { host: self.host + offset, bytes: self.bytes - offset, _keep: Arc::clone(&self._keep) }
     }
 
     /// Its host address.
@@ -60,9 +65,11 @@ pub struct Region {
 }
 
 impl Region {
-    /// Its guest addresses.
+    /// Its guest addresses. A region in a layout never wraps ([`Layout::plan`] refuses one that
+    /// would); one built from a guest's numbers that would ends at `u64::MAX` here, and the plan
+    /// refuses it.
     pub fn range(&self) -> Range<u64> {
-        self.gpa..self.gpa + self.bytes
+        self.gpa..self.gpa.saturating_add(self.bytes)
     }
 }
 
@@ -131,6 +138,10 @@ pub enum LayoutError {
     NothingToMerge(u64),
     #[error("memslot flags {0:#x}: only KVM_MEM_LOG_DIRTY_PAGES and KVM_MEM_READONLY")]
     Flags(u32),
+    #[error("a region of {bytes:#x} bytes at {start:#x} is larger than its host memory ({backing:#x} bytes)")]
+    BeyondBacking { start: u64, bytes: u64, backing: u64 },
+    #[error("{bytes:#x} bytes at {start:#x} do not fit below the guest's physical address limit {limit:#x}")]
+    OutOfRange { start: u64, bytes: u64, limit: u64 },
 }
 
 /// What a change does: the memslot operations, in order, and the table after them.
@@ -149,15 +160,27 @@ pub struct Layout {
     slots: Vec<(u32, Region)>,
     /// Slot numbers this layout may take for new slots (`first_free..`).
     next_free: u32,
+    /// Guest addresses a region must end at or below: 2^MAXPHYADDR.
+    limit: u64,
+    /// Guest addresses of memslots the layout does not manage (a producer's own, such as the
+    /// released region's guest_memfd slot): no region may overlap them.
+    foreign: Vec<Range<u64>>,
 }
 
 const PAGE: u64 = 0x1000;
 const KNOWN_FLAGS: u32 = KVM_MEM_LOG_DIRTY_PAGES | KVM_MEM_READONLY;
 
 impl Layout {
-    /// An empty layout that numbers the slots it creates from `first_free` on.
-    pub fn new(first_free: u32) -> Self {
-        Self { slots: Vec::new(), next_free: first_free }
+    /// An empty layout that numbers the slots it creates from `first_free` on, for a guest
+    /// whose physical addresses have `phys_bits` bits (CPUID 0x8000_0008, EAX bits 7:0).
+    pub fn new(first_free: u32, phys_bits: u32) -> Self {
+        let limit = 1u64.checked_shl(phys_bits).unwrap_or(u64::MAX);
+        Self { slots: Vec::new(), next_free: first_free, limit, foreign: Vec::new() }
+    }
+
+    /// Records a memslot the layout does not manage, which no region may overlap.
+    pub fn add_foreign(&mut self, range: Range<u64>) {
+        self.foreign.push(range);
     }
 
     /// Records a slot that already exists in KVM (set up before the layout took over).
@@ -186,7 +209,10 @@ impl Layout {
     }
 
     fn check(&self, region: &Region, ignoring: &[u32]) -> Result<(), LayoutError> {
-        let Range { start, end } = region.range();
+        let (start, bytes) = (region.gpa, region.bytes);
+        let Some(end) = start.checked_add(bytes).filter(|end| *end <= self.limit) else {
+            return Err(LayoutError::OutOfRange { start, bytes, limit: self.limit });
+        };
         if region.bytes == 0
             || !start.is_multiple_of(PAGE)
             || !region.bytes.is_multiple_of(PAGE)
@@ -194,13 +220,18 @@ impl Layout {
         {
             return Err(LayoutError::Unaligned { start, end });
         }
+        if region.bytes > region.backing.bytes {
+            return Err(LayoutError::BeyondBacking { start, bytes, backing: region.backing.bytes });
+        }
         if region.flags & !KNOWN_FLAGS != 0 {
             return Err(LayoutError::Flags(region.flags));
         }
         let other = self.slots.iter().find(|(s, r)| !ignoring.contains(s) && r.gpa < end && start < r.range().end);
-        match other {
-            Some((_, r)) => Err(LayoutError::Overlap { start, end, other: r.gpa }),
-            None => Ok(()),
+        let foreign = self.foreign.iter().find(|r| r.start < end && start < r.end);
+        match (other, foreign) {
+            (Some((_, r)), _) => Err(LayoutError::Overlap { start, end, other: r.gpa }),
+            (None, Some(r)) => Err(LayoutError::Overlap { start, end, other: r.start }),
+            (None, None) => Ok(()),
         }
     }
 
@@ -269,6 +300,8 @@ impl Layout {
                     .ok_or(LayoutError::NothingToMerge(*gpa))?;
                 let (second_slot, second) = after.slots[j].clone();
                 let merged = Region { bytes: first.bytes + second.bytes, ..first.clone() };
+                // Contiguous host addresses may still be two mappings: the first's must hold both.
+                after.check(&merged, &[slot, second_slot])?;
                 after.slots[i].1 = merged.clone();
                 after.slots.retain(|(s, _)| *s != second_slot);
                 ops.push(SlotOp::Delete { slot: second_slot });
@@ -324,7 +357,7 @@ mod tests {
 
     fn backing(host: u64) -> Backing {
         // SAFETY: the tests never give these to KVM.
-        unsafe { Backing::new(host, Arc::new(())) }
+        unsafe { Backing::new(host, 0x1000_0000, Arc::new(())) }
     }
 
     fn region(gpa: u64, bytes: u64, host: u64) -> Region {
@@ -332,7 +365,7 @@ mod tests {
     }
 
     fn ram() -> Layout {
-        let mut layout = Layout::new(10);
+        let mut layout = Layout::new(10, 46);
         layout.adopt(0, region(0, 0x40_0000, 0x7f00_0000_0000));
         layout
     }
@@ -431,5 +464,53 @@ mod tests {
         apart.adopt(1, region(0x40_0000, 0x1000, 0x1000));
         assert_eq!(apart.plan(&Update::Merge { gpa: 0 }).unwrap_err(), LayoutError::NothingToMerge(0));
         assert_eq!(shape(&layout), shape(&ram()));
+    }
+
+    /// A guest's numbers (a move's target) that wrap, pass the physical address limit or land
+    /// on a memslot the layout does not manage are refused, never a panic or a KVM error.
+    #[test]
+    fn a_move_that_wraps_passes_the_address_limit_or_hits_a_foreign_slot_is_refused() {
+        let mut layout = ram();
+        layout.add_foreign(0x1_4000_0000..0x1_4020_0000);
+        let limit = 1 << 46;
+        let refused = [
+            (0xFFFF_FFFF_FFE0_0000, LayoutError::OutOfRange { start: 0xFFFF_FFFF_FFE0_0000, bytes: 0x40_0000, limit }),
+            (limit - 0x20_0000, LayoutError::OutOfRange { start: limit - 0x20_0000, bytes: 0x40_0000, limit }),
+            (0x1_4000_0000, LayoutError::Overlap { start: 0x1_4000_0000, end: 0x1_4040_0000, other: 0x1_4000_0000 }),
+            (0x1_3FE0_0000, LayoutError::Overlap { start: 0x1_3FE0_0000, end: 0x1_4020_0000, other: 0x1_4000_0000 }),
+            (0x1_3FE0_0800, LayoutError::Unaligned { start: 0x1_3FE0_0800, end: 0x1_4020_0800 }),
+        ];
+        for (to, error) in refused {
+            assert_eq!(layout.plan(&Update::Move { gpa: 0, to }).unwrap_err(), error, "to {to:#x}");
+        }
+        assert!(layout.plan(&Update::Move { gpa: 0, to: limit - 0x40_0000 }).is_ok(), "the last place below the limit");
+        assert_eq!(
+            layout.plan(&Update::Resize { gpa: 0, bytes: u64::MAX - 0xFFF }).unwrap_err(),
+            LayoutError::OutOfRange { start: 0, bytes: u64::MAX - 0xFFF, limit }
+        );
+    }
+
+    /// A region never gets more than its host memory: a resize past it, or a merge of two
+    /// regions whose host memory is contiguous but not one mapping, is refused.
+    #[test]
+    fn a_region_never_outgrows_its_host_memory() {
+        let mut layout = Layout::new(10, 46);
+        // SAFETY: the tests never give these to KVM.
+        let small = unsafe { Backing::new(0x7f00_0000_0000, 0x20_0000, Arc::new(())) };
+        layout.adopt(0, Region { gpa: 0, bytes: 0x20_0000, backing: small, flags: 0 });
+        assert_eq!(
+            layout.plan(&Update::Resize { gpa: 0, bytes: 0x40_0000 }).unwrap_err(),
+            LayoutError::BeyondBacking { start: 0, bytes: 0x40_0000, backing: 0x20_0000 }
+        );
+        // SAFETY: as above.
+        let next = unsafe { Backing::new(0x7f00_0020_0000, 0x20_0000, Arc::new(())) };
+        layout.adopt(1, Region { gpa: 0x20_0000, bytes: 0x20_0000, backing: next, flags: 0 });
+        assert_eq!(
+            layout.plan(&Update::Merge { gpa: 0 }).unwrap_err(),
+            LayoutError::BeyondBacking { start: 0, bytes: 0x40_0000, backing: 0x20_0000 }
+        );
+        // The halves of a split are one mapping, and merge again.
+        let split = ram().plan(&Update::Split { gpa: 0, at: 0x20_0000, upper_flags: 0 }).unwrap().after;
+        assert!(split.plan(&Update::Merge { gpa: 0 }).is_ok());
     }
 }

@@ -23,24 +23,27 @@ use std::sync::{Arc, Mutex};
 
 use kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES;
 use pvagent_abi::hypercall::{Nr, Status};
-use pvagent_abi::layout::{CHURN_CODE, CHURN_CODE_OFFSET, LayoutStepKind, RegionKind, fill_value};
+use pvagent_abi::layout::{CHURN_CODE, CHURN_CODE_OFFSET, CHURN_REGION_SPLIT, LayoutStepKind, RegionKind, fill_value};
 use pvagent_abi::pvh::{HvmMemmapEntry, MEMMAP_TYPE_RESERVED};
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{MmapRegion, VolatileMemory};
 
 use crate::error::{Error, Result};
 use crate::handler::{AfterExit, AttachCtx, EntryPending, ExitHandler, HypercallAnswer, Report, VcpuCtx};
-use crate::layout::table::{Backing, Region, Update};
+use crate::layout::table::{Backing, LayoutError, Region, Update};
 use crate::layout::{Hold, LayoutHandle};
 
 const NAME: &str = "churn";
 /// Where the churn region is (above the demand pager's and the released region's defaults).
 pub const CHURN_GPA: u64 = 6 << 30;
-/// Its size: one 2 MiB page, split at its middle.
-pub const CHURN_BYTES: u64 = 2 << 20;
+/// Its size: twice the ABI's split point (the split is at its middle).
+pub const CHURN_BYTES: u64 = 2 * CHURN_REGION_SPLIT;
 /// Where hot-added regions go: one after another from here, 2 MiB each.
 pub const HOT_ADD_GPA: u64 = 7 << 30;
 pub const HOT_ADD_BYTES: u64 = 2 << 20;
+/// Hot-adds a run allows at most (each allocates [`HOT_ADD_BYTES`] of host memory); more are
+/// answered status 2.
+pub const MAX_HOT_ADDS: u64 = 64;
 
 /// What changes, and whether the vCPUs are held.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +71,8 @@ struct Progress {
     /// The churn region's upper half's dirty log at its last merge, and how many pages it had.
     dirty: Vec<u64>,
     dirty_pages: u64,
+    /// Changes the guest asked for that the layout refused (answered status 2).
+    refused: u64,
     /// The first update that failed, if any (the run stops on it).
     failed: Option<String>,
 }
@@ -85,6 +90,11 @@ pub struct Churn {
     next_target: Arc<AtomicU64>,
     layout: Option<LayoutHandle>,
     progress: Arc<Mutex<Progress>>,
+    /// Held by a change that first reads the layout to decide what to do (split or merge, where
+    /// a region is), so that two such changes at once do not both decide from the same state.
+    steps: Arc<Mutex<()>>,
+    /// Hot-adds asked for so far (each takes the next place from [`HOT_ADD_GPA`]).
+    hot_adds: AtomicU64,
 }
 
 impl Churn {
@@ -97,6 +107,8 @@ impl Churn {
             next_target: Arc::default(),
             layout: None,
             progress: Arc::default(),
+            steps: Arc::default(),
+            hot_adds: AtomicU64::new(0),
         }
     }
 
@@ -106,8 +118,8 @@ impl Churn {
 }
 
 /// Fresh anonymous memory of `bytes`, every 8-byte word at guest address `gpa + offset` holding
-/// `fill_value(gpa + offset)`, as a backing.
-fn fresh_memory(gpa: u64, bytes: u64) -> Result<(Arc<MmapRegion>, Backing)> {
+/// `fill_value(gpa + offset)`, as a backing (also the released region's repair).
+pub(crate) fn fresh_memory(gpa: u64, bytes: u64) -> Result<(Arc<MmapRegion>, Backing)> {
     let map = MmapRegionBuilder::new(bytes as usize)
         .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
         .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
@@ -118,7 +130,7 @@ fn fresh_memory(gpa: u64, bytes: u64) -> Result<(Arc<MmapRegion>, Backing)> {
     slice.copy_from(&words);
     let map = Arc::new(map);
     // SAFETY: the mapping is `bytes` long, readable and writable, and `keep` (the Arc) keeps it.
-    let backing = unsafe { Backing::new(map.as_ptr() as u64, map.clone()) };
+    let backing = unsafe { Backing::new(map.as_ptr() as u64, bytes, map.clone()) };
     Ok((map, backing))
 }
 
@@ -157,7 +169,7 @@ fn churn_update(layout: &LayoutHandle, update: &Update, hold: Hold, progress: &M
 
 /// The churn region's next change.
 fn region_step(layout: &LayoutHandle, hold: Hold, progress: &Mutex<Progress>) -> Result<()> {
-    let middle = CHURN_GPA + CHURN_BYTES / 2;
+    let middle = CHURN_GPA + CHURN_REGION_SPLIT;
     let split = layout.find(middle).is_some_and(|(_, r)| r.gpa != middle);
     if split {
         churn_update(
@@ -179,15 +191,25 @@ fn region_step(layout: &LayoutHandle, hold: Hold, progress: &Mutex<Progress>) ->
 }
 
 impl Churn {
-    /// `Nr::LayoutStep`: checks the request, and leaves the change for after the exit (outside
-    /// the handlers' lock: other vCPUs' exits, which may hit its window, go on meanwhile).
+    /// `Nr::LayoutStep`: makes the change after the exit (outside the handlers' lock: other
+    /// vCPUs' exits, which may hit its window, go on meanwhile) and answers then: status 2 for a
+    /// change the layout refuses (or one KVM failed and the layout undid); any other failure ends
+    /// the run.
     fn step(&mut self, ctx: &mut VcpuCtx<'_>, args: [u64; 4]) -> Result<HypercallAnswer> {
         let Some(layout) = self.layout.clone() else { return Ok(None) };
-        let (hold, progress) = (self.hold(), self.progress.clone());
+        let (hold, progress, steps) = (self.hold(), self.progress.clone(), self.steps.clone());
         let work: Box<dyn FnOnce() -> Result<()> + Send> = match LayoutStepKind::try_from(args[0]) {
-            Ok(LayoutStepKind::SplitOrMerge) => Box::new(move || region_step(&layout, hold, &progress)),
+            Ok(LayoutStepKind::SplitOrMerge) => Box::new(move || {
+                let _one = steps.lock().unwrap_or_else(|p| p.into_inner());
+                region_step(&layout, hold, &progress)
+            }),
             Ok(LayoutStepKind::HotAdd) => {
-                let n = progress.lock().unwrap_or_else(|p| p.into_inner()).hot_added;
+                // Each hot-add its own place, taken now: two at once never get the same one.
+                let n = self.hot_adds.fetch_add(1, Ordering::Relaxed);
+                if n >= MAX_HOT_ADDS {
+                    progress.lock().unwrap_or_else(|p| p.into_inner()).refused += 1;
+                    return Ok(Some(Err(Status::InvalidArgument)));
+                }
                 let gpa = HOT_ADD_GPA + n * HOT_ADD_BYTES;
                 Box::new(move || {
                     let (_map, backing) = fresh_memory(gpa, HOT_ADD_BYTES)?;
@@ -200,14 +222,21 @@ impl Churn {
             }
             Ok(LayoutStepKind::Move) => {
                 let (index, to) = (args[1], args[2]);
-                let Some((from, bytes, RegionKind::HotAdded)) = layout.announced(index) else {
-                    return Ok(Some(Err(Status::InvalidArgument)));
-                };
-                let taken = layout.find(to).is_some() || layout.find(to + bytes - 1).is_some();
-                if !to.is_multiple_of(HOT_ADD_BYTES) || (taken && to != from) {
+                if !to.is_multiple_of(HOT_ADD_BYTES) {
+                    progress.lock().unwrap_or_else(|p| p.into_inner()).refused += 1;
                     return Ok(Some(Err(Status::InvalidArgument)));
                 }
                 Box::new(move || {
+                    let _one = steps.lock().unwrap_or_else(|p| p.into_inner());
+                    // Where it is now, read under the lock: moves of it take turns.
+                    let Some((from, _, RegionKind::HotAdded)) = layout.announced(index) else {
+                        return Err(Error::Layout(LayoutError::NoRegion(to)));
+                    };
+                    if from == to {
+                        return Ok(());
+                    }
+                    // The layout checks `to` (no wrap, below the guest's physical address
+                    // limit, clear of every memslot) before it deletes anything.
                     churn_update(&layout, &Update::Move { gpa: from, to }, hold, &progress)?;
                     layout.announce_moved(index, to);
                     progress.lock().unwrap_or_else(|p| p.into_inner()).moved += 1;
@@ -217,19 +246,23 @@ impl Churn {
             Err(_) => return Ok(Some(Err(Status::InvalidArgument))),
         };
         let progress = self.progress.clone();
-        ctx.after_exit(AfterExit::new(move || {
-            let done = work();
-            if let Err(e) = &done {
-                progress.lock().unwrap_or_else(|p| p.into_inner()).failed.get_or_insert(e.to_string());
+        ctx.answer_after_exit(move || match work() {
+            Ok(()) => Ok(Ok([0, 0])),
+            Err(Error::Layout(_) | Error::LayoutUndone(_)) => {
+                progress.lock().unwrap_or_else(|p| p.into_inner()).refused += 1;
+                Ok(Err(Status::InvalidArgument))
             }
-            done
-        }));
+            Err(e) => {
+                progress.lock().unwrap_or_else(|p| p.into_inner()).failed.get_or_insert(e.to_string());
+                Err(e)
+            }
+        });
         Ok(Some(Ok([0, 0])))
     }
 
     /// `Nr::LayoutDirty`.
     fn dirty(&self, page: u64) -> HypercallAnswer {
-        let first = CHURN_BYTES / 2 / 0x1000;
+        let first = CHURN_REGION_SPLIT / 0x1000;
         let Some(bit) = page.checked_sub(first).filter(|b| *b < first) else {
             return Some(Err(Status::InvalidArgument));
         };
@@ -288,8 +321,9 @@ impl ExitHandler for Churn {
         let Some(layout) = self.layout.clone() else { return Ok(()) };
         let n = self.next_target.fetch_add(1, Ordering::Relaxed) as usize;
         let (gpa, at) = self.targets[n % self.targets.len()];
-        let progress = self.progress.clone();
+        let (progress, steps) = (self.progress.clone(), self.steps.clone());
         ctx.after_exit(AfterExit::new(move || {
+            let _one = steps.lock().unwrap_or_else(|p| p.into_inner());
             let done = target_step(&layout, gpa, at, &progress);
             if let Err(e) = &done {
                 progress.lock().unwrap_or_else(|p| p.into_inner()).failed.get_or_insert(e.to_string());
@@ -319,6 +353,7 @@ impl ExitHandler for Churn {
             ("hot_added", p.hot_added),
             ("moved", p.moved),
             ("windows_missed", p.windows_missed),
+            ("refused", p.refused),
             ("dirty_pages_at_last_merge", p.dirty_pages),
         ] {
             report.counter(NAME, name, value);

@@ -2,7 +2,8 @@
 //! region is a guest_memfd memslot whose mapping and file the host released right after creating
 //! it, so every guest access to it is one KVM cannot back. On this machine's PVM `/dev/kvm` a
 //! CPL 3 access then ends KVM_RUN with `KVM_EXIT_MEMORY_FAULT` (gpa, size 4 KiB, flags 0) and a
-//! CPL 0 access with an MMIO exit (CPL 0 goes through `userspace_addr`, which no longer maps);
+//! CPL 0 access with an MMIO exit (CPL 0 goes through `userspace_addr`, whose range is
+//! kept reserved with no memory behind it);
 //! a kernel that does not annotate the fault gives a bare EFAULT. This producer handles all three:
 //! it replaces the slot's backing with fresh anonymous memory holding
 //! [`pvagent_abi::layout::fill_value`], and the retried access (or, for MMIO, the completed one)
@@ -18,9 +19,8 @@ use kvm_bindings::{
     KVM_MEM_GUEST_MEMFD, kvm_create_guest_memfd, kvm_userspace_memory_region, kvm_userspace_memory_region2,
 };
 use kvm_ioctls::{Cap, VmFd};
-use pvagent_abi::layout::{RegionKind, fill_value};
+use pvagent_abi::layout::RegionKind;
 use pvagent_abi::pvh::{HvmMemmapEntry, MEMMAP_TYPE_RESERVED};
-use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{MmapRegion, VolatileMemory};
 
 use crate::error::{Error, Result};
@@ -60,7 +60,7 @@ pub struct ReleasedBacking {
     slot: u32,
     /// The memory that replaced the released one (kept until after the VM is closed: the
     /// producers are dropped after the VM fd).
-    fresh: Option<MmapRegion>,
+    fresh: Option<Arc<MmapRegion>>,
     memory_fault_exits: u64,
     efaults: u64,
     mmio_accesses: u64,
@@ -101,16 +101,7 @@ impl ReleasedBacking {
         }
         let Some(vm) = self.vm.clone() else { return Ok(()) };
         let bytes = self.config.bytes;
-        let fresh = MmapRegionBuilder::new(bytes as usize)
-            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
-            .build()
-            .map_err(|e| Error::MapMemory { what: "a released region", bytes, source: std::io::Error::other(e) })?;
-        for offset in (0..bytes).step_by(8) {
-            let word = fill_value(self.config.gpa + offset);
-            let slice = fresh.get_slice(offset as usize, 8).expect("inside the mapping");
-            slice.copy_from(&word.to_le_bytes());
-        }
+        let (fresh, _) = crate::producers::churn::fresh_memory(self.config.gpa, bytes)?;
         let delete = kvm_userspace_memory_region { slot: self.slot, ..Default::default() };
         // SAFETY: deleting a slot maps nothing.
         unsafe { vm.set_user_memory_region(delete) }.map_err(|e| Error::SetMemoryRegion(self.slot, e))?;
@@ -140,6 +131,36 @@ impl ReleasedBacking {
             slice.copy_from(data);
         }
     }
+}
+
+/// Releases the memory of the mapping at `map` (`bytes` long, made by the caller and used by
+/// nothing but a memslot's `userspace_addr`) but keeps its addresses: an inaccessible mapping
+/// (`PROT_NONE`) replaces it in place. A plain `munmap` would free the range, the next mapping the
+/// process makes (another region's memory) could land there, and KVM, which reaches a slot's
+/// memory through `userspace_addr` (CPL 0 accesses do on this PVM host), would then give the guest
+/// that memory instead of a fault. The reservation is never unmapped: it costs no memory.
+fn release_keeping_addresses(map: *mut libc::c_void, bytes: u64) -> Result<()> {
+    // SAFETY: replaces, at the same addresses (`MAP_FIXED`), a mapping the caller made and nothing
+    // else refers to but KVM's slot, with one that holds no memory; no Rust reference points into
+    // it.
+    let reserved = unsafe {
+        libc::mmap(
+            map,
+            bytes as usize,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    if reserved == libc::MAP_FAILED {
+        return Err(Error::MapMemory {
+            what: "a reservation over released memory",
+            bytes,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
 }
 
 impl ExitHandler for ReleasedBacking {
@@ -186,14 +207,20 @@ impl ExitHandler for ReleasedBacking {
                 guest_memfd: fd as u32,
                 ..Default::default()
             };
-            // SAFETY: the mapping is released right below on purpose: KVM then cannot reach the
-            // memory behind the slot, which is what this region is for; KVM checks every access
-            // and fails it (the fault this producer handles), it never touches freed memory.
+            // SAFETY: the mapping's memory is released right below on purpose: KVM then cannot
+            // reach the memory behind the slot, which is what this region is for. Its addresses
+            // stay reserved (`release_keeping_addresses`) for the life of the process, so the
+            // slot's `userspace_addr` never reaches memory mapped later for something else.
             let set =
                 unsafe { ctx.vm.set_user_memory_region2(region) }.map_err(|e| Error::SetMemoryRegion2(self.slot, e));
-            // SAFETY: unmaps the mapping made above; nothing else refers to it.
-            unsafe { libc::munmap(map, bytes as usize) };
-            set
+            match set {
+                Ok(()) => release_keeping_addresses(map, bytes),
+                Err(e) => {
+                    // SAFETY: no slot refers to the mapping made above: it can go.
+                    unsafe { libc::munmap(map, bytes as usize) };
+                    Err(e)
+                }
+            }
         };
         // SAFETY: closes the guest_memfd this function created (the slot keeps its own reference
         // to the file, as KVM takes one when it binds the slot).
@@ -206,6 +233,8 @@ impl ExitHandler for ReleasedBacking {
             type_: MEMMAP_TYPE_RESERVED,
             reserved: 0,
         });
+        // Its slot is this producer's, not the layout's: no layout update may land on it.
+        ctx.layout.add_foreign(self.config.gpa..self.config.gpa + bytes);
         ctx.layout.announce(self.config.gpa, bytes, RegionKind::ReleasedBacking);
         Ok(())
     }
@@ -267,5 +296,56 @@ impl ExitHandler for ReleasedBacking {
             report.line(format!("released: last KVM_EXIT_MEMORY_FAULT: {fault}"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether a new mapping can be placed at `addr` (`MAP_FIXED_NOREPLACE` fails on a taken
+    /// range); unmaps it again if so.
+    fn free_at(addr: *mut libc::c_void, bytes: usize) -> bool {
+        // SAFETY: `MAP_FIXED_NOREPLACE` never replaces an existing mapping.
+        let probe = unsafe {
+            libc::mmap(
+                addr,
+                bytes,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        if probe == libc::MAP_FAILED {
+            return false;
+        }
+        // SAFETY: unmaps the probe just made, which nothing refers to.
+        unsafe { libc::munmap(probe, bytes) };
+        true
+    }
+
+    /// The released range stays taken: nothing mapped later can land where the slot's
+    /// `userspace_addr` points (a plain `munmap` leaves it free, and the probe would succeed).
+    #[test]
+    fn released_memory_keeps_its_addresses_reserved() {
+        let bytes = 2 << 20;
+        // SAFETY: a fresh anonymous mapping nothing else refers to.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(map, libc::MAP_FAILED);
+        release_keeping_addresses(map, bytes as u64).expect("reserved");
+        assert!(!free_at(map, bytes), "the released range was free for another mapping");
+        // SAFETY: the test's own reservation, unmapped to leave the process as it was.
+        unsafe { libc::munmap(map, bytes) };
+        assert!(free_at(map, bytes), "the probe can tell a free range");
     }
 }

@@ -267,7 +267,7 @@ impl ExitHandler for Pager {
         let (host, bytes) = region.host_range();
         let keep: Arc<dyn Send + Sync> = self.shared.clone();
         // SAFETY: `host..host + bytes` is the region's own mapping, kept by `keep` (above).
-        let backing = unsafe { crate::layout::table::Backing::new(host, keep) };
+        let backing = unsafe { crate::layout::table::Backing::new(host, bytes, keep) };
         ctx.layout.adopt(slot, crate::layout::table::Region { gpa: self.config.region_gpa, bytes, backing, flags: 0 });
         ctx.memmap.push(HvmMemmapEntry {
             addr: self.config.region_gpa,
