@@ -34,6 +34,10 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// How long the drain after a child's exit waits for one more line before it gives up on a pipe
+/// that never closes.
+const DRAIN_BOUND: Duration = Duration::from_secs(10);
+
 fn forward(reader: impl Read + Send + 'static, tx: mpsc::Sender<String>) {
     std::thread::spawn(move || {
         for line in BufReader::new(reader).lines() {
@@ -109,8 +113,11 @@ pub fn supervise(mut cmd: Command, timeout: Duration, on_line: &mut dyn FnMut(&s
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
         if let Some(status) = child.0.try_wait().map_err(|e| err!("waiting for {program}: {e}"))? {
-            // Drain what the reader threads still hold.
-            while let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            // Drain what the reader threads still hold, until both have seen their pipe close
+            // (the channel disconnects then): a reader the machine's load kept from its last
+            // line must not lose it. The bound only guards against a grandchild that inherited
+            // a pipe and keeps it open.
+            while let Ok(line) = rx.recv_timeout(DRAIN_BOUND) {
                 on_line(&line);
                 output.push(line);
             }
