@@ -325,7 +325,9 @@ fn no_progress(p: &crate::memory_fault::NoProgress) -> String {
     use crate::memory_fault::FaultSeen;
     let what = match p.seen {
         FaultSeen::MemoryFault { fault, rip } => format!("KVM_EXIT_MEMORY_FAULT ({fault}) at rip {rip:#x}"),
-        FaultSeen::Efault { rip, rcx } => format!("KVM_RUN's bare EFAULT at rip {rip:#x} (rcx {rcx:#x})"),
+        FaultSeen::Efault { rip, rcx, rsp } => {
+            format!("KVM_RUN's bare EFAULT at rip {rip:#x} (rcx {rcx:#x}, rsp {rsp:#x})")
+        }
     };
     format!(
         "the same {what} came {} times in a row: the handler that took it did not make the access possible",

@@ -488,7 +488,7 @@ impl Vcpu {
             Exit::Efault => {
                 let regs = ctx.vcpu.get_regs().map_err(Error::GetRegs)?;
                 self.fault_guard
-                    .fault(FaultSeen::Efault { rip: regs.rip, rcx: regs.rcx })
+                    .fault(FaultSeen::Efault { rip: regs.rip, rcx: regs.rcx, rsp: regs.rsp })
                     .map_err(Error::NoProgress)?;
                 if !claim(handlers, |h| h.efault(&mut ctx))? {
                     return Err(Error::UnclaimedEfault { rip: regs.rip });
