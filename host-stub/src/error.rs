@@ -56,7 +56,7 @@ pub enum Error {
     SetMemoryRegion(u32, kvm_ioctls::Error),
     #[error("memory layout update refused: {0}")]
     Layout(crate::layout::table::LayoutError),
-    #[error("a layout update could not hold the vCPUs: {in_guest} still inside KVM_RUN after {}s (a vCPU waiting in KVM for memory nobody supplies)", crate::layout::hold::HOLD_BOUND.as_secs())]
+    #[error("a layout update could not hold the vCPUs: {in_guest} still inside KVM_RUN or handling an exit after {}s (a vCPU waiting in KVM for memory nobody supplies)", crate::layout::hold::HOLD_BOUND.as_secs())]
     LayoutHold { in_guest: usize },
     #[error("{exits} exits at guest memory while layout updates held every vCPU: an update was not atomic")]
     RaceExits { exits: u64 },
