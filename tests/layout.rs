@@ -6,19 +6,20 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use pvagent_abi::pnp::HostMode;
 use pvagent_host::kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES;
-use pvagent_host::layout::Hold;
 use pvagent_host::layout::table::{Backing, Region, Update};
+use pvagent_host::layout::{Hold, LayoutHandle};
 use pvagent_host::producers::Producers;
 use pvagent_host::producers::churn::ChurnConfig;
 use pvagent_host::producers::pager::config::PagerConfig;
 use pvagent_host::producers::pager::uffd::{Missing, Uffd};
 use pvagent_host::producers::released::ReleasedConfig;
 use pvagent_host::vm_memory::mmap::MmapRegionBuilder;
-use pvagent_host::{AttachCtx, ExitHandler, RunResult, Vm};
+use pvagent_host::{AttachCtx, ExitHandler, Handled, RunResult, VcpuCtx, Vm};
 use pvagent_tests::{Code32, config, guest_elf, run_stub_configured, temp_file, tiny_elf};
 
 /// An update every this many vCPU entries: a boot and its self-tests make thousands of entries,
@@ -145,6 +146,25 @@ fn the_diagnostic_mode_reproduces_the_race_in_every_window_and_classifies_each_e
     assert_eq!(c.get("layout.exits_absent_page"), 0);
 }
 
+/// Runs `code` as a tiny guest with `handler`, on a thread of its own: the VM's layout, and the
+/// run to join.
+fn start_tiny(name: &str, code: &[u8], handler: Box<dyn ExitHandler>) -> (LayoutHandle, JoinHandle<RunResult>) {
+    let image = temp_file(name, &tiny_elf(code, true, 0));
+    let vm = Vm::new(config(&image, ""), vec![handler]).expect("the VM");
+    let layout = vm.layout();
+    (layout, std::thread::spawn(move || vm.run()))
+}
+
+/// Waits until `done` says so, looking every millisecond; the bound only turns a hang into a
+/// failure that names `what`.
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "no {what} within 60 s");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Where the blocking region lies: below 4 GiB (the tiny guest's 32-bit code reaches it with
 /// paging off), above guest RAM, clear of the local APIC, the IOAPIC and the TSS pages.
 const BLOCKING_GPA: u64 = 0xC000_0000;
@@ -189,22 +209,12 @@ fn an_update_waits_for_a_vcpu_blocked_in_kvm_on_a_userfaultfd_page() {
     pvagent_tests::require_kvm();
     const VALUE: u32 = 0x5EED_1234;
     let code = Code32::new().load(BLOCKING_GPA as u32).exit_with_eax();
-    let image = temp_file("blocked-in-kvm.elf", &tiny_elf(&code, true, 0));
     let uffd = Arc::new(Uffd::new(Missing::Waits).expect("a userfaultfd"));
     let host = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let blocking = Blocking { uffd: uffd.clone(), host: host.clone() };
-    let vm = Vm::new(config(&image, ""), vec![Box::new(blocking)]).expect("the VM");
-    let layout = vm.layout();
-    let run = std::thread::spawn(move || vm.run());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let waiting = |what: &str| {
-        assert!(Instant::now() < deadline, "no {what} within 60 s");
-        std::thread::sleep(Duration::from_millis(1));
-    };
+    let (layout, run) = start_tiny("blocked-in-kvm.elf", &code, Box::new(blocking));
     // The vCPU's load faulted on the page: it waits inside KVM.
-    while uffd.read_fault().expect("read the userfaultfd").is_none() {
-        waiting("fault");
-    }
+    wait_for("fault", || uffd.read_fault().expect("read the userfaultfd").is_some());
     let supplied = Arc::new(AtomicBool::new(false));
     let got_hold = Arc::new(AtomicBool::new(false));
     let update = {
@@ -219,10 +229,10 @@ fn an_update_waits_for_a_vcpu_blocked_in_kvm_on_a_userfaultfd_page() {
             (applied.map(|a| a.stopping), supplied_first)
         })
     };
-    while !layout.waiting_for_vcpus() {
+    wait_for("hold waiting for the blocked vCPU", || {
         assert!(!got_hold.load(Ordering::SeqCst), "the hold returned while the vCPU was blocked inside KVM_RUN");
-        waiting("hold waiting for the blocked vCPU");
-    }
+        layout.waiting_for_vcpus()
+    });
     supplied.store(true, Ordering::SeqCst);
     let mut page = [0u8; 4096];
     page[..4].copy_from_slice(&VALUE.to_le_bytes());
@@ -231,6 +241,72 @@ fn an_update_waits_for_a_vcpu_blocked_in_kvm_on_a_userfaultfd_page() {
     let stopping = stopping.expect("the update");
     assert!(supplied_first, "the hold had every vCPU out before the page the blocked vCPU waited for was supplied");
     assert!(stopping.is_some(), "it held the vCPUs");
+    let r = run.join().expect("the run");
+    assert_eq!(r.guest_exit_code, Some(VALUE), "{:?}", r.host_error);
+}
+
+/// The port the tiny guest below writes to, which [`SlowHandling`] handles (no device's).
+const SLOW_PORT: u16 = 0x0600;
+
+/// Handles an `out` to [`SLOW_PORT`] slowly: says it started, waits until the test lets it go,
+/// says it finished. Handlers read the guest through KVM (KVM_TRANSLATE walks its page tables
+/// through the memslots), so an exit being handled must keep a hold waiting like a vCPU in
+/// KVM_RUN.
+struct SlowHandling {
+    handling: Arc<AtomicBool>,
+    release: Arc<AtomicBool>,
+    handled: Arc<AtomicBool>,
+}
+
+impl ExitHandler for SlowHandling {
+    fn name(&self) -> &'static str {
+        "slow-handling"
+    }
+
+    fn io_out(&mut self, _ctx: &mut VcpuCtx<'_>, port: u16, _data: &[u8]) -> pvagent_host::Result<Handled> {
+        if port != SLOW_PORT {
+            return Ok(Handled::No);
+        }
+        self.handling.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.release.load(Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "the test did not release the exit within 60 s");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.handled.store(true, Ordering::SeqCst);
+        Ok(Handled::Yes)
+    }
+}
+
+/// A vCPU handling an exit is held like one inside KVM_RUN: the hold has every vCPU out only
+/// once the exit is handled. Forced by events: the test waits until the vCPU's exit is being
+/// handled, asks for a hold on another thread, waits for it to close the gate, and only then
+/// lets the handling finish; the hold must see it finished once it has every vCPU out (a gate
+/// left as KVM_RUN returns would not: checked by breaking it). The guest then exits normally.
+#[test]
+fn an_update_waits_for_a_vcpu_handling_an_exit() {
+    pvagent_tests::require_kvm();
+    const VALUE: u32 = 0x0EA7_0042;
+    let code = Code32::new().out(SLOW_PORT, 1).mov_eax(VALUE).exit_with_eax();
+    let (handling, release, handled) = (Arc::default(), Arc::default(), Arc::default());
+    let slow =
+        SlowHandling { handling: Arc::clone(&handling), release: Arc::clone(&release), handled: Arc::clone(&handled) };
+    let (layout, run) = start_tiny("slow-handling.elf", &code, Box::new(slow));
+    wait_for("exit being handled", || handling.load(Ordering::SeqCst));
+    let hold = {
+        let (layout, handled) = (layout.clone(), Arc::clone(&handled));
+        std::thread::spawn(move || {
+            let held = layout.hold().expect("the hold");
+            let handled_first = handled.load(Ordering::SeqCst);
+            drop(held);
+            handled_first
+        })
+    };
+    // Closed, or (a hold that did not wait for the exit) already over.
+    wait_for("hold", || layout.holding() || hold.is_finished());
+    release.store(true, Ordering::SeqCst);
+    let handled_first = hold.join().expect("the hold thread");
+    assert!(handled_first, "the hold had every vCPU out while a vCPU's exit was still being handled");
     let r = run.join().expect("the run");
     assert_eq!(r.guest_exit_code, Some(VALUE), "{:?}", r.host_error);
 }

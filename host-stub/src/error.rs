@@ -58,7 +58,7 @@ pub enum Error {
     Layout(crate::layout::table::LayoutError),
     #[error("a memory layout update failed and was undone (the layout is as before): {0}")]
     LayoutUndone(Box<Error>),
-    #[error("a layout update could not hold the vCPUs: {in_guest} still inside KVM_RUN after {}s (a vCPU waiting in KVM for memory nobody supplies)", crate::layout::hold::HOLD_BOUND.as_secs())]
+    #[error("a layout update could not hold the vCPUs: {in_guest} still inside KVM_RUN or handling an exit after {}s (a vCPU waiting in KVM for memory nobody supplies)", crate::layout::hold::HOLD_BOUND.as_secs())]
     LayoutHold { in_guest: usize },
     #[error("the run ended while a layout update waited for {in_guest} vCPUs to come out of KVM_RUN")]
     LayoutHoldEnded { in_guest: usize },

@@ -340,13 +340,14 @@ impl Vcpu {
             // An exit lasts from KVM_RUN's return to the next KVM_RUN: handling it and the
             // injections before the next entry are what the host spent on it.
             self.end_exit_span(in_progress.take());
-            // Through the gate a layout update closes (`layout::hold`): out of it again as soon
-            // as KVM_RUN returns.
+            // Through the gate a layout update closes (`layout::hold`), and out of it again once
+            // the exit is handled, not when KVM_RUN returns: handlers read the guest's state
+            // through KVM (KVM_TRANSLATE walks its page tables through the memslots), which a
+            // memslot operation must not pull from under them.
             let Some(in_guest) = threads.gate.enter(|| threads.stopping()) else { return Ok(None) };
             self.span.entered = self.layout.generation();
             let exit = exit_of(self.fd.run(), &mut data);
             self.span.returned = self.layout.generation();
-            drop(in_guest);
             let exit = exit?;
             if matches!(exit, Exit::Interrupted) {
                 // A kick may have asked for this immediate exit: cleared before anything the
@@ -374,6 +375,8 @@ impl Vcpu {
             let mut handlers = lock(handlers);
             let stop = self.dispatch(exit, &mut data, vm, mem, &mut handlers, watchdog)?;
             drop(handlers);
+            // Handled. The after-exit work may wait long (for a page) or make an update itself.
+            drop(in_guest);
             run_after_exit(&mut self.after_exit)?;
             if let Some(stop) = stop {
                 return Ok(Some(stop));

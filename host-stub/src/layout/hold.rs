@@ -1,14 +1,17 @@
 //! Holding every vCPU out of KVM_RUN while the memory layout changes (seed 003's user-space
 //! answer, as QEMU's accel-blocker does it): a vCPU thread passes [`HoldGate::enter`] before each
-//! KVM_RUN and leaves it when KVM_RUN returns; an update calls [`HoldGate::hold`], which closes
-//! the gate, kicks every vCPU thread (the kick signal, whose handler also sets `immediate_exit`,
-//! so a kick just before a KVM_RUN still ends it at once: `watchdog`), and waits until no vCPU is
-//! inside KVM_RUN. The memslots change while the gate is closed; dropping the [`Held`] guard
-//! opens it and the vCPUs go on.
+//! KVM_RUN and leaves it once the exit KVM_RUN returned is handled; an update calls
+//! [`HoldGate::hold`], which closes the gate, kicks every vCPU thread (the kick signal, whose
+//! handler also sets `immediate_exit`, so a kick just before a KVM_RUN still ends it at once:
+//! `watchdog`), and waits until no vCPU is inside KVM_RUN or handling an exit. The memslots
+//! change while the gate is closed; dropping the [`Held`] guard opens it and the vCPUs go on.
 //!
-//! vCPUs that are not inside KVM_RUN need nothing: a vCPU whose exit is being handled (waiting
-//! for the handlers' lock, or in its after-exit work, such as the pager's synchronous wait for a
-//! page or a #VE suspend) is already out, and finds the gate closed when it would enter again.
+//! The handling of an exit counts as inside because handlers read the guest's state through KVM:
+//! KVM_TRANSLATE walks the guest's page tables through the memslots, and while guest RAM's slot
+//! is deleted it finds no translation (seen: the pager's decoding of a CPL 3 EFAULT on an
+//! absent page failed that way during a split of guest RAM, and the run ended on an "unclaimed"
+//! EFAULT). A vCPU in its after-exit work (the pager's synchronous wait for a page, a #VE
+//! suspend, an update of its own) is out, and finds the gate closed when it would enter again.
 //! A vCPU blocked inside KVM on a userfaultfd page (the pager's `kvm-apf-kernel` mode) takes no
 //! signal here: KVM_RUN ends only once the page is supplied, so the hold lasts until that fetch
 //! completes (the pager's fetchers do not need the gate) and its time shows it. KVM itself would
@@ -29,7 +32,7 @@ pub const HOLD_BOUND: Duration = Duration::from_secs(30);
 struct GateState {
     /// An update holds the vCPUs: none may enter KVM_RUN.
     closed: bool,
-    /// vCPU threads between [`HoldGate::enter`] and the end of their KVM_RUN.
+    /// vCPU threads between [`HoldGate::enter`] and the end of the handling of their exit.
     in_guest: usize,
     /// A hold closed the gate and waits for vCPUs still inside KVM_RUN.
     waiting: bool,
@@ -44,7 +47,8 @@ pub struct HoldGate {
     updates: Mutex<()>,
 }
 
-/// A vCPU thread inside KVM_RUN (or about to call it); dropping it says KVM_RUN returned.
+/// A vCPU thread inside KVM_RUN (or about to call it, or handling the exit it returned);
+/// dropping it says the exit is handled.
 #[derive(Debug)]
 pub struct InGuest<'a>(&'a HoldGate);
 
@@ -101,7 +105,7 @@ impl Drop for Held<'_> {
 /// The vCPUs did not all come out of KVM_RUN within [`HOLD_BOUND`], or before the run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HoldTimedOut {
-    /// vCPUs still inside KVM_RUN.
+    /// vCPUs still inside KVM_RUN or handling an exit.
     pub in_guest: usize,
     /// The run ended meanwhile (its time limit, another vCPU's error): the hold gave up then.
     pub stopped: bool,
@@ -143,14 +147,15 @@ impl HoldGate {
     }
 
     /// Brings every vCPU of `threads` out of KVM_RUN and keeps it out until the guard is
-    /// dropped. May be called from a vCPU thread outside KVM_RUN (its after-exit work) or from
-    /// any other thread; updates from several threads take turns.
+    /// dropped. May be called from a vCPU thread in its after-exit work or from any other
+    /// thread, never by a handler while it handles an exit (the hold would wait for that very
+    /// exit until [`HOLD_BOUND`]); updates from several threads take turns.
     pub fn hold<'a>(&'a self, threads: &VcpuThreads) -> Result<Held<'a>, HoldTimedOut> {
         let one_update = self.updates.lock().unwrap_or_else(|p| p.into_inner());
         let since = Instant::now();
         self.lock().closed = true;
         // After the gate closed: a vCPU that enters from now on waits, and one inside (or
-        // between the gate and KVM_RUN) is kicked out.
+        // between the gate and KVM_RUN) is kicked out; one handling an exit finishes it.
         threads.kick_all();
         let mut state = self.lock();
         while state.in_guest > 0 {
