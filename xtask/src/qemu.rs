@@ -7,7 +7,7 @@ use std::time::Duration;
 use pvagent_abi::exit;
 
 use crate::proc::{self, Outcome};
-use crate::setup::{QEMU, ensure_qemu};
+use crate::setup::{ensure_qemu, qemu_command};
 use crate::{Profile, Result, err, failed, guest};
 
 /// QEMU's accelerator.
@@ -67,8 +67,12 @@ pub fn command(elf: &Path, accel: Accel, cmdline: &str) -> Command {
 /// The command line for one run on `cpus` CPUs (`-smp`; QEMU's firmware lists them in the
 /// MADT, and the guest starts the others itself).
 pub fn command_with_cpus(elf: &Path, accel: Accel, cmdline: &str, cpus: u32) -> Command {
-    let mut cmd = Command::new(QEMU);
-    cmd.args(["-machine", "pc", "-accel", accel.name(), "-cpu", "max", "-m", "128M"])
+    let mut cmd = qemu_command();
+    // `-arch-capabilities`: the guest never reads IA32_ARCH_CAPABILITIES (split-lock detection
+    // is enumerated through CPUID.7.EDX[30] and IA32_CORE_CAPABILITIES), and QEMU 7.2 under
+    // the PVM KVM on an AMD host aborts at start when KVM_SET_MSRS refuses the value it
+    // chose for that MSR ("failed to set MSR 0x10a to 0x69").
+    cmd.args(["-machine", "pc", "-accel", accel.name(), "-cpu", "max,-arch-capabilities", "-m", "128M"])
         .args(["-smp", &cpus.to_string()])
         .args(["-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"])
         .args(["-device", &format!("isa-debug-exit,iobase={:#x},iosize=0x04", pvagent_abi::port::DEBUG_EXIT)])

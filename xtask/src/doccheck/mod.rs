@@ -192,6 +192,12 @@ pub const RULES: &[(&str, Rule)] = &[
         },
     ),
     (
+        "apt-get download",
+        Rule::NotRun {
+            why: "xtask's setup runs it when apt refuses to install QEMU (setup::private_qemu::make, unit-tested on captured apt output); its packages depend on the machine",
+        },
+    ),
+    (
         "apt-get install qemu-system-x86",
         Rule::NotRun {
             why: "how QEMU was installed when it was measured; xtask's setup installs it (setup::ensure_qemu)",

@@ -1,8 +1,11 @@
 //! What a fresh machine needs, installed by the project itself: the bare-metal Rust target and
 //! QEMU. (rustup does not add a `rust-toolchain.toml` target when the toolchain is already
 //! installed, so this does it.) QEMU comes from apt, which is never allowed to remove a
-//! package: the decisions (which apt runs, how to read its refusal, what to tell the user) are
-//! plain functions, tested on captured apt output.
+//! package; when apt refuses for that reason, xtask unpacks Debian's packages into a copy of its
+//! own under `target/qemu/` instead ([`private_qemu`]). The decisions (which apt runs, how to
+//! read its refusal, what to tell the user) are plain functions, tested on captured apt output.
+
+pub mod private_qemu;
 
 use std::process::Command;
 use std::time::Duration;
@@ -31,8 +34,25 @@ pub fn ensure_guest_target() -> Result<()> {
     run_checked(cmd, "rustup target add")
 }
 
+/// Whether `qemu` answers `--version`.
+fn runs(mut qemu: Command) -> bool {
+    qemu.arg("--version").output().is_ok_and(|o| o.status.success())
+}
+
+/// The QEMU to run: the machine's when it has one, else xtask's own copy when it is ready
+/// ([`private_qemu`]), else the machine's name (which then fails with the OS's error).
+pub fn qemu_command() -> Command {
+    if !runs(Command::new(QEMU)) {
+        let root = private_qemu::root();
+        if private_qemu::ready(&root) {
+            return private_qemu::command(&root);
+        }
+    }
+    Command::new(QEMU)
+}
+
 fn qemu_present() -> bool {
-    Command::new(QEMU).arg("--version").output().is_ok_and(|o| o.status.success())
+    runs(Command::new(QEMU)) || private_qemu::ready(&private_qemu::root())
 }
 
 /// The apt-get runs that install QEMU, in order. `--no-remove`: when installing would remove an
@@ -43,7 +63,7 @@ pub const APT_STEPS: [&[&str]; 2] =
 
 /// How long an apt-get run may take before xtask gives up on it (a hang, e.g. a lock held by
 /// another apt, turns into a clear failure).
-const APT_TIMEOUT: Duration = Duration::from_secs(1800);
+pub(crate) const APT_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// Installs QEMU from the distribution (`apt-get install qemu-system-x86`) when it is missing.
 /// Stops with a one-line message, and nothing changed, when apt would have to remove a package.
@@ -56,23 +76,56 @@ pub fn ensure_qemu() -> Result<()> {
         return Err(err!("{QEMU} is missing and there is no apt-get to install it; install QEMU for x86-64"));
     }
     eprintln!("xtask: installing QEMU (apt-get install --no-remove qemu-system-x86)");
-    run_apt_steps(!is_root(), |program, argv| {
+    let installed = run_apt_steps(!is_root(), |program, argv| {
         let mut cmd = Command::new(program);
         cmd.args(argv);
         let run = crate::proc::run(cmd, APT_TIMEOUT, true)?;
         Ok((run.status.success(), run.output))
-    })?;
-    if qemu_present() { Ok(()) } else { Err(err!("apt-get installed qemu-system-x86 but {QEMU} still does not run")) }
+    });
+    match installed {
+        Ok(()) if qemu_present() => Ok(()),
+        Ok(()) => Err(err!("apt-get installed qemu-system-x86 but {QEMU} still does not run")),
+        Err(AptRefusal::WouldRemove(refused)) => {
+            eprintln!(
+                "xtask: apt-get refused (it would remove a package); unpacking Debian's qemu-system-x86 into {} instead, which changes nothing on the machine",
+                private_qemu::DIR
+            );
+            private_qemu::make().map(drop).map_err(|e| err!("{refused}; xtask's own copy failed too: {e}"))
+        }
+        Err(AptRefusal::Other(message)) => Err(err!("{message}")),
+    }
+}
+
+/// How [`run_apt_steps`] failed: the one-line message, and whether it was a refused removal
+/// (which xtask's own copy of QEMU gets around).
+#[derive(Debug)]
+enum AptRefusal {
+    WouldRemove(String),
+    Other(String),
+}
+
+impl From<crate::Error> for AptRefusal {
+    fn from(e: crate::Error) -> Self {
+        AptRefusal::Other(e.to_string())
+    }
 }
 
 /// Runs [`APT_STEPS`] with `run` (program, arguments -> success, output lines), stopping at the
 /// first failure with the message [`apt_failure_message`] makes of its output.
-fn run_apt_steps(sudo: bool, mut run: impl FnMut(&str, &[String]) -> Result<(bool, Vec<String>)>) -> Result<()> {
+fn run_apt_steps(
+    sudo: bool,
+    mut run: impl FnMut(&str, &[String]) -> Result<(bool, Vec<String>)>,
+) -> std::result::Result<(), AptRefusal> {
     for args in APT_STEPS {
         let (program, argv) = apt_command_line(sudo, args);
         let (succeeded, output) = run(program, &argv)?;
         if !succeeded {
-            return Err(err!("{}", apt_failure_message(args[0], &read_apt_failure(&output))));
+            let failure = read_apt_failure(&output);
+            let message = apt_failure_message(args[0], &failure);
+            return Err(match failure {
+                AptFailure::WouldRemove(_) => AptRefusal::WouldRemove(message),
+                AptFailure::Other(_) => AptRefusal::Other(message),
+            });
         }
     }
     Ok(())
@@ -242,7 +295,7 @@ E: Packages need to be removed but remove is disabled.";
             let install = argv.iter().any(|a| a == "install");
             Ok(if install { (false, lines(APT2_CONFLICT)) } else { (true, Vec::new()) })
         });
-        let message = result.expect_err("a refused install failed setup").to_string();
+        let Err(AptRefusal::WouldRemove(message)) = result else { panic!("a refused removal: {result:?}") };
         assert!(message.contains("remove the installed systemd-timesyncd") && !message.contains('\n'), "{message}");
         assert_eq!(runs.len(), 2, "{runs:?}");
         assert!(runs[1].contains("apt-get install") && runs[1].contains("--no-remove"), "{runs:?}");
