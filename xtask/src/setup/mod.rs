@@ -68,6 +68,10 @@ pub(crate) const APT_TIMEOUT: Duration = Duration::from_secs(1800);
 /// Installs QEMU from the distribution (`apt-get install qemu-system-x86`) when it is missing.
 /// Stops with a one-line message, and nothing changed, when apt would have to remove a package.
 pub fn ensure_qemu() -> Result<()> {
+    // One installer at a time: the end-to-end tests boot QEMU from several threads, and two
+    // unpacking the same `target/qemu/` would clear each other's files.
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if qemu_present() {
         return Ok(());
     }
