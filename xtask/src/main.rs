@@ -19,7 +19,8 @@ setup that failed, or bad usage (a one-line message says which).";
 ///
 /// The first command on a new machine may install what it lacks: `rustup target add
 /// x86_64-unknown-none`, and QEMU with `sudo apt-get install --no-install-recommends
-/// --no-remove qemu-system-x86` (never removing a package).
+/// --no-remove qemu-system-x86` (never removing a package: when apt would, xtask unpacks the
+/// same Debian packages into `target/qemu/` instead).
 #[derive(Debug, Parser)]
 #[command(name = "xtask", bin_name = "cargo xtask", after_help = EXIT_STATUS)]
 struct Cli {

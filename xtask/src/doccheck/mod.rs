@@ -194,7 +194,7 @@ pub const RULES: &[(&str, Rule)] = &[
     (
         "apt-get download",
         Rule::NotRun {
-            why: "xtask's setup runs it when apt refuses to install QEMU (setup::private_qemu::make, unit-tested on captured apt output); its packages depend on the machine",
+            why: "xtask's setup runs it when apt refuses to install QEMU (setup::private_qemu::make; its reading of apt's simulation is unit-tested on captured output); its packages depend on the machine",
         },
     ),
     (

@@ -66,7 +66,8 @@ pub const APT_STEPS: [&[&str]; 2] =
 pub(crate) const APT_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// Installs QEMU from the distribution (`apt-get install qemu-system-x86`) when it is missing.
-/// Stops with a one-line message, and nothing changed, when apt would have to remove a package.
+/// When apt would have to remove a package, apt changes nothing and xtask makes its own copy
+/// instead ([`private_qemu`]); a one-line message when that fails too.
 pub fn ensure_qemu() -> Result<()> {
     // One installer at a time: the end-to-end tests boot QEMU from several threads, and two
     // unpacking the same `target/qemu/` would clear each other's files.
@@ -91,10 +92,12 @@ pub fn ensure_qemu() -> Result<()> {
         Ok(()) => Err(err!("apt-get installed qemu-system-x86 but {QEMU} still does not run")),
         Err(AptRefusal::WouldRemove(refused)) => {
             eprintln!(
-                "xtask: apt-get refused (it would remove a package); unpacking Debian's qemu-system-x86 into {} instead, which changes nothing on the machine",
+                "xtask: apt-get refused (it would remove a package); unpacking Debian's qemu-system-x86 into {} instead (nothing is installed)",
                 private_qemu::DIR
             );
-            private_qemu::make().map(drop).map_err(|e| err!("{refused}; xtask's own copy failed too: {e}"))
+            private_qemu::make().map(drop).map_err(|e| {
+                err!("xtask's own copy of QEMU in {} failed ({e}) after apt-get refused: {refused}", private_qemu::DIR)
+            })
         }
         Err(AptRefusal::Other(message)) => Err(err!("{message}")),
     }
