@@ -100,3 +100,14 @@ fn edge_of(pick: u64, raw: u64) -> u64 {
         _ => near(raw & !0xFFF),
     }
 }
+
+/// Whether `[start, start + len)` lies within one of `ranges`, computed in 128 bits (where no
+/// sum of two 64-bit values wraps): the answer a host check must give.
+pub fn lies_within(ranges: &[std::ops::Range<u64>], start: u64, len: u64) -> bool {
+    let end = u128::from(start) + u128::from(len);
+    ranges.iter().any(|r| r.start <= start && end <= u128::from(r.end))
+}
+
+/// Guest RAM as a memory map could list it with a range that reaches the top of the address
+/// space (no host stub's RAM does: it tries the checks' arithmetic there).
+pub const RAM_TO_TOP: &[std::ops::Range<u64>] = &[0..0xA_0000, 0x10_0000..64 << 20, u64::MAX - 0x20_0000..u64::MAX];
