@@ -111,3 +111,15 @@ pub fn lies_within(ranges: &[std::ops::Range<u64>], start: u64, len: u64) -> boo
 /// Guest RAM as a memory map could list it with a range that reaches the top of the address
 /// space (no host stub's RAM does: it tries the checks' arithmetic there).
 pub const RAM_TO_TOP: &[std::ops::Range<u64>] = &[0..0xA_0000, 0x10_0000..64 << 20, u64::MAX - 0x20_0000..u64::MAX];
+
+/// A 32-bit value biased toward its edges (ring indices, `head` and `tail`): 0, 2^31 and the
+/// top, each a little off either way, or anything.
+pub fn edge_u32() -> impl Strategy<Value = u32> + Clone {
+    any::<(u32, u32)>().prop_map(|(pick, raw)| {
+        let edge = [0u32, 0x8000_0000, u32::MAX][(raw % 3) as usize];
+        match pick % 4 {
+            0 | 1 => raw,
+            _ => edge.wrapping_add((pick >> 8) % 601).wrapping_sub(300),
+        }
+    })
+}
