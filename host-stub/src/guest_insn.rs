@@ -89,14 +89,25 @@ pub fn translate(vcpu: &VcpuFd, addr: u64) -> Option<u64> {
 /// Reads up to [`MAX_INSN_LEN`] bytes of guest-virtual memory at `rip` through the vCPU's
 /// page tables, page by page.
 pub fn fetch(vcpu: &VcpuFd, mem: &GuestMemoryMmap, rip: u64) -> Result<Vec<u8>, InsnError> {
+    fetch_with(rip, |at| translate(vcpu, at), |gpa, chunk| mem.read_slice(chunk, GuestAddress(gpa)).is_ok())
+}
+
+/// [`fetch`] with the page tables (`translate`: linear to guest-physical) and guest memory
+/// (`read`: fills a chunk, or says it cannot) given: the bytes up to the first page that does
+/// not translate or read, or the top of the address space.
+fn fetch_with(
+    rip: u64,
+    translate: impl Fn(u64) -> Option<u64>,
+    read: impl Fn(u64, &mut [u8]) -> bool,
+) -> Result<Vec<u8>, InsnError> {
     let mut bytes = Vec::with_capacity(MAX_INSN_LEN);
     let mut at = rip;
     while bytes.len() < MAX_INSN_LEN {
         let in_page = (0x1000 - (at & 0xFFF)) as usize;
         let want = in_page.min(MAX_INSN_LEN - bytes.len());
-        let Some(gpa) = translate(vcpu, at) else { break };
+        let Some(gpa) = translate(at) else { break };
         let mut chunk = vec![0u8; want];
-        if mem.read_slice(&mut chunk, GuestAddress(gpa)).is_err() {
+        if !read(gpa, &mut chunk) {
             break;
         }
         bytes.extend_from_slice(&chunk);

@@ -224,3 +224,40 @@ fn rip_relative_operands_and_code_addresses_wrap_as_the_processor_wraps_them() {
         Ok(())
     });
 }
+
+/// The bytes at any RIP through page tables that map some pages, to RAM or past its end
+/// (`vm-memory` reads them as the host stub does): the first 15 bytes up to the first page
+/// that does not translate or is not RAM, or the top of the address space, each the byte
+/// its own translation names; an error when there is none.
+#[test]
+fn fetching_reads_the_bytes_the_page_tables_name_up_to_the_first_gap() {
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+    const RAM_PAGES: u64 = 16;
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), (RAM_PAGES * 0x1000) as usize)]).expect("RAM");
+    let contents: Vec<u8> = (0..RAM_PAGES * 0x1000).map(|a| (a * 7 + (a >> 12)) as u8).collect();
+    mem.write_slice(&contents, GuestAddress(0)).expect("fill");
+    // A page table: a linear page maps (most of the time) to one of 24 physical pages, 8 of
+    // them past RAM's end.
+    let table = |seed: u64, linear: u64| -> Option<u64> {
+        let h = ((linear >> 12) ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (h >> 60 != 0).then_some(((h >> 32) % 24) << 12 | (linear & 0xFFF))
+    };
+    check("fetch", 3000, (edge_u64(), any::<u64>()), |(rip, seed)| {
+        let fetched =
+            fetch_with(rip, |at| table(seed, at), |gpa, chunk| mem.read_slice(chunk, GuestAddress(gpa)).is_ok());
+        let mut expected = Vec::new();
+        for i in 0..MAX_INSN_LEN as u64 {
+            let Some(gpa) = rip.checked_add(i).and_then(|at| table(seed, at)).filter(|gpa| *gpa < RAM_PAGES << 12)
+            else {
+                break;
+            };
+            expected.push(contents[gpa as usize]);
+        }
+        match fetched {
+            Ok(bytes) => prop_assert_eq!(bytes, expected),
+            Err(InsnError::Unmapped(at)) => prop_assert!(expected.is_empty() && at == rip),
+            Err(e) => return Err(TestCaseError::fail(e.to_string())),
+        }
+        Ok(())
+    });
+}
