@@ -234,6 +234,21 @@ fn the_binary_reports_bad_input_in_one_line_without_a_backtrace() {
         vec![elf, "--pnp-image", "/nonexistent/image"],
         vec![elf, "--no-such-option"],
         vec![],
+        // At and past their types' limits.
+        vec![elf, "--timeout", "18446744073709551616"],
+        vec![elf, "--timeout", "-1"],
+        vec![elf, "--vcpus", "0"],
+        vec![elf, "--vcpus", "18446744073709551615"],
+        vec![elf, "--vcpus", "18446744073709551616"],
+        vec![elf, "--mem", "18446744073709551615"],
+        vec![elf, "--pnp-mib", "18446744073709551615"],
+        vec![elf, "--pnp-mib", "17592186044416"],
+        vec![elf, "--pnp-fetchers", "18446744073709551615"],
+        vec![elf, "--pnp-fail", "18446744073709551615"],
+        vec![elf, "--pnp-latency", "18446744073709551615ns"],
+        vec![elf, "--pnp-latency", "18446744073709551615s"],
+        vec![elf, "--threads-per-core", "4294967295"],
+        vec![elf, "--layout-churn", "18446744073709551616"],
     ] {
         let out = Command::new(&host).args(&args).output().expect("run the host stub");
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -241,6 +256,26 @@ fn the_binary_reports_bad_input_in_one_line_without_a_backtrace() {
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
         assert!(stderr.starts_with("pvagent-host: error: "), "{stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+/// `--timeout` takes any whole number of seconds: 2^64 - 1 of them is a limit that never
+/// comes (the watchdog once panicked adding it to the clock, and the run went on with a
+/// backtrace on stderr), and so is a `--layout-churn` period of 2^64 - 1 entries.
+#[test]
+fn the_binary_runs_with_options_at_their_types_limits() {
+    require_kvm();
+    let host = xtask::guest::build_host_stub(xtask::Profile::Dev).expect("build the host stub");
+    let elf = guest_elf().to_str().expect("utf-8 path");
+    for limit in [["--timeout", "18446744073709551615"], ["--layout-churn", "18446744073709551615"]] {
+        let out = Command::new(&host)
+            .args([elf, "--quiet", "--cmdline", "tests=arch::timer_ticks"])
+            .args(limit)
+            .output()
+            .expect("run the host stub");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{limit:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{limit:?}: {stderr}");
     }
 }
 

@@ -23,14 +23,19 @@ pub struct MemoryOperand {
     pub size: u64,
     pub reads: bool,
     pub writes: bool,
+    /// Decoded outside 64-bit mode, where linear addresses are 32 bits: the processor computes
+    /// them modulo 4 GiB, so an operand that runs past the top goes on at 0.
+    pub linear_32: bool,
 }
 
 impl MemoryOperand {
-    /// The linear address of its last byte (of its first for a zero-sized operand), or `None`
-    /// when the guest's registers put it past the top of the address space: such an access is
-    /// non-canonical on the way and faults (#GP) before it touches memory.
+    /// The linear address of its last byte (of its first for a zero-sized operand). In 64-bit
+    /// mode `None` when the guest's registers put it past the top of the address space: such an
+    /// access is non-canonical on the way and faults (#GP) before it touches memory. Outside
+    /// 64-bit mode it wraps at 4 GiB, as the processor's address does.
     pub fn last_byte(&self) -> Option<u64> {
-        self.linear.checked_add(self.size.saturating_sub(1))
+        let span = self.size.saturating_sub(1);
+        if self.linear_32 { Some(self.linear.wrapping_add(span) & 0xFFFF_FFFF) } else { self.linear.checked_add(span) }
     }
 }
 
@@ -84,14 +89,25 @@ pub fn translate(vcpu: &VcpuFd, addr: u64) -> Option<u64> {
 /// Reads up to [`MAX_INSN_LEN`] bytes of guest-virtual memory at `rip` through the vCPU's
 /// page tables, page by page.
 pub fn fetch(vcpu: &VcpuFd, mem: &GuestMemoryMmap, rip: u64) -> Result<Vec<u8>, InsnError> {
+    fetch_with(rip, |at| translate(vcpu, at), |gpa, chunk| mem.read_slice(chunk, GuestAddress(gpa)).is_ok())
+}
+
+/// [`fetch`] with the page tables (`translate`: linear to guest-physical) and guest memory
+/// (`read`: fills a chunk, or says it cannot) given: the bytes up to the first page that does
+/// not translate or read, or the top of the address space.
+fn fetch_with(
+    rip: u64,
+    translate: impl Fn(u64) -> Option<u64>,
+    read: impl Fn(u64, &mut [u8]) -> bool,
+) -> Result<Vec<u8>, InsnError> {
     let mut bytes = Vec::with_capacity(MAX_INSN_LEN);
     let mut at = rip;
     while bytes.len() < MAX_INSN_LEN {
         let in_page = (0x1000 - (at & 0xFFF)) as usize;
         let want = in_page.min(MAX_INSN_LEN - bytes.len());
-        let Some(gpa) = translate(vcpu, at) else { break };
+        let Some(gpa) = translate(at) else { break };
         let mut chunk = vec![0u8; want];
-        if mem.read_slice(&mut chunk, GuestAddress(gpa)).is_err() {
+        if !read(gpa, &mut chunk) {
             break;
         }
         bytes.extend_from_slice(&chunk);
@@ -154,7 +170,8 @@ pub fn code_linear(rip: u64, sregs: &kvm_sregs) -> u64 {
 /// Decodes `bytes` (fetched at `rip`) in the code segment's mode (64-bit, or 32- or 16-bit
 /// protected mode: the same bytes address memory differently) and computes its memory operands.
 pub fn decode(rip: u64, bytes: &[u8], regs: &kvm_regs, sregs: &kvm_sregs) -> Result<GuestInsn, InsnError> {
-    let bitness = match (in_64_bit_mode(sregs), sregs.cs.db) {
+    let long = in_64_bit_mode(sregs);
+    let bitness = match (long, sregs.cs.db) {
         (true, _) => 64,
         (_, 1) => 32,
         _ => 16,
@@ -174,13 +191,16 @@ pub fn decode(rip: u64, bytes: &[u8], regs: &kvm_regs, sregs: &kvm_sregs) -> Res
         .iter()
         .filter_map(|m| {
             let linear = m.virtual_address(0, |reg, _, _| register_value(&regs_after, sregs, reg))?;
+            // iced-x86 adds the segment's base modulo 2^64; outside 64-bit mode the processor
+            // adds it modulo 2^32 (a base of 0xFFFF_F000 and an offset of 0x2000 reach 0x1000).
+            let linear = if long { linear } else { linear & 0xFFFF_FFFF };
             let (reads, writes) = match m.access() {
                 OpAccess::Read | OpAccess::CondRead => (true, false),
                 OpAccess::Write | OpAccess::CondWrite => (false, true),
                 OpAccess::ReadWrite | OpAccess::ReadCondWrite => (true, true),
                 _ => return None, // NoMemAccess (LEA, prefetch) and the like
             };
-            Some(MemoryOperand { linear, size: m.memory_size().size() as u64, reads, writes })
+            Some(MemoryOperand { linear, size: m.memory_size().size() as u64, reads, writes, linear_32: !long })
         })
         .collect();
     Ok(GuestInsn { rip, instruction, bytes: bytes[..instruction.len()].to_vec(), memory })
@@ -204,6 +224,9 @@ pub fn at_rip(vcpu: &VcpuFd, mem: &GuestMemoryMmap) -> Result<GuestInsn, InsnErr
     let sregs = vcpu.get_sregs().map_err(InsnError::Registers)?;
     at(vcpu, mem, regs.rip, &regs, &sregs)
 }
+
+#[cfg(test)]
+mod props;
 
 #[cfg(test)]
 mod tests {
@@ -258,7 +281,10 @@ mod tests {
     fn a_load_through_a_base_register() {
         // mov rax, [rdi]
         let i = decode(0x40_0000, &[0x48, 0x8B, 0x07], &regs(), &long_mode()).unwrap();
-        assert_eq!(i.memory, vec![MemoryOperand { linear: 0x5000, size: 8, reads: true, writes: false }]);
+        assert_eq!(
+            i.memory,
+            vec![MemoryOperand { linear: 0x5000, size: 8, reads: true, writes: false, linear_32: false }]
+        );
         assert_eq!(i.bytes.len(), 3);
     }
 
@@ -267,7 +293,10 @@ mod tests {
         // lock add dword [rax + rbx*4 + 0x3e], 1
         let i = decode(0x40_0000, &[0xF0, 0x83, 0x44, 0x98, 0x3E, 0x01], &regs(), &long_mode()).unwrap();
         assert!(i.instruction.has_lock_prefix());
-        assert_eq!(i.memory, vec![MemoryOperand { linear: 0x1000 + 0x80 + 0x3e, size: 4, reads: true, writes: true }]);
+        assert_eq!(
+            i.memory,
+            vec![MemoryOperand { linear: 0x1000 + 0x80 + 0x3e, size: 4, reads: true, writes: true, linear_32: false }]
+        );
     }
 
     #[test]
@@ -348,10 +377,28 @@ mod tests {
         // mov eax, [rip + 0x10] at the top: RIP-relative wraps too.
         let i = decode(hostile.rip, &[0x8B, 0x05, 0x10, 0, 0, 0], &hostile, &long_mode()).unwrap();
         assert_eq!(i.memory[0].linear, (u64::MAX - 4).wrapping_add(6 + 0x10));
-        let top = MemoryOperand { linear: u64::MAX, size: 1, reads: true, writes: false };
+        let top = MemoryOperand { linear: u64::MAX, size: 1, reads: true, writes: false, linear_32: false };
         assert_eq!(top.last_byte(), Some(u64::MAX), "the very last byte");
         assert_eq!(MemoryOperand { size: 0, ..top }.last_byte(), Some(u64::MAX), "zero-sized");
         assert_eq!(MemoryOperand { size: u64::MAX, ..top }.last_byte(), None);
+    }
+
+    /// Found by `props::decoding_any_bytes_with_any_registers_gives_operands_in_the_address_space`:
+    /// 32-bit code's `movsb` with DS's base at 0xFFFF_F000 and ESI 0x2000 read at 0x1_0000_1000
+    /// (iced-x86 adds segment bases modulo 2^64), where the processor reads at 0x1000.
+    #[test]
+    fn outside_64_bit_mode_a_segment_base_wraps_the_address_at_4_gib() {
+        let mut sregs = kvm_sregs::default();
+        sregs.cs.db = 1;
+        sregs.ds.base = 0xFFFF_F000;
+        let regs = kvm_regs { rsi: 0x2000, rdi: 0x10, ..Default::default() };
+        let i = decode(0, &[0xA4], &regs, &sregs).unwrap();
+        let read = i.memory.iter().find(|m| m.reads).unwrap();
+        assert_eq!(read.linear, 0x1000);
+        // mov eax, [0xFFFF_FFFE] with DS's base 0: 4 bytes from 2 below 4 GiB, the last at 1.
+        sregs.ds.base = 0;
+        let i = decode(0, &[0x8B, 0x05, 0xFE, 0xFF, 0xFF, 0xFF], &regs, &sregs).unwrap();
+        assert_eq!((i.memory[0].linear, i.memory[0].last_byte()), (0xFFFF_FFFE, Some(1)));
     }
 
     #[test]

@@ -60,17 +60,54 @@ pub fn internal_error(vcpu: &mut VcpuFd) -> (u32, Vec<u8>) {
     }
     // SAFETY: the exit reason says `internal` is the active union member.
     let internal = unsafe { run.__bindgen_anon_1.internal };
-    // An emulation failure (suberror 1) is KVM's `emulation_failure` layout: data[0] holds
-    // flags; with KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES (bit 0), the next 16
-    // bytes are `insn_size` followed by up to 15 instruction bytes.
-    let words = &internal.data[..(internal.ndata as usize).min(internal.data.len())];
+    (internal.suberror, instruction_bytes(internal.suberror, internal.ndata, &internal.data))
+}
+
+/// The instruction bytes of an internal error's `data` words (`ndata` of them, as KVM says):
+/// an emulation failure (suberror 1) is KVM's `emulation_failure` layout: data[0] holds
+/// flags; with KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES (bit 0), the next 16 bytes
+/// are `insn_size` followed by up to 15 instruction bytes. Nothing for any other error, for
+/// flags without the bit, or for too few words.
+fn instruction_bytes(suberror: u32, ndata: u32, data: &[u64]) -> Vec<u8> {
+    let words = &data[..(ndata as usize).min(data.len())];
     let mut bytes = Vec::new();
-    if internal.suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION && words.len() >= 3 && words[0] & 1 != 0 {
+    if suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION && words.len() >= 3 && words[0] & 1 != 0 {
         let mut raw = [0u8; 16];
         raw[..8].copy_from_slice(&words[1].to_le_bytes());
         raw[8..].copy_from_slice(&words[2].to_le_bytes());
         let size = usize::from(raw[0]).min(15);
         bytes.extend_from_slice(&raw[1..1 + size]);
     }
-    (internal.suberror, bytes)
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::props::check;
+    use proptest::prelude::*;
+
+    /// Any internal error KVM could report (any suberror, count and words: the bytes are the
+    /// guest's, `insn_size` KVM's): at most 15 instruction bytes, exactly `insn_size` of them
+    /// (capped at 15) from the two words after the flags, and only for an emulation failure
+    /// that says it carries them.
+    #[test]
+    fn an_internal_errors_instruction_bytes_are_the_ones_it_carries() {
+        let error = (0u32..4, any::<u32>(), any::<[u64; 16]>(), any::<bool>(), 0u8..=20);
+        check("internal error", 3000, error, |(suberror, ndata, mut data, flagged, size)| {
+            data[0] = (data[0] & !1) | u64::from(flagged);
+            data[1] = (data[1] & !0xFF) | u64::from(size);
+            let ndata = if ndata % 2 == 0 { ndata % 20 } else { ndata };
+            let bytes = instruction_bytes(suberror, ndata, &data);
+            let carried = suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION && flagged && ndata >= 3;
+            if !carried {
+                prop_assert!(bytes.is_empty());
+                return Ok(());
+            }
+            let raw: Vec<u8> = data[1].to_le_bytes().into_iter().chain(data[2].to_le_bytes()).collect();
+            let size = usize::from(size.min(15));
+            prop_assert_eq!(&bytes[..], &raw[1..1 + size]);
+            Ok(())
+        });
+    }
 }

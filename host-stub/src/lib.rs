@@ -44,6 +44,8 @@ pub mod loader;
 pub mod memory;
 pub mod memory_fault;
 pub mod producers;
+#[cfg(test)]
+mod props;
 pub mod report;
 pub mod results;
 pub mod test_images;

@@ -107,4 +107,30 @@ mod tests {
             assert!(write_plain(&mem, gpa, Request::default()).is_err(), "{gpa:#x}");
         }
     }
+
+    /// Any address a guest names for a shared structure (a hypercall block), near 2^64
+    /// included: it is read and written exactly when all of it lies in RAM, and what is written
+    /// there reads back.
+    #[test]
+    fn a_shared_structure_is_accessed_exactly_when_it_lies_in_ram() {
+        use crate::props::{check, edge_u64, lies_within};
+        use proptest::prelude::*;
+        const RAM: u64 = 1 << 20;
+        let mem = allocate_ram(RAM).expect("1 MiB");
+        let size = std::mem::size_of::<Request>() as u64;
+        let gpa = prop_oneof![edge_u64(), (0..RAM + 64).prop_map(|g| g & !7)];
+        check("shared structure", 3000, (gpa, any::<u64>()), |(gpa, word)| {
+            let fits = lies_within(std::slice::from_ref(&(0..RAM)), gpa, size);
+            let value = Request { nr: word as u32, args: [word, !word, word.rotate_left(7), 3], ..Request::default() };
+            prop_assert_eq!(write_plain(&mem, gpa, value).is_ok(), fits, "write at {:#x}", gpa);
+            match read_plain::<Request>(&mem, gpa) {
+                Ok(back) => {
+                    prop_assert!(fits, "read at {:#x}", gpa);
+                    prop_assert_eq!(back, value);
+                }
+                Err(_) => prop_assert!(!fits, "no read at {:#x}", gpa),
+            }
+            Ok(())
+        });
+    }
 }

@@ -87,6 +87,14 @@ impl MemoryFault {
         (self.size > 0).then_some(self.gpa..end)
     }
 
+    /// The address the fault names when its range lies within one 4 KiB page: `None` for a
+    /// range over several pages (a huge mapping KVM tried: the instruction says which page the
+    /// guest touched), and for an empty or wrapping one, which names nothing.
+    pub fn page(&self) -> Option<u64> {
+        let range = self.range()?;
+        (range.start >> 12 == (range.end - 1) >> 12).then_some(self.gpa)
+    }
+
     /// The 4 KiB pages the range touches, as page-aligned GPAs.
     pub fn pages(&self) -> impl Iterator<Item = u64> + use<> {
         let (first, end) = match self.range() {
@@ -220,6 +228,52 @@ mod tests {
         assert_eq!(fault(0x3000, 0, 0).pages().count(), 0, "empty");
         assert_eq!(fault(u64::MAX - 0xFFF, 0x2000, 0).range(), None, "past the top");
         assert_eq!(fault(u64::MAX - 0xFFF, 0x2000, 0).pages().count(), 0);
+    }
+
+    /// A fault whose range is empty or wraps names no page: the pager took
+    /// `{ gpa: <a page of its region>, size: 0 }` (or size 2^64 - 1) as an access to that page,
+    /// since such a range has no second page either, where it decodes the instruction for a
+    /// range that does not name one page.
+    #[test]
+    fn only_a_range_within_one_page_names_a_page() {
+        assert_eq!(fault(0x4000_1008, 0x1000, 0).page(), None, "two pages");
+        assert_eq!(fault(0x4000_1000, 0x1000, 0).page(), Some(0x4000_1000));
+        assert_eq!(fault(0x4000_1ff8, 8, 0).page(), Some(0x4000_1ff8));
+        assert_eq!(fault(0x4000_1000, 0, 0).page(), None, "empty");
+        assert_eq!(fault(0x4000_1000, u64::MAX, 0).page(), None, "wraps");
+        assert_eq!(fault(0x4000_1000, 0x20_0000, 0).page(), None, "a 2 MiB mapping");
+    }
+
+    /// Any range KVM (or a stale `kvm_run`) could hold: the range is refused exactly when it is
+    /// empty or runs past 2^64; otherwise `pages` names, in order, every 4 KiB page it touches
+    /// and no other, and `page` names the fault's address exactly when that is one page.
+    #[test]
+    fn a_faults_pages_are_those_its_range_touches() {
+        use crate::props::{check, edge_u64};
+        use proptest::prelude::*;
+        check("memory fault pages", 4000, (edge_u64(), edge_u64(), any::<u64>()), |(gpa, size, flags)| {
+            let f = fault(gpa, size, flags);
+            let Some(end) = gpa.checked_add(size).filter(|_| size > 0) else {
+                prop_assert_eq!(f.range(), None);
+                prop_assert_eq!(f.pages().next(), None);
+                prop_assert_eq!(f.page(), None);
+                return Ok(());
+            };
+            prop_assert_eq!(f.range(), Some(gpa..end));
+            let (first, last) = (gpa >> 12, (end - 1) >> 12);
+            let count = last - first + 1;
+            // Counted without walking them (a garbage size may span 2^52 pages).
+            prop_assert_eq!(f.pages().size_hint(), (count as usize, Some(count as usize)));
+            let shown: Vec<u64> = f.pages().take(1024).collect();
+            prop_assert_eq!(shown.first(), Some(&(first << 12)));
+            prop_assert!(shown.windows(2).all(|w| w[1] == w[0] + 0x1000));
+            prop_assert!(shown.iter().all(|p| p % 0x1000 == 0 && *p < end && p + 0xFFF >= gpa));
+            if count <= 1024 {
+                prop_assert_eq!(shown.last(), Some(&(last << 12)));
+            }
+            prop_assert_eq!(f.page(), (count == 1).then_some(gpa));
+            Ok(())
+        });
     }
 
     #[test]

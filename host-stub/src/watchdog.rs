@@ -138,6 +138,13 @@ pub fn install_handler() -> Result<()> {
     }
 }
 
+/// When a run that started at `now` with `timeout` ends: `None` for no timeout, and for one so
+/// long that no clock reading is that far away (`--timeout` takes any whole number of
+/// seconds; 2^64 - 1 of them is beyond what an `Instant` holds), which never comes.
+pub fn deadline(now: Instant, timeout: Option<Duration>) -> Option<Instant> {
+    now.checked_add(timeout?)
+}
+
 /// A deadline for every vCPU thread of a run.
 #[derive(Debug)]
 pub struct Watchdog {
@@ -147,16 +154,16 @@ pub struct Watchdog {
 }
 
 impl Watchdog {
-    /// Arms a watchdog for the vCPU threads registered in `threads`; `None` never fires. At
-    /// the deadline it runs `unblockers`, then signals each thread (again every 50 ms, for a
-    /// thread that was not in KVM_RUN and not yet registered, until the run ends).
+    /// Arms a watchdog for the vCPU threads registered in `threads`; `None`, or a timeout too
+    /// long to have a deadline ([`deadline`]), never fires. At the deadline it runs
+    /// `unblockers`, then signals each thread (again every 50 ms, for a thread that was not in
+    /// KVM_RUN and not yet registered, until the run ends).
     pub fn arm(timeout: Option<Duration>, unblockers: Vec<crate::handler::Unblock>, threads: Arc<VcpuThreads>) -> Self {
         let expired = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicBool::new(false));
-        if let Some(timeout) = timeout {
+        if let Some(deadline) = deadline(Instant::now(), timeout) {
             let (expired, done) = (expired.clone(), done.clone());
             std::thread::spawn(move || {
-                let deadline = Instant::now() + timeout;
                 let mut unblockers = unblockers;
                 while !done.load(Ordering::Acquire) {
                     let now = Instant::now();
@@ -189,5 +196,24 @@ impl Watchdog {
 impl Drop for Watchdog {
     fn drop(&mut self) {
         self.done.store(true, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--timeout 18446744073709551615` (any whole number of seconds is accepted): the watchdog's
+    /// thread added it to the clock and panicked ("overflow when adding duration to instant"),
+    /// and the run went on with a backtrace on stderr. Such a deadline never comes.
+    #[test]
+    fn a_timeout_beyond_the_clock_never_fires() {
+        let now = Instant::now();
+        assert_eq!(deadline(now, None), None);
+        assert_eq!(deadline(now, Some(Duration::from_secs(300))), Some(now + Duration::from_secs(300)));
+        assert_eq!(deadline(now, Some(Duration::from_secs(u64::MAX))), None);
+        assert_eq!(deadline(now, Some(Duration::MAX)), None);
+        let watchdog = Watchdog::arm(Some(Duration::from_secs(u64::MAX)), Vec::new(), Arc::default());
+        assert!(watchdog.check().is_ok());
     }
 }

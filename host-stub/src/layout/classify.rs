@@ -276,4 +276,41 @@ mod tests {
         assert!(w.wait_hit(second, Duration::from_secs(30), Duration::from_millis(1), || false));
         w.close(second);
     }
+
+    /// Any windows (generations and ranges at the edges of u64), any exit address and any
+    /// KVM_RUN span: an exit is the update's exactly when its address lies in a window whose
+    /// open and close bracket overlaps the span and the pager does not call the page absent;
+    /// an absent demand page is always the pager's, and an exit with no address the guest's.
+    #[test]
+    fn an_exit_is_the_updates_exactly_when_a_window_it_overlapped_holds_its_address() {
+        use crate::props::{check, edge_u64};
+        use proptest::prelude::*;
+        let window = (edge_u64(), proptest::option::of(edge_u64()), edge_u64(), edge_u64())
+            .prop_map(|(opened, closed, a, b)| Window { opened, closed, ranges: vec![a.min(b)..a.max(b)] });
+        let state = proptest::sample::select(&[MemoryState::NotPaged, MemoryState::Present, MemoryState::Absent][..]);
+        let case =
+            (proptest::collection::vec(window, 0..4), proptest::option::of(edge_u64()), edge_u64(), edge_u64(), state);
+        check("classify", 3000, case, |(windows, gpa, entered, returned, state)| {
+            let span = RunSpan { entered, returned };
+            let verdict = classify(gpa, span, &windows, state);
+            let Some(gpa) = gpa else {
+                prop_assert_eq!(verdict, Verdict::GuestError);
+                return Ok(());
+            };
+            let hit = windows.iter().any(|w| {
+                w.opened <= returned
+                    && w.closed.is_none_or(|c| c > entered)
+                    && w.ranges[0].start <= gpa
+                    && gpa < w.ranges[0].end
+            });
+            let expected = match state {
+                MemoryState::Absent => Verdict::AbsentPage,
+                _ if hit => Verdict::UpdateWindow,
+                MemoryState::Present => Verdict::AbsentPage,
+                MemoryState::NotPaged => Verdict::GuestError,
+            };
+            prop_assert_eq!(verdict, expected);
+            Ok(())
+        });
+    }
 }

@@ -513,4 +513,73 @@ mod tests {
         let split = ram().plan(&Update::Split { gpa: 0, at: 0x20_0000, upper_flags: 0 }).unwrap().after;
         assert!(split.plan(&Update::Merge { gpa: 0 }).is_ok());
     }
+
+    /// Any change a guest's numbers could ask for (a target, a size, a split point, a new
+    /// region anywhere, near 2^64 included), on RAM, two hot-added regions and a foreign
+    /// slot: a plan that is made leaves every region aligned, non-empty, below the physical
+    /// address limit, within its host memory and clear of every other region and of the
+    /// foreign slot; its window lies in memory that was there before and after.
+    #[test]
+    fn a_plan_from_any_numbers_keeps_the_layout_sound() {
+        use crate::props::{check, edge_u64};
+        use proptest::prelude::*;
+        let mut layout = ram();
+        layout.adopt(1, region(0x1_C000_0000, 0x20_0000, 0x7e00_0000_0000));
+        layout.adopt(2, region(0x1_C020_0000, 0x20_0000, 0x7e00_0020_0000));
+        layout.add_foreign(0x1_4000_0000..0x1_4020_0000);
+        let targets = [0, 0x1_C000_0000, 0x1_C020_0000];
+        let update = (0u8..7, 0usize..3, edge_u64(), edge_u64(), 0u32..8).prop_map(move |(kind, at, a, b, flags)| {
+            let gpa = targets[at];
+            match kind {
+                0 => Update::Move { gpa, to: a },
+                1 => Update::Resize { gpa, bytes: a },
+                2 => Update::Split { gpa, at: a, upper_flags: flags & 3 },
+                3 => Update::Add(region(a, b, 0x7d00_0000_0000)),
+                4 => Update::SetFlags { gpa, flags },
+                5 => Update::Merge { gpa },
+                _ => Update::Remove { gpa: a },
+            }
+        });
+        check("layout plan", 3000, update, |update| {
+            let Ok(plan) = layout.plan(&update) else { return Ok(()) };
+            let regions: Vec<&Region> = plan.after.slots().map(|(_, r)| r).collect();
+            for (i, r) in regions.iter().enumerate() {
+                let end = r.gpa.checked_add(r.bytes);
+                prop_assert!(end.is_some_and(|end| end <= 1 << 46), "{:?}: {:x?}", update, r);
+                prop_assert!(r.bytes > 0 && r.gpa % PAGE == 0 && r.bytes % PAGE == 0, "{:?}: {:x?}", update, r);
+                prop_assert!(r.bytes <= r.backing.bytes, "{:?}: {:x?}", update, r);
+                prop_assert!(r.flags & !KNOWN_FLAGS == 0);
+                prop_assert!(
+                    !(r.gpa < 0x1_4020_0000 && 0x1_4000_0000 < r.range().end),
+                    "{:?}: on the foreign slot",
+                    update
+                );
+                for other in &regions[i + 1..] {
+                    prop_assert!(
+                        overlap(&r.range(), &other.range()).is_none(),
+                        "{:?}: {:x?} and {:x?}",
+                        update,
+                        r,
+                        other
+                    );
+                }
+            }
+            // Whether the regions of `l` cover all of `w` (a merge's window spans two).
+            let covered = |l: &Layout, w: &Range<u64>| {
+                let mut ranges: Vec<Range<u64>> = l.slots().map(|(_, r)| r.range()).collect();
+                ranges.sort_by_key(|r| r.start);
+                let mut at = w.start;
+                for r in ranges {
+                    if r.start <= at && at < r.end {
+                        at = r.end;
+                    }
+                }
+                at >= w.end
+            };
+            for w in &plan.window {
+                prop_assert!(covered(&layout, w) && covered(&plan.after, w), "{:?}: window {:x?}", update, w);
+            }
+            Ok(())
+        });
+    }
 }

@@ -97,12 +97,9 @@ impl Pager {
         let mut guard = self.shared.lock();
         let inner = &mut *guard;
         let region = inner.region()?;
-        let Some(first) = region.page_of(gpa) else { return Ok(Err(Status::InvalidArgument)) };
-        let Some(end) = first.checked_add(count.max(1)).filter(|end| *end <= region.pages()) else {
-            return Ok(Err(Status::InvalidArgument));
-        };
+        let Some(pages) = region.span(gpa, count.max(1)) else { return Ok(Err(Status::InvalidArgument)) };
         let (mut released, mut now) = (0, Vec::new());
-        for page in first..end {
+        for page in pages {
             match inner.core.release(page) {
                 Release::Start(_) => {
                     released += 1;
@@ -152,11 +149,8 @@ fn evict(inner: &mut Inner, gpa: u64, count: u64) -> Result<Result<[u64; 2], Sta
     settle_owed(inner)?;
     let Inner { core, region, backing, staging, .. } = inner;
     let region = region.as_mut().ok_or(PagerError::NotAttached)?;
-    let Some(first) = region.page_of(gpa) else { return Ok(Err(Status::InvalidArgument)) };
-    let Some(end) = first.checked_add(count).filter(|end| *end <= region.pages()) else {
-        return Ok(Err(Status::InvalidArgument));
-    };
-    let evicted = core.evict_range(first..end, |page, was_present| {
+    let Some(pages) = region.span(gpa, count) else { return Ok(Err(Status::InvalidArgument)) };
+    let evicted = core.evict_range(pages, |page, was_present| {
         let saved = region.evict(page, was_present).map_err(|source| PagerError::EvictPage { page, source })?;
         if let Some(contents) = saved {
             backing.save(page, contents);

@@ -4,8 +4,8 @@
 //! acknowledgement). `kvm_apf_delivery` does the memory and KVM work; unit-tested here.
 //!
 //! Where this stub differs from KVM, it refuses rather than misbehaves, and `docs/abi.md`
-//! says so: enabling needs a "page ready" vector of 32 or above (KVM would raise whatever is
-//! set, vector 0 included); the #PF VM-exit delivery bit is refused (not offered: no nested
+//! says so: enabling needs a "page ready" vector of 32 or above, and while enabled the vector
+//! stays one (KVM would raise whatever is set, vector 0 included); the #PF VM-exit delivery bit is refused (not offered: no nested
 //! guests here); a refused enabling changes nothing (as in current KVM, which checks the value,
 //! the area's address included, before it stores it). The "send always" bit is accepted and
 //! kept, but "page not present" goes to CPL 3 only. The next "page ready" waits for the
@@ -27,7 +27,8 @@ pub enum ApfRefusal {
     ReservedBits,
     /// Delivery as #PF VM exits, which this host does not offer.
     NotOffered,
-    /// Enabling with no "page ready" vector of 32 or above set.
+    /// Enabling with no "page ready" vector of 32 or above set, or setting one below 32 while
+    /// enabled.
     NoVector,
     /// The area's 64 bytes are not within one RAM range.
     OutsideRam,
@@ -108,6 +109,11 @@ impl ApfVcpu {
             abi::MSR_ASYNC_PF_INT => {
                 if value & !abi::INT_VECTOR_MASK != 0 {
                     return Err(ApfRefusal::ReservedBits);
+                }
+                // The rule enabling checks holds while enabled: "page ready" is never raised at
+                // an exception's vector.
+                if value < 32 && abi::enabled(self.en_msr) {
+                    return Err(ApfRefusal::NoVector);
                 }
                 self.int_msr = value;
                 Ok(ApfWrite::Stored)
@@ -314,6 +320,56 @@ mod tests {
         assert_eq!((v.outstanding(), v.ready_pending()), (0, false));
         v.write(abi::MSR_ASYNC_PF_EN, 0x20_0040 | ON, RAM).unwrap();
         assert_ne!(v.alloc().map(|t| t.0), Some(a), "tokens keep counting");
+    }
+
+    /// Found by the property below: `MSR_ASYNC_PF_INT` 0x20, `MSR_ASYNC_PF_EN` enabled, then
+    /// `MSR_ASYNC_PF_INT` 0 was accepted, and "page ready" would have been raised at vector 0
+    /// (#DE's), which enabling refuses.
+    #[test]
+    fn the_vector_stays_32_or_above_while_enabled() {
+        let mut v = enabled();
+        for low in [0, 1, 14, 31] {
+            assert_eq!(v.write(abi::MSR_ASYNC_PF_INT, low, RAM), Err(ApfRefusal::NoVector), "{low}");
+        }
+        assert_eq!(v.active().map(|a| a.vector), Some(0x53), "a refusal changes nothing");
+        assert_eq!(v.write(abi::MSR_ASYNC_PF_INT, 0x20, RAM), Ok(ApfWrite::Stored));
+        v.write(abi::MSR_ASYNC_PF_EN, 0, RAM).unwrap();
+        assert_eq!(v.write(abi::MSR_ASYNC_PF_INT, 0, RAM), Ok(ApfWrite::Stored), "while disabled, anything");
+    }
+
+    /// Any writes to the three MSRs, with RAM that may reach the top of the address space: a
+    /// refused write changes nothing, and whenever async page faults are on, the area's 64
+    /// bytes lie inside one RAM range and the vector is 32 or above.
+    #[test]
+    fn an_enabled_area_lies_in_ram_and_a_refused_write_changes_nothing() {
+        use crate::props::{RAM_TO_TOP, check, edge_u64, lies_within};
+        use proptest::prelude::*;
+        use proptest::sample::select;
+        // Each MSR's values as a guest would try them: an area at an edge address with any of
+        // the enable bits, a vector (a reserved bit now and then), an acknowledgement.
+        let write = (select(&[0, 1, 2, 3][..]), edge_u64(), any::<u8>()).prop_map(|(kind, v, low)| match kind {
+            0 => (abi::MSR_ASYNC_PF_EN, (v & !0x3F) | u64::from(low & 0xF)),
+            1 => (abi::MSR_ASYNC_PF_INT, u64::from(low) | if v & 1 == 0 { 0 } else { v & !0xFF }),
+            2 => (abi::MSR_ASYNC_PF_ACK, v),
+            _ => (abi::MSR_ASYNC_PF_EN, v ^ u64::from(low)),
+        });
+        let writes = proptest::collection::vec(write, 1..=8);
+        check("KVM async page fault MSRs", 3000, (writes, any::<bool>()), |(writes, top)| {
+            let ram = if top { RAM_TO_TOP } else { RAM };
+            let mut v = ApfVcpu::new(1);
+            for (msr, value) in writes {
+                let before = (v.read(abi::MSR_ASYNC_PF_EN), v.read(abi::MSR_ASYNC_PF_INT), v.outstanding());
+                if v.write(msr, value, ram).is_err() {
+                    let after = (v.read(abi::MSR_ASYNC_PF_EN), v.read(abi::MSR_ASYNC_PF_INT), v.outstanding());
+                    prop_assert_eq!(after, before, "refused {:#x} to {:#x}", value, msr);
+                }
+                if let Some(a) = v.active() {
+                    prop_assert!(lies_within(ram, a.area_gpa, abi::DATA_SIZE), "{:x?}", a);
+                    prop_assert!(a.vector >= 32, "{:x?}", a);
+                }
+            }
+            Ok(())
+        });
     }
 
     #[test]

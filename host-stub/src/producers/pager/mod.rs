@@ -433,13 +433,14 @@ impl ExitHandler for Pager {
         if fault.private() {
             return Ok(Handled::No);
         }
-        let handled = match fault.pages().nth(1) {
-            None => {
+        let handled = match fault.page() {
+            Some(gpa) => {
                 let kind = fault.access();
                 let (reads, writes) = (kind == FaultAccess::Read, kind == FaultAccess::Write);
-                self.access(ctx, fault.gpa, None, Access::Retry { reads, writes })?
+                self.access(ctx, gpa, None, Access::Retry { reads, writes })?
             }
-            Some(_) => self.decoded_access(ctx)?,
+            // Several pages, or an empty or wrapping range (naming nothing).
+            None => self.decoded_access(ctx)?,
         };
         self.memory_fault_exits += u64::from(handled == Handled::Yes);
         Ok(handled)

@@ -27,6 +27,7 @@
 //! `vm-memory` [`MmapRegion`], which owns it and unmaps it when dropped.
 
 use std::io;
+use std::ops::Range;
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
@@ -51,6 +52,22 @@ pub enum RegionError {
     Userfaultfd(io::Error),
     #[error("closing its pages to the guest (mprotect) failed: {0}")]
     Protect(io::Error),
+}
+
+/// The page of a region of `pages` pages at `region_gpa` that holds `gpa` (any address the
+/// guest names), if any.
+pub fn page_in(region_gpa: u64, pages: u64, gpa: u64) -> Option<PageIndex> {
+    let page = gpa.checked_sub(region_gpa)? / PAGE as u64;
+    (page < pages).then_some(page)
+}
+
+/// The `count` pages from the one holding `gpa` in a region of `pages` pages at `region_gpa`
+/// (a guest's hypercall arguments), if they all lie in it: `None` when `gpa` is outside it or
+/// the span runs past its end (a count near 2^64 included). A count of 0 is the empty span.
+pub fn span_in(region_gpa: u64, pages: u64, gpa: u64, count: u64) -> Option<Range<PageIndex>> {
+    let first = page_in(region_gpa, pages, gpa)?;
+    let end = first.checked_add(count).filter(|end| *end <= pages)?;
+    Some(first..end)
 }
 
 /// How an absent page keeps the guest out.
@@ -138,9 +155,12 @@ impl DemandRegion {
 
     /// The page holding `gpa`, if it is in the region.
     pub fn page_of(&self, gpa: u64) -> Option<PageIndex> {
-        let offset = gpa.checked_sub(self.gpa)?;
-        let page = offset / PAGE as u64;
-        (page < self.pages).then_some(page)
+        page_in(self.gpa, self.pages, gpa)
+    }
+
+    /// The `count` pages from the one holding `gpa`, if they all lie in the region.
+    pub fn span(&self, gpa: u64, count: u64) -> Option<Range<PageIndex>> {
+        span_in(self.gpa, self.pages, gpa, count)
     }
 
     /// The host address of `page`'s first byte, for system calls on the mapping.
@@ -224,5 +244,51 @@ impl DemandRegion {
             self.protect(page, 1, libc::PROT_READ | libc::PROT_WRITE)?;
         }
         Ok(saved)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::props::{check, edge_u64};
+
+    #[test]
+    fn a_page_and_a_span_are_inside_the_region_or_none() {
+        let (gpa, pages) = (4 << 30, 16);
+        assert_eq!(page_in(gpa, pages, gpa), Some(0));
+        assert_eq!(page_in(gpa, pages, gpa + 16 * 0x1000 - 1), Some(15));
+        assert_eq!(page_in(gpa, pages, gpa + 16 * 0x1000), None);
+        assert_eq!(page_in(gpa, pages, gpa - 1), None);
+        assert_eq!(span_in(gpa, pages, gpa + 0x1000, 15), Some(1..16));
+        assert_eq!(span_in(gpa, pages, gpa + 0x1000, 16), None, "one page past the end");
+        assert_eq!(span_in(gpa, pages, gpa + 0x1000, u64::MAX), None, "a count that wraps");
+        assert_eq!(span_in(gpa, pages, gpa + 0x1000, 0), Some(1..1));
+    }
+
+    /// Any region (at any page-aligned address, of any size that fits below 2^64) and any
+    /// address and count a guest names: the page and the span are the ones computed here in
+    /// 128 bits, where nothing wraps.
+    #[test]
+    fn pages_and_spans_are_computed_without_wrapping() {
+        use proptest::prelude::*;
+        let region = (edge_u64(), edge_u64()).prop_map(|(gpa, pages)| {
+            let gpa = gpa & !0xFFF;
+            // A region that fits below 2^64 (a host's own choice; only the guest's numbers
+            // are hostile).
+            let room = (u64::MAX - gpa) / PAGE as u64;
+            (gpa, if room == 0 { 0 } else { pages % (room + 1) })
+        });
+        check("region pages", 4000, (region, edge_u64(), edge_u64()), |((region_gpa, pages), gpa, count)| {
+            let wide = |x: u64| u128::from(x);
+            let expected_page = (wide(region_gpa) <= wide(gpa)
+                && wide(gpa) < wide(region_gpa) + wide(pages) * PAGE as u128)
+                .then(|| (gpa - region_gpa) / PAGE as u64);
+            prop_assert_eq!(page_in(region_gpa, pages, gpa), expected_page);
+            let expected_span = expected_page
+                .filter(|first| wide(*first) + wide(count) <= wide(pages))
+                .map(|first| first..first + count);
+            prop_assert_eq!(span_in(region_gpa, pages, gpa, count), expected_span);
+            Ok(())
+        });
     }
 }

@@ -367,6 +367,54 @@ mod tests {
         }
     }
 
+    /// Any value written to any of the three MSRs, on a vCPU with or without a registration,
+    /// with RAM that may reach the top of the address space: an accepted write's area lies
+    /// inside one RAM range (a ring with its `head` and `tail`, an event area's 64 bytes), the
+    /// host reads the guest's memory only there, and a refused write changes nothing.
+    #[test]
+    fn an_accepted_area_lies_in_ram_and_a_refused_write_changes_nothing() {
+        use crate::props::{RAM_TO_TOP, check, edge_u64, lies_within};
+        use proptest::prelude::*;
+        use proptest::sample::select;
+        let msr = select(&[abi::MSR_VECTORS, abi::MSR_RING, abi::MSR_DATA][..]);
+        // The low 12 bits decide the order and the reserved bits: often clear, so that the
+        // address is what is tried (a page for a ring, any 64 bytes of one for an event area).
+        let value = (edge_u64(), any::<u16>(), 0..3).prop_map(|(v, low, kind)| match kind {
+            0 => (v & !0xFFF) | u64::from(low & 0x1F),
+            1 => (v & !0xFFF) | u64::from(low & 0xFC0) | MSR_ENABLE,
+            _ => v ^ u64::from(low),
+        });
+        let writes = proptest::collection::vec((msr, value), 1..=6);
+        check("registration", 4000, (writes, any::<bool>(), any::<bool>()), |(writes, registered_first, top)| {
+            let ram = if top { RAM_TO_TOP } else { RAM };
+            let mut r = if registered_first { registered() } else { Registration::default() };
+            let in_ram = |gpa: u64| {
+                assert!(lies_within(ram, gpa, 4), "the host read guest memory at {gpa:#x}, outside RAM");
+                Some(0)
+            };
+            for (msr, value) in writes {
+                let before = (r.vectors_msr, r.ring_msr, r.data_msr, r.pool.is_some());
+                match r.write(msr, value, ram, in_ram) {
+                    Err(_) => {
+                        let after = (r.vectors_msr, r.ring_msr, r.data_msr, r.pool.is_some());
+                        prop_assert_eq!(after, before, "a refused write of {:#x} to {:#x}", value, msr);
+                    }
+                    Ok(()) => prop_assert_eq!(r.read(msr), value),
+                }
+                if r.ring_msr & MSR_ENABLE != 0 {
+                    let (gpa, entries) = decode_ring(r.ring_msr).expect("an accepted ring decodes");
+                    prop_assert!(lies_within(ram, gpa, abi::ring_size(entries)), "ring {:#x}", r.ring_msr);
+                    prop_assert_eq!(r.pool.as_ref().map(TokenPool::entries), Some(entries));
+                }
+                if r.data_msr & MSR_ENABLE != 0 {
+                    let gpa = decode_data(r.data_msr).expect("an accepted event area decodes");
+                    prop_assert!(gpa.is_multiple_of(DATA_ALIGN) && lies_within(ram, gpa, DATA_ALIGN));
+                }
+            }
+            Ok(())
+        });
+    }
+
     #[test]
     fn processor_priority_follows_tpr_and_the_highest_in_service_vector() {
         let mut isr = [0u32; 8];

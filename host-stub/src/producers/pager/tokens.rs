@@ -176,6 +176,108 @@ mod tests {
         assert_eq!(pool.observe_tail(1), Ok(()));
     }
 
+    /// One step a guest and the host take on a ring.
+    #[derive(Clone, Copy, Debug)]
+    enum Step {
+        /// The host hands out a token.
+        Alloc,
+        /// The host posts the resolution of the `n`-th token it holds (modulo how many), or of
+        /// a token it never handed out.
+        Post { n: usize, forged: Option<u32> },
+        /// The guest writes `tail`: `ahead` entries past what it had consumed (wrapping), or
+        /// any value.
+        Tail { ahead: u32, any: Option<u32> },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        use crate::props::edge_u32;
+        // One plain mapping (proptest's unions are slow in a debug build).
+        (any::<u8>(), any::<usize>(), edge_u32(), 0u32..6).prop_map(|(pick, n, value, ahead)| match pick % 6 {
+            0 | 1 => Step::Alloc,
+            2 | 3 => Step::Post { n, forged: (pick >= 240).then_some(value) },
+            _ => Step::Tail { ahead, any: (pick >= 180).then_some(value) },
+        })
+    }
+
+    use proptest::prelude::*;
+
+    /// A ring of any size whose `head` and `tail` start anywhere (near 2^32 included), driven
+    /// by any steps, a guest's `tail` hostile: a `tail` is refused exactly when it passes the
+    /// host's `head` (counted modulo 2^32), and a refusal changes nothing; a resolution is
+    /// posted exactly for a token handed out and not yet posted while the ring has room, at
+    /// entry `head % N`; a slot is free again only once the guest's `tail` passed its
+    /// resolution; and never more than N tokens are out.
+    #[test]
+    fn a_ring_driven_by_a_hostile_tail_keeps_its_accounts() {
+        use crate::props::{check, edge_u32};
+        let start = (0u32..=8, edge_u32(), proptest::collection::vec(step(), 1..=40));
+        check("token ring", 2500, start, |(order, start, steps)| {
+            let entries = 1u32 << order;
+            let mut pool = TokenPool::new(entries);
+            (pool.head, pool.consumed) = (start, start);
+            // The model: tokens handed out and not posted; posted and not consumed, in order.
+            let mut held: Vec<Token> = Vec::new();
+            let mut posted: std::collections::VecDeque<Token> = Default::default();
+            for step in steps {
+                match step {
+                    Step::Alloc => match pool.alloc() {
+                        Some(token) => {
+                            prop_assert!(usize::from(token.slot()) < entries as usize);
+                            prop_assert!(!held.contains(&token) && !posted.contains(&token));
+                            held.push(token);
+                        }
+                        None => prop_assert_eq!(held.len() + posted.len(), entries as usize, "a free slot"),
+                    },
+                    Step::Post { n, forged } => {
+                        let token = match forged {
+                            Some(raw) => Token(raw),
+                            None if held.is_empty() => continue,
+                            None => held[n % held.len()],
+                        };
+                        let head = pool.head;
+                        match pool.post(token) {
+                            Ok(index) => {
+                                prop_assert_eq!(index, head % entries);
+                                prop_assert_eq!(pool.head, head.wrapping_add(1));
+                                let at = held.iter().position(|t| *t == token);
+                                prop_assert!(at.is_some(), "posted {:x?}, never handed out", token);
+                                posted.push_back(held.remove(at.unwrap_or(0)));
+                            }
+                            Err(RingViolation::NotOutstanding(t)) => {
+                                prop_assert_eq!(t, token);
+                                prop_assert!(!held.contains(&token), "{:x?} was outstanding", token);
+                            }
+                            Err(RingViolation::Full { .. }) => prop_assert_eq!(posted.len(), entries as usize),
+                            Err(other) => return Err(TestCaseError::fail(format!("{other}"))),
+                        }
+                    }
+                    Step::Tail { ahead, any } => {
+                        let tail = any.unwrap_or(pool.consumed.wrapping_add(ahead));
+                        let newly = tail.wrapping_sub(pool.consumed);
+                        let before = (pool.head, pool.consumed, pool.outstanding());
+                        match pool.observe_tail(tail) {
+                            Ok(()) => {
+                                prop_assert!(newly as usize <= posted.len());
+                                posted.drain(..newly as usize);
+                                prop_assert_eq!(pool.consumed, tail);
+                            }
+                            Err(RingViolation::TailBeyondHead { .. }) => {
+                                prop_assert!(newly as usize > posted.len(), "tail {} refused", tail);
+                                prop_assert_eq!((pool.head, pool.consumed, pool.outstanding()), before);
+                            }
+                            Err(other) => return Err(TestCaseError::fail(format!("{other}"))),
+                        }
+                    }
+                }
+                prop_assert_eq!(pool.head.wrapping_sub(pool.consumed) as usize, posted.len());
+                prop_assert_eq!(pool.outstanding(), held.len() + posted.len());
+                prop_assert_eq!(pool.unresolved(), held.len());
+                prop_assert!(pool.outstanding() <= entries as usize);
+            }
+            Ok(())
+        });
+    }
+
     #[test]
     fn indices_wrap_at_2_pow_32() {
         let mut pool = ring(2);

@@ -211,6 +211,29 @@ mod tests {
         }
     }
 
+    /// Any value, with RAM that may reach the top of the address space: the area is enabled
+    /// exactly when the value has no reserved bit, its enable bit, and a page that lies inside
+    /// one RAM range; disabled by 0 alone.
+    #[test]
+    fn an_area_is_enabled_exactly_at_a_page_inside_ram() {
+        use crate::props::{RAM_TO_TOP, check, edge_u64, lies_within};
+        use proptest::prelude::*;
+        let value = (edge_u64(), any::<u16>(), any::<bool>())
+            .prop_map(|(v, low, clean)| if clean { (v & !0xFFF) | u64::from(low & 1) } else { v ^ u64::from(low) });
+        check("VE area", 3000, (value, any::<bool>()), |(value, top)| {
+            let ram = if top { RAM_TO_TOP } else { RAM };
+            let page = value & !0xFFF;
+            let expected = match value & 0xFFF {
+                0 if value == 0 => Ok(None),
+                1 if lies_within(ram, page, 0x1000) => Ok(Some(page)),
+                1 => Err(VeRefusal::OutsideRam),
+                _ => Err(VeRefusal::ReservedBits),
+            };
+            prop_assert_eq!(check_msr(value, ram), expected);
+            Ok(())
+        });
+    }
+
     #[test]
     fn a_refused_write_changes_nothing_and_rdmsr_returns_the_last_accepted_value() {
         let mut v = VeVcpu::default();

@@ -14,6 +14,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use kvm_bindings::kvm_sregs;
 use pvagent_abi::hypercall::{Nr, Status};
 use pvagent_abi::pnp::{RESULT_FAILED, RESULT_RETRY};
 use pvagent_abi::ve::{self as abi, fault};
@@ -110,18 +111,24 @@ pub(super) fn raise(inner: &mut Inner, ctx: &VcpuCtx<'_>, area: u64, page: PageI
     Ok(())
 }
 
-/// The linear address of the handler the guest's IDT gives for `vector` (a 64-bit gate in long
-/// mode, a 32-bit one otherwise), if the gate is within the IDT's limit, present, and readable
-/// (page by page: it may straddle two) and, outside long mode, its code segment's descriptor
-/// too.
+/// The linear address of the handler the guest's IDT gives for `vector` (see
+/// [`handler_in_tables`]), reading the guest's memory through the vCPU's page tables.
 fn handler_address(ctx: &VcpuCtx<'_>, vector: u8) -> Option<u64> {
-    const EFER_LMA: u64 = 1 << 10;
     let sregs = ctx.vcpu.get_sregs().ok()?;
+    handler_in_tables(&sregs, vector, |addr, buf| read_linear(ctx, addr, buf))
+}
+
+/// The linear address of the handler the IDT of `sregs` gives for `vector` (a 64-bit gate in
+/// long mode, a 32-bit one otherwise), if the gate is within the IDT's limit, present, and
+/// readable by `read` (guest-linear memory) and, outside long mode, its code segment's
+/// descriptor too. The tables' bases are the guest's: an address past the top is no address.
+fn handler_in_tables(sregs: &kvm_sregs, vector: u8, read: impl Fn(u64, &mut [u8]) -> Option<()>) -> Option<u64> {
+    const EFER_LMA: u64 = 1 << 10;
     let long_mode = sregs.efer & EFER_LMA != 0;
     let size = if long_mode { 16 } else { 8 };
     let at = gate_offset(sregs.idt.limit, vector, size)?;
     let mut gate = [0u8; 16];
-    read_linear(ctx, sregs.idt.base + at, &mut gate[..size as usize])?;
+    read(table_linear(sregs.idt.base, at, long_mode)?, &mut gate[..size as usize])?;
     let (selector, offset) = gate_target(&gate, long_mode)?;
     if long_mode {
         // An IA-32e gate leads to 64-bit code, whose segment base is 0.
@@ -138,8 +145,15 @@ fn handler_address(ctx: &VcpuCtx<'_>, vector: u8) -> Option<u64> {
         return None;
     }
     let mut descriptor = [0u8; 8];
-    read_linear(ctx, table + index, &mut descriptor)?;
+    read(table_linear(table, index, false)?, &mut descriptor)?;
     Some(segment_base(&descriptor).wrapping_add(offset) & 0xFFFF_FFFF)
+}
+
+/// The linear address `offset` bytes into a descriptor table at `base`: outside long mode
+/// modulo 4 GiB (linear addresses are 32 bits there); in long mode, `None` past the top of the
+/// address space.
+fn table_linear(base: u64, offset: u64, long_mode: bool) -> Option<u64> {
+    if long_mode { base.checked_add(offset) } else { Some(base.wrapping_add(offset) & 0xFFFF_FFFF) }
 }
 
 /// The offset of `vector`'s gate of `size` bytes in an IDT of `limit`, if it lies within it.
@@ -384,6 +398,98 @@ mod tests {
         assert_eq!(gate_target(&gate, false), Some((0x10, 0x1234_5678)), "a 32-bit gate's 8 bytes");
         gate[5] = 0x0E;
         assert_eq!(gate_target(&gate, true), None, "not present");
+    }
+
+    /// A guest whose IDT base is near the top of the address space (LIDT takes any canonical
+    /// base): with `NMI_WITH_NEXT_VE` armed, the host's look-up of the #VE handler computed
+    /// IDT.base 0xFFFF_FFFF_FFFF_FF00 + 20 * 16 and overflowed (a panic in debug builds, a read
+    /// at 0x40 in release). In long mode it is no address; outside it the sum wraps at 4 GiB,
+    /// and so does the LDT's base plus a selector's offset.
+    #[test]
+    fn a_table_base_near_the_top_gives_no_address_in_long_mode_and_wraps_outside_it() {
+        let mut sregs = kvm_sregs { efer: 1 << 10, ..Default::default() };
+        sregs.idt = kvm_bindings::kvm_dtable { base: 0xFFFF_FFFF_FFFF_FF00, limit: 0xFFF, ..Default::default() };
+        let read_nothing = |addr: u64, _: &mut [u8]| -> Option<()> { panic!("read at {addr:#x}") };
+        assert_eq!(handler_in_tables(&sregs, abi::VECTOR, read_nothing), None);
+        // 32-bit: a present gate with selector 0x0C (the LDT's entry 1) at IDT 0xFFFF_FF00 + 160;
+        // the LDT at 0xFFFF_FFFF_FFFF_FFF8 (a 64-bit base left in the hidden part) holds its
+        // descriptor at (base + 8) mod 4 GiB = 0.
+        sregs.efer = 0;
+        sregs.idt.base = 0xFFFF_FF00;
+        sregs.ldt.base = 0xFFFF_FFFF_FFFF_FFF8;
+        sregs.ldt.limit = 0xF;
+        let reads = std::cell::RefCell::new(Vec::new());
+        let memory = |addr: u64, buf: &mut [u8]| {
+            reads.borrow_mut().push(addr);
+            let gate = [0x78, 0x56, 0x0C, 0, 0, 0x8E, 0x34, 0x12];
+            let descriptor = [0xFF, 0xFF, 0x00, 0x00, 0x10, 0x9A, 0xCF, 0x80];
+            buf.copy_from_slice(if addr == 0 { &descriptor } else { &gate });
+            Some(())
+        };
+        assert_eq!(handler_in_tables(&sregs, abi::VECTOR, memory), Some(0x8010_0000 + 0x1234_5678));
+        assert_eq!(*reads.borrow(), [0xFFFF_FFA0, 0]);
+    }
+
+    /// Any descriptor tables a guest sets up (bases and limits biased toward the edges, long
+    /// mode or not), over memory of any contents: the handler's address is the one the tables
+    /// give, computed here from the same bytes, and every read is at the table's base plus the
+    /// entry's offset as the processor adds them.
+    #[test]
+    fn the_handler_address_is_the_one_the_guests_tables_give() {
+        use crate::props::{check, edge_u64};
+        use proptest::prelude::*;
+        // Memory of any contents: each byte a hash of its address and the case's seed.
+        fn byte(seed: u64, addr: u64) -> u8 {
+            ((addr ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8
+        }
+        let tables = (edge_u64(), edge_u64(), edge_u64(), any::<(u16, u16, u32, bool, u64)>());
+        check("handler address", 3000, tables, |(idt, gdt, ldt, (idt_limit, gdt_limit, ldt_limit, long, seed))| {
+            let mut sregs = kvm_sregs { efer: if long { 1 << 10 } else { 0 }, ..Default::default() };
+            sregs.idt = kvm_bindings::kvm_dtable { base: idt, limit: idt_limit, ..Default::default() };
+            sregs.gdt = kvm_bindings::kvm_dtable { base: gdt, limit: gdt_limit, ..Default::default() };
+            sregs.ldt.base = ldt;
+            sregs.ldt.limit = ldt_limit;
+            let reads = std::cell::RefCell::new(Vec::new());
+            let memory = |addr: u64, buf: &mut [u8]| {
+                reads.borrow_mut().push(addr);
+                for (i, b) in buf.iter_mut().enumerate() {
+                    *b = byte(seed, addr.wrapping_add(i as u64));
+                }
+                Some(())
+            };
+            let got = handler_in_tables(&sregs, abi::VECTOR, memory);
+
+            // The same, from the architecture's rules.
+            let at = u64::from(abi::VECTOR) * if long { 16 } else { 8 };
+            let gate_at = if long { idt.checked_add(at) } else { Some(idt.wrapping_add(at) & 0xFFFF_FFFF) };
+            let in_limit = at + if long { 15 } else { 7 } <= u64::from(idt_limit);
+            let gate = |i: u64| u64::from(byte(seed, gate_at.unwrap_or(0).wrapping_add(i)));
+            let present = gate(5) & 0x80 != 0;
+            let offset = gate(0) | gate(1) << 8 | gate(6) << 16 | gate(7) << 24;
+            let expected = match (in_limit, gate_at, present) {
+                (true, Some(_), true) if long => {
+                    Some(offset | (gate(8) | gate(9) << 8 | gate(10) << 16 | gate(11) << 24) << 32)
+                }
+                (true, Some(_), true) => {
+                    let selector = gate(2) | gate(3) << 8;
+                    let (table, limit) =
+                        if selector & 4 != 0 { (ldt, u64::from(ldt_limit)) } else { (gdt, u64::from(gdt_limit)) };
+                    let index = selector & !7;
+                    (index != 0 && index + 7 <= limit).then(|| {
+                        let start = table.wrapping_add(index) & 0xFFFF_FFFF;
+                        let d = |i: u64| u64::from(byte(seed, start.wrapping_add(i)));
+                        (d(2) | d(3) << 8 | d(4) << 16 | d(7) << 24).wrapping_add(offset) & 0xFFFF_FFFF
+                    })
+                }
+                _ => None,
+            };
+            prop_assert_eq!(got, expected);
+            let reads = reads.borrow();
+            if let Some(&first) = reads.first() {
+                prop_assert_eq!(Some(first), gate_at);
+            }
+            Ok(())
+        });
     }
 
     #[test]
