@@ -617,4 +617,6 @@ impl<const N: usize> TokenTable<Hashed, N> {
 }
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;
