@@ -5,6 +5,8 @@
 pub mod ac;
 #[cfg(kernel)]
 pub mod halt;
+#[cfg(test)]
+mod interleavings;
 pub mod kvm_apf;
 pub mod pnp;
 pub mod tokens;

@@ -270,8 +270,10 @@ impl TokenStats {
     }
 }
 
-/// The token table of one vCPU and one protocol, of `N` entries (a power of two).
+/// The token table of one vCPU and one protocol, of `N` entries (a power of two). (Host tests
+/// clone it: `pv::interleavings` explores from copies of one state.)
 #[derive(Debug)]
+#[cfg_attr(test, derive(Clone))]
 pub struct TokenTable<K: Keying, const N: usize> {
     entries: [Entry; N],
     keying: K,
