@@ -469,4 +469,6 @@ impl TaskTable {
 }
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;
