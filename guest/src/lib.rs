@@ -24,6 +24,8 @@ pub mod selftest;
 pub mod start;
 #[cfg(any(kernel, test))]
 pub mod sync;
+#[cfg(test)]
+mod testing;
 
 /// The kernel's version, printed at boot.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

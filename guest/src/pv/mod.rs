@@ -5,6 +5,10 @@
 pub mod ac;
 #[cfg(kernel)]
 pub mod halt;
+#[cfg(test)]
+mod host_values;
+#[cfg(test)]
+mod interleavings;
 pub mod kvm_apf;
 pub mod pnp;
 pub mod tokens;

@@ -183,8 +183,10 @@ pub struct SchedStats {
     pub spurious_wakes: u64,
 }
 
-/// One vCPU's scheduler state.
+/// One vCPU's scheduler state. (Host tests clone it: the exhaustive interleaving check in
+/// `pv::interleavings` explores from copies of one state.)
 #[derive(Debug)]
+#[cfg_attr(test, derive(Clone))]
 pub struct TaskTable {
     slots: [Slot; MAX_TASKS],
     run_queue: Deque<u16, MAX_TASKS>,
@@ -466,5 +468,7 @@ impl TaskTable {
     }
 }
 
+#[cfg(test)]
+mod props;
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,8 @@
 
 pub mod operand;
 pub mod policy;
+#[cfg(test)]
+mod props;
 
 #[cfg(kernel)]
 mod hw;

@@ -443,3 +443,14 @@ fn a_new_keying_clears_every_entry_the_old_one_reached_and_no_other() {
     // And the new ring's slots work: an event on slot 12 parks.
     assert!(matches!(t.on_event(ring(12, 1), 0x3000, || Waiter::Task(TASK)), EventOutcome::Park(_)));
 }
+
+/// A ring larger than the table is refused when it is set, not at the first event for a slot
+/// beyond the table (which indexed past its entries: `reset`'s check compared the clamped
+/// size with the table's, which always passed).
+#[test]
+#[should_panic(expected = "in a table of 8")]
+fn a_ring_larger_than_the_table_is_refused_at_reset() {
+    let mut t = TokenTable::<BySlot, 8>::new(BySlot { entries: 0 });
+    t.reset(BySlot { entries: 16 });
+    t.on_event(ring(12, 1), 0, || Waiter::Task(TASK));
+}
