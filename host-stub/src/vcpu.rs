@@ -444,7 +444,7 @@ impl Vcpu {
             Exit::MmioRead { addr, len } => {
                 let answer = data.answer(len);
                 if self.layout.verdict(self.span, addr, handlers, false) == Some(Verdict::UpdateWindow)
-                    && self.layout.complete_access(addr, Some(answer), None)
+                    && self.layout.complete_access(addr, self.span, Some(answer), None)
                 {
                     kvm_run::complete_mmio_read(&mut self.fd, &data.0);
                     return Ok(None);
@@ -458,7 +458,7 @@ impl Vcpu {
             }
             Exit::MmioWrite { addr } => {
                 if self.layout.verdict(self.span, addr, handlers, false) == Some(Verdict::UpdateWindow)
-                    && self.layout.complete_access(addr, None, Some(&data.0))
+                    && self.layout.complete_access(addr, self.span, None, Some(&data.0))
                 {
                     return Ok(None);
                 }
@@ -536,7 +536,7 @@ impl Vcpu {
                     && let Some(gpa) = crate::guest_insn::translate(&self.fd, at)
                     && self.layout.verdict(self.span, gpa, handlers, true) == Some(Verdict::UpdateWindow)
                 {
-                    self.layout.complete_access(gpa, None, None);
+                    self.layout.complete_access(gpa, self.span, None, None);
                     return Ok(None);
                 }
                 return Err(Error::Emulation { suberror, rip: at, bytes });

@@ -157,12 +157,16 @@ impl Windows {
         }
     }
 
-    /// Waits until no window holding `gpa` is open: the access can then be completed against
-    /// the layout after the update. Checks `stopped()` (the run ended) every `check`, and gives
-    /// up then: `false`.
-    pub fn wait_closed(&self, gpa: u64, check: Duration, stopped: impl Fn() -> bool) -> bool {
+    /// Waits until every window the exit at `gpa` of the KVM_RUN `span` could have hit is
+    /// closed: the access can then be completed against the layout that update left. A window
+    /// opened after the KVM_RUN returned is not waited for: the access came before that update,
+    /// and its vCPU, which holds the handlers' lock meanwhile, would keep the other vCPUs' exits
+    /// from hitting that window, which a lingering update waits for (each waited for the other
+    /// until `LINGER_BOUND`). Checks `stopped()` (the run ended) every `check`, and gives up
+    /// then: `false`.
+    pub fn wait_closed(&self, gpa: u64, span: RunSpan, check: Duration, stopped: impl Fn() -> bool) -> bool {
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        while log.iter().any(|(w, _)| w.closed.is_none() && w.ranges.iter().any(|r| r.contains(&gpa))) {
+        while log.iter().any(|(w, _)| w.closed.is_none() && could_hit(w, gpa, span)) {
             if stopped() {
                 return false;
             }
@@ -247,12 +251,34 @@ mod tests {
         let during = w.generation();
         assert_eq!(w.classify(Some(0x2000), span(before, during), MemoryState::NotPaged), Verdict::UpdateWindow);
         // Still open: a wait for it gives up once the run ended.
-        assert!(!w.wait_closed(0x2000, Duration::from_millis(1), || true), "gave up");
+        assert!(!w.wait_closed(0x2000, span(before, during), Duration::from_millis(1), || true), "gave up");
         w.close(i);
-        assert!(w.wait_closed(0x2000, Duration::from_millis(1), || false));
+        assert!(w.wait_closed(0x2000, span(before, during), Duration::from_millis(1), || false));
         let after = w.generation();
         assert_eq!(w.classify(Some(0x2000), span(after, after), MemoryState::NotPaged), Verdict::GuestError);
         assert_eq!(w.count(), 1);
+    }
+
+    /// An access that hit a window is completed once that window is closed, even while a later
+    /// update's window over the same address is open (found as a lingering update that waited
+    /// its whole bound: the vCPU completing the earlier access held the handlers' lock, waiting
+    /// for the later window, which waited for another vCPU's exit, which needed that lock).
+    #[test]
+    fn an_access_waits_only_for_the_windows_it_could_have_hit() {
+        let w = Windows::default();
+        let entered = w.generation();
+        let first = w.open(vec![RAM]);
+        let returned = w.generation();
+        let hit_first = span(entered, returned);
+        assert_eq!(w.classify(Some(0x2000), hit_first, MemoryState::NotPaged), Verdict::UpdateWindow);
+        w.close(first);
+        let later = w.open(vec![RAM]);
+        assert!(w.wait_closed(0x2000, hit_first, Duration::from_millis(1), || true), "not held by the later window");
+        // An exit of a KVM_RUN that overlapped the later window waits for it.
+        let now = span(w.generation(), w.generation());
+        assert!(!w.wait_closed(0x2000, now, Duration::from_millis(1), || true), "held by the window it could hit");
+        w.close(later);
+        assert!(w.wait_closed(0x2000, now, Duration::from_millis(1), || false));
     }
 
     /// A lingering update waits for a hit of its own window: an exit that could only have hit

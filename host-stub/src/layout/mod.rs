@@ -415,10 +415,10 @@ impl LayoutHandle {
     }
 
     /// Completes an access that hit an update's window, against the layout after the update
-    /// (waiting for it to be in place): a read fills `read`, a write stores `write`. `false`
+    /// (waiting for it to be in place: for every window the KVM_RUN `span` could have hit): a read fills `read`, a write stores `write`. `false`
     /// when the address is no memory after all, or the run ended first.
-    pub fn complete_access(&self, gpa: u64, read: Option<&mut [u8]>, write: Option<&[u8]>) -> bool {
-        if !self.0.windows.wait_closed(gpa, STOP_CHECK, || self.0.threads.stopping()) {
+    pub fn complete_access(&self, gpa: u64, span: RunSpan, read: Option<&mut [u8]>, write: Option<&[u8]>) -> bool {
+        if !self.0.windows.wait_closed(gpa, span, STOP_CHECK, || self.0.threads.stopping()) {
             return false;
         }
         let Some((_, region)) = self.find(gpa) else { return false };

@@ -85,8 +85,8 @@ fn a_write_the_host_completes_is_in_the_dirty_log() {
     let (layout, _vm, _map) = vm_with_region(KVM_MEM_LOG_DIRTY_PAGES);
     assert!(layout.dirty_log(GPA).expect("a log").iter().all(|w| *w == 0), "nothing written yet");
     // Eight bytes across pages 3 and 4.
-    assert!(layout.complete_access(GPA + 0x4000 - 4, None, Some(&[0xAB; 8])));
-    assert!(layout.complete_access(GPA + 0x9000, Some(&mut [0; 8]), None));
+    assert!(layout.complete_access(GPA + 0x4000 - 4, RunSpan::default(), None, Some(&[0xAB; 8])));
+    assert!(layout.complete_access(GPA + 0x9000, RunSpan::default(), Some(&mut [0; 8]), None));
     let log = layout.dirty_log(GPA).expect("a log");
     assert_eq!(log[0], (1 << 3) | (1 << 4), "the pages written, and no page only read");
     assert!(layout.dirty_log(GPA).expect("a log").iter().all(|w| *w == 0), "reading the log cleared it");
