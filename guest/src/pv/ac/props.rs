@@ -261,6 +261,14 @@ fn each_kernel_site_is_reported_once_until_the_record_is_full() {
 
 #[test]
 fn any_sld_text_parses_or_is_refused_and_modes_print_back() {
+    // The canonical texts parse to their modes: without this a parser refusing everything
+    // would pass the property below.
+    assert_eq!(Mode::parse("off"), Ok(Mode::Off));
+    assert_eq!(Mode::parse("warn"), Ok(Mode::Warn));
+    assert_eq!(Mode::parse("fatal"), Ok(Mode::Fatal));
+    for n in [1, RATELIMIT_MAX] {
+        assert_eq!(Mode::parse(&format!("ratelimit:{n}")), Ok(Mode::Ratelimit(n)));
+    }
     let text = prop_oneof!["\\PC{0,14}", "(off|warn|fatal|ratelimit:[0-9+-]{0,6})"];
     check(5000, text, |text| {
         if let Ok(mode) = Mode::parse(&text) {

@@ -128,7 +128,7 @@ fn handler_in_tables(sregs: &kvm_sregs, vector: u8, read: impl Fn(u64, &mut [u8]
     let size = if long_mode { 16 } else { 8 };
     let at = gate_offset(sregs.idt.limit, vector, size)?;
     let mut gate = [0u8; 16];
-    read(table_linear(sregs.idt.base, at, long_mode)?, &mut gate[..size as usize])?;
+    read(table_linear(sregs.idt.base, at, long_mode), &mut gate[..size as usize])?;
     let (selector, offset) = gate_target(&gate, long_mode)?;
     if long_mode {
         // An IA-32e gate leads to 64-bit code, whose segment base is 0.
@@ -145,15 +145,17 @@ fn handler_in_tables(sregs: &kvm_sregs, vector: u8, read: impl Fn(u64, &mut [u8]
         return None;
     }
     let mut descriptor = [0u8; 8];
-    read(table_linear(table, index, false)?, &mut descriptor)?;
+    read(table_linear(table, index, false), &mut descriptor)?;
     Some(segment_base(&descriptor).wrapping_add(offset) & 0xFFFF_FFFF)
 }
 
-/// The linear address `offset` bytes into a descriptor table at `base`: outside long mode
-/// modulo 4 GiB (linear addresses are 32 bits there); in long mode, `None` past the top of the
-/// address space.
-fn table_linear(base: u64, offset: u64, long_mode: bool) -> Option<u64> {
-    if long_mode { base.checked_add(offset) } else { Some(base.wrapping_add(offset) & 0xFFFF_FFFF) }
+/// The linear address `offset` bytes into a descriptor table at `base`, wrapping as the
+/// processor's address arithmetic does: modulo 2^64 in long mode, modulo 4 GiB outside it
+/// (linear addresses are 32 bits there). A wrapped address that is no guest memory is then a
+/// failed read, as any other.
+fn table_linear(base: u64, offset: u64, long_mode: bool) -> u64 {
+    let linear = base.wrapping_add(offset);
+    if long_mode { linear } else { linear & 0xFFFF_FFFF }
 }
 
 /// The offset of `vector`'s gate of `size` bytes in an IDT of `limit`, if it lies within it.
@@ -403,14 +405,19 @@ mod tests {
     /// A guest whose IDT base is near the top of the address space (LIDT takes any canonical
     /// base): with `NMI_WITH_NEXT_VE` armed, the host's look-up of the #VE handler computed
     /// IDT.base 0xFFFF_FFFF_FFFF_FF00 + 20 * 16 and overflowed (a panic in debug builds, a read
-    /// at 0x40 in release). In long mode it is no address; outside it the sum wraps at 4 GiB,
-    /// and so does the LDT's base plus a selector's offset.
+    /// at 0x40 in release). The sum wraps as the processor's does: modulo 2^64 in long mode,
+    /// modulo 4 GiB outside it, and so does the LDT's base plus a selector's offset.
     #[test]
-    fn a_table_base_near_the_top_gives_no_address_in_long_mode_and_wraps_outside_it() {
+    fn a_table_base_near_the_top_wraps_as_the_processors_address_arithmetic_does() {
         let mut sregs = kvm_sregs { efer: 1 << 10, ..Default::default() };
         sregs.idt = kvm_bindings::kvm_dtable { base: 0xFFFF_FFFF_FFFF_FF00, limit: 0xFFF, ..Default::default() };
-        let read_nothing = |addr: u64, _: &mut [u8]| -> Option<()> { panic!("read at {addr:#x}") };
-        assert_eq!(handler_in_tables(&sregs, abi::VECTOR, read_nothing), None);
+        let at = std::cell::Cell::new(None);
+        let no_memory = |addr: u64, _: &mut [u8]| -> Option<()> {
+            at.set(Some(addr));
+            None
+        };
+        assert_eq!(handler_in_tables(&sregs, abi::VECTOR, no_memory), None);
+        assert_eq!(at.get(), Some(0x40), "base + 20 * 16 modulo 2^64");
         // 32-bit: a present gate with selector 0x0C (the LDT's entry 1) at IDT 0xFFFF_FF00 + 160;
         // the LDT at 0xFFFF_FFFF_FFFF_FFF8 (a 64-bit base left in the hidden part) holds its
         // descriptor at (base + 8) mod 4 GiB = 0.
@@ -461,7 +468,7 @@ mod tests {
 
             // The same, from the architecture's rules.
             let at = u64::from(abi::VECTOR) * if long { 16 } else { 8 };
-            let gate_at = if long { idt.checked_add(at) } else { Some(idt.wrapping_add(at) & 0xFFFF_FFFF) };
+            let gate_at = if long { Some(idt.wrapping_add(at)) } else { Some(idt.wrapping_add(at) & 0xFFFF_FFFF) };
             let in_limit = at + if long { 15 } else { 7 } <= u64::from(idt_limit);
             let gate = |i: u64| u64::from(byte(seed, gate_at.unwrap_or(0).wrapping_add(i)));
             let present = gate(5) & 0x80 != 0;
