@@ -108,6 +108,22 @@ fn rearm_then_request(code: Code32, nr: Nr, gpa: u32, status_code: u32) -> Code3
         .load(ret(HANDLER_BLOCK, 0))
 }
 
+/// Holds the page's fetch back until the #VE's request (`AfterEventTaken`), so that `VePark`
+/// always finds the page absent and hands out a token: with the default timing a fetch that
+/// completed before the request (a loaded machine delays the handler) made it answer
+/// `NO_TOKEN`, and a handler waiting for the token's resolution spun until the run's limit.
+fn hold_until_requested(code: Code32, status_code: u32) -> Code32 {
+    code.hypercall(BLOCK, Nr::PnpSetTiming as u32, pnp::ResolutionTiming::AfterEventTaken as u32)
+        .expect_eax(Status::Ok as u32, status_code)
+}
+
+/// Exits with `code` unless EAX holds a token (non-zero): the park path was not taken.
+fn expect_token(code: Code32, exit_code: u32) -> Code32 {
+    let exit = Code32::new().mov_eax(exit_code).exit_eax();
+    // test eax, eax; jnz over the exit.
+    code.emit(&[0x85, 0xC0, 0x75, exit.len() as u8]).then(exit)
+}
+
 /// The handler's checks of the area a CPL 0 access filled: busy set, an EPT violation of
 /// `qualification` at [`TARGET`], no linear address (the MMIO exit does not give one).
 fn check_area(code: Code32, qualification: u32) -> Code32 {
@@ -206,14 +222,14 @@ fn a_set_busy_word_means_a_synchronous_wait_unless_the_host_is_told_to_ignore_it
 fn ve_park_hands_out_a_ring_token_and_answers_a_present_page_at_once() {
     let head = RING + pnp::ring_head_offset(1) as u32;
     let tail = RING + pnp::ring_tail_offset(1) as u32;
-    let main = prologue(true)
+    let main = hold_until_requested(prologue(true), 29)
         .hypercall(BLOCK, Nr::VePark as u32, TARGET)
         .expect_eax(Status::NoToken as u32, 30)
         .hypercall(BLOCK, Nr::VePark as u32, 0x1000)
         .expect_eax(Status::InvalidArgument as u32, 31);
     let main = with_ring(main).load(TARGET).exit(NO_VE);
     // Resolution entry 0: `result` then `token`.
-    let handler = rearm_then_request(Code32::new(), Nr::VePark, TARGET, 32)
+    let handler = expect_token(rearm_then_request(Code32::new(), Nr::VePark, TARGET, 32), 37)
         .store_eax(0x31_0000)
         // Wait for the resolution (interrupts are off in the handler): the ring's head.
         .then(spin_until(head, 1))
@@ -487,9 +503,9 @@ fn the_guests_ve_self_tests_pass_in_mode_ve_and_every_token_is_consumed() {
 /// event's.
 #[test]
 fn a_park_token_left_out_fails_the_run() {
-    let main = with_ring(prologue(true)).load(TARGET).exit(NO_VE);
+    let main = hold_until_requested(with_ring(prologue(true)), 72).load(TARGET).exit(NO_VE);
     // Parked, the resolution waited for (so that no fetch is left running), never consumed.
-    let handler = rearm_then_request(Code32::new(), Nr::VePark, TARGET, 70)
+    let handler = expect_token(rearm_then_request(Code32::new(), Nr::VePark, TARGET, 70), 73)
         .then(spin_until(RING + pnp::ring_head_offset(1) as u32, 1))
         .exit(OK);
     let r = run("ve-park-leak.elf", image(main, handler), ve_pager(), 60);
