@@ -39,10 +39,24 @@ fn runs(mut qemu: Command) -> bool {
     qemu.arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
+/// Whether the machine's QEMU runs. Asked once per process once it does (every boot asks);
+/// a "no" is asked again, since setup may install it meanwhile.
+fn system_qemu_runs() -> bool {
+    static RUNS: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if RUNS.get().is_some() {
+        return true;
+    }
+    let now = runs(Command::new(QEMU));
+    if now {
+        let _ = RUNS.set(());
+    }
+    now
+}
+
 /// The QEMU to run: the machine's when it has one, else xtask's own copy when it is ready
 /// ([`private_qemu`]), else the machine's name (which then fails with the OS's error).
 pub fn qemu_command() -> Command {
-    if !runs(Command::new(QEMU)) {
+    if !system_qemu_runs() {
         let root = private_qemu::root();
         if private_qemu::ready(&root) {
             return private_qemu::command(&root);
@@ -52,7 +66,7 @@ pub fn qemu_command() -> Command {
 }
 
 fn qemu_present() -> bool {
-    runs(Command::new(QEMU)) || private_qemu::ready(&private_qemu::root())
+    system_qemu_runs() || private_qemu::ready(&private_qemu::root())
 }
 
 /// The apt-get runs that install QEMU, in order. `--no-remove`: when installing would remove an
