@@ -120,6 +120,13 @@ pub enum Nr: u32 {
     /// the pages that log reported in all. A page outside the logged (upper) half:
     /// [`Status::InvalidArgument`].
     LayoutDirty = 0x403,
+    /// Fault injection, a test control ([`crate::breach`]): break rule `args[0]` (a
+    /// [`crate::breach::Breach`]) once, at the calling vCPU's next occasion for it, replacing
+    /// any breach armed there before; `ret[0]` = 1 if one was armed and not yet used, else 0.
+    /// The producer that owns the rule answers: a rule it cannot break in its present state
+    /// (another mode, a protocol the vCPU has not registered) is [`Status::InvalidArgument`];
+    /// an unknown rule, or one whose producer is not in this run, [`Status::UnknownNr`].
+    HostBreak = 0x500,
 }
 }
 

@@ -8,6 +8,7 @@
 #![no_std]
 #![warn(missing_docs)]
 
+pub mod breach;
 pub mod console;
 pub mod cpuid;
 pub mod exit;

@@ -3,6 +3,7 @@
 //! scheduler is up.
 
 pub mod ac;
+pub mod breach;
 #[cfg(kernel)]
 pub mod halt;
 #[cfg(test)]

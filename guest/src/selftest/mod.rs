@@ -30,7 +30,7 @@ use pvagent_abi::report::{LIST_WORD, Line, Need, Needs, Status};
 use pvagent_abi::sld::HostPolicy;
 
 use crate::boot::cmdline::{Cmdline, TestFilter};
-use crate::kprintln;
+use crate::{kprint, kprintln};
 
 /// Command line keys the self-tests read: `tests=` (which tests run), `expect-host=` (what
 /// `arch::host_is_identified` expects) and the bare word `list` (list the tests, run none).
@@ -227,6 +227,8 @@ pub fn run(cmdline: &Cmdline) -> ! {
         FAILED.fetch_add(1, Ordering::Relaxed);
     }
     crate::console::report_dropped();
+    // Which rules the host broke (each counted where it was detected, reported here).
+    kprint!("{}", crate::pv::breach::Summary);
     kprintln!("{}", summary());
     let code = if selected == 0 {
         // Nothing was judged: the command line is wrong, which hosts report as bad usage.
