@@ -17,6 +17,7 @@
 mod ac;
 mod arch;
 mod harness;
+mod hostile;
 mod memslot;
 mod pnp;
 mod smp;
@@ -139,6 +140,8 @@ const SUITES: &[&[SelfTest]] = &[
     pnp::VE_TESTS,
     pnp::SMP_TESTS,
     memslot::TESTS,
+    // Last: these break the protocols on purpose, which the accounting checks above count.
+    hostile::TESTS,
 ];
 
 fn all_tests() -> impl Iterator<Item = &'static SelfTest> {

@@ -56,7 +56,7 @@ pub const TESTS: &[SelfTest] = &[
 
 /// The host stub's mode for one test: `kvm-apf` while it lives, if the run is in another mode
 /// the host stub serves itself; back to that mode when dropped, whatever the test's outcome.
-struct KvmMode(Option<HostMode>);
+pub(in crate::selftest) struct KvmMode(Option<HostMode>);
 
 impl Drop for KvmMode {
     fn drop(&mut self) {
@@ -70,7 +70,7 @@ impl Drop for KvmMode {
 
 /// The host stub's pager, serving absent pages through KVM's ABI (in either mode) until the
 /// returned guard is dropped.
-fn kvm_pager() -> Result<(Region, KvmMode), Failure> {
+pub(in crate::selftest) fn kvm_pager() -> Result<(Region, KvmMode), Failure> {
     let region = pager()?;
     let mode = pnp::host_mode();
     if mode.is_kvm_apf() {
@@ -87,7 +87,7 @@ fn read_msr(msr: u32) -> u64 {
 
 /// Yields until `tasks` tasks of this vCPU wait on KVM tokens (each was given another task to
 /// switch to, so each parks by construction; the bound is reached only if one did not).
-fn yield_until_parked(tasks: usize) -> TestResult {
+pub(in crate::selftest) fn yield_until_parked(tasks: usize) -> TestResult {
     for _ in 0..1000 {
         if kvm_apf::pending().0 >= tasks {
             return Ok(());
@@ -99,7 +99,10 @@ fn yield_until_parked(tasks: usize) -> TestResult {
 
 /// Halts until `done` holds for this vCPU's counters (what an interrupt brings). The deadline
 /// only turns an interrupt that never comes into a failure; it is microseconds away.
-fn await_stats(what: &str, done: impl Fn(&kvm_apf::Stats) -> bool) -> Result<kvm_apf::Stats, Failure> {
+pub(in crate::selftest) fn await_stats(
+    what: &str,
+    done: impl Fn(&kvm_apf::Stats) -> bool,
+) -> Result<kvm_apf::Stats, Failure> {
     let deadline = crate::arch::ticks() + 10 * crate::arch::time::HZ;
     {
         let _irq = IrqGuard::new();
@@ -110,7 +113,7 @@ fn await_stats(what: &str, done: impl Fn(&kvm_apf::Stats) -> bool) -> Result<kvm
 }
 
 #[unsafe(link_section = ".user_text")]
-extern "sysv64" fn user_read(gpa: u64) -> ! {
+pub(in crate::selftest) extern "sysv64" fn user_read(gpa: u64) -> ! {
     user::exit(user::read_u64(gpa))
 }
 
