@@ -181,7 +181,12 @@ fn consume(table: &mut TokenTable<BySlot, { abi::MAX_RING_ENTRIES as usize }>, s
     // A result the ABI does not define wakes its waiter to retry the access: the page is
     // present by then, or the host answers the retry (a failed page gets a new event whose
     // resolution says so), so a task neither waits for ever nor ends for a word it cannot read.
-    let result = if r.result > abi::RESULT_FAILED { bad_result(r) } else { r.result };
+    let result = if r.result > abi::RESULT_FAILED {
+        bad_result(r);
+        abi::RESULT_RETRY
+    } else {
+        r.result
+    };
     match table.on_wake(r.token, result) {
         WakeOutcome::Wake { task, result, .. } => {
             if task::wake(task, u64::from(result)) != task::table::WakeOutcome::Woken {
@@ -196,9 +201,8 @@ fn consume(table: &mut TokenTable<BySlot, { abi::MAX_RING_ENTRIES as usize }>, s
 /// A resolution whose result is neither retry nor failed: counted, read as retry.
 #[cold]
 #[inline(never)]
-fn bad_result(r: Resolution) -> u32 {
+fn bad_result(r: Resolution) {
     breach::note(Breach::ResolutionBadResult, u64::from(r.token), u64::from(r.result));
-    abi::RESULT_RETRY
 }
 
 /// A resolution the token table refused (it woke nobody): which rule the host broke.
