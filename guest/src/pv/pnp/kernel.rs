@@ -189,9 +189,7 @@ fn consume(table: &mut TokenTable<BySlot, { abi::MAX_RING_ENTRIES as usize }>, s
     };
     match table.on_wake(r.token, result) {
         WakeOutcome::Wake { task, result, .. } => {
-            if task::wake(task, u64::from(result)) != task::table::WakeOutcome::Woken {
-                stats.stale_wakes += 1;
-            }
+            stats.stale_wakes += u64::from(task::wake(task, u64::from(result)) != task::table::WakeOutcome::Woken);
         }
         WakeOutcome::Rejected(why) => rejected_resolution(r, why),
         _ => {}

@@ -2,7 +2,7 @@
 //! (`Breach` 0x100..) and KVM's async page fault ABI (0x200..): the rules each vCPU armed, and
 //! the breaches made at the call itself. A rule that needs an occasion (the next resolution, the
 //! next event, the next "page not present") stays armed until it comes, and is broken where that
-//! occasion is handled (`ring`, `kvm_apf_delivery`, `access`), which asks [`take`]. A
+//! occasion is handled (`ring`, `kvm_apf_delivery`, `access`), which asks `take`. A
 //! production host offers no such switch; docs/robustness.md lists what each does.
 
 use std::sync::atomic::Ordering;

@@ -217,11 +217,11 @@ mod tests {
         let b = pool.alloc().unwrap();
         assert_eq!(b.slot(), a.slot());
         assert!(b != a && b != forged, "a skipped sequence number is never handed out");
-        for _ in 0..3 {
+        for _ in 0..4 {
             pool.post_unowned().unwrap();
         }
         assert_eq!(pool.post_unowned(), None, "full");
-        assert_eq!(pool.post(b), Err(RingViolation::Full { head: 5, tail: 2 }));
+        assert_eq!(pool.post(b), Err(RingViolation::Full { head: 6, tail: 2 }));
     }
 
     #[test]
