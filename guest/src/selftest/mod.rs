@@ -17,6 +17,7 @@
 mod ac;
 mod arch;
 mod harness;
+mod hostile;
 mod memslot;
 mod pnp;
 mod smp;
@@ -139,6 +140,8 @@ const SUITES: &[&[SelfTest]] = &[
     pnp::VE_TESTS,
     pnp::SMP_TESTS,
     memslot::TESTS,
+    hostile::AC_TESTS,
+    hostile::VE_TESTS,
 ];
 
 fn all_tests() -> impl Iterator<Item = &'static SelfTest> {
@@ -183,8 +186,10 @@ fn on_fatal(args: core::fmt::Arguments<'_>) -> ! {
     let _ = reason.write_fmt(args);
     crate::console::print_panic(format_args!("{}\n", Line::Result { status: Status::Fail, name, reason: &reason }));
     FAILED.fetch_add(1, Ordering::Relaxed);
-    // As the runner does before its summary when the run ends normally.
+    // As the runner does before its summary when the run ends normally: the dropped lines, and
+    // which rules the host broke (a breach may be what stopped the run).
     crate::console::report_dropped_in_panic();
+    crate::console::print_panic(format_args!("{}", crate::pv::breach::Summary));
     crate::console::print_panic(format_args!("{}\n", summary()));
     crate::arch::exit::exit(pvagent_abi::exit::FAILURE)
 }

@@ -1,0 +1,160 @@
+//! The split-lock producer's breaches on purpose (`pvagent_abi::breach`, sections 0x300 and the
+//! split-lock part of 0x500): which rules it owns, when it can break each, and what the broken
+//! answer is. `Nr::HostBreak` arms one on the calling vCPU, `--break RULE` on every vCPU from
+//! its start; each is used up at the vCPU's next occasion for it. A test control.
+
+use pvagent_abi::breach::Breach;
+use pvagent_abi::sld;
+
+use super::policy::{Decision, Enumeration, GuestState};
+use crate::handler::MsrAnswer;
+
+/// The rules this producer breaks.
+pub const RULES: [Breach; 7] = [
+    Breach::AcNoSplitLockAtRip,
+    Breach::AcErrorCodeNotZero,
+    Breach::AcWhileDetectionOff,
+    Breach::TestCtrlFaults,
+    Breach::TestCtrlNotKept,
+    Breach::CoreCapabilitiesGarbage,
+    Breach::CoreCapabilitiesFaults,
+];
+
+/// The error code an #AC carries under [`Breach::AcErrorCodeNotZero`] (architecturally 0).
+pub const BAD_ERROR_CODE: u32 = 0x11;
+
+/// What IA32_CORE_CAPABILITIES reads under [`Breach::CoreCapabilitiesGarbage`]: every bit set,
+/// the split-lock bit among them (so the chain still promises MSR_TEST_CTRL).
+pub const GARBAGE_CORE_CAPABILITIES: u64 = u64::MAX;
+
+/// Whether `rule` is this producer's.
+pub fn owns(rule: Breach) -> bool {
+    RULES.contains(&rule)
+}
+
+/// Why `rule` cannot be broken under `enumeration` (the MSR it breaks is not offered), if so.
+pub fn cannot_break(rule: Breach, enumeration: Enumeration) -> Option<&'static str> {
+    match rule {
+        Breach::TestCtrlFaults | Breach::TestCtrlNotKept if !enumeration.split_lock_detect() => {
+            Some("MSR_TEST_CTRL is not offered (--sld-enumeration is not split-lock-detect)")
+        }
+        Breach::CoreCapabilitiesGarbage | Breach::CoreCapabilitiesFaults if !enumeration.core_capabilities() => {
+            Some("IA32_CORE_CAPABILITIES is not offered (--sld-enumeration absent)")
+        }
+        _ => None,
+    }
+}
+
+/// The rule a trigger decision breaks, if one armed applies to it: `armed(rule)` says whether it
+/// is armed on the vCPU and uses it up. An #AC where the decision injects none: for a guest
+/// whose detection is off ([`Breach::AcWhileDetectionOff`]), or, with detection on, for an
+/// instruction that is no split lock ([`Breach::AcNoSplitLockAtRip`]).
+pub fn forced_ac(decision: Decision, guest: GuestState, mut armed: impl FnMut(Breach) -> bool) -> Option<Breach> {
+    if matches!(decision, Decision::Inject(_)) {
+        return None;
+    }
+    let rule = if guest.detection_on { Breach::AcNoSplitLockAtRip } else { Breach::AcWhileDetectionOff };
+    let breaks = match decision {
+        // With detection on, a decision to let it run is no split lock (or one the host cannot
+        // decode): an #AC claims one anyway.
+        Decision::Run(_) => true,
+        // The policies' answers to a real split lock of a guest with detection off.
+        Decision::DisableGlobally | Decision::Exit => !guest.detection_on,
+        Decision::Inject(_) => false,
+    };
+    (breaks && armed(rule)).then_some(rule)
+}
+
+/// The error code of an #AC about to be injected: [`BAD_ERROR_CODE`] when
+/// [`Breach::AcErrorCodeNotZero`] is armed (used up), 0 otherwise.
+pub fn ac_error_code(mut armed: impl FnMut(Breach) -> bool) -> u32 {
+    if armed(Breach::AcErrorCodeNotZero) { BAD_ERROR_CODE } else { 0 }
+}
+
+/// RDMSR's answer once the armed breaches had their say: `honest` is the answer the ABI gives.
+pub fn read(index: u32, honest: MsrAnswer, mut armed: impl FnMut(Breach) -> bool) -> MsrAnswer {
+    match (index, honest) {
+        (sld::MSR_TEST_CTRL, MsrAnswer::Value(_)) if armed(Breach::TestCtrlFaults) => MsrAnswer::Fault,
+        (sld::MSR_CORE_CAPABILITIES, MsrAnswer::Value(_)) if armed(Breach::CoreCapabilitiesFaults) => MsrAnswer::Fault,
+        (sld::MSR_CORE_CAPABILITIES, MsrAnswer::Value(_)) if armed(Breach::CoreCapabilitiesGarbage) => {
+            MsrAnswer::Value(GARBAGE_CORE_CAPABILITIES)
+        }
+        _ => honest,
+    }
+}
+
+/// What a WRMSR of MSR_TEST_CTRL does once the armed breaches had their say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// As the ABI says.
+    Honest,
+    /// #GP, nothing changed ([`Breach::TestCtrlFaults`]).
+    Fault,
+    /// Accepted, but this value kept: the detection bit dropped ([`Breach::TestCtrlNotKept`]).
+    Keep(u64),
+}
+
+/// WRMSR of `value` to `index`, whose honest answer would accept it (`accepted`).
+pub fn write(index: u32, value: u64, accepted: bool, mut armed: impl FnMut(Breach) -> bool) -> Write {
+    if index != sld::MSR_TEST_CTRL || !accepted {
+        return Write::Honest;
+    }
+    if armed(Breach::TestCtrlFaults) {
+        Write::Fault
+    } else if value & sld::TEST_CTRL_SPLIT_LOCK_DETECT != 0 && armed(Breach::TestCtrlNotKept) {
+        Write::Keep(value & !sld::TEST_CTRL_SPLIT_LOCK_DETECT)
+    } else {
+        Write::Honest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pvagent_abi::sld::Verdict;
+
+    fn guest(detection_on: bool) -> GuestState {
+        GuestState { cpl: 0, cr0_am: true, rflags_ac: false, detection_on }
+    }
+
+    #[test]
+    fn an_ac_is_forced_only_where_it_breaks_the_armed_rule() {
+        let run = Decision::Run(Verdict::NotLocked);
+        let all = |_| true;
+        assert_eq!(forced_ac(run, guest(true), all), Some(Breach::AcNoSplitLockAtRip));
+        assert_eq!(forced_ac(run, guest(false), all), Some(Breach::AcWhileDetectionOff));
+        assert_eq!(forced_ac(Decision::DisableGlobally, guest(false), all), Some(Breach::AcWhileDetectionOff));
+        assert_eq!(forced_ac(Decision::Inject(Verdict::InjectedSplitLock), guest(true), all), None);
+        // Armed for the other state: not used.
+        let only = |rule| move |r| r == rule;
+        assert_eq!(forced_ac(run, guest(false), only(Breach::AcNoSplitLockAtRip)), None);
+        assert_eq!(forced_ac(run, guest(true), only(Breach::AcWhileDetectionOff)), None);
+    }
+
+    #[test]
+    fn msr_breaches_change_only_answers_that_were_honest_values() {
+        let yes = |_| true;
+        assert_eq!(read(sld::MSR_TEST_CTRL, MsrAnswer::Value(0), yes), MsrAnswer::Fault);
+        assert_eq!(read(sld::MSR_TEST_CTRL, MsrAnswer::Fault, yes), MsrAnswer::Fault);
+        assert_eq!(
+            read(sld::MSR_CORE_CAPABILITIES, MsrAnswer::Value(32), yes),
+            MsrAnswer::Value(GARBAGE_CORE_CAPABILITIES)
+        );
+        assert_eq!(read(0x10, MsrAnswer::NotMine, yes), MsrAnswer::NotMine);
+        let on = sld::TEST_CTRL_SPLIT_LOCK_DETECT;
+        assert_eq!(write(sld::MSR_TEST_CTRL, on, true, yes), Write::Fault);
+        assert_eq!(write(sld::MSR_TEST_CTRL, on, true, |r| r == Breach::TestCtrlNotKept), Write::Keep(0));
+        assert_eq!(write(sld::MSR_TEST_CTRL, 0, true, |r| r == Breach::TestCtrlNotKept), Write::Honest);
+        assert_eq!(write(sld::MSR_TEST_CTRL, on, false, yes), Write::Honest, "a refused write stays refused");
+        assert_eq!(ac_error_code(yes), BAD_ERROR_CODE);
+        assert_eq!(ac_error_code(|_| false), 0);
+    }
+
+    #[test]
+    fn msr_rules_need_their_msr_offered() {
+        assert!(cannot_break(Breach::TestCtrlFaults, Enumeration::CoreCapabilitiesOnly).is_some());
+        assert!(cannot_break(Breach::CoreCapabilitiesGarbage, Enumeration::CoreCapabilitiesOnly).is_none());
+        assert!(cannot_break(Breach::CoreCapabilitiesGarbage, Enumeration::Absent).is_some());
+        assert!(RULES.iter().all(|&r| cannot_break(r, Enumeration::SplitLockDetect).is_none()));
+    }
+}
