@@ -58,7 +58,7 @@ pub enum Breach: u32 {
     CoreCapabilitiesGarbage = 0x502,
     /// `Features::VE` is set but `MSR_VE_INFO` raises #GP for a valid registration.
     VeInfoMsrFaults = 0x503,
-    /// IA32_CORE_CAPABILITIES raises #GP though CPUID.(7,0):EDX[30] (or
+    /// IA32_CORE_CAPABILITIES raises #GP though CPUID.(7,0):EDX bit 30 (or
     /// `Features::CORE_CAPABILITIES`) promises it.
     CoreCapabilitiesFaults = 0x504,
 }

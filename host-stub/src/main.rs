@@ -126,7 +126,8 @@ struct Args {
 
 /// A `--break` rule by its kebab-case name.
 fn parse_breach(name: &str) -> Result<Breach, String> {
-    Breach::from_name(name).ok_or_else(|| format!("no rule of the ABI is named {name:?} (docs/robustness.md lists them)"))
+    Breach::from_name(name)
+        .ok_or_else(|| format!("no rule of the ABI is named {name:?} (docs/robustness.md lists them)"))
 }
 
 /// The demand pager (page-not-present events).

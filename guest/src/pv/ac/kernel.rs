@@ -21,9 +21,9 @@ use crate::arch::percpu::{CpuLocal, MAX_CPUS};
 use crate::arch::time::HZ;
 use crate::arch::trap::{self, TrapFrame};
 use crate::boot::cmdline::Cmdline;
+use crate::pv::breach;
 use crate::sync::CpuCell;
 use crate::task::table::{ExitStatus, MAX_TASKS, TaskId};
-use crate::pv::breach;
 use crate::task::{self, FaultAction};
 use crate::{kprintln, kreport};
 
@@ -198,7 +198,7 @@ pub struct Stats {
     /// #AC with an error code other than 0: ignored.
     pub bad_error_codes: u64,
     /// #AC classified as a split lock at an instruction that is none: ignored.
-    pub no_split_lock_at_rip: u64,
+    pub claimed_split_locks_refuted: u64,
 }
 
 struct Counters {
@@ -213,7 +213,7 @@ struct Counters {
     test_ctrl_writes: AtomicU64,
     reentered: AtomicU64,
     bad_error_codes: AtomicU64,
-    no_split_lock_at_rip: AtomicU64,
+    claimed_split_locks_refuted: AtomicU64,
 }
 
 static COUNTERS: Counters = Counters {
@@ -228,7 +228,7 @@ static COUNTERS: Counters = Counters {
     test_ctrl_writes: AtomicU64::new(0),
     reentered: AtomicU64::new(0),
     bad_error_codes: AtomicU64::new(0),
-    no_split_lock_at_rip: AtomicU64::new(0),
+    claimed_split_locks_refuted: AtomicU64::new(0),
 };
 
 /// The counters now.
@@ -247,7 +247,7 @@ pub fn stats() -> Stats {
         test_ctrl_writes: get(&c.test_ctrl_writes),
         reentered: get(&c.reentered),
         bad_error_codes: get(&c.bad_error_codes),
-        no_split_lock_at_rip: get(&c.no_split_lock_at_rip),
+        claimed_split_locks_refuted: get(&c.claimed_split_locks_refuted),
     }
 }
 
@@ -266,9 +266,8 @@ pub struct Status {
 
 /// This vCPU's state now.
 pub fn status() -> Status {
-    let (detection_on, sld_disabled_until_switch, test_ctrl_broken) = with_cpu(|c| {
-        (c.detection_on, SLD_DISABLED_UNTIL_SWITCH.get().load(Ordering::Relaxed), c.test_ctrl_broken)
-    });
+    let (detection_on, sld_disabled_until_switch, test_ctrl_broken) =
+        with_cpu(|c| (c.detection_on, SLD_DISABLED_UNTIL_SWITCH.get().load(Ordering::Relaxed), c.test_ctrl_broken));
     Status { enumeration: enumeration(), mode: mode(), detection_on, sld_disabled_until_switch, test_ctrl_broken }
 }
 
@@ -520,8 +519,9 @@ fn split_lock_at_rip(frame: &TrapFrame) -> bool {
         }
         LockedAccess::NotLocked => (0, 0),
     };
-    COUNTERS.no_split_lock_at_rip.fetch_add(1, Ordering::Relaxed);
-    let first_bytes = u64::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7]]);
+    COUNTERS.claimed_split_locks_refuted.fetch_add(1, Ordering::Relaxed);
+    let first_bytes =
+        u64::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7]]);
     if breach::note(Breach::AcNoSplitLockAtRip, frame.rip, first_bytes) {
         kreport!(
             "ac: #AC claimed a split lock at rip {:#x} (cpl {}), but the instruction there (bytes {first_bytes:#018x}: {}) is none (host broke {}); ignored",

@@ -18,8 +18,8 @@ use crate::arch::hypercall::{self, HypercallError};
 use crate::arch::percpu::{self, CpuLocal, MAX_CPUS};
 use crate::arch::trap::{self, TrapFrame};
 use crate::cell::StaticCell;
-use crate::pv::{breach, pnp};
 use crate::pv::tokens::Waiter;
+use crate::pv::{breach, pnp};
 use crate::task;
 use crate::task::table::{ExitStatus, TaskId};
 use crate::{kprintln, kreport};
@@ -227,7 +227,10 @@ pub fn init_cpu() {
 fn registration_refused(e: Fault) {
     let cpu = percpu::index();
     breach::note(Breach::VeInfoMsrFaults, e.error_code, area(cpu) as u64);
-    kprintln!("ve: registration refused on vCPU {cpu} ({e}; host broke {}): no #VE on this vCPU", Breach::VeInfoMsrFaults);
+    kprintln!(
+        "ve: registration refused on vCPU {cpu} ({e}; host broke {}): no #VE on this vCPU",
+        Breach::VeInfoMsrFaults
+    );
 }
 
 /// Registers this vCPU's area (zero: its busy word is 0, so #VE is armed).
@@ -477,7 +480,9 @@ fn suspend(me: &VeCpu, gpa: u64) -> u32 {
 #[cold]
 fn bad_answer(me: &VeCpu, request: &str, gpa: u64, rule: Breach) {
     if me.counters.bad_answers.fetch_add(1, Ordering::Relaxed) == 0 {
-        kreport!("ve: the host's answer to {request}({gpa:#x}) is no token and no outcome (host broke {rule}): suspended instead");
+        kreport!(
+            "ve: the host's answer to {request}({gpa:#x}) is no token and no outcome (host broke {rule}): suspended instead"
+        );
     }
 }
 

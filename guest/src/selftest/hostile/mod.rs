@@ -30,7 +30,10 @@ fn counted(rule: Breach, before: u32, by: u32) -> TestResult {
     if now.wrapping_sub(before) == by {
         Ok(())
     } else {
-        Err(fail(format_args!("host broke {rule}: the guest counted {} breach(es), {by} expected", now.wrapping_sub(before))))
+        Err(fail(format_args!(
+            "host broke {rule}: the guest counted {} breach(es), {by} expected",
+            now.wrapping_sub(before)
+        )))
     }
 }
 

@@ -490,8 +490,10 @@ impl ExitHandler for Pager {
     fn wrmsr(&mut self, ctx: &mut VcpuCtx<'_>, index: u32, value: u64) -> Result<MsrAnswer> {
         if index == pvagent_abi::ve::MSR_VE_INFO {
             let mut inner = self.shared.lock();
-            let honest = ve_delivery::msr(&mut inner, ctx.index, Some(value));
-            return Ok(ve_breaks::msr_write(&mut inner, ctx.index, value, honest));
+            if ve_breaks::msr_write_faults(&mut inner, ctx.index, value) {
+                return Ok(MsrAnswer::Fault);
+            }
+            return Ok(ve_delivery::msr(&mut inner, ctx.index, Some(value)));
         }
         if ApfVcpu::is_msr(index) && !self.kernel_serves() {
             return Ok(kvm_apf_delivery::msr(&mut self.shared.lock(), ctx.index, index, Some(value))?);

@@ -10,8 +10,8 @@ use pvagent_abi::hypercall::Status;
 use pvagent_abi::ve as abi;
 
 use super::shared::Inner;
+use crate::handler::{HypercallAnswer, Report};
 use crate::producers::armed::Armed;
-use crate::handler::{HypercallAnswer, MsrAnswer, Report};
 
 /// The rules this part of the pager breaks.
 pub const RULES: [Breach; 7] = [
@@ -71,7 +71,12 @@ pub fn raised_over_busy(inner: &mut Inner, vcpu: usize, gpa: u64) {
 /// The exit reason and GPA a #VE about to be raised on `vcpu` reports.
 pub fn report(inner: &mut Inner, vcpu: usize, gpa: u64) -> (u32, u64) {
     if inner.ve_breaks.take(vcpu, Breach::VeUnknownExitReason) {
-        broke(inner, vcpu, Breach::VeUnknownExitReason, format_args!("#VE for {gpa:#x} with exit reason {BAD_EXIT_REASON}"));
+        broke(
+            inner,
+            vcpu,
+            Breach::VeUnknownExitReason,
+            format_args!("#VE for {gpa:#x} with exit reason {BAD_EXIT_REASON}"),
+        );
         return (BAD_EXIT_REASON, gpa);
     }
     if inner.ve_breaks.take(vcpu, Breach::VeGpaOutsideRegion) {
@@ -105,13 +110,15 @@ pub fn suspend_answer(inner: &mut Inner, vcpu: usize, gpa: u64) -> Option<[u64; 
     })
 }
 
-/// A WRMSR of `MSR_VE_INFO` the contract accepts: #GP instead, if armed.
-pub fn msr_write(inner: &mut Inner, vcpu: usize, value: u64, honest: MsrAnswer) -> MsrAnswer {
-    if matches!(honest, MsrAnswer::Value(_)) && inner.ve_breaks.take(vcpu, Breach::VeInfoMsrFaults) {
+/// Whether a WRMSR of `value` to `MSR_VE_INFO`, which the contract accepts, is refused with #GP
+/// instead (armed; nothing is changed then).
+pub fn msr_write_faults(inner: &mut Inner, vcpu: usize, value: u64) -> bool {
+    let accepted = vcpu < inner.ve.len() && super::ve::check_msr(value, &inner.ram_ranges).is_ok();
+    if accepted && inner.ve_breaks.take(vcpu, Breach::VeInfoMsrFaults) {
         broke(inner, vcpu, Breach::VeInfoMsrFaults, format_args!("WRMSR MSR_VE_INFO of {value:#x}: #GP"));
-        return MsrAnswer::Fault;
+        return true;
     }
-    honest
+    false
 }
 
 impl super::Pager {

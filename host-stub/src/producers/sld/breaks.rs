@@ -136,10 +136,13 @@ mod tests {
         let yes = |_| true;
         assert_eq!(read(sld::MSR_TEST_CTRL, MsrAnswer::Value(0), yes), MsrAnswer::Fault);
         assert_eq!(read(sld::MSR_TEST_CTRL, MsrAnswer::Fault, yes), MsrAnswer::Fault);
+        let garbage = |r| r == Breach::CoreCapabilitiesGarbage;
         assert_eq!(
-            read(sld::MSR_CORE_CAPABILITIES, MsrAnswer::Value(32), yes),
+            read(sld::MSR_CORE_CAPABILITIES, MsrAnswer::Value(32), garbage),
             MsrAnswer::Value(GARBAGE_CORE_CAPABILITIES)
         );
+        assert_eq!(read(sld::MSR_CORE_CAPABILITIES, MsrAnswer::Value(32), yes), MsrAnswer::Fault, "faults first");
+        assert_eq!(read(sld::MSR_CORE_CAPABILITIES, MsrAnswer::Value(32), |_| false), MsrAnswer::Value(32));
         assert_eq!(read(0x10, MsrAnswer::NotMine, yes), MsrAnswer::NotMine);
         let on = sld::TEST_CTRL_SPLIT_LOCK_DETECT;
         assert_eq!(write(sld::MSR_TEST_CTRL, on, true, yes), Write::Fault);

@@ -460,7 +460,11 @@ impl ExitHandler for SplitLock {
                 Ok(MsrAnswer::Fault)
             }
             breaks::Write::Keep(kept) => {
-                self.broke(ctx.index, Breach::TestCtrlNotKept, format_args!("WRMSR {index:#x} of {value:#x}: kept {kept:#x}"));
+                self.broke(
+                    ctx.index,
+                    Breach::TestCtrlNotKept,
+                    format_args!("WRMSR {index:#x} of {value:#x}: kept {kept:#x}"),
+                );
                 self.vcpu(ctx.index).msrs.write(index, kept, enumeration);
                 Ok(MsrAnswer::Value(value))
             }
@@ -472,7 +476,8 @@ impl ExitHandler for SplitLock {
             Ok(Nr::SplitLockVerdict) => Some(Ok([self.last.0, self.last.1 as u64])),
             Ok(Nr::SplitLockPolicy) => Some(Ok([self.settings.policy.wire() as u64, 0])),
             Ok(Nr::HostBreak) => {
-                let rule = u32::try_from(args[0]).ok().and_then(|r| Breach::try_from(r).ok()).filter(|&r| breaks::owns(r));
+                let rule =
+                    u32::try_from(args[0]).ok().and_then(|r| Breach::try_from(r).ok()).filter(|&r| breaks::owns(r));
                 rule.map(|rule| match breaks::cannot_break(rule, self.settings.enumeration) {
                     Some(_) => Err(Status::InvalidArgument),
                     None => Ok([u64::from(self.armed.arm(ctx.index, rule)), 0]),
