@@ -261,7 +261,12 @@ fn need_met(need: Need) -> TestResult {
         Need::HostStub => skip_unless(arch::platform().hypervisor.is_host_stub(), "needs the pvagent host stub"),
         Need::SldTrigger => skip_unless(ac::trigger::available(), "needs the host stub's split-lock trigger"),
         Need::SldDetection => {
-            skip_unless(ac::enumeration().available(), "split-lock detection is not enumerated on this host")
+            skip_unless(ac::enumeration().available(), "split-lock detection is not enumerated on this host")?;
+            // A host that broke MSR_TEST_CTRL at boot (its `host broke` line says how): not used.
+            skip_unless(
+                !ac::status().test_ctrl_broken,
+                "the host broke MSR_TEST_CTRL: split-lock detection is not used",
+            )
         }
         Need::SldDefaultPolicy => policy_is(HostPolicy::InjectIfEnabled),
         Need::SldExitPolicy => policy_is(HostPolicy::Exit),
