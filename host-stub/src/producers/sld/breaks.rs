@@ -6,6 +6,8 @@
 use pvagent_abi::breach::Breach;
 use pvagent_abi::sld;
 
+use pvagent_abi::sld::Verdict;
+
 use super::policy::{Decision, Enumeration, GuestState};
 use crate::handler::MsrAnswer;
 
@@ -46,23 +48,19 @@ pub fn cannot_break(rule: Breach, enumeration: Enumeration) -> Option<&'static s
 }
 
 /// The rule a trigger decision breaks, if one armed applies to it: `armed(rule)` says whether it
-/// is armed on the vCPU and uses it up. An #AC where the decision injects none: for a guest
-/// whose detection is off ([`Breach::AcWhileDetectionOff`]), or, with detection on, for an
-/// instruction that is no split lock ([`Breach::AcNoSplitLockAtRip`]).
+/// is armed on the vCPU and uses it up. An #AC where the decision injects none: with the guest's
+/// detection on, for an instruction the host decoded as no split lock (no locked access, or one
+/// within a line: [`Breach::AcNoSplitLockAtRip`]); with it off, for any instruction
+/// ([`Breach::AcWhileDetectionOff`]). A split lock the host let run with detection on (detection
+/// disabled for the VM) or one it could not decode is no occasion: the #AC would break no rule.
 pub fn forced_ac(decision: Decision, guest: GuestState, mut armed: impl FnMut(Breach) -> bool) -> Option<Breach> {
-    if matches!(decision, Decision::Inject(_)) {
-        return None;
-    }
-    let rule = if guest.detection_on { Breach::AcNoSplitLockAtRip } else { Breach::AcWhileDetectionOff };
-    let breaks = match decision {
-        // With detection on, a decision to let it run is no split lock (or one the host cannot
-        // decode): an #AC claims one anyway.
-        Decision::Run(_) => true,
-        // The policies' answers to a real split lock of a guest with detection off.
-        Decision::DisableGlobally | Decision::Exit => !guest.detection_on,
-        Decision::Inject(_) => false,
+    let rule = match (decision, guest.detection_on) {
+        (Decision::Inject(_), _) => return None,
+        (Decision::Run(Verdict::NotLocked | Verdict::NotSplit), true) => Breach::AcNoSplitLockAtRip,
+        (_, true) => return None,
+        (_, false) => Breach::AcWhileDetectionOff,
     };
-    (breaks && armed(rule)).then_some(rule)
+    armed(rule).then_some(rule)
 }
 
 /// The error code of an #AC about to be injected: [`BAD_ERROR_CODE`] when
@@ -111,7 +109,6 @@ pub fn write(index: u32, value: u64, accepted: bool, mut armed: impl FnMut(Breac
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pvagent_abi::sld::Verdict;
 
     fn guest(detection_on: bool) -> GuestState {
         GuestState { cpl: 0, cr0_am: true, rflags_ac: false, detection_on }
@@ -125,6 +122,11 @@ mod tests {
         assert_eq!(forced_ac(run, guest(false), all), Some(Breach::AcWhileDetectionOff));
         assert_eq!(forced_ac(Decision::DisableGlobally, guest(false), all), Some(Breach::AcWhileDetectionOff));
         assert_eq!(forced_ac(Decision::Inject(Verdict::InjectedSplitLock), guest(true), all), None);
+        // A split lock that runs with detection on (disabled for the VM), or an undecodable one:
+        // an #AC there would break no rule.
+        assert_eq!(forced_ac(Decision::Run(Verdict::DisabledGlobally), guest(true), all), None);
+        assert_eq!(forced_ac(Decision::Run(Verdict::Undecodable), guest(true), all), None);
+        assert_eq!(forced_ac(Decision::Run(Verdict::NotSplit), guest(true), all), Some(Breach::AcNoSplitLockAtRip));
         // Armed for the other state: not used.
         let only = |rule| move |r| r == rule;
         assert_eq!(forced_ac(run, guest(false), only(Breach::AcNoSplitLockAtRip)), None);
