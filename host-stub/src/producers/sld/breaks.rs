@@ -1,15 +1,16 @@
 //! The split-lock producer's breaches on purpose (`pvagent_abi::breach`, sections 0x300 and the
 //! split-lock part of 0x500): which rules it owns, when it can break each, and what the broken
-//! answer is. `Nr::HostBreak` arms one on the calling vCPU, `--break RULE` on every vCPU from
-//! its start; each is used up at the vCPU's next occasion for it. A test control.
+//! answer is, and the producer's glue for them (`HostBreak`, the MSR answers). `Nr::HostBreak`
+//! arms one on the calling vCPU, `--break RULE` on every vCPU from its start; each is used up
+//! at the vCPU's next occasion for it. A test control.
 
 use pvagent_abi::breach::Breach;
-use pvagent_abi::sld;
+use pvagent_abi::hypercall::Status;
+use pvagent_abi::sld::{self, Verdict};
 
-use pvagent_abi::sld::Verdict;
-
-use super::policy::{Decision, Enumeration, GuestState};
-use crate::handler::MsrAnswer;
+use super::policy::{Decision, Enumeration, GuestState, VirtualMsrs};
+use crate::handler::{HypercallAnswer, MsrAnswer};
+use crate::producers::armed::Armed;
 
 /// The rules this producer breaks.
 pub const RULES: [Breach; 7] = [
@@ -103,6 +104,70 @@ pub fn write(index: u32, value: u64, accepted: bool, mut armed: impl FnMut(Breac
         Write::Keep(value & !sld::TEST_CTRL_SPLIT_LOCK_DETECT)
     } else {
         Write::Honest
+    }
+}
+
+impl super::SplitLock {
+    /// Arms, on every vCPU from its start, those of `rules` this producer breaks ([`RULES`]);
+    /// returns the ones it took (`--break`).
+    pub fn break_from_start(&mut self, rules: &[Breach]) -> Vec<Breach> {
+        let (armed, taken) = Armed::from_start(rules, owns);
+        self.armed = armed;
+        self.from_start.clone_from(&taken);
+        taken
+    }
+
+    /// Records a breach committed on `vcpu`, for the report.
+    pub(super) fn broke(&mut self, vcpu: usize, rule: Breach, what: std::fmt::Arguments<'_>) {
+        self.breaches.push(format!("broke {rule} on vCPU {vcpu} on purpose: {what}"));
+    }
+
+    /// `Nr::HostBreak` (`None` for a rule that is not this producer's).
+    pub(super) fn host_break(&mut self, vcpu: usize, rule: u64) -> HypercallAnswer {
+        let rule = u32::try_from(rule).ok().and_then(|r| Breach::try_from(r).ok()).filter(|&r| owns(r))?;
+        Some(match cannot_break(rule, self.settings.enumeration) {
+            Some(_) => Err(Status::InvalidArgument),
+            None => Ok([u64::from(self.armed.arm(vcpu, rule)), 0]),
+        })
+    }
+
+    /// RDMSR of `index` on `vcpu`: the ABI's answer, unless a breach is armed.
+    pub(super) fn read_msr(&mut self, vcpu: usize, index: u32) -> MsrAnswer {
+        let enumeration = self.settings.enumeration;
+        let honest = self.vcpu(vcpu).msrs.read(index, enumeration);
+        let armed = &mut self.armed;
+        let answer = read(index, honest, |r| armed.take(vcpu, r));
+        if answer != honest {
+            let rule = match (index, answer) {
+                (sld::MSR_TEST_CTRL, _) => Breach::TestCtrlFaults,
+                (_, MsrAnswer::Fault) => Breach::CoreCapabilitiesFaults,
+                _ => Breach::CoreCapabilitiesGarbage,
+            };
+            self.broke(vcpu, rule, format_args!("RDMSR {index:#x}: {answer:?}"));
+        }
+        answer
+    }
+
+    /// WRMSR of `value` to `index` on `vcpu`: the ABI's answer, unless a breach is armed.
+    pub(super) fn write_msr(&mut self, vcpu: usize, index: u32, value: u64) -> MsrAnswer {
+        let enumeration = self.settings.enumeration;
+        let accepted = index == sld::MSR_TEST_CTRL
+            && enumeration.split_lock_detect()
+            && value & !VirtualMsrs::valid_bits(enumeration) == 0;
+        let armed = &mut self.armed;
+        match write(index, value, accepted, |r| armed.take(vcpu, r)) {
+            Write::Honest => self.vcpu(vcpu).msrs.write(index, value, enumeration),
+            Write::Fault => {
+                self.broke(vcpu, Breach::TestCtrlFaults, format_args!("WRMSR {index:#x} of {value:#x}: #GP"));
+                MsrAnswer::Fault
+            }
+            Write::Keep(kept) => {
+                let rule = Breach::TestCtrlNotKept;
+                self.broke(vcpu, rule, format_args!("WRMSR {index:#x} of {value:#x}: kept {kept:#x}"));
+                self.vcpu(vcpu).msrs.write(index, kept, enumeration);
+                MsrAnswer::Value(value)
+            }
+        }
     }
 }
 

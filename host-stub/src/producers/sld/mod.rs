@@ -26,7 +26,7 @@ use kvm_bindings::{KVM_BUS_LOCK_DETECTION_EXIT, KVM_CAP_X86_BUS_LOCK_EXIT, kvm_e
 
 use pvagent_abi::breach::Breach;
 use pvagent_abi::cpuid::{self as abi_cpuid, Features};
-use pvagent_abi::hypercall::{Nr, Status};
+use pvagent_abi::hypercall::Nr;
 use pvagent_abi::sld::{self, Verdict};
 
 use crate::cpuid::CpuidTable;
@@ -164,20 +164,6 @@ impl SplitLock {
             from_start: Vec::new(),
             breaches: Vec::new(),
         }
-    }
-
-    /// Arms, on every vCPU from its start, those of `rules` this producer breaks
-    /// ([`breaks::RULES`]); returns the ones it took.
-    pub fn break_from_start(&mut self, rules: &[Breach]) -> Vec<Breach> {
-        let (armed, taken) = Armed::from_start(rules, breaks::owns);
-        self.armed = armed;
-        self.from_start.clone_from(&taken);
-        taken
-    }
-
-    /// Records a breach committed on `vcpu`.
-    fn broke(&mut self, vcpu: usize, rule: Breach, what: std::fmt::Arguments<'_>) {
-        self.breaches.push(format!("broke {rule} on vCPU {vcpu} on purpose: {what}"));
     }
 
     fn vcpu(&mut self, index: usize) -> &mut VcpuState {
@@ -432,57 +418,18 @@ impl ExitHandler for SplitLock {
     }
 
     fn rdmsr(&mut self, ctx: &mut VcpuCtx<'_>, index: u32) -> Result<MsrAnswer> {
-        let enumeration = self.settings.enumeration;
-        let honest = self.vcpu(ctx.index).msrs.read(index, enumeration);
-        let armed = &mut self.armed;
-        let answer = breaks::read(index, honest, |r| armed.take(ctx.index, r));
-        if answer != honest {
-            let rule = match (index, answer) {
-                (sld::MSR_TEST_CTRL, _) => Breach::TestCtrlFaults,
-                (_, MsrAnswer::Fault) => Breach::CoreCapabilitiesFaults,
-                _ => Breach::CoreCapabilitiesGarbage,
-            };
-            self.broke(ctx.index, rule, format_args!("RDMSR {index:#x}: {answer:?}"));
-        }
-        Ok(answer)
+        Ok(self.read_msr(ctx.index, index))
     }
 
     fn wrmsr(&mut self, ctx: &mut VcpuCtx<'_>, index: u32, value: u64) -> Result<MsrAnswer> {
-        let enumeration = self.settings.enumeration;
-        let accepted = index == sld::MSR_TEST_CTRL
-            && enumeration.split_lock_detect()
-            && value & !VirtualMsrs::valid_bits(enumeration) == 0;
-        let armed = &mut self.armed;
-        match breaks::write(index, value, accepted, |r| armed.take(ctx.index, r)) {
-            breaks::Write::Honest => Ok(self.vcpu(ctx.index).msrs.write(index, value, enumeration)),
-            breaks::Write::Fault => {
-                self.broke(ctx.index, Breach::TestCtrlFaults, format_args!("WRMSR {index:#x} of {value:#x}: #GP"));
-                Ok(MsrAnswer::Fault)
-            }
-            breaks::Write::Keep(kept) => {
-                self.broke(
-                    ctx.index,
-                    Breach::TestCtrlNotKept,
-                    format_args!("WRMSR {index:#x} of {value:#x}: kept {kept:#x}"),
-                );
-                self.vcpu(ctx.index).msrs.write(index, kept, enumeration);
-                Ok(MsrAnswer::Value(value))
-            }
-        }
+        Ok(self.write_msr(ctx.index, index, value))
     }
 
     fn hypercall(&mut self, ctx: &mut VcpuCtx<'_>, nr: u32, args: [u64; 4]) -> Result<HypercallAnswer> {
         Ok(match Nr::try_from(nr) {
             Ok(Nr::SplitLockVerdict) => Some(Ok([self.last.0, self.last.1 as u64])),
             Ok(Nr::SplitLockPolicy) => Some(Ok([self.settings.policy.wire() as u64, 0])),
-            Ok(Nr::HostBreak) => {
-                let rule =
-                    u32::try_from(args[0]).ok().and_then(|r| Breach::try_from(r).ok()).filter(|&r| breaks::owns(r));
-                rule.map(|rule| match breaks::cannot_break(rule, self.settings.enumeration) {
-                    Some(_) => Err(Status::InvalidArgument),
-                    None => Ok([u64::from(self.armed.arm(ctx.index, rule)), 0]),
-                })
-            }
+            Ok(Nr::HostBreak) => self.host_break(ctx.index, args[0]),
             _ => None,
         })
     }
