@@ -14,7 +14,13 @@ use pvagent_host::{Error, RunResult};
 use pvagent_tests::{guest_elf, run_stub, run_stub_with};
 
 fn split_lock(enumeration: Enumeration, policy: Policy) -> Producers {
-    Producers { sld: Some(SldConfig::chosen(enumeration, policy)), pager: None, released: None, churn: None }
+    Producers {
+        sld: Some(SldConfig::chosen(enumeration, policy)),
+        pager: None,
+        released: None,
+        churn: None,
+        breaks: Vec::new(),
+    }
 }
 
 /// Whether this machine's KVM offers bus-lock exits, asked directly rather than through the

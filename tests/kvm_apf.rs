@@ -19,6 +19,7 @@ fn pager(mode: HostMode, fail_pages: &[u64]) -> Producers {
         pager: Some(PagerConfig { mode, fail_pages: fail_pages.to_vec(), ..PagerConfig::default() }),
         released: None,
         churn: None,
+        breaks: Vec::new(),
     }
 }
 

@@ -18,6 +18,7 @@ fn pager(mode: HostMode, fail_pages: &[u64]) -> Producers {
         pager: Some(PagerConfig { mode, fail_pages: fail_pages.to_vec(), ..PagerConfig::default() }),
         released: None,
         churn: None,
+        breaks: Vec::new(),
     }
 }
 
@@ -209,6 +210,7 @@ fn run_tiny_registered(name: &str, bench: bool, then: impl FnOnce(Code32) -> Vec
         pager: Some(PagerConfig { region_gpa: LOW_REGION, region_mib: 2, ..PagerConfig::default() }),
         released: None,
         churn: None,
+        breaks: Vec::new(),
     };
     run_stub_configured(c, &producers)
 }
@@ -294,7 +296,10 @@ fn a_refused_registration_fails_and_only_a_missing_pager_or_pnp_off_skips() {
         assert_eq!(reason, "pnp=off on the guest's command line: the protocol is not registered", "{name}");
     }
 
-    let none = run_stub_with("tests=pnp", &Producers { sld: None, pager: None, released: None, churn: None });
+    let none = run_stub_with(
+        "tests=pnp",
+        &Producers { sld: None, pager: None, released: None, churn: None, breaks: Vec::new() },
+    );
     assert!(none.passed(), "{:#?}", none.serial);
     for (status, name, reason) in pnp_tests(&none) {
         assert_eq!((status, reason.as_str()), (Status::Skip, "needs the host stub's demand pager"), "{name}");

@@ -92,7 +92,10 @@ fn run(name: &str, code: Vec<u8>, pager: PagerConfig, timeout_s: u64) -> RunResu
     let image = temp_file(name, &tiny_elf(&code, true, 0));
     let mut c = config(&image, "");
     c.timeout = Some(std::time::Duration::from_secs(timeout_s));
-    run_stub_configured(c, &Producers { sld: None, pager: Some(pager), released: None, churn: None })
+    run_stub_configured(
+        c,
+        &Producers { sld: None, pager: Some(pager), released: None, churn: None, breaks: Vec::new() },
+    )
 }
 
 fn ve_pager() -> PagerConfig {
@@ -488,7 +491,10 @@ fn a_locked_add_to_an_absent_page_adds_once_in_mode_ve() {
 #[test]
 fn the_guests_ve_self_tests_pass_in_mode_ve_and_every_token_is_consumed() {
     let pager = PagerConfig { mode: HostMode::Ve, ..PagerConfig::default() };
-    let r = run_stub_with("tests=ve", &Producers { sld: None, pager: Some(pager), released: None, churn: None });
+    let r = run_stub_with(
+        "tests=ve",
+        &Producers { sld: None, pager: Some(pager), released: None, churn: None, breaks: Vec::new() },
+    );
     let failed: Vec<_> = r.tests.iter().filter(|t| t.status == pvagent_abi::report::Status::Fail).collect();
     assert!(r.passed(), "{failed:#?}\n{:?}", r.host_error);
     assert!(r.tests.len() >= 13, "{:#?}", r.tests);

@@ -70,13 +70,42 @@ pub enum Breach: u32 {
     /// An #AC claimed as a split lock at an instruction the guest's own decoding finds no
     /// split lock in.
     AcNoSplitLockAtRip = 0x300,
+    /// An #AC with an error code other than 0 (the processor always pushes 0 for #AC).
+    AcErrorCodeNotZero = 0x301,
+    /// An #AC while the guest's split-lock detection is off (MSR_TEST_CTRL bit 29 clear) and
+    /// it asked for no alignment check: seed 000's host never injects one then.
+    AcWhileDetectionOff = 0x302,
 
     // ---- #VE (0x400..) ----
 
     /// A #VE delivered while the VE information area's `busy` word is still set.
     VeOverBusyArea = 0x400,
+    /// A #VE whose exit reason is not 48 (EPT violation), the only one the ABI reports.
+    VeUnknownExitReason = 0x401,
+    /// A #VE whose guest-physical address lies outside the demand-paged region.
+    VeGpaOutsideRegion = 0x402,
+    /// A `VePark` token wider than 32 bits or with sequence number 0.
+    VeParkBadToken = 0x403,
+    /// A `VePark` answered "no token" with an outcome other than exactly 0 or 1.
+    VeParkBadOutcome = 0x404,
+    /// A `VeSuspend` answered with an outcome other than exactly 0 or 1 (the guest stops).
+    VeSuspendBadOutcome = 0x405,
 
     // ---- What the host answers at boot: CPUID and MSRs (0x500..) ----
+
+    /// MSR_TEST_CTRL raises #GP though CPUID and IA32_CORE_CAPABILITIES bit 5 promise it.
+    TestCtrlFaults = 0x500,
+    /// MSR_TEST_CTRL accepts a write that sets bit 29 but does not keep the bit: detection
+    /// would be off while the guest believes it on.
+    TestCtrlNotKept = 0x501,
+    /// IA32_CORE_CAPABILITIES reads with bits set that the SDM does not define (anything but
+    /// bits 2 and 5).
+    CoreCapabilitiesGarbage = 0x502,
+    /// `Features::VE` is set but `MSR_VE_INFO` raises #GP for a valid registration.
+    VeInfoMsrFaults = 0x503,
+    /// IA32_CORE_CAPABILITIES raises #GP though CPUID.(7,0):EDX bit 30 (or
+    /// `Features::CORE_CAPABILITIES`) promises it.
+    CoreCapabilitiesFaults = 0x504,
 }
 }
 
@@ -84,7 +113,10 @@ impl Breach {
     /// How many rules there are.
     pub const COUNT: usize = Self::ALL.len();
 
-    /// Its position in [`Breach::ALL`], for tables with one entry per rule.
+    /// Its position in [`Breach::ALL`], for tables with one entry per rule. Inlined: with the
+    /// rule known where it is noted (every caller names one), the search folds to a constant,
+    /// which the guest's budgeted paths (a spurious #AC) rely on.
+    #[inline(always)]
     pub fn index(self) -> usize {
         Self::ALL.iter().position(|&b| b == self).unwrap_or(0)
     }

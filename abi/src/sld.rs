@@ -28,6 +28,11 @@ pub const MSR_CORE_CAPABILITIES: u32 = 0xCF;
 /// IA32_CORE_CAPABILITIES bit 5: [`TEST_CTRL_SPLIT_LOCK_DETECT`] exists.
 pub const CORE_CAPS_SPLIT_LOCK_DETECT: u64 = 1 << 5;
 
+/// IA32_CORE_CAPABILITIES' bits the SDM defines (2, integrity capabilities; 5, split-lock
+/// detection): a guest treats any other bit set as a host's garbage
+/// ([`crate::breach::Breach::CoreCapabilitiesGarbage`]).
+pub const CORE_CAPS_DEFINED: u64 = (1 << 2) | CORE_CAPS_SPLIT_LOCK_DETECT;
+
 /// MSR_TEST_CTRL.
 pub const MSR_TEST_CTRL: u32 = 0x33;
 /// MSR_TEST_CTRL bit 29: raise #AC for a split-locked access (set = detection on).

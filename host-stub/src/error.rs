@@ -110,6 +110,8 @@ pub enum Error {
     BareLoopOnOneVcpu { vcpus: usize },
     #[error("seed 000's SMT rule ({siblings}): {conflict}")]
     SldWithSmt { siblings: crate::config::Siblings, conflict: crate::producers::sld::policy::SmtConflict },
+    #[error("--break {rule}: {why}")]
+    BreakNotServed { rule: String, why: &'static str },
     #[error("the guest command line is {len} bytes; at most {max} fit")]
     CmdlineTooLong { len: usize, max: usize },
     #[error("the ACPI tables cannot list {cpus} processors (1..={max}, local APIC IDs below 0xff)")]

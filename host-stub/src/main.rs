@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use pvagent_abi::breach::Breach;
 use pvagent_host::config::{MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB};
 use pvagent_host::memory::CMDLINE_MAX;
 use pvagent_host::producers::Producers;
@@ -116,6 +117,17 @@ struct Args {
     released_region: bool,
     #[command(flatten)]
     pager: PagerArgs,
+    /// Break this rule of the ABI on purpose, on every vCPU from its start, once each: a test
+    /// of the guest (the rules a host can break are docs/robustness.md's; names in kebab case,
+    /// e.g. `test-ctrl-faults`, `ve-info-msr-faults`). Repeatable.
+    #[arg(long = "break", value_name = "RULE", value_parser = parse_breach)]
+    breaks: Vec<Breach>,
+}
+
+/// A `--break` rule by its kebab-case name.
+fn parse_breach(name: &str) -> Result<Breach, String> {
+    Breach::from_name(name)
+        .ok_or_else(|| format!("no rule of the ABI is named {name:?} (docs/robustness.md lists them)"))
 }
 
 /// The demand pager (page-not-present events).
@@ -223,7 +235,7 @@ fn producers(args: &Args) -> Producers {
         hold: !args.layout_unheld,
     });
     let released = args.released_region.then(ReleasedConfig::default);
-    Producers { sld, pager: args.pager.config(), released, churn }
+    Producers { sld, pager: args.pager.config(), released, churn, breaks: args.breaks.clone() }
 }
 
 /// A command line clap refused: `--help` and `--version` print as clap prints them; anything

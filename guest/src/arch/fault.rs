@@ -280,6 +280,35 @@ pub fn probe_write_msr(msr: u32, value: u64) -> Result<(), Fault> {
     Err(Fault { vector: vector as u8, error_code, address, rip })
 }
 
+/// Reads an MSR, turning a #GP (an MSR the host does not serve, though it may have promised
+/// it) into an error.
+pub fn probe_read_msr(msr: u32) -> Result<u64, Fault> {
+    let (low, high, address, rip): (u64, u64, u64, u64);
+    // SAFETY: as in `probe_write_msr`: a fault at label 2 resumes at label 3 with the fault in
+    // RAX/RDX/RCX/RSI, and the "no fault" sentinel travels in RSI. RDMSR of an MSR that exists
+    // has no side effect the compiler must know of (callers read only MSRs whose reads change
+    // nothing).
+    unsafe {
+        core::arch::asm!(
+            "2: rdmsr",
+            "3:",
+            ".pushsection .extable, \"a\"",
+            ".balign 8",
+            ".quad 2b, 3b",
+            ".popsection",
+            inout("rcx") u64::from(msr) => address,
+            lateout("rax") low,
+            lateout("rdx") high,
+            inout("rsi") NO_FAULT => rip,
+            options(nostack, nomem),
+        );
+    }
+    if rip == NO_FAULT {
+        return Ok((high << 32) | (low & 0xFFFF_FFFF));
+    }
+    Err(Fault { vector: low as u8, error_code: high, address, rip })
+}
+
 fn check(vector: u64, error_code: u64, address: u64, rip: u64) -> Result<(), Fault> {
     if vector == NO_FAULT {
         return Ok(());

@@ -23,6 +23,7 @@ static RECORDS: [Record; Breach::COUNT] = [EMPTY; Breach::COUNT];
 
 /// Counts a breach of `rule`, with the values that show it. Returns true for the rule's first
 /// breach (a caller that reports at once reports only that one).
+#[inline(always)]
 pub fn note(rule: Breach, a: u64, b: u64) -> bool {
     let record = &RECORDS[rule.index()];
     let first = record.count.fetch_add(1, Ordering::Relaxed) == 0;

@@ -142,6 +142,8 @@ const SUITES: &[&[SelfTest]] = &[
     memslot::TESTS,
     // Last: these break the protocols on purpose, which the accounting checks above count.
     hostile::TESTS,
+    hostile::AC_TESTS,
+    hostile::VE_TESTS,
 ];
 
 fn all_tests() -> impl Iterator<Item = &'static SelfTest> {
@@ -186,8 +188,10 @@ fn on_fatal(args: core::fmt::Arguments<'_>) -> ! {
     let _ = reason.write_fmt(args);
     crate::console::print_panic(format_args!("{}\n", Line::Result { status: Status::Fail, name, reason: &reason }));
     FAILED.fetch_add(1, Ordering::Relaxed);
-    // As the runner does before its summary when the run ends normally.
+    // As the runner does before its summary when the run ends normally: the dropped lines, and
+    // which rules the host broke (a breach may be what stopped the run).
     crate::console::report_dropped_in_panic();
+    crate::console::print_panic(format_args!("{}", crate::pv::breach::Summary));
     crate::console::print_panic(format_args!("{}\n", summary()));
     crate::arch::exit::exit(pvagent_abi::exit::FAILURE)
 }
@@ -259,7 +263,12 @@ fn need_met(need: Need) -> TestResult {
         Need::HostStub => skip_unless(arch::platform().hypervisor.is_host_stub(), "needs the pvagent host stub"),
         Need::SldTrigger => skip_unless(ac::trigger::available(), "needs the host stub's split-lock trigger"),
         Need::SldDetection => {
-            skip_unless(ac::enumeration().available(), "split-lock detection is not enumerated on this host")
+            skip_unless(ac::enumeration().available(), "split-lock detection is not enumerated on this host")?;
+            // A host that broke MSR_TEST_CTRL at boot (its `host broke` line says how): not used.
+            skip_unless(
+                !ac::status().test_ctrl_broken,
+                "the host broke MSR_TEST_CTRL: split-lock detection is not used",
+            )
         }
         Need::SldDefaultPolicy => policy_is(HostPolicy::InjectIfEnabled),
         Need::SldExitPolicy => policy_is(HostPolicy::Exit),

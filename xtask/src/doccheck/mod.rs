@@ -84,6 +84,7 @@ pub const RULES: &[(&str, Rule)] = &[
         Rule::Run { makes: &[Made::Console("target/console.log"), Made::Console("target/console.boot2.log")] },
     ),
     ("cargo xtask run --tests task,ac -- --cmdline \"kstack=64 sld=ratelimit:5\"", Rule::Run { makes: &[] }),
+    ("cargo xtask run --tests hostile -- --break test-ctrl-not-kept", Rule::Run { makes: &[] }),
     (
         "cargo xtask qemu",
         Rule::NotRun {

@@ -154,7 +154,7 @@ pub fn plan(tests: Option<&str>, trace: Option<&Path>, extra: &[String]) -> (Vec
                 ("sync", "pnp", pnp),
                 ("kvm-apf", apf, pnp),
                 ("kvm-apf-kernel", apf, pnp),
-                ("ve", "ve", "the #VE self-tests"),
+                ("ve", "ve,hostile::ve", "the #VE self-tests"),
             ];
             for (mode, tests, which) in modes {
                 boots.push(Boot {
@@ -414,8 +414,8 @@ mod tests {
         assert!(boots[5].defaults.contains(&("--layout-churn", "20".into())) && boots[5].cmdline == "expect-host=stub");
         assert_eq!(boots[2].cmdline, "expect-host=stub tests=pnp,kvm_apf,hostile::kvm_apf");
         assert_eq!(boots[3].cmdline, "expect-host=stub tests=pnp,kvm_apf,hostile::kvm_apf");
-        assert_eq!(boots[4].cmdline, "expect-host=stub tests=ve");
-        assert_eq!(boots[4].what, "the #VE self-tests (tests=ve), pager in ve mode");
+        assert_eq!(boots[4].cmdline, "expect-host=stub tests=ve,hostile::ve");
+        assert_eq!(boots[4].what, "the #VE self-tests (tests=ve,hostile::ve), pager in ve mode");
         assert_eq!(boots[4].defaults, [("--pnp-mode", "ve".to_string())]);
         assert_eq!(boots[0].what, "every self-test, pager in ring mode");
         assert_eq!(boots[0].cmdline, "expect-host=stub");

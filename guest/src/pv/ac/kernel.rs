@@ -7,6 +7,7 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use pvagent_abi::breach::Breach;
 use pvagent_abi::sld;
 use x86_64::registers::control::{Cr0, Cr0Flags};
 use x86_64::registers::rflags::RFlags;
@@ -20,6 +21,7 @@ use crate::arch::percpu::{CpuLocal, MAX_CPUS};
 use crate::arch::time::HZ;
 use crate::arch::trap::{self, TrapFrame};
 use crate::boot::cmdline::Cmdline;
+use crate::pv::breach;
 use crate::sync::CpuCell;
 use crate::task::table::{ExitStatus, MAX_TASKS, TaskId};
 use crate::task::{self, FaultAction};
@@ -81,6 +83,9 @@ struct TaskAc {
 struct CpuAc {
     /// Whether MSR_TEST_CTRL's detection bit is set on this vCPU, as the kernel last wrote it.
     detection_on: bool,
+    /// The host broke MSR_TEST_CTRL on this vCPU (it faulted, or did not keep the detection
+    /// bit): the kernel no longer uses it here, and said so.
+    test_ctrl_broken: bool,
     tasks: [TaskAc; MAX_TASKS],
     kernel_sites: SiteSet,
     messages: RateLimit,
@@ -100,10 +105,40 @@ impl CpuAc {
         let Some(msr) = test_ctrl() else {
             return;
         };
-        if self.detection_on != on {
-            msr.set_detection(on);
-            self.detection_on = on;
+        if self.detection_on != on && !self.test_ctrl_broken {
+            match msr.set_detection(on) {
+                Ok(()) => self.detection_on = on,
+                Err(f) => self.test_ctrl_broke(Breach::TestCtrlFaults, f.error_code),
+            }
             COUNTERS.test_ctrl_writes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// After turning detection on: reads MSR_TEST_CTRL back, so that a host that faults on it
+    /// or drops the bit does not leave detection off while the kernel believes it on. Once per
+    /// mode change (boot, `with_mode`), not on the task-switch path.
+    fn check_detection_stuck(&mut self) {
+        let Some(msr) = test_ctrl().filter(|_| self.detection_on && !self.test_ctrl_broken) else {
+            return;
+        };
+        match msr.read() {
+            Ok(value) if value & sld::TEST_CTRL_SPLIT_LOCK_DETECT != 0 => {}
+            Ok(value) => self.test_ctrl_broke(Breach::TestCtrlNotKept, value),
+            Err(f) => self.test_ctrl_broke(Breach::TestCtrlFaults, f.error_code),
+        }
+    }
+
+    /// The host broke MSR_TEST_CTRL on this vCPU: counted, said once, and the MSR left alone
+    /// here from now on (detection is what the host made it: off, as far as anyone can tell).
+    #[cold]
+    fn test_ctrl_broke(&mut self, rule: Breach, value: u64) {
+        self.test_ctrl_broken = true;
+        self.detection_on = false;
+        let cpu = crate::arch::percpu::index();
+        if breach::note(rule, value, cpu as u64) {
+            kreport!(
+                "ac: MSR_TEST_CTRL on vCPU {cpu} (value or error code {value:#x}): host broke {rule}; split-lock detection is OFF on this vCPU, not used again"
+            );
         }
     }
 
@@ -121,6 +156,7 @@ static CPU: CpuCell<CpuAc> = CpuCell::new(
     [const {
         CpuAc {
             detection_on: false,
+            test_ctrl_broken: false,
             tasks: [TaskAc { id: None, budget: RateLimit::new() }; MAX_TASKS],
             kernel_sites: SiteSet::new(),
             messages: RateLimit::new(),
@@ -159,6 +195,10 @@ pub struct Stats {
     /// #AC taken while this vCPU was inside its split-lock bookkeeping (injected by the host:
     /// nothing there splits a lock): ignored.
     pub reentered: u64,
+    /// #AC with an error code other than 0: ignored.
+    pub bad_error_codes: u64,
+    /// #AC classified as a split lock at an instruction that is none: ignored.
+    pub claimed_split_locks_refuted: u64,
 }
 
 struct Counters {
@@ -172,6 +212,8 @@ struct Counters {
     reenabled_at_switch: AtomicU64,
     test_ctrl_writes: AtomicU64,
     reentered: AtomicU64,
+    bad_error_codes: AtomicU64,
+    claimed_split_locks_refuted: AtomicU64,
 }
 
 static COUNTERS: Counters = Counters {
@@ -185,6 +227,8 @@ static COUNTERS: Counters = Counters {
     reenabled_at_switch: AtomicU64::new(0),
     test_ctrl_writes: AtomicU64::new(0),
     reentered: AtomicU64::new(0),
+    bad_error_codes: AtomicU64::new(0),
+    claimed_split_locks_refuted: AtomicU64::new(0),
 };
 
 /// The counters now.
@@ -202,6 +246,8 @@ pub fn stats() -> Stats {
         reenabled_at_switch: get(&c.reenabled_at_switch),
         test_ctrl_writes: get(&c.test_ctrl_writes),
         reentered: get(&c.reentered),
+        bad_error_codes: get(&c.bad_error_codes),
+        claimed_split_locks_refuted: get(&c.claimed_split_locks_refuted),
     }
 }
 
@@ -214,19 +260,21 @@ pub struct Status {
     pub detection_on: bool,
     /// Detection was switched off until the next task switch.
     pub sld_disabled_until_switch: bool,
+    /// The host broke MSR_TEST_CTRL on this vCPU: detection is not used here.
+    pub test_ctrl_broken: bool,
 }
 
 /// This vCPU's state now.
 pub fn status() -> Status {
-    let (detection_on, sld_disabled_until_switch) =
-        with_cpu(|c| (c.detection_on, SLD_DISABLED_UNTIL_SWITCH.get().load(Ordering::Relaxed)));
-    Status { enumeration: enumeration(), mode: mode(), detection_on, sld_disabled_until_switch }
+    let (detection_on, sld_disabled_until_switch, test_ctrl_broken) =
+        with_cpu(|c| (c.detection_on, SLD_DISABLED_UNTIL_SWITCH.get().load(Ordering::Relaxed), c.test_ctrl_broken));
+    Status { enumeration: enumeration(), mode: mode(), detection_on, sld_disabled_until_switch, test_ctrl_broken }
 }
 
 /// Detection as MSR_TEST_CTRL itself reads back (under the host stub: the value the host
 /// keeps for this vCPU); `None` when the MSR was not enumerated.
 pub fn detection_in_msr() -> Option<bool> {
-    test_ctrl().map(TestCtrl::detection_on)
+    test_ctrl().and_then(TestCtrl::detection_on)
 }
 
 /// Runs `f` under another split-lock mode, then restores the previous one, on every online
@@ -271,6 +319,7 @@ fn apply_mode_here() {
     with_cpu(|c| {
         SLD_DISABLED_UNTIL_SWITCH.get().store(false, Ordering::Relaxed);
         c.set_detection(on);
+        c.check_detection_stuck();
     });
 }
 
@@ -335,6 +384,9 @@ fn on_switch(_from: TaskId, _to: TaskId) {
 /// (no split lock in it), so such an #AC is counted and ignored; and reports from here never
 /// wait for the console.
 fn on_alignment_check(frame: &mut TrapFrame) {
+    if frame.error_code != 0 {
+        return bad_error_code(frame);
+    }
     let (cpl, rflags_ac) = (frame.cpl(), frame.flags().contains(RFlags::ALIGNMENT_CHECK));
     let cr0_am = Cr0::read().contains(Cr0Flags::ALIGNMENT_MASK);
     // Classified in the one borrow that reads this vCPU's detection state; a spurious #AC (the
@@ -350,8 +402,10 @@ fn on_alignment_check(frame: &mut TrapFrame) {
     };
     match kind {
         AcKind::UserAlignmentCheck => alignment_check(frame),
-        AcKind::UserSplitLock => user_split_lock(frame),
-        AcKind::KernelSplitLock => kernel_split_lock(frame),
+        // The rare path: the instruction is decoded to check the claim first.
+        AcKind::UserSplitLock if split_lock_at_rip(frame) => user_split_lock(frame),
+        AcKind::KernelSplitLock if split_lock_at_rip(frame) => kernel_split_lock(frame),
+        AcKind::UserSplitLock | AcKind::KernelSplitLock => {}
         AcKind::Spurious => spurious(frame, say),
     }
 }
@@ -427,9 +481,78 @@ fn kernel_split_lock(frame: &mut TrapFrame) {
     }
 }
 
-/// A spurious #AC is counted, and reported when the message budget allowed (`say`).
+/// An #AC with an error code: the processor always pushes 0, so no processor raised it. Counted,
+/// reported once, ignored (the instruction runs again: a real split lock would raise a real #AC).
+#[cold]
+fn bad_error_code(frame: &TrapFrame) {
+    COUNTERS.bad_error_codes.fetch_add(1, Ordering::Relaxed);
+    if breach::note(Breach::AcErrorCodeNotZero, frame.error_code, frame.rip) {
+        kreport!(
+            "ac: #AC with error code {:#x} at rip {:#x} (host broke {}): the processor pushes 0; ignored",
+            frame.error_code,
+            frame.rip,
+            Breach::AcErrorCodeNotZero
+        );
+    }
+}
+
+/// Whether the instruction at the frame's RIP, by the kernel's own decoding, is a split lock,
+/// as an #AC classified as one claims. One that decodes to no locked access, or to one within a
+/// cache line, is a host's breach: counted, reported once, ignored (detection stays on, no
+/// task ends, `fatal` does not stop the run). One the decoder does not cover is taken at its
+/// word.
+#[cold]
+fn split_lock_at_rip(frame: &TrapFrame) -> bool {
+    use super::operand::{self, LockedAccess};
+    let (access, bytes) = match operand::instruction_at(frame.rip) {
+        Some(bytes) => (operand::locked_access(&bytes), bytes),
+        None => (LockedAccess::Unknown, [0; 16]),
+    };
+    let found = match access {
+        LockedAccess::Unknown => return true,
+        LockedAccess::Locked { operand, size } => {
+            let address = operand.address(frame.rip, |r| operand::register(frame, r));
+            if sld::crosses_cache_line(address, size) {
+                return true;
+            }
+            (address, size)
+        }
+        LockedAccess::NotLocked => (0, 0),
+    };
+    COUNTERS.claimed_split_locks_refuted.fetch_add(1, Ordering::Relaxed);
+    let first_bytes =
+        u64::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7]]);
+    if breach::note(Breach::AcNoSplitLockAtRip, frame.rip, first_bytes) {
+        kreport!(
+            "ac: #AC claimed a split lock at rip {:#x} (cpl {}), but the instruction there (bytes {first_bytes:#018x}: {}) is none (host broke {}); ignored",
+            frame.rip,
+            frame.cpl(),
+            NoSplitLock(found),
+            Breach::AcNoSplitLockAtRip
+        );
+    }
+    false
+}
+
+/// What the decoding found instead of a split lock, for the report: `(address, size)`, size 0
+/// for no locked access at all.
+struct NoSplitLock((u64, u64));
+
+impl core::fmt::Display for NoSplitLock {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            (_, 0) => f.write_str("no locked memory access"),
+            (address, size) => write!(f, "a locked access of {size} bytes at {address:#x}, within one cache line"),
+        }
+    }
+}
+
+/// A spurious #AC is counted, and reported when the message budget allowed (`say`). With
+/// detection off and no alignment check asked for, only a host can have raised it
+/// ([`Breach::AcWhileDetectionOff`]).
 fn spurious(frame: &mut TrapFrame, say: bool) {
     COUNTERS.spurious.fetch_add(1, Ordering::Relaxed);
+    breach::note(Breach::AcWhileDetectionOff, frame.rip, u64::from(frame.cpl()));
     if say {
         kreport!(
             "ac: spurious #AC at rip {:#x} (cpl {}): split-lock detection is off and no alignment check was asked for; ignored",

@@ -182,21 +182,111 @@ pub fn decode(bytes: &[u8]) -> Option<MemOperand> {
     Some(operand)
 }
 
+/// What an instruction is, for an #AC that claims a split lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockedAccess {
+    /// A locked memory access (a LOCK prefix on an instruction that takes one, or XCHG with
+    /// memory) of `size` bytes at `operand`.
+    Locked { operand: MemOperand, size: u64 },
+    /// No locked memory access: no #AC for a split lock can come from it.
+    NotLocked,
+    /// Not decoded (see [`decode`]'s limits): whether it is a split lock cannot be said.
+    Unknown,
+}
+
+/// Whether the instruction in `bytes` is a locked memory access, and of how many bytes: the
+/// instructions a LOCK prefix is allowed on (ADD, OR, ADC, SBB, AND, SUB, XOR, NOT, NEG, INC,
+/// DEC, XCHG, CMPXCHG, CMPXCHG8B/16B, XADD, BTS, BTR, BTC), with a memory operand.
+pub fn locked_access(bytes: &[u8]) -> LockedAccess {
+    let (mut lock, mut operand_16, mut rex_w, mut fs_gs) = (false, false, false, false);
+    let mut at = 0;
+    while let Some(&b) = bytes.get(at) {
+        match b {
+            0xF0 => lock = true,
+            0x66 => operand_16 = true,
+            0x64 | 0x65 => fs_gs = true,
+            0xF2 | 0xF3 | 0x26 | 0x2E | 0x36 | 0x3E | 0x67 => {}
+            // REX counts only right before the opcode: a legacy prefix after it cancels it.
+            0x40..=0x4F => {
+                rex_w = b & 0x8 != 0;
+                at += 1;
+                continue;
+            }
+            _ => break,
+        }
+        rex_w = false;
+        at += 1;
+    }
+    let full = if rex_w {
+        8
+    } else if operand_16 {
+        2
+    } else {
+        4
+    };
+    let Some(&op) = bytes.get(at) else {
+        return LockedAccess::Unknown;
+    };
+    let (second, modrm) = (bytes.get(at + 1).copied(), bytes.get(at + 1).copied());
+    let reg_of = |m: Option<u8>| m.map(|m| (m >> 3) & 7);
+    let (size, needs_lock) = match op {
+        0x86 => (Some(1), false),
+        0x87 => (Some(full), false),
+        0x00 | 0x08 | 0x10 | 0x18 | 0x20 | 0x28 | 0x30 | 0x80 => (Some(1), true),
+        0x01 | 0x09 | 0x11 | 0x19 | 0x21 | 0x29 | 0x31 | 0x81 | 0x83 => (Some(full), true),
+        0xF6 if matches!(reg_of(modrm), Some(2 | 3)) => (Some(1), true),
+        0xF7 if matches!(reg_of(modrm), Some(2 | 3)) => (Some(full), true),
+        0xFE if matches!(reg_of(modrm), Some(0 | 1)) => (Some(1), true),
+        0xFF if matches!(reg_of(modrm), Some(0 | 1)) => (Some(full), true),
+        0x0F => {
+            let modrm = bytes.get(at + 2).copied();
+            let size = match second {
+                Some(0xB0 | 0xC0) => Some(1),
+                Some(0xB1 | 0xC1 | 0xAB | 0xB3 | 0xBB) => Some(full),
+                Some(0xBA) if matches!(reg_of(modrm), Some(5..=7)) => Some(full),
+                Some(0xC7) if reg_of(modrm) == Some(1) => Some(if rex_w { 16 } else { 8 }),
+                _ => None,
+            };
+            (size, true)
+        }
+        _ => (None, true),
+    };
+    match (size, needs_lock && !lock) {
+        (Some(size), false) => match decode(bytes) {
+            Some(operand) => LockedAccess::Locked { operand, size },
+            // Its operand is a register (or one the decoder does not cover).
+            None if fs_gs => LockedAccess::Unknown,
+            None => LockedAccess::NotLocked,
+        },
+        _ => LockedAccess::NotLocked,
+    }
+}
+
+/// The 16 bytes at `rip`, read with probes, so that an instruction at the end of its mapping
+/// cannot fault the kernel (`None` then).
+#[cfg(kernel)]
+pub fn instruction_at(rip: u64) -> Option<[u8; 16]> {
+    let mut bytes = [0u8; 16];
+    for (i, chunk) in bytes.chunks_mut(8).enumerate() {
+        let word = crate::arch::fault::probe_read_u64(rip.checked_add(8 * i as u64)?).ok()?;
+        chunk.copy_from_slice(&word.to_le_bytes());
+    }
+    Some(bytes)
+}
+
+/// General register `r` (0 = RAX ... 15 = R15) of the interrupted context.
+#[cfg(kernel)]
+pub fn register(f: &crate::arch::trap::TrapFrame, r: u8) -> u64 {
+    let regs =
+        [f.rax, f.rcx, f.rdx, f.rbx, f.rsp, f.rbp, f.rsi, f.rdi, f.r8, f.r9, f.r10, f.r11, f.r12, f.r13, f.r14, f.r15];
+    regs[usize::from(r & 15)]
+}
+
 /// The address of the memory operand of the CPL 3 instruction at the frame's RIP.
 #[cfg(kernel)]
 pub fn address_at(frame: &crate::arch::trap::TrapFrame) -> Option<u64> {
-    use crate::arch::fault::probe_read_u64;
-    let mut bytes = [0u8; 16];
-    for (i, chunk) in bytes.chunks_mut(8).enumerate() {
-        // The task's own code: read with probes, so that an instruction at the end of its
-        // mapping cannot fault the kernel.
-        let word = probe_read_u64(frame.rip.checked_add(8 * i as u64)?).ok()?;
-        chunk.copy_from_slice(&word.to_le_bytes());
-    }
-    let f = frame;
-    let regs =
-        [f.rax, f.rcx, f.rdx, f.rbx, f.rsp, f.rbp, f.rsi, f.rdi, f.r8, f.r9, f.r10, f.r11, f.r12, f.r13, f.r14, f.r15];
-    decode(&bytes).map(|operand| operand.address(frame.rip, |r| regs[usize::from(r)]))
+    let bytes = instruction_at(frame.rip)?;
+    decode(&bytes).map(|operand| operand.address(frame.rip, |r| register(frame, r)))
 }
 
 #[cfg(test)]
@@ -273,6 +363,77 @@ mod tests {
         assert_eq!(decode(&[0x89, 0xC8]), None, "mov eax, ecx has no memory operand");
         assert_eq!(decode(&[0xA4]), None, "movsb has no ModRM");
         assert_eq!(decode(&[0x64, 0x8B, 0x00]), None, "FS-relative operands are not decoded");
+    }
+
+    /// What iced says of a locked access: the size of its memory operand, if it is one (as the
+    /// host stub decides: a LOCK prefix, or XCHG, with memory).
+    fn iced_locked(bytes: &[u8]) -> Option<Option<u64>> {
+        let mut decoder = Decoder::with_ip(64, bytes, RIP, DecoderOptions::NONE);
+        let insn = decoder.decode();
+        if insn.is_invalid() {
+            return None;
+        }
+        let mem = (0..insn.op_count()).any(|i| insn.op_kind(i) == OpKind::Memory);
+        let locked = mem && (insn.has_lock_prefix() || insn.mnemonic() == iced_x86::Mnemonic::Xchg);
+        Some(locked.then(|| insn.memory_size().size() as u64))
+    }
+
+    #[test]
+    fn locked_accesses_and_their_sizes() {
+        let size = |bytes: &[u8]| match locked_access(bytes) {
+            LockedAccess::Locked { size, .. } => Some(size),
+            LockedAccess::NotLocked => None,
+            LockedAccess::Unknown => Some(0),
+        };
+        assert_eq!(size(&[0xF0, 0x0F, 0xB1, 0x0F]), Some(4), "lock cmpxchg [rdi], ecx");
+        assert_eq!(size(&[0xF0, 0x48, 0x0F, 0xC1, 0x07]), Some(8), "lock xadd [rdi], rax");
+        assert_eq!(size(&[0x87, 0x07]), Some(4), "xchg [rdi], eax: locked without a prefix");
+        assert_eq!(size(&[0x48, 0x87, 0x37]), Some(8), "xchg [rdi], rsi");
+        assert_eq!(size(&[0xF0, 0x83, 0x07, 0x01]), Some(4), "lock add dword [rdi], 1");
+        assert_eq!(size(&[0xF0, 0x66, 0x83, 0x07, 0x01]), Some(2), "lock add word [rdi], 1");
+        assert_eq!(size(&[0xF0, 0x48, 0x0F, 0xC7, 0x0F]), Some(16), "lock cmpxchg16b [rdi]");
+        assert_eq!(size(&[0xF0, 0xFE, 0x07]), Some(1), "lock inc byte [rdi]");
+        assert_eq!(size(&[0x83, 0x07, 0x01]), None, "add dword [rdi], 1: no LOCK");
+        assert_eq!(size(&[0x8B, 0x07]), None, "mov eax, [rdi]");
+        assert_eq!(size(&[0x87, 0xC8]), None, "xchg eax, ecx: no memory");
+        assert_eq!(size(&[0x64, 0xF0, 0xFF, 0x07]), Some(0), "FS-relative: not decoded");
+    }
+
+    /// Random valid instructions: the guest's decoding of a locked access agrees with iced's
+    /// (the host's) wherever the guest decodes it.
+    #[test]
+    fn locked_access_agrees_with_iced() {
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut locked = 0;
+        for _ in 0..300_000 {
+            let mut bytes = [0u8; 16];
+            for chunk in bytes.chunks_mut(8) {
+                chunk.copy_from_slice(&next().to_le_bytes());
+            }
+            let r = next();
+            if r % 2 == 0 {
+                bytes[0] = 0xF0;
+                bytes[1] = [0x66, 0x48, 0x0F, 0x83, 0x81, 0xFF, 0xF7, 0x09][(r >> 8) as usize % 8];
+            }
+            let Some(iced_says) = iced_locked(&bytes) else { continue };
+            let ours = match locked_access(&bytes) {
+                LockedAccess::Locked { size, operand } => {
+                    assert_eq!(Some(operand.address(RIP, reg_value)), iced(&bytes).and_then(|i| i.1), "{bytes:02x?}");
+                    Some(size)
+                }
+                LockedAccess::NotLocked => None,
+                LockedAccess::Unknown => continue,
+            };
+            locked += u32::from(ours.is_some());
+            assert_eq!(ours, iced_says, "{bytes:02x?}");
+        }
+        assert!(locked > 5_000, "only {locked} locked accesses seen");
     }
 
     /// Random byte strings: for every one that is a valid instruction (iced decodes it) and for

@@ -4,6 +4,7 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, compiler_fence};
 
+use pvagent_abi::breach::Breach;
 use pvagent_abi::cpuid::Features;
 use pvagent_abi::hypercall::{Nr, Status};
 use pvagent_abi::pnp::RESULT_FAILED;
@@ -17,8 +18,8 @@ use crate::arch::hypercall::{self, HypercallError};
 use crate::arch::percpu::{self, CpuLocal, MAX_CPUS};
 use crate::arch::trap::{self, TrapFrame};
 use crate::cell::StaticCell;
-use crate::pv::pnp;
 use crate::pv::tokens::Waiter;
+use crate::pv::{breach, pnp};
 use crate::task;
 use crate::task::table::{ExitStatus, TaskId};
 use crate::{kprintln, kreport};
@@ -206,7 +207,7 @@ pub fn init() {
     trap::register(abi::VECTOR, on_ve);
     match register() {
         Ok(()) => REGISTERED.store(true, Ordering::Relaxed),
-        Err(e) => kprintln!("ve: registration refused: {e:?}"),
+        Err(e) => registration_refused(e),
     }
 }
 
@@ -215,13 +216,35 @@ pub fn init_cpu() {
     if REGISTERED.load(Ordering::Relaxed)
         && let Err(e) = register()
     {
-        kprintln!("ve: registration refused on vCPU {}: {e:?}", percpu::index());
+        registration_refused(e);
     }
+}
+
+/// The host offered #VE (`Features::VE`) and refused a registration the ABI allows (a zeroed,
+/// aligned page in RAM): it broke its promise. Counted and reported; this vCPU goes on without
+/// #VE (the ring and the synchronous path serve its accesses).
+#[cold]
+fn registration_refused(e: Fault) {
+    let cpu = percpu::index();
+    breach::note(Breach::VeInfoMsrFaults, e.error_code, area(cpu) as u64);
+    kprintln!(
+        "ve: registration refused on vCPU {cpu} ({e}; host broke {}): no #VE on this vCPU",
+        Breach::VeInfoMsrFaults
+    );
 }
 
 /// Registers this vCPU's area (zero: its busy word is 0, so #VE is armed).
 fn register() -> Result<(), Fault> {
     fault::probe_write_msr(abi::MSR_VE_INFO, area(percpu::index()) as u64 | abi::MSR_ENABLE)
+}
+
+/// This vCPU's busy word, and a test's way out of a #VE the handler left unanswered on purpose
+/// (an unknown exit reason, a page outside the region: the word stays set and this vCPU's
+/// accesses wait synchronously): with `clear`, stores 0, re-arming #VE here. Returns the word
+/// as it was.
+pub fn busy_word_for_test(clear: bool) -> u32 {
+    let word = busy_word(area(percpu::index()));
+    if clear { word.swap(0, Ordering::AcqRel) } else { word.load(Ordering::Acquire) }
 }
 
 /// Whether the boot vCPU registered its area.
@@ -251,6 +274,9 @@ pub mod hook {
     /// (armed earlier, the #VE this hook runs in would have used it up), so that the host
     /// breaks the contract exactly there.
     pub const IGNORE_BUSY_FOR_TOUCH: u32 = 1 << 3;
+    /// As [`IGNORE_BUSY_FOR_TOUCH`], through the fault-injection hypercall instead
+    /// (`HostBreak` of `Breach::VeOverBusyArea`).
+    pub const BREAK_BUSY_FOR_TOUCH: u32 = 1 << 4;
 }
 
 /// Arms `hook` bits for the next #VE on this vCPU, with `gpa` the page the touching hooks read.
@@ -274,6 +300,9 @@ pub fn hook_state() -> (bool, u64) {
 fn run_hook(me: &VeCpu, hook: u32, which: u32) {
     if hook & which & hook::TOUCH_BEFORE_CLEAR != 0 && hook & hook::IGNORE_BUSY_FOR_TOUCH != 0 {
         let _ = set_faults(abi::fault::IGNORE_BUSY);
+    }
+    if hook & which & hook::TOUCH_BEFORE_CLEAR != 0 && hook & hook::BREAK_BUSY_FOR_TOUCH != 0 {
+        let _ = breach::arm(Breach::VeOverBusyArea);
     }
     if hook & which & (hook::TOUCH_BEFORE_CLEAR | hook::TOUCH_AFTER_CLEAR) != 0 {
         let gpa = me.hook_gpa.load(Ordering::Relaxed);
@@ -310,14 +339,18 @@ fn on_ve(frame: &mut TrapFrame) {
         Copied::Page { gpa } => gpa,
         // Not re-armed: a busy word the host set stays set, so a host that reports what this
         // guest does not know raises no further #VE here (its accesses wait synchronously).
-        Copied::NotBusy { busy } => return odd_ve(me, &me.counters.not_busy, "not marked busy", busy, frame),
+        Copied::NotBusy { busy } => return odd_ve(me, &me.counters.not_busy, "not marked busy", busy, frame, None),
         Copied::UnknownReason { reason } => {
-            return odd_ve(me, &me.counters.unknown_reason, "with an unknown exit reason", reason, frame);
+            let rule = Breach::VeUnknownExitReason;
+            breach::note(rule, u64::from(reason), frame.rip);
+            return odd_ve(me, &me.counters.unknown_reason, "with an unknown exit reason", reason, frame, Some(rule));
         }
         // Also not re-armed: an access the host keeps reporting outside the region then waits
         // in the host, synchronously, instead of raising the same report again and again.
         Copied::OutsideRegion { gpa } => {
-            return odd_ve(me, &me.counters.outside_region, "outside the demand-paged region", gpa, frame);
+            let rule = Breach::VeGpaOutsideRegion;
+            breach::note(rule, gpa, frame.rip);
+            return odd_ve(me, &me.counters.outside_region, "outside the demand-paged region", gpa, frame, Some(rule));
         }
     };
     // Re-arm: from here on the host may deliver the next #VE, which nests below this frame on
@@ -380,7 +413,8 @@ fn context_of(frame: &TrapFrame) -> (Context, Option<TaskId>) {
 /// `VePark`, then the wait its answer calls for; returns the token (or [`abi::NO_TOKEN`]) and
 /// the page's outcome.
 fn park(me: &VeCpu, gpa: u64, waiter: Waiter) -> (u32, u32) {
-    match hypercall::call(Nr::VePark, [gpa, 0, 0, 0]).map(check_park_answer) {
+    let answer = hypercall::call(Nr::VePark, [gpa, 0, 0, 0]);
+    match answer.map(check_park_answer) {
         Ok(ParkAnswer::AtOnce { outcome }) => {
             Counters::add(&me.counters.answered_at_once);
             (abi::NO_TOKEN as u32, outcome)
@@ -388,7 +422,10 @@ fn park(me: &VeCpu, gpa: u64, waiter: Waiter) -> (u32, u32) {
         Ok(ParkAnswer::Malformed) => {
             // Neither a token the ring could hold nor an outcome: waiting on it could take
             // another access's resolution, or none would come. The host keeps the vCPU instead.
-            bad_answer(me, "VePark", gpa);
+            let ret = answer.unwrap_or_default();
+            let rule = if ret[0] == abi::NO_TOKEN { Breach::VeParkBadOutcome } else { Breach::VeParkBadToken };
+            breach::note(rule, ret[0], ret[1]);
+            bad_answer(me, "VePark", gpa, rule);
             (abi::NO_TOKEN as u32, suspend(me, gpa))
         }
         Ok(ParkAnswer::Token(token)) => {
@@ -427,8 +464,12 @@ fn suspend(me: &VeCpu, gpa: u64) -> u32 {
     Counters::add(&me.counters.suspended);
     match hypercall::call(Nr::VeSuspend, [gpa, 0, 0, 0]) {
         Ok([answer, _]) => check_outcome(answer).unwrap_or_else(|| {
-            bad_answer(me, "VeSuspend", gpa);
-            fault::fatal(format_args!("ve: VeSuspend({gpa:#x}) answered {answer:#x}, not an outcome"))
+            breach::note(Breach::VeSuspendBadOutcome, answer, gpa);
+            bad_answer(me, "VeSuspend", gpa, Breach::VeSuspendBadOutcome);
+            fault::fatal(format_args!(
+                "ve: VeSuspend({gpa:#x}) answered {answer:#x}, not an outcome (host broke {})",
+                Breach::VeSuspendBadOutcome
+            ))
         }),
         Err(e) => fault::fatal(format_args!("ve: VeSuspend({gpa:#x}) failed: {e:?}")),
     }
@@ -437,9 +478,11 @@ fn suspend(me: &VeCpu, gpa: u64) -> u32 {
 /// An answer the ABI does not allow ([`check_park_answer`], [`check_outcome`]): counted, and
 /// reported the first time per vCPU.
 #[cold]
-fn bad_answer(me: &VeCpu, request: &str, gpa: u64) {
+fn bad_answer(me: &VeCpu, request: &str, gpa: u64, rule: Breach) {
     if me.counters.bad_answers.fetch_add(1, Ordering::Relaxed) == 0 {
-        kreport!("ve: the host's answer to {request}({gpa:#x}) is no token and no outcome: suspended instead");
+        kreport!(
+            "ve: the host's answer to {request}({gpa:#x}) is no token and no outcome (host broke {rule}): suspended instead"
+        );
     }
 }
 
@@ -463,20 +506,32 @@ fn page_failed(context: Context, frame: &TrapFrame, token: u32, gpa: u64) {
 /// A #VE delivered over a set busy word: counted, reported once per vCPU naming the rule.
 #[cold]
 fn busy_violation(me: &VeCpu, frame: &TrapFrame) {
+    breach::note(Breach::VeOverBusyArea, frame.rip, percpu::index() as u64);
     if me.counters.busy_violations.fetch_add(1, Ordering::Relaxed) == 0 {
         kreport!(
-            "ve: the host delivered #VE while the busy word was set (rip {:#x}): the rule is no #VE until the guest writes 0; ignored",
-            frame.rip
+            "ve: the host delivered #VE while the busy word was set (rip {:#x}; host broke {}): the rule is no #VE until the guest writes 0; ignored",
+            frame.rip,
+            Breach::VeOverBusyArea
         );
     }
 }
 
 /// A #VE this guest cannot act on: counted, reported the first time per vCPU, returned from.
 #[cold]
-fn odd_ve(me: &VeCpu, counter: &AtomicU64, what: &str, value: impl core::fmt::LowerHex, frame: &TrapFrame) {
+fn odd_ve(
+    me: &VeCpu,
+    counter: &AtomicU64,
+    what: &str,
+    value: impl core::fmt::LowerHex,
+    frame: &TrapFrame,
+    rule: Option<Breach>,
+) {
     me.copying.store(false, Ordering::Release);
     if counter.fetch_add(1, Ordering::Relaxed) == 0 {
-        kreport!("ve: #VE {what} ({value:#x}) at rip {:#x}: ignored", frame.rip);
+        match rule {
+            Some(rule) => kreport!("ve: #VE {what} ({value:#x}) at rip {:#x} (host broke {rule}): ignored", frame.rip),
+            None => kreport!("ve: #VE {what} ({value:#x}) at rip {:#x}: ignored", frame.rip),
+        }
     }
 }
 

@@ -5,11 +5,16 @@
 //! not be, no token left behind. A rule whose breach stops the run is a test that runs only on
 //! request, from an end-to-end test (`tests/hostile.rs`).
 //!
+//! The split-lock and #VE rules (`ac`, `ve`) follow the same pattern; those a host breaks at boot
+//! are armed from the start with the host stub's `--break RULE` (`tests/hostile_boot.rs`).
+//!
 //! This suite runs after every other: the `accounting_is_balanced` tests of the other suites
 //! count rejected tokens and spurious interrupts as errors, which these tests cause on purpose.
 
+mod ac;
 mod kvm_apf;
 mod pnp;
+mod ve;
 
 use pvagent_abi::breach::Breach;
 use pvagent_abi::pnp::backing_pattern;
@@ -17,7 +22,7 @@ use pvagent_abi::report::Need;
 
 use super::pnp::controls::Held;
 use super::pnp::{fresh_pages, join, spawned};
-use super::{SelfTest, TestResult, fail};
+use super::{Failure, SelfTest, TestResult, fail};
 use crate::ensure_eq;
 use crate::pv::{breach, halt, pnp as guest_pnp};
 use crate::sync::IrqGuard;
@@ -28,6 +33,9 @@ use crate::task::{self, user};
 const RING: &[Need] = &[Need::Pager, Need::PnpRingMode];
 /// KVM's rules, as the host stub serves the ABI (KVM's own cannot be made to break them).
 const APF: &[Need] = &[Need::Pager, Need::KvmApf, Need::KvmApfHostStub];
+
+pub const AC_TESTS: &[SelfTest] = ac::TESTS;
+pub const VE_TESTS: &[SelfTest] = ve::TESTS;
 
 pub const TESTS: &[SelfTest] = &[
     SelfTest::new("hostile::pnp::ring_head_beyond_size_consumes_nothing", pnp::ring_head_beyond_size).needs(RING),
@@ -114,4 +122,22 @@ fn nothing_pending() -> TestResult {
     ensure_eq!(guest_pnp::pending(), (0, 0), "ring: (waiters, kept resolutions)");
     ensure_eq!(crate::pv::kvm_apf::pending(), (0, 0), "KVM: (waiters, kept tokens)");
     Ok(())
+}
+
+/// The guest's count of `rule` went up by exactly `by` since `before`.
+fn counted(rule: Breach, before: u32, by: u32) -> TestResult {
+    let now = breach::count(rule);
+    if now.wrapping_sub(before) == by {
+        Ok(())
+    } else {
+        Err(fail(format_args!(
+            "host broke {rule}: the guest counted {} breach(es), {by} expected",
+            now.wrapping_sub(before)
+        )))
+    }
+}
+
+/// The rule's first breach values, once counted.
+fn first(rule: Breach) -> Result<[u64; 2], Failure> {
+    breach::first(rule).ok_or_else(|| fail(format_args!("{rule}: no first breach recorded")))
 }

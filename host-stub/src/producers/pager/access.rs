@@ -24,6 +24,7 @@ use super::ring::{event_area_busy, observe_tail};
 use super::shared::{Inner, Shared};
 use super::state::{Decision, PageIndex, PageState, TokenOut, TokenSource, VeAccess, Via};
 use super::ve::{AccessFacts, Route, VeVcpu, qualification, route};
+use super::ve_breaks;
 use super::ve_delivery::{self, VeReport};
 use crate::error::{Error, Result};
 use crate::guest_insn::GuestInsn;
@@ -133,7 +134,8 @@ impl Pager {
             let facts = AccessFacts {
                 area_enabled: true,
                 busy: ve_delivery::busy(inner, vcpu, area)?,
-                ignore_busy: inner.ve.get(vcpu).is_some_and(|v| v.armed() & fault::IGNORE_BUSY != 0),
+                ignore_busy: inner.ve.get(vcpu).is_some_and(|v| v.armed() & fault::IGNORE_BUSY != 0)
+                    || ve_breaks::over_busy_armed(inner, vcpu),
                 event_in_delivery,
                 retried: retry,
                 unemulated,
@@ -151,6 +153,9 @@ impl Pager {
                         VeAccess::Raise { fetch, make_present } => {
                             if make_present {
                                 fill(inner, page)?;
+                            }
+                            if facts.busy != 0 {
+                                ve_breaks::raised_over_busy(inner, vcpu, gpa);
                             }
                             let qualification = qualification(reads, writes, gva.is_some());
                             let report = VeReport { gpa, gla: gva, qualification };

@@ -54,6 +54,7 @@ pub mod timeline;
 pub mod tokens;
 pub mod uffd;
 pub mod ve;
+pub mod ve_breaks;
 pub mod ve_delivery;
 
 use std::collections::HashMap;
@@ -169,6 +170,8 @@ impl Pager {
             unregister_at_time_limit_failed: None,
             fetch: None,
             ve: vec![VeVcpu::default()],
+            ve_breaks: Default::default(),
+            ve_breaches: Vec::new(),
             waits_ended_at_time_limit: 0,
             sync_waiting: Vec::new(),
             breaks: vec![Default::default()],
@@ -489,7 +492,11 @@ impl ExitHandler for Pager {
 
     fn wrmsr(&mut self, ctx: &mut VcpuCtx<'_>, index: u32, value: u64) -> Result<MsrAnswer> {
         if index == pvagent_abi::ve::MSR_VE_INFO {
-            return Ok(ve_delivery::msr(&mut self.shared.lock(), ctx.index, Some(value)));
+            let mut inner = self.shared.lock();
+            if ve_breaks::msr_write_faults(&mut inner, ctx.index, value) {
+                return Ok(MsrAnswer::Fault);
+            }
+            return Ok(ve_delivery::msr(&mut inner, ctx.index, Some(value)));
         }
         if ApfVcpu::is_msr(index) && !self.kernel_serves() {
             return Ok(kvm_apf_delivery::msr(&mut self.shared.lock(), ctx.index, index, Some(value))?);
@@ -556,6 +563,7 @@ impl ExitHandler for Pager {
             }
         }
         let (outstanding, fetching) = self.report(&inner, report);
+        ve_breaks::finish(&mut inner, report);
         if let Some(problem) = problem {
             return Err(problem.into());
         }

@@ -75,6 +75,9 @@ pub struct Inner {
     pub fetch: Option<Submitter>,
     /// Each vCPU's side of #VE (its VE area, test switches, unanswered #VEs).
     pub ve: Vec<VeVcpu>,
+    /// #VE breaches to commit on purpose, per vCPU (`ve_breaks`), and those committed.
+    pub ve_breaks: crate::producers::armed::Armed,
+    pub ve_breaches: Vec<String>,
     /// Waits in the host for a page (the synchronous path, `VeSuspend`) that the run's time
     /// limit ended.
     pub waits_ended_at_time_limit: u64,

@@ -30,6 +30,7 @@ use super::ring::observe_tail;
 use super::shared::{Inner, Shared};
 use super::state::{PageIndex, PageState, TokenSource, VeAnswer, VeRequest};
 use super::ve::{NmiBreakpoint, VeVcpu};
+use super::ve_breaks;
 use crate::error::{Error, Result};
 use crate::handler::{HypercallAnswer, MsrAnswer, VcpuCtx};
 use crate::trace::Arg;
@@ -78,16 +79,17 @@ pub(super) struct VeReport {
 /// the switch says so. The switches armed are used up.
 pub(super) fn raise(inner: &mut Inner, ctx: &VcpuCtx<'_>, area: u64, page: PageIndex, report: VeReport) -> Result<()> {
     let vcpu = ctx.index;
+    // What the contract says, unless a breach on purpose is armed.
+    let (exit_reason, reported_gpa) = ve_breaks::report(inner, vcpu, report.gpa);
     let ram = inner.ram()?;
     let write_err = |gpa: u64| move |source| PagerError::WriteVeArea { vcpu, gpa, source };
-    ram.store(abi::EXIT_REASON_EPT_VIOLATION, GuestAddress(area + abi::EXIT_REASON_OFFSET), Ordering::Relaxed)
-        .map_err(write_err(area))?;
+    ram.store(exit_reason, GuestAddress(area + abi::EXIT_REASON_OFFSET), Ordering::Relaxed).map_err(write_err(area))?;
     // Offsets 8..34: qualification, linear and physical address, EPTP index (the reserved
     // bytes after it are not written, as the processor does not).
     let mut fields = [0u8; 26];
     fields[0..8].copy_from_slice(&report.qualification.to_le_bytes());
     fields[8..16].copy_from_slice(&report.gla.unwrap_or(0).to_le_bytes());
-    fields[16..24].copy_from_slice(&report.gpa.to_le_bytes());
+    fields[16..24].copy_from_slice(&reported_gpa.to_le_bytes());
     ram.write_slice(&fields, GuestAddress(area + abi::QUALIFICATION_OFFSET)).map_err(write_err(area))?;
     let busy_gpa = area + abi::BUSY_OFFSET;
     ram.store(abi::BUSY, GuestAddress(busy_gpa), Ordering::Release).map_err(write_err(busy_gpa))?;
@@ -246,6 +248,10 @@ impl Pager {
                     None => Some(Err(Status::InvalidArgument)),
                 }
             }
+            Nr::HostBreak => match ve_breaks::host_break(&mut self.shared.lock(), ctx.index, args[0]) {
+                Some(answer) => answer,
+                None => return Ok(None),
+            },
             Nr::VeInjectNmi => {
                 // Pending at the `out`'s completion: taken before the guest's next instruction.
                 ctx.vcpu.nmi().map_err(|source| PagerError::InjectNmi { vcpu: ctx.index, source })?;
@@ -276,6 +282,9 @@ fn suspend(shared: &Arc<Shared>, ctx: &mut VcpuCtx<'_>, gpa: u64) -> Result<Hype
     let Some(page) = inner.page_of(gpa) else {
         return Ok(Some(Err(Status::InvalidArgument)));
     };
+    if let Some(broken) = ve_breaks::suspend_answer(inner, vcpu, gpa) {
+        return Ok(Some(Ok(broken)));
+    }
     let answer = inner.core.on_ve_request(vcpu, page, VeRequest::Suspend);
     if matches!(answer, VeAnswer::Now { .. } | VeAnswer::Wait { .. }) {
         answered(inner, vcpu, page);
@@ -338,6 +347,9 @@ fn park(shared: &Shared, ctx: &VcpuCtx<'_>, gpa: u64) -> Result<HypercallAnswer,
     let Some(page) = inner.page_of(gpa) else {
         return Ok(Some(Err(Status::InvalidArgument)));
     };
+    if let Some(broken) = ve_breaks::park_answer(inner, vcpu, gpa) {
+        return Ok(Some(Ok(broken)));
+    }
     let ring = inner.vcpus.get(vcpu).and_then(Registration::active);
     if let Some(a) = ring {
         // Tokens whose resolutions the guest consumed are free again.

@@ -17,12 +17,14 @@
 //! too and each real bus lock is counted and reported; they come after the instruction ran,
 //! so #AC still comes from the trigger.
 
+pub mod breaks;
 pub mod policy;
 
 use std::fmt::Write as _;
 
 use kvm_bindings::{KVM_BUS_LOCK_DETECTION_EXIT, KVM_CAP_X86_BUS_LOCK_EXIT, kvm_enable_cap};
 
+use pvagent_abi::breach::Breach;
 use pvagent_abi::cpuid::{self as abi_cpuid, Features};
 use pvagent_abi::hypercall::Nr;
 use pvagent_abi::sld::{self, Verdict};
@@ -31,6 +33,7 @@ use crate::cpuid::CpuidTable;
 
 use crate::error::{Error, Result};
 use crate::handler::{AttachCtx, ExitHandler, Handled, HypercallAnswer, MsrAnswer, Report, VcpuCtx};
+use crate::producers::armed::Armed;
 use crate::trace::{Arg, Tracer, Track};
 use policy::{Access, Decision, Enumeration, GuestState, Policy, VirtualMsrs};
 
@@ -132,6 +135,12 @@ pub struct SplitLock {
     /// Why vCPUs may have SMT siblings, when they may: the configuration kept to seed 000's
     /// rule (checked at attach), which the report says.
     siblings: Option<crate::config::Siblings>,
+    /// Breaches of the ABI to commit on purpose ([`breaks`]): a test control.
+    armed: Armed,
+    /// The rules `--break` armed from the start (checked at attach against the enumeration).
+    from_start: Vec<Breach>,
+    /// Breaches committed, for the report (never capped: each is one a test asked for).
+    breaches: Vec<String>,
 }
 
 impl SplitLock {
@@ -151,6 +160,9 @@ impl SplitLock {
             actions: Vec::new(),
             trace: Tracer::off(),
             siblings: None,
+            armed: Armed::default(),
+            from_start: Vec::new(),
+            breaches: Vec::new(),
         }
     }
 
@@ -216,11 +228,16 @@ impl SplitLock {
             rflags_ac: regs.rflags & (1 << 18) != 0,
             detection_on: self.vcpu(ctx.index).msrs.detection_on(),
         };
-        let decision = if forced {
+        let mut decision = if forced {
             Decision::Inject(Verdict::InjectedForced)
         } else {
             policy::decide(access, guest, self.settings.policy, self.globally_disabled)
         };
+        let armed = &mut self.armed;
+        if let Some(rule) = breaks::forced_ac(decision, guest, |r| armed.take(ctx.index, r)) {
+            self.broke(ctx.index, rule, format_args!("#AC at rip {rip:#x} ({decision:?} was due)"));
+            decision = Decision::Inject(Verdict::InjectedForced);
+        }
         let what = match (&decoded, access.and_then(|a| a.memory)) {
             (Ok(i), Some((addr, size))) => format!("{} ({size} bytes at {addr:#x})", i.text()),
             (Ok(i), None) => i.text(),
@@ -228,7 +245,13 @@ impl SplitLock {
         };
         let verdict = match decision {
             Decision::Inject(verdict) => {
-                inject_ac(ctx, &self.trace, verdict)?;
+                let armed = &mut self.armed;
+                let error_code = breaks::ac_error_code(|r| armed.take(ctx.index, r));
+                if error_code != 0 {
+                    let rule = Breach::AcErrorCodeNotZero;
+                    self.broke(ctx.index, rule, format_args!("#AC at rip {rip:#x} with error code {error_code:#x}"));
+                }
+                inject_ac(ctx, &self.trace, verdict, error_code)?;
                 verdict
             }
             Decision::Run(verdict) => verdict,
@@ -331,10 +354,10 @@ fn verdict_counter(verdict: Verdict) -> &'static str {
     }
 }
 
-/// Injects #AC (error code 0) into the vCPU, to be delivered at the next entry; `why` goes on
-/// the timeline.
-fn inject_ac(ctx: &VcpuCtx<'_>, trace: &Tracer, why: Verdict) -> Result<()> {
-    ctx.inject_exception(sld::AC_VECTOR, Some(0))?;
+/// Injects #AC into the vCPU, to be delivered at the next entry; `why` goes on the timeline.
+/// The error code is 0 unless a breach on purpose says otherwise ([`breaks::ac_error_code`]).
+fn inject_ac(ctx: &VcpuCtx<'_>, trace: &Tracer, why: Verdict, error_code: u32) -> Result<()> {
+    ctx.inject_exception(sld::AC_VECTOR, Some(error_code))?;
     trace.instant(Track::Vcpu(ctx.index), "inject #AC", || {
         vec![("vector", Arg::Uint(sld::AC_VECTOR.into())), ("verdict", Arg::Text(format!("{why:?}").into()))]
     });
@@ -353,6 +376,11 @@ impl ExitHandler for SplitLock {
             policy::check_smt_rule(self.settings.enumeration, self.settings.policy)
                 .map_err(|conflict| Error::SldWithSmt { siblings, conflict })?;
             self.siblings = Some(siblings);
+        }
+        if let Some((rule, why)) =
+            self.from_start.iter().find_map(|&r| breaks::cannot_break(r, self.settings.enumeration).map(|w| (r, w)))
+        {
+            return Err(Error::BreakNotServed { rule: rule.to_string(), why });
         }
         self.host_cpu = HostDetection::of_this_machine();
         let vm = ctx.vm;
@@ -390,19 +418,18 @@ impl ExitHandler for SplitLock {
     }
 
     fn rdmsr(&mut self, ctx: &mut VcpuCtx<'_>, index: u32) -> Result<MsrAnswer> {
-        let enumeration = self.settings.enumeration;
-        Ok(self.vcpu(ctx.index).msrs.read(index, enumeration))
+        Ok(self.read_msr(ctx.index, index))
     }
 
     fn wrmsr(&mut self, ctx: &mut VcpuCtx<'_>, index: u32, value: u64) -> Result<MsrAnswer> {
-        let enumeration = self.settings.enumeration;
-        Ok(self.vcpu(ctx.index).msrs.write(index, value, enumeration))
+        Ok(self.write_msr(ctx.index, index, value))
     }
 
-    fn hypercall(&mut self, _ctx: &mut VcpuCtx<'_>, nr: u32, _args: [u64; 4]) -> Result<HypercallAnswer> {
+    fn hypercall(&mut self, ctx: &mut VcpuCtx<'_>, nr: u32, args: [u64; 4]) -> Result<HypercallAnswer> {
         Ok(match Nr::try_from(nr) {
             Ok(Nr::SplitLockVerdict) => Some(Ok([self.last.0, self.last.1 as u64])),
             Ok(Nr::SplitLockPolicy) => Some(Ok([self.settings.policy.wire() as u64, 0])),
+            Ok(Nr::HostBreak) => self.host_break(ctx.index, args[0]),
             _ => None,
         })
     }
@@ -487,7 +514,8 @@ impl ExitHandler for SplitLock {
                 m.refused
             ));
         }
-        for line in self.actions.drain(..).chain(self.lines.drain(..)) {
+        report.counter(NAME, "breaches_on_purpose", self.breaches.len() as u64);
+        for line in self.actions.drain(..).chain(self.breaches.drain(..)).chain(self.lines.drain(..)) {
             report.line(format!("{NAME}: {line}"));
         }
         if self.lines_dropped > 0 {
