@@ -17,6 +17,7 @@ fn pager() -> Producers {
         pager: Some(PagerConfig { mode: HostMode::Ring, ..PagerConfig::default() }),
         released: None,
         churn: None,
+        breaks: Vec::new(),
     }
 }
 

@@ -529,8 +529,11 @@ impl ExitHandler for Pager {
             // The true ring `head` back after a breach on purpose hid it: the guest took its
             // interrupt before this call's `out`.
             breaks::restore_head(&mut inner, ctx.index)?;
-            if nr == Nr::HostBreak {
-                return Ok(breaks::host_break(&mut inner, ctx, args[0])?);
+            // The ring's and KVM's rules here, #VE's in `ve_control`: each answers only its own.
+            if nr == Nr::HostBreak
+                && let Some(answer) = breaks::host_break(&mut inner, ctx, args[0])?
+            {
+                return Ok(Some(answer));
             }
         }
         if let Some(answer) = self.ve_control(ctx, nr, args)? {
