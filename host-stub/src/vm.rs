@@ -94,7 +94,7 @@ impl Vm {
         config.validate()?;
         let (tracer, trace_file) = match &config.trace {
             Some(path) => {
-                let file = std::fs::File::create(path)
+                let file = crate::files::open_output(path, crate::files::OutputMode::Truncate)
                     .map_err(|source| Error::CreateTraceFile { path: path.clone(), source })?;
                 (Tracer::start(trace::MAX_EVENTS), Some(file))
             }
@@ -110,7 +110,7 @@ impl Vm {
         let mem_size = config.mem_bytes();
         let mem = memory::allocate_ram(mem_size)?;
         // The image is checked before KVM is asked for anything, so bad input fails fast.
-        let image = loader::check_image(&config.guest, mem_size)?;
+        let image = loader::read_image(&config.guest, mem_size)?;
         let serial = Serial::new(&config.serial, config.pv_console)?;
 
         let vm = Arc::new(kvm.create_vm().map_err(Error::CreateVm)?);
@@ -141,7 +141,7 @@ impl Vm {
             p.attach(&mut attach)?;
         }
         let extra_memmap = attach.memmap;
-        let loaded = loader::load(&config.guest, image, &mem, mem_size, &config.cmdline, &extra_memmap, config.vcpus)?;
+        let loaded = loader::load(&config.guest, &image, &mem, mem_size, &config.cmdline, &extra_memmap, config.vcpus)?;
         let user_msrs = kvm_enable_cap {
             cap: KVM_CAP_X86_USER_SPACE_MSR,
             args: [u64::from(KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_FILTER), 0, 0, 0],

@@ -61,6 +61,7 @@ impl Pager {
             self.config.region_gpa,
             describe_modes(self.config.mode, inner.core.mode, c.mode_changes)
         ));
+        report.line(format!("pager: first contents from {}", inner.backing.describe(self.config.region_bytes())));
         report.line(format!("pager: {}", inner.latency.describe()));
         if let Some(why) = &inner.unregister_at_time_limit_failed {
             report.line(format!(

@@ -138,7 +138,7 @@ impl Pager {
             core.set_behaviour(page, PageBehaviour::Fail);
         }
         let backing = match &config.image {
-            Some(path) => BackingStore::image(config.region_gpa, path)
+            Some(path) => BackingStore::image(config.region_gpa, config.region_bytes(), path)
                 .map_err(|source| PagerError::OpenImage { path: path.clone(), source })?,
             None => BackingStore::pattern(config.region_gpa),
         };
