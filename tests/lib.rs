@@ -288,3 +288,29 @@ impl Code32 {
         self.mov_eax(code).exit_with_eax()
     }
 }
+
+/// The threads this process has now (`/proc/self/task`).
+pub fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task").expect("/proc/self/task").count()
+}
+
+/// For a test that counts the process's threads, which other tests running beside it would
+/// change: `true` in a process of the test's own (this test binary run again with only test
+/// `name`, on one test thread), where the caller does the work; `false` in the first process,
+/// after that child ran and passed (its output is shown if it failed).
+pub fn alone_in_a_process(name: &str) -> bool {
+    const CHILD: &str = "PVAGENT_TEST_ALONE";
+    if std::env::var_os(CHILD).is_some() {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out = std::process::Command::new(exe)
+        .args(["--exact", name, "--test-threads", "1", "--nocapture"])
+        .env(CHILD, "1")
+        .output()
+        .expect("run the test in a process of its own");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{name}, alone in a process:\n{text}");
+    assert!(text.contains("1 passed"), "{name} did not run alone in its process:\n{text}");
+    false
+}

@@ -30,6 +30,7 @@
 //! is the `ExitHandler` that hands exits to them.
 
 pub mod access;
+pub mod areas;
 pub mod backing;
 pub mod completion;
 pub mod config;
@@ -169,6 +170,7 @@ impl Pager {
             fetch: None,
             ve: vec![VeVcpu::default()],
             waits_ended_at_time_limit: 0,
+            overlapping_areas_refused: 0,
             sync_waiting: Vec::new(),
         };
         Ok(Self {
@@ -485,6 +487,14 @@ impl ExitHandler for Pager {
     }
 
     fn wrmsr(&mut self, ctx: &mut VcpuCtx<'_>, index: u32, value: u64) -> Result<MsrAnswer> {
+        // An area of pvagent's own in the bytes of another (any vCPU's, any protocol's): #GP.
+        if let Some((kind, bytes)) = areas::enabled_by(index, value) {
+            let mut inner = self.shared.lock();
+            if areas::overlapped(&areas::enabled(&inner), ctx.index, kind, &bytes).is_some() {
+                inner.overlapping_areas_refused += 1;
+                return Ok(MsrAnswer::Fault);
+            }
+        }
         if index == pvagent_abi::ve::MSR_VE_INFO {
             return Ok(ve_delivery::msr(&mut self.shared.lock(), ctx.index, Some(value)));
         }
