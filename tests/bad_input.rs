@@ -180,6 +180,9 @@ fn a_full_stdout_fails_the_run_with_one_line() {
     refused(&[&[elf][..], &one].concat(), full(), "cannot write the guest's console to stdout: No space left");
     refused(&[&[elf, "--quiet"][..], &one].concat(), full(), "cannot write to stdout: No space left");
     refused(&["--help"], full(), "cannot write to stdout: No space left");
+    // Stderr full too: nothing can be said, and the status still says it (no panic's 101).
+    let quiet = Command::new(host()).args([elf, "--quiet"]).args(one).stdout(full()).stderr(full()).status();
+    assert_eq!(quiet.expect("run the host stub").code(), Some(2));
 }
 
 /// Stdout closed under the run (`| head -1` once it has its line): the run stops quietly, as a
@@ -189,10 +192,17 @@ fn a_full_stdout_fails_the_run_with_one_line() {
 fn a_closed_stdout_stops_the_run_quietly_and_not_with_success() {
     let elf = guest_elf().to_str().expect("utf-8 path");
     let one = ["--cmdline", "tests=arch::timer_ticks"];
+    let results = temp_path("closed-stdout-results.json");
+    let results = results.to_str().expect("utf-8 path");
     for quiet in [false, true] {
-        let args = if quiet { [&[elf, "--quiet"][..], &one].concat() } else { [&[elf][..], &one].concat() };
+        let _ = std::fs::remove_file(results);
+        let base = if quiet { vec![elf, "--quiet"] } else { vec![elf] };
+        let args = [&base[..], &one, &["--results-json", results]].concat();
         let (status, stderr) = run(&args, closed_pipe());
         assert_eq!(status.code(), Some(141), "--quiet {quiet}: {stderr}");
         assert_eq!(stderr, "", "--quiet {quiet}");
+        // The results files are another output, written all the same.
+        let json = std::fs::read_to_string(results).expect("the results file");
+        assert!(json.contains("\"name\""), "--quiet {quiet}: {json}");
     }
 }
