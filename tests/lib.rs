@@ -289,9 +289,24 @@ impl Code32 {
     }
 }
 
-/// The threads this process has now (`/proc/self/task`).
+/// The threads this process has now that are not exiting (`/proc/self/task`). A thread that
+/// was joined can still be listed for a moment: joining waits for the kernel to clear its id,
+/// which it does partway through the thread's exit; by then the thread carries `PF_EXITING`,
+/// so it is not counted, and the count does not depend on how soon the kernel finishes.
 pub fn thread_count() -> usize {
-    std::fs::read_dir("/proc/self/task").expect("/proc/self/task").count()
+    /// `PF_EXITING` in the flags of `/proc/<pid>/task/<tid>/stat` (include/linux/sched.h).
+    const PF_EXITING: u64 = 0x4;
+    let exiting = |stat: &str| {
+        // After the command name's closing parenthesis: state, ppid, pgrp, session, tty_nr,
+        // tpgid, flags.
+        let fields = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        fields.split_whitespace().nth(6).and_then(|f| f.parse::<u64>().ok()).is_none_or(|f| f & PF_EXITING != 0)
+    };
+    std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("stat")).ok())
+        .filter(|stat| !exiting(stat))
+        .count()
 }
 
 /// For a test that counts the process's threads, which other tests running beside it would

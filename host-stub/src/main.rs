@@ -264,9 +264,8 @@ impl Out {
     }
 
     /// Flushes stdout, then the status to exit with when output was lost (`None`: none was),
-    /// having said why on stderr unless the pipe was merely closed. `console_closed`: the run
-    /// itself stopped at a closed stdout (the guest's console is echoed there).
-    fn finish(&mut self, console_closed: bool) -> Option<ExitCode> {
+    /// having said why on stderr unless the pipe was merely closed or it was said already.
+    fn finish(&mut self) -> Option<ExitCode> {
         use std::io::Write;
         if self.lost.is_none()
             && let Err(e) = std::io::stdout().lock().flush()
@@ -274,7 +273,6 @@ impl Out {
             self.lost = Some(e);
         }
         match &self.lost {
-            _ if console_closed => Some(ExitCode::from(CLOSED_STDOUT)),
             Some(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Some(ExitCode::from(CLOSED_STDOUT)),
             Some(e) => {
                 if !self.said {
@@ -300,7 +298,7 @@ fn command_line_error(e: clap::Error) -> ExitCode {
         // Through `Out`: clap's own printing ignores a failed write and exits 0.
         let mut out = Out::default();
         out!(out, "{}", e.render().to_string().trim_end());
-        return out.finish(false).unwrap_or(ExitCode::SUCCESS);
+        return out.finish().unwrap_or(ExitCode::SUCCESS);
     }
     if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
         e.exit();
@@ -443,7 +441,7 @@ fn main() -> ExitCode {
     }
     if let Err(e) = write_results(&args.results_json, &args.results_junit, &result) {
         eprintln!("pvagent-host: error: {e}");
-        return out.finish(console_closed).unwrap_or(ExitCode::from(2));
+        return out.finish().unwrap_or(ExitCode::from(2));
     }
     if result.guest_exit_code == Some(pvagent_abi::exit::NO_TEST_SELECTED) {
         eprintln!(
@@ -468,7 +466,7 @@ fn main() -> ExitCode {
         None => {}
     }
     // Lost output fails the run even if the guest passed.
-    out.finish(console_closed).unwrap_or(ExitCode::from(result.exit_status() as u8))
+    out.finish().unwrap_or(ExitCode::from(result.exit_status() as u8))
 }
 
 #[cfg(test)]
