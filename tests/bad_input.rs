@@ -206,3 +206,21 @@ fn a_closed_stdout_stops_the_run_quietly_and_not_with_success() {
         assert!(json.contains("\"name\""), "--quiet {quiet}: {json}");
     }
 }
+
+/// `--window-stats` prints a line from the vCPU's thread when a benchmark window closes: on a
+/// lost stdout that once panicked the vCPU thread; now the run fails at its end as for any
+/// other lost output (141 quietly for a closed pipe, 2 with one line for a full disk).
+#[test]
+fn the_benchmarks_window_lines_on_a_lost_stdout_fail_the_run_without_a_panic() {
+    use pvagent_abi::port::{BENCH_COUNT, BenchCount};
+    let code = Code32::new()
+        .announce(pvagent_abi::ABI_VERSION)
+        .out(BENCH_COUNT, BenchCount::Open as u32)
+        .out(BENCH_COUNT, BenchCount::Close as u32)
+        .exit(exit::SUCCESS);
+    let guest = temp_file("bad-input-window.elf", &tiny_elf(&code, true, 0));
+    let args = [guest.to_str().expect("utf-8 path"), "--quiet", "--bench", "--window-stats"];
+    let (status, stderr) = run(&args, closed_pipe());
+    assert_eq!((status.code(), stderr.as_str()), (Some(141), ""));
+    refused(&args, full(), "cannot write to stdout: No space left");
+}

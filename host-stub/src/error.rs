@@ -122,6 +122,9 @@ pub enum Error {
     SerialLog { path: PathBuf, source: std::io::Error },
     #[error("cannot write the guest's console to {to}: {source}")]
     ConsoleOutput { to: ConsoleTo, source: std::io::Error },
+    /// The host's own lines (`--window-stats`'s) on stdout.
+    #[error("cannot write to stdout: {0}")]
+    Stdout(std::io::Error),
     #[error("cannot create the trace file {path}: {source}")]
     CreateTraceFile { path: PathBuf, source: std::io::Error },
     #[error("cannot write the trace file {path}: {source}")]
@@ -282,10 +285,11 @@ impl Error {
         self.stdout_console_error() == Some(std::io::ErrorKind::BrokenPipe)
     }
 
-    /// The kind of error writing the guest's console to stdout met, when that stopped the run.
+    /// The kind of error writing to stdout met (the guest's console, or the host's own lines
+    /// during the run), when that failed the run.
     pub fn stdout_console_error(&self) -> Option<std::io::ErrorKind> {
         match self {
-            Error::ConsoleOutput { to: ConsoleTo::Stdout, source } => Some(source.kind()),
+            Error::ConsoleOutput { to: ConsoleTo::Stdout, source } | Error::Stdout(source) => Some(source.kind()),
             Error::OnVcpu { source, .. } => source.stdout_console_error(),
             _ => None,
         }
