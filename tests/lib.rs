@@ -288,3 +288,44 @@ impl Code32 {
         self.mov_eax(code).exit_with_eax()
     }
 }
+
+/// The threads this process has now that are not exiting (`/proc/self/task`). A thread that
+/// was joined can still be listed for a moment: joining waits for the kernel to clear its id,
+/// which it does partway through the thread's exit; by then the thread carries `PF_EXITING`,
+/// so it is not counted, and the count does not depend on how soon the kernel finishes.
+pub fn thread_count() -> usize {
+    /// `PF_EXITING` in the flags of `/proc/<pid>/task/<tid>/stat` (include/linux/sched.h).
+    const PF_EXITING: u64 = 0x4;
+    let exiting = |stat: &str| {
+        // After the command name's closing parenthesis: state, ppid, pgrp, session, tty_nr,
+        // tpgid, flags.
+        let fields = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        fields.split_whitespace().nth(6).and_then(|f| f.parse::<u64>().ok()).is_none_or(|f| f & PF_EXITING != 0)
+    };
+    std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("stat")).ok())
+        .filter(|stat| !exiting(stat))
+        .count()
+}
+
+/// For a test that counts the process's threads, which other tests running beside it would
+/// change: `true` in a process of the test's own (this test binary run again with only test
+/// `name`, on one test thread), where the caller does the work; `false` in the first process,
+/// after that child ran and passed (its output is shown if it failed).
+pub fn alone_in_a_process(name: &str) -> bool {
+    const CHILD: &str = "PVAGENT_TEST_ALONE";
+    if std::env::var_os(CHILD).is_some() {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out = std::process::Command::new(exe)
+        .args(["--exact", name, "--test-threads", "1", "--nocapture"])
+        .env(CHILD, "1")
+        .output()
+        .expect("run the test in a process of its own");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{name}, alone in a process:\n{text}");
+    assert!(text.contains("1 passed"), "{name} did not run alone in its process:\n{text}");
+    false
+}

@@ -313,3 +313,31 @@ fn an_ipi_from_an_ap_reaches_the_boot_vcpu() {
     assert_eq!(r.guest_exit_code, Some(AP_MARK | IPI_VECTOR), "{:?}", r.host_error);
     assert!(r.report.get("vcpu0.exits") >= 1, "the boot vCPU wrote the exit port");
 }
+
+/// A guest that fails on one vCPU of four, and one whose vCPUs all halt with interrupts off
+/// (`cli; hlt`: each waits inside KVM for an interrupt that cannot be taken), which the time
+/// limit ends: each stops the VM with the error naming its cause (the vCPU, or the limit), and
+/// every vCPU thread and the watchdog's is joined: the process has as many threads after the
+/// run as before it. Alone in a process, so that no other test's threads are counted.
+#[test]
+fn a_stopped_vm_leaves_no_thread_behind() {
+    use pvagent_tests::{alone_in_a_process, thread_count};
+    if !alone_in_a_process("a_stopped_vm_leaves_no_thread_behind") {
+        return;
+    }
+    let fails = boot_starting_ap(2, &ap_triple_faults());
+    // Anything the first run starts for good (none is known) is not counted as left behind.
+    let _ = run("smp-threads-warm-up.elf", &fails, 4, 1);
+    let before = thread_count();
+    let r = run("smp-threads-fault.elf", &fails, 4, 1);
+    assert!(matches!(&r.host_error, Some(Error::OnVcpu { index: 2, .. })), "{:?}", r.host_error);
+    assert_eq!(thread_count(), before, "threads left behind by a VM one vCPU of which failed");
+    // cli; hlt; jmp back to the hlt.
+    let halts = boot_starting_ap_after(Code32::new().emit(&[0xFA]), 3, &[0xFA, 0xF4, 0xEB, 0xFD]);
+    let r = run_configured("smp-threads-cli-hlt.elf", &halts, 4, 1, |c| {
+        c.timeout = Some(std::time::Duration::from_secs(1));
+    });
+    assert!(matches!(r.host_error, Some(Error::Timeout { seconds: 1 })), "{:?}", r.host_error);
+    assert_eq!(r.exit_status(), 2);
+    assert_eq!(thread_count(), before, "threads left behind by a VM the time limit stopped");
+}

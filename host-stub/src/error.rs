@@ -122,8 +122,11 @@ pub enum Error {
     WriteBootInfo { part: BootInfoPart, source: GuestMemoryError },
     #[error("cannot open the serial log {path}: {source}")]
     SerialLog { path: PathBuf, source: std::io::Error },
-    #[error("cannot write the guest's console output: {0}")]
-    ConsoleOutput(std::io::Error),
+    #[error("cannot write the guest's console to {to}: {source}")]
+    ConsoleOutput { to: ConsoleTo, source: std::io::Error },
+    /// The host's own lines (`--window-stats`'s) on stdout.
+    #[error("cannot write to stdout: {0}")]
+    Stdout(std::io::Error),
     #[error("cannot create the trace file {path}: {source}")]
     CreateTraceFile { path: PathBuf, source: std::io::Error },
     #[error("cannot write the trace file {path}: {source}")]
@@ -256,6 +259,42 @@ impl Error {
                 | Error::ConsoleRecordTooLong { .. }
                 | Error::ReadConsoleRecord { .. }
         )
+    }
+}
+
+/// Where the guest's console is echoed, for the error that says it could not be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConsoleTo {
+    Stdout,
+    /// `--serial-log`.
+    Log(PathBuf),
+}
+
+impl std::fmt::Display for ConsoleTo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConsoleTo::Stdout => f.write_str("stdout"),
+            ConsoleTo::Log(path) => write!(f, "the serial log {}", path.display()),
+        }
+    }
+}
+
+impl Error {
+    /// Whether the run stopped because stdout was closed under it (a reader such as
+    /// `| head -1` that has what it wanted): the binary then stops quietly, as a pipe's writer
+    /// does, but not with success.
+    pub fn is_closed_stdout(&self) -> bool {
+        self.stdout_console_error() == Some(std::io::ErrorKind::BrokenPipe)
+    }
+
+    /// The kind of error writing to stdout met (the guest's console, or the host's own lines
+    /// during the run), when that failed the run.
+    pub fn stdout_console_error(&self) -> Option<std::io::ErrorKind> {
+        match self {
+            Error::ConsoleOutput { to: ConsoleTo::Stdout, source } | Error::Stdout(source) => Some(source.kind()),
+            Error::OnVcpu { source, .. } => source.stdout_console_error(),
+            _ => None,
+        }
     }
 }
 

@@ -35,6 +35,7 @@ pub mod config;
 pub mod cpuid;
 pub mod devices;
 pub mod error;
+pub mod files;
 pub mod guest_insn;
 pub mod handler;
 mod kvm_run;

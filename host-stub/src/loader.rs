@@ -1,7 +1,6 @@
 //! Loading the guest: checking the ELF, placing its segments with `linux-loader` (which also
 //! finds the PVH entry note), and writing the PVH boot information.
 
-use std::fs::File;
 use std::path::Path;
 
 use linux_loader::loader::KernelLoader;
@@ -83,31 +82,50 @@ fn image_extent(path: &Path, bytes: &[u8]) -> Result<(u64, u64)> {
     Ok((low, high))
 }
 
-/// Reads and checks the image at `path`; returns the range it occupies.
-pub fn check_image(path: &Path, mem_size: u64) -> Result<(u64, u64)> {
-    let bytes = std::fs::read(path).map_err(|source| Error::ReadImage { path: path.to_path_buf(), source })?;
-    let image = image_extent(path, &bytes)?;
-    if image.1 > mem_size {
-        return Err(Error::ImageTooBig { path: path.to_path_buf(), end: image.1, mem: mem_size });
-    }
-    Ok(image)
+/// Largest guest image file read: far above any kernel (the debug guest with its symbols is a
+/// few MiB), far below the host's memory. A bigger file is refused before a byte is read.
+pub const MAX_IMAGE_FILE: u64 = 1 << 30;
+
+/// A guest image read once and checked: what [`load`] places in guest memory.
+#[derive(Clone, Debug)]
+pub struct Image {
+    bytes: Vec<u8>,
+    /// Lowest and highest (exclusive) guest-physical address its segments occupy.
+    pub extent: (u64, u64),
 }
 
-/// Loads the checked image at `path` into `mem` and writes the boot information, with
-/// `extra_memmap` added to the memory map and `vcpus` processors in the MADT; returns the entry
-/// point.
+/// Reads the image at `path` (a regular file of at most [`MAX_IMAGE_FILE`] bytes: a FIFO, a
+/// device or a directory is refused by kind, `files::read_input`) and checks that it fits in
+/// `mem_size` bytes of guest memory.
+pub fn read_image(path: &Path, mem_size: u64) -> Result<Image> {
+    let bytes = crate::files::read_input(path, MAX_IMAGE_FILE)
+        .map_err(|source| Error::ReadImage { path: path.to_path_buf(), source })?;
+    let extent = image_extent(path, &bytes)?;
+    if extent.1 > mem_size {
+        return Err(Error::ImageTooBig { path: path.to_path_buf(), end: extent.1, mem: mem_size });
+    }
+    Ok(Image { bytes, extent })
+}
+
+/// Reads and checks the image at `path` ([`read_image`]); returns the range it occupies.
+pub fn check_image(path: &Path, mem_size: u64) -> Result<(u64, u64)> {
+    read_image(path, mem_size).map(|image| image.extent)
+}
+
+/// Loads `image` (read from `path`, [`read_image`]) into `mem` and writes the boot information,
+/// with `extra_memmap` added to the memory map and `vcpus` processors in the MADT; returns the
+/// entry point. The file is not read again: what was checked is what is loaded.
 pub fn load(
     path: &Path,
-    image: (u64, u64),
+    image: &Image,
     mem: &GuestMemoryMmap,
     mem_size: u64,
     cmdline: &str,
     extra_memmap: &[HvmMemmapEntry],
     vcpus: usize,
 ) -> Result<Loaded> {
-    let bytes = std::fs::read(path).map_err(|source| Error::ReadImage { path: path.to_path_buf(), source })?;
-    let segments = load_segments(path, &bytes)?;
-    let mut file = File::open(path).map_err(|source| Error::ReadImage { path: path.to_path_buf(), source })?;
+    let segments = load_segments(path, &image.bytes)?;
+    let mut file = std::io::Cursor::new(image.bytes.as_slice());
     let result = Elf::load(mem, None, &mut file, Some(GuestAddress(IMAGE_MIN_GPA)))
         .map_err(|source| Error::LoadImage { path: path.to_path_buf(), source })?;
     zero_fill(mem, &segments).map_err(|source| Error::ZeroFillImage { path: path.to_path_buf(), source })?;
@@ -116,7 +134,7 @@ pub fn load(
         _ => return Err(Error::NoPvhEntry { path: path.to_path_buf() }),
     };
     write_boot_info(mem, mem_size, cmdline, extra_memmap, vcpus)?;
-    Ok(Loaded { entry, image })
+    Ok(Loaded { entry, image: image.extent })
 }
 
 /// Writes zeros over each segment's bytes beyond its file contents (`[filesz, memsz)`: the
@@ -242,8 +260,8 @@ mod tests {
         let mem = crate::memory::allocate_ram(mem_size).unwrap();
         // Memory that is not fresh: what was there before must not show through the `.bss`.
         mem.write_slice(&vec![0xAA; 1 << 20], GuestAddress(crate::test_images::TINY_LOAD)).unwrap();
-        let extent = check_image(&path, mem_size).unwrap();
-        let loaded = load(&path, extent, &mem, mem_size, "", &[], 1);
+        let image = read_image(&path, mem_size).unwrap();
+        let loaded = load(&path, &image, &mem, mem_size, "", &[], 1);
         std::fs::remove_file(&path).unwrap();
         assert_eq!(loaded.unwrap().image, (0x10_0000, 0x10_0000 + 16 + 3 * 4096 + 5));
         let mut bytes = vec![0u8; 3 * 4096 + 5 + 1];

@@ -1,6 +1,7 @@
 //! The host stub's command line: parse, build a `Config`, run, map the result to an exit status
 //! (0: the guest passed; 1: the guest reported failure; 2: a host-side error or bad usage,
-//! printed as one line, a guest command line whose `tests=` selects nothing included).
+//! printed as one line, a guest command line whose `tests=` selects nothing included, and
+//! output that could not be written; 141: stdout was closed under the run, see [`Out`]).
 //!
 //! Every option's help states what it accepts, from the constants the checks use: a value is
 //! checked once, by the library (`Config::validate`, `PagerConfig::validate`), whose refusal is
@@ -23,6 +24,15 @@ use pvagent_host::producers::released::ReleasedConfig;
 use pvagent_host::producers::sld::SldConfig;
 use pvagent_host::producers::sld::policy::{Enumeration, Policy};
 use pvagent_host::{Config, SerialSink, Vm};
+
+/// `eprintln!` that does not panic when stderr cannot be written (`2>/dev/full`): there is
+/// nowhere left to say anything then, and the exit status still tells.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 
 /// Boots the pvagent guest under KVM and reports its self-tests.
 #[derive(Debug, Parser)]
@@ -157,9 +167,10 @@ struct PagerArgs {
           help = format!("Pages whose first fetch fails, comma-separated: indices in the region, below its \
                           page count ({} per MiB of --pnp-mib)", (1 << 20) / PAGE))]
     fail: Vec<u64>,
-    /// Backing image for the region, read a page at a time when each page is first fetched
-    /// (past its end, pages read as zeros; beyond the region, it is not read). Default: a
-    /// known pattern the self-tests check.
+    /// Backing image for the region, read a page at a time when each page is first fetched: a
+    /// regular file of at most the region's length (a longer one is refused), its bytes the
+    /// region's first; past its end pages read as zeros, and the report says from which page.
+    /// Default: a known pattern the self-tests check.
     #[arg(long = "pnp-image")]
     image: Option<PathBuf>,
 }
@@ -238,14 +249,70 @@ fn producers(args: &Args) -> Producers {
     Producers { sld, pager: args.pager.config(), released, churn, breaks: args.breaks.clone() }
 }
 
+/// The exit status of a run whose stdout was closed under it: 128 + SIGPIPE, what a shell
+/// reports for a writer a closed pipe ended (the host stub ignores SIGPIPE, as every Rust
+/// program does, and stops itself instead).
+const CLOSED_STDOUT: u8 = 141;
+
+/// The binary's own lines on stdout. A write error never panics (`println!` does): the first
+/// one is kept, nothing more is written, and the run's exit status says output was lost. A
+/// closed pipe (`| head -1`, whose reader has what it wanted) ends quietly with
+/// [`CLOSED_STDOUT`]; any other error (`> /dev/full`) is a one-line error with status 2.
+#[derive(Debug, Default)]
+struct Out {
+    lost: Option<std::io::Error>,
+    /// The loss was already reported (the run's own error: the console could not be echoed).
+    said: bool,
+}
+
+impl Out {
+    fn line(&mut self, line: std::fmt::Arguments<'_>) {
+        use std::io::Write;
+        if self.lost.is_none()
+            && let Err(e) = writeln!(std::io::stdout().lock(), "{line}")
+        {
+            self.lost = Some(e);
+        }
+    }
+
+    /// Flushes stdout, then the status to exit with when output was lost (`None`: none was),
+    /// having said why on stderr unless the pipe was merely closed or it was said already.
+    fn finish(&mut self) -> Option<ExitCode> {
+        use std::io::Write;
+        if self.lost.is_none()
+            && let Err(e) = std::io::stdout().lock().flush()
+        {
+            self.lost = Some(e);
+        }
+        match &self.lost {
+            Some(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Some(ExitCode::from(CLOSED_STDOUT)),
+            Some(e) => {
+                if !self.said {
+                    eprintln!("pvagent-host: error: cannot write to stdout: {e}");
+                }
+                Some(ExitCode::from(2))
+            }
+            None => None,
+        }
+    }
+}
+
+/// `println!` through [`Out`].
+macro_rules! out {
+    ($out:expr, $($arg:tt)*) => { $out.line(format_args!($($arg)*)) };
+}
+
 /// A command line clap refused: `--help` and `--version` print as clap prints them; anything
 /// else is the one-line error every bad input gets, with status 2.
 fn command_line_error(e: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
-    if matches!(
-        e.kind(),
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-    ) {
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        // Through `Out`: clap's own printing ignores a failed write and exits 0.
+        let mut out = Out::default();
+        out!(out, "{}", e.render().to_string().trim_end());
+        return out.finish().unwrap_or(ExitCode::SUCCESS);
+    }
+    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
         e.exit();
     }
     // clap's message, without its "error: " tag, its usage and its pointer to --help.
@@ -264,20 +331,20 @@ fn command_line_error(e: clap::Error) -> ExitCode {
 /// With the console not echoed (`--quiet`, `--serial-log`), what the user must still see: every
 /// failed test with its reason and the summary, or, from a guest that failed without a failed
 /// test (a crash before the tests), its last console lines.
-fn show_what_the_console_said(result: &pvagent_host::RunResult) {
+fn show_what_the_console_said(out: &mut Out, result: &pvagent_host::RunResult) {
     use pvagent_abi::report::{Line, Status};
     let mut failed = 0;
     for t in result.tests.iter().filter(|t| t.status == Status::Fail) {
         failed += 1;
-        println!("{}", Line::Result { status: t.status, name: &t.name, reason: &t.reason });
+        out!(out, "{}", Line::Result { status: t.status, name: &t.name, reason: &t.reason });
     }
     if let Some((passed, failed, skipped)) = result.summary {
-        println!("{}", Line::Summary { passed, failed, skipped });
+        out!(out, "{}", Line::Summary { passed, failed, skipped });
     }
     if failed == 0 && result.host_error.is_none() && !result.passed() {
-        println!("host: the guest failed without a failed test; its last console lines:");
+        out!(out, "host: the guest failed without a failed test; its last console lines:");
         for line in result.serial.iter().rev().take(10).rev() {
-            println!("  | {line}");
+            out!(out, "  | {line}");
         }
     }
 }
@@ -292,7 +359,12 @@ fn write_results(
     let records = results::records(result, "host-stub");
     for (path, text) in [(json, results::json_lines(&records)), (junit, results::junit(&records))] {
         if let Some(path) = path {
-            std::fs::write(path, text).map_err(|e| format!("cannot write the results to {}: {e}", path.display()))?;
+            let write = |path| {
+                use std::io::Write;
+                let mut file = pvagent_host::files::open_output(path, pvagent_host::files::OutputMode::Truncate)?;
+                file.write_all(text.as_bytes())
+            };
+            write(path).map_err(|e| format!("cannot write the results to {}: {e}", path.display()))?;
         }
     }
     Ok(())
@@ -327,7 +399,7 @@ fn main() -> ExitCode {
 
     // A results file that cannot be written fails before the run, not after it.
     for path in [&args.results_json, &args.results_junit].into_iter().flatten() {
-        if let Err(e) = std::fs::File::create(path) {
+        if let Err(e) = pvagent_host::files::open_output(path, pvagent_host::files::OutputMode::Truncate) {
             eprintln!("pvagent-host: error: cannot create the results file {}: {e}", path.display());
             return ExitCode::from(2);
         }
@@ -349,18 +421,28 @@ fn main() -> ExitCode {
     let to_first_entry = started.elapsed();
     let mut result = vm.run();
     result.report.counter("host", "main_to_entry_us", to_first_entry.as_micros() as u64);
+    // Stdout closed under the run: nothing more goes there, and nothing is said about it (a
+    // pipe's reader that stopped reading had what it wanted), but the results files are
+    // written and the status is not success.
+    let console_closed = result.host_error.as_ref().is_some_and(pvagent_host::Error::is_closed_stdout);
+    let mut out = Out::default();
+    if let Some(kind) = result.host_error.as_ref().and_then(pvagent_host::Error::stdout_console_error) {
+        // Stdout already failed the run: writing more there would only fail again.
+        out.lost = Some(kind.into());
+        out.said = true;
+    }
     if !console_echoed {
-        show_what_the_console_said(&result);
+        show_what_the_console_said(&mut out, &result);
     }
     for line in &result.report.lines {
-        println!("host: {line}");
+        out!(out, "host: {line}");
     }
     if args.counters {
         for (key, value) in &result.report.counters {
-            println!("host: counter {key} {value}");
+            out!(out, "host: counter {key} {value}");
         }
     }
-    if let Some(error) = &result.host_error {
+    if let Some(error) = result.host_error.as_ref().filter(|_| !console_closed) {
         eprintln!("pvagent-host: error: {error}");
         if let Some(tail) = &result.crash_tail {
             eprintln!("pvagent-host: the guest's last console lines:");
@@ -371,7 +453,7 @@ fn main() -> ExitCode {
     }
     if let Err(e) = write_results(&args.results_json, &args.results_junit, &result) {
         eprintln!("pvagent-host: error: {e}");
-        return ExitCode::from(2);
+        return out.finish().unwrap_or(ExitCode::from(2));
     }
     if result.guest_exit_code == Some(pvagent_abi::exit::NO_TEST_SELECTED) {
         eprintln!(
@@ -379,7 +461,8 @@ fn main() -> ExitCode {
         );
     }
     match result.guest_exit_code {
-        Some(code) => println!(
+        Some(code) => out!(
+            out,
             "host: guest exited with code {code:#x} after {:.2} s ({} exits)",
             result.run_time.as_secs_f64(),
             // Every vCPU's (`vcpu<i>.exits`).
@@ -394,7 +477,8 @@ fn main() -> ExitCode {
         None if result.host_error.is_none() => eprintln!("pvagent-host: the guest never wrote its exit code"),
         None => {}
     }
-    ExitCode::from(result.exit_status() as u8)
+    // Lost output fails the run even if the guest passed.
+    out.finish().unwrap_or(ExitCode::from(result.exit_status() as u8))
 }
 
 #[cfg(test)]

@@ -94,7 +94,7 @@ impl Vm {
         config.validate()?;
         let (tracer, trace_file) = match &config.trace {
             Some(path) => {
-                let file = std::fs::File::create(path)
+                let file = crate::files::open_output(path, crate::files::OutputMode::Truncate)
                     .map_err(|source| Error::CreateTraceFile { path: path.clone(), source })?;
                 (Tracer::start(trace::MAX_EVENTS), Some(file))
             }
@@ -110,7 +110,7 @@ impl Vm {
         let mem_size = config.mem_bytes();
         let mem = memory::allocate_ram(mem_size)?;
         // The image is checked before KVM is asked for anything, so bad input fails fast.
-        let image = loader::check_image(&config.guest, mem_size)?;
+        let image = loader::read_image(&config.guest, mem_size)?;
         let serial = Serial::new(&config.serial, config.pv_console)?;
 
         let vm = Arc::new(kvm.create_vm().map_err(Error::CreateVm)?);
@@ -141,7 +141,7 @@ impl Vm {
             p.attach(&mut attach)?;
         }
         let extra_memmap = attach.memmap;
-        let loaded = loader::load(&config.guest, image, &mem, mem_size, &config.cmdline, &extra_memmap, config.vcpus)?;
+        let loaded = loader::load(&config.guest, &image, &mem, mem_size, &config.cmdline, &extra_memmap, config.vcpus)?;
         let user_msrs = kvm_enable_cap {
             cap: KVM_CAP_X86_USER_SPACE_MSR,
             args: [u64::from(KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_FILTER), 0, 0, 0],
@@ -432,7 +432,11 @@ fn run_vcpus(
     threads.resume();
     let several = vcpus.len() > 1;
     let Some((boot, aps)) = vcpus.split_first_mut() else { return Err(Error::VcpuCount { requested: 0, max: 0 }) };
+    let aps_count = aps.len();
     std::thread::scope(|scope| {
+        // Joined explicitly: the scope's own wait ends when each thread's closure returned, while
+        // the thread itself may still be exiting, and a run leaves no thread behind.
+        let mut spawned_threads = Vec::new();
         for vcpu in aps {
             let (index, end) = (vcpu.index, &end);
             let spawned = std::thread::Builder::new().name(format!("vcpu{index}")).spawn_scoped(scope, move || {
@@ -441,14 +445,25 @@ fn run_vcpus(
                 drop(registered);
                 end(vcpu.index, outcome);
             });
-            if let Err(e) = spawned {
-                // The threads already started see the run stopping (the scope joins them).
-                end(index, Err(Error::SpawnVcpuThread(e)));
-                return;
+            match spawned {
+                Ok(handle) => spawned_threads.push(handle),
+                Err(e) => {
+                    // The threads already started see the run stopping.
+                    end(index, Err(Error::SpawnVcpuThread(e)));
+                    break;
+                }
             }
         }
-        let outcome = boot.run(vm, mem, handlers, watchdog, threads);
-        end(boot.index, outcome);
+        if spawned_threads.len() == aps_count {
+            let outcome = boot.run(vm, mem, handlers, watchdog, threads);
+            end(boot.index, outcome);
+        }
+        for handle in spawned_threads {
+            if let Err(panic) = handle.join() {
+                // A host stub bug on that thread: the scope would have panicked with it too.
+                std::panic::resume_unwind(panic);
+            }
+        }
     });
     // A vCPU only sees the run stopping after another one ended it with an outcome.
     let Some((index, outcome)) = first.into_inner().unwrap_or_else(|p| p.into_inner()) else {

@@ -151,6 +151,9 @@ pub struct Watchdog {
     expired: Arc<AtomicBool>,
     done: Arc<AtomicBool>,
     timeout: Option<Duration>,
+    /// The thread that waits for the deadline: woken and joined when the watchdog is dropped,
+    /// so that a run leaves no thread behind.
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Watchdog {
@@ -161,14 +164,15 @@ impl Watchdog {
     pub fn arm(timeout: Option<Duration>, unblockers: Vec<crate::handler::Unblock>, threads: Arc<VcpuThreads>) -> Self {
         let expired = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicBool::new(false));
-        if let Some(deadline) = deadline(Instant::now(), timeout) {
+        let thread = deadline(Instant::now(), timeout).map(|deadline| {
             let (expired, done) = (expired.clone(), done.clone());
             std::thread::spawn(move || {
                 let mut unblockers = unblockers;
                 while !done.load(Ordering::Acquire) {
                     let now = Instant::now();
                     if now < deadline {
-                        std::thread::sleep((deadline - now).min(Duration::from_millis(100)));
+                        // Unparked when the watchdog is dropped.
+                        std::thread::park_timeout(deadline - now);
                         continue;
                     }
                     expired.store(true, Ordering::Release);
@@ -176,11 +180,11 @@ impl Watchdog {
                         unblock();
                     }
                     threads.kick_all();
-                    std::thread::sleep(Duration::from_millis(50));
+                    std::thread::park_timeout(Duration::from_millis(50));
                 }
-            });
-        }
-        Self { expired, done, timeout }
+            })
+        });
+        Self { expired, done, timeout, thread }
     }
 
     /// Whether the deadline passed; returns the timeout error to stop with.
@@ -196,6 +200,12 @@ impl Watchdog {
 impl Drop for Watchdog {
     fn drop(&mut self) {
         self.done.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            // The thread only sleeps, kicks and runs the unblockers: it cannot panic on
+            // anything the guest controls, and a join error would only repeat its message.
+            let _ = thread.join();
+        }
     }
 }
 
@@ -215,5 +225,45 @@ mod tests {
         assert_eq!(deadline(now, Some(Duration::MAX)), None);
         let watchdog = Watchdog::arm(Some(Duration::from_secs(u64::MAX)), Vec::new(), Arc::default());
         assert!(watchdog.check().is_ok());
+        assert!(watchdog.thread.is_none(), "no thread waits for a deadline that never comes");
+    }
+
+    /// At the deadline the watchdog runs the unblockers and kicks every registered thread (a
+    /// thread blocked in `pause` wakes with the kick signal), and `check` says the time is up;
+    /// before it, nothing. Waits on the events themselves; the receive limits only turn a
+    /// watchdog that never fires into a failure instead of a hang.
+    #[test]
+    fn the_watchdog_fires_at_its_deadline_unblocks_and_kicks_the_registered_threads() {
+        use std::sync::mpsc;
+        install_handler().unwrap();
+        let hang = Duration::from_secs(60);
+        let long = Watchdog::arm(Some(Duration::from_secs(3600)), Vec::new(), Arc::default());
+        assert!(long.check().is_ok(), "an hour away");
+        drop(long);
+
+        let threads = Arc::new(VcpuThreads::default());
+        let (registered_tx, registered) = mpsc::channel();
+        let (kicked_tx, kicked) = mpsc::channel();
+        let vcpu = {
+            let threads = threads.clone();
+            std::thread::spawn(move || {
+                let _registered = threads.register(1);
+                registered_tx.send(()).unwrap();
+                // SAFETY: pause has no preconditions; it returns once a handled signal arrives.
+                unsafe { libc::pause() };
+                kicked_tx.send(()).unwrap();
+            })
+        };
+        registered.recv_timeout(hang).unwrap();
+        let (unblocked_tx, unblocked) = mpsc::channel();
+        let unblock: crate::handler::Unblock = Box::new(move || unblocked_tx.send(()).unwrap());
+        let armed = Instant::now();
+        let watchdog = Watchdog::arm(Some(Duration::from_millis(200)), vec![unblock], threads);
+        unblocked.recv_timeout(hang).expect("the unblocker ran");
+        assert!(armed.elapsed() >= Duration::from_millis(200), "not before the deadline");
+        assert!(matches!(watchdog.check(), Err(Error::Timeout { seconds: 0 })));
+        kicked.recv_timeout(hang).expect("the registered thread was kicked out of its wait");
+        vcpu.join().unwrap();
+        drop(watchdog);
     }
 }

@@ -41,6 +41,9 @@ pub struct Counting {
     pub unavailable: u64,
     /// With `--window-stats`: every statistic at each vCPU's open window's opening.
     all_stats: Option<Vec<Option<AllStats>>>,
+    /// The first error printing a window's statistics met (nothing more is printed then): the
+    /// run fails with it at its end rather than a vCPU thread panicking as `println!` does.
+    pub lost_output: Option<std::io::Error>,
 }
 
 /// The statistics that changed from `before` to `after`, as `name=delta` words; histograms and
@@ -73,8 +76,14 @@ impl Counting {
         let Ok(now) = stats.read_all() else { return };
         if opening {
             per_vcpu[ctx.index] = Some(now);
-        } else if let Some(before) = per_vcpu[ctx.index].take() {
-            println!("host: window vcpu={} {}", ctx.index, changed(&before, &now));
+        } else if let Some(before) = per_vcpu[ctx.index].take()
+            && self.lost_output.is_none()
+        {
+            use std::io::Write;
+            let line = format!("host: window vcpu={} {}", ctx.index, changed(&before, &now));
+            if let Err(e) = writeln!(std::io::stdout().lock(), "{line}") {
+                self.lost_output = Some(e);
+            }
         }
     }
 

@@ -156,7 +156,10 @@ impl ExitHandler for Bench {
         report.counter(self.name(), "refused", self.refused + self.counting.refused);
         report.counter(self.name(), "count_windows", self.counting.windows_closed);
         report.counter(self.name(), "count_unavailable", self.counting.unavailable);
-        Ok(())
+        match self.counting.lost_output.take() {
+            Some(source) => Err(crate::Error::Stdout(source)),
+            None => Ok(()),
+        }
     }
 }
 

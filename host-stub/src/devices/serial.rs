@@ -15,7 +15,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vm_superio::serial::NoEvents;
 
 use crate::config::SerialSink;
-use crate::error::{Error, Result};
+use crate::error::{ConsoleTo, Error, Result};
 use crate::handler::{ExitHandler, Handled, VcpuCtx};
 
 /// Lines kept in memory for the run result.
@@ -65,7 +65,17 @@ struct Console {
 enum Sink {
     Stdout,
     Quiet,
-    File(File),
+    File(File, std::path::PathBuf),
+}
+
+impl Sink {
+    /// Where the console goes, for an error that says it could not.
+    fn to(&self) -> ConsoleTo {
+        match self {
+            Sink::File(_, path) => ConsoleTo::Log(path.clone()),
+            Sink::Stdout | Sink::Quiet => ConsoleTo::Stdout,
+        }
+    }
 }
 
 impl Console {
@@ -89,7 +99,7 @@ impl Console {
         }
         let echoed = match &mut self.sink {
             Sink::Stdout => writeln!(io::stdout(), "{text}"),
-            Sink::File(f) => writeln!(f, "{text}"),
+            Sink::File(f, _) => writeln!(f, "{text}"),
             Sink::Quiet => Ok(()),
         };
         self.lines.push_back((Instant::now(), text));
@@ -118,11 +128,9 @@ impl Serial {
             SerialSink::Stdout => Sink::Stdout,
             SerialSink::Quiet => Sink::Quiet,
             SerialSink::File(path) => Sink::File(
-                File::options()
-                    .create(true)
-                    .append(true)
-                    .open(path)
+                crate::files::open_output(path, crate::files::OutputMode::Append)
                     .map_err(|source| Error::SerialLog { path: path.clone(), source })?,
+                path.clone(),
             ),
         };
         let console = Console { sink, line: Vec::new(), lines: VecDeque::new(), dropped_lines: 0 };
@@ -168,7 +176,7 @@ impl Serial {
         self.pv_bytes += u64::from(len);
         let console = self.uart.writer_mut();
         for byte in bytes {
-            console.push_byte(byte).map_err(Error::ConsoleOutput)?;
+            console.push_byte(byte).map_err(|source| Error::ConsoleOutput { to: console.sink.to(), source })?;
         }
         Ok(())
     }
@@ -184,11 +192,14 @@ impl Serial {
             return Ok(false);
         };
         for &byte in data {
-            self.uart.write(register, byte).map_err(|e| match e {
-                vm_superio::serial::Error::IOError(source) => Error::ConsoleOutput(source),
-                // The interrupt cannot fail (not wired), and a write never fills the receive
-                // FIFO; should vm-superio say otherwise, its message is kept.
-                other => Error::ConsoleOutput(io::Error::other(other.to_string())),
+            self.uart.write(register, byte).map_err(|e| {
+                let to = self.uart.writer_mut().sink.to();
+                match e {
+                    vm_superio::serial::Error::IOError(source) => Error::ConsoleOutput { to, source },
+                    // The interrupt cannot fail (not wired), and a write never fills the receive
+                    // FIFO; should vm-superio say otherwise, its message is kept.
+                    other => Error::ConsoleOutput { to, source: io::Error::other(other.to_string()) },
+                }
             })?;
         }
         Ok(true)
@@ -381,9 +392,14 @@ mod tests {
         let path = std::env::temp_dir().join(format!("pvagent-serial-{}.log", std::process::id()));
         let mut serial = Serial::new(&SerialSink::File(path.clone()), true).unwrap();
         // Swap the log for a read-only handle: the next line's echo fails.
-        serial.uart.writer_mut().sink = Sink::File(File::open(&path).unwrap());
+        serial.uart.writer_mut().sink = Sink::File(File::open(&path).unwrap(), path.clone());
         let err = serial.write_port(COM1, b"\n").unwrap_err();
-        assert!(matches!(err, Error::ConsoleOutput(_)), "{err}");
+        assert!(matches!(&err, Error::ConsoleOutput { to: ConsoleTo::Log(p), .. } if *p == path), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("cannot write the guest's console to the serial log {}: ", path.display())),
+            "{err}"
+        );
         assert_eq!(serial.take_lines(), [""]);
         let _ = std::fs::remove_file(path);
     }

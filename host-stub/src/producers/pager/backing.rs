@@ -27,7 +27,8 @@ enum Source {
     /// [`backing_pattern`] of each 8-byte word's guest-physical address.
     Pattern,
     /// An image file: page `n` is the file's bytes at `n * PAGE`; past the file's end, zeros.
-    Image { file: File, path: PathBuf },
+    /// `len`: its length when it was opened (at most the region's).
+    Image { file: File, path: PathBuf, len: u64 },
 }
 
 /// The region's backing store.
@@ -46,10 +47,35 @@ impl BackingStore {
         Self { region_gpa, source: Source::Pattern, saved: HashMap::new() }
     }
 
-    /// Pages read from the image at `path` (opened now, read page by page later).
-    pub fn image(region_gpa: u64, path: &Path) -> io::Result<Self> {
-        let file = File::open(path)?;
-        Ok(Self { region_gpa, source: Source::Image { file, path: path.to_path_buf() }, saved: HashMap::new() })
+    /// Pages read from the image at `path` (opened now, read page by page later) for a region
+    /// of `region_bytes`. The rule: the image is a regular file (a FIFO, a device, a directory
+    /// is refused by kind, `files::open_input`) of at most the region's length, whose bytes are
+    /// the region's first bytes; the rest of the region reads as zeros, and the run's report
+    /// says from where ([`BackingStore::describe`]). A longer image is refused: its end would
+    /// never be read.
+    pub fn image(region_gpa: u64, region_bytes: u64, path: &Path) -> Result<Self, ImageError> {
+        let (file, len) = crate::files::open_input(path).map_err(ImageError::Open)?;
+        if len > region_bytes {
+            return Err(ImageError::LongerThanRegion { len, region_bytes });
+        }
+        let source = Source::Image { file, path: path.to_path_buf(), len };
+        Ok(Self { region_gpa, source, saved: HashMap::new() })
+    }
+
+    /// Where the region's first contents come from, for the run's report.
+    pub fn describe(&self, region_bytes: u64) -> String {
+        match &self.source {
+            Source::Pattern => "the default pattern (pvagent_abi::pnp::backing_pattern)".to_string(),
+            Source::Image { path, len, .. } if *len == region_bytes => {
+                format!("the image {} ({len} bytes, the region's length)", path.display())
+            }
+            Source::Image { path, len, .. } => format!(
+                "the image {} ({len} bytes: the region's first {len}; the other {} bytes, from page {} on, read as zeros)",
+                path.display(),
+                region_bytes - len,
+                len / PAGE as u64
+            ),
+        }
     }
 
     /// The image file, if the pages come from one.
@@ -82,6 +108,17 @@ impl BackingStore {
     pub fn save(&mut self, page: PageIndex, contents: PageBuf) {
         self.saved.insert(page, contents);
     }
+}
+
+/// Why a backing image is refused when it is opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{0}")]
+    Open(io::Error),
+    #[error(
+        "{len} bytes, longer than the region's {region_bytes} (its end would never be read; use a larger --pnp-mib)"
+    )]
+    LongerThanRegion { len: u64, region_bytes: u64 },
 }
 
 /// Fills `out` from `file` at `offset`; bytes past the end of the file read as zeros.
@@ -122,14 +159,43 @@ mod tests {
         let mut bytes = vec![0xAB; PAGE];
         bytes.extend_from_slice(&[0xCD; 100]);
         std::fs::write(&path, &bytes).unwrap();
-        let store = BackingStore::image(0, &path).unwrap();
+        let store = BackingStore::image(0, 1 << 20, &path).unwrap();
         assert!(store.page(0).unwrap().iter().all(|b| *b == 0xAB));
         let partial = store.page(1).unwrap();
         assert!(partial[..100].iter().all(|b| *b == 0xCD) && partial[100..].iter().all(|b| *b == 0));
         assert!(store.page(1000).unwrap().iter().all(|b| *b == 0), "beyond the file");
         assert_eq!(store.image_path(), Some(path.as_path()));
         std::fs::remove_file(&path).unwrap();
-        assert!(BackingStore::image(0, &path).is_err(), "a missing image is refused when opened");
+        assert!(BackingStore::image(0, 1 << 20, &path).is_err(), "a missing image is refused when opened");
+    }
+
+    /// The stated rule (`--pnp-image`'s help, docs/abi.md): an image shorter than the region is
+    /// its first bytes and the report says where the zeros start; a longer one is refused with
+    /// both lengths; one of the region's length is all of it. Never silently padded or cut.
+    #[test]
+    fn an_image_longer_than_the_region_is_refused_and_a_shorter_one_reported() {
+        let path = std::env::temp_dir().join(format!("pvagent-backing-len-{}.img", std::process::id()));
+        std::fs::write(&path, vec![1u8; 2 * PAGE + 1]).unwrap();
+        let e = BackingStore::image(0, 2 * PAGE as u64, &path).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "8193 bytes, longer than the region's 8192 (its end would never be read; use a larger --pnp-mib)"
+        );
+        let store = BackingStore::image(0, 4 * PAGE as u64, &path).unwrap();
+        let text = store.describe(4 * PAGE as u64);
+        assert!(
+            text.ends_with(
+                "(8193 bytes: the region's first 8193; the other 8191 bytes, from page 2 on, read as zeros)"
+            ),
+            "{text}"
+        );
+        let exact = BackingStore::image(0, 2 * PAGE as u64 + 1, &path).unwrap();
+        assert!(exact.describe(2 * PAGE as u64 + 1).ends_with("(8193 bytes, the region's length)"));
+        std::fs::remove_file(&path).unwrap();
+        for (special, what) in [("/dev/zero", "a character device"), ("/", "a directory")] {
+            let e = BackingStore::image(0, 1 << 20, Path::new(special)).unwrap_err();
+            assert_eq!(e.to_string(), format!("{what}, not a regular file"));
+        }
     }
 
     #[test]

@@ -146,6 +146,11 @@ impl PagerConfig {
     pub fn pages(&self) -> u64 {
         self.region_mib << 8
     }
+
+    /// The region's length in bytes (checked by `validate` not to overflow).
+    pub fn region_bytes(&self) -> u64 {
+        self.region_mib << 20
+    }
 }
 
 /// The command line's name of each mode.

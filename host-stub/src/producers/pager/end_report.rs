@@ -51,6 +51,7 @@ impl Pager {
             ("ve_parks", c.ve_parks),
             ("sync_waits_in_ve_mode", c.sync_waits_in_ve_mode),
             ("waits_ended_at_time_limit", inner.waits_ended_at_time_limit),
+            ("overlapping_areas_refused", inner.overlapping_areas_refused),
         ] {
             report.counter(NAME, key, value);
         }
@@ -61,6 +62,7 @@ impl Pager {
             self.config.region_gpa,
             describe_modes(self.config.mode, inner.core.mode, c.mode_changes)
         ));
+        report.line(format!("pager: first contents from {}", inner.backing.describe(self.config.region_bytes())));
         report.line(format!("pager: {}", inner.latency.describe()));
         if let Some(why) = &inner.unregister_at_time_limit_failed {
             report.line(format!(
@@ -106,6 +108,18 @@ impl Pager {
             ));
         }
         report.line(format!("pager: tokens outstanding at exit: {outstanding}"));
+        // The cause, where it is the guest's: resolutions waiting in a ring it stopped draining.
+        for (vcpu, pool) in inner.vcpus.iter().enumerate().filter_map(|(i, r)| Some((i, r.pool.as_ref()?))) {
+            let unconsumed = pool.outstanding() - pool.unresolved();
+            if unconsumed > 0 {
+                report.line(format!(
+                    "pager: vCPU {vcpu} never consumed {unconsumed} resolution(s) the host posted to its ring (head {}, its tail {}): their tokens stay outstanding, and while all {} are, its absent pages are served synchronously",
+                    pool.head(),
+                    pool.consumed(),
+                    pool.entries()
+                ));
+            }
+        }
         report.line(format!(
             "pager: {} pages fetched ({} failed), {} evicted",
             c.pages_fetched, c.fetches_failed, c.pages_evicted

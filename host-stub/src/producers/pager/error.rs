@@ -17,8 +17,8 @@ use super::tokens::RingViolation;
 pub enum PagerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot open the backing image {path}: {source}")]
-    OpenImage { path: PathBuf, source: io::Error },
+    #[error("cannot use the backing image {path}: {source}")]
+    OpenImage { path: PathBuf, source: super::backing::ImageError },
     #[error("cannot read page {page} of the backing image {path}: {source}")]
     ReadImage { path: PathBuf, page: PageIndex, source: io::Error },
     #[error("cannot set up the demand-paged region: {0}")]

@@ -30,6 +30,7 @@
 //! is the `ExitHandler` that hands exits to them.
 
 pub mod access;
+pub mod areas;
 pub mod backing;
 pub mod breaks;
 pub mod completion;
@@ -140,7 +141,7 @@ impl Pager {
             core.set_behaviour(page, PageBehaviour::Fail);
         }
         let backing = match &config.image {
-            Some(path) => BackingStore::image(config.region_gpa, path)
+            Some(path) => BackingStore::image(config.region_gpa, config.region_bytes(), path)
                 .map_err(|source| PagerError::OpenImage { path: path.clone(), source })?,
             None => BackingStore::pattern(config.region_gpa),
         };
@@ -173,6 +174,7 @@ impl Pager {
             ve_breaks: Default::default(),
             ve_breaches: Vec::new(),
             waits_ended_at_time_limit: 0,
+            overlapping_areas_refused: 0,
             sync_waiting: Vec::new(),
             breaks: vec![Default::default()],
         };
@@ -491,6 +493,14 @@ impl ExitHandler for Pager {
     }
 
     fn wrmsr(&mut self, ctx: &mut VcpuCtx<'_>, index: u32, value: u64) -> Result<MsrAnswer> {
+        // An area of pvagent's own in the bytes of another (any vCPU's, any protocol's): #GP.
+        if let Some((kind, bytes)) = areas::enabled_by(index, value) {
+            let mut inner = self.shared.lock();
+            if areas::overlapped(&areas::enabled(&inner), ctx.index, kind, &bytes).is_some() {
+                inner.overlapping_areas_refused += 1;
+                return Ok(MsrAnswer::Fault);
+            }
+        }
         if index == pvagent_abi::ve::MSR_VE_INFO {
             let mut inner = self.shared.lock();
             if ve_breaks::msr_write_faults(&mut inner, ctx.index, value) {

@@ -81,6 +81,8 @@ pub struct Inner {
     /// Waits in the host for a page (the synchronous path, `VeSuspend`) that the run's time
     /// limit ended.
     pub waits_ended_at_time_limit: u64,
+    /// Registrations refused (#GP) because their area would overlap another (`areas`).
+    pub overlapping_areas_refused: u64,
     /// The pages vCPUs are waiting for in [`Shared::wait_fetched`] (once per waiting vCPU):
     /// their fetches are never held back (`held_back::hold_back`), as a waiting vCPU cannot take
     /// the event a held-back fetch would wait for.

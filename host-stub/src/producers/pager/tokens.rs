@@ -80,6 +80,11 @@ impl TokenPool {
         self.head
     }
 
+    /// The guest's `tail` as last seen: the resolutions it consumed.
+    pub fn consumed(&self) -> u32 {
+        self.consumed
+    }
+
     /// Accounts for the guest's `tail`: frees the slots of consumed resolutions.
     pub fn observe_tail(&mut self, tail: u32) -> Result<(), RingViolation> {
         let newly = tail.wrapping_sub(self.consumed);
