@@ -128,8 +128,9 @@ struct Entry {
 enum State {
     /// Nothing pending.
     Free,
-    /// An event parked `waiter` on the token.
-    Waiting { waiter: Waiter, gpa: u64 },
+    /// An event parked `waiter` on the token at `since` (the kernel's clock: TSC cycles);
+    /// `reported` once its wait went past its deadline and was reported (`deadline`).
+    Waiting { waiter: Waiter, gpa: u64, since: u64, reported: bool },
     /// The token's wake came before its event.
     Early { result: u32 },
     /// A HLT-loop waiter's result, not picked up yet; `abandoned` when it came from a
@@ -237,6 +238,8 @@ pub struct TokenStats {
     pub unknown: u64,
     pub bad_result: u64,
     pub full: u64,
+    /// Waits reported past their deadline (`deadline`); the waits go on.
+    pub overdue: u64,
 }
 
 impl TokenStats {
@@ -257,6 +260,7 @@ impl TokenStats {
             unknown: 0,
             bad_result: 0,
             full: 0,
+            overdue: 0,
         }
     }
 
@@ -409,7 +413,8 @@ impl<K: Keying, const N: usize> TokenTable<K, N> {
         wrap(r)
     }
 
-    /// Parks the waiter `waiter` names on `token`, in entry `at` or, if none, a new one.
+    /// Parks the waiter `waiter` names on `token` from `now`, in entry `at` or, if none, a new
+    /// one.
     #[inline(always)]
     fn park(
         &mut self,
@@ -417,10 +422,10 @@ impl<K: Keying, const N: usize> TokenTable<K, N> {
         home: usize,
         token: u32,
         gpa: u64,
-        waiter: impl FnOnce() -> Waiter,
+        (waiter, now): (impl FnOnce() -> Waiter, impl FnOnce() -> u64),
     ) -> EventOutcome {
-        let waiter = waiter();
-        let waiting = State::Waiting { waiter, gpa };
+        let (waiter, since) = (waiter(), now());
+        let waiting = State::Waiting { waiter, gpa, since, reported: false };
         match at {
             Some(i) => self.put(i, token, waiting),
             None => {
@@ -443,11 +448,25 @@ impl<K: Keying, const N: usize> TokenTable<K, N> {
         }
     }
 
-    /// An event for `token` was taken (for an access at `gpa`, 0 if unknown); `waiter` says
-    /// who waits for it, asked only if someone must (deciding reads the scheduler's state).
-    /// Inlined, as [`TokenTable::on_wake`]: both run on every event.
-    #[inline(always)]
+    /// [`TokenTable::on_event_at`] at time 0 (host tests that do not look at deadlines).
+    #[cfg(test)]
     pub fn on_event(&mut self, token: u32, gpa: u64, waiter: impl FnOnce() -> Waiter) -> EventOutcome {
+        self.on_event_at(token, gpa, waiter, || 0)
+    }
+
+    /// An event for `token` was taken (for an access at `gpa`, 0 if unknown); `waiter` says
+    /// who waits for it and `now` when the wait begins, both asked only if someone must wait
+    /// (deciding reads the scheduler's state; the time is the deadline's, `deadline`). Inlined,
+    /// as [`TokenTable::on_wake`]: both run on every event.
+    #[inline(always)]
+    pub fn on_event_at(
+        &mut self,
+        token: u32,
+        gpa: u64,
+        waiter: impl FnOnce() -> Waiter,
+        now: impl FnOnce() -> u64,
+    ) -> EventOutcome {
+        let waiter = (waiter, now);
         let home = match self.home(token) {
             Ok(home) => home,
             Err(r) => return self.reject(r, EventOutcome::Rejected),
@@ -501,7 +520,7 @@ impl<K: Keying, const N: usize> TokenTable<K, N> {
         let entry = self.entries[i];
         let same = entry.token == token;
         match entry.state {
-            State::Waiting { waiter, gpa } if same => {
+            State::Waiting { waiter, gpa, .. } if same => {
                 if result == RESULT_FAILED {
                     self.stats.failed += 1;
                 }
@@ -605,7 +624,7 @@ impl<const N: usize> TokenTable<Hashed, N> {
                     wake(task);
                     State::Abandoned
                 }
-                State::Waiting { waiter: Waiter::Halt, gpa } => {
+                State::Waiting { waiter: Waiter::Halt, gpa, .. } => {
                     State::HaltResolved { result: RESULT_RETRY, gpa, abandoned: true }
                 }
                 _ => continue,
@@ -630,6 +649,9 @@ impl<const N: usize> TokenTable<Hashed, N> {
         }
     }
 }
+
+mod deadline;
+pub use deadline::Overdue;
 
 #[cfg(test)]
 mod props;
