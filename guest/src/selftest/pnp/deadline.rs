@@ -48,6 +48,13 @@ pub(super) const RING: Table = Table {
     overdue: || pnp::stats().tokens.overdue,
 };
 
+pub(super) const KVM: Table = Table {
+    protocol: Protocol::KvmApf,
+    waiting: || crate::pv::kvm_apf::pending().0,
+    waiter_of: crate::pv::kvm_apf::waiter_of,
+    overdue: || crate::pv::kvm_apf::stats().tokens.overdue,
+};
+
 /// Halts until `done` holds (a tick's check brings it). The bound only turns a report that
 /// never comes into a failure instead of a hang: ten seconds past the deadline.
 fn await_check(what: &str, done: impl Fn() -> bool) -> TestResult {
