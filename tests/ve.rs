@@ -489,6 +489,8 @@ fn a_locked_add_to_an_absent_page_adds_once_in_mode_ve() {
 fn the_guests_ve_self_tests_pass_in_mode_ve_and_every_token_is_consumed() {
     let pager = PagerConfig { mode: HostMode::Ve, ..PagerConfig::default() };
     let r = run_stub_with("tests=ve", &Producers { sld: None, pager: Some(pager), released: None, churn: None });
+    // Every token resolved in time: the deadline's only reports are its own tests' readers'.
+    assert_eq!(pvagent_tests::stray_deadline_reports(&r), Vec::<&String>::new());
     let failed: Vec<_> = r.tests.iter().filter(|t| t.status == pvagent_abi::report::Status::Fail).collect();
     assert!(r.passed(), "{failed:#?}\n{:?}", r.host_error);
     assert!(r.tests.len() >= 13, "{:#?}", r.tests);

@@ -15,7 +15,7 @@ use crate::arch::trap::{self, TrapFrame};
 use crate::arch::{apic, cpu};
 use crate::cell::StaticCell;
 use crate::kprintln;
-use crate::pv::tokens::{EventOutcome, Hashed, Overdue, Rejection, TokenStats, TokenTable, WakeOutcome, Waiter};
+use crate::pv::tokens::{EventOutcome, Hashed, Overdue, Rejection, TokenStats, TokenTable, Waiter, WakeOutcome};
 use crate::pv::wait;
 use crate::sync::{CpuCell, IrqGuard};
 use crate::task::table::TaskId;

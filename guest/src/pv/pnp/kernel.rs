@@ -21,7 +21,7 @@ use crate::boot::cmdline::Cmdline;
 use crate::boot::info::MemKind;
 use crate::cell::StaticCell;
 use crate::kprintln;
-use crate::pv::tokens::{BySlot, EventOutcome, Overdue, Rejection, TokenStats, TokenTable, WakeOutcome, Waiter};
+use crate::pv::tokens::{BySlot, EventOutcome, Overdue, Rejection, TokenStats, TokenTable, Waiter, WakeOutcome};
 use crate::pv::wait;
 use crate::sync::{CpuCell, IrqGuard};
 use crate::task::{self, table::ExitStatus};
