@@ -3,6 +3,10 @@
 
 use super::{Keying, State, TokenTable, Waiter};
 
+/// A wait's `since` once it was reported: no clock reaches it (the TSC would take a century at
+/// 5 GHz).
+pub(super) const REPORTED: u64 = u64::MAX;
+
 /// A wait that went past its deadline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Overdue {
@@ -24,17 +28,16 @@ impl<K: Keying, const N: usize> TokenTable<K, N> {
     pub fn take_overdue(&mut self, now: u64, deadline: u64, mut report: impl FnMut(Overdue) -> bool) -> usize {
         let mut taken = 0;
         let used = self.keying.used(N);
-        for entry in &mut self.entries[..used] {
-            let token = entry.token;
-            let State::Waiting { waiter, gpa, since, reported } = &mut entry.state else { continue };
+        for (entry, since) in self.entries[..used].iter().zip(&mut self.since[..used]) {
+            let State::Waiting { waiter, gpa } = entry.state else { continue };
             // A clock behind the stamp (never on one vCPU's TSC) is no overdue wait.
-            if *reported || now.saturating_sub(*since) < deadline {
+            if *since == REPORTED || now.saturating_sub(*since) < deadline {
                 continue;
             }
-            if !report(Overdue { token, gpa: *gpa, waiter: *waiter, since: *since }) {
+            if !report(Overdue { token: entry.token, gpa, waiter, since: *since }) {
                 break;
             }
-            *reported = true;
+            *since = REPORTED;
             taken += 1;
         }
         self.stats.overdue += taken as u64;
@@ -139,6 +142,20 @@ mod tests {
         assert_eq!(overdue(&mut t, 549).len(), 0);
         assert_eq!(overdue(&mut t, 550).iter().map(|o| o.token).collect::<Vec<_>>(), [4 << 12]);
         assert_eq!(t.stats.overdue, 5);
+    }
+
+    #[test]
+    fn a_wait_moved_back_in_its_cluster_keeps_its_stamp() {
+        // Tokens whose homes collide: removing the first moves the others back, stamps and all.
+        let mut t = TokenTable::<Hashed, 8>::new(Hashed);
+        let home = t.home(1 << 12).unwrap();
+        let toks: Vec<u32> = (1..10_000).map(|i| i << 12).filter(|&tok| t.home(tok).unwrap() == home).take(3).collect();
+        for (i, &tok) in toks.iter().enumerate() {
+            t.on_event_at(tok, 0, || task(i as u16), || 100 * i as u64);
+        }
+        t.on_wake(toks[0], RESULT_RETRY);
+        assert_eq!(overdue(&mut t, 150).iter().map(|o| (o.token, o.since)).collect::<Vec<_>>(), [(toks[1], 100)]);
+        assert_eq!(overdue(&mut t, 250).iter().map(|o| (o.token, o.since)).collect::<Vec<_>>(), [(toks[2], 200)]);
     }
 
     #[test]

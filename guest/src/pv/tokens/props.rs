@@ -28,7 +28,7 @@ impl From<State> for Option<Live> {
     fn from(state: State) -> Self {
         Some(match state {
             State::Free => return None,
-            State::Waiting { waiter, gpa, .. } => Live::Waiting { waiter, gpa },
+            State::Waiting { waiter, gpa } => Live::Waiting { waiter, gpa },
             State::Early { result } => Live::Early { result },
             State::HaltResolved { result, gpa, abandoned } => Live::HaltResolved { result, gpa, abandoned },
             State::Abandoned => Live::Abandoned,
