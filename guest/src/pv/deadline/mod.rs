@@ -12,7 +12,7 @@
 //!
 //! The deadline is `pnp-deadline=MS` on the command line ([`DEFAULT_MS`] without it; `0` or
 //! `off` turns the check off), read at the first check rather than at boot (whose instructions
-//! are budgeted), and can be changed at run time ([`set_ms`], the self-tests). The decisions
+//! are budgeted), and can be changed at run time (`set_ms`, the self-tests). The decisions
 //! are below, host-tested; the kernel glue is in `kernel`.
 
 #[cfg(kernel)]
@@ -45,7 +45,7 @@ pub fn parse(value: Option<&str>) -> Result<u64, BadValue> {
 /// Ticks from one check to the next for a deadline of `ms` at `hz` ticks a second: a quarter
 /// of the deadline, so that a wait is reported at most a quarter late (plus a tick), at least
 /// one tick and at most a second (`hz`), and a second while the check is off (a deadline set at
-/// run time is seen within a second; [`set_ms`] checks at the next tick).
+/// run time is seen within a second; `set_ms` checks at the next tick).
 pub fn check_interval(ms: u64, hz: u64) -> u64 {
     if ms == 0 {
         return hz;
