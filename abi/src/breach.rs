@@ -17,8 +17,53 @@ pub enum Breach: u32 {
     /// A resolution ring whose `head` runs more than the ring's size ahead of the guest's
     /// `tail`: a host claiming it overflowed the ring.
     RingHeadBeyondSize = 0x100,
+    /// A ring entry whose token the host never handed out (its slot holds another token's
+    /// waiter, or the slot or sequence is impossible).
+    ResolutionForUnknownToken = 0x101,
+    /// A second ring entry for a token whose resolution the guest already consumed.
+    ResolutionTwice = 0x102,
+    /// A ring entry whose `result` is neither 0 (retry) nor 1 (failed).
+    ResolutionBadResult = 0x103,
+    /// An event whose token is 0.
+    EventTokenZero = 0x104,
+    /// An event whose token's slot is not below the ring's size.
+    EventSlotBeyondRing = 0x105,
+    /// An event whose token's sequence number is 0.
+    EventSequenceZero = 0x106,
+    /// An event whose token is still outstanding: its waiter has not been resolved yet.
+    EventTokenOutstanding = 0x107,
+    /// An event whose `gpa` lies outside the demand-paged region.
+    EventGpaOutsideRegion = 0x108,
+    /// An event whose `flags` say the `gva` is known, with a `gva` the guest's page tables do
+    /// not translate to the event's `gpa`.
+    EventGvaMismatch = 0x109,
+    /// An event whose `flags` has bits other than bit 0 (`gva` known) set.
+    EventUnknownFlags = 0x10A,
+    /// An event whose `reserved` word is not 0.
+    EventReservedNonzero = 0x10B,
+    /// The event vector raised while the event area's `inuse` is 0.
+    EventSpurious = 0x10C,
 
     // ---- KVM's async page faults (0x200..) ----
+
+    /// A "page ready" for a token the guest has no "page not present" for: never handed out,
+    /// resolved before, or not delivered yet (KVM raises "page ready" only after the
+    /// "page not present" of the same token, once).
+    ApfReadyForUnknownToken = 0x200,
+    /// The "page ready" interrupt with the area's `token` 0.
+    ApfReadySpurious = 0x201,
+    /// A #PF with the area's `flags` holding bits KVM never sets (anything but bit 0).
+    ApfUnknownFlags = 0x202,
+    /// `flags` says "page not present" beside a #PF whose error code is not KVM's 0: a real
+    /// #PF, with flags the host left or wrote.
+    ApfStaleFlags = 0x203,
+    /// "Page not present" with token 0 in CR2 (KVM's tokens are never 0).
+    ApfNotPresentTokenZero = 0x204,
+    /// "Page not present" with a token whose waiter still waits for its "page ready".
+    ApfNotPresentTokenOutstanding = 0x205,
+    /// "Page not present" at CPL 0 or with interrupts off, where the guest registered for CPL 3
+    /// with interrupts on only: the context cannot be parked, and the run stops.
+    ApfMisdelivered = 0x206,
 
     // ---- Split-lock detection and #AC (0x300..) ----
 

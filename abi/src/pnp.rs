@@ -103,6 +103,11 @@ pub const DATA_TOKEN_OFFSET: u64 = 4;
 
 const _: () = assert!(core::mem::offset_of!(PageNotPresentData, inuse) as u64 == DATA_INUSE_OFFSET);
 const _: () = assert!(core::mem::offset_of!(PageNotPresentData, token) as u64 == DATA_TOKEN_OFFSET);
+/// Offset of `flags` in the event area; `reserved` follows it, so the two are one 8-byte
+/// aligned word.
+pub const DATA_FLAGS_OFFSET: u64 = 24;
+const _: () = assert!(core::mem::offset_of!(PageNotPresentData, flags) as u64 == DATA_FLAGS_OFFSET);
+const _: () = assert!(core::mem::offset_of!(PageNotPresentData, reserved) as u64 == DATA_FLAGS_OFFSET + 4);
 
 /// One ring entry. 8 bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

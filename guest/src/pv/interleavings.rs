@@ -1,7 +1,8 @@
 //! Every ordering of events, resolutions and wake-ups, checked exhaustively for up to three
 //! tasks touching up to two absent pages each, on a ring of two slots (so that slots are reused
 //! with new sequence numbers, and an access finds no free token): no ordering loses a wake-up,
-//! wakes a task with another's token, or resolves a token other than exactly once.
+//! wakes a task with another's token, resolves a token other than exactly once, or leaves the
+//! tasks in a loop they can never finish from.
 //!
 //! The guest is one vCPU running the real code where it is plain code (the ring consumer, the
 //! by-slot token table, the scheduler's task table) and, where it is kernel glue, a step-for-step
@@ -25,10 +26,14 @@
 //!
 //! A state whose every successor has been explored is not explored again (its future does not
 //! depend on how it was reached), so "every ordering" is covered without enumerating each path.
-//! The broken variants at the end show that the search finds a lost wake-up where one exists.
+//! Because a state seen before is not followed again, a cycle would hide a livelock (a context
+//! that steps forever while the tasks never finish); so the search keeps the state graph and
+//! checks afterwards that an end state is reachable from every state.
+//! The broken variants at the end show that the search finds a lost wake-up, and a livelock,
+//! where one exists.
 
 use std::cell::Cell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::hash::{DefaultHasher, Hasher};
 
@@ -57,6 +62,10 @@ struct Rules {
     park_with_interrupts_on: bool,
     /// Broken: the HLT loop's `sti` and `hlt` are two steps an interrupt can come between.
     sti_then_hlt: bool,
+    /// Broken: the HLT loop polls for its result with interrupts off instead of halting, so
+    /// the resolution interrupt that would bring the result is never taken (a livelock: the
+    /// vCPU steps forever, no state repeats a new one).
+    poll_with_interrupts_off: bool,
 }
 
 const RULES: Rules = Rules {
@@ -64,6 +73,7 @@ const RULES: Rules = Rules {
     guest_ignores_drain_at_event: false,
     park_with_interrupts_on: false,
     sti_then_hlt: false,
+    poll_with_interrupts_off: false,
 };
 
 /// The shared ring page: entries and `head` written by the host, `tail` by the guest.
@@ -350,6 +360,7 @@ impl World {
             // `halt::wait_until`: the check, interrupts off; then `sti; hlt` in one step.
             (Some(i), Pc::Check) => match self.table.take_halt_result(self.token(i)?) {
                 Some((result, _)) => self.tasks[i].pc = Pc::Resumed(result),
+                None if self.rules.poll_with_interrupts_off => {}
                 None => self.tasks[i].pc = if self.rules.sti_then_hlt { Pc::Sti } else { Pc::Halted },
             },
             (Some(i), Pc::Resumed(result)) => {
@@ -476,24 +487,44 @@ struct Searched {
     sync: bool,
 }
 
+/// The explored state graph, kept so that a second pass can ask what one path at a time
+/// cannot: whether every state can still finish. A state already seen is not explored again,
+/// so a cycle (a context that steps forever without progress: a livelock) would otherwise pass
+/// unnoticed.
+#[derive(Default)]
+struct Graph {
+    /// Each state's successors.
+    edges: HashMap<Key, Vec<Key>>,
+    /// The step that first reached each state, and the state it was taken from.
+    parent: HashMap<Key, (Key, Step)>,
+    ends: Vec<Key>,
+}
+
+type Key = (u64, u64);
+
 /// Explores every state reachable from `start`; the first failure comes back with the steps
-/// that led to it.
+/// that led to it. Then checks that an end state can be reached from every state: a state
+/// from which none can is a livelock (some context steps forever and the tasks never finish).
 fn search(start: World) -> Result<Searched, String> {
-    let mut seen = HashSet::new();
+    let mut graph = Graph::default();
     let mut out = Searched::default();
     let mut path = Vec::new();
-    explore(start, &mut seen, &mut out, &mut path)?;
+    explore(start.clone(), &mut graph, &mut out, &mut path)?;
+    check_every_state_can_finish(&start, &graph)?;
     Ok(out)
 }
 
-fn explore(w: World, seen: &mut HashSet<(u64, u64)>, out: &mut Searched, path: &mut Vec<Step>) -> Result<(), String> {
-    if !seen.insert(w.key()) {
+fn explore(w: World, graph: &mut Graph, out: &mut Searched, path: &mut Vec<Step>) -> Result<(), String> {
+    let key = w.key();
+    if graph.edges.contains_key(&key) {
         return Ok(());
     }
     out.states += 1;
     let steps = w.steps();
+    graph.edges.insert(key, Vec::with_capacity(steps.len()));
     if steps.is_empty() {
         out.ends += 1;
+        graph.ends.push(key);
         let s = w.table.stats;
         out.resolved_before_event |= s.resolved_before_event > 0;
         out.slept |= s.slept > 0;
@@ -505,10 +536,47 @@ fn explore(w: World, seen: &mut HashSet<(u64, u64)>, out: &mut Searched, path: &
         let mut next = w.clone();
         path.push(step);
         next.step(step).map_err(|e| format!("{e}\n  after {path:?}"))?;
-        explore(next, seen, out, path)?;
+        let next_key = next.key();
+        graph.edges.entry(key).or_default().push(next_key);
+        graph.parent.entry(next_key).or_insert((key, step));
+        explore(next, graph, out, path)?;
         path.pop();
     }
     Ok(())
+}
+
+/// Walks the graph backwards from the end states; a state left unmarked cannot finish. The
+/// error names the steps to the first such state and shows it.
+fn check_every_state_can_finish(start: &World, graph: &Graph) -> Result<(), String> {
+    let mut predecessors: HashMap<Key, Vec<Key>> = HashMap::new();
+    for (from, tos) in &graph.edges {
+        for to in tos {
+            predecessors.entry(*to).or_default().push(*from);
+        }
+    }
+    let mut can_finish: HashSet<Key> = graph.ends.iter().copied().collect();
+    let mut work = graph.ends.clone();
+    while let Some(k) = work.pop() {
+        for p in predecessors.get(&k).into_iter().flatten() {
+            if can_finish.insert(*p) {
+                work.push(*p);
+            }
+        }
+    }
+    let Some(stuck) = graph.edges.keys().find(|k| !can_finish.contains(k)) else { return Ok(()) };
+    // The steps from the start to the stuck state, replayed to show it.
+    let mut steps = Vec::new();
+    let mut at = *stuck;
+    while let Some((from, step)) = graph.parent.get(&at) {
+        steps.push(*step);
+        at = *from;
+    }
+    steps.reverse();
+    let mut w = start.clone();
+    for step in &steps {
+        w.step(*step)?;
+    }
+    Err(format!("livelock: no ordering from here lets every task finish: {w:?}\n  after {steps:?}"))
 }
 
 #[test]
@@ -541,4 +609,8 @@ fn the_search_finds_the_lost_wake_up_of_each_broken_variant() {
         let found = search(World::new(rules, tasks, 1));
         assert!(matches!(&found, Err(e) if e.starts_with("lost wake-up")), "{why}: {found:?}");
     }
+    // A livelock ends nowhere: the vCPU can always step, so no end state shows it; the search
+    // finds it by asking whether every state can still finish.
+    let found = search(World::new(Rules { poll_with_interrupts_off: true, ..RULES }, 1, 1));
+    assert!(matches!(&found, Err(e) if e.starts_with("livelock")), "polling with interrupts off: {found:?}");
 }

@@ -17,6 +17,7 @@
 mod ac;
 mod arch;
 mod harness;
+mod hostile;
 mod memslot;
 mod pnp;
 mod smp;
@@ -139,6 +140,8 @@ const SUITES: &[&[SelfTest]] = &[
     pnp::VE_TESTS,
     pnp::SMP_TESTS,
     memslot::TESTS,
+    // Last: these break the protocols on purpose, which the accounting checks above count.
+    hostile::TESTS,
 ];
 
 fn all_tests() -> impl Iterator<Item = &'static SelfTest> {
@@ -308,7 +311,7 @@ fn need_met(need: Need) -> TestResult {
         ),
         Need::KvmApfHostStub => skip_unless(
             pnp::host_mode() != HostMode::KvmApfKernel,
-            "KVM serves its async page fault ABI in this run, and raises page ready only on the vCPU that took its page not present, after it: only the host stub can force this path (a robustness test)",
+            "KVM serves its async page fault ABI in this run, and keeps it (page ready only on the vCPU that took its page not present, after it; no switch breaks a rule on purpose): only the host stub can force this path (a robustness test)",
         ),
         Need::SeveralCpus => skip_unless(arch::smp::online_count() >= 2, "needs two or more vCPUs online"),
         Need::VeMode => match (pnp::host_mode(), crate::pv::ve::registered()) {

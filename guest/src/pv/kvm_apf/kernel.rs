@@ -3,6 +3,7 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use pvagent_abi::breach::Breach;
 use pvagent_abi::kvm_apf::{self as abi, ApfData};
 use pvagent_abi::pnp::RESULT_RETRY;
 use x86_64::registers::control::Cr2;
@@ -15,6 +16,7 @@ use crate::arch::trap::{self, TrapFrame};
 use crate::arch::{apic, cpu};
 use crate::cell::StaticCell;
 use crate::kprintln;
+use crate::pv::breach;
 use crate::pv::tokens::{EventOutcome, Hashed, Overdue, Rejection, TokenStats, TokenTable, Waiter, WakeOutcome};
 use crate::pv::wait;
 use crate::sync::{CpuCell, IrqGuard};
@@ -324,16 +326,24 @@ pub fn waiter_of(token: u32) -> Option<(Waiter, u64)> {
 fn on_page_fault(frame: &mut TrapFrame) {
     let cr2 = Cr2::read_raw();
     let flags = Area::this_cpu().flags().swap(0, Ordering::Acquire);
+    if flags > abi::REASON_PAGE_NOT_PRESENT {
+        // Bits KVM never sets: counted; bit 0 alone decides (as in Linux).
+        unknown_flags(flags, cr2);
+    }
     match classify(flags, frame.error_code, frame.from_user(), frame.interrupts_were_enabled()) {
         kind @ (PageFault::Real | PageFault::RealWithBogusFlags) => {
             if kind == PageFault::RealWithBogusFlags {
-                bogus_flags();
+                bogus_flags(flags, frame.error_code);
             }
             REAL_FAULTS.get().fetch_add(1, Ordering::Relaxed);
             fault::unhandled(frame)
         }
         PageFault::Misdelivered => fault::fatal(format_args!(
-            "the host delivered an async page fault (token {:#x}) at cpl {} with interrupts {}: this guest registered for CPL 3 with interrupts on only (rip {:#x})",
+            "host broke {}: an async page fault (token {:#x}) at cpl {} with interrupts {}: this guest registered for CPL 3 with interrupts on only (rip {:#x})",
+            {
+                breach::note(Breach::ApfMisdelivered, cr2, frame.rip);
+                Breach::ApfMisdelivered
+            },
             cr2,
             frame.cpl(),
             if frame.interrupts_were_enabled() { "on" } else { "off" },
@@ -366,8 +376,24 @@ fn on_page_fault(frame: &mut TrapFrame) {
 /// A real #PF beside flags that said "page not present": counted, out of the real fault's way.
 #[cold]
 #[inline(never)]
-fn bogus_flags() {
+fn bogus_flags(flags: u32, error_code: u64) {
+    breach::note(Breach::ApfStaleFlags, u64::from(flags), error_code);
     STATE.with(|s| s.stats.bogus_flags += 1);
+}
+
+/// `flags` with bits KVM never sets.
+#[cold]
+#[inline(never)]
+fn unknown_flags(flags: u32, cr2: u64) {
+    breach::note(Breach::ApfUnknownFlags, u64::from(flags), cr2);
+}
+
+/// A "page ready" for a token with no "page not present" (kept, for an event that may come,
+/// or absorbed): counted.
+#[cold]
+#[inline(never)]
+fn unknown_ready(token: u32) {
+    breach::note(Breach::ApfReadyForUnknownToken, u64::from(token), 0);
 }
 
 /// An event the table rejected: counted; only the first one per vCPU is printed, as every
@@ -375,6 +401,16 @@ fn bogus_flags() {
 #[cold]
 #[inline(never)]
 fn rejected(token: u32, why: Rejection) {
+    let rule = match why {
+        Rejection::Malformed => Some(Breach::ApfNotPresentTokenZero),
+        Rejection::Busy => Some(Breach::ApfNotPresentTokenOutstanding),
+        // A full table: not the host's doing alone (the guest's table has room for twice KVM's
+        // limit, so only a host past that limit fills it).
+        _ => None,
+    };
+    if let Some(rule) = rule {
+        breach::note(rule, u64::from(token), 0);
+    }
     let first = STATE.with(|s| {
         s.stats.rejected_events += 1;
         s.stats.rejected_events == 1
@@ -402,13 +438,18 @@ fn on_page_ready(_frame: &mut TrapFrame) {
     let wake = STATE.with(|s| {
         s.stats.page_ready += 1;
         match page_ready(token) {
-            PageReady::Spurious => s.stats.spurious += 1,
-            PageReady::WakeAll => return Wake::All,
-            PageReady::Wake(token) => {
-                if let WakeOutcome::Wake { task, result, .. } = s.table.on_wake(token, RESULT_RETRY) {
-                    return Wake::Task(task, result);
-                }
+            PageReady::Spurious => {
+                s.stats.spurious += 1;
+                breach::note(Breach::ApfReadySpurious, 0, 0);
             }
+            PageReady::WakeAll => return Wake::All,
+            PageReady::Wake(token) => match s.table.on_wake(token, RESULT_RETRY) {
+                WakeOutcome::Wake { task, result, .. } => return Wake::Task(task, result),
+                // No "page not present" for it (KVM sends "page ready" only after its "page
+                // not present"): kept for one that may come, or refused.
+                WakeOutcome::Early | WakeOutcome::Rejected(_) => unknown_ready(token),
+                WakeOutcome::HaltDone | WakeOutcome::Late => {}
+            },
         }
         // Nobody to wake (a spurious one, a wake kept or absorbed): done here.
         Wake::Nobody

@@ -3,6 +3,7 @@
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
+use pvagent_abi::breach::Breach;
 use pvagent_abi::cpuid::Features;
 use pvagent_abi::hypercall::Nr;
 use pvagent_abi::pnp::{
@@ -21,6 +22,7 @@ use crate::boot::cmdline::Cmdline;
 use crate::boot::info::MemKind;
 use crate::cell::StaticCell;
 use crate::kprintln;
+use crate::pv::breach;
 use crate::pv::tokens::{BySlot, EventOutcome, Overdue, Rejection, TokenStats, TokenTable, Waiter, WakeOutcome};
 use crate::pv::wait;
 use crate::sync::{CpuCell, IrqGuard};
@@ -76,15 +78,18 @@ impl SharedView {
         Self::u32_at(self.data, abi::DATA_INUSE_OFFSET)
     }
 
-    /// The event's token and GPA (the rest of the area is not used).
-    fn read_token_gpa(&self) -> (Token, u64) {
+    /// The event: its token, GPA, GVA, and `flags` with `reserved` (bits 63:32) in one word.
+    fn read_event(&self) -> (Token, u64, u64, u64) {
         let data = self.data as *const PageNotPresentData;
-        // SAFETY: the event area is 64-byte aligned static memory, and both fields lie in it;
-        // volatile reads, because the host writes them outside the compiler's view.
+        // SAFETY: the event area is 64-byte aligned static memory, and the fields lie in it;
+        // volatile reads, because the host writes them outside the compiler's view. `flags`
+        // and `reserved` are the area's last 8 bytes, 8-byte aligned (`abi::DATA_FLAGS_OFFSET`).
         unsafe {
             let token = core::ptr::read_volatile(&raw const (*data).token);
             let gpa = core::ptr::read_volatile(&raw const (*data).gpa);
-            (Token(token), gpa)
+            let gva = core::ptr::read_volatile(&raw const (*data).gva);
+            let flags_reserved = core::ptr::read_volatile(self.data.add(abi::DATA_FLAGS_OFFSET as usize) as *const u64);
+            (Token(token), gpa, gva, flags_reserved)
         }
     }
 }
@@ -138,6 +143,8 @@ struct PnpCpu {
     drains_at_event: bool,
     /// The shared token table, by ring slot: a slot holds one live token.
     table: TokenTable<BySlot, { abi::MAX_RING_ENTRIES as usize }>,
+    /// The demand-paged region's first address and size: an event's GPA lies in it.
+    region: (u64, u64),
     ring: RingConsumer,
     stats: Stats,
 }
@@ -148,6 +155,7 @@ static STATE: CpuCell<PnpCpu> = CpuCell::new(
             entries: 0,
             drains_at_event: false,
             table: TokenTable::new(BySlot { entries: 0 }),
+            region: (0, 0),
             ring: RingConsumer::new(0),
             stats: Stats::new(),
         }
@@ -170,11 +178,41 @@ impl PnpCpu {
 /// yet is kept for it).
 #[inline(always)]
 fn consume(table: &mut TokenTable<BySlot, { abi::MAX_RING_ENTRIES as usize }>, stats: &mut Stats, r: Resolution) {
-    if let WakeOutcome::Wake { task, result, .. } = table.on_wake(r.token, r.result)
-        && task::wake(task, u64::from(result)) != task::table::WakeOutcome::Woken
-    {
-        stats.stale_wakes += 1;
+    // A result the ABI does not define wakes its waiter to retry the access: the page is
+    // present by then, or the host answers the retry (a failed page gets a new event whose
+    // resolution says so), so a task neither waits for ever nor ends for a word it cannot read.
+    let result = if r.result > abi::RESULT_FAILED {
+        bad_result(r);
+        abi::RESULT_RETRY
+    } else {
+        r.result
+    };
+    match table.on_wake(r.token, result) {
+        WakeOutcome::Wake { task, result, .. } => {
+            stats.stale_wakes += u64::from(task::wake(task, u64::from(result)) != task::table::WakeOutcome::Woken);
+        }
+        WakeOutcome::Rejected(why) => rejected_resolution(r, why),
+        _ => {}
     }
+}
+
+/// A resolution whose result is neither retry nor failed: counted, read as retry.
+#[cold]
+#[inline(never)]
+fn bad_result(r: Resolution) {
+    breach::note(Breach::ResolutionBadResult, u64::from(r.token), u64::from(r.result));
+}
+
+/// A resolution the token table refused (it woke nobody): which rule the host broke.
+#[cold]
+#[inline(never)]
+fn rejected_resolution(r: Resolution, why: Rejection) {
+    let rule = match why {
+        Rejection::Duplicate => Breach::ResolutionTwice,
+        // Another token's slot, an impossible slot or sequence: never handed out.
+        _ => Breach::ResolutionForUnknownToken,
+    };
+    breach::note(rule, u64::from(r.token), u64::from(r.result));
 }
 
 impl Stats {
@@ -332,8 +370,10 @@ pub fn register(entries: u32) -> Result<(), RegisterError> {
         let _ = write_msr(abi::MSR_RING, 0);
         return Err(e);
     }
+    let region = host_region().map_or((0, 0), |(r, _)| (r.base, r.end() - r.base));
     STATE.with(|s| {
         s.entries = entries;
+        s.region = region;
         s.drains_at_event = drains_at_event;
         s.table.reset(BySlot { entries });
         s.ring = RingConsumer::new(entries);
@@ -412,9 +452,20 @@ fn on_event(frame: &mut TrapFrame) {
         let view = SharedView::of(cpu, s.entries);
         if view.inuse().load(Ordering::Acquire) != 1 {
             s.stats.spurious += 1;
+            breach::note(Breach::EventSpurious, 0, 0);
             return None;
         }
-        let (token, gpa) = view.read_token_gpa();
+        let (token, mut gpa, gva, flags_reserved) = view.read_event();
+        // The event's own rules, a few instructions on every event: no flag but `gva` known,
+        // `reserved` 0, the GPA in the region, and a known `gva` on the GPA's page (the guest's
+        // one address space maps the region one to one, `init`, so that is where its tables
+        // translate it). A breach is counted and the event served all the same: its token is
+        // what the waiter needs, and a GPA outside the region is dropped (0: unknown).
+        let (base, size) = s.region;
+        let gva_off = flags_reserved & u64::from(abi::FLAG_GVA_VALID) != 0 && (gva ^ gpa) >> 12 != 0;
+        if flags_reserved & !u64::from(abi::FLAG_GVA_VALID) != 0 || gpa.wrapping_sub(base) >= size || gva_off {
+            gpa = odd_event(token, gpa, gva, flags_reserved, s.region);
+        }
         // A resolution the host posted before it delivered this event is in the ring now (it
         // published `head` before `inuse`, `VECTORS_DRAIN_AT_EVENT`), and comes with no
         // interrupt: take it before the token is looked up. Drained before the area is given
@@ -439,7 +490,7 @@ fn on_event(frame: &mut TrapFrame) {
     let result = match outcome {
         EventOutcome::AlreadyResolved { result } => result,
         EventOutcome::Rejected(why) => {
-            kprintln!("pnp: event with token {:#x} rejected: {why:?}", token.0);
+            rejected_event(token, gpa, why);
             return;
         }
         EventOutcome::Park(parked) => {
@@ -449,6 +500,45 @@ fn on_event(frame: &mut TrapFrame) {
     };
     if result == abi::RESULT_FAILED {
         page_failed(frame, token, gpa);
+    }
+}
+
+/// An event that broke one of the area's rules (`on_event`): each broken rule counted; returns
+/// the GPA to go on with (0, unknown, when it is outside the region).
+#[cold]
+#[inline(never)]
+fn odd_event(token: Token, gpa: u64, gva: u64, flags_reserved: u64, (base, size): (u64, u64)) -> u64 {
+    let (flags, reserved) = (flags_reserved as u32, (flags_reserved >> 32) as u32);
+    if flags & !abi::FLAG_GVA_VALID != 0 {
+        breach::note(Breach::EventUnknownFlags, u64::from(token.0), u64::from(flags));
+    }
+    if reserved != 0 {
+        breach::note(Breach::EventReservedNonzero, u64::from(token.0), u64::from(reserved));
+    }
+    if gpa.wrapping_sub(base) >= size {
+        // A `gva` is not judged against a GPA that is wrong already.
+        breach::note(Breach::EventGpaOutsideRegion, u64::from(token.0), gpa);
+        return 0;
+    }
+    if flags & abi::FLAG_GVA_VALID != 0 && (gva ^ gpa) >> 12 != 0 {
+        breach::note(Breach::EventGvaMismatch, gva, gpa);
+    }
+    gpa
+}
+
+/// An event whose token the table refused: nothing waits; which rule the host broke.
+#[cold]
+#[inline(never)]
+fn rejected_event(token: Token, gpa: u64, why: Rejection) {
+    let rule = match why {
+        Rejection::Malformed if token.0 == 0 => Breach::EventTokenZero,
+        Rejection::Malformed if token.sequence() == 0 => Breach::EventSequenceZero,
+        Rejection::Malformed => Breach::EventSlotBeyondRing,
+        // A slot whose token still has a waiter or an unclaimed result.
+        _ => Breach::EventTokenOutstanding,
+    };
+    if breach::note(rule, u64::from(token.0), gpa) {
+        kprintln!("pnp: event with token {:#x} rejected: {why:?} (host broke {rule})", token.0);
     }
 }
 
@@ -493,6 +583,16 @@ fn on_resolution(_frame: &mut TrapFrame) {
 
 fn report_corrupt(drained: Drain) {
     if let Drain::Corrupt { head, tail } = drained {
+        corrupt_ring(head, tail);
+    }
+}
+
+/// A `head` more than the ring's size ahead of `tail`: nothing was consumed; counted, the first
+/// one printed (the true `head`, when the host writes it, is drained as ever).
+#[cold]
+#[inline(never)]
+fn corrupt_ring(head: u32, tail: u32) {
+    if breach::note(Breach::RingHeadBeyondSize, u64::from(head), u64::from(tail)) {
         kprintln!("pnp: ring head {head} is impossible with tail {tail}: nothing consumed");
     }
 }

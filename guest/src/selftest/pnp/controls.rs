@@ -25,22 +25,22 @@ pub(super) fn pacing(latency_us: u64, timing: ResolutionTiming) -> Result<Pacing
 
 /// Pages whose fetch waits until the test releases them; released when dropped, so that a
 /// failing test leaves no task parked for ever.
-pub(super) struct Held(heapless::Vec<u64, 8>);
+pub(in crate::selftest) struct Held(heapless::Vec<u64, 8>);
 
 impl Held {
-    pub(super) fn new() -> Self {
+    pub(in crate::selftest) fn new() -> Self {
         Held(heapless::Vec::new())
     }
 
     /// Holds the page at `gpa` (not touched yet).
-    pub(super) fn hold(&mut self, gpa: u64) -> TestResult {
+    pub(in crate::selftest) fn hold(&mut self, gpa: u64) -> TestResult {
         pnp::set_page_behaviour(gpa, PageBehaviour::Held).map_err(|e| fail(format_args!("hold {gpa:#x}: {e:?}")))?;
         self.0.push(gpa).map_err(|_| fail(format_args!("more than 8 held pages")))
     }
 
     /// Releases every held page: their fetches start now. Returns how many the host still
     /// held (in sync mode an access that waited has released its page already).
-    pub(super) fn release_all(&mut self) -> Result<u64, Failure> {
+    pub(in crate::selftest) fn release_all(&mut self) -> Result<u64, Failure> {
         let mut released = 0;
         while let Some(gpa) = self.0.pop() {
             released += pnp::release(gpa, 1).map_err(|e| fail(format_args!("release {gpa:#x}: {e:?}")))?;
@@ -61,7 +61,7 @@ impl Drop for Held {
 /// yields, so a task that takes an event for a page that is held (or whose resolution is held
 /// back) always has another task to switch to and parks: the path is taken by construction,
 /// and the bound on yields is reached only if it was not.
-pub(super) fn yield_until_parked(tasks: usize) -> TestResult {
+pub(in crate::selftest) fn yield_until_parked(tasks: usize) -> TestResult {
     const YIELDS: u32 = 1000;
     for _ in 0..YIELDS {
         if pnp::pending().0 >= tasks {
@@ -105,7 +105,7 @@ pub(super) fn await_events(guest_events: u64, host_events: u64) -> Result<pnp::S
 /// first, as the protocol's rule requires. Each counter read is an exit, at which a pending event
 /// is delivered; between reads the vCPU halts until the next interrupt. The deadline only turns
 /// a lost resolution into a failure instead of a hang.
-pub(super) fn await_no_token_outstanding() -> Result<(), Failure> {
+pub(in crate::selftest) fn await_no_token_outstanding() -> Result<(), Failure> {
     let deadline = crate::arch::ticks() + 10 * crate::arch::time::HZ;
     loop {
         let outstanding = counter(HostCounter::Outstanding)?;

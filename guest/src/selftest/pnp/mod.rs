@@ -25,10 +25,10 @@ use crate::task::{self, NoSleepGuard, user};
 use crate::{ensure, ensure_eq, ensure_eq_hex, kprintln};
 
 mod breaches;
-mod controls;
+pub(super) mod controls;
 mod data;
 mod deadline;
-mod kvm_apf;
+pub(super) mod kvm_apf;
 mod paths;
 mod registration;
 mod smp;
@@ -93,7 +93,7 @@ pub const TESTS: &[SelfTest] = &[
 ];
 
 /// The demand-paged region (every test here needs [`Need::Pager`], which the runner checked).
-fn pager() -> Result<Region, Failure> {
+pub(super) fn pager() -> Result<Region, Failure> {
     match pnp::host_region() {
         Some((region, _)) if region.pages > 0 && pnp::registered_entries() > 0 => Ok(region),
         _ => Err(fail(format_args!("no demand-paged region, though the runner checked Need::Pager"))),
@@ -101,7 +101,7 @@ fn pager() -> Result<Region, Failure> {
 }
 
 /// Fresh pages of the region, never touched before (a bump allocator over the region).
-fn fresh_pages(region: &Region, count: u64) -> Result<u64, Failure> {
+pub(super) fn fresh_pages(region: &Region, count: u64) -> Result<u64, Failure> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let first = NEXT.fetch_add(count, Ordering::Relaxed);
     if first + count > region.pages {
@@ -110,15 +110,15 @@ fn fresh_pages(region: &Region, count: u64) -> Result<u64, Failure> {
     Ok(region.page(first))
 }
 
-fn counter(c: HostCounter) -> Result<u64, Failure> {
+pub(super) fn counter(c: HostCounter) -> Result<u64, Failure> {
     pnp::host_counter(c).map_err(|e| fail(format_args!("host counter {c:?}: {e:?}")))
 }
 
-fn latency(min_us: u64, max_us: u64) -> TestResult {
+pub(super) fn latency(min_us: u64, max_us: u64) -> TestResult {
     pnp::set_latency_ns(min_us * 1000, max_us * 1000).map_err(|e| fail(format_args!("set latency: {e:?}")))
 }
 
-fn read(gpa: u64) -> u64 {
+pub(super) fn read(gpa: u64) -> u64 {
     // SAFETY: `gpa` is in the demand region, identity mapped for the kernel; the load is what
     // makes the host page the memory in.
     unsafe { core::ptr::read_volatile(gpa as *const u64) }
@@ -129,11 +129,11 @@ fn write(gpa: u64, value: u64) {
     unsafe { core::ptr::write_volatile(gpa as *mut u64, value) }
 }
 
-fn join(id: TaskId) -> Result<ExitStatus, Failure> {
+pub(super) fn join(id: TaskId) -> Result<ExitStatus, Failure> {
     task::join(id).map_err(|e| fail(format_args!("join {id:?}: {e:?}")))
 }
 
-fn spawned<T, E: core::fmt::Debug>(r: Result<T, E>) -> Result<T, Failure> {
+pub(super) fn spawned<T, E: core::fmt::Debug>(r: Result<T, E>) -> Result<T, Failure> {
     r.map_err(|e| fail(format_args!("spawn failed: {e:?}")))
 }
 

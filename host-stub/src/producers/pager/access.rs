@@ -117,6 +117,16 @@ impl Pager {
             }
         }
         let inner = &mut *guard;
+        if mode == HostMode::KvmApf
+            && window_open
+            && let Some(token) = super::breaks::bogus_not_present(inner, vcpu)
+        {
+            // A breach on purpose: a "page not present" for no access (token 0, or one whose
+            // waiter still waits). The guest waits for none of it, and its retry of this
+            // access is served as ever.
+            kvm_apf_delivery::deliver_not_present(inner, ctx, vcpu, token, gpa, gva)?;
+            return Ok(Handled::Yes);
+        }
         // #VE's rules, for a vCPU with a VE area (`ve::route`).
         let mut waits_for_busy = false;
         if let Some(area) = ve_area {

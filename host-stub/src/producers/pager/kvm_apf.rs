@@ -201,6 +201,27 @@ impl ApfVcpu {
     pub fn ready_pending(&self) -> bool {
         !self.ready.is_empty() || self.in_flight.is_some()
     }
+
+    /// A token KVM's numbering has not handed out (the id half a cycle of 2^20 ahead of the
+    /// counter) and that is not out: for a breach on purpose.
+    pub fn never_issued(&self) -> u32 {
+        let mut id = self.id.wrapping_add(1 << 19);
+        while id << 12 == 0 || self.outstanding.contains(&abi::kvm_token(id, self.vcpu_id)) {
+            id = abi::next_token_id(id);
+        }
+        abi::kvm_token(id, self.vcpu_id)
+    }
+
+    /// Queues a "page ready" for `token` whatever its state (a breach on purpose: the guest
+    /// has no "page not present" for it). Its acknowledgement frees nothing.
+    pub fn queue_forged_ready(&mut self, token: u32) {
+        self.ready.push_back(token);
+    }
+
+    /// A token out whose "page ready" is neither queued nor delivered: its waiter still waits.
+    pub fn waiting_token(&self) -> Option<u32> {
+        self.outstanding.iter().copied().find(|t| !self.ready.contains(t) && self.in_flight != Some(*t))
+    }
 }
 
 impl TokenSource for ApfVcpu {

@@ -14,7 +14,7 @@
 use std::sync::atomic::Ordering;
 
 use kvm_bindings::KVM_VCPUEVENT_VALID_PAYLOAD;
-use pvagent_abi::kvm_apf::{self as abi, REASON_PAGE_NOT_PRESENT, TOKEN_WAKE_ALL};
+use pvagent_abi::kvm_apf::{self as abi, TOKEN_WAKE_ALL};
 use pvagent_abi::pnp::Token;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -76,7 +76,7 @@ fn area_u32(inner: &Inner, vcpu: usize, gpa: u64) -> Result<u32, PagerError> {
     })
 }
 
-fn set_area_u32(inner: &Inner, vcpu: usize, gpa: u64, value: u32) -> Result<(), PagerError> {
+pub(super) fn set_area_u32(inner: &Inner, vcpu: usize, gpa: u64, value: u32) -> Result<(), PagerError> {
     inner.ram()?.store(value, GuestAddress(gpa), Ordering::Release).map_err(|source| PagerError::WriteApfArea {
         vcpu,
         gpa,
@@ -100,7 +100,9 @@ pub(super) fn deliver_not_present(
     gva: Option<u64>,
 ) -> Result<(), PagerError> {
     let a = active(inner, vcpu).ok_or(PagerError::EventWithoutRegistration { vcpu })?;
-    set_area_u32(inner, vcpu, a.area_gpa + abi::FLAGS_OFFSET, REASON_PAGE_NOT_PRESENT)?;
+    // `REASON_PAGE_NOT_PRESENT`, unless a breach on purpose adds a bit.
+    let flags = super::breaks::not_present_flags(inner, vcpu);
+    set_area_u32(inner, vcpu, a.area_gpa + abi::FLAGS_OFFSET, flags)?;
     let mut events = ctx.vcpu.get_vcpu_events().map_err(|source| PagerError::InjectNotPresent { vcpu, source })?;
     events.exception.injected = 0;
     events.exception.pending = 1;

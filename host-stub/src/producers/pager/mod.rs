@@ -31,6 +31,7 @@
 
 pub mod access;
 pub mod backing;
+pub mod breaks;
 pub mod completion;
 pub mod config;
 pub mod controls;
@@ -170,6 +171,7 @@ impl Pager {
             ve: vec![VeVcpu::default()],
             waits_ended_at_time_limit: 0,
             sync_waiting: Vec::new(),
+            breaks: vec![Default::default()],
         };
         Ok(Self {
             config,
@@ -286,6 +288,7 @@ impl ExitHandler for Pager {
             inner.vcpus.resize_with(ctx.vcpus, Registration::default);
             inner.apf = (0..ctx.vcpus).map(|i| ApfVcpu::new(i as u32)).collect();
             inner.ve = vec![VeVcpu::default(); ctx.vcpus];
+            inner.breaks = vec![Default::default(); ctx.vcpus];
             inner.vcpu_tids = vec![None; ctx.vcpus];
             self.vcpu_tid_known = vec![false; ctx.vcpus];
         }
@@ -495,6 +498,7 @@ impl ExitHandler for Pager {
             return Ok(MsrAnswer::NotMine);
         }
         let mut inner = self.shared.lock();
+        breaks::restore_head(&mut inner, ctx.index)?;
         if let Some(active) = inner.vcpus.get(ctx.index).and_then(Registration::active) {
             // Account for consumed resolutions first, so "no token outstanding" is current.
             observe_tail(&mut inner, ctx.index, active)?;
@@ -513,6 +517,15 @@ impl ExitHandler for Pager {
 
     fn hypercall(&mut self, ctx: &mut VcpuCtx<'_>, nr: u32, args: [u64; 4]) -> Result<HypercallAnswer> {
         let Ok(nr) = Nr::try_from(nr) else { return Ok(None) };
+        {
+            let mut inner = self.shared.lock();
+            // The true ring `head` back after a breach on purpose hid it: the guest took its
+            // interrupt before this call's `out`.
+            breaks::restore_head(&mut inner, ctx.index)?;
+            if nr == Nr::HostBreak {
+                return Ok(breaks::host_break(&mut inner, ctx, args[0])?);
+            }
+        }
         if let Some(answer) = self.ve_control(ctx, nr, args)? {
             return Ok(answer);
         }

@@ -10,11 +10,14 @@ use std::sync::atomic::Ordering;
 use pvagent_abi::pnp::{self as abi, PageNotPresentData, Resolution, Token};
 use vm_memory::{Bytes, GuestAddress};
 
+use pvagent_abi::breach::Breach;
+
+use super::breaks;
 use super::error::PagerError;
 use super::registration::{Active, Registration};
 use super::shared::Inner;
 use super::state;
-use super::tokens::TokenPool;
+use super::tokens::{RingViolation, TokenPool};
 use crate::memory;
 
 /// `vcpu`'s event area's `inuse` word: non-zero while the guest has yet to take the last event.
@@ -88,9 +91,13 @@ pub(super) fn deliver_event(
 ) -> Result<(), PagerError> {
     let a =
         inner.vcpus.get(vcpu).and_then(Registration::active).ok_or(PagerError::EventWithoutRegistration { vcpu })?;
-    let ram = inner.ram()?;
+    // A drain at this event must see the true `head` (a breach on purpose may have hidden it).
+    breaks::restore_head(inner, vcpu)?;
     let flags = if gva.is_some() { abi::FLAG_GVA_VALID } else { 0 };
-    let data = PageNotPresentData { inuse: 0, token: token.0, gpa, gva: gva.unwrap_or(0), flags, reserved: 0 };
+    let mut data = PageNotPresentData { inuse: 0, token: token.0, gpa, gva: gva.unwrap_or(0), flags, reserved: 0 };
+    let region_end = inner.region.as_ref().map_or(0, |r| r.gpa() + r.pages() * super::region::PAGE as u64);
+    breaks::at_event(inner, vcpu, &mut data, region_end);
+    let ram = inner.ram()?;
     memory::write_plain(ram, a.data_gpa, data).map_err(|source| PagerError::WriteEventArea {
         vcpu,
         gpa: a.data_gpa,
@@ -125,17 +132,56 @@ pub(super) fn post_resolution(
         .and_then(Registration::active)
         .ok_or(PagerError::ResolutionWithoutRegistration { vcpu })?;
     observe_tail(inner, vcpu, a)?;
+    let room = inner.vcpus.get(vcpu).and_then(|r| r.pool.as_ref()).map_or(0, TokenPool::room);
+    // A breach on purpose, when one is armed: the entries below differ from the one true entry.
+    let breach = breaks::at_resolution(inner, vcpu, room);
+    if let Some(b) = inner.breaks.get_mut(vcpu) {
+        // Written below in any case.
+        b.forget_bogus_head();
+    }
     let pool = inner
         .vcpus
         .get_mut(vcpu)
         .and_then(|r| r.pool.as_mut())
         .ok_or(PagerError::ResolutionWithoutRegistration { vcpu })?;
+    let full = |pool: &TokenPool| PagerError::Ring {
+        vcpu,
+        violation: RingViolation::Full { head: pool.head(), tail: pool.head().wrapping_sub(pool.entries()) },
+    };
+    let mut entries = [(0, Resolution { result, token: token.0 }); 2];
+    let mut count = 0;
+    if breach == Some(Breach::ResolutionForUnknownToken) {
+        // Before the true one, while the guest still has a waiter in the slot.
+        let index = pool.post_unowned().ok_or_else(|| full(pool))?;
+        entries[count].0 = index;
+        count += 1;
+    }
     let index = pool.post(token).map_err(|violation| PagerError::Ring { vcpu, violation })?;
+    let written = if breach == Some(Breach::ResolutionBadResult) { breaks::BAD_RESULT } else { result };
+    entries[count] = (index, Resolution { result: written, token: token.0 });
+    count += 1;
+    match breach {
+        Some(Breach::ResolutionForUnknownToken) => {
+            let forged = pool.never_issued(token.slot()).unwrap_or(Token(0));
+            entries[0].1.token = forged.0;
+        }
+        Some(Breach::ResolutionTwice) => {
+            let index = pool.post_unowned().ok_or_else(|| full(pool))?;
+            entries[count] = (index, Resolution { result, token: token.0 });
+            count += 1;
+        }
+        _ => {}
+    }
     let head = pool.head();
     let ram = inner.ram()?;
-    let entry_gpa = a.ring_gpa + u64::from(index) * std::mem::size_of::<Resolution>() as u64;
-    memory::write_plain(ram, entry_gpa, Resolution { result, token: token.0 })
-        .map_err(|source| PagerError::WriteRingEntry { vcpu, gpa: entry_gpa, source })?;
+    for &(index, entry) in &entries[..count] {
+        let entry_gpa = a.ring_gpa + u64::from(index) * std::mem::size_of::<Resolution>() as u64;
+        memory::write_plain(ram, entry_gpa, entry).map_err(|source| PagerError::WriteRingEntry {
+            vcpu,
+            gpa: entry_gpa,
+            source,
+        })?;
+    }
     let head_gpa = a.ring_gpa + abi::ring_head_offset(a.entries);
     ram.store(head, GuestAddress(head_gpa), Ordering::Release).map_err(|source| PagerError::WriteRingHead {
         vcpu,

@@ -82,6 +82,8 @@ pub struct Inner {
     /// their fetches are never held back (`held_back::hold_back`), as a waiting vCPU cannot take
     /// the event a held-back fetch would wait for.
     pub sync_waiting: Vec<PageIndex>,
+    /// Each vCPU's rules armed to be broken on purpose (`Nr::HostBreak`).
+    pub breaks: Vec<super::breaks::Armed>,
 }
 
 impl Inner {

@@ -49,9 +49,13 @@ pub struct TokenPool {
     head: u32,
     /// Entries the guest is known to have consumed (the last `tail` seen).
     consumed: u32,
-    /// Slots of posted resolutions, in ring order.
+    /// Slots of posted resolutions, in ring order ([`NO_SLOT`] for an entry that frees none).
     posted: VecDeque<u16>,
 }
+
+/// The slot of a ring entry that frees no slot when consumed: one the host wrote for no
+/// outstanding token (a breach on purpose, `breaks`).
+const NO_SLOT: u16 = u16::MAX;
 
 impl TokenPool {
     /// A pool for a fresh ring of `entries`.
@@ -83,8 +87,8 @@ impl TokenPool {
             return Err(RingViolation::TailBeyondHead { tail, head: self.head });
         }
         for _ in 0..newly {
-            if let Some(slot) = self.posted.pop_front() {
-                self.slots[usize::from(slot)] = SlotUse::Free;
+            if let Some(slot) = self.posted.pop_front().and_then(|slot| self.slots.get_mut(usize::from(slot))) {
+                *slot = SlotUse::Free;
             }
         }
         self.consumed = tail;
@@ -115,6 +119,37 @@ impl TokenPool {
         self.slots[slot] = SlotUse::Posted;
         self.posted.push_back(token.slot());
         Ok(index)
+    }
+
+    /// Ring entries free now (the guest's `tail` as last observed).
+    pub fn room(&self) -> u32 {
+        self.entries.saturating_sub(self.head.wrapping_sub(self.consumed))
+    }
+
+    /// Claims a ring entry for no outstanding token (a breach on purpose: a forged or repeated
+    /// resolution); its consumption frees no slot. `None` when the ring is full.
+    pub fn post_unowned(&mut self) -> Option<u32> {
+        if self.room() == 0 {
+            return None;
+        }
+        let index = self.head % self.entries;
+        self.head = self.head.wrapping_add(1);
+        self.posted.push_back(NO_SLOT);
+        Some(index)
+    }
+
+    /// A token of `slot` this pool never hands out: the slot's next sequence number, which is
+    /// skipped from now on (call it once the slot's current token is posted).
+    pub fn never_issued(&mut self, slot: u16) -> Option<Token> {
+        let sequence = self.sequence.get_mut(usize::from(slot))?;
+        *sequence = next_sequence(*sequence);
+        Some(Token::new(slot, *sequence))
+    }
+
+    /// The first token handed out whose resolution is not posted yet.
+    pub fn unresolved_token(&self) -> Option<Token> {
+        let slot = self.slots.iter().position(|s| *s == SlotUse::Outstanding)?;
+        Some(Token::new(slot as u16, self.sequence[slot]))
     }
 
     /// Tokens handed out and not yet consumed by the guest.
@@ -164,6 +199,29 @@ mod tests {
         assert_eq!(pool.outstanding(), 2);
         pool.observe_tail(3).unwrap();
         assert_eq!(pool.outstanding(), 0);
+    }
+
+    #[test]
+    fn entries_for_no_token_take_room_and_free_nothing() {
+        let mut pool = ring(4);
+        let a = pool.alloc().unwrap();
+        assert_eq!(pool.unresolved_token(), Some(a));
+        assert_eq!(pool.post_unowned(), Some(0));
+        assert_eq!(pool.post(a), Ok(1));
+        let forged = pool.never_issued(a.slot()).unwrap();
+        assert_eq!(forged.slot(), a.slot());
+        assert_ne!(forged, a);
+        assert_eq!(pool.room(), 2);
+        pool.observe_tail(2).unwrap();
+        assert_eq!(pool.outstanding(), 0);
+        let b = pool.alloc().unwrap();
+        assert_eq!(b.slot(), a.slot());
+        assert!(b != a && b != forged, "a skipped sequence number is never handed out");
+        for _ in 0..4 {
+            pool.post_unowned().unwrap();
+        }
+        assert_eq!(pool.post_unowned(), None, "full");
+        assert_eq!(pool.post(b), Err(RingViolation::Full { head: 6, tail: 2 }));
     }
 
     #[test]
