@@ -329,3 +329,10 @@ pub fn alone_in_a_process(name: &str) -> bool {
     assert!(text.contains("1 passed"), "{name} did not run alone in its process:\n{text}");
     false
 }
+
+/// The token deadline's reports (`pv::deadline`) in a run's console that name a task other than
+/// the deadline self-tests' own reader, which waits past a short deadline on purpose: a token
+/// resolved in time is never reported, so a run of the other self-tests has none.
+pub fn stray_deadline_reports(r: &RunResult) -> Vec<&String> {
+    r.serial.iter().filter(|l| l.starts_with("deadline: vCPU") && !l.contains(" \"deadline-reader\")")).collect()
+}

@@ -12,7 +12,8 @@ use crate::{console, kprintln, task};
 
 /// Command line keys the boot sequence itself reads (the protocols' settings). A binary's own
 /// keys come with its [`FirstTask`]; any other key is reported at boot.
-pub const CMDLINE_KEYS: &[&str] = &["kstack", "pnp", "pnp-ring", "sld", arch::smp::STUCK_AP_KEY];
+pub const CMDLINE_KEYS: &[&str] =
+    &["kstack", "pnp", "pnp-ring", "sld", arch::smp::STUCK_AP_KEY, crate::pv::deadline::CMDLINE_KEY];
 
 /// What a kernel binary runs once the kernel is up.
 #[derive(Clone, Copy, Debug)]

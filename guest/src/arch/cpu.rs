@@ -28,7 +28,9 @@ pub fn enable_interrupts_and_halt() {
     unsafe { asm!("sti", "hlt", options(nostack, preserves_flags)) };
 }
 
-/// Reads the time-stamp counter.
+/// Reads the time-stamp counter. Always inlined: the page-not-present events that wait stamp
+/// their wait with it (`pv::deadline`), and a call would cost them more than the read.
+#[inline(always)]
 pub fn rdtsc() -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: RDTSC only reads the counter (CR4.TSD is clear). `nomem`: it neither reads nor

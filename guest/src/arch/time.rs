@@ -67,6 +67,7 @@ pub fn spin_us(us: u64) {
 /// The timer's period in its input cycles (set by [`init_tick`]).
 static TIMER_PERIOD: AtomicU32 = AtomicU32::new(0);
 static TICK_HOOK: FnSlot<TickHook> = FnSlot::empty();
+static CHECK_HOOK: FnSlot<TickHook> = FnSlot::empty();
 static TICKS: CpuLocal<AtomicU64> = CpuLocal::new([const { AtomicU64::new(0) }; MAX_CPUS]);
 
 /// Called on every tick, after EOI, with the tick count (the scheduler wakes sleepers).
@@ -84,6 +85,12 @@ pub(super) fn init_tick(apic_khz: u32) {
 pub fn start_tick(hook: TickHook) {
     TICK_HOOK.set(hook);
     apic::start_periodic_timer(TIMER_VECTOR, TIMER_PERIOD.load(Ordering::Relaxed));
+}
+
+/// Sets `hook` to run on every tick of every vCPU, before the scheduler's: a periodic check
+/// kept off the event paths (`pv::deadline`), which decides itself how often it does work.
+pub fn set_check_hook(hook: TickHook) {
+    CHECK_HOOK.set(hook);
 }
 
 /// The tick's period, in timer input cycles (`HZ` ticks a second at the APIC timer's frequency).
@@ -107,6 +114,9 @@ pub fn ticks_of(cpu: usize) -> u64 {
 fn timer_tick(_frame: &mut trap::TrapFrame) {
     let now = TICKS.get().fetch_add(1, Ordering::Relaxed) + 1;
     apic::eoi();
+    if let Some(check) = CHECK_HOOK.get() {
+        check(now);
+    }
     if let Some(hook) = TICK_HOOK.get() {
         hook(now);
     }

@@ -4,6 +4,7 @@
 
 pub mod ac;
 pub mod breach;
+pub mod deadline;
 #[cfg(kernel)]
 pub mod halt;
 #[cfg(test)]
@@ -28,6 +29,7 @@ pub fn init(cmdline: &crate::boot::cmdline::Cmdline) {
     ve::init();
     kvm_apf::init();
     trace::init();
+    deadline::init();
 }
 
 /// Brings up every protocol on an AP as [`init`] did on the boot vCPU (which ran first): each

@@ -128,7 +128,7 @@ struct Entry {
 enum State {
     /// Nothing pending.
     Free,
-    /// An event parked `waiter` on the token.
+    /// An event parked `waiter` on the token (since the table's `since` for the entry).
     Waiting { waiter: Waiter, gpa: u64 },
     /// The token's wake came before its event.
     Early { result: u32 },
@@ -215,77 +215,17 @@ pub enum WakeOutcome {
     Rejected(Rejection),
 }
 
-/// Counts of everything the table saw.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TokenStats {
-    /// Tasks parked on a token.
-    pub slept: u64,
-    /// HLT-loop waiters registered on a token.
-    pub halted: u64,
-    pub resolved_before_event: u64,
-    pub woken: u64,
-    pub failed: u64,
-    /// Waiters a wake-all woke.
-    pub woken_by_wake_all: u64,
-    /// Wakes for tokens whose waiters a wake-all had woken.
-    pub late: u64,
-    /// Kept wakes and abandoned tokens a full table gave up.
-    pub given_up: u64,
-    pub malformed: u64,
-    pub busy: u64,
-    pub duplicate: u64,
-    pub unknown: u64,
-    pub bad_result: u64,
-    pub full: u64,
-}
-
-impl TokenStats {
-    /// All counters zero.
-    pub const fn new() -> Self {
-        Self {
-            slept: 0,
-            halted: 0,
-            resolved_before_event: 0,
-            woken: 0,
-            failed: 0,
-            woken_by_wake_all: 0,
-            late: 0,
-            given_up: 0,
-            malformed: 0,
-            busy: 0,
-            duplicate: 0,
-            unknown: 0,
-            bad_result: 0,
-            full: 0,
-        }
-    }
-
-    /// Everything rejected.
-    pub fn rejected(&self) -> u64 {
-        self.malformed + self.busy + self.duplicate + self.unknown + self.bad_result + self.full
-    }
-
-    /// Out of line and cold: the common paths do not pay for the rejections' bookkeeping.
-    #[cold]
-    #[inline(never)]
-    fn count(&mut self, r: Rejection) {
-        match r {
-            Rejection::Malformed => self.malformed += 1,
-            Rejection::Busy => self.busy += 1,
-            Rejection::Duplicate => self.duplicate += 1,
-            Rejection::Unknown => self.unknown += 1,
-            Rejection::BadResult => self.bad_result += 1,
-            Rejection::Full => self.full += 1,
-        }
-    }
-}
-
 /// The token table of one vCPU and one protocol, of `N` entries (a power of two). (Host tests
 /// clone it: `pv::interleavings` explores from copies of one state.)
 #[derive(Debug)]
 #[cfg_attr(test, derive(Clone))]
 pub struct TokenTable<K: Keying, const N: usize> {
     entries: [Entry; N],
+    /// When each waiting entry's wait began, on the clock its event gave (TSC cycles in the
+    /// kernel), [`deadline::REPORTED`] once reported past its deadline; meaningless for an
+    /// entry that does not wait. Beside the entries rather than in them: in an entry it made
+    /// every event's look-up copy more (the paths that never wait grew by 8 instructions).
+    since: [u64; N],
     keying: K,
     pub stats: TokenStats,
 }
@@ -298,7 +238,7 @@ impl<K: Keying, const N: usize> TokenTable<K, N> {
     /// An empty table with `keying` (a static one costs nothing at boot).
     pub const fn new(keying: K) -> Self {
         let () = Self::SIZE_IS_A_POWER_OF_TWO;
-        Self { entries: [Entry::FREE; N], keying, stats: TokenStats::new() }
+        Self { entries: [Entry::FREE; N], since: [0; N], keying, stats: TokenStats::new() }
     }
 
     /// Starts over with `keying`. Only call with nothing pending. The entries cleared are those
@@ -366,6 +306,7 @@ impl<K: Keying, const N: usize> TokenTable<K, N> {
             let stays = if hole <= j { hole < home && home <= j } else { hole < home || home <= j };
             if !stays {
                 self.entries[hole] = self.entries[j];
+                self.since[hole] = self.since[j];
                 self.entries[j] = Entry::FREE;
                 hole = j;
             }
@@ -374,16 +315,12 @@ impl<K: Keying, const N: usize> TokenTable<K, N> {
 
     /// Records `token` in `state` when it is not in the table (`home` is its home): at its
     /// home (by slot), or the first free entry of its probe; in a full table, the first entry
-    /// without a waiter, given up.
+    /// without a waiter, given up. Returns the entry.
     #[inline(always)]
-    fn insert(&mut self, home: usize, token: u32, state: State) -> Result<(), Rejection> {
-        if K::BY_SLOT {
-            self.put(home, token, state);
-            return Ok(());
-        }
-        let i = self.probe_for_room(home)?;
+    fn insert(&mut self, home: usize, token: u32, state: State) -> Result<usize, Rejection> {
+        let i = if K::BY_SLOT { home } else { self.probe_for_room(home)? };
         self.put(i, token, state);
-        Ok(())
+        Ok(i)
     }
 
     /// Hashed keying: the entry a new token from `home` goes to.
@@ -409,7 +346,8 @@ impl<K: Keying, const N: usize> TokenTable<K, N> {
         wrap(r)
     }
 
-    /// Parks the waiter `waiter` names on `token`, in entry `at` or, if none, a new one.
+    /// Parks the waiter `waiter` names on `token` from `now`, in entry `at` or, if none, a new
+    /// one.
     #[inline(always)]
     fn park(
         &mut self,
@@ -417,18 +355,21 @@ impl<K: Keying, const N: usize> TokenTable<K, N> {
         home: usize,
         token: u32,
         gpa: u64,
-        waiter: impl FnOnce() -> Waiter,
+        (waiter, now): (impl FnOnce() -> Waiter, impl FnOnce() -> u64),
     ) -> EventOutcome {
         let waiter = waiter();
         let waiting = State::Waiting { waiter, gpa };
-        match at {
-            Some(i) => self.put(i, token, waiting),
-            None => {
-                if let Err(r) = self.insert(home, token, waiting) {
-                    return self.reject(r, EventOutcome::Rejected);
-                }
+        let i = match at {
+            Some(i) => {
+                self.put(i, token, waiting);
+                i
             }
-        }
+            None => match self.insert(home, token, waiting) {
+                Ok(i) => i,
+                Err(r) => return self.reject(r, EventOutcome::Rejected),
+            },
+        };
+        self.since[i] = now();
         // Counted here, where the waiter is known, rather than by the caller from the outcome:
         // a branch less on every event.
         match waiter {
@@ -443,11 +384,25 @@ impl<K: Keying, const N: usize> TokenTable<K, N> {
         }
     }
 
-    /// An event for `token` was taken (for an access at `gpa`, 0 if unknown); `waiter` says
-    /// who waits for it, asked only if someone must (deciding reads the scheduler's state).
-    /// Inlined, as [`TokenTable::on_wake`]: both run on every event.
-    #[inline(always)]
+    /// [`TokenTable::on_event_at`] at time 0 (host tests that do not look at deadlines).
+    #[cfg(test)]
     pub fn on_event(&mut self, token: u32, gpa: u64, waiter: impl FnOnce() -> Waiter) -> EventOutcome {
+        self.on_event_at(token, gpa, waiter, || 0)
+    }
+
+    /// An event for `token` was taken (for an access at `gpa`, 0 if unknown); `waiter` says
+    /// who waits for it and `now` when the wait begins, both asked only if someone must wait
+    /// (deciding reads the scheduler's state; the time is the deadline's, `deadline`). Inlined,
+    /// as [`TokenTable::on_wake`]: both run on every event.
+    #[inline(always)]
+    pub fn on_event_at(
+        &mut self,
+        token: u32,
+        gpa: u64,
+        waiter: impl FnOnce() -> Waiter,
+        now: impl FnOnce() -> u64,
+    ) -> EventOutcome {
+        let waiter = (waiter, now);
         let home = match self.home(token) {
             Ok(home) => home,
             Err(r) => return self.reject(r, EventOutcome::Rejected),
@@ -501,7 +456,7 @@ impl<K: Keying, const N: usize> TokenTable<K, N> {
         let entry = self.entries[i];
         let same = entry.token == token;
         match entry.state {
-            State::Waiting { waiter, gpa } if same => {
+            State::Waiting { waiter, gpa, .. } if same => {
                 if result == RESULT_FAILED {
                     self.stats.failed += 1;
                 }
@@ -542,7 +497,7 @@ impl<K: Keying, const N: usize> TokenTable<K, N> {
     #[inline(always)]
     fn keep_early(&mut self, home: usize, token: u32, result: u32) -> WakeOutcome {
         match self.insert(home, token, State::Early { result }) {
-            Ok(()) => WakeOutcome::Early,
+            Ok(_) => WakeOutcome::Early,
             Err(r) => self.reject(r, WakeOutcome::Rejected),
         }
     }
@@ -605,7 +560,7 @@ impl<const N: usize> TokenTable<Hashed, N> {
                     wake(task);
                     State::Abandoned
                 }
-                State::Waiting { waiter: Waiter::Halt, gpa } => {
+                State::Waiting { waiter: Waiter::Halt, gpa, .. } => {
                     State::HaltResolved { result: RESULT_RETRY, gpa, abandoned: true }
                 }
                 _ => continue,
@@ -630,6 +585,11 @@ impl<const N: usize> TokenTable<Hashed, N> {
         }
     }
 }
+
+mod deadline;
+mod stats;
+pub use deadline::Overdue;
+pub use stats::TokenStats;
 
 #[cfg(test)]
 mod props;

@@ -236,6 +236,11 @@ pub fn run(cmdline: &Cmdline) -> ! {
     crate::console::report_dropped();
     // Which rules the host broke (each counted where it was detected, reported here).
     kprint!("{}", crate::pv::breach::Summary);
+    // Waits that went past the token deadline (each reported when found): counted, not judged.
+    let overdue = crate::pv::deadline::reported();
+    if overdue > 0 {
+        kprintln!("deadline: {overdue} wait(s) went past their deadline (each reported above; not a failure)");
+    }
     kprintln!("{}", summary());
     let code = if selected == 0 {
         // Nothing was judged: the command line is wrong, which hosts report as bad usage.

@@ -17,7 +17,7 @@ use crate::arch::{apic, cpu};
 use crate::cell::StaticCell;
 use crate::kprintln;
 use crate::pv::breach;
-use crate::pv::tokens::{EventOutcome, Hashed, Rejection, TokenStats, TokenTable, WakeOutcome};
+use crate::pv::tokens::{EventOutcome, Hashed, Overdue, Rejection, TokenStats, TokenTable, Waiter, WakeOutcome};
 use crate::pv::wait;
 use crate::sync::{CpuCell, IrqGuard};
 use crate::task::table::TaskId;
@@ -309,6 +309,17 @@ pub fn pending() -> (usize, usize) {
     STATE.with(|s| (s.table.waiting(), s.table.kept()))
 }
 
+/// This vCPU's waits that began `deadline` TSC cycles or more before `now` and were not
+/// reported yet, to `report` (`pv::deadline`'s check; `TokenTable::take_overdue`).
+pub fn take_overdue(now: u64, deadline: u64, report: impl FnMut(Overdue) -> bool) -> usize {
+    STATE.with(|s| s.table.take_overdue(now, deadline, report))
+}
+
+/// Who waits on this vCPU for `token`, while it waits (KVM's events name no page: 0).
+pub fn waiter_of(token: u32) -> Option<(Waiter, u64)> {
+    STATE.with(|s| s.table.waiter_of(token))
+}
+
 /// #PF: KVM's "page not present", or a real page fault. Which one is decided first, from CR2
 /// (read before anything else can fault and change it), the area's `flags`, read and cleared
 /// in one instruction (after that, any #PF is a real one), and the error code.
@@ -343,7 +354,7 @@ fn on_page_fault(frame: &mut TrapFrame) {
             // One borrow: count, record, and say who waits (asked only if someone must).
             let outcome = STATE.with(|s| {
                 s.stats.events += 1;
-                s.table.on_event(token, 0, || wait::waiter(frame))
+                s.table.on_event_at(token, 0, || wait::waiter(frame), cpu::rdtsc)
             });
             match outcome {
                 EventOutcome::AlreadyResolved { .. } => {}

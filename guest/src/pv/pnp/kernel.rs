@@ -23,7 +23,7 @@ use crate::boot::info::MemKind;
 use crate::cell::StaticCell;
 use crate::kprintln;
 use crate::pv::breach;
-use crate::pv::tokens::{BySlot, EventOutcome, Rejection, TokenStats, TokenTable, WakeOutcome};
+use crate::pv::tokens::{BySlot, EventOutcome, Overdue, Rejection, TokenStats, TokenTable, Waiter, WakeOutcome};
 use crate::pv::wait;
 use crate::sync::{CpuCell, IrqGuard};
 use crate::task::{self, table::ExitStatus};
@@ -431,6 +431,17 @@ pub fn pending() -> (usize, usize) {
     STATE.with(|s| (s.table.waiting(), s.table.kept()))
 }
 
+/// This vCPU's waits that began `deadline` TSC cycles or more before `now` and were not
+/// reported yet, to `report` (`pv::deadline`'s check; `TokenTable::take_overdue`).
+pub fn take_overdue(now: u64, deadline: u64, report: impl FnMut(Overdue) -> bool) -> usize {
+    STATE.with(|s| s.table.take_overdue(now, deadline, report))
+}
+
+/// Who waits on this vCPU for `token`, and for which page, while it waits.
+pub fn waiter_of(token: u32) -> Option<(Waiter, u64)> {
+    STATE.with(|s| s.table.waiter_of(token))
+}
+
 /// The event vector. Its common case does one borrow of this vCPU's state: take the event,
 /// look its token up, count it; the scheduler is asked who would wait only when the token must
 /// be waited for.
@@ -472,7 +483,7 @@ fn on_event(frame: &mut TrapFrame) {
         // Hosts rely on it to force the waiting paths (`ResolutionTiming::AfterEventTaken`).
         view.inuse().store(0, Ordering::Release);
         s.stats.events += 1;
-        let outcome = s.table.on_event(token.0, gpa, || wait::waiter(frame));
+        let outcome = s.table.on_event_at(token.0, gpa, || wait::waiter(frame), cpu::rdtsc);
         Some((token, gpa, outcome))
     });
     let Some((token, gpa, outcome)) = taken else { return };
@@ -537,7 +548,7 @@ fn rejected_event(token: Token, gpa: u64, why: Rejection) {
 /// waited, or why the table rejected the token (the caller then waits another way). Call with
 /// interrupts off, from the trap handler that got the token.
 pub fn wait_for_token(token: Token, gpa: u64, waiter: crate::pv::tokens::Waiter) -> Result<(u32, bool), Rejection> {
-    match STATE.with(|s| s.table.on_event(token.0, gpa, || waiter)) {
+    match STATE.with(|s| s.table.on_event_at(token.0, gpa, || waiter, cpu::rdtsc)) {
         EventOutcome::AlreadyResolved { result } => Ok((result, false)),
         EventOutcome::Rejected(why) => Err(why),
         EventOutcome::Park(parked) => {

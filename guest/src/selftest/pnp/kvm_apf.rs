@@ -45,6 +45,8 @@ pub const TESTS: &[SelfTest] = &[
         Need::KvmApfDisableAtOnce,
     ]),
     SelfTest::new("kvm_apf::events_in_order", events_in_order).needs(APF_PAGER),
+    SelfTest::new("kvm_apf::a_token_past_its_deadline_is_reported", a_token_past_its_deadline_is_reported)
+        .needs(APF_PAGER),
     SelfTest::new("kvm_apf::accounting_is_balanced", accounting_is_balanced).needs(&[Need::KvmApf]),
     // Run by the end-to-end tests: KVM's ABI has no "failed" result (the host must stop).
     SelfTest::on_request("kvm_apf::touch_the_first_page_from_a_user_task", touch_the_first_page_from_a_user_task)
@@ -115,6 +117,15 @@ pub(in crate::selftest) fn await_stats(
 #[unsafe(link_section = ".user_text")]
 pub(in crate::selftest) extern "sysv64" fn user_read(gpa: u64) -> ! {
     user::exit(user::read_u64(gpa))
+}
+
+/// A CPL 3 task parked on KVM's token for a held page is reported past a short deadline, once
+/// (page unknown: KVM's "page not present" names none), and reads its page once released.
+fn a_token_past_its_deadline_is_reported() -> TestResult {
+    let (region, _mode) = kvm_pager()?;
+    let gpa = fresh_pages(&region, 1)?;
+    let spawn = |gpa| task::spawn_user(super::deadline::READER, user_read, gpa);
+    super::deadline::reported_once(super::deadline::KVM, gpa, false, spawn)
 }
 
 pub(super) fn registration_follows_the_abi() -> TestResult {

@@ -27,6 +27,7 @@ use crate::{ensure, ensure_eq, ensure_eq_hex, kprintln};
 mod breaches;
 pub(super) mod controls;
 mod data;
+mod deadline;
 pub(super) mod kvm_apf;
 mod paths;
 mod registration;
@@ -36,6 +37,7 @@ mod ve;
 use breaches::*;
 use controls::*;
 use data::*;
+use deadline::{a_token_past_its_deadline_is_reported, wait_for_a_held_page_for_ever};
 use paths::*;
 use registration::*;
 use smp::*;
@@ -78,11 +80,16 @@ pub const TESTS: &[SelfTest] = &[
         .needs(PAGER),
     SelfTest::new("pnp::locked_add_to_an_absent_page_adds_once", locked_add_to_an_absent_page_adds_once).needs(PAGER),
     SelfTest::new("pnp::workload_ring_vs_sync", workload_ring_vs_sync).needs(PAGER),
+    SelfTest::new("pnp::a_token_past_its_deadline_is_reported", a_token_past_its_deadline_is_reported)
+        .needs(&[Need::Pager, Need::PnpRingMode]),
     SelfTest::new("pnp::accounting_is_balanced", accounting_is_balanced).needs(PAGER),
     // Deliberate breaches, run by the end-to-end tests to show the host stops the run.
     SelfTest::on_request("pnp::deliberately_leak_a_token", deliberately_leak_a_token).needs(PAGER),
     SelfTest::on_request("pnp::deliberately_corrupt_the_ring_tail", deliberately_corrupt_the_ring_tail).needs(PAGER),
     SelfTest::on_request("pnp::touch_the_first_page", touch_the_first_page).needs(PAGER),
+    // Run by the end-to-end tests: the host never resolves, the deadline's report comes.
+    SelfTest::on_request("pnp::wait_for_a_held_page_for_ever", wait_for_a_held_page_for_ever)
+        .needs(&[Need::Pager, Need::PnpRingMode]),
 ];
 
 /// The demand-paged region (every test here needs [`Need::Pager`], which the runner checked).

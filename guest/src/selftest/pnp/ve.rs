@@ -30,6 +30,8 @@ pub const TESTS: &[SelfTest] = &[
     SelfTest::new("ve::failed_page_on_the_suspend_path_ends_only_its_task", failed_page_on_the_suspend_path).needs(VE),
     SelfTest::new("ve::ve_over_a_set_busy_word_is_detected", ve_over_a_set_busy_word_is_detected).needs(VE),
     SelfTest::new("ve::every_cpu_takes_ve_in_its_own_area", every_cpu_takes_ve_in_its_own_area).needs(VE),
+    SelfTest::new("ve::a_park_token_past_its_deadline_is_reported", a_park_token_past_its_deadline_is_reported)
+        .needs(VE),
     SelfTest::new("ve::accounting_is_balanced", ve_accounting_is_balanced).needs(VE),
     // Ends the run: an end-to-end test runs it with the region's first page failing.
     SelfTest::on_request("ve::touch_the_first_page_with_interrupts_off", touch_the_first_page_with_interrupts_off)
@@ -127,6 +129,18 @@ fn task_parks_on_a_held_page(
     ensure_eq!(join(id)?, ExitStatus::Returned(expected(gpa)), "the {what}'s data");
     ensure_eq!(ve::stats().parked - before.guest.parked, 1, "tasks parked on a VePark token (the park path)");
     ensure_eq!(before.host_since()?, [1, 0, 0, 1], "host: [#VEs, busy waits, suspends, parks]");
+    Ok(())
+}
+
+/// A task parked on a `VePark` token for a held page (the ring's table) is reported past a
+/// short deadline, once, naming the token and the page, and reads its page once released.
+fn a_park_token_past_its_deadline_is_reported() -> TestResult {
+    let region = pager()?;
+    let _pacing = pacing(0, ResolutionTiming::WhenReady)?;
+    let gpa = fresh_pages(&region, 1)?;
+    let parked = ve::stats().parked;
+    super::deadline::reported_once(super::deadline::RING, gpa, true, super::deadline::spawn_kernel_reader)?;
+    ensure_eq!(ve::stats().parked - parked, 1, "tasks parked on a VePark token (the park path)");
     Ok(())
 }
 
