@@ -30,6 +30,7 @@ mod data;
 mod kvm_apf;
 mod paths;
 mod registration;
+mod seed_rules;
 mod smp;
 mod ve;
 
@@ -38,6 +39,7 @@ use controls::*;
 use data::*;
 use paths::*;
 use registration::*;
+use seed_rules::*;
 use smp::*;
 
 pub use kvm_apf::TESTS as KVM_APF_TESTS;
@@ -66,7 +68,29 @@ pub const TESTS: &[SelfTest] = &[
     SelfTest::new("pnp::resolution_before_event_does_not_park", resolution_before_event_does_not_park).needs(PAGER),
     SelfTest::new("pnp::failed_page_ends_only_its_task", failed_page_ends_only_its_task)
         .needs(&[Need::Pager, Need::PnpRingMode]),
+    SelfTest::new(
+        "pnp::failed_page_touched_again_fails_again_until_the_host_has_it",
+        failed_page_touched_again_fails_again_until_the_host_has_it,
+    )
+    .needs(&[Need::Pager, Need::PnpRingMode]),
+    SelfTest::new(
+        "pnp::events_with_and_without_a_linear_address_are_handled_alike",
+        events_with_and_without_a_linear_address_are_handled_alike,
+    )
+    .needs(&[Need::Pager, Need::PnpRingMode]),
+    SelfTest::new(
+        "pnp::busy_event_area_sends_the_next_accesses_down_the_sync_path",
+        busy_event_area_sends_the_next_accesses_down_the_sync_path,
+    )
+    .needs(&[Need::Pager, Need::PnpRingMode]),
     SelfTest::new("pnp::interrupts_off_access_takes_the_sync_path", interrupts_off_access_takes_the_sync_path)
+        .needs(PAGER),
+    SelfTest::new("pnp::sti_shadow_access_takes_the_sync_path", sti_shadow_access_takes_the_sync_path).needs(PAGER),
+    SelfTest::new("pnp::mov_ss_shadow_access_takes_the_sync_path", mov_ss_shadow_access_takes_the_sync_path)
+        .needs(PAGER),
+    SelfTest::new("pnp::task_priority_access_takes_the_sync_path", task_priority_access_takes_the_sync_path)
+        .needs(PAGER),
+    SelfTest::new("pnp::in_service_vector_access_takes_the_sync_path", in_service_vector_access_takes_the_sync_path)
         .needs(PAGER),
     SelfTest::new("pnp::single_task_waits_in_the_hlt_loop", single_task_waits_in_the_hlt_loop).needs(PAGER),
     SelfTest::new("pnp::no_sleep_section_waits_in_the_hlt_loop", no_sleep_section_waits_in_the_hlt_loop).needs(PAGER),
