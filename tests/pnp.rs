@@ -141,6 +141,23 @@ fn a_failed_page_no_event_can_report_stops_the_guest() {
 }
 
 #[test]
+fn a_failed_page_touched_again_where_no_event_can_go_stops_the_run_naming_it() {
+    // Seed 001 with no fault into the guest (docs/abi.md says why): a task's touch fails the
+    // page and ends the task; the runner's touch again with interrupts off can get no event, so
+    // the host stops the run and names the page.
+    let r = run_stub_with("tests=pnp::touch_a_failed_page_again_with_interrupts_off", &pager(HostMode::Ring, &[0]));
+    let region = PagerConfig::default().region_gpa;
+    assert!(
+        matches!(r.host_error, Some(Error::Pager(PagerError::FailedPageUndeliverable { gpa })) if gpa >> 12 == region >> 12),
+        "{:?}",
+        r.host_error
+    );
+    assert_eq!(r.exit_status(), 2);
+    assert_eq!(r.guest_exit_code, None, "the guest was stopped before it could finish");
+    assert_eq!(r.report.get("pager.resolved_failed"), 1, "the first touch's resolution");
+}
+
+#[test]
 fn a_failed_page_in_ring_mode_ends_the_task_that_touched_it() {
     // The self-test runner itself touches the failing page: it is the task that ends (and, as
     // the runner, that fails the run), while the host carries on and accounts for the token.

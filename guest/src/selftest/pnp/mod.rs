@@ -107,6 +107,11 @@ pub const TESTS: &[SelfTest] = &[
     SelfTest::on_request("pnp::deliberately_leak_a_token", deliberately_leak_a_token).needs(PAGER),
     SelfTest::on_request("pnp::deliberately_corrupt_the_ring_tail", deliberately_corrupt_the_ring_tail).needs(PAGER),
     SelfTest::on_request("pnp::touch_the_first_page", touch_the_first_page).needs(PAGER),
+    SelfTest::on_request(
+        "pnp::touch_a_failed_page_again_with_interrupts_off",
+        touch_a_failed_page_again_with_interrupts_off,
+    )
+    .needs(&[Need::Pager, Need::PnpRingMode]),
 ];
 
 /// The demand-paged region (every test here needs [`Need::Pager`], which the runner checked).
