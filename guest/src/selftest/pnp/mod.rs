@@ -88,6 +88,8 @@ pub const TESTS: &[SelfTest] = &[
     SelfTest::new("pnp::sti_shadow_access_takes_the_sync_path", sti_shadow_access_takes_the_sync_path).needs(PAGER),
     SelfTest::new("pnp::mov_ss_shadow_access_takes_the_sync_path", mov_ss_shadow_access_takes_the_sync_path)
         .needs(PAGER),
+    SelfTest::new("pnp::user_mov_ss_shadow_access_takes_the_sync_path", user_mov_ss_shadow_access_takes_the_sync_path)
+        .needs(PAGER),
     SelfTest::new("pnp::task_priority_access_takes_the_sync_path", task_priority_access_takes_the_sync_path)
         .needs(PAGER),
     SelfTest::new("pnp::in_service_vector_access_takes_the_sync_path", in_service_vector_access_takes_the_sync_path)

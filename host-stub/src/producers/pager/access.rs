@@ -84,7 +84,11 @@ impl Pager {
         // Mode `ve` serves a vCPU with no VE area as mode `ring` does.
         let ring_rules = mode == HostMode::Ring || (mode == HostMode::Ve && ve_area.is_none());
         let window_open = match (mode, ring) {
-            (_, Some(a)) if ring_rules && !unemulated => event_window_open(ctx, a.event_vector)?,
+            // An access not run yet may follow `sti` or `mov ss` though the exit says no shadow
+            // (PVM's bare EFAULT at CPL 3 never reports one): the bytes before RIP tell.
+            (_, Some(a)) if ring_rules && !unemulated => {
+                event_window_open(ctx, a.event_vector)? && !(retry && in_shadow_by_its_bytes(ctx))
+            }
             (HostMode::KvmApf, _) if apf_on && retry => kvm_apf_delivery::window_open(ctx)?,
             _ => false,
         };
@@ -344,6 +348,12 @@ pub(super) fn event_window_open(ctx: &VcpuCtx<'_>, vector: u8) -> Result<bool> {
     let lapic = ctx.vcpu.get_lapic().map_err(Error::GetLapic)?;
     let ppr_class = processor_priority_class(lapic_word(&lapic, 0x80), lapic_bits(&lapic, 0x100));
     Ok(interrupt_deliverable(regs.rflags, events.interrupt.shadow, ppr_class, vector))
+}
+
+/// Whether the instruction at RIP may be in an STI or MOV SS shadow by the bytes before it
+/// (`guest_insn::may_be_in_shadow`); bytes the host cannot read show none.
+fn in_shadow_by_its_bytes(ctx: &VcpuCtx<'_>) -> bool {
+    crate::guest_insn::may_be_in_shadow(ctx.vcpu, ctx.mem).unwrap_or(false)
 }
 
 /// Whether `vector` waits in the vCPU's local APIC, requested (its IRR bit) and not yet taken.
