@@ -41,23 +41,32 @@ fn read_in_the_sti_shadow(gpa: u64) -> u64 {
     value
 }
 
-/// The load is the instruction right after `mov ss` (SS reloaded with itself): MOV SS's shadow
-/// blocks an interrupt until it completes. Interrupts stay on throughout.
+/// The word at `$gpa`, loaded by the instruction right after `mov ss` (SS reloaded with the
+/// selector it holds, which changes nothing): MOV SS's shadow blocks an interrupt until the load
+/// completes. A macro, so that the CPL 3 task's copy is expanded inside its own `.user_text`.
+macro_rules! load_in_the_mov_ss_shadow {
+    ($gpa:expr) => {{
+        let value: u64;
+        // SAFETY: the caller's `$gpa` is a mapped word of the demand region; reloading SS with
+        // its own selector changes nothing.
+        unsafe {
+            asm!(
+                "mov {s:x}, ss",
+                "mov ss, {s:x}",
+                "mov {v}, qword ptr [{a}]",
+                a = in(reg) $gpa,
+                s = out(reg) _,
+                v = lateout(reg) value,
+                options(nostack)
+            )
+        };
+        value
+    }};
+}
+
+/// The load is the instruction right after `mov ss`. Interrupts stay on throughout.
 fn read_in_the_mov_ss_shadow(gpa: u64) -> u64 {
-    let value: u64;
-    // SAFETY: as above; SS is reloaded with the selector it holds, which changes nothing.
-    unsafe {
-        asm!(
-            "mov {s:x}, ss",
-            "mov ss, {s:x}",
-            "mov {v}, qword ptr [{a}]",
-            a = in(reg) gpa,
-            s = out(reg) _,
-            v = lateout(reg) value,
-            options(nostack)
-        )
-    };
-    value
+    load_in_the_mov_ss_shadow!(gpa)
 }
 
 /// The load runs with CR8 (the local APIC's task priority) at the event vector's priority
@@ -128,21 +137,8 @@ fn read_in_a_higher_class_handler(gpa: u64) -> u64 {
 /// exits with the word read.
 #[unsafe(link_section = ".user_text")]
 extern "sysv64" fn user_read_in_the_mov_ss_shadow(gpa: u64) -> ! {
-    let value: u64;
-    // SAFETY: `gpa` is a word of the demand region, mapped for CPL 3; SS is reloaded with the
-    // selector it holds (the user data selector), which changes nothing.
-    unsafe {
-        asm!(
-            "mov {s:x}, ss",
-            "mov ss, {s:x}",
-            "mov {v}, qword ptr [{a}]",
-            a = in(reg) gpa,
-            s = out(reg) _,
-            v = lateout(reg) value,
-            options(nostack)
-        )
-    };
-    user::exit(value)
+    // `gpa` is a word of the demand region, mapped for CPL 3.
+    user::exit(load_in_the_mov_ss_shadow!(gpa))
 }
 
 /// The same in a CPL 3 task: its access reaches the host as a bare EFAULT, the instruction not
