@@ -116,9 +116,13 @@ fn qemu_reports_the_same_tests_and_skips_only_with_a_reason() {
         .collect();
     assert_eq!(names(&stub_tests), names(&qemu_tests), "both hosts run the same tests in the same order");
     // One vCPU here, the pager in ring mode: the tests that need several vCPUs or mode ve skip,
-    // saying so; every other one passes.
+    // saying so, and on PVM the one that needs a vector shown in service (its local APIC shows
+    // none inside a handler); every other one passes.
     let expected_skip = |t: &(Status, String, String)| {
-        t.0 == Status::Skip && (t.2 == "needs two or more vCPUs online" || t.2 == "needs the host stub in mode ve")
+        t.0 == Status::Skip
+            && (t.2 == "needs two or more vCPUs online"
+                || t.2 == "needs the host stub in mode ve"
+                || pvagent_tests::PVM_SKIPS.contains(&t.1.as_str()))
     };
     assert!(
         stub_tests.iter().all(|t| t.0 == Status::Pass || expected_skip(t)),

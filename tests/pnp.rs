@@ -10,7 +10,9 @@ use pvagent_host::producers::pager::config::PagerConfig;
 use pvagent_host::producers::pager::error::PagerError;
 use pvagent_host::producers::pager::tokens::RingViolation;
 use pvagent_host::{Error, RunResult};
-use pvagent_tests::{Code32, config, require_kvm, run_stub_configured, run_stub_with, temp_file, tiny_elf};
+use pvagent_tests::{
+    Code32, PNP_RING_ONLY, PVM_SKIPS, config, require_kvm, run_stub_configured, run_stub_with, temp_file, tiny_elf,
+};
 
 fn pager(mode: HostMode, fail_pages: &[u64]) -> Producers {
     Producers {
@@ -21,11 +23,6 @@ fn pager(mode: HostMode, fail_pages: &[u64]) -> Producers {
         breaks: Vec::new(),
     }
 }
-
-/// The page-not-present tests that need the pager in ring mode (a failed page reaches only a
-/// task that took an event; a held page parks only a task that took one): they skip in the other
-/// modes, saying so.
-const RING_MODE_ONLY: &[&str] = &["pnp::failed_page_ends_only_its_task", "pnp::a_token_past_its_deadline_is_reported"];
 
 fn pnp_tests(r: &RunResult) -> Vec<(Status, String, String)> {
     r.tests
@@ -43,7 +40,7 @@ fn ring_mode_passes_every_test_and_accounts_for_every_token() {
     assert_eq!(pvagent_tests::stray_deadline_reports(&r), Vec::<&String>::new());
     assert!(r.passed(), "{:#?}\n{:?}", tests, r.host_error);
     assert!(tests.len() >= 12, "{tests:#?}");
-    assert!(tests.iter().all(|t| t.0 == Status::Pass), "{tests:#?}");
+    assert!(tests.iter().all(|t| t.0 == Status::Pass || PVM_SKIPS.contains(&t.1.as_str())), "{tests:#?}");
     let c = &r.report;
     assert!(c.get("pager.events_delivered") > 0);
     assert_eq!(c.get("pager.events_delivered"), c.get("pager.resolved_retry") + c.get("pager.resolved_failed"));
@@ -72,7 +69,10 @@ fn sync_mode_passes_with_the_vcpu_waiting_for_each_page() {
     for (status, name, reason) in &tests {
         match status {
             Status::Pass => {}
-            Status::Skip => assert!(RING_MODE_ONLY.contains(&name.as_str()), "{name}: {reason}"),
+            Status::Skip => assert!(
+                PNP_RING_ONLY.contains(&name.as_str()) || PVM_SKIPS.contains(&name.as_str()),
+                "{name}: {reason}"
+            ),
             Status::Fail => panic!("{name}: {reason}"),
         }
     }
@@ -146,6 +146,23 @@ fn a_failed_page_no_event_can_report_stops_the_guest() {
         r.host_error
     );
     assert_eq!(r.exit_status(), 2);
+}
+
+#[test]
+fn a_failed_page_touched_again_where_no_event_can_go_stops_the_run_naming_it() {
+    // Seed 001 with no fault into the guest (docs/abi.md says why): a task's touch fails the
+    // page and ends the task; the runner's touch again with interrupts off can get no event, so
+    // the host stops the run and names the page.
+    let r = run_stub_with("tests=pnp::touch_a_failed_page_again_with_interrupts_off", &pager(HostMode::Ring, &[0]));
+    let region = PagerConfig::default().region_gpa;
+    assert!(
+        matches!(r.host_error, Some(Error::Pager(PagerError::FailedPageUndeliverable { gpa })) if gpa >> 12 == region >> 12),
+        "{:?}",
+        r.host_error
+    );
+    assert_eq!(r.exit_status(), 2);
+    assert_eq!(r.guest_exit_code, None, "the guest was stopped before it could finish");
+    assert_eq!(r.report.get("pager.resolved_failed"), 1, "the first touch's resolution");
 }
 
 #[test]
@@ -327,9 +344,10 @@ fn a_ring_of_one_entry_skips_only_the_test_that_needs_two_tokens() {
                     assert_eq!(*status, Status::Skip, "{mode:?}: {reason}");
                     assert!(reason.contains("at least 2 entries"), "{reason}");
                 }
-                name if mode == HostMode::Sync && RING_MODE_ONLY.contains(&name) => {
+                name if mode == HostMode::Sync && PNP_RING_ONLY.contains(&name) => {
                     assert_eq!(*status, Status::Skip, "{reason}")
                 }
+                name if PVM_SKIPS.contains(&name) => assert_ne!(*status, Status::Fail, "{reason}"),
                 _ => assert_eq!(*status, Status::Pass, "{mode:?} {name}: {reason}"),
             }
         }

@@ -225,6 +225,10 @@ pub fn at_rip(vcpu: &VcpuFd, mem: &GuestMemoryMmap) -> Result<GuestInsn, InsnErr
     at(vcpu, mem, regs.rip, &regs, &sregs)
 }
 
+mod shadow;
+
+pub use shadow::may_be_in_shadow;
+
 #[cfg(test)]
 mod props;
 

@@ -92,6 +92,19 @@ impl SharedView {
             (Token(token), gpa, gva, flags_reserved)
         }
     }
+
+    /// The event's addresses: its GPA, and its GVA when `flags` says the host knew it (a test's
+    /// view: the handler keys on the token and never needs the GVA).
+    fn read_addresses(&self) -> (u64, Option<u64>) {
+        let data = self.data as *const PageNotPresentData;
+        // SAFETY: as in `read_token_gpa`.
+        unsafe {
+            let gpa = core::ptr::read_volatile(&raw const (*data).gpa);
+            let gva = core::ptr::read_volatile(&raw const (*data).gva);
+            let flags = core::ptr::read_volatile(&raw const (*data).flags);
+            (gpa, (flags & abi::FLAG_GVA_VALID != 0).then_some(gva))
+        }
+    }
 }
 
 impl RingMemory for SharedView {
@@ -424,6 +437,43 @@ pub fn corrupt_ring_tail(tail: u32) {
     if entries > 0 {
         SharedView::of(percpu::index(), entries).store_tail(tail);
     }
+}
+
+/// The addresses of the last event the host filled this vCPU's area with: its GPA, and its
+/// linear address if the host knew it (`flags` bit 0). The area keeps them after the event was
+/// taken, until the host fills it again.
+pub fn last_event_addresses() -> (u64, Option<u64>) {
+    SharedView::of(percpu::index(), registered_entries()).read_addresses()
+}
+
+/// Events whose interrupt was taken while [`leave_next_event_untaken`] was armed.
+static LEFT_UNTAKEN: AtomicU32 = AtomicU32::new(0);
+
+/// A test control: the next event interrupt is taken, but the event is left in its area
+/// (`inuse` stays 1) as if its interrupt had not come yet, until [`take_left_event`]. The host
+/// sees an area busy with an event it delivered, the state seed 001 answers with the
+/// synchronous path. It swaps the vector's handler (every vCPU's, for as long as it is armed),
+/// so the event path costs nothing more when no test uses it.
+pub fn leave_next_event_untaken() {
+    trap::register(EVENT_VECTOR, on_event_left_untaken);
+}
+
+/// Events left in their area by [`leave_next_event_untaken`] so far.
+pub fn events_left_untaken() -> u32 {
+    LEFT_UNTAKEN.load(Ordering::Acquire)
+}
+
+/// Takes the event [`leave_next_event_untaken`] left in this vCPU's area, as its interrupt
+/// would have: the handler is back, and a self-IPI of the event vector runs it.
+pub fn take_left_event() {
+    trap::register(EVENT_VECTOR, on_event);
+    apic::send_self_ipi(EVENT_VECTOR);
+}
+
+/// The event vector while [`leave_next_event_untaken`] is armed: EOI, count, nothing taken.
+fn on_event_left_untaken(_frame: &mut TrapFrame) {
+    apic::eoi();
+    LEFT_UNTAKEN.fetch_add(1, Ordering::Release);
 }
 
 /// Tokens with a waiter, and resolutions kept for events not yet seen.

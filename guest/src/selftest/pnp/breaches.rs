@@ -35,3 +35,22 @@ pub(super) fn touch_the_first_page() -> TestResult {
     let value = read(region.page(0));
     Err(fail(format_args!("read {value:#x} from page 0, which the host was told to fail")))
 }
+
+/// Fails the first page of the region (the end-to-end tests configure it to fail) with a task
+/// that touches it, then touches it again with interrupts off: no event can carry "failed"
+/// there, and seed 001's answer without a fault into the guest is that the host stops the run,
+/// naming the page.
+pub(super) fn touch_a_failed_page_again_with_interrupts_off() -> TestResult {
+    let region = pager()?;
+    let gpa = region.page(0);
+    let toucher = spawned(task::spawn_user("pnp-first-touch", user_read_two_words, gpa))?;
+    match join(toucher)? {
+        ExitStatus::Killed(reason) if pnp::PageFailed::from_reason(&reason).is_some() => {}
+        other => return Err(fail(format_args!("the first touch of the failing page ended with {other:?}"))),
+    }
+    let value = {
+        let _irq = IrqGuard::new();
+        read(gpa)
+    };
+    Err(fail(format_args!("read {value:#x} from a failed page with interrupts off: the run went on")))
+}

@@ -31,6 +31,7 @@ mod deadline;
 pub(super) mod kvm_apf;
 mod paths;
 mod registration;
+mod seed_rules;
 mod smp;
 mod ve;
 
@@ -40,6 +41,7 @@ use data::*;
 use deadline::{a_token_past_its_deadline_is_reported, wait_for_a_held_page_for_ever};
 use paths::*;
 use registration::*;
+use seed_rules::*;
 use smp::*;
 
 pub use kvm_apf::TESTS as KVM_APF_TESTS;
@@ -68,7 +70,31 @@ pub const TESTS: &[SelfTest] = &[
     SelfTest::new("pnp::resolution_before_event_does_not_park", resolution_before_event_does_not_park).needs(PAGER),
     SelfTest::new("pnp::failed_page_ends_only_its_task", failed_page_ends_only_its_task)
         .needs(&[Need::Pager, Need::PnpRingMode]),
+    SelfTest::new(
+        "pnp::failed_page_touched_again_fails_again_until_the_host_has_it",
+        failed_page_touched_again_fails_again_until_the_host_has_it,
+    )
+    .needs(&[Need::Pager, Need::PnpRingMode]),
+    SelfTest::new(
+        "pnp::events_with_and_without_a_linear_address_are_handled_alike",
+        events_with_and_without_a_linear_address_are_handled_alike,
+    )
+    .needs(&[Need::Pager, Need::PnpRingMode]),
+    SelfTest::new(
+        "pnp::busy_event_area_sends_the_next_accesses_down_the_sync_path",
+        busy_event_area_sends_the_next_accesses_down_the_sync_path,
+    )
+    .needs(&[Need::Pager, Need::PnpRingMode]),
     SelfTest::new("pnp::interrupts_off_access_takes_the_sync_path", interrupts_off_access_takes_the_sync_path)
+        .needs(PAGER),
+    SelfTest::new("pnp::sti_shadow_access_takes_the_sync_path", sti_shadow_access_takes_the_sync_path).needs(PAGER),
+    SelfTest::new("pnp::mov_ss_shadow_access_takes_the_sync_path", mov_ss_shadow_access_takes_the_sync_path)
+        .needs(PAGER),
+    SelfTest::new("pnp::user_mov_ss_shadow_access_takes_the_sync_path", user_mov_ss_shadow_access_takes_the_sync_path)
+        .needs(PAGER),
+    SelfTest::new("pnp::task_priority_access_takes_the_sync_path", task_priority_access_takes_the_sync_path)
+        .needs(PAGER),
+    SelfTest::new("pnp::in_service_vector_access_takes_the_sync_path", in_service_vector_access_takes_the_sync_path)
         .needs(PAGER),
     SelfTest::new("pnp::single_task_waits_in_the_hlt_loop", single_task_waits_in_the_hlt_loop).needs(PAGER),
     SelfTest::new("pnp::no_sleep_section_waits_in_the_hlt_loop", no_sleep_section_waits_in_the_hlt_loop).needs(PAGER),
@@ -90,6 +116,11 @@ pub const TESTS: &[SelfTest] = &[
     // Run by the end-to-end tests: the host never resolves, the deadline's report comes.
     SelfTest::on_request("pnp::wait_for_a_held_page_for_ever", wait_for_a_held_page_for_ever)
         .needs(&[Need::Pager, Need::PnpRingMode]),
+    SelfTest::on_request(
+        "pnp::touch_a_failed_page_again_with_interrupts_off",
+        touch_a_failed_page_again_with_interrupts_off,
+    )
+    .needs(&[Need::Pager, Need::PnpRingMode]),
 ];
 
 /// The demand-paged region (every test here needs [`Need::Pager`], which the runner checked).

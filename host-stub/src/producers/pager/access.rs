@@ -7,6 +7,8 @@
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
+use kvm_bindings::kvm_lapic_state;
+
 use pvagent_abi::pnp::HostMode;
 use pvagent_abi::ve::fault;
 
@@ -19,7 +21,7 @@ use super::held_back::complete_held_back_now;
 use super::kvm_apf::ApfVcpu;
 use super::kvm_apf_delivery;
 use super::region::PAGE;
-use super::registration::{Registration, interrupt_deliverable, processor_priority_class};
+use super::registration::{Registration, interrupt_deliverable, processor_priority_class, vector_requested};
 use super::ring::{event_area_busy, observe_tail};
 use super::shared::{Inner, Shared};
 use super::state::{Decision, PageIndex, PageState, TokenOut, TokenSource, VeAccess, Via};
@@ -83,8 +85,19 @@ impl Pager {
         // Mode `ve` serves a vCPU with no VE area as mode `ring` does.
         let ring_rules = mode == HostMode::Ring || (mode == HostMode::Ve && ve_area.is_none());
         let window_open = match (mode, ring) {
-            (_, Some(a)) if ring_rules && !unemulated => event_window_open(ctx, a.event_vector)?,
+            // An access not run yet may follow `sti` or `mov ss` though the exit says no shadow
+            // (PVM's bare EFAULT at CPL 3 never reports one): the bytes before RIP tell.
+            (_, Some(a)) if ring_rules && !unemulated => {
+                event_window_open(ctx, a.event_vector)? && !(retry && in_shadow_by_its_bytes(ctx))
+            }
             (HostMode::KvmApf, _) if apf_on && retry => kvm_apf_delivery::window_open(ctx)?,
+            _ => false,
+        };
+        // Whether the event interrupt is still requested (in the local APIC's IRR, not yet
+        // taken): only then does re-entering deliver an event left in a busy area. Read only
+        // for an access that would be retried, with the area's protocol on.
+        let event_requested = match ring {
+            Some(a) if window_open && ring_rules && retry => event_requested(ctx, a.event_vector)?,
             _ => false,
         };
         let event_in_delivery = match ve_area {
@@ -176,13 +189,17 @@ impl Pager {
         let ring_area_free = match ring {
             Some(a) if window_open && ring_rules => {
                 let busy = event_area_busy(inner, vcpu, a)?;
-                if busy && retry {
+                if busy && retry && event_requested {
                     // An event is pending and the vCPU can take it: re-entering delivers it before
                     // the instruction is retried (KVM injects pending interrupts at entry). On PVM
                     // a second pending interrupt waits for the next exit; this is that exit.
                     inner.core.counters.retries_for_pending_event += 1;
                     return Ok(Handled::Yes);
                 }
+                // Busy with its interrupt taken: the guest holds the event and has not given the
+                // area back. Re-entering would bring the same access back for as long as it
+                // holds it, so the access waits for its page (the synchronous path), as it does
+                // for an access the host serves at once (the emulated form).
                 !busy
             }
             _ => false,
@@ -344,13 +361,31 @@ pub(super) fn event_window_open(ctx: &VcpuCtx<'_>, vector: u8) -> Result<bool> {
     let regs = ctx.vcpu.get_regs().map_err(Error::GetRegs)?;
     let events = ctx.vcpu.get_vcpu_events().map_err(Error::GetVcpuEvents)?;
     let lapic = ctx.vcpu.get_lapic().map_err(Error::GetLapic)?;
-    let reg = |offset: usize| -> u32 {
-        let b = &lapic.regs[offset..offset + 4];
-        u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8])
-    };
-    let isr = std::array::from_fn(|i| reg(0x100 + i * 0x10));
-    let ppr_class = processor_priority_class(reg(0x80), isr);
+    let ppr_class = processor_priority_class(lapic_word(&lapic, 0x80), lapic_bits(&lapic, 0x100));
     Ok(interrupt_deliverable(regs.rflags, events.interrupt.shadow, ppr_class, vector))
+}
+
+/// Whether the instruction at RIP may be in an STI or MOV SS shadow by the bytes before it
+/// (`guest_insn::may_be_in_shadow`); bytes the host cannot read show none.
+fn in_shadow_by_its_bytes(ctx: &VcpuCtx<'_>) -> bool {
+    crate::guest_insn::may_be_in_shadow(ctx.vcpu, ctx.mem).unwrap_or(false)
+}
+
+/// Whether `vector` waits in the vCPU's local APIC, requested (its IRR bit) and not yet taken.
+fn event_requested(ctx: &VcpuCtx<'_>, vector: u8) -> Result<bool> {
+    let lapic = ctx.vcpu.get_lapic().map_err(Error::GetLapic)?;
+    Ok(vector_requested(lapic_bits(&lapic, 0x200), vector))
+}
+
+/// The local APIC register at `offset` (its first 32 bits: registers are 16 bytes apart).
+fn lapic_word(lapic: &kvm_lapic_state, offset: usize) -> u32 {
+    let b = &lapic.regs[offset..offset + 4];
+    u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8])
+}
+
+/// The 256-bit register (ISR, TMR, IRR) whose first word is at `offset`, vectors 0..=255.
+fn lapic_bits(lapic: &kvm_lapic_state, offset: usize) -> [u32; 8] {
+    std::array::from_fn(|i| lapic_word(lapic, offset + i * 0x10))
 }
 
 /// Where an emulated access finds the page's true contents.

@@ -201,6 +201,12 @@ pub fn processor_priority_class(tpr: u32, isr: [u32; 8]) -> u8 {
     tpr_class.max(isrv >> 4) as u8
 }
 
+/// Whether `vector` is requested and not yet taken: its bit in the local APIC's interrupt
+/// request register (eight 32-bit words, vectors 0..=255).
+pub fn vector_requested(irr: [u32; 8], vector: u8) -> bool {
+    irr[usize::from(vector >> 5)] & (1 << (vector & 31)) != 0
+}
+
 /// Whether an interrupt of `vector` would be taken now: IF set, no STI/MOV SS shadow, and its
 /// priority class above the processor priority class.
 pub fn interrupt_deliverable(rflags: u64, shadow: u8, ppr_class: u8, vector: u8) -> bool {
@@ -434,5 +440,16 @@ mod tests {
         assert!(!interrupt_deliverable(if_set, 1, 0, 0x51), "STI shadow");
         assert!(!interrupt_deliverable(if_set, 0, 5, 0x51), "same priority class in service");
         assert!(interrupt_deliverable(if_set, 0, 4, 0x51));
+    }
+
+    #[test]
+    fn a_vector_is_requested_by_its_own_bit_alone() {
+        let mut irr = [0u32; 8];
+        assert!(!vector_requested(irr, 0x51));
+        irr[2] = 1 << 0x11; // vector 0x51
+        assert!(vector_requested(irr, 0x51));
+        assert!(!vector_requested(irr, 0x52) && !vector_requested(irr, 0x31) && !vector_requested(irr, 0x71));
+        irr[7] = 1 << 31;
+        assert!(vector_requested(irr, 0xFF));
     }
 }

@@ -290,11 +290,17 @@ impl PagerCore {
         self.pages.get(page).map(|p| &p.state)
     }
 
-    /// Sets how the next fetch of `page` behaves.
+    /// Sets how the next fetch of `page` behaves. A failed page has no fetch ahead of it: it
+    /// becomes absent again, so that its next access fetches it anew with this behaviour (the
+    /// host "has it now", or fails it again).
     pub fn set_behaviour(&mut self, page: PageIndex, behaviour: PageBehaviour) -> bool {
         match self.pages.get_mut(page) {
             Some(p) => {
+                if p.state == PageState::Failed {
+                    p.state = PageState::Absent;
+                }
                 p.next_fetch = behaviour;
+                self.pages.forget_if_untouched(page);
                 true
             }
             None => false,

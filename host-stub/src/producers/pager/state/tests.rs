@@ -198,6 +198,28 @@ fn before_event_timing_resolves_every_normal_page_first() {
 }
 
 #[test]
+fn a_failed_page_fails_each_access_with_a_new_token_until_it_is_set_again() {
+    let mut core = PagerCore::new(2, HostMode::Ring);
+    let mut pool = ring(4);
+    core.set_behaviour(1, PageBehaviour::Fail);
+    let Decision::Deliver { token: first, fetch: Some(Fetch::Failing) } = core.on_access(0, 1, Some(&mut pool)) else {
+        panic!("the first access delivers and starts the failing fetch")
+    };
+    core.on_fetch_done(1);
+    assert_eq!(core.state(1), Some(&PageState::Failed));
+    let d = core.on_access(0, 1, Some(&mut pool));
+    let Decision::DeliverResolved { token: again, result: RESULT_FAILED, make_present: false } = d else {
+        panic!("a failed page touched again: {d:?}")
+    };
+    assert_ne!(again, first, "a new token");
+    assert_eq!(core.on_access(0, 1, None), Decision::StopFailedPage, "no event deliverable");
+    // The host has it now: the next access fetches it.
+    core.set_behaviour(1, PageBehaviour::Normal);
+    assert_eq!(core.state(1), Some(&PageState::Absent));
+    assert!(matches!(core.on_access(0, 1, Some(&mut pool)), Decision::Deliver { fetch: Some(Fetch::Normal), .. }));
+}
+
+#[test]
 fn eviction_refuses_pages_in_flight_and_reports_present_ones() {
     let mut core = PagerCore::new(3, HostMode::Ring);
     let mut pool = ring(2);
