@@ -86,15 +86,16 @@ pub const TESTS: &[SelfTest] = &[
 ];
 
 /// The demand-paged region (every test here needs [`Need::Pager`], which the runner checked).
-fn pager() -> Result<Region, Failure> {
+pub(super) fn pager() -> Result<Region, Failure> {
     match pnp::host_region() {
         Some((region, _)) if region.pages > 0 && pnp::registered_entries() > 0 => Ok(region),
         _ => Err(fail(format_args!("no demand-paged region, though the runner checked Need::Pager"))),
     }
 }
 
-/// Fresh pages of the region, never touched before (a bump allocator over the region).
-fn fresh_pages(region: &Region, count: u64) -> Result<u64, Failure> {
+/// Fresh pages of the region, never touched before (a bump allocator over the region, shared
+/// with the soak).
+pub(super) fn fresh_pages(region: &Region, count: u64) -> Result<u64, Failure> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let first = NEXT.fetch_add(count, Ordering::Relaxed);
     if first + count > region.pages {
@@ -103,7 +104,7 @@ fn fresh_pages(region: &Region, count: u64) -> Result<u64, Failure> {
     Ok(region.page(first))
 }
 
-fn counter(c: HostCounter) -> Result<u64, Failure> {
+pub(super) fn counter(c: HostCounter) -> Result<u64, Failure> {
     pnp::host_counter(c).map_err(|e| fail(format_args!("host counter {c:?}: {e:?}")))
 }
 

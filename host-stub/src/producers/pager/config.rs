@@ -98,6 +98,9 @@ pub struct PagerConfig {
     pub fail_pages: Vec<u64>,
     /// The backing image (default: `pvagent_abi::pnp::backing_pattern`).
     pub image: Option<PathBuf>,
+    /// Serve every page with its address and version in its first two words
+    /// (`pvagent_abi::pnp::versioned_header`; the soak checks them).
+    pub versioned: bool,
     /// Seed of the latency draws.
     pub seed: u64,
 }
@@ -112,6 +115,7 @@ impl Default for PagerConfig {
             fetchers: DEFAULT_FETCHERS,
             fail_pages: Vec::new(),
             image: None,
+            versioned: false,
             seed: 0x5EED,
         }
     }

@@ -142,6 +142,7 @@ impl Pager {
                 .map_err(|source| PagerError::OpenImage { path: path.clone(), source })?,
             None => BackingStore::pattern(config.region_gpa),
         };
+        let backing = if config.versioned { backing.versioned() } else { backing };
         let inner = Inner {
             core,
             region: None,
