@@ -52,6 +52,8 @@ pub const DEFAULT_EVENTS: u64 = 2_000;
 pub const DEFAULT_SEED: u64 = 1;
 /// Operations per worker per round.
 const OPS_PER_ROUND: u64 = 24;
+/// Rounds between two progress lines.
+const PROGRESS_EVERY: u64 = 250;
 /// Workers per vCPU: a task that waits for a page has another to switch to.
 const WORKERS_PER_CPU: usize = 2;
 
@@ -241,6 +243,11 @@ fn run_storm(region: &pnp::Region, events: u64, seed: u64, split_locks: bool) ->
         let survived = delta.events() + ac + OPS.evictions.load(Ordering::Relaxed);
         if survived >= events {
             break (delta, ac, survived);
+        }
+        // A long soak says how far it got now and then (a run stopped early still has figures).
+        if round.is_multiple_of(PROGRESS_EVERY) {
+            let ms = (arch::time::now_ns() - started_ns) / 1_000_000;
+            kprintln!("soak: round {round}, {ms} ms: {survived} of {events} events survived, every check held");
         }
     };
     let (delta, ac, total) = survived;
