@@ -45,24 +45,42 @@ pub struct BackingStore {
     saved: HashMap<PageIndex, PageBuf>,
     /// With versions: how many times each page was made present (absent: never).
     versions: Option<HashMap<PageIndex, u64>>,
+    /// Pages made present so far, and from which one on versions stop counting (a deliberate
+    /// fault: see [`Self::stale_from`]).
+    made_present: u64,
+    stale_from: Option<u64>,
 }
 
 impl BackingStore {
     /// Pages of [`backing_pattern`] for a region at `region_gpa`.
     pub fn pattern(region_gpa: u64) -> Self {
-        Self { region_gpa, source: Source::Pattern, saved: HashMap::new(), versions: None }
+        Self {
+            region_gpa,
+            source: Source::Pattern,
+            saved: HashMap::new(),
+            versions: None,
+            made_present: 0,
+            stale_from: None,
+        }
     }
 
     /// Pages read from the image at `path` (opened now, read page by page later).
     pub fn image(region_gpa: u64, path: &Path) -> io::Result<Self> {
         let file = File::open(path)?;
         let source = Source::Image { file, path: path.to_path_buf() };
-        Ok(Self { region_gpa, source, saved: HashMap::new(), versions: None })
+        Ok(Self { region_gpa, source, saved: HashMap::new(), versions: None, made_present: 0, stale_from: None })
     }
 
     /// The same store, serving every page with its version in its first two words from now on.
     pub fn versioned(self) -> Self {
         Self { versions: Some(HashMap::new()), ..self }
+    }
+
+    /// A deliberate fault, for the soak's own test: from the `n`th page made present on
+    /// (counting from 1), versions stop counting, so a page fetched again carries the version
+    /// its previous fetch did: a stale page.
+    pub fn stale_from(self, n: u64) -> Self {
+        Self { stale_from: Some(n), ..self }
     }
 
     /// The image file, if the pages come from one.
@@ -89,6 +107,10 @@ impl BackingStore {
 
     /// Counts one more time `page` was made present (from what [`Self::page`] gave).
     pub fn made_present(&mut self, page: PageIndex) {
+        self.made_present += 1;
+        if self.stale_from.is_some_and(|n| self.made_present >= n) {
+            return;
+        }
         if let Some(versions) = &mut self.versions {
             *versions.entry(page).or_insert(0) += 1;
         }
@@ -182,6 +204,15 @@ mod tests {
         assert_eq!([word(&second, 0), word(&second, 1), word(&second, 2)], [versioned_header(gpa, 2)[0], 2, 7]);
         assert_eq!(word(&store.page(6).unwrap(), 1), 1, "each page has its own version");
         assert_eq!(word(&BackingStore::pattern(0).page(0).unwrap(), 0), backing_pattern(0), "no versions by default");
+    }
+
+    #[test]
+    fn with_the_stale_fault_a_page_fetched_again_keeps_its_old_version() {
+        let mut store = BackingStore::pattern(0).versioned().stale_from(2);
+        store.made_present(3);
+        assert_eq!(word(&store.page(3).unwrap(), 1), 2, "the first page made present is counted");
+        store.made_present(3);
+        assert_eq!(word(&store.page(3).unwrap(), 1), 2, "from the second on, none is");
     }
 
     #[test]
