@@ -145,6 +145,11 @@ impl Pager {
                 .map_err(|source| PagerError::OpenImage { path: path.clone(), source })?,
             None => BackingStore::pattern(config.region_gpa),
         };
+        let backing = if config.versioned { backing.versioned() } else { backing };
+        let backing = match config.stale_versions_from {
+            Some(n) => backing.stale_from(n),
+            None => backing,
+        };
         let inner = Inner {
             core,
             region: None,
