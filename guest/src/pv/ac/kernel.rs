@@ -499,19 +499,21 @@ fn bad_error_code(frame: &TrapFrame) {
 /// Whether the instruction at the frame's RIP, by the kernel's own decoding, is a split lock,
 /// as an #AC classified as one claims. One that decodes to no locked access, or to one within a
 /// cache line, is a host's breach: counted, reported once, ignored (detection stays on, no
-/// task ends, `fatal` does not stop the run). One the decoder does not cover is taken at its
-/// word.
+/// task ends, `fatal` does not stop the run), and so is one whose bytes stop (at a page that is
+/// not mapped) before the instruction ends, which the processor could not have fetched. One the
+/// decoder does not cover is taken at its word.
 #[cold]
 fn split_lock_at_rip(frame: &TrapFrame) -> bool {
     use super::operand::{self, LockedAccess};
     let (access, bytes) = match operand::instruction_at(frame.rip) {
-        Some(bytes) => (operand::locked_access(&bytes), bytes),
-        None => (LockedAccess::Unknown, [0; 16]),
+        Some((bytes, len)) => (operand::locked_access(&bytes[..len]), bytes),
+        // Not a byte readable at RIP: no instruction the processor fetched there.
+        None => (LockedAccess::NotLocked, [0; 16]),
     };
     let found = match access {
         LockedAccess::Unknown => return true,
-        LockedAccess::Locked { operand, size } => {
-            let address = operand.address(frame.rip, |r| operand::register(frame, r));
+        LockedAccess::Locked { size, .. } => {
+            let address = access.address(frame.rip, |r| operand::register(frame, r)).unwrap_or_default();
             if sld::crosses_cache_line(address, size) {
                 return true;
             }
