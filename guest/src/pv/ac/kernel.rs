@@ -116,7 +116,8 @@ impl CpuAc {
 
     /// After turning detection on: reads MSR_TEST_CTRL back, so that a host that faults on it
     /// or drops the bit does not leave detection off while the kernel believes it on. Once per
-    /// mode change (boot, `with_mode`), not on the task-switch path.
+    /// mode change (boot, `with_mode`) and once per switch that turns it back on after a split
+    /// lock (`on_switch`), never on a switch that writes nothing.
     fn check_detection_stuck(&mut self) {
         let Some(msr) = test_ctrl().filter(|_| self.detection_on && !self.test_ctrl_broken) else {
             return;
@@ -375,7 +376,13 @@ fn on_switch(_from: TaskId, _to: TaskId) {
         return;
     }
     disabled.store(false, Ordering::Relaxed);
-    with_cpu(|c| c.set_detection(mode().wants_detection()));
+    // Read back, as at a mode change: a host that drops bit 29 from this write would otherwise
+    // leave detection off for good while the kernel believes it on. Only after a split lock
+    // switched it off (the rare path), so the common switch still costs one load.
+    with_cpu(|c| {
+        c.set_detection(mode().wants_detection());
+        c.check_detection_stuck();
+    });
     COUNTERS.reenabled_at_switch.fetch_add(1, Ordering::Relaxed);
 }
 
