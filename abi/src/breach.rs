@@ -90,6 +90,9 @@ pub enum Breach: u32 {
     VeParkBadOutcome = 0x404,
     /// A `VeSuspend` answered with an outcome other than exactly 0 or 1 (the guest stops).
     VeSuspendBadOutcome = 0x405,
+    /// A #VE raised without the VE information area's `busy` word set to `BUSY` (the host
+    /// sets it before every #VE; nothing else raises vector 20).
+    VeNotMarkedBusy = 0x406,
 
     // ---- What the host answers at boot: CPUID and MSRs (0x500..) ----
 
