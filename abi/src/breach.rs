@@ -43,6 +43,9 @@ pub enum Breach: u32 {
     EventReservedNonzero = 0x10B,
     /// The event vector raised while the event area's `inuse` is 0.
     EventSpurious = 0x10C,
+    /// An event (the event vector, `inuse` 1) on a vCPU whose ring and event area are not
+    /// registered: after the guest unregistered them, no ring can resolve its token.
+    EventWhileUnregistered = 0x10D,
 
     // ---- KVM's async page faults (0x200..) ----
 
