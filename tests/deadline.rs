@@ -1,9 +1,10 @@
 //! End-to-end tests of the guest's token deadline (`pv::deadline`, docs/robustness.md): a host
 //! that never resolves a token gets the guest's report of that token and its page before the
 //! run's time limit ends it, and the report changes nothing else (the run ends by its limit, not
-//! by the guest). That tokens resolved in time are never reported is checked where the
+//! by the guest). That no wait is reported before it is past the deadline is checked where the
 //! protocols' whole self-test runs are (`pnp.rs`, `kvm_apf.rs`, `ve.rs`:
-//! `stray_deadline_reports`).
+//! `early_deadline_reports`); that a wait resolved in time is never reported, by the table's
+//! unit tests with a fake clock.
 
 use std::time::Duration;
 

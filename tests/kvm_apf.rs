@@ -43,8 +43,9 @@ fn guest_page_not_present(r: &RunResult) -> u64 {
 fn the_host_stubs_kvm_apf_serves_every_test_and_accounts_for_every_token() {
     let r = run_stub_with("tests=pnp,kvm_apf", &pager(HostMode::KvmApf, &[]));
     passes_but(&r, &[PNP_RING_ONLY, PVM_SKIPS].concat());
-    // Every token resolved in time: the deadline's only reports are its own tests' readers'.
-    assert_eq!(pvagent_tests::stray_deadline_reports(&r), Vec::<&String>::new());
+    // A deadline report names only a wait that lasted past the deadline (its own tests' readers
+    // aside): none early, whatever the machine's speed.
+    assert_eq!(pvagent_tests::early_deadline_reports(&r), Vec::<&String>::new());
     let c = &r.report;
     assert!(c.get("pager.kvm_apf_not_present") > 0, "{:?}", c.counters);
     assert_eq!(c.get("pager.kvm_apf_not_present"), guest_page_not_present(&r), "every #PF injected was taken");

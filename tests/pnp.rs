@@ -36,8 +36,9 @@ fn pnp_tests(r: &RunResult) -> Vec<(Status, String, String)> {
 fn ring_mode_passes_every_test_and_accounts_for_every_token() {
     let r = run_stub_with("tests=pnp", &pager(HostMode::Ring, &[]));
     let tests = pnp_tests(&r);
-    // Every token resolved in time: the deadline's only reports are its own tests' readers'.
-    assert_eq!(pvagent_tests::stray_deadline_reports(&r), Vec::<&String>::new());
+    // A deadline report names only a wait that lasted past the deadline (its own tests' readers
+    // aside): none early, whatever the machine's speed.
+    assert_eq!(pvagent_tests::early_deadline_reports(&r), Vec::<&String>::new());
     assert!(r.passed(), "{:#?}\n{:?}", tests, r.host_error);
     assert!(tests.len() >= 12, "{tests:#?}");
     assert!(tests.iter().all(|t| t.0 == Status::Pass || PVM_SKIPS.contains(&t.1.as_str())), "{tests:#?}");

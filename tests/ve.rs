@@ -495,8 +495,9 @@ fn the_guests_ve_self_tests_pass_in_mode_ve_and_every_token_is_consumed() {
         "tests=ve",
         &Producers { sld: None, pager: Some(pager), released: None, churn: None, breaks: Vec::new() },
     );
-    // Every token resolved in time: the deadline's only reports are its own tests' readers'.
-    assert_eq!(pvagent_tests::stray_deadline_reports(&r), Vec::<&String>::new());
+    // A deadline report names only a wait that lasted past the deadline (its own tests' readers
+    // aside): none early, whatever the machine's speed.
+    assert_eq!(pvagent_tests::early_deadline_reports(&r), Vec::<&String>::new());
     let failed: Vec<_> = r.tests.iter().filter(|t| t.status == pvagent_abi::report::Status::Fail).collect();
     assert!(r.passed(), "{failed:#?}\n{:?}", r.host_error);
     assert!(r.tests.len() >= 13, "{:#?}", r.tests);
