@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use xtask::qemu::{self, Accel};
 use xtask::run::RunOptions;
-use xtask::{Profile, Result};
+use xtask::{Profile, Result, print};
 
 /// What every command's exit status means (printed under each `--help`).
 const EXIT_STATUS: &str = "Exit status: 0 when everything passed; 1 when a test failed (a guest self-test,
