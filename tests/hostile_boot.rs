@@ -1,7 +1,9 @@
 //! End-to-end tests of the hostile host where the guest's self-tests cannot arm the breach
 //! themselves or cannot report it afterwards: the answers at boot, broken with the host stub's
 //! `--break RULE` before the guest's first instruction (MSR_TEST_CTRL, IA32_CORE_CAPABILITIES,
-//! MSR_VE_INFO), and a breach that stops the run (`VeSuspend` answered with no outcome). Each
+//! MSR_VE_INFO), a breach that leaves a vCPU's MSR_TEST_CTRL unused for the rest of the boot
+//! (bit 29 dropped at a task switch), and a breach that stops the run (`VeSuspend` answered with
+//! no outcome). Each
 //! runs the host stub binary and checks its exit status, the guest's `host broke <rule>` line
 //! and what the guest did instead of crashing.
 
@@ -52,6 +54,20 @@ fn test_ctrl_that_drops_bit_29_is_found_on_every_vcpu() {
     let text = boot_with_break("test-ctrl-not-kept", &["--vcpus", "2"], 2);
     assert!(text.contains("host broke test-ctrl-not-kept; split-lock detection is OFF on this vCPU"), "{text}");
     assert!(text.contains("broke test-ctrl-not-kept on vCPU 1 on purpose"), "{text}");
+}
+
+/// Armed at run time, for the write a task switch makes to turn detection back on after a
+/// split lock under `warn`: the guest reads that write back too (its self-test checks the count
+/// and its belief; it leaves the vCPU's MSR unused, so it runs alone here).
+#[test]
+fn test_ctrl_that_drops_bit_29_at_a_switch_is_found() {
+    let name = "hostile::ac::test_ctrl_dropped_at_a_switch_is_found";
+    let out = host_stub(&["--cmdline", &format!("tests={name}")]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(&format!("selftest: PASS {name}")), "{text}");
+    assert!(text.contains("host broke test-ctrl-not-kept: 1 time(s), first (0x0, 0x0)"), "{text}");
+    assert!(text.contains("broke test-ctrl-not-kept on vCPU 0 on purpose: WRMSR 0x33 of 0x20000000"), "{text}");
 }
 
 #[test]

@@ -43,6 +43,9 @@ pub enum Breach: u32 {
     EventReservedNonzero = 0x10B,
     /// The event vector raised while the event area's `inuse` is 0.
     EventSpurious = 0x10C,
+    /// An event (the event vector, `inuse` 1) on a vCPU whose ring and event area are not
+    /// registered: after the guest unregistered them, no ring can resolve its token.
+    EventWhileUnregistered = 0x10D,
 
     // ---- KVM's async page faults (0x200..) ----
 
@@ -90,6 +93,9 @@ pub enum Breach: u32 {
     VeParkBadOutcome = 0x404,
     /// A `VeSuspend` answered with an outcome other than exactly 0 or 1 (the guest stops).
     VeSuspendBadOutcome = 0x405,
+    /// A #VE raised without the VE information area's `busy` word set to `BUSY` (the host
+    /// sets it before every #VE; nothing else raises vector 20).
+    VeNotMarkedBusy = 0x406,
 
     // ---- What the host answers at boot: CPUID and MSRs (0x500..) ----
 
@@ -98,8 +104,8 @@ pub enum Breach: u32 {
     /// MSR_TEST_CTRL accepts a write that sets bit 29 but does not keep the bit: detection
     /// would be off while the guest believes it on.
     TestCtrlNotKept = 0x501,
-    /// IA32_CORE_CAPABILITIES reads with bits set that the SDM does not define (anything but
-    /// bits 2 and 5).
+    /// IA32_CORE_CAPABILITIES reads with reserved bits set (63:9; bits 0 to 8 are defined:
+    /// `sld::CORE_CAPS_DEFINED`).
     CoreCapabilitiesGarbage = 0x502,
     /// `Features::VE` is set but `MSR_VE_INFO` raises #GP for a valid registration.
     VeInfoMsrFaults = 0x503,

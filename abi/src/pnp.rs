@@ -226,6 +226,20 @@ pub const fn backing_pattern(gpa: u64) -> u64 {
     (gpa ^ 0x5EED_0000_0000_0000).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
+/// Marks word 0 of a page the host stub serves with versions (`--pnp-versioned`).
+pub const VERSIONED_TAG: u64 = 0x5645_5200_0000_0000;
+
+/// The first two words of the page at `gpa` when the host stub serves the region with versions
+/// (`--pnp-versioned`): word 0 is the page's address with [`VERSIONED_TAG`], word 1 its version,
+/// the number of times the host has made the page present (1 after its first fetch, one more
+/// after each fetch that follows an eviction). The host writes both at every fetch, over what
+/// the page held; every other word is as without versions (the backing pattern, or what the
+/// guest wrote before an eviction). So a guest that evicts a page knows which version its next
+/// access must find, and a stale or misplaced page shows.
+pub const fn versioned_header(gpa: u64, version: u64) -> [u64; 2] {
+    [(gpa & !(crate::PAGE_SIZE - 1)) | VERSIONED_TAG, version]
+}
+
 crate::wire_enum! {
 /// Per-page behaviours a test can ask for with [`crate::hypercall::Nr::PnpSetPage`].
 pub enum PageBehaviour: u64 {

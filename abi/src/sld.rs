@@ -28,10 +28,14 @@ pub const MSR_CORE_CAPABILITIES: u32 = 0xCF;
 /// IA32_CORE_CAPABILITIES bit 5: [`TEST_CTRL_SPLIT_LOCK_DETECT`] exists.
 pub const CORE_CAPS_SPLIT_LOCK_DETECT: u64 = 1 << 5;
 
-/// IA32_CORE_CAPABILITIES' bits the SDM defines (2, integrity capabilities; 5, split-lock
-/// detection): a guest treats any other bit set as a host's garbage
-/// ([`crate::breach::Breach::CoreCapabilitiesGarbage`]).
-pub const CORE_CAPS_DEFINED: u64 = (1 << 2) | CORE_CAPS_SPLIT_LOCK_DETECT;
+/// IA32_CORE_CAPABILITIES' bits Intel defines: 0 STLB QoS, 1 remote action request (RAR),
+/// 2 FuSa/integrity capabilities (Linux's `MSR_IA32_CORE_CAPS_INTEGRITY_CAPS`), 3 RSM in CPL 0
+/// only, 4 UC-lock disable, 5 split-lock detection, 6 snoop-filter QoS, 7 UC-store throttling,
+/// 8 LAM; 63:9 are reserved. Linux names only 2 and 5, but real CPUs set others (a Sapphire
+/// Rapids sets several), so only a reserved bit is a host's garbage
+/// ([`crate::breach::Breach::CoreCapabilitiesGarbage`]). A later CPU that defines bit 9 would be
+/// reported too: the report changes nothing (bit 5 is followed, MSR_TEST_CTRL read back).
+pub const CORE_CAPS_DEFINED: u64 = (1 << 9) - 1;
 
 /// MSR_TEST_CTRL.
 pub const MSR_TEST_CTRL: u32 = 0x33;
@@ -125,6 +129,19 @@ impl Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_core_capabilities_bit_intel_defines_is_no_garbage() {
+        for bit in 0..9 {
+            assert_eq!((1u64 << bit) & !CORE_CAPS_DEFINED, 0, "bit {bit} is defined");
+        }
+        // Bits 2, 4 and 5 together, as a CPU with FuSa, UC-lock disable and split-lock
+        // detection reports them.
+        assert_eq!(0x34 & !CORE_CAPS_DEFINED, 0);
+        for bit in 9..64 {
+            assert_ne!((1u64 << bit) & !CORE_CAPS_DEFINED, 0, "bit {bit} is reserved");
+        }
+    }
 
     #[test]
     fn cache_line_crossing_is_decided_by_the_first_and_last_byte() {

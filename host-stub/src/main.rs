@@ -173,6 +173,11 @@ struct PagerArgs {
     /// Default: a known pattern the self-tests check.
     #[arg(long = "pnp-image")]
     image: Option<PathBuf>,
+    /// Serve every page with its address and version in its first two words, rewritten at each
+    /// fetch (the page's other words as without it): the soak's pages
+    /// (`pvagent_abi::pnp::versioned_header`, docs/abi.md).
+    #[arg(long = "pnp-versioned")]
+    versioned: bool,
 }
 
 impl PagerArgs {
@@ -187,6 +192,7 @@ impl PagerArgs {
             fetchers: self.fetchers,
             fail_pages: self.fail.clone(),
             image: self.image.clone(),
+            versioned: self.versioned,
             ..PagerConfig::default()
         })
     }

@@ -23,6 +23,7 @@ pub mod proc;
 pub mod qemu;
 pub mod run;
 pub mod setup;
+pub mod soak;
 pub mod test;
 
 use std::path::{Path, PathBuf};

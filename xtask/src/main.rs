@@ -52,6 +52,38 @@ enum Command {
     /// Count every path with the release guests against xtask/budgets.toml (a stage of `test`).
     #[command(after_help = EXIT_STATUS)]
     Budgets,
+    /// A seeded random storm of every event kind on several vCPUs (the self-test soak::storm
+    /// against the pager's versioned pages), checking that every token is resolved once, every
+    /// page holds what it must and no task is lost; sized by events, not time.
+    ///
+    /// A failure names the seed and the round; the same --seed makes the same guest choices.
+    /// `cargo xtask test` runs the default (short) soak.
+    #[command(after_help = EXIT_STATUS)]
+    Soak(SoakArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SoakArgs {
+    /// Events to survive (events, resolutions, synchronous waits, split-lock #ACs, evictions).
+    #[arg(long, default_value_t = xtask::soak::SHORT_EVENTS)]
+    events: u64,
+    /// Seed of the guest's choices (decimal, or hex with 0x).
+    #[arg(long, default_value_t = xtask::soak::DEFAULT_SEED, value_parser = parse_seed)]
+    seed: u64,
+    /// vCPUs, 1..=8.
+    #[arg(long, default_value_t = xtask::soak::DEFAULT_VCPUS as u64, value_parser = clap::value_parser!(u64).range(1..=8))]
+    vcpus: u64,
+    /// Build the release profile (a long soak goes faster).
+    #[arg(long)]
+    release: bool,
+}
+
+fn parse_seed(s: &str) -> std::result::Result<u64, String> {
+    match s.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => s.parse(),
+    }
+    .map_err(|e| format!("{s:?} is not a seed: {e}"))
 }
 
 #[derive(Debug, clap::Args)]
@@ -185,6 +217,13 @@ fn main() -> ExitCode {
             let bench = xtask::bench::Options { quick: args.quick, trace: args.trace, update_docs: args.update_docs };
             xtask::bench::run(&bench)
         }
+        Command::Soak(args) => xtask::soak::run(&xtask::soak::Options {
+            events: args.events,
+            seed: args.seed,
+            vcpus: args.vcpus as usize,
+            release: args.release,
+            on_one_host_cpu: false,
+        }),
         Command::Budgets => {
             xtask::guest::build_host_stub(xtask::Profile::Dev).and_then(|host| xtask::budgets::check(&host))
         }

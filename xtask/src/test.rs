@@ -1,7 +1,7 @@
 //! `cargo xtask test`, the project's test command: host unit tests (and the rustdoc
-//! examples), then the guest's self-tests under the host stub, then the same guest under QEMU
-//! TCG, then the paths' counts against their budgets, then the end-to-end tests (bad input,
-//! deliberate failures, the protocols' host-side views), then every command the README and
+//! examples), then the guest's self-tests under the host stub and a short soak, then the same
+//! guest under QEMU TCG, then the paths' counts against their budgets, then the end-to-end
+//! tests (bad input, deliberate failures, the protocols' host-side views), then every command the README and
 //! `docs/` show (`doccheck`, which runs the library's examples too). A failing test stage is a
 //! test failure (exit status 1); one that could not run, a build that failed included, is a
 //! host-side error (2): each `cargo test` stage builds its tests first (`--no-run`), so a
@@ -76,6 +76,17 @@ pub fn run_all() -> Result<ExitCode> {
         ..RunOptions::default()
     };
     crate::run::scenario(&smt)?;
+
+    // Issue 15's soak, short: sized by events (a slow machine only takes longer), every vCPU on
+    // one host CPU where there are two, as the 4-vCPU stage above.
+    step(&format!(
+        "a short soak: {} events, seed {}, {} vCPUs{} (cargo xtask soak)",
+        crate::soak::SHORT_EVENTS,
+        crate::soak::DEFAULT_SEED,
+        crate::soak::DEFAULT_VCPUS,
+        if one_cpu { " on one host CPU" } else { "" }
+    ));
+    crate::soak::run(&crate::soak::Options { on_one_host_cpu: one_cpu, ..crate::soak::Options::default() })?;
 
     step("the same guest under QEMU TCG (cargo xtask qemu)");
     qemu::run_suite(Profile::Dev, Accel::Tcg, 1, None, &[])?;

@@ -31,6 +31,7 @@
 //! host keeps its own limit below the table's size (KVM: 64 tokens per vCPU; the ring: its N
 //! slots, one entry each).
 
+use pvagent_abi::breach::Breach;
 use pvagent_abi::pnp::{RESULT_FAILED, RESULT_RETRY};
 
 use crate::task::table::TaskId;
@@ -57,6 +58,11 @@ pub trait Keying: Copy + core::fmt::Debug {
     fn used(self, capacity: usize) -> usize;
     /// Whether every token this keying accepts has its home in a table of `capacity` entries.
     fn fits(self, capacity: usize) -> bool;
+    /// A wake kept for `kept` met the event of another token of the same home (by slot: the
+    /// wake named a token the host never handed out). Nothing to do by default.
+    fn forged_wake(self, kept: u32) {
+        let _ = kept;
+    }
 }
 
 /// The ring protocol's tokens (`pvagent_abi::pnp::Token`): bits 15:0 the slot (below
@@ -85,6 +91,12 @@ impl Keying for BySlot {
 
     fn fits(self, capacity: usize) -> bool {
         self.entries as usize <= capacity
+    }
+
+    /// The ring's rule: a resolution for a token the host never handed out, found only now
+    /// (kept for a free slot, whose event came with its own token).
+    fn forged_wake(self, kept: u32) {
+        crate::pv::breach::note(Breach::ResolutionForUnknownToken, u64::from(kept), 0);
     }
 }
 
@@ -424,7 +436,7 @@ impl<K: Keying, const N: usize> TokenTable<K, N> {
             State::Early { .. } => {
                 // By slot, an early wake naming another token of this slot was not for a token
                 // the host handed out: count it and serve the real event in its place.
-                self.stats.count(Rejection::Unknown);
+                self.forged_early(i);
                 self.park(Some(i), home, token, gpa, waiter)
             }
             // Free, or woken by a wake-all and faulting again (its own wake is still to come).
@@ -491,6 +503,16 @@ impl<K: Keying, const N: usize> TokenTable<K, N> {
             // By slot: another token is live in this slot.
             _ => self.reject(Rejection::Unknown, WakeOutcome::Rejected),
         }
+    }
+
+    /// The early wake kept in entry `i` met the event of another token of its slot: the
+    /// table's count and the keying's report, out of the event's way (one call with the one
+    /// argument the event path has at hand, as before: its budget is counted in instructions).
+    #[cold]
+    #[inline(never)]
+    fn forged_early(&mut self, i: usize) {
+        self.stats.count(Rejection::Unknown);
+        self.keying.forged_wake(self.entries[i].token);
     }
 
     /// Keeps a wake whose event has not come, for that event.

@@ -21,6 +21,7 @@ mod hostile;
 mod memslot;
 mod pnp;
 mod smp;
+mod soak;
 mod task;
 
 use core::fmt::Write;
@@ -34,8 +35,9 @@ use crate::boot::cmdline::{Cmdline, TestFilter};
 use crate::{kprint, kprintln};
 
 /// Command line keys the self-tests read: `tests=` (which tests run), `expect-host=` (what
-/// `arch::host_is_identified` expects) and the bare word `list` (list the tests, run none).
-pub const CMDLINE_KEYS: &[&str] = &["tests", "expect-host", LIST_WORD];
+/// `arch::host_is_identified` expects), the bare word `list` (list the tests, run none), and
+/// the soak's size and seed (`soak-events=`, `soak-seed=`).
+pub const CMDLINE_KEYS: &[&str] = &["tests", "expect-host", LIST_WORD, soak::EVENTS_KEY, soak::SEED_KEY];
 
 /// Why a test did not pass.
 #[derive(Debug)]
@@ -140,6 +142,7 @@ const SUITES: &[&[SelfTest]] = &[
     pnp::VE_TESTS,
     pnp::SMP_TESTS,
     memslot::TESTS,
+    soak::TESTS,
     // Last: these break the protocols on purpose, which the accounting checks above count.
     hostile::TESTS,
     hostile::AC_TESTS,

@@ -139,6 +139,16 @@ pub const RULES: &[(&str, Rule)] = &[
             why: "it is a stage of `cargo xtask test`, which runs this check and the budgets just before it",
         },
     ),
+    (
+        "cargo xtask soak",
+        Rule::NotRun { why: "it is a stage of `cargo xtask test` (\"a short soak\"), which runs this check after it" },
+    ),
+    (
+        "cargo xtask soak --release --events 1000000 --seed 0x15",
+        Rule::NotRun {
+            why: "the long soak takes about an hour; the stage \"a short soak\" of `cargo xtask test` runs the same code with 2,000 events",
+        },
+    ),
     ("grep -rn \"crate::\" guest/src/arch | grep -v \"crate::\\(arch\\|boot\\|cell\\)\"", Rule::RunFindsNothing),
     ("grep -rn \"unsafe impl.*Sync\" guest/src | grep -v \"^guest/src/cell.rs:\"", Rule::RunFindsNothing),
     (

@@ -17,8 +17,8 @@ use crate::pv::breach;
 
 /// Follows the architectural enumeration: CPUID.(7,0):EDX bit 30 (or the host stub's
 /// repetition of it), then IA32_CORE_CAPABILITIES. A read that faults though the chain promised
-/// the MSR ends the chain there (no detection: nothing promised it then); a value with bits the
-/// SDM does not define is reported, and its bit 5 still followed (MSR_TEST_CTRL is checked
+/// the MSR ends the chain there (no detection: nothing promised it then); a value with reserved
+/// bits set is reported, and its bit 5 still followed (MSR_TEST_CTRL is checked
 /// when it is first written, `kernel::apply_mode_here`).
 pub fn enumerate() -> Enumeration {
     let edx = cpu::cpuid(sld::CPUID_LEAF, sld::CPUID_SUBLEAF).edx;
@@ -27,7 +27,7 @@ pub fn enumerate() -> Enumeration {
         Ok(value) => {
             if value & !sld::CORE_CAPS_DEFINED != 0 && breach::note(Breach::CoreCapabilitiesGarbage, value, 0) {
                 kreport!(
-                    "ac: IA32_CORE_CAPABILITIES reads {value:#x}, bits the SDM does not define set (host broke {}); following its bit 5",
+                    "ac: IA32_CORE_CAPABILITIES reads {value:#x}, reserved bits (63:9) set (host broke {}); following its bit 5",
                     Breach::CoreCapabilitiesGarbage
                 );
             }

@@ -116,7 +116,8 @@ impl CpuAc {
 
     /// After turning detection on: reads MSR_TEST_CTRL back, so that a host that faults on it
     /// or drops the bit does not leave detection off while the kernel believes it on. Once per
-    /// mode change (boot, `with_mode`), not on the task-switch path.
+    /// mode change (boot, `with_mode`) and once per switch that turns it back on after a split
+    /// lock (`on_switch`), never on a switch that writes nothing.
     fn check_detection_stuck(&mut self) {
         let Some(msr) = test_ctrl().filter(|_| self.detection_on && !self.test_ctrl_broken) else {
             return;
@@ -375,7 +376,13 @@ fn on_switch(_from: TaskId, _to: TaskId) {
         return;
     }
     disabled.store(false, Ordering::Relaxed);
-    with_cpu(|c| c.set_detection(mode().wants_detection()));
+    // Read back, as at a mode change: a host that drops bit 29 from this write would otherwise
+    // leave detection off for good while the kernel believes it on. Only after a split lock
+    // switched it off (the rare path), so the common switch still costs one load.
+    with_cpu(|c| {
+        c.set_detection(mode().wants_detection());
+        c.check_detection_stuck();
+    });
     COUNTERS.reenabled_at_switch.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -499,19 +506,21 @@ fn bad_error_code(frame: &TrapFrame) {
 /// Whether the instruction at the frame's RIP, by the kernel's own decoding, is a split lock,
 /// as an #AC classified as one claims. One that decodes to no locked access, or to one within a
 /// cache line, is a host's breach: counted, reported once, ignored (detection stays on, no
-/// task ends, `fatal` does not stop the run). One the decoder does not cover is taken at its
-/// word.
+/// task ends, `fatal` does not stop the run), and so is one whose bytes stop (at a page that is
+/// not mapped) before the instruction ends, which the processor could not have fetched. One the
+/// decoder does not cover is taken at its word.
 #[cold]
 fn split_lock_at_rip(frame: &TrapFrame) -> bool {
     use super::operand::{self, LockedAccess};
     let (access, bytes) = match operand::instruction_at(frame.rip) {
-        Some(bytes) => (operand::locked_access(&bytes), bytes),
-        None => (LockedAccess::Unknown, [0; 16]),
+        Some((bytes, len)) => (operand::locked_access(&bytes[..len]), bytes),
+        // Not a byte readable at RIP: no instruction the processor fetched there.
+        None => (LockedAccess::NotLocked, [0; 16]),
     };
     let found = match access {
         LockedAccess::Unknown => return true,
-        LockedAccess::Locked { operand, size } => {
-            let address = operand.address(frame.rip, |r| operand::register(frame, r));
+        LockedAccess::Locked { size, .. } => {
+            let address = access.address(frame.rip, |r| operand::register(frame, r)).unwrap_or_default();
             if sld::crosses_cache_line(address, size) {
                 return true;
             }

@@ -186,19 +186,48 @@ pub fn decode(bytes: &[u8]) -> Option<MemOperand> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LockedAccess {
     /// A locked memory access (a LOCK prefix on an instruction that takes one, or XCHG with
-    /// memory) of `size` bytes at `operand`.
-    Locked { operand: MemOperand, size: u64 },
+    /// memory) of `size` bytes at `operand`, moved by the bit offset in register `bit_offset`
+    /// for BTS, BTR and BTC with a register offset ([`LockedAccess::address`]).
+    Locked { operand: MemOperand, size: u64, bit_offset: Option<u8> },
     /// No locked memory access: no #AC for a split lock can come from it.
     NotLocked,
     /// Not decoded (see [`decode`]'s limits): whether it is a split lock cannot be said.
     Unknown,
 }
 
+impl LockedAccess {
+    /// The linear address a [`LockedAccess::Locked`] access touches, given the instruction's
+    /// RIP and the registers (`None` for the others). BTS/BTR/BTC with a register bit offset
+    /// access the `size` bytes that hold the bit: the operand's address plus `size` times the
+    /// signed offset divided (rounding down) by the bits in `size` (SDM, BT: "Effective Address
+    /// + (4 * (BitOffset DIV 32))"), which may lie in another cache line than the operand's.
+    pub fn address(&self, rip: u64, reg: impl Fn(u8) -> u64) -> Option<u64> {
+        let LockedAccess::Locked { operand, size, bit_offset } = *self else {
+            return None;
+        };
+        let address = operand.address(rip, &reg);
+        let Some(r) = bit_offset else {
+            return Some(address);
+        };
+        let value = reg(r);
+        let offset = match size {
+            2 => i64::from(value as i16),
+            4 => i64::from(value as i32),
+            _ => value as i64,
+        };
+        // `size` is 2, 4 or 8: `offset >> log2(bits)` rounds down, as the processor does.
+        let bytes = (offset >> (size * 8).trailing_zeros()).wrapping_mul(size as i64);
+        let moved = address.wrapping_add(bytes as u64);
+        Some(if operand.address_32 { moved & 0xFFFF_FFFF } else { moved })
+    }
+}
+
 /// Whether the instruction in `bytes` is a locked memory access, and of how many bytes: the
 /// instructions a LOCK prefix is allowed on (ADD, OR, ADC, SBB, AND, SUB, XOR, NOT, NEG, INC,
 /// DEC, XCHG, CMPXCHG, CMPXCHG8B/16B, XADD, BTS, BTR, BTC), with a memory operand.
 pub fn locked_access(bytes: &[u8]) -> LockedAccess {
-    let (mut lock, mut operand_16, mut rex_w, mut fs_gs) = (false, false, false, false);
+    let (mut lock, mut operand_16, mut fs_gs) = (false, false, false);
+    let mut rex = 0u8;
     let mut at = 0;
     while let Some(&b) = bytes.get(at) {
         match b {
@@ -208,15 +237,16 @@ pub fn locked_access(bytes: &[u8]) -> LockedAccess {
             0xF2 | 0xF3 | 0x26 | 0x2E | 0x36 | 0x3E | 0x67 => {}
             // REX counts only right before the opcode: a legacy prefix after it cancels it.
             0x40..=0x4F => {
-                rex_w = b & 0x8 != 0;
+                rex = b;
                 at += 1;
                 continue;
             }
             _ => break,
         }
-        rex_w = false;
+        rex = 0;
         at += 1;
     }
+    let rex_w = rex & 0x8 != 0;
     let full = if rex_w {
         8
     } else if operand_16 {
@@ -251,9 +281,14 @@ pub fn locked_access(bytes: &[u8]) -> LockedAccess {
         }
         _ => (None, true),
     };
+    // BTS, BTR, BTC with the bit offset in ModRM.reg (REX.R extends it).
+    let bit_offset = match (op, second) {
+        (0x0F, Some(0xAB | 0xB3 | 0xBB)) => bytes.get(at + 2).map(|m| ((m >> 3) & 7) | ((rex & 0x4) << 1)),
+        _ => None,
+    };
     match (size, needs_lock && !lock) {
         (Some(size), false) => match decode(bytes) {
-            Some(operand) => LockedAccess::Locked { operand, size },
+            Some(operand) => LockedAccess::Locked { operand, size, bit_offset },
             // Its operand is a register (or one the decoder does not cover).
             None if fs_gs => LockedAccess::Unknown,
             None => LockedAccess::NotLocked,
@@ -262,16 +297,32 @@ pub fn locked_access(bytes: &[u8]) -> LockedAccess {
     }
 }
 
-/// The 16 bytes at `rip`, read with probes, so that an instruction at the end of its mapping
-/// cannot fault the kernel (`None` then).
-#[cfg(kernel)]
-pub fn instruction_at(rip: u64) -> Option<[u8; 16]> {
-    let mut bytes = [0u8; 16];
-    for (i, chunk) in bytes.chunks_mut(8).enumerate() {
-        let word = crate::arch::fault::probe_read_u64(rip.checked_add(8 * i as u64)?).ok()?;
+/// Up to 16 bytes at `rip`, as `read` (a probe of one aligned u64, `None` where it faults)
+/// gives them: aligned words never straddle two pages, so an instruction that ends right before
+/// a page that is not mapped is read whole, and the bytes stop where the mapping does. The
+/// second value is how many bytes were read. An instruction cut short by that stop could not
+/// have been fetched, so it raised nothing: decoding the short slice finds no locked access.
+pub fn read_instruction(rip: u64, mut read: impl FnMut(u64) -> Option<u64>) -> ([u8; 16], usize) {
+    let (start, skip) = (rip & !7, (rip & 7) as usize);
+    let mut words = [0u8; 24];
+    let mut got = 0usize;
+    for (i, chunk) in words.chunks_mut(8).enumerate() {
+        let Some(word) = start.checked_add(8 * i as u64).and_then(&mut read) else { break };
         chunk.copy_from_slice(&word.to_le_bytes());
+        got += 8;
     }
-    Some(bytes)
+    let mut bytes = [0u8; 16];
+    let len = got.saturating_sub(skip).min(16);
+    bytes[..len].copy_from_slice(&words[skip..skip + len]);
+    (bytes, len)
+}
+
+/// The bytes at `rip` ([`read_instruction`]), read with probes, so that an instruction at the
+/// end of its mapping cannot fault the kernel; `None` if not even its first byte is readable.
+#[cfg(kernel)]
+pub fn instruction_at(rip: u64) -> Option<([u8; 16], usize)> {
+    let (bytes, len) = read_instruction(rip, |at| crate::arch::fault::probe_read_u64(at).ok());
+    (len > 0).then_some((bytes, len))
 }
 
 /// General register `r` (0 = RAX ... 15 = R15) of the interrupted context.
@@ -285,8 +336,8 @@ pub fn register(f: &crate::arch::trap::TrapFrame, r: u8) -> u64 {
 /// The address of the memory operand of the CPL 3 instruction at the frame's RIP.
 #[cfg(kernel)]
 pub fn address_at(frame: &crate::arch::trap::TrapFrame) -> Option<u64> {
-    let bytes = instruction_at(frame.rip)?;
-    decode(&bytes).map(|operand| operand.address(frame.rip, |r| register(frame, r)))
+    let (bytes, len) = instruction_at(frame.rip)?;
+    decode(&bytes[..len]).map(|operand| operand.address(frame.rip, |r| register(frame, r)))
 }
 
 #[cfg(test)]
@@ -399,6 +450,61 @@ mod tests {
         assert_eq!(size(&[0x64, 0xF0, 0xFF, 0x07]), Some(0), "FS-relative: not decoded");
     }
 
+    /// An instruction right before a page that is not mapped is read whole (the old 16-byte read
+    /// straddled into that page and gave nothing, so a host's claim there was taken at its
+    /// word); one cut short by the page end decodes as no locked access.
+    #[test]
+    fn an_instruction_at_the_end_of_its_mapping_is_read_up_to_there() {
+        // One mapped page at 0x1000 holding `lock add dword [rdi], 1` in its last 4 bytes.
+        let page =
+            |at: u64| (0x1000..0x2000).contains(&at).then_some(if at == 0x1FF8 { 0x0107_83F0_0000_0000 } else { 0 });
+        let (bytes, len) = read_instruction(0x1FFC, page);
+        assert_eq!((len, &bytes[..len]), (4, &[0xF0, 0x83, 0x07, 0x01][..]));
+        assert!(matches!(locked_access(&bytes[..len]), LockedAccess::Locked { size: 4, .. }));
+        // Its first 3 bytes only: cut short, nothing the processor could have run.
+        let (bytes, len) = read_instruction(0x1FFD, page);
+        assert_eq!((len, &bytes[..len]), (3, &[0x83, 0x07, 0x01][..]));
+        assert_eq!(locked_access(&[0xF0, 0x83, 0x07][..3]), LockedAccess::NotLocked);
+        // Well inside the page: 16 bytes; nothing mapped: none; the top of the address space.
+        assert_eq!(read_instruction(0x1003, page).1, 16);
+        assert_eq!(read_instruction(0x5000, page).1, 0);
+        assert_eq!(read_instruction(u64::MAX, |_| Some(u64::MAX)).1, 1);
+    }
+
+    /// BTS/BTR/BTC with a register bit offset touch the operand's address moved by the offset:
+    /// a split lock there is judged where the processor accesses, not at the ModRM address.
+    #[test]
+    fn a_register_bit_offset_moves_the_locked_access() {
+        let at = |bytes: &[u8], rax: u64, rcx: u64| {
+            let access = locked_access(bytes);
+            let reg = |r: u8| match r {
+                0 => rax,
+                1 => rcx,
+                _ => 0,
+            };
+            access.address(RIP, reg).map(|a| (a, sld_crosses(a, bytes)))
+        };
+        fn sld_crosses(address: u64, bytes: &[u8]) -> bool {
+            match locked_access(bytes) {
+                LockedAccess::Locked { size, .. } => pvagent_abi::sld::crosses_cache_line(address, size),
+                _ => unreachable!(),
+            }
+        }
+        let lock_bts_rax_rcx = [0xF0, 0x48, 0x0F, 0xAB, 0x08];
+        assert_eq!(at(&lock_bts_rax_rcx, 0x1034, 0), Some((0x1034, false)), "bit 0: the operand's qword");
+        assert_eq!(at(&lock_bts_rax_rcx, 0x1034, 64), Some((0x103C, true)), "bit 64: the next qword, split");
+        assert_eq!(at(&lock_bts_rax_rcx, 0x103C, 64), Some((0x1044, false)), "the operand split, the access not");
+        assert_eq!(at(&lock_bts_rax_rcx, 0x1044, (-1i64) as u64), Some((0x103C, true)), "bit -1: the qword before");
+        // 32-bit operand: the offset is the low 32 bits, signed; dword steps.
+        let lock_btr_eax_ecx = [0xF0, 0x0F, 0xB3, 0x08];
+        assert_eq!(at(&lock_btr_eax_ecx, 0x1000, 0xFFFF_FFFF_0000_0040), Some((0x1008, false)), "bit 64: 2 dwords on");
+        assert_eq!(at(&lock_btr_eax_ecx, 0x1000, 0xFFFF_FFE0), Some((0x0FFC, false)), "bit -32: the dword before");
+        // REX.R names R9: lock btc [rax], r9 with r9 = 0 moves nothing.
+        assert_eq!(at(&[0xF0, 0x4C, 0x0F, 0xBB, 0x08], 0x2000, 1 << 40), Some((0x2000, false)), "r9, not rcx");
+        // The immediate form accesses the operand itself (the offset is taken modulo the size).
+        assert_eq!(at(&[0xF0, 0x48, 0x0F, 0xBA, 0x28, 0x40], 0x103C, 1 << 20), Some((0x103C, true)), "bts [rax], 64");
+    }
+
     /// Random valid instructions: the guest's decoding of a locked access agrees with iced's
     /// (the host's) wherever the guest decodes it.
     #[test]
@@ -423,7 +529,7 @@ mod tests {
             }
             let Some(iced_says) = iced_locked(&bytes) else { continue };
             let ours = match locked_access(&bytes) {
-                LockedAccess::Locked { size, operand } => {
+                LockedAccess::Locked { size, operand, .. } => {
                     assert_eq!(Some(operand.address(RIP, reg_value)), iced(&bytes).and_then(|i| i.1), "{bytes:02x?}");
                     Some(size)
                 }

@@ -409,6 +409,12 @@ pub fn unregister() -> Result<(), RegisterError> {
         s.stats.ring_corrupt += s.ring.corrupt;
         s.entries = 0;
         s.ring = RingConsumer::new(0);
+        // No slot from now on: an event the host still raises (it broke the ABI) finds none
+        // and parks nobody, where the old ring's slots would park its context on a token no
+        // ring resolves. Nothing the host will resolve is dropped: it refused this
+        // unregistration while a token was outstanding; a resolution kept for an event that
+        // never came (the host's forgery) goes.
+        s.table.reset(BySlot { entries: 0 });
     });
     Ok(())
 }
@@ -581,6 +587,8 @@ fn odd_event(token: Token, gpa: u64, gva: u64, flags_reserved: u64, (base, size)
 #[inline(never)]
 fn rejected_event(token: Token, gpa: u64, why: Rejection) {
     let rule = match why {
+        // No ring: every token is refused (`unregister`), whatever it is.
+        Rejection::Malformed if registered_entries() == 0 => Breach::EventWhileUnregistered,
         Rejection::Malformed if token.0 == 0 => Breach::EventTokenZero,
         Rejection::Malformed if token.sequence() == 0 => Breach::EventSequenceZero,
         Rejection::Malformed => Breach::EventSlotBeyondRing,

@@ -122,6 +122,8 @@ fn by_slot_a_wake_for_another_token_of_a_busy_slot_wakes_nobody() {
 
 #[test]
 fn by_slot_a_bogus_early_wake_never_satisfies_a_different_event() {
+    let rule = pvagent_abi::breach::Breach::ResolutionForUnknownToken;
+    let before = crate::pv::breach::count(rule);
     let mut t = by_slot();
     // The host "resolves" a token it never handed out...
     assert_eq!(t.on_wake(ring(6, 9), RESULT_RETRY), WakeOutcome::Early);
@@ -129,6 +131,9 @@ fn by_slot_a_bogus_early_wake_never_satisfies_a_different_event() {
     assert!(matches!(t.on_event(ring(6, 10), 0, || Waiter::Task(TASK)), EventOutcome::Park(_)));
     assert_eq!(t.stats.unknown, 1);
     assert_eq!(t.kept(), 0);
+    // The forgery is reported under the ring's rule, not only counted in the table (other
+    // tests may count it too, at the same time: at least this one).
+    assert!(crate::pv::breach::count(rule) > before, "{rule} not reported");
 }
 
 #[test]

@@ -339,7 +339,11 @@ fn on_ve(frame: &mut TrapFrame) {
         Copied::Page { gpa } => gpa,
         // Not re-armed: a busy word the host set stays set, so a host that reports what this
         // guest does not know raises no further #VE here (its accesses wait synchronously).
-        Copied::NotBusy { busy } => return odd_ve(me, &me.counters.not_busy, "not marked busy", busy, frame, None),
+        Copied::NotBusy { busy } => {
+            let rule = Breach::VeNotMarkedBusy;
+            breach::note(rule, u64::from(busy), frame.rip);
+            return odd_ve(me, &me.counters.not_busy, "not marked busy", busy, frame, Some(rule));
+        }
         Copied::UnknownReason { reason } => {
             let rule = Breach::VeUnknownExitReason;
             breach::note(rule, u64::from(reason), frame.rip);

@@ -26,6 +26,10 @@ pub const TESTS: &[SelfTest] = &[
     SelfTest::new("hostile::ac::error_code_not_zero_is_ignored", error_code_not_zero_is_ignored).needs(SPLIT_LOCKS),
     SelfTest::new("hostile::ac::ac_while_detection_off_is_ignored", ac_while_detection_off_is_ignored).needs(TRIGGER),
     SelfTest::new("hostile::ac::detection_is_what_the_kernel_believes", detection_is_what_the_kernel_believes),
+    // Leaves this vCPU's MSR_TEST_CTRL unused for the rest of the boot: run alone, from
+    // `tests/hostile_boot.rs`.
+    SelfTest::on_request("hostile::ac::test_ctrl_dropped_at_a_switch_is_found", test_ctrl_dropped_at_a_switch_is_found)
+        .needs(SPLIT_LOCKS),
 ];
 
 /// Two cache lines of the kernel's own, for the accesses the trigger arms.
@@ -171,4 +175,26 @@ fn detection_is_what_the_kernel_believes() -> TestResult {
         );
     }
     Ok(())
+}
+
+/// `warn` switches detection off for a kernel split lock until the next task switch, whose hook
+/// writes bit 29 again; the host accepts that write and drops the bit. The kernel reads the MSR
+/// back there too: it counts the breach and believes detection off, as the register says,
+/// instead of believing it on while nothing detects (a protection silently off).
+fn test_ctrl_dropped_at_a_switch_is_found() -> TestResult {
+    let rule = Breach::TestCtrlNotKept;
+    ac::with_mode(Mode::Warn, || {
+        let before = breach::count(rule);
+        triggered(ac_kernel_locked_add, SPLIT_DWORD, Verdict::InjectedSplitLock)?;
+        let s = ac::status();
+        ensure!(s.sld_disabled_until_switch && !s.detection_on, "warn did not switch detection off: {s:?}");
+        arm(rule)?;
+        // A switch to the idle task and back: the hook turns detection on again.
+        crate::task::sleep_ticks(1);
+        counted(rule, before, 1)?;
+        let s = ac::status();
+        ensure!(s.test_ctrl_broken && !s.detection_on, "the dropped bit went unnoticed: {s:?}");
+        ensure_eq!(ac::detection_in_msr(), Some(s.detection_on), "MSR_TEST_CTRL's bit against the kernel's belief");
+        Ok(())
+    })
 }

@@ -53,6 +53,7 @@ pub const TESTS: &[SelfTest] = &[
     SelfTest::new("hostile::pnp::event_unknown_flags_are_counted", pnp::event_unknown_flags).needs(RING),
     SelfTest::new("hostile::pnp::event_reserved_nonzero_is_counted", pnp::event_reserved_nonzero).needs(RING),
     SelfTest::new("hostile::pnp::event_spurious_is_ignored", pnp::event_spurious).needs(RING),
+    SelfTest::new("hostile::pnp::event_while_unregistered_parks_nobody", pnp::event_while_unregistered).needs(RING),
     SelfTest::new("hostile::kvm_apf::ready_for_unknown_token_wakes_nobody", kvm_apf::ready_for_unknown_token)
         .needs(APF),
     SelfTest::new("hostile::kvm_apf::ready_spurious_is_ignored", kvm_apf::ready_spurious).needs(APF),

@@ -1,6 +1,8 @@
 //! The page-not-present ring's rules (docs/abi.md, "Page-not-present events and the resolution
 //! ring"), each broken once by the host stub: the ring's `head`, its entries (token, result),
-//! the event area's fields, and the event vector.
+//! the event area's fields, and the event vector (with no event, and after unregistering).
+
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use pvagent_abi::breach::Breach;
 use pvagent_abi::pnp::HostCounter;
@@ -130,5 +132,51 @@ pub(super) fn event_spurious() -> TestResult {
     let after = guest_pnp::stats();
     ensure_eq!((after.spurious - stats.spurious, after.events - stats.events), (1, 0), "(spurious, taken) events");
     ensure!(after.tokens == stats.tokens, "the token table changed: {:?}", after.tokens);
+    nothing_pending()
+}
+
+/// An event the host raises after the guest unregistered its ring (written at the
+/// unregistration, taken once interrupts are on again): no ring can resolve its token, so it
+/// parks nobody; counted. A kernel task unregisters and registers again while this task yields,
+/// so that a task the event parked (the bug this shows) leaves this one able to say so.
+pub(super) fn event_while_unregistered() -> TestResult {
+    static DONE: AtomicBool = AtomicBool::new(false);
+    /// `arg`: the ring's size (low half) and the rule's count before (high half).
+    fn unregister_and_back(arg: u64) -> u64 {
+        let (entries, before) = (arg as u32, (arg >> 32) as u32);
+        let off = guest_pnp::unregister().is_ok();
+        // The event is taken here, with interrupts on (an interrupt pending while they were off
+        // comes at the next exit, which halting makes), before the registration below.
+        let deadline = crate::arch::ticks() + 10 * crate::arch::time::HZ;
+        halt::wait_until(|| {
+            (breach::count(Breach::EventWhileUnregistered) > before || crate::arch::ticks() > deadline).then_some(())
+        });
+        let back = guest_pnp::register(entries).is_ok();
+        DONE.store(true, Ordering::Release);
+        u64::from(off) | u64::from(back) << 1
+    }
+    let rule = Breach::EventWhileUnregistered;
+    let entries = guest_pnp::registered_entries();
+    // The host refuses to unregister while a token of this vCPU is out: none is, with no
+    // waiter and no kept resolution here (it reads the consumed entries at that MSR write).
+    // Not the host's count, which is the whole VM's: other vCPUs' rings may hold tokens it
+    // counts until it next posts there.
+    nothing_pending()?;
+    let (before, events) = (breach::count(rule), guest_pnp::stats().events);
+    DONE.store(false, Ordering::Relaxed);
+    arm(rule)?;
+    let arg = u64::from(entries) | u64::from(before) << 32;
+    let t = spawned(task::spawn_kernel("hostile-unregister", unregister_and_back, arg))?;
+    for _ in 0..1000 {
+        if DONE.load(Ordering::Acquire) {
+            break;
+        }
+        task::yield_now();
+    }
+    ensure!(DONE.load(Ordering::Acquire), "the unregistered ring's event parked a task: {:?}", guest_pnp::pending());
+    ensure_eq!(join(t)?, ExitStatus::Returned(0b11), "(unregistered, registered again) as bits");
+    broke_once(rule, before)?;
+    ensure_eq!(guest_pnp::stats().events - events, 1, "events taken");
+    ensure_eq!(guest_pnp::registered_entries(), entries, "the ring registered again");
     nothing_pending()
 }

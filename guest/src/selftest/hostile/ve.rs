@@ -26,6 +26,7 @@ pub const TESTS: &[SelfTest] = &[
     SelfTest::new("hostile::ve::ve_over_a_set_busy_word_is_ignored", ve_over_busy_area).needs(VE),
     SelfTest::new("hostile::ve::ve_with_an_unknown_exit_reason_is_ignored", ve_unknown_exit_reason).needs(VE),
     SelfTest::new("hostile::ve::ve_outside_the_region_is_ignored", ve_gpa_outside_region).needs(VE),
+    SelfTest::new("hostile::ve::ve_not_marked_busy_is_ignored", ve_not_marked_busy).needs(VE),
     SelfTest::new("hostile::ve::park_with_a_bad_token_suspends_instead", park_bad_token).needs(VE),
     SelfTest::new("hostile::ve::park_with_a_bad_outcome_suspends_instead", park_bad_outcome).needs(VE),
     SelfTest::new("hostile::ve::registration_is_what_the_host_holds", registration_is_what_the_host_holds)
@@ -135,6 +136,30 @@ fn ve_unknown_exit_reason() -> TestResult {
 
 fn ve_gpa_outside_region() -> TestResult {
     unanswered_ve(Breach::VeGpaOutsideRegion, |s| s.outside_region)
+}
+
+/// A #VE whose area the host did not mark busy (`busy` left 0): no report at all. The guest
+/// counts it, acts on nothing (the read, a CPL 0 trap, has its data already), and, the area
+/// being free, the next access raises a #VE the contract's way, which the guest serves.
+fn ve_not_marked_busy() -> TestResult {
+    let rule = Breach::VeNotMarkedBusy;
+    when_ready()?;
+    let gpa = fresh_pages(2)?;
+    let (before, stats, counters) = (breach::count(rule), ve::stats(), host()?);
+    arm(rule)?;
+    let value = read_with_interrupts_off(gpa);
+    ensure_eq_hex!(value, backing_pattern(gpa), "data of the page whose #VE was ignored");
+    counted(rule, before, 1)?;
+    let after = ve::stats();
+    ensure_eq!(after.not_busy - stats.not_busy, 1, "#VEs not marked busy the handler counted");
+    ensure_eq!(after.taken, stats.taken, "#VEs acted on");
+    ensure_eq!(since(counters)?, [1, 0, 0, 0], "host: [#VEs, busy waits, suspends, parks]: no request");
+    ensure_eq_hex!(ve::busy_word_for_test(false), 0, "the busy word (the host left it 0)");
+    let second = gpa + 4096;
+    ensure_eq_hex!(read_with_interrupts_off(second), backing_pattern(second), "the next page's data");
+    ensure_eq!(ve::stats().taken - stats.taken, 1, "the next #VE, marked busy, acted on");
+    ensure_eq!(since(counters)?, [2, 0, 1, 0], "host: the next access's #VE answered by a suspend");
+    Ok(())
 }
 
 /// A read with interrupts on parks (or waits in the HLT loop) on a `VePark` token; the host

@@ -131,7 +131,8 @@ pub(super) fn pager() -> Result<Region, Failure> {
     }
 }
 
-/// Fresh pages of the region, never touched before (a bump allocator over the region).
+/// Fresh pages of the region, never touched before (a bump allocator over the region, shared
+/// with the soak).
 pub(super) fn fresh_pages(region: &Region, count: u64) -> Result<u64, Failure> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let first = NEXT.fetch_add(count, Ordering::Relaxed);

@@ -469,6 +469,7 @@ pub(super) fn fill(inner: &mut Inner, page: PageIndex) -> Result<(), PagerError>
         None => backing_page(&inner.backing, page)?,
     };
     inner.region()?.fill(page, &contents).map_err(|source| PagerError::FillPage { page, source })?;
+    inner.backing.made_present(page);
     // In `kvm-apf-kernel` mode a vCPU may have waited for it inside KVM: that was a synchronous
     // wait too.
     if let Some(since) = inner.kernel_sync_since.remove(&page) {

@@ -6,6 +6,11 @@
 //! the guest-physical address, and an image file is read one page at a time. So a region of
 //! gigabytes costs nothing until the guest touches it, and then one page per page touched. Only
 //! pages the guest wrote and that were evicted are kept, in memory.
+//!
+//! With versions (`--pnp-versioned`, for the soak) the first two words of every page are the
+//! host's: its address and how many times it was made present
+//! (`pvagent_abi::pnp::versioned_header`), written over the contents at each fetch, so that a
+//! guest can tell a page's current contents from a stale copy.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -13,7 +18,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use pvagent_abi::pnp::backing_pattern;
+use pvagent_abi::pnp::{backing_pattern, versioned_header};
 
 use super::region::PAGE;
 use super::state::PageIndex;
@@ -39,12 +44,25 @@ pub struct BackingStore {
     source: Source,
     /// Pages saved by eviction: they replace what the source would make.
     saved: HashMap<PageIndex, PageBuf>,
+    /// With versions: how many times each page was made present (absent: never).
+    versions: Option<HashMap<PageIndex, u64>>,
+    /// Pages made present so far, and from which one on versions stop counting (a deliberate
+    /// fault: see [`Self::stale_from`]).
+    made_present: u64,
+    stale_from: Option<u64>,
 }
 
 impl BackingStore {
     /// Pages of [`backing_pattern`] for a region at `region_gpa`.
     pub fn pattern(region_gpa: u64) -> Self {
-        Self { region_gpa, source: Source::Pattern, saved: HashMap::new() }
+        Self {
+            region_gpa,
+            source: Source::Pattern,
+            saved: HashMap::new(),
+            versions: None,
+            made_present: 0,
+            stale_from: None,
+        }
     }
 
     /// Pages read from the image at `path` (opened now, read page by page later) for a region
@@ -59,7 +77,7 @@ impl BackingStore {
             return Err(ImageError::LongerThanRegion { len, region_bytes });
         }
         let source = Source::Image { file, path: path.to_path_buf(), len };
-        Ok(Self { region_gpa, source, saved: HashMap::new() })
+        Ok(Self { region_gpa, source, saved: HashMap::new(), versions: None, made_present: 0, stale_from: None })
     }
 
     /// Where the region's first contents come from, for the run's report.
@@ -78,6 +96,18 @@ impl BackingStore {
         }
     }
 
+    /// The same store, serving every page with its version in its first two words from now on.
+    pub fn versioned(self) -> Self {
+        Self { versions: Some(HashMap::new()), ..self }
+    }
+
+    /// A deliberate fault, for the soak's own test: from the `n`th page made present on
+    /// (counting from 1), versions stop counting, so a page fetched again carries the version
+    /// its previous fetch did: a stale page.
+    pub fn stale_from(self, n: u64) -> Self {
+        Self { stale_from: Some(n), ..self }
+    }
+
     /// The image file, if the pages come from one.
     pub fn image_path(&self) -> Option<&Path> {
         match &self.source {
@@ -86,8 +116,33 @@ impl BackingStore {
         }
     }
 
-    /// A copy of `page`'s contents.
+    /// A copy of `page`'s contents, as its next fetch makes it present (with versions: the
+    /// version that fetch gives it, which [`Self::made_present`] then counts).
     pub fn page(&self, page: PageIndex) -> io::Result<PageBuf> {
+        let mut out = self.contents(page)?;
+        if let Some(versions) = &self.versions {
+            let next = versions.get(&page).copied().unwrap_or(0) + 1;
+            let gpa = self.region_gpa + page * PAGE as u64;
+            for (word, value) in out.chunks_exact_mut(8).zip(versioned_header(gpa, next)) {
+                word.copy_from_slice(&value.to_le_bytes());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Counts one more time `page` was made present (from what [`Self::page`] gave).
+    pub fn made_present(&mut self, page: PageIndex) {
+        self.made_present += 1;
+        if self.stale_from.is_some_and(|n| self.made_present >= n) {
+            return;
+        }
+        if let Some(versions) = &mut self.versions {
+            *versions.entry(page).or_insert(0) += 1;
+        }
+    }
+
+    /// `page`'s contents: saved by an eviction, or from the source.
+    fn contents(&self, page: PageIndex) -> io::Result<PageBuf> {
         if let Some(saved) = self.saved.get(&page) {
             return Ok(saved.clone());
         }
@@ -196,6 +251,33 @@ mod tests {
             let e = BackingStore::image(0, 1 << 20, Path::new(special)).unwrap_err();
             assert_eq!(e.to_string(), format!("{what}, not a regular file"));
         }
+    }
+
+    #[test]
+    fn a_versioned_page_carries_its_address_and_how_often_it_was_made_present() {
+        let mut store = BackingStore::pattern(1 << 32).versioned();
+        let gpa = (1 << 32) + 5 * 4096;
+        let first = store.page(5).unwrap();
+        assert_eq!([word(&first, 0), word(&first, 1)], versioned_header(gpa, 1));
+        assert_eq!(word(&first, 2), backing_pattern(gpa + 16), "the rest is the pattern");
+        assert_eq!(word(&store.page(5).unwrap(), 1), 1, "asking again is no fetch");
+        store.made_present(5);
+        let mut written = store.page(5).unwrap();
+        written[16..24].copy_from_slice(&7u64.to_le_bytes());
+        store.save(5, written);
+        let second = store.page(5).unwrap();
+        assert_eq!([word(&second, 0), word(&second, 1), word(&second, 2)], [versioned_header(gpa, 2)[0], 2, 7]);
+        assert_eq!(word(&store.page(6).unwrap(), 1), 1, "each page has its own version");
+        assert_eq!(word(&BackingStore::pattern(0).page(0).unwrap(), 0), backing_pattern(0), "no versions by default");
+    }
+
+    #[test]
+    fn with_the_stale_fault_a_page_fetched_again_keeps_its_old_version() {
+        let mut store = BackingStore::pattern(0).versioned().stale_from(2);
+        store.made_present(3);
+        assert_eq!(word(&store.page(3).unwrap(), 1), 2, "the first page made present is counted");
+        store.made_present(3);
+        assert_eq!(word(&store.page(3).unwrap(), 1), 2, "from the second on, none is");
     }
 
     #[test]

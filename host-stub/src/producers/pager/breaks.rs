@@ -18,7 +18,7 @@ use super::kvm_apf::ApfVcpu;
 use super::kvm_apf_delivery::{deliver_not_present, deliver_ready, set_area_u32};
 use super::region::PAGE;
 use super::registration::{Active, Registration};
-use super::ring::{deliver_event, event_area_busy, observe_tail, signal};
+use super::ring::{deliver_event, event_area_busy, fill_event_area, observe_tail, signal};
 use super::shared::Inner;
 use crate::handler::{HypercallAnswer, VcpuCtx};
 
@@ -188,6 +188,19 @@ fn bogus_event(inner: &mut Inner, vcpu: usize, rule: Breach) -> Result<bool, Pag
     let gpa = inner.region()?.gpa();
     deliver_event(inner, vcpu, token, gpa, None)?;
     Ok(true)
+}
+
+/// [`Breach::EventWhileUnregistered`], at the MSR write that unregistered `vcpu` (`a`: its
+/// registration until then): an event with a token of slot 0, for no access, in the area the
+/// guest no longer shares, and the event vector, which the guest takes once its interrupts are
+/// on again, unregistered.
+pub(super) fn at_unregistration(inner: &mut Inner, vcpu: usize, a: Active) -> Result<(), PagerError> {
+    if !take(inner, vcpu, Breach::EventWhileUnregistered) {
+        return Ok(());
+    }
+    let gpa = inner.region()?.gpa();
+    let data = PageNotPresentData { inuse: 0, token: Token::new(0, 1).0, gpa, gva: 0, flags: 0, reserved: 0 };
+    fill_event_area(inner, vcpu, a, data)
 }
 
 /// The "page ready" vector with the area's `token` 0, when no "page ready" is on its way.

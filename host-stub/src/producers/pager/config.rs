@@ -98,6 +98,13 @@ pub struct PagerConfig {
     pub fail_pages: Vec<u64>,
     /// The backing image (default: `pvagent_abi::pnp::backing_pattern`).
     pub image: Option<PathBuf>,
+    /// Serve every page with its address and version in its first two words
+    /// (`pvagent_abi::pnp::versioned_header`; the soak checks them).
+    pub versioned: bool,
+    /// A deliberate fault for the soak's own test, with `versioned` (no command line option):
+    /// from the Nth page made present on, versions stop counting, so a page fetched again
+    /// serves its previous version.
+    pub stale_versions_from: Option<u64>,
     /// Seed of the latency draws.
     pub seed: u64,
 }
@@ -112,6 +119,8 @@ impl Default for PagerConfig {
             fetchers: DEFAULT_FETCHERS,
             fail_pages: Vec::new(),
             image: None,
+            versioned: false,
+            stale_versions_from: None,
             seed: 0x5EED,
         }
     }

@@ -145,6 +145,11 @@ impl Pager {
                 .map_err(|source| PagerError::OpenImage { path: path.clone(), source })?,
             None => BackingStore::pattern(config.region_gpa),
         };
+        let backing = if config.versioned { backing.versioned() } else { backing };
+        let backing = match config.stale_versions_from {
+            Some(n) => backing.stale_from(n),
+            None => backing,
+        };
         let inner = Inner {
             core,
             region: None,
@@ -517,7 +522,8 @@ impl ExitHandler for Pager {
             return Ok(MsrAnswer::NotMine);
         }
         breaks::restore_head(&mut inner, ctx.index)?;
-        if let Some(active) = inner.vcpus.get(ctx.index).and_then(Registration::active) {
+        let before = inner.vcpus.get(ctx.index).and_then(Registration::active);
+        if let Some(active) = before {
             // Account for consumed resolutions first, so "no token outstanding" is current.
             observe_tail(&mut inner, ctx.index, active)?;
         }
@@ -527,10 +533,15 @@ impl ExitHandler for Pager {
         // could be writing them.
         let mem = ctx.mem;
         let read_u32 = |gpa: u64| mem.load::<u32>(GuestAddress(gpa), Ordering::Acquire).ok();
-        Ok(match reg.write(index, value, &inner.ram_ranges, read_u32) {
+        let answer = match reg.write(index, value, &inner.ram_ranges, read_u32) {
             Ok(()) => MsrAnswer::Value(value),
             Err(_) => MsrAnswer::Fault,
-        })
+        };
+        if let Some(a) = before.filter(|_| reg.active().is_none()) {
+            // This write unregistered the protocol: a breach on purpose may follow it.
+            breaks::at_unregistration(inner, ctx.index, a)?;
+        }
+        Ok(answer)
     }
 
     fn hypercall(&mut self, ctx: &mut VcpuCtx<'_>, nr: u32, args: [u64; 4]) -> Result<HypercallAnswer> {

@@ -97,6 +97,19 @@ pub(super) fn deliver_event(
     let mut data = PageNotPresentData { inuse: 0, token: token.0, gpa, gva: gva.unwrap_or(0), flags, reserved: 0 };
     let region_end = inner.region.as_ref().map_or(0, |r| r.gpa() + r.pages() * super::region::PAGE as u64);
     breaks::at_event(inner, vcpu, &mut data, region_end);
+    fill_event_area(inner, vcpu, a, data)?;
+    inner.timeline.event(vcpu, token.0, gpa, gva);
+    Ok(())
+}
+
+/// Writes `data` to the event area `a` names, `inuse` last (with release), and raises `a`'s
+/// event vector.
+pub(super) fn fill_event_area(
+    inner: &mut Inner,
+    vcpu: usize,
+    a: Active,
+    data: PageNotPresentData,
+) -> Result<(), PagerError> {
     let ram = inner.ram()?;
     memory::write_plain(ram, a.data_gpa, data).map_err(|source| PagerError::WriteEventArea {
         vcpu,
@@ -109,9 +122,7 @@ pub(super) fn deliver_event(
         gpa: inuse_gpa,
         source,
     })?;
-    signal(inner, vcpu, a.event_vector)?;
-    inner.timeline.event(vcpu, token.0, gpa, gva);
-    Ok(())
+    signal(inner, vcpu, a.event_vector)
 }
 
 /// Writes `{result, token}` to the vCPU's ring, publishes `head` with release, and raises the

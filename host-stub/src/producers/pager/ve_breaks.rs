@@ -14,8 +14,9 @@ use crate::handler::{HypercallAnswer, Report};
 use crate::producers::armed::Armed;
 
 /// The rules this part of the pager breaks.
-pub const RULES: [Breach; 7] = [
+pub const RULES: [Breach; 8] = [
     Breach::VeOverBusyArea,
+    Breach::VeNotMarkedBusy,
     Breach::VeUnknownExitReason,
     Breach::VeGpaOutsideRegion,
     Breach::VeParkBadToken,
@@ -86,6 +87,17 @@ pub fn report(inner: &mut Inner, vcpu: usize, gpa: u64) -> (u32, u64) {
     (abi::EXIT_REASON_EPT_VIOLATION, gpa)
 }
 
+/// The `busy` word a #VE about to be raised on `vcpu` for `gpa` stores: [`abi::BUSY`], or 0
+/// under [`Breach::VeNotMarkedBusy`] (the area then stays free, so the access's retry, if any,
+/// raises the next #VE as the contract says).
+pub fn busy_value(inner: &mut Inner, vcpu: usize, gpa: u64) -> u32 {
+    if inner.ve_breaks.take(vcpu, Breach::VeNotMarkedBusy) {
+        broke(inner, vcpu, Breach::VeNotMarkedBusy, format_args!("#VE for {gpa:#x} with the busy word left 0"));
+        return 0;
+    }
+    abi::BUSY
+}
+
 /// A broken answer to `VePark` for `gpa`, if one is armed: given instead of serving the request.
 pub fn park_answer(inner: &mut Inner, vcpu: usize, gpa: u64) -> Option<[u64; 2]> {
     let ret = if inner.ve_breaks.take(vcpu, Breach::VeParkBadToken) {
@@ -151,5 +163,6 @@ mod tests {
         assert!(BAD_OUTCOME != u64::from(pvagent_abi::pnp::RESULT_FAILED));
         assert_eq!(BAD_OUTCOME as u32, pvagent_abi::pnp::RESULT_RETRY, "only a truncating guest would take it");
         assert!(RULES.iter().all(|&r| (r as u32) >> 8 == 4 || r == Breach::VeInfoMsrFaults));
+        assert_ne!(abi::BUSY, 0, "a busy word left 0 is not marked busy");
     }
 }

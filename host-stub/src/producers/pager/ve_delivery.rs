@@ -81,6 +81,7 @@ pub(super) fn raise(inner: &mut Inner, ctx: &VcpuCtx<'_>, area: u64, page: PageI
     let vcpu = ctx.index;
     // What the contract says, unless a breach on purpose is armed.
     let (exit_reason, reported_gpa) = ve_breaks::report(inner, vcpu, report.gpa);
+    let busy = ve_breaks::busy_value(inner, vcpu, report.gpa);
     let ram = inner.ram()?;
     let write_err = |gpa: u64| move |source| PagerError::WriteVeArea { vcpu, gpa, source };
     ram.store(exit_reason, GuestAddress(area + abi::EXIT_REASON_OFFSET), Ordering::Relaxed).map_err(write_err(area))?;
@@ -92,7 +93,7 @@ pub(super) fn raise(inner: &mut Inner, ctx: &VcpuCtx<'_>, area: u64, page: PageI
     fields[16..24].copy_from_slice(&reported_gpa.to_le_bytes());
     ram.write_slice(&fields, GuestAddress(area + abi::QUALIFICATION_OFFSET)).map_err(write_err(area))?;
     let busy_gpa = area + abi::BUSY_OFFSET;
-    ram.store(abi::BUSY, GuestAddress(busy_gpa), Ordering::Release).map_err(write_err(busy_gpa))?;
+    ram.store(busy, GuestAddress(busy_gpa), Ordering::Release).map_err(write_err(busy_gpa))?;
     let switches = inner.ve.get_mut(vcpu).map_or(0, |v| v.delivered(page));
     // The handler's address first: a #VE whose switch cannot be carried out is not injected.
     let nmi_at = if switches & fault::NMI_WITH_NEXT_VE != 0 {
