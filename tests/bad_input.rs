@@ -224,3 +224,55 @@ fn the_benchmarks_window_lines_on_a_lost_stdout_fail_the_run_without_a_panic() {
     assert_eq!((status.code(), stderr.as_str()), (Some(141), ""));
     refused(&args, full(), "cannot write to stdout: No space left");
 }
+
+/// Writes to `fd` (non-blocking for the time of it) until the pipe behind it is full.
+fn fill_pipe(fd: &OwnedFd) {
+    use std::os::fd::AsRawFd;
+    let fd = fd.as_raw_fd();
+    // SAFETY: F_GETFL/F_SETFL and write on a descriptor the caller owns; the buffer outlives
+    // each call.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        assert!(flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0);
+        let chunk = [b'x'; 4096];
+        while libc::write(fd, chunk.as_ptr().cast(), chunk.len()) > 0 {}
+        assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EAGAIN));
+        assert_eq!(libc::fcntl(fd, libc::F_SETFL, flags), 0);
+    }
+}
+
+/// A reader that holds its end open and reads nothing, behind stdout and behind a FIFO as
+/// `--serial-log`, its pipe full before the run: the console's first line waits in `write` for
+/// good, and `--timeout` must still end the run, with one line naming the output and the time
+/// limit, status 2. It once waited past any `--timeout` (write_all retries the write the
+/// watchdog's kick interrupts); here `run`'s guard would kill it after two minutes.
+#[test]
+fn a_reader_that_never_reads_does_not_hold_the_run_past_its_timeout() {
+    let elf = guest_elf().to_str().expect("utf-8 path");
+    let args = [elf, "--cmdline", "tests=arch::timer_ticks", "--timeout", "2"];
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe writes.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both descriptors were just created and are owned here alone.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    fill_pipe(&write);
+    refused(&args, Stdio::from(write), "cannot write the guest's console to stdout: the run's time limit passed");
+    drop(read);
+
+    let fifo = fifo("stalled.fifo");
+    let nonblocking = |write: bool| {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut options = std::fs::OpenOptions::new();
+        options.read(!write).write(write).custom_flags(libc::O_NONBLOCK);
+        OwnedFd::from(options.open(&fifo).expect("open the FIFO"))
+    };
+    let reader = nonblocking(false);
+    fill_pipe(&nonblocking(true));
+    let log = fifo.to_str().expect("utf-8 path");
+    refused(
+        &[&args[..], &["--serial-log", log]].concat(),
+        Stdio::null(),
+        &format!("cannot write the guest's console to the serial log {log}: the run's time limit passed"),
+    );
+    drop(reader);
+}

@@ -243,7 +243,8 @@ impl Vm {
     pub fn run(mut self) -> RunResult {
         let start = Instant::now();
         self.basics.run_starts(start);
-        let unblockers = self.producers.iter().filter_map(|p| p.unblocker()).collect();
+        let unblockers =
+            self.producers.iter().filter_map(|p| p.unblocker()).chain(ExitHandler::unblocker(&self.serial)).collect();
         let threads = self.threads.clone();
         let watchdog = Watchdog::arm(self.config.timeout, unblockers, threads.clone());
         // This thread runs vCPU 0 for the whole run (the bare loop too): the producers that

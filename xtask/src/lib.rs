@@ -1,6 +1,20 @@
 //! The project's automation as a library, so that `cargo xtask` and the end-to-end tests build
 //! the guest and start hosts the same way.
 
+/// `print!` whose write error ends xtask with one line and status 2 ([`write_stdout`]) instead
+/// of a panic; every module below uses it (a `macro_rules!` shadows the prelude's below it).
+#[macro_export]
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::write_stdout(format_args!($($arg)*)) };
+}
+
+/// `println!` as [`print!`] is `print!`.
+#[macro_export]
+macro_rules! println {
+    () => { $crate::write_stdout(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
 pub mod bench;
 pub mod budgets;
 pub mod doccheck;
@@ -87,6 +101,18 @@ macro_rules! err {
 #[macro_export]
 macro_rules! failed {
     ($($arg:tt)*) => { $crate::Error::test_failed(format!($($arg)*)) };
+}
+
+/// Writes to stdout; on a write error (`> /dev/full`) says so in one line and exits with status
+/// 2, README's rule for output that could not be written, where `print!` would panic (a
+/// backtrace and 101). A closed pipe never gets here: SIGPIPE ends xtask first (`main`). A host
+/// stub a boot is running then finds its own stdout, xtask's reader, closed, and stops.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        let _ = writeln!(std::io::stderr(), "xtask: error: cannot write to stdout: {e}");
+        std::process::exit(2);
+    }
 }
 
 /// Result of xtask operations.

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use xtask::qemu::{self, Accel};
 use xtask::run::RunOptions;
-use xtask::{Profile, Result};
+use xtask::{Profile, Result, print};
 
 /// What every command's exit status means (printed under each `--help`).
 const EXIT_STATUS: &str = "Exit status: 0 when everything passed; 1 when a test failed (a guest self-test,
@@ -192,7 +192,21 @@ fn cmd_run(args: RunArgs) -> Result<()> {
     xtask::run::scenario(&options)
 }
 
+/// A closed stdout (`cargo xtask run | head -1`) ends xtask as it ends any Unix filter, by
+/// SIGPIPE (status 141 in the shell), quietly. Rust's runtime ignores SIGPIPE, so each write to
+/// the closed pipe fails instead, and `println!` panics on it: a backtrace and status 101 for a
+/// reader that merely had what it wanted. The host stub a boot runs then sees its own stdout
+/// (xtask's reader) closed, and stops by its own rule (141, quietly).
+fn end_on_closed_stdout() {
+    // SAFETY: called first in `main`, before any other thread exists; SIG_DFL is a valid
+    // disposition for SIGPIPE, and no handler of ours is replaced.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    end_on_closed_stdout();
     // clap prints --help and exits 0, and prints a usage error and exits 2.
     let cli = Cli::parse();
     let result = match cli.command {

@@ -7,6 +7,8 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::fs::File;
 use std::io::{self, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use pvagent_abi::console::{MAX_RECORD_BYTES, RECORD_ALIGN, RECORD_BYTES_OFFSET, RECORD_LEN_OFFSET};
@@ -55,6 +57,9 @@ pub struct Serial {
 #[derive(Debug)]
 struct Console {
     sink: Sink,
+    /// Set by the watchdog when the run's time is up ([`ExitHandler::unblocker`]): a write that
+    /// waits for a reader that does not read then gives up at the watchdog's next kick.
+    time_up: Arc<AtomicBool>,
     line: Vec<u8>,
     /// Each complete line, with when its end arrived (the run result times tests by them).
     lines: VecDeque<(Instant, String)>,
@@ -97,14 +102,40 @@ impl Console {
             self.lines.pop_front();
             self.dropped_lines += 1;
         }
+        let mut bytes = text.clone().into_bytes();
+        bytes.push(b'\n');
         let echoed = match &mut self.sink {
-            Sink::Stdout => writeln!(io::stdout(), "{text}"),
-            Sink::File(f, _) => writeln!(f, "{text}"),
+            Sink::Stdout => write_unless_time_up(&mut io::stdout().lock(), &bytes, &self.time_up),
+            Sink::File(f, _) => write_unless_time_up(f, &bytes, &self.time_up),
             Sink::Quiet => Ok(()),
         };
         self.lines.push_back((Instant::now(), text));
         echoed
     }
+}
+
+/// `write_all`, except that a write the watchdog's kick interrupted (a pipe or FIFO whose
+/// reader stopped reading: a full pipe blocks the vCPU thread in `write`) ends with an error
+/// once the run's time is up, instead of waiting on past `--timeout` (`write_all` retries an
+/// interrupted write for ever). The kick comes every 50 ms after the deadline, and its handler
+/// does not restart the call (no `SA_RESTART`).
+fn write_unless_time_up(to: &mut impl Write, mut bytes: &[u8], time_up: &AtomicBool) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match to.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                if time_up.load(Ordering::Acquire) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the run's time limit passed while its reader took nothing",
+                    ));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 impl Write for Console {
@@ -133,7 +164,8 @@ impl Serial {
                 path.clone(),
             ),
         };
-        let console = Console { sink, line: Vec::new(), lines: VecDeque::new(), dropped_lines: 0 };
+        let time_up = Arc::new(AtomicBool::new(false));
+        let console = Console { sink, time_up, line: Vec::new(), lines: VecDeque::new(), dropped_lines: 0 };
         let uart = vm_superio::Serial::new(NoInterrupt, console);
         Ok(Self { uart, pv_offered, pv_records: 0, pv_bytes: 0, pv_bad_width: 0 })
     }
@@ -253,6 +285,13 @@ impl ExitHandler for Serial {
 
     fn io_in(&mut self, _ctx: &mut VcpuCtx<'_>, port: u16, data: &mut [u8]) -> Result<Handled> {
         Ok(if self.read_port(port, data) { Handled::Yes } else { Handled::No })
+    }
+
+    /// A console write blocked on a reader that does not read (a FIFO as `--serial-log`, a
+    /// stalled pipe as stdout) gives up once the time is up.
+    fn unblocker(&self) -> Option<crate::handler::Unblock> {
+        let time_up = self.uart.writer().time_up.clone();
+        Some(Box::new(move || time_up.store(true, Ordering::Release)))
     }
 
     fn finish(&mut self, report: &mut crate::handler::Report) -> Result<()> {

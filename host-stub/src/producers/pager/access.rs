@@ -366,9 +366,11 @@ pub(super) fn event_window_open(ctx: &VcpuCtx<'_>, vector: u8) -> Result<bool> {
 }
 
 /// Whether the instruction at RIP may be in an STI or MOV SS shadow by the bytes before it
-/// (`guest_insn::may_be_in_shadow`); bytes the host cannot read show none.
-fn in_shadow_by_its_bytes(ctx: &VcpuCtx<'_>) -> bool {
-    crate::guest_insn::may_be_in_shadow(ctx.vcpu, ctx.mem).unwrap_or(false)
+/// (`guest_insn::may_be_in_shadow`); bytes the host cannot read show none (no instruction ran
+/// from them), and registers it cannot read count as a shadow: the answer may err only towards
+/// the synchronous path.
+pub(super) fn in_shadow_by_its_bytes(ctx: &VcpuCtx<'_>) -> bool {
+    crate::guest_insn::may_be_in_shadow(ctx.vcpu, ctx.mem).unwrap_or(true)
 }
 
 /// Whether `vector` waits in the vCPU's local APIC, requested (its IRR bit) and not yet taken.

@@ -61,14 +61,13 @@ pub(super) fn window_open(ctx: &VcpuCtx<'_>) -> Result<bool> {
     let events = ctx.vcpu.get_vcpu_events().map_err(Error::GetVcpuEvents)?;
     let pending =
         events.exception.injected | events.exception.pending | events.interrupt.injected | events.nmi.injected;
-    // PVM's bare EFAULT at CPL 3 reports no shadow: the bytes before RIP tell
-    // (`guest_insn::may_be_in_shadow`; bytes the host cannot read show none).
+    // PVM's bare EFAULT at CPL 3 reports no shadow: the bytes before RIP tell.
     Ok(sregs.cs.selector & 3 == 3
         && regs.rflags & RFLAGS_IF != 0
         && events.interrupt.shadow == 0
         && pending == 0
         && sregs.cr0 & CR0_PG != 0
-        && !crate::guest_insn::may_be_in_shadow(ctx.vcpu, ctx.mem).unwrap_or(false))
+        && !super::access::in_shadow_by_its_bytes(ctx))
 }
 
 fn area_u32(inner: &Inner, vcpu: usize, gpa: u64) -> Result<u32, PagerError> {

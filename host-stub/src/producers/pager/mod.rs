@@ -498,28 +498,29 @@ impl ExitHandler for Pager {
     }
 
     fn wrmsr(&mut self, ctx: &mut VcpuCtx<'_>, index: u32, value: u64) -> Result<MsrAnswer> {
+        // One lock section from the overlap check to the write that enables the area: two
+        // vCPUs registering overlapping areas at once must not both pass the check before
+        // either is enabled.
+        let mut inner = self.shared.lock();
         // An area of pvagent's own in the bytes of another (any vCPU's, any protocol's): #GP.
-        if let Some((kind, bytes)) = areas::enabled_by(index, value) {
-            let mut inner = self.shared.lock();
-            if areas::overlapped(&areas::enabled(&inner), ctx.index, kind, &bytes).is_some() {
-                inner.overlapping_areas_refused += 1;
-                return Ok(MsrAnswer::Fault);
-            }
+        if let Some((kind, bytes)) = areas::enabled_by(index, value)
+            && areas::overlapped(&areas::enabled(&inner), ctx.index, kind, &bytes).is_some()
+        {
+            inner.overlapping_areas_refused += 1;
+            return Ok(MsrAnswer::Fault);
         }
         if index == pvagent_abi::ve::MSR_VE_INFO {
-            let mut inner = self.shared.lock();
             if ve_breaks::msr_write_faults(&mut inner, ctx.index, value) {
                 return Ok(MsrAnswer::Fault);
             }
             return Ok(ve_delivery::msr(&mut inner, ctx.index, Some(value)));
         }
         if ApfVcpu::is_msr(index) && !self.kernel_serves() {
-            return Ok(kvm_apf_delivery::msr(&mut self.shared.lock(), ctx.index, index, Some(value))?);
+            return Ok(kvm_apf_delivery::msr(&mut inner, ctx.index, index, Some(value))?);
         }
         if !is_protocol_msr(index) {
             return Ok(MsrAnswer::NotMine);
         }
-        let mut inner = self.shared.lock();
         breaks::restore_head(&mut inner, ctx.index)?;
         let before = inner.vcpus.get(ctx.index).and_then(Registration::active);
         if let Some(active) = before {
