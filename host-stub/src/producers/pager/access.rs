@@ -257,7 +257,7 @@ impl Pager {
                 inner.apf_counters.ready_before_not_present += 1;
                 let owed = inner.apf.get_mut(vcpu).is_some_and(|v| v.owe(token, page, gpa, gva));
                 if !owed {
-                    return Err(PagerError::EventWithoutRegistration { vcpu }.into());
+                    return Err(PagerError::SecondOwedNotPresent { vcpu }.into());
                 }
                 // Not delivered yet: counted when its #PF is.
                 inner.core.counters.events_delivered -= 1;
