@@ -31,6 +31,7 @@ impl Pager {
             ("msi_refused", inner.msi_refused),
             ("resolutions_without_interrupt", inner.resolutions_without_interrupt),
             ("decoded_efaults", self.efaults),
+            ("decoded_efaults_raced", self.efaults_raced),
             ("mmio_accesses", self.mmio_accesses),
             ("memory_fault_exits", self.memory_fault_exits),
             ("vcpu_waits_released_at_time_limit", inner.vcpu_waits_released_at_time_limit),

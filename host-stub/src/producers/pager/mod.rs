@@ -120,6 +120,11 @@ pub struct Pager {
     /// (`VcpuCtx::entries`), and its RIP: the same failure on that vCPU right at its next entry
     /// is not the pager's to serve.
     unemulated_retry: Option<(usize, u64, u64)>,
+    /// Bare EFAULTs whose region pages were all present by the time the pager decoded them (a
+    /// fill on another thread came between the exit and the decode): retried once.
+    efaults_raced: u64,
+    /// As `unemulated_retry`, for such a bare EFAULT.
+    efault_raced_retry: Option<(usize, u64, u64)>,
     /// Whether the fetchers know vCPU 0's thread (to kick it) yet.
     vcpu_thread_known: bool,
     /// Per vCPU: whether the fault reader knows its thread's id yet.
@@ -194,6 +199,8 @@ impl Pager {
             memory_fault_exits: 0,
             unemulated: 0,
             unemulated_retry: None,
+            efaults_raced: 0,
+            efault_raced_retry: None,
             vcpu_thread_known: false,
             vcpu_tid_known: Vec::new(),
         })
