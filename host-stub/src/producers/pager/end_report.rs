@@ -125,6 +125,12 @@ impl Pager {
             "pager: {} pages fetched ({} failed), {} evicted",
             c.pages_fetched, c.fetches_failed, c.pages_evicted
         ));
+        if self.efaults_raced > 0 {
+            report.line(format!(
+                "pager: {} bare EFAULT(s) retried: their page was filled between the exit and its decode",
+                self.efaults_raced
+            ));
+        }
         let a = inner.apf_counters;
         if a.not_present + a.wake_alls > 0 {
             report.line(format!(
