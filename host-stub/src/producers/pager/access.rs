@@ -282,25 +282,28 @@ impl Pager {
     /// An access that does not say its page (a bare EFAULT: PVM, guest CPL 3; a memory fault
     /// whose range spans pages): finds which absent page of the region the instruction at RIP
     /// touches, and handles the access to it. If the pages of the region it touches are all
-    /// present by now, one was made so between the exit and this decode (a fetch completed, or
-    /// another vCPU's access filled a page owed a "page not present"): the access is retried,
-    /// once (`raced_fill`). `No` if it touches none, or for the same EFAULT right again.
-    pub(super) fn decoded_access(&mut self, ctx: &mut VcpuCtx<'_>) -> Result<Handled> {
+    /// present by now, one may have been filled on another thread between the exit and this
+    /// decode (a fetch completed, another vCPU's access filled a page owed a "page not
+    /// present"): the instruction is retried, as `retries` allows.
+    pub(super) fn decoded_access(&mut self, ctx: &mut VcpuCtx<'_>) -> Result<Decoded> {
         let Ok(insn) = crate::guest_insn::at_rip(ctx.vcpu, ctx.mem) else {
-            return Ok(Handled::No);
+            return Ok(Decoded::NotTheRegions);
         };
         if let Some(t) = self.region_pages_touched(ctx, &insn, true).first() {
-            return self.access(ctx, t.gpa, Some(t.linear), Access::Retry { reads: t.reads, writes: t.writes });
+            let access = Access::Retry { reads: t.reads, writes: t.writes };
+            return Ok(Decoded::Access(self.access(ctx, t.gpa, Some(t.linear), access)?));
+        }
+        if self.region_pages_touched(ctx, &insn, false).is_empty() {
+            return Ok(Decoded::NotTheRegions);
         }
         let rip = ctx.vcpu.get_regs().map_err(Error::GetRegs)?.rip;
-        let key = (ctx.index, ctx.entries, rip);
-        let touches_region = !self.region_pages_touched(ctx, &insn, false).is_empty();
-        let handled = raced_fill(touches_region, self.efault_raced_retry, key);
-        if handled == Handled::Yes {
-            self.efaults_raced += 1;
-            self.efault_raced_retry = Some(key);
+        let fills = self.shared.lock().fills;
+        let retry = self.present_at_decode_retries.get_mut(ctx.index).is_some_and(|r| r.retry(ctx.entries, rip, fills));
+        if !retry {
+            return Ok(Decoded::NotTheRegions);
         }
-        Ok(handled)
+        self.present_at_decode += 1;
+        Ok(Decoded::PresentRetry)
     }
 
     /// An emulation failure: if the instruction KVM gave up on (`bytes`, or the one at RIP)
@@ -322,12 +325,18 @@ impl Pager {
             return Ok(Handled::No);
         };
         let touched = self.region_pages_touched(ctx, &insn, false);
-        let again = self.unemulated_retry == Some((ctx.index, ctx.entries.wrapping_sub(1), regs.rip));
-        if touched.is_empty() || again {
+        if touched.is_empty() {
+            return Ok(Handled::No);
+        }
+        // Serving it fills its pages, so a fill since says nothing here: the same fill count
+        // every time makes it once.
+        const SAME_FILLS: u64 = 0;
+        let retry =
+            self.unemulated_retries.get_mut(ctx.index).is_some_and(|r| r.retry(ctx.entries, regs.rip, SAME_FILLS));
+        if !retry {
             return Ok(Handled::No);
         }
         self.unemulated += 1;
-        self.unemulated_retry = Some((ctx.index, ctx.entries, regs.rip));
         for t in touched {
             self.access(ctx, t.gpa, Some(t.linear), Access::Unemulated)?;
         }
@@ -358,14 +367,16 @@ impl Pager {
     }
 }
 
-/// A bare EFAULT whose instruction touches no absent page of the region (`key`: the vCPU, its
-/// entries so far, RIP): retried (`Yes`) if it touches pages of the region, all present by now
-/// (filled on another thread after the exit), unless the vCPU's last entry was that retry at
-/// the same RIP (`last`): then the EFAULT has another cause, and is not the pager's.
-fn raced_fill(touches_region: bool, last: Option<(usize, u64, u64)>, key: (usize, u64, u64)) -> Handled {
-    let (vcpu, entries, rip) = key;
-    let again = last == Some((vcpu, entries.wrapping_sub(1), rip));
-    if touches_region && !again { Handled::Yes } else { Handled::No }
+/// What [`Pager::decoded_access`] made of an exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Decoded {
+    /// The instruction touches an absent page of the region: the access to it, handled.
+    Access(Handled),
+    /// Its pages of the region were all present at the decode: retried.
+    PresentRetry,
+    /// Not the pager's: the instruction cannot be read, touches no page of the region, or is
+    /// the same exit again ([`super::retries`]).
+    NotTheRegions,
 }
 
 /// A page of the region an instruction touches ([`Pager::region_pages_touched`]).
@@ -491,6 +502,7 @@ pub(super) fn fill(inner: &mut Inner, page: PageIndex) -> Result<(), PagerError>
     };
     inner.region()?.fill(page, &contents).map_err(|source| PagerError::FillPage { page, source })?;
     inner.backing.made_present(page);
+    inner.fills += 1;
     // In `kvm-apf-kernel` mode a vCPU may have waited for it inside KVM: that was a synchronous
     // wait too.
     if let Some(since) = inner.kernel_sync_since.remove(&page) {
@@ -547,25 +559,4 @@ fn wait_for(shared: &Shared, vcpu: usize, page: PageIndex, gpa: u64) -> Result<(
         return Err(PagerError::FailedDuringSyncWait { gpa }.into());
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Found by the soak under one host CPU: a CPL 3 access faulted on a page a fetch (or
-    /// another vCPU's access to a page owed a "page not present") filled before the vCPU's
-    /// thread decoded the EFAULT; no absent page was left, and the run stopped.
-    #[test]
-    fn an_efault_on_a_page_filled_since_is_retried_once() {
-        let key = (1, 40, 0x17e0fe);
-        assert_eq!(raced_fill(true, None, key), Handled::Yes, "filled between the exit and the decode");
-        assert_eq!(raced_fill(false, None, key), Handled::No, "not the region's");
-        // The retry faulted again at once, at the same RIP: not the pager's.
-        assert_eq!(raced_fill(true, Some(key), (1, 41, 0x17e0fe)), Handled::No);
-        // Anything else in between (another entry, another RIP, another vCPU): a new race.
-        assert_eq!(raced_fill(true, Some(key), (1, 42, 0x17e0fe)), Handled::Yes);
-        assert_eq!(raced_fill(true, Some(key), (1, 41, 0x17e100)), Handled::Yes);
-        assert_eq!(raced_fill(true, Some(key), (2, 41, 0x17e0fe)), Handled::Yes);
-    }
 }

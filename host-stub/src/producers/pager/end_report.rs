@@ -31,7 +31,7 @@ impl Pager {
             ("msi_refused", inner.msi_refused),
             ("resolutions_without_interrupt", inner.resolutions_without_interrupt),
             ("decoded_efaults", self.efaults),
-            ("decoded_efaults_raced", self.efaults_raced),
+            ("present_at_decode_retries", self.present_at_decode),
             ("mmio_accesses", self.mmio_accesses),
             ("memory_fault_exits", self.memory_fault_exits),
             ("vcpu_waits_released_at_time_limit", inner.vcpu_waits_released_at_time_limit),
@@ -125,10 +125,10 @@ impl Pager {
             "pager: {} pages fetched ({} failed), {} evicted",
             c.pages_fetched, c.fetches_failed, c.pages_evicted
         ));
-        if self.efaults_raced > 0 {
+        if self.present_at_decode > 0 {
             report.line(format!(
-                "pager: {} bare EFAULT(s) retried: their page was filled between the exit and its decode",
-                self.efaults_raced
+                "pager: {} exit(s) retried: the pages of the region their instruction touches were all present by its decode",
+                self.present_at_decode
             ));
         }
         let a = inner.apf_counters;

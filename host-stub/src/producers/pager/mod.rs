@@ -48,6 +48,7 @@ pub mod latency;
 pub mod poller;
 pub mod region;
 pub mod registration;
+pub mod retries;
 pub mod ring;
 pub mod shared;
 pub mod state;
@@ -70,7 +71,7 @@ use pvagent_abi::pnp::{self as abi, HostMode, PageBehaviour};
 use pvagent_abi::pvh::{HvmMemmapEntry, MEMMAP_TYPE_RESERVED};
 use vm_memory::{Bytes, GuestAddress};
 
-use self::access::{Access, event_window_open};
+use self::access::{Access, Decoded, event_window_open};
 use self::backing::BackingStore;
 use self::config::{ConfigError, PagerConfig};
 use self::error::PagerError;
@@ -81,6 +82,7 @@ use self::latency::LatencyControl;
 use self::poller::Poller;
 use self::region::{DemandRegion, Gate, PAGE};
 use self::registration::{Registration, is_protocol_msr};
+use self::retries::PresentRetries;
 use self::ring::{deliver_resolved, observe_tail};
 use self::shared::{Inner, Shared};
 use self::state::{PageState, PagerCore};
@@ -116,15 +118,15 @@ pub struct Pager {
     /// Instructions KVM could not emulate (PVM, guest CPL 0: a LOCKed read-modify-write) whose
     /// pages of the region the pager made present.
     unemulated: u64,
-    /// The vCPU, its entry before which the pager last served an emulation failure
-    /// (`VcpuCtx::entries`), and its RIP: the same failure on that vCPU right at its next entry
-    /// is not the pager's to serve.
-    unemulated_retry: Option<(usize, u64, u64)>,
-    /// Bare EFAULTs whose region pages were all present by the time the pager decoded them (a
-    /// fill on another thread came between the exit and the decode): retried once.
-    efaults_raced: u64,
-    /// As `unemulated_retry`, for such a bare EFAULT.
-    efault_raced_retry: Option<(usize, u64, u64)>,
+    /// Per vCPU: the emulation failures the pager served, so that the same failure right at
+    /// the next entry is not served again (`retries`).
+    unemulated_retries: Vec<PresentRetries>,
+    /// Exits decoded to find their page (a bare EFAULT, a memory fault spanning pages) whose
+    /// pages of the region were all present by the decode (a fill on another thread came
+    /// between the exit and the decode): retried, not counted as accesses.
+    present_at_decode: u64,
+    /// Per vCPU: those retries (`retries`).
+    present_at_decode_retries: Vec<PresentRetries>,
     /// Whether the fetchers know vCPU 0's thread (to kick it) yet.
     vcpu_thread_known: bool,
     /// Per vCPU: whether the fault reader knows its thread's id yet.
@@ -185,6 +187,7 @@ impl Pager {
             ve_breaches: Vec::new(),
             waits_ended_at_time_limit: 0,
             overlapping_areas_refused: 0,
+            fills: 0,
             sync_waiting: Vec::new(),
             breaks: vec![Default::default()],
         };
@@ -198,9 +201,9 @@ impl Pager {
             mmio_accesses: 0,
             memory_fault_exits: 0,
             unemulated: 0,
-            unemulated_retry: None,
-            efaults_raced: 0,
-            efault_raced_retry: None,
+            unemulated_retries: Vec::new(),
+            present_at_decode: 0,
+            present_at_decode_retries: Vec::new(),
             vcpu_thread_known: false,
             vcpu_tid_known: Vec::new(),
         })
@@ -308,6 +311,8 @@ impl ExitHandler for Pager {
             inner.breaks = vec![Default::default(); ctx.vcpus];
             inner.vcpu_tids = vec![None; ctx.vcpus];
             self.vcpu_tid_known = vec![false; ctx.vcpus];
+            self.unemulated_retries = vec![PresentRetries::default(); ctx.vcpus];
+            self.present_at_decode_retries = vec![PresentRetries::default(); ctx.vcpus];
         }
         let shared = self.shared.clone();
         let complete: fetch::Complete = Arc::new(move |page| completion::complete_fetch(&shared, page));
@@ -460,7 +465,11 @@ impl ExitHandler for Pager {
                 self.access(ctx, gpa, None, Access::Retry { reads, writes })?
             }
             // Several pages, or an empty or wrapping range (naming nothing).
-            None => self.decoded_access(ctx)?,
+            None => match self.decoded_access(ctx)? {
+                Decoded::Access(handled) => handled,
+                Decoded::PresentRetry => return Ok(Handled::Yes),
+                Decoded::NotTheRegions => Handled::No,
+            },
         };
         self.memory_fault_exits += u64::from(handled == Handled::Yes);
         Ok(handled)
@@ -476,9 +485,14 @@ impl ExitHandler for Pager {
     }
 
     fn efault(&mut self, ctx: &mut VcpuCtx<'_>) -> Result<Handled> {
-        let handled = self.decoded_access(ctx)?;
-        self.efaults += u64::from(handled == Handled::Yes);
-        Ok(handled)
+        Ok(match self.decoded_access(ctx)? {
+            Decoded::Access(handled) => {
+                self.efaults += u64::from(handled == Handled::Yes);
+                handled
+            }
+            Decoded::PresentRetry => Handled::Yes,
+            Decoded::NotTheRegions => Handled::No,
+        })
     }
 
     fn debug(&mut self, ctx: &mut VcpuCtx<'_>, exit: &kvm_bindings::kvm_debug_exit_arch) -> Result<Handled> {

@@ -83,6 +83,9 @@ pub struct Inner {
     pub waits_ended_at_time_limit: u64,
     /// Registrations refused (#GP) because their area would overlap another (`areas`).
     pub overlapping_areas_refused: u64,
+    /// Pages made present so far (`access::fill`): tells a vCPU's retries whether a page was
+    /// filled between two of its exits (`retries`).
+    pub fills: u64,
     /// The pages vCPUs are waiting for in [`Shared::wait_fetched`] (once per waiting vCPU):
     /// their fetches are never held back (`held_back::hold_back`), as a waiting vCPU cannot take
     /// the event a held-back fetch would wait for.
