@@ -311,6 +311,10 @@ pub enum HostCounter: u64 {
     VeSuspends = 10,
     /// [`crate::hypercall::Nr::VePark`] requests that handed out a token.
     VeParks = 11,
+    /// KVM "page not present" #PFs the host owes after their "page ready" went first (mode
+    /// `kvm-apf`, a page resolved before its event), now: the guest keeps a wake for each,
+    /// until the vCPU's next access that can carry it.
+    KvmApfOwed = 12,
 }
 }
 

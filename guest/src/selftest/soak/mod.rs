@@ -205,8 +205,7 @@ fn run_storm(region: &pnp::Region, events: u64, seed: u64, split_locks: bool) ->
         rounds_by_mode[mode as usize] += 1;
         let mut placed: heapless::Vec<remote::RemoteTask, MAX_WORKERS> = heapless::Vec::new();
         for w in 0..workers {
-            let immediate = !mode.is_kvm_apf();
-            let orders = Orders { worker: w, ops: OPS_PER_ROUND, split_locks, immediate, seed: round_seed };
+            let orders = Orders { worker: w, ops: OPS_PER_ROUND, split_locks, seed: round_seed };
             let task = remote::spawn_kernel_on(w % cpus, "soak-worker", worker::run, orders.pack())
                 .map_err(|e| fail(format_args!("round {round}: placing worker {w}: {e:?}")))?;
             let _ = placed.push(task);

@@ -42,8 +42,6 @@ struct Page {
     /// Words written: (index, value).
     writes: [(u16, u64); WRITES],
     written: usize,
-    /// Its next fetch was asked to resolve before its event, and has not happened yet.
-    immediate: bool,
 }
 
 /// One worker's pages and tallies, kept from round to round.
@@ -67,7 +65,7 @@ impl Worker {
     pub const fn new() -> Self {
         Worker {
             base: 0,
-            pages: [Page { version: 0, present: false, writes: [(0, 0); WRITES], written: 0, immediate: false }; PAGES],
+            pages: [Page { version: 0, present: false, writes: [(0, 0); WRITES], written: 0 }; PAGES],
             lines: Lines([0; 128]),
         }
     }
@@ -132,27 +130,19 @@ pub struct Orders {
     pub ops: u64,
     /// Split locks are in the mix (the trigger, detection and the host's default policy).
     pub split_locks: bool,
-    /// Pages may be resolved before their event (`PageBehaviour::Immediate`): not under KVM's
-    /// ABI, whose "page ready" would then come first, see `run`.
-    pub immediate: bool,
     /// The round's seed (the worker's own stream is drawn from it and its index).
     pub seed: u32,
 }
 
 impl Orders {
     pub fn pack(self) -> u64 {
-        (self.worker as u64)
-            | (self.ops << 8)
-            | (u64::from(self.immediate) << 30)
-            | (u64::from(self.split_locks) << 31)
-            | (u64::from(self.seed) << 32)
+        (self.worker as u64) | (self.ops << 8) | (u64::from(self.split_locks) << 31) | (u64::from(self.seed) << 32)
     }
 
     fn unpack(arg: u64) -> Self {
         Orders {
             worker: (arg & 0xFF) as usize,
             ops: (arg >> 8) & 0x3F_FFFF,
-            immediate: arg & (1 << 30) != 0,
             split_locks: arg & (1 << 31) != 0,
             seed: (arg >> 32) as u32,
         }
@@ -176,22 +166,6 @@ pub fn run(arg: u64) -> u64 {
         // lock under `warn`).
         if rng.below(4) == 0 {
             task::yield_now();
-        }
-    }
-    // A page still asked to resolve before its event goes back to normal: the next round's mode
-    // may be KVM's, where the host stub would send "page ready" before "page not present" and,
-    // when the retried access goes to another page first, never send the latter (the guest
-    // keeps the early wake for a token that never comes: noticed by this soak, left to the
-    // host stub's KVM model).
-    let base = worker.base;
-    for (i, page) in worker.pages.iter_mut().enumerate() {
-        if page.immediate {
-            let gpa = base + i as u64 * 4096;
-            if let Err(e) = pnp::set_page_behaviour(gpa, PageBehaviour::Normal) {
-                fail_first(format_args!("worker {}: page {gpa:#x} back to normal: {e:?}", orders.worker));
-                return 1;
-            }
-            page.immediate = false;
         }
     }
     0
@@ -250,7 +224,7 @@ fn step(worker: &mut Worker, rng: &mut Rng, orders: Orders) -> Result<(), ()> {
             OPS.writes.fetch_add(1, Ordering::Relaxed);
             check(page, who, u64::from(word), read(gpa + u64::from(word) * 8, false), "a read after a write")
         }
-        70..92 => evict(&mut worker.pages[index], who, rng, orders.immediate),
+        70..92 => evict(&mut worker.pages[index], who, rng),
         _ if orders.split_locks => split_lock(&mut worker.lines, orders.worker),
         _ => {
             let word = 2 + rng.below(510);
@@ -266,11 +240,8 @@ fn expected_version(page: &Page) -> u64 {
     if page.present { page.version } else { page.version + 1 }
 }
 
-/// The page was accessed: present, with `version` (its fetch used up any `Immediate`).
+/// The page was accessed: present, with `version`.
 fn accessed(page: &mut Page, version: u64) {
-    if !page.present {
-        page.immediate = false;
-    }
     page.version = version;
     page.present = true;
 }
@@ -319,7 +290,7 @@ fn remember(page: &mut Page, word: u16, value: u64) {
 }
 
 /// Evicts the page (now and then asking the host to resolve its next fetch before its event).
-fn evict(page: &mut Page, (worker, gpa): (usize, u64), rng: &mut Rng, immediate: bool) -> Result<(), ()> {
+fn evict(page: &mut Page, (worker, gpa): (usize, u64), rng: &mut Rng) -> Result<(), ()> {
     match pnp::evict(gpa, 1) {
         // An absent page evicted again stays absent: only a present one counts as an eviction.
         Ok(()) => {
@@ -337,13 +308,12 @@ fn evict(page: &mut Page, (worker, gpa): (usize, u64), rng: &mut Rng, immediate:
             return Err(());
         }
     }
-    if rng.below(4) == 0 && immediate && !page.present {
+    if rng.below(4) == 0 && !page.present {
         if let Err(e) = pnp::set_page_behaviour(gpa, PageBehaviour::Immediate) {
             fail_first(format_args!("worker {worker}: page {gpa:#x} immediate: {e:?}"));
             return Err(());
         }
         OPS.immediate.fetch_add(1, Ordering::Relaxed);
-        page.immediate = true;
     }
     Ok(())
 }

@@ -62,20 +62,18 @@ impl Pager {
     ) -> Result<Handled> {
         let vcpu = ctx.index;
         let retry = matches!(access, Access::Retry { .. });
-        let (page, offset, mode, ring, apf_on, ve_area) = {
-            let mut inner = self.shared.lock();
+        let (page, offset, mode, ring, apf_on, ve_area, owes) = {
+            let inner = self.shared.lock();
             let Some(page) = inner.page_of(gpa) else {
                 return Ok(Handled::No);
             };
-            if retry && deliver_owed(&mut inner, ctx, page, gpa, gva)? {
-                return Ok(Handled::Yes);
-            }
+            let owes = inner.apf.get(vcpu).is_some_and(ApfVcpu::owes);
             let offset = (gpa % PAGE as u64) as usize;
             let ring = inner.vcpus.get(vcpu).and_then(Registration::active);
             let apf_on = inner.apf.get(vcpu).is_some_and(|v| v.active().is_some());
             let mode = inner.core.mode;
             let ve_area = inner.ve.get(vcpu).and_then(VeVcpu::area).filter(|_| mode == HostMode::Ve);
-            (page, offset, mode, ring, apf_on, ve_area)
+            (page, offset, mode, ring, apf_on, ve_area, owes)
         };
         // Whether the protocol of this mode could deliver an event now, read before taking the
         // lock: these ioctls do not touch the pager's state, and the vCPU cannot change while it
@@ -92,6 +90,13 @@ impl Pager {
             }
             (HostMode::KvmApf, _) if apf_on && retry => kvm_apf_delivery::window_open(ctx)?,
             _ => false,
+        };
+        // Whether an owed "page not present" can go now: KVM's window, in any mode (the guest
+        // registered for it, and waits for it with its early wake kept).
+        let owed_deliverable = match mode {
+            _ if !(owes && apf_on && retry) => false,
+            HostMode::KvmApf => window_open,
+            _ => kvm_apf_delivery::window_open(ctx)?,
         };
         // Whether the event interrupt is still requested (in the local APIC's IRR, not yet
         // taken): only then does re-entering deliver an event left in a busy area. Read only
@@ -112,6 +117,13 @@ impl Pager {
         };
 
         let mut guard = self.shared.lock();
+
+        if owed_deliverable {
+            deliver_owed(&mut guard, ctx, page)?;
+            return Ok(Handled::Yes);
+        }
+        // A page owed a "page not present" is present by its state: its memory follows now.
+        fill_if_owed(&mut guard, page)?;
 
         if mode == HostMode::KvmApf && window_open {
             let vector =
@@ -234,16 +246,21 @@ impl Pager {
                 deliver_event(inner, ctx, out(token), gpa, gva)?;
             }
             Decision::DeliverResolved { token, result, make_present: _ } if via == Some(Via::KvmApf) => {
-                // KVM's ABI: "page ready" first, its #PF at this vCPU's next access to the page
-                // (the retry of this one), and the page arrives with the #PF (`deliver_owed`),
-                // so the retry comes back. Stock KVM never does this (it raises "page ready"
-                // on the vCPU that took the "page not present", after it): the guest's path for
-                // an early wake is tested for robustness, and for the ring protocol's sake.
+                // KVM's ABI: "page ready" first, its #PF at this vCPU's next access that can
+                // carry it (the retry of this one, unless its task was preempted), and the page
+                // arrives then (`deliver_owed`), or when another access or a control needs it.
+                // Stock KVM never does this (it raises "page ready" on the vCPU that took the
+                // "page not present", after it): the guest's path for an early wake is tested
+                // for robustness, and for the ring protocol's sake. The window was open, so
+                // none was owed (`owed_deliverable`).
                 post_resolution(inner, out(token), result, false)?;
                 inner.apf_counters.ready_before_not_present += 1;
-                if let Some(v) = inner.apf.get_mut(vcpu) {
-                    v.owed = Some((page, token));
+                let owed = inner.apf.get_mut(vcpu).is_some_and(|v| v.owe(token, page, gpa, gva));
+                if !owed {
+                    return Err(PagerError::SecondOwedNotPresent { vcpu }.into());
                 }
+                // Not delivered yet: counted when its #PF is.
+                inner.core.counters.events_delivered -= 1;
             }
             Decision::DeliverResolved { token, result, make_present } => {
                 if make_present {
@@ -355,8 +372,8 @@ impl Pager {
                 let inner = self.shared.lock();
                 let Some(page) = inner.page_of(gpa) else { continue };
                 let seen = touched.iter().any(|t| inner.page_of(t.gpa) == Some(page));
-                // A page owed a "page not present" is present by its state only (`deliver_owed`).
-                let owed = inner.apf.iter().any(|v| v.owed.is_some_and(|(p, _)| p == page));
+                // A page owed a "page not present" may be present by its state only.
+                let owed = inner.apf.iter().any(|v| v.owes_fill_of(page));
                 let skipped = only_absent && inner.core.state(page) == Some(&PageState::Present) && !owed;
                 if !seen && !skipped {
                     touched.push(Touched { gpa, linear, reads: operand.reads, writes: operand.writes });
@@ -511,34 +528,42 @@ pub(super) fn fill(inner: &mut Inner, page: PageIndex) -> Result<(), PagerError>
     Ok(())
 }
 
-/// A "page not present" owed to this access (KVM's ABI, after its "page ready" went first): the
-/// page arrives now and the #PF goes with it. Returns whether there was one for `page`. One
-/// owed for another page is settled (its page made present, nothing delivered): the retry it
-/// waited for went elsewhere.
-fn deliver_owed(
-    inner: &mut Inner,
-    ctx: &VcpuCtx<'_>,
-    page: PageIndex,
-    gpa: u64,
-    gva: Option<u64>,
-) -> Result<bool, PagerError> {
+/// The "page not present" this vCPU owes (KVM's ABI, after its "page ready" went first),
+/// delivered at this access whatever its page: its page arrives now if it has not, and the
+/// guest's #PF handler finds the wake it kept for the token and returns, so the access is
+/// retried and served as ever.
+fn deliver_owed(inner: &mut Inner, ctx: &VcpuCtx<'_>, page: PageIndex) -> Result<(), PagerError> {
     let vcpu = ctx.index;
-    let Some((owed_page, token)) = inner.apf.get_mut(vcpu).and_then(|v| v.owed.take()) else {
-        return Ok(false);
+    let Some(owed) = inner.apf.get_mut(vcpu).and_then(ApfVcpu::take_owed) else {
+        return Ok(());
     };
-    fill(inner, owed_page)?;
-    if owed_page != page {
-        return Ok(false);
+    if owed.unfilled {
+        fill(inner, owed.page)?;
     }
-    kvm_apf_delivery::deliver_not_present(inner, ctx, vcpu, token, gpa, gva)?;
-    Ok(true)
+    kvm_apf_delivery::deliver_not_present(inner, ctx, vcpu, owed.token, owed.gpa, owed.gva)?;
+    inner.core.counters.events_delivered += 1;
+    if owed.page != page {
+        inner.apf_counters.owed_delivered_elsewhere += 1;
+    }
+    Ok(())
+}
+
+/// Fills `page` if a "page not present" is owed for it and its memory is still to come (an
+/// access from anywhere reached it): the token stays owed.
+fn fill_if_owed(inner: &mut Inner, page: PageIndex) -> Result<(), PagerError> {
+    for vcpu in 0..inner.apf.len() {
+        if let Some(page) = inner.apf[vcpu].take_unfilled(Some(page)) {
+            fill(inner, page)?;
+        }
+    }
+    Ok(())
 }
 
 /// Makes every page owed a "page not present" present (before the pager reads or evicts it:
-/// its state says present, and from here on so does its memory).
+/// its state says present, and from here on so does its memory). The tokens stay owed.
 pub(super) fn settle_owed(inner: &mut Inner) -> Result<(), PagerError> {
     for vcpu in 0..inner.apf.len() {
-        if let Some((page, _)) = inner.apf[vcpu].owed.take() {
+        if let Some(page) = inner.apf[vcpu].take_unfilled(None) {
             fill(inner, page)?;
         }
     }

@@ -136,6 +136,7 @@ fn counter_value(inner: &Inner, counter: HostCounter) -> u64 {
         HostCounter::VeBusyWaits => c.ve_busy_waits,
         HostCounter::VeSuspends => c.ve_suspends,
         HostCounter::VeParks => c.ve_parks,
+        HostCounter::KvmApfOwed => inner.apf.iter().filter(|v| v.owes()).count() as u64,
     }
 }
 

@@ -73,6 +73,8 @@ pub enum PagerError {
     FaultOutsideRegion { address: u64 },
     #[error("an event for vCPU {vcpu}, which has not registered the protocol")]
     EventWithoutRegistration { vcpu: usize },
+    #[error("vCPU {vcpu} would owe a second KVM \"page not present\" (a host stub bug)")]
+    SecondOwedNotPresent { vcpu: usize },
     #[error("a resolution for vCPU {vcpu}, which has not registered the protocol")]
     ResolutionWithoutRegistration { vcpu: usize },
     #[error("KVM_SIGNAL_MSI (vector {vector:#x} to vCPU {vcpu}) failed: {source}")]

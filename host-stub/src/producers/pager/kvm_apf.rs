@@ -71,9 +71,24 @@ pub struct ApfVcpu {
     in_flight: Option<u32>,
     /// The token of the last "page not present" delivered.
     pub last_not_present: Option<u32>,
-    /// A "page not present" owed after its "page ready" went first (a forced wake-before-wait):
-    /// delivered at this vCPU's next access to the page.
-    pub owed: Option<(PageIndex, Token)>,
+    /// A "page not present" owed after its "page ready" went first (a forced wake-before-wait).
+    owed: Option<Owed>,
+}
+
+/// A "page not present" owed after its "page ready" went first: delivered at the vCPU's next
+/// access KVM's ABI can deliver at (a retry with the window open), whatever page that access
+/// is to: the guest keys on the token (its #PF handler finds the kept wake and returns, and the
+/// access is retried). Until then the token is owed, and its page is present by its state;
+/// by its memory too once an access or a control needs it (`unfilled` false).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owed {
+    pub token: Token,
+    pub page: PageIndex,
+    /// The access the token was handed out for (for the timeline).
+    pub gpa: u64,
+    pub gva: Option<u64>,
+    /// The page's memory is still to be filled.
+    pub unfilled: bool,
 }
 
 impl ApfVcpu {
@@ -185,6 +200,48 @@ impl ApfVcpu {
         let token = self.ready.pop_front()?;
         self.in_flight = Some(token);
         Some(token)
+    }
+
+    /// Owes the "page not present" for `token`, after its "page ready" (at an access to
+    /// `page`, whose memory stays to be filled). At most one is owed: while one is, the next
+    /// access that could carry a new event delivers it instead. Returns false, changing
+    /// nothing, if one is owed already.
+    pub fn owe(&mut self, token: Token, page: PageIndex, gpa: u64, gva: Option<u64>) -> bool {
+        if self.owed.is_some() {
+            return false;
+        }
+        self.owed = Some(Owed { token, page, gpa, gva, unfilled: true });
+        true
+    }
+
+    /// Whether a "page not present" is owed.
+    pub fn owes(&self) -> bool {
+        self.owed.is_some()
+    }
+
+    /// The "page not present" owed, if one is.
+    pub fn owed(&self) -> Option<Owed> {
+        self.owed
+    }
+
+    /// The owed "page not present", to deliver now (at a retry with the window open, whatever
+    /// its page): it is owed no more; fill its page first if `unfilled`.
+    pub fn take_owed(&mut self) -> Option<Owed> {
+        self.owed.take()
+    }
+
+    /// The owed token's page, if its memory is still to be filled and `page` is it (or `page`
+    /// is `None`: a control needs every page): it counts as filled from here, and the token
+    /// stays owed.
+    pub fn take_unfilled(&mut self, page: Option<PageIndex>) -> Option<PageIndex> {
+        let owed = self.owed.as_mut().filter(|o| o.unfilled && page.is_none_or(|p| p == o.page))?;
+        owed.unfilled = false;
+        Some(owed.page)
+    }
+
+    /// Whether `page` is owed's and its memory still to be filled.
+    pub fn owes_fill_of(&self, page: PageIndex) -> bool {
+        self.owed.is_some_and(|o| o.unfilled && o.page == page)
     }
 
     /// Tokens handed out whose "page ready" the guest has not acknowledged.
@@ -391,6 +448,36 @@ mod tests {
             }
             Ok(())
         });
+    }
+
+    /// Found by the soak: a "page not present" owed after its "page ready" was dropped when
+    /// the vCPU's next access went to another page. It stays owed until an access can carry
+    /// it, whatever page that is to; its page's memory is filled once, when first needed.
+    #[test]
+    fn an_owed_page_not_present_is_delivered_once_whatever_the_next_access() {
+        let mut v = enabled();
+        let token = v.alloc().unwrap();
+        assert!(v.owe(token, 7, 0x7000, Some(0x40_7000)));
+        assert!(!v.owe(Token(0x9000), 8, 0x8000, None), "one at a time");
+        assert!(v.owes() && v.owes_fill_of(7) && !v.owes_fill_of(8));
+        // An access to another page that cannot carry it (CPL 0, say) fills nothing.
+        assert_eq!(v.take_unfilled(Some(8)), None);
+        // Another access (or a control) needs the page: filled once, the token still owed.
+        assert_eq!(v.take_unfilled(Some(7)), Some(7));
+        assert_eq!(v.take_unfilled(None), None, "filled once");
+        assert!(v.owes() && !v.owes_fill_of(7));
+        // The next access that can carry it, to any page, delivers it, once.
+        let owed = v.take_owed().unwrap();
+        assert_eq!((owed.token, owed.page, owed.gpa, owed.unfilled), (token, 7, 0x7000, false));
+        assert_eq!(v.take_owed(), None);
+        // A control settling every page fills an owed one still unfilled, and keeps it owed.
+        assert!(v.owe(Token(0x9000), 8, 0x8000, None));
+        assert_eq!(v.take_unfilled(None), Some(8));
+        assert_eq!(v.take_owed().map(|o| (o.token, o.unfilled)), Some((Token(0x9000), false)));
+        // Turning the ABI off forgets it (the guest drops its kept wakes then).
+        assert!(v.owe(Token(0xA000), 9, 0x9000, None));
+        v.write(abi::MSR_ASYNC_PF_EN, 0, RAM).unwrap();
+        assert!(!v.owes());
     }
 
     #[test]

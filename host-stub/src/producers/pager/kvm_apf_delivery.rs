@@ -47,6 +47,9 @@ pub struct ApfCounters {
     pub forgotten: u64,
     /// "Page ready" delivered before its "page not present" (a forced wake-before-wait).
     pub ready_before_not_present: u64,
+    /// Owed "page not present" #PFs delivered at an access to another page than theirs (their
+    /// task's retry did not come first).
+    pub owed_delivered_elsewhere: u64,
     /// Accesses re-entered so that a "page ready" on its way is taken before a new "page not
     /// present" is delivered.
     pub retries_for_page_ready: u64,
@@ -167,12 +170,19 @@ pub(super) fn deliver_ready(inner: &mut Inner, vcpu: usize) -> Result<(), PagerE
 pub(super) fn msr(inner: &mut Inner, vcpu: usize, index: u32, write: Option<u64>) -> Result<MsrAnswer, PagerError> {
     let Some(v) = inner.apf.get_mut(vcpu) else { return Ok(MsrAnswer::Fault) };
     let Some(value) = write else { return Ok(MsrAnswer::Value(v.read(index))) };
+    let unfilled = v.owed().filter(|o| o.unfilled).map(|o| o.page);
     let Ok(written) = v.write(index, value, &inner.ram_ranges) else { return Ok(MsrAnswer::Fault) };
     match written {
         ApfWrite::Stored => {}
         ApfWrite::Enabled => deliver_ready(inner, vcpu)?,
-        // Its tokens' fetches still complete; their "page ready" is forgotten then.
-        ApfWrite::Disabled { .. } => {}
+        // Its tokens' fetches still complete; their "page ready" is forgotten then. A "page not
+        // present" owed is forgotten too (the guest drops the wake it kept), and its page,
+        // present by its state, becomes so by its memory.
+        ApfWrite::Disabled { .. } => {
+            if let Some(page) = unfilled {
+                super::access::fill(inner, page)?;
+            }
+        }
         ApfWrite::Acked(_) => {
             inner.apf_counters.acks += 1;
             deliver_ready(inner, vcpu)?;
