@@ -239,6 +239,13 @@ impl ApfVcpu {
         Some(owed.page)
     }
 
+    /// At a wake-all: the guest drops every wake it kept, so a "page not present" still owed
+    /// would park its task for good (its "page ready" went and was acknowledged). It is
+    /// forgotten, as at a disable; returns its page if its memory is still to be filled.
+    pub fn forget_owed(&mut self) -> Option<PageIndex> {
+        self.owed.take().filter(|o| o.unfilled).map(|o| o.page)
+    }
+
     /// Whether `page` is owed's and its memory still to be filled.
     pub fn owes_fill_of(&self, page: PageIndex) -> bool {
         self.owed.is_some_and(|o| o.unfilled && o.page == page)
@@ -448,6 +455,26 @@ mod tests {
             }
             Ok(())
         });
+    }
+
+    /// Found by review: enabling again while a "page not present" is owed queues a wake-all,
+    /// after which the guest has no wake kept for the owed token.
+    #[test]
+    fn a_wake_all_forgets_the_owed_page_not_present() {
+        let mut v = enabled();
+        assert_eq!(v.next_ready(true), Some(TOKEN_WAKE_ALL));
+        assert_eq!(v.write(abi::MSR_ASYNC_PF_ACK, abi::ACK, RAM), Ok(ApfWrite::Acked(None)));
+        let token = v.alloc().unwrap();
+        assert!(v.owe(token, 7, 0x7000, None));
+        assert_eq!(v.write(abi::MSR_ASYNC_PF_EN, v.read(abi::MSR_ASYNC_PF_EN), RAM), Ok(ApfWrite::Enabled));
+        assert_eq!(v.next_ready(true), Some(TOKEN_WAKE_ALL), "enabling again queues a wake-all");
+        assert_eq!(v.forget_owed(), Some(7), "its page still to be filled");
+        assert!(!v.owes());
+        // One whose page was filled already leaves nothing to fill.
+        assert!(v.owe(Token(token.0 + 1), 8, 0x8000, None));
+        assert_eq!(v.take_unfilled(Some(8)), Some(8));
+        assert_eq!(v.forget_owed(), None);
+        assert!(!v.owes());
     }
 
     /// Found by the soak: a "page not present" owed after its "page ready" was dropped when

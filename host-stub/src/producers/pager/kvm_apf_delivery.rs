@@ -160,6 +160,9 @@ pub(super) fn deliver_ready(inner: &mut Inner, vcpu: usize) -> Result<(), PagerE
     signal(inner, vcpu, a.vector)?;
     if token == TOKEN_WAKE_ALL {
         inner.apf_counters.wake_alls += 1;
+        if let Some(page) = inner.apf.get_mut(vcpu).and_then(ApfVcpu::forget_owed) {
+            super::access::fill(inner, page)?;
+        }
     } else {
         inner.apf_counters.page_ready += 1;
     }

@@ -477,10 +477,13 @@ impl ExitHandler for Pager {
 
     fn memory_state(&self, gpa: u64) -> MemoryState {
         let inner = self.shared.lock();
-        match inner.page_of(gpa).map(|page| inner.core.state(page)) {
-            None => MemoryState::NotPaged,
-            Some(Some(PageState::Present)) => MemoryState::Present,
-            Some(_) => MemoryState::Absent,
+        let Some(page) = inner.page_of(gpa) else { return MemoryState::NotPaged };
+        // A page owed a "page not present" is present by its state only until its memory is
+        // filled: an access to it must reach the pager, which fills it.
+        let unfilled = inner.apf.iter().any(|v| v.owes_fill_of(page));
+        match inner.core.state(page) {
+            Some(PageState::Present) if !unfilled => MemoryState::Present,
+            _ => MemoryState::Absent,
         }
     }
 
