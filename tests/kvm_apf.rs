@@ -25,7 +25,8 @@ fn pager(mode: HostMode, fail_pages: &[u64]) -> Producers {
 
 /// Every test passes, but those named in `skips`, which must skip.
 fn passes_but(r: &RunResult, skips: &[&str]) {
-    assert!(r.passed(), "{:#?}\n{:?}", r.tests, r.host_error);
+    // The host's counters too: a count a test disputes (synchronous waits, say) is in them.
+    assert!(r.passed(), "{:#?}\n{:?}\n{:?}", r.tests, r.host_error, r.report.counters);
     assert!(r.tests.iter().any(|t| t.name.starts_with("kvm_apf::")), "the driver's tests ran");
     for t in &r.tests {
         let expected = if skips.contains(&t.name.as_str()) { Status::Skip } else { Status::Pass };

@@ -520,11 +520,16 @@ pub(super) fn fill(inner: &mut Inner, page: PageIndex) -> Result<(), PagerError>
     inner.region()?.fill(page, &contents).map_err(|source| PagerError::FillPage { page, source })?;
     inner.backing.made_present(page);
     inner.fills += 1;
-    // In `kvm-apf-kernel` mode a vCPU may have waited for it inside KVM: that was a synchronous
-    // wait too.
-    if let Some(since) = inner.kernel_sync_since.remove(&page) {
-        inner.core.counters.sync_wait_ns += since.elapsed().as_nanos() as u64;
-    }
+    // In `kvm-apf-kernel` mode vCPUs may have waited for it inside KVM: those were synchronous
+    // waits too.
+    let counters = &mut inner.core.counters;
+    inner.kernel_sync_since.retain(|&(_, waited_for), since| {
+        let ended = waited_for == page;
+        if ended {
+            counters.sync_wait_ns += since.elapsed().as_nanos() as u64;
+        }
+        !ended
+    });
     Ok(())
 }
 

@@ -39,6 +39,7 @@ impl Pager {
             ("mmio_accesses", self.mmio_accesses),
             ("memory_fault_exits", self.memory_fault_exits),
             ("vcpu_waits_released_at_time_limit", inner.vcpu_waits_released_at_time_limit),
+            ("kernel_repeat_faults", inner.kernel_repeat_faults),
             ("unemulated_accesses", self.unemulated),
             ("retries_for_pending_event", c.retries_for_pending_event),
             ("fetches_held_back", c.fetches_held_back),

@@ -114,7 +114,14 @@ fn on_fault(shared: &Shared, fault: Fault) {
         Some(PageState::Present) | None => return,
         Some(PageState::Fetching { .. }) if !from_vcpu => return,
         _ if from_vcpu => {
-            inner.kernel_sync_since.entry(page).or_insert_with(Instant::now);
+            // The same vCPU faulting again on a page it waits for is the same wait: its fault
+            // was woken without the page (by a signal, say) and taken again. One decision, one
+            // synchronous wait counted, per wait.
+            if inner.kernel_sync_since.contains_key(&(vcpu, page)) {
+                inner.kernel_repeat_faults += 1;
+                return;
+            }
+            inner.kernel_sync_since.insert((vcpu, page), Instant::now());
             inner.core.on_access(vcpu, page, None)
         }
         _ => inner.core.on_access(vcpu, page, Some(&mut inner.kernel_tokens)),

@@ -179,6 +179,7 @@ impl Pager {
             kernel_tokens: KernelTokens::default(),
             vcpu_tids: Vec::new(),
             kernel_sync_since: HashMap::new(),
+            kernel_repeat_faults: 0,
             vcpu_waits_released_at_time_limit: 0,
             unregister_at_time_limit_failed: None,
             fetch: None,
@@ -383,8 +384,7 @@ impl ExitHandler for Pager {
         Some(Box::new(move || {
             if let Some(((start, len), uffd)) = &kernel_region {
                 let unregistered = uffd.unregister(*start, *len);
-                // What the unregistering released: the pages the vCPU thread was waiting for in
-                // KVM (the end-to-end test checks that its vCPU was one), and whether it failed (a
+                // What the unregistering released: the waits of vCPU threads for pages in KVM (the end-to-end test checks that its vCPU was one), and whether it failed (a
                 // vCPU waiting in the region may then not see the limit).
                 let mut inner = shared.lock();
                 inner.vcpu_waits_released_at_time_limit = inner.kernel_sync_since.len() as u64;

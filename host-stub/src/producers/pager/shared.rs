@@ -64,8 +64,10 @@ pub struct Inner {
     /// userfaultfd faults (it waits) from KVM's worker's (an async page fault) in
     /// `kvm-apf-kernel` mode, and whose they are.
     pub vcpu_tids: Vec<Option<u32>>,
-    /// `kvm-apf-kernel` mode: pages a vCPU waits for inside KVM, since when.
-    pub kernel_sync_since: HashMap<PageIndex, std::time::Instant>,
+    /// `kvm-apf-kernel` mode: the vCPUs waiting for a page inside KVM (vCPU, page), since when.
+    pub kernel_sync_since: HashMap<(usize, PageIndex), std::time::Instant>,
+    /// `kvm-apf-kernel` mode: faults of a vCPU on a page it already waited for (the same wait).
+    pub kernel_repeat_faults: u64,
     /// `kvm-apf-kernel` mode: pages the vCPU thread was waiting for inside KVM when the run's
     /// time limit unregistered the region (which let those faults go on).
     pub vcpu_waits_released_at_time_limit: u64,
