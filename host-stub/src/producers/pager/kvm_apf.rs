@@ -239,10 +239,15 @@ impl ApfVcpu {
         Some(owed.page)
     }
 
-    /// At a wake-all: the guest drops every wake it kept, so a "page not present" still owed
-    /// would park its task for good (its "page ready" went and was acknowledged). It is
-    /// forgotten, as at a disable; returns its page if its memory is still to be filled.
+    /// At a wake-all: the guest drops every wake it kept, so a "page not present" owed whose
+    /// "page ready" went before the wake-all would park its task for good. It is forgotten, as
+    /// at a disable; returns its page if its memory is still to be filled. One whose "page
+    /// ready" is still queued (behind the wake-all) stays owed: the guest keeps that wake anew.
     pub fn forget_owed(&mut self) -> Option<PageIndex> {
+        let ready_to_come = self.owed.is_some_and(|o| self.ready.contains(&o.token.0));
+        if ready_to_come {
+            return None;
+        }
         self.owed.take().filter(|o| o.unfilled).map(|o| o.page)
     }
 
@@ -475,6 +480,29 @@ mod tests {
         assert_eq!(v.take_unfilled(Some(8)), Some(8));
         assert_eq!(v.forget_owed(), None);
         assert!(!v.owes());
+    }
+
+    /// Found by review: the wake-all queued behind an unacknowledged "page ready", and a forced
+    /// early "page ready" queued behind the wake-all. The guest keeps that wake after the
+    /// wake-all, so its "page not present" must stay owed.
+    #[test]
+    fn an_owed_page_not_present_whose_page_ready_is_still_queued_stays_owed() {
+        let mut v = enabled();
+        assert_eq!(v.next_ready(true), Some(TOKEN_WAKE_ALL));
+        assert_eq!(v.write(abi::MSR_ASYNC_PF_ACK, abi::ACK, RAM), Ok(ApfWrite::Acked(None)));
+        let (a, t) = (v.alloc().unwrap(), v.alloc().unwrap());
+        assert!(v.queue_ready(a.0));
+        assert_eq!(v.next_ready(true), Some(a.0), "in flight, not acknowledged");
+        assert_eq!(v.write(abi::MSR_ASYNC_PF_EN, v.read(abi::MSR_ASYNC_PF_EN), RAM), Ok(ApfWrite::Enabled));
+        assert!(v.queue_ready(t.0), "after the wake-all");
+        assert!(v.owe(t, 7, 0x7000, None));
+        assert_eq!(v.write(abi::MSR_ASYNC_PF_ACK, abi::ACK, RAM), Ok(ApfWrite::Acked(Some(a.0))));
+        assert_eq!(v.next_ready(true), Some(TOKEN_WAKE_ALL));
+        assert_eq!(v.forget_owed(), None, "its page ready still to come");
+        assert!(v.owes() && v.owes_fill_of(7));
+        assert_eq!(v.write(abi::MSR_ASYNC_PF_ACK, abi::ACK, RAM), Ok(ApfWrite::Acked(None)));
+        assert_eq!(v.next_ready(true), Some(t.0));
+        assert!(v.owes(), "owed until an access can carry it");
     }
 
     /// Found by the soak: a "page not present" owed after its "page ready" was dropped when

@@ -384,7 +384,8 @@ impl ExitHandler for Pager {
         Some(Box::new(move || {
             if let Some(((start, len), uffd)) = &kernel_region {
                 let unregistered = uffd.unregister(*start, *len);
-                // What the unregistering released: the waits of vCPU threads for pages in KVM (the end-to-end test checks that its vCPU was one), and whether it failed (a
+                // What the unregistering released: the waits of vCPU threads for pages in KVM
+                // (the end-to-end test checks that its vCPU was one), and whether it failed (a
                 // vCPU waiting in the region may then not see the limit).
                 let mut inner = shared.lock();
                 inner.vcpu_waits_released_at_time_limit = inner.kernel_sync_since.len() as u64;

@@ -8,7 +8,9 @@
 //! page outside the region, a handler after the pager), and saying "retry" forever would hide
 //! it. So a vCPU's retries at one RIP go on only while pages are filled in between (the page
 //! may have been evicted and filled again), and at most [`MAX_IN_A_ROW`] times; then the exit
-//! is not the pager's, and the handlers after it (or the run's error) get it.
+//! is not the pager's, and the handlers after it (or the run's error) get it. An entry that
+//! exits for a kick comes between and starts the count again; the run loop's repeat guard,
+//! which does not count kicks as progress, bounds that.
 
 /// Retries in a row at one RIP, each after a fill, before the pager lets the exit go.
 pub const MAX_IN_A_ROW: u32 = 4;

@@ -68,8 +68,8 @@ pub struct Inner {
     pub kernel_sync_since: HashMap<(usize, PageIndex), std::time::Instant>,
     /// `kvm-apf-kernel` mode: faults of a vCPU on a page it already waited for (the same wait).
     pub kernel_repeat_faults: u64,
-    /// `kvm-apf-kernel` mode: pages the vCPU thread was waiting for inside KVM when the run's
-    /// time limit unregistered the region (which let those faults go on).
+    /// `kvm-apf-kernel` mode: waits of vCPU threads for pages inside KVM (one per vCPU and
+    /// page) when the run's time limit unregistered the region (which let those faults go on).
     pub vcpu_waits_released_at_time_limit: u64,
     /// `kvm-apf-kernel` mode: why unregistering the region at the time limit failed, if it did.
     pub unregister_at_time_limit_failed: Option<String>,
