@@ -13,8 +13,9 @@ const SEED: [u8; 32] = *b"pvagent guest property tests v1.";
 /// shrinking. The environment's `PROPTEST_*` settings are overridden, so that the test
 /// command's run is the same wherever it runs.
 pub fn runner(cases: u32) -> TestRunner {
+    let (seed, scale) = search_further();
     let config = Config {
-        cases,
+        cases: cases.saturating_mul(scale),
         failure_persistence: None,
         max_shrink_iters: 4096,
         max_shrink_time: 0,
@@ -23,7 +24,24 @@ pub fn runner(cases: u32) -> TestRunner {
         rng_algorithm: RngAlgorithm::ChaCha,
         ..Config::default()
     };
-    TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &SEED))
+    TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed))
+}
+
+/// The seed and the case count's multiplier: the fixed ones, unless a longer search is asked
+/// for (docs/robustness.md, "Searching further"): `PVAGENT_PROPTEST_SEED=N` mixes N into the
+/// seed, `PVAGENT_PROPTEST_SCALE=K` runs K times each property's cases. The test command sets
+/// neither.
+fn search_further() -> ([u8; 32], u32) {
+    let number = |name: &str| {
+        let value = std::env::var(name).ok()?;
+        Some(value.parse::<u64>().unwrap_or_else(|_| panic!("{name}={value}: not a decimal number")))
+    };
+    let mut seed = SEED;
+    if let Some(n) = number("PVAGENT_PROPTEST_SEED") {
+        seed[..8].iter_mut().zip(n.to_le_bytes()).for_each(|(s, b)| *s ^= b);
+    }
+    let scale = number("PVAGENT_PROPTEST_SCALE").map_or(1, |k| u32::try_from(k).unwrap_or(u32::MAX).max(1));
+    (seed, scale)
 }
 
 /// Runs `test` on `cases` values of `strategy` and panics with the minimal failing input, if
@@ -33,7 +51,9 @@ where
     S::Value: core::fmt::Debug,
 {
     if let Err(failure) = runner(cases).run(&strategy, test) {
-        panic!("{failure}");
+        let seed =
+            std::env::var("PVAGENT_PROPTEST_SEED").map_or(String::new(), |n| format!(" (PVAGENT_PROPTEST_SEED={n})"));
+        panic!("{failure}{seed}");
     }
 }
 

@@ -21,8 +21,9 @@ where
     // The case count, the seed and the failure files are set here, whatever PROPTEST_CASES and
     // the like say in the environment (which `Config::default()` reads): the run is the one the
     // test states.
+    let (seed, scale) = search_further();
     let config = Config {
-        cases,
+        cases: cases.saturating_mul(scale),
         failure_persistence: None,
         rng_algorithm: RngAlgorithm::ChaCha,
         max_shrink_iters: 2048,
@@ -30,12 +31,40 @@ where
         max_global_rejects: 1024,
         ..Config::default()
     };
-    let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &SEED));
+    let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed.bytes));
     match runner.run(&strategy, property) {
         Ok(()) => {}
-        Err(TestError::Fail(reason, value)) => panic!("property {name} failed: {reason}\nminimal input: {value:x?}"),
+        Err(TestError::Fail(reason, value)) => {
+            panic!("property {name} failed{}: {reason}\nminimal input: {value:x?}", seed.named)
+        }
         Err(TestError::Abort(reason)) => panic!("property {name} aborted: {reason}"),
     }
+}
+
+/// The seed a run draws from, and how a failure names it.
+struct Seed {
+    bytes: [u8; 32],
+    /// Empty for the fixed seed; else the variable that changed it.
+    named: String,
+}
+
+/// The fixed seed and case counts, unless a longer search is asked for (docs/robustness.md,
+/// "Searching further"): `PVAGENT_PROPTEST_SEED=N` mixes N into the seed,
+/// `PVAGENT_PROPTEST_SCALE=K` runs K times each property's cases. The test command sets neither.
+fn search_further() -> (Seed, u32) {
+    let read = |name: &str| -> Option<u64> {
+        let text = std::env::var(name).ok()?;
+        Some(text.parse().unwrap_or_else(|_| panic!("{name}={text}: not a decimal number")))
+    };
+    let mut seed = Seed { bytes: SEED, named: String::new() };
+    if let Some(n) = read("PVAGENT_PROPTEST_SEED") {
+        for (byte, mix) in seed.bytes.iter_mut().zip(n.to_le_bytes()) {
+            *byte ^= mix;
+        }
+        seed.named = format!(" (PVAGENT_PROPTEST_SEED={n})");
+    }
+    let scale = read("PVAGENT_PROPTEST_SCALE").map_or(1, |k| u32::try_from(k).unwrap_or(u32::MAX).max(1));
+    (seed, scale)
 }
 
 /// Values where 64-bit address arithmetic goes wrong: 0, 1, the top, the sign bit, the 32-bit
