@@ -297,6 +297,11 @@ impl Code32 {
         self.emit(&[0xEB, 0xFE]).0
     }
 
+    /// Returns from an interrupt handler (`iret`): the finished code.
+    pub fn iret(self) -> Vec<u8> {
+        self.emit(&[0xCF]).0
+    }
+
     /// Writes `code` to the exit port and stops there.
     pub fn exit(self, code: u32) -> Vec<u8> {
         self.mov_eax(code).exit_with_eax()

@@ -33,6 +33,8 @@ const VE_HANDLER: usize = 0x400;
 const NMI_HANDLER: usize = 0x600;
 /// Where the event-interrupt handler (vector 0x51) begins.
 const EVENT_HANDLER: usize = 0x700;
+/// Where the resolution-interrupt handler (vector 0x52) begins.
+const RESOLUTION_HANDLER: usize = 0x800;
 /// The exit code of a handler that saw what it expected.
 const OK: u32 = exit::SUCCESS;
 /// The main code's exit code when no #VE came.
@@ -52,7 +54,15 @@ fn addr(offset: usize) -> u32 {
 fn prologue(area: bool) -> Code32 {
     let code = Code32::new()
         .mov_esp(0x28_0000)
-        .flat_tables(TABLES, &[(abi::VECTOR, addr(VE_HANDLER)), (2, addr(NMI_HANDLER)), (0x51, addr(EVENT_HANDLER))])
+        .flat_tables(
+            TABLES,
+            &[
+                (abi::VECTOR, addr(VE_HANDLER)),
+                (2, addr(NMI_HANDLER)),
+                (0x51, addr(EVENT_HANDLER)),
+                (0x52, addr(RESOLUTION_HANDLER)),
+            ],
+        )
         .announce(pvagent_abi::ABI_VERSION);
     if area { code.wrmsr(abi::MSR_VE_INFO, u64::from(AREA) | abi::MSR_ENABLE) } else { code }
 }
@@ -65,7 +75,7 @@ fn with_ring(code: Code32) -> Code32 {
 }
 
 /// An image of `main`, then at their offsets the #VE handler, the NMI handler (which exits with
-/// the EIP it interrupted) and the event handler (which exits with 0x51).
+/// the EIP it interrupted), the event handler (which exits with 0x51) and the resolution handler.
 fn image(main: Vec<u8>, ve_handler: Vec<u8>) -> Vec<u8> {
     // It waits for the page first, so that no fetch is left running when the guest stops.
     let nmi = Code32::new()
@@ -84,7 +94,14 @@ fn image(main: Vec<u8>, ve_handler: Vec<u8>) -> Vec<u8> {
         // The event's token comes back once its resolution is consumed.
         .then(spin_until(RING + pnp::ring_head_offset(1) as u32, 1))
         .store(RING + pnp::ring_tail_offset(1) as u32, 1)
-        .exit(0x51)
+        .mov_eax(0x51)
+        .exit_eax()
+        .pad_to(RESOLUTION_HANDLER)
+        // The resolution's interrupt (it outranks the event's) can come first when the fetch
+        // completed before the vCPU entered again (a loaded machine): EOI and return, and the
+        // event's interrupt follows.
+        .store(0xFEE0_00B0, 0)
+        .iret()
 }
 
 fn run(name: &str, code: Vec<u8>, pager: PagerConfig, timeout_s: u64) -> RunResult {
