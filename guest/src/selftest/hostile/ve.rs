@@ -108,10 +108,14 @@ fn ve_over_busy_area() -> TestResult {
     Ok(())
 }
 
-/// A #VE the guest must leave unanswered (`rule` armed): counted, no request made, the busy word
-/// left set, so the next access waits in the host instead of raising another #VE; the test
-/// clears the word afterwards (a guest has no other way back: docs/abi.md, "The guest's rules").
-fn unanswered_ve(rule: Breach, counter: impl Fn(&ve::Stats) -> u64) -> TestResult {
+/// What every test of an ignored #VE starts with: `rule` armed, a CPL 0 read with interrupts off
+/// of a fresh page, whose data is right; the breach counted once, `counter` (the handler's count
+/// of that kind) one up, no #VE acted on, and the host's one #VE with no request after it.
+/// Returns the next fresh page, and the handler's and the host's counts from before.
+fn read_through_an_ignored_ve(
+    rule: Breach,
+    counter: impl Fn(&ve::Stats) -> u64,
+) -> Result<(u64, ve::Stats, [u64; 4]), Failure> {
     when_ready()?;
     let gpa = fresh_pages(2)?;
     let (before, stats, counters) = (breach::count(rule), ve::stats(), host()?);
@@ -123,7 +127,14 @@ fn unanswered_ve(rule: Breach, counter: impl Fn(&ve::Stats) -> u64) -> TestResul
     ensure_eq!(counter(&after) - counter(&stats), 1, "#VEs of this kind the handler counted");
     ensure_eq!(after.taken, stats.taken, "#VEs acted on");
     ensure_eq!(since(counters)?, [1, 0, 0, 0], "host: [#VEs, busy waits, suspends, parks]: no request");
-    let second = gpa + 4096;
+    Ok((gpa + 4096, stats, counters))
+}
+
+/// A #VE the guest must leave unanswered (`rule` armed): counted, no request made, the busy word
+/// left set, so the next access waits in the host instead of raising another #VE; the test
+/// clears the word afterwards (a guest has no other way back: docs/abi.md, "The guest's rules").
+fn unanswered_ve(rule: Breach, counter: impl Fn(&ve::Stats) -> u64) -> TestResult {
+    let (second, _, counters) = read_through_an_ignored_ve(rule, counter)?;
     ensure_eq_hex!(read_with_interrupts_off(second), backing_pattern(second), "the next page's data");
     ensure_eq!(since(counters)?, [1, 1, 0, 0], "host: the next access waited (busy word still set)");
     ensure_eq_hex!(ve::busy_word_for_test(true), abi::BUSY, "the busy word the guest left set");
@@ -142,20 +153,8 @@ fn ve_gpa_outside_region() -> TestResult {
 /// counts it, acts on nothing (the read, a CPL 0 trap, has its data already), and, the area
 /// being free, the next access raises a #VE the contract's way, which the guest serves.
 fn ve_not_marked_busy() -> TestResult {
-    let rule = Breach::VeNotMarkedBusy;
-    when_ready()?;
-    let gpa = fresh_pages(2)?;
-    let (before, stats, counters) = (breach::count(rule), ve::stats(), host()?);
-    arm(rule)?;
-    let value = read_with_interrupts_off(gpa);
-    ensure_eq_hex!(value, backing_pattern(gpa), "data of the page whose #VE was ignored");
-    counted(rule, before, 1)?;
-    let after = ve::stats();
-    ensure_eq!(after.not_busy - stats.not_busy, 1, "#VEs not marked busy the handler counted");
-    ensure_eq!(after.taken, stats.taken, "#VEs acted on");
-    ensure_eq!(since(counters)?, [1, 0, 0, 0], "host: [#VEs, busy waits, suspends, parks]: no request");
+    let (second, stats, counters) = read_through_an_ignored_ve(Breach::VeNotMarkedBusy, |s| s.not_busy)?;
     ensure_eq_hex!(ve::busy_word_for_test(false), 0, "the busy word (the host left it 0)");
-    let second = gpa + 4096;
     ensure_eq_hex!(read_with_interrupts_off(second), backing_pattern(second), "the next page's data");
     ensure_eq!(ve::stats().taken - stats.taken, 1, "the next #VE, marked busy, acted on");
     ensure_eq!(since(counters)?, [2, 0, 1, 0], "host: the next access's #VE answered by a suspend");
